@@ -1,0 +1,1 @@
+//! Tests of what Factum's macros generate; see `tests/`.

@@ -1,0 +1,118 @@
+//! Expansion of `#[aggregate]`: the `Aggregate` implementation whose `apply` is the event set's
+//! `match`, one `Apply` implementation per `#[apply]` function (and per ignored event), one
+//! `Handle` implementation per `#[command]` function, and membership checks for apply functions.
+
+use proc_macro2::TokenStream;
+use quote::{quote, quote_spanned};
+use syn::Type;
+use syn::spanned::Spanned as _;
+
+use crate::ast::AggregateInput;
+
+pub fn expand(input: &AggregateInput) -> TokenStream {
+    let item = &input.item;
+    let Some(events) = &input.args.events else {
+        return quote!(#item);
+    };
+    let self_ty = &item.self_ty;
+    let aggregate = aggregate_impl(input, events, true);
+
+    let applies = input.applies.iter().map(|apply| {
+        let (method, event) = (&apply.method, &apply.event);
+        quote! {
+            #[automatically_derived]
+            impl ::factum::__private::Apply<#event> for #self_ty {
+                #[inline]
+                fn apply(&mut self, event: &#event) {
+                    Self::#method(self, event);
+                }
+            }
+        }
+    });
+    let ignored = input.args.ignore.iter().map(|event| {
+        quote! {
+            #[automatically_derived]
+            impl ::factum::__private::Apply<#event> for #self_ty {
+                #[inline]
+                fn apply(&mut self, _: &#event) {}
+            }
+        }
+    });
+    let membership = input
+        .applies
+        .iter()
+        .map(|apply| &apply.event)
+        .chain(&input.args.ignore)
+        .map(|event| {
+            quote_spanned! {event.span()=>
+                const _: () = ::factum::__private::assert_event_of::<#events, #event>();
+            }
+        });
+    let handlers = handler_impls(input, events);
+
+    quote! {
+        #item
+
+        const _: () = {
+            #aggregate
+            #(#applies)*
+            #(#ignored)*
+            #(#handlers)*
+            #(#membership)*
+        };
+    }
+}
+
+/// The `Aggregate` implementation. Without `dispatch` (after an error), `apply` does nothing, so
+/// that the error does not cascade into "no apply function" errors.
+pub fn aggregate_impl(input: &AggregateInput, events: &Type, dispatch: bool) -> TokenStream {
+    let self_ty = &input.item.self_ty;
+    let name = &input.name;
+    let body = if dispatch {
+        quote_spanned! {events.span()=>
+            <#events as ::factum::__private::ApplyTo<Self>>::apply_to(event, self);
+        }
+    } else {
+        quote!(let _ = event;)
+    };
+    quote! {
+        #[automatically_derived]
+        impl ::factum::__private::Aggregate for #self_ty {
+            const TYPE: &'static str = #name;
+            type Event = #events;
+
+            #[inline]
+            fn apply(&mut self, event: &#events) {
+                #body
+            }
+        }
+    }
+}
+
+/// One `Handle` implementation per command handler.
+pub fn handler_impls<'a>(
+    input: &'a AggregateInput,
+    events: &'a Type,
+) -> impl Iterator<Item = TokenStream> + 'a {
+    let self_ty = &input.item.self_ty;
+    input.commands.iter().map(move |command| {
+        let (method, cmd, output) = (&command.method, &command.command, &command.output);
+        let error = quote_spanned! {output.span()=>
+            <#output as ::factum::__private::HandlerOutput<#events>>::Error
+        };
+        quote! {
+            #[automatically_derived]
+            impl ::factum::__private::Handle<#cmd> for #self_ty {
+                type Error = #error;
+
+                #[inline]
+                fn handle(
+                    &self,
+                    command: &#cmd,
+                ) -> ::core::result::Result<::std::vec::Vec<#events>, Self::Error> {
+                    ::factum::__private::HandlerOutput::<#events>::into_result(Self::#method(self, command))
+                }
+            }
+        }
+    })
+}

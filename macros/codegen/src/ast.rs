@@ -1,0 +1,434 @@
+//! Our own syntax tree of the annotated items. It keeps the original syn nodes for spans, and is
+//! built even when something is wrong (with defaults), so that validation can report every
+//! mistake and the fallback can still emit the user's item.
+
+use proc_macro2::TokenStream;
+use syn::{
+    Fields, FnArg, Ident, ImplItem, ImplItemFn, ItemEnum, ItemImpl, ItemStruct, LitStr, ReturnType,
+    Type,
+};
+
+use crate::attr::{self, AggregateArgs, EventArgs};
+use crate::ctxt::Ctxt;
+use crate::symbol::{APPLY, COMMAND};
+
+/// What `#[event]` was put on.
+pub enum EventInput {
+    /// One event.
+    Struct(EventStruct),
+    /// An event set.
+    Set(EventSetEnum),
+    /// Anything else (already reported); emitted unchanged.
+    Other(TokenStream),
+}
+
+pub struct EventStruct {
+    pub item: ItemStruct,
+    /// The stored type name.
+    pub name: String,
+    pub version: u32,
+}
+
+pub struct EventSetEnum {
+    pub item: ItemEnum,
+    pub args: EventArgs,
+    /// The variants that hold exactly one event.
+    pub variants: Vec<SetVariant>,
+}
+
+pub struct SetVariant {
+    pub ident: Ident,
+    pub ty: Type,
+}
+
+impl EventInput {
+    pub fn from_syn(cx: &Ctxt, args: TokenStream, input: TokenStream) -> Self {
+        let args = attr::event_args(cx, args);
+        match syn::parse2::<syn::Item>(input.clone()) {
+            Ok(syn::Item::Struct(item)) => {
+                let name = args
+                    .name
+                    .as_ref()
+                    .map_or_else(|| item.ident.to_string(), LitStr::value);
+                let version = args.version.as_ref().map_or(1, |(version, _)| *version);
+                Self::Struct(EventStruct {
+                    item,
+                    name,
+                    version,
+                })
+            }
+            Ok(syn::Item::Enum(item)) => {
+                let variants = item
+                    .variants
+                    .iter()
+                    .filter_map(|variant| match &variant.fields {
+                        Fields::Unnamed(fields) if fields.unnamed.len() == 1 => Some(SetVariant {
+                            ident: variant.ident.clone(),
+                            ty: fields.unnamed[0].ty.clone(),
+                        }),
+                        _ => None,
+                    })
+                    .collect();
+                Self::Set(EventSetEnum {
+                    item,
+                    args,
+                    variants,
+                })
+            }
+            Ok(other) => {
+                cx.error_spanned_by(
+                    item_keyword(&other),
+                    "#[event] goes on a struct (one event) or on an enum whose variants each hold one event (an event set)",
+                );
+                Self::Other(input)
+            }
+            Err(error) => {
+                cx.syn_error(error);
+                Self::Other(input)
+            }
+        }
+    }
+}
+
+/// The leading keyword of an item, to point at (`fn`, `union`, ...).
+fn item_keyword(item: &syn::Item) -> TokenStream {
+    use quote::ToTokens as _;
+    match item {
+        syn::Item::Fn(f) => f.sig.fn_token.to_token_stream(),
+        syn::Item::Union(u) => u.union_token.to_token_stream(),
+        syn::Item::Type(t) => t.type_token.to_token_stream(),
+        syn::Item::Trait(t) => t.trait_token.to_token_stream(),
+        other => other.to_token_stream(),
+    }
+}
+
+/// What `#[aggregate]` was put on: an inherent impl block.
+pub struct AggregateInput {
+    /// The impl block, with our `#[apply]` and `#[command]` markers removed.
+    pub item: ItemImpl,
+    pub args: AggregateArgs,
+    /// The aggregate type name.
+    pub name: String,
+    pub applies: Vec<ApplyFn>,
+    pub commands: Vec<CommandFn>,
+    /// Whether the impl block itself is usable (parsed, inherent, not generic).
+    pub well_formed: bool,
+}
+
+/// `#[apply] fn method(&mut self, event: &Event)`.
+pub struct ApplyFn {
+    pub method: Ident,
+    /// The event type (without the reference).
+    pub event: Type,
+}
+
+/// `#[command] fn method(&self, command: &Command) -> Output`.
+pub struct CommandFn {
+    pub method: Ident,
+    /// The command type (without the reference).
+    pub command: Type,
+    pub output: Type,
+}
+
+#[derive(Clone, Copy)]
+enum Marker {
+    Apply,
+    Command,
+}
+
+impl AggregateInput {
+    pub fn from_syn(cx: &Ctxt, args: TokenStream, input: TokenStream) -> Result<Self, TokenStream> {
+        let args = attr::aggregate_args(cx, args);
+        let mut item = match syn::parse2::<ItemImpl>(input.clone()) {
+            Ok(item) => item,
+            Err(_) => {
+                cx.error_spanned_by(
+                    first_token(&input),
+                    "#[aggregate] goes on an inherent `impl` block of the aggregate's state type, like `#[aggregate(events = AccountEvent)] impl BankAccount { ... }`",
+                );
+                return Err(input);
+            }
+        };
+        let mut well_formed = true;
+        if let Some((path, for_token)) = &item.trait_ {
+            cx.error_spanned_by(
+                quote::quote!(#path #for_token),
+                "#[aggregate] goes on an inherent `impl` block, not on a trait implementation",
+            );
+            well_formed = false;
+        }
+        if !item.generics.params.is_empty() || item.generics.where_clause.is_some() {
+            cx.error_spanned_by(&item.generics, "aggregates cannot be generic: the stored aggregate type name must denote one Rust type");
+            well_formed = false;
+        }
+        let name = match (&args.name, type_ident(&item.self_ty)) {
+            (Some(lit), _) => lit.value(),
+            (None, Some(ident)) => ident.to_string(),
+            (None, None) => {
+                cx.error_spanned_by(&item.self_ty, "cannot derive an aggregate type name from this type: name it with `#[aggregate(name = \"...\")]`");
+                String::new()
+            }
+        };
+
+        let mut applies = Vec::new();
+        let mut commands = Vec::new();
+        for impl_item in &mut item.items {
+            let ImplItem::Fn(method) = impl_item else {
+                continue;
+            };
+            match take_marker(cx, method) {
+                Some(Marker::Apply) => applies.extend(ApplyFn::from_method(cx, method)),
+                Some(Marker::Command) => commands.extend(CommandFn::from_method(cx, method)),
+                None => {}
+            }
+        }
+        Ok(Self {
+            item,
+            args,
+            name,
+            applies,
+            commands,
+            well_formed,
+        })
+    }
+}
+
+fn first_token(input: &TokenStream) -> TokenStream {
+    input.clone().into_iter().take(1).collect()
+}
+
+/// The last identifier of a plain path type (`BankAccount`, `crate::bank::BankAccount`).
+fn type_ident(ty: &Type) -> Option<&Ident> {
+    match ty {
+        Type::Path(path) if path.qself.is_none() => path.path.segments.last().map(|s| &s.ident),
+        Type::Group(group) => type_ident(&group.elem),
+        Type::Paren(paren) => type_ident(&paren.elem),
+        _ => None,
+    }
+}
+
+/// Removes our `#[apply]` / `#[command]` markers from a method and returns the one it had.
+fn take_marker(cx: &Ctxt, method: &mut ImplItemFn) -> Option<Marker> {
+    let mut found = None;
+    let mut kept = Vec::with_capacity(method.attrs.len());
+    for attr in std::mem::take(&mut method.attrs) {
+        let (marker, key) = if attr.path().is_ident(APPLY) {
+            (Marker::Apply, APPLY)
+        } else if attr.path().is_ident(COMMAND) {
+            (Marker::Command, COMMAND)
+        } else {
+            kept.push(attr);
+            continue;
+        };
+        if !matches!(attr.meta, syn::Meta::Path(_)) {
+            cx.error_spanned_by(&attr.meta, format!("`#[{key}]` takes no arguments"));
+        }
+        if found.is_some() {
+            cx.error_spanned_by(&attr, "a method is either `#[apply]` (changes state) or `#[command]` (decides events), not both");
+        } else {
+            found = Some(marker);
+        }
+    }
+    method.attrs = kept;
+    found
+}
+
+/// Checks what apply and command functions share: no generics, not async, not const/unsafe,
+/// and exactly one argument after the receiver. Returns that argument's type.
+fn single_argument<'a>(
+    cx: &Ctxt,
+    method: &'a ImplItemFn,
+    kind: &str,
+    usage: &str,
+) -> Option<&'a Type> {
+    let sig = &method.sig;
+    let mut ok = true;
+    if !sig.generics.params.is_empty() || sig.generics.where_clause.is_some() {
+        cx.error_spanned_by(
+            &sig.generics,
+            format!("{kind} functions take no generic parameters"),
+        );
+        ok = false;
+    }
+    if let Some(asyncness) = &sig.asyncness {
+        cx.error_spanned_by(
+            asyncness,
+            format!("{kind} functions cannot be async: aggregates are pure, they do no I/O"),
+        );
+        ok = false;
+    }
+    if let Some(constness) = &sig.constness {
+        cx.error_spanned_by(constness, format!("{kind} functions cannot be const"));
+        ok = false;
+    }
+    if let syn::Safety::Unsafe(token) = &sig.safety {
+        cx.error_spanned_by(token, format!("{kind} functions cannot be unsafe"));
+        ok = false;
+    }
+    let typed: Vec<&syn::PatType> = sig
+        .inputs
+        .iter()
+        .filter_map(|arg| match arg {
+            FnArg::Typed(typed) => Some(typed),
+            FnArg::Receiver(_) => None,
+        })
+        .collect();
+    match typed.as_slice() {
+        [one] if ok => Some(&one.ty),
+        [_] => None,
+        [] => {
+            cx.error_spanned_by(
+                &sig.ident,
+                format!("this {kind} function needs one argument: `{usage}`"),
+            );
+            None
+        }
+        [_, extra @ ..] => {
+            for arg in extra {
+                cx.error_spanned_by(
+                    arg,
+                    format!(
+                        "{kind} functions take exactly one argument after the receiver: `{usage}`"
+                    ),
+                );
+            }
+            None
+        }
+    }
+}
+
+/// The receiver, when it is a plain reference (`&self` / `&mut self`): its mutability.
+fn reference_receiver(method: &ImplItemFn) -> Option<(bool, &syn::Receiver)> {
+    let receiver = method.sig.receiver()?;
+    match &receiver.kind {
+        syn::ReceiverKind::Reference(_, _, mutability) => Some((mutability.is_some(), receiver)),
+        _ => None,
+    }
+}
+
+/// The referent of `&T` (not `&mut T`).
+fn shared_reference(ty: &Type) -> Option<&Type> {
+    match ty {
+        Type::Reference(reference) if reference.mutability.is_none() => Some(&reference.elem),
+        Type::Group(group) => shared_reference(&group.elem),
+        _ => None,
+    }
+}
+
+impl ApplyFn {
+    const USAGE: &'static str = "fn on_event(&mut self, event: &EventType)";
+
+    fn from_method(cx: &Ctxt, method: &ImplItemFn) -> Option<Self> {
+        let mut ok = true;
+        match reference_receiver(method) {
+            Some((true, _)) => {}
+            Some((false, receiver)) => {
+                cx.error_spanned_by(
+                    receiver,
+                    "apply functions change the state: take `&mut self`",
+                );
+                ok = false;
+            }
+            None => {
+                cx.error_spanned_by(
+                    receiver_or_name(method),
+                    format!(
+                        "apply functions take `&mut self` and the event by reference: `{}`",
+                        Self::USAGE
+                    ),
+                );
+                ok = false;
+            }
+        }
+        if let ReturnType::Type(arrow, ty) = &method.sig.output {
+            if !is_unit(ty) {
+                cx.error_spanned_by(quote::quote!(#arrow #ty), "apply functions return nothing: they only change the state and cannot fail; checks belong in command handlers");
+                ok = false;
+            }
+        }
+        let argument = single_argument(cx, method, "apply", Self::USAGE)?;
+        let Some(event) = shared_reference(argument) else {
+            cx.error_spanned_by(
+                argument,
+                format!(
+                    "apply functions take the event by shared reference: `{}`",
+                    Self::USAGE
+                ),
+            );
+            return None;
+        };
+        ok.then(|| Self {
+            method: method.sig.ident.clone(),
+            event: event.clone(),
+        })
+    }
+}
+
+impl CommandFn {
+    const USAGE: &'static str = "fn handle(&self, command: &CommandType) -> Result<Events, Error>";
+
+    fn from_method(cx: &Ctxt, method: &ImplItemFn) -> Option<Self> {
+        let mut ok = true;
+        match reference_receiver(method) {
+            Some((false, _)) => {}
+            Some((true, receiver)) => {
+                cx.error_spanned_by(receiver, "command handlers decide, they do not change the state: take `&self` (the events they return are applied for you)");
+                ok = false;
+            }
+            None => {
+                cx.error_spanned_by(
+                    receiver_or_name(method),
+                    format!(
+                        "command handlers take `&self` and the command by reference: `{}`",
+                        Self::USAGE
+                    ),
+                );
+                ok = false;
+            }
+        }
+        let output = match &method.sig.output {
+            ReturnType::Type(_, ty) => Some((**ty).clone()),
+            ReturnType::Default => {
+                cx.error_spanned_by(
+                    &method.sig,
+                    format!(
+                        "command handlers return `Result<events, error>`: `{}`",
+                        Self::USAGE
+                    ),
+                );
+                ok = false;
+                None
+            }
+        };
+        let argument = single_argument(cx, method, "command", Self::USAGE)?;
+        let Some(command) = shared_reference(argument) else {
+            cx.error_spanned_by(
+                argument,
+                format!(
+                    "command handlers take the command by shared reference: `{}`",
+                    Self::USAGE
+                ),
+            );
+            return None;
+        };
+        let output = output?;
+        ok.then(|| Self {
+            method: method.sig.ident.clone(),
+            command: command.clone(),
+            output,
+        })
+    }
+}
+
+/// Where to report a bad receiver: the receiver, or the method's name when there is none.
+fn receiver_or_name(method: &ImplItemFn) -> TokenStream {
+    use quote::ToTokens as _;
+    match method.sig.receiver() {
+        Some(receiver) => receiver.to_token_stream(),
+        None => method.sig.ident.to_token_stream(),
+    }
+}
+
+fn is_unit(ty: &Type) -> bool {
+    matches!(ty, Type::Tuple(tuple) if tuple.elems.is_empty())
+}

@@ -1,0 +1,235 @@
+//! Parsing of the arguments of `#[event(...)]` and `#[aggregate(...)]`.
+//!
+//! Every key may appear once; unknown keys, duplicate keys and bad values are recorded in the
+//! [`Ctxt`] at the user's tokens, and parsing goes on so that all mistakes are reported at once.
+
+use proc_macro2::TokenStream;
+use quote::ToTokens;
+use syn::meta::ParseNestedMeta;
+use syn::parse::Parser;
+use syn::punctuated::Punctuated;
+use syn::{Expr, Lit, LitInt, LitStr, Token, Type};
+
+use crate::ctxt::Ctxt;
+use crate::symbol::{EVENTS, IGNORE, NAME, VERSION};
+
+/// A key that may be set at most once.
+pub struct Attr<T> {
+    key: &'static str,
+    value: Option<T>,
+}
+
+impl<T> Attr<T> {
+    fn none(key: &'static str) -> Self {
+        Self { key, value: None }
+    }
+
+    fn set<K: ToTokens>(&mut self, cx: &Ctxt, key_tokens: K, value: T) {
+        if self.value.is_some() {
+            cx.error_spanned_by(
+                key_tokens,
+                format!("duplicate key `{}`: give it once", self.key),
+            );
+        } else {
+            self.value = Some(value);
+        }
+    }
+
+    fn get(self) -> Option<T> {
+        self.value
+    }
+}
+
+/// The arguments of `#[event(...)]`.
+#[derive(Default)]
+pub struct EventArgs {
+    /// The stored type name (default: the Rust name).
+    pub name: Option<LitStr>,
+    /// The schema version (default: 1), with its literal for spans.
+    pub version: Option<(u32, LitInt)>,
+    /// Every key given, for "an event set takes no options".
+    pub keys: Vec<syn::Path>,
+}
+
+/// The arguments of `#[aggregate(...)]`.
+#[derive(Default)]
+pub struct AggregateArgs {
+    /// The event set.
+    pub events: Option<Type>,
+    /// The aggregate type name (default: the Rust name).
+    pub name: Option<LitStr>,
+    /// Events of the set that change no state.
+    pub ignore: Vec<Type>,
+}
+
+pub fn event_args(cx: &Ctxt, args: TokenStream) -> EventArgs {
+    let mut name = Attr::none(NAME);
+    let mut version = Attr::none(VERSION);
+    let mut keys = Vec::new();
+    let parser = syn::meta::parser(|meta| {
+        keys.push(meta.path.clone());
+        if meta.path.is_ident(NAME) {
+            if let Some(lit) = type_name(cx, &meta, "name = \"MoneyDeposited\"")? {
+                name.set(cx, &meta.path, lit);
+            }
+        } else if meta.path.is_ident(VERSION) {
+            if let Some(parsed) = version_value(cx, &meta)? {
+                version.set(cx, &meta.path, parsed);
+            }
+        } else {
+            unknown_key(cx, &meta, "#[event]", "`name` or `version`")?;
+        }
+        Ok(())
+    });
+    if let Err(error) = parser.parse2(args) {
+        cx.syn_error(error);
+    }
+    EventArgs {
+        name: name.get(),
+        version: version.get(),
+        keys,
+    }
+}
+
+pub fn aggregate_args(cx: &Ctxt, args: TokenStream) -> AggregateArgs {
+    let mut events = Attr::none(EVENTS);
+    let mut name = Attr::none(NAME);
+    let mut ignore = Attr::none(IGNORE);
+    let parser = syn::meta::parser(|meta| {
+        if meta.path.is_ident(EVENTS) {
+            if meta.input.peek(Token![=]) {
+                let ty: Type = meta.value()?.parse()?;
+                events.set(cx, &meta.path, ty);
+            } else {
+                expected(cx, &meta, "events = YourEventSet")?;
+            }
+        } else if meta.path.is_ident(NAME) {
+            if let Some(lit) = type_name(cx, &meta, "name = \"BankAccount\"")? {
+                name.set(cx, &meta.path, lit);
+            }
+        } else if meta.path.is_ident(IGNORE) {
+            if meta.input.peek(syn::token::Paren) {
+                let content;
+                syn::parenthesized!(content in meta.input);
+                let types = Punctuated::<Type, Token![,]>::parse_terminated(&content)?;
+                ignore.set(cx, &meta.path, types.into_iter().collect::<Vec<_>>());
+            } else {
+                expected(cx, &meta, "ignore(EventA, EventB)")?;
+            }
+        } else {
+            unknown_key(cx, &meta, "#[aggregate]", "`events`, `name` or `ignore`")?;
+        }
+        Ok(())
+    });
+    if let Err(error) = parser.parse2(args) {
+        cx.syn_error(error);
+    }
+    AggregateArgs {
+        events: events.get(),
+        name: name.get(),
+        ignore: ignore.get().unwrap_or_default(),
+    }
+}
+
+fn unknown_key(cx: &Ctxt, meta: &ParseNestedMeta, attribute: &str, known: &str) -> syn::Result<()> {
+    let key = meta.path.to_token_stream().to_string().replace(' ', "");
+    cx.error_spanned_by(
+        &meta.path,
+        format!("unknown key `{key}` in {attribute}: expected {known}"),
+    );
+    skip_value(meta)
+}
+
+/// Records "expected `usage`" at the key and skips whatever value follows it.
+fn expected(cx: &Ctxt, meta: &ParseNestedMeta, usage: &str) -> syn::Result<()> {
+    cx.error_spanned_by(&meta.path, format!("expected `{usage}`"));
+    skip_value(meta)
+}
+
+fn skip_value(meta: &ParseNestedMeta) -> syn::Result<()> {
+    if meta.input.peek(Token![=]) {
+        meta.value()?.parse::<Expr>()?;
+    } else if meta.input.peek(syn::token::Paren) {
+        let _content;
+        syn::parenthesized!(_content in meta.input);
+    }
+    Ok(())
+}
+
+/// `key = "Name"`: a non-empty type name without whitespace.
+fn type_name(cx: &Ctxt, meta: &ParseNestedMeta, usage: &str) -> syn::Result<Option<LitStr>> {
+    if !meta.input.peek(Token![=]) {
+        expected(cx, meta, usage)?;
+        return Ok(None);
+    }
+    let value: Expr = meta.value()?.parse()?;
+    let Expr::Lit(syn::ExprLit {
+        lit: Lit::Str(lit), ..
+    }) = value
+    else {
+        cx.error_spanned_by(&value, format!("expected a string, like `{usage}`"));
+        return Ok(None);
+    };
+    let text = lit.value();
+    if text.is_empty() {
+        cx.error_spanned_by(&lit, "type names cannot be empty");
+        return Ok(None);
+    }
+    if text.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        cx.error_spanned_by(
+            &lit,
+            "type names cannot contain whitespace: they are stored and matched exactly",
+        );
+        return Ok(None);
+    }
+    Ok(Some(lit))
+}
+
+/// `version = N` with N an integer from 1 to `u32::MAX`.
+fn version_value(cx: &Ctxt, meta: &ParseNestedMeta) -> syn::Result<Option<(u32, LitInt)>> {
+    if !meta.input.peek(Token![=]) {
+        expected(cx, meta, "version = 2")?;
+        return Ok(None);
+    }
+    let value: Expr = meta.value()?.parse()?;
+    let lit = match value {
+        Expr::Lit(syn::ExprLit {
+            lit: Lit::Int(lit), ..
+        }) => lit,
+        Expr::Unary(syn::ExprUnary {
+            op: syn::UnOp::Neg(_),
+            ..
+        }) => {
+            cx.error_spanned_by(&value, "event versions start at 1, like `version = 1`");
+            return Ok(None);
+        }
+        other => {
+            cx.error_spanned_by(&other, "expected an integer version, like `version = 2`");
+            return Ok(None);
+        }
+    };
+    if !matches!(lit.suffix(), "" | "u32") {
+        cx.error_spanned_by(
+            &lit,
+            "expected an integer version without a type suffix, like `version = 2`",
+        );
+        return Ok(None);
+    }
+    match lit.base10_parse::<u32>() {
+        Ok(0) => {
+            cx.error_spanned_by(&lit, "event versions start at 1, like `version = 1`");
+            Ok(None)
+        }
+        Ok(version) => Ok(Some((version, lit))),
+        Err(_) => {
+            cx.error_spanned_by(
+                &lit,
+                format!(
+                    "version {} is too large: versions are `u32`",
+                    lit.base10_digits()
+                ),
+            );
+            Ok(None)
+        }
+    }
+}

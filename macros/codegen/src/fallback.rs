@@ -1,0 +1,67 @@
+//! What a macro emits when the input has mistakes: the compile errors, the user's item (so that
+//! it still exists), and stub implementations where they are safe, so that one mistake does not
+//! cascade into errors at every use of the type.
+
+use proc_macro2::TokenStream;
+use quote::quote;
+
+use crate::aggregate::{aggregate_impl, handler_impls};
+use crate::ast::{AggregateInput, EventInput};
+
+pub fn event(input: &EventInput, errors: &syn::Error) -> TokenStream {
+    let errors = errors.to_compile_error();
+    let item = match input {
+        EventInput::Struct(event) => {
+            let item = &event.item;
+            quote!(#item)
+        }
+        EventInput::Set(set) => {
+            let item = &set.item;
+            quote!(#item)
+        }
+        EventInput::Other(tokens) => tokens.clone(),
+    };
+    quote! {
+        #errors
+        #item
+    }
+}
+
+pub fn aggregate(input: Result<&AggregateInput, &TokenStream>, errors: &syn::Error) -> TokenStream {
+    let errors = errors.to_compile_error();
+    let input = match input {
+        Ok(input) => input,
+        Err(tokens) => return quote!(#errors #tokens),
+    };
+    let item = &input.item;
+    let stubs = match &input.args.events {
+        Some(events) if input.well_formed => {
+            let aggregate = aggregate_impl(input, events, false);
+            let handlers = handler_impls(input, events);
+            quote! {
+                const _: () = {
+                    #aggregate
+                    #(#handlers)*
+                };
+            }
+        }
+        _ => TokenStream::new(),
+    };
+    quote! {
+        #errors
+        #item
+        #stubs
+    }
+}
+
+/// `#[apply]` or `#[command]` outside an `#[aggregate]` impl block.
+pub fn stray_marker(marker: &str, item: TokenStream) -> TokenStream {
+    let message = format!(
+        "`#[{marker}]` only marks a method of an `#[aggregate(events = ...)]` impl block; put `#[aggregate]` on the impl block"
+    );
+    let error = syn::Error::new(proc_macro2::Span::call_site(), message).to_compile_error();
+    quote! {
+        #error
+        #item
+    }
+}

@@ -1,0 +1,56 @@
+//! The code generation behind `factum-macros`, as plain functions on token streams, so that it
+//! can be tested (and its expansions snapshot) without a compiler in the loop.
+//!
+//! Each entry point parses into our own syntax tree ([`ast`]), validates it ([`check`]), and
+//! expands it; on mistakes it reports all of them and emits a fallback ([`fallback`]).
+
+mod aggregate;
+mod ast;
+mod attr;
+mod check;
+mod ctxt;
+mod event;
+mod event_set;
+mod fallback;
+mod symbol;
+
+use proc_macro2::TokenStream;
+
+use crate::ast::{AggregateInput, EventInput};
+use crate::ctxt::Ctxt;
+
+/// `#[event]` on a struct (one event) or on an enum of events (an event set).
+#[must_use]
+pub fn event(args: TokenStream, input: TokenStream) -> TokenStream {
+    let cx = Ctxt::new();
+    let input = EventInput::from_syn(&cx, args, input);
+    check::event(&cx, &input);
+    match (cx.check(), &input) {
+        (Ok(()), EventInput::Struct(event)) => event::expand(event),
+        (Ok(()), EventInput::Set(set)) => event_set::expand(set),
+        (Ok(()), EventInput::Other(tokens)) => tokens.clone(),
+        (Err(errors), _) => fallback::event(&input, &errors),
+    }
+}
+
+/// `#[aggregate(events = ...)]` on an inherent impl block.
+#[must_use]
+pub fn aggregate(args: TokenStream, input: TokenStream) -> TokenStream {
+    let cx = Ctxt::new();
+    let input = AggregateInput::from_syn(&cx, args, input);
+    if let Ok(input) = &input {
+        check::aggregate(&cx, input);
+    }
+    match (cx.check(), &input) {
+        (Ok(()), Ok(input)) => aggregate::expand(input),
+        (Ok(()), Err(tokens)) => tokens.clone(),
+        (Err(errors), input) => fallback::aggregate(input.as_ref(), &errors),
+    }
+}
+
+/// `#[apply]` or `#[command]` used on its own: always an error (the `#[aggregate]` impl block
+/// consumes these markers).
+#[must_use]
+pub fn stray_marker(marker: &str, input: TokenStream) -> TokenStream {
+    fallback::stray_marker(marker, input)
+}

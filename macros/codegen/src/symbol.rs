@@ -1,0 +1,8 @@
+//! The keys our attributes accept.
+
+pub const NAME: &str = "name";
+pub const VERSION: &str = "version";
+pub const EVENTS: &str = "events";
+pub const IGNORE: &str = "ignore";
+pub const APPLY: &str = "apply";
+pub const COMMAND: &str = "command";

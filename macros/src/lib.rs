@@ -1,0 +1,45 @@
+//! Procedural macros of Factum. Use them through the `factum` crate, which re-exports them and
+//! documents them.
+#![forbid(unsafe_code)]
+
+use proc_macro::TokenStream;
+
+/// Declares a domain event (on a struct) or an event set (on an enum whose variants each hold one
+/// event).
+///
+/// On a struct: derives `Serialize`, `Deserialize` and `JsonSchema`, and implements
+/// `factum::Event` with a stable type name and a schema version:
+/// `#[event]`, `#[event(version = 2)]`, `#[event(name = "MoneyDeposited", version = 2)]`.
+///
+/// On an enum: implements `factum::EventSet` (decoding a stored event by type name), the apply
+/// `match` used by `#[aggregate]`, and `From` each event; checks at compile time that no two
+/// events of the set share a type name.
+#[proc_macro_attribute]
+pub fn event(args: TokenStream, input: TokenStream) -> TokenStream {
+    factum_codegen::event(args.into(), input.into()).into()
+}
+
+/// Makes the state type of an `impl` block an aggregate:
+/// `#[aggregate(events = AccountEvent)]`, optionally `name = "Account"` and
+/// `ignore(EventA, EventB)` for events that change no state.
+///
+/// Methods marked `#[apply]` (`fn(&mut self, event: &Event)`) apply events; every event of the set
+/// needs one unless ignored, and an apply function for an event outside the set is an error.
+/// Methods marked `#[command]` (`fn(&self, command: &Command) -> Result<events, Error>`) handle
+/// commands.
+#[proc_macro_attribute]
+pub fn aggregate(args: TokenStream, input: TokenStream) -> TokenStream {
+    factum_codegen::aggregate(args.into(), input.into()).into()
+}
+
+/// Marks an apply function inside an `#[aggregate]` impl block (on its own: an error).
+#[proc_macro_attribute]
+pub fn apply(_args: TokenStream, input: TokenStream) -> TokenStream {
+    factum_codegen::stray_marker("apply", input.into()).into()
+}
+
+/// Marks a command handler inside an `#[aggregate]` impl block (on its own: an error).
+#[proc_macro_attribute]
+pub fn command(_args: TokenStream, input: TokenStream) -> TokenStream {
+    factum_codegen::stray_marker("command", input.into()).into()
+}

@@ -1,0 +1,33 @@
+//! Items used by generated code. Not public API: they may change in any release.
+
+pub use schemars;
+pub use serde;
+pub use serde_json;
+pub use tokio;
+
+pub use crate::event::decode_event;
+
+/// `a == b` for `&str` in const context, for the compile-time check that the events of a set
+/// have distinct type names.
+#[must_use]
+pub const fn str_eq(a: &str, b: &str) -> bool {
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    if a.len() != b.len() {
+        return false;
+    }
+    let mut i = 0;
+    while i < a.len() {
+        if a[i] != b[i] {
+            return false;
+        }
+        i += 1;
+    }
+    true
+}
+
+/// Compiles only when `E` is an event of the set `S`; generated at each apply function.
+pub const fn assert_event_of<S: EventSet, E: EventOf<S>>() {}
+
+pub use crate::aggregate::{Aggregate, Apply, ApplyTo, Handle, HandlerOutput};
+pub use crate::error::DecodeError;
+pub use crate::event::{Event, EventDescriptor, EventOf, EventSet, IntoEvents, Payload};

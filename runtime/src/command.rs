@@ -1,0 +1,92 @@
+//! The context a command runs in: ids that flow into every event it produces.
+
+use uuid::Uuid;
+
+use crate::envelope::{Envelope, Metadata};
+
+/// Who and what a command comes from. Every event the command produces gets
+/// `correlation_id = context.correlation_id`, `causation_id = context.command_id`, and the
+/// context's actor and metadata.
+///
+/// ```
+/// use factum::CommandContext;
+///
+/// let request = uuid::Uuid::now_v7();
+/// let context = CommandContext::new().correlation_id(request).actor("alice");
+/// assert_eq!(context.correlation_id, request);
+/// assert_ne!(context.command_id, request);
+/// ```
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct CommandContext {
+    /// The command's own id: the causation id of the events it produces.
+    pub command_id: Uuid,
+    /// The id of the business flow the command belongs to.
+    pub correlation_id: Uuid,
+    /// Who issued the command.
+    pub actor: Option<String>,
+    /// Metadata copied onto every event.
+    pub metadata: Metadata,
+}
+
+impl CommandContext {
+    /// A command that starts a new flow: a fresh UUIDv7 command id, which is also the
+    /// correlation id.
+    #[must_use]
+    pub fn new() -> Self {
+        let command_id = Uuid::now_v7();
+        Self {
+            command_id,
+            correlation_id: command_id,
+            actor: None,
+            metadata: Metadata::new(),
+        }
+    }
+
+    /// A command issued in reaction to a stored event (by a saga or a policy): it joins the
+    /// event's flow (same correlation id and actor).
+    #[must_use]
+    pub fn caused_by<E>(event: &Envelope<E>) -> Self {
+        Self {
+            command_id: Uuid::now_v7(),
+            correlation_id: event.correlation_id,
+            actor: event.actor.clone(),
+            metadata: Metadata::new(),
+        }
+    }
+
+    /// Sets the command id (for example a deterministic one, to make a retried command
+    /// recognisable).
+    #[must_use]
+    pub fn command_id(mut self, command_id: Uuid) -> Self {
+        self.command_id = command_id;
+        self
+    }
+
+    /// Sets the correlation id (for example the id of the incoming request).
+    #[must_use]
+    pub fn correlation_id(mut self, correlation_id: Uuid) -> Self {
+        self.correlation_id = correlation_id;
+        self
+    }
+
+    /// Sets the actor.
+    #[must_use]
+    pub fn actor(mut self, actor: impl Into<String>) -> Self {
+        self.actor = Some(actor.into());
+        self
+    }
+
+    /// Adds one metadata entry.
+    #[must_use]
+    pub fn metadata(mut self, key: impl Into<String>, value: impl Into<serde_json::Value>) -> Self {
+        self.metadata.insert(key.into(), value.into());
+        self
+    }
+}
+
+impl Default for CommandContext {
+    fn default() -> Self {
+        Self::new()
+    }
+}

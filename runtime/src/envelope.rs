@@ -1,0 +1,212 @@
+//! The envelope every stored event carries, and the shape of an event about to be appended.
+
+use std::borrow::Cow;
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::command::CommandContext;
+use crate::error::{Error, Result};
+use crate::event::{EventSet, Payload};
+use crate::store::FeedPosition;
+
+/// Free-form metadata stored with an event (tenant, request path, client version...).
+pub type Metadata = BTreeMap<String, serde_json::Value>;
+
+/// A stored event with everything known about it. `E` is the event: the raw [`Payload`] as read
+/// from a store, or a decoded event set.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+#[non_exhaustive]
+pub struct Envelope<E = Payload> {
+    /// Unique id of the event (UUIDv7, so ids sort by creation time).
+    pub event_id: Uuid,
+    /// The event's stable type name.
+    pub event_type: String,
+    /// The schema version the payload was written with.
+    pub schema_version: u32,
+    /// The stream (aggregate instance) the event belongs to.
+    pub stream_id: String,
+    /// The aggregate type owning the stream.
+    pub aggregate_type: String,
+    /// Position in its stream: 1 for the first event.
+    pub stream_version: u64,
+    /// Position in the store's global log, unique and increasing in allocation order.
+    pub global_position: u64,
+    /// The store's commit-order key: the global feed delivers events in `(tx, global_position)`
+    /// order. In PostgreSQL it is the id of the writing transaction; in the other stores, a
+    /// counter of appends.
+    pub tx: u64,
+    /// When the store recorded the event.
+    pub recorded_at: DateTime<Utc>,
+    /// The id shared by every message of one business flow (the first command's id by default).
+    pub correlation_id: Uuid,
+    /// The id of the message that directly caused this event: the command's id.
+    pub causation_id: Uuid,
+    /// Who issued the command, if known.
+    pub actor: Option<String>,
+    /// Free-form metadata.
+    pub metadata: Metadata,
+    /// The event itself.
+    pub event: E,
+}
+
+/// A stored event as read from a store, payload not yet decoded.
+pub type RecordedEvent = Envelope<Payload>;
+
+impl<E> Envelope<E> {
+    /// Where this event stands in the global feed; a reader that has processed it checkpoints
+    /// this position.
+    #[must_use]
+    pub fn feed_position(&self) -> FeedPosition {
+        FeedPosition::new(self.tx, self.global_position)
+    }
+
+    /// The same envelope around another event value.
+    pub fn with_event<F>(self, event: F) -> Envelope<F> {
+        Envelope {
+            event_id: self.event_id,
+            event_type: self.event_type,
+            schema_version: self.schema_version,
+            stream_id: self.stream_id,
+            aggregate_type: self.aggregate_type,
+            stream_version: self.stream_version,
+            global_position: self.global_position,
+            tx: self.tx,
+            recorded_at: self.recorded_at,
+            correlation_id: self.correlation_id,
+            causation_id: self.causation_id,
+            actor: self.actor,
+            metadata: self.metadata,
+            event,
+        }
+    }
+}
+
+impl Envelope<Payload> {
+    /// Decodes the payload into the event set `S`.
+    ///
+    /// # Errors
+    /// [`Error::Decode`] naming the stream, version, type and what does not match.
+    pub fn decode_event<S: EventSet>(&self) -> Result<S> {
+        S::decode(&self.event_type, self.schema_version, &self.event).map_err(|cause| {
+            Error::Decode {
+                stream_id: self.stream_id.clone(),
+                stream_version: self.stream_version,
+                cause,
+            }
+        })
+    }
+
+    /// Decodes the payload into the event set `S`, keeping the envelope.
+    ///
+    /// # Errors
+    /// As [`Envelope::decode_event`].
+    pub fn decode<S: EventSet>(self) -> Result<Envelope<S>> {
+        let event = self.decode_event::<S>()?;
+        Ok(self.with_event(event))
+    }
+}
+
+/// An event about to be appended: what the writer decides. The store adds the stream, versions,
+/// positions and time.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct NewEvent {
+    /// Unique id; a retried append must reuse it so that the store recognises the retry.
+    pub event_id: Uuid,
+    /// The event's stable type name.
+    pub event_type: Cow<'static, str>,
+    /// The schema version of the payload.
+    pub schema_version: u32,
+    /// The event's JSON.
+    pub payload: Payload,
+    /// See [`Envelope::correlation_id`].
+    pub correlation_id: Uuid,
+    /// See [`Envelope::causation_id`].
+    pub causation_id: Uuid,
+    /// See [`Envelope::actor`].
+    pub actor: Option<String>,
+    /// See [`Envelope::metadata`].
+    pub metadata: Metadata,
+}
+
+impl NewEvent {
+    /// A new event with a fresh UUIDv7 id that is its own correlation and causation id.
+    #[must_use]
+    pub fn new(
+        event_type: impl Into<Cow<'static, str>>,
+        schema_version: u32,
+        payload: Payload,
+    ) -> Self {
+        let event_id = Uuid::now_v7();
+        Self {
+            event_id,
+            event_type: event_type.into(),
+            schema_version,
+            payload,
+            correlation_id: event_id,
+            causation_id: event_id,
+            actor: None,
+            metadata: Metadata::new(),
+        }
+    }
+
+    /// Encodes an event of a set, taking ids, actor and metadata from the command context.
+    ///
+    /// # Errors
+    /// [`Error::Encode`] when the event does not serialize.
+    pub fn from_event<S: EventSet>(event: &S, context: &CommandContext) -> Result<Self> {
+        let payload = event.encode().map_err(|cause| Error::Encode {
+            event_type: event.event_type(),
+            cause,
+        })?;
+        Ok(Self {
+            event_id: Uuid::now_v7(),
+            event_type: Cow::Borrowed(event.event_type()),
+            schema_version: event.schema_version(),
+            payload,
+            correlation_id: context.correlation_id,
+            causation_id: context.command_id,
+            actor: context.actor.clone(),
+            metadata: context.metadata.clone(),
+        })
+    }
+
+    /// Sets the event id.
+    #[must_use]
+    pub fn event_id(mut self, event_id: Uuid) -> Self {
+        self.event_id = event_id;
+        self
+    }
+
+    /// Sets the correlation id.
+    #[must_use]
+    pub fn correlation_id(mut self, correlation_id: Uuid) -> Self {
+        self.correlation_id = correlation_id;
+        self
+    }
+
+    /// Sets the causation id.
+    #[must_use]
+    pub fn causation_id(mut self, causation_id: Uuid) -> Self {
+        self.causation_id = causation_id;
+        self
+    }
+
+    /// Sets the actor.
+    #[must_use]
+    pub fn actor(mut self, actor: impl Into<String>) -> Self {
+        self.actor = Some(actor.into());
+        self
+    }
+
+    /// Adds one metadata entry.
+    #[must_use]
+    pub fn metadata(mut self, key: impl Into<String>, value: impl Into<serde_json::Value>) -> Self {
+        self.metadata.insert(key.into(), value.into());
+        self
+    }
+}

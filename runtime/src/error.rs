@@ -1,0 +1,176 @@
+//! Errors: one variant per thing a caller can act on.
+
+use uuid::Uuid;
+
+use crate::store::ExpectedVersion;
+
+/// `Result` with Factum's store [`Error`] as the default error.
+pub type Result<T, E = Error> = core::result::Result<T, E>;
+
+/// What can go wrong when storing or reading events.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The stream was not at the expected version: another writer got there first.
+    #[error(
+        "concurrency conflict on stream `{stream_id}`: expected {expected}, but the stream is at version {actual}; reload it and retry the command"
+    )]
+    Conflict {
+        /// The stream appended to.
+        stream_id: String,
+        /// What the append expected.
+        expected: ExpectedVersion,
+        /// The stream's version when the append was refused (0: no stream).
+        actual: u64,
+    },
+
+    /// The stream exists and belongs to another aggregate type.
+    #[error(
+        "stream `{stream_id}` belongs to aggregate type `{existing}`, not `{requested}`: stream ids are shared by all aggregate types, so give each type ids of its own (for example with a prefix)"
+    )]
+    AggregateTypeMismatch {
+        /// The stream.
+        stream_id: String,
+        /// The aggregate type the stream was created with.
+        existing: String,
+        /// The aggregate type of the refused append or load.
+        requested: String,
+    },
+
+    /// An event id of the append is already stored somewhere else.
+    ///
+    /// Re-appending the very same events at the very same positions is an idempotent success;
+    /// anything else that reuses a stored event id is refused, so no event is stored twice.
+    #[error(
+        "event id {event_id} is already stored as version {stream_version} of stream `{stream_id}`; an append may only be retried with the same events at the same positions, new events need new ids"
+    )]
+    DuplicateEventId {
+        /// The reused id.
+        event_id: Uuid,
+        /// Where it is stored.
+        stream_id: String,
+        /// Its version there.
+        stream_version: u64,
+    },
+
+    /// A stored event could not be decoded into its Rust type. Nothing was skipped: the read
+    /// stops here.
+    #[error("cannot decode version {stream_version} of stream `{stream_id}`: {cause}")]
+    Decode {
+        /// The stream of the event.
+        stream_id: String,
+        /// The event's version in its stream.
+        stream_version: u64,
+        /// What is wrong with it.
+        #[source]
+        cause: DecodeError,
+    },
+
+    /// An event could not be serialized to JSON.
+    #[error("cannot serialize event `{event_type}` to JSON: {cause}")]
+    Encode {
+        /// The event's type name.
+        event_type: &'static str,
+        /// The serializer's error.
+        #[source]
+        cause: serde_json::Error,
+    },
+
+    /// The append was malformed (for example the same event id twice in one append).
+    #[error("invalid append to stream `{stream_id}`: {reason}")]
+    InvalidAppend {
+        /// The stream appended to.
+        stream_id: String,
+        /// What is wrong.
+        reason: String,
+    },
+
+    /// The storage backend failed.
+    #[error("the event store failed: {0}")]
+    Backend(#[source] Box<dyn std::error::Error + Send + Sync>),
+}
+
+impl Error {
+    /// Whether this is a concurrency [`Error::Conflict`], which a retry after a reload may cure.
+    #[must_use]
+    pub fn is_conflict(&self) -> bool {
+        matches!(self, Self::Conflict { .. })
+    }
+}
+
+/// Why a stored `(type name, version, JSON)` triple did not decode into a Rust event.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum DecodeError {
+    /// The type name is not one of the set's events.
+    #[error(
+        "unknown event type `{event_type}` for `{set}`: add the event to the set (or an upcaster if it was renamed)"
+    )]
+    UnknownType {
+        /// The stored type name.
+        event_type: String,
+        /// The event set decoded into.
+        set: &'static str,
+    },
+
+    /// The schema version is not the one this build knows.
+    #[error(
+        "event `{event_type}` is stored at schema version {found}, but this build knows version {expected}: add an upcaster from version {found}, or run the build that wrote it"
+    )]
+    UnknownVersion {
+        /// The stored type name.
+        event_type: String,
+        /// The stored version.
+        found: u32,
+        /// The version of the Rust type.
+        expected: u32,
+    },
+
+    /// The JSON does not match the Rust type.
+    #[error("event `{event_type}` v{version} does not match its Rust type: {cause}")]
+    Payload {
+        /// The stored type name.
+        event_type: String,
+        /// The stored version.
+        version: u32,
+        /// The deserializer's error.
+        #[source]
+        cause: serde_json::Error,
+    },
+}
+
+/// What can go wrong when executing a command: the domain said no, the stream kept changing, or
+/// the store failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ExecuteError<E> {
+    /// The aggregate's command handler refused the command.
+    #[error("command rejected: {0}")]
+    Rejected(#[source] E),
+
+    /// Every attempt met a concurrent change of the stream.
+    #[error("stream `{stream_id}` kept changing concurrently; gave up after {attempts} attempts")]
+    Conflict {
+        /// The stream.
+        stream_id: String,
+        /// How many times the command was tried.
+        attempts: u32,
+        /// The last conflict.
+        #[source]
+        cause: Error,
+    },
+
+    /// The store failed (or held an event that does not decode).
+    #[error(transparent)]
+    Store(#[from] Error),
+}
+
+impl<E> ExecuteError<E> {
+    /// The domain error, when the command was rejected.
+    pub fn rejected(&self) -> Option<&E> {
+        match self {
+            Self::Rejected(error) => Some(error),
+            _ => None,
+        }
+    }
+}

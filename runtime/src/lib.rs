@@ -1,0 +1,88 @@
+//! Event sourcing for Rust.
+//!
+//! Annotate domain types and Factum generates the plumbing:
+//!
+//! - [`#[event]`](macro@event) on a struct makes it an [`Event`] (stable type name, schema
+//!   version, serde, JSON Schema); on an enum of events it makes an [`EventSet`].
+//! - [`#[aggregate]`](macro@aggregate) on an `impl` block turns `#[apply]` functions into the
+//!   [`Aggregate`] apply dispatch (a plain `match`) and `#[command]` functions into [`Handle`]
+//!   implementations, checking at compile time that every event of the set is applied.
+//!
+//! The runtime stores events with their [`Envelope`] in an [`EventStore`], executes commands with
+//! optimistic concurrency and retries ([`Repository`]), and tests aggregates with
+//! [`testing::AggregateTest`].
+//!
+//! ```
+//! use factum::{aggregate, event, MemoryStore, Repository};
+//!
+//! #[event]
+//! #[derive(Debug, Clone, PartialEq)]
+//! pub struct Deposited { pub amount: u64 }
+//!
+//! #[event]
+//! #[derive(Debug, Clone, PartialEq)]
+//! pub enum WalletEvent { Deposited(Deposited) }
+//!
+//! pub struct Deposit { pub amount: u64 }
+//!
+//! #[derive(Debug, thiserror::Error)]
+//! #[error("deposits must be positive")]
+//! pub struct ZeroDeposit;
+//!
+//! #[derive(Default)]
+//! pub struct Wallet { balance: u64 }
+//!
+//! #[aggregate(events = WalletEvent)]
+//! impl Wallet {
+//!     #[apply]
+//!     fn deposited(&mut self, event: &Deposited) {
+//!         self.balance += event.amount;
+//!     }
+//!
+//!     #[command]
+//!     fn deposit(&self, command: &Deposit) -> Result<Deposited, ZeroDeposit> {
+//!         if command.amount == 0 {
+//!             return Err(ZeroDeposit);
+//!         }
+//!         Ok(Deposited { amount: command.amount })
+//!     }
+//! }
+//!
+//! # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+//! let wallets = Repository::<Wallet, _>::new(MemoryStore::new());
+//! wallets.execute("wallet-1", Deposit { amount: 5 }).await?;
+//! assert_eq!(wallets.load("wallet-1").await?.state.balance, 5);
+//! # Ok::<_, Box<dyn std::error::Error>>(())
+//! # }).unwrap();
+//! ```
+#![forbid(unsafe_code)]
+
+extern crate self as factum;
+
+pub mod aggregate;
+pub mod command;
+pub mod conformance;
+pub mod envelope;
+pub mod error;
+pub mod event;
+pub mod repository;
+pub mod store;
+pub mod testing;
+
+#[doc(hidden)]
+pub mod __private;
+
+pub use factum_macros::{aggregate, apply, command, event};
+
+pub use crate::aggregate::{Aggregate, Apply, ApplyTo, Handle, HandlerOutput};
+pub use crate::command::CommandContext;
+pub use crate::envelope::{Envelope, Metadata, NewEvent, RecordedEvent};
+pub use crate::error::{DecodeError, Error, ExecuteError, Result};
+pub use crate::event::{Event, EventDescriptor, EventOf, EventSet, IntoEvents, Payload};
+pub use crate::repository::{Loaded, Repository};
+/// Event, command and correlation ids.
+pub use uuid::Uuid;
+
+pub use crate::store::{
+    EventStore, ExpectedVersion, FeedBatch, FeedPosition, FeedQuery, MemoryStore,
+};

@@ -1,0 +1,270 @@
+//! An in-memory event store: for tests, examples and prototypes. Nothing survives the process.
+
+use std::collections::{HashMap, HashSet};
+use std::ops::RangeBounds;
+use std::sync::{Arc, PoisonError, RwLock};
+
+use chrono::{DateTime, SubsecRound, Utc};
+
+use super::{EventStore, ExpectedVersion, FeedBatch, FeedPosition, FeedQuery, version_bounds};
+use crate::envelope::{NewEvent, RecordedEvent};
+use crate::error::{Error, Result};
+
+/// An [`EventStore`] in memory. Cloning shares the same store.
+///
+/// ```
+/// # tokio_test_block_on(async {
+/// use factum::{EventStore, ExpectedVersion, MemoryStore, NewEvent, Payload};
+///
+/// let store = MemoryStore::new();
+/// let event = NewEvent::new("Pinged", 1, Payload::encode(&serde_json::json!({"n": 1}))?);
+/// let stored = store.append("ping-1", "Pinger", ExpectedVersion::NoStream, vec![event]).await?;
+/// assert_eq!(stored[0].stream_version, 1);
+/// # Ok::<_, Box<dyn std::error::Error>>(())
+/// # });
+/// # fn tokio_test_block_on<F: std::future::Future>(f: F) -> F::Output {
+/// #     tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(f)
+/// # }
+/// ```
+#[derive(Debug, Clone, Default)]
+pub struct MemoryStore {
+    log: Arc<RwLock<Log>>,
+}
+
+#[derive(Debug, Default)]
+struct Log {
+    /// Every event, in feed order; an event's global position is its index + 1.
+    events: Vec<RecordedEvent>,
+    streams: HashMap<String, Stream>,
+    /// Event id → index in `events`.
+    ids: HashMap<uuid::Uuid, usize>,
+    /// Appends so far: the `tx` of the last one.
+    tx: u64,
+}
+
+#[derive(Debug)]
+struct Stream {
+    aggregate_type: String,
+    /// Indices into `Log::events`, in version order.
+    events: Vec<usize>,
+}
+
+impl MemoryStore {
+    /// An empty store.
+    #[must_use]
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Log> {
+        // Appends validate before they mutate, so a panic elsewhere cannot leave the log torn.
+        self.log.read().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, Log> {
+        self.log.write().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+impl Log {
+    fn version_of(&self, stream_id: &str) -> u64 {
+        self.streams
+            .get(stream_id)
+            .map_or(0, |stream| stream.events.len() as u64)
+    }
+
+    /// When the batch is exactly a stored run of this stream, the stored events (an idempotent
+    /// retry); when it reuses a stored id in any other way, an error.
+    fn find_retry(
+        &self,
+        stream_id: &str,
+        expected: ExpectedVersion,
+        events: &[NewEvent],
+    ) -> Result<Option<Vec<RecordedEvent>>> {
+        let Some(first) = events.first() else {
+            return Ok(None);
+        };
+        let Some(&start) = self.ids.get(&first.event_id) else {
+            if let Some(stored) = events.iter().find_map(|e| self.ids.get(&e.event_id)) {
+                return Err(duplicate(&self.events[*stored]));
+            }
+            return Ok(None);
+        };
+        let stored = &self.events[start];
+        let first_version = stored.stream_version;
+        let run_matches = stored.stream_id == stream_id
+            && events.iter().enumerate().all(|(offset, event)| {
+                self.ids.get(&event.event_id).is_some_and(|&index| {
+                    let at = &self.events[index];
+                    at.stream_id == stream_id && at.stream_version == first_version + offset as u64
+                })
+            });
+        let position_matches = match expected {
+            ExpectedVersion::Exact(version) => first_version == version + 1,
+            ExpectedVersion::NoStream => first_version == 1,
+            ExpectedVersion::Any | ExpectedVersion::StreamExists => true,
+        };
+        if !(run_matches && position_matches) {
+            return Err(duplicate(stored));
+        }
+        Ok(Some(
+            events
+                .iter()
+                .filter_map(|e| self.ids.get(&e.event_id).map(|&i| self.events[i].clone()))
+                .collect(),
+        ))
+    }
+}
+
+fn duplicate(stored: &RecordedEvent) -> Error {
+    Error::DuplicateEventId {
+        event_id: stored.event_id,
+        stream_id: stored.stream_id.clone(),
+        stream_version: stored.stream_version,
+    }
+}
+
+fn check_distinct_ids(stream_id: &str, events: &[NewEvent]) -> Result<()> {
+    let mut seen = HashSet::with_capacity(events.len());
+    for event in events {
+        if !seen.insert(event.event_id) {
+            return Err(Error::InvalidAppend {
+                stream_id: stream_id.to_owned(),
+                reason: format!("event id {} appears twice in one append", event.event_id),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Microseconds, as SQL stores keep them, so that envelopes compare equal across stores.
+fn now() -> DateTime<Utc> {
+    Utc::now().trunc_subsecs(6)
+}
+
+impl EventStore for MemoryStore {
+    async fn append(
+        &self,
+        stream_id: &str,
+        aggregate_type: &str,
+        expected: ExpectedVersion,
+        events: Vec<NewEvent>,
+    ) -> Result<Vec<RecordedEvent>> {
+        check_distinct_ids(stream_id, &events)?;
+        let mut log = self.write();
+        if let Some(stored) = log.find_retry(stream_id, expected, &events)? {
+            return Ok(stored);
+        }
+        let current = log.version_of(stream_id);
+        if !expected.accepts(current) {
+            return Err(Error::Conflict {
+                stream_id: stream_id.to_owned(),
+                expected,
+                actual: current,
+            });
+        }
+        if let Some(stream) = log.streams.get(stream_id) {
+            if stream.aggregate_type != aggregate_type {
+                return Err(Error::AggregateTypeMismatch {
+                    stream_id: stream_id.to_owned(),
+                    existing: stream.aggregate_type.clone(),
+                    requested: aggregate_type.to_owned(),
+                });
+            }
+        }
+        if events.is_empty() {
+            return Ok(Vec::new());
+        }
+
+        log.tx += 1;
+        let tx = log.tx;
+        let recorded_at = now();
+        let mut indices = Vec::with_capacity(events.len());
+        let mut recorded = Vec::with_capacity(events.len());
+        for (offset, event) in events.into_iter().enumerate() {
+            let index = log.events.len();
+            let envelope = RecordedEvent {
+                event_id: event.event_id,
+                event_type: event.event_type.into_owned(),
+                schema_version: event.schema_version,
+                stream_id: stream_id.to_owned(),
+                aggregate_type: aggregate_type.to_owned(),
+                stream_version: current + 1 + offset as u64,
+                global_position: index as u64 + 1,
+                tx,
+                recorded_at,
+                correlation_id: event.correlation_id,
+                causation_id: event.causation_id,
+                actor: event.actor,
+                metadata: event.metadata,
+                event: event.payload,
+            };
+            log.ids.insert(envelope.event_id, index);
+            recorded.push(envelope.clone());
+            log.events.push(envelope);
+            indices.push(index);
+        }
+        log.streams
+            .entry(stream_id.to_owned())
+            .or_insert_with(|| Stream {
+                aggregate_type: aggregate_type.to_owned(),
+                events: Vec::new(),
+            })
+            .events
+            .extend(indices);
+        Ok(recorded)
+    }
+
+    async fn read_stream(
+        &self,
+        stream_id: &str,
+        versions: impl RangeBounds<u64> + Send,
+    ) -> Result<Vec<RecordedEvent>> {
+        let (from, to) = version_bounds(&versions);
+        let log = self.read();
+        let Some(stream) = log.streams.get(stream_id) else {
+            return Ok(Vec::new());
+        };
+        // Version v is at index v - 1.
+        let start = usize::try_from(from.max(1) - 1).unwrap_or(usize::MAX);
+        let end = usize::try_from(to)
+            .unwrap_or(usize::MAX)
+            .min(stream.events.len());
+        Ok(stream
+            .events
+            .get(start..end)
+            .unwrap_or_default()
+            .iter()
+            .map(|&index| log.events[index].clone())
+            .collect())
+    }
+
+    async fn read_feed(&self, query: &FeedQuery) -> Result<FeedBatch> {
+        if query.limit == 0 {
+            return Ok(FeedBatch::new(Vec::new(), query.after));
+        }
+        let log = self.read();
+        // The log is in feed order, and `tx` and position both grow with the index.
+        let start = log
+            .events
+            .partition_point(|event| event.feed_position() <= query.after);
+        let mut events = Vec::new();
+        for event in &log.events[start..] {
+            if events.len() >= query.limit {
+                break;
+            }
+            if query.matches(&event.event_type) {
+                events.push(event.clone());
+            }
+        }
+        let next = match events.last() {
+            Some(last) if events.len() >= query.limit => last.feed_position(),
+            _ => FeedPosition::end_of_tx(log.tx).max(query.after),
+        };
+        Ok(FeedBatch::new(events, next))
+    }
+
+    async fn stream_version(&self, stream_id: &str) -> Result<u64> {
+        Ok(self.read().version_of(stream_id))
+    }
+}

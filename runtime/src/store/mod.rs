@@ -1,0 +1,241 @@
+//! The event store: an append-only log of streams with optimistic concurrency, and a global feed.
+//!
+//! [`EventStore`] holds the semantics every backend shares; the [`conformance`](crate::conformance)
+//! suite checks them once for all backends.
+
+use std::fmt;
+use std::future::Future;
+use std::ops::{Bound, RangeBounds};
+
+use serde::{Deserialize, Serialize};
+
+use crate::envelope::{NewEvent, RecordedEvent};
+use crate::error::Result;
+
+mod memory;
+
+pub use memory::MemoryStore;
+
+/// What an append expects of the stream, checked atomically with the write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ExpectedVersion {
+    /// No check.
+    Any,
+    /// The stream must not exist yet (have no events).
+    NoStream,
+    /// The stream must exist (have at least one event).
+    StreamExists,
+    /// The stream's last event must have exactly this version; `Exact(0)` is the same as
+    /// [`ExpectedVersion::NoStream`].
+    Exact(u64),
+}
+
+impl ExpectedVersion {
+    /// Whether a stream at `current` (0: no stream) satisfies this expectation.
+    #[must_use]
+    pub fn accepts(self, current: u64) -> bool {
+        match self {
+            Self::Any => true,
+            Self::NoStream => current == 0,
+            Self::StreamExists => current > 0,
+            Self::Exact(version) => current == version,
+        }
+    }
+}
+
+impl fmt::Display for ExpectedVersion {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Any => f.write_str("any version"),
+            Self::NoStream | Self::Exact(0) => f.write_str("no stream"),
+            Self::StreamExists => f.write_str("an existing stream"),
+            Self::Exact(version) => write!(f, "version {version}"),
+        }
+    }
+}
+
+/// A reader's place in the global feed: the feed delivers events in `(tx, position)` order, and a
+/// reader that has processed everything up to an event checkpoints that event's position.
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
+pub struct FeedPosition {
+    /// The commit-order key (see [`Envelope::tx`](crate::Envelope::tx)).
+    pub tx: u64,
+    /// The global position.
+    pub position: u64,
+}
+
+impl FeedPosition {
+    /// Before the first event.
+    pub const START: Self = Self { tx: 0, position: 0 };
+
+    /// A position.
+    #[must_use]
+    pub const fn new(tx: u64, position: u64) -> Self {
+        Self { tx, position }
+    }
+
+    /// After every event of commit `tx` (positions stay below `i64::MAX`, so SQL stores can keep
+    /// them as `bigint`).
+    #[must_use]
+    pub const fn end_of_tx(tx: u64) -> Self {
+        Self {
+            tx,
+            position: i64::MAX as u64,
+        }
+    }
+}
+
+impl fmt::Display for FeedPosition {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.tx, self.position)
+    }
+}
+
+/// A read of the global feed: events after a position, at most `limit`, optionally only some
+/// event types.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct FeedQuery {
+    /// Events strictly after this position.
+    pub after: FeedPosition,
+    /// At most this many events.
+    pub limit: usize,
+    /// Only these event types (`None`: all).
+    pub event_types: Option<Vec<String>>,
+}
+
+impl FeedQuery {
+    /// Default batch size.
+    pub const DEFAULT_LIMIT: usize = 1000;
+
+    /// Events after `after`, up to [`FeedQuery::DEFAULT_LIMIT`] of them.
+    #[must_use]
+    pub fn after(after: FeedPosition) -> Self {
+        Self {
+            after,
+            limit: Self::DEFAULT_LIMIT,
+            event_types: None,
+        }
+    }
+
+    /// Events from the start of the feed.
+    #[must_use]
+    pub fn from_start() -> Self {
+        Self::after(FeedPosition::START)
+    }
+
+    /// Sets the batch size.
+    #[must_use]
+    pub fn limit(mut self, limit: usize) -> Self {
+        self.limit = limit;
+        self
+    }
+
+    /// Keeps only these event types.
+    #[must_use]
+    pub fn event_types<I, T>(mut self, types: I) -> Self
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<String>,
+    {
+        self.event_types = Some(types.into_iter().map(Into::into).collect());
+        self
+    }
+
+    /// Whether an event type passes the filter.
+    #[must_use]
+    pub fn matches(&self, event_type: &str) -> bool {
+        self.event_types
+            .as_ref()
+            .is_none_or(|types| types.iter().any(|t| t == event_type))
+    }
+}
+
+/// One batch of the global feed.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct FeedBatch {
+    /// The events, in feed order.
+    pub events: Vec<RecordedEvent>,
+    /// Where the next read starts. Past the last event, and past events the filter skipped, so a
+    /// reader checkpointing it never reads the same stretch twice.
+    pub next: FeedPosition,
+}
+
+impl FeedBatch {
+    /// A batch.
+    #[must_use]
+    pub fn new(events: Vec<RecordedEvent>, next: FeedPosition) -> Self {
+        Self { events, next }
+    }
+}
+
+/// An append-only event store.
+///
+/// Semantics every backend shares (checked by [`conformance`](crate::conformance)):
+/// - `append` is atomic: all events are stored at consecutive versions after the stream's last
+///   one, or none is; the expected version is checked in the same atomic step.
+/// - Re-appending events whose ids are already stored at those positions of that stream is a
+///   successful no-op returning the stored events (an idempotent retry); reusing a stored id
+///   otherwise is [`Error::DuplicateEventId`](crate::Error::DuplicateEventId).
+/// - A stream belongs to one aggregate type.
+/// - The global feed delivers every committed event exactly once, in `(tx, position)` order, and
+///   a stream's events in version order.
+pub trait EventStore: Send + Sync {
+    /// Appends events to a stream.
+    ///
+    /// # Errors
+    /// [`Error::Conflict`](crate::Error::Conflict) when the stream is not at the expected version;
+    /// [`Error::AggregateTypeMismatch`](crate::Error::AggregateTypeMismatch),
+    /// [`Error::DuplicateEventId`](crate::Error::DuplicateEventId),
+    /// [`Error::InvalidAppend`](crate::Error::InvalidAppend), or a backend error.
+    fn append(
+        &self,
+        stream_id: &str,
+        aggregate_type: &str,
+        expected: ExpectedVersion,
+        events: Vec<NewEvent>,
+    ) -> impl Future<Output = Result<Vec<RecordedEvent>>> + Send;
+
+    /// Reads a stream's events whose versions fall in `versions`, in order. A stream that does not
+    /// exist reads as empty.
+    ///
+    /// # Errors
+    /// A backend error.
+    fn read_stream(
+        &self,
+        stream_id: &str,
+        versions: impl RangeBounds<u64> + Send,
+    ) -> impl Future<Output = Result<Vec<RecordedEvent>>> + Send;
+
+    /// Reads the global feed.
+    ///
+    /// # Errors
+    /// A backend error.
+    fn read_feed(&self, query: &FeedQuery) -> impl Future<Output = Result<FeedBatch>> + Send;
+
+    /// The version of a stream's last event (0: no stream).
+    ///
+    /// # Errors
+    /// A backend error.
+    fn stream_version(&self, stream_id: &str) -> impl Future<Output = Result<u64>> + Send;
+}
+
+/// The inclusive version bounds of a range, for backends that query `BETWEEN`.
+#[must_use]
+pub fn version_bounds(versions: &impl RangeBounds<u64>) -> (u64, u64) {
+    let from = match versions.start_bound() {
+        Bound::Included(&v) => v,
+        Bound::Excluded(&v) => v.saturating_add(1),
+        Bound::Unbounded => 0,
+    };
+    let to = match versions.end_bound() {
+        Bound::Included(&v) => v,
+        Bound::Excluded(&v) => v.saturating_sub(1),
+        Bound::Unbounded => u64::MAX,
+    };
+    (from, to)
+}
