@@ -31,3 +31,11 @@ pub const fn assert_event_of<S: EventSet, E: EventOf<S>>() {}
 pub use crate::aggregate::{Aggregate, Apply, ApplyTo, Handle, HandlerOutput};
 pub use crate::error::DecodeError;
 pub use crate::event::{Event, EventDescriptor, EventOf, EventSet, IntoEvents, Payload};
+
+/// Serializes one event; bounded on `Event` so that a non-event in a set is reported as such.
+///
+/// # Errors
+/// When the event's `Serialize` implementation fails.
+pub fn encode_event<E: Event>(event: &E) -> Result<Payload, serde_json::Error> {
+    Payload::encode(event)
+}

@@ -45,6 +45,11 @@ pub trait Apply<E> {
 
 /// The `match` over an event set that calls the aggregate's [`Apply`] implementations.
 /// Implemented by `#[event]` on the set for every aggregate that applies all its events.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` is not an event set whose every event `{A}` can apply",
+    label = "not an event set applicable to `{A}`",
+    note = "name an enum annotated with `#[factum::event]` in `#[aggregate(events = ...)]`"
+)]
 pub trait ApplyTo<A> {
     /// Applies `self` to `aggregate`.
     fn apply_to(&self, aggregate: &mut A);

@@ -212,8 +212,10 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
 pub fn rehydrate<A: Aggregate>(stream_id: &str, events: &[RecordedEvent]) -> Result<Loaded<A>> {
     let mut state = A::default();
     let mut version = 0;
-    if let Some(first) = events.first() {
-        if first.aggregate_type != A::TYPE {
+    if let Some(first) = events.first()
+        && first.aggregate_type != A::TYPE
+    {
+        {
             return Err(Error::AggregateTypeMismatch {
                 stream_id: stream_id.to_owned(),
                 existing: first.aggregate_type.clone(),

@@ -9,6 +9,12 @@ use factum::{aggregate, event};
 /// Amounts are in cents.
 pub type Cents = u64;
 
+/// Whole dollars in cents.
+#[must_use]
+pub const fn dollars(amount: u64) -> Cents {
+    amount * 100
+}
+
 #[event]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AccountOpened {

@@ -2,7 +2,7 @@
 
 use std::error::Error;
 
-use bank::{AccountEvent, BankAccount, CloseAccount, Deposit, OpenAccount, Withdraw};
+use bank::{AccountEvent, BankAccount, CloseAccount, Deposit, OpenAccount, Withdraw, dollars};
 use factum::{
     CommandContext, Envelope, EventStore, ExecuteError, FeedQuery, MemoryStore, Repository, Uuid,
 };
@@ -20,7 +20,7 @@ async fn main() -> Result<(), Box<dyn Error>> {
             "acc-alice",
             OpenAccount {
                 owner: "Alice".into(),
-                initial_deposit: 100_00,
+                initial_deposit: dollars(100),
             },
             &request,
         )
@@ -28,19 +28,34 @@ async fn main() -> Result<(), Box<dyn Error>> {
     print_events("open account for Alice with 100.00", &opened);
 
     let deposited = accounts
-        .execute("acc-alice", Deposit { amount: 50_00 })
+        .execute(
+            "acc-alice",
+            Deposit {
+                amount: dollars(50),
+            },
+        )
         .await?;
     print_events("deposit 50.00", &deposited);
 
     let withdrawn = accounts
-        .execute("acc-alice", Withdraw { amount: 30_00 })
+        .execute(
+            "acc-alice",
+            Withdraw {
+                amount: dollars(30),
+            },
+        )
         .await?;
     print_events("withdraw 30.00", &withdrawn);
 
     report(
         "withdraw 500.00 (more than the balance)",
         accounts
-            .execute("acc-alice", Withdraw { amount: 500_00 })
+            .execute(
+                "acc-alice",
+                Withdraw {
+                    amount: dollars(500),
+                },
+            )
             .await,
     );
     report(
@@ -69,14 +84,18 @@ async fn main() -> Result<(), Box<dyn Error>> {
     let debit = accounts
         .execute_with(
             "acc-alice",
-            Withdraw { amount: 20_00 },
+            Withdraw {
+                amount: dollars(20),
+            },
             &CommandContext::new().correlation_id(transfer),
         )
         .await?;
     let credit = accounts
         .execute_with(
             "acc-bob",
-            Deposit { amount: 20_00 },
+            Deposit {
+                amount: dollars(20),
+            },
             &CommandContext::new().correlation_id(transfer),
         )
         .await?;
@@ -90,7 +109,12 @@ async fn main() -> Result<(), Box<dyn Error>> {
         let accounts = accounts.clone().max_retries(50);
         tokio::spawn(async move {
             accounts
-                .execute("acc-bob", Deposit { amount: i * 1_00 })
+                .execute(
+                    "acc-bob",
+                    Deposit {
+                        amount: i * dollars(1),
+                    },
+                )
                 .await
         })
     });
@@ -104,7 +128,12 @@ async fn main() -> Result<(), Box<dyn Error>> {
     );
 
     let emptied = accounts
-        .execute("acc-alice", Withdraw { amount: 100_00 })
+        .execute(
+            "acc-alice",
+            Withdraw {
+                amount: dollars(100),
+            },
+        )
         .await?;
     print_events("withdraw the remaining 100.00", &emptied);
     let closed = accounts
@@ -119,13 +148,23 @@ async fn main() -> Result<(), Box<dyn Error>> {
     report(
         "deposit 10.00 to the closed account",
         accounts
-            .execute("acc-alice", Deposit { amount: 10_00 })
+            .execute(
+                "acc-alice",
+                Deposit {
+                    amount: dollars(10),
+                },
+            )
             .await,
     );
     report(
         "deposit to an account never opened",
         accounts
-            .execute("acc-carol", Deposit { amount: 10_00 })
+            .execute(
+                "acc-carol",
+                Deposit {
+                    amount: dollars(10),
+                },
+            )
             .await,
     );
 

@@ -208,7 +208,7 @@ async fn contended_account(races: u32) -> Contended {
     Repository::<BankAccount, _>::new(store.clone())
         .execute("acc-1", open("Alice", 100))
         .await
-        .unwrap();
+        .expect("the account opens");
     store.races.store(races, Ordering::SeqCst);
     store
 }

@@ -8,6 +8,7 @@ use syn::Type;
 use syn::spanned::Spanned as _;
 
 use crate::ast::AggregateInput;
+use crate::ctxt::tokens_key;
 
 pub fn expand(input: &AggregateInput) -> TokenStream {
     let item = &input.item;
@@ -48,7 +49,7 @@ pub fn expand(input: &AggregateInput) -> TokenStream {
                 const _: () = ::factum::__private::assert_event_of::<#events, #event>();
             }
         });
-    let handlers = handler_impls(input, events);
+    let handlers = handler_impls(input, events, false);
 
     quote! {
         #item
@@ -89,28 +90,39 @@ pub fn aggregate_impl(input: &AggregateInput, events: &Type, dispatch: bool) -> 
     }
 }
 
-/// One `Handle` implementation per command handler.
+/// One `Handle` implementation per command handler; with `first_only` (after an error), only the
+/// first handler of each command type, so that duplicates do not add conflicting implementations.
 pub fn handler_impls<'a>(
     input: &'a AggregateInput,
     events: &'a Type,
+    first_only: bool,
 ) -> impl Iterator<Item = TokenStream> + 'a {
     let self_ty = &input.item.self_ty;
-    input.commands.iter().map(move |command| {
+    let mut seen = Vec::new();
+    let commands = input.commands.iter().filter(move |command| {
+        let key = tokens_key(&command.command);
+        if seen.contains(&key) {
+            return !first_only;
+        }
+        seen.push(key);
+        true
+    });
+    commands.map(move |command| {
         let (method, cmd, output) = (&command.method, &command.command, &command.output);
-        let error = quote_spanned! {output.span()=>
-            <#output as ::factum::__private::HandlerOutput<#events>>::Error
-        };
-        quote! {
+        // Spanned at the user's return type, so that a wrong one is reported once, there.
+        quote_spanned! {output.span()=>
             #[automatically_derived]
             impl ::factum::__private::Handle<#cmd> for #self_ty {
-                type Error = #error;
+                type Error = <#output as ::factum::__private::HandlerOutput<#events>>::Error;
 
                 #[inline]
                 fn handle(
                     &self,
                     command: &#cmd,
                 ) -> ::core::result::Result<::std::vec::Vec<#events>, Self::Error> {
-                    ::factum::__private::HandlerOutput::<#events>::into_result(Self::#method(self, command))
+                    <#output as ::factum::__private::HandlerOutput<#events>>::into_result(
+                        Self::#method(self, command),
+                    )
                 }
             }
         }

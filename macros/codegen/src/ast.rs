@@ -176,7 +176,17 @@ impl AggregateInput {
             let ImplItem::Fn(method) = impl_item else {
                 continue;
             };
-            match take_marker(cx, method) {
+            let marker = take_marker(cx, method);
+            if marker.is_some() {
+                // The framework imposes these signatures (`&self`, the message by reference, a
+                // `Result`), so lints against them would only be noise in the user's crate.
+                method.attrs.push(syn::parse_quote!(#[allow(
+                    clippy::trivially_copy_pass_by_ref,
+                    clippy::unused_self,
+                    clippy::unnecessary_wraps
+                )]));
+            }
+            match marker {
                 Some(Marker::Apply) => applies.extend(ApplyFn::from_method(cx, method)),
                 Some(Marker::Command) => commands.extend(CommandFn::from_method(cx, method)),
                 None => {}
@@ -340,8 +350,10 @@ impl ApplyFn {
                 ok = false;
             }
         }
-        if let ReturnType::Type(arrow, ty) = &method.sig.output {
-            if !is_unit(ty) {
+        if let ReturnType::Type(arrow, ty) = &method.sig.output
+            && !is_unit(ty)
+        {
+            {
                 cx.error_spanned_by(quote::quote!(#arrow #ty), "apply functions return nothing: they only change the state and cannot fail; checks belong in command handlers");
                 ok = false;
             }

@@ -17,13 +17,29 @@ pub fn event(cx: &Ctxt, input: &EventInput) {
 }
 
 fn event_struct(cx: &Ctxt, event: &EventStruct) {
-    if !event.item.generics.params.is_empty() || event.item.generics.where_clause.is_some() {
+    if has_generics(&event.item.generics) {
         cx.error_spanned_by(
             &event.item.generics,
             "events cannot be generic: a stored type name must denote one Rust type",
         );
     }
-    for attr in &event.item.attrs {
+    for path in derives_we_add(&event.item.attrs) {
+        let name = path
+            .segments
+            .last()
+            .map(|segment| segment.ident.to_string())
+            .unwrap_or_default();
+        cx.error_spanned_by(
+            &path,
+            format!("#[event] already derives `{name}`: remove it from this derive"),
+        );
+    }
+}
+
+/// The user's derives of traits `#[event]` derives itself.
+fn derives_we_add(attrs: &[syn::Attribute]) -> Vec<syn::Path> {
+    let mut found = Vec::new();
+    for attr in attrs {
         if !attr.path().is_ident("derive") {
             continue;
         }
@@ -35,19 +51,36 @@ fn event_struct(cx: &Ctxt, event: &EventStruct) {
         ) else {
             continue;
         };
-        for path in paths {
-            let Some(last) = path.segments.last() else {
-                continue;
-            };
-            let name = last.ident.to_string();
-            if GENERATED_DERIVES.contains(&name.as_str()) {
-                cx.error_spanned_by(
-                    &path,
-                    format!("#[event] already derives `{name}`: remove it from this derive"),
-                );
-            }
-        }
+        found.extend(paths.into_iter().filter(|path| {
+            path.segments
+                .last()
+                .is_some_and(|last| GENERATED_DERIVES.iter().any(|d| last.ident == d))
+        }));
     }
+    found
+}
+
+fn has_generics(generics: &syn::Generics) -> bool {
+    !generics.params.is_empty() || generics.where_clause.is_some()
+}
+
+/// Whether the struct can be expanded despite errors in the attribute's arguments (the
+/// fallback then expands it with defaults, so uses of the event do not fail too).
+pub fn struct_expandable(event: &EventStruct) -> bool {
+    !has_generics(&event.item.generics) && derives_we_add(&event.item.attrs).is_empty()
+}
+
+/// Whether the set can be expanded despite errors in the attribute's arguments.
+pub fn set_expandable(set: &EventSetEnum) -> bool {
+    let item = &set.item;
+    let mut keys: Vec<String> = set.variants.iter().map(|v| tokens_key(&v.ty)).collect();
+    keys.sort();
+    keys.dedup();
+    !has_generics(&item.generics)
+        && !item.variants.is_empty()
+        && set.variants.len() == item.variants.len()
+        && keys.len() == set.variants.len()
+        && item.variants.iter().all(|v| v.discriminant.is_none())
 }
 
 fn event_set(cx: &Ctxt, set: &EventSetEnum) {
@@ -58,7 +91,7 @@ fn event_set(cx: &Ctxt, set: &EventSetEnum) {
         );
     }
     let item = &set.item;
-    if !item.generics.params.is_empty() || item.generics.where_clause.is_some() {
+    if has_generics(&item.generics) {
         cx.error_spanned_by(&item.generics, "event sets cannot be generic");
     }
     if item.variants.is_empty() {
@@ -121,6 +154,10 @@ pub fn aggregate(cx: &Ctxt, input: &AggregateInput) {
     let mut ignored: Vec<String> = Vec::new();
     for ty in &input.args.ignore {
         let key = tokens_key(ty);
+        if ignored.contains(&key) {
+            cx.error_spanned_by(ty, format!("`{key}` is listed twice in `ignore`"));
+            continue;
+        }
         if let Some((_, method)) = applied.iter().find(|(k, _)| *k == key) {
             cx.error_spanned_by(
                 ty,
@@ -128,9 +165,6 @@ pub fn aggregate(cx: &Ctxt, input: &AggregateInput) {
                     "`{key}` is ignored but has an apply function (`{method}`): keep one of the two"
                 ),
             );
-        }
-        if ignored.contains(&key) {
-            cx.error_spanned_by(ty, format!("`{key}` is listed twice in `ignore`"));
         }
         ignored.push(key);
     }

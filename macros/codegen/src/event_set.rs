@@ -78,7 +78,7 @@ pub fn expand(set: &EventSetEnum) -> TokenStream {
                     &self,
                 ) -> ::core::result::Result<::factum::__private::Payload, ::factum::__private::serde_json::Error> {
                     match self {
-                        #(Self::#variants(event) => ::factum::__private::Payload::encode(event),)*
+                        #(Self::#variants(event) => ::factum::__private::encode_event(event),)*
                     }
                 }
 

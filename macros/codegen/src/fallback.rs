@@ -7,10 +7,13 @@ use quote::quote;
 
 use crate::aggregate::{aggregate_impl, handler_impls};
 use crate::ast::{AggregateInput, EventInput};
+use crate::{check, event as event_struct, event_set};
 
 pub fn event(input: &EventInput, errors: &syn::Error) -> TokenStream {
     let errors = errors.to_compile_error();
     let item = match input {
+        EventInput::Struct(event) if check::struct_expandable(event) => event_struct::expand(event),
+        EventInput::Set(set) if check::set_expandable(set) => event_set::expand(set),
         EventInput::Struct(event) => {
             let item = &event.item;
             quote!(#item)
@@ -37,7 +40,7 @@ pub fn aggregate(input: Result<&AggregateInput, &TokenStream>, errors: &syn::Err
     let stubs = match &input.args.events {
         Some(events) if input.well_formed => {
             let aggregate = aggregate_impl(input, events, false);
-            let handlers = handler_impls(input, events);
+            let handlers = handler_impls(input, events, true);
             quote! {
                 const _: () = {
                     #aggregate

@@ -163,8 +163,10 @@ impl EventStore for MemoryStore {
                 actual: current,
             });
         }
-        if let Some(stream) = log.streams.get(stream_id) {
-            if stream.aggregate_type != aggregate_type {
+        if let Some(stream) = log.streams.get(stream_id)
+            && stream.aggregate_type != aggregate_type
+        {
+            {
                 return Err(Error::AggregateTypeMismatch {
                     stream_id: stream_id.to_owned(),
                     existing: stream.aggregate_type.clone(),

@@ -1,0 +1,123 @@
+//! Snapshots of what the macros generate, rendered with prettyplease, so that a reviewer sees
+//! every change to the generated code. Update with `cargo insta review` (or
+//! `INSTA_UPDATE=always`) after an intended change.
+
+use proc_macro2::TokenStream;
+use quote::quote;
+
+fn render(tokens: TokenStream) -> String {
+    let file: syn::File = syn::parse2(tokens).expect("the expansion is a list of items");
+    prettyplease::unparse(&file)
+}
+
+fn event(args: TokenStream, input: TokenStream) -> String {
+    render(factum_codegen::event(args, input))
+}
+
+fn aggregate(args: TokenStream, input: TokenStream) -> String {
+    render(factum_codegen::aggregate(args, input))
+}
+
+#[test]
+fn event_struct_with_defaults() {
+    insta::assert_snapshot!(event(
+        quote!(),
+        quote! {
+            #[derive(Debug, Clone, PartialEq)]
+            pub struct AccountOpened {
+                pub owner: String,
+                pub initial_deposit: u64,
+            }
+        }
+    ));
+}
+
+#[test]
+fn event_struct_with_name_and_version() {
+    insta::assert_snapshot!(event(
+        quote!(name = "bank.MoneyWithdrawn", version = 2),
+        quote! {
+            /// Money left the account.
+            #[derive(Debug)]
+            #[serde(rename_all = "camelCase")]
+            pub struct MoneyWithdrawn {
+                pub amount: u64,
+                pub balance_after: u64,
+            }
+        }
+    ));
+}
+
+#[test]
+fn event_set() {
+    insta::assert_snapshot!(event(
+        quote!(),
+        quote! {
+            #[derive(Debug, Clone, PartialEq)]
+            pub enum AccountEvent {
+                Opened(AccountOpened),
+                Withdrawn(MoneyWithdrawn),
+            }
+        }
+    ));
+}
+
+#[test]
+fn aggregate_impl() {
+    insta::assert_snapshot!(aggregate(
+        quote!(events = AccountEvent, ignore(AccountAudited)),
+        quote! {
+            impl BankAccount {
+                #[apply]
+                fn opened(&mut self, event: &AccountOpened) {
+                    self.balance = event.initial_deposit;
+                }
+
+                #[apply]
+                fn withdrawn(&mut self, event: &MoneyWithdrawn) {
+                    self.balance = event.balance_after;
+                }
+
+                #[command]
+                fn withdraw(&self, command: &Withdraw) -> Result<MoneyWithdrawn, AccountError> {
+                    self.check(command.amount)?;
+                    Ok(MoneyWithdrawn { amount: command.amount, balance_after: self.balance - command.amount })
+                }
+
+                fn check(&self, amount: u64) -> Result<(), AccountError> {
+                    if amount > self.balance { Err(AccountError::InsufficientFunds) } else { Ok(()) }
+                }
+            }
+        }
+    ));
+}
+
+#[test]
+fn event_with_a_mistake_still_emits_the_event() {
+    // The error is reported, and the event is still expanded (with its defaults) so that its
+    // uses do not fail too.
+    insta::assert_snapshot!(event(
+        quote!(nmae = "X"),
+        quote! {
+            pub struct Pinged;
+        }
+    ));
+}
+
+#[test]
+fn aggregate_with_a_mistake_emits_stubs() {
+    insta::assert_snapshot!(aggregate(
+        quote!(events = CounterEvent),
+        quote! {
+            impl Counter {
+                #[apply]
+                fn incremented(&self, event: &Incremented) {}
+
+                #[command]
+                fn increment(&self, command: &Increment) -> Result<Incremented, TooBig> {
+                    Ok(Incremented { by: command.by })
+                }
+            }
+        }
+    ));
+}

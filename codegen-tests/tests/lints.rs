@@ -1,0 +1,163 @@
+//! Every macro, used the way a careful user would, in a crate that denies all warnings and
+//! clippy's pedantic lints: the generated code must add none.
+#![deny(warnings, missing_docs, missing_debug_implementations)]
+#![deny(clippy::pedantic, clippy::all)]
+
+use factum::testing::AggregateTest;
+use factum::{Aggregate, Event, EventSet, aggregate, event};
+
+/// A parcel was registered.
+#[event]
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ParcelRegistered {
+    /// Tracking number.
+    pub tracking: String,
+    /// Weight in grams.
+    pub grams: u32,
+}
+
+/// A parcel moved to a depot.
+#[event(name = "logistics.ParcelMoved", version = 3)]
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ParcelMoved {
+    /// Depot code.
+    pub depot: String,
+}
+
+/// A parcel was delivered.
+#[event]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ParcelDelivered;
+
+/// Someone looked the parcel up; changes nothing.
+#[event]
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ParcelViewed {
+    /// Who looked.
+    pub by: String,
+}
+
+/// The events of a parcel.
+#[event]
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ParcelEvent {
+    /// See [`ParcelRegistered`].
+    Registered(ParcelRegistered),
+    /// See [`ParcelMoved`].
+    Moved(ParcelMoved),
+    /// See [`ParcelDelivered`].
+    Delivered(ParcelDelivered),
+    /// See [`ParcelViewed`].
+    Viewed(ParcelViewed),
+}
+
+/// Move a parcel.
+#[derive(Debug)]
+pub struct Move {
+    /// Target depot.
+    pub depot: String,
+}
+
+/// Deliver a parcel.
+#[derive(Debug)]
+pub struct Deliver;
+
+/// Why a parcel command was refused.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ParcelError {
+    /// Delivered parcels stay where they are.
+    #[error("the parcel was delivered")]
+    Delivered,
+}
+
+/// A parcel's state.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Parcel {
+    location: Option<String>,
+    delivered: bool,
+}
+
+#[aggregate(events = ParcelEvent, name = "Parcel", ignore(ParcelViewed))]
+impl Parcel {
+    #[apply]
+    fn registered(&mut self, _: &ParcelRegistered) {
+        self.location = Some("origin".to_owned());
+    }
+
+    #[apply]
+    fn moved(&mut self, event: &ParcelMoved) {
+        self.location = Some(event.depot.clone());
+    }
+
+    #[apply]
+    fn delivered(&mut self, _: &ParcelDelivered) {
+        self.delivered = true;
+    }
+
+    #[command]
+    fn move_to(&self, command: &Move) -> Result<ParcelMoved, ParcelError> {
+        if self.delivered {
+            return Err(ParcelError::Delivered);
+        }
+        Ok(ParcelMoved {
+            depot: command.depot.clone(),
+        })
+    }
+
+    #[command]
+    fn deliver(&self, _: &Deliver) -> Result<(ParcelMoved, ParcelDelivered), ParcelError> {
+        if self.delivered {
+            return Err(ParcelError::Delivered);
+        }
+        Ok((
+            ParcelMoved {
+                depot: "doorstep".to_owned(),
+            },
+            ParcelDelivered,
+        ))
+    }
+}
+
+#[test]
+fn names_versions_and_dispatch() {
+    assert_eq!(ParcelMoved::NAME, "logistics.ParcelMoved");
+    assert_eq!(ParcelMoved::VERSION, 3);
+    assert_eq!(ParcelRegistered::VERSION, 1);
+    assert_eq!(<Parcel as Aggregate>::TYPE, "Parcel");
+    let names: Vec<_> = ParcelEvent::EVENTS.iter().map(|e| e.name).collect();
+    assert_eq!(
+        names,
+        [
+            "ParcelRegistered",
+            "logistics.ParcelMoved",
+            "ParcelDelivered",
+            "ParcelViewed"
+        ]
+    );
+
+    let registered = ParcelRegistered {
+        tracking: "T1".to_owned(),
+        grams: 500,
+    };
+    let state = AggregateTest::<Parcel>::given((
+        registered,
+        ParcelViewed {
+            by: "clerk".to_owned(),
+        },
+    ))
+    .when(Deliver)
+    .then((
+        ParcelMoved {
+            depot: "doorstep".to_owned(),
+        },
+        ParcelDelivered,
+    ));
+    assert!(state.delivered);
+    assert_eq!(state.location.as_deref(), Some("doorstep"));
+
+    AggregateTest::<Parcel>::given(vec![ParcelEvent::Delivered(ParcelDelivered)])
+        .when(Move {
+            depot: "X".to_owned(),
+        })
+        .then_error(ParcelError::Delivered);
+}

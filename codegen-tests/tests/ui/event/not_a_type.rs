@@ -1,0 +1,6 @@
+use factum::event;
+
+#[event]
+fn money_deposited() {}
+
+fn main() {}

@@ -1,0 +1,6 @@
+use factum::event;
+
+#[event]
+pub enum AccountEvent {}
+
+fn main() {}
