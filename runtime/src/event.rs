@@ -1,6 +1,6 @@
 //! Events, event sets and their JSON payloads.
 //!
-//! An *event* is a struct annotated with [`#[event]`](crate::event): a fact with a stable type
+//! An *event* is a struct annotated with [`#[event]`](macro@crate::event): a fact with a stable type
 //! name and a schema version. An *event set* is an enum annotated with `#[event]` whose variants
 //! each hold one event; it is what an aggregate produces and applies. The macro implements the
 //! traits of this module; users rarely implement them by hand.

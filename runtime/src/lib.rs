@@ -72,6 +72,11 @@ pub mod testing;
 #[doc(hidden)]
 pub mod __private;
 
+/// The README's examples, compiled and run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../../README.md")]
+pub struct ReadmeDoctests;
+
 pub use factum_macros::{aggregate, apply, command, event};
 
 pub use crate::aggregate::{Aggregate, Apply, ApplyTo, Handle, HandlerOutput};

@@ -1,8 +1,8 @@
 //! The code generation behind `factum-macros`, as plain functions on token streams, so that it
 //! can be tested (and its expansions snapshot) without a compiler in the loop.
 //!
-//! Each entry point parses into our own syntax tree ([`ast`]), validates it ([`check`]), and
-//! expands it; on mistakes it reports all of them and emits a fallback ([`fallback`]).
+//! Each entry point parses into our own syntax tree (`ast`), validates it (`check`), and
+//! expands it; on mistakes it reports all of them and emits a fallback (`fallback`).
 
 mod aggregate;
 mod ast;
