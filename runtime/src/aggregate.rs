@@ -16,6 +16,11 @@ pub trait Aggregate: Default + Send + Sync + 'static {
     /// The aggregate type name stored with every event of its streams.
     const TYPE: &'static str;
 
+    /// The schema version of the state, stored with snapshots: bump it
+    /// (`#[aggregate(state_version = N)]`) when the state's shape changes, and snapshots of older
+    /// versions are ignored.
+    const STATE_VERSION: u32 = 1;
+
     /// The events this aggregate produces and applies.
     type Event: EventSet;
 

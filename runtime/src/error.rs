@@ -85,6 +85,32 @@ pub enum Error {
         reason: String,
     },
 
+    /// The database has no event store in this schema yet.
+    #[error(
+        "the event store schema `{schema}` is not set up in this database: run the store's `migrate()` once (it is safe to run at every start)"
+    )]
+    NotMigrated {
+        /// The schema.
+        schema: String,
+    },
+
+    /// The database's event store schema does not match this build.
+    #[error("the event store schema `{schema}` cannot be used by this build: {reason}")]
+    IncompatibleSchema {
+        /// The schema.
+        schema: String,
+        /// What does not match.
+        reason: String,
+    },
+
+    /// A configuration value is invalid.
+    #[error("invalid configuration: {0}")]
+    InvalidConfig(String),
+
+    /// The store does not support this operation.
+    #[error("this event store does not support {0}")]
+    Unsupported(&'static str),
+
     /// The storage backend failed.
     #[error("the event store failed: {0}")]
     Backend(#[source] Box<dyn std::error::Error + Send + Sync>),

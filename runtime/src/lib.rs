@@ -65,7 +65,9 @@ pub mod conformance;
 pub mod envelope;
 pub mod error;
 pub mod event;
+pub mod feed;
 pub mod repository;
+pub mod snapshot;
 pub mod store;
 pub mod testing;
 
@@ -85,6 +87,7 @@ pub use crate::envelope::{Envelope, Metadata, NewEvent, RecordedEvent};
 pub use crate::error::{DecodeError, Error, ExecuteError, Result};
 pub use crate::event::{Event, EventDescriptor, EventOf, EventSet, IntoEvents, Payload};
 pub use crate::repository::{Loaded, Repository};
+pub use crate::snapshot::Snapshot;
 /// Event, command and correlation ids.
 pub use uuid::Uuid;
 

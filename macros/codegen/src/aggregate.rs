@@ -69,6 +69,7 @@ pub fn expand(input: &AggregateInput) -> TokenStream {
 pub fn aggregate_impl(input: &AggregateInput, events: &Type, dispatch: bool) -> TokenStream {
     let self_ty = &input.item.self_ty;
     let name = &input.name;
+    let state_version = input.args.state_version.as_ref().map_or(1, |(v, _)| *v);
     let body = if dispatch {
         quote_spanned! {events.span()=>
             <#events as ::factum::__private::ApplyTo<Self>>::apply_to(event, self);
@@ -80,6 +81,7 @@ pub fn aggregate_impl(input: &AggregateInput, events: &Type, dispatch: bool) -> 
         #[automatically_derived]
         impl ::factum::__private::Aggregate for #self_ty {
             const TYPE: &'static str = #name;
+            const STATE_VERSION: u32 = #state_version;
             type Event = #events;
 
             #[inline]

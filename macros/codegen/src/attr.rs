@@ -11,7 +11,7 @@ use syn::punctuated::Punctuated;
 use syn::{Expr, Lit, LitInt, LitStr, Token, Type};
 
 use crate::ctxt::Ctxt;
-use crate::symbol::{EVENTS, IGNORE, NAME, VERSION};
+use crate::symbol::{EVENTS, IGNORE, NAME, STATE_VERSION, VERSION};
 
 /// A key that may be set at most once.
 pub struct Attr<T> {
@@ -60,6 +60,8 @@ pub struct AggregateArgs {
     pub name: Option<LitStr>,
     /// Events of the set that change no state.
     pub ignore: Vec<Type>,
+    /// The schema version of the state, for snapshots (default: 1).
+    pub state_version: Option<(u32, LitInt)>,
 }
 
 pub fn event_args(cx: &Ctxt, args: TokenStream) -> EventArgs {
@@ -73,7 +75,7 @@ pub fn event_args(cx: &Ctxt, args: TokenStream) -> EventArgs {
                 name.set(cx, &meta.path, lit);
             }
         } else if meta.path.is_ident(VERSION) {
-            if let Some(parsed) = version_value(cx, &meta)? {
+            if let Some(parsed) = version_value(cx, &meta, "version = 2", "event versions")? {
                 version.set(cx, &meta.path, parsed);
             }
         } else {
@@ -95,6 +97,7 @@ pub fn aggregate_args(cx: &Ctxt, args: TokenStream) -> AggregateArgs {
     let mut events = Attr::none(EVENTS);
     let mut name = Attr::none(NAME);
     let mut ignore = Attr::none(IGNORE);
+    let mut state_version = Attr::none(STATE_VERSION);
     let parser = syn::meta::parser(|meta| {
         if meta.path.is_ident(EVENTS) {
             if meta.input.peek(Token![=]) {
@@ -116,8 +119,17 @@ pub fn aggregate_args(cx: &Ctxt, args: TokenStream) -> AggregateArgs {
             } else {
                 expected(cx, &meta, "ignore(EventA, EventB)")?;
             }
+        } else if meta.path.is_ident(STATE_VERSION) {
+            if let Some(parsed) = version_value(cx, &meta, "state_version = 2", "state versions")? {
+                state_version.set(cx, &meta.path, parsed);
+            }
         } else {
-            unknown_key(cx, &meta, "#[aggregate]", "`events`, `name` or `ignore`")?;
+            unknown_key(
+                cx,
+                &meta,
+                "#[aggregate]",
+                "`events`, `name`, `ignore` or `state_version`",
+            )?;
         }
         Ok(())
     });
@@ -128,6 +140,7 @@ pub fn aggregate_args(cx: &Ctxt, args: TokenStream) -> AggregateArgs {
         events: events.get(),
         name: name.get(),
         ignore: ignore.get().unwrap_or_default(),
+        state_version: state_version.get(),
     }
 }
 
@@ -185,10 +198,16 @@ fn type_name(cx: &Ctxt, meta: &ParseNestedMeta, usage: &str) -> syn::Result<Opti
     Ok(Some(lit))
 }
 
-/// `version = N` with N an integer from 1 to `u32::MAX`.
-fn version_value(cx: &Ctxt, meta: &ParseNestedMeta) -> syn::Result<Option<(u32, LitInt)>> {
+/// `key = N` with N an integer from 1 to `u32::MAX`; `what` names the values in messages
+/// ("event versions").
+fn version_value(
+    cx: &Ctxt,
+    meta: &ParseNestedMeta,
+    usage: &str,
+    what: &str,
+) -> syn::Result<Option<(u32, LitInt)>> {
     if !meta.input.peek(Token![=]) {
-        expected(cx, meta, "version = 2")?;
+        expected(cx, meta, usage)?;
         return Ok(None);
     }
     let value: Expr = meta.value()?.parse()?;
@@ -200,34 +219,31 @@ fn version_value(cx: &Ctxt, meta: &ParseNestedMeta) -> syn::Result<Option<(u32, 
             op: syn::UnOp::Neg(_),
             ..
         }) => {
-            cx.error_spanned_by(&value, "event versions start at 1, like `version = 1`");
+            cx.error_spanned_by(&value, format!("{what} start at 1, like `{usage}`"));
             return Ok(None);
         }
         other => {
-            cx.error_spanned_by(&other, "expected an integer version, like `version = 2`");
+            cx.error_spanned_by(&other, format!("expected an integer, like `{usage}`"));
             return Ok(None);
         }
     };
     if !matches!(lit.suffix(), "" | "u32") {
         cx.error_spanned_by(
             &lit,
-            "expected an integer version without a type suffix, like `version = 2`",
+            format!("expected an integer without a type suffix, like `{usage}`"),
         );
         return Ok(None);
     }
     match lit.base10_parse::<u32>() {
         Ok(0) => {
-            cx.error_spanned_by(&lit, "event versions start at 1, like `version = 1`");
+            cx.error_spanned_by(&lit, format!("{what} start at 1, like `{usage}`"));
             Ok(None)
         }
         Ok(version) => Ok(Some((version, lit))),
         Err(_) => {
             cx.error_spanned_by(
                 &lit,
-                format!(
-                    "version {} is too large: versions are `u32`",
-                    lit.base10_digits()
-                ),
+                format!("{} is too large: {what} are `u32`", lit.base10_digits()),
             );
             Ok(None)
         }

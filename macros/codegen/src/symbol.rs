@@ -6,3 +6,4 @@ pub const EVENTS: &str = "events";
 pub const IGNORE: &str = "ignore";
 pub const APPLY: &str = "apply";
 pub const COMMAND: &str = "command";
+pub const STATE_VERSION: &str = "state_version";

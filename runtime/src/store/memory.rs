@@ -1,12 +1,17 @@
 //! An in-memory event store: for tests, examples and prototypes. Nothing survives the process.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::ops::RangeBounds;
 use std::sync::{Arc, PoisonError, RwLock};
 
 use chrono::{DateTime, SubsecRound, Utc};
 
-use super::{EventStore, ExpectedVersion, FeedBatch, FeedPosition, FeedQuery, version_bounds};
+use super::{
+    EventStore, ExpectedVersion, FeedBatch, FeedPosition, FeedQuery, StoredId, check_distinct_ids,
+    classify_retry, version_bounds,
+};
+use crate::feed::{FeedNotifier, FeedWakeups};
+use crate::snapshot::Snapshot;
 use crate::envelope::{NewEvent, RecordedEvent};
 use crate::error::{Error, Result};
 
@@ -29,6 +34,7 @@ use crate::error::{Error, Result};
 #[derive(Debug, Clone, Default)]
 pub struct MemoryStore {
     log: Arc<RwLock<Log>>,
+    notifier: FeedNotifier,
 }
 
 #[derive(Debug, Default)]
@@ -40,6 +46,7 @@ struct Log {
     ids: HashMap<uuid::Uuid, usize>,
     /// Appends so far: the `tx` of the last one.
     tx: u64,
+    snapshots: HashMap<String, Snapshot>,
 }
 
 #[derive(Debug)]
@@ -73,40 +80,30 @@ impl Log {
             .map_or(0, |stream| stream.events.len() as u64)
     }
 
-    /// When the batch is exactly a stored run of this stream, the stored events (an idempotent
-    /// retry); when it reuses a stored id in any other way, an error.
+    /// When some ids of the append are stored: the stored events of an idempotent retry, or
+    /// an error.
     fn find_retry(
         &self,
         stream_id: &str,
         expected: ExpectedVersion,
         events: &[NewEvent],
     ) -> Result<Option<Vec<RecordedEvent>>> {
-        let Some(first) = events.first() else {
+        let stored: Vec<StoredId> = events
+            .iter()
+            .filter_map(|event| self.ids.get(&event.event_id))
+            .map(|&index| {
+                let at = &self.events[index];
+                StoredId {
+                    event_id: at.event_id,
+                    stream_id: at.stream_id.clone(),
+                    stream_version: at.stream_version,
+                }
+            })
+            .collect();
+        if stored.is_empty() {
             return Ok(None);
-        };
-        let Some(&start) = self.ids.get(&first.event_id) else {
-            if let Some(stored) = events.iter().find_map(|e| self.ids.get(&e.event_id)) {
-                return Err(duplicate(&self.events[*stored]));
-            }
-            return Ok(None);
-        };
-        let stored = &self.events[start];
-        let first_version = stored.stream_version;
-        let run_matches = stored.stream_id == stream_id
-            && events.iter().enumerate().all(|(offset, event)| {
-                self.ids.get(&event.event_id).is_some_and(|&index| {
-                    let at = &self.events[index];
-                    at.stream_id == stream_id && at.stream_version == first_version + offset as u64
-                })
-            });
-        let position_matches = match expected {
-            ExpectedVersion::Exact(version) => first_version == version + 1,
-            ExpectedVersion::NoStream => first_version == 1,
-            ExpectedVersion::Any | ExpectedVersion::StreamExists => true,
-        };
-        if !(run_matches && position_matches) {
-            return Err(duplicate(stored));
         }
+        classify_retry(stream_id, expected, events, &stored)?;
         Ok(Some(
             events
                 .iter()
@@ -114,27 +111,6 @@ impl Log {
                 .collect(),
         ))
     }
-}
-
-fn duplicate(stored: &RecordedEvent) -> Error {
-    Error::DuplicateEventId {
-        event_id: stored.event_id,
-        stream_id: stored.stream_id.clone(),
-        stream_version: stored.stream_version,
-    }
-}
-
-fn check_distinct_ids(stream_id: &str, events: &[NewEvent]) -> Result<()> {
-    let mut seen = HashSet::with_capacity(events.len());
-    for event in events {
-        if !seen.insert(event.event_id) {
-            return Err(Error::InvalidAppend {
-                stream_id: stream_id.to_owned(),
-                reason: format!("event id {} appears twice in one append", event.event_id),
-            });
-        }
-    }
-    Ok(())
 }
 
 /// Microseconds, as SQL stores keep them, so that envelopes compare equal across stores.
@@ -214,6 +190,8 @@ impl EventStore for MemoryStore {
             })
             .events
             .extend(indices);
+        drop(log);
+        self.notifier.notify();
         Ok(recorded)
     }
 
@@ -268,5 +246,25 @@ impl EventStore for MemoryStore {
 
     async fn stream_version(&self, stream_id: &str) -> Result<u64> {
         Ok(self.read().version_of(stream_id))
+    }
+
+    async fn load_snapshot(&self, stream_id: &str) -> Result<Option<Snapshot>> {
+        Ok(self.read().snapshots.get(stream_id).cloned())
+    }
+
+    async fn save_snapshot(&self, snapshot: Snapshot) -> Result<()> {
+        let mut log = self.write();
+        let keep_stored = log.snapshots.get(&snapshot.stream_id).is_some_and(|stored| {
+            stored.state_version == snapshot.state_version
+                && stored.stream_version >= snapshot.stream_version
+        });
+        if !keep_stored {
+            log.snapshots.insert(snapshot.stream_id.clone(), snapshot);
+        }
+        Ok(())
+    }
+
+    fn wakeups(&self) -> FeedWakeups {
+        self.notifier.subscribe()
     }
 }

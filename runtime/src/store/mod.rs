@@ -10,11 +10,19 @@ use std::ops::{Bound, RangeBounds};
 use serde::{Deserialize, Serialize};
 
 use crate::envelope::{NewEvent, RecordedEvent};
-use crate::error::Result;
+use crate::error::{Error, Result};
+use crate::feed::FeedWakeups;
+use crate::snapshot::Snapshot;
 
+mod append;
 mod memory;
+#[cfg(feature = "postgres")]
+mod postgres;
 
+pub use append::{StoredId, check_distinct_ids, classify_retry};
 pub use memory::MemoryStore;
+#[cfg(feature = "postgres")]
+pub use postgres::{FeedHorizon, OpenTransaction, PostgresStore};
 
 /// What an append expects of the stream, checked atomically with the write.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -222,6 +230,33 @@ pub trait EventStore: Send + Sync {
     /// # Errors
     /// A backend error.
     fn stream_version(&self, stream_id: &str) -> impl Future<Output = Result<u64>> + Send;
+
+    /// The latest snapshot of a stream, if the store keeps snapshots and has one.
+    ///
+    /// # Errors
+    /// A backend error.
+    fn load_snapshot(
+        &self,
+        stream_id: &str,
+    ) -> impl Future<Output = Result<Option<Snapshot>>> + Send {
+        let _ = stream_id;
+        async { Ok(None) }
+    }
+
+    /// Stores a snapshot, replacing an older one of the same stream (a newer stored one is kept).
+    ///
+    /// # Errors
+    /// [`Error::Unsupported`] when the store keeps no snapshots, or a backend error.
+    fn save_snapshot(&self, snapshot: Snapshot) -> impl Future<Output = Result<()>> + Send {
+        let _ = snapshot;
+        async { Err(Error::Unsupported("snapshots")) }
+    }
+
+    /// Hints that the feed may have grown, for live subscriptions. A store without a
+    /// notification mechanism returns hints that never fire; subscribers then poll.
+    fn wakeups(&self) -> FeedWakeups {
+        FeedWakeups::never()
+    }
 }
 
 /// The inclusive version bounds of a range, for backends that query `BETWEEN`.

@@ -1,0 +1,240 @@
+//! Live subscriptions to the global feed: catch up from a checkpoint, then follow new events.
+//!
+//! A store signals that the feed may have grown ([`FeedWakeups`]): PostgreSQL through
+//! `LISTEN`/`NOTIFY`, the in-memory store directly. Signals are hints only; a subscription also
+//! polls at a fixed interval, so a lost signal delays delivery, it never loses an event.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::watch;
+
+use crate::envelope::RecordedEvent;
+use crate::error::Result;
+use crate::store::{EventStore, FeedPosition, FeedQuery};
+
+/// Hints that the feed may have grown. Hints coalesce: many appends may give one hint.
+#[derive(Debug, Clone)]
+pub struct FeedWakeups {
+    rx: Option<watch::Receiver<u64>>,
+}
+
+impl FeedWakeups {
+    /// Hints that never fire (subscribers poll).
+    #[must_use]
+    pub fn never() -> Self {
+        Self { rx: None }
+    }
+
+    /// Hints from a watch channel whose value changes on each hint.
+    pub(crate) fn from_receiver(rx: watch::Receiver<u64>) -> Self {
+        Self { rx: Some(rx) }
+    }
+
+    /// Marks every hint so far as seen.
+    pub fn mark_seen(&mut self) {
+        if let Some(rx) = &mut self.rx {
+            rx.borrow_and_update();
+        }
+    }
+
+    /// Waits for a hint not yet seen (forever, when the store gives none).
+    pub async fn changed(&mut self) {
+        if let Some(rx) = &mut self.rx
+            && rx.changed().await.is_ok()
+        {
+            return;
+        }
+        // The sender is gone (or never existed): only polling remains.
+        self.rx = None;
+        std::future::pending::<()>().await;
+    }
+}
+
+/// The sending side of [`FeedWakeups`], held by a store.
+#[derive(Debug, Clone)]
+pub struct FeedNotifier {
+    tx: Arc<watch::Sender<u64>>,
+}
+
+impl Default for FeedNotifier {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl FeedNotifier {
+    /// A notifier with no hint yet.
+    #[must_use]
+    pub fn new() -> Self {
+        Self {
+            tx: Arc::new(watch::Sender::new(0)),
+        }
+    }
+
+    /// Signals that the feed may have grown.
+    pub fn notify(&self) {
+        self.tx.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    /// A receiver of the hints.
+    #[must_use]
+    pub fn subscribe(&self) -> FeedWakeups {
+        FeedWakeups {
+            rx: Some(self.tx.subscribe()),
+        }
+    }
+}
+
+/// Follows the global feed from a position: first everything already stored, then new events as
+/// they are committed, in feed order, each exactly once.
+///
+/// ```
+/// # tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap().block_on(async {
+/// use factum::feed::Subscription;
+/// use factum::{EventStore, ExpectedVersion, FeedPosition, MemoryStore, NewEvent, Payload};
+///
+/// let store = MemoryStore::new();
+/// let mut feed = Subscription::new(store.clone(), FeedPosition::START);
+/// let ping = NewEvent::new("Pinged", 1, Payload::encode(&1)?);
+/// store.append("ping-1", "Pinger", ExpectedVersion::Any, vec![ping]).await?;
+/// let event = feed.next().await?;
+/// assert_eq!(event.stream_id, "ping-1");
+/// assert_eq!(feed.position(), event.feed_position());
+/// # Ok::<_, Box<dyn std::error::Error>>(())
+/// # }).unwrap();
+/// ```
+#[derive(Debug)]
+pub struct Subscription<S> {
+    store: S,
+    query: FeedQuery,
+    buffer: VecDeque<RecordedEvent>,
+    /// Position after the last event handed out.
+    delivered: FeedPosition,
+    wakeups: FeedWakeups,
+    poll_interval: Duration,
+}
+
+impl<S: EventStore> Subscription<S> {
+    /// Default interval of the polling fallback.
+    pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_millis(500);
+
+    /// A subscription delivering the events after `from`.
+    pub fn new(store: S, from: FeedPosition) -> Self {
+        let wakeups = store.wakeups();
+        Self {
+            store,
+            query: FeedQuery::after(from),
+            buffer: VecDeque::new(),
+            delivered: from,
+            wakeups,
+            poll_interval: Self::DEFAULT_POLL_INTERVAL,
+        }
+    }
+
+    /// Only these event types (the filter runs in the store).
+    #[must_use]
+    pub fn event_types<I, T>(mut self, types: I) -> Self
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<String>,
+    {
+        self.query = self.query.event_types(types);
+        self
+    }
+
+    /// How many events to read per round trip.
+    #[must_use]
+    pub fn batch_size(mut self, batch_size: usize) -> Self {
+        self.query = self.query.limit(batch_size.max(1));
+        self
+    }
+
+    /// How often to look for new events when no hint arrives.
+    #[must_use]
+    pub fn poll_interval(mut self, poll_interval: Duration) -> Self {
+        self.poll_interval = poll_interval;
+        self
+    }
+
+    /// The position to checkpoint once every event handed out so far is processed. It may be
+    /// past the last event handed out, when the store skipped events the filter excludes.
+    pub fn position(&self) -> FeedPosition {
+        if self.buffer.is_empty() {
+            self.query.after
+        } else {
+            self.delivered
+        }
+    }
+
+    /// The next event, waiting for one if the subscription is caught up.
+    ///
+    /// # Errors
+    /// A store error; the subscription can be polled again (it resumes where it was).
+    pub async fn next(&mut self) -> Result<RecordedEvent> {
+        loop {
+            if let Some(event) = self.buffer.pop_front() {
+                self.delivered = event.feed_position();
+                return Ok(event);
+            }
+            self.fill().await?;
+        }
+    }
+
+    /// The next batch of events (at least one), waiting if the subscription is caught up.
+    ///
+    /// # Errors
+    /// A store error; the subscription can be polled again.
+    pub async fn next_batch(&mut self) -> Result<Vec<RecordedEvent>> {
+        if self.buffer.is_empty() {
+            self.fill().await?;
+        }
+        let batch: Vec<_> = self.buffer.drain(..).collect();
+        if let Some(last) = batch.last() {
+            self.delivered = last.feed_position();
+        }
+        Ok(batch)
+    }
+
+    /// Reads what is already stored after the current position, without waiting: an empty
+    /// result means caught up.
+    ///
+    /// # Errors
+    /// A store error.
+    pub async fn try_next_batch(&mut self) -> Result<Vec<RecordedEvent>> {
+        if self.buffer.is_empty() {
+            self.read_once().await?;
+        }
+        let batch: Vec<_> = self.buffer.drain(..).collect();
+        if let Some(last) = batch.last() {
+            self.delivered = last.feed_position();
+        }
+        Ok(batch)
+    }
+
+    /// Reads into the buffer, waiting for a hint or the poll interval while nothing is new.
+    async fn fill(&mut self) -> Result<()> {
+        loop {
+            // Hints from here on are not yet seen, so an append committed during the read
+            // below wakes the wait that follows it.
+            self.wakeups.mark_seen();
+            if self.read_once().await? {
+                return Ok(());
+            }
+            tokio::select! {
+                () = self.wakeups.changed() => {}
+                () = tokio::time::sleep(self.poll_interval) => {}
+            }
+        }
+    }
+
+    /// One read; whether it found events.
+    async fn read_once(&mut self) -> Result<bool> {
+        let batch = self.store.read_feed(&self.query).await?;
+        self.query.after = batch.next.max(self.query.after);
+        let found = !batch.events.is_empty();
+        self.buffer.extend(batch.events);
+        Ok(found)
+    }
+}

@@ -1,0 +1,417 @@
+//! The command executor: load an aggregate, handle a command, append the events with the loaded
+//! version as the expected version, and retry on a concurrency conflict. Optionally with
+//! snapshots and a hot aggregate cache; also temporal queries (state as of a version or a time).
+
+mod cache;
+
+use std::fmt;
+use std::num::NonZeroUsize;
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tracing::Instrument as _;
+
+use self::cache::{AggregateCache, Cached};
+use crate::aggregate::{Aggregate, Handle};
+use crate::command::CommandContext;
+use crate::envelope::{Envelope, NewEvent, RecordedEvent};
+use crate::error::{Error, ExecuteError, Result};
+use crate::event::Payload;
+use crate::snapshot::Snapshot;
+use crate::store::{EventStore, ExpectedVersion};
+
+/// An aggregate's state as rebuilt from its stream.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct Loaded<A> {
+    /// The state after the last event.
+    pub state: A,
+    /// The version of the last event applied (0: new stream).
+    pub version: u64,
+}
+
+/// Runs commands against one aggregate type on a store.
+///
+/// ```
+/// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+/// use factum::{MemoryStore, Repository};
+/// # #[factum::event] #[derive(Debug, Clone, PartialEq)] pub struct Incremented;
+/// # #[factum::event] #[derive(Debug, Clone, PartialEq)] pub enum CounterEvent { Incremented(Incremented) }
+/// # pub struct Increment;
+/// # #[derive(Default)] pub struct Counter { value: u64 }
+/// # #[factum::aggregate(events = CounterEvent)]
+/// # impl Counter {
+/// #     #[apply] fn incremented(&mut self, _: &Incremented) { self.value += 1; }
+/// #     #[command] fn increment(&self, _: &Increment) -> Result<Incremented, std::convert::Infallible> { Ok(Incremented) }
+/// # }
+///
+/// let counters = Repository::<Counter, _>::new(MemoryStore::new());
+/// counters.execute("counter-1", Increment).await?;
+/// let committed = counters.execute("counter-1", Increment).await?;
+/// assert_eq!(committed[0].stream_version, 2);
+/// assert_eq!(counters.load("counter-1").await?.state.value, 2);
+/// # Ok::<_, Box<dyn std::error::Error>>(())
+/// # }).unwrap();
+/// ```
+pub struct Repository<A, S> {
+    store: S,
+    max_retries: u32,
+    snapshots: Option<SnapshotPolicy<A>>,
+    cache: Option<Arc<AggregateCache<A>>>,
+}
+
+/// When to take snapshots, and how to (de)serialize the state (captured where `A` is known to be
+/// serializable, so that the rest of the repository needs no such bound).
+struct SnapshotPolicy<A> {
+    every: u64,
+    encode: fn(&A) -> Result<Payload, serde_json::Error>,
+    decode: fn(&Payload) -> Result<A, serde_json::Error>,
+}
+
+impl<A> Clone for SnapshotPolicy<A> {
+    fn clone(&self) -> Self {
+        Self {
+            every: self.every,
+            encode: self.encode,
+            decode: self.decode,
+        }
+    }
+}
+
+impl<A, S: fmt::Debug> fmt::Debug for Repository<A, S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Repository")
+            .field("store", &self.store)
+            .field("max_retries", &self.max_retries)
+            .field("snapshot_every", &self.snapshots.as_ref().map(|p| p.every))
+            .field("cached", &self.cache.as_ref().map(|c| c.len()))
+            .finish_non_exhaustive()
+    }
+}
+
+/// Clones share the store and the cache.
+impl<A, S: Clone> Clone for Repository<A, S> {
+    fn clone(&self) -> Self {
+        Self {
+            store: self.store.clone(),
+            max_retries: self.max_retries,
+            snapshots: self.snapshots.clone(),
+            cache: self.cache.clone(),
+        }
+    }
+}
+
+impl<A: Aggregate, S: EventStore> Repository<A, S> {
+    /// Retries after a concurrency conflict, by default.
+    pub const DEFAULT_MAX_RETRIES: u32 = 3;
+
+    /// A repository of aggregates of type `A` on `store`.
+    pub fn new(store: S) -> Self {
+        Self {
+            store,
+            max_retries: Self::DEFAULT_MAX_RETRIES,
+            snapshots: None,
+            cache: None,
+        }
+    }
+
+    /// How many times a command is retried (reloading the aggregate) after a concurrency
+    /// conflict before [`ExecuteError::Conflict`] is returned. 0: never.
+    #[must_use]
+    pub fn max_retries(mut self, max_retries: u32) -> Self {
+        self.max_retries = max_retries;
+        self
+    }
+
+    /// Takes a snapshot of the state whenever a command makes the stream cross a multiple of
+    /// `every` events, and loads from the latest snapshot. The snapshot carries
+    /// [`Aggregate::STATE_VERSION`]; one of another version, type or shape is ignored (with a
+    /// warning) and the state rebuilt from the events.
+    #[must_use]
+    pub fn snapshot_every(mut self, every: u64) -> Self
+    where
+        A: Serialize + DeserializeOwned,
+    {
+        self.snapshots = Some(SnapshotPolicy {
+            every: every.max(1),
+            encode: |state| Payload::encode(state),
+            decode: Payload::decode,
+        });
+        self
+    }
+
+    /// Keeps up to `capacity` aggregates in process (least recently used evicted first), so that
+    /// a command on a cached aggregate costs one round trip. Safe with other writers: the append
+    /// still expects the cached version, and a conflict evicts the entry and reloads.
+    #[must_use]
+    pub fn cache(mut self, capacity: NonZeroUsize) -> Self {
+        self.cache = Some(Arc::new(AggregateCache::new(capacity)));
+        self
+    }
+
+    /// The store.
+    pub fn store(&self) -> &S {
+        &self.store
+    }
+
+    /// Rebuilds an aggregate from its stream (from its latest snapshot, when snapshots are on).
+    /// A stream that does not exist loads as the default state at version 0.
+    ///
+    /// # Errors
+    /// [`Error::Decode`] when a stored event does not decode (the load stops; nothing is
+    /// skipped), [`Error::AggregateTypeMismatch`] when the stream belongs to another aggregate
+    /// type, or a store error.
+    pub async fn load(&self, id: &str) -> Result<Loaded<A>> {
+        if let Some(policy) = &self.snapshots
+            && let Some((state, version)) = self.restore_snapshot(id, policy).await
+        {
+            let events = self.store.read_stream(id, version + 1..).await?;
+            return replay_onto(id, state, version, &events);
+        }
+        let events = self.store.read_stream(id, 1..).await?;
+        rehydrate(id, &events)
+    }
+
+    /// The aggregate as it was after the event at `version` (or after its last event, if the
+    /// stream is shorter).
+    ///
+    /// # Errors
+    /// As [`Repository::load`].
+    pub async fn load_at_version(&self, id: &str, version: u64) -> Result<Loaded<A>> {
+        let events = self.store.read_stream(id, 1..=version).await?;
+        rehydrate(id, &events)
+    }
+
+    /// The aggregate as it was at `at`: after the events recorded at or before it.
+    ///
+    /// # Errors
+    /// As [`Repository::load`].
+    pub async fn load_as_of(&self, id: &str, at: DateTime<Utc>) -> Result<Loaded<A>> {
+        let mut events = self.store.read_stream(id, 1..).await?;
+        // A stream's events are recorded in version order; stop at the first one after `at`, so
+        // that a state never holds an event without its predecessors.
+        let until = events
+            .iter()
+            .position(|event| event.recorded_at > at)
+            .unwrap_or(events.len());
+        events.truncate(until);
+        rehydrate(id, &events)
+    }
+
+    /// The snapshot's state and version, when there is a usable one.
+    async fn restore_snapshot(&self, id: &str, policy: &SnapshotPolicy<A>) -> Option<(A, u64)> {
+        let snapshot = match self.store.load_snapshot(id).await {
+            Ok(Some(snapshot)) => snapshot,
+            Ok(None) => return None,
+            Err(error) => {
+                tracing::warn!(stream_id = id, %error, "cannot read the snapshot; rebuilding from events");
+                return None;
+            }
+        };
+        let reason = if snapshot.aggregate_type != A::TYPE {
+            format!("it is of aggregate type `{}`", snapshot.aggregate_type)
+        } else if snapshot.state_version != A::STATE_VERSION {
+            format!(
+                "it has state version {}, this build {}",
+                snapshot.state_version,
+                A::STATE_VERSION
+            )
+        } else {
+            match (policy.decode)(&snapshot.state) {
+                Ok(state) => return Some((state, snapshot.stream_version)),
+                Err(error) => format!("it does not decode: {error}"),
+            }
+        };
+        tracing::warn!(
+            stream_id = id,
+            snapshot_version = snapshot.stream_version,
+            reason,
+            "ignoring the snapshot; rebuilding from events"
+        );
+        None
+    }
+
+    /// Executes a command in a new context (a fresh command id, which is also the correlation
+    /// id).
+    ///
+    /// # Errors
+    /// As [`Repository::execute_with`].
+    pub async fn execute<C>(
+        &self,
+        id: &str,
+        command: C,
+    ) -> Result<Vec<Envelope<A::Event>>, ExecuteError<<A as Handle<C>>::Error>>
+    where
+        A: Handle<C>,
+        C: Sync,
+    {
+        self.execute_with(id, command, &CommandContext::new()).await
+    }
+
+    /// Loads the aggregate, handles the command, and appends the events expecting the loaded
+    /// version; on a conflict, reloads and handles the command again, up to the retry limit.
+    /// Returns the committed events; a command that produces no events appends nothing.
+    ///
+    /// # Errors
+    /// [`ExecuteError::Rejected`] with the domain error, [`ExecuteError::Conflict`] after the
+    /// last retry, or [`ExecuteError::Store`].
+    pub async fn execute_with<C>(
+        &self,
+        id: &str,
+        command: C,
+        context: &CommandContext,
+    ) -> Result<Vec<Envelope<A::Event>>, ExecuteError<<A as Handle<C>>::Error>>
+    where
+        A: Handle<C>,
+        C: Sync,
+    {
+        let span = tracing::debug_span!(
+            "factum.execute",
+            aggregate = A::TYPE,
+            stream_id = id,
+            command_id = %context.command_id,
+            attempts = tracing::field::Empty,
+        );
+        self.execute_attempts(id, &command, context)
+            .instrument(span)
+            .await
+    }
+
+    async fn execute_attempts<C>(
+        &self,
+        id: &str,
+        command: &C,
+        context: &CommandContext,
+    ) -> Result<Vec<Envelope<A::Event>>, ExecuteError<<A as Handle<C>>::Error>>
+    where
+        A: Handle<C>,
+        C: Sync,
+    {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let cached = self.cache.as_ref().and_then(|cache| cache.take(id));
+            let Cached { mut state, version } = match cached {
+                Some(entry) => entry,
+                None => {
+                    let loaded = self.load(id).await?;
+                    Cached {
+                        state: loaded.state,
+                        version: loaded.version,
+                    }
+                }
+            };
+            let events = match state.handle(command) {
+                Ok(events) => events,
+                Err(rejection) => {
+                    self.keep(id, state, version);
+                    return Err(ExecuteError::Rejected(rejection));
+                }
+            };
+            if events.is_empty() {
+                self.keep(id, state, version);
+                return Ok(Vec::new());
+            }
+            let new_events = events
+                .iter()
+                .map(|event| NewEvent::from_event(event, context))
+                .collect::<Result<Vec<_>>>()?;
+            let expected = ExpectedVersion::Exact(version);
+            match self.store.append(id, A::TYPE, expected, new_events).await {
+                Ok(recorded) => {
+                    tracing::Span::current().record("attempts", attempt);
+                    for event in &events {
+                        state.apply(event);
+                    }
+                    let new_version = recorded.last().map_or(version, |e| e.stream_version);
+                    self.after_commit(id, state, version, new_version).await;
+                    return Ok(recorded
+                        .into_iter()
+                        .zip(events)
+                        .map(|(envelope, event)| envelope.with_event(event))
+                        .collect());
+                }
+                Err(conflict @ Error::Conflict { .. }) => {
+                    // The state is stale: it is dropped, and the next attempt reloads.
+                    if attempt > self.max_retries {
+                        return Err(ExecuteError::Conflict {
+                            stream_id: id.to_owned(),
+                            attempts: attempt,
+                            cause: conflict,
+                        });
+                    }
+                    tracing::debug!(attempt, "concurrency conflict; reloading and retrying");
+                }
+                Err(other) => return Err(other.into()),
+            }
+        }
+    }
+
+    /// Puts a state back into the cache, if there is one.
+    fn keep(&self, id: &str, state: A, version: u64) {
+        if let Some(cache) = &self.cache {
+            cache.put(id, Cached { state, version });
+        }
+    }
+
+    /// After a successful append: takes a snapshot when the stream crossed a multiple of the
+    /// snapshot interval, and caches the new state.
+    async fn after_commit(&self, id: &str, state: A, old_version: u64, new_version: u64) {
+        if let Some(policy) = &self.snapshots
+            && new_version / policy.every > old_version / policy.every
+        {
+            self.save_snapshot(id, &state, new_version, policy).await;
+        }
+        self.keep(id, state, new_version);
+    }
+
+    /// A failed snapshot only makes later loads slower, so it is logged, not returned.
+    async fn save_snapshot(&self, id: &str, state: &A, version: u64, policy: &SnapshotPolicy<A>) {
+        let result = match (policy.encode)(state) {
+            Ok(payload) => {
+                let snapshot = Snapshot::new(id, A::TYPE, version, A::STATE_VERSION, payload);
+                self.store.save_snapshot(snapshot).await
+            }
+            Err(cause) => Err(Error::Encode {
+                event_type: "snapshot",
+                cause,
+            }),
+        };
+        if let Err(error) = result {
+            tracing::warn!(stream_id = id, version, %error, "could not save a snapshot");
+        }
+    }
+}
+
+/// Rebuilds an aggregate from its stored events, checking that they belong to its type.
+///
+/// # Errors
+/// [`Error::AggregateTypeMismatch`] or [`Error::Decode`].
+pub fn rehydrate<A: Aggregate>(stream_id: &str, events: &[RecordedEvent]) -> Result<Loaded<A>> {
+    replay_onto(stream_id, A::default(), 0, events)
+}
+
+/// Applies stored events to a state at `version`.
+fn replay_onto<A: Aggregate>(
+    stream_id: &str,
+    mut state: A,
+    mut version: u64,
+    events: &[RecordedEvent],
+) -> Result<Loaded<A>> {
+    if let Some(first) = events.first()
+        && first.aggregate_type != A::TYPE
+    {
+        return Err(Error::AggregateTypeMismatch {
+            stream_id: stream_id.to_owned(),
+            existing: first.aggregate_type.clone(),
+            requested: A::TYPE.to_owned(),
+        });
+    }
+    for recorded in events {
+        state.apply(&recorded.decode_event::<A::Event>()?);
+        version = recorded.stream_version;
+    }
+    Ok(Loaded { state, version })
+}

@@ -1,0 +1,105 @@
+//! The store's schema, as versioned migrations shipped in the crate and applied on demand.
+//!
+//! Migrations run in one transaction under an advisory lock, so concurrent `migrate()` calls
+//! (several instances starting at once) apply each migration exactly once. Applied migrations
+//! are recorded with a checksum; a database migrated by a newer build, or whose recorded
+//! migration differs from this build's, is refused rather than guessed at.
+
+use sqlx::{AssertSqlSafe, PgPool, Row as _};
+
+use super::{Schema, db_error};
+use crate::error::{Error, Result};
+
+struct Migration {
+    version: i32,
+    name: &'static str,
+    sql: &'static str,
+}
+
+const MIGRATIONS: &[Migration] = &[Migration {
+    version: 1,
+    name: "event_store",
+    sql: include_str!("../../../migrations/postgres/0001_event_store.sql"),
+}];
+
+/// FNV-1a: a stable checksum of a migration's text (not a security measure).
+fn checksum(text: &str) -> String {
+    let hash = text.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |hash, byte| {
+        (hash ^ u64::from(byte)).wrapping_mul(0x0000_0100_0000_01b3)
+    });
+    format!("{hash:016x}")
+}
+
+pub(super) async fn migrate(pool: &PgPool, schema: &Schema) -> Result<()> {
+    let fail = |error| db_error(schema, error);
+    let mut tx = pool.begin().await.map_err(fail)?;
+    sqlx::query("SELECT pg_advisory_xact_lock(hashtext('factum.migrate'), hashtext($1))")
+        .bind(schema.name())
+        .execute(&mut *tx)
+        .await
+        .map_err(fail)?;
+    let q = schema.quoted();
+    sqlx::raw_sql(AssertSqlSafe(format!(
+        "CREATE SCHEMA IF NOT EXISTS {q};
+         CREATE TABLE IF NOT EXISTS {q}.factum_migrations (
+             version    integer     PRIMARY KEY,
+             name       text        NOT NULL,
+             checksum   text        NOT NULL,
+             applied_at timestamptz NOT NULL DEFAULT now()
+         );"
+    )))
+    .execute(&mut *tx)
+    .await
+    .map_err(fail)?;
+
+    let applied = sqlx::query(AssertSqlSafe(format!(
+        "SELECT version, checksum FROM {q}.factum_migrations ORDER BY version"
+    )))
+    .fetch_all(&mut *tx)
+    .await
+    .map_err(fail)?;
+    let mut applied_versions = Vec::with_capacity(applied.len());
+    for row in &applied {
+        let version: i32 = row.try_get(0).map_err(fail)?;
+        let recorded: String = row.try_get(1).map_err(fail)?;
+        let Some(known) = MIGRATIONS.iter().find(|m| m.version == version) else {
+            return Err(Error::IncompatibleSchema {
+                schema: schema.name().to_owned(),
+                reason: format!(
+                    "it has migration {version}, which this build does not know: it was migrated by a newer version of factum"
+                ),
+            });
+        };
+        if checksum(known.sql) != recorded {
+            return Err(Error::IncompatibleSchema {
+                schema: schema.name().to_owned(),
+                reason: format!(
+                    "its migration {version} ({}) differs from this build's",
+                    known.name
+                ),
+            });
+        }
+        applied_versions.push(version);
+    }
+
+    for migration in MIGRATIONS {
+        if applied_versions.contains(&migration.version) {
+            continue;
+        }
+        tracing::info!(schema = schema.name(), version = migration.version, name = migration.name, "applying migration");
+        sqlx::raw_sql(AssertSqlSafe(migration.sql.replace("{schema}", q)))
+            .execute(&mut *tx)
+            .await
+            .map_err(fail)?;
+        sqlx::query(AssertSqlSafe(format!(
+            "INSERT INTO {q}.factum_migrations (version, name, checksum) VALUES ($1, $2, $3)"
+        )))
+        .bind(migration.version)
+        .bind(migration.name)
+        .bind(checksum(migration.sql))
+        .execute(&mut *tx)
+        .await
+        .map_err(fail)?;
+    }
+    tx.commit().await.map_err(fail)
+}

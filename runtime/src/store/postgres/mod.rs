@@ -1,0 +1,623 @@
+//! The PostgreSQL event store.
+//!
+//! # The global feed never skips
+//!
+//! Positions come from a sequence, which hands them out in allocation order, not commit order:
+//! a transaction can take position 10, commit after another transaction's position 11 was read,
+//! and a reader that checkpoints "after 11" would never see 10. Each row therefore records its
+//! writing transaction (`tx`, a `xid8`), and readers only read rows whose transaction is below
+//! the oldest transaction still running (`pg_snapshot_xmin(pg_current_snapshot())`), ordered and
+//! checkpointed by `(tx, position)`. Every transaction below that horizon has finished, so no
+//! row can appear behind a reader's checkpoint later.
+//!
+//! The trade-off: an open transaction holds the horizon back and delays readers (never losing
+//! anything) until it ends; [`PostgresStore::horizon`] reports the oldest such transaction. There
+//! is no global write lock and no timeout that gives up on gaps.
+//!
+//! Appends of one stream are serialised by an advisory lock taken before their first write, so
+//! their transaction ids follow version order and the feed delivers each stream in order.
+
+mod listen;
+mod migrate;
+
+use std::fmt;
+use std::ops::RangeBounds;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use sqlx::postgres::{PgPool, PgPoolOptions, PgRow};
+use sqlx::{AssertSqlSafe, Row as _};
+use uuid::Uuid;
+
+use self::listen::{Listener, Notifier};
+use super::{
+    EventStore, ExpectedVersion, FeedBatch, FeedPosition, FeedQuery, StoredId, check_distinct_ids,
+    classify_retry, version_bounds,
+};
+use crate::envelope::{Metadata, NewEvent, RecordedEvent};
+use crate::error::{Error, Result};
+use crate::event::Payload;
+use crate::feed::FeedWakeups;
+use crate::snapshot::Snapshot;
+
+/// A validated PostgreSQL schema name, and its quoted form for SQL text.
+#[derive(Debug, Clone)]
+struct Schema {
+    name: String,
+    quoted: String,
+}
+
+impl Schema {
+    /// Schema names are interpolated into SQL (identifiers cannot be bound), so only plain
+    /// lowercase identifiers are accepted.
+    fn new(name: &str) -> Result<Self> {
+        let valid = !name.is_empty()
+            && name.len() <= 63
+            && name.starts_with(|c: char| c.is_ascii_lowercase() || c == '_')
+            && name
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+        if !valid {
+            return Err(Error::InvalidConfig(format!(
+                "`{name}` is not a usable schema name: use 1 to 63 lowercase letters, digits and underscores, not starting with a digit"
+            )));
+        }
+        Ok(Self {
+            name: name.to_owned(),
+            quoted: format!("\"{name}\""),
+        })
+    }
+
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn quoted(&self) -> &str {
+        &self.quoted
+    }
+}
+
+/// Maps a database error, recognising an event store that was never migrated.
+fn db_error(schema: &Schema, error: sqlx::Error) -> Error {
+    if let Some(database) = error.as_database_error()
+        && matches!(database.code().as_deref(), Some("42P01" | "42883" | "3F000"))
+    {
+        return Error::NotMigrated {
+            schema: schema.name().to_owned(),
+        };
+    }
+    Error::Backend(Box::new(error))
+}
+
+/// The store's SQL, qualified with its schema once, at construction.
+#[derive(Debug)]
+struct Statements {
+    append: Arc<str>,
+    read_stream: Arc<str>,
+    read_feed: Arc<str>,
+    read_feed_filtered: Arc<str>,
+    stream_version: Arc<str>,
+    load_snapshot: Arc<str>,
+    save_snapshot: Arc<str>,
+    horizon: Arc<str>,
+}
+
+/// The envelope columns, in the order `envelope_from_row` reads them.
+const ENVELOPE_COLUMNS: &str = "e.stream_id, e.stream_version, e.position, e.tx::text::bigint, \
+    e.aggregate_type, e.event_id, e.event_type, e.schema_version, e.payload::text, \
+    e.metadata::text, e.correlation_id, e.causation_id, e.actor, e.recorded_at";
+
+impl Statements {
+    fn new(schema: &Schema) -> Self {
+        let s = schema.quoted();
+        let feed = |filter: &str| -> Arc<str> {
+            format!(
+                "WITH horizon AS MATERIALIZED (
+                     SELECT pg_snapshot_xmin(pg_current_snapshot()) AS xmin
+                 )
+                 SELECT h.xmin::text::bigint, f.*
+                 FROM horizon h
+                 LEFT JOIN LATERAL (
+                     SELECT {ENVELOPE_COLUMNS}
+                     FROM {s}.events e
+                     WHERE (e.tx, e.position) > ($1::text::xid8, $2)
+                       AND e.tx < h.xmin
+                       {filter}
+                     ORDER BY e.tx, e.position
+                     LIMIT $3
+                 ) f ON true"
+            )
+            .into()
+        };
+        Self {
+            append: format!(
+                "SELECT * FROM {s}.append_events($1, $2, $3, $4, $5, $6, $7::text[]::jsonb[], $8::text[]::jsonb[], $9, $10, $11)"
+            )
+            .into(),
+            read_stream: format!(
+                "SELECT {ENVELOPE_COLUMNS} FROM {s}.events e
+                 WHERE e.stream_id = $1 AND e.stream_version BETWEEN $2 AND $3
+                 ORDER BY e.stream_version"
+            )
+            .into(),
+            read_feed: feed(""),
+            read_feed_filtered: feed("AND e.event_type = ANY ($4)"),
+            stream_version: format!(
+                "SELECT coalesce(max(e.stream_version), 0) FROM {s}.events e WHERE e.stream_id = $1"
+            )
+            .into(),
+            load_snapshot: format!(
+                "SELECT stream_id, aggregate_type, stream_version, state_version, state::text, taken_at
+                 FROM {s}.snapshots WHERE stream_id = $1"
+            )
+            .into(),
+            save_snapshot: format!(
+                "INSERT INTO {s}.snapshots AS current
+                     (stream_id, aggregate_type, stream_version, state_version, state, taken_at)
+                 VALUES ($1, $2, $3, $4, $5::text::jsonb, $6)
+                 ON CONFLICT (stream_id) DO UPDATE SET
+                     aggregate_type = EXCLUDED.aggregate_type,
+                     stream_version = EXCLUDED.stream_version,
+                     state_version = EXCLUDED.state_version,
+                     state = EXCLUDED.state,
+                     taken_at = EXCLUDED.taken_at
+                 WHERE current.stream_version < EXCLUDED.stream_version
+                    OR current.state_version <> EXCLUDED.state_version"
+            )
+            .into(),
+            horizon: format!(
+                "SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint,
+                        (SELECT max(e.tx)::text::bigint FROM {s}.events e),
+                        a.pid, extract(epoch FROM now() - a.xact_start)::float8, a.datname::text,
+                        a.state, left(a.query, 500)
+                 FROM (SELECT 1) AS one
+                 LEFT JOIN LATERAL (
+                     SELECT * FROM pg_stat_activity
+                     WHERE backend_xid IS NOT NULL AND pid <> pg_backend_pid()
+                     ORDER BY age(backend_xid) DESC
+                     LIMIT 1
+                 ) a ON true"
+            )
+            .into(),
+        }
+    }
+}
+
+/// An [`EventStore`] on PostgreSQL (version 13 or later). Cloning shares the pool.
+///
+/// ```no_run
+/// # async fn run() -> factum::Result<()> {
+/// use factum::store::PostgresStore;
+///
+/// let store = PostgresStore::connect("postgres://postgres@localhost/bank").await?;
+/// store.migrate().await?; // creates or upgrades the `factum` schema; safe at every start
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct PostgresStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    pool: PgPool,
+    schema: Schema,
+    sql: Statements,
+    channel: String,
+    notifier: Notifier,
+    listener: Listener,
+}
+
+impl fmt::Debug for PostgresStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PostgresStore")
+            .field("schema", &self.inner.schema.name)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PostgresStore {
+    /// The default schema.
+    pub const DEFAULT_SCHEMA: &'static str = "factum";
+
+    /// Connects a pool to `url` and uses the default schema.
+    ///
+    /// # Errors
+    /// [`Error::Backend`] when the database cannot be reached.
+    pub async fn connect(url: &str) -> Result<Self> {
+        let pool = PgPoolOptions::new()
+            .max_connections(16)
+            .acquire_timeout(Duration::from_secs(10))
+            .connect(url)
+            .await
+            .map_err(|error| Error::Backend(Box::new(error)))?;
+        Self::with_schema(pool, Self::DEFAULT_SCHEMA)
+    }
+
+    /// A store on `pool`, in the default schema.
+    #[must_use]
+    pub fn new(pool: PgPool) -> Self {
+        Self::build(
+            pool,
+            Schema {
+                name: Self::DEFAULT_SCHEMA.to_owned(),
+                quoted: format!("\"{}\"", Self::DEFAULT_SCHEMA),
+            },
+        )
+    }
+
+    /// A store on `pool` in its own schema, so that several applications can share a server.
+    ///
+    /// # Errors
+    /// [`Error::InvalidConfig`] when `schema` is not a plain lowercase identifier.
+    pub fn with_schema(pool: PgPool, schema: &str) -> Result<Self> {
+        Ok(Self::build(pool, Schema::new(schema)?))
+    }
+
+    fn build(pool: PgPool, schema: Schema) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                sql: Statements::new(&schema),
+                channel: format!("factum_{}", schema.name()),
+                schema,
+                pool,
+                notifier: Notifier::new(),
+                listener: Listener::new(),
+            }),
+        }
+    }
+
+    /// Creates or upgrades the store's tables in its schema. Safe to run at every start and
+    /// from several processes at once.
+    ///
+    /// # Errors
+    /// [`Error::IncompatibleSchema`] when the schema was migrated by a newer build, or a
+    /// database error.
+    pub async fn migrate(&self) -> Result<()> {
+        migrate::migrate(&self.inner.pool, &self.inner.schema).await
+    }
+
+    /// The connection pool.
+    #[must_use]
+    pub fn pool(&self) -> &PgPool {
+        &self.inner.pool
+    }
+
+    /// The schema holding the store's tables.
+    #[must_use]
+    pub fn schema(&self) -> &str {
+        self.inner.schema.name()
+    }
+
+    fn fail(&self, error: sqlx::Error) -> Error {
+        db_error(&self.inner.schema, error)
+    }
+
+    /// What holds the global feed back: readers see events up to the oldest running transaction,
+    /// so a long transaction (of any application on the server) delays them until it ends.
+    ///
+    /// # Errors
+    /// A database error.
+    pub async fn horizon(&self) -> Result<FeedHorizon> {
+        let row = sqlx::query(AssertSqlSafe(self.inner.sql.horizon.clone()))
+            .fetch_one(&self.inner.pool)
+            .await
+            .map_err(|e| self.fail(e))?;
+        let get = |error| self.fail(error);
+        let oldest = match row.try_get::<Option<i32>, _>(2).map_err(get)? {
+            Some(pid) => Some(OpenTransaction {
+                pid,
+                age: Duration::from_secs_f64(row.try_get::<Option<f64>, _>(3).map_err(get)?.unwrap_or(0.0).max(0.0)),
+                database: row.try_get(4).map_err(get)?,
+                state: row.try_get(5).map_err(get)?,
+                query: row.try_get(6).map_err(get)?,
+            }),
+            None => None,
+        };
+        Ok(FeedHorizon {
+            horizon_tx: to_u64(row.try_get(0).map_err(get)?),
+            newest_event_tx: row.try_get::<Option<i64>, _>(1).map_err(get)?.map(to_u64),
+            oldest_open_transaction: oldest,
+        })
+    }
+
+    async fn append_once(
+        &self,
+        stream_id: &str,
+        aggregate_type: &str,
+        expected: ExpectedVersion,
+        events: &[NewEvent],
+    ) -> std::result::Result<Vec<PgRow>, sqlx::Error> {
+        let expected = match expected {
+            ExpectedVersion::Any => -1,
+            ExpectedVersion::NoStream => -2,
+            ExpectedVersion::StreamExists => -3,
+            ExpectedVersion::Exact(version) => i64::try_from(version).unwrap_or(i64::MAX),
+        };
+        let ids: Vec<Uuid> = events.iter().map(|e| e.event_id).collect();
+        let types: Vec<&str> = events.iter().map(|e| e.event_type.as_ref()).collect();
+        let versions: Vec<i32> = events
+            .iter()
+            .map(|e| i32::try_from(e.schema_version).unwrap_or(i32::MAX))
+            .collect();
+        let payloads: Vec<&str> = events.iter().map(|e| e.payload.as_str()).collect();
+        let metadata: Vec<String> = events
+            .iter()
+            .map(|e| serde_json::to_string(&e.metadata).unwrap_or_else(|_| "{}".to_owned()))
+            .collect();
+        let correlations: Vec<Uuid> = events.iter().map(|e| e.correlation_id).collect();
+        let causations: Vec<Uuid> = events.iter().map(|e| e.causation_id).collect();
+        let actors: Vec<Option<&str>> = events.iter().map(|e| e.actor.as_deref()).collect();
+        sqlx::query(AssertSqlSafe(self.inner.sql.append.clone()))
+            .bind(stream_id)
+            .bind(aggregate_type)
+            .bind(expected)
+            .bind(ids)
+            .bind(types)
+            .bind(versions)
+            .bind(payloads)
+            .bind(metadata)
+            .bind(correlations)
+            .bind(causations)
+            .bind(actors)
+            .fetch_all(&self.inner.pool)
+            .await
+    }
+
+    fn read_rows(&self, rows: &[PgRow], first_column: usize) -> Result<Vec<RecordedEvent>> {
+        rows.iter()
+            .map(|row| envelope_from_row(row, first_column).map_err(|e| self.fail(e)))
+            .collect()
+    }
+}
+
+/// What holds the global feed's horizon back.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct FeedHorizon {
+    /// Readers see events of transactions below this id.
+    pub horizon_tx: u64,
+    /// The transaction of the newest stored event.
+    pub newest_event_tx: Option<u64>,
+    /// The oldest transaction still running (holding the horizon), if any.
+    pub oldest_open_transaction: Option<OpenTransaction>,
+}
+
+/// A running transaction, from `pg_stat_activity`.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct OpenTransaction {
+    /// Its backend's process id.
+    pub pid: i32,
+    /// How long it has been running.
+    pub age: Duration,
+    /// Its database.
+    pub database: Option<String>,
+    /// Its state (`active`, `idle in transaction`...).
+    pub state: Option<String>,
+    /// Its current or last query (truncated).
+    pub query: Option<String>,
+}
+
+fn to_u64(value: i64) -> u64 {
+    u64::try_from(value).unwrap_or(0)
+}
+
+fn to_i64(value: u64) -> i64 {
+    i64::try_from(value).unwrap_or(i64::MAX)
+}
+
+/// Reads the envelope columns ([`ENVELOPE_COLUMNS`]) starting at `at`.
+fn envelope_from_row(row: &PgRow, at: usize) -> std::result::Result<RecordedEvent, sqlx::Error> {
+    let decode = |index: usize, error: serde_json::Error| sqlx::Error::ColumnDecode {
+        index: index.to_string(),
+        source: Box::new(error),
+    };
+    let payload: String = row.try_get(at + 8)?;
+    let metadata: String = row.try_get(at + 9)?;
+    Ok(RecordedEvent {
+        stream_id: row.try_get(at)?,
+        stream_version: to_u64(row.try_get(at + 1)?),
+        global_position: to_u64(row.try_get(at + 2)?),
+        tx: to_u64(row.try_get(at + 3)?),
+        aggregate_type: row.try_get(at + 4)?,
+        event_id: row.try_get(at + 5)?,
+        event_type: row.try_get(at + 6)?,
+        schema_version: u32::try_from(row.try_get::<i32, _>(at + 7)?).unwrap_or(0),
+        event: Payload::from_json(payload).map_err(|e| decode(at + 8, e))?,
+        metadata: serde_json::from_str::<Metadata>(&metadata).map_err(|e| decode(at + 9, e))?,
+        correlation_id: row.try_get(at + 10)?,
+        causation_id: row.try_get(at + 11)?,
+        actor: row.try_get(at + 12)?,
+        recorded_at: row.try_get(at + 13)?,
+    })
+}
+
+impl EventStore for PostgresStore {
+    async fn append(
+        &self,
+        stream_id: &str,
+        aggregate_type: &str,
+        expected: ExpectedVersion,
+        events: Vec<NewEvent>,
+    ) -> Result<Vec<RecordedEvent>> {
+        check_distinct_ids(stream_id, &events)?;
+        // A unique violation means a concurrent append took an id or a version between our
+        // checks and our insert (possible under REPEATABLE READ, or for an id reused in another
+        // stream): one more call sees it and answers precisely.
+        let mut rows = self.append_once(stream_id, aggregate_type, expected, &events).await;
+        if let Err(error) = &rows
+            && error
+                .as_database_error()
+                .is_some_and(|e| e.code().as_deref() == Some("23505"))
+        {
+            rows = self.append_once(stream_id, aggregate_type, expected, &events).await;
+        }
+        let rows = rows.map_err(|e| self.fail(e))?;
+        let outcome = match rows.first() {
+            Some(row) => row.try_get::<i32, _>(0).map_err(|e| self.fail(e))?,
+            None => return Ok(Vec::new()),
+        };
+        let get = |error| self.fail(error);
+        match outcome {
+            0 => {
+                let mut recorded = Vec::with_capacity(events.len());
+                for (row, event) in rows.iter().zip(events) {
+                    recorded.push(RecordedEvent {
+                        event_id: event.event_id,
+                        event_type: event.event_type.into_owned(),
+                        schema_version: event.schema_version,
+                        stream_id: stream_id.to_owned(),
+                        aggregate_type: aggregate_type.to_owned(),
+                        stream_version: to_u64(row.try_get(1).map_err(get)?),
+                        global_position: to_u64(row.try_get(2).map_err(get)?),
+                        tx: to_u64(row.try_get(3).map_err(get)?),
+                        recorded_at: row.try_get(4).map_err(get)?,
+                        correlation_id: event.correlation_id,
+                        causation_id: event.causation_id,
+                        actor: event.actor,
+                        metadata: event.metadata,
+                        event: event.payload,
+                    });
+                }
+                self.inner.notifier.appended(&self.inner.pool, &self.inner.channel);
+                Ok(recorded)
+            }
+            1 => Err(Error::Conflict {
+                stream_id: stream_id.to_owned(),
+                expected,
+                actual: to_u64(rows[0].try_get(1).map_err(get)?),
+            }),
+            2 => Err(Error::AggregateTypeMismatch {
+                stream_id: stream_id.to_owned(),
+                existing: rows[0].try_get(6).map_err(get)?,
+                requested: aggregate_type.to_owned(),
+            }),
+            _ => {
+                let stored = rows
+                    .iter()
+                    .map(|row| {
+                        Ok(StoredId {
+                            event_id: row.try_get(5)?,
+                            stream_id: row.try_get(6)?,
+                            stream_version: to_u64(row.try_get(1)?),
+                        })
+                    })
+                    .collect::<std::result::Result<Vec<_>, sqlx::Error>>()
+                    .map_err(get)?;
+                let versions = classify_retry(stream_id, expected, &events, &stored)?;
+                self.read_stream(stream_id, versions).await
+            }
+        }
+    }
+
+    async fn read_stream(
+        &self,
+        stream_id: &str,
+        versions: impl RangeBounds<u64> + Send,
+    ) -> Result<Vec<RecordedEvent>> {
+        let (from, to) = version_bounds(&versions);
+        let rows = sqlx::query(AssertSqlSafe(self.inner.sql.read_stream.clone()))
+            .bind(stream_id)
+            .bind(to_i64(from))
+            .bind(to_i64(to))
+            .fetch_all(&self.inner.pool)
+            .await
+            .map_err(|e| self.fail(e))?;
+        self.read_rows(&rows, 0)
+    }
+
+    async fn read_feed(&self, query: &FeedQuery) -> Result<FeedBatch> {
+        if query.limit == 0 {
+            return Ok(FeedBatch::new(Vec::new(), query.after));
+        }
+        let limit = i64::try_from(query.limit).unwrap_or(i64::MAX);
+        let statement = match &query.event_types {
+            Some(_) => &self.inner.sql.read_feed_filtered,
+            None => &self.inner.sql.read_feed,
+        };
+        let mut sql = sqlx::query(AssertSqlSafe(statement.clone()))
+            .bind(to_i64(query.after.tx))
+            .bind(to_i64(query.after.position))
+            .bind(limit);
+        if let Some(types) = &query.event_types {
+            sql = sql.bind(types);
+        }
+        let rows = sql
+            .fetch_all(&self.inner.pool)
+            .await
+            .map_err(|e| self.fail(e))?;
+        let Some(first) = rows.first() else {
+            return Ok(FeedBatch::new(Vec::new(), query.after));
+        };
+        let horizon: i64 = first.try_get(0).map_err(|e| self.fail(e))?;
+        // The lateral join yields one row of NULLs when no event qualifies.
+        let has_events = first
+            .try_get::<Option<String>, _>(1)
+            .map_err(|e| self.fail(e))?
+            .is_some();
+        let events = if has_events {
+            self.read_rows(&rows, 1)?
+        } else {
+            Vec::new()
+        };
+        let next = match events.last() {
+            Some(last) if events.len() >= query.limit => last.feed_position(),
+            // Everything below the horizon has been read: every transaction below it has ended.
+            _ => FeedPosition::end_of_tx(to_u64(horizon).saturating_sub(1)).max(query.after),
+        };
+        Ok(FeedBatch::new(events, next))
+    }
+
+    async fn stream_version(&self, stream_id: &str) -> Result<u64> {
+        let version: i64 = sqlx::query_scalar(AssertSqlSafe(self.inner.sql.stream_version.clone()))
+            .bind(stream_id)
+            .fetch_one(&self.inner.pool)
+            .await
+            .map_err(|e| self.fail(e))?;
+        Ok(to_u64(version))
+    }
+
+    async fn load_snapshot(&self, stream_id: &str) -> Result<Option<Snapshot>> {
+        let row = sqlx::query(AssertSqlSafe(self.inner.sql.load_snapshot.clone()))
+            .bind(stream_id)
+            .fetch_optional(&self.inner.pool)
+            .await
+            .map_err(|e| self.fail(e))?;
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        let get = |error| self.fail(error);
+        let state: String = row.try_get(4).map_err(get)?;
+        let taken_at: DateTime<Utc> = row.try_get(5).map_err(get)?;
+        let mut snapshot = Snapshot::new(
+            row.try_get::<String, _>(0).map_err(get)?,
+            row.try_get::<String, _>(1).map_err(get)?,
+            to_u64(row.try_get(2).map_err(get)?),
+            u32::try_from(row.try_get::<i32, _>(3).map_err(get)?).unwrap_or(0),
+            Payload::from_json(state).map_err(|e| Error::Backend(Box::new(e)))?,
+        );
+        snapshot.taken_at = taken_at;
+        Ok(Some(snapshot))
+    }
+
+    async fn save_snapshot(&self, snapshot: Snapshot) -> Result<()> {
+        sqlx::query(AssertSqlSafe(self.inner.sql.save_snapshot.clone()))
+            .bind(&snapshot.stream_id)
+            .bind(&snapshot.aggregate_type)
+            .bind(to_i64(snapshot.stream_version))
+            .bind(i32::try_from(snapshot.state_version).unwrap_or(i32::MAX))
+            .bind(snapshot.state.as_str())
+            .bind(snapshot.taken_at)
+            .execute(&self.inner.pool)
+            .await
+            .map_err(|e| self.fail(e))?;
+        Ok(())
+    }
+
+    fn wakeups(&self) -> FeedWakeups {
+        self.inner
+            .listener
+            .subscribe(&self.inner.pool, &self.inner.channel)
+    }
+}
