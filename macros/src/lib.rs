@@ -1,6 +1,8 @@
 //! Procedural macros of Factum. Use them through the `factum` crate, which re-exports them and
 //! documents them.
 #![forbid(unsafe_code)]
+// Library code handles input and I/O failures; tests may unwrap.
+#![warn(clippy::unwrap_used)]
 
 use proc_macro::TokenStream;
 

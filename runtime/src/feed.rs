@@ -87,6 +87,12 @@ impl FeedNotifier {
     }
 }
 
+/// What one read of the feed found.
+struct ReadOutcome {
+    found: bool,
+    held_back: bool,
+}
+
 /// Follows the global feed from a position: first everything already stored, then new events as
 /// they are committed, in feed order, each exactly once.
 ///
@@ -204,7 +210,7 @@ impl<S: EventStore> Subscription<S> {
     /// A store error.
     pub async fn try_next_batch(&mut self) -> Result<Vec<RecordedEvent>> {
         if self.buffer.is_empty() {
-            self.read_once().await?;
+            let _ = self.read_once().await?;
         }
         let batch: Vec<_> = self.buffer.drain(..).collect();
         if let Some(last) = batch.last() {
@@ -215,26 +221,45 @@ impl<S: EventStore> Subscription<S> {
 
     /// Reads into the buffer, waiting for a hint or the poll interval while nothing is new.
     async fn fill(&mut self) -> Result<()> {
+        let mut held_back_wait = Self::HELD_BACK_RETRY;
         loop {
             // Hints from here on are not yet seen, so an append committed during the read
             // below wakes the wait that follows it.
             self.wakeups.mark_seen();
-            if self.read_once().await? {
+            let read = self.read_once().await?;
+            if read.found {
                 return Ok(());
             }
+            // Events held back by an open transaction need no hint to become visible (the
+            // transaction may be someone else's): look again soon, backing off to the poll
+            // interval.
+            let wait = if read.held_back {
+                let wait = held_back_wait.min(self.poll_interval);
+                held_back_wait = held_back_wait.saturating_mul(2);
+                wait
+            } else {
+                held_back_wait = Self::HELD_BACK_RETRY;
+                self.poll_interval
+            };
             tokio::select! {
                 () = self.wakeups.changed() => {}
-                () = tokio::time::sleep(self.poll_interval) => {}
+                () = tokio::time::sleep(wait) => {}
             }
         }
     }
 
-    /// One read; whether it found events.
-    async fn read_once(&mut self) -> Result<bool> {
+    /// First wait before reading again when events are held back.
+    const HELD_BACK_RETRY: Duration = Duration::from_millis(2);
+
+    /// One read.
+    async fn read_once(&mut self) -> Result<ReadOutcome> {
         let batch = self.store.read_feed(&self.query).await?;
         self.query.after = batch.next.max(self.query.after);
-        let found = !batch.events.is_empty();
+        let outcome = ReadOutcome {
+            found: !batch.events.is_empty(),
+            held_back: batch.held_back,
+        };
         self.buffer.extend(batch.events);
-        Ok(found)
+        Ok(outcome)
     }
 }

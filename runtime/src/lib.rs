@@ -56,6 +56,8 @@
 //! # }).unwrap();
 //! ```
 #![forbid(unsafe_code)]
+// Library code handles input and I/O failures; tests may unwrap.
+#![warn(clippy::unwrap_used)]
 
 extern crate self as factum;
 

@@ -4,6 +4,9 @@
 //! Each entry point parses into our own syntax tree (`ast`), validates it (`check`), and
 //! expands it; on mistakes it reports all of them and emits a fallback (`fallback`).
 
+#![forbid(unsafe_code)]
+#![warn(clippy::unwrap_used)]
+
 mod aggregate;
 mod ast;
 mod attr;

@@ -69,7 +69,8 @@ pub fn classify_retry(
     let start = first.stream_version;
     let run_matches = first.stream_id == stream_id
         && events.iter().zip(start..).all(|(event, version)| {
-            find(event.event_id).is_some_and(|s| s.stream_id == stream_id && s.stream_version == version)
+            find(event.event_id)
+                .is_some_and(|s| s.stream_id == stream_id && s.stream_version == version)
         });
     let position_matches = match expected {
         ExpectedVersion::Exact(version) => start == version + 1,

@@ -10,10 +10,10 @@ use super::{
     EventStore, ExpectedVersion, FeedBatch, FeedPosition, FeedQuery, StoredId, check_distinct_ids,
     classify_retry, version_bounds,
 };
-use crate::feed::{FeedNotifier, FeedWakeups};
-use crate::snapshot::Snapshot;
 use crate::envelope::{NewEvent, RecordedEvent};
 use crate::error::{Error, Result};
+use crate::feed::{FeedNotifier, FeedWakeups};
+use crate::snapshot::Snapshot;
 
 /// An [`EventStore`] in memory. Cloning shares the same store.
 ///
@@ -254,10 +254,13 @@ impl EventStore for MemoryStore {
 
     async fn save_snapshot(&self, snapshot: Snapshot) -> Result<()> {
         let mut log = self.write();
-        let keep_stored = log.snapshots.get(&snapshot.stream_id).is_some_and(|stored| {
-            stored.state_version == snapshot.state_version
-                && stored.stream_version >= snapshot.stream_version
-        });
+        let keep_stored = log
+            .snapshots
+            .get(&snapshot.stream_id)
+            .is_some_and(|stored| {
+                stored.state_version == snapshot.state_version
+                    && stored.stream_version >= snapshot.stream_version
+            });
         if !keep_stored {
             log.snapshots.insert(snapshot.stream_id.clone(), snapshot);
         }

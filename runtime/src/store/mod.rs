@@ -171,13 +171,27 @@ pub struct FeedBatch {
     /// Where the next read starts. Past the last event, and past events the filter skipped, so a
     /// reader checkpointing it never reads the same stretch twice.
     pub next: FeedPosition,
+    /// Whether committed or in-flight events exist that the feed cannot deliver yet, because an
+    /// older transaction is still open (see the PostgreSQL store): worth reading again soon.
+    pub held_back: bool,
 }
 
 impl FeedBatch {
     /// A batch.
     #[must_use]
     pub fn new(events: Vec<RecordedEvent>, next: FeedPosition) -> Self {
-        Self { events, next }
+        Self {
+            events,
+            next,
+            held_back: false,
+        }
+    }
+
+    /// Marks the batch as [held back](FeedBatch::held_back).
+    #[must_use]
+    pub fn held_back(mut self, held_back: bool) -> Self {
+        self.held_back = held_back;
+        self
     }
 }
 

@@ -102,7 +102,9 @@ impl EventStore for TestStore {
         expected: ExpectedVersion,
         events: Vec<NewEvent>,
     ) -> factum::Result<Vec<RecordedEvent>> {
-        self.store.append(stream_id, aggregate_type, expected, events).await
+        self.store
+            .append(stream_id, aggregate_type, expected, events)
+            .await
     }
 
     async fn read_stream(

@@ -46,17 +46,24 @@ impl Notifier {
             let pool = pool.clone();
             let channel = channel.to_owned();
             runtime.spawn(async move {
-                loop {
-                    tokio::select! {
-                        () = pending.notified() => {}
-                        _ = alive.changed() => return,
-                    }
+                let notify = || async {
                     if let Err(error) = sqlx::query("SELECT pg_notify($1, '')")
                         .bind(&channel)
                         .execute(&pool)
                         .await
                     {
                         tracing::debug!(%error, "could not notify subscribers; they will poll");
+                    }
+                };
+                loop {
+                    tokio::select! {
+                        biased;
+                        () = pending.notified() => notify().await,
+                        _ = alive.changed() => {
+                            // The store is gone; announce what it may have appended last.
+                            notify().await;
+                            return;
+                        }
                     }
                 }
             });
@@ -102,7 +109,12 @@ impl Listener {
     }
 }
 
-async fn listen(pool: PgPool, channel: String, running: Arc<Mutex<bool>>, hints: Arc<watch::Sender<u64>>) {
+async fn listen(
+    pool: PgPool,
+    channel: String,
+    running: Arc<Mutex<bool>>,
+    hints: Arc<watch::Sender<u64>>,
+) {
     let mut listener = None;
     loop {
         let connection = match listener.as_mut() {

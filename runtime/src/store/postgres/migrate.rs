@@ -86,7 +86,12 @@ pub(super) async fn migrate(pool: &PgPool, schema: &Schema) -> Result<()> {
         if applied_versions.contains(&migration.version) {
             continue;
         }
-        tracing::info!(schema = schema.name(), version = migration.version, name = migration.name, "applying migration");
+        tracing::info!(
+            schema = schema.name(),
+            version = migration.version,
+            name = migration.name,
+            "applying migration"
+        );
         sqlx::raw_sql(AssertSqlSafe(migration.sql.replace("{schema}", q)))
             .execute(&mut *tx)
             .await

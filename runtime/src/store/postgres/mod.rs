@@ -26,7 +26,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use sqlx::postgres::{PgPool, PgPoolOptions, PgRow};
+use sqlx::postgres::{PgExecutor, PgPool, PgPoolOptions, PgRow};
 use sqlx::{AssertSqlSafe, Row as _};
 use uuid::Uuid;
 
@@ -81,7 +81,10 @@ impl Schema {
 /// Maps a database error, recognising an event store that was never migrated.
 fn db_error(schema: &Schema, error: sqlx::Error) -> Error {
     if let Some(database) = error.as_database_error()
-        && matches!(database.code().as_deref(), Some("42P01" | "42883" | "3F000"))
+        && matches!(
+            database.code().as_deref(),
+            Some("42P01" | "42883" | "3F000")
+        )
     {
         return Error::NotMigrated {
             schema: schema.name().to_owned(),
@@ -114,9 +117,13 @@ impl Statements {
         let feed = |filter: &str| -> Arc<str> {
             format!(
                 "WITH horizon AS MATERIALIZED (
-                     SELECT pg_snapshot_xmin(pg_current_snapshot()) AS xmin
+                     SELECT x.xmin,
+                            -- max() reads one index entry; anything at or above the horizon
+                            -- is committed or in flight, and not yet deliverable.
+                            coalesce((SELECT max(w.tx) FROM {s}.events w) >= x.xmin, false) AS held_back
+                     FROM (SELECT pg_snapshot_xmin(pg_current_snapshot()) AS xmin) x
                  )
-                 SELECT h.xmin::text::bigint, f.*
+                 SELECT h.xmin::text::bigint, h.held_back, f.*
                  FROM horizon h
                  LEFT JOIN LATERAL (
                      SELECT {ENVELOPE_COLUMNS}
@@ -307,7 +314,12 @@ impl PostgresStore {
         let oldest = match row.try_get::<Option<i32>, _>(2).map_err(get)? {
             Some(pid) => Some(OpenTransaction {
                 pid,
-                age: Duration::from_secs_f64(row.try_get::<Option<f64>, _>(3).map_err(get)?.unwrap_or(0.0).max(0.0)),
+                age: Duration::from_secs_f64(
+                    row.try_get::<Option<f64>, _>(3)
+                        .map_err(get)?
+                        .unwrap_or(0.0)
+                        .max(0.0),
+                ),
                 database: row.try_get(4).map_err(get)?,
                 state: row.try_get(5).map_err(get)?,
                 query: row.try_get(6).map_err(get)?,
@@ -321,8 +333,9 @@ impl PostgresStore {
         })
     }
 
-    async fn append_once(
+    async fn append_once<'c>(
         &self,
+        executor: impl PgExecutor<'c>,
         stream_id: &str,
         aggregate_type: &str,
         expected: ExpectedVersion,
@@ -360,8 +373,113 @@ impl PostgresStore {
             .bind(correlations)
             .bind(causations)
             .bind(actors)
-            .fetch_all(&self.inner.pool)
+            .fetch_all(executor)
             .await
+    }
+
+    /// Appends inside the caller's transaction, so that the events commit (or roll back) with
+    /// the caller's other writes (an outbox, a read model updated in the same transaction).
+    ///
+    /// The transaction's id is taken at its first write: write nothing before the append, or
+    /// the feed may deliver this stream's events out of order with a concurrent append. After
+    /// the commit, call [`PostgresStore::notify_subscribers`] to wake live subscribers at once
+    /// (otherwise they find the events at their next poll).
+    ///
+    /// # Errors
+    /// As [`EventStore::append`]; after an error the transaction is aborted.
+    pub async fn append_in(
+        &self,
+        transaction: &mut sqlx::PgConnection,
+        stream_id: &str,
+        aggregate_type: &str,
+        expected: ExpectedVersion,
+        events: Vec<NewEvent>,
+    ) -> Result<Vec<RecordedEvent>> {
+        check_distinct_ids(stream_id, &events)?;
+        let rows = self
+            .append_once(
+                &mut *transaction,
+                stream_id,
+                aggregate_type,
+                expected,
+                &events,
+            )
+            .await;
+        let rows = rows.map_err(|e| self.fail(e))?;
+        self.append_outcome(rows, stream_id, aggregate_type, expected, events)
+            .await
+    }
+
+    /// Wakes live subscribers (after appends committed through [`PostgresStore::append_in`]).
+    pub fn notify_subscribers(&self) {
+        self.inner
+            .notifier
+            .appended(&self.inner.pool, &self.inner.channel);
+    }
+
+    /// Interprets the rows of `append_events`.
+    async fn append_outcome(
+        &self,
+        rows: Vec<PgRow>,
+        stream_id: &str,
+        aggregate_type: &str,
+        expected: ExpectedVersion,
+        events: Vec<NewEvent>,
+    ) -> Result<Vec<RecordedEvent>> {
+        let outcome = match rows.first() {
+            Some(row) => row.try_get::<i32, _>(0).map_err(|e| self.fail(e))?,
+            None => return Ok(Vec::new()),
+        };
+        let get = |error| self.fail(error);
+        match outcome {
+            0 => {
+                let mut recorded = Vec::with_capacity(events.len());
+                for (row, event) in rows.iter().zip(events) {
+                    recorded.push(RecordedEvent {
+                        event_id: event.event_id,
+                        event_type: event.event_type.into_owned(),
+                        schema_version: event.schema_version,
+                        stream_id: stream_id.to_owned(),
+                        aggregate_type: aggregate_type.to_owned(),
+                        stream_version: to_u64(row.try_get(1).map_err(get)?),
+                        global_position: to_u64(row.try_get(2).map_err(get)?),
+                        tx: to_u64(row.try_get(3).map_err(get)?),
+                        recorded_at: row.try_get(4).map_err(get)?,
+                        correlation_id: event.correlation_id,
+                        causation_id: event.causation_id,
+                        actor: event.actor,
+                        metadata: event.metadata,
+                        event: event.payload,
+                    });
+                }
+                Ok(recorded)
+            }
+            1 => Err(Error::Conflict {
+                stream_id: stream_id.to_owned(),
+                expected,
+                actual: to_u64(rows[0].try_get(1).map_err(get)?),
+            }),
+            2 => Err(Error::AggregateTypeMismatch {
+                stream_id: stream_id.to_owned(),
+                existing: rows[0].try_get(6).map_err(get)?,
+                requested: aggregate_type.to_owned(),
+            }),
+            _ => {
+                let stored = rows
+                    .iter()
+                    .map(|row| {
+                        Ok(StoredId {
+                            event_id: row.try_get(5)?,
+                            stream_id: row.try_get(6)?,
+                            stream_version: to_u64(row.try_get(1)?),
+                        })
+                    })
+                    .collect::<std::result::Result<Vec<_>, sqlx::Error>>()
+                    .map_err(get)?;
+                let versions = classify_retry(stream_id, expected, &events, &stored)?;
+                self.read_stream(stream_id, versions).await
+            }
+        }
     }
 
     fn read_rows(&self, rows: &[PgRow], first_column: usize) -> Result<Vec<RecordedEvent>> {
@@ -445,70 +563,27 @@ impl EventStore for PostgresStore {
         // A unique violation means a concurrent append took an id or a version between our
         // checks and our insert (possible under REPEATABLE READ, or for an id reused in another
         // stream): one more call sees it and answers precisely.
-        let mut rows = self.append_once(stream_id, aggregate_type, expected, &events).await;
+        let pool = &self.inner.pool;
+        let mut rows = self
+            .append_once(pool, stream_id, aggregate_type, expected, &events)
+            .await;
         if let Err(error) = &rows
             && error
                 .as_database_error()
                 .is_some_and(|e| e.code().as_deref() == Some("23505"))
         {
-            rows = self.append_once(stream_id, aggregate_type, expected, &events).await;
+            rows = self
+                .append_once(pool, stream_id, aggregate_type, expected, &events)
+                .await;
         }
         let rows = rows.map_err(|e| self.fail(e))?;
-        let outcome = match rows.first() {
-            Some(row) => row.try_get::<i32, _>(0).map_err(|e| self.fail(e))?,
-            None => return Ok(Vec::new()),
-        };
-        let get = |error| self.fail(error);
-        match outcome {
-            0 => {
-                let mut recorded = Vec::with_capacity(events.len());
-                for (row, event) in rows.iter().zip(events) {
-                    recorded.push(RecordedEvent {
-                        event_id: event.event_id,
-                        event_type: event.event_type.into_owned(),
-                        schema_version: event.schema_version,
-                        stream_id: stream_id.to_owned(),
-                        aggregate_type: aggregate_type.to_owned(),
-                        stream_version: to_u64(row.try_get(1).map_err(get)?),
-                        global_position: to_u64(row.try_get(2).map_err(get)?),
-                        tx: to_u64(row.try_get(3).map_err(get)?),
-                        recorded_at: row.try_get(4).map_err(get)?,
-                        correlation_id: event.correlation_id,
-                        causation_id: event.causation_id,
-                        actor: event.actor,
-                        metadata: event.metadata,
-                        event: event.payload,
-                    });
-                }
-                self.inner.notifier.appended(&self.inner.pool, &self.inner.channel);
-                Ok(recorded)
-            }
-            1 => Err(Error::Conflict {
-                stream_id: stream_id.to_owned(),
-                expected,
-                actual: to_u64(rows[0].try_get(1).map_err(get)?),
-            }),
-            2 => Err(Error::AggregateTypeMismatch {
-                stream_id: stream_id.to_owned(),
-                existing: rows[0].try_get(6).map_err(get)?,
-                requested: aggregate_type.to_owned(),
-            }),
-            _ => {
-                let stored = rows
-                    .iter()
-                    .map(|row| {
-                        Ok(StoredId {
-                            event_id: row.try_get(5)?,
-                            stream_id: row.try_get(6)?,
-                            stream_version: to_u64(row.try_get(1)?),
-                        })
-                    })
-                    .collect::<std::result::Result<Vec<_>, sqlx::Error>>()
-                    .map_err(get)?;
-                let versions = classify_retry(stream_id, expected, &events, &stored)?;
-                self.read_stream(stream_id, versions).await
-            }
+        let appended = self
+            .append_outcome(rows, stream_id, aggregate_type, expected, events)
+            .await?;
+        if !appended.is_empty() {
+            self.notify_subscribers();
         }
+        Ok(appended)
     }
 
     async fn read_stream(
@@ -551,13 +626,14 @@ impl EventStore for PostgresStore {
             return Ok(FeedBatch::new(Vec::new(), query.after));
         };
         let horizon: i64 = first.try_get(0).map_err(|e| self.fail(e))?;
+        let held_back: bool = first.try_get(1).map_err(|e| self.fail(e))?;
         // The lateral join yields one row of NULLs when no event qualifies.
         let has_events = first
-            .try_get::<Option<String>, _>(1)
+            .try_get::<Option<String>, _>(2)
             .map_err(|e| self.fail(e))?
             .is_some();
         let events = if has_events {
-            self.read_rows(&rows, 1)?
+            self.read_rows(&rows, 2)?
         } else {
             Vec::new()
         };
@@ -566,7 +642,7 @@ impl EventStore for PostgresStore {
             // Everything below the horizon has been read: every transaction below it has ended.
             _ => FeedPosition::end_of_tx(to_u64(horizon).saturating_sub(1)).max(query.after),
         };
-        Ok(FeedBatch::new(events, next))
+        Ok(FeedBatch::new(events, next).held_back(held_back))
     }
 
     async fn stream_version(&self, stream_id: &str) -> Result<u64> {

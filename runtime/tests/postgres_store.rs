@@ -1,0 +1,511 @@
+//! The PostgreSQL store beyond the shared conformance suite: the global feed under late commits
+//! and concurrent writers, conflicts under contention, append-only enforcement, migrations,
+//! decode errors, the horizon report and live subscriptions.
+
+mod support;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use factum::feed::Subscription;
+use factum::{
+    Error, EventStore, ExpectedVersion, FeedPosition, FeedQuery, NewEvent, Payload, RecordedEvent,
+};
+use sqlx::Connection as _;
+use support::TestStore;
+
+fn ping(n: u64) -> NewEvent {
+    NewEvent::new(
+        "Pinged",
+        1,
+        Payload::encode(&serde_json::json!({ "n": n })).unwrap(),
+    )
+}
+
+/// Reads the feed from `after` to its current end.
+async fn drain(store: &impl EventStore, after: &mut FeedPosition) -> Vec<RecordedEvent> {
+    let mut all = Vec::new();
+    loop {
+        let batch = store
+            .read_feed(&FeedQuery::after(*after).limit(500))
+            .await
+            .unwrap();
+        *after = batch.next;
+        if batch.events.is_empty() {
+            return all;
+        }
+        all.extend(batch.events);
+    }
+}
+
+#[tokio::test]
+async fn a_late_commit_is_not_skipped() {
+    let store = TestStore::new().await;
+    let mut checkpoint = FeedPosition::START;
+
+    // A takes a position first and stays open.
+    let mut a = store.pool().begin().await.unwrap();
+    let a_events = store
+        .append_in(
+            &mut a,
+            "stream-a",
+            "Probe",
+            ExpectedVersion::Any,
+            vec![ping(1)],
+        )
+        .await
+        .unwrap();
+    // B takes a higher position and commits.
+    let b_events = store
+        .append("stream-b", "Probe", ExpectedVersion::Any, vec![ping(2)])
+        .await
+        .unwrap();
+    assert!(a_events[0].global_position < b_events[0].global_position);
+
+    // B is committed and readable in its stream, yet the feed holds it back while A is open:
+    // a reader checkpointing after B would otherwise skip A forever.
+    assert_eq!(store.read_stream("stream-b", 1..).await.unwrap().len(), 1);
+    let early = drain(&*store, &mut checkpoint).await;
+    assert!(
+        early.is_empty(),
+        "nothing is delivered past an open transaction: {early:?}"
+    );
+
+    a.commit().await.unwrap();
+    let late = drain(&*store, &mut checkpoint).await;
+    let streams: Vec<&str> = late.iter().map(|e| e.stream_id.as_str()).collect();
+    assert_eq!(
+        streams,
+        ["stream-a", "stream-b"],
+        "A is delivered, in commit order"
+    );
+    assert!(
+        drain(&*store, &mut checkpoint).await.is_empty(),
+        "and only once"
+    );
+}
+
+#[tokio::test]
+async fn an_aborted_append_leaves_no_gap_behind() {
+    let store = TestStore::new().await;
+    let mut checkpoint = FeedPosition::START;
+    let mut aborted = store.pool().begin().await.unwrap();
+    store
+        .append_in(
+            &mut aborted,
+            "stream-a",
+            "Probe",
+            ExpectedVersion::Any,
+            vec![ping(1)],
+        )
+        .await
+        .unwrap();
+    store
+        .append("stream-b", "Probe", ExpectedVersion::Any, vec![ping(2)])
+        .await
+        .unwrap();
+    aborted.rollback().await.unwrap();
+    let events = drain(&*store, &mut checkpoint).await;
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0].stream_id, "stream-b");
+    assert_eq!(store.stream_version("stream-a").await.unwrap(), 0);
+}
+
+/// A small deterministic generator for delays (no dependency needed).
+struct XorShift(u64);
+
+impl XorShift {
+    fn below(&mut self, bound: u64) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0 % bound
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_writers_and_a_checkpointing_reader_see_every_event_once_in_stream_order() {
+    const WRITERS: u64 = 8;
+    const PER_WRITER: u64 = 5_000;
+    const STREAMS: u64 = 40;
+    let store = Arc::new(TestStore::with_pool_size(12).await);
+
+    let mut writers = Vec::new();
+    for writer in 0..WRITERS {
+        let store = store.clone();
+        writers.push(tokio::spawn(async move {
+            let mut random = XorShift(0x9E37_79B9_7F4A_7C15 ^ (writer + 1));
+            for i in 0..PER_WRITER {
+                // Writers share streams, so one stream's versions come from several writers.
+                let stream = format!("stream-{}", random.below(STREAMS));
+                let mut tx = store.pool().begin().await.unwrap();
+                store
+                    .append_in(
+                        &mut tx,
+                        &stream,
+                        "Probe",
+                        ExpectedVersion::Any,
+                        vec![ping(writer * PER_WRITER + i)],
+                    )
+                    .await
+                    .unwrap();
+                // Random delays inside the transaction make commits overtake each other.
+                match random.below(10) {
+                    0 => tokio::time::sleep(Duration::from_millis(random.below(3))).await,
+                    1..=3 => tokio::task::yield_now().await,
+                    _ => {}
+                }
+                tx.commit().await.unwrap();
+            }
+        }));
+    }
+
+    let reader_store = store.clone();
+    let reader = tokio::spawn(async move {
+        let mut checkpoint = FeedPosition::START;
+        let mut seen = Vec::new();
+        while seen.len() < (WRITERS * PER_WRITER) as usize {
+            let batch = reader_store
+                .read_feed(&FeedQuery::after(checkpoint).limit(700))
+                .await
+                .unwrap();
+            assert!(batch.next >= checkpoint);
+            checkpoint = batch.next;
+            if batch.events.is_empty() {
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+            seen.extend(batch.events);
+        }
+        (seen, checkpoint)
+    });
+    for writer in writers {
+        writer.await.unwrap();
+    }
+    let (seen, mut checkpoint) = tokio::time::timeout(Duration::from_secs(120), reader)
+        .await
+        .expect("the reader catches up")
+        .unwrap();
+
+    assert!(
+        drain(&**store, &mut checkpoint).await.is_empty(),
+        "nothing more after the end"
+    );
+    let ids: HashSet<_> = seen.iter().map(|e| e.event_id).collect();
+    assert_eq!(ids.len(), seen.len(), "no event delivered twice");
+    assert_eq!(seen.len() as u64, WRITERS * PER_WRITER, "no event missed");
+    let payloads: HashSet<u64> = seen
+        .iter()
+        .map(|e| e.event.to_value()["n"].as_u64().unwrap())
+        .collect();
+    assert_eq!(payloads.len() as u64, WRITERS * PER_WRITER);
+    let mut last_version: HashMap<&str, u64> = HashMap::new();
+    for event in &seen {
+        let last = last_version.entry(&event.stream_id).or_default();
+        assert_eq!(
+            event.stream_version,
+            *last + 1,
+            "stream {} out of order",
+            event.stream_id
+        );
+        *last = event.stream_version;
+    }
+    assert!(
+        seen.windows(2)
+            .all(|w| w[0].feed_position() < w[1].feed_position()),
+        "feed positions increase"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sixteen_racing_writers_lose_with_a_conflict_and_no_version_is_lost_or_doubled() {
+    let store = Arc::new(TestStore::with_pool_size(17).await);
+    let mut winners = Vec::new();
+    for round in 0..10_u64 {
+        let barrier = Arc::new(tokio::sync::Barrier::new(16));
+        let tasks: Vec<_> = (0..16_u64)
+            .map(|writer| {
+                let (store, barrier) = (store.clone(), barrier.clone());
+                tokio::spawn(async move {
+                    barrier.wait().await;
+                    store
+                        .append(
+                            "contended",
+                            "Probe",
+                            ExpectedVersion::Exact(round),
+                            vec![ping(round * 100 + writer)],
+                        )
+                        .await
+                })
+            })
+            .collect();
+        let mut won = 0;
+        for task in tasks {
+            match task.await.unwrap() {
+                Ok(stored) => {
+                    assert_eq!(stored[0].stream_version, round + 1);
+                    winners.push(stored[0].event_id);
+                    won += 1;
+                }
+                Err(Error::Conflict {
+                    stream_id,
+                    expected,
+                    actual,
+                }) => {
+                    assert_eq!(stream_id, "contended");
+                    assert_eq!(expected, ExpectedVersion::Exact(round));
+                    assert_eq!(actual, round + 1, "the loser learns the winner's version");
+                }
+                Err(other) => panic!("a loser gets a conflict, not {other}"),
+            }
+        }
+        assert_eq!(won, 1, "exactly one append wins round {round}");
+    }
+    let stored = store.read_stream("contended", 1..).await.unwrap();
+    let versions: Vec<u64> = stored.iter().map(|e| e.stream_version).collect();
+    assert_eq!(versions, (1..=10).collect::<Vec<_>>());
+    let ids: Vec<_> = stored.iter().map(|e| e.event_id).collect();
+    assert_eq!(ids, winners);
+}
+
+#[tokio::test]
+async fn the_database_refuses_to_change_or_remove_events() {
+    let store = TestStore::new().await;
+    store
+        .append("stream-a", "Probe", ExpectedVersion::Any, vec![ping(1)])
+        .await
+        .unwrap();
+    let schema = store.schema().to_owned();
+    for statement in [
+        format!("UPDATE \"{schema}\".events SET event_type = 'Tampered'"),
+        format!("DELETE FROM \"{schema}\".events"),
+        format!("TRUNCATE \"{schema}\".events"),
+    ] {
+        let error = sqlx::query(sqlx::AssertSqlSafe(statement.clone()))
+            .execute(store.pool())
+            .await
+            .expect_err("refused");
+        let database = error.as_database_error().expect("a database error");
+        assert_eq!(
+            database.code().as_deref(),
+            Some("FA001"),
+            "{statement}: {database}"
+        );
+        assert!(
+            database.message().contains("append-only"),
+            "{}",
+            database.message()
+        );
+    }
+    let stored = store.read_stream("stream-a", 1..).await.unwrap();
+    assert_eq!(stored.len(), 1);
+    assert_eq!(stored[0].event_type, "Pinged");
+}
+
+#[tokio::test]
+async fn migrations_are_idempotent_and_safe_to_run_concurrently() {
+    let store = TestStore::new().await;
+    let (a, b, c) = tokio::join!(store.migrate(), store.migrate(), store.migrate());
+    a.unwrap();
+    b.unwrap();
+    c.unwrap();
+    let applied: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+        "SELECT count(*) FROM \"{}\".factum_migrations",
+        store.schema()
+    )))
+    .fetch_one(store.pool())
+    .await
+    .unwrap();
+    assert_eq!(applied, 1);
+}
+
+#[tokio::test]
+async fn an_unmigrated_schema_and_a_bad_schema_name_get_clear_errors() {
+    let store = TestStore::new().await;
+    let pool = store.pool().clone();
+    let bare =
+        factum::store::PostgresStore::with_schema(pool.clone(), "factum_never_migrated").unwrap();
+    let error = bare
+        .append("s", "Probe", ExpectedVersion::Any, vec![ping(1)])
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&error, Error::NotMigrated { schema } if schema == "factum_never_migrated"),
+        "{error:?}"
+    );
+    assert!(error.to_string().contains("migrate()"), "{error}");
+    let error = bare.read_feed(&FeedQuery::from_start()).await.unwrap_err();
+    assert!(matches!(error, Error::NotMigrated { .. }), "{error:?}");
+
+    let error = factum::store::PostgresStore::with_schema(pool, "Robert'); DROP TABLE students;--")
+        .unwrap_err();
+    assert!(matches!(error, Error::InvalidConfig(_)), "{error:?}");
+}
+
+#[tokio::test]
+async fn a_schema_migrated_by_a_newer_build_is_refused() {
+    let store = TestStore::new().await;
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "INSERT INTO \"{}\".factum_migrations (version, name, checksum) VALUES (99, 'future', 'x')",
+        store.schema()
+    )))
+    .execute(store.pool())
+    .await
+    .unwrap();
+    let error = store.migrate().await.unwrap_err();
+    assert!(
+        matches!(error, Error::IncompatibleSchema { .. }),
+        "{error:?}"
+    );
+    assert!(error.to_string().contains("newer"), "{error}");
+}
+
+#[tokio::test]
+async fn a_stored_event_that_no_longer_decodes_is_a_typed_error_naming_it() {
+    #[factum::event]
+    #[derive(Debug)]
+    struct Pinged {
+        #[allow(dead_code)]
+        n: u64,
+    }
+    #[factum::event]
+    #[derive(Debug)]
+    enum PingEvent {
+        Pinged(Pinged),
+    }
+
+    let store = TestStore::new().await;
+    let bad = NewEvent::new(
+        "Pinged",
+        1,
+        Payload::encode(&serde_json::json!({ "n": "one" })).unwrap(),
+    );
+    let unknown = NewEvent::new(
+        "Ponged",
+        1,
+        Payload::encode(&serde_json::json!({})).unwrap(),
+    );
+    store
+        .append(
+            "stream-a",
+            "Probe",
+            ExpectedVersion::Any,
+            vec![ping(1), bad, unknown],
+        )
+        .await
+        .unwrap();
+    let stored = store.read_stream("stream-a", 1..).await.unwrap();
+    assert!(stored[0].decode_event::<PingEvent>().is_ok());
+    let error = stored[1].decode_event::<PingEvent>().unwrap_err();
+    let message = error.to_string();
+    assert!(
+        matches!(
+            error,
+            Error::Decode {
+                stream_version: 2,
+                ..
+            }
+        ),
+        "{error:?}"
+    );
+    for part in ["stream-a", "version 2", "Pinged", "invalid type"] {
+        assert!(message.contains(part), "`{part}` in: {message}");
+    }
+    let error = stored[2].decode_event::<PingEvent>().unwrap_err();
+    assert!(
+        error.to_string().contains("unknown event type `Ponged`"),
+        "{error}"
+    );
+}
+
+#[tokio::test]
+async fn the_horizon_report_names_the_transaction_holding_readers_back() {
+    let store = TestStore::new().await;
+    let mut blocker = sqlx::PgConnection::connect(store.url()).await.unwrap();
+    sqlx::query("BEGIN").execute(&mut blocker).await.unwrap();
+    let blocker_pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
+        .fetch_one(&mut blocker)
+        .await
+        .unwrap();
+    sqlx::query("SELECT pg_current_xact_id()")
+        .execute(&mut blocker)
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+
+    // Other tests' transactions may be older; ours must be at most as young as the oldest.
+    let report = store.horizon().await.unwrap();
+    let oldest = report
+        .oldest_open_transaction
+        .expect("an open transaction is reported");
+    assert!(oldest.age >= Duration::from_millis(50) || oldest.pid != blocker_pid);
+    assert!(report.horizon_tx > 0);
+
+    sqlx::query("COMMIT").execute(&mut blocker).await.unwrap();
+    let after = store.horizon().await.unwrap();
+    assert!(
+        after
+            .oldest_open_transaction
+            .is_none_or(|t| t.pid != blocker_pid),
+        "a finished transaction no longer holds the horizon"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscription_catches_up_then_follows_live_appends_woken_by_notify() {
+    let store = TestStore::new().await;
+    store
+        .append(
+            "stream-a",
+            "Probe",
+            ExpectedVersion::Any,
+            vec![ping(1), ping(2)],
+        )
+        .await
+        .unwrap();
+    // A poll interval far beyond the test's patience: only a notification can deliver in time.
+    let mut feed = Subscription::new(store.another_client().await, FeedPosition::START)
+        .poll_interval(Duration::from_secs(3600));
+    let caught_up = [feed.next().await.unwrap(), feed.next().await.unwrap()];
+    assert_eq!(caught_up.map(|e| e.stream_version), [1, 2]);
+
+    let writer = store.another_client().await;
+    let appended = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        writer
+            .append("stream-b", "Probe", ExpectedVersion::Any, vec![ping(3)])
+            .await
+            .unwrap()
+    });
+    let live = tokio::time::timeout(Duration::from_secs(10), feed.next())
+        .await
+        .expect("woken by the notification")
+        .unwrap();
+    assert_eq!(live.event_id, appended.await.unwrap()[0].event_id);
+    assert!(feed.position() >= live.feed_position());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_notification_only_delays_a_subscription() {
+    let store = TestStore::new().await;
+    let mut feed = Subscription::new(store.another_client().await, FeedPosition::START)
+        .poll_interval(Duration::from_millis(200));
+    // Appended in a transaction and never announced: no notification is sent.
+    let mut tx = store.pool().begin().await.unwrap();
+    store
+        .append_in(
+            &mut tx,
+            "quiet",
+            "Probe",
+            ExpectedVersion::Any,
+            vec![ping(1)],
+        )
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    let event = tokio::time::timeout(Duration::from_secs(10), feed.next())
+        .await
+        .expect("found by polling")
+        .unwrap();
+    assert_eq!(event.stream_id, "quiet");
+}
