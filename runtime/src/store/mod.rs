@@ -202,7 +202,7 @@ impl FeedBatch {
 ///   one, or none is; the expected version is checked in the same atomic step.
 /// - Re-appending events whose ids are already stored at those positions of that stream is a
 ///   successful no-op returning the stored events (an idempotent retry); reusing a stored id
-///   otherwise is [`Error::DuplicateEventId`](crate::Error::DuplicateEventId).
+///   otherwise is [`Error::DuplicateEventId`].
 /// - A stream belongs to one aggregate type.
 /// - The global feed delivers every committed event exactly once, in `(tx, position)` order, and
 ///   a stream's events in version order.
@@ -210,10 +210,10 @@ pub trait EventStore: Send + Sync {
     /// Appends events to a stream.
     ///
     /// # Errors
-    /// [`Error::Conflict`](crate::Error::Conflict) when the stream is not at the expected version;
-    /// [`Error::AggregateTypeMismatch`](crate::Error::AggregateTypeMismatch),
-    /// [`Error::DuplicateEventId`](crate::Error::DuplicateEventId),
-    /// [`Error::InvalidAppend`](crate::Error::InvalidAppend), or a backend error.
+    /// [`Error::Conflict`] when the stream is not at the expected version;
+    /// [`Error::AggregateTypeMismatch`],
+    /// [`Error::DuplicateEventId`],
+    /// [`Error::InvalidAppend`], or a backend error.
     fn append(
         &self,
         stream_id: &str,
