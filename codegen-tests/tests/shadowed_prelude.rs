@@ -102,13 +102,11 @@ fn the_generated_code_works_with_a_shadowed_prelude() {
     assert_eq!(events[0].event_type(), "Incremented");
     assert_eq!(events[0].schema_version(), 2);
     let payload = events[0].encode().unwrap();
-    let decoded = CounterEvent::decode("Incremented", 2, &payload).unwrap();
+    let decoded = CounterEvent::decode("Incremented", 2, payload.as_str()).unwrap();
     assert!(matches!(
         decoded,
         CounterEvent::Incremented(Incremented { by: 3 })
     ));
-    assert!(
-        CounterEvent::decode("CounterReset", 1, &factum::Payload::encode(&()).unwrap()).is_ok()
-    );
+    assert!(CounterEvent::decode("CounterReset", 1, "null").is_ok());
     assert_eq!(<Counter as Aggregate>::TYPE, "Counter");
 }

@@ -91,7 +91,7 @@ impl Envelope<Payload> {
     /// # Errors
     /// [`Error::Decode`] naming the stream, version, type and what does not match.
     pub fn decode_event<S: EventSet>(&self) -> Result<S> {
-        S::decode(&self.event_type, self.schema_version, &self.event).map_err(|cause| {
+        S::decode(&self.event_type, self.schema_version, self.event.as_str()).map_err(|cause| {
             Error::Decode {
                 stream_id: self.stream_id.clone(),
                 stream_version: self.stream_version,

@@ -37,6 +37,17 @@ pub enum Error {
         requested: String,
     },
 
+    /// An append inside a transaction that wrote before it, to a stream whose last event was
+    /// committed by a newer transaction: storing it would let the global feed deliver the
+    /// stream out of order. Roll back and retry the transaction (and append before other writes).
+    #[error(
+        "stream `{stream_id}` was last appended to by a transaction newer than this one; roll back and retry, appending before the transaction's other writes"
+    )]
+    StaleTransaction {
+        /// The stream.
+        stream_id: String,
+    },
+
     /// An event id of the append is already stored somewhere else.
     ///
     /// Re-appending the very same events at the very same positions is an idempotent success;
@@ -120,7 +131,7 @@ impl Error {
     /// Whether this is a concurrency [`Error::Conflict`], which a retry after a reload may cure.
     #[must_use]
     pub fn is_conflict(&self) -> bool {
-        matches!(self, Self::Conflict { .. })
+        matches!(self, Self::Conflict { .. } | Self::StaleTransaction { .. })
     }
 }
 

@@ -92,16 +92,12 @@ pub trait EventSet: Sized + Send + Sync + 'static {
     /// When the event's `Serialize` implementation fails (for example a map with non-string keys).
     fn encode(&self) -> Result<Payload, serde_json::Error>;
 
-    /// Decodes a stored event into the matching variant.
+    /// Decodes a stored event (its JSON text) into the matching variant.
     ///
     /// # Errors
     /// [`DecodeError`] when the type is not in the set, the version is not known, or the JSON does
     /// not match the Rust type.
-    fn decode(
-        event_type: &str,
-        schema_version: u32,
-        payload: &Payload,
-    ) -> Result<Self, DecodeError>;
+    fn decode(event_type: &str, schema_version: u32, payload: &str) -> Result<Self, DecodeError>;
 }
 
 /// Marks `Self` as one of the events of the set `S`.
@@ -199,10 +195,12 @@ pub fn collect_events<S>(events: impl IntoEvents<S>) -> Vec<S> {
 
 /// The JSON of one event as stored, kept as text so that it is parsed once, into its Rust type.
 ///
+/// It always holds valid JSON: built by serializing, by [`Payload::from_json`] (which checks), or
+/// by a store reading what it stored (which was checked on the way in).
+///
 /// Equality compares JSON values, not text: stores may normalise whitespace and key order.
-#[derive(Clone, Serialize, Deserialize)]
-#[serde(transparent)]
-pub struct Payload(Box<RawValue>);
+#[derive(Clone)]
+pub struct Payload(Box<str>);
 
 impl Payload {
     /// Serializes a value.
@@ -210,7 +208,7 @@ impl Payload {
     /// # Errors
     /// When `value`'s `Serialize` implementation fails.
     pub fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Self, serde_json::Error> {
-        serde_json::value::to_raw_value(value).map(Self)
+        serde_json::to_string(value).map(|json| Self(json.into_boxed_str()))
     }
 
     /// Wraps JSON text, checking that it is valid JSON.
@@ -218,7 +216,14 @@ impl Payload {
     /// # Errors
     /// When `json` is not valid JSON.
     pub fn from_json(json: String) -> Result<Self, serde_json::Error> {
-        RawValue::from_string(json).map(Self)
+        serde_json::from_str::<serde::de::IgnoredAny>(&json)?;
+        Ok(Self(json.into_boxed_str()))
+    }
+
+    /// Wraps JSON text a store read back from a column that only accepts valid JSON.
+    #[cfg_attr(not(feature = "postgres"), allow(dead_code))]
+    pub(crate) fn from_stored_json(json: String) -> Self {
+        Self(json.into_boxed_str())
     }
 
     /// Deserializes into `T`.
@@ -226,20 +231,34 @@ impl Payload {
     /// # Errors
     /// When the JSON does not match `T`.
     pub fn decode<T: DeserializeOwned>(&self) -> Result<T, serde_json::Error> {
-        serde_json::from_str(self.0.get())
+        serde_json::from_str(&self.0)
     }
 
     /// The JSON text.
     #[must_use]
     pub fn as_str(&self) -> &str {
-        self.0.get()
+        &self.0
     }
 
     /// The JSON as a [`serde_json::Value`].
     #[must_use]
     pub fn to_value(&self) -> serde_json::Value {
         // Valid JSON by construction, so this only fails on pathological nesting depth.
-        serde_json::from_str(self.0.get()).unwrap_or(serde_json::Value::Null)
+        serde_json::from_str(&self.0).unwrap_or(serde_json::Value::Null)
+    }
+}
+
+impl Serialize for Payload {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let raw = RawValue::from_string(self.0.to_string()).map_err(serde::ser::Error::custom)?;
+        raw.serialize(serializer)
+    }
+}
+
+impl<'de> Deserialize<'de> for Payload {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let raw = Box::<RawValue>::deserialize(deserializer)?;
+        Ok(Self(raw.get().into()))
     }
 }
 
@@ -263,7 +282,7 @@ impl fmt::Display for Payload {
 
 /// Decodes one stored event of type `E`, checking its schema version. Used by generated code.
 #[doc(hidden)]
-pub fn decode_event<E: Event>(schema_version: u32, payload: &Payload) -> Result<E, DecodeError> {
+pub fn decode_event<E: Event>(schema_version: u32, payload: &str) -> Result<E, DecodeError> {
     if schema_version != E::VERSION {
         return Err(DecodeError::UnknownVersion {
             event_type: E::NAME.to_owned(),
@@ -271,7 +290,7 @@ pub fn decode_event<E: Event>(schema_version: u32, payload: &Payload) -> Result<
             expected: E::VERSION,
         });
     }
-    payload.decode().map_err(|cause| DecodeError::Payload {
+    serde_json::from_str(payload).map_err(|cause| DecodeError::Payload {
         event_type: E::NAME.to_owned(),
         version: schema_version,
         cause,

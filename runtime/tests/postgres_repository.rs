@@ -9,8 +9,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use factum::{
-    EventStore, ExpectedVersion, FeedBatch, FeedQuery, NewEvent, Payload, RecordedEvent,
-    Repository, Snapshot, aggregate, event,
+    EventStore, ExpectedVersion, FeedBatch, FeedQuery, HistoryItem, NewEvent, Payload,
+    RecordedEvent, Repository, Snapshot, StreamEvent, aggregate, event,
 };
 use serde::{Deserialize, Serialize};
 use support::TestStore;
@@ -283,6 +283,30 @@ impl<S: EventStore> EventStore for Counting<S> {
 
     async fn read_feed(&self, query: &FeedQuery) -> factum::Result<FeedBatch> {
         self.inner.read_feed(query).await
+    }
+
+    async fn read_stream_events(
+        &self,
+        stream_id: &str,
+        versions: impl RangeBounds<u64> + Send,
+    ) -> factum::Result<Vec<StreamEvent>> {
+        self.reads.fetch_add(1, Ordering::SeqCst);
+        self.inner.read_stream_events(stream_id, versions).await
+    }
+
+    async fn replay_history<F>(
+        &self,
+        stream_id: &str,
+        with_snapshot: bool,
+        visit: F,
+    ) -> factum::Result<()>
+    where
+        F: FnMut(HistoryItem<'_>) -> factum::Result<()> + Send,
+    {
+        self.reads.fetch_add(1, Ordering::SeqCst);
+        self.inner
+            .replay_history(stream_id, with_snapshot, visit)
+            .await
     }
 
     async fn stream_version(&self, stream_id: &str) -> factum::Result<u64> {

@@ -139,24 +139,36 @@ async fn concurrent_writers_and_a_checkpointing_reader_see_every_event_once_in_s
             for i in 0..PER_WRITER {
                 // Writers share streams, so one stream's versions come from several writers.
                 let stream = format!("stream-{}", random.below(STREAMS));
-                let mut tx = store.pool().begin().await.unwrap();
-                store
-                    .append_in(
-                        &mut tx,
-                        &stream,
-                        "Probe",
-                        ExpectedVersion::Any,
-                        vec![ping(writer * PER_WRITER + i)],
-                    )
-                    .await
-                    .unwrap();
-                // Random delays inside the transaction make commits overtake each other.
-                match random.below(10) {
-                    0 => tokio::time::sleep(Duration::from_millis(random.below(3))).await,
-                    1..=3 => tokio::task::yield_now().await,
-                    _ => {}
+                let event = ping(writer * PER_WRITER + i);
+                loop {
+                    let mut tx = store.pool().begin().await.unwrap();
+                    match store
+                        .append_in(
+                            &mut tx,
+                            &stream,
+                            "Probe",
+                            ExpectedVersion::Any,
+                            vec![event.clone()],
+                        )
+                        .await
+                    {
+                        Ok(_) => {}
+                        // Two transactions raced for the same version: retry the transaction.
+                        Err(error) if error.is_conflict() => {
+                            tx.rollback().await.unwrap();
+                            continue;
+                        }
+                        Err(error) => panic!("{error}"),
+                    }
+                    // Random delays inside the transaction make commits overtake each other.
+                    match random.below(10) {
+                        0 => tokio::time::sleep(Duration::from_millis(random.below(3))).await,
+                        1..=3 => tokio::task::yield_now().await,
+                        _ => {}
+                    }
+                    tx.commit().await.unwrap();
+                    break;
                 }
-                tx.commit().await.unwrap();
             }
         }));
     }
@@ -508,4 +520,58 @@ async fn a_lost_notification_only_delays_a_subscription() {
         .expect("found by polling")
         .unwrap();
     assert_eq!(event.stream_id, "quiet");
+}
+
+#[tokio::test]
+async fn an_append_after_other_writes_cannot_put_a_stream_out_of_feed_order() {
+    let store = TestStore::new().await;
+    // This transaction takes its id first (by writing), then appends late.
+    let mut old = store.pool().begin().await.unwrap();
+    sqlx::query("SELECT pg_current_xact_id()")
+        .execute(&mut *old)
+        .await
+        .unwrap();
+    // Meanwhile a newer transaction appends version 1 and commits.
+    store
+        .append("ordered", "Probe", ExpectedVersion::Any, vec![ping(1)])
+        .await
+        .unwrap();
+    // Version 2 with the older transaction id would reach readers before version 1.
+    let error = store
+        .append_in(
+            &mut old,
+            "ordered",
+            "Probe",
+            ExpectedVersion::Any,
+            vec![ping(2)],
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&error, Error::StaleTransaction { stream_id } if stream_id == "ordered"),
+        "{error:?}"
+    );
+    assert!(error.is_conflict(), "retrying the transaction cures it");
+    old.rollback().await.unwrap();
+
+    // A transaction whose first write is the append is always in order.
+    let mut fresh = store.pool().begin().await.unwrap();
+    store
+        .append_in(
+            &mut fresh,
+            "ordered",
+            "Probe",
+            ExpectedVersion::Exact(1),
+            vec![ping(2)],
+        )
+        .await
+        .unwrap();
+    fresh.commit().await.unwrap();
+    let mut checkpoint = FeedPosition::START;
+    let versions: Vec<u64> = drain(&*store, &mut checkpoint)
+        .await
+        .iter()
+        .map(|e| e.stream_version)
+        .collect();
+    assert_eq!(versions, [1, 2]);
 }

@@ -5,6 +5,7 @@
 //! closed account takes no more money.
 
 use factum::{aggregate, event};
+use serde::{Deserialize, Serialize};
 
 /// Amounts are in cents.
 pub type Cents = u64;
@@ -91,7 +92,7 @@ pub enum AccountError {
     NotEmpty { balance: Cents },
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Status {
     #[default]
     New,
@@ -99,8 +100,8 @@ pub enum Status {
     Closed,
 }
 
-/// The state of an account, rebuilt from its events.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+/// The state of an account, rebuilt from its events (serializable, for snapshots).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BankAccount {
     pub owner: String,
     pub balance: Cents,

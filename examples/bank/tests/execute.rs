@@ -160,7 +160,7 @@ impl EventStore for Contended {
             .is_ok()
         {
             // The competitor deposits 1 on the state it sees.
-            let history = self.inner.read_stream(stream_id, 1..).await?;
+            let history = self.inner.read_stream_events(stream_id, 1..).await?;
             let seen = rehydrate::<BankAccount>(stream_id, &history)?;
             let competing = NewEvent::from_event(
                 &AccountEvent::from(MoneyDeposited {

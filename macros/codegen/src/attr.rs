@@ -75,7 +75,7 @@ pub fn event_args(cx: &Ctxt, args: TokenStream) -> EventArgs {
                 name.set(cx, &meta.path, lit);
             }
         } else if meta.path.is_ident(VERSION) {
-            if let Some(parsed) = version_value(cx, &meta, "version = 2", "event versions")? {
+            if let Some(parsed) = version_value(cx, &meta, VERSION, "event versions")? {
                 version.set(cx, &meta.path, parsed);
             }
         } else {
@@ -120,7 +120,7 @@ pub fn aggregate_args(cx: &Ctxt, args: TokenStream) -> AggregateArgs {
                 expected(cx, &meta, "ignore(EventA, EventB)")?;
             }
         } else if meta.path.is_ident(STATE_VERSION) {
-            if let Some(parsed) = version_value(cx, &meta, "state_version = 2", "state versions")? {
+            if let Some(parsed) = version_value(cx, &meta, STATE_VERSION, "state versions")? {
                 state_version.set(cx, &meta.path, parsed);
             }
         } else {
@@ -203,11 +203,12 @@ fn type_name(cx: &Ctxt, meta: &ParseNestedMeta, usage: &str) -> syn::Result<Opti
 fn version_value(
     cx: &Ctxt,
     meta: &ParseNestedMeta,
-    usage: &str,
+    key: &str,
     what: &str,
 ) -> syn::Result<Option<(u32, LitInt)>> {
+    let usage = format!("{key} = 2");
     if !meta.input.peek(Token![=]) {
-        expected(cx, meta, usage)?;
+        expected(cx, meta, &usage)?;
         return Ok(None);
     }
     let value: Expr = meta.value()?.parse()?;
@@ -219,7 +220,7 @@ fn version_value(
             op: syn::UnOp::Neg(_),
             ..
         }) => {
-            cx.error_spanned_by(&value, format!("{what} start at 1, like `{usage}`"));
+            cx.error_spanned_by(&value, format!("{what} start at 1, like `{key} = 1`"));
             return Ok(None);
         }
         other => {
@@ -236,7 +237,7 @@ fn version_value(
     }
     match lit.base10_parse::<u32>() {
         Ok(0) => {
-            cx.error_spanned_by(&lit, format!("{what} start at 1, like `{usage}`"));
+            cx.error_spanned_by(&lit, format!("{what} start at 1, like `{key} = 1`"));
             Ok(None)
         }
         Ok(version) => Ok(Some((version, lit))),

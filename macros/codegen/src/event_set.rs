@@ -85,7 +85,7 @@ pub fn expand(set: &EventSetEnum) -> TokenStream {
                 fn decode(
                     event_type: &str,
                     schema_version: u32,
-                    payload: &::factum::__private::Payload,
+                    payload: &str,
                 ) -> ::core::result::Result<Self, ::factum::__private::DecodeError> {
                     #(#decode_arms)*
                     ::core::result::Result::Err(::factum::__private::DecodeError::UnknownType {

@@ -16,11 +16,11 @@ use tracing::Instrument as _;
 use self::cache::{AggregateCache, Cached};
 use crate::aggregate::{Aggregate, Handle};
 use crate::command::CommandContext;
-use crate::envelope::{Envelope, NewEvent, RecordedEvent};
+use crate::envelope::{Envelope, NewEvent};
 use crate::error::{Error, ExecuteError, Result};
 use crate::event::Payload;
 use crate::snapshot::Snapshot;
-use crate::store::{EventStore, ExpectedVersion};
+use crate::store::{EventStore, ExpectedVersion, HistoryItem, StreamEvent, StreamEventRef};
 
 /// An aggregate's state as rebuilt from its stream.
 #[derive(Debug, Clone, PartialEq)]
@@ -164,14 +164,21 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
     /// skipped), [`Error::AggregateTypeMismatch`] when the stream belongs to another aggregate
     /// type, or a store error.
     pub async fn load(&self, id: &str) -> Result<Loaded<A>> {
-        if let Some(policy) = &self.snapshots
-            && let Some((state, version)) = self.restore_snapshot(id, policy).await
-        {
-            let events = self.store.read_stream(id, version + 1..).await?;
-            return replay_onto(id, state, version, &events);
+        let mut replay = Replay::new(id, self.snapshots.as_ref());
+        self.store
+            .replay_history(id, self.snapshots.is_some(), |item| replay.visit(item))
+            .await?;
+        if let Some(loaded) = replay.finish() {
+            return Ok(loaded);
         }
-        let events = self.store.read_stream(id, 1..).await?;
-        rehydrate(id, &events)
+        // The snapshot was unusable, and the events read start after it: replay them all.
+        let mut replay = Replay::new(id, None);
+        self.store
+            .replay_history(id, false, |item| replay.visit(item))
+            .await?;
+        replay
+            .finish()
+            .ok_or_else(|| Error::InvalidConfig("a replay without snapshot yielded one".to_owned()))
     }
 
     /// The aggregate as it was after the event at `version` (or after its last event, if the
@@ -180,7 +187,7 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
     /// # Errors
     /// As [`Repository::load`].
     pub async fn load_at_version(&self, id: &str, version: u64) -> Result<Loaded<A>> {
-        let events = self.store.read_stream(id, 1..=version).await?;
+        let events = self.store.read_stream_events(id, 1..=version).await?;
         rehydrate(id, &events)
     }
 
@@ -189,48 +196,15 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
     /// # Errors
     /// As [`Repository::load`].
     pub async fn load_as_of(&self, id: &str, at: DateTime<Utc>) -> Result<Loaded<A>> {
-        let mut events = self.store.read_stream(id, 1..).await?;
+        let events = self.store.read_stream(id, 1..).await?;
         // A stream's events are recorded in version order; stop at the first one after `at`, so
         // that a state never holds an event without its predecessors.
-        let until = events
-            .iter()
-            .position(|event| event.recorded_at > at)
-            .unwrap_or(events.len());
-        events.truncate(until);
+        let events: Vec<StreamEvent> = events
+            .into_iter()
+            .take_while(|event| event.recorded_at <= at)
+            .map(StreamEvent::from)
+            .collect();
         rehydrate(id, &events)
-    }
-
-    /// The snapshot's state and version, when there is a usable one.
-    async fn restore_snapshot(&self, id: &str, policy: &SnapshotPolicy<A>) -> Option<(A, u64)> {
-        let snapshot = match self.store.load_snapshot(id).await {
-            Ok(Some(snapshot)) => snapshot,
-            Ok(None) => return None,
-            Err(error) => {
-                tracing::warn!(stream_id = id, %error, "cannot read the snapshot; rebuilding from events");
-                return None;
-            }
-        };
-        let reason = if snapshot.aggregate_type != A::TYPE {
-            format!("it is of aggregate type `{}`", snapshot.aggregate_type)
-        } else if snapshot.state_version != A::STATE_VERSION {
-            format!(
-                "it has state version {}, this build {}",
-                snapshot.state_version,
-                A::STATE_VERSION
-            )
-        } else {
-            match (policy.decode)(&snapshot.state) {
-                Ok(state) => return Some((state, snapshot.stream_version)),
-                Err(error) => format!("it does not decode: {error}"),
-            }
-        };
-        tracing::warn!(
-            stream_id = id,
-            snapshot_version = snapshot.stream_version,
-            reason,
-            "ignoring the snapshot; rebuilding from events"
-        );
-        None
     }
 
     /// Executes a command in a new context (a fresh command id, which is also the correlation
@@ -385,33 +359,110 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
     }
 }
 
+/// The snapshot's state, when the snapshot is usable (else a warning says why not).
+fn restore_snapshot<A: Aggregate>(
+    id: &str,
+    snapshot: &Snapshot,
+    policy: &SnapshotPolicy<A>,
+) -> Option<A> {
+    let reason = if snapshot.aggregate_type != A::TYPE {
+        format!("it is of aggregate type `{}`", snapshot.aggregate_type)
+    } else if snapshot.state_version != A::STATE_VERSION {
+        format!(
+            "it has state version {}, this build {}",
+            snapshot.state_version,
+            A::STATE_VERSION
+        )
+    } else {
+        match (policy.decode)(&snapshot.state) {
+            Ok(state) => return Some(state),
+            Err(error) => format!("it does not decode: {error}"),
+        }
+    };
+    tracing::warn!(
+        stream_id = id,
+        snapshot_version = snapshot.stream_version,
+        reason,
+        "ignoring the snapshot; rebuilding from events"
+    );
+    None
+}
+
+/// Rebuilds an aggregate as a store replays its history: from the snapshot (if usable), then
+/// each event decoded straight from the store's buffer and applied.
+struct Replay<'a, A> {
+    stream_id: &'a str,
+    policy: Option<&'a SnapshotPolicy<A>>,
+    state: A,
+    version: u64,
+    /// The snapshot could not be used: the events that follow it are not enough.
+    unusable_snapshot: bool,
+}
+
+impl<'a, A: Aggregate> Replay<'a, A> {
+    fn new(stream_id: &'a str, policy: Option<&'a SnapshotPolicy<A>>) -> Self {
+        Self {
+            stream_id,
+            policy,
+            state: A::default(),
+            version: 0,
+            unusable_snapshot: false,
+        }
+    }
+
+    fn visit(&mut self, item: HistoryItem<'_>) -> Result<()> {
+        match item {
+            HistoryItem::Snapshot(snapshot) => {
+                match self
+                    .policy
+                    .and_then(|policy| restore_snapshot(self.stream_id, &snapshot, policy))
+                {
+                    Some(state) => {
+                        self.state = state;
+                        self.version = snapshot.stream_version;
+                    }
+                    None => self.unusable_snapshot = true,
+                }
+                Ok(())
+            }
+            HistoryItem::Event(_) if self.unusable_snapshot => Ok(()),
+            HistoryItem::Event(event) => self.apply(event),
+        }
+    }
+
+    fn apply(&mut self, event: StreamEventRef<'_>) -> Result<()> {
+        if event.aggregate_type != A::TYPE {
+            return Err(Error::AggregateTypeMismatch {
+                stream_id: self.stream_id.to_owned(),
+                existing: event.aggregate_type.to_owned(),
+                requested: A::TYPE.to_owned(),
+            });
+        }
+        self.state.apply(&event.decode::<A::Event>(self.stream_id)?);
+        self.version = event.stream_version;
+        Ok(())
+    }
+
+    /// The rebuilt aggregate, or `None` when the snapshot was unusable.
+    fn finish(self) -> Option<Loaded<A>> {
+        (!self.unusable_snapshot).then_some(Loaded {
+            state: self.state,
+            version: self.version,
+        })
+    }
+}
+
 /// Rebuilds an aggregate from its stored events, checking that they belong to its type.
 ///
 /// # Errors
 /// [`Error::AggregateTypeMismatch`] or [`Error::Decode`].
-pub fn rehydrate<A: Aggregate>(stream_id: &str, events: &[RecordedEvent]) -> Result<Loaded<A>> {
-    replay_onto(stream_id, A::default(), 0, events)
-}
-
-/// Applies stored events to a state at `version`.
-fn replay_onto<A: Aggregate>(
-    stream_id: &str,
-    mut state: A,
-    mut version: u64,
-    events: &[RecordedEvent],
-) -> Result<Loaded<A>> {
-    if let Some(first) = events.first()
-        && first.aggregate_type != A::TYPE
-    {
-        return Err(Error::AggregateTypeMismatch {
-            stream_id: stream_id.to_owned(),
-            existing: first.aggregate_type.clone(),
-            requested: A::TYPE.to_owned(),
-        });
+pub fn rehydrate<A: Aggregate>(stream_id: &str, events: &[StreamEvent]) -> Result<Loaded<A>> {
+    let mut replay = Replay::new(stream_id, None);
+    for event in events {
+        replay.apply(event.borrow())?;
     }
-    for recorded in events {
-        state.apply(&recorded.decode_event::<A::Event>()?);
-        version = recorded.stream_version;
-    }
-    Ok(Loaded { state, version })
+    Ok(Loaded {
+        state: replay.state,
+        version: replay.version,
+    })
 }

@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::envelope::{NewEvent, RecordedEvent};
 use crate::error::{Error, Result};
+use crate::event::{EventSet, Payload};
 use crate::feed::FeedWakeups;
 use crate::snapshot::Snapshot;
 
@@ -61,6 +62,119 @@ impl fmt::Display for ExpectedVersion {
             Self::Exact(version) => write!(f, "version {version}"),
         }
     }
+}
+
+/// A stored event as rebuilding an aggregate needs it: no ids, positions or metadata, so that
+/// long streams load fast.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct StreamEvent {
+    /// Position in its stream.
+    pub stream_version: u64,
+    /// The aggregate type owning the stream.
+    pub aggregate_type: String,
+    /// The event's stable type name.
+    pub event_type: String,
+    /// The schema version the payload was written with.
+    pub schema_version: u32,
+    /// The event's JSON.
+    pub payload: Payload,
+}
+
+impl StreamEvent {
+    /// Decodes the payload into the event set `S`.
+    ///
+    /// # Errors
+    /// [`Error::Decode`] naming the stream, version, type and what does not match.
+    pub fn decode<S: EventSet>(&self, stream_id: &str) -> Result<S> {
+        self.borrow().decode(stream_id)
+    }
+
+    /// The event, borrowed.
+    #[must_use]
+    pub fn borrow(&self) -> StreamEventRef<'_> {
+        StreamEventRef {
+            stream_version: self.stream_version,
+            aggregate_type: &self.aggregate_type,
+            event_type: &self.event_type,
+            schema_version: self.schema_version,
+            payload: self.payload.as_str(),
+        }
+    }
+}
+
+impl From<RecordedEvent> for StreamEvent {
+    fn from(event: RecordedEvent) -> Self {
+        Self {
+            stream_version: event.stream_version,
+            aggregate_type: event.aggregate_type,
+            event_type: event.event_type,
+            schema_version: event.schema_version,
+            payload: event.event,
+        }
+    }
+}
+
+/// A [`StreamEvent`] borrowed from a store's read buffer, so that replaying a long stream
+/// allocates nothing but the decoded events.
+#[derive(Debug, Clone, Copy, PartialEq)]
+#[non_exhaustive]
+pub struct StreamEventRef<'a> {
+    /// Position in its stream.
+    pub stream_version: u64,
+    /// The aggregate type owning the stream.
+    pub aggregate_type: &'a str,
+    /// The event's stable type name.
+    pub event_type: &'a str,
+    /// The schema version the payload was written with.
+    pub schema_version: u32,
+    /// The event's JSON text.
+    pub payload: &'a str,
+}
+
+impl<'a> StreamEventRef<'a> {
+    /// An event as read from a store.
+    #[must_use]
+    pub fn new(
+        stream_version: u64,
+        aggregate_type: &'a str,
+        event_type: &'a str,
+        schema_version: u32,
+        payload: &'a str,
+    ) -> Self {
+        Self {
+            stream_version,
+            aggregate_type,
+            event_type,
+            schema_version,
+            payload,
+        }
+    }
+
+    /// Decodes the payload into the event set `S`.
+    ///
+    /// # Errors
+    /// [`Error::Decode`] naming the stream, version, type and what does not match.
+    pub fn decode<S: EventSet>(&self, stream_id: &str) -> Result<S> {
+        S::decode(self.event_type, self.schema_version, self.payload).map_err(|cause| {
+            Error::Decode {
+                stream_id: stream_id.to_owned(),
+                stream_version: self.stream_version,
+                cause,
+            }
+        })
+    }
+}
+
+/// What [`EventStore::replay_history`] hands over, in order: the latest snapshot first (when
+/// asked for and present), then the stream's events after it.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum HistoryItem<'a> {
+    /// The latest snapshot.
+    Snapshot(Snapshot),
+    /// An event after the snapshot (or any event, without one).
+    Event(StreamEventRef<'a>),
 }
 
 /// A reader's place in the global feed: the feed delivers events in `(tx, position)` order, and a
@@ -244,6 +358,53 @@ pub trait EventStore: Send + Sync {
     /// # Errors
     /// A backend error.
     fn stream_version(&self, stream_id: &str) -> impl Future<Output = Result<u64>> + Send;
+
+    /// A stream's events as rebuilding an aggregate needs them (see [`StreamEvent`]).
+    ///
+    /// # Errors
+    /// A backend error.
+    fn read_stream_events(
+        &self,
+        stream_id: &str,
+        versions: impl RangeBounds<u64> + Send,
+    ) -> impl Future<Output = Result<Vec<StreamEvent>>> + Send {
+        async move {
+            let events = self.read_stream(stream_id, versions).await?;
+            Ok(events.into_iter().map(StreamEvent::from).collect())
+        }
+    }
+
+    /// Everything rebuilding an aggregate reads, in as few round trips as the store can: the
+    /// latest snapshot (when `with_snapshot`), then the events after it, each handed to `visit`
+    /// in order. An error from `visit` stops the replay and is returned.
+    ///
+    /// # Errors
+    /// A backend error, or `visit`'s.
+    fn replay_history<F>(
+        &self,
+        stream_id: &str,
+        with_snapshot: bool,
+        mut visit: F,
+    ) -> impl Future<Output = Result<()>> + Send
+    where
+        F: FnMut(HistoryItem<'_>) -> Result<()> + Send,
+    {
+        async move {
+            let snapshot = if with_snapshot {
+                self.load_snapshot(stream_id).await?
+            } else {
+                None
+            };
+            let from = snapshot.as_ref().map_or(1, |s| s.stream_version + 1);
+            if let Some(snapshot) = snapshot {
+                visit(HistoryItem::Snapshot(snapshot))?;
+            }
+            for event in self.read_stream_events(stream_id, from..).await? {
+                visit(HistoryItem::Event(event.borrow()))?;
+            }
+            Ok(())
+        }
+    }
 
     /// The latest snapshot of a stream, if the store keeps snapshots and has one.
     ///

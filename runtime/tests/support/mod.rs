@@ -6,7 +6,8 @@ use std::ops::{Deref, RangeBounds};
 use factum::feed::FeedWakeups;
 use factum::store::PostgresStore;
 use factum::{
-    EventStore, ExpectedVersion, FeedBatch, FeedQuery, NewEvent, RecordedEvent, Snapshot,
+    EventStore, ExpectedVersion, FeedBatch, FeedQuery, HistoryItem, NewEvent, RecordedEvent,
+    Snapshot, StreamEvent,
 };
 use sqlx::Connection as _;
 use sqlx::postgres::PgPoolOptions;
@@ -117,6 +118,28 @@ impl EventStore for TestStore {
 
     async fn read_feed(&self, query: &FeedQuery) -> factum::Result<FeedBatch> {
         self.store.read_feed(query).await
+    }
+
+    async fn read_stream_events(
+        &self,
+        stream_id: &str,
+        versions: impl RangeBounds<u64> + Send,
+    ) -> factum::Result<Vec<StreamEvent>> {
+        self.store.read_stream_events(stream_id, versions).await
+    }
+
+    async fn replay_history<F>(
+        &self,
+        stream_id: &str,
+        with_snapshot: bool,
+        visit: F,
+    ) -> factum::Result<()>
+    where
+        F: FnMut(HistoryItem<'_>) -> factum::Result<()> + Send,
+    {
+        self.store
+            .replay_history(stream_id, with_snapshot, visit)
+            .await
     }
 
     async fn stream_version(&self, stream_id: &str) -> factum::Result<u64> {

@@ -18,6 +18,9 @@ use tokio::sync::{Notify, watch};
 
 use crate::feed::FeedWakeups;
 
+/// The shortest time between two notifications of one store.
+const NOTIFY_INTERVAL: Duration = Duration::from_millis(5);
+
 /// Sends coalesced notifications after appends.
 #[derive(Debug)]
 pub(super) struct Notifier {
@@ -65,6 +68,9 @@ impl Notifier {
                             return;
                         }
                     }
+                    // At most one notification per interval: appends meanwhile coalesce into
+                    // the next one, so a busy writer does not double its statements.
+                    tokio::time::sleep(NOTIFY_INTERVAL).await;
                 }
             });
         }

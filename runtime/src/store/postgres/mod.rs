@@ -14,9 +14,10 @@
 //! anything) until it ends; [`PostgresStore::horizon`] reports the oldest such transaction. There
 //! is no global write lock and no timeout that gives up on gaps.
 //!
-//! Appends of one stream are serialised by an advisory lock taken before their first write, so
-//! their transaction ids follow version order and the feed delivers each stream in order.
+//! Each stream is delivered in version order: an append writes version n + 1 only after seeing
+//! version n committed, so its transaction id is the newer one (see the `append` module).
 
+mod append;
 mod listen;
 mod migrate;
 
@@ -26,14 +27,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use sqlx::postgres::{PgExecutor, PgPool, PgPoolOptions, PgRow};
+use sqlx::postgres::{PgPool, PgPoolOptions, PgRow};
 use sqlx::{AssertSqlSafe, Row as _};
-use uuid::Uuid;
 
+use self::append::Append;
 use self::listen::{Listener, Notifier};
 use super::{
-    EventStore, ExpectedVersion, FeedBatch, FeedPosition, FeedQuery, StoredId, check_distinct_ids,
-    classify_retry, version_bounds,
+    EventStore, ExpectedVersion, FeedBatch, FeedPosition, FeedQuery, HistoryItem, StreamEvent,
+    StreamEventRef, version_bounds,
 };
 use crate::envelope::{Metadata, NewEvent, RecordedEvent};
 use crate::error::{Error, Result};
@@ -97,7 +98,10 @@ fn db_error(schema: &Schema, error: sqlx::Error) -> Error {
 #[derive(Debug)]
 struct Statements {
     append: Arc<str>,
+    diagnose_append: Arc<str>,
     read_stream: Arc<str>,
+    read_stream_events: Arc<str>,
+    load_history: Arc<str>,
     read_feed: Arc<str>,
     read_feed_filtered: Arc<str>,
     stream_version: Arc<str>,
@@ -110,6 +114,10 @@ struct Statements {
 const ENVELOPE_COLUMNS: &str = "e.stream_id, e.stream_version, e.position, e.tx::text::bigint, \
     e.aggregate_type, e.event_id, e.event_type, e.schema_version, e.payload::text, \
     e.metadata::text, e.correlation_id, e.causation_id, e.actor, e.recorded_at";
+
+/// The columns of a [`StreamEvent`], in the order `stream_event_from_row` reads them.
+const STREAM_EVENT_COLUMNS: &str =
+    "e.stream_version, e.aggregate_type, e.event_type, e.schema_version, e.payload::text";
 
 impl Statements {
     fn new(schema: &Schema) -> Self {
@@ -138,14 +146,33 @@ impl Statements {
             .into()
         };
         Self {
-            append: format!(
-                "SELECT * FROM {s}.append_events($1, $2, $3, $4, $5, $6, $7::text[]::jsonb[], $8::text[]::jsonb[], $9, $10, $11)"
-            )
-            .into(),
+            append: append::insert_sql(schema).into(),
+            diagnose_append: append::diagnose_sql(schema).into(),
             read_stream: format!(
                 "SELECT {ENVELOPE_COLUMNS} FROM {s}.events e
                  WHERE e.stream_id = $1 AND e.stream_version BETWEEN $2 AND $3
                  ORDER BY e.stream_version"
+            )
+            .into(),
+            read_stream_events: format!(
+                "SELECT {STREAM_EVENT_COLUMNS} FROM {s}.events e
+                 WHERE e.stream_id = $1 AND e.stream_version BETWEEN $2 AND $3
+                 ORDER BY e.stream_version"
+            )
+            .into(),
+            // The snapshot (when asked for) and the events after it, in one round trip.
+            load_history: format!(
+                "WITH snapshot AS MATERIALIZED (
+                     SELECT stream_version, aggregate_type, state_version, state::text AS state, taken_at
+                     FROM {s}.snapshots WHERE stream_id = $1 AND $2
+                 )
+                 (SELECT 1 AS kind, stream_version, aggregate_type, NULL::text, state_version, state, taken_at
+                  FROM snapshot)
+                 UNION ALL
+                 (SELECT 0, {STREAM_EVENT_COLUMNS}, NULL::timestamptz FROM {s}.events e
+                  WHERE e.stream_id = $1
+                    AND e.stream_version > coalesce((SELECT stream_version FROM snapshot), 0)
+                  ORDER BY e.stream_version)"
             )
             .into(),
             read_feed: feed(""),
@@ -162,7 +189,7 @@ impl Statements {
             save_snapshot: format!(
                 "INSERT INTO {s}.snapshots AS current
                      (stream_id, aggregate_type, stream_version, state_version, state, taken_at)
-                 VALUES ($1, $2, $3, $4, $5::text::jsonb, $6)
+                 VALUES ($1, $2, $3, $4, $5::text::json, $6)
                  ON CONFLICT (stream_id) DO UPDATE SET
                      aggregate_type = EXCLUDED.aggregate_type,
                      stream_version = EXCLUDED.stream_version,
@@ -333,60 +360,18 @@ impl PostgresStore {
         })
     }
 
-    async fn append_once<'c>(
-        &self,
-        executor: impl PgExecutor<'c>,
-        stream_id: &str,
-        aggregate_type: &str,
-        expected: ExpectedVersion,
-        events: &[NewEvent],
-    ) -> std::result::Result<Vec<PgRow>, sqlx::Error> {
-        let expected = match expected {
-            ExpectedVersion::Any => -1,
-            ExpectedVersion::NoStream => -2,
-            ExpectedVersion::StreamExists => -3,
-            ExpectedVersion::Exact(version) => i64::try_from(version).unwrap_or(i64::MAX),
-        };
-        let ids: Vec<Uuid> = events.iter().map(|e| e.event_id).collect();
-        let types: Vec<&str> = events.iter().map(|e| e.event_type.as_ref()).collect();
-        let versions: Vec<i32> = events
-            .iter()
-            .map(|e| i32::try_from(e.schema_version).unwrap_or(i32::MAX))
-            .collect();
-        let payloads: Vec<&str> = events.iter().map(|e| e.payload.as_str()).collect();
-        let metadata: Vec<String> = events
-            .iter()
-            .map(|e| serde_json::to_string(&e.metadata).unwrap_or_else(|_| "{}".to_owned()))
-            .collect();
-        let correlations: Vec<Uuid> = events.iter().map(|e| e.correlation_id).collect();
-        let causations: Vec<Uuid> = events.iter().map(|e| e.causation_id).collect();
-        let actors: Vec<Option<&str>> = events.iter().map(|e| e.actor.as_deref()).collect();
-        sqlx::query(AssertSqlSafe(self.inner.sql.append.clone()))
-            .bind(stream_id)
-            .bind(aggregate_type)
-            .bind(expected)
-            .bind(ids)
-            .bind(types)
-            .bind(versions)
-            .bind(payloads)
-            .bind(metadata)
-            .bind(correlations)
-            .bind(causations)
-            .bind(actors)
-            .fetch_all(executor)
-            .await
-    }
-
     /// Appends inside the caller's transaction, so that the events commit (or roll back) with
     /// the caller's other writes (an outbox, a read model updated in the same transaction).
     ///
-    /// The transaction's id is taken at its first write: write nothing before the append, or
-    /// the feed may deliver this stream's events out of order with a concurrent append. After
-    /// the commit, call [`PostgresStore::notify_subscribers`] to wake live subscribers at once
-    /// (otherwise they find the events at their next poll).
+    /// Append before the transaction's other writes: a transaction takes its id at its first
+    /// write, and an append whose transaction id is older than the stream's last event is
+    /// refused ([`Error::StaleTransaction`]) to keep the feed in stream order. After the commit,
+    /// call [`PostgresStore::notify_subscribers`] to wake live subscribers at once (otherwise
+    /// they find the events at their next poll).
     ///
     /// # Errors
-    /// As [`EventStore::append`]; after an error the transaction is aborted.
+    /// As [`EventStore::append`], plus [`Error::StaleTransaction`]. A lost race is reported as
+    /// [`Error::Conflict`]: roll back and retry the transaction.
     pub async fn append_in(
         &self,
         transaction: &mut sqlx::PgConnection,
@@ -395,19 +380,13 @@ impl PostgresStore {
         expected: ExpectedVersion,
         events: Vec<NewEvent>,
     ) -> Result<Vec<RecordedEvent>> {
-        check_distinct_ids(stream_id, &events)?;
-        let rows = self
-            .append_once(
-                &mut *transaction,
-                stream_id,
-                aggregate_type,
-                expected,
-                &events,
-            )
-            .await;
-        let rows = rows.map_err(|e| self.fail(e))?;
-        self.append_outcome(rows, stream_id, aggregate_type, expected, events)
-            .await
+        let append = Append {
+            stream_id,
+            aggregate_type,
+            expected,
+            events,
+        };
+        self.append_in_transaction(transaction, append).await
     }
 
     /// Wakes live subscribers (after appends committed through [`PostgresStore::append_in`]).
@@ -417,69 +396,13 @@ impl PostgresStore {
             .appended(&self.inner.pool, &self.inner.channel);
     }
 
-    /// Interprets the rows of `append_events`.
-    async fn append_outcome(
+    /// Reads back the events of an idempotent retry.
+    async fn read_versions(
         &self,
-        rows: Vec<PgRow>,
         stream_id: &str,
-        aggregate_type: &str,
-        expected: ExpectedVersion,
-        events: Vec<NewEvent>,
+        versions: std::ops::RangeInclusive<u64>,
     ) -> Result<Vec<RecordedEvent>> {
-        let outcome = match rows.first() {
-            Some(row) => row.try_get::<i32, _>(0).map_err(|e| self.fail(e))?,
-            None => return Ok(Vec::new()),
-        };
-        let get = |error| self.fail(error);
-        match outcome {
-            0 => {
-                let mut recorded = Vec::with_capacity(events.len());
-                for (row, event) in rows.iter().zip(events) {
-                    recorded.push(RecordedEvent {
-                        event_id: event.event_id,
-                        event_type: event.event_type.into_owned(),
-                        schema_version: event.schema_version,
-                        stream_id: stream_id.to_owned(),
-                        aggregate_type: aggregate_type.to_owned(),
-                        stream_version: to_u64(row.try_get(1).map_err(get)?),
-                        global_position: to_u64(row.try_get(2).map_err(get)?),
-                        tx: to_u64(row.try_get(3).map_err(get)?),
-                        recorded_at: row.try_get(4).map_err(get)?,
-                        correlation_id: event.correlation_id,
-                        causation_id: event.causation_id,
-                        actor: event.actor,
-                        metadata: event.metadata,
-                        event: event.payload,
-                    });
-                }
-                Ok(recorded)
-            }
-            1 => Err(Error::Conflict {
-                stream_id: stream_id.to_owned(),
-                expected,
-                actual: to_u64(rows[0].try_get(1).map_err(get)?),
-            }),
-            2 => Err(Error::AggregateTypeMismatch {
-                stream_id: stream_id.to_owned(),
-                existing: rows[0].try_get(6).map_err(get)?,
-                requested: aggregate_type.to_owned(),
-            }),
-            _ => {
-                let stored = rows
-                    .iter()
-                    .map(|row| {
-                        Ok(StoredId {
-                            event_id: row.try_get(5)?,
-                            stream_id: row.try_get(6)?,
-                            stream_version: to_u64(row.try_get(1)?),
-                        })
-                    })
-                    .collect::<std::result::Result<Vec<_>, sqlx::Error>>()
-                    .map_err(get)?;
-                let versions = classify_retry(stream_id, expected, &events, &stored)?;
-                self.read_stream(stream_id, versions).await
-            }
-        }
+        self.read_stream(stream_id, versions).await
     }
 
     fn read_rows(&self, rows: &[PgRow], first_column: usize) -> Result<Vec<RecordedEvent>> {
@@ -525,6 +448,33 @@ fn to_i64(value: u64) -> i64 {
     i64::try_from(value).unwrap_or(i64::MAX)
 }
 
+/// Reads the stream event columns ([`STREAM_EVENT_COLUMNS`]) starting at `at`, borrowing the
+/// text from the row.
+fn stream_event_ref(
+    row: &PgRow,
+    at: usize,
+) -> std::result::Result<StreamEventRef<'_>, sqlx::Error> {
+    Ok(StreamEventRef::new(
+        to_u64(row.try_get(at)?),
+        row.try_get(at + 1)?,
+        row.try_get(at + 2)?,
+        u32::try_from(row.try_get::<i32, _>(at + 3)?).unwrap_or(0),
+        row.try_get(at + 4)?,
+    ))
+}
+
+/// Reads the stream event columns ([`STREAM_EVENT_COLUMNS`]) starting at `at`.
+fn stream_event_from_row(row: &PgRow, at: usize) -> std::result::Result<StreamEvent, sqlx::Error> {
+    let event = stream_event_ref(row, at)?;
+    Ok(StreamEvent {
+        stream_version: event.stream_version,
+        aggregate_type: event.aggregate_type.to_owned(),
+        event_type: event.event_type.to_owned(),
+        schema_version: event.schema_version,
+        payload: Payload::from_stored_json(event.payload.to_owned()),
+    })
+}
+
 /// Reads the envelope columns ([`ENVELOPE_COLUMNS`]) starting at `at`.
 fn envelope_from_row(row: &PgRow, at: usize) -> std::result::Result<RecordedEvent, sqlx::Error> {
     let decode = |index: usize, error: serde_json::Error| sqlx::Error::ColumnDecode {
@@ -542,7 +492,7 @@ fn envelope_from_row(row: &PgRow, at: usize) -> std::result::Result<RecordedEven
         event_id: row.try_get(at + 5)?,
         event_type: row.try_get(at + 6)?,
         schema_version: u32::try_from(row.try_get::<i32, _>(at + 7)?).unwrap_or(0),
-        event: Payload::from_json(payload).map_err(|e| decode(at + 8, e))?,
+        event: Payload::from_stored_json(payload),
         metadata: serde_json::from_str::<Metadata>(&metadata).map_err(|e| decode(at + 9, e))?,
         correlation_id: row.try_get(at + 10)?,
         causation_id: row.try_get(at + 11)?,
@@ -559,27 +509,13 @@ impl EventStore for PostgresStore {
         expected: ExpectedVersion,
         events: Vec<NewEvent>,
     ) -> Result<Vec<RecordedEvent>> {
-        check_distinct_ids(stream_id, &events)?;
-        // A unique violation means a concurrent append took an id or a version between our
-        // checks and our insert (possible under REPEATABLE READ, or for an id reused in another
-        // stream): one more call sees it and answers precisely.
-        let pool = &self.inner.pool;
-        let mut rows = self
-            .append_once(pool, stream_id, aggregate_type, expected, &events)
-            .await;
-        if let Err(error) = &rows
-            && error
-                .as_database_error()
-                .is_some_and(|e| e.code().as_deref() == Some("23505"))
-        {
-            rows = self
-                .append_once(pool, stream_id, aggregate_type, expected, &events)
-                .await;
-        }
-        let rows = rows.map_err(|e| self.fail(e))?;
-        let appended = self
-            .append_outcome(rows, stream_id, aggregate_type, expected, events)
-            .await?;
+        let append = Append {
+            stream_id,
+            aggregate_type,
+            expected,
+            events,
+        };
+        let appended = self.append_autocommit(append).await?;
         if !appended.is_empty() {
             self.notify_subscribers();
         }
@@ -645,6 +581,66 @@ impl EventStore for PostgresStore {
         Ok(FeedBatch::new(events, next).held_back(held_back))
     }
 
+    async fn read_stream_events(
+        &self,
+        stream_id: &str,
+        versions: impl RangeBounds<u64> + Send,
+    ) -> Result<Vec<StreamEvent>> {
+        let (from, to) = version_bounds(&versions);
+        let rows = sqlx::query(AssertSqlSafe(self.inner.sql.read_stream_events.clone()))
+            .bind(stream_id)
+            .bind(to_i64(from))
+            .bind(to_i64(to))
+            .fetch_all(&self.inner.pool)
+            .await
+            .map_err(|e| self.fail(e))?;
+        rows.iter()
+            .map(|row| stream_event_from_row(row, 0).map_err(|e| self.fail(e)))
+            .collect()
+    }
+
+    async fn replay_history<F>(
+        &self,
+        stream_id: &str,
+        with_snapshot: bool,
+        mut visit: F,
+    ) -> Result<()>
+    where
+        F: FnMut(HistoryItem<'_>) -> Result<()> + Send,
+    {
+        let rows = sqlx::query(AssertSqlSafe(self.inner.sql.load_history.clone()))
+            .bind(stream_id)
+            .bind(with_snapshot)
+            .fetch_all(&self.inner.pool)
+            .await
+            .map_err(|e| self.fail(e))?;
+        let get = |error| self.fail(error);
+        let mut events = Vec::with_capacity(rows.len());
+        for row in &rows {
+            if row.try_get::<i32, _>(0).map_err(get)? == 1 {
+                let mut snapshot = Snapshot::new(
+                    stream_id,
+                    row.try_get::<String, _>(2).map_err(get)?,
+                    to_u64(row.try_get(1).map_err(get)?),
+                    u32::try_from(row.try_get::<i32, _>(4).map_err(get)?).unwrap_or(0),
+                    Payload::from_stored_json(row.try_get(5).map_err(get)?),
+                );
+                snapshot.taken_at = row.try_get(6).map_err(get)?;
+                visit(HistoryItem::Snapshot(snapshot))?;
+            } else {
+                // Borrowed from the row buffers: nothing is copied before decoding.
+                events.push(stream_event_ref(row, 1).map_err(get)?);
+            }
+        }
+        // The union keeps each branch's order in practice; make sure rather than assume.
+        if !events.is_sorted_by_key(|e| e.stream_version) {
+            events.sort_by_key(|e| e.stream_version);
+        }
+        events
+            .into_iter()
+            .try_for_each(|event| visit(HistoryItem::Event(event)))
+    }
+
     async fn stream_version(&self, stream_id: &str) -> Result<u64> {
         let version: i64 = sqlx::query_scalar(AssertSqlSafe(self.inner.sql.stream_version.clone()))
             .bind(stream_id)
@@ -671,7 +667,7 @@ impl EventStore for PostgresStore {
             row.try_get::<String, _>(1).map_err(get)?,
             to_u64(row.try_get(2).map_err(get)?),
             u32::try_from(row.try_get::<i32, _>(3).map_err(get)?).unwrap_or(0),
-            Payload::from_json(state).map_err(|e| Error::Backend(Box::new(e)))?,
+            Payload::from_stored_json(state),
         );
         snapshot.taken_at = taken_at;
         Ok(Some(snapshot))

@@ -1,0 +1,145 @@
+//! Factum's benchmark binary: every figure is measured against a baseline in the same run.
+//!
+//! ```sh
+//! cargo run --release -p factum-bench -- postgres            # human-readable
+//! cargo run --release -p factum-bench -- postgres --json     # machine-readable
+//! ```
+
+mod postgres;
+mod stats;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(about = "Factum benchmarks, each against a baseline measured in the same run")]
+struct Cli {
+    #[command(subcommand)]
+    suite: Suite,
+}
+
+#[derive(Debug, Subcommand)]
+enum Suite {
+    /// The PostgreSQL event store: commands vs raw INSERTs, long streams, feed machinery cost.
+    Postgres {
+        /// The database to use (schemas are created and dropped in it).
+        #[arg(
+            long,
+            env = "DATABASE_URL",
+            default_value = "postgres://postgres@127.0.0.1:5432/postgres"
+        )]
+        database_url: String,
+        /// Runs of each measurement (the median is reported).
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+        /// Accounts in the bank workload.
+        #[arg(long, default_value_t = 200)]
+        accounts: usize,
+        /// Deposits per account.
+        #[arg(long, default_value_t = 20)]
+        deposits: usize,
+        /// Concurrency levels.
+        #[arg(long, value_delimiter = ',', default_value = "1,4,16")]
+        concurrency: Vec<usize>,
+        /// Events in the long stream.
+        #[arg(long, default_value_t = 10_000)]
+        long_stream: u64,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[tokio::main]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    match Cli::parse().suite {
+        Suite::Postgres {
+            database_url,
+            runs,
+            accounts,
+            deposits,
+            concurrency,
+            long_stream,
+            json,
+        } => {
+            let config = postgres::Config {
+                url: database_url,
+                runs: runs.max(1),
+                accounts,
+                deposits,
+                concurrency,
+                long_stream: long_stream.max(2),
+            };
+            eprintln!(
+                "measuring (runs: {}, {accounts} accounts x {deposits} deposits)...",
+                config.runs
+            );
+            let report = postgres::run(&config).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print_report(&report);
+            }
+        }
+    }
+    Ok(())
+}
+
+fn print_report(report: &postgres::Report) {
+    println!(
+        "\n(a) raw INSERT vs (b) Factum commands: {} accounts x {} deposits, median of {} runs",
+        report.accounts, report.deposits_per_account, report.runs
+    );
+    println!(
+        "{:>5} | {:>10} | {:>10} {:>6} | {:>10} {:>6} | {:>23} | {:>23}",
+        "conc",
+        "raw/s",
+        "factum/s",
+        "b/a",
+        "cached/s",
+        "b/a",
+        "factum p50/p95/p99 ms",
+        "cached p50/p95/p99 ms"
+    );
+    for row in &report.commands {
+        println!(
+            "{:>5} | {:>10.0} | {:>10.0} {:>6.2} | {:>10.0} {:>6.2} | {:>7.2}/{:>7.2}/{:>7.2} | {:>7.2}/{:>7.2}/{:>7.2}",
+            row.concurrency,
+            row.raw_insert.per_second,
+            row.factum.per_second,
+            row.ratio,
+            row.factum_cached.per_second,
+            row.ratio_cached,
+            row.factum.p50_ms,
+            row.factum.p95_ms,
+            row.factum.p99_ms,
+            row.factum_cached.p50_ms,
+            row.factum_cached.p95_ms,
+            row.factum_cached.p99_ms,
+        );
+    }
+    let long = &report.long_stream;
+    println!(
+        "\n(c) one command on a {}-event stream (median)",
+        long.events
+    );
+    println!(
+        "  cold (no snapshot, no cache): {:.2} ms (p95 {:.2} ms)",
+        long.cold_ms, long.cold_p95_ms
+    );
+    println!("  from a snapshot:              {:.2} ms", long.snapshot_ms);
+    println!("  from the hot cache:           {:.2} ms", long.cached_ms);
+    println!("\n(d) append throughput, global-feed machinery vs none (single-event appends)");
+    println!(
+        "{:>5} | {:>12} | {:>12} | {:>6}",
+        "conc", "with/s", "without/s", "cost"
+    );
+    for row in &report.feed_machinery {
+        println!(
+            "{:>5} | {:>12.0} | {:>12.0} | {:>5.1}%",
+            row.concurrency,
+            row.with_machinery.per_second,
+            row.without.per_second,
+            row.cost * 100.0
+        );
+    }
+}

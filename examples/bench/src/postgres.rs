@@ -1,0 +1,504 @@
+//! The PostgreSQL benchmarks. Every figure is measured in the same run as its baseline, against
+//! the same database, each run in fresh schemas.
+
+use std::num::NonZeroUsize;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bank::{AccountEvent, BankAccount, Deposit, MoneyDeposited, OpenAccount, dollars};
+use factum::store::PostgresStore;
+use factum::{CommandContext, EventStore, ExpectedVersion, NewEvent, Repository};
+use serde::Serialize;
+use sqlx::postgres::{PgPool, PgPoolOptions};
+use sqlx::{AssertSqlSafe, Executor as _};
+
+use crate::stats::{Run, Summary, median_duration, millis};
+
+pub struct Config {
+    pub url: String,
+    pub runs: usize,
+    pub accounts: usize,
+    pub deposits: usize,
+    pub concurrency: Vec<usize>,
+    pub long_stream: u64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Report {
+    pub accounts: usize,
+    pub deposits_per_account: usize,
+    pub runs: usize,
+    pub commands: Vec<CommandsAt>,
+    pub long_stream: LongStream,
+    pub feed_machinery: Vec<FeedMachineryAt>,
+}
+
+/// (a) and (b) at one concurrency.
+#[derive(Debug, Serialize)]
+pub struct CommandsAt {
+    pub concurrency: usize,
+    /// (a) raw single-row autocommit INSERTs of equivalent rows into an equivalent table.
+    pub raw_insert: Summary,
+    /// (b) Factum commands, default repository (load + append: two round trips).
+    pub factum: Summary,
+    /// (b) Factum commands with the hot aggregate cache (append only: one round trip).
+    pub factum_cached: Summary,
+    /// b / a, default repository.
+    pub ratio: f64,
+    /// b / a, with the cache.
+    pub ratio_cached: f64,
+}
+
+/// (c) one command on a long stream.
+#[derive(Debug, Serialize)]
+pub struct LongStream {
+    pub events: u64,
+    /// No snapshot, no cache: the whole stream is read and replayed (median, ms).
+    pub cold_ms: f64,
+    pub cold_p95_ms: f64,
+    /// From a snapshot (median, ms).
+    pub snapshot_ms: f64,
+    /// From the hot cache (median, ms).
+    pub cached_ms: f64,
+}
+
+/// (d) append throughput with and without the global-feed machinery.
+#[derive(Debug, Serialize)]
+pub struct FeedMachineryAt {
+    pub concurrency: usize,
+    /// Appends per second with the `tx` column, its index and the per-stream lock.
+    pub with_machinery: Summary,
+    /// Appends per second into a table without them.
+    pub without: Summary,
+    /// 1 - with / without: the share of throughput the machinery costs.
+    pub cost: f64,
+}
+
+/// Schemas created by this process, dropped on the way out.
+struct Schemas {
+    pool: PgPool,
+    created: Vec<String>,
+}
+
+impl Schemas {
+    async fn store(&mut self, label: &str) -> Result<PostgresStore, Box<dyn std::error::Error>> {
+        let name = self.name(label);
+        let store = PostgresStore::with_schema(self.pool.clone(), &name)?;
+        store.migrate().await?;
+        Ok(store)
+    }
+
+    fn name(&mut self, label: &str) -> String {
+        let name = format!(
+            "factum_bench_{}_{}_{}",
+            std::process::id(),
+            label,
+            self.created.len()
+        );
+        self.created.push(name.clone());
+        name
+    }
+
+    async fn drop_all(&mut self) {
+        for schema in self.created.drain(..) {
+            let drop = format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE");
+            if let Err(error) = self.pool.execute(AssertSqlSafe(drop)).await {
+                eprintln!("could not drop schema {schema}: {error}");
+            }
+        }
+    }
+}
+
+pub async fn run(config: &Config) -> Result<Report, Box<dyn std::error::Error>> {
+    let max = config.concurrency.iter().copied().max().unwrap_or(1);
+    let pool = PgPoolOptions::new()
+        .max_connections(u32::try_from(max + 4)?)
+        .connect(&config.url)
+        .await?;
+    let mut schemas = Schemas {
+        pool: pool.clone(),
+        created: Vec::new(),
+    };
+    let report = measure(config, &mut schemas).await;
+    schemas.drop_all().await;
+    report
+}
+
+async fn measure(
+    config: &Config,
+    schemas: &mut Schemas,
+) -> Result<Report, Box<dyn std::error::Error>> {
+    let mut commands = Vec::new();
+    for &concurrency in &config.concurrency {
+        let (mut raw, mut plain, mut cached) = (Vec::new(), Vec::new(), Vec::new());
+        for _ in 0..config.runs {
+            // Alternate the workloads within each run, so drift on a shared machine hits all.
+            let store = schemas.store("raw").await?;
+            raw.push(raw_inserts(&store, config, concurrency).await?);
+            let store = schemas.store("cmd").await?;
+            plain.push(bank_commands(Repository::new(store), config, concurrency).await?);
+            let store = schemas.store("cached").await?;
+            let repository = Repository::new(store)
+                .cache(NonZeroUsize::new(config.accounts.max(1)).unwrap_or(NonZeroUsize::MIN));
+            cached.push(bank_commands(repository, config, concurrency).await?);
+            schemas.drop_all().await;
+        }
+        let (raw, factum, factum_cached) =
+            (Summary::of(&raw), Summary::of(&plain), Summary::of(&cached));
+        eprintln!(
+            "  concurrency {concurrency}: raw {:.0}/s, factum {:.0}/s, cached {:.0}/s",
+            raw.per_second, factum.per_second, factum_cached.per_second
+        );
+        commands.push(CommandsAt {
+            concurrency,
+            ratio: factum.per_second / raw.per_second,
+            ratio_cached: factum_cached.per_second / raw.per_second,
+            raw_insert: raw,
+            factum,
+            factum_cached,
+        });
+    }
+    let long_stream = long_stream(config, schemas).await?;
+    schemas.drop_all().await;
+    let mut feed_machinery = Vec::new();
+    for &concurrency in &config.concurrency {
+        let (mut with, mut without) = (Vec::new(), Vec::new());
+        for _ in 0..config.runs {
+            let store = schemas.store("feed").await?;
+            with.push(appends(Target::Store(store), config, concurrency).await?);
+            let plain = plain_table(schemas).await?;
+            without.push(appends(plain, config, concurrency).await?);
+            schemas.drop_all().await;
+        }
+        let (with_machinery, without) = (Summary::of(&with), Summary::of(&without));
+        eprintln!(
+            "  appends at concurrency {concurrency}: with feed machinery {:.0}/s, without {:.0}/s",
+            with_machinery.per_second, without.per_second
+        );
+        feed_machinery.push(FeedMachineryAt {
+            concurrency,
+            cost: 1.0 - with_machinery.per_second / without.per_second,
+            with_machinery,
+            without,
+        });
+    }
+    Ok(Report {
+        accounts: config.accounts,
+        deposits_per_account: config.deposits,
+        runs: config.runs,
+        commands,
+        long_stream,
+        feed_machinery,
+    })
+}
+
+/// Which accounts each worker drives: worker `w` of `n` takes every `n`-th account.
+fn share(accounts: usize, workers: usize, worker: usize) -> Vec<usize> {
+    (0..accounts)
+        .filter(|account| account % workers == worker)
+        .collect()
+}
+
+/// (a): the same rows a deposit appends, inserted one autocommit INSERT each, into a table
+/// created `LIKE` the event table (same columns, defaults, keys and indexes).
+async fn raw_inserts(
+    store: &PostgresStore,
+    config: &Config,
+    concurrency: usize,
+) -> Result<Run, Box<dyn std::error::Error>> {
+    let schema = store.schema();
+    store
+        .pool()
+        .execute(AssertSqlSafe(format!(
+            "CREATE TABLE \"{schema}\".raw_events (LIKE \"{schema}\".events INCLUDING ALL)"
+        )))
+        .await?;
+    let insert: Arc<str> = format!(
+        "INSERT INTO \"{schema}\".raw_events (stream_id, stream_version, aggregate_type, event_id, event_type,
+             schema_version, payload, metadata, correlation_id, causation_id, actor, recorded_at)
+         VALUES ($1, $2, 'BankAccount', $3, 'MoneyDeposited', 1, $4::text::jsonb, $5::text::jsonb, $6, $7, NULL, clock_timestamp())"
+    )
+    .into();
+    let started = Instant::now();
+    let mut workers = Vec::new();
+    for worker in 0..concurrency {
+        let (pool, insert) = (store.pool().clone(), insert.clone());
+        let accounts = share(config.accounts, concurrency, worker);
+        let deposits = config.deposits;
+        workers.push(tokio::spawn(async move {
+            let mut latencies = Vec::with_capacity(accounts.len() * deposits);
+            for round in 0..deposits {
+                for &account in &accounts {
+                    let payload =
+                        serde_json::json!({ "amount": 100, "balance_after": 100 * (round + 1) })
+                            .to_string();
+                    let id = uuid::Uuid::now_v7();
+                    let began = Instant::now();
+                    sqlx::query(AssertSqlSafe(insert.clone()))
+                        .bind(format!("acc-{account}"))
+                        .bind(i64::try_from(round + 1)?)
+                        .bind(id)
+                        .bind(payload)
+                        .bind("{}")
+                        .bind(id)
+                        .bind(id)
+                        .execute(&pool)
+                        .await?;
+                    latencies.push(began.elapsed());
+                }
+            }
+            Ok::<_, Box<dyn std::error::Error + Send + Sync>>(latencies)
+        }));
+    }
+    collect(workers, started).await
+}
+
+/// (b): deposits through the command executor, on accounts opened beforehand (not timed).
+async fn bank_commands(
+    accounts: Repository<BankAccount, PostgresStore>,
+    config: &Config,
+    concurrency: usize,
+) -> Result<Run, Box<dyn std::error::Error>> {
+    for account in 0..config.accounts {
+        let open = OpenAccount {
+            owner: format!("owner {account}"),
+            initial_deposit: 0,
+        };
+        accounts.execute(&format!("acc-{account}"), open).await?;
+    }
+    let started = Instant::now();
+    let mut workers = Vec::new();
+    for worker in 0..concurrency {
+        let repository = accounts.clone();
+        let mine = share(config.accounts, concurrency, worker);
+        let deposits = config.deposits;
+        workers.push(tokio::spawn(async move {
+            let mut latencies = Vec::with_capacity(mine.len() * deposits);
+            for _ in 0..deposits {
+                for &account in &mine {
+                    let began = Instant::now();
+                    repository
+                        .execute(&format!("acc-{account}"), Deposit { amount: dollars(1) })
+                        .await?;
+                    latencies.push(began.elapsed());
+                }
+            }
+            Ok::<_, Box<dyn std::error::Error + Send + Sync>>(latencies)
+        }));
+    }
+    collect(workers, started).await
+}
+
+type Worker =
+    tokio::task::JoinHandle<Result<Vec<Duration>, Box<dyn std::error::Error + Send + Sync>>>;
+
+async fn collect(
+    workers: Vec<Worker>,
+    started: Instant,
+) -> Result<Run, Box<dyn std::error::Error>> {
+    let mut latencies = Vec::new();
+    for worker in workers {
+        latencies.extend(worker.await?.map_err(|e| e.to_string())?);
+    }
+    Ok(Run {
+        operations: latencies.len(),
+        elapsed: started.elapsed(),
+        latencies,
+    })
+}
+
+/// (c): one deposit on an account with a long history: cold, from a snapshot, from the cache.
+async fn long_stream(
+    config: &Config,
+    schemas: &mut Schemas,
+) -> Result<LongStream, Box<dyn std::error::Error>> {
+    let store = schemas.store("long").await?;
+    let id = "acc-long";
+    let context = CommandContext::new();
+    let opened = AccountEvent::from(bank::AccountOpened {
+        owner: "Long".into(),
+        initial_deposit: 0,
+    });
+    let mut batch = vec![NewEvent::from_event(&opened, &context)?];
+    for version in 2..=config.long_stream {
+        let deposit = AccountEvent::from(MoneyDeposited {
+            amount: 1,
+            balance_after: version - 1,
+        });
+        batch.push(NewEvent::from_event(&deposit, &context)?);
+        if batch.len() == 1000 || version == config.long_stream {
+            store
+                .append(
+                    id,
+                    "BankAccount",
+                    ExpectedVersion::Any,
+                    std::mem::take(&mut batch),
+                )
+                .await?;
+        }
+    }
+    store
+        .pool()
+        .execute(AssertSqlSafe(format!(
+            "ANALYZE \"{}\".events",
+            store.schema()
+        )))
+        .await?;
+    let samples = 5 * config.runs.max(1);
+
+    let cold_repository = Repository::<BankAccount, _>::new(store.clone());
+    cold_repository.execute(id, Deposit { amount: 1 }).await?; // warm the connection, not the data
+    let cold = time_commands(&cold_repository, id, samples).await?;
+
+    // A snapshot at the current head; the timed commands replay only what follows it.
+    let head = cold_repository.load(id).await?;
+    store
+        .save_snapshot(factum::Snapshot::new(
+            id,
+            "BankAccount",
+            head.version,
+            1,
+            factum::Payload::encode(&head.state)?,
+        ))
+        .await?;
+    let snapshot_repository =
+        Repository::<BankAccount, _>::new(store.clone()).snapshot_every(u64::MAX);
+    let snapshot = time_commands(&snapshot_repository, id, samples).await?;
+
+    let cached_repository =
+        Repository::<BankAccount, _>::new(store.clone()).cache(NonZeroUsize::MIN);
+    cached_repository.execute(id, Deposit { amount: 1 }).await?; // fills the cache
+    let cached = time_commands(&cached_repository, id, samples).await?;
+
+    let mut cold_sorted = cold.clone();
+    cold_sorted.sort_unstable();
+    let p95 = cold_sorted[(cold_sorted.len() * 95)
+        .div_ceil(100)
+        .clamp(1, cold_sorted.len())
+        - 1];
+    let report = LongStream {
+        events: config.long_stream,
+        cold_ms: millis(median_duration(&cold)),
+        cold_p95_ms: millis(p95),
+        snapshot_ms: millis(median_duration(&snapshot)),
+        cached_ms: millis(median_duration(&cached)),
+    };
+    eprintln!(
+        "  one command on a {}-event stream: cold {:.2} ms, snapshot {:.2} ms, cached {:.2} ms",
+        report.events, report.cold_ms, report.snapshot_ms, report.cached_ms
+    );
+    Ok(report)
+}
+
+async fn time_commands(
+    repository: &Repository<BankAccount, PostgresStore>,
+    id: &str,
+    samples: usize,
+) -> Result<Vec<Duration>, Box<dyn std::error::Error>> {
+    let mut times = Vec::with_capacity(samples);
+    for _ in 0..samples {
+        let began = Instant::now();
+        repository.execute(id, Deposit { amount: 1 }).await?;
+        times.push(began.elapsed());
+    }
+    Ok(times)
+}
+
+/// Where the appends of (d) go.
+enum Target {
+    /// The event store, with its feed machinery.
+    Store(PostgresStore),
+    /// A table without it, appended to by the same function minus the machinery.
+    Plain { pool: PgPool, append: Arc<str> },
+}
+
+/// A copy of the store's event table without the `tx` column (and so without its index), and
+/// the store's append statement without the transaction-order check: the store as it would be
+/// without the global feed's machinery.
+async fn plain_table(schemas: &mut Schemas) -> Result<Target, Box<dyn std::error::Error>> {
+    let store = schemas.store("plain").await?;
+    let s = format!("\"{}\"", store.schema());
+    let ddl = format!(
+        "CREATE TABLE {s}.plain_events (LIKE {s}.events INCLUDING ALL);
+         ALTER TABLE {s}.plain_events DROP COLUMN tx;"
+    );
+    sqlx::raw_sql(AssertSqlSafe(ddl))
+        .execute(store.pool())
+        .await?;
+    let append = format!(
+        "INSERT INTO {s}.plain_events AS e (stream_id, stream_version, aggregate_type, event_id,
+             event_type, schema_version, payload, metadata, correlation_id, causation_id, actor,
+             recorded_at)
+         SELECT $1, coalesce(h.stream_version, 0) + u.ord, 'BankAccount', u.event_id, u.event_type,
+                u.schema_version, u.payload::json, u.metadata::json, u.correlation_id,
+                u.causation_id, u.actor, clock_timestamp()
+         FROM unnest($2::uuid[], $3::text[], $4::int4[], $5::text[], $6::text[], $7::uuid[],
+                     $8::uuid[], $9::text[])
+              WITH ORDINALITY AS u(event_id, event_type, schema_version, payload, metadata,
+                                   correlation_id, causation_id, actor, ord)
+         LEFT JOIN (
+             SELECT h.stream_version, h.aggregate_type FROM {s}.plain_events h
+             WHERE h.stream_id = $1 ORDER BY h.stream_version DESC LIMIT 1
+         ) h ON true
+         WHERE (h.aggregate_type IS NULL OR h.aggregate_type = 'BankAccount')
+         ORDER BY u.ord
+         RETURNING e.stream_version, e.position, e.recorded_at"
+    );
+    Ok(Target::Plain {
+        pool: store.pool().clone(),
+        append: append.into(),
+    })
+}
+
+/// (d): single-event appends, each worker to streams of its own.
+async fn appends(
+    target: Target,
+    config: &Config,
+    concurrency: usize,
+) -> Result<Run, Box<dyn std::error::Error>> {
+    let target = Arc::new(target);
+    let total = config.accounts * config.deposits;
+    let started = Instant::now();
+    let mut workers = Vec::new();
+    for worker in 0..concurrency {
+        let target = target.clone();
+        let count = total / concurrency;
+        workers.push(tokio::spawn(async move {
+            let mut latencies = Vec::with_capacity(count);
+            let context = CommandContext::new();
+            for i in 0..count {
+                let stream = format!("w{worker}-{}", i % 10);
+                let event = AccountEvent::from(MoneyDeposited {
+                    amount: 1,
+                    balance_after: i as u64,
+                });
+                let new = NewEvent::from_event(&event, &context)?;
+                let began = Instant::now();
+                match &*target {
+                    Target::Store(store) => {
+                        store
+                            .append(&stream, "BankAccount", ExpectedVersion::Any, vec![new])
+                            .await?;
+                    }
+                    Target::Plain { pool, append } => {
+                        sqlx::query(AssertSqlSafe(append.clone()))
+                            .bind(&stream)
+                            .bind(vec![new.event_id])
+                            .bind(vec![new.event_type.as_ref()])
+                            .bind(vec![1_i32])
+                            .bind(vec![new.payload.as_str()])
+                            .bind(vec!["{}"])
+                            .bind(vec![new.correlation_id])
+                            .bind(vec![new.causation_id])
+                            .bind(vec![None::<&str>])
+                            .fetch_all(pool)
+                            .await?;
+                    }
+                }
+                latencies.push(began.elapsed());
+            }
+            Ok::<_, Box<dyn std::error::Error + Send + Sync>>(latencies)
+        }));
+    }
+    collect(workers, started).await
+}

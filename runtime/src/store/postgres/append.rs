@@ -1,0 +1,341 @@
+//! Appends: one `INSERT … SELECT` that checks the expected version and the aggregate type against
+//! the stream's last event and inserts the events at the following versions, in one round trip.
+//!
+//! The primary key `(stream_id, stream_version)` is the arbiter of concurrency: two appends that
+//! read the same head race for the same version, and the loser gets a unique violation. Only when
+//! the insert stores nothing, or hits such a violation, does a second query look at the stream
+//! to say why (conflict, other aggregate type, idempotent retry, duplicate id), or find that a
+//! retry will now succeed.
+//!
+//! Per-stream feed order needs no lock: an append writes version n + 1 only after seeing
+//! version n committed, so its transaction id, assigned at its first write, is newer than n's.
+//! The one exception is a transaction that wrote (took its id) before appending; the insert
+//! refuses it when the stream's last event has a newer transaction id
+//! ([`Error::StaleTransaction`]).
+
+use sqlx::postgres::{PgExecutor, PgRow};
+use sqlx::{AssertSqlSafe, Row as _};
+use uuid::Uuid;
+
+use super::{PostgresStore, Schema, to_i64, to_u64};
+use crate::envelope::{NewEvent, RecordedEvent};
+use crate::error::{Error, Result};
+use crate::store::{ExpectedVersion, StoredId, check_distinct_ids, classify_retry};
+
+/// Attempts before giving up on an append that keeps racing (each race means another append to
+/// the same stream committed in between).
+const MAX_ATTEMPTS: usize = 100;
+
+pub(super) fn insert_sql(schema: &Schema) -> String {
+    let s = schema.quoted();
+    format!(
+        "INSERT INTO {s}.events AS e (stream_id, stream_version, aggregate_type, event_id, event_type,
+             schema_version, payload, metadata, correlation_id, causation_id, actor, recorded_at)
+         SELECT $1, coalesce(h.stream_version, 0) + u.ord, $2, u.event_id, u.event_type,
+                u.schema_version, u.payload::json, u.metadata::json, u.correlation_id,
+                u.causation_id, u.actor, clock_timestamp()
+         FROM unnest($4::uuid[], $5::text[], $6::int4[], $7::text[], $8::text[], $9::uuid[],
+                     $10::uuid[], $11::text[])
+              WITH ORDINALITY AS u(event_id, event_type, schema_version, payload, metadata,
+                                   correlation_id, causation_id, actor, ord)
+         LEFT JOIN (
+             SELECT h.stream_version, h.aggregate_type, h.tx FROM {s}.events h
+             WHERE h.stream_id = $1 ORDER BY h.stream_version DESC LIMIT 1
+         ) h ON true
+         WHERE ($3 = -1
+                OR ($3 = -2 AND h.stream_version IS NULL)
+                OR ($3 = -3 AND h.stream_version IS NOT NULL)
+                OR $3 = coalesce(h.stream_version, 0))
+           AND (h.aggregate_type IS NULL OR h.aggregate_type = $2)
+           AND (h.tx IS NULL
+                OR pg_current_xact_id_if_assigned() IS NULL
+                OR h.tx < pg_current_xact_id_if_assigned())
+         ORDER BY u.ord
+         RETURNING e.stream_version, e.position, e.tx::text::bigint, e.recorded_at"
+    )
+}
+
+pub(super) fn diagnose_sql(schema: &Schema) -> String {
+    let s = schema.quoted();
+    format!(
+        "SELECT 0, h.stream_version, h.aggregate_type, h.tx::text::bigint,
+                pg_current_xact_id_if_assigned()::text::bigint, NULL::uuid, NULL::text
+         FROM (SELECT 1) AS one
+         LEFT JOIN LATERAL (
+             SELECT e.stream_version, e.aggregate_type, e.tx FROM {s}.events e
+             WHERE e.stream_id = $1 ORDER BY e.stream_version DESC LIMIT 1
+         ) h ON true
+         UNION ALL
+         SELECT 1, e.stream_version, NULL, NULL, NULL, e.event_id, e.stream_id
+         FROM {s}.events e WHERE e.event_id = ANY ($2)"
+    )
+}
+
+/// Why an append stored nothing, as the stream looks now.
+struct Diagnosis {
+    head_version: u64,
+    head_type: Option<String>,
+    head_tx: Option<i64>,
+    own_tx: Option<i64>,
+    stored: Vec<StoredId>,
+}
+
+/// What to do after a diagnosis.
+enum Verdict {
+    /// The append is an idempotent retry of these stored versions.
+    Stored(std::ops::RangeInclusive<u64>),
+    /// The append can only fail.
+    Refused(Error),
+    /// The stream now accepts the append: the failed attempt lost a race.
+    Retry,
+}
+
+/// One append, as sent to the database.
+pub(super) struct Append<'a> {
+    pub stream_id: &'a str,
+    pub aggregate_type: &'a str,
+    pub expected: ExpectedVersion,
+    pub events: Vec<NewEvent>,
+}
+
+impl Append<'_> {
+    fn expected_code(&self) -> i64 {
+        match self.expected {
+            ExpectedVersion::Any => -1,
+            ExpectedVersion::NoStream => -2,
+            ExpectedVersion::StreamExists => -3,
+            ExpectedVersion::Exact(version) => to_i64(version),
+        }
+    }
+
+    async fn insert<'c>(
+        &self,
+        store: &PostgresStore,
+        executor: impl PgExecutor<'c>,
+    ) -> std::result::Result<Vec<PgRow>, sqlx::Error> {
+        let events = &self.events;
+        let ids: Vec<Uuid> = events.iter().map(|e| e.event_id).collect();
+        let types: Vec<&str> = events.iter().map(|e| e.event_type.as_ref()).collect();
+        let versions: Vec<i32> = events
+            .iter()
+            .map(|e| i32::try_from(e.schema_version).unwrap_or(i32::MAX))
+            .collect();
+        let payloads: Vec<&str> = events.iter().map(|e| e.payload.as_str()).collect();
+        let metadata: Vec<String> = events
+            .iter()
+            .map(|e| serde_json::to_string(&e.metadata).unwrap_or_else(|_| "{}".to_owned()))
+            .collect();
+        let correlations: Vec<Uuid> = events.iter().map(|e| e.correlation_id).collect();
+        let causations: Vec<Uuid> = events.iter().map(|e| e.causation_id).collect();
+        let actors: Vec<Option<&str>> = events.iter().map(|e| e.actor.as_deref()).collect();
+        sqlx::query(AssertSqlSafe(store.inner.sql.append.clone()))
+            .bind(self.stream_id)
+            .bind(self.aggregate_type)
+            .bind(self.expected_code())
+            .bind(ids)
+            .bind(types)
+            .bind(versions)
+            .bind(payloads)
+            .bind(metadata)
+            .bind(correlations)
+            .bind(causations)
+            .bind(actors)
+            .fetch_all(executor)
+            .await
+    }
+
+    async fn diagnose<'c>(
+        &self,
+        store: &PostgresStore,
+        executor: impl PgExecutor<'c>,
+    ) -> Result<Diagnosis> {
+        let ids: Vec<Uuid> = self.events.iter().map(|e| e.event_id).collect();
+        let rows = sqlx::query(AssertSqlSafe(store.inner.sql.diagnose_append.clone()))
+            .bind(self.stream_id)
+            .bind(ids)
+            .fetch_all(executor)
+            .await
+            .map_err(|e| store.fail(e))?;
+        let get = |error| store.fail(error);
+        let mut diagnosis = Diagnosis {
+            head_version: 0,
+            head_type: None,
+            head_tx: None,
+            own_tx: None,
+            stored: Vec::new(),
+        };
+        for row in &rows {
+            if row.try_get::<i32, _>(0).map_err(get)? == 0 {
+                diagnosis.head_version = row
+                    .try_get::<Option<i64>, _>(1)
+                    .map_err(get)?
+                    .map_or(0, to_u64);
+                diagnosis.head_type = row.try_get(2).map_err(get)?;
+                diagnosis.head_tx = row.try_get(3).map_err(get)?;
+                diagnosis.own_tx = row.try_get(4).map_err(get)?;
+            } else {
+                diagnosis.stored.push(StoredId {
+                    stream_version: to_u64(row.try_get(1).map_err(get)?),
+                    event_id: row.try_get(5).map_err(get)?,
+                    stream_id: row.try_get(6).map_err(get)?,
+                });
+            }
+        }
+        Ok(diagnosis)
+    }
+
+    fn verdict(&self, diagnosis: Diagnosis) -> Verdict {
+        if !diagnosis.stored.is_empty() {
+            return match classify_retry(
+                self.stream_id,
+                self.expected,
+                &self.events,
+                &diagnosis.stored,
+            ) {
+                Ok(versions) => Verdict::Stored(versions),
+                Err(error) => Verdict::Refused(error),
+            };
+        }
+        if let Some(existing) = diagnosis.head_type
+            && existing != self.aggregate_type
+        {
+            return Verdict::Refused(Error::AggregateTypeMismatch {
+                stream_id: self.stream_id.to_owned(),
+                existing,
+                requested: self.aggregate_type.to_owned(),
+            });
+        }
+        if !self.expected.accepts(diagnosis.head_version) {
+            return Verdict::Refused(self.conflict(diagnosis.head_version));
+        }
+        if let (Some(head), Some(own)) = (diagnosis.head_tx, diagnosis.own_tx)
+            && head >= own
+        {
+            return Verdict::Refused(Error::StaleTransaction {
+                stream_id: self.stream_id.to_owned(),
+            });
+        }
+        Verdict::Retry
+    }
+
+    fn conflict(&self, actual: u64) -> Error {
+        Error::Conflict {
+            stream_id: self.stream_id.to_owned(),
+            expected: self.expected,
+            actual,
+        }
+    }
+
+    /// The stored envelopes, from the rows the insert returned.
+    fn recorded(self, store: &PostgresStore, rows: Vec<PgRow>) -> Result<Vec<RecordedEvent>> {
+        let get = |error| store.fail(error);
+        let mut returned = rows
+            .into_iter()
+            .map(|row| Ok((to_u64(row.try_get(0)?), row)))
+            .collect::<std::result::Result<Vec<_>, sqlx::Error>>()
+            .map_err(get)?;
+        // RETURNING follows insertion order in practice; sort rather than rely on it.
+        returned.sort_by_key(|(version, _)| *version);
+        let mut recorded = Vec::with_capacity(returned.len());
+        for (event, (stream_version, row)) in self.events.into_iter().zip(returned) {
+            recorded.push(RecordedEvent {
+                event_id: event.event_id,
+                event_type: event.event_type.into_owned(),
+                schema_version: event.schema_version,
+                stream_id: self.stream_id.to_owned(),
+                aggregate_type: self.aggregate_type.to_owned(),
+                stream_version,
+                global_position: to_u64(row.try_get(1).map_err(get)?),
+                tx: to_u64(row.try_get(2).map_err(get)?),
+                recorded_at: row.try_get(3).map_err(get)?,
+                correlation_id: event.correlation_id,
+                causation_id: event.causation_id,
+                actor: event.actor,
+                metadata: event.metadata,
+                event: event.payload,
+            });
+        }
+        Ok(recorded)
+    }
+}
+
+fn is_unique_violation(error: &sqlx::Error) -> bool {
+    error
+        .as_database_error()
+        .is_some_and(|e| e.code().as_deref() == Some("23505"))
+}
+
+impl PostgresStore {
+    /// An autocommit append on the pool, retried while it loses races it can still win.
+    pub(super) async fn append_autocommit(&self, append: Append<'_>) -> Result<Vec<RecordedEvent>> {
+        check_distinct_ids(append.stream_id, &append.events)?;
+        let pool = &self.inner.pool;
+        if append.events.is_empty() {
+            return match append.verdict(append.diagnose(self, pool).await?) {
+                Verdict::Refused(error) => Err(error),
+                Verdict::Stored(_) | Verdict::Retry => Ok(Vec::new()),
+            };
+        }
+        for _ in 0..MAX_ATTEMPTS {
+            match append.insert(self, pool).await {
+                Ok(rows) if !rows.is_empty() => return append.recorded(self, rows),
+                Ok(_) => {}
+                Err(error) if is_unique_violation(&error) => {}
+                Err(error) => return Err(self.fail(error)),
+            }
+            match append.verdict(append.diagnose(self, pool).await?) {
+                Verdict::Stored(versions) => {
+                    return self.read_versions(append.stream_id, versions).await;
+                }
+                Verdict::Refused(error) => return Err(error),
+                Verdict::Retry => {}
+            }
+        }
+        let actual = append.diagnose(self, pool).await?.head_version;
+        Err(append.conflict(actual))
+    }
+
+    /// An append inside the caller's transaction. A unique violation aborts the transaction, so
+    /// a lost race is reported as a conflict rather than retried.
+    pub(super) async fn append_in_transaction(
+        &self,
+        connection: &mut sqlx::PgConnection,
+        append: Append<'_>,
+    ) -> Result<Vec<RecordedEvent>> {
+        check_distinct_ids(append.stream_id, &append.events)?;
+        for _ in 0..MAX_ATTEMPTS {
+            let inserted = if append.events.is_empty() {
+                Ok(Vec::new())
+            } else {
+                append.insert(self, &mut *connection).await
+            };
+            match inserted {
+                Ok(rows) if !rows.is_empty() => return append.recorded(self, rows),
+                Ok(_) => match append.verdict(append.diagnose(self, &mut *connection).await?) {
+                    Verdict::Stored(versions) => {
+                        return self.read_versions(append.stream_id, versions).await;
+                    }
+                    Verdict::Refused(error) => return Err(error),
+                    Verdict::Retry if append.events.is_empty() => return Ok(Vec::new()),
+                    Verdict::Retry => {}
+                },
+                Err(error) if is_unique_violation(&error) => {
+                    let diagnosis = append.diagnose(self, &self.inner.pool).await?;
+                    return Err(match append.verdict(diagnosis) {
+                        Verdict::Refused(error) => error,
+                        // Stored by another transaction, or a race this one lost: either way
+                        // this transaction is aborted and must be retried as a whole.
+                        Verdict::Stored(_) | Verdict::Retry => {
+                            let actual =
+                                append.diagnose(self, &self.inner.pool).await?.head_version;
+                            append.conflict(actual)
+                        }
+                    });
+                }
+                Err(error) => return Err(self.fail(error)),
+            }
+        }
+        let actual = append.diagnose(self, &mut *connection).await?.head_version;
+        Err(append.conflict(actual))
+    }
+}
