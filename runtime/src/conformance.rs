@@ -28,7 +28,7 @@ use crate::error::Error;
 use crate::event::Payload;
 use crate::snapshot::Snapshot;
 use crate::store::{
-    EventStore, ExpectedVersion, FeedPosition, FeedQuery, HistoryItem, StreamEvent,
+    EventStore, ExpectedVersion, FeedPosition, FeedQuery, HistoryItem, KnownHead, StreamEvent,
 };
 
 const AGGREGATE: &str = "Probe";
@@ -757,6 +757,52 @@ pub async fn stream_events_and_history<S: EventStore>(store: &S) {
     );
 }
 
+/// Appending after a head the runtime has seen: consecutive versions when the head is current,
+/// a conflict naming the actual version when another append got there first, and an idempotent
+/// retry of the same events.
+pub async fn append_after_known_head<S: EventStore>(store: &S) {
+    let stream = unique_stream("known-head");
+    let first = store
+        .append_after(&stream, AGGREGATE, KnownHead::new(0), pings(0..2))
+        .await
+        .unwrap();
+    assert_eq!(versions(&first), [1, 2]);
+    let batch = pings(2..3);
+    let next = store
+        .append_after(&stream, AGGREGATE, KnownHead::new(2), batch.clone())
+        .await
+        .unwrap();
+    assert_eq!(versions(&next), [3]);
+    let retried = store
+        .append_after(&stream, AGGREGATE, KnownHead::new(2), batch)
+        .await
+        .unwrap();
+    assert_eq!(retried, next, "an idempotent retry");
+    let stale = store
+        .append_after(&stream, AGGREGATE, KnownHead::new(2), pings(3..4))
+        .await;
+    assert_conflict(stale, &stream, ExpectedVersion::Exact(2), 3);
+    let taken = store
+        .append_after(
+            &unique_stream("known-head-new"),
+            AGGREGATE,
+            KnownHead::new(0),
+            pings(0..1),
+        )
+        .await
+        .unwrap();
+    let raced = store
+        .append_after(
+            &taken[0].stream_id,
+            AGGREGATE,
+            KnownHead::new(0),
+            pings(1..2),
+        )
+        .await;
+    assert_conflict(raced, &taken[0].stream_id, ExpectedVersion::Exact(0), 1);
+    assert_eq!(store.stream_version(&stream).await.unwrap(), 3);
+}
+
 /// A stream belongs to the aggregate type that created it.
 pub async fn aggregate_type_is_fixed<S: EventStore>(store: &S) {
     let stream = unique_stream("typed");
@@ -822,6 +868,7 @@ macro_rules! conformance_tests {
         $crate::__conformance_case!(by_ref idempotent_retry [$setup] [$($teardown)?]);
         $crate::__conformance_case!(by_ref aggregate_type_is_fixed [$setup] [$($teardown)?]);
         $crate::__conformance_case!(by_ref stream_events_and_history [$setup] [$($teardown)?]);
+        $crate::__conformance_case!(by_ref append_after_known_head [$setup] [$($teardown)?]);
         $crate::__conformance_case!(by_ref empty_append [$setup] [$($teardown)?]);
         $crate::__conformance_case!(shared concurrent_appends_are_atomic [$setup] [$($teardown)?]);
         $crate::__conformance_case!(shared racing_exact_appends [$setup] [$($teardown)?]);

@@ -94,6 +94,6 @@ pub use crate::snapshot::Snapshot;
 pub use uuid::Uuid;
 
 pub use crate::store::{
-    EventStore, ExpectedVersion, FeedBatch, FeedPosition, FeedQuery, HistoryItem, MemoryStore,
-    StreamEvent, StreamEventRef,
+    EventStore, ExpectedVersion, FeedBatch, FeedPosition, FeedQuery, HistoryItem, KnownHead,
+    MemoryStore, StreamEvent, StreamEventRef,
 };

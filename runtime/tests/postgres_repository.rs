@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use factum::{
-    EventStore, ExpectedVersion, FeedBatch, FeedQuery, HistoryItem, NewEvent, Payload,
+    EventStore, ExpectedVersion, FeedBatch, FeedQuery, HistoryItem, KnownHead, NewEvent, Payload,
     RecordedEvent, Repository, Snapshot, StreamEvent, aggregate, event,
 };
 use serde::{Deserialize, Serialize};
@@ -269,6 +269,19 @@ impl<S: EventStore> EventStore for Counting<S> {
         self.appends.fetch_add(1, Ordering::SeqCst);
         self.inner
             .append(stream_id, aggregate_type, expected, events)
+            .await
+    }
+
+    async fn append_after(
+        &self,
+        stream_id: &str,
+        aggregate_type: &str,
+        head: KnownHead,
+        events: Vec<NewEvent>,
+    ) -> factum::Result<Vec<RecordedEvent>> {
+        self.appends.fetch_add(1, Ordering::SeqCst);
+        self.inner
+            .append_after(stream_id, aggregate_type, head, events)
             .await
     }
 

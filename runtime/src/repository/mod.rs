@@ -20,7 +20,7 @@ use crate::envelope::{Envelope, NewEvent};
 use crate::error::{Error, ExecuteError, Result};
 use crate::event::Payload;
 use crate::snapshot::Snapshot;
-use crate::store::{EventStore, ExpectedVersion, HistoryItem, StreamEvent, StreamEventRef};
+use crate::store::{EventStore, HistoryItem, KnownHead, StreamEvent, StreamEventRef};
 
 /// An aggregate's state as rebuilt from its stream.
 #[derive(Debug, Clone, PartialEq)]
@@ -292,8 +292,9 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
                 .iter()
                 .map(|event| NewEvent::from_event(event, context))
                 .collect::<Result<Vec<_>>>()?;
-            let expected = ExpectedVersion::Exact(version);
-            match self.store.append(id, A::TYPE, expected, new_events).await {
+            // The version was read from the store (or committed to it) by this process.
+            let head = KnownHead::new(version);
+            match self.store.append_after(id, A::TYPE, head, new_events).await {
                 Ok(recorded) => {
                     tracing::Span::current().record("attempts", attempt);
                     for event in &events {

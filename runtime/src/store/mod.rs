@@ -177,6 +177,29 @@ pub enum HistoryItem<'a> {
     Event(StreamEventRef<'a>),
 }
 
+/// A stream head the runtime has seen: the stream held exactly `version` events of the given
+/// aggregate type when it was read (or appended to) by this process.
+///
+/// Only the runtime creates these (the repository, from its loads and its cache), so a store
+/// may append after one with no further check than its uniqueness of `(stream, version)`: the
+/// versions before the head exist, so no gap can appear. See [`EventStore::append_after`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KnownHead {
+    version: u64,
+}
+
+impl KnownHead {
+    pub(crate) fn new(version: u64) -> Self {
+        Self { version }
+    }
+
+    /// The version of the stream's last event when it was seen (0: no stream).
+    #[must_use]
+    pub fn version(self) -> u64 {
+        self.version
+    }
+}
+
 /// A reader's place in the global feed: the feed delivers events in `(tx, position)` order, and a
 /// reader that has processed everything up to an event checkpoints that event's position.
 #[derive(
@@ -335,6 +358,29 @@ pub trait EventStore: Send + Sync {
         expected: ExpectedVersion,
         events: Vec<NewEvent>,
     ) -> impl Future<Output = Result<Vec<RecordedEvent>>> + Send;
+
+    /// Appends after a head the runtime has seen: like [`EventStore::append`] with
+    /// `ExpectedVersion::Exact(head.version())`, which is what this default does. A store may
+    /// skip reading the head (the versions before it exist and belong to `aggregate_type`) and
+    /// rely on its uniqueness of `(stream, version)` alone to detect a concurrent append, which
+    /// must still be reported as [`Error::Conflict`].
+    ///
+    /// # Errors
+    /// As [`EventStore::append`].
+    fn append_after(
+        &self,
+        stream_id: &str,
+        aggregate_type: &str,
+        head: KnownHead,
+        events: Vec<NewEvent>,
+    ) -> impl Future<Output = Result<Vec<RecordedEvent>>> + Send {
+        self.append(
+            stream_id,
+            aggregate_type,
+            ExpectedVersion::Exact(head.version()),
+            events,
+        )
+    }
 
     /// Reads a stream's events whose versions fall in `versions`, in order. A stream that does not
     /// exist reads as empty.

@@ -6,8 +6,8 @@ use std::ops::{Deref, RangeBounds};
 use factum::feed::FeedWakeups;
 use factum::store::PostgresStore;
 use factum::{
-    EventStore, ExpectedVersion, FeedBatch, FeedQuery, HistoryItem, NewEvent, RecordedEvent,
-    Snapshot, StreamEvent,
+    EventStore, ExpectedVersion, FeedBatch, FeedQuery, HistoryItem, KnownHead, NewEvent,
+    RecordedEvent, Snapshot, StreamEvent,
 };
 use sqlx::Connection as _;
 use sqlx::postgres::PgPoolOptions;
@@ -105,6 +105,18 @@ impl EventStore for TestStore {
     ) -> factum::Result<Vec<RecordedEvent>> {
         self.store
             .append(stream_id, aggregate_type, expected, events)
+            .await
+    }
+
+    async fn append_after(
+        &self,
+        stream_id: &str,
+        aggregate_type: &str,
+        head: KnownHead,
+        events: Vec<NewEvent>,
+    ) -> factum::Result<Vec<RecordedEvent>> {
+        self.store
+            .append_after(stream_id, aggregate_type, head, events)
             .await
     }
 

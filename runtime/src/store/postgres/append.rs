@@ -17,10 +17,12 @@ use sqlx::postgres::{PgExecutor, PgRow};
 use sqlx::{AssertSqlSafe, Row as _};
 use uuid::Uuid;
 
+use std::sync::Arc;
+
 use super::{PostgresStore, Schema, to_i64, to_u64};
 use crate::envelope::{NewEvent, RecordedEvent};
 use crate::error::{Error, Result};
-use crate::store::{ExpectedVersion, StoredId, check_distinct_ids, classify_retry};
+use crate::store::{ExpectedVersion, KnownHead, StoredId, check_distinct_ids, classify_retry};
 
 /// Attempts before giving up on an append that keeps racing (each race means another append to
 /// the same stream committed in between).
@@ -50,6 +52,24 @@ pub(super) fn insert_sql(schema: &Schema) -> String {
            AND (h.tx IS NULL
                 OR pg_current_xact_id_if_assigned() IS NULL
                 OR h.tx < pg_current_xact_id_if_assigned())
+         ORDER BY u.ord
+         RETURNING e.stream_version, e.position, e.tx::text::bigint, e.recorded_at"
+    )
+}
+
+/// The append after a [`KnownHead`]: the versions before it exist, so the primary key alone
+/// arbitrates, and the statement is a plain insert.
+pub(super) fn insert_after_head_sql(schema: &Schema) -> String {
+    let s = schema.quoted();
+    format!(
+        "INSERT INTO {s}.events AS e (stream_id, stream_version, aggregate_type, event_id, event_type,
+             schema_version, payload, metadata, correlation_id, causation_id, actor, recorded_at)
+         SELECT $1, $3 + u.ord, $2, u.event_id, u.event_type, u.schema_version, u.payload::json,
+                u.metadata::json, u.correlation_id, u.causation_id, u.actor, clock_timestamp()
+         FROM unnest($4::uuid[], $5::text[], $6::int4[], $7::text[], $8::text[], $9::uuid[],
+                     $10::uuid[], $11::text[])
+              WITH ORDINALITY AS u(event_id, event_type, schema_version, payload, metadata,
+                                   correlation_id, causation_id, actor, ord)
          ORDER BY u.ord
          RETURNING e.stream_version, e.position, e.tx::text::bigint, e.recorded_at"
     )
@@ -113,6 +133,17 @@ impl Append<'_> {
         store: &PostgresStore,
         executor: impl PgExecutor<'c>,
     ) -> std::result::Result<Vec<PgRow>, sqlx::Error> {
+        self.insert_with(&store.inner.sql.append, self.expected_code(), executor)
+            .await
+    }
+
+    /// Binds the append to `sql` (one of the insert statements), `$3` being `third`.
+    async fn insert_with<'c>(
+        &self,
+        sql: &Arc<str>,
+        third: i64,
+        executor: impl PgExecutor<'c>,
+    ) -> std::result::Result<Vec<PgRow>, sqlx::Error> {
         let events = &self.events;
         let ids: Vec<Uuid> = events.iter().map(|e| e.event_id).collect();
         let types: Vec<&str> = events.iter().map(|e| e.event_type.as_ref()).collect();
@@ -128,10 +159,10 @@ impl Append<'_> {
         let correlations: Vec<Uuid> = events.iter().map(|e| e.correlation_id).collect();
         let causations: Vec<Uuid> = events.iter().map(|e| e.causation_id).collect();
         let actors: Vec<Option<&str>> = events.iter().map(|e| e.actor.as_deref()).collect();
-        sqlx::query(AssertSqlSafe(store.inner.sql.append.clone()))
+        sqlx::query(AssertSqlSafe(sql.clone()))
             .bind(self.stream_id)
             .bind(self.aggregate_type)
-            .bind(self.expected_code())
+            .bind(third)
             .bind(ids)
             .bind(types)
             .bind(versions)
@@ -293,6 +324,39 @@ impl PostgresStore {
         }
         let actual = append.diagnose(self, pool).await?.head_version;
         Err(append.conflict(actual))
+    }
+
+    /// An autocommit append after a head this process has seen (see [`KnownHead`]): a plain
+    /// insert, which the primary key refuses when another append got there first.
+    pub(super) async fn append_after_head(
+        &self,
+        append: Append<'_>,
+        head: KnownHead,
+    ) -> Result<Vec<RecordedEvent>> {
+        check_distinct_ids(append.stream_id, &append.events)?;
+        if append.events.is_empty() {
+            return Ok(Vec::new());
+        }
+        let pool = &self.inner.pool;
+        match append
+            .insert_with(
+                &self.inner.sql.append_after_head,
+                to_i64(head.version()),
+                pool,
+            )
+            .await
+        {
+            Ok(rows) => return append.recorded(self, rows),
+            Err(error) if is_unique_violation(&error) => {}
+            Err(error) => return Err(self.fail(error)),
+        }
+        match append.verdict(append.diagnose(self, pool).await?) {
+            Verdict::Stored(versions) => self.read_versions(append.stream_id, versions).await,
+            Verdict::Refused(error) => Err(error),
+            // The head moved and came back? It cannot: versions only grow. Let the full append,
+            // which reads the head itself, decide.
+            Verdict::Retry => self.append_autocommit(append).await,
+        }
     }
 
     /// An append inside the caller's transaction. A unique violation aborts the transaction, so

@@ -33,8 +33,8 @@ use sqlx::{AssertSqlSafe, Row as _};
 use self::append::Append;
 use self::listen::{Listener, Notifier};
 use super::{
-    EventStore, ExpectedVersion, FeedBatch, FeedPosition, FeedQuery, HistoryItem, StreamEvent,
-    StreamEventRef, version_bounds,
+    EventStore, ExpectedVersion, FeedBatch, FeedPosition, FeedQuery, HistoryItem, KnownHead,
+    StreamEvent, StreamEventRef, version_bounds,
 };
 use crate::envelope::{Metadata, NewEvent, RecordedEvent};
 use crate::error::{Error, Result};
@@ -98,6 +98,7 @@ fn db_error(schema: &Schema, error: sqlx::Error) -> Error {
 #[derive(Debug)]
 struct Statements {
     append: Arc<str>,
+    append_after_head: Arc<str>,
     diagnose_append: Arc<str>,
     read_stream: Arc<str>,
     read_stream_events: Arc<str>,
@@ -147,6 +148,7 @@ impl Statements {
         };
         Self {
             append: append::insert_sql(schema).into(),
+            append_after_head: append::insert_after_head_sql(schema).into(),
             diagnose_append: append::diagnose_sql(schema).into(),
             read_stream: format!(
                 "SELECT {ENVELOPE_COLUMNS} FROM {s}.events e
@@ -164,7 +166,7 @@ impl Statements {
             load_history: format!(
                 "WITH snapshot AS MATERIALIZED (
                      SELECT stream_version, aggregate_type, state_version, state::text AS state, taken_at
-                     FROM {s}.snapshots WHERE stream_id = $1 AND $2
+                     FROM {s}.snapshots WHERE stream_id = $1
                  )
                  (SELECT 1 AS kind, stream_version, aggregate_type, NULL::text, state_version, state, taken_at
                   FROM snapshot)
@@ -522,6 +524,26 @@ impl EventStore for PostgresStore {
         Ok(appended)
     }
 
+    async fn append_after(
+        &self,
+        stream_id: &str,
+        aggregate_type: &str,
+        head: KnownHead,
+        events: Vec<NewEvent>,
+    ) -> Result<Vec<RecordedEvent>> {
+        let append = Append {
+            stream_id,
+            aggregate_type,
+            expected: ExpectedVersion::Exact(head.version()),
+            events,
+        };
+        let appended = self.append_after_head(append, head).await?;
+        if !appended.is_empty() {
+            self.notify_subscribers();
+        }
+        Ok(appended)
+    }
+
     async fn read_stream(
         &self,
         stream_id: &str,
@@ -608,9 +630,23 @@ impl EventStore for PostgresStore {
     where
         F: FnMut(HistoryItem<'_>) -> Result<()> + Send,
     {
+        if !with_snapshot {
+            // The plain stream read is cheaper than the union with the snapshot.
+            let rows = sqlx::query(AssertSqlSafe(self.inner.sql.read_stream_events.clone()))
+                .bind(stream_id)
+                .bind(1_i64)
+                .bind(i64::MAX)
+                .fetch_all(&self.inner.pool)
+                .await
+                .map_err(|e| self.fail(e))?;
+            for row in &rows {
+                let event = stream_event_ref(row, 0).map_err(|e| self.fail(e))?;
+                visit(HistoryItem::Event(event))?;
+            }
+            return Ok(());
+        }
         let rows = sqlx::query(AssertSqlSafe(self.inner.sql.load_history.clone()))
             .bind(stream_id)
-            .bind(with_snapshot)
             .fetch_all(&self.inner.pool)
             .await
             .map_err(|e| self.fail(e))?;
