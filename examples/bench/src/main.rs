@@ -29,7 +29,7 @@ enum Suite {
         )]
         database_url: String,
         /// Runs of each measurement (the median is reported).
-        #[arg(long, default_value_t = 3)]
+        #[arg(long, default_value_t = 5)]
         runs: usize,
         /// Accounts in the bank workload.
         #[arg(long, default_value_t = 200)]
@@ -86,7 +86,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
 fn print_report(report: &postgres::Report) {
     println!(
-        "\n(a) raw INSERT vs (b) Factum commands: {} accounts x {} deposits, median of {} runs",
+        "\n(a) raw INSERT vs (b) Factum commands: {} accounts x {} deposits, median of {} runs (b/a: median of per-run ratios)",
         report.accounts, report.deposits_per_account, report.runs
     );
     println!(

@@ -12,7 +12,7 @@ use serde::Serialize;
 use sqlx::postgres::{PgPool, PgPoolOptions};
 use sqlx::{AssertSqlSafe, Executor as _};
 
-use crate::stats::{Run, Summary, median_duration, millis};
+use crate::stats::{Run, Summary, median, median_duration, millis};
 
 pub struct Config {
     pub url: String,
@@ -43,9 +43,9 @@ pub struct CommandsAt {
     pub factum: Summary,
     /// (b) Factum commands with the hot aggregate cache (append only: one round trip).
     pub factum_cached: Summary,
-    /// b / a, default repository.
+    /// b / a, default repository: the median over runs of the ratio within each run.
     pub ratio: f64,
-    /// b / a, with the cache.
+    /// b / a, with the cache: the median over runs of the ratio within each run.
     pub ratio_cached: f64,
 }
 
@@ -70,7 +70,8 @@ pub struct FeedMachineryAt {
     pub with_machinery: Summary,
     /// Appends per second into a table without them.
     pub without: Summary,
-    /// 1 - with / without: the share of throughput the machinery costs.
+    /// 1 - with / without: the share of throughput the machinery costs (the median over runs
+    /// of the cost within each run).
     pub cost: f64,
 }
 
@@ -131,28 +132,46 @@ async fn measure(
     let mut commands = Vec::new();
     for &concurrency in &config.concurrency {
         let (mut raw, mut plain, mut cached) = (Vec::new(), Vec::new(), Vec::new());
-        for _ in 0..config.runs {
-            // Alternate the workloads within each run, so drift on a shared machine hits all.
-            let store = schemas.store("raw").await?;
-            raw.push(raw_inserts(&store, config, concurrency).await?);
-            let store = schemas.store("cmd").await?;
-            plain.push(bank_commands(Repository::new(store), config, concurrency).await?);
-            let store = schemas.store("cached").await?;
-            let repository = Repository::new(store)
-                .cache(NonZeroUsize::new(config.accounts.max(1)).unwrap_or(NonZeroUsize::MIN));
-            cached.push(bank_commands(repository, config, concurrency).await?);
+        for run in 0..config.runs {
+            // Each run measures all three, in an order that alternates between runs, so that
+            // drift on a shared machine hits baseline and candidates alike; ratios are taken
+            // within a run.
+            let order: [u8; 3] = if run % 2 == 0 { [0, 1, 2] } else { [2, 1, 0] };
+            for workload in order {
+                match workload {
+                    0 => {
+                        let store = schemas.store("raw").await?;
+                        raw.push(raw_inserts(&store, config, concurrency).await?);
+                    }
+                    1 => {
+                        let store = schemas.store("cmd").await?;
+                        plain.push(
+                            bank_commands(Repository::new(store), config, concurrency).await?,
+                        );
+                    }
+                    _ => {
+                        let store = schemas.store("cached").await?;
+                        let capacity =
+                            NonZeroUsize::new(config.accounts).unwrap_or(NonZeroUsize::MIN);
+                        let repository = Repository::new(store).cache(capacity);
+                        cached.push(bank_commands(repository, config, concurrency).await?);
+                    }
+                }
+            }
             schemas.drop_all().await;
         }
+        let ratio = paired_median(&plain, &raw, |candidate, baseline| candidate / baseline);
+        let ratio_cached = paired_median(&cached, &raw, |candidate, baseline| candidate / baseline);
         let (raw, factum, factum_cached) =
             (Summary::of(&raw), Summary::of(&plain), Summary::of(&cached));
         eprintln!(
-            "  concurrency {concurrency}: raw {:.0}/s, factum {:.0}/s, cached {:.0}/s",
+            "  concurrency {concurrency}: raw {:.0}/s, factum {:.0}/s ({ratio:.2}), cached {:.0}/s ({ratio_cached:.2})",
             raw.per_second, factum.per_second, factum_cached.per_second
         );
         commands.push(CommandsAt {
             concurrency,
-            ratio: factum.per_second / raw.per_second,
-            ratio_cached: factum_cached.per_second / raw.per_second,
+            ratio,
+            ratio_cached,
             raw_insert: raw,
             factum,
             factum_cached,
@@ -163,21 +182,33 @@ async fn measure(
     let mut feed_machinery = Vec::new();
     for &concurrency in &config.concurrency {
         let (mut with, mut without) = (Vec::new(), Vec::new());
-        for _ in 0..config.runs {
-            let store = schemas.store("feed").await?;
-            with.push(appends(Target::Store(store), config, concurrency).await?);
-            let plain = plain_table(schemas).await?;
-            without.push(appends(plain, config, concurrency).await?);
+        for run in 0..config.runs {
+            for machinery in if run % 2 == 0 {
+                [true, false]
+            } else {
+                [false, true]
+            } {
+                if machinery {
+                    let store = schemas.store("feed").await?;
+                    with.push(appends(Target::Store(store), config, concurrency).await?);
+                } else {
+                    let plain = plain_table(schemas).await?;
+                    without.push(appends(plain, config, concurrency).await?);
+                }
+            }
             schemas.drop_all().await;
         }
+        let cost = paired_median(&with, &without, |with, without| 1.0 - with / without);
         let (with_machinery, without) = (Summary::of(&with), Summary::of(&without));
         eprintln!(
-            "  appends at concurrency {concurrency}: with feed machinery {:.0}/s, without {:.0}/s",
-            with_machinery.per_second, without.per_second
+            "  appends at concurrency {concurrency}: with feed machinery {:.0}/s, without {:.0}/s (cost {:.1}%)",
+            with_machinery.per_second,
+            without.per_second,
+            cost * 100.0
         );
         feed_machinery.push(FeedMachineryAt {
             concurrency,
-            cost: 1.0 - with_machinery.per_second / without.per_second,
+            cost,
             with_machinery,
             without,
         });
@@ -190,6 +221,16 @@ async fn measure(
         long_stream,
         feed_machinery,
     })
+}
+
+/// The median over runs of `f(candidate, baseline)` taken within each run.
+fn paired_median(candidates: &[Run], baselines: &[Run], f: impl Fn(f64, f64) -> f64) -> f64 {
+    let values: Vec<f64> = candidates
+        .iter()
+        .zip(baselines)
+        .map(|(candidate, baseline)| f(candidate.per_second(), baseline.per_second()))
+        .collect();
+    median(&values)
 }
 
 /// Which accounts each worker drives: worker `w` of `n` takes every `n`-th account.

@@ -75,6 +75,18 @@ pub(super) fn insert_after_head_sql(schema: &Schema) -> String {
     )
 }
 
+/// [`insert_after_head_sql`] for the common single-event append: the same insert with scalar
+/// parameters, as cheap as an insert gets.
+pub(super) fn insert_one_after_head_sql(schema: &Schema) -> String {
+    let s = schema.quoted();
+    format!(
+        "INSERT INTO {s}.events AS e (stream_id, stream_version, aggregate_type, event_id, event_type,
+             schema_version, payload, metadata, correlation_id, causation_id, actor, recorded_at)
+         VALUES ($1, $3 + 1, $2, $4, $5, $6, $7::json, $8::json, $9, $10, $11, clock_timestamp())
+         RETURNING e.stream_version, e.position, e.tx::text::bigint, e.recorded_at"
+    )
+}
+
 pub(super) fn diagnose_sql(schema: &Schema) -> String {
     let s = schema.quoted();
     format!(
@@ -134,6 +146,31 @@ impl Append<'_> {
         executor: impl PgExecutor<'c>,
     ) -> std::result::Result<Vec<PgRow>, sqlx::Error> {
         self.insert_with(&store.inner.sql.append, self.expected_code(), executor)
+            .await
+    }
+
+    /// Binds a single-event append to [`insert_one_after_head_sql`].
+    async fn insert_one<'c>(
+        &self,
+        store: &PostgresStore,
+        event: &NewEvent,
+        head: KnownHead,
+        executor: impl PgExecutor<'c>,
+    ) -> std::result::Result<Vec<PgRow>, sqlx::Error> {
+        let metadata = serde_json::to_string(&event.metadata).unwrap_or_else(|_| "{}".to_owned());
+        sqlx::query(AssertSqlSafe(store.inner.sql.append_one_after_head.clone()))
+            .bind(self.stream_id)
+            .bind(self.aggregate_type)
+            .bind(to_i64(head.version()))
+            .bind(event.event_id)
+            .bind(event.event_type.as_ref())
+            .bind(i32::try_from(event.schema_version).unwrap_or(i32::MAX))
+            .bind(event.payload.as_str())
+            .bind(metadata)
+            .bind(event.correlation_id)
+            .bind(event.causation_id)
+            .bind(event.actor.as_deref())
+            .fetch_all(executor)
             .await
     }
 
@@ -338,14 +375,19 @@ impl PostgresStore {
             return Ok(Vec::new());
         }
         let pool = &self.inner.pool;
-        match append
-            .insert_with(
-                &self.inner.sql.append_after_head,
-                to_i64(head.version()),
-                pool,
-            )
-            .await
-        {
+        let inserted = match append.events.as_slice() {
+            [event] => append.insert_one(self, event, head, pool).await,
+            _ => {
+                append
+                    .insert_with(
+                        &self.inner.sql.append_after_head,
+                        to_i64(head.version()),
+                        pool,
+                    )
+                    .await
+            }
+        };
+        match inserted {
             Ok(rows) => return append.recorded(self, rows),
             Err(error) if is_unique_violation(&error) => {}
             Err(error) => return Err(self.fail(error)),

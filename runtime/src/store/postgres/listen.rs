@@ -19,7 +19,7 @@ use tokio::sync::{Notify, watch};
 use crate::feed::FeedWakeups;
 
 /// The shortest time between two notifications of one store.
-const NOTIFY_INTERVAL: Duration = Duration::from_millis(5);
+const NOTIFY_INTERVAL: Duration = Duration::from_millis(10);
 
 /// Sends coalesced notifications after appends.
 #[derive(Debug)]

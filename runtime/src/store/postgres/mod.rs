@@ -99,6 +99,7 @@ fn db_error(schema: &Schema, error: sqlx::Error) -> Error {
 struct Statements {
     append: Arc<str>,
     append_after_head: Arc<str>,
+    append_one_after_head: Arc<str>,
     diagnose_append: Arc<str>,
     read_stream: Arc<str>,
     read_stream_events: Arc<str>,
@@ -149,6 +150,7 @@ impl Statements {
         Self {
             append: append::insert_sql(schema).into(),
             append_after_head: append::insert_after_head_sql(schema).into(),
+            append_one_after_head: append::insert_one_after_head_sql(schema).into(),
             diagnose_append: append::diagnose_sql(schema).into(),
             read_stream: format!(
                 "SELECT {ENVELOPE_COLUMNS} FROM {s}.events e
