@@ -128,18 +128,21 @@ fn print_report(report: &postgres::Report) {
     );
     println!("  from a snapshot:              {:.2} ms", long.snapshot_ms);
     println!("  from the hot cache:           {:.2} ms", long.cached_ms);
-    println!("\n(d) append throughput, global-feed machinery vs none (single-event appends)");
     println!(
-        "{:>5} | {:>12} | {:>12} | {:>6}",
-        "conc", "with/s", "without/s", "cost"
+        "\n(d) append throughput with the global-feed machinery (tx column + (tx, position) index) vs without: single-row INSERTs, same client code"
+    );
+    println!(
+        "{:>5} | {:>12} | {:>12} | {:>6} | {:>16}",
+        "conc", "with/s", "without/s", "cost", "store.append/s"
     );
     for row in &report.feed_machinery {
         println!(
-            "{:>5} | {:>12.0} | {:>12.0} | {:>5.1}%",
+            "{:>5} | {:>12.0} | {:>12.0} | {:>5.1}% | {:>16.0}",
             row.concurrency,
             row.with_machinery.per_second,
             row.without.per_second,
-            row.cost * 100.0
+            row.cost * 100.0,
+            row.store_appends.per_second
         );
     }
 }

@@ -50,7 +50,10 @@ impl Notifier {
             let channel = channel.to_owned();
             runtime.spawn(async move {
                 let notify = || async {
-                    if let Err(error) = sqlx::query("SELECT pg_notify($1, '')")
+                    // A notification transaction commits without waiting for its WAL flush:
+                    // losing one in a crash only delays subscribers (they poll).
+                    let sql = "SELECT set_config('synchronous_commit', 'off', true), pg_notify($1, '')";
+                    if let Err(error) = sqlx::query(sql)
                         .bind(&channel)
                         .execute(&pool)
                         .await
