@@ -66,10 +66,14 @@ pub struct LongStream {
 #[derive(Debug, Serialize)]
 pub struct FeedMachineryAt {
     pub concurrency: usize,
-    /// Appends per second with the `tx` column, its index and the per-stream lock.
+    /// Single-row INSERTs into the store's event table: with the `tx` column and its
+    /// `(tx, position)` index.
     pub with_machinery: Summary,
-    /// Appends per second into a table without them.
+    /// The same INSERTs, same client code, into a copy of the table without them.
     pub without: Summary,
+    /// For information: appends through `PostgresStore::append` (the store's whole append path:
+    /// head check, transaction-order check, notifications) into the store's table.
+    pub store_appends: Summary,
     /// 1 - with / without: the share of throughput the machinery costs (the median over runs
     /// of the cost within each run).
     pub cost: f64,
@@ -181,36 +185,44 @@ async fn measure(
     schemas.drop_all().await;
     let mut feed_machinery = Vec::new();
     for &concurrency in &config.concurrency {
-        let (mut with, mut without) = (Vec::new(), Vec::new());
+        let (mut with, mut without, mut store_appends) = (Vec::new(), Vec::new(), Vec::new());
         for run in 0..config.runs {
-            for machinery in if run % 2 == 0 {
-                [true, false]
-            } else {
-                [false, true]
-            } {
-                if machinery {
-                    let store = schemas.store("feed").await?;
-                    with.push(appends(Target::Store(store), config, concurrency).await?);
-                } else {
-                    let plain = plain_table(schemas).await?;
-                    without.push(appends(plain, config, concurrency).await?);
+            let order: [u8; 3] = if run % 2 == 0 { [0, 1, 2] } else { [2, 1, 0] };
+            for variant in order {
+                let store = schemas.store("feed").await?;
+                let target = match variant {
+                    0 => Target::table(&store, "events").await?,
+                    1 => Target::table(&store, "plain_events").await?,
+                    _ => Target::Store(store),
+                };
+                let run = appends(target, config, concurrency).await?;
+                match variant {
+                    0 => with.push(run),
+                    1 => without.push(run),
+                    _ => store_appends.push(run),
                 }
             }
             schemas.drop_all().await;
         }
         let cost = paired_median(&with, &without, |with, without| 1.0 - with / without);
-        let (with_machinery, without) = (Summary::of(&with), Summary::of(&without));
+        let (with_machinery, without, store_appends) = (
+            Summary::of(&with),
+            Summary::of(&without),
+            Summary::of(&store_appends),
+        );
         eprintln!(
-            "  appends at concurrency {concurrency}: with feed machinery {:.0}/s, without {:.0}/s (cost {:.1}%)",
+            "  appends at concurrency {concurrency}: with feed machinery {:.0}/s, without {:.0}/s (cost {:.1}%); store path {:.0}/s",
             with_machinery.per_second,
             without.per_second,
-            cost * 100.0
+            cost * 100.0,
+            store_appends.per_second
         );
         feed_machinery.push(FeedMachineryAt {
             concurrency,
             cost,
             with_machinery,
             without,
+            store_appends,
         });
     }
     Ok(Report {
@@ -447,48 +459,37 @@ async fn time_commands(
 
 /// Where the appends of (d) go.
 enum Target {
-    /// The event store, with its feed machinery.
+    /// Single-row INSERTs (the statement of (a)) into a table.
+    Table { pool: PgPool, insert: Arc<str> },
+    /// `PostgresStore::append`.
     Store(PostgresStore),
-    /// A table without it, appended to by the same function minus the machinery.
-    Plain { pool: PgPool, append: Arc<str> },
 }
 
-/// A copy of the store's event table without the `tx` column (and so without its index), and
-/// the store's append statement without the transaction-order check: the store as it would be
-/// without the global feed's machinery.
-async fn plain_table(schemas: &mut Schemas) -> Result<Target, Box<dyn std::error::Error>> {
-    let store = schemas.store("plain").await?;
-    let s = format!("\"{}\"", store.schema());
-    let ddl = format!(
-        "CREATE TABLE {s}.plain_events (LIKE {s}.events INCLUDING ALL);
-         ALTER TABLE {s}.plain_events DROP COLUMN tx;"
-    );
-    sqlx::raw_sql(AssertSqlSafe(ddl))
-        .execute(store.pool())
-        .await?;
-    let append = format!(
-        "INSERT INTO {s}.plain_events AS e (stream_id, stream_version, aggregate_type, event_id,
-             event_type, schema_version, payload, metadata, correlation_id, causation_id, actor,
-             recorded_at)
-         SELECT $1, coalesce(h.stream_version, 0) + u.ord, 'BankAccount', u.event_id, u.event_type,
-                u.schema_version, u.payload::json, u.metadata::json, u.correlation_id,
-                u.causation_id, u.actor, clock_timestamp()
-         FROM unnest($2::uuid[], $3::text[], $4::int4[], $5::text[], $6::text[], $7::uuid[],
-                     $8::uuid[], $9::text[])
-              WITH ORDINALITY AS u(event_id, event_type, schema_version, payload, metadata,
-                                   correlation_id, causation_id, actor, ord)
-         LEFT JOIN (
-             SELECT h.stream_version, h.aggregate_type FROM {s}.plain_events h
-             WHERE h.stream_id = $1 ORDER BY h.stream_version DESC LIMIT 1
-         ) h ON true
-         WHERE (h.aggregate_type IS NULL OR h.aggregate_type = 'BankAccount')
-         ORDER BY u.ord
-         RETURNING e.stream_version, e.position, e.recorded_at"
-    );
-    Ok(Target::Plain {
-        pool: store.pool().clone(),
-        append: append.into(),
-    })
+impl Target {
+    /// INSERTs into `table` of the store's schema; `plain_events` is created as a copy of the
+    /// event table without the `tx` column (and so without its index).
+    async fn table(store: &PostgresStore, table: &str) -> Result<Self, Box<dyn std::error::Error>> {
+        let s = format!("\"{}\"", store.schema());
+        if table == "plain_events" {
+            let ddl = format!(
+                "CREATE TABLE {s}.plain_events (LIKE {s}.events INCLUDING ALL);
+                 ALTER TABLE {s}.plain_events DROP COLUMN tx;"
+            );
+            sqlx::raw_sql(AssertSqlSafe(ddl))
+                .execute(store.pool())
+                .await?;
+        }
+        let insert = format!(
+            "INSERT INTO {s}.{table} (stream_id, stream_version, aggregate_type, event_id, event_type,
+                 schema_version, payload, metadata, correlation_id, causation_id, actor, recorded_at)
+             VALUES ($1, $2, 'BankAccount', $3, 'MoneyDeposited', 1, $4::json, '{{}}'::json, $5, $6,
+                     NULL, clock_timestamp())"
+        );
+        Ok(Self::Table {
+            pool: store.pool().clone(),
+            insert: insert.into(),
+        })
+    }
 }
 
 /// (d): single-event appends, each worker to streams of its own.
@@ -522,18 +523,15 @@ async fn appends(
                             .append(&stream, "BankAccount", ExpectedVersion::Any, vec![new])
                             .await?;
                     }
-                    Target::Plain { pool, append } => {
-                        sqlx::query(AssertSqlSafe(append.clone()))
+                    Target::Table { pool, insert } => {
+                        sqlx::query(AssertSqlSafe(insert.clone()))
                             .bind(&stream)
-                            .bind(vec![new.event_id])
-                            .bind(vec![new.event_type.as_ref()])
-                            .bind(vec![1_i32])
-                            .bind(vec![new.payload.as_str()])
-                            .bind(vec!["{}"])
-                            .bind(vec![new.correlation_id])
-                            .bind(vec![new.causation_id])
-                            .bind(vec![None::<&str>])
-                            .fetch_all(pool)
+                            .bind(i64::try_from(i / 10 + 1)?)
+                            .bind(new.event_id)
+                            .bind(new.payload.as_str())
+                            .bind(new.correlation_id)
+                            .bind(new.causation_id)
+                            .execute(pool)
                             .await?;
                     }
                 }

@@ -52,12 +52,9 @@ impl Notifier {
                 let notify = || async {
                     // A notification transaction commits without waiting for its WAL flush:
                     // losing one in a crash only delays subscribers (they poll).
-                    let sql = "SELECT set_config('synchronous_commit', 'off', true), pg_notify($1, '')";
-                    if let Err(error) = sqlx::query(sql)
-                        .bind(&channel)
-                        .execute(&pool)
-                        .await
-                    {
+                    let sql =
+                        "SELECT set_config('synchronous_commit', 'off', true), pg_notify($1, '')";
+                    if let Err(error) = sqlx::query(sql).bind(&channel).execute(&pool).await {
                         tracing::debug!(%error, "could not notify subscribers; they will poll");
                     }
                 };
