@@ -10,12 +10,25 @@ use factum::{
     RecordedEvent, Snapshot, StreamEvent,
 };
 use sqlx::Connection as _;
-use sqlx::postgres::PgPoolOptions;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 
 /// The server the tests use: `DATABASE_URL`, as `./scripts/test` sets it, or the local default.
 pub fn database_url() -> String {
     std::env::var("DATABASE_URL")
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned())
+}
+
+/// A pool whose connections carry the schema as their application name, so that the cleanup
+/// can end them (and any transaction a failed test left open).
+async fn pool(url: &str, schema: &str, connections: u32) -> sqlx::PgPool {
+    let options: PgConnectOptions = url.parse().expect("a valid DATABASE_URL");
+    PgPoolOptions::new()
+        .max_connections(connections)
+        .connect_with(options.application_name(schema))
+        .await
+        .unwrap_or_else(|error| {
+            panic!("cannot reach PostgreSQL at {url} ({error}); run the tests with ./scripts/test, which finds or starts a server")
+        })
 }
 
 /// A migrated store in a fresh schema.
@@ -31,14 +44,8 @@ impl TestStore {
 
     pub async fn with_pool_size(connections: u32) -> Self {
         let url = database_url();
-        let pool = PgPoolOptions::new()
-            .max_connections(connections)
-            .connect(&url)
-            .await
-            .unwrap_or_else(|error| {
-                panic!("cannot reach PostgreSQL at {url} ({error}); run the tests with ./scripts/test, which finds or starts a server")
-            });
         let schema = format!("factum_test_{}", uuid::Uuid::now_v7().simple());
+        let pool = pool(&url, &schema, connections).await;
         let store = PostgresStore::with_schema(pool, &schema).expect("a valid schema name");
         store.migrate().await.expect("the migrations apply");
         Self { store, url }
@@ -46,11 +53,7 @@ impl TestStore {
 
     /// A second store on the same schema, with its own pool (another process, as it were).
     pub async fn another_client(&self) -> PostgresStore {
-        let pool = PgPoolOptions::new()
-            .max_connections(8)
-            .connect(&self.url)
-            .await
-            .expect("PostgreSQL is reachable");
+        let pool = pool(&self.url, self.store.schema(), 8).await;
         PostgresStore::with_schema(pool, self.store.schema()).expect("a valid schema name")
     }
 
@@ -70,10 +73,8 @@ impl Deref for TestStore {
 impl Drop for TestStore {
     fn drop(&mut self) {
         let url = self.url.clone();
-        let drop_schema = format!(
-            "SET lock_timeout = '10s'; DROP SCHEMA IF EXISTS \"{}\" CASCADE",
-            self.store.schema()
-        );
+        let schema = self.store.schema().to_owned();
+        let drop_schema = format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE");
         // Drop runs inside the test's runtime, which must not block: clean up from a thread of
         // its own.
         let cleanup = std::thread::spawn(move || {
@@ -83,6 +84,12 @@ impl Drop for TestStore {
                 .expect("a runtime for the cleanup");
             runtime.block_on(async move {
                 let mut connection = sqlx::PgConnection::connect(&url).await?;
+                sqlx::query(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = $1",
+                )
+                .bind(&schema)
+                .execute(&mut connection)
+                .await?;
                 sqlx::raw_sql(sqlx::AssertSqlSafe(drop_schema))
                     .execute(&mut connection)
                     .await?;

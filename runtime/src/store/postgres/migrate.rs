@@ -31,8 +31,22 @@ fn checksum(text: &str) -> String {
 }
 
 pub(super) async fn migrate(pool: &PgPool, schema: &Schema) -> Result<()> {
+    let mut tx = pool.begin().await.map_err(|e| db_error(schema, e))?;
+    match apply(&mut tx, schema).await {
+        Ok(()) => tx.commit().await.map_err(|e| db_error(schema, e)),
+        Err(error) => {
+            // Roll back now rather than when the connection is next used: the transaction holds
+            // locks on the schema until it ends.
+            if let Err(rollback) = tx.rollback().await {
+                tracing::warn!(%rollback, "could not roll back a failed migration");
+            }
+            Err(error)
+        }
+    }
+}
+
+async fn apply(tx: &mut sqlx::PgConnection, schema: &Schema) -> Result<()> {
     let fail = |error| db_error(schema, error);
-    let mut tx = pool.begin().await.map_err(fail)?;
     sqlx::query("SELECT pg_advisory_xact_lock(hashtext('factum.migrate'), hashtext($1))")
         .bind(schema.name())
         .execute(&mut *tx)
@@ -106,5 +120,5 @@ pub(super) async fn migrate(pool: &PgPool, schema: &Schema) -> Result<()> {
         .await
         .map_err(fail)?;
     }
-    tx.commit().await.map_err(fail)
+    Ok(())
 }
