@@ -121,3 +121,19 @@ fn aggregate_with_a_mistake_emits_stubs() {
         }
     ));
 }
+
+fn upcast(args: TokenStream, input: TokenStream) -> String {
+    render(factum_codegen::upcast(args, input))
+}
+
+#[test]
+fn upcaster() {
+    insta::assert_snapshot!(upcast(
+        quote!(),
+        quote! {
+            fn dollars_to_cents(old: MoneyWithdrawnV1) -> Option<MoneyWithdrawnV2> {
+                Some(MoneyWithdrawnV2 { cents: old.dollars * 100 })
+            }
+        }
+    ));
+}

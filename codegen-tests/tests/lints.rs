@@ -4,7 +4,7 @@
 #![deny(clippy::pedantic, clippy::all)]
 
 use factum::testing::AggregateTest;
-use factum::{Aggregate, Event, EventSet, aggregate, event};
+use factum::{Aggregate, Event, EventSet, aggregate, event, upcast};
 
 /// A parcel was registered.
 #[event]
@@ -14,6 +14,36 @@ pub struct ParcelRegistered {
     pub tracking: String,
     /// Weight in grams.
     pub grams: u32,
+}
+
+/// Version 1 of [`ParcelMoved`]: depots had numbers.
+#[event(name = "logistics.ParcelMoved", version = 1)]
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ParcelMovedV1 {
+    /// Depot number.
+    pub depot_number: u32,
+}
+
+/// Version 2 of [`ParcelMoved`]: depots have codes, possibly unknown.
+#[event(name = "logistics.ParcelMoved", version = 2)]
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ParcelMovedV2 {
+    /// Depot code, empty when unknown.
+    pub depot_code: String,
+}
+
+#[upcast]
+fn number_to_code(old: ParcelMovedV1) -> ParcelMovedV2 {
+    ParcelMovedV2 {
+        depot_code: format!("D{}", old.depot_number),
+    }
+}
+
+#[upcast]
+fn drop_unknown_depots(old: ParcelMovedV2) -> Option<ParcelMoved> {
+    (!old.depot_code.is_empty()).then_some(ParcelMoved {
+        depot: old.depot_code,
+    })
 }
 
 /// A parcel moved to a depot.
@@ -154,6 +184,16 @@ fn names_versions_and_dispatch() {
     ));
     assert!(state.delivered);
     assert_eq!(state.location.as_deref(), Some("doorstep"));
+
+    let moved = ParcelEvent::decode_all("logistics.ParcelMoved", 1, r#"{"depot_number":7}"#);
+    assert_eq!(
+        moved.ok(),
+        Some(vec![ParcelEvent::Moved(ParcelMoved {
+            depot: "D7".to_owned()
+        })])
+    );
+    let unknown = ParcelEvent::decode_all("logistics.ParcelMoved", 2, r#"{"depot_code":""}"#);
+    assert_eq!(unknown.ok(), Some(vec![]), "an upcaster may drop an event");
 
     AggregateTest::<Parcel>::given(vec![ParcelEvent::Delivered(ParcelDelivered)])
         .when(Move {

@@ -4,7 +4,7 @@
 #![allow(dead_code, non_snake_case, clippy::all, clippy::pedantic)]
 
 mod shadowed {
-    use ::factum::{aggregate, event};
+    use ::factum::{aggregate, event, upcast};
 
     pub struct Result;
     pub struct Option;
@@ -26,9 +26,21 @@ mod shadowed {
     pub mod schemars {}
     pub mod factum {}
 
+    #[event(name = "Incremented")]
+    pub struct IncrementedV1 {
+        pub by: u32,
+    }
+
     #[event(version = 2)]
     pub struct Incremented {
         pub by: u64,
+    }
+
+    #[upcast]
+    fn widen(old: IncrementedV1) -> Incremented {
+        Incremented {
+            by: u64::from(old.by),
+        }
     }
 
     #[event(name = "CounterReset")]
@@ -102,11 +114,16 @@ fn the_generated_code_works_with_a_shadowed_prelude() {
     assert_eq!(events[0].event_type(), "Incremented");
     assert_eq!(events[0].schema_version(), 2);
     let payload = events[0].encode().unwrap();
-    let decoded = CounterEvent::decode("Incremented", 2, payload.as_str()).unwrap();
+    let decoded = CounterEvent::decode_all("Incremented", 2, payload.as_str()).unwrap();
     assert!(matches!(
-        decoded,
-        CounterEvent::Incremented(Incremented { by: 3 })
+        decoded.as_slice(),
+        [CounterEvent::Incremented(Incremented { by: 3 })]
     ));
-    assert!(CounterEvent::decode("CounterReset", 1, "null").is_ok());
+    assert!(CounterEvent::decode_all("CounterReset", 1, "null").is_ok());
+    let upcast = CounterEvent::decode_all("Incremented", 1, r#"{"by":4}"#).unwrap();
+    assert!(matches!(
+        upcast.as_slice(),
+        [CounterEvent::Incremented(Incremented { by: 4 })]
+    ));
     assert_eq!(<Counter as Aggregate>::TYPE, "Counter");
 }

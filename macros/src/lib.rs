@@ -34,6 +34,16 @@ pub fn aggregate(args: TokenStream, input: TokenStream) -> TokenStream {
     factum_codegen::aggregate(args.into(), input.into()).into()
 }
 
+/// Turns one version of an event into the next: `#[upcast] fn v1_to_v2(old: EventV1) -> Event`.
+///
+/// The function is pure (no I/O). It may return the next version, `Option` of it (to drop the
+/// old event) or `Vec` of it (to split it). Both types must be `#[event]`s with the same name and
+/// consecutive versions.
+#[proc_macro_attribute]
+pub fn upcast(args: TokenStream, input: TokenStream) -> TokenStream {
+    factum_codegen::upcast(args.into(), input.into()).into()
+}
+
 /// Marks an apply function inside an `#[aggregate]` impl block (on its own: an error).
 #[proc_macro_attribute]
 pub fn apply(_args: TokenStream, input: TokenStream) -> TokenStream {

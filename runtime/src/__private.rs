@@ -6,6 +6,7 @@ pub use serde_json;
 pub use tokio;
 
 pub use crate::event::decode_event;
+pub use crate::upcast::{UpcastFrom, UpcastOutput, decode_through};
 
 /// `a == b` for `&str` in const context, for the compile-time check that the events of a set
 /// have distinct type names.

@@ -86,12 +86,13 @@ impl<E> Envelope<E> {
 }
 
 impl Envelope<Payload> {
-    /// Decodes the payload into the event set `S`.
+    /// Decodes the payload into the event set `S`: one event, or as many as upcasting an old
+    /// version makes of it.
     ///
     /// # Errors
     /// [`Error::Decode`] naming the stream, version, type and what does not match.
-    pub fn decode_event<S: EventSet>(&self) -> Result<S> {
-        S::decode(&self.event_type, self.schema_version, self.event.as_str()).map_err(|cause| {
+    pub fn decode_events<S: EventSet>(&self) -> Result<Vec<S>> {
+        S::decode_all(&self.event_type, self.schema_version, self.event.as_str()).map_err(|cause| {
             Error::Decode {
                 stream_id: self.stream_id.clone(),
                 stream_version: self.stream_version,
@@ -100,13 +101,24 @@ impl Envelope<Payload> {
         })
     }
 
-    /// Decodes the payload into the event set `S`, keeping the envelope.
+    /// Decodes the payload into the event set `S`, each resulting event in a copy of the
+    /// envelope.
     ///
     /// # Errors
-    /// As [`Envelope::decode_event`].
-    pub fn decode<S: EventSet>(self) -> Result<Envelope<S>> {
-        let event = self.decode_event::<S>()?;
-        Ok(self.with_event(event))
+    /// As [`Envelope::decode_events`].
+    pub fn decode<S: EventSet>(self) -> Result<Vec<Envelope<S>>> {
+        let events = self.decode_events::<S>()?;
+        let mut envelopes = Vec::with_capacity(events.len());
+        let mut events = events.into_iter().peekable();
+        while let Some(event) = events.next() {
+            if events.peek().is_some() {
+                envelopes.push(self.clone().with_event(event));
+            } else {
+                envelopes.push(self.with_event(event));
+                break;
+            }
+        }
+        Ok(envelopes)
     }
 }
 

@@ -20,7 +20,7 @@ use crate::error::DecodeError;
 /// `JsonSchema`.
 ///
 /// ```
-/// #[factum::event(version = 2)]
+/// #[factum::event]
 /// #[derive(Debug, Clone, PartialEq)]
 /// pub struct MoneyDeposited {
 ///     pub amount: u64,
@@ -29,8 +29,10 @@ use crate::error::DecodeError;
 ///
 /// use factum::Event as _;
 /// assert_eq!(MoneyDeposited::NAME, "MoneyDeposited");
-/// assert_eq!(MoneyDeposited::VERSION, 2);
+/// assert_eq!(MoneyDeposited::VERSION, 1);
 /// ```
+///
+/// Versions above 1 need an upcaster from the previous version (see [`crate::upcast`]).
 #[diagnostic::on_unimplemented(
     message = "`{Self}` is not an event",
     label = "not an event",
@@ -41,6 +43,24 @@ pub trait Event: Serialize + DeserializeOwned + JsonSchema + Send + Sync + 'stat
     const NAME: &'static str;
     /// The schema version of this Rust type (default 1).
     const VERSION: u32;
+
+    /// Decodes a stored payload of this event at `version` into this type, handing each result
+    /// to `out`: the payload itself at [`Event::VERSION`], and, for an older version, what the
+    /// chain of [`#[upcast]`](macro@crate::upcast) functions makes of it (none, one or several
+    /// events). `#[event]` generates the chain for versions above 1; this default accepts only
+    /// [`Event::VERSION`].
+    ///
+    /// # Errors
+    /// [`DecodeError::UnknownVersion`] for a version this build cannot read, or
+    /// [`DecodeError::Payload`] when the JSON does not match the type of its version.
+    fn decode_stored(
+        version: u32,
+        payload: &str,
+        out: &mut dyn FnMut(Self),
+    ) -> Result<(), DecodeError> {
+        out(decode_event::<Self>(version, payload)?);
+        Ok(())
+    }
 }
 
 /// Name and version of one event of an [`EventSet`].
@@ -92,12 +112,34 @@ pub trait EventSet: Sized + Send + Sync + 'static {
     /// When the event's `Serialize` implementation fails (for example a map with non-string keys).
     fn encode(&self) -> Result<Payload, serde_json::Error>;
 
-    /// Decodes a stored event (its JSON text) into the matching variant.
+    /// Decodes a stored event (its JSON text) into the matching variant, handing each result to
+    /// `out`: one event, or as many as upcasting an old version makes of it (possibly none).
     ///
     /// # Errors
     /// [`DecodeError`] when the type is not in the set, the version is not known, or the JSON does
     /// not match the Rust type.
-    fn decode(event_type: &str, schema_version: u32, payload: &str) -> Result<Self, DecodeError>;
+    fn decode(
+        event_type: &str,
+        schema_version: u32,
+        payload: &str,
+        out: &mut dyn FnMut(Self),
+    ) -> Result<(), DecodeError>;
+
+    /// [`EventSet::decode`], collected.
+    ///
+    /// # Errors
+    /// As [`EventSet::decode`].
+    fn decode_all(
+        event_type: &str,
+        schema_version: u32,
+        payload: &str,
+    ) -> Result<Vec<Self>, DecodeError> {
+        let mut events = Vec::with_capacity(1);
+        Self::decode(event_type, schema_version, payload, &mut |event| {
+            events.push(event);
+        })?;
+        Ok(events)
+    }
 }
 
 /// Marks `Self` as one of the events of the set `S`.
@@ -280,8 +322,11 @@ impl fmt::Display for Payload {
     }
 }
 
-/// Decodes one stored event of type `E`, checking its schema version. Used by generated code.
-#[doc(hidden)]
+/// Decodes one stored event of type `E` at exactly its schema version (no upcasting).
+///
+/// # Errors
+/// [`DecodeError::UnknownVersion`] when `schema_version` is not `E::VERSION`, or
+/// [`DecodeError::Payload`].
 pub fn decode_event<E: Event>(schema_version: u32, payload: &str) -> Result<E, DecodeError> {
     if schema_version != E::VERSION {
         return Err(DecodeError::UnknownVersion {

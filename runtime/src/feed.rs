@@ -28,6 +28,7 @@ impl FeedWakeups {
     }
 
     /// Hints from a watch channel whose value changes on each hint.
+    #[cfg_attr(not(feature = "postgres"), allow(dead_code))]
     pub(crate) fn from_receiver(rx: watch::Receiver<u64>) -> Self {
         Self { rx: Some(rx) }
     }

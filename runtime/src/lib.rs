@@ -72,6 +72,7 @@ pub mod repository;
 pub mod snapshot;
 pub mod store;
 pub mod testing;
+pub mod upcast;
 
 #[doc(hidden)]
 pub mod __private;
@@ -81,7 +82,7 @@ pub mod __private;
 #[doc = include_str!("../../README.md")]
 pub struct ReadmeDoctests;
 
-pub use factum_macros::{aggregate, apply, command, event};
+pub use factum_macros::{aggregate, apply, command, event, upcast};
 
 pub use crate::aggregate::{Aggregate, Apply, ApplyTo, Handle, HandlerOutput};
 pub use crate::command::CommandContext;

@@ -1,9 +1,9 @@
 //! The conformance suite on PostgreSQL, each case in a schema of its own.
 
-mod support;
-
-async fn fresh_store() -> support::TestStore {
-    support::TestStore::new().await
+async fn fresh_store() -> factum::testing::postgres::TemporaryStore {
+    factum::testing::postgres::TemporaryStore::new()
+        .await
+        .expect("a test store")
 }
 
 factum::conformance_tests!(setup = fresh_store);

@@ -1,19 +1,17 @@
 //! The command executor on PostgreSQL: snapshots (taken, used, and ignored when unusable), the
 //! hot aggregate cache (one round trip per command, conflicts evict), and temporal queries.
 
-mod support;
-
 use std::num::NonZeroUsize;
 use std::ops::RangeBounds;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+use factum::testing::postgres::TemporaryStore as TestStore;
 use factum::{
     EventStore, ExpectedVersion, FeedBatch, FeedQuery, HistoryItem, KnownHead, NewEvent, Payload,
     RecordedEvent, Repository, Snapshot, StreamEvent, aggregate, event,
 };
 use serde::{Deserialize, Serialize};
-use support::TestStore;
 
 #[event]
 #[derive(Debug, Clone, PartialEq)]
@@ -80,8 +78,9 @@ async fn deposits(
 
 #[tokio::test]
 async fn snapshots_are_taken_every_n_events_and_used_when_loading() {
-    let store = TestStore::new().await;
-    let accounts = Repository::<Account, _>::new(store.another_client().await).snapshot_every(10);
+    let store = TestStore::new().await.unwrap();
+    let accounts =
+        Repository::<Account, _>::new(store.another_client().await.unwrap()).snapshot_every(10);
     deposits(&accounts, "acc-1", 1..=25).await;
 
     let snapshot = store
@@ -123,8 +122,9 @@ async fn snapshots_are_taken_every_n_events_and_used_when_loading() {
 
 #[tokio::test]
 async fn unusable_snapshots_are_ignored_and_the_state_rebuilt_from_events() {
-    let store = TestStore::new().await;
-    let accounts = Repository::<Account, _>::new(store.another_client().await).snapshot_every(10);
+    let store = TestStore::new().await.unwrap();
+    let accounts =
+        Repository::<Account, _>::new(store.another_client().await.unwrap()).snapshot_every(10);
     deposits(&accounts, "acc-1", 1..=12).await;
     let truth = Account {
         balance: (1..=12).sum(),
@@ -191,8 +191,8 @@ async fn unusable_snapshots_are_ignored_and_the_state_rebuilt_from_events() {
 
 #[tokio::test]
 async fn bumping_the_state_version_ignores_older_snapshots() {
-    let store = TestStore::new().await;
-    let v1 = Repository::<Account, _>::new(store.another_client().await).snapshot_every(5);
+    let store = TestStore::new().await.unwrap();
+    let v1 = Repository::<Account, _>::new(store.another_client().await.unwrap()).snapshot_every(5);
     deposits(&v1, "acc-1", [10, 20, 30, 40, 50]).await;
     assert_eq!(
         store
@@ -204,7 +204,8 @@ async fn bumping_the_state_version_ignores_older_snapshots() {
         1
     );
 
-    let v2 = Repository::<AccountV2, _>::new(store.another_client().await).snapshot_every(5);
+    let v2 =
+        Repository::<AccountV2, _>::new(store.another_client().await.unwrap()).snapshot_every(5);
     let loaded = v2.load("acc-1").await.unwrap();
     assert_eq!(
         loaded.state,
@@ -216,8 +217,8 @@ async fn bumping_the_state_version_ignores_older_snapshots() {
 
 #[tokio::test]
 async fn temporal_queries_give_the_state_as_of_a_version_or_a_time() {
-    let store = TestStore::new().await;
-    let accounts = Repository::<Account, _>::new(store.another_client().await);
+    let store = TestStore::new().await.unwrap();
+    let accounts = Repository::<Account, _>::new(store.another_client().await.unwrap());
     deposits(&accounts, "acc-1", [1, 2, 4]).await;
     tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     deposits(&accounts, "acc-1", [8, 16]).await;
@@ -339,9 +340,9 @@ impl<S: EventStore> EventStore for Counting<S> {
 
 #[tokio::test]
 async fn a_cached_aggregate_costs_one_round_trip_and_a_conflict_evicts_it() {
-    let store = TestStore::new().await;
+    let store = TestStore::new().await.unwrap();
     let counting = Counting {
-        inner: store.another_client().await,
+        inner: store.another_client().await.unwrap(),
         reads: Arc::default(),
         appends: Arc::default(),
     };
@@ -370,7 +371,7 @@ async fn a_cached_aggregate_costs_one_round_trip_and_a_conflict_evicts_it() {
     );
 
     // Another process writes to the stream: the cached state is stale.
-    let other = Repository::<Account, _>::new(store.another_client().await);
+    let other = Repository::<Account, _>::new(store.another_client().await.unwrap());
     other.execute("acc-1", Deposit(100)).await.unwrap();
     let committed = accounts.execute("acc-1", Deposit(1000)).await.unwrap();
     assert_eq!(
@@ -384,7 +385,7 @@ async fn a_cached_aggregate_costs_one_round_trip_and_a_conflict_evicts_it() {
     );
     assert_eq!(counting.reads.load(Ordering::SeqCst), 2, "one reload");
 
-    let truth = Repository::<Account, _>::new(store.another_client().await)
+    let truth = Repository::<Account, _>::new(store.another_client().await.unwrap())
         .load("acc-1")
         .await
         .unwrap();

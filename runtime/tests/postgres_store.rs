@@ -2,18 +2,16 @@
 //! and concurrent writers, conflicts under contention, append-only enforcement, migrations,
 //! decode errors, the horizon report and live subscriptions.
 
-mod support;
-
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
 use factum::feed::Subscription;
+use factum::testing::postgres::TemporaryStore as TestStore;
 use factum::{
     Error, EventStore, ExpectedVersion, FeedPosition, FeedQuery, NewEvent, Payload, RecordedEvent,
 };
 use sqlx::Connection as _;
-use support::TestStore;
 
 fn ping(n: u64) -> NewEvent {
     NewEvent::new(
@@ -41,7 +39,7 @@ async fn drain(store: &impl EventStore, after: &mut FeedPosition) -> Vec<Recorde
 
 #[tokio::test]
 async fn a_late_commit_is_not_skipped() {
-    let store = TestStore::new().await;
+    let store = TestStore::new().await.unwrap();
     let mut checkpoint = FeedPosition::START;
 
     // A takes a position first and stays open.
@@ -88,7 +86,7 @@ async fn a_late_commit_is_not_skipped() {
 
 #[tokio::test]
 async fn an_aborted_append_leaves_no_gap_behind() {
-    let store = TestStore::new().await;
+    let store = TestStore::new().await.unwrap();
     let mut checkpoint = FeedPosition::START;
     let mut aborted = store.pool().begin().await.unwrap();
     store
@@ -129,7 +127,7 @@ async fn concurrent_writers_and_a_checkpointing_reader_see_every_event_once_in_s
     const WRITERS: u64 = 8;
     const PER_WRITER: u64 = 5_000;
     const STREAMS: u64 = 40;
-    let store = Arc::new(TestStore::with_pool_size(12).await);
+    let store = Arc::new(TestStore::with_pool_size(12).await.unwrap());
 
     let mut writers = Vec::new();
     for writer in 0..WRITERS {
@@ -231,7 +229,7 @@ async fn concurrent_writers_and_a_checkpointing_reader_see_every_event_once_in_s
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sixteen_racing_writers_lose_with_a_conflict_and_no_version_is_lost_or_doubled() {
-    let store = Arc::new(TestStore::with_pool_size(17).await);
+    let store = Arc::new(TestStore::with_pool_size(17).await.unwrap());
     let mut winners = Vec::new();
     for round in 0..10_u64 {
         let barrier = Arc::new(tokio::sync::Barrier::new(16));
@@ -282,7 +280,7 @@ async fn sixteen_racing_writers_lose_with_a_conflict_and_no_version_is_lost_or_d
 
 #[tokio::test]
 async fn the_database_refuses_to_change_or_remove_events() {
-    let store = TestStore::new().await;
+    let store = TestStore::new().await.unwrap();
     store
         .append("stream-a", "Probe", ExpectedVersion::Any, vec![ping(1)])
         .await
@@ -316,7 +314,7 @@ async fn the_database_refuses_to_change_or_remove_events() {
 
 #[tokio::test]
 async fn migrations_are_idempotent_and_safe_to_run_concurrently() {
-    let store = TestStore::new().await;
+    let store = TestStore::new().await.unwrap();
     let (a, b, c) = tokio::join!(store.migrate(), store.migrate(), store.migrate());
     a.unwrap();
     b.unwrap();
@@ -333,7 +331,7 @@ async fn migrations_are_idempotent_and_safe_to_run_concurrently() {
 
 #[tokio::test]
 async fn an_unmigrated_schema_and_a_bad_schema_name_get_clear_errors() {
-    let store = TestStore::new().await;
+    let store = TestStore::new().await.unwrap();
     let pool = store.pool().clone();
     let bare =
         factum::store::PostgresStore::with_schema(pool.clone(), "factum_never_migrated").unwrap();
@@ -356,7 +354,7 @@ async fn an_unmigrated_schema_and_a_bad_schema_name_get_clear_errors() {
 
 #[tokio::test]
 async fn a_schema_migrated_by_a_newer_build_is_refused() {
-    let store = TestStore::new().await;
+    let store = TestStore::new().await.unwrap();
     sqlx::query(sqlx::AssertSqlSafe(format!(
         "INSERT INTO \"{}\".factum_migrations (version, name, checksum) VALUES (99, 'future', 'x')",
         store.schema()
@@ -386,7 +384,7 @@ async fn a_stored_event_that_no_longer_decodes_is_a_typed_error_naming_it() {
         Pinged(Pinged),
     }
 
-    let store = TestStore::new().await;
+    let store = TestStore::new().await.unwrap();
     let bad = NewEvent::new(
         "Pinged",
         1,
@@ -407,8 +405,8 @@ async fn a_stored_event_that_no_longer_decodes_is_a_typed_error_naming_it() {
         .await
         .unwrap();
     let stored = store.read_stream("stream-a", 1..).await.unwrap();
-    assert!(stored[0].decode_event::<PingEvent>().is_ok());
-    let error = stored[1].decode_event::<PingEvent>().unwrap_err();
+    assert!(stored[0].decode_events::<PingEvent>().is_ok());
+    let error = stored[1].decode_events::<PingEvent>().unwrap_err();
     let message = error.to_string();
     assert!(
         matches!(
@@ -423,7 +421,7 @@ async fn a_stored_event_that_no_longer_decodes_is_a_typed_error_naming_it() {
     for part in ["stream-a", "version 2", "Pinged", "invalid type"] {
         assert!(message.contains(part), "`{part}` in: {message}");
     }
-    let error = stored[2].decode_event::<PingEvent>().unwrap_err();
+    let error = stored[2].decode_events::<PingEvent>().unwrap_err();
     assert!(
         error.to_string().contains("unknown event type `Ponged`"),
         "{error}"
@@ -432,7 +430,7 @@ async fn a_stored_event_that_no_longer_decodes_is_a_typed_error_naming_it() {
 
 #[tokio::test]
 async fn the_horizon_report_names_the_transaction_holding_readers_back() {
-    let store = TestStore::new().await;
+    let store = TestStore::new().await.unwrap();
     let mut blocker = sqlx::PgConnection::connect(store.url()).await.unwrap();
     sqlx::query("BEGIN").execute(&mut blocker).await.unwrap();
     let blocker_pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
@@ -465,7 +463,7 @@ async fn the_horizon_report_names_the_transaction_holding_readers_back() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_subscription_catches_up_then_follows_live_appends_woken_by_notify() {
-    let store = TestStore::new().await;
+    let store = TestStore::new().await.unwrap();
     store
         .append(
             "stream-a",
@@ -476,12 +474,12 @@ async fn a_subscription_catches_up_then_follows_live_appends_woken_by_notify() {
         .await
         .unwrap();
     // A poll interval far beyond the test's patience: only a notification can deliver in time.
-    let mut feed = Subscription::new(store.another_client().await, FeedPosition::START)
+    let mut feed = Subscription::new(store.another_client().await.unwrap(), FeedPosition::START)
         .poll_interval(Duration::from_secs(3600));
     let caught_up = [feed.next().await.unwrap(), feed.next().await.unwrap()];
     assert_eq!(caught_up.map(|e| e.stream_version), [1, 2]);
 
-    let writer = store.another_client().await;
+    let writer = store.another_client().await.unwrap();
     let appended = tokio::spawn(async move {
         tokio::time::sleep(Duration::from_millis(100)).await;
         writer
@@ -499,8 +497,8 @@ async fn a_subscription_catches_up_then_follows_live_appends_woken_by_notify() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lost_notification_only_delays_a_subscription() {
-    let store = TestStore::new().await;
-    let mut feed = Subscription::new(store.another_client().await, FeedPosition::START)
+    let store = TestStore::new().await.unwrap();
+    let mut feed = Subscription::new(store.another_client().await.unwrap(), FeedPosition::START)
         .poll_interval(Duration::from_millis(200));
     // Appended in a transaction and never announced: no notification is sent.
     let mut tx = store.pool().begin().await.unwrap();
@@ -524,7 +522,7 @@ async fn a_lost_notification_only_delays_a_subscription() {
 
 #[tokio::test]
 async fn an_append_after_other_writes_cannot_put_a_stream_out_of_feed_order() {
-    let store = TestStore::new().await;
+    let store = TestStore::new().await.unwrap();
     // This transaction takes its id first (by writing), then appends late.
     let mut old = store.pool().begin().await.unwrap();
     sqlx::query("SELECT pg_current_xact_id()")

@@ -4,7 +4,10 @@
 //! positive amount; a withdrawal never overdraws; only an empty account can be closed, and a
 //! closed account takes no more money.
 
+pub mod legacy;
+
 use factum::{aggregate, event};
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 /// Amounts are in cents.
@@ -30,11 +33,25 @@ pub struct MoneyDeposited {
     pub balance_after: Cents,
 }
 
-#[event]
+/// Money left the account (version 3; versions 1 and 2 are in [`legacy`]).
+#[event(version = 3)]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MoneyWithdrawn {
     pub amount: Cents,
     pub balance_after: Cents,
+    /// Where the money was handed out.
+    pub channel: Channel,
+}
+
+/// Where a withdrawal happened.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Channel {
+    /// At a branch counter (all withdrawals before version 3 of the event).
+    #[default]
+    Teller,
+    Atm,
+    Online,
 }
 
 #[event]
@@ -68,6 +85,18 @@ pub struct Deposit {
 #[derive(Debug, Clone)]
 pub struct Withdraw {
     pub amount: Cents,
+    pub channel: Channel,
+}
+
+impl Withdraw {
+    /// A withdrawal at the teller.
+    #[must_use]
+    pub fn at_teller(amount: Cents) -> Self {
+        Self {
+            amount,
+            channel: Channel::Teller,
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -166,6 +195,7 @@ impl BankAccount {
         Ok(MoneyWithdrawn {
             amount,
             balance_after,
+            channel: command.channel,
         })
     }
 

@@ -38,24 +38,14 @@ async fn main() -> Result<(), Box<dyn Error>> {
     print_events("deposit 50.00", &deposited);
 
     let withdrawn = accounts
-        .execute(
-            "acc-alice",
-            Withdraw {
-                amount: dollars(30),
-            },
-        )
+        .execute("acc-alice", Withdraw::at_teller(dollars(30)))
         .await?;
     print_events("withdraw 30.00", &withdrawn);
 
     report(
         "withdraw 500.00 (more than the balance)",
         accounts
-            .execute(
-                "acc-alice",
-                Withdraw {
-                    amount: dollars(500),
-                },
-            )
+            .execute("acc-alice", Withdraw::at_teller(dollars(500)))
             .await,
     );
     report(
@@ -84,9 +74,7 @@ async fn main() -> Result<(), Box<dyn Error>> {
     let debit = accounts
         .execute_with(
             "acc-alice",
-            Withdraw {
-                amount: dollars(20),
-            },
+            Withdraw::at_teller(dollars(20)),
             &CommandContext::new().correlation_id(transfer),
         )
         .await?;
@@ -128,12 +116,7 @@ async fn main() -> Result<(), Box<dyn Error>> {
     );
 
     let emptied = accounts
-        .execute(
-            "acc-alice",
-            Withdraw {
-                amount: dollars(100),
-            },
-        )
+        .execute("acc-alice", Withdraw::at_teller(dollars(100)))
         .await?;
     print_events("withdraw the remaining 100.00", &emptied);
     let closed = accounts

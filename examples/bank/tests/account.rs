@@ -2,8 +2,8 @@
 //! error.
 
 use bank::{
-    AccountClosed, AccountError, AccountEvent, AccountOpened, BankAccount, CloseAccount, Deposit,
-    MoneyDeposited, MoneyWithdrawn, OpenAccount, Status, Withdraw,
+    AccountClosed, AccountError, AccountEvent, AccountOpened, BankAccount, Channel, CloseAccount,
+    Deposit, MoneyDeposited, MoneyWithdrawn, OpenAccount, Status, Withdraw,
 };
 use factum::testing::AggregateTest;
 
@@ -72,10 +72,11 @@ fn no_deposit_before_opening() {
 #[test]
 fn withdrawals_take_from_the_balance() {
     Account::given(opened(100))
-        .when(Withdraw { amount: 100 })
+        .when(Withdraw::at_teller(100))
         .then(MoneyWithdrawn {
             amount: 100,
             balance_after: 0,
+            channel: Channel::Teller,
         });
 }
 
@@ -86,9 +87,10 @@ fn no_overdraft() {
         MoneyWithdrawn {
             amount: 60,
             balance_after: 40,
+            channel: Channel::Teller,
         },
     ))
-    .when(Withdraw { amount: 41 })
+    .when(Withdraw::at_teller(41))
     .then_error(AccountError::InsufficientFunds {
         balance: 40,
         requested: 41,
@@ -133,7 +135,7 @@ fn no_withdrawals_from_a_closed_account() {
             reason: "done".into(),
         }),
     ])
-    .when(Withdraw { amount: 1 })
+    .when(Withdraw::at_teller(1))
     .then_error_matches(|error| matches!(error, AccountError::Closed));
 }
 
@@ -171,7 +173,7 @@ fn the_kit_fails_on_another_error() {
 #[should_panic(expected = "expected the command to be rejected")]
 fn the_kit_fails_when_an_error_was_expected_but_events_came() {
     Account::given(opened(10))
-        .when(Withdraw { amount: 1 })
+        .when(Withdraw::at_teller(1))
         .then_error(AccountError::InsufficientFunds {
             balance: 10,
             requested: 1,

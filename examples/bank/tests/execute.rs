@@ -125,7 +125,7 @@ async fn every_event_of_one_command_gets_the_same_context() {
 async fn a_rejected_command_stores_nothing() {
     let accounts = Repository::<BankAccount, _>::new(MemoryStore::new());
     accounts.execute("acc-1", open("Alice", 10)).await.unwrap();
-    let result = accounts.execute("acc-1", Withdraw { amount: 11 }).await;
+    let result = accounts.execute("acc-1", Withdraw::at_teller(11)).await;
     match result {
         Err(ExecuteError::Rejected(bank::AccountError::InsufficientFunds {
             balance,
@@ -218,7 +218,7 @@ async fn a_conflict_reloads_and_retries() {
     let store = contended_account(2).await;
     let accounts = Repository::<BankAccount, _>::new(store.clone()).max_retries(2);
     let committed = accounts
-        .execute("acc-1", Withdraw { amount: 10 })
+        .execute("acc-1", Withdraw::at_teller(10))
         .await
         .unwrap();
     // Two competing events landed first (versions 2 and 3); the retried command saw them.
@@ -236,7 +236,7 @@ async fn a_conflict_reloads_and_retries() {
 async fn conflicts_beyond_the_retry_limit_are_reported() {
     let store = contended_account(3).await;
     let accounts = Repository::<BankAccount, _>::new(store.clone()).max_retries(2);
-    let result = accounts.execute("acc-1", Withdraw { amount: 10 }).await;
+    let result = accounts.execute("acc-1", Withdraw::at_teller(10)).await;
     match result {
         Err(ExecuteError::Conflict {
             stream_id,

@@ -27,6 +27,8 @@ pub struct EventStruct {
     /// The stored type name.
     pub name: String,
     pub version: u32,
+    /// The version as written, for spans (`None`: the default, 1).
+    pub version_literal: Option<(u32, syn::LitInt)>,
 }
 
 pub struct EventSetEnum {
@@ -55,6 +57,7 @@ impl EventInput {
                     item,
                     name,
                     version,
+                    version_literal: args.version.clone(),
                 })
             }
             Ok(syn::Item::Enum(item)) => {
@@ -443,4 +446,110 @@ fn receiver_or_name(method: &ImplItemFn) -> TokenStream {
 
 fn is_unit(ty: &Type) -> bool {
     matches!(ty, Type::Tuple(tuple) if tuple.elems.is_empty())
+}
+
+/// `#[upcast] fn name(old: From) -> To` (or `Option<To>`, `Vec<To>`).
+pub struct UpcastFn {
+    pub item: syn::ItemFn,
+    /// The older version's type.
+    pub from: Type,
+    /// The newer version's type.
+    pub to: Type,
+}
+
+impl UpcastFn {
+    const USAGE: &'static str = "#[upcast] fn upcast(old: EventV1) -> EventV2";
+
+    pub fn from_syn(cx: &Ctxt, args: TokenStream, input: TokenStream) -> Result<Self, TokenStream> {
+        if !args.is_empty() {
+            cx.error_spanned_by(&args, "`#[upcast]` takes no arguments");
+        }
+        let item = match syn::parse2::<syn::ItemFn>(input.clone()) {
+            Ok(item) => item,
+            Err(_) => {
+                cx.error_spanned_by(
+                    first_token(&input),
+                    format!("#[upcast] goes on a function turning one version of an event into the next: `{}`", Self::USAGE),
+                );
+                return Err(input);
+            }
+        };
+        let sig = &item.sig;
+        if !sig.generics.params.is_empty() || sig.generics.where_clause.is_some() {
+            cx.error_spanned_by(&sig.generics, "upcasters take no generic parameters");
+        }
+        if let Some(asyncness) = &sig.asyncness {
+            cx.error_spanned_by(
+                asyncness,
+                "upcasters cannot be async: they are pure functions of the old event, with no I/O",
+            );
+        }
+        let from = match sig.inputs.iter().collect::<Vec<_>>().as_slice() {
+            [FnArg::Typed(arg)] => match &*arg.ty {
+                Type::Reference(reference) => {
+                    cx.error_spanned_by(reference, "upcasters take the old event by value");
+                    None
+                }
+                ty => Some(ty.clone()),
+            },
+            [FnArg::Receiver(receiver)] => {
+                cx.error_spanned_by(
+                    receiver,
+                    format!("upcasters are free functions: `{}`", Self::USAGE),
+                );
+                None
+            }
+            [] => {
+                cx.error_spanned_by(
+                    &sig.ident,
+                    format!("an upcaster takes the old event: `{}`", Self::USAGE),
+                );
+                None
+            }
+            [_, extra @ ..] => {
+                for arg in extra {
+                    cx.error_spanned_by(
+                        arg,
+                        format!(
+                            "an upcaster takes exactly one argument, the old event: `{}`",
+                            Self::USAGE
+                        ),
+                    );
+                }
+                None
+            }
+        };
+        let to = match &sig.output {
+            ReturnType::Type(_, ty) => upcast_target(ty).or_else(|| {
+                cx.error_spanned_by(ty, "an upcaster returns the next version of the event, `Option` of it (to drop the old event) or `Vec` of it (to split it)");
+                None
+            }),
+            ReturnType::Default => {
+                cx.error_spanned_by(&sig.ident, format!("an upcaster returns the next version: `{}`", Self::USAGE));
+                None
+            }
+        };
+        match (from, to) {
+            (Some(from), Some(to)) => Ok(Self { item, from, to }),
+            _ => Err(input),
+        }
+    }
+}
+
+/// `To` out of `To`, `Option<To>` or `Vec<To>`.
+fn upcast_target(ty: &Type) -> Option<Type> {
+    let Type::Path(path) = ty else {
+        return None;
+    };
+    let last = path.path.segments.last()?;
+    if last.ident != "Option" && last.ident != "Vec" {
+        return Some(ty.clone());
+    }
+    let syn::PathArguments::AngleBracketed(arguments) = &last.arguments else {
+        return None;
+    };
+    match arguments.args.iter().collect::<Vec<_>>().as_slice() {
+        [syn::GenericArgument::Type(inner)] => Some(inner.clone()),
+        _ => None,
+    }
 }

@@ -2,7 +2,7 @@
 //! and the `Event` implementation.
 
 use proc_macro2::TokenStream;
-use quote::quote;
+use quote::{quote, quote_spanned};
 
 use crate::ast::EventStruct;
 
@@ -11,6 +11,7 @@ pub fn expand(event: &EventStruct) -> TokenStream {
     let ident = &item.ident;
     let name = &event.name;
     let version = event.version;
+    let upcasting = upcasting(event);
     quote! {
         #[derive(
             ::factum::__private::serde::Serialize,
@@ -25,6 +26,35 @@ pub fn expand(event: &EventStruct) -> TokenStream {
         impl ::factum::__private::Event for #ident {
             const NAME: &'static str = #name;
             const VERSION: u32 = #version;
+            #upcasting
+        }
+    }
+}
+
+/// For a version above 1: older stored versions are read through the upcaster from the
+/// previous version, which must exist (the error points at `version = N`).
+fn upcasting(event: &EventStruct) -> TokenStream {
+    let Some((version, literal)) = &event.version_literal else {
+        return TokenStream::new();
+    };
+    if *version <= 1 {
+        return TokenStream::new();
+    }
+    let previous = version - 1;
+    let through = quote_spanned! {literal.span()=>
+        ::factum::__private::decode_through::<Self, #previous>(version, payload, out)
+    };
+    quote! {
+        fn decode_stored(
+            version: u32,
+            payload: &str,
+            out: &mut dyn ::core::ops::FnMut(Self),
+        ) -> ::core::result::Result<(), ::factum::__private::DecodeError> {
+            if version < #version {
+                return #through;
+            }
+            out(::factum::__private::decode_event::<Self>(version, payload)?);
+            ::core::result::Result::Ok(())
         }
     }
 }

@@ -22,8 +22,11 @@ pub fn expand(set: &EventSetEnum) -> TokenStream {
         let (variant, ty) = (&v.ident, &v.ty);
         quote! {
             if event_type == <#ty as ::factum::__private::Event>::NAME {
-                return ::factum::__private::decode_event::<#ty>(schema_version, payload)
-                    .map(Self::#variant);
+                return <#ty as ::factum::__private::Event>::decode_stored(
+                    schema_version,
+                    payload,
+                    &mut |event| out(Self::#variant(event)),
+                );
             }
         }
     });
@@ -86,7 +89,8 @@ pub fn expand(set: &EventSetEnum) -> TokenStream {
                     event_type: &str,
                     schema_version: u32,
                     payload: &str,
-                ) -> ::core::result::Result<Self, ::factum::__private::DecodeError> {
+                    out: &mut dyn ::core::ops::FnMut(Self),
+                ) -> ::core::result::Result<(), ::factum::__private::DecodeError> {
                     #(#decode_arms)*
                     ::core::result::Result::Err(::factum::__private::DecodeError::UnknownType {
                         event_type: ::std::borrow::ToOwned::to_owned(event_type),

@@ -68,3 +68,21 @@ pub fn stray_marker(marker: &str, item: TokenStream) -> TokenStream {
         #item
     }
 }
+
+/// `#[upcast]` with mistakes: the errors, and the function as written.
+pub fn upcast(item: Option<&syn::ItemFn>, errors: &syn::Error) -> TokenStream {
+    let errors = errors.to_compile_error();
+    quote! {
+        #errors
+        #item
+    }
+}
+
+/// `#[upcast]` on something that is not a function.
+pub fn upcast_tokens(tokens: &TokenStream, errors: &syn::Error) -> TokenStream {
+    let errors = errors.to_compile_error();
+    quote! {
+        #errors
+        #tokens
+    }
+}

@@ -16,10 +16,11 @@ mod event;
 mod event_set;
 mod fallback;
 mod symbol;
+mod upcast;
 
 use proc_macro2::TokenStream;
 
-use crate::ast::{AggregateInput, EventInput};
+use crate::ast::{AggregateInput, EventInput, UpcastFn};
 use crate::ctxt::Ctxt;
 
 /// `#[event]` on a struct (one event) or on an enum of events (an event set).
@@ -48,6 +49,19 @@ pub fn aggregate(args: TokenStream, input: TokenStream) -> TokenStream {
         (Ok(()), Ok(input)) => aggregate::expand(input),
         (Ok(()), Err(tokens)) => tokens.clone(),
         (Err(errors), input) => fallback::aggregate(input.as_ref(), &errors),
+    }
+}
+
+/// `#[upcast]` on a function turning one version of an event into the next.
+#[must_use]
+pub fn upcast(args: TokenStream, input: TokenStream) -> TokenStream {
+    let cx = Ctxt::new();
+    let input = UpcastFn::from_syn(&cx, args, input);
+    match (cx.check(), &input) {
+        (Ok(()), Ok(upcast)) => upcast::expand(upcast),
+        (Ok(()), Err(tokens)) => tokens.clone(),
+        (Err(errors), Ok(upcast)) => fallback::upcast(Some(&upcast.item), &errors),
+        (Err(errors), Err(tokens)) => fallback::upcast_tokens(tokens, &errors),
     }
 }
 

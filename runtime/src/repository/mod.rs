@@ -439,7 +439,8 @@ impl<'a, A: Aggregate> Replay<'a, A> {
                 requested: A::TYPE.to_owned(),
             });
         }
-        self.state.apply(&event.decode::<A::Event>(self.stream_id)?);
+        let state = &mut self.state;
+        event.decode_each::<A::Event>(self.stream_id, &mut |decoded| state.apply(&decoded))?;
         self.version = event.stream_version;
         Ok(())
     }

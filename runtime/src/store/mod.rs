@@ -82,12 +82,15 @@ pub struct StreamEvent {
 }
 
 impl StreamEvent {
-    /// Decodes the payload into the event set `S`.
+    /// Decodes the payload into the event set `S` (one event, or as many as upcasting makes).
     ///
     /// # Errors
     /// [`Error::Decode`] naming the stream, version, type and what does not match.
-    pub fn decode<S: EventSet>(&self, stream_id: &str) -> Result<S> {
-        self.borrow().decode(stream_id)
+    pub fn decode<S: EventSet>(&self, stream_id: &str) -> Result<Vec<S>> {
+        let mut events = Vec::with_capacity(1);
+        self.borrow()
+            .decode_each(stream_id, &mut |event| events.push(event))?;
+        Ok(events)
     }
 
     /// The event, borrowed.
@@ -151,12 +154,13 @@ impl<'a> StreamEventRef<'a> {
         }
     }
 
-    /// Decodes the payload into the event set `S`.
+    /// Decodes the payload into the event set `S`, handing each event (one, or as many as
+    /// upcasting makes) to `out`.
     ///
     /// # Errors
     /// [`Error::Decode`] naming the stream, version, type and what does not match.
-    pub fn decode<S: EventSet>(&self, stream_id: &str) -> Result<S> {
-        S::decode(self.event_type, self.schema_version, self.payload).map_err(|cause| {
+    pub fn decode_each<S: EventSet>(&self, stream_id: &str, out: &mut dyn FnMut(S)) -> Result<()> {
+        S::decode(self.event_type, self.schema_version, self.payload, out).map_err(|cause| {
             Error::Decode {
                 stream_id: stream_id.to_owned(),
                 stream_version: self.stream_version,

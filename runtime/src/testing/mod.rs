@@ -1,6 +1,8 @@
 //! A test kit for aggregates: given past events, when a command, then new events or an error.
 //!
-//! Aggregates are pure, so these tests need no store and no runtime.
+//! Aggregates are pure, so these tests need no store and no runtime. For tests that do need a
+//! real database, `postgres::TemporaryStore` (feature `postgres`) gives each test a schema of
+//! its own.
 //!
 //! ```
 //! # #[factum::event] #[derive(Debug, Clone, PartialEq)] pub struct Incremented { by: u64 }
@@ -28,6 +30,9 @@
 //! ```
 
 use std::fmt::Debug;
+
+#[cfg(feature = "postgres")]
+pub mod postgres;
 
 use crate::aggregate::{Aggregate, Handle};
 use crate::event::{IntoEvents, collect_events};

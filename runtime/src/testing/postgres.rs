@@ -1,0 +1,212 @@
+//! A PostgreSQL store in a schema of its own, for tests: tests run in parallel on one server,
+//! and each leaves nothing behind, even when it fails.
+
+use std::ops::{Deref, RangeBounds};
+
+use sqlx::Connection as _;
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+
+use crate::envelope::{NewEvent, RecordedEvent};
+use crate::error::{Error, Result};
+use crate::feed::FeedWakeups;
+use crate::snapshot::Snapshot;
+use crate::store::{
+    EventStore, ExpectedVersion, FeedBatch, FeedQuery, HistoryItem, KnownHead, PostgresStore,
+    StreamEvent,
+};
+
+/// The server tests use: `DATABASE_URL` (as `./scripts/test` sets it), or a local server.
+#[must_use]
+pub fn database_url() -> String {
+    std::env::var("DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned())
+}
+
+/// A migrated [`PostgresStore`] in a fresh schema, dropped (with everything in it) when this
+/// value is dropped, including after a failed assertion. It dereferences to the store and is an
+/// [`EventStore`] itself.
+///
+/// ```no_run
+/// # async fn run() -> factum::Result<()> {
+/// use factum::testing::postgres::TemporaryStore;
+///
+/// let store = TemporaryStore::new().await?;
+/// assert!(store.schema().starts_with("factum_test_"));
+/// # Ok(()) }
+/// ```
+#[derive(Debug)]
+pub struct TemporaryStore {
+    store: PostgresStore,
+    url: String,
+}
+
+impl TemporaryStore {
+    /// A store on [`database_url`], with a pool of 8 connections.
+    ///
+    /// # Errors
+    /// When the server cannot be reached (the message says how to provide one) or the
+    /// migrations fail.
+    pub async fn new() -> Result<Self> {
+        Self::with_pool_size(8).await
+    }
+
+    /// A store whose pool holds up to `connections` connections.
+    ///
+    /// # Errors
+    /// As [`TemporaryStore::new`].
+    pub async fn with_pool_size(connections: u32) -> Result<Self> {
+        let url = database_url();
+        let schema = format!("factum_test_{}", uuid::Uuid::now_v7().simple());
+        let pool = connect(&url, &schema, connections).await?;
+        let store = PostgresStore::with_schema(pool, &schema)?;
+        store.migrate().await?;
+        Ok(Self { store, url })
+    }
+
+    /// Another store on the same schema with a pool of its own, as another process would have.
+    ///
+    /// # Errors
+    /// When the server cannot be reached.
+    pub async fn another_client(&self) -> Result<PostgresStore> {
+        let pool = connect(&self.url, self.store.schema(), 8).await?;
+        PostgresStore::with_schema(pool, self.store.schema())
+    }
+
+    /// The server's URL.
+    #[must_use]
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+}
+
+/// A pool whose connections carry the schema as their application name, so that the cleanup
+/// can end them (and any transaction a failed test left open).
+async fn connect(url: &str, schema: &str, connections: u32) -> Result<PgPool> {
+    let unreachable = |error: sqlx::Error| {
+        Error::Backend(
+            format!(
+                "cannot reach PostgreSQL at {url} ({error}); run the tests with ./scripts/test, which finds or starts a server, or set DATABASE_URL"
+            )
+            .into(),
+        )
+    };
+    let options: PgConnectOptions = url.parse().map_err(unreachable)?;
+    PgPoolOptions::new()
+        .max_connections(connections)
+        .connect_with(options.application_name(schema))
+        .await
+        .map_err(unreachable)
+}
+
+impl Deref for TemporaryStore {
+    type Target = PostgresStore;
+
+    fn deref(&self) -> &PostgresStore {
+        &self.store
+    }
+}
+
+impl Drop for TemporaryStore {
+    fn drop(&mut self) {
+        let url = self.url.clone();
+        let schema = self.store.schema().to_owned();
+        // Drop runs inside the test's runtime, which must not block: clean up from a thread of
+        // its own, with a runtime of its own.
+        let cleanup = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            runtime.block_on(async move {
+                let mut connection = sqlx::PgConnection::connect(&url).await?;
+                sqlx::query(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = $1",
+                )
+                .bind(&schema)
+                .execute(&mut connection)
+                .await?;
+                let drop = format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE");
+                sqlx::raw_sql(sqlx::AssertSqlSafe(drop))
+                    .execute(&mut connection)
+                    .await?;
+                connection.close().await?;
+                Ok::<_, Box<dyn std::error::Error + Send + Sync>>(())
+            })
+        });
+        match cleanup.join() {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => tracing::warn!(%error, "could not drop a test schema"),
+            Err(_) => tracing::warn!("the test schema cleanup panicked"),
+        }
+    }
+}
+
+impl EventStore for TemporaryStore {
+    async fn append(
+        &self,
+        stream_id: &str,
+        aggregate_type: &str,
+        expected: ExpectedVersion,
+        events: Vec<NewEvent>,
+    ) -> Result<Vec<RecordedEvent>> {
+        self.store
+            .append(stream_id, aggregate_type, expected, events)
+            .await
+    }
+
+    async fn append_after(
+        &self,
+        stream_id: &str,
+        aggregate_type: &str,
+        head: KnownHead,
+        events: Vec<NewEvent>,
+    ) -> Result<Vec<RecordedEvent>> {
+        self.store
+            .append_after(stream_id, aggregate_type, head, events)
+            .await
+    }
+
+    async fn read_stream(
+        &self,
+        stream_id: &str,
+        versions: impl RangeBounds<u64> + Send,
+    ) -> Result<Vec<RecordedEvent>> {
+        self.store.read_stream(stream_id, versions).await
+    }
+
+    async fn read_stream_events(
+        &self,
+        stream_id: &str,
+        versions: impl RangeBounds<u64> + Send,
+    ) -> Result<Vec<StreamEvent>> {
+        self.store.read_stream_events(stream_id, versions).await
+    }
+
+    async fn replay_history<F>(&self, stream_id: &str, with_snapshot: bool, visit: F) -> Result<()>
+    where
+        F: FnMut(HistoryItem<'_>) -> Result<()> + Send,
+    {
+        self.store
+            .replay_history(stream_id, with_snapshot, visit)
+            .await
+    }
+
+    async fn read_feed(&self, query: &FeedQuery) -> Result<FeedBatch> {
+        self.store.read_feed(query).await
+    }
+
+    async fn stream_version(&self, stream_id: &str) -> Result<u64> {
+        self.store.stream_version(stream_id).await
+    }
+
+    async fn load_snapshot(&self, stream_id: &str) -> Result<Option<Snapshot>> {
+        self.store.load_snapshot(stream_id).await
+    }
+
+    async fn save_snapshot(&self, snapshot: Snapshot) -> Result<()> {
+        self.store.save_snapshot(snapshot).await
+    }
+
+    fn wakeups(&self) -> FeedWakeups {
+        self.store.wakeups()
+    }
+}
