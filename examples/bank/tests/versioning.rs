@@ -2,7 +2,7 @@
 //! every read path: aggregates on the in-memory store and on PostgreSQL, and the global feed.
 
 use bank::legacy::{MoneyWithdrawnV1, MoneyWithdrawnV2};
-use bank::{AccountEvent, BankAccount, Channel, MoneyWithdrawn, Withdraw};
+use bank::{AccountEvent, BankAccount, Channel, MoneyWithdrawn, Withdraw, dollars};
 use factum::testing::postgres::TemporaryStore;
 use factum::{
     CommandContext, EventStore, ExpectedVersion, FeedPosition, FeedQuery, MemoryStore, NewEvent,
@@ -15,19 +15,19 @@ fn history() -> Vec<NewEvent> {
     let context = CommandContext::new();
     let opened = AccountEvent::from(bank::AccountOpened {
         owner: "Ada".into(),
-        initial_deposit: 100_00,
+        initial_deposit: dollars(100),
     });
     let v1 = MoneyWithdrawnV1 {
         amount: 10,
         balance_after: 90,
     };
     let v2 = MoneyWithdrawnV2 {
-        amount: 20_00,
-        balance_after: 70_00,
+        amount: dollars(20),
+        balance_after: dollars(70),
     };
     let v3 = AccountEvent::from(MoneyWithdrawn {
-        amount: 30_00,
-        balance_after: 40_00,
+        amount: dollars(30),
+        balance_after: dollars(40),
         channel: Channel::Atm,
     });
     let stored = |version: u32, payload: Payload| NewEvent::new("MoneyWithdrawn", version, payload);
@@ -42,18 +42,18 @@ fn history() -> Vec<NewEvent> {
 fn read_as_v3() -> Vec<MoneyWithdrawn> {
     vec![
         MoneyWithdrawn {
-            amount: 10_00,
-            balance_after: 90_00,
+            amount: dollars(10),
+            balance_after: dollars(90),
             channel: Channel::Teller,
         },
         MoneyWithdrawn {
-            amount: 20_00,
-            balance_after: 70_00,
+            amount: dollars(20),
+            balance_after: dollars(70),
             channel: Channel::Teller,
         },
         MoneyWithdrawn {
-            amount: 30_00,
-            balance_after: 40_00,
+            amount: dollars(30),
+            balance_after: dollars(40),
             channel: Channel::Atm,
         },
     ]
@@ -70,11 +70,11 @@ async fn check(store: impl EventStore + Clone) {
     // The aggregate applies every withdrawal as version 3.
     let accounts = Repository::<BankAccount, _>::new(store.clone());
     let account = accounts.load("acc-1").await.unwrap();
-    assert_eq!(account.state.balance, 40_00);
+    assert_eq!(account.state.balance, dollars(40));
     assert_eq!(account.version, 4);
     // And commands go on from there.
     accounts
-        .execute("acc-1", Withdraw::at_teller(40_00))
+        .execute("acc-1", Withdraw::at_teller(dollars(40)))
         .await
         .unwrap();
 
@@ -97,7 +97,7 @@ async fn check(store: impl EventStore + Clone) {
     }
     let mut expected = read_as_v3();
     expected.push(MoneyWithdrawn {
-        amount: 40_00,
+        amount: dollars(40),
         balance_after: 0,
         channel: Channel::Teller,
     });
