@@ -7,6 +7,7 @@
 
 mod postgres;
 mod stats;
+mod versioning;
 
 use clap::{Parser, Subcommand};
 
@@ -47,6 +48,18 @@ enum Suite {
         #[arg(long)]
         json: bool,
     },
+    /// Reading old event versions through upcasters vs the current version, in memory.
+    Versioning {
+        /// Events of each kind.
+        #[arg(long, default_value_t = 10_000)]
+        events: usize,
+        /// Rounds (the median is reported).
+        #[arg(long, default_value_t = 21)]
+        rounds: usize,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[tokio::main]
@@ -78,6 +91,33 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else {
                 print_report(&report);
+            }
+        }
+        Suite::Versioning {
+            events,
+            rounds,
+            json,
+        } => {
+            let report = versioning::run(events, rounds.max(1)).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                println!(
+                    "reading {} MoneyWithdrawn events stored at v1 (two upcasters) vs at v3, median of {} rounds",
+                    report.events, report.rounds
+                );
+                println!(
+                    "  decode:             native {:.2} ms, upcast {:.2} ms, ratio {:.2}",
+                    report.decode_native_ms, report.decode_upcast_ms, report.decode_ratio
+                );
+                println!(
+                    "  the chain alone:    v1 decoded as v1 {:.2} ms, through two upcasters {:.2} ms, ratio {:.2}",
+                    report.decode_v1_only_ms, report.decode_upcast_ms, report.chain_ratio
+                );
+                println!(
+                    "  load an aggregate:  native {:.2} ms, upcast {:.2} ms, ratio {:.2}",
+                    report.load_native_ms, report.load_upcast_ms, report.load_ratio
+                );
             }
         }
     }
