@@ -6,7 +6,7 @@ pub use serde_json;
 pub use tokio;
 
 pub use crate::event::decode_event;
-pub use crate::upcast::{UpcastFrom, UpcastOutput, decode_through};
+pub use crate::upcast::{Chain, UpcastFrom, UpcastOutput};
 
 /// `a == b` for `&str` in const context, for the compile-time check that the events of a set
 /// have distinct type names.
@@ -31,7 +31,9 @@ pub const fn assert_event_of<S: EventSet, E: EventOf<S>>() {}
 
 pub use crate::aggregate::{Aggregate, Apply, ApplyTo, Handle, HandlerOutput};
 pub use crate::error::DecodeError;
-pub use crate::event::{Event, EventDescriptor, EventOf, EventSet, IntoEvents, Payload};
+pub use crate::event::{
+    Event, EventDescriptor, EventOf, EventSchema, EventSet, IntoEvents, Payload,
+};
 
 /// Serializes one event; bounded on `Event` so that a non-event in a set is reported as such.
 ///

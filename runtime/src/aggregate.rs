@@ -21,6 +21,9 @@ pub trait Aggregate: Default + Send + Sync + 'static {
     /// versions are ignored.
     const STATE_VERSION: u32 = 1;
 
+    /// The names of the commands it handles, for the catalog's flow diagram.
+    const COMMANDS: &'static [&'static str] = &[];
+
     /// The events this aggregate produces and applies.
     type Event: EventSet;
 

@@ -62,6 +62,7 @@
 extern crate self as factum;
 
 pub mod aggregate;
+pub mod catalog;
 pub mod command;
 pub mod conformance;
 pub mod envelope;

@@ -80,21 +80,41 @@ impl<E: Event> UpcastOutput<E> for Vec<E> {
     }
 }
 
-/// The decoding of a version below `E::VERSION`, through the upcaster into `E`. Used by the code
-/// `#[event]` generates for versions above 1.
-///
-/// # Errors
-/// As [`Event::decode_stored`].
+/// The versions before an event, reached through its upcaster from version `FROM`. `#[event]`
+/// uses it for versions above 1, so that a missing upcaster is reported once.
 #[doc(hidden)]
-pub fn decode_through<E, const FROM: u32>(
-    version: u32,
-    payload: &str,
-    out: &mut dyn FnMut(E),
-) -> Result<(), crate::error::DecodeError>
-where
-    E: UpcastFrom<FROM>,
-{
-    <E::Previous as Event>::decode_stored(version, payload, &mut |previous| {
-        E::upcast(previous, out);
-    })
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` has no upcaster from version {FROM}",
+    label = "no `#[upcast]` function turns version {FROM} of this event into `{Self}`",
+    note = "keep the version {FROM} type (tagged `#[event(name = \"...\", version = {FROM})]`) and add `#[upcast] fn ...(old: ThatType) -> {Self}`"
+)]
+pub trait Chain<const FROM: u32>: Event {
+    /// Decodes an older version through the upcaster into `Self`.
+    ///
+    /// # Errors
+    /// As [`Event::decode_stored`].
+    fn decode_older(
+        version: u32,
+        payload: &str,
+        out: &mut dyn FnMut(Self),
+    ) -> Result<(), crate::error::DecodeError>;
+
+    /// The schemas of the older versions.
+    fn older_schemas(out: &mut Vec<crate::event::EventSchema>);
+}
+
+impl<E: UpcastFrom<FROM>, const FROM: u32> Chain<FROM> for E {
+    fn decode_older(
+        version: u32,
+        payload: &str,
+        out: &mut dyn FnMut(Self),
+    ) -> Result<(), crate::error::DecodeError> {
+        <E::Previous as Event>::decode_stored(version, payload, &mut |previous| {
+            E::upcast(previous, out);
+        })
+    }
+
+    fn older_schemas(out: &mut Vec<crate::event::EventSchema>) {
+        <E::Previous as Event>::schema_versions(out);
+    }
 }

@@ -70,6 +70,10 @@ pub fn aggregate_impl(input: &AggregateInput, events: &Type, dispatch: bool) -> 
     let self_ty = &input.item.self_ty;
     let name = &input.name;
     let state_version = input.args.state_version.as_ref().map_or(1, |(v, _)| *v);
+    let commands = input
+        .commands
+        .iter()
+        .map(|command| command_name(&command.command));
     let body = if dispatch {
         quote_spanned! {events.span()=>
             <#events as ::factum::__private::ApplyTo<Self>>::apply_to(event, self);
@@ -82,6 +86,7 @@ pub fn aggregate_impl(input: &AggregateInput, events: &Type, dispatch: bool) -> 
         impl ::factum::__private::Aggregate for #self_ty {
             const TYPE: &'static str = #name;
             const STATE_VERSION: u32 = #state_version;
+            const COMMANDS: &'static [&'static str] = &[#(#commands),*];
             type Event = #events;
 
             #[inline]
@@ -129,4 +134,15 @@ pub fn handler_impls<'a>(
             }
         }
     })
+}
+
+/// A command's name for the catalog: the last segment of its type path.
+fn command_name(ty: &Type) -> String {
+    match ty {
+        Type::Path(path) => path.path.segments.last().map_or_else(
+            || crate::ctxt::tokens_key(ty),
+            |segment| segment.ident.to_string(),
+        ),
+        other => crate::ctxt::tokens_key(other),
+    }
 }

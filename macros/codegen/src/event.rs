@@ -7,11 +7,21 @@ use quote::{quote, quote_spanned};
 use crate::ast::EventStruct;
 
 pub fn expand(event: &EventStruct) -> TokenStream {
+    expand_with(event, true)
+}
+
+/// The expansion; without `chain` (after an error), no upcaster is required for a version above
+/// 1, so that the mistake is reported alone.
+pub fn expand_with(event: &EventStruct, chain: bool) -> TokenStream {
     let item = &event.item;
     let ident = &item.ident;
     let name = &event.name;
     let version = event.version;
-    let upcasting = upcasting(event);
+    let upcasting = if chain {
+        upcasting(event)
+    } else {
+        TokenStream::new()
+    };
     quote! {
         #[derive(
             ::factum::__private::serde::Serialize,
@@ -41,10 +51,16 @@ fn upcasting(event: &EventStruct) -> TokenStream {
         return TokenStream::new();
     }
     let previous = version - 1;
-    let through = quote_spanned! {literal.span()=>
-        ::factum::__private::decode_through::<Self, #previous>(version, payload, out)
-    };
+    // Both uses name the chain the same way, at the same tokens: a missing upcaster is one error.
+    let chain = quote_spanned! {literal.span()=> <Self as ::factum::__private::Chain<#previous>> };
+    let through = quote! { #chain::decode_older(version, payload, out) };
+    let older = quote! { #chain::older_schemas(out); };
     quote! {
+        fn schema_versions(out: &mut ::std::vec::Vec<::factum::__private::EventSchema>) {
+            out.push(::factum::__private::EventSchema::of::<Self>());
+            #older
+        }
+
         fn decode_stored(
             version: u32,
             payload: &str,

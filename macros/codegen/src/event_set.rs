@@ -65,6 +65,10 @@ pub fn expand(set: &EventSetEnum) -> TokenStream {
 
                 const EVENTS: &'static [::factum::__private::EventDescriptor] = &[#(#descriptors),*];
 
+                fn event_schemas(out: &mut ::std::vec::Vec<::factum::__private::EventSchema>) {
+                    #(<#types as ::factum::__private::Event>::schema_versions(out);)*
+                }
+
                 fn event_type(&self) -> &'static str {
                     match self {
                         #(Self::#variants(_) => <#types as ::factum::__private::Event>::NAME,)*

@@ -12,7 +12,9 @@ use crate::{check, event as event_struct, event_set};
 pub fn event(input: &EventInput, errors: &syn::Error) -> TokenStream {
     let errors = errors.to_compile_error();
     let item = match input {
-        EventInput::Struct(event) if check::struct_expandable(event) => event_struct::expand(event),
+        EventInput::Struct(event) if check::struct_expandable(event) => {
+            event_struct::expand_with(event, false)
+        }
         EventInput::Set(set) if check::set_expandable(set) => event_set::expand(set),
         EventInput::Struct(event) => {
             let item = &event.item;

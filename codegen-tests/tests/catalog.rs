@@ -1,0 +1,442 @@
+//! The event catalog: up to date in `schemas/`, valid (each schema against the JSON Schema
+//! meta-schema, sample events against their schema, the AsyncAPI document against the official
+//! AsyncAPI 3.0.0 schema), held in snapshots, and a lock that refuses breaking changes.
+
+use std::path::Path;
+
+use bank::legacy::{MoneyWithdrawnV1, MoneyWithdrawnV2};
+use bank::{AccountClosed, AccountOpened, Channel, MoneyDeposited, MoneyWithdrawn};
+use factum::catalog::{Catalog, CatalogError, Severity};
+use serde_json::{Value, json};
+
+fn examples() -> Catalog {
+    example_catalog::catalog()
+}
+
+#[test]
+fn the_committed_catalog_is_what_the_build_writes() {
+    let dir = example_catalog::schemas_dir();
+    for (file, content) in examples().files() {
+        let path = dir.join(&file);
+        let committed = std::fs::read_to_string(&path).unwrap_or_else(|error| {
+            panic!("{} is missing ({error}): run `cargo build`", path.display())
+        });
+        assert_eq!(
+            committed,
+            content,
+            "{} is stale: run `cargo build`",
+            file.display()
+        );
+    }
+}
+
+#[test]
+fn the_catalog_is_byte_identical_from_build_to_build() {
+    assert_eq!(examples().files(), examples().files());
+}
+
+#[test]
+fn every_event_schema_is_valid_draft_07() {
+    for (_, event) in examples().events() {
+        let schema = &event.schema.schema;
+        assert_eq!(schema["$schema"], "http://json-schema.org/draft-07/schema#");
+        if let Err(error) = jsonschema::meta::validate(schema) {
+            panic!("{} v{}: {error}", event.schema.name, event.schema.version);
+        }
+    }
+}
+
+/// Events of every version, as the code would serialize them.
+fn samples() -> Vec<(&'static str, u32, Value)> {
+    let to_value = |value: serde_json::Result<Value>| value.expect("events serialize");
+    vec![
+        (
+            "AccountOpened",
+            1,
+            to_value(serde_json::to_value(AccountOpened {
+                owner: "Ada".into(),
+                initial_deposit: 100,
+            })),
+        ),
+        (
+            "MoneyDeposited",
+            1,
+            to_value(serde_json::to_value(MoneyDeposited {
+                amount: 5,
+                balance_after: 105,
+            })),
+        ),
+        (
+            "MoneyWithdrawn",
+            1,
+            to_value(serde_json::to_value(MoneyWithdrawnV1 {
+                amount: 1,
+                balance_after: 4,
+            })),
+        ),
+        (
+            "MoneyWithdrawn",
+            2,
+            to_value(serde_json::to_value(MoneyWithdrawnV2 {
+                amount: 100,
+                balance_after: 400,
+            })),
+        ),
+        (
+            "MoneyWithdrawn",
+            3,
+            to_value(serde_json::to_value(MoneyWithdrawn {
+                amount: 100,
+                balance_after: 300,
+                channel: Channel::Atm,
+            })),
+        ),
+        (
+            "AccountClosed",
+            1,
+            to_value(serde_json::to_value(AccountClosed {
+                reason: "moved".into(),
+            })),
+        ),
+    ]
+}
+
+#[test]
+fn sample_events_match_their_schema_and_mismatches_are_caught() {
+    let catalog = examples();
+    let schema_of = |name: &str, version: u32| {
+        catalog
+            .events()
+            .find(|(_, e)| e.schema.name == name && e.schema.version == version)
+            .map(|(_, e)| e.schema.schema.clone())
+            .unwrap_or_else(|| panic!("{name} v{version} is in the catalog"))
+    };
+    for (name, version, sample) in samples() {
+        let validator =
+            jsonschema::validator_for(&schema_of(name, version)).expect("a valid schema");
+        let errors: Vec<String> = validator
+            .iter_errors(&sample)
+            .map(|e| e.to_string())
+            .collect();
+        assert!(errors.is_empty(), "{name} v{version}: {errors:?}");
+    }
+    // The schemas say something: a v3 withdrawal without its channel, or with a string amount,
+    // is refused.
+    let v3 = jsonschema::validator_for(&schema_of("MoneyWithdrawn", 3)).expect("a valid schema");
+    assert!(!v3.is_valid(&json!({ "amount": 1, "balance_after": 2 })));
+    assert!(!v3.is_valid(&json!({ "amount": "1", "balance_after": 2, "channel": "atm" })));
+    assert!(!v3.is_valid(&json!({ "amount": 1, "balance_after": 2, "channel": "bank robbery" })));
+}
+
+#[test]
+fn the_asyncapi_document_is_valid_against_the_official_asyncapi_3_schema() {
+    let official: Value = serde_json::from_str(
+        &std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/asyncapi-3.0.0.schema.json"),
+        )
+        .expect("the official schema is in the repository"),
+    )
+    .expect("valid JSON");
+    let validator = jsonschema::draft7::new(&official).expect("the official schema compiles");
+    let document = examples().asyncapi();
+    let errors: Vec<String> = validator
+        .iter_errors(&document)
+        .map(|e| format!("{} at {}", e, e.instance_path()))
+        .collect();
+    assert!(errors.is_empty(), "{errors:#?}");
+
+    // The validator is not vacuous: a document missing its info is refused.
+    let mut broken = document.clone();
+    broken.as_object_mut().expect("an object").remove("info");
+    assert!(!validator.is_valid(&broken));
+    let mut bad_format = document;
+    bad_format["components"]["messages"]["MoneyWithdrawn.v3"]["payload"]["schemaFormat"] =
+        json!(42);
+    assert!(!validator.is_valid(&bad_format));
+}
+
+#[test]
+fn the_asyncapi_document_has_a_channel_per_aggregate_and_a_message_per_event_version() {
+    let document = examples().asyncapi();
+    assert_eq!(document["asyncapi"], "3.0.0");
+    let channel = &document["channels"]["BankAccount"];
+    let messages: Vec<&String> = channel["messages"]
+        .as_object()
+        .expect("messages")
+        .keys()
+        .collect();
+    assert_eq!(
+        messages,
+        [
+            "AccountClosed.v1",
+            "AccountOpened.v1",
+            "MoneyDeposited.v1",
+            "MoneyWithdrawn.v1",
+            "MoneyWithdrawn.v2",
+            "MoneyWithdrawn.v3"
+        ]
+    );
+    let message = &document["components"]["messages"]["MoneyWithdrawn.v1"];
+    assert_eq!(
+        message["payload"]["schemaFormat"],
+        "application/schema+json;version=draft-07"
+    );
+    assert_eq!(
+        message["correlationId"]["$ref"],
+        "#/components/correlationIds/correlationId"
+    );
+    assert_eq!(
+        document["components"]["correlationIds"]["correlationId"]["location"],
+        "$message.header#/correlationId"
+    );
+    // Headers are the envelope, as an `Envelope` serializes (without the event itself).
+    let headers = &document["components"]["schemas"]["EventEnvelope"]["properties"];
+    let envelope = serde_json::to_value(sample_envelope()).expect("envelopes serialize");
+    let mut serialized: Vec<&String> = envelope
+        .as_object()
+        .expect("an object")
+        .keys()
+        .filter(|k| *k != "event")
+        .collect();
+    let mut documented: Vec<&String> = headers.as_object().expect("properties").keys().collect();
+    serialized.sort();
+    documented.sort();
+    assert_eq!(serialized, documented);
+    // Payload references resolve inside the document.
+    let reference =
+        document["components"]["messages"]["MoneyWithdrawn.v3"]["payload"]["schema"]["properties"]
+            ["channel"]["allOf"][0]["$ref"]
+            .as_str()
+            .expect("a reference");
+    let target = reference.trim_start_matches('#');
+    assert!(document.pointer(target).is_some(), "{reference} resolves");
+}
+
+fn sample_envelope() -> factum::RecordedEvent {
+    let store = factum::MemoryStore::new();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .expect("a runtime");
+    runtime.block_on(async {
+        use factum::EventStore as _;
+        let event = factum::NewEvent::new(
+            "Pinged",
+            1,
+            factum::Payload::encode(&json!({})).expect("json"),
+        );
+        store
+            .append("s", "Probe", factum::ExpectedVersion::Any, vec![event])
+            .await
+            .expect("appended")
+            .remove(0)
+    })
+}
+
+#[test]
+fn the_catalog_snapshots() {
+    let catalog = examples();
+    insta::assert_snapshot!("asyncapi", factum_json(&catalog.asyncapi()));
+    for (_, event) in catalog.events() {
+        let name = format!("schema_{}_v{}", event.schema.name, event.schema.version);
+        insta::assert_snapshot!(name, factum_json(&event.schema.schema));
+    }
+    insta::assert_snapshot!("markdown", catalog.markdown());
+}
+
+fn factum_json(value: &Value) -> String {
+    serde_json::to_string_pretty(value).expect("JSON")
+}
+
+/// Two builds of one event: as published, and as the code now has it.
+mod published {
+    #[factum::event(name = "ParcelRegistered", version = 2)]
+    #[derive(Debug, Clone, PartialEq)]
+    pub struct ParcelRegisteredV2 {
+        pub tracking: String,
+        pub grams: u32,
+    }
+
+    #[factum::event(name = "ParcelRegistered")]
+    pub struct ParcelRegisteredV1 {
+        pub tracking: String,
+    }
+
+    #[factum::upcast]
+    fn weigh(old: ParcelRegisteredV1) -> ParcelRegisteredV2 {
+        ParcelRegisteredV2 {
+            tracking: old.tracking,
+            grams: 0,
+        }
+    }
+
+    #[factum::event]
+    #[derive(Debug, Clone, PartialEq)]
+    pub enum ParcelEvent {
+        Registered(ParcelRegisteredV2),
+    }
+
+    #[derive(Default)]
+    pub struct Parcel;
+
+    #[factum::aggregate(events = ParcelEvent)]
+    impl Parcel {
+        #[apply]
+        fn registered(&mut self, _: &ParcelRegisteredV2) {}
+    }
+}
+
+/// The same event version, with a field renamed: breaking.
+mod renamed {
+    #[factum::event(name = "ParcelRegistered", version = 2)]
+    #[derive(Debug, Clone, PartialEq)]
+    pub struct ParcelRegisteredV2 {
+        pub tracking: String,
+        pub weight_grams: u32,
+    }
+
+    #[factum::event(name = "ParcelRegistered")]
+    pub struct ParcelRegisteredV1 {
+        pub tracking: String,
+    }
+
+    #[factum::upcast]
+    fn weigh(old: ParcelRegisteredV1) -> ParcelRegisteredV2 {
+        ParcelRegisteredV2 {
+            tracking: old.tracking,
+            weight_grams: 0,
+        }
+    }
+
+    #[factum::event]
+    #[derive(Debug, Clone, PartialEq)]
+    pub enum ParcelEvent {
+        Registered(ParcelRegisteredV2),
+    }
+
+    #[derive(Default)]
+    pub struct Parcel;
+
+    #[factum::aggregate(events = ParcelEvent)]
+    impl Parcel {
+        #[apply]
+        fn registered(&mut self, _: &ParcelRegisteredV2) {}
+    }
+}
+
+/// The same event version, with a new optional field: compatible.
+mod extended {
+    #[factum::event(name = "ParcelRegistered", version = 2)]
+    #[derive(Debug, Clone, PartialEq)]
+    pub struct ParcelRegisteredV2 {
+        pub tracking: String,
+        pub grams: u32,
+        #[serde(default)]
+        pub fragile: Option<bool>,
+    }
+
+    #[factum::event(name = "ParcelRegistered")]
+    pub struct ParcelRegisteredV1 {
+        pub tracking: String,
+    }
+
+    #[factum::upcast]
+    fn weigh(old: ParcelRegisteredV1) -> ParcelRegisteredV2 {
+        ParcelRegisteredV2 {
+            tracking: old.tracking,
+            grams: 0,
+            fragile: None,
+        }
+    }
+
+    #[factum::event]
+    #[derive(Debug, Clone, PartialEq)]
+    pub enum ParcelEvent {
+        Registered(ParcelRegisteredV2),
+    }
+
+    #[derive(Default)]
+    pub struct Parcel;
+
+    #[factum::aggregate(events = ParcelEvent)]
+    impl Parcel {
+        #[apply]
+        fn registered(&mut self, _: &ParcelRegisteredV2) {}
+    }
+}
+
+#[test]
+fn the_lock_refuses_a_breaking_change_to_a_published_version() {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let published = Catalog::new("Parcels", "1.0.0").aggregate::<published::Parcel>();
+    let changes = published.write_to(dir.path()).expect("a first publication");
+    assert!(changes.iter().all(|c| c.severity == Severity::Added));
+    let locked = std::fs::read_to_string(dir.path().join("events/ParcelRegistered.v2.schema.json"))
+        .expect("published");
+
+    let error = Catalog::new("Parcels", "1.0.1")
+        .aggregate::<renamed::Parcel>()
+        .write_to(dir.path())
+        .expect_err("a renamed field breaks version 2");
+    let CatalogError::Breaking(breaking) = &error else {
+        panic!("expected breaking changes, got {error:?}");
+    };
+    let what: Vec<&str> = breaking.0.iter().map(|c| c.what.as_str()).collect();
+    assert_eq!(
+        what,
+        [
+            "field `grams` was removed (or renamed)",
+            "field `weight_grams` was added as required"
+        ]
+    );
+    assert!(
+        breaking
+            .0
+            .iter()
+            .all(|c| c.event == "ParcelRegistered" && c.version == 2)
+    );
+    let message = error.to_string();
+    assert!(
+        message.contains("`ParcelRegistered` version 2: field `grams` was removed (or renamed)"),
+        "{message}"
+    );
+    assert!(
+        message.contains("add version 3 with the change, and an #[upcast] from 2 to 3"),
+        "{message}"
+    );
+    let after = std::fs::read_to_string(dir.path().join("events/ParcelRegistered.v2.schema.json"))
+        .expect("still there");
+    assert_eq!(after, locked, "a refused catalog writes nothing");
+}
+
+#[test]
+fn the_lock_takes_a_compatible_change() {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    Catalog::new("Parcels", "1.0.0")
+        .aggregate::<published::Parcel>()
+        .write_to(dir.path())
+        .expect("a first publication");
+    let extended = Catalog::new("Parcels", "1.1.0").aggregate::<extended::Parcel>();
+    let changes = extended
+        .write_to(dir.path())
+        .expect("an optional field is compatible");
+    let compatible: Vec<String> = changes
+        .iter()
+        .filter(|c| c.severity == Severity::Compatible)
+        .map(ToString::to_string)
+        .collect();
+    assert_eq!(
+        compatible,
+        ["`ParcelRegistered` version 2: field `fragile` was added (optional) (compatible)"]
+    );
+    let updated =
+        std::fs::read_to_string(dir.path().join("events/ParcelRegistered.v2.schema.json"))
+            .expect("written");
+    assert!(updated.contains("fragile"), "the lock is updated");
+    assert!(
+        extended
+            .check(dir.path())
+            .expect("now in the lock")
+            .iter()
+            .all(|c| c.severity != Severity::Breaking)
+    );
+}

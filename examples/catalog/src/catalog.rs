@@ -1,0 +1,12 @@
+//! The examples' catalog: shared by the build script (which writes it) and the tests (which
+//! check it).
+
+use factum::catalog::Catalog;
+
+/// Every example aggregate's events.
+#[must_use]
+pub fn catalog() -> Catalog {
+    Catalog::new("Factum examples", env!("CARGO_PKG_VERSION"))
+        .description("The events of Factum's examples.")
+        .aggregate::<bank::BankAccount>()
+}

@@ -1,0 +1,318 @@
+//! The event catalog: a JSON Schema for every version of every event, an AsyncAPI 3.0 document,
+//! and a Markdown page with a flow diagram, all generated from the compiled Rust types.
+//!
+//! The written catalog is also a lock: once a version of an event is published (its schema file
+//! committed), a later build whose schema for that version changed incompatibly is refused, with
+//! what changed and what to do (add a version and an upcaster). Compatible changes (a new
+//! optional field) update the lock.
+//!
+//! A crate emits its catalog from a build script that has the domain crate as a build
+//! dependency:
+//!
+//! ```rust,ignore
+//! // build.rs, with `[build-dependencies] bank = { path = "../bank" }` and `factum`
+//! use factum::catalog::Catalog;
+//!
+//! fn main() {
+//!     Catalog::new("Bank", env!("CARGO_PKG_VERSION"))
+//!         .aggregate::<bank::BankAccount>()
+//!         .emit_from_build_script("../../schemas");
+//! }
+//! ```
+
+mod asyncapi;
+mod compat;
+mod json;
+mod markdown;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+pub use self::compat::{Change, Severity};
+use crate::aggregate::Aggregate;
+use crate::event::{EventSchema, EventSet};
+
+/// The event catalog of one or more aggregates.
+#[derive(Debug, Clone)]
+pub struct Catalog {
+    title: String,
+    version: String,
+    description: Option<String>,
+    aggregates: BTreeMap<&'static str, AggregateEntry>,
+}
+
+/// One aggregate of the catalog: a stream category, with its commands and events.
+#[derive(Debug, Clone)]
+struct AggregateEntry {
+    commands: Vec<&'static str>,
+    /// Every version of every event, current versions flagged.
+    events: Vec<CatalogEvent>,
+}
+
+/// One version of one event in the catalog.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct CatalogEvent {
+    /// The schema and identity of this version.
+    pub schema: EventSchema,
+    /// Whether this is the version the code writes (the others are read through upcasters).
+    pub current: bool,
+}
+
+impl CatalogEvent {
+    /// The file of this version's schema, relative to the catalog directory.
+    #[must_use]
+    pub fn file(&self) -> PathBuf {
+        schema_file(self.schema.name, self.schema.version)
+    }
+}
+
+fn schema_file(name: &str, version: u32) -> PathBuf {
+    PathBuf::from("events").join(format!("{name}.v{version}.schema.json"))
+}
+
+impl Catalog {
+    /// The catalog file of the AsyncAPI document.
+    pub const ASYNCAPI_FILE: &'static str = "asyncapi.json";
+    /// The catalog file of the Markdown page.
+    pub const MARKDOWN_FILE: &'static str = "catalog.md";
+
+    /// An empty catalog of an application (`title`, `version` go to the AsyncAPI `info`).
+    #[must_use]
+    pub fn new(title: impl Into<String>, version: impl Into<String>) -> Self {
+        Self {
+            title: title.into(),
+            version: version.into(),
+            description: None,
+            aggregates: BTreeMap::new(),
+        }
+    }
+
+    /// A description of the application.
+    #[must_use]
+    pub fn description(mut self, description: impl Into<String>) -> Self {
+        self.description = Some(description.into());
+        self
+    }
+
+    /// Adds an aggregate: its commands, and every version of every event of its set.
+    #[must_use]
+    pub fn aggregate<A: Aggregate>(mut self) -> Self {
+        let mut schemas = Vec::new();
+        A::Event::event_schemas(&mut schemas);
+        let current = A::Event::EVENTS;
+        let mut events: Vec<CatalogEvent> = schemas
+            .into_iter()
+            .map(|schema| CatalogEvent {
+                current: current
+                    .iter()
+                    .any(|e| e.name == schema.name && e.version == schema.version),
+                schema,
+            })
+            .collect();
+        events.sort_by(|a, b| {
+            (a.schema.name, a.schema.version).cmp(&(b.schema.name, b.schema.version))
+        });
+        events.dedup_by(|a, b| {
+            a.schema.name == b.schema.name && a.schema.version == b.schema.version
+        });
+        self.aggregates.insert(
+            A::TYPE,
+            AggregateEntry {
+                commands: A::COMMANDS.to_vec(),
+                events,
+            },
+        );
+        self
+    }
+
+    /// Every event version of the catalog, by aggregate, then name, then version.
+    pub fn events(&self) -> impl Iterator<Item = (&'static str, &CatalogEvent)> {
+        self.aggregates
+            .iter()
+            .flat_map(|(aggregate, entry)| entry.events.iter().map(move |e| (*aggregate, e)))
+    }
+
+    /// The AsyncAPI 3.0 document.
+    #[must_use]
+    pub fn asyncapi(&self) -> serde_json::Value {
+        asyncapi::document(self)
+    }
+
+    /// The Markdown page (events, versions, and a Mermaid flow diagram).
+    #[must_use]
+    pub fn markdown(&self) -> String {
+        markdown::page(self)
+    }
+
+    /// Every file of the catalog, by path relative to the catalog directory, with its content:
+    /// deterministic (sorted keys, no timestamps), so identical code gives identical bytes.
+    #[must_use]
+    pub fn files(&self) -> BTreeMap<PathBuf, String> {
+        let mut files = BTreeMap::new();
+        for (_, event) in self.events() {
+            files.insert(event.file(), json::canonical(&event.schema.schema));
+        }
+        files.insert(
+            PathBuf::from(Self::ASYNCAPI_FILE),
+            json::canonical(&self.asyncapi()),
+        );
+        files.insert(PathBuf::from(Self::MARKDOWN_FILE), self.markdown());
+        files
+    }
+
+    /// Compares the code's schemas with the published ones in `dir` (the lock).
+    ///
+    /// # Errors
+    /// [`CatalogError::Breaking`] listing every incompatible change to a published version;
+    /// [`CatalogError::Io`] or [`CatalogError::InvalidLock`] when the lock cannot be read.
+    pub fn check(&self, dir: impl AsRef<Path>) -> Result<Vec<Change>, CatalogError> {
+        let dir = dir.as_ref();
+        let mut changes = Vec::new();
+        for (_, event) in self.events() {
+            let path = dir.join(event.file());
+            let published = match std::fs::read_to_string(&path) {
+                Ok(text) => text,
+                Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+                    changes.push(Change::new(
+                        event.schema.name,
+                        event.schema.version,
+                        Severity::Added,
+                        "new version, not yet published",
+                    ));
+                    continue;
+                }
+                Err(source) => return Err(CatalogError::Io { path, source }),
+            };
+            let published: serde_json::Value =
+                serde_json::from_str(&published).map_err(|source| CatalogError::InvalidLock {
+                    path: path.clone(),
+                    source,
+                })?;
+            changes.extend(compat::compare(
+                event.schema.name,
+                event.schema.version,
+                &published,
+                &event.schema.schema,
+            ));
+        }
+        let breaking: Vec<Change> = changes
+            .iter()
+            .filter(|c| c.severity == Severity::Breaking)
+            .cloned()
+            .collect();
+        if breaking.is_empty() {
+            Ok(changes)
+        } else {
+            Err(CatalogError::Breaking(BreakingChanges(breaking)))
+        }
+    }
+
+    /// Checks the lock in `dir`, then writes the catalog there (only files whose content
+    /// changed, so that an unchanged catalog leaves the directory untouched).
+    ///
+    /// # Errors
+    /// As [`Catalog::check`] (nothing is written then), or [`CatalogError::Io`].
+    pub fn write_to(&self, dir: impl AsRef<Path>) -> Result<Vec<Change>, CatalogError> {
+        let dir = dir.as_ref();
+        let changes = self.check(dir)?;
+        for (relative, content) in self.files() {
+            let path = dir.join(relative);
+            if std::fs::read_to_string(&path).is_ok_and(|existing| existing == content) {
+                continue;
+            }
+            if let Some(parent) = path.parent() {
+                std::fs::create_dir_all(parent).map_err(|source| CatalogError::Io {
+                    path: parent.to_path_buf(),
+                    source,
+                })?;
+            }
+            std::fs::write(&path, content).map_err(|source| CatalogError::Io { path, source })?;
+        }
+        Ok(changes)
+    }
+
+    /// For a build script: writes the catalog to `dir` (relative to the crate's manifest
+    /// directory), or fails the build with the breaking changes and what to do.
+    pub fn emit_from_build_script(&self, dir: impl AsRef<Path>) {
+        let base = std::env::var_os("CARGO_MANIFEST_DIR").map_or_else(PathBuf::new, PathBuf::from);
+        let dir = base.join(dir);
+        println!("cargo::rerun-if-changed={}", dir.display());
+        match self.write_to(&dir) {
+            Ok(changes) => {
+                for change in changes
+                    .iter()
+                    .filter(|c| c.severity == Severity::Compatible)
+                {
+                    println!("cargo::warning=event catalog updated: {change}");
+                }
+            }
+            Err(error) => {
+                for line in error.to_string().lines() {
+                    println!("cargo::error={line}");
+                }
+            }
+        }
+    }
+}
+
+/// What can go wrong with the catalog.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum CatalogError {
+    /// Published event versions changed incompatibly.
+    #[error("{0}")]
+    Breaking(BreakingChanges),
+
+    /// A published schema is not valid JSON.
+    #[error("the published schema {} is not valid JSON: {source}", path.display())]
+    InvalidLock {
+        /// The file.
+        path: PathBuf,
+        /// The parser's error.
+        #[source]
+        source: serde_json::Error,
+    },
+
+    /// A catalog file could not be read or written.
+    #[error("cannot read or write {}: {source}", path.display())]
+    Io {
+        /// The file or directory.
+        path: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Incompatible changes to published event versions.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BreakingChanges(pub Vec<Change>);
+
+impl fmt::Display for BreakingChanges {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "published event versions changed incompatibly (the catalog's schemas are a lock):"
+        )?;
+        for change in &self.0 {
+            writeln!(f, "  - {change}")?;
+        }
+        let mut versions: Vec<(&str, u32)> = self
+            .0
+            .iter()
+            .map(|c| (c.event.as_str(), c.version))
+            .collect();
+        versions.dedup();
+        for (event, version) in versions {
+            writeln!(
+                f,
+                "  to change `{event}`, keep version {version} as it was (as a type tagged #[event(name = \"{event}\", version = {version})]), add version {} with the change, and an #[upcast] from {version} to {}",
+                version + 1,
+                version + 1
+            )?;
+        }
+        Ok(())
+    }
+}
