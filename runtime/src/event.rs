@@ -32,7 +32,7 @@ use crate::error::DecodeError;
 /// assert_eq!(MoneyDeposited::VERSION, 1);
 /// ```
 ///
-/// Versions above 1 need an upcaster from the previous version (see [`crate::upcast`]).
+/// Versions above 1 need an upcaster from the previous version (see [`crate::upcast`](mod@crate::upcast)).
 #[diagnostic::on_unimplemented(
     message = "`{Self}` is not an event",
     label = "not an event",
