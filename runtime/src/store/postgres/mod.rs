@@ -185,8 +185,9 @@ impl Statements {
                 "SELECT coalesce(max(e.stream_version), 0) FROM {s}.events e WHERE e.stream_id = $1"
             )
             .into(),
+            // The columns line up with the snapshot row of `load_history`.
             load_snapshot: format!(
-                "SELECT stream_id, aggregate_type, stream_version, state_version, state::text, taken_at
+                "SELECT stream_version, aggregate_type, NULL::text, state_version, state::text, taken_at
                  FROM {s}.snapshots WHERE stream_id = $1"
             )
             .into(),
@@ -409,6 +410,22 @@ impl PostgresStore {
         self.read_stream(stream_id, versions).await
     }
 
+    /// The rows of a stream read (`sql` takes the stream and inclusive version bounds).
+    async fn stream_rows(
+        &self,
+        sql: &Arc<str>,
+        stream_id: &str,
+        (from, to): (u64, u64),
+    ) -> Result<Vec<PgRow>> {
+        sqlx::query(AssertSqlSafe(sql.clone()))
+            .bind(stream_id)
+            .bind(to_i64(from))
+            .bind(to_i64(to))
+            .fetch_all(&self.inner.pool)
+            .await
+            .map_err(|e| self.fail(e))
+    }
+
     fn read_rows(&self, rows: &[PgRow], first_column: usize) -> Result<Vec<RecordedEvent>> {
         rows.iter()
             .map(|row| envelope_from_row(row, first_column).map_err(|e| self.fail(e)))
@@ -450,6 +467,24 @@ fn to_u64(value: i64) -> u64 {
 
 fn to_i64(value: u64) -> i64 {
     i64::try_from(value).unwrap_or(i64::MAX)
+}
+
+/// Reads a snapshot's columns starting at `at`: `stream_version, aggregate_type, (unused),
+/// state_version, state, taken_at`.
+fn snapshot_from_row(
+    row: &PgRow,
+    at: usize,
+    stream_id: &str,
+) -> std::result::Result<Snapshot, sqlx::Error> {
+    let mut snapshot = Snapshot::new(
+        stream_id,
+        row.try_get::<String, _>(at + 1)?,
+        to_u64(row.try_get(at)?),
+        u32::try_from(row.try_get::<i32, _>(at + 3)?).unwrap_or(0),
+        Payload::from_stored_json(row.try_get(at + 4)?),
+    );
+    snapshot.taken_at = row.try_get::<DateTime<Utc>, _>(at + 5)?;
+    Ok(snapshot)
 }
 
 /// Reads the stream event columns ([`STREAM_EVENT_COLUMNS`]) starting at `at`, borrowing the
@@ -551,14 +586,13 @@ impl EventStore for PostgresStore {
         stream_id: &str,
         versions: impl RangeBounds<u64> + Send,
     ) -> Result<Vec<RecordedEvent>> {
-        let (from, to) = version_bounds(&versions);
-        let rows = sqlx::query(AssertSqlSafe(self.inner.sql.read_stream.clone()))
-            .bind(stream_id)
-            .bind(to_i64(from))
-            .bind(to_i64(to))
-            .fetch_all(&self.inner.pool)
-            .await
-            .map_err(|e| self.fail(e))?;
+        let rows = self
+            .stream_rows(
+                &self.inner.sql.read_stream,
+                stream_id,
+                version_bounds(&versions),
+            )
+            .await?;
         self.read_rows(&rows, 0)
     }
 
@@ -610,14 +644,13 @@ impl EventStore for PostgresStore {
         stream_id: &str,
         versions: impl RangeBounds<u64> + Send,
     ) -> Result<Vec<StreamEvent>> {
-        let (from, to) = version_bounds(&versions);
-        let rows = sqlx::query(AssertSqlSafe(self.inner.sql.read_stream_events.clone()))
-            .bind(stream_id)
-            .bind(to_i64(from))
-            .bind(to_i64(to))
-            .fetch_all(&self.inner.pool)
-            .await
-            .map_err(|e| self.fail(e))?;
+        let rows = self
+            .stream_rows(
+                &self.inner.sql.read_stream_events,
+                stream_id,
+                version_bounds(&versions),
+            )
+            .await?;
         rows.iter()
             .map(|row| stream_event_from_row(row, 0).map_err(|e| self.fail(e)))
             .collect()
@@ -634,13 +667,9 @@ impl EventStore for PostgresStore {
     {
         if !with_snapshot {
             // The plain stream read is cheaper than the union with the snapshot.
-            let rows = sqlx::query(AssertSqlSafe(self.inner.sql.read_stream_events.clone()))
-                .bind(stream_id)
-                .bind(1_i64)
-                .bind(i64::MAX)
-                .fetch_all(&self.inner.pool)
-                .await
-                .map_err(|e| self.fail(e))?;
+            let rows = self
+                .stream_rows(&self.inner.sql.read_stream_events, stream_id, (1, u64::MAX))
+                .await?;
             for row in &rows {
                 let event = stream_event_ref(row, 0).map_err(|e| self.fail(e))?;
                 visit(HistoryItem::Event(event))?;
@@ -656,14 +685,7 @@ impl EventStore for PostgresStore {
         let mut events = Vec::with_capacity(rows.len());
         for row in &rows {
             if row.try_get::<i32, _>(0).map_err(get)? == 1 {
-                let mut snapshot = Snapshot::new(
-                    stream_id,
-                    row.try_get::<String, _>(2).map_err(get)?,
-                    to_u64(row.try_get(1).map_err(get)?),
-                    u32::try_from(row.try_get::<i32, _>(4).map_err(get)?).unwrap_or(0),
-                    Payload::from_stored_json(row.try_get(5).map_err(get)?),
-                );
-                snapshot.taken_at = row.try_get(6).map_err(get)?;
+                let snapshot = snapshot_from_row(row, 1, stream_id).map_err(get)?;
                 visit(HistoryItem::Snapshot(snapshot))?;
             } else {
                 // Borrowed from the row buffers: nothing is copied before decoding.
@@ -694,21 +716,9 @@ impl EventStore for PostgresStore {
             .fetch_optional(&self.inner.pool)
             .await
             .map_err(|e| self.fail(e))?;
-        let Some(row) = row else {
-            return Ok(None);
-        };
-        let get = |error| self.fail(error);
-        let state: String = row.try_get(4).map_err(get)?;
-        let taken_at: DateTime<Utc> = row.try_get(5).map_err(get)?;
-        let mut snapshot = Snapshot::new(
-            row.try_get::<String, _>(0).map_err(get)?,
-            row.try_get::<String, _>(1).map_err(get)?,
-            to_u64(row.try_get(2).map_err(get)?),
-            u32::try_from(row.try_get::<i32, _>(3).map_err(get)?).unwrap_or(0),
-            Payload::from_stored_json(state),
-        );
-        snapshot.taken_at = taken_at;
-        Ok(Some(snapshot))
+        row.map(|row| snapshot_from_row(&row, 0, stream_id))
+            .transpose()
+            .map_err(|e| self.fail(e))
     }
 
     async fn save_snapshot(&self, snapshot: Snapshot) -> Result<()> {
