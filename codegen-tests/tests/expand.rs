@@ -137,3 +137,18 @@ fn upcaster() {
         }
     ));
 }
+
+#[test]
+fn projection() {
+    insta::assert_snapshot!(render(factum_codegen::projection(
+        quote!(name = "balances", version = 2),
+        quote! {
+            impl Balances {
+                #[handle]
+                async fn deposited(&mut self, event: &MoneyDeposited, envelope: &Envelope, tx: &mut PgConnection) -> Result<(), sqlx::Error> {
+                    Ok(())
+                }
+            }
+        }
+    )));
+}

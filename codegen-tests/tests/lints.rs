@@ -148,8 +148,39 @@ impl Parcel {
     }
 }
 
+/// Where the parcels projection writes (a stand-in for a database connection: the projection
+/// only needs a type to write through).
+#[derive(Debug, Default)]
+pub struct Journal {
+    lines: Vec<String>,
+}
+
+/// The depots parcels went through.
+#[derive(Debug, Default)]
+pub struct DepotLog;
+
+#[factum::projection(name = "depot_log", version = 2)]
+impl DepotLog {
+    #[handle]
+    async fn moved(
+        &mut self,
+        event: &ParcelMoved,
+        envelope: &factum::Envelope,
+        journal: &mut Journal,
+    ) -> Result<(), ParcelError> {
+        journal
+            .lines
+            .push(format!("{} -> {}", envelope.stream_id, event.depot));
+        Ok(())
+    }
+}
+
 #[test]
 fn names_versions_and_dispatch() {
+    use factum::projection::Projection;
+    assert_eq!(DepotLog::EVENT_TYPES, ["logistics.ParcelMoved"]);
+    assert_eq!((DepotLog::NAME, DepotLog::VERSION), ("depot_log", 2));
+
     assert_eq!(ParcelMoved::NAME, "logistics.ParcelMoved");
     assert_eq!(ParcelMoved::VERSION, 3);
     assert_eq!(ParcelRegistered::VERSION, 1);

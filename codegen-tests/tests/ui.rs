@@ -9,4 +9,5 @@ fn ui() {
     t.compile_fail("tests/ui/event_set/*.rs");
     t.compile_fail("tests/ui/aggregate/*.rs");
     t.compile_fail("tests/ui/upcast/*.rs");
+    t.compile_fail("tests/ui/projection/*.rs");
 }

@@ -44,6 +44,21 @@ pub fn upcast(args: TokenStream, input: TokenStream) -> TokenStream {
     factum_codegen::upcast(args.into(), input.into()).into()
 }
 
+/// Makes a read model fed from the global feed: `#[projection(name = "balances", version = 1)]`
+/// on an impl block whose `#[handle]` methods take one event type, its envelope and the batch's
+/// transaction: `async fn on_x(&mut self, event: &X, envelope: &Envelope, tx: &mut PgConnection)
+/// -> Result<(), E>`.
+#[proc_macro_attribute]
+pub fn projection(args: TokenStream, input: TokenStream) -> TokenStream {
+    factum_codegen::projection(args.into(), input.into()).into()
+}
+
+/// Marks a projection handler inside a `#[projection]` impl block (on its own: an error).
+#[proc_macro_attribute]
+pub fn handle(_args: TokenStream, input: TokenStream) -> TokenStream {
+    factum_codegen::stray_marker("handle", input.into()).into()
+}
+
 /// Marks an apply function inside an `#[aggregate]` impl block (on its own: an error).
 #[proc_macro_attribute]
 pub fn apply(_args: TokenStream, input: TokenStream) -> TokenStream {

@@ -42,3 +42,6 @@ pub use crate::event::{
 pub fn encode_event<E: Event>(event: &E) -> Result<Payload, serde_json::Error> {
     Payload::encode(event)
 }
+
+pub use crate::envelope::RecordedEvent;
+pub use crate::projection::{HandlerError, Projection};

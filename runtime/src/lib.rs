@@ -69,6 +69,7 @@ pub mod envelope;
 pub mod error;
 pub mod event;
 pub mod feed;
+pub mod projection;
 pub mod repository;
 pub mod snapshot;
 pub mod store;
@@ -83,7 +84,7 @@ pub mod __private;
 #[doc = include_str!("../../README.md")]
 pub struct ReadmeDoctests;
 
-pub use factum_macros::{aggregate, apply, command, event, upcast};
+pub use factum_macros::{aggregate, apply, command, event, handle, projection, upcast};
 
 pub use crate::aggregate::{Aggregate, Apply, ApplyTo, Handle, HandlerOutput};
 pub use crate::command::CommandContext;

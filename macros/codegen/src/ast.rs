@@ -10,7 +10,7 @@ use syn::{
 
 use crate::attr::{self, AggregateArgs, EventArgs};
 use crate::ctxt::Ctxt;
-use crate::symbol::{APPLY, COMMAND};
+use crate::symbol::{APPLY, COMMAND, HANDLE};
 
 /// What `#[event]` was put on.
 pub enum EventInput {
@@ -45,7 +45,7 @@ pub struct SetVariant {
 
 impl EventInput {
     pub fn from_syn(cx: &Ctxt, args: TokenStream, input: TokenStream) -> Self {
-        let args = attr::event_args(cx, args);
+        let args = attr::event_args(cx, args, "#[event]");
         match syn::parse2::<syn::Item>(input.clone()) {
             Ok(syn::Item::Struct(item)) => {
                 let name = args
@@ -551,5 +551,169 @@ fn upcast_target(ty: &Type) -> Option<Type> {
     match arguments.args.iter().collect::<Vec<_>>().as_slice() {
         [syn::GenericArgument::Type(inner)] => Some(inner.clone()),
         _ => None,
+    }
+}
+
+/// What `#[projection]` was put on: an inherent impl block with `#[handle]` methods.
+pub struct ProjectionInput {
+    /// The impl block, with the `#[handle]` markers removed.
+    pub item: ItemImpl,
+    /// The projection's name.
+    pub name: String,
+    pub version: u32,
+    pub handlers: Vec<HandlerFn>,
+    /// The connection type of the handlers (the first one's).
+    pub connection: Option<Type>,
+}
+
+/// `#[handle] async fn method(&mut self, event: &Event, envelope: &Envelope, tx: &mut Conn)`.
+pub struct HandlerFn {
+    pub method: Ident,
+    pub event: Type,
+    pub connection: Type,
+}
+
+impl ProjectionInput {
+    const USAGE: &'static str = "#[handle] async fn on_event(&mut self, event: &EventType, envelope: &Envelope, tx: &mut PgConnection) -> Result<(), Error>";
+
+    pub fn from_syn(cx: &Ctxt, args: TokenStream, input: TokenStream) -> Result<Self, TokenStream> {
+        let args = attr::event_args(cx, args, "#[projection]");
+        let mut item = match syn::parse2::<ItemImpl>(input.clone()) {
+            Ok(item) => item,
+            Err(_) => {
+                cx.error_spanned_by(
+                    first_token(&input),
+                    "#[projection] goes on an inherent `impl` block of the projection's type, like `#[projection(name = \"balances\")] impl Balances { ... }`",
+                );
+                return Err(input);
+            }
+        };
+        if let Some((path, for_token)) = &item.trait_ {
+            cx.error_spanned_by(
+                quote::quote!(#path #for_token),
+                "#[projection] goes on an inherent `impl` block, not on a trait implementation",
+            );
+        }
+        if !item.generics.params.is_empty() || item.generics.where_clause.is_some() {
+            cx.error_spanned_by(
+                &item.generics,
+                "projections cannot be generic: a checkpoint is kept under one name",
+            );
+        }
+        let name = match (&args.name, type_ident(&item.self_ty)) {
+            (Some(lit), _) => lit.value(),
+            (None, Some(ident)) => ident.to_string(),
+            (None, None) => {
+                cx.error_spanned_by(&item.self_ty, "cannot derive a projection name from this type: name it with `#[projection(name = \"...\")]`");
+                String::new()
+            }
+        };
+        let version = args.version.as_ref().map_or(1, |(version, _)| *version);
+        let mut handlers = Vec::new();
+        let mut marked = 0;
+        for impl_item in &mut item.items {
+            let ImplItem::Fn(method) = impl_item else {
+                continue;
+            };
+            let before = method.attrs.len();
+            method.attrs.retain(|attr| !attr.path().is_ident(HANDLE));
+            if method.attrs.len() == before {
+                continue;
+            }
+            marked += 1;
+            method
+                .attrs
+                .push(syn::parse_quote!(#[allow(clippy::unused_async, clippy::unused_self)]));
+            handlers.extend(HandlerFn::from_method(cx, method));
+        }
+        if marked == 0 {
+            cx.error_spanned_by(
+                &item.self_ty,
+                format!(
+                    "a projection handles at least one event: mark a method `{}`",
+                    Self::USAGE
+                ),
+            );
+        }
+        let connection = handlers.first().map(|h: &HandlerFn| h.connection.clone());
+        Ok(Self {
+            item,
+            name,
+            version,
+            handlers,
+            connection,
+        })
+    }
+}
+
+impl HandlerFn {
+    fn from_method(cx: &Ctxt, method: &ImplItemFn) -> Option<Self> {
+        let usage = ProjectionInput::USAGE;
+        let sig = &method.sig;
+        let mut ok = true;
+        if sig.asyncness.is_none() {
+            cx.error_spanned_by(
+                sig.fn_token,
+                format!("projection handlers are async: `{usage}`"),
+            );
+            ok = false;
+        }
+        if !sig.generics.params.is_empty() {
+            cx.error_spanned_by(
+                &sig.generics,
+                "projection handlers take no generic parameters",
+            );
+            ok = false;
+        }
+        if !matches!(reference_receiver(method), Some((true, _))) {
+            cx.error_spanned_by(
+                receiver_or_name(method),
+                format!("projection handlers take `&mut self`: `{usage}`"),
+            );
+            ok = false;
+        }
+        if matches!(sig.output, ReturnType::Default) {
+            cx.error_spanned_by(
+                &sig.ident,
+                format!("projection handlers return `Result<(), Error>`: `{usage}`"),
+            );
+            ok = false;
+        }
+        let typed: Vec<&syn::PatType> = sig
+            .inputs
+            .iter()
+            .filter_map(|arg| match arg {
+                FnArg::Typed(typed) => Some(typed),
+                FnArg::Receiver(_) => None,
+            })
+            .collect();
+        let [event, _envelope, connection] = typed.as_slice() else {
+            cx.error_spanned_by(&sig.ident, format!("projection handlers take the event, its envelope and the transaction: `{usage}`"));
+            return None;
+        };
+        let Some(event) = shared_reference(&event.ty) else {
+            cx.error_spanned_by(
+                &event.ty,
+                format!("the event is taken by shared reference: `{usage}`"),
+            );
+            return None;
+        };
+        let connection = match &*connection.ty {
+            Type::Reference(reference) if reference.mutability.is_some() => {
+                (*reference.elem).clone()
+            }
+            other => {
+                cx.error_spanned_by(
+                    other,
+                    format!("the transaction is taken by mutable reference: `{usage}`"),
+                );
+                return None;
+            }
+        };
+        ok.then(|| Self {
+            method: sig.ident.clone(),
+            event: event.clone(),
+            connection,
+        })
     }
 }

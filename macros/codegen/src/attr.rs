@@ -64,7 +64,9 @@ pub struct AggregateArgs {
     pub state_version: Option<(u32, LitInt)>,
 }
 
-pub fn event_args(cx: &Ctxt, args: TokenStream) -> EventArgs {
+/// The arguments of `#[event(...)]`, also used by `#[projection(...)]` (`attribute` names it in
+/// messages).
+pub fn event_args(cx: &Ctxt, args: TokenStream, attribute: &str) -> EventArgs {
     let mut name = Attr::none(NAME);
     let mut version = Attr::none(VERSION);
     let mut keys = Vec::new();
@@ -79,7 +81,7 @@ pub fn event_args(cx: &Ctxt, args: TokenStream) -> EventArgs {
                 version.set(cx, &meta.path, parsed);
             }
         } else {
-            unknown_key(cx, &meta, "#[event]", "`name` or `version`")?;
+            unknown_key(cx, &meta, attribute, "`name` or `version`")?;
         }
         Ok(())
     });

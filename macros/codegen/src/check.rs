@@ -2,7 +2,7 @@
 
 use syn::{Fields, Meta};
 
-use crate::ast::{AggregateInput, EventInput, EventSetEnum, EventStruct};
+use crate::ast::{AggregateInput, EventInput, EventSetEnum, EventStruct, ProjectionInput};
 use crate::ctxt::{Ctxt, tokens_key};
 
 /// The derives `#[event]` adds itself.
@@ -180,6 +180,32 @@ pub fn aggregate(cx: &Ctxt, input: &AggregateInput) {
             );
         } else {
             handled.push((key, &command.method));
+        }
+    }
+}
+
+pub fn projection(cx: &Ctxt, input: &ProjectionInput) {
+    let mut handled: Vec<(String, &syn::Ident)> = Vec::new();
+    for handler in &input.handlers {
+        let key = tokens_key(&handler.event);
+        if let Some((_, first)) = handled.iter().find(|(k, _)| *k == key) {
+            cx.error_spanned_by(
+                &handler.event,
+                format!("`{key}` already has a handler (`{first}`): merge them into one"),
+            );
+        } else {
+            handled.push((key, &handler.method));
+        }
+    }
+    if let Some(first) = &input.connection {
+        let expected = tokens_key(first);
+        for handler in &input.handlers {
+            if tokens_key(&handler.connection) != expected {
+                cx.error_spanned_by(
+                    &handler.connection,
+                    format!("every handler of a projection writes through the same connection type: `{expected}`"),
+                );
+            }
         }
     }
 }

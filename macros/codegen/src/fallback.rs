@@ -61,9 +61,13 @@ pub fn aggregate(input: Result<&AggregateInput, &TokenStream>, errors: &syn::Err
 
 /// `#[apply]` or `#[command]` outside an `#[aggregate]` impl block.
 pub fn stray_marker(marker: &str, item: TokenStream) -> TokenStream {
-    let message = format!(
-        "`#[{marker}]` only marks a method of an `#[aggregate(events = ...)]` impl block; put `#[aggregate]` on the impl block"
-    );
+    let message = if marker == "handle" {
+        "`#[handle]` only marks a method of a `#[projection]` impl block; put `#[projection]` on the impl block".to_owned()
+    } else {
+        format!(
+            "`#[{marker}]` only marks a method of an `#[aggregate(events = ...)]` impl block; put `#[aggregate]` on the impl block"
+        )
+    };
     let error = syn::Error::new(proc_macro2::Span::call_site(), message).to_compile_error();
     quote! {
         #error
@@ -80,7 +84,7 @@ pub fn upcast(item: Option<&syn::ItemFn>, errors: &syn::Error) -> TokenStream {
     }
 }
 
-/// `#[upcast]` on something that is not a function.
+/// The errors, and the item as written (without our markers).
 pub fn upcast_tokens(tokens: &TokenStream, errors: &syn::Error) -> TokenStream {
     let errors = errors.to_compile_error();
     quote! {

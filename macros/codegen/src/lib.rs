@@ -15,12 +15,13 @@ mod ctxt;
 mod event;
 mod event_set;
 mod fallback;
+mod projection;
 mod symbol;
 mod upcast;
 
 use proc_macro2::TokenStream;
 
-use crate::ast::{AggregateInput, EventInput, UpcastFn};
+use crate::ast::{AggregateInput, EventInput, ProjectionInput, UpcastFn};
 use crate::ctxt::Ctxt;
 
 /// `#[event]` on a struct (one event) or on an enum of events (an event set).
@@ -61,6 +62,24 @@ pub fn upcast(args: TokenStream, input: TokenStream) -> TokenStream {
         (Ok(()), Ok(upcast)) => upcast::expand(upcast),
         (Ok(()), Err(tokens)) => tokens.clone(),
         (Err(errors), Ok(upcast)) => fallback::upcast(Some(&upcast.item), &errors),
+        (Err(errors), Err(tokens)) => fallback::upcast_tokens(tokens, &errors),
+    }
+}
+
+/// `#[projection(name = ..., version = ...)]` on an inherent impl block with `#[handle]` methods.
+#[must_use]
+pub fn projection(args: TokenStream, input: TokenStream) -> TokenStream {
+    let cx = Ctxt::new();
+    let input = ProjectionInput::from_syn(&cx, args, input);
+    if let Ok(input) = &input {
+        check::projection(&cx, input);
+    }
+    match (cx.check(), &input) {
+        (Ok(()), Ok(input)) => projection::expand(input),
+        (Ok(()), Err(tokens)) => tokens.clone(),
+        (Err(errors), Ok(input)) => {
+            fallback::upcast_tokens(&quote::ToTokens::to_token_stream(&input.item), &errors)
+        }
         (Err(errors), Err(tokens)) => fallback::upcast_tokens(tokens, &errors),
     }
 }

@@ -7,3 +7,4 @@ pub const IGNORE: &str = "ignore";
 pub const APPLY: &str = "apply";
 pub const COMMAND: &str = "command";
 pub const STATE_VERSION: &str = "state_version";
+pub const HANDLE: &str = "handle";

@@ -16,11 +16,18 @@ struct Migration {
     sql: &'static str,
 }
 
-const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "event_store",
-    sql: include_str!("../../../migrations/postgres/0001_event_store.sql"),
-}];
+const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "event_store",
+        sql: include_str!("../../../migrations/postgres/0001_event_store.sql"),
+    },
+    Migration {
+        version: 2,
+        name: "projections",
+        sql: include_str!("../../../migrations/postgres/0002_projections.sql"),
+    },
+];
 
 /// FNV-1a: a stable checksum of a migration's text (not a security measure).
 fn checksum(text: &str) -> String {

@@ -1,0 +1,52 @@
+use factum::{projection, Envelope, event};
+
+#[event]
+pub struct Deposited {
+    pub cents: i64,
+}
+
+#[event]
+pub struct Withdrawn {
+    pub cents: i64,
+}
+
+pub struct Connection;
+pub struct OtherConnection;
+
+#[derive(Debug)]
+pub struct Failed;
+
+impl std::fmt::Display for Failed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("failed")
+    }
+}
+
+impl std::error::Error for Failed {}
+
+pub struct Balances;
+
+#[projection(name = "balances")]
+impl Balances {
+    #[handle]
+    fn not_async(&mut self, _event: &Deposited, _envelope: &Envelope, _tx: &mut Connection) -> Result<(), Failed> {
+        Ok(())
+    }
+
+    #[handle]
+    async fn by_value(&mut self, _event: Withdrawn, _envelope: &Envelope, _tx: &mut Connection) -> Result<(), Failed> {
+        Ok(())
+    }
+
+    #[handle]
+    async fn no_transaction(&mut self, _event: &Withdrawn, _envelope: &Envelope) -> Result<(), Failed> {
+        Ok(())
+    }
+
+    #[handle]
+    async fn shared_self(&self, _event: &Withdrawn, _envelope: &Envelope, _tx: &mut Connection) -> Result<(), Failed> {
+        Ok(())
+    }
+}
+
+fn main() {}

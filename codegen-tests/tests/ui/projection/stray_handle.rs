@@ -1,0 +1,36 @@
+use factum::{projection, Envelope, event};
+
+#[event]
+pub struct Deposited {
+    pub cents: i64,
+}
+
+#[event]
+pub struct Withdrawn {
+    pub cents: i64,
+}
+
+pub struct Connection;
+pub struct OtherConnection;
+
+#[derive(Debug)]
+pub struct Failed;
+
+impl std::fmt::Display for Failed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("failed")
+    }
+}
+
+impl std::error::Error for Failed {}
+
+pub struct Balances;
+
+impl Balances {
+    #[factum::handle]
+    async fn deposited(&mut self, _event: &Deposited, _envelope: &Envelope, _tx: &mut Connection) -> Result<(), Failed> {
+        Ok(())
+    }
+}
+
+fn main() {}

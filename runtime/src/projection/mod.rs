@@ -1,0 +1,107 @@
+//! Projections: read models fed from the global feed, with an exactly-once effect.
+//!
+//! `#[projection]` on an impl block turns methods marked `#[handle]` (each taking one event type,
+//! its envelope and the batch's transaction) into a [`Projection`]: the list of event types to
+//! read (the store filters them) and the dispatch. The runner ([`ProjectionRunner`], PostgreSQL)
+//! commits each batch of handler writes together with the projection's checkpoint, and skips
+//! events at or below the checkpoint: delivery is at least once, the effect exactly once.
+
+use std::future::Future;
+
+use crate::envelope::RecordedEvent;
+
+#[cfg(feature = "postgres")]
+mod runner;
+
+#[cfg(feature = "postgres")]
+pub use runner::{ProjectionRunner, ProjectionStatus, RunnerError};
+
+/// A read model fed from the global feed. Implemented by `#[projection]`.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` is not a projection",
+    label = "not a projection",
+    note = "annotate an `impl` block with `#[factum::projection(name = \"...\")]`"
+)]
+pub trait Projection: Send + 'static {
+    /// The projection's stable name (its checkpoint is kept under it).
+    const NAME: &'static str;
+    /// The projection's version: bump it to rebuild from the start.
+    const VERSION: u32;
+    /// The event types it handles; the store sends only these.
+    const EVENT_TYPES: &'static [&'static str];
+
+    /// The database connection its handlers write with, inside the batch's transaction.
+    type Connection: Send;
+
+    /// Handles one stored event (decoding and upcasting it to the handler's type).
+    ///
+    /// # Errors
+    /// [`HandlerError`]: the event does not decode, or the handler failed.
+    fn handle<'a>(
+        &'a mut self,
+        event: &'a RecordedEvent,
+        connection: &'a mut Self::Connection,
+    ) -> impl Future<Output = Result<(), HandlerError>> + Send + 'a;
+}
+
+/// Why a projection could not handle an event.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum HandlerError {
+    /// The stored event does not decode into the handler's type: retrying cannot help.
+    #[error("event {stream_id}@{stream_version} does not decode: {cause}")]
+    Decode {
+        /// The stream.
+        stream_id: String,
+        /// The version.
+        stream_version: u64,
+        /// Why.
+        #[source]
+        cause: crate::error::DecodeError,
+    },
+
+    /// The handler returned an error (a database error, a broken invariant of the read model).
+    #[error("the handler failed on {stream_id}@{stream_version}: {cause}")]
+    Handler {
+        /// The stream.
+        stream_id: String,
+        /// The version.
+        stream_version: u64,
+        /// The handler's error.
+        #[source]
+        cause: Box<dyn std::error::Error + Send + Sync>,
+    },
+}
+
+impl HandlerError {
+    /// A decoding failure of `event`. Used by generated code.
+    #[doc(hidden)]
+    #[must_use]
+    pub fn decode(event: &RecordedEvent, cause: crate::error::DecodeError) -> Self {
+        Self::Decode {
+            stream_id: event.stream_id.clone(),
+            stream_version: event.stream_version,
+            cause,
+        }
+    }
+
+    /// A handler failure on `event`. Used by generated code.
+    #[doc(hidden)]
+    #[must_use]
+    pub fn handler(
+        event: &RecordedEvent,
+        cause: impl Into<Box<dyn std::error::Error + Send + Sync>>,
+    ) -> Self {
+        Self::Handler {
+            stream_id: event.stream_id.clone(),
+            stream_version: event.stream_version,
+            cause: cause.into(),
+        }
+    }
+
+    /// Whether a retry may succeed (a handler error may be transient; a decoding error is not).
+    #[must_use]
+    pub fn is_transient(&self) -> bool {
+        matches!(self, Self::Handler { .. })
+    }
+}
