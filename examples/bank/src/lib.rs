@@ -5,6 +5,7 @@
 //! closed account takes no more money.
 
 pub mod legacy;
+pub mod projections;
 
 use factum::{aggregate, event};
 use schemars::JsonSchema;

@@ -9,4 +9,5 @@ pub fn catalog() -> Catalog {
     Catalog::new("Factum examples", env!("CARGO_PKG_VERSION"))
         .description("The events of Factum's examples.")
         .aggregate::<bank::BankAccount>()
+        .projection::<bank::projections::AccountBalances>()
 }

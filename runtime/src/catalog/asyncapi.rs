@@ -66,6 +66,33 @@ pub fn document(catalog: &Catalog) -> Value {
         );
     }
 
+    for consumer in &catalog.consumers {
+        for (aggregate, entry) in &catalog.aggregates {
+            let received: Vec<Value> = entry
+                .events
+                .iter()
+                .filter(|e| e.current && consumer.event_types.contains(&e.schema.name))
+                .map(|e| json!({ "$ref": format!("#/channels/{aggregate}/messages/{}", message_name(e)) }))
+                .collect();
+            if received.is_empty() {
+                continue;
+            }
+            operations.insert(
+                format!("{}.{}.v{}.{aggregate}", consumer.kind, consumer.name, consumer.version),
+                json!({
+                    "action": "receive",
+                    "channel": { "$ref": format!("#/channels/{aggregate}") },
+                    "title": format!("{} `{}` v{}", consumer.kind, consumer.name, consumer.version),
+                    "summary": format!(
+                        "The {} `{}` (version {}) reads these events of `{aggregate}` streams from the global feed.",
+                        consumer.kind, consumer.name, consumer.version
+                    ),
+                    "messages": received,
+                }),
+            );
+        }
+    }
+
     let mut info = json!({ "title": catalog.title, "version": catalog.version });
     if let Some(description) = &catalog.description {
         info["description"] = json!(description);

@@ -39,6 +39,21 @@ pub fn page(catalog: &Catalog) -> String {
             );
         }
     }
+    for consumer in &catalog.consumers {
+        let consumer_node = node(consumer.kind, consumer.name);
+        let _ = writeln!(
+            page,
+            "    {consumer_node}[(\"{} {} v{}\")]",
+            consumer.kind, consumer.name, consumer.version
+        );
+        for event_type in &consumer.event_types {
+            let _ = writeln!(
+                page,
+                "    {} --> {consumer_node}",
+                node("event", event_type)
+            );
+        }
+    }
     page.push_str("```\n");
     for (aggregate, entry) in &catalog.aggregates {
         let _ = writeln!(page, "\n## {aggregate}\n");

@@ -40,6 +40,17 @@ pub struct Catalog {
     version: String,
     description: Option<String>,
     aggregates: BTreeMap<&'static str, AggregateEntry>,
+    /// Consumers of events (projections): name, version, and the event types they read.
+    consumers: Vec<Consumer>,
+}
+
+/// A projection (and later a saga) in the catalog.
+#[derive(Debug, Clone)]
+struct Consumer {
+    kind: &'static str,
+    name: &'static str,
+    version: u32,
+    event_types: Vec<&'static str>,
 }
 
 /// One aggregate of the catalog: a stream category, with its commands and events.
@@ -86,6 +97,7 @@ impl Catalog {
             version: version.into(),
             description: None,
             aggregates: BTreeMap::new(),
+            consumers: Vec::new(),
         }
     }
 
@@ -124,6 +136,19 @@ impl Catalog {
                 events,
             },
         );
+        self
+    }
+
+    /// Adds a projection: an operation receiving its events, and arrows in the flow diagram.
+    #[must_use]
+    pub fn projection<P: crate::projection::Projection>(mut self) -> Self {
+        self.consumers.push(Consumer {
+            kind: "projection",
+            name: P::NAME,
+            version: P::VERSION,
+            event_types: P::EVENT_TYPES.to_vec(),
+        });
+        self.consumers.sort_by_key(|c| (c.kind, c.name, c.version));
         self
     }
 
