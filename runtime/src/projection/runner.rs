@@ -57,7 +57,10 @@ pub struct ProjectionStatus {
 /// # ) -> Result<(), factum::projection::RunnerError> {
 /// use factum::projection::ProjectionRunner;
 ///
-/// let shutdown = async { tokio::signal::ctrl_c().await.ok(); };
+/// let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+/// // Elsewhere, on SIGTERM: `stop.send(())`.
+/// # drop(stop);
+/// let shutdown = async { stopped.await.ok(); };
 /// ProjectionRunner::new(store, projection).batch_size(500).run(shutdown).await?;
 /// # Ok(()) }
 /// ```
