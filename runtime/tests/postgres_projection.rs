@@ -217,7 +217,14 @@ async fn a_redelivered_batch_has_no_second_effect() {
         )
         .await
         .unwrap();
-    let batch = store.read_feed(&FeedQuery::from_start()).await.unwrap();
+    // Other tests' open transactions may hold the feed back for a moment.
+    let batch = loop {
+        let batch = store.read_feed(&FeedQuery::from_start()).await.unwrap();
+        if batch.events.len() == 2 {
+            break batch;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    };
     let mut runner = ProjectionRunner::new(store.another_client().await.unwrap(), balances(&table));
     assert_eq!(
         runner.apply_batch(&batch.events, batch.next).await.unwrap(),
@@ -270,7 +277,7 @@ async fn a_failing_handler_rolls_its_batch_back_and_is_retried() {
     );
 
     // A handler that keeps failing stops the runner; nothing of its batch is applied.
-    store
+    let pending = store
         .append(
             "acc-1",
             "Account",
@@ -279,7 +286,6 @@ async fn a_failing_handler_rolls_its_batch_back_and_is_retried() {
         )
         .await
         .unwrap();
-    let before = runner.checkpoint().await.unwrap();
     failures.store(100, Ordering::SeqCst);
     let error = runner.catch_up().await.unwrap_err();
     assert!(
@@ -296,7 +302,8 @@ async fn a_failing_handler_rolls_its_batch_back_and_is_retried() {
         error.to_string().contains("the read model is unavailable"),
         "{error}"
     );
-    assert_eq!(runner.checkpoint().await.unwrap(), before);
+    // The checkpoint may have moved over empty stretches of the feed, never onto the batch.
+    assert!(runner.checkpoint().await.unwrap() < pending[0].feed_position());
     assert_eq!(
         read_model(&store, &table).await,
         [("acc-1".to_owned(), 6, 3)]
