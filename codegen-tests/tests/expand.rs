@@ -152,3 +152,29 @@ fn projection() {
         }
     )));
 }
+
+#[test]
+fn projection_with_flush() {
+    insta::assert_snapshot!(render(factum_codegen::projection(
+        quote!(name = "balances"),
+        quote! {
+            impl Balances {
+                #[handle]
+                async fn deposited(&mut self, event: &MoneyDeposited, envelope: &Envelope, _tx: &mut PgConnection) -> Result<(), sqlx::Error> {
+                    self.pending.push(event.cents);
+                    Ok(())
+                }
+
+                #[flush]
+                async fn flush(&mut self, tx: &mut PgConnection) -> Result<(), sqlx::Error> {
+                    write(tx, &self.pending).await
+                }
+
+                #[discard]
+                fn discard(&mut self) {
+                    self.pending.clear();
+                }
+            }
+        }
+    )));
+}

@@ -155,9 +155,11 @@ pub struct Journal {
     lines: Vec<String>,
 }
 
-/// The depots parcels went through.
+/// The depots parcels went through (buffered per batch, written by the flush).
 #[derive(Debug, Default)]
-pub struct DepotLog;
+pub struct DepotLog {
+    pending: Vec<String>,
+}
 
 #[factum::projection(name = "depot_log", version = 2)]
 impl DepotLog {
@@ -168,10 +170,21 @@ impl DepotLog {
         envelope: &factum::Envelope,
         journal: &mut Journal,
     ) -> Result<(), ParcelError> {
-        journal
-            .lines
+        journal.lines.push(format!("moved {}", envelope.stream_id));
+        self.pending
             .push(format!("{} -> {}", envelope.stream_id, event.depot));
         Ok(())
+    }
+
+    #[flush]
+    async fn flush(&mut self, journal: &mut Journal) -> Result<(), ParcelError> {
+        journal.lines.append(&mut self.pending);
+        Ok(())
+    }
+
+    #[discard]
+    fn discard(&mut self) {
+        self.pending.clear();
     }
 }
 
@@ -231,4 +244,43 @@ fn names_versions_and_dispatch() {
             depot: "X".to_owned(),
         })
         .then_error(ParcelError::Delivered);
+}
+
+#[tokio::test]
+async fn the_projection_writes_at_the_flush_and_discards_a_dropped_batch() {
+    use factum::projection::Projection;
+    use factum::{CommandContext, EventStore, ExpectedVersion, FeedQuery, MemoryStore, NewEvent};
+
+    let store = MemoryStore::new();
+    let moved = |depot: &str| {
+        let event = ParcelEvent::Moved(ParcelMoved {
+            depot: depot.to_owned(),
+        });
+        NewEvent::from_event(&event, &CommandContext::new()).unwrap()
+    };
+    store
+        .append(
+            "T1",
+            "Parcel",
+            ExpectedVersion::Any,
+            vec![moved("A"), moved("B")],
+        )
+        .await
+        .unwrap();
+    let events = store
+        .read_feed(&FeedQuery::from_start())
+        .await
+        .unwrap()
+        .events;
+
+    let mut log = DepotLog::default();
+    let mut journal = Journal::default();
+    log.handle(&events[0], &mut journal).await.unwrap();
+    log.discard(); // the batch was rolled back
+    for event in &events {
+        log.handle(event, &mut journal).await.unwrap();
+    }
+    assert_eq!(journal.lines, ["moved T1", "moved T1", "moved T1"]);
+    log.flush(&mut journal).await.unwrap();
+    assert_eq!(journal.lines[3..], ["T1 -> A", "T1 -> B"]);
 }

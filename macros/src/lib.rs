@@ -59,6 +59,20 @@ pub fn handle(_args: TokenStream, input: TokenStream) -> TokenStream {
     factum_codegen::stray_marker("handle", input.into()).into()
 }
 
+/// Marks the method of a `#[projection]` that writes what its handlers buffered, once per batch,
+/// in the batch's transaction (on its own: an error).
+#[proc_macro_attribute]
+pub fn flush(_args: TokenStream, input: TokenStream) -> TokenStream {
+    factum_codegen::stray_marker("flush", input.into()).into()
+}
+
+/// Marks the method of a `#[projection]` that drops what its handlers buffered, called before
+/// every batch (on its own: an error).
+#[proc_macro_attribute]
+pub fn discard(_args: TokenStream, input: TokenStream) -> TokenStream {
+    factum_codegen::stray_marker("discard", input.into()).into()
+}
+
 /// Marks an apply function inside an `#[aggregate]` impl block (on its own: an error).
 #[proc_macro_attribute]
 pub fn apply(_args: TokenStream, input: TokenStream) -> TokenStream {

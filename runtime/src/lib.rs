@@ -84,7 +84,9 @@ pub mod __private;
 #[doc = include_str!("../../README.md")]
 pub struct ReadmeDoctests;
 
-pub use factum_macros::{aggregate, apply, command, event, handle, projection, upcast};
+pub use factum_macros::{
+    aggregate, apply, command, discard, event, flush, handle, projection, upcast,
+};
 
 pub use crate::aggregate::{Aggregate, Apply, ApplyTo, Handle, HandlerOutput};
 pub use crate::command::CommandContext;

@@ -10,7 +10,7 @@ use syn::{
 
 use crate::attr::{self, AggregateArgs, EventArgs};
 use crate::ctxt::Ctxt;
-use crate::symbol::{APPLY, COMMAND, HANDLE};
+use crate::symbol::{APPLY, COMMAND, DISCARD, FLUSH, HANDLE};
 
 /// What `#[event]` was put on.
 pub enum EventInput {
@@ -133,10 +133,25 @@ pub struct CommandFn {
     pub output: Type,
 }
 
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, PartialEq, Eq)]
 enum Marker {
     Apply,
     Command,
+    Handle,
+    Flush,
+    Discard,
+}
+
+impl Marker {
+    fn key(self) -> &'static str {
+        match self {
+            Self::Apply => APPLY,
+            Self::Command => COMMAND,
+            Self::Handle => HANDLE,
+            Self::Flush => FLUSH,
+            Self::Discard => DISCARD,
+        }
+    }
 }
 
 impl AggregateInput {
@@ -179,7 +194,12 @@ impl AggregateInput {
             let ImplItem::Fn(method) = impl_item else {
                 continue;
             };
-            let marker = take_marker(cx, method);
+            let marker = take_marker(
+                cx,
+                method,
+                &[Marker::Apply, Marker::Command],
+                "a method is either `#[apply]` (changes state) or `#[command]` (decides events), not both",
+            );
             if marker.is_some() {
                 // The framework imposes these signatures (`&self`, the message by reference, a
                 // `Result`), so lints against them would only be noise in the user's crate.
@@ -192,7 +212,7 @@ impl AggregateInput {
             match marker {
                 Some(Marker::Apply) => applies.extend(ApplyFn::from_method(cx, method)),
                 Some(Marker::Command) => commands.extend(CommandFn::from_method(cx, method)),
-                None => {}
+                _ => {}
             }
         }
         Ok(Self {
@@ -220,24 +240,33 @@ fn type_ident(ty: &Type) -> Option<&Ident> {
     }
 }
 
-/// Removes our `#[apply]` / `#[command]` markers from a method and returns the one it had.
-fn take_marker(cx: &Ctxt, method: &mut ImplItemFn) -> Option<Marker> {
+/// Removes our markers (those of `allowed`) from a method and returns the one it had; `roles`
+/// explains, when a method has two, that it can have only one.
+fn take_marker(
+    cx: &Ctxt,
+    method: &mut ImplItemFn,
+    allowed: &[Marker],
+    roles: &str,
+) -> Option<Marker> {
     let mut found = None;
     let mut kept = Vec::with_capacity(method.attrs.len());
     for attr in std::mem::take(&mut method.attrs) {
-        let (marker, key) = if attr.path().is_ident(APPLY) {
-            (Marker::Apply, APPLY)
-        } else if attr.path().is_ident(COMMAND) {
-            (Marker::Command, COMMAND)
-        } else {
+        let Some(marker) = allowed
+            .iter()
+            .copied()
+            .find(|m| attr.path().is_ident(m.key()))
+        else {
             kept.push(attr);
             continue;
         };
         if !matches!(attr.meta, syn::Meta::Path(_)) {
-            cx.error_spanned_by(&attr.meta, format!("`#[{key}]` takes no arguments"));
+            cx.error_spanned_by(
+                &attr.meta,
+                format!("`#[{}]` takes no arguments", marker.key()),
+            );
         }
         if found.is_some() {
-            cx.error_spanned_by(&attr, "a method is either `#[apply]` (changes state) or `#[command]` (decides events), not both");
+            cx.error_spanned_by(&attr, roles);
         } else {
             found = Some(marker);
         }
@@ -554,15 +583,19 @@ fn upcast_target(ty: &Type) -> Option<Type> {
     }
 }
 
-/// What `#[projection]` was put on: an inherent impl block with `#[handle]` methods.
+/// What `#[projection]` was put on: an inherent impl block with `#[handle]` methods, and
+/// optionally the `#[flush]` and `#[discard]` methods of a projection that buffers its writes.
 pub struct ProjectionInput {
-    /// The impl block, with the `#[handle]` markers removed.
+    /// The impl block, with the markers removed.
     pub item: ItemImpl,
     /// The projection's name.
     pub name: String,
     pub version: u32,
     pub handlers: Vec<HandlerFn>,
-    /// The connection type of the handlers (the first one's).
+    pub flush: Option<FlushFn>,
+    /// The `#[discard]` method.
+    pub discard: Option<Ident>,
+    /// The connection type of the handlers (the first one's, else the flush's).
     pub connection: Option<Type>,
 }
 
@@ -570,6 +603,12 @@ pub struct ProjectionInput {
 pub struct HandlerFn {
     pub method: Ident,
     pub event: Type,
+    pub connection: Type,
+}
+
+/// `#[flush] async fn method(&mut self, tx: &mut Conn) -> Result<(), E>`.
+pub struct FlushFn {
+    pub method: Ident,
     pub connection: Type,
 }
 
@@ -611,20 +650,63 @@ impl ProjectionInput {
         let version = args.version.as_ref().map_or(1, |(version, _)| *version);
         let mut handlers = Vec::new();
         let mut marked = 0;
+        let mut flush: Option<FlushFn> = None;
+        let mut discard: Option<Ident> = None;
+        // The first method marked `#[flush]` / `#[discard]`, valid or not.
+        let (mut flush_marked, mut discard_marked): (Option<Ident>, Option<Ident>) = (None, None);
         for impl_item in &mut item.items {
             let ImplItem::Fn(method) = impl_item else {
                 continue;
             };
-            let before = method.attrs.len();
-            method.attrs.retain(|attr| !attr.path().is_ident(HANDLE));
-            if method.attrs.len() == before {
+            let Some(marker) = take_marker(
+                cx,
+                method,
+                &[Marker::Handle, Marker::Flush, Marker::Discard],
+                "a method has one role in a projection: `#[handle]`, `#[flush]` or `#[discard]`",
+            ) else {
                 continue;
-            }
-            marked += 1;
+            };
             method
                 .attrs
                 .push(syn::parse_quote!(#[allow(clippy::unused_async, clippy::unused_self)]));
-            handlers.extend(HandlerFn::from_method(cx, method));
+            let ident = &method.sig.ident;
+            match marker {
+                Marker::Handle => {
+                    marked += 1;
+                    handlers.extend(HandlerFn::from_method(cx, method));
+                }
+                Marker::Flush => {
+                    if let Some(first) = &flush_marked {
+                        cx.error_spanned_by(
+                            ident,
+                            format!("a projection has one `#[flush]` method, and `{first}` is it: merge them"),
+                        );
+                    } else {
+                        flush_marked = Some(ident.clone());
+                        flush = FlushFn::from_method(cx, method);
+                    }
+                }
+                Marker::Discard => {
+                    if let Some(first) = &discard_marked {
+                        cx.error_spanned_by(
+                            ident,
+                            format!("a projection has one `#[discard]` method, and `{first}` is it: merge them"),
+                        );
+                    } else {
+                        discard_marked = Some(ident.clone());
+                        if discard_signature(cx, method) {
+                            discard = Some(ident.clone());
+                        }
+                    }
+                }
+                Marker::Apply | Marker::Command => {}
+            }
+        }
+        if let (Some(flush), None) = (&flush_marked, &discard_marked) {
+            cx.error_spanned_by(
+                flush,
+                "a projection that buffers writes until `#[flush]` says how to drop a rolled-back batch's buffer: add `#[discard] fn discard(&mut self)` (called before every batch)",
+            );
         }
         if marked == 0 {
             cx.error_spanned_by(
@@ -635,15 +717,125 @@ impl ProjectionInput {
                 ),
             );
         }
-        let connection = handlers.first().map(|h: &HandlerFn| h.connection.clone());
+        let connection = handlers
+            .first()
+            .map(|h: &HandlerFn| h.connection.clone())
+            .or_else(|| flush.as_ref().map(|f| f.connection.clone()));
         Ok(Self {
             item,
             name,
             version,
             handlers,
+            flush,
+            discard,
             connection,
         })
     }
+}
+
+impl FlushFn {
+    const USAGE: &'static str =
+        "#[flush] async fn flush(&mut self, tx: &mut PgConnection) -> Result<(), Error>";
+
+    fn from_method(cx: &Ctxt, method: &ImplItemFn) -> Option<Self> {
+        let usage = Self::USAGE;
+        let sig = &method.sig;
+        let mut ok = true;
+        if sig.asyncness.is_none() {
+            cx.error_spanned_by(sig.fn_token, format!("`#[flush]` is async: `{usage}`"));
+            ok = false;
+        }
+        if !sig.generics.params.is_empty() {
+            cx.error_spanned_by(&sig.generics, "`#[flush]` takes no generic parameters");
+            ok = false;
+        }
+        if !matches!(reference_receiver(method), Some((true, _))) {
+            cx.error_spanned_by(
+                receiver_or_name(method),
+                format!("`#[flush]` takes `&mut self`: `{usage}`"),
+            );
+            ok = false;
+        }
+        if matches!(sig.output, ReturnType::Default) {
+            cx.error_spanned_by(
+                &sig.ident,
+                format!("`#[flush]` returns `Result<(), Error>`: `{usage}`"),
+            );
+            ok = false;
+        }
+        let typed: Vec<&syn::PatType> = typed_inputs(sig);
+        let [connection] = typed.as_slice() else {
+            cx.error_spanned_by(
+                &sig.ident,
+                format!("`#[flush]` takes the batch's transaction: `{usage}`"),
+            );
+            return None;
+        };
+        let Type::Reference(reference) = &*connection.ty else {
+            cx.error_spanned_by(
+                &connection.ty,
+                format!("the transaction is taken by mutable reference: `{usage}`"),
+            );
+            return None;
+        };
+        if reference.mutability.is_none() {
+            cx.error_spanned_by(
+                &connection.ty,
+                format!("the transaction is taken by mutable reference: `{usage}`"),
+            );
+            return None;
+        }
+        ok.then(|| Self {
+            method: sig.ident.clone(),
+            connection: (*reference.elem).clone(),
+        })
+    }
+}
+
+/// Checks `#[discard] fn discard(&mut self)`.
+fn discard_signature(cx: &Ctxt, method: &ImplItemFn) -> bool {
+    const USAGE: &str = "#[discard] fn discard(&mut self)";
+    let sig = &method.sig;
+    let mut ok = true;
+    if let Some(asyncness) = sig.asyncness {
+        cx.error_spanned_by(
+            asyncness,
+            format!("`#[discard]` only clears memory, it is not async: `{USAGE}`"),
+        );
+        ok = false;
+    }
+    if !matches!(reference_receiver(method), Some((true, _))) {
+        cx.error_spanned_by(
+            receiver_or_name(method),
+            format!("`#[discard]` takes `&mut self`: `{USAGE}`"),
+        );
+        ok = false;
+    }
+    if !sig.generics.params.is_empty() || !typed_inputs(sig).is_empty() {
+        cx.error_spanned_by(
+            &sig.ident,
+            format!("`#[discard]` takes only `&mut self`: `{USAGE}`"),
+        );
+        ok = false;
+    }
+    if !matches!(sig.output, ReturnType::Default) {
+        cx.error_spanned_by(
+            &sig.output,
+            format!("`#[discard]` returns nothing: `{USAGE}`"),
+        );
+        ok = false;
+    }
+    ok
+}
+
+fn typed_inputs(sig: &syn::Signature) -> Vec<&syn::PatType> {
+    sig.inputs
+        .iter()
+        .filter_map(|arg| match arg {
+            FnArg::Typed(typed) => Some(typed),
+            FnArg::Receiver(_) => None,
+        })
+        .collect()
 }
 
 impl HandlerFn {
@@ -679,14 +871,7 @@ impl HandlerFn {
             );
             ok = false;
         }
-        let typed: Vec<&syn::PatType> = sig
-            .inputs
-            .iter()
-            .filter_map(|arg| match arg {
-                FnArg::Typed(typed) => Some(typed),
-                FnArg::Receiver(_) => None,
-            })
-            .collect();
+        let typed = typed_inputs(sig);
         let [event, _envelope, connection] = typed.as_slice() else {
             cx.error_spanned_by(&sig.ident, format!("projection handlers take the event, its envelope and the transaction: `{usage}`"));
             return None;

@@ -199,10 +199,15 @@ pub fn projection(cx: &Ctxt, input: &ProjectionInput) {
     }
     if let Some(first) = &input.connection {
         let expected = tokens_key(first);
-        for handler in &input.handlers {
-            if tokens_key(&handler.connection) != expected {
+        let connections = input
+            .handlers
+            .iter()
+            .map(|h| &h.connection)
+            .chain(input.flush.as_ref().map(|f| &f.connection));
+        for connection in connections {
+            if tokens_key(connection) != expected {
                 cx.error_spanned_by(
-                    &handler.connection,
+                    connection,
                     format!("every handler of a projection writes through the same connection type: `{expected}`"),
                 );
             }

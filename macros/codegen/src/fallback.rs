@@ -61,8 +61,10 @@ pub fn aggregate(input: Result<&AggregateInput, &TokenStream>, errors: &syn::Err
 
 /// `#[apply]` or `#[command]` outside an `#[aggregate]` impl block.
 pub fn stray_marker(marker: &str, item: TokenStream) -> TokenStream {
-    let message = if marker == "handle" {
-        "`#[handle]` only marks a method of a `#[projection]` impl block; put `#[projection]` on the impl block".to_owned()
+    let message = if matches!(marker, "handle" | "flush" | "discard") {
+        format!(
+            "`#[{marker}]` only marks a method of a `#[projection]` impl block; put `#[projection]` on the impl block"
+        )
     } else {
         format!(
             "`#[{marker}]` only marks a method of an `#[aggregate(events = ...)]` impl block; put `#[aggregate]` on the impl block"

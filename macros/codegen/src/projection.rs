@@ -37,6 +37,29 @@ pub fn expand(input: &ProjectionInput) -> TokenStream {
             }
         }
     });
+    let flush = input.flush.as_ref().map(|flush| {
+        let method = &flush.method;
+        let call = quote_spanned! {flush.connection.span()=>
+            Self::#method(self, &mut *connection).await
+        };
+        quote! {
+            fn flush<'a>(
+                &'a mut self,
+                connection: &'a mut #connection,
+            ) -> impl ::core::future::Future<
+                Output = ::core::result::Result<(), ::factum::__private::HandlerError>,
+            > + ::core::marker::Send + 'a {
+                async move { #call.map_err(::factum::__private::HandlerError::flush) }
+            }
+        }
+    });
+    let discard = input.discard.as_ref().map(|method| {
+        quote! {
+            fn discard(&mut self) {
+                Self::#method(self);
+            }
+        }
+    });
     quote! {
         #item
 
@@ -62,6 +85,9 @@ pub fn expand(input: &ProjectionInput) -> TokenStream {
                         ::core::result::Result::Ok(())
                     }
                 }
+
+                #flush
+                #discard
             }
         };
     }

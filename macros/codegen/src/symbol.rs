@@ -8,3 +8,5 @@ pub const APPLY: &str = "apply";
 pub const COMMAND: &str = "command";
 pub const STATE_VERSION: &str = "state_version";
 pub const HANDLE: &str = "handle";
+pub const FLUSH: &str = "flush";
+pub const DISCARD: &str = "discard";

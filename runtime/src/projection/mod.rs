@@ -11,10 +11,14 @@ use std::future::Future;
 use crate::envelope::RecordedEvent;
 
 #[cfg(feature = "postgres")]
+mod dead_letter;
+#[cfg(feature = "postgres")]
 mod runner;
 
 #[cfg(feature = "postgres")]
-pub use runner::{ProjectionRunner, ProjectionStatus, RunnerError};
+pub use dead_letter::{ParkedStream, RetryOutcome};
+#[cfg(feature = "postgres")]
+pub use runner::{BatchOutcome, ProjectionRunner, ProjectionStatus, RunnerError};
 
 /// A read model fed from the global feed. Implemented by `#[projection]`.
 #[diagnostic::on_unimplemented(
@@ -42,6 +46,24 @@ pub trait Projection: Send + 'static {
         event: &'a RecordedEvent,
         connection: &'a mut Self::Connection,
     ) -> impl Future<Output = Result<(), HandlerError>> + Send + 'a;
+
+    /// Writes what the handlers buffered for the batch, in the batch's transaction, before the
+    /// checkpoint moves. Generated from a `#[flush]` method; by default nothing.
+    ///
+    /// # Errors
+    /// [`HandlerError::Flush`]: the batch is rolled back (and [`Projection::discard`] called).
+    fn flush<'a>(
+        &'a mut self,
+        connection: &'a mut Self::Connection,
+    ) -> impl Future<Output = Result<(), HandlerError>> + Send + 'a {
+        let _ = connection;
+        std::future::ready(Ok(()))
+    }
+
+    /// Drops whatever the handlers buffered: called before every batch, so a batch that was
+    /// rolled back leaves nothing behind. Generated from a `#[discard]` method; by default
+    /// nothing.
+    fn discard(&mut self) {}
 }
 
 /// Why a projection could not handle an event.
@@ -58,6 +80,14 @@ pub enum HandlerError {
         /// Why.
         #[source]
         cause: crate::error::DecodeError,
+    },
+
+    /// The `#[flush]` method failed (the batch's writes as a whole: no single event is named).
+    #[error("the projection's flush failed: {cause}")]
+    Flush {
+        /// The flush's error.
+        #[source]
+        cause: Box<dyn std::error::Error + Send + Sync>,
     },
 
     /// The handler returned an error (a database error, a broken invariant of the read model).
@@ -99,9 +129,18 @@ impl HandlerError {
         }
     }
 
+    /// A failure of the `#[flush]` method. Used by generated code.
+    #[doc(hidden)]
+    #[must_use]
+    pub fn flush(cause: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Self {
+        Self::Flush {
+            cause: cause.into(),
+        }
+    }
+
     /// Whether a retry may succeed (a handler error may be transient; a decoding error is not).
     #[must_use]
     pub fn is_transient(&self) -> bool {
-        matches!(self, Self::Handler { .. })
+        matches!(self, Self::Handler { .. } | Self::Flush { .. })
     }
 }

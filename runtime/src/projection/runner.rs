@@ -11,6 +11,15 @@ use crate::envelope::RecordedEvent;
 use crate::error::Error;
 use crate::store::{EventStore, FeedPosition, FeedQuery, PostgresStore};
 
+impl RunnerError {
+    fn handler<P: Projection>(cause: HandlerError) -> Self {
+        Self::Handler {
+            projection: P::NAME,
+            cause,
+        }
+    }
+}
+
 /// What stops a projection runner.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -47,6 +56,10 @@ pub struct ProjectionStatus {
     pub event_lag: u64,
     /// How long the oldest of those has been waiting (zero when caught up).
     pub time_lag: Duration,
+    /// Streams parked in the dead-letter queue.
+    pub parked_streams: u64,
+    /// Events waiting in the dead-letter queue.
+    pub parked_events: u64,
 }
 
 /// Runs one projection against a [`PostgresStore`].
@@ -73,30 +86,42 @@ pub struct ProjectionRunner<P> {
     lease_retry: Duration,
     max_retries: u32,
     retry_backoff: Duration,
-    sql: Sql,
+    dead_letters: bool,
+    pub(super) sql: Sql,
 }
 
 #[derive(Debug)]
-struct Sql {
+pub(super) struct Sql {
     ensure_checkpoint: String,
+    /// The checkpoint, locked, and which of the given streams are parked.
     lock_checkpoint: String,
     save_checkpoint: String,
     read_checkpoint: String,
     status: String,
+    /// Parks events (columns as arrays), ignoring those already parked.
+    pub(super) park: String,
+    pub(super) list_parked: String,
+    pub(super) first_parked: String,
+    pub(super) unpark: String,
+    pub(super) record_failure: String,
+    pub(super) skip: String,
 }
 
-impl<P: Projection<Connection = PgConnection>> ProjectionRunner<P> {
-    /// A runner of `projection` on `store` (whose migrations include the projection tables).
-    pub fn new(store: PostgresStore, projection: P) -> Self {
-        let s = format!("\"{}\"", store.schema());
-        let sql = Sql {
+impl Sql {
+    fn new(schema: &str) -> Self {
+        let s = format!("\"{schema}\"");
+        Self {
             ensure_checkpoint: format!(
                 "INSERT INTO {s}.projection_checkpoints (projection, version, tx, position)
                  VALUES ($1, $2, 0, 0) ON CONFLICT DO NOTHING"
             ),
             lock_checkpoint: format!(
-                "SELECT tx, position FROM {s}.projection_checkpoints
-                 WHERE projection = $1 AND version = $2 FOR UPDATE"
+                "SELECT c.tx, c.position, ARRAY(
+                     SELECT DISTINCT d.stream_id FROM {s}.projection_dead_letters d
+                     WHERE d.projection = $1 AND d.version = $2 AND d.status = 'parked'
+                       AND d.stream_id = ANY ($3))
+                 FROM {s}.projection_checkpoints c
+                 WHERE c.projection = $1 AND c.version = $2 FOR UPDATE OF c"
             ),
             save_checkpoint: format!(
                 "UPDATE {s}.projection_checkpoints SET tx = $3, position = $4, updated_at = now()
@@ -109,11 +134,57 @@ impl<P: Projection<Connection = PgConnection>> ProjectionRunner<P> {
             status: format!(
                 "SELECT (SELECT max(tx)::text::bigint FROM {s}.events),
                         (SELECT max(position) FROM {s}.events),
-                        count(*), min(e.recorded_at)
+                        count(*), min(e.recorded_at),
+                        (SELECT count(DISTINCT stream_id) FROM {s}.projection_dead_letters
+                         WHERE projection = $4 AND version = $5 AND status = 'parked'),
+                        (SELECT count(*) FROM {s}.projection_dead_letters
+                         WHERE projection = $4 AND version = $5 AND status = 'parked')
                  FROM {s}.events e
                  WHERE (e.tx, e.position) > ($1::text::xid8, $2) AND e.event_type = ANY ($3)"
             ),
-        };
+            park: format!(
+                "INSERT INTO {s}.projection_dead_letters
+                     (projection, version, stream_id, stream_version, event_id, event_type, tx,
+                      position, error, attempts)
+                 SELECT $1, $2, * FROM UNNEST($3::text[], $4::int8[], $5::uuid[], $6::text[],
+                                              $7::int8[], $8::int8[], $9::text[], $10::int4[])
+                 ON CONFLICT DO NOTHING"
+            ),
+            list_parked: format!(
+                "SELECT stream_id, min(stream_version), count(*),
+                        (array_agg(error ORDER BY stream_version))[1],
+                        (array_agg(attempts ORDER BY stream_version))[1],
+                        min(parked_at)
+                 FROM {s}.projection_dead_letters
+                 WHERE projection = $1 AND version = $2 AND status = 'parked'
+                 GROUP BY stream_id ORDER BY min(parked_at), stream_id"
+            ),
+            first_parked: format!(
+                "SELECT stream_version FROM {s}.projection_dead_letters
+                 WHERE projection = $1 AND version = $2 AND stream_id = $3 AND status = 'parked'
+                 ORDER BY stream_version LIMIT 1"
+            ),
+            unpark: format!(
+                "DELETE FROM {s}.projection_dead_letters
+                 WHERE projection = $1 AND version = $2 AND stream_id = $3 AND stream_version = $4"
+            ),
+            record_failure: format!(
+                "UPDATE {s}.projection_dead_letters
+                 SET error = $5, attempts = attempts + 1, updated_at = now()
+                 WHERE projection = $1 AND version = $2 AND stream_id = $3 AND stream_version = $4"
+            ),
+            skip: format!(
+                "UPDATE {s}.projection_dead_letters SET status = 'skipped', updated_at = now()
+                 WHERE projection = $1 AND version = $2 AND stream_id = $3 AND stream_version = $4"
+            ),
+        }
+    }
+}
+
+impl<P: Projection<Connection = PgConnection>> ProjectionRunner<P> {
+    /// A runner of `projection` on `store` (whose migrations include the projection tables).
+    pub fn new(store: PostgresStore, projection: P) -> Self {
+        let sql = Sql::new(store.schema());
         Self {
             store,
             projection,
@@ -122,6 +193,7 @@ impl<P: Projection<Connection = PgConnection>> ProjectionRunner<P> {
             lease_retry: Duration::from_millis(500),
             max_retries: 3,
             retry_backoff: Duration::from_millis(100),
+            dead_letters: true,
             sql,
         }
     }
@@ -155,12 +227,28 @@ impl<P: Projection<Connection = PgConnection>> ProjectionRunner<P> {
         self
     }
 
+    /// Whether a stream whose event keeps failing is parked in the dead-letter queue so that
+    /// other streams flow on (the default), or the runner stops instead.
+    #[must_use]
+    pub fn dead_letters(mut self, enabled: bool) -> Self {
+        self.dead_letters = enabled;
+        self
+    }
+
+    pub(super) fn store(&self) -> &PostgresStore {
+        &self.store
+    }
+
+    pub(super) fn projection_mut(&mut self) -> &mut P {
+        &mut self.projection
+    }
+
     /// The projection.
     pub fn projection(&self) -> &P {
         &self.projection
     }
 
-    fn fail(&self, error: sqlx::Error) -> Error {
+    pub(super) fn fail(&self, error: sqlx::Error) -> Error {
         Error::Backend(Box::new(error))
     }
 
@@ -181,9 +269,9 @@ impl<P: Projection<Connection = PgConnection>> ProjectionRunner<P> {
     }
 
     /// Applies a batch as delivered, in one transaction with the checkpoint: events at or below
-    /// the checkpoint are skipped (they were applied before), the others handled in order, and
-    /// the checkpoint moves to `next`. Returns how many events were handled. Any failure rolls
-    /// the whole batch back.
+    /// the checkpoint are skipped (they were applied before), events of parked streams join
+    /// their stream in the dead-letter queue, the others are handled in order, the `#[flush]`
+    /// runs, and the checkpoint moves to `next`. Any failure rolls the whole batch back.
     ///
     /// # Errors
     /// [`RunnerError::Handler`] or [`RunnerError::Store`]; nothing of the batch is applied then.
@@ -191,48 +279,226 @@ impl<P: Projection<Connection = PgConnection>> ProjectionRunner<P> {
         &mut self,
         events: &[RecordedEvent],
         next: FeedPosition,
-    ) -> Result<u64, RunnerError> {
+    ) -> Result<BatchOutcome, RunnerError> {
         let mut transaction = self.store.pool().begin().await.map_err(|e| self.fail(e))?;
-        sqlx::query(AssertSqlSafe(self.sql.ensure_checkpoint.clone()))
-            .bind(P::NAME)
-            .bind(version(P::VERSION))
-            .execute(&mut *transaction)
-            .await
-            .map_err(|e| self.fail(e))?;
-        // The row lock makes concurrent instances (a lease lost to a network partition, say)
-        // take turns; each then skips what the other applied.
-        let row = sqlx::query(AssertSqlSafe(self.sql.lock_checkpoint.clone()))
-            .bind(P::NAME)
-            .bind(version(P::VERSION))
-            .fetch_one(&mut *transaction)
-            .await
-            .map_err(|e| self.fail(e))?;
-        let checkpoint = position(&row).map_err(|e| self.fail(e))?;
-        let mut handled = 0;
+        let (checkpoint, parked) = self.lock_checkpoint(&mut transaction, events).await?;
+        let mut outcome = BatchOutcome::default();
+        let mut to_park = Vec::new();
+        self.projection.discard();
         for event in events.iter().filter(|e| e.feed_position() > checkpoint) {
-            self.projection
-                .handle(event, &mut transaction)
-                .await
-                .map_err(|cause| RunnerError::Handler {
-                    projection: P::NAME,
-                    cause,
-                })?;
-            handled += 1;
+            if parked.contains(&event.stream_id) {
+                to_park.push(DeadLetter::behind(event));
+                continue;
+            }
+            if let Err(cause) = self.projection.handle(event, &mut transaction).await {
+                self.projection.discard();
+                return Err(RunnerError::handler::<P>(cause));
+            }
+            outcome.handled += 1;
         }
-        let new = checkpoint.max(next);
+        if let Err(cause) = self.projection.flush(&mut transaction).await {
+            self.projection.discard();
+            return Err(RunnerError::handler::<P>(cause));
+        }
+        if !to_park.is_empty() {
+            outcome.parked = to_park.len() as u64;
+            self.park(&mut transaction, &to_park).await?;
+        }
+        self.save_checkpoint(&mut transaction, checkpoint.max(next))
+            .await?;
+        transaction.commit().await.map_err(|e| self.fail(e))?;
+        Ok(outcome)
+    }
+
+    /// Locks the projection's checkpoint row for the transaction (so concurrent instances, a
+    /// lease lost to a network partition say, take turns, each skipping what the other did),
+    /// creating it at the start when missing. Returns it with those of `events`' streams that
+    /// are parked.
+    pub(super) async fn lock_checkpoint(
+        &self,
+        transaction: &mut PgConnection,
+        events: &[RecordedEvent],
+    ) -> Result<(FeedPosition, Vec<String>), Error> {
+        let mut streams: Vec<&str> = events.iter().map(|e| e.stream_id.as_str()).collect();
+        streams.sort_unstable();
+        streams.dedup();
+        for _ in 0..2 {
+            let row = sqlx::query(AssertSqlSafe(self.sql.lock_checkpoint.clone()))
+                .bind(P::NAME)
+                .bind(version(P::VERSION))
+                .bind(&streams)
+                .fetch_optional(&mut *transaction)
+                .await
+                .map_err(|e| self.fail(e))?;
+            if let Some(row) = row {
+                let checkpoint = position(&row).map_err(|e| self.fail(e))?;
+                let parked: Vec<String> = row.try_get(2).map_err(|e| self.fail(e))?;
+                return Ok((checkpoint, parked));
+            }
+            sqlx::query(AssertSqlSafe(self.sql.ensure_checkpoint.clone()))
+                .bind(P::NAME)
+                .bind(version(P::VERSION))
+                .execute(&mut *transaction)
+                .await
+                .map_err(|e| self.fail(e))?;
+        }
+        Err(Error::Backend(
+            format!(
+                "the checkpoint of projection `{}` cannot be created",
+                P::NAME
+            )
+            .into(),
+        ))
+    }
+
+    pub(super) async fn save_checkpoint(
+        &self,
+        transaction: &mut PgConnection,
+        checkpoint: FeedPosition,
+    ) -> Result<(), Error> {
         sqlx::query(AssertSqlSafe(self.sql.save_checkpoint.clone()))
             .bind(P::NAME)
             .bind(version(P::VERSION))
-            .bind(to_i64(new.tx))
-            .bind(to_i64(new.position))
+            .bind(to_i64(checkpoint.tx))
+            .bind(to_i64(checkpoint.position))
             .execute(&mut *transaction)
             .await
             .map_err(|e| self.fail(e))?;
-        transaction.commit().await.map_err(|e| self.fail(e))?;
-        Ok(handled)
+        Ok(())
     }
 
-    /// Reads and applies one batch after the checkpoint, retrying a failing batch.
+    /// Adds events to the dead-letter queue (in the caller's transaction).
+    async fn park(
+        &self,
+        transaction: &mut PgConnection,
+        letters: &[DeadLetter<'_>],
+    ) -> Result<(), Error> {
+        let column = |f: fn(&DeadLetter<'_>) -> i64| letters.iter().map(f).collect::<Vec<_>>();
+        sqlx::query(AssertSqlSafe(self.sql.park.clone()))
+            .bind(P::NAME)
+            .bind(version(P::VERSION))
+            .bind(
+                letters
+                    .iter()
+                    .map(|l| l.event.stream_id.as_str())
+                    .collect::<Vec<_>>(),
+            )
+            .bind(column(|l| to_i64(l.event.stream_version)))
+            .bind(letters.iter().map(|l| l.event.event_id).collect::<Vec<_>>())
+            .bind(
+                letters
+                    .iter()
+                    .map(|l| l.event.event_type.as_str())
+                    .collect::<Vec<_>>(),
+            )
+            .bind(column(|l| to_i64(l.event.tx)))
+            .bind(column(|l| to_i64(l.event.global_position)))
+            .bind(letters.iter().map(|l| l.error.clone()).collect::<Vec<_>>())
+            .bind(letters.iter().map(|l| l.attempts).collect::<Vec<_>>())
+            .execute(&mut *transaction)
+            .await
+            .map_err(|e| self.fail(e))?;
+        Ok(())
+    }
+
+    /// Applies a batch, retrying it (with doubling backoff) while the failure may be transient.
+    async fn apply_with_retries(
+        &mut self,
+        events: &[RecordedEvent],
+        next: FeedPosition,
+    ) -> Result<BatchOutcome, RunnerError> {
+        let mut attempt = 0;
+        loop {
+            match self.apply_batch(events, next).await {
+                Err(RunnerError::Handler { cause, .. })
+                    if cause.is_transient() && attempt < self.max_retries =>
+                {
+                    attempt += 1;
+                    tracing::warn!(attempt, error = %cause, "projection batch failed; retrying");
+                    tokio::time::sleep(self.retry_backoff * 2_u32.saturating_pow(attempt - 1))
+                        .await;
+                }
+                result => return result,
+            }
+        }
+    }
+
+    /// Whether a failure parks its stream rather than stopping the runner: dead-lettering is on
+    /// and the failure is the event's, not the database's (an outage parks nothing).
+    fn parks(&self, cause: &HandlerError) -> bool {
+        self.dead_letters && !is_outage(cause)
+    }
+
+    /// After a batch kept failing: applies its events one at a time, so the failing one is
+    /// found; its stream is parked (the event and the stream's later events go to the
+    /// dead-letter queue) and every other event is applied.
+    async fn isolate(
+        &mut self,
+        events: &[RecordedEvent],
+        next: FeedPosition,
+    ) -> Result<BatchOutcome, RunnerError> {
+        let mut outcome = BatchOutcome::default();
+        for event in events {
+            match self
+                .apply_with_retries(std::slice::from_ref(event), event.feed_position())
+                .await
+            {
+                Ok(one) => outcome += one,
+                Err(RunnerError::Handler { cause, .. }) if self.parks(&cause) => {
+                    outcome += self.park_failed(event, &cause).await?;
+                }
+                Err(error) => return Err(error),
+            }
+        }
+        outcome += self.apply_batch(&[], next).await?;
+        Ok(outcome)
+    }
+
+    /// Parks `event`'s stream at `event`, which failed with `cause`, moving the checkpoint past
+    /// it, in one transaction.
+    async fn park_failed(
+        &mut self,
+        event: &RecordedEvent,
+        cause: &HandlerError,
+    ) -> Result<BatchOutcome, RunnerError> {
+        let mut transaction = self.store.pool().begin().await.map_err(|e| self.fail(e))?;
+        let (checkpoint, _) = self
+            .lock_checkpoint(&mut transaction, std::slice::from_ref(event))
+            .await?;
+        if event.feed_position() <= checkpoint {
+            return Ok(BatchOutcome::default()); // another instance got past it meanwhile
+        }
+        let retries = if cause.is_transient() {
+            self.max_retries
+        } else {
+            0
+        };
+        let attempts = i32::try_from(retries.saturating_add(1)).unwrap_or(i32::MAX);
+        let letter = DeadLetter {
+            event,
+            error: Some(cause.to_string()),
+            attempts,
+        };
+        self.park(&mut transaction, &[letter]).await?;
+        self.save_checkpoint(&mut transaction, event.feed_position())
+            .await?;
+        transaction.commit().await.map_err(|e| self.fail(e))?;
+        tracing::error!(
+            projection = P::NAME,
+            version = P::VERSION,
+            stream = %event.stream_id,
+            stream_version = event.stream_version,
+            error = %cause,
+            "projection parked a stream: its later events wait in the dead-letter queue"
+        );
+        Ok(BatchOutcome {
+            handled: 0,
+            parked: 1,
+        })
+    }
+
+    /// Reads and applies one batch after the checkpoint, retrying a failing batch, then
+    /// isolating (and parking) the failing event.
     async fn step(&mut self) -> Result<Step, RunnerError> {
         let checkpoint = self.checkpoint().await?;
         let query = FeedQuery::after(checkpoint)
@@ -252,29 +518,33 @@ impl<P: Projection<Connection = PgConnection>> ProjectionRunner<P> {
             checkpoint = %checkpoint,
         );
         let _entered = span.enter();
-        let mut attempt = 0;
-        loop {
-            match self.apply_batch(&batch.events, batch.next).await {
-                Ok(handled) => {
-                    return Ok(if batch.events.is_empty() {
-                        Step::CaughtUp {
-                            held_back: batch.held_back,
-                        }
-                    } else {
-                        Step::Applied(handled)
-                    });
-                }
-                Err(RunnerError::Handler { cause, .. })
-                    if cause.is_transient() && attempt < self.max_retries =>
-                {
-                    attempt += 1;
-                    tracing::warn!(attempt, error = %cause, "projection batch failed; retrying");
-                    tokio::time::sleep(self.retry_backoff * 2_u32.saturating_pow(attempt - 1))
-                        .await;
-                }
-                Err(error) => return Err(error),
+        let outcome = match self.apply_with_retries(&batch.events, batch.next).await {
+            Ok(outcome) => outcome,
+            Err(RunnerError::Handler { cause, .. }) if self.parks(&cause) => {
+                tracing::warn!(error = %cause, "projection batch kept failing; isolating the failing event");
+                self.isolate(&batch.events, batch.next).await?
             }
-        }
+            Err(error) => return Err(error),
+        };
+        let time_lag = batch
+            .events
+            .last()
+            .and_then(|last| (Utc::now() - last.recorded_at).to_std().ok())
+            .unwrap_or_default();
+        tracing::debug!(
+            handled = outcome.handled,
+            parked = outcome.parked,
+            next = %batch.next,
+            time_lag_ms = u64::try_from(time_lag.as_millis()).unwrap_or(u64::MAX),
+            "projection batch applied"
+        );
+        Ok(if batch.events.is_empty() {
+            Step::CaughtUp {
+                held_back: batch.held_back,
+            }
+        } else {
+            Step::Applied(outcome)
+        })
     }
 
     /// Processes everything already stored, without taking the lease (for tests and one-off
@@ -286,7 +556,7 @@ impl<P: Projection<Connection = PgConnection>> ProjectionRunner<P> {
         let mut handled = 0;
         loop {
             match self.step().await? {
-                Step::Applied(count) => handled += count,
+                Step::Applied(outcome) => handled += outcome.handled,
                 Step::CaughtUp { held_back: false } => return Ok(handled),
                 Step::CaughtUp { held_back: true } => {
                     tokio::time::sleep(Duration::from_millis(2)).await;
@@ -381,6 +651,8 @@ impl<P: Projection<Connection = PgConnection>> ProjectionRunner<P> {
             .bind(to_i64(checkpoint.tx))
             .bind(to_i64(checkpoint.position))
             .bind(types)
+            .bind(P::NAME)
+            .bind(version(P::VERSION))
             .fetch_one(self.store.pool())
             .await
             .map_err(|e| self.fail(e))?;
@@ -399,6 +671,8 @@ impl<P: Projection<Connection = PgConnection>> ProjectionRunner<P> {
             time_lag: oldest
                 .and_then(|oldest| (Utc::now() - oldest).to_std().ok())
                 .unwrap_or_default(),
+            parked_streams: to_u64(row.try_get(4).map_err(get)?),
+            parked_events: to_u64(row.try_get(5).map_err(get)?),
         })
     }
 }
@@ -410,8 +684,67 @@ fn futures_poll_now(shutdown: std::pin::Pin<&mut (impl Future<Output = ()> + Sen
     shutdown.poll(&mut context).is_ready()
 }
 
+/// What a batch did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct BatchOutcome {
+    /// Events handled.
+    pub handled: u64,
+    /// Events that went to the dead-letter queue.
+    pub parked: u64,
+}
+
+impl std::ops::AddAssign for BatchOutcome {
+    fn add_assign(&mut self, other: Self) {
+        self.handled += other.handled;
+        self.parked += other.parked;
+    }
+}
+
+/// An event on its way to the dead-letter queue: the one that failed (with its error) or one
+/// behind it in a parked stream.
+struct DeadLetter<'a> {
+    event: &'a RecordedEvent,
+    error: Option<String>,
+    attempts: i32,
+}
+
+impl<'a> DeadLetter<'a> {
+    fn behind(event: &'a RecordedEvent) -> Self {
+        Self {
+            event,
+            error: None,
+            attempts: 0,
+        }
+    }
+}
+
+/// Whether a handler failed because the database is unreachable (parking would be wrong: the
+/// event is not at fault).
+fn is_outage(cause: &HandlerError) -> bool {
+    let (HandlerError::Handler { cause, .. } | HandlerError::Flush { cause }) = cause else {
+        return false;
+    };
+    let mut current: Option<&(dyn std::error::Error + 'static)> = Some(cause.as_ref());
+    while let Some(error) = current {
+        if let Some(error) = error.downcast_ref::<sqlx::Error>() {
+            return matches!(
+                error,
+                sqlx::Error::Io(_)
+                    | sqlx::Error::Tls(_)
+                    | sqlx::Error::Protocol(_)
+                    | sqlx::Error::PoolTimedOut
+                    | sqlx::Error::PoolClosed
+                    | sqlx::Error::WorkerCrashed
+            );
+        }
+        current = error.source();
+    }
+    false
+}
+
 enum Step {
-    Applied(u64),
+    Applied(BatchOutcome),
     CaughtUp { held_back: bool },
 }
 
@@ -422,14 +755,14 @@ fn position(row: &sqlx::postgres::PgRow) -> Result<FeedPosition, sqlx::Error> {
     ))
 }
 
-fn version(version: u32) -> i32 {
+pub(super) fn version(version: u32) -> i32 {
     i32::try_from(version).unwrap_or(i32::MAX)
 }
 
-fn to_i64(value: u64) -> i64 {
+pub(super) fn to_i64(value: u64) -> i64 {
     i64::try_from(value).unwrap_or(i64::MAX)
 }
 
-fn to_u64(value: i64) -> u64 {
+pub(super) fn to_u64(value: i64) -> u64 {
     u64::try_from(value).unwrap_or(0)
 }

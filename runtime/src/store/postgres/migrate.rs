@@ -27,6 +27,11 @@ const MIGRATIONS: &[Migration] = &[
         name: "projections",
         sql: include_str!("../../../migrations/postgres/0002_projections.sql"),
     },
+    Migration {
+        version: 3,
+        name: "dead_letters",
+        sql: include_str!("../../../migrations/postgres/0003_dead_letters.sql"),
+    },
 ];
 
 /// FNV-1a: a stable checksum of a migration's text (not a security measure).
