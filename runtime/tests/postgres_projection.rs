@@ -430,3 +430,87 @@ async fn wait_for(condition: impl Fn() -> bool) {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
+
+#[tokio::test]
+async fn a_checkpoint_reset_between_or_during_catch_ups_rebuilds_everything() {
+    let (store, table) = setup().await;
+    for i in 0..40 {
+        store
+            .append(
+                &format!("acc-{}", i % 4),
+                "Account",
+                ExpectedVersion::Any,
+                vec![deposit(1)],
+            )
+            .await
+            .unwrap();
+    }
+    let mut runner = ProjectionRunner::new(store.another_client().await.unwrap(), balances(&table))
+        .batch_size(3);
+    let mut handled = 0;
+    while handled < 40 {
+        handled += runner.catch_up().await.unwrap();
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let reset = format!(
+        "TRUNCATE {table}; UPDATE \"{}\".projection_checkpoints SET tx = 0, position = 0",
+        store.schema()
+    );
+    sqlx::raw_sql(sqlx::AssertSqlSafe(reset.clone()))
+        .execute(store.pool())
+        .await
+        .unwrap();
+    assert_eq!(runner.catch_up().await.unwrap(), 40, "the reset is noticed");
+
+    // A reset in the middle of a catch-up (the runner's position is cached and the next batch
+    // read ahead): the runner notices it at its next batch and reads from the reset checkpoint.
+    let store_events = 40 + 1_500;
+    let writer = store.another_client().await.unwrap();
+    let new: Vec<NewEvent> = (0..1_500).map(|_| deposit(1)).collect();
+    writer
+        .append("acc-big", "Account", ExpectedVersion::Any, new)
+        .await
+        .unwrap();
+    let projection = balances(&table);
+    let handled = projection.handled.clone();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(
+        ProjectionRunner::new(store.another_client().await.unwrap(), projection)
+            .batch_size(5)
+            .run(async {
+                let _ = stopped.await;
+            }),
+    );
+    wait_for(|| handled.load(Ordering::SeqCst) > 300).await;
+    sqlx::raw_sql(sqlx::AssertSqlSafe(reset))
+        .execute(store.pool())
+        .await
+        .unwrap();
+    let total = || {
+        let store = store.pool().clone();
+        let table = table.clone();
+        async move {
+            sqlx::query_scalar::<_, Option<i64>>(sqlx::AssertSqlSafe(format!(
+                "SELECT sum(events)::bigint FROM {table}"
+            )))
+            .fetch_one(&store)
+            .await
+            .unwrap()
+            .unwrap_or(0)
+        }
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while total().await < store_events {
+        assert!(std::time::Instant::now() < deadline, "timed out");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    stop.send(()).unwrap();
+    task.await.unwrap().unwrap();
+    let model = read_model(&store, &table).await;
+    assert_eq!(
+        model.iter().map(|row| row.2).sum::<i64>(),
+        store_events,
+        "every event once after the reset: {model:?}"
+    );
+    assert_eq!(model.iter().map(|row| row.1).sum::<i64>(), store_events);
+}

@@ -3,9 +3,11 @@
 //! ```sh
 //! cargo run --release -p factum-bench -- postgres            # human-readable
 //! cargo run --release -p factum-bench -- postgres --json     # machine-readable
+//! cargo run --release -p factum-bench -- projections         # catch-up and live lag
 //! ```
 
 mod postgres;
+mod projections;
 mod stats;
 mod versioning;
 
@@ -44,6 +46,38 @@ enum Suite {
         /// Events in the long stream.
         #[arg(long, default_value_t = 10_000)]
         long_stream: u64,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Projections: catch-up of the generated bank projection vs a hand-written batched loop,
+    /// and live lag at a steady append rate.
+    Projections {
+        /// The database to use (a schema is created and dropped in it).
+        #[arg(
+            long,
+            env = "DATABASE_URL",
+            default_value = "postgres://postgres@127.0.0.1:5432/postgres"
+        )]
+        database_url: String,
+        /// Catch-up runs (medians are reported).
+        #[arg(long, default_value_t = 5)]
+        runs: usize,
+        /// Events in the history.
+        #[arg(long, default_value_t = 100_000)]
+        events: u64,
+        /// Accounts they are spread over.
+        #[arg(long, default_value_t = 1_000)]
+        accounts: u64,
+        /// Events per batch (both sides).
+        #[arg(long, default_value_t = 500)]
+        batch_size: usize,
+        /// Live append rate, events per second.
+        #[arg(long, default_value_t = 1_000)]
+        live_rate: u64,
+        /// Live phase duration, seconds.
+        #[arg(long, default_value_t = 10)]
+        live_seconds: u64,
         /// Print the report as JSON.
         #[arg(long)]
         json: bool,
@@ -91,6 +125,32 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else {
                 print_report(&report);
+            }
+        }
+        Suite::Projections {
+            database_url,
+            runs,
+            events,
+            accounts,
+            batch_size,
+            live_rate,
+            live_seconds,
+            json,
+        } => {
+            let config = projections::Config {
+                url: database_url,
+                runs: runs.max(1),
+                accounts: accounts.max(1),
+                events: events.max(accounts.max(1)),
+                batch_size: batch_size.max(1),
+                live_rate: live_rate.max(4),
+                live_seconds: live_seconds.max(1),
+            };
+            let report = projections::run(&config).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print_projections(&report);
             }
         }
         Suite::Versioning {
@@ -185,4 +245,46 @@ fn print_report(report: &postgres::Report) {
             row.store_appends.per_second
         );
     }
+}
+
+fn print_projections(report: &projections::Report) {
+    let catch_up = &report.catch_up;
+    println!(
+        "\ncatch-up over {} events ({} accounts, batches of {}), median of {} runs",
+        report.events, report.accounts, report.batch_size, report.runs
+    );
+    println!(
+        "  generated projection:  {:>9.0} events/s  (runs: {})",
+        catch_up.generated_per_second,
+        rounded(&catch_up.generated_runs)
+    );
+    println!(
+        "  hand-written loop:     {:>9.0} events/s  (runs: {})",
+        catch_up.hand_written_per_second,
+        rounded(&catch_up.hand_written_runs)
+    );
+    println!(
+        "  generated / hand-written: {:.2} (median of per-run ratios)",
+        catch_up.ratio
+    );
+    let live = &report.live;
+    println!(
+        "\nlive lag at {} events/s (achieved {:.0}/s, {} events, {} missing): p50 {:.1} ms, p95 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+        live.target_rate,
+        live.achieved_rate,
+        live.events,
+        live.missing,
+        live.p50_ms,
+        live.p95_ms,
+        live.p99_ms,
+        live.max_ms
+    );
+}
+
+fn rounded(values: &[f64]) -> String {
+    values
+        .iter()
+        .map(|v| format!("{v:.0}"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }

@@ -9,7 +9,7 @@ use sqlx::{AssertSqlSafe, Connection as _, PgConnection, Row as _};
 use super::{HandlerError, Projection};
 use crate::envelope::RecordedEvent;
 use crate::error::Error;
-use crate::store::{EventStore, FeedPosition, FeedQuery, PostgresStore};
+use crate::store::{EventStore, FeedBatch, FeedPosition, FeedQuery, PostgresStore};
 
 impl RunnerError {
     fn handler<P: Projection>(cause: HandlerError) -> Self {
@@ -87,6 +87,10 @@ pub struct ProjectionRunner<P> {
     max_retries: u32,
     retry_backoff: Duration,
     dead_letters: bool,
+    /// The checkpoint as this runner last committed it (`None`: read it from the database).
+    position: Option<FeedPosition>,
+    /// The batch after `position`, read while the previous one was being applied.
+    read_ahead: Option<(FeedPosition, FeedBatch)>,
     pub(super) sql: Sql,
 }
 
@@ -194,6 +198,8 @@ impl<P: Projection<Connection = PgConnection>> ProjectionRunner<P> {
             max_retries: 3,
             retry_backoff: Duration::from_millis(100),
             dead_letters: true,
+            position: None,
+            read_ahead: None,
             sql,
         }
     }
@@ -280,8 +286,25 @@ impl<P: Projection<Connection = PgConnection>> ProjectionRunner<P> {
         events: &[RecordedEvent],
         next: FeedPosition,
     ) -> Result<BatchOutcome, RunnerError> {
+        self.position = None;
+        let outcome = self.apply_from(None, events, next).await?;
+        Ok(outcome.unwrap_or_default())
+    }
+
+    /// [`ProjectionRunner::apply_batch`] of a batch read after `after`: when the checkpoint is
+    /// found below `after` (it was moved back meanwhile), applying the batch would leave a gap,
+    /// so nothing is done and `None` returned.
+    async fn apply_from(
+        &mut self,
+        after: Option<FeedPosition>,
+        events: &[RecordedEvent],
+        next: FeedPosition,
+    ) -> Result<Option<BatchOutcome>, RunnerError> {
         let mut transaction = self.store.pool().begin().await.map_err(|e| self.fail(e))?;
         let (checkpoint, parked) = self.lock_checkpoint(&mut transaction, events).await?;
+        if after.is_some_and(|after| checkpoint < after) {
+            return Ok(None);
+        }
         let mut outcome = BatchOutcome::default();
         let mut to_park = Vec::new();
         self.projection.discard();
@@ -307,7 +330,7 @@ impl<P: Projection<Connection = PgConnection>> ProjectionRunner<P> {
         self.save_checkpoint(&mut transaction, checkpoint.max(next))
             .await?;
         transaction.commit().await.map_err(|e| self.fail(e))?;
-        Ok(outcome)
+        Ok(Some(outcome))
     }
 
     /// Locks the projection's checkpoint row for the transaction (so concurrent instances, a
@@ -404,12 +427,13 @@ impl<P: Projection<Connection = PgConnection>> ProjectionRunner<P> {
     /// Applies a batch, retrying it (with doubling backoff) while the failure may be transient.
     async fn apply_with_retries(
         &mut self,
+        after: Option<FeedPosition>,
         events: &[RecordedEvent],
         next: FeedPosition,
-    ) -> Result<BatchOutcome, RunnerError> {
+    ) -> Result<Option<BatchOutcome>, RunnerError> {
         let mut attempt = 0;
         loop {
-            match self.apply_batch(events, next).await {
+            match self.apply_from(after, events, next).await {
                 Err(RunnerError::Handler { cause, .. })
                     if cause.is_transient() && attempt < self.max_retries =>
                 {
@@ -420,6 +444,25 @@ impl<P: Projection<Connection = PgConnection>> ProjectionRunner<P> {
                 }
                 result => return result,
             }
+        }
+    }
+
+    /// Applies a batch read after `after`, isolating (and parking) the failing event when it
+    /// keeps failing. `None`: the checkpoint was moved back meanwhile, nothing was done.
+    async fn apply_checked(
+        &mut self,
+        after: FeedPosition,
+        batch: &FeedBatch,
+    ) -> Result<Option<BatchOutcome>, RunnerError> {
+        match self
+            .apply_with_retries(Some(after), &batch.events, batch.next)
+            .await
+        {
+            Err(RunnerError::Handler { cause, .. }) if self.parks(&cause) => {
+                tracing::warn!(error = %cause, "projection batch kept failing; isolating the failing event");
+                self.isolate(&batch.events, batch.next).await.map(Some)
+            }
+            result => result,
         }
     }
 
@@ -440,17 +483,17 @@ impl<P: Projection<Connection = PgConnection>> ProjectionRunner<P> {
         let mut outcome = BatchOutcome::default();
         for event in events {
             match self
-                .apply_with_retries(std::slice::from_ref(event), event.feed_position())
+                .apply_with_retries(None, std::slice::from_ref(event), event.feed_position())
                 .await
             {
-                Ok(one) => outcome += one,
+                Ok(one) => outcome += one.unwrap_or_default(),
                 Err(RunnerError::Handler { cause, .. }) if self.parks(&cause) => {
                     outcome += self.park_failed(event, &cause).await?;
                 }
                 Err(error) => return Err(error),
             }
         }
-        outcome += self.apply_batch(&[], next).await?;
+        outcome += self.apply_from(None, &[], next).await?.unwrap_or_default();
         Ok(outcome)
     }
 
@@ -497,15 +540,28 @@ impl<P: Projection<Connection = PgConnection>> ProjectionRunner<P> {
         })
     }
 
-    /// Reads and applies one batch after the checkpoint, retrying a failing batch, then
-    /// isolating (and parking) the failing event.
-    async fn step(&mut self) -> Result<Step, RunnerError> {
-        let checkpoint = self.checkpoint().await?;
-        let query = FeedQuery::after(checkpoint)
+    /// The next batch of the projection's events after `after`.
+    fn feed_query(&self, after: FeedPosition) -> FeedQuery {
+        FeedQuery::after(after)
             .limit(self.batch_size)
-            .event_types(P::EVENT_TYPES.iter().copied());
-        let batch = self.store.read_feed(&query).await?;
+            .event_types(P::EVENT_TYPES.iter().copied())
+    }
+
+    /// Reads and applies one batch after the checkpoint, retrying a failing batch, then
+    /// isolating (and parking) the failing event. While a full batch is applied, the next one
+    /// is read on another connection.
+    async fn step(&mut self) -> Result<Step, RunnerError> {
+        let checkpoint = match self.position {
+            Some(position) => position,
+            None => self.checkpoint().await?,
+        };
+        let batch = match self.read_ahead.take() {
+            Some((after, batch)) if after == checkpoint => batch,
+            _ => self.store.read_feed(&self.feed_query(checkpoint)).await?,
+        };
         if batch.events.is_empty() && batch.next <= checkpoint {
+            // Idle: read the checkpoint again next time, so a reset is noticed.
+            self.position = None;
             return Ok(Step::CaughtUp {
                 held_back: batch.held_back,
             });
@@ -518,14 +574,32 @@ impl<P: Projection<Connection = PgConnection>> ProjectionRunner<P> {
             checkpoint = %checkpoint,
         );
         let _entered = span.enter();
-        let outcome = match self.apply_with_retries(&batch.events, batch.next).await {
-            Ok(outcome) => outcome,
-            Err(RunnerError::Handler { cause, .. }) if self.parks(&cause) => {
-                tracing::warn!(error = %cause, "projection batch kept failing; isolating the failing event");
-                self.isolate(&batch.events, batch.next).await?
+        let ahead = (batch.events.len() >= self.batch_size)
+            .then(|| (self.store.clone(), self.feed_query(batch.next)));
+        let read_ahead = async move {
+            match ahead {
+                Some((store, query)) => Some(store.read_feed(&query).await),
+                None => None,
             }
-            Err(error) => return Err(error),
         };
+        let (applied, ahead) = tokio::join!(self.apply_checked(checkpoint, &batch), read_ahead);
+        let outcome = match applied {
+            Ok(Some(outcome)) => outcome,
+            Ok(None) => {
+                tracing::info!("the checkpoint moved back: reading from it again");
+                self.position = None;
+                return Ok(Step::Applied(BatchOutcome::default()));
+            }
+            Err(error) => {
+                self.position = None;
+                return Err(error);
+            }
+        };
+        // Caught up (an empty batch only moved the checkpoint): read it again next time.
+        self.position = (!batch.events.is_empty()).then(|| checkpoint.max(batch.next));
+        if let Some(Ok(ahead)) = ahead {
+            self.read_ahead = Some((batch.next, ahead));
+        }
         let time_lag = batch
             .events
             .last()

@@ -532,7 +532,12 @@ fn envelope_from_row(row: &PgRow, at: usize) -> std::result::Result<RecordedEven
         event_type: row.try_get(at + 6)?,
         schema_version: u32::try_from(row.try_get::<i32, _>(at + 7)?).unwrap_or(0),
         event: Payload::from_stored_json(payload),
-        metadata: serde_json::from_str::<Metadata>(&metadata).map_err(|e| decode(at + 9, e))?,
+        // Most events carry no metadata: no parser needed for `{}`.
+        metadata: if metadata == "{}" {
+            Metadata::new()
+        } else {
+            serde_json::from_str::<Metadata>(&metadata).map_err(|e| decode(at + 9, e))?
+        },
         correlation_id: row.try_get(at + 10)?,
         causation_id: row.try_get(at + 11)?,
         actor: row.try_get(at + 12)?,
