@@ -165,6 +165,11 @@ fn projection_with_flush() {
                     Ok(())
                 }
 
+                #[handle(side_effects)]
+                async fn withdrawn(&mut self, event: &MoneyWithdrawn, envelope: &Envelope, _tx: &mut PgConnection) -> Result<(), MailError> {
+                    self.mailer.send(envelope.event_id, event).await
+                }
+
                 #[flush]
                 async fn flush(&mut self, tx: &mut PgConnection) -> Result<(), sqlx::Error> {
                     write(tx, &self.pending).await

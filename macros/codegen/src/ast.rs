@@ -10,7 +10,7 @@ use syn::{
 
 use crate::attr::{self, AggregateArgs, EventArgs};
 use crate::ctxt::Ctxt;
-use crate::symbol::{APPLY, COMMAND, DISCARD, FLUSH, HANDLE};
+use crate::symbol::{APPLY, COMMAND, DISCARD, FLUSH, HANDLE, SIDE_EFFECTS};
 
 /// What `#[event]` was put on.
 pub enum EventInput {
@@ -210,8 +210,10 @@ impl AggregateInput {
                 )]));
             }
             match marker {
-                Some(Marker::Apply) => applies.extend(ApplyFn::from_method(cx, method)),
-                Some(Marker::Command) => commands.extend(CommandFn::from_method(cx, method)),
+                Some((Marker::Apply, _)) => applies.extend(ApplyFn::from_method(cx, method)),
+                Some((Marker::Command, _)) => {
+                    commands.extend(CommandFn::from_method(cx, method));
+                }
                 _ => {}
             }
         }
@@ -247,7 +249,7 @@ fn take_marker(
     method: &mut ImplItemFn,
     allowed: &[Marker],
     roles: &str,
-) -> Option<Marker> {
+) -> Option<(Marker, syn::Meta)> {
     let mut found = None;
     let mut kept = Vec::with_capacity(method.attrs.len());
     for attr in std::mem::take(&mut method.attrs) {
@@ -259,7 +261,7 @@ fn take_marker(
             kept.push(attr);
             continue;
         };
-        if !matches!(attr.meta, syn::Meta::Path(_)) {
+        if marker != Marker::Handle && !matches!(attr.meta, syn::Meta::Path(_)) {
             cx.error_spanned_by(
                 &attr.meta,
                 format!("`#[{}]` takes no arguments", marker.key()),
@@ -268,11 +270,31 @@ fn take_marker(
         if found.is_some() {
             cx.error_spanned_by(&attr, roles);
         } else {
-            found = Some(marker);
+            found = Some((marker, attr.meta));
         }
     }
     method.attrs = kept;
     found
+}
+
+/// The options of `#[handle]`: none, or `side_effects` (the handler acts outside the database:
+/// skipped while a new version replays the history, and run at most once per event).
+fn handle_side_effects(cx: &Ctxt, meta: &syn::Meta) -> bool {
+    const HELP: &str = "`#[handle]` takes one option, `#[handle(side_effects)]`, for handlers that act outside the database (email, HTTP)";
+    match meta {
+        syn::Meta::Path(_) => false,
+        syn::Meta::List(list) => match syn::parse2::<Ident>(list.tokens.clone()) {
+            Ok(ident) if ident == SIDE_EFFECTS => true,
+            _ => {
+                cx.error_spanned_by(&list.tokens, HELP);
+                false
+            }
+        },
+        syn::Meta::NameValue(_) => {
+            cx.error_spanned_by(meta, HELP);
+            false
+        }
+    }
 }
 
 /// Checks what apply and command functions share: no generics, not async, not const/unsafe,
@@ -604,6 +626,8 @@ pub struct HandlerFn {
     pub method: Ident,
     pub event: Type,
     pub connection: Type,
+    /// `#[handle(side_effects)]`.
+    pub side_effects: bool,
 }
 
 /// `#[flush] async fn method(&mut self, tx: &mut Conn) -> Result<(), E>`.
@@ -658,7 +682,7 @@ impl ProjectionInput {
             let ImplItem::Fn(method) = impl_item else {
                 continue;
             };
-            let Some(marker) = take_marker(
+            let Some((marker, meta)) = take_marker(
                 cx,
                 method,
                 &[Marker::Handle, Marker::Flush, Marker::Discard],
@@ -673,7 +697,11 @@ impl ProjectionInput {
             match marker {
                 Marker::Handle => {
                     marked += 1;
-                    handlers.extend(HandlerFn::from_method(cx, method));
+                    let side_effects = handle_side_effects(cx, &meta);
+                    handlers.extend(HandlerFn::from_method(cx, method).map(|handler| HandlerFn {
+                        side_effects,
+                        ..handler
+                    }));
                 }
                 Marker::Flush => {
                     if let Some(first) = &flush_marked {
@@ -899,6 +927,7 @@ impl HandlerFn {
             method: sig.ident.clone(),
             event: event.clone(),
             connection,
+            side_effects: false,
         })
     }
 }

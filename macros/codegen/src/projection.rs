@@ -53,6 +53,18 @@ pub fn expand(input: &ProjectionInput) -> TokenStream {
             }
         }
     });
+    let side_effects: Vec<_> = input
+        .handlers
+        .iter()
+        .filter(|h| h.side_effects)
+        .map(|h| &h.event)
+        .collect();
+    let side_effects = (!side_effects.is_empty()).then(|| {
+        quote! {
+            const SIDE_EFFECTS: &'static [&'static str] =
+                &[#(<#side_effects as ::factum::__private::Event>::NAME),*];
+        }
+    });
     let discard = input.discard.as_ref().map(|method| {
         quote! {
             fn discard(&mut self) {
@@ -71,6 +83,7 @@ pub fn expand(input: &ProjectionInput) -> TokenStream {
                 const EVENT_TYPES: &'static [&'static str] =
                     &[#(<#events as ::factum::__private::Event>::NAME),*];
                 type Connection = #connection;
+                #side_effects
 
                 fn handle<'a>(
                     &'a mut self,

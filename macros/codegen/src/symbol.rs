@@ -10,3 +10,4 @@ pub const STATE_VERSION: &str = "state_version";
 pub const HANDLE: &str = "handle";
 pub const FLUSH: &str = "flush";
 pub const DISCARD: &str = "discard";
+pub const SIDE_EFFECTS: &str = "side_effects";

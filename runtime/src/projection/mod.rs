@@ -14,11 +14,15 @@ use crate::envelope::RecordedEvent;
 mod dead_letter;
 #[cfg(feature = "postgres")]
 mod runner;
+#[cfg(feature = "postgres")]
+mod versions;
 
 #[cfg(feature = "postgres")]
 pub use dead_letter::{ParkedStream, RetryOutcome};
 #[cfg(feature = "postgres")]
 pub use runner::{BatchOutcome, ProjectionRunner, ProjectionStatus, RunnerError};
+#[cfg(feature = "postgres")]
+pub use versions::{VersionState, active_version};
 
 /// A read model fed from the global feed. Implemented by `#[projection]`.
 #[diagnostic::on_unimplemented(
@@ -33,6 +37,12 @@ pub trait Projection: Send + 'static {
     const VERSION: u32;
     /// The event types it handles; the store sends only these.
     const EVENT_TYPES: &'static [&'static str];
+
+    /// The event types whose handlers act outside the database (`#[handle(side_effects)]`):
+    /// skipped while a new version of the projection replays the history, and recorded by event
+    /// id when run, so no event's side effect is triggered twice by this projection, whatever
+    /// its version.
+    const SIDE_EFFECTS: &'static [&'static str] = &[];
 
     /// The database connection its handlers write with, inside the batch's transaction.
     type Connection: Send;

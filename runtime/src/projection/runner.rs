@@ -6,6 +6,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use sqlx::{AssertSqlSafe, Connection as _, PgConnection, Row as _};
 
+use super::versions::VersionState;
 use super::{HandlerError, Projection};
 use crate::envelope::RecordedEvent;
 use crate::error::Error;
@@ -60,6 +61,11 @@ pub struct ProjectionStatus {
     pub parked_streams: u64,
     /// Events waiting in the dead-letter queue.
     pub parked_events: u64,
+    /// This version's state (`None`: never run with [`ProjectionRunner::run`]).
+    pub state: Option<VersionState>,
+    /// How far through the store the checkpoint is, from 0 to 1 (by global position: an
+    /// estimate, for rebuild progress).
+    pub progress: f64,
 }
 
 /// Runs one projection against a [`PostgresStore`].
@@ -91,6 +97,8 @@ pub struct ProjectionRunner<P> {
     position: Option<FeedPosition>,
     /// The batch after `position`, read while the previous one was being applied.
     read_ahead: Option<(FeedPosition, FeedBatch)>,
+    /// Whether this version is building beside the active one (side effects off).
+    replaying: bool,
     pub(super) sql: Sql,
 }
 
@@ -109,6 +117,11 @@ pub(super) struct Sql {
     pub(super) unpark: String,
     pub(super) record_failure: String,
     pub(super) skip: String,
+    /// Claims side effects by event id to run them; returns those not decided before (or
+    /// skipped by another version's replay).
+    claim_side_effects: String,
+    /// Records side effects skipped by a replay.
+    skip_side_effects: String,
 }
 
 impl Sql {
@@ -177,6 +190,19 @@ impl Sql {
                  SET error = $5, attempts = attempts + 1, updated_at = now()
                  WHERE projection = $1 AND version = $2 AND stream_id = $3 AND stream_version = $4"
             ),
+            claim_side_effects: format!(
+                "INSERT INTO {s}.projection_side_effects AS c (projection, event_id, version, status)
+                 SELECT $1, id, $2, 'run' FROM UNNEST($3::uuid[]) AS ids (id)
+                 ON CONFLICT (projection, event_id) DO UPDATE
+                     SET version = excluded.version, status = 'run', decided_at = now()
+                     WHERE c.status = 'skipped' AND c.version <> excluded.version
+                 RETURNING event_id"
+            ),
+            skip_side_effects: format!(
+                "INSERT INTO {s}.projection_side_effects (projection, event_id, version, status)
+                 SELECT $1, id, $2, 'skipped' FROM UNNEST($3::uuid[]) AS ids (id)
+                 ON CONFLICT (projection, event_id) DO NOTHING"
+            ),
             skip: format!(
                 "UPDATE {s}.projection_dead_letters SET status = 'skipped', updated_at = now()
                  WHERE projection = $1 AND version = $2 AND stream_id = $3 AND stream_version = $4"
@@ -200,6 +226,7 @@ impl<P: Projection<Connection = PgConnection>> ProjectionRunner<P> {
             dead_letters: true,
             position: None,
             read_ahead: None,
+            replaying: false,
             sql,
         }
     }
@@ -243,6 +270,10 @@ impl<P: Projection<Connection = PgConnection>> ProjectionRunner<P> {
 
     pub(super) fn store(&self) -> &PostgresStore {
         &self.store
+    }
+
+    pub(super) fn set_replaying(&mut self, replaying: bool) {
+        self.replaying = replaying;
     }
 
     pub(super) fn projection_mut(&mut self) -> &mut P {
@@ -307,11 +338,20 @@ impl<P: Projection<Connection = PgConnection>> ProjectionRunner<P> {
         }
         let mut outcome = BatchOutcome::default();
         let mut to_park = Vec::new();
+        let fresh = |e: &&RecordedEvent| e.feed_position() > checkpoint;
+        let claimed = self
+            .claim_side_effects(&mut transaction, events, checkpoint, &parked)
+            .await?;
         self.projection.discard();
-        for event in events.iter().filter(|e| e.feed_position() > checkpoint) {
+        for event in events.iter().filter(fresh) {
             if parked.contains(&event.stream_id) {
                 to_park.push(DeadLetter::behind(event));
                 continue;
+            }
+            if P::SIDE_EFFECTS.contains(&event.event_type.as_str())
+                && (self.replaying || !claimed.contains(&event.event_id))
+            {
+                continue; // replaying, or its side effect already ran
             }
             if let Err(cause) = self.projection.handle(event, &mut transaction).await {
                 self.projection.discard();
@@ -331,6 +371,53 @@ impl<P: Projection<Connection = PgConnection>> ProjectionRunner<P> {
             .await?;
         transaction.commit().await.map_err(|e| self.fail(e))?;
         Ok(Some(outcome))
+    }
+
+    /// Claims the side effects of the batch's fresh events of `#[handle(side_effects)]` types
+    /// (in the batch's transaction): returns the ids not claimed before. While replaying, the
+    /// claims are recorded too (and nothing returned): an event's side effect is decided once,
+    /// run live or skipped by a rebuild, never run by a later redelivery.
+    async fn claim_side_effects(
+        &self,
+        transaction: &mut PgConnection,
+        events: &[RecordedEvent],
+        checkpoint: FeedPosition,
+        parked: &[String],
+    ) -> Result<std::collections::HashSet<crate::Uuid>, Error> {
+        if P::SIDE_EFFECTS.is_empty() {
+            return Ok(std::collections::HashSet::new());
+        }
+        let ids: Vec<crate::Uuid> = events
+            .iter()
+            .filter(|e| {
+                e.feed_position() > checkpoint
+                    && P::SIDE_EFFECTS.contains(&e.event_type.as_str())
+                    && !parked.contains(&e.stream_id)
+            })
+            .map(|e| e.event_id)
+            .collect();
+        if ids.is_empty() {
+            return Ok(std::collections::HashSet::new());
+        }
+        if self.replaying {
+            sqlx::query(AssertSqlSafe(self.sql.skip_side_effects.clone()))
+                .bind(P::NAME)
+                .bind(version(P::VERSION))
+                .bind(ids)
+                .execute(&mut *transaction)
+                .await
+                .map_err(|e| self.fail(e))?;
+            return Ok(std::collections::HashSet::new());
+        }
+        let claimed: Vec<crate::Uuid> =
+            sqlx::query_scalar(AssertSqlSafe(self.sql.claim_side_effects.clone()))
+                .bind(P::NAME)
+                .bind(version(P::VERSION))
+                .bind(ids)
+                .fetch_all(&mut *transaction)
+                .await
+                .map_err(|e| self.fail(e))?;
+        Ok(claimed.into_iter().collect())
     }
 
     /// Locks the projection's checkpoint row for the transaction (so concurrent instances, a
@@ -659,15 +746,58 @@ impl<P: Projection<Connection = PgConnection>> ProjectionRunner<P> {
             version = P::VERSION,
             "projection lease taken"
         );
+        let mut state = self.register().await?;
+        if state == VersionState::Retired {
+            tracing::warn!(
+                projection = P::NAME,
+                version = P::VERSION,
+                "a newer version of the projection is active: this one does not run"
+            );
+            drop(lease);
+            return Ok(self.projection);
+        }
+        let mut checked = std::time::Instant::now();
         let mut wakeups = self.store.wakeups();
         let result = loop {
             wakeups.mark_seen();
             let wait = match self.step().await {
                 Ok(Step::Applied(_)) => None,
                 Ok(Step::CaughtUp { held_back: true }) => Some(Duration::from_millis(5)),
-                Ok(Step::CaughtUp { held_back: false }) => Some(self.poll_interval),
+                Ok(Step::CaughtUp { held_back: false }) => {
+                    if state == VersionState::Building {
+                        match self.switch_over().await {
+                            Ok(true) => {
+                                state = VersionState::Active;
+                                self.replaying = false;
+                            }
+                            Ok(false) => {
+                                tracing::warn!("the version was retired while building");
+                                break Ok(());
+                            }
+                            Err(error) => break Err(error.into()),
+                        }
+                    }
+                    Some(self.poll_interval)
+                }
                 Err(error) => break Err(error),
             };
+            // An active version stops once a newer one has switched over.
+            if state == VersionState::Active && (wait.is_some() || checked.elapsed() > RETIRE_CHECK)
+            {
+                checked = std::time::Instant::now();
+                match self.version_state().await {
+                    Ok(Some(VersionState::Retired)) => {
+                        tracing::info!(
+                            projection = P::NAME,
+                            version = P::VERSION,
+                            "a newer version switched over: this one is retired and stops"
+                        );
+                        break Ok(());
+                    }
+                    Ok(_) => {}
+                    Err(error) => break Err(error.into()),
+                }
+            }
             let stop = match wait {
                 None => futures_poll_now(shutdown.as_mut()),
                 Some(wait) => tokio::select! {
@@ -747,9 +877,18 @@ impl<P: Projection<Connection = PgConnection>> ProjectionRunner<P> {
                 .unwrap_or_default(),
             parked_streams: to_u64(row.try_get(4).map_err(get)?),
             parked_events: to_u64(row.try_get(5).map_err(get)?),
+            state: self.version_state().await?,
+            progress: if head.position == 0 || checkpoint >= head {
+                1.0
+            } else {
+                (checkpoint.position as f64 / head.position as f64).min(1.0)
+            },
         })
     }
 }
+
+/// How often a busy active version checks whether a newer one has switched over.
+const RETIRE_CHECK: Duration = Duration::from_secs(1);
 
 /// Whether the shutdown future has completed, without waiting.
 fn futures_poll_now(shutdown: std::pin::Pin<&mut (impl Future<Output = ()> + Send)>) -> bool {

@@ -32,6 +32,11 @@ const MIGRATIONS: &[Migration] = &[
         name: "dead_letters",
         sql: include_str!("../../../migrations/postgres/0003_dead_letters.sql"),
     },
+    Migration {
+        version: 4,
+        name: "projection_versions",
+        sql: include_str!("../../../migrations/postgres/0004_projection_versions.sql"),
+    },
 ];
 
 /// FNV-1a: a stable checksum of a migration's text (not a security measure).
