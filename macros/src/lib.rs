@@ -47,7 +47,10 @@ pub fn upcast(args: TokenStream, input: TokenStream) -> TokenStream {
 /// Makes a read model fed from the global feed: `#[projection(name = "balances", version = 1)]`
 /// on an impl block whose `#[handle]` methods take one event type, its envelope and the batch's
 /// transaction: `async fn on_x(&mut self, event: &X, envelope: &Envelope, tx: &mut PgConnection)
-/// -> Result<(), E>`.
+/// -> Result<(), E>`. `#[handle(side_effects)]` marks a handler that acts outside the database
+/// (skipped by rebuilds, run at most once per event). Optionally `#[flush] async fn(&mut self,
+/// tx: &mut PgConnection) -> Result<(), E>` writes what the handlers buffered, once per batch,
+/// and `#[discard] fn(&mut self)` drops that buffer before every batch.
 #[proc_macro_attribute]
 pub fn projection(args: TokenStream, input: TokenStream) -> TokenStream {
     factum_codegen::projection(args.into(), input.into()).into()

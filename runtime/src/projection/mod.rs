@@ -5,6 +5,14 @@
 //! read (the store filters them) and the dispatch. The runner ([`ProjectionRunner`], PostgreSQL)
 //! commits each batch of handler writes together with the projection's checkpoint, and skips
 //! events at or below the checkpoint: delivery is at least once, the effect exactly once.
+//!
+//! - `#[flush]` / `#[discard]`: handlers may buffer a batch's changes in memory; the flush writes
+//!   them once per batch, in its transaction; discard drops them before every batch.
+//! - A stream whose event keeps failing is parked in a dead-letter queue (the runner's
+//!   `parked`, `retry_parked`, `skip_parked`) while other streams flow on.
+//! - Bumping the version builds the new version beside the active one and switches over when it
+//!   has caught up ([`VersionState`], [`active_version`]).
+//! - `#[handle(side_effects)]` handlers are skipped by rebuilds and run at most once per event.
 
 use std::future::Future;
 
