@@ -154,6 +154,21 @@ fn projection() {
 }
 
 #[test]
+fn inline_projection() {
+    insta::assert_snapshot!(render(factum_codegen::projection(
+        quote!(name = "balances", inline),
+        quote! {
+            impl Balances {
+                #[handle]
+                async fn deposited(&mut self, event: &MoneyDeposited, envelope: &Envelope, tx: &mut PgConnection) -> Result<(), sqlx::Error> {
+                    Ok(())
+                }
+            }
+        }
+    )));
+}
+
+#[test]
 fn projection_with_flush() {
     insta::assert_snapshot!(render(factum_codegen::projection(
         quote!(name = "balances"),

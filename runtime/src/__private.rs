@@ -44,4 +44,4 @@ pub fn encode_event<E: Event>(event: &E) -> Result<Payload, serde_json::Error> {
 }
 
 pub use crate::envelope::RecordedEvent;
-pub use crate::projection::{HandlerError, Projection};
+pub use crate::projection::{HandlerError, InlineProjection, Projection};

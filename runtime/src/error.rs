@@ -118,6 +118,19 @@ pub enum Error {
     #[error("invalid configuration: {0}")]
     InvalidConfig(String),
 
+    /// An inline projection failed in the append's transaction: the append was rolled back,
+    /// nothing of it is stored.
+    #[error(
+        "inline projection `{projection}` failed, so the append was rolled back (nothing is stored): {cause}"
+    )]
+    InlineProjection {
+        /// The projection.
+        projection: &'static str,
+        /// Why it failed.
+        #[source]
+        cause: Box<dyn std::error::Error + Send + Sync>,
+    },
+
     /// The store does not support this operation.
     #[error("this event store does not support {0}")]
     Unsupported(&'static str),

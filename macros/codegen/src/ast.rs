@@ -619,6 +619,8 @@ pub struct ProjectionInput {
     pub discard: Option<Ident>,
     /// The connection type of the handlers (the first one's, else the flush's).
     pub connection: Option<Type>,
+    /// `inline`: it may also run in the append's transaction.
+    pub inline: bool,
 }
 
 /// `#[handle] async fn method(&mut self, event: &Event, envelope: &Envelope, tx: &mut Conn)`.
@@ -640,7 +642,7 @@ impl ProjectionInput {
     const USAGE: &'static str = "#[handle] async fn on_event(&mut self, event: &EventType, envelope: &Envelope, tx: &mut PgConnection) -> Result<(), Error>";
 
     pub fn from_syn(cx: &Ctxt, args: TokenStream, input: TokenStream) -> Result<Self, TokenStream> {
-        let args = attr::event_args(cx, args, "#[projection]");
+        let args = attr::projection_args(cx, args);
         let mut item = match syn::parse2::<ItemImpl>(input.clone()) {
             Ok(item) => item,
             Err(_) => {
@@ -745,6 +747,17 @@ impl ProjectionInput {
                 ),
             );
         }
+        if let Some(inline) = &args.inline {
+            for handler in handlers.iter().filter(|h| h.side_effects) {
+                cx.error_spanned_by(
+                    inline,
+                    format!(
+                        "an inline projection runs in the append's transaction, which may still roll back, so it cannot act outside the database: move `#[handle(side_effects)] {}` to a projection that is not inline",
+                        handler.method
+                    ),
+                );
+            }
+        }
         let connection = handlers
             .first()
             .map(|h: &HandlerFn| h.connection.clone())
@@ -757,6 +770,7 @@ impl ProjectionInput {
             flush,
             discard,
             connection,
+            inline: args.inline.is_some(),
         })
     }
 }

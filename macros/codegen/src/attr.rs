@@ -11,7 +11,7 @@ use syn::punctuated::Punctuated;
 use syn::{Expr, Lit, LitInt, LitStr, Token, Type};
 
 use crate::ctxt::Ctxt;
-use crate::symbol::{EVENTS, IGNORE, NAME, STATE_VERSION, VERSION};
+use crate::symbol::{EVENTS, IGNORE, INLINE, NAME, STATE_VERSION, VERSION};
 
 /// A key that may be set at most once.
 pub struct Attr<T> {
@@ -92,6 +92,54 @@ pub fn event_args(cx: &Ctxt, args: TokenStream, attribute: &str) -> EventArgs {
         name: name.get(),
         version: version.get(),
         keys,
+    }
+}
+
+/// The arguments of `#[projection(...)]`.
+pub struct ProjectionArgs {
+    /// The projection's name (default: the Rust name).
+    pub name: Option<LitStr>,
+    /// Its version (default: 1).
+    pub version: Option<(u32, LitInt)>,
+    /// `inline`: it may also run in the append's transaction; the key's tokens, for spans.
+    pub inline: Option<syn::Path>,
+}
+
+pub fn projection_args(cx: &Ctxt, args: TokenStream) -> ProjectionArgs {
+    let mut name = Attr::none(NAME);
+    let mut version = Attr::none(VERSION);
+    let mut inline = Attr::none(INLINE);
+    let parser = syn::meta::parser(|meta| {
+        if meta.path.is_ident(NAME) {
+            if let Some(lit) = type_name(cx, &meta, "name = \"balances\"")? {
+                name.set(cx, &meta.path, lit);
+            }
+        } else if meta.path.is_ident(VERSION) {
+            if let Some(parsed) = version_value(cx, &meta, VERSION, "projection versions")? {
+                version.set(cx, &meta.path, parsed);
+            }
+        } else if meta.path.is_ident(INLINE) {
+            if meta.input.is_empty() || meta.input.peek(Token![,]) {
+                inline.set(cx, &meta.path, meta.path.clone());
+            } else {
+                cx.error_spanned_by(
+                    &meta.path,
+                    "`inline` takes no value: `#[projection(name = \"balances\", inline)]`",
+                );
+                skip_value(&meta)?;
+            }
+        } else {
+            unknown_key(cx, &meta, "#[projection]", "`name`, `version` or `inline`")?;
+        }
+        Ok(())
+    });
+    if let Err(error) = parser.parse2(args) {
+        cx.syn_error(error);
+    }
+    ProjectionArgs {
+        name: name.get(),
+        version: version.get(),
+        inline: inline.get(),
     }
 }
 

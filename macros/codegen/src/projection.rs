@@ -72,6 +72,17 @@ pub fn expand(input: &ProjectionInput) -> TokenStream {
             }
         }
     });
+    let inline = input.inline.then(|| {
+        quote!(
+            const INLINE: bool = true;
+        )
+    });
+    let inline_marker = input.inline.then(|| {
+        quote! {
+            #[automatically_derived]
+            impl ::factum::__private::InlineProjection for #self_ty {}
+        }
+    });
     quote! {
         #item
 
@@ -84,6 +95,7 @@ pub fn expand(input: &ProjectionInput) -> TokenStream {
                     &[#(<#events as ::factum::__private::Event>::NAME),*];
                 type Connection = #connection;
                 #side_effects
+                #inline
 
                 fn handle<'a>(
                     &'a mut self,
@@ -102,6 +114,8 @@ pub fn expand(input: &ProjectionInput) -> TokenStream {
                 #flush
                 #discard
             }
+
+            #inline_marker
         };
     }
 }

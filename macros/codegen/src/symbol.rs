@@ -11,3 +11,4 @@ pub const HANDLE: &str = "handle";
 pub const FLUSH: &str = "flush";
 pub const DISCARD: &str = "discard";
 pub const SIDE_EFFECTS: &str = "side_effects";
+pub const INLINE: &str = "inline";

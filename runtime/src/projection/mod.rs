@@ -13,6 +13,8 @@
 //! - Bumping the version builds the new version beside the active one and switches over when it
 //!   has caught up ([`VersionState`], [`active_version`]).
 //! - `#[handle(side_effects)]` handlers are skipped by rebuilds and run at most once per event.
+//! - `#[projection(inline)]`: also applied in the append's transaction, for read-your-writes
+//!   (`PostgresStore::with_inline`).
 
 use std::future::Future;
 
@@ -20,6 +22,8 @@ use crate::envelope::RecordedEvent;
 
 #[cfg(feature = "postgres")]
 mod dead_letter;
+#[cfg(feature = "postgres")]
+mod inline;
 #[cfg(feature = "postgres")]
 mod runner;
 #[cfg(feature = "postgres")]
@@ -52,6 +56,10 @@ pub trait Projection: Send + 'static {
     /// its version.
     const SIDE_EFFECTS: &'static [&'static str] = &[];
 
+    /// Whether it may be applied in append transactions (`#[projection(inline)]`): its runner
+    /// then skips what inline applications did.
+    const INLINE: bool = false;
+
     /// The database connection its handlers write with, inside the batch's transaction.
     type Connection: Send;
 
@@ -83,6 +91,15 @@ pub trait Projection: Send + 'static {
     /// nothing.
     fn discard(&mut self) {}
 }
+
+/// A projection that may be applied in the append's transaction, for read-your-writes:
+/// `#[projection(inline)]`. Register it with `PostgresStore::with_inline`.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` is not an inline projection",
+    label = "not declared inline",
+    note = "add `inline` to its attribute: `#[factum::projection(name = \"...\", inline)]`"
+)]
+pub trait InlineProjection: Projection {}
 
 /// Why a projection could not handle an event.
 #[derive(Debug, thiserror::Error)]

@@ -338,7 +338,13 @@ impl<P: Projection<Connection = PgConnection>> ProjectionRunner<P> {
         }
         let mut outcome = BatchOutcome::default();
         let mut to_park = Vec::new();
-        let fresh = |e: &&RecordedEvent| e.feed_position() > checkpoint;
+        let inline = self.inline_marks(&mut transaction, events).await?;
+        let fresh = |e: &&RecordedEvent| {
+            e.feed_position() > checkpoint
+                && inline
+                    .get(&e.stream_id)
+                    .is_none_or(|&applied| e.stream_version > applied)
+        };
         let claimed = self
             .claim_side_effects(&mut transaction, events, checkpoint, &parked)
             .await?;
@@ -371,6 +377,22 @@ impl<P: Projection<Connection = PgConnection>> ProjectionRunner<P> {
             .await?;
         transaction.commit().await.map_err(|e| self.fail(e))?;
         Ok(Some(outcome))
+    }
+
+    /// For an inline projection, how far inline applications went in each of `events`'
+    /// streams (those events are skipped); nothing otherwise.
+    async fn inline_marks(
+        &self,
+        transaction: &mut PgConnection,
+        events: &[RecordedEvent],
+    ) -> Result<std::collections::HashMap<String, u64>, Error> {
+        if !P::INLINE || events.is_empty() {
+            return Ok(std::collections::HashMap::new());
+        }
+        let mut streams: Vec<&str> = events.iter().map(|e| e.stream_id.as_str()).collect();
+        streams.sort_unstable();
+        streams.dedup();
+        super::inline::inline_marks::<P>(&self.store, transaction, &streams).await
     }
 
     /// Claims the side effects of the batch's fresh events of `#[handle(side_effects)]` types

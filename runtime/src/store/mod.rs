@@ -23,6 +23,8 @@ mod postgres;
 pub use append::{StoredId, check_distinct_ids, classify_retry};
 pub use memory::MemoryStore;
 #[cfg(feature = "postgres")]
+pub(crate) use postgres::{AppendHook, ENVELOPE_COLUMNS};
+#[cfg(feature = "postgres")]
 pub use postgres::{FeedHorizon, OpenTransaction, PostgresStore};
 
 /// What an append expects of the stream, checked atomically with the write.

@@ -338,6 +338,9 @@ impl PostgresStore {
     pub(super) async fn append_autocommit(&self, append: Append<'_>) -> Result<Vec<RecordedEvent>> {
         check_distinct_ids(append.stream_id, &append.events)?;
         let pool = &self.inner.pool;
+        if !self.hooks.is_empty() && !append.events.is_empty() {
+            return self.append_hooked(append, None).await;
+        }
         if append.events.is_empty() {
             return match append.verdict(append.diagnose(self, pool).await?) {
                 Verdict::Refused(error) => Err(error),
@@ -374,6 +377,9 @@ impl PostgresStore {
         if append.events.is_empty() {
             return Ok(Vec::new());
         }
+        if !self.hooks.is_empty() {
+            return self.append_hooked(append, Some(head)).await;
+        }
         let pool = &self.inner.pool;
         let inserted = match append.events.as_slice() {
             [event] => append.insert_one(self, event, head, pool).await,
@@ -401,6 +407,58 @@ impl PostgresStore {
         }
     }
 
+    /// An append in its own transaction with the append hooks (inline projections), which run
+    /// on the inserted events before the commit; retried while it loses races it can still win.
+    /// An idempotent retry of a stored append runs no hook: they ran when it was stored.
+    async fn append_hooked(
+        &self,
+        append: Append<'_>,
+        mut head: Option<KnownHead>,
+    ) -> Result<Vec<RecordedEvent>> {
+        let pool = &self.inner.pool;
+        for _ in 0..MAX_ATTEMPTS {
+            let mut transaction = pool.begin().await.map_err(|e| self.fail(e))?;
+            let inserted = match (head, append.events.as_slice()) {
+                (Some(head), [event]) => {
+                    append
+                        .insert_one(self, event, head, &mut *transaction)
+                        .await
+                }
+                (Some(head), _) => {
+                    append
+                        .insert_with(
+                            &self.inner.sql.append_after_head,
+                            to_i64(head.version()),
+                            &mut *transaction,
+                        )
+                        .await
+                }
+                (None, _) => append.insert(self, &mut *transaction).await,
+            };
+            match inserted {
+                Ok(rows) if !rows.is_empty() => {
+                    let recorded = append.recorded(self, rows)?;
+                    self.run_hooks(&mut transaction, &recorded).await?;
+                    transaction.commit().await.map_err(|e| self.fail(e))?;
+                    return Ok(recorded);
+                }
+                Ok(_) => {}
+                Err(error) if is_unique_violation(&error) => {}
+                Err(error) => return Err(self.fail(error)),
+            }
+            drop(transaction); // rolled back
+            match append.verdict(append.diagnose(self, pool).await?) {
+                Verdict::Stored(versions) => {
+                    return self.read_versions(append.stream_id, versions).await;
+                }
+                Verdict::Refused(error) => return Err(error),
+                Verdict::Retry => head = None,
+            }
+        }
+        let actual = append.diagnose(self, pool).await?.head_version;
+        Err(append.conflict(actual))
+    }
+
     /// An append inside the caller's transaction. A unique violation aborts the transaction, so
     /// a lost race is reported as a conflict rather than retried.
     pub(super) async fn append_in_transaction(
@@ -416,7 +474,11 @@ impl PostgresStore {
                 append.insert(self, &mut *connection).await
             };
             match inserted {
-                Ok(rows) if !rows.is_empty() => return append.recorded(self, rows),
+                Ok(rows) if !rows.is_empty() => {
+                    let recorded = append.recorded(self, rows)?;
+                    self.run_hooks(&mut *connection, &recorded).await?;
+                    return Ok(recorded);
+                }
                 Ok(_) => match append.verdict(append.diagnose(self, &mut *connection).await?) {
                     Verdict::Stored(versions) => {
                         return self.read_versions(append.stream_id, versions).await;

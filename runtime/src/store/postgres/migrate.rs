@@ -37,6 +37,11 @@ const MIGRATIONS: &[Migration] = &[
         name: "projection_versions",
         sql: include_str!("../../../migrations/postgres/0004_projection_versions.sql"),
     },
+    Migration {
+        version: 5,
+        name: "inline_projections",
+        sql: include_str!("../../../migrations/postgres/0005_inline_projections.sql"),
+    },
 ];
 
 /// FNV-1a: a stable checksum of a migration's text (not a security measure).

@@ -113,7 +113,7 @@ struct Statements {
 }
 
 /// The envelope columns, in the order `envelope_from_row` reads them.
-const ENVELOPE_COLUMNS: &str = "e.stream_id, e.stream_version, e.position, e.tx::text::bigint, \
+pub(crate) const ENVELOPE_COLUMNS: &str = "e.stream_id, e.stream_version, e.position, e.tx::text::bigint, \
     e.aggregate_type, e.event_id, e.event_type, e.schema_version, e.payload::text, \
     e.metadata::text, e.correlation_id, e.causation_id, e.actor, e.recorded_at";
 
@@ -236,6 +236,20 @@ impl Statements {
 #[derive(Clone)]
 pub struct PostgresStore {
     inner: Arc<Inner>,
+    /// Run in every append's transaction (inline projections).
+    hooks: Arc<[Arc<dyn AppendHook>]>,
+}
+
+/// Work done in an append's transaction once its events are inserted, before the commit: inline
+/// projections. A failure rolls the append back.
+pub(crate) trait AppendHook: Send + Sync + 'static {
+    /// Called with the events one append inserted (one stream, in version order).
+    fn appended<'a>(
+        &'a self,
+        store: &'a PostgresStore,
+        transaction: &'a mut sqlx::PgConnection,
+        events: &'a [RecordedEvent],
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<()>> + Send + 'a>>;
 }
 
 struct Inner {
@@ -295,6 +309,7 @@ impl PostgresStore {
 
     fn build(pool: PgPool, schema: Schema) -> Self {
         Self {
+            hooks: Arc::new([]),
             inner: Arc::new(Inner {
                 sql: Statements::new(&schema),
                 channel: format!("factum_{}", schema.name()),
@@ -328,7 +343,29 @@ impl PostgresStore {
         self.inner.schema.name()
     }
 
-    fn fail(&self, error: sqlx::Error) -> Error {
+    /// This store, running `hook` in every append's transaction too.
+    pub(crate) fn with_hook(&self, hook: Arc<dyn AppendHook>) -> Self {
+        let mut hooks = self.hooks.to_vec();
+        hooks.push(hook);
+        Self {
+            inner: Arc::clone(&self.inner),
+            hooks: hooks.into(),
+        }
+    }
+
+    /// Runs the append hooks on events just inserted in `transaction`.
+    async fn run_hooks(
+        &self,
+        transaction: &mut sqlx::PgConnection,
+        events: &[RecordedEvent],
+    ) -> Result<()> {
+        for hook in self.hooks.iter() {
+            hook.appended(self, transaction, events).await?;
+        }
+        Ok(())
+    }
+
+    pub(crate) fn fail(&self, error: sqlx::Error) -> Error {
         db_error(&self.inner.schema, error)
     }
 
@@ -426,7 +463,11 @@ impl PostgresStore {
             .map_err(|e| self.fail(e))
     }
 
-    fn read_rows(&self, rows: &[PgRow], first_column: usize) -> Result<Vec<RecordedEvent>> {
+    pub(crate) fn read_rows(
+        &self,
+        rows: &[PgRow],
+        first_column: usize,
+    ) -> Result<Vec<RecordedEvent>> {
         rows.iter()
             .map(|row| envelope_from_row(row, first_column).map_err(|e| self.fail(e)))
             .collect()
