@@ -82,8 +82,37 @@ pub fn apply(_args: TokenStream, input: TokenStream) -> TokenStream {
     factum_codegen::stray_marker("apply", input.into()).into()
 }
 
-/// Marks a command handler inside an `#[aggregate]` impl block (on its own: an error).
+/// On a struct or enum: a command message (a stable name and a JSON form), which sagas send
+/// and the command bus delivers; `#[command(name = "...")]` sets the name. On a method: marks
+/// a command handler inside an `#[aggregate]` impl block (on its own: an error).
 #[proc_macro_attribute]
-pub fn command(_args: TokenStream, input: TokenStream) -> TokenStream {
-    factum_codegen::stray_marker("command", input.into()).into()
+pub fn command(args: TokenStream, input: TokenStream) -> TokenStream {
+    factum_codegen::command(args.into(), input.into()).into()
+}
+
+/// Implements a saga on an inherent impl block: `#[start(by = field)]`, `#[handle(by = field)]`
+/// (`#[handle(by = field, end)]`), `#[timeout]` and `#[rejected]` handlers;
+/// `#[saga(name = "...", commands(...))]` names it and lists the commands it sends.
+#[proc_macro_attribute]
+pub fn saga(args: TokenStream, input: TokenStream) -> TokenStream {
+    factum_codegen::saga(args.into(), input.into()).into()
+}
+
+/// Marks the handler of the event that starts a saga instance (on its own: an error).
+#[proc_macro_attribute]
+pub fn start(_args: TokenStream, input: TokenStream) -> TokenStream {
+    factum_codegen::stray_marker("start", input.into()).into()
+}
+
+/// On a struct or enum: a saga timeout (a stable name and a JSON form). On a method: marks a
+/// saga's timeout handler (on its own: an error).
+#[proc_macro_attribute]
+pub fn timeout(args: TokenStream, input: TokenStream) -> TokenStream {
+    factum_codegen::timeout(args.into(), input.into()).into()
+}
+
+/// Marks the handler of a saga's commands refused by their aggregate (on its own: an error).
+#[proc_macro_attribute]
+pub fn rejected(_args: TokenStream, input: TokenStream) -> TokenStream {
+    factum_codegen::stray_marker("rejected", input.into()).into()
 }

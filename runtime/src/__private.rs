@@ -43,5 +43,9 @@ pub fn encode_event<E: Event>(event: &E) -> Result<Payload, serde_json::Error> {
     Payload::encode(event)
 }
 
+pub use crate::command::Command;
 pub use crate::envelope::RecordedEvent;
 pub use crate::projection::{HandlerError, InlineProjection, Projection};
+pub use crate::saga::{
+    Association, FiredTimeout, Rejection, Role, Saga, SagaContext, Schedules, Sends, Timeout,
+};

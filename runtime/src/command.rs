@@ -1,5 +1,8 @@
-//! The context a command runs in: ids that flow into every event it produces.
+//! Commands as messages, and the context a command runs in: ids that flow into every event it
+//! produces.
 
+use serde::Serialize;
+use serde::de::DeserializeOwned;
 use uuid::Uuid;
 
 use crate::envelope::{Envelope, Metadata};
@@ -83,6 +86,28 @@ impl CommandContext {
         self.metadata.insert(key.into(), value.into());
         self
     }
+}
+
+impl CommandContext {
+    /// The id of the `index`-th event of this command when it is executed at most once
+    /// (`Repository::execute_once`): derived from the command id (UUIDv5 in the command id's
+    /// namespace), so that a redelivered command's events are recognised as already stored.
+    #[must_use]
+    pub fn event_id(&self, index: usize) -> Uuid {
+        Uuid::new_v5(&self.command_id, &(index as u64).to_be_bytes())
+    }
+}
+
+/// A command that travels as a message (sent by a saga, delivered by the command bus): a stable
+/// name and a JSON form. `#[command]` on a struct or enum implements it.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` is not a command message",
+    label = "not a command message",
+    note = "annotate the type with `#[factum::command]`"
+)]
+pub trait Command: Serialize + DeserializeOwned + Send + Sync + 'static {
+    /// The command's stable name, stored in the outbox.
+    const NAME: &'static str;
 }
 
 impl Default for CommandContext {

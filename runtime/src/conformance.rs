@@ -849,6 +849,18 @@ pub async fn empty_append<S: EventStore>(store: &S) {
     assert_conflict(result, &stream, ExpectedVersion::StreamExists, 0);
 }
 
+/// An event is found by its id, with its envelope; an unknown id finds nothing.
+pub async fn read_event_by_id<S: EventStore>(store: &S) {
+    let stream = unique_stream("by-id");
+    let stored = store
+        .append(&stream, AGGREGATE, ExpectedVersion::NoStream, pings(0..3))
+        .await
+        .unwrap();
+    let found = store.read_event(stored[1].event_id).await.unwrap();
+    assert_eq!(found.as_ref(), Some(&stored[1]), "the event is found by id");
+    assert_eq!(store.read_event(Uuid::now_v7()).await.unwrap(), None);
+}
+
 /// Runs every case of the suite as its own `#[tokio::test]`.
 ///
 /// `setup` is an async function returning a fresh store; `teardown`, if given, receives the store
@@ -870,6 +882,7 @@ macro_rules! conformance_tests {
         $crate::__conformance_case!(by_ref stream_events_and_history [$setup] [$($teardown)?]);
         $crate::__conformance_case!(by_ref append_after_known_head [$setup] [$($teardown)?]);
         $crate::__conformance_case!(by_ref empty_append [$setup] [$($teardown)?]);
+        $crate::__conformance_case!(by_ref read_event_by_id [$setup] [$($teardown)?]);
         $crate::__conformance_case!(shared concurrent_appends_are_atomic [$setup] [$($teardown)?]);
         $crate::__conformance_case!(shared racing_exact_appends [$setup] [$($teardown)?]);
     };

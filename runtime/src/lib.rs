@@ -71,6 +71,7 @@ pub mod event;
 pub mod feed;
 pub mod projection;
 pub mod repository;
+pub mod saga;
 pub mod snapshot;
 pub mod store;
 pub mod testing;
@@ -85,15 +86,16 @@ pub mod __private;
 pub struct ReadmeDoctests;
 
 pub use factum_macros::{
-    aggregate, apply, command, discard, event, flush, handle, projection, upcast,
+    aggregate, apply, command, discard, event, flush, handle, projection, rejected, saga, start,
+    timeout, upcast,
 };
 
 pub use crate::aggregate::{Aggregate, Apply, ApplyTo, Handle, HandlerOutput};
-pub use crate::command::CommandContext;
+pub use crate::command::{Command, CommandContext};
 pub use crate::envelope::{Envelope, Metadata, NewEvent, RecordedEvent};
 pub use crate::error::{DecodeError, Error, ExecuteError, Result};
 pub use crate::event::{Event, EventDescriptor, EventOf, EventSet, IntoEvents, Payload};
-pub use crate::repository::{Loaded, Repository};
+pub use crate::repository::{Executed, Loaded, Repository};
 pub use crate::snapshot::Snapshot;
 /// Event, command and correlation ids.
 pub use uuid::Uuid;

@@ -328,6 +328,14 @@ impl<S: EventStore> EventStore for Counting<S> {
         self.inner.stream_version(stream_id).await
     }
 
+    async fn read_event(
+        &self,
+        event_id: factum::Uuid,
+    ) -> factum::Result<Option<factum::RecordedEvent>> {
+        self.reads.fetch_add(1, Ordering::SeqCst);
+        self.inner.read_event(event_id).await
+    }
+
     async fn load_snapshot(&self, stream_id: &str) -> factum::Result<Option<Snapshot>> {
         self.reads.fetch_add(1, Ordering::SeqCst);
         self.inner.load_snapshot(stream_id).await

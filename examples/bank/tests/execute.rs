@@ -198,6 +198,13 @@ impl EventStore for Contended {
     async fn stream_version(&self, stream_id: &str) -> factum::Result<u64> {
         self.inner.stream_version(stream_id).await
     }
+
+    async fn read_event(
+        &self,
+        event_id: factum::Uuid,
+    ) -> factum::Result<Option<factum::RecordedEvent>> {
+        self.inner.read_event(event_id).await
+    }
 }
 
 async fn contended_account(races: u32) -> Contended {

@@ -11,7 +11,7 @@ use syn::punctuated::Punctuated;
 use syn::{Expr, Lit, LitInt, LitStr, Token, Type};
 
 use crate::ctxt::Ctxt;
-use crate::symbol::{EVENTS, IGNORE, INLINE, NAME, STATE_VERSION, VERSION};
+use crate::symbol::{BY, COMMANDS, END, EVENTS, IGNORE, INLINE, NAME, STATE_VERSION, VERSION};
 
 /// A key that may be set at most once.
 pub struct Attr<T> {
@@ -140,6 +140,113 @@ pub fn projection_args(cx: &Ctxt, args: TokenStream) -> ProjectionArgs {
         name: name.get(),
         version: version.get(),
         inline: inline.get(),
+    }
+}
+
+/// The arguments of `#[command(...)]` and `#[timeout(...)]`: an optional `name`.
+pub fn message_args(cx: &Ctxt, args: TokenStream, marker: &str) -> Option<LitStr> {
+    let mut name = Attr::none(NAME);
+    let parser = syn::meta::parser(|meta| {
+        if meta.path.is_ident(NAME) {
+            if let Some(lit) = type_name(cx, &meta, "name = \"ReserveInventory\"")? {
+                name.set(cx, &meta.path, lit);
+            }
+        } else {
+            unknown_key(cx, &meta, &format!("#[{marker}]"), "`name`")?;
+        }
+        Ok(())
+    });
+    if let Err(error) = parser.parse2(args) {
+        cx.syn_error(error);
+    }
+    name.get()
+}
+
+/// The arguments of `#[saga(...)]`.
+pub struct SagaArgs {
+    /// The saga's name (default: the Rust name).
+    pub name: Option<LitStr>,
+    /// The commands it sends.
+    pub commands: Vec<Type>,
+}
+
+pub fn saga_args(cx: &Ctxt, args: TokenStream) -> SagaArgs {
+    let mut name = Attr::none(NAME);
+    let mut commands = Attr::none(COMMANDS);
+    let parser = syn::meta::parser(|meta| {
+        if meta.path.is_ident(NAME) {
+            if let Some(lit) = type_name(cx, &meta, "name = \"order_fulfillment\"")? {
+                name.set(cx, &meta.path, lit);
+            }
+        } else if meta.path.is_ident(COMMANDS) {
+            if meta.input.peek(syn::token::Paren) {
+                let content;
+                syn::parenthesized!(content in meta.input);
+                let types = Punctuated::<Type, Token![,]>::parse_terminated(&content)?;
+                commands.set(cx, &meta.path, types.into_iter().collect::<Vec<_>>());
+            } else {
+                expected(cx, &meta, "commands(ReserveInventory, ProcessPayment)")?;
+            }
+        } else {
+            unknown_key(cx, &meta, "#[saga]", "`name` or `commands`")?;
+        }
+        Ok(())
+    });
+    if let Err(error) = parser.parse2(args) {
+        cx.syn_error(error);
+    }
+    SagaArgs {
+        name: name.get(),
+        commands: commands.get().unwrap_or_default(),
+    }
+}
+
+/// The options of a saga handler marker: `by = field` and, on `#[handle]`, `end`.
+pub struct HandlerArgs {
+    /// The event's field holding the instance id.
+    pub by: Option<syn::Ident>,
+    /// `end`: the instance completes after the handler.
+    pub end: Option<syn::Path>,
+}
+
+pub fn saga_handler_args(cx: &Ctxt, meta: &syn::Meta, marker: &str, usage: &str) -> HandlerArgs {
+    let mut by = Attr::none(BY);
+    let mut end = Attr::none(END);
+    let syn::Meta::List(list) = meta else {
+        if let syn::Meta::NameValue(_) = meta {
+            cx.error_spanned_by(meta, format!("expected `{usage}`"));
+        }
+        return HandlerArgs {
+            by: None,
+            end: None,
+        };
+    };
+    let parser = syn::meta::parser(|meta| {
+        if meta.path.is_ident(BY) {
+            if meta.input.peek(Token![=]) {
+                let field: syn::Ident = meta.value()?.parse()?;
+                by.set(cx, &meta.path, field);
+            } else {
+                expected(cx, &meta, usage)?;
+            }
+        } else if meta.path.is_ident(END) && marker == "handle" {
+            end.set(cx, &meta.path, meta.path.clone());
+        } else {
+            let known = if marker == "handle" {
+                "`by = field` or `end`"
+            } else {
+                "`by = field`"
+            };
+            unknown_key(cx, &meta, &format!("#[{marker}]"), known)?;
+        }
+        Ok(())
+    });
+    if let Err(error) = parser.parse2(list.tokens.clone()) {
+        cx.syn_error(error);
+    }
+    HandlerArgs {
+        by: by.get(),
+        end: end.get(),
     }
 }
 

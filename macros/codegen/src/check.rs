@@ -2,7 +2,9 @@
 
 use syn::{Fields, Meta};
 
-use crate::ast::{AggregateInput, EventInput, EventSetEnum, EventStruct, ProjectionInput};
+use crate::ast::{
+    AggregateInput, EventInput, EventSetEnum, EventStruct, ProjectionInput, SagaInput,
+};
 use crate::ctxt::{Ctxt, tokens_key};
 
 /// The derives `#[event]` adds itself.
@@ -211,6 +213,32 @@ pub fn projection(cx: &Ctxt, input: &ProjectionInput) {
                     format!("every handler of a projection writes through the same connection type: `{expected}`"),
                 );
             }
+        }
+    }
+}
+
+pub fn saga(cx: &Ctxt, input: &SagaInput) {
+    let mut handled: Vec<(String, &syn::Ident)> = Vec::new();
+    let events = input.handlers.iter().map(|h| (&h.event, &h.method));
+    let timeouts = input.timeouts.iter().map(|t| (&t.message, &t.method));
+    for (ty, method) in events.chain(timeouts) {
+        let key = tokens_key(ty);
+        if let Some((_, first)) = handled.iter().find(|(k, _)| *k == key) {
+            cx.error_spanned_by(
+                ty,
+                format!("`{key}` already has a handler (`{first}`): merge them into one"),
+            );
+        } else {
+            handled.push((key, method));
+        }
+    }
+    let mut commands: Vec<String> = Vec::new();
+    for command in &input.commands {
+        let key = tokens_key(command);
+        if commands.contains(&key) {
+            cx.error_spanned_by(command, format!("`{key}` is listed twice"));
+        } else {
+            commands.push(key);
         }
     }
 }

@@ -61,9 +61,15 @@ pub fn aggregate(input: Result<&AggregateInput, &TokenStream>, errors: &syn::Err
 
 /// `#[apply]` or `#[command]` outside an `#[aggregate]` impl block.
 pub fn stray_marker(marker: &str, item: TokenStream) -> TokenStream {
-    let message = if matches!(marker, "handle" | "flush" | "discard") {
+    let message = if marker == "handle" {
+        "`#[handle]` only marks a method of a `#[projection]` or `#[saga]` impl block; put `#[projection]` or `#[saga]` on the impl block".to_owned()
+    } else if matches!(marker, "flush" | "discard") {
         format!(
             "`#[{marker}]` only marks a method of a `#[projection]` impl block; put `#[projection]` on the impl block"
+        )
+    } else if matches!(marker, "start" | "timeout" | "rejected") {
+        format!(
+            "`#[{marker}]` only marks a method of a `#[saga]` impl block; put `#[saga]` on the impl block"
         )
     } else {
         format!(

@@ -15,13 +15,17 @@ mod ctxt;
 mod event;
 mod event_set;
 mod fallback;
+mod message;
 mod projection;
+mod saga;
 mod symbol;
 mod upcast;
 
 use proc_macro2::TokenStream;
 
-use crate::ast::{AggregateInput, EventInput, ProjectionInput, UpcastFn};
+use crate::ast::{
+    AggregateInput, EventInput, MessageInput, MessageKind, ProjectionInput, SagaInput, UpcastFn,
+};
 use crate::ctxt::Ctxt;
 
 /// `#[event]` on a struct (one event) or on an enum of events (an event set).
@@ -86,6 +90,53 @@ pub fn projection(args: TokenStream, input: TokenStream) -> TokenStream {
 
 /// `#[apply]` or `#[command]` used on its own: always an error (the `#[aggregate]` impl block
 /// consumes these markers).
+/// `#[saga]` on an impl block.
+#[must_use]
+pub fn saga(args: TokenStream, input: TokenStream) -> TokenStream {
+    let cx = Ctxt::new();
+    let input = SagaInput::from_syn(&cx, args, input);
+    if let Ok(input) = &input {
+        check::saga(&cx, input);
+    }
+    match (cx.check(), &input) {
+        (Ok(()), Ok(input)) => saga::expand(input),
+        (Ok(()), Err(tokens)) => tokens.clone(),
+        (Err(errors), Ok(input)) => {
+            fallback::upcast_tokens(&quote::ToTokens::to_token_stream(&input.item), &errors)
+        }
+        (Err(errors), Err(tokens)) => fallback::upcast_tokens(tokens, &errors),
+    }
+}
+
+/// `#[command]`: on a type, a command message; on a method, the marker of an aggregate's
+/// command handler (on its own: an error).
+#[must_use]
+pub fn command(args: TokenStream, input: TokenStream) -> TokenStream {
+    message(MessageKind::Command, args, input)
+}
+
+/// `#[timeout]`: on a type, a saga timeout; on a method, the marker of a saga's timeout
+/// handler (on its own: an error).
+#[must_use]
+pub fn timeout(args: TokenStream, input: TokenStream) -> TokenStream {
+    message(MessageKind::Timeout, args, input)
+}
+
+fn message(kind: MessageKind, args: TokenStream, input: TokenStream) -> TokenStream {
+    let cx = Ctxt::new();
+    let Some(parsed) = MessageInput::from_syn(&cx, kind, args, input.clone()) else {
+        return fallback::stray_marker(kind.marker(), input);
+    };
+    match (cx.check(), &parsed) {
+        (Ok(()), Ok(message)) => message::expand(message),
+        (Ok(()), Err(tokens)) => tokens.clone(),
+        (Err(errors), Ok(message)) => {
+            fallback::upcast_tokens(&quote::ToTokens::to_token_stream(&message.item), &errors)
+        }
+        (Err(errors), Err(tokens)) => fallback::upcast_tokens(tokens, &errors),
+    }
+}
+
 #[must_use]
 pub fn stray_marker(marker: &str, input: TokenStream) -> TokenStream {
     fallback::stray_marker(marker, input)

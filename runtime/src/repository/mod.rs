@@ -22,6 +22,21 @@ use crate::event::Payload;
 use crate::snapshot::Snapshot;
 use crate::store::{EventStore, HistoryItem, KnownHead, StreamEvent, StreamEventRef};
 
+/// What [`Repository::execute_once`] did.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub enum Executed<E> {
+    /// The command was applied now: its events (none when it decided nothing).
+    Applied(Vec<Envelope<E>>),
+    /// The command had been applied before (its events are stored): nothing was done.
+    AlreadyApplied {
+        /// Where its events are.
+        stream_id: String,
+        /// The version of its first event.
+        first_version: u64,
+    },
+}
+
 /// An aggregate's state as rebuilt from its stream.
 #[derive(Debug, Clone, PartialEq)]
 #[non_exhaustive]
@@ -253,11 +268,79 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
             .await
     }
 
+    /// Executes a command at most once, however often it is delivered: its events get ids
+    /// derived from the command id ([`CommandContext::event_id`]), so a command already applied
+    /// (redelivered after a crash between its execution and its acknowledgement) is recognised,
+    /// and nothing is appended again. Give every delivery of one command the same command id.
+    ///
+    /// A command that produced no events leaves nothing to recognise: a redelivery handles it
+    /// again.
+    ///
+    /// # Errors
+    /// As [`Repository::execute_with`].
+    pub async fn execute_once<C>(
+        &self,
+        id: &str,
+        command: C,
+        context: &CommandContext,
+    ) -> Result<Executed<A::Event>, ExecuteError<<A as Handle<C>>::Error>>
+    where
+        A: Handle<C>,
+        C: Sync,
+    {
+        let span = tracing::debug_span!(
+            "factum.execute_once",
+            aggregate = A::TYPE,
+            stream_id = id,
+            command_id = %context.command_id,
+            attempts = tracing::field::Empty,
+        );
+        async {
+            if let Some(first) = self.store.read_event(context.event_id(0)).await? {
+                return Ok(Executed::AlreadyApplied {
+                    stream_id: first.stream_id,
+                    first_version: first.stream_version,
+                });
+            }
+            match self.attempts(id, &command, context, true).await {
+                Ok(events) => Ok(Executed::Applied(events)),
+                // Another delivery of the command got there first.
+                Err(ExecuteError::Store(Error::DuplicateEventId {
+                    stream_id,
+                    stream_version,
+                    ..
+                })) => Ok(Executed::AlreadyApplied {
+                    stream_id,
+                    first_version: stream_version,
+                }),
+                Err(error) => Err(error),
+            }
+        }
+        .instrument(span)
+        .await
+    }
+
     async fn execute_attempts<C>(
         &self,
         id: &str,
         command: &C,
         context: &CommandContext,
+    ) -> Result<Vec<Envelope<A::Event>>, ExecuteError<<A as Handle<C>>::Error>>
+    where
+        A: Handle<C>,
+        C: Sync,
+    {
+        self.attempts(id, command, context, false).await
+    }
+
+    /// Load, handle, append, retried on conflicts; `derived_ids`: the events' ids derive from
+    /// the command id.
+    async fn attempts<C>(
+        &self,
+        id: &str,
+        command: &C,
+        context: &CommandContext,
+        derived_ids: bool,
     ) -> Result<Vec<Envelope<A::Event>>, ExecuteError<<A as Handle<C>>::Error>>
     where
         A: Handle<C>,
@@ -290,7 +373,15 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
             }
             let new_events = events
                 .iter()
-                .map(|event| NewEvent::from_event(event, context))
+                .enumerate()
+                .map(|(index, event)| {
+                    let new = NewEvent::from_event(event, context)?;
+                    Ok(if derived_ids {
+                        new.event_id(context.event_id(index))
+                    } else {
+                        new
+                    })
+                })
                 .collect::<Result<Vec<_>>>()?;
             // The version was read from the store (or committed to it) by this process.
             let head = KnownHead::new(version);

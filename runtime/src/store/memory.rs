@@ -248,6 +248,14 @@ impl EventStore for MemoryStore {
         Ok(self.read().version_of(stream_id))
     }
 
+    async fn read_event(&self, event_id: uuid::Uuid) -> Result<Option<RecordedEvent>> {
+        let log = self.read();
+        Ok(log
+            .ids
+            .get(&event_id)
+            .map(|&index| log.events[index].clone()))
+    }
+
     async fn load_snapshot(&self, stream_id: &str) -> Result<Option<Snapshot>> {
         Ok(self.read().snapshots.get(stream_id).cloned())
     }

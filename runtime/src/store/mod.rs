@@ -411,6 +411,16 @@ pub trait EventStore: Send + Sync {
     /// A backend error.
     fn stream_version(&self, stream_id: &str) -> impl Future<Output = Result<u64>> + Send;
 
+    /// The stored event with this id, if any (to recognise work already done: a command whose
+    /// events carry ids derived from its id).
+    ///
+    /// # Errors
+    /// [`Error::Backend`] on a storage failure.
+    fn read_event(
+        &self,
+        event_id: uuid::Uuid,
+    ) -> impl Future<Output = Result<Option<RecordedEvent>>> + Send;
+
     /// A stream's events as rebuilding an aggregate needs them (see [`StreamEvent`]).
     ///
     /// # Errors

@@ -198,6 +198,10 @@ impl EventStore for TemporaryStore {
         self.store.stream_version(stream_id).await
     }
 
+    async fn read_event(&self, event_id: crate::Uuid) -> Result<Option<RecordedEvent>> {
+        self.store.read_event(event_id).await
+    }
+
     async fn load_snapshot(&self, stream_id: &str) -> Result<Option<Snapshot>> {
         self.store.load_snapshot(stream_id).await
     }

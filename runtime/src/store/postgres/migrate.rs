@@ -42,6 +42,11 @@ const MIGRATIONS: &[Migration] = &[
         name: "inline_projections",
         sql: include_str!("../../../migrations/postgres/0005_inline_projections.sql"),
     },
+    Migration {
+        version: 6,
+        name: "sagas",
+        sql: include_str!("../../../migrations/postgres/0006_sagas.sql"),
+    },
 ];
 
 /// FNV-1a: a stable checksum of a migration's text (not a security measure).

@@ -107,6 +107,7 @@ struct Statements {
     read_feed: Arc<str>,
     read_feed_filtered: Arc<str>,
     stream_version: Arc<str>,
+    read_event: Arc<str>,
     load_snapshot: Arc<str>,
     save_snapshot: Arc<str>,
     horizon: Arc<str>,
@@ -185,6 +186,8 @@ impl Statements {
                 "SELECT coalesce(max(e.stream_version), 0) FROM {s}.events e WHERE e.stream_id = $1"
             )
             .into(),
+            read_event: format!("SELECT {ENVELOPE_COLUMNS} FROM {s}.events e WHERE e.event_id = $1")
+                .into(),
             // The columns line up with the snapshot row of `load_history`.
             load_snapshot: format!(
                 "SELECT stream_version, aggregate_type, NULL::text, state_version, state::text, taken_at
@@ -754,6 +757,15 @@ impl EventStore for PostgresStore {
             .await
             .map_err(|e| self.fail(e))?;
         Ok(to_u64(version))
+    }
+
+    async fn read_event(&self, event_id: uuid::Uuid) -> Result<Option<RecordedEvent>> {
+        let rows = sqlx::query(AssertSqlSafe(self.inner.sql.read_event.clone()))
+            .bind(event_id)
+            .fetch_all(&self.inner.pool)
+            .await
+            .map_err(|e| self.fail(e))?;
+        Ok(self.read_rows(&rows, 0)?.pop())
     }
 
     async fn load_snapshot(&self, stream_id: &str) -> Result<Option<Snapshot>> {

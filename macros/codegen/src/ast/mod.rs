@@ -10,7 +10,15 @@ use syn::{
 
 use crate::attr::{self, AggregateArgs, EventArgs};
 use crate::ctxt::Ctxt;
-use crate::symbol::{APPLY, COMMAND, DISCARD, FLUSH, HANDLE, SIDE_EFFECTS};
+use crate::symbol::{
+    APPLY, COMMAND, DISCARD, FLUSH, HANDLE, REJECTED, SIDE_EFFECTS, START, TIMEOUT,
+};
+
+mod message;
+mod saga;
+
+pub use message::{MessageInput, MessageKind};
+pub use saga::{SagaInput, SagaRole};
 
 /// What `#[event]` was put on.
 pub enum EventInput {
@@ -140,6 +148,9 @@ enum Marker {
     Handle,
     Flush,
     Discard,
+    Start,
+    Timeout,
+    Rejected,
 }
 
 impl Marker {
@@ -150,6 +161,9 @@ impl Marker {
             Self::Handle => HANDLE,
             Self::Flush => FLUSH,
             Self::Discard => DISCARD,
+            Self::Start => START,
+            Self::Timeout => TIMEOUT,
+            Self::Rejected => REJECTED,
         }
     }
 }
@@ -261,7 +275,9 @@ fn take_marker(
             kept.push(attr);
             continue;
         };
-        if marker != Marker::Handle && !matches!(attr.meta, syn::Meta::Path(_)) {
+        if !matches!(marker, Marker::Handle | Marker::Start)
+            && !matches!(attr.meta, syn::Meta::Path(_))
+        {
             cx.error_spanned_by(
                 &attr.meta,
                 format!("`#[{}]` takes no arguments", marker.key()),
@@ -729,7 +745,11 @@ impl ProjectionInput {
                         }
                     }
                 }
-                Marker::Apply | Marker::Command => {}
+                Marker::Apply
+                | Marker::Command
+                | Marker::Start
+                | Marker::Timeout
+                | Marker::Rejected => {}
             }
         }
         if let (Some(flush), None) = (&flush_marked, &discard_marked) {
