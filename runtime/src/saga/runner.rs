@@ -421,15 +421,19 @@ impl<S: Saga> Core<S> {
     }
 
     /// Delivers pending commands, in order, until none is left (or another process is
-    /// delivering them). Returns how many were delivered.
+    /// delivering them). Returns how many were delivered. Each command is acknowledged as soon
+    /// as it is delivered, so a crash delivers at most one command again (and its aggregate
+    /// recognises it).
     async fn dispatch(&self) -> Result<u64, SagaError> {
         let mut delivered = 0;
         loop {
-            let mut transaction = self.store.pool().begin().await.map_err(|e| self.fail(e))?;
-            let lock = format!("factum.saga.dispatch:{}:{}", self.store.schema(), S::NAME);
+            // One dispatcher per saga at a time, across processes: a lock held by this
+            // transaction while the batch is delivered.
+            let mut lock = self.store.pool().begin().await.map_err(|e| self.fail(e))?;
+            let key = format!("factum.saga.dispatch:{}:{}", self.store.schema(), S::NAME);
             let ours: bool = sqlx::query_scalar("SELECT pg_try_advisory_xact_lock(hashtext($1))")
-                .bind(lock)
-                .fetch_one(&mut *transaction)
+                .bind(key)
+                .fetch_one(&mut *lock)
                 .await
                 .map_err(|e| self.fail(e))?;
             if !ours {
@@ -438,49 +442,66 @@ impl<S: Saga> Core<S> {
             let rows = sqlx::query(AssertSqlSafe(self.sql.pending.clone()))
                 .bind(S::NAME)
                 .bind(i64::try_from(self.dispatch_batch).unwrap_or(i64::MAX))
-                .fetch_all(&mut *transaction)
+                .fetch_all(&mut *lock)
                 .await
                 .map_err(|e| self.fail(e))?;
             if rows.is_empty() {
                 return Ok(delivered);
             }
-            let mut outage = None;
             for row in &rows {
                 let pending = Pending::from_row(row).map_err(|e| self.fail(e))?;
-                match self.deliver(&pending).await {
+                let outcome = self.deliver(&pending).await;
+                tracing::debug!(
+                    target: "factum::saga::delivered",
+                    saga = S::NAME,
+                    command_id = %pending.command_id,
+                    "command delivered; acknowledging it"
+                );
+                match outcome {
                     Ok(Dispatched::Applied { .. } | Dispatched::AlreadyApplied) => {
-                        self.mark(&mut transaction, &pending, "dispatched", None)
-                            .await?;
+                        self.acknowledge(&pending, "dispatched", None).await?;
                     }
                     Ok(Dispatched::Rejected { reason }) => {
-                        self.mark(&mut transaction, &pending, "rejected", Some(&reason))
-                            .await?;
-                        self.on_rejection(&mut transaction, &pending, reason)
-                            .await?;
+                        self.acknowledge(&pending, "rejected", Some(reason)).await?;
                     }
                     Err(cause) if cause.is_transient() => {
-                        outage = Some(cause);
-                        break;
+                        return Err(SagaError::Dispatch {
+                            saga: S::NAME,
+                            cause,
+                        });
                     }
                     Err(cause) => {
                         let reason = cause.to_string();
                         tracing::error!(saga = S::NAME, command_id = %pending.command_id, error = %reason, "command cannot be delivered");
-                        self.mark(&mut transaction, &pending, "failed", Some(&reason))
-                            .await?;
-                        self.on_rejection(&mut transaction, &pending, reason)
-                            .await?;
+                        self.acknowledge(&pending, "failed", Some(reason)).await?;
                     }
                 }
                 delivered += 1;
             }
-            transaction.commit().await.map_err(|e| self.fail(e))?;
-            if let Some(cause) = outage {
-                return Err(SagaError::Dispatch {
-                    saga: S::NAME,
-                    cause,
-                });
-            }
+            lock.commit().await.map_err(|e| self.fail(e))?;
         }
+    }
+
+    /// Records a command's delivery; a refused or undeliverable one goes back to its saga
+    /// instance's `#[rejected]` handler in the same transaction.
+    async fn acknowledge(
+        &self,
+        pending: &Pending,
+        status: &str,
+        refusal: Option<String>,
+    ) -> Result<(), Error> {
+        let mut transaction = self.store.pool().begin().await.map_err(|e| self.fail(e))?;
+        sqlx::query(AssertSqlSafe(self.sql.mark.clone()))
+            .bind(pending.command_id)
+            .bind(status)
+            .bind(refusal.as_deref())
+            .execute(&mut *transaction)
+            .await
+            .map_err(|e| self.fail(e))?;
+        if let Some(reason) = refusal {
+            self.on_rejection(&mut transaction, pending, reason).await?;
+        }
+        transaction.commit().await.map_err(|e| self.fail(e))
     }
 
     async fn deliver(&self, pending: &Pending) -> Result<Dispatched, DispatchError> {
@@ -508,23 +529,6 @@ impl<S: Saga> Core<S> {
             span,
         )
         .await
-    }
-
-    async fn mark(
-        &self,
-        transaction: &mut PgConnection,
-        pending: &Pending,
-        status: &str,
-        error: Option<&str>,
-    ) -> Result<(), Error> {
-        sqlx::query(AssertSqlSafe(self.sql.mark.clone()))
-            .bind(pending.command_id)
-            .bind(status)
-            .bind(error)
-            .execute(&mut *transaction)
-            .await
-            .map_err(|e| self.fail(e))?;
-        Ok(())
     }
 
     /// A refused command goes back to its instance's `#[rejected]` handler.
