@@ -440,3 +440,53 @@ fn the_lock_takes_a_compatible_change() {
             .all(|c| c.severity != Severity::Breaking)
     );
 }
+
+#[test]
+fn the_saga_receives_events_of_four_aggregates_and_sends_commands_in_the_flow() {
+    let catalog = examples();
+    let document = catalog.asyncapi();
+    let operations = document["operations"].as_object().expect("operations");
+    let saga_operations: Vec<&String> = operations
+        .keys()
+        .filter(|k| k.starts_with("saga."))
+        .collect();
+    assert_eq!(
+        saga_operations,
+        [
+            "saga.order_fulfillment.v1.Inventory",
+            "saga.order_fulfillment.v1.Order",
+            "saga.order_fulfillment.v1.Payment",
+            "saga.order_fulfillment.v1.Shipment"
+        ]
+    );
+    let payment = &operations["saga.order_fulfillment.v1.Payment"];
+    assert_eq!(payment["action"], "receive");
+    let received: Vec<&str> = payment["messages"]
+        .as_array()
+        .expect("messages")
+        .iter()
+        .map(|m| m["$ref"].as_str().expect("a reference"))
+        .collect();
+    assert_eq!(
+        received,
+        [
+            "#/channels/Payment/messages/PaymentDeclined.v1",
+            "#/channels/Payment/messages/PaymentProcessed.v1"
+        ]
+    );
+    assert!(
+        payment["summary"]
+            .as_str()
+            .expect("a summary")
+            .contains("sends ReserveInventory, ReleaseInventory, ProcessPayment")
+    );
+    let markdown = catalog.markdown();
+    for arrow in [
+        "event_OrderPlaced --> saga_order_fulfillment",
+        "saga_order_fulfillment --> command_ReserveInventory",
+        "command_ReserveInventory[/\"ReserveInventory\"/] --> aggregate_Inventory",
+        "saga_order_fulfillment --> command_CancelOrder",
+    ] {
+        assert!(markdown.contains(arrow), "{arrow}");
+    }
+}

@@ -198,3 +198,41 @@ fn projection_with_flush() {
         }
     )));
 }
+
+#[test]
+fn saga() {
+    insta::assert_snapshot!(render(factum_codegen::saga(
+        quote!(
+            name = "order_fulfillment",
+            commands(ReserveInventory, CancelOrder)
+        ),
+        quote! {
+            impl OrderFulfillment {
+                #[start(by = order_id)]
+                fn placed(&mut self, event: &OrderPlaced, context: &mut SagaContext<Self>) {}
+
+                #[handle(by = order_id, end)]
+                fn cancelled(&mut self, event: &OrderCancelled, context: &mut SagaContext<Self>) {}
+
+                #[timeout]
+                fn timed_out(&mut self, timeout: &PaymentTimedOut, context: &mut SagaContext<Self>) {}
+
+                #[rejected]
+                fn rejected(&mut self, rejection: &Rejection, context: &mut SagaContext<Self>) {}
+            }
+        }
+    )));
+}
+
+#[test]
+fn command_message() {
+    insta::assert_snapshot!(render(factum_codegen::command(
+        quote!(name = "ReserveStock"),
+        quote! {
+            #[derive(Debug)]
+            pub struct ReserveInventory {
+                pub order_id: String,
+            }
+        }
+    )));
+}

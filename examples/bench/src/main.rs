@@ -4,10 +4,12 @@
 //! cargo run --release -p factum-bench -- postgres            # human-readable
 //! cargo run --release -p factum-bench -- postgres --json     # machine-readable
 //! cargo run --release -p factum-bench -- projections         # catch-up and live lag
+//! cargo run --release -p factum-bench -- sagas               # order flow completion time
 //! ```
 
 mod postgres;
 mod projections;
+mod sagas;
 mod stats;
 mod versioning;
 
@@ -82,6 +84,22 @@ enum Suite {
         #[arg(long)]
         json: bool,
     },
+    /// Sagas: completion time of the order fulfillment flow driven by the saga, live, vs the
+    /// same commands back to back. Uses `DATABASE_URL` (a schema is created and dropped).
+    Sagas {
+        /// Runs (each: the saga phase and the direct phase, alternating which goes first).
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+        /// Orders per phase.
+        #[arg(long, default_value_t = 200)]
+        orders: usize,
+        /// Orders placed per second.
+        #[arg(long, default_value_t = 50)]
+        rate: u64,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Reading old event versions through upcasters vs the current version, in memory.
     Versioning {
         /// Events of each kind.
@@ -151,6 +169,40 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else {
                 print_projections(&report);
+            }
+        }
+        Suite::Sagas {
+            runs,
+            orders,
+            rate,
+            json,
+        } => {
+            let config = sagas::Config {
+                runs: runs.max(1),
+                orders: orders.max(1),
+                rate: rate.max(1),
+            };
+            let report = sagas::run(&config).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                println!(
+                    "\norder fulfillment, {} orders per phase at {}/s, {} runs: OrderPlaced -> OrderCompleted",
+                    report.orders_per_run, report.rate, report.runs
+                );
+                for (label, p) in [
+                    ("saga (live runner)", &report.saga),
+                    ("direct (5 commands)", &report.direct),
+                ] {
+                    println!(
+                        "  {label:<20} p50 {:>7.1} ms  p95 {:>7.1} ms  p99 {:>7.1} ms  max {:>7.1} ms",
+                        p.p50_ms, p.p95_ms, p.p99_ms, p.max_ms
+                    );
+                }
+                println!(
+                    "  saga/direct p50 ratio {:.2} (median of runs); incomplete orders: {}",
+                    report.p50_ratio, report.incomplete
+                );
             }
         }
         Suite::Versioning {

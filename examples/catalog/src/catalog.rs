@@ -10,4 +10,9 @@ pub fn catalog() -> Catalog {
         .description("The events of Factum's examples.")
         .aggregate::<bank::BankAccount>()
         .projection::<bank::projections::AccountBalances>()
+        .aggregate::<orders::order::Order>()
+        .aggregate::<orders::inventory::Inventory>()
+        .aggregate::<orders::payment::Payment>()
+        .aggregate::<orders::shipping::Shipment>()
+        .saga::<orders::fulfillment::OrderFulfillment>()
 }

@@ -83,10 +83,17 @@ pub fn document(catalog: &Catalog) -> Value {
                     "action": "receive",
                     "channel": { "$ref": format!("#/channels/{aggregate}") },
                     "title": format!("{} `{}` v{}", consumer.kind, consumer.name, consumer.version),
-                    "summary": format!(
-                        "The {} `{}` (version {}) reads these events of `{aggregate}` streams from the global feed.",
-                        consumer.kind, consumer.name, consumer.version
-                    ),
+                    "summary": if consumer.sends.is_empty() {
+                        format!(
+                            "The {} `{}` (version {}) reads these events of `{aggregate}` streams from the global feed.",
+                            consumer.kind, consumer.name, consumer.version
+                        )
+                    } else {
+                        format!(
+                            "The {} `{}` (version {}) reads these events of `{aggregate}` streams from the global feed, and sends {}.",
+                            consumer.kind, consumer.name, consumer.version, consumer.sends.join(", ")
+                        )
+                    },
                     "messages": received,
                 }),
             );

@@ -53,6 +53,13 @@ pub fn page(catalog: &Catalog) -> String {
                 node("event", event_type)
             );
         }
+        for command in &consumer.sends {
+            let _ = writeln!(
+                page,
+                "    {consumer_node} --> {}[/\"{command}\"/]",
+                node("command", command)
+            );
+        }
     }
     page.push_str("```\n");
     for (aggregate, entry) in &catalog.aggregates {

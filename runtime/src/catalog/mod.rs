@@ -44,13 +44,15 @@ pub struct Catalog {
     consumers: Vec<Consumer>,
 }
 
-/// A projection (and later a saga) in the catalog.
+/// A projection or a saga in the catalog.
 #[derive(Debug, Clone)]
 struct Consumer {
     kind: &'static str,
     name: &'static str,
     version: u32,
     event_types: Vec<&'static str>,
+    /// The commands it sends (sagas).
+    sends: Vec<&'static str>,
 }
 
 /// One aggregate of the catalog: a stream category, with its commands and events.
@@ -147,6 +149,22 @@ impl Catalog {
             name: P::NAME,
             version: P::VERSION,
             event_types: P::EVENT_TYPES.to_vec(),
+            sends: Vec::new(),
+        });
+        self.consumers.sort_by_key(|c| (c.kind, c.name, c.version));
+        self
+    }
+
+    /// Adds a saga: operations receiving its events, and arrows from them to the saga and from
+    /// the saga to the commands it sends in the flow diagram.
+    #[must_use]
+    pub fn saga<S: crate::saga::Saga>(mut self) -> Self {
+        self.consumers.push(Consumer {
+            kind: "saga",
+            name: S::NAME,
+            version: 1,
+            event_types: S::EVENT_TYPES.to_vec(),
+            sends: S::COMMANDS.to_vec(),
         });
         self.consumers.sort_by_key(|c| (c.kind, c.name, c.version));
         self

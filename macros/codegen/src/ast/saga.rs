@@ -174,12 +174,19 @@ impl SagaInput {
 /// Checks `fn method(&mut self, message: &Message, context: &mut SagaContext<Self>)` (no
 /// `async`, returns nothing) and returns the method and the message type.
 fn handler_signature(cx: &Ctxt, method: &ImplItemFn, what: &str) -> Option<(Ident, Type)> {
+    const USAGE_TIMEOUT: &str = "#[timeout] fn on_timeout(&mut self, timeout: &PaymentTimedOut, context: &mut SagaContext<Self>)";
+    const USAGE_REJECTED: &str = "#[rejected] fn on_rejected(&mut self, rejection: &Rejection, context: &mut SagaContext<Self>)";
+    let usage = match what {
+        "timeout" => USAGE_TIMEOUT,
+        "rejection" => USAGE_REJECTED,
+        _ => USAGE,
+    };
     let sig = &method.sig;
     let mut ok = true;
     if let Some(asyncness) = sig.asyncness {
         cx.error_spanned_by(
             asyncness,
-            format!("saga handlers do no I/O, so they are not async: they decide, and send commands through the context: `{USAGE}`"),
+            format!("saga handlers do no I/O, so they are not async: they decide, and send commands through the context: `{usage}`"),
         );
         ok = false;
     }
@@ -190,7 +197,7 @@ fn handler_signature(cx: &Ctxt, method: &ImplItemFn, what: &str) -> Option<(Iden
     if !matches!(reference_receiver(method), Some((true, _))) {
         cx.error_spanned_by(
             receiver_or_name(method),
-            format!("saga handlers take `&mut self` (the instance's state): `{USAGE}`"),
+            format!("saga handlers take `&mut self` (the instance's state): `{usage}`"),
         );
         ok = false;
     }
@@ -200,7 +207,7 @@ fn handler_signature(cx: &Ctxt, method: &ImplItemFn, what: &str) -> Option<(Iden
         cx.error_spanned_by(
             ty,
             format!(
-                "saga handlers return nothing: what they decide goes through the context: `{USAGE}`"
+                "saga handlers return nothing: what they decide goes through the context: `{usage}`"
             ),
         );
         ok = false;
@@ -209,21 +216,21 @@ fn handler_signature(cx: &Ctxt, method: &ImplItemFn, what: &str) -> Option<(Iden
     let [message, context] = typed.as_slice() else {
         cx.error_spanned_by(
             &sig.ident,
-            format!("saga handlers take the {what} and the context: `{USAGE}`"),
+            format!("saga handlers take the {what} and the context: `{usage}`"),
         );
         return None;
     };
     let Some(message) = shared_reference(&message.ty) else {
         cx.error_spanned_by(
             &message.ty,
-            format!("the {what} is taken by shared reference: `{USAGE}`"),
+            format!("the {what} is taken by shared reference: `{usage}`"),
         );
         return None;
     };
     if !matches!(&*context.ty, Type::Reference(reference) if reference.mutability.is_some()) {
         cx.error_spanned_by(
             &context.ty,
-            format!("the context is taken by mutable reference: `{USAGE}`"),
+            format!("the context is taken by mutable reference: `{usage}`"),
         );
         return None;
     }
