@@ -4,7 +4,8 @@
 //! executed back to back by one client (the flow's floor: no saga, no feed, no outbox), in the
 //! same run, alternating which goes first.
 //!
-//! Times are the database's: from the `OrderPlaced` append to the `OrderCompleted` append.
+//! Times are the database's: from the `OrderPlaced` append to the `OrderCompleted` append. The
+//! clients, the saga runner and its command bus share one store handle, as in one service.
 
 use std::time::{Duration, Instant};
 
@@ -72,7 +73,8 @@ const SKUS: usize = 8;
 
 pub async fn run(config: &Config) -> Result<Report, Box<dyn std::error::Error>> {
     let store = TemporaryStore::with_pool_size(32).await?;
-    let client: PostgresStore = store.another_client().await?;
+    // One store handle for the application (clients, saga, command bus), as a service has it.
+    let client: PostgresStore = (*store).clone();
     let services = Services::new(&client);
     for sku in 0..SKUS {
         services

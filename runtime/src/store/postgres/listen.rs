@@ -7,7 +7,8 @@
 //! be lost (a crash right after a commit): subscribers also poll, so that only delays them.
 //!
 //! Listening is shared: one `LISTEN` connection per store while at least one subscriber wants
-//! wake-ups.
+//! wake-ups. Subscribers of the store that appended (clones of one `PostgresStore`, in one
+//! process) are also woken at once, without the notification's delay.
 
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
@@ -91,6 +92,14 @@ impl Listener {
         Self {
             state: Arc::new(Mutex::new(false)),
             hints: Arc::new(watch::Sender::new(0)),
+        }
+    }
+
+    /// Wakes this store's subscribers in this process at once (after an append through it
+    /// committed), without waiting for the notification's round trip through the server.
+    pub fn wake_local(&self) {
+        if self.hints.receiver_count() > 0 {
+            self.hints.send_modify(|n| *n = n.wrapping_add(1));
         }
     }
 

@@ -436,6 +436,7 @@ impl PostgresStore {
 
     /// Wakes live subscribers (after appends committed through [`PostgresStore::append_in`]).
     pub fn notify_subscribers(&self) {
+        self.inner.listener.wake_local();
         self.inner
             .notifier
             .appended(&self.inner.pool, &self.inner.channel);
