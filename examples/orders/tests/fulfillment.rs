@@ -473,3 +473,51 @@ async fn a_command_delivered_again_is_recognised_and_not_applied_twice() {
         8
     );
 }
+
+#[tokio::test]
+async fn an_event_the_saga_cannot_read_parks_its_stream_while_other_orders_flow() {
+    let mut world = World::new().await;
+    world.runner = World::restarted_runner(&world).retries(0, Duration::ZERO);
+    let broken = factum::NewEvent::new(
+        "OrderPlaced",
+        1,
+        factum::Payload::encode(&serde_json::json!({ "order_id": 42 })).unwrap(),
+    );
+    world
+        .store
+        .append(
+            &order_stream("o-bad"),
+            "Order",
+            factum::ExpectedVersion::NoStream,
+            vec![broken],
+        )
+        .await
+        .unwrap();
+    world.place("o-9", "book", 1, "visa", "1 Main St").await;
+    world.settle().await;
+
+    assert_eq!(world.order("o-9").await.status, OrderStatus::Completed);
+    let parked = world.runner.parked().await.unwrap();
+    assert_eq!(parked.len(), 1);
+    assert_eq!(parked[0].stream_id, order_stream("o-bad"));
+    assert!(
+        parked[0]
+            .error
+            .as_deref()
+            .unwrap()
+            .contains("does not decode")
+    );
+    let status = world.runner.status().await.unwrap();
+    assert_eq!(status.events.parked_streams, 1);
+    assert!(world.runner.instance("o-bad").await.unwrap().is_none());
+    // Skipped for the record: the stream flows again.
+    assert_eq!(
+        world
+            .runner
+            .skip_parked(&order_stream("o-bad"))
+            .await
+            .unwrap(),
+        Some(1)
+    );
+    assert!(world.runner.parked().await.unwrap().is_empty());
+}

@@ -149,7 +149,7 @@ fn is_refusal(error: &Error) -> bool {
 ///
 /// ```no_run
 /// # fn doc<A, S, C>(repository: factum::Repository<A, S>)
-/// # where A: factum::Handle<C>, S: factum::EventStore + 'static, C: factum::Command {
+/// # where A: factum::Handle<C>, S: factum::EventStore + Clone + 'static, C: factum::Command {
 /// let bus = factum::saga::CommandBus::new().route::<C>(&repository);
 /// # }
 /// ```

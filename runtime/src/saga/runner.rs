@@ -26,7 +26,8 @@ use crate::command::CommandContext;
 use crate::envelope::RecordedEvent;
 use crate::error::Error;
 use crate::projection::{
-    HandlerError, Projection, ProjectionRunner, ProjectionStatus, RunnerError,
+    HandlerError, ParkedStream, Projection, ProjectionRunner, ProjectionStatus, RetryOutcome,
+    RunnerError,
 };
 use crate::store::PostgresStore;
 
@@ -801,6 +802,31 @@ impl<S: Saga> SagaRunner<S> {
                 return Ok(settled);
             }
         }
+    }
+
+    /// The streams whose events the saga could not handle, parked in the dead-letter queue
+    /// (as for projections) while other streams flow on.
+    ///
+    /// # Errors
+    /// A store error.
+    pub async fn parked(&self) -> Result<Vec<ParkedStream>, Error> {
+        self.events.parked().await
+    }
+
+    /// Handles a parked stream's events again, in order, stopping at the first failure.
+    ///
+    /// # Errors
+    /// A store error.
+    pub async fn retry_parked(&mut self, stream_id: &str) -> Result<RetryOutcome, Error> {
+        self.events.retry_parked(stream_id).await
+    }
+
+    /// Skips a parked stream's first event (kept on record); returns its version.
+    ///
+    /// # Errors
+    /// A store error.
+    pub async fn skip_parked(&mut self, stream_id: &str) -> Result<Option<u64>, Error> {
+        self.events.skip_parked(stream_id).await
     }
 
     /// An instance, as stored.
