@@ -337,12 +337,14 @@ impl<S> SagaContext<S> {
 
 /// The deterministic id of the `index`-th command sent while handling `cause` in an instance:
 /// the same on every redelivery of the cause.
+#[cfg_attr(not(feature = "postgres"), allow(dead_code))]
 pub(crate) fn command_id(saga: &str, saga_id: &str, cause: Uuid, index: usize) -> Uuid {
     let name = format!("factum/saga/{saga}/{saga_id}/command/{index}");
     Uuid::new_v5(&cause, name.as_bytes())
 }
 
 /// The deterministic id of the `index`-th timeout scheduled while handling `cause`.
+#[cfg_attr(not(feature = "postgres"), allow(dead_code))]
 pub(crate) fn timeout_id(saga: &str, saga_id: &str, cause: Uuid, index: usize) -> Uuid {
     let name = format!("factum/saga/{saga}/{saga_id}/timeout/{index}");
     Uuid::new_v5(&cause, name.as_bytes())

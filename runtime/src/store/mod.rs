@@ -17,8 +17,11 @@ use crate::snapshot::Snapshot;
 
 mod append;
 mod memory;
+mod migration;
 #[cfg(feature = "postgres")]
 mod postgres;
+#[cfg(feature = "sqlite")]
+mod sqlite;
 
 pub use append::{StoredId, check_distinct_ids, classify_retry};
 pub use memory::MemoryStore;
@@ -26,6 +29,8 @@ pub use memory::MemoryStore;
 pub(crate) use postgres::{AppendHook, ENVELOPE_COLUMNS};
 #[cfg(feature = "postgres")]
 pub use postgres::{FeedHorizon, OpenTransaction, PostgresStore};
+#[cfg(feature = "sqlite")]
+pub use sqlite::SqliteStore;
 
 /// What an append expects of the stream, checked atomically with the write.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]

@@ -9,12 +9,7 @@ use sqlx::{AssertSqlSafe, PgPool, Row as _};
 
 use super::{Schema, db_error};
 use crate::error::{Error, Result};
-
-struct Migration {
-    version: i32,
-    name: &'static str,
-    sql: &'static str,
-}
+use crate::store::migration::{Migration, checksum};
 
 const MIGRATIONS: &[Migration] = &[
     Migration {
@@ -48,14 +43,6 @@ const MIGRATIONS: &[Migration] = &[
         sql: include_str!("../../../migrations/postgres/0006_sagas.sql"),
     },
 ];
-
-/// FNV-1a: a stable checksum of a migration's text (not a security measure).
-fn checksum(text: &str) -> String {
-    let hash = text.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |hash, byte| {
-        (hash ^ u64::from(byte)).wrapping_mul(0x0000_0100_0000_01b3)
-    });
-    format!("{hash:016x}")
-}
 
 pub(super) async fn migrate(pool: &PgPool, schema: &Schema) -> Result<()> {
     let mut tx = pool.begin().await.map_err(|e| db_error(schema, e))?;

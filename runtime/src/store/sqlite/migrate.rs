@@ -1,0 +1,80 @@
+//! The SQLite store's tables, as versioned migrations shipped in the crate, each applied once in
+//! a `BEGIN IMMEDIATE` transaction (so two processes starting at once take turns) and recorded
+//! with its checksum; a database migrated by a newer build is refused.
+
+use sqlx::{AssertSqlSafe, Row as _, SqlitePool};
+
+use super::backend;
+use crate::error::{Error, Result};
+use crate::store::migration::{Migration, checksum};
+
+const MIGRATIONS: &[Migration] = &[Migration {
+    version: 1,
+    name: "event_store",
+    sql: include_str!("../../../migrations/sqlite/0001_event_store.sql"),
+}];
+
+pub(super) async fn migrate(pool: &SqlitePool, location: &str) -> Result<()> {
+    let mut tx = pool.begin_with("BEGIN IMMEDIATE").await.map_err(backend)?;
+    sqlx::raw_sql(
+        "CREATE TABLE IF NOT EXISTS factum_migrations (
+             version    INTEGER PRIMARY KEY,
+             name       TEXT    NOT NULL,
+             checksum   TEXT    NOT NULL,
+             applied_at TEXT    NOT NULL DEFAULT CURRENT_TIMESTAMP
+         )",
+    )
+    .execute(&mut *tx)
+    .await
+    .map_err(backend)?;
+    let applied = sqlx::query("SELECT version, checksum FROM factum_migrations ORDER BY version")
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(backend)?;
+    let mut applied_versions = Vec::with_capacity(applied.len());
+    for row in &applied {
+        let version: i32 = row.try_get(0).map_err(backend)?;
+        let recorded: String = row.try_get(1).map_err(backend)?;
+        let Some(known) = MIGRATIONS.iter().find(|m| m.version == version) else {
+            return Err(Error::IncompatibleSchema {
+                schema: location.to_owned(),
+                reason: format!(
+                    "it has migration {version}, which this build does not know: it was migrated by a newer version of factum"
+                ),
+            });
+        };
+        if checksum(known.sql) != recorded {
+            return Err(Error::IncompatibleSchema {
+                schema: location.to_owned(),
+                reason: format!(
+                    "its migration {version} ({}) differs from this build's",
+                    known.name
+                ),
+            });
+        }
+        applied_versions.push(version);
+    }
+    for migration in MIGRATIONS {
+        if applied_versions.contains(&migration.version) {
+            continue;
+        }
+        tracing::info!(
+            database = location,
+            version = migration.version,
+            name = migration.name,
+            "applying migration"
+        );
+        sqlx::raw_sql(AssertSqlSafe(migration.sql))
+            .execute(&mut *tx)
+            .await
+            .map_err(backend)?;
+        sqlx::query("INSERT INTO factum_migrations (version, name, checksum) VALUES (?1, ?2, ?3)")
+            .bind(migration.version)
+            .bind(migration.name)
+            .bind(checksum(migration.sql))
+            .execute(&mut *tx)
+            .await
+            .map_err(backend)?;
+    }
+    tx.commit().await.map_err(backend)
+}

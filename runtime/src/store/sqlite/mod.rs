@@ -1,0 +1,537 @@
+//! The embedded event store: SQLite (bundled, no server), in a file or in memory.
+//!
+//! SQLite runs one writing transaction at a time. Each append is one `BEGIN IMMEDIATE`
+//! transaction (it takes the write lock at once, so concurrent appends queue instead of
+//! failing), in which the head check and the inserts happen; global positions are therefore
+//! given in commit order, and the feed is read by position alone: a reader never sees an event
+//! without the ones before it. Files use write-ahead logging with full synchronous commits: an
+//! acknowledged append survives a crash or a power cut.
+
+mod migrate;
+
+use std::fmt;
+use std::ops::RangeBounds;
+use std::str::FromStr as _;
+use std::time::Duration;
+
+use chrono::{DateTime, SubsecRound as _, Utc};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
+    SqliteSynchronous,
+};
+use sqlx::{Row as _, SqliteConnection};
+use uuid::Uuid;
+
+use super::{
+    EventStore, ExpectedVersion, FeedBatch, FeedPosition, FeedQuery, StoredId, check_distinct_ids,
+    classify_retry, version_bounds,
+};
+use crate::envelope::{Metadata, NewEvent, RecordedEvent};
+use crate::error::{Error, Result};
+use crate::event::Payload;
+use crate::feed::{FeedNotifier, FeedWakeups};
+use crate::snapshot::Snapshot;
+
+/// The envelope columns, in the order `envelope_from_row` reads them.
+const ENVELOPE_COLUMNS: &str = "stream_id, stream_version, position, aggregate_type, event_id, \
+    event_type, schema_version, payload, metadata, correlation_id, causation_id, actor, recorded_at";
+
+/// An [`EventStore`] on SQLite. Cloning shares the pool.
+///
+/// ```no_run
+/// # async fn run() -> factum::Result<()> {
+/// use factum::store::SqliteStore;
+///
+/// let store = SqliteStore::open("bank.db").await?; // created when missing
+/// store.migrate().await?;
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct SqliteStore {
+    pool: SqlitePool,
+    notifier: FeedNotifier,
+    location: String,
+}
+
+impl fmt::Debug for SqliteStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SqliteStore")
+            .field("location", &self.location)
+            .finish_non_exhaustive()
+    }
+}
+
+fn backend(error: sqlx::Error) -> Error {
+    if let Some(database) = error.as_database_error()
+        && database.message().contains("no such table")
+    {
+        return Error::NotMigrated {
+            schema: "main".to_owned(),
+        };
+    }
+    Error::Backend(Box::new(error))
+}
+
+fn to_i64(value: u64) -> i64 {
+    i64::try_from(value).unwrap_or(i64::MAX)
+}
+
+fn to_u64(value: i64) -> u64 {
+    u64::try_from(value).unwrap_or(0)
+}
+
+/// Microseconds, as the other stores keep them, so that envelopes compare equal across stores.
+fn now() -> DateTime<Utc> {
+    Utc::now().trunc_subsecs(6)
+}
+
+impl SqliteStore {
+    /// Opens (creating it when missing) the database file at `path`.
+    ///
+    /// # Errors
+    /// [`Error::Backend`] when the file cannot be opened.
+    pub async fn open(path: impl AsRef<std::path::Path>) -> Result<Self> {
+        let options = SqliteConnectOptions::new()
+            .filename(path.as_ref())
+            .create_if_missing(true);
+        Self::with_options(options, 8, path.as_ref().display().to_string()).await
+    }
+
+    /// Connects to a `sqlite:` URL (`sqlite://bank.db`, `sqlite::memory:`).
+    ///
+    /// # Errors
+    /// [`Error::InvalidConfig`] for a malformed URL, [`Error::Backend`] when the database cannot
+    /// be opened.
+    pub async fn connect(url: &str) -> Result<Self> {
+        if !url.starts_with("sqlite:") {
+            return Err(Error::InvalidConfig(format!(
+                "`{url}` is not a SQLite URL: use `sqlite://path/to/file.db` or `sqlite::memory:`"
+            )));
+        }
+        let options = SqliteConnectOptions::from_str(url)
+            .map_err(|e| Error::InvalidConfig(format!("`{url}` is not a SQLite URL: {e}")))?
+            .create_if_missing(true);
+        let memory = url.contains(":memory:") || url.contains("mode=memory");
+        Self::with_options(options, if memory { 1 } else { 8 }, url.to_owned()).await
+    }
+
+    /// A private in-memory database (gone with the store): for tests and examples.
+    ///
+    /// # Errors
+    /// [`Error::Backend`] when SQLite cannot start.
+    pub async fn in_memory() -> Result<Self> {
+        Self::with_options(
+            SqliteConnectOptions::from_str("sqlite::memory:").map_err(backend)?,
+            1,
+            "memory".to_owned(),
+        )
+        .await
+    }
+
+    async fn with_options(
+        options: SqliteConnectOptions,
+        connections: u32,
+        location: String,
+    ) -> Result<Self> {
+        let options = options
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Full)
+            .busy_timeout(Duration::from_secs(30))
+            .foreign_keys(true);
+        let pool = SqlitePoolOptions::new()
+            .max_connections(connections)
+            // An in-memory database lives as long as its connection.
+            .min_connections(u32::from(connections == 1))
+            .idle_timeout(None)
+            .max_lifetime(None)
+            .connect_with(options)
+            .await
+            .map_err(|error| {
+                Error::Backend(
+                    format!("cannot open the SQLite database {location}: {error}").into(),
+                )
+            })?;
+        Ok(Self {
+            pool,
+            notifier: FeedNotifier::default(),
+            location,
+        })
+    }
+
+    /// Creates or upgrades the store's tables. Safe to run at every start.
+    ///
+    /// # Errors
+    /// [`Error::IncompatibleSchema`] when the database was migrated by a newer build.
+    pub async fn migrate(&self) -> Result<()> {
+        migrate::migrate(&self.pool, &self.location).await
+    }
+
+    /// The connection pool.
+    #[must_use]
+    pub fn pool(&self) -> &SqlitePool {
+        &self.pool
+    }
+
+    /// Where the database is (its path, URL or `memory`).
+    #[must_use]
+    pub fn location(&self) -> &str {
+        &self.location
+    }
+
+    /// The stored events with these ids, for an idempotent retry.
+    async fn stored_ids(
+        connection: &mut SqliteConnection,
+        events: &[NewEvent],
+    ) -> Result<Vec<StoredId>> {
+        let ids: Vec<String> = events.iter().map(|e| e.event_id.to_string()).collect();
+        let ids = serde_json::to_string(&ids).map_err(|e| Error::Backend(Box::new(e)))?;
+        let rows = sqlx::query(
+            "SELECT event_id, stream_id, stream_version FROM events
+             WHERE event_id IN (SELECT value FROM json_each(?1))",
+        )
+        .bind(ids)
+        .fetch_all(&mut *connection)
+        .await
+        .map_err(backend)?;
+        rows.iter()
+            .map(|row| {
+                Ok(StoredId {
+                    event_id: uuid(row, 0)?,
+                    stream_id: row.try_get(1)?,
+                    stream_version: to_u64(row.try_get(2)?),
+                })
+            })
+            .collect::<std::result::Result<_, sqlx::Error>>()
+            .map_err(backend)
+    }
+
+    async fn append_locked(
+        &self,
+        connection: &mut SqliteConnection,
+        stream_id: &str,
+        aggregate_type: &str,
+        expected: ExpectedVersion,
+        events: Vec<NewEvent>,
+    ) -> Result<Vec<RecordedEvent>> {
+        let stored = Self::stored_ids(connection, &events).await?;
+        if !stored.is_empty() {
+            let versions = classify_retry(stream_id, expected, &events, &stored)?;
+            return read_stream_in(connection, stream_id, (*versions.start(), *versions.end()))
+                .await;
+        }
+        let head = sqlx::query(
+            "SELECT stream_version, aggregate_type FROM events WHERE stream_id = ?1
+             ORDER BY stream_version DESC LIMIT 1",
+        )
+        .bind(stream_id)
+        .fetch_optional(&mut *connection)
+        .await
+        .map_err(backend)?;
+        let (current, existing_type) = match &head {
+            Some(row) => (
+                to_u64(row.try_get(0).map_err(backend)?),
+                Some(row.try_get::<String, _>(1).map_err(backend)?),
+            ),
+            None => (0, None),
+        };
+        if !expected.accepts(current) {
+            return Err(Error::Conflict {
+                stream_id: stream_id.to_owned(),
+                expected,
+                actual: current,
+            });
+        }
+        if let Some(existing) = existing_type
+            && existing != aggregate_type
+        {
+            return Err(Error::AggregateTypeMismatch {
+                stream_id: stream_id.to_owned(),
+                existing,
+                requested: aggregate_type.to_owned(),
+            });
+        }
+        let recorded_at = now();
+        let mut recorded = Vec::with_capacity(events.len());
+        for (offset, event) in events.into_iter().enumerate() {
+            let stream_version = current + 1 + offset as u64;
+            let metadata =
+                serde_json::to_string(&event.metadata).unwrap_or_else(|_| "{}".to_owned());
+            let position: i64 = sqlx::query_scalar(
+                "INSERT INTO events (stream_id, stream_version, aggregate_type, event_id,
+                     event_type, schema_version, payload, metadata, correlation_id, causation_id,
+                     actor, recorded_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)
+                 RETURNING position",
+            )
+            .bind(stream_id)
+            .bind(to_i64(stream_version))
+            .bind(aggregate_type)
+            .bind(event.event_id.to_string())
+            .bind(event.event_type.as_ref())
+            .bind(i64::from(event.schema_version))
+            .bind(event.payload.as_str())
+            .bind(metadata)
+            .bind(event.correlation_id.to_string())
+            .bind(event.causation_id.to_string())
+            .bind(event.actor.as_deref())
+            .bind(recorded_at)
+            .fetch_one(&mut *connection)
+            .await
+            .map_err(backend)?;
+            let position = to_u64(position);
+            recorded.push(RecordedEvent {
+                event_id: event.event_id,
+                event_type: event.event_type.into_owned(),
+                schema_version: event.schema_version,
+                stream_id: stream_id.to_owned(),
+                aggregate_type: aggregate_type.to_owned(),
+                stream_version,
+                global_position: position,
+                tx: position,
+                recorded_at,
+                correlation_id: event.correlation_id,
+                causation_id: event.causation_id,
+                actor: event.actor,
+                metadata: event.metadata,
+                event: event.payload,
+            });
+        }
+        Ok(recorded)
+    }
+}
+
+fn uuid(row: &SqliteRow, index: usize) -> std::result::Result<Uuid, sqlx::Error> {
+    let text: String = row.try_get(index)?;
+    Uuid::parse_str(&text).map_err(|error| sqlx::Error::ColumnDecode {
+        index: index.to_string(),
+        source: Box::new(error),
+    })
+}
+
+fn envelope_from_row(row: &SqliteRow) -> std::result::Result<RecordedEvent, sqlx::Error> {
+    let metadata: String = row.try_get(8)?;
+    let position = to_u64(row.try_get(2)?);
+    Ok(RecordedEvent {
+        stream_id: row.try_get(0)?,
+        stream_version: to_u64(row.try_get(1)?),
+        global_position: position,
+        tx: position,
+        aggregate_type: row.try_get(3)?,
+        event_id: uuid(row, 4)?,
+        event_type: row.try_get(5)?,
+        schema_version: u32::try_from(row.try_get::<i64, _>(6)?).unwrap_or(0),
+        event: Payload::from_stored_json(row.try_get(7)?),
+        metadata: if metadata == "{}" {
+            Metadata::new()
+        } else {
+            serde_json::from_str::<Metadata>(&metadata).map_err(|e| sqlx::Error::ColumnDecode {
+                index: "metadata".into(),
+                source: Box::new(e),
+            })?
+        },
+        correlation_id: uuid(row, 9)?,
+        causation_id: uuid(row, 10)?,
+        actor: row.try_get(11)?,
+        recorded_at: row.try_get(12)?,
+    })
+}
+
+async fn read_stream_in(
+    connection: &mut SqliteConnection,
+    stream_id: &str,
+    (from, to): (u64, u64),
+) -> Result<Vec<RecordedEvent>> {
+    let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "SELECT {ENVELOPE_COLUMNS} FROM events
+         WHERE stream_id = ?1 AND stream_version BETWEEN ?2 AND ?3 ORDER BY stream_version"
+    )))
+    .bind(stream_id)
+    .bind(to_i64(from))
+    .bind(to_i64(to))
+    .fetch_all(&mut *connection)
+    .await
+    .map_err(backend)?;
+    rows.iter()
+        .map(envelope_from_row)
+        .collect::<std::result::Result<_, _>>()
+        .map_err(backend)
+}
+
+impl EventStore for SqliteStore {
+    async fn append(
+        &self,
+        stream_id: &str,
+        aggregate_type: &str,
+        expected: ExpectedVersion,
+        events: Vec<NewEvent>,
+    ) -> Result<Vec<RecordedEvent>> {
+        check_distinct_ids(stream_id, &events)?;
+        let mut transaction = self
+            .pool
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(backend)?;
+        let appended = self
+            .append_locked(
+                &mut transaction,
+                stream_id,
+                aggregate_type,
+                expected,
+                events,
+            )
+            .await?;
+        transaction.commit().await.map_err(backend)?;
+        if !appended.is_empty() {
+            self.notifier.notify();
+        }
+        Ok(appended)
+    }
+
+    async fn read_stream(
+        &self,
+        stream_id: &str,
+        versions: impl RangeBounds<u64> + Send,
+    ) -> Result<Vec<RecordedEvent>> {
+        let mut connection = self.pool.acquire().await.map_err(backend)?;
+        read_stream_in(&mut connection, stream_id, version_bounds(&versions)).await
+    }
+
+    async fn read_feed(&self, query: &FeedQuery) -> Result<FeedBatch> {
+        if query.limit == 0 {
+            return Ok(FeedBatch::new(Vec::new(), query.after));
+        }
+        let after = to_i64(query.after.position);
+        let limit = i64::try_from(query.limit).unwrap_or(i64::MAX);
+        // One read transaction: the head and the events from the same snapshot.
+        let mut transaction = self.pool.begin().await.map_err(backend)?;
+        let types = query
+            .event_types
+            .as_ref()
+            .map(|types| serde_json::to_string(types).unwrap_or_else(|_| "[]".to_owned()));
+        let rows = match &types {
+            Some(types) => {
+                sqlx::query(sqlx::AssertSqlSafe(format!(
+                    "SELECT {ENVELOPE_COLUMNS} FROM events
+                     WHERE position > ?1 AND event_type IN (SELECT value FROM json_each(?3))
+                     ORDER BY position LIMIT ?2"
+                )))
+                .bind(after)
+                .bind(limit)
+                .bind(types)
+                .fetch_all(&mut *transaction)
+                .await
+            }
+            None => {
+                sqlx::query(sqlx::AssertSqlSafe(format!(
+                    "SELECT {ENVELOPE_COLUMNS} FROM events WHERE position > ?1
+                     ORDER BY position LIMIT ?2"
+                )))
+                .bind(after)
+                .bind(limit)
+                .fetch_all(&mut *transaction)
+                .await
+            }
+        }
+        .map_err(backend)?;
+        let head: i64 = sqlx::query_scalar("SELECT coalesce(max(position), 0) FROM events")
+            .fetch_one(&mut *transaction)
+            .await
+            .map_err(backend)?;
+        transaction.commit().await.map_err(backend)?;
+        let events = rows
+            .iter()
+            .map(envelope_from_row)
+            .collect::<std::result::Result<Vec<_>, _>>()
+            .map_err(backend)?;
+        let next = match events.last() {
+            Some(last) if events.len() >= query.limit => last.feed_position(),
+            _ => {
+                let head = to_u64(head);
+                FeedPosition::new(head, head).max(query.after)
+            }
+        };
+        Ok(FeedBatch::new(events, next))
+    }
+
+    async fn stream_version(&self, stream_id: &str) -> Result<u64> {
+        let version: i64 = sqlx::query_scalar(
+            "SELECT coalesce(max(stream_version), 0) FROM events WHERE stream_id = ?1",
+        )
+        .bind(stream_id)
+        .fetch_one(&self.pool)
+        .await
+        .map_err(backend)?;
+        Ok(to_u64(version))
+    }
+
+    async fn read_event(&self, event_id: Uuid) -> Result<Option<RecordedEvent>> {
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {ENVELOPE_COLUMNS} FROM events WHERE event_id = ?1"
+        )))
+        .bind(event_id.to_string())
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(backend)?;
+        row.as_ref()
+            .map(envelope_from_row)
+            .transpose()
+            .map_err(backend)
+    }
+
+    async fn load_snapshot(&self, stream_id: &str) -> Result<Option<Snapshot>> {
+        let row = sqlx::query(
+            "SELECT stream_version, aggregate_type, state_version, state, taken_at
+             FROM snapshots WHERE stream_id = ?1",
+        )
+        .bind(stream_id)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(backend)?;
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        let snapshot = (|| -> std::result::Result<Snapshot, sqlx::Error> {
+            let mut snapshot = Snapshot::new(
+                stream_id,
+                row.try_get::<String, _>(1)?,
+                to_u64(row.try_get(0)?),
+                u32::try_from(row.try_get::<i64, _>(2)?).unwrap_or(0),
+                Payload::from_stored_json(row.try_get(3)?),
+            );
+            snapshot.taken_at = row.try_get(4)?;
+            Ok(snapshot)
+        })()
+        .map_err(backend)?;
+        Ok(Some(snapshot))
+    }
+
+    async fn save_snapshot(&self, snapshot: Snapshot) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO snapshots (stream_id, aggregate_type, stream_version, state_version,
+                                    state, taken_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+             ON CONFLICT (stream_id) DO UPDATE SET
+                 aggregate_type = excluded.aggregate_type,
+                 stream_version = excluded.stream_version,
+                 state_version = excluded.state_version,
+                 state = excluded.state,
+                 taken_at = excluded.taken_at
+             WHERE snapshots.stream_version < excluded.stream_version
+                OR snapshots.state_version <> excluded.state_version",
+        )
+        .bind(&snapshot.stream_id)
+        .bind(&snapshot.aggregate_type)
+        .bind(to_i64(snapshot.stream_version))
+        .bind(i64::from(snapshot.state_version))
+        .bind(snapshot.state.as_str())
+        .bind(snapshot.taken_at)
+        .execute(&self.pool)
+        .await
+        .map_err(backend)?;
+        Ok(())
+    }
+
+    fn wakeups(&self) -> FeedWakeups {
+        self.notifier.subscribe()
+    }
+}

@@ -1,0 +1,149 @@
+//! The SQLite store on a file: concurrent writers and a following reader (every event exactly
+//! once, streams in order), append-only rows, reopening, and typed errors.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+use factum::store::SqliteStore;
+use factum::{Error, EventStore, ExpectedVersion, FeedPosition, FeedQuery, NewEvent, Payload};
+
+/// A database file in the temporary directory, removed (with its WAL files) when dropped.
+struct TempFile(PathBuf);
+
+impl TempFile {
+    fn new() -> Self {
+        Self(std::env::temp_dir().join(format!("factum-test-{}.db", factum::Uuid::now_v7())))
+    }
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        for suffix in ["", "-wal", "-shm"] {
+            let mut path = self.0.clone().into_os_string();
+            path.push(suffix);
+            let _ = std::fs::remove_file(path);
+        }
+    }
+}
+
+fn ping(writer: usize, n: usize) -> NewEvent {
+    NewEvent::new(
+        "Pinged",
+        1,
+        Payload::encode(&serde_json::json!({ "writer": writer, "n": n })).unwrap(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_writers_and_a_following_reader_see_every_event_once_in_order() {
+    const WRITERS: usize = 6;
+    const APPENDS: usize = 150;
+    const STREAMS: usize = 10;
+    let file = TempFile::new();
+    let store = SqliteStore::open(&file.0).await.unwrap();
+    store.migrate().await.unwrap();
+
+    let reader = {
+        let store = store.clone();
+        tokio::spawn(async move {
+            let mut seen = Vec::new();
+            let mut checkpoint = FeedPosition::START;
+            while seen.len() < WRITERS * APPENDS {
+                let batch = store
+                    .read_feed(&FeedQuery::after(checkpoint).limit(37))
+                    .await
+                    .unwrap();
+                seen.extend(batch.events);
+                checkpoint = batch.next;
+                tokio::task::yield_now().await;
+            }
+            seen
+        })
+    };
+    let writers: Vec<_> = (0..WRITERS)
+        .map(|writer| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                for n in 0..APPENDS {
+                    let stream = format!("s-{}", (writer + n) % STREAMS);
+                    store
+                        .append(
+                            &stream,
+                            "Probe",
+                            ExpectedVersion::Any,
+                            vec![ping(writer, n)],
+                        )
+                        .await
+                        .unwrap();
+                }
+            })
+        })
+        .collect();
+    for writer in writers {
+        writer.await.unwrap();
+    }
+    let seen = reader.await.unwrap();
+
+    assert_eq!(seen.len(), WRITERS * APPENDS);
+    let mut ids = std::collections::HashSet::new();
+    let mut last_version: HashMap<&str, u64> = HashMap::new();
+    for pair in seen.windows(2) {
+        assert!(
+            pair[0].global_position < pair[1].global_position,
+            "feed order"
+        );
+    }
+    for event in &seen {
+        assert!(ids.insert(event.event_id), "each event once");
+        let last = last_version.entry(&event.stream_id).or_default();
+        assert_eq!(event.stream_version, *last + 1, "streams in order, no gap");
+        *last = event.stream_version;
+    }
+}
+
+#[tokio::test]
+async fn stored_events_survive_reopening_and_cannot_be_changed() {
+    let file = TempFile::new();
+    {
+        let store = SqliteStore::open(&file.0).await.unwrap();
+        store.migrate().await.unwrap();
+        store
+            .append(
+                "s-1",
+                "Probe",
+                ExpectedVersion::NoStream,
+                vec![ping(0, 0), ping(0, 1)],
+            )
+            .await
+            .unwrap();
+        store.pool().close().await;
+    }
+    let store = SqliteStore::open(&file.0).await.unwrap();
+    store.migrate().await.unwrap();
+    assert_eq!(store.stream_version("s-1").await.unwrap(), 2);
+
+    for statement in ["UPDATE events SET payload = '{}'", "DELETE FROM events"] {
+        let error = sqlx::query(statement)
+            .execute(store.pool())
+            .await
+            .unwrap_err();
+        assert!(error.to_string().contains("append-only"), "{error}");
+    }
+    assert_eq!(store.read_stream("s-1", ..).await.unwrap().len(), 2);
+}
+
+#[tokio::test]
+async fn an_unmigrated_database_and_a_bad_url_get_typed_errors() {
+    let file = TempFile::new();
+    let store = SqliteStore::open(&file.0).await.unwrap();
+    let error = store
+        .append("s-1", "Probe", ExpectedVersion::Any, vec![ping(0, 0)])
+        .await
+        .unwrap_err();
+    assert!(matches!(error, Error::NotMigrated { .. }), "{error}");
+
+    let error = SqliteStore::connect("postgres://not-sqlite")
+        .await
+        .unwrap_err();
+    assert!(matches!(error, Error::InvalidConfig(_)), "{error}");
+}
