@@ -26,15 +26,21 @@ mod dead_letter;
 mod inline;
 #[cfg(feature = "postgres")]
 mod runner;
+#[cfg(feature = "sqlite")]
+mod sqlite;
+mod status;
 #[cfg(feature = "postgres")]
 mod versions;
 
 #[cfg(feature = "postgres")]
 pub use dead_letter::{ParkedStream, RetryOutcome};
 #[cfg(feature = "postgres")]
-pub use runner::{BatchOutcome, ProjectionRunner, ProjectionStatus, RunnerError};
+pub use runner::{BatchOutcome, ProjectionRunner};
+#[cfg(feature = "sqlite")]
+pub use sqlite::SqliteProjectionRunner;
+pub use status::{ProjectionStatus, RunnerError, VersionState};
 #[cfg(feature = "postgres")]
-pub use versions::{VersionState, active_version};
+pub use versions::active_version;
 
 /// A read model fed from the global feed. Implemented by `#[projection]`.
 #[diagnostic::on_unimplemented(

@@ -6,67 +6,11 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use sqlx::{AssertSqlSafe, Connection as _, PgConnection, Row as _};
 
-use super::versions::VersionState;
+use super::status::{ProjectionStatus, RunnerError, VersionState};
 use super::{HandlerError, Projection};
 use crate::envelope::RecordedEvent;
 use crate::error::Error;
 use crate::store::{EventStore, FeedBatch, FeedPosition, FeedQuery, PostgresStore};
-
-impl RunnerError {
-    fn handler<P: Projection>(cause: HandlerError) -> Self {
-        Self::Handler {
-            projection: P::NAME,
-            cause,
-        }
-    }
-}
-
-/// What stops a projection runner.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum RunnerError {
-    /// The store failed.
-    #[error(transparent)]
-    Store(#[from] Error),
-
-    /// A handler kept failing after the retries (the batch was rolled back: nothing of it is
-    /// applied, the checkpoint did not move).
-    #[error("projection `{projection}` stopped: {cause}")]
-    Handler {
-        /// The projection.
-        projection: &'static str,
-        /// The last failure.
-        #[source]
-        cause: HandlerError,
-    },
-}
-
-/// Where a projection stands.
-#[derive(Debug, Clone, PartialEq)]
-#[non_exhaustive]
-pub struct ProjectionStatus {
-    /// The projection.
-    pub name: &'static str,
-    /// Its version.
-    pub version: u32,
-    /// The position it has processed up to.
-    pub checkpoint: FeedPosition,
-    /// The newest position in the store.
-    pub head: FeedPosition,
-    /// Events of the projection's types after the checkpoint.
-    pub event_lag: u64,
-    /// How long the oldest of those has been waiting (zero when caught up).
-    pub time_lag: Duration,
-    /// Streams parked in the dead-letter queue.
-    pub parked_streams: u64,
-    /// Events waiting in the dead-letter queue.
-    pub parked_events: u64,
-    /// This version's state (`None`: never run with [`ProjectionRunner::run`]).
-    pub state: Option<VersionState>,
-    /// How far through the store the checkpoint is, from 0 to 1 (by global position: an
-    /// estimate, for rebuild progress).
-    pub progress: f64,
-}
 
 /// Runs one projection against a [`PostgresStore`].
 ///

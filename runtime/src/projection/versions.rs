@@ -9,40 +9,10 @@
 use sqlx::{AssertSqlSafe, PgConnection, Row as _};
 
 use super::runner::version;
+use super::status::VersionState;
 use super::{Projection, ProjectionRunner};
 use crate::error::Error;
 use crate::store::PostgresStore;
-
-/// Where a version of a projection stands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum VersionState {
-    /// Replaying the history beside the active version (side effects off).
-    Building,
-    /// Serving: the version readers should read.
-    Active,
-    /// Replaced by a newer version (or started after one took over): does not run.
-    Retired,
-}
-
-impl VersionState {
-    fn parse(text: &str) -> Option<Self> {
-        match text {
-            "building" => Some(Self::Building),
-            "active" => Some(Self::Active),
-            "retired" => Some(Self::Retired),
-            _ => None,
-        }
-    }
-
-    fn as_str(self) -> &'static str {
-        match self {
-            Self::Building => "building",
-            Self::Active => "active",
-            Self::Retired => "retired",
-        }
-    }
-}
 
 /// The active version of a projection (`None`: none registered yet), for readers choosing
 /// which version's tables to read.

@@ -8,11 +8,18 @@ use super::backend;
 use crate::error::{Error, Result};
 use crate::store::migration::{Migration, checksum};
 
-const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "event_store",
-    sql: include_str!("../../../migrations/sqlite/0001_event_store.sql"),
-}];
+const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "event_store",
+        sql: include_str!("../../../migrations/sqlite/0001_event_store.sql"),
+    },
+    Migration {
+        version: 2,
+        name: "projections",
+        sql: include_str!("../../../migrations/sqlite/0002_projections.sql"),
+    },
+];
 
 pub(super) async fn migrate(pool: &SqlitePool, location: &str) -> Result<()> {
     let mut tx = pool.begin_with("BEGIN IMMEDIATE").await.map_err(backend)?;

@@ -1,0 +1,97 @@
+//! What every projection runner reports, whatever its store: its status, its version's state,
+//! and why it stopped.
+
+use std::time::Duration;
+
+use super::{HandlerError, Projection};
+use crate::error::Error;
+use crate::store::FeedPosition;
+
+#[cfg_attr(not(any(feature = "postgres", feature = "sqlite")), allow(dead_code))]
+impl RunnerError {
+    pub(crate) fn handler<P: Projection>(cause: HandlerError) -> Self {
+        Self::Handler {
+            projection: P::NAME,
+            cause,
+        }
+    }
+}
+
+/// What stops a projection runner.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RunnerError {
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] Error),
+
+    /// A handler kept failing after the retries (the batch was rolled back: nothing of it is
+    /// applied, the checkpoint did not move).
+    #[error("projection `{projection}` stopped: {cause}")]
+    Handler {
+        /// The projection.
+        projection: &'static str,
+        /// The last failure.
+        #[source]
+        cause: HandlerError,
+    },
+}
+
+/// Where a projection stands.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct ProjectionStatus {
+    /// The projection.
+    pub name: &'static str,
+    /// Its version.
+    pub version: u32,
+    /// The position it has processed up to.
+    pub checkpoint: FeedPosition,
+    /// The newest position in the store.
+    pub head: FeedPosition,
+    /// Events of the projection's types after the checkpoint.
+    pub event_lag: u64,
+    /// How long the oldest of those has been waiting (zero when caught up).
+    pub time_lag: Duration,
+    /// Streams parked in the dead-letter queue.
+    pub parked_streams: u64,
+    /// Events waiting in the dead-letter queue.
+    pub parked_events: u64,
+    /// This version's state (`None`: never run with a runner's `run`).
+    pub state: Option<VersionState>,
+    /// How far through the store the checkpoint is, from 0 to 1 (by global position: an
+    /// estimate, for rebuild progress).
+    pub progress: f64,
+}
+
+/// Where a version of a projection stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum VersionState {
+    /// Replaying the history beside the active version (side effects off).
+    Building,
+    /// Serving: the version readers should read.
+    Active,
+    /// Replaced by a newer version (or started after one took over): does not run.
+    Retired,
+}
+
+#[cfg_attr(not(feature = "postgres"), allow(dead_code))]
+impl VersionState {
+    pub(crate) fn parse(text: &str) -> Option<Self> {
+        match text {
+            "building" => Some(Self::Building),
+            "active" => Some(Self::Active),
+            "retired" => Some(Self::Retired),
+            _ => None,
+        }
+    }
+
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Self::Building => "building",
+            Self::Active => "active",
+            Self::Retired => "retired",
+        }
+    }
+}
