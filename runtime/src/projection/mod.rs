@@ -96,6 +96,10 @@ pub trait Projection: Send + 'static {
     /// rolled back leaves nothing behind. Generated from a `#[discard]` method; by default
     /// nothing.
     fn discard(&mut self) {}
+
+    /// Called after a batch's transaction committed (by default nothing): to tell others in
+    /// the process that the projection's writes are visible.
+    fn committed(&mut self) {}
 }
 
 /// A projection that may be applied in the append's transaction, for read-your-writes:

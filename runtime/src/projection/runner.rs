@@ -320,6 +320,7 @@ impl<P: Projection<Connection = PgConnection>> ProjectionRunner<P> {
         self.save_checkpoint(&mut transaction, checkpoint.max(next))
             .await?;
         transaction.commit().await.map_err(|e| self.fail(e))?;
+        self.projection.committed();
         Ok(Some(outcome))
     }
 

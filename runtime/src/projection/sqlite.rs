@@ -156,6 +156,7 @@ impl<P: Projection<Connection = SqliteConnection>> SqliteProjectionRunner<P> {
         .await
         .map_err(backend)?;
         transaction.commit().await.map_err(backend)?;
+        self.projection.committed();
         Ok(handled)
     }
 
