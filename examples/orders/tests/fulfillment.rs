@@ -1,11 +1,16 @@
-//! The order fulfillment saga on PostgreSQL: the happy path, a failure at each step (with the
-//! final state of every aggregate involved and of the saga), the payment timeout on a manual
-//! clock, correlation and causation through the flow, and redelivered commands.
+//! The order fulfillment saga, on PostgreSQL and on SQLite: the happy path, a failure at each
+//! step (with the final state of every aggregate involved and of the saga), the payment timeout
+//! on a manual clock, correlation and causation through the flow, and redelivered commands.
 
 use std::time::Duration;
 
-use factum::saga::{ManualClock, SagaRunner};
+use factum::saga::{
+    CommandBus, ManualClock, SagaError, SagaInstance, SagaRunner, SagaStatus, Settled,
+    SqliteSagaRunner,
+};
+use factum::store::{PostgresStore, SqliteStore};
 use factum::testing::postgres::TemporaryStore;
+use factum::testing::sqlite::TemporaryDatabase;
 use factum::{EventStore, RecordedEvent, Repository};
 use orders::fulfillment::{OrderFulfillment, PAYMENT_TIMEOUT, Stage};
 use orders::inventory::{AddStock, Inventory};
@@ -14,19 +19,129 @@ use orders::payment::{ConfirmPayment, PaymentStatus};
 use orders::shipping::ShipmentStatus;
 use orders::{Services, inventory_stream, order_stream, payment_stream, shipment_stream};
 
-struct World {
-    store: TemporaryStore,
-    services: Services<factum::store::PostgresStore>,
-    clock: ManualClock,
-    runner: SagaRunner<OrderFulfillment>,
+/// What the saga runners of both stores offer these tests.
+trait Runner {
+    async fn settle(&mut self) -> Result<Settled, SagaError>;
+    async fn status(&self) -> factum::Result<SagaStatus>;
+    async fn instance(
+        &self,
+        saga_id: &str,
+    ) -> factum::Result<Option<SagaInstance<OrderFulfillment>>>;
+    async fn dispatch(&self) -> Result<u64, SagaError>;
+    async fn fire_due_timeouts(&self) -> Result<u64, SagaError>;
 }
 
-impl World {
+macro_rules! runner {
+    ($runner:ty) => {
+        impl Runner for $runner {
+            async fn settle(&mut self) -> Result<Settled, SagaError> {
+                <$runner>::settle(self).await
+            }
+            async fn status(&self) -> factum::Result<SagaStatus> {
+                <$runner>::status(self).await
+            }
+            async fn instance(
+                &self,
+                saga_id: &str,
+            ) -> factum::Result<Option<SagaInstance<OrderFulfillment>>> {
+                <$runner>::instance(self, saga_id).await
+            }
+            async fn dispatch(&self) -> Result<u64, SagaError> {
+                <$runner>::dispatch(self).await
+            }
+            async fn fire_due_timeouts(&self) -> Result<u64, SagaError> {
+                <$runner>::fire_due_timeouts(self).await
+            }
+        }
+    };
+}
+
+runner!(SagaRunner<OrderFulfillment>);
+runner!(SqliteSagaRunner<OrderFulfillment>);
+
+/// A store for one test, and its saga runner.
+trait Backend {
+    type Store: EventStore + Clone + 'static;
+    type Guard;
+    type Runner: Runner;
+    async fn open() -> (Self::Guard, Self::Store);
+    fn runner(store: &Self::Store, bus: CommandBus, clock: ManualClock) -> Self::Runner;
+    /// Puts an instance's delivered commands back in the outbox, as if the dispatcher had
+    /// crashed before acknowledging them. Returns how many.
+    async fn reset_outbox(store: &Self::Store, saga_id: &str) -> u64;
+}
+
+struct Pg;
+
+impl Backend for Pg {
+    type Store = PostgresStore;
+    type Guard = TemporaryStore;
+    type Runner = SagaRunner<OrderFulfillment>;
+
+    async fn open() -> (TemporaryStore, PostgresStore) {
+        let guard = TemporaryStore::new().await.unwrap();
+        let store = guard.another_client().await.unwrap();
+        (guard, store)
+    }
+
+    fn runner(store: &PostgresStore, bus: CommandBus, clock: ManualClock) -> Self::Runner {
+        SagaRunner::new(store.clone(), bus).clock(clock)
+    }
+
+    async fn reset_outbox(store: &PostgresStore, saga_id: &str) -> u64 {
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "UPDATE \"{}\".saga_outbox SET status = 'pending' WHERE saga_id = $1",
+            store.schema()
+        )))
+        .bind(saga_id)
+        .execute(store.pool())
+        .await
+        .unwrap()
+        .rows_affected()
+    }
+}
+
+struct Sqlite;
+
+impl Backend for Sqlite {
+    type Store = SqliteStore;
+    type Guard = TemporaryDatabase;
+    type Runner = SqliteSagaRunner<OrderFulfillment>;
+
+    async fn open() -> (TemporaryDatabase, SqliteStore) {
+        let guard = TemporaryDatabase::new().await.unwrap();
+        let store = (*guard).clone();
+        (guard, store)
+    }
+
+    fn runner(store: &SqliteStore, bus: CommandBus, clock: ManualClock) -> Self::Runner {
+        SqliteSagaRunner::new(store.clone(), bus).clock(clock)
+    }
+
+    async fn reset_outbox(store: &SqliteStore, saga_id: &str) -> u64 {
+        sqlx::query("UPDATE saga_outbox SET status = 'pending' WHERE saga_id = ?1")
+            .bind(saga_id)
+            .execute(store.pool())
+            .await
+            .unwrap()
+            .rows_affected()
+    }
+}
+
+struct World<B: Backend> {
+    _guard: B::Guard,
+    store: B::Store,
+    services: Services<B::Store>,
+    clock: ManualClock,
+    runner: B::Runner,
+}
+
+impl<B: Backend> World<B> {
     async fn new() -> Self {
-        let store = TemporaryStore::new().await.unwrap();
-        let services = Services::new(&store.another_client().await.unwrap());
+        let (guard, store) = B::open().await;
+        let services = Services::new(&store);
         let clock = ManualClock::starting_at("2026-11-23T09:00:00Z".parse().unwrap());
-        let runner = SagaRunner::new(store.clone_store(), services.bus()).clock(clock.clone());
+        let runner = B::runner(&store, services.bus(), clock.clone());
         services
             .inventory
             .execute(
@@ -39,6 +154,7 @@ impl World {
             .await
             .unwrap();
         Self {
+            _guard: guard,
             store,
             services,
             clock,
@@ -47,8 +163,8 @@ impl World {
     }
 
     /// A runner as a restarted process would have it.
-    fn restarted_runner(&self) -> SagaRunner<OrderFulfillment> {
-        SagaRunner::new(self.store.clone_store(), self.services.bus()).clock(self.clock.clone())
+    fn restarted_runner(&self) -> B::Runner {
+        B::runner(&self.store, self.services.bus(), self.clock.clone())
     }
 
     async fn place(&self, order_id: &str, sku: &str, quantity: u32, card: &str, address: &str) {
@@ -128,19 +244,8 @@ impl World {
     }
 }
 
-trait CloneStore {
-    fn clone_store(&self) -> factum::store::PostgresStore;
-}
-
-impl CloneStore for TemporaryStore {
-    fn clone_store(&self) -> factum::store::PostgresStore {
-        (**self).clone()
-    }
-}
-
-#[tokio::test]
-async fn an_order_is_reserved_paid_shipped_and_completed() {
-    let mut world = World::new().await;
+async fn an_order_is_reserved_paid_shipped_and_completed<B: Backend>() {
+    let mut world = World::<B>::new().await;
     world.place("o-1", "book", 3, "visa", "1 Main St").await;
     world.settle().await;
 
@@ -246,9 +351,8 @@ async fn an_order_is_reserved_paid_shipped_and_completed() {
     assert_eq!(world.saga("o-1").await.0.stage, Stage::Completed);
 }
 
-#[tokio::test]
-async fn out_of_stock_cancels_the_order_and_touches_nothing_else() {
-    let mut world = World::new().await;
+async fn out_of_stock_cancels_the_order_and_touches_nothing_else<B: Backend>() {
+    let mut world = World::<B>::new().await;
     world.place("o-2", "book", 11, "visa", "1 Main St").await;
     world.settle().await;
 
@@ -266,9 +370,8 @@ async fn out_of_stock_cancels_the_order_and_touches_nothing_else() {
     assert_eq!(saga.compensations, ["CancelOrder"]);
 }
 
-#[tokio::test]
-async fn a_refused_command_goes_back_to_the_saga_which_cancels_the_order() {
-    let mut world = World::new().await;
+async fn a_refused_command_goes_back_to_the_saga_which_cancels_the_order<B: Backend>() {
+    let mut world = World::<B>::new().await;
     world
         .place("o-3", "unknown-sku", 1, "visa", "1 Main St")
         .await;
@@ -294,9 +397,8 @@ async fn a_refused_command_goes_back_to_the_saga_which_cancels_the_order() {
     assert_eq!((status.active, status.completed), (0, 1));
 }
 
-#[tokio::test]
-async fn a_declined_payment_releases_the_inventory_then_cancels_the_order() {
-    let mut world = World::new().await;
+async fn a_declined_payment_releases_the_inventory_then_cancels_the_order<B: Backend>() {
+    let mut world = World::<B>::new().await;
     world.place("o-4", "book", 4, "declined", "1 Main St").await;
     world.settle().await;
 
@@ -316,9 +418,8 @@ async fn a_declined_payment_releases_the_inventory_then_cancels_the_order() {
     assert_eq!(world.runner.status().await.unwrap().pending_timeouts, 0);
 }
 
-#[tokio::test]
-async fn a_failed_shipment_refunds_releases_and_cancels_in_reverse_order() {
-    let mut world = World::new().await;
+async fn a_failed_shipment_refunds_releases_and_cancels_in_reverse_order<B: Backend>() {
+    let mut world = World::<B>::new().await;
     world.place("o-5", "book", 2, "visa", "nowhere").await;
     world.settle().await;
 
@@ -352,9 +453,8 @@ async fn a_failed_shipment_refunds_releases_and_cancels_in_reverse_order() {
     assert!(refunded < released && released < cancelled);
 }
 
-#[tokio::test]
-async fn a_payment_that_never_answers_times_out_after_a_restart_and_compensates() {
-    let mut world = World::new().await;
+async fn a_payment_that_never_answers_times_out_after_a_restart_and_compensates<B: Backend>() {
+    let mut world = World::<B>::new().await;
     world.place("o-6", "book", 5, "3ds", "1 Main St").await;
     world.settle().await;
     assert_eq!(world.payment("o-6").await, PaymentStatus::Pending);
@@ -402,9 +502,8 @@ async fn a_payment_that_never_answers_times_out_after_a_restart_and_compensates(
     );
 }
 
-#[tokio::test]
-async fn a_payment_confirmed_in_time_cancels_the_timeout() {
-    let mut world = World::new().await;
+async fn a_payment_confirmed_in_time_cancels_the_timeout<B: Backend>() {
+    let mut world = World::<B>::new().await;
     world.place("o-7", "book", 1, "3ds", "1 Main St").await;
     world.settle().await;
     world
@@ -425,23 +524,16 @@ async fn a_payment_confirmed_in_time_cancels_the_timeout() {
     assert_eq!(world.saga("o-7").await.0.stage, Stage::Completed);
 }
 
-#[tokio::test]
-async fn a_command_delivered_again_is_recognised_and_not_applied_twice() {
-    let mut world = World::new().await;
+async fn a_command_delivered_again_is_recognised_and_not_applied_twice<B: Backend>() {
+    let mut world = World::<B>::new().await;
     world.place("o-8", "book", 2, "visa", "1 Main St").await;
     world.settle().await;
     let before: Vec<_> = world.types(&inventory_stream("book")).await;
 
     // As if the dispatcher had crashed after delivering, before acknowledging: every command
     // of the instance is pending again.
-    let reset = sqlx::query(sqlx::AssertSqlSafe(format!(
-        "UPDATE \"{}\".saga_outbox SET status = 'pending' WHERE saga_id = 'o-8'",
-        world.store.schema()
-    )))
-    .execute(world.store.pool())
-    .await
-    .unwrap();
-    assert_eq!(reset.rows_affected(), 4);
+    let reset = B::reset_outbox(&world.store, "o-8").await;
+    assert_eq!(reset, 4);
     assert_eq!(world.runner.dispatch().await.unwrap(), 4);
     let status = world.runner.status().await.unwrap();
     assert_eq!(
@@ -476,7 +568,7 @@ async fn a_command_delivered_again_is_recognised_and_not_applied_twice() {
 
 #[tokio::test]
 async fn an_event_the_saga_cannot_read_parks_its_stream_while_other_orders_flow() {
-    let mut world = World::new().await;
+    let mut world = World::<Pg>::new().await;
     world.runner = World::restarted_runner(&world).retries(0, Duration::ZERO);
     let broken = factum::NewEvent::new(
         "OrderPlaced",
@@ -521,3 +613,37 @@ async fn an_event_the_saga_cannot_read_parks_its_stream_while_other_orders_flow(
     );
     assert!(world.runner.parked().await.unwrap().is_empty());
 }
+
+/// Each test above, on both stores.
+macro_rules! on_both_stores {
+    ($($name:ident),* $(,)?) => {
+        mod postgres {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    super::$name::<super::Pg>().await;
+                }
+            )*
+        }
+
+        mod sqlite {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    super::$name::<super::Sqlite>().await;
+                }
+            )*
+        }
+    };
+}
+
+on_both_stores!(
+    an_order_is_reserved_paid_shipped_and_completed,
+    out_of_stock_cancels_the_order_and_touches_nothing_else,
+    a_refused_command_goes_back_to_the_saga_which_cancels_the_order,
+    a_declined_payment_releases_the_inventory_then_cancels_the_order,
+    a_failed_shipment_refunds_releases_and_cancels_in_reverse_order,
+    a_payment_that_never_answers_times_out_after_a_restart_and_compensates,
+    a_payment_confirmed_in_time_cancels_the_timeout,
+    a_command_delivered_again_is_recognised_and_not_applied_twice,
+);

@@ -33,6 +33,8 @@ use std::fmt::Debug;
 
 #[cfg(feature = "postgres")]
 pub mod postgres;
+#[cfg(feature = "sqlite")]
+pub mod sqlite;
 
 use crate::aggregate::{Aggregate, Handle};
 use crate::event::{IntoEvents, collect_events};

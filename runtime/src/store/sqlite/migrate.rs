@@ -19,6 +19,11 @@ const MIGRATIONS: &[Migration] = &[
         name: "projections",
         sql: include_str!("../../../migrations/sqlite/0002_projections.sql"),
     },
+    Migration {
+        version: 3,
+        name: "sagas",
+        sql: include_str!("../../../migrations/sqlite/0003_sagas.sql"),
+    },
 ];
 
 pub(super) async fn migrate(pool: &SqlitePool, location: &str) -> Result<()> {
