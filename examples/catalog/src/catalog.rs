@@ -14,5 +14,6 @@ pub fn catalog() -> Catalog {
         .aggregate::<orders::inventory::Inventory>()
         .aggregate::<orders::payment::Payment>()
         .aggregate::<orders::shipping::Shipment>()
+        .projection::<orders::board::OrderBoard>()
         .saga::<orders::fulfillment::OrderFulfillment>()
 }

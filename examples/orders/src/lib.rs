@@ -6,6 +6,7 @@
 //! [`inventory::Inventory`] (`sku-{sku}`), [`payment::Payment`] (`payment-{order}`) and
 //! [`shipping::Shipment`] (`shipment-{order}`).
 
+pub mod board;
 pub mod fulfillment;
 pub mod inventory;
 pub mod order;

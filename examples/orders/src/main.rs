@@ -1,26 +1,165 @@
-//! Runs the order fulfillment example on PostgreSQL (`DATABASE_URL`, default the local server)
-//! in the schema `orders_example`, recreated at each run: four orders, one per ending, and the
-//! trail of events each one left.
+//! Factum's main example, end to end: commands on four aggregates, the `order_fulfillment` saga
+//! (compensations, a payment timeout) and the `order_board` projection.
+//!
+//! It runs on SQLite by default (a file under `target/`, no server needed), or on PostgreSQL
+//! when `DATABASE_URL` names one (in the schema `orders_example`). Each run starts afresh.
 
 use std::error::Error;
+use std::path::{Path, PathBuf};
 
 use factum::EventStore;
-use factum::saga::{ManualClock, SagaRunner};
-use factum::store::PostgresStore;
+use factum::projection::{ProjectionRunner, SqliteProjectionRunner};
+use factum::saga::{ManualClock, SagaInstance, SagaRunner, SqliteSagaRunner};
+use factum::store::{PostgresStore, SqliteStore};
+use orders::board::{self, OrderBoard, PgOrderBoard};
 use orders::fulfillment::{OrderFulfillment, PAYMENT_TIMEOUT};
 use orders::inventory::AddStock;
 use orders::order::PlaceOrder;
 use orders::{Services, inventory_stream, order_stream, payment_stream, shipment_stream};
 
+type Result<T, E = Box<dyn Error>> = std::result::Result<T, E>;
+
 const SCHEMA: &str = "orders_example";
 
+/// The five orders: one per ending.
+const ORDERS: [(&str, u32, &str, &str, &str); 5] = [
+    ("o-1", 2, "visa", "1 Main St", "completes"),
+    ("o-2", 9, "visa", "1 Main St", "out of stock"),
+    ("o-3", 1, "declined", "1 Main St", "card declined"),
+    ("o-4", 1, "visa", "nowhere", "shipment fails"),
+    ("o-5", 1, "3ds", "1 Main St", "payment never confirmed"),
+];
+
+/// What the example needs of a store: its saga runner and its projection runner.
+trait Backend {
+    type Store: EventStore + Clone + 'static;
+    fn store(&self) -> &Self::Store;
+    async fn settle(&mut self) -> Result<()>;
+    async fn instance(&self, order_id: &str) -> Result<Option<SagaInstance<OrderFulfillment>>>;
+    async fn board(&mut self) -> Result<Vec<board::Row>>;
+    fn describe(&self) -> String;
+}
+
+struct Sqlite {
+    store: SqliteStore,
+    saga: SqliteSagaRunner<OrderFulfillment>,
+    board: SqliteProjectionRunner<OrderBoard>,
+    path: PathBuf,
+}
+
+impl Backend for Sqlite {
+    type Store = SqliteStore;
+
+    fn store(&self) -> &SqliteStore {
+        &self.store
+    }
+
+    async fn settle(&mut self) -> Result<()> {
+        self.saga.settle().await?;
+        Ok(())
+    }
+
+    async fn instance(&self, order_id: &str) -> Result<Option<SagaInstance<OrderFulfillment>>> {
+        Ok(self.saga.instance(order_id).await?)
+    }
+
+    async fn board(&mut self) -> Result<Vec<board::Row>> {
+        self.board.catch_up().await?;
+        Ok(sqlx::query_as(board::SELECT_ALL)
+            .fetch_all(self.store.pool())
+            .await?)
+    }
+
+    fn describe(&self) -> String {
+        format!("the SQLite file {}", self.path.display())
+    }
+}
+
+struct Postgres {
+    store: PostgresStore,
+    saga: SagaRunner<OrderFulfillment>,
+    board: ProjectionRunner<PgOrderBoard>,
+    url: String,
+}
+
+impl Backend for Postgres {
+    type Store = PostgresStore;
+
+    fn store(&self) -> &PostgresStore {
+        &self.store
+    }
+
+    async fn settle(&mut self) -> Result<()> {
+        self.saga.settle().await?;
+        Ok(())
+    }
+
+    async fn instance(&self, order_id: &str) -> Result<Option<SagaInstance<OrderFulfillment>>> {
+        Ok(self.saga.instance(order_id).await?)
+    }
+
+    async fn board(&mut self) -> Result<Vec<board::Row>> {
+        self.board.catch_up().await?;
+        Ok(sqlx::query_as(board::SELECT_ALL)
+            .fetch_all(self.store.pool())
+            .await?)
+    }
+
+    fn describe(&self) -> String {
+        format!("the schema `{SCHEMA}` of {}", self.url)
+    }
+}
+
 #[tokio::main]
-async fn main() -> Result<(), Box<dyn Error>> {
-    let url = std::env::var("DATABASE_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned());
-    let pool = sqlx::PgPool::connect(&url)
-        .await
-        .map_err(|e| format!("cannot reach PostgreSQL at {url} ({e}): set DATABASE_URL"))?;
+async fn main() -> Result<()> {
+    let clock = ManualClock::default();
+    match std::env::var("DATABASE_URL") {
+        Ok(url) if url.starts_with("postgres") => {
+            let backend = postgres(&url, &clock).await?;
+            demo(backend, &clock).await
+        }
+        _ => {
+            let path = Path::new("target").join("factum-orders-example.db");
+            let backend = sqlite(path, &clock).await?;
+            demo(backend, &clock).await
+        }
+    }
+}
+
+async fn sqlite(path: PathBuf, clock: &ManualClock) -> Result<Sqlite> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    for suffix in ["", "-wal", "-shm"] {
+        let mut file = path.clone().into_os_string();
+        file.push(suffix);
+        match std::fs::remove_file(&file) {
+            Err(error) if error.kind() != std::io::ErrorKind::NotFound => return Err(error.into()),
+            _ => {}
+        }
+    }
+    let store = SqliteStore::open(&path).await?;
+    store.migrate().await?;
+    sqlx::raw_sql(board::CREATE_TABLE)
+        .execute(store.pool())
+        .await?;
+    let services = Services::new(&store);
+    Ok(Sqlite {
+        saga: SqliteSagaRunner::new(store.clone(), services.bus()).clock(clock.clone()),
+        board: SqliteProjectionRunner::new(store.clone(), OrderBoard),
+        store,
+        path,
+    })
+}
+
+async fn postgres(url: &str, clock: &ManualClock) -> Result<Postgres> {
+    // The read model's tables are unqualified: they live in the store's schema.
+    let options = url
+        .parse::<sqlx::postgres::PgConnectOptions>()?
+        .options([("search_path", SCHEMA)]);
+    let pool = sqlx::PgPool::connect_with(options).await.map_err(|e| {
+        format!("cannot reach PostgreSQL at {url} ({e}): unset DATABASE_URL to run on SQLite")
+    })?;
     sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
         "DROP SCHEMA IF EXISTS {SCHEMA} CASCADE"
     )))
@@ -28,12 +167,25 @@ async fn main() -> Result<(), Box<dyn Error>> {
     .await?;
     let store = PostgresStore::with_schema(pool, SCHEMA)?;
     store.migrate().await?;
+    sqlx::raw_sql(board::CREATE_TABLE)
+        .execute(store.pool())
+        .await?;
+    let board_store = store.clone();
     let services = Services::new(&store);
-    let clock = ManualClock::default();
-    let mut saga =
-        SagaRunner::<OrderFulfillment>::new(store.clone(), services.bus()).clock(clock.clone());
+    Ok(Postgres {
+        saga: SagaRunner::new(store.clone(), services.bus()).clock(clock.clone()),
+        board: ProjectionRunner::new(board_store, PgOrderBoard),
+        store,
+        url: url.to_owned(),
+    })
+}
 
-    println!("Factum order fulfillment example (PostgreSQL, schema `{SCHEMA}`)\n");
+async fn demo<B: Backend>(mut backend: B, clock: &ManualClock) -> Result<()> {
+    let services = Services::new(backend.store());
+    println!(
+        "Factum order fulfillment example, on {}\n",
+        backend.describe()
+    );
     services
         .inventory
         .execute(
@@ -44,14 +196,7 @@ async fn main() -> Result<(), Box<dyn Error>> {
             },
         )
         .await?;
-    let orders = [
-        ("o-1", 2, "visa", "1 Main St", "completes"),
-        ("o-2", 9, "visa", "1 Main St", "out of stock"),
-        ("o-3", 1, "declined", "1 Main St", "card declined"),
-        ("o-4", 1, "visa", "nowhere", "shipment fails"),
-        ("o-5", 1, "3ds", "1 Main St", "payment never confirmed"),
-    ];
-    for (id, quantity, card, address, _) in orders {
+    for (id, quantity, card, address, _) in ORDERS {
         services
             .orders
             .execute(
@@ -68,16 +213,16 @@ async fn main() -> Result<(), Box<dyn Error>> {
             )
             .await?;
     }
-    saga.settle().await?;
+    backend.settle().await?;
     println!(
         "(the clock moves {} minutes on)\n",
         PAYMENT_TIMEOUT.as_secs() / 60
     );
     clock.advance(PAYMENT_TIMEOUT);
-    saga.settle().await?;
+    backend.settle().await?;
 
-    for (id, _, _, _, expected) in orders {
-        let instance = saga.instance(id).await?.ok_or("no saga instance")?;
+    for (id, _, _, _, expected) in ORDERS {
+        let instance = backend.instance(id).await?.ok_or("no saga instance")?;
         println!(
             "order {id} ({expected}): {:?}{}",
             instance.state.stage,
@@ -89,9 +234,9 @@ async fn main() -> Result<(), Box<dyn Error>> {
                 .unwrap_or_default()
         );
         for stream in [order_stream(id), payment_stream(id), shipment_stream(id)] {
-            for event in store.read_stream(&stream, ..).await? {
+            for event in backend.store().read_stream(&stream, ..).await? {
                 println!(
-                    "    {:<22} {:<20} correlation {}",
+                    "    {:<14} {:<18} correlation {}",
                     stream, event.event_type, event.correlation_id
                 );
             }
@@ -106,11 +251,18 @@ async fn main() -> Result<(), Box<dyn Error>> {
         "\nstock of `book`: {} available, reserved {:?}",
         stock.available, stock.reserved
     );
-    let status = saga.status().await?;
+    println!("\nthe `order_board` read model (projection):");
+    for (order, customer, amount, status, reason) in backend.board().await? {
+        println!(
+            "    {order:<5} {customer:<5} {amount:>6} {status:<10} {}",
+            reason.unwrap_or_default()
+        );
+    }
+    println!("\nthe events and read models are in {}", backend.describe());
+    let catalog = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../schemas");
     println!(
-        "saga: {} completed, {} active, {} commands pending, {} refused",
-        status.completed, status.active, status.pending_commands, status.rejected_commands
+        "the event catalog (JSON Schema, AsyncAPI, flow diagram) is in {}",
+        catalog.canonicalize().unwrap_or(catalog).display()
     );
-    println!("\nthe events are in the schema `{SCHEMA}` of {url}");
     Ok(())
 }
