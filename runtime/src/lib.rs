@@ -63,6 +63,8 @@ extern crate self as factum;
 
 pub mod aggregate;
 pub mod catalog;
+#[cfg(feature = "cli")]
+pub mod cli;
 pub mod command;
 pub mod conformance;
 pub mod envelope;

@@ -1,0 +1,697 @@
+//! The `factum` command-line tool: look inside a store (PostgreSQL or SQLite, by its URL)
+//! without writing SQL. Human-readable tables by default, `--json` for scripts.
+//!
+//! The `factum` binary (feature `cli`) knows no domain types: it shows events and envelopes.
+//! An application builds its own tool with its aggregates registered, and gets the state after
+//! each event (`stream show`) and temporal queries (`state`):
+//!
+//! ```rust,ignore
+//! // src/bin/orders-admin.rs
+//! #[tokio::main]
+//! async fn main() -> std::process::ExitCode {
+//!     factum::cli::Cli::new().aggregate::<Order>().aggregate::<Payment>().run().await
+//! }
+//! ```
+
+mod store;
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use clap::{Parser, Subcommand};
+use serde::Serialize;
+
+use self::store::AnyStore;
+use crate::aggregate::Aggregate;
+use crate::envelope::RecordedEvent;
+use crate::error::Error;
+use crate::store::{FeedPosition, FeedQuery, StreamEvent};
+
+/// Why a command failed: one line saying what is wrong and what to do.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum CliError {
+    /// The command line is wrong.
+    #[error("{0}")]
+    Usage(String),
+    /// No store URL was given.
+    #[error(
+        "no store given: set DATABASE_URL or pass --database-url (postgres://user@host/database or sqlite://path/to/file.db)"
+    )]
+    NoUrl,
+    /// The database cannot be reached or opened.
+    #[error("cannot open {url}: {cause}")]
+    Unreachable {
+        /// The URL, without its password.
+        url: String,
+        /// Why.
+        cause: String,
+    },
+    /// The database holds no Factum store.
+    #[error(
+        "{store} holds no Factum store: run your application once (it migrates the store), or check the URL and --schema"
+    )]
+    NotMigrated {
+        /// Which database.
+        store: String,
+    },
+    /// The stream has no events.
+    #[error("stream `{0}` has no events: check its id (`factum stats` lists the largest streams)")]
+    UnknownStream(String),
+    /// No such projection in the store.
+    #[error("no projection `{name}` in this store (known: {known})")]
+    UnknownProjection {
+        /// The name asked for.
+        name: String,
+        /// The names the store knows.
+        known: String,
+    },
+    /// The stream's aggregate type is not registered in this tool.
+    #[error(
+        "aggregate type `{0}` is not registered in this tool: build your own with factum::cli::Cli::new().aggregate::<{0}>()"
+    )]
+    UnknownAggregate(String),
+    /// The store failed.
+    #[error("the store failed: {0}")]
+    Store(#[from] Error),
+}
+
+impl CliError {
+    fn database(error: sqlx::Error) -> Self {
+        Self::Store(Error::Backend(Box::new(error)))
+    }
+}
+
+/// Replays a stream of one aggregate type, giving the state after each event as JSON.
+type Replayer = fn(&str, &[StreamEvent]) -> Result<Vec<serde_json::Value>, Error>;
+
+fn replay<A: Aggregate + Serialize>(
+    stream_id: &str,
+    events: &[StreamEvent],
+) -> Result<Vec<serde_json::Value>, Error> {
+    let mut state = A::default();
+    let mut states = Vec::with_capacity(events.len());
+    for event in events {
+        for decoded in event.decode::<A::Event>(stream_id)? {
+            state.apply(&decoded);
+        }
+        states.push(serde_json::to_value(&state).map_err(|cause| Error::Encode {
+            event_type: "aggregate state",
+            cause,
+        })?);
+    }
+    Ok(states)
+}
+
+/// The tool, with the aggregates it knows.
+#[derive(Debug, Clone, Default)]
+pub struct Cli {
+    aggregates: BTreeMap<&'static str, Replayer>,
+}
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "factum",
+    about = "Look inside a Factum event store (PostgreSQL or SQLite)"
+)]
+struct Args {
+    /// The store: postgres://user@host/database or sqlite://path/to/file.db.
+    #[arg(long, env = "DATABASE_URL", global = true, hide_env_values = true)]
+    database_url: Option<String>,
+    /// The PostgreSQL schema of the store.
+    #[arg(long, env = "FACTUM_SCHEMA", default_value = "factum", global = true)]
+    schema: String,
+    /// Print JSON instead of tables.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Streams: `stream show <id>`.
+    Stream {
+        #[command(subcommand)]
+        command: StreamCommand,
+    },
+    /// The state of an aggregate at a version or a time (registered aggregates only).
+    State {
+        /// The stream.
+        id: String,
+        /// After this version.
+        #[arg(long, conflicts_with = "at", required_unless_present = "at")]
+        at_version: Option<u64>,
+        /// As of this time (RFC 3339, e.g. 2026-11-23T09:00:00Z).
+        #[arg(long)]
+        at: Option<DateTime<Utc>>,
+    },
+    /// The global feed: `feed tail`.
+    Feed {
+        #[command(subcommand)]
+        command: FeedCommand,
+    },
+    /// Projections (and sagas): `projections status`.
+    Projections {
+        #[command(subcommand)]
+        command: ProjectionsCommand,
+    },
+    /// The dead-letter queue: `dlq list`.
+    Dlq {
+        #[command(subcommand)]
+        command: DlqCommand,
+    },
+    /// Events, streams, the largest streams, events per type, the store's size.
+    Stats {
+        /// How many of the largest streams to list.
+        #[arg(long, default_value_t = 5)]
+        largest: usize,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum StreamCommand {
+    /// Every event of a stream with its envelope (and the state after it, for registered
+    /// aggregates).
+    Show {
+        /// The stream.
+        id: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum FeedCommand {
+    /// Follows the global feed: the last events, then new ones as they come (Ctrl-C stops).
+    Tail {
+        /// Start after this global position (default: the last 10 events).
+        #[arg(long)]
+        from: Option<u64>,
+        /// Stop after this many events.
+        #[arg(long)]
+        limit: Option<u64>,
+        /// Stop when caught up instead of following.
+        #[arg(long)]
+        no_follow: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ProjectionsCommand {
+    /// Every projection's checkpoint, lag and parked streams.
+    Status {
+        /// Only this projection.
+        name: Option<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum DlqCommand {
+    /// The parked streams of every projection.
+    List,
+}
+
+impl Cli {
+    /// A tool knowing no domain types.
+    #[must_use]
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Registers an aggregate: `stream show` prints the state after each of its events, and
+    /// `state` rebuilds it at a version or a time.
+    #[must_use]
+    pub fn aggregate<A: Aggregate + Serialize>(mut self) -> Self {
+        self.aggregates.insert(A::TYPE, replay::<A>);
+        self
+    }
+
+    /// Runs the command of the process's arguments; prints the output, or one line saying what
+    /// went wrong (exit code 1; 2 for a malformed command line).
+    pub async fn run(&self) -> ExitCode {
+        self.run_with(std::env::args_os()).await
+    }
+
+    /// Runs the command of `args` (the first is the program name).
+    pub async fn run_with<I, T>(&self, args: I) -> ExitCode
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+    {
+        let args = match Args::try_parse_from(args) {
+            Ok(args) => args,
+            Err(error) => {
+                let _ = error.print();
+                return if error.use_stderr() {
+                    ExitCode::from(2)
+                } else {
+                    ExitCode::SUCCESS
+                };
+            }
+        };
+        match self.execute(&args).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(error) => {
+                eprintln!("error: {error}");
+                ExitCode::FAILURE
+            }
+        }
+    }
+
+    async fn execute(&self, args: &Args) -> Result<(), CliError> {
+        let url = args.database_url.as_deref().ok_or(CliError::NoUrl)?;
+        let store = AnyStore::open(url, &args.schema).await?;
+        match &args.command {
+            Command::Stream {
+                command: StreamCommand::Show { id },
+            } => self.stream_show(&store, id, args.json).await,
+            Command::State { id, at_version, at } => {
+                self.state(&store, id, *at_version, *at, args.json).await
+            }
+            Command::Feed {
+                command:
+                    FeedCommand::Tail {
+                        from,
+                        limit,
+                        no_follow,
+                    },
+            } => feed_tail(&store, *from, *limit, !no_follow, args.json).await,
+            Command::Projections {
+                command: ProjectionsCommand::Status { name },
+            } => projections_status(&store, name.as_deref(), args.json).await,
+            Command::Dlq {
+                command: DlqCommand::List,
+            } => dlq_list(&store, args.json).await,
+            Command::Stats { largest } => stats(&store, *largest, args.json).await,
+        }
+    }
+
+    async fn stream_show(&self, store: &AnyStore, id: &str, json: bool) -> Result<(), CliError> {
+        let events = store.read_stream(id, ..).await?;
+        if events.is_empty() {
+            return Err(CliError::UnknownStream(id.to_owned()));
+        }
+        let aggregate_type = events[0].aggregate_type.clone();
+        let states = match self.aggregates.get(aggregate_type.as_str()) {
+            Some(replay) => {
+                let stream_events: Vec<StreamEvent> =
+                    events.iter().cloned().map(StreamEvent::from).collect();
+                Some(replay(id, &stream_events)?)
+            }
+            None => None,
+        };
+        if json {
+            let rows: Vec<serde_json::Value> = events
+                .iter()
+                .enumerate()
+                .map(|(i, event)| {
+                    let mut row =
+                        serde_json::to_value(envelope(event)).unwrap_or(serde_json::Value::Null);
+                    if let Some(states) = &states {
+                        row["state"] = states[i].clone();
+                    }
+                    row
+                })
+                .collect();
+            print_json(&rows);
+            return Ok(());
+        }
+        println!(
+            "stream `{id}` ({aggregate_type}): {} events{}",
+            events.len(),
+            if states.is_none() {
+                " (state not shown: the aggregate type is not registered in this tool)"
+            } else {
+                ""
+            }
+        );
+        let mut table = Table::new(&[
+            "VERSION",
+            "POSITION",
+            "TYPE",
+            "SCHEMA",
+            "RECORDED AT",
+            "EVENT ID",
+            "CORRELATION",
+            "CAUSATION",
+            "ACTOR",
+        ]);
+        for event in &events {
+            table.row(vec![
+                event.stream_version.to_string(),
+                event.global_position.to_string(),
+                event.event_type.clone(),
+                format!("v{}", event.schema_version),
+                event
+                    .recorded_at
+                    .format("%Y-%m-%d %H:%M:%S%.3f")
+                    .to_string(),
+                event.event_id.to_string(),
+                event.correlation_id.to_string(),
+                event.causation_id.to_string(),
+                event.actor.clone().unwrap_or_default(),
+            ]);
+        }
+        print!("{}", table.render());
+        println!();
+        for (i, event) in events.iter().enumerate() {
+            println!(
+                "{} {}: {}",
+                event.stream_version,
+                event.event_type,
+                event.event.as_str()
+            );
+            if !event.metadata.is_empty() {
+                println!(
+                    "    metadata: {}",
+                    serde_json::to_string(&event.metadata).unwrap_or_default()
+                );
+            }
+            if let Some(states) = &states {
+                println!("    state after: {}", states[i]);
+            }
+        }
+        Ok(())
+    }
+
+    async fn state(
+        &self,
+        store: &AnyStore,
+        id: &str,
+        at_version: Option<u64>,
+        at: Option<DateTime<Utc>>,
+        json: bool,
+    ) -> Result<(), CliError> {
+        let all = store.read_stream(id, ..).await?;
+        let Some(first) = all.first() else {
+            return Err(CliError::UnknownStream(id.to_owned()));
+        };
+        let replay = self
+            .aggregates
+            .get(first.aggregate_type.as_str())
+            .ok_or_else(|| CliError::UnknownAggregate(first.aggregate_type.clone()))?;
+        let events: Vec<StreamEvent> = all
+            .iter()
+            .filter(|e| at_version.is_none_or(|v| e.stream_version <= v))
+            .take_while(|e| at.is_none_or(|at| e.recorded_at <= at))
+            .cloned()
+            .map(StreamEvent::from)
+            .collect();
+        let version = events.last().map_or(0, |e| e.stream_version);
+        let state = replay(id, &events)?
+            .pop()
+            .unwrap_or(serde_json::Value::Null);
+        if json {
+            print_json(&serde_json::json!({ "stream_id": id, "version": version, "state": state }));
+        } else {
+            println!("stream `{id}` at version {version} (of {}):", all.len());
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&state).unwrap_or_default()
+            );
+        }
+        Ok(())
+    }
+}
+
+/// An envelope as the tool prints it.
+#[derive(Serialize)]
+struct EnvelopeRow<'a> {
+    stream_id: &'a str,
+    stream_version: u64,
+    global_position: u64,
+    aggregate_type: &'a str,
+    event_type: &'a str,
+    schema_version: u32,
+    event_id: String,
+    recorded_at: DateTime<Utc>,
+    correlation_id: String,
+    causation_id: String,
+    actor: Option<&'a str>,
+    metadata: &'a crate::envelope::Metadata,
+    event: serde_json::Value,
+}
+
+fn envelope(event: &RecordedEvent) -> EnvelopeRow<'_> {
+    EnvelopeRow {
+        stream_id: &event.stream_id,
+        stream_version: event.stream_version,
+        global_position: event.global_position,
+        aggregate_type: &event.aggregate_type,
+        event_type: &event.event_type,
+        schema_version: event.schema_version,
+        event_id: event.event_id.to_string(),
+        recorded_at: event.recorded_at,
+        correlation_id: event.correlation_id.to_string(),
+        causation_id: event.causation_id.to_string(),
+        actor: event.actor.as_deref(),
+        metadata: &event.metadata,
+        event: event.event.to_value(),
+    }
+}
+
+fn print_json(value: &impl Serialize) {
+    println!(
+        "{}",
+        serde_json::to_string_pretty(value).unwrap_or_else(|_| "null".to_owned())
+    );
+}
+
+async fn feed_tail(
+    store: &AnyStore,
+    from: Option<u64>,
+    limit: Option<u64>,
+    follow: bool,
+    json: bool,
+) -> Result<(), CliError> {
+    let start = match from {
+        Some(from) => from,
+        None => store.head().await?.saturating_sub(10),
+    };
+    let mut position = match store {
+        AnyStore::Sqlite(_) => FeedPosition::new(start, start),
+        // PostgreSQL orders the feed by (transaction, position): start at the first event after
+        // `start` in that order.
+        AnyStore::Postgres(_) => feed_start(store, start).await?,
+    };
+    let mut wakeups = store.wakeups();
+    let mut printed = 0;
+    loop {
+        wakeups.mark_seen();
+        let batch = store
+            .read_feed(&FeedQuery::after(position).limit(500))
+            .await?;
+        for event in &batch.events {
+            if limit.is_some_and(|limit| printed >= limit) {
+                return Ok(());
+            }
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string(&envelope(event)).unwrap_or_default()
+                );
+            } else {
+                println!(
+                    "{:>8}  {}  {}@{}  {}  {}",
+                    event.global_position,
+                    event.recorded_at.format("%Y-%m-%d %H:%M:%S%.3f"),
+                    event.stream_id,
+                    event.stream_version,
+                    event.event_type,
+                    event.event.as_str()
+                );
+            }
+            printed += 1;
+        }
+        position = batch.next;
+        if limit.is_some_and(|limit| printed >= limit) {
+            return Ok(());
+        }
+        if batch.events.is_empty() {
+            if !follow {
+                return Ok(());
+            }
+            tokio::select! {
+                () = wakeups.changed() => {}
+                () = tokio::time::sleep(Duration::from_millis(200)) => {}
+            }
+        }
+    }
+}
+
+/// The PostgreSQL feed position just before the first event with a global position above
+/// `after`.
+async fn feed_start(store: &AnyStore, after: u64) -> Result<FeedPosition, CliError> {
+    if after == 0 {
+        return Ok(FeedPosition::START);
+    }
+    let mut position = FeedPosition::START;
+    loop {
+        let batch = store
+            .read_feed(&FeedQuery::after(position).limit(1000))
+            .await?;
+        if let Some(index) = batch.events.iter().position(|e| e.global_position > after) {
+            return Ok(match index {
+                0 => position,
+                i => batch.events[i - 1].feed_position(),
+            });
+        }
+        if batch.events.is_empty() {
+            return Ok(batch.next);
+        }
+        position = batch.next;
+    }
+}
+
+async fn projections_status(
+    store: &AnyStore,
+    name: Option<&str>,
+    json: bool,
+) -> Result<(), CliError> {
+    let mut checkpoints = store.checkpoints().await?;
+    if let Some(name) = name {
+        let known: Vec<String> = checkpoints.iter().map(|c| c.projection.clone()).collect();
+        checkpoints.retain(|c| c.projection == name);
+        if checkpoints.is_empty() {
+            return Err(CliError::UnknownProjection {
+                name: name.to_owned(),
+                known: if known.is_empty() {
+                    "none has run yet".to_owned()
+                } else {
+                    known.join(", ")
+                },
+            });
+        }
+    }
+    if json {
+        print_json(&checkpoints);
+        return Ok(());
+    }
+    if checkpoints.is_empty() {
+        println!("no projection has run on {} yet", store.describe());
+        return Ok(());
+    }
+    let mut table = Table::new(&[
+        "PROJECTION",
+        "VERSION",
+        "CHECKPOINT",
+        "HEAD",
+        "EVENTS AFTER",
+        "PARKED STREAMS",
+        "PARKED EVENTS",
+    ]);
+    for c in &checkpoints {
+        table.row(vec![
+            c.projection.clone(),
+            c.version.to_string(),
+            if c.position >= c.head {
+                format!("{} (caught up)", c.head)
+            } else {
+                c.position.to_string()
+            },
+            c.head.to_string(),
+            c.events_after.to_string(),
+            c.parked_streams.to_string(),
+            c.parked_events.to_string(),
+        ]);
+    }
+    print!("{}", table.render());
+    Ok(())
+}
+
+async fn dlq_list(store: &AnyStore, json: bool) -> Result<(), CliError> {
+    let parked = store.parked().await?;
+    if json {
+        print_json(&parked);
+        return Ok(());
+    }
+    if parked.is_empty() {
+        println!("no parked streams");
+        return Ok(());
+    }
+    let mut table = Table::new(&[
+        "PROJECTION",
+        "VERSION",
+        "STREAM",
+        "FROM VERSION",
+        "EVENTS",
+        "ERROR",
+    ]);
+    for p in &parked {
+        table.row(vec![
+            p.projection.clone(),
+            p.version.to_string(),
+            p.stream_id.clone(),
+            p.first_version.to_string(),
+            p.events.to_string(),
+            p.error.clone().unwrap_or_default(),
+        ]);
+    }
+    print!("{}", table.render());
+    Ok(())
+}
+
+async fn stats(store: &AnyStore, largest: usize, json: bool) -> Result<(), CliError> {
+    let stats = store.stats(largest).await?;
+    if json {
+        print_json(&stats);
+        return Ok(());
+    }
+    println!("store: {}", store.describe());
+    println!("events: {}", stats.events);
+    println!("streams: {}", stats.streams);
+    println!("size: {} bytes", stats.size_bytes);
+    println!("\nlargest streams:");
+    let mut table = Table::new(&["STREAM", "EVENTS"]);
+    for (stream, events) in &stats.largest_streams {
+        table.row(vec![stream.clone(), events.to_string()]);
+    }
+    print!("{}", table.render());
+    println!("\nevents per type:");
+    let mut table = Table::new(&["TYPE", "EVENTS"]);
+    for (event_type, events) in &stats.events_per_type {
+        table.row(vec![event_type.clone(), events.to_string()]);
+    }
+    print!("{}", table.render());
+    Ok(())
+}
+
+/// A plain text table with aligned columns.
+struct Table {
+    header: Vec<String>,
+    rows: Vec<Vec<String>>,
+}
+
+impl Table {
+    fn new(header: &[&str]) -> Self {
+        Self {
+            header: header.iter().map(|h| (*h).to_owned()).collect(),
+            rows: Vec::new(),
+        }
+    }
+
+    fn row(&mut self, row: Vec<String>) {
+        self.rows.push(row);
+    }
+
+    fn render(&self) -> String {
+        let mut widths: Vec<usize> = self.header.iter().map(|h| h.chars().count()).collect();
+        for row in &self.rows {
+            for (width, cell) in widths.iter_mut().zip(row) {
+                *width = (*width).max(cell.chars().count());
+            }
+        }
+        let mut out = String::new();
+        for row in std::iter::once(&self.header).chain(&self.rows) {
+            let line: Vec<String> = row
+                .iter()
+                .zip(&widths)
+                .map(|(cell, width)| format!("{cell:<width$}"))
+                .collect();
+            let _ = writeln!(out, "{}", line.join("  ").trim_end());
+        }
+        out
+    }
+}
