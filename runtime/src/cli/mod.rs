@@ -74,6 +74,9 @@ pub enum CliError {
         "aggregate type `{0}` is not registered in this tool: build your own with factum::cli::Cli::new().aggregate::<{0}>()"
     )]
     UnknownAggregate(String),
+    /// The catalog check failed.
+    #[error("{0}")]
+    Catalog(String),
     /// The store failed.
     #[error("the store failed: {0}")]
     Store(#[from] Error),
@@ -110,6 +113,7 @@ fn replay<A: Aggregate + Serialize>(
 #[derive(Debug, Clone, Default)]
 pub struct Cli {
     aggregates: BTreeMap<&'static str, Replayer>,
+    catalog: Option<(crate::catalog::Catalog, std::path::PathBuf)>,
 }
 
 #[derive(Debug, Parser)]
@@ -164,6 +168,11 @@ enum Command {
         #[command(subcommand)]
         command: DlqCommand,
     },
+    /// The event catalog: `catalog check` (registered catalogs only; needs no store).
+    Catalog {
+        #[command(subcommand)]
+        command: CatalogCommand,
+    },
     /// Events, streams, the largest streams, events per type, the store's size.
     Stats {
         /// How many of the largest streams to list.
@@ -208,6 +217,17 @@ enum ProjectionsCommand {
 }
 
 #[derive(Debug, Subcommand)]
+enum CatalogCommand {
+    /// The schema lock, for CI: fails when a published event version changed incompatibly, or
+    /// when the written catalog is not what the code generates.
+    Check {
+        /// The catalog directory (default: the one registered).
+        #[arg(long)]
+        dir: Option<std::path::PathBuf>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
 enum DlqCommand {
     /// The parked streams of every projection.
     List,
@@ -225,6 +245,18 @@ impl Cli {
     #[must_use]
     pub fn aggregate<A: Aggregate + Serialize>(mut self) -> Self {
         self.aggregates.insert(A::TYPE, replay::<A>);
+        self
+    }
+
+    /// Registers the application's event catalog and the directory it is written to, for
+    /// `catalog check`.
+    #[must_use]
+    pub fn catalog(
+        mut self,
+        catalog: crate::catalog::Catalog,
+        dir: impl Into<std::path::PathBuf>,
+    ) -> Self {
+        self.catalog = Some((catalog, dir.into()));
         self
     }
 
@@ -261,6 +293,12 @@ impl Cli {
     }
 
     async fn execute(&self, args: &Args) -> Result<(), CliError> {
+        if let Command::Catalog {
+            command: CatalogCommand::Check { dir },
+        } = &args.command
+        {
+            return self.catalog_check(dir.as_deref(), args.json);
+        }
         let url = args.database_url.as_deref().ok_or(CliError::NoUrl)?;
         let store = AnyStore::open(url, &args.schema).await?;
         match &args.command {
@@ -285,6 +323,68 @@ impl Cli {
                 command: DlqCommand::List,
             } => dlq_list(&store, args.json).await,
             Command::Stats { largest } => stats(&store, *largest, args.json).await,
+            Command::Catalog { .. } => Ok(()),
+        }
+    }
+
+    fn catalog_check(&self, dir: Option<&std::path::Path>, json: bool) -> Result<(), CliError> {
+        use crate::catalog::{CatalogError, Severity};
+        let (catalog, registered) = self.catalog.as_ref().ok_or_else(|| {
+            CliError::Usage(
+                "no catalog is registered in this tool: build your own with factum::cli::Cli::new().catalog(catalog, \"schemas\")".to_owned(),
+            )
+        })?;
+        let dir = dir.unwrap_or(registered);
+        let changes = match catalog.check(dir) {
+            Ok(changes) => changes,
+            Err(CatalogError::Breaking(breaking)) => {
+                return Err(CliError::Catalog(format!(
+                    "published event versions changed incompatibly:\n{breaking}"
+                )));
+            }
+            Err(error) => return Err(CliError::Catalog(error.to_string())),
+        };
+        let stale: Vec<String> = catalog
+            .files()
+            .into_iter()
+            .filter(|(path, text)| {
+                std::fs::read_to_string(dir.join(path)).ok().as_deref() != Some(text.as_str())
+            })
+            .map(|(path, _)| path.display().to_string())
+            .collect();
+        let unpublished: Vec<String> = changes
+            .iter()
+            .filter(|c| c.severity != Severity::Breaking)
+            .map(|c| format!("{} v{}: {}", c.event, c.version, c.what))
+            .collect();
+        if json {
+            print_json(&serde_json::json!({
+                "dir": dir.display().to_string(),
+                "events": catalog.events().count(),
+                "stale_files": stale,
+                "unpublished_changes": unpublished,
+            }));
+        }
+        if stale.is_empty() {
+            if !json {
+                println!(
+                    "the catalog in {} is up to date: {} event versions, no incompatible change",
+                    dir.display(),
+                    catalog.events().count()
+                );
+            }
+            Ok(())
+        } else {
+            Err(CliError::Catalog(format!(
+                "the catalog in {} is stale ({}{}): run `cargo build` and commit it",
+                dir.display(),
+                stale.join(", "),
+                if unpublished.is_empty() {
+                    String::new()
+                } else {
+                    format!("; not yet published: {}", unpublished.join("; "))
+                }
+            )))
         }
     }
 

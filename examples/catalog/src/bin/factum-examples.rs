@@ -1,0 +1,22 @@
+//! The `factum` command-line tool with the examples' aggregates and catalog registered:
+//! `stream show` prints the state after each event, `state` rebuilds an aggregate at a version
+//! or a time, `catalog check` checks the schema lock.
+//!
+//! ```sh
+//! cargo run -p example-catalog --bin factum-examples -- \
+//!     --database-url sqlite://target/factum-orders-example.db stream show order-o-1
+//! cargo run -p example-catalog --bin factum-examples -- catalog check
+//! ```
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    factum::cli::Cli::new()
+        .aggregate::<bank::BankAccount>()
+        .aggregate::<orders::order::Order>()
+        .aggregate::<orders::inventory::Inventory>()
+        .aggregate::<orders::payment::Payment>()
+        .aggregate::<orders::shipping::Shipment>()
+        .catalog(example_catalog::catalog(), example_catalog::schemas_dir())
+        .run()
+        .await
+}
