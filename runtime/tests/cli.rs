@@ -211,6 +211,37 @@ async fn every_subcommand_on_sqlite() {
     .unwrap();
     let url = format!("sqlite://{}", database.path().display());
     check_store(&url, "factum", false);
+    follow(&*database, &url, "factum").await;
+}
+
+/// `feed tail` follows the feed: events appended while it runs are printed.
+async fn follow(store: &impl EventStore, url: &str, schema: &str) {
+    let child = Command::new(env!("CARGO_BIN_EXE_factum"))
+        .env_remove("DATABASE_URL")
+        .args(["--database-url", url, "--schema", schema])
+        .args(["feed", "tail", "--from", "0", "--limit", "7"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    store
+        .append(
+            "ping-c",
+            "Pinger",
+            ExpectedVersion::NoStream,
+            vec![ping(20), ping(21)],
+        )
+        .await
+        .unwrap();
+    let output = tokio::task::spawn_blocking(move || child.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
+    let out = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success());
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 7, "{out}");
+    assert!(lines[6].contains("ping-c@2  Pinged  {\"n\":21}"), "{out}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -220,6 +251,7 @@ async fn every_subcommand_on_postgres() {
     let mut runner = ProjectionRunner::new((*store).clone(), PgPings).retries(0, Duration::ZERO);
     runner.catch_up().await.unwrap();
     check_store(store.url(), store.schema(), true);
+    follow(&*store, store.url(), store.schema()).await;
 }
 
 #[tokio::test]

@@ -181,3 +181,159 @@ fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
         }
     }
 }
+
+/// The order board's table, unqualified (the search path picks the schema on PostgreSQL).
+async fn place_orders(store: &(impl EventStore + Clone + 'static)) {
+    let services = orders::Services::new(store);
+    for id in ["o-1", "o-2"] {
+        services
+            .orders
+            .execute(
+                &orders::order_stream(id),
+                orders::order::PlaceOrder {
+                    order_id: id.into(),
+                    customer: "ada".into(),
+                    sku: "book".into(),
+                    quantity: 1,
+                    amount: 100,
+                    card: "visa".into(),
+                    address: "1 Main St".into(),
+                },
+            )
+            .await
+            .unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rebuild_the_order_board_on_sqlite() {
+    let database = TemporaryDatabase::new().await.unwrap();
+    sqlx::raw_sql(orders::board::CREATE_TABLE)
+        .execute(database.pool())
+        .await
+        .unwrap();
+    place_orders(&(*database).clone()).await;
+    let mut runner = factum::projection::SqliteProjectionRunner::new(
+        (*database).clone(),
+        orders::board::OrderBoard,
+    );
+    assert_eq!(runner.catch_up().await.unwrap(), 2);
+    // The read model is damaged: a rebuild restores it from the events.
+    sqlx::query("UPDATE order_board SET status = 'lost'")
+        .execute(database.pool())
+        .await
+        .unwrap();
+    let url = format!("sqlite://{}", database.path().display());
+    let (code, out, err) = admin(&url, "factum", &["projections", "rebuild", "order_board"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out.trim(), "rebuilt `order_board`: 2 events handled");
+    let rows: Vec<orders::board::Row> = sqlx::query_as(orders::board::SELECT_ALL)
+        .fetch_all(database.pool())
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), 2);
+    assert!(rows.iter().all(|r| r.3 == "placed"), "{rows:?}");
+
+    let (code, _, err) = admin(
+        &url,
+        "factum",
+        &["dlq", "retry", "order_board", "order-o-1"],
+    );
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("the SQLite store has no dead-letter queue"),
+        "{err}"
+    );
+    let (code, _, err) = admin(&url, "factum", &["projections", "rebuild", "nope"]);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("projection `nope` is not registered in this tool"),
+        "{err}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retry_skip_and_rebuild_the_order_board_on_postgres() {
+    let temporary = TemporaryStore::new().await.unwrap();
+    let schema = temporary.schema().to_owned();
+    let options = temporary
+        .url()
+        .parse::<sqlx::postgres::PgConnectOptions>()
+        .unwrap()
+        .options([("search_path", schema.as_str())]);
+    let pool = sqlx::PgPool::connect_with(options).await.unwrap();
+    let store = factum::store::PostgresStore::with_schema(pool, &schema).unwrap();
+    place_orders(&store).await;
+    let broken = factum::NewEvent::new(
+        "OrderPlaced",
+        1,
+        factum::Payload::encode(&serde_json::json!({ "order_id": 7 })).unwrap(),
+    );
+    store
+        .append(
+            "order-bad",
+            "Order",
+            factum::ExpectedVersion::NoStream,
+            vec![broken],
+        )
+        .await
+        .unwrap();
+    // No table yet: every stream is parked (the undecodable one at once).
+    let mut runner =
+        factum::projection::ProjectionRunner::new(store.clone(), orders::board::PgOrderBoard)
+            .retries(0, std::time::Duration::ZERO);
+    runner.catch_up().await.unwrap();
+    assert_eq!(runner.parked().await.unwrap().len(), 3);
+
+    let url = format!(
+        "{}{}options=-c%20search_path%3D{schema}",
+        temporary.url(),
+        if temporary.url().contains('?') {
+            "&"
+        } else {
+            "?"
+        }
+    );
+    let (code, out, _) = admin(&url, &schema, &["dlq", "list"]);
+    assert_eq!(code, 0);
+    assert!(
+        out.contains("order-bad") && out.contains("does not decode"),
+        "{out}"
+    );
+
+    // The fix: the table exists. Retry drains the stream in order.
+    sqlx::raw_sql(orders::board::CREATE_TABLE)
+        .execute(store.pool())
+        .await
+        .unwrap();
+    let (code, out, err) = admin(&url, &schema, &["dlq", "retry", "order_board", "order-o-1"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        out.trim(),
+        "`order-o-1` drained: 1 events handled, the stream flows again"
+    );
+    // The undecodable event cannot be fixed: retried, it stops again; skipped, it is kept on record.
+    let (code, _, err) = admin(&url, &schema, &["dlq", "retry", "order_board", "order-bad"]);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("`order-bad` stopped again at version 1"),
+        "{err}"
+    );
+    let (code, out, err) = admin(&url, &schema, &["dlq", "skip", "order_board", "order-bad"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out.trim(), "skipped `order-bad` version 1 (kept on record)");
+
+    // A rebuild starts over: the parked o-2 is applied from the events, the bad event is parked
+    // again (a rebuild forgets the queue).
+    let (code, out, err) = admin(&url, &schema, &["projections", "rebuild", "order_board"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out.trim(), "rebuilt `order_board`: 2 events handled");
+    let rows: Vec<orders::board::Row> = sqlx::query_as(orders::board::SELECT_ALL)
+        .fetch_all(store.pool())
+        .await
+        .unwrap();
+    assert_eq!(
+        rows.iter().map(|r| r.0.as_str()).collect::<Vec<_>>(),
+        ["o-1", "o-2"]
+    );
+}

@@ -13,6 +13,7 @@
 //! }
 //! ```
 
+mod projections;
 mod store;
 
 use std::collections::BTreeMap;
@@ -69,14 +70,27 @@ pub enum CliError {
         /// The names the store knows.
         known: String,
     },
+    /// The projection is not registered in this tool (for this store).
+    #[error(
+        "projection `{name}` is not registered in this tool for {store}: build your own with factum::cli::Cli::new().projection(...) or .sqlite_projection(...)"
+    )]
+    UnregisteredProjection {
+        /// The projection.
+        name: String,
+        /// The store.
+        store: String,
+    },
     /// The stream's aggregate type is not registered in this tool.
     #[error(
         "aggregate type `{0}` is not registered in this tool: build your own with factum::cli::Cli::new().aggregate::<{0}>()"
     )]
     UnknownAggregate(String),
-    /// The catalog check failed.
+    /// The catalog check failed, or a retry stopped again.
     #[error("{0}")]
     Catalog(String),
+    /// A projection stopped (its batch rolled back).
+    #[error("{0}")]
+    Runner(#[from] crate::projection::RunnerError),
     /// The store failed.
     #[error("the store failed: {0}")]
     Store(#[from] Error),
@@ -110,10 +124,20 @@ fn replay<A: Aggregate + Serialize>(
 }
 
 /// The tool, with the aggregates it knows.
-#[derive(Debug, Clone, Default)]
+#[derive(Clone, Default)]
 pub struct Cli {
     aggregates: BTreeMap<&'static str, Replayer>,
     catalog: Option<(crate::catalog::Catalog, std::path::PathBuf)>,
+    projections: BTreeMap<&'static str, Vec<std::sync::Arc<dyn projections::Registered>>>,
+}
+
+impl std::fmt::Debug for Cli {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cli")
+            .field("aggregates", &self.aggregates.keys().collect::<Vec<_>>())
+            .field("projections", &self.projections.keys().collect::<Vec<_>>())
+            .finish_non_exhaustive()
+    }
 }
 
 #[derive(Debug, Parser)]
@@ -214,6 +238,12 @@ enum ProjectionsCommand {
         /// Only this projection.
         name: Option<String>,
     },
+    /// Clears a registered projection's read model and checkpoint and catches up from the
+    /// start, with a progress bar. Stop its runners first.
+    Rebuild {
+        /// The projection.
+        name: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -231,6 +261,20 @@ enum CatalogCommand {
 enum DlqCommand {
     /// The parked streams of every projection.
     List,
+    /// Handles a parked stream's events again, in order, after a fix (registered projections).
+    Retry {
+        /// The projection.
+        projection: String,
+        /// The parked stream.
+        stream: String,
+    },
+    /// Skips a parked stream's first event, kept on record (registered projections).
+    Skip {
+        /// The projection.
+        projection: String,
+        /// The parked stream.
+        stream: String,
+    },
 }
 
 impl Cli {
@@ -246,6 +290,75 @@ impl Cli {
     pub fn aggregate<A: Aggregate + Serialize>(mut self) -> Self {
         self.aggregates.insert(A::TYPE, replay::<A>);
         self
+    }
+
+    /// Registers a projection written for PostgreSQL (its handlers take a `PgConnection`), for
+    /// `projections rebuild` (`reset` clears its read model, e.g. `TRUNCATE balances`) and
+    /// `dlq retry|skip`.
+    #[must_use]
+    pub fn projection<P>(
+        self,
+        new: impl Fn() -> P + Send + Sync + 'static,
+        reset: &'static str,
+    ) -> Self
+    where
+        P: crate::projection::Projection<Connection = sqlx::PgConnection> + Sync,
+    {
+        self.register(
+            P::NAME,
+            projections::OnPostgres {
+                new,
+                reset,
+                projection: std::marker::PhantomData,
+            },
+        )
+    }
+
+    /// Registers a projection written for SQLite (its handlers take a `SqliteConnection`).
+    #[must_use]
+    pub fn sqlite_projection<P>(
+        self,
+        new: impl Fn() -> P + Send + Sync + 'static,
+        reset: &'static str,
+    ) -> Self
+    where
+        P: crate::projection::Projection<Connection = sqlx::SqliteConnection> + Sync,
+    {
+        self.register(
+            P::NAME,
+            projections::OnSqlite {
+                new,
+                reset,
+                projection: std::marker::PhantomData,
+            },
+        )
+    }
+
+    fn register(
+        mut self,
+        name: &'static str,
+        entry: impl projections::Registered + 'static,
+    ) -> Self {
+        self.projections
+            .entry(name)
+            .or_default()
+            .push(std::sync::Arc::new(entry));
+        self
+    }
+
+    /// The registered projection `name` for this store.
+    fn registered(
+        &self,
+        store: &AnyStore,
+        name: &str,
+    ) -> Result<&std::sync::Arc<dyn projections::Registered>, CliError> {
+        self.projections
+            .get(name)
+            .and_then(|entries| entries.iter().find(|e| e.runs_on(store)))
+            .ok_or_else(|| CliError::UnregisteredProjection {
+                name: name.to_owned(),
+                store: store.describe(),
+            })
     }
 
     /// Registers the application's event catalog and the directory it is written to, for
@@ -319,9 +432,59 @@ impl Cli {
             Command::Projections {
                 command: ProjectionsCommand::Status { name },
             } => projections_status(&store, name.as_deref(), args.json).await,
+            Command::Projections {
+                command: ProjectionsCommand::Rebuild { name },
+            } => {
+                let handled = self.registered(&store, name)?.rebuild(&store).await?;
+                if args.json {
+                    print_json(&serde_json::json!({ "projection": name, "handled": handled }));
+                } else {
+                    println!("rebuilt `{name}`: {handled} events handled");
+                }
+                Ok(())
+            }
             Command::Dlq {
                 command: DlqCommand::List,
             } => dlq_list(&store, args.json).await,
+            Command::Dlq {
+                command: DlqCommand::Retry { projection, stream },
+            } => {
+                let outcome = self
+                    .registered(&store, projection)?
+                    .retry(&store, stream)
+                    .await?;
+                match outcome {
+                    crate::projection::RetryOutcome::Drained { handled } => {
+                        println!(
+                            "`{stream}` drained: {handled} events handled, the stream flows again"
+                        );
+                        Ok(())
+                    }
+                    crate::projection::RetryOutcome::Stopped {
+                        handled,
+                        stream_version,
+                        error,
+                        ..
+                    } => Err(CliError::Catalog(format!(
+                        "`{stream}` stopped again at version {stream_version} ({handled} events handled before it): {error}"
+                    ))),
+                }
+            }
+            Command::Dlq {
+                command: DlqCommand::Skip { projection, stream },
+            } => {
+                match self
+                    .registered(&store, projection)?
+                    .skip(&store, stream)
+                    .await?
+                {
+                    Some(version) => {
+                        println!("skipped `{stream}` version {version} (kept on record)")
+                    }
+                    None => println!("`{stream}` is not parked"),
+                }
+                Ok(())
+            }
             Command::Stats { largest } => stats(&store, *largest, args.json).await,
             Command::Catalog { .. } => Ok(()),
         }

@@ -1,6 +1,9 @@
 //! The `factum` command-line tool with the examples' aggregates and catalog registered:
 //! `stream show` prints the state after each event, `state` rebuilds an aggregate at a version
-//! or a time, `catalog check` checks the schema lock.
+//! or a time, `projections rebuild order_board` rebuilds the order board, `dlq retry|skip`
+//! handle its parked streams, `catalog check` checks the schema lock. On PostgreSQL the board's
+//! table is unqualified: give the store's schema as the search path in the URL
+//! (`?options=-c%20search_path%3Dorders_example`).
 //!
 //! ```sh
 //! cargo run -p example-catalog --bin factum-examples -- \
@@ -16,6 +19,14 @@ async fn main() -> std::process::ExitCode {
         .aggregate::<orders::inventory::Inventory>()
         .aggregate::<orders::payment::Payment>()
         .aggregate::<orders::shipping::Shipment>()
+        .projection(
+            orders::board::PgOrderBoard::default,
+            "DELETE FROM order_board",
+        )
+        .sqlite_projection(
+            orders::board::OrderBoard::default,
+            "DELETE FROM order_board",
+        )
         .catalog(example_catalog::catalog(), example_catalog::schemas_dir())
         .run()
         .await
