@@ -2,7 +2,8 @@
 //! (compensations, a payment timeout) and the `order_board` projection.
 //!
 //! It runs on SQLite by default (a file under `target/`, no server needed), or on PostgreSQL
-//! when `DATABASE_URL` names one (in the schema `orders_example`). Each run starts afresh.
+//! when `DATABASE_URL` names one (in the schema `FACTUM_SCHEMA`, default `orders_example`). Each
+//! run starts afresh.
 
 use std::error::Error;
 use std::path::{Path, PathBuf};
@@ -19,7 +20,12 @@ use orders::{Services, inventory_stream, order_stream, payment_stream, shipment_
 
 type Result<T, E = Box<dyn Error>> = std::result::Result<T, E>;
 
+/// The PostgreSQL schema, unless `FACTUM_SCHEMA` names another.
 const SCHEMA: &str = "orders_example";
+
+fn schema() -> String {
+    std::env::var("FACTUM_SCHEMA").unwrap_or_else(|_| SCHEMA.to_owned())
+}
 
 /// The five orders: one per ending.
 const ORDERS: [(&str, u32, &str, &str, &str); 5] = [
@@ -106,7 +112,7 @@ impl Backend for Postgres {
     }
 
     fn describe(&self) -> String {
-        format!("the schema `{SCHEMA}` of {}", self.url)
+        format!("the schema `{}` of {}", schema(), self.url)
     }
 }
 
@@ -154,18 +160,20 @@ async fn sqlite(path: PathBuf, clock: &ManualClock) -> Result<Sqlite> {
 
 async fn postgres(url: &str, clock: &ManualClock) -> Result<Postgres> {
     // The read model's tables are unqualified: they live in the store's schema.
+    let schema = schema();
     let options = url
         .parse::<sqlx::postgres::PgConnectOptions>()?
-        .options([("search_path", SCHEMA)]);
+        .options([("search_path", schema.as_str())]);
     let pool = sqlx::PgPool::connect_with(options).await.map_err(|e| {
         format!("cannot reach PostgreSQL at {url} ({e}): unset DATABASE_URL to run on SQLite")
     })?;
+    // A plain identifier (checked by the store) before it goes into SQL.
+    let store = PostgresStore::with_schema(pool.clone(), &schema)?;
     sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
-        "DROP SCHEMA IF EXISTS {SCHEMA} CASCADE"
+        "DROP SCHEMA IF EXISTS \"{schema}\" CASCADE"
     )))
     .execute(&pool)
     .await?;
-    let store = PostgresStore::with_schema(pool, SCHEMA)?;
     store.migrate().await?;
     sqlx::raw_sql(board::CREATE_TABLE)
         .execute(store.pool())

@@ -33,3 +33,35 @@ fn the_example_runs_on_sqlite_without_a_server() {
         assert!(stdout.contains(line), "missing {line:?} in:\n{stdout}");
     }
 }
+
+#[tokio::test]
+async fn the_example_runs_on_postgres_when_database_url_names_one() {
+    let url = factum::testing::postgres::database_url();
+    let schema = format!("example_{}", factum::Uuid::now_v7().simple());
+    let output = Command::new(env!("CARGO_BIN_EXE_orders"))
+        .env("DATABASE_URL", &url)
+        .env("FACTUM_SCHEMA", &schema)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    let pool = sqlx::PgPool::connect(&url).await.unwrap();
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "DROP SCHEMA IF EXISTS \"{schema}\" CASCADE"
+    )))
+    .execute(&pool)
+    .await
+    .unwrap();
+    assert!(
+        output.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        stdout.contains(&format!("on the schema `{schema}` of")),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("o-4   ada     1999 cancelled  shipment failed"),
+        "{stdout}"
+    );
+}
