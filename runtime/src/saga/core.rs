@@ -643,6 +643,26 @@ impl<S: Saga, B: SagaBackend> Core<S, B> {
         Ok(status == "fired")
     }
 
+    /// Handles events (with `handle_events`), delivers commands and fires due timeouts until
+    /// nothing is left to do.
+    pub async fn settle(
+        &self,
+        mut handle_events: impl AsyncFnMut() -> Result<u64, SagaError>,
+    ) -> Result<Settled, SagaError> {
+        let mut settled = Settled::default();
+        loop {
+            let events = handle_events().await?;
+            let commands = self.dispatch().await?;
+            let timeouts = self.fire_due_timeouts().await?;
+            settled.events += events;
+            settled.commands += commands;
+            settled.timeouts += timeouts;
+            if events == 0 && commands == 0 && timeouts == 0 {
+                return Ok(settled);
+            }
+        }
+    }
+
     /// An instance, as stored.
     pub async fn instance(&self, saga_id: &str) -> Result<Option<SagaInstance<S>>, Error> {
         let Some(stored) = self.backend.read_instance(S::NAME, saga_id).await? else {

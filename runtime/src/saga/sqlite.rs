@@ -510,18 +510,8 @@ impl<S: Saga> SqliteSagaRunner<S> {
     /// # Errors
     /// As the steps.
     pub async fn settle(&mut self) -> Result<Settled, SagaError> {
-        let mut settled = Settled::default();
-        loop {
-            let events = self.handle_events().await?;
-            let commands = self.dispatch().await?;
-            let timeouts = self.fire_due_timeouts().await?;
-            settled.events += events;
-            settled.commands += commands;
-            settled.timeouts += timeouts;
-            if events == 0 && commands == 0 && timeouts == 0 {
-                return Ok(settled);
-            }
-        }
+        let (events, core) = (&mut self.events, &self.core);
+        core.settle(async || Ok(events.catch_up().await?)).await
     }
 
     /// An instance, as stored.

@@ -5,11 +5,11 @@
 //! are recorded with a checksum; a database migrated by a newer build, or whose recorded
 //! migration differs from this build's, is refused rather than guessed at.
 
-use sqlx::{AssertSqlSafe, PgPool, Row as _};
+use sqlx::{AssertSqlSafe, PgPool};
 
 use super::{Schema, db_error};
-use crate::error::{Error, Result};
-use crate::store::migration::{Migration, checksum};
+use crate::error::Result;
+use crate::store::migration::{Migration, checksum, pending};
 
 const MIGRATIONS: &[Migration] = &[
     Migration {
@@ -80,40 +80,13 @@ async fn apply(tx: &mut sqlx::PgConnection, schema: &Schema) -> Result<()> {
     .await
     .map_err(fail)?;
 
-    let applied = sqlx::query(AssertSqlSafe(format!(
+    let applied: Vec<(i32, String)> = sqlx::query_as(AssertSqlSafe(format!(
         "SELECT version, checksum FROM {q}.factum_migrations ORDER BY version"
     )))
     .fetch_all(&mut *tx)
     .await
     .map_err(fail)?;
-    let mut applied_versions = Vec::with_capacity(applied.len());
-    for row in &applied {
-        let version: i32 = row.try_get(0).map_err(fail)?;
-        let recorded: String = row.try_get(1).map_err(fail)?;
-        let Some(known) = MIGRATIONS.iter().find(|m| m.version == version) else {
-            return Err(Error::IncompatibleSchema {
-                schema: schema.name().to_owned(),
-                reason: format!(
-                    "it has migration {version}, which this build does not know: it was migrated by a newer version of factum"
-                ),
-            });
-        };
-        if checksum(known.sql) != recorded {
-            return Err(Error::IncompatibleSchema {
-                schema: schema.name().to_owned(),
-                reason: format!(
-                    "its migration {version} ({}) differs from this build's",
-                    known.name
-                ),
-            });
-        }
-        applied_versions.push(version);
-    }
-
-    for migration in MIGRATIONS {
-        if applied_versions.contains(&migration.version) {
-            continue;
-        }
+    for migration in pending(MIGRATIONS, &applied, schema.name())? {
         tracing::info!(
             schema = schema.name(),
             version = migration.version,

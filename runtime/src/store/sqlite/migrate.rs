@@ -2,11 +2,11 @@
 //! a `BEGIN IMMEDIATE` transaction (so two processes starting at once take turns) and recorded
 //! with its checksum; a database migrated by a newer build is refused.
 
-use sqlx::{AssertSqlSafe, Row as _, SqlitePool};
+use sqlx::{AssertSqlSafe, SqlitePool};
 
 use super::backend;
-use crate::error::{Error, Result};
-use crate::store::migration::{Migration, checksum};
+use crate::error::Result;
+use crate::store::migration::{Migration, checksum, pending};
 
 const MIGRATIONS: &[Migration] = &[
     Migration {
@@ -39,37 +39,12 @@ pub(super) async fn migrate(pool: &SqlitePool, location: &str) -> Result<()> {
     .execute(&mut *tx)
     .await
     .map_err(backend)?;
-    let applied = sqlx::query("SELECT version, checksum FROM factum_migrations ORDER BY version")
-        .fetch_all(&mut *tx)
-        .await
-        .map_err(backend)?;
-    let mut applied_versions = Vec::with_capacity(applied.len());
-    for row in &applied {
-        let version: i32 = row.try_get(0).map_err(backend)?;
-        let recorded: String = row.try_get(1).map_err(backend)?;
-        let Some(known) = MIGRATIONS.iter().find(|m| m.version == version) else {
-            return Err(Error::IncompatibleSchema {
-                schema: location.to_owned(),
-                reason: format!(
-                    "it has migration {version}, which this build does not know: it was migrated by a newer version of factum"
-                ),
-            });
-        };
-        if checksum(known.sql) != recorded {
-            return Err(Error::IncompatibleSchema {
-                schema: location.to_owned(),
-                reason: format!(
-                    "its migration {version} ({}) differs from this build's",
-                    known.name
-                ),
-            });
-        }
-        applied_versions.push(version);
-    }
-    for migration in MIGRATIONS {
-        if applied_versions.contains(&migration.version) {
-            continue;
-        }
+    let applied: Vec<(i32, String)> =
+        sqlx::query_as("SELECT version, checksum FROM factum_migrations ORDER BY version")
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(backend)?;
+    for migration in pending(MIGRATIONS, &applied, location)? {
         tracing::info!(
             database = location,
             version = migration.version,
