@@ -1,6 +1,7 @@
 //! Projections on SQLite: the read model commits with the checkpoint, so redelivered events
 //! have no second effect, even with two runners at once; a failing batch is rolled back and
-//! retried; one runner holds the lease and another takes over; live events follow.
+//! retried; a poison event parks its stream while the others flow, and retry drains it in order
+//! after the fix; one runner holds the lease and another takes over; live events follow.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -145,7 +146,7 @@ async fn every_event_is_applied_once_and_a_redelivered_batch_changes_nothing() {
 }
 
 #[tokio::test]
-async fn a_failing_batch_is_rolled_back_and_retried_then_stops_the_runner() {
+async fn a_failing_batch_is_rolled_back_and_retried_then_stops_the_runner_without_dead_letters() {
     let (_file, store) = setup().await;
     store
         .append(
@@ -161,7 +162,8 @@ async fn a_failing_batch_is_rolled_back_and_retried_then_stops_the_runner() {
     // write too), then applied whole.
     projection.failures.store(0, Ordering::SeqCst);
     let mut runner = SqliteProjectionRunner::new(store.clone(), projection.clone())
-        .retries(3, Duration::from_millis(1));
+        .retries(3, Duration::from_millis(1))
+        .dead_letters(false);
     projection.failures.store(2, Ordering::SeqCst);
     assert_eq!(runner.catch_up().await.unwrap(), 3);
     assert_eq!(read_model(&store).await, [("acc-1".to_owned(), 6, 3)]);
@@ -285,4 +287,111 @@ async fn wait_for(store: &SqliteStore, events: i64) {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     panic!("the projection did not apply {events} events in time");
+}
+
+#[tokio::test]
+async fn a_poison_event_parks_its_stream_while_the_others_complete_and_retry_drains_it() {
+    let (_file, store) = setup().await;
+    for account in 0..4 {
+        let events = (1..=3).map(|n| deposit(account * 10 + n)).collect();
+        store
+            .append(
+                &format!("acc-{account}"),
+                "Account",
+                ExpectedVersion::Any,
+                events,
+            )
+            .await
+            .unwrap();
+    }
+    // acc-2's second deposit (22 cents) is the poison: it fails until the "fix".
+    let poison = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let poisoned = Poisoned {
+        inner: Balances::default(),
+        poison: Arc::clone(&poison),
+    };
+    let mut runner =
+        SqliteProjectionRunner::new(store.clone(), poisoned).retries(1, Duration::from_millis(1));
+    runner.catch_up().await.unwrap();
+
+    let parked = runner.parked().await.unwrap();
+    assert_eq!(parked.len(), 1);
+    assert_eq!(
+        (parked[0].stream_id.as_str(), parked[0].first_version),
+        ("acc-2", 2)
+    );
+    assert_eq!(
+        parked[0].events, 2,
+        "the poison and the stream's later event"
+    );
+    assert!(parked[0].error.as_deref().unwrap().contains("poison"));
+    assert_eq!(parked[0].attempts, 2);
+    let rows = read_model(&store).await;
+    assert_eq!(rows.len(), 4);
+    assert_eq!(
+        rows[2],
+        ("acc-2".to_owned(), 21, 1),
+        "acc-2 stopped before the poison"
+    );
+    assert_eq!(
+        rows[3],
+        ("acc-3".to_owned(), 31 + 32 + 33, 3),
+        "the others complete"
+    );
+
+    // A new event of the parked stream waits behind it.
+    store
+        .append("acc-2", "Account", ExpectedVersion::Any, vec![deposit(100)])
+        .await
+        .unwrap();
+    runner.catch_up().await.unwrap();
+    assert_eq!(runner.parked().await.unwrap()[0].events, 3);
+    assert_eq!(runner.status().await.unwrap().parked_events, 3);
+
+    // Retried before the fix: stops again; after it: drains in order.
+    assert!(matches!(
+        runner.retry_parked("acc-2").await.unwrap(),
+        factum::projection::RetryOutcome::Stopped {
+            handled: 0,
+            stream_version: 2,
+            ..
+        }
+    ));
+    poison.store(false, Ordering::SeqCst);
+    assert!(matches!(
+        runner.retry_parked("acc-2").await.unwrap(),
+        factum::projection::RetryOutcome::Drained { handled: 3 }
+    ));
+    assert_eq!(
+        read_model(&store).await[2],
+        ("acc-2".to_owned(), 21 + 22 + 23 + 100, 4)
+    );
+    assert!(runner.parked().await.unwrap().is_empty());
+}
+
+/// `Balances` failing on a deposit of 22 cents while `poison` is set.
+#[derive(Debug, Clone)]
+pub struct Poisoned {
+    inner: Balances,
+    poison: Arc<std::sync::atomic::AtomicBool>,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("22 cents: poison")]
+pub struct Poison;
+
+#[factum::projection(name = "poisoned")]
+impl Poisoned {
+    #[handle]
+    async fn deposited(
+        &mut self,
+        event: &Deposited,
+        envelope: &Envelope,
+        tx: &mut SqliteConnection,
+    ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+        if event.cents == 22 && self.poison.load(Ordering::SeqCst) {
+            return Err(Box::new(Poison));
+        }
+        self.inner.deposited(event, envelope, tx).await
+    }
 }

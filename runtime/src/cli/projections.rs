@@ -53,13 +53,6 @@ pub(super) struct OnSqlite<P, F> {
     pub projection: PhantomData<fn() -> P>,
 }
 
-fn no_dead_letters() -> CliError {
-    CliError::Usage(
-        "the SQLite store has no dead-letter queue: its runner stops at a failing event instead"
-            .to_owned(),
-    )
-}
-
 impl<P, F> Registered for OnPostgres<P, F>
 where
     P: Projection<Connection = PgConnection> + Sync,
@@ -103,7 +96,7 @@ where
     ) -> BoxFuture<'a, Result<RetryOutcome, CliError>> {
         Box::pin(async move {
             let AnyStore::Postgres(pg) = store else {
-                return Err(no_dead_letters());
+                return Err(wrong_store::<P>(store));
             };
             let mut runner = ProjectionRunner::new(pg.clone(), (self.new)());
             Ok(runner.retry_parked(stream_id).await?)
@@ -117,7 +110,7 @@ where
     ) -> BoxFuture<'a, Result<Option<u64>, CliError>> {
         Box::pin(async move {
             let AnyStore::Postgres(pg) = store else {
-                return Err(no_dead_letters());
+                return Err(wrong_store::<P>(store));
             };
             let mut runner = ProjectionRunner::new(pg.clone(), (self.new)());
             Ok(runner.skip_parked(stream_id).await?)
@@ -148,14 +141,16 @@ where
                 .execute(&mut *transaction)
                 .await
                 .map_err(CliError::database)?;
-            sqlx::query(
-                "DELETE FROM projection_checkpoints WHERE projection = ?1 AND version = ?2",
-            )
-            .bind(P::NAME)
-            .bind(i64::from(P::VERSION))
-            .execute(&mut *transaction)
-            .await
-            .map_err(CliError::database)?;
+            for table in ["projection_checkpoints", "projection_dead_letters"] {
+                sqlx::query(AssertSqlSafe(format!(
+                    "DELETE FROM {table} WHERE projection = ?1 AND version = ?2"
+                )))
+                .bind(P::NAME)
+                .bind(i64::from(P::VERSION))
+                .execute(&mut *transaction)
+                .await
+                .map_err(CliError::database)?;
+            }
             transaction.commit().await.map_err(CliError::database)?;
             let mut runner = SqliteProjectionRunner::new(sqlite.clone(), (self.new)());
             with_progress::<P>(store, runner.catch_up()).await
@@ -164,18 +159,30 @@ where
 
     fn retry<'a>(
         &'a self,
-        _: &'a AnyStore,
-        _: &'a str,
+        store: &'a AnyStore,
+        stream_id: &'a str,
     ) -> BoxFuture<'a, Result<RetryOutcome, CliError>> {
-        Box::pin(async { Err(no_dead_letters()) })
+        Box::pin(async move {
+            let AnyStore::Sqlite(sqlite) = store else {
+                return Err(wrong_store::<P>(store));
+            };
+            let mut runner = SqliteProjectionRunner::new(sqlite.clone(), (self.new)());
+            Ok(runner.retry_parked(stream_id).await?)
+        })
     }
 
     fn skip<'a>(
         &'a self,
-        _: &'a AnyStore,
-        _: &'a str,
+        store: &'a AnyStore,
+        stream_id: &'a str,
     ) -> BoxFuture<'a, Result<Option<u64>, CliError>> {
-        Box::pin(async { Err(no_dead_letters()) })
+        Box::pin(async move {
+            let AnyStore::Sqlite(sqlite) = store else {
+                return Err(wrong_store::<P>(store));
+            };
+            let mut runner = SqliteProjectionRunner::new(sqlite.clone(), (self.new)());
+            Ok(runner.skip_parked(stream_id).await?)
+        })
     }
 }
 

@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::ops::RangeBounds;
 
 use serde::Serialize;
-use sqlx::{AssertSqlSafe, Row as _};
+use sqlx::AssertSqlSafe;
 
 use super::CliError;
 use crate::envelope::RecordedEvent;
@@ -342,34 +342,54 @@ impl AnyStore {
         Ok(checkpoints)
     }
 
-    /// The parked streams of every projection (PostgreSQL; the SQLite runner parks nothing).
+    /// The parked streams of every projection.
     pub async fn parked(&self) -> Result<Vec<Parked>, CliError> {
-        let Self::Postgres(store) = self else {
-            return Ok(Vec::new());
-        };
-        let rows = sqlx::query(AssertSqlSafe(format!(
-            "SELECT projection, version, stream_id, min(stream_version), count(*),
-                    (array_agg(error ORDER BY stream_version))[1]
-             FROM \"{}\".projection_dead_letters WHERE status = 'parked'
-             GROUP BY projection, version, stream_id ORDER BY projection, version, stream_id",
-            store.schema()
-        )))
-        .fetch_all(store.pool())
-        .await
+        type Row = (String, i64, String, i64, i64, Option<String>);
+        let rows: Vec<Row> = match self {
+            Self::Postgres(store) => {
+                sqlx::query_as(AssertSqlSafe(format!(
+                    "SELECT projection, version::bigint, stream_id, min(stream_version), count(*),
+                            (array_agg(error ORDER BY stream_version))[1]
+                     FROM \"{}\".projection_dead_letters WHERE status = 'parked'
+                     GROUP BY projection, version, stream_id
+                     ORDER BY projection, version, stream_id",
+                    store.schema()
+                )))
+                .fetch_all(store.pool())
+                .await
+            }
+            Self::Sqlite(store) => {
+                sqlx::query_as(
+                    "SELECT d.projection, d.version, d.stream_id, d.stream_version,
+                            (SELECT count(*) FROM projection_dead_letters c
+                             WHERE c.projection = d.projection AND c.version = d.version
+                               AND c.stream_id = d.stream_id AND c.status = 'parked'),
+                            d.error
+                     FROM projection_dead_letters d
+                     WHERE d.status = 'parked' AND d.stream_version = (
+                         SELECT min(f.stream_version) FROM projection_dead_letters f
+                         WHERE f.projection = d.projection AND f.version = d.version
+                           AND f.stream_id = d.stream_id AND f.status = 'parked')
+                     ORDER BY d.projection, d.version, d.stream_id",
+                )
+                .fetch_all(store.pool())
+                .await
+            }
+        }
         .map_err(CliError::database)?;
-        rows.iter()
-            .map(|row| {
-                Ok(Parked {
-                    projection: row.try_get(0)?,
-                    version: u32::try_from(row.try_get::<i32, _>(1)?).unwrap_or(0),
-                    stream_id: row.try_get(2)?,
-                    first_version: count(row.try_get(3)?),
-                    events: count(row.try_get(4)?),
-                    error: row.try_get(5)?,
-                })
-            })
-            .collect::<Result<_, sqlx::Error>>()
-            .map_err(CliError::database)
+        Ok(rows
+            .into_iter()
+            .map(
+                |(projection, version, stream_id, first_version, events, error)| Parked {
+                    projection,
+                    version: u32::try_from(version).unwrap_or(0),
+                    stream_id,
+                    first_version: count(first_version),
+                    events: count(events),
+                    error,
+                },
+            )
+            .collect())
     }
 }
 

@@ -5,52 +5,14 @@
 //! applied, stopping again at the first failure) or skips its first event (kept, marked
 //! skipped, for the audit trail).
 
-use chrono::{DateTime, Utc};
 use sqlx::{AssertSqlSafe, PgConnection, Row as _};
 
 use super::runner::{to_i64, to_u64, version};
-use super::{HandlerError, Projection, ProjectionRunner};
+use super::status::{ParkedStream, RetryOutcome};
+use super::{Projection, ProjectionRunner};
 use crate::envelope::RecordedEvent;
 use crate::error::Error;
 use crate::store::EventStore as _;
-
-/// A stream parked in a projection's dead-letter queue.
-#[derive(Debug, Clone, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct ParkedStream {
-    /// The stream.
-    pub stream_id: String,
-    /// The version of its first parked event (the one that failed).
-    pub first_version: u64,
-    /// Its parked events.
-    pub events: u64,
-    /// The failure of its first parked event.
-    pub error: Option<String>,
-    /// How often that event was tried.
-    pub attempts: u32,
-    /// When the stream was parked.
-    pub parked_at: DateTime<Utc>,
-}
-
-/// What retrying a parked stream did.
-#[derive(Debug)]
-#[non_exhaustive]
-pub enum RetryOutcome {
-    /// Every parked event was applied, in order: the stream flows again.
-    Drained {
-        /// Events applied.
-        handled: u64,
-    },
-    /// An event failed again: it and the events after it stay parked.
-    Stopped {
-        /// Events applied before it.
-        handled: u64,
-        /// Its version.
-        stream_version: u64,
-        /// Its failure.
-        error: HandlerError,
-    },
-}
 
 impl<P: Projection<Connection = PgConnection>> ProjectionRunner<P> {
     /// The streams parked in this projection's dead-letter queue, oldest first.

@@ -33,12 +33,10 @@ mod status;
 mod versions;
 
 #[cfg(feature = "postgres")]
-pub use dead_letter::{ParkedStream, RetryOutcome};
-#[cfg(feature = "postgres")]
 pub use runner::{BatchOutcome, ProjectionRunner};
 #[cfg(feature = "sqlite")]
 pub use sqlite::SqliteProjectionRunner;
-pub use status::{ProjectionStatus, RunnerError, VersionState};
+pub use status::{ParkedStream, ProjectionStatus, RetryOutcome, RunnerError, VersionState};
 #[cfg(feature = "postgres")]
 pub use versions::active_version;
 

@@ -6,7 +6,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use sqlx::{AssertSqlSafe, Connection as _, PgConnection, Row as _};
 
-use super::status::{ProjectionStatus, RunnerError, VersionState};
+use super::status::{ProjectionStatus, RunnerError, VersionState, is_outage};
 use super::{HandlerError, Projection};
 use crate::envelope::RecordedEvent;
 use crate::error::Error;
@@ -897,30 +897,6 @@ impl<'a> DeadLetter<'a> {
             attempts: 0,
         }
     }
-}
-
-/// Whether a handler failed because the database is unreachable (parking would be wrong: the
-/// event is not at fault).
-fn is_outage(cause: &HandlerError) -> bool {
-    let (HandlerError::Handler { cause, .. } | HandlerError::Flush { cause }) = cause else {
-        return false;
-    };
-    let mut current: Option<&(dyn std::error::Error + 'static)> = Some(cause.as_ref());
-    while let Some(error) = current {
-        if let Some(error) = error.downcast_ref::<sqlx::Error>() {
-            return matches!(
-                error,
-                sqlx::Error::Io(_)
-                    | sqlx::Error::Tls(_)
-                    | sqlx::Error::Protocol(_)
-                    | sqlx::Error::PoolTimedOut
-                    | sqlx::Error::PoolClosed
-                    | sqlx::Error::WorkerCrashed
-            );
-        }
-        current = error.source();
-    }
-    false
 }
 
 enum Step {

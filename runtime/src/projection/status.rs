@@ -3,6 +3,8 @@
 
 use std::time::Duration;
 
+use chrono::{DateTime, Utc};
+
 use super::{HandlerError, Projection};
 use crate::error::Error;
 use crate::store::FeedPosition;
@@ -94,4 +96,67 @@ impl VersionState {
             Self::Retired => "retired",
         }
     }
+}
+
+/// A stream parked in a projection's dead-letter queue.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ParkedStream {
+    /// The stream.
+    pub stream_id: String,
+    /// The version of its first parked event (the one that failed).
+    pub first_version: u64,
+    /// Its parked events.
+    pub events: u64,
+    /// The failure of its first parked event.
+    pub error: Option<String>,
+    /// How often that event was tried.
+    pub attempts: u32,
+    /// When the stream was parked.
+    pub parked_at: DateTime<Utc>,
+}
+
+/// What retrying a parked stream did.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum RetryOutcome {
+    /// Every parked event was applied, in order: the stream flows again.
+    Drained {
+        /// Events applied.
+        handled: u64,
+    },
+    /// An event failed again: it and the events after it stay parked.
+    Stopped {
+        /// Events applied before it.
+        handled: u64,
+        /// Its version.
+        stream_version: u64,
+        /// Its failure.
+        error: HandlerError,
+    },
+}
+
+/// Whether a handler failed because the database is unreachable (parking would be wrong: the
+/// event is not at fault).
+#[cfg(any(feature = "postgres", feature = "sqlite"))]
+pub(crate) fn is_outage(cause: &HandlerError) -> bool {
+    let (HandlerError::Handler { cause, .. } | HandlerError::Flush { cause }) = cause else {
+        return false;
+    };
+    let mut current: Option<&(dyn std::error::Error + 'static)> = Some(cause.as_ref());
+    while let Some(error) = current {
+        if let Some(error) = error.downcast_ref::<sqlx::Error>() {
+            return matches!(
+                error,
+                sqlx::Error::Io(_)
+                    | sqlx::Error::Tls(_)
+                    | sqlx::Error::Protocol(_)
+                    | sqlx::Error::PoolTimedOut
+                    | sqlx::Error::PoolClosed
+                    | sqlx::Error::WorkerCrashed
+            );
+        }
+        current = error.source();
+    }
+    false
 }

@@ -21,7 +21,7 @@ use super::core::{
 };
 use super::{FiredTimeout, Saga};
 use crate::error::Error;
-use crate::projection::SqliteProjectionRunner;
+use crate::projection::{ParkedStream, RetryOutcome, SqliteProjectionRunner};
 use crate::store::SqliteStore;
 
 /// How long a dispatcher's lease lasts: a crashed dispatcher's commands wait at most this long.
@@ -512,6 +512,38 @@ impl<S: Saga> SqliteSagaRunner<S> {
     pub async fn settle(&mut self) -> Result<Settled, SagaError> {
         let (events, core) = (&mut self.events, &self.core);
         core.settle(async || Ok(events.catch_up().await?)).await
+    }
+
+    /// The streams whose events the saga could not handle, parked in the dead-letter queue
+    /// while other streams flow on.
+    ///
+    /// # Errors
+    /// A store error.
+    pub async fn parked(&self) -> Result<Vec<ParkedStream>, Error> {
+        self.events.parked().await
+    }
+
+    /// Handles a parked stream's events again, in order, stopping at the first failure.
+    ///
+    /// # Errors
+    /// A store error.
+    pub async fn retry_parked(&mut self, stream_id: &str) -> Result<RetryOutcome, Error> {
+        self.events.retry_parked(stream_id).await
+    }
+
+    /// Skips a parked stream's first event (kept on record); returns its version.
+    ///
+    /// # Errors
+    /// A store error.
+    pub async fn skip_parked(&mut self, stream_id: &str) -> Result<Option<u64>, Error> {
+        self.events.skip_parked(stream_id).await
+    }
+
+    /// Retries of a failing event batch before its stream is parked.
+    #[must_use]
+    pub fn retries(mut self, max_retries: u32, backoff: Duration) -> Self {
+        self.events = self.events.retries(max_retries, backoff);
+        self
     }
 
     /// An instance, as stored.

@@ -24,6 +24,11 @@ const MIGRATIONS: &[Migration] = &[
         name: "sagas",
         sql: include_str!("../../../migrations/sqlite/0003_sagas.sql"),
     },
+    Migration {
+        version: 4,
+        name: "dead_letters",
+        sql: include_str!("../../../migrations/sqlite/0004_dead_letters.sql"),
+    },
 ];
 
 pub(super) async fn migrate(pool: &SqlitePool, location: &str) -> Result<()> {
