@@ -85,9 +85,23 @@ pub enum CliError {
         "aggregate type `{0}` is not registered in this tool: build your own with factum::cli::Cli::new().aggregate::<{0}>()"
     )]
     UnknownAggregate(String),
-    /// The catalog check failed, or a retry stopped again.
+    /// The catalog check failed.
     #[error("{0}")]
     Catalog(String),
+    /// A retried parked stream failed again.
+    #[error(
+        "`{stream}` stopped again at version {stream_version} ({handled} events handled before it): {error}; fix the cause and retry, or skip it"
+    )]
+    StoppedAgain {
+        /// The stream.
+        stream: String,
+        /// The version that failed.
+        stream_version: u64,
+        /// Events handled before it.
+        handled: u64,
+        /// Its failure.
+        error: String,
+    },
     /// A projection stopped (its batch rolled back).
     #[error("{0}")]
     Runner(#[from] crate::projection::RunnerError),
@@ -455,9 +469,15 @@ impl Cli {
                     .await?;
                 match outcome {
                     crate::projection::RetryOutcome::Drained { handled } => {
-                        println!(
-                            "`{stream}` drained: {handled} events handled, the stream flows again"
-                        );
+                        if args.json {
+                            print_json(&serde_json::json!({
+                                "stream_id": stream, "outcome": "drained", "handled": handled
+                            }));
+                        } else {
+                            println!(
+                                "`{stream}` drained: {handled} events handled, the stream flows again"
+                            );
+                        }
                         Ok(())
                     }
                     crate::projection::RetryOutcome::Stopped {
@@ -465,21 +485,30 @@ impl Cli {
                         stream_version,
                         error,
                         ..
-                    } => Err(CliError::Catalog(format!(
-                        "`{stream}` stopped again at version {stream_version} ({handled} events handled before it): {error}"
-                    ))),
+                    } => Err(CliError::StoppedAgain {
+                        stream: stream.clone(),
+                        stream_version,
+                        handled,
+                        error: error.to_string(),
+                    }),
                 }
             }
             Command::Dlq {
                 command: DlqCommand::Skip { projection, stream },
             } => {
-                match self
+                let skipped = self
                     .registered(&store, projection)?
                     .skip(&store, stream)
-                    .await?
-                {
+                    .await?;
+                if args.json {
+                    print_json(
+                        &serde_json::json!({ "stream_id": stream, "skipped_version": skipped }),
+                    );
+                    return Ok(());
+                }
+                match skipped {
                     Some(version) => {
-                        println!("skipped `{stream}` version {version} (kept on record)")
+                        println!("skipped `{stream}` version {version} (kept on record)");
                     }
                     None => println!("`{stream}` is not parked"),
                 }
