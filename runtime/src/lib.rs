@@ -8,9 +8,15 @@
 //!   [`Aggregate`] apply dispatch (a plain `match`) and `#[command]` functions into [`Handle`]
 //!   implementations, checking at compile time that every event of the set is applied.
 //!
-//! The runtime stores events with their [`Envelope`] in an [`EventStore`], executes commands with
-//! optimistic concurrency and retries ([`Repository`]), and tests aggregates with
-//! [`testing::AggregateTest`].
+//! - [`#[projection]`](macro@projection) builds read models fed from the global feed, with an
+//!   exactly-once effect ([`projection`](mod@projection)); [`#[saga]`](macro@saga) builds durable process
+//!   managers that send [`#[command]`](macro@command) messages and schedule
+//!   [`#[timeout]`](macro@timeout)s ([`saga`](mod@saga)).
+//!
+//! The runtime stores events with their [`Envelope`] in an [`EventStore`] (SQLite by default,
+//! PostgreSQL with the `postgres` feature, or in memory), executes commands with optimistic
+//! concurrency and retries ([`Repository`]), tests aggregates with [`testing::AggregateTest`],
+//! and writes the event catalog ([`catalog`]); the `cli` feature adds the `factum` tool.
 //!
 //! ```
 //! use factum::{aggregate, event, MemoryStore, Repository};
