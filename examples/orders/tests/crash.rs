@@ -1,12 +1,13 @@
 //! The saga process killed between commit and delivery, and at random points, then restarted:
-//! every command's effect happens exactly once.
+//! every command's effect happens exactly once. On PostgreSQL and on SQLite.
 
 use std::collections::BTreeMap;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use factum::saga::SagaRunner;
+use factum::saga::{SagaInstance, SagaRunner, SagaStatus, SqliteSagaRunner};
 use factum::testing::postgres::TemporaryStore;
+use factum::testing::sqlite::TemporaryDatabase;
 use factum::{EventStore, RecordedEvent};
 use orders::fulfillment::{OrderFulfillment, Stage};
 use orders::inventory::AddStock;
@@ -38,11 +39,17 @@ fn card_and_address(n: usize) -> (&'static str, &'static str) {
     }
 }
 
-fn saga_process(store: &TemporaryStore, crash: Option<&str>) -> Command {
+/// Where the saga process finds the store.
+struct Target {
+    url: String,
+    schema: String,
+}
+
+fn saga_process(target: &Target, crash: Option<&str>) -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_fulfillment"));
     command
-        .env("DATABASE_URL", store.url())
-        .env("FACTUM_SCHEMA", store.schema())
+        .env("DATABASE_URL", &target.url)
+        .env("FACTUM_SCHEMA", &target.schema)
         .env("BATCH_SIZE", "10")
         .stdout(Stdio::null())
         .stderr(Stdio::null());
@@ -52,7 +59,7 @@ fn saga_process(store: &TemporaryStore, crash: Option<&str>) -> Command {
     command
 }
 
-async fn types(store: &TemporaryStore, stream: &str) -> Vec<String> {
+async fn types(store: &impl EventStore, stream: &str) -> Vec<String> {
     store
         .read_stream(stream, ..)
         .await
@@ -62,10 +69,60 @@ async fn types(store: &TemporaryStore, stream: &str) -> Vec<String> {
         .collect()
 }
 
+/// Either store's saga runner, to look at the outcome.
+enum Inspector {
+    Postgres(Box<SagaRunner<OrderFulfillment>>),
+    Sqlite(SqliteSagaRunner<OrderFulfillment>),
+}
+
+impl Inspector {
+    async fn status(&self) -> SagaStatus {
+        match self {
+            Self::Postgres(runner) => runner.status().await.unwrap(),
+            Self::Sqlite(runner) => runner.status().await.unwrap(),
+        }
+    }
+
+    async fn instance(&self, id: &str) -> SagaInstance<OrderFulfillment> {
+        match self {
+            Self::Postgres(runner) => runner.instance(id).await.unwrap().unwrap(),
+            Self::Sqlite(runner) => runner.instance(id).await.unwrap().unwrap(),
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn every_command_takes_effect_once_across_crashes() {
-    let store = TemporaryStore::new().await.unwrap();
-    let services = Services::new(&store.another_client().await.unwrap());
+async fn every_command_takes_effect_once_across_crashes_on_postgres() {
+    let temporary = TemporaryStore::new().await.unwrap();
+    let store = temporary.another_client().await.unwrap();
+    let services = Services::new(&store);
+    let target = Target {
+        url: temporary.url().to_owned(),
+        schema: temporary.schema().to_owned(),
+    };
+    let inspector = Inspector::Postgres(Box::new(SagaRunner::new(store.clone(), services.bus())));
+    scenario(&store, &target, &inspector).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_command_takes_effect_once_across_crashes_on_sqlite() {
+    let database = TemporaryDatabase::new().await.unwrap();
+    let store = (*database).clone();
+    let services = Services::new(&store);
+    let target = Target {
+        url: format!("sqlite://{}", database.path().display()),
+        schema: String::new(),
+    };
+    let inspector = Inspector::Sqlite(SqliteSagaRunner::new(store.clone(), services.bus()));
+    scenario(&store, &target, &inspector).await;
+}
+
+async fn scenario(
+    store: &(impl EventStore + Clone + 'static),
+    target: &Target,
+    runner: &Inspector,
+) {
+    let services = Services::new(store);
     for sku in 0..SKUS {
         services
             .inventory
@@ -100,24 +157,23 @@ async fn every_command_takes_effect_once_across_crashes() {
     }
 
     // 1. Killed after committing the saga's handling, before delivering any command.
-    let status = saga_process(&store, Some("after-commit")).status().unwrap();
+    let status = saga_process(target, Some("after-commit")).status().unwrap();
     assert!(!status.success(), "the process aborted");
-    let runner = SagaRunner::<OrderFulfillment>::new((*store).clone(), services.bus());
-    let pending = runner.status().await.unwrap();
+    let pending = runner.status().await;
     assert_eq!(pending.active, ORDERS as u64, "every instance committed");
     assert_eq!(
         pending.pending_commands, ORDERS as u64,
         "every reservation waits in the outbox"
     );
     assert!(
-        types(&store, &inventory_stream("sku0")).await.len() == 1,
+        types(store, &inventory_stream("sku0")).await.len() == 1,
         "none delivered"
     );
 
     // 2. Killed after a command was applied by its aggregate, before its delivery was
     //    acknowledged: the restarted process delivers it again, and it is recognised.
     for at in [1, 40, 150, 300] {
-        let status = saga_process(&store, Some(&format!("after-delivery:{at}")))
+        let status = saga_process(target, Some(&format!("after-delivery:{at}")))
             .status()
             .unwrap();
         assert!(!status.success(), "the process aborted at delivery {at}");
@@ -127,7 +183,7 @@ async fn every_command_takes_effect_once_across_crashes() {
     let mut random = XorShift(0x9E37_79B9_7F4A_7C15);
     let mut kills = 0;
     for _ in 0..RANDOM_KILLS {
-        let mut child = saga_process(&store, None).spawn().unwrap();
+        let mut child = saga_process(target, None).spawn().unwrap();
         tokio::time::sleep(Duration::from_millis(random.between(15, 400))).await;
         if child.try_wait().unwrap().is_none() {
             child.kill().unwrap();
@@ -138,9 +194,9 @@ async fn every_command_takes_effect_once_across_crashes() {
     eprintln!("{kills} of {RANDOM_KILLS} runs killed before they finished");
 
     // 4. Restarted once more, it finishes.
-    assert!(saga_process(&store, None).status().unwrap().success());
+    assert!(saga_process(target, None).status().unwrap().success());
 
-    let status = runner.status().await.unwrap();
+    let status = runner.status().await;
     assert_eq!((status.active, status.completed), (0, ORDERS as u64));
     assert_eq!(status.pending_commands, 0);
     assert_eq!(status.failed_commands, 0);
@@ -194,9 +250,9 @@ async fn every_command_takes_effect_once_across_crashes() {
                     0,
                 ),
             };
-        assert_eq!(types(&store, &order_stream(&id)).await, order, "{id}");
-        assert_eq!(types(&store, &payment_stream(&id)).await, payment, "{id}");
-        assert_eq!(types(&store, &shipment_stream(&id)).await, shipment, "{id}");
+        assert_eq!(types(store, &order_stream(&id)).await, order, "{id}");
+        assert_eq!(types(store, &payment_stream(&id)).await, payment, "{id}");
+        assert_eq!(types(store, &shipment_stream(&id)).await, shipment, "{id}");
         assert_eq!(
             reserved.get(&format!("{id}:InventoryReserved")),
             Some(&1),
@@ -210,7 +266,7 @@ async fn every_command_takes_effect_once_across_crashes() {
             released,
             "{id}"
         );
-        let instance = runner.instance(&id).await.unwrap().unwrap();
+        let instance = runner.instance(&id).await;
         assert!(instance.completed, "{id}");
         let expected = if order[1] == "OrderCompleted" {
             Stage::Completed

@@ -1,8 +1,9 @@
 //! Running a saga on SQLite: the same as on PostgreSQL (see `SagaRunner`), with SQLite's single
 //! writer in place of row locks: events come through the SQLite projection runner (lease,
 //! checkpoint in the batch's transaction), instances change in `BEGIN IMMEDIATE` transactions,
-//! and one dispatcher per saga delivers at a time (a short lease row, held while a batch of
-//! commands is delivered).
+//! and one dispatcher delivers at a time: it holds a lock on the file `<database>-saga.lock`
+//! while it delivers a batch, which the operating system releases when its process dies, so a
+//! restarted process delivers at once.
 
 use std::future::Future;
 use std::marker::PhantomData;
@@ -24,9 +25,6 @@ use crate::error::Error;
 use crate::projection::{ParkedStream, RetryOutcome, SqliteProjectionRunner};
 use crate::store::SqliteStore;
 
-/// How long a dispatcher's lease lasts: a crashed dispatcher's commands wait at most this long.
-const DISPATCH_LEASE: Duration = Duration::from_secs(5);
-
 fn backend(error: sqlx::Error) -> Error {
     Error::Backend(Box::new(error))
 }
@@ -43,8 +41,16 @@ fn uuid(row: &sqlx::sqlite::SqliteRow, index: usize) -> Result<Uuid, sqlx::Error
 #[derive(Clone)]
 pub(crate) struct SqliteSagas {
     store: SqliteStore,
-    /// This process's dispatcher, in the lease table.
-    holder: String,
+    /// The dispatch lock of an in-memory database (one process).
+    memory_lock: Arc<tokio::sync::Mutex<()>>,
+}
+
+/// Held while one dispatcher delivers.
+pub(crate) enum DispatchLock {
+    /// A lock on the database's lock file.
+    File(std::fs::File),
+    /// An in-memory database's lock.
+    Memory(#[allow(dead_code)] tokio::sync::OwnedMutexGuard<()>),
 }
 
 const INSTANCE: &str =
@@ -72,16 +78,12 @@ impl SqliteSagas {
             correlation_id: uuid(&row, 2).map_err(backend)?,
         }))
     }
-
-    fn lease_name(saga: &str) -> String {
-        format!("saga-dispatch:{saga}")
-    }
 }
 
 impl SagaBackend for SqliteSagas {
     type Connection = SqliteConnection;
     type Transaction = sqlx::Transaction<'static, sqlx::Sqlite>;
-    type DispatchLock = String;
+    type DispatchLock = DispatchLock;
 
     async fn begin(&self) -> Result<Self::Transaction, Error> {
         self.store
@@ -221,30 +223,31 @@ impl SagaBackend for SqliteSagas {
         Ok(())
     }
 
-    async fn lock_dispatch<'a>(&'a self, saga: &'a str) -> Result<Option<String>, Error> {
-        let now = Utc::now().timestamp_millis();
-        let until = now + i64::try_from(DISPATCH_LEASE.as_millis()).unwrap_or(i64::MAX / 2);
-        let taken = sqlx::query(
-            "INSERT INTO projection_leases (projection, version, holder, expires_at)
-             VALUES (?1, 0, ?2, ?3)
-             ON CONFLICT (projection, version) DO UPDATE
-                 SET holder = excluded.holder, expires_at = excluded.expires_at
-                 WHERE projection_leases.holder = excluded.holder
-                    OR projection_leases.expires_at < ?4",
-        )
-        .bind(Self::lease_name(saga))
-        .bind(&self.holder)
-        .bind(until)
-        .bind(now)
-        .execute(self.store.pool())
-        .await
-        .map_err(backend)?;
-        Ok((taken.rows_affected() == 1).then(|| saga.to_owned()))
+    async fn lock_dispatch<'a>(&'a self, _saga: &'a str) -> Result<Option<DispatchLock>, Error> {
+        let Some(path) = self.store.path() else {
+            return Ok(Arc::clone(&self.memory_lock)
+                .try_lock_owned()
+                .ok()
+                .map(DispatchLock::Memory));
+        };
+        let mut lock_path = path.as_os_str().to_owned();
+        lock_path.push("-saga.lock");
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(|e| Error::Backend(Box::new(e)))?;
+        match file.try_lock() {
+            Ok(()) => Ok(Some(DispatchLock::File(file))),
+            Err(std::fs::TryLockError::WouldBlock) => Ok(None),
+            Err(std::fs::TryLockError::Error(error)) => Err(Error::Backend(Box::new(error))),
+        }
     }
 
     async fn pending<'a>(
         &'a self,
-        _lock: &'a mut String,
+        _lock: &'a mut DispatchLock,
         saga: &'a str,
         limit: usize,
     ) -> Result<Vec<Pending>, Error> {
@@ -274,15 +277,10 @@ impl SagaBackend for SqliteSagas {
             .map_err(backend)
     }
 
-    async fn unlock_dispatch(&self, saga: String) -> Result<(), Error> {
-        sqlx::query(
-            "DELETE FROM projection_leases WHERE projection = ?1 AND version = 0 AND holder = ?2",
-        )
-        .bind(Self::lease_name(&saga))
-        .bind(&self.holder)
-        .execute(self.store.pool())
-        .await
-        .map_err(backend)?;
+    async fn unlock_dispatch(&self, lock: DispatchLock) -> Result<(), Error> {
+        if let DispatchLock::File(file) = lock {
+            file.unlock().map_err(|e| Error::Backend(Box::new(e)))?;
+        }
         Ok(())
     }
 
@@ -435,7 +433,7 @@ impl<S: Saga> SqliteSagaRunner<S> {
         let core = Arc::new(Core {
             backend: SqliteSagas {
                 store: store.clone(),
-                holder: Uuid::now_v7().to_string(),
+                memory_lock: Arc::default(),
             },
             bus,
             clock,

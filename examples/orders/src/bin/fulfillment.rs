@@ -1,6 +1,7 @@
 //! Runs the order fulfillment saga until every order has settled, then exits.
 //!
-//! `DATABASE_URL` names the database, `FACTUM_SCHEMA` the store's schema (default `factum`),
+//! `DATABASE_URL` names the store (`postgres://…`, with `FACTUM_SCHEMA` its schema, default
+//! `factum`; or `sqlite://…`),
 //! `BATCH_SIZE` the events per transaction. For the crash test:
 //!
 //! - `FACTUM_CRASH=after-commit`: abort right after committing the saga's handling of the events
@@ -10,8 +11,8 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use factum::saga::SagaRunner;
-use factum::store::PostgresStore;
+use factum::saga::{SagaRunner, SqliteSagaRunner};
+use factum::store::{PostgresStore, SqliteStore};
 use orders::Services;
 use orders::fulfillment::OrderFulfillment;
 use tracing_subscriber::layer::{Context, SubscriberExt as _};
@@ -40,7 +41,7 @@ impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for CrashAfterDelivery
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let url = std::env::var("DATABASE_URL")
-        .map_err(|_| "set DATABASE_URL to the PostgreSQL database of the store")?;
+        .map_err(|_| "set DATABASE_URL to the store (postgres://… or sqlite://…)")?;
     let schema = std::env::var("FACTUM_SCHEMA").unwrap_or_else(|_| "factum".to_owned());
     let batch_size = std::env::var("BATCH_SIZE")
         .ok()
@@ -55,22 +56,36 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         };
         tracing::subscriber::set_global_default(tracing_subscriber::registry().with(layer))?;
     }
-    let pool = sqlx::PgPool::connect(&url).await?;
-    let store = PostgresStore::with_schema(pool, &schema)?;
-    store.migrate().await?;
-    let services = Services::new(&store);
-    let mut runner =
-        SagaRunner::<OrderFulfillment>::new(store, services.bus()).batch_size(batch_size);
-    if crash_after_commit {
-        let handled = runner.handle_events().await?;
-        eprintln!("handled {handled} events; aborting before delivering their commands");
-        std::process::abort();
+    // The same steps on either store's runner.
+    macro_rules! drive {
+        ($runner:expr) => {{
+            let mut runner = $runner;
+            if crash_after_commit {
+                let handled = runner.handle_events().await?;
+                eprintln!("handled {handled} events; aborting before delivering their commands");
+                std::process::abort();
+            }
+            let settled = runner.settle().await?;
+            let status = runner.status().await?;
+            println!(
+                "settled: {} events, {} commands, {} timeouts; {} instances active, {} completed",
+                settled.events, settled.commands, settled.timeouts, status.active, status.completed
+            );
+        }};
     }
-    let settled = runner.settle().await?;
-    let status = runner.status().await?;
-    println!(
-        "settled: {} events, {} commands, {} timeouts; {} instances active, {} completed",
-        settled.events, settled.commands, settled.timeouts, status.active, status.completed
-    );
+    if url.starts_with("sqlite:") {
+        let store = SqliteStore::connect(&url).await?;
+        store.migrate().await?;
+        let services = Services::new(&store);
+        drive!(
+            SqliteSagaRunner::<OrderFulfillment>::new(store, services.bus()).batch_size(batch_size)
+        );
+    } else {
+        let pool = sqlx::PgPool::connect(&url).await?;
+        let store = PostgresStore::with_schema(pool, &schema)?;
+        store.migrate().await?;
+        let services = Services::new(&store);
+        drive!(SagaRunner::<OrderFulfillment>::new(store, services.bus()).batch_size(batch_size));
+    }
     Ok(())
 }

@@ -51,6 +51,8 @@ pub struct SqliteStore {
     pool: SqlitePool,
     notifier: FeedNotifier,
     location: String,
+    /// The database file (`None`: in memory).
+    path: Option<std::path::PathBuf>,
 }
 
 impl fmt::Debug for SqliteStore {
@@ -94,7 +96,9 @@ impl SqliteStore {
         let options = SqliteConnectOptions::new()
             .filename(path.as_ref())
             .create_if_missing(true);
-        Self::with_options(options, 8, path.as_ref().display().to_string()).await
+        let mut store = Self::with_options(options, 8, path.as_ref().display().to_string()).await?;
+        store.path = Some(path.as_ref().to_owned());
+        Ok(store)
     }
 
     /// Connects to a `sqlite:` URL (`sqlite://bank.db`, `sqlite::memory:`).
@@ -112,7 +116,15 @@ impl SqliteStore {
             .map_err(|e| Error::InvalidConfig(format!("`{url}` is not a SQLite URL: {e}")))?
             .create_if_missing(true);
         let memory = url.contains(":memory:") || url.contains("mode=memory");
-        Self::with_options(options, if memory { 1 } else { 8 }, url.to_owned()).await
+        let mut store =
+            Self::with_options(options, if memory { 1 } else { 8 }, url.to_owned()).await?;
+        if !memory {
+            let path = url
+                .trim_start_matches("sqlite://")
+                .trim_start_matches("sqlite:");
+            store.path = Some(path.split('?').next().unwrap_or(path).into());
+        }
+        Ok(store)
     }
 
     /// A private in-memory database (gone with the store): for tests and examples.
@@ -155,6 +167,7 @@ impl SqliteStore {
             pool,
             notifier: FeedNotifier::default(),
             location,
+            path: None,
         })
     }
 
@@ -176,6 +189,12 @@ impl SqliteStore {
     #[must_use]
     pub fn location(&self) -> &str {
         &self.location
+    }
+
+    /// The database file (`None`: in memory).
+    #[must_use]
+    pub fn path(&self) -> Option<&std::path::Path> {
+        self.path.as_deref()
     }
 
     /// The stored events with these ids, for an idempotent retry.
