@@ -136,12 +136,16 @@ async fn sqlite(path: PathBuf, clock: &ManualClock) -> Result<Sqlite> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;
     }
-    for suffix in ["", "-wal", "-shm"] {
-        let mut file = path.clone().into_os_string();
-        file.push(suffix);
-        match std::fs::remove_file(&file) {
-            Err(error) if error.kind() != std::io::ErrorKind::NotFound => return Err(error.into()),
-            _ => {}
+    // Start afresh: the database, its write-ahead log and the runners' lock files.
+    if let (Some(dir), Some(name)) = (path.parent(), path.file_name()) {
+        for entry in std::fs::read_dir(dir)?.flatten() {
+            if entry
+                .file_name()
+                .as_encoded_bytes()
+                .starts_with(name.as_encoded_bytes())
+            {
+                std::fs::remove_file(entry.path())?;
+            }
         }
     }
     let store = SqliteStore::open(&path).await?;

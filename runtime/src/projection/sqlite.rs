@@ -1,8 +1,9 @@
 //! Running a projection on SQLite: each batch of handler writes commits with the checkpoint in
 //! one `BEGIN IMMEDIATE` transaction (SQLite's single writer), which also reads the checkpoint
 //! again, so events at or below it are skipped: at-least-once delivery, exactly-once effect,
-//! even with two runners. A lease (a row renewed while the runner runs) keeps one runner per
-//! projection active; another takes over when it expires.
+//! even with two runners. A lock on the file `<database>-projection-<name>-v<version>.lock`,
+//! held while a runner runs, keeps one runner per projection active; the operating system
+//! releases it when the holder's process dies, and another takes over at once.
 //!
 //! A batch that keeps failing is isolated event by event: the failing event's stream is parked
 //! in the dead-letter queue (it and the stream's later events wait there, in order) while other
@@ -21,9 +22,6 @@ use crate::envelope::RecordedEvent;
 use crate::error::Error;
 use crate::store::{EventStore, FeedBatch, FeedPosition, FeedQuery, SqliteStore};
 
-/// How long a lease lasts without renewal.
-const LEASE_TTL: Duration = Duration::from_secs(10);
-
 /// Runs one projection against a [`SqliteStore`].
 #[derive(Debug)]
 pub struct SqliteProjectionRunner<P> {
@@ -35,7 +33,6 @@ pub struct SqliteProjectionRunner<P> {
     max_retries: u32,
     retry_backoff: Duration,
     dead_letters: bool,
-    holder: String,
 }
 
 fn backend(error: sqlx::Error) -> Error {
@@ -48,10 +45,6 @@ fn to_i64(value: u64) -> i64 {
 
 fn to_u64(value: i64) -> u64 {
     u64::try_from(value).unwrap_or(0)
-}
-
-fn millis_from_now(ahead: Duration) -> i64 {
-    Utc::now().timestamp_millis() + i64::try_from(ahead.as_millis()).unwrap_or(i64::MAX / 2)
 }
 
 impl<P: Projection<Connection = SqliteConnection>> SqliteProjectionRunner<P> {
@@ -67,7 +60,6 @@ impl<P: Projection<Connection = SqliteConnection>> SqliteProjectionRunner<P> {
             max_retries: 3,
             retry_backoff: Duration::from_millis(100),
             dead_letters: true,
-            holder: crate::Uuid::now_v7().to_string(),
         }
     }
 
@@ -437,44 +429,9 @@ impl<P: Projection<Connection = SqliteConnection>> SqliteProjectionRunner<P> {
         Ok(handled)
     }
 
-    /// Takes or renews the lease; whether this runner holds it.
-    async fn lease(&self) -> Result<bool, Error> {
-        let taken = sqlx::query(
-            "INSERT INTO projection_leases (projection, version, holder, expires_at)
-             VALUES (?1, ?2, ?3, ?4)
-             ON CONFLICT (projection, version) DO UPDATE
-                 SET holder = excluded.holder, expires_at = excluded.expires_at
-                 WHERE projection_leases.holder = excluded.holder
-                    OR projection_leases.expires_at < ?5",
-        )
-        .bind(P::NAME)
-        .bind(i64::from(P::VERSION))
-        .bind(&self.holder)
-        .bind(millis_from_now(LEASE_TTL))
-        .bind(Utc::now().timestamp_millis())
-        .execute(self.store.pool())
-        .await
-        .map_err(backend)?;
-        Ok(taken.rows_affected() == 1)
-    }
-
-    async fn release(&self) {
-        let released = sqlx::query(
-            "DELETE FROM projection_leases WHERE projection = ?1 AND version = ?2 AND holder = ?3",
-        )
-        .bind(P::NAME)
-        .bind(i64::from(P::VERSION))
-        .bind(&self.holder)
-        .execute(self.store.pool())
-        .await;
-        if let Err(error) = released {
-            tracing::warn!(%error, "could not release the projection lease; it will expire");
-        }
-    }
-
     /// Runs the projection until `shutdown` completes: waits for the lease (one runner per
-    /// projection and version at a time; another takes over when the holder stops renewing
-    /// it), catches up, then follows new events (woken by appends through this store, else by
+    /// projection and version at a time; another takes over when the holder stops or its
+    /// process dies), catches up, then follows new events (woken by appends through this store, else by
     /// polling). Shutdown lets the current batch finish. Returns the projection.
     ///
     /// # Errors
@@ -485,41 +442,27 @@ impl<P: Projection<Connection = SqliteConnection>> SqliteProjectionRunner<P> {
     ) -> Result<P, RunnerError> {
         let mut shutdown = std::pin::pin!(shutdown);
         let mut wakeups = self.store.wakeups();
-        loop {
-            if self.lease().await? {
-                break;
+        let lock = format!("projection-{}-v{}", P::NAME, P::VERSION);
+        let _lease = loop {
+            if let Some(lease) = self.store.try_lock(&lock)? {
+                break lease;
             }
             tokio::select! {
                 () = &mut shutdown => return Ok(self.projection),
                 () = tokio::time::sleep(self.lease_retry) => {}
             }
-        }
-        let mut renewed = tokio::time::Instant::now();
-        let result = loop {
-            if renewed.elapsed() > LEASE_TTL / 3 {
-                match self.lease().await {
-                    Ok(true) => renewed = tokio::time::Instant::now(),
-                    Ok(false) => {
-                        tracing::warn!(projection = P::NAME, "projection lease lost; stopping");
-                        break Ok(());
-                    }
-                    Err(error) => break Err(error.into()),
-                }
-            }
+        };
+        loop {
             wakeups.mark_seen();
-            match self.step().await {
-                Ok(Some(_)) => continue,
-                Ok(None) => {}
-                Err(error) => break Err(error),
+            if self.step().await?.is_some() {
+                continue;
             }
             tokio::select! {
-                () = &mut shutdown => break Ok(()),
+                () = &mut shutdown => return Ok(self.projection),
                 () = wakeups.changed() => {}
-                () = tokio::time::sleep(self.poll_interval.min(LEASE_TTL / 3)) => {}
+                () = tokio::time::sleep(self.poll_interval) => {}
             }
-        };
-        self.release().await;
-        result.map(|()| self.projection)
+        }
     }
 
     /// Where the projection stands: checkpoint, head, lag.

@@ -1,9 +1,9 @@
 //! Running a saga on SQLite: the same as on PostgreSQL (see `SagaRunner`), with SQLite's single
 //! writer in place of row locks: events come through the SQLite projection runner (lease,
 //! checkpoint in the batch's transaction), instances change in `BEGIN IMMEDIATE` transactions,
-//! and one dispatcher delivers at a time: it holds a lock on the file `<database>-saga.lock`
-//! while it delivers a batch, which the operating system releases when its process dies, so a
-//! restarted process delivers at once.
+//! and one dispatcher per saga delivers at a time: it holds a lock on the file
+//! `<database>-saga-<name>.lock` while it delivers a batch, which the operating system releases
+//! when its process dies, so a restarted process delivers at once.
 
 use std::future::Future;
 use std::marker::PhantomData;
@@ -23,7 +23,7 @@ use super::core::{
 use super::{FiredTimeout, Saga};
 use crate::error::Error;
 use crate::projection::{ParkedStream, RetryOutcome, SqliteProjectionRunner};
-use crate::store::SqliteStore;
+use crate::store::{SqliteStore, StoreLock};
 
 fn backend(error: sqlx::Error) -> Error {
     Error::Backend(Box::new(error))
@@ -41,16 +41,6 @@ fn uuid(row: &sqlx::sqlite::SqliteRow, index: usize) -> Result<Uuid, sqlx::Error
 #[derive(Clone)]
 pub(crate) struct SqliteSagas {
     store: SqliteStore,
-    /// The dispatch lock of an in-memory database (one process).
-    memory_lock: Arc<tokio::sync::Mutex<()>>,
-}
-
-/// Held while one dispatcher delivers.
-pub(crate) enum DispatchLock {
-    /// A lock on the database's lock file.
-    File(std::fs::File),
-    /// An in-memory database's lock.
-    Memory(#[allow(dead_code)] tokio::sync::OwnedMutexGuard<()>),
 }
 
 const INSTANCE: &str =
@@ -83,7 +73,7 @@ impl SqliteSagas {
 impl SagaBackend for SqliteSagas {
     type Connection = SqliteConnection;
     type Transaction = sqlx::Transaction<'static, sqlx::Sqlite>;
-    type DispatchLock = DispatchLock;
+    type DispatchLock = StoreLock;
 
     async fn begin(&self) -> Result<Self::Transaction, Error> {
         self.store
@@ -223,31 +213,13 @@ impl SagaBackend for SqliteSagas {
         Ok(())
     }
 
-    async fn lock_dispatch<'a>(&'a self, _saga: &'a str) -> Result<Option<DispatchLock>, Error> {
-        let Some(path) = self.store.path() else {
-            return Ok(Arc::clone(&self.memory_lock)
-                .try_lock_owned()
-                .ok()
-                .map(DispatchLock::Memory));
-        };
-        let mut lock_path = path.as_os_str().to_owned();
-        lock_path.push("-saga.lock");
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&lock_path)
-            .map_err(|e| Error::Backend(Box::new(e)))?;
-        match file.try_lock() {
-            Ok(()) => Ok(Some(DispatchLock::File(file))),
-            Err(std::fs::TryLockError::WouldBlock) => Ok(None),
-            Err(std::fs::TryLockError::Error(error)) => Err(Error::Backend(Box::new(error))),
-        }
+    async fn lock_dispatch<'a>(&'a self, saga: &'a str) -> Result<Option<StoreLock>, Error> {
+        self.store.try_lock(&format!("saga-{saga}"))
     }
 
     async fn pending<'a>(
         &'a self,
-        _lock: &'a mut DispatchLock,
+        _lock: &'a mut StoreLock,
         saga: &'a str,
         limit: usize,
     ) -> Result<Vec<Pending>, Error> {
@@ -277,10 +249,8 @@ impl SagaBackend for SqliteSagas {
             .map_err(backend)
     }
 
-    async fn unlock_dispatch(&self, lock: DispatchLock) -> Result<(), Error> {
-        if let DispatchLock::File(file) = lock {
-            file.unlock().map_err(|e| Error::Backend(Box::new(e)))?;
-        }
+    async fn unlock_dispatch(&self, lock: StoreLock) -> Result<(), Error> {
+        drop(lock);
         Ok(())
     }
 
@@ -433,7 +403,6 @@ impl<S: Saga> SqliteSagaRunner<S> {
         let core = Arc::new(Core {
             backend: SqliteSagas {
                 store: store.clone(),
-                memory_lock: Arc::default(),
             },
             bus,
             clock,

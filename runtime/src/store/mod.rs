@@ -31,6 +31,8 @@ pub(crate) use postgres::{AppendHook, ENVELOPE_COLUMNS};
 pub use postgres::{FeedHorizon, OpenTransaction, PostgresStore};
 #[cfg(feature = "sqlite")]
 pub use sqlite::SqliteStore;
+#[cfg(feature = "sqlite")]
+pub(crate) use sqlite::StoreLock;
 
 /// What an append expects of the stream, checked atomically with the write.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]

@@ -52,10 +52,21 @@ impl Deref for TemporaryDatabase {
 
 impl Drop for TemporaryDatabase {
     fn drop(&mut self) {
-        for suffix in ["", "-wal", "-shm", "-saga.lock"] {
-            let mut path = self.path.clone().into_os_string();
-            path.push(suffix);
-            let _ = std::fs::remove_file(path);
+        // The database, its write-ahead log and the runners' lock files beside it.
+        let (Some(dir), Some(name)) = (self.path.parent(), self.path.file_name()) else {
+            return;
+        };
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            if entry
+                .file_name()
+                .as_encoded_bytes()
+                .starts_with(name.as_encoded_bytes())
+            {
+                let _ = std::fs::remove_file(entry.path());
+            }
         }
     }
 }

@@ -29,6 +29,11 @@ const MIGRATIONS: &[Migration] = &[
         name: "dead_letters",
         sql: include_str!("../../../migrations/sqlite/0004_dead_letters.sql"),
     },
+    Migration {
+        version: 5,
+        name: "file_leases",
+        sql: include_str!("../../../migrations/sqlite/0005_file_leases.sql"),
+    },
 ];
 
 pub(super) async fn migrate(pool: &SqlitePool, location: &str) -> Result<()> {

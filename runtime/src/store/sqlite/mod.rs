@@ -7,7 +7,10 @@
 //! without the ones before it. Files use write-ahead logging with full synchronous commits: an
 //! acknowledged append survives a crash or a power cut.
 
+mod lock;
 mod migrate;
+
+pub(crate) use lock::StoreLock;
 
 use std::fmt;
 use std::ops::RangeBounds;
@@ -53,6 +56,8 @@ pub struct SqliteStore {
     location: String,
     /// The database file (`None`: in memory).
     path: Option<std::path::PathBuf>,
+    /// The locks held on an in-memory database.
+    memory_locks: std::sync::Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
 }
 
 impl fmt::Debug for SqliteStore {
@@ -168,6 +173,7 @@ impl SqliteStore {
             notifier: FeedNotifier::default(),
             location,
             path: None,
+            memory_locks: std::sync::Arc::default(),
         })
     }
 
