@@ -146,6 +146,13 @@ fn check_store(url: &str, schema: &str) {
     assert_eq!(lines.len(), 2);
     assert_eq!(lines[0]["stream_id"], "ping-a");
 
+    let (_, out, _) = factum(url, schema, &["feed", "tail", "--no-follow", "--from", "3"]);
+    let positions: Vec<&str> = out
+        .lines()
+        .map(|l| l.split_whitespace().next().unwrap())
+        .collect();
+    assert_eq!(positions, ["4", "5"], "after global position 3:\n{out}");
+
     // projections status, dlq list
     let (code, out, err) = factum(url, schema, &["projections", "status"]);
     assert_eq!(code, 0, "{err}");

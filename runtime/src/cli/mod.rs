@@ -29,7 +29,7 @@ use self::store::AnyStore;
 use crate::aggregate::Aggregate;
 use crate::envelope::RecordedEvent;
 use crate::error::Error;
-use crate::store::{FeedPosition, FeedQuery, StreamEvent};
+use crate::store::{FeedQuery, StreamEvent};
 
 /// Why a command failed: one line saying what is wrong and what to do.
 #[derive(Debug, thiserror::Error)]
@@ -762,12 +762,7 @@ async fn feed_tail(
         Some(from) => from,
         None => store.head().await?.saturating_sub(10),
     };
-    let mut position = match store {
-        AnyStore::Sqlite(_) => FeedPosition::new(start, start),
-        // PostgreSQL orders the feed by (transaction, position): start at the first event after
-        // `start` in that order.
-        AnyStore::Postgres(_) => feed_start(store, start).await?,
-    };
+    let mut position = store.feed_position_at(start).await?;
     let mut wakeups = store.wakeups();
     let mut printed = 0;
     loop {
@@ -810,30 +805,6 @@ async fn feed_tail(
                 () = tokio::time::sleep(Duration::from_millis(200)) => {}
             }
         }
-    }
-}
-
-/// The PostgreSQL feed position just before the first event with a global position above
-/// `after`.
-async fn feed_start(store: &AnyStore, after: u64) -> Result<FeedPosition, CliError> {
-    if after == 0 {
-        return Ok(FeedPosition::START);
-    }
-    let mut position = FeedPosition::START;
-    loop {
-        let batch = store
-            .read_feed(&FeedQuery::after(position).limit(1000))
-            .await?;
-        if let Some(index) = batch.events.iter().position(|e| e.global_position > after) {
-            return Ok(match index {
-                0 => position,
-                i => batch.events[i - 1].feed_position(),
-            });
-        }
-        if batch.events.is_empty() {
-            return Ok(batch.next);
-        }
-        position = batch.next;
     }
 }
 

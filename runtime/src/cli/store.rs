@@ -8,7 +8,7 @@ use sqlx::AssertSqlSafe;
 
 use super::CliError;
 use crate::envelope::RecordedEvent;
-use crate::store::{EventStore, FeedBatch, FeedQuery, PostgresStore, SqliteStore};
+use crate::store::{EventStore, FeedBatch, FeedPosition, FeedQuery, PostgresStore, SqliteStore};
 
 /// Either store.
 #[derive(Debug, Clone)]
@@ -154,6 +154,26 @@ impl AnyStore {
             Self::Postgres(store) => store.wakeups(),
             Self::Sqlite(store) => store.wakeups(),
         }
+    }
+
+    /// Where to start reading the feed to come after the event at global position `at`: that
+    /// event's feed position (or the last one's before it; the start when there is none).
+    pub async fn feed_position_at(&self, at: u64) -> Result<FeedPosition, CliError> {
+        let Self::Postgres(store) = self else {
+            return Ok(FeedPosition::new(at, at));
+        };
+        let row: Option<(i64, i64)> = sqlx::query_as(AssertSqlSafe(format!(
+            "SELECT e.tx::text::bigint, e.position FROM \"{}\".events e
+             WHERE e.position <= $1 ORDER BY e.position DESC LIMIT 1",
+            store.schema()
+        )))
+        .bind(i64::try_from(at).unwrap_or(i64::MAX))
+        .fetch_optional(store.pool())
+        .await
+        .map_err(CliError::database)?;
+        Ok(row.map_or(FeedPosition::START, |(tx, position)| {
+            FeedPosition::new(count(tx), count(position))
+        }))
     }
 
     /// The position of the newest event (0: none).
