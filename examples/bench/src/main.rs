@@ -5,11 +5,13 @@
 //! cargo run --release -p factum-bench -- postgres --json     # machine-readable
 //! cargo run --release -p factum-bench -- projections         # catch-up and live lag
 //! cargo run --release -p factum-bench -- sagas               # order flow completion time
+//! cargo run --release -p factum-bench -- sqlite              # the embedded store vs raw SQLite
 //! ```
 
 mod postgres;
 mod projections;
 mod sagas;
+mod sqlite;
 mod stats;
 mod versioning;
 
@@ -96,6 +98,18 @@ enum Suite {
         /// Orders placed per second.
         #[arg(long, default_value_t = 50)]
         rate: u64,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// The SQLite store: appends and commands vs raw single-row INSERTs, on a file.
+    Sqlite {
+        /// Runs (the median is reported).
+        #[arg(long, default_value_t = 5)]
+        runs: usize,
+        /// Events per measurement.
+        #[arg(long, default_value_t = 2_000)]
+        events: usize,
         /// Print the report as JSON.
         #[arg(long)]
         json: bool,
@@ -202,6 +216,33 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 println!(
                     "  saga/direct p50 ratio {:.2} (median of runs); incomplete orders: {}",
                     report.p50_ratio, report.incomplete
+                );
+            }
+        }
+        Suite::Sqlite { runs, events, json } => {
+            let config = sqlite::Config {
+                runs: runs.max(1),
+                events: events.max(100),
+            };
+            let report = sqlite::run(&config).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                println!(
+                    "\nSQLite file (WAL, synchronous=FULL), {} single-event appends per measurement, median of {} runs",
+                    report.events_per_run, report.runs
+                );
+                println!(
+                    "  raw INSERT transactions: {:>8.0} events/s",
+                    report.raw_insert_per_second
+                );
+                println!(
+                    "  store.append:            {:>8.0} events/s  (ratio {:.2})",
+                    report.append_per_second, report.append_ratio
+                );
+                println!(
+                    "  commands, hot cache:     {:>8.0} events/s  (ratio {:.2})",
+                    report.command_per_second, report.command_ratio
                 );
             }
         }

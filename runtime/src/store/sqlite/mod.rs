@@ -236,14 +236,8 @@ impl SqliteStore {
         stream_id: &str,
         aggregate_type: &str,
         expected: ExpectedVersion,
-        events: Vec<NewEvent>,
+        events: &[NewEvent],
     ) -> Result<Vec<RecordedEvent>> {
-        let stored = Self::stored_ids(connection, &events).await?;
-        if !stored.is_empty() {
-            let versions = classify_retry(stream_id, expected, &events, &stored)?;
-            return read_stream_in(connection, stream_id, (*versions.start(), *versions.end()))
-                .await;
-        }
         let head = sqlx::query(
             "SELECT stream_version, aggregate_type FROM events WHERE stream_id = ?1
              ORDER BY stream_version DESC LIMIT 1",
@@ -277,7 +271,7 @@ impl SqliteStore {
         }
         let recorded_at = now();
         let mut recorded = Vec::with_capacity(events.len());
-        for (offset, event) in events.into_iter().enumerate() {
+        for (offset, event) in events.iter().cloned().enumerate() {
             let stream_version = current + 1 + offset as u64;
             let metadata =
                 serde_json::to_string(&event.metadata).unwrap_or_else(|_| "{}".to_owned());
@@ -396,20 +390,41 @@ impl EventStore for SqliteStore {
             .begin_with("BEGIN IMMEDIATE")
             .await
             .map_err(backend)?;
-        let appended = self
+        match self
             .append_locked(
                 &mut transaction,
                 stream_id,
                 aggregate_type,
                 expected,
-                events,
+                &events,
             )
-            .await?;
-        transaction.commit().await.map_err(backend)?;
-        if !appended.is_empty() {
-            self.notifier.notify();
+            .await
+        {
+            Ok(appended) => {
+                transaction.commit().await.map_err(backend)?;
+                if !appended.is_empty() {
+                    self.notifier.notify();
+                }
+                Ok(appended)
+            }
+            Err(error) => {
+                // Nothing of a failed append stays (a multi-event append may have inserted some).
+                transaction.rollback().await.map_err(backend)?;
+                // Was it the retry of an append already stored? Looked up only on failure.
+                let mut connection = self.pool.acquire().await.map_err(backend)?;
+                let stored = Self::stored_ids(&mut connection, &events).await?;
+                if stored.is_empty() {
+                    return Err(error);
+                }
+                let versions = classify_retry(stream_id, expected, &events, &stored)?;
+                read_stream_in(
+                    &mut connection,
+                    stream_id,
+                    (*versions.start(), *versions.end()),
+                )
+                .await
+            }
         }
-        Ok(appended)
     }
 
     async fn read_stream(
