@@ -275,16 +275,9 @@ async fn bad_urls_and_unmigrated_databases_get_one_clear_line() {
     );
 
     // A database with no store in it.
-    let empty = std::env::temp_dir().join(format!("factum-empty-{}.db", factum::Uuid::now_v7()));
-    let store = factum::store::SqliteStore::open(&empty).await.unwrap();
-    store.pool().close().await;
-    let url = format!("sqlite://{}", empty.display());
+    let empty = TemporaryDatabase::unmigrated().await.unwrap();
+    let url = format!("sqlite://{}", empty.path().display());
     let (code, _, err) = factum(&url, "factum", &["stats"]);
-    for suffix in ["", "-wal", "-shm"] {
-        let mut path = empty.clone().into_os_string();
-        path.push(suffix);
-        let _ = std::fs::remove_file(path);
-    }
     assert_eq!(code, 1);
     assert!(
         err.contains("holds no Factum store: run your application once"),

@@ -3,13 +3,13 @@
 //! retried; a poison event parks its stream while the others flow, and retry drains it in order
 //! after the fix; one runner holds the lease and another takes over; live events follow.
 
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use factum::projection::{RunnerError, SqliteProjectionRunner};
 use factum::store::SqliteStore;
+use factum::testing::sqlite::TemporaryDatabase;
 use factum::{Envelope, EventStore, ExpectedVersion, FeedQuery, NewEvent, Payload};
 use sqlx::SqliteConnection;
 
@@ -57,41 +57,16 @@ impl Balances {
     }
 }
 
-/// A database file in the temporary directory, removed (with its WAL and lock files) when
-/// dropped.
-struct TempFile(PathBuf);
-
-impl Drop for TempFile {
-    fn drop(&mut self) {
-        // The database, its write-ahead log and the runners' lock files beside it.
-        let (Some(dir), Some(name)) = (self.0.parent(), self.0.file_name()) else {
-            return;
-        };
-        for entry in std::fs::read_dir(dir).unwrap().flatten() {
-            if entry
-                .file_name()
-                .as_encoded_bytes()
-                .starts_with(name.as_encoded_bytes())
-            {
-                let _ = std::fs::remove_file(entry.path());
-            }
-        }
-    }
-}
-
-async fn setup() -> (TempFile, SqliteStore) {
-    let file = TempFile(
-        std::env::temp_dir().join(format!("factum-projection-{}.db", factum::Uuid::now_v7())),
-    );
-    let store = SqliteStore::open(&file.0).await.unwrap();
-    store.migrate().await.unwrap();
+async fn setup() -> (TemporaryDatabase, SqliteStore) {
+    let database = TemporaryDatabase::new().await.unwrap();
+    let store = (*database).clone();
     sqlx::raw_sql(
         "CREATE TABLE balances (account TEXT PRIMARY KEY, cents INTEGER NOT NULL, events INTEGER NOT NULL)",
     )
     .execute(store.pool())
     .await
     .unwrap();
-    (file, store)
+    (database, store)
 }
 
 fn deposit(cents: i64) -> NewEvent {

@@ -2,29 +2,10 @@
 //! once, streams in order), append-only rows, reopening, and typed errors.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
 
 use factum::store::SqliteStore;
+use factum::testing::sqlite::TemporaryDatabase;
 use factum::{Error, EventStore, ExpectedVersion, FeedPosition, FeedQuery, NewEvent, Payload};
-
-/// A database file in the temporary directory, removed (with its WAL files) when dropped.
-struct TempFile(PathBuf);
-
-impl TempFile {
-    fn new() -> Self {
-        Self(std::env::temp_dir().join(format!("factum-test-{}.db", factum::Uuid::now_v7())))
-    }
-}
-
-impl Drop for TempFile {
-    fn drop(&mut self) {
-        for suffix in ["", "-wal", "-shm"] {
-            let mut path = self.0.clone().into_os_string();
-            path.push(suffix);
-            let _ = std::fs::remove_file(path);
-        }
-    }
-}
 
 fn ping(writer: usize, n: usize) -> NewEvent {
     NewEvent::new(
@@ -39,9 +20,8 @@ async fn concurrent_writers_and_a_following_reader_see_every_event_once_in_order
     const WRITERS: usize = 6;
     const APPENDS: usize = 150;
     const STREAMS: usize = 10;
-    let file = TempFile::new();
-    let store = SqliteStore::open(&file.0).await.unwrap();
-    store.migrate().await.unwrap();
+    let database = TemporaryDatabase::new().await.unwrap();
+    let store = (*database).clone();
 
     let reader = {
         let store = store.clone();
@@ -103,10 +83,9 @@ async fn concurrent_writers_and_a_following_reader_see_every_event_once_in_order
 
 #[tokio::test]
 async fn stored_events_survive_reopening_and_cannot_be_changed() {
-    let file = TempFile::new();
+    let database = TemporaryDatabase::new().await.unwrap();
     {
-        let store = SqliteStore::open(&file.0).await.unwrap();
-        store.migrate().await.unwrap();
+        let store = SqliteStore::open(database.path()).await.unwrap();
         store
             .append(
                 "s-1",
@@ -118,7 +97,8 @@ async fn stored_events_survive_reopening_and_cannot_be_changed() {
             .unwrap();
         store.pool().close().await;
     }
-    let store = SqliteStore::open(&file.0).await.unwrap();
+    database.pool().close().await;
+    let store = SqliteStore::open(database.path()).await.unwrap();
     store.migrate().await.unwrap();
     assert_eq!(store.stream_version("s-1").await.unwrap(), 2);
 
@@ -134,8 +114,7 @@ async fn stored_events_survive_reopening_and_cannot_be_changed() {
 
 #[tokio::test]
 async fn an_unmigrated_database_and_a_bad_url_get_typed_errors() {
-    let file = TempFile::new();
-    let store = SqliteStore::open(&file.0).await.unwrap();
+    let store = TemporaryDatabase::unmigrated().await.unwrap();
     let error = store
         .append("s-1", "Probe", ExpectedVersion::Any, vec![ping(0, 0)])
         .await

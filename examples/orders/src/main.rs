@@ -136,18 +136,8 @@ async fn sqlite(path: PathBuf, clock: &ManualClock) -> Result<Sqlite> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;
     }
-    // Start afresh: the database, its write-ahead log and the runners' lock files.
-    if let (Some(dir), Some(name)) = (path.parent(), path.file_name()) {
-        for entry in std::fs::read_dir(dir)?.flatten() {
-            if entry
-                .file_name()
-                .as_encoded_bytes()
-                .starts_with(name.as_encoded_bytes())
-            {
-                std::fs::remove_file(entry.path())?;
-            }
-        }
-    }
+    // Start afresh.
+    SqliteStore::remove_files(&path)?;
     let store = SqliteStore::open(&path).await?;
     store.migrate().await?;
     sqlx::raw_sql(board::CREATE_TABLE)

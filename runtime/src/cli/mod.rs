@@ -320,10 +320,10 @@ impl Cli {
     {
         self.register(
             P::NAME,
-            projections::OnPostgres {
+            projections::Registration::<crate::projection::ProjectionRunner<P>, _> {
                 new,
                 reset,
-                projection: std::marker::PhantomData,
+                runner: std::marker::PhantomData,
             },
         )
     }
@@ -340,10 +340,10 @@ impl Cli {
     {
         self.register(
             P::NAME,
-            projections::OnSqlite {
+            projections::Registration::<crate::projection::SqliteProjectionRunner<P>, _> {
                 new,
                 reset,
-                projection: std::marker::PhantomData,
+                runner: std::marker::PhantomData,
             },
         )
     }

@@ -1,7 +1,9 @@
 //! Projections registered in a tool: rebuilt from the start (with a progress bar), and their
 //! parked streams retried or skipped. A projection is written for one store (its handlers take
-//! that store's connection), so it is registered for that store.
+//! that store's connection), so it is registered for that store: [`StoreRunner`] is what
+//! differs between the stores, [`Registration`] what the tool does with either.
 
+use std::convert::Infallible;
 use std::future::Future;
 use std::marker::PhantomData;
 use std::pin::Pin;
@@ -11,7 +13,10 @@ use sqlx::{AssertSqlSafe, PgConnection, SqliteConnection};
 
 use super::CliError;
 use super::store::AnyStore;
-use crate::projection::{Projection, ProjectionRunner, RetryOutcome, SqliteProjectionRunner};
+use crate::error::Error;
+use crate::projection::{
+    Projection, ProjectionRunner, RetryOutcome, RunnerError, SqliteProjectionRunner,
+};
 
 type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
@@ -39,36 +44,50 @@ pub(super) trait Registered: Send + Sync {
     ) -> BoxFuture<'a, Result<Option<u64>, CliError>>;
 }
 
-/// A projection on PostgreSQL.
-pub(super) struct OnPostgres<P, F> {
-    pub new: F,
-    pub reset: &'static str,
-    pub projection: PhantomData<fn() -> P>,
+/// A projection runner of one store, as the tool uses it.
+pub(super) trait StoreRunner: Sized + Send {
+    type Projection: Projection;
+
+    /// A runner of `projection` on `store`, if it is this runner's store.
+    fn on(store: &AnyStore, projection: Self::Projection) -> Option<Self>;
+
+    /// Runs `reset` (clearing the read model) and deletes the projection's checkpoint and
+    /// dead letters, in one transaction.
+    fn reset<'a>(store: &'a AnyStore, reset: &'a str) -> BoxFuture<'a, Result<(), CliError>>;
+
+    fn catch_up(&mut self) -> BoxFuture<'_, Result<u64, RunnerError>>;
+
+    fn retry_parked<'a>(
+        &'a mut self,
+        stream_id: &'a str,
+    ) -> BoxFuture<'a, Result<RetryOutcome, Error>>;
+
+    fn skip_parked<'a>(
+        &'a mut self,
+        stream_id: &'a str,
+    ) -> BoxFuture<'a, Result<Option<u64>, Error>>;
 }
 
-/// A projection on SQLite.
-pub(super) struct OnSqlite<P, F> {
-    pub new: F,
-    pub reset: &'static str,
-    pub projection: PhantomData<fn() -> P>,
-}
-
-impl<P, F> Registered for OnPostgres<P, F>
+impl<P> StoreRunner for ProjectionRunner<P>
 where
     P: Projection<Connection = PgConnection> + Sync,
-    F: Fn() -> P + Send + Sync,
 {
-    fn runs_on(&self, store: &AnyStore) -> bool {
-        matches!(store, AnyStore::Postgres(_))
+    type Projection = P;
+
+    fn on(store: &AnyStore, projection: P) -> Option<Self> {
+        match store {
+            AnyStore::Postgres(pg) => Some(Self::new(pg.clone(), projection)),
+            AnyStore::Sqlite(_) => None,
+        }
     }
 
-    fn rebuild<'a>(&'a self, store: &'a AnyStore) -> BoxFuture<'a, Result<u64, CliError>> {
+    fn reset<'a>(store: &'a AnyStore, reset: &'a str) -> BoxFuture<'a, Result<(), CliError>> {
         Box::pin(async move {
             let AnyStore::Postgres(pg) = store else {
                 return Err(wrong_store::<P>(store));
             };
             let mut transaction = pg.pool().begin().await.map_err(CliError::database)?;
-            sqlx::raw_sql(AssertSqlSafe(self.reset))
+            sqlx::raw_sql(AssertSqlSafe(reset))
                 .execute(&mut *transaction)
                 .await
                 .map_err(CliError::database)?;
@@ -83,51 +102,43 @@ where
                 .await
                 .map_err(CliError::database)?;
             }
-            transaction.commit().await.map_err(CliError::database)?;
-            let mut runner = ProjectionRunner::new(pg.clone(), (self.new)());
-            with_progress::<P>(store, runner.catch_up()).await
+            transaction.commit().await.map_err(CliError::database)
         })
     }
 
-    fn retry<'a>(
-        &'a self,
-        store: &'a AnyStore,
-        stream_id: &'a str,
-    ) -> BoxFuture<'a, Result<RetryOutcome, CliError>> {
-        Box::pin(async move {
-            let AnyStore::Postgres(pg) = store else {
-                return Err(wrong_store::<P>(store));
-            };
-            let mut runner = ProjectionRunner::new(pg.clone(), (self.new)());
-            Ok(runner.retry_parked(stream_id).await?)
-        })
+    fn catch_up(&mut self) -> BoxFuture<'_, Result<u64, RunnerError>> {
+        Box::pin(Self::catch_up(self))
     }
 
-    fn skip<'a>(
-        &'a self,
-        store: &'a AnyStore,
+    fn retry_parked<'a>(
+        &'a mut self,
         stream_id: &'a str,
-    ) -> BoxFuture<'a, Result<Option<u64>, CliError>> {
-        Box::pin(async move {
-            let AnyStore::Postgres(pg) = store else {
-                return Err(wrong_store::<P>(store));
-            };
-            let mut runner = ProjectionRunner::new(pg.clone(), (self.new)());
-            Ok(runner.skip_parked(stream_id).await?)
-        })
+    ) -> BoxFuture<'a, Result<RetryOutcome, Error>> {
+        Box::pin(Self::retry_parked(self, stream_id))
+    }
+
+    fn skip_parked<'a>(
+        &'a mut self,
+        stream_id: &'a str,
+    ) -> BoxFuture<'a, Result<Option<u64>, Error>> {
+        Box::pin(Self::skip_parked(self, stream_id))
     }
 }
 
-impl<P, F> Registered for OnSqlite<P, F>
+impl<P> StoreRunner for SqliteProjectionRunner<P>
 where
     P: Projection<Connection = SqliteConnection> + Sync,
-    F: Fn() -> P + Send + Sync,
 {
-    fn runs_on(&self, store: &AnyStore) -> bool {
-        matches!(store, AnyStore::Sqlite(_))
+    type Projection = P;
+
+    fn on(store: &AnyStore, projection: P) -> Option<Self> {
+        match store {
+            AnyStore::Sqlite(sqlite) => Some(Self::new(sqlite.clone(), projection)),
+            AnyStore::Postgres(_) => None,
+        }
     }
 
-    fn rebuild<'a>(&'a self, store: &'a AnyStore) -> BoxFuture<'a, Result<u64, CliError>> {
+    fn reset<'a>(store: &'a AnyStore, reset: &'a str) -> BoxFuture<'a, Result<(), CliError>> {
         Box::pin(async move {
             let AnyStore::Sqlite(sqlite) = store else {
                 return Err(wrong_store::<P>(store));
@@ -137,7 +148,7 @@ where
                 .begin_with("BEGIN IMMEDIATE")
                 .await
                 .map_err(CliError::database)?;
-            sqlx::raw_sql(AssertSqlSafe(self.reset))
+            sqlx::raw_sql(AssertSqlSafe(reset))
                 .execute(&mut *transaction)
                 .await
                 .map_err(CliError::database)?;
@@ -151,9 +162,61 @@ where
                 .await
                 .map_err(CliError::database)?;
             }
-            transaction.commit().await.map_err(CliError::database)?;
-            let mut runner = SqliteProjectionRunner::new(sqlite.clone(), (self.new)());
-            with_progress::<P>(store, runner.catch_up()).await
+            transaction.commit().await.map_err(CliError::database)
+        })
+    }
+
+    fn catch_up(&mut self) -> BoxFuture<'_, Result<u64, RunnerError>> {
+        Box::pin(Self::catch_up(self))
+    }
+
+    fn retry_parked<'a>(
+        &'a mut self,
+        stream_id: &'a str,
+    ) -> BoxFuture<'a, Result<RetryOutcome, Error>> {
+        Box::pin(Self::retry_parked(self, stream_id))
+    }
+
+    fn skip_parked<'a>(
+        &'a mut self,
+        stream_id: &'a str,
+    ) -> BoxFuture<'a, Result<Option<u64>, Error>> {
+        Box::pin(Self::skip_parked(self, stream_id))
+    }
+}
+
+/// A projection registered for the store of runner `R`: how to make it, and the SQL that
+/// clears its read model.
+pub(super) struct Registration<R, F> {
+    pub new: F,
+    pub reset: &'static str,
+    pub runner: PhantomData<fn() -> R>,
+}
+
+impl<R, F> Registration<R, F>
+where
+    R: StoreRunner,
+    F: Fn() -> R::Projection + Send + Sync,
+{
+    fn runner(&self, store: &AnyStore) -> Result<R, CliError> {
+        R::on(store, (self.new)()).ok_or_else(|| wrong_store::<R::Projection>(store))
+    }
+}
+
+impl<R, F> Registered for Registration<R, F>
+where
+    R: StoreRunner,
+    F: Fn() -> R::Projection + Send + Sync,
+{
+    fn runs_on(&self, store: &AnyStore) -> bool {
+        R::on(store, (self.new)()).is_some()
+    }
+
+    fn rebuild<'a>(&'a self, store: &'a AnyStore) -> BoxFuture<'a, Result<u64, CliError>> {
+        Box::pin(async move {
+            let mut runner = self.runner(store)?;
+            R::reset(store, self.reset).await?;
+            with_progress::<R::Projection>(store, runner.catch_up()).await
         })
     }
 
@@ -162,13 +225,7 @@ where
         store: &'a AnyStore,
         stream_id: &'a str,
     ) -> BoxFuture<'a, Result<RetryOutcome, CliError>> {
-        Box::pin(async move {
-            let AnyStore::Sqlite(sqlite) = store else {
-                return Err(wrong_store::<P>(store));
-            };
-            let mut runner = SqliteProjectionRunner::new(sqlite.clone(), (self.new)());
-            Ok(runner.retry_parked(stream_id).await?)
-        })
+        Box::pin(async move { Ok(self.runner(store)?.retry_parked(stream_id).await?) })
     }
 
     fn skip<'a>(
@@ -176,13 +233,7 @@ where
         store: &'a AnyStore,
         stream_id: &'a str,
     ) -> BoxFuture<'a, Result<Option<u64>, CliError>> {
-        Box::pin(async move {
-            let AnyStore::Sqlite(sqlite) = store else {
-                return Err(wrong_store::<P>(store));
-            };
-            let mut runner = SqliteProjectionRunner::new(sqlite.clone(), (self.new)());
-            Ok(runner.skip_parked(stream_id).await?)
-        })
+        Box::pin(async move { Ok(self.runner(store)?.skip_parked(stream_id).await?) })
     }
 }
 
@@ -197,7 +248,7 @@ fn wrong_store<P: Projection>(store: &AnyStore) -> CliError {
 /// Runs a catch-up while a progress bar (on a terminal) shows the checkpoint against the head.
 async fn with_progress<P: Projection>(
     store: &AnyStore,
-    catch_up: impl Future<Output = Result<u64, crate::projection::RunnerError>>,
+    catch_up: impl Future<Output = Result<u64, RunnerError>>,
 ) -> Result<u64, CliError> {
     let head = store.head().await?;
     let bar = indicatif::ProgressBar::new(head);
@@ -209,27 +260,28 @@ async fn with_progress<P: Projection>(
         .progress_chars("=> "),
     );
     bar.set_message(format!("rebuilding {}", P::NAME));
-    let ticker = async {
-        loop {
-            tokio::time::sleep(Duration::from_millis(200)).await;
-            if let Ok(checkpoints) = store.checkpoints().await
-                && let Some(checkpoint) = checkpoints
-                    .iter()
-                    .find(|c| c.projection == P::NAME && c.version == P::VERSION)
-            {
-                bar.set_position(checkpoint.position.min(head));
-            }
-        }
-    };
     let handled = tokio::select! {
         handled = catch_up => handled,
-        () = ticker => unreachable_ticker(),
+        never = tick::<P>(store, &bar, head) => match never {},
     };
     bar.finish_and_clear();
     Ok(handled?)
 }
 
-/// The ticker loops until the catch-up ends.
-fn unreachable_ticker() -> Result<u64, crate::projection::RunnerError> {
-    Ok(0)
+/// Moves the progress bar to the checkpoint, every 200 ms, until dropped.
+async fn tick<P: Projection>(
+    store: &AnyStore,
+    bar: &indicatif::ProgressBar,
+    head: u64,
+) -> Infallible {
+    loop {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        if let Ok(checkpoints) = store.checkpoints().await
+            && let Some(checkpoint) = checkpoints
+                .iter()
+                .find(|c| c.projection == P::NAME && c.version == P::VERSION)
+        {
+            bar.set_position(checkpoint.position.min(head));
+        }
+    }
 }

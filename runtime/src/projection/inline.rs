@@ -242,19 +242,23 @@ where
     }
 }
 
+/// The statement of [`inline_marks`], built once per runner.
+pub(super) fn inline_marks_sql(schema: &str) -> String {
+    format!(
+        "SELECT stream_id, applied_version FROM \"{schema}\".projection_inline_streams
+         WHERE projection = $1 AND version = $2 AND stream_id = ANY ($3)"
+    )
+}
+
 /// The inline marks of `streams` (in the caller's transaction), for the runner to skip what
-/// inline applications did.
+/// inline applications did; `sql` is [`inline_marks_sql`].
 pub(super) async fn inline_marks<P: Projection>(
     store: &PostgresStore,
+    sql: &str,
     transaction: &mut PgConnection,
     streams: &[&str],
 ) -> Result<std::collections::HashMap<String, u64>> {
-    let sql = format!(
-        "SELECT stream_id, applied_version FROM \"{}\".projection_inline_streams
-         WHERE projection = $1 AND version = $2 AND stream_id = ANY ($3)",
-        store.schema()
-    );
-    let rows = sqlx::query(AssertSqlSafe(sql))
+    let rows = sqlx::query(AssertSqlSafe(sql.to_owned()))
         .bind(P::NAME)
         .bind(version(P::VERSION))
         .bind(streams)

@@ -51,6 +51,7 @@ pub(super) struct Sql {
     ensure_checkpoint: String,
     /// The checkpoint, locked, and which of the given streams are parked.
     lock_checkpoint: String,
+    inline_marks: String,
     save_checkpoint: String,
     read_checkpoint: String,
     status: String,
@@ -76,6 +77,7 @@ impl Sql {
                 "INSERT INTO {s}.projection_checkpoints (projection, version, tx, position)
                  VALUES ($1, $2, 0, 0) ON CONFLICT DO NOTHING"
             ),
+            inline_marks: super::inline::inline_marks_sql(schema),
             lock_checkpoint: format!(
                 "SELECT c.tx, c.position, ARRAY(
                      SELECT DISTINCT d.stream_id FROM {s}.projection_dead_letters d
@@ -337,7 +339,8 @@ impl<P: Projection<Connection = PgConnection>> ProjectionRunner<P> {
         let mut streams: Vec<&str> = events.iter().map(|e| e.stream_id.as_str()).collect();
         streams.sort_unstable();
         streams.dedup();
-        super::inline::inline_marks::<P>(&self.store, transaction, &streams).await
+        super::inline::inline_marks::<P>(&self.store, &self.sql.inline_marks, transaction, &streams)
+            .await
     }
 
     /// Claims the side effects of the batch's fresh events of `#[handle(side_effects)]` types

@@ -20,6 +20,7 @@ use super::Projection;
 use super::status::{ParkedStream, ProjectionStatus, RetryOutcome, RunnerError, is_outage};
 use crate::envelope::RecordedEvent;
 use crate::error::Error;
+use crate::store::sqlite::{backend, to_i64, to_u64};
 use crate::store::{EventStore, FeedBatch, FeedPosition, FeedQuery, SqliteStore};
 
 /// Runs one projection against a [`SqliteStore`].
@@ -33,18 +34,6 @@ pub struct SqliteProjectionRunner<P> {
     max_retries: u32,
     retry_backoff: Duration,
     dead_letters: bool,
-}
-
-fn backend(error: sqlx::Error) -> Error {
-    Error::Backend(Box::new(error))
-}
-
-fn to_i64(value: u64) -> i64 {
-    i64::try_from(value).unwrap_or(i64::MAX)
-}
-
-fn to_u64(value: i64) -> u64 {
-    u64::try_from(value).unwrap_or(0)
 }
 
 impl<P: Projection<Connection = SqliteConnection>> SqliteProjectionRunner<P> {

@@ -25,11 +25,10 @@ use super::Saga;
 use super::bus::CommandBus;
 use super::clock::{Clock, SystemClock};
 use super::core::{
-    Core, Counts, Deadline, Outbound, Pending, SagaBackend, SagaError, SagaEvents, SagaInstance,
-    SagaStatus, Settled, StoredInstance,
+    Core, Counts, Deadline, Outbound, Pending, SagaBackend, SagaError, SagaEvents, StoredInstance,
 };
 use crate::error::Error;
-use crate::projection::{ParkedStream, ProjectionRunner, RetryOutcome};
+use crate::projection::ProjectionRunner;
 use crate::store::PostgresStore;
 
 /// The saga tables of a PostgreSQL store.
@@ -485,115 +484,7 @@ impl<S: Saga> SagaRunner<S> {
         }
     }
 
-    /// Uses `clock` for scheduling and firing timeouts (a [`ManualClock`](super::ManualClock)
-    /// in tests).
-    #[must_use]
-    pub fn clock(self, clock: impl Clock) -> Self {
-        let store = self.core.backend.store.clone();
-        let bus = self.core.bus.clone();
-        Self::build(store, bus, Arc::new(clock), self.poll_interval)
-    }
-
-    /// Events per transaction (default 500).
-    #[must_use]
-    pub fn batch_size(mut self, batch_size: usize) -> Self {
-        self.events = self.events.batch_size(batch_size);
-        self
-    }
-
-    /// How often to look for events, commands and due timeouts when nothing wakes the runner
-    /// (default 200 ms).
-    #[must_use]
-    pub fn poll_interval(mut self, poll_interval: Duration) -> Self {
-        self.events = self.events.poll_interval(poll_interval);
-        self.poll_interval = poll_interval;
-        self
-    }
-
-    /// Retries of a failing event batch before its stream is parked (as for projections).
-    #[must_use]
-    pub fn retries(mut self, max_retries: u32, backoff: Duration) -> Self {
-        self.events = self.events.retries(max_retries, backoff);
-        self
-    }
-
-    /// Handles the events after the checkpoint (committing instances, outbox and timeouts with
-    /// it). Returns the events handled.
-    ///
-    /// # Errors
-    /// As [`ProjectionRunner::catch_up`].
-    pub async fn handle_events(&mut self) -> Result<u64, SagaError> {
-        Ok(self.events.catch_up().await?)
-    }
-
-    /// Delivers the pending commands of the outbox, in order. Returns how many.
-    ///
-    /// # Errors
-    /// [`SagaError::Dispatch`] when the store cannot take a command now (it stays pending), or
-    /// a store error.
-    pub async fn dispatch(&self) -> Result<u64, SagaError> {
-        self.core.dispatch().await
-    }
-
-    /// Fires the timeouts that are due by the runner's clock. Returns how many fired.
-    ///
-    /// # Errors
-    /// A store error.
-    pub async fn fire_due_timeouts(&self) -> Result<u64, SagaError> {
-        Ok(self.core.fire_due_timeouts().await?)
-    }
-
-    /// Handles events, delivers commands and fires due timeouts until nothing is left to do
-    /// (the commands' events handled, their commands delivered...).
-    ///
-    /// # Errors
-    /// As the steps.
-    pub async fn settle(&mut self) -> Result<Settled, SagaError> {
-        let (events, core) = (&mut self.events, &self.core);
-        core.settle(async || Ok(events.catch_up().await?)).await
-    }
-
-    /// The streams whose events the saga could not handle, parked in the dead-letter queue
-    /// (as for projections) while other streams flow on.
-    ///
-    /// # Errors
-    /// A store error.
-    pub async fn parked(&self) -> Result<Vec<ParkedStream>, Error> {
-        self.events.parked().await
-    }
-
-    /// Handles a parked stream's events again, in order, stopping at the first failure.
-    ///
-    /// # Errors
-    /// A store error.
-    pub async fn retry_parked(&mut self, stream_id: &str) -> Result<RetryOutcome, Error> {
-        self.events.retry_parked(stream_id).await
-    }
-
-    /// Skips a parked stream's first event (kept on record); returns its version.
-    ///
-    /// # Errors
-    /// A store error.
-    pub async fn skip_parked(&mut self, stream_id: &str) -> Result<Option<u64>, Error> {
-        self.events.skip_parked(stream_id).await
-    }
-
-    /// An instance, as stored.
-    ///
-    /// # Errors
-    /// A store error, or a state that does not decode.
-    pub async fn instance(&self, saga_id: &str) -> Result<Option<SagaInstance<S>>, Error> {
-        self.core.instance(saga_id).await
-    }
-
-    /// Where the saga stands: its event lag and parked streams, instances, outbox, timeouts.
-    ///
-    /// # Errors
-    /// A store error.
-    pub async fn status(&self) -> Result<SagaStatus, Error> {
-        let events = self.events.status().await?;
-        self.core.status(events).await
-    }
+    super::core::runner_methods!();
 
     /// Runs the saga until `shutdown` completes: its events (under the projection lease),
     /// the delivery of its commands (woken when an instance sends some, in this process or

@@ -21,7 +21,7 @@ mod migration;
 #[cfg(feature = "postgres")]
 mod postgres;
 #[cfg(feature = "sqlite")]
-mod sqlite;
+pub(crate) mod sqlite;
 
 pub use append::{StoredId, check_distinct_ids, classify_retry};
 pub use memory::MemoryStore;

@@ -28,11 +28,20 @@ impl TemporaryDatabase {
     /// # Errors
     /// When the file cannot be created or migrated.
     pub async fn new() -> Result<Self> {
-        let path = std::env::temp_dir().join(format!("factum-{}.db", crate::Uuid::now_v7()));
-        let store = SqliteStore::open(&path).await?;
-        let database = Self { store, path };
+        let database = Self::unmigrated().await?;
         database.store.migrate().await?;
         Ok(database)
+    }
+
+    /// Creates the database file without the store's tables (to test what an unmigrated
+    /// database does).
+    ///
+    /// # Errors
+    /// When the file cannot be created.
+    pub async fn unmigrated() -> Result<Self> {
+        let path = std::env::temp_dir().join(format!("factum-{}.db", crate::Uuid::now_v7()));
+        let store = SqliteStore::open(&path).await?;
+        Ok(Self { store, path })
     }
 
     /// The database file.
@@ -52,21 +61,8 @@ impl Deref for TemporaryDatabase {
 
 impl Drop for TemporaryDatabase {
     fn drop(&mut self) {
-        // The database, its write-ahead log and the runners' lock files beside it.
-        let (Some(dir), Some(name)) = (self.path.parent(), self.path.file_name()) else {
-            return;
-        };
-        let Ok(entries) = std::fs::read_dir(dir) else {
-            return;
-        };
-        for entry in entries.flatten() {
-            if entry
-                .file_name()
-                .as_encoded_bytes()
-                .starts_with(name.as_encoded_bytes())
-            {
-                let _ = std::fs::remove_file(entry.path());
-            }
+        if let Err(error) = SqliteStore::remove_files(&self.path) {
+            tracing::warn!(%error, path = %self.path.display(), "could not remove a test database");
         }
     }
 }

@@ -654,41 +654,70 @@ pub struct FlushFn {
     pub connection: Type,
 }
 
+/// What `#[projection]` and `#[saga]` say about the impl block they go on.
+struct NamedImpl {
+    /// "projection", "saga": in the attribute and messages.
+    kind: &'static str,
+    /// The message when the input is not an impl block.
+    goes_on: &'static str,
+    /// The message when the impl block is generic.
+    not_generic: &'static str,
+}
+
+/// Parses the inherent, non-generic impl block a named attribute goes on, and its name (given,
+/// or the type's). Mistakes are recorded; only an input that is no impl block is returned as is.
+fn named_impl(
+    cx: &Ctxt,
+    input: TokenStream,
+    name: Option<&LitStr>,
+    what: &NamedImpl,
+) -> Result<(ItemImpl, String), TokenStream> {
+    let kind = what.kind;
+    let item = match syn::parse2::<ItemImpl>(input.clone()) {
+        Ok(item) => item,
+        Err(_) => {
+            cx.error_spanned_by(first_token(&input), what.goes_on);
+            return Err(input);
+        }
+    };
+    if let Some((path, for_token)) = &item.trait_ {
+        cx.error_spanned_by(
+            quote::quote!(#path #for_token),
+            format!("#[{kind}] goes on an inherent `impl` block, not on a trait implementation"),
+        );
+    }
+    if !item.generics.params.is_empty() || item.generics.where_clause.is_some() {
+        cx.error_spanned_by(&item.generics, what.not_generic);
+    }
+    let name = match (name, type_ident(&item.self_ty)) {
+        (Some(lit), _) => lit.value(),
+        (None, Some(ident)) => ident.to_string(),
+        (None, None) => {
+            cx.error_spanned_by(
+                &item.self_ty,
+                format!("cannot derive a {kind} name from this type: name it with `#[{kind}(name = \"...\")]`"),
+            );
+            String::new()
+        }
+    };
+    Ok((item, name))
+}
+
 impl ProjectionInput {
     const USAGE: &'static str = "#[handle] async fn on_event(&mut self, event: &EventType, envelope: &Envelope, tx: &mut PgConnection) -> Result<(), Error>";
 
     pub fn from_syn(cx: &Ctxt, args: TokenStream, input: TokenStream) -> Result<Self, TokenStream> {
         let args = attr::projection_args(cx, args);
-        let mut item = match syn::parse2::<ItemImpl>(input.clone()) {
-            Ok(item) => item,
-            Err(_) => {
-                cx.error_spanned_by(
-                    first_token(&input),
-                    "#[projection] goes on an inherent `impl` block of the projection's type, like `#[projection(name = \"balances\")] impl Balances { ... }`",
-                );
-                return Err(input);
-            }
-        };
-        if let Some((path, for_token)) = &item.trait_ {
-            cx.error_spanned_by(
-                quote::quote!(#path #for_token),
-                "#[projection] goes on an inherent `impl` block, not on a trait implementation",
-            );
-        }
-        if !item.generics.params.is_empty() || item.generics.where_clause.is_some() {
-            cx.error_spanned_by(
-                &item.generics,
-                "projections cannot be generic: a checkpoint is kept under one name",
-            );
-        }
-        let name = match (&args.name, type_ident(&item.self_ty)) {
-            (Some(lit), _) => lit.value(),
-            (None, Some(ident)) => ident.to_string(),
-            (None, None) => {
-                cx.error_spanned_by(&item.self_ty, "cannot derive a projection name from this type: name it with `#[projection(name = \"...\")]`");
-                String::new()
-            }
-        };
+        let (mut item, name) = named_impl(
+            cx,
+            input,
+            args.name.as_ref(),
+            &NamedImpl {
+                kind: "projection",
+                goes_on: "#[projection] goes on an inherent `impl` block of the projection's type, like `#[projection(name = \"balances\")] impl Balances { ... }`",
+                not_generic: "projections cannot be generic: a checkpoint is kept under one name",
+            },
+        )?;
         let version = args.version.as_ref().map_or(1, |(version, _)| *version);
         let mut handlers = Vec::new();
         let mut marked = 0;

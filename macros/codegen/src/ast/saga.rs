@@ -5,8 +5,8 @@ use proc_macro2::TokenStream;
 use syn::{Ident, ImplItem, ImplItemFn, ItemImpl, ReturnType, Type};
 
 use super::{
-    Marker, first_token, is_unit, receiver_or_name, reference_receiver, shared_reference,
-    take_marker, type_ident, typed_inputs,
+    Marker, NamedImpl, is_unit, named_impl, receiver_or_name, reference_receiver, shared_reference,
+    take_marker, typed_inputs,
 };
 use crate::attr::{self, HandlerArgs};
 use crate::ctxt::Ctxt;
@@ -51,36 +51,16 @@ const USAGE: &str = "#[handle(by = order_id)] fn on_event(&mut self, event: &Eve
 impl SagaInput {
     pub fn from_syn(cx: &Ctxt, args: TokenStream, input: TokenStream) -> Result<Self, TokenStream> {
         let args = attr::saga_args(cx, args);
-        let mut item = match syn::parse2::<ItemImpl>(input.clone()) {
-            Ok(item) => item,
-            Err(_) => {
-                cx.error_spanned_by(
-                    first_token(&input),
-                    "#[saga] goes on an inherent `impl` block of the saga's state type, like `#[saga(name = \"order_fulfillment\")] impl OrderFulfillment { ... }`",
-                );
-                return Err(input);
-            }
-        };
-        if let Some((path, for_token)) = &item.trait_ {
-            cx.error_spanned_by(
-                quote::quote!(#path #for_token),
-                "#[saga] goes on an inherent `impl` block, not on a trait implementation",
-            );
-        }
-        if !item.generics.params.is_empty() || item.generics.where_clause.is_some() {
-            cx.error_spanned_by(
-                &item.generics,
-                "sagas cannot be generic: their instances are kept under one name",
-            );
-        }
-        let name = match (&args.name, type_ident(&item.self_ty)) {
-            (Some(lit), _) => lit.value(),
-            (None, Some(ident)) => ident.to_string(),
-            (None, None) => {
-                cx.error_spanned_by(&item.self_ty, "cannot derive a saga name from this type: name it with `#[saga(name = \"...\")]`");
-                String::new()
-            }
-        };
+        let (mut item, name) = named_impl(
+            cx,
+            input,
+            args.name.as_ref(),
+            &NamedImpl {
+                kind: "saga",
+                goes_on: "#[saga] goes on an inherent `impl` block of the saga's state type, like `#[saga(name = \"order_fulfillment\")] impl OrderFulfillment { ... }`",
+                not_generic: "sagas cannot be generic: their instances are kept under one name",
+            },
+        )?;
         let mut handlers = Vec::new();
         let mut timeouts = Vec::new();
         let mut rejected: Option<Ident> = None;

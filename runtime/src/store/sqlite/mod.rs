@@ -68,7 +68,8 @@ impl fmt::Debug for SqliteStore {
     }
 }
 
-fn backend(error: sqlx::Error) -> Error {
+/// A database error, typed: a missing table means the database is not migrated.
+pub(crate) fn backend(error: sqlx::Error) -> Error {
     if let Some(database) = error.as_database_error()
         && database.message().contains("no such table")
     {
@@ -79,11 +80,11 @@ fn backend(error: sqlx::Error) -> Error {
     Error::Backend(Box::new(error))
 }
 
-fn to_i64(value: u64) -> i64 {
+pub(crate) fn to_i64(value: u64) -> i64 {
     i64::try_from(value).unwrap_or(i64::MAX)
 }
 
-fn to_u64(value: i64) -> u64 {
+pub(crate) fn to_u64(value: i64) -> u64 {
     u64::try_from(value).unwrap_or(0)
 }
 
@@ -195,6 +196,38 @@ impl SqliteStore {
     #[must_use]
     pub fn location(&self) -> &str {
         &self.location
+    }
+
+    /// Removes the database file at `path` with its write-ahead log and the runners' lock
+    /// files beside it (close every store on it first). A missing file is not an error.
+    ///
+    /// # Errors
+    /// When the directory cannot be read or a file cannot be removed.
+    pub fn remove_files(path: impl AsRef<std::path::Path>) -> std::io::Result<()> {
+        let path = path.as_ref();
+        let (Some(name), dir) = (path.file_name(), path.parent()) else {
+            return Ok(());
+        };
+        let dir = match dir {
+            Some(dir) if !dir.as_os_str().is_empty() => dir,
+            _ => std::path::Path::new("."),
+        };
+        let entries = match std::fs::read_dir(dir) {
+            Ok(entries) => entries,
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(error) => return Err(error),
+        };
+        for entry in entries {
+            let entry = entry?;
+            if entry
+                .file_name()
+                .as_encoded_bytes()
+                .starts_with(name.as_encoded_bytes())
+            {
+                std::fs::remove_file(entry.path())?;
+            }
+        }
+        Ok(())
     }
 
     /// The database file (`None`: in memory).
@@ -319,7 +352,8 @@ impl SqliteStore {
     }
 }
 
-fn uuid(row: &SqliteRow, index: usize) -> std::result::Result<Uuid, sqlx::Error> {
+/// A UUID stored as text.
+pub(crate) fn uuid(row: &SqliteRow, index: usize) -> std::result::Result<Uuid, sqlx::Error> {
     let text: String = row.try_get(index)?;
     Uuid::parse_str(&text).map_err(|error| sqlx::Error::ColumnDecode {
         index: index.to_string(),
