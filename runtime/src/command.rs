@@ -5,7 +5,11 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use uuid::Uuid;
 
-use crate::envelope::{Envelope, Metadata};
+use std::borrow::Cow;
+
+use crate::envelope::{Envelope, Metadata, NewEvent};
+use crate::error::{Error, Result};
+use crate::event::EventSet;
 
 /// Who and what a command comes from. Every event the command produces gets
 /// `correlation_id = context.correlation_id`, `causation_id = context.command_id`, and the
@@ -113,5 +117,30 @@ pub trait Command: Serialize + DeserializeOwned + Send + Sync + 'static {
 impl Default for CommandContext {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+/// Events made by a command: defined here, beside the context they take their ids from (the
+/// envelope module does not know commands).
+impl NewEvent {
+    /// Encodes an event of a set, taking ids, actor and metadata from the command context.
+    ///
+    /// # Errors
+    /// [`Error::Encode`] when the event does not serialize.
+    pub fn from_event<S: EventSet>(event: &S, context: &CommandContext) -> Result<Self> {
+        let payload = event.encode().map_err(|cause| Error::Encode {
+            event_type: event.event_type(),
+            cause,
+        })?;
+        Ok(Self {
+            event_id: Uuid::now_v7(),
+            event_type: Cow::Borrowed(event.event_type()),
+            schema_version: event.schema_version(),
+            payload,
+            correlation_id: context.correlation_id,
+            causation_id: context.command_id,
+            actor: context.actor.clone(),
+            metadata: context.metadata.clone(),
+        })
     }
 }

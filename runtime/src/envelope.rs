@@ -7,10 +7,9 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::command::CommandContext;
 use crate::error::{Error, Result};
 use crate::event::{EventSet, Payload};
-use crate::store::FeedPosition;
+use crate::position::FeedPosition;
 
 /// Free-form metadata stored with an event (tenant, request path, client version...).
 pub type Metadata = BTreeMap<String, serde_json::Value>;
@@ -164,27 +163,6 @@ impl NewEvent {
             actor: None,
             metadata: Metadata::new(),
         }
-    }
-
-    /// Encodes an event of a set, taking ids, actor and metadata from the command context.
-    ///
-    /// # Errors
-    /// [`Error::Encode`] when the event does not serialize.
-    pub fn from_event<S: EventSet>(event: &S, context: &CommandContext) -> Result<Self> {
-        let payload = event.encode().map_err(|cause| Error::Encode {
-            event_type: event.event_type(),
-            cause,
-        })?;
-        Ok(Self {
-            event_id: Uuid::now_v7(),
-            event_type: Cow::Borrowed(event.event_type()),
-            schema_version: event.schema_version(),
-            payload,
-            correlation_id: context.correlation_id,
-            causation_id: context.command_id,
-            actor: context.actor.clone(),
-            metadata: context.metadata.clone(),
-        })
     }
 
     /// Sets the event id.

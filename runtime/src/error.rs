@@ -2,7 +2,7 @@
 
 use uuid::Uuid;
 
-use crate::store::ExpectedVersion;
+use crate::position::ExpectedVersion;
 
 /// `Result` with Factum's store [`Error`] as the default error.
 pub type Result<T, E = Error> = core::result::Result<T, E>;
@@ -129,6 +129,17 @@ pub enum Error {
         /// Why it failed.
         #[source]
         cause: Box<dyn std::error::Error + Send + Sync>,
+    },
+
+    /// The store holds data no valid write can have produced (a negative version, metadata
+    /// that is not a JSON object, a malformed id): written by another tool, or damaged. Nothing
+    /// was skipped: the read stops here.
+    #[error(
+        "the event store holds corrupt data: {reason}; inspect and repair the row (it was not written by this build's append path)"
+    )]
+    Corrupt {
+        /// What is wrong, and where.
+        reason: String,
     },
 
     /// The store does not support this operation.

@@ -77,6 +77,7 @@ pub mod envelope;
 pub mod error;
 pub mod event;
 pub mod feed;
+pub mod position;
 pub mod projection;
 pub mod repository;
 pub mod saga;
@@ -108,7 +109,7 @@ pub use crate::snapshot::Snapshot;
 /// Event, command and correlation ids.
 pub use uuid::Uuid;
 
+pub use crate::position::{ExpectedVersion, FeedPosition, KnownHead};
 pub use crate::store::{
-    EventStore, ExpectedVersion, FeedBatch, FeedPosition, FeedQuery, HistoryItem, KnownHead,
-    MemoryStore, StreamEvent, StreamEventRef,
+    EventStore, FeedBatch, FeedQuery, HistoryItem, MemoryStore, StreamEvent, StreamEventRef,
 };

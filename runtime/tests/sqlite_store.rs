@@ -126,3 +126,42 @@ async fn an_unmigrated_database_and_a_bad_url_get_typed_errors() {
         .unwrap_err();
     assert!(matches!(error, Error::InvalidConfig(_)), "{error}");
 }
+
+#[tokio::test]
+async fn rows_written_by_another_tool_that_no_append_could_write_are_reported_as_corrupt() {
+    let database = TemporaryDatabase::new().await.unwrap();
+    let store = (*database).clone();
+    store
+        .append("s-1", "Probe", ExpectedVersion::NoStream, vec![ping(0, 0)])
+        .await
+        .unwrap();
+    // Metadata that is not a JSON object, and a negative schema version.
+    for (version, metadata, schema_version) in [(2, "[1, 2]", 1), (3, "{}", -1)] {
+        sqlx::query(
+            "INSERT INTO events (stream_id, stream_version, aggregate_type, event_id, event_type,
+                 schema_version, payload, metadata, correlation_id, causation_id, recorded_at)
+             VALUES ('s-1', ?1, 'Probe', ?2, 'Pinged', ?3, '{}', ?4, ?2, ?2, '2026-01-01T00:00:00Z')",
+        )
+        .bind(version)
+        .bind(factum::Uuid::now_v7().to_string())
+        .bind(schema_version)
+        .bind(metadata)
+        .execute(store.pool())
+        .await
+        .unwrap();
+    }
+    let error = store.read_stream("s-1", 2..=2).await.unwrap_err();
+    assert!(
+        matches!(&error, Error::Corrupt { reason } if reason.contains("metadata is not a JSON object")),
+        "{error}"
+    );
+    let error = store.read_stream("s-1", 3..=3).await.unwrap_err();
+    assert!(
+        matches!(&error, Error::Corrupt { reason } if reason.contains("schema_version") && reason.contains("-1")),
+        "{error}"
+    );
+    // The good event still reads; the feed stops at the corrupt one rather than skipping it.
+    assert_eq!(store.read_stream("s-1", 1..=1).await.unwrap().len(), 1);
+    let error = store.read_feed(&FeedQuery::from_start()).await.unwrap_err();
+    assert!(matches!(error, Error::Corrupt { .. }), "{error}");
+}

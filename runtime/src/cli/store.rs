@@ -149,7 +149,7 @@ impl AnyStore {
         })
     }
 
-    pub fn wakeups(&self) -> crate::feed::FeedWakeups {
+    pub fn wakeups(&self) -> crate::store::FeedWakeups {
         match self {
             Self::Postgres(store) => store.wakeups(),
             Self::Sqlite(store) => store.wakeups(),

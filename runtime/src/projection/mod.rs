@@ -172,21 +172,6 @@ impl HandlerError {
         }
     }
 
-    /// A fired timeout of a type the saga has no handler for. Used by generated code.
-    #[doc(hidden)]
-    #[must_use]
-    pub fn unknown_timeout(timeout: &crate::saga::FiredTimeout) -> Self {
-        Self::Handler {
-            stream_id: format!("timeout {}", timeout.timeout_id),
-            stream_version: 0,
-            cause: format!(
-                "no `#[timeout]` handler for `{}`: it was scheduled by an earlier build",
-                timeout.timeout_type
-            )
-            .into(),
-        }
-    }
-
     /// A failure of the `#[flush]` method. Used by generated code.
     #[doc(hidden)]
     #[must_use]

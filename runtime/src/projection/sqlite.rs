@@ -20,7 +20,13 @@ use super::Projection;
 use super::status::{ParkedStream, ProjectionStatus, RetryOutcome, RunnerError, is_outage};
 use crate::envelope::RecordedEvent;
 use crate::error::Error;
-use crate::store::sqlite::{backend, to_i64, to_u64};
+use crate::store::backend::to_i64;
+use crate::store::sqlite::backend;
+
+// Replaced by the generic runner core.
+fn to_u64(value: i64) -> u64 {
+    u64::try_from(value).unwrap_or(0)
+}
 use crate::store::{EventStore, FeedBatch, FeedPosition, FeedQuery, SqliteStore};
 
 /// Runs one projection against a [`SqliteStore`].

@@ -167,6 +167,24 @@ pub struct FiredTimeout {
     pub due_at: DateTime<Utc>,
 }
 
+/// Saga errors: defined here, beside the timeouts they name (projections do not know sagas).
+impl HandlerError {
+    /// A fired timeout of a type the saga has no handler for. Used by generated code.
+    #[doc(hidden)]
+    #[must_use]
+    pub fn unknown_timeout(timeout: &FiredTimeout) -> Self {
+        Self::Handler {
+            stream_id: format!("timeout {}", timeout.timeout_id),
+            stream_version: 0,
+            cause: format!(
+                "no `#[timeout]` handler for `{}`: it was scheduled by an earlier build",
+                timeout.timeout_type
+            )
+            .into(),
+        }
+    }
+}
+
 impl FiredTimeout {
     /// Decodes the payload. Used by generated code.
     ///

@@ -53,7 +53,7 @@ impl SqliteSagas {
         Ok(Some(StoredInstance {
             state: row.try_get(0).map_err(backend)?,
             completed: row.try_get::<String, _>(1).map_err(backend)? == "completed",
-            correlation_id: uuid(&row, 2).map_err(backend)?,
+            correlation_id: uuid(&row, 2)?,
         }))
     }
 }
@@ -224,13 +224,13 @@ impl SagaBackend for SqliteSagas {
         rows.iter()
             .map(|row| {
                 Ok(Pending {
-                    command_id: uuid(row, 0)?,
+                    command_id: uuid(row, 0).map_err(decode)?,
                     saga_id: row.try_get(1)?,
                     command_type: row.try_get(2)?,
                     stream_id: row.try_get(3)?,
                     payload: row.try_get(4)?,
-                    correlation_id: uuid(row, 5)?,
-                    causation_id: uuid(row, 6)?,
+                    correlation_id: uuid(row, 5).map_err(decode)?,
+                    causation_id: uuid(row, 6).map_err(decode)?,
                 })
             })
             .collect::<Result<_, sqlx::Error>>()
@@ -282,7 +282,7 @@ impl SagaBackend for SqliteSagas {
         .await
         .map_err(backend)?;
         rows.iter()
-            .map(|row| Ok((uuid(row, 0)?, row.try_get(1)?)))
+            .map(|row| Ok((uuid(row, 0).map_err(decode)?, row.try_get(1)?)))
             .collect::<Result<_, sqlx::Error>>()
             .map_err(backend)
     }
@@ -434,4 +434,9 @@ impl<S: Saga> SqliteSagaRunner<S> {
         )
         .await
     }
+}
+
+// Replaced by the generic saga backend.
+fn decode(error: Error) -> sqlx::Error {
+    sqlx::Error::Decode(Box::new(error))
 }

@@ -6,13 +6,11 @@ use std::sync::{Arc, PoisonError, RwLock};
 
 use chrono::{DateTime, SubsecRound, Utc};
 
-use super::{
-    EventStore, ExpectedVersion, FeedBatch, FeedPosition, FeedQuery, StoredId, check_distinct_ids,
-    classify_retry, version_bounds,
-};
+use super::backend::{StoredId, check_distinct_ids, classify_retry, version_bounds};
+use super::{EventStore, ExpectedVersion, FeedBatch, FeedPosition, FeedQuery};
+use super::{FeedNotifier, FeedWakeups};
 use crate::envelope::{NewEvent, RecordedEvent};
 use crate::error::{Error, Result};
-use crate::feed::{FeedNotifier, FeedWakeups};
 use crate::snapshot::Snapshot;
 
 /// An [`EventStore`] in memory. Cloning shares the same store.

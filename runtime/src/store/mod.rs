@@ -3,27 +3,24 @@
 //! [`EventStore`] holds the semantics every backend shares; the [`conformance`](crate::conformance)
 //! suite checks them once for all backends.
 
-use std::fmt;
 use std::future::Future;
-use std::ops::{Bound, RangeBounds};
-
-use serde::{Deserialize, Serialize};
+use std::ops::RangeBounds;
 
 use crate::envelope::{NewEvent, RecordedEvent};
 use crate::error::{Error, Result};
 use crate::event::{EventSet, Payload};
-use crate::feed::FeedWakeups;
 use crate::snapshot::Snapshot;
 
-mod append;
+pub mod backend;
 mod memory;
 mod migration;
 #[cfg(feature = "postgres")]
 mod postgres;
 #[cfg(feature = "sqlite")]
 pub(crate) mod sqlite;
+mod wakeups;
 
-pub use append::{StoredId, check_distinct_ids, classify_retry};
+pub use crate::position::{ExpectedVersion, FeedPosition, KnownHead};
 pub use memory::MemoryStore;
 #[cfg(feature = "postgres")]
 pub(crate) use postgres::{AppendHook, ENVELOPE_COLUMNS};
@@ -33,45 +30,7 @@ pub use postgres::{FeedHorizon, OpenTransaction, PostgresStore};
 pub use sqlite::SqliteStore;
 #[cfg(feature = "sqlite")]
 pub(crate) use sqlite::StoreLock;
-
-/// What an append expects of the stream, checked atomically with the write.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ExpectedVersion {
-    /// No check.
-    Any,
-    /// The stream must not exist yet (have no events).
-    NoStream,
-    /// The stream must exist (have at least one event).
-    StreamExists,
-    /// The stream's last event must have exactly this version; `Exact(0)` is the same as
-    /// [`ExpectedVersion::NoStream`].
-    Exact(u64),
-}
-
-impl ExpectedVersion {
-    /// Whether a stream at `current` (0: no stream) satisfies this expectation.
-    #[must_use]
-    pub fn accepts(self, current: u64) -> bool {
-        match self {
-            Self::Any => true,
-            Self::NoStream => current == 0,
-            Self::StreamExists => current > 0,
-            Self::Exact(version) => current == version,
-        }
-    }
-}
-
-impl fmt::Display for ExpectedVersion {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Self::Any => f.write_str("any version"),
-            Self::NoStream | Self::Exact(0) => f.write_str("no stream"),
-            Self::StreamExists => f.write_str("an existing stream"),
-            Self::Exact(version) => write!(f, "version {version}"),
-        }
-    }
-}
+pub use wakeups::{FeedNotifier, FeedWakeups};
 
 /// A stored event as rebuilding an aggregate needs it: no ids, positions or metadata, so that
 /// long streams load fast.
@@ -188,68 +147,6 @@ pub enum HistoryItem<'a> {
     Snapshot(Snapshot),
     /// An event after the snapshot (or any event, without one).
     Event(StreamEventRef<'a>),
-}
-
-/// A stream head the runtime has seen: the stream held exactly `version` events of the given
-/// aggregate type when it was read (or appended to) by this process.
-///
-/// Only the runtime creates these (the repository, from its loads and its cache), so a store
-/// may append after one with no further check than its uniqueness of `(stream, version)`: the
-/// versions before the head exist, so no gap can appear. See [`EventStore::append_after`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct KnownHead {
-    version: u64,
-}
-
-impl KnownHead {
-    pub(crate) fn new(version: u64) -> Self {
-        Self { version }
-    }
-
-    /// The version of the stream's last event when it was seen (0: no stream).
-    #[must_use]
-    pub fn version(self) -> u64 {
-        self.version
-    }
-}
-
-/// A reader's place in the global feed: the feed delivers events in `(tx, position)` order, and a
-/// reader that has processed everything up to an event checkpoints that event's position.
-#[derive(
-    Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
-)]
-pub struct FeedPosition {
-    /// The commit-order key (see [`Envelope::tx`](crate::Envelope::tx)).
-    pub tx: u64,
-    /// The global position.
-    pub position: u64,
-}
-
-impl FeedPosition {
-    /// Before the first event.
-    pub const START: Self = Self { tx: 0, position: 0 };
-
-    /// A position.
-    #[must_use]
-    pub const fn new(tx: u64, position: u64) -> Self {
-        Self { tx, position }
-    }
-
-    /// After every event of commit `tx` (positions stay below `i64::MAX`, so SQL stores can keep
-    /// them as `bigint`).
-    #[must_use]
-    pub const fn end_of_tx(tx: u64) -> Self {
-        Self {
-            tx,
-            position: i64::MAX as u64,
-        }
-    }
-}
-
-impl fmt::Display for FeedPosition {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:{}", self.tx, self.position)
-    }
 }
 
 /// A read of the global feed: events after a position, at most `limit`, optionally only some
@@ -501,20 +398,4 @@ pub trait EventStore: Send + Sync {
     fn wakeups(&self) -> FeedWakeups {
         FeedWakeups::never()
     }
-}
-
-/// The inclusive version bounds of a range, for backends that query `BETWEEN`.
-#[must_use]
-pub fn version_bounds(versions: &impl RangeBounds<u64>) -> (u64, u64) {
-    let from = match versions.start_bound() {
-        Bound::Included(&v) => v,
-        Bound::Excluded(&v) => v.saturating_add(1),
-        Bound::Unbounded => 0,
-    };
-    let to = match versions.end_bound() {
-        Bound::Included(&v) => v,
-        Bound::Excluded(&v) => v.saturating_sub(1),
-        Bound::Unbounded => u64::MAX,
-    };
-    (from, to)
 }

@@ -8,8 +8,8 @@ use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 
 use crate::envelope::{NewEvent, RecordedEvent};
 use crate::error::{Error, Result};
-use crate::feed::FeedWakeups;
 use crate::snapshot::Snapshot;
+use crate::store::FeedWakeups;
 use crate::store::{
     EventStore, ExpectedVersion, FeedBatch, FeedQuery, HistoryItem, KnownHead, PostgresStore,
     StreamEvent,

@@ -13,16 +13,17 @@
 //! refuses it when the stream's last event has a newer transaction id
 //! ([`Error::StaleTransaction`]).
 
+use sqlx::AssertSqlSafe;
 use sqlx::postgres::{PgExecutor, PgRow};
-use sqlx::{AssertSqlSafe, Row as _};
 use uuid::Uuid;
 
 use std::sync::Arc;
 
-use super::{PostgresStore, Schema, to_i64, to_u64};
+use super::{PostgresStore, Schema};
 use crate::envelope::{NewEvent, RecordedEvent};
 use crate::error::{Error, Result};
-use crate::store::{ExpectedVersion, KnownHead, StoredId, check_distinct_ids, classify_retry};
+use crate::store::backend::{StoredId, check_distinct_ids, classify_retry, columns, to_i64};
+use crate::store::{ExpectedVersion, KnownHead};
 
 /// Attempts before giving up on an append that keeps racing (each race means another append to
 /// the same stream committed in between).
@@ -224,7 +225,6 @@ impl Append<'_> {
             .fetch_all(executor)
             .await
             .map_err(|e| store.fail(e))?;
-        let get = |error| store.fail(error);
         let mut diagnosis = Diagnosis {
             head_version: 0,
             head_type: None,
@@ -233,19 +233,17 @@ impl Append<'_> {
             stored: Vec::new(),
         };
         for row in &rows {
-            if row.try_get::<i32, _>(0).map_err(get)? == 0 {
-                diagnosis.head_version = row
-                    .try_get::<Option<i64>, _>(1)
-                    .map_err(get)?
-                    .map_or(0, to_u64);
-                diagnosis.head_type = row.try_get(2).map_err(get)?;
-                diagnosis.head_tx = row.try_get(3).map_err(get)?;
-                diagnosis.own_tx = row.try_get(4).map_err(get)?;
+            if columns::get::<_, i32>(row, 0)? == 0 {
+                diagnosis.head_version =
+                    columns::unsigned_opt::<_, i64, _>(row, 1)?.unwrap_or_default();
+                diagnosis.head_type = columns::get(row, 2)?;
+                diagnosis.head_tx = columns::get(row, 3)?;
+                diagnosis.own_tx = columns::get(row, 4)?;
             } else {
                 diagnosis.stored.push(StoredId {
-                    stream_version: to_u64(row.try_get(1).map_err(get)?),
-                    event_id: row.try_get(5).map_err(get)?,
-                    stream_id: row.try_get(6).map_err(get)?,
+                    stream_version: columns::unsigned::<_, i64, _>(row, 1)?,
+                    event_id: columns::get(row, 5)?,
+                    stream_id: columns::get(row, 6)?,
                 });
             }
         }
@@ -295,13 +293,11 @@ impl Append<'_> {
     }
 
     /// The stored envelopes, from the rows the insert returned.
-    fn recorded(self, store: &PostgresStore, rows: Vec<PgRow>) -> Result<Vec<RecordedEvent>> {
-        let get = |error| store.fail(error);
+    fn recorded(self, rows: Vec<PgRow>) -> Result<Vec<RecordedEvent>> {
         let mut returned = rows
             .into_iter()
-            .map(|row| Ok((to_u64(row.try_get(0)?), row)))
-            .collect::<std::result::Result<Vec<_>, sqlx::Error>>()
-            .map_err(get)?;
+            .map(|row| Ok((columns::unsigned::<_, i64, u64>(&row, 0)?, row)))
+            .collect::<Result<Vec<_>>>()?;
         // RETURNING follows insertion order in practice; sort rather than rely on it.
         returned.sort_by_key(|(version, _)| *version);
         let mut recorded = Vec::with_capacity(returned.len());
@@ -313,9 +309,9 @@ impl Append<'_> {
                 stream_id: self.stream_id.to_owned(),
                 aggregate_type: self.aggregate_type.to_owned(),
                 stream_version,
-                global_position: to_u64(row.try_get(1).map_err(get)?),
-                tx: to_u64(row.try_get(2).map_err(get)?),
-                recorded_at: row.try_get(3).map_err(get)?,
+                global_position: columns::unsigned::<_, i64, _>(&row, 1)?,
+                tx: columns::unsigned::<_, i64, _>(&row, 2)?,
+                recorded_at: columns::get(&row, 3)?,
                 correlation_id: event.correlation_id,
                 causation_id: event.causation_id,
                 actor: event.actor,
@@ -349,7 +345,7 @@ impl PostgresStore {
         }
         for _ in 0..MAX_ATTEMPTS {
             match append.insert(self, pool).await {
-                Ok(rows) if !rows.is_empty() => return append.recorded(self, rows),
+                Ok(rows) if !rows.is_empty() => return append.recorded(rows),
                 Ok(_) => {}
                 Err(error) if is_unique_violation(&error) => {}
                 Err(error) => return Err(self.fail(error)),
@@ -394,7 +390,7 @@ impl PostgresStore {
             }
         };
         match inserted {
-            Ok(rows) => return append.recorded(self, rows),
+            Ok(rows) => return append.recorded(rows),
             Err(error) if is_unique_violation(&error) => {}
             Err(error) => return Err(self.fail(error)),
         }
@@ -437,7 +433,7 @@ impl PostgresStore {
             };
             match inserted {
                 Ok(rows) if !rows.is_empty() => {
-                    let recorded = append.recorded(self, rows)?;
+                    let recorded = append.recorded(rows)?;
                     self.run_hooks(&mut transaction, &recorded).await?;
                     transaction.commit().await.map_err(|e| self.fail(e))?;
                     return Ok(recorded);
@@ -475,7 +471,7 @@ impl PostgresStore {
             };
             match inserted {
                 Ok(rows) if !rows.is_empty() => {
-                    let recorded = append.recorded(self, rows)?;
+                    let recorded = append.recorded(rows)?;
                     self.run_hooks(&mut *connection, &recorded).await?;
                     return Ok(recorded);
                 }

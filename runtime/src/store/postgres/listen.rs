@@ -17,7 +17,7 @@ use sqlx::PgPool;
 use sqlx::postgres::PgListener;
 use tokio::sync::{Notify, watch};
 
-use crate::feed::FeedWakeups;
+use crate::store::FeedWakeups;
 
 /// The shortest time between two notifications of one store.
 const NOTIFY_INTERVAL: Duration = Duration::from_millis(10);

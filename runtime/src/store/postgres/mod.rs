@@ -32,14 +32,15 @@ use sqlx::{AssertSqlSafe, Row as _};
 
 use self::append::Append;
 use self::listen::{Listener, Notifier};
+use super::FeedWakeups;
+use super::backend::{columns, stored_metadata, stored_u64, to_i64, version_bounds};
 use super::{
     EventStore, ExpectedVersion, FeedBatch, FeedPosition, FeedQuery, HistoryItem, KnownHead,
-    StreamEvent, StreamEventRef, version_bounds,
+    StreamEvent, StreamEventRef,
 };
-use crate::envelope::{Metadata, NewEvent, RecordedEvent};
+use crate::envelope::{NewEvent, RecordedEvent};
 use crate::error::{Error, Result};
 use crate::event::Payload;
-use crate::feed::FeedWakeups;
 use crate::snapshot::Snapshot;
 
 /// A validated PostgreSQL schema name, and its quoted form for SQL text.
@@ -399,8 +400,8 @@ impl PostgresStore {
             None => None,
         };
         Ok(FeedHorizon {
-            horizon_tx: to_u64(row.try_get(0).map_err(get)?),
-            newest_event_tx: row.try_get::<Option<i64>, _>(1).map_err(get)?.map(to_u64),
+            horizon_tx: columns::unsigned::<_, i64, _>(&row, 0)?,
+            newest_event_tx: columns::unsigned_opt::<_, i64, _>(&row, 1)?,
             oldest_open_transaction: oldest,
         })
     }
@@ -473,7 +474,7 @@ impl PostgresStore {
         first_column: usize,
     ) -> Result<Vec<RecordedEvent>> {
         rows.iter()
-            .map(|row| envelope_from_row(row, first_column).map_err(|e| self.fail(e)))
+            .map(|row| envelope_from_row(row, first_column))
             .collect()
     }
 }
@@ -506,49 +507,34 @@ pub struct OpenTransaction {
     pub query: Option<String>,
 }
 
-fn to_u64(value: i64) -> u64 {
-    u64::try_from(value).unwrap_or(0)
-}
-
-fn to_i64(value: u64) -> i64 {
-    i64::try_from(value).unwrap_or(i64::MAX)
-}
-
 /// Reads a snapshot's columns starting at `at`: `stream_version, aggregate_type, (unused),
 /// state_version, state, taken_at`.
-fn snapshot_from_row(
-    row: &PgRow,
-    at: usize,
-    stream_id: &str,
-) -> std::result::Result<Snapshot, sqlx::Error> {
+fn snapshot_from_row(row: &PgRow, at: usize, stream_id: &str) -> Result<Snapshot> {
     let mut snapshot = Snapshot::new(
         stream_id,
-        row.try_get::<String, _>(at + 1)?,
-        to_u64(row.try_get(at)?),
-        u32::try_from(row.try_get::<i32, _>(at + 3)?).unwrap_or(0),
-        Payload::from_stored_json(row.try_get(at + 4)?),
+        columns::get::<_, String>(row, at + 1)?,
+        columns::unsigned::<_, i64, _>(row, at)?,
+        columns::unsigned::<_, i32, _>(row, at + 3)?,
+        Payload::from_stored_json(columns::get(row, at + 4)?),
     );
-    snapshot.taken_at = row.try_get::<DateTime<Utc>, _>(at + 5)?;
+    snapshot.taken_at = columns::get::<_, DateTime<Utc>>(row, at + 5)?;
     Ok(snapshot)
 }
 
 /// Reads the stream event columns ([`STREAM_EVENT_COLUMNS`]) starting at `at`, borrowing the
 /// text from the row.
-fn stream_event_ref(
-    row: &PgRow,
-    at: usize,
-) -> std::result::Result<StreamEventRef<'_>, sqlx::Error> {
+fn stream_event_ref(row: &PgRow, at: usize) -> Result<StreamEventRef<'_>> {
     Ok(StreamEventRef::new(
-        to_u64(row.try_get(at)?),
-        row.try_get(at + 1)?,
-        row.try_get(at + 2)?,
-        u32::try_from(row.try_get::<i32, _>(at + 3)?).unwrap_or(0),
-        row.try_get(at + 4)?,
+        columns::unsigned::<_, i64, _>(row, at)?,
+        columns::get(row, at + 1)?,
+        columns::get(row, at + 2)?,
+        columns::unsigned::<_, i32, _>(row, at + 3)?,
+        columns::get(row, at + 4)?,
     ))
 }
 
 /// Reads the stream event columns ([`STREAM_EVENT_COLUMNS`]) starting at `at`.
-fn stream_event_from_row(row: &PgRow, at: usize) -> std::result::Result<StreamEvent, sqlx::Error> {
+fn stream_event_from_row(row: &PgRow, at: usize) -> Result<StreamEvent> {
     let event = stream_event_ref(row, at)?;
     Ok(StreamEvent {
         stream_version: event.stream_version,
@@ -560,33 +546,24 @@ fn stream_event_from_row(row: &PgRow, at: usize) -> std::result::Result<StreamEv
 }
 
 /// Reads the envelope columns ([`ENVELOPE_COLUMNS`]) starting at `at`.
-fn envelope_from_row(row: &PgRow, at: usize) -> std::result::Result<RecordedEvent, sqlx::Error> {
-    let decode = |index: usize, error: serde_json::Error| sqlx::Error::ColumnDecode {
-        index: index.to_string(),
-        source: Box::new(error),
-    };
-    let payload: String = row.try_get(at + 8)?;
-    let metadata: String = row.try_get(at + 9)?;
+fn envelope_from_row(row: &PgRow, at: usize) -> Result<RecordedEvent> {
+    let payload: String = columns::get(row, at + 8)?;
+    let metadata: String = columns::get(row, at + 9)?;
     Ok(RecordedEvent {
-        stream_id: row.try_get(at)?,
-        stream_version: to_u64(row.try_get(at + 1)?),
-        global_position: to_u64(row.try_get(at + 2)?),
-        tx: to_u64(row.try_get(at + 3)?),
-        aggregate_type: row.try_get(at + 4)?,
-        event_id: row.try_get(at + 5)?,
-        event_type: row.try_get(at + 6)?,
-        schema_version: u32::try_from(row.try_get::<i32, _>(at + 7)?).unwrap_or(0),
+        stream_id: columns::get(row, at)?,
+        stream_version: columns::unsigned::<_, i64, _>(row, at + 1)?,
+        global_position: columns::unsigned::<_, i64, _>(row, at + 2)?,
+        tx: columns::unsigned::<_, i64, _>(row, at + 3)?,
+        aggregate_type: columns::get(row, at + 4)?,
+        event_id: columns::get(row, at + 5)?,
+        event_type: columns::get(row, at + 6)?,
+        schema_version: columns::unsigned::<_, i32, _>(row, at + 7)?,
         event: Payload::from_stored_json(payload),
-        // Most events carry no metadata: no parser needed for `{}`.
-        metadata: if metadata == "{}" {
-            Metadata::new()
-        } else {
-            serde_json::from_str::<Metadata>(&metadata).map_err(|e| decode(at + 9, e))?
-        },
-        correlation_id: row.try_get(at + 10)?,
-        causation_id: row.try_get(at + 11)?,
-        actor: row.try_get(at + 12)?,
-        recorded_at: row.try_get(at + 13)?,
+        metadata: stored_metadata(&metadata)?,
+        correlation_id: columns::get(row, at + 10)?,
+        causation_id: columns::get(row, at + 11)?,
+        actor: columns::get(row, at + 12)?,
+        recorded_at: columns::get(row, at + 13)?,
     })
 }
 
@@ -650,7 +627,7 @@ impl EventStore for PostgresStore {
         if query.limit == 0 {
             return Ok(FeedBatch::new(Vec::new(), query.after));
         }
-        let limit = i64::try_from(query.limit).unwrap_or(i64::MAX);
+        let limit = to_i64(query.limit as u64);
         let statement = match &query.event_types {
             Some(_) => &self.inner.sql.read_feed_filtered,
             None => &self.inner.sql.read_feed,
@@ -669,13 +646,10 @@ impl EventStore for PostgresStore {
         let Some(first) = rows.first() else {
             return Ok(FeedBatch::new(Vec::new(), query.after));
         };
-        let horizon: i64 = first.try_get(0).map_err(|e| self.fail(e))?;
-        let held_back: bool = first.try_get(1).map_err(|e| self.fail(e))?;
+        let horizon: u64 = columns::unsigned::<_, i64, _>(first, 0)?;
+        let held_back: bool = columns::get(first, 1)?;
         // The lateral join yields one row of NULLs when no event qualifies.
-        let has_events = first
-            .try_get::<Option<String>, _>(2)
-            .map_err(|e| self.fail(e))?
-            .is_some();
+        let has_events = columns::get::<_, Option<String>>(first, 2)?.is_some();
         let events = if has_events {
             self.read_rows(&rows, 2)?
         } else {
@@ -684,7 +658,7 @@ impl EventStore for PostgresStore {
         let next = match events.last() {
             Some(last) if events.len() >= query.limit => last.feed_position(),
             // Everything below the horizon has been read: every transaction below it has ended.
-            _ => FeedPosition::end_of_tx(to_u64(horizon).saturating_sub(1)).max(query.after),
+            _ => FeedPosition::end_of_tx(horizon.saturating_sub(1)).max(query.after),
         };
         Ok(FeedBatch::new(events, next).held_back(held_back))
     }
@@ -702,7 +676,7 @@ impl EventStore for PostgresStore {
             )
             .await?;
         rows.iter()
-            .map(|row| stream_event_from_row(row, 0).map_err(|e| self.fail(e)))
+            .map(|row| stream_event_from_row(row, 0))
             .collect()
     }
 
@@ -721,7 +695,7 @@ impl EventStore for PostgresStore {
                 .stream_rows(&self.inner.sql.read_stream_events, stream_id, (1, u64::MAX))
                 .await?;
             for row in &rows {
-                let event = stream_event_ref(row, 0).map_err(|e| self.fail(e))?;
+                let event = stream_event_ref(row, 0)?;
                 visit(HistoryItem::Event(event))?;
             }
             return Ok(());
@@ -731,15 +705,14 @@ impl EventStore for PostgresStore {
             .fetch_all(&self.inner.pool)
             .await
             .map_err(|e| self.fail(e))?;
-        let get = |error| self.fail(error);
         let mut events = Vec::with_capacity(rows.len());
         for row in &rows {
-            if row.try_get::<i32, _>(0).map_err(get)? == 1 {
-                let snapshot = snapshot_from_row(row, 1, stream_id).map_err(get)?;
+            if columns::get::<_, i32>(row, 0)? == 1 {
+                let snapshot = snapshot_from_row(row, 1, stream_id)?;
                 visit(HistoryItem::Snapshot(snapshot))?;
             } else {
                 // Borrowed from the row buffers: nothing is copied before decoding.
-                events.push(stream_event_ref(row, 1).map_err(get)?);
+                events.push(stream_event_ref(row, 1)?);
             }
         }
         // The union keeps each branch's order in practice; make sure rather than assume.
@@ -757,7 +730,7 @@ impl EventStore for PostgresStore {
             .fetch_one(&self.inner.pool)
             .await
             .map_err(|e| self.fail(e))?;
-        Ok(to_u64(version))
+        stored_u64(version, "a stream version")
     }
 
     async fn read_event(&self, event_id: uuid::Uuid) -> Result<Option<RecordedEvent>> {
@@ -777,7 +750,6 @@ impl EventStore for PostgresStore {
             .map_err(|e| self.fail(e))?;
         row.map(|row| snapshot_from_row(&row, 0, stream_id))
             .transpose()
-            .map_err(|e| self.fail(e))
     }
 
     async fn save_snapshot(&self, snapshot: Snapshot) -> Result<()> {

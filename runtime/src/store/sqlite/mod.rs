@@ -18,21 +18,22 @@ use std::str::FromStr as _;
 use std::time::Duration;
 
 use chrono::{DateTime, SubsecRound as _, Utc};
+use sqlx::SqliteConnection;
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
     SqliteSynchronous,
 };
-use sqlx::{Row as _, SqliteConnection};
 use uuid::Uuid;
 
-use super::{
-    EventStore, ExpectedVersion, FeedBatch, FeedPosition, FeedQuery, StoredId, check_distinct_ids,
-    classify_retry, version_bounds,
+use super::backend::{
+    StoredId, check_distinct_ids, classify_retry, columns, stored_metadata, stored_u64, to_i64,
+    version_bounds,
 };
-use crate::envelope::{Metadata, NewEvent, RecordedEvent};
+use super::{EventStore, ExpectedVersion, FeedBatch, FeedPosition, FeedQuery};
+use super::{FeedNotifier, FeedWakeups};
+use crate::envelope::{NewEvent, RecordedEvent};
 use crate::error::{Error, Result};
 use crate::event::Payload;
-use crate::feed::{FeedNotifier, FeedWakeups};
 use crate::snapshot::Snapshot;
 
 /// The envelope columns, in the order `envelope_from_row` reads them.
@@ -78,14 +79,6 @@ pub(crate) fn backend(error: sqlx::Error) -> Error {
         };
     }
     Error::Backend(Box::new(error))
-}
-
-pub(crate) fn to_i64(value: u64) -> i64 {
-    i64::try_from(value).unwrap_or(i64::MAX)
-}
-
-pub(crate) fn to_u64(value: i64) -> u64 {
-    u64::try_from(value).unwrap_or(0)
 }
 
 /// Microseconds, as the other stores keep them, so that envelopes compare equal across stores.
@@ -255,12 +248,11 @@ impl SqliteStore {
             .map(|row| {
                 Ok(StoredId {
                     event_id: uuid(row, 0)?,
-                    stream_id: row.try_get(1)?,
-                    stream_version: to_u64(row.try_get(2)?),
+                    stream_id: columns::get(row, 1)?,
+                    stream_version: columns::unsigned::<_, i64, _>(row, 2)?,
                 })
             })
-            .collect::<std::result::Result<_, sqlx::Error>>()
-            .map_err(backend)
+            .collect()
     }
 
     async fn append_locked(
@@ -281,8 +273,8 @@ impl SqliteStore {
         .map_err(backend)?;
         let (current, existing_type) = match &head {
             Some(row) => (
-                to_u64(row.try_get(0).map_err(backend)?),
-                Some(row.try_get::<String, _>(1).map_err(backend)?),
+                columns::unsigned::<_, i64, u64>(row, 0)?,
+                Some(columns::get::<_, String>(row, 1)?),
             ),
             None => (0, None),
         };
@@ -330,7 +322,7 @@ impl SqliteStore {
             .fetch_one(&mut *connection)
             .await
             .map_err(backend)?;
-            let position = to_u64(position);
+            let position = stored_u64(position, "a global position")?;
             recorded.push(RecordedEvent {
                 event_id: event.event_id,
                 event_type: event.event_type.into_owned(),
@@ -353,39 +345,31 @@ impl SqliteStore {
 }
 
 /// A UUID stored as text.
-pub(crate) fn uuid(row: &SqliteRow, index: usize) -> std::result::Result<Uuid, sqlx::Error> {
-    let text: String = row.try_get(index)?;
-    Uuid::parse_str(&text).map_err(|error| sqlx::Error::ColumnDecode {
-        index: index.to_string(),
-        source: Box::new(error),
+pub(crate) fn uuid(row: &SqliteRow, index: usize) -> Result<Uuid> {
+    let text: String = columns::get(row, index)?;
+    Uuid::parse_str(&text).map_err(|error| Error::Corrupt {
+        reason: format!("`{text}` is stored as an id, which it is not ({error})"),
     })
 }
 
-fn envelope_from_row(row: &SqliteRow) -> std::result::Result<RecordedEvent, sqlx::Error> {
-    let metadata: String = row.try_get(8)?;
-    let position = to_u64(row.try_get(2)?);
+fn envelope_from_row(row: &SqliteRow) -> Result<RecordedEvent> {
+    let metadata: String = columns::get(row, 8)?;
+    let position = columns::unsigned::<_, i64, _>(row, 2)?;
     Ok(RecordedEvent {
-        stream_id: row.try_get(0)?,
-        stream_version: to_u64(row.try_get(1)?),
+        stream_id: columns::get(row, 0)?,
+        stream_version: columns::unsigned::<_, i64, _>(row, 1)?,
         global_position: position,
         tx: position,
-        aggregate_type: row.try_get(3)?,
+        aggregate_type: columns::get(row, 3)?,
         event_id: uuid(row, 4)?,
-        event_type: row.try_get(5)?,
-        schema_version: u32::try_from(row.try_get::<i64, _>(6)?).unwrap_or(0),
-        event: Payload::from_stored_json(row.try_get(7)?),
-        metadata: if metadata == "{}" {
-            Metadata::new()
-        } else {
-            serde_json::from_str::<Metadata>(&metadata).map_err(|e| sqlx::Error::ColumnDecode {
-                index: "metadata".into(),
-                source: Box::new(e),
-            })?
-        },
+        event_type: columns::get(row, 5)?,
+        schema_version: columns::unsigned::<_, i64, _>(row, 6)?,
+        event: Payload::from_stored_json(columns::get(row, 7)?),
+        metadata: stored_metadata(&metadata)?,
         correlation_id: uuid(row, 9)?,
         causation_id: uuid(row, 10)?,
-        actor: row.try_get(11)?,
-        recorded_at: row.try_get(12)?,
+        actor: columns::get(row, 11)?,
+        recorded_at: columns::get(row, 12)?,
     })
 }
 
@@ -404,10 +388,7 @@ async fn read_stream_in(
     .fetch_all(&mut *connection)
     .await
     .map_err(backend)?;
-    rows.iter()
-        .map(envelope_from_row)
-        .collect::<std::result::Result<_, _>>()
-        .map_err(backend)
+    rows.iter().map(envelope_from_row).collect()
 }
 
 impl EventStore for SqliteStore {
@@ -475,7 +456,7 @@ impl EventStore for SqliteStore {
             return Ok(FeedBatch::new(Vec::new(), query.after));
         }
         let after = to_i64(query.after.position);
-        let limit = i64::try_from(query.limit).unwrap_or(i64::MAX);
+        let limit = to_i64(query.limit as u64);
         // One read transaction: the head and the events from the same snapshot.
         let mut transaction = self.pool.begin().await.map_err(backend)?;
         let types = query
@@ -515,12 +496,11 @@ impl EventStore for SqliteStore {
         let events = rows
             .iter()
             .map(envelope_from_row)
-            .collect::<std::result::Result<Vec<_>, _>>()
-            .map_err(backend)?;
+            .collect::<Result<Vec<_>>>()?;
         let next = match events.last() {
             Some(last) if events.len() >= query.limit => last.feed_position(),
             _ => {
-                let head = to_u64(head);
+                let head = stored_u64(head, "a global position")?;
                 FeedPosition::new(head, head).max(query.after)
             }
         };
@@ -535,7 +515,7 @@ impl EventStore for SqliteStore {
         .fetch_one(&self.pool)
         .await
         .map_err(backend)?;
-        Ok(to_u64(version))
+        stored_u64(version, "a stream version")
     }
 
     async fn read_event(&self, event_id: Uuid) -> Result<Option<RecordedEvent>> {
@@ -546,10 +526,7 @@ impl EventStore for SqliteStore {
         .fetch_optional(&self.pool)
         .await
         .map_err(backend)?;
-        row.as_ref()
-            .map(envelope_from_row)
-            .transpose()
-            .map_err(backend)
+        row.as_ref().map(envelope_from_row).transpose()
     }
 
     async fn load_snapshot(&self, stream_id: &str) -> Result<Option<Snapshot>> {
@@ -564,18 +541,14 @@ impl EventStore for SqliteStore {
         let Some(row) = row else {
             return Ok(None);
         };
-        let snapshot = (|| -> std::result::Result<Snapshot, sqlx::Error> {
-            let mut snapshot = Snapshot::new(
-                stream_id,
-                row.try_get::<String, _>(1)?,
-                to_u64(row.try_get(0)?),
-                u32::try_from(row.try_get::<i64, _>(2)?).unwrap_or(0),
-                Payload::from_stored_json(row.try_get(3)?),
-            );
-            snapshot.taken_at = row.try_get(4)?;
-            Ok(snapshot)
-        })()
-        .map_err(backend)?;
+        let mut snapshot = Snapshot::new(
+            stream_id,
+            columns::get::<_, String>(&row, 1)?,
+            columns::unsigned::<_, i64, _>(&row, 0)?,
+            columns::unsigned::<_, i64, _>(&row, 2)?,
+            Payload::from_stored_json(columns::get(&row, 3)?),
+        );
+        snapshot.taken_at = columns::get(&row, 4)?;
         Ok(Some(snapshot))
     }
 

@@ -1,0 +1,226 @@
+//! Helpers for the authors of an [`EventStore`](super::EventStore) backend: the rules of an
+//! append that every backend applies the same way (distinct ids within an append, and what
+//! reusing stored ids means: an idempotent retry, or a duplicate), version ranges as bounds, and
+//! the conversions between Rust's unsigned numbers and SQL's signed integers.
+//!
+//! Numbers a store writes fit (positions and versions stay below `i64::MAX`); numbers it reads
+//! back must fit too, and one that does not is corrupt data, reported as
+//! [`Error::Corrupt`] rather than clamped into a plausible value.
+
+use std::collections::HashSet;
+use std::ops::{Bound, RangeBounds, RangeInclusive};
+
+use uuid::Uuid;
+
+use crate::envelope::{Metadata, NewEvent};
+use crate::error::{Error, Result};
+use crate::position::ExpectedVersion;
+
+/// Where an event id of an append is already stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredId {
+    /// The stored event's id.
+    pub event_id: Uuid,
+    /// Its stream.
+    pub stream_id: String,
+    /// Its version there.
+    pub stream_version: u64,
+}
+
+/// Refuses an append that names the same event id twice.
+///
+/// # Errors
+/// [`Error::InvalidAppend`].
+pub fn check_distinct_ids(stream_id: &str, events: &[NewEvent]) -> Result<()> {
+    let mut seen = HashSet::with_capacity(events.len());
+    for event in events {
+        if !seen.insert(event.event_id) {
+            return Err(Error::InvalidAppend {
+                stream_id: stream_id.to_owned(),
+                reason: format!("event id {} appears twice in one append", event.event_id),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Given the stored events among an append's ids (at least one), decides whether the append is
+/// an idempotent retry: the whole batch stored, in order, at consecutive versions of this stream,
+/// where the expected version put it. Returns the stored versions to read back.
+///
+/// # Errors
+/// [`Error::DuplicateEventId`] for any other reuse of a stored id.
+pub fn classify_retry(
+    stream_id: &str,
+    expected: ExpectedVersion,
+    events: &[NewEvent],
+    stored: &[StoredId],
+) -> Result<RangeInclusive<u64>> {
+    let find = |id: Uuid| stored.iter().find(|s| s.event_id == id);
+    let first = events.first().and_then(|e| find(e.event_id));
+    let duplicate = |at: &StoredId| Error::DuplicateEventId {
+        event_id: at.event_id,
+        stream_id: at.stream_id.clone(),
+        stream_version: at.stream_version,
+    };
+    let Some(first) = first else {
+        return Err(stored.first().map_or_else(
+            || Error::InvalidAppend {
+                stream_id: stream_id.to_owned(),
+                reason: "no stored event ids given".to_owned(),
+            },
+            duplicate,
+        ));
+    };
+    let start = first.stream_version;
+    let run_matches = first.stream_id == stream_id
+        && events.iter().zip(start..).all(|(event, version)| {
+            find(event.event_id)
+                .is_some_and(|s| s.stream_id == stream_id && s.stream_version == version)
+        });
+    let position_matches = match expected {
+        ExpectedVersion::Exact(version) => start == version + 1,
+        ExpectedVersion::NoStream => start == 1,
+        ExpectedVersion::Any | ExpectedVersion::StreamExists => true,
+    };
+    if run_matches && position_matches {
+        Ok(start..=start + events.len() as u64 - 1)
+    } else {
+        Err(duplicate(first))
+    }
+}
+
+/// The inclusive version bounds of a range, for backends that query `BETWEEN`.
+#[must_use]
+pub fn version_bounds(versions: &impl RangeBounds<u64>) -> (u64, u64) {
+    let from = match versions.start_bound() {
+        Bound::Included(&v) => v,
+        Bound::Excluded(&v) => v.saturating_add(1),
+        Bound::Unbounded => 0,
+    };
+    let to = match versions.end_bound() {
+        Bound::Included(&v) => v,
+        Bound::Excluded(&v) => v.saturating_sub(1),
+        Bound::Unbounded => u64::MAX,
+    };
+    (from, to)
+}
+
+/// A number to bind as SQL `bigint`. Versions, positions and counts stay far below
+/// `i64::MAX`; a larger value (an open range bound such as `u64::MAX`) binds as `i64::MAX`,
+/// which SQL compares the same way.
+#[must_use]
+pub fn to_i64(value: u64) -> i64 {
+    i64::try_from(value).unwrap_or(i64::MAX)
+}
+
+/// A stored signed integer as the unsigned number it must be.
+///
+/// # Errors
+/// [`Error::Corrupt`] naming `what` when it is negative.
+pub fn stored_u64(value: i64, what: &str) -> Result<u64> {
+    u64::try_from(value).map_err(|_| corrupt(what, value))
+}
+
+/// A stored integer as the `u32` it must be (schema versions, projection versions, attempts).
+///
+/// # Errors
+/// [`Error::Corrupt`] naming `what` when it is negative or too large.
+pub fn stored_u32(value: i64, what: &str) -> Result<u32> {
+    u32::try_from(value).map_err(|_| corrupt(what, value))
+}
+
+/// Stored metadata (JSON text) as [`Metadata`]: most events carry none, and `{}` needs no parser.
+///
+/// # Errors
+/// [`Error::Corrupt`] when it is not a JSON object (written by another tool).
+pub fn stored_metadata(text: &str) -> Result<Metadata> {
+    if text == "{}" {
+        return Ok(Metadata::new());
+    }
+    serde_json::from_str(text).map_err(|cause| Error::Corrupt {
+        reason: format!("event metadata is not a JSON object ({cause}): `{text:.200}`"),
+    })
+}
+
+fn corrupt(what: &str, value: i64) -> Error {
+    Error::Corrupt {
+        reason: format!("{what} is stored as {value}, which no valid value can be"),
+    }
+}
+
+/// Reading the columns of a SQL row (both SQL stores and the runners): a stored value that is
+/// not what the store writes is [`Error::Corrupt`], naming the column, never a silent default.
+#[cfg(any(feature = "postgres", feature = "sqlite"))]
+pub(crate) mod columns {
+    use sqlx::{Column as _, ColumnIndex, Decode, Row, Type};
+
+    use crate::error::{Error, Result};
+
+    fn name<R: Row>(row: &R, index: usize) -> String {
+        row.columns()
+            .get(index)
+            .map_or_else(|| format!("#{index}"), |c| c.name().to_owned())
+    }
+
+    /// A column failure: a value that does not decode is corrupt data; anything else (a
+    /// missing column) is the backend's.
+    pub fn error<R: Row>(row: &R, index: usize, error: sqlx::Error) -> Error {
+        match error {
+            sqlx::Error::ColumnDecode { source, .. } => Error::Corrupt {
+                reason: format!("column `{}` does not decode: {source}", name(row, index)),
+            },
+            other => Error::Backend(Box::new(other)),
+        }
+    }
+
+    /// Column `index` of `row`.
+    pub fn get<'r, R, T>(row: &'r R, index: usize) -> Result<T>
+    where
+        R: Row,
+        usize: ColumnIndex<R>,
+        T: Decode<'r, R::Database> + Type<R::Database>,
+    {
+        row.try_get(index).map_err(|e| error(row, index, e))
+    }
+
+    /// Column `index`, a signed SQL integer (`S`: `i64`, `i32`), as the unsigned number `T`
+    /// it must hold.
+    pub fn unsigned<'r, R, S, T>(row: &'r R, index: usize) -> Result<T>
+    where
+        R: Row,
+        usize: ColumnIndex<R>,
+        S: Decode<'r, R::Database> + Type<R::Database> + Into<i64>,
+        T: TryFrom<i64>,
+    {
+        let value: i64 = get::<R, S>(row, index)?.into();
+        T::try_from(value).map_err(|_| Error::Corrupt {
+            reason: format!(
+                "column `{}` holds {value}, which no valid value can be",
+                name(row, index)
+            ),
+        })
+    }
+
+    /// Column `index`, an optional signed SQL integer, as the unsigned number it must hold.
+    pub fn unsigned_opt<'r, R, S, T>(row: &'r R, index: usize) -> Result<Option<T>>
+    where
+        R: Row,
+        usize: ColumnIndex<R>,
+        S: Decode<'r, R::Database> + Type<R::Database> + Into<i64>,
+        T: TryFrom<i64>,
+    {
+        match get::<R, Option<S>>(row, index)? {
+            None => Ok(None),
+            Some(value) => {
+                let value: i64 = value.into();
+                T::try_from(value).map(Some).map_err(|_| Error::Corrupt {
+                    reason: format!(
+                        "column `{}` holds {value}, which no valid value can be",
+                        name(row, index)
+                    ),
+                })
+            }
+        }
+    }
+}
