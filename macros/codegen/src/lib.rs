@@ -123,10 +123,11 @@ pub fn timeout(args: TokenStream, input: TokenStream) -> TokenStream {
 }
 
 fn message(kind: MessageKind, args: TokenStream, input: TokenStream) -> TokenStream {
-    let cx = Ctxt::new();
-    let Some(parsed) = MessageInput::from_syn(&cx, kind, args, input.clone()) else {
+    if ast::on_a_function(&input) {
         return fallback::stray_marker(kind.marker(), input);
-    };
+    }
+    let cx = Ctxt::new();
+    let parsed = MessageInput::from_syn(&cx, kind, args, input);
     match (cx.check(), &parsed) {
         (Ok(()), Ok(message)) => message::expand(message),
         (Ok(()), Err(tokens)) => tokens.clone(),

@@ -17,7 +17,7 @@ use crate::symbol::{
 mod message;
 mod saga;
 
-pub use message::{MessageInput, MessageKind};
+pub use message::{MessageInput, MessageKind, on_a_function};
 pub use saga::{SagaInput, SagaRole};
 
 /// What `#[event]` was put on.
