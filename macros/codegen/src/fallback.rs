@@ -3,7 +3,7 @@
 //! cascade into errors at every use of the type.
 
 use proc_macro2::TokenStream;
-use quote::quote;
+use quote::{ToTokens, quote};
 
 use crate::aggregate::{aggregate_impl, handler_impls};
 use crate::ast::{AggregateInput, EventInput};
@@ -83,20 +83,12 @@ pub fn stray_marker(marker: &str, item: TokenStream) -> TokenStream {
     }
 }
 
-/// `#[upcast]` with mistakes: the errors, and the function as written.
-pub fn upcast(item: Option<&syn::ItemFn>, errors: &syn::Error) -> TokenStream {
+/// The errors, and the item as written (without our markers), for macros whose mistakes leave
+/// nothing safe to stub.
+pub fn item_as_written<T: ToTokens>(item: &T, errors: &syn::Error) -> TokenStream {
     let errors = errors.to_compile_error();
     quote! {
         #errors
         #item
-    }
-}
-
-/// The errors, and the item as written (without our markers).
-pub fn upcast_tokens(tokens: &TokenStream, errors: &syn::Error) -> TokenStream {
-    let errors = errors.to_compile_error();
-    quote! {
-        #errors
-        #tokens
     }
 }

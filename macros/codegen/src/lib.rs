@@ -65,8 +65,8 @@ pub fn upcast(args: TokenStream, input: TokenStream) -> TokenStream {
     match (cx.check(), &input) {
         (Ok(()), Ok(upcast)) => upcast::expand(upcast),
         (Ok(()), Err(tokens)) => tokens.clone(),
-        (Err(errors), Ok(upcast)) => fallback::upcast(Some(&upcast.item), &errors),
-        (Err(errors), Err(tokens)) => fallback::upcast_tokens(tokens, &errors),
+        (Err(errors), Ok(upcast)) => fallback::item_as_written(&upcast.item, &errors),
+        (Err(errors), Err(tokens)) => fallback::item_as_written(tokens, &errors),
     }
 }
 
@@ -81,10 +81,8 @@ pub fn projection(args: TokenStream, input: TokenStream) -> TokenStream {
     match (cx.check(), &input) {
         (Ok(()), Ok(input)) => projection::expand(input),
         (Ok(()), Err(tokens)) => tokens.clone(),
-        (Err(errors), Ok(input)) => {
-            fallback::upcast_tokens(&quote::ToTokens::to_token_stream(&input.item), &errors)
-        }
-        (Err(errors), Err(tokens)) => fallback::upcast_tokens(tokens, &errors),
+        (Err(errors), Ok(input)) => fallback::item_as_written(&input.item, &errors),
+        (Err(errors), Err(tokens)) => fallback::item_as_written(tokens, &errors),
     }
 }
 
@@ -101,10 +99,8 @@ pub fn saga(args: TokenStream, input: TokenStream) -> TokenStream {
     match (cx.check(), &input) {
         (Ok(()), Ok(input)) => saga::expand(input),
         (Ok(()), Err(tokens)) => tokens.clone(),
-        (Err(errors), Ok(input)) => {
-            fallback::upcast_tokens(&quote::ToTokens::to_token_stream(&input.item), &errors)
-        }
-        (Err(errors), Err(tokens)) => fallback::upcast_tokens(tokens, &errors),
+        (Err(errors), Ok(input)) => fallback::item_as_written(&input.item, &errors),
+        (Err(errors), Err(tokens)) => fallback::item_as_written(tokens, &errors),
     }
 }
 
@@ -131,10 +127,8 @@ fn message(kind: MessageKind, args: TokenStream, input: TokenStream) -> TokenStr
     match (cx.check(), &parsed) {
         (Ok(()), Ok(message)) => message::expand(message),
         (Ok(()), Err(tokens)) => tokens.clone(),
-        (Err(errors), Ok(message)) => {
-            fallback::upcast_tokens(&quote::ToTokens::to_token_stream(&message.item), &errors)
-        }
-        (Err(errors), Err(tokens)) => fallback::upcast_tokens(tokens, &errors),
+        (Err(errors), Ok(message)) => fallback::item_as_written(&message.item, &errors),
+        (Err(errors), Err(tokens)) => fallback::item_as_written(tokens, &errors),
     }
 }
 
