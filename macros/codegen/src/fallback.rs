@@ -6,16 +6,17 @@ use proc_macro2::TokenStream;
 use quote::{ToTokens, quote};
 
 use crate::aggregate::{aggregate_impl, handler_impls};
-use crate::ast::{AggregateInput, EventInput};
-use crate::{check, event as event_struct, event_set};
+use crate::ast::EventInput;
+use crate::valid::{self, Aggregate};
+use crate::{event as event_struct, event_set};
 
 pub fn event(input: &EventInput, errors: &syn::Error) -> TokenStream {
     let errors = errors.to_compile_error();
     let item = match input {
-        EventInput::Struct(event) if check::struct_expandable(event) => {
+        EventInput::Struct(event) if valid::struct_expandable(event) => {
             event_struct::expand_with(event, false)
         }
-        EventInput::Set(set) if check::set_expandable(set) => event_set::expand(set),
+        EventInput::Set(set) if valid::set_expandable(set) => event_set::expand(set),
         EventInput::Struct(event) => {
             let item = &event.item;
             quote!(#item)
@@ -32,7 +33,7 @@ pub fn event(input: &EventInput, errors: &syn::Error) -> TokenStream {
     }
 }
 
-pub fn aggregate(input: Result<&AggregateInput, &TokenStream>, errors: &syn::Error) -> TokenStream {
+pub fn aggregate(input: Result<&Aggregate, &TokenStream>, errors: &syn::Error) -> TokenStream {
     let errors = errors.to_compile_error();
     let input = match input {
         Ok(input) => input,

@@ -31,6 +31,7 @@ pub struct MessageInput {
     pub kind: MessageKind,
     pub item: syn::Item,
     pub ident: Ident,
+    pub generics: syn::Generics,
     /// The stable name (default: the Rust name).
     pub name: String,
 }
@@ -63,8 +64,8 @@ impl MessageInput {
             }
         };
         let (ident, generics) = match &item {
-            syn::Item::Struct(item) => (item.ident.clone(), &item.generics),
-            syn::Item::Enum(item) => (item.ident.clone(), &item.generics),
+            syn::Item::Struct(item) => (item.ident.clone(), item.generics.clone()),
+            syn::Item::Enum(item) => (item.ident.clone(), item.generics.clone()),
             other => {
                 cx.error_spanned_by(
                     item_keyword(other),
@@ -73,12 +74,6 @@ impl MessageInput {
                 return Err(input);
             }
         };
-        if !generics.params.is_empty() {
-            cx.error_spanned_by(
-                generics,
-                format!("a {marker} cannot be generic: it is stored by name"),
-            );
-        }
         let name = attr::message_args(cx, args, marker)
             .as_ref()
             .map_or_else(|| ident.to_string(), LitStr::value);
@@ -86,6 +81,7 @@ impl MessageInput {
             kind,
             item,
             ident,
+            generics,
             name,
         })
     }
