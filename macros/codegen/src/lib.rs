@@ -89,8 +89,7 @@ pub fn projection(args: TokenStream, input: TokenStream) -> TokenStream {
     match (cx.check(), &projection) {
         (Ok(()), Ok(projection)) => projection::expand(projection),
         (Ok(()), Err(tokens)) => tokens.clone(),
-        (Err(errors), Ok(projection)) => fallback::item_as_written(&projection.item, &errors),
-        (Err(errors), Err(tokens)) => fallback::item_as_written(tokens, &errors),
+        (Err(errors), projection) => fallback::projection(projection.as_ref(), &errors),
     }
 }
 
@@ -103,8 +102,7 @@ pub fn saga(args: TokenStream, input: TokenStream) -> TokenStream {
     match (cx.check(), &saga) {
         (Ok(()), Ok(saga)) => saga::expand(saga),
         (Ok(()), Err(tokens)) => tokens.clone(),
-        (Err(errors), Ok(saga)) => fallback::item_as_written(&saga.item, &errors),
-        (Err(errors), Err(tokens)) => fallback::item_as_written(tokens, &errors),
+        (Err(errors), saga) => fallback::saga(saga.as_ref(), &errors),
     }
 }
 

@@ -24,7 +24,8 @@ pub struct Aggregate {
     pub applies: Vec<ApplyFn>,
     /// The command handlers whose signatures are right.
     pub commands: Vec<CommandFn>,
-    /// Whether traits can be implemented for the impl block's type (inherent, not generic).
+    /// Whether traits can be implemented for the impl block's type (inherent, not generic, a
+    /// plain path): only then does the fallback emit stubs.
     pub well_formed: bool,
 }
 

@@ -27,6 +27,9 @@ pub struct Projection {
     pub connection: Option<Type>,
     /// `inline`: it may also run in the append's transaction.
     pub inline: bool,
+    /// Whether traits can be implemented for the impl block's type (inherent, not generic, a
+    /// plain path): only then does the fallback emit stubs.
+    pub well_formed: bool,
 }
 
 /// `#[handle] async fn method(&mut self, event: &Event, envelope: &Envelope, tx: &mut Conn)`.
@@ -53,7 +56,7 @@ pub fn projection(cx: &Ctxt, input: ProjectionInput) -> Projection {
         name,
         methods,
     } = input;
-    impl_header(
+    let well_formed = impl_header(
         cx,
         &item,
         name.as_deref(),
@@ -142,6 +145,7 @@ pub fn projection(cx: &Ctxt, input: ProjectionInput) -> Projection {
         discard,
         connection,
         inline: args.inline.is_some(),
+        well_formed,
     };
     cx.about(Place::Whole, || whole(cx, &projection));
     projection

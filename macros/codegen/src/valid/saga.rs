@@ -25,6 +25,9 @@ pub struct Saga {
     pub timeouts: Vec<MessageHandler>,
     /// The `#[rejected]` method, when its signature is right.
     pub rejected: Option<Ident>,
+    /// Whether traits can be implemented for the impl block's type (inherent, not generic, a
+    /// plain path): only then does the fallback emit stubs.
+    pub well_formed: bool,
 }
 
 /// An event handler: `#[start(by = field)]` or `#[handle(by = field)]`.
@@ -51,7 +54,7 @@ pub fn saga(cx: &Ctxt, input: SagaInput) -> Saga {
         name,
         methods,
     } = input;
-    impl_header(
+    let well_formed = impl_header(
         cx,
         &item,
         name.as_deref(),
@@ -130,6 +133,7 @@ pub fn saga(cx: &Ctxt, input: SagaInput) -> Saga {
         handlers,
         timeouts,
         rejected,
+        well_formed,
     };
     cx.about(Place::Whole, || whole(cx, &saga));
     saga
