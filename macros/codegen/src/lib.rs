@@ -13,7 +13,8 @@
 //!   of each macro.
 //! - `fallback`: what is emitted on mistakes: the errors, the user's item, and stub
 //!   implementations where they are safe, so that one mistake is one error.
-//! - `ctxt`: the error collector, which must be checked.
+//! - `ctxt`: the error collector; it reports errors in the order of the code they are about,
+//!   whichever pass found them, and must be checked.
 
 #![forbid(unsafe_code)]
 #![warn(clippy::unwrap_used)]
