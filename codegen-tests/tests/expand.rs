@@ -225,6 +225,52 @@ fn saga() {
 }
 
 #[test]
+fn projection_with_a_mistake_emits_a_stub() {
+    // The handler that is not async is reported; the stub implements `Projection` (and
+    // `InlineProjection`) with the connection of the handler that is right, and handles nothing.
+    insta::assert_snapshot!(render(factum_codegen::projection(
+        quote!(name = "balances", inline),
+        quote! {
+            impl Balances {
+                #[handle]
+                async fn deposited(&mut self, event: &MoneyDeposited, envelope: &Envelope, tx: &mut PgConnection) -> Result<(), sqlx::Error> {
+                    Ok(())
+                }
+
+                #[handle]
+                fn withdrawn(&mut self, event: &MoneyWithdrawn, envelope: &Envelope, tx: &mut PgConnection) -> Result<(), sqlx::Error> {
+                    Ok(())
+                }
+            }
+        }
+    )));
+}
+
+#[test]
+fn saga_with_a_mistake_emits_stubs() {
+    // The command listed twice is reported; the stub implements `Saga`, `Sends` once per command
+    // and `Schedules` for the timeout handler that is right, and handles nothing.
+    insta::assert_snapshot!(render(factum_codegen::saga(
+        quote!(
+            name = "order_fulfillment",
+            commands(ReserveInventory, CancelOrder, ReserveInventory)
+        ),
+        quote! {
+            impl OrderFulfillment {
+                #[start(by = order_id)]
+                fn placed(&mut self, event: &OrderPlaced, context: &mut SagaContext<Self>) {}
+
+                #[timeout]
+                fn timed_out(&mut self, timeout: &PaymentTimedOut, context: &mut SagaContext<Self>) {}
+
+                #[timeout]
+                async fn late(&mut self, timeout: &ShipmentLate, context: &mut SagaContext<Self>) {}
+            }
+        }
+    )));
+}
+
+#[test]
 fn command_message() {
     insta::assert_snapshot!(render(factum_codegen::command(
         quote!(name = "ReserveStock"),

@@ -7,10 +7,10 @@ use quote::{quote, quote_spanned};
 use syn::Type;
 use syn::spanned::Spanned as _;
 
-use crate::ast::AggregateInput;
 use crate::ctxt::tokens_key;
+use crate::valid::Aggregate;
 
-pub fn expand(input: &AggregateInput) -> TokenStream {
+pub fn expand(input: &Aggregate) -> TokenStream {
     let item = &input.item;
     let Some(events) = &input.args.events else {
         return quote!(#item);
@@ -66,7 +66,7 @@ pub fn expand(input: &AggregateInput) -> TokenStream {
 
 /// The `Aggregate` implementation. Without `dispatch` (after an error), `apply` does nothing, so
 /// that the error does not cascade into "no apply function" errors.
-pub fn aggregate_impl(input: &AggregateInput, events: &Type, dispatch: bool) -> TokenStream {
+pub fn aggregate_impl(input: &Aggregate, events: &Type, dispatch: bool) -> TokenStream {
     let self_ty = &input.item.self_ty;
     let name = &input.name;
     let state_version = input.args.state_version.as_ref().map_or(1, |(v, _)| *v);
@@ -100,7 +100,7 @@ pub fn aggregate_impl(input: &AggregateInput, events: &Type, dispatch: bool) -> 
 /// One `Handle` implementation per command handler; with `first_only` (after an error), only the
 /// first handler of each command type, so that duplicates do not add conflicting implementations.
 pub fn handler_impls<'a>(
-    input: &'a AggregateInput,
+    input: &'a Aggregate,
     events: &'a Type,
     first_only: bool,
 ) -> impl Iterator<Item = TokenStream> + 'a {

@@ -1,4 +1,5 @@
-//! Parsing of the arguments of `#[event(...)]` and `#[aggregate(...)]`.
+//! Parsing of our attributes' arguments (`#[event(...)]`, `#[aggregate(...)]`, ...) and of the
+//! options of the markers on methods (`#[handle(side_effects)]`, `#[start(by = field)]`).
 //!
 //! Every key may appear once; unknown keys, duplicate keys and bad values are recorded in the
 //! [`Ctxt`] at the user's tokens, and parsing goes on so that all mistakes are reported at once.
@@ -11,7 +12,9 @@ use syn::punctuated::Punctuated;
 use syn::{Expr, Lit, LitInt, LitStr, Token, Type};
 
 use crate::ctxt::Ctxt;
-use crate::symbol::{BY, COMMANDS, END, EVENTS, IGNORE, INLINE, NAME, STATE_VERSION, VERSION};
+use crate::symbol::{
+    BY, COMMANDS, END, EVENTS, IGNORE, INLINE, NAME, SIDE_EFFECTS, STATE_VERSION, VERSION,
+};
 
 /// A key that may be set at most once.
 pub struct Attr<T> {
@@ -140,6 +143,27 @@ pub fn projection_args(cx: &Ctxt, args: TokenStream) -> ProjectionArgs {
         name: name.get(),
         version: version.get(),
         inline: inline.get(),
+    }
+}
+
+/// The options of a projection's `#[handle]`: none, or `side_effects` (the handler acts outside
+/// the database: skipped while a new version replays the history, and run at most once per
+/// event).
+pub fn projection_handler_args(cx: &Ctxt, meta: &syn::Meta) -> bool {
+    const HELP: &str = "`#[handle]` takes one option, `#[handle(side_effects)]`, for handlers that act outside the database (email, HTTP)";
+    match meta {
+        syn::Meta::Path(_) => false,
+        syn::Meta::List(list) => match syn::parse2::<syn::Ident>(list.tokens.clone()) {
+            Ok(ident) if ident == SIDE_EFFECTS => true,
+            _ => {
+                cx.error_spanned_by(&list.tokens, HELP);
+                false
+            }
+        },
+        syn::Meta::NameValue(_) => {
+            cx.error_spanned_by(meta, HELP);
+            false
+        }
     }
 }
 

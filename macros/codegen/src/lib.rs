@@ -1,8 +1,20 @@
 //! The code generation behind `factum-macros`, as plain functions on token streams, so that it
 //! can be tested (and its expansions snapshot) without a compiler in the loop.
 //!
-//! Each entry point parses into our own syntax tree (`ast`), validates it (`check`), and
-//! expands it; on mistakes it reports all of them and emits a fallback (`fallback`).
+//! Each entry point parses its input, validates it, and expands it; on mistakes it reports all
+//! of them at once, at the user's tokens, and emits a fallback. The modules, by concern:
+//!
+//! - `ast`: the input shapes, read from syn and keeping its nodes (one file per macro family:
+//!   event, aggregate, upcast, projection, saga, message); `attr` parses the arguments of our
+//!   attributes and the options of our markers; `symbol` names their keys.
+//! - `valid`: the judging of those shapes (headers, method signatures, rules over a whole item),
+//!   which for impl blocks also yields the handlers that expansion works from.
+//! - `event`, `event_set`, `aggregate`, `upcast`, `projection`, `saga`, `message`: the expansion
+//!   of each macro.
+//! - `fallback`: what is emitted on mistakes: the errors, the user's item, and stub
+//!   implementations where they are safe, so that one mistake is one error.
+//! - `ctxt`: the error collector; it reports errors in the order of the code they are about,
+//!   whichever pass found them, and must be checked.
 
 #![forbid(unsafe_code)]
 #![warn(clippy::unwrap_used)]
@@ -10,7 +22,6 @@
 mod aggregate;
 mod ast;
 mod attr;
-mod check;
 mod ctxt;
 mod event;
 mod event_set;
@@ -20,11 +31,12 @@ mod projection;
 mod saga;
 mod symbol;
 mod upcast;
+mod valid;
 
 use proc_macro2::TokenStream;
 
 use crate::ast::{
-    AggregateInput, EventInput, MessageInput, MessageKind, ProjectionInput, SagaInput, UpcastFn,
+    AggregateInput, EventInput, MessageInput, MessageKind, ProjectionInput, SagaInput, UpcastInput,
 };
 use crate::ctxt::Ctxt;
 
@@ -33,7 +45,7 @@ use crate::ctxt::Ctxt;
 pub fn event(args: TokenStream, input: TokenStream) -> TokenStream {
     let cx = Ctxt::new();
     let input = EventInput::from_syn(&cx, args, input);
-    check::event(&cx, &input);
+    valid::event(&cx, &input);
     match (cx.check(), &input) {
         (Ok(()), EventInput::Struct(event)) => event::expand(event),
         (Ok(()), EventInput::Set(set)) => event_set::expand(set),
@@ -47,13 +59,11 @@ pub fn event(args: TokenStream, input: TokenStream) -> TokenStream {
 pub fn aggregate(args: TokenStream, input: TokenStream) -> TokenStream {
     let cx = Ctxt::new();
     let input = AggregateInput::from_syn(&cx, args, input);
-    if let Ok(input) = &input {
-        check::aggregate(&cx, input);
-    }
-    match (cx.check(), &input) {
-        (Ok(()), Ok(input)) => aggregate::expand(input),
+    let aggregate = input.map(|input| valid::aggregate(&cx, input));
+    match (cx.check(), &aggregate) {
+        (Ok(()), Ok(aggregate)) => aggregate::expand(aggregate),
         (Ok(()), Err(tokens)) => tokens.clone(),
-        (Err(errors), input) => fallback::aggregate(input.as_ref(), &errors),
+        (Err(errors), aggregate) => fallback::aggregate(aggregate.as_ref(), &errors),
     }
 }
 
@@ -61,12 +71,13 @@ pub fn aggregate(args: TokenStream, input: TokenStream) -> TokenStream {
 #[must_use]
 pub fn upcast(args: TokenStream, input: TokenStream) -> TokenStream {
     let cx = Ctxt::new();
-    let input = UpcastFn::from_syn(&cx, args, input);
-    match (cx.check(), &input) {
+    let input = UpcastInput::from_syn(&cx, args, input);
+    let upcast = input.and_then(|input| valid::upcast(&cx, input));
+    match (cx.check(), &upcast) {
         (Ok(()), Ok(upcast)) => upcast::expand(upcast),
         (Ok(()), Err(tokens)) => tokens.clone(),
-        (Err(errors), Ok(upcast)) => fallback::upcast(Some(&upcast.item), &errors),
-        (Err(errors), Err(tokens)) => fallback::upcast_tokens(tokens, &errors),
+        (Err(errors), Ok(upcast)) => fallback::item_as_written(&upcast.item, &errors),
+        (Err(errors), Err(tokens)) => fallback::item_as_written(tokens, &errors),
     }
 }
 
@@ -75,36 +86,24 @@ pub fn upcast(args: TokenStream, input: TokenStream) -> TokenStream {
 pub fn projection(args: TokenStream, input: TokenStream) -> TokenStream {
     let cx = Ctxt::new();
     let input = ProjectionInput::from_syn(&cx, args, input);
-    if let Ok(input) = &input {
-        check::projection(&cx, input);
-    }
-    match (cx.check(), &input) {
-        (Ok(()), Ok(input)) => projection::expand(input),
+    let projection = input.map(|input| valid::projection(&cx, input));
+    match (cx.check(), &projection) {
+        (Ok(()), Ok(projection)) => projection::expand(projection),
         (Ok(()), Err(tokens)) => tokens.clone(),
-        (Err(errors), Ok(input)) => {
-            fallback::upcast_tokens(&quote::ToTokens::to_token_stream(&input.item), &errors)
-        }
-        (Err(errors), Err(tokens)) => fallback::upcast_tokens(tokens, &errors),
+        (Err(errors), projection) => fallback::projection(projection.as_ref(), &errors),
     }
 }
 
-/// `#[apply]` or `#[command]` used on its own: always an error (the `#[aggregate]` impl block
-/// consumes these markers).
 /// `#[saga]` on an impl block.
 #[must_use]
 pub fn saga(args: TokenStream, input: TokenStream) -> TokenStream {
     let cx = Ctxt::new();
     let input = SagaInput::from_syn(&cx, args, input);
-    if let Ok(input) = &input {
-        check::saga(&cx, input);
-    }
-    match (cx.check(), &input) {
-        (Ok(()), Ok(input)) => saga::expand(input),
+    let saga = input.map(|input| valid::saga(&cx, input));
+    match (cx.check(), &saga) {
+        (Ok(()), Ok(saga)) => saga::expand(saga),
         (Ok(()), Err(tokens)) => tokens.clone(),
-        (Err(errors), Ok(input)) => {
-            fallback::upcast_tokens(&quote::ToTokens::to_token_stream(&input.item), &errors)
-        }
-        (Err(errors), Err(tokens)) => fallback::upcast_tokens(tokens, &errors),
+        (Err(errors), saga) => fallback::saga(saga.as_ref(), &errors),
     }
 }
 
@@ -123,20 +122,24 @@ pub fn timeout(args: TokenStream, input: TokenStream) -> TokenStream {
 }
 
 fn message(kind: MessageKind, args: TokenStream, input: TokenStream) -> TokenStream {
-    let cx = Ctxt::new();
-    let Some(parsed) = MessageInput::from_syn(&cx, kind, args, input.clone()) else {
+    if ast::on_a_function(&input) {
         return fallback::stray_marker(kind.marker(), input);
-    };
-    match (cx.check(), &parsed) {
+    }
+    let cx = Ctxt::new();
+    let input = MessageInput::from_syn(&cx, kind, args, input);
+    if let Ok(message) = &input {
+        valid::message(&cx, message);
+    }
+    match (cx.check(), &input) {
         (Ok(()), Ok(message)) => message::expand(message),
         (Ok(()), Err(tokens)) => tokens.clone(),
-        (Err(errors), Ok(message)) => {
-            fallback::upcast_tokens(&quote::ToTokens::to_token_stream(&message.item), &errors)
-        }
-        (Err(errors), Err(tokens)) => fallback::upcast_tokens(tokens, &errors),
+        (Err(errors), Ok(message)) => fallback::item_as_written(&message.item, &errors),
+        (Err(errors), Err(tokens)) => fallback::item_as_written(tokens, &errors),
     }
 }
 
+/// A marker of a method (`#[apply]`, `#[handle]`, `#[start]`, ...) used on its own, outside the
+/// impl block whose attribute consumes it: always an error.
 #[must_use]
 pub fn stray_marker(marker: &str, input: TokenStream) -> TokenStream {
     fallback::stray_marker(marker, input)

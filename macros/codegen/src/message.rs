@@ -12,6 +12,7 @@ pub fn expand(message: &MessageInput) -> TokenStream {
         item,
         ident,
         name,
+        ..
     } = message;
     let message_trait = match kind {
         MessageKind::Command => quote!(::factum::__private::Command),

@@ -6,9 +6,9 @@ use proc_macro2::TokenStream;
 use quote::{quote, quote_spanned};
 use syn::spanned::Spanned as _;
 
-use crate::ast::ProjectionInput;
+use crate::valid::Projection;
 
-pub fn expand(input: &ProjectionInput) -> TokenStream {
+pub fn expand(input: &Projection) -> TokenStream {
     let item = &input.item;
     let Some(connection) = &input.connection else {
         return quote!(#item);

@@ -7,9 +7,10 @@ use proc_macro2::TokenStream;
 use quote::{quote, quote_spanned};
 use syn::spanned::Spanned as _;
 
-use crate::ast::{SagaInput, SagaRole};
+use crate::ast::SagaRole;
+use crate::valid::Saga;
 
-pub fn expand(input: &SagaInput) -> TokenStream {
+pub fn expand(input: &Saga) -> TokenStream {
     let item = &input.item;
     let self_ty = &item.self_ty;
     let name = &input.name;

@@ -5,9 +5,9 @@ use proc_macro2::TokenStream;
 use quote::{quote, quote_spanned};
 use syn::spanned::Spanned as _;
 
-use crate::ast::UpcastFn;
+use crate::valid::Upcast;
 
-pub fn expand(upcast: &UpcastFn) -> TokenStream {
+pub fn expand(upcast: &Upcast) -> TokenStream {
     let item = &upcast.item;
     let function = &item.sig.ident;
     let (from, to) = (&upcast.from, &upcast.to);

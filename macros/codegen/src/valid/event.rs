@@ -1,10 +1,9 @@
-//! Rules that look at a whole annotated item: what parsing alone cannot tell.
+//! Judging `#[event]` on a struct or an enum.
 
 use syn::{Fields, Meta};
 
-use crate::ast::{
-    AggregateInput, EventInput, EventSetEnum, EventStruct, ProjectionInput, SagaInput,
-};
+use super::has_generics;
+use crate::ast::{EventInput, EventSetEnum, EventStruct};
 use crate::ctxt::{Ctxt, tokens_key};
 
 /// The derives `#[event]` adds itself.
@@ -60,10 +59,6 @@ fn derives_we_add(attrs: &[syn::Attribute]) -> Vec<syn::Path> {
         }));
     }
     found
-}
-
-fn has_generics(generics: &syn::Generics) -> bool {
-    !generics.params.is_empty() || generics.where_clause.is_some()
 }
 
 /// Whether the struct can be expanded despite errors in the attribute's arguments (the
@@ -130,115 +125,6 @@ fn event_set(cx: &Ctxt, set: &EventSetEnum) {
             );
         } else {
             seen.push((key, &variant.ident));
-        }
-    }
-}
-
-pub fn aggregate(cx: &Ctxt, input: &AggregateInput) {
-    if input.args.events.is_none() {
-        cx.error_at(
-            proc_macro2::Span::call_site(),
-            "missing `events = ...`: name the aggregate's event set, like `#[aggregate(events = AccountEvent)]`",
-        );
-    }
-    let mut applied: Vec<(String, &syn::Ident)> = Vec::new();
-    for apply in &input.applies {
-        let key = tokens_key(&apply.event);
-        if let Some((_, first)) = applied.iter().find(|(k, _)| *k == key) {
-            cx.error_spanned_by(
-                &apply.event,
-                format!("`{key}` already has an apply function (`{first}`): merge them into one"),
-            );
-        } else {
-            applied.push((key, &apply.method));
-        }
-    }
-    let mut ignored: Vec<String> = Vec::new();
-    for ty in &input.args.ignore {
-        let key = tokens_key(ty);
-        if ignored.contains(&key) {
-            cx.error_spanned_by(ty, format!("`{key}` is listed twice in `ignore`"));
-            continue;
-        }
-        if let Some((_, method)) = applied.iter().find(|(k, _)| *k == key) {
-            cx.error_spanned_by(
-                ty,
-                format!(
-                    "`{key}` is ignored but has an apply function (`{method}`): keep one of the two"
-                ),
-            );
-        }
-        ignored.push(key);
-    }
-    let mut handled: Vec<(String, &syn::Ident)> = Vec::new();
-    for command in &input.commands {
-        let key = tokens_key(&command.command);
-        if let Some((_, first)) = handled.iter().find(|(k, _)| *k == key) {
-            cx.error_spanned_by(
-                &command.command,
-                format!(
-                    "`{key}` already has a command handler (`{first}`): a command has one handler"
-                ),
-            );
-        } else {
-            handled.push((key, &command.method));
-        }
-    }
-}
-
-pub fn projection(cx: &Ctxt, input: &ProjectionInput) {
-    let mut handled: Vec<(String, &syn::Ident)> = Vec::new();
-    for handler in &input.handlers {
-        let key = tokens_key(&handler.event);
-        if let Some((_, first)) = handled.iter().find(|(k, _)| *k == key) {
-            cx.error_spanned_by(
-                &handler.event,
-                format!("`{key}` already has a handler (`{first}`): merge them into one"),
-            );
-        } else {
-            handled.push((key, &handler.method));
-        }
-    }
-    if let Some(first) = &input.connection {
-        let expected = tokens_key(first);
-        let connections = input
-            .handlers
-            .iter()
-            .map(|h| &h.connection)
-            .chain(input.flush.as_ref().map(|f| &f.connection));
-        for connection in connections {
-            if tokens_key(connection) != expected {
-                cx.error_spanned_by(
-                    connection,
-                    format!("every handler of a projection writes through the same connection type: `{expected}`"),
-                );
-            }
-        }
-    }
-}
-
-pub fn saga(cx: &Ctxt, input: &SagaInput) {
-    let mut handled: Vec<(String, &syn::Ident)> = Vec::new();
-    let events = input.handlers.iter().map(|h| (&h.event, &h.method));
-    let timeouts = input.timeouts.iter().map(|t| (&t.message, &t.method));
-    for (ty, method) in events.chain(timeouts) {
-        let key = tokens_key(ty);
-        if let Some((_, first)) = handled.iter().find(|(k, _)| *k == key) {
-            cx.error_spanned_by(
-                ty,
-                format!("`{key}` already has a handler (`{first}`): merge them into one"),
-            );
-        } else {
-            handled.push((key, method));
-        }
-    }
-    let mut commands: Vec<String> = Vec::new();
-    for command in &input.commands {
-        let key = tokens_key(command);
-        if commands.contains(&key) {
-            cx.error_spanned_by(command, format!("`{key}` is listed twice"));
-        } else {
-            commands.push(key);
         }
     }
 }

@@ -1,0 +1,89 @@
+//! `#[event]` on a struct (one event) or on an enum of events (an event set).
+
+use proc_macro2::TokenStream;
+use syn::{Fields, Ident, ItemEnum, ItemStruct, LitStr, Type};
+
+use super::item_keyword;
+use crate::attr::{self, EventArgs};
+use crate::ctxt::Ctxt;
+
+/// What `#[event]` was put on.
+pub enum EventInput {
+    /// One event.
+    Struct(EventStruct),
+    /// An event set.
+    Set(EventSetEnum),
+    /// Anything else (already reported); emitted unchanged.
+    Other(TokenStream),
+}
+
+pub struct EventStruct {
+    pub item: ItemStruct,
+    /// The stored type name.
+    pub name: String,
+    pub version: u32,
+    /// The version as written, for spans (`None`: the default, 1).
+    pub version_literal: Option<(u32, syn::LitInt)>,
+}
+
+pub struct EventSetEnum {
+    pub item: ItemEnum,
+    pub args: EventArgs,
+    /// The variants that hold exactly one event.
+    pub variants: Vec<SetVariant>,
+}
+
+pub struct SetVariant {
+    pub ident: Ident,
+    pub ty: Type,
+}
+
+impl EventInput {
+    pub fn from_syn(cx: &Ctxt, args: TokenStream, input: TokenStream) -> Self {
+        let args = attr::event_args(cx, args, "#[event]");
+        match syn::parse2::<syn::Item>(input.clone()) {
+            Ok(syn::Item::Struct(item)) => {
+                let name = args
+                    .name
+                    .as_ref()
+                    .map_or_else(|| item.ident.to_string(), LitStr::value);
+                let version = args.version.as_ref().map_or(1, |(version, _)| *version);
+                Self::Struct(EventStruct {
+                    item,
+                    name,
+                    version,
+                    version_literal: args.version.clone(),
+                })
+            }
+            Ok(syn::Item::Enum(item)) => {
+                let variants = item
+                    .variants
+                    .iter()
+                    .filter_map(|variant| match &variant.fields {
+                        Fields::Unnamed(fields) if fields.unnamed.len() == 1 => Some(SetVariant {
+                            ident: variant.ident.clone(),
+                            ty: fields.unnamed[0].ty.clone(),
+                        }),
+                        _ => None,
+                    })
+                    .collect();
+                Self::Set(EventSetEnum {
+                    item,
+                    args,
+                    variants,
+                })
+            }
+            Ok(other) => {
+                cx.error_spanned_by(
+                    item_keyword(&other),
+                    "#[event] goes on a struct (one event) or on an enum whose variants each hold one event (an event set)",
+                );
+                Self::Other(input)
+            }
+            Err(error) => {
+                cx.syn_error(error);
+                Self::Other(input)
+            }
+        }
+    }
+}

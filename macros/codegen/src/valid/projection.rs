@@ -1,0 +1,339 @@
+//! Judging `#[projection]`: the signatures of `#[handle]`, `#[flush]` and `#[discard]` methods,
+//! and the rules of the whole block (a handler at least, one handler per event, one connection
+//! type, a `#[discard]` beside a `#[flush]`, no side effects in an inline projection).
+
+use syn::{Ident, ItemImpl, ReturnType, Signature, Type};
+
+use super::{
+    ImplRules, impl_header, receiver_or_name, reference_receiver, shared_reference, typed_inputs,
+};
+use crate::ast::{ProjectionInput, ProjectionMethod};
+use crate::ctxt::{Ctxt, Place, tokens_key};
+
+/// A projection as judged.
+pub struct Projection {
+    /// The impl block, with the markers removed.
+    pub item: ItemImpl,
+    /// The projection's name (empty when none could be derived, which is reported).
+    pub name: String,
+    pub version: u32,
+    /// The handlers whose signatures are right.
+    pub handlers: Vec<HandlerFn>,
+    /// The `#[flush]` method, when its signature is right.
+    pub flush: Option<FlushFn>,
+    /// The `#[discard]` method, when its signature is right.
+    pub discard: Option<Ident>,
+    /// The connection type of the handlers (the first one's, else the flush's).
+    pub connection: Option<Type>,
+    /// `inline`: it may also run in the append's transaction.
+    pub inline: bool,
+    /// Whether traits can be implemented for the impl block's type (inherent, not generic, a
+    /// plain path): only then does the fallback emit stubs.
+    pub well_formed: bool,
+}
+
+/// `#[handle] async fn method(&mut self, event: &Event, envelope: &Envelope, tx: &mut Conn)`.
+pub struct HandlerFn {
+    pub method: Ident,
+    pub event: Type,
+    pub connection: Type,
+    /// `#[handle(side_effects)]`.
+    pub side_effects: bool,
+}
+
+/// `#[flush] async fn method(&mut self, tx: &mut Conn) -> Result<(), E>`.
+pub struct FlushFn {
+    pub method: Ident,
+    pub connection: Type,
+}
+
+const HANDLE_USAGE: &str = "#[handle] async fn on_event(&mut self, event: &EventType, envelope: &Envelope, tx: &mut PgConnection) -> Result<(), Error>";
+
+pub fn projection(cx: &Ctxt, input: ProjectionInput) -> Projection {
+    let ProjectionInput {
+        item,
+        args,
+        name,
+        methods,
+    } = input;
+    let well_formed = impl_header(
+        cx,
+        &item,
+        name.as_deref(),
+        &ImplRules {
+            kind: "projection",
+            not_generic: "projections cannot be generic: a checkpoint is kept under one name",
+            name_of: "a projection name",
+        },
+    );
+    let mut handlers = Vec::new();
+    let mut flush: Option<FlushFn> = None;
+    let mut discard: Option<Ident> = None;
+    // The first method marked `#[flush]` / `#[discard]`, right or not.
+    let (mut flush_marked, mut discard_marked): (Option<&Ident>, Option<&Ident>) = (None, None);
+    for method in &methods {
+        let (sig, ident) = (&method.sig, &method.sig.ident);
+        cx.about(Place::Member(method.index), || match method.role {
+            ProjectionMethod::Handle { side_effects } => {
+                handlers.extend(handler_fn(cx, sig, side_effects));
+            }
+            ProjectionMethod::Flush => {
+                if let Some(first) = flush_marked {
+                    cx.error_spanned_by(
+                        ident,
+                        format!("a projection has one `#[flush]` method, and `{first}` is it: merge them"),
+                    );
+                } else {
+                    flush_marked = Some(ident);
+                    flush = flush_fn(cx, sig);
+                }
+            }
+            ProjectionMethod::Discard => {
+                if let Some(first) = discard_marked {
+                    cx.error_spanned_by(
+                        ident,
+                        format!("a projection has one `#[discard]` method, and `{first}` is it: merge them"),
+                    );
+                } else {
+                    discard_marked = Some(ident);
+                    if discard_signature(cx, sig) {
+                        discard = Some(ident.clone());
+                    }
+                }
+            }
+        });
+    }
+    let handles = methods
+        .iter()
+        .filter(|method| matches!(method.role, ProjectionMethod::Handle { .. }))
+        .count();
+    cx.about(Place::Whole, || {
+        if let (Some(flush), None) = (flush_marked, discard_marked) {
+            cx.error_spanned_by(
+                flush,
+                "a projection that buffers writes until `#[flush]` says how to drop a rolled-back batch's buffer: add `#[discard] fn discard(&mut self)` (called before every batch)",
+            );
+        }
+        if handles == 0 {
+            cx.error_spanned_by(
+                &item.self_ty,
+                format!("a projection handles at least one event: mark a method `{HANDLE_USAGE}`"),
+            );
+        }
+        if let Some(inline) = &args.inline {
+            for handler in handlers.iter().filter(|h| h.side_effects) {
+                cx.error_spanned_by(
+                    inline,
+                    format!(
+                        "an inline projection runs in the append's transaction, which may still roll back, so it cannot act outside the database: move `#[handle(side_effects)] {}` to a projection that is not inline",
+                        handler.method
+                    ),
+                );
+            }
+        }
+    });
+    let connection = handlers
+        .first()
+        .map(|h| h.connection.clone())
+        .or_else(|| flush.as_ref().map(|f| f.connection.clone()));
+    let projection = Projection {
+        item,
+        name: name.unwrap_or_default(),
+        version: args.version.as_ref().map_or(1, |(version, _)| *version),
+        handlers,
+        flush,
+        discard,
+        connection,
+        inline: args.inline.is_some(),
+        well_formed,
+    };
+    cx.about(Place::Whole, || whole(cx, &projection));
+    projection
+}
+
+fn handler_fn(cx: &Ctxt, sig: &Signature, side_effects: bool) -> Option<HandlerFn> {
+    let usage = HANDLE_USAGE;
+    let mut ok = true;
+    if sig.asyncness.is_none() {
+        cx.error_spanned_by(
+            sig.fn_token,
+            format!("projection handlers are async: `{usage}`"),
+        );
+        ok = false;
+    }
+    if !sig.generics.params.is_empty() {
+        cx.error_spanned_by(
+            &sig.generics,
+            "projection handlers take no generic parameters",
+        );
+        ok = false;
+    }
+    if !matches!(reference_receiver(sig), Some((true, _))) {
+        cx.error_spanned_by(
+            receiver_or_name(sig),
+            format!("projection handlers take `&mut self`: `{usage}`"),
+        );
+        ok = false;
+    }
+    if matches!(sig.output, ReturnType::Default) {
+        cx.error_spanned_by(
+            &sig.ident,
+            format!("projection handlers return `Result<(), Error>`: `{usage}`"),
+        );
+        ok = false;
+    }
+    let typed = typed_inputs(sig);
+    let [event, _envelope, connection] = typed.as_slice() else {
+        cx.error_spanned_by(
+            &sig.ident,
+            format!(
+                "projection handlers take the event, its envelope and the transaction: `{usage}`"
+            ),
+        );
+        return None;
+    };
+    let Some(event) = shared_reference(&event.ty) else {
+        cx.error_spanned_by(
+            &event.ty,
+            format!("the event is taken by shared reference: `{usage}`"),
+        );
+        return None;
+    };
+    let connection = match &*connection.ty {
+        Type::Reference(reference) if reference.mutability.is_some() => (*reference.elem).clone(),
+        other => {
+            cx.error_spanned_by(
+                other,
+                format!("the transaction is taken by mutable reference: `{usage}`"),
+            );
+            return None;
+        }
+    };
+    ok.then(|| HandlerFn {
+        method: sig.ident.clone(),
+        event: event.clone(),
+        connection,
+        side_effects,
+    })
+}
+
+fn flush_fn(cx: &Ctxt, sig: &Signature) -> Option<FlushFn> {
+    const USAGE: &str =
+        "#[flush] async fn flush(&mut self, tx: &mut PgConnection) -> Result<(), Error>";
+    let mut ok = true;
+    if sig.asyncness.is_none() {
+        cx.error_spanned_by(sig.fn_token, format!("`#[flush]` is async: `{USAGE}`"));
+        ok = false;
+    }
+    if !sig.generics.params.is_empty() {
+        cx.error_spanned_by(&sig.generics, "`#[flush]` takes no generic parameters");
+        ok = false;
+    }
+    if !matches!(reference_receiver(sig), Some((true, _))) {
+        cx.error_spanned_by(
+            receiver_or_name(sig),
+            format!("`#[flush]` takes `&mut self`: `{USAGE}`"),
+        );
+        ok = false;
+    }
+    if matches!(sig.output, ReturnType::Default) {
+        cx.error_spanned_by(
+            &sig.ident,
+            format!("`#[flush]` returns `Result<(), Error>`: `{USAGE}`"),
+        );
+        ok = false;
+    }
+    let typed = typed_inputs(sig);
+    let [connection] = typed.as_slice() else {
+        cx.error_spanned_by(
+            &sig.ident,
+            format!("`#[flush]` takes the batch's transaction: `{USAGE}`"),
+        );
+        return None;
+    };
+    let Type::Reference(reference) = &*connection.ty else {
+        cx.error_spanned_by(
+            &connection.ty,
+            format!("the transaction is taken by mutable reference: `{USAGE}`"),
+        );
+        return None;
+    };
+    if reference.mutability.is_none() {
+        cx.error_spanned_by(
+            &connection.ty,
+            format!("the transaction is taken by mutable reference: `{USAGE}`"),
+        );
+        return None;
+    }
+    ok.then(|| FlushFn {
+        method: sig.ident.clone(),
+        connection: (*reference.elem).clone(),
+    })
+}
+
+/// Checks `#[discard] fn discard(&mut self)`.
+fn discard_signature(cx: &Ctxt, sig: &Signature) -> bool {
+    const USAGE: &str = "#[discard] fn discard(&mut self)";
+    let mut ok = true;
+    if let Some(asyncness) = sig.asyncness {
+        cx.error_spanned_by(
+            asyncness,
+            format!("`#[discard]` only clears memory, it is not async: `{USAGE}`"),
+        );
+        ok = false;
+    }
+    if !matches!(reference_receiver(sig), Some((true, _))) {
+        cx.error_spanned_by(
+            receiver_or_name(sig),
+            format!("`#[discard]` takes `&mut self`: `{USAGE}`"),
+        );
+        ok = false;
+    }
+    if !sig.generics.params.is_empty() || !typed_inputs(sig).is_empty() {
+        cx.error_spanned_by(
+            &sig.ident,
+            format!("`#[discard]` takes only `&mut self`: `{USAGE}`"),
+        );
+        ok = false;
+    }
+    if !matches!(sig.output, ReturnType::Default) {
+        cx.error_spanned_by(
+            &sig.output,
+            format!("`#[discard]` returns nothing: `{USAGE}`"),
+        );
+        ok = false;
+    }
+    ok
+}
+
+/// The rules that compare the handlers.
+fn whole(cx: &Ctxt, input: &Projection) {
+    let mut handled: Vec<(String, &Ident)> = Vec::new();
+    for handler in &input.handlers {
+        let key = tokens_key(&handler.event);
+        if let Some((_, first)) = handled.iter().find(|(k, _)| *k == key) {
+            cx.error_spanned_by(
+                &handler.event,
+                format!("`{key}` already has a handler (`{first}`): merge them into one"),
+            );
+        } else {
+            handled.push((key, &handler.method));
+        }
+    }
+    if let Some(first) = &input.connection {
+        let expected = tokens_key(first);
+        let connections = input
+            .handlers
+            .iter()
+            .map(|h| &h.connection)
+            .chain(input.flush.as_ref().map(|f| &f.connection));
+        for connection in connections {
+            if tokens_key(connection) != expected {
+                cx.error_spanned_by(
+                    connection,
+                    format!("every handler of a projection writes through the same connection type: `{expected}`"),
+                );
+            }
+        }
+    }
+}
