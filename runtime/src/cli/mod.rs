@@ -13,6 +13,8 @@
 //! }
 //! ```
 
+mod args;
+mod error;
 mod projections;
 mod store;
 
@@ -22,99 +24,18 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use clap::{Parser, Subcommand};
+use clap::Parser;
 use serde::Serialize;
 
+use self::args::{
+    Args, CatalogCommand, Command, DlqCommand, FeedCommand, ProjectionsCommand, StreamCommand,
+};
+pub use self::error::CliError;
 use self::store::AnyStore;
 use crate::aggregate::Aggregate;
 use crate::envelope::RecordedEvent;
 use crate::error::Error;
 use crate::store::{FeedQuery, StreamEvent};
-
-/// Why a command failed: one line saying what is wrong and what to do.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum CliError {
-    /// The command line is wrong.
-    #[error("{0}")]
-    Usage(String),
-    /// No store URL was given.
-    #[error(
-        "no store given: set DATABASE_URL or pass --database-url (postgres://user@host/database or sqlite://path/to/file.db)"
-    )]
-    NoUrl,
-    /// The database cannot be reached or opened.
-    #[error("cannot open {url}: {cause}")]
-    Unreachable {
-        /// The URL, without its password.
-        url: String,
-        /// Why.
-        cause: String,
-    },
-    /// The database holds no Factum store.
-    #[error(
-        "{store} holds no Factum store: run your application once (it migrates the store), or check the URL and --schema"
-    )]
-    NotMigrated {
-        /// Which database.
-        store: String,
-    },
-    /// The stream has no events.
-    #[error("stream `{0}` has no events: check its id (`factum stats` lists the largest streams)")]
-    UnknownStream(String),
-    /// No such projection in the store.
-    #[error("no projection `{name}` in this store (known: {known})")]
-    UnknownProjection {
-        /// The name asked for.
-        name: String,
-        /// The names the store knows.
-        known: String,
-    },
-    /// The projection is not registered in this tool (for this store).
-    #[error(
-        "projection `{name}` is not registered in this tool for {store}: build your own with factum::cli::Cli::new().projection(...) or .sqlite_projection(...)"
-    )]
-    UnregisteredProjection {
-        /// The projection.
-        name: String,
-        /// The store.
-        store: String,
-    },
-    /// The stream's aggregate type is not registered in this tool.
-    #[error(
-        "aggregate type `{0}` is not registered in this tool: build your own with factum::cli::Cli::new().aggregate::<{0}>()"
-    )]
-    UnknownAggregate(String),
-    /// The catalog check failed.
-    #[error("{0}")]
-    Catalog(String),
-    /// A retried parked stream failed again.
-    #[error(
-        "`{stream}` stopped again at version {stream_version} ({handled} events handled before it): {error}; fix the cause and retry, or skip it"
-    )]
-    StoppedAgain {
-        /// The stream.
-        stream: String,
-        /// The version that failed.
-        stream_version: u64,
-        /// Events handled before it.
-        handled: u64,
-        /// Its failure.
-        error: String,
-    },
-    /// A projection stopped (its batch rolled back).
-    #[error("{0}")]
-    Runner(#[from] crate::projection::RunnerError),
-    /// The store failed.
-    #[error("the store failed: {0}")]
-    Store(#[from] Error),
-}
-
-impl CliError {
-    fn database(error: sqlx::Error) -> Self {
-        Self::Store(Error::Backend(Box::new(error)))
-    }
-}
 
 /// Replays a stream of one aggregate type, giving the state after each event as JSON.
 type Replayer = fn(&str, &[StreamEvent]) -> Result<Vec<serde_json::Value>, Error>;
@@ -152,143 +73,6 @@ impl std::fmt::Debug for Cli {
             .field("projections", &self.projections.keys().collect::<Vec<_>>())
             .finish_non_exhaustive()
     }
-}
-
-#[derive(Debug, Parser)]
-#[command(
-    name = "factum",
-    about = "Look inside a Factum event store (PostgreSQL or SQLite)"
-)]
-struct Args {
-    /// The store: postgres://user@host/database or sqlite://path/to/file.db.
-    #[arg(long, env = "DATABASE_URL", global = true, hide_env_values = true)]
-    database_url: Option<String>,
-    /// The PostgreSQL schema of the store.
-    #[arg(long, env = "FACTUM_SCHEMA", default_value = "factum", global = true)]
-    schema: String,
-    /// Print JSON instead of tables.
-    #[arg(long, global = true)]
-    json: bool,
-    #[command(subcommand)]
-    command: Command,
-}
-
-#[derive(Debug, Subcommand)]
-enum Command {
-    /// Streams: `stream show <id>`.
-    Stream {
-        #[command(subcommand)]
-        command: StreamCommand,
-    },
-    /// The state of an aggregate at a version or a time (registered aggregates only).
-    State {
-        /// The stream.
-        id: String,
-        /// After this version.
-        #[arg(long, conflicts_with = "at", required_unless_present = "at")]
-        at_version: Option<u64>,
-        /// As of this time (RFC 3339, e.g. 2026-11-23T09:00:00Z).
-        #[arg(long)]
-        at: Option<DateTime<Utc>>,
-    },
-    /// The global feed: `feed tail`.
-    Feed {
-        #[command(subcommand)]
-        command: FeedCommand,
-    },
-    /// Projections (and sagas): `projections status`.
-    Projections {
-        #[command(subcommand)]
-        command: ProjectionsCommand,
-    },
-    /// The dead-letter queue: `dlq list`.
-    Dlq {
-        #[command(subcommand)]
-        command: DlqCommand,
-    },
-    /// The event catalog: `catalog check` (registered catalogs only; needs no store).
-    Catalog {
-        #[command(subcommand)]
-        command: CatalogCommand,
-    },
-    /// Events, streams, the largest streams, events per type, the store's size.
-    Stats {
-        /// How many of the largest streams to list.
-        #[arg(long, default_value_t = 5)]
-        largest: usize,
-    },
-}
-
-#[derive(Debug, Subcommand)]
-enum StreamCommand {
-    /// Every event of a stream with its envelope (and the state after it, for registered
-    /// aggregates).
-    Show {
-        /// The stream.
-        id: String,
-    },
-}
-
-#[derive(Debug, Subcommand)]
-enum FeedCommand {
-    /// Follows the global feed: the last events, then new ones as they come (Ctrl-C stops).
-    Tail {
-        /// Start after this global position (default: the last 10 events).
-        #[arg(long)]
-        from: Option<u64>,
-        /// Stop after this many events.
-        #[arg(long)]
-        limit: Option<u64>,
-        /// Stop when caught up instead of following.
-        #[arg(long)]
-        no_follow: bool,
-    },
-}
-
-#[derive(Debug, Subcommand)]
-enum ProjectionsCommand {
-    /// Every projection's checkpoint, lag and parked streams.
-    Status {
-        /// Only this projection.
-        name: Option<String>,
-    },
-    /// Clears a registered projection's read model and checkpoint and catches up from the
-    /// start, with a progress bar. Stop its runners first.
-    Rebuild {
-        /// The projection.
-        name: String,
-    },
-}
-
-#[derive(Debug, Subcommand)]
-enum CatalogCommand {
-    /// The schema lock, for CI: fails when a published event version changed incompatibly, or
-    /// when the written catalog is not what the code generates.
-    Check {
-        /// The catalog directory (default: the one registered).
-        #[arg(long)]
-        dir: Option<std::path::PathBuf>,
-    },
-}
-
-#[derive(Debug, Subcommand)]
-enum DlqCommand {
-    /// The parked streams of every projection.
-    List,
-    /// Handles a parked stream's events again, in order, after a fix (registered projections).
-    Retry {
-        /// The projection.
-        projection: String,
-        /// The parked stream.
-        stream: String,
-    },
-    /// Skips a parked stream's first event, kept on record (registered projections).
-    Skip {
-        /// The projection.
-        projection: String,
-        /// The parked stream.
-        stream: String,
-    },
 }
 
 impl Cli {
