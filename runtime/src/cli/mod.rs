@@ -15,11 +15,11 @@
 
 mod args;
 mod error;
+mod output;
 mod projections;
 mod store;
 
 use std::collections::BTreeMap;
-use std::fmt::Write as _;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -31,9 +31,9 @@ use self::args::{
     Args, CatalogCommand, Command, DlqCommand, FeedCommand, ProjectionsCommand, StreamCommand,
 };
 pub use self::error::CliError;
+use self::output::{Table, envelope, print_json};
 use self::store::AnyStore;
 use crate::aggregate::Aggregate;
-use crate::envelope::RecordedEvent;
 use crate::error::Error;
 use crate::store::{FeedQuery, StreamEvent};
 
@@ -492,49 +492,6 @@ impl Cli {
     }
 }
 
-/// An envelope as the tool prints it.
-#[derive(Serialize)]
-struct EnvelopeRow<'a> {
-    stream_id: &'a str,
-    stream_version: u64,
-    global_position: u64,
-    aggregate_type: &'a str,
-    event_type: &'a str,
-    schema_version: u32,
-    event_id: String,
-    recorded_at: DateTime<Utc>,
-    correlation_id: String,
-    causation_id: String,
-    actor: Option<&'a str>,
-    metadata: &'a crate::envelope::Metadata,
-    event: serde_json::Value,
-}
-
-fn envelope(event: &RecordedEvent) -> EnvelopeRow<'_> {
-    EnvelopeRow {
-        stream_id: &event.stream_id,
-        stream_version: event.stream_version,
-        global_position: event.global_position,
-        aggregate_type: &event.aggregate_type,
-        event_type: &event.event_type,
-        schema_version: event.schema_version,
-        event_id: event.event_id.to_string(),
-        recorded_at: event.recorded_at,
-        correlation_id: event.correlation_id.to_string(),
-        causation_id: event.causation_id.to_string(),
-        actor: event.actor.as_deref(),
-        metadata: &event.metadata,
-        event: event.event.to_value(),
-    }
-}
-
-fn print_json(value: &impl Serialize) {
-    println!(
-        "{}",
-        serde_json::to_string_pretty(value).unwrap_or_else(|_| "null".to_owned())
-    );
-}
-
 async fn feed_tail(
     store: &AnyStore,
     from: Option<u64>,
@@ -703,42 +660,4 @@ async fn stats(store: &AnyStore, largest: usize, json: bool) -> Result<(), CliEr
     }
     print!("{}", table.render());
     Ok(())
-}
-
-/// A plain text table with aligned columns.
-struct Table {
-    header: Vec<String>,
-    rows: Vec<Vec<String>>,
-}
-
-impl Table {
-    fn new(header: &[&str]) -> Self {
-        Self {
-            header: header.iter().map(|h| (*h).to_owned()).collect(),
-            rows: Vec::new(),
-        }
-    }
-
-    fn row(&mut self, row: Vec<String>) {
-        self.rows.push(row);
-    }
-
-    fn render(&self) -> String {
-        let mut widths: Vec<usize> = self.header.iter().map(|h| h.chars().count()).collect();
-        for row in &self.rows {
-            for (width, cell) in widths.iter_mut().zip(row) {
-                *width = (*width).max(cell.chars().count());
-            }
-        }
-        let mut out = String::new();
-        for row in std::iter::once(&self.header).chain(&self.rows) {
-            let line: Vec<String> = row
-                .iter()
-                .zip(&widths)
-                .map(|(cell, width)| format!("{cell:<width$}"))
-                .collect();
-            let _ = writeln!(out, "{}", line.join("  ").trim_end());
-        }
-        out
-    }
 }
