@@ -2,7 +2,7 @@
 //! and `dlq skip`, which act on one parked stream of a projection registered in the tool.
 
 use super::CliError;
-use super::output::{Table, print_json};
+use super::output::{print_json, print_list};
 use super::projections::Registered;
 use super::store::AnyStore;
 use crate::projection::RetryOutcome;
@@ -10,33 +10,29 @@ use crate::projection::RetryOutcome;
 /// `dlq list`: the parked streams of every projection.
 pub(super) async fn list(store: &AnyStore, json: bool) -> Result<(), CliError> {
     let parked = store.parked().await?;
-    if json {
-        print_json(&parked);
-        return Ok(());
-    }
-    if parked.is_empty() {
-        println!("no parked streams");
-        return Ok(());
-    }
-    let mut table = Table::new(&[
-        "PROJECTION",
-        "VERSION",
-        "STREAM",
-        "FROM VERSION",
-        "EVENTS",
-        "ERROR",
-    ]);
-    for p in &parked {
-        table.row(vec![
-            p.projection.clone(),
-            p.version.to_string(),
-            p.stream_id.clone(),
-            p.first_version.to_string(),
-            p.events.to_string(),
-            p.error.clone().unwrap_or_default(),
-        ]);
-    }
-    print!("{}", table.render());
+    print_list(
+        &parked,
+        json,
+        "no parked streams",
+        &[
+            "PROJECTION",
+            "VERSION",
+            "STREAM",
+            "FROM VERSION",
+            "EVENTS",
+            "ERROR",
+        ],
+        |p| {
+            vec![
+                p.projection.clone(),
+                p.version.to_string(),
+                p.stream_id.clone(),
+                p.first_version.to_string(),
+                p.events.to_string(),
+                p.error.clone().unwrap_or_default(),
+            ]
+        },
+    );
     Ok(())
 }
 

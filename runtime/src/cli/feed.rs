@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use super::CliError;
-use super::output::envelope;
+use super::output::{TIME_FORMAT, envelope};
 use super::store::AnyStore;
 use crate::store::FeedQuery;
 
@@ -42,7 +42,7 @@ pub(super) async fn tail(
                 println!(
                     "{:>8}  {}  {}@{}  {}  {}",
                     event.global_position,
-                    event.recorded_at.format("%Y-%m-%d %H:%M:%S%.3f"),
+                    event.recorded_at.format(TIME_FORMAT),
                     event.stream_id,
                     event.stream_version,
                     event.event_type,

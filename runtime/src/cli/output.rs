@@ -1,5 +1,5 @@
 //! How the tool prints: JSON for `--json` ([`print_json`], [`envelope`]), aligned plain-text
-//! tables otherwise ([`Table`]).
+//! tables otherwise ([`Table`]), and [`print_list`] for a command that prints a list either way.
 
 use std::fmt::Write as _;
 
@@ -7,6 +7,9 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 
 use crate::envelope::RecordedEvent;
+
+/// How times are printed in tables and lines (JSON keeps RFC 3339).
+pub(super) const TIME_FORMAT: &str = "%Y-%m-%d %H:%M:%S%.3f";
 
 /// An envelope as the tool prints it.
 #[derive(Serialize)]
@@ -49,6 +52,28 @@ pub(super) fn print_json(value: &impl Serialize) {
         "{}",
         serde_json::to_string_pretty(value).unwrap_or_else(|_| "null".to_owned())
     );
+}
+
+/// Prints `rows` as JSON, or else `empty` when there are none, or else a table of `header` with
+/// the `cells` of each row.
+pub(super) fn print_list<T: Serialize>(
+    rows: &[T],
+    json: bool,
+    empty: &str,
+    header: &[&str],
+    cells: impl Fn(&T) -> Vec<String>,
+) {
+    if json {
+        print_json(&rows);
+    } else if rows.is_empty() {
+        println!("{empty}");
+    } else {
+        let mut table = Table::new(header);
+        for row in rows {
+            table.row(cells(row));
+        }
+        print!("{}", table.render());
+    }
 }
 
 /// A plain text table with aligned columns.

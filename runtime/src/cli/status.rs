@@ -2,7 +2,7 @@
 //! streams) and `stats` (events, streams, the largest streams, events per type, the size).
 
 use super::CliError;
-use super::output::{Table, print_json};
+use super::output::{Table, print_json, print_list};
 use super::store::AnyStore;
 
 /// `projections status`: every projection's checkpoint (or only `name`'s).
@@ -26,39 +26,35 @@ pub(super) async fn projections(
             });
         }
     }
-    if json {
-        print_json(&checkpoints);
-        return Ok(());
-    }
-    if checkpoints.is_empty() {
-        println!("no projection has run on {} yet", store.describe());
-        return Ok(());
-    }
-    let mut table = Table::new(&[
-        "PROJECTION",
-        "VERSION",
-        "CHECKPOINT",
-        "HEAD",
-        "EVENTS AFTER",
-        "PARKED STREAMS",
-        "PARKED EVENTS",
-    ]);
-    for c in &checkpoints {
-        table.row(vec![
-            c.projection.clone(),
-            c.version.to_string(),
-            if c.position >= c.head {
-                format!("{} (caught up)", c.head)
-            } else {
-                c.position.to_string()
-            },
-            c.head.to_string(),
-            c.events_after.to_string(),
-            c.parked_streams.to_string(),
-            c.parked_events.to_string(),
-        ]);
-    }
-    print!("{}", table.render());
+    print_list(
+        &checkpoints,
+        json,
+        &format!("no projection has run on {} yet", store.describe()),
+        &[
+            "PROJECTION",
+            "VERSION",
+            "CHECKPOINT",
+            "HEAD",
+            "EVENTS AFTER",
+            "PARKED STREAMS",
+            "PARKED EVENTS",
+        ],
+        |c| {
+            vec![
+                c.projection.clone(),
+                c.version.to_string(),
+                if c.position >= c.head {
+                    format!("{} (caught up)", c.head)
+                } else {
+                    c.position.to_string()
+                },
+                c.head.to_string(),
+                c.events_after.to_string(),
+                c.parked_streams.to_string(),
+                c.parked_events.to_string(),
+            ]
+        },
+    );
     Ok(())
 }
 

@@ -8,7 +8,7 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 
 use super::CliError;
-use super::output::{Table, envelope, print_json};
+use super::output::{TIME_FORMAT, Table, envelope, print_json};
 use super::store::AnyStore;
 use crate::aggregate::Aggregate;
 use crate::error::Error;
@@ -101,10 +101,7 @@ pub(super) async fn show(
             event.global_position.to_string(),
             event.event_type.clone(),
             format!("v{}", event.schema_version),
-            event
-                .recorded_at
-                .format("%Y-%m-%d %H:%M:%S%.3f")
-                .to_string(),
+            event.recorded_at.format(TIME_FORMAT).to_string(),
             event.event_id.to_string(),
             event.correlation_id.to_string(),
             event.causation_id.to_string(),
