@@ -26,6 +26,7 @@ mod store;
 mod stream;
 
 use std::collections::BTreeMap;
+use std::marker::PhantomData;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -37,7 +38,7 @@ use self::args::{
     Args, CatalogCommand, Command, DlqCommand, FeedCommand, ProjectionsCommand, StreamCommand,
 };
 pub use self::error::CliError;
-use self::projections::{Registered, Registration};
+use self::projections::{Registered, Registration, StoreRunner};
 use self::store::AnyStore;
 use self::stream::Replayers;
 use crate::aggregate::Aggregate;
@@ -88,14 +89,7 @@ impl Cli {
     where
         P: Projection<Connection = sqlx::PgConnection> + Sync,
     {
-        self.register(
-            P::NAME,
-            Registration::<ProjectionRunner<P>, _> {
-                new,
-                reset,
-                runner: std::marker::PhantomData,
-            },
-        )
+        self.register::<ProjectionRunner<P>>(new, reset)
     }
 
     /// Registers a projection written for SQLite (its handlers take a `SqliteConnection`).
@@ -108,21 +102,24 @@ impl Cli {
     where
         P: Projection<Connection = sqlx::SqliteConnection> + Sync,
     {
-        self.register(
-            P::NAME,
-            Registration::<SqliteProjectionRunner<P>, _> {
-                new,
-                reset,
-                runner: std::marker::PhantomData,
-            },
-        )
+        self.register::<SqliteProjectionRunner<P>>(new, reset)
     }
 
-    fn register(mut self, name: &'static str, entry: impl Registered + 'static) -> Self {
+    /// Registers the projection that `new` makes, for the store of runner `R`.
+    fn register<R: StoreRunner + 'static>(
+        mut self,
+        new: impl Fn() -> R::Projection + Send + Sync + 'static,
+        reset: &'static str,
+    ) -> Self {
+        let registration = Registration::<R, _> {
+            new,
+            reset,
+            runner: PhantomData,
+        };
         self.projections
-            .entry(name)
+            .entry(<R::Projection as Projection>::NAME)
             .or_default()
-            .push(Arc::new(entry));
+            .push(Arc::new(registration));
         self
     }
 
