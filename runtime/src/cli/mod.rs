@@ -13,136 +13,44 @@
 //! }
 //! ```
 
+mod args;
+mod catalog;
+mod dlq;
+mod error;
+mod feed;
+mod output;
 mod projections;
+mod rebuild;
+mod status;
 mod store;
+mod stream;
 
 use std::collections::BTreeMap;
-use std::fmt::Write as _;
+use std::marker::PhantomData;
+use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::Duration;
+use std::sync::Arc;
 
-use chrono::{DateTime, Utc};
-use clap::{Parser, Subcommand};
+use clap::Parser;
 use serde::Serialize;
 
+use self::args::{
+    Args, CatalogCommand, Command, DlqCommand, FeedCommand, ProjectionsCommand, StreamCommand,
+};
+pub use self::error::CliError;
+use self::projections::{Registered, Registration, StoreRunner};
 use self::store::AnyStore;
+use self::stream::Replayers;
 use crate::aggregate::Aggregate;
-use crate::envelope::RecordedEvent;
-use crate::error::Error;
-use crate::store::{FeedQuery, StreamEvent};
-
-/// Why a command failed: one line saying what is wrong and what to do.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum CliError {
-    /// The command line is wrong.
-    #[error("{0}")]
-    Usage(String),
-    /// No store URL was given.
-    #[error(
-        "no store given: set DATABASE_URL or pass --database-url (postgres://user@host/database or sqlite://path/to/file.db)"
-    )]
-    NoUrl,
-    /// The database cannot be reached or opened.
-    #[error("cannot open {url}: {cause}")]
-    Unreachable {
-        /// The URL, without its password.
-        url: String,
-        /// Why.
-        cause: String,
-    },
-    /// The database holds no Factum store.
-    #[error(
-        "{store} holds no Factum store: run your application once (it migrates the store), or check the URL and --schema"
-    )]
-    NotMigrated {
-        /// Which database.
-        store: String,
-    },
-    /// The stream has no events.
-    #[error("stream `{0}` has no events: check its id (`factum stats` lists the largest streams)")]
-    UnknownStream(String),
-    /// No such projection in the store.
-    #[error("no projection `{name}` in this store (known: {known})")]
-    UnknownProjection {
-        /// The name asked for.
-        name: String,
-        /// The names the store knows.
-        known: String,
-    },
-    /// The projection is not registered in this tool (for this store).
-    #[error(
-        "projection `{name}` is not registered in this tool for {store}: build your own with factum::cli::Cli::new().projection(...) or .sqlite_projection(...)"
-    )]
-    UnregisteredProjection {
-        /// The projection.
-        name: String,
-        /// The store.
-        store: String,
-    },
-    /// The stream's aggregate type is not registered in this tool.
-    #[error(
-        "aggregate type `{0}` is not registered in this tool: build your own with factum::cli::Cli::new().aggregate::<{0}>()"
-    )]
-    UnknownAggregate(String),
-    /// The catalog check failed.
-    #[error("{0}")]
-    Catalog(String),
-    /// A retried parked stream failed again.
-    #[error(
-        "`{stream}` stopped again at version {stream_version} ({handled} events handled before it): {error}; fix the cause and retry, or skip it"
-    )]
-    StoppedAgain {
-        /// The stream.
-        stream: String,
-        /// The version that failed.
-        stream_version: u64,
-        /// Events handled before it.
-        handled: u64,
-        /// Its failure.
-        error: String,
-    },
-    /// A projection stopped (its batch rolled back).
-    #[error("{0}")]
-    Runner(#[from] crate::projection::RunnerError),
-    /// The store failed.
-    #[error("the store failed: {0}")]
-    Store(#[from] Error),
-}
-
-impl CliError {
-    fn database(error: sqlx::Error) -> Self {
-        Self::Store(Error::Backend(Box::new(error)))
-    }
-}
-
-/// Replays a stream of one aggregate type, giving the state after each event as JSON.
-type Replayer = fn(&str, &[StreamEvent]) -> Result<Vec<serde_json::Value>, Error>;
-
-fn replay<A: Aggregate + Serialize>(
-    stream_id: &str,
-    events: &[StreamEvent],
-) -> Result<Vec<serde_json::Value>, Error> {
-    let mut state = A::default();
-    let mut states = Vec::with_capacity(events.len());
-    for event in events {
-        for decoded in event.decode::<A::Event>(stream_id)? {
-            state.apply(&decoded);
-        }
-        states.push(serde_json::to_value(&state).map_err(|cause| Error::Encode {
-            event_type: "aggregate state",
-            cause,
-        })?);
-    }
-    Ok(states)
-}
+use crate::catalog::Catalog;
+use crate::projection::{Projection, ProjectionRunner, SqliteProjectionRunner};
 
 /// The tool, with the aggregates it knows.
 #[derive(Clone, Default)]
 pub struct Cli {
-    aggregates: BTreeMap<&'static str, Replayer>,
-    catalog: Option<(crate::catalog::Catalog, std::path::PathBuf)>,
-    projections: BTreeMap<&'static str, Vec<std::sync::Arc<dyn projections::Registered>>>,
+    aggregates: Replayers,
+    catalog: Option<(Catalog, PathBuf)>,
+    projections: BTreeMap<&'static str, Vec<Arc<dyn Registered>>>,
 }
 
 impl std::fmt::Debug for Cli {
@@ -152,143 +60,6 @@ impl std::fmt::Debug for Cli {
             .field("projections", &self.projections.keys().collect::<Vec<_>>())
             .finish_non_exhaustive()
     }
-}
-
-#[derive(Debug, Parser)]
-#[command(
-    name = "factum",
-    about = "Look inside a Factum event store (PostgreSQL or SQLite)"
-)]
-struct Args {
-    /// The store: postgres://user@host/database or sqlite://path/to/file.db.
-    #[arg(long, env = "DATABASE_URL", global = true, hide_env_values = true)]
-    database_url: Option<String>,
-    /// The PostgreSQL schema of the store.
-    #[arg(long, env = "FACTUM_SCHEMA", default_value = "factum", global = true)]
-    schema: String,
-    /// Print JSON instead of tables.
-    #[arg(long, global = true)]
-    json: bool,
-    #[command(subcommand)]
-    command: Command,
-}
-
-#[derive(Debug, Subcommand)]
-enum Command {
-    /// Streams: `stream show <id>`.
-    Stream {
-        #[command(subcommand)]
-        command: StreamCommand,
-    },
-    /// The state of an aggregate at a version or a time (registered aggregates only).
-    State {
-        /// The stream.
-        id: String,
-        /// After this version.
-        #[arg(long, conflicts_with = "at", required_unless_present = "at")]
-        at_version: Option<u64>,
-        /// As of this time (RFC 3339, e.g. 2026-11-23T09:00:00Z).
-        #[arg(long)]
-        at: Option<DateTime<Utc>>,
-    },
-    /// The global feed: `feed tail`.
-    Feed {
-        #[command(subcommand)]
-        command: FeedCommand,
-    },
-    /// Projections (and sagas): `projections status`.
-    Projections {
-        #[command(subcommand)]
-        command: ProjectionsCommand,
-    },
-    /// The dead-letter queue: `dlq list`.
-    Dlq {
-        #[command(subcommand)]
-        command: DlqCommand,
-    },
-    /// The event catalog: `catalog check` (registered catalogs only; needs no store).
-    Catalog {
-        #[command(subcommand)]
-        command: CatalogCommand,
-    },
-    /// Events, streams, the largest streams, events per type, the store's size.
-    Stats {
-        /// How many of the largest streams to list.
-        #[arg(long, default_value_t = 5)]
-        largest: usize,
-    },
-}
-
-#[derive(Debug, Subcommand)]
-enum StreamCommand {
-    /// Every event of a stream with its envelope (and the state after it, for registered
-    /// aggregates).
-    Show {
-        /// The stream.
-        id: String,
-    },
-}
-
-#[derive(Debug, Subcommand)]
-enum FeedCommand {
-    /// Follows the global feed: the last events, then new ones as they come (Ctrl-C stops).
-    Tail {
-        /// Start after this global position (default: the last 10 events).
-        #[arg(long)]
-        from: Option<u64>,
-        /// Stop after this many events.
-        #[arg(long)]
-        limit: Option<u64>,
-        /// Stop when caught up instead of following.
-        #[arg(long)]
-        no_follow: bool,
-    },
-}
-
-#[derive(Debug, Subcommand)]
-enum ProjectionsCommand {
-    /// Every projection's checkpoint, lag and parked streams.
-    Status {
-        /// Only this projection.
-        name: Option<String>,
-    },
-    /// Clears a registered projection's read model and checkpoint and catches up from the
-    /// start, with a progress bar. Stop its runners first.
-    Rebuild {
-        /// The projection.
-        name: String,
-    },
-}
-
-#[derive(Debug, Subcommand)]
-enum CatalogCommand {
-    /// The schema lock, for CI: fails when a published event version changed incompatibly, or
-    /// when the written catalog is not what the code generates.
-    Check {
-        /// The catalog directory (default: the one registered).
-        #[arg(long)]
-        dir: Option<std::path::PathBuf>,
-    },
-}
-
-#[derive(Debug, Subcommand)]
-enum DlqCommand {
-    /// The parked streams of every projection.
-    List,
-    /// Handles a parked stream's events again, in order, after a fix (registered projections).
-    Retry {
-        /// The projection.
-        projection: String,
-        /// The parked stream.
-        stream: String,
-    },
-    /// Skips a parked stream's first event, kept on record (registered projections).
-    Skip {
-        /// The projection.
-        projection: String,
-        /// The parked stream.
-        stream: String,
-    },
 }
 
 impl Cli {
@@ -302,7 +73,7 @@ impl Cli {
     /// `state` rebuilds it at a version or a time.
     #[must_use]
     pub fn aggregate<A: Aggregate + Serialize>(mut self) -> Self {
-        self.aggregates.insert(A::TYPE, replay::<A>);
+        self.aggregates.insert(A::TYPE, stream::replay::<A>);
         self
     }
 
@@ -316,16 +87,9 @@ impl Cli {
         reset: &'static str,
     ) -> Self
     where
-        P: crate::projection::Projection<Connection = sqlx::PgConnection> + Sync,
+        P: Projection<Connection = sqlx::PgConnection> + Sync,
     {
-        self.register(
-            P::NAME,
-            projections::Registration::<crate::projection::ProjectionRunner<P>, _> {
-                new,
-                reset,
-                runner: std::marker::PhantomData,
-            },
-        )
+        self.register::<ProjectionRunner<P>>(new, reset)
     }
 
     /// Registers a projection written for SQLite (its handlers take a `SqliteConnection`).
@@ -336,39 +100,35 @@ impl Cli {
         reset: &'static str,
     ) -> Self
     where
-        P: crate::projection::Projection<Connection = sqlx::SqliteConnection> + Sync,
+        P: Projection<Connection = sqlx::SqliteConnection> + Sync,
     {
-        self.register(
-            P::NAME,
-            projections::Registration::<crate::projection::SqliteProjectionRunner<P>, _> {
-                new,
-                reset,
-                runner: std::marker::PhantomData,
-            },
-        )
+        self.register::<SqliteProjectionRunner<P>>(new, reset)
     }
 
-    fn register(
+    /// Registers the projection that `new` makes, for the store of runner `R`.
+    fn register<R: StoreRunner + 'static>(
         mut self,
-        name: &'static str,
-        entry: impl projections::Registered + 'static,
+        new: impl Fn() -> R::Projection + Send + Sync + 'static,
+        reset: &'static str,
     ) -> Self {
+        let registration = Registration::<R, _> {
+            new,
+            reset,
+            runner: PhantomData,
+        };
         self.projections
-            .entry(name)
+            .entry(<R::Projection as Projection>::NAME)
             .or_default()
-            .push(std::sync::Arc::new(entry));
+            .push(Arc::new(registration));
         self
     }
 
     /// The registered projection `name` for this store.
-    fn registered(
-        &self,
-        store: &AnyStore,
-        name: &str,
-    ) -> Result<&std::sync::Arc<dyn projections::Registered>, CliError> {
+    fn registered(&self, store: &AnyStore, name: &str) -> Result<&dyn Registered, CliError> {
         self.projections
             .get(name)
             .and_then(|entries| entries.iter().find(|e| e.runs_on(store)))
+            .map(Arc::as_ref)
             .ok_or_else(|| CliError::UnregisteredProjection {
                 name: name.to_owned(),
                 store: store.describe(),
@@ -378,11 +138,7 @@ impl Cli {
     /// Registers the application's event catalog and the directory it is written to, for
     /// `catalog check`.
     #[must_use]
-    pub fn catalog(
-        mut self,
-        catalog: crate::catalog::Catalog,
-        dir: impl Into<std::path::PathBuf>,
-    ) -> Self {
+    pub fn catalog(mut self, catalog: Catalog, dir: impl Into<PathBuf>) -> Self {
         self.catalog = Some((catalog, dir.into()));
         self
     }
@@ -420,20 +176,21 @@ impl Cli {
     }
 
     async fn execute(&self, args: &Args) -> Result<(), CliError> {
+        let json = args.json;
         if let Command::Catalog {
             command: CatalogCommand::Check { dir },
         } = &args.command
         {
-            return self.catalog_check(dir.as_deref(), args.json);
+            return catalog::check(self.catalog.as_ref(), dir.as_deref(), json);
         }
         let url = args.database_url.as_deref().ok_or(CliError::NoUrl)?;
         let store = AnyStore::open(url, &args.schema).await?;
         match &args.command {
             Command::Stream {
                 command: StreamCommand::Show { id },
-            } => self.stream_show(&store, id, args.json).await,
+            } => stream::show(&self.aggregates, &store, id, json).await,
             Command::State { id, at_version, at } => {
-                self.state(&store, id, *at_version, *at, args.json).await
+                stream::state(&self.aggregates, &store, id, *at_version, *at, json).await
             }
             Command::Feed {
                 command:
@@ -442,519 +199,24 @@ impl Cli {
                         limit,
                         no_follow,
                     },
-            } => feed_tail(&store, *from, *limit, !no_follow, args.json).await,
+            } => feed::tail(&store, *from, *limit, !no_follow, json).await,
             Command::Projections {
                 command: ProjectionsCommand::Status { name },
-            } => projections_status(&store, name.as_deref(), args.json).await,
+            } => status::projections(&store, name.as_deref(), json).await,
             Command::Projections {
                 command: ProjectionsCommand::Rebuild { name },
-            } => {
-                let handled = self.registered(&store, name)?.rebuild(&store).await?;
-                if args.json {
-                    print_json(&serde_json::json!({ "projection": name, "handled": handled }));
-                } else {
-                    println!("rebuilt `{name}`: {handled} events handled");
-                }
-                Ok(())
-            }
+            } => rebuild::rebuild(self.registered(&store, name)?, &store, name, json).await,
             Command::Dlq {
                 command: DlqCommand::List,
-            } => dlq_list(&store, args.json).await,
+            } => dlq::list(&store, json).await,
             Command::Dlq {
                 command: DlqCommand::Retry { projection, stream },
-            } => {
-                let outcome = self
-                    .registered(&store, projection)?
-                    .retry(&store, stream)
-                    .await?;
-                match outcome {
-                    crate::projection::RetryOutcome::Drained { handled } => {
-                        if args.json {
-                            print_json(&serde_json::json!({
-                                "stream_id": stream, "outcome": "drained", "handled": handled
-                            }));
-                        } else {
-                            println!(
-                                "`{stream}` drained: {handled} events handled, the stream flows again"
-                            );
-                        }
-                        Ok(())
-                    }
-                    crate::projection::RetryOutcome::Stopped {
-                        handled,
-                        stream_version,
-                        error,
-                        ..
-                    } => Err(CliError::StoppedAgain {
-                        stream: stream.clone(),
-                        stream_version,
-                        handled,
-                        error: error.to_string(),
-                    }),
-                }
-            }
+            } => dlq::retry(self.registered(&store, projection)?, &store, stream, json).await,
             Command::Dlq {
                 command: DlqCommand::Skip { projection, stream },
-            } => {
-                let skipped = self
-                    .registered(&store, projection)?
-                    .skip(&store, stream)
-                    .await?;
-                if args.json {
-                    print_json(
-                        &serde_json::json!({ "stream_id": stream, "skipped_version": skipped }),
-                    );
-                    return Ok(());
-                }
-                match skipped {
-                    Some(version) => {
-                        println!("skipped `{stream}` version {version} (kept on record)");
-                    }
-                    None => println!("`{stream}` is not parked"),
-                }
-                Ok(())
-            }
-            Command::Stats { largest } => stats(&store, *largest, args.json).await,
+            } => dlq::skip(self.registered(&store, projection)?, &store, stream, json).await,
+            Command::Stats { largest } => status::stats(&store, *largest, json).await,
             Command::Catalog { .. } => Ok(()),
         }
-    }
-
-    fn catalog_check(&self, dir: Option<&std::path::Path>, json: bool) -> Result<(), CliError> {
-        use crate::catalog::{CatalogError, Severity};
-        let (catalog, registered) = self.catalog.as_ref().ok_or_else(|| {
-            CliError::Usage(
-                "no catalog is registered in this tool: build your own with factum::cli::Cli::new().catalog(catalog, \"schemas\")".to_owned(),
-            )
-        })?;
-        let dir = dir.unwrap_or(registered);
-        let changes = match catalog.check(dir) {
-            Ok(changes) => changes,
-            Err(CatalogError::Breaking(breaking)) => {
-                return Err(CliError::Catalog(format!(
-                    "published event versions changed incompatibly:\n{breaking}"
-                )));
-            }
-            Err(error) => return Err(CliError::Catalog(error.to_string())),
-        };
-        let stale: Vec<String> = catalog
-            .files()
-            .into_iter()
-            .filter(|(path, text)| {
-                std::fs::read_to_string(dir.join(path)).ok().as_deref() != Some(text.as_str())
-            })
-            .map(|(path, _)| path.display().to_string())
-            .collect();
-        let unpublished: Vec<String> = changes
-            .iter()
-            .filter(|c| c.severity != Severity::Breaking)
-            .map(|c| format!("{} v{}: {}", c.event, c.version, c.what))
-            .collect();
-        if json {
-            print_json(&serde_json::json!({
-                "dir": dir.display().to_string(),
-                "events": catalog.events().count(),
-                "stale_files": stale,
-                "unpublished_changes": unpublished,
-            }));
-        }
-        if stale.is_empty() {
-            if !json {
-                println!(
-                    "the catalog in {} is up to date: {} event versions, no incompatible change",
-                    dir.display(),
-                    catalog.events().count()
-                );
-            }
-            Ok(())
-        } else {
-            Err(CliError::Catalog(format!(
-                "the catalog in {} is stale ({}{}): run `cargo build` and commit it",
-                dir.display(),
-                stale.join(", "),
-                if unpublished.is_empty() {
-                    String::new()
-                } else {
-                    format!("; not yet published: {}", unpublished.join("; "))
-                }
-            )))
-        }
-    }
-
-    async fn stream_show(&self, store: &AnyStore, id: &str, json: bool) -> Result<(), CliError> {
-        let events = store.read_stream(id, ..).await?;
-        if events.is_empty() {
-            return Err(CliError::UnknownStream(id.to_owned()));
-        }
-        let aggregate_type = events[0].aggregate_type.clone();
-        let states = match self.aggregates.get(aggregate_type.as_str()) {
-            Some(replay) => {
-                let stream_events: Vec<StreamEvent> =
-                    events.iter().cloned().map(StreamEvent::from).collect();
-                Some(replay(id, &stream_events)?)
-            }
-            None => None,
-        };
-        if json {
-            let rows: Vec<serde_json::Value> = events
-                .iter()
-                .enumerate()
-                .map(|(i, event)| {
-                    let mut row =
-                        serde_json::to_value(envelope(event)).unwrap_or(serde_json::Value::Null);
-                    if let Some(states) = &states {
-                        row["state"] = states[i].clone();
-                    }
-                    row
-                })
-                .collect();
-            print_json(&rows);
-            return Ok(());
-        }
-        println!(
-            "stream `{id}` ({aggregate_type}): {} events{}",
-            events.len(),
-            if states.is_none() {
-                " (state not shown: the aggregate type is not registered in this tool)"
-            } else {
-                ""
-            }
-        );
-        let mut table = Table::new(&[
-            "VERSION",
-            "POSITION",
-            "TYPE",
-            "SCHEMA",
-            "RECORDED AT",
-            "EVENT ID",
-            "CORRELATION",
-            "CAUSATION",
-            "ACTOR",
-        ]);
-        for event in &events {
-            table.row(vec![
-                event.stream_version.to_string(),
-                event.global_position.to_string(),
-                event.event_type.clone(),
-                format!("v{}", event.schema_version),
-                event
-                    .recorded_at
-                    .format("%Y-%m-%d %H:%M:%S%.3f")
-                    .to_string(),
-                event.event_id.to_string(),
-                event.correlation_id.to_string(),
-                event.causation_id.to_string(),
-                event.actor.clone().unwrap_or_default(),
-            ]);
-        }
-        print!("{}", table.render());
-        println!();
-        for (i, event) in events.iter().enumerate() {
-            println!(
-                "{} {}: {}",
-                event.stream_version,
-                event.event_type,
-                event.event.as_str()
-            );
-            if !event.metadata.is_empty() {
-                println!(
-                    "    metadata: {}",
-                    serde_json::to_string(&event.metadata).unwrap_or_default()
-                );
-            }
-            if let Some(states) = &states {
-                println!("    state after: {}", states[i]);
-            }
-        }
-        Ok(())
-    }
-
-    async fn state(
-        &self,
-        store: &AnyStore,
-        id: &str,
-        at_version: Option<u64>,
-        at: Option<DateTime<Utc>>,
-        json: bool,
-    ) -> Result<(), CliError> {
-        let all = store.read_stream(id, ..).await?;
-        let Some(first) = all.first() else {
-            return Err(CliError::UnknownStream(id.to_owned()));
-        };
-        let replay = self
-            .aggregates
-            .get(first.aggregate_type.as_str())
-            .ok_or_else(|| CliError::UnknownAggregate(first.aggregate_type.clone()))?;
-        let events: Vec<StreamEvent> = all
-            .iter()
-            .filter(|e| at_version.is_none_or(|v| e.stream_version <= v))
-            .take_while(|e| at.is_none_or(|at| e.recorded_at <= at))
-            .cloned()
-            .map(StreamEvent::from)
-            .collect();
-        let version = events.last().map_or(0, |e| e.stream_version);
-        let state = replay(id, &events)?
-            .pop()
-            .unwrap_or(serde_json::Value::Null);
-        if json {
-            print_json(&serde_json::json!({ "stream_id": id, "version": version, "state": state }));
-        } else {
-            println!("stream `{id}` at version {version} (of {}):", all.len());
-            println!(
-                "{}",
-                serde_json::to_string_pretty(&state).unwrap_or_default()
-            );
-        }
-        Ok(())
-    }
-}
-
-/// An envelope as the tool prints it.
-#[derive(Serialize)]
-struct EnvelopeRow<'a> {
-    stream_id: &'a str,
-    stream_version: u64,
-    global_position: u64,
-    aggregate_type: &'a str,
-    event_type: &'a str,
-    schema_version: u32,
-    event_id: String,
-    recorded_at: DateTime<Utc>,
-    correlation_id: String,
-    causation_id: String,
-    actor: Option<&'a str>,
-    metadata: &'a crate::envelope::Metadata,
-    event: serde_json::Value,
-}
-
-fn envelope(event: &RecordedEvent) -> EnvelopeRow<'_> {
-    EnvelopeRow {
-        stream_id: &event.stream_id,
-        stream_version: event.stream_version,
-        global_position: event.global_position,
-        aggregate_type: &event.aggregate_type,
-        event_type: &event.event_type,
-        schema_version: event.schema_version,
-        event_id: event.event_id.to_string(),
-        recorded_at: event.recorded_at,
-        correlation_id: event.correlation_id.to_string(),
-        causation_id: event.causation_id.to_string(),
-        actor: event.actor.as_deref(),
-        metadata: &event.metadata,
-        event: event.event.to_value(),
-    }
-}
-
-fn print_json(value: &impl Serialize) {
-    println!(
-        "{}",
-        serde_json::to_string_pretty(value).unwrap_or_else(|_| "null".to_owned())
-    );
-}
-
-async fn feed_tail(
-    store: &AnyStore,
-    from: Option<u64>,
-    limit: Option<u64>,
-    follow: bool,
-    json: bool,
-) -> Result<(), CliError> {
-    let start = match from {
-        Some(from) => from,
-        None => store.head().await?.saturating_sub(10),
-    };
-    let mut position = store.feed_position_at(start).await?;
-    let mut wakeups = store.wakeups();
-    let mut printed = 0;
-    loop {
-        wakeups.mark_seen();
-        let batch = store
-            .read_feed(&FeedQuery::after(position).limit(500))
-            .await?;
-        for event in &batch.events {
-            if limit.is_some_and(|limit| printed >= limit) {
-                return Ok(());
-            }
-            if json {
-                println!(
-                    "{}",
-                    serde_json::to_string(&envelope(event)).unwrap_or_default()
-                );
-            } else {
-                println!(
-                    "{:>8}  {}  {}@{}  {}  {}",
-                    event.global_position,
-                    event.recorded_at.format("%Y-%m-%d %H:%M:%S%.3f"),
-                    event.stream_id,
-                    event.stream_version,
-                    event.event_type,
-                    event.event.as_str()
-                );
-            }
-            printed += 1;
-        }
-        position = batch.next;
-        if limit.is_some_and(|limit| printed >= limit) {
-            return Ok(());
-        }
-        if batch.events.is_empty() {
-            if !follow {
-                return Ok(());
-            }
-            tokio::select! {
-                () = wakeups.changed() => {}
-                () = tokio::time::sleep(Duration::from_millis(200)) => {}
-            }
-        }
-    }
-}
-
-async fn projections_status(
-    store: &AnyStore,
-    name: Option<&str>,
-    json: bool,
-) -> Result<(), CliError> {
-    let mut checkpoints = store.checkpoints().await?;
-    if let Some(name) = name {
-        let known: Vec<String> = checkpoints.iter().map(|c| c.projection.clone()).collect();
-        checkpoints.retain(|c| c.projection == name);
-        if checkpoints.is_empty() {
-            return Err(CliError::UnknownProjection {
-                name: name.to_owned(),
-                known: if known.is_empty() {
-                    "none has run yet".to_owned()
-                } else {
-                    known.join(", ")
-                },
-            });
-        }
-    }
-    if json {
-        print_json(&checkpoints);
-        return Ok(());
-    }
-    if checkpoints.is_empty() {
-        println!("no projection has run on {} yet", store.describe());
-        return Ok(());
-    }
-    let mut table = Table::new(&[
-        "PROJECTION",
-        "VERSION",
-        "CHECKPOINT",
-        "HEAD",
-        "EVENTS AFTER",
-        "PARKED STREAMS",
-        "PARKED EVENTS",
-    ]);
-    for c in &checkpoints {
-        table.row(vec![
-            c.projection.clone(),
-            c.version.to_string(),
-            if c.position >= c.head {
-                format!("{} (caught up)", c.head)
-            } else {
-                c.position.to_string()
-            },
-            c.head.to_string(),
-            c.events_after.to_string(),
-            c.parked_streams.to_string(),
-            c.parked_events.to_string(),
-        ]);
-    }
-    print!("{}", table.render());
-    Ok(())
-}
-
-async fn dlq_list(store: &AnyStore, json: bool) -> Result<(), CliError> {
-    let parked = store.parked().await?;
-    if json {
-        print_json(&parked);
-        return Ok(());
-    }
-    if parked.is_empty() {
-        println!("no parked streams");
-        return Ok(());
-    }
-    let mut table = Table::new(&[
-        "PROJECTION",
-        "VERSION",
-        "STREAM",
-        "FROM VERSION",
-        "EVENTS",
-        "ERROR",
-    ]);
-    for p in &parked {
-        table.row(vec![
-            p.projection.clone(),
-            p.version.to_string(),
-            p.stream_id.clone(),
-            p.first_version.to_string(),
-            p.events.to_string(),
-            p.error.clone().unwrap_or_default(),
-        ]);
-    }
-    print!("{}", table.render());
-    Ok(())
-}
-
-async fn stats(store: &AnyStore, largest: usize, json: bool) -> Result<(), CliError> {
-    let stats = store.stats(largest).await?;
-    if json {
-        print_json(&stats);
-        return Ok(());
-    }
-    println!("store: {}", store.describe());
-    println!("events: {}", stats.events);
-    println!("streams: {}", stats.streams);
-    println!("size: {} bytes", stats.size_bytes);
-    println!("\nlargest streams:");
-    let mut table = Table::new(&["STREAM", "EVENTS"]);
-    for (stream, events) in &stats.largest_streams {
-        table.row(vec![stream.clone(), events.to_string()]);
-    }
-    print!("{}", table.render());
-    println!("\nevents per type:");
-    let mut table = Table::new(&["TYPE", "EVENTS"]);
-    for (event_type, events) in &stats.events_per_type {
-        table.row(vec![event_type.clone(), events.to_string()]);
-    }
-    print!("{}", table.render());
-    Ok(())
-}
-
-/// A plain text table with aligned columns.
-struct Table {
-    header: Vec<String>,
-    rows: Vec<Vec<String>>,
-}
-
-impl Table {
-    fn new(header: &[&str]) -> Self {
-        Self {
-            header: header.iter().map(|h| (*h).to_owned()).collect(),
-            rows: Vec::new(),
-        }
-    }
-
-    fn row(&mut self, row: Vec<String>) {
-        self.rows.push(row);
-    }
-
-    fn render(&self) -> String {
-        let mut widths: Vec<usize> = self.header.iter().map(|h| h.chars().count()).collect();
-        for row in &self.rows {
-            for (width, cell) in widths.iter_mut().zip(row) {
-                *width = (*width).max(cell.chars().count());
-            }
-        }
-        let mut out = String::new();
-        for row in std::iter::once(&self.header).chain(&self.rows) {
-            let line: Vec<String> = row
-                .iter()
-                .zip(&widths)
-                .map(|(cell, width)| format!("{cell:<width$}"))
-                .collect();
-            let _ = writeln!(out, "{}", line.join("  ").trim_end());
-        }
-        out
     }
 }

@@ -1,0 +1,142 @@
+//! The command line as clap parses it: the global options ([`Args`]) and one enum per command
+//! group. The doc comments here are the tool's `--help` text.
+
+use chrono::{DateTime, Utc};
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "factum",
+    about = "Look inside a Factum event store (PostgreSQL or SQLite)"
+)]
+pub(super) struct Args {
+    /// The store: postgres://user@host/database or sqlite://path/to/file.db.
+    #[arg(long, env = "DATABASE_URL", global = true, hide_env_values = true)]
+    pub(super) database_url: Option<String>,
+    /// The PostgreSQL schema of the store.
+    #[arg(long, env = "FACTUM_SCHEMA", default_value = "factum", global = true)]
+    pub(super) schema: String,
+    /// Print JSON instead of tables.
+    #[arg(long, global = true)]
+    pub(super) json: bool,
+    #[command(subcommand)]
+    pub(super) command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub(super) enum Command {
+    /// Streams: `stream show <id>`.
+    Stream {
+        #[command(subcommand)]
+        command: StreamCommand,
+    },
+    /// The state of an aggregate at a version or a time (registered aggregates only).
+    State {
+        /// The stream.
+        id: String,
+        /// After this version.
+        #[arg(long, conflicts_with = "at", required_unless_present = "at")]
+        at_version: Option<u64>,
+        /// As of this time (RFC 3339, e.g. 2026-11-23T09:00:00Z).
+        #[arg(long)]
+        at: Option<DateTime<Utc>>,
+    },
+    /// The global feed: `feed tail`.
+    Feed {
+        #[command(subcommand)]
+        command: FeedCommand,
+    },
+    /// Projections (and sagas): `projections status`.
+    Projections {
+        #[command(subcommand)]
+        command: ProjectionsCommand,
+    },
+    /// The dead-letter queue: `dlq list`.
+    Dlq {
+        #[command(subcommand)]
+        command: DlqCommand,
+    },
+    /// The event catalog: `catalog check` (registered catalogs only; needs no store).
+    Catalog {
+        #[command(subcommand)]
+        command: CatalogCommand,
+    },
+    /// Events, streams, the largest streams, events per type, the store's size.
+    Stats {
+        /// How many of the largest streams to list.
+        #[arg(long, default_value_t = 5)]
+        largest: usize,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub(super) enum StreamCommand {
+    /// Every event of a stream with its envelope (and the state after it, for registered
+    /// aggregates).
+    Show {
+        /// The stream.
+        id: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub(super) enum FeedCommand {
+    /// Follows the global feed: the last events, then new ones as they come (Ctrl-C stops).
+    Tail {
+        /// Start after this global position (default: the last 10 events).
+        #[arg(long)]
+        from: Option<u64>,
+        /// Stop after this many events.
+        #[arg(long)]
+        limit: Option<u64>,
+        /// Stop when caught up instead of following.
+        #[arg(long)]
+        no_follow: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub(super) enum ProjectionsCommand {
+    /// Every projection's checkpoint, lag and parked streams.
+    Status {
+        /// Only this projection.
+        name: Option<String>,
+    },
+    /// Clears a registered projection's read model and checkpoint and catches up from the
+    /// start, with a progress bar. Stop its runners first.
+    Rebuild {
+        /// The projection.
+        name: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub(super) enum CatalogCommand {
+    /// The schema lock, for CI: fails when a published event version changed incompatibly, or
+    /// when the written catalog is not what the code generates.
+    Check {
+        /// The catalog directory (default: the one registered).
+        #[arg(long)]
+        dir: Option<std::path::PathBuf>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub(super) enum DlqCommand {
+    /// The parked streams of every projection.
+    List,
+    /// Handles a parked stream's events again, in order, after a fix (registered projections).
+    Retry {
+        /// The projection.
+        projection: String,
+        /// The parked stream.
+        stream: String,
+    },
+    /// Skips a parked stream's first event, kept on record (registered projections).
+    Skip {
+        /// The projection.
+        projection: String,
+        /// The parked stream.
+        stream: String,
+    },
+}

@@ -1,0 +1,74 @@
+//! `catalog check`, the schema lock for CI: compares the event catalog registered in the tool
+//! with the one written to its directory. Fails when a published event version changed
+//! incompatibly, or when the written files are not what the code generates. Needs no store.
+
+use std::path::{Path, PathBuf};
+
+use super::CliError;
+use super::output::print_json;
+use crate::catalog::{Catalog, CatalogError, Severity};
+
+/// Checks the registered `catalog` against `dir` (default: its registered directory).
+pub(super) fn check(
+    catalog: Option<&(Catalog, PathBuf)>,
+    dir: Option<&Path>,
+    json: bool,
+) -> Result<(), CliError> {
+    let (catalog, registered) = catalog.ok_or_else(|| {
+        CliError::Usage(
+            "no catalog is registered in this tool: build your own with factum::cli::Cli::new().catalog(catalog, \"schemas\")".to_owned(),
+        )
+    })?;
+    let dir = dir.unwrap_or(registered);
+    let changes = match catalog.check(dir) {
+        Ok(changes) => changes,
+        Err(CatalogError::Breaking(breaking)) => {
+            return Err(CliError::Catalog(format!(
+                "published event versions changed incompatibly:\n{breaking}"
+            )));
+        }
+        Err(error) => return Err(CliError::Catalog(error.to_string())),
+    };
+    let stale: Vec<String> = catalog
+        .files()
+        .into_iter()
+        .filter(|(path, text)| {
+            std::fs::read_to_string(dir.join(path)).ok().as_deref() != Some(text.as_str())
+        })
+        .map(|(path, _)| path.display().to_string())
+        .collect();
+    let unpublished: Vec<String> = changes
+        .iter()
+        .filter(|c| c.severity != Severity::Breaking)
+        .map(|c| format!("{} v{}: {}", c.event, c.version, c.what))
+        .collect();
+    if json {
+        print_json(&serde_json::json!({
+            "dir": dir.display().to_string(),
+            "events": catalog.events().count(),
+            "stale_files": stale,
+            "unpublished_changes": unpublished,
+        }));
+    }
+    if stale.is_empty() {
+        if !json {
+            println!(
+                "the catalog in {} is up to date: {} event versions, no incompatible change",
+                dir.display(),
+                catalog.events().count()
+            );
+        }
+        Ok(())
+    } else {
+        Err(CliError::Catalog(format!(
+            "the catalog in {} is stale ({}{}): run `cargo build` and commit it",
+            dir.display(),
+            stale.join(", "),
+            if unpublished.is_empty() {
+                String::new()
+            } else {
+                format!("; not yet published: {}", unpublished.join("; "))
+            }
+        )))
+    }
+}
