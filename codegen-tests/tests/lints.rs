@@ -148,16 +148,12 @@ impl Parcel {
     }
 }
 
-/// Where the parcels projection writes (a stand-in for a database connection: the projection
-/// only needs a type to write through).
-#[derive(Debug, Default)]
-pub struct Journal {
-    lines: Vec<String>,
-}
-
-/// The depots parcels went through (buffered per batch, written by the flush).
+/// The depots parcels went through (buffered per batch, written to the journal by the flush;
+/// the journal stands in for a table, the projection writes through the transaction it is
+/// given all the same).
 #[derive(Debug, Default)]
 pub struct DepotLog {
+    journal: Vec<String>,
     pending: Vec<String>,
 }
 
@@ -168,23 +164,30 @@ impl DepotLog {
         &mut self,
         event: &ParcelMoved,
         envelope: &factum::Envelope,
-        journal: &mut Journal,
+        tx: &mut factum::Tx<'_>,
     ) -> Result<(), ParcelError> {
-        journal.lines.push(format!("moved {}", envelope.stream_id));
+        self.journal
+            .push(format!("moved {} on {}", envelope.stream_id, tx.kind()));
         self.pending
             .push(format!("{} -> {}", envelope.stream_id, event.depot));
         Ok(())
     }
 
     #[flush]
-    async fn flush(&mut self, journal: &mut Journal) -> Result<(), ParcelError> {
-        journal.lines.append(&mut self.pending);
+    async fn flush(&mut self, _tx: &mut factum::Tx<'_>) -> Result<(), ParcelError> {
+        self.journal.append(&mut self.pending);
         Ok(())
     }
 
     #[discard]
     fn discard(&mut self) {
         self.pending.clear();
+    }
+
+    #[reset]
+    async fn reset(&mut self, _tx: &mut factum::Tx<'_>) -> Result<(), ParcelError> {
+        self.journal.clear();
+        Ok(())
     }
 }
 
@@ -273,14 +276,20 @@ async fn the_projection_writes_at_the_flush_and_discards_a_dropped_batch() {
         .unwrap()
         .events;
 
+    let database = factum::store::SqliteStore::in_memory().await.unwrap();
+    let mut transaction = factum::store::SqlStore::begin(&database).await.unwrap();
+    let mut tx = transaction.tx();
     let mut log = DepotLog::default();
-    let mut journal = Journal::default();
-    log.handle(&events[0], &mut journal).await.unwrap();
+    log.handle(&events[0], &mut tx).await.unwrap();
     log.discard(); // the batch was rolled back
     for event in &events {
-        log.handle(event, &mut journal).await.unwrap();
+        log.handle(event, &mut tx).await.unwrap();
     }
-    assert_eq!(journal.lines, ["moved T1", "moved T1", "moved T1"]);
-    log.flush(&mut journal).await.unwrap();
-    assert_eq!(journal.lines[3..], ["T1 -> A", "T1 -> B"]);
+    assert_eq!(log.journal, ["moved T1 on SQLite"; 3]);
+    log.flush(&mut tx).await.unwrap();
+    assert_eq!(log.journal[3..], ["T1 -> A", "T1 -> B"]);
+    factum::projection::Reset::reset(&mut log, &mut tx)
+        .await
+        .unwrap();
+    assert!(log.journal.is_empty());
 }

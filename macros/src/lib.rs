@@ -46,11 +46,14 @@ pub fn upcast(args: TokenStream, input: TokenStream) -> TokenStream {
 
 /// Makes a read model fed from the global feed: `#[projection(name = "balances", version = 1)]`
 /// on an impl block whose `#[handle]` methods take one event type, its envelope and the batch's
-/// transaction: `async fn on_x(&mut self, event: &X, envelope: &Envelope, tx: &mut PgConnection)
-/// -> Result<(), E>`. `#[handle(side_effects)]` marks a handler that acts outside the database
-/// (skipped by rebuilds, run at most once per event). Optionally `#[flush] async fn(&mut self,
-/// tx: &mut PgConnection) -> Result<(), E>` writes what the handlers buffered, once per batch,
-/// and `#[discard] fn(&mut self)` drops that buffer before every batch.
+/// transaction: `async fn on_x(&mut self, event: &X, envelope: &Envelope, tx: &mut Tx<'_>)
+/// -> Result<(), E>` (`factum::Tx`: runs on either store; `&mut PgConnection` or
+/// `&mut SqliteConnection`: on that store only). `#[handle(side_effects)]` marks a handler that
+/// acts outside the database (skipped by rebuilds, run at most once per event). Optionally
+/// `#[flush] async fn(&mut self, tx: &mut Tx<'_>) -> Result<(), E>` writes what the handlers
+/// buffered, once per batch, `#[discard] fn(&mut self)` drops that buffer before every batch,
+/// and `#[reset] async fn(&mut self, tx: &mut Tx<'_>) -> Result<(), E>` clears the read model
+/// for rebuilds.
 #[proc_macro_attribute]
 pub fn projection(args: TokenStream, input: TokenStream) -> TokenStream {
     factum_codegen::projection(args.into(), input.into()).into()
@@ -74,6 +77,14 @@ pub fn flush(_args: TokenStream, input: TokenStream) -> TokenStream {
 #[proc_macro_attribute]
 pub fn discard(_args: TokenStream, input: TokenStream) -> TokenStream {
     factum_codegen::stray_marker("discard", input.into()).into()
+}
+
+/// Marks the method of a `#[projection]` that clears its read model, for rebuilds from the
+/// start: `#[reset] async fn reset(&mut self, tx: &mut Tx<'_>) -> Result<(), E>` (on its own:
+/// an error).
+#[proc_macro_attribute]
+pub fn reset(_args: TokenStream, input: TokenStream) -> TokenStream {
+    factum_codegen::stray_marker("reset", input.into()).into()
 }
 
 /// Marks an apply function inside an `#[aggregate]` impl block (on its own: an error).

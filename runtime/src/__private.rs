@@ -45,7 +45,14 @@ pub fn encode_event<E: Event>(event: &E) -> Result<Payload, serde_json::Error> {
 
 pub use crate::command::Command;
 pub use crate::envelope::RecordedEvent;
-pub use crate::projection::{HandlerError, InlineProjection, Projection};
+pub use crate::projection::{HandlerError, InlineProjection, Projection, Reset, RunsOn};
+pub use crate::store::{StoreConnection, StoreKind, Tx};
+
+/// The SQL stores a projection whose handlers take [`Tx`] runs on: every one compiled in.
+pub trait Store {}
+
+#[cfg(any(feature = "postgres", feature = "sqlite"))]
+impl<S: crate::store::SqlStore> Store for S {}
 pub use crate::saga::{
     Association, FiredTimeout, Rejection, Role, Saga, SagaContext, Schedules, Sends, Timeout,
 };

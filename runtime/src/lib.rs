@@ -72,6 +72,7 @@ pub mod catalog;
 #[cfg(feature = "cli")]
 pub mod cli;
 pub mod command;
+#[cfg(feature = "testing")]
 pub mod conformance;
 pub mod envelope;
 pub mod error;
@@ -83,6 +84,7 @@ pub mod repository;
 pub mod saga;
 pub mod snapshot;
 pub mod store;
+#[cfg(feature = "testing")]
 pub mod testing;
 pub mod upcast;
 
@@ -95,8 +97,8 @@ pub mod __private;
 pub struct ReadmeDoctests;
 
 pub use factum_macros::{
-    aggregate, apply, command, discard, event, flush, handle, projection, rejected, saga, start,
-    timeout, upcast,
+    aggregate, apply, command, discard, event, flush, handle, projection, rejected, reset, saga,
+    start, timeout, upcast,
 };
 
 pub use crate::aggregate::{Aggregate, Apply, ApplyTo, Handle, HandlerOutput};
@@ -110,6 +112,8 @@ pub use crate::snapshot::Snapshot;
 pub use uuid::Uuid;
 
 pub use crate::position::{ExpectedVersion, FeedPosition, KnownHead};
+#[cfg(any(feature = "postgres", feature = "sqlite"))]
+pub use crate::store::Transaction;
 pub use crate::store::{
-    EventStore, FeedBatch, FeedQuery, HistoryItem, MemoryStore, StreamEvent, StreamEventRef,
+    EventStore, FeedBatch, FeedQuery, HistoryItem, MemoryStore, StreamEvent, StreamEventRef, Tx,
 };

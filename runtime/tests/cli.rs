@@ -5,7 +5,7 @@
 use std::process::Command;
 use std::time::Duration;
 
-use factum::projection::{ProjectionRunner, SqliteProjectionRunner};
+use factum::projection::ProjectionRunner;
 use factum::testing::postgres::TemporaryStore;
 use factum::testing::sqlite::TemporaryDatabase;
 use factum::{Envelope, EventStore, ExpectedVersion, NewEvent, Payload};
@@ -20,29 +20,22 @@ pub struct Pinged {
 #[error("13 is unlucky")]
 pub struct Unlucky;
 
-macro_rules! pings {
-    ($name:ident, $connection:ty) => {
-        /// Fails on ping 13.
-        #[derive(Debug, Default)]
-        pub struct $name;
+/// Fails on ping 13.
+#[derive(Debug, Default)]
+pub struct Pings;
 
-        #[factum::projection(name = "pings")]
-        impl $name {
-            #[handle]
-            async fn pinged(
-                &mut self,
-                event: &Pinged,
-                _: &Envelope,
-                _: &mut $connection,
-            ) -> Result<(), Unlucky> {
-                if event.n == 13 { Err(Unlucky) } else { Ok(()) }
-            }
-        }
-    };
+#[factum::projection(name = "pings")]
+impl Pings {
+    #[handle]
+    async fn pinged(
+        &mut self,
+        event: &Pinged,
+        _: &Envelope,
+        _: &mut factum::Tx<'_>,
+    ) -> Result<(), Unlucky> {
+        if event.n == 13 { Err(Unlucky) } else { Ok(()) }
+    }
 }
-
-pings!(SqlitePings, sqlx::SqliteConnection);
-pings!(PgPings, sqlx::PgConnection);
 
 fn ping(n: u64) -> NewEvent {
     NewEvent::new(
@@ -200,8 +193,7 @@ fn check_store(url: &str, schema: &str) {
 async fn every_subcommand_on_sqlite() {
     let database = TemporaryDatabase::new().await.unwrap();
     seed(&*database).await;
-    let mut runner =
-        SqliteProjectionRunner::new((*database).clone(), SqlitePings).retries(0, Duration::ZERO);
+    let mut runner = ProjectionRunner::new((*database).clone(), Pings).retries(0, Duration::ZERO);
     runner.catch_up().await.unwrap();
     let url = format!("sqlite://{}", database.path().display());
     check_store(&url, "factum");
@@ -242,7 +234,7 @@ async fn follow(store: &impl EventStore, url: &str, schema: &str) {
 async fn every_subcommand_on_postgres() {
     let store = TemporaryStore::new().await.unwrap();
     seed(&*store).await;
-    let mut runner = ProjectionRunner::new((*store).clone(), PgPings).retries(0, Duration::ZERO);
+    let mut runner = ProjectionRunner::new((*store).clone(), Pings).retries(0, Duration::ZERO);
     runner.catch_up().await.unwrap();
     check_store(store.url(), store.schema());
     follow(&*store, store.url(), store.schema()).await;

@@ -1,17 +1,18 @@
-//! Read models of the bank, fed from the global feed.
+//! Read models of the bank, fed from the global feed, on either store.
 
 use std::collections::HashMap;
 
-use factum::{Envelope, projection};
-use sqlx::PgConnection;
+use factum::{Envelope, Tx, projection};
 
 use crate::{AccountClosed, AccountOpened, MoneyDeposited, MoneyWithdrawn};
 
-/// Per-account balances in a PostgreSQL table: balance, totals in and out, events applied.
+/// Per-account balances in a table: balance, totals in and out, events applied. Runs on
+/// PostgreSQL and SQLite.
 ///
-/// The handlers only add up each batch's changes in memory; `#[flush]` writes them with two
-/// statements per batch (the new accounts, then one update for every changed account), in the
-/// batch's transaction, so catch-up runs at tens of thousands of events per second.
+/// The handlers only add up each batch's changes in memory; `#[flush]` writes them in the
+/// batch's transaction: on PostgreSQL with two statements per batch (the new accounts, then one
+/// update for every changed account, through arrays), so catch-up runs at tens of thousands of
+/// events per second; elsewhere with one portable statement per account.
 #[derive(Debug, Clone)]
 pub struct AccountBalances {
     table: String,
@@ -48,7 +49,7 @@ impl AccountBalances {
         }
     }
 
-    /// The table's definition.
+    /// The table's definition (SQL both stores accept).
     #[must_use]
     pub fn create_table(&self) -> String {
         format!(
@@ -61,6 +62,18 @@ impl AccountBalances {
                  events bigint NOT NULL DEFAULT 1,
                  closed boolean NOT NULL DEFAULT false
              )",
+            self.table
+        )
+    }
+
+    /// The table's rows: account, owner, balance, deposited, withdrawn, events, whether closed
+    /// (as 0/1, the same on both stores), by account.
+    #[must_use]
+    pub fn select_all(&self) -> String {
+        format!(
+            "SELECT account, owner, balance, deposited, withdrawn, events,
+                    CASE WHEN closed THEN 1 ELSE 0 END
+             FROM {} ORDER BY account",
             self.table
         )
     }
@@ -91,7 +104,7 @@ impl AccountBalances {
         &mut self,
         event: &AccountOpened,
         envelope: &Envelope,
-        _tx: &mut PgConnection,
+        _tx: &mut Tx<'_>,
     ) -> Result<(), sqlx::Error> {
         self.opened.push(Opened {
             account: envelope.stream_id.clone(),
@@ -106,7 +119,7 @@ impl AccountBalances {
         &mut self,
         event: &MoneyDeposited,
         envelope: &Envelope,
-        _tx: &mut PgConnection,
+        _tx: &mut Tx<'_>,
     ) -> Result<(), sqlx::Error> {
         let change = self.change(&envelope.stream_id);
         change.balance += cents(event.amount);
@@ -120,7 +133,7 @@ impl AccountBalances {
         &mut self,
         event: &MoneyWithdrawn,
         envelope: &Envelope,
-        _tx: &mut PgConnection,
+        _tx: &mut Tx<'_>,
     ) -> Result<(), sqlx::Error> {
         let change = self.change(&envelope.stream_id);
         change.balance -= cents(event.amount);
@@ -134,7 +147,7 @@ impl AccountBalances {
         &mut self,
         _event: &AccountClosed,
         envelope: &Envelope,
-        _tx: &mut PgConnection,
+        _tx: &mut Tx<'_>,
     ) -> Result<(), sqlx::Error> {
         let change = self.change(&envelope.stream_id);
         change.closed = true;
@@ -145,9 +158,49 @@ impl AccountBalances {
     #[flush]
     async fn flush(
         &mut self,
-        tx: &mut PgConnection,
+        tx: &mut Tx<'_>,
     ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
         let opened = std::mem::take(&mut self.opened);
+        let changes = std::mem::take(&mut self.changes);
+        let expected = changes.len() as u64;
+        let updated = match tx.postgres() {
+            Some(pg) => self.write_arrays(pg, opened, changes).await?,
+            None => self.write_rows(tx, opened, changes).await?,
+        };
+        if updated != expected {
+            return Err(Box::new(MissingAccounts {
+                table: self.table.clone(),
+                missing: expected - updated,
+            }));
+        }
+        Ok(())
+    }
+
+    /// Clears the balances, for rebuilds.
+    #[reset]
+    async fn reset(&mut self, tx: &mut Tx<'_>) -> Result<(), sqlx::Error> {
+        sqlx::query(sqlx::AssertSqlSafe(format!("DELETE FROM {}", self.table)))
+            .execute(&mut *tx)
+            .await?;
+        Ok(())
+    }
+
+    #[discard]
+    fn discard(&mut self) {
+        self.opened.clear();
+        self.changes.clear();
+    }
+}
+
+impl AccountBalances {
+    /// The batch's writes on PostgreSQL: two statements, through arrays. Returns the accounts
+    /// updated.
+    async fn write_arrays(
+        &self,
+        tx: &mut sqlx::PgConnection,
+        opened: Vec<Opened>,
+        changes: HashMap<String, Change>,
+    ) -> Result<u64, sqlx::Error> {
         if !opened.is_empty() {
             let sql = format!(
                 "INSERT INTO {} (account, owner, balance)
@@ -165,9 +218,8 @@ impl AccountBalances {
                 .execute(&mut *tx)
                 .await?;
         }
-        let changes = std::mem::take(&mut self.changes);
         if changes.is_empty() {
-            return Ok(());
+            return Ok(0);
         }
         let sql = format!(
             "UPDATE {t} AS b SET balance = b.balance + c.balance,
@@ -178,7 +230,6 @@ impl AccountBalances {
              WHERE b.account = c.account",
             t = self.table
         );
-        let expected = changes.len() as u64;
         let mut columns = (vec![], vec![], vec![], vec![], vec![], vec![]);
         for (account, change) in changes {
             columns.0.push(account);
@@ -188,7 +239,7 @@ impl AccountBalances {
             columns.4.push(change.events);
             columns.5.push(change.closed);
         }
-        let updated = sqlx::query(sqlx::AssertSqlSafe(sql))
+        Ok(sqlx::query(sqlx::AssertSqlSafe(sql))
             .bind(columns.0)
             .bind(columns.1)
             .bind(columns.2)
@@ -197,19 +248,48 @@ impl AccountBalances {
             .bind(columns.5)
             .execute(&mut *tx)
             .await?
-            .rows_affected();
-        if updated != expected {
-            return Err(Box::new(MissingAccounts {
-                table: self.table.clone(),
-                missing: expected - updated,
-            }));
-        }
-        Ok(())
+            .rows_affected())
     }
 
-    #[discard]
-    fn discard(&mut self) {
-        self.opened.clear();
-        self.changes.clear();
+    /// The batch's writes in portable SQL: one statement per account. Returns the accounts
+    /// updated.
+    async fn write_rows(
+        &self,
+        tx: &mut Tx<'_>,
+        opened: Vec<Opened>,
+        changes: HashMap<String, Change>,
+    ) -> Result<u64, sqlx::Error> {
+        let insert = format!(
+            "INSERT INTO {} (account, owner, balance) VALUES ($1, $2, $3)",
+            self.table
+        );
+        for o in opened {
+            sqlx::query(sqlx::AssertSqlSafe(insert.as_str()))
+                .bind(o.account)
+                .bind(o.owner)
+                .bind(o.balance)
+                .execute(&mut *tx)
+                .await?;
+        }
+        let update = format!(
+            "UPDATE {} SET balance = balance + $2, deposited = deposited + $3,
+                 withdrawn = withdrawn + $4, events = events + $5, closed = closed OR $6
+             WHERE account = $1",
+            self.table
+        );
+        let mut updated = 0;
+        for (account, change) in changes {
+            updated += sqlx::query(sqlx::AssertSqlSafe(update.as_str()))
+                .bind(account)
+                .bind(change.balance)
+                .bind(change.deposited)
+                .bind(change.withdrawn)
+                .bind(change.events)
+                .bind(change.closed)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+        }
+        Ok(updated)
     }
 }

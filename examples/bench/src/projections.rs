@@ -14,12 +14,12 @@ use std::time::{Duration, Instant};
 
 use bank::projections::AccountBalances;
 use bank::{AccountClosed, AccountEvent, AccountOpened, Channel, MoneyDeposited, MoneyWithdrawn};
-use factum::projection::{HandlerError, Projection, ProjectionRunner};
+use factum::projection::{HandlerError, Projection, ProjectionRunner, RunsOn};
 use factum::store::PostgresStore;
-use factum::{CommandContext, EventStore, ExpectedVersion, NewEvent, RecordedEvent, Uuid};
+use factum::{CommandContext, EventStore, ExpectedVersion, NewEvent, RecordedEvent, Tx, Uuid};
 use serde::Serialize;
 use sqlx::postgres::{PgPool, PgPoolOptions};
-use sqlx::{AssertSqlSafe, Executor as _, PgConnection, Row as _};
+use sqlx::{AssertSqlSafe, Executor as _, Row as _};
 
 use crate::stats::{median, millis};
 
@@ -431,19 +431,14 @@ impl Projection for Timed {
     const NAME: &'static str = "account_balances_live";
     const VERSION: u32 = 1;
     const EVENT_TYPES: &'static [&'static str] = AccountBalances::EVENT_TYPES;
-    type Connection = PgConnection;
 
-    async fn handle(
-        &mut self,
-        event: &RecordedEvent,
-        connection: &mut PgConnection,
-    ) -> Result<(), HandlerError> {
+    async fn handle(&mut self, event: &RecordedEvent, tx: &mut Tx<'_>) -> Result<(), HandlerError> {
         self.batch.push(event.event_id);
-        Projection::handle(&mut self.inner, event, connection).await
+        Projection::handle(&mut self.inner, event, tx).await
     }
 
-    async fn flush(&mut self, connection: &mut PgConnection) -> Result<(), HandlerError> {
-        Projection::flush(&mut self.inner, connection).await?;
+    async fn flush(&mut self, tx: &mut Tx<'_>) -> Result<(), HandlerError> {
+        Projection::flush(&mut self.inner, tx).await?;
         let now = Instant::now();
         let sent = self
             .sent
@@ -466,6 +461,8 @@ impl Projection for Timed {
         Projection::discard(&mut self.inner);
     }
 }
+
+impl RunsOn<PostgresStore> for Timed {}
 
 /// A running projection, caught up, then deposits appended at a steady rate by four writers.
 async fn live_lag(

@@ -88,7 +88,7 @@ pub async fn run(config: &Config) -> Result<Report, Box<dyn std::error::Error>> 
             )
             .await?;
     }
-    let runner = SagaRunner::<OrderFulfillment>::new((*store).clone(), services.bus())
+    let runner = SagaRunner::<_, OrderFulfillment>::new((*store).clone(), services.bus())
         .poll_interval(Duration::from_millis(200));
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let saga = tokio::spawn(runner.run(async {

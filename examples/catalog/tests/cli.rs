@@ -213,10 +213,8 @@ async fn rebuild_the_order_board_on_sqlite() {
         .await
         .unwrap();
     place_orders(&(*database).clone()).await;
-    let mut runner = factum::projection::SqliteProjectionRunner::new(
-        (*database).clone(),
-        orders::board::OrderBoard,
-    );
+    let mut runner =
+        factum::projection::ProjectionRunner::new((*database).clone(), orders::board::OrderBoard);
     assert_eq!(runner.catch_up().await.unwrap(), 2);
     // The read model is damaged: a rebuild restores it from the events.
     sqlx::query("UPDATE order_board SET status = 'lost'")
@@ -280,7 +278,7 @@ async fn retry_skip_and_rebuild_the_order_board_on_postgres() {
         .unwrap();
     // No table yet: every stream is parked (the undecodable one at once).
     let mut runner =
-        factum::projection::ProjectionRunner::new(store.clone(), orders::board::PgOrderBoard)
+        factum::projection::ProjectionRunner::new(store.clone(), orders::board::OrderBoard)
             .retries(0, std::time::Duration::ZERO);
     runner.catch_up().await.unwrap();
     assert_eq!(runner.parked().await.unwrap().len(), 3);

@@ -8,11 +8,10 @@
 use std::error::Error;
 use std::path::{Path, PathBuf};
 
-use factum::EventStore;
-use factum::projection::{ProjectionRunner, SqliteProjectionRunner};
-use factum::saga::{ManualClock, SagaInstance, SagaRunner, SqliteSagaRunner};
-use factum::store::{PostgresStore, SqliteStore};
-use orders::board::{self, OrderBoard, PgOrderBoard};
+use factum::projection::ProjectionRunner;
+use factum::saga::{ManualClock, SagaRunner};
+use factum::store::{PostgresStore, SqlStore, SqliteStore};
+use orders::board::{self, OrderBoard};
 use orders::fulfillment::{OrderFulfillment, PAYMENT_TIMEOUT};
 use orders::inventory::AddStock;
 use orders::order::PlaceOrder;
@@ -36,83 +35,41 @@ const ORDERS: [(&str, u32, &str, &str, &str); 5] = [
     ("o-5", 1, "3ds", "1 Main St", "payment never confirmed"),
 ];
 
-/// What the example needs of a store: its saga runner and its projection runner.
-trait Backend {
-    type Store: EventStore + Clone + 'static;
-    fn store(&self) -> &Self::Store;
-    async fn settle(&mut self) -> Result<()>;
-    async fn instance(&self, order_id: &str) -> Result<Option<SagaInstance<OrderFulfillment>>>;
-    async fn board(&mut self) -> Result<Vec<board::Row>>;
-    fn describe(&self) -> String;
+/// The example on one store: the saga and the projection, each written once for both stores.
+struct Example<S: SqlStore> {
+    store: S,
+    saga: SagaRunner<S, OrderFulfillment>,
+    board: ProjectionRunner<S, OrderBoard>,
+    description: String,
 }
 
-struct Sqlite {
-    store: SqliteStore,
-    saga: SqliteSagaRunner<OrderFulfillment>,
-    board: SqliteProjectionRunner<OrderBoard>,
-    path: PathBuf,
-}
-
-impl Backend for Sqlite {
-    type Store = SqliteStore;
-
-    fn store(&self) -> &SqliteStore {
-        &self.store
+impl<S: SqlStore> Example<S> {
+    /// The example on a migrated `store`, with the board's table created.
+    async fn new(store: S, clock: &ManualClock, description: String) -> Result<Self> {
+        store.migrate().await?;
+        let mut transaction = store.begin().await?;
+        sqlx::raw_sql(board::CREATE_TABLE)
+            .execute(&mut transaction.tx())
+            .await?;
+        transaction.commit().await?;
+        let services = Services::new(&store);
+        Ok(Self {
+            saga: SagaRunner::new(store.clone(), services.bus()).clock(clock.clone()),
+            board: ProjectionRunner::new(store.clone(), OrderBoard),
+            store,
+            description,
+        })
     }
 
-    async fn settle(&mut self) -> Result<()> {
-        self.saga.settle().await?;
-        Ok(())
-    }
-
-    async fn instance(&self, order_id: &str) -> Result<Option<SagaInstance<OrderFulfillment>>> {
-        Ok(self.saga.instance(order_id).await?)
-    }
-
+    /// The board, once the projection has caught up.
     async fn board(&mut self) -> Result<Vec<board::Row>> {
         self.board.catch_up().await?;
-        Ok(sqlx::query_as(board::SELECT_ALL)
-            .fetch_all(self.store.pool())
-            .await?)
-    }
-
-    fn describe(&self) -> String {
-        format!("the SQLite file {}", self.path.display())
-    }
-}
-
-struct Postgres {
-    store: PostgresStore,
-    saga: SagaRunner<OrderFulfillment>,
-    board: ProjectionRunner<PgOrderBoard>,
-    url: String,
-}
-
-impl Backend for Postgres {
-    type Store = PostgresStore;
-
-    fn store(&self) -> &PostgresStore {
-        &self.store
-    }
-
-    async fn settle(&mut self) -> Result<()> {
-        self.saga.settle().await?;
-        Ok(())
-    }
-
-    async fn instance(&self, order_id: &str) -> Result<Option<SagaInstance<OrderFulfillment>>> {
-        Ok(self.saga.instance(order_id).await?)
-    }
-
-    async fn board(&mut self) -> Result<Vec<board::Row>> {
-        self.board.catch_up().await?;
-        Ok(sqlx::query_as(board::SELECT_ALL)
-            .fetch_all(self.store.pool())
-            .await?)
-    }
-
-    fn describe(&self) -> String {
-        format!("the schema `{}` of {}", schema(), self.url)
+        let mut transaction = self.store.begin().await?;
+        let rows = sqlx::query_as(board::SELECT_ALL)
+            .fetch_all(&mut transaction.tx())
+            .await?;
+        transaction.rollback().await?;
+        Ok(rows)
     }
 }
 
@@ -121,38 +78,29 @@ async fn main() -> Result<()> {
     let clock = ManualClock::default();
     match std::env::var("DATABASE_URL") {
         Ok(url) if url.starts_with("postgres") => {
-            let backend = postgres(&url, &clock).await?;
-            demo(backend, &clock).await
+            let example = postgres(&url, &clock).await?;
+            demo(example, &clock).await
         }
         _ => {
             let path = Path::new("target").join("factum-orders-example.db");
-            let backend = sqlite(path, &clock).await?;
-            demo(backend, &clock).await
+            let example = sqlite(path, &clock).await?;
+            demo(example, &clock).await
         }
     }
 }
 
-async fn sqlite(path: PathBuf, clock: &ManualClock) -> Result<Sqlite> {
+async fn sqlite(path: PathBuf, clock: &ManualClock) -> Result<Example<SqliteStore>> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;
     }
     // Start afresh.
     SqliteStore::remove_files(&path)?;
     let store = SqliteStore::open(&path).await?;
-    store.migrate().await?;
-    sqlx::raw_sql(board::CREATE_TABLE)
-        .execute(store.pool())
-        .await?;
-    let services = Services::new(&store);
-    Ok(Sqlite {
-        saga: SqliteSagaRunner::new(store.clone(), services.bus()).clock(clock.clone()),
-        board: SqliteProjectionRunner::new(store.clone(), OrderBoard),
-        store,
-        path,
-    })
+    let description = format!("the SQLite file {}", path.display());
+    Example::new(store, clock, description).await
 }
 
-async fn postgres(url: &str, clock: &ManualClock) -> Result<Postgres> {
+async fn postgres(url: &str, clock: &ManualClock) -> Result<Example<PostgresStore>> {
     // The read model's tables are unqualified: they live in the store's schema.
     let schema = schema();
     let options = url
@@ -168,25 +116,15 @@ async fn postgres(url: &str, clock: &ManualClock) -> Result<Postgres> {
     )))
     .execute(&pool)
     .await?;
-    store.migrate().await?;
-    sqlx::raw_sql(board::CREATE_TABLE)
-        .execute(store.pool())
-        .await?;
-    let board_store = store.clone();
-    let services = Services::new(&store);
-    Ok(Postgres {
-        saga: SagaRunner::new(store.clone(), services.bus()).clock(clock.clone()),
-        board: ProjectionRunner::new(board_store, PgOrderBoard),
-        store,
-        url: url.to_owned(),
-    })
+    let description = format!("the schema `{schema}` of {url}");
+    Example::new(store, clock, description).await
 }
 
-async fn demo<B: Backend>(mut backend: B, clock: &ManualClock) -> Result<()> {
-    let services = Services::new(backend.store());
+async fn demo<S: SqlStore>(mut example: Example<S>, clock: &ManualClock) -> Result<()> {
+    let services = Services::new(&example.store);
     println!(
         "Factum order fulfillment example, on {}\n",
-        backend.describe()
+        example.description
     );
     services
         .inventory
@@ -215,16 +153,16 @@ async fn demo<B: Backend>(mut backend: B, clock: &ManualClock) -> Result<()> {
             )
             .await?;
     }
-    backend.settle().await?;
+    example.saga.settle().await?;
     println!(
         "(the clock moves {} minutes on)\n",
         PAYMENT_TIMEOUT.as_secs() / 60
     );
     clock.advance(PAYMENT_TIMEOUT);
-    backend.settle().await?;
+    example.saga.settle().await?;
 
     for (id, _, _, _, expected) in ORDERS {
-        let instance = backend.instance(id).await?.ok_or("no saga instance")?;
+        let instance = example.saga.instance(id).await?.ok_or("no saga instance")?;
         println!(
             "order {id} ({expected}): {:?}{}",
             instance.state.stage,
@@ -236,7 +174,7 @@ async fn demo<B: Backend>(mut backend: B, clock: &ManualClock) -> Result<()> {
                 .unwrap_or_default()
         );
         for stream in [order_stream(id), payment_stream(id), shipment_stream(id)] {
-            for event in backend.store().read_stream(&stream, ..).await? {
+            for event in example.store.read_stream(&stream, ..).await? {
                 println!(
                     "    {:<14} {:<18} correlation {}",
                     stream, event.event_type, event.correlation_id
@@ -254,13 +192,16 @@ async fn demo<B: Backend>(mut backend: B, clock: &ManualClock) -> Result<()> {
         stock.available, stock.reserved
     );
     println!("\nthe `order_board` read model (projection):");
-    for (order, customer, amount, status, reason) in backend.board().await? {
+    for (order, customer, amount, status, reason) in example.board().await? {
         println!(
             "    {order:<5} {customer:<5} {amount:>6} {status:<10} {}",
             reason.unwrap_or_default()
         );
     }
-    println!("\nthe events and read models are in {}", backend.describe());
+    println!(
+        "\nthe events and read models are in {}",
+        example.description
+    );
     let catalog = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../schemas");
     println!(
         "the event catalog (JSON Schema, AsyncAPI, flow diagram) is in {}",

@@ -5,7 +5,8 @@ use std::collections::BTreeMap;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use factum::saga::{SagaInstance, SagaRunner, SagaStatus, SqliteSagaRunner};
+use factum::saga::SagaRunner;
+use factum::store::SqlStore;
 use factum::testing::postgres::TemporaryStore;
 use factum::testing::sqlite::TemporaryDatabase;
 use factum::{EventStore, RecordedEvent};
@@ -69,28 +70,6 @@ async fn types(store: &impl EventStore, stream: &str) -> Vec<String> {
         .collect()
 }
 
-/// Either store's saga runner, to look at the outcome.
-enum Inspector {
-    Postgres(Box<SagaRunner<OrderFulfillment>>),
-    Sqlite(SqliteSagaRunner<OrderFulfillment>),
-}
-
-impl Inspector {
-    async fn status(&self) -> SagaStatus {
-        match self {
-            Self::Postgres(runner) => runner.status().await.unwrap(),
-            Self::Sqlite(runner) => runner.status().await.unwrap(),
-        }
-    }
-
-    async fn instance(&self, id: &str) -> SagaInstance<OrderFulfillment> {
-        match self {
-            Self::Postgres(runner) => runner.instance(id).await.unwrap().unwrap(),
-            Self::Sqlite(runner) => runner.instance(id).await.unwrap().unwrap(),
-        }
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_command_takes_effect_once_across_crashes_on_postgres() {
     let temporary = TemporaryStore::new().await.unwrap();
@@ -100,7 +79,7 @@ async fn every_command_takes_effect_once_across_crashes_on_postgres() {
         url: temporary.url().to_owned(),
         schema: temporary.schema().to_owned(),
     };
-    let inspector = Inspector::Postgres(Box::new(SagaRunner::new(store.clone(), services.bus())));
+    let inspector = SagaRunner::new(store.clone(), services.bus());
     scenario(&store, &target, &inspector).await;
 }
 
@@ -113,14 +92,15 @@ async fn every_command_takes_effect_once_across_crashes_on_sqlite() {
         url: format!("sqlite://{}", database.path().display()),
         schema: String::new(),
     };
-    let inspector = Inspector::Sqlite(SqliteSagaRunner::new(store.clone(), services.bus()));
+    let inspector = SagaRunner::new(store.clone(), services.bus());
     scenario(&store, &target, &inspector).await;
 }
 
-async fn scenario(
-    store: &(impl EventStore + Clone + 'static),
+/// The scenario on either store; `runner` is used only to look at the outcome.
+async fn scenario<S: SqlStore>(
+    store: &S,
     target: &Target,
-    runner: &Inspector,
+    runner: &SagaRunner<S, OrderFulfillment>,
 ) {
     let services = Services::new(store);
     for sku in 0..SKUS {
@@ -159,7 +139,7 @@ async fn scenario(
     // 1. Killed after committing the saga's handling, before delivering any command.
     let status = saga_process(target, Some("after-commit")).status().unwrap();
     assert!(!status.success(), "the process aborted");
-    let pending = runner.status().await;
+    let pending = runner.status().await.unwrap();
     assert_eq!(pending.active, ORDERS as u64, "every instance committed");
     assert_eq!(
         pending.pending_commands, ORDERS as u64,
@@ -196,7 +176,7 @@ async fn scenario(
     // 4. Restarted once more, it finishes.
     assert!(saga_process(target, None).status().unwrap().success());
 
-    let status = runner.status().await;
+    let status = runner.status().await.unwrap();
     assert_eq!((status.active, status.completed), (0, ORDERS as u64));
     assert_eq!(status.pending_commands, 0);
     assert_eq!(status.failed_commands, 0);
@@ -266,7 +246,7 @@ async fn scenario(
             released,
             "{id}"
         );
-        let instance = runner.instance(&id).await;
+        let instance = runner.instance(&id).await.unwrap().unwrap();
         assert!(instance.completed, "{id}");
         let expected = if order[1] == "OrderCompleted" {
             Stage::Completed

@@ -4,13 +4,8 @@
 
 use std::time::Duration;
 
-use factum::saga::{
-    CommandBus, ManualClock, SagaError, SagaInstance, SagaRunner, SagaStatus, Settled,
-    SqliteSagaRunner,
-};
-use factum::store::{PostgresStore, SqliteStore};
-use factum::testing::postgres::TemporaryStore;
-use factum::testing::sqlite::TemporaryDatabase;
+use factum::saga::{ManualClock, SagaRunner};
+use factum::testing::TestDatabase;
 use factum::{EventStore, RecordedEvent, Repository};
 use orders::fulfillment::{OrderFulfillment, PAYMENT_TIMEOUT, Stage};
 use orders::inventory::{AddStock, Inventory};
@@ -19,141 +14,24 @@ use orders::payment::{ConfirmPayment, PaymentStatus};
 use orders::shipping::ShipmentStatus;
 use orders::{Services, inventory_stream, order_stream, payment_stream, shipment_stream};
 
-/// What the saga runners of both stores offer these tests.
-trait Runner {
-    async fn settle(&mut self) -> Result<Settled, SagaError>;
-    async fn status(&self) -> factum::Result<SagaStatus>;
-    async fn instance(
-        &self,
-        saga_id: &str,
-    ) -> factum::Result<Option<SagaInstance<OrderFulfillment>>>;
-    async fn dispatch(&self) -> Result<u64, SagaError>;
-    async fn fire_due_timeouts(&self) -> Result<u64, SagaError>;
-    async fn parked(&self) -> factum::Result<Vec<factum::projection::ParkedStream>>;
-    async fn skip_parked(&mut self, stream_id: &str) -> factum::Result<Option<u64>>;
-    fn without_retries(self) -> Self;
-}
+/// A saga runner on the test database's store.
+type Runner<D> = SagaRunner<<D as TestDatabase>::Store, OrderFulfillment>;
 
-macro_rules! runner {
-    ($runner:ty) => {
-        impl Runner for $runner {
-            async fn settle(&mut self) -> Result<Settled, SagaError> {
-                <$runner>::settle(self).await
-            }
-            async fn status(&self) -> factum::Result<SagaStatus> {
-                <$runner>::status(self).await
-            }
-            async fn instance(
-                &self,
-                saga_id: &str,
-            ) -> factum::Result<Option<SagaInstance<OrderFulfillment>>> {
-                <$runner>::instance(self, saga_id).await
-            }
-            async fn dispatch(&self) -> Result<u64, SagaError> {
-                <$runner>::dispatch(self).await
-            }
-            async fn fire_due_timeouts(&self) -> Result<u64, SagaError> {
-                <$runner>::fire_due_timeouts(self).await
-            }
-            async fn parked(&self) -> factum::Result<Vec<factum::projection::ParkedStream>> {
-                <$runner>::parked(self).await
-            }
-            async fn skip_parked(&mut self, stream_id: &str) -> factum::Result<Option<u64>> {
-                <$runner>::skip_parked(self, stream_id).await
-            }
-            fn without_retries(self) -> Self {
-                self.retries(0, Duration::ZERO)
-            }
-        }
-    };
-}
-
-runner!(SagaRunner<OrderFulfillment>);
-runner!(SqliteSagaRunner<OrderFulfillment>);
-
-/// A store for one test, and its saga runner.
-trait Backend {
-    type Store: EventStore + Clone + 'static;
-    type Guard;
-    type Runner: Runner;
-    async fn open() -> (Self::Guard, Self::Store);
-    fn runner(store: &Self::Store, bus: CommandBus, clock: ManualClock) -> Self::Runner;
-    /// Puts an instance's delivered commands back in the outbox, as if the dispatcher had
-    /// crashed before acknowledging them. Returns how many.
-    async fn reset_outbox(store: &Self::Store, saga_id: &str) -> u64;
-}
-
-struct Pg;
-
-impl Backend for Pg {
-    type Store = PostgresStore;
-    type Guard = TemporaryStore;
-    type Runner = SagaRunner<OrderFulfillment>;
-
-    async fn open() -> (TemporaryStore, PostgresStore) {
-        let guard = TemporaryStore::new().await.unwrap();
-        let store = guard.another_client().await.unwrap();
-        (guard, store)
-    }
-
-    fn runner(store: &PostgresStore, bus: CommandBus, clock: ManualClock) -> Self::Runner {
-        SagaRunner::new(store.clone(), bus).clock(clock)
-    }
-
-    async fn reset_outbox(store: &PostgresStore, saga_id: &str) -> u64 {
-        sqlx::query(sqlx::AssertSqlSafe(format!(
-            "UPDATE \"{}\".saga_outbox SET status = 'pending' WHERE saga_id = $1",
-            store.schema()
-        )))
-        .bind(saga_id)
-        .execute(store.pool())
-        .await
-        .unwrap()
-        .rows_affected()
-    }
-}
-
-struct Sqlite;
-
-impl Backend for Sqlite {
-    type Store = SqliteStore;
-    type Guard = TemporaryDatabase;
-    type Runner = SqliteSagaRunner<OrderFulfillment>;
-
-    async fn open() -> (TemporaryDatabase, SqliteStore) {
-        let guard = TemporaryDatabase::new().await.unwrap();
-        let store = (*guard).clone();
-        (guard, store)
-    }
-
-    fn runner(store: &SqliteStore, bus: CommandBus, clock: ManualClock) -> Self::Runner {
-        SqliteSagaRunner::new(store.clone(), bus).clock(clock)
-    }
-
-    async fn reset_outbox(store: &SqliteStore, saga_id: &str) -> u64 {
-        sqlx::query("UPDATE saga_outbox SET status = 'pending' WHERE saga_id = ?1")
-            .bind(saga_id)
-            .execute(store.pool())
-            .await
-            .unwrap()
-            .rows_affected()
-    }
-}
-
-struct World<B: Backend> {
-    _guard: B::Guard,
-    store: B::Store,
-    services: Services<B::Store>,
+struct World<D: TestDatabase> {
+    database: D,
+    store: D::Store,
+    services: Services<D::Store>,
     clock: ManualClock,
-    runner: B::Runner,
+    runner: Runner<D>,
 }
 
-impl<B: Backend> World<B> {
+impl<D: TestDatabase> World<D> {
     async fn new() -> Self {
-        let (guard, store) = B::open().await;
+        let database = D::create().await.unwrap();
+        let store = database.another_client().await.unwrap();
         let services = Services::new(&store);
         let clock = ManualClock::starting_at("2026-11-23T09:00:00Z".parse().unwrap());
-        let runner = B::runner(&store, services.bus(), clock.clone());
+        let runner = SagaRunner::new(store.clone(), services.bus()).clock(clock.clone());
         services
             .inventory
             .execute(
@@ -166,7 +44,7 @@ impl<B: Backend> World<B> {
             .await
             .unwrap();
         Self {
-            _guard: guard,
+            database,
             store,
             services,
             clock,
@@ -175,8 +53,20 @@ impl<B: Backend> World<B> {
     }
 
     /// A runner as a restarted process would have it.
-    fn restarted_runner(&self) -> B::Runner {
-        B::runner(&self.store, self.services.bus(), self.clock.clone())
+    fn restarted_runner(&self) -> Runner<D> {
+        SagaRunner::new(self.store.clone(), self.services.bus()).clock(self.clock.clone())
+    }
+
+    /// Puts an instance's delivered commands back in the outbox, as if the dispatcher had
+    /// crashed before acknowledging them. Returns how many.
+    async fn reset_outbox(&self, saga_id: &str) -> u64 {
+        let outbox = self.database.table("saga_outbox");
+        factum::testing::execute(
+            &self.store,
+            &format!("UPDATE {outbox} SET status = 'pending' WHERE saga_id = '{saga_id}'"),
+        )
+        .await
+        .unwrap()
     }
 
     async fn place(&self, order_id: &str, sku: &str, quantity: u32, card: &str, address: &str) {
@@ -256,8 +146,8 @@ impl<B: Backend> World<B> {
     }
 }
 
-async fn an_order_is_reserved_paid_shipped_and_completed<B: Backend>() {
-    let mut world = World::<B>::new().await;
+async fn an_order_is_reserved_paid_shipped_and_completed<D: TestDatabase>() {
+    let mut world = World::<D>::new().await;
     world.place("o-1", "book", 3, "visa", "1 Main St").await;
     world.settle().await;
 
@@ -363,8 +253,8 @@ async fn an_order_is_reserved_paid_shipped_and_completed<B: Backend>() {
     assert_eq!(world.saga("o-1").await.0.stage, Stage::Completed);
 }
 
-async fn out_of_stock_cancels_the_order_and_touches_nothing_else<B: Backend>() {
-    let mut world = World::<B>::new().await;
+async fn out_of_stock_cancels_the_order_and_touches_nothing_else<D: TestDatabase>() {
+    let mut world = World::<D>::new().await;
     world.place("o-2", "book", 11, "visa", "1 Main St").await;
     world.settle().await;
 
@@ -382,8 +272,8 @@ async fn out_of_stock_cancels_the_order_and_touches_nothing_else<B: Backend>() {
     assert_eq!(saga.compensations, ["CancelOrder"]);
 }
 
-async fn a_refused_command_goes_back_to_the_saga_which_cancels_the_order<B: Backend>() {
-    let mut world = World::<B>::new().await;
+async fn a_refused_command_goes_back_to_the_saga_which_cancels_the_order<D: TestDatabase>() {
+    let mut world = World::<D>::new().await;
     world
         .place("o-3", "unknown-sku", 1, "visa", "1 Main St")
         .await;
@@ -409,8 +299,8 @@ async fn a_refused_command_goes_back_to_the_saga_which_cancels_the_order<B: Back
     assert_eq!((status.active, status.completed), (0, 1));
 }
 
-async fn a_declined_payment_releases_the_inventory_then_cancels_the_order<B: Backend>() {
-    let mut world = World::<B>::new().await;
+async fn a_declined_payment_releases_the_inventory_then_cancels_the_order<D: TestDatabase>() {
+    let mut world = World::<D>::new().await;
     world.place("o-4", "book", 4, "declined", "1 Main St").await;
     world.settle().await;
 
@@ -430,8 +320,8 @@ async fn a_declined_payment_releases_the_inventory_then_cancels_the_order<B: Bac
     assert_eq!(world.runner.status().await.unwrap().pending_timeouts, 0);
 }
 
-async fn a_failed_shipment_refunds_releases_and_cancels_in_reverse_order<B: Backend>() {
-    let mut world = World::<B>::new().await;
+async fn a_failed_shipment_refunds_releases_and_cancels_in_reverse_order<D: TestDatabase>() {
+    let mut world = World::<D>::new().await;
     world.place("o-5", "book", 2, "visa", "nowhere").await;
     world.settle().await;
 
@@ -465,8 +355,8 @@ async fn a_failed_shipment_refunds_releases_and_cancels_in_reverse_order<B: Back
     assert!(refunded < released && released < cancelled);
 }
 
-async fn a_payment_that_never_answers_times_out_after_a_restart_and_compensates<B: Backend>() {
-    let mut world = World::<B>::new().await;
+async fn a_payment_that_never_answers_times_out_after_a_restart_and_compensates<D: TestDatabase>() {
+    let mut world = World::<D>::new().await;
     world.place("o-6", "book", 5, "3ds", "1 Main St").await;
     world.settle().await;
     assert_eq!(world.payment("o-6").await, PaymentStatus::Pending);
@@ -514,8 +404,8 @@ async fn a_payment_that_never_answers_times_out_after_a_restart_and_compensates<
     );
 }
 
-async fn a_payment_confirmed_in_time_cancels_the_timeout<B: Backend>() {
-    let mut world = World::<B>::new().await;
+async fn a_payment_confirmed_in_time_cancels_the_timeout<D: TestDatabase>() {
+    let mut world = World::<D>::new().await;
     world.place("o-7", "book", 1, "3ds", "1 Main St").await;
     world.settle().await;
     world
@@ -536,15 +426,15 @@ async fn a_payment_confirmed_in_time_cancels_the_timeout<B: Backend>() {
     assert_eq!(world.saga("o-7").await.0.stage, Stage::Completed);
 }
 
-async fn a_command_delivered_again_is_recognised_and_not_applied_twice<B: Backend>() {
-    let mut world = World::<B>::new().await;
+async fn a_command_delivered_again_is_recognised_and_not_applied_twice<D: TestDatabase>() {
+    let mut world = World::<D>::new().await;
     world.place("o-8", "book", 2, "visa", "1 Main St").await;
     world.settle().await;
     let before: Vec<_> = world.types(&inventory_stream("book")).await;
 
     // As if the dispatcher had crashed after delivering, before acknowledging: every command
     // of the instance is pending again.
-    let reset = B::reset_outbox(&world.store, "o-8").await;
+    let reset = world.reset_outbox("o-8").await;
     assert_eq!(reset, 4);
     assert_eq!(world.runner.dispatch().await.unwrap(), 4);
     let status = world.runner.status().await.unwrap();
@@ -578,9 +468,9 @@ async fn a_command_delivered_again_is_recognised_and_not_applied_twice<B: Backen
     );
 }
 
-async fn an_event_the_saga_cannot_read_parks_its_stream_while_other_orders_flow<B: Backend>() {
-    let mut world = World::<B>::new().await;
-    world.runner = World::restarted_runner(&world).without_retries();
+async fn an_event_the_saga_cannot_read_parks_its_stream_while_other_orders_flow<D: TestDatabase>() {
+    let mut world = World::<D>::new().await;
+    world.runner = world.restarted_runner().retries(0, Duration::ZERO);
     let broken = factum::NewEvent::new(
         "OrderPlaced",
         1,
@@ -632,7 +522,7 @@ macro_rules! on_both_stores {
             $(
                 #[tokio::test]
                 async fn $name() {
-                    super::$name::<super::Pg>().await;
+                    super::$name::<factum::testing::postgres::TemporaryStore>().await;
                 }
             )*
         }
@@ -641,7 +531,7 @@ macro_rules! on_both_stores {
             $(
                 #[tokio::test]
                 async fn $name() {
-                    super::$name::<super::Sqlite>().await;
+                    super::$name::<factum::testing::sqlite::TemporaryDatabase>().await;
                 }
             )*
         }

@@ -17,7 +17,7 @@ use syn::spanned::Spanned as _;
 use crate::aggregate::{aggregate_impl, handler_impls};
 use crate::ast::EventInput;
 use crate::ctxt::tokens_key;
-use crate::valid::{self, Aggregate, Projection, Saga};
+use crate::valid::{self, Aggregate, Connection, Projection, Saga};
 use crate::{event as event_struct, event_set};
 
 /// `#[event]` with mistakes: the errors, and the event expanded with its defaults when its shape
@@ -78,9 +78,9 @@ pub fn aggregate(input: Result<&Aggregate, &TokenStream>, errors: &syn::Error) -
 /// implementation (with `InlineProjection` when it is declared `inline`) that handles nothing, so
 /// that uses of the type as a projection do not fail too.
 ///
-/// The stub's connection type is the one of the first handler judged right (else of the
-/// `#[flush]`). When there is none, there is no stub: any other type could itself mismatch where
-/// the projection is run with its real connection.
+/// The stub runs where the first handler judged right (else the `#[flush]` or `#[reset]`) says
+/// the projection runs (`Tx`: every store; a store's connection: that store). When none is
+/// right, there is no stub: a guess could itself mismatch where the projection is run.
 pub fn projection(input: Result<&Projection, &TokenStream>, errors: &syn::Error) -> TokenStream {
     let errors = errors.to_compile_error();
     let input = match input {
@@ -99,7 +99,7 @@ pub fn projection(input: Result<&Projection, &TokenStream>, errors: &syn::Error)
     }
 }
 
-fn projection_stub(input: &Projection, connection: &syn::Type) -> TokenStream {
+fn projection_stub(input: &Projection, connection: &Connection) -> TokenStream {
     let self_ty = &input.item.self_ty;
     let (name, version) = (&input.name, input.version);
     let inline = input.inline.then(|| {
@@ -113,6 +113,22 @@ fn projection_stub(input: &Projection, connection: &syn::Type) -> TokenStream {
             impl ::factum::__private::InlineProjection for #self_ty {}
         }
     });
+    let reset = input.reset.is_some().then(|| {
+        quote! {
+            #[automatically_derived]
+            impl ::factum::__private::Reset for #self_ty {
+                fn reset<'a>(
+                    &'a mut self,
+                    _: &'a mut ::factum::__private::Tx<'_>,
+                ) -> impl ::core::future::Future<
+                    Output = ::core::result::Result<(), ::factum::__private::HandlerError>,
+                > + ::core::marker::Send + 'a {
+                    ::core::future::ready(::core::result::Result::Ok(()))
+                }
+            }
+        }
+    });
+    let (store, runs_on) = crate::projection::stores(self_ty, connection);
     quote! {
         const _: () = {
             #[automatically_derived]
@@ -120,13 +136,13 @@ fn projection_stub(input: &Projection, connection: &syn::Type) -> TokenStream {
                 const NAME: &'static str = #name;
                 const VERSION: u32 = #version;
                 const EVENT_TYPES: &'static [&'static str] = &[];
-                type Connection = #connection;
+                #store
                 #inline
 
                 fn handle<'a>(
                     &'a mut self,
                     _: &'a ::factum::__private::RecordedEvent,
-                    _: &'a mut #connection,
+                    _: &'a mut ::factum::__private::Tx<'_>,
                 ) -> impl ::core::future::Future<
                     Output = ::core::result::Result<(), ::factum::__private::HandlerError>,
                 > + ::core::marker::Send + 'a {
@@ -134,6 +150,8 @@ fn projection_stub(input: &Projection, connection: &syn::Type) -> TokenStream {
                 }
             }
 
+            #runs_on
+            #reset
             #inline_marker
         };
     }
@@ -232,7 +250,7 @@ fn each_once(types: &[syn::Type]) -> Vec<&syn::Type> {
 pub fn stray_marker(marker: &str, item: TokenStream) -> TokenStream {
     let message = if marker == "handle" {
         "`#[handle]` only marks a method of a `#[projection]` or `#[saga]` impl block; put `#[projection]` or `#[saga]` on the impl block".to_owned()
-    } else if matches!(marker, "flush" | "discard") {
+    } else if matches!(marker, "flush" | "discard" | "reset") {
         format!(
             "`#[{marker}]` only marks a method of a `#[projection]` impl block; put `#[projection]` on the impl block"
         )

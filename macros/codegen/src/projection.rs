@@ -1,12 +1,60 @@
 //! Expansion of `#[projection]`: the `Projection` implementation, whose event types are the
 //! handlers' (so the store filters the feed) and whose dispatch decodes (and upcasts) each stored
-//! event into the handler's type.
+//! event into the handler's type; where it runs (`RunsOn`: every store when the handlers take
+//! `Tx`, that store when they take a store's connection); `Reset` from a `#[reset]` method.
 
 use proc_macro2::TokenStream;
 use quote::{quote, quote_spanned};
 use syn::spanned::Spanned as _;
 
-use crate::valid::Projection;
+use crate::valid::{Connection, Projection};
+
+/// Binds `connection` to what the handlers take, from the runtime's `tx`: the transaction
+/// itself, or the store's connection (an error naming both stores when it runs on another).
+fn bind_connection(connection: &Connection) -> TokenStream {
+    match connection {
+        Connection::Tx => quote! {
+            let connection = tx;
+        },
+        Connection::Store(ty) => quote! {
+            let ::core::option::Option::Some(connection) =
+                <#ty as ::factum::__private::StoreConnection>::of(&mut *tx)
+            else {
+                return ::core::result::Result::Err(::factum::__private::HandlerError::wrong_store(
+                    <#ty as ::factum::__private::StoreConnection>::KIND,
+                    tx,
+                ));
+            };
+        },
+    }
+}
+
+/// `STORE` and the `RunsOn` implementations of a projection writing through `connection`.
+pub fn stores(self_ty: &syn::Type, connection: &Connection) -> (TokenStream, TokenStream) {
+    match connection {
+        Connection::Tx => (
+            TokenStream::new(),
+            quote! {
+                #[automatically_derived]
+                impl<__S: ::factum::__private::Store> ::factum::__private::RunsOn<__S> for #self_ty {}
+            },
+        ),
+        Connection::Store(ty) => (
+            quote! {
+                const STORE: ::core::option::Option<::factum::__private::StoreKind> =
+                    ::core::option::Option::Some(
+                        <#ty as ::factum::__private::StoreConnection>::KIND,
+                    );
+            },
+            quote! {
+                #[automatically_derived]
+                impl ::factum::__private::RunsOn<
+                    <#ty as ::factum::__private::StoreConnection>::Store,
+                > for #self_ty {}
+            },
+        ),
+    }
+}
 
 pub fn expand(input: &Projection) -> TokenStream {
     let item = &input.item;
@@ -16,6 +64,7 @@ pub fn expand(input: &Projection) -> TokenStream {
     let self_ty = &item.self_ty;
     let (name, version) = (&input.name, input.version);
     let events: Vec<_> = input.handlers.iter().map(|h| &h.event).collect();
+    let bind = bind_connection(connection);
     let arms = input.handlers.iter().map(|handler| {
         let (method, event) = (&handler.method, &handler.event);
         let call = quote_spanned! {handler.connection.span()=>
@@ -30,6 +79,7 @@ pub fn expand(input: &Projection) -> TokenStream {
                     &mut |item| decoded.push(item),
                 )
                 .map_err(|cause| ::factum::__private::HandlerError::decode(stored, cause))?;
+                #bind
                 for item in &decoded {
                     #call.map_err(|cause| ::factum::__private::HandlerError::handler(stored, cause))?;
                 }
@@ -45,11 +95,36 @@ pub fn expand(input: &Projection) -> TokenStream {
         quote! {
             fn flush<'a>(
                 &'a mut self,
-                connection: &'a mut #connection,
+                tx: &'a mut ::factum::__private::Tx<'_>,
             ) -> impl ::core::future::Future<
                 Output = ::core::result::Result<(), ::factum::__private::HandlerError>,
             > + ::core::marker::Send + 'a {
-                async move { #call.map_err(::factum::__private::HandlerError::flush) }
+                async move {
+                    #bind
+                    #call.map_err(::factum::__private::HandlerError::flush)
+                }
+            }
+        }
+    });
+    let reset = input.reset.as_ref().map(|reset| {
+        let method = &reset.method;
+        let call = quote_spanned! {reset.connection.span()=>
+            Self::#method(self, &mut *connection).await
+        };
+        quote! {
+            #[automatically_derived]
+            impl ::factum::__private::Reset for #self_ty {
+                fn reset<'a>(
+                    &'a mut self,
+                    tx: &'a mut ::factum::__private::Tx<'_>,
+                ) -> impl ::core::future::Future<
+                    Output = ::core::result::Result<(), ::factum::__private::HandlerError>,
+                > + ::core::marker::Send + 'a {
+                    async move {
+                        #bind
+                        #call.map_err(::factum::__private::HandlerError::flush)
+                    }
+                }
             }
         }
     });
@@ -83,6 +158,7 @@ pub fn expand(input: &Projection) -> TokenStream {
             impl ::factum::__private::InlineProjection for #self_ty {}
         }
     });
+    let (store, runs_on) = stores(self_ty, connection);
     quote! {
         #item
 
@@ -93,20 +169,21 @@ pub fn expand(input: &Projection) -> TokenStream {
                 const VERSION: u32 = #version;
                 const EVENT_TYPES: &'static [&'static str] =
                     &[#(<#events as ::factum::__private::Event>::NAME),*];
-                type Connection = #connection;
+                #store
                 #side_effects
                 #inline
 
                 fn handle<'a>(
                     &'a mut self,
                     stored: &'a ::factum::__private::RecordedEvent,
-                    connection: &'a mut #connection,
+                    tx: &'a mut ::factum::__private::Tx<'_>,
                 ) -> impl ::core::future::Future<
                     Output = ::core::result::Result<(), ::factum::__private::HandlerError>,
                 > + ::core::marker::Send + 'a {
                     async move {
                         let event_type = stored.event_type.as_str();
                         #(#arms)*
+                        let _ = tx;
                         ::core::result::Result::Ok(())
                     }
                 }
@@ -115,6 +192,8 @@ pub fn expand(input: &Projection) -> TokenStream {
                 #discard
             }
 
+            #runs_on
+            #reset
             #inline_marker
         };
     }

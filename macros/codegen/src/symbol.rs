@@ -10,6 +10,7 @@ pub const STATE_VERSION: &str = "state_version";
 pub const HANDLE: &str = "handle";
 pub const FLUSH: &str = "flush";
 pub const DISCARD: &str = "discard";
+pub const RESET: &str = "reset";
 pub const SIDE_EFFECTS: &str = "side_effects";
 pub const INLINE: &str = "inline";
 pub const START: &str = "start";

@@ -38,12 +38,12 @@ use self::args::{
     Args, CatalogCommand, Command, DlqCommand, FeedCommand, ProjectionsCommand, StreamCommand,
 };
 pub use self::error::CliError;
-use self::projections::{Registered, Registration, StoreRunner};
+use self::projections::{Registered, Registration};
 use self::store::AnyStore;
 use self::stream::Replayers;
 use crate::aggregate::Aggregate;
 use crate::catalog::Catalog;
-use crate::projection::{Projection, ProjectionRunner, SqliteProjectionRunner};
+use crate::projection::{Projection, Reset};
 
 /// The tool, with the aggregates it knows.
 #[derive(Clone, Default)]
@@ -77,47 +77,19 @@ impl Cli {
         self
     }
 
-    /// Registers a projection written for PostgreSQL (its handlers take a `PgConnection`), for
-    /// `projections rebuild` (`reset` clears its read model, e.g. `TRUNCATE balances`) and
-    /// `dlq retry|skip`.
+    /// Registers a projection for `projections rebuild` (its `#[reset]` method clears the read
+    /// model) and `dlq retry|skip`, on the stores it runs on.
     #[must_use]
-    pub fn projection<P>(
-        self,
-        new: impl Fn() -> P + Send + Sync + 'static,
-        reset: &'static str,
-    ) -> Self
+    pub fn projection<P>(mut self, new: impl Fn() -> P + Send + Sync + 'static) -> Self
     where
-        P: Projection<Connection = sqlx::PgConnection> + Sync,
+        P: Projection + Reset + Sync,
     {
-        self.register::<ProjectionRunner<P>>(new, reset)
-    }
-
-    /// Registers a projection written for SQLite (its handlers take a `SqliteConnection`).
-    #[must_use]
-    pub fn sqlite_projection<P>(
-        self,
-        new: impl Fn() -> P + Send + Sync + 'static,
-        reset: &'static str,
-    ) -> Self
-    where
-        P: Projection<Connection = sqlx::SqliteConnection> + Sync,
-    {
-        self.register::<SqliteProjectionRunner<P>>(new, reset)
-    }
-
-    /// Registers the projection that `new` makes, for the store of runner `R`.
-    fn register<R: StoreRunner + 'static>(
-        mut self,
-        new: impl Fn() -> R::Projection + Send + Sync + 'static,
-        reset: &'static str,
-    ) -> Self {
-        let registration = Registration::<R, _> {
+        let registration = Registration {
             new,
-            reset,
-            runner: PhantomData,
+            projection: PhantomData,
         };
         self.projections
-            .entry(<R::Projection as Projection>::NAME)
+            .entry(P::NAME)
             .or_default()
             .push(Arc::new(registration));
         self

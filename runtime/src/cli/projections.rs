@@ -1,7 +1,7 @@
-//! Projections registered in a tool: rebuilt from the start (with a progress bar), and their
-//! parked streams retried or skipped. A projection is written for one store (its handlers take
-//! that store's connection), so it is registered for that store: [`StoreRunner`] is what
-//! differs between the stores, [`Registration`] what the tool does with either.
+//! Projections registered in a tool: rebuilt from the start (their `#[reset]` clears the read
+//! model; a progress bar shows the catch-up), and their parked streams retried or skipped. A
+//! projection runs on the stores its handlers are written for ([`Projection::STORE`]): the
+//! registration makes a runner of whichever store the tool was pointed at.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -9,14 +9,10 @@ use std::marker::PhantomData;
 use std::pin::Pin;
 use std::time::Duration;
 
-use sqlx::{AssertSqlSafe, PgConnection, SqliteConnection};
-
 use super::CliError;
 use super::store::AnyStore;
-use crate::error::Error;
-use crate::projection::{
-    Projection, ProjectionRunner, RetryOutcome, RunnerError, SqliteProjectionRunner,
-};
+use crate::projection::{Projection, ProjectionRunner, Reset, RetryOutcome, RunnerError};
+use crate::store::SqlStore;
 
 type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
@@ -25,8 +21,8 @@ pub(super) trait Registered: Send + Sync {
     /// Whether it runs on this store.
     fn runs_on(&self, store: &AnyStore) -> bool;
 
-    /// Clears the read model and the checkpoint, then catches up from the start. Returns the
-    /// events handled.
+    /// Clears the read model (its `#[reset]`), the checkpoint and the dead letters, then catches
+    /// up from the start. Returns the events handled.
     fn rebuild<'a>(&'a self, store: &'a AnyStore) -> BoxFuture<'a, Result<u64, CliError>>;
 
     /// Handles a parked stream's events again, in order.
@@ -44,180 +40,97 @@ pub(super) trait Registered: Send + Sync {
     ) -> BoxFuture<'a, Result<Option<u64>, CliError>>;
 }
 
-/// A projection runner of one store, as the tool uses it.
-pub(super) trait StoreRunner: Sized + Send {
-    type Projection: Projection;
-
-    /// A runner of `projection` on `store`, if it is this runner's store.
-    fn on(store: &AnyStore, projection: Self::Projection) -> Option<Self>;
-
-    /// Runs `reset` (clearing the read model) and deletes the projection's checkpoint and
-    /// dead letters, in one transaction.
-    fn reset<'a>(store: &'a AnyStore, reset: &'a str) -> BoxFuture<'a, Result<(), CliError>>;
-
-    fn catch_up(&mut self) -> BoxFuture<'_, Result<u64, RunnerError>>;
-
-    fn retry_parked<'a>(
-        &'a mut self,
-        stream_id: &'a str,
-    ) -> BoxFuture<'a, Result<RetryOutcome, Error>>;
-
-    fn skip_parked<'a>(
-        &'a mut self,
-        stream_id: &'a str,
-    ) -> BoxFuture<'a, Result<Option<u64>, Error>>;
-}
-
-impl<P> StoreRunner for ProjectionRunner<P>
-where
-    P: Projection<Connection = PgConnection> + Sync,
-{
-    type Projection = P;
-
-    fn on(store: &AnyStore, projection: P) -> Option<Self> {
-        match store {
-            AnyStore::Postgres(pg) => Some(Self::new(pg.clone(), projection)),
-            AnyStore::Sqlite(_) => None,
-        }
-    }
-
-    fn reset<'a>(store: &'a AnyStore, reset: &'a str) -> BoxFuture<'a, Result<(), CliError>> {
-        Box::pin(async move {
-            let AnyStore::Postgres(pg) = store else {
-                return Err(wrong_store::<P>(store));
-            };
-            let mut transaction = pg.pool().begin().await.map_err(CliError::database)?;
-            sqlx::raw_sql(AssertSqlSafe(reset))
-                .execute(&mut *transaction)
-                .await
-                .map_err(CliError::database)?;
-            for table in ["projection_checkpoints", "projection_dead_letters"] {
-                sqlx::query(AssertSqlSafe(format!(
-                    "DELETE FROM \"{}\".{table} WHERE projection = $1 AND version = $2",
-                    pg.schema()
-                )))
-                .bind(P::NAME)
-                .bind(i32::try_from(P::VERSION).unwrap_or(i32::MAX))
-                .execute(&mut *transaction)
-                .await
-                .map_err(CliError::database)?;
-            }
-            transaction.commit().await.map_err(CliError::database)
-        })
-    }
-
-    fn catch_up(&mut self) -> BoxFuture<'_, Result<u64, RunnerError>> {
-        Box::pin(Self::catch_up(self))
-    }
-
-    fn retry_parked<'a>(
-        &'a mut self,
-        stream_id: &'a str,
-    ) -> BoxFuture<'a, Result<RetryOutcome, Error>> {
-        Box::pin(Self::retry_parked(self, stream_id))
-    }
-
-    fn skip_parked<'a>(
-        &'a mut self,
-        stream_id: &'a str,
-    ) -> BoxFuture<'a, Result<Option<u64>, Error>> {
-        Box::pin(Self::skip_parked(self, stream_id))
-    }
-}
-
-impl<P> StoreRunner for SqliteProjectionRunner<P>
-where
-    P: Projection<Connection = SqliteConnection> + Sync,
-{
-    type Projection = P;
-
-    fn on(store: &AnyStore, projection: P) -> Option<Self> {
-        match store {
-            AnyStore::Sqlite(sqlite) => Some(Self::new(sqlite.clone(), projection)),
-            AnyStore::Postgres(_) => None,
-        }
-    }
-
-    fn reset<'a>(store: &'a AnyStore, reset: &'a str) -> BoxFuture<'a, Result<(), CliError>> {
-        Box::pin(async move {
-            let AnyStore::Sqlite(sqlite) = store else {
-                return Err(wrong_store::<P>(store));
-            };
-            let mut transaction = sqlite
-                .pool()
-                .begin_with("BEGIN IMMEDIATE")
-                .await
-                .map_err(CliError::database)?;
-            sqlx::raw_sql(AssertSqlSafe(reset))
-                .execute(&mut *transaction)
-                .await
-                .map_err(CliError::database)?;
-            for table in ["projection_checkpoints", "projection_dead_letters"] {
-                sqlx::query(AssertSqlSafe(format!(
-                    "DELETE FROM {table} WHERE projection = ?1 AND version = ?2"
-                )))
-                .bind(P::NAME)
-                .bind(i64::from(P::VERSION))
-                .execute(&mut *transaction)
-                .await
-                .map_err(CliError::database)?;
-            }
-            transaction.commit().await.map_err(CliError::database)
-        })
-    }
-
-    fn catch_up(&mut self) -> BoxFuture<'_, Result<u64, RunnerError>> {
-        Box::pin(Self::catch_up(self))
-    }
-
-    fn retry_parked<'a>(
-        &'a mut self,
-        stream_id: &'a str,
-    ) -> BoxFuture<'a, Result<RetryOutcome, Error>> {
-        Box::pin(Self::retry_parked(self, stream_id))
-    }
-
-    fn skip_parked<'a>(
-        &'a mut self,
-        stream_id: &'a str,
-    ) -> BoxFuture<'a, Result<Option<u64>, Error>> {
-        Box::pin(Self::skip_parked(self, stream_id))
-    }
-}
-
-/// A projection registered for the store of runner `R`: how to make it, and the SQL that
-/// clears its read model.
-pub(super) struct Registration<R, F> {
+/// A registered projection: how to make it.
+pub(super) struct Registration<P, F> {
     pub new: F,
-    pub reset: &'static str,
-    pub runner: PhantomData<fn() -> R>,
+    pub projection: PhantomData<fn() -> P>,
 }
 
-impl<R, F> Registration<R, F>
-where
-    R: StoreRunner,
-    F: Fn() -> R::Projection + Send + Sync,
-{
-    fn runner(&self, store: &AnyStore) -> Result<R, CliError> {
-        R::on(store, (self.new)()).ok_or_else(|| wrong_store::<R::Projection>(store))
+/// What the tool does with a runner, whatever its store.
+trait Job<P>: Send {
+    type Output;
+
+    fn run<S: SqlStore>(
+        self,
+        runner: ProjectionRunner<S, P>,
+    ) -> impl Future<Output = Result<Self::Output, CliError>> + Send;
+}
+
+/// Clears the read model and the version's progress, and catches up from the start.
+struct Rebuild<'a>(&'a AnyStore);
+
+impl<P: Projection + Reset + Sync> Job<P> for Rebuild<'_> {
+    type Output = u64;
+
+    async fn run<S: SqlStore>(self, mut runner: ProjectionRunner<S, P>) -> Result<u64, CliError> {
+        with_progress::<P>(self.0, runner.rebuild()).await
     }
 }
 
-impl<R, F> Registered for Registration<R, F>
+/// Retries a parked stream.
+struct Retry<'a>(&'a str);
+
+impl<P: Projection + Sync> Job<P> for Retry<'_> {
+    type Output = RetryOutcome;
+
+    async fn run<S: SqlStore>(
+        self,
+        mut runner: ProjectionRunner<S, P>,
+    ) -> Result<RetryOutcome, CliError> {
+        Ok(runner.retry_parked(self.0).await?)
+    }
+}
+
+/// Skips a parked stream's first event.
+struct Skip<'a>(&'a str);
+
+impl<P: Projection + Sync> Job<P> for Skip<'_> {
+    type Output = Option<u64>;
+
+    async fn run<S: SqlStore>(
+        self,
+        mut runner: ProjectionRunner<S, P>,
+    ) -> Result<Option<u64>, CliError> {
+        Ok(runner.skip_parked(self.0).await?)
+    }
+}
+
+impl<P, F> Registration<P, F>
 where
-    R: StoreRunner,
-    F: Fn() -> R::Projection + Send + Sync,
+    P: Projection + Reset + Sync,
+    F: Fn() -> P + Send + Sync,
+{
+    /// Runs `job` with a runner of the projection on `store`, which it must run on (checked
+    /// here, so the runner need not prove it at compile time).
+    async fn run<J: Job<P>>(&self, store: &AnyStore, job: J) -> Result<J::Output, CliError> {
+        if !self.runs_on(store) {
+            return Err(wrong_store::<P>(store));
+        }
+        let projection = (self.new)();
+        match store {
+            AnyStore::Postgres(pg) => {
+                job.run(ProjectionRunner::unchecked(pg.clone(), projection))
+                    .await
+            }
+            AnyStore::Sqlite(sqlite) => {
+                job.run(ProjectionRunner::unchecked(sqlite.clone(), projection))
+                    .await
+            }
+        }
+    }
+}
+
+impl<P, F> Registered for Registration<P, F>
+where
+    P: Projection + Reset + Sync,
+    F: Fn() -> P + Send + Sync,
 {
     fn runs_on(&self, store: &AnyStore) -> bool {
-        R::on(store, (self.new)()).is_some()
+        P::STORE.is_none_or(|kind| kind == store.kind())
     }
 
     fn rebuild<'a>(&'a self, store: &'a AnyStore) -> BoxFuture<'a, Result<u64, CliError>> {
-        Box::pin(async move {
-            let mut runner = self.runner(store)?;
-            R::reset(store, self.reset).await?;
-            with_progress::<R::Projection>(store, runner.catch_up()).await
-        })
+        Box::pin(self.run(store, Rebuild(store)))
     }
 
     fn retry<'a>(
@@ -225,7 +138,7 @@ where
         store: &'a AnyStore,
         stream_id: &'a str,
     ) -> BoxFuture<'a, Result<RetryOutcome, CliError>> {
-        Box::pin(async move { Ok(self.runner(store)?.retry_parked(stream_id).await?) })
+        Box::pin(self.run(store, Retry(stream_id)))
     }
 
     fn skip<'a>(
@@ -233,13 +146,13 @@ where
         store: &'a AnyStore,
         stream_id: &'a str,
     ) -> BoxFuture<'a, Result<Option<u64>, CliError>> {
-        Box::pin(async move { Ok(self.runner(store)?.skip_parked(stream_id).await?) })
+        Box::pin(self.run(store, Skip(stream_id)))
     }
 }
 
 fn wrong_store<P: Projection>(store: &AnyStore) -> CliError {
     CliError::Usage(format!(
-        "projection `{}` is not registered for {} in this tool",
+        "projection `{}` is written for another store than {} (its handlers take that store's connection)",
         P::NAME,
         store.describe()
     ))

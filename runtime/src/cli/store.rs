@@ -17,6 +17,16 @@ pub(super) enum AnyStore {
     Sqlite(SqliteStore),
 }
 
+impl AnyStore {
+    /// Which store it is.
+    pub fn kind(&self) -> crate::store::StoreKind {
+        match self {
+            Self::Postgres(_) => crate::store::StoreKind::Postgres,
+            Self::Sqlite(_) => crate::store::StoreKind::Sqlite,
+        }
+    }
+}
+
 /// What `stats` reports.
 #[derive(Debug, Serialize)]
 pub(super) struct Stats {

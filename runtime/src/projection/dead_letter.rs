@@ -1,44 +1,164 @@
-//! The sequence dead-letter queue of a projection (as in Axon): when a handler keeps failing on
-//! an event, the runner parks that event's stream. The event, and every later event of the
-//! stream the projection handles, wait here in order while other streams flow on. An operator
+//! Failing batches and the sequence dead-letter queue (as in Axon): a batch that fails is
+//! retried with backoff; one that keeps failing is applied event by event, so the failing event
+//! is found, and that event's stream is parked: the event, and every later event of the stream
+//! the projection handles, wait in the queue in order while other streams flow on. An operator
 //! lists parked streams, retries one (its events are handled in order, each removed once
 //! applied, stopping again at the first failure) or skips its first event (kept, marked
-//! skipped, for the audit trail).
+//! skipped, for the audit trail). A database outage parks nothing: the runner stops.
 
-use sqlx::{AssertSqlSafe, PgConnection, Row as _};
-
-use super::runner::{to_i64, to_u64, version};
-use super::status::{ParkedStream, RetryOutcome};
-use super::{Projection, ProjectionRunner};
+use super::batch::{BatchOutcome, DeadLetter};
+use super::retry::Failure;
+use super::runner::ProjectionRunner;
+use super::status::{ParkedStream, RetryOutcome, RunnerError};
+use super::{HandlerError, Projection};
 use crate::envelope::RecordedEvent;
 use crate::error::Error;
-use crate::store::EventStore as _;
+use crate::position::FeedPosition;
+use crate::store::backend::{columns, stored_time, to_i64};
+use crate::store::{FeedBatch, SqlStore, Tx};
 
-impl<P: Projection<Connection = PgConnection>> ProjectionRunner<P> {
+impl<S: SqlStore, P: Projection> ProjectionRunner<S, P> {
+    /// Applies a batch, retrying it (with doubling backoff) while the failure may be transient.
+    async fn apply_with_retries(
+        &mut self,
+        after: Option<FeedPosition>,
+        events: &[RecordedEvent],
+        next: FeedPosition,
+    ) -> Result<Option<BatchOutcome>, RunnerError> {
+        let retries = self.options.retries;
+        let mut attempt = 0;
+        loop {
+            match self.apply_from(after, events, next).await {
+                Err(RunnerError::Handler { cause, .. })
+                    if Failure::of(&cause).retryable() && attempt < retries.max =>
+                {
+                    attempt += 1;
+                    tracing::warn!(attempt, error = %cause, "projection batch failed; retrying");
+                    tokio::time::sleep(retries.delay(attempt)).await;
+                }
+                result => return result,
+            }
+        }
+    }
+
+    /// Applies a batch read after `after`, isolating (and parking) the failing event when it
+    /// keeps failing. `None`: the checkpoint was moved back meanwhile, nothing was done.
+    pub(super) async fn apply_checked(
+        &mut self,
+        after: FeedPosition,
+        batch: &FeedBatch,
+    ) -> Result<Option<BatchOutcome>, RunnerError> {
+        match self
+            .apply_with_retries(Some(after), &batch.events, batch.next)
+            .await
+        {
+            Err(RunnerError::Handler { cause, .. }) if self.parks(&cause) => {
+                tracing::warn!(error = %cause, "projection batch kept failing; isolating the failing event");
+                self.isolate(&batch.events, batch.next).await.map(Some)
+            }
+            result => result,
+        }
+    }
+
+    /// After a batch kept failing: applies its events one at a time, so the failing one is
+    /// found; its stream is parked (the event and the stream's later events go to the
+    /// dead-letter queue) and every other event is applied.
+    async fn isolate(
+        &mut self,
+        events: &[RecordedEvent],
+        next: FeedPosition,
+    ) -> Result<BatchOutcome, RunnerError> {
+        let mut outcome = BatchOutcome::default();
+        for event in events {
+            match self
+                .apply_with_retries(None, std::slice::from_ref(event), event.feed_position())
+                .await
+            {
+                Ok(one) => outcome += one.unwrap_or_default(),
+                Err(RunnerError::Handler { cause, .. }) if self.parks(&cause) => {
+                    outcome += self.park_failed(event, &cause).await?;
+                }
+                Err(error) => return Err(error),
+            }
+        }
+        outcome += self.apply_from(None, &[], next).await?.unwrap_or_default();
+        Ok(outcome)
+    }
+
+    /// Parks `event`'s stream at `event`, which failed with `cause`, moving the checkpoint past
+    /// it, in one transaction.
+    async fn park_failed(
+        &mut self,
+        event: &RecordedEvent,
+        cause: &HandlerError,
+    ) -> Result<BatchOutcome, RunnerError> {
+        let mut transaction = self.store.begin().await?;
+        let mut tx = transaction.tx();
+        let (checkpoint, _) = self
+            .lock_checkpoint(&mut tx, std::slice::from_ref(event))
+            .await?;
+        if event.feed_position() <= checkpoint {
+            return Ok(BatchOutcome::default()); // another runner got past it meanwhile
+        }
+        let attempts = self.options.retries.attempts(cause);
+        let letter = DeadLetter::new(event, Some(cause.to_string()), attempts);
+        self.park(&mut tx, &[letter]).await?;
+        self.save_checkpoint(&mut tx, event.feed_position()).await?;
+        drop(tx);
+        transaction.commit().await?;
+        tracing::error!(
+            projection = P::NAME,
+            version = P::VERSION,
+            stream = %event.stream_id,
+            stream_version = event.stream_version,
+            error = %cause,
+            "projection parked a stream: its later events wait in the dead-letter queue"
+        );
+        Ok(BatchOutcome {
+            handled: 0,
+            parked: 1,
+        })
+    }
+
     /// The streams parked in this projection's dead-letter queue, oldest first.
     ///
     /// # Errors
     /// A store error.
     pub async fn parked(&self) -> Result<Vec<ParkedStream>, Error> {
-        let rows = sqlx::query(AssertSqlSafe(self.sql.list_parked.clone()))
-            .bind(P::NAME)
-            .bind(version(P::VERSION))
-            .fetch_all(self.store().pool())
+        let mut connection = self.store.acquire().await?;
+        let rows = self
+            .statement(&self.sql.list_parked)
+            .fetch_all(&mut connection.tx())
             .await
             .map_err(|e| self.fail(e))?;
         rows.iter()
             .map(|row| {
+                let parked_at: String = columns::get(row, 5)?;
                 Ok(ParkedStream {
-                    stream_id: row.try_get(0)?,
-                    first_version: to_u64(row.try_get(1)?),
-                    events: to_u64(row.try_get(2)?),
-                    error: row.try_get(3)?,
-                    attempts: u32::try_from(row.try_get::<i32, _>(4)?).unwrap_or(0),
-                    parked_at: row.try_get(5)?,
+                    stream_id: columns::get(row, 0)?,
+                    first_version: columns::unsigned::<_, i64, _>(row, 1)?,
+                    events: columns::unsigned::<_, i64, _>(row, 2)?,
+                    error: columns::get(row, 3)?,
+                    attempts: columns::unsigned::<_, i64, _>(row, 4)?,
+                    parked_at: stored_time(&parked_at, "a parking time")?,
                 })
             })
-            .collect::<Result<_, sqlx::Error>>()
-            .map_err(|e| self.fail(e))
+            .collect()
+    }
+
+    /// The version of a stream's first parked event. In a write transaction, the checkpoint is
+    /// locked first, so a runner does not apply a batch meanwhile.
+    async fn first_parked(&self, tx: &mut Tx<'_>, stream_id: &str) -> Result<Option<u64>, Error> {
+        let row = self
+            .statement(&self.sql.first_parked)
+            .bind(stream_id)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(|e| self.fail(e))?;
+        match row {
+            Some(row) => columns::unsigned_opt::<_, i64, _>(&row, 0),
+            None => Ok(None),
+        }
     }
 
     /// Retries a parked stream: handles its parked events in order, each in its own
@@ -55,48 +175,58 @@ impl<P: Projection<Connection = PgConnection>> ProjectionRunner<P> {
             version = P::VERSION,
             stream = stream_id
         );
-        let _entered = span.enter();
+        tracing::Instrument::instrument(self.retry_stream(stream_id), span).await
+    }
+
+    async fn retry_stream(&mut self, stream_id: &str) -> Result<RetryOutcome, Error> {
         let mut events: Vec<RecordedEvent> = Vec::new();
         let mut handled = 0;
         loop {
-            let pool = self.store().pool().clone();
-            let mut transaction = pool.begin().await.map_err(|e| self.fail(e))?;
-            let Some(stream_version) = self.first_parked(&mut transaction, stream_id).await? else {
-                transaction.commit().await.map_err(|e| self.fail(e))?;
+            // The stream's events are read before the write transaction (SQLite's pool may
+            // have only the one connection the transaction holds).
+            let next = {
+                let mut connection = self.store.acquire().await?;
+                self.first_parked(&mut connection.tx(), stream_id).await?
+            };
+            let Some(next) = next else {
                 tracing::info!(handled, "parked stream drained");
                 return Ok(RetryOutcome::Drained { handled });
             };
-            if !events.iter().any(|e| e.stream_version == stream_version) {
-                events = self
-                    .store()
-                    .read_stream(stream_id, stream_version..)
-                    .await?;
+            if !events.iter().any(|e| e.stream_version == next) {
+                events = self.store.read_stream(stream_id, next..).await?;
             }
+            let mut transaction = self.store.begin().await?;
+            let mut tx = transaction.tx();
+            self.lock_checkpoint(&mut tx, &[]).await?;
+            let Some(stream_version) = self.first_parked(&mut tx, stream_id).await? else {
+                continue; // drained meanwhile: the next round says so
+            };
             let Some(event) = events.iter().find(|e| e.stream_version == stream_version) else {
-                return Err(Error::Backend(
-                    format!(
+                if stream_version != next {
+                    continue; // changed meanwhile: read again
+                }
+                return Err(Error::Corrupt {
+                    reason: format!(
                         "the dead-letter queue of `{}` names {stream_id}@{stream_version}, which the store does not hold",
                         P::NAME
-                    )
-                    .into(),
-                ));
+                    ),
+                });
             };
-            let projection = self.projection_mut();
-            projection.discard();
-            let mut result = projection.handle(event, &mut transaction).await;
+            self.projection.discard();
+            let mut result = self.projection.handle(event, &mut tx).await;
             if result.is_ok() {
-                result = projection.flush(&mut transaction).await;
+                result = self.projection.flush(&mut tx).await;
             }
             if let Err(error) = result {
-                projection.discard();
+                self.projection.discard();
+                drop(tx);
                 drop(transaction);
-                sqlx::query(AssertSqlSafe(self.sql.record_failure.clone()))
-                    .bind(P::NAME)
-                    .bind(version(P::VERSION))
+                let mut connection = self.store.acquire().await?;
+                self.statement(&self.sql.record_failure)
                     .bind(stream_id)
                     .bind(to_i64(stream_version))
                     .bind(error.to_string())
-                    .execute(self.store().pool())
+                    .execute(&mut connection.tx())
                     .await
                     .map_err(|e| self.fail(e))?;
                 tracing::warn!(stream_version, %error, "parked event failed again");
@@ -106,15 +236,15 @@ impl<P: Projection<Connection = PgConnection>> ProjectionRunner<P> {
                     error,
                 });
             }
-            sqlx::query(AssertSqlSafe(self.sql.unpark.clone()))
-                .bind(P::NAME)
-                .bind(version(P::VERSION))
+            self.statement(&self.sql.unpark)
                 .bind(stream_id)
                 .bind(to_i64(stream_version))
-                .execute(&mut *transaction)
+                .execute(&mut tx)
                 .await
                 .map_err(|e| self.fail(e))?;
-            transaction.commit().await.map_err(|e| self.fail(e))?;
+            drop(tx);
+            transaction.commit().await?;
+            self.projection.committed();
             handled += 1;
         }
     }
@@ -127,24 +257,20 @@ impl<P: Projection<Connection = PgConnection>> ProjectionRunner<P> {
     /// # Errors
     /// A store error.
     pub async fn skip_parked(&mut self, stream_id: &str) -> Result<Option<u64>, Error> {
-        let mut transaction = self
-            .store()
-            .pool()
-            .begin()
-            .await
-            .map_err(|e| self.fail(e))?;
-        let Some(stream_version) = self.first_parked(&mut transaction, stream_id).await? else {
+        let mut transaction = self.store.begin().await?;
+        let mut tx = transaction.tx();
+        self.lock_checkpoint(&mut tx, &[]).await?;
+        let Some(stream_version) = self.first_parked(&mut tx, stream_id).await? else {
             return Ok(None);
         };
-        sqlx::query(AssertSqlSafe(self.sql.skip.clone()))
-            .bind(P::NAME)
-            .bind(version(P::VERSION))
+        self.statement(&self.sql.skip)
             .bind(stream_id)
             .bind(to_i64(stream_version))
-            .execute(&mut *transaction)
+            .execute(&mut tx)
             .await
             .map_err(|e| self.fail(e))?;
-        transaction.commit().await.map_err(|e| self.fail(e))?;
+        drop(tx);
+        transaction.commit().await?;
         tracing::warn!(
             projection = P::NAME,
             version = P::VERSION,
@@ -153,23 +279,5 @@ impl<P: Projection<Connection = PgConnection>> ProjectionRunner<P> {
             "parked event skipped: it will never be applied"
         );
         Ok(Some(stream_version))
-    }
-
-    /// The version of a stream's first parked event, with the checkpoint row locked for the
-    /// transaction (so the runner does not apply a batch meanwhile).
-    async fn first_parked(
-        &self,
-        transaction: &mut PgConnection,
-        stream_id: &str,
-    ) -> Result<Option<u64>, Error> {
-        self.lock_checkpoint(transaction, &[]).await?;
-        let first: Option<i64> = sqlx::query_scalar(AssertSqlSafe(self.sql.first_parked.clone()))
-            .bind(P::NAME)
-            .bind(version(P::VERSION))
-            .bind(stream_id)
-            .fetch_optional(&mut *transaction)
-            .await
-            .map_err(|e| self.fail(e))?;
-        Ok(first.map(to_u64))
     }
 }

@@ -1,44 +1,82 @@
-//! Projections: read models fed from the global feed, with an exactly-once effect.
+//! Projections: read models fed from the global feed, with an exactly-once effect, on either
+//! SQL store.
 //!
 //! `#[projection]` on an impl block turns methods marked `#[handle]` (each taking one event type,
 //! its envelope and the batch's transaction) into a [`Projection`]: the list of event types to
-//! read (the store filters them) and the dispatch. The runner ([`ProjectionRunner`], PostgreSQL)
-//! commits each batch of handler writes together with the projection's checkpoint, and skips
-//! events at or below the checkpoint: delivery is at least once, the effect exactly once.
+//! read (the store filters them) and the dispatch. A [`ProjectionRunner`] commits each batch of
+//! handler writes together with the projection's checkpoint, and skips events at or below the
+//! checkpoint: delivery is at least once, the effect exactly once.
+//!
+//! Handlers that take `&mut factum::Tx<'_>` run on PostgreSQL and on SQLite (their SQL goes
+//! through sqlx's `Any` driver, so keep it portable, or branch on [`Tx::postgres`] /
+//! [`Tx::sqlite`]); handlers that take `&mut PgConnection` or `&mut SqliteConnection` make a
+//! projection of that store only, and running it on the other is a compile error.
 //!
 //! - `#[flush]` / `#[discard]`: handlers may buffer a batch's changes in memory; the flush writes
 //!   them once per batch, in its transaction; discard drops them before every batch.
+//! - `#[reset]`: clears the read model, for rebuilds from the start (`factum projections
+//!   rebuild`, [`ProjectionRunner::rebuild`]).
 //! - A stream whose event keeps failing is parked in a dead-letter queue (the runner's
 //!   `parked`, `retry_parked`, `skip_parked`) while other streams flow on.
 //! - Bumping the version builds the new version beside the active one and switches over when it
 //!   has caught up ([`VersionState`], [`active_version`]).
 //! - `#[handle(side_effects)]` handlers are skipped by rebuilds and run at most once per event.
 //! - `#[projection(inline)]`: also applied in the append's transaction, for read-your-writes
-//!   (`PostgresStore::with_inline`).
+//!   (`store.with_inline(...)`).
+//!
+//! Every feature works on both stores. The runner's logic is written once (`runner`, `batch`,
+//! `dead_letter`, `versions`, `inline`); each store contributes only its SQL (`postgres`,
+//! `sqlite`, under the contract in `sql`).
 
 use std::future::Future;
 
 use crate::envelope::RecordedEvent;
+use crate::store::{StoreKind, Tx};
 
-#[cfg(feature = "postgres")]
+#[cfg(any(feature = "postgres", feature = "sqlite"))]
+mod batch;
+#[cfg(any(feature = "postgres", feature = "sqlite"))]
 mod dead_letter;
-#[cfg(feature = "postgres")]
+#[cfg(any(feature = "postgres", feature = "sqlite"))]
+mod follow;
+#[cfg(any(feature = "postgres", feature = "sqlite"))]
 mod inline;
 #[cfg(feature = "postgres")]
+mod postgres;
+#[cfg(any(feature = "postgres", feature = "sqlite"))]
+mod retry;
+#[cfg(any(feature = "postgres", feature = "sqlite"))]
 mod runner;
+#[cfg(any(feature = "postgres", feature = "sqlite"))]
+mod sql;
 #[cfg(feature = "sqlite")]
 mod sqlite;
 mod status;
-#[cfg(feature = "postgres")]
+#[cfg(any(feature = "postgres", feature = "sqlite"))]
 mod versions;
 
+#[cfg(any(feature = "postgres", feature = "sqlite"))]
+pub use batch::BatchOutcome;
 #[cfg(feature = "postgres")]
-pub use runner::{BatchOutcome, ProjectionRunner};
+pub use runner::PgProjectionRunner;
+#[cfg(any(feature = "postgres", feature = "sqlite"))]
+pub use runner::ProjectionRunner;
 #[cfg(feature = "sqlite")]
-pub use sqlite::SqliteProjectionRunner;
+pub use runner::SqliteProjectionRunner;
 pub use status::{ParkedStream, ProjectionStatus, RetryOutcome, RunnerError, VersionState};
-#[cfg(feature = "postgres")]
+#[cfg(any(feature = "postgres", feature = "sqlite"))]
 pub use versions::active_version;
+
+/// The runner's SQL for a store's dialect.
+#[cfg(any(feature = "postgres", feature = "sqlite"))]
+fn statements(dialect: &crate::store::sql::Dialect) -> sql::ProjectionSql {
+    match dialect {
+        #[cfg(feature = "postgres")]
+        crate::store::sql::Dialect::Postgres(schema) => postgres::statements(schema),
+        #[cfg(feature = "sqlite")]
+        crate::store::sql::Dialect::Sqlite => sqlite::statements(),
+    }
+}
 
 /// A read model fed from the global feed. Implemented by `#[projection]`.
 #[diagnostic::on_unimplemented(
@@ -64,17 +102,19 @@ pub trait Projection: Send + 'static {
     /// then skips what inline applications did.
     const INLINE: bool = false;
 
-    /// The database connection its handlers write with, inside the batch's transaction.
-    type Connection: Send;
+    /// The store its handlers are written for (they take its connection), or `None` when they
+    /// take [`Tx`] and run on either.
+    const STORE: Option<StoreKind> = None;
 
-    /// Handles one stored event (decoding and upcasting it to the handler's type).
+    /// Handles one stored event (decoding and upcasting it to the handler's type), in the
+    /// batch's transaction.
     ///
     /// # Errors
     /// [`HandlerError`]: the event does not decode, or the handler failed.
     fn handle<'a>(
         &'a mut self,
         event: &'a RecordedEvent,
-        connection: &'a mut Self::Connection,
+        tx: &'a mut Tx<'_>,
     ) -> impl Future<Output = Result<(), HandlerError>> + Send + 'a;
 
     /// Writes what the handlers buffered for the batch, in the batch's transaction, before the
@@ -84,9 +124,9 @@ pub trait Projection: Send + 'static {
     /// [`HandlerError::Flush`]: the batch is rolled back (and [`Projection::discard`] called).
     fn flush<'a>(
         &'a mut self,
-        connection: &'a mut Self::Connection,
+        tx: &'a mut Tx<'_>,
     ) -> impl Future<Output = Result<(), HandlerError>> + Send + 'a {
-        let _ = connection;
+        let _ = tx;
         std::future::ready(Ok(()))
     }
 
@@ -100,8 +140,35 @@ pub trait Projection: Send + 'static {
     fn committed(&mut self) {}
 }
 
+/// A projection that runs on the store `S`: generated by `#[projection]` for every SQL store
+/// when the handlers take [`Tx`], for one store when they take its connection.
+#[diagnostic::on_unimplemented(
+    message = "projection `{Self}` does not run on `{S}`",
+    label = "its handlers take another store's connection",
+    note = "handlers that take `&mut factum::Tx<'_>` run on either store"
+)]
+pub trait RunsOn<S>: Projection {}
+
+/// A projection that can clear its read model, for rebuilds from the start: a `#[reset]`
+/// method (`async fn reset(&mut self, tx: &mut Tx<'_>) -> Result<(), E>`, deleting its rows).
+#[diagnostic::on_unimplemented(
+    message = "projection `{Self}` has no `#[reset]` method",
+    label = "a rebuild cannot clear its read model",
+    note = "add `#[reset] async fn reset(&mut self, tx: &mut factum::Tx<'_>) -> Result<(), E>` that deletes its rows"
+)]
+pub trait Reset: Projection {
+    /// Clears the read model of this version, in the rebuild's transaction.
+    ///
+    /// # Errors
+    /// [`HandlerError::Flush`] with the method's error.
+    fn reset<'a>(
+        &'a mut self,
+        tx: &'a mut Tx<'_>,
+    ) -> impl Future<Output = Result<(), HandlerError>> + Send + 'a;
+}
+
 /// A projection that may be applied in the append's transaction, for read-your-writes:
-/// `#[projection(inline)]`. Register it with `PostgresStore::with_inline`.
+/// `#[projection(inline)]`. Register it with `store.with_inline(...)`.
 #[diagnostic::on_unimplemented(
     message = "`{Self}` is not an inline projection",
     label = "not declared inline",
@@ -169,6 +236,20 @@ impl HandlerError {
             stream_id: event.stream_id.clone(),
             stream_version: event.stream_version,
             cause: cause.into(),
+        }
+    }
+
+    /// A handler written for one store that runs on another (possible only through registration
+    /// that erases the store, as the command-line tool's). Used by generated code.
+    #[doc(hidden)]
+    #[must_use]
+    pub fn wrong_store(expected: StoreKind, tx: &Tx<'_>) -> Self {
+        Self::Flush {
+            cause: format!(
+                "the projection is written for {expected} (its handlers take {expected}'s connection) but runs on {}; run it on a {expected} store",
+                tx.kind()
+            )
+            .into(),
         }
     }
 

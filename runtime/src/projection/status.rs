@@ -78,7 +78,7 @@ pub enum VersionState {
     Retired,
 }
 
-#[cfg_attr(not(feature = "postgres"), allow(dead_code))]
+#[cfg_attr(not(any(feature = "postgres", feature = "sqlite")), allow(dead_code))]
 impl VersionState {
     pub(crate) fn parse(text: &str) -> Option<Self> {
         match text {
@@ -134,29 +134,4 @@ pub enum RetryOutcome {
         /// Its failure.
         error: HandlerError,
     },
-}
-
-/// Whether a handler failed because the database is unreachable (parking would be wrong: the
-/// event is not at fault).
-#[cfg(any(feature = "postgres", feature = "sqlite"))]
-pub(crate) fn is_outage(cause: &HandlerError) -> bool {
-    let (HandlerError::Handler { cause, .. } | HandlerError::Flush { cause }) = cause else {
-        return false;
-    };
-    let mut current: Option<&(dyn std::error::Error + 'static)> = Some(cause.as_ref());
-    while let Some(error) = current {
-        if let Some(error) = error.downcast_ref::<sqlx::Error>() {
-            return matches!(
-                error,
-                sqlx::Error::Io(_)
-                    | sqlx::Error::Tls(_)
-                    | sqlx::Error::Protocol(_)
-                    | sqlx::Error::PoolTimedOut
-                    | sqlx::Error::PoolClosed
-                    | sqlx::Error::WorkerCrashed
-            );
-        }
-        current = error.source();
-    }
-    false
 }

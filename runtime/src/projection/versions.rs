@@ -6,33 +6,40 @@
 //! *active*, version 1 *retired*), and version 1's runner stops by itself. Readers ask
 //! [`active_version`] which tables to read.
 
-use sqlx::{AssertSqlSafe, PgConnection, Row as _};
-
-use super::runner::version;
+use super::Projection;
+use super::runner::ProjectionRunner;
 use super::status::VersionState;
-use super::{Projection, ProjectionRunner};
 use crate::error::Error;
-use crate::store::PostgresStore;
+use crate::store::SqlStore;
+use crate::store::backend::columns;
 
 /// The active version of a projection (`None`: none registered yet), for readers choosing
 /// which version's tables to read.
 ///
 /// # Errors
 /// A store error.
-pub async fn active_version(store: &PostgresStore, projection: &str) -> Result<Option<u32>, Error> {
-    let sql = format!(
-        "SELECT version FROM \"{}\".projection_versions WHERE projection = $1 AND state = 'active'",
-        store.schema()
-    );
-    let active: Option<i32> = sqlx::query_scalar(AssertSqlSafe(sql))
+pub async fn active_version<S: SqlStore>(
+    store: &S,
+    projection: &str,
+) -> Result<Option<u32>, Error> {
+    let sql = super::statements(&store.dialect());
+    let mut connection = store.acquire().await?;
+    let row = sqlx::query(sqlx::AssertSqlSafe(sql.active_version))
         .bind(projection)
-        .fetch_optional(store.pool())
+        .fetch_optional(&mut connection.tx())
         .await
-        .map_err(|e| Error::Backend(Box::new(e)))?;
-    Ok(active.and_then(|v| u32::try_from(v).ok()))
+        .map_err(|e| store.fail(e))?;
+    row.map(|row| columns::unsigned::<_, i64, _>(&row, 0))
+        .transpose()
 }
 
-impl<P: Projection<Connection = PgConnection>> ProjectionRunner<P> {
+fn state(text: &str) -> Result<VersionState, Error> {
+    VersionState::parse(text).ok_or_else(|| Error::Corrupt {
+        reason: format!("`{text}` is stored as a projection version's state"),
+    })
+}
+
+impl<S: SqlStore, P: Projection> ProjectionRunner<S, P> {
     /// Registers this version: active when no version is; building beside an older active
     /// version (this runner then replays: side effects off); retired when a newer version is
     /// active. A registered version keeps its state. [`ProjectionRunner::run`] registers first.
@@ -40,65 +47,46 @@ impl<P: Projection<Connection = PgConnection>> ProjectionRunner<P> {
     /// # Errors
     /// A store error.
     pub async fn register(&mut self) -> Result<VersionState, Error> {
-        let s = format!("\"{}\"", self.store().schema());
-        let mut transaction = self
-            .store()
-            .pool()
-            .begin()
+        let mut transaction = self.store.begin().await?;
+        let mut tx = transaction.tx();
+        self.statement(&self.sql.lock_versions)
+            .execute(&mut tx)
             .await
             .map_err(|e| self.fail(e))?;
-        lock_versions::<P>(&mut transaction)
+        let rows = self
+            .statement(&self.sql.versions)
+            .fetch_all(&mut tx)
             .await
             .map_err(|e| self.fail(e))?;
-        let rows = sqlx::query(AssertSqlSafe(format!(
-            "SELECT version, state FROM {s}.projection_versions WHERE projection = $1"
-        )))
-        .bind(P::NAME)
-        .fetch_all(&mut *transaction)
-        .await
-        .map_err(|e| self.fail(e))?;
         let mut mine = None;
         let mut active = None;
         for row in &rows {
-            let (v, state): (i32, String) = (
-                row.try_get(0).map_err(|e| self.fail(e))?,
-                row.try_get(1).map_err(|e| self.fail(e))?,
-            );
-            let state = VersionState::parse(&state).ok_or_else(|| {
-                Error::Backend(format!("unknown projection state `{state}`").into())
-            })?;
-            if v == version(P::VERSION) {
+            let version: u32 = columns::unsigned::<_, i64, _>(row, 0)?;
+            let state = state(&columns::get::<_, String>(row, 1)?)?;
+            if version == P::VERSION {
                 mine = Some(state);
             }
             if state == VersionState::Active {
-                active = Some(v);
+                active = Some(version);
             }
         }
         let state = match (mine, active) {
             (Some(state), _) => state,
             (None, None) => VersionState::Active,
-            (None, Some(active)) if active < version(P::VERSION) => VersionState::Building,
+            (None, Some(active)) if active < P::VERSION => VersionState::Building,
             (None, Some(_)) => VersionState::Retired,
         };
         if mine.is_none() {
-            let activated = if state == VersionState::Active {
-                "now()"
-            } else {
-                "NULL"
-            };
-            sqlx::query(AssertSqlSafe(format!(
-                "INSERT INTO {s}.projection_versions (projection, version, state, activated_at)
-                 VALUES ($1, $2, $3, {activated})"
-            )))
-            .bind(P::NAME)
-            .bind(version(P::VERSION))
-            .bind(state.as_str())
-            .execute(&mut *transaction)
-            .await
-            .map_err(|e| self.fail(e))?;
+            self.statement(&self.sql.register_version)
+                .bind(state.as_str())
+                .bind(i64::from(state == VersionState::Active))
+                .execute(&mut tx)
+                .await
+                .map_err(|e| self.fail(e))?;
         }
-        transaction.commit().await.map_err(|e| self.fail(e))?;
-        self.set_replaying(state == VersionState::Building);
+        drop(tx);
+        transaction.commit().await?;
+        self.replaying = state == VersionState::Building;
         Ok(state)
     }
 
@@ -107,55 +95,37 @@ impl<P: Projection<Connection = PgConnection>> ProjectionRunner<P> {
     /// # Errors
     /// A store error.
     pub async fn version_state(&self) -> Result<Option<VersionState>, Error> {
-        let state: Option<String> = sqlx::query_scalar(AssertSqlSafe(format!(
-            "SELECT state FROM \"{}\".projection_versions WHERE projection = $1 AND version = $2",
-            self.store().schema()
-        )))
-        .bind(P::NAME)
-        .bind(version(P::VERSION))
-        .fetch_optional(self.store().pool())
-        .await
-        .map_err(|e| self.fail(e))?;
-        Ok(state.as_deref().and_then(VersionState::parse))
+        let mut connection = self.store.acquire().await?;
+        let row = self
+            .statement(&self.sql.version_state)
+            .fetch_optional(&mut connection.tx())
+            .await
+            .map_err(|e| self.fail(e))?;
+        row.map(|row| state(&columns::get::<_, String>(&row, 0)?))
+            .transpose()
     }
 
     /// Makes this (building) version the active one and retires the previous one, in one
     /// transaction. Returns whether it switched (not when this version is no longer building).
-    ///
-    /// # Errors
-    /// A store error.
     pub(super) async fn switch_over(&self) -> Result<bool, Error> {
-        let s = format!("\"{}\"", self.store().schema());
-        let mut transaction = self
-            .store()
-            .pool()
-            .begin()
+        let mut transaction = self.store.begin().await?;
+        let mut tx = transaction.tx();
+        self.statement(&self.sql.lock_versions)
+            .execute(&mut tx)
             .await
             .map_err(|e| self.fail(e))?;
-        lock_versions::<P>(&mut transaction)
+        let retired = self
+            .statement(&self.sql.retire_active)
+            .execute(&mut tx)
             .await
             .map_err(|e| self.fail(e))?;
-        let retired = sqlx::query(AssertSqlSafe(format!(
-            "UPDATE {s}.projection_versions SET state = 'retired', retired_at = now()
-             WHERE projection = $1 AND state = 'active'
-               AND EXISTS (SELECT 1 FROM {s}.projection_versions
-                           WHERE projection = $1 AND version = $2 AND state = 'building')"
-        )))
-        .bind(P::NAME)
-        .bind(version(P::VERSION))
-        .execute(&mut *transaction)
-        .await
-        .map_err(|e| self.fail(e))?;
-        let activated = sqlx::query(AssertSqlSafe(format!(
-            "UPDATE {s}.projection_versions SET state = 'active', activated_at = now()
-             WHERE projection = $1 AND version = $2 AND state = 'building'"
-        )))
-        .bind(P::NAME)
-        .bind(version(P::VERSION))
-        .execute(&mut *transaction)
-        .await
-        .map_err(|e| self.fail(e))?;
-        transaction.commit().await.map_err(|e| self.fail(e))?;
+        let activated = self
+            .statement(&self.sql.activate)
+            .execute(&mut tx)
+            .await
+            .map_err(|e| self.fail(e))?;
+        drop(tx);
+        transaction.commit().await?;
         let switched = activated.rows_affected() == 1;
         if switched {
             tracing::info!(
@@ -167,15 +137,4 @@ impl<P: Projection<Connection = PgConnection>> ProjectionRunner<P> {
         }
         Ok(switched)
     }
-}
-
-/// Serializes changes to a projection's versions (a transaction-scoped advisory lock).
-async fn lock_versions<P: Projection>(transaction: &mut PgConnection) -> Result<(), sqlx::Error> {
-    sqlx::query(
-        "SELECT pg_advisory_xact_lock(hashtext('factum.projection_versions'), hashtext($1))",
-    )
-    .bind(P::NAME)
-    .execute(&mut *transaction)
-    .await?;
-    Ok(())
 }

@@ -143,6 +143,24 @@ pub fn stored_metadata(text: &str) -> Result<Metadata> {
     })
 }
 
+/// A time stored as text (RFC 3339, or SQLite's `YYYY-MM-DD HH:MM:SS[.fff]` in UTC).
+///
+/// # Errors
+/// [`Error::Corrupt`] naming `what` when it is no time.
+pub fn stored_time(text: &str, what: &str) -> Result<chrono::DateTime<chrono::Utc>> {
+    use chrono::{DateTime, NaiveDateTime, Utc};
+    if let Ok(time) = DateTime::parse_from_rfc3339(text) {
+        return Ok(time.with_timezone(&Utc));
+    }
+    ["%Y-%m-%d %H:%M:%S%.f", "%Y-%m-%dT%H:%M:%S%.f"]
+        .iter()
+        .find_map(|format| NaiveDateTime::parse_from_str(text, format).ok())
+        .map(|naive| naive.and_utc())
+        .ok_or_else(|| Error::Corrupt {
+            reason: format!("{what} is stored as `{text:.100}`, which is no time"),
+        })
+}
+
 fn corrupt(what: &str, value: i64) -> Error {
     Error::Corrupt {
         reason: format!("{what} is stored as {value}, which no valid value can be"),

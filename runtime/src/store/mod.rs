@@ -16,20 +16,24 @@ mod memory;
 mod migration;
 #[cfg(feature = "postgres")]
 mod postgres;
+#[cfg(any(feature = "postgres", feature = "sqlite"))]
+pub(crate) mod sql;
 #[cfg(feature = "sqlite")]
 pub(crate) mod sqlite;
+pub mod tx;
 mod wakeups;
 
 pub use crate::position::{ExpectedVersion, FeedPosition, KnownHead};
 pub use memory::MemoryStore;
 #[cfg(feature = "postgres")]
-pub(crate) use postgres::{AppendHook, ENVELOPE_COLUMNS};
-#[cfg(feature = "postgres")]
 pub use postgres::{FeedHorizon, OpenTransaction, PostgresStore};
+#[cfg(any(feature = "postgres", feature = "sqlite"))]
+pub use sql::SqlStore;
 #[cfg(feature = "sqlite")]
 pub use sqlite::SqliteStore;
-#[cfg(feature = "sqlite")]
-pub(crate) use sqlite::StoreLock;
+#[cfg(any(feature = "postgres", feature = "sqlite"))]
+pub use tx::Transaction;
+pub use tx::{StoreConnection, StoreKind, Tx};
 pub use wakeups::{FeedNotifier, FeedWakeups};
 
 /// A stored event as rebuilding an aggregate needs it: no ids, positions or metadata, so that

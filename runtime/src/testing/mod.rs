@@ -1,8 +1,10 @@
-//! A test kit for aggregates: given past events, when a command, then new events or an error.
+//! Test support (feature `testing`): a test kit for aggregates (given past events, when a
+//! command, then new events or an error), and databases of their own for tests that need a
+//! real store: `postgres::TemporaryStore` (a schema of its own on a server) and
+//! `sqlite::TemporaryDatabase` (a file of its own), both [`TestDatabase`]s, so that one test
+//! body, generic over it, runs on either store.
 //!
-//! Aggregates are pure, so these tests need no store and no runtime. For tests that do need a
-//! real database, `postgres::TemporaryStore` (feature `postgres`) gives each test a schema of
-//! its own.
+//! Aggregates are pure, so their tests need no store and no runtime.
 //!
 //! ```
 //! # #[factum::event] #[derive(Debug, Clone, PartialEq)] pub struct Incremented { by: u64 }
@@ -38,6 +40,11 @@ pub mod sqlite;
 
 use crate::aggregate::{Aggregate, Handle};
 use crate::event::{IntoEvents, collect_events};
+
+#[cfg(any(feature = "postgres", feature = "sqlite"))]
+mod database;
+#[cfg(any(feature = "postgres", feature = "sqlite"))]
+pub use database::{TestDatabase, execute, fetch_all};
 
 /// The "given" step: an aggregate rebuilt from past events.
 #[derive(Debug)]

@@ -22,9 +22,9 @@ pub fn database_url() -> String {
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned())
 }
 
-/// A migrated [`PostgresStore`] in a fresh schema, dropped (with everything in it) when this
-/// value is dropped, including after a failed assertion. It dereferences to the store and is an
-/// [`EventStore`] itself.
+/// A migrated [`PostgresStore`] in a fresh schema, dropped (with everything in it) when the last
+/// clone of this value is dropped, including after a failed assertion. It dereferences to the
+/// store and is an [`EventStore`] itself; clones share the schema.
 ///
 /// ```no_run
 /// # async fn run() -> factum::Result<()> {
@@ -34,10 +34,19 @@ pub fn database_url() -> String {
 /// assert!(store.schema().starts_with("factum_test_"));
 /// # Ok(()) }
 /// ```
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct TemporaryStore {
     store: PostgresStore,
     url: String,
+    /// Drops the schema when the last clone goes.
+    _cleanup: std::sync::Arc<Cleanup>,
+}
+
+/// The schema of a [`TemporaryStore`], dropped with it.
+#[derive(Debug)]
+struct Cleanup {
+    url: String,
+    schema: String,
 }
 
 impl TemporaryStore {
@@ -59,8 +68,16 @@ impl TemporaryStore {
         let schema = format!("factum_test_{}", uuid::Uuid::now_v7().simple());
         let pool = connect(&url, &schema, connections).await?;
         let store = PostgresStore::with_schema(pool, &schema)?;
+        let cleanup = std::sync::Arc::new(Cleanup {
+            url: url.clone(),
+            schema: schema.clone(),
+        });
         store.migrate().await?;
-        Ok(Self { store, url })
+        Ok(Self {
+            store,
+            url,
+            _cleanup: cleanup,
+        })
     }
 
     /// Another store on the same schema with a pool of its own, as another process would have.
@@ -106,10 +123,10 @@ impl Deref for TemporaryStore {
     }
 }
 
-impl Drop for TemporaryStore {
+impl Drop for Cleanup {
     fn drop(&mut self) {
         let url = self.url.clone();
-        let schema = self.store.schema().to_owned();
+        let schema = self.schema.clone();
         // Drop runs inside the test's runtime, which must not block: clean up from a thread of
         // its own, with a runtime of its own.
         let cleanup = std::thread::spawn(move || {

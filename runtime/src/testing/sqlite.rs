@@ -3,12 +3,13 @@
 
 use std::ops::Deref;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use crate::error::Result;
 use crate::store::SqliteStore;
 
 /// A migrated [`SqliteStore`] on a new file in the temporary directory; the file is removed
-/// when this is dropped.
+/// when the last clone of this value is dropped (clones share the database).
 ///
 /// ```no_run
 /// # async fn run() -> factum::Result<()> {
@@ -16,9 +17,15 @@ use crate::store::SqliteStore;
 /// // `store` derefs to a `SqliteStore`.
 /// # Ok(()) }
 /// ```
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct TemporaryDatabase {
     store: SqliteStore,
+    file: Arc<File>,
+}
+
+/// The file of a [`TemporaryDatabase`], removed with it.
+#[derive(Debug)]
+struct File {
     path: PathBuf,
 }
 
@@ -40,14 +47,15 @@ impl TemporaryDatabase {
     /// When the file cannot be created.
     pub async fn unmigrated() -> Result<Self> {
         let path = std::env::temp_dir().join(format!("factum-{}.db", crate::Uuid::now_v7()));
-        let store = SqliteStore::open(&path).await?;
-        Ok(Self { store, path })
+        let file = Arc::new(File { path });
+        let store = SqliteStore::open(&file.path).await?;
+        Ok(Self { store, file })
     }
 
     /// The database file.
     #[must_use]
     pub fn path(&self) -> &Path {
-        &self.path
+        &self.file.path
     }
 }
 
@@ -59,7 +67,7 @@ impl Deref for TemporaryDatabase {
     }
 }
 
-impl Drop for TemporaryDatabase {
+impl Drop for File {
     fn drop(&mut self) {
         if let Err(error) = SqliteStore::remove_files(&self.path) {
             tracing::warn!(%error, path = %self.path.display(), "could not remove a test database");

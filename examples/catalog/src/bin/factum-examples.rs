@@ -19,14 +19,7 @@ async fn main() -> std::process::ExitCode {
         .aggregate::<orders::inventory::Inventory>()
         .aggregate::<orders::payment::Payment>()
         .aggregate::<orders::shipping::Shipment>()
-        .projection(
-            orders::board::PgOrderBoard::default,
-            "DELETE FROM order_board",
-        )
-        .sqlite_projection(
-            orders::board::OrderBoard::default,
-            "DELETE FROM order_board",
-        )
+        .projection(orders::board::OrderBoard::default)
         .catalog(example_catalog::catalog(), example_catalog::schemas_dir())
         .run()
         .await

@@ -11,8 +11,8 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use factum::saga::{SagaRunner, SqliteSagaRunner};
-use factum::store::{PostgresStore, SqliteStore};
+use factum::saga::SagaRunner;
+use factum::store::{PostgresStore, SqlStore, SqliteStore};
 use orders::Services;
 use orders::fulfillment::OrderFulfillment;
 use tracing_subscriber::layer::{Context, SubscriberExt as _};
@@ -56,36 +56,37 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         };
         tracing::subscriber::set_global_default(tracing_subscriber::registry().with(layer))?;
     }
-    // The same steps on either store's runner.
-    macro_rules! drive {
-        ($runner:expr) => {{
-            let mut runner = $runner;
-            if crash_after_commit {
-                let handled = runner.handle_events().await?;
-                eprintln!("handled {handled} events; aborting before delivering their commands");
-                std::process::abort();
-            }
-            let settled = runner.settle().await?;
-            let status = runner.status().await?;
-            println!(
-                "settled: {} events, {} commands, {} timeouts; {} instances active, {} completed",
-                settled.events, settled.commands, settled.timeouts, status.active, status.completed
-            );
-        }};
-    }
     if url.starts_with("sqlite:") {
         let store = SqliteStore::connect(&url).await?;
-        store.migrate().await?;
-        let services = Services::new(&store);
-        drive!(
-            SqliteSagaRunner::<OrderFulfillment>::new(store, services.bus()).batch_size(batch_size)
-        );
+        drive(store, batch_size, crash_after_commit).await?;
     } else {
         let pool = sqlx::PgPool::connect(&url).await?;
         let store = PostgresStore::with_schema(pool, &schema)?;
-        store.migrate().await?;
-        let services = Services::new(&store);
-        drive!(SagaRunner::<OrderFulfillment>::new(store, services.bus()).batch_size(batch_size));
+        drive(store, batch_size, crash_after_commit).await?;
     }
+    Ok(())
+}
+
+/// Settles every order on `store` (or aborts where the crash test asks).
+async fn drive<S: SqlStore>(
+    store: S,
+    batch_size: usize,
+    crash_after_commit: bool,
+) -> Result<(), Box<dyn std::error::Error>> {
+    store.migrate().await?;
+    let services = Services::new(&store);
+    let mut runner =
+        SagaRunner::<_, OrderFulfillment>::new(store, services.bus()).batch_size(batch_size);
+    if crash_after_commit {
+        let handled = runner.handle_events().await?;
+        eprintln!("handled {handled} events; aborting before delivering their commands");
+        std::process::abort();
+    }
+    let settled = runner.settle().await?;
+    let status = runner.status().await?;
+    println!(
+        "settled: {} events, {} commands, {} timeouts; {} instances active, {} completed",
+        settled.events, settled.commands, settled.timeouts, status.active, status.completed
+    );
     Ok(())
 }

@@ -8,7 +8,7 @@ use proc_macro2::TokenStream;
 use syn::{Ident, ImplItemFn, ItemImpl, LitStr, Type};
 
 use crate::ctxt::Ctxt;
-use crate::symbol::{APPLY, COMMAND, DISCARD, FLUSH, HANDLE, REJECTED, START, TIMEOUT};
+use crate::symbol::{APPLY, COMMAND, DISCARD, FLUSH, HANDLE, REJECTED, RESET, START, TIMEOUT};
 
 mod aggregate;
 mod event;
@@ -44,6 +44,7 @@ enum Marker {
     Handle,
     Flush,
     Discard,
+    Reset,
     Start,
     Timeout,
     Rejected,
@@ -57,6 +58,7 @@ impl Marker {
             Self::Handle => HANDLE,
             Self::Flush => FLUSH,
             Self::Discard => DISCARD,
+            Self::Reset => RESET,
             Self::Start => START,
             Self::Timeout => TIMEOUT,
             Self::Rejected => REJECTED,

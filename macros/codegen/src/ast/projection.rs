@@ -1,5 +1,6 @@
-//! `#[projection]` on an inherent impl block: `#[handle]` methods, and optionally the `#[flush]`
-//! and `#[discard]` methods of a projection that buffers its writes.
+//! `#[projection]` on an inherent impl block: `#[handle]` methods, optionally the `#[flush]`
+//! and `#[discard]` methods of a projection that buffers its writes, and the `#[reset]` method
+//! that clears its read model.
 
 use proc_macro2::TokenStream;
 use syn::{ImplItem, ItemImpl};
@@ -28,6 +29,8 @@ pub enum ProjectionMethod {
     Flush,
     /// `#[discard]`: drops what the handlers buffered.
     Discard,
+    /// `#[reset]`: clears the read model, for rebuilds.
+    Reset,
 }
 
 impl ProjectionInput {
@@ -48,8 +51,13 @@ impl ProjectionInput {
                 let (marker, meta) = take_marker(
                     cx,
                     method,
-                    &[Marker::Handle, Marker::Flush, Marker::Discard],
-                    "a method has one role in a projection: `#[handle]`, `#[flush]` or `#[discard]`",
+                    &[
+                        Marker::Handle,
+                        Marker::Flush,
+                        Marker::Discard,
+                        Marker::Reset,
+                    ],
+                    "a method has one role in a projection: `#[handle]`, `#[flush]`, `#[discard]` or `#[reset]`",
                 )?;
                 let role = match marker {
                     Marker::Handle => ProjectionMethod::Handle {
@@ -57,6 +65,7 @@ impl ProjectionInput {
                     },
                     Marker::Flush => ProjectionMethod::Flush,
                     Marker::Discard => ProjectionMethod::Discard,
+                    Marker::Reset => ProjectionMethod::Reset,
                     _ => return None,
                 };
                 Some((role, meta))

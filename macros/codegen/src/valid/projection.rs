@@ -1,6 +1,11 @@
-//! Judging `#[projection]`: the signatures of `#[handle]`, `#[flush]` and `#[discard]` methods,
-//! and the rules of the whole block (a handler at least, one handler per event, one connection
-//! type, a `#[discard]` beside a `#[flush]`, no side effects in an inline projection).
+//! Judging `#[projection]`: the signatures of `#[handle]`, `#[flush]`, `#[discard]` and
+//! `#[reset]` methods, and the rules of the whole block (a handler at least, one handler per
+//! event, one connection type, a `#[discard]` beside a `#[flush]`, no side effects in an inline
+//! projection).
+//!
+//! The connection type says where the projection runs: `Tx<'_>` (factum's transaction, any
+//! path ending in `Tx`) on either store, another type (`PgConnection`, `SqliteConnection`) on
+//! that type's store only.
 
 use syn::{Ident, ItemImpl, ReturnType, Signature, Type};
 
@@ -23,8 +28,10 @@ pub struct Projection {
     pub flush: Option<FlushFn>,
     /// The `#[discard]` method, when its signature is right.
     pub discard: Option<Ident>,
-    /// The connection type of the handlers (the first one's, else the flush's).
-    pub connection: Option<Type>,
+    /// The `#[reset]` method, when its signature is right.
+    pub reset: Option<FlushFn>,
+    /// The connection type of the handlers (the first one's, else the flush's or the reset's).
+    pub connection: Option<Connection>,
     /// `inline`: it may also run in the append's transaction.
     pub inline: bool,
     /// Whether traits can be implemented for the impl block's type (inherent, not generic, a
@@ -41,13 +48,55 @@ pub struct HandlerFn {
     pub side_effects: bool,
 }
 
-/// `#[flush] async fn method(&mut self, tx: &mut Conn) -> Result<(), E>`.
+/// `#[flush] async fn method(&mut self, tx: &mut Conn) -> Result<(), E>` (and `#[reset]`, of the
+/// same shape).
 pub struct FlushFn {
     pub method: Ident,
     pub connection: Type,
 }
 
-const HANDLE_USAGE: &str = "#[handle] async fn on_event(&mut self, event: &EventType, envelope: &Envelope, tx: &mut PgConnection) -> Result<(), Error>";
+/// What the handlers write through.
+#[derive(Clone)]
+pub enum Connection {
+    /// `Tx<'_>`: either store.
+    Tx,
+    /// A store's own connection type: that store only.
+    Store(Type),
+}
+
+impl Connection {
+    pub fn of(ty: &Type) -> Self {
+        match ty {
+            Type::Path(path)
+                if path.qself.is_none()
+                    && path
+                        .path
+                        .segments
+                        .last()
+                        .is_some_and(|last| last.ident == "Tx") =>
+            {
+                Self::Tx
+            }
+            other => Self::Store(other.clone()),
+        }
+    }
+
+    /// What two connection types are compared by.
+    fn key(ty: &Type) -> String {
+        match Self::of(ty) {
+            Self::Tx => "Tx".to_owned(),
+            Self::Store(ty) => tokens_key(&ty),
+        }
+    }
+}
+
+const HANDLE_USAGE: &str = "#[handle] async fn on_event(&mut self, event: &EventType, envelope: &Envelope, tx: &mut Tx<'_>) -> Result<(), Error>";
+
+const FLUSH_USAGE: &str =
+    "#[flush] async fn flush(&mut self, tx: &mut Tx<'_>) -> Result<(), Error>";
+
+const RESET_USAGE: &str =
+    "#[reset] async fn reset(&mut self, tx: &mut Tx<'_>) -> Result<(), Error>";
 
 pub fn projection(cx: &Ctxt, input: ProjectionInput) -> Projection {
     let ProjectionInput {
@@ -69,8 +118,10 @@ pub fn projection(cx: &Ctxt, input: ProjectionInput) -> Projection {
     let mut handlers = Vec::new();
     let mut flush: Option<FlushFn> = None;
     let mut discard: Option<Ident> = None;
-    // The first method marked `#[flush]` / `#[discard]`, right or not.
+    let mut reset: Option<FlushFn> = None;
+    // The first method marked `#[flush]` / `#[discard]` / `#[reset]`, right or not.
     let (mut flush_marked, mut discard_marked): (Option<&Ident>, Option<&Ident>) = (None, None);
+    let mut reset_marked: Option<&Ident> = None;
     for method in &methods {
         let (sig, ident) = (&method.sig, &method.sig.ident);
         cx.about(Place::Member(method.index), || match method.role {
@@ -85,7 +136,18 @@ pub fn projection(cx: &Ctxt, input: ProjectionInput) -> Projection {
                     );
                 } else {
                     flush_marked = Some(ident);
-                    flush = flush_fn(cx, sig);
+                    flush = flush_fn(cx, sig, "#[flush]", FLUSH_USAGE);
+                }
+            }
+            ProjectionMethod::Reset => {
+                if let Some(first) = reset_marked {
+                    cx.error_spanned_by(
+                        ident,
+                        format!("a projection has one `#[reset]` method, and `{first}` is it: merge them"),
+                    );
+                } else {
+                    reset_marked = Some(ident);
+                    reset = flush_fn(cx, sig, "#[reset]", RESET_USAGE);
                 }
             }
             ProjectionMethod::Discard => {
@@ -134,8 +196,10 @@ pub fn projection(cx: &Ctxt, input: ProjectionInput) -> Projection {
     });
     let connection = handlers
         .first()
-        .map(|h| h.connection.clone())
-        .or_else(|| flush.as_ref().map(|f| f.connection.clone()));
+        .map(|h| &h.connection)
+        .or_else(|| flush.as_ref().map(|f| &f.connection))
+        .or_else(|| reset.as_ref().map(|r| &r.connection))
+        .map(Connection::of);
     let projection = Projection {
         item,
         name: name.unwrap_or_default(),
@@ -143,6 +207,7 @@ pub fn projection(cx: &Ctxt, input: ProjectionInput) -> Projection {
         handlers,
         flush,
         discard,
+        reset,
         connection,
         inline: args.inline.is_some(),
         well_formed,
@@ -217,29 +282,31 @@ fn handler_fn(cx: &Ctxt, sig: &Signature, side_effects: bool) -> Option<HandlerF
     })
 }
 
-fn flush_fn(cx: &Ctxt, sig: &Signature) -> Option<FlushFn> {
-    const USAGE: &str =
-        "#[flush] async fn flush(&mut self, tx: &mut PgConnection) -> Result<(), Error>";
+/// Checks a `#[flush]` or `#[reset]` method (`marker`): `usage` shows the right signature.
+fn flush_fn(cx: &Ctxt, sig: &Signature, marker: &str, usage: &str) -> Option<FlushFn> {
     let mut ok = true;
     if sig.asyncness.is_none() {
-        cx.error_spanned_by(sig.fn_token, format!("`#[flush]` is async: `{USAGE}`"));
+        cx.error_spanned_by(sig.fn_token, format!("`{marker}` is async: `{usage}`"));
         ok = false;
     }
     if !sig.generics.params.is_empty() {
-        cx.error_spanned_by(&sig.generics, "`#[flush]` takes no generic parameters");
+        cx.error_spanned_by(
+            &sig.generics,
+            format!("`{marker}` takes no generic parameters"),
+        );
         ok = false;
     }
     if !matches!(reference_receiver(sig), Some((true, _))) {
         cx.error_spanned_by(
             receiver_or_name(sig),
-            format!("`#[flush]` takes `&mut self`: `{USAGE}`"),
+            format!("`{marker}` takes `&mut self`: `{usage}`"),
         );
         ok = false;
     }
     if matches!(sig.output, ReturnType::Default) {
         cx.error_spanned_by(
             &sig.ident,
-            format!("`#[flush]` returns `Result<(), Error>`: `{USAGE}`"),
+            format!("`{marker}` returns `Result<(), Error>`: `{usage}`"),
         );
         ok = false;
     }
@@ -247,21 +314,21 @@ fn flush_fn(cx: &Ctxt, sig: &Signature) -> Option<FlushFn> {
     let [connection] = typed.as_slice() else {
         cx.error_spanned_by(
             &sig.ident,
-            format!("`#[flush]` takes the batch's transaction: `{USAGE}`"),
+            format!("`{marker}` takes the transaction: `{usage}`"),
         );
         return None;
     };
     let Type::Reference(reference) = &*connection.ty else {
         cx.error_spanned_by(
             &connection.ty,
-            format!("the transaction is taken by mutable reference: `{USAGE}`"),
+            format!("the transaction is taken by mutable reference: `{usage}`"),
         );
         return None;
     };
     if reference.mutability.is_none() {
         cx.error_spanned_by(
             &connection.ty,
-            format!("the transaction is taken by mutable reference: `{USAGE}`"),
+            format!("the transaction is taken by mutable reference: `{usage}`"),
         );
         return None;
     }
@@ -320,18 +387,19 @@ fn whole(cx: &Ctxt, input: &Projection) {
             handled.push((key, &handler.method));
         }
     }
-    if let Some(first) = &input.connection {
-        let expected = tokens_key(first);
-        let connections = input
-            .handlers
-            .iter()
-            .map(|h| &h.connection)
-            .chain(input.flush.as_ref().map(|f| &f.connection));
+    let mut connections = input
+        .handlers
+        .iter()
+        .map(|h| &h.connection)
+        .chain(input.flush.as_ref().map(|f| &f.connection))
+        .chain(input.reset.as_ref().map(|r| &r.connection));
+    if let Some(first) = connections.next() {
+        let expected = Connection::key(first);
         for connection in connections {
-            if tokens_key(connection) != expected {
+            if Connection::key(connection) != expected {
                 cx.error_spanned_by(
                     connection,
-                    format!("every handler of a projection writes through the same connection type: `{expected}`"),
+                    format!("every handler of a projection writes through the same connection type: `{}`", tokens_key(first)),
                 );
             }
         }

@@ -455,9 +455,34 @@ impl PostgresStore {
         Err(append.conflict(actual))
     }
 
-    /// An append inside the caller's transaction. A unique violation aborts the transaction, so
-    /// a lost race is reported as a conflict rather than retried.
+    /// An append inside the caller's transaction. With append hooks, in a savepoint: an inline
+    /// projection that fails leaves nothing of the append in the transaction.
     pub(super) async fn append_in_transaction(
+        &self,
+        connection: &mut sqlx::PgConnection,
+        append: Append<'_>,
+    ) -> Result<Vec<RecordedEvent>> {
+        if self.hooks.is_empty() {
+            return self.insert_in_transaction(connection, append).await;
+        }
+        let mut savepoint = sqlx::Connection::begin(&mut *connection)
+            .await
+            .map_err(|e| self.fail(e))?;
+        match self.insert_in_transaction(&mut savepoint, append).await {
+            Ok(appended) => {
+                savepoint.commit().await.map_err(|e| self.fail(e))?;
+                Ok(appended)
+            }
+            Err(error) => {
+                savepoint.rollback().await.map_err(|e| self.fail(e))?;
+                Err(error)
+            }
+        }
+    }
+
+    /// The append of [`PostgresStore::append_in_transaction`]. A unique violation aborts the
+    /// transaction, so a lost race is reported as a conflict rather than retried.
+    async fn insert_in_transaction(
         &self,
         connection: &mut sqlx::PgConnection,
         append: Append<'_>,

@@ -20,6 +20,7 @@
 mod append;
 mod listen;
 mod migrate;
+mod sql_store;
 
 use std::fmt;
 use std::ops::RangeBounds;
@@ -34,6 +35,8 @@ use self::append::Append;
 use self::listen::{Listener, Notifier};
 use super::FeedWakeups;
 use super::backend::{columns, stored_metadata, stored_u64, to_i64, version_bounds};
+use super::sql::{AppendHook, Schema};
+use super::tx::{StoreKind, Transaction, Tx, wrong_store};
 use super::{
     EventStore, ExpectedVersion, FeedBatch, FeedPosition, FeedQuery, HistoryItem, KnownHead,
     StreamEvent, StreamEventRef,
@@ -42,43 +45,6 @@ use crate::envelope::{NewEvent, RecordedEvent};
 use crate::error::{Error, Result};
 use crate::event::Payload;
 use crate::snapshot::Snapshot;
-
-/// A validated PostgreSQL schema name, and its quoted form for SQL text.
-#[derive(Debug, Clone)]
-struct Schema {
-    name: String,
-    quoted: String,
-}
-
-impl Schema {
-    /// Schema names are interpolated into SQL (identifiers cannot be bound), so only plain
-    /// lowercase identifiers are accepted.
-    fn new(name: &str) -> Result<Self> {
-        let valid = !name.is_empty()
-            && name.len() <= 63
-            && name.starts_with(|c: char| c.is_ascii_lowercase() || c == '_')
-            && name
-                .chars()
-                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
-        if !valid {
-            return Err(Error::InvalidConfig(format!(
-                "`{name}` is not a usable schema name: use 1 to 63 lowercase letters, digits and underscores, not starting with a digit"
-            )));
-        }
-        Ok(Self {
-            name: name.to_owned(),
-            quoted: format!("\"{name}\""),
-        })
-    }
-
-    fn name(&self) -> &str {
-        &self.name
-    }
-
-    fn quoted(&self) -> &str {
-        &self.quoted
-    }
-}
 
 /// Maps a database error, recognising an event store that was never migrated.
 fn db_error(schema: &Schema, error: sqlx::Error) -> Error {
@@ -241,19 +207,7 @@ impl Statements {
 pub struct PostgresStore {
     inner: Arc<Inner>,
     /// Run in every append's transaction (inline projections).
-    hooks: Arc<[Arc<dyn AppendHook>]>,
-}
-
-/// Work done in an append's transaction once its events are inserted, before the commit: inline
-/// projections. A failure rolls the append back.
-pub(crate) trait AppendHook: Send + Sync + 'static {
-    /// Called with the events one append inserted (one stream, in version order).
-    fn appended<'a>(
-        &'a self,
-        store: &'a PostgresStore,
-        transaction: &'a mut sqlx::PgConnection,
-        events: &'a [RecordedEvent],
-    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<()>> + Send + 'a>>;
+    hooks: Arc<[Arc<dyn AppendHook<PostgresStore>>]>,
 }
 
 struct Inner {
@@ -268,7 +222,7 @@ struct Inner {
 impl fmt::Debug for PostgresStore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("PostgresStore")
-            .field("schema", &self.inner.schema.name)
+            .field("schema", &self.inner.schema.name())
             .finish_non_exhaustive()
     }
 }
@@ -294,13 +248,7 @@ impl PostgresStore {
     /// A store on `pool`, in the default schema.
     #[must_use]
     pub fn new(pool: PgPool) -> Self {
-        Self::build(
-            pool,
-            Schema {
-                name: Self::DEFAULT_SCHEMA.to_owned(),
-                quoted: format!("\"{}\"", Self::DEFAULT_SCHEMA),
-            },
-        )
+        Self::build(pool, Schema::default())
     }
 
     /// A store on `pool` in its own schema, so that several applications can share a server.
@@ -347,16 +295,6 @@ impl PostgresStore {
         self.inner.schema.name()
     }
 
-    /// This store, running `hook` in every append's transaction too.
-    pub(crate) fn with_hook(&self, hook: Arc<dyn AppendHook>) -> Self {
-        let mut hooks = self.hooks.to_vec();
-        hooks.push(hook);
-        Self {
-            inner: Arc::clone(&self.inner),
-            hooks: hooks.into(),
-        }
-    }
-
     /// Runs the append hooks on events just inserted in `transaction`.
     async fn run_hooks(
         &self,
@@ -364,7 +302,8 @@ impl PostgresStore {
         events: &[RecordedEvent],
     ) -> Result<()> {
         for hook in self.hooks.iter() {
-            hook.appended(self, transaction, events).await?;
+            hook.appended(self, &mut Tx::from(&mut *transaction), events)
+                .await?;
         }
         Ok(())
     }
@@ -408,31 +347,52 @@ impl PostgresStore {
 
     /// Appends inside the caller's transaction, so that the events commit (or roll back) with
     /// the caller's other writes (an outbox, a read model updated in the same transaction).
+    /// `transaction` is a [`Transaction`] of this store (`store.begin()`), which wakes live
+    /// subscribers when it commits, or a sqlx transaction or connection of its pool (then call
+    /// [`PostgresStore::notify_subscribers`] after the commit, or subscribers find the events
+    /// at their next poll).
     ///
     /// Append before the transaction's other writes: a transaction takes its id at its first
     /// write, and an append whose transaction id is older than the stream's last event is
-    /// refused ([`Error::StaleTransaction`]) to keep the feed in stream order. After the commit,
-    /// call [`PostgresStore::notify_subscribers`] to wake live subscribers at once (otherwise
-    /// they find the events at their next poll).
+    /// refused ([`Error::StaleTransaction`]) to keep the feed in stream order.
     ///
     /// # Errors
     /// As [`EventStore::append`], plus [`Error::StaleTransaction`]. A lost race is reported as
     /// [`Error::Conflict`]: roll back and retry the transaction.
-    pub async fn append_in(
+    pub async fn append_in<'c>(
         &self,
-        transaction: &mut sqlx::PgConnection,
+        transaction: impl Into<Tx<'c>>,
         stream_id: &str,
         aggregate_type: &str,
         expected: ExpectedVersion,
         events: Vec<NewEvent>,
     ) -> Result<Vec<RecordedEvent>> {
+        let mut tx: Tx<'c> = transaction.into();
         let append = Append {
             stream_id,
             aggregate_type,
             expected,
             events,
         };
-        self.append_in_transaction(transaction, append).await
+        let Some(connection) = tx.postgres() else {
+            return Err(wrong_store(StoreKind::Postgres, &tx));
+        };
+        let appended = self.append_in_transaction(connection, append).await?;
+        if !appended.is_empty() {
+            let store = self.clone();
+            tx.wake_on_commit(move || store.notify_subscribers());
+        }
+        Ok(appended)
+    }
+
+    /// Begins a transaction: appends made in it with [`PostgresStore::append_in`] commit with
+    /// its other writes, and wake live subscribers when it commits.
+    ///
+    /// # Errors
+    /// [`Error::Backend`] when no connection can be had.
+    pub async fn begin(&self) -> Result<Transaction> {
+        let transaction = self.inner.pool.begin().await.map_err(|e| self.fail(e))?;
+        Ok(Transaction::postgres(transaction))
     }
 
     /// Wakes live subscribers (after appends committed through [`PostgresStore::append_in`]).

@@ -34,6 +34,11 @@ const MIGRATIONS: &[Migration] = &[
         name: "file_leases",
         sql: include_str!("../../../migrations/sqlite/0005_file_leases.sql"),
     },
+    Migration {
+        version: 6,
+        name: "projection_versions",
+        sql: include_str!("../../../migrations/sqlite/0006_projection_versions.sql"),
+    },
 ];
 
 pub(super) async fn migrate(pool: &SqlitePool, location: &str) -> Result<()> {

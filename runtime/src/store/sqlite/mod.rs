@@ -9,8 +9,7 @@
 
 mod lock;
 mod migrate;
-
-pub(crate) use lock::StoreLock;
+mod sql_store;
 
 use std::fmt;
 use std::ops::RangeBounds;
@@ -29,6 +28,8 @@ use super::backend::{
     StoredId, check_distinct_ids, classify_retry, columns, stored_metadata, stored_u64, to_i64,
     version_bounds,
 };
+use super::sql::AppendHook;
+use super::tx::{StoreKind, Transaction, Tx, wrong_store};
 use super::{EventStore, ExpectedVersion, FeedBatch, FeedPosition, FeedQuery};
 use super::{FeedNotifier, FeedWakeups};
 use crate::envelope::{NewEvent, RecordedEvent};
@@ -59,6 +60,8 @@ pub struct SqliteStore {
     path: Option<std::path::PathBuf>,
     /// The locks held on an in-memory database.
     memory_locks: std::sync::Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
+    /// Run in every append's transaction (inline projections).
+    hooks: std::sync::Arc<[std::sync::Arc<dyn AppendHook<SqliteStore>>]>,
 }
 
 impl fmt::Debug for SqliteStore {
@@ -168,6 +171,7 @@ impl SqliteStore {
             location,
             path: None,
             memory_locks: std::sync::Arc::default(),
+            hooks: std::sync::Arc::new([]),
         })
     }
 
@@ -344,6 +348,109 @@ impl SqliteStore {
     }
 }
 
+impl SqliteStore {
+    /// [`SqliteStore::append_locked`], then the append hooks (inline projections) on the
+    /// inserted events, in the same transaction.
+    async fn append_hooked(
+        &self,
+        connection: &mut SqliteConnection,
+        stream_id: &str,
+        aggregate_type: &str,
+        expected: ExpectedVersion,
+        events: &[NewEvent],
+    ) -> Result<Vec<RecordedEvent>> {
+        let appended = self
+            .append_locked(connection, stream_id, aggregate_type, expected, events)
+            .await?;
+        if !appended.is_empty() {
+            for hook in self.hooks.iter() {
+                hook.appended(self, &mut Tx::from(&mut *connection), &appended)
+                    .await?;
+            }
+        }
+        Ok(appended)
+    }
+
+    /// After a failed append (rolled back): was it the retry of an append already stored? Then
+    /// its stored events; otherwise `error`. Looked up only on failure.
+    async fn stored_retry(
+        &self,
+        connection: &mut SqliteConnection,
+        stream_id: &str,
+        expected: ExpectedVersion,
+        events: &[NewEvent],
+        error: Error,
+    ) -> Result<Vec<RecordedEvent>> {
+        let stored = Self::stored_ids(connection, events).await?;
+        if stored.is_empty() {
+            return Err(error);
+        }
+        let versions = classify_retry(stream_id, expected, events, &stored)?;
+        read_stream_in(connection, stream_id, (*versions.start(), *versions.end())).await
+    }
+
+    /// Begins a write transaction (`BEGIN IMMEDIATE`: it holds SQLite's write lock until it
+    /// ends): appends made in it with [`SqliteStore::append_in`] commit with its other writes,
+    /// and wake live subscribers when it commits.
+    ///
+    /// # Errors
+    /// [`Error::Backend`] when the database cannot be written.
+    pub async fn begin(&self) -> Result<Transaction> {
+        let transaction = self
+            .pool
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(backend)?;
+        Ok(Transaction::sqlite(transaction))
+    }
+
+    /// Appends inside the caller's transaction (from [`SqliteStore::begin`], which holds the
+    /// write lock), so that the events commit or roll back with its other writes; the
+    /// transaction wakes live subscribers when it commits. An idempotent retry of an append
+    /// already stored returns the stored events.
+    ///
+    /// # Errors
+    /// As [`EventStore::append`]; a failed append leaves nothing of itself in the transaction.
+    pub async fn append_in<'c>(
+        &self,
+        transaction: impl Into<Tx<'c>>,
+        stream_id: &str,
+        aggregate_type: &str,
+        expected: ExpectedVersion,
+        events: Vec<NewEvent>,
+    ) -> Result<Vec<RecordedEvent>> {
+        check_distinct_ids(stream_id, &events)?;
+        let mut tx: Tx<'c> = transaction.into();
+        let Some(connection) = tx.sqlite() else {
+            return Err(wrong_store(StoreKind::Sqlite, &tx));
+        };
+        // In a savepoint: a failed append leaves nothing of itself in the transaction.
+        let mut savepoint = sqlx::Connection::begin(&mut *connection)
+            .await
+            .map_err(backend)?;
+        let appended = match self
+            .append_hooked(&mut savepoint, stream_id, aggregate_type, expected, &events)
+            .await
+        {
+            Ok(appended) => {
+                savepoint.commit().await.map_err(backend)?;
+                appended
+            }
+            Err(error) => {
+                savepoint.rollback().await.map_err(backend)?;
+                return self
+                    .stored_retry(connection, stream_id, expected, &events, error)
+                    .await;
+            }
+        };
+        if !appended.is_empty() {
+            let notifier = self.notifier.clone();
+            tx.wake_on_commit(move || notifier.notify());
+        }
+        Ok(appended)
+    }
+}
+
 /// A UUID stored as text.
 pub(crate) fn uuid(row: &SqliteRow, index: usize) -> Result<Uuid> {
     let text: String = columns::get(row, index)?;
@@ -406,7 +513,7 @@ impl EventStore for SqliteStore {
             .await
             .map_err(backend)?;
         match self
-            .append_locked(
+            .append_hooked(
                 &mut transaction,
                 stream_id,
                 aggregate_type,
@@ -425,19 +532,9 @@ impl EventStore for SqliteStore {
             Err(error) => {
                 // Nothing of a failed append stays (a multi-event append may have inserted some).
                 transaction.rollback().await.map_err(backend)?;
-                // Was it the retry of an append already stored? Looked up only on failure.
                 let mut connection = self.pool.acquire().await.map_err(backend)?;
-                let stored = Self::stored_ids(&mut connection, &events).await?;
-                if stored.is_empty() {
-                    return Err(error);
-                }
-                let versions = classify_retry(stream_id, expected, &events, &stored)?;
-                read_stream_in(
-                    &mut connection,
-                    stream_id,
-                    (*versions.start(), *versions.end()),
-                )
-                .await
+                self.stored_retry(&mut connection, stream_id, expected, &events, error)
+                    .await
             }
         }
     }

@@ -1,0 +1,176 @@
+//! The projection runner's SQL on PostgreSQL (the contract is in `sql.rs`). Concurrent runners
+//! of one projection (a lease lost to a network partition, say) take turns on the checkpoint
+//! row (`FOR UPDATE`); an inline application share-locks it, so appends do not wait for each
+//! other; versions change under a transaction-scoped advisory lock.
+
+use super::sql::ProjectionSql;
+use crate::store::sql::Schema;
+
+/// The oldest time of a set, as RFC 3339 text in UTC.
+const RFC3339: &str = "'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"'";
+
+pub(super) fn statements(schema: &Schema) -> ProjectionSql {
+    let s = schema.quoted();
+    let parked = format!(
+        "{s}.projection_dead_letters d
+         WHERE d.projection = $1 AND d.version = $2 AND d.status = 'parked'"
+    );
+    ProjectionSql {
+        ensure_checkpoint: format!(
+            "INSERT INTO {s}.projection_checkpoints (projection, version, tx, position)
+             VALUES ($1, $2, 0, 0) ON CONFLICT DO NOTHING"
+        )
+        .into(),
+        lock_checkpoint: format!(
+            "SELECT c.tx, c.position,
+                    (SELECT coalesce(json_agg(DISTINCT d.stream_id), '[]')::text FROM {parked}
+                       AND d.stream_id IN (SELECT json_array_elements_text($3::json)))
+             FROM {s}.projection_checkpoints c
+             WHERE c.projection = $1 AND c.version = $2 FOR UPDATE OF c"
+        )
+        .into(),
+        save_checkpoint: format!(
+            "UPDATE {s}.projection_checkpoints SET tx = $3, position = $4, updated_at = now()
+             WHERE projection = $1 AND version = $2"
+        )
+        .into(),
+        read_checkpoint: format!(
+            "SELECT tx, position FROM {s}.projection_checkpoints
+             WHERE projection = $1 AND version = $2"
+        )
+        .into(),
+        status: format!(
+            "SELECT coalesce((SELECT max(tx)::text::bigint FROM {s}.events), 0),
+                    coalesce((SELECT max(position) FROM {s}.events), 0),
+                    count(*), to_char(min(e.recorded_at) AT TIME ZONE 'UTC', {RFC3339}),
+                    (SELECT count(DISTINCT d.stream_id) FROM {parked}),
+                    (SELECT count(*) FROM {parked})
+             FROM {s}.events e
+             WHERE (e.tx, e.position) > ($3::text::xid8, $4)
+               AND e.event_type IN (SELECT json_array_elements_text($5::json))"
+        )
+        .into(),
+        park: format!(
+            "INSERT INTO {s}.projection_dead_letters
+                 (projection, version, stream_id, stream_version, event_id, event_type, tx,
+                  position, error, attempts)
+             SELECT $1, $2, l.stream_id, l.stream_version, l.event_id, l.event_type, l.tx,
+                    l.position, l.error, l.attempts
+             FROM json_to_recordset($3::json) AS l (stream_id text, stream_version bigint,
+                  event_id uuid, event_type text, tx bigint, position bigint, error text,
+                  attempts integer)
+             ON CONFLICT DO NOTHING"
+        )
+        .into(),
+        list_parked: format!(
+            "SELECT d.stream_id, min(d.stream_version), count(*),
+                    (array_agg(d.error ORDER BY d.stream_version))[1],
+                    (array_agg(d.attempts ORDER BY d.stream_version))[1]::bigint,
+                    to_char(min(d.parked_at) AT TIME ZONE 'UTC', {RFC3339})
+             FROM {parked}
+             GROUP BY d.stream_id ORDER BY min(d.parked_at), d.stream_id"
+        )
+        .into(),
+        first_parked: format!(
+            "SELECT d.stream_version FROM {parked} AND d.stream_id = $3
+             ORDER BY d.stream_version LIMIT 1"
+        )
+        .into(),
+        unpark: format!(
+            "DELETE FROM {s}.projection_dead_letters
+             WHERE projection = $1 AND version = $2 AND stream_id = $3 AND stream_version = $4"
+        )
+        .into(),
+        record_failure: format!(
+            "UPDATE {s}.projection_dead_letters
+             SET error = $5, attempts = attempts + 1, updated_at = now()
+             WHERE projection = $1 AND version = $2 AND stream_id = $3 AND stream_version = $4"
+        )
+        .into(),
+        skip: format!(
+            "UPDATE {s}.projection_dead_letters SET status = 'skipped', updated_at = now()
+             WHERE projection = $1 AND version = $2 AND stream_id = $3 AND stream_version = $4"
+        )
+        .into(),
+        claim_side_effects: format!(
+            "INSERT INTO {s}.projection_side_effects AS c (projection, event_id, version, status)
+             SELECT $1, ids.id::uuid, $2, 'run' FROM json_array_elements_text($3::json) AS ids (id)
+             ON CONFLICT (projection, event_id) DO UPDATE
+                 SET version = excluded.version, status = 'run', decided_at = now()
+                 WHERE c.status = 'skipped' AND c.version <> excluded.version
+             RETURNING event_id::text"
+        )
+        .into(),
+        skip_side_effects: format!(
+            "INSERT INTO {s}.projection_side_effects (projection, event_id, version, status)
+             SELECT $1, ids.id::uuid, $2, 'skipped'
+             FROM json_array_elements_text($3::json) AS ids (id)
+             ON CONFLICT (projection, event_id) DO NOTHING"
+        )
+        .into(),
+        inline_marks: format!(
+            "SELECT stream_id, applied_version FROM {s}.projection_inline_streams
+             WHERE projection = $1 AND version = $2
+               AND stream_id IN (SELECT json_array_elements_text($3::json))"
+        )
+        .into(),
+        inline_standing: format!(
+            "SELECT c.tx, c.position,
+                    (SELECT i.applied_version FROM {s}.projection_inline_streams i
+                     WHERE i.projection = $1 AND i.version = $2 AND i.stream_id = $3),
+                    (EXISTS (SELECT 1 FROM {parked} AND d.stream_id = $3))::int4
+             FROM {s}.projection_checkpoints c
+             WHERE c.projection = $1 AND c.version = $2 FOR SHARE OF c"
+        )
+        .into(),
+        inline_mark: format!(
+            "INSERT INTO {s}.projection_inline_streams AS i
+                 (projection, version, stream_id, applied_version)
+             VALUES ($1, $2, $3, $4)
+             ON CONFLICT (projection, version, stream_id) DO UPDATE
+                 SET applied_version = excluded.applied_version, updated_at = now()
+                 WHERE i.applied_version < excluded.applied_version"
+        )
+        .into(),
+        lock_versions:
+            "SELECT pg_advisory_xact_lock(hashtext('factum.projection_versions'), hashtext($1))"
+                .into(),
+        versions: format!(
+            "SELECT version, state FROM {s}.projection_versions WHERE projection = $1"
+        )
+        .into(),
+        register_version: format!(
+            "INSERT INTO {s}.projection_versions (projection, version, state, activated_at)
+             VALUES ($1, $2, $3, CASE WHEN $4 = 1 THEN now() END)"
+        )
+        .into(),
+        version_state: format!(
+            "SELECT state FROM {s}.projection_versions WHERE projection = $1 AND version = $2"
+        )
+        .into(),
+        retire_active: format!(
+            "UPDATE {s}.projection_versions SET state = 'retired', retired_at = now()
+             WHERE projection = $1 AND state = 'active'
+               AND EXISTS (SELECT 1 FROM {s}.projection_versions
+                           WHERE projection = $1 AND version = $2 AND state = 'building')"
+        )
+        .into(),
+        activate: format!(
+            "UPDATE {s}.projection_versions SET state = 'active', activated_at = now()
+             WHERE projection = $1 AND version = $2 AND state = 'building'"
+        )
+        .into(),
+        active_version: format!(
+            "SELECT version FROM {s}.projection_versions WHERE projection = $1 AND state = 'active'"
+        )
+        .into(),
+        clear: [
+            "projection_checkpoints",
+            "projection_dead_letters",
+            "projection_inline_streams",
+        ]
+        .map(|table| {
+            format!("DELETE FROM {s}.{table} WHERE projection = $1 AND version = $2").into()
+        }),
+    }
+}

@@ -1,0 +1,72 @@
+//! The statements a projection runner runs, whatever the store: their parameters and columns
+//! are the contract each store's SQL fulfils (`postgres.rs`, `sqlite.rs`). They run through
+//! [`Tx`](crate::store::Tx) on the `Any` driver: parameters and columns are integers (`i64`,
+//! or `i32` where named), booleans and text; lists go as JSON text, timestamps come back as
+//! RFC 3339 text, event ids as text.
+//!
+//! Every statement is given the projection's name as `$1` and its version as `$2` (whether it
+//! uses them or not: unused parameters are allowed on both stores); positions are
+//! `(tx, position)` pairs (SQLite has no `tx`: its positions are in commit order, and it gives
+//! the position for both).
+
+use std::sync::Arc;
+
+/// A projection runner's SQL, qualified for one store (built once per runner).
+#[derive(Debug)]
+pub(crate) struct ProjectionSql {
+    /// Creates the checkpoint at the start when missing.
+    pub ensure_checkpoint: Arc<str>,
+    /// `$3` stream ids (JSON): the checkpoint, locked for the transaction, and which of those
+    /// streams are parked: `tx, position, parked (JSON array of stream ids)`.
+    pub lock_checkpoint: Arc<str>,
+    /// `$3` tx, `$4` position.
+    pub save_checkpoint: Arc<str>,
+    /// `tx, position`, unlocked.
+    pub read_checkpoint: Arc<str>,
+    /// `$3` tx, `$4` position, `$5` event types (JSON): `head tx, head position, events after
+    /// the checkpoint, the oldest one's recorded time, parked streams, parked events`.
+    pub status: Arc<str>,
+    /// `$3` dead letters (JSON array of objects with `stream_id`, `stream_version`,
+    /// `event_id`, `event_type`, `tx`, `position`, `error`, `attempts`); those already there
+    /// are kept as they are.
+    pub park: Arc<str>,
+    /// The parked streams, oldest first: `stream_id, first version, events, its error, its
+    /// attempts, parked at`.
+    pub list_parked: Arc<str>,
+    /// `$3` stream: the version of its first parked event.
+    pub first_parked: Arc<str>,
+    /// `$3` stream, `$4` version: removes a dead letter.
+    pub unpark: Arc<str>,
+    /// `$3` stream, `$4` version, `$5` error: a retry failed again.
+    pub record_failure: Arc<str>,
+    /// `$3` stream, `$4` version: marks a dead letter skipped (kept for the record).
+    pub skip: Arc<str>,
+    /// `$3` event ids (JSON): claims their side effects to run them; returns the ids not
+    /// decided before (or skipped by another version's replay).
+    pub claim_side_effects: Arc<str>,
+    /// `$3` event ids (JSON): records side effects skipped by a replay.
+    pub skip_side_effects: Arc<str>,
+    /// `$3` stream ids (JSON): `stream_id, applied_version` of their inline marks.
+    pub inline_marks: Arc<str>,
+    /// `$3` stream: `tx, position` of the checkpoint (share-locked), the stream's inline mark
+    /// (or null) and whether it is parked (`i32` 0/1).
+    pub inline_standing: Arc<str>,
+    /// `$3` stream, `$4` version: moves the stream's inline mark up to the version.
+    pub inline_mark: Arc<str>,
+    /// Serializes changes to the projection's versions for the transaction.
+    pub lock_versions: Arc<str>,
+    /// The projection's versions: `version, state`.
+    pub versions: Arc<str>,
+    /// `$3` state, `$4` whether it is active (`i32` 0/1): registers a version.
+    pub register_version: Arc<str>,
+    /// The version's state.
+    pub version_state: Arc<str>,
+    /// Retires the active version, if this version is building.
+    pub retire_active: Arc<str>,
+    /// Activates this version, if it is building.
+    pub activate: Arc<str>,
+    /// `$1` projection: the active version.
+    pub active_version: Arc<str>,
+    /// Forget the version's progress (checkpoint, dead letters, inline marks): a rebuild.
+    pub clear: [Arc<str>; 3],
+}

@@ -1,0 +1,238 @@
+//! The saga runner, written once for both SQL stores.
+//!
+//! - Events reach the saga through a projection runner (the same lease, checkpoint, retries,
+//!   dead-letter queue and lag as projections): each batch's instance states, outbox commands
+//!   and timeouts commit with the checkpoint.
+//! - The dispatcher delivers the outbox in order through the [`CommandBus`], one dispatcher per
+//!   saga at a time across processes (a lease). A command id is derived from its cause, and the
+//!   aggregate executes it at most once, so a crash between delivery and acknowledgement
+//!   applies nothing twice. A refused command goes back to the saga's `#[rejected]` handler.
+//! - Timeouts fire when the runner's [`Clock`] passes them, after a restart too; the instance is
+//!   locked first, as for events, so the two take turns.
+
+use std::future::Future;
+use std::marker::PhantomData;
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::Saga;
+use super::bus::CommandBus;
+use super::clock::{Clock, SystemClock};
+use super::core::{Core, SagaError, SagaEvents, SagaInstance, SagaStatus, Settled};
+use super::tables::Tables;
+use crate::error::Error;
+use crate::projection::{ParkedStream, ProjectionRunner, RetryOutcome};
+use crate::store::SqlStore;
+
+/// Runs saga `S` on a SQL store `St`: its events, its outbox and its timeouts.
+///
+/// ```no_run
+/// # async fn run<S: factum::saga::Saga>(store: factum::store::SqliteStore, bus: factum::saga::CommandBus) -> Result<(), factum::saga::SagaError> {
+/// use factum::saga::SagaRunner;
+///
+/// let runner = SagaRunner::<_, S>::new(store, bus);
+/// runner.run(std::future::pending()).await?;
+/// # Ok(()) }
+/// ```
+pub struct SagaRunner<St: SqlStore, S: Saga> {
+    events: ProjectionRunner<St, SagaEvents<S, St>>,
+    core: Arc<Core<S, St>>,
+    poll_interval: Duration,
+}
+
+/// A saga runner on PostgreSQL.
+#[cfg(feature = "postgres")]
+pub type PgSagaRunner<S> = SagaRunner<crate::store::PostgresStore, S>;
+
+/// A saga runner on SQLite.
+#[cfg(feature = "sqlite")]
+pub type SqliteSagaRunner<S> = SagaRunner<crate::store::SqliteStore, S>;
+
+impl<St: SqlStore, S: Saga> std::fmt::Debug for SagaRunner<St, S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SagaRunner")
+            .field("saga", &S::NAME)
+            .field("store", self.events.store())
+            .field("bus", &self.core.bus)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<St: SqlStore, S: Saga> SagaRunner<St, S> {
+    /// A runner of saga `S` on `store` (migrated), delivering commands through `bus`, on the
+    /// system clock.
+    #[must_use]
+    pub fn new(store: St, bus: CommandBus) -> Self {
+        Self::build(
+            store,
+            bus,
+            Arc::new(SystemClock),
+            Duration::from_millis(200),
+        )
+    }
+
+    fn build(store: St, bus: CommandBus, clock: Arc<dyn Clock>, poll_interval: Duration) -> Self {
+        let core = Arc::new(Core {
+            tables: Tables::new(store.clone()),
+            bus,
+            clock,
+            dispatch_batch: 100,
+            wake: Arc::default(),
+            saga: PhantomData,
+        });
+        let events = ProjectionRunner::new(
+            store,
+            SagaEvents {
+                core: Arc::clone(&core),
+            },
+        )
+        .poll_interval(poll_interval);
+        Self {
+            events,
+            core,
+            poll_interval,
+        }
+    }
+
+    /// Uses `clock` for scheduling and firing timeouts (a
+    /// [`ManualClock`](crate::saga::ManualClock) in tests).
+    #[must_use]
+    pub fn clock(self, clock: impl Clock) -> Self {
+        let store = self.core.tables.store.clone();
+        let bus = self.core.bus.clone();
+        Self::build(store, bus, Arc::new(clock), self.poll_interval)
+    }
+
+    /// Events per transaction (default 500).
+    #[must_use]
+    pub fn batch_size(mut self, batch_size: usize) -> Self {
+        self.events = self.events.batch_size(batch_size);
+        self
+    }
+
+    /// How often to look for events, commands and due timeouts when nothing wakes the runner
+    /// (default 200 ms).
+    #[must_use]
+    pub fn poll_interval(mut self, poll_interval: Duration) -> Self {
+        self.events = self.events.poll_interval(poll_interval);
+        self.poll_interval = poll_interval;
+        self
+    }
+
+    /// Retries of a failing event batch before its stream is parked (as for projections).
+    #[must_use]
+    pub fn retries(mut self, max_retries: u32, backoff: Duration) -> Self {
+        self.events = self.events.retries(max_retries, backoff);
+        self
+    }
+
+    /// Handles the events after the checkpoint (committing instances, outbox and timeouts with
+    /// it). Returns the events handled.
+    ///
+    /// # Errors
+    /// As [`ProjectionRunner::catch_up`].
+    pub async fn handle_events(&mut self) -> Result<u64, SagaError> {
+        Ok(self.events.catch_up().await?)
+    }
+
+    /// Delivers the pending commands of the outbox, in order. Returns how many.
+    ///
+    /// # Errors
+    /// [`SagaError::Dispatch`] when the store cannot take a command now (it stays pending), or
+    /// a store error.
+    pub async fn dispatch(&self) -> Result<u64, SagaError> {
+        self.core.dispatch().await
+    }
+
+    /// Fires the timeouts that are due by the runner's clock. Returns how many fired.
+    ///
+    /// # Errors
+    /// A store error.
+    pub async fn fire_due_timeouts(&self) -> Result<u64, SagaError> {
+        Ok(self.core.fire_due_timeouts().await?)
+    }
+
+    /// Handles events, delivers commands and fires due timeouts until nothing is left to do
+    /// (the commands' events handled, their commands delivered...).
+    ///
+    /// # Errors
+    /// As the steps.
+    pub async fn settle(&mut self) -> Result<Settled, SagaError> {
+        let (events, core) = (&mut self.events, &self.core);
+        core.settle(async || Ok(events.catch_up().await?)).await
+    }
+
+    /// The streams whose events the saga could not handle, parked in the dead-letter queue (as
+    /// for projections) while other streams flow on.
+    ///
+    /// # Errors
+    /// A store error.
+    pub async fn parked(&self) -> Result<Vec<ParkedStream>, Error> {
+        self.events.parked().await
+    }
+
+    /// Handles a parked stream's events again, in order, stopping at the first failure.
+    ///
+    /// # Errors
+    /// A store error.
+    pub async fn retry_parked(&mut self, stream_id: &str) -> Result<RetryOutcome, Error> {
+        self.events.retry_parked(stream_id).await
+    }
+
+    /// Skips a parked stream's first event (kept on record); returns its version.
+    ///
+    /// # Errors
+    /// A store error.
+    pub async fn skip_parked(&mut self, stream_id: &str) -> Result<Option<u64>, Error> {
+        self.events.skip_parked(stream_id).await
+    }
+
+    /// An instance, as stored.
+    ///
+    /// # Errors
+    /// A store error, or a state that does not decode.
+    pub async fn instance(&self, saga_id: &str) -> Result<Option<SagaInstance<S>>, Error> {
+        self.core.instance(saga_id).await
+    }
+
+    /// Where the saga stands: its event lag and parked streams, instances, outbox, timeouts.
+    ///
+    /// # Errors
+    /// A store error.
+    pub async fn status(&self) -> Result<SagaStatus, Error> {
+        let events = self.events.status().await?;
+        self.core.status(events).await
+    }
+
+    /// Runs the saga until `shutdown` completes: its events (under the projection lease), the
+    /// delivery of its commands (woken when an instance sends some, in this process or, where
+    /// the store signals across processes, another) and its timeouts (checked every poll
+    /// interval). A delivery that fails for a transient reason is retried at the next wake-up.
+    ///
+    /// # Errors
+    /// When the event side stops ([`crate::projection::RunnerError`]).
+    pub async fn run(self, shutdown: impl Future<Output = ()> + Send) -> Result<(), SagaError> {
+        let Self {
+            events,
+            core,
+            poll_interval,
+        } = self;
+        let listening = core.tables.sql.channel.clone().and_then(|channel| {
+            core.tables
+                .store
+                .listen(channel, Arc::clone(&core.wake))
+                .map(tokio::spawn)
+        });
+        let result = super::core::run(
+            core,
+            move |stop| Box::pin(async move { events.run(stop).await.map(drop) }),
+            poll_interval,
+            shutdown,
+        )
+        .await;
+        if let Some(listening) = listening {
+            listening.abort();
+        }
+        result
+    }
+}

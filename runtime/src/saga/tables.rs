@@ -1,0 +1,359 @@
+//! The saga tables (instances, outbox, timeouts), written once for both SQL stores over the
+//! store's statements (`sql.rs`). Every method taking a [`Tx`] runs in the caller's
+//! transaction.
+
+use std::sync::Arc;
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use serde::Serialize;
+use uuid::Uuid;
+
+use super::FiredTimeout;
+use super::sql::SagaSql;
+use crate::error::{Error, Result};
+use crate::store::backend::{columns, stored_time, to_i64};
+use crate::store::sql::{Dialect, Lease, LeaseName};
+use crate::store::{SqlStore, Transaction, Tx};
+
+/// An instance's row.
+pub(crate) struct StoredInstance {
+    pub state: String,
+    pub completed: bool,
+    pub correlation_id: Uuid,
+}
+
+/// A command in the outbox.
+pub(crate) struct Pending {
+    pub command_id: Uuid,
+    pub saga_id: String,
+    pub command_type: String,
+    pub stream_id: String,
+    pub payload: String,
+    pub correlation_id: Uuid,
+    pub causation_id: Uuid,
+}
+
+/// A command to put in the outbox: its id, type, stream and JSON (and its place in the list).
+#[derive(Serialize)]
+pub(crate) struct Outbound<'a> {
+    pub ord: usize,
+    pub command_id: String,
+    pub command_type: &'a str,
+    pub stream_id: &'a str,
+    pub payload: &'a str,
+}
+
+/// A timeout to schedule: its id, type, JSON and due time.
+#[derive(Serialize)]
+pub(crate) struct Deadline<'a> {
+    pub timeout_id: String,
+    pub timeout_type: &'a str,
+    pub payload: &'a str,
+    pub due_at: String,
+}
+
+/// The counts of a saga's status: active, completed, pending, rejected, failed commands,
+/// pending timeouts.
+pub(crate) type Counts = [u64; 6];
+
+/// A time as the statements take it: RFC 3339 in UTC, as SQLite's text columns order it.
+pub(crate) fn time(at: DateTime<Utc>) -> String {
+    at.to_rfc3339_opts(SecondsFormat::AutoSi, false)
+}
+
+fn id(text: &str) -> Result<Uuid> {
+    Uuid::parse_str(text).map_err(|error| Error::Corrupt {
+        reason: format!("`{text}` is stored as a saga's id, which it is not ({error})"),
+    })
+}
+
+fn json(value: &impl Serialize) -> Result<String> {
+    serde_json::to_string(value).map_err(|e| Error::Backend(Box::new(e)))
+}
+
+/// The saga tables of a store.
+#[derive(Clone)]
+pub(crate) struct Tables<St> {
+    pub store: St,
+    pub sql: Arc<SagaSql>,
+}
+
+impl<St: SqlStore> Tables<St> {
+    pub fn new(store: St) -> Self {
+        let sql = Arc::new(match store.dialect() {
+            #[cfg(feature = "postgres")]
+            Dialect::Postgres(schema) => super::postgres::statements(&schema),
+            #[cfg(feature = "sqlite")]
+            Dialect::Sqlite => super::sqlite::statements(),
+        });
+        Self { store, sql }
+    }
+
+    fn query(sql: &Arc<str>) -> sqlx::query::Query<'static, sqlx::Any, sqlx::any::AnyArguments> {
+        sqlx::query(sqlx::AssertSqlSafe(Arc::clone(sql)))
+    }
+
+    fn fail(&self, error: sqlx::Error) -> Error {
+        self.store.fail(error)
+    }
+
+    /// A write transaction (instances are changed in it).
+    pub async fn begin(&self) -> Result<Transaction> {
+        self.store.begin().await
+    }
+
+    async fn instance(
+        &self,
+        tx: &mut Tx<'_>,
+        sql: &Arc<str>,
+        saga: &str,
+        saga_id: &str,
+    ) -> Result<Option<StoredInstance>> {
+        let row = Self::query(sql)
+            .bind(saga)
+            .bind(saga_id)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(|e| self.fail(e))?;
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        Ok(Some(StoredInstance {
+            state: columns::get(&row, 0)?,
+            completed: columns::get::<_, String>(&row, 1)? == "completed",
+            correlation_id: id(&columns::get::<_, String>(&row, 2)?)?,
+        }))
+    }
+
+    /// An instance, its row locked for the transaction.
+    pub async fn lock_instance(
+        &self,
+        tx: &mut Tx<'_>,
+        saga: &str,
+        saga_id: &str,
+    ) -> Result<Option<StoredInstance>> {
+        self.instance(tx, &self.sql.lock_instance, saga, saga_id)
+            .await
+    }
+
+    /// An instance, not locked.
+    pub async fn read_instance(&self, saga: &str, saga_id: &str) -> Result<Option<StoredInstance>> {
+        let mut connection = self.store.acquire().await?;
+        self.instance(&mut connection.tx(), &self.sql.read_instance, saga, saga_id)
+            .await
+    }
+
+    pub async fn save_instance(
+        &self,
+        tx: &mut Tx<'_>,
+        saga: &str,
+        saga_id: &str,
+        state: &str,
+        completed: bool,
+        correlation_id: Uuid,
+    ) -> Result<()> {
+        Self::query(&self.sql.save_instance)
+            .bind(saga)
+            .bind(saga_id)
+            .bind(state)
+            .bind(if completed { "completed" } else { "active" })
+            .bind(correlation_id.to_string())
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| self.fail(e))?;
+        Ok(())
+    }
+
+    /// Adds commands to the outbox, in order (a command id already there is kept as is), and
+    /// signals other processes' dispatchers for when the transaction commits.
+    pub async fn enqueue(
+        &self,
+        tx: &mut Tx<'_>,
+        saga: &str,
+        saga_id: &str,
+        correlation_id: Uuid,
+        causation_id: Uuid,
+        commands: &[Outbound<'_>],
+    ) -> Result<()> {
+        Self::query(&self.sql.enqueue)
+            .bind(saga)
+            .bind(saga_id)
+            .bind(correlation_id.to_string())
+            .bind(causation_id.to_string())
+            .bind(json(&commands)?)
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| self.fail(e))?;
+        if let Some(signal) = &self.sql.signal {
+            Self::query(signal)
+                .bind(saga)
+                .execute(&mut *tx)
+                .await
+                .map_err(|e| self.fail(e))?;
+        }
+        Ok(())
+    }
+
+    /// Cancels an instance's pending timeouts of these types (all of them with `all`).
+    pub async fn cancel_timeouts(
+        &self,
+        tx: &mut Tx<'_>,
+        saga: &str,
+        saga_id: &str,
+        types: &[&'static str],
+        all: bool,
+    ) -> Result<()> {
+        Self::query(&self.sql.cancel_timeouts)
+            .bind(saga)
+            .bind(saga_id)
+            .bind(json(&types)?)
+            .bind(i64::from(all))
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| self.fail(e))?;
+        Ok(())
+    }
+
+    pub async fn schedule(
+        &self,
+        tx: &mut Tx<'_>,
+        saga: &str,
+        saga_id: &str,
+        deadlines: &[Deadline<'_>],
+    ) -> Result<()> {
+        Self::query(&self.sql.schedule)
+            .bind(saga)
+            .bind(saga_id)
+            .bind(json(&deadlines)?)
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| self.fail(e))?;
+        Ok(())
+    }
+
+    /// The dispatch lease of the saga, unless another dispatcher holds it.
+    pub async fn lock_dispatch(&self, saga: &str) -> Result<Option<Lease>> {
+        self.store.try_lease(LeaseName::SagaDispatch { saga }).await
+    }
+
+    /// The first pending commands (at most `limit`), in order.
+    pub async fn pending(&self, saga: &str, limit: usize) -> Result<Vec<Pending>> {
+        let mut connection = self.store.acquire().await?;
+        let rows = Self::query(&self.sql.pending)
+            .bind(saga)
+            .bind(to_i64(limit as u64))
+            .fetch_all(&mut connection.tx())
+            .await
+            .map_err(|e| self.fail(e))?;
+        rows.iter()
+            .map(|row| {
+                Ok(Pending {
+                    command_id: id(&columns::get::<_, String>(row, 0)?)?,
+                    saga_id: columns::get(row, 1)?,
+                    command_type: columns::get(row, 2)?,
+                    stream_id: columns::get(row, 3)?,
+                    payload: columns::get(row, 4)?,
+                    correlation_id: id(&columns::get::<_, String>(row, 5)?)?,
+                    causation_id: id(&columns::get::<_, String>(row, 6)?)?,
+                })
+            })
+            .collect()
+    }
+
+    /// Records a command's delivery.
+    pub async fn mark_command(
+        &self,
+        tx: &mut Tx<'_>,
+        command_id: Uuid,
+        status: &str,
+        error: Option<&str>,
+    ) -> Result<()> {
+        Self::query(&self.sql.mark_command)
+            .bind(command_id.to_string())
+            .bind(status)
+            .bind(error)
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| self.fail(e))?;
+        Ok(())
+    }
+
+    /// Timeouts due at `now` (id, instance), oldest first.
+    pub async fn due(
+        &self,
+        saga: &str,
+        now: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<Vec<(Uuid, String)>> {
+        let mut connection = self.store.acquire().await?;
+        let rows = Self::query(&self.sql.due)
+            .bind(saga)
+            .bind(time(now))
+            .bind(to_i64(limit as u64))
+            .fetch_all(&mut connection.tx())
+            .await
+            .map_err(|e| self.fail(e))?;
+        rows.iter()
+            .map(|row| {
+                Ok((
+                    id(&columns::get::<_, String>(row, 0)?)?,
+                    columns::get(row, 1)?,
+                ))
+            })
+            .collect()
+    }
+
+    /// A pending timeout, locked for the transaction (`None`: fired or cancelled meanwhile).
+    pub async fn lock_timeout(
+        &self,
+        tx: &mut Tx<'_>,
+        timeout_id: Uuid,
+    ) -> Result<Option<FiredTimeout>> {
+        let row = Self::query(&self.sql.lock_timeout)
+            .bind(timeout_id.to_string())
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(|e| self.fail(e))?;
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        let due_at: String = columns::get(&row, 2)?;
+        Ok(Some(FiredTimeout {
+            timeout_id,
+            timeout_type: columns::get(&row, 0)?,
+            payload: columns::get(&row, 1)?,
+            due_at: stored_time(&due_at, "a timeout's due time")?,
+        }))
+    }
+
+    pub async fn mark_timeout(
+        &self,
+        tx: &mut Tx<'_>,
+        timeout_id: Uuid,
+        status: &str,
+        error: Option<&str>,
+    ) -> Result<()> {
+        Self::query(&self.sql.mark_timeout)
+            .bind(timeout_id.to_string())
+            .bind(status)
+            .bind(error)
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| self.fail(e))?;
+        Ok(())
+    }
+
+    pub async fn counts(&self, saga: &str) -> Result<Counts> {
+        let mut connection = self.store.acquire().await?;
+        let row = Self::query(&self.sql.counts)
+            .bind(saga)
+            .fetch_one(&mut connection.tx())
+            .await
+            .map_err(|e| self.fail(e))?;
+        let mut counts = [0; 6];
+        for (i, count) in counts.iter_mut().enumerate() {
+            *count = columns::unsigned::<_, i64, _>(&row, i)?;
+        }
+        Ok(counts)
+    }
+}

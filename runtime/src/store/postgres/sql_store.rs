@@ -1,0 +1,141 @@
+//! What the PostgreSQL store offers the runners ([`SqlStore`]): transactions, leases as
+//! advisory locks, reads inside a transaction, append hooks, and `LISTEN` for saga signals.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use sqlx::postgres::PgListener;
+use sqlx::{AssertSqlSafe, Connection as _, PgConnection};
+
+use super::{ENVELOPE_COLUMNS, PostgresStore};
+use crate::envelope::RecordedEvent;
+use crate::error::{Error, Result};
+use crate::store::backend::to_i64;
+use crate::store::sql::{
+    AppendHook, Backend, BoxFuture, Connection, Dialect, Lease, LeaseName, SqlStore, Unapplied,
+};
+use crate::store::tx::{StoreKind, Transaction, Tx, wrong_store};
+
+impl SqlStore for PostgresStore {}
+
+impl Backend for PostgresStore {
+    const KIND: StoreKind = StoreKind::Postgres;
+
+    fn dialect(&self) -> Dialect {
+        Dialect::Postgres(self.inner.schema.clone())
+    }
+
+    async fn migrate_tables(&self) -> Result<()> {
+        PostgresStore::migrate(self).await
+    }
+
+    async fn begin_write(&self) -> Result<Transaction> {
+        PostgresStore::begin(self).await
+    }
+
+    async fn acquire(&self) -> Result<Connection> {
+        let connection = self.inner.pool.acquire().await.map_err(|e| self.fail(e))?;
+        Ok(Connection::Postgres(connection))
+    }
+
+    fn fail(&self, error: sqlx::Error) -> Error {
+        PostgresStore::fail(self, error)
+    }
+
+    /// A runner's lease is a session advisory lock held by a connection of its own (not the
+    /// pool's), released when the lease is dropped or the connection dies with its process. A
+    /// dispatcher's is a transaction-scoped advisory lock in a pooled transaction, which ends
+    /// (rolled back, having written nothing) when the lease is dropped.
+    async fn try_lease(&self, name: LeaseName<'_>) -> Result<Option<Lease>> {
+        let schema = self.schema();
+        match name {
+            LeaseName::Projection { name, version } => {
+                let options = self.inner.pool.connect_options();
+                let mut connection = PgConnection::connect_with(&options)
+                    .await
+                    .map_err(|e| self.fail(e))?;
+                let taken: bool = sqlx::query_scalar(
+                    "SELECT pg_try_advisory_lock(hashtext('factum.projection'), hashtext($1))",
+                )
+                .bind(format!("{schema}:{name}:{version}"))
+                .fetch_one(&mut connection)
+                .await
+                .map_err(|e| self.fail(e))?;
+                Ok(taken.then(|| Lease::new(connection)))
+            }
+            LeaseName::SagaDispatch { saga } => {
+                let mut transaction = self.inner.pool.begin().await.map_err(|e| self.fail(e))?;
+                let taken: bool =
+                    sqlx::query_scalar("SELECT pg_try_advisory_xact_lock(hashtext($1))")
+                        .bind(format!("factum.saga.dispatch:{schema}:{saga}"))
+                        .fetch_one(&mut *transaction)
+                        .await
+                        .map_err(|e| self.fail(e))?;
+                Ok(taken.then(|| Lease::new(transaction)))
+            }
+        }
+    }
+
+    async fn unapplied<'a>(
+        &'a self,
+        tx: &'a mut Tx<'_>,
+        query: Unapplied<'a>,
+    ) -> Result<Vec<RecordedEvent>> {
+        let Some(connection) = tx.postgres() else {
+            return Err(wrong_store(StoreKind::Postgres, tx));
+        };
+        let rows = sqlx::query(AssertSqlSafe(format!(
+            "SELECT {ENVELOPE_COLUMNS} FROM {s}.events e
+             WHERE e.stream_id = $1 AND e.stream_version > $2 AND e.stream_version < $3
+               AND e.event_type = ANY ($4) AND (e.tx, e.position) > ($5::text::xid8, $6)
+             ORDER BY e.stream_version",
+            s = self.inner.schema.quoted()
+        )))
+        .bind(query.stream_id)
+        .bind(to_i64(query.after))
+        .bind(to_i64(query.before))
+        .bind(query.event_types)
+        .bind(to_i64(query.checkpoint.tx))
+        .bind(to_i64(query.checkpoint.position))
+        .fetch_all(&mut *connection)
+        .await
+        .map_err(|e| self.fail(e))?;
+        self.read_rows(&rows, 0)
+    }
+
+    fn with_hook(&self, hook: Arc<dyn AppendHook<Self>>) -> Self {
+        let mut hooks = self.hooks.to_vec();
+        hooks.push(hook);
+        Self {
+            inner: Arc::clone(&self.inner),
+            hooks: hooks.into(),
+        }
+    }
+
+    fn listen(
+        &self,
+        channel: String,
+        wake: Arc<tokio::sync::Notify>,
+    ) -> Option<BoxFuture<'static, ()>> {
+        let pool = self.inner.pool.clone();
+        Some(Box::pin(async move {
+            loop {
+                let listening = async {
+                    let mut listener = PgListener::connect_with(&pool).await?;
+                    listener.listen(&channel).await?;
+                    loop {
+                        listener.recv().await?;
+                        wake.notify_one();
+                    }
+                };
+                let result: std::result::Result<(), sqlx::Error> = listening.await;
+                if let Err(error) = result {
+                    tracing::debug!(%error, channel, "not listening; polling meanwhile");
+                }
+                // Whatever was signalled while not listening is found by looking now.
+                wake.notify_one();
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }))
+    }
+}

@@ -1,0 +1,248 @@
+//! What the SQL stores ([`PostgresStore`](crate::store::PostgresStore),
+//! [`SqliteStore`](crate::store::SqliteStore)) offer the runners built on them: transactions, a
+//! lease per runner, typed reads inside a transaction, the hooks an append runs (inline
+//! projections), and their SQL dialect. Projections and sagas are written once against
+//! [`SqlStore`]; each store contributes only its SQL (in the `postgres` and `sqlite` modules of
+//! `projection` and `saga`).
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use super::EventStore;
+use super::tx::{StoreKind, Transaction, Tx};
+use crate::envelope::RecordedEvent;
+use crate::error::{Error, Result};
+use crate::position::FeedPosition;
+
+/// A SQL event store that projection and saga runners run on: [`PostgresStore`] or
+/// [`SqliteStore`]. Sealed: its methods are the runtime's.
+///
+/// [`PostgresStore`]: crate::store::PostgresStore
+/// [`SqliteStore`]: crate::store::SqliteStore
+pub trait SqlStore: EventStore + Clone + fmt::Debug + Send + Sync + 'static + Backend {
+    /// Begins a write transaction (SQLite: `BEGIN IMMEDIATE`, holding the write lock until it
+    /// ends), for queries through [`Tx`] and appends with the store's `append_in`; it wakes
+    /// the store's live subscribers when it commits.
+    ///
+    /// # Errors
+    /// [`Error::Backend`] when the database cannot be reached.
+    fn begin(&self) -> impl Future<Output = Result<Transaction>> + Send {
+        self.begin_write()
+    }
+
+    /// Creates or upgrades the store's tables (the store's own `migrate`). Safe to run at
+    /// every start.
+    ///
+    /// # Errors
+    /// [`Error::IncompatibleSchema`] when the database was migrated by a newer build, or a
+    /// database error.
+    fn migrate(&self) -> impl Future<Output = Result<()>> + Send {
+        self.migrate_tables()
+    }
+}
+
+/// A connection of a store's pool, outside any transaction: for the runners' reads.
+#[derive(Debug)]
+pub enum Connection {
+    #[cfg(feature = "postgres")]
+    Postgres(sqlx::pool::PoolConnection<sqlx::Postgres>),
+    #[cfg(feature = "sqlite")]
+    Sqlite(sqlx::pool::PoolConnection<sqlx::Sqlite>),
+}
+
+impl Connection {
+    /// The connection, borrowed.
+    pub fn tx(&mut self) -> Tx<'_> {
+        match self {
+            #[cfg(feature = "postgres")]
+            Self::Postgres(connection) => Tx::from(&mut **connection),
+            #[cfg(feature = "sqlite")]
+            Self::Sqlite(connection) => Tx::from(&mut **connection),
+        }
+    }
+}
+
+/// A boxed future, for the hooks' object safety.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// Work done in an append's transaction once its events are inserted, before the commit: inline
+/// projections. A failure rolls the append back.
+pub trait AppendHook<S>: Send + Sync + 'static {
+    /// Called with the events one append inserted (one stream, in version order).
+    fn appended<'a>(
+        &'a self,
+        store: &'a S,
+        tx: &'a mut Tx<'_>,
+        events: &'a [RecordedEvent],
+    ) -> BoxFuture<'a, Result<()>>;
+}
+
+/// Which SQL a store speaks, for the runners' statements.
+#[derive(Debug, Clone)]
+pub enum Dialect {
+    /// PostgreSQL, with the store's tables in this schema.
+    #[cfg(feature = "postgres")]
+    Postgres(Schema),
+    /// SQLite (one database per file: no schema).
+    #[cfg(feature = "sqlite")]
+    Sqlite,
+}
+
+/// A validated schema name, and its quoted form for SQL text: schema names are interpolated into
+/// SQL (identifiers cannot be bound), so only plain lowercase identifiers are accepted, once.
+#[cfg(feature = "postgres")]
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Schema {
+    name: String,
+    quoted: String,
+}
+
+#[cfg(feature = "postgres")]
+impl Schema {
+    /// # Errors
+    /// [`Error::InvalidConfig`] naming what a schema name may hold.
+    pub(crate) fn new(name: &str) -> Result<Self> {
+        let valid = !name.is_empty()
+            && name.len() <= 63
+            && name.starts_with(|c: char| c.is_ascii_lowercase() || c == '_')
+            && name
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+        if !valid {
+            return Err(Error::InvalidConfig(format!(
+                "`{name}` is not a usable schema name: use 1 to 63 lowercase letters, digits and underscores, not starting with a digit"
+            )));
+        }
+        Ok(Self {
+            name: name.to_owned(),
+            quoted: format!("\"{name}\""),
+        })
+    }
+
+    /// The name, as given.
+    pub(crate) fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The name quoted as an SQL identifier.
+    pub(crate) fn quoted(&self) -> &str {
+        &self.quoted
+    }
+}
+
+#[cfg(feature = "postgres")]
+impl Default for Schema {
+    /// `factum`, the stores' default schema.
+    fn default() -> Self {
+        Self {
+            name: "factum".to_owned(),
+            quoted: "\"factum\"".to_owned(),
+        }
+    }
+}
+
+#[cfg(feature = "postgres")]
+impl fmt::Display for Schema {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.name)
+    }
+}
+
+/// What a lease is for: one runner of a projection version, one dispatcher of a saga.
+#[derive(Debug, Clone, Copy)]
+pub enum LeaseName<'a> {
+    /// The runner of a projection version (sagas' event sides included).
+    Projection { name: &'a str, version: u32 },
+    /// The dispatcher of a saga's outbox.
+    SagaDispatch { saga: &'a str },
+}
+
+/// A held lease: released when dropped (and by the store when the holder's process dies).
+pub struct Lease {
+    #[allow(dead_code)] // held for its drop
+    held: Box<dyn Send>,
+}
+
+impl Lease {
+    pub(crate) fn new(held: impl Send + 'static) -> Self {
+        Self {
+            held: Box::new(held),
+        }
+    }
+}
+
+impl fmt::Debug for Lease {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Lease").finish_non_exhaustive()
+    }
+}
+
+/// The stream events an inline projection has not applied yet: `stream_id`'s events with
+/// versions strictly between `after` and `before`, of these types, after `checkpoint` in the
+/// feed.
+#[derive(Debug, Clone, Copy)]
+pub struct Unapplied<'a> {
+    pub stream_id: &'a str,
+    pub after: u64,
+    pub before: u64,
+    pub event_types: &'a [&'static str],
+    pub checkpoint: FeedPosition,
+}
+
+/// The runtime's side of [`SqlStore`].
+#[doc(hidden)]
+pub trait Backend {
+    /// The store's kind.
+    #[doc(hidden)]
+    const KIND: StoreKind;
+
+    /// Its SQL dialect.
+    #[doc(hidden)]
+    fn dialect(&self) -> Dialect;
+
+    /// A write transaction (on SQLite: `BEGIN IMMEDIATE`, holding the write lock).
+    #[doc(hidden)]
+    fn begin_write(&self) -> impl Future<Output = Result<Transaction>> + Send;
+
+    /// The store's `migrate`.
+    #[doc(hidden)]
+    fn migrate_tables(&self) -> impl Future<Output = Result<()>> + Send;
+
+    /// A connection of the pool, outside any transaction, for reads.
+    #[doc(hidden)]
+    fn acquire(&self) -> impl Future<Output = Result<Connection>> + Send;
+
+    /// A database error, typed (a missing table is [`Error::NotMigrated`]).
+    #[doc(hidden)]
+    fn fail(&self, error: sqlx::Error) -> Error;
+
+    /// Takes the lease unless another holder (in this process or another) has it.
+    #[doc(hidden)]
+    fn try_lease(&self, name: LeaseName<'_>) -> impl Future<Output = Result<Option<Lease>>> + Send;
+
+    /// Reads the events an inline application needs, inside its transaction.
+    #[doc(hidden)]
+    fn unapplied<'a>(
+        &'a self,
+        tx: &'a mut Tx<'_>,
+        query: Unapplied<'a>,
+    ) -> impl Future<Output = Result<Vec<RecordedEvent>>> + Send + 'a;
+
+    /// This store, running `hook` in every append's transaction too.
+    #[doc(hidden)]
+    fn with_hook(&self, hook: Arc<dyn AppendHook<Self>>) -> Self
+    where
+        Self: Sized;
+
+    /// Runs until dropped, waking `wake` whenever another process signals `channel` (a saga's
+    /// SQL signals it when it queues commands); `None` when the store has no such signals
+    /// (SQLite: one process wakes itself).
+    #[doc(hidden)]
+    fn listen(
+        &self,
+        channel: String,
+        wake: Arc<tokio::sync::Notify>,
+    ) -> Option<BoxFuture<'static, ()>>;
+}

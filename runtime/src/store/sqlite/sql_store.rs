@@ -1,0 +1,97 @@
+//! What the SQLite store offers the runners ([`SqlStore`]): `BEGIN IMMEDIATE` transactions
+//! (SQLite's one writer stands in for row locks), leases as locks on files beside the database,
+//! reads inside a transaction, and append hooks. Saga signals stay in the process (its
+//! dispatcher is woken when a batch commits).
+
+use std::sync::Arc;
+
+use sqlx::AssertSqlSafe;
+
+use super::{ENVELOPE_COLUMNS, SqliteStore, backend, envelope_from_row};
+use crate::envelope::RecordedEvent;
+use crate::error::{Error, Result};
+use crate::store::backend::to_i64;
+use crate::store::sql::{
+    AppendHook, Backend, BoxFuture, Connection, Dialect, Lease, LeaseName, SqlStore, Unapplied,
+};
+use crate::store::tx::{StoreKind, Transaction, Tx, wrong_store};
+
+impl SqlStore for SqliteStore {}
+
+impl Backend for SqliteStore {
+    const KIND: StoreKind = StoreKind::Sqlite;
+
+    fn dialect(&self) -> Dialect {
+        Dialect::Sqlite
+    }
+
+    async fn migrate_tables(&self) -> Result<()> {
+        SqliteStore::migrate(self).await
+    }
+
+    async fn begin_write(&self) -> Result<Transaction> {
+        SqliteStore::begin(self).await
+    }
+
+    async fn acquire(&self) -> Result<Connection> {
+        let connection = self.pool.acquire().await.map_err(backend)?;
+        Ok(Connection::Sqlite(connection))
+    }
+
+    fn fail(&self, error: sqlx::Error) -> Error {
+        backend(error)
+    }
+
+    /// A lock on the file `<database>-<name>.lock`, which the operating system releases when the
+    /// holder's process dies (in memory: a lock held by the store).
+    async fn try_lease(&self, name: LeaseName<'_>) -> Result<Option<Lease>> {
+        let lock = match name {
+            LeaseName::Projection { name, version } => format!("projection-{name}-v{version}"),
+            LeaseName::SagaDispatch { saga } => format!("saga-{saga}"),
+        };
+        Ok(self.try_lock(&lock)?.map(Lease::new))
+    }
+
+    async fn unapplied<'a>(
+        &'a self,
+        tx: &'a mut Tx<'_>,
+        query: Unapplied<'a>,
+    ) -> Result<Vec<RecordedEvent>> {
+        let Some(connection) = tx.sqlite() else {
+            return Err(wrong_store(StoreKind::Sqlite, tx));
+        };
+        let types =
+            serde_json::to_string(query.event_types).map_err(|e| Error::Backend(e.into()))?;
+        let rows = sqlx::query(AssertSqlSafe(format!(
+            "SELECT {ENVELOPE_COLUMNS} FROM events
+             WHERE stream_id = ?1 AND stream_version > ?2 AND stream_version < ?3
+               AND event_type IN (SELECT value FROM json_each(?4)) AND position > ?5
+             ORDER BY stream_version"
+        )))
+        .bind(query.stream_id)
+        .bind(to_i64(query.after))
+        .bind(to_i64(query.before))
+        .bind(types)
+        .bind(to_i64(query.checkpoint.position))
+        .fetch_all(&mut *connection)
+        .await
+        .map_err(backend)?;
+        rows.iter().map(envelope_from_row).collect()
+    }
+
+    fn with_hook(&self, hook: Arc<dyn AppendHook<Self>>) -> Self {
+        let mut store = self.clone();
+        let mut hooks = store.hooks.to_vec();
+        hooks.push(hook);
+        store.hooks = hooks.into();
+        store
+    }
+
+    fn listen(
+        &self,
+        _channel: String,
+        _wake: Arc<tokio::sync::Notify>,
+    ) -> Option<BoxFuture<'static, ()>> {
+        None
+    }
+}
