@@ -95,11 +95,11 @@ impl<S: SqlStore, P: Projection> ProjectionRunner<S, P> {
         let streams = streams(events)?;
         for _ in 0..2 {
             let row = self
-                .statement(&self.sql.lock_checkpoint)
-                .bind(&streams)
-                .fetch_optional(&mut *tx)
-                .await
-                .map_err(|e| self.fail(e))?;
+                .fetch_optional(
+                    &mut *tx,
+                    self.statement(&self.sql.lock_checkpoint).bind(&streams),
+                )
+                .await?;
             if let Some(row) = row {
                 let checkpoint = FeedPosition::new(
                     columns::unsigned::<_, i64, _>(&row, 0)?,
@@ -111,10 +111,8 @@ impl<S: SqlStore, P: Projection> ProjectionRunner<S, P> {
                 })?;
                 return Ok((checkpoint, parked));
             }
-            self.statement(&self.sql.ensure_checkpoint)
-                .execute(&mut *tx)
-                .await
-                .map_err(|e| self.fail(e))?;
+            self.execute(&mut *tx, self.statement(&self.sql.ensure_checkpoint))
+                .await?;
         }
         Err(Error::Backend(
             format!(
@@ -130,12 +128,13 @@ impl<S: SqlStore, P: Projection> ProjectionRunner<S, P> {
         tx: &mut Tx<'_>,
         checkpoint: FeedPosition,
     ) -> Result<(), Error> {
-        self.statement(&self.sql.save_checkpoint)
-            .bind(to_i64(checkpoint.tx))
-            .bind(to_i64(checkpoint.position))
-            .execute(&mut *tx)
-            .await
-            .map_err(|e| self.fail(e))?;
+        self.execute(
+            &mut *tx,
+            self.statement(&self.sql.save_checkpoint)
+                .bind(to_i64(checkpoint.tx))
+                .bind(to_i64(checkpoint.position)),
+        )
+        .await?;
         Ok(())
     }
 
@@ -145,11 +144,11 @@ impl<S: SqlStore, P: Projection> ProjectionRunner<S, P> {
         tx: &mut Tx<'_>,
         letters: &[DeadLetter<'_>],
     ) -> Result<(), Error> {
-        self.statement(&self.sql.park)
-            .bind(json(&letters)?)
-            .execute(&mut *tx)
-            .await
-            .map_err(|e| self.fail(e))?;
+        self.execute(
+            &mut *tx,
+            self.statement(&self.sql.park).bind(json(&letters)?),
+        )
+        .await?;
         Ok(())
     }
 
@@ -164,11 +163,12 @@ impl<S: SqlStore, P: Projection> ProjectionRunner<S, P> {
             return Ok(HashMap::new());
         }
         let rows = self
-            .statement(&self.sql.inline_marks)
-            .bind(streams(events)?)
-            .fetch_all(&mut *tx)
-            .await
-            .map_err(|e| self.fail(e))?;
+            .fetch_all(
+                &mut *tx,
+                self.statement(&self.sql.inline_marks)
+                    .bind(streams(events)?),
+            )
+            .await?;
         rows.iter()
             .map(|row| {
                 Ok((
@@ -206,19 +206,21 @@ impl<S: SqlStore, P: Projection> ProjectionRunner<S, P> {
             return Ok(HashSet::new());
         }
         if self.replaying {
-            self.statement(&self.sql.skip_side_effects)
-                .bind(json(&ids)?)
-                .execute(&mut *tx)
-                .await
-                .map_err(|e| self.fail(e))?;
+            self.execute(
+                &mut *tx,
+                self.statement(&self.sql.skip_side_effects)
+                    .bind(json(&ids)?),
+            )
+            .await?;
             return Ok(HashSet::new());
         }
         let rows = self
-            .statement(&self.sql.claim_side_effects)
-            .bind(json(&ids)?)
-            .fetch_all(&mut *tx)
-            .await
-            .map_err(|e| self.fail(e))?;
+            .fetch_all(
+                &mut *tx,
+                self.statement(&self.sql.claim_side_effects)
+                    .bind(json(&ids)?),
+            )
+            .await?;
         rows.iter().map(|row| columns::get(row, 0)).collect()
     }
 

@@ -127,10 +127,8 @@ impl<S: SqlStore, P: Projection> ProjectionRunner<S, P> {
     pub async fn parked(&self) -> Result<Vec<ParkedStream>, Error> {
         let mut connection = self.store.acquire().await?;
         let rows = self
-            .statement(&self.sql.list_parked)
-            .fetch_all(&mut connection.tx())
-            .await
-            .map_err(|e| self.fail(e))?;
+            .fetch_all(&mut connection.tx(), self.statement(&self.sql.list_parked))
+            .await?;
         rows.iter()
             .map(|row| {
                 let parked_at: String = columns::get(row, 5)?;
@@ -150,11 +148,11 @@ impl<S: SqlStore, P: Projection> ProjectionRunner<S, P> {
     /// locked first, so a runner does not apply a batch meanwhile.
     async fn first_parked(&self, tx: &mut Tx<'_>, stream_id: &str) -> Result<Option<u64>, Error> {
         let row = self
-            .statement(&self.sql.first_parked)
-            .bind(stream_id)
-            .fetch_optional(&mut *tx)
-            .await
-            .map_err(|e| self.fail(e))?;
+            .fetch_optional(
+                &mut *tx,
+                self.statement(&self.sql.first_parked).bind(stream_id),
+            )
+            .await?;
         match row {
             Some(row) => columns::unsigned_opt::<_, i64, _>(&row, 0),
             None => Ok(None),
@@ -222,13 +220,14 @@ impl<S: SqlStore, P: Projection> ProjectionRunner<S, P> {
                 drop(tx);
                 drop(transaction);
                 let mut connection = self.store.acquire().await?;
-                self.statement(&self.sql.record_failure)
-                    .bind(stream_id)
-                    .bind(to_i64(stream_version))
-                    .bind(error.to_string())
-                    .execute(&mut connection.tx())
-                    .await
-                    .map_err(|e| self.fail(e))?;
+                self.execute(
+                    &mut connection.tx(),
+                    self.statement(&self.sql.record_failure)
+                        .bind(stream_id)
+                        .bind(to_i64(stream_version))
+                        .bind(error.to_string()),
+                )
+                .await?;
                 tracing::warn!(stream_version, %error, "parked event failed again");
                 return Ok(RetryOutcome::Stopped {
                     handled,
@@ -236,12 +235,13 @@ impl<S: SqlStore, P: Projection> ProjectionRunner<S, P> {
                     error,
                 });
             }
-            self.statement(&self.sql.unpark)
-                .bind(stream_id)
-                .bind(to_i64(stream_version))
-                .execute(&mut tx)
-                .await
-                .map_err(|e| self.fail(e))?;
+            self.execute(
+                &mut tx,
+                self.statement(&self.sql.unpark)
+                    .bind(stream_id)
+                    .bind(to_i64(stream_version)),
+            )
+            .await?;
             drop(tx);
             transaction.commit().await?;
             self.projection.committed();
@@ -263,12 +263,13 @@ impl<S: SqlStore, P: Projection> ProjectionRunner<S, P> {
         let Some(stream_version) = self.first_parked(&mut tx, stream_id).await? else {
             return Ok(None);
         };
-        self.statement(&self.sql.skip)
-            .bind(stream_id)
-            .bind(to_i64(stream_version))
-            .execute(&mut tx)
-            .await
-            .map_err(|e| self.fail(e))?;
+        self.execute(
+            &mut tx,
+            self.statement(&self.sql.skip)
+                .bind(stream_id)
+                .bind(to_i64(stream_version)),
+        )
+        .await?;
         drop(tx);
         transaction.commit().await?;
         tracing::warn!(

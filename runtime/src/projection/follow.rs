@@ -273,13 +273,14 @@ impl<S: SqlStore, P: Projection> ProjectionRunner<S, P> {
         let types = super::batch::json(&P::EVENT_TYPES)?;
         let mut connection = self.store.acquire().await?;
         let row = self
-            .statement(&self.sql.status)
-            .bind(to_i64(checkpoint.tx))
-            .bind(to_i64(checkpoint.position))
-            .bind(types)
-            .fetch_one(&mut connection.tx())
-            .await
-            .map_err(|e| self.fail(e))?;
+            .fetch_one(
+                &mut connection.tx(),
+                self.statement(&self.sql.status)
+                    .bind(to_i64(checkpoint.tx))
+                    .bind(to_i64(checkpoint.position))
+                    .bind(types),
+            )
+            .await?;
         drop(connection);
         let head = FeedPosition::new(
             columns::unsigned::<_, i64, _>(&row, 0)?,

@@ -105,15 +105,6 @@ where
         }
     }
 
-    fn statement(
-        &self,
-        sql: &Arc<str>,
-    ) -> sqlx::query::Query<'static, sqlx::Any, sqlx::any::AnyArguments> {
-        sqlx::query(sqlx::AssertSqlSafe(Arc::clone(sql)))
-            .bind(P::NAME)
-            .bind(i64::from(P::VERSION))
-    }
-
     async fn standing<S: SqlStore>(
         &self,
         store: &S,
@@ -121,8 +112,7 @@ where
         stream_id: &str,
     ) -> Result<Standing> {
         for _ in 0..2 {
-            let row = self
-                .statement(&self.sql.inline_standing)
+            let row = super::sql::statement::<P>(&self.sql.inline_standing)
                 .bind(stream_id)
                 .fetch_optional(&mut *tx)
                 .await
@@ -137,7 +127,7 @@ where
                     parked: columns::get::<_, i64>(&row, 3)? != 0,
                 });
             }
-            self.statement(&self.sql.ensure_checkpoint)
+            super::sql::statement::<P>(&self.sql.ensure_checkpoint)
                 .execute(&mut *tx)
                 .await
                 .map_err(|e| store.fail(e))?;
@@ -189,7 +179,7 @@ where
             projection.handle(event, tx).await.map_err(Self::failed)?;
         }
         projection.flush(tx).await.map_err(Self::failed)?;
-        self.statement(&self.sql.inline_mark)
+        super::sql::statement::<P>(&self.sql.inline_mark)
             .bind(stream_id)
             .bind(to_i64(last.stream_version))
             .execute(&mut *tx)

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::retry::{Failure, Retries};
-use super::sql::ProjectionSql;
+use super::sql::{ProjectionSql, Statement};
 use super::{Projection, RunsOn};
 use crate::error::Error;
 use crate::position::FeedPosition;
@@ -147,13 +147,8 @@ impl<S: SqlStore, P: Projection> ProjectionRunner<S, P> {
 
     /// A statement of the runner's SQL, with the projection's name and version bound as `$1`
     /// and `$2`.
-    pub(super) fn statement(
-        &self,
-        sql: &Arc<str>,
-    ) -> sqlx::query::Query<'static, sqlx::Any, sqlx::any::AnyArguments> {
-        sqlx::query(sqlx::AssertSqlSafe(Arc::clone(sql)))
-            .bind(P::NAME)
-            .bind(i64::from(P::VERSION))
+    pub(super) fn statement(&self, sql: &Arc<str>) -> Statement {
+        super::sql::statement::<P>(sql)
     }
 
     pub(super) fn fail(&self, error: sqlx::Error) -> Error {
@@ -167,10 +162,11 @@ impl<S: SqlStore, P: Projection> ProjectionRunner<S, P> {
     pub async fn checkpoint(&self) -> Result<FeedPosition, Error> {
         let mut connection = self.store.acquire().await?;
         let row = self
-            .statement(&self.sql.read_checkpoint)
-            .fetch_optional(&mut connection.tx())
-            .await
-            .map_err(|e| self.fail(e))?;
+            .fetch_optional(
+                &mut connection.tx(),
+                self.statement(&self.sql.read_checkpoint),
+            )
+            .await?;
         row.map_or(Ok(FeedPosition::START), |row| {
             Ok(FeedPosition::new(
                 columns::unsigned::<_, i64, _>(&row, 0)?,
@@ -183,5 +179,40 @@ impl<S: SqlStore, P: Projection> ProjectionRunner<S, P> {
     /// and the failure is the event's, not the database's (an outage parks nothing).
     pub(super) fn parks(&self, cause: &super::HandlerError) -> bool {
         self.options.dead_letters && Failure::of(cause) != Failure::Outage
+    }
+}
+
+/// Running statements on `tx`, a store error typed by the store.
+impl<S: SqlStore, P: Projection> ProjectionRunner<S, P> {
+    pub(super) async fn execute(
+        &self,
+        tx: &mut crate::store::Tx<'_>,
+        statement: Statement,
+    ) -> Result<sqlx::any::AnyQueryResult, Error> {
+        statement.execute(tx).await.map_err(|e| self.fail(e))
+    }
+
+    pub(super) async fn fetch_all(
+        &self,
+        tx: &mut crate::store::Tx<'_>,
+        statement: Statement,
+    ) -> Result<Vec<sqlx::any::AnyRow>, Error> {
+        statement.fetch_all(tx).await.map_err(|e| self.fail(e))
+    }
+
+    pub(super) async fn fetch_optional(
+        &self,
+        tx: &mut crate::store::Tx<'_>,
+        statement: Statement,
+    ) -> Result<Option<sqlx::any::AnyRow>, Error> {
+        statement.fetch_optional(tx).await.map_err(|e| self.fail(e))
+    }
+
+    pub(super) async fn fetch_one(
+        &self,
+        tx: &mut crate::store::Tx<'_>,
+        statement: Statement,
+    ) -> Result<sqlx::any::AnyRow, Error> {
+        statement.fetch_one(tx).await.map_err(|e| self.fail(e))
     }
 }

@@ -70,3 +70,13 @@ pub(crate) struct ProjectionSql {
     /// Forget the version's progress (checkpoint, dead letters, inline marks): a rebuild.
     pub clear: [Arc<str>; 3],
 }
+
+/// A runner statement, ready to run.
+pub(super) type Statement = sqlx::query::Query<'static, sqlx::Any, sqlx::any::AnyArguments>;
+
+/// The statement `sql` of projection `P`, with its name and version bound as `$1` and `$2`.
+pub(super) fn statement<P: super::Projection>(sql: &Arc<str>) -> Statement {
+    sqlx::query(sqlx::AssertSqlSafe(Arc::clone(sql)))
+        .bind(P::NAME)
+        .bind(i64::from(P::VERSION))
+}

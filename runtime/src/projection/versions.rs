@@ -49,15 +49,11 @@ impl<S: SqlStore, P: Projection> ProjectionRunner<S, P> {
     pub async fn register(&mut self) -> Result<VersionState, Error> {
         let mut transaction = self.store.begin().await?;
         let mut tx = transaction.tx();
-        self.statement(&self.sql.lock_versions)
-            .execute(&mut tx)
-            .await
-            .map_err(|e| self.fail(e))?;
+        self.execute(&mut tx, self.statement(&self.sql.lock_versions))
+            .await?;
         let rows = self
-            .statement(&self.sql.versions)
-            .fetch_all(&mut tx)
-            .await
-            .map_err(|e| self.fail(e))?;
+            .fetch_all(&mut tx, self.statement(&self.sql.versions))
+            .await?;
         let mut mine = None;
         let mut active = None;
         for row in &rows {
@@ -77,12 +73,13 @@ impl<S: SqlStore, P: Projection> ProjectionRunner<S, P> {
             (None, Some(_)) => VersionState::Retired,
         };
         if mine.is_none() {
-            self.statement(&self.sql.register_version)
-                .bind(state.as_str())
-                .bind(i64::from(state == VersionState::Active))
-                .execute(&mut tx)
-                .await
-                .map_err(|e| self.fail(e))?;
+            self.execute(
+                &mut tx,
+                self.statement(&self.sql.register_version)
+                    .bind(state.as_str())
+                    .bind(i64::from(state == VersionState::Active)),
+            )
+            .await?;
         }
         drop(tx);
         transaction.commit().await?;
@@ -97,10 +94,11 @@ impl<S: SqlStore, P: Projection> ProjectionRunner<S, P> {
     pub async fn version_state(&self) -> Result<Option<VersionState>, Error> {
         let mut connection = self.store.acquire().await?;
         let row = self
-            .statement(&self.sql.version_state)
-            .fetch_optional(&mut connection.tx())
-            .await
-            .map_err(|e| self.fail(e))?;
+            .fetch_optional(
+                &mut connection.tx(),
+                self.statement(&self.sql.version_state),
+            )
+            .await?;
         row.map(|row| state(&columns::get::<_, String>(&row, 0)?))
             .transpose()
     }
@@ -110,20 +108,14 @@ impl<S: SqlStore, P: Projection> ProjectionRunner<S, P> {
     pub(super) async fn switch_over(&self) -> Result<bool, Error> {
         let mut transaction = self.store.begin().await?;
         let mut tx = transaction.tx();
-        self.statement(&self.sql.lock_versions)
-            .execute(&mut tx)
-            .await
-            .map_err(|e| self.fail(e))?;
+        self.execute(&mut tx, self.statement(&self.sql.lock_versions))
+            .await?;
         let retired = self
-            .statement(&self.sql.retire_active)
-            .execute(&mut tx)
-            .await
-            .map_err(|e| self.fail(e))?;
+            .execute(&mut tx, self.statement(&self.sql.retire_active))
+            .await?;
         let activated = self
-            .statement(&self.sql.activate)
-            .execute(&mut tx)
-            .await
-            .map_err(|e| self.fail(e))?;
+            .execute(&mut tx, self.statement(&self.sql.activate))
+            .await?;
         drop(tx);
         transaction.commit().await?;
         let switched = activated.rows_affected() == 1;

@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::Serialize;
+use sqlx::any::AnyRow;
 use uuid::Uuid;
 
 use super::FiredTimeout;
@@ -71,6 +72,9 @@ fn json(value: &impl Serialize) -> Result<String> {
     serde_json::to_string(value).map_err(|e| Error::Backend(Box::new(e)))
 }
 
+/// A statement, ready to run.
+type Query = sqlx::query::Query<'static, sqlx::Any, sqlx::any::AnyArguments>;
+
 /// The saga tables of a store.
 #[derive(Clone)]
 pub(crate) struct Tables<St> {
@@ -89,12 +93,28 @@ impl<St: SqlStore> Tables<St> {
         Self { store, sql }
     }
 
-    fn query(sql: &Arc<str>) -> sqlx::query::Query<'static, sqlx::Any, sqlx::any::AnyArguments> {
+    fn query(sql: &Arc<str>) -> Query {
         sqlx::query(sqlx::AssertSqlSafe(Arc::clone(sql)))
     }
 
     fn fail(&self, error: sqlx::Error) -> Error {
         self.store.fail(error)
+    }
+
+    async fn execute(&self, tx: &mut Tx<'_>, query: Query) -> Result<sqlx::any::AnyQueryResult> {
+        query.execute(tx).await.map_err(|e| self.fail(e))
+    }
+
+    async fn fetch_all(&self, tx: &mut Tx<'_>, query: Query) -> Result<Vec<AnyRow>> {
+        query.fetch_all(tx).await.map_err(|e| self.fail(e))
+    }
+
+    async fn fetch_optional(&self, tx: &mut Tx<'_>, query: Query) -> Result<Option<AnyRow>> {
+        query.fetch_optional(tx).await.map_err(|e| self.fail(e))
+    }
+
+    async fn fetch_one(&self, tx: &mut Tx<'_>, query: Query) -> Result<AnyRow> {
+        query.fetch_one(tx).await.map_err(|e| self.fail(e))
     }
 
     /// A write transaction (instances are changed in it).
@@ -109,12 +129,9 @@ impl<St: SqlStore> Tables<St> {
         saga: &str,
         saga_id: &str,
     ) -> Result<Option<StoredInstance>> {
-        let row = Self::query(sql)
-            .bind(saga)
-            .bind(saga_id)
-            .fetch_optional(&mut *tx)
-            .await
-            .map_err(|e| self.fail(e))?;
+        let row = self
+            .fetch_optional(tx, Self::query(sql).bind(saga).bind(saga_id))
+            .await?;
         let Some(row) = row else {
             return Ok(None);
         };
@@ -152,15 +169,16 @@ impl<St: SqlStore> Tables<St> {
         completed: bool,
         correlation_id: Uuid,
     ) -> Result<()> {
-        Self::query(&self.sql.save_instance)
-            .bind(saga)
-            .bind(saga_id)
-            .bind(state)
-            .bind(if completed { "completed" } else { "active" })
-            .bind(correlation_id.to_string())
-            .execute(&mut *tx)
-            .await
-            .map_err(|e| self.fail(e))?;
+        self.execute(
+            tx,
+            Self::query(&self.sql.save_instance)
+                .bind(saga)
+                .bind(saga_id)
+                .bind(state)
+                .bind(if completed { "completed" } else { "active" })
+                .bind(correlation_id.to_string()),
+        )
+        .await?;
         Ok(())
     }
 
@@ -175,21 +193,18 @@ impl<St: SqlStore> Tables<St> {
         causation_id: Uuid,
         commands: &[Outbound<'_>],
     ) -> Result<()> {
-        Self::query(&self.sql.enqueue)
-            .bind(saga)
-            .bind(saga_id)
-            .bind(correlation_id.to_string())
-            .bind(causation_id.to_string())
-            .bind(json(&commands)?)
-            .execute(&mut *tx)
-            .await
-            .map_err(|e| self.fail(e))?;
-        if let Some(signal) = &self.sql.signal {
-            Self::query(signal)
+        self.execute(
+            tx,
+            Self::query(&self.sql.enqueue)
                 .bind(saga)
-                .execute(&mut *tx)
-                .await
-                .map_err(|e| self.fail(e))?;
+                .bind(saga_id)
+                .bind(correlation_id.to_string())
+                .bind(causation_id.to_string())
+                .bind(json(&commands)?),
+        )
+        .await?;
+        if let Some(signal) = &self.sql.signal {
+            self.execute(tx, Self::query(signal).bind(saga)).await?;
         }
         Ok(())
     }
@@ -203,14 +218,15 @@ impl<St: SqlStore> Tables<St> {
         types: &[&'static str],
         all: bool,
     ) -> Result<()> {
-        Self::query(&self.sql.cancel_timeouts)
-            .bind(saga)
-            .bind(saga_id)
-            .bind(json(&types)?)
-            .bind(i64::from(all))
-            .execute(&mut *tx)
-            .await
-            .map_err(|e| self.fail(e))?;
+        self.execute(
+            tx,
+            Self::query(&self.sql.cancel_timeouts)
+                .bind(saga)
+                .bind(saga_id)
+                .bind(json(&types)?)
+                .bind(i64::from(all)),
+        )
+        .await?;
         Ok(())
     }
 
@@ -221,13 +237,14 @@ impl<St: SqlStore> Tables<St> {
         saga_id: &str,
         deadlines: &[Deadline<'_>],
     ) -> Result<()> {
-        Self::query(&self.sql.schedule)
-            .bind(saga)
-            .bind(saga_id)
-            .bind(json(&deadlines)?)
-            .execute(&mut *tx)
-            .await
-            .map_err(|e| self.fail(e))?;
+        self.execute(
+            tx,
+            Self::query(&self.sql.schedule)
+                .bind(saga)
+                .bind(saga_id)
+                .bind(json(&deadlines)?),
+        )
+        .await?;
         Ok(())
     }
 
@@ -239,12 +256,14 @@ impl<St: SqlStore> Tables<St> {
     /// The first pending commands (at most `limit`), in order.
     pub async fn pending(&self, saga: &str, limit: usize) -> Result<Vec<Pending>> {
         let mut connection = self.store.acquire().await?;
-        let rows = Self::query(&self.sql.pending)
-            .bind(saga)
-            .bind(to_i64(limit as u64))
-            .fetch_all(&mut connection.tx())
-            .await
-            .map_err(|e| self.fail(e))?;
+        let rows = self
+            .fetch_all(
+                &mut connection.tx(),
+                Self::query(&self.sql.pending)
+                    .bind(saga)
+                    .bind(to_i64(limit as u64)),
+            )
+            .await?;
         rows.iter()
             .map(|row| {
                 Ok(Pending {
@@ -268,13 +287,27 @@ impl<St: SqlStore> Tables<St> {
         status: &str,
         error: Option<&str>,
     ) -> Result<()> {
-        Self::query(&self.sql.mark_command)
-            .bind(command_id.to_string())
-            .bind(status)
-            .bind(error)
-            .execute(&mut *tx)
+        self.mark(tx, &self.sql.mark_command, command_id, status, error)
             .await
-            .map_err(|e| self.fail(e))?;
+    }
+
+    /// Records what became of a command or a timeout (`sql`: `mark_command`, `mark_timeout`).
+    async fn mark(
+        &self,
+        tx: &mut Tx<'_>,
+        sql: &Arc<str>,
+        id: Uuid,
+        status: &str,
+        error: Option<&str>,
+    ) -> Result<()> {
+        self.execute(
+            tx,
+            Self::query(sql)
+                .bind(id.to_string())
+                .bind(status)
+                .bind(error),
+        )
+        .await?;
         Ok(())
     }
 
@@ -286,13 +319,15 @@ impl<St: SqlStore> Tables<St> {
         limit: usize,
     ) -> Result<Vec<(Uuid, String)>> {
         let mut connection = self.store.acquire().await?;
-        let rows = Self::query(&self.sql.due)
-            .bind(saga)
-            .bind(time(now))
-            .bind(to_i64(limit as u64))
-            .fetch_all(&mut connection.tx())
-            .await
-            .map_err(|e| self.fail(e))?;
+        let rows = self
+            .fetch_all(
+                &mut connection.tx(),
+                Self::query(&self.sql.due)
+                    .bind(saga)
+                    .bind(time(now))
+                    .bind(to_i64(limit as u64)),
+            )
+            .await?;
         rows.iter()
             .map(|row| {
                 Ok((
@@ -309,11 +344,12 @@ impl<St: SqlStore> Tables<St> {
         tx: &mut Tx<'_>,
         timeout_id: Uuid,
     ) -> Result<Option<FiredTimeout>> {
-        let row = Self::query(&self.sql.lock_timeout)
-            .bind(timeout_id.to_string())
-            .fetch_optional(&mut *tx)
-            .await
-            .map_err(|e| self.fail(e))?;
+        let row = self
+            .fetch_optional(
+                tx,
+                Self::query(&self.sql.lock_timeout).bind(timeout_id.to_string()),
+            )
+            .await?;
         let Some(row) = row else {
             return Ok(None);
         };
@@ -333,23 +369,18 @@ impl<St: SqlStore> Tables<St> {
         status: &str,
         error: Option<&str>,
     ) -> Result<()> {
-        Self::query(&self.sql.mark_timeout)
-            .bind(timeout_id.to_string())
-            .bind(status)
-            .bind(error)
-            .execute(&mut *tx)
+        self.mark(tx, &self.sql.mark_timeout, timeout_id, status, error)
             .await
-            .map_err(|e| self.fail(e))?;
-        Ok(())
     }
 
     pub async fn counts(&self, saga: &str) -> Result<Counts> {
         let mut connection = self.store.acquire().await?;
-        let row = Self::query(&self.sql.counts)
-            .bind(saga)
-            .fetch_one(&mut connection.tx())
-            .await
-            .map_err(|e| self.fail(e))?;
+        let row = self
+            .fetch_one(
+                &mut connection.tx(),
+                Self::query(&self.sql.counts).bind(saga),
+            )
+            .await?;
         let mut counts = [0; 6];
         for (i, count) in counts.iter_mut().enumerate() {
             *count = columns::unsigned::<_, i64, _>(&row, i)?;

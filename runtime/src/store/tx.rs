@@ -441,12 +441,17 @@ mod executor {
     }
 }
 
-/// The error a store-specific handler returns when it runs on another store (prevented at
-/// compile time for runners; possible only through type-erased registration).
+/// `tx`'s connection of the store `C` is for.
+///
+/// # Errors
+/// [`Error::InvalidConfig`] naming both stores when `tx` runs on another.
 #[cfg(any(feature = "postgres", feature = "sqlite"))]
-pub(crate) fn wrong_store(expected: StoreKind, tx: &Tx<'_>) -> Error {
-    Error::InvalidConfig(format!(
-        "this handler is written for {expected} (it takes {expected}'s connection) but runs on {}: run it on a {expected} store, or take `&mut factum::Tx<'_>` to run on either",
-        tx.kind()
-    ))
+pub(crate) fn connection<'a, C: StoreConnection>(tx: &'a mut Tx<'_>) -> Result<&'a mut C> {
+    let kind = tx.kind();
+    C::of(tx).ok_or_else(|| {
+        Error::InvalidConfig(format!(
+            "this needs a {expected} transaction, and it was given a {kind} one: use a {expected} store's transaction",
+            expected = C::KIND
+        ))
+    })
 }

@@ -36,7 +36,7 @@ use self::listen::{Listener, Notifier};
 use super::FeedWakeups;
 use super::backend::{columns, stored_metadata, stored_u64, to_i64, version_bounds};
 use super::sql::{AppendHook, Schema};
-use super::tx::{StoreKind, Transaction, Tx, wrong_store};
+use super::tx::{self, Transaction, Tx};
 use super::{
     EventStore, ExpectedVersion, FeedBatch, FeedPosition, FeedQuery, HistoryItem, KnownHead,
     StreamEvent, StreamEventRef,
@@ -374,9 +374,7 @@ impl PostgresStore {
             expected,
             events,
         };
-        let Some(connection) = tx.postgres() else {
-            return Err(wrong_store(StoreKind::Postgres, &tx));
-        };
+        let connection = tx::connection::<sqlx::PgConnection>(&mut tx)?;
         let appended = self.append_in_transaction(connection, append).await?;
         if !appended.is_empty() {
             let store = self.clone();

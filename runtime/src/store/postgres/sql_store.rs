@@ -14,7 +14,7 @@ use crate::store::backend::to_i64;
 use crate::store::sql::{
     AppendHook, Backend, BoxFuture, Connection, Dialect, Lease, LeaseName, SqlStore, Unapplied,
 };
-use crate::store::tx::{StoreKind, Transaction, Tx, wrong_store};
+use crate::store::tx::{self, StoreKind, Transaction, Tx};
 
 impl SqlStore for PostgresStore {}
 
@@ -81,9 +81,7 @@ impl Backend for PostgresStore {
         tx: &'a mut Tx<'_>,
         query: Unapplied<'a>,
     ) -> Result<Vec<RecordedEvent>> {
-        let Some(connection) = tx.postgres() else {
-            return Err(wrong_store(StoreKind::Postgres, tx));
-        };
+        let connection = tx::connection::<sqlx::PgConnection>(tx)?;
         let rows = sqlx::query(AssertSqlSafe(format!(
             "SELECT {ENVELOPE_COLUMNS} FROM {s}.events e
              WHERE e.stream_id = $1 AND e.stream_version > $2 AND e.stream_version < $3

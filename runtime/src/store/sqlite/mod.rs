@@ -29,7 +29,7 @@ use super::backend::{
     version_bounds,
 };
 use super::sql::AppendHook;
-use super::tx::{StoreKind, Transaction, Tx, wrong_store};
+use super::tx::{self, Transaction, Tx};
 use super::{EventStore, ExpectedVersion, FeedBatch, FeedPosition, FeedQuery};
 use super::{FeedNotifier, FeedWakeups};
 use crate::envelope::{NewEvent, RecordedEvent};
@@ -421,9 +421,7 @@ impl SqliteStore {
     ) -> Result<Vec<RecordedEvent>> {
         check_distinct_ids(stream_id, &events)?;
         let mut tx: Tx<'c> = transaction.into();
-        let Some(connection) = tx.sqlite() else {
-            return Err(wrong_store(StoreKind::Sqlite, &tx));
-        };
+        let connection = tx::connection::<sqlx::SqliteConnection>(&mut tx)?;
         // In a savepoint: a failed append leaves nothing of itself in the transaction.
         let mut savepoint = sqlx::Connection::begin(&mut *connection)
             .await

@@ -14,7 +14,7 @@ use crate::store::backend::to_i64;
 use crate::store::sql::{
     AppendHook, Backend, BoxFuture, Connection, Dialect, Lease, LeaseName, SqlStore, Unapplied,
 };
-use crate::store::tx::{StoreKind, Transaction, Tx, wrong_store};
+use crate::store::tx::{self, StoreKind, Transaction, Tx};
 
 impl SqlStore for SqliteStore {}
 
@@ -57,9 +57,7 @@ impl Backend for SqliteStore {
         tx: &'a mut Tx<'_>,
         query: Unapplied<'a>,
     ) -> Result<Vec<RecordedEvent>> {
-        let Some(connection) = tx.sqlite() else {
-            return Err(wrong_store(StoreKind::Sqlite, tx));
-        };
+        let connection = tx::connection::<sqlx::SqliteConnection>(tx)?;
         let types =
             serde_json::to_string(query.event_types).map_err(|e| Error::Backend(e.into()))?;
         let rows = sqlx::query(AssertSqlSafe(format!(
