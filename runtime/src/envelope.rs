@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::error::{Error, Result};
-use crate::event::{EventSet, Payload};
+use crate::event::{Event, EventSet, Payload};
 use crate::position::FeedPosition;
 
 /// Free-form metadata stored with an event (tenant, request path, client version...).
@@ -163,6 +163,27 @@ impl NewEvent {
             actor: None,
             metadata: Metadata::new(),
         }
+    }
+
+    /// A new event encoded from `event`, under its type's name and schema version (a fresh
+    /// UUIDv7 id that is its own correlation and causation id), so a raw append of a typed
+    /// event repeats neither.
+    ///
+    /// ```
+    /// # #[factum::event] #[derive(Debug)] pub struct Ticked { pub n: u64 }
+    /// let event = factum::NewEvent::of(&Ticked { n: 1 })?;
+    /// assert_eq!((event.event_type.as_ref(), event.schema_version), ("Ticked", 1));
+    /// # Ok::<_, factum::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    /// [`Error::Encode`] when the event does not serialize.
+    pub fn of<E: Event>(event: &E) -> Result<Self> {
+        let payload = Payload::encode(event).map_err(|cause| Error::Encode {
+            event_type: E::NAME,
+            cause,
+        })?;
+        Ok(Self::new(E::NAME, E::VERSION, payload))
     }
 
     /// Sets the event id.

@@ -106,7 +106,7 @@ pub use crate::command::{Command, CommandContext};
 pub use crate::envelope::{Envelope, Metadata, NewEvent, RecordedEvent};
 pub use crate::error::{DecodeError, Error, ExecuteError, Result};
 pub use crate::event::{Event, EventDescriptor, EventOf, EventSet, IntoEvents, Payload};
-pub use crate::repository::{Executed, Loaded, Repository};
+pub use crate::repository::{Executed, Execution, Loaded, Repository};
 pub use crate::snapshot::Snapshot;
 /// Event, command and correlation ids.
 pub use uuid::Uuid;

@@ -37,6 +37,17 @@ pub enum Executed<E> {
     },
 }
 
+/// What [`Repository::execute_detailed`] did.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct Execution<E> {
+    /// The committed events (none when the command decided nothing).
+    pub events: Vec<Envelope<E>>,
+    /// How many times the command was handled: 1, plus one per concurrency conflict that
+    /// made it reload and try again.
+    pub attempts: u32,
+}
+
 /// An aggregate's state as rebuilt from its stream.
 #[derive(Debug, Clone, PartialEq)]
 #[non_exhaustive]
@@ -256,6 +267,26 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
         A: Handle<C>,
         C: Sync,
     {
+        let execution = self.execute_detailed(id, command, context).await?;
+        Ok(execution.events)
+    }
+
+    /// [`Repository::execute_with`], telling also how many attempts the command took (each
+    /// concurrency conflict adds one): for metrics on contended streams. The `factum.execute`
+    /// span records the same number in its `attempts` field.
+    ///
+    /// # Errors
+    /// As [`Repository::execute_with`].
+    pub async fn execute_detailed<C>(
+        &self,
+        id: &str,
+        command: C,
+        context: &CommandContext,
+    ) -> Result<Execution<A::Event>, ExecuteError<<A as Handle<C>>::Error>>
+    where
+        A: Handle<C>,
+        C: Sync,
+    {
         let span = tracing::debug_span!(
             "factum.execute",
             aggregate = A::TYPE,
@@ -263,7 +294,7 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
             command_id = %context.command_id,
             attempts = tracing::field::Empty,
         );
-        self.execute_attempts(id, &command, context)
+        self.attempts(id, &command, context, false)
             .instrument(span)
             .await
     }
@@ -303,7 +334,7 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
                 });
             }
             match self.attempts(id, &command, context, true).await {
-                Ok(events) => Ok(Executed::Applied(events)),
+                Ok(execution) => Ok(Executed::Applied(execution.events)),
                 // Another delivery of the command got there first.
                 Err(ExecuteError::Store(Error::DuplicateEventId {
                     stream_id,
@@ -320,19 +351,6 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
         .await
     }
 
-    async fn execute_attempts<C>(
-        &self,
-        id: &str,
-        command: &C,
-        context: &CommandContext,
-    ) -> Result<Vec<Envelope<A::Event>>, ExecuteError<<A as Handle<C>>::Error>>
-    where
-        A: Handle<C>,
-        C: Sync,
-    {
-        self.attempts(id, command, context, false).await
-    }
-
     /// Load, handle, append, retried on conflicts; `derived_ids`: the events' ids derive from
     /// the command id.
     async fn attempts<C>(
@@ -341,7 +359,7 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
         command: &C,
         context: &CommandContext,
         derived_ids: bool,
-    ) -> Result<Vec<Envelope<A::Event>>, ExecuteError<<A as Handle<C>>::Error>>
+    ) -> Result<Execution<A::Event>, ExecuteError<<A as Handle<C>>::Error>>
     where
         A: Handle<C>,
         C: Sync,
@@ -369,7 +387,10 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
             };
             if events.is_empty() {
                 self.keep(id, state, version);
-                return Ok(Vec::new());
+                return Ok(Execution {
+                    events: Vec::new(),
+                    attempts: attempt,
+                });
             }
             let new_events = events
                 .iter()
@@ -393,11 +414,14 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
                     }
                     let new_version = recorded.last().map_or(version, |e| e.stream_version);
                     self.after_commit(id, state, version, new_version).await;
-                    return Ok(recorded
-                        .into_iter()
-                        .zip(events)
-                        .map(|(envelope, event)| envelope.with_event(event))
-                        .collect());
+                    return Ok(Execution {
+                        events: recorded
+                            .into_iter()
+                            .zip(events)
+                            .map(|(envelope, event)| envelope.with_event(event))
+                            .collect(),
+                        attempts: attempt,
+                    });
                 }
                 Err(conflict @ Error::Conflict { .. }) => {
                     // The state is stale: it is dropped, and the next attempt reloads.

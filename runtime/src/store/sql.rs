@@ -12,9 +12,9 @@ use std::sync::Arc;
 
 use super::EventStore;
 use super::tx::{StoreKind, Transaction, Tx};
-use crate::envelope::RecordedEvent;
+use crate::envelope::{NewEvent, RecordedEvent};
 use crate::error::{Error, Result};
-use crate::position::FeedPosition;
+use crate::position::{ExpectedVersion, FeedPosition};
 
 /// A SQL event store that projection and saga runners run on: [`PostgresStore`] or
 /// [`SqliteStore`]. Sealed: its methods are the runtime's.
@@ -30,6 +30,28 @@ pub trait SqlStore: EventStore + Clone + fmt::Debug + Send + Sync + 'static + Ba
     /// [`Error::Backend`] when the database cannot be reached.
     fn begin(&self) -> impl Future<Output = Result<Transaction>> + Send {
         self.begin_write()
+    }
+
+    /// Appends inside `transaction` (the store's own `append_in`): the events commit or roll
+    /// back with its other writes; a [`Transaction`] wakes live subscribers when it commits.
+    ///
+    /// # Errors
+    /// As [`EventStore::append`].
+    fn append_in<'a, 'c: 'a>(
+        &'a self,
+        transaction: impl Into<Tx<'c>>,
+        stream_id: &'a str,
+        aggregate_type: &'a str,
+        expected: ExpectedVersion,
+        events: Vec<NewEvent>,
+    ) -> impl Future<Output = Result<Vec<RecordedEvent>>> + Send + 'a {
+        self.append_in_tx(
+            transaction.into(),
+            stream_id,
+            aggregate_type,
+            expected,
+            events,
+        )
     }
 
     /// Creates or upgrades the store's tables (the store's own `migrate`). Safe to run at
@@ -205,6 +227,17 @@ pub trait Backend {
     /// A write transaction (on SQLite: `BEGIN IMMEDIATE`, holding the write lock).
     #[doc(hidden)]
     fn begin_write(&self) -> impl Future<Output = Result<Transaction>> + Send;
+
+    /// The store's `append_in`.
+    #[doc(hidden)]
+    fn append_in_tx<'a, 'c: 'a>(
+        &'a self,
+        tx: Tx<'c>,
+        stream_id: &'a str,
+        aggregate_type: &'a str,
+        expected: ExpectedVersion,
+        events: Vec<NewEvent>,
+    ) -> impl Future<Output = Result<Vec<RecordedEvent>>> + Send + 'a;
 
     /// The store's `migrate`.
     #[doc(hidden)]

@@ -8,8 +8,9 @@ use sqlx::postgres::PgListener;
 use sqlx::{AssertSqlSafe, Connection as _, PgConnection};
 
 use super::{ENVELOPE_COLUMNS, PostgresStore};
-use crate::envelope::RecordedEvent;
+use crate::envelope::{NewEvent, RecordedEvent};
 use crate::error::{Error, Result};
+use crate::position::ExpectedVersion;
 use crate::store::backend::to_i64;
 use crate::store::sql::{
     AppendHook, Backend, BoxFuture, Connection, Dialect, Lease, LeaseName, SqlStore, Unapplied,
@@ -23,6 +24,17 @@ impl Backend for PostgresStore {
 
     fn dialect(&self) -> Dialect {
         Dialect::Postgres(self.inner.schema.clone())
+    }
+
+    async fn append_in_tx<'a, 'c: 'a>(
+        &'a self,
+        tx: Tx<'c>,
+        stream_id: &'a str,
+        aggregate_type: &'a str,
+        expected: ExpectedVersion,
+        events: Vec<NewEvent>,
+    ) -> Result<Vec<RecordedEvent>> {
+        PostgresStore::append_in(self, tx, stream_id, aggregate_type, expected, events).await
     }
 
     async fn migrate_tables(&self) -> Result<()> {

@@ -8,8 +8,9 @@ use std::sync::Arc;
 use sqlx::AssertSqlSafe;
 
 use super::{ENVELOPE_COLUMNS, SqliteStore, backend, envelope_from_row};
-use crate::envelope::RecordedEvent;
+use crate::envelope::{NewEvent, RecordedEvent};
 use crate::error::{Error, Result};
+use crate::position::ExpectedVersion;
 use crate::store::backend::to_i64;
 use crate::store::sql::{
     AppendHook, Backend, BoxFuture, Connection, Dialect, Lease, LeaseName, SqlStore, Unapplied,
@@ -23,6 +24,17 @@ impl Backend for SqliteStore {
 
     fn dialect(&self) -> Dialect {
         Dialect::Sqlite
+    }
+
+    async fn append_in_tx<'a, 'c: 'a>(
+        &'a self,
+        tx: Tx<'c>,
+        stream_id: &'a str,
+        aggregate_type: &'a str,
+        expected: ExpectedVersion,
+        events: Vec<NewEvent>,
+    ) -> Result<Vec<RecordedEvent>> {
+        SqliteStore::append_in(self, tx, stream_id, aggregate_type, expected, events).await
     }
 
     async fn migrate_tables(&self) -> Result<()> {
