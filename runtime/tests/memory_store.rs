@@ -52,8 +52,8 @@ mod repository {
     #[tokio::test]
     async fn the_repository_tells_how_many_attempts_a_command_took() {
         let store = MemoryStore::new();
-        let counters = Repository::<Counter, _>::new(store.clone())
-            .cache(NonZeroUsize::new(8).unwrap());
+        let counters =
+            Repository::<Counter, _>::new(store.clone()).cache(NonZeroUsize::new(8).unwrap());
         let first = counters
             .execute_detailed("c-1", Count, &factum::CommandContext::new())
             .await

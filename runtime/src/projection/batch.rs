@@ -293,7 +293,6 @@ impl<S: SqlStore, P: Projection> ProjectionRunner<S, P> {
             self.park(&mut tx, &to_park).await?;
         }
         self.save_checkpoint(&mut tx, checkpoint.max(next)).await?;
-        drop(tx);
         transaction.commit().await?;
         self.projection.committed();
         Ok(Some(outcome))

@@ -104,7 +104,6 @@ impl<S: SqlStore, P: Projection> ProjectionRunner<S, P> {
         let letter = DeadLetter::new(event, Some(cause.to_string()), attempts);
         self.park(&mut tx, &[letter]).await?;
         self.save_checkpoint(&mut tx, event.feed_position()).await?;
-        drop(tx);
         transaction.commit().await?;
         tracing::error!(
             projection = P::NAME,
@@ -217,7 +216,6 @@ impl<S: SqlStore, P: Projection> ProjectionRunner<S, P> {
             }
             if let Err(error) = result {
                 self.projection.discard();
-                drop(tx);
                 drop(transaction);
                 let mut connection = self.store.acquire().await?;
                 self.execute(
@@ -242,7 +240,6 @@ impl<S: SqlStore, P: Projection> ProjectionRunner<S, P> {
                     .bind(to_i64(stream_version)),
             )
             .await?;
-            drop(tx);
             transaction.commit().await?;
             self.projection.committed();
             handled += 1;
@@ -270,7 +267,6 @@ impl<S: SqlStore, P: Projection> ProjectionRunner<S, P> {
                 .bind(to_i64(stream_version)),
         )
         .await?;
-        drop(tx);
         transaction.commit().await?;
         tracing::warn!(
             projection = P::NAME,

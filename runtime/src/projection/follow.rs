@@ -146,7 +146,6 @@ impl<S: SqlStore, P: Projection> ProjectionRunner<S, P> {
                 .await
                 .map_err(|e| self.fail(e))?;
         }
-        drop(tx);
         transaction.commit().await?;
         self.position = None;
         self.read_ahead = None;

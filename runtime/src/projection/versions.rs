@@ -81,7 +81,6 @@ impl<S: SqlStore, P: Projection> ProjectionRunner<S, P> {
             )
             .await?;
         }
-        drop(tx);
         transaction.commit().await?;
         self.replaying = state == VersionState::Building;
         Ok(state)
@@ -116,7 +115,6 @@ impl<S: SqlStore, P: Projection> ProjectionRunner<S, P> {
         let activated = self
             .execute(&mut tx, self.statement(&self.sql.activate))
             .await?;
-        drop(tx);
         transaction.commit().await?;
         let switched = activated.rows_affected() == 1;
         if switched {

@@ -366,7 +366,6 @@ impl<S: Saga, St: SqlStore> Core<S, St> {
         if let Some(reason) = refusal {
             self.on_rejection(&mut tx, pending, reason).await?;
         }
-        drop(tx);
         transaction.commit().await
     }
 
@@ -452,7 +451,6 @@ impl<S: Saga, St: SqlStore> Core<S, St> {
         self.tables
             .mark_timeout(&mut tx, timeout_id, status, error.as_deref())
             .await?;
-        drop(tx);
         transaction.commit().await?;
         Ok(status == "fired")
     }

@@ -264,9 +264,9 @@ impl Transaction {
     pub fn tx(&mut self) -> Tx<'_> {
         let conn = match &mut self.owned {
             #[cfg(feature = "postgres")]
-            Owned::Postgres(transaction) => Conn::Postgres(&mut **transaction),
+            Owned::Postgres(transaction) => Conn::Postgres(transaction),
             #[cfg(feature = "sqlite")]
-            Owned::Sqlite(transaction) => Conn::Sqlite(&mut **transaction),
+            Owned::Sqlite(transaction) => Conn::Sqlite(transaction),
         };
         Tx {
             conn,

@@ -61,7 +61,7 @@ pub enum Connection {
     /// `Tx<'_>`: either store.
     Tx,
     /// A store's own connection type: that store only.
-    Store(Type),
+    Store(Box<Type>),
 }
 
 impl Connection {
@@ -77,7 +77,7 @@ impl Connection {
             {
                 Self::Tx
             }
-            other => Self::Store(other.clone()),
+            other => Self::Store(Box::new(other.clone())),
         }
     }
 
