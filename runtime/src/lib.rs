@@ -11,12 +11,14 @@
 //! - [`#[projection]`](macro@projection) builds read models fed from the global feed, with an
 //!   exactly-once effect ([`projection`](mod@projection)); [`#[saga]`](macro@saga) builds durable process
 //!   managers that send [`#[command]`](macro@command) messages and schedule
-//!   [`#[timeout]`](macro@timeout)s ([`saga`](mod@saga)).
+//!   [`#[timeout]`](macro@timeout)s ([`saga`](mod@saga)). Both run on either SQL store: their
+//!   handlers write through [`Tx`], one transaction type for PostgreSQL and SQLite.
 //!
 //! The runtime stores events with their [`Envelope`] in an [`EventStore`] (SQLite by default,
 //! PostgreSQL with the `postgres` feature, or in memory), executes commands with optimistic
-//! concurrency and retries ([`Repository`]), tests aggregates with [`testing::AggregateTest`],
-//! and writes the event catalog ([`catalog`]); the `cli` feature adds the `factum` tool.
+//! concurrency and retries ([`Repository`]), and writes the event catalog ([`catalog`]); the
+//! `testing` feature adds the aggregate test kit and test databases (`factum::testing`), the
+//! `cli` feature the `factum` tool. `ARCHITECTURE.md` in the repository maps the modules.
 //!
 //! ```
 //! use factum::{aggregate, event, MemoryStore, Repository};

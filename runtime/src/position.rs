@@ -51,7 +51,8 @@ impl fmt::Display for ExpectedVersion {
 ///
 /// Only the runtime creates these (the repository, from its loads and its cache), so a store
 /// may append after one with no further check than its uniqueness of `(stream, version)`: the
-/// versions before the head exist, so no gap can appear. See [`EventStore::append_after`].
+/// versions before the head exist, so no gap can appear. See
+/// [`EventStore::append_after`](crate::EventStore::append_after).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct KnownHead {
     version: u64,

@@ -21,9 +21,9 @@
 //! arrays, `UNNEST`) goes through [`Tx::postgres`] / [`Tx::sqlite`], which give the store's
 //! own connection.
 //!
-//! [`Transaction`] is a transaction a caller begins on a store ([`crate::store::SqlStore`]'s
-//! `begin`): appends made in it ([`Transaction::append`]) commit with its other writes, and wake
-//! the store's live subscribers when it commits.
+//! [`Transaction`] is a transaction a caller begins on a store (`store.begin()`): appends made in
+//! it (`store.append_in(&mut transaction, ...)`) commit with its other writes, and wake the
+//! store's live subscribers when it commits.
 
 use std::fmt;
 
