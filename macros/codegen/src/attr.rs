@@ -351,12 +351,21 @@ fn skip_value(meta: &ParseNestedMeta) -> syn::Result<()> {
 }
 
 /// `key = "Name"`: a non-empty type name without whitespace.
+/// A value as written: one a `macro_rules!` passed in (`version = $version`) comes in an
+/// invisible group.
+fn ungrouped(mut value: Expr) -> Expr {
+    while let Expr::Group(group) = value {
+        value = *group.expr;
+    }
+    value
+}
+
 fn type_name(cx: &Ctxt, meta: &ParseNestedMeta, usage: &str) -> syn::Result<Option<LitStr>> {
     if !meta.input.peek(Token![=]) {
         expected(cx, meta, usage)?;
         return Ok(None);
     }
-    let value: Expr = meta.value()?.parse()?;
+    let value = ungrouped(meta.value()?.parse()?);
     let Expr::Lit(syn::ExprLit {
         lit: Lit::Str(lit), ..
     }) = value
@@ -392,7 +401,7 @@ fn version_value(
         expected(cx, meta, &usage)?;
         return Ok(None);
     }
-    let value: Expr = meta.value()?.parse()?;
+    let value = ungrouped(meta.value()?.parse()?);
     let lit = match value {
         Expr::Lit(syn::ExprLit {
             lit: Lit::Int(lit), ..
