@@ -849,6 +849,31 @@ pub async fn empty_append<S: EventStore>(store: &S) {
     assert_conflict(result, &stream, ExpectedVersion::StreamExists, 0);
 }
 
+/// An append no store could keep as asked (a schema version above `i32::MAX`) is refused
+/// whole, and nothing of it is stored.
+pub async fn unstorable_append_is_refused<S: EventStore>(store: &S) {
+    let stream = unique_stream("unstorable");
+    let mut huge = NewEvent::new(
+        "Pinged",
+        1,
+        Payload::encode(&serde_json::json!({})).unwrap(),
+    );
+    huge.schema_version = u32::MAX;
+    let fine = NewEvent::new(
+        "Pinged",
+        1,
+        Payload::encode(&serde_json::json!({})).unwrap(),
+    );
+    let result = store
+        .append(&stream, AGGREGATE, ExpectedVersion::Any, vec![fine, huge])
+        .await;
+    assert!(
+        matches!(&result, Err(Error::InvalidAppend { reason, .. }) if reason.contains("schema version")),
+        "{result:?}"
+    );
+    assert_eq!(store.stream_version(&stream).await.unwrap(), 0);
+}
+
 /// An event is found by its id, with its envelope; an unknown id finds nothing.
 pub async fn read_event_by_id<S: EventStore>(store: &S) {
     let stream = unique_stream("by-id");
@@ -882,6 +907,7 @@ macro_rules! conformance_tests {
         $crate::__conformance_case!(by_ref stream_events_and_history [$setup] [$($teardown)?]);
         $crate::__conformance_case!(by_ref append_after_known_head [$setup] [$($teardown)?]);
         $crate::__conformance_case!(by_ref empty_append [$setup] [$($teardown)?]);
+        $crate::__conformance_case!(by_ref unstorable_append_is_refused [$setup] [$($teardown)?]);
         $crate::__conformance_case!(by_ref read_event_by_id [$setup] [$($teardown)?]);
         $crate::__conformance_case!(shared concurrent_appends_are_atomic [$setup] [$($teardown)?]);
         $crate::__conformance_case!(shared racing_exact_appends [$setup] [$($teardown)?]);

@@ -5,10 +5,20 @@ use std::ops::RangeBounds;
 
 use serde::Serialize;
 use sqlx::AssertSqlSafe;
+use sqlx::any::AnyRow;
 
 use super::CliError;
 use crate::envelope::RecordedEvent;
+use crate::store::backend::{columns, to_i64};
+use crate::store::sql::{Backend as _, Connection};
 use crate::store::{EventStore, FeedBatch, FeedPosition, FeedQuery, PostgresStore, SqliteStore};
+
+/// A statement for either store, through `Any`.
+type Query = sqlx::query::Query<'static, sqlx::Any, sqlx::any::AnyArguments>;
+
+fn query(sql: String) -> Query {
+    sqlx::query(AssertSqlSafe(sql))
+}
 
 /// Either store.
 #[derive(Debug, Clone)]
@@ -64,10 +74,6 @@ pub(super) struct Parked {
     pub error: Option<String>,
 }
 
-fn count(value: i64) -> u64 {
-    u64::try_from(value).unwrap_or(0)
-}
-
 impl AnyStore {
     /// Opens the store at `url` and checks that it holds a Factum store.
     pub async fn open(url: &str, schema: &str) -> Result<Self, CliError> {
@@ -121,24 +127,54 @@ impl AnyStore {
         }
     }
 
+    /// What table names are prefixed with in SQL: the quoted schema on PostgreSQL.
+    fn prefix(&self) -> String {
+        match self {
+            Self::Postgres(store) => format!("{}.", store.sql_schema().quoted()),
+            Self::Sqlite(_) => String::new(),
+        }
+    }
+
+    /// A connection of the store's pool.
+    async fn connection(&self) -> Result<Connection, CliError> {
+        Ok(match self {
+            Self::Postgres(store) => store.acquire().await?,
+            Self::Sqlite(store) => store.acquire().await?,
+        })
+    }
+
+    /// The rows of `query`, on either store.
+    async fn rows(&self, query: Query) -> Result<Vec<AnyRow>, CliError> {
+        let mut connection = self.connection().await?;
+        query
+            .fetch_all(&mut connection.tx())
+            .await
+            .map_err(CliError::database)
+    }
+
+    /// The one row of `query`.
+    async fn row(&self, query: Query) -> Result<AnyRow, CliError> {
+        self.rows(query)
+            .await?
+            .pop()
+            .ok_or_else(|| CliError::database(sqlx::Error::RowNotFound))
+    }
+
     async fn is_migrated(&self) -> Result<bool, CliError> {
-        let found = match self {
-            Self::Postgres(store) => sqlx::query_scalar::<_, bool>(
-                "SELECT EXISTS (SELECT 1 FROM information_schema.tables
-                                WHERE table_schema = $1 AND table_name = 'events')",
+        let statement = match self {
+            Self::Postgres(store) => query(
+                "SELECT count(*) FROM information_schema.tables
+                 WHERE table_schema = $1 AND table_name = 'events'"
+                    .to_owned(),
             )
-            .bind(store.schema())
-            .fetch_one(store.pool())
-            .await
-            .map_err(CliError::database)?,
-            Self::Sqlite(store) => sqlx::query_scalar::<_, bool>(
-                "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'events')",
-            )
-            .fetch_one(store.pool())
-            .await
-            .map_err(CliError::database)?,
+            .bind(store.schema().to_owned()),
+            Self::Sqlite(_) => query(
+                "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'events'"
+                    .to_owned(),
+            ),
         };
-        Ok(found)
+        let row = self.row(statement).await?;
+        Ok(columns::unsigned::<_, i64, u64>(&row, 0)? > 0)
     }
 
     pub async fn read_stream(
@@ -169,203 +205,130 @@ impl AnyStore {
     /// Where to start reading the feed to come after the event at global position `at`: that
     /// event's feed position (or the last one's before it; the start when there is none).
     pub async fn feed_position_at(&self, at: u64) -> Result<FeedPosition, CliError> {
-        let Self::Postgres(store) = self else {
+        if let Self::Sqlite(_) = self {
             return Ok(FeedPosition::new(at, at));
+        }
+        let rows = self
+            .rows(
+                query(format!(
+                    "SELECT e.tx::text::bigint, e.position FROM {}events e
+                     WHERE e.position <= $1 ORDER BY e.position DESC LIMIT 1",
+                    self.prefix()
+                ))
+                .bind(to_i64(at)),
+            )
+            .await?;
+        let Some(row) = rows.first() else {
+            return Ok(FeedPosition::START);
         };
-        let row: Option<(i64, i64)> = sqlx::query_as(AssertSqlSafe(format!(
-            "SELECT e.tx::text::bigint, e.position FROM \"{}\".events e
-             WHERE e.position <= $1 ORDER BY e.position DESC LIMIT 1",
-            store.schema()
-        )))
-        .bind(i64::try_from(at).unwrap_or(i64::MAX))
-        .fetch_optional(store.pool())
-        .await
-        .map_err(CliError::database)?;
-        Ok(row.map_or(FeedPosition::START, |(tx, position)| {
-            FeedPosition::new(count(tx), count(position))
-        }))
+        Ok(FeedPosition::new(
+            columns::unsigned::<_, i64, _>(row, 0)?,
+            columns::unsigned::<_, i64, _>(row, 1)?,
+        ))
     }
 
     /// The position of the newest event (0: none).
     pub async fn head(&self) -> Result<u64, CliError> {
-        let head: Option<i64> = match self {
-            Self::Postgres(store) => {
-                sqlx::query_scalar(AssertSqlSafe(format!(
-                    "SELECT max(position) FROM \"{}\".events",
-                    store.schema()
-                )))
-                .fetch_one(store.pool())
-                .await
-            }
-            Self::Sqlite(store) => {
-                sqlx::query_scalar("SELECT max(position) FROM events")
-                    .fetch_one(store.pool())
-                    .await
-            }
-        }
-        .map_err(CliError::database)?;
-        Ok(head.map_or(0, count))
+        let sql = format!(
+            "SELECT coalesce(max(position), 0) FROM {}events",
+            self.prefix()
+        );
+        let row = self.row(query(sql)).await?;
+        Ok(columns::unsigned::<_, i64, _>(&row, 0)?)
     }
 
     pub async fn stats(&self, largest: usize) -> Result<Stats, CliError> {
-        let limit = i64::try_from(largest).unwrap_or(i64::MAX);
-        let (s, size_sql) = match self {
-            Self::Postgres(store) => (
-                format!("\"{}\".", store.schema()),
-                format!(
-                    "SELECT (pg_total_relation_size('\"{0}\".events')
-                             + pg_total_relation_size('\"{0}\".snapshots'))::bigint",
-                    store.schema()
-                ),
+        let s = self.prefix();
+        let size_sql = match self {
+            Self::Postgres(store) => format!(
+                "SELECT (pg_total_relation_size('{0}.events')
+                         + pg_total_relation_size('{0}.snapshots'))::bigint",
+                store.sql_schema().quoted()
             ),
-            Self::Sqlite(_) => (
-                String::new(),
+            Self::Sqlite(_) => {
                 "SELECT page_count * page_size FROM pragma_page_count(), pragma_page_size()"
-                    .to_owned(),
-            ),
+                    .to_owned()
+            }
         };
-        let (events, streams) = self
-            .pair_u64(&format!(
+        let totals = self
+            .row(query(format!(
                 "SELECT count(*), count(DISTINCT stream_id) FROM {s}events"
-            ))
+            )))
             .await?;
         let largest_streams = self
-            .rows_str_u64(&format!(
-                "SELECT stream_id, count(*) AS n FROM {s}events GROUP BY stream_id
-                 ORDER BY n DESC, stream_id LIMIT {limit}"
-            ))
+            .named_counts(
+                query(format!(
+                    "SELECT stream_id, count(*) AS n FROM {s}events GROUP BY stream_id
+                     ORDER BY n DESC, stream_id LIMIT $1"
+                ))
+                .bind(to_i64(largest as u64)),
+            )
             .await?;
         let events_per_type = self
-            .rows_str_u64(&format!(
+            .named_counts(query(format!(
                 "SELECT event_type, count(*) FROM {s}events GROUP BY event_type"
-            ))
+            )))
             .await?
             .into_iter()
             .collect();
-        let size_bytes = self.scalar_u64(&size_sql).await?;
+        let size = self.row(query(size_sql)).await?;
         Ok(Stats {
-            events,
-            streams,
+            events: columns::unsigned::<_, i64, _>(&totals, 0)?,
+            streams: columns::unsigned::<_, i64, _>(&totals, 1)?,
             largest_streams,
             events_per_type,
-            size_bytes,
+            size_bytes: columns::unsigned::<_, i64, _>(&size, 0)?,
         })
     }
 
-    /// One integer (an aggregate query).
-    async fn scalar_u64(&self, sql: &str) -> Result<u64, CliError> {
-        let value: Option<i64> = match self {
-            Self::Postgres(store) => {
-                sqlx::query_scalar(AssertSqlSafe(sql.to_owned()))
-                    .fetch_one(store.pool())
-                    .await
-            }
-            Self::Sqlite(store) => {
-                sqlx::query_scalar(AssertSqlSafe(sql.to_owned()))
-                    .fetch_one(store.pool())
-                    .await
-            }
-        }
-        .map_err(CliError::database)?;
-        Ok(value.map_or(0, count))
-    }
-
-    /// Two integers.
-    async fn pair_u64(&self, sql: &str) -> Result<(u64, u64), CliError> {
-        let (a, b): (i64, i64) = match self {
-            Self::Postgres(store) => {
-                sqlx::query_as(AssertSqlSafe(sql.to_owned()))
-                    .fetch_one(store.pool())
-                    .await
-            }
-            Self::Sqlite(store) => {
-                sqlx::query_as(AssertSqlSafe(sql.to_owned()))
-                    .fetch_one(store.pool())
-                    .await
-            }
-        }
-        .map_err(CliError::database)?;
-        Ok((count(a), count(b)))
-    }
-
     /// Rows of a name and a count.
-    async fn rows_str_u64(&self, sql: &str) -> Result<Vec<(String, u64)>, CliError> {
-        let rows: Vec<(String, i64)> = match self {
-            Self::Postgres(store) => {
-                sqlx::query_as(AssertSqlSafe(sql.to_owned()))
-                    .fetch_all(store.pool())
-                    .await
-            }
-            Self::Sqlite(store) => {
-                sqlx::query_as(AssertSqlSafe(sql.to_owned()))
-                    .fetch_all(store.pool())
-                    .await
-            }
-        }
-        .map_err(CliError::database)?;
-        Ok(rows.into_iter().map(|(name, n)| (name, count(n))).collect())
+    async fn named_counts(&self, query: Query) -> Result<Vec<(String, u64)>, CliError> {
+        let rows = self.rows(query).await?;
+        rows.iter()
+            .map(|row| {
+                Ok((
+                    columns::get(row, 0)?,
+                    columns::unsigned::<_, i64, u64>(row, 1)?,
+                ))
+            })
+            .collect()
     }
 
     /// Every projection's checkpoint (and saga's: they run as projections).
     pub async fn checkpoints(&self) -> Result<Vec<Checkpoint>, CliError> {
         let head = self.head().await?;
-        let rows: Vec<(String, i64, i64)> = match self {
-            Self::Postgres(store) => {
-                sqlx::query_as(AssertSqlSafe(format!(
-                    "SELECT projection, version::bigint, position FROM \"{}\".projection_checkpoints
-                     ORDER BY projection, version",
-                    store.schema()
-                )))
-                .fetch_all(store.pool())
-                .await
+        let s = self.prefix();
+        // Events after each checkpoint, of any type, with the checkpoint.
+        let after = match self {
+            Self::Postgres(_) => format!(
+                "(SELECT count(*) FROM {s}events e WHERE (e.tx, e.position) > (c.tx::text::xid8, c.position))"
+            ),
+            Self::Sqlite(_) => {
+                "(SELECT count(*) FROM events e WHERE e.position > c.position)".to_owned()
             }
-            Self::Sqlite(store) => {
-                sqlx::query_as(
-                    "SELECT projection, version, position FROM projection_checkpoints
-                     ORDER BY projection, version",
-                )
-                .fetch_all(store.pool())
-                .await
-            }
-        }
-        .map_err(CliError::database)?;
+        };
+        let rows = self
+            .rows(query(format!(
+                "SELECT c.projection, c.version, c.position, {after}
+                 FROM {s}projection_checkpoints c ORDER BY c.projection, c.version"
+            )))
+            .await?;
         let parked = self.parked().await?;
         let mut checkpoints = Vec::with_capacity(rows.len());
-        for (projection, version, position) in rows {
-            let version = u32::try_from(version).unwrap_or(0);
-            let position = count(position);
-            let events_after = match self {
-                Self::Postgres(store) => {
-                    sqlx::query_scalar::<_, i64>(AssertSqlSafe(format!(
-                        "SELECT count(*) FROM \"{}\".events e, \"{0}\".projection_checkpoints c
-                         WHERE c.projection = $1 AND c.version = $2
-                           AND (e.tx, e.position) > (c.tx::text::xid8, c.position)",
-                        store.schema()
-                    )))
-                    .bind(&projection)
-                    .bind(i32::try_from(version).unwrap_or(i32::MAX))
-                    .fetch_one(store.pool())
-                    .await
-                }
-                Self::Sqlite(store) => {
-                    sqlx::query_scalar::<_, i64>("SELECT count(*) FROM events WHERE position > ?1")
-                        .bind(i64::try_from(position).unwrap_or(i64::MAX))
-                        .fetch_one(store.pool())
-                        .await
-                }
-            }
-            .map_err(CliError::database)?;
+        for row in &rows {
+            let projection: String = columns::get(row, 0)?;
+            let version = columns::unsigned::<_, i64, u32>(row, 1)?;
             let mine: Vec<&Parked> = parked
                 .iter()
                 .filter(|p| p.projection == projection && p.version == version)
                 .collect();
             checkpoints.push(Checkpoint {
-                events_after: count(events_after),
+                position: columns::unsigned::<_, i64, _>(row, 2)?,
+                events_after: columns::unsigned::<_, i64, _>(row, 3)?,
                 parked_streams: mine.len() as u64,
                 parked_events: mine.iter().map(|p| p.events).sum(),
                 projection,
                 version,
-                position,
                 head,
             });
         }
@@ -374,52 +337,34 @@ impl AnyStore {
 
     /// The parked streams of every projection.
     pub async fn parked(&self) -> Result<Vec<Parked>, CliError> {
-        type Row = (String, i64, String, i64, i64, Option<String>);
-        let rows: Vec<Row> = match self {
-            Self::Postgres(store) => {
-                sqlx::query_as(AssertSqlSafe(format!(
-                    "SELECT projection, version::bigint, stream_id, min(stream_version), count(*),
-                            (array_agg(error ORDER BY stream_version))[1]
-                     FROM \"{}\".projection_dead_letters WHERE status = 'parked'
-                     GROUP BY projection, version, stream_id
-                     ORDER BY projection, version, stream_id",
-                    store.schema()
-                )))
-                .fetch_all(store.pool())
-                .await
-            }
-            Self::Sqlite(store) => {
-                sqlx::query_as(
-                    "SELECT d.projection, d.version, d.stream_id, d.stream_version,
-                            (SELECT count(*) FROM projection_dead_letters c
-                             WHERE c.projection = d.projection AND c.version = d.version
-                               AND c.stream_id = d.stream_id AND c.status = 'parked'),
-                            d.error
-                     FROM projection_dead_letters d
-                     WHERE d.status = 'parked' AND d.stream_version = (
-                         SELECT min(f.stream_version) FROM projection_dead_letters f
-                         WHERE f.projection = d.projection AND f.version = d.version
-                           AND f.stream_id = d.stream_id AND f.status = 'parked')
-                     ORDER BY d.projection, d.version, d.stream_id",
-                )
-                .fetch_all(store.pool())
-                .await
-            }
-        }
-        .map_err(CliError::database)?;
-        Ok(rows
-            .into_iter()
-            .map(
-                |(projection, version, stream_id, first_version, events, error)| Parked {
-                    projection,
-                    version: u32::try_from(version).unwrap_or(0),
-                    stream_id,
-                    first_version: count(first_version),
-                    events: count(events),
-                    error,
-                },
-            )
-            .collect())
+        let s = self.prefix();
+        let rows = self
+            .rows(query(format!(
+                "SELECT d.projection, d.version, d.stream_id, d.stream_version,
+                        (SELECT count(*) FROM {s}projection_dead_letters c
+                         WHERE c.projection = d.projection AND c.version = d.version
+                           AND c.stream_id = d.stream_id AND c.status = 'parked'),
+                        d.error
+                 FROM {s}projection_dead_letters d
+                 WHERE d.status = 'parked' AND d.stream_version = (
+                     SELECT min(f.stream_version) FROM {s}projection_dead_letters f
+                     WHERE f.projection = d.projection AND f.version = d.version
+                       AND f.stream_id = d.stream_id AND f.status = 'parked')
+                 ORDER BY d.projection, d.version, d.stream_id"
+            )))
+            .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(Parked {
+                    projection: columns::get(row, 0)?,
+                    version: columns::unsigned::<_, i64, _>(row, 1)?,
+                    stream_id: columns::get(row, 2)?,
+                    first_version: columns::unsigned::<_, i64, _>(row, 3)?,
+                    events: columns::unsigned::<_, i64, _>(row, 4)?,
+                    error: columns::get(row, 5)?,
+                })
+            })
+            .collect()
     }
 }
 

@@ -27,6 +27,29 @@ pub struct StoredId {
     pub stream_version: u64,
 }
 
+/// Refuses an append that no store can keep as asked: the same event id twice, or a schema
+/// version above `i32::MAX` (SQL stores keep them as 32-bit integers).
+///
+/// # Errors
+/// [`Error::InvalidAppend`].
+pub fn check_append(stream_id: &str, events: &[NewEvent]) -> Result<()> {
+    if let Some(event) = events
+        .iter()
+        .find(|e| i32::try_from(e.schema_version).is_err())
+    {
+        return Err(Error::InvalidAppend {
+            stream_id: stream_id.to_owned(),
+            reason: format!(
+                "event `{}` has schema version {}, above the largest a store keeps ({})",
+                event.event_type,
+                event.schema_version,
+                i32::MAX
+            ),
+        });
+    }
+    check_distinct_ids(stream_id, events)
+}
+
 /// Refuses an append that names the same event id twice.
 ///
 /// # Errors

@@ -6,7 +6,7 @@ use std::sync::{Arc, PoisonError, RwLock};
 
 use chrono::{DateTime, SubsecRound, Utc};
 
-use super::backend::{StoredId, check_distinct_ids, classify_retry, version_bounds};
+use super::backend::{StoredId, check_append, classify_retry, version_bounds};
 use super::{EventStore, ExpectedVersion, FeedBatch, FeedPosition, FeedQuery};
 use super::{FeedNotifier, FeedWakeups};
 use crate::envelope::{NewEvent, RecordedEvent};
@@ -124,7 +124,7 @@ impl EventStore for MemoryStore {
         expected: ExpectedVersion,
         events: Vec<NewEvent>,
     ) -> Result<Vec<RecordedEvent>> {
-        check_distinct_ids(stream_id, &events)?;
+        check_append(stream_id, &events)?;
         let mut log = self.write();
         if let Some(stored) = log.find_retry(stream_id, expected, &events)? {
             return Ok(stored);

@@ -22,7 +22,7 @@ use std::sync::Arc;
 use super::{PostgresStore, Schema};
 use crate::envelope::{NewEvent, RecordedEvent};
 use crate::error::{Error, Result};
-use crate::store::backend::{StoredId, check_distinct_ids, classify_retry, columns, to_i64};
+use crate::store::backend::{StoredId, check_append, classify_retry, columns, to_i64};
 use crate::store::{ExpectedVersion, KnownHead};
 
 /// Attempts before giving up on an append that keeps racing (each race means another append to
@@ -332,7 +332,7 @@ fn is_unique_violation(error: &sqlx::Error) -> bool {
 impl PostgresStore {
     /// An autocommit append on the pool, retried while it loses races it can still win.
     pub(super) async fn append_autocommit(&self, append: Append<'_>) -> Result<Vec<RecordedEvent>> {
-        check_distinct_ids(append.stream_id, &append.events)?;
+        check_append(append.stream_id, &append.events)?;
         let pool = &self.inner.pool;
         if !self.hooks.is_empty() && !append.events.is_empty() {
             return self.append_hooked(append, None).await;
@@ -369,7 +369,7 @@ impl PostgresStore {
         append: Append<'_>,
         head: KnownHead,
     ) -> Result<Vec<RecordedEvent>> {
-        check_distinct_ids(append.stream_id, &append.events)?;
+        check_append(append.stream_id, &append.events)?;
         if append.events.is_empty() {
             return Ok(Vec::new());
         }
@@ -487,7 +487,7 @@ impl PostgresStore {
         connection: &mut sqlx::PgConnection,
         append: Append<'_>,
     ) -> Result<Vec<RecordedEvent>> {
-        check_distinct_ids(append.stream_id, &append.events)?;
+        check_append(append.stream_id, &append.events)?;
         for _ in 0..MAX_ATTEMPTS {
             let inserted = if append.events.is_empty() {
                 Ok(Vec::new())

@@ -295,6 +295,11 @@ impl PostgresStore {
         self.inner.schema.name()
     }
 
+    /// The schema, validated, for SQL text.
+    pub(crate) fn sql_schema(&self) -> &Schema {
+        &self.inner.schema
+    }
+
     /// Runs the append hooks on events just inserted in `transaction`.
     async fn run_hooks(
         &self,

@@ -25,7 +25,7 @@ use sqlx::sqlite::{
 use uuid::Uuid;
 
 use super::backend::{
-    StoredId, check_distinct_ids, classify_retry, columns, stored_metadata, stored_u64, to_i64,
+    StoredId, check_append, classify_retry, columns, stored_metadata, stored_u64, to_i64,
     version_bounds,
 };
 use super::sql::AppendHook;
@@ -419,7 +419,7 @@ impl SqliteStore {
         expected: ExpectedVersion,
         events: Vec<NewEvent>,
     ) -> Result<Vec<RecordedEvent>> {
-        check_distinct_ids(stream_id, &events)?;
+        check_append(stream_id, &events)?;
         let mut tx: Tx<'c> = transaction.into();
         let connection = tx::connection::<sqlx::SqliteConnection>(&mut tx)?;
         // In a savepoint: a failed append leaves nothing of itself in the transaction.
@@ -504,7 +504,7 @@ impl EventStore for SqliteStore {
         expected: ExpectedVersion,
         events: Vec<NewEvent>,
     ) -> Result<Vec<RecordedEvent>> {
-        check_distinct_ids(stream_id, &events)?;
+        check_append(stream_id, &events)?;
         let mut transaction = self
             .pool
             .begin_with("BEGIN IMMEDIATE")
