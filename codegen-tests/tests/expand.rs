@@ -145,7 +145,7 @@ fn projection() {
         quote! {
             impl Balances {
                 #[handle]
-                async fn deposited(&mut self, event: &MoneyDeposited, envelope: &Envelope, tx: &mut PgConnection) -> Result<(), sqlx::Error> {
+                async fn deposited(&mut self, event: &MoneyDeposited, envelope: &Envelope, tx: &mut Tx<'_>) -> Result<(), sqlx::Error> {
                     Ok(())
                 }
             }
@@ -175,24 +175,29 @@ fn projection_with_flush() {
         quote! {
             impl Balances {
                 #[handle]
-                async fn deposited(&mut self, event: &MoneyDeposited, envelope: &Envelope, _tx: &mut PgConnection) -> Result<(), sqlx::Error> {
+                async fn deposited(&mut self, event: &MoneyDeposited, envelope: &Envelope, _tx: &mut Tx<'_>) -> Result<(), sqlx::Error> {
                     self.pending.push(event.cents);
                     Ok(())
                 }
 
                 #[handle(side_effects)]
-                async fn withdrawn(&mut self, event: &MoneyWithdrawn, envelope: &Envelope, _tx: &mut PgConnection) -> Result<(), MailError> {
+                async fn withdrawn(&mut self, event: &MoneyWithdrawn, envelope: &Envelope, _tx: &mut Tx<'_>) -> Result<(), MailError> {
                     self.mailer.send(envelope.event_id, event).await
                 }
 
                 #[flush]
-                async fn flush(&mut self, tx: &mut PgConnection) -> Result<(), sqlx::Error> {
+                async fn flush(&mut self, tx: &mut Tx<'_>) -> Result<(), sqlx::Error> {
                     write(tx, &self.pending).await
                 }
 
                 #[discard]
                 fn discard(&mut self) {
                     self.pending.clear();
+                }
+
+                #[reset]
+                async fn reset(&mut self, tx: &mut Tx<'_>) -> Result<(), sqlx::Error> {
+                    clear(tx).await
                 }
             }
         }

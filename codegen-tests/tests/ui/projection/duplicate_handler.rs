@@ -1,4 +1,4 @@
-use factum::{projection, Envelope, event};
+use factum::{projection, Envelope, Tx, event};
 
 #[event]
 pub struct Deposited {
@@ -10,7 +10,6 @@ pub struct Withdrawn {
     pub cents: i64,
 }
 
-pub struct Connection;
 pub struct OtherConnection;
 
 #[derive(Debug)]
@@ -29,12 +28,12 @@ pub struct Balances;
 #[projection(name = "balances", verison = 2)]
 impl Balances {
     #[handle]
-    async fn deposited(&mut self, _event: &Deposited, _envelope: &Envelope, _tx: &mut Connection) -> Result<(), Failed> {
+    async fn deposited(&mut self, _event: &Deposited, _envelope: &Envelope, _tx: &mut Tx<'_>) -> Result<(), Failed> {
         Ok(())
     }
 
     #[handle]
-    async fn deposited_again(&mut self, _event: &Deposited, _envelope: &Envelope, _tx: &mut Connection) -> Result<(), Failed> {
+    async fn deposited_again(&mut self, _event: &Deposited, _envelope: &Envelope, _tx: &mut Tx<'_>) -> Result<(), Failed> {
         Ok(())
     }
 

@@ -1,11 +1,10 @@
-use factum::{projection, Envelope, event};
+use factum::{projection, Envelope, Tx, event};
 
 #[event]
 pub struct Deposited {
     pub cents: i64,
 }
 
-pub struct Connection;
 pub struct OtherConnection;
 
 #[derive(Debug)]
@@ -25,12 +24,12 @@ pub struct NoDiscard;
 #[projection]
 impl NoDiscard {
     #[handle]
-    async fn deposited(&mut self, _event: &Deposited, _envelope: &Envelope, _tx: &mut Connection) -> Result<(), Failed> {
+    async fn deposited(&mut self, _event: &Deposited, _envelope: &Envelope, _tx: &mut Tx<'_>) -> Result<(), Failed> {
         Ok(())
     }
 
     #[flush]
-    async fn flush(&mut self, _tx: &mut Connection) -> Result<(), Failed> {
+    async fn flush(&mut self, _tx: &mut Tx<'_>) -> Result<(), Failed> {
         Ok(())
     }
 }
@@ -41,17 +40,17 @@ pub struct Mistakes;
 #[projection]
 impl Mistakes {
     #[handle]
-    async fn deposited(&mut self, _event: &Deposited, _envelope: &Envelope, _tx: &mut Connection) -> Result<(), Failed> {
+    async fn deposited(&mut self, _event: &Deposited, _envelope: &Envelope, _tx: &mut Tx<'_>) -> Result<(), Failed> {
         Ok(())
     }
 
     #[flush]
-    fn not_async(&mut self, _tx: &mut Connection) -> Result<(), Failed> {
+    fn not_async(&mut self, _tx: &mut Tx<'_>) -> Result<(), Failed> {
         Ok(())
     }
 
     #[flush]
-    async fn second(&mut self, _tx: &mut Connection) -> Result<(), Failed> {
+    async fn second(&mut self, _tx: &mut Tx<'_>) -> Result<(), Failed> {
         Ok(())
     }
 
@@ -66,7 +65,7 @@ pub struct OtherConnectionFlush;
 #[projection]
 impl OtherConnectionFlush {
     #[handle]
-    async fn deposited(&mut self, _event: &Deposited, _envelope: &Envelope, _tx: &mut Connection) -> Result<(), Failed> {
+    async fn deposited(&mut self, _event: &Deposited, _envelope: &Envelope, _tx: &mut Tx<'_>) -> Result<(), Failed> {
         Ok(())
     }
 

@@ -1,4 +1,4 @@
-use factum::{projection, Envelope, event};
+use factum::{projection, Envelope, Tx, event};
 
 #[event]
 pub struct Deposited {
@@ -10,7 +10,6 @@ pub struct Withdrawn {
     pub cents: i64,
 }
 
-pub struct Connection;
 
 #[derive(Debug)]
 pub struct Failed;
@@ -32,13 +31,13 @@ pub struct Balances {
 #[projection(name = "balances")]
 impl Balances {
     #[handle]
-    async fn deposited(&mut self, event: &Deposited, _envelope: &Envelope, _tx: &mut Connection) -> Result<(), Failed> {
+    async fn deposited(&mut self, event: &Deposited, _envelope: &Envelope, _tx: &mut Tx<'_>) -> Result<(), Failed> {
         self.pending.push(event.cents);
         Ok(())
     }
 
     #[flush]
-    async fn flush(&mut self, _tx: &mut Connection) -> Result<(), Failed> {
+    async fn flush(&mut self, _tx: &mut Tx<'_>) -> Result<(), Failed> {
         self.pending.clear();
         Ok(())
     }

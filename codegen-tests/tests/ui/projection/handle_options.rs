@@ -1,4 +1,4 @@
-use factum::{projection, Envelope, event};
+use factum::{projection, Envelope, Tx, event};
 
 #[event]
 pub struct Deposited {
@@ -10,7 +10,6 @@ pub struct Withdrawn {
     pub cents: i64,
 }
 
-pub struct Connection;
 
 #[derive(Debug)]
 pub struct Failed;
@@ -28,17 +27,17 @@ pub struct Mailer;
 #[projection]
 impl Mailer {
     #[handle(side_effect)]
-    async fn deposited(&mut self, _event: &Deposited, _envelope: &Envelope, _tx: &mut Connection) -> Result<(), Failed> {
+    async fn deposited(&mut self, _event: &Deposited, _envelope: &Envelope, _tx: &mut Tx<'_>) -> Result<(), Failed> {
         Ok(())
     }
 
     #[handle = "side_effects"]
-    async fn withdrawn(&mut self, _event: &Withdrawn, _envelope: &Envelope, _tx: &mut Connection) -> Result<(), Failed> {
+    async fn withdrawn(&mut self, _event: &Withdrawn, _envelope: &Envelope, _tx: &mut Tx<'_>) -> Result<(), Failed> {
         Ok(())
     }
 
     #[flush(now)]
-    async fn flush(&mut self, _tx: &mut Connection) -> Result<(), Failed> {
+    async fn flush(&mut self, _tx: &mut Tx<'_>) -> Result<(), Failed> {
         Ok(())
     }
 

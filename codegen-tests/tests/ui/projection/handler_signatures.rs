@@ -1,4 +1,4 @@
-use factum::{projection, Envelope, event};
+use factum::{projection, Envelope, Tx, event};
 
 #[event]
 pub struct Deposited {
@@ -10,7 +10,6 @@ pub struct Withdrawn {
     pub cents: i64,
 }
 
-pub struct Connection;
 pub struct OtherConnection;
 
 #[derive(Debug)]
@@ -29,12 +28,12 @@ pub struct Balances;
 #[projection(name = "balances")]
 impl Balances {
     #[handle]
-    fn not_async(&mut self, _event: &Deposited, _envelope: &Envelope, _tx: &mut Connection) -> Result<(), Failed> {
+    fn not_async(&mut self, _event: &Deposited, _envelope: &Envelope, _tx: &mut Tx<'_>) -> Result<(), Failed> {
         Ok(())
     }
 
     #[handle]
-    async fn by_value(&mut self, _event: Withdrawn, _envelope: &Envelope, _tx: &mut Connection) -> Result<(), Failed> {
+    async fn by_value(&mut self, _event: Withdrawn, _envelope: &Envelope, _tx: &mut Tx<'_>) -> Result<(), Failed> {
         Ok(())
     }
 
@@ -44,7 +43,7 @@ impl Balances {
     }
 
     #[handle]
-    async fn shared_self(&self, _event: &Withdrawn, _envelope: &Envelope, _tx: &mut Connection) -> Result<(), Failed> {
+    async fn shared_self(&self, _event: &Withdrawn, _envelope: &Envelope, _tx: &mut Tx<'_>) -> Result<(), Failed> {
         Ok(())
     }
 }

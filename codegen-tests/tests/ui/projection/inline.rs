@@ -1,11 +1,10 @@
-use factum::{projection, Envelope, event};
+use factum::{projection, Envelope, Tx, event};
 
 #[event]
 pub struct Deposited {
     pub cents: i64,
 }
 
-pub struct Connection;
 
 #[derive(Debug)]
 pub struct Failed;
@@ -24,7 +23,7 @@ pub struct Mailer;
 #[projection(inline)]
 impl Mailer {
     #[handle(side_effects)]
-    async fn deposited(&mut self, _event: &Deposited, _envelope: &Envelope, _tx: &mut Connection) -> Result<(), Failed> {
+    async fn deposited(&mut self, _event: &Deposited, _envelope: &Envelope, _tx: &mut Tx<'_>) -> Result<(), Failed> {
         Ok(())
     }
 }
@@ -35,7 +34,7 @@ pub struct Flagged;
 #[projection(inline = true)]
 impl Flagged {
     #[handle]
-    async fn deposited(&mut self, _event: &Deposited, _envelope: &Envelope, _tx: &mut Connection) -> Result<(), Failed> {
+    async fn deposited(&mut self, _event: &Deposited, _envelope: &Envelope, _tx: &mut Tx<'_>) -> Result<(), Failed> {
         Ok(())
     }
 }
@@ -46,7 +45,7 @@ pub struct Balances;
 #[projection]
 impl Balances {
     #[handle]
-    async fn deposited(&mut self, _event: &Deposited, _envelope: &Envelope, _tx: &mut Connection) -> Result<(), Failed> {
+    async fn deposited(&mut self, _event: &Deposited, _envelope: &Envelope, _tx: &mut Tx<'_>) -> Result<(), Failed> {
         Ok(())
     }
 }

@@ -1,4 +1,4 @@
-use factum::{projection, Envelope, event};
+use factum::{projection, Envelope, Tx, event};
 
 #[event]
 pub struct Deposited {
@@ -10,7 +10,6 @@ pub struct Withdrawn {
     pub cents: i64,
 }
 
-pub struct Connection;
 pub struct OtherConnection;
 
 #[derive(Debug)]

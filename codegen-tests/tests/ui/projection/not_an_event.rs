@@ -1,4 +1,4 @@
-use factum::{projection, Envelope, event};
+use factum::{projection, Envelope, Tx, event};
 
 #[event]
 pub struct Deposited {
@@ -10,7 +10,6 @@ pub struct Withdrawn {
     pub cents: i64,
 }
 
-pub struct Connection;
 pub struct OtherConnection;
 
 #[derive(Debug)]
@@ -31,7 +30,7 @@ pub struct Noted;
 #[projection(name = "notes")]
 impl Balances {
     #[handle]
-    async fn noted(&mut self, _event: &Noted, _envelope: &Envelope, _tx: &mut Connection) -> Result<(), Failed> {
+    async fn noted(&mut self, _event: &Noted, _envelope: &Envelope, _tx: &mut Tx<'_>) -> Result<(), Failed> {
         Ok(())
     }
 }

@@ -399,9 +399,22 @@ fn whole(cx: &Ctxt, input: &Projection) {
             if Connection::key(connection) != expected {
                 cx.error_spanned_by(
                     connection,
-                    format!("every handler of a projection writes through the same connection type: `{}`", tokens_key(first)),
+                    format!(
+                        "every handler of a projection writes through the same connection type: `{}`",
+                        type_text(first)
+                    ),
                 );
             }
         }
     }
+}
+
+/// A type as the user would write it (`Tx<'_>`, not `Tx < '_ >`), for messages.
+fn type_text(ty: &Type) -> String {
+    tokens_key(ty)
+        .replace(" < ", "<")
+        .replace("< ", "<")
+        .replace(" >", ">")
+        .replace(" :: ", "::")
+        .replace("& ", "&")
 }
