@@ -1,16 +1,18 @@
-//! Inline projections: applied in the append's transaction (read-your-writes; a failure rolls
-//! the append back), while their runner applies what was appended elsewhere. Each event is
-//! applied once and each stream in order, whichever path applies it.
+//! Inline projections, on PostgreSQL and on SQLite: applied in the append's transaction
+//! (read-your-writes; a failure rolls the append back), while their runner applies what was
+//! appended elsewhere. Each event is applied once and each stream in order, whichever path
+//! applies it.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::Duration;
 
 use factum::projection::{ProjectionRunner, RetryOutcome};
-use factum::store::PostgresStore;
-use factum::testing::postgres::TemporaryStore;
-use factum::{Envelope, Error, EventStore, ExpectedVersion, NewEvent, Payload};
-use sqlx::PgConnection;
+use factum::store::{PostgresStore, SqlStore, SqliteStore, StoreKind};
+use factum::testing::{TestDatabase, execute, fetch_all};
+use factum::{
+    Envelope, Error, EventStore, ExpectedVersion, NewEvent, Payload, RecordedEvent, Transaction, Tx,
+};
 
 #[factum::event]
 #[derive(Debug)]
@@ -44,7 +46,7 @@ impl Ledger {
         &mut self,
         event: &Deposited,
         envelope: &Envelope,
-        tx: &mut PgConnection,
+        tx: &mut Tx<'_>,
     ) -> Result<(), LedgerError> {
         if self
             .failures
@@ -56,8 +58,15 @@ impl Ledger {
         if event.cents == 13 && self.poison.load(Ordering::SeqCst) {
             return Err(LedgerError("13 cents: poison".into()));
         }
+        // The row is locked until the transaction ends on PostgreSQL; SQLite's write
+        // transaction already holds the whole database.
+        let lock = if tx.kind() == StoreKind::Postgres {
+            " FOR UPDATE"
+        } else {
+            ""
+        };
         let previous: Option<i64> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
-            "SELECT last_version FROM {} WHERE account = $1 FOR UPDATE",
+            "SELECT last_version FROM {} WHERE account = $1{lock}",
             self.table
         )))
         .bind(&envelope.stream_id)
@@ -90,14 +99,70 @@ impl Ledger {
     }
 }
 
-async fn setup() -> (TemporaryStore, Ledger) {
-    let store = TemporaryStore::new().await.unwrap();
-    let table = format!("\"{}\".ledger", store.schema());
-    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
-        "CREATE TABLE {table} (account text PRIMARY KEY, cents bigint NOT NULL,
-                               events bigint NOT NULL, last_version bigint NOT NULL)"
-    )))
-    .execute(store.pool())
+/// What these tests need of a store beyond [`SqlStore`]: `with_inline` and `append_in` are
+/// methods of each store, not of the trait, so a test body generic over the store reaches
+/// them through this.
+trait InlineStore: SqlStore {
+    /// The store, applying `ledger` in every append's transaction.
+    fn with_ledger(&self, ledger: &Ledger) -> Self;
+
+    /// The store's `append_in`.
+    async fn append_in_transaction(
+        &self,
+        transaction: &mut Transaction,
+        stream_id: &str,
+        expected: ExpectedVersion,
+        events: Vec<NewEvent>,
+    ) -> factum::Result<Vec<RecordedEvent>>;
+}
+
+impl InlineStore for PostgresStore {
+    fn with_ledger(&self, ledger: &Ledger) -> Self {
+        let ledger = ledger.clone();
+        self.with_inline(move || ledger.clone())
+    }
+
+    async fn append_in_transaction(
+        &self,
+        transaction: &mut Transaction,
+        stream_id: &str,
+        expected: ExpectedVersion,
+        events: Vec<NewEvent>,
+    ) -> factum::Result<Vec<RecordedEvent>> {
+        self.append_in(transaction, stream_id, "Account", expected, events)
+            .await
+    }
+}
+
+impl InlineStore for SqliteStore {
+    fn with_ledger(&self, ledger: &Ledger) -> Self {
+        let ledger = ledger.clone();
+        self.with_inline(move || ledger.clone())
+    }
+
+    async fn append_in_transaction(
+        &self,
+        transaction: &mut Transaction,
+        stream_id: &str,
+        expected: ExpectedVersion,
+        events: Vec<NewEvent>,
+    ) -> factum::Result<Vec<RecordedEvent>> {
+        self.append_in(transaction, stream_id, "Account", expected, events)
+            .await
+    }
+}
+
+/// A database with the ledger's table, its store, and the ledger.
+async fn setup<D: TestDatabase>() -> (D, D::Store, Ledger) {
+    let database = D::create().await.unwrap();
+    let table = database.table("ledger");
+    execute(
+        &*database,
+        &format!(
+            "CREATE TABLE {table} (account text PRIMARY KEY, cents bigint NOT NULL,
+                                   events bigint NOT NULL, last_version bigint NOT NULL)"
+        ),
+    )
     .await
     .unwrap();
     let ledger = Ledger {
@@ -105,12 +170,8 @@ async fn setup() -> (TemporaryStore, Ledger) {
         failures: Arc::default(),
         poison: Arc::default(),
     };
-    (store, ledger)
-}
-
-fn inline_store(store: &PostgresStore, ledger: &Ledger) -> PostgresStore {
-    let ledger = ledger.clone();
-    store.with_inline(move || ledger.clone())
+    let store = (*database).clone();
+    (database, store, ledger)
 }
 
 fn deposit(cents: i64) -> NewEvent {
@@ -125,25 +186,30 @@ fn note() -> NewEvent {
     NewEvent::new("Noted", 1, Payload::encode(&serde_json::json!({})).unwrap())
 }
 
+type Row = (String, i64, i64, i64);
+
 /// (account, cents, events, last version) per account.
-async fn ledger_rows(store: &PostgresStore, ledger: &Ledger) -> Vec<(String, i64, i64, i64)> {
-    sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "SELECT account, cents, events, last_version FROM {} ORDER BY account",
-        ledger.table
-    )))
-    .fetch_all(store.pool())
+async fn ledger_rows<S: SqlStore>(store: &S, ledger: &Ledger) -> Vec<Row> {
+    fetch_all(
+        store,
+        &format!(
+            "SELECT account, cents, events, last_version FROM {} ORDER BY account",
+            ledger.table
+        ),
+    )
     .await
     .unwrap()
 }
 
-fn row(account: &str, cents: i64, events: i64, last: i64) -> (String, i64, i64, i64) {
+fn row(account: &str, cents: i64, events: i64, last: i64) -> Row {
     (account.to_owned(), cents, events, last)
 }
 
-#[tokio::test]
-async fn the_read_model_shows_an_append_when_it_returns_and_a_failure_rolls_the_append_back() {
-    let (store, ledger) = setup().await;
-    let inline = inline_store(&store, &ledger);
+async fn the_read_model_shows_an_append_when_it_returns_and_a_failure_rolls_the_append_back<
+    D: TestDatabase<Store: InlineStore>,
+>() {
+    let (_database, store, ledger) = setup::<D>().await;
+    let inline = store.with_ledger(&ledger);
 
     // No runner runs: the append itself updated the ledger.
     inline
@@ -223,12 +289,11 @@ async fn the_read_model_shows_an_append_when_it_returns_and_a_failure_rolls_the_
     );
 
     // In the caller's transaction: the ledger commits or rolls back with it.
-    let mut transaction = store.pool().begin().await.unwrap();
+    let mut transaction = store.begin().await.unwrap();
     inline
-        .append_in(
+        .append_in_transaction(
             &mut transaction,
             "acc-2",
-            "Account",
             ExpectedVersion::NoStream,
             vec![deposit(9)],
         )
@@ -236,12 +301,12 @@ async fn the_read_model_shows_an_append_when_it_returns_and_a_failure_rolls_the_
         .unwrap();
     transaction.rollback().await.unwrap();
     assert_eq!(ledger_rows(&store, &ledger).await.len(), 1);
-    let mut transaction = store.pool().begin().await.unwrap();
+    assert_eq!(store.stream_version("acc-2").await.unwrap(), 0);
+    let mut transaction = store.begin().await.unwrap();
     inline
-        .append_in(
+        .append_in_transaction(
             &mut transaction,
             "acc-2",
-            "Account",
             ExpectedVersion::NoStream,
             vec![deposit(9)],
         )
@@ -264,12 +329,13 @@ async fn the_read_model_shows_an_append_when_it_returns_and_a_failure_rolls_the_
     );
 }
 
-#[tokio::test]
-async fn inline_appends_and_the_runner_apply_each_event_once_and_each_stream_in_order() {
+async fn inline_appends_and_the_runner_apply_each_event_once_and_each_stream_in_order<
+    D: TestDatabase<Store: InlineStore>,
+>() {
     const STREAMS: usize = 12;
     const WRITERS: usize = 4;
     const APPENDS: usize = 60;
-    let (store, ledger) = setup().await;
+    let (_database, store, ledger) = setup::<D>().await;
     // History from before the projection was inline: only the runner can apply it.
     for stream in 0..STREAMS {
         store
@@ -294,7 +360,7 @@ async fn inline_appends_and_the_runner_apply_each_event_once_and_each_stream_in_
     // Writers append to shared streams, some through the inline store, some through a store
     // without it (another service, say), so both paths meet on every stream.
     let writers = (0..WRITERS).map(|writer| {
-        let (plain, inline) = (store.clone(), inline_store(&store, &ledger));
+        let (plain, inline) = (store.clone(), store.with_ledger(&ledger));
         tokio::spawn(async move {
             let mut total = vec![0_i64; STREAMS];
             for n in 0..APPENDS {
@@ -362,10 +428,11 @@ async fn inline_appends_and_the_runner_apply_each_event_once_and_each_stream_in_
     }
 }
 
-#[tokio::test]
-async fn a_parked_stream_is_left_to_the_runner_and_drains_in_order_after_the_fix() {
-    let (store, ledger) = setup().await;
-    let inline = inline_store(&store, &ledger);
+async fn a_parked_stream_is_left_to_the_runner_and_drains_in_order_after_the_fix<
+    D: TestDatabase<Store: InlineStore>,
+>() {
+    let (_database, store, ledger) = setup::<D>().await;
+    let inline = store.with_ledger(&ledger);
     ledger.poison.store(true, Ordering::SeqCst);
     // Appended elsewhere: the runner meets the poison and parks the stream.
     store
@@ -422,5 +489,40 @@ async fn a_parked_stream_is_left_to_the_runner_and_drains_in_order_after_the_fix
         ledger_rows(&store, &ledger).await,
         [row("acc-p", 147, 4, 4), row("acc-q", 8, 1, 1)]
     );
+    // The runner finds it applied: nothing again, nothing parked.
     assert_eq!(runner.catch_up().await.unwrap(), 0);
+    assert!(runner.parked().await.unwrap().is_empty());
+    assert_eq!(
+        ledger_rows(&store, &ledger).await,
+        [row("acc-p", 147, 4, 4), row("acc-q", 8, 1, 1)]
+    );
 }
+
+/// Each test above, on both stores.
+macro_rules! on_both_stores {
+    ($($name:ident),* $(,)?) => {
+        mod postgres {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    super::$name::<factum::testing::postgres::TemporaryStore>().await;
+                }
+            )*
+        }
+
+        mod sqlite {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    super::$name::<factum::testing::sqlite::TemporaryDatabase>().await;
+                }
+            )*
+        }
+    };
+}
+
+on_both_stores!(
+    the_read_model_shows_an_append_when_it_returns_and_a_failure_rolls_the_append_back,
+    inline_appends_and_the_runner_apply_each_event_once_and_each_stream_in_order,
+    a_parked_stream_is_left_to_the_runner_and_drains_in_order_after_the_fix,
+);
