@@ -7,12 +7,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::Duration;
 
-use factum::projection::{ProjectionRunner, RetryOutcome};
-use factum::store::{PostgresStore, SqlStore, SqliteStore, StoreKind};
+use factum::projection::{ProjectionRunner, RetryOutcome, WithInline};
+use factum::store::{SqlStore, StoreKind};
 use factum::testing::{TestDatabase, execute, fetch_all};
-use factum::{
-    Envelope, Error, EventStore, ExpectedVersion, NewEvent, Payload, RecordedEvent, Transaction, Tx,
-};
+use factum::{Envelope, Error, EventStore, ExpectedVersion, NewEvent, Payload, Tx};
 
 #[factum::event]
 #[derive(Debug)]
@@ -37,6 +35,14 @@ pub struct Ledger {
     failures: Arc<AtomicU32>,
     /// While set, a deposit of 13 cents fails (a poison event).
     poison: Arc<AtomicBool>,
+}
+
+impl Ledger {
+    /// Makes the ledger for each inline application.
+    fn factory(&self) -> impl Fn() -> Self + Send + Sync + 'static {
+        let ledger = self.clone();
+        move || ledger.clone()
+    }
 }
 
 #[factum::projection(name = "ledger", inline)]
@@ -99,59 +105,6 @@ impl Ledger {
     }
 }
 
-/// What these tests need of a store beyond [`SqlStore`]: `with_inline` and `append_in` are
-/// methods of each store, not of the trait, so a test body generic over the store reaches
-/// them through this.
-trait InlineStore: SqlStore {
-    /// The store, applying `ledger` in every append's transaction.
-    fn with_ledger(&self, ledger: &Ledger) -> Self;
-
-    /// The store's `append_in`.
-    async fn append_in_transaction(
-        &self,
-        transaction: &mut Transaction,
-        stream_id: &str,
-        expected: ExpectedVersion,
-        events: Vec<NewEvent>,
-    ) -> factum::Result<Vec<RecordedEvent>>;
-}
-
-impl InlineStore for PostgresStore {
-    fn with_ledger(&self, ledger: &Ledger) -> Self {
-        let ledger = ledger.clone();
-        self.with_inline(move || ledger.clone())
-    }
-
-    async fn append_in_transaction(
-        &self,
-        transaction: &mut Transaction,
-        stream_id: &str,
-        expected: ExpectedVersion,
-        events: Vec<NewEvent>,
-    ) -> factum::Result<Vec<RecordedEvent>> {
-        self.append_in(transaction, stream_id, "Account", expected, events)
-            .await
-    }
-}
-
-impl InlineStore for SqliteStore {
-    fn with_ledger(&self, ledger: &Ledger) -> Self {
-        let ledger = ledger.clone();
-        self.with_inline(move || ledger.clone())
-    }
-
-    async fn append_in_transaction(
-        &self,
-        transaction: &mut Transaction,
-        stream_id: &str,
-        expected: ExpectedVersion,
-        events: Vec<NewEvent>,
-    ) -> factum::Result<Vec<RecordedEvent>> {
-        self.append_in(transaction, stream_id, "Account", expected, events)
-            .await
-    }
-}
-
 /// A database with the ledger's table, its store, and the ledger.
 async fn setup<D: TestDatabase>() -> (D, D::Store, Ledger) {
     let database = D::create().await.unwrap();
@@ -206,10 +159,10 @@ fn row(account: &str, cents: i64, events: i64, last: i64) -> Row {
 }
 
 async fn the_read_model_shows_an_append_when_it_returns_and_a_failure_rolls_the_append_back<
-    D: TestDatabase<Store: InlineStore>,
+    D: TestDatabase,
 >() {
     let (_database, store, ledger) = setup::<D>().await;
-    let inline = store.with_ledger(&ledger);
+    let inline = store.with_inline(ledger.factory());
 
     // No runner runs: the append itself updated the ledger.
     inline
@@ -291,9 +244,10 @@ async fn the_read_model_shows_an_append_when_it_returns_and_a_failure_rolls_the_
     // In the caller's transaction: the ledger commits or rolls back with it.
     let mut transaction = store.begin().await.unwrap();
     inline
-        .append_in_transaction(
+        .append_in(
             &mut transaction,
             "acc-2",
+            "Account",
             ExpectedVersion::NoStream,
             vec![deposit(9)],
         )
@@ -304,9 +258,10 @@ async fn the_read_model_shows_an_append_when_it_returns_and_a_failure_rolls_the_
     assert_eq!(store.stream_version("acc-2").await.unwrap(), 0);
     let mut transaction = store.begin().await.unwrap();
     inline
-        .append_in_transaction(
+        .append_in(
             &mut transaction,
             "acc-2",
+            "Account",
             ExpectedVersion::NoStream,
             vec![deposit(9)],
         )
@@ -330,7 +285,7 @@ async fn the_read_model_shows_an_append_when_it_returns_and_a_failure_rolls_the_
 }
 
 async fn inline_appends_and_the_runner_apply_each_event_once_and_each_stream_in_order<
-    D: TestDatabase<Store: InlineStore>,
+    D: TestDatabase,
 >() {
     const STREAMS: usize = 12;
     const WRITERS: usize = 4;
@@ -360,7 +315,7 @@ async fn inline_appends_and_the_runner_apply_each_event_once_and_each_stream_in_
     // Writers append to shared streams, some through the inline store, some through a store
     // without it (another service, say), so both paths meet on every stream.
     let writers = (0..WRITERS).map(|writer| {
-        let (plain, inline) = (store.clone(), store.with_ledger(&ledger));
+        let (plain, inline) = (store.clone(), store.with_inline(ledger.factory()));
         tokio::spawn(async move {
             let mut total = vec![0_i64; STREAMS];
             for n in 0..APPENDS {
@@ -429,10 +384,10 @@ async fn inline_appends_and_the_runner_apply_each_event_once_and_each_stream_in_
 }
 
 async fn a_parked_stream_is_left_to_the_runner_and_drains_in_order_after_the_fix<
-    D: TestDatabase<Store: InlineStore>,
+    D: TestDatabase,
 >() {
     let (_database, store, ledger) = setup::<D>().await;
-    let inline = store.with_ledger(&ledger);
+    let inline = store.with_inline(ledger.factory());
     ledger.poison.store(true, Ordering::SeqCst);
     // Appended elsewhere: the runner meets the poison and parks the stream.
     store

@@ -44,6 +44,21 @@ where
     }))
 }
 
+/// `with_inline` for code generic over the store (each store also has it as its own method).
+pub trait WithInline: SqlStore {
+    /// This store, applying the projection `P` (made by `new_projection` for each append) in
+    /// every append's transaction; see `PostgresStore::with_inline`.
+    #[must_use]
+    fn with_inline<P>(&self, new_projection: impl Fn() -> P + Send + Sync + 'static) -> Self
+    where
+        P: InlineProjection + RunsOn<Self>,
+    {
+        install(self, new_projection)
+    }
+}
+
+impl<S: SqlStore> WithInline for S {}
+
 #[cfg(feature = "postgres")]
 impl crate::store::PostgresStore {
     /// This store, applying the projection `P` (made by `new_projection` for each append) in

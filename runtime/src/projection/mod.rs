@@ -57,6 +57,8 @@ mod versions;
 
 #[cfg(any(feature = "postgres", feature = "sqlite"))]
 pub use batch::BatchOutcome;
+#[cfg(any(feature = "postgres", feature = "sqlite"))]
+pub use inline::WithInline;
 #[cfg(feature = "postgres")]
 pub use runner::PgProjectionRunner;
 #[cfg(any(feature = "postgres", feature = "sqlite"))]
