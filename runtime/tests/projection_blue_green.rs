@@ -413,30 +413,7 @@ async fn the_active_version_runs_a_side_effect_a_building_version_skipped<D: Tes
     assert_eq!(sent.lock().unwrap().len(), 1);
 }
 
-/// Each test above, on both stores, with its runtime.
-macro_rules! on_both_stores {
-    ($(#[$test:meta] $name:ident),* $(,)?) => {
-        mod postgres {
-            $(
-                #[$test]
-                async fn $name() {
-                    super::$name::<factum::testing::postgres::TemporaryStore>().await;
-                }
-            )*
-        }
-
-        mod sqlite {
-            $(
-                #[$test]
-                async fn $name() {
-                    super::$name::<factum::testing::sqlite::TemporaryDatabase>().await;
-                }
-            )*
-        }
-    };
-}
-
-on_both_stores!(
+factum::on_both_stores!(
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
     version_2_builds_beside_version_1_and_switches_over_when_caught_up,
     #[tokio::test]

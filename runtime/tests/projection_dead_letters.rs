@@ -4,8 +4,6 @@
 //! retrying after the fix drains the stream in order; skipping keeps the event, marked; a
 //! database outage parks nothing.
 
-mod support;
-
 use std::error::Error;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -14,7 +12,6 @@ use std::time::Duration;
 use factum::projection::{ProjectionRunner, RetryOutcome, RunnerError};
 use factum::testing::{TestDatabase, execute, fetch_all};
 use factum::{Envelope, EventStore, ExpectedVersion, NewEvent, Payload, Tx};
-use support::on_both_stores;
 
 #[factum::event]
 #[derive(Debug)]
@@ -504,7 +501,7 @@ async fn a_database_outage_parks_nothing_and_stops_the_runner<D: TestDatabase>()
     assert!(runner.parked().await.unwrap().is_empty());
 }
 
-on_both_stores!(
+factum::on_both_stores!(
     #[tokio::test]
     a_poison_event_parks_its_stream_the_others_complete_and_retry_drains_it_in_order,
     #[tokio::test]

@@ -453,31 +453,11 @@ async fn a_parked_stream_is_left_to_the_runner_and_drains_in_order_after_the_fix
     );
 }
 
-/// Each test above, on both stores.
-macro_rules! on_both_stores {
-    ($($name:ident),* $(,)?) => {
-        mod postgres {
-            $(
-                #[tokio::test]
-                async fn $name() {
-                    super::$name::<factum::testing::postgres::TemporaryStore>().await;
-                }
-            )*
-        }
-
-        mod sqlite {
-            $(
-                #[tokio::test]
-                async fn $name() {
-                    super::$name::<factum::testing::sqlite::TemporaryDatabase>().await;
-                }
-            )*
-        }
-    };
-}
-
-on_both_stores!(
+factum::on_both_stores!(
+    #[tokio::test]
     the_read_model_shows_an_append_when_it_returns_and_a_failure_rolls_the_append_back,
+    #[tokio::test]
     inline_appends_and_the_runner_apply_each_event_once_and_each_stream_in_order,
+    #[tokio::test]
     a_parked_stream_is_left_to_the_runner_and_drains_in_order_after_the_fix,
 );

@@ -5,8 +5,6 @@
 //! holds the lease and another takes over when it dies or stops; live events follow; a
 //! checkpoint moved back is noticed, between catch-ups or during one.
 
-mod support;
-
 use std::error::Error;
 use std::future::Future;
 use std::sync::Arc;
@@ -20,7 +18,6 @@ use factum::{
     Envelope, EventStore, ExpectedVersion, FeedBatch, FeedPosition, FeedQuery, NewEvent, Payload,
     Tx,
 };
-use support::on_both_stores;
 
 #[factum::event(name = "Deposited")]
 #[derive(Debug)]
@@ -703,7 +700,7 @@ async fn a_checkpoint_reset_between_or_during_catch_ups_rebuilds_everything<D: T
     assert_eq!(model.iter().map(|row| row.1).sum::<i64>(), store_events);
 }
 
-on_both_stores!(
+factum::on_both_stores!(
     #[tokio::test]
     catching_up_applies_every_event_once_upcasting_old_versions,
     #[tokio::test]

@@ -114,26 +114,7 @@ async fn a_new_version_replaying_the_history_sends_no_farewell_twice<D: TestData
     assert_eq!(sent.load(Ordering::SeqCst), 6);
 }
 
-macro_rules! on_both_stores {
-    ($($name:ident),* $(,)?) => {
-        mod postgres {
-            $(
-                #[tokio::test]
-                async fn $name() {
-                    super::$name::<factum::testing::postgres::TemporaryStore>().await;
-                }
-            )*
-        }
-
-        mod sqlite {
-            $(
-                #[tokio::test]
-                async fn $name() {
-                    super::$name::<factum::testing::sqlite::TemporaryDatabase>().await;
-                }
-            )*
-        }
-    };
-}
-
-on_both_stores!(a_new_version_replaying_the_history_sends_no_farewell_twice);
+factum::on_both_stores!(
+    #[tokio::test]
+    a_new_version_replaying_the_history_sends_no_farewell_twice,
+);

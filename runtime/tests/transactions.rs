@@ -148,26 +148,7 @@ async fn append_in<S: SqlStore>(
     .await
 }
 
-macro_rules! on_both_stores {
-    ($($name:ident),* $(,)?) => {
-        mod postgres {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    super::$name::<factum::testing::postgres::TemporaryStore>().await;
-                }
-            )*
-        }
-
-        mod sqlite {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    super::$name::<factum::testing::sqlite::TemporaryDatabase>().await;
-                }
-            )*
-        }
-    };
-}
-
-on_both_stores!(appends_commit_and_roll_back_with_the_transaction_and_wake_subscribers);
+factum::on_both_stores!(
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    appends_commit_and_roll_back_with_the_transaction_and_wake_subscribers,
+);

@@ -221,27 +221,7 @@ async fn a_projection_killed_at_random_points_ends_equal_to_a_clean_rebuild<
     eprintln!("{}: done after {:.1?}", D::KIND, started.elapsed());
 }
 
-/// The test above, on both stores.
-macro_rules! on_both_stores {
-    ($($name:ident),* $(,)?) => {
-        mod postgres {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    super::$name::<factum::testing::postgres::TemporaryStore>().await;
-                }
-            )*
-        }
-
-        mod sqlite {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    super::$name::<factum::testing::sqlite::TemporaryDatabase>().await;
-                }
-            )*
-        }
-    };
-}
-
-on_both_stores!(a_projection_killed_at_random_points_ends_equal_to_a_clean_rebuild);
+factum::on_both_stores!(
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    a_projection_killed_at_random_points_ends_equal_to_a_clean_rebuild,
+);

@@ -515,37 +515,23 @@ async fn an_event_the_saga_cannot_read_parks_its_stream_while_other_orders_flow<
     assert!(world.runner.parked().await.unwrap().is_empty());
 }
 
-/// Each test above, on both stores.
-macro_rules! on_both_stores {
-    ($($name:ident),* $(,)?) => {
-        mod postgres {
-            $(
-                #[tokio::test]
-                async fn $name() {
-                    super::$name::<factum::testing::postgres::TemporaryStore>().await;
-                }
-            )*
-        }
-
-        mod sqlite {
-            $(
-                #[tokio::test]
-                async fn $name() {
-                    super::$name::<factum::testing::sqlite::TemporaryDatabase>().await;
-                }
-            )*
-        }
-    };
-}
-
-on_both_stores!(
+factum::on_both_stores!(
+    #[tokio::test]
     an_event_the_saga_cannot_read_parks_its_stream_while_other_orders_flow,
+    #[tokio::test]
     an_order_is_reserved_paid_shipped_and_completed,
+    #[tokio::test]
     out_of_stock_cancels_the_order_and_touches_nothing_else,
+    #[tokio::test]
     a_refused_command_goes_back_to_the_saga_which_cancels_the_order,
+    #[tokio::test]
     a_declined_payment_releases_the_inventory_then_cancels_the_order,
+    #[tokio::test]
     a_failed_shipment_refunds_releases_and_cancels_in_reverse_order,
+    #[tokio::test]
     a_payment_that_never_answers_times_out_after_a_restart_and_compensates,
+    #[tokio::test]
     a_payment_confirmed_in_time_cancels_the_timeout,
+    #[tokio::test]
     a_command_delivered_again_is_recognised_and_not_applied_twice,
 );

@@ -23,7 +23,7 @@ use std::ops::Deref;
 
 use sqlx::any::AnyRow;
 
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::store::{SqlStore, StoreKind};
 
 /// A database of its own for one test, removed when the last clone is dropped.
@@ -110,11 +110,46 @@ where
     S: SqlStore,
     T: for<'r> sqlx::FromRow<'r, AnyRow> + Send + Unpin,
 {
-    let mut transaction = store.begin().await?;
-    let rows = sqlx::query_as(sqlx::AssertSqlSafe(sql.to_owned()))
-        .fetch_all(&mut transaction.tx())
+    // A connection of the pool, outside any write transaction (SQLite's write lock stays free).
+    let mut connection = store.acquire().await?;
+    sqlx::query_as(sqlx::AssertSqlSafe(sql.to_owned()))
+        .fetch_all(&mut connection.tx())
         .await
-        .map_err(|e| Error::Backend(Box::new(e)))?;
-    transaction.rollback().await?;
-    Ok(rows)
+        .map_err(|e| store.fail(e))
+}
+
+/// Runs test bodies written once (`async fn name<D: TestDatabase>()`) on both stores: each
+/// becomes the tests `postgres::name` and `sqlite::name`, with the attributes written before its
+/// name (`#[tokio::test]` with the flavor the scenario needs, `#[ignore = "..."]`). Needs the
+/// `postgres` and `sqlite` features.
+///
+/// ```ignore
+/// async fn appends_are_read_back<D: factum::testing::TestDatabase>() { /* ... */ }
+///
+/// factum::on_both_stores!(
+///     #[tokio::test]
+///     appends_are_read_back,
+/// );
+/// ```
+#[macro_export]
+macro_rules! on_both_stores {
+    ($($(#[$attribute:meta])+ $name:ident),* $(,)?) => {
+        mod postgres {
+            $(
+                $(#[$attribute])+
+                async fn $name() {
+                    super::$name::<$crate::testing::postgres::TemporaryStore>().await;
+                }
+            )*
+        }
+
+        mod sqlite {
+            $(
+                $(#[$attribute])+
+                async fn $name() {
+                    super::$name::<$crate::testing::sqlite::TemporaryDatabase>().await;
+                }
+            )*
+        }
+    };
 }
