@@ -296,6 +296,7 @@ impl PostgresStore {
     }
 
     /// The schema, validated, for SQL text.
+    #[cfg(feature = "cli")]
     pub(crate) fn sql_schema(&self) -> &Schema {
         &self.inner.schema
     }
