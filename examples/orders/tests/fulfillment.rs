@@ -468,6 +468,54 @@ async fn a_command_delivered_again_is_recognised_and_not_applied_twice<D: TestDa
     );
 }
 
+/// A dispatcher delivers every pending command in one call, over as many rounds as it takes,
+/// and once it is done another process's dispatcher delivers at once: the dispatch lease is
+/// released when a round ends (on PostgreSQL it is a lock of a pooled transaction, which merely
+/// dropping would leave held until that connection is used again).
+async fn dispatchers_take_the_lease_again_as_soon_as_a_round_ends<D: TestDatabase>() {
+    let mut world = World::<D>::new().await;
+    world
+        .services
+        .inventory
+        .execute(
+            &inventory_stream("pen"),
+            AddStock {
+                sku: "pen".into(),
+                quantity: 1_000,
+            },
+        )
+        .await
+        .unwrap();
+    // More commands than one round takes (100): the second round takes the lease again right
+    // after the first released it.
+    for n in 0..120 {
+        world
+            .place(&format!("o-{}", 100 + n), "pen", 1, "visa", "1 Main St")
+            .await;
+    }
+    assert_eq!(world.runner.handle_events().await.unwrap(), 120);
+    assert_eq!(
+        world.runner.dispatch().await.unwrap(),
+        120,
+        "every reservation delivered in one call, over two rounds"
+    );
+    // The reservations' events make the payments; another process handles and sends them.
+    let other_store = world.database.another_client().await.unwrap();
+    let other_services = Services::new(&other_store);
+    let mut other = SagaRunner::<_, OrderFulfillment>::new(other_store, other_services.bus())
+        .clock(world.clock.clone());
+    assert_eq!(other.handle_events().await.unwrap(), 120);
+    assert_eq!(
+        other.dispatch().await.unwrap(),
+        120,
+        "the other process's dispatcher takes the lease the first one released"
+    );
+    assert_eq!(
+        world.types(&payment_stream("o-219")).await,
+        ["PaymentProcessed"]
+    );
+}
+
 async fn an_event_the_saga_cannot_read_parks_its_stream_while_other_orders_flow<D: TestDatabase>() {
     let mut world = World::<D>::new().await;
     world.runner = world.restarted_runner().retries(0, Duration::ZERO);
@@ -534,4 +582,6 @@ factum::on_both_stores!(
     a_payment_confirmed_in_time_cancels_the_timeout,
     #[tokio::test]
     a_command_delivered_again_is_recognised_and_not_applied_twice,
+    #[tokio::test]
+    dispatchers_take_the_lease_again_as_soon_as_a_round_ends,
 );

@@ -202,7 +202,7 @@ impl<S: SqlStore, P: Projection> ProjectionRunner<S, P> {
                 version = P::VERSION,
                 "a newer version of the projection is active: this one does not run"
             );
-            drop(lease);
+            lease.release().await;
             return Ok(self.projection);
         }
         let mut checked = std::time::Instant::now();
@@ -259,7 +259,7 @@ impl<S: SqlStore, P: Projection> ProjectionRunner<S, P> {
                 break Ok(());
             }
         };
-        drop(lease);
+        lease.release().await;
         result.map(|()| self.projection)
     }
 

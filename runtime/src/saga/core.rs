@@ -281,7 +281,7 @@ impl<S: Saga, St: SqlStore> Core<S, St> {
                 Ok(pending) => self.deliver_all(pending).await,
                 Err(error) => Err(error.into()),
             };
-            drop(lease);
+            lease.release().await;
             match result? {
                 0 => return Ok(delivered),
                 n => delivered += n,

@@ -181,16 +181,65 @@ pub enum LeaseName<'a> {
     SagaDispatch { saga: &'a str },
 }
 
-/// A held lease: released when dropped (and by the store when the holder's process dies).
+/// A held lease: released by [`Lease::release`], or when dropped (and by the store when the
+/// holder's process dies).
 pub struct Lease {
-    #[allow(dead_code)] // held for its drop
-    held: Box<dyn Send>,
+    held: Held,
+}
+
+enum Held {
+    /// A session advisory lock on a connection of its own: released when it closes.
+    #[cfg(feature = "postgres")]
+    Connection(sqlx::PgConnection),
+    /// A transaction-scoped advisory lock: released when the transaction ends. Dropping it
+    /// only queues the rollback until the pooled connection is used again, so it is ended
+    /// explicitly.
+    #[cfg(feature = "postgres")]
+    Transaction(sqlx::Transaction<'static, sqlx::Postgres>),
+    /// A lock on a file (or, in memory, in the store): released when dropped.
+    #[cfg(feature = "sqlite")]
+    File(crate::store::sqlite::StoreLock),
 }
 
 impl Lease {
-    pub(crate) fn new(held: impl Send + 'static) -> Self {
+    #[cfg(feature = "postgres")]
+    pub(crate) fn connection(connection: sqlx::PgConnection) -> Self {
         Self {
-            held: Box::new(held),
+            held: Held::Connection(connection),
+        }
+    }
+
+    #[cfg(feature = "postgres")]
+    pub(crate) fn transaction(transaction: sqlx::Transaction<'static, sqlx::Postgres>) -> Self {
+        Self {
+            held: Held::Transaction(transaction),
+        }
+    }
+
+    #[cfg(feature = "sqlite")]
+    pub(crate) fn file(lock: crate::store::sqlite::StoreLock) -> Self {
+        Self {
+            held: Held::File(lock),
+        }
+    }
+
+    /// Releases the lease now, so that the next holder (in this process or another) can take
+    /// it at once. A failure to tell the database is logged: the lock then goes when the
+    /// connection does.
+    pub(crate) async fn release(self) {
+        let released: std::result::Result<(), sqlx::Error> = match self.held {
+            #[cfg(feature = "postgres")]
+            Held::Connection(connection) => sqlx::Connection::close(connection).await,
+            #[cfg(feature = "postgres")]
+            Held::Transaction(transaction) => transaction.commit().await,
+            #[cfg(feature = "sqlite")]
+            Held::File(lock) => {
+                drop(lock);
+                Ok(())
+            }
+        };
+        if let Err(error) = released {
+            tracing::warn!(%error, "a lease was not released cleanly; it goes with its connection");
         }
     }
 }

@@ -73,7 +73,7 @@ impl Backend for PostgresStore {
                 .fetch_one(&mut connection)
                 .await
                 .map_err(|e| self.fail(e))?;
-                Ok(taken.then(|| Lease::new(connection)))
+                Ok(taken.then(|| Lease::connection(connection)))
             }
             LeaseName::SagaDispatch { saga } => {
                 let mut transaction = self.inner.pool.begin().await.map_err(|e| self.fail(e))?;
@@ -83,7 +83,7 @@ impl Backend for PostgresStore {
                         .fetch_one(&mut *transaction)
                         .await
                         .map_err(|e| self.fail(e))?;
-                Ok(taken.then(|| Lease::new(transaction)))
+                Ok(taken.then(|| Lease::transaction(transaction)))
             }
         }
     }

@@ -61,7 +61,7 @@ impl Backend for SqliteStore {
             LeaseName::Projection { name, version } => format!("projection-{name}-v{version}"),
             LeaseName::SagaDispatch { saga } => format!("saga-{saga}"),
         };
-        Ok(self.try_lock(&lock)?.map(Lease::new))
+        Ok(self.try_lock(&lock)?.map(Lease::file))
     }
 
     async fn unapplied<'a>(
