@@ -328,3 +328,30 @@ pub trait Backend {
         wake: Arc<tokio::sync::Notify>,
     ) -> Option<BoxFuture<'static, ()>>;
 }
+
+/// The methods of [`Backend`] that are the store's own inherent methods (`append_in`,
+/// `migrate`, `begin`), delegated the same way for every store.
+macro_rules! inherent_backend_methods {
+    ($store:ty) => {
+        async fn append_in_tx<'a, 'c: 'a>(
+            &'a self,
+            tx: $crate::store::Tx<'c>,
+            stream_id: &'a str,
+            aggregate_type: &'a str,
+            expected: $crate::position::ExpectedVersion,
+            events: Vec<$crate::envelope::NewEvent>,
+        ) -> $crate::error::Result<Vec<$crate::envelope::RecordedEvent>> {
+            <$store>::append_in(self, tx, stream_id, aggregate_type, expected, events).await
+        }
+
+        async fn migrate_tables(&self) -> $crate::error::Result<()> {
+            <$store>::migrate(self).await
+        }
+
+        async fn begin_write(&self) -> $crate::error::Result<$crate::store::Transaction> {
+            <$store>::begin(self).await
+        }
+    };
+}
+
+pub(crate) use inherent_backend_methods;

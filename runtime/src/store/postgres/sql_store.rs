@@ -8,14 +8,14 @@ use sqlx::postgres::PgListener;
 use sqlx::{AssertSqlSafe, Connection as _, PgConnection};
 
 use super::{ENVELOPE_COLUMNS, PostgresStore};
-use crate::envelope::{NewEvent, RecordedEvent};
+use crate::envelope::RecordedEvent;
 use crate::error::{Error, Result};
-use crate::position::ExpectedVersion;
 use crate::store::backend::to_i64;
 use crate::store::sql::{
     AppendHook, Backend, BoxFuture, Connection, Dialect, Lease, LeaseName, SqlStore, Unapplied,
+    inherent_backend_methods,
 };
-use crate::store::tx::{self, StoreKind, Transaction, Tx};
+use crate::store::tx::{self, StoreKind, Tx};
 
 impl SqlStore for PostgresStore {}
 
@@ -26,24 +26,7 @@ impl Backend for PostgresStore {
         Dialect::Postgres(self.inner.schema.clone())
     }
 
-    async fn append_in_tx<'a, 'c: 'a>(
-        &'a self,
-        tx: Tx<'c>,
-        stream_id: &'a str,
-        aggregate_type: &'a str,
-        expected: ExpectedVersion,
-        events: Vec<NewEvent>,
-    ) -> Result<Vec<RecordedEvent>> {
-        PostgresStore::append_in(self, tx, stream_id, aggregate_type, expected, events).await
-    }
-
-    async fn migrate_tables(&self) -> Result<()> {
-        PostgresStore::migrate(self).await
-    }
-
-    async fn begin_write(&self) -> Result<Transaction> {
-        PostgresStore::begin(self).await
-    }
+    inherent_backend_methods!(PostgresStore);
 
     async fn acquire(&self) -> Result<Connection> {
         let connection = self.inner.pool.acquire().await.map_err(|e| self.fail(e))?;
