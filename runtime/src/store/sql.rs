@@ -196,9 +196,9 @@ enum Held {
     /// explicitly.
     #[cfg(feature = "postgres")]
     Transaction(sqlx::Transaction<'static, sqlx::Postgres>),
-    /// A lock on a file (or, in memory, in the store): released when dropped.
-    #[cfg(feature = "sqlite")]
-    File(crate::store::sqlite::StoreLock),
+    /// A lock released when dropped (SQLite's lock on a file beside the database).
+    #[cfg_attr(not(feature = "sqlite"), allow(dead_code))]
+    OnDrop(Box<dyn Send>),
 }
 
 impl Lease {
@@ -216,10 +216,11 @@ impl Lease {
         }
     }
 
+    /// A lease released when `lock` is dropped.
     #[cfg(feature = "sqlite")]
-    pub(crate) fn file(lock: crate::store::sqlite::StoreLock) -> Self {
+    pub(crate) fn on_drop(lock: impl Send + 'static) -> Self {
         Self {
-            held: Held::File(lock),
+            held: Held::OnDrop(Box::new(lock)),
         }
     }
 
@@ -232,8 +233,7 @@ impl Lease {
             Held::Connection(connection) => sqlx::Connection::close(connection).await,
             #[cfg(feature = "postgres")]
             Held::Transaction(transaction) => transaction.commit().await,
-            #[cfg(feature = "sqlite")]
-            Held::File(lock) => {
+            Held::OnDrop(lock) => {
                 drop(lock);
                 Ok(())
             }

@@ -8,8 +8,6 @@
 //! acknowledged append survives a crash or a power cut.
 
 mod lock;
-
-pub(crate) use lock::StoreLock;
 mod migrate;
 mod sql_store;
 

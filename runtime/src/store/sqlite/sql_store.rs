@@ -44,7 +44,7 @@ impl Backend for SqliteStore {
             LeaseName::Projection { name, version } => format!("projection-{name}-v{version}"),
             LeaseName::SagaDispatch { saga } => format!("saga-{saga}"),
         };
-        Ok(self.try_lock(&lock)?.map(Lease::file))
+        Ok(self.try_lock(&lock)?.map(Lease::on_drop))
     }
 
     async fn unapplied<'a>(
