@@ -590,4 +590,27 @@ async fn an_append_after_other_writes_cannot_put_a_stream_out_of_feed_order() {
         .map(|e| e.stream_version)
         .collect();
     assert_eq!(versions, [1, 2]);
+
+    // Two appends to one stream in one transaction: the second follows the transaction's own
+    // first, which is no newer transaction, and both reach readers in order.
+    let mut twice = store.begin().await.unwrap();
+    for version in [3, 4] {
+        store
+            .append_in(
+                &mut twice,
+                "ordered",
+                "Probe",
+                ExpectedVersion::Exact(version - 1),
+                vec![ping(version)],
+            )
+            .await
+            .unwrap();
+    }
+    twice.commit().await.unwrap();
+    let versions: Vec<u64> = drain_until(&*store, &mut checkpoint, 2)
+        .await
+        .iter()
+        .map(|e| e.stream_version)
+        .collect();
+    assert_eq!(versions, [3, 4]);
 }

@@ -52,7 +52,7 @@ pub(super) fn insert_sql(schema: &Schema) -> String {
            AND (h.aggregate_type IS NULL OR h.aggregate_type = $2)
            AND (h.tx IS NULL
                 OR pg_current_xact_id_if_assigned() IS NULL
-                OR h.tx < pg_current_xact_id_if_assigned())
+                OR h.tx <= pg_current_xact_id_if_assigned())
          ORDER BY u.ord
          RETURNING e.stream_version, e.position, e.tx::text::bigint, e.recorded_at"
     )
@@ -274,8 +274,10 @@ impl Append<'_> {
         if !self.expected.accepts(diagnosis.head_version) {
             return Verdict::Refused(self.conflict(diagnosis.head_version));
         }
+        // The stream's last event of this very transaction (an earlier append in it) is fine:
+        // the two are delivered together, in position order.
         if let (Some(head), Some(own)) = (diagnosis.head_tx, diagnosis.own_tx)
-            && head >= own
+            && head > own
         {
             return Verdict::Refused(Error::StaleTransaction {
                 stream_id: self.stream_id.to_owned(),
