@@ -614,3 +614,45 @@ async fn an_append_after_other_writes_cannot_put_a_stream_out_of_feed_order() {
         .collect();
     assert_eq!(versions, [3, 4]);
 }
+
+/// A schema name of the longest kind (63 bytes) still gets working notifications: appends
+/// wake another client's subscription. (Every test's `TemporaryStore` has such a name too, so
+/// the saga tests cover the saga's signal.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn notifications_work_with_the_longest_schema_names() {
+    let url = factum::testing::postgres::database_url();
+    let schema = format!("factum_long_{}", factum::Uuid::now_v7().simple());
+    let schema = format!("{schema}{}", "x".repeat(63 - schema.len()));
+    assert_eq!(schema.len(), 63);
+    let store = factum::store::PostgresStore::with_schema(
+        sqlx::PgPool::connect(&url).await.unwrap(),
+        &schema,
+    )
+    .unwrap();
+    store.migrate().await.unwrap();
+    let other = factum::store::PostgresStore::with_schema(
+        sqlx::PgPool::connect(&url).await.unwrap(),
+        &schema,
+    )
+    .unwrap();
+    let mut feed = Subscription::new(other.clone(), FeedPosition::START)
+        .poll_interval(Duration::from_secs(60));
+    assert!(feed.try_next_batch().await.unwrap().is_empty());
+    let waiting = tokio::spawn(async move { feed.next().await.unwrap().stream_id });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    store
+        .append("long-1", "Probe", ExpectedVersion::NoStream, vec![ping(1)])
+        .await
+        .unwrap();
+    let stream = tokio::time::timeout(Duration::from_secs(20), waiting)
+        .await
+        .expect("woken by the notification, long before the minute's poll")
+        .unwrap();
+    assert_eq!(stream, "long-1");
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "DROP SCHEMA \"{schema}\" CASCADE"
+    )))
+    .execute(store.pool())
+    .await
+    .unwrap();
+}

@@ -14,7 +14,7 @@ pub(super) fn statements(schema: &Schema) -> SagaSql {
         "SELECT state::text, status, correlation_id::text FROM {s}.sagas
          WHERE saga = $1 AND saga_id = $2"
     );
-    let channel = format!("factum_saga_{}", schema.name());
+    let channel = schema.channel("factum_saga");
     SagaSql {
         lock_instance: format!("{instance} FOR UPDATE").into(),
         read_instance: instance.into(),

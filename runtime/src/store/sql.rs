@@ -152,6 +152,29 @@ impl Schema {
     pub(crate) fn quoted(&self) -> &str {
         &self.quoted
     }
+
+    /// The `LISTEN`/`NOTIFY` channel `{prefix}_{schema}`: channel names are identifiers of at
+    /// most 63 bytes, so a long schema name is shortened, with a hash of the whole name keeping
+    /// channels of different schemas apart.
+    pub(crate) fn channel(&self, prefix: &str) -> String {
+        let full = format!("{prefix}_{}", self.name);
+        if full.len() <= 63 {
+            return full;
+        }
+        // FNV-1a: stable across builds and platforms, unlike std's hasher.
+        let hash = self
+            .name
+            .bytes()
+            .fold(0xcbf2_9ce4_8422_2325_u64, |hash, byte| {
+                (hash ^ u64::from(byte)).wrapping_mul(0x0000_0100_0000_01b3)
+            });
+        // `{prefix}_{start}_{hash:016x}` in 63 bytes.
+        let keep = 63_usize
+            .saturating_sub(prefix.len() + 1 + 17)
+            .min(self.name.len());
+        // Schema names are ASCII (checked by `new`): any byte index is a char boundary.
+        format!("{prefix}_{}_{hash:016x}", &self.name[..keep])
+    }
 }
 
 #[cfg(feature = "postgres")]
@@ -355,3 +378,26 @@ macro_rules! inherent_backend_methods {
 }
 
 pub(crate) use inherent_backend_methods;
+
+#[cfg(all(test, feature = "postgres"))]
+mod tests {
+    use super::Schema;
+
+    #[test]
+    fn channels_fit_in_an_identifier_and_stay_apart() {
+        let short = Schema::new("billing").unwrap();
+        assert_eq!(short.channel("factum_saga"), "factum_saga_billing");
+        let long = "a".repeat(63);
+        let other = format!("{}b", "a".repeat(62));
+        let (long, other) = (Schema::new(&long).unwrap(), Schema::new(&other).unwrap());
+        for prefix in ["factum", "factum_saga"] {
+            let (one, two) = (long.channel(prefix), other.channel(prefix));
+            assert!(one.len() <= 63 && two.len() <= 63, "{one} / {two}");
+            assert!(one.starts_with(&format!("{prefix}_aaaa")));
+            assert_ne!(
+                one, two,
+                "schemas sharing a long prefix get channels of their own"
+            );
+        }
+    }
+}

@@ -65,7 +65,13 @@ impl TemporaryStore {
     /// As [`TemporaryStore::new`].
     pub async fn with_pool_size(connections: u32) -> Result<Self> {
         let url = database_url();
-        let schema = format!("factum_test_{}", uuid::Uuid::now_v7().simple());
+        // As long as a schema name may be (63 bytes), so that every test covers the longest
+        // names (channel names derived from them must stay valid identifiers).
+        let schema = format!(
+            "factum_test_{}_{}",
+            uuid::Uuid::now_v7().simple(),
+            "x".repeat(18)
+        );
         let pool = connect(&url, &schema, connections).await?;
         let store = PostgresStore::with_schema(pool, &schema)?;
         let cleanup = std::sync::Arc::new(Cleanup {

@@ -264,7 +264,7 @@ impl PostgresStore {
             hooks: Arc::new([]),
             inner: Arc::new(Inner {
                 sql: Statements::new(&schema),
-                channel: format!("factum_{}", schema.name()),
+                channel: schema.channel("factum"),
                 schema,
                 pool,
                 notifier: Notifier::new(),
