@@ -259,6 +259,19 @@ async fn bad_urls_and_unmigrated_databases_get_one_clear_line() {
         "{err}"
     );
     assert!(!err.contains("secret"), "{err}");
+    let (code, _, err) = factum(
+        "postgres://alice@127.0.0.1:1/app?sslmode=disable&password=secret",
+        "factum",
+        &["stats"],
+    );
+    assert_eq!(code, 1);
+    assert!(
+        err.starts_with(
+            "error: cannot open postgres://alice@127.0.0.1:1/app?sslmode=disable&password=***:"
+        ),
+        "{err}"
+    );
+    assert!(!err.contains("secret"), "{err}");
     let (code, _, err) = factum("sqlite://no/such/file.db", "factum", &["stats"]);
     assert_eq!(code, 1);
     assert_eq!(

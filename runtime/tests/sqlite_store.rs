@@ -165,3 +165,119 @@ async fn rows_written_by_another_tool_that_no_append_could_write_are_reported_as
     let error = store.read_feed(&FeedQuery::from_start()).await.unwrap_err();
     assert!(matches!(error, Error::Corrupt { .. }), "{error}");
 }
+
+#[tokio::test]
+async fn remove_files_removes_the_database_and_its_companions_only() {
+    let dir = std::env::temp_dir().join(format!("factum-remove-{}", factum::Uuid::now_v7()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("app.db");
+    let store = SqliteStore::open(&path).await.unwrap();
+    store.migrate().await.unwrap();
+    drop(store);
+    for companion in [
+        "app.db-wal",
+        "app.db-shm",
+        "app.db-projection-balances-v1.lock",
+    ] {
+        std::fs::write(dir.join(companion), b"").unwrap();
+    }
+    for other in ["app.db.bak", "app.dbx", "app.db-notes.txt"] {
+        std::fs::write(dir.join(other), b"keep me").unwrap();
+    }
+    SqliteStore::remove_files(&path).unwrap();
+    let mut left: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    left.sort();
+    assert_eq!(left, ["app.db-notes.txt", "app.db.bak", "app.dbx"]);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+mod leases {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::time::Duration;
+
+    use factum::projection::ProjectionRunner;
+    use factum::testing::sqlite::TemporaryDatabase;
+    use factum::{Envelope, EventStore, ExpectedVersion, NewEvent, Tx};
+
+    #[factum::event]
+    #[derive(Debug)]
+    pub struct Ticked {
+        pub n: u64,
+    }
+
+    macro_rules! counter {
+        ($type:ident, $name:literal) => {
+            #[derive(Debug)]
+            pub struct $type(Arc<AtomicU64>);
+
+            #[factum::projection(name = $name)]
+            impl $type {
+                #[handle]
+                async fn ticked(
+                    &mut self,
+                    _: &Ticked,
+                    _: &Envelope,
+                    _: &mut Tx<'_>,
+                ) -> Result<(), std::convert::Infallible> {
+                    self.0.fetch_add(1, Ordering::SeqCst);
+                    Ok(())
+                }
+            }
+        };
+    }
+
+    counter!(Dashed, "a-b");
+    counter!(Underscored, "a_b");
+
+    /// Projections whose names differ only in punctuation hold leases of their own (their lock
+    /// files once collided, and the second waited forever).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn projections_named_alike_run_at_once() {
+        let database = TemporaryDatabase::new().await.unwrap();
+        database
+            .append(
+                "t-1",
+                "Ticker",
+                ExpectedVersion::NoStream,
+                vec![NewEvent::of(&Ticked { n: 1 }).unwrap()],
+            )
+            .await
+            .unwrap();
+        let (dashed, underscored) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let run = |stopped: tokio::sync::watch::Receiver<bool>| async move {
+            let mut stopped = stopped;
+            let _ = stopped.wait_for(|stop| *stop).await;
+        };
+        let first = tokio::spawn(
+            ProjectionRunner::new((*database).clone(), Dashed(Arc::clone(&dashed)))
+                .poll_interval(Duration::from_millis(20))
+                .run(run(stopped.clone())),
+        );
+        let second = tokio::spawn(
+            ProjectionRunner::new((*database).clone(), Underscored(Arc::clone(&underscored)))
+                .poll_interval(Duration::from_millis(20))
+                .lease_retry(Duration::from_millis(20))
+                .run(run(stopped)),
+        );
+        for _ in 0..500 {
+            if dashed.load(Ordering::SeqCst) == 1 && underscored.load(Ordering::SeqCst) == 1 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(dashed.load(Ordering::SeqCst), 1);
+        assert_eq!(
+            underscored.load(Ordering::SeqCst),
+            1,
+            "both leases held at once"
+        );
+        stop.send(true).unwrap();
+        first.await.unwrap().unwrap();
+        second.await.unwrap().unwrap();
+    }
+}

@@ -60,12 +60,8 @@ impl SqliteStore {
                 },
             }));
         };
-        let file_name: String = name
-            .chars()
-            .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
-            .collect();
         let mut lock_path = path.as_os_str().to_owned();
-        lock_path.push(format!("-{file_name}.lock"));
+        lock_path.push(format!("-{}.lock", file_name(name)));
         let file = std::fs::OpenOptions::new()
             .create(true)
             .truncate(false)
@@ -79,5 +75,37 @@ impl SqliteStore {
             Err(std::fs::TryLockError::WouldBlock) => Ok(None),
             Err(std::fs::TryLockError::Error(error)) => Err(Error::Backend(Box::new(error))),
         }
+    }
+}
+
+/// A lock's name as a file name: letters and digits kept, `-` as it is, any other character
+/// written as `_` and its code in hex, so that different names (`a-b`, `a_b`, `a b`) never share
+/// a file.
+fn file_name(name: &str) -> String {
+    let mut file = String::with_capacity(name.len());
+    for c in name.chars() {
+        if c.is_ascii_alphanumeric() || c == '-' {
+            file.push(c);
+        } else {
+            file.push_str(&format!("_{:x}_", u32::from(c)));
+        }
+    }
+    file
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn different_names_never_share_a_lock_file() {
+        let names = [
+            "projection-a-b-v1",
+            "projection-a_b-v1",
+            "projection-a b-v1",
+            "projection-a_2d_b-v1",
+        ];
+        let files: std::collections::HashSet<String> =
+            names.iter().map(|n| super::file_name(n)).collect();
+        assert_eq!(files.len(), names.len(), "{files:?}");
+        assert_eq!(super::file_name("saga-orders"), "saga-orders");
     }
 }

@@ -195,8 +195,10 @@ impl SqliteStore {
         &self.location
     }
 
-    /// Removes the database file at `path` with its write-ahead log and the runners' lock
-    /// files beside it (close every store on it first). A missing file is not an error.
+    /// Removes the database file at `path` with its write-ahead log, its shared-memory and
+    /// journal files and the runners' lock files beside it (close every store on it first);
+    /// other files that merely start with its name (`app.db.bak`) stay. A missing file is not an
+    /// error.
     ///
     /// # Errors
     /// When the directory cannot be read or a file cannot be removed.
@@ -214,13 +216,17 @@ impl SqliteStore {
             Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(()),
             Err(error) => return Err(error),
         };
+        let name = name.as_encoded_bytes();
         for entry in entries {
             let entry = entry?;
-            if entry
-                .file_name()
-                .as_encoded_bytes()
-                .starts_with(name.as_encoded_bytes())
-            {
+            let file = entry.file_name();
+            let Some(rest) = file.as_encoded_bytes().strip_prefix(name) else {
+                continue;
+            };
+            let ours = rest.is_empty()
+                || [b"-wal".as_slice(), b"-shm", b"-journal"].contains(&rest)
+                || (rest.starts_with(b"-") && rest.ends_with(b".lock"));
+            if ours {
                 std::fs::remove_file(entry.path())?;
             }
         }
