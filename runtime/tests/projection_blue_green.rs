@@ -419,3 +419,47 @@ factum::on_both_stores!(
     #[tokio::test]
     the_active_version_runs_a_side_effect_a_building_version_skipped,
 );
+
+/// Registering a version takes a lock of its store's schema only: stores in other schemas of
+/// the server (other services, other tests) do not wait for it.
+#[tokio::test]
+async fn registering_waits_only_for_registrations_in_its_own_schema() {
+    use factum::testing::postgres::TemporaryStore;
+    use sqlx::{Connection as _, Executor as _};
+
+    let a = TemporaryStore::new().await.unwrap();
+    let b = TemporaryStore::new().await.unwrap();
+    let runner = |store: &TemporaryStore| {
+        let totals = TotalsV1 {
+            table: "unused".into(),
+            sent: Sent::default(),
+        };
+        ProjectionRunner::new((**store).clone(), totals)
+    };
+    // Another session in the middle of registering "totals" in schema a.
+    let mut session = sqlx::PgConnection::connect(a.url()).await.unwrap();
+    session.execute("BEGIN").await.unwrap();
+    sqlx::query(
+        "SELECT pg_advisory_xact_lock(hashtext('factum.projection_versions'),
+                                      hashtext($1 || ':totals'))",
+    )
+    .bind(a.schema())
+    .execute(&mut session)
+    .await
+    .unwrap();
+
+    let registered = tokio::time::timeout(Duration::from_secs(30), runner(&b).register()).await;
+    assert_eq!(
+        registered.expect("schema b waited for schema a").unwrap(),
+        VersionState::Active
+    );
+    // The session holds the lock a registration in schema a takes: it waits for it.
+    let mut in_a = runner(&a);
+    assert!(
+        tokio::time::timeout(Duration::from_millis(500), in_a.register())
+            .await
+            .is_err()
+    );
+    session.execute("ROLLBACK").await.unwrap();
+    assert_eq!(in_a.register().await.unwrap(), VersionState::Active);
+}

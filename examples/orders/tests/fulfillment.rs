@@ -518,7 +518,14 @@ async fn dispatchers_take_the_lease_again_as_soon_as_a_round_ends<D: TestDatabas
 
 async fn an_event_the_saga_cannot_read_parks_its_stream_while_other_orders_flow<D: TestDatabase>() {
     let mut world = World::<D>::new().await;
-    world.runner = world.restarted_runner().retries(0, Duration::ZERO);
+    // Options set before the clock stay set.
+    world.runner = SagaRunner::new(world.store.clone(), world.services.bus())
+        .retries(0, Duration::ZERO)
+        .batch_size(7)
+        .clock(world.clock.clone());
+    let debug = format!("{:?}", world.runner);
+    assert!(debug.contains("batch_size: 7"), "{debug}");
+    assert!(debug.contains("max: 0"), "{debug}");
     let broken = factum::NewEvent::new(
         "OrderPlaced",
         1,

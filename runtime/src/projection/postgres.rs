@@ -132,9 +132,13 @@ pub(super) fn statements(schema: &Schema) -> ProjectionSql {
                  WHERE i.applied_version < excluded.applied_version"
         )
         .into(),
-        lock_versions:
-            "SELECT pg_advisory_xact_lock(hashtext('factum.projection_versions'), hashtext($1))"
-                .into(),
+        // The schema is in the key: stores in other schemas of the server do not wait on it.
+        lock_versions: format!(
+            "SELECT pg_advisory_xact_lock(hashtext('factum.projection_versions'),
+                                          hashtext('{}:' || $1))",
+            schema.name()
+        )
+        .into(),
         versions: format!(
             "SELECT version, state FROM {s}.projection_versions WHERE projection = $1"
         )

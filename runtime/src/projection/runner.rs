@@ -32,7 +32,6 @@ use crate::store::{FeedBatch, SqlStore};
 /// ProjectionRunner::new(store, projection).batch_size(500).run(shutdown).await?;
 /// # Ok(()) }
 /// ```
-#[derive(Debug)]
 pub struct ProjectionRunner<S, P> {
     pub(super) store: S,
     pub(super) projection: P,
@@ -44,6 +43,18 @@ pub struct ProjectionRunner<S, P> {
     pub(super) read_ahead: Option<(FeedPosition, FeedBatch)>,
     /// Whether this version is building beside the active one (side effects off).
     pub(super) replaying: bool,
+}
+
+impl<S: std::fmt::Debug, P: Projection> std::fmt::Debug for ProjectionRunner<S, P> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ProjectionRunner")
+            .field("projection", &P::NAME)
+            .field("version", &P::VERSION)
+            .field("store", &self.store)
+            .field("options", &self.options)
+            .field("position", &self.position)
+            .finish_non_exhaustive()
+    }
 }
 
 /// A projection runner on PostgreSQL.
@@ -133,6 +144,19 @@ impl<S: SqlStore, P: Projection> ProjectionRunner<S, P> {
     pub fn dead_letters(mut self, enabled: bool) -> Self {
         self.options.dead_letters = enabled;
         self
+    }
+
+    /// The same runner (options, position) for another projection value of the same kind.
+    pub(crate) fn with_projection<Q: Projection>(self, projection: Q) -> ProjectionRunner<S, Q> {
+        ProjectionRunner {
+            store: self.store,
+            projection,
+            sql: self.sql,
+            options: self.options,
+            position: self.position,
+            read_ahead: self.read_ahead,
+            replaying: self.replaying,
+        }
     }
 
     /// The projection.

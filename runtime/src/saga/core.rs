@@ -105,6 +105,14 @@ pub(crate) struct SagaEvents<S, St> {
     pub core: Arc<Core<S, St>>,
 }
 
+impl<S: Saga, St> std::fmt::Debug for SagaEvents<S, St> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SagaEvents")
+            .field("saga", &S::NAME)
+            .finish_non_exhaustive()
+    }
+}
+
 impl<S: Saga, St: SqlStore> Projection for SagaEvents<S, St> {
     const NAME: &'static str = S::NAME;
     const VERSION: u32 = 1;

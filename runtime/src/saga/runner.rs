@@ -52,7 +52,7 @@ impl<St: SqlStore, S: Saga> std::fmt::Debug for SagaRunner<St, S> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SagaRunner")
             .field("saga", &S::NAME)
-            .field("store", self.events.store())
+            .field("events", &self.events)
             .field("bus", &self.core.bus)
             .finish_non_exhaustive()
     }
@@ -97,10 +97,21 @@ impl<St: SqlStore, S: Saga> SagaRunner<St, S> {
     /// Uses `clock` for scheduling and firing timeouts (a
     /// [`ManualClock`](crate::saga::ManualClock) in tests).
     #[must_use]
-    pub fn clock(self, clock: impl Clock) -> Self {
-        let store = self.core.tables.store.clone();
-        let bus = self.core.bus.clone();
-        Self::build(store, bus, Arc::new(clock), self.poll_interval)
+    pub fn clock(mut self, clock: impl Clock) -> Self {
+        // A new core with the clock; the event side keeps the options set so far.
+        let core = Arc::new(Core {
+            tables: self.core.tables.clone(),
+            bus: self.core.bus.clone(),
+            clock: Arc::new(clock),
+            dispatch_batch: self.core.dispatch_batch,
+            wake: Arc::default(),
+            saga: PhantomData,
+        });
+        self.events = self.events.with_projection(SagaEvents {
+            core: Arc::clone(&core),
+        });
+        self.core = core;
+        self
     }
 
     /// Events per transaction (default 500).
