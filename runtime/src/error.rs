@@ -146,6 +146,12 @@ pub enum Error {
     #[error("this event store does not support {0}")]
     Unsupported(&'static str),
 
+    /// The database failed: unreachable, restarting, a statement refused... The sqlx error is
+    /// kept: [`Error::is_transient`] says whether waiting and retrying may help.
+    #[cfg(feature = "sql")]
+    #[error("the database failed: {0}")]
+    Database(#[source] sqlx::Error),
+
     /// The storage backend failed.
     #[error("the event store failed: {0}")]
     Backend(#[source] Box<dyn std::error::Error + Send + Sync>),
@@ -156,6 +162,21 @@ impl Error {
     #[must_use]
     pub fn is_conflict(&self) -> bool {
         matches!(self, Self::Conflict { .. } | Self::StaleTransaction { .. })
+    }
+
+    /// Whether waiting and retrying the same work may succeed: the database is unreachable,
+    /// restarting, failing over (read-only) or out of connections; a deadlock, serialization
+    /// failure or statement timeout; or a cause marked [`Transient`](crate::Transient).
+    /// Runners retry these for as long as they last (outages) or within a budget; everything
+    /// else is permanent for the work at hand.
+    #[must_use]
+    pub fn is_transient(&self) -> bool {
+        self.class().retryable()
+    }
+
+    /// What this failure calls for.
+    pub(crate) fn class(&self) -> crate::failure::Class {
+        crate::failure::classify(self)
     }
 }
 

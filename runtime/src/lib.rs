@@ -79,6 +79,7 @@ pub mod conformance;
 pub mod envelope;
 pub mod error;
 pub mod event;
+pub mod failure;
 pub mod feed;
 pub mod position;
 pub mod projection;
@@ -108,6 +109,7 @@ pub use crate::command::{Command, CommandContext};
 pub use crate::envelope::{Envelope, Metadata, NewEvent, RecordedEvent};
 pub use crate::error::{DecodeError, Error, ExecuteError, Result};
 pub use crate::event::{Event, EventDescriptor, EventOf, EventSet, IntoEvents, Payload};
+pub use crate::failure::Transient;
 pub use crate::repository::{Executed, Execution, Loaded, Repository};
 pub use crate::snapshot::Snapshot;
 /// Event, command and correlation ids.

@@ -85,6 +85,6 @@ pub enum CliError {
 impl CliError {
     /// A failure of SQL the tool runs itself (a projection's reset).
     pub(super) fn database(error: sqlx::Error) -> Self {
-        Self::Store(Error::Backend(Box::new(error)))
+        Self::Store(Error::Database(error))
     }
 }

@@ -4,7 +4,7 @@
 //! the projection handles, wait in the queue in order while other streams flow on. An operator
 //! lists parked streams, retries one (its events are handled in order, each removed once
 //! applied, stopping again at the first failure) or skips its first event (kept, marked
-//! skipped, for the audit trail). A database outage parks nothing: the runner stops.
+//! skipped, for the audit trail). A database outage parks nothing: the runner waits it out.
 
 use super::batch::{BatchOutcome, DeadLetter};
 use super::retry::Failure;
@@ -17,27 +17,58 @@ use crate::position::FeedPosition;
 use crate::store::backend::{columns, stored_time, to_i64};
 use crate::store::{FeedBatch, SqlStore, Tx};
 
+/// Whether a batch's transient failures are retried within the transient budget (a batch
+/// as read) or only quickly (its events one by one, once the budget ran out for the batch).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Budget {
+    Full,
+    Spent,
+}
+
+/// A batch that kept failing, and how often it was tried.
+struct Failed {
+    error: RunnerError,
+    attempts: u32,
+}
+
 impl<S: SqlStore, P: Projection> ProjectionRunner<S, P> {
-    /// Applies a batch, retrying it (with doubling backoff) while the failure may be transient.
+    /// Applies a batch, retrying it while the failure may pass: a few quick retries for an
+    /// error of no known class, retries within the transient budget for a transient one, a few
+    /// quick ones for an outage (which the run loop then waits out).
     async fn apply_with_retries(
         &mut self,
         after: Option<FeedPosition>,
         events: &[RecordedEvent],
         next: FeedPosition,
-    ) -> Result<Option<BatchOutcome>, RunnerError> {
+        budget: Budget,
+    ) -> Result<Option<BatchOutcome>, Failed> {
         let retries = self.options.retries;
+        let started = std::time::Instant::now();
         let mut attempt = 0;
         loop {
-            match self.apply_from(after, events, next).await {
-                Err(RunnerError::Handler { cause, .. })
-                    if Failure::of(&cause).retryable() && attempt < retries.max =>
-                {
-                    attempt += 1;
-                    tracing::warn!(attempt, error = %cause, "projection batch failed; retrying");
-                    tokio::time::sleep(retries.delay(attempt)).await;
-                }
-                result => return result,
+            let error = match self.apply_from(after, events, next).await {
+                Ok(outcome) => return Ok(outcome),
+                Err(error) => error,
+            };
+            let again = match &error {
+                RunnerError::Handler { cause, .. } => match Failure::of(cause) {
+                    Failure::Transient if budget == Budget::Full => {
+                        started.elapsed() < retries.transient_budget
+                    }
+                    Failure::Event { retry: false } => false,
+                    _ => attempt < retries.max,
+                },
+                _ => false,
+            };
+            attempt += 1;
+            if !again {
+                return Err(Failed {
+                    error,
+                    attempts: attempt,
+                });
             }
+            tracing::warn!(attempt, %error, "projection batch failed; retrying");
+            tokio::time::sleep(retries.delay(attempt)).await;
         }
     }
 
@@ -49,14 +80,18 @@ impl<S: SqlStore, P: Projection> ProjectionRunner<S, P> {
         batch: &FeedBatch,
     ) -> Result<Option<BatchOutcome>, RunnerError> {
         match self
-            .apply_with_retries(Some(after), &batch.events, batch.next)
+            .apply_with_retries(Some(after), &batch.events, batch.next, Budget::Full)
             .await
         {
-            Err(RunnerError::Handler { cause, .. }) if self.parks(&cause) => {
+            Err(Failed {
+                error: RunnerError::Handler { cause, .. },
+                ..
+            }) if self.parks(&cause) => {
                 tracing::warn!(error = %cause, "projection batch kept failing; isolating the failing event");
                 self.isolate(&batch.events, batch.next).await.map(Some)
             }
-            result => result,
+            Err(failed) => Err(failed.error),
+            Ok(outcome) => Ok(outcome),
         }
     }
 
@@ -70,15 +105,19 @@ impl<S: SqlStore, P: Projection> ProjectionRunner<S, P> {
     ) -> Result<BatchOutcome, RunnerError> {
         let mut outcome = BatchOutcome::default();
         for event in events {
+            let one = std::slice::from_ref(event);
             match self
-                .apply_with_retries(None, std::slice::from_ref(event), event.feed_position())
+                .apply_with_retries(None, one, event.feed_position(), Budget::Spent)
                 .await
             {
                 Ok(one) => outcome += one.unwrap_or_default(),
-                Err(RunnerError::Handler { cause, .. }) if self.parks(&cause) => {
-                    outcome += self.park_failed(event, &cause).await?;
+                Err(Failed {
+                    error: RunnerError::Handler { cause, .. },
+                    attempts,
+                }) if self.parks(&cause) => {
+                    outcome += self.park_failed(event, &cause, attempts).await?;
                 }
-                Err(error) => return Err(error),
+                Err(failed) => return Err(failed.error),
             }
         }
         outcome += self.apply_from(None, &[], next).await?.unwrap_or_default();
@@ -91,6 +130,7 @@ impl<S: SqlStore, P: Projection> ProjectionRunner<S, P> {
         &mut self,
         event: &RecordedEvent,
         cause: &HandlerError,
+        attempts: u32,
     ) -> Result<BatchOutcome, RunnerError> {
         let mut transaction = self.store.begin().await?;
         let mut tx = transaction.tx();
@@ -100,7 +140,6 @@ impl<S: SqlStore, P: Projection> ProjectionRunner<S, P> {
         if event.feed_position() <= checkpoint {
             return Ok(BatchOutcome::default()); // another runner got past it meanwhile
         }
-        let attempts = self.options.retries.attempts(cause);
         let letter = DeadLetter::new(event, Some(cause.to_string()), attempts);
         self.park(&mut tx, &[letter]).await?;
         self.save_checkpoint(&mut tx, event.feed_position()).await?;

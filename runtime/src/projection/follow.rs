@@ -6,11 +6,11 @@
 use std::future::Future;
 use std::time::Duration;
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 
 use super::batch::BatchOutcome;
 use super::runner::ProjectionRunner;
-use super::status::{ProjectionStatus, RunnerError, VersionState};
+use super::status::{ProjectionStatus, RunnerError, RunnerState, VersionState};
 use super::{Projection, Reset};
 use crate::error::Error;
 use crate::position::FeedPosition;
@@ -154,9 +154,9 @@ impl<S: SqlStore, P: Projection> ProjectionRunner<S, P> {
 
     /// Waits for the lease: one runner per projection version at a time, across processes;
     /// another takes over when the holder stops or its process dies. `None`: shut down while
-    /// waiting.
+    /// waiting. Handles' requests are served meanwhile (those that apply events refused).
     pub(super) async fn acquire_lease(
-        &self,
+        &mut self,
         mut shutdown: std::pin::Pin<&mut (impl Future<Output = ()> + Send)>,
     ) -> Result<Option<Lease>, RunnerError> {
         let name = LeaseName::Projection {
@@ -167,9 +167,44 @@ impl<S: SqlStore, P: Projection> ProjectionRunner<S, P> {
             if let Some(lease) = self.store.try_lease(name).await? {
                 return Ok(Some(lease));
             }
-            tokio::select! {
-                () = shutdown.as_mut() => return Ok(None),
-                () = tokio::time::sleep(self.options.lease_retry) => {}
+            if !matches!(*self.control.state.borrow(), RunnerState::Retrying { .. }) {
+                self.control.set(RunnerState::Standby);
+            }
+            if self
+                .wait(shutdown.as_mut(), self.options.lease_retry, None, false)
+                .await
+            {
+                return Ok(None);
+            }
+        }
+    }
+
+    /// Waits for `delay`, a wake-up of the store (when given) or shutdown, serving handles'
+    /// requests meanwhile. Returns whether shutdown came.
+    async fn wait(
+        &mut self,
+        mut shutdown: std::pin::Pin<&mut (impl Future<Output = ()> + Send)>,
+        delay: Duration,
+        mut wakeups: Option<&mut crate::store::FeedWakeups>,
+        leased: bool,
+    ) -> bool {
+        let deadline = tokio::time::Instant::now() + delay;
+        loop {
+            self.serve_requests(leased).await;
+            let woken = async {
+                match wakeups.as_deref_mut() {
+                    Some(wakeups) => wakeups.changed().await,
+                    None => std::future::pending().await,
+                }
+            };
+            let request = tokio::select! {
+                () = shutdown.as_mut() => return true,
+                () = woken => return false,
+                () = tokio::time::sleep_until(deadline) => return false,
+                request = self.control.requests.recv() => request,
+            };
+            if let Some(request) = request {
+                request(self, leased).await;
             }
         }
     }
@@ -180,21 +215,90 @@ impl<S: SqlStore, P: Projection> ProjectionRunner<S, P> {
     /// caught up, and an active one stops once a newer one has. Shutdown lets the current batch
     /// finish. Returns the projection.
     ///
+    /// A failure that may pass (the database unreachable, restarting or failing over, a
+    /// transient handler failure past its budget with dead-lettering off) does not end the
+    /// run: the runner releases the lease, waits (backing off, with jitter, up to 2 s) and
+    /// resumes from its checkpoint, its state [`RunnerState::Retrying`] meanwhile (see
+    /// [`ProjectionRunner::handle`]).
+    ///
     /// # Errors
-    /// [`RunnerError::Handler`] when a batch keeps failing, or a store error.
+    /// A permanent failure: the store is not migrated or newer than this build, its data is
+    /// corrupt, or a handler failed for good with dead-lettering off.
     pub async fn run(
         mut self,
         shutdown: impl Future<Output = ()> + Send,
     ) -> Result<P, RunnerError> {
         let mut shutdown = std::pin::pin!(shutdown);
+        let mut failing: Option<(DateTime<Utc>, u32)> = None;
+        let result = loop {
+            let error = match self.session(shutdown.as_mut(), &mut failing).await {
+                Ok(()) => break Ok(()),
+                Err(error) if error.is_transient() => error,
+                Err(error) => break Err(error),
+            };
+            self.position = None;
+            self.read_ahead = None;
+            let (since, attempts) = failing.get_or_insert((Utc::now(), 0));
+            *attempts += 1;
+            let attempts = *attempts;
+            tracing::warn!(
+                projection = P::NAME,
+                version = P::VERSION,
+                attempts,
+                %error,
+                "projection runner failed for a reason that may pass; retrying"
+            );
+            self.control.set(RunnerState::Retrying {
+                since: *since,
+                attempts,
+                error: error.to_string(),
+            });
+            let delay = super::retry::backoff(self.options.retries.backoff, attempts);
+            if self.wait(shutdown.as_mut(), delay, None, false).await {
+                break Ok(());
+            }
+        };
+        if let Err(error) = &result {
+            tracing::error!(
+                projection = P::NAME,
+                version = P::VERSION,
+                %error,
+                "projection runner stopped"
+            );
+        }
+        self.control.set(RunnerState::Stopped {
+            error: result.as_ref().err().map(ToString::to_string),
+        });
+        result.map(|()| self.projection)
+    }
+
+    /// One tenure of the lease: takes it, registers the version, then catches up and follows
+    /// until shutdown (`Ok`), retirement (`Ok`) or a failure; releases the lease. `failing`:
+    /// the failures since the last success, cleared by the first successful step.
+    async fn session(
+        &mut self,
+        mut shutdown: std::pin::Pin<&mut (impl Future<Output = ()> + Send)>,
+        failing: &mut Option<(DateTime<Utc>, u32)>,
+    ) -> Result<(), RunnerError> {
         let Some(lease) = self.acquire_lease(shutdown.as_mut()).await? else {
-            return Ok(self.projection);
+            return Ok(());
         };
         tracing::info!(
             projection = P::NAME,
             version = P::VERSION,
             "projection lease taken"
         );
+        let result = self.follow(shutdown, failing).await;
+        lease.release().await;
+        result
+    }
+
+    /// Catches up and follows the feed while holding the lease.
+    async fn follow(
+        &mut self,
+        mut shutdown: std::pin::Pin<&mut (impl Future<Output = ()> + Send)>,
+        failing: &mut Option<(DateTime<Utc>, u32)>,
+    ) -> Result<(), RunnerError> {
         let mut state = self.register().await?;
         if state == VersionState::Retired {
             tracing::warn!(
@@ -202,65 +306,63 @@ impl<S: SqlStore, P: Projection> ProjectionRunner<S, P> {
                 version = P::VERSION,
                 "a newer version of the projection is active: this one does not run"
             );
-            lease.release().await;
-            return Ok(self.projection);
+            return Ok(());
         }
         let mut checked = std::time::Instant::now();
         let mut wakeups = self.store.wakeups();
-        let result = loop {
+        loop {
             wakeups.mark_seen();
-            let wait = match self.step().await {
-                Ok(Step::Applied(_)) => None,
-                Ok(Step::CaughtUp { held_back: true }) => Some(Duration::from_millis(5)),
-                Ok(Step::CaughtUp { held_back: false }) => {
+            let wait = match self.step().await? {
+                Step::Applied(_) => None,
+                Step::CaughtUp { held_back: true } => Some(Duration::from_millis(5)),
+                Step::CaughtUp { held_back: false } => {
                     if state == VersionState::Building {
-                        match self.switch_over().await {
-                            Ok(true) => {
-                                state = VersionState::Active;
-                                self.replaying = false;
-                            }
-                            Ok(false) => {
-                                tracing::warn!("the version was retired while building");
-                                break Ok(());
-                            }
-                            Err(error) => break Err(error.into()),
+                        if self.switch_over().await? {
+                            state = VersionState::Active;
+                            self.replaying = false;
+                        } else {
+                            tracing::warn!("the version was retired while building");
+                            return Ok(());
                         }
                     }
                     Some(self.options.poll_interval)
                 }
-                Err(error) => break Err(error),
             };
+            if failing.take().is_some() {
+                tracing::info!(
+                    projection = P::NAME,
+                    version = P::VERSION,
+                    "projection runner recovered"
+                );
+            }
+            self.control.set(RunnerState::Running);
             // An active version stops once a newer one has switched over.
             if state == VersionState::Active && (wait.is_some() || checked.elapsed() > RETIRE_CHECK)
             {
                 checked = std::time::Instant::now();
-                match self.version_state().await {
-                    Ok(Some(VersionState::Retired)) => {
-                        tracing::info!(
-                            projection = P::NAME,
-                            version = P::VERSION,
-                            "a newer version switched over: this one is retired and stops"
-                        );
-                        break Ok(());
-                    }
-                    Ok(_) => {}
-                    Err(error) => break Err(error.into()),
+                if self.version_state().await? == Some(VersionState::Retired) {
+                    tracing::info!(
+                        projection = P::NAME,
+                        version = P::VERSION,
+                        "a newer version switched over: this one is retired and stops"
+                    );
+                    return Ok(());
                 }
             }
             let stop = match wait {
-                None => poll_now(shutdown.as_mut()),
-                Some(wait) => tokio::select! {
-                    () = shutdown.as_mut() => true,
-                    () = wakeups.changed() => false,
-                    () = tokio::time::sleep(wait) => false,
-                },
+                None => {
+                    self.serve_requests(true).await;
+                    poll_now(shutdown.as_mut())
+                }
+                Some(wait) => {
+                    self.wait(shutdown.as_mut(), wait, Some(&mut wakeups), true)
+                        .await
+                }
             };
             if stop {
-                break Ok(());
+                return Ok(());
             }
-        };
-        lease.release().await;
-        result.map(|()| self.projection)
+        }
     }
 
     /// The projection's checkpoint, the store's head, and the lag between them.
@@ -306,6 +408,7 @@ impl<S: SqlStore, P: Projection> ProjectionRunner<S, P> {
             } else {
                 (checkpoint.position as f64 / head.position as f64).min(1.0)
             },
+            runner: self.control.state.borrow().clone(),
         })
     }
 }

@@ -40,6 +40,8 @@ mod dead_letter;
 #[cfg(any(feature = "postgres", feature = "sqlite"))]
 mod follow;
 #[cfg(any(feature = "postgres", feature = "sqlite"))]
+mod handle;
+#[cfg(any(feature = "postgres", feature = "sqlite"))]
 mod inline;
 #[cfg(feature = "postgres")]
 mod postgres;
@@ -58,14 +60,20 @@ mod versions;
 #[cfg(any(feature = "postgres", feature = "sqlite"))]
 pub use batch::BatchOutcome;
 #[cfg(any(feature = "postgres", feature = "sqlite"))]
+pub use handle::RunnerHandle;
+#[cfg(any(feature = "postgres", feature = "sqlite"))]
 pub use inline::WithInline;
+#[cfg(any(feature = "postgres", feature = "sqlite"))]
+pub(crate) use retry::backoff;
 #[cfg(feature = "postgres")]
 pub use runner::PgProjectionRunner;
 #[cfg(any(feature = "postgres", feature = "sqlite"))]
 pub use runner::ProjectionRunner;
 #[cfg(feature = "sqlite")]
 pub use runner::SqliteProjectionRunner;
-pub use status::{ParkedStream, ProjectionStatus, RetryOutcome, RunnerError, VersionState};
+pub use status::{
+    ParkedStream, ProjectionStatus, RetryOutcome, RunnerError, RunnerState, VersionState,
+};
 #[cfg(any(feature = "postgres", feature = "sqlite"))]
 pub use versions::active_version;
 
@@ -264,9 +272,16 @@ impl HandlerError {
         }
     }
 
-    /// Whether a retry may succeed (a handler error may be transient; a decoding error is not).
+    /// Whether the failure is transient: the handler's error is a database outage, a deadlock,
+    /// a statement timeout... or marked [`Transient`](crate::Transient) (see
+    /// [`Error::is_transient`](crate::Error::is_transient)). A decoding failure never is.
     #[must_use]
     pub fn is_transient(&self) -> bool {
-        matches!(self, Self::Handler { .. } | Self::Flush { .. })
+        match self {
+            Self::Decode { .. } => false,
+            Self::Handler { cause, .. } | Self::Flush { cause } => {
+                crate::failure::classify(cause.as_ref()).retryable()
+            }
+        }
     }
 }

@@ -1,91 +1,78 @@
 //! How a runner meets a failing batch, in one place: how often and how long it retries, and
-//! what a failure calls for (retry, park the event's stream, or stop because the database is
-//! gone).
+//! what a failure calls for (retry quickly then park, retry within the transient budget then
+//! park, or wait out the database's outage without parking anything).
 
 use std::time::Duration;
 
 use super::HandlerError;
+use crate::failure::Class;
 
-/// Retries of a failing batch: `max` of them, with doubling backoff from `backoff`.
+/// Retries of a failing batch: `max` quick ones (doubling from `backoff`) for an error that
+/// may be the event's; for a transient one, retries until `transient_budget` has passed since
+/// the first failure, the wait doubling up to [`MAX_BACKOFF`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Retries {
     pub max: u32,
     pub backoff: Duration,
+    pub transient_budget: Duration,
 }
+
+/// The longest wait between two attempts.
+pub(crate) const MAX_BACKOFF: Duration = Duration::from_secs(2);
 
 impl Default for Retries {
     fn default() -> Self {
         Self {
             max: 3,
             backoff: Duration::from_millis(100),
+            transient_budget: Duration::from_secs(300),
         }
     }
 }
 
 impl Retries {
-    /// The wait before retry number `attempt` (from 1).
+    /// The wait before retry number `attempt` (from 1): doubling from `backoff`, capped, with
+    /// jitter.
     pub fn delay(self, attempt: u32) -> Duration {
-        self.backoff * 2_u32.saturating_pow(attempt.saturating_sub(1))
+        backoff(self.backoff, attempt)
     }
+}
 
-    /// How many times an event that failed with `cause` was tried.
-    pub fn attempts(self, cause: &HandlerError) -> u32 {
-        if cause.is_transient() {
-            self.max.saturating_add(1)
-        } else {
-            1
-        }
-    }
+/// The wait before retry number `attempt` (from 1) from `base`: doubling, at most
+/// [`MAX_BACKOFF`], then a random part of it taken off (up to half), so that runners that
+/// failed together do not retry together.
+pub(crate) fn backoff(base: Duration, attempt: u32) -> Duration {
+    let doubled = base.saturating_mul(2_u32.saturating_pow(attempt.saturating_sub(1).min(20)));
+    let capped = doubled.min(MAX_BACKOFF);
+    capped.mul_f64(1.0 - fastrand::f64() / 2.0)
 }
 
 /// What a handler's failure calls for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Failure {
-    /// The event cannot be handled now, and perhaps never: retry, then park its stream.
+    /// The event may be at fault (a handler's error of no known class): a few quick retries,
+    /// then park its stream; none when retrying cannot help (it does not decode).
     Event {
-        /// Whether retrying may help (a decoding failure never will).
-        transient: bool,
+        /// Whether retrying may help.
+        retry: bool,
     },
-    /// The database is unreachable: the event is not at fault, parking would be wrong.
+    /// It may pass (a deadlock, a timeout, another system's 503): retry within the transient
+    /// budget, then park.
+    Transient,
+    /// The database is unavailable: the event is not at fault, parking would be wrong; the
+    /// runner waits it out.
     Outage,
 }
 
 impl Failure {
-    /// Whether retrying may help: an outage may end, a transient failure may pass.
-    pub fn retryable(self) -> bool {
-        !matches!(self, Self::Event { transient: false })
-    }
-
     pub fn of(cause: &HandlerError) -> Self {
-        if is_outage(cause) {
-            Self::Outage
-        } else {
-            Self::Event {
-                transient: cause.is_transient(),
-            }
+        let (HandlerError::Handler { cause, .. } | HandlerError::Flush { cause }) = cause else {
+            return Self::Event { retry: false };
+        };
+        match crate::failure::classify(cause.as_ref()) {
+            Class::Outage => Self::Outage,
+            Class::Transient => Self::Transient,
+            Class::Permanent => Self::Event { retry: true },
         }
     }
-}
-
-/// Whether a handler failed because the database is unreachable.
-fn is_outage(cause: &HandlerError) -> bool {
-    let (HandlerError::Handler { cause, .. } | HandlerError::Flush { cause }) = cause else {
-        return false;
-    };
-    let mut current: Option<&(dyn std::error::Error + 'static)> = Some(cause.as_ref());
-    while let Some(error) = current {
-        if let Some(error) = error.downcast_ref::<sqlx::Error>() {
-            return matches!(
-                error,
-                sqlx::Error::Io(_)
-                    | sqlx::Error::Tls(_)
-                    | sqlx::Error::Protocol(_)
-                    | sqlx::Error::PoolTimedOut
-                    | sqlx::Error::PoolClosed
-                    | sqlx::Error::WorkerCrashed
-            );
-        }
-        current = error.source();
-    }
-    false
 }

@@ -7,8 +7,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::sync::{mpsc, watch};
+
 use super::retry::{Failure, Retries};
 use super::sql::{ProjectionSql, Statement};
+use super::status::RunnerState;
 use super::{Projection, RunsOn};
 use crate::error::Error;
 use crate::position::FeedPosition;
@@ -43,6 +46,8 @@ pub struct ProjectionRunner<S, P> {
     pub(super) read_ahead: Option<(FeedPosition, FeedBatch)>,
     /// Whether this version is building beside the active one (side effects off).
     pub(super) replaying: bool,
+    /// Its state, for handles, and their requests.
+    pub(super) control: Control<S, P>,
 }
 
 impl<S: std::fmt::Debug, P: Projection> std::fmt::Debug for ProjectionRunner<S, P> {
@@ -103,6 +108,7 @@ impl<S: SqlStore, P: Projection> ProjectionRunner<S, P> {
             position: None,
             read_ahead: None,
             replaying: false,
+            control: Control::new(),
         }
     }
 
@@ -127,14 +133,23 @@ impl<S: SqlStore, P: Projection> ProjectionRunner<S, P> {
         self
     }
 
-    /// Retries of a failing batch (with doubling backoff from `backoff`) before its failing
-    /// event's stream is parked, or the runner stops (default 3, from 100 ms).
+    /// Quick retries of a batch whose handler fails with an error of no known class (with
+    /// doubling backoff from `backoff`, capped at 2 s, jittered) before its failing event's
+    /// stream is parked (default 3, from 100 ms). An event that does not decode parks at once.
     #[must_use]
     pub fn retries(mut self, max_retries: u32, backoff: Duration) -> Self {
-        self.options.retries = Retries {
-            max: max_retries,
-            backoff,
-        };
+        self.options.retries.max = max_retries;
+        self.options.retries.backoff = backoff;
+        self
+    }
+
+    /// How long a batch failing with a transient error (a deadlock, a statement timeout, or
+    /// an error a handler marked [`Transient`](crate::Transient)) is retried before its
+    /// failing event's stream is parked (default 5 minutes). Database outages are waited out
+    /// however long they last, parking nothing.
+    #[must_use]
+    pub fn transient_budget(mut self, budget: Duration) -> Self {
+        self.options.retries.transient_budget = budget;
         self
     }
 
@@ -146,7 +161,8 @@ impl<S: SqlStore, P: Projection> ProjectionRunner<S, P> {
         self
     }
 
-    /// The same runner (options, position) for another projection value of the same kind.
+    /// The same runner (options, position) for another projection value of the same kind
+    /// (handles taken before do not follow it).
     pub(crate) fn with_projection<Q: Projection>(self, projection: Q) -> ProjectionRunner<S, Q> {
         ProjectionRunner {
             store: self.store,
@@ -156,6 +172,7 @@ impl<S: SqlStore, P: Projection> ProjectionRunner<S, P> {
             position: self.position,
             read_ahead: self.read_ahead,
             replaying: self.replaying,
+            control: Control::new(),
         }
     }
 
@@ -238,5 +255,41 @@ impl<S: SqlStore, P: Projection> ProjectionRunner<S, P> {
         statement: Statement,
     ) -> Result<sqlx::any::AnyRow, Error> {
         statement.fetch_one(tx).await.map_err(|e| self.fail(e))
+    }
+}
+
+/// A boxed, sendable future.
+pub(super) type BoxFuture<'a, T> =
+    std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
+
+/// Work a handle asks of the running runner, told whether the runner holds the lease.
+pub(super) type Request<S, P> =
+    Box<dyn for<'a> FnOnce(&'a mut ProjectionRunner<S, P>, bool) -> BoxFuture<'a, ()> + Send>;
+
+/// The runner's side: where it publishes its state and takes requests.
+#[derive(Debug)]
+pub(super) struct Control<S, P> {
+    pub state: watch::Sender<RunnerState>,
+    pub requests: mpsc::UnboundedReceiver<Request<S, P>>,
+    pub sender: mpsc::UnboundedSender<Request<S, P>>,
+}
+
+impl<S, P> Control<S, P> {
+    pub fn new() -> Self {
+        let (sender, requests) = mpsc::unbounded_channel();
+        Self {
+            state: watch::Sender::new(RunnerState::NotStarted),
+            requests,
+            sender,
+        }
+    }
+
+    /// Publishes `state` (when it changed).
+    pub fn set(&self, state: RunnerState) {
+        self.state.send_if_modified(|current| {
+            let changed = *current != state;
+            *current = state;
+            changed
+        });
     }
 }

@@ -19,6 +19,19 @@ impl RunnerError {
     }
 }
 
+impl RunnerError {
+    /// Whether waiting and trying again may succeed (the database is unavailable, a handler's
+    /// failure is transient): a running runner then retries by itself.
+    #[must_use]
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Self::Store(error) => error.is_transient(),
+            Self::Handler { cause, .. } => cause.is_transient(),
+            Self::NotRunning { .. } | Self::Standby { .. } => false,
+        }
+    }
+}
+
 /// What stops a projection runner.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -26,6 +39,26 @@ pub enum RunnerError {
     /// The store failed.
     #[error(transparent)]
     Store(#[from] Error),
+
+    /// A [`RunnerHandle`](super::RunnerHandle)'s runner is not running: `run` returned (see
+    /// its state), or was never called.
+    #[error(
+        "projection `{projection}`'s runner is not running (see its state); start it, or use a runner of its own for one-off work"
+    )]
+    NotRunning {
+        /// The projection.
+        projection: &'static str,
+    },
+
+    /// A [`RunnerHandle`](super::RunnerHandle)'s runner is on standby: another instance holds
+    /// the lease, and only the instance holding it applies events.
+    #[error(
+        "projection `{projection}`'s runner is on standby while another instance holds the lease; ask the handle of the instance that runs it"
+    )]
+    Standby {
+        /// The projection.
+        projection: &'static str,
+    },
 
     /// A handler kept failing after the retries (the batch was rolled back: nothing of it is
     /// applied, the checkpoint did not move).
@@ -64,6 +97,39 @@ pub struct ProjectionStatus {
     /// How far through the store the checkpoint is, from 0 to 1 (by global position: an
     /// estimate, for rebuild progress).
     pub progress: f64,
+    /// What the runner asked is doing (through a [`RunnerHandle`](super::RunnerHandle): the
+    /// running one).
+    pub runner: RunnerState,
+}
+
+/// What a runner is doing, as its [`RunnerHandle`](super::RunnerHandle) sees it (without asking
+/// the database, so it answers during an outage).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum RunnerState {
+    /// `run` has not been called yet.
+    NotStarted,
+    /// Waiting for the lease, which another instance holds (it takes over when that one
+    /// stops or dies).
+    Standby,
+    /// Holding the lease: catching up or following the feed.
+    Running,
+    /// Failing for a reason that may pass (the database is unavailable, a transient handler
+    /// failure): trying again, with backoff, since `since`. The lease is released meanwhile.
+    Retrying {
+        /// When the failures began.
+        since: DateTime<Utc>,
+        /// Attempts that failed since then.
+        attempts: u32,
+        /// The last failure.
+        error: String,
+    },
+    /// `run` returned: on shutdown or when the version was retired (`error: None`), or on a
+    /// permanent error.
+    Stopped {
+        /// Why, when it was an error.
+        error: Option<String>,
+    },
 }
 
 /// Where a version of a projection stands.

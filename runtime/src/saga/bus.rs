@@ -56,7 +56,8 @@ pub enum DispatchError {
         cause: serde_json::Error,
     },
 
-    /// The store failed or the stream kept changing: delivery is retried later.
+    /// The store is unavailable for now (see [`Error::is_transient`]) or the stream kept
+    /// changing: delivery is retried later.
     #[error("command `{command_type}` could not be delivered now: {cause}")]
     Unavailable {
         /// The command's type name.
@@ -124,24 +125,26 @@ where
                     reason: error.to_string(),
                 }),
                 Err(ExecuteError::Conflict { cause, .. }) => Err(unavailable(cause)),
-                Err(ExecuteError::Store(cause)) if is_refusal(&cause) => Ok(Dispatched::Rejected {
+                Err(ExecuteError::Store(cause)) if waits(&cause) => Err(unavailable(cause)),
+                Err(ExecuteError::Store(cause)) => Ok(Dispatched::Rejected {
                     reason: cause.to_string(),
                 }),
-                Err(ExecuteError::Store(cause)) => Err(unavailable(cause)),
             }
         })
     }
 }
 
-/// Store errors that are the command's fault, not the store's: retrying cannot help.
-fn is_refusal(error: &Error) -> bool {
-    matches!(
-        error,
-        Error::AggregateTypeMismatch { .. }
-            | Error::InvalidAppend { .. }
-            | Error::Decode { .. }
-            | Error::Encode { .. }
-    )
+/// Store errors after which the command waits in the outbox: the database is unavailable or
+/// the failure may pass, or the store is not set up for this build (an operator's fix, not the
+/// command's fault). Any other failure is the command's own (an invalid stream id, a stream
+/// of another aggregate type, an inline projection's refusal): retrying cannot help, so it is
+/// refused.
+fn waits(error: &Error) -> bool {
+    error.is_transient()
+        || matches!(
+            error,
+            Error::NotMigrated { .. } | Error::IncompatibleSchema { .. }
+        )
 }
 
 /// Routes commands, by type name, to the repositories of the aggregates that handle them.

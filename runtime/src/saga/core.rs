@@ -16,7 +16,9 @@ use super::{Rejection, Role, Saga, SagaContext, command_id, timeout_id};
 use crate::command::CommandContext;
 use crate::envelope::RecordedEvent;
 use crate::error::Error;
-use crate::projection::{HandlerError, Projection, ProjectionStatus, RunnerError, RunsOn};
+use crate::projection::{
+    HandlerError, Projection, ProjectionStatus, RunnerError, RunnerState, RunsOn,
+};
 use crate::store::{SqlStore, Tx};
 
 /// What stops a saga runner.
@@ -41,6 +43,18 @@ pub enum SagaError {
         #[source]
         cause: DispatchError,
     },
+}
+
+impl SagaError {
+    /// Whether waiting and trying again may succeed (see [`Error::is_transient`]).
+    #[must_use]
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Self::Store(error) => error.is_transient(),
+            Self::Events(error) => error.is_transient(),
+            Self::Dispatch { cause, .. } => cause.is_transient(),
+        }
+    }
 }
 
 /// An instance of a saga, as stored.
@@ -97,6 +111,8 @@ pub(crate) struct Core<S, St> {
     pub dispatch_batch: usize,
     /// Wakes this process's dispatcher (after a batch that may have sent commands committed).
     pub wake: Arc<tokio::sync::Notify>,
+    /// The state of the command and timeout side (running, or retrying after failures).
+    pub work_state: tokio::sync::watch::Sender<RunnerState>,
     pub saga: PhantomData<fn() -> S>,
 }
 
@@ -515,7 +531,8 @@ impl<S: Saga, St: SqlStore> Core<S, St> {
 
 /// Runs a saga until `shutdown`: `events` (the event side, stopping when told through the
 /// watch), and the delivery of commands and firing of timeouts, woken by `core.wake` or every
-/// poll interval.
+/// poll interval. The saga runs as a whole: when the event side stops (on a permanent error),
+/// so does the rest, and the error is returned.
 pub(crate) async fn run<S: Saga, St: SqlStore>(
     core: Arc<Core<S, St>>,
     events: impl FnOnce(
@@ -529,32 +546,71 @@ pub(crate) async fn run<S: Saga, St: SqlStore>(
     let events = events(Box::pin(async move {
         let _ = events_stopped.wait_for(|stop| *stop).await;
     }));
-    let work = work_loop(core, stopped, poll_interval);
-    let trigger = async move {
-        shutdown.await;
+    let events = async {
+        let result = events.await;
+        let _ = stop.send(true); // the rest stops with the event side
+        result
+    };
+    let mut ended = stopped.clone();
+    let trigger = async {
+        tokio::select! {
+            () = shutdown => {}
+            _ = ended.wait_for(|stop| *stop) => {}
+        }
         let _ = stop.send(true);
     };
+    let work = work_loop(Arc::clone(&core), stopped, poll_interval);
     let (events, (), ()) = tokio::join!(events, work, trigger);
+    if let Err(error) = &events {
+        core.work_state.send_replace(RunnerState::Stopped {
+            error: Some(error.to_string()),
+        });
+    }
     events?;
     Ok(())
 }
 
-/// Delivers commands and fires timeouts until stopped.
+/// Delivers commands and fires timeouts until stopped. A failure (the database unavailable, a
+/// command that cannot be delivered now) is retried with backoff, the side's state saying so.
 async fn work_loop<S: Saga, St: SqlStore>(
     core: Arc<Core<S, St>>,
     mut stopped: tokio::sync::watch::Receiver<bool>,
     poll_interval: std::time::Duration,
 ) {
+    let mut failing: Option<(chrono::DateTime<chrono::Utc>, u32)> = None;
+    core.work_state.send_replace(RunnerState::Running);
     while !*stopped.borrow() {
+        let mut failure = None;
         if let Err(error) = core.dispatch().await {
             tracing::warn!(saga = S::NAME, %error, "saga commands not delivered; retrying");
+            failure = Some(error.to_string());
         }
         if let Err(error) = core.fire_due_timeouts().await {
             tracing::warn!(saga = S::NAME, %error, "saga timeouts not fired; retrying");
+            failure = Some(error.to_string());
         }
+        let wait = match failure {
+            None => {
+                if failing.take().is_some() {
+                    tracing::info!(saga = S::NAME, "saga commands and timeouts recovered");
+                }
+                core.work_state.send_replace(RunnerState::Running);
+                poll_interval
+            }
+            Some(error) => {
+                let (since, attempts) = failing.get_or_insert((chrono::Utc::now(), 0));
+                *attempts += 1;
+                core.work_state.send_replace(RunnerState::Retrying {
+                    since: *since,
+                    attempts: *attempts,
+                    error,
+                });
+                crate::projection::backoff(poll_interval, *attempts)
+            }
+        };
         tokio::select! {
-            () = core.wake.notified() => {}
-            () = tokio::time::sleep(poll_interval) => {}
+            () = core.wake.notified(), if failing.is_none() => {}
+            () = tokio::time::sleep(wait) => {}
             _ = stopped.changed() => {}
         }
     }

@@ -21,7 +21,9 @@ use super::clock::{Clock, SystemClock};
 use super::core::{Core, SagaError, SagaEvents, SagaInstance, SagaStatus, Settled};
 use super::tables::Tables;
 use crate::error::Error;
-use crate::projection::{ParkedStream, ProjectionRunner, RetryOutcome};
+use crate::projection::{
+    ParkedStream, ProjectionRunner, RetryOutcome, RunnerError, RunnerHandle, RunnerState,
+};
 use crate::store::SqlStore;
 
 /// Runs saga `S` on a SQL store `St`: its events, its outbox and its timeouts.
@@ -78,6 +80,7 @@ impl<St: SqlStore, S: Saga> SagaRunner<St, S> {
             clock,
             dispatch_batch: 100,
             wake: Arc::default(),
+            work_state: tokio::sync::watch::Sender::new(RunnerState::NotStarted),
             saga: PhantomData,
         });
         let events = ProjectionRunner::new(
@@ -105,6 +108,7 @@ impl<St: SqlStore, S: Saga> SagaRunner<St, S> {
             clock: Arc::new(clock),
             dispatch_batch: self.core.dispatch_batch,
             wake: Arc::default(),
+            work_state: tokio::sync::watch::Sender::new(RunnerState::NotStarted),
             saga: PhantomData,
         });
         self.events = self.events.with_projection(SagaEvents {
@@ -215,13 +219,28 @@ impl<St: SqlStore, S: Saga> SagaRunner<St, S> {
         self.core.status(events).await
     }
 
+    /// A handle on this runner, to ask it how it is doing and to retry or skip its parked
+    /// streams while it runs (take it after the builder methods: `.clock()` makes a new
+    /// runner).
+    #[must_use]
+    pub fn handle(&self) -> SagaHandle<St, S> {
+        SagaHandle {
+            events: self.events.handle(),
+            work: self.core.work_state.subscribe(),
+            core: Arc::clone(&self.core),
+        }
+    }
+
     /// Runs the saga until `shutdown` completes: its events (under the projection lease), the
     /// delivery of its commands (woken when an instance sends some, in this process or, where
     /// the store signals across processes, another) and its timeouts (checked every poll
-    /// interval). A delivery that fails for a transient reason is retried at the next wake-up.
+    /// interval). Failures that may pass (the database unavailable, a command that cannot be
+    /// delivered now) are retried with backoff, by each side on its own; the saga runs or stops
+    /// as a whole.
     ///
     /// # Errors
-    /// When the event side stops ([`crate::projection::RunnerError`]).
+    /// When the event side stops on a permanent failure ([`RunnerError`]): the command and
+    /// timeout side stops with it.
     pub async fn run(self, shutdown: impl Future<Output = ()> + Send) -> Result<(), SagaError> {
         let Self {
             events,
@@ -245,5 +264,92 @@ impl<St: SqlStore, S: Saga> SagaRunner<St, S> {
             listening.abort();
         }
         result
+    }
+}
+
+/// A handle on a [`SagaRunner`], taken before `run` and usable while it runs: its state, and
+/// its status, instances and parked streams (retried or skipped by the running runner).
+pub struct SagaHandle<St: SqlStore, S: Saga> {
+    events: RunnerHandle<St, SagaEvents<S, St>>,
+    work: tokio::sync::watch::Receiver<RunnerState>,
+    core: Arc<Core<S, St>>,
+}
+
+impl<St: SqlStore, S: Saga> Clone for SagaHandle<St, S> {
+    fn clone(&self) -> Self {
+        Self {
+            events: self.events.clone(),
+            work: self.work.clone(),
+            core: Arc::clone(&self.core),
+        }
+    }
+}
+
+impl<St: SqlStore, S: Saga> std::fmt::Debug for SagaHandle<St, S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SagaHandle")
+            .field("saga", &S::NAME)
+            .field("state", &self.state())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<St: SqlStore, S: Saga> SagaHandle<St, S> {
+    /// What the saga runner is doing: stopped when either side stopped, retrying when either
+    /// side is, else as its event side (running, or on standby while another instance handles
+    /// the events).
+    #[must_use]
+    pub fn state(&self) -> RunnerState {
+        let events = self.events.state();
+        let work = self.work.borrow();
+        match (&events, &*work) {
+            (RunnerState::Stopped { .. }, _) => events,
+            (_, RunnerState::Stopped { error: Some(_) } | RunnerState::Retrying { .. }) => {
+                work.clone()
+            }
+            _ => events,
+        }
+    }
+
+    /// Where the saga stands, with the state of its runner.
+    ///
+    /// # Errors
+    /// [`RunnerError::NotRunning`], or a store error.
+    pub async fn status(&self) -> Result<SagaStatus, SagaError> {
+        let mut events = self.events.status().await?;
+        events.runner = self.state();
+        self.core.status(events).await.map_err(SagaError::from)
+    }
+
+    /// An instance, as stored.
+    ///
+    /// # Errors
+    /// A store error, or a state that does not decode.
+    pub async fn instance(&self, saga_id: &str) -> Result<Option<SagaInstance<S>>, Error> {
+        self.core.instance(saga_id).await
+    }
+
+    /// The streams parked in the saga's dead-letter queue.
+    ///
+    /// # Errors
+    /// [`RunnerError::NotRunning`], or a store error.
+    pub async fn parked(&self) -> Result<Vec<ParkedStream>, RunnerError> {
+        self.events.parked().await
+    }
+
+    /// Has the running runner handle a parked stream's events again.
+    ///
+    /// # Errors
+    /// [`RunnerError::NotRunning`], [`RunnerError::Standby`], or a store error.
+    pub async fn retry_parked(&self, stream_id: &str) -> Result<RetryOutcome, RunnerError> {
+        self.events.retry_parked(stream_id).await
+    }
+
+    /// Has the running runner skip a parked stream's first event.
+    ///
+    /// # Errors
+    /// [`RunnerError::NotRunning`], or a store error.
+    pub async fn skip_parked(&self, stream_id: &str) -> Result<Option<u64>, RunnerError> {
+        self.events.skip_parked(stream_id).await
     }
 }

@@ -211,7 +211,7 @@ pub(crate) mod columns {
             sqlx::Error::ColumnDecode { source, .. } => Error::Corrupt {
                 reason: format!("column `{}` does not decode: {source}", name(row, index)),
             },
-            other => Error::Backend(Box::new(other)),
+            other => Error::Database(other),
         }
     }
 

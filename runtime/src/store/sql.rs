@@ -27,7 +27,7 @@ pub trait SqlStore: EventStore + Clone + fmt::Debug + Send + Sync + 'static + Ba
     /// the store's live subscribers when it commits.
     ///
     /// # Errors
-    /// [`Error::Backend`] when the database cannot be reached.
+    /// [`Error::Database`] when the database cannot be reached.
     fn begin(&self) -> impl Future<Output = Result<Transaction>> + Send {
         self.begin_write()
     }
@@ -251,21 +251,32 @@ impl Lease {
     /// it at once. A failure to tell the database is logged: the lock then goes when the
     /// connection does.
     pub(crate) async fn release(self) {
-        let released: std::result::Result<(), sqlx::Error> = match self.held {
-            #[cfg(feature = "postgres")]
-            Held::Connection(connection) => sqlx::Connection::close(connection).await,
-            #[cfg(feature = "postgres")]
-            Held::Transaction(transaction) => transaction.commit().await,
-            Held::OnDrop(lock) => {
-                drop(lock);
-                Ok(())
+        let released = async {
+            match self.held {
+                #[cfg(feature = "postgres")]
+                Held::Connection(connection) => sqlx::Connection::close(connection).await,
+                #[cfg(feature = "postgres")]
+                Held::Transaction(transaction) => transaction.commit().await,
+                Held::OnDrop(lock) => {
+                    drop(lock);
+                    Ok(())
+                }
             }
         };
-        if let Err(error) = released {
-            tracing::warn!(%error, "a lease was not released cleanly; it goes with its connection");
+        // A connection to a server that went away may not answer: dropping it ends the
+        // session all the same (the server releases the lock when it notices).
+        match tokio::time::timeout(RELEASE_TIMEOUT, released).await {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => {
+                tracing::warn!(%error, "a lease was not released cleanly; it goes with its connection");
+            }
+            Err(_) => tracing::warn!("releasing a lease timed out; it goes with its connection"),
         }
     }
 }
+
+/// How long releasing a lease may take before its connection is dropped instead.
+const RELEASE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 
 impl fmt::Debug for Lease {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

@@ -277,7 +277,7 @@ impl Transaction {
     /// Commits, then wakes the live subscribers of the stores appended to.
     ///
     /// # Errors
-    /// [`Error::Backend`] when the commit fails (nothing of the transaction is stored).
+    /// [`Error::Database`] when the commit fails (nothing of the transaction is stored).
     pub async fn commit(self) -> Result<()> {
         let committed = match self.owned {
             #[cfg(feature = "postgres")]
@@ -285,7 +285,7 @@ impl Transaction {
             #[cfg(feature = "sqlite")]
             Owned::Sqlite(transaction) => transaction.commit().await,
         };
-        committed.map_err(|e| Error::Backend(Box::new(e)))?;
+        committed.map_err(Error::Database)?;
         self.on_commit.run();
         Ok(())
     }
@@ -293,7 +293,7 @@ impl Transaction {
     /// Rolls back: nothing of the transaction is stored.
     ///
     /// # Errors
-    /// [`Error::Backend`] when the database cannot be told (it rolls back anyway when the
+    /// [`Error::Database`] when the database cannot be told (it rolls back anyway when the
     /// connection closes).
     pub async fn rollback(self) -> Result<()> {
         let rolled_back = match self.owned {
@@ -302,7 +302,7 @@ impl Transaction {
             #[cfg(feature = "sqlite")]
             Owned::Sqlite(transaction) => transaction.rollback().await,
         };
-        rolled_back.map_err(|e| Error::Backend(Box::new(e)))
+        rolled_back.map_err(Error::Database)
     }
 }
 

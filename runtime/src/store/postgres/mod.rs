@@ -58,7 +58,7 @@ fn db_error(schema: &Schema, error: sqlx::Error) -> Error {
             schema: schema.name().to_owned(),
         };
     }
-    Error::Backend(Box::new(error))
+    Error::Database(error)
 }
 
 /// The store's SQL, qualified with its schema once, at construction.
@@ -234,14 +234,14 @@ impl PostgresStore {
     /// Connects a pool to `url` and uses the default schema.
     ///
     /// # Errors
-    /// [`Error::Backend`] when the database cannot be reached.
+    /// [`Error::Database`] when the database cannot be reached.
     pub async fn connect(url: &str) -> Result<Self> {
         let pool = PgPoolOptions::new()
             .max_connections(16)
             .acquire_timeout(Duration::from_secs(10))
             .connect(url)
             .await
-            .map_err(|error| Error::Backend(Box::new(error)))?;
+            .map_err(Error::Database)?;
         Self::with_schema(pool, Self::DEFAULT_SCHEMA)
     }
 
@@ -393,7 +393,7 @@ impl PostgresStore {
     /// its other writes, and wake live subscribers when it commits.
     ///
     /// # Errors
-    /// [`Error::Backend`] when no connection can be had.
+    /// [`Error::Database`] when no connection can be had.
     pub async fn begin(&self) -> Result<Transaction> {
         let transaction = self.inner.pool.begin().await.map_err(|e| self.fail(e))?;
         Ok(Transaction::postgres(transaction))

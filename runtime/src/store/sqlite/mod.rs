@@ -81,7 +81,7 @@ pub(crate) fn backend(error: sqlx::Error) -> Error {
             schema: "main".to_owned(),
         };
     }
-    Error::Backend(Box::new(error))
+    Error::Database(error)
 }
 
 /// Microseconds, as the other stores keep them, so that envelopes compare equal across stores.
@@ -400,7 +400,7 @@ impl SqliteStore {
     /// and wake live subscribers when it commits.
     ///
     /// # Errors
-    /// [`Error::Backend`] when the database cannot be written.
+    /// [`Error::Database`] when the database cannot be written.
     pub async fn begin(&self) -> Result<Transaction> {
         let transaction = self
             .pool
