@@ -71,6 +71,7 @@ impl StdError for Transient {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Class {
     /// The database is unavailable for now: wait and retry, for as long as it takes.
+    #[cfg_attr(not(feature = "sql"), allow(dead_code))]
     Outage,
     /// It may pass: retry within a budget.
     Transient,

@@ -83,15 +83,57 @@ fn streams(events: &[RecordedEvent]) -> Result<String, Error> {
 }
 
 impl<S: SqlStore, P: Projection> ProjectionRunner<S, P> {
-    /// Locks the projection's checkpoint for the transaction (so concurrent runners, a lease
-    /// lost to a network partition say, take turns, each skipping what the other did),
-    /// creating it at the start when missing. Returns it with those of `events`' streams that
-    /// are parked.
+    /// Locks the projection's checkpoint for the transaction (so concurrent runners take
+    /// turns, each skipping what the other did), creating it at the start when missing.
+    /// Returns it with those of `events`' streams that are parked.
     pub(super) async fn lock_checkpoint(
         &self,
         tx: &mut Tx<'_>,
         events: &[RecordedEvent],
     ) -> Result<(FeedPosition, Vec<String>), Error> {
+        let (checkpoint, parked, _) = self.lock_checkpoint_fenced(tx, events).await?;
+        Ok((checkpoint, parked))
+    }
+
+    /// [`ProjectionRunner::lock_checkpoint`] for work that applies events: when this runner
+    /// runs under the lease, the lease's token in the checkpoint row must still be its own
+    /// (another runner that took the lease over wrote its own: this one then applies nothing
+    /// more, [`RunnerError::LeaseLost`]).
+    pub(super) async fn lock_checkpoint_held(
+        &self,
+        tx: &mut Tx<'_>,
+        events: &[RecordedEvent],
+    ) -> Result<(FeedPosition, Vec<String>), RunnerError> {
+        let (checkpoint, parked, token) = self.lock_checkpoint_fenced(tx, events).await?;
+        match &self.lease_token {
+            Some(mine) if token.as_deref() != Some(mine.as_str()) => Err(RunnerError::LeaseLost {
+                projection: P::NAME,
+            }),
+            _ => Ok((checkpoint, parked)),
+        }
+    }
+
+    /// Writes this runner's lease token into the checkpoint row (creating it when missing),
+    /// waiting for a batch another runner has in flight: from the commit on, that runner
+    /// applies nothing more.
+    pub(super) async fn claim_lease(&mut self) -> Result<(), Error> {
+        let token = uuid::Uuid::now_v7().to_string();
+        let mut transaction = self.store.begin().await?;
+        let mut tx = transaction.tx();
+        self.execute(&mut tx, self.statement(&self.sql.ensure_checkpoint))
+            .await?;
+        self.execute(&mut tx, self.statement(&self.sql.claim_lease).bind(&token))
+            .await?;
+        transaction.commit().await?;
+        self.lease_token = Some(token);
+        Ok(())
+    }
+
+    async fn lock_checkpoint_fenced(
+        &self,
+        tx: &mut Tx<'_>,
+        events: &[RecordedEvent],
+    ) -> Result<(FeedPosition, Vec<String>, Option<String>), Error> {
         let streams = streams(events)?;
         for _ in 0..2 {
             let row = self
@@ -109,7 +151,8 @@ impl<S: SqlStore, P: Projection> ProjectionRunner<S, P> {
                 let parked = serde_json::from_str(&parked).map_err(|e| Error::Corrupt {
                     reason: format!("the parked streams of `{}` do not read: {e}", P::NAME),
                 })?;
-                return Ok((checkpoint, parked));
+                let token: Option<String> = columns::get(&row, 3)?;
+                return Ok((checkpoint, parked, token));
             }
             self.execute(&mut *tx, self.statement(&self.sql.ensure_checkpoint))
                 .await?;
@@ -251,7 +294,7 @@ impl<S: SqlStore, P: Projection> ProjectionRunner<S, P> {
     ) -> Result<Option<BatchOutcome>, RunnerError> {
         let mut transaction = self.store.begin().await?;
         let mut tx = transaction.tx();
-        let (checkpoint, parked) = self.lock_checkpoint(&mut tx, events).await?;
+        let (checkpoint, parked) = self.lock_checkpoint_held(&mut tx, events).await?;
         if after.is_some_and(|after| checkpoint < after) {
             return Ok(None);
         }

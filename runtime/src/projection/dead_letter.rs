@@ -135,7 +135,7 @@ impl<S: SqlStore, P: Projection> ProjectionRunner<S, P> {
         let mut transaction = self.store.begin().await?;
         let mut tx = transaction.tx();
         let (checkpoint, _) = self
-            .lock_checkpoint(&mut tx, std::slice::from_ref(event))
+            .lock_checkpoint_held(&mut tx, std::slice::from_ref(event))
             .await?;
         if event.feed_position() <= checkpoint {
             return Ok(BatchOutcome::default()); // another runner got past it meanwhile

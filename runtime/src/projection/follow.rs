@@ -280,7 +280,7 @@ impl<S: SqlStore, P: Projection> ProjectionRunner<S, P> {
         mut shutdown: std::pin::Pin<&mut (impl Future<Output = ()> + Send)>,
         failing: &mut Option<(DateTime<Utc>, u32)>,
     ) -> Result<(), RunnerError> {
-        let Some(lease) = self.acquire_lease(shutdown.as_mut()).await? else {
+        let Some(mut lease) = self.acquire_lease(shutdown.as_mut()).await? else {
             return Ok(());
         };
         tracing::info!(
@@ -288,16 +288,23 @@ impl<S: SqlStore, P: Projection> ProjectionRunner<S, P> {
             version = P::VERSION,
             "projection lease taken"
         );
-        let result = self.follow(shutdown, failing).await;
+        let result = async {
+            self.claim_lease().await?;
+            self.follow(shutdown, failing, &mut lease).await
+        }
+        .await;
+        self.lease_token = None;
         lease.release().await;
         result
     }
 
-    /// Catches up and follows the feed while holding the lease.
+    /// Catches up and follows the feed while holding the lease (checked when idle and every
+    /// few seconds: a lease whose connection died is given up, and taken again).
     async fn follow(
         &mut self,
         mut shutdown: std::pin::Pin<&mut (impl Future<Output = ()> + Send)>,
         failing: &mut Option<(DateTime<Utc>, u32)>,
+        lease: &mut Lease,
     ) -> Result<(), RunnerError> {
         let mut state = self.register().await?;
         if state == VersionState::Retired {
@@ -336,11 +343,18 @@ impl<S: SqlStore, P: Projection> ProjectionRunner<S, P> {
                 );
             }
             self.control.set(RunnerState::Running);
-            // An active version stops once a newer one has switched over.
-            if state == VersionState::Active && (wait.is_some() || checked.elapsed() > RETIRE_CHECK)
-            {
+            if wait.is_some() || checked.elapsed() > RETIRE_CHECK {
                 checked = std::time::Instant::now();
-                if self.version_state().await? == Some(VersionState::Retired) {
+                lease.check().await.map_err(|error| {
+                    tracing::warn!(projection = P::NAME, %error, "the lease's connection failed");
+                    RunnerError::LeaseLost {
+                        projection: P::NAME,
+                    }
+                })?;
+                // An active version stops once a newer one has switched over.
+                if state == VersionState::Active
+                    && self.version_state().await? == Some(VersionState::Retired)
+                {
                     tracing::info!(
                         projection = P::NAME,
                         version = P::VERSION,
@@ -413,7 +427,8 @@ impl<S: SqlStore, P: Projection> ProjectionRunner<S, P> {
     }
 }
 
-/// How often a busy active version checks whether a newer one has switched over.
+/// How often a busy runner checks its lease, and (an active version) whether a newer one has
+/// switched over.
 const RETIRE_CHECK: Duration = Duration::from_secs(1);
 
 /// Whether the shutdown future has completed, without waiting.

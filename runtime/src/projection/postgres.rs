@@ -24,9 +24,15 @@ pub(super) fn statements(schema: &Schema) -> ProjectionSql {
         lock_checkpoint: format!(
             "SELECT c.tx, c.position,
                     (SELECT coalesce(json_agg(DISTINCT d.stream_id), '[]')::text FROM {parked}
-                       AND d.stream_id IN (SELECT json_array_elements_text($3::json)))
+                       AND d.stream_id IN (SELECT json_array_elements_text($3::json))),
+                    c.lease_token
              FROM {s}.projection_checkpoints c
              WHERE c.projection = $1 AND c.version = $2 FOR UPDATE OF c"
+        )
+        .into(),
+        claim_lease: format!(
+            "UPDATE {s}.projection_checkpoints SET lease_token = $3
+             WHERE projection = $1 AND version = $2"
         )
         .into(),
         save_checkpoint: format!(

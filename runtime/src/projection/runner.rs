@@ -48,6 +48,9 @@ pub struct ProjectionRunner<S, P> {
     pub(super) replaying: bool,
     /// Its state, for handles, and their requests.
     pub(super) control: Control<S, P>,
+    /// The token this runner wrote into the checkpoint row when it took the lease (`None`:
+    /// not running under the lease).
+    pub(super) lease_token: Option<String>,
 }
 
 impl<S: std::fmt::Debug, P: Projection> std::fmt::Debug for ProjectionRunner<S, P> {
@@ -109,6 +112,7 @@ impl<S: SqlStore, P: Projection> ProjectionRunner<S, P> {
             read_ahead: None,
             replaying: false,
             control: Control::new(),
+            lease_token: None,
         }
     }
 
@@ -173,6 +177,7 @@ impl<S: SqlStore, P: Projection> ProjectionRunner<S, P> {
             read_ahead: self.read_ahead,
             replaying: self.replaying,
             control: Control::new(),
+            lease_token: self.lease_token,
         }
     }
 

@@ -17,8 +17,12 @@ pub(crate) struct ProjectionSql {
     /// Creates the checkpoint at the start when missing.
     pub ensure_checkpoint: Arc<str>,
     /// `$3` stream ids (JSON): the checkpoint, locked for the transaction, and which of those
-    /// streams are parked: `tx, position, parked (JSON array of stream ids)`.
+    /// streams are parked: `tx, position, parked (JSON array of stream ids), lease token
+    /// (nullable text)`.
     pub lock_checkpoint: Arc<str>,
+    /// `$3` token: the lease's holder writes its token into the (existing) checkpoint row,
+    /// waiting for a batch in flight.
+    pub claim_lease: Arc<str>,
     /// `$3` tx, `$4` position.
     pub save_checkpoint: Arc<str>,
     /// `tx, position`, unlocked.

@@ -20,10 +20,14 @@ pub(super) fn statements() -> ProjectionSql {
         lock_checkpoint: format!(
             "SELECT c.position, c.position,
                     (SELECT json_group_array(DISTINCT d.stream_id) FROM {PARKED}
-                       AND d.stream_id IN (SELECT value FROM json_each($3)))
+                       AND d.stream_id IN (SELECT value FROM json_each($3))),
+                    c.lease_token
              FROM projection_checkpoints c WHERE c.projection = $1 AND c.version = $2"
         )
         .into(),
+        claim_lease: "UPDATE projection_checkpoints SET lease_token = $3
+             WHERE projection = $1 AND version = $2"
+            .into(),
         save_checkpoint: format!(
             "UPDATE projection_checkpoints SET position = $4, updated_at = {NOW}
              WHERE projection = $1 AND version = $2"

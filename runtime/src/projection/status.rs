@@ -27,6 +27,7 @@ impl RunnerError {
         match self {
             Self::Store(error) => error.is_transient(),
             Self::Handler { cause, .. } => cause.is_transient(),
+            Self::LeaseLost { .. } => true,
             Self::NotRunning { .. } | Self::Standby { .. } => false,
         }
     }
@@ -46,6 +47,16 @@ pub enum RunnerError {
         "projection `{projection}`'s runner is not running (see its state); start it, or use a runner of its own for one-off work"
     )]
     NotRunning {
+        /// The projection.
+        projection: &'static str,
+    },
+
+    /// Another runner took the lease over (this one's lease connection died, say): this one
+    /// applied nothing after that, and competes for the lease again.
+    #[error(
+        "projection `{projection}`: another runner took the lease over; this one stopped applying and waits for the lease again"
+    )]
+    LeaseLost {
         /// The projection.
         projection: &'static str,
     },

@@ -250,6 +250,32 @@ impl Lease {
     /// Releases the lease now, so that the next holder (in this process or another) can take
     /// it at once. A failure to tell the database is logged: the lock then goes when the
     /// connection does.
+    /// Checks that the lease is still held: its connection answers (a lease whose session
+    /// ended is gone, whatever this process believes).
+    ///
+    /// # Errors
+    /// The connection's failure: the lease may be another runner's now.
+    pub(crate) async fn check(&mut self) -> Result<()> {
+        match &mut self.held {
+            #[cfg(feature = "postgres")]
+            Held::Connection(connection) => {
+                let ping = sqlx::Connection::ping(connection);
+                match tokio::time::timeout(RELEASE_TIMEOUT, ping).await {
+                    Ok(answer) => answer.map_err(crate::error::Error::Database),
+                    Err(_) => Err(crate::error::Error::Database(sqlx::Error::Io(
+                        std::io::Error::new(
+                            std::io::ErrorKind::TimedOut,
+                            "the lease's connection did not answer",
+                        ),
+                    ))),
+                }
+            }
+            #[cfg(feature = "postgres")]
+            Held::Transaction(_) => Ok(()),
+            Held::OnDrop(_) => Ok(()),
+        }
+    }
+
     pub(crate) async fn release(self) {
         let released = async {
             match self.held {
@@ -259,7 +285,7 @@ impl Lease {
                 Held::Transaction(transaction) => transaction.commit().await,
                 Held::OnDrop(lock) => {
                     drop(lock);
-                    Ok(())
+                    Ok::<(), sqlx::Error>(())
                 }
             }
         };

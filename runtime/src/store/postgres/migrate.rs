@@ -42,6 +42,11 @@ const MIGRATIONS: &[Migration] = &[
         name: "sagas",
         sql: include_str!("../../../migrations/postgres/0006_sagas.sql"),
     },
+    Migration {
+        version: 7,
+        name: "lease_tokens",
+        sql: include_str!("../../../migrations/postgres/0007_lease_tokens.sql"),
+    },
 ];
 
 pub(super) async fn migrate(pool: &PgPool, schema: &Schema) -> Result<()> {

@@ -39,6 +39,11 @@ const MIGRATIONS: &[Migration] = &[
         name: "projection_versions",
         sql: include_str!("../../../migrations/sqlite/0006_projection_versions.sql"),
     },
+    Migration {
+        version: 7,
+        name: "lease_tokens",
+        sql: include_str!("../../../migrations/sqlite/0007_lease_tokens.sql"),
+    },
 ];
 
 pub(super) async fn migrate(pool: &SqlitePool, location: &str) -> Result<()> {
