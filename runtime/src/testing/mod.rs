@@ -34,6 +34,8 @@
 use std::fmt::Debug;
 
 #[cfg(feature = "postgres")]
+mod cluster;
+#[cfg(feature = "postgres")]
 pub mod postgres;
 #[cfg(feature = "sqlite")]
 pub mod sqlite;

@@ -3,6 +3,8 @@
 
 use std::ops::{Deref, RangeBounds};
 
+pub use super::cluster::{Cluster, ClusterBuilder};
+
 use sqlx::Connection as _;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 
