@@ -8,7 +8,9 @@ use std::process::{Command, Output};
 
 /// A PostgreSQL cluster of its own, on a free port of 127.0.0.1, trust authentication, user
 /// `postgres`, run without `fsync` (tests need no durability across a machine crash; an
-/// immediate shutdown is still a crash to the server, which recovers from its WAL).
+/// immediate shutdown is still a crash to the server, which recovers from its WAL, and the
+/// operating system keeps what was written). Commits stay synchronous: a crash loses no
+/// acknowledged commit.
 ///
 /// Stopped (immediately) and removed when dropped.
 ///
@@ -86,7 +88,7 @@ impl ClusterBuilder {
         }
         let mut options = format!(
             "-p {port} -k {dir} -c listen_addresses=127.0.0.1 -c fsync=off \
-             -c synchronous_commit=off -c full_page_writes=off -c max_connections=100",
+             -c full_page_writes=off -c max_connections=100",
             dir = cluster.dir.display()
         );
         for (name, value) in &self.settings {
