@@ -466,7 +466,12 @@ async fn the_horizon_report_names_the_transaction_holding_readers_back() {
     let oldest = report
         .oldest_open_transaction
         .expect("an open transaction is reported");
-    assert!(oldest.age >= Duration::from_millis(50) || oldest.pid != blocker_pid);
+    assert!(
+        oldest
+            .age
+            .is_some_and(|age| age >= Duration::from_millis(50))
+            || oldest.pid != Some(blocker_pid)
+    );
     assert!(report.horizon_tx > 0);
 
     sqlx::query("COMMIT").execute(&mut blocker).await.unwrap();
@@ -474,9 +479,121 @@ async fn the_horizon_report_names_the_transaction_holding_readers_back() {
     assert!(
         after
             .oldest_open_transaction
-            .is_none_or(|t| t.pid != blocker_pid),
+            .is_none_or(|t| t.pid != Some(blocker_pid)),
         "a finished transaction no longer holds the horizon"
     );
+}
+
+/// On a cluster of its own (it needs `max_prepared_transactions` and roles of its own): a
+/// prepared (two-phase) transaction holds readers back like a running one and is named by its
+/// global id; a role without `pg_read_all_stats` still sees which session holds the feed, with
+/// its age unknown (not 0 s), and sees the age once granted.
+#[tokio::test]
+async fn the_horizon_names_prepared_transactions_and_works_without_privileges() {
+    let cluster = factum::testing::postgres::Cluster::builder()
+        .setting("max_prepared_transactions", "4")
+        .start()
+        .await
+        .unwrap();
+    let admin = factum::store::PostgresStore::with_schema(
+        sqlx::PgPool::connect(&cluster.url()).await.unwrap(),
+        "factum",
+    )
+    .unwrap();
+    admin.migrate().await.unwrap();
+    admin
+        .append("s", "Probe", ExpectedVersion::Any, vec![ping(1)])
+        .await
+        .unwrap();
+
+    // A prepared transaction: no session holds it.
+    let mut session = sqlx::PgConnection::connect(&cluster.url()).await.unwrap();
+    for statement in [
+        "BEGIN",
+        "SELECT pg_current_xact_id()",
+        "PREPARE TRANSACTION 'factum-horizon-test'",
+    ] {
+        sqlx::query(statement).execute(&mut session).await.unwrap();
+    }
+    session.close().await.unwrap();
+    admin
+        .append("s", "Probe", ExpectedVersion::Any, vec![ping(2)])
+        .await
+        .unwrap();
+    let report = admin.horizon().await.unwrap();
+    let oldest = report
+        .oldest_open_transaction
+        .clone()
+        .expect("the prepared one");
+    assert_eq!(oldest.prepared.as_deref(), Some("factum-horizon-test"));
+    assert_eq!(oldest.state.as_deref(), Some("prepared"));
+    assert_eq!(oldest.pid, None);
+    assert_eq!(oldest.owner.as_deref(), Some("postgres"));
+    assert!(oldest.age.is_some());
+    assert!(
+        report.newest_event_tx.unwrap() >= report.horizon_tx,
+        "the newest event waits behind it: {report:?}"
+    );
+    sqlx::query("ROLLBACK PREPARED 'factum-horizon-test'")
+        .execute(admin.pool())
+        .await
+        .unwrap();
+    let report = admin.horizon().await.unwrap();
+    assert!(report.oldest_open_transaction.is_none(), "{report:?}");
+    assert!(report.horizon_tx > report.newest_event_tx.unwrap());
+
+    // A role with no extra privileges.
+    for statement in [
+        "CREATE ROLE horizon_reader LOGIN",
+        "GRANT USAGE ON SCHEMA factum TO horizon_reader",
+        "GRANT SELECT ON factum.events TO horizon_reader",
+    ] {
+        sqlx::query(statement).execute(admin.pool()).await.unwrap();
+    }
+    let url = cluster.url().replace("postgres@", "horizon_reader@");
+    let reader = factum::store::PostgresStore::with_schema(
+        sqlx::PgPool::connect(&url).await.unwrap(),
+        "factum",
+    )
+    .unwrap();
+    let mut blocker = sqlx::PgConnection::connect(&cluster.url()).await.unwrap();
+    sqlx::query("BEGIN").execute(&mut blocker).await.unwrap();
+    let blocker_pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
+        .fetch_one(&mut blocker)
+        .await
+        .unwrap();
+    sqlx::query("SELECT pg_current_xact_id()")
+        .execute(&mut blocker)
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let oldest = reader
+        .horizon()
+        .await
+        .unwrap()
+        .oldest_open_transaction
+        .expect("visible without privileges");
+    assert_eq!(oldest.pid, Some(blocker_pid));
+    assert_eq!(oldest.owner.as_deref(), Some("postgres"));
+    assert_eq!(oldest.age, None, "unknown, not 0 s");
+    sqlx::query("GRANT pg_read_all_stats TO horizon_reader")
+        .execute(admin.pool())
+        .await
+        .unwrap();
+    let oldest = reader
+        .horizon()
+        .await
+        .unwrap()
+        .oldest_open_transaction
+        .unwrap();
+    assert!(
+        oldest
+            .age
+            .is_some_and(|age| age >= Duration::from_millis(100)),
+        "{oldest:?}"
+    );
+    assert!(oldest.query.is_some());
+    sqlx::query("COMMIT").execute(&mut blocker).await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

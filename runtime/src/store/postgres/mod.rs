@@ -175,18 +175,32 @@ impl Statements {
                     OR current.state_version <> EXCLUDED.state_version"
             )
             .into(),
+            // Transactions holding an id, from `pg_locks` (readable by every role: each holds
+            // its own id's lock) joined to `pg_stat_activity` (its columns are null for other
+            // roles' sessions without `pg_read_all_stats`), and prepared (two-phase) ones,
+            // which no session holds; the oldest of them all.
             horizon: format!(
-                "SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint,
+                "WITH holders AS (
+                     SELECT l.transactionid AS xid, l.pid, NULL::text AS gid,
+                            a.xact_start AS since, a.datname::text AS database,
+                            a.state, left(a.query, 500) AS query, a.usename::text AS owner
+                     FROM pg_locks l LEFT JOIN pg_stat_activity a ON a.pid = l.pid
+                     WHERE l.locktype = 'transactionid' AND l.mode = 'ExclusiveLock'
+                       AND l.granted AND l.pid IS NOT NULL AND l.pid <> pg_backend_pid()
+                     UNION ALL
+                     SELECT p.transaction, NULL, p.gid, p.prepared, p.database::text,
+                            'prepared', NULL, p.owner::text
+                     FROM pg_prepared_xacts p
+                 )
+                 SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint,
                         (SELECT max(e.tx)::text::bigint FROM {s}.events e),
-                        a.pid, extract(epoch FROM now() - a.xact_start)::float8, a.datname::text,
-                        a.state, left(a.query, 500)
+                        (h.xid IS NOT NULL),
+                        h.pid, extract(epoch FROM now() - h.since)::float8, h.database,
+                        h.state, h.query, h.gid, h.owner
                  FROM (SELECT 1) AS one
                  LEFT JOIN LATERAL (
-                     SELECT * FROM pg_stat_activity
-                     WHERE backend_xid IS NOT NULL AND pid <> pg_backend_pid()
-                     ORDER BY age(backend_xid) DESC
-                     LIMIT 1
-                 ) a ON true"
+                     SELECT * FROM holders ORDER BY age(holders.xid) DESC LIMIT 1
+                 ) h ON true"
             )
             .into(),
         }
@@ -329,20 +343,21 @@ impl PostgresStore {
             .await
             .map_err(|e| self.fail(e))?;
         let get = |error| self.fail(error);
-        let oldest = match row.try_get::<Option<i32>, _>(2).map_err(get)? {
-            Some(pid) => Some(OpenTransaction {
-                pid,
-                age: Duration::from_secs_f64(
-                    row.try_get::<Option<f64>, _>(3)
-                        .map_err(get)?
-                        .unwrap_or(0.0)
-                        .max(0.0),
-                ),
-                database: row.try_get(4).map_err(get)?,
-                state: row.try_get(5).map_err(get)?,
-                query: row.try_get(6).map_err(get)?,
-            }),
-            None => None,
+        let oldest = if row.try_get::<bool, _>(2).map_err(get)? {
+            Some(OpenTransaction {
+                pid: row.try_get(3).map_err(get)?,
+                age: row
+                    .try_get::<Option<f64>, _>(4)
+                    .map_err(get)?
+                    .map(|seconds| Duration::from_secs_f64(seconds.max(0.0))),
+                database: row.try_get(5).map_err(get)?,
+                state: row.try_get(6).map_err(get)?,
+                query: row.try_get(7).map_err(get)?,
+                prepared: row.try_get(8).map_err(get)?,
+                owner: row.try_get(9).map_err(get)?,
+            })
+        } else {
+            None
         };
         Ok(FeedHorizon {
             horizon_tx: columns::unsigned::<_, i64, _>(&row, 0)?,
@@ -455,20 +470,31 @@ pub struct FeedHorizon {
     pub oldest_open_transaction: Option<OpenTransaction>,
 }
 
-/// A running transaction, from `pg_stat_activity`.
+/// A transaction holding the feed back: a running one (its session's details come from
+/// `pg_stat_activity`), or a prepared (two-phase) one, which no session holds and which lasts
+/// until someone runs `COMMIT PREPARED` or `ROLLBACK PREPARED` with its `prepared` id.
+///
+/// Any role sees that a transaction is open, its process, database and owner. Its age, state
+/// and query are `None` for other roles' sessions unless the store's role may read all
+/// statistics: `GRANT pg_read_all_stats TO <role>;` (PostgreSQL 10 or later).
 #[derive(Debug, Clone, PartialEq)]
 #[non_exhaustive]
 pub struct OpenTransaction {
-    /// Its backend's process id.
-    pub pid: i32,
-    /// How long it has been running.
-    pub age: Duration,
+    /// Its backend's process id; `None` for a prepared transaction.
+    pub pid: Option<i32>,
+    /// How long it has been running (since it was prepared, for a prepared one); `None` when
+    /// the role may not see it.
+    pub age: Option<Duration>,
     /// Its database.
     pub database: Option<String>,
-    /// Its state (`active`, `idle in transaction`...).
+    /// Its state (`active`, `idle in transaction`, `prepared`...).
     pub state: Option<String>,
     /// Its current or last query (truncated).
     pub query: Option<String>,
+    /// The global id of a prepared transaction (`PREPARE TRANSACTION '<id>'`).
+    pub prepared: Option<String>,
+    /// The role running it.
+    pub owner: Option<String>,
 }
 
 /// Reads a snapshot's columns starting at `at`: `stream_version, aggregate_type, (unused),
