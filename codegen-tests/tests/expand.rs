@@ -181,7 +181,7 @@ fn projection_with_flush() {
                 }
 
                 #[handle(side_effects)]
-                async fn withdrawn(&mut self, event: &MoneyWithdrawn, envelope: &Envelope, _tx: &mut Tx<'_>) -> Result<(), MailError> {
+                async fn withdrawn(&mut self, event: &MoneyWithdrawn, envelope: &Envelope) -> Result<(), MailError> {
                     self.mailer.send(envelope.event_id, event).await
                 }
 

@@ -48,8 +48,10 @@ pub fn upcast(args: TokenStream, input: TokenStream) -> TokenStream {
 /// on an impl block whose `#[handle]` methods take one event type, its envelope and the batch's
 /// transaction: `async fn on_x(&mut self, event: &X, envelope: &Envelope, tx: &mut Tx<'_>)
 /// -> Result<(), E>` (`factum::Tx`: runs on either store; `&mut PgConnection` or
-/// `&mut SqliteConnection`: on that store only). `#[handle(side_effects)]` marks a handler that
-/// acts outside the database (skipped by rebuilds, run at most once per event). Optionally
+/// `&mut SqliteConnection`: on that store only). `#[handle(side_effects)] async fn on_x(&mut
+/// self, event: &X, envelope: &Envelope) -> Result<(), E>` (no transaction) acts outside the
+/// database: the batch records the decision, the handler runs after the commit and is retried
+/// until it succeeds, with `envelope.event_id` as its idempotency key; rebuilds skip it. Optionally
 /// `#[flush] async fn(&mut self, tx: &mut Tx<'_>) -> Result<(), E>` writes what the handlers
 /// buffered, once per batch, `#[discard] fn(&mut self)` drops that buffer before every batch,
 /// and `#[reset] async fn(&mut self, tx: &mut Tx<'_>) -> Result<(), E>` clears the read model

@@ -60,7 +60,6 @@ impl TotalsV1 {
         &mut self,
         _event: &Withdrawn,
         envelope: &Envelope,
-        _tx: &mut Tx<'_>,
     ) -> Result<(), sqlx::Error> {
         self.sent.lock().unwrap().push((1, envelope.event_id));
         Ok(())
@@ -102,19 +101,13 @@ impl TotalsV2 {
         &mut self,
         _event: &Withdrawn,
         envelope: &Envelope,
-        _tx: &mut Tx<'_>,
     ) -> Result<(), sqlx::Error> {
         self.sent.lock().unwrap().push((2, envelope.event_id));
         Ok(())
     }
 
     #[handle(side_effects)]
-    async fn closed(
-        &mut self,
-        _event: &Closed,
-        envelope: &Envelope,
-        _tx: &mut Tx<'_>,
-    ) -> Result<(), sqlx::Error> {
+    async fn closed(&mut self, _event: &Closed, envelope: &Envelope) -> Result<(), sqlx::Error> {
         self.sent.lock().unwrap().push((2, envelope.event_id));
         Ok(())
     }

@@ -65,25 +65,74 @@ pub fn expand(input: &Projection) -> TokenStream {
     let (name, version) = (&input.name, input.version);
     let events: Vec<_> = input.handlers.iter().map(|h| &h.event).collect();
     let bind = bind_connection(connection);
-    let arms = input.handlers.iter().map(|handler| {
+    let decode = |event: &syn::Type| {
+        quote! {
+            let mut decoded = ::std::vec::Vec::with_capacity(1);
+            <#event as ::factum::__private::Event>::decode_stored(
+                stored.schema_version,
+                stored.event.as_str(),
+                &mut |item| decoded.push(item),
+            )
+            .map_err(|cause| ::factum::__private::HandlerError::decode(stored, cause))?;
+        }
+    };
+    // Side-effect handlers are not called in the batch (the runner records the decision with
+    // the checkpoint) but by `perform`, after the commit.
+    let arms = input.handlers.iter().filter(|h| !h.side_effects).map(|handler| {
         let (method, event) = (&handler.method, &handler.event);
-        let call = quote_spanned! {handler.connection.span()=>
+        let span = handler
+            .connection
+            .as_ref()
+            .map_or_else(|| method.span(), |connection| connection.span());
+        let call = quote_spanned! {span=>
             Self::#method(self, item, stored, &mut *connection).await
         };
+        let decode = decode(event);
         quote! {
             if event_type == <#event as ::factum::__private::Event>::NAME {
-                let mut decoded = ::std::vec::Vec::with_capacity(1);
-                <#event as ::factum::__private::Event>::decode_stored(
-                    stored.schema_version,
-                    stored.event.as_str(),
-                    &mut |item| decoded.push(item),
-                )
-                .map_err(|cause| ::factum::__private::HandlerError::decode(stored, cause))?;
+                #decode
                 #bind
                 for item in &decoded {
                     #call.map_err(|cause| ::factum::__private::HandlerError::handler(stored, cause))?;
                 }
                 return ::core::result::Result::Ok(());
+            }
+        }
+    });
+    let effect_arms: Vec<_> = input
+        .handlers
+        .iter()
+        .filter(|h| h.side_effects)
+        .map(|handler| {
+            let (method, event) = (&handler.method, &handler.event);
+            let call = quote_spanned! {method.span()=>
+                Self::#method(self, item, stored).await
+            };
+            let decode = decode(event);
+            quote! {
+                if event_type == <#event as ::factum::__private::Event>::NAME {
+                    #decode
+                    for item in &decoded {
+                        #call.map_err(|cause| ::factum::__private::HandlerError::handler(stored, cause))?;
+                    }
+                    return ::core::result::Result::Ok(());
+                }
+            }
+        })
+        .collect();
+    let perform = (!effect_arms.is_empty()).then(|| {
+        quote! {
+            fn perform<'a>(
+                &'a mut self,
+                stored: &'a ::factum::__private::RecordedEvent,
+            ) -> impl ::core::future::Future<
+                Output = ::core::result::Result<(), ::factum::__private::HandlerError>,
+            > + ::core::marker::Send + 'a {
+                async move {
+                    let event_type = stored.event_type.as_str();
+                    #(#effect_arms)*
+                    ::core::result::Result::Ok(())
+                }
             }
         }
     });
@@ -188,6 +237,7 @@ pub fn expand(input: &Projection) -> TokenStream {
                     }
                 }
 
+                #perform
                 #flush
                 #discard
             }

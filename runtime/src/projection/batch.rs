@@ -9,9 +9,9 @@ use std::collections::{HashMap, HashSet};
 
 use serde::Serialize;
 
-use super::Projection;
 use super::runner::ProjectionRunner;
-use super::status::RunnerError;
+use super::status::{RunnerError, RunnerState};
+use super::{HandlerError, Projection};
 use crate::envelope::RecordedEvent;
 use crate::error::Error;
 use crate::position::FeedPosition;
@@ -257,6 +257,16 @@ impl<S: SqlStore, P: Projection> ProjectionRunner<S, P> {
             .await?;
             return Ok(HashSet::new());
         }
+        self.decide_effects(tx, &ids).await
+    }
+
+    /// Decides to perform the side effects of the events `ids` (in the batch's transaction):
+    /// returns those not decided before.
+    pub(super) async fn decide_effects(
+        &self,
+        tx: &mut Tx<'_>,
+        ids: &[String],
+    ) -> Result<HashSet<String>, Error> {
         let rows = self
             .fetch_all(
                 &mut *tx,
@@ -265,6 +275,106 @@ impl<S: SqlStore, P: Projection> ProjectionRunner<S, P> {
             )
             .await?;
         rows.iter().map(|row| columns::get(row, 0)).collect()
+    }
+
+    /// Performs side effects decided by committed batches, in order, outside any transaction:
+    /// each until it succeeds (backing off, the runner's state `Retrying` meanwhile), then
+    /// marks it done. An effect whose event no longer decodes can never run: it is marked
+    /// failed, with its error, for a person to see. A crash before an effect is marked done
+    /// performs it again at the next start, with the same idempotency key (the event id).
+    ///
+    /// # Errors
+    /// A store error marking an effect (it stays pending, and is performed again).
+    pub(super) async fn perform_effects(&mut self, events: &[RecordedEvent]) -> Result<(), Error> {
+        for event in events {
+            let mut failing: Option<(chrono::DateTime<chrono::Utc>, u32)> = None;
+            let failed_for_good = loop {
+                let error = match self.projection.perform(event).await {
+                    Ok(()) => break None,
+                    Err(error @ HandlerError::Decode { .. }) => break Some(error.to_string()),
+                    Err(error) => error.to_string(),
+                };
+                let (since, attempts) = failing.get_or_insert((chrono::Utc::now(), 0));
+                *attempts += 1;
+                tracing::warn!(
+                    projection = P::NAME,
+                    event_id = %event.event_id,
+                    attempts = *attempts,
+                    %error,
+                    "a side effect failed; retrying"
+                );
+                self.control.set(RunnerState::Retrying {
+                    since: *since,
+                    attempts: *attempts,
+                    error: error.clone(),
+                });
+                let mut connection = self.store.acquire().await?;
+                self.execute(
+                    &mut connection.tx(),
+                    self.statement(&self.sql.effect_failed)
+                        .bind(event.event_id.to_string())
+                        .bind(error),
+                )
+                .await?;
+                drop(connection);
+                tokio::time::sleep(super::retry::backoff(
+                    self.options.retries.backoff,
+                    *attempts,
+                ))
+                .await;
+            };
+            if let Some(error) = &failed_for_good {
+                tracing::error!(
+                    projection = P::NAME,
+                    event_id = %event.event_id,
+                    %error,
+                    "a side effect can never be performed: its event does not decode"
+                );
+            }
+            let mut connection = self.store.acquire().await?;
+            self.execute(
+                &mut connection.tx(),
+                self.statement(&self.sql.effect_done)
+                    .bind(event.event_id.to_string())
+                    .bind(i32::from(failed_for_good.is_some()))
+                    .bind(failed_for_good),
+            )
+            .await?;
+        }
+        Ok(())
+    }
+
+    /// Performs the side effects decided and not performed (by a runner that stopped or
+    /// crashed between a batch's commit and its effects).
+    ///
+    /// # Errors
+    /// A store error.
+    pub(super) async fn perform_pending_effects(&mut self) -> Result<(), Error> {
+        if P::SIDE_EFFECTS.is_empty() {
+            return Ok(());
+        }
+        let ids: Vec<String> = {
+            let mut connection = self.store.acquire().await?;
+            let rows = self
+                .fetch_all(
+                    &mut connection.tx(),
+                    self.statement(&self.sql.pending_effects),
+                )
+                .await?;
+            rows.iter()
+                .map(|row| columns::get(row, 0))
+                .collect::<Result<_, Error>>()?
+        };
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let events = self.store.events_by_id(&ids).await?;
+        tracing::info!(
+            projection = P::NAME,
+            effects = events.len(),
+            "performing side effects decided before the last stop"
+        );
+        self.perform_effects(&events).await
     }
 
     /// Applies a batch as delivered, in one transaction with the checkpoint: events at or below
@@ -311,15 +421,19 @@ impl<S: SqlStore, P: Projection> ProjectionRunner<S, P> {
             .claim_side_effects(&mut tx, events, checkpoint, &parked)
             .await?;
         self.projection.discard();
+        let mut effects = Vec::new();
         for event in events.iter().filter(fresh) {
             if parked.contains(&event.stream_id) {
                 to_park.push(DeadLetter::behind(event));
                 continue;
             }
-            if P::SIDE_EFFECTS.contains(&event.event_type.as_str())
-                && (self.replaying || !claimed.contains(&event.event_id.to_string()))
-            {
-                continue; // replaying, or its side effect already ran
+            if P::SIDE_EFFECTS.contains(&event.event_type.as_str()) {
+                // Decided now: performed after the commit. Replaying, or decided before: not.
+                if !self.replaying && claimed.contains(&event.event_id.to_string()) {
+                    effects.push(event.clone());
+                    outcome.handled += 1;
+                }
+                continue;
             }
             if let Err(cause) = self.projection.handle(event, &mut tx).await {
                 self.projection.discard();
@@ -338,6 +452,7 @@ impl<S: SqlStore, P: Projection> ProjectionRunner<S, P> {
         self.save_checkpoint(&mut tx, checkpoint.max(next)).await?;
         transaction.commit().await?;
         self.projection.committed();
+        self.perform_effects(&effects).await?;
         Ok(Some(outcome))
     }
 }

@@ -249,7 +249,18 @@ impl<S: SqlStore, P: Projection> ProjectionRunner<S, P> {
                 });
             };
             self.projection.discard();
-            let mut result = self.projection.handle(event, &mut tx).await;
+            // A side effect is decided in the transaction and performed after the commit.
+            let effect = P::SIDE_EFFECTS.contains(&event.event_type.as_str());
+            let mut result = Ok(());
+            let mut perform = false;
+            if effect {
+                perform = self
+                    .decide_effects(&mut tx, &[event.event_id.to_string()])
+                    .await?
+                    .contains(&event.event_id.to_string());
+            } else {
+                result = self.projection.handle(event, &mut tx).await;
+            }
             if result.is_ok() {
                 result = self.projection.flush(&mut tx).await;
             }
@@ -281,6 +292,9 @@ impl<S: SqlStore, P: Projection> ProjectionRunner<S, P> {
             .await?;
             transaction.commit().await?;
             self.projection.committed();
+            if perform {
+                self.perform_effects(std::slice::from_ref(event)).await?;
+            }
             handled += 1;
         }
     }

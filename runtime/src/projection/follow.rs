@@ -111,6 +111,7 @@ impl<S: SqlStore, P: Projection> ProjectionRunner<S, P> {
     /// # Errors
     /// As [`ProjectionRunner::apply_batch`].
     pub async fn catch_up(&mut self) -> Result<u64, RunnerError> {
+        self.perform_pending_effects().await?;
         let mut handled = 0;
         loop {
             match self.step().await? {
@@ -315,6 +316,7 @@ impl<S: SqlStore, P: Projection> ProjectionRunner<S, P> {
             );
             return Ok(());
         }
+        self.perform_pending_effects().await?;
         let mut checked = std::time::Instant::now();
         let mut wakeups = self.store.wakeups();
         loop {

@@ -20,7 +20,10 @@
 //!   `parked`, `retry_parked`, `skip_parked`) while other streams flow on.
 //! - Bumping the version builds the new version beside the active one and switches over when it
 //!   has caught up ([`VersionState`], [`active_version`]).
-//! - `#[handle(side_effects)]` handlers are skipped by rebuilds and run at most once per event.
+//! - `#[handle(side_effects)]` handlers (taking the event and its envelope, no transaction) act
+//!   outside the database: the batch records the decision with the checkpoint, the handler runs
+//!   after the commit (so a slow mailer holds no transaction open and delays no reader), and is
+//!   retried until it succeeds, with the event id as its idempotency key. Rebuilds skip them.
 //! - `#[projection(inline)]`: also applied in the append's transaction, for read-your-writes
 //!   (`store.with_inline(...)`).
 //!
@@ -126,6 +129,21 @@ pub trait Projection: Send + 'static {
         event: &'a RecordedEvent,
         tx: &'a mut Tx<'_>,
     ) -> impl Future<Output = Result<(), HandlerError>> + Send + 'a;
+
+    /// Performs the side effect of one stored event of a `#[handle(side_effects)]` type
+    /// (decoding it for the handler), after the batch that decided it committed, outside any
+    /// transaction. The runner calls it until it succeeds; the event id is the idempotency key
+    /// to hand to the other system. By default nothing.
+    ///
+    /// # Errors
+    /// [`HandlerError`]: the event does not decode, or the effect failed (it is retried).
+    fn perform<'a>(
+        &'a mut self,
+        event: &'a RecordedEvent,
+    ) -> impl Future<Output = Result<(), HandlerError>> + Send + 'a {
+        let _ = event;
+        std::future::ready(Ok(()))
+    }
 
     /// Writes what the handlers buffered for the batch, in the batch's transaction, before the
     /// checkpoint moves. Generated from a `#[flush]` method; by default nothing.

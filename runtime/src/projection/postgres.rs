@@ -100,9 +100,10 @@ pub(super) fn statements(schema: &Schema) -> ProjectionSql {
         .into(),
         claim_side_effects: format!(
             "INSERT INTO {s}.projection_side_effects AS c (projection, event_id, version, status)
-             SELECT $1, ids.id::uuid, $2, 'run' FROM json_array_elements_text($3::json) AS ids (id)
+             SELECT $1, ids.id::uuid, $2, 'pending'
+             FROM json_array_elements_text($3::json) AS ids (id)
              ON CONFLICT (projection, event_id) DO UPDATE
-                 SET version = excluded.version, status = 'run', decided_at = now()
+                 SET version = excluded.version, status = 'pending', decided_at = now()
                  WHERE c.status = 'skipped' AND c.version <> excluded.version
              RETURNING event_id::text"
         )
@@ -112,6 +113,23 @@ pub(super) fn statements(schema: &Schema) -> ProjectionSql {
              SELECT $1, ids.id::uuid, $2, 'skipped'
              FROM json_array_elements_text($3::json) AS ids (id)
              ON CONFLICT (projection, event_id) DO NOTHING"
+        )
+        .into(),
+        pending_effects: format!(
+            "SELECT c.event_id::text FROM {s}.projection_side_effects c
+             WHERE c.projection = $1 AND c.status = 'pending'"
+        )
+        .into(),
+        effect_done: format!(
+            "UPDATE {s}.projection_side_effects
+             SET status = CASE WHEN $4 = 1 THEN 'failed' ELSE 'done' END, done_at = now(),
+                 error = $5
+             WHERE projection = $1 AND event_id = $3::uuid"
+        )
+        .into(),
+        effect_failed: format!(
+            "UPDATE {s}.projection_side_effects SET attempts = attempts + 1, error = $4
+             WHERE projection = $1 AND event_id = $3::uuid"
         )
         .into(),
         inline_marks: format!(

@@ -45,11 +45,20 @@ pub(crate) struct ProjectionSql {
     pub record_failure: Arc<str>,
     /// `$3` stream, `$4` version: marks a dead letter skipped (kept for the record).
     pub skip: Arc<str>,
-    /// `$3` event ids (JSON): claims their side effects to run them; returns the ids not
-    /// decided before (or skipped by another version's replay).
+    /// `$3` event ids (JSON): decides to perform their side effects (`pending`, performed after
+    /// the commit); returns the ids not decided before (or skipped by another version's
+    /// replay).
     pub claim_side_effects: Arc<str>,
     /// `$3` event ids (JSON): records side effects skipped by a replay.
     pub skip_side_effects: Arc<str>,
+    /// The event ids (text) of the projection's side effects decided and not yet performed
+    /// (by any version).
+    pub pending_effects: Arc<str>,
+    /// `$3` event id, `$4` whether it failed for good (`i32` 0/1), `$5` its error (nullable
+    /// text): the side effect is done, or can never be.
+    pub effect_done: Arc<str>,
+    /// `$3` event id, `$4` error: an attempt to perform the side effect failed.
+    pub effect_failed: Arc<str>,
     /// `$3` stream ids (JSON): `stream_id, applied_version` of their inline marks.
     pub inline_marks: Arc<str>,
     /// `$3` stream: `tx, position` of the checkpoint (share-locked), the stream's inline mark

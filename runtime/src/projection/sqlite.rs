@@ -92,9 +92,9 @@ pub(super) fn statements() -> ProjectionSql {
         .into(),
         claim_side_effects: format!(
             "INSERT INTO projection_side_effects AS c (projection, event_id, version, status)
-             SELECT $1, ids.value, $2, 'run' FROM json_each($3) AS ids WHERE true
+             SELECT $1, ids.value, $2, 'pending' FROM json_each($3) AS ids WHERE true
              ON CONFLICT (projection, event_id) DO UPDATE
-                 SET version = excluded.version, status = 'run', decided_at = {NOW}
+                 SET version = excluded.version, status = 'pending', decided_at = {NOW}
                  WHERE c.status = 'skipped' AND c.version <> excluded.version
              RETURNING event_id"
         )
@@ -104,6 +104,19 @@ pub(super) fn statements() -> ProjectionSql {
              SELECT $1, ids.value, $2, 'skipped' FROM json_each($3) AS ids WHERE true
              ON CONFLICT (projection, event_id) DO NOTHING"
                 .into(),
+        pending_effects: "SELECT c.event_id FROM projection_side_effects c
+             WHERE c.projection = $1 AND c.status = 'pending'"
+            .into(),
+        effect_done: format!(
+            "UPDATE projection_side_effects
+             SET status = CASE WHEN $4 = 1 THEN 'failed' ELSE 'done' END, done_at = {NOW},
+                 error = $5
+             WHERE projection = $1 AND event_id = $3"
+        )
+        .into(),
+        effect_failed: "UPDATE projection_side_effects SET attempts = attempts + 1, error = $4
+             WHERE projection = $1 AND event_id = $3"
+            .into(),
         inline_marks: "SELECT stream_id, applied_version FROM projection_inline_streams
              WHERE projection = $1 AND version = $2
                AND stream_id IN (SELECT value FROM json_each($3))"

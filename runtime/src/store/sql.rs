@@ -364,6 +364,14 @@ pub trait Backend {
     #[doc(hidden)]
     fn try_lease(&self, name: LeaseName<'_>) -> impl Future<Output = Result<Option<Lease>>> + Send;
 
+    /// Reads stored events by id (text), in feed order: the events of side effects decided
+    /// and not yet performed.
+    #[doc(hidden)]
+    fn events_by_id<'a>(
+        &'a self,
+        ids: &'a [String],
+    ) -> impl Future<Output = Result<Vec<RecordedEvent>>> + Send + 'a;
+
     /// Reads the events an inline application needs, inside its transaction.
     #[doc(hidden)]
     fn unapplied<'a>(

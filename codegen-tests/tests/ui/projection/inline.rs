@@ -23,7 +23,7 @@ pub struct Mailer;
 #[projection(inline)]
 impl Mailer {
     #[handle(side_effects)]
-    async fn deposited(&mut self, _event: &Deposited, _envelope: &Envelope, _tx: &mut Tx<'_>) -> Result<(), Failed> {
+    async fn deposited(&mut self, _event: &Deposited, _envelope: &Envelope) -> Result<(), Failed> {
         Ok(())
     }
 }

@@ -39,11 +39,14 @@ pub struct Projection {
     pub well_formed: bool,
 }
 
-/// `#[handle] async fn method(&mut self, event: &Event, envelope: &Envelope, tx: &mut Conn)`.
+/// `#[handle] async fn method(&mut self, event: &Event, envelope: &Envelope, tx: &mut Conn)`,
+/// or `#[handle(side_effects)] async fn method(&mut self, event: &Event, envelope: &Envelope)`
+/// (run after the batch commits, outside any transaction: no connection).
 pub struct HandlerFn {
     pub method: Ident,
     pub event: Type,
-    pub connection: Type,
+    /// What it writes through; `None` for a side-effect handler.
+    pub connection: Option<Type>,
     /// `#[handle(side_effects)]`.
     pub side_effects: bool,
 }
@@ -91,6 +94,8 @@ impl Connection {
 }
 
 const HANDLE_USAGE: &str = "#[handle] async fn on_event(&mut self, event: &EventType, envelope: &Envelope, tx: &mut Tx<'_>) -> Result<(), Error>";
+
+const SIDE_EFFECTS_USAGE: &str = "#[handle(side_effects)] async fn on_event(&mut self, event: &EventType, envelope: &Envelope) -> Result<(), Error>";
 
 const FLUSH_USAGE: &str =
     "#[flush] async fn flush(&mut self, tx: &mut Tx<'_>) -> Result<(), Error>";
@@ -195,11 +200,13 @@ pub fn projection(cx: &Ctxt, input: ProjectionInput) -> Projection {
         }
     });
     let connection = handlers
-        .first()
-        .map(|h| &h.connection)
+        .iter()
+        .find_map(|h| h.connection.as_ref())
         .or_else(|| flush.as_ref().map(|f| &f.connection))
         .or_else(|| reset.as_ref().map(|r| &r.connection))
-        .map(Connection::of);
+        .map(Connection::of)
+        // Only side-effect handlers: nothing is written in the batch, on either store.
+        .or_else(|| (!handlers.is_empty()).then_some(Connection::Tx));
     let projection = Projection {
         item,
         name: name.unwrap_or_default(),
@@ -217,7 +224,11 @@ pub fn projection(cx: &Ctxt, input: ProjectionInput) -> Projection {
 }
 
 fn handler_fn(cx: &Ctxt, sig: &Signature, side_effects: bool) -> Option<HandlerFn> {
-    let usage = HANDLE_USAGE;
+    let usage = if side_effects {
+        SIDE_EFFECTS_USAGE
+    } else {
+        HANDLE_USAGE
+    };
     let mut ok = true;
     if sig.asyncness.is_none() {
         cx.error_spanned_by(
@@ -248,14 +259,30 @@ fn handler_fn(cx: &Ctxt, sig: &Signature, side_effects: bool) -> Option<HandlerF
         ok = false;
     }
     let typed = typed_inputs(sig);
-    let [event, _envelope, connection] = typed.as_slice() else {
-        cx.error_spanned_by(
-            &sig.ident,
-            format!(
-                "projection handlers take the event, its envelope and the transaction: `{usage}`"
-            ),
-        );
-        return None;
+    let (event, connection) = match (typed.as_slice(), side_effects) {
+        ([event, _envelope, connection], false) => (event, Some(connection)),
+        ([event, _envelope], true) => (event, None),
+        ([_, _, connection], true) => {
+            cx.error_spanned_by(
+                &connection.ty,
+                format!(
+                    "a side-effect handler runs after its batch commits, outside any transaction (so a slow one holds no one back), and is retried until it succeeds: drop the transaction and use `envelope.event_id` as the idempotency key: `{usage}`"
+                ),
+            );
+            return None;
+        }
+        _ => {
+            let takes = if side_effects {
+                "the event and its envelope"
+            } else {
+                "the event, its envelope and the transaction"
+            };
+            cx.error_spanned_by(
+                &sig.ident,
+                format!("projection handlers take {takes}: `{usage}`"),
+            );
+            return None;
+        }
     };
     let Some(event) = shared_reference(&event.ty) else {
         cx.error_spanned_by(
@@ -264,9 +291,12 @@ fn handler_fn(cx: &Ctxt, sig: &Signature, side_effects: bool) -> Option<HandlerF
         );
         return None;
     };
-    let connection = match &*connection.ty {
-        Type::Reference(reference) if reference.mutability.is_some() => (*reference.elem).clone(),
-        other => {
+    let connection = match connection.map(|connection| &*connection.ty) {
+        None => None,
+        Some(Type::Reference(reference)) if reference.mutability.is_some() => {
+            Some((*reference.elem).clone())
+        }
+        Some(other) => {
             cx.error_spanned_by(
                 other,
                 format!("the transaction is taken by mutable reference: `{usage}`"),
@@ -390,7 +420,7 @@ fn whole(cx: &Ctxt, input: &Projection) {
     let mut connections = input
         .handlers
         .iter()
-        .map(|h| &h.connection)
+        .filter_map(|h| h.connection.as_ref())
         .chain(input.flush.as_ref().map(|f| &f.connection))
         .chain(input.reset.as_ref().map(|r| &r.connection));
     if let Some(first) = connections.next() {

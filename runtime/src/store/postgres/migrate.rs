@@ -47,6 +47,11 @@ const MIGRATIONS: &[Migration] = &[
         name: "lease_tokens",
         sql: include_str!("../../../migrations/postgres/0007_lease_tokens.sql"),
     },
+    Migration {
+        version: 8,
+        name: "deferred_side_effects",
+        sql: include_str!("../../../migrations/postgres/0008_deferred_side_effects.sql"),
+    },
 ];
 
 pub(super) async fn migrate(pool: &PgPool, schema: &Schema) -> Result<()> {

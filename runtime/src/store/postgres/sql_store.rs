@@ -71,6 +71,24 @@ impl Backend for PostgresStore {
         }
     }
 
+    async fn events_by_id<'a>(&'a self, ids: &'a [String]) -> Result<Vec<RecordedEvent>> {
+        let ids = ids
+            .iter()
+            .map(|id| uuid::Uuid::parse_str(id))
+            .collect::<std::result::Result<Vec<_>, _>>()
+            .map_err(|e| Error::Backend(e.into()))?;
+        let rows = sqlx::query(AssertSqlSafe(format!(
+            "SELECT {ENVELOPE_COLUMNS} FROM {s}.events e WHERE e.event_id = ANY ($1)
+             ORDER BY e.tx, e.position",
+            s = self.inner.schema.quoted()
+        )))
+        .bind(ids)
+        .fetch_all(&self.inner.pool)
+        .await
+        .map_err(|e| self.fail(e))?;
+        self.read_rows(&rows, 0)
+    }
+
     async fn unapplied<'a>(
         &'a self,
         tx: &'a mut Tx<'_>,

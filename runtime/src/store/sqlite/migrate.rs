@@ -44,6 +44,11 @@ const MIGRATIONS: &[Migration] = &[
         name: "lease_tokens",
         sql: include_str!("../../../migrations/sqlite/0007_lease_tokens.sql"),
     },
+    Migration {
+        version: 8,
+        name: "deferred_side_effects",
+        sql: include_str!("../../../migrations/sqlite/0008_deferred_side_effects.sql"),
+    },
 ];
 
 pub(super) async fn migrate(pool: &SqlitePool, location: &str) -> Result<()> {

@@ -47,6 +47,19 @@ impl Backend for SqliteStore {
         Ok(self.try_lock(&lock)?.map(Lease::on_drop))
     }
 
+    async fn events_by_id<'a>(&'a self, ids: &'a [String]) -> Result<Vec<RecordedEvent>> {
+        let ids = serde_json::to_string(ids).map_err(|e| Error::Backend(e.into()))?;
+        let rows = sqlx::query(AssertSqlSafe(format!(
+            "SELECT {ENVELOPE_COLUMNS} FROM events
+             WHERE event_id IN (SELECT value FROM json_each(?1)) ORDER BY position"
+        )))
+        .bind(ids)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(backend)?;
+        rows.iter().map(envelope_from_row).collect()
+    }
+
     async fn unapplied<'a>(
         &'a self,
         tx: &'a mut Tx<'_>,
