@@ -9,9 +9,9 @@ use std::collections::{HashMap, HashSet};
 
 use serde::Serialize;
 
-use super::Projection;
 use super::runner::ProjectionRunner;
 use super::status::RunnerError;
+use super::{HandlerError, Projection};
 use crate::envelope::RecordedEvent;
 use crate::error::Error;
 use crate::position::FeedPosition;
@@ -320,6 +320,18 @@ impl<S: SqlStore, P: Projection> ProjectionRunner<S, P> {
                 && (self.replaying || !claimed.contains(&event.event_id.to_string()))
             {
                 continue; // replaying, or its side effect already ran
+            }
+            if let Some(bad) = self
+                .undecodable
+                .iter()
+                .find(|u| u.event_id == event.event_id)
+            {
+                // Its envelope does not read: a decoding failure, parked like any other.
+                self.projection.discard();
+                return Err(RunnerError::handler::<P>(HandlerError::decode(
+                    event,
+                    bad.cause(),
+                )));
             }
             if let Err(cause) = self.projection.handle(event, &mut tx).await {
                 self.projection.discard();
