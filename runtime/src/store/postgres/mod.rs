@@ -480,15 +480,25 @@ impl PostgresStore {
         let has_events = columns::get::<_, Option<String>>(first, 2)?.is_some();
         let mut events = Vec::with_capacity(rows.len());
         let mut undecodable = Vec::new();
+        let mut stopped = false;
         if has_events {
             for row in &rows {
-                let (event, defect) = envelope_or_defect(row, 2)?;
-                events.push(event);
-                undecodable.extend(defect);
+                match envelope_or_defect(row, 2) {
+                    Ok((event, defect)) => {
+                        events.push(event);
+                        undecodable.extend(defect);
+                    }
+                    // The events before a corrupt row are delivered; the next read stops at it.
+                    Err(error) if events.is_empty() => return Err(error),
+                    Err(_) => {
+                        stopped = true;
+                        break;
+                    }
+                }
             }
         }
         let next = match events.last() {
-            Some(last) if events.len() >= query.limit => last.feed_position(),
+            Some(last) if stopped || events.len() >= query.limit => last.feed_position(),
             // Everything below the horizon has been read: every transaction below it has ended.
             _ => FeedPosition::end_of_tx(horizon.saturating_sub(1)).max(query.after),
         };

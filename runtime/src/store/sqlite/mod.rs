@@ -519,13 +519,23 @@ impl SqliteStore {
         transaction.commit().await.map_err(backend)?;
         let mut events = Vec::with_capacity(rows.len());
         let mut undecodable = Vec::new();
+        let mut stopped = false;
         for row in &rows {
-            let (event, defect) = envelope_or_defect(row)?;
-            events.push(event);
-            undecodable.extend(defect);
+            match envelope_or_defect(row) {
+                Ok((event, defect)) => {
+                    events.push(event);
+                    undecodable.extend(defect);
+                }
+                // The events before a corrupt row are delivered; the next read stops at it.
+                Err(error) if events.is_empty() => return Err(error),
+                Err(_) => {
+                    stopped = true;
+                    break;
+                }
+            }
         }
         let next = match events.last() {
-            Some(last) if events.len() >= query.limit => last.feed_position(),
+            Some(last) if stopped || events.len() >= query.limit => last.feed_position(),
             _ => {
                 let head = stored_u64(head, "a global position")?;
                 FeedPosition::new(head, head).max(query.after)
