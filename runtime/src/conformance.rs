@@ -874,6 +874,141 @@ pub async fn unstorable_append_is_refused<S: EventStore>(store: &S) {
     assert_eq!(store.stream_version(&stream).await.unwrap(), 0);
 }
 
+/// Bad input is refused before anything is written, with a typed, permanent error naming the
+/// stream and the event type: an empty stream id, one over
+/// [`MAX_STREAM_ID_BYTES`](crate::store::MAX_STREAM_ID_BYTES), one holding NUL or another
+/// control character, a payload or metadata above the default limits (1 MiB each). One bad
+/// event refuses the whole append, through `append` and `append_after` alike.
+pub async fn bad_input_is_refused_before_anything_is_written<S: EventStore>(store: &S) {
+    use crate::error::{EventPart, StreamIdProblem};
+    use crate::store::MAX_STREAM_ID_BYTES;
+
+    let longest = format!("{:x<1$}", unique_stream("long"), MAX_STREAM_ID_BYTES);
+    let stored = store
+        .append(&longest, AGGREGATE, ExpectedVersion::NoStream, pings(0..1))
+        .await
+        .unwrap();
+    assert_eq!(stored[0].stream_id, longest, "the longest id is stored");
+    let before = read_all(store, 100).await.len();
+
+    let too_long = format!("{longest}y");
+    let cases: [(&str, StreamIdProblem); 5] = [
+        ("", StreamIdProblem::Empty),
+        (
+            &too_long,
+            StreamIdProblem::TooLong {
+                bytes: MAX_STREAM_ID_BYTES + 1,
+                limit: MAX_STREAM_ID_BYTES,
+            },
+        ),
+        (
+            "order-\0-1",
+            StreamIdProblem::ControlCharacter {
+                character: '\0',
+                at: 6,
+            },
+        ),
+        (
+            "tab\there",
+            StreamIdProblem::ControlCharacter {
+                character: '\t',
+                at: 3,
+            },
+        ),
+        (
+            "bell\u{7}",
+            StreamIdProblem::ControlCharacter {
+                character: '\u{7}',
+                at: 4,
+            },
+        ),
+    ];
+    for (stream, expected) in cases {
+        for after_head in [false, true] {
+            let result = if after_head {
+                store
+                    .append_after(stream, AGGREGATE, KnownHead::new(0), pings(0..2))
+                    .await
+            } else {
+                store
+                    .append(stream, AGGREGATE, ExpectedVersion::Any, pings(0..2))
+                    .await
+            };
+            match result {
+                Err(error @ Error::InvalidStreamId { .. }) => {
+                    assert!(!error.is_transient(), "{error}");
+                    let message = error.to_string();
+                    let Error::InvalidStreamId {
+                        stream_id,
+                        event_type,
+                        problem,
+                    } = error
+                    else {
+                        unreachable!()
+                    };
+                    assert_eq!((stream_id.as_str(), problem), (stream, expected));
+                    assert_eq!(event_type.as_deref(), Some("Pinged"));
+                    assert!(message.contains("Pinged"), "{message}");
+                }
+                other => panic!("{stream:?}: expected InvalidStreamId, got {other:?}"),
+            }
+        }
+    }
+
+    let big =
+        |bytes: usize| Payload::encode(&serde_json::json!({ "blob": "b".repeat(bytes) })).unwrap();
+    let stream = unique_stream("large");
+    let oversized = NewEvent::new("Uploaded", 1, big(2 * 1024 * 1024));
+    let result = store
+        .append(
+            &stream,
+            AGGREGATE,
+            ExpectedVersion::Any,
+            vec![ping(1), oversized],
+        )
+        .await;
+    match result {
+        Err(Error::EventTooLarge {
+            stream_id,
+            event_type,
+            part: EventPart::Payload,
+            bytes,
+            limit,
+        }) => {
+            assert_eq!(
+                (stream_id.as_str(), event_type.as_str()),
+                (stream.as_str(), "Uploaded")
+            );
+            assert_eq!(limit, 1024 * 1024);
+            assert_eq!(bytes, 2 * 1024 * 1024 + r#"{"blob":""}"#.len());
+        }
+        other => panic!("expected EventTooLarge, got {other:?}"),
+    }
+    let metadata = ping(2).metadata("trace", "t".repeat(2 * 1024 * 1024));
+    let result = store
+        .append_after(&stream, AGGREGATE, KnownHead::new(0), vec![metadata])
+        .await;
+    assert!(
+        matches!(
+            &result,
+            Err(error @ Error::EventTooLarge { part: EventPart::Metadata, event_type, .. })
+                if event_type == "Pinged" && !error.is_transient()
+        ),
+        "{result:?}"
+    );
+    let fits = NewEvent::new("Uploaded", 1, big(1024 * 1024 - 100));
+    store
+        .append(&stream, AGGREGATE, ExpectedVersion::NoStream, vec![fits])
+        .await
+        .unwrap();
+
+    assert_eq!(
+        read_all(store, 100).await.len(),
+        before + 1,
+        "nothing of a refused append is stored"
+    );
+}
+
 /// An event is found by its id, with its envelope; an unknown id finds nothing.
 pub async fn read_event_by_id<S: EventStore>(store: &S) {
     let stream = unique_stream("by-id");
@@ -909,6 +1044,7 @@ macro_rules! conformance_tests {
         $crate::__conformance_case!(by_ref empty_append [$setup] [$($teardown)?]);
         $crate::__conformance_case!(by_ref unstorable_append_is_refused [$setup] [$($teardown)?]);
         $crate::__conformance_case!(by_ref read_event_by_id [$setup] [$($teardown)?]);
+        $crate::__conformance_case!(by_ref bad_input_is_refused_before_anything_is_written [$setup] [$($teardown)?]);
         $crate::__conformance_case!(shared concurrent_appends_are_atomic [$setup] [$($teardown)?]);
         $crate::__conformance_case!(shared racing_exact_appends [$setup] [$($teardown)?]);
     };

@@ -96,6 +96,60 @@ pub enum Error {
         reason: String,
     },
 
+    /// The stream id cannot be stored: empty, longer than
+    /// [`MAX_STREAM_ID_BYTES`](crate::store::MAX_STREAM_ID_BYTES), or holding a NUL or another
+    /// control character. Nothing of the append was written. Retrying cannot help.
+    #[error(
+        "invalid stream id {}{}: {problem}; give the stream a non-empty id of printable characters within the limit",
+        shown(stream_id),
+        event_type.as_deref().map(|t| format!(" (appending `{t}`)")).unwrap_or_default()
+    )]
+    InvalidStreamId {
+        /// The refused id.
+        stream_id: String,
+        /// The type of the append's first event (`None`: an empty append).
+        event_type: Option<String>,
+        /// What is wrong with it.
+        problem: StreamIdProblem,
+    },
+
+    /// An event's payload or metadata, serialized, is larger than the store's limit
+    /// ([`Limits`](crate::store::Limits)). Nothing of the append was written. Retrying cannot
+    /// help.
+    #[error(
+        "event `{event_type}` for stream {} has {bytes} bytes of {part}, above the store's limit of {limit}: keep large data outside the event (store a reference to it), or raise the limit with the store's `with_limits`",
+        shown(stream_id)
+    )]
+    EventTooLarge {
+        /// The stream appended to.
+        stream_id: String,
+        /// The event's type name.
+        event_type: String,
+        /// Which part is too large.
+        part: EventPart,
+        /// Its size, in bytes of JSON.
+        bytes: usize,
+        /// The store's limit for that part.
+        limit: usize,
+    },
+
+    /// The stored state of a saga instance does not decode into the saga's type (changed by
+    /// hand, or by a build whose state type differs). The instance is parked: its events wait
+    /// in the saga's dead-letter queue and its timeouts stay pending, while other instances
+    /// go on. Repair the state (or deploy a type that reads it), then retry the parked stream.
+    #[error(
+        "the state of saga `{saga}` instance `{saga_id}` does not decode: {cause}; repair the row in the `sagas` table (or deploy a state type that reads it), then retry the saga's parked streams"
+    )]
+    SagaState {
+        /// The saga.
+        saga: &'static str,
+        /// The instance.
+        saga_id: String,
+        /// The deserializer's error.
+        #[source]
+        cause: serde_json::Error,
+    },
+
     /// The database has no event store in this schema yet.
     #[error(
         "the event store schema `{schema}` is not set up in this database: run the store's `migrate()` once (it is safe to run at every start)"
@@ -180,6 +234,61 @@ impl Error {
     }
 }
 
+/// A stream id shown in a message: quoted, with control characters escaped, and cut after
+/// 100 characters.
+fn shown(stream_id: &str) -> String {
+    let mut shown: String = stream_id.chars().take(100).collect::<String>();
+    if shown.len() < stream_id.len() {
+        shown.push_str("...");
+    }
+    format!("{shown:?}")
+}
+
+/// What is wrong with a stream id ([`Error::InvalidStreamId`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum StreamIdProblem {
+    /// It is empty.
+    #[error("it is empty")]
+    Empty,
+    /// It is longer than the limit.
+    #[error("it has {bytes} bytes, above the limit of {limit}")]
+    TooLong {
+        /// Its length in bytes (UTF-8).
+        bytes: usize,
+        /// The limit.
+        limit: usize,
+    },
+    /// It holds a NUL or another control character (PostgreSQL cannot store NUL in text, and
+    /// control characters make ids that look alike and break logs).
+    #[error("it holds the control character {character:?} at byte {at}")]
+    ControlCharacter {
+        /// The character.
+        character: char,
+        /// Its byte offset.
+        at: usize,
+    },
+}
+
+/// Which part of an event is too large ([`Error::EventTooLarge`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum EventPart {
+    /// The payload (the event's JSON).
+    Payload,
+    /// The metadata (as JSON).
+    Metadata,
+}
+
+impl std::fmt::Display for EventPart {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Payload => "payload",
+            Self::Metadata => "metadata",
+        })
+    }
+}
+
 /// Why a stored `(type name, version, JSON)` triple did not decode into a Rust event.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -219,6 +328,28 @@ pub enum DecodeError {
         #[source]
         cause: serde_json::Error,
     },
+
+    /// A column of the stored envelope (the metadata, say) does not read as what the store
+    /// writes: the row was written by another tool, bypassing the store's checks.
+    #[error(
+        "column `{column}` of the stored event does not read: {reason}; the row was not written by this build's append path, so a projection parks its stream (skip it for the record)"
+    )]
+    Column {
+        /// The column.
+        column: &'static str,
+        /// What is wrong with it.
+        reason: String,
+    },
+}
+
+impl DecodeError {
+    /// A stored envelope column of the event that does not read as what the store writes.
+    pub(crate) fn column(column: &'static str, reason: impl Into<String>) -> Self {
+        Self::Column {
+            column,
+            reason: reason.into(),
+        }
+    }
 }
 
 /// What can go wrong when executing a command: the domain said no, the stream kept changing, or

@@ -107,7 +107,7 @@ pub use factum_macros::{
 pub use crate::aggregate::{Aggregate, Apply, ApplyTo, Handle, HandlerOutput};
 pub use crate::command::{Command, CommandContext};
 pub use crate::envelope::{Envelope, Metadata, NewEvent, RecordedEvent};
-pub use crate::error::{DecodeError, Error, ExecuteError, Result};
+pub use crate::error::{DecodeError, Error, EventPart, ExecuteError, Result, StreamIdProblem};
 pub use crate::event::{Event, EventDescriptor, EventOf, EventSet, IntoEvents, Payload};
 pub use crate::failure::Transient;
 pub use crate::repository::{Executed, Execution, Loaded, Repository};

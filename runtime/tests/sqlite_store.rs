@@ -150,9 +150,11 @@ async fn rows_written_by_another_tool_that_no_append_could_write_are_reported_as
         .await
         .unwrap();
     }
+    // Metadata is the event's own: a decoding error naming the event and the column.
     let error = store.read_stream("s-1", 2..=2).await.unwrap_err();
     assert!(
-        matches!(&error, Error::Corrupt { reason } if reason.contains("metadata is not a JSON object")),
+        matches!(&error, Error::Decode { stream_id, stream_version: 2, cause: factum::DecodeError::Column { column: "metadata", reason } }
+            if stream_id == "s-1" && reason.contains("not a JSON object")),
         "{error}"
     );
     let error = store.read_stream("s-1", 3..=3).await.unwrap_err();
@@ -163,6 +165,20 @@ async fn rows_written_by_another_tool_that_no_append_could_write_are_reported_as
     // The good event still reads; the feed stops at the corrupt one rather than skipping it.
     assert_eq!(store.read_stream("s-1", 1..=1).await.unwrap().len(), 1);
     let error = store.read_feed(&FeedQuery::from_start()).await.unwrap_err();
+    assert!(
+        matches!(
+            error,
+            Error::Decode {
+                stream_version: 2,
+                ..
+            }
+        ),
+        "{error}"
+    );
+    let error = store
+        .read_feed(&FeedQuery::after(FeedPosition::new(2, 2)))
+        .await
+        .unwrap_err();
     assert!(matches!(error, Error::Corrupt { .. }), "{error}");
 }
 

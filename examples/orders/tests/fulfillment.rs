@@ -570,7 +570,126 @@ async fn an_event_the_saga_cannot_read_parks_its_stream_while_other_orders_flow<
     assert!(world.runner.parked().await.unwrap().is_empty());
 }
 
+/// A command to a stream id no store accepts (NUL, too long) is refused at once, for good:
+/// recorded as rejected in the outbox and handed to the saga's `#[rejected]` handler, which
+/// cancels the order; other orders flow.
+async fn a_command_to_an_invalid_stream_is_refused_and_the_outbox_flows_on<D: TestDatabase>() {
+    let mut world = World::<D>::new().await;
+    let long_sku = "x".repeat(factum::store::MAX_STREAM_ID_BYTES);
+    world.place("o-nul", "bo\0ok", 1, "visa", "1 Main St").await;
+    world
+        .place("o-long", &long_sku, 1, "visa", "1 Main St")
+        .await;
+    world.place("o-ok", "book", 1, "visa", "1 Main St").await;
+    world.settle().await;
+
+    for (order, problem) in [
+        ("o-nul", "control character '\\0'"),
+        ("o-long", "above the limit of 1024"),
+    ] {
+        let cancelled = world.order(order).await;
+        assert_eq!(cancelled.status, OrderStatus::Cancelled, "{order}");
+        let reason = cancelled.cancel_reason.unwrap();
+        assert!(
+            reason.contains("ReserveInventory refused: invalid stream id")
+                && reason.contains(problem),
+            "{reason}"
+        );
+        let (saga, completed) = world.saga(order).await;
+        assert!(completed);
+        assert_eq!(saga.compensations, ["CancelOrder"]);
+    }
+    assert_eq!(world.order("o-ok").await.status, OrderStatus::Completed);
+    let status = world.runner.status().await.unwrap();
+    assert_eq!(status.rejected_commands, 2);
+    assert_eq!(status.pending_commands, 0);
+    assert!(world.runner.parked().await.unwrap().is_empty());
+    // Nothing was written to an invalid stream.
+    assert!(world.types(&inventory_stream(&long_sku)).await.is_empty());
+}
+
+/// An instance whose stored state no longer decodes (changed by hand) is parked: its events wait
+/// in the saga's dead-letter queue and its due timeout stays pending, with a typed error, while
+/// other instances and their timeouts go on; repaired and retried, it completes.
+async fn an_instance_whose_state_does_not_decode_is_parked_while_the_others_flow<
+    D: TestDatabase,
+>() {
+    let mut world = World::<D>::new().await;
+    for order in ["o-a", "o-b", "o-c"] {
+        world.place(order, "book", 1, "3ds", "1 Main St").await;
+    }
+    world.settle().await;
+    let sagas = world.database.table("sagas");
+    let state: Vec<(String,)> = factum::testing::fetch_all(
+        &world.store,
+        &format!("SELECT CAST(state AS TEXT) FROM {sagas} WHERE saga_id = 'o-a'"),
+    )
+    .await
+    .unwrap();
+    let corrupt =
+        |state: &str| format!("UPDATE {sagas} SET state = '{state}' WHERE saga_id = 'o-a'");
+    factum::testing::execute(&world.store, &corrupt(r#"{"stage": 42}"#))
+        .await
+        .unwrap();
+    match world.runner.instance("o-a").await {
+        Err(factum::Error::SagaState { saga_id, .. }) => assert_eq!(saga_id, "o-a"),
+        other => panic!("expected a typed state error, got {other:?}"),
+    }
+
+    // o-a's and o-b's payments are confirmed; o-c's is not, and all deadlines pass.
+    for order in ["o-a", "o-b"] {
+        world
+            .services
+            .payments
+            .execute(
+                &payment_stream(order),
+                ConfirmPayment {
+                    order_id: order.into(),
+                },
+            )
+            .await
+            .unwrap();
+    }
+    world.clock.advance(PAYMENT_TIMEOUT * 2);
+    world.settle().await;
+
+    assert_eq!(world.order("o-b").await.status, OrderStatus::Completed);
+    assert_eq!(
+        world.order("o-c").await.status,
+        OrderStatus::Cancelled,
+        "o-c's timeout fired"
+    );
+    assert_eq!(world.order("o-a").await.status, OrderStatus::Placed);
+    let parked = world.runner.parked().await.unwrap();
+    assert_eq!(parked.len(), 1, "{parked:?}");
+    assert_eq!(parked[0].stream_id, payment_stream("o-a"));
+    let error = parked[0].error.as_deref().unwrap();
+    assert!(error.contains("instance `o-a` does not decode"), "{error}");
+    let status = world.runner.status().await.unwrap();
+    assert_eq!(status.pending_timeouts, 1, "o-a's timeout waits");
+
+    // Repaired and retried: the instance goes on (its payment cancels the timeout).
+    factum::testing::execute(&world.store, &corrupt(&state[0].0))
+        .await
+        .unwrap();
+    assert!(matches!(
+        world
+            .runner
+            .retry_parked(&payment_stream("o-a"))
+            .await
+            .unwrap(),
+        factum::projection::RetryOutcome::Drained { handled: 1 }
+    ));
+    world.settle().await;
+    assert_eq!(world.order("o-a").await.status, OrderStatus::Completed);
+    assert_eq!(world.runner.status().await.unwrap().pending_timeouts, 0);
+}
+
 factum::on_both_stores!(
+    #[tokio::test]
+    a_command_to_an_invalid_stream_is_refused_and_the_outbox_flows_on,
+    #[tokio::test]
+    an_instance_whose_state_does_not_decode_is_parked_while_the_others_flow,
     #[tokio::test]
     an_event_the_saga_cannot_read_parks_its_stream_while_other_orders_flow,
     #[tokio::test]

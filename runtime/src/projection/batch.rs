@@ -427,6 +427,18 @@ impl<S: SqlStore, P: Projection> ProjectionRunner<S, P> {
                 to_park.push(DeadLetter::behind(event));
                 continue;
             }
+            if let Some(bad) = self
+                .undecodable
+                .iter()
+                .find(|u| u.event_id == event.event_id)
+            {
+                // Its envelope does not read: a decoding failure, parked like any other.
+                self.projection.discard();
+                return Err(RunnerError::handler::<P>(HandlerError::decode(
+                    event,
+                    bad.cause(),
+                )));
+            }
             if P::SIDE_EFFECTS.contains(&event.event_type.as_str()) {
                 // Decided now: performed after the commit. Replaying, or decided before: not.
                 if !self.replaying && claimed.contains(&event.event_id.to_string()) {

@@ -36,8 +36,13 @@ impl<S: SqlStore, P: Projection> ProjectionRunner<S, P> {
         };
         let batch = match self.read_ahead.take() {
             Some((after, batch)) if after == checkpoint => batch,
-            _ => self.store.read_feed(&self.feed_query(checkpoint)).await?,
+            _ => {
+                self.store
+                    .read_feed_parking(&self.feed_query(checkpoint))
+                    .await?
+            }
         };
+        self.undecodable.clone_from(&batch.undecodable);
         if batch.events.is_empty() && batch.next <= checkpoint {
             // Idle: read the checkpoint again next time, so a reset is noticed.
             self.position = None;
@@ -56,7 +61,7 @@ impl<S: SqlStore, P: Projection> ProjectionRunner<S, P> {
             .then(|| (self.store.clone(), self.feed_query(batch.next)));
         let read_ahead = async move {
             match ahead {
-                Some((store, query)) => Some(store.read_feed(&query).await),
+                Some((store, query)) => Some(store.read_feed_parking(&query).await),
                 None => None,
             }
         };

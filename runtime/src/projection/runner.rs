@@ -51,6 +51,9 @@ pub struct ProjectionRunner<S, P> {
     /// The token this runner wrote into the checkpoint row when it took the lease (`None`:
     /// not running under the lease).
     pub(super) lease_token: Option<String>,
+    /// The events of the batch being applied whose stored envelope does not read: they fail
+    /// as undecodable events do, and their streams are parked.
+    pub(super) undecodable: Vec<crate::store::Undecodable>,
 }
 
 impl<S: std::fmt::Debug, P: Projection> std::fmt::Debug for ProjectionRunner<S, P> {
@@ -113,6 +116,7 @@ impl<S: SqlStore, P: Projection> ProjectionRunner<S, P> {
             replaying: false,
             control: Control::new(),
             lease_token: None,
+            undecodable: Vec::new(),
         }
     }
 
@@ -178,6 +182,7 @@ impl<S: SqlStore, P: Projection> ProjectionRunner<S, P> {
             replaying: self.replaying,
             control: Control::new(),
             lease_token: self.lease_token,
+            undecodable: self.undecodable,
         }
     }
 

@@ -3,6 +3,7 @@
 //! one transaction), deliver the outbox in order, fire due timeouts. The tables are reached
 //! through [`Tables`], over the store's SQL.
 
+use std::borrow::Cow;
 use std::future::Future;
 use std::marker::PhantomData;
 use std::sync::Arc;
@@ -19,7 +20,7 @@ use crate::error::Error;
 use crate::projection::{
     HandlerError, Projection, ProjectionStatus, RunnerError, RunnerState, RunsOn,
 };
-use crate::store::{SqlStore, Tx};
+use crate::store::{SqlStore, Tx, check_stream_id};
 
 /// What stops a saga runner.
 #[derive(Debug, thiserror::Error)]
@@ -103,6 +104,10 @@ pub struct Settled {
     pub timeouts: u64,
 }
 
+/// How many refusals of commands to invalid stream ids one handling hands back to the saga's
+/// `#[rejected]` handler (which may send more), so that a saga that keeps doing so ends.
+const MAX_IMMEDIATE_REFUSALS: usize = 100;
+
 /// A saga's runner state, whatever the store.
 pub(crate) struct Core<S, St> {
     pub tables: Tables<St>,
@@ -160,14 +165,10 @@ struct Loaded<S> {
 }
 
 fn decode<S: Saga>(saga_id: &str, stored: StoredInstance) -> Result<Loaded<S>, Error> {
-    let state = serde_json::from_str(&stored.state).map_err(|cause| {
-        Error::Backend(
-            format!(
-                "the state of saga `{}` instance `{saga_id}` does not decode: {cause}",
-                S::NAME
-            )
-            .into(),
-        )
+    let state = serde_json::from_str(&stored.state).map_err(|cause| Error::SagaState {
+        saga: S::NAME,
+        saga_id: saga_id.to_owned(),
+        cause,
     })?;
     Ok(Loaded {
         state,
@@ -214,18 +215,65 @@ impl<S: Saga, St: SqlStore> Core<S, St> {
         if let Some(error) = context.error.take() {
             return Err(HandlerError::handler(event, error));
         }
-        self.save(tx, &state, &context)
+        self.save(tx, &mut state, context)
             .await
             .map_err(database(event))
     }
 
-    /// Writes an instance's state, its new commands and timeouts, its cancelled timeouts.
+    /// Writes an instance's state and what its handler did ([`Core::write`]). Commands sent to
+    /// stream ids no store accepts are refused at once and handed to the saga's `#[rejected]`
+    /// handler in the same transaction (what it does is written in turn).
     async fn save(
+        &self,
+        tx: &mut Tx<'_>,
+        state: &mut S,
+        context: SagaContext<S>,
+    ) -> Result<(), Error> {
+        let mut contexts = vec![context];
+        let mut handed_back = 0;
+        while let Some(context) = contexts.pop() {
+            let refused = self.write(tx, state, &context).await?;
+            if context.completed {
+                continue; // a completed instance handles no more refusals
+            }
+            for rejection in refused {
+                handed_back += 1;
+                if handed_back > MAX_IMMEDIATE_REFUSALS {
+                    tracing::warn!(
+                        saga = S::NAME,
+                        saga_id = context.saga_id(),
+                        "the saga keeps sending commands to invalid stream ids; the later refusals stay on record in the outbox only"
+                    );
+                    return Ok(());
+                }
+                let mut next = SagaContext::new(
+                    context.saga_id(),
+                    rejection.command_id,
+                    context.correlation_id(),
+                    self.clock.now(),
+                );
+                state.rejected(&rejection, &mut next);
+                if let Some(cause) = next.error.take() {
+                    return Err(Error::Encode {
+                        event_type: "saga command",
+                        cause,
+                    });
+                }
+                contexts.push(next);
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes an instance's state, its new commands and timeouts, its cancelled timeouts.
+    /// A command to a stream id no store accepts is recorded in the outbox as refused (its id
+    /// escaped, so that any store can hold it) and returned, never delivered.
+    async fn write(
         &self,
         tx: &mut Tx<'_>,
         state: &S,
         context: &SagaContext<S>,
-    ) -> Result<(), Error> {
+    ) -> Result<Vec<Rejection>, Error> {
         let saga_id = context.saga_id();
         let state = serde_json::to_string(state).map_err(|cause| Error::Encode {
             event_type: "saga state",
@@ -241,19 +289,37 @@ impl<S: Saga, St: SqlStore> Core<S, St> {
                 context.correlation_id(),
             )
             .await?;
+        let mut refused = Vec::new();
         if !context.commands.is_empty() {
-            let commands: Vec<Outbound<'_>> = context
-                .commands
-                .iter()
-                .enumerate()
-                .map(|(i, c)| Outbound {
+            let mut commands: Vec<Outbound<'_>> = Vec::with_capacity(context.commands.len());
+            for (i, c) in context.commands.iter().enumerate() {
+                let id = command_id(S::NAME, saga_id, context.cause(), i);
+                let stream_id = match check_stream_id(&c.stream_id) {
+                    Ok(()) => Cow::Borrowed(c.stream_id.as_str()),
+                    Err(problem) => {
+                        let error = Error::InvalidStreamId {
+                            stream_id: c.stream_id.clone(),
+                            event_type: None,
+                            problem,
+                        };
+                        tracing::warn!(saga = S::NAME, saga_id, command = c.command_type, %error, "saga command refused: its stream id is invalid");
+                        refused.push(Rejection {
+                            command_id: id,
+                            command_type: c.command_type.to_owned(),
+                            stream_id: c.stream_id.clone(),
+                            reason: error.to_string(),
+                        });
+                        Cow::Owned(c.stream_id.escape_debug().to_string())
+                    }
+                };
+                commands.push(Outbound {
                     ord: i,
-                    command_id: command_id(S::NAME, saga_id, context.cause(), i).to_string(),
+                    command_id: id.to_string(),
                     command_type: c.command_type,
-                    stream_id: &c.stream_id,
+                    stream_id,
                     payload: &c.payload,
-                })
-                .collect();
+                });
+            }
             self.tables
                 .enqueue(
                     tx,
@@ -264,6 +330,16 @@ impl<S: Saga, St: SqlStore> Core<S, St> {
                     &commands,
                 )
                 .await?;
+            for rejection in &refused {
+                self.tables
+                    .mark_command(
+                        tx,
+                        rejection.command_id,
+                        "rejected",
+                        Some(&rejection.reason),
+                    )
+                    .await?;
+            }
         }
         if context.completed || !context.cancelled.is_empty() {
             self.tables
@@ -286,7 +362,7 @@ impl<S: Saga, St: SqlStore> Core<S, St> {
                 .schedule(tx, S::NAME, saga_id, &deadlines)
                 .await?;
         }
-        Ok(())
+        Ok(refused)
     }
 
     /// Delivers pending commands, in order, until none is left (or another process is
@@ -388,7 +464,18 @@ impl<S: Saga, St: SqlStore> Core<S, St> {
             .mark_command(&mut tx, pending.command_id, status, refusal.as_deref())
             .await?;
         if let Some(reason) = refusal {
-            self.on_rejection(&mut tx, pending, reason).await?;
+            match self.on_rejection(&mut tx, pending, reason.clone()).await {
+                Ok(()) => {}
+                // The instance is parked: the refusal stays on record, the outbox flows on.
+                Err(error @ Error::SagaState { .. }) => {
+                    tracing::error!(saga = S::NAME, saga_id = %pending.saga_id, command_id = %pending.command_id, %error, "refused command not handed to its instance");
+                    let note = format!("{reason}; not handed to `#[rejected]`: {error}");
+                    self.tables
+                        .mark_command(&mut tx, pending.command_id, status, Some(&note))
+                        .await?;
+                }
+                Err(error) => return Err(error),
+            }
         }
         transaction.commit().await
     }
@@ -426,20 +513,36 @@ impl<S: Saga, St: SqlStore> Core<S, St> {
                 cause,
             });
         }
-        self.save(tx, &state, &context).await
+        self.save(tx, &mut state, context).await
     }
 
-    /// Fires the timeouts due by the clock, each in its own transaction with its instance.
+    /// Fires the timeouts due by the clock, each in its own transaction with its instance. The
+    /// timeouts of an instance whose state does not decode stay pending (the instance is
+    /// parked until its state is repaired) and the others fire.
     pub async fn fire_due_timeouts(&self) -> Result<u64, Error> {
         let mut fired = 0;
+        let mut parked = std::collections::HashSet::new();
         loop {
-            let due = self.tables.due(S::NAME, self.clock.now(), 100).await?;
+            let due = self
+                .tables
+                .due(S::NAME, self.clock.now(), 100 + parked.len())
+                .await?;
+            let due: Vec<_> = due
+                .into_iter()
+                .filter(|(timeout_id, _)| !parked.contains(timeout_id))
+                .collect();
             if due.is_empty() {
                 return Ok(fired);
             }
             for (timeout_id, saga_id) in &due {
-                if self.fire(*timeout_id, saga_id).await? {
-                    fired += 1;
+                match self.fire(*timeout_id, saga_id).await {
+                    Ok(true) => fired += 1,
+                    Ok(false) => {}
+                    Err(error @ Error::SagaState { .. }) => {
+                        tracing::error!(saga = S::NAME, saga_id, %timeout_id, %error, "saga timeout left pending: its instance is parked");
+                        parked.insert(*timeout_id);
+                    }
+                    Err(error) => return Err(error),
                 }
             }
         }
@@ -460,7 +563,7 @@ impl<S: Saga, St: SqlStore> Core<S, St> {
                     SagaContext::new(saga_id, timeout_id, loaded.correlation_id, self.clock.now());
                 match state.timeout(&timeout, &mut context) {
                     Ok(()) if context.error.is_none() => {
-                        self.save(&mut tx, &state, &context).await?;
+                        self.save(&mut tx, &mut state, context).await?;
                         ("fired", None)
                     }
                     Ok(()) => ("failed", context.error.map(|e| e.to_string())),

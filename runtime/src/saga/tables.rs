@@ -40,7 +40,7 @@ pub(crate) struct Outbound<'a> {
     pub ord: usize,
     pub command_id: String,
     pub command_type: &'a str,
-    pub stream_id: &'a str,
+    pub stream_id: std::borrow::Cow<'a, str>,
     pub payload: &'a str,
 }
 

@@ -12,8 +12,9 @@ use std::ops::{Bound, RangeBounds, RangeInclusive};
 
 use uuid::Uuid;
 
+use super::limits::Limits;
 use crate::envelope::{Metadata, NewEvent};
-use crate::error::{Error, Result};
+use crate::error::{DecodeError, Error, Result};
 use crate::position::ExpectedVersion;
 
 /// Where an event id of an append is already stored.
@@ -27,12 +28,15 @@ pub struct StoredId {
     pub stream_version: u64,
 }
 
-/// Refuses an append that no store can keep as asked: the same event id twice, or a schema
+/// Refuses an append that no store can keep as asked, before anything is written: a stream id
+/// that is empty, too long or holds control characters ([`Error::InvalidStreamId`]), a payload
+/// or metadata above `limits` ([`Error::EventTooLarge`]), the same event id twice, or a schema
 /// version above `i32::MAX` (SQL stores keep them as 32-bit integers).
 ///
 /// # Errors
-/// [`Error::InvalidAppend`].
-pub fn check_append(stream_id: &str, events: &[NewEvent]) -> Result<()> {
+/// [`Error::InvalidStreamId`], [`Error::EventTooLarge`], [`Error::InvalidAppend`].
+pub fn check_append(stream_id: &str, events: &[NewEvent], limits: &Limits) -> Result<()> {
+    super::limits::check(stream_id, events, limits)?;
     if let Some(event) = events
         .iter()
         .find(|e| i32::try_from(e.schema_version).is_err())
@@ -158,11 +162,25 @@ pub fn stored_u32(value: i64, what: &str) -> Result<u32> {
 /// # Errors
 /// [`Error::Corrupt`] when it is not a JSON object (written by another tool).
 pub fn stored_metadata(text: &str) -> Result<Metadata> {
+    decode_metadata(text).map_err(|cause| Error::Corrupt {
+        reason: cause.to_string(),
+    })
+}
+
+/// Stored metadata (JSON text) as [`Metadata`], or why it is none: a
+/// [`DecodeError::Column`] naming the `metadata` column, for an error naming the event.
+///
+/// # Errors
+/// [`DecodeError::Column`] when it is not a JSON object (written by another tool).
+pub fn decode_metadata(text: &str) -> Result<Metadata, DecodeError> {
     if text == "{}" {
         return Ok(Metadata::new());
     }
-    serde_json::from_str(text).map_err(|cause| Error::Corrupt {
-        reason: format!("event metadata is not a JSON object ({cause}): `{text:.200}`"),
+    serde_json::from_str(text).map_err(|cause| {
+        DecodeError::column(
+            "metadata",
+            format!("it is not a JSON object ({cause}): `{text:.200}`"),
+        )
     })
 }
 

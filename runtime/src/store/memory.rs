@@ -6,6 +6,7 @@ use std::sync::{Arc, PoisonError, RwLock};
 
 use chrono::{DateTime, SubsecRound, Utc};
 
+use super::Limits;
 use super::backend::{StoredId, check_append, classify_retry, version_bounds};
 use super::{EventStore, ExpectedVersion, FeedBatch, FeedPosition, FeedQuery};
 use super::{FeedNotifier, FeedWakeups};
@@ -33,6 +34,7 @@ use crate::snapshot::Snapshot;
 pub struct MemoryStore {
     log: Arc<RwLock<Log>>,
     notifier: FeedNotifier,
+    limits: Limits,
 }
 
 #[derive(Debug, Default)]
@@ -59,6 +61,19 @@ impl MemoryStore {
     #[must_use]
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// This store (sharing its events) with other size limits for appends.
+    #[must_use]
+    pub fn with_limits(mut self, limits: Limits) -> Self {
+        self.limits = limits;
+        self
+    }
+
+    /// The size limits of appends.
+    #[must_use]
+    pub fn limits(&self) -> &Limits {
+        &self.limits
     }
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, Log> {
@@ -124,7 +139,7 @@ impl EventStore for MemoryStore {
         expected: ExpectedVersion,
         events: Vec<NewEvent>,
     ) -> Result<Vec<RecordedEvent>> {
-        check_append(stream_id, &events)?;
+        check_append(stream_id, &events, &self.limits)?;
         let mut log = self.write();
         if let Some(stored) = log.find_retry(stream_id, expected, &events)? {
             return Ok(stored);

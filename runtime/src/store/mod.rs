@@ -12,6 +12,7 @@ use crate::event::{EventSet, Payload};
 use crate::snapshot::Snapshot;
 
 pub mod backend;
+mod limits;
 mod memory;
 mod migration;
 #[cfg(feature = "postgres")]
@@ -24,6 +25,7 @@ pub mod tx;
 mod wakeups;
 
 pub use crate::position::{ExpectedVersion, FeedPosition, KnownHead};
+pub use limits::{Limits, MAX_STREAM_ID_BYTES, check_stream_id};
 pub use memory::MemoryStore;
 #[cfg(feature = "postgres")]
 pub use postgres::{FeedHorizon, OpenTransaction, PostgresStore};
@@ -225,6 +227,43 @@ pub struct FeedBatch {
     /// Whether committed or in-flight events exist that the feed cannot deliver yet, because an
     /// older transaction is still open (see the PostgreSQL store): worth reading again soon.
     pub held_back: bool,
+    /// The events of the batch whose stored envelope does not fully read (delivered with empty
+    /// metadata): only in batches read for runners, which park their streams.
+    pub(crate) undecodable: Vec<Undecodable>,
+}
+
+/// An event of the feed whose stored envelope does not fully read (a row written by another
+/// tool: metadata that is no JSON object).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Undecodable {
+    /// The event.
+    pub event_id: uuid::Uuid,
+    /// The column that does not read.
+    pub column: &'static str,
+    /// Why.
+    pub reason: String,
+}
+
+impl Undecodable {
+    /// `event`'s defect.
+    #[cfg(any(feature = "postgres", feature = "sqlite"))]
+    pub fn of(event: &RecordedEvent, cause: &crate::error::DecodeError) -> Self {
+        let (column, reason) = match cause {
+            crate::error::DecodeError::Column { column, reason } => (*column, reason.clone()),
+            other => ("payload", other.to_string()),
+        };
+        Self {
+            event_id: event.event_id,
+            column,
+            reason,
+        }
+    }
+
+    /// The typed error, for the event it names.
+    #[cfg(any(feature = "postgres", feature = "sqlite"))]
+    pub fn cause(&self) -> crate::error::DecodeError {
+        crate::error::DecodeError::column(self.column, self.reason.clone())
+    }
 }
 
 impl FeedBatch {
@@ -235,7 +274,23 @@ impl FeedBatch {
             events,
             next,
             held_back: false,
+            undecodable: Vec::new(),
         }
+    }
+
+    /// The batch, or [`Error::Decode`] for its first event whose envelope does not read: what
+    /// readers other than the runners get.
+    #[cfg(any(feature = "postgres", feature = "sqlite"))]
+    pub(crate) fn strict(self) -> Result<Self> {
+        let Some(bad) = self.undecodable.first() else {
+            return Ok(self);
+        };
+        let event = self.events.iter().find(|e| e.event_id == bad.event_id);
+        Err(Error::Decode {
+            stream_id: event.map(|e| e.stream_id.clone()).unwrap_or_default(),
+            stream_version: event.map_or(0, |e| e.stream_version),
+            cause: bad.cause(),
+        })
     }
 
     /// Marks the batch as [held back](FeedBatch::held_back).
@@ -264,7 +319,9 @@ pub trait EventStore: Send + Sync {
     /// [`Error::Conflict`] when the stream is not at the expected version;
     /// [`Error::AggregateTypeMismatch`],
     /// [`Error::DuplicateEventId`],
-    /// [`Error::InvalidAppend`], or a backend error.
+    /// [`Error::InvalidAppend`],
+    /// [`Error::InvalidStreamId`] or [`Error::EventTooLarge`] (checked before anything is
+    /// written: nothing of the append is stored), or a backend error.
     fn append(
         &self,
         stream_id: &str,

@@ -372,6 +372,16 @@ pub trait Backend {
         ids: &'a [String],
     ) -> impl Future<Output = Result<Vec<RecordedEvent>>> + Send + 'a;
 
+    /// The global feed as runners read it: an event whose stored envelope does not fully read
+    /// (metadata that is no JSON object, written by another tool) is delivered with empty
+    /// metadata and named in the batch's `undecodable`, so that the runner parks its stream
+    /// instead of stopping.
+    #[doc(hidden)]
+    fn read_feed_parking(
+        &self,
+        query: &super::FeedQuery,
+    ) -> impl Future<Output = Result<super::FeedBatch>> + Send;
+
     /// Reads the events an inline application needs, inside its transaction.
     #[doc(hidden)]
     fn unapplied<'a>(
@@ -418,6 +428,13 @@ macro_rules! inherent_backend_methods {
 
         async fn begin_write(&self) -> $crate::error::Result<$crate::store::Transaction> {
             <$store>::begin(self).await
+        }
+
+        async fn read_feed_parking(
+            &self,
+            query: &$crate::store::FeedQuery,
+        ) -> $crate::error::Result<$crate::store::FeedBatch> {
+            <$store>::read_feed_parking(self, query).await
         }
     };
 }

@@ -334,7 +334,7 @@ fn is_unique_violation(error: &sqlx::Error) -> bool {
 impl PostgresStore {
     /// An autocommit append on the pool, retried while it loses races it can still win.
     pub(super) async fn append_autocommit(&self, append: Append<'_>) -> Result<Vec<RecordedEvent>> {
-        check_append(append.stream_id, &append.events)?;
+        check_append(append.stream_id, &append.events, &self.limits)?;
         let pool = &self.inner.pool;
         if !self.hooks.is_empty() && !append.events.is_empty() {
             return self.append_hooked(append, None).await;
@@ -371,7 +371,7 @@ impl PostgresStore {
         append: Append<'_>,
         head: KnownHead,
     ) -> Result<Vec<RecordedEvent>> {
-        check_append(append.stream_id, &append.events)?;
+        check_append(append.stream_id, &append.events, &self.limits)?;
         if append.events.is_empty() {
             return Ok(Vec::new());
         }
@@ -489,7 +489,7 @@ impl PostgresStore {
         connection: &mut sqlx::PgConnection,
         append: Append<'_>,
     ) -> Result<Vec<RecordedEvent>> {
-        check_append(append.stream_id, &append.events)?;
+        check_append(append.stream_id, &append.events, &self.limits)?;
         for _ in 0..MAX_ATTEMPTS {
             let inserted = if append.events.is_empty() {
                 Ok(Vec::new())

@@ -34,14 +34,15 @@ use sqlx::{AssertSqlSafe, Row as _};
 use self::append::Append;
 use self::listen::{Listener, Notifier};
 use super::FeedWakeups;
-use super::backend::{columns, stored_metadata, stored_u64, to_i64, version_bounds};
+use super::Limits;
+use super::backend::{columns, decode_metadata, stored_u64, to_i64, version_bounds};
 use super::sql::{AppendHook, Schema};
 use super::tx::{self, Transaction, Tx};
 use super::{
     EventStore, ExpectedVersion, FeedBatch, FeedPosition, FeedQuery, HistoryItem, KnownHead,
-    StreamEvent, StreamEventRef,
+    StreamEvent, StreamEventRef, Undecodable,
 };
-use crate::envelope::{NewEvent, RecordedEvent};
+use crate::envelope::{Metadata, NewEvent, RecordedEvent};
 use crate::error::{Error, Result};
 use crate::event::Payload;
 use crate::snapshot::Snapshot;
@@ -222,6 +223,7 @@ pub struct PostgresStore {
     inner: Arc<Inner>,
     /// Run in every append's transaction (inline projections).
     hooks: Arc<[Arc<dyn AppendHook<PostgresStore>>]>,
+    limits: Limits,
 }
 
 struct Inner {
@@ -276,6 +278,7 @@ impl PostgresStore {
     fn build(pool: PgPool, schema: Schema) -> Self {
         Self {
             hooks: Arc::new([]),
+            limits: Limits::default(),
             inner: Arc::new(Inner {
                 sql: Statements::new(&schema),
                 channel: schema.channel("factum"),
@@ -295,6 +298,19 @@ impl PostgresStore {
     /// database error.
     pub async fn migrate(&self) -> Result<()> {
         migrate::migrate(&self.inner.pool, &self.inner.schema).await
+    }
+
+    /// This store (sharing its pool) with other size limits for appends.
+    #[must_use]
+    pub fn with_limits(mut self, limits: Limits) -> Self {
+        self.limits = limits;
+        self
+    }
+
+    /// The size limits of appends.
+    #[must_use]
+    pub fn limits(&self) -> &Limits {
+        &self.limits
     }
 
     /// The connection pool.
@@ -447,6 +463,65 @@ impl PostgresStore {
             .map_err(|e| self.fail(e))
     }
 
+    /// The feed as runners read it ([`Backend::read_feed_parking`](super::sql::Backend)): an
+    /// event whose metadata does not read is delivered with empty metadata and named in the
+    /// batch's `undecodable`.
+    pub(crate) async fn read_feed_parking(&self, query: &FeedQuery) -> Result<FeedBatch> {
+        if query.limit == 0 {
+            return Ok(FeedBatch::new(Vec::new(), query.after));
+        }
+        let limit = to_i64(query.limit as u64);
+        let statement = match &query.event_types {
+            Some(_) => &self.inner.sql.read_feed_filtered,
+            None => &self.inner.sql.read_feed,
+        };
+        let mut sql = sqlx::query(AssertSqlSafe(statement.clone()))
+            .bind(to_i64(query.after.tx))
+            .bind(to_i64(query.after.position))
+            .bind(limit);
+        if let Some(types) = &query.event_types {
+            sql = sql.bind(types);
+        }
+        let rows = sql
+            .fetch_all(&self.inner.pool)
+            .await
+            .map_err(|e| self.fail(e))?;
+        let Some(first) = rows.first() else {
+            return Ok(FeedBatch::new(Vec::new(), query.after));
+        };
+        let horizon: u64 = columns::unsigned::<_, i64, _>(first, 0)?;
+        let held_back: bool = columns::get(first, 1)?;
+        // The lateral join yields one row of NULLs when no event qualifies.
+        let has_events = columns::get::<_, Option<String>>(first, 2)?.is_some();
+        let mut events = Vec::with_capacity(rows.len());
+        let mut undecodable = Vec::new();
+        let mut stopped = false;
+        if has_events {
+            for row in &rows {
+                match envelope_or_defect(row, 2) {
+                    Ok((event, defect)) => {
+                        events.push(event);
+                        undecodable.extend(defect);
+                    }
+                    // The events before a corrupt row are delivered; the next read stops at it.
+                    Err(error) if events.is_empty() => return Err(error),
+                    Err(_) => {
+                        stopped = true;
+                        break;
+                    }
+                }
+            }
+        }
+        let next = match events.last() {
+            Some(last) if stopped || events.len() >= query.limit => last.feed_position(),
+            // Everything below the horizon has been read: every transaction below it has ended.
+            _ => FeedPosition::end_of_tx(horizon.saturating_sub(1)).max(query.after),
+        };
+        let mut batch = FeedBatch::new(events, next).held_back(held_back);
+        batch.undecodable = undecodable;
+        Ok(batch)
+    }
+
     pub(crate) fn read_rows(
         &self,
         rows: &[PgRow],
@@ -536,10 +611,32 @@ fn stream_event_from_row(row: &PgRow, at: usize) -> Result<StreamEvent> {
 }
 
 /// Reads the envelope columns ([`ENVELOPE_COLUMNS`]) starting at `at`.
+///
+/// # Errors
+/// [`Error::Decode`] naming the event when its metadata is no JSON object; [`Error::Corrupt`]
+/// when a column that identifies it does not read.
 fn envelope_from_row(row: &PgRow, at: usize) -> Result<RecordedEvent> {
+    let (event, undecodable) = envelope_or_defect(row, at)?;
+    match undecodable {
+        None => Ok(event),
+        Some(bad) => Err(Error::Decode {
+            stream_id: event.stream_id,
+            stream_version: event.stream_version,
+            cause: bad.cause(),
+        }),
+    }
+}
+
+/// [`envelope_from_row`], but an event whose metadata does not read comes back with empty
+/// metadata and the defect, for the runners to park.
+fn envelope_or_defect(row: &PgRow, at: usize) -> Result<(RecordedEvent, Option<Undecodable>)> {
     let payload: String = columns::get(row, at + 8)?;
     let metadata: String = columns::get(row, at + 9)?;
-    Ok(RecordedEvent {
+    let (metadata, defect) = match decode_metadata(&metadata) {
+        Ok(metadata) => (metadata, None),
+        Err(cause) => (Metadata::new(), Some(cause)),
+    };
+    let event = RecordedEvent {
         stream_id: columns::get(row, at)?,
         stream_version: columns::unsigned::<_, i64, _>(row, at + 1)?,
         global_position: columns::unsigned::<_, i64, _>(row, at + 2)?,
@@ -549,12 +646,14 @@ fn envelope_from_row(row: &PgRow, at: usize) -> Result<RecordedEvent> {
         event_type: columns::get(row, at + 6)?,
         schema_version: columns::unsigned::<_, i32, _>(row, at + 7)?,
         event: Payload::from_stored_json(payload),
-        metadata: stored_metadata(&metadata)?,
+        metadata,
         correlation_id: columns::get(row, at + 10)?,
         causation_id: columns::get(row, at + 11)?,
         actor: columns::get(row, at + 12)?,
         recorded_at: columns::get(row, at + 13)?,
-    })
+    };
+    let defect = defect.map(|cause| Undecodable::of(&event, &cause));
+    Ok((event, defect))
 }
 
 impl EventStore for PostgresStore {
@@ -614,43 +713,7 @@ impl EventStore for PostgresStore {
     }
 
     async fn read_feed(&self, query: &FeedQuery) -> Result<FeedBatch> {
-        if query.limit == 0 {
-            return Ok(FeedBatch::new(Vec::new(), query.after));
-        }
-        let limit = to_i64(query.limit as u64);
-        let statement = match &query.event_types {
-            Some(_) => &self.inner.sql.read_feed_filtered,
-            None => &self.inner.sql.read_feed,
-        };
-        let mut sql = sqlx::query(AssertSqlSafe(statement.clone()))
-            .bind(to_i64(query.after.tx))
-            .bind(to_i64(query.after.position))
-            .bind(limit);
-        if let Some(types) = &query.event_types {
-            sql = sql.bind(types);
-        }
-        let rows = sql
-            .fetch_all(&self.inner.pool)
-            .await
-            .map_err(|e| self.fail(e))?;
-        let Some(first) = rows.first() else {
-            return Ok(FeedBatch::new(Vec::new(), query.after));
-        };
-        let horizon: u64 = columns::unsigned::<_, i64, _>(first, 0)?;
-        let held_back: bool = columns::get(first, 1)?;
-        // The lateral join yields one row of NULLs when no event qualifies.
-        let has_events = columns::get::<_, Option<String>>(first, 2)?.is_some();
-        let events = if has_events {
-            self.read_rows(&rows, 2)?
-        } else {
-            Vec::new()
-        };
-        let next = match events.last() {
-            Some(last) if events.len() >= query.limit => last.feed_position(),
-            // Everything below the horizon has been read: every transaction below it has ended.
-            _ => FeedPosition::end_of_tx(horizon.saturating_sub(1)).max(query.after),
-        };
-        Ok(FeedBatch::new(events, next).held_back(held_back))
+        self.read_feed_parking(query).await?.strict()
     }
 
     async fn read_stream_events(

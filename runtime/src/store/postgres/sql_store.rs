@@ -120,6 +120,7 @@ impl Backend for PostgresStore {
         Self {
             inner: Arc::clone(&self.inner),
             hooks: hooks.into(),
+            limits: self.limits,
         }
     }
 

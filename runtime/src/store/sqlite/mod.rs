@@ -24,16 +24,17 @@ use sqlx::sqlite::{
 };
 use uuid::Uuid;
 
+use super::Limits;
 use super::backend::{
-    StoredId, check_append, classify_retry, columns, stored_metadata, stored_u64, to_i64,
+    StoredId, check_append, classify_retry, columns, decode_metadata, stored_u64, to_i64,
     version_bounds,
 };
 use super::sql::AppendHook;
 use super::tx::{self, Transaction, Tx};
-use super::{EventStore, ExpectedVersion, FeedBatch, FeedPosition, FeedQuery};
+use super::{EventStore, ExpectedVersion, FeedBatch, FeedPosition, FeedQuery, Undecodable};
 use super::{FeedNotifier, FeedWakeups};
-use crate::envelope::{NewEvent, RecordedEvent};
-use crate::error::{Error, Result};
+use crate::envelope::{Metadata, NewEvent, RecordedEvent};
+use crate::error::{DecodeError, Error, Result};
 use crate::event::Payload;
 use crate::snapshot::Snapshot;
 
@@ -62,6 +63,7 @@ pub struct SqliteStore {
     memory_locks: std::sync::Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
     /// Run in every append's transaction (inline projections).
     hooks: std::sync::Arc<[std::sync::Arc<dyn AppendHook<SqliteStore>>]>,
+    limits: Limits,
 }
 
 impl fmt::Debug for SqliteStore {
@@ -172,6 +174,7 @@ impl SqliteStore {
             path: None,
             memory_locks: std::sync::Arc::default(),
             hooks: std::sync::Arc::new([]),
+            limits: Limits::default(),
         })
     }
 
@@ -181,6 +184,19 @@ impl SqliteStore {
     /// [`Error::IncompatibleSchema`] when the database was migrated by a newer build.
     pub async fn migrate(&self) -> Result<()> {
         migrate::migrate(&self.pool, &self.location).await
+    }
+
+    /// This store (sharing its pool) with other size limits for appends.
+    #[must_use]
+    pub fn with_limits(mut self, limits: Limits) -> Self {
+        self.limits = limits;
+        self
+    }
+
+    /// The size limits of appends.
+    #[must_use]
+    pub fn limits(&self) -> &Limits {
+        &self.limits
     }
 
     /// The connection pool.
@@ -425,7 +441,7 @@ impl SqliteStore {
         expected: ExpectedVersion,
         events: Vec<NewEvent>,
     ) -> Result<Vec<RecordedEvent>> {
-        check_append(stream_id, &events)?;
+        check_append(stream_id, &events, &self.limits)?;
         let mut tx: Tx<'c> = transaction.into();
         let connection = tx::connection::<sqlx::SqliteConnection>(&mut tx)?;
         // In a savepoint: a failed append leaves nothing of itself in the transaction.
@@ -455,6 +471,82 @@ impl SqliteStore {
     }
 }
 
+impl SqliteStore {
+    /// The feed as runners read it ([`Backend::read_feed_parking`](super::sql::Backend)): an
+    /// event whose metadata does not read is delivered with empty metadata and named in the
+    /// batch's `undecodable`.
+    pub(crate) async fn read_feed_parking(&self, query: &FeedQuery) -> Result<FeedBatch> {
+        if query.limit == 0 {
+            return Ok(FeedBatch::new(Vec::new(), query.after));
+        }
+        let after = to_i64(query.after.position);
+        let limit = to_i64(query.limit as u64);
+        // One read transaction: the head and the events from the same snapshot.
+        let mut transaction = self.pool.begin().await.map_err(backend)?;
+        let types = query
+            .event_types
+            .as_ref()
+            .map(|types| serde_json::to_string(types).unwrap_or_else(|_| "[]".to_owned()));
+        let rows = match &types {
+            Some(types) => {
+                sqlx::query(sqlx::AssertSqlSafe(format!(
+                    "SELECT {ENVELOPE_COLUMNS} FROM events
+                     WHERE position > ?1 AND event_type IN (SELECT value FROM json_each(?3))
+                     ORDER BY position LIMIT ?2"
+                )))
+                .bind(after)
+                .bind(limit)
+                .bind(types)
+                .fetch_all(&mut *transaction)
+                .await
+            }
+            None => {
+                sqlx::query(sqlx::AssertSqlSafe(format!(
+                    "SELECT {ENVELOPE_COLUMNS} FROM events WHERE position > ?1
+                     ORDER BY position LIMIT ?2"
+                )))
+                .bind(after)
+                .bind(limit)
+                .fetch_all(&mut *transaction)
+                .await
+            }
+        }
+        .map_err(backend)?;
+        let head: i64 = sqlx::query_scalar("SELECT coalesce(max(position), 0) FROM events")
+            .fetch_one(&mut *transaction)
+            .await
+            .map_err(backend)?;
+        transaction.commit().await.map_err(backend)?;
+        let mut events = Vec::with_capacity(rows.len());
+        let mut undecodable = Vec::new();
+        let mut stopped = false;
+        for row in &rows {
+            match envelope_or_defect(row) {
+                Ok((event, defect)) => {
+                    events.push(event);
+                    undecodable.extend(defect);
+                }
+                // The events before a corrupt row are delivered; the next read stops at it.
+                Err(error) if events.is_empty() => return Err(error),
+                Err(_) => {
+                    stopped = true;
+                    break;
+                }
+            }
+        }
+        let next = match events.last() {
+            Some(last) if stopped || events.len() >= query.limit => last.feed_position(),
+            _ => {
+                let head = stored_u64(head, "a global position")?;
+                FeedPosition::new(head, head).max(query.after)
+            }
+        };
+        let mut batch = FeedBatch::new(events, next);
+        batch.undecodable = undecodable;
+        Ok(batch)
+    }
+}
+
 /// A UUID stored as text.
 pub(crate) fn uuid(row: &SqliteRow, index: usize) -> Result<Uuid> {
     let text: String = columns::get(row, index)?;
@@ -463,10 +555,36 @@ pub(crate) fn uuid(row: &SqliteRow, index: usize) -> Result<Uuid> {
     })
 }
 
+/// Reads the envelope columns ([`ENVELOPE_COLUMNS`]).
+///
+/// # Errors
+/// [`Error::Decode`] naming the event when its metadata is no JSON object; [`Error::Corrupt`]
+/// when a column that identifies it does not read.
 fn envelope_from_row(row: &SqliteRow) -> Result<RecordedEvent> {
-    let metadata: String = columns::get(row, 8)?;
+    let (event, undecodable) = envelope_or_defect(row)?;
+    match undecodable {
+        None => Ok(event),
+        Some(bad) => Err(Error::Decode {
+            stream_id: event.stream_id,
+            stream_version: event.stream_version,
+            cause: bad.cause(),
+        }),
+    }
+}
+
+/// [`envelope_from_row`], but an event whose metadata does not read (not a JSON object, or
+/// not even text) comes back with empty metadata and the defect, for the runners to park.
+fn envelope_or_defect(row: &SqliteRow) -> Result<(RecordedEvent, Option<Undecodable>)> {
+    let metadata = match columns::get::<_, String>(row, 8) {
+        Ok(text) => decode_metadata(&text),
+        Err(error) => Err(DecodeError::column("metadata", error.to_string())),
+    };
+    let (metadata, defect) = match metadata {
+        Ok(metadata) => (metadata, None),
+        Err(cause) => (Metadata::new(), Some(cause)),
+    };
     let position = columns::unsigned::<_, i64, _>(row, 2)?;
-    Ok(RecordedEvent {
+    let event = RecordedEvent {
         stream_id: columns::get(row, 0)?,
         stream_version: columns::unsigned::<_, i64, _>(row, 1)?,
         global_position: position,
@@ -476,12 +594,14 @@ fn envelope_from_row(row: &SqliteRow) -> Result<RecordedEvent> {
         event_type: columns::get(row, 5)?,
         schema_version: columns::unsigned::<_, i64, _>(row, 6)?,
         event: Payload::from_stored_json(columns::get(row, 7)?),
-        metadata: stored_metadata(&metadata)?,
+        metadata,
         correlation_id: uuid(row, 9)?,
         causation_id: uuid(row, 10)?,
         actor: columns::get(row, 11)?,
         recorded_at: columns::get(row, 12)?,
-    })
+    };
+    let defect = defect.map(|cause| Undecodable::of(&event, &cause));
+    Ok((event, defect))
 }
 
 async fn read_stream_in(
@@ -510,7 +630,7 @@ impl EventStore for SqliteStore {
         expected: ExpectedVersion,
         events: Vec<NewEvent>,
     ) -> Result<Vec<RecordedEvent>> {
-        check_append(stream_id, &events)?;
+        check_append(stream_id, &events, &self.limits)?;
         let mut transaction = self
             .pool
             .begin_with("BEGIN IMMEDIATE")
@@ -553,59 +673,7 @@ impl EventStore for SqliteStore {
     }
 
     async fn read_feed(&self, query: &FeedQuery) -> Result<FeedBatch> {
-        if query.limit == 0 {
-            return Ok(FeedBatch::new(Vec::new(), query.after));
-        }
-        let after = to_i64(query.after.position);
-        let limit = to_i64(query.limit as u64);
-        // One read transaction: the head and the events from the same snapshot.
-        let mut transaction = self.pool.begin().await.map_err(backend)?;
-        let types = query
-            .event_types
-            .as_ref()
-            .map(|types| serde_json::to_string(types).unwrap_or_else(|_| "[]".to_owned()));
-        let rows = match &types {
-            Some(types) => {
-                sqlx::query(sqlx::AssertSqlSafe(format!(
-                    "SELECT {ENVELOPE_COLUMNS} FROM events
-                     WHERE position > ?1 AND event_type IN (SELECT value FROM json_each(?3))
-                     ORDER BY position LIMIT ?2"
-                )))
-                .bind(after)
-                .bind(limit)
-                .bind(types)
-                .fetch_all(&mut *transaction)
-                .await
-            }
-            None => {
-                sqlx::query(sqlx::AssertSqlSafe(format!(
-                    "SELECT {ENVELOPE_COLUMNS} FROM events WHERE position > ?1
-                     ORDER BY position LIMIT ?2"
-                )))
-                .bind(after)
-                .bind(limit)
-                .fetch_all(&mut *transaction)
-                .await
-            }
-        }
-        .map_err(backend)?;
-        let head: i64 = sqlx::query_scalar("SELECT coalesce(max(position), 0) FROM events")
-            .fetch_one(&mut *transaction)
-            .await
-            .map_err(backend)?;
-        transaction.commit().await.map_err(backend)?;
-        let events = rows
-            .iter()
-            .map(envelope_from_row)
-            .collect::<Result<Vec<_>>>()?;
-        let next = match events.last() {
-            Some(last) if events.len() >= query.limit => last.feed_position(),
-            _ => {
-                let head = stored_u64(head, "a global position")?;
-                FeedPosition::new(head, head).max(query.after)
-            }
-        };
-        Ok(FeedBatch::new(events, next))
+        self.read_feed_parking(query).await?.strict()
     }
 
     async fn stream_version(&self, stream_id: &str) -> Result<u64> {
