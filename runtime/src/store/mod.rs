@@ -26,7 +26,7 @@ mod wakeups;
 pub use crate::position::{ExpectedVersion, FeedPosition, KnownHead};
 pub use memory::MemoryStore;
 #[cfg(feature = "postgres")]
-pub use postgres::{FeedHorizon, OpenTransaction, PostgresStore};
+pub use postgres::{ClusterAdoption, FeedHorizon, OpenTransaction, PostgresStore};
 #[cfg(any(feature = "postgres", feature = "sqlite"))]
 pub use sql::SqlStore;
 #[cfg(feature = "sqlite")]

@@ -47,6 +47,11 @@ const MIGRATIONS: &[Migration] = &[
         name: "lease_tokens",
         sql: include_str!("../../../migrations/postgres/0007_lease_tokens.sql"),
     },
+    Migration {
+        version: 9,
+        name: "cluster_identity",
+        sql: include_str!("../../../migrations/postgres/0009_cluster_identity.sql"),
+    },
 ];
 
 pub(super) async fn migrate(pool: &PgPool, schema: &Schema) -> Result<()> {
