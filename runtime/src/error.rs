@@ -168,6 +168,26 @@ pub enum Error {
         reason: String,
     },
 
+    /// The PostgreSQL store's events were written on another cluster: it was restored from a
+    /// dump into this cluster, or copied here by logical replication. Feed positions are the
+    /// old cluster's transaction ids, and this cluster's are smaller, so reading the feed or
+    /// appending now would let readers skip events; both are refused until the store adopts
+    /// this cluster (`PostgresStore::adopt_cluster`, or `factum adopt-cluster`). Permanent:
+    /// retrying does not help.
+    #[error(
+        "the event store `{schema}` was moved to another PostgreSQL cluster (recorded cluster {}, this cluster {}): its feed positions are the old cluster's transaction ids, so reading the feed and appending are refused rather than skipping events; stop the appending applications, run `factum adopt-cluster --database-url <url>` (or `PostgresStore::adopt_cluster()`) once, and restart",
+        cluster_name(.recorded),
+        cluster_name(.current)
+    )]
+    ClusterChanged {
+        /// The store's schema.
+        schema: String,
+        /// The cluster (`system_identifier`) the store recorded, if any.
+        recorded: Option<u64>,
+        /// The cluster it is on.
+        current: Option<u64>,
+    },
+
     /// A configuration value is invalid.
     #[error("invalid configuration: {0}")]
     InvalidConfig(String),
@@ -209,6 +229,11 @@ pub enum Error {
     /// The storage backend failed.
     #[error("the event store failed: {0}")]
     Backend(#[source] Box<dyn std::error::Error + Send + Sync>),
+}
+
+/// A cluster's identifier for a message.
+fn cluster_name(id: &Option<u64>) -> String {
+    id.map_or_else(|| "unknown".to_owned(), |id| id.to_string())
 }
 
 impl Error {

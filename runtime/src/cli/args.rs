@@ -61,6 +61,11 @@ pub(super) enum Command {
         #[command(subcommand)]
         command: CatalogCommand,
     },
+    /// After restoring a PostgreSQL store into another cluster (or moving it by logical
+    /// replication): records this cluster and continues feed positions after every stored
+    /// event, so that checkpointed readers miss nothing. Until then the store refuses reads of
+    /// the feed and appends. Stop the appending applications first; run as the store's owner.
+    AdoptCluster,
     /// Events, streams, the largest streams, events per type, the store's size.
     Stats {
         /// How many of the largest streams to list.

@@ -15,6 +15,7 @@
 
 mod args;
 mod catalog;
+mod cluster;
 mod dlq;
 mod error;
 mod feed;
@@ -188,6 +189,7 @@ impl Cli {
                 command: DlqCommand::Skip { projection, stream },
             } => dlq::skip(self.registered(&store, projection)?, &store, stream, json).await,
             Command::Stats { largest } => status::stats(&store, *largest, json).await,
+            Command::AdoptCluster => cluster::adopt(&store, json).await,
             Command::Catalog { .. } => Ok(()),
         }
     }

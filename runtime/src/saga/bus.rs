@@ -135,15 +135,17 @@ where
 }
 
 /// Store errors after which the command waits in the outbox: the database is unavailable or
-/// the failure may pass, or the store is not set up for this build (an operator's fix, not the
-/// command's fault). Any other failure is the command's own (an invalid stream id, a stream
+/// the failure may pass, or the store is not set up for this build or was moved to another
+/// cluster (an operator's fix, not the command's fault). Any other failure is the command's own (an invalid stream id, a stream
 /// of another aggregate type, an inline projection's refusal): retrying cannot help, so it is
 /// refused.
 fn waits(error: &Error) -> bool {
     error.is_transient()
         || matches!(
             error,
-            Error::NotMigrated { .. } | Error::IncompatibleSchema { .. }
+            Error::NotMigrated { .. }
+                | Error::IncompatibleSchema { .. }
+                | Error::ClusterChanged { .. }
         )
 }
 

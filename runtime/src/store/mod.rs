@@ -28,7 +28,7 @@ pub use crate::position::{ExpectedVersion, FeedPosition, KnownHead};
 pub use limits::{Limits, MAX_STREAM_ID_BYTES, check_stream_id};
 pub use memory::MemoryStore;
 #[cfg(feature = "postgres")]
-pub use postgres::{FeedHorizon, OpenTransaction, PostgresStore};
+pub use postgres::{ClusterAdoption, FeedHorizon, OpenTransaction, PostgresStore};
 #[cfg(any(feature = "postgres", feature = "sqlite"))]
 pub use sql::SqlStore;
 #[cfg(feature = "sqlite")]

@@ -12,6 +12,10 @@
 //! The one exception is a transaction that wrote (took its id) before appending; the insert
 //! refuses it when the stream's last event has a newer transaction id
 //! ([`Error::StaleTransaction`]).
+//!
+//! Every transaction id written or compared is in stored terms: this cluster's id plus the
+//! store's offset, read in the same statement (see the `identity` module), which also refuses
+//! the append when the store was moved to another cluster ([`Error::ClusterChanged`]).
 
 use sqlx::AssertSqlSafe;
 use sqlx::postgres::{PgExecutor, PgRow};
@@ -19,7 +23,7 @@ use uuid::Uuid;
 
 use std::sync::Arc;
 
-use super::{PostgresStore, Schema};
+use super::{PostgresStore, Schema, identity};
 use crate::envelope::{NewEvent, RecordedEvent};
 use crate::error::{Error, Result};
 use crate::store::backend::{StoredId, check_append, classify_retry, columns, to_i64};
@@ -31,12 +35,14 @@ const MAX_ATTEMPTS: usize = 100;
 
 pub(super) fn insert_sql(schema: &Schema) -> String {
     let s = schema.quoted();
+    let own = identity::stored_xid(schema, "pg_current_xact_id_if_assigned()");
+    let tx = identity::stored_xid(schema, "pg_current_xact_id()");
     format!(
         "INSERT INTO {s}.events AS e (stream_id, stream_version, aggregate_type, event_id, event_type,
-             schema_version, payload, metadata, correlation_id, causation_id, actor, recorded_at)
+             schema_version, payload, metadata, correlation_id, causation_id, actor, recorded_at, tx)
          SELECT $1, coalesce(h.stream_version, 0) + u.ord, $2, u.event_id, u.event_type,
                 u.schema_version, u.payload::json, u.metadata::json, u.correlation_id,
-                u.causation_id, u.actor, clock_timestamp()
+                u.causation_id, u.actor, clock_timestamp(), {tx}
          FROM unnest($4::uuid[], $5::text[], $6::int4[], $7::text[], $8::text[], $9::uuid[],
                      $10::uuid[], $11::text[])
               WITH ORDINALITY AS u(event_id, event_type, schema_version, payload, metadata,
@@ -52,7 +58,7 @@ pub(super) fn insert_sql(schema: &Schema) -> String {
            AND (h.aggregate_type IS NULL OR h.aggregate_type = $2)
            AND (h.tx IS NULL
                 OR pg_current_xact_id_if_assigned() IS NULL
-                OR h.tx <= pg_current_xact_id_if_assigned())
+                OR h.tx <= {own})
          ORDER BY u.ord
          RETURNING e.stream_version, e.position, e.tx::text::bigint, e.recorded_at"
     )
@@ -62,11 +68,12 @@ pub(super) fn insert_sql(schema: &Schema) -> String {
 /// arbitrates, and the statement is a plain insert.
 pub(super) fn insert_after_head_sql(schema: &Schema) -> String {
     let s = schema.quoted();
+    let tx = identity::stored_xid(schema, "pg_current_xact_id()");
     format!(
         "INSERT INTO {s}.events AS e (stream_id, stream_version, aggregate_type, event_id, event_type,
-             schema_version, payload, metadata, correlation_id, causation_id, actor, recorded_at)
+             schema_version, payload, metadata, correlation_id, causation_id, actor, recorded_at, tx)
          SELECT $1, $3 + u.ord, $2, u.event_id, u.event_type, u.schema_version, u.payload::json,
-                u.metadata::json, u.correlation_id, u.causation_id, u.actor, clock_timestamp()
+                u.metadata::json, u.correlation_id, u.causation_id, u.actor, clock_timestamp(), {tx}
          FROM unnest($4::uuid[], $5::text[], $6::int4[], $7::text[], $8::text[], $9::uuid[],
                      $10::uuid[], $11::text[])
               WITH ORDINALITY AS u(event_id, event_type, schema_version, payload, metadata,
@@ -80,19 +87,22 @@ pub(super) fn insert_after_head_sql(schema: &Schema) -> String {
 /// parameters, as cheap as an insert gets.
 pub(super) fn insert_one_after_head_sql(schema: &Schema) -> String {
     let s = schema.quoted();
+    let tx = identity::stored_xid(schema, "pg_current_xact_id()");
     format!(
         "INSERT INTO {s}.events AS e (stream_id, stream_version, aggregate_type, event_id, event_type,
-             schema_version, payload, metadata, correlation_id, causation_id, actor, recorded_at)
-         VALUES ($1, $3 + 1, $2, $4, $5, $6, $7::json, $8::json, $9, $10, $11, clock_timestamp())
+             schema_version, payload, metadata, correlation_id, causation_id, actor, recorded_at, tx)
+         VALUES ($1, $3 + 1, $2, $4, $5, $6, $7::json, $8::json, $9, $10, $11, clock_timestamp(),
+                 {tx})
          RETURNING e.stream_version, e.position, e.tx::text::bigint, e.recorded_at"
     )
 }
 
 pub(super) fn diagnose_sql(schema: &Schema) -> String {
     let s = schema.quoted();
+    let own = identity::stored_xid(schema, "pg_current_xact_id_if_assigned()");
     format!(
         "SELECT 0, h.stream_version, h.aggregate_type, h.tx::text::bigint,
-                pg_current_xact_id_if_assigned()::text::bigint, NULL::uuid, NULL::text
+                {own}::text::bigint, NULL::uuid, NULL::text
          FROM (SELECT 1) AS one
          LEFT JOIN LATERAL (
              SELECT e.stream_version, e.aggregate_type, e.tx FROM {s}.events e

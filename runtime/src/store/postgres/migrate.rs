@@ -52,6 +52,11 @@ const MIGRATIONS: &[Migration] = &[
         name: "deferred_side_effects",
         sql: include_str!("../../../migrations/postgres/0008_deferred_side_effects.sql"),
     },
+    Migration {
+        version: 9,
+        name: "cluster_identity",
+        sql: include_str!("../../../migrations/postgres/0009_cluster_identity.sql"),
+    },
 ];
 
 pub(super) async fn migrate(pool: &PgPool, schema: &Schema) -> Result<()> {

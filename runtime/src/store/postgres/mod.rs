@@ -18,6 +18,7 @@
 //! version n committed, so its transaction id is the newer one (see the `append` module).
 
 mod append;
+mod identity;
 mod listen;
 mod migrate;
 mod sql_store;
@@ -32,6 +33,7 @@ use sqlx::postgres::{PgPool, PgPoolOptions, PgRow};
 use sqlx::{AssertSqlSafe, Row as _};
 
 use self::append::Append;
+pub use self::identity::ClusterAdoption;
 use self::listen::{Listener, Notifier};
 use super::FeedWakeups;
 use super::Limits;
@@ -49,6 +51,9 @@ use crate::snapshot::Snapshot;
 
 /// Maps a database error, recognising an event store that was never migrated.
 fn db_error(schema: &Schema, error: sqlx::Error) -> Error {
+    if let Some(changed) = identity::cluster_changed(schema, &error) {
+        return changed;
+    }
     if let Some(database) = error.as_database_error()
         && matches!(
             database.code().as_deref(),
@@ -93,16 +98,21 @@ const STREAM_EVENT_COLUMNS: &str =
 impl Statements {
     fn new(schema: &Schema) -> Self {
         let s = schema.quoted();
+        // The feed's horizon in stored terms: this cluster's oldest running transaction plus the
+        // store's offset (see `identity`), which also refuses a store moved to another cluster.
+        let xmin = identity::stored_xid(schema, "pg_snapshot_xmin(pg_current_snapshot())");
         let feed = |filter: &str| -> Arc<str> {
             format!(
                 "WITH horizon AS MATERIALIZED (
-                     SELECT x.xmin,
-                            -- max() reads one index entry; anything at or above the horizon
-                            -- is committed or in flight, and not yet deliverable.
-                            coalesce((SELECT max(w.tx) FROM {s}.events w) >= x.xmin, false) AS held_back
-                     FROM (SELECT pg_snapshot_xmin(pg_current_snapshot()) AS xmin) x
+                     SELECT x.xmin, x.newest,
+                            -- Anything at or above the horizon is committed or in flight, and
+                            -- not yet deliverable.
+                            coalesce(x.newest >= x.xmin, false) AS held_back
+                     FROM (SELECT {xmin} AS xmin,
+                                  -- max() reads one index entry.
+                                  (SELECT max(w.tx) FROM {s}.events w) AS newest) x
                  )
-                 SELECT h.xmin::text::bigint, h.held_back, f.*
+                 SELECT h.xmin::text::bigint, h.held_back, h.newest::text::bigint, f.*
                  FROM horizon h
                  LEFT JOIN LATERAL (
                      SELECT {ENVELOPE_COLUMNS}
@@ -193,7 +203,7 @@ impl Statements {
                             'prepared', NULL, p.owner::text
                      FROM pg_prepared_xacts p
                  )
-                 SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint,
+                 SELECT {xmin}::text::bigint,
                         (SELECT max(e.tx)::text::bigint FROM {s}.events e),
                         (h.xid IS NOT NULL),
                         h.pid, extract(epoch FROM now() - h.since)::float8, h.database,
@@ -491,14 +501,15 @@ impl PostgresStore {
         };
         let horizon: u64 = columns::unsigned::<_, i64, _>(first, 0)?;
         let held_back: bool = columns::get(first, 1)?;
+        let newest: Option<u64> = columns::unsigned_opt::<_, i64, _>(first, 2)?;
         // The lateral join yields one row of NULLs when no event qualifies.
-        let has_events = columns::get::<_, Option<String>>(first, 2)?.is_some();
+        let has_events = columns::get::<_, Option<String>>(first, 3)?.is_some();
         let mut events = Vec::with_capacity(rows.len());
         let mut undecodable = Vec::new();
         let mut stopped = false;
         if has_events {
             for row in &rows {
-                match envelope_or_defect(row, 2) {
+                match envelope_or_defect(row, 3) {
                     Ok((event, defect)) => {
                         events.push(event);
                         undecodable.extend(defect);
@@ -512,10 +523,16 @@ impl PostgresStore {
                 }
             }
         }
-        let next = match events.last() {
-            Some(last) if stopped || events.len() >= query.limit => last.feed_position(),
+        let next = match (events.last(), newest) {
+            (Some(last), _) if stopped || events.len() >= query.limit => last.feed_position(),
             // Everything below the horizon has been read: every transaction below it has ended.
-            _ => FeedPosition::end_of_tx(horizon.saturating_sub(1)).max(query.after),
+            // The position goes no further than the newest stored event, so that no checkpoint
+            // runs ahead of the events (a store adopted by another cluster continues after the
+            // newest event: see `PostgresStore::adopt_cluster`).
+            (_, Some(newest)) => {
+                FeedPosition::end_of_tx(newest.min(horizon.saturating_sub(1))).max(query.after)
+            }
+            (_, None) => query.after,
         };
         let mut batch = FeedBatch::new(events, next).held_back(held_back);
         batch.undecodable = undecodable;
