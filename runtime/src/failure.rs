@@ -12,6 +12,7 @@
 
 use std::error::Error as StdError;
 use std::fmt;
+use std::time::Duration;
 
 /// An error a handler marks as transient: it comes from a system that may recover on its own
 /// (another service answering 503, a search index restarting), so a runner retries the event
@@ -65,6 +66,18 @@ impl StdError for Transient {
     fn source(&self) -> Option<&(dyn StdError + 'static)> {
         Some(self.cause.as_ref())
     }
+}
+
+/// The longest wait between two attempts of anything that retries.
+pub(crate) const MAX_BACKOFF: Duration = Duration::from_secs(2);
+
+/// The wait before retry number `attempt` (from 1) from `base`: doubling, at most
+/// [`MAX_BACKOFF`], then a random part of it taken off (up to half), so that runners that
+/// failed together do not retry together.
+pub(crate) fn backoff(base: Duration, attempt: u32) -> Duration {
+    let doubled = base.saturating_mul(2_u32.saturating_pow(attempt.saturating_sub(1).min(20)));
+    let capped = doubled.min(MAX_BACKOFF);
+    capped.mul_f64(1.0 - fastrand::f64() / 2.0)
 }
 
 /// What a failure calls for.

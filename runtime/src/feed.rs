@@ -99,10 +99,13 @@ impl<S: EventStore> Subscription<S> {
         }
     }
 
-    /// The next event, waiting for one if the subscription is caught up.
+    /// The next event, waiting for one if the subscription is caught up, and through
+    /// failures that may pass ([`Error::is_transient`](crate::Error::is_transient): the
+    /// database restarting, a dropped connection), retried with backoff.
     ///
     /// # Errors
-    /// A store error; the subscription can be polled again (it resumes where it was).
+    /// A permanent store error; the subscription can be polled again (it resumes where it
+    /// was).
     pub async fn next(&mut self) -> Result<RecordedEvent> {
         loop {
             if let Some(event) = self.buffer.pop_front() {
@@ -113,10 +116,11 @@ impl<S: EventStore> Subscription<S> {
         }
     }
 
-    /// The next batch of events (at least one), waiting if the subscription is caught up.
+    /// The next batch of events (at least one), waiting if the subscription is caught up, and
+    /// through failures that may pass (as [`Subscription::next`]).
     ///
     /// # Errors
-    /// A store error; the subscription can be polled again.
+    /// A permanent store error; the subscription can be polled again.
     pub async fn next_batch(&mut self) -> Result<Vec<RecordedEvent>> {
         if self.buffer.is_empty() {
             self.fill().await?;
@@ -144,14 +148,35 @@ impl<S: EventStore> Subscription<S> {
         Ok(batch)
     }
 
-    /// Reads into the buffer, waiting for a hint or the poll interval while nothing is new.
+    /// Reads into the buffer, waiting for a hint or the poll interval while nothing is new,
+    /// and through failures that may pass (the database restarting, a dropped connection),
+    /// backing off up to 2 s.
     async fn fill(&mut self) -> Result<()> {
         let mut held_back_wait = Self::HELD_BACK_RETRY;
+        let mut failures = 0;
         loop {
             // Hints from here on are not yet seen, so an append committed during the read
             // below wakes the wait that follows it.
             self.wakeups.mark_seen();
-            let read = self.read_once().await?;
+            let read = match self.read_once().await {
+                Ok(read) => read,
+                Err(error) if error.is_transient() => {
+                    failures += 1;
+                    tracing::warn!(
+                        %error,
+                        attempts = failures,
+                        "the feed could not be read; retrying"
+                    );
+                    tokio::time::sleep(crate::failure::backoff(
+                        Self::HELD_BACK_RETRY.saturating_mul(50),
+                        failures,
+                    ))
+                    .await;
+                    continue;
+                }
+                Err(error) => return Err(error),
+            };
+            failures = 0;
             if read.found {
                 return Ok(());
             }

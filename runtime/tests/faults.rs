@@ -9,10 +9,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use factum::feed::Subscription;
 use factum::projection::{ProjectionRunner, RunnerState};
 use factum::testing::postgres::TemporaryStore;
 use factum::testing::{TestDatabase, execute, fetch_all};
-use factum::{Envelope, EventStore, ExpectedVersion, NewEvent, Payload, Transient, Tx};
+use factum::{Envelope, EventStore, ExpectedVersion, FeedQuery, NewEvent, Payload, Transient, Tx};
 
 #[factum::event]
 #[derive(Debug)]
@@ -39,6 +40,10 @@ struct Behaviour {
     active: AtomicU64,
     /// Set when two handlings overlapped.
     overlapped: AtomicBool,
+    /// The next event of stream `hung` hangs its handler for this long (once).
+    hang: std::sync::Mutex<Option<Duration>>,
+    /// Set when a handler hung.
+    hung: AtomicBool,
 }
 
 /// One row per event, naming the instance that applied it: an event applied twice breaks the
@@ -70,6 +75,18 @@ impl Journal {
             if until.is_some_and(|until| Instant::now() < until) {
                 self.behaviour.flaky_failures.fetch_add(1, Ordering::SeqCst);
                 return Err(Box::new(Transient::new(Unavailable)));
+            }
+        }
+        if envelope.stream_id == "hung" {
+            let hang = self
+                .behaviour
+                .hang
+                .lock()
+                .map_err(|_| "poisoned lock")?
+                .take();
+            if let Some(hang) = hang {
+                self.behaviour.hung.store(true, Ordering::SeqCst);
+                tokio::time::sleep(hang).await;
             }
         }
         if envelope.stream_id == "poison" && event.n == 2 {
@@ -337,6 +354,93 @@ async fn a_transient_failure_for_10_s_parks_nothing_and_a_permanent_one_parks_it
         ],
         "each event once; the poison stream stops at its refused event"
     );
+}
+
+/// A handler hanging for 10 s inside its batch (awaiting something else than the database)
+/// holds the batch's transaction, and with it every reader of the feed on the server. The
+/// runner's idle-in-transaction timeout (1 s here) cuts it off: readers of other streams wait
+/// about that long, not 10 s; the batch is retried and its events applied once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_hung_handler_holds_readers_back_no_longer_than_the_idle_timeout() {
+    let database = TemporaryStore::new().await.unwrap();
+    let table = journal_table(&database).await;
+    let behaviour = Arc::new(Behaviour::default());
+    *behaviour.hang.lock().unwrap() = Some(Duration::from_secs(10));
+    let runner = ProjectionRunner::new(
+        database.another_client().await.unwrap(),
+        Journal {
+            table: table.clone(),
+            instance: 1,
+            pause: Duration::ZERO,
+            behaviour: Arc::clone(&behaviour),
+        },
+    )
+    .transaction_timeouts(Duration::from_secs(5), Duration::from_secs(1))
+    .poll_interval(Duration::from_millis(20));
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(runner.run(async {
+        let _ = stopped.await;
+    }));
+    let start = database
+        .read_feed(&FeedQuery::from_start())
+        .await
+        .unwrap()
+        .next;
+    note(&*database, "hung", 1).await;
+    eventually("the handler to hang", || async {
+        behaviour.hung.load(Ordering::SeqCst)
+    })
+    .await;
+
+    // A reader of other streams, from here on.
+    let mut reader = Subscription::new(database.another_client().await.unwrap(), start)
+        .event_types(["Noted"])
+        .poll_interval(Duration::from_millis(20));
+    let appended = Instant::now();
+    note(&*database, "other", 1).await;
+    let seen = loop {
+        let event = tokio::time::timeout(Duration::from_secs(30), reader.next())
+            .await
+            .expect("the reader is held back")
+            .unwrap();
+        if event.stream_id == "other" {
+            break appended.elapsed();
+        }
+    };
+    eprintln!("a reader of other streams waited {seen:?} behind a handler hung for 10 s");
+    assert!(
+        seen < Duration::from_secs(5),
+        "the hung batch held readers back for {seen:?}"
+    );
+
+    eventually("both events to be applied", || async {
+        rows(&database, &table).await.len() == 2
+    })
+    .await;
+    stop.send(()).unwrap();
+    task.await.unwrap().unwrap();
+    let applied: Vec<(String, i64)> = rows(&database, &table)
+        .await
+        .into_iter()
+        .map(|row| (row.0, row.1))
+        .collect();
+    assert_eq!(applied, [("hung".to_owned(), 1), ("other".to_owned(), 1)]);
+}
+
+/// [`PostgresStore::connect`] asks the server for TCP keepalives on every connection.
+#[tokio::test]
+async fn connections_made_by_the_store_ask_for_server_keepalives() {
+    let store = factum::store::PostgresStore::connect(&factum::testing::postgres::database_url())
+        .await
+        .unwrap();
+    let settings: (String, String, String) = sqlx::query_as(
+        "SELECT current_setting('tcp_keepalives_idle'), current_setting('tcp_keepalives_interval'),
+                current_setting('tcp_keepalives_count')",
+    )
+    .fetch_one(store.pool())
+    .await
+    .unwrap();
+    assert_eq!(settings, ("30".into(), "10".into(), "3".into()));
 }
 
 factum::on_both_stores!(

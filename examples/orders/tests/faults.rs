@@ -8,18 +8,20 @@
 //! - or every connection to it is terminated every 200 ms for 30 s.
 //!
 //! Afterwards: nothing lost or duplicated, the read models equal a clean rebuild, every order
-//! reached its final state. Each test runs its own throwaway cluster.
+//! reached its final state, and a live subscription running beside them delivered every event
+//! once. Each test runs its own throwaway cluster.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use factum::feed::Subscription;
 use factum::projection::ProjectionRunner;
 use factum::saga::SagaRunner;
 use factum::store::PostgresStore;
 use factum::testing::postgres::Cluster;
-use factum::{Envelope, EventStore, ExpectedVersion, NewEvent, Tx, Uuid};
+use factum::{Envelope, EventStore, ExpectedVersion, FeedPosition, NewEvent, Tx, Uuid};
 use orders::Services;
 use orders::board::OrderBoard;
 use orders::fulfillment::{OrderFulfillment, Stage};
@@ -95,13 +97,19 @@ enum Faults {
     Storm(Duration),
 }
 
+/// One scenario at a time: each loads the machine, and the recovery times measure the
+/// runners, not a neighbour's load.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn runners_survive_five_crashes_and_restarts_under_load() {
+    let _alone = ONE_AT_A_TIME.lock().await;
     scenario(Faults::Restarts(RESTARTS)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn runners_survive_a_30_s_storm_of_terminated_connections() {
+    let _alone = ONE_AT_A_TIME.lock().await;
     scenario(Faults::Storm(Duration::from_secs(30))).await;
 }
 
@@ -324,6 +332,25 @@ async fn scenario(faults: Faults) {
         tokio::spawn(saga.run(shutdown())),
     );
     let inspector = SagaRunner::<_, OrderFulfillment>::new(store.clone(), services.bus());
+    // A live subscription beside the runners: it must see every event once, through it all.
+    let subscribed = Arc::new(std::sync::Mutex::new(Vec::<(String, u64)>::new()));
+    let subscription = {
+        let subscribed = Arc::clone(&subscribed);
+        let mut feed = Subscription::new(store.clone(), FeedPosition::START)
+            .event_types(["Loaded", "OrderPlaced"])
+            .poll_interval(Duration::from_millis(200));
+        tokio::spawn(async move {
+            loop {
+                let event = feed.next().await?;
+                subscribed
+                    .lock()
+                    .unwrap()
+                    .push((event.stream_id, event.stream_version));
+            }
+            #[allow(unreachable_code)]
+            Ok::<(), factum::Error>(())
+        })
+    };
 
     let retries = Arc::new(AtomicU64::new(0));
     let writers: Vec<_> = (0..WRITERS)
@@ -442,6 +469,32 @@ async fn scenario(faults: Faults) {
     );
     assert_eq!((lost, duplicated), (0, 0));
     assert_eq!(tallied, stored, "the tally holds every stored event once");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while subscribed.lock().unwrap().len() < stored.len() {
+        assert!(
+            !subscription.is_finished(),
+            "the subscription gave up: {:?}",
+            subscription.await
+        );
+        assert!(Instant::now() < deadline, "the subscription fell behind");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    subscription.abort();
+    let mut seen = subscribed.lock().unwrap().clone();
+    let delivered = seen.len();
+    seen.sort();
+    seen.dedup();
+    let mut stored_keys: Vec<(String, u64)> = stored
+        .iter()
+        .map(|row| (row.0.clone(), u64::try_from(row.1).unwrap()))
+        .collect();
+    stored_keys.sort();
+    assert_eq!(
+        delivered,
+        seen.len(),
+        "the subscription delivered nothing twice"
+    );
+    assert_eq!(seen, stored_keys, "the subscription delivered every event");
 
     // Every order reached its final state.
     let board: Vec<orders::board::Row> =

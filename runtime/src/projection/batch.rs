@@ -113,6 +113,23 @@ impl<S: SqlStore, P: Projection> ProjectionRunner<S, P> {
         }
     }
 
+    /// Sets the runner's statement and idle-in-transaction timeouts for the transaction of
+    /// `tx` (PostgreSQL; nothing on SQLite).
+    pub(super) async fn limit_transaction(&self, tx: &mut Tx<'_>) -> Result<(), Error> {
+        let Some(limit) = &self.sql.limit_transaction else {
+            return Ok(());
+        };
+        let millis = |d: std::time::Duration| d.as_millis().max(1).to_string();
+        self.execute(
+            tx,
+            self.statement(limit)
+                .bind(millis(self.options.statement_timeout))
+                .bind(millis(self.options.idle_timeout)),
+        )
+        .await
+        .map(drop)
+    }
+
     /// Writes this runner's lease token into the checkpoint row (creating it when missing),
     /// waiting for a batch another runner has in flight: from the commit on, that runner
     /// applies nothing more.
@@ -404,6 +421,7 @@ impl<S: SqlStore, P: Projection> ProjectionRunner<S, P> {
     ) -> Result<Option<BatchOutcome>, RunnerError> {
         let mut transaction = self.store.begin().await?;
         let mut tx = transaction.tx();
+        self.limit_transaction(&mut tx).await?;
         let (checkpoint, parked) = self.lock_checkpoint_held(&mut tx, events).await?;
         if after.is_some_and(|after| checkpoint < after) {
             return Ok(None);

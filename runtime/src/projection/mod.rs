@@ -66,8 +66,6 @@ pub use batch::BatchOutcome;
 pub use handle::RunnerHandle;
 #[cfg(any(feature = "postgres", feature = "sqlite"))]
 pub use inline::WithInline;
-#[cfg(any(feature = "postgres", feature = "sqlite"))]
-pub(crate) use retry::backoff;
 #[cfg(feature = "postgres")]
 pub use runner::PgProjectionRunner;
 #[cfg(any(feature = "postgres", feature = "sqlite"))]

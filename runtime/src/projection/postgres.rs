@@ -16,6 +16,11 @@ pub(super) fn statements(schema: &Schema) -> ProjectionSql {
          WHERE d.projection = $1 AND d.version = $2 AND d.status = 'parked'"
     );
     ProjectionSql {
+        limit_transaction: Some(
+            "SELECT set_config('statement_timeout', $3, true),
+                    set_config('idle_in_transaction_session_timeout', $4, true)"
+                .into(),
+        ),
         ensure_checkpoint: format!(
             "INSERT INTO {s}.projection_checkpoints (projection, version, tx, position)
              VALUES ($1, $2, 0, 0) ON CONFLICT DO NOTHING"

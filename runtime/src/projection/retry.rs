@@ -9,16 +9,13 @@ use crate::failure::Class;
 
 /// Retries of a failing batch: `max` quick ones (doubling from `backoff`) for an error that
 /// may be the event's; for a transient one, retries until `transient_budget` has passed since
-/// the first failure, the wait doubling up to [`MAX_BACKOFF`].
+/// the first failure, the wait doubling up to [`MAX_BACKOFF`](crate::failure::MAX_BACKOFF).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Retries {
     pub max: u32,
     pub backoff: Duration,
     pub transient_budget: Duration,
 }
-
-/// The longest wait between two attempts.
-pub(crate) const MAX_BACKOFF: Duration = Duration::from_secs(2);
 
 impl Default for Retries {
     fn default() -> Self {
@@ -38,14 +35,7 @@ impl Retries {
     }
 }
 
-/// The wait before retry number `attempt` (from 1) from `base`: doubling, at most
-/// [`MAX_BACKOFF`], then a random part of it taken off (up to half), so that runners that
-/// failed together do not retry together.
-pub(crate) fn backoff(base: Duration, attempt: u32) -> Duration {
-    let doubled = base.saturating_mul(2_u32.saturating_pow(attempt.saturating_sub(1).min(20)));
-    let capped = doubled.min(MAX_BACKOFF);
-    capped.mul_f64(1.0 - fastrand::f64() / 2.0)
-}
+pub(crate) use crate::failure::backoff;
 
 /// What a handler's failure calls for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -84,6 +84,11 @@ pub(super) struct Options {
     pub lease_retry: Duration,
     pub retries: Retries,
     pub dead_letters: bool,
+    /// How long one statement of a batch may run (PostgreSQL).
+    pub statement_timeout: Duration,
+    /// How long a batch's transaction may wait between statements (PostgreSQL): a handler
+    /// stuck on something else is cut off, its transaction rolled back.
+    pub idle_timeout: Duration,
 }
 
 impl<S: SqlStore, P: Projection> ProjectionRunner<S, P> {
@@ -110,6 +115,8 @@ impl<S: SqlStore, P: Projection> ProjectionRunner<S, P> {
                 lease_retry: Duration::from_millis(500),
                 retries: Retries::default(),
                 dead_letters: true,
+                statement_timeout: Duration::from_secs(60),
+                idle_timeout: Duration::from_secs(60),
             },
             position: None,
             read_ahead: None,
@@ -158,6 +165,20 @@ impl<S: SqlStore, P: Projection> ProjectionRunner<S, P> {
     #[must_use]
     pub fn transient_budget(mut self, budget: Duration) -> Self {
         self.options.retries.transient_budget = budget;
+        self
+    }
+
+    /// Limits on a batch's transaction on PostgreSQL (default 60 s each): how long one
+    /// statement may run (`statement_timeout`), and how long the transaction may sit idle
+    /// between statements (`idle_in_transaction_session_timeout`: a handler awaiting something
+    /// else than its transaction). A batch's transaction holds back every reader of the feed
+    /// on the server while it runs, so a hung handler is cut off (the server rolls the batch
+    /// back and closes its connection) and the batch retried, instead of stalling the feed for
+    /// hours. SQLite has one writer and no such settings.
+    #[must_use]
+    pub fn transaction_timeouts(mut self, statement: Duration, idle: Duration) -> Self {
+        self.options.statement_timeout = statement;
+        self.options.idle_timeout = idle;
         self
     }
 

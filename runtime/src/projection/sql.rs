@@ -14,6 +14,9 @@ use std::sync::Arc;
 /// A projection runner's SQL, qualified for one store (built once per runner).
 #[derive(Debug)]
 pub(crate) struct ProjectionSql {
+    /// `$3` statement timeout, `$4` idle-in-transaction timeout (milliseconds, as text): limits
+    /// the transaction it runs in; `None` where the store has no such limits (SQLite).
+    pub limit_transaction: Option<Arc<str>>,
     /// Creates the checkpoint at the start when missing.
     pub ensure_checkpoint: Arc<str>,
     /// `$3` stream ids (JSON): the checkpoint, locked for the transaction, and which of those

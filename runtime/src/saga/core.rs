@@ -708,7 +708,7 @@ async fn work_loop<S: Saga, St: SqlStore>(
                     attempts: *attempts,
                     error,
                 });
-                crate::projection::backoff(poll_interval, *attempts)
+                crate::failure::backoff(poll_interval, *attempts)
             }
         };
         tokio::select! {

@@ -257,15 +257,32 @@ impl PostgresStore {
     /// The default schema.
     pub const DEFAULT_SCHEMA: &'static str = "factum";
 
-    /// Connects a pool to `url` and uses the default schema.
+    /// Server settings for every connection (`PgConnectOptions::options`): the server sends
+    /// TCP keepalives after 30 s of silence, every 10 s, and gives up after 3 unanswered (so a
+    /// client that vanished behind a dead network releases its transaction, its locks and the
+    /// feed's horizon within about a minute, not the operating system's two hours). Pass them
+    /// to pools you build yourself; [`PostgresStore::connect`] does.
+    pub const SERVER_KEEPALIVES: [(&'static str, &'static str); 3] = [
+        ("tcp_keepalives_idle", "30"),
+        ("tcp_keepalives_interval", "10"),
+        ("tcp_keepalives_count", "3"),
+    ];
+
+    /// Connects a pool to `url` (with [`PostgresStore::SERVER_KEEPALIVES`]) and uses the
+    /// default schema.
     ///
     /// # Errors
-    /// [`Error::Database`] when the database cannot be reached.
+    /// [`Error::Database`] when the database cannot be reached or `url` is not a PostgreSQL
+    /// URL.
     pub async fn connect(url: &str) -> Result<Self> {
+        let options = url
+            .parse::<sqlx::postgres::PgConnectOptions>()
+            .map_err(Error::Database)?
+            .options(Self::SERVER_KEEPALIVES);
         let pool = PgPoolOptions::new()
             .max_connections(16)
             .acquire_timeout(Duration::from_secs(10))
-            .connect(url)
+            .connect_with(options)
             .await
             .map_err(Error::Database)?;
         Self::with_schema(pool, Self::DEFAULT_SCHEMA)
