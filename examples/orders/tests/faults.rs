@@ -547,3 +547,101 @@ async fn scenario(faults: Faults) {
             .unwrap();
     assert_eq!(board_after, board, "the board equals a clean rebuild");
 }
+
+/// The connection holding a saga dispatcher's lease is terminated while it delivers a long
+/// outbox: the dispatcher stops (with a transient error: it competes again) before another
+/// instance, which takes the lease, delivers the rest; every order settles, each command
+/// applied once. On the shared server (only this test's own connection is terminated).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_dispatcher_that_loses_its_lease_stops_delivering() {
+    const ORDERS: u64 = 300;
+    let temporary = factum::testing::postgres::TemporaryStore::new()
+        .await
+        .unwrap();
+    let store = temporary.another_client().await.unwrap();
+    let services = Services::new(&store);
+    for sku in 0..SKUS {
+        services
+            .inventory
+            .execute(
+                &orders::inventory_stream(&format!("sku{sku}")),
+                AddStock {
+                    sku: format!("sku{sku}"),
+                    quantity: 100_000,
+                },
+            )
+            .await
+            .unwrap();
+    }
+    for n in 0..ORDERS {
+        let id = format!("o{n}");
+        let event = NewEvent::of(&order(&id, n)).unwrap();
+        store
+            .append(
+                &orders::order_stream(&id),
+                "Order",
+                ExpectedVersion::NoStream,
+                vec![event],
+            )
+            .await
+            .unwrap();
+    }
+    let mut runner = SagaRunner::<_, OrderFulfillment>::new(store.clone(), services.bus());
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while runner.status().await.unwrap().pending_commands < ORDERS {
+        runner.handle_events().await.unwrap();
+        assert!(
+            Instant::now() < deadline,
+            "the saga did not handle the orders"
+        );
+    }
+
+    let first = SagaRunner::<_, OrderFulfillment>::new(
+        temporary.another_client().await.unwrap(),
+        services.bus(),
+    );
+    let dispatching = tokio::spawn(async move { first.dispatch().await });
+    let key = format!(
+        "factum.saga.dispatch:{}:{}",
+        temporary.schema(),
+        <OrderFulfillment as factum::saga::Saga>::NAME
+    );
+    let terminated = loop {
+        let killed: Vec<(bool,)> = sqlx::query_as(
+            "SELECT pg_terminate_backend(pid) FROM pg_locks
+             WHERE locktype = 'advisory' AND granted AND objsubid = 1
+               AND objid = (hashtext($1)::bigint & 4294967295)::oid",
+        )
+        .bind(&key)
+        .fetch_all(temporary.pool())
+        .await
+        .unwrap();
+        if !killed.is_empty() {
+            break Instant::now();
+        }
+        assert!(!dispatching.is_finished(), "the dispatcher finished first");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    };
+    let outcome = dispatching.await.unwrap();
+    let error = outcome.expect_err("the dispatcher stops once its lease is gone");
+    assert!(error.is_transient(), "it competes again: {error}");
+    eprintln!(
+        "the dispatcher stopped {:?} after its lease connection was terminated",
+        terminated.elapsed()
+    );
+    let before = runner.status().await.unwrap().pending_commands;
+    assert!(before > 0, "commands were left for the next dispatcher");
+
+    // Another instance takes over and settles everything.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        runner.settle().await.unwrap();
+        let status = runner.status().await.unwrap();
+        if status.active == 0 && status.pending_commands == 0 {
+            assert_eq!(status.rejected_commands, 0, "no command applied twice");
+            assert_eq!(status.failed_commands, 0);
+            break;
+        }
+        assert!(Instant::now() < deadline, "not settled: {status:?}");
+    }
+}

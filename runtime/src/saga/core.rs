@@ -372,13 +372,13 @@ impl<S: Saga, St: SqlStore> Core<S, St> {
     pub async fn dispatch(&self) -> Result<u64, SagaError> {
         let mut delivered = 0;
         loop {
-            let Some(lease) = self.tables.lock_dispatch(S::NAME).await? else {
+            let Some(mut lease) = self.tables.lock_dispatch(S::NAME).await? else {
                 return Ok(delivered); // another instance delivers them
             };
             let pending = self.tables.pending(S::NAME, self.dispatch_batch).await;
             let result = match pending {
                 Ok(pending) if pending.is_empty() => Ok(0),
-                Ok(pending) => self.deliver_all(pending).await,
+                Ok(pending) => self.deliver_all(pending, &mut lease).await,
                 Err(error) => Err(error.into()),
             };
             lease.release().await;
@@ -389,9 +389,17 @@ impl<S: Saga, St: SqlStore> Core<S, St> {
         }
     }
 
-    async fn deliver_all(&self, pending: Vec<Pending>) -> Result<u64, SagaError> {
+    /// Delivers `pending` in order while the dispatch lease holds: it is checked before each
+    /// command, so a dispatcher whose lease connection died stops before another takes over
+    /// (a command in flight then may be delivered by both; its aggregate recognises it).
+    async fn deliver_all(
+        &self,
+        pending: Vec<Pending>,
+        lease: &mut crate::store::sql::Lease,
+    ) -> Result<u64, SagaError> {
         let mut delivered = 0;
         for pending in &pending {
+            lease.check().await?;
             let outcome = self.deliver(pending).await;
             tracing::debug!(
                 target: "factum::saga::delivered",

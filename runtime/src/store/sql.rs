@@ -271,7 +271,18 @@ impl Lease {
                 }
             }
             #[cfg(feature = "postgres")]
-            Held::Transaction(_) => Ok(()),
+            Held::Transaction(transaction) => {
+                let ping = sqlx::query("SELECT 1").execute(&mut **transaction);
+                match tokio::time::timeout(RELEASE_TIMEOUT, ping).await {
+                    Ok(answer) => answer.map(drop).map_err(crate::error::Error::Database),
+                    Err(_) => Err(crate::error::Error::Database(sqlx::Error::Io(
+                        std::io::Error::new(
+                            std::io::ErrorKind::TimedOut,
+                            "the lease's connection did not answer",
+                        ),
+                    ))),
+                }
+            }
             Held::OnDrop(_) => Ok(()),
         }
     }
