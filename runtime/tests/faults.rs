@@ -44,6 +44,8 @@ struct Behaviour {
     hang: std::sync::Mutex<Option<Duration>>,
     /// Set when a handler hung.
     hung: AtomicBool,
+    /// Events of stream `down` are refused (a permanent error) until then.
+    down_until: std::sync::Mutex<Option<Instant>>,
 }
 
 /// One row per event, naming the instance that applied it: an event applied twice breaks the
@@ -87,6 +89,16 @@ impl Journal {
             if let Some(hang) = hang {
                 self.behaviour.hung.store(true, Ordering::SeqCst);
                 tokio::time::sleep(hang).await;
+            }
+        }
+        if envelope.stream_id == "down" {
+            let until = *self
+                .behaviour
+                .down_until
+                .lock()
+                .map_err(|_| "poisoned lock")?;
+            if until.is_some_and(|until| Instant::now() < until) {
+                return Err(Box::new(Refused(event.n)));
             }
         }
         if envelope.stream_id == "poison" && event.n == 2 {
@@ -443,7 +455,73 @@ async fn connections_made_by_the_store_ask_for_server_keepalives() {
     assert_eq!(settings, ("30".into(), "10".into(), "3".into()));
 }
 
+/// A stream parked by a failure that passes later without anyone's help drains by itself when
+/// the runner re-drives its parked streams on a schedule.
+async fn parked_streams_are_re_driven_on_a_schedule<D: TestDatabase>() {
+    let database = D::create().await.unwrap();
+    let table = journal_table(&database).await;
+    let behaviour = Arc::new(Behaviour::default());
+    *behaviour.down_until.lock().unwrap() = Some(Instant::now() + Duration::from_secs(2));
+    let runner = ProjectionRunner::new(
+        database.another_client().await.unwrap(),
+        Journal {
+            table: table.clone(),
+            instance: 1,
+            pause: Duration::ZERO,
+            behaviour: Arc::clone(&behaviour),
+        },
+    )
+    .retries(0, Duration::from_millis(10))
+    .redrive_parked(Duration::from_millis(300))
+    .poll_interval(Duration::from_millis(20));
+    let handle = runner.handle();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(runner.run(async {
+        let _ = stopped.await;
+    }));
+    for n in 1..=3 {
+        note(&*database, "down", n).await;
+        note(&*database, "steady", n).await;
+    }
+    eventually("the stream to park", || async {
+        // (`NotRunning` until the runner has started)
+        handle
+            .parked()
+            .await
+            .unwrap_or_default()
+            .iter()
+            .any(|p| p.stream_id == "down")
+    })
+    .await;
+    eventually("the re-drive to drain it", || async {
+        rows(&database, &table).await.len() == 6
+    })
+    .await;
+    assert!(handle.parked().await.unwrap().is_empty());
+    stop.send(()).unwrap();
+    task.await.unwrap().unwrap();
+    let applied: Vec<(String, i64)> = rows(&database, &table)
+        .await
+        .into_iter()
+        .map(|row| (row.0, row.1))
+        .collect();
+    assert_eq!(
+        applied,
+        [
+            ("down".to_owned(), 1),
+            ("down".to_owned(), 2),
+            ("down".to_owned(), 3),
+            ("steady".to_owned(), 1),
+            ("steady".to_owned(), 2),
+            ("steady".to_owned(), 3)
+        ],
+        "in order, once"
+    );
+}
+
 factum::on_both_stores!(
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    parked_streams_are_re_driven_on_a_schedule,
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     a_transient_failure_for_10_s_parks_nothing_and_a_permanent_one_parks_its_stream_only,
 );

@@ -214,6 +214,30 @@ impl<S: SqlStore, P: Projection> ProjectionRunner<S, P> {
         tracing::Instrument::instrument(self.retry_stream(stream_id), span).await
     }
 
+    /// Retries every parked stream once (the scheduled re-drive of a running runner).
+    ///
+    /// # Errors
+    /// A store error.
+    pub(super) async fn retry_every_parked(&mut self) -> Result<(), Error> {
+        for parked in self.parked().await? {
+            match self.retry_parked(&parked.stream_id).await? {
+                RetryOutcome::Drained { handled } => tracing::info!(
+                    projection = P::NAME,
+                    stream = parked.stream_id,
+                    handled,
+                    "a parked stream drained by the scheduled re-drive"
+                ),
+                RetryOutcome::Stopped { stream_version, .. } => tracing::debug!(
+                    projection = P::NAME,
+                    stream = parked.stream_id,
+                    stream_version,
+                    "a parked stream still fails; it stays parked"
+                ),
+            }
+        }
+        Ok(())
+    }
+
     async fn retry_stream(&mut self, stream_id: &str) -> Result<RetryOutcome, Error> {
         let mut events: Vec<RecordedEvent> = Vec::new();
         let mut handled = 0;

@@ -322,6 +322,7 @@ impl<S: SqlStore, P: Projection> ProjectionRunner<S, P> {
             return Ok(());
         }
         self.perform_pending_effects().await?;
+        let mut redriven = std::time::Instant::now();
         let mut checked = std::time::Instant::now();
         let mut wakeups = self.store.wakeups();
         loop {
@@ -350,6 +351,12 @@ impl<S: SqlStore, P: Projection> ProjectionRunner<S, P> {
                 );
             }
             self.control.set(RunnerState::Running);
+            if let Some(every) = self.options.redrive
+                && redriven.elapsed() >= every
+            {
+                redriven = std::time::Instant::now();
+                self.retry_every_parked().await?;
+            }
             if wait.is_some() || checked.elapsed() > RETIRE_CHECK {
                 checked = std::time::Instant::now();
                 lease.check().await.map_err(|error| {

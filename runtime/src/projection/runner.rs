@@ -89,6 +89,8 @@ pub(super) struct Options {
     /// How long a batch's transaction may wait between statements (PostgreSQL): a handler
     /// stuck on something else is cut off, its transaction rolled back.
     pub idle_timeout: Duration,
+    /// How often a running runner retries its parked streams by itself (`None`: never).
+    pub redrive: Option<Duration>,
 }
 
 impl<S: SqlStore, P: Projection> ProjectionRunner<S, P> {
@@ -117,6 +119,7 @@ impl<S: SqlStore, P: Projection> ProjectionRunner<S, P> {
                 dead_letters: true,
                 statement_timeout: Duration::from_secs(60),
                 idle_timeout: Duration::from_secs(60),
+                redrive: None,
             },
             position: None,
             read_ahead: None,
@@ -179,6 +182,16 @@ impl<S: SqlStore, P: Projection> ProjectionRunner<S, P> {
     pub fn transaction_timeouts(mut self, statement: Duration, idle: Duration) -> Self {
         self.options.statement_timeout = statement;
         self.options.idle_timeout = idle;
+        self
+    }
+
+    /// Retries the parked streams by itself every `every` while it runs (off by default: a
+    /// parked stream waits for a person, `retry_parked`/`skip_parked`). For failures that
+    /// pass without anyone's help after the transient budget (another system down for
+    /// longer); a stream whose event still fails stays parked until the next round.
+    #[must_use]
+    pub fn redrive_parked(mut self, every: Duration) -> Self {
+        self.options.redrive = Some(every);
         self
     }
 
