@@ -25,6 +25,10 @@ SELECT system_identifier FROM pg_control_system();
 -- written on another cluster: its recorded identity is another cluster's, or it holds an event
 -- newer than any transaction of this cluster (a copy that left the identity row behind).
 -- `SECURITY DEFINER`: a role that may read and append events needs no grant on the identity.
+-- Once it has answered in a session, the answer is kept in the session's setting
+-- `factum.tx_offset_<schema>`, which statements read first: a session stays on its cluster, and
+-- the checks (a read of the control file, of the identity, of the newest event) then cost
+-- nothing per append.
 CREATE FUNCTION {schema}.feed_tx_offset() RETURNS bigint
 LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
@@ -50,10 +54,13 @@ BEGIN
                   DETAIL = format('recorded %s current %s', recorded, current_cluster),
                   HINT = 'run `factum adopt-cluster` (PostgresStore::adopt_cluster) once';
     END IF;
+    PERFORM set_config('factum.tx_offset_{schema_name}', tx_offset::text, false);
     RETURN tx_offset;
 END
 $$;
 
 -- Appends name their transaction explicitly; the default serves anyone inserting otherwise.
 ALTER TABLE {schema}.events
-    ALTER COLUMN tx SET DEFAULT ((pg_current_xact_id()::text::bigint + {schema}.feed_tx_offset())::text::xid8);
+    ALTER COLUMN tx SET DEFAULT ((pg_current_xact_id()::text::bigint
+        + coalesce(nullif(current_setting('factum.tx_offset_{schema_name}', true), '')::bigint,
+                   {schema}.feed_tx_offset()))::text::xid8);

@@ -28,10 +28,15 @@ const ADOPTION_MARGIN: u64 = 1_000_000;
 
 /// `xid` (an `xid8` expression of this cluster) as a stored transaction id: plus the store's
 /// offset, as an `xid8`. Evaluated once per statement (a scalar subquery), and an error when the
-/// store is on another cluster.
+/// store is on another cluster. The offset the session's first check found is kept in a
+/// session setting and read first (a session never changes clusters).
 pub(super) fn stored_xid(schema: &Schema, xid: &str) -> String {
-    let s = schema.quoted();
-    format!("(({xid})::text::bigint + (SELECT {s}.feed_tx_offset()))::text::xid8")
+    let (s, name) = (schema.quoted(), schema.name());
+    format!(
+        "(({xid})::text::bigint
+          + coalesce(nullif(current_setting('factum.tx_offset_{name}', true), '')::bigint,
+                     (SELECT {s}.feed_tx_offset())))::text::xid8"
+    )
 }
 
 /// [`Error::ClusterChanged`], when `error` is `feed_tx_offset()` refusing.

@@ -108,7 +108,13 @@ async fn apply(tx: &mut sqlx::PgConnection, schema: &Schema) -> Result<()> {
             name = migration.name,
             "applying migration"
         );
-        sqlx::raw_sql(AssertSqlSafe(migration.sql.replace("{schema}", q)))
+        // `{schema}`: the quoted identifier; `{schema_name}`: the plain name (a lowercase
+        // identifier, checked by `Schema`), for literals.
+        let sql = migration
+            .sql
+            .replace("{schema}", q)
+            .replace("{schema_name}", schema.name());
+        sqlx::raw_sql(AssertSqlSafe(sql))
             .execute(&mut *tx)
             .await
             .map_err(fail)?;
