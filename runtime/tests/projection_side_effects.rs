@@ -14,6 +14,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use factum::feed::Subscription;
 use factum::projection::ProjectionRunner;
 use factum::testing::TestDatabase;
 use factum::{Envelope, EventStore, ExpectedVersion, FeedQuery, NewEvent, Tx, Uuid};
@@ -240,8 +241,17 @@ async fn a_30_s_side_effect_delays_no_reader_and_happens_once_across_a_kill<D: T
     }
 
     // While the mailer sends for 30 s: pings on other streams, each timed from its append
-    // to the watcher's handler.
+    // to a live subscription's delivery and to the watcher projection's handler.
+    let from = database
+        .read_feed(&FeedQuery::from_start())
+        .await
+        .unwrap()
+        .next;
+    let mut subscription = Subscription::new(database.another_client().await.unwrap(), from)
+        .event_types(["Pinged"])
+        .poll_interval(Duration::from_millis(20));
     let mut delays = Vec::new();
+    let mut subscription_delays = Vec::new();
     for n in 0..10 {
         let sent = Instant::now();
         database
@@ -253,6 +263,12 @@ async fn a_30_s_side_effect_delays_no_reader_and_happens_once_across_a_kill<D: T
             )
             .await
             .unwrap();
+        let event = tokio::time::timeout(Duration::from_secs(40), subscription.next())
+            .await
+            .expect("the subscription is held back")
+            .unwrap();
+        subscription_delays.push(sent.elapsed());
+        assert_eq!(event.stream_id, format!("other-{n}"));
         loop {
             if let Some(at) = seen.lock().unwrap().get(&n) {
                 delays.push(at.duration_since(sent));
@@ -267,9 +283,18 @@ async fn a_30_s_side_effect_delays_no_reader_and_happens_once_across_a_kill<D: T
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let longest = delays.iter().max().copied().unwrap_or_default();
+    let subscription_longest = subscription_delays
+        .iter()
+        .max()
+        .copied()
+        .unwrap_or_default();
     eprintln!(
-        "{}: a reader of other streams saw each ping within {longest:?} (of 10) while a side effect took 30 s",
+        "{}: while a side effect took 30 s, a subscription on other streams got each of 10 pings within {subscription_longest:?}, a projection within {longest:?}",
         std::any::type_name::<D>()
+    );
+    assert!(
+        subscription_longest < Duration::from_secs(1),
+        "a slow side effect delays a subscription by {subscription_longest:?}"
     );
     assert!(
         longest < Duration::from_secs(1),
