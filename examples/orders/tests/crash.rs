@@ -172,6 +172,10 @@ async fn scenario<S: SqlStore>(
         child.wait().unwrap();
     }
     eprintln!("{kills} of {RANDOM_KILLS} runs killed before they finished");
+    assert!(
+        kills > 0,
+        "no run was killed: the random-kill phase tested nothing (the process is faster than the kill points)"
+    );
 
     // 4. Restarted once more, it finishes.
     assert!(saga_process(target, None).status().unwrap().success());
