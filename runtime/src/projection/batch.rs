@@ -113,23 +113,6 @@ impl<S: SqlStore, P: Projection> ProjectionRunner<S, P> {
         }
     }
 
-    /// Sets the runner's statement and idle-in-transaction timeouts for the transaction of
-    /// `tx` (PostgreSQL; nothing on SQLite).
-    pub(super) async fn limit_transaction(&self, tx: &mut Tx<'_>) -> Result<(), Error> {
-        let Some(limit) = &self.sql.limit_transaction else {
-            return Ok(());
-        };
-        let millis = |d: std::time::Duration| d.as_millis().max(1).to_string();
-        self.execute(
-            tx,
-            self.statement(limit)
-                .bind(millis(self.options.statement_timeout))
-                .bind(millis(self.options.idle_timeout)),
-        )
-        .await
-        .map(drop)
-    }
-
     /// Writes this runner's lease token into the checkpoint row (creating it when missing),
     /// waiting for a batch another runner has in flight: from the commit on, that runner
     /// applies nothing more.
@@ -152,11 +135,16 @@ impl<S: SqlStore, P: Projection> ProjectionRunner<S, P> {
         events: &[RecordedEvent],
     ) -> Result<(FeedPosition, Vec<String>, Option<String>), Error> {
         let streams = streams(events)?;
+        // The transaction's limits go with the lock (no round trip of their own).
+        let millis = |d: std::time::Duration| d.as_millis().max(1).to_string();
         for _ in 0..2 {
             let row = self
                 .fetch_optional(
                     &mut *tx,
-                    self.statement(&self.sql.lock_checkpoint).bind(&streams),
+                    self.statement(&self.sql.lock_checkpoint)
+                        .bind(&streams)
+                        .bind(millis(self.options.statement_timeout))
+                        .bind(millis(self.options.idle_timeout)),
                 )
                 .await?;
             if let Some(row) = row {
@@ -421,7 +409,6 @@ impl<S: SqlStore, P: Projection> ProjectionRunner<S, P> {
     ) -> Result<Option<BatchOutcome>, RunnerError> {
         let mut transaction = self.store.begin().await?;
         let mut tx = transaction.tx();
-        self.limit_transaction(&mut tx).await?;
         let (checkpoint, parked) = self.lock_checkpoint_held(&mut tx, events).await?;
         if after.is_some_and(|after| checkpoint < after) {
             return Ok(None);

@@ -257,7 +257,6 @@ impl<S: SqlStore, P: Projection> ProjectionRunner<S, P> {
             }
             let mut transaction = self.store.begin().await?;
             let mut tx = transaction.tx();
-            self.limit_transaction(&mut tx).await?;
             self.lock_checkpoint(&mut tx, &[]).await?;
             let Some(stream_version) = self.first_parked(&mut tx, stream_id).await? else {
                 continue; // drained meanwhile: the next round says so

@@ -16,11 +16,6 @@ pub(super) fn statements(schema: &Schema) -> ProjectionSql {
          WHERE d.projection = $1 AND d.version = $2 AND d.status = 'parked'"
     );
     ProjectionSql {
-        limit_transaction: Some(
-            "SELECT set_config('statement_timeout', $3, true),
-                    set_config('idle_in_transaction_session_timeout', $4, true)"
-                .into(),
-        ),
         ensure_checkpoint: format!(
             "INSERT INTO {s}.projection_checkpoints (projection, version, tx, position)
              VALUES ($1, $2, 0, 0) ON CONFLICT DO NOTHING"
@@ -31,7 +26,10 @@ pub(super) fn statements(schema: &Schema) -> ProjectionSql {
                     (SELECT coalesce(json_agg(DISTINCT d.stream_id), '[]')::text FROM {parked}
                        AND d.stream_id IN (SELECT json_array_elements_text($3::json))),
                     c.lease_token
-             FROM {s}.projection_checkpoints c
+             FROM {s}.projection_checkpoints c,
+                  -- The transaction's limits, set for the rest of it.
+                  (SELECT set_config('statement_timeout', $4, true),
+                          set_config('idle_in_transaction_session_timeout', $5, true)) AS limits
              WHERE c.projection = $1 AND c.version = $2 FOR UPDATE OF c"
         )
         .into(),

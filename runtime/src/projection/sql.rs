@@ -14,14 +14,12 @@ use std::sync::Arc;
 /// A projection runner's SQL, qualified for one store (built once per runner).
 #[derive(Debug)]
 pub(crate) struct ProjectionSql {
-    /// `$3` statement timeout, `$4` idle-in-transaction timeout (milliseconds, as text): limits
-    /// the transaction it runs in; `None` where the store has no such limits (SQLite).
-    pub limit_transaction: Option<Arc<str>>,
     /// Creates the checkpoint at the start when missing.
     pub ensure_checkpoint: Arc<str>,
-    /// `$3` stream ids (JSON): the checkpoint, locked for the transaction, and which of those
-    /// streams are parked: `tx, position, parked (JSON array of stream ids), lease token
-    /// (nullable text)`.
+    /// `$3` stream ids (JSON), `$4` statement timeout and `$5` idle-in-transaction timeout
+    /// (milliseconds, as text: the transaction's limits, where the store has them): the
+    /// checkpoint, locked for the transaction, and which of those streams are parked: `tx,
+    /// position, parked (JSON array of stream ids), lease token (nullable text)`.
     pub lock_checkpoint: Arc<str>,
     /// `$3` token: the lease's holder writes its token into the (existing) checkpoint row,
     /// waiting for a batch in flight.

@@ -14,7 +14,6 @@ const PARKED: &str = "projection_dead_letters d
 
 pub(super) fn statements() -> ProjectionSql {
     ProjectionSql {
-        limit_transaction: None,
         ensure_checkpoint: "INSERT INTO projection_checkpoints (projection, version, position)
              VALUES ($1, $2, 0) ON CONFLICT DO NOTHING"
             .into(),
