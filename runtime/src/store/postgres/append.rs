@@ -64,6 +64,34 @@ pub(super) fn insert_sql(schema: &Schema) -> String {
     )
 }
 
+/// [`insert_sql`] for one event, with scalar parameters (no arrays to encode and unnest): the
+/// common append. `$4`… are the event's fields, as in [`insert_one_after_head_sql`].
+pub(super) fn insert_one_sql(schema: &Schema) -> String {
+    let s = schema.quoted();
+    let own = identity::stored_xid(schema, "pg_current_xact_id_if_assigned()");
+    let tx = identity::stored_xid(schema, "pg_current_xact_id()");
+    format!(
+        "INSERT INTO {s}.events AS e (stream_id, stream_version, aggregate_type, event_id, event_type,
+             schema_version, payload, metadata, correlation_id, causation_id, actor, recorded_at, tx)
+         SELECT $1, coalesce(h.stream_version, 0) + 1, $2, $4, $5, $6, $7::json, $8::json, $9,
+                $10, $11, clock_timestamp(), {tx}
+         FROM (SELECT 1) AS one
+         LEFT JOIN (
+             SELECT h.stream_version, h.aggregate_type, h.tx FROM {s}.events h
+             WHERE h.stream_id = $1 ORDER BY h.stream_version DESC LIMIT 1
+         ) h ON true
+         WHERE ($3 = -1
+                OR ($3 = -2 AND h.stream_version IS NULL)
+                OR ($3 = -3 AND h.stream_version IS NOT NULL)
+                OR $3 = coalesce(h.stream_version, 0))
+           AND (h.aggregate_type IS NULL OR h.aggregate_type = $2)
+           AND (h.tx IS NULL
+                OR pg_current_xact_id_if_assigned() IS NULL
+                OR h.tx <= {own})
+         RETURNING e.stream_version, e.position, e.tx::text::bigint, e.recorded_at"
+    )
+}
+
 /// The append after a [`KnownHead`]: the versions before it exist, so the primary key alone
 /// arbitrates, and the statement is a plain insert.
 pub(super) fn insert_after_head_sql(schema: &Schema) -> String {
@@ -156,8 +184,21 @@ impl Append<'_> {
         store: &PostgresStore,
         executor: impl PgExecutor<'c>,
     ) -> std::result::Result<Vec<PgRow>, sqlx::Error> {
-        self.insert_with(&store.inner.sql.append, self.expected_code(), executor)
-            .await
+        match self.events.as_slice() {
+            [event] => {
+                self.insert_scalar(
+                    &store.inner.sql.append_one,
+                    self.expected_code(),
+                    event,
+                    executor,
+                )
+                .await
+            }
+            _ => {
+                self.insert_with(&store.inner.sql.append, self.expected_code(), executor)
+                    .await
+            }
+        }
     }
 
     /// Binds a single-event append to [`insert_one_after_head_sql`].
@@ -168,11 +209,28 @@ impl Append<'_> {
         head: KnownHead,
         executor: impl PgExecutor<'c>,
     ) -> std::result::Result<Vec<PgRow>, sqlx::Error> {
+        self.insert_scalar(
+            &store.inner.sql.append_one_after_head,
+            to_i64(head.version()),
+            event,
+            executor,
+        )
+        .await
+    }
+
+    /// Binds a single-event append to `sql` (scalar parameters), `$3` being `third`.
+    async fn insert_scalar<'c>(
+        &self,
+        sql: &Arc<str>,
+        third: i64,
+        event: &NewEvent,
+        executor: impl PgExecutor<'c>,
+    ) -> std::result::Result<Vec<PgRow>, sqlx::Error> {
         let metadata = serde_json::to_string(&event.metadata).unwrap_or_else(|_| "{}".to_owned());
-        sqlx::query(AssertSqlSafe(store.inner.sql.append_one_after_head.clone()))
+        sqlx::query(AssertSqlSafe(sql.clone()))
             .bind(self.stream_id)
             .bind(self.aggregate_type)
-            .bind(to_i64(head.version()))
+            .bind(third)
             .bind(event.event_id)
             .bind(event.event_type.as_ref())
             .bind(i32::try_from(event.schema_version).unwrap_or(i32::MAX))

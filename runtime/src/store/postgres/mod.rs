@@ -71,6 +71,7 @@ fn db_error(schema: &Schema, error: sqlx::Error) -> Error {
 #[derive(Debug)]
 struct Statements {
     append: Arc<str>,
+    append_one: Arc<str>,
     append_after_head: Arc<str>,
     append_one_after_head: Arc<str>,
     diagnose_append: Arc<str>,
@@ -128,6 +129,7 @@ impl Statements {
         };
         Self {
             append: append::insert_sql(schema).into(),
+            append_one: append::insert_one_sql(schema).into(),
             append_after_head: append::insert_after_head_sql(schema).into(),
             append_one_after_head: append::insert_one_after_head_sql(schema).into(),
             diagnose_append: append::diagnose_sql(schema).into(),
