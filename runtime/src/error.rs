@@ -188,6 +188,28 @@ pub enum Error {
         current: Option<u64>,
     },
 
+    /// An import was refused before anything was written: the target store already holds
+    /// events (an import fills an empty store, so that ids, versions and feed order are the
+    /// exported ones).
+    #[error(
+        "the store {location} already holds events: import into an empty store (a new schema or file), then point the application at it"
+    )]
+    ImportTargetNotEmpty {
+        /// The store (schema or file).
+        location: String,
+    },
+
+    /// A line of an export does not hold an event that can be imported: nothing was imported.
+    #[error(
+        "line {line} of the export cannot be imported ({reason}); nothing was imported: fix or re-export the file"
+    )]
+    InvalidImport {
+        /// The line, from 1.
+        line: u64,
+        /// What is wrong with it.
+        reason: String,
+    },
+
     /// A configuration value is invalid.
     #[error("invalid configuration: {0}")]
     InvalidConfig(String),

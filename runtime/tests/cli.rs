@@ -8,7 +8,7 @@ use std::time::Duration;
 use factum::projection::ProjectionRunner;
 use factum::testing::postgres::TemporaryStore;
 use factum::testing::sqlite::TemporaryDatabase;
-use factum::{Envelope, EventStore, ExpectedVersion, NewEvent, Payload};
+use factum::{Envelope, EventStore, ExpectedVersion, FeedQuery, NewEvent, Payload};
 
 #[factum::event]
 #[derive(Debug)]
@@ -304,4 +304,93 @@ async fn bad_urls_and_unmigrated_databases_get_one_clear_line() {
         .unwrap();
     assert_eq!(output.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&output.stderr).contains("no store given: set DATABASE_URL"));
+}
+
+/// `export` writes the feed as JSON Lines; `import` loads it into an empty store, here a
+/// SQLite file's feed into a PostgreSQL schema and back into another file: the same events.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn export_and_import_through_the_cli() {
+    let source = TemporaryDatabase::new().await.unwrap();
+    seed(&*source).await;
+    let source_url = format!("sqlite://{}", source.path().display());
+    let file = std::env::temp_dir().join(format!("factum-export-{}.jsonl", uuid::Uuid::now_v7()));
+    let run = |args: Vec<String>| {
+        let output = Command::new(env!("CARGO_BIN_EXE_factum"))
+            .env_remove("DATABASE_URL")
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    };
+    let file_arg = file.display().to_string();
+    let said = run(vec![
+        "--database-url".into(),
+        source_url.clone(),
+        "export".into(),
+        "--output".into(),
+        file_arg.clone(),
+    ]);
+    let stored = source
+        .read_feed(&FeedQuery::from_start().limit(1000))
+        .await
+        .unwrap()
+        .events;
+    assert!(
+        said.contains(&format!("{} events exported", stored.len())),
+        "{said}"
+    );
+
+    let postgres = factum::testing::postgres::TemporaryStore::new()
+        .await
+        .unwrap();
+    let said = run(vec![
+        "--database-url".into(),
+        postgres.url().to_owned(),
+        "--schema".into(),
+        postgres.schema().to_owned(),
+        "import".into(),
+        "--input".into(),
+        file_arg.clone(),
+    ]);
+    assert!(
+        said.contains(&format!("{} events imported", stored.len())),
+        "{said}"
+    );
+    let copied = postgres
+        .read_feed(&FeedQuery::from_start().limit(1000))
+        .await
+        .unwrap()
+        .events;
+    let ids = |events: &[factum::RecordedEvent]| {
+        events
+            .iter()
+            .map(|e| (e.event_id, e.stream_id.clone(), e.stream_version))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(ids(&copied), ids(&stored), "the same events, in feed order");
+
+    // Importing again into a store that holds events is refused.
+    let output = Command::new(env!("CARGO_BIN_EXE_factum"))
+        .env_remove("DATABASE_URL")
+        .args([
+            "--database-url",
+            postgres.url(),
+            "--schema",
+            postgres.schema(),
+        ])
+        .args(["import", "--input", &file_arg])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains("already holds events"),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let _ = std::fs::remove_file(&file);
 }

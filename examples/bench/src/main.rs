@@ -13,6 +13,7 @@ mod projections;
 mod sagas;
 mod sqlite;
 mod stats;
+mod transfer;
 mod versioning;
 
 use clap::{Parser, Subcommand};
@@ -110,6 +111,26 @@ enum Suite {
         /// Events per measurement.
         #[arg(long, default_value_t = 2_000)]
         events: usize,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Bulk import (`PostgresStore::import` of a JSON Lines export) vs a raw `COPY` of the same
+    /// rows, each into a fresh store.
+    Transfer {
+        /// The database to use (schemas are created and dropped in it).
+        #[arg(
+            long,
+            env = "DATABASE_URL",
+            default_value = "postgres://postgres@127.0.0.1:5432/postgres"
+        )]
+        database_url: String,
+        /// Runs (the median is reported).
+        #[arg(long, default_value_t = 5)]
+        runs: usize,
+        /// Events exported and imported.
+        #[arg(long, default_value_t = 100_000)]
+        events: u64,
         /// Print the report as JSON.
         #[arg(long)]
         json: bool,
@@ -258,6 +279,42 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                     "  commands, hot cache:     {:>8.0} events/s  (ratio {:.2})",
                     report.command_per_second, report.command_ratio
                 );
+            }
+        }
+        Suite::Transfer {
+            database_url,
+            runs,
+            events,
+            json,
+        } => {
+            let config = transfer::Config {
+                url: database_url,
+                runs: runs.max(1),
+                events: events.max(1),
+            };
+            let report = transfer::run(&config).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                println!(
+                    "\nimport of {} events ({} bytes of JSON Lines; export {:.0} events/s), median of {} runs",
+                    report.events, report.export_bytes, report.export_per_second, report.runs
+                );
+                println!(
+                    "  raw COPY of the same rows: {:>9.0} events/s",
+                    report.raw_copy_per_second
+                );
+                println!(
+                    "  PostgresStore::import:     {:>9.0} events/s  (ratio {:.2})",
+                    report.import_per_second, report.ratio
+                );
+            }
+            if report.mismatched > 0 {
+                return Err(format!(
+                    "{} events missing or extra after an import (must be 0)",
+                    report.mismatched
+                )
+                .into());
             }
         }
         Suite::Versioning {

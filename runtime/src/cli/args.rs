@@ -66,6 +66,23 @@ pub(super) enum Command {
     /// event, so that checkpointed readers miss nothing. Until then the store refuses reads of
     /// the feed and appends. Stop the appending applications first; run as the store's owner.
     AdoptCluster,
+    /// Writes the store's events as JSON Lines (every envelope field), in feed order: the
+    /// whole feed, or some streams. Load them into an empty store with `import`.
+    Export {
+        /// Only these streams (repeat the option); the whole feed when none.
+        #[arg(long = "stream")]
+        streams: Vec<String>,
+        /// The file to write (standard output when missing).
+        #[arg(long, short)]
+        output: Option<std::path::PathBuf>,
+    },
+    /// Loads an export into an empty store (created and migrated when missing), keeping event
+    /// ids, stream versions, recording times and feed order; all or nothing.
+    Import {
+        /// The export to read (standard input when missing).
+        #[arg(long, short)]
+        input: Option<std::path::PathBuf>,
+    },
     /// Events, streams, the largest streams, events per type, the store's size.
     Stats {
         /// How many of the largest streams to list.

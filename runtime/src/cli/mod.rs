@@ -25,6 +25,7 @@ mod rebuild;
 mod status;
 mod store;
 mod stream;
+mod transfer;
 
 use std::collections::BTreeMap;
 use std::marker::PhantomData;
@@ -157,6 +158,10 @@ impl Cli {
             return catalog::check(self.catalog.as_ref(), dir.as_deref(), json);
         }
         let url = args.database_url.as_deref().ok_or(CliError::NoUrl)?;
+        if let Command::Import { input } = &args.command {
+            let store = AnyStore::create(url, &args.schema).await?;
+            return transfer::import(&store, input.as_deref(), json).await;
+        }
         let store = AnyStore::open(url, &args.schema).await?;
         match &args.command {
             Command::Stream {
@@ -190,6 +195,10 @@ impl Cli {
             } => dlq::skip(self.registered(&store, projection)?, &store, stream, json).await,
             Command::Stats { largest } => status::stats(&store, *largest, json).await,
             Command::AdoptCluster => cluster::adopt(&store, json).await,
+            Command::Export { streams, output } => {
+                transfer::export(&store, streams, output.as_deref(), json).await
+            }
+            Command::Import { .. } => Ok(()),
             Command::Catalog { .. } => Ok(()),
         }
     }

@@ -77,6 +77,28 @@ pub(super) struct Parked {
 impl AnyStore {
     /// Opens the store at `url` and checks that it holds a Factum store.
     pub async fn open(url: &str, schema: &str) -> Result<Self, CliError> {
+        let store = Self::connect(url, schema, true).await?;
+        if !store.is_migrated().await? {
+            return Err(CliError::NotMigrated {
+                store: store.describe(),
+            });
+        }
+        Ok(store)
+    }
+
+    /// Opens the store at `url`, creating it (the SQLite file, the PostgreSQL schema and
+    /// tables) when missing: the target of an import.
+    pub async fn create(url: &str, schema: &str) -> Result<Self, CliError> {
+        let store = Self::connect(url, schema, false).await?;
+        match &store {
+            Self::Postgres(postgres) => postgres.migrate().await?,
+            Self::Sqlite(sqlite) => sqlite.migrate().await?,
+        }
+        Ok(store)
+    }
+
+    /// Connects to `url`; `existing`: a SQLite file must already exist.
+    async fn connect(url: &str, schema: &str, existing: bool) -> Result<Self, CliError> {
         let store = if url.starts_with("postgres://") || url.starts_with("postgresql://") {
             let store =
                 PostgresStore::connect(url)
@@ -93,7 +115,7 @@ impl AnyStore {
                 .trim_start_matches("sqlite://")
                 .trim_start_matches("sqlite:");
             let path = path.split('?').next().unwrap_or(path);
-            if !path.contains(":memory:") && !std::path::Path::new(path).exists() {
+            if existing && !path.contains(":memory:") && !std::path::Path::new(path).exists() {
                 return Err(CliError::Unreachable {
                     url: url.to_owned(),
                     cause: "the file does not exist".to_owned(),
@@ -112,11 +134,6 @@ impl AnyStore {
                 redact(url)
             )));
         };
-        if !store.is_migrated().await? {
-            return Err(CliError::NotMigrated {
-                store: store.describe(),
-            });
-        }
         Ok(store)
     }
 

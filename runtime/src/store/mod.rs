@@ -21,6 +21,7 @@ mod postgres;
 pub(crate) mod sql;
 #[cfg(feature = "sqlite")]
 pub(crate) mod sqlite;
+pub mod transfer;
 pub mod tx;
 mod wakeups;
 

@@ -19,6 +19,7 @@
 
 mod append;
 mod identity;
+mod import;
 mod listen;
 mod migrate;
 mod sql_store;

@@ -7,6 +7,7 @@
 //! without the ones before it. Files use write-ahead logging with full synchronous commits: an
 //! acknowledged append survives a crash or a power cut.
 
+mod import;
 mod lock;
 mod migrate;
 mod sql_store;
