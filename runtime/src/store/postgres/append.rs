@@ -33,9 +33,32 @@ use crate::store::{ExpectedVersion, KnownHead};
 /// the same stream committed in between).
 const MAX_ATTEMPTS: usize = 100;
 
-pub(super) fn insert_sql(schema: &Schema) -> String {
+/// The stream's head (`h`: its last event, if any) joined to an insert's rows, and the
+/// conditions the append needs of it: `$3` the expected version (`-1` any, `-2` no stream, `-3`
+/// the stream exists, else the exact version), `$2` the aggregate type, and a head written by
+/// a transaction no newer than this one (when this one has written already).
+fn head_check(schema: &Schema) -> String {
     let s = schema.quoted();
     let own = identity::stored_xid(schema, "pg_current_xact_id_if_assigned()");
+    format!(
+        "LEFT JOIN (
+             SELECT h.stream_version, h.aggregate_type, h.tx FROM {s}.events h
+             WHERE h.stream_id = $1 ORDER BY h.stream_version DESC LIMIT 1
+         ) h ON true
+         WHERE ($3 = -1
+                OR ($3 = -2 AND h.stream_version IS NULL)
+                OR ($3 = -3 AND h.stream_version IS NOT NULL)
+                OR $3 = coalesce(h.stream_version, 0))
+           AND (h.aggregate_type IS NULL OR h.aggregate_type = $2)
+           AND (h.tx IS NULL
+                OR pg_current_xact_id_if_assigned() IS NULL
+                OR h.tx <= {own})"
+    )
+}
+
+pub(super) fn insert_sql(schema: &Schema) -> String {
+    let s = schema.quoted();
+    let head_check = head_check(schema);
     let tx = identity::stored_xid(schema, "pg_current_xact_id()");
     format!(
         "INSERT INTO {s}.events AS e (stream_id, stream_version, aggregate_type, event_id, event_type,
@@ -47,18 +70,7 @@ pub(super) fn insert_sql(schema: &Schema) -> String {
                      $10::uuid[], $11::text[])
               WITH ORDINALITY AS u(event_id, event_type, schema_version, payload, metadata,
                                    correlation_id, causation_id, actor, ord)
-         LEFT JOIN (
-             SELECT h.stream_version, h.aggregate_type, h.tx FROM {s}.events h
-             WHERE h.stream_id = $1 ORDER BY h.stream_version DESC LIMIT 1
-         ) h ON true
-         WHERE ($3 = -1
-                OR ($3 = -2 AND h.stream_version IS NULL)
-                OR ($3 = -3 AND h.stream_version IS NOT NULL)
-                OR $3 = coalesce(h.stream_version, 0))
-           AND (h.aggregate_type IS NULL OR h.aggregate_type = $2)
-           AND (h.tx IS NULL
-                OR pg_current_xact_id_if_assigned() IS NULL
-                OR h.tx <= {own})
+         {head_check}
          ORDER BY u.ord
          RETURNING e.stream_version, e.position, e.tx::text::bigint, e.recorded_at"
     )
@@ -68,7 +80,7 @@ pub(super) fn insert_sql(schema: &Schema) -> String {
 /// common append. `$4`… are the event's fields, as in [`insert_one_after_head_sql`].
 pub(super) fn insert_one_sql(schema: &Schema) -> String {
     let s = schema.quoted();
-    let own = identity::stored_xid(schema, "pg_current_xact_id_if_assigned()");
+    let head_check = head_check(schema);
     let tx = identity::stored_xid(schema, "pg_current_xact_id()");
     format!(
         "INSERT INTO {s}.events AS e (stream_id, stream_version, aggregate_type, event_id, event_type,
@@ -76,18 +88,7 @@ pub(super) fn insert_one_sql(schema: &Schema) -> String {
          SELECT $1, coalesce(h.stream_version, 0) + 1, $2, $4, $5, $6, $7::json, $8::json, $9,
                 $10, $11, clock_timestamp(), {tx}
          FROM (SELECT 1) AS one
-         LEFT JOIN (
-             SELECT h.stream_version, h.aggregate_type, h.tx FROM {s}.events h
-             WHERE h.stream_id = $1 ORDER BY h.stream_version DESC LIMIT 1
-         ) h ON true
-         WHERE ($3 = -1
-                OR ($3 = -2 AND h.stream_version IS NULL)
-                OR ($3 = -3 AND h.stream_version IS NOT NULL)
-                OR $3 = coalesce(h.stream_version, 0))
-           AND (h.aggregate_type IS NULL OR h.aggregate_type = $2)
-           AND (h.tx IS NULL
-                OR pg_current_xact_id_if_assigned() IS NULL
-                OR h.tx <= {own})
+         {head_check}
          RETURNING e.stream_version, e.position, e.tx::text::bigint, e.recorded_at"
     )
 }
