@@ -210,6 +210,23 @@ pub enum Error {
         reason: String,
     },
 
+    /// More commands wait for one stream in this process than its repository allows
+    /// ([`Repository::serialize_streams`](crate::Repository::serialize_streams)): transient,
+    /// retry later (or raise the limit), rather than waiting without bound.
+    #[error(
+        "{limit} commands already wait for stream {stream}: retry later, or raise Repository::serialize_streams' limit",
+        stream = shown(stream_id)
+    )]
+    StreamBusy {
+        /// The stream.
+        stream_id: String,
+        /// The limit.
+        limit: usize,
+        /// Marks it transient.
+        #[source]
+        cause: crate::failure::Transient,
+    },
+
     /// A configuration value is invalid.
     #[error("invalid configuration: {0}")]
     InvalidConfig(String),

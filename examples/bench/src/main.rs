@@ -8,6 +8,7 @@
 //! cargo run --release -p factum-bench -- sqlite              # the embedded store vs raw SQLite
 //! ```
 
+mod hot;
 mod postgres;
 mod projections;
 mod sagas;
@@ -131,6 +132,22 @@ enum Suite {
         /// Events exported and imported.
         #[arg(long, default_value_t = 100_000)]
         events: u64,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// A hot aggregate: many clients on ONE stream, the optimistic retry loop vs
+    /// `Repository::serialize_streams`. Uses `DATABASE_URL` (a schema is created and dropped).
+    Hot {
+        /// Runs (the median is reported).
+        #[arg(long, default_value_t = 5)]
+        runs: usize,
+        /// Concurrent clients.
+        #[arg(long, default_value_t = 64)]
+        clients: usize,
+        /// Commands per run.
+        #[arg(long, default_value_t = 2_560)]
+        commands: usize,
         /// Print the report as JSON.
         #[arg(long)]
         json: bool,
@@ -279,6 +296,42 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                     "  commands, hot cache:     {:>8.0} events/s  (ratio {:.2})",
                     report.command_per_second, report.command_ratio
                 );
+            }
+        }
+        Suite::Hot {
+            runs,
+            clients,
+            commands,
+            json,
+        } => {
+            let config = hot::Config {
+                runs: runs.max(1),
+                clients: clients.max(1),
+                commands: commands.max(clients.max(1)),
+            };
+            let report = hot::run(&config).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                println!(
+                    "\n{} clients, {} deposits into ONE account per run, median of {} runs",
+                    report.clients, report.commands_per_run, report.runs
+                );
+                println!(
+                    "  optimistic retry loop: {:>8.0} commands/s  ({} conflicts retried)",
+                    report.retry_loop_per_second, report.retry_loop_conflicts
+                );
+                println!(
+                    "  serialize_streams:     {:>8.0} commands/s  ({} conflicts; ratio {:.2})",
+                    report.serialized_per_second, report.serialized_conflicts, report.ratio
+                );
+            }
+            if report.serialized_conflicts > 0 {
+                return Err(format!(
+                    "{} conflicts reached serialized commands (must be 0)",
+                    report.serialized_conflicts
+                )
+                .into());
             }
         }
         Suite::Transfer {

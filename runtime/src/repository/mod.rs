@@ -3,6 +3,7 @@
 //! snapshots and a hot aggregate cache; also temporal queries (state as of a version or a time).
 
 mod cache;
+mod lanes;
 
 use std::fmt;
 use std::num::NonZeroUsize;
@@ -14,6 +15,7 @@ use serde::de::DeserializeOwned;
 use tracing::Instrument as _;
 
 use self::cache::{AggregateCache, Cached};
+use self::lanes::{Lanes, Outcome};
 use crate::aggregate::{Aggregate, Handle};
 use crate::command::CommandContext;
 use crate::envelope::{Envelope, NewEvent};
@@ -86,6 +88,7 @@ pub struct Repository<A, S> {
     max_retries: u32,
     snapshots: Option<SnapshotPolicy<A>>,
     cache: Option<Arc<AggregateCache<A>>>,
+    lanes: Option<Arc<Lanes<A>>>,
 }
 
 /// When to take snapshots, and how to (de)serialize the state (captured where `A` is known to be
@@ -125,6 +128,7 @@ impl<A, S: Clone> Clone for Repository<A, S> {
             max_retries: self.max_retries,
             snapshots: self.snapshots.clone(),
             cache: self.cache.clone(),
+            lanes: self.lanes.clone(),
         }
     }
 }
@@ -140,6 +144,7 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
             max_retries: Self::DEFAULT_MAX_RETRIES,
             snapshots: None,
             cache: None,
+            lanes: None,
         }
     }
 
@@ -174,6 +179,23 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
     #[must_use]
     pub fn cache(mut self, capacity: NonZeroUsize) -> Self {
         self.cache = Some(Arc::new(AggregateCache::new(capacity)));
+        self
+    }
+
+    /// One writer per stream in this process, for hot aggregates that many tasks command at
+    /// once: commands to one stream decide one after the other against the state after every
+    /// event decided before them (kept in process while commands keep coming), and the events
+    /// of commands that queued up meanwhile are appended together, one batch in flight per
+    /// stream. No conflict between this repository's own commands reaches a caller; another
+    /// process's write costs the batch a conflict, and its commands retry (within
+    /// [`Repository::max_retries`]). More than `queue_limit` commands waiting for one stream
+    /// get [`Error::StreamBusy`] (transient) instead of waiting without bound.
+    ///
+    /// The commands of one batch share its outcome: a store error fails them all (nothing of
+    /// the batch is stored).
+    #[must_use]
+    pub fn serialize_streams(mut self, queue_limit: NonZeroUsize) -> Self {
+        self.lanes = Some(Arc::new(Lanes::new(queue_limit.get())));
         self
     }
 
@@ -364,6 +386,11 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
         A: Handle<C>,
         C: Sync,
     {
+        if let Some(lanes) = &self.lanes {
+            return self
+                .attempts_in_lane(lanes, id, command, context, derived_ids)
+                .await;
+        }
         let mut attempt = 0;
         loop {
             attempt += 1;
@@ -435,6 +462,164 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
                     tracing::debug!(attempt, "concurrency conflict; reloading and retrying");
                 }
                 Err(other) => return Err(other.into()),
+            }
+        }
+    }
+
+    /// [`Repository::attempts`] through the stream's lane ([`Repository::serialize_streams`]).
+    async fn attempts_in_lane<C>(
+        &self,
+        lanes: &Arc<Lanes<A>>,
+        id: &str,
+        command: &C,
+        context: &CommandContext,
+        derived_ids: bool,
+    ) -> Result<Execution<A::Event>, ExecuteError<<A as Handle<C>>::Error>>
+    where
+        A: Handle<C>,
+        C: Sync,
+    {
+        let ticket = lanes.enter(id)?;
+        let lane = &ticket.lane;
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            if lane.lock().head.is_none() {
+                let loaded = self.load(id).await?;
+                let mut inner = lane.lock();
+                if inner.head.is_none() {
+                    inner.head = Some((loaded.state, loaded.version));
+                }
+            }
+            // Decide against the lane's state, advance it, and take a seat in the batch.
+            let (seat, events) = {
+                let mut inner = lane.lock();
+                let Some((state, version)) = inner.head.as_mut() else {
+                    attempt -= 1;
+                    continue; // a batch failed meanwhile: load again
+                };
+                let events = match state.handle(command) {
+                    Ok(events) => events,
+                    Err(rejection) => return Err(ExecuteError::Rejected(rejection)),
+                };
+                if events.is_empty() {
+                    return Ok(Execution {
+                        events: Vec::new(),
+                        attempts: attempt,
+                    });
+                }
+                let new_events = events
+                    .iter()
+                    .enumerate()
+                    .map(|(index, event)| {
+                        let new = NewEvent::from_event(event, context)?;
+                        Ok(if derived_ids {
+                            new.event_id(context.event_id(index))
+                        } else {
+                            new
+                        })
+                    })
+                    .collect::<Result<Vec<_>>>()?;
+                for event in &events {
+                    state.apply(event);
+                }
+                let base = *version;
+                *version += new_events.len() as u64;
+                (inner.seat(base, new_events), events)
+            };
+            if seat.send {
+                self.send_batches(id, lane).await;
+            }
+            let mut done = seat.done;
+            let outcome = done
+                .wait_for(Option::is_some)
+                .await
+                .map_err(|_| Error::Backend("a stream's batch was abandoned".into()))?
+                .clone();
+            match outcome {
+                Some(Outcome::Committed(recorded)) => {
+                    tracing::Span::current().record("attempts", attempt);
+                    return Ok(Execution {
+                        events: recorded[seat.range]
+                            .iter()
+                            .cloned()
+                            .zip(events)
+                            .map(|(envelope, event)| envelope.with_event(event))
+                            .collect(),
+                        attempts: attempt,
+                    });
+                }
+                Some(Outcome::Failed { error, conflict }) => {
+                    let cause = Error::Backend(Box::new(SharedError(error)));
+                    if !conflict {
+                        return Err(ExecuteError::Store(cause));
+                    }
+                    if attempt > self.max_retries {
+                        return Err(ExecuteError::Conflict {
+                            stream_id: id.to_owned(),
+                            attempts: attempt,
+                            cause,
+                        });
+                    }
+                    tracing::debug!(attempt, "the batch met a conflict; reloading and retrying");
+                }
+                None => {}
+            }
+        }
+    }
+
+    /// Appends the lane's waiting batches, one after the other, until none waits (or one
+    /// fails); each member of each batch is told its outcome.
+    async fn send_batches(&self, id: &str, lane: &lanes::Lane<A>) {
+        // Should this task be cancelled while appending, the lane must not wait for it forever.
+        let mut guard = lanes::Sending::new(lane);
+        loop {
+            let Some((base, events, done)) = lane.lock().next_batch() else {
+                guard.finish();
+                return;
+            };
+            let result = self
+                .store
+                .append_after(id, A::TYPE, KnownHead::new(base), events)
+                .await;
+            match result {
+                Ok(recorded) => {
+                    let version = recorded.last().map_or(base, |e| e.stream_version);
+                    done.send_replace(Some(Outcome::Committed(Arc::new(recorded))));
+                    // A snapshot when the batch crossed the interval and no later events are
+                    // decided yet (the lane's state is then the committed one).
+                    if let Some(policy) = &self.snapshots
+                        && version / policy.every > base / policy.every
+                    {
+                        let encoded = lane
+                            .lock()
+                            .head
+                            .as_ref()
+                            .filter(|(_, at)| *at == version)
+                            .map(|(state, _)| (policy.encode)(state));
+                        match encoded {
+                            Some(Ok(payload)) => {
+                                let snapshot =
+                                    Snapshot::new(id, A::TYPE, version, A::STATE_VERSION, payload);
+                                if let Err(error) = self.store.save_snapshot(snapshot).await {
+                                    tracing::warn!(stream_id = id, version, %error, "could not save a snapshot");
+                                }
+                            }
+                            Some(Err(error)) => {
+                                tracing::warn!(stream_id = id, version, %error, "could not encode a snapshot");
+                            }
+                            None => {}
+                        }
+                    }
+                }
+                Err(error) => {
+                    let conflict = matches!(error, Error::Conflict { .. });
+                    let error = Arc::new(error);
+                    lane.lock().failed(&error);
+                    done.send_replace(Some(Outcome::Failed { error, conflict }));
+                    guard.finish();
+                    return;
+                }
             }
         }
     }
@@ -582,4 +767,21 @@ pub fn rehydrate<A: Aggregate>(stream_id: &str, events: &[StreamEvent]) -> Resul
         state: replay.state,
         version: replay.version,
     })
+}
+
+/// An error several commands of one batch share: the original, behind its source chain (so
+/// that [`Error::is_transient`] still classifies it).
+#[derive(Debug)]
+struct SharedError(Arc<Error>);
+
+impl fmt::Display for SharedError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl std::error::Error for SharedError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(self.0.as_ref())
+    }
 }
