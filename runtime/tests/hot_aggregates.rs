@@ -173,6 +173,8 @@ factum::on_both_stores!(
     many_tasks_on_one_stream_apply_every_command_once_without_conflicts,
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
     another_writer_makes_batches_retry_and_loses_nothing,
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    a_command_delivered_again_within_a_batch_is_applied_once,
 );
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -188,7 +190,11 @@ async fn in_memory_too() {
 /// nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_full_queue_is_a_typed_transient_error_and_rejections_change_nothing() {
-    let store = MemoryStore::new();
+    // On a server, so that appends take long enough for commands to queue up.
+    let temporary = factum::testing::postgres::TemporaryStore::new()
+        .await
+        .unwrap();
+    let store = (*temporary).clone();
     let repository = Arc::new(
         Repository::<Counter, _>::new(store.clone())
             .serialize_streams(NonZeroUsize::new(2).unwrap()),
@@ -223,4 +229,35 @@ async fn a_full_queue_is_a_typed_transient_error_and_rejections_change_nothing()
     assert_eq!(refused.rejected(), Some(&Zero));
     let after = repository.execute("hot", Add { amount: 5 }).await.unwrap();
     assert_eq!(after[0].stream_version as usize, before + 1);
+}
+
+/// The same command delivered 8 times at once (`execute_once`, one command id) lands in one
+/// batch with its own duplicates: the store refuses the batch, each delivery tries alone, and
+/// exactly one applies it while the others recognise it.
+async fn a_command_delivered_again_within_a_batch_is_applied_once<D: TestDatabase>() {
+    let database = D::create().await.unwrap();
+    let repository = Repository::<Counter, _>::new((*database).clone())
+        .serialize_streams(NonZeroUsize::new(64).unwrap());
+    let context = factum::CommandContext::new();
+    let mut tasks = Vec::new();
+    for _ in 0..8 {
+        let (repository, context) = (repository.clone(), context.clone());
+        tasks.push(tokio::spawn(async move {
+            repository
+                .execute_once("hot", Add { amount: 7 }, &context)
+                .await
+                .unwrap()
+        }));
+    }
+    let mut applied = 0;
+    for task in tasks {
+        if matches!(task.await.unwrap(), factum::Executed::Applied(_)) {
+            applied += 1;
+        }
+    }
+    assert_eq!(
+        applied, 1,
+        "one delivery applies it, the others recognise it"
+    );
+    assert_eq!(database.read_stream("hot", ..).await.unwrap().len(), 1);
 }

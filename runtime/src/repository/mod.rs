@@ -191,8 +191,9 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
     /// [`Repository::max_retries`]). More than `queue_limit` commands waiting for one stream
     /// get [`Error::StreamBusy`] (transient) instead of waiting without bound.
     ///
-    /// The commands of one batch share its outcome: a store error fails them all (nothing of
-    /// the batch is stored).
+    /// A batch the store refuses for another reason than a conflict (an event too large, an
+    /// id already stored, an outage) is stored not at all, and each of its commands then
+    /// tries alone, as without this option, and gets its own outcome.
     #[must_use]
     pub fn serialize_streams(mut self, queue_limit: NonZeroUsize) -> Self {
         self.lanes = Some(Arc::new(Lanes::new(queue_limit.get())));
@@ -391,6 +392,23 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
                 .attempts_in_lane(lanes, id, command, context, derived_ids)
                 .await;
         }
+        self.attempts_optimistic(id, command, context, derived_ids)
+            .await
+    }
+
+    /// Load (or take from the cache), handle, append expecting the loaded version; reload and
+    /// retry on a conflict.
+    async fn attempts_optimistic<C>(
+        &self,
+        id: &str,
+        command: &C,
+        context: &CommandContext,
+        derived_ids: bool,
+    ) -> Result<Execution<A::Event>, ExecuteError<<A as Handle<C>>::Error>>
+    where
+        A: Handle<C>,
+        C: Sync,
+    {
         let mut attempt = 0;
         loop {
             attempt += 1;
@@ -550,10 +568,16 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
                     });
                 }
                 Some(Outcome::Failed { error, conflict }) => {
-                    let cause = Error::Backend(Box::new(SharedError(error)));
                     if !conflict {
-                        return Err(ExecuteError::Store(cause));
+                        // The store refused the batch (an event too large, an id already
+                        // stored, the database down...): this command tries alone, outside the
+                        // lane, so that it gets its own outcome, not another's.
+                        drop(ticket);
+                        return self
+                            .attempts_optimistic(id, command, context, derived_ids)
+                            .await;
                     }
+                    let cause = Error::Backend(Box::new(SharedError(error)));
                     if attempt > self.max_retries {
                         return Err(ExecuteError::Conflict {
                             stream_id: id.to_owned(),
