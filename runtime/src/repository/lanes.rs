@@ -103,8 +103,10 @@ impl<A> Lanes<A> {
                 }),
             })
         }));
-        drop(lanes);
+        // Counted in while the map is locked: a lane with a command in it is never forgotten
+        // (else a second lane could open for the stream, and the two would conflict).
         let mut inner = lane.lock();
+        drop(lanes);
         if inner.queued >= self.limit {
             return Err(Error::StreamBusy {
                 stream_id: stream_id.to_owned(),
