@@ -437,18 +437,7 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
                     attempts: attempt,
                 });
             }
-            let new_events = events
-                .iter()
-                .enumerate()
-                .map(|(index, event)| {
-                    let new = NewEvent::from_event(event, context)?;
-                    Ok(if derived_ids {
-                        new.event_id(context.event_id(index))
-                    } else {
-                        new
-                    })
-                })
-                .collect::<Result<Vec<_>>>()?;
+            let new_events = new_events(&events, context, derived_ids)?;
             // The version was read from the store (or committed to it) by this process.
             let head = KnownHead::new(version);
             match self.store.append_after(id, A::TYPE, head, new_events).await {
@@ -526,18 +515,7 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
                         attempts: attempt,
                     });
                 }
-                let new_events = events
-                    .iter()
-                    .enumerate()
-                    .map(|(index, event)| {
-                        let new = NewEvent::from_event(event, context)?;
-                        Ok(if derived_ids {
-                            new.event_id(context.event_id(index))
-                        } else {
-                            new
-                        })
-                    })
-                    .collect::<Result<Vec<_>>>()?;
+                let new_events = new_events(&events, context, derived_ids)?;
                 for event in &events {
                     state.apply(event);
                 }
@@ -621,18 +599,8 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
                             .as_ref()
                             .filter(|(_, at)| *at == version)
                             .map(|(state, _)| (policy.encode)(state));
-                        match encoded {
-                            Some(Ok(payload)) => {
-                                let snapshot =
-                                    Snapshot::new(id, A::TYPE, version, A::STATE_VERSION, payload);
-                                if let Err(error) = self.store.save_snapshot(snapshot).await {
-                                    tracing::warn!(stream_id = id, version, %error, "could not save a snapshot");
-                                }
-                            }
-                            Some(Err(error)) => {
-                                tracing::warn!(stream_id = id, version, %error, "could not encode a snapshot");
-                            }
-                            None => {}
+                        if let Some(encoded) = encoded {
+                            self.save_encoded_snapshot(id, version, encoded).await;
                         }
                     }
                 }
@@ -668,7 +636,18 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
 
     /// A failed snapshot only makes later loads slower, so it is logged, not returned.
     async fn save_snapshot(&self, id: &str, state: &A, version: u64, policy: &SnapshotPolicy<A>) {
-        let result = match (policy.encode)(state) {
+        self.save_encoded_snapshot(id, version, (policy.encode)(state))
+            .await;
+    }
+
+    /// [`Repository::save_snapshot`] of a state already encoded.
+    async fn save_encoded_snapshot(
+        &self,
+        id: &str,
+        version: u64,
+        encoded: std::result::Result<Payload, serde_json::Error>,
+    ) {
+        let result = match encoded {
             Ok(payload) => {
                 let snapshot = Snapshot::new(id, A::TYPE, version, A::STATE_VERSION, payload);
                 self.store.save_snapshot(snapshot).await
@@ -791,6 +770,27 @@ pub fn rehydrate<A: Aggregate>(stream_id: &str, events: &[StreamEvent]) -> Resul
         state: replay.state,
         version: replay.version,
     })
+}
+
+/// A command's events, ready to append: with ids derived from the command id when asked
+/// (`execute_once`).
+fn new_events<E: crate::event::EventSet>(
+    events: &[E],
+    context: &CommandContext,
+    derived_ids: bool,
+) -> Result<Vec<NewEvent>> {
+    events
+        .iter()
+        .enumerate()
+        .map(|(index, event)| {
+            let new = NewEvent::from_event(event, context)?;
+            Ok(if derived_ids {
+                new.event_id(context.event_id(index))
+            } else {
+                new
+            })
+        })
+        .collect()
 }
 
 /// An error several commands of one batch share: the original, behind its source chain (so
