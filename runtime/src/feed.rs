@@ -167,11 +167,8 @@ impl<S: EventStore> Subscription<S> {
                         attempts = failures,
                         "the feed could not be read; retrying"
                     );
-                    tokio::time::sleep(crate::failure::backoff(
-                        Self::HELD_BACK_RETRY.saturating_mul(50),
-                        failures,
-                    ))
-                    .await;
+                    tokio::time::sleep(crate::failure::backoff(Self::RETRY_BACKOFF, failures))
+                        .await;
                     continue;
                 }
                 Err(error) => return Err(error),
@@ -200,6 +197,9 @@ impl<S: EventStore> Subscription<S> {
 
     /// First wait before reading again when events are held back.
     const HELD_BACK_RETRY: Duration = Duration::from_millis(2);
+
+    /// First wait before reading again after a failure that may pass (doubling, at most 2 s).
+    const RETRY_BACKOFF: Duration = Duration::from_millis(100);
 
     /// One read.
     async fn read_once(&mut self) -> Result<ReadOutcome> {

@@ -123,6 +123,18 @@ impl Journal {
     }
 }
 
+impl Journal {
+    /// Instance `instance`'s journal in `table`, handling each event at once.
+    fn new(table: &str, instance: i64, behaviour: &Arc<Behaviour>) -> Self {
+        Self {
+            table: table.to_owned(),
+            instance,
+            pause: Duration::ZERO,
+            behaviour: Arc::clone(behaviour),
+        }
+    }
+}
+
 async fn journal_table<D: TestDatabase>(database: &D) -> String {
     let table = database.table("journal");
     execute(
@@ -186,10 +198,8 @@ async fn a_runner_that_loses_its_lease_stops_before_another_applies() {
     let table = journal_table(&database).await;
     let behaviour = Arc::new(Behaviour::default());
     let journal = |instance| Journal {
-        table: table.clone(),
-        instance,
         pause: Duration::from_millis(3),
-        behaviour: Arc::clone(&behaviour),
+        ..Journal::new(&table, instance, &behaviour)
     };
     let runner = |journal| async {
         ProjectionRunner::new(database.another_client().await.unwrap(), journal)
@@ -291,12 +301,7 @@ async fn a_transient_failure_for_10_s_parks_nothing_and_a_permanent_one_parks_it
     *behaviour.flaky_until.lock().unwrap() = Some(Instant::now() + Duration::from_secs(10));
     let runner = ProjectionRunner::new(
         database.another_client().await.unwrap(),
-        Journal {
-            table: table.clone(),
-            instance: 1,
-            pause: Duration::ZERO,
-            behaviour: Arc::clone(&behaviour),
-        },
+        Journal::new(&table, 1, &behaviour),
     )
     .batch_size(10)
     .retries(2, Duration::from_millis(10))
@@ -380,12 +385,7 @@ async fn a_hung_handler_holds_readers_back_no_longer_than_the_idle_timeout() {
     *behaviour.hang.lock().unwrap() = Some(Duration::from_secs(10));
     let runner = ProjectionRunner::new(
         database.another_client().await.unwrap(),
-        Journal {
-            table: table.clone(),
-            instance: 1,
-            pause: Duration::ZERO,
-            behaviour: Arc::clone(&behaviour),
-        },
+        Journal::new(&table, 1, &behaviour),
     )
     .transaction_timeouts(Duration::from_secs(5), Duration::from_secs(1))
     .poll_interval(Duration::from_millis(20));
@@ -464,12 +464,7 @@ async fn parked_streams_are_re_driven_on_a_schedule<D: TestDatabase>() {
     *behaviour.down_until.lock().unwrap() = Some(Instant::now() + Duration::from_secs(2));
     let runner = ProjectionRunner::new(
         database.another_client().await.unwrap(),
-        Journal {
-            table: table.clone(),
-            instance: 1,
-            pause: Duration::ZERO,
-            behaviour: Arc::clone(&behaviour),
-        },
+        Journal::new(&table, 1, &behaviour),
     )
     .retries(0, Duration::from_millis(10))
     .redrive_parked(Duration::from_millis(300))

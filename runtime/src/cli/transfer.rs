@@ -1,7 +1,7 @@
 //! `export` and `import`: a store's events as JSON Lines, and back into an empty store (see
 //! `factum::store::transfer`), with a progress bar on a terminal.
 
-use std::io::{BufReader, BufWriter, IsTerminal as _};
+use std::io::{BufRead, BufReader, BufWriter, IsTerminal as _, Write};
 use std::path::Path;
 
 use super::CliError;
@@ -39,21 +39,13 @@ pub(super) async fn export(
     let streams = (!streams.is_empty()).then_some(streams);
     let bar = bar("exporting");
     let progress = |n| bar.set_position(n);
-    let written = match output {
-        Some(path) => {
-            let file = BufWriter::new(std::fs::File::create(path).map_err(io)?);
-            match store {
-                AnyStore::Postgres(s) => transfer::export(s, streams, file, progress).await?,
-                AnyStore::Sqlite(s) => transfer::export(s, streams, file, progress).await?,
-            }
-        }
-        None => {
-            let out = BufWriter::new(std::io::stdout().lock());
-            match store {
-                AnyStore::Postgres(s) => transfer::export(s, streams, out, progress).await?,
-                AnyStore::Sqlite(s) => transfer::export(s, streams, out, progress).await?,
-            }
-        }
+    let out: Box<dyn Write> = match output {
+        Some(path) => Box::new(BufWriter::new(std::fs::File::create(path).map_err(io)?)),
+        None => Box::new(BufWriter::new(std::io::stdout().lock())),
+    };
+    let written = match store {
+        AnyStore::Postgres(s) => transfer::export(s, streams, out, progress).await?,
+        AnyStore::Sqlite(s) => transfer::export(s, streams, out, progress).await?,
     };
     bar.finish_and_clear();
     if let Some(path) = output {
@@ -74,21 +66,13 @@ pub(super) async fn import(
 ) -> Result<(), CliError> {
     let bar = bar("importing");
     let progress = |n| bar.set_position(n);
-    let imported = match input {
-        Some(path) => {
-            let file = BufReader::new(std::fs::File::open(path).map_err(io)?);
-            match store {
-                AnyStore::Postgres(s) => s.import(file, progress).await?,
-                AnyStore::Sqlite(s) => s.import(file, progress).await?,
-            }
-        }
-        None => {
-            let stdin = std::io::stdin().lock();
-            match store {
-                AnyStore::Postgres(s) => s.import(stdin, progress).await?,
-                AnyStore::Sqlite(s) => s.import(stdin, progress).await?,
-            }
-        }
+    let input: Box<dyn BufRead> = match input {
+        Some(path) => Box::new(BufReader::new(std::fs::File::open(path).map_err(io)?)),
+        None => Box::new(std::io::stdin().lock()),
+    };
+    let imported = match store {
+        AnyStore::Postgres(s) => s.import(input, progress).await?,
+        AnyStore::Sqlite(s) => s.import(input, progress).await?,
     };
     bar.finish_and_clear();
     if json {

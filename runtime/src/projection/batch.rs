@@ -10,7 +10,7 @@ use std::collections::{HashMap, HashSet};
 use serde::Serialize;
 
 use super::runner::ProjectionRunner;
-use super::status::{RunnerError, RunnerState};
+use super::status::{Failing, RunnerError};
 use super::{HandlerError, Projection};
 use crate::envelope::RecordedEvent;
 use crate::error::Error;
@@ -292,27 +292,22 @@ impl<S: SqlStore, P: Projection> ProjectionRunner<S, P> {
     /// A store error marking an effect (it stays pending, and is performed again).
     pub(super) async fn perform_effects(&mut self, events: &[RecordedEvent]) -> Result<(), Error> {
         for event in events {
-            let mut failing: Option<(chrono::DateTime<chrono::Utc>, u32)> = None;
+            let mut failing = Failing::default();
             let failed_for_good = loop {
                 let error = match self.projection.perform(event).await {
                     Ok(()) => break None,
                     Err(error @ HandlerError::Decode { .. }) => break Some(error.to_string()),
                     Err(error) => error.to_string(),
                 };
-                let (since, attempts) = failing.get_or_insert((chrono::Utc::now(), 0));
-                *attempts += 1;
+                let (attempts, state) = failing.record(&error);
                 tracing::warn!(
                     projection = P::NAME,
                     event_id = %event.event_id,
-                    attempts = *attempts,
+                    attempts,
                     %error,
                     "a side effect failed; retrying"
                 );
-                self.control.set(RunnerState::Retrying {
-                    since: *since,
-                    attempts: *attempts,
-                    error: error.clone(),
-                });
+                self.control.set(state);
                 let mut connection = self.store.acquire().await?;
                 self.execute(
                     &mut connection.tx(),
@@ -324,7 +319,7 @@ impl<S: SqlStore, P: Projection> ProjectionRunner<S, P> {
                 drop(connection);
                 tokio::time::sleep(super::retry::backoff(
                     self.options.retries.backoff,
-                    *attempts,
+                    attempts,
                 ))
                 .await;
             };

@@ -274,17 +274,15 @@ impl<S: SqlStore, P: Projection> ProjectionRunner<S, P> {
             };
             self.projection.discard();
             // A side effect is decided in the transaction and performed after the commit.
-            let effect = P::SIDE_EFFECTS.contains(&event.event_type.as_str());
-            let mut result = Ok(());
-            let mut perform = false;
-            if effect {
-                perform = self
-                    .decide_effects(&mut tx, &[event.event_id.to_string()])
-                    .await?
-                    .contains(&event.event_id.to_string());
+            let (mut result, perform) = if P::SIDE_EFFECTS.contains(&event.event_type.as_str()) {
+                let id = event.event_id.to_string();
+                let decided = self
+                    .decide_effects(&mut tx, std::slice::from_ref(&id))
+                    .await?;
+                (Ok(()), decided.contains(&id))
             } else {
-                result = self.projection.handle(event, &mut tx).await;
-            }
+                (self.projection.handle(event, &mut tx).await, false)
+            };
             if result.is_ok() {
                 result = self.projection.flush(&mut tx).await;
             }

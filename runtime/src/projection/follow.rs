@@ -6,11 +6,11 @@
 use std::future::Future;
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
+use chrono::Utc;
 
 use super::batch::BatchOutcome;
 use super::runner::ProjectionRunner;
-use super::status::{ProjectionStatus, RunnerError, RunnerState, VersionState};
+use super::status::{Failing, ProjectionStatus, RunnerError, RunnerState, VersionState};
 use super::{Projection, Reset};
 use crate::error::Error;
 use crate::position::FeedPosition;
@@ -235,7 +235,7 @@ impl<S: SqlStore, P: Projection> ProjectionRunner<S, P> {
         shutdown: impl Future<Output = ()> + Send,
     ) -> Result<P, RunnerError> {
         let mut shutdown = std::pin::pin!(shutdown);
-        let mut failing: Option<(DateTime<Utc>, u32)> = None;
+        let mut failing = Failing::default();
         let result = loop {
             let error = match self.session(shutdown.as_mut(), &mut failing).await {
                 Ok(()) => break Ok(()),
@@ -244,9 +244,7 @@ impl<S: SqlStore, P: Projection> ProjectionRunner<S, P> {
             };
             self.position = None;
             self.read_ahead = None;
-            let (since, attempts) = failing.get_or_insert((Utc::now(), 0));
-            *attempts += 1;
-            let attempts = *attempts;
+            let (attempts, state) = failing.record(&error);
             tracing::warn!(
                 projection = P::NAME,
                 version = P::VERSION,
@@ -254,11 +252,7 @@ impl<S: SqlStore, P: Projection> ProjectionRunner<S, P> {
                 %error,
                 "projection runner failed for a reason that may pass; retrying"
             );
-            self.control.set(RunnerState::Retrying {
-                since: *since,
-                attempts,
-                error: error.to_string(),
-            });
+            self.control.set(state);
             let delay = super::retry::backoff(self.options.retries.backoff, attempts);
             if self.wait(shutdown.as_mut(), delay, None, false).await {
                 break Ok(());
@@ -284,7 +278,7 @@ impl<S: SqlStore, P: Projection> ProjectionRunner<S, P> {
     async fn session(
         &mut self,
         mut shutdown: std::pin::Pin<&mut (impl Future<Output = ()> + Send)>,
-        failing: &mut Option<(DateTime<Utc>, u32)>,
+        failing: &mut Failing,
     ) -> Result<(), RunnerError> {
         let Some(mut lease) = self.acquire_lease(shutdown.as_mut()).await? else {
             return Ok(());
@@ -309,7 +303,7 @@ impl<S: SqlStore, P: Projection> ProjectionRunner<S, P> {
     async fn follow(
         &mut self,
         mut shutdown: std::pin::Pin<&mut (impl Future<Output = ()> + Send)>,
-        failing: &mut Option<(DateTime<Utc>, u32)>,
+        failing: &mut Failing,
         lease: &mut Lease,
     ) -> Result<(), RunnerError> {
         let mut state = self.register().await?;
@@ -343,7 +337,7 @@ impl<S: SqlStore, P: Projection> ProjectionRunner<S, P> {
                     Some(self.options.poll_interval)
                 }
             };
-            if failing.take().is_some() {
+            if failing.recovered() {
                 tracing::info!(
                     projection = P::NAME,
                     version = P::VERSION,

@@ -72,6 +72,8 @@ pub use runner::PgProjectionRunner;
 pub use runner::ProjectionRunner;
 #[cfg(feature = "sqlite")]
 pub use runner::SqliteProjectionRunner;
+#[cfg(any(feature = "postgres", feature = "sqlite"))]
+pub(crate) use status::Failing;
 pub use status::{
     ParkedStream, ProjectionStatus, RetryOutcome, RunnerError, RunnerState, VersionState,
 };

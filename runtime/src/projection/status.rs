@@ -143,6 +143,37 @@ pub enum RunnerState {
     },
 }
 
+/// Failures in a row since the last success, as [`RunnerState::Retrying`] reports them: kept
+/// by every loop that retries (runners, side effects, a saga's commands and timeouts).
+#[cfg(any(feature = "postgres", feature = "sqlite"))]
+#[derive(Debug, Default)]
+pub(crate) struct Failing(Option<(DateTime<Utc>, u32)>);
+
+#[cfg(any(feature = "postgres", feature = "sqlite"))]
+impl Failing {
+    /// Counts a failure: the attempts so far, and the state to report.
+    pub fn record(&mut self, error: impl ToString) -> (u32, RunnerState) {
+        let (since, attempts) = self.0.get_or_insert((Utc::now(), 0));
+        *attempts += 1;
+        let state = RunnerState::Retrying {
+            since: *since,
+            attempts: *attempts,
+            error: error.to_string(),
+        };
+        (*attempts, state)
+    }
+
+    /// A success: whether it ended failures (the loop recovered).
+    pub fn recovered(&mut self) -> bool {
+        self.0.take().is_some()
+    }
+
+    /// Whether the last attempt failed.
+    pub fn is_failing(&self) -> bool {
+        self.0.is_some()
+    }
+}
+
 /// Where a version of a projection stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]

@@ -688,7 +688,7 @@ async fn work_loop<S: Saga, St: SqlStore>(
     mut stopped: tokio::sync::watch::Receiver<bool>,
     poll_interval: std::time::Duration,
 ) {
-    let mut failing: Option<(chrono::DateTime<chrono::Utc>, u32)> = None;
+    let mut failing = crate::projection::Failing::default();
     core.work_state.send_replace(RunnerState::Running);
     while !*stopped.borrow() {
         let mut failure = None;
@@ -702,25 +702,20 @@ async fn work_loop<S: Saga, St: SqlStore>(
         }
         let wait = match failure {
             None => {
-                if failing.take().is_some() {
+                if failing.recovered() {
                     tracing::info!(saga = S::NAME, "saga commands and timeouts recovered");
                 }
                 core.work_state.send_replace(RunnerState::Running);
                 poll_interval
             }
             Some(error) => {
-                let (since, attempts) = failing.get_or_insert((chrono::Utc::now(), 0));
-                *attempts += 1;
-                core.work_state.send_replace(RunnerState::Retrying {
-                    since: *since,
-                    attempts: *attempts,
-                    error,
-                });
-                crate::failure::backoff(poll_interval, *attempts)
+                let (attempts, state) = failing.record(error);
+                core.work_state.send_replace(state);
+                crate::failure::backoff(poll_interval, attempts)
             }
         };
         tokio::select! {
-            () = core.wake.notified(), if failing.is_none() => {}
+            () = core.wake.notified(), if !failing.is_failing() => {}
             () = tokio::time::sleep(wait) => {}
             _ = stopped.changed() => {}
         }

@@ -265,6 +265,56 @@ impl Undecodable {
     pub fn cause(&self) -> crate::error::DecodeError {
         crate::error::DecodeError::column(self.column, self.reason.clone())
     }
+
+    /// What a strict reader gets for `event` (the one this names): [`Error::Decode`] naming it.
+    #[cfg(any(feature = "postgres", feature = "sqlite"))]
+    pub fn error(&self, event: Option<&RecordedEvent>) -> Error {
+        Error::Decode {
+            stream_id: event.map(|e| e.stream_id.clone()).unwrap_or_default(),
+            stream_version: event.map_or(0, |e| e.stream_version),
+            cause: self.cause(),
+        }
+    }
+}
+
+/// An envelope read with whatever of it does not read, as the SQL stores' row readers give it.
+#[cfg(any(feature = "postgres", feature = "sqlite"))]
+pub(crate) type ReadEnvelope = (RecordedEvent, Option<Undecodable>);
+
+/// An envelope as strict readers take it: [`Error::Decode`] naming the event when part of it
+/// does not read.
+#[cfg(any(feature = "postgres", feature = "sqlite"))]
+pub(crate) fn strict_envelope((event, defect): ReadEnvelope) -> Result<RecordedEvent> {
+    match defect {
+        None => Ok(event),
+        Some(bad) => Err(bad.error(Some(&event))),
+    }
+}
+
+/// Rows of the feed read for the runners (`read`: one row's envelope): the events, those of
+/// them that do not fully read, and whether a corrupt row ended the read early. The events
+/// before a corrupt row are delivered, and the next read stops at it.
+///
+/// # Errors
+/// The first row's error when it is corrupt.
+#[cfg(any(feature = "postgres", feature = "sqlite"))]
+pub(crate) fn runner_envelopes<R>(
+    rows: &[R],
+    read: impl Fn(&R) -> Result<ReadEnvelope>,
+) -> Result<(Vec<RecordedEvent>, Vec<Undecodable>, bool)> {
+    let mut events = Vec::with_capacity(rows.len());
+    let mut undecodable = Vec::new();
+    for row in rows {
+        match read(row) {
+            Ok((event, defect)) => {
+                events.push(event);
+                undecodable.extend(defect);
+            }
+            Err(error) if events.is_empty() => return Err(error),
+            Err(_) => return Ok((events, undecodable, true)),
+        }
+    }
+    Ok((events, undecodable, false))
 }
 
 impl FeedBatch {
@@ -286,12 +336,7 @@ impl FeedBatch {
         let Some(bad) = self.undecodable.first() else {
             return Ok(self);
         };
-        let event = self.events.iter().find(|e| e.event_id == bad.event_id);
-        Err(Error::Decode {
-            stream_id: event.map(|e| e.stream_id.clone()).unwrap_or_default(),
-            stream_version: event.map_or(0, |e| e.stream_version),
-            cause: bad.cause(),
-        })
+        Err(bad.error(self.events.iter().find(|e| e.event_id == bad.event_id)))
     }
 
     /// Marks the batch as [held back](FeedBatch::held_back).

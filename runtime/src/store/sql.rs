@@ -247,9 +247,6 @@ impl Lease {
         }
     }
 
-    /// Releases the lease now, so that the next holder (in this process or another) can take
-    /// it at once. A failure to tell the database is logged: the lock then goes when the
-    /// connection does.
     /// Checks that the lease is still held: its connection answers (a lease whose session
     /// ended is gone, whatever this process believes).
     ///
@@ -258,35 +255,24 @@ impl Lease {
     pub(crate) async fn check(&mut self) -> Result<()> {
         match &mut self.held {
             #[cfg(feature = "postgres")]
-            Held::Connection(connection) => {
-                let ping = sqlx::Connection::ping(connection);
-                match tokio::time::timeout(RELEASE_TIMEOUT, ping).await {
-                    Ok(answer) => answer.map_err(crate::error::Error::Database),
-                    Err(_) => Err(crate::error::Error::Database(sqlx::Error::Io(
-                        std::io::Error::new(
-                            std::io::ErrorKind::TimedOut,
-                            "the lease's connection did not answer",
-                        ),
-                    ))),
-                }
-            }
+            Held::Connection(connection) => answered(sqlx::Connection::ping(connection)).await,
             #[cfg(feature = "postgres")]
             Held::Transaction(transaction) => {
-                let ping = sqlx::query("SELECT 1").execute(&mut **transaction);
-                match tokio::time::timeout(RELEASE_TIMEOUT, ping).await {
-                    Ok(answer) => answer.map(drop).map_err(crate::error::Error::Database),
-                    Err(_) => Err(crate::error::Error::Database(sqlx::Error::Io(
-                        std::io::Error::new(
-                            std::io::ErrorKind::TimedOut,
-                            "the lease's connection did not answer",
-                        ),
-                    ))),
-                }
+                answered(async {
+                    sqlx::query("SELECT 1")
+                        .execute(&mut **transaction)
+                        .await
+                        .map(drop)
+                })
+                .await
             }
             Held::OnDrop(_) => Ok(()),
         }
     }
 
+    /// Releases the lease now, so that the next holder (in this process or another) can take
+    /// it at once. A failure to tell the database is logged: the lock then goes when the
+    /// connection does.
     pub(crate) async fn release(self) {
         let released = async {
             match self.held {
@@ -312,7 +298,21 @@ impl Lease {
     }
 }
 
-/// How long releasing a lease may take before its connection is dropped instead.
+/// A lease connection's answer to `ping`, within [`RELEASE_TIMEOUT`].
+#[cfg(feature = "postgres")]
+async fn answered(ping: impl Future<Output = std::result::Result<(), sqlx::Error>>) -> Result<()> {
+    match tokio::time::timeout(RELEASE_TIMEOUT, ping).await {
+        Ok(answer) => answer.map_err(crate::error::Error::Database),
+        Err(_) => Err(crate::error::Error::Database(sqlx::Error::Io(
+            std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "the lease's connection did not answer",
+            ),
+        ))),
+    }
+}
+
+/// How long releasing (or checking) a lease may take before its connection is given up.
 const RELEASE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 
 impl fmt::Debug for Lease {

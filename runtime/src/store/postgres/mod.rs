@@ -43,7 +43,7 @@ use super::sql::{AppendHook, Schema};
 use super::tx::{self, Transaction, Tx};
 use super::{
     EventStore, ExpectedVersion, FeedBatch, FeedPosition, FeedQuery, HistoryItem, KnownHead,
-    StreamEvent, StreamEventRef, Undecodable,
+    ReadEnvelope, StreamEvent, StreamEventRef, Undecodable, runner_envelopes, strict_envelope,
 };
 use crate::envelope::{Metadata, NewEvent, RecordedEvent};
 use crate::error::{Error, Result};
@@ -524,25 +524,11 @@ impl PostgresStore {
         let newest: Option<u64> = columns::unsigned_opt::<_, i64, _>(first, 2)?;
         // The lateral join yields one row of NULLs when no event qualifies.
         let has_events = columns::get::<_, Option<String>>(first, 3)?.is_some();
-        let mut events = Vec::with_capacity(rows.len());
-        let mut undecodable = Vec::new();
-        let mut stopped = false;
-        if has_events {
-            for row in &rows {
-                match envelope_or_defect(row, 3) {
-                    Ok((event, defect)) => {
-                        events.push(event);
-                        undecodable.extend(defect);
-                    }
-                    // The events before a corrupt row are delivered; the next read stops at it.
-                    Err(error) if events.is_empty() => return Err(error),
-                    Err(_) => {
-                        stopped = true;
-                        break;
-                    }
-                }
-            }
-        }
+        let (events, undecodable, stopped) = if has_events {
+            runner_envelopes(&rows, |row| envelope_or_defect(row, 3))?
+        } else {
+            (Vec::new(), Vec::new(), false)
+        };
         let next = match (events.last(), newest) {
             (Some(last), _) if stopped || events.len() >= query.limit => last.feed_position(),
             // Everything below the horizon has been read: every transaction below it has ended.
@@ -653,20 +639,12 @@ fn stream_event_from_row(row: &PgRow, at: usize) -> Result<StreamEvent> {
 /// [`Error::Decode`] naming the event when its metadata is no JSON object; [`Error::Corrupt`]
 /// when a column that identifies it does not read.
 fn envelope_from_row(row: &PgRow, at: usize) -> Result<RecordedEvent> {
-    let (event, undecodable) = envelope_or_defect(row, at)?;
-    match undecodable {
-        None => Ok(event),
-        Some(bad) => Err(Error::Decode {
-            stream_id: event.stream_id,
-            stream_version: event.stream_version,
-            cause: bad.cause(),
-        }),
-    }
+    strict_envelope(envelope_or_defect(row, at)?)
 }
 
 /// [`envelope_from_row`], but an event whose metadata does not read comes back with empty
 /// metadata and the defect, for the runners to park.
-fn envelope_or_defect(row: &PgRow, at: usize) -> Result<(RecordedEvent, Option<Undecodable>)> {
+fn envelope_or_defect(row: &PgRow, at: usize) -> Result<ReadEnvelope> {
     let payload: String = columns::get(row, at + 8)?;
     let metadata: String = columns::get(row, at + 9)?;
     let (metadata, defect) = match decode_metadata(&metadata) {

@@ -32,7 +32,10 @@ use super::backend::{
 };
 use super::sql::AppendHook;
 use super::tx::{self, Transaction, Tx};
-use super::{EventStore, ExpectedVersion, FeedBatch, FeedPosition, FeedQuery, Undecodable};
+use super::{
+    EventStore, ExpectedVersion, FeedBatch, FeedPosition, FeedQuery, ReadEnvelope, Undecodable,
+    runner_envelopes, strict_envelope,
+};
 use super::{FeedNotifier, FeedWakeups};
 use crate::envelope::{Metadata, NewEvent, RecordedEvent};
 use crate::error::{DecodeError, Error, Result};
@@ -518,23 +521,7 @@ impl SqliteStore {
             .await
             .map_err(backend)?;
         transaction.commit().await.map_err(backend)?;
-        let mut events = Vec::with_capacity(rows.len());
-        let mut undecodable = Vec::new();
-        let mut stopped = false;
-        for row in &rows {
-            match envelope_or_defect(row) {
-                Ok((event, defect)) => {
-                    events.push(event);
-                    undecodable.extend(defect);
-                }
-                // The events before a corrupt row are delivered; the next read stops at it.
-                Err(error) if events.is_empty() => return Err(error),
-                Err(_) => {
-                    stopped = true;
-                    break;
-                }
-            }
-        }
+        let (events, undecodable, stopped) = runner_envelopes(&rows, envelope_or_defect)?;
         let next = match events.last() {
             Some(last) if stopped || events.len() >= query.limit => last.feed_position(),
             _ => {
@@ -562,20 +549,12 @@ pub(crate) fn uuid(row: &SqliteRow, index: usize) -> Result<Uuid> {
 /// [`Error::Decode`] naming the event when its metadata is no JSON object; [`Error::Corrupt`]
 /// when a column that identifies it does not read.
 fn envelope_from_row(row: &SqliteRow) -> Result<RecordedEvent> {
-    let (event, undecodable) = envelope_or_defect(row)?;
-    match undecodable {
-        None => Ok(event),
-        Some(bad) => Err(Error::Decode {
-            stream_id: event.stream_id,
-            stream_version: event.stream_version,
-            cause: bad.cause(),
-        }),
-    }
+    strict_envelope(envelope_or_defect(row)?)
 }
 
 /// [`envelope_from_row`], but an event whose metadata does not read (not a JSON object, or
 /// not even text) comes back with empty metadata and the defect, for the runners to park.
-fn envelope_or_defect(row: &SqliteRow) -> Result<(RecordedEvent, Option<Undecodable>)> {
+fn envelope_or_defect(row: &SqliteRow) -> Result<ReadEnvelope> {
     let metadata = match columns::get::<_, String>(row, 8) {
         Ok(text) => decode_metadata(&text),
         Err(error) => Err(DecodeError::column("metadata", error.to_string())),
