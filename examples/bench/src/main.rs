@@ -8,6 +8,7 @@
 //! cargo run --release -p factum-bench -- sqlite              # the embedded store vs raw SQLite
 //! ```
 
+mod group;
 mod hot;
 mod postgres;
 mod projections;
@@ -132,6 +133,38 @@ enum Suite {
         /// Events exported and imported.
         #[arg(long, default_value_t = 100_000)]
         events: u64,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Group commit: bank deposits from many clients vs raw single-row INSERTs (PostgreSQL),
+    /// appends and deposits vs raw INSERT transactions (SQLite), with and without grouping.
+    Group {
+        /// The database to use (schemas are created and dropped in it).
+        #[arg(
+            long,
+            env = "DATABASE_URL",
+            default_value = "postgres://postgres@127.0.0.1:5432/postgres"
+        )]
+        database_url: String,
+        /// Runs of each measurement (the median is reported).
+        #[arg(long, default_value_t = 5)]
+        runs: usize,
+        /// Accounts in the PostgreSQL workload.
+        #[arg(long, default_value_t = 256)]
+        accounts: usize,
+        /// Deposits per account.
+        #[arg(long, default_value_t = 20)]
+        deposits: usize,
+        /// PostgreSQL concurrency levels.
+        #[arg(long, value_delimiter = ',', default_value = "1,16,64")]
+        concurrency: Vec<usize>,
+        /// SQLite clients.
+        #[arg(long, default_value_t = 16)]
+        sqlite_clients: usize,
+        /// SQLite operations per measurement.
+        #[arg(long, default_value_t = 4_000)]
+        sqlite_events: usize,
         /// Print the report as JSON.
         #[arg(long)]
         json: bool,
@@ -297,6 +330,68 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                     report.command_per_second, report.command_ratio
                 );
             }
+        }
+        Suite::Group {
+            database_url,
+            runs,
+            accounts,
+            deposits,
+            concurrency,
+            sqlite_clients,
+            sqlite_events,
+            json,
+        } => {
+            let config = group::Config {
+                url: database_url,
+                runs: runs.max(1),
+                accounts: accounts.max(1),
+                deposits: deposits.max(1),
+                concurrency,
+                sqlite_clients,
+                sqlite_events: sqlite_events.max(1),
+            };
+            let report = group::run(&config).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                println!(
+                    "\ngroup commit, {} accounts x {} deposits, median of {} runs",
+                    report.accounts, report.deposits_per_account, report.runs
+                );
+                for at in &report.postgres {
+                    println!(
+                        "  PostgreSQL, {:>2} clients: raw INSERT {:>7.0}/s p99 {:.2} ms | deposits grouped {:>7.0}/s ({:.2}x) p99 {:.2} ms ({:.2}x) | alone {:>7.0}/s ({:.2}x)",
+                        at.concurrency,
+                        at.raw_insert.per_second,
+                        at.raw_insert.p99_ms,
+                        at.grouped.per_second,
+                        at.ratio,
+                        at.grouped.p99_ms,
+                        at.p99_ratio,
+                        at.alone.per_second,
+                        at.alone_ratio
+                    );
+                }
+                let sqlite = &report.sqlite;
+                println!(
+                    "  SQLite, {} clients: raw INSERT transactions {:.0}/s | append grouped {:.0}/s ({:.2}x, {} groups, mean {:.1}) | alone {:.0}/s ({:.2}x) | deposits grouped {:.0}/s ({:.2}x)",
+                    sqlite.clients,
+                    sqlite.raw_insert_per_second,
+                    sqlite.append_grouped_per_second,
+                    sqlite.append_ratio,
+                    sqlite.groups,
+                    sqlite.mean_group,
+                    sqlite.append_alone_per_second,
+                    sqlite.append_alone_ratio,
+                    sqlite.commands_grouped_per_second,
+                    sqlite.commands_ratio
+                );
+                println!(
+                    "  missing {}, duplicated {}",
+                    report.missing, report.duplicated
+                );
+            }
+            group::check(&report)?;
         }
         Suite::Hot {
             runs,

@@ -84,13 +84,23 @@ pub struct FeedMachineryAt {
 }
 
 /// Schemas created by this process, dropped on the way out.
-struct Schemas {
+pub(crate) struct Schemas {
     pool: PgPool,
     created: Vec<String>,
 }
 
 impl Schemas {
-    async fn store(&mut self, label: &str) -> Result<PostgresStore, Box<dyn std::error::Error>> {
+    pub(crate) fn new(pool: PgPool) -> Self {
+        Self {
+            pool,
+            created: Vec::new(),
+        }
+    }
+
+    pub(crate) async fn store(
+        &mut self,
+        label: &str,
+    ) -> Result<PostgresStore, Box<dyn std::error::Error>> {
         let name = self.name(label);
         let store = PostgresStore::with_schema(self.pool.clone(), &name)?;
         store.migrate().await?;
@@ -108,7 +118,7 @@ impl Schemas {
         name
     }
 
-    async fn drop_all(&mut self) {
+    pub(crate) async fn drop_all(&mut self) {
         for schema in self.created.drain(..) {
             let drop = format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE");
             if let Err(error) = self.pool.execute(AssertSqlSafe(drop)).await {
@@ -124,10 +134,7 @@ pub async fn run(config: &Config) -> Result<Report, Box<dyn std::error::Error>> 
         .max_connections(u32::try_from(max + 4)?)
         .connect(&config.url)
         .await?;
-    let mut schemas = Schemas {
-        pool: pool.clone(),
-        created: Vec::new(),
-    };
+    let mut schemas = Schemas::new(pool.clone());
     let report = measure(config, &mut schemas).await;
     schemas.drop_all().await;
     report
@@ -242,7 +249,11 @@ async fn measure(
 }
 
 /// The median over runs of `f(candidate, baseline)` taken within each run.
-fn paired_median(candidates: &[Run], baselines: &[Run], f: impl Fn(f64, f64) -> f64) -> f64 {
+pub(crate) fn paired_median(
+    candidates: &[Run],
+    baselines: &[Run],
+    f: impl Fn(f64, f64) -> f64,
+) -> f64 {
     let values: Vec<f64> = candidates
         .iter()
         .zip(baselines)
@@ -260,7 +271,7 @@ fn share(accounts: usize, workers: usize, worker: usize) -> Vec<usize> {
 
 /// (a): the same rows a deposit appends, inserted one autocommit INSERT each, into a table
 /// created `LIKE` the event table (same columns, defaults, keys and indexes).
-async fn raw_inserts(
+pub(crate) async fn raw_inserts(
     store: &PostgresStore,
     config: &Config,
     concurrency: usize,
@@ -313,7 +324,7 @@ async fn raw_inserts(
 }
 
 /// (b): deposits through the command executor, on accounts opened beforehand (not timed).
-async fn bank_commands(
+pub(crate) async fn bank_commands(
     accounts: Repository<BankAccount, PostgresStore>,
     config: &Config,
     concurrency: usize,

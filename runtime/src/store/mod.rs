@@ -12,6 +12,8 @@ use crate::event::{EventSet, Payload};
 use crate::snapshot::Snapshot;
 
 pub mod backend;
+#[cfg(any(feature = "postgres", feature = "sqlite"))]
+mod group;
 mod limits;
 mod memory;
 mod migration;
@@ -26,6 +28,8 @@ pub mod tx;
 mod wakeups;
 
 pub use crate::position::{ExpectedVersion, FeedPosition, KnownHead};
+#[cfg(any(feature = "postgres", feature = "sqlite"))]
+pub use group::{GroupCommit, GroupCommitStats, GroupCommitStopped};
 pub use limits::{Limits, MAX_STREAM_ID_BYTES, check_stream_id};
 pub use memory::MemoryStore;
 #[cfg(feature = "postgres")]

@@ -17,16 +17,20 @@
 //! store's offset, read in the same statement (see the `identity` module), which also refuses
 //! the append when the store was moved to another cluster ([`Error::ClusterChanged`]).
 
-use sqlx::AssertSqlSafe;
-use sqlx::postgres::{PgExecutor, PgRow};
-use uuid::Uuid;
-
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+
+use sqlx::postgres::{PgExecutor, PgRow};
+use sqlx::{AssertSqlSafe, Row as _};
+use uuid::Uuid;
 
 use super::{PostgresStore, Schema, identity};
 use crate::envelope::{NewEvent, RecordedEvent};
 use crate::error::{Error, Result};
 use crate::store::backend::{StoredId, check_append, classify_retry, columns, to_i64};
+use crate::store::group::{Committer, Queued, Request};
 use crate::store::{ExpectedVersion, KnownHead};
 
 /// Attempts before giving up on an append that keeps racing (each race means another append to
@@ -126,6 +130,43 @@ pub(super) fn insert_one_after_head_sql(schema: &Schema) -> String {
     )
 }
 
+/// A group of appends (group commit) in one statement: each append's rows carry its stream,
+/// aggregate type and expected version (`expected`, coded as in [`head_check`]) or the head its
+/// caller saw (`after`: the versions follow it, and the primary key alone arbitrates). An
+/// append whose head check fails inserts nothing and the others are stored; the statement runs
+/// on its own (autocommit), so nothing was written before it in its transaction. A group holds
+/// one append per stream.
+pub(super) fn insert_group_sql(schema: &Schema) -> String {
+    let s = schema.quoted();
+    let tx = identity::stored_xid(schema, "pg_current_xact_id()");
+    format!(
+        "INSERT INTO {s}.events AS e (stream_id, stream_version, aggregate_type, event_id, event_type,
+             schema_version, payload, metadata, correlation_id, causation_id, actor, recorded_at, tx)
+         SELECT u.stream_id, coalesce(u.after, h.stream_version, 0) + u.ord, u.aggregate_type,
+                u.event_id, u.event_type, u.schema_version, u.payload::json, u.metadata::json,
+                u.correlation_id, u.causation_id, u.actor, clock_timestamp(), {tx}
+         FROM unnest($1::text[], $2::text[], $3::int8[], $4::int8[], $5::int8[], $6::uuid[],
+                     $7::text[], $8::int4[], $9::text[], $10::text[], $11::uuid[], $12::uuid[],
+                     $13::text[])
+              WITH ORDINALITY AS u(stream_id, aggregate_type, expected, after, ord, event_id,
+                                   event_type, schema_version, payload, metadata, correlation_id,
+                                   causation_id, actor, n)
+         LEFT JOIN LATERAL (
+             SELECT h.stream_version, h.aggregate_type FROM {s}.events h
+             WHERE u.after IS NULL AND h.stream_id = u.stream_id
+             ORDER BY h.stream_version DESC LIMIT 1
+         ) h ON true
+         WHERE u.after IS NOT NULL
+            OR ((u.expected = -1
+                 OR (u.expected = -2 AND h.stream_version IS NULL)
+                 OR (u.expected = -3 AND h.stream_version IS NOT NULL)
+                 OR u.expected = coalesce(h.stream_version, 0))
+                AND (h.aggregate_type IS NULL OR h.aggregate_type = u.aggregate_type))
+         ORDER BY u.n
+         RETURNING e.stream_version, e.position, e.tx::text::bigint, e.recorded_at, e.stream_id"
+    )
+}
+
 pub(super) fn diagnose_sql(schema: &Schema) -> String {
     let s = schema.quoted();
     let own = identity::stored_xid(schema, "pg_current_xact_id_if_assigned()");
@@ -170,14 +211,30 @@ pub(super) struct Append<'a> {
     pub events: Vec<NewEvent>,
 }
 
+impl<'a> From<Request<'a>> for Append<'a> {
+    fn from(request: Request<'a>) -> Self {
+        Self {
+            stream_id: request.stream_id,
+            aggregate_type: request.aggregate_type,
+            expected: request.expected,
+            events: request.events,
+        }
+    }
+}
+
+/// The `expected` code of [`head_check`].
+fn expected_code(expected: ExpectedVersion) -> i64 {
+    match expected {
+        ExpectedVersion::Any => -1,
+        ExpectedVersion::NoStream => -2,
+        ExpectedVersion::StreamExists => -3,
+        ExpectedVersion::Exact(version) => to_i64(version),
+    }
+}
+
 impl Append<'_> {
     fn expected_code(&self) -> i64 {
-        match self.expected {
-            ExpectedVersion::Any => -1,
-            ExpectedVersion::NoStream => -2,
-            ExpectedVersion::StreamExists => -3,
-            ExpectedVersion::Exact(version) => to_i64(version),
-        }
+        expected_code(self.expected)
     }
 
     async fn insert<'c>(
@@ -403,7 +460,6 @@ fn is_unique_violation(error: &sqlx::Error) -> bool {
 impl PostgresStore {
     /// An autocommit append on the pool, retried while it loses races it can still win.
     pub(super) async fn append_autocommit(&self, append: Append<'_>) -> Result<Vec<RecordedEvent>> {
-        check_append(append.stream_id, &append.events, &self.limits)?;
         let pool = &self.inner.pool;
         if !self.hooks.is_empty() && !append.events.is_empty() {
             return self.append_hooked(append, None).await;
@@ -440,7 +496,6 @@ impl PostgresStore {
         append: Append<'_>,
         head: KnownHead,
     ) -> Result<Vec<RecordedEvent>> {
-        check_append(append.stream_id, &append.events, &self.limits)?;
         if append.events.is_empty() {
             return Ok(Vec::new());
         }
@@ -597,5 +652,179 @@ impl PostgresStore {
         }
         let actual = append.diagnose(self, &mut *connection).await?.head_version;
         Err(append.conflict(actual))
+    }
+}
+
+/// Group commit: the appends of a group in one statement, each with its own outcome.
+impl Committer for PostgresStore {
+    /// Two appends to one stream in one statement would read the same head.
+    const SAME_STREAM: bool = false;
+
+    fn commit(&self, group: Vec<Queued>) -> impl Future<Output = ()> + Send {
+        self.commit_group(group)
+    }
+}
+
+/// A copy of an error that says the same to every append of a group: the connection or the
+/// pool failed, and the statement may or may not have been applied (as for a lone append).
+/// `None` for an answer about the statement (a unique violation, a refused value...), which a
+/// smaller group may not get.
+fn for_every_append(error: &sqlx::Error) -> Option<sqlx::Error> {
+    match error {
+        sqlx::Error::Io(io) => Some(sqlx::Error::Io(std::io::Error::new(
+            io.kind(),
+            io.to_string(),
+        ))),
+        sqlx::Error::PoolTimedOut => Some(sqlx::Error::PoolTimedOut),
+        sqlx::Error::PoolClosed => Some(sqlx::Error::PoolClosed),
+        sqlx::Error::WorkerCrashed => Some(sqlx::Error::WorkerCrashed),
+        sqlx::Error::Protocol(message) => Some(sqlx::Error::Protocol(message.clone())),
+        _ => None,
+    }
+}
+
+impl PostgresStore {
+    /// An append (checked) without group commit.
+    pub(super) async fn append_alone(&self, request: Request<'_>) -> Result<Vec<RecordedEvent>> {
+        let head = request.head;
+        let append = Append::from(request);
+        match head {
+            Some(head) => self.append_after_head(append, head).await,
+            None => self.append_autocommit(append).await,
+        }
+    }
+
+    /// Commits a group in one statement. When the statement fails as a whole (a unique
+    /// violation: a race with another writer, or the retry of a stored append; a refused
+    /// value), the group is split in two and each half committed the same way, down to lone
+    /// appends, which find out why on their own: the appends that could commit do, and each
+    /// failure reaches only its append.
+    fn commit_group(
+        &self,
+        mut group: Vec<Queued>,
+    ) -> Pin<Box<dyn Future<Output = ()> + Send + '_>> {
+        Box::pin(async move {
+            if group.len() == 1 {
+                if let Some(mut queued) = group.pop() {
+                    let outcome = self.append_alone(queued.append.request()).await;
+                    queued.reply.send(outcome);
+                }
+                return;
+            }
+            match self.insert_group(&group).await {
+                Ok(rows) => self.settle_group(group, rows).await,
+                Err(error) => {
+                    if let Some(copy) = for_every_append(&error) {
+                        let mut errors = Some(error);
+                        for queued in group {
+                            let error = errors.take().unwrap_or_else(|| {
+                                for_every_append(&copy).unwrap_or(sqlx::Error::PoolClosed)
+                            });
+                            queued.reply.send(Err(self.fail(error)));
+                        }
+                        return;
+                    }
+                    tracing::debug!(appends = group.len(), %error, "group commit: splitting the group");
+                    let second = group.split_off(group.len() / 2);
+                    futures_util::future::join(self.commit_group(group), self.commit_group(second))
+                        .await;
+                }
+            }
+        })
+    }
+
+    /// Runs [`insert_group_sql`] for `group`.
+    async fn insert_group(&self, group: &[Queued]) -> std::result::Result<Vec<PgRow>, sqlx::Error> {
+        let rows: usize = group.iter().map(|q| q.append.events.len()).sum();
+        let mut streams = Vec::with_capacity(rows);
+        let mut aggregate_types = Vec::with_capacity(rows);
+        let mut expected = Vec::with_capacity(rows);
+        let mut after = Vec::with_capacity(rows);
+        let mut ords = Vec::with_capacity(rows);
+        let mut ids = Vec::with_capacity(rows);
+        let mut types = Vec::with_capacity(rows);
+        let mut versions = Vec::with_capacity(rows);
+        let mut payloads = Vec::with_capacity(rows);
+        let mut metadata = Vec::with_capacity(rows);
+        let mut correlations = Vec::with_capacity(rows);
+        let mut causations = Vec::with_capacity(rows);
+        let mut actors = Vec::with_capacity(rows);
+        for queued in group {
+            let append = &queued.append;
+            for (ord, event) in (1_i64..).zip(&append.events) {
+                streams.push(append.stream_id.as_str());
+                aggregate_types.push(append.aggregate_type.as_str());
+                expected.push(expected_code(append.expected));
+                after.push(append.head.map(|head| to_i64(head.version())));
+                ords.push(ord);
+                ids.push(event.event_id);
+                types.push(event.event_type.as_ref());
+                versions.push(i32::try_from(event.schema_version).unwrap_or(i32::MAX));
+                payloads.push(event.payload.as_str());
+                metadata.push(
+                    serde_json::to_string(&event.metadata).unwrap_or_else(|_| "{}".to_owned()),
+                );
+                correlations.push(event.correlation_id);
+                causations.push(event.causation_id);
+                actors.push(event.actor.as_deref());
+            }
+        }
+        sqlx::query(AssertSqlSafe(self.inner.sql.append_group.clone()))
+            .bind(streams)
+            .bind(aggregate_types)
+            .bind(expected)
+            .bind(after)
+            .bind(ords)
+            .bind(ids)
+            .bind(types)
+            .bind(versions)
+            .bind(payloads)
+            .bind(metadata)
+            .bind(correlations)
+            .bind(causations)
+            .bind(actors)
+            .fetch_all(&self.inner.pool)
+            .await
+    }
+
+    /// Answers each append of a committed group: with its stored events, or, when its head
+    /// check refused it, with why (as the stream looks now) or the outcome of trying again.
+    async fn settle_group(&self, group: Vec<Queued>, rows: Vec<PgRow>) {
+        let mut by_stream: HashMap<String, Vec<PgRow>> = HashMap::with_capacity(group.len());
+        for row in rows {
+            // A row whose stream does not read leaves its append to be settled by looking.
+            if let Ok(stream_id) = row.try_get::<String, _>(4) {
+                by_stream.entry(stream_id).or_default().push(row);
+            }
+        }
+        let mut unsettled = Vec::new();
+        for mut queued in group {
+            let rows = by_stream
+                .remove(&queued.append.stream_id)
+                .unwrap_or_default();
+            if !rows.is_empty() && rows.len() == queued.append.events.len() {
+                let append = Append::from(queued.append.request());
+                queued.reply.send(append.recorded(rows));
+            } else {
+                unsettled.push(queued);
+            }
+        }
+        futures_util::future::join_all(unsettled.into_iter().map(|mut queued| async move {
+            let outcome = self.settle(queued.append.request()).await;
+            queued.reply.send(outcome);
+        }))
+        .await;
+    }
+
+    /// An append of a group that stored nothing: why, as the stream looks now (a conflict,
+    /// another aggregate type, an idempotent retry), or its outcome on its own when the stream
+    /// now accepts it.
+    async fn settle(&self, request: Request<'_>) -> Result<Vec<RecordedEvent>> {
+        let append = Append::from(request);
+        match append.verdict(append.diagnose(self, &self.inner.pool).await?) {
+            Verdict::Stored(versions) => self.read_versions(append.stream_id, versions).await,
+            Verdict::Refused(error) => Err(error),
+            Verdict::Retry => self.append_autocommit(append).await,
+        }
     }
 }

@@ -38,7 +38,8 @@ pub use self::identity::ClusterAdoption;
 use self::listen::{Listener, Notifier};
 use super::FeedWakeups;
 use super::Limits;
-use super::backend::{columns, decode_metadata, stored_u64, to_i64, version_bounds};
+use super::backend::{check_append, columns, decode_metadata, stored_u64, to_i64, version_bounds};
+use super::group::{Group, GroupCommit, GroupCommitStats, Request};
 use super::sql::{AppendHook, Schema};
 use super::tx::{self, Transaction, Tx};
 use super::{
@@ -75,6 +76,7 @@ struct Statements {
     append_one: Arc<str>,
     append_after_head: Arc<str>,
     append_one_after_head: Arc<str>,
+    append_group: Arc<str>,
     diagnose_append: Arc<str>,
     read_stream: Arc<str>,
     read_stream_events: Arc<str>,
@@ -133,6 +135,7 @@ impl Statements {
             append_one: append::insert_one_sql(schema).into(),
             append_after_head: append::insert_after_head_sql(schema).into(),
             append_one_after_head: append::insert_one_after_head_sql(schema).into(),
+            append_group: append::insert_group_sql(schema).into(),
             diagnose_append: append::diagnose_sql(schema).into(),
             read_stream: format!(
                 "SELECT {ENVELOPE_COLUMNS} FROM {s}.events e
@@ -237,6 +240,8 @@ pub struct PostgresStore {
     /// Run in every append's transaction (inline projections).
     hooks: Arc<[Arc<dyn AppendHook<PostgresStore>>]>,
     limits: Limits,
+    /// Coalesces concurrent appends (`None`: off).
+    group: Option<Arc<Group>>,
 }
 
 struct Inner {
@@ -309,6 +314,7 @@ impl PostgresStore {
         Self {
             hooks: Arc::new([]),
             limits: Limits::default(),
+            group: Some(Group::new(Self::GROUP_COMMIT)),
             inner: Arc::new(Inner {
                 sql: Statements::new(&schema),
                 channel: schema.channel("factum"),
@@ -341,6 +347,61 @@ impl PostgresStore {
     #[must_use]
     pub fn limits(&self) -> &Limits {
         &self.limits
+    }
+
+    /// The default group commit: up to 64 appends in a group, two appends or groups at the
+    /// server at once.
+    pub const GROUP_COMMIT: GroupCommit = GroupCommit::new(2);
+
+    /// This store (sharing its pool) with group commit configured as `config`: concurrent
+    /// appends (from this value and its clones) that find `config.max_in_flight()` appends or
+    /// groups at the server wait, and go together as one statement, in one transaction. Each
+    /// keeps its own outcome: an append that conflicts or is refused fails alone.
+    ///
+    /// On by default ([`PostgresStore::GROUP_COMMIT`]). A store with inline projections
+    /// ([`PostgresStore::with_inline`]) appends alone: their handlers run in each append's
+    /// transaction.
+    #[must_use]
+    pub fn with_group_commit(mut self, config: GroupCommit) -> Self {
+        self.group = Some(Group::new(config));
+        self
+    }
+
+    /// This store (sharing its pool) with every append on its own: one statement and one
+    /// transaction per append, however many tasks append at once.
+    #[must_use]
+    pub fn without_group_commit(mut self) -> Self {
+        self.group = None;
+        self
+    }
+
+    /// How concurrent appends are grouped (`None`: they are not).
+    #[must_use]
+    pub fn group_commit(&self) -> Option<GroupCommit> {
+        self.group.as_ref().map(|group| group.config())
+    }
+
+    /// What group commit did so far on this store and its clones (`None`: it is off).
+    #[must_use]
+    pub fn group_commit_stats(&self) -> Option<GroupCommitStats> {
+        self.group.as_ref().map(|group| group.stats())
+    }
+
+    /// An append, checked, then alone or in a group.
+    async fn append_request(&self, request: Request<'_>) -> Result<Vec<RecordedEvent>> {
+        check_append(request.stream_id, &request.events, &self.limits)?;
+        let appended = match &self.group {
+            Some(group) if self.hooks.is_empty() && !request.events.is_empty() => {
+                group
+                    .append(self, request, |request| self.append_alone(request))
+                    .await?
+            }
+            _ => self.append_alone(request).await?,
+        };
+        if !appended.is_empty() {
+            self.notify_subscribers();
+        }
+        Ok(appended)
     }
 
     /// The connection pool.
@@ -679,17 +740,14 @@ impl EventStore for PostgresStore {
         expected: ExpectedVersion,
         events: Vec<NewEvent>,
     ) -> Result<Vec<RecordedEvent>> {
-        let append = Append {
+        self.append_request(Request {
             stream_id,
             aggregate_type,
             expected,
+            head: None,
             events,
-        };
-        let appended = self.append_autocommit(append).await?;
-        if !appended.is_empty() {
-            self.notify_subscribers();
-        }
-        Ok(appended)
+        })
+        .await
     }
 
     async fn append_after(
@@ -699,17 +757,14 @@ impl EventStore for PostgresStore {
         head: KnownHead,
         events: Vec<NewEvent>,
     ) -> Result<Vec<RecordedEvent>> {
-        let append = Append {
+        self.append_request(Request {
             stream_id,
             aggregate_type,
             expected: ExpectedVersion::Exact(head.version()),
+            head: Some(head),
             events,
-        };
-        let appended = self.append_after_head(append, head).await?;
-        if !appended.is_empty() {
-            self.notify_subscribers();
-        }
-        Ok(appended)
+        })
+        .await
     }
 
     async fn read_stream(

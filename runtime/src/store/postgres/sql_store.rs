@@ -121,6 +121,7 @@ impl Backend for PostgresStore {
             inner: Arc::clone(&self.inner),
             hooks: hooks.into(),
             limits: self.limits,
+            group: self.group.clone(),
         }
     }
 

@@ -30,6 +30,7 @@ use super::backend::{
     StoredId, check_append, classify_retry, columns, decode_metadata, stored_u64, to_i64,
     version_bounds,
 };
+use super::group::{Committer, Group, GroupCommit, GroupCommitStats, Queued, Request};
 use super::sql::AppendHook;
 use super::tx::{self, Transaction, Tx};
 use super::{
@@ -68,6 +69,8 @@ pub struct SqliteStore {
     /// Run in every append's transaction (inline projections).
     hooks: std::sync::Arc<[std::sync::Arc<dyn AppendHook<SqliteStore>>]>,
     limits: Limits,
+    /// Coalesces concurrent appends (`None`: off).
+    group: Option<std::sync::Arc<Group>>,
 }
 
 impl fmt::Debug for SqliteStore {
@@ -179,6 +182,7 @@ impl SqliteStore {
             memory_locks: std::sync::Arc::default(),
             hooks: std::sync::Arc::new([]),
             limits: Limits::default(),
+            group: Some(Group::new(Self::GROUP_COMMIT)),
         })
     }
 
@@ -201,6 +205,42 @@ impl SqliteStore {
     #[must_use]
     pub fn limits(&self) -> &Limits {
         &self.limits
+    }
+
+    /// The default group commit: up to 64 appends in a group, one append or group at the
+    /// database at once (SQLite writes one transaction at a time).
+    pub const GROUP_COMMIT: GroupCommit = GroupCommit::new(1);
+
+    /// This store (sharing its pool) with group commit configured as `config`: concurrent
+    /// appends (from this value and its clones) that find `config.max_in_flight()` appends or
+    /// groups at the database wait, and go together in one `BEGIN IMMEDIATE` transaction,
+    /// each in its own savepoint: an append that conflicts or is refused fails alone, and one
+    /// commit (one flush of the log) stores the others.
+    ///
+    /// On by default ([`SqliteStore::GROUP_COMMIT`]).
+    #[must_use]
+    pub fn with_group_commit(mut self, config: GroupCommit) -> Self {
+        self.group = Some(Group::new(config));
+        self
+    }
+
+    /// This store (sharing its pool) with every append in its own transaction.
+    #[must_use]
+    pub fn without_group_commit(mut self) -> Self {
+        self.group = None;
+        self
+    }
+
+    /// How concurrent appends are grouped (`None`: they are not).
+    #[must_use]
+    pub fn group_commit(&self) -> Option<GroupCommit> {
+        self.group.as_ref().map(|group| group.config())
+    }
+
+    /// What group commit did so far on this store and its clones (`None`: it is off).
+    #[must_use]
+    pub fn group_commit_stats(&self) -> Option<GroupCommitStats> {
+        self.group.as_ref().map(|group| group.stats())
     }
 
     /// The connection pool.
@@ -415,6 +455,137 @@ impl SqliteStore {
         read_stream_in(connection, stream_id, (*versions.start(), *versions.end())).await
     }
 
+    /// An append (checked) in its own transaction.
+    async fn append_alone(&self, request: Request<'_>) -> Result<Vec<RecordedEvent>> {
+        let Request {
+            stream_id,
+            aggregate_type,
+            expected,
+            events,
+            ..
+        } = request;
+        let mut transaction = self
+            .pool
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(backend)?;
+        match self
+            .append_hooked(
+                &mut transaction,
+                stream_id,
+                aggregate_type,
+                expected,
+                &events,
+            )
+            .await
+        {
+            Ok(appended) => {
+                transaction.commit().await.map_err(backend)?;
+                Ok(appended)
+            }
+            Err(error) => {
+                // Nothing of a failed append stays (a multi-event append may have inserted some).
+                transaction.rollback().await.map_err(backend)?;
+                let mut connection = self.pool.acquire().await.map_err(backend)?;
+                self.stored_retry(&mut connection, stream_id, expected, &events, error)
+                    .await
+            }
+        }
+    }
+
+    /// Commits a group in one transaction, each append in a savepoint, and answers each: with
+    /// its events, or its own failure (after looking whether it was the retry of a stored
+    /// append). When the transaction fails as a whole, nothing of it is stored, and each
+    /// append is tried alone.
+    async fn commit_group(&self, mut group: Vec<Queued>) {
+        if group.len() == 1 {
+            if let Some(mut queued) = group.pop() {
+                let outcome = self.append_alone(queued.append.request()).await;
+                queued.reply.send(outcome);
+            }
+            return;
+        }
+        let outcomes = match self.append_group(&group).await {
+            Ok(outcomes) => outcomes,
+            Err(error) => {
+                tracing::debug!(appends = group.len(), %error, "group commit failed: each append alone");
+                for mut queued in group {
+                    let outcome = self.append_alone(queued.append.request()).await;
+                    queued.reply.send(outcome);
+                }
+                return;
+            }
+        };
+        for (mut queued, outcome) in group.into_iter().zip(outcomes) {
+            let outcome = match outcome {
+                Ok(appended) => Ok(appended),
+                Err(error) => {
+                    let append = queued.append.request();
+                    match self.pool.acquire().await.map_err(backend) {
+                        Ok(mut connection) => {
+                            self.stored_retry(
+                                &mut connection,
+                                append.stream_id,
+                                append.expected,
+                                &append.events,
+                                error,
+                            )
+                            .await
+                        }
+                        Err(_) => Err(error),
+                    }
+                }
+            };
+            queued.reply.send(outcome);
+        }
+    }
+
+    /// The appends of `group` in one `BEGIN IMMEDIATE` transaction; the outcome of each. An
+    /// append that can fail after writing (several events, or append hooks) runs in a savepoint
+    /// that is rolled back when it fails; a single-event append needs none: its one `INSERT`
+    /// is undone by SQLite alone when it fails, and the head check before it writes nothing.
+    async fn append_group(&self, group: &[Queued]) -> Result<Vec<Result<Vec<RecordedEvent>>>> {
+        let mut transaction = self
+            .pool
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(backend)?;
+        let mut outcomes = Vec::with_capacity(group.len());
+        for queued in group {
+            let append = &queued.append;
+            let guarded = append.events.len() > 1 || !self.hooks.is_empty();
+            if guarded {
+                sqlx::query("SAVEPOINT factum_group_append")
+                    .execute(&mut *transaction)
+                    .await
+                    .map_err(backend)?;
+            }
+            let outcome = self
+                .append_hooked(
+                    &mut transaction,
+                    &append.stream_id,
+                    &append.aggregate_type,
+                    append.expected,
+                    &append.events,
+                )
+                .await;
+            if guarded {
+                let end = if outcome.is_ok() {
+                    "RELEASE factum_group_append"
+                } else {
+                    "ROLLBACK TO factum_group_append; RELEASE factum_group_append"
+                };
+                sqlx::raw_sql(end)
+                    .execute(&mut *transaction)
+                    .await
+                    .map_err(backend)?;
+            }
+            outcomes.push(outcome);
+        }
+        transaction.commit().await.map_err(backend)?;
+        Ok(outcomes)
+    }
+
     /// Begins a write transaction (`BEGIN IMMEDIATE`: it holds SQLite's write lock until it
     /// ends): appends made in it with [`SqliteStore::append_in`] commit with its other writes,
     /// and wake live subscribers when it commits.
@@ -611,36 +782,25 @@ impl EventStore for SqliteStore {
         events: Vec<NewEvent>,
     ) -> Result<Vec<RecordedEvent>> {
         check_append(stream_id, &events, &self.limits)?;
-        let mut transaction = self
-            .pool
-            .begin_with("BEGIN IMMEDIATE")
-            .await
-            .map_err(backend)?;
-        match self
-            .append_hooked(
-                &mut transaction,
-                stream_id,
-                aggregate_type,
-                expected,
-                &events,
-            )
-            .await
-        {
-            Ok(appended) => {
-                transaction.commit().await.map_err(backend)?;
-                if !appended.is_empty() {
-                    self.notifier.notify();
-                }
-                Ok(appended)
+        let request = Request {
+            stream_id,
+            aggregate_type,
+            expected,
+            head: None,
+            events,
+        };
+        let appended = match &self.group {
+            Some(group) => {
+                group
+                    .append(self, request, |request| self.append_alone(request))
+                    .await?
             }
-            Err(error) => {
-                // Nothing of a failed append stays (a multi-event append may have inserted some).
-                transaction.rollback().await.map_err(backend)?;
-                let mut connection = self.pool.acquire().await.map_err(backend)?;
-                self.stored_retry(&mut connection, stream_id, expected, &events, error)
-                    .await
-            }
+            None => self.append_alone(request).await?,
+        };
+        if !appended.is_empty() {
+            self.notifier.notify();
         }
+        Ok(appended)
     }
 
     async fn read_stream(
@@ -729,5 +889,16 @@ impl EventStore for SqliteStore {
 
     fn wakeups(&self) -> FeedWakeups {
         self.notifier.subscribe()
+    }
+}
+
+/// Group commit: the appends of a group in one transaction, each with its own outcome.
+impl Committer for SqliteStore {
+    /// Appends run one after the other in the group's transaction, each seeing the ones
+    /// before it.
+    const SAME_STREAM: bool = true;
+
+    fn commit(&self, group: Vec<Queued>) -> impl std::future::Future<Output = ()> + Send {
+        self.commit_group(group)
     }
 }

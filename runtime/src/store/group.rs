@@ -1,0 +1,384 @@
+//! Group commit: concurrent appends to one store coalesced into one database transaction.
+//!
+//! A database commits one transaction at a time per connection and pays for each: a round
+//! trip, a statement, a commit record and (with durable commits) a flush of the log. When many
+//! tasks append at once, most of that is the same work done again. The group takes a *slot*
+//! per append while fewer than [`GroupCommit::in_flight`] appends or groups are at the database;
+//! an append that finds every slot taken waits in a queue, and the next slot to come free takes
+//! the whole queue (up to [`GroupCommit::max_appends`]) to the database as one group. There is
+//! no timer by default: a lone append goes straight to the database, exactly as without group
+//! commit, and groups form only while the database is busy, which is when they help.
+//!
+//! Each append keeps its own outcome: the stores commit a group so that an append that
+//! conflicts or is refused fails alone and the others commit (see each store's `commit`).
+
+use std::collections::{HashSet, VecDeque};
+use std::future::Future;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use tokio::sync::oneshot;
+
+use crate::envelope::{NewEvent, RecordedEvent};
+use crate::error::{Error, Result};
+use crate::position::{ExpectedVersion, KnownHead};
+
+/// How a store coalesces concurrent appends ([`PostgresStore::with_group_commit`],
+/// [`SqliteStore::with_group_commit`]).
+///
+/// On by default on both stores: an append that finds a free slot goes to the database at
+/// once, alone, as without group commit; only appends that would have waited for the database
+/// anyway are grouped.
+///
+/// [`PostgresStore::with_group_commit`]: crate::store::PostgresStore::with_group_commit
+/// [`SqliteStore::with_group_commit`]: crate::store::SqliteStore::with_group_commit
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GroupCommit {
+    max_appends: usize,
+    in_flight: usize,
+    linger: Duration,
+}
+
+impl GroupCommit {
+    /// Up to 64 appends in a group, `in_flight` groups (or lone appends) at the database at
+    /// once, no lingering.
+    #[must_use]
+    pub const fn new(in_flight: usize) -> Self {
+        Self {
+            max_appends: 64,
+            in_flight: if in_flight == 0 { 1 } else { in_flight },
+            linger: Duration::ZERO,
+        }
+    }
+
+    /// At most `max_appends` appends in one group (at least 1).
+    #[must_use]
+    pub const fn max_appends(mut self, max_appends: usize) -> Self {
+        self.max_appends = if max_appends == 0 { 1 } else { max_appends };
+        self
+    }
+
+    /// At most `in_flight` appends or groups at the database at once (at least 1); an append
+    /// that finds them all busy waits for the next group. Fewer means larger groups and fewer
+    /// connections; more means less waiting while the database has capacity to spare.
+    #[must_use]
+    pub const fn in_flight(mut self, in_flight: usize) -> Self {
+        self.in_flight = if in_flight == 0 { 1 } else { in_flight };
+        self
+    }
+
+    /// How long a group that is not full waits for more appends before it goes to the database
+    /// (default: not at all). Raises every grouped append's latency by up to this much, for
+    /// larger groups.
+    #[must_use]
+    pub const fn linger(mut self, linger: Duration) -> Self {
+        self.linger = linger;
+        self
+    }
+
+    /// The most appends in one group.
+    #[must_use]
+    pub const fn max_appends_per_group(&self) -> usize {
+        self.max_appends
+    }
+
+    /// The most appends or groups at the database at once.
+    #[must_use]
+    pub const fn max_in_flight(&self) -> usize {
+        self.in_flight
+    }
+
+    /// How long a group that is not full waits for more.
+    #[must_use]
+    pub const fn lingers(&self) -> Duration {
+        self.linger
+    }
+}
+
+/// What group commit did so far on a store (and its clones): how many groups went to the
+/// database and how large they were (lone appends, which found a free slot, are not counted),
+/// and what it is doing now.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct GroupCommitStats {
+    /// Appends or groups at the database now.
+    pub in_flight: usize,
+    /// Appends waiting for the next group now.
+    pub waiting: usize,
+    /// Groups of two appends or more sent to the database.
+    pub groups: u64,
+    /// Appends sent in those groups.
+    pub grouped_appends: u64,
+    /// The largest group so far.
+    pub largest_group: usize,
+}
+
+/// The group commit stopped before it answered an append: the process is shutting down (its
+/// runtime dropped the task that held the append) or that task panicked. The append may or
+/// may not be stored: retrying it with the same events (the same ids) is safe, and tells.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "the group commit stopped before answering this append (the runtime is shutting down, or its task panicked); it may or may not be stored: retry it with the same events, which is idempotent"
+)]
+#[non_exhaustive]
+pub struct GroupCommitStopped;
+
+/// An append, as the caller holds it.
+pub(crate) struct Request<'a> {
+    pub stream_id: &'a str,
+    pub aggregate_type: &'a str,
+    pub expected: ExpectedVersion,
+    /// The stream's head as the caller saw it ([`EventStore::append_after`]), if any.
+    ///
+    /// [`EventStore::append_after`]: crate::store::EventStore::append_after
+    pub head: Option<KnownHead>,
+    pub events: Vec<NewEvent>,
+}
+
+/// An append waiting in the queue, and where its outcome goes.
+pub(crate) struct Queued {
+    pub append: Owned,
+    pub reply: Reply,
+}
+
+/// An append, owned (it waits in the queue).
+pub(crate) struct Owned {
+    pub stream_id: String,
+    pub aggregate_type: String,
+    pub expected: ExpectedVersion,
+    pub head: Option<KnownHead>,
+    pub events: Vec<NewEvent>,
+}
+
+impl Owned {
+    /// The append, borrowed; its events move out.
+    pub fn request(&mut self) -> Request<'_> {
+        Request {
+            stream_id: &self.stream_id,
+            aggregate_type: &self.aggregate_type,
+            expected: self.expected,
+            head: self.head,
+            events: std::mem::take(&mut self.events),
+        }
+    }
+}
+
+/// Where an append's outcome goes. Dropped unanswered, the caller gets [`GroupCommitStopped`].
+pub(crate) struct Reply(oneshot::Sender<Result<Vec<RecordedEvent>>>);
+
+impl Reply {
+    /// Answers the append. Its caller may have given up (a cancelled future): the outcome
+    /// stands all the same, as for a statement already sent.
+    pub fn send(self, outcome: Result<Vec<RecordedEvent>>) {
+        let _ = self.0.send(outcome);
+    }
+}
+
+/// A store that commits groups of appends.
+pub(crate) trait Committer: Clone + Send + Sync + 'static {
+    /// Whether two appends to one stream may share a group (they must then be applied in
+    /// queue order, the later one seeing the earlier).
+    const SAME_STREAM: bool;
+
+    /// Commits `group` (one append or more), answering every one of them.
+    fn commit(&self, group: Vec<Queued>) -> impl Future<Output = ()> + Send;
+}
+
+/// The queue and the slots of one store (shared by its clones).
+#[derive(Debug)]
+pub(crate) struct Group {
+    config: GroupCommit,
+    state: Mutex<State>,
+}
+
+#[derive(Default)]
+struct State {
+    /// Slots taken: lone appends and groups at the database.
+    busy: usize,
+    queue: VecDeque<Queued>,
+    stats: GroupCommitStats,
+}
+
+impl State {
+    /// Counts a group going to the database.
+    fn count(&mut self, appends: usize) {
+        if appends > 1 {
+            self.stats.groups += 1;
+            self.stats.grouped_appends += appends as u64;
+            self.stats.largest_group = self.stats.largest_group.max(appends);
+        }
+    }
+}
+
+impl std::fmt::Debug for State {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("State")
+            .field("busy", &self.busy)
+            .field("queued", &self.queue.len())
+            .field("stats", &self.stats)
+            .finish()
+    }
+}
+
+impl Group {
+    pub fn new(config: GroupCommit) -> Arc<Self> {
+        Arc::new(Self {
+            config,
+            state: Mutex::default(),
+        })
+    }
+
+    pub fn config(&self) -> GroupCommit {
+        self.config
+    }
+
+    pub fn stats(&self) -> GroupCommitStats {
+        let state = self.state();
+        GroupCommitStats {
+            in_flight: state.busy,
+            waiting: state.queue.len(),
+            ..state.stats
+        }
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        // The state is a counter and a queue, consistent after every statement: a panic
+        // elsewhere while it was locked leaves nothing half done.
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Runs `request`: alone (`alone`, the store's path without group commit) when a slot is
+    /// free, or in the next group.
+    pub async fn append<'r, C, F, Fut>(
+        self: &Arc<Self>,
+        committer: &C,
+        request: Request<'r>,
+        alone: F,
+    ) -> Result<Vec<RecordedEvent>>
+    where
+        C: Committer,
+        F: FnOnce(Request<'r>) -> Fut,
+        Fut: Future<Output = Result<Vec<RecordedEvent>>>,
+    {
+        let waiting = {
+            let mut state = self.state();
+            if state.busy < self.config.in_flight {
+                state.busy += 1;
+                Err(request)
+            } else {
+                let (sender, receiver) = oneshot::channel();
+                state.queue.push_back(Queued {
+                    append: Owned {
+                        stream_id: request.stream_id.to_owned(),
+                        aggregate_type: request.aggregate_type.to_owned(),
+                        expected: request.expected,
+                        head: request.head,
+                        events: request.events,
+                    },
+                    reply: Reply(sender),
+                });
+                Ok(receiver)
+            }
+        };
+        match waiting {
+            Err(request) => {
+                // Handed on when this append is done or dropped.
+                let _slot = Slot {
+                    group: self.clone(),
+                    committer: committer.clone(),
+                };
+                alone(request).await
+            }
+            Ok(receiver) => receiver
+                .await
+                .unwrap_or_else(|_| Err(Error::Backend(Box::new(GroupCommitStopped)))),
+        }
+    }
+
+    /// The next group when appends wait (the caller's slot passes to it), else frees the slot.
+    fn next_or_release<C: Committer>(&self) -> Option<Vec<Queued>> {
+        let mut state = self.state();
+        if state.queue.is_empty() {
+            state.busy -= 1;
+            return None;
+        }
+        let mut group = Vec::new();
+        self.take::<C>(&mut state, &mut group);
+        Some(group)
+    }
+
+    /// Moves queued appends into `group`, in queue order, up to the group's size; appends to a
+    /// stream already in the group stay queued (in order) unless the store takes them.
+    fn take<C: Committer>(&self, state: &mut State, group: &mut Vec<Queued>) {
+        let room = self.config.max_appends.saturating_sub(group.len());
+        if C::SAME_STREAM {
+            let take = room.min(state.queue.len());
+            group.extend(state.queue.drain(..take));
+            return;
+        }
+        let mut streams: HashSet<String> =
+            group.iter().map(|q| q.append.stream_id.clone()).collect();
+        let mut kept = VecDeque::new();
+        let mut taken = 0;
+        while let Some(queued) = state.queue.pop_front() {
+            if taken == room {
+                kept.push_back(queued);
+                kept.extend(state.queue.drain(..));
+                break;
+            }
+            if streams.insert(queued.append.stream_id.clone()) {
+                group.push(queued);
+                taken += 1;
+            } else {
+                kept.push_back(queued);
+            }
+        }
+        state.queue = kept;
+    }
+}
+
+/// A slot at the database. Dropped, it takes the waiting appends to the database as the next
+/// group, or comes free.
+struct Slot<C: Committer> {
+    group: Arc<Group>,
+    committer: C,
+}
+
+impl<C: Committer> Drop for Slot<C> {
+    fn drop(&mut self) {
+        let Some(next) = self.group.next_or_release::<C>() else {
+            return;
+        };
+        let slot = Slot {
+            group: self.group.clone(),
+            committer: self.committer.clone(),
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => {
+                runtime.spawn(slot.commit(next));
+            }
+            // No runtime to run the group on (it is shutting down): its appends are answered
+            // with `GroupCommitStopped` as their replies drop.
+            Err(_) => drop(next),
+        }
+    }
+}
+
+impl<C: Committer> Slot<C> {
+    /// Commits `group` (after lingering, when asked to), then hands the slot on.
+    async fn commit(self, mut group: Vec<Queued>) {
+        let linger = self.group.config.linger;
+        if !linger.is_zero() && group.len() < self.group.config.max_appends {
+            tokio::time::sleep(linger).await;
+            let mut state = self.group.state();
+            self.group.take::<C>(&mut state, &mut group);
+        }
+        self.group.state().count(group.len());
+        if group.len() == 1 {
+            tracing::trace!("group commit: one append");
+        } else {
+            tracing::debug!(appends = group.len(), "group commit");
+        }
+        self.committer.commit(group).await;
+    }
+}
