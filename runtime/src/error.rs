@@ -87,7 +87,9 @@ pub enum Error {
         cause: serde_json::Error,
     },
 
-    /// The append was malformed (for example the same event id twice in one append).
+    /// The append was malformed (for example the same event id twice in one append), or a
+    /// snapshot of the stream cannot be stored as it is (a state version above `i32::MAX` on
+    /// PostgreSQL).
     #[error("invalid append to stream `{stream_id}`: {reason}")]
     InvalidAppend {
         /// The stream appended to.

@@ -1,6 +1,7 @@
 //! The map stays true as the code moves: every file or folder `ARCHITECTURE.md` names exists,
-//! and the runtime's modules import each other without cycles (between top-level modules, and
-//! between the files of one module), so the layers it describes hold.
+//! the runtime's modules import each other without cycles (between top-level modules, and
+//! between the files of one module), and each imports only modules its table lists above it,
+//! so the layers it describes hold.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -84,49 +85,88 @@ fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
     }
 }
 
-/// The module paths a file's code refers to (`crate::a::b`, `super::b`), comments left out.
+/// The module paths a file's code refers to (`crate::a::b`, `super::b`, and each path of a
+/// grouped import such as `use crate::{a::b, c::{d, e}};`), comments left out.
 fn references(code: &str, module: &[String], is_mod_file: bool) -> BTreeSet<Vec<String>> {
+    // Lines joined again once their comments are gone: a grouped import may span several.
+    let code = code
+        .lines()
+        .map(|line| line.split("//").next().unwrap_or_default())
+        .collect::<Vec<_>>()
+        .join("\n");
     let mut found = BTreeSet::new();
-    for line in code.lines() {
-        let line = line.split("//").next().unwrap_or_default();
-        for (prefix, base) in [
-            ("crate::", Vec::new()),
-            ("super::", {
-                // `super` of `a/b.rs` is `a`; of `a/b/mod.rs` also `a`.
-                let mut parent = module.to_vec();
-                parent.pop();
-                let _ = is_mod_file;
-                parent
-            }),
-        ] {
-            let mut rest = line;
-            while let Some(at) = rest.find(prefix) {
-                let before = rest[..at].chars().last();
-                rest = &rest[at + prefix.len()..];
-                if before.is_some_and(|c| c.is_alphanumeric() || c == '_') {
-                    continue;
-                }
-                let path: Vec<String> = rest
-                    .split("::")
-                    .map(|part| {
-                        part.chars()
-                            .take_while(|c| {
-                                c.is_ascii_lowercase() || *c == '_' || c.is_ascii_digit()
-                            })
-                            .collect::<String>()
-                    })
-                    .take_while(|part| !part.is_empty())
-                    .take(2)
-                    .collect();
+    for (prefix, base) in [
+        ("crate::", Vec::new()),
+        ("super::", {
+            // `super` of `a/b.rs` is `a`; of `a/b/mod.rs` also `a`.
+            let mut parent = module.to_vec();
+            parent.pop();
+            let _ = is_mod_file;
+            parent
+        }),
+    ] {
+        let mut rest = code.as_str();
+        while let Some(at) = rest.find(prefix) {
+            let before = rest[..at].chars().last();
+            rest = &rest[at + prefix.len()..];
+            if before.is_some_and(|c| c.is_alphanumeric() || c == '_') {
+                continue;
+            }
+            for path in use_tree(rest) {
                 if !path.is_empty() {
                     let mut full = base.clone();
-                    full.extend(path);
+                    full.extend(path.into_iter().take(2));
                     found.insert(full);
                 }
             }
         }
     }
     found
+}
+
+/// The module paths at the start of `text`: a path (`a::b::Item`) or a use tree
+/// (`{a::{b, self}, c}`), each as its lowercase segments (a type or an item ends it; `self` is
+/// the path before it).
+fn use_tree(text: &str) -> Vec<Vec<String>> {
+    let text = text.trim_start();
+    if let Some(group) = text.strip_prefix('{') {
+        let (mut items, mut depth, mut from) = (Vec::new(), 0, 0);
+        for (at, c) in group.char_indices() {
+            match c {
+                '{' => depth += 1,
+                '}' if depth == 0 => {
+                    items.push(&group[from..at]);
+                    break;
+                }
+                '}' => depth -= 1,
+                ',' if depth == 0 => {
+                    items.push(&group[from..at]);
+                    from = at + 1;
+                }
+                _ => {}
+            }
+        }
+        return items.into_iter().flat_map(use_tree).collect();
+    }
+    let segment: String = text
+        .chars()
+        .take_while(|c| c.is_ascii_lowercase() || *c == '_' || c.is_ascii_digit())
+        .collect();
+    if segment.is_empty() || segment == "self" {
+        return vec![Vec::new()];
+    }
+    let tails = match text[segment.len()..].strip_prefix("::") {
+        Some(rest) => use_tree(rest),
+        None => vec![Vec::new()],
+    };
+    tails
+        .into_iter()
+        .map(|tail| {
+            let mut path = vec![segment.clone()];
+            path.extend(tail);
+            path
+        })
+        .collect()
 }
 
 /// Strongly connected components of more than one node.
@@ -195,8 +235,9 @@ fn cycles(edges: &BTreeMap<String, BTreeSet<String>>) -> Vec<Vec<String>> {
     state.found
 }
 
-#[test]
-fn the_runtime_modules_have_no_cycles() {
+/// Which runtime modules import which: between top-level modules (`store` → `position`), and
+/// between the files of one module (`projection/batch` → `projection/runner`).
+fn module_graph() -> BTreeMap<String, BTreeSet<String>> {
     let src = root().join("runtime/src");
     let mut files = Vec::new();
     rust_files(&src, &mut files);
@@ -233,9 +274,78 @@ fn the_runtime_modules_have_no_cycles() {
         }
     }
     assert!(edges.len() > 10, "the module graph was not read: {edges:?}");
-    let cycles = cycles(&edges);
+    edges
+}
+
+#[test]
+fn the_runtime_modules_have_no_cycles() {
+    let cycles = cycles(&module_graph());
     assert!(
         cycles.is_empty(),
         "modules import each other in a cycle (move the shared items to a lower module): {cycles:?}"
     );
+}
+
+/// The map's table of the runtime's modules is bottom to top, "lower modules never import
+/// higher ones": each imports only modules of its own row or of the rows above.
+#[test]
+fn the_map_lists_the_runtime_modules_bottom_to_top() {
+    let map = std::fs::read_to_string(root().join("ARCHITECTURE.md")).unwrap();
+    let section = map
+        .split("\n## The runtime")
+        .nth(1)
+        .and_then(|rest| rest.split("\n#").next())
+        .expect("ARCHITECTURE.md has a section on the runtime");
+    let mut row_of = BTreeMap::new();
+    let rows = section.lines().filter(|l| l.starts_with("| `runtime/src/"));
+    for (row, line) in rows.enumerate() {
+        let first_cell = line.split('|').nth(1).unwrap_or_default();
+        for span in code_spans(first_cell) {
+            if let Some(path) = span.strip_prefix("runtime/src/") {
+                let module = path.split('/').next().unwrap_or_default();
+                row_of.insert(module.trim_end_matches(".rs").to_owned(), row);
+            }
+        }
+    }
+    assert!(
+        row_of.len() > 15,
+        "only {} modules found in the table: {row_of:?}",
+        row_of.len()
+    );
+    let mut upward = Vec::new();
+    for (from, targets) in &module_graph() {
+        let Some(&row) = row_of.get(from) else {
+            continue;
+        };
+        for target in targets {
+            if row_of.get(target).is_some_and(|&above| above > row) {
+                upward.push(format!("`{from}` imports `{target}`"));
+            }
+        }
+    }
+    assert!(
+        upward.is_empty(),
+        "ARCHITECTURE.md lists these runtime modules below what they import (reorder the table, or move the import's items down): {upward:?}"
+    );
+}
+
+#[test]
+fn grouped_imports_are_read() {
+    let module = ["store".to_owned(), "postgres".to_owned()];
+    let code = "use crate::{error::Error, position::{self, FeedPosition}};\n\
+                use super::{\n    backend::{columns, to_i64},\n    Limits, // a comment\n    sql,\n};\n\
+                let x = crate::failure::classify(e);";
+    let expected: BTreeSet<Vec<String>> = [
+        &["error"][..],
+        &["failure", "classify"],
+        &["position"],
+        // `super` of `store/postgres/mod.rs` is `store`; `Limits` names no module.
+        &["store", "backend", "columns"],
+        &["store", "backend", "to_i64"],
+        &["store", "sql"],
+    ]
+    .iter()
+    .map(|path| path.iter().map(|part| (*part).to_owned()).collect())
+    .collect();
+    assert_eq!(references(code, &module, true), expected);
 }

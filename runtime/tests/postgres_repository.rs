@@ -1,5 +1,6 @@
-//! The command executor on PostgreSQL: snapshots (taken, used, and ignored when unusable), the
-//! hot aggregate cache (one round trip per command, conflicts evict), and temporal queries.
+//! The command executor on PostgreSQL: snapshots (taken, used, ignored when unusable, refused
+//! when their state version does not fit), the hot aggregate cache (one round trip per command,
+//! conflicts evict), and temporal queries.
 
 use std::num::NonZeroUsize;
 use std::ops::RangeBounds;
@@ -187,6 +188,42 @@ async fn unusable_snapshots_are_ignored_and_the_state_rebuilt_from_events() {
         (truth, 12),
         "with no snapshot"
     );
+}
+
+#[tokio::test]
+async fn a_state_version_above_what_postgres_keeps_is_refused_not_clamped() {
+    let store = TestStore::new().await.unwrap();
+    let state = Payload::encode(&Account::default()).unwrap();
+    let largest = u32::try_from(i32::MAX).unwrap();
+
+    let refused = store
+        .save_snapshot(Snapshot::new(
+            "acc-1",
+            "Account",
+            1,
+            largest + 1,
+            state.clone(),
+        ))
+        .await;
+    match refused {
+        Err(factum::Error::InvalidAppend { stream_id, reason }) => {
+            assert_eq!(stream_id, "acc-1");
+            assert!(reason.contains(&(largest + 1).to_string()), "{reason}");
+        }
+        other => panic!("a state version above i32::MAX is refused, got {other:?}"),
+    }
+    assert!(
+        store.load_snapshot("acc-1").await.unwrap().is_none(),
+        "nothing is stored in its place"
+    );
+
+    // The largest it keeps is stored as it is.
+    store
+        .save_snapshot(Snapshot::new("acc-1", "Account", 1, largest, state))
+        .await
+        .unwrap();
+    let stored = store.load_snapshot("acc-1").await.unwrap().unwrap();
+    assert_eq!(stored.state_version, largest);
 }
 
 #[tokio::test]

@@ -80,7 +80,8 @@ pub fn aggregate(input: Result<&Aggregate, &TokenStream>, errors: &syn::Error) -
 ///
 /// The stub runs where the first handler judged right (else the `#[flush]` or `#[reset]`) says
 /// the projection runs (`Tx`: every store; a store's connection: that store). When none is
-/// right, there is no stub: a guess could itself mismatch where the projection is run.
+/// right (every handler is malformed, or there is none), it runs on every store (`Tx`): that
+/// cannot mismatch wherever the projection is run, so its uses stay quiet until it is fixed.
 pub fn projection(input: Result<&Projection, &TokenStream>, errors: &syn::Error) -> TokenStream {
     let errors = errors.to_compile_error();
     let input = match input {
@@ -88,10 +89,10 @@ pub fn projection(input: Result<&Projection, &TokenStream>, errors: &syn::Error)
         Err(tokens) => return quote!(#errors #tokens),
     };
     let item = &input.item;
-    let stub = match &input.connection {
-        Some(connection) if input.well_formed => projection_stub(input, connection),
-        _ => TokenStream::new(),
-    };
+    let stub = input.well_formed.then(|| {
+        let connection = input.connection.as_ref().unwrap_or(&Connection::Tx);
+        projection_stub(input, connection)
+    });
     quote! {
         #errors
         #item

@@ -171,13 +171,19 @@ impl<S: SqlStore, P: Projection> ProjectionRunner<S, P> {
         self
     }
 
-    /// Limits on a batch's transaction on PostgreSQL (default 60 s each): how long one
+    /// Limits on a batch's transaction, on PostgreSQL only (default 60 s each): how long one
     /// statement may run (`statement_timeout`), and how long the transaction may sit idle
     /// between statements (`idle_in_transaction_session_timeout`: a handler awaiting something
     /// else than its transaction). A batch's transaction holds back every reader of the feed
     /// on the server while it runs, so a hung handler is cut off (the server rolls the batch
     /// back and closes its connection) and the batch retried, instead of stalling the feed for
-    /// hours. SQLite has one writer and no such settings.
+    /// hours.
+    ///
+    /// SQLite has no such settings, and ignores these: nothing cuts a hung handler off there.
+    /// Its feed is not held back (positions are in commit order), but the batch's transaction
+    /// holds SQLite's one write lock, so other writers to the database (appends, other
+    /// runners) wait for it up to the store's busy timeout (30 s), then fail busy. Bound a
+    /// handler that awaits something slow yourself (`tokio::time::timeout`).
     #[must_use]
     pub fn transaction_timeouts(mut self, statement: Duration, idle: Duration) -> Self {
         self.options.statement_timeout = statement;

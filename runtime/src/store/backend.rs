@@ -37,21 +37,28 @@ pub struct StoredId {
 /// [`Error::InvalidStreamId`], [`Error::EventTooLarge`], [`Error::InvalidAppend`].
 pub fn check_append(stream_id: &str, events: &[NewEvent], limits: &Limits) -> Result<()> {
     super::limits::check(stream_id, events, limits)?;
-    if let Some(event) = events
-        .iter()
-        .find(|e| i32::try_from(e.schema_version).is_err())
-    {
-        return Err(Error::InvalidAppend {
-            stream_id: stream_id.to_owned(),
-            reason: format!(
-                "event `{}` has schema version {}, above the largest a store keeps ({})",
-                event.event_type,
-                event.schema_version,
-                i32::MAX
-            ),
-        });
+    for event in events {
+        version_i32(stream_id, event.schema_version, || {
+            format!("event `{}` has schema version", event.event_type)
+        })?;
     }
     check_distinct_ids(stream_id, events)
+}
+
+/// A schema or state version written to `stream_id` as SQL stores keep it, a 32-bit integer.
+///
+/// # Errors
+/// [`Error::InvalidAppend`] when it is above `i32::MAX`, saying `what` has it (`what()`
+/// reads like "event `Deposited` has schema version").
+pub fn version_i32(stream_id: &str, version: u32, what: impl FnOnce() -> String) -> Result<i32> {
+    i32::try_from(version).map_err(|_| Error::InvalidAppend {
+        stream_id: stream_id.to_owned(),
+        reason: format!(
+            "{} {version}, above the largest a store keeps ({})",
+            what(),
+            i32::MAX
+        ),
+    })
 }
 
 /// Refuses an append that names the same event id twice.

@@ -291,6 +291,7 @@ impl Append<'_> {
             .bind(third)
             .bind(event.event_id)
             .bind(event.event_type.as_ref())
+            // Never clamped: `check_append` refused versions above `i32::MAX` before.
             .bind(i32::try_from(event.schema_version).unwrap_or(i32::MAX))
             .bind(event.payload.as_str())
             .bind(metadata)
@@ -311,6 +312,7 @@ impl Append<'_> {
         let events = &self.events;
         let ids: Vec<Uuid> = events.iter().map(|e| e.event_id).collect();
         let types: Vec<&str> = events.iter().map(|e| e.event_type.as_ref()).collect();
+        // Never clamped: `check_append` refused versions above `i32::MAX` before.
         let versions: Vec<i32> = events
             .iter()
             .map(|e| i32::try_from(e.schema_version).unwrap_or(i32::MAX))

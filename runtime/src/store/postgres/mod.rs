@@ -38,7 +38,9 @@ pub use self::identity::ClusterAdoption;
 use self::listen::{Listener, Notifier};
 use super::FeedWakeups;
 use super::Limits;
-use super::backend::{check_append, columns, decode_metadata, stored_u64, to_i64, version_bounds};
+use super::backend::{
+    check_append, columns, decode_metadata, stored_u64, to_i64, version_bounds, version_i32,
+};
 use super::group::{Group, GroupCommit, GroupCommitStats, Request};
 use super::sql::{AppendHook, Schema};
 use super::tx::{self, Transaction, Tx};
@@ -876,11 +878,17 @@ impl EventStore for PostgresStore {
     }
 
     async fn save_snapshot(&self, snapshot: Snapshot) -> Result<()> {
+        let state_version = version_i32(&snapshot.stream_id, snapshot.state_version, || {
+            format!(
+                "the snapshot of `{}` has state version",
+                snapshot.aggregate_type
+            )
+        })?;
         sqlx::query(AssertSqlSafe(self.inner.sql.save_snapshot.clone()))
             .bind(&snapshot.stream_id)
             .bind(&snapshot.aggregate_type)
             .bind(to_i64(snapshot.stream_version))
-            .bind(i32::try_from(snapshot.state_version).unwrap_or(i32::MAX))
+            .bind(state_version)
             .bind(snapshot.state.as_str())
             .bind(snapshot.taken_at)
             .execute(&self.inner.pool)
