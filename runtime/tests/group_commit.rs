@@ -71,9 +71,9 @@ where
     D::Store: Grouped,
 {
     let database = D::create().await.unwrap();
-    // One append at the database at a time: while a lead append holds it, the fifty wait, and
-    // go together when it is done.
-    let store = database.grouped(GroupCommit::new(1));
+    // One append at the database at a time: while a lead append holds it, the fifty wait (as
+    // long as it takes), and go together when it is done.
+    let store = database.grouped(GroupCommit::new(1).stall(Duration::from_secs(600)));
     for stream in 0..50 {
         store
             .append(
@@ -343,6 +343,74 @@ where
         stats.groups > 0 && stats.largest_group >= 2,
         "appends were grouped: {stats:?}"
     );
+}
+
+/// A lone append held up at the server (it waits for a lock another transaction holds) holds
+/// up the appends behind it for the stall time, no longer: they go alone, beside it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_append_held_up_by_a_lock_holds_up_the_others_only_until_the_stall() {
+    let database = factum::testing::postgres::TemporaryStore::new()
+        .await
+        .unwrap();
+    let store = database.grouped(GroupCommit::new(1).stall(Duration::from_millis(200)));
+    let mut holder = store.begin().await.unwrap();
+    store
+        .append_in(
+            &mut holder,
+            "locked",
+            "Probe",
+            ExpectedVersion::NoStream,
+            vec![ping(1)],
+        )
+        .await
+        .unwrap();
+    let held = {
+        let store = store.clone();
+        tokio::spawn(async move {
+            store
+                .append("locked", "Probe", ExpectedVersion::Any, vec![ping(2)])
+                .await
+        })
+    };
+    until(&store, |stats| stats.in_flight == 1).await;
+
+    let started = tokio::time::Instant::now();
+    let others: Vec<_> = (0..4)
+        .map(|i| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                store
+                    .append(
+                        &format!("free-{i}"),
+                        "Probe",
+                        ExpectedVersion::NoStream,
+                        vec![ping(i)],
+                    )
+                    .await
+            })
+        })
+        .collect();
+    for other in others {
+        tokio::time::timeout(Duration::from_secs(10), other)
+            .await
+            .expect("the others do not wait for the lock")
+            .unwrap()
+            .unwrap();
+    }
+    let waited = started.elapsed();
+    assert!(
+        !held.is_finished(),
+        "the held append still waits for the lock"
+    );
+    assert!(
+        waited >= Duration::from_millis(150) && waited < Duration::from_secs(5),
+        "the others waited about the stall time, not for the lock: {waited:?}"
+    );
+    assert_eq!(store.stats().stalled, 4, "{:?}", store.stats());
+
+    holder.rollback().await.unwrap();
+    let held = held.await.unwrap().unwrap();
+    assert_eq!(held[0].stream_version, 1);
 }
 
 #[factum::event]

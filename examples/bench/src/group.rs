@@ -33,6 +33,10 @@ pub struct Config {
     pub concurrency: Vec<usize>,
     pub sqlite_clients: usize,
     pub sqlite_events: usize,
+    /// Appends or groups at PostgreSQL at once (`None`: the store's default).
+    pub in_flight: Option<usize>,
+    /// How long a PostgreSQL group waits for more (`None`: the store's default).
+    pub linger: Option<std::time::Duration>,
 }
 
 #[derive(Debug, Serialize)]
@@ -165,6 +169,14 @@ async fn measure_postgres(
                 match variant {
                     0 => raw.push(raw_inserts(&store, &workload, concurrency).await?),
                     1 => {
+                        let mut group = store.group_commit().ok_or("group commit is off")?;
+                        if let Some(in_flight) = config.in_flight {
+                            group = group.in_flight(in_flight);
+                        }
+                        if let Some(linger) = config.linger {
+                            group = group.linger(linger);
+                        }
+                        let store = store.with_group_commit(group);
                         let repository =
                             Repository::<BankAccount, _>::new(store.clone()).cache(capacity);
                         grouped.push(bank_commands(repository, &workload, concurrency).await?);

@@ -165,6 +165,13 @@ enum Suite {
         /// SQLite operations per measurement.
         #[arg(long, default_value_t = 4_000)]
         sqlite_events: usize,
+        /// Appends or groups at PostgreSQL at once (default: the store's default).
+        #[arg(long)]
+        in_flight: Option<usize>,
+        /// How long a PostgreSQL group waits for more appends, in microseconds (default: the
+        /// store's default).
+        #[arg(long)]
+        linger_us: Option<u64>,
         /// Print the report as JSON.
         #[arg(long)]
         json: bool,
@@ -339,6 +346,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             concurrency,
             sqlite_clients,
             sqlite_events,
+            in_flight,
+            linger_us,
             json,
         } => {
             let config = group::Config {
@@ -349,6 +358,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 concurrency,
                 sqlite_clients,
                 sqlite_events: sqlite_events.max(1),
+                in_flight,
+                linger: linger_us.map(std::time::Duration::from_micros),
             };
             let report = group::run(&config).await?;
             if json {

@@ -37,18 +37,30 @@ pub struct GroupCommit {
     max_appends: usize,
     in_flight: usize,
     linger: Duration,
+    stall: Duration,
 }
 
 impl GroupCommit {
     /// Up to 64 appends in a group, `in_flight` groups (or lone appends) at the database at
-    /// once, no lingering.
+    /// once, no lingering, 100 ms before a waiting append gives up on a stalled group.
     #[must_use]
     pub const fn new(in_flight: usize) -> Self {
         Self {
             max_appends: 64,
             in_flight: if in_flight == 0 { 1 } else { in_flight },
             linger: Duration::ZERO,
+            stall: Duration::from_millis(100),
         }
+    }
+
+    /// How long an append waits for a group before it goes to the database alone, beside the
+    /// groups in flight (default 100 ms). An append or group can be held up at the database
+    /// (a lock another transaction holds, such as an `append_in` to the same stream left
+    /// open); this bounds how long it holds up the appends waiting behind it.
+    #[must_use]
+    pub const fn stall(mut self, stall: Duration) -> Self {
+        self.stall = stall;
+        self
     }
 
     /// At most `max_appends` appends in one group (at least 1).
@@ -93,6 +105,12 @@ impl GroupCommit {
     pub const fn lingers(&self) -> Duration {
         self.linger
     }
+
+    /// How long an append waits for a group before it goes alone.
+    #[must_use]
+    pub const fn stalls_after(&self) -> Duration {
+        self.stall
+    }
 }
 
 /// What group commit did so far on a store (and its clones): how many groups went to the
@@ -111,6 +129,8 @@ pub struct GroupCommitStats {
     pub grouped_appends: u64,
     /// The largest group so far.
     pub largest_group: usize,
+    /// Appends that waited longer than [`GroupCommit::stall`] and went alone.
+    pub stalled: u64,
 }
 
 /// The group commit stopped before it answered an append: the process is shutting down (its
@@ -139,6 +159,8 @@ pub(crate) struct Request<'a> {
 pub(crate) struct Queued {
     pub append: Owned,
     pub reply: Reply,
+    /// Which append it is, to take it back from the queue.
+    ticket: u64,
 }
 
 /// An append, owned (it waits in the queue).
@@ -197,6 +219,7 @@ struct State {
     busy: usize,
     queue: VecDeque<Queued>,
     stats: GroupCommitStats,
+    tickets: u64,
 }
 
 impl State {
@@ -260,6 +283,8 @@ impl Group {
         F: FnOnce(Request<'r>) -> Fut,
         Fut: Future<Output = Result<Vec<RecordedEvent>>>,
     {
+        let (stream_id, aggregate_type) = (request.stream_id, request.aggregate_type);
+        let (expected, head) = (request.expected, request.head);
         let waiting = {
             let mut state = self.state();
             if state.busy < self.config.in_flight {
@@ -267,44 +292,88 @@ impl Group {
                 Err(request)
             } else {
                 let (sender, receiver) = oneshot::channel();
+                state.tickets += 1;
+                let ticket = state.tickets;
                 state.queue.push_back(Queued {
                     append: Owned {
-                        stream_id: request.stream_id.to_owned(),
-                        aggregate_type: request.aggregate_type.to_owned(),
-                        expected: request.expected,
-                        head: request.head,
+                        stream_id: stream_id.to_owned(),
+                        aggregate_type: aggregate_type.to_owned(),
+                        expected,
+                        head,
                         events: request.events,
                     },
                     reply: Reply(sender),
+                    ticket,
                 });
-                Ok(receiver)
+                Ok((ticket, receiver))
             }
         };
-        match waiting {
+        let (ticket, mut receiver) = match waiting {
             Err(request) => {
                 // Handed on when this append is done or dropped.
-                let _slot = Slot {
-                    group: self.clone(),
-                    committer: committer.clone(),
-                };
-                alone(request).await
+                let _slot = self.slot(committer);
+                return alone(request).await;
             }
-            Ok(receiver) => receiver
-                .await
-                .unwrap_or_else(|_| Err(Error::Backend(Box::new(GroupCommitStopped)))),
+            Ok(waiting) => waiting,
+        };
+        let answer = match tokio::time::timeout(self.config.stall, &mut receiver).await {
+            Ok(answer) => answer,
+            Err(_) => match self.reclaim(ticket) {
+                // Every slot has been busy for the whole wait: go alone, beside them.
+                Some(events) => {
+                    tracing::debug!(stream_id, "group commit stalled: appending alone");
+                    let _slot = self.slot(committer);
+                    let request = Request {
+                        stream_id,
+                        aggregate_type,
+                        expected,
+                        head,
+                        events,
+                    };
+                    return alone(request).await;
+                }
+                // Already in a group at the database.
+                None => receiver.await,
+            },
+        };
+        answer.unwrap_or_else(|_| Err(Error::Backend(Box::new(GroupCommitStopped))))
+    }
+
+    /// A slot taken (counted in `busy`), freed or handed on when dropped.
+    fn slot<C: Committer>(self: &Arc<Self>, committer: &C) -> Slot<C> {
+        Slot {
+            group: self.clone(),
+            committer: committer.clone(),
         }
     }
 
-    /// The next group when appends wait (the caller's slot passes to it), else frees the slot.
-    fn next_or_release<C: Committer>(&self) -> Option<Vec<Queued>> {
+    /// Takes a waiting append back from the queue, with a slot of its own beyond `in_flight`
+    /// (`None`: it left the queue for a group).
+    fn reclaim(&self, ticket: u64) -> Option<Vec<NewEvent>> {
+        let mut state = self.state();
+        let at = state.queue.iter().position(|q| q.ticket == ticket)?;
+        let queued = state.queue.remove(at)?;
+        state.busy += 1;
+        state.stats.stalled += 1;
+        Some(queued.append.events)
+    }
+
+    /// Whether appends wait (the caller's slot then passes on to their group); frees the slot
+    /// when none do.
+    fn keep_or_release(&self) -> bool {
         let mut state = self.state();
         if state.queue.is_empty() {
             state.busy -= 1;
-            return None;
+            return false;
         }
+        true
+    }
+
+    /// The waiting appends that go in the next group (possibly none: another slot took them).
+    fn next_group<C: Committer>(&self) -> Vec<Queued> {
         let mut group = Vec::new();
-        self.take::<C>(&mut state, &mut group);
-        Some(group)
+        self.take::<C>(&mut self.state(), &mut group);
+        group
     }
 
     /// Moves queued appends into `group`, in queue order, up to the group's size; appends to a
@@ -346,32 +415,44 @@ struct Slot<C: Committer> {
 
 impl<C: Committer> Drop for Slot<C> {
     fn drop(&mut self) {
-        let Some(next) = self.group.next_or_release::<C>() else {
+        if !self.group.keep_or_release() {
             return;
-        };
+        }
         let slot = Slot {
             group: self.group.clone(),
             committer: self.committer.clone(),
         };
         match tokio::runtime::Handle::try_current() {
             Ok(runtime) => {
-                runtime.spawn(slot.commit(next));
+                runtime.spawn(slot.next());
             }
-            // No runtime to run the group on (it is shutting down): its appends are answered
-            // with `GroupCommitStopped` as their replies drop.
-            Err(_) => drop(next),
+            // No runtime to run a group on (it is shutting down): the waiting appends are
+            // answered with `GroupCommitStopped` as their replies drop.
+            Err(_) => {
+                let mut state = slot.group.state();
+                state.queue.clear();
+                state.busy -= 1;
+                drop(state);
+                std::mem::forget(slot);
+            }
         }
     }
 }
 
 impl<C: Committer> Slot<C> {
-    /// Commits `group` (after lingering, when asked to), then hands the slot on.
-    async fn commit(self, mut group: Vec<Queued>) {
+    /// Commits the next group (after lingering, when asked to), then hands the slot on.
+    async fn next(self) {
+        // First let the tasks whose appends were just answered run: they are ready, and those
+        // that append again join this group instead of waiting for the one after it.
+        tokio::task::yield_now().await;
+        let mut group = self.group.next_group::<C>();
+        if group.is_empty() {
+            return; // handed on, or freed, as the slot drops
+        }
         let linger = self.group.config.linger;
         if !linger.is_zero() && group.len() < self.group.config.max_appends {
             tokio::time::sleep(linger).await;
-            let mut state = self.group.state();
-            self.group.take::<C>(&mut state, &mut group);
+            self.group.take::<C>(&mut self.group.state(), &mut group);
         }
         self.group.state().count(group.len());
         if group.len() == 1 {

@@ -761,6 +761,7 @@ impl PostgresStore {
                 ords.push(ord);
                 ids.push(event.event_id);
                 types.push(event.event_type.as_ref());
+                // Never clamped: `check_append` refused versions above `i32::MAX` before.
                 versions.push(i32::try_from(event.schema_version).unwrap_or(i32::MAX));
                 payloads.push(event.payload.as_str());
                 metadata.push(

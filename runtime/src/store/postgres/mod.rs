@@ -351,9 +351,11 @@ impl PostgresStore {
         &self.limits
     }
 
-    /// The default group commit: up to 64 appends in a group, two appends or groups at the
-    /// server at once.
-    pub const GROUP_COMMIT: GroupCommit = GroupCommit::new(2);
+    /// The default group commit: up to 64 appends in a group, one append or group at the
+    /// server at once (the largest groups, so the fewest commits: with durable commits the
+    /// log's flush is what a busy server waits for), and appends held up for 100 ms by a group
+    /// that is itself held up (a lock) go alone.
+    pub const GROUP_COMMIT: GroupCommit = GroupCommit::new(1);
 
     /// This store (sharing its pool) with group commit configured as `config`: concurrent
     /// appends (from this value and its clones) that find `config.max_in_flight()` appends or
