@@ -196,6 +196,44 @@ impl Reply {
     }
 }
 
+/// The group commit settings of a store whose `group` field is an `Option<Arc<Group>>`; `$how`
+/// says how the store groups appends.
+macro_rules! group_commit_methods {
+    ($how:literal) => {
+        /// This store (sharing its pool) with group commit configured as `config`. Each
+        /// grouped append keeps its own outcome: one that conflicts or is refused fails alone.
+        ///
+        #[doc = $how]
+        #[must_use]
+        pub fn with_group_commit(mut self, config: $crate::store::GroupCommit) -> Self {
+            self.group = Some($crate::store::group::Group::new(config));
+            self
+        }
+
+        /// This store (sharing its pool) with every append on its own: one transaction per
+        /// append, however many tasks append at once.
+        #[must_use]
+        pub fn without_group_commit(mut self) -> Self {
+            self.group = None;
+            self
+        }
+
+        /// How concurrent appends are grouped (`None`: they are not).
+        #[must_use]
+        pub fn group_commit(&self) -> Option<$crate::store::GroupCommit> {
+            self.group.as_ref().map(|group| group.config())
+        }
+
+        /// What group commit did so far on this store and its clones (`None`: it is off).
+        #[must_use]
+        pub fn group_commit_stats(&self) -> Option<$crate::store::GroupCommitStats> {
+            self.group.as_ref().map(|group| group.stats())
+        }
+    };
+}
+
+pub(crate) use group_commit_methods;
+
 /// A store that commits groups of appends.
 pub(crate) trait Committer: Clone + Send + Sync + 'static {
     /// Whether two appends to one stream may share a group (they must then be applied in

@@ -309,34 +309,12 @@ impl Append<'_> {
         third: i64,
         executor: impl PgExecutor<'c>,
     ) -> std::result::Result<Vec<PgRow>, sqlx::Error> {
-        let events = &self.events;
-        let ids: Vec<Uuid> = events.iter().map(|e| e.event_id).collect();
-        let types: Vec<&str> = events.iter().map(|e| e.event_type.as_ref()).collect();
-        // Never clamped: `check_append` refused versions above `i32::MAX` before.
-        let versions: Vec<i32> = events
-            .iter()
-            .map(|e| i32::try_from(e.schema_version).unwrap_or(i32::MAX))
-            .collect();
-        let payloads: Vec<&str> = events.iter().map(|e| e.payload.as_str()).collect();
-        let metadata: Vec<String> = events
-            .iter()
-            .map(|e| serde_json::to_string(&e.metadata).unwrap_or_else(|_| "{}".to_owned()))
-            .collect();
-        let correlations: Vec<Uuid> = events.iter().map(|e| e.correlation_id).collect();
-        let causations: Vec<Uuid> = events.iter().map(|e| e.causation_id).collect();
-        let actors: Vec<Option<&str>> = events.iter().map(|e| e.actor.as_deref()).collect();
-        sqlx::query(AssertSqlSafe(sql.clone()))
+        let query = sqlx::query(AssertSqlSafe(sql.clone()))
             .bind(self.stream_id)
             .bind(self.aggregate_type)
-            .bind(third)
-            .bind(ids)
-            .bind(types)
-            .bind(versions)
-            .bind(payloads)
-            .bind(metadata)
-            .bind(correlations)
-            .bind(causations)
-            .bind(actors)
+            .bind(third);
+        EventColumns::of(&self.events)
+            .bind(query)
             .fetch_all(executor)
             .await
     }
@@ -450,6 +428,74 @@ impl Append<'_> {
             });
         }
         Ok(recorded)
+    }
+}
+
+/// The event columns of an insert's rows, as the arrays its `unnest` reads.
+struct EventColumns<'a> {
+    ids: Vec<Uuid>,
+    types: Vec<&'a str>,
+    versions: Vec<i32>,
+    payloads: Vec<&'a str>,
+    metadata: Vec<String>,
+    correlations: Vec<Uuid>,
+    causations: Vec<Uuid>,
+    actors: Vec<Option<&'a str>>,
+}
+
+impl<'a> EventColumns<'a> {
+    fn with_capacity(rows: usize) -> Self {
+        Self {
+            ids: Vec::with_capacity(rows),
+            types: Vec::with_capacity(rows),
+            versions: Vec::with_capacity(rows),
+            payloads: Vec::with_capacity(rows),
+            metadata: Vec::with_capacity(rows),
+            correlations: Vec::with_capacity(rows),
+            causations: Vec::with_capacity(rows),
+            actors: Vec::with_capacity(rows),
+        }
+    }
+
+    fn of(events: &'a [NewEvent]) -> Self {
+        let mut columns = Self::with_capacity(events.len());
+        for event in events {
+            columns.push(event);
+        }
+        columns
+    }
+
+    fn push(&mut self, event: &'a NewEvent) {
+        self.ids.push(event.event_id);
+        self.types.push(event.event_type.as_ref());
+        // Never clamped: `check_append` refused versions above `i32::MAX` before.
+        self.versions
+            .push(i32::try_from(event.schema_version).unwrap_or(i32::MAX));
+        self.payloads.push(event.payload.as_str());
+        self.metadata
+            .push(serde_json::to_string(&event.metadata).unwrap_or_else(|_| "{}".to_owned()));
+        self.correlations.push(event.correlation_id);
+        self.causations.push(event.causation_id);
+        self.actors.push(event.actor.as_deref());
+    }
+
+    /// Binds the eight arrays, in this order, as the query's next parameters.
+    fn bind<'q>(
+        self,
+        query: sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>,
+    ) -> sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>
+    where
+        'a: 'q,
+    {
+        query
+            .bind(self.ids)
+            .bind(self.types)
+            .bind(self.versions)
+            .bind(self.payloads)
+            .bind(self.metadata)
+            .bind(self.correlations)
+            .bind(self.causations)
+            .bind(self.actors)
     }
 }
 
@@ -743,14 +789,7 @@ impl PostgresStore {
         let mut expected = Vec::with_capacity(rows);
         let mut after = Vec::with_capacity(rows);
         let mut ords = Vec::with_capacity(rows);
-        let mut ids = Vec::with_capacity(rows);
-        let mut types = Vec::with_capacity(rows);
-        let mut versions = Vec::with_capacity(rows);
-        let mut payloads = Vec::with_capacity(rows);
-        let mut metadata = Vec::with_capacity(rows);
-        let mut correlations = Vec::with_capacity(rows);
-        let mut causations = Vec::with_capacity(rows);
-        let mut actors = Vec::with_capacity(rows);
+        let mut events = EventColumns::with_capacity(rows);
         for queued in group {
             let append = &queued.append;
             for (ord, event) in (1_i64..).zip(&append.events) {
@@ -759,35 +798,16 @@ impl PostgresStore {
                 expected.push(expected_code(append.expected));
                 after.push(append.head.map(|head| to_i64(head.version())));
                 ords.push(ord);
-                ids.push(event.event_id);
-                types.push(event.event_type.as_ref());
-                // Never clamped: `check_append` refused versions above `i32::MAX` before.
-                versions.push(i32::try_from(event.schema_version).unwrap_or(i32::MAX));
-                payloads.push(event.payload.as_str());
-                metadata.push(
-                    serde_json::to_string(&event.metadata).unwrap_or_else(|_| "{}".to_owned()),
-                );
-                correlations.push(event.correlation_id);
-                causations.push(event.causation_id);
-                actors.push(event.actor.as_deref());
+                events.push(event);
             }
         }
-        sqlx::query(AssertSqlSafe(self.inner.sql.append_group.clone()))
+        let query = sqlx::query(AssertSqlSafe(self.inner.sql.append_group.clone()))
             .bind(streams)
             .bind(aggregate_types)
             .bind(expected)
             .bind(after)
-            .bind(ords)
-            .bind(ids)
-            .bind(types)
-            .bind(versions)
-            .bind(payloads)
-            .bind(metadata)
-            .bind(correlations)
-            .bind(causations)
-            .bind(actors)
-            .fetch_all(&self.inner.pool)
-            .await
+            .bind(ords);
+        events.bind(query).fetch_all(&self.inner.pool).await
     }
 
     /// Answers each append of a committed group: with its stored events, or, when its head

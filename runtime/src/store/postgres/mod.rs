@@ -41,7 +41,7 @@ use super::Limits;
 use super::backend::{
     check_append, columns, decode_metadata, stored_u64, to_i64, version_bounds, version_i32,
 };
-use super::group::{Group, GroupCommit, GroupCommitStats, Request};
+use super::group::{Group, GroupCommit, Request};
 use super::sql::{AppendHook, Schema};
 use super::tx::{self, Transaction, Tx};
 use super::{
@@ -357,39 +357,13 @@ impl PostgresStore {
     /// that is itself held up (a lock) go alone.
     pub const GROUP_COMMIT: GroupCommit = GroupCommit::new(1);
 
-    /// This store (sharing its pool) with group commit configured as `config`: concurrent
-    /// appends (from this value and its clones) that find `config.max_in_flight()` appends or
-    /// groups at the server wait, and go together as one statement, in one transaction. Each
-    /// keeps its own outcome: an append that conflicts or is refused fails alone.
-    ///
-    /// On by default ([`PostgresStore::GROUP_COMMIT`]). A store with inline projections
-    /// ([`PostgresStore::with_inline`]) appends alone: their handlers run in each append's
-    /// transaction.
-    #[must_use]
-    pub fn with_group_commit(mut self, config: GroupCommit) -> Self {
-        self.group = Some(Group::new(config));
-        self
-    }
-
-    /// This store (sharing its pool) with every append on its own: one statement and one
-    /// transaction per append, however many tasks append at once.
-    #[must_use]
-    pub fn without_group_commit(mut self) -> Self {
-        self.group = None;
-        self
-    }
-
-    /// How concurrent appends are grouped (`None`: they are not).
-    #[must_use]
-    pub fn group_commit(&self) -> Option<GroupCommit> {
-        self.group.as_ref().map(|group| group.config())
-    }
-
-    /// What group commit did so far on this store and its clones (`None`: it is off).
-    #[must_use]
-    pub fn group_commit_stats(&self) -> Option<GroupCommitStats> {
-        self.group.as_ref().map(|group| group.stats())
-    }
+    super::group::group_commit_methods!(
+        "Concurrent appends (from this value and its clones) that find `config.max_in_flight()` \
+         appends or groups at the server wait, and go together as one statement. On by default \
+         ([`PostgresStore::GROUP_COMMIT`]). A store with inline projections \
+         ([`PostgresStore::with_inline`]) appends alone: their handlers run in each append's \
+         transaction."
+    );
 
     /// An append, checked, then alone or in a group.
     async fn append_request(&self, request: Request<'_>) -> Result<Vec<RecordedEvent>> {

@@ -30,7 +30,7 @@ use super::backend::{
     StoredId, check_append, classify_retry, columns, decode_metadata, stored_u64, to_i64,
     version_bounds,
 };
-use super::group::{Committer, Group, GroupCommit, GroupCommitStats, Queued, Request};
+use super::group::{Committer, Group, GroupCommit, Queued, Request};
 use super::sql::AppendHook;
 use super::tx::{self, Transaction, Tx};
 use super::{
@@ -211,37 +211,12 @@ impl SqliteStore {
     /// database at once (SQLite writes one transaction at a time).
     pub const GROUP_COMMIT: GroupCommit = GroupCommit::new(1);
 
-    /// This store (sharing its pool) with group commit configured as `config`: concurrent
-    /// appends (from this value and its clones) that find `config.max_in_flight()` appends or
-    /// groups at the database wait, and go together in one `BEGIN IMMEDIATE` transaction,
-    /// each in its own savepoint: an append that conflicts or is refused fails alone, and one
-    /// commit (one flush of the log) stores the others.
-    ///
-    /// On by default ([`SqliteStore::GROUP_COMMIT`]).
-    #[must_use]
-    pub fn with_group_commit(mut self, config: GroupCommit) -> Self {
-        self.group = Some(Group::new(config));
-        self
-    }
-
-    /// This store (sharing its pool) with every append in its own transaction.
-    #[must_use]
-    pub fn without_group_commit(mut self) -> Self {
-        self.group = None;
-        self
-    }
-
-    /// How concurrent appends are grouped (`None`: they are not).
-    #[must_use]
-    pub fn group_commit(&self) -> Option<GroupCommit> {
-        self.group.as_ref().map(|group| group.config())
-    }
-
-    /// What group commit did so far on this store and its clones (`None`: it is off).
-    #[must_use]
-    pub fn group_commit_stats(&self) -> Option<GroupCommitStats> {
-        self.group.as_ref().map(|group| group.stats())
-    }
+    super::group::group_commit_methods!(
+        "Concurrent appends (from this value and its clones) that find `config.max_in_flight()` \
+         appends or groups at the database wait, and go together in one `BEGIN IMMEDIATE` \
+         transaction (one commit, one flush of the log), several-event appends each in a \
+         savepoint. On by default ([`SqliteStore::GROUP_COMMIT`])."
+    );
 
     /// The connection pool.
     #[must_use]
