@@ -64,6 +64,9 @@ pub struct PostgresAt {
     /// b / a and c / a (medians of per-run ratios).
     pub ratio: f64,
     pub alone_ratio: f64,
+    /// b / c: what grouping changes against the same commands without it (median of per-run
+    /// ratios; at 1 client nothing waits, so every append goes alone either way).
+    pub vs_alone: f64,
     /// b's p99 latency / a's.
     pub p99_ratio: f64,
     /// Groups formed in the grouped runs.
@@ -199,6 +202,7 @@ async fn measure_postgres(
         }
         let ratio = paired_median(&grouped, &raw, |candidate, baseline| candidate / baseline);
         let alone_ratio = paired_median(&alone, &raw, |candidate, baseline| candidate / baseline);
+        let vs_alone = paired_median(&grouped, &alone, |grouped, alone| grouped / alone);
         let (raw, grouped, alone) = (
             Summary::of(&raw),
             Summary::of(&grouped),
@@ -211,7 +215,7 @@ async fn measure_postgres(
             stats.grouped_appends as f64 / stats.groups as f64
         };
         eprintln!(
-            "  {concurrency} clients: raw INSERT {:.0}/s (p99 {:.2} ms); grouped deposits {:.0}/s ({ratio:.2}x, p99 {:.2} ms, {p99_ratio:.2}x); alone {:.0}/s ({alone_ratio:.2}x); {} groups, mean {mean_group:.1}, largest {}",
+            "  {concurrency} clients: raw INSERT {:.0}/s (p99 {:.2} ms); grouped deposits {:.0}/s ({ratio:.2}x, p99 {:.2} ms, {p99_ratio:.2}x); alone {:.0}/s ({alone_ratio:.2}x; grouped/alone {vs_alone:.2}); {} groups, mean {mean_group:.1}, largest {}",
             raw.per_second,
             raw.p99_ms,
             grouped.per_second,
@@ -227,6 +231,7 @@ async fn measure_postgres(
             alone,
             ratio,
             alone_ratio,
+            vs_alone,
             p99_ratio,
             groups: stats.groups,
             largest_group: stats.largest_group,

@@ -6,6 +6,7 @@
 //! cargo run --release -p factum-bench -- projections         # catch-up and live lag
 //! cargo run --release -p factum-bench -- sagas               # order flow completion time
 //! cargo run --release -p factum-bench -- sqlite              # the embedded store vs raw SQLite
+//! cargo run --release -p factum-bench -- group               # group commit vs single-row INSERTs
 //! ```
 
 mod group;
