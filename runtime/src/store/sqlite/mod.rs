@@ -308,6 +308,14 @@ impl SqliteStore {
         expected: ExpectedVersion,
         events: &[NewEvent],
     ) -> Result<Vec<RecordedEvent>> {
+        if let [event] = events
+            && let Some(recorded) = self
+                .insert_one_checked(connection, stream_id, aggregate_type, expected, event)
+                .await?
+        {
+            return Ok(vec![recorded]);
+        }
+        // Several events, or one the head check refused: look at the head to say why.
         let head = sqlx::query(
             "SELECT stream_version, aggregate_type FROM events WHERE stream_id = ?1
              ORDER BY stream_version DESC LIMIT 1",
@@ -368,28 +376,83 @@ impl SqliteStore {
             .await
             .map_err(backend)?;
             let position = stored_u64(position, "a global position")?;
-            recorded.push(RecordedEvent {
-                event_id: event.event_id,
-                event_type: event.event_type.into_owned(),
-                schema_version: event.schema_version,
-                stream_id: stream_id.to_owned(),
-                aggregate_type: aggregate_type.to_owned(),
+            recorded.push(stored(
+                event,
+                (stream_id, aggregate_type),
                 stream_version,
-                global_position: position,
-                tx: position,
+                position,
                 recorded_at,
-                correlation_id: event.correlation_id,
-                causation_id: event.causation_id,
-                actor: event.actor,
-                metadata: event.metadata,
-                event: event.payload,
-            });
+            ));
         }
         Ok(recorded)
     }
 }
 
 impl SqliteStore {
+    /// The common append, one event, in one statement: the insert checks the expected version
+    /// and the aggregate type against the stream's head itself. `None` when the check refused
+    /// it (nothing was written).
+    async fn insert_one_checked(
+        &self,
+        connection: &mut SqliteConnection,
+        stream_id: &str,
+        aggregate_type: &str,
+        expected: ExpectedVersion,
+        event: &NewEvent,
+    ) -> Result<Option<RecordedEvent>> {
+        let expected_code = match expected {
+            ExpectedVersion::Any => -1,
+            ExpectedVersion::NoStream => -2,
+            ExpectedVersion::StreamExists => -3,
+            ExpectedVersion::Exact(version) => to_i64(version),
+        };
+        let recorded_at = now();
+        let metadata = serde_json::to_string(&event.metadata).unwrap_or_else(|_| "{}".to_owned());
+        let row = sqlx::query(
+            "INSERT INTO events (stream_id, stream_version, aggregate_type, event_id, event_type,
+                 schema_version, payload, metadata, correlation_id, causation_id, actor,
+                 recorded_at)
+             SELECT ?1, coalesce(h.stream_version, 0) + 1, ?2, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11,
+                    ?12
+             FROM (SELECT 1) AS one
+             LEFT JOIN (SELECT stream_version, aggregate_type FROM events WHERE stream_id = ?1
+                        ORDER BY stream_version DESC LIMIT 1) AS h ON true
+             WHERE (?3 = -1
+                    OR (?3 = -2 AND h.stream_version IS NULL)
+                    OR (?3 = -3 AND h.stream_version IS NOT NULL)
+                    OR ?3 = coalesce(h.stream_version, 0))
+               AND (h.aggregate_type IS NULL OR h.aggregate_type = ?2)
+             RETURNING position, stream_version",
+        )
+        .bind(stream_id)
+        .bind(aggregate_type)
+        .bind(expected_code)
+        .bind(event.event_id.to_string())
+        .bind(event.event_type.as_ref())
+        .bind(i64::from(event.schema_version))
+        .bind(event.payload.as_str())
+        .bind(metadata)
+        .bind(event.correlation_id.to_string())
+        .bind(event.causation_id.to_string())
+        .bind(event.actor.as_deref())
+        .bind(recorded_at)
+        .fetch_optional(&mut *connection)
+        .await
+        .map_err(backend)?;
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        let position = stored_u64(columns::get::<_, i64>(&row, 0)?, "a global position")?;
+        let stream_version = columns::unsigned::<_, i64, _>(&row, 1)?;
+        Ok(Some(stored(
+            event.clone(),
+            (stream_id, aggregate_type),
+            stream_version,
+            position,
+            recorded_at,
+        )))
+    }
+
     /// [`SqliteStore::append_locked`], then the append hooks (inline projections) on the
     /// inserted events, in the same transaction.
     async fn append_hooked(
@@ -682,6 +745,33 @@ impl SqliteStore {
 }
 
 /// A UUID stored as text.
+/// The envelope of `event`, stored in `stream` (its id and aggregate type) at `stream_version`
+/// and `position` (SQLite's commit order too).
+fn stored(
+    event: NewEvent,
+    stream: (&str, &str),
+    stream_version: u64,
+    position: u64,
+    recorded_at: DateTime<Utc>,
+) -> RecordedEvent {
+    RecordedEvent {
+        event_id: event.event_id,
+        event_type: event.event_type.into_owned(),
+        schema_version: event.schema_version,
+        stream_id: stream.0.to_owned(),
+        aggregate_type: stream.1.to_owned(),
+        stream_version,
+        global_position: position,
+        tx: position,
+        recorded_at,
+        correlation_id: event.correlation_id,
+        causation_id: event.causation_id,
+        actor: event.actor,
+        metadata: event.metadata,
+        event: event.payload,
+    }
+}
+
 pub(crate) fn uuid(row: &SqliteRow, index: usize) -> Result<Uuid> {
     let text: String = columns::get(row, index)?;
     Uuid::parse_str(&text).map_err(|error| Error::Corrupt {
