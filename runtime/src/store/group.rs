@@ -456,22 +456,16 @@ impl<C: Committer> Drop for Slot<C> {
         if !self.group.keep_or_release() {
             return;
         }
-        let slot = Slot {
-            group: self.group.clone(),
-            committer: self.committer.clone(),
-        };
         match tokio::runtime::Handle::try_current() {
             Ok(runtime) => {
-                runtime.spawn(slot.next());
+                runtime.spawn(self.group.slot(&self.committer).next());
             }
             // No runtime to run a group on (it is shutting down): the waiting appends are
             // answered with `GroupCommitStopped` as their replies drop.
             Err(_) => {
-                let mut state = slot.group.state();
+                let mut state = self.group.state();
                 state.queue.clear();
                 state.busy -= 1;
-                drop(state);
-                std::mem::forget(slot);
             }
         }
     }
