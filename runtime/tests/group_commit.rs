@@ -413,44 +413,10 @@ async fn an_append_held_up_by_a_lock_holds_up_the_others_only_until_the_stall() 
     assert_eq!(held[0].stream_version, 1);
 }
 
-#[factum::event]
-#[derive(Debug, Clone, PartialEq)]
-pub struct Added {
-    pub amount: u64,
-    pub total: u64,
-}
+#[path = "support/counter.rs"]
+mod counter;
 
-#[factum::event]
-#[derive(Debug, Clone, PartialEq)]
-pub enum CounterEvent {
-    Added(Added),
-}
-
-#[derive(Debug)]
-pub struct Add {
-    pub amount: u64,
-}
-
-#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
-pub struct Counter {
-    total: u64,
-}
-
-#[factum::aggregate(events = CounterEvent)]
-impl Counter {
-    #[apply]
-    fn added(&mut self, event: &Added) {
-        self.total = event.total;
-    }
-
-    #[command]
-    fn add(&self, command: &Add) -> Result<Added, std::convert::Infallible> {
-        Ok(Added {
-            amount: command.amount,
-            total: self.total + command.amount,
-        })
-    }
-}
+use counter::{Add, Counter};
 
 /// Two "processes" (two stores on one database, each with its own hot cache) command the same
 /// twelve counters from eight tasks each: cached heads go stale, appends after them conflict

@@ -8,51 +8,10 @@ use std::sync::Arc;
 use factum::testing::TestDatabase;
 use factum::{Error, EventStore, ExecuteError, MemoryStore, Repository};
 
-#[factum::event]
-#[derive(Debug, Clone, PartialEq)]
-pub struct Added {
-    pub amount: u64,
-    pub total: u64,
-}
+#[path = "support/counter.rs"]
+mod counter;
 
-#[factum::event]
-#[derive(Debug, Clone, PartialEq)]
-pub enum CounterEvent {
-    Added(Added),
-}
-
-#[derive(Debug)]
-pub struct Add {
-    pub amount: u64,
-}
-
-#[derive(Debug, PartialEq, thiserror::Error)]
-#[error("zero is not an amount")]
-pub struct Zero;
-
-#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
-pub struct Counter {
-    total: u64,
-}
-
-#[factum::aggregate(events = CounterEvent)]
-impl Counter {
-    #[apply]
-    fn added(&mut self, event: &Added) {
-        self.total = event.total;
-    }
-
-    #[command]
-    fn add(&self, command: &Add) -> Result<Added, Zero> {
-        if command.amount == 0 {
-            return Err(Zero);
-        }
-        Ok(Added {
-            amount: command.amount,
-            total: self.total + command.amount,
-        })
-    }
-}
+use counter::{Add, Added, Counter, Zero};
 
 const TASKS: u64 = 64;
 const EACH: u64 = 40;

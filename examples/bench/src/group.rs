@@ -15,14 +15,15 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use bank::{BankAccount, Deposit, OpenAccount};
+use bank::{BankAccount, Deposit};
 use factum::store::{GroupCommitStats, PostgresStore, SqliteStore};
-use factum::{CommandContext, EventStore, ExpectedVersion, NewEvent, Repository};
+use factum::{EventStore, ExpectedVersion, Repository};
 use serde::Serialize;
 use sqlx::AssertSqlSafe;
 use sqlx::postgres::PgPoolOptions;
 
 use crate::postgres::{Schemas, bank_commands, paired_median, raw_inserts};
+use crate::sqlite::{TempDir, deposit_event, opened_accounts};
 use crate::stats::{Summary, median};
 
 pub struct Config {
@@ -241,14 +242,6 @@ async fn measure_postgres(
     Ok(report)
 }
 
-struct TempDir(std::path::PathBuf);
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 async fn measure_sqlite(
     config: &Config,
     counters: &mut Counters,
@@ -335,14 +328,6 @@ async fn sqlite_count(store: &SqliteStore) -> Result<u64, Box<dyn std::error::Er
         .fetch_one(store.pool())
         .await?;
     Ok(u64::try_from(count)?)
-}
-
-fn deposit_event(n: usize) -> Result<NewEvent, Box<dyn std::error::Error + Send + Sync>> {
-    let event = bank::AccountEvent::from(bank::MoneyDeposited {
-        amount: 100,
-        balance_after: 100 * (n as u64 + 1),
-    });
-    Ok(NewEvent::from_event(&event, &CommandContext::new())?)
 }
 
 /// Runs `clients` tasks, each doing its share of `events` operations with `each(n)`.
@@ -444,21 +429,8 @@ async fn sqlite_commands(
     clients: usize,
     events: usize,
 ) -> Result<f64, Box<dyn std::error::Error>> {
-    let accounts = Repository::<BankAccount, _>::new(store.clone())
-        .cache(std::num::NonZeroUsize::new(1_000).ok_or("cache size")?);
     let streams = streams(clients);
-    for account in 0..streams {
-        accounts
-            .execute(
-                &format!("acc-{account}"),
-                OpenAccount {
-                    owner: format!("owner {account}"),
-                    initial_deposit: 0,
-                },
-            )
-            .await
-            .map_err(|e| e.to_string())?;
-    }
+    let accounts = opened_accounts(store, streams).await?;
     clients_do(clients, events, move |n| {
         let accounts = accounts.clone();
         async move {

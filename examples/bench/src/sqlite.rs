@@ -35,7 +35,8 @@ pub struct Report {
     pub command_ratio: f64,
 }
 
-struct TempDir(std::path::PathBuf);
+/// A directory of database files, removed with everything in it when dropped.
+pub(crate) struct TempDir(pub(crate) std::path::PathBuf);
 
 impl Drop for TempDir {
     fn drop(&mut self) {
@@ -87,7 +88,10 @@ pub async fn run(config: &Config) -> Result<Report, Box<dyn std::error::Error>> 
     })
 }
 
-fn deposit_event(n: usize) -> Result<NewEvent, Box<dyn std::error::Error>> {
+/// The `n`-th deposit's event, as an append writes it.
+pub(crate) fn deposit_event(
+    n: usize,
+) -> Result<NewEvent, Box<dyn std::error::Error + Send + Sync>> {
     let event = bank::AccountEvent::from(bank::MoneyDeposited {
         amount: 100,
         balance_after: 100 * (n as u64 + 1),
@@ -102,7 +106,7 @@ async fn raw_inserts(
 ) -> Result<f64, Box<dyn std::error::Error>> {
     let started = Instant::now();
     for n in 0..events {
-        let event = deposit_event(n)?;
+        let event = deposit_event(n).map_err(|e| e.to_string())?;
         let mut transaction = store.pool().begin_with("BEGIN IMMEDIATE").await?;
         sqlx::query(
             "INSERT INTO events (stream_id, stream_version, aggregate_type, event_id, event_type,
@@ -132,7 +136,7 @@ async fn appends(store: &SqliteStore, events: usize) -> Result<f64, Box<dyn std:
                 &format!("acc-{}", n % 100),
                 "BankAccount",
                 ExpectedVersion::Any,
-                vec![deposit_event(n)?],
+                vec![deposit_event(n).map_err(|e| e.to_string())?],
             )
             .await?;
     }
@@ -140,10 +144,26 @@ async fn appends(store: &SqliteStore, events: usize) -> Result<f64, Box<dyn std:
 }
 
 async fn commands(store: &SqliteStore, events: usize) -> Result<f64, Box<dyn std::error::Error>> {
-    let accounts = Repository::<BankAccount, _>::new(store.clone())
-        .cache(std::num::NonZeroUsize::new(1_000).ok_or("cache size")?);
-    for account in 0..100 {
+    let accounts = opened_accounts(store, 100).await?;
+    let started = Instant::now();
+    for n in 0..events {
         accounts
+            .execute(&format!("acc-{}", n % 100), Deposit { amount: 100 })
+            .await
+            .map_err(|e| e.to_string())?;
+    }
+    Ok(events as f64 / started.elapsed().as_secs_f64())
+}
+
+/// A repository with the hot cache over `accounts` accounts (`acc-0`...), opened (not timed).
+pub(crate) async fn opened_accounts(
+    store: &SqliteStore,
+    accounts: usize,
+) -> Result<Repository<BankAccount, SqliteStore>, Box<dyn std::error::Error>> {
+    let repository = Repository::<BankAccount, _>::new(store.clone())
+        .cache(std::num::NonZeroUsize::new(1_000).ok_or("cache size")?);
+    for account in 0..accounts {
+        repository
             .execute(
                 &format!("acc-{account}"),
                 OpenAccount {
@@ -154,12 +174,5 @@ async fn commands(store: &SqliteStore, events: usize) -> Result<f64, Box<dyn std
             .await
             .map_err(|e| e.to_string())?;
     }
-    let started = Instant::now();
-    for n in 0..events {
-        accounts
-            .execute(&format!("acc-{}", n % 100), Deposit { amount: 100 })
-            .await
-            .map_err(|e| e.to_string())?;
-    }
-    Ok(events as f64 / started.elapsed().as_secs_f64())
+    Ok(repository)
 }

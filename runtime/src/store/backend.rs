@@ -140,6 +140,18 @@ pub fn version_bounds(versions: &impl RangeBounds<u64>) -> (u64, u64) {
     (from, to)
 }
 
+/// The expected version as SQL compares it in one statement with the stream's head: `-1` any,
+/// `-2` no stream, `-3` the stream exists, else the exact version (0: no stream).
+#[must_use]
+pub fn expected_code(expected: ExpectedVersion) -> i64 {
+    match expected {
+        ExpectedVersion::Any => -1,
+        ExpectedVersion::NoStream => -2,
+        ExpectedVersion::StreamExists => -3,
+        ExpectedVersion::Exact(version) => to_i64(version),
+    }
+}
+
 /// A number to bind as SQL `bigint`. Versions, positions and counts stay far below
 /// `i64::MAX`; a larger value (an open range bound such as `u64::MAX`) binds as `i64::MAX`,
 /// which SQL compares the same way.

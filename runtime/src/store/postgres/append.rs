@@ -29,7 +29,9 @@ use uuid::Uuid;
 use super::{PostgresStore, Schema, identity};
 use crate::envelope::{NewEvent, RecordedEvent};
 use crate::error::{Error, Result};
-use crate::store::backend::{StoredId, check_append, classify_retry, columns, to_i64};
+use crate::store::backend::{
+    StoredId, check_append, classify_retry, columns, expected_code, to_i64,
+};
 use crate::store::group::{Committer, Queued, Request};
 use crate::store::{ExpectedVersion, KnownHead};
 
@@ -222,21 +224,7 @@ impl<'a> From<Request<'a>> for Append<'a> {
     }
 }
 
-/// The `expected` code of [`head_check`].
-fn expected_code(expected: ExpectedVersion) -> i64 {
-    match expected {
-        ExpectedVersion::Any => -1,
-        ExpectedVersion::NoStream => -2,
-        ExpectedVersion::StreamExists => -3,
-        ExpectedVersion::Exact(version) => to_i64(version),
-    }
-}
-
 impl Append<'_> {
-    fn expected_code(&self) -> i64 {
-        expected_code(self.expected)
-    }
-
     async fn insert<'c>(
         &self,
         store: &PostgresStore,
@@ -246,15 +234,19 @@ impl Append<'_> {
             [event] => {
                 self.insert_scalar(
                     &store.inner.sql.append_one,
-                    self.expected_code(),
+                    expected_code(self.expected),
                     event,
                     executor,
                 )
                 .await
             }
             _ => {
-                self.insert_with(&store.inner.sql.append, self.expected_code(), executor)
-                    .await
+                self.insert_with(
+                    &store.inner.sql.append,
+                    expected_code(self.expected),
+                    executor,
+                )
+                .await
             }
         }
     }
@@ -762,13 +754,11 @@ impl PostgresStore {
             match self.insert_group(&group).await {
                 Ok(rows) => self.settle_group(group, rows).await,
                 Err(error) => {
-                    if let Some(copy) = for_every_append(&error) {
-                        let mut errors = Some(error);
-                        for queued in group {
-                            let error = errors.take().unwrap_or_else(|| {
-                                for_every_append(&copy).unwrap_or(sqlx::Error::PoolClosed)
-                            });
-                            queued.reply.send(Err(self.fail(error)));
+                    let copies: Option<Vec<sqlx::Error>> =
+                        group.iter().map(|_| for_every_append(&error)).collect();
+                    if let Some(copies) = copies {
+                        for (queued, copy) in group.into_iter().zip(copies) {
+                            queued.reply.send(Err(self.fail(copy)));
                         }
                         return;
                     }

@@ -27,8 +27,8 @@ use uuid::Uuid;
 
 use super::Limits;
 use super::backend::{
-    StoredId, check_append, classify_retry, columns, decode_metadata, stored_u64, to_i64,
-    version_bounds,
+    StoredId, check_append, classify_retry, columns, decode_metadata, expected_code, stored_u64,
+    to_i64, version_bounds,
 };
 use super::group::{Committer, Group, GroupCommit, Queued, Request};
 use super::sql::AppendHook;
@@ -351,9 +351,7 @@ impl SqliteStore {
         let mut recorded = Vec::with_capacity(events.len());
         for (offset, event) in events.iter().cloned().enumerate() {
             let stream_version = current + 1 + offset as u64;
-            let metadata =
-                serde_json::to_string(&event.metadata).unwrap_or_else(|_| "{}".to_owned());
-            let position: i64 = sqlx::query_scalar(
+            let query = sqlx::query(
                 "INSERT INTO events (stream_id, stream_version, aggregate_type, event_id,
                      event_type, schema_version, payload, metadata, correlation_id, causation_id,
                      actor, recorded_at)
@@ -362,19 +360,12 @@ impl SqliteStore {
             )
             .bind(stream_id)
             .bind(to_i64(stream_version))
-            .bind(aggregate_type)
-            .bind(event.event_id.to_string())
-            .bind(event.event_type.as_ref())
-            .bind(i64::from(event.schema_version))
-            .bind(event.payload.as_str())
-            .bind(metadata)
-            .bind(event.correlation_id.to_string())
-            .bind(event.causation_id.to_string())
-            .bind(event.actor.as_deref())
-            .bind(recorded_at)
-            .fetch_one(&mut *connection)
-            .await
-            .map_err(backend)?;
+            .bind(aggregate_type);
+            let row = bind_event(query, &event, recorded_at)
+                .fetch_one(&mut *connection)
+                .await
+                .map_err(backend)?;
+            let position: i64 = columns::get(&row, 0)?;
             let position = stored_u64(position, "a global position")?;
             recorded.push(stored(
                 event,
@@ -400,15 +391,8 @@ impl SqliteStore {
         expected: ExpectedVersion,
         event: &NewEvent,
     ) -> Result<Option<RecordedEvent>> {
-        let expected_code = match expected {
-            ExpectedVersion::Any => -1,
-            ExpectedVersion::NoStream => -2,
-            ExpectedVersion::StreamExists => -3,
-            ExpectedVersion::Exact(version) => to_i64(version),
-        };
         let recorded_at = now();
-        let metadata = serde_json::to_string(&event.metadata).unwrap_or_else(|_| "{}".to_owned());
-        let row = sqlx::query(
+        let query = sqlx::query(
             "INSERT INTO events (stream_id, stream_version, aggregate_type, event_id, event_type,
                  schema_version, payload, metadata, correlation_id, causation_id, actor,
                  recorded_at)
@@ -426,19 +410,11 @@ impl SqliteStore {
         )
         .bind(stream_id)
         .bind(aggregate_type)
-        .bind(expected_code)
-        .bind(event.event_id.to_string())
-        .bind(event.event_type.as_ref())
-        .bind(i64::from(event.schema_version))
-        .bind(event.payload.as_str())
-        .bind(metadata)
-        .bind(event.correlation_id.to_string())
-        .bind(event.causation_id.to_string())
-        .bind(event.actor.as_deref())
-        .bind(recorded_at)
-        .fetch_optional(&mut *connection)
-        .await
-        .map_err(backend)?;
+        .bind(expected_code(expected));
+        let row = bind_event(query, event, recorded_at)
+            .fetch_optional(&mut *connection)
+            .await
+            .map_err(backend)?;
         let Some(row) = row else {
             return Ok(None);
         };
@@ -745,6 +721,25 @@ impl SqliteStore {
 }
 
 /// A UUID stored as text.
+/// Binds `event`'s columns as the parameters `?4` to `?12` of an insert into `events`
+/// (`event_id` to `recorded_at`, in table order).
+fn bind_event<'q>(
+    query: sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments>,
+    event: &'q NewEvent,
+    recorded_at: DateTime<Utc>,
+) -> sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments> {
+    query
+        .bind(event.event_id.to_string())
+        .bind(event.event_type.as_ref())
+        .bind(i64::from(event.schema_version))
+        .bind(event.payload.as_str())
+        .bind(serde_json::to_string(&event.metadata).unwrap_or_else(|_| "{}".to_owned()))
+        .bind(event.correlation_id.to_string())
+        .bind(event.causation_id.to_string())
+        .bind(event.actor.as_deref())
+        .bind(recorded_at)
+}
+
 /// The envelope of `event`, stored in `stream` (its id and aggregate type) at `stream_version`
 /// and `position` (SQLite's commit order too).
 fn stored(
