@@ -242,7 +242,13 @@ pub(crate) trait Committer: Clone + Send + Sync + 'static {
     /// queue order, the later one seeing the earlier).
     const SAME_STREAM: bool;
 
-    /// Commits `group` (one append or more), answering every one of them.
+    /// Appends on its own, as without group commit (checked already).
+    fn alone(
+        &self,
+        request: Request<'_>,
+    ) -> impl Future<Output = Result<Vec<RecordedEvent>>> + Send;
+
+    /// Commits `group` (two appends or more), answering every one of them.
     fn commit(&self, group: Vec<Queued>) -> impl Future<Output = ()> + Send;
 }
 
@@ -310,19 +316,12 @@ impl Group {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Runs `request`: alone (`alone`, the store's path without group commit) when a slot is
-    /// free, or in the next group.
-    pub async fn append<'r, C, F, Fut>(
+    /// Runs `request`: alone when a slot is free, or in the next group.
+    pub async fn append<C: Committer>(
         self: &Arc<Self>,
         committer: &C,
-        request: Request<'r>,
-        alone: F,
-    ) -> Result<Vec<RecordedEvent>>
-    where
-        C: Committer,
-        F: FnOnce(Request<'r>) -> Fut,
-        Fut: Future<Output = Result<Vec<RecordedEvent>>>,
-    {
+        request: Request<'_>,
+    ) -> Result<Vec<RecordedEvent>> {
         let (stream_id, aggregate_type) = (request.stream_id, request.aggregate_type);
         let (expected, head) = (request.expected, request.head);
         let waiting = {
@@ -352,7 +351,7 @@ impl Group {
             Err(request) => {
                 // Handed on when this append is done or dropped.
                 let _slot = self.slot(committer);
-                return alone(request).await;
+                return committer.alone(request).await;
             }
             Ok(waiting) => waiting,
         };
@@ -370,7 +369,7 @@ impl Group {
                         head,
                         events,
                     };
-                    return alone(request).await;
+                    return committer.alone(request).await;
                 }
                 // Already in a group at the database.
                 None => receiver.await,
@@ -489,11 +488,14 @@ impl<C: Committer> Slot<C> {
             self.group.take::<C>(&mut self.group.state(), &mut group);
         }
         self.group.state().count(group.len());
-        if group.len() == 1 {
-            tracing::trace!("group commit: one append");
-        } else {
-            tracing::debug!(appends = group.len(), "group commit");
+        if group.len() == 1
+            && let Some(mut queued) = group.pop()
+        {
+            let outcome = self.committer.alone(queued.append.request()).await;
+            queued.reply.send(outcome);
+            return;
         }
+        tracing::debug!(appends = group.len(), "group commit");
         self.committer.commit(group).await;
     }
 }

@@ -700,6 +700,13 @@ impl Committer for PostgresStore {
     /// Two appends to one stream in one statement would read the same head.
     const SAME_STREAM: bool = false;
 
+    fn alone(
+        &self,
+        request: Request<'_>,
+    ) -> impl Future<Output = Result<Vec<RecordedEvent>>> + Send {
+        self.append_alone(request)
+    }
+
     fn commit(&self, group: Vec<Queued>) -> impl Future<Output = ()> + Send {
         self.commit_group(group)
     }

@@ -370,9 +370,7 @@ impl PostgresStore {
         check_append(request.stream_id, &request.events, &self.limits)?;
         let appended = match &self.group {
             Some(group) if self.hooks.is_empty() && !request.events.is_empty() => {
-                group
-                    .append(self, request, |request| self.append_alone(request))
-                    .await?
+                group.append(self, request).await?
             }
             _ => self.append_alone(request).await?,
         };

@@ -511,14 +511,7 @@ impl SqliteStore {
     /// its events, or its own failure (after looking whether it was the retry of a stored
     /// append). When the transaction fails as a whole, nothing of it is stored, and each
     /// append is tried alone.
-    async fn commit_group(&self, mut group: Vec<Queued>) {
-        if group.len() == 1 {
-            if let Some(mut queued) = group.pop() {
-                let outcome = self.append_alone(queued.append.request()).await;
-                queued.reply.send(outcome);
-            }
-            return;
-        }
+    async fn commit_group(&self, group: Vec<Queued>) {
         let outcomes = match self.append_group(&group).await {
             Ok(outcomes) => outcomes,
             Err(error) => {
@@ -850,11 +843,7 @@ impl EventStore for SqliteStore {
             events,
         };
         let appended = match &self.group {
-            Some(group) => {
-                group
-                    .append(self, request, |request| self.append_alone(request))
-                    .await?
-            }
+            Some(group) => group.append(self, request).await?,
             None => self.append_alone(request).await?,
         };
         if !appended.is_empty() {
@@ -957,6 +946,13 @@ impl Committer for SqliteStore {
     /// Appends run one after the other in the group's transaction, each seeing the ones
     /// before it.
     const SAME_STREAM: bool = true;
+
+    fn alone(
+        &self,
+        request: Request<'_>,
+    ) -> impl std::future::Future<Output = Result<Vec<RecordedEvent>>> + Send {
+        self.append_alone(request)
+    }
 
     fn commit(&self, group: Vec<Queued>) -> impl std::future::Future<Output = ()> + Send {
         self.commit_group(group)
