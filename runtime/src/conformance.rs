@@ -657,17 +657,33 @@ pub async fn idempotent_retry<S: EventStore>(store: &S) {
 }
 
 /// Replays a stream's history: the snapshot, and the versions of the events handed over (checking
-/// each against its full read).
+/// each against its full read, stored aggregate type included, as the stream's own aggregate
+/// and as another one).
 async fn replay<S: EventStore>(
     store: &S,
     stream: &str,
+    with_snapshot: bool,
+) -> (Option<Snapshot>, Vec<u64>) {
+    let other = replay_as(store, stream, "SomeOtherAggregate", with_snapshot).await;
+    let own = replay_as(store, stream, AGGREGATE, with_snapshot).await;
+    assert_eq!(
+        own, other,
+        "what a replay hands over does not depend on who asks"
+    );
+    own
+}
+
+async fn replay_as<S: EventStore>(
+    store: &S,
+    stream: &str,
+    aggregate_type: &str,
     with_snapshot: bool,
 ) -> (Option<Snapshot>, Vec<u64>) {
     let full = store.read_stream(stream, 1..).await.unwrap();
     let mut snapshot = None;
     let mut versions = Vec::new();
     store
-        .replay_history(stream, with_snapshot, |item| {
+        .replay_history(stream, aggregate_type, with_snapshot, |item| {
             match item {
                 HistoryItem::Snapshot(s) => {
                     assert!(versions.is_empty(), "the snapshot comes first");

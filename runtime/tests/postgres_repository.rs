@@ -190,6 +190,49 @@ async fn unusable_snapshots_are_ignored_and_the_state_rebuilt_from_events() {
     );
 }
 
+/// A replay reads the stream's aggregate type only where it is not the loading aggregate's;
+/// a stream of another aggregate type is still refused, with or without snapshots.
+#[tokio::test]
+async fn loading_another_aggregates_stream_is_refused() {
+    let store = TestStore::new().await.unwrap();
+    let event = AccountEvent::from(Deposited { amount: 5 });
+    let context = factum::CommandContext::new();
+    store
+        .append(
+            "wallet-1",
+            "Wallet",
+            ExpectedVersion::NoStream,
+            (0..3)
+                .map(|_| NewEvent::from_event(&event, &context).unwrap())
+                .collect(),
+        )
+        .await
+        .unwrap();
+    let plain = Repository::<Account, _>::new(store.clone());
+    let with_snapshots = Repository::<Account, _>::new(store.clone()).snapshot_every(2);
+    for (what, result) in [
+        ("without snapshots", plain.load("wallet-1").await),
+        ("with snapshots", with_snapshots.load("wallet-1").await),
+    ] {
+        match result {
+            Err(factum::Error::AggregateTypeMismatch {
+                stream_id,
+                existing,
+                requested,
+            }) => assert_eq!(
+                (stream_id.as_str(), existing.as_str(), requested.as_str()),
+                ("wallet-1", "Wallet", "Account"),
+                "{what}"
+            ),
+            other => panic!("{what}: expected an aggregate type mismatch, got {other:?}"),
+        }
+    }
+    // The stream's own aggregate, and a stream of the loading one, load.
+    deposits(&plain, "acc-1", [1, 2]).await;
+    let loaded = with_snapshots.load("acc-1").await.unwrap();
+    assert_eq!((loaded.state.balance, loaded.version), (3, 2));
+}
+
 #[tokio::test]
 async fn a_state_version_above_what_postgres_keeps_is_refused_not_clamped() {
     let store = TestStore::new().await.unwrap();
@@ -348,6 +391,7 @@ impl<S: EventStore> EventStore for Counting<S> {
     async fn replay_history<F>(
         &self,
         stream_id: &str,
+        aggregate_type: &str,
         with_snapshot: bool,
         visit: F,
     ) -> factum::Result<()>
@@ -356,7 +400,7 @@ impl<S: EventStore> EventStore for Counting<S> {
     {
         self.reads.fetch_add(1, Ordering::SeqCst);
         self.inner
-            .replay_history(stream_id, with_snapshot, visit)
+            .replay_history(stream_id, aggregate_type, with_snapshot, visit)
             .await
     }
 

@@ -553,6 +553,10 @@ fn print_report(report: &postgres::Report) {
     println!("  from a snapshot:              {:.2} ms", long.snapshot_ms);
     println!("  from the hot cache:           {:.2} ms", long.cached_ms);
     println!(
+        "  Repository::load, whole stream: {:.2} ms vs a hand-written loader {:.2} ms (ratio {:.2})",
+        long.load_ms, long.raw_load_ms, long.load_ratio
+    );
+    println!(
         "\n(d) single-event appends: raw INSERTs into the event table vs the same INSERTs into a copy without the tx column and its (tx, position) index (their cost), and store.append (the whole path: head check, transaction-order check, notification) vs the raw INSERT"
     );
     println!(

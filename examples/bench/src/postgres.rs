@@ -7,10 +7,10 @@ use std::time::{Duration, Instant};
 
 use bank::{AccountEvent, BankAccount, Deposit, MoneyDeposited, OpenAccount, dollars};
 use factum::store::PostgresStore;
-use factum::{CommandContext, EventStore, ExpectedVersion, NewEvent, Repository};
+use factum::{Aggregate as _, CommandContext, EventStore, ExpectedVersion, NewEvent, Repository};
 use serde::Serialize;
 use sqlx::postgres::{PgPool, PgPoolOptions};
-use sqlx::{AssertSqlSafe, Executor as _};
+use sqlx::{AssertSqlSafe, Executor as _, Row as _};
 
 use crate::stats::{Run, Summary, median, median_duration, millis};
 
@@ -60,6 +60,18 @@ pub struct LongStream {
     pub snapshot_ms: f64,
     /// From the hot cache (median, ms).
     pub cached_ms: f64,
+    /// `Repository::load` of the whole stream, no snapshot, no cache (median, ms).
+    pub load_ms: f64,
+    /// The baseline of `load_ms`: a hand-written loader in the same run, reading what loading
+    /// an aggregate needs and nothing more, with one `fetch_all`: each event's stream version
+    /// (the next append's expected version), type, schema version and payload (`payload::text`,
+    /// as the store reads it), decoding each payload with serde_json by its type and version and
+    /// applying it (median, ms). It does not check the stream's aggregate type, as the store
+    /// does.
+    pub raw_load_ms: f64,
+    /// raw_load / load (median of the ratios of interleaved pairs): 1.0 is as fast as the
+    /// hand-written loader.
+    pub load_ratio: f64,
 }
 
 /// (d) append throughput with and without the global-feed machinery.
@@ -440,6 +452,8 @@ async fn long_stream(
     cached_repository.execute(id, Deposit { amount: 1 }).await?; // fills the cache
     let cached = time_commands(&cached_repository, id, samples).await?;
 
+    let (load, raw_load, load_ratio) = time_loads(&cold_repository, id, samples).await?;
+
     let mut cold_sorted = cold.clone();
     cold_sorted.sort_unstable();
     let p95 = cold_sorted[(cold_sorted.len() * 95)
@@ -452,12 +466,85 @@ async fn long_stream(
         cold_p95_ms: millis(p95),
         snapshot_ms: millis(median_duration(&snapshot)),
         cached_ms: millis(median_duration(&cached)),
+        load_ms: millis(median_duration(&load)),
+        raw_load_ms: millis(median_duration(&raw_load)),
+        load_ratio,
     };
     eprintln!(
-        "  one command on a {}-event stream: cold {:.2} ms, snapshot {:.2} ms, cached {:.2} ms",
-        report.events, report.cold_ms, report.snapshot_ms, report.cached_ms
+        "  one command on a {}-event stream: cold {:.2} ms, snapshot {:.2} ms, cached {:.2} ms; \
+         load {:.2} ms vs hand-written {:.2} ms ({:.2})",
+        report.events,
+        report.cold_ms,
+        report.snapshot_ms,
+        report.cached_ms,
+        report.load_ms,
+        report.raw_load_ms,
+        report.load_ratio
     );
     Ok(report)
+}
+
+/// `Repository::load` (no snapshot, no cache) and the hand-written loader, interleaved; each
+/// pair's states must be equal.
+async fn time_loads(
+    repository: &Repository<BankAccount, PostgresStore>,
+    id: &str,
+    samples: usize,
+) -> Result<(Vec<Duration>, Vec<Duration>, f64), Box<dyn std::error::Error>> {
+    let store = repository.store();
+    let sql = format!(
+        "SELECT e.stream_version, e.event_type, e.schema_version, e.payload::text
+         FROM \"{}\".events e WHERE e.stream_id = $1 ORDER BY e.stream_version",
+        store.schema()
+    );
+    raw_load(store.pool(), &sql, id).await?; // prepares the statement
+    let (mut loads, mut raw_loads, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..samples {
+        let began = Instant::now();
+        let loaded = repository.load(id).await?;
+        let load = began.elapsed();
+        let began = Instant::now();
+        let raw = raw_load(store.pool(), &sql, id).await?;
+        let raw_time = began.elapsed();
+        if raw != (loaded.state, loaded.version) {
+            return Err("the hand-written loader and Repository::load disagree".into());
+        }
+        ratios.push(raw_time.as_secs_f64() / load.as_secs_f64());
+        loads.push(load);
+        raw_loads.push(raw_time);
+    }
+    Ok((loads, raw_loads, median(&ratios)))
+}
+
+/// What an application would write by hand to load an account: its events' types and payloads,
+/// each decoded by its type and applied.
+async fn raw_load(
+    pool: &PgPool,
+    sql: &str,
+    id: &str,
+) -> Result<(BankAccount, u64), Box<dyn std::error::Error>> {
+    let rows = sqlx::query(AssertSqlSafe(sql.to_owned()))
+        .bind(id)
+        .fetch_all(pool)
+        .await?;
+    let (mut state, mut version) = (BankAccount::default(), 0);
+    for row in &rows {
+        version = u64::try_from(row.try_get::<i64, _>(0)?)?;
+        let event_type: &str = row.try_get(1)?;
+        let schema_version: i32 = row.try_get(2)?;
+        let payload: &str = row.try_get(3)?;
+        let event = match (event_type, schema_version) {
+            ("AccountOpened", 1) => {
+                AccountEvent::from(serde_json::from_str::<bank::AccountOpened>(payload)?)
+            }
+            ("MoneyDeposited", 1) => {
+                AccountEvent::from(serde_json::from_str::<MoneyDeposited>(payload)?)
+            }
+            other => return Err(format!("the long stream holds an unexpected {other:?}").into()),
+        };
+        state.apply(&event);
+    }
+    Ok((state, version))
 }
 
 async fn time_commands(

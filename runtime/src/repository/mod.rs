@@ -215,7 +215,9 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
     pub async fn load(&self, id: &str) -> Result<Loaded<A>> {
         let mut replay = Replay::new(id, self.snapshots.as_ref());
         self.store
-            .replay_history(id, self.snapshots.is_some(), |item| replay.visit(item))
+            .replay_history(id, A::TYPE, self.snapshots.is_some(), |item| {
+                replay.visit(item)
+            })
             .await?;
         if let Some(loaded) = replay.finish() {
             return Ok(loaded);
@@ -223,7 +225,7 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
         // The snapshot was unusable, and the events read start after it: replay them all.
         let mut replay = Replay::new(id, None);
         self.store
-            .replay_history(id, false, |item| replay.visit(item))
+            .replay_history(id, A::TYPE, false, |item| replay.visit(item))
             .await?;
         replay
             .finish()

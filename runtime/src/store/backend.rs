@@ -262,6 +262,20 @@ pub(crate) mod columns {
         row.try_get(index).map_err(|e| error(row, index, e))
     }
 
+    /// Column `index` of `row`, decoded without first comparing the column's SQL type with
+    /// `T`'s: for the hot read paths (replaying a stream, reading the feed), whose own
+    /// statements produce exactly these types (a cast in the SQL where the stored type could
+    /// differ). A value that does not decode is still [`Error::Corrupt`].
+    pub fn get_unchecked<'r, R, T>(row: &'r R, index: usize) -> Result<T>
+    where
+        R: Row,
+        usize: ColumnIndex<R>,
+        T: Decode<'r, R::Database>,
+    {
+        row.try_get_unchecked(index)
+            .map_err(|e| error(row, index, e))
+    }
+
     /// Column `index`, a signed SQL integer (`S`: `i64`, `i32`), as the unsigned number `T`
     /// it must hold.
     pub fn unsigned<'r, R, S, T>(row: &'r R, index: usize) -> Result<T>

@@ -455,17 +455,23 @@ pub trait EventStore: Send + Sync {
     /// latest snapshot (when `with_snapshot`), then the events after it, each handed to `visit`
     /// in order. An error from `visit` stops the replay and is returned.
     ///
+    /// `aggregate_type` is the type the caller rebuilds: a store may leave it out of the rows
+    /// that hold it and fill it in (PostgreSQL sends only the types that differ), so `visit`
+    /// still sees every event's stored aggregate type.
+    ///
     /// # Errors
     /// A backend error, or `visit`'s.
     fn replay_history<F>(
         &self,
         stream_id: &str,
+        aggregate_type: &str,
         with_snapshot: bool,
         mut visit: F,
     ) -> impl Future<Output = Result<()>> + Send
     where
         F: FnMut(HistoryItem<'_>) -> Result<()> + Send,
     {
+        let _ = aggregate_type; // every row's own type is read
         async move {
             let snapshot = if with_snapshot {
                 self.load_snapshot(stream_id).await?

@@ -206,12 +206,18 @@ impl EventStore for TemporaryStore {
         self.store.read_stream_events(stream_id, versions).await
     }
 
-    async fn replay_history<F>(&self, stream_id: &str, with_snapshot: bool, visit: F) -> Result<()>
+    async fn replay_history<F>(
+        &self,
+        stream_id: &str,
+        aggregate_type: &str,
+        with_snapshot: bool,
+        visit: F,
+    ) -> Result<()>
     where
         F: FnMut(HistoryItem<'_>) -> Result<()> + Send,
     {
         self.store
-            .replay_history(stream_id, with_snapshot, visit)
+            .replay_history(stream_id, aggregate_type, with_snapshot, visit)
             .await
     }
 

@@ -82,6 +82,7 @@ struct Statements {
     diagnose_append: Arc<str>,
     read_stream: Arc<str>,
     read_stream_events: Arc<str>,
+    replay_stream: Arc<str>,
     load_history: Arc<str>,
     read_feed: Arc<str>,
     read_feed_filtered: Arc<str>,
@@ -100,6 +101,13 @@ pub(crate) const ENVELOPE_COLUMNS: &str = "e.stream_id, e.stream_version, e.posi
 /// The columns of a [`StreamEvent`], in the order `stream_event_from_row` reads them.
 const STREAM_EVENT_COLUMNS: &str =
     "e.stream_version, e.aggregate_type, e.event_type, e.schema_version, e.payload::text";
+
+/// The columns of a replayed event, in the order `replayed_event` reads them: those of
+/// [`STREAM_EVENT_COLUMNS`], with the aggregate type sent only when it is not the replaying
+/// aggregate's (`$2`): every event of a stream has its type, and each column of each row costs
+/// the server and the client alike.
+const REPLAY_COLUMNS: &str = "e.stream_version, nullif(e.aggregate_type, $2), e.event_type, \
+    e.schema_version, e.payload::text";
 
 impl Statements {
     fn new(schema: &Schema) -> Self {
@@ -151,6 +159,11 @@ impl Statements {
                  ORDER BY e.stream_version"
             )
             .into(),
+            replay_stream: format!(
+                "SELECT {REPLAY_COLUMNS} FROM {s}.events e
+                 WHERE e.stream_id = $1 ORDER BY e.stream_version"
+            )
+            .into(),
             // The snapshot (when asked for) and the events after it, in one round trip.
             load_history: format!(
                 "WITH snapshot AS MATERIALIZED (
@@ -160,7 +173,7 @@ impl Statements {
                  (SELECT 1 AS kind, stream_version, aggregate_type, NULL::text, state_version, state, taken_at
                   FROM snapshot)
                  UNION ALL
-                 (SELECT 0, {STREAM_EVENT_COLUMNS}, NULL::timestamptz FROM {s}.events e
+                 (SELECT 0, {REPLAY_COLUMNS}, NULL::timestamptz FROM {s}.events e
                   WHERE e.stream_id = $1
                     AND e.stream_version > coalesce((SELECT stream_version FROM snapshot), 0)
                   ORDER BY e.stream_version)"
@@ -658,6 +671,23 @@ fn stream_event_ref(row: &PgRow, at: usize) -> Result<StreamEventRef<'_>> {
     ))
 }
 
+/// Reads the replay columns ([`REPLAY_COLUMNS`]) starting at `at`: an aggregate type left out
+/// is the replaying one's. The statements' own casts fix the text columns' types, so they are
+/// decoded without comparing types first (this runs once per replayed event).
+fn replayed_event<'r>(
+    row: &'r PgRow,
+    at: usize,
+    aggregate_type: &'r str,
+) -> Result<StreamEventRef<'r>> {
+    Ok(StreamEventRef::new(
+        columns::unsigned::<_, i64, _>(row, at)?,
+        columns::get_unchecked::<_, Option<&str>>(row, at + 1)?.unwrap_or(aggregate_type),
+        columns::get_unchecked(row, at + 2)?,
+        columns::unsigned::<_, i32, _>(row, at + 3)?,
+        columns::get_unchecked(row, at + 4)?,
+    ))
+}
+
 /// Reads the stream event columns ([`STREAM_EVENT_COLUMNS`]) starting at `at`.
 fn stream_event_from_row(row: &PgRow, at: usize) -> Result<StreamEvent> {
     let event = stream_event_ref(row, at)?;
@@ -782,28 +812,31 @@ impl EventStore for PostgresStore {
     async fn replay_history<F>(
         &self,
         stream_id: &str,
+        aggregate_type: &str,
         with_snapshot: bool,
         mut visit: F,
     ) -> Result<()>
     where
         F: FnMut(HistoryItem<'_>) -> Result<()> + Send,
     {
-        if !with_snapshot {
-            // The plain stream read is cheaper than the union with the snapshot.
-            let rows = self
-                .stream_rows(&self.inner.sql.read_stream_events, stream_id, (1, u64::MAX))
-                .await?;
-            for row in &rows {
-                let event = stream_event_ref(row, 0)?;
-                visit(HistoryItem::Event(event))?;
-            }
-            return Ok(());
-        }
-        let rows = sqlx::query(AssertSqlSafe(self.inner.sql.load_history.clone()))
+        // The plain stream read is cheaper than the union with the snapshot.
+        let statement = if with_snapshot {
+            &self.inner.sql.load_history
+        } else {
+            &self.inner.sql.replay_stream
+        };
+        let rows = sqlx::query(AssertSqlSafe(statement.clone()))
             .bind(stream_id)
+            .bind(aggregate_type)
             .fetch_all(&self.inner.pool)
             .await
             .map_err(|e| self.fail(e))?;
+        if !with_snapshot {
+            for row in &rows {
+                visit(HistoryItem::Event(replayed_event(row, 0, aggregate_type)?))?;
+            }
+            return Ok(());
+        }
         let mut events = Vec::with_capacity(rows.len());
         for row in &rows {
             if columns::get::<_, i32>(row, 0)? == 1 {
@@ -811,7 +844,7 @@ impl EventStore for PostgresStore {
                 visit(HistoryItem::Snapshot(snapshot))?;
             } else {
                 // Borrowed from the row buffers: nothing is copied before decoding.
-                events.push(stream_event_ref(row, 1)?);
+                events.push(replayed_event(row, 1, aggregate_type)?);
             }
         }
         // The union keeps each branch's order in practice; make sure rather than assume.
