@@ -153,6 +153,27 @@ fn projection() {
     )));
 }
 
+/// Handlers taking only the events' origins: the runner reads only those columns.
+#[test]
+fn projection_of_origins() {
+    insta::assert_snapshot!(render(factum_codegen::projection(
+        quote!(name = "balances"),
+        quote! {
+            impl Balances {
+                #[handle]
+                async fn deposited(&mut self, event: &MoneyDeposited, origin: &Origin<'_>, tx: &mut Tx<'_>) -> Result<(), sqlx::Error> {
+                    Ok(())
+                }
+
+                #[handle(side_effects)]
+                async fn withdrawn(&mut self, event: &MoneyWithdrawn, origin: &factum::Origin<'_>) -> Result<(), Error> {
+                    Ok(())
+                }
+            }
+        }
+    )));
+}
+
 #[test]
 fn inline_projection() {
     insta::assert_snapshot!(render(factum_codegen::projection(

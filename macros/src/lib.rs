@@ -55,7 +55,9 @@ pub fn upcast(args: TokenStream, input: TokenStream) -> TokenStream {
 /// `#[flush] async fn(&mut self, tx: &mut Tx<'_>) -> Result<(), E>` writes what the handlers
 /// buffered, once per batch, `#[discard] fn(&mut self)` drops that buffer before every batch,
 /// and `#[reset] async fn(&mut self, tx: &mut Tx<'_>) -> Result<(), E>` clears the read model
-/// for rebuilds.
+/// for rebuilds. A handler may take `origin: &Origin<'_>` instead of `envelope: &Envelope`
+/// (ids, stream, versions, positions and recording time, without metadata, correlation,
+/// causation or actor): when every handler does, the runner reads only those columns.
 #[proc_macro_attribute]
 pub fn projection(args: TokenStream, input: TokenStream) -> TokenStream {
     factum_codegen::projection(args.into(), input.into()).into()

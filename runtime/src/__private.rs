@@ -5,7 +5,7 @@ pub use serde;
 pub use serde_json;
 pub use tokio;
 
-pub use crate::event::decode_event;
+pub use crate::event::{Decoded, decode_event};
 pub use crate::upcast::{Chain, UpcastFrom, UpcastOutput};
 
 /// `a == b` for `&str` in const context, for the compile-time check that the events of a set
@@ -44,7 +44,7 @@ pub fn encode_event<E: Event>(event: &E) -> Result<Payload, serde_json::Error> {
 }
 
 pub use crate::command::Command;
-pub use crate::envelope::RecordedEvent;
+pub use crate::envelope::{EnvelopeFields, RecordedEvent};
 pub use crate::projection::{HandlerError, InlineProjection, Projection, Reset, RunsOn};
 pub use crate::store::{StoreConnection, StoreKind, Tx};
 

@@ -55,12 +55,100 @@ pub struct Envelope<E = Payload> {
 /// A stored event as read from a store, payload not yet decoded.
 pub type RecordedEvent = Envelope<Payload>;
 
+/// Which fields of the [`Envelope`]s it reads a reader needs, so that a store reads no more
+/// columns than that: every column a row holds costs the database and the reader alike, and
+/// catching a projection up reads every event once.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum EnvelopeFields {
+    /// Every field.
+    #[default]
+    All,
+    /// The fields of an [`Origin`]: ids, stream, versions, positions, recording time, event
+    /// type and payload. The metadata, the correlation and causation ids and the actor are not
+    /// read: a store may leave them out, and such an envelope then holds empty metadata, nil
+    /// ids and no actor in their place.
+    Origin,
+}
+
+/// Where an event comes from and what it is, without its metadata, correlation, causation or
+/// actor: what a projection handler taking `origin: &Origin<'_>` instead of
+/// `envelope: &Envelope` sees, so that its runner reads only these columns
+/// ([`EnvelopeFields::Origin`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Origin<'a> {
+    /// Unique id of the event (the idempotency key of a side effect).
+    pub event_id: Uuid,
+    /// The event's stable type name.
+    pub event_type: &'a str,
+    /// The schema version the payload was written with.
+    pub schema_version: u32,
+    /// The stream (aggregate instance) the event belongs to.
+    pub stream_id: &'a str,
+    /// The aggregate type owning the stream.
+    pub aggregate_type: &'a str,
+    /// Position in its stream: 1 for the first event.
+    pub stream_version: u64,
+    /// Position in the store's global log.
+    pub global_position: u64,
+    /// The store's commit-order key (see [`Envelope::tx`]).
+    pub tx: u64,
+    /// When the store recorded the event.
+    pub recorded_at: DateTime<Utc>,
+}
+
+impl Origin<'_> {
+    /// A stored event read with [`EnvelopeFields::Origin`]: the fields left out hold their
+    /// placeholders (empty metadata, nil ids, no actor).
+    pub(crate) fn into_envelope(self, payload: Payload) -> RecordedEvent {
+        Envelope {
+            event_id: self.event_id,
+            event_type: self.event_type.to_owned(),
+            schema_version: self.schema_version,
+            stream_id: self.stream_id.to_owned(),
+            aggregate_type: self.aggregate_type.to_owned(),
+            stream_version: self.stream_version,
+            global_position: self.global_position,
+            tx: self.tx,
+            recorded_at: self.recorded_at,
+            correlation_id: Uuid::nil(),
+            causation_id: Uuid::nil(),
+            actor: None,
+            metadata: Metadata::new(),
+            event: payload,
+        }
+    }
+
+    /// Where this event stands in the global feed.
+    #[must_use]
+    pub fn feed_position(&self) -> FeedPosition {
+        FeedPosition::new(self.tx, self.global_position)
+    }
+}
+
 impl<E> Envelope<E> {
     /// Where this event stands in the global feed; a reader that has processed it checkpoints
     /// this position.
     #[must_use]
     pub fn feed_position(&self) -> FeedPosition {
         FeedPosition::new(self.tx, self.global_position)
+    }
+
+    /// Where the event comes from and what it is, borrowed.
+    #[must_use]
+    pub fn origin(&self) -> Origin<'_> {
+        Origin {
+            event_id: self.event_id,
+            event_type: &self.event_type,
+            schema_version: self.schema_version,
+            stream_id: &self.stream_id,
+            aggregate_type: &self.aggregate_type,
+            stream_version: self.stream_version,
+            global_position: self.global_position,
+            tx: self.tx,
+            recorded_at: self.recorded_at,
+        }
     }
 
     /// The same envelope around another event value.

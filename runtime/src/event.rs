@@ -382,3 +382,54 @@ pub fn decode_event<E: Event>(schema_version: u32, payload: &str) -> Result<E, D
         cause,
     })
 }
+
+/// What one stored event decodes into for a handler: one event, held without allocating (the
+/// case of every event but one an upcaster splits), or more.
+#[doc(hidden)]
+#[derive(Debug)]
+pub struct Decoded<E> {
+    first: Option<E>,
+    rest: Vec<E>,
+}
+
+impl<E> Default for Decoded<E> {
+    fn default() -> Self {
+        Self {
+            first: None,
+            rest: Vec::new(),
+        }
+    }
+}
+
+impl<E> Decoded<E> {
+    /// Adds the next event.
+    pub fn push(&mut self, event: E) {
+        if self.first.is_none() && self.rest.is_empty() {
+            self.first = Some(event);
+        } else {
+            self.rest.push(event);
+        }
+    }
+
+    /// The events, in order.
+    pub fn iter(&self) -> impl Iterator<Item = &E> {
+        self.first.iter().chain(&self.rest)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Decoded;
+
+    #[test]
+    fn decoded_events_keep_their_order() {
+        for count in 0..4 {
+            let mut decoded = Decoded::default();
+            (0..count).for_each(|i| decoded.push(i));
+            assert_eq!(
+                decoded.iter().copied().collect::<Vec<_>>(),
+                (0..count).collect::<Vec<_>>()
+            );
+        }
+    }
+}

@@ -3,7 +3,8 @@
 //! even with two runners at once; old event versions are upcast; a failing handler rolls its
 //! batch back and is retried, then stops the runner without the dead-letter queue; one runner
 //! holds the lease and another takes over when it dies or stops; live events follow; a
-//! checkpoint moved back is noticed, between catch-ups or during one.
+//! checkpoint moved back is noticed, between catch-ups or during one; handlers taking only the
+//! events' origins have the runner read only those columns.
 
 use std::error::Error;
 use std::future::Future;
@@ -11,12 +12,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
-use factum::projection::{BatchOutcome, ProjectionRunner, RunnerError, active_version};
+use factum::projection::{BatchOutcome, Projection, ProjectionRunner, RunnerError, active_version};
 use factum::store::{SqlStore, StoreKind};
 use factum::testing::{TestDatabase, execute, fetch_all};
 use factum::{
-    Envelope, EventStore, ExpectedVersion, FeedBatch, FeedPosition, FeedQuery, NewEvent, Payload,
-    Tx,
+    Envelope, EnvelopeFields, EventStore, ExpectedVersion, FeedBatch, FeedPosition, FeedQuery,
+    NewEvent, Origin, Payload, RecordedEvent, Tx,
 };
 
 #[factum::event(name = "Deposited")]
@@ -144,6 +145,76 @@ impl Balances {
     fn discard(&mut self) {}
 }
 
+/// What a projection's handlers were handed, one string per event (the `Debug` of an
+/// [`Origin`], or of a whole envelope's origin, metadata and correlation).
+type Seen = Arc<std::sync::Mutex<Vec<String>>>;
+
+/// Handlers that take only the events' origins: the runner reads only those columns.
+struct Origins(Seen);
+
+#[factum::projection(name = "origins")]
+impl Origins {
+    #[handle]
+    async fn deposited(
+        &mut self,
+        _event: &Deposited,
+        origin: &Origin<'_>,
+        _tx: &mut Tx<'_>,
+    ) -> Result<(), Unavailable> {
+        self.0.lock().unwrap().push(format!("{origin:?}"));
+        Ok(())
+    }
+
+    #[handle(side_effects)]
+    async fn withdrawn(
+        &mut self,
+        _event: &Withdrawn,
+        origin: &Origin<'_>,
+    ) -> Result<(), Unavailable> {
+        self.0.lock().unwrap().push(format!("{origin:?}"));
+        Ok(())
+    }
+}
+
+/// One handler takes the whole envelope: the runner reads every column.
+struct Envelopes(Seen);
+
+#[factum::projection(name = "envelopes")]
+impl Envelopes {
+    #[handle]
+    async fn deposited(
+        &mut self,
+        _event: &Deposited,
+        origin: &Origin<'_>,
+        _tx: &mut Tx<'_>,
+    ) -> Result<(), Unavailable> {
+        self.0.lock().unwrap().push(format!("{origin:?}"));
+        Ok(())
+    }
+
+    #[handle]
+    async fn withdrawn(
+        &mut self,
+        _event: &Withdrawn,
+        envelope: &Envelope,
+        _tx: &mut Tx<'_>,
+    ) -> Result<(), Unavailable> {
+        self.0.lock().unwrap().push(whole(envelope));
+        Ok(())
+    }
+}
+
+fn whole(envelope: &RecordedEvent) -> String {
+    format!(
+        "{:?} {:?} {} {} {:?}",
+        envelope.origin(),
+        envelope.metadata,
+        envelope.correlation_id,
+        envelope.causation_id,
+        envelope.actor
+    )
+}
+
 /// A new database with the balances table; returns the table's name as SQL must write it.
 async fn setup<D: TestDatabase>() -> (D, String) {
     let database = D::create().await.unwrap();
@@ -254,6 +325,92 @@ async fn whole_feed(store: &impl EventStore, events: usize) -> FeedBatch {
         assert!(std::time::Instant::now() < deadline, "timed out");
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
+}
+
+/// A projection whose handlers take `&Origin<'_>` has the runner read only the origin columns
+/// (the store leaves the metadata, correlation, causation and actor out), and its handlers see
+/// exactly what a whole read holds; one handler taking the whole envelope makes it read all.
+async fn handlers_taking_origins_read_only_the_origin_columns<D: TestDatabase>() {
+    let (database, _table) = setup::<D>().await;
+    assert_eq!(<Origins as Projection>::ENVELOPE, EnvelopeFields::Origin);
+    assert_eq!(<Envelopes as Projection>::ENVELOPE, EnvelopeFields::All);
+    assert_eq!(<Balances as Projection>::ENVELOPE, EnvelopeFields::All);
+    let marked = |event: NewEvent| {
+        event
+            .metadata("request", "r-1")
+            .actor("ada")
+            .correlation_id(factum::Uuid::now_v7())
+    };
+    append(
+        &*database,
+        "acc-1",
+        vec![marked(deposit(5)), marked(noise()), marked(withdrawal(2))],
+    )
+    .await;
+    append(&*database, "acc-2", vec![marked(deposit(7))]).await;
+    let feed = whole_feed(&*database, 4).await;
+    let (deposits, withdrawal): (Vec<_>, Vec<_>) = feed
+        .events
+        .iter()
+        .filter(|e| e.event_type != "Audited")
+        .partition(|e| e.event_type == "Deposited");
+
+    // The store's own read of the origin columns.
+    let lean = database
+        .read_feed(&FeedQuery::from_start().fields(EnvelopeFields::Origin))
+        .await
+        .unwrap();
+    assert_eq!(lean.next, feed.next);
+    for (lean, full) in lean.events.iter().zip(&feed.events) {
+        assert_eq!((lean.origin(), &lean.event), (full.origin(), &full.event));
+        assert!(full.actor.is_some() && !full.metadata.is_empty());
+        assert_eq!(
+            (
+                &lean.metadata,
+                lean.correlation_id,
+                lean.causation_id,
+                &lean.actor
+            ),
+            (
+                &factum::Metadata::new(),
+                factum::Uuid::nil(),
+                factum::Uuid::nil(),
+                &None
+            ),
+            "the columns an origin leaves out are not read"
+        );
+    }
+
+    let seen = Seen::default();
+    let mut runner = ProjectionRunner::new(
+        database.another_client().await.unwrap(),
+        Origins(seen.clone()),
+    );
+    assert_eq!(runner.catch_up().await.unwrap(), 3);
+    // The deposits in the batch, then the withdrawal's side effect after its commit.
+    let expected: Vec<String> = deposits
+        .iter()
+        .chain(&withdrawal)
+        .map(|e| format!("{:?}", e.origin()))
+        .collect();
+    assert_eq!(*seen.lock().unwrap(), expected);
+
+    let seen = Seen::default();
+    let mut runner = ProjectionRunner::new(
+        database.another_client().await.unwrap(),
+        Envelopes(seen.clone()),
+    );
+    assert_eq!(runner.catch_up().await.unwrap(), 3);
+    let expected = vec![
+        format!("{:?}", deposits[0].origin()),
+        whole(withdrawal[0]),
+        format!("{:?}", deposits[1].origin()),
+    ];
+    assert_eq!(
+        *seen.lock().unwrap(),
+        expected,
+        "the whole envelope, metadata and all"
+    );
 }
 
 async fn catching_up_applies_every_event_once_upcasting_old_versions<D: TestDatabase>() {
@@ -703,6 +860,8 @@ async fn a_checkpoint_reset_between_or_during_catch_ups_rebuilds_everything<D: T
 factum::on_both_stores!(
     #[tokio::test]
     catching_up_applies_every_event_once_upcasting_old_versions,
+    #[tokio::test]
+    handlers_taking_origins_read_only_the_origin_columns,
     #[tokio::test]
     a_redelivered_batch_has_no_second_effect,
     #[tokio::test]

@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 
-use factum::{Envelope, Tx, projection};
+use factum::{Origin, Tx, projection};
 
 use crate::{AccountClosed, AccountOpened, MoneyDeposited, MoneyWithdrawn};
 
@@ -12,7 +12,8 @@ use crate::{AccountClosed, AccountOpened, MoneyDeposited, MoneyWithdrawn};
 /// The handlers only add up each batch's changes in memory; `#[flush]` writes them in the
 /// batch's transaction: on PostgreSQL with two statements per batch (the new accounts, then one
 /// update for every changed account, through arrays), so catch-up runs at tens of thousands of
-/// events per second; elsewhere with one portable statement per account.
+/// events per second; elsewhere with one portable statement per account. The handlers need only
+/// each event's stream, so they take its [`Origin`]: the runner reads no metadata.
 #[derive(Debug, Clone)]
 pub struct AccountBalances {
     table: String,
@@ -103,11 +104,11 @@ impl AccountBalances {
     async fn opened(
         &mut self,
         event: &AccountOpened,
-        envelope: &Envelope,
+        origin: &Origin<'_>,
         _tx: &mut Tx<'_>,
     ) -> Result<(), sqlx::Error> {
         self.opened.push(Opened {
-            account: envelope.stream_id.clone(),
+            account: origin.stream_id.to_owned(),
             owner: event.owner.clone(),
             balance: cents(event.initial_deposit),
         });
@@ -118,10 +119,10 @@ impl AccountBalances {
     async fn deposited(
         &mut self,
         event: &MoneyDeposited,
-        envelope: &Envelope,
+        origin: &Origin<'_>,
         _tx: &mut Tx<'_>,
     ) -> Result<(), sqlx::Error> {
-        let change = self.change(&envelope.stream_id);
+        let change = self.change(origin.stream_id);
         change.balance += cents(event.amount);
         change.deposited += cents(event.amount);
         change.events += 1;
@@ -132,10 +133,10 @@ impl AccountBalances {
     async fn withdrawn(
         &mut self,
         event: &MoneyWithdrawn,
-        envelope: &Envelope,
+        origin: &Origin<'_>,
         _tx: &mut Tx<'_>,
     ) -> Result<(), sqlx::Error> {
-        let change = self.change(&envelope.stream_id);
+        let change = self.change(origin.stream_id);
         change.balance -= cents(event.amount);
         change.withdrawn += cents(event.amount);
         change.events += 1;
@@ -146,10 +147,10 @@ impl AccountBalances {
     async fn closed(
         &mut self,
         _event: &AccountClosed,
-        envelope: &Envelope,
+        origin: &Origin<'_>,
         _tx: &mut Tx<'_>,
     ) -> Result<(), sqlx::Error> {
-        let change = self.change(&envelope.stream_id);
+        let change = self.change(origin.stream_id);
         change.closed = true;
         change.events += 1;
         Ok(())

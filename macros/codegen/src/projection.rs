@@ -7,7 +7,7 @@ use proc_macro2::TokenStream;
 use quote::{quote, quote_spanned};
 use syn::spanned::Spanned as _;
 
-use crate::valid::{Connection, Projection};
+use crate::valid::{Connection, HandlerFn, Projection};
 
 /// Binds `connection` to what the handlers take, from the runtime's `tx`: the transaction
 /// itself, or the store's connection (an error naming both stores when it runs on another).
@@ -56,6 +56,15 @@ pub fn stores(self_ty: &syn::Type, connection: &Connection) -> (TokenStream, Tok
     }
 }
 
+/// What a handler is handed as its envelope: the stored event, or its origin.
+fn envelope_argument(handler: &HandlerFn) -> TokenStream {
+    if handler.origin {
+        quote!(&::factum::__private::RecordedEvent::origin(stored))
+    } else {
+        quote!(stored)
+    }
+}
+
 pub fn expand(input: &Projection) -> TokenStream {
     let item = &input.item;
     let Some(connection) = &input.connection else {
@@ -67,7 +76,7 @@ pub fn expand(input: &Projection) -> TokenStream {
     let bind = bind_connection(connection);
     let decode = |event: &syn::Type| {
         quote! {
-            let mut decoded = ::std::vec::Vec::with_capacity(1);
+            let mut decoded = ::factum::__private::Decoded::default();
             <#event as ::factum::__private::Event>::decode_stored(
                 stored.schema_version,
                 stored.event.as_str(),
@@ -84,15 +93,16 @@ pub fn expand(input: &Projection) -> TokenStream {
             .connection
             .as_ref()
             .map_or_else(|| method.span(), |connection| connection.span());
+        let envelope = envelope_argument(handler);
         let call = quote_spanned! {span=>
-            Self::#method(self, item, stored, &mut *connection).await
+            Self::#method(self, item, #envelope, &mut *connection).await
         };
         let decode = decode(event);
         quote! {
             if event_type == <#event as ::factum::__private::Event>::NAME {
                 #decode
                 #bind
-                for item in &decoded {
+                for item in decoded.iter() {
                     #call.map_err(|cause| ::factum::__private::HandlerError::handler(stored, cause))?;
                 }
                 return ::core::result::Result::Ok(());
@@ -105,14 +115,15 @@ pub fn expand(input: &Projection) -> TokenStream {
         .filter(|h| h.side_effects)
         .map(|handler| {
             let (method, event) = (&handler.method, &handler.event);
+            let envelope = envelope_argument(handler);
             let call = quote_spanned! {method.span()=>
-                Self::#method(self, item, stored).await
+                Self::#method(self, item, #envelope).await
             };
             let decode = decode(event);
             quote! {
                 if event_type == <#event as ::factum::__private::Event>::NAME {
                     #decode
-                    for item in &decoded {
+                    for item in decoded.iter() {
                         #call.map_err(|cause| ::factum::__private::HandlerError::handler(stored, cause))?;
                     }
                     return ::core::result::Result::Ok(());
@@ -207,6 +218,13 @@ pub fn expand(input: &Projection) -> TokenStream {
             impl ::factum::__private::InlineProjection for #self_ty {}
         }
     });
+    // The runner reads only the origin columns when no handler takes the whole envelope.
+    let envelope_fields = input.handlers.iter().all(|h| h.origin).then(|| {
+        quote! {
+            const ENVELOPE: ::factum::__private::EnvelopeFields =
+                ::factum::__private::EnvelopeFields::Origin;
+        }
+    });
     let (store, runs_on) = stores(self_ty, connection);
     quote! {
         #item
@@ -221,6 +239,7 @@ pub fn expand(input: &Projection) -> TokenStream {
                 #store
                 #side_effects
                 #inline
+                #envelope_fields
 
                 fn handle<'a>(
                     &'a mut self,

@@ -52,14 +52,14 @@ pub fn expand(input: &Saga) -> TokenStream {
         let (method, event) = (&handler.method, &handler.event);
         quote! {
             if event_type == <#event as ::factum::__private::Event>::NAME {
-                let mut decoded = ::std::vec::Vec::with_capacity(1);
+                let mut decoded = ::factum::__private::Decoded::default();
                 <#event as ::factum::__private::Event>::decode_stored(
                     stored.schema_version,
                     stored.event.as_str(),
                     &mut |item| decoded.push(item),
                 )
                 .map_err(|cause| ::factum::__private::HandlerError::decode(stored, cause))?;
-                for item in &decoded {
+                for item in decoded.iter() {
                     Self::#method(self, item, &mut *context);
                 }
                 return ::core::result::Result::Ok(());

@@ -24,6 +24,7 @@ impl<S: SqlStore, P: Projection> ProjectionRunner<S, P> {
         FeedQuery::after(after)
             .limit(self.options.batch_size)
             .event_types(P::EVENT_TYPES.iter().copied())
+            .fields(P::ENVELOPE)
     }
 
     /// Reads and applies one batch after the checkpoint, retrying a failing batch, then

@@ -26,6 +26,10 @@
 //!   retried until it succeeds, with the event id as its idempotency key. Rebuilds skip them.
 //! - `#[projection(inline)]`: also applied in the append's transaction, for read-your-writes
 //!   (`store.with_inline(...)`).
+//! - Handlers taking `origin: &Origin<'_>` instead of `envelope: &Envelope` see the event's ids,
+//!   stream, versions, positions and recording time, not its metadata, correlation, causation
+//!   or actor; when every handler does ([`Projection::ENVELOPE`]), the runner reads only those
+//!   columns, which makes catching up on PostgreSQL markedly faster.
 //!
 //! Every feature works on both stores. The runner's logic is written once (`runner`, `batch`,
 //! `dead_letter`, `versions`, `inline`); each store contributes only its SQL (`postgres`,
@@ -33,7 +37,7 @@
 
 use std::future::Future;
 
-use crate::envelope::RecordedEvent;
+use crate::envelope::{EnvelopeFields, RecordedEvent};
 use crate::store::{StoreKind, Tx};
 
 #[cfg(any(feature = "postgres", feature = "sqlite"))]
@@ -118,6 +122,13 @@ pub trait Projection: Send + 'static {
     /// The store its handlers are written for (they take its connection), or `None` when they
     /// take [`Tx`] and run on either.
     const STORE: Option<StoreKind> = None;
+
+    /// The envelope fields its handlers read: [`EnvelopeFields::Origin`] when every handler of
+    /// a `#[projection]` takes `origin: &Origin<'_>` rather than `envelope: &Envelope`; then
+    /// the runner reads only those columns, and the events handed to [`handle`](Self::handle)
+    /// and [`perform`](Self::perform) hold placeholders in the others (see
+    /// [`EnvelopeFields::Origin`]). Set it by hand only for handlers that never read them.
+    const ENVELOPE: EnvelopeFields = EnvelopeFields::All;
 
     /// Handles one stored event (decoding and upcasting it to the handler's type), in the
     /// batch's transaction.

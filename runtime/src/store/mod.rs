@@ -6,7 +6,7 @@
 use std::future::Future;
 use std::ops::RangeBounds;
 
-use crate::envelope::{NewEvent, RecordedEvent};
+use crate::envelope::{EnvelopeFields, NewEvent, RecordedEvent};
 use crate::error::{Error, Result};
 use crate::event::{EventSet, Payload};
 use crate::snapshot::Snapshot;
@@ -171,6 +171,8 @@ pub struct FeedQuery {
     pub limit: usize,
     /// Only these event types (`None`: all).
     pub event_types: Option<Vec<String>>,
+    /// The envelope fields the reader needs (a store may read more).
+    pub fields: EnvelopeFields,
 }
 
 impl FeedQuery {
@@ -184,6 +186,7 @@ impl FeedQuery {
             after,
             limit: Self::DEFAULT_LIMIT,
             event_types: None,
+            fields: EnvelopeFields::All,
         }
     }
 
@@ -208,6 +211,13 @@ impl FeedQuery {
         T: Into<String>,
     {
         self.event_types = Some(types.into_iter().map(Into::into).collect());
+        self
+    }
+
+    /// Reads only these envelope fields (see [`EnvelopeFields`]).
+    #[must_use]
+    pub fn fields(mut self, fields: EnvelopeFields) -> Self {
+        self.fields = fields;
         self
     }
 

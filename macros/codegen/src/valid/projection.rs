@@ -41,10 +41,13 @@ pub struct Projection {
 
 /// `#[handle] async fn method(&mut self, event: &Event, envelope: &Envelope, tx: &mut Conn)`,
 /// or `#[handle(side_effects)] async fn method(&mut self, event: &Event, envelope: &Envelope)`
-/// (run after the batch commits, outside any transaction: no connection).
+/// (run after the batch commits, outside any transaction: no connection). The envelope may be
+/// `origin: &Origin<'_>` instead: the event's ids and positions only.
 pub struct HandlerFn {
     pub method: Ident,
     pub event: Type,
+    /// It takes `&Origin<'_>` rather than `&Envelope`.
+    pub origin: bool,
     /// What it writes through; `None` for a side-effect handler.
     pub connection: Option<Type>,
     /// `#[handle(side_effects)]`.
@@ -259,9 +262,9 @@ fn handler_fn(cx: &Ctxt, sig: &Signature, side_effects: bool) -> Option<HandlerF
         ok = false;
     }
     let typed = typed_inputs(sig);
-    let (event, connection) = match (typed.as_slice(), side_effects) {
-        ([event, _envelope, connection], false) => (event, Some(connection)),
-        ([event, _envelope], true) => (event, None),
+    let (event, envelope, connection) = match (typed.as_slice(), side_effects) {
+        ([event, envelope, connection], false) => (event, envelope, Some(connection)),
+        ([event, envelope], true) => (event, envelope, None),
         ([_, _, connection], true) => {
             cx.error_spanned_by(
                 &connection.ty,
@@ -307,9 +310,26 @@ fn handler_fn(cx: &Ctxt, sig: &Signature, side_effects: bool) -> Option<HandlerF
     ok.then(|| HandlerFn {
         method: sig.ident.clone(),
         event: event.clone(),
+        origin: takes_origin(&envelope.ty),
         connection,
         side_effects,
     })
+}
+
+/// Whether the envelope parameter is `&Origin<'_>` (by its last path segment; any other type
+/// is handed the whole envelope, and the compiler says when it is not one).
+fn takes_origin(ty: &Type) -> bool {
+    match shared_reference(ty) {
+        Some(Type::Path(path)) => {
+            path.qself.is_none()
+                && path
+                    .path
+                    .segments
+                    .last()
+                    .is_some_and(|last| last.ident == "Origin")
+        }
+        _ => false,
+    }
 }
 
 /// Checks a `#[flush]` or `#[reset]` method (`marker`): `usage` shows the right signature.

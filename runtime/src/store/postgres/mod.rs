@@ -48,7 +48,7 @@ use super::{
     EventStore, ExpectedVersion, FeedBatch, FeedPosition, FeedQuery, HistoryItem, KnownHead,
     ReadEnvelope, StreamEvent, StreamEventRef, Undecodable, runner_envelopes, strict_envelope,
 };
-use crate::envelope::{Metadata, NewEvent, RecordedEvent};
+use crate::envelope::{EnvelopeFields, Metadata, NewEvent, Origin, RecordedEvent};
 use crate::error::{Error, Result};
 use crate::event::Payload;
 use crate::snapshot::Snapshot;
@@ -86,12 +86,20 @@ struct Statements {
     load_history: Arc<str>,
     read_feed: Arc<str>,
     read_feed_filtered: Arc<str>,
+    read_feed_origins: Arc<str>,
+    read_feed_origins_filtered: Arc<str>,
     stream_version: Arc<str>,
     read_event: Arc<str>,
     load_snapshot: Arc<str>,
     save_snapshot: Arc<str>,
     horizon: Arc<str>,
 }
+
+/// The columns of an [`Origin`] and the payload, in the order `origin_from_row` reads them
+/// (those of [`ENVELOPE_COLUMNS`] without the metadata, correlation, causation and actor).
+const ORIGIN_COLUMNS: &str = "e.stream_id, e.stream_version, e.position, e.tx::text::bigint, \
+    e.aggregate_type, e.event_id, e.event_type, e.schema_version, e.payload::text, \
+    e.recorded_at";
 
 /// The envelope columns, in the order `envelope_from_row` reads them.
 pub(crate) const ENVELOPE_COLUMNS: &str = "e.stream_id, e.stream_version, e.position, e.tx::text::bigint, \
@@ -115,10 +123,11 @@ impl Statements {
         // The feed's horizon in stored terms: this cluster's oldest running transaction plus the
         // store's offset (see `identity`), which also refuses a store moved to another cluster.
         let xmin = identity::stored_xid(schema, "pg_snapshot_xmin(pg_current_snapshot())");
-        let feed = |filter: &str| -> Arc<str> {
+        let feed = |columns: &str, filter: &str| -> Arc<str> {
             format!(
                 "WITH horizon AS MATERIALIZED (
-                     SELECT x.xmin, x.newest,
+                     SELECT x.xmin, x.xmin::text::bigint AS xmin_number,
+                            x.newest::text::bigint AS newest_number,
                             -- Anything at or above the horizon is committed or in flight, and
                             -- not yet deliverable.
                             coalesce(x.newest >= x.xmin, false) AS held_back
@@ -126,10 +135,10 @@ impl Statements {
                                   -- max() reads one index entry.
                                   (SELECT max(w.tx) FROM {s}.events w) AS newest) x
                  )
-                 SELECT h.xmin::text::bigint, h.held_back, h.newest::text::bigint, f.*
+                 SELECT h.xmin_number, h.held_back, h.newest_number, f.*
                  FROM horizon h
                  LEFT JOIN LATERAL (
-                     SELECT {ENVELOPE_COLUMNS}
+                     SELECT {columns}
                      FROM {s}.events e
                      WHERE (e.tx, e.position) > ($1::text::xid8, $2)
                        AND e.tx < h.xmin
@@ -179,8 +188,10 @@ impl Statements {
                   ORDER BY e.stream_version)"
             )
             .into(),
-            read_feed: feed(""),
-            read_feed_filtered: feed("AND e.event_type = ANY ($4)"),
+            read_feed: feed(ENVELOPE_COLUMNS, ""),
+            read_feed_filtered: feed(ENVELOPE_COLUMNS, "AND e.event_type = ANY ($4)"),
+            read_feed_origins: feed(ORIGIN_COLUMNS, ""),
+            read_feed_origins_filtered: feed(ORIGIN_COLUMNS, "AND e.event_type = ANY ($4)"),
             stream_version: format!(
                 "SELECT coalesce(max(e.stream_version), 0) FROM {s}.events e WHERE e.stream_id = $1"
             )
@@ -551,9 +562,12 @@ impl PostgresStore {
             return Ok(FeedBatch::new(Vec::new(), query.after));
         }
         let limit = to_i64(query.limit as u64);
-        let statement = match &query.event_types {
-            Some(_) => &self.inner.sql.read_feed_filtered,
-            None => &self.inner.sql.read_feed,
+        let sql = &self.inner.sql;
+        let statement = match (&query.event_types, query.fields) {
+            (Some(_), EnvelopeFields::Origin) => &sql.read_feed_origins_filtered,
+            (None, EnvelopeFields::Origin) => &sql.read_feed_origins,
+            (Some(_), _) => &sql.read_feed_filtered,
+            (None, _) => &sql.read_feed,
         };
         let mut sql = sqlx::query(AssertSqlSafe(statement.clone()))
             .bind(to_i64(query.after.tx))
@@ -574,10 +588,12 @@ impl PostgresStore {
         let newest: Option<u64> = columns::unsigned_opt::<_, i64, _>(first, 2)?;
         // The lateral join yields one row of NULLs when no event qualifies.
         let has_events = columns::get::<_, Option<String>>(first, 3)?.is_some();
-        let (events, undecodable, stopped) = if has_events {
-            runner_envelopes(&rows, |row| envelope_or_defect(row, 3))?
-        } else {
-            (Vec::new(), Vec::new(), false)
+        let (events, undecodable, stopped) = match (has_events, query.fields) {
+            (true, EnvelopeFields::Origin) => {
+                runner_envelopes(&rows, |row| Ok((origin_from_row(row, 3)?, None)))?
+            }
+            (true, _) => runner_envelopes(&rows, |row| envelope_or_defect(row, 3))?,
+            (false, _) => (Vec::new(), Vec::new(), false),
         };
         let next = match (events.last(), newest) {
             (Some(last), _) if stopped || events.len() >= query.limit => last.feed_position(),
@@ -707,6 +723,24 @@ fn stream_event_from_row(row: &PgRow, at: usize) -> Result<StreamEvent> {
 /// when a column that identifies it does not read.
 fn envelope_from_row(row: &PgRow, at: usize) -> Result<RecordedEvent> {
     strict_envelope(envelope_or_defect(row, at)?)
+}
+
+/// Reads the origin columns ([`ORIGIN_COLUMNS`]) starting at `at`: an envelope whose other
+/// fields hold their placeholders ([`EnvelopeFields::Origin`]).
+fn origin_from_row(row: &PgRow, at: usize) -> Result<RecordedEvent> {
+    let origin = Origin {
+        stream_id: columns::get_unchecked(row, at)?,
+        stream_version: columns::unsigned::<_, i64, _>(row, at + 1)?,
+        global_position: columns::unsigned::<_, i64, _>(row, at + 2)?,
+        tx: columns::unsigned::<_, i64, _>(row, at + 3)?,
+        aggregate_type: columns::get_unchecked(row, at + 4)?,
+        event_id: columns::get(row, at + 5)?,
+        event_type: columns::get_unchecked(row, at + 6)?,
+        schema_version: columns::unsigned::<_, i32, _>(row, at + 7)?,
+        recorded_at: columns::get(row, at + 9)?,
+    };
+    let payload: &str = columns::get_unchecked(row, at + 8)?;
+    Ok(origin.into_envelope(Payload::from_stored_json(payload.to_owned())))
 }
 
 /// [`envelope_from_row`], but an event whose metadata does not read comes back with empty

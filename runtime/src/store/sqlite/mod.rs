@@ -38,10 +38,15 @@ use super::{
     runner_envelopes, strict_envelope,
 };
 use super::{FeedNotifier, FeedWakeups};
-use crate::envelope::{Metadata, NewEvent, RecordedEvent};
+use crate::envelope::{EnvelopeFields, Metadata, NewEvent, Origin, RecordedEvent};
 use crate::error::{DecodeError, Error, Result};
 use crate::event::Payload;
 use crate::snapshot::Snapshot;
+
+/// The columns of an [`Origin`] and the payload, in the order `origin_from_row` reads them
+/// (those of [`ENVELOPE_COLUMNS`] without the metadata, correlation, causation and actor).
+const ORIGIN_COLUMNS: &str = "stream_id, stream_version, position, aggregate_type, event_id, \
+    event_type, schema_version, payload, recorded_at";
 
 /// The envelope columns, in the order `envelope_from_row` reads them.
 const ENVELOPE_COLUMNS: &str = "stream_id, stream_version, position, aggregate_type, event_id, \
@@ -669,10 +674,14 @@ impl SqliteStore {
             .event_types
             .as_ref()
             .map(|types| serde_json::to_string(types).unwrap_or_else(|_| "[]".to_owned()));
+        let columns = match query.fields {
+            EnvelopeFields::Origin => ORIGIN_COLUMNS,
+            _ => ENVELOPE_COLUMNS,
+        };
         let rows = match &types {
             Some(types) => {
                 sqlx::query(sqlx::AssertSqlSafe(format!(
-                    "SELECT {ENVELOPE_COLUMNS} FROM events
+                    "SELECT {columns} FROM events
                      WHERE position > ?1 AND event_type IN (SELECT value FROM json_each(?3))
                      ORDER BY position LIMIT ?2"
                 )))
@@ -684,7 +693,7 @@ impl SqliteStore {
             }
             None => {
                 sqlx::query(sqlx::AssertSqlSafe(format!(
-                    "SELECT {ENVELOPE_COLUMNS} FROM events WHERE position > ?1
+                    "SELECT {columns} FROM events WHERE position > ?1
                      ORDER BY position LIMIT ?2"
                 )))
                 .bind(after)
@@ -699,7 +708,12 @@ impl SqliteStore {
             .await
             .map_err(backend)?;
         transaction.commit().await.map_err(backend)?;
-        let (events, undecodable, stopped) = runner_envelopes(&rows, envelope_or_defect)?;
+        let (events, undecodable, stopped) = match query.fields {
+            EnvelopeFields::Origin => {
+                runner_envelopes(&rows, |row| Ok((origin_from_row(row)?, None)))?
+            }
+            _ => runner_envelopes(&rows, envelope_or_defect)?,
+        };
         let next = match events.last() {
             Some(last) if stopped || events.len() >= query.limit => last.feed_position(),
             _ => {
@@ -713,7 +727,6 @@ impl SqliteStore {
     }
 }
 
-/// A UUID stored as text.
 /// Binds `event`'s columns as the parameters `?4` to `?12` of an insert into `events`
 /// (`event_id` to `recorded_at`, in table order).
 fn bind_event<'q>(
@@ -760,6 +773,7 @@ fn stored(
     }
 }
 
+/// A UUID stored as text.
 pub(crate) fn uuid(row: &SqliteRow, index: usize) -> Result<Uuid> {
     let text: String = columns::get(row, index)?;
     Uuid::parse_str(&text).map_err(|error| Error::Corrupt {
@@ -774,6 +788,25 @@ pub(crate) fn uuid(row: &SqliteRow, index: usize) -> Result<Uuid> {
 /// when a column that identifies it does not read.
 fn envelope_from_row(row: &SqliteRow) -> Result<RecordedEvent> {
     strict_envelope(envelope_or_defect(row)?)
+}
+
+/// Reads the origin columns ([`ORIGIN_COLUMNS`]): an envelope whose other fields hold their
+/// placeholders ([`EnvelopeFields::Origin`]).
+fn origin_from_row(row: &SqliteRow) -> Result<RecordedEvent> {
+    let position = columns::unsigned::<_, i64, _>(row, 2)?;
+    let origin = Origin {
+        stream_id: columns::get(row, 0)?,
+        stream_version: columns::unsigned::<_, i64, _>(row, 1)?,
+        global_position: position,
+        tx: position,
+        aggregate_type: columns::get(row, 3)?,
+        event_id: uuid(row, 4)?,
+        event_type: columns::get(row, 5)?,
+        schema_version: columns::unsigned::<_, i64, _>(row, 6)?,
+        recorded_at: columns::get(row, 8)?,
+    };
+    let payload: &str = columns::get(row, 7)?;
+    Ok(origin.into_envelope(Payload::from_stored_json(payload.to_owned())))
 }
 
 /// [`envelope_from_row`], but an event whose metadata does not read (not a JSON object, or
