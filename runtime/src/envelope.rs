@@ -101,6 +101,7 @@ pub struct Origin<'a> {
 impl Origin<'_> {
     /// A stored event read with [`EnvelopeFields::Origin`]: the fields left out hold their
     /// placeholders (empty metadata, nil ids, no actor).
+    #[cfg(any(feature = "postgres", feature = "sqlite"))]
     pub(crate) fn into_envelope(self, payload: Payload) -> RecordedEvent {
         Envelope {
             event_id: self.event_id,

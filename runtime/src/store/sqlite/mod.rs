@@ -794,18 +794,20 @@ fn envelope_from_row(row: &SqliteRow) -> Result<RecordedEvent> {
 /// placeholders ([`EnvelopeFields::Origin`]).
 fn origin_from_row(row: &SqliteRow) -> Result<RecordedEvent> {
     let position = columns::unsigned::<_, i64, _>(row, 2)?;
+    // The text columns are read as text whatever SQLite stored (it converts), without
+    // comparing types first: this runs once per event a runner reads.
     let origin = Origin {
-        stream_id: columns::get(row, 0)?,
+        stream_id: columns::get_unchecked(row, 0)?,
         stream_version: columns::unsigned::<_, i64, _>(row, 1)?,
         global_position: position,
         tx: position,
-        aggregate_type: columns::get(row, 3)?,
+        aggregate_type: columns::get_unchecked(row, 3)?,
         event_id: uuid(row, 4)?,
-        event_type: columns::get(row, 5)?,
+        event_type: columns::get_unchecked(row, 5)?,
         schema_version: columns::unsigned::<_, i64, _>(row, 6)?,
         recorded_at: columns::get(row, 8)?,
     };
-    let payload: &str = columns::get(row, 7)?;
+    let payload: &str = columns::get_unchecked(row, 7)?;
     Ok(origin.into_envelope(Payload::from_stored_json(payload.to_owned())))
 }
 
