@@ -141,6 +141,7 @@ impl NewEvent {
             causation_id: context.command_id,
             actor: context.actor.clone(),
             metadata: context.metadata.clone(),
+            once: false,
         })
     }
 }

@@ -231,6 +231,11 @@ pub struct NewEvent {
     pub actor: Option<String>,
     /// See [`Envelope::metadata`].
     pub metadata: Metadata,
+    /// Appended by [`Repository::execute_once`](crate::Repository::execute_once), whose event
+    /// ids derive from the command id: an id already stored is another delivery's doing, never
+    /// a retry of this append, so the store reports it ([`crate::Error::DuplicateEventId`])
+    /// instead of recognising a retry.
+    pub(crate) once: bool,
 }
 
 impl NewEvent {
@@ -251,6 +256,7 @@ impl NewEvent {
             causation_id: event_id,
             actor: None,
             metadata: Metadata::new(),
+            once: false,
         }
     }
 

@@ -787,7 +787,9 @@ fn new_events<E: crate::event::EventSet>(
         .map(|(index, event)| {
             let new = NewEvent::from_event(event, context)?;
             Ok(if derived_ids {
-                new.event_id(context.event_id(index))
+                let mut new = new.event_id(context.event_id(index));
+                new.once = true;
+                new
             } else {
                 new
             })

@@ -80,7 +80,8 @@ pub fn check_distinct_ids(stream_id: &str, events: &[NewEvent]) -> Result<()> {
 
 /// Given the stored events among an append's ids (at least one), decides whether the append is
 /// an idempotent retry: the whole batch stored, in order, at consecutive versions of this stream,
-/// where the expected version put it. Returns the stored versions to read back.
+/// where the expected version put it. Returns the stored versions to read back. An append of
+/// `execute_once` is never a retry: its stored ids are another delivery's.
 ///
 /// # Errors
 /// [`Error::DuplicateEventId`] for any other reuse of a stored id.
@@ -97,6 +98,10 @@ pub fn classify_retry(
         stream_id: at.stream_id.clone(),
         stream_version: at.stream_version,
     };
+    if let Some(stored) = first.filter(|_| events.iter().any(|e| e.once)) {
+        // Another delivery of the same command stored it (`execute_once`).
+        return Err(duplicate(stored));
+    }
     let Some(first) = first else {
         return Err(stored.first().map_or_else(
             || Error::InvalidAppend {
@@ -314,5 +319,42 @@ pub(crate) mod columns {
                 })
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{StoredId, classify_retry};
+    use crate::envelope::NewEvent;
+    use crate::error::Error;
+    use crate::event::Payload;
+    use crate::position::ExpectedVersion;
+
+    /// The same append again is a retry; the same events appended by another delivery of an
+    /// `execute_once` command are a duplicate, however exactly they match.
+    #[test]
+    fn a_stored_run_is_a_retry_unless_another_delivery_appended_it() {
+        let event = NewEvent::new("Pinged", 1, Payload::encode(&1).unwrap());
+        let stored = [StoredId {
+            event_id: event.event_id,
+            stream_id: "s".to_owned(),
+            stream_version: 1,
+        }];
+        let retry = classify_retry("s", ExpectedVersion::Exact(0), &[event.clone()], &stored);
+        assert_eq!(retry.unwrap(), 1..=1);
+
+        let mut delivery = event;
+        delivery.once = true;
+        let again = classify_retry("s", ExpectedVersion::Exact(0), &[delivery], &stored);
+        assert!(
+            matches!(
+                again,
+                Err(Error::DuplicateEventId {
+                    stream_version: 1,
+                    ..
+                })
+            ),
+            "{again:?}"
+        );
     }
 }
