@@ -340,7 +340,12 @@ mod tests {
             stream_id: "s".to_owned(),
             stream_version: 1,
         }];
-        let retry = classify_retry("s", ExpectedVersion::Exact(0), &[event.clone()], &stored);
+        let retry = classify_retry(
+            "s",
+            ExpectedVersion::Exact(0),
+            std::slice::from_ref(&event),
+            &stored,
+        );
         assert_eq!(retry.unwrap(), 1..=1);
 
         let mut delivery = event;
