@@ -270,7 +270,9 @@ pub(crate) mod columns {
     /// Column `index` of `row`, decoded without first comparing the column's SQL type with
     /// `T`'s: for the hot read paths (replaying a stream, reading the feed), whose own
     /// statements produce exactly these types (a cast in the SQL where the stored type could
-    /// differ). A value that does not decode is still [`Error::Corrupt`].
+    /// differ). A value that does not decode is still [`Error::Corrupt`]. PostgreSQL only:
+    /// SQLite would turn any stored value into text.
+    #[cfg(feature = "postgres")]
     pub fn get_unchecked<'r, R, T>(row: &'r R, index: usize) -> Result<T>
     where
         R: Row,

@@ -728,6 +728,15 @@ fn envelope_from_row(row: &PgRow, at: usize) -> Result<RecordedEvent> {
 /// Reads the origin columns ([`ORIGIN_COLUMNS`]) starting at `at`: an envelope whose other
 /// fields hold their placeholders ([`EnvelopeFields::Origin`]).
 fn origin_from_row(row: &PgRow, at: usize) -> Result<RecordedEvent> {
+    let (origin, payload) = origin_at(row, at, at + 9)?;
+    Ok(origin.into_envelope(payload))
+}
+
+/// An event's origin and payload, from the places [`ORIGIN_COLUMNS`] and [`ENVELOPE_COLUMNS`]
+/// share from `at`, and its recording time from `recorded_at`. The statements' own casts fix
+/// the text columns' types, so they are decoded without comparing types first (this runs once
+/// per event read).
+fn origin_at(row: &PgRow, at: usize, recorded_at: usize) -> Result<(Origin<'_>, Payload)> {
     let origin = Origin {
         stream_id: columns::get_unchecked(row, at)?,
         stream_version: columns::unsigned::<_, i64, _>(row, at + 1)?,
@@ -737,37 +746,26 @@ fn origin_from_row(row: &PgRow, at: usize) -> Result<RecordedEvent> {
         event_id: columns::get(row, at + 5)?,
         event_type: columns::get_unchecked(row, at + 6)?,
         schema_version: columns::unsigned::<_, i32, _>(row, at + 7)?,
-        recorded_at: columns::get(row, at + 9)?,
+        recorded_at: columns::get(row, recorded_at)?,
     };
     let payload: &str = columns::get_unchecked(row, at + 8)?;
-    Ok(origin.into_envelope(Payload::from_stored_json(payload.to_owned())))
+    Ok((origin, Payload::from_stored_json(payload.to_owned())))
 }
 
 /// [`envelope_from_row`], but an event whose metadata does not read comes back with empty
 /// metadata and the defect, for the runners to park.
 fn envelope_or_defect(row: &PgRow, at: usize) -> Result<ReadEnvelope> {
-    let payload: String = columns::get(row, at + 8)?;
     let metadata: String = columns::get(row, at + 9)?;
     let (metadata, defect) = match decode_metadata(&metadata) {
         Ok(metadata) => (metadata, None),
         Err(cause) => (Metadata::new(), Some(cause)),
     };
-    let event = RecordedEvent {
-        stream_id: columns::get(row, at)?,
-        stream_version: columns::unsigned::<_, i64, _>(row, at + 1)?,
-        global_position: columns::unsigned::<_, i64, _>(row, at + 2)?,
-        tx: columns::unsigned::<_, i64, _>(row, at + 3)?,
-        aggregate_type: columns::get(row, at + 4)?,
-        event_id: columns::get(row, at + 5)?,
-        event_type: columns::get(row, at + 6)?,
-        schema_version: columns::unsigned::<_, i32, _>(row, at + 7)?,
-        event: Payload::from_stored_json(payload),
-        metadata,
-        correlation_id: columns::get(row, at + 10)?,
-        causation_id: columns::get(row, at + 11)?,
-        actor: columns::get(row, at + 12)?,
-        recorded_at: columns::get(row, at + 13)?,
-    };
+    let (origin, payload) = origin_at(row, at, at + 13)?;
+    let mut event = origin.into_envelope(payload);
+    event.metadata = metadata;
+    event.correlation_id = columns::get(row, at + 10)?;
+    event.causation_id = columns::get(row, at + 11)?;
+    event.actor = columns::get(row, at + 12)?;
     let defect = defect.map(|cause| Undecodable::of(&event, &cause));
     Ok((event, defect))
 }

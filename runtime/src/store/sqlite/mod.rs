@@ -793,22 +793,28 @@ fn envelope_from_row(row: &SqliteRow) -> Result<RecordedEvent> {
 /// Reads the origin columns ([`ORIGIN_COLUMNS`]): an envelope whose other fields hold their
 /// placeholders ([`EnvelopeFields::Origin`]).
 fn origin_from_row(row: &SqliteRow) -> Result<RecordedEvent> {
+    let (origin, payload) = origin_at(row, 8)?;
+    Ok(origin.into_envelope(payload))
+}
+
+/// An event's origin and payload, from the places [`ORIGIN_COLUMNS`] and [`ENVELOPE_COLUMNS`]
+/// share, and its recording time from column `recorded_at`. Each column's stored type is
+/// checked: SQLite would turn any value into text.
+fn origin_at(row: &SqliteRow, recorded_at: usize) -> Result<(Origin<'_>, Payload)> {
     let position = columns::unsigned::<_, i64, _>(row, 2)?;
-    // The text columns are read as text whatever SQLite stored (it converts), without
-    // comparing types first: this runs once per event a runner reads.
     let origin = Origin {
-        stream_id: columns::get_unchecked(row, 0)?,
+        stream_id: columns::get(row, 0)?,
         stream_version: columns::unsigned::<_, i64, _>(row, 1)?,
         global_position: position,
         tx: position,
-        aggregate_type: columns::get_unchecked(row, 3)?,
+        aggregate_type: columns::get(row, 3)?,
         event_id: uuid(row, 4)?,
-        event_type: columns::get_unchecked(row, 5)?,
+        event_type: columns::get(row, 5)?,
         schema_version: columns::unsigned::<_, i64, _>(row, 6)?,
-        recorded_at: columns::get(row, 8)?,
+        recorded_at: columns::get(row, recorded_at)?,
     };
-    let payload: &str = columns::get_unchecked(row, 7)?;
-    Ok(origin.into_envelope(Payload::from_stored_json(payload.to_owned())))
+    let payload: &str = columns::get(row, 7)?;
+    Ok((origin, Payload::from_stored_json(payload.to_owned())))
 }
 
 /// [`envelope_from_row`], but an event whose metadata does not read (not a JSON object, or
@@ -822,23 +828,12 @@ fn envelope_or_defect(row: &SqliteRow) -> Result<ReadEnvelope> {
         Ok(metadata) => (metadata, None),
         Err(cause) => (Metadata::new(), Some(cause)),
     };
-    let position = columns::unsigned::<_, i64, _>(row, 2)?;
-    let event = RecordedEvent {
-        stream_id: columns::get(row, 0)?,
-        stream_version: columns::unsigned::<_, i64, _>(row, 1)?,
-        global_position: position,
-        tx: position,
-        aggregate_type: columns::get(row, 3)?,
-        event_id: uuid(row, 4)?,
-        event_type: columns::get(row, 5)?,
-        schema_version: columns::unsigned::<_, i64, _>(row, 6)?,
-        event: Payload::from_stored_json(columns::get(row, 7)?),
-        metadata,
-        correlation_id: uuid(row, 9)?,
-        causation_id: uuid(row, 10)?,
-        actor: columns::get(row, 11)?,
-        recorded_at: columns::get(row, 12)?,
-    };
+    let (origin, payload) = origin_at(row, 12)?;
+    let mut event = origin.into_envelope(payload);
+    event.metadata = metadata;
+    event.correlation_id = uuid(row, 9)?;
+    event.causation_id = uuid(row, 10)?;
+    event.actor = columns::get(row, 11)?;
     let defect = defect.map(|cause| Undecodable::of(&event, &cause));
     Ok((event, defect))
 }
