@@ -161,7 +161,7 @@ impl Origins {
         origin: &Origin<'_>,
         _tx: &mut Tx<'_>,
     ) -> Result<(), Unavailable> {
-        self.0.lock().unwrap().push(format!("{origin:?}"));
+        note(&self.0, format!("{origin:?}"));
         Ok(())
     }
 
@@ -171,7 +171,7 @@ impl Origins {
         _event: &Withdrawn,
         origin: &Origin<'_>,
     ) -> Result<(), Unavailable> {
-        self.0.lock().unwrap().push(format!("{origin:?}"));
+        note(&self.0, format!("{origin:?}"));
         Ok(())
     }
 }
@@ -188,7 +188,7 @@ impl Envelopes {
         origin: &Origin<'_>,
         _tx: &mut Tx<'_>,
     ) -> Result<(), Unavailable> {
-        self.0.lock().unwrap().push(format!("{origin:?}"));
+        note(&self.0, format!("{origin:?}"));
         Ok(())
     }
 
@@ -199,9 +199,13 @@ impl Envelopes {
         envelope: &Envelope,
         _tx: &mut Tx<'_>,
     ) -> Result<(), Unavailable> {
-        self.0.lock().unwrap().push(whole(envelope));
+        note(&self.0, whole(envelope));
         Ok(())
     }
+}
+
+fn note(seen: &Seen, what: String) {
+    seen.lock().unwrap().push(what);
 }
 
 fn whole(envelope: &RecordedEvent) -> String {

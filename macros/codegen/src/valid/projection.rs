@@ -72,18 +72,10 @@ pub enum Connection {
 
 impl Connection {
     pub fn of(ty: &Type) -> Self {
-        match ty {
-            Type::Path(path)
-                if path.qself.is_none()
-                    && path
-                        .path
-                        .segments
-                        .last()
-                        .is_some_and(|last| last.ident == "Tx") =>
-            {
-                Self::Tx
-            }
-            other => Self::Store(Box::new(other.clone())),
+        if named(ty, "Tx") {
+            Self::Tx
+        } else {
+            Self::Store(Box::new(ty.clone()))
         }
     }
 
@@ -319,17 +311,14 @@ fn handler_fn(cx: &Ctxt, sig: &Signature, side_effects: bool) -> Option<HandlerF
 /// Whether the envelope parameter is `&Origin<'_>` (by its last path segment; any other type
 /// is handed the whole envelope, and the compiler says when it is not one).
 fn takes_origin(ty: &Type) -> bool {
-    match shared_reference(ty) {
-        Some(Type::Path(path)) => {
-            path.qself.is_none()
-                && path
-                    .path
-                    .segments
-                    .last()
-                    .is_some_and(|last| last.ident == "Origin")
-        }
-        _ => false,
-    }
+    shared_reference(ty).is_some_and(|ty| named(ty, "Origin"))
+}
+
+/// Whether `ty` is a plain path whose last segment is `name` (`Tx<'_>`, `factum::Origin<'_>`).
+fn named(ty: &Type, name: &str) -> bool {
+    matches!(ty, Type::Path(path)
+        if path.qself.is_none()
+            && path.path.segments.last().is_some_and(|last| last.ident == name))
 }
 
 /// Checks a `#[flush]` or `#[reset]` method (`marker`): `usage` shows the right signature.
