@@ -4,6 +4,7 @@
 
 use std::num::NonZeroUsize;
 use std::sync::Arc;
+use std::time::Duration;
 
 use factum::testing::TestDatabase;
 use factum::{Error, EventStore, ExecuteError, MemoryStore, Repository};
@@ -12,6 +13,11 @@ use factum::{Error, EventStore, ExecuteError, MemoryStore, Repository};
 mod counter;
 
 use counter::{Add, Added, Counter, Zero};
+
+#[path = "support/probe.rs"]
+mod probe;
+
+use probe::Probe;
 
 const TASKS: u64 = 64;
 const EACH: u64 = 40;
@@ -134,6 +140,8 @@ factum::on_both_stores!(
     another_writer_makes_batches_retry_and_loses_nothing,
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
     a_command_delivered_again_within_a_batch_is_applied_once,
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    a_batch_decided_on_top_of_a_refused_one_costs_no_attempt,
 );
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -219,6 +227,47 @@ async fn a_command_delivered_again_within_a_batch_is_applied_once<D: TestDatabas
         "one delivery applies it, the others recognise it"
     );
     assert_eq!(database.read_stream("hot", ..).await.unwrap().len(), 1);
+}
+
+/// A batch decided on top of one the store refused was never tried: deciding it again is not
+/// an attempt. Lined up with a store whose appends and id lookups are held back: one delivery
+/// of a command is stored in the first batch, its duplicates are refused in the second, and
+/// the deliveries that decide while the second is in flight form a third on top of it. With
+/// no retries allowed, none of them may report a conflict: each recognises the command.
+async fn a_batch_decided_on_top_of_a_refused_one_costs_no_attempt<D: TestDatabase>() {
+    let database = D::create().await.unwrap();
+    let store = Probe::new((*database).clone())
+        .hold_read_event(Duration::from_millis(45))
+        .hold_appends(Duration::from_millis(40));
+    let repository = Repository::<Counter, _>::new(store.clone())
+        .serialize_streams(NonZeroUsize::new(64).unwrap())
+        .max_retries(0);
+    let context = factum::CommandContext::new();
+    let mut tasks = Vec::new();
+    for n in 0..48 {
+        let (repository, context) = (repository.clone(), context.clone());
+        tasks.push(tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(3 * n)).await;
+            repository
+                .execute_once("hot", Add { amount: 7 }, &context)
+                .await
+        }));
+    }
+    let mut applied = 0;
+    for task in tasks {
+        match task.await.unwrap() {
+            Ok(factum::Executed::Applied(_)) => applied += 1,
+            Ok(_) => {}
+            Err(error) => panic!("a delivery failed: {error:?}"),
+        }
+    }
+    assert_eq!(applied, 1);
+    assert_eq!(database.read_stream("hot", ..).await.unwrap().len(), 1);
+    assert!(
+        store.appends() >= 4,
+        "the batches stacked up and were refused ({} appends)",
+        store.appends()
+    );
 }
 
 /// Serialized commands still take snapshots: a batch that crosses the interval while nothing

@@ -3,16 +3,17 @@
 //! conflicts evict), and temporal queries.
 
 use std::num::NonZeroUsize;
-use std::ops::RangeBounds;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 
 use factum::testing::postgres::TemporaryStore as TestStore;
 use factum::{
-    EventStore, ExpectedVersion, FeedBatch, FeedQuery, HistoryItem, KnownHead, NewEvent, Payload,
-    RecordedEvent, Repository, Snapshot, StreamEvent, aggregate, event,
+    EventStore, ExpectedVersion, NewEvent, Payload, Repository, Snapshot, aggregate, event,
 };
 use serde::{Deserialize, Serialize};
+
+#[path = "support/probe.rs"]
+mod probe;
+
+use probe::Probe;
 
 #[event]
 #[derive(Debug, Clone, PartialEq)]
@@ -331,119 +332,16 @@ async fn temporal_queries_give_the_state_as_of_a_version_or_a_time() {
     assert_eq!((before.state, before.version), (Account::default(), 0));
 }
 
-/// Counts the store calls a repository makes (each one is a round trip on PostgreSQL).
-#[derive(Debug, Clone)]
-struct Counting<S> {
-    inner: S,
-    reads: Arc<AtomicUsize>,
-    appends: Arc<AtomicUsize>,
-}
-
-impl<S: EventStore> EventStore for Counting<S> {
-    async fn append(
-        &self,
-        stream_id: &str,
-        aggregate_type: &str,
-        expected: ExpectedVersion,
-        events: Vec<NewEvent>,
-    ) -> factum::Result<Vec<RecordedEvent>> {
-        self.appends.fetch_add(1, Ordering::SeqCst);
-        self.inner
-            .append(stream_id, aggregate_type, expected, events)
-            .await
-    }
-
-    async fn append_after(
-        &self,
-        stream_id: &str,
-        aggregate_type: &str,
-        head: KnownHead,
-        events: Vec<NewEvent>,
-    ) -> factum::Result<Vec<RecordedEvent>> {
-        self.appends.fetch_add(1, Ordering::SeqCst);
-        self.inner
-            .append_after(stream_id, aggregate_type, head, events)
-            .await
-    }
-
-    async fn read_stream(
-        &self,
-        stream_id: &str,
-        versions: impl RangeBounds<u64> + Send,
-    ) -> factum::Result<Vec<RecordedEvent>> {
-        self.reads.fetch_add(1, Ordering::SeqCst);
-        self.inner.read_stream(stream_id, versions).await
-    }
-
-    async fn read_feed(&self, query: &FeedQuery) -> factum::Result<FeedBatch> {
-        self.inner.read_feed(query).await
-    }
-
-    async fn read_stream_events(
-        &self,
-        stream_id: &str,
-        versions: impl RangeBounds<u64> + Send,
-    ) -> factum::Result<Vec<StreamEvent>> {
-        self.reads.fetch_add(1, Ordering::SeqCst);
-        self.inner.read_stream_events(stream_id, versions).await
-    }
-
-    async fn replay_history<F>(
-        &self,
-        stream_id: &str,
-        aggregate_type: &str,
-        with_snapshot: bool,
-        visit: F,
-    ) -> factum::Result<()>
-    where
-        F: FnMut(HistoryItem<'_>) -> factum::Result<()> + Send,
-    {
-        self.reads.fetch_add(1, Ordering::SeqCst);
-        self.inner
-            .replay_history(stream_id, aggregate_type, with_snapshot, visit)
-            .await
-    }
-
-    async fn stream_version(&self, stream_id: &str) -> factum::Result<u64> {
-        self.reads.fetch_add(1, Ordering::SeqCst);
-        self.inner.stream_version(stream_id).await
-    }
-
-    async fn read_event(
-        &self,
-        event_id: factum::Uuid,
-    ) -> factum::Result<Option<factum::RecordedEvent>> {
-        self.reads.fetch_add(1, Ordering::SeqCst);
-        self.inner.read_event(event_id).await
-    }
-
-    async fn load_snapshot(&self, stream_id: &str) -> factum::Result<Option<Snapshot>> {
-        self.reads.fetch_add(1, Ordering::SeqCst);
-        self.inner.load_snapshot(stream_id).await
-    }
-
-    async fn save_snapshot(&self, snapshot: Snapshot) -> factum::Result<()> {
-        self.inner.save_snapshot(snapshot).await
-    }
-}
-
 #[tokio::test]
 async fn a_cached_aggregate_costs_one_round_trip_and_a_conflict_evicts_it() {
     let store = TestStore::new().await.unwrap();
-    let counting = Counting {
-        inner: store.another_client().await.unwrap(),
-        reads: Arc::default(),
-        appends: Arc::default(),
-    };
+    let counting = Probe::new(store.another_client().await.unwrap());
     let accounts =
         Repository::<Account, _>::new(counting.clone()).cache(NonZeroUsize::new(100).unwrap());
 
     accounts.execute("acc-1", Deposit(5)).await.unwrap();
     assert_eq!(
-        (
-            counting.reads.load(Ordering::SeqCst),
-            counting.appends.load(Ordering::SeqCst)
-        ),
+        (counting.reads(), counting.appends()),
         (1, 1),
         "a miss loads"
     );
@@ -451,10 +349,7 @@ async fn a_cached_aggregate_costs_one_round_trip_and_a_conflict_evicts_it() {
         accounts.execute("acc-1", Deposit(amount)).await.unwrap();
     }
     assert_eq!(
-        (
-            counting.reads.load(Ordering::SeqCst),
-            counting.appends.load(Ordering::SeqCst)
-        ),
+        (counting.reads(), counting.appends()),
         (1, 4),
         "hits only append"
     );
@@ -467,12 +362,8 @@ async fn a_cached_aggregate_costs_one_round_trip_and_a_conflict_evicts_it() {
         committed[0].stream_version, 6,
         "the stale append conflicted, reloaded and retried"
     );
-    assert_eq!(
-        counting.appends.load(Ordering::SeqCst),
-        6,
-        "one failed append, one retried"
-    );
-    assert_eq!(counting.reads.load(Ordering::SeqCst), 2, "one reload");
+    assert_eq!(counting.appends(), 6, "one failed append, one retried");
+    assert_eq!(counting.reads(), 2, "one reload");
 
     let truth = Repository::<Account, _>::new(store.another_client().await.unwrap())
         .load("acc-1")
@@ -486,11 +377,7 @@ async fn a_cached_aggregate_costs_one_round_trip_and_a_conflict_evicts_it() {
         }
     );
     accounts.execute("acc-1", Deposit(0)).await.unwrap();
-    assert_eq!(
-        counting.reads.load(Ordering::SeqCst),
-        2,
-        "the reloaded state is cached again"
-    );
+    assert_eq!(counting.reads(), 2, "the reloaded state is cached again");
 }
 
 #[tokio::test]

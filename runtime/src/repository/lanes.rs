@@ -10,9 +10,11 @@
 //! conflict with each other, and many commands cost one round trip.
 //!
 //! A batch that fails (another process wrote the stream, or the store refused) was written not
-//! at all: its members, and those of the batch decided on top of it, are told, the lane's
-//! state is dropped (reloaded by the next command), and each member retries like a command that
-//! met a conflict.
+//! at all: its members are told, the lane's state is dropped (reloaded by the next command),
+//! and each member retries like a command that met a conflict (or, when the store refused the
+//! batch, tries alone). The batch decided on top of it was never tried: its members decide
+//! again, and that round counts as an attempt only when the failure below was a conflict (their
+//! base was stale too), never because a refused batch happened to be below theirs.
 
 use std::collections::HashMap;
 use std::ops::Range;
@@ -60,8 +62,11 @@ pub(super) enum Outcome {
     /// Stored: the events as recorded, in order.
     Committed(Arc<Vec<RecordedEvent>>),
     /// Not stored: the append failed (for every member), or a batch it was decided on top of
-    /// failed. Retrying may help when it was a conflict.
+    /// failed with a conflict. Retrying may help when it was a conflict.
     Failed { error: Arc<Error>, conflict: bool },
+    /// Not tried: a batch it was decided on top of was refused (not for a conflict) or its
+    /// sender was cancelled. Its members decide again, which is not another attempt.
+    Untried,
 }
 
 /// A command's place in a batch: wait for the outcome, then take `range` of the events.
@@ -188,16 +193,23 @@ impl<A> Inner<A> {
         }
     }
 
-    /// After a failed append: the state is dropped (reloaded by the next command), and the
-    /// waiting batch, decided on top of the failed one, fails too. The sender stops.
-    pub fn failed(&mut self, error: &Arc<Error>) {
+    /// After a failed append (`conflict`: it met another writer's events; `error`: `None` when
+    /// its sender was cancelled): the state is dropped (reloaded by the next command), and the
+    /// waiting batch, decided on top of the failed one, is not tried: it failed too when the
+    /// failure was a conflict (its base is as stale), else it is [`Outcome::Untried`]. The
+    /// sender stops.
+    pub fn failed(&mut self, error: Option<&Arc<Error>>, conflict: bool) {
         self.head = None;
         self.sending = false;
         if let Some(batch) = self.open.take() {
-            batch.done.send_replace(Some(Outcome::Failed {
-                error: Arc::clone(error),
-                conflict: true,
-            }));
+            let outcome = match error {
+                Some(error) if conflict => Outcome::Failed {
+                    error: Arc::clone(error),
+                    conflict: true,
+                },
+                _ => Outcome::Untried,
+            };
+            batch.done.send_replace(Some(outcome));
         }
     }
 }
@@ -226,10 +238,7 @@ impl<'a, A> Sending<'a, A> {
 impl<A> Drop for Sending<'_, A> {
     fn drop(&mut self) {
         if !self.finished {
-            let error = Arc::new(Error::Backend(
-                "the task appending a stream's batches was cancelled".into(),
-            ));
-            self.lane.lock().failed(&error);
+            self.lane.lock().failed(None, false);
         }
     }
 }

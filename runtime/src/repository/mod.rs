@@ -567,6 +567,13 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
                     }
                     tracing::debug!(attempt, "the batch met a conflict; reloading and retrying");
                 }
+                Some(Outcome::Untried) => {
+                    // Decided on top of a batch the store refused: nothing of this command was
+                    // tried, so deciding again is not another attempt. Each such round follows
+                    // a refused batch whose members left the lane, so the rounds are bounded.
+                    attempt -= 1;
+                    tracing::debug!("the batch below was refused; deciding again");
+                }
                 None => {}
             }
         }
@@ -609,7 +616,7 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
                 Err(error) => {
                     let conflict = matches!(error, Error::Conflict { .. });
                     let error = Arc::new(error);
-                    lane.lock().failed(&error);
+                    lane.lock().failed(Some(&error), conflict);
                     done.send_replace(Some(Outcome::Failed { error, conflict }));
                     guard.finish();
                     return;
