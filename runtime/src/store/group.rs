@@ -252,6 +252,10 @@ pub(crate) trait Committer: Clone + Send + Sync + 'static {
     fn commit(&self, group: Vec<Queued>) -> impl Future<Output = ()> + Send;
 }
 
+/// The most scheduler turns a slot that committed a group waits for its tasks to come back
+/// ([`Group::gather`]).
+const GATHER_TURNS: usize = 4;
+
 /// The queue and the slots of one store (shared by its clones).
 #[derive(Debug)]
 pub(crate) struct Group {
@@ -397,6 +401,24 @@ impl Group {
         Some(queued.append.events)
     }
 
+    /// Holds a slot that just committed a group of `appends` for a few scheduler turns while
+    /// the queue grows. The tasks it answered append again at once when the store is busy:
+    /// freed at once, the slot would go to the first of them alone, and the rest would wait
+    /// for that lone append to make the next group, two round trips where one does. Held, they
+    /// all join the next group. A task that does not come back costs one turn; a lone append
+    /// (no load) is never held.
+    async fn gather(&self, appends: usize) {
+        let mut queued = 0;
+        for _ in 0..GATHER_TURNS {
+            tokio::task::yield_now().await;
+            let now = self.state().queue.len();
+            if now >= appends || now == queued {
+                return;
+            }
+            queued = now;
+        }
+    }
+
     /// Whether appends wait (the caller's slot then passes on to their group); frees the slot
     /// when none do.
     fn keep_or_release(&self) -> bool {
@@ -496,6 +518,8 @@ impl<C: Committer> Slot<C> {
             return;
         }
         tracing::debug!(appends = group.len(), "group commit");
+        let appends = group.len();
         self.committer.commit(group).await;
+        self.group.gather(appends).await;
     }
 }
