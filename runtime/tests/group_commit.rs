@@ -485,6 +485,115 @@ where
     assert!(grouped > 0, "appends were grouped");
 }
 
+/// With `alone_up_to(3)`, an append goes to the database alone, beside the one slot's append,
+/// while fewer than three appends are there; the fourth waits for a group. Three appends to a
+/// stream that a transaction of the test's holds are at the database at once, an append to
+/// another stream waits; when the transaction ends, all four are stored.
+async fn a_few_appends_go_alone_beside_the_slot<D>()
+where
+    D: TestDatabase,
+    D::Store: Grouped,
+{
+    let database = D::create().await.unwrap();
+    let store = database.grouped(
+        GroupCommit::new(1)
+            .alone_up_to(3)
+            .stall(Duration::from_secs(600)),
+    );
+    let mut holder = store.begin().await.unwrap();
+    store
+        .append_in(
+            &mut holder,
+            "held",
+            "Probe",
+            ExpectedVersion::NoStream,
+            vec![ping(0)],
+        )
+        .await
+        .unwrap();
+    let mut tasks = Vec::new();
+    for (n, stream, waits_for) in [
+        (1, "held", 1),
+        (2, "held", 2),
+        (3, "held", 3),
+        (4, "free", 3),
+    ] {
+        let appending = store.clone();
+        tasks.push(tokio::spawn(async move {
+            appending
+                .append(stream, "Probe", ExpectedVersion::Any, vec![ping(n)])
+                .await
+        }));
+        until(&store, |stats| stats.in_flight == waits_for).await;
+    }
+    until(&store, |stats| stats.waiting == 1).await;
+    assert_eq!(
+        (
+            store.stats().in_flight,
+            store.stats().waiting,
+            store.stats().groups
+        ),
+        (3, 1, 0),
+        "three alone at the database, the fourth waiting"
+    );
+    holder.rollback().await.unwrap();
+    for task in tasks {
+        task.await.unwrap().unwrap();
+    }
+    assert_eq!(count(&store, "held").await, 3);
+    assert_eq!(count(&store, "free").await, 1);
+}
+
+/// A runtime shut down while an append holds the slot and another waits for it: the waiting
+/// append's task and the slot's hand-on are dropped with the runtime, and nothing is left
+/// behind: no slot stays taken, no append stays queued (and the process does not recurse
+/// into a stack overflow handing the slot on to tasks the runtime drops at once).
+#[test]
+fn a_runtime_shut_down_with_appends_waiting_frees_the_slot() {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let (database, store) = runtime.block_on(async {
+        let database = factum::testing::sqlite::TemporaryDatabase::new()
+            .await
+            .unwrap();
+        let store = database.grouped(GroupCommit::new(1).stall(Duration::from_secs(600)));
+        // The write lock, held: the lone append waits for it at the database.
+        let mut holder = store.begin().await.unwrap();
+        store
+            .append_in(
+                &mut holder,
+                "held",
+                "Probe",
+                ExpectedVersion::NoStream,
+                vec![ping(0)],
+            )
+            .await
+            .unwrap();
+        for n in 1..=2 {
+            let appending = store.clone();
+            tokio::spawn(async move {
+                appending
+                    .append("other", "Probe", ExpectedVersion::Any, vec![ping(n)])
+                    .await
+            });
+        }
+        until(&store, |stats| stats.in_flight == 1 && stats.waiting == 1).await;
+        // Held until the runtime drops it.
+        tokio::spawn(async move {
+            let _holder = holder;
+            std::future::pending::<()>().await;
+        });
+        (database, store)
+    });
+    drop(runtime);
+    let stats = store.stats();
+    assert_eq!((stats.in_flight, stats.waiting), (0, 0), "{stats:?}");
+    drop(database);
+}
+
 factum::on_both_stores! {
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
     one_bad_append_among_fifty_fails_alone,
@@ -492,4 +601,6 @@ factum::on_both_stores! {
     racing_writers_and_a_reader_see_every_event_once_in_order,
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
     cached_commands_from_two_processes_lose_nothing,
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    a_few_appends_go_alone_beside_the_slot,
 }

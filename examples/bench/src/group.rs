@@ -36,6 +36,8 @@ pub struct Config {
     pub sqlite_events: usize,
     /// Appends or groups at PostgreSQL at once (`None`: the store's default).
     pub in_flight: Option<usize>,
+    /// Below how many appends at PostgreSQL an append goes alone (`None`: the store's default).
+    pub alone_up_to: Option<usize>,
     /// How long a PostgreSQL group waits for more (`None`: the store's default).
     pub linger: Option<std::time::Duration>,
 }
@@ -176,6 +178,9 @@ async fn measure_postgres(
                         let mut group = store.group_commit().ok_or("group commit is off")?;
                         if let Some(in_flight) = config.in_flight {
                             group = group.in_flight(in_flight);
+                        }
+                        if let Some(alone_up_to) = config.alone_up_to {
+                            group = group.alone_up_to(alone_up_to);
                         }
                         if let Some(linger) = config.linger {
                             group = group.linger(linger);

@@ -169,6 +169,10 @@ enum Suite {
         /// Appends or groups at PostgreSQL at once (default: the store's default).
         #[arg(long)]
         in_flight: Option<usize>,
+        /// Below how many appends at PostgreSQL an append goes alone beside the slot (default:
+        /// the store's default).
+        #[arg(long)]
+        alone_up_to: Option<usize>,
         /// How long a PostgreSQL group waits for more appends, in microseconds (default: the
         /// store's default).
         #[arg(long)]
@@ -348,6 +352,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             sqlite_clients,
             sqlite_events,
             in_flight,
+            alone_up_to,
             linger_us,
             json,
         } => {
@@ -360,6 +365,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 sqlite_clients,
                 sqlite_events: sqlite_events.max(1),
                 in_flight,
+                alone_up_to,
                 linger: linger_us.map(std::time::Duration::from_micros),
             };
             let report = group::run(&config).await?;

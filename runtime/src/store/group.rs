@@ -7,7 +7,9 @@
 //! an append that finds every slot taken waits in a queue, and the next slot to come free takes
 //! the whole queue (up to [`GroupCommit::max_appends`]) to the database as one group. There is
 //! no timer by default: a lone append goes straight to the database, exactly as without group
-//! commit, and groups form only while the database is busy, which is when they help.
+//! commit, and groups form only while the database is busy, which is when they help. With
+//! [`GroupCommit::alone_up_to`], a few appends go alone beside a busy slot (PostgreSQL runs a
+//! few single-row statements side by side faster than one statement carrying them).
 //!
 //! Each append keeps its own outcome: the stores commit a group so that an append that
 //! conflicts or is refused fails alone and the others commit (see each store's `commit`).
@@ -36,18 +38,21 @@ use crate::position::{ExpectedVersion, KnownHead};
 pub struct GroupCommit {
     max_appends: usize,
     in_flight: usize,
+    alone_up_to: usize,
     linger: Duration,
     stall: Duration,
 }
 
 impl GroupCommit {
     /// Up to 64 appends in a group, `in_flight` groups (or lone appends) at the database at
-    /// once, no lingering, 100 ms before a waiting append gives up on a stalled group.
+    /// once, no appends alone beside them ([`GroupCommit::alone_up_to`]), no lingering, 100 ms
+    /// before a waiting append gives up on a stalled group.
     #[must_use]
     pub const fn new(in_flight: usize) -> Self {
         Self {
             max_appends: 64,
             in_flight: if in_flight == 0 { 1 } else { in_flight },
+            alone_up_to: 0,
             linger: Duration::ZERO,
             stall: Duration::from_millis(100),
         }
@@ -79,6 +84,17 @@ impl GroupCommit {
         self
     }
 
+    /// While fewer than `appends` appends are at the database (alone or in groups), an append
+    /// goes there at once, alone, even when every slot ([`GroupCommit::in_flight`]) is taken.
+    /// With a few clients, separate statements on separate connections run side by side and
+    /// beat one statement carrying them all; grouping pays from a handful of concurrent
+    /// appends on. 0 (the default of [`GroupCommit::new`]): only the slots decide.
+    #[must_use]
+    pub const fn alone_up_to(mut self, appends: usize) -> Self {
+        self.alone_up_to = appends;
+        self
+    }
+
     /// How long a group that is not full waits for more appends before it goes to the database
     /// (default: not at all). Raises every grouped append's latency by up to this much, for
     /// larger groups. Tokio's timers count in milliseconds: a shorter linger waits about 1 ms.
@@ -100,6 +116,12 @@ impl GroupCommit {
     #[must_use]
     pub const fn max_in_flight(&self) -> usize {
         self.in_flight
+    }
+
+    /// Below how many appends at the database an append goes alone beside them.
+    #[must_use]
+    pub const fn alone_below(&self) -> usize {
+        self.alone_up_to
     }
 
     /// How long a group that is not full waits for more.
@@ -267,6 +289,8 @@ pub(crate) struct Group {
 struct State {
     /// Slots taken: lone appends and groups at the database.
     busy: usize,
+    /// The appends those slots carry.
+    appends: usize,
     queue: VecDeque<Queued>,
     stats: GroupCommitStats,
     tickets: u64,
@@ -330,8 +354,9 @@ impl Group {
         let (expected, head) = (request.expected, request.head);
         let waiting = {
             let mut state = self.state();
-            if state.busy < self.config.in_flight {
+            if state.busy < self.config.in_flight || state.appends < self.config.alone_up_to {
                 state.busy += 1;
+                state.appends += 1;
                 Err(request)
             } else {
                 let (sender, receiver) = oneshot::channel();
@@ -354,7 +379,7 @@ impl Group {
         let (ticket, mut receiver) = match waiting {
             Err(request) => {
                 // Handed on when this append is done or dropped.
-                let _slot = self.slot(committer);
+                let _slot = self.slot(committer, 1);
                 return committer.alone(request).await;
             }
             Ok(waiting) => waiting,
@@ -365,7 +390,7 @@ impl Group {
                 // Every slot has been busy for the whole wait: go alone, beside them.
                 Some(events) => {
                     tracing::debug!(stream_id, "group commit stalled: appending alone");
-                    let _slot = self.slot(committer);
+                    let _slot = self.slot(committer, 1);
                     let request = Request {
                         stream_id,
                         aggregate_type,
@@ -382,12 +407,24 @@ impl Group {
         answer.unwrap_or_else(|_| Err(Error::Backend(Box::new(GroupCommitStopped))))
     }
 
-    /// A slot taken (counted in `busy`), freed or handed on when dropped.
-    fn slot<C: Committer>(self: &Arc<Self>, committer: &C) -> Slot<C> {
+    /// A slot taken (counted in `busy`, its `appends` counted in `appends`), freed or handed
+    /// on when dropped.
+    fn slot<C: Committer>(self: &Arc<Self>, committer: &C, appends: usize) -> Slot<C> {
         Slot {
             group: self.clone(),
             committer: committer.clone(),
+            appends,
+            running: true,
         }
+    }
+
+    /// The runtime is shutting down and a slot has no task to take the waiting appends to the
+    /// database: they are answered with [`GroupCommitStopped`] as their replies drop, and the
+    /// slot comes free.
+    fn stop(&self) {
+        let mut state = self.state();
+        state.queue.clear();
+        state.busy -= 1;
     }
 
     /// Takes a waiting append back from the queue, with a slot of its own beyond `in_flight`
@@ -397,6 +434,7 @@ impl Group {
         let at = state.queue.iter().position(|q| q.ticket == ticket)?;
         let queued = state.queue.remove(at)?;
         state.busy += 1;
+        state.appends += 1;
         state.stats.stalled += 1;
         Some(queued.append.events)
     }
@@ -419,10 +457,11 @@ impl Group {
         }
     }
 
-    /// Whether appends wait (the caller's slot then passes on to their group); frees the slot
-    /// when none do.
-    fn keep_or_release(&self) -> bool {
+    /// Whether appends wait (the caller's slot, done with its `appends`, then passes on to
+    /// their group); frees the slot when none do.
+    fn keep_or_release(&self, appends: usize) -> bool {
         let mut state = self.state();
+        state.appends -= appends;
         if state.queue.is_empty() {
             state.busy -= 1;
             return false;
@@ -472,31 +511,39 @@ impl Group {
 struct Slot<C: Committer> {
     group: Arc<Group>,
     committer: C,
+    /// The appends it carries (counted in the state's `appends`).
+    appends: usize,
+    /// False for a slot handed on to a task that has not started yet.
+    running: bool,
 }
 
 impl<C: Committer> Drop for Slot<C> {
     fn drop(&mut self) {
-        if !self.group.keep_or_release() {
+        if !self.running {
+            // Handed on, and dropped before its task ran: the runtime is shutting down (it
+            // drops what is spawned then). Handing it on again would only be dropped again.
+            self.group.stop();
+            return;
+        }
+        if !self.group.keep_or_release(self.appends) {
             return;
         }
         match tokio::runtime::Handle::try_current() {
             Ok(runtime) => {
-                runtime.spawn(self.group.slot(&self.committer).next());
+                let mut next = self.group.slot(&self.committer, 0);
+                next.running = false;
+                runtime.spawn(next.next());
             }
-            // No runtime to run a group on (it is shutting down): the waiting appends are
-            // answered with `GroupCommitStopped` as their replies drop.
-            Err(_) => {
-                let mut state = self.group.state();
-                state.queue.clear();
-                state.busy -= 1;
-            }
+            // No runtime to run a group on (it is shutting down).
+            Err(_) => self.group.stop(),
         }
     }
 }
 
 impl<C: Committer> Slot<C> {
     /// Commits the next group (after lingering, when asked to), then hands the slot on.
-    async fn next(self) {
+    async fn next(mut self) {
+        self.running = true;
         // First let the tasks whose appends were just answered run: they are ready, and those
         // that append again join this group instead of waiting for the one after it.
         tokio::task::yield_now().await;
@@ -509,7 +556,12 @@ impl<C: Committer> Slot<C> {
             tokio::time::sleep(linger).await;
             self.group.take::<C>(&mut self.group.state(), &mut group);
         }
-        self.group.state().count(group.len());
+        {
+            let mut state = self.group.state();
+            state.count(group.len());
+            state.appends += group.len();
+        }
+        self.appends = group.len();
         if group.len() == 1
             && let Some(mut queued) = group.pop()
         {

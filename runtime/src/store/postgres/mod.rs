@@ -375,15 +375,18 @@ impl PostgresStore {
         &self.limits
     }
 
-    /// The default group commit: up to 64 appends in a group, one append or group at the
-    /// server at once (the largest groups, so the fewest commits: with durable commits the
-    /// log's flush is what a busy server waits for), and appends held up for 100 ms by a group
-    /// that is itself held up (a lock) go alone.
-    pub const GROUP_COMMIT: GroupCommit = GroupCommit::new(1);
+    /// The default group commit: up to 64 appends in a group, one group at the server at once
+    /// (the largest groups, so the fewest commits: with durable commits the log's flush is
+    /// what a busy server waits for), but an append goes alone, on its own connection, while
+    /// fewer than 4 appends are at the server (a few separate single-row statements run side by
+    /// side faster than one statement carrying them), and appends held up for 100 ms by a
+    /// group that is itself held up (a lock) go alone.
+    pub const GROUP_COMMIT: GroupCommit = GroupCommit::new(1).alone_up_to(4);
 
     super::group::group_commit_methods!(
         "Concurrent appends (from this value and its clones) that find `config.max_in_flight()` \
-         appends or groups at the server wait, and go together as one statement. On by default \
+         appends or groups at the server, carrying at least `config.alone_below()` appends, \
+         wait, and go together as one statement. On by default \
          ([`PostgresStore::GROUP_COMMIT`]). A store with inline projections \
          ([`PostgresStore::with_inline`]) appends alone: their handlers run in each append's \
          transaction."
