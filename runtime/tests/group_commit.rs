@@ -51,6 +51,23 @@ async fn count<S: EventStore>(store: &S, stream: &str) -> usize {
     store.read_stream(stream, 1..).await.unwrap().len()
 }
 
+/// A transaction of the test's that appended to `stream` and stays open: appends to that
+/// stream (on SQLite: every append) wait at the database until it ends.
+async fn hold<S: SqlStore>(store: &S, stream: &str) -> factum::store::Transaction {
+    let mut holder = store.begin().await.unwrap();
+    store
+        .append_in(
+            &mut holder,
+            stream,
+            "Probe",
+            ExpectedVersion::NoStream,
+            vec![ping(0)],
+        )
+        .await
+        .unwrap();
+    holder
+}
+
 /// Waits until `ready` holds of the store's group commit (ten seconds at most).
 async fn until<S: Grouped>(store: &S, ready: impl Fn(&GroupCommitStats) -> bool) {
     for _ in 0..1000 {
@@ -117,17 +134,7 @@ where
 
     // The lead append waits for a transaction of the test's that holds what it needs (SQLite:
     // the write lock; PostgreSQL: the stream's first version), and so holds the one slot.
-    let mut holder = store.begin().await.unwrap();
-    store
-        .append_in(
-            &mut holder,
-            "lead",
-            "Probe",
-            ExpectedVersion::NoStream,
-            vec![ping(300)],
-        )
-        .await
-        .unwrap();
+    let holder = hold(&store, "lead").await;
     let lead = {
         let store = store.clone();
         tokio::spawn(async move {
@@ -357,17 +364,7 @@ async fn an_append_held_up_by_a_lock_holds_up_the_others_only_until_the_stall() 
         .await
         .unwrap();
     let store = database.grouped(GroupCommit::new(1).stall(Duration::from_millis(200)));
-    let mut holder = store.begin().await.unwrap();
-    store
-        .append_in(
-            &mut holder,
-            "locked",
-            "Probe",
-            ExpectedVersion::NoStream,
-            vec![ping(1)],
-        )
-        .await
-        .unwrap();
+    let holder = hold(&store, "locked").await;
     let held = {
         let store = store.clone();
         tokio::spawn(async move {
@@ -500,17 +497,7 @@ where
             .alone_up_to(3)
             .stall(Duration::from_secs(600)),
     );
-    let mut holder = store.begin().await.unwrap();
-    store
-        .append_in(
-            &mut holder,
-            "held",
-            "Probe",
-            ExpectedVersion::NoStream,
-            vec![ping(0)],
-        )
-        .await
-        .unwrap();
+    let holder = hold(&store, "held").await;
     let mut tasks = Vec::new();
     for (n, stream, waits_for) in [
         (1, "held", 1),
@@ -561,17 +548,7 @@ fn a_runtime_shut_down_with_appends_waiting_frees_the_slot() {
             .unwrap();
         let store = database.grouped(GroupCommit::new(1).stall(Duration::from_secs(600)));
         // The write lock, held: the lone append waits for it at the database.
-        let mut holder = store.begin().await.unwrap();
-        store
-            .append_in(
-                &mut holder,
-                "held",
-                "Probe",
-                ExpectedVersion::NoStream,
-                vec![ping(0)],
-            )
-            .await
-            .unwrap();
+        let holder = hold(&store, "held").await;
         for n in 1..=2 {
             let appending = store.clone();
             tokio::spawn(async move {
