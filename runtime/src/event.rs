@@ -404,7 +404,7 @@ impl<E> Default for Decoded<E> {
 impl<E> Decoded<E> {
     /// Adds the next event.
     pub fn push(&mut self, event: E) {
-        if self.first.is_none() && self.rest.is_empty() {
+        if self.first.is_none() {
             self.first = Some(event);
         } else {
             self.rest.push(event);

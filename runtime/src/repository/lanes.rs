@@ -193,22 +193,19 @@ impl<A> Inner<A> {
         }
     }
 
-    /// After a failed append (`conflict`: it met another writer's events; `error`: `None` when
-    /// its sender was cancelled): the state is dropped (reloaded by the next command), and the
-    /// waiting batch, decided on top of the failed one, is not tried: it failed too when the
-    /// failure was a conflict (its base is as stale), else it is [`Outcome::Untried`]. The
-    /// sender stops.
-    pub fn failed(&mut self, error: Option<&Arc<Error>>, conflict: bool) {
+    /// After a failed append (`conflict`: its error when it met another writer's events;
+    /// `None` when the store refused it or its sender was cancelled): the state is dropped
+    /// (reloaded by the next command), and the waiting batch, decided on top of the failed one,
+    /// is not tried: it failed too after a conflict (its base is as stale), else it is
+    /// [`Outcome::Untried`]. The sender stops.
+    pub fn failed(&mut self, conflict: Option<&Arc<Error>>) {
         self.head = None;
         self.sending = false;
         if let Some(batch) = self.open.take() {
-            let outcome = match error {
-                Some(error) if conflict => Outcome::Failed {
-                    error: Arc::clone(error),
-                    conflict: true,
-                },
-                _ => Outcome::Untried,
-            };
+            let outcome = conflict.map_or(Outcome::Untried, |error| Outcome::Failed {
+                error: Arc::clone(error),
+                conflict: true,
+            });
             batch.done.send_replace(Some(outcome));
         }
     }
@@ -238,7 +235,7 @@ impl<'a, A> Sending<'a, A> {
 impl<A> Drop for Sending<'_, A> {
     fn drop(&mut self) {
         if !self.finished {
-            self.lane.lock().failed(None, false);
+            self.lane.lock().failed(None);
         }
     }
 }

@@ -616,7 +616,7 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
                 Err(error) => {
                     let conflict = matches!(error, Error::Conflict { .. });
                     let error = Arc::new(error);
-                    lane.lock().failed(Some(&error), conflict);
+                    lane.lock().failed(conflict.then_some(&error));
                     done.send_replace(Some(Outcome::Failed { error, conflict }));
                     guard.finish();
                     return;

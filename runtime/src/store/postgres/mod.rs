@@ -95,16 +95,24 @@ struct Statements {
     horizon: Arc<str>,
 }
 
-/// The columns of an [`Origin`] and the payload, in the order `origin_from_row` reads them
-/// (those of [`ENVELOPE_COLUMNS`] without the metadata, correlation, causation and actor).
-const ORIGIN_COLUMNS: &str = "e.stream_id, e.stream_version, e.position, e.tx::text::bigint, \
-    e.aggregate_type, e.event_id, e.event_type, e.schema_version, e.payload::text, \
-    e.recorded_at";
+/// The columns of an [`Origin`] and the payload, in the order `origin_at` reads them: the
+/// first columns of every envelope read.
+macro_rules! origin_columns {
+    () => {
+        "e.stream_id, e.stream_version, e.position, e.tx::text::bigint, e.aggregate_type, \
+         e.event_id, e.event_type, e.schema_version, e.payload::text, e.recorded_at"
+    };
+}
 
-/// The envelope columns, in the order `envelope_from_row` reads them.
-pub(crate) const ENVELOPE_COLUMNS: &str = "e.stream_id, e.stream_version, e.position, e.tx::text::bigint, \
-    e.aggregate_type, e.event_id, e.event_type, e.schema_version, e.payload::text, \
-    e.metadata::text, e.correlation_id, e.causation_id, e.actor, e.recorded_at";
+/// The origin's columns alone ([`EnvelopeFields::Origin`]).
+const ORIGIN_COLUMNS: &str = origin_columns!();
+
+/// The envelope columns, in the order `envelope_from_row` reads them: the origin's, then the
+/// metadata, correlation, causation and actor.
+pub(crate) const ENVELOPE_COLUMNS: &str = concat!(
+    origin_columns!(),
+    ", e.metadata::text, e.correlation_id, e.causation_id, e.actor"
+);
 
 /// The columns of a [`StreamEvent`], in the order `stream_event_from_row` reads them.
 const STREAM_EVENT_COLUMNS: &str =
@@ -731,15 +739,14 @@ fn envelope_from_row(row: &PgRow, at: usize) -> Result<RecordedEvent> {
 /// Reads the origin columns ([`ORIGIN_COLUMNS`]) starting at `at`: an envelope whose other
 /// fields hold their placeholders ([`EnvelopeFields::Origin`]).
 fn origin_from_row(row: &PgRow, at: usize) -> Result<RecordedEvent> {
-    let (origin, payload) = origin_at(row, at, at + 9)?;
+    let (origin, payload) = origin_at(row, at)?;
     Ok(origin.into_envelope(payload))
 }
 
-/// An event's origin and payload, from the places [`ORIGIN_COLUMNS`] and [`ENVELOPE_COLUMNS`]
-/// share from `at`, and its recording time from `recorded_at`. The statements' own casts fix
-/// the text columns' types, so they are decoded without comparing types first (this runs once
-/// per event read).
-fn origin_at(row: &PgRow, at: usize, recorded_at: usize) -> Result<(Origin<'_>, Payload)> {
+/// An event's origin and payload, from the columns [`ORIGIN_COLUMNS`] and [`ENVELOPE_COLUMNS`]
+/// begin with, from `at`. The statements' own casts fix the text columns' types, so they are
+/// decoded without comparing types first (this runs once per event read).
+fn origin_at(row: &PgRow, at: usize) -> Result<(Origin<'_>, Payload)> {
     let origin = Origin {
         stream_id: columns::get_unchecked(row, at)?,
         stream_version: columns::unsigned::<_, i64, _>(row, at + 1)?,
@@ -749,7 +756,7 @@ fn origin_at(row: &PgRow, at: usize, recorded_at: usize) -> Result<(Origin<'_>, 
         event_id: columns::get(row, at + 5)?,
         event_type: columns::get_unchecked(row, at + 6)?,
         schema_version: columns::unsigned::<_, i32, _>(row, at + 7)?,
-        recorded_at: columns::get(row, recorded_at)?,
+        recorded_at: columns::get(row, at + 9)?,
     };
     let payload: &str = columns::get_unchecked(row, at + 8)?;
     Ok((origin, Payload::from_stored_json(payload.to_owned())))
@@ -758,17 +765,17 @@ fn origin_at(row: &PgRow, at: usize, recorded_at: usize) -> Result<(Origin<'_>, 
 /// [`envelope_from_row`], but an event whose metadata does not read comes back with empty
 /// metadata and the defect, for the runners to park.
 fn envelope_or_defect(row: &PgRow, at: usize) -> Result<ReadEnvelope> {
-    let metadata: String = columns::get(row, at + 9)?;
+    let metadata: String = columns::get(row, at + 10)?;
     let (metadata, defect) = match decode_metadata(&metadata) {
         Ok(metadata) => (metadata, None),
         Err(cause) => (Metadata::new(), Some(cause)),
     };
-    let (origin, payload) = origin_at(row, at, at + 13)?;
+    let (origin, payload) = origin_at(row, at)?;
     let mut event = origin.into_envelope(payload);
     event.metadata = metadata;
-    event.correlation_id = columns::get(row, at + 10)?;
-    event.causation_id = columns::get(row, at + 11)?;
-    event.actor = columns::get(row, at + 12)?;
+    event.correlation_id = columns::get(row, at + 11)?;
+    event.causation_id = columns::get(row, at + 12)?;
+    event.actor = columns::get(row, at + 13)?;
     let defect = defect.map(|cause| Undecodable::of(&event, &cause));
     Ok((event, defect))
 }

@@ -43,14 +43,24 @@ use crate::error::{DecodeError, Error, Result};
 use crate::event::Payload;
 use crate::snapshot::Snapshot;
 
-/// The columns of an [`Origin`] and the payload, in the order `origin_from_row` reads them
-/// (those of [`ENVELOPE_COLUMNS`] without the metadata, correlation, causation and actor).
-const ORIGIN_COLUMNS: &str = "stream_id, stream_version, position, aggregate_type, event_id, \
-    event_type, schema_version, payload, recorded_at";
+/// The columns of an [`Origin`] and the payload, in the order `origin_at` reads them: the
+/// first columns of every envelope read.
+macro_rules! origin_columns {
+    () => {
+        "stream_id, stream_version, position, aggregate_type, event_id, event_type, \
+         schema_version, payload, recorded_at"
+    };
+}
 
-/// The envelope columns, in the order `envelope_from_row` reads them.
-const ENVELOPE_COLUMNS: &str = "stream_id, stream_version, position, aggregate_type, event_id, \
-    event_type, schema_version, payload, metadata, correlation_id, causation_id, actor, recorded_at";
+/// The origin's columns alone ([`EnvelopeFields::Origin`]).
+const ORIGIN_COLUMNS: &str = origin_columns!();
+
+/// The envelope columns, in the order `envelope_from_row` reads them: the origin's, then the
+/// metadata, correlation, causation and actor.
+const ENVELOPE_COLUMNS: &str = concat!(
+    origin_columns!(),
+    ", metadata, correlation_id, causation_id, actor"
+);
 
 /// An [`EventStore`] on SQLite. Cloning shares the pool.
 ///
@@ -793,14 +803,13 @@ fn envelope_from_row(row: &SqliteRow) -> Result<RecordedEvent> {
 /// Reads the origin columns ([`ORIGIN_COLUMNS`]): an envelope whose other fields hold their
 /// placeholders ([`EnvelopeFields::Origin`]).
 fn origin_from_row(row: &SqliteRow) -> Result<RecordedEvent> {
-    let (origin, payload) = origin_at(row, 8)?;
+    let (origin, payload) = origin_at(row)?;
     Ok(origin.into_envelope(payload))
 }
 
-/// An event's origin and payload, from the places [`ORIGIN_COLUMNS`] and [`ENVELOPE_COLUMNS`]
-/// share, and its recording time from column `recorded_at`. Each column's stored type is
-/// checked: SQLite would turn any value into text.
-fn origin_at(row: &SqliteRow, recorded_at: usize) -> Result<(Origin<'_>, Payload)> {
+/// An event's origin and payload, from the columns [`ORIGIN_COLUMNS`] and [`ENVELOPE_COLUMNS`]
+/// begin with. Each column's stored type is checked: SQLite would turn any value into text.
+fn origin_at(row: &SqliteRow) -> Result<(Origin<'_>, Payload)> {
     let position = columns::unsigned::<_, i64, _>(row, 2)?;
     let origin = Origin {
         stream_id: columns::get(row, 0)?,
@@ -811,7 +820,7 @@ fn origin_at(row: &SqliteRow, recorded_at: usize) -> Result<(Origin<'_>, Payload
         event_id: uuid(row, 4)?,
         event_type: columns::get(row, 5)?,
         schema_version: columns::unsigned::<_, i64, _>(row, 6)?,
-        recorded_at: columns::get(row, recorded_at)?,
+        recorded_at: columns::get(row, 8)?,
     };
     let payload: &str = columns::get(row, 7)?;
     Ok((origin, Payload::from_stored_json(payload.to_owned())))
@@ -820,7 +829,7 @@ fn origin_at(row: &SqliteRow, recorded_at: usize) -> Result<(Origin<'_>, Payload
 /// [`envelope_from_row`], but an event whose metadata does not read (not a JSON object, or
 /// not even text) comes back with empty metadata and the defect, for the runners to park.
 fn envelope_or_defect(row: &SqliteRow) -> Result<ReadEnvelope> {
-    let metadata = match columns::get::<_, String>(row, 8) {
+    let metadata = match columns::get::<_, String>(row, 9) {
         Ok(text) => decode_metadata(&text),
         Err(error) => Err(DecodeError::column("metadata", error.to_string())),
     };
@@ -828,12 +837,12 @@ fn envelope_or_defect(row: &SqliteRow) -> Result<ReadEnvelope> {
         Ok(metadata) => (metadata, None),
         Err(cause) => (Metadata::new(), Some(cause)),
     };
-    let (origin, payload) = origin_at(row, 12)?;
+    let (origin, payload) = origin_at(row)?;
     let mut event = origin.into_envelope(payload);
     event.metadata = metadata;
-    event.correlation_id = uuid(row, 9)?;
-    event.causation_id = uuid(row, 10)?;
-    event.actor = columns::get(row, 11)?;
+    event.correlation_id = uuid(row, 10)?;
+    event.causation_id = uuid(row, 11)?;
+    event.actor = columns::get(row, 12)?;
     let defect = defect.map(|cause| Undecodable::of(&event, &cause));
     Ok((event, defect))
 }
