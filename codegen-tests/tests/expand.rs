@@ -174,6 +174,44 @@ fn projection_of_origins() {
     )));
 }
 
+/// Handlers taking only the events' sources, and one taking its origin: the runner reads the
+/// origin's columns, the most a handler takes.
+#[test]
+fn projection_of_sources() {
+    insta::assert_snapshot!(render(factum_codegen::projection(
+        quote!(name = "balances"),
+        quote! {
+            impl Balances {
+                #[handle]
+                async fn opened(&mut self, event: &AccountOpened, source: &Source<'_>, tx: &mut Tx<'_>) -> Result<(), sqlx::Error> {
+                    Ok(())
+                }
+
+                #[handle]
+                async fn deposited(&mut self, event: &MoneyDeposited, source: &factum::Source<'_>, tx: &mut Tx<'_>) -> Result<(), sqlx::Error> {
+                    Ok(())
+                }
+            }
+        }
+    )));
+    insta::assert_snapshot!(render(factum_codegen::projection(
+        quote!(name = "balances"),
+        quote! {
+            impl Balances {
+                #[handle]
+                async fn opened(&mut self, event: &AccountOpened, source: &Source<'_>, tx: &mut Tx<'_>) -> Result<(), sqlx::Error> {
+                    Ok(())
+                }
+
+                #[handle]
+                async fn deposited(&mut self, event: &MoneyDeposited, origin: &Origin<'_>, tx: &mut Tx<'_>) -> Result<(), sqlx::Error> {
+                    Ok(())
+                }
+            }
+        }
+    )));
+}
+
 #[test]
 fn inline_projection() {
     insta::assert_snapshot!(render(factum_codegen::projection(

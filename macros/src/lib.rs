@@ -57,7 +57,8 @@ pub fn upcast(args: TokenStream, input: TokenStream) -> TokenStream {
 /// and `#[reset] async fn(&mut self, tx: &mut Tx<'_>) -> Result<(), E>` clears the read model
 /// for rebuilds. A handler may take `origin: &Origin<'_>` instead of `envelope: &Envelope`
 /// (ids, stream, versions, positions and recording time, without metadata, correlation,
-/// causation or actor): when every handler does, the runner reads only those columns.
+/// causation or actor), or `source: &Source<'_>` (the stream, event type and feed position
+/// only): the runner reads only the columns of what the handlers take.
 #[proc_macro_attribute]
 pub fn projection(args: TokenStream, input: TokenStream) -> TokenStream {
     factum_codegen::projection(args.into(), input.into()).into()

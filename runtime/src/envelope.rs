@@ -64,6 +64,11 @@ pub enum EnvelopeFields {
     /// Every field.
     #[default]
     All,
+    /// The fields of a [`Source`]: the stream, the event type and schema version, the feed
+    /// position and the payload. Every other field is left out, and such an envelope holds
+    /// placeholders in their place: a nil event id, no aggregate type, stream version 0, the
+    /// Unix epoch as recording time, and as for [`EnvelopeFields::Origin`].
+    Source,
     /// The fields of an [`Origin`]: ids, stream, versions, positions, recording time, event
     /// type and payload. The metadata, the correlation and causation ids and the actor are not
     /// read: a store may leave them out, and such an envelope then holds empty metadata, nil
@@ -96,6 +101,68 @@ pub struct Origin<'a> {
     pub tx: u64,
     /// When the store recorded the event.
     pub recorded_at: DateTime<Utc>,
+}
+
+/// Which stream an event belongs to, what it is and where it stands in the global feed: what a
+/// projection handler taking `source: &Source<'_>` sees, so that its runner reads only these
+/// columns ([`EnvelopeFields::Source`]), the least a batch of the feed can be read with. A
+/// handler that also needs the event's id, stream version or recording time takes
+/// [`Origin`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Source<'a> {
+    /// The stream (aggregate instance) the event belongs to.
+    pub stream_id: &'a str,
+    /// The event's stable type name.
+    pub event_type: &'a str,
+    /// The schema version the payload was written with.
+    pub schema_version: u32,
+    /// Position in the store's global log.
+    pub global_position: u64,
+    /// The store's commit-order key (see [`Envelope::tx`]).
+    pub tx: u64,
+}
+
+impl Source<'_> {
+    /// A stored event read with [`EnvelopeFields::Source`]: the fields left out hold their
+    /// placeholders.
+    #[cfg(any(feature = "postgres", feature = "sqlite"))]
+    pub(crate) fn into_envelope(self, payload: Payload) -> RecordedEvent {
+        Envelope {
+            event_id: Uuid::nil(),
+            event_type: self.event_type.to_owned(),
+            schema_version: self.schema_version,
+            stream_id: self.stream_id.to_owned(),
+            aggregate_type: String::new(),
+            stream_version: 0,
+            global_position: self.global_position,
+            tx: self.tx,
+            recorded_at: DateTime::UNIX_EPOCH,
+            correlation_id: Uuid::nil(),
+            causation_id: Uuid::nil(),
+            actor: None,
+            metadata: Metadata::new(),
+            event: payload,
+        }
+    }
+
+    /// Where this event stands in the global feed.
+    #[must_use]
+    pub fn feed_position(&self) -> FeedPosition {
+        FeedPosition::new(self.tx, self.global_position)
+    }
+}
+
+impl EnvelopeFields {
+    /// These fields, and at least those of an [`Origin`].
+    #[cfg(any(feature = "postgres", feature = "sqlite"))]
+    #[must_use]
+    pub(crate) fn with_origin(self) -> Self {
+        match self {
+            Self::Source => Self::Origin,
+            other => other,
+        }
+    }
 }
 
 impl Origin<'_> {
@@ -149,6 +216,18 @@ impl<E> Envelope<E> {
             global_position: self.global_position,
             tx: self.tx,
             recorded_at: self.recorded_at,
+        }
+    }
+
+    /// Which stream the event belongs to and where it stands, borrowed.
+    #[must_use]
+    pub fn source(&self) -> Source<'_> {
+        Source {
+            stream_id: &self.stream_id,
+            event_type: &self.event_type,
+            schema_version: self.schema_version,
+            global_position: self.global_position,
+            tx: self.tx,
         }
     }
 

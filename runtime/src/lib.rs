@@ -106,7 +106,9 @@ pub use factum_macros::{
 
 pub use crate::aggregate::{Aggregate, Apply, ApplyTo, Handle, HandlerOutput};
 pub use crate::command::{Command, CommandContext};
-pub use crate::envelope::{Envelope, EnvelopeFields, Metadata, NewEvent, Origin, RecordedEvent};
+pub use crate::envelope::{
+    Envelope, EnvelopeFields, Metadata, NewEvent, Origin, RecordedEvent, Source,
+};
 pub use crate::error::{DecodeError, Error, EventPart, ExecuteError, Result, StreamIdProblem};
 pub use crate::event::{Event, EventDescriptor, EventOf, EventSet, IntoEvents, Payload};
 pub use crate::failure::Transient;

@@ -9,9 +9,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use factum::projection::Projection;
 use factum::projection::{ProjectionRunner, RetryOutcome, RunnerError};
 use factum::testing::{TestDatabase, execute, fetch_all};
-use factum::{Envelope, EventStore, ExpectedVersion, NewEvent, Payload, Tx};
+use factum::{
+    Envelope, EnvelopeFields, EventStore, ExpectedVersion, NewEvent, Payload, Source, Tx,
+};
 
 #[factum::event]
 #[derive(Debug)]
@@ -232,6 +235,25 @@ impl<D: TestDatabase> Setup<D> {
     async fn catch_up(
         &self,
         runner: &mut ProjectionRunner<D::Store, Ledger>,
+        expected: u64,
+    ) -> u64 {
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        let mut handled = 0;
+        loop {
+            handled += runner.catch_up().await.unwrap();
+            if handled >= expected || std::time::Instant::now() > deadline {
+                return handled;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+}
+
+impl<D: TestDatabase> Setup<D> {
+    /// [`Setup::catch_up`] for a [`Tally`].
+    async fn catch_up_tally(
+        &self,
+        runner: &mut ProjectionRunner<D::Store, Tally>,
         expected: u64,
     ) -> u64 {
         let deadline = std::time::Instant::now() + Duration::from_secs(60);
@@ -501,7 +523,155 @@ async fn a_database_outage_parks_nothing_and_stops_the_runner<D: TestDatabase>()
     assert!(runner.parked().await.unwrap().is_empty());
 }
 
+/// Per-account totals, from handlers that take only each event's [`Source`]: the runner reads
+/// no ids or stream versions, which its dead letters and errors still name.
+#[derive(Debug)]
+struct Tally {
+    table: String,
+    poison: Arc<AtomicBool>,
+}
+
+#[factum::projection(name = "tally")]
+impl Tally {
+    #[handle]
+    async fn deposited(
+        &mut self,
+        event: &Deposited,
+        source: &Source<'_>,
+        tx: &mut Tx<'_>,
+    ) -> Result<(), Box<dyn Error + Send + Sync>> {
+        if event.cents == HANDLER_POISON && self.poison.load(Ordering::SeqCst) {
+            return Err(Box::new(Poison));
+        }
+        let updated = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "UPDATE {} SET cents = cents + $1, events = events + 1 WHERE account = $2",
+            self.table
+        )))
+        .bind(event.cents)
+        .bind(source.stream_id)
+        .execute(&mut *tx)
+        .await?;
+        if updated.rows_affected() == 0 {
+            sqlx::query(sqlx::AssertSqlSafe(format!(
+                "INSERT INTO {} (account, cents, events) VALUES ($1, $2, 1)",
+                self.table
+            )))
+            .bind(source.stream_id)
+            .bind(event.cents)
+            .execute(&mut *tx)
+            .await?;
+        }
+        Ok(())
+    }
+}
+
+async fn a_lean_projection_parks_and_names_events_by_id_and_version<D: TestDatabase>() {
+    assert_eq!(<Tally as Projection>::ENVELOPE, EnvelopeFields::Source);
+    let setup = Setup::<D>::new().await;
+    let table = setup.database.table("tally");
+    execute(
+        &*setup.database,
+        &format!(
+            "CREATE TABLE {table} (account TEXT PRIMARY KEY, cents BIGINT NOT NULL,
+                                   events BIGINT NOT NULL)"
+        ),
+    )
+    .await
+    .unwrap();
+    let poison = Arc::new(AtomicBool::new(true));
+    let mut runner = ProjectionRunner::new(
+        setup.database.another_client().await.unwrap(),
+        Tally {
+            table: table.clone(),
+            poison: poison.clone(),
+        },
+    )
+    .batch_size(16)
+    .retries(2, Duration::from_millis(1));
+    // Three accounts, 10 deposits each, interleaved; acc-1's fourth fails its handler.
+    for i in 1..=10 {
+        for account in 0..3 {
+            let cents = if account == 1 && i == 4 {
+                HANDLER_POISON
+            } else {
+                i
+            };
+            setup.deposit(&format!("acc-{account}"), cents).await;
+        }
+    }
+    assert_eq!(setup.catch_up_tally(&mut runner, 23).await, 23);
+    let parked = runner.parked().await.unwrap();
+    assert_eq!(
+        (
+            parked.len(),
+            parked[0].stream_id.as_str(),
+            parked[0].first_version,
+            parked[0].events
+        ),
+        (1, "acc-1", 4, 7),
+        "{parked:?}"
+    );
+    let error = parked[0].error.as_deref().unwrap();
+    assert!(
+        error.contains("acc-1@4"),
+        "the error names the event: {error}"
+    );
+
+    // Later events of the parked stream, read lean, join it with their ids and versions.
+    setup.deposit("acc-1", 11).await;
+    setup.deposit("acc-0", 11).await;
+    setup.deposit("acc-1", 12).await;
+    assert_eq!(setup.catch_up_tally(&mut runner, 1).await, 1);
+    let letters: Vec<(i64, String)> = fetch_all(
+        &*setup.database,
+        &format!(
+            "SELECT stream_version, CAST(event_id AS TEXT) FROM {}
+             WHERE projection = 'tally' AND stream_id = 'acc-1' ORDER BY stream_version",
+            setup.database.table("projection_dead_letters")
+        ),
+    )
+    .await
+    .unwrap();
+    let stored: Vec<(i64, String)> = setup
+        .database
+        .read_stream("acc-1", 4..)
+        .await
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                i64::try_from(e.stream_version).unwrap(),
+                e.event_id.to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(letters, stored, "versions 4 to 12, each with its stored id");
+
+    poison.store(false, Ordering::SeqCst);
+    assert!(matches!(
+        runner.retry_parked("acc-1").await.unwrap(),
+        RetryOutcome::Drained { handled: 9 }
+    ));
+    let tally: Vec<(String, i64, i64)> = fetch_all(
+        &*setup.database,
+        &format!("SELECT account, cents, events FROM {table} ORDER BY account"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        tally,
+        [
+            ("acc-0".to_owned(), 66, 11),
+            ("acc-1".to_owned(), 55 - 4 + HANDLER_POISON + 23, 12),
+            ("acc-2".to_owned(), 55, 10),
+        ],
+        "every event applied once"
+    );
+}
+
 factum::on_both_stores!(
+    #[tokio::test]
+    a_lean_projection_parks_and_names_events_by_id_and_version,
     #[tokio::test]
     a_poison_event_parks_its_stream_the_others_complete_and_retry_drains_it_in_order,
     #[tokio::test]

@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 
-use factum::{Origin, Tx, projection};
+use factum::{Source, Tx, projection};
 
 use crate::{AccountClosed, AccountOpened, MoneyDeposited, MoneyWithdrawn};
 
@@ -13,7 +13,8 @@ use crate::{AccountClosed, AccountOpened, MoneyDeposited, MoneyWithdrawn};
 /// batch's transaction: on PostgreSQL with two statements per batch (the new accounts, then one
 /// update for every changed account, through arrays), so catch-up runs at tens of thousands of
 /// events per second; elsewhere with one portable statement per account. The handlers need only
-/// each event's stream, so they take its [`Origin`]: the runner reads no metadata.
+/// each event's stream, so they take its [`Source`]: the runner reads no ids, versions or
+/// metadata.
 #[derive(Debug, Clone)]
 pub struct AccountBalances {
     table: String,
@@ -104,11 +105,11 @@ impl AccountBalances {
     async fn opened(
         &mut self,
         event: &AccountOpened,
-        origin: &Origin<'_>,
+        source: &Source<'_>,
         _tx: &mut Tx<'_>,
     ) -> Result<(), sqlx::Error> {
         self.opened.push(Opened {
-            account: origin.stream_id.to_owned(),
+            account: source.stream_id.to_owned(),
             owner: event.owner.clone(),
             balance: cents(event.initial_deposit),
         });
@@ -119,10 +120,10 @@ impl AccountBalances {
     async fn deposited(
         &mut self,
         event: &MoneyDeposited,
-        origin: &Origin<'_>,
+        source: &Source<'_>,
         _tx: &mut Tx<'_>,
     ) -> Result<(), sqlx::Error> {
-        let change = self.change(origin.stream_id);
+        let change = self.change(source.stream_id);
         change.balance += cents(event.amount);
         change.deposited += cents(event.amount);
         change.events += 1;
@@ -133,10 +134,10 @@ impl AccountBalances {
     async fn withdrawn(
         &mut self,
         event: &MoneyWithdrawn,
-        origin: &Origin<'_>,
+        source: &Source<'_>,
         _tx: &mut Tx<'_>,
     ) -> Result<(), sqlx::Error> {
-        let change = self.change(origin.stream_id);
+        let change = self.change(source.stream_id);
         change.balance -= cents(event.amount);
         change.withdrawn += cents(event.amount);
         change.events += 1;
@@ -147,10 +148,10 @@ impl AccountBalances {
     async fn closed(
         &mut self,
         _event: &AccountClosed,
-        origin: &Origin<'_>,
+        source: &Source<'_>,
         _tx: &mut Tx<'_>,
     ) -> Result<(), sqlx::Error> {
-        let change = self.change(origin.stream_id);
+        let change = self.change(source.stream_id);
         change.closed = true;
         change.events += 1;
         Ok(())

@@ -7,7 +7,7 @@ use proc_macro2::TokenStream;
 use quote::{quote, quote_spanned};
 use syn::spanned::Spanned as _;
 
-use crate::valid::{Connection, HandlerFn, Projection};
+use crate::valid::{Connection, EnvelopeView, HandlerFn, Projection};
 
 /// Binds `connection` to what the handlers take, from the runtime's `tx`: the transaction
 /// itself, or the store's connection (an error naming both stores when it runs on another).
@@ -56,12 +56,12 @@ pub fn stores(self_ty: &syn::Type, connection: &Connection) -> (TokenStream, Tok
     }
 }
 
-/// What a handler is handed as its envelope: the stored event, or its origin.
+/// What a handler is handed as its envelope: the stored event, its origin or its source.
 fn envelope_argument(handler: &HandlerFn) -> TokenStream {
-    if handler.origin {
-        quote!(&::factum::__private::RecordedEvent::origin(stored))
-    } else {
-        quote!(stored)
+    match handler.view {
+        EnvelopeView::Source => quote!(&::factum::__private::RecordedEvent::source(stored)),
+        EnvelopeView::Origin => quote!(&::factum::__private::RecordedEvent::origin(stored)),
+        EnvelopeView::Envelope => quote!(stored),
     }
 }
 
@@ -218,11 +218,16 @@ pub fn expand(input: &Projection) -> TokenStream {
             impl ::factum::__private::InlineProjection for #self_ty {}
         }
     });
-    // The runner reads only the origin columns when no handler takes the whole envelope.
-    let envelope_fields = input.handlers.iter().all(|h| h.origin).then(|| {
+    // The runner reads only the columns of what the handlers take: the most any one takes.
+    let envelope_fields = match input.handlers.iter().map(|h| h.view).max() {
+        Some(EnvelopeView::Source) | None => Some(quote!(Source)),
+        Some(EnvelopeView::Origin) => Some(quote!(Origin)),
+        Some(EnvelopeView::Envelope) => None,
+    }
+    .map(|fields| {
         quote! {
             const ENVELOPE: ::factum::__private::EnvelopeFields =
-                ::factum::__private::EnvelopeFields::Origin;
+                ::factum::__private::EnvelopeFields::#fields;
         }
     });
     let (store, runs_on) = stores(self_ty, connection);

@@ -12,6 +12,8 @@ use serde::Serialize;
 use super::runner::ProjectionRunner;
 use super::status::{Failing, RunnerError};
 use super::{HandlerError, Projection};
+#[cfg(doc)]
+use crate::envelope::EnvelopeFields;
 use crate::envelope::RecordedEvent;
 use crate::error::Error;
 use crate::position::FeedPosition;
@@ -36,12 +38,14 @@ impl std::ops::AddAssign for BatchOutcome {
 }
 
 /// An event on its way to the dead-letter queue: the one that failed (with its error) or one
-/// behind it in a parked stream. Serialized as the `park` statement's JSON.
+/// behind it in a parked stream. Serialized as the `park` statement's JSON. An event read
+/// without its id and stream version ([`EnvelopeFields::Source`]) leaves them out: the
+/// statement takes them from the stored event at the letter's feed position.
 #[derive(Serialize)]
 pub(super) struct DeadLetter<'a> {
     stream_id: &'a str,
-    stream_version: i64,
-    event_id: String,
+    stream_version: Option<i64>,
+    event_id: Option<String>,
     event_type: &'a str,
     tx: i64,
     position: i64,
@@ -53,8 +57,9 @@ impl<'a> DeadLetter<'a> {
     pub fn new(event: &'a RecordedEvent, error: Option<String>, attempts: u32) -> Self {
         Self {
             stream_id: &event.stream_id,
-            stream_version: to_i64(event.stream_version),
-            event_id: event.event_id.to_string(),
+            // The placeholders of an event read lean: no stored event has either.
+            stream_version: (event.stream_version != 0).then(|| to_i64(event.stream_version)),
+            event_id: (!event.event_id.is_nil()).then(|| event.event_id.to_string()),
             event_type: &event.event_type,
             tx: to_i64(event.tx),
             position: to_i64(event.global_position),
@@ -134,7 +139,6 @@ impl<S: SqlStore, P: Projection> ProjectionRunner<S, P> {
         tx: &mut Tx<'_>,
         events: &[RecordedEvent],
     ) -> Result<(FeedPosition, Vec<String>, Option<String>), Error> {
-        let streams = streams(events)?;
         // The transaction's limits go with the lock (no round trip of their own).
         let millis = |d: std::time::Duration| d.as_millis().max(1).to_string();
         for _ in 0..2 {
@@ -142,7 +146,6 @@ impl<S: SqlStore, P: Projection> ProjectionRunner<S, P> {
                 .fetch_optional(
                     &mut *tx,
                     self.statement(&self.sql.lock_checkpoint)
-                        .bind(&streams)
                         .bind(millis(self.options.statement_timeout))
                         .bind(millis(self.options.idle_timeout)),
                 )
@@ -152,11 +155,14 @@ impl<S: SqlStore, P: Projection> ProjectionRunner<S, P> {
                     columns::unsigned::<_, i64, _>(&row, 0)?,
                     columns::unsigned::<_, i64, _>(&row, 1)?,
                 );
-                let parked: String = columns::get(&row, 2)?;
-                let parked = serde_json::from_str(&parked).map_err(|e| Error::Corrupt {
-                    reason: format!("the parked streams of `{}` do not read: {e}", P::NAME),
-                })?;
+                let any_parked = columns::get::<_, i64>(&row, 2)? != 0;
                 let token: Option<String> = columns::get(&row, 3)?;
+                // Most of the time no stream is parked, and the batch's streams need not go.
+                let parked = if any_parked && !events.is_empty() {
+                    self.parked_among(tx, events).await?
+                } else {
+                    Vec::new()
+                };
                 return Ok((checkpoint, parked, token));
             }
             self.execute(&mut *tx, self.statement(&self.sql.ensure_checkpoint))
@@ -169,6 +175,31 @@ impl<S: SqlStore, P: Projection> ProjectionRunner<S, P> {
             )
             .into(),
         ))
+    }
+
+    /// Those of `events`' streams that are parked.
+    async fn parked_among(
+        &self,
+        tx: &mut Tx<'_>,
+        events: &[RecordedEvent],
+    ) -> Result<Vec<String>, Error> {
+        let row = self
+            .fetch_optional(
+                &mut *tx,
+                self.statement(&self.sql.parked_among)
+                    .bind(streams(events)?),
+            )
+            .await?;
+        let parked: Option<String> = match row {
+            Some(row) => columns::get(&row, 0)?,
+            None => None,
+        };
+        let Some(parked) = parked else {
+            return Ok(Vec::new());
+        };
+        serde_json::from_str(&parked).map_err(|e| Error::Corrupt {
+            reason: format!("the parked streams of `{}` do not read: {e}", P::NAME),
+        })
     }
 
     pub(super) async fn save_checkpoint(

@@ -11,7 +11,7 @@ use super::retry::Failure;
 use super::runner::ProjectionRunner;
 use super::status::{ParkedStream, RetryOutcome, RunnerError};
 use super::{HandlerError, Projection};
-use crate::envelope::RecordedEvent;
+use crate::envelope::{EnvelopeFields, RecordedEvent};
 use crate::error::Error;
 use crate::position::FeedPosition;
 use crate::store::backend::{columns, stored_time, to_i64};
@@ -79,8 +79,25 @@ impl<S: SqlStore, P: Projection> ProjectionRunner<S, P> {
         after: FeedPosition,
         batch: &FeedBatch,
     ) -> Result<Option<BatchOutcome>, RunnerError> {
+        let mut completed = None;
+        if Self::read_fields() == EnvelopeFields::Source {
+            // Read lean: the events carry no ids or stream versions, which a failure's error, its
+            // retries and its dead letter name. The first attempt needs none of them; after a
+            // handler's failure the batch is read again whole, and goes on as any other.
+            match self
+                .apply_from(Some(after), &batch.events, batch.next)
+                .await
+            {
+                Err(RunnerError::Handler { cause, .. }) => {
+                    tracing::debug!(error = %cause, "lean batch failed; reading its origins");
+                    completed = Some(self.complete(after, batch).await?);
+                }
+                done => return done,
+            }
+        }
+        let events = completed.as_deref().unwrap_or(&batch.events);
         match self
-            .apply_with_retries(Some(after), &batch.events, batch.next, Budget::Full)
+            .apply_with_retries(Some(after), events, batch.next, Budget::Full)
             .await
         {
             Err(Failed {
@@ -88,11 +105,43 @@ impl<S: SqlStore, P: Projection> ProjectionRunner<S, P> {
                 ..
             }) if self.parks(&cause) => {
                 tracing::warn!(error = %cause, "projection batch kept failing; isolating the failing event");
-                self.isolate(&batch.events, batch.next).await.map(Some)
+                self.isolate(events, batch.next).await.map(Some)
             }
             Err(failed) => Err(failed.error),
             Ok(outcome) => Ok(outcome),
         }
+    }
+
+    /// `batch`, read after `after` with [`EnvelopeFields::Source`], read again with every
+    /// field of an [`Origin`](crate::Origin): the same events, whole.
+    ///
+    /// # Errors
+    /// A store error; [`Error::Corrupt`] when the events read are not the batch's.
+    async fn complete(
+        &self,
+        after: FeedPosition,
+        batch: &FeedBatch,
+    ) -> Result<Vec<RecordedEvent>, RunnerError> {
+        let query = self
+            .feed_query(after)
+            .limit(batch.events.len())
+            .fields(EnvelopeFields::Origin);
+        let whole = self.store.read_feed_parking(&query).await?.events;
+        let same = whole.len() == batch.events.len()
+            && whole
+                .iter()
+                .zip(&batch.events)
+                .all(|(whole, lean)| whole.feed_position() == lean.feed_position());
+        if !same {
+            return Err(Error::Corrupt {
+                reason: format!(
+                    "the feed after {after} read again for projection `{}` does not hold the events of its batch",
+                    P::NAME
+                ),
+            }
+            .into());
+        }
+        Ok(whole)
     }
 
     /// After a batch kept failing: applies its events one at a time, so the failing one is

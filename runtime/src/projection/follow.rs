@@ -12,6 +12,7 @@ use super::batch::BatchOutcome;
 use super::runner::ProjectionRunner;
 use super::status::{Failing, ProjectionStatus, RunnerError, RunnerState, VersionState};
 use super::{Projection, Reset};
+use crate::envelope::EnvelopeFields;
 use crate::error::Error;
 use crate::position::FeedPosition;
 use crate::store::backend::{columns, stored_time, to_i64};
@@ -20,11 +21,23 @@ use crate::store::{FeedQuery, SqlStore};
 
 impl<S: SqlStore, P: Projection> ProjectionRunner<S, P> {
     /// The next batch of the projection's events after `after`.
-    fn feed_query(&self, after: FeedPosition) -> FeedQuery {
+    pub(super) fn feed_query(&self, after: FeedPosition) -> FeedQuery {
         FeedQuery::after(after)
             .limit(self.options.batch_size)
             .event_types(P::EVENT_TYPES.iter().copied())
-            .fields(P::ENVELOPE)
+            .fields(Self::read_fields())
+    }
+
+    /// The envelope fields the runner reads: those the handlers need
+    /// ([`Projection::ENVELOPE`]), and the event ids and stream versions whenever the runner
+    /// needs them itself: an inline projection's runner compares stream versions with the
+    /// inline applications', side effects are claimed by event id.
+    pub(super) fn read_fields() -> EnvelopeFields {
+        if P::INLINE || !P::SIDE_EFFECTS.is_empty() {
+            P::ENVELOPE.with_origin()
+        } else {
+            P::ENVELOPE
+        }
     }
 
     /// Reads and applies one batch after the checkpoint, retrying a failing batch, then
@@ -89,16 +102,18 @@ impl<S: SqlStore, P: Projection> ProjectionRunner<S, P> {
         if let Some(Ok(ahead)) = ahead {
             self.read_ahead = Some((batch.next, ahead));
         }
+        // Read lean, the events hold no recording time.
         let time_lag = batch
             .events
             .last()
+            .filter(|_| Self::read_fields() != EnvelopeFields::Source)
             .and_then(|last| (Utc::now() - last.recorded_at).to_std().ok())
-            .unwrap_or_default();
+            .map(|lag| u64::try_from(lag.as_millis()).unwrap_or(u64::MAX));
         tracing::debug!(
             handled = outcome.handled,
             parked = outcome.parked,
             next = %batch.next,
-            time_lag_ms = u64::try_from(time_lag.as_millis()).unwrap_or(u64::MAX),
+            time_lag_ms = time_lag,
             "projection batch applied"
         );
         Ok(if batch.events.is_empty() {

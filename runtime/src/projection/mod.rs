@@ -28,8 +28,11 @@
 //!   (`store.with_inline(...)`).
 //! - Handlers taking `origin: &Origin<'_>` instead of `envelope: &Envelope` see the event's ids,
 //!   stream, versions, positions and recording time, not its metadata, correlation, causation
-//!   or actor; when every handler does ([`Projection::ENVELOPE`]), the runner reads only those
-//!   columns, which makes catching up on PostgreSQL markedly faster.
+//!   or actor; handlers taking `source: &Source<'_>` see only its stream, type and feed
+//!   position. The runner reads only the columns of what its handlers take
+//!   ([`Projection::ENVELOPE`]), which makes catching up on PostgreSQL markedly faster; a batch
+//!   read without ids or stream versions is read again whole when it fails, so errors and dead
+//!   letters still name each event exactly.
 //!
 //! Every feature works on both stores. The runner's logic is written once (`runner`, `batch`,
 //! `dead_letter`, `versions`, `inline`); each store contributes only its SQL (`postgres`,
@@ -123,11 +126,13 @@ pub trait Projection: Send + 'static {
     /// take [`Tx`] and run on either.
     const STORE: Option<StoreKind> = None;
 
-    /// The envelope fields its handlers read: [`EnvelopeFields::Origin`] when every handler of
-    /// a `#[projection]` takes `origin: &Origin<'_>` rather than `envelope: &Envelope`; then
-    /// the runner reads only those columns, and the events handed to [`handle`](Self::handle)
-    /// and [`perform`](Self::perform) hold placeholders in the others (see
-    /// [`EnvelopeFields::Origin`]). Set it by hand only for handlers that never read them.
+    /// The envelope fields its handlers read: [`EnvelopeFields::Source`] when every handler of
+    /// a `#[projection]` takes `source: &Source<'_>`, [`EnvelopeFields::Origin`] when every
+    /// handler takes that or `origin: &Origin<'_>`, rather than `envelope: &Envelope`; then
+    /// the runner reads only those columns (and the ids and stream versions when an inline
+    /// projection or side effects need them), and the events handed to
+    /// [`handle`](Self::handle) and [`perform`](Self::perform) hold placeholders in the others
+    /// (see [`EnvelopeFields`]). Set it by hand only for handlers that never read them.
     const ENVELOPE: EnvelopeFields = EnvelopeFields::All;
 
     /// Handles one stored event (decoding and upcasting it to the handler's type), in the

@@ -22,15 +22,17 @@ pub(super) fn statements(schema: &Schema) -> ProjectionSql {
         )
         .into(),
         lock_checkpoint: format!(
-            "SELECT c.tx, c.position,
-                    (SELECT coalesce(json_agg(DISTINCT d.stream_id), '[]')::text FROM {parked}
-                       AND d.stream_id IN (SELECT json_array_elements_text($3::json))),
-                    c.lease_token
+            "SELECT c.tx, c.position, (EXISTS (SELECT 1 FROM {parked}))::int4, c.lease_token
              FROM {s}.projection_checkpoints c,
                   -- The transaction's limits, set for the rest of it.
-                  (SELECT set_config('statement_timeout', $4, true),
-                          set_config('idle_in_transaction_session_timeout', $5, true)) AS limits
+                  (SELECT set_config('statement_timeout', $3, true),
+                          set_config('idle_in_transaction_session_timeout', $4, true)) AS limits
              WHERE c.projection = $1 AND c.version = $2 FOR UPDATE OF c"
+        )
+        .into(),
+        parked_among: format!(
+            "SELECT coalesce(json_agg(DISTINCT d.stream_id), '[]')::text FROM {parked}
+               AND d.stream_id IN (SELECT json_array_elements_text($3::json))"
         )
         .into(),
         claim_lease: format!(
@@ -63,11 +65,16 @@ pub(super) fn statements(schema: &Schema) -> ProjectionSql {
             "INSERT INTO {s}.projection_dead_letters
                  (projection, version, stream_id, stream_version, event_id, event_type, tx,
                   position, error, attempts)
-             SELECT $1, $2, l.stream_id, l.stream_version, l.event_id, l.event_type, l.tx,
-                    l.position, l.error, l.attempts
+             SELECT $1, $2, l.stream_id, coalesce(l.stream_version, e.stream_version),
+                    coalesce(l.event_id, e.event_id), l.event_type, l.tx, l.position, l.error,
+                    l.attempts
              FROM json_to_recordset($3::json) AS l (stream_id text, stream_version bigint,
                   event_id uuid, event_type text, tx bigint, position bigint, error text,
                   attempts integer)
+             -- A letter of an event read lean takes its id and version from the stored event.
+             LEFT JOIN {s}.events e
+                    ON l.stream_version IS NULL AND e.tx = l.tx::text::xid8
+                       AND e.position = l.position
              ON CONFLICT DO NOTHING"
         )
         .into(),

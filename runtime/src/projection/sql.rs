@@ -16,11 +16,13 @@ use std::sync::Arc;
 pub(crate) struct ProjectionSql {
     /// Creates the checkpoint at the start when missing.
     pub ensure_checkpoint: Arc<str>,
-    /// `$3` stream ids (JSON), `$4` statement timeout and `$5` idle-in-transaction timeout
-    /// (milliseconds, as text: the transaction's limits, where the store has them): the
-    /// checkpoint, locked for the transaction, and which of those streams are parked: `tx,
-    /// position, parked (JSON array of stream ids), lease token (nullable text)`.
+    /// `$3` statement timeout and `$4` idle-in-transaction timeout (milliseconds, as text: the
+    /// transaction's limits, where the store has them): the checkpoint, locked for the
+    /// transaction, and whether any stream is parked: `tx, position, any parked (i32 0/1),
+    /// lease token (nullable text)`.
     pub lock_checkpoint: Arc<str>,
+    /// `$3` stream ids (JSON): those of them that are parked (a JSON array).
+    pub parked_among: Arc<str>,
     /// `$3` token: the lease's holder writes its token into the (existing) checkpoint row,
     /// waiting for a batch in flight.
     pub claim_lease: Arc<str>,

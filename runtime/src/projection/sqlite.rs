@@ -18,11 +18,13 @@ pub(super) fn statements() -> ProjectionSql {
              VALUES ($1, $2, 0) ON CONFLICT DO NOTHING"
             .into(),
         lock_checkpoint: format!(
-            "SELECT c.position, c.position,
-                    (SELECT json_group_array(DISTINCT d.stream_id) FROM {PARKED}
-                       AND d.stream_id IN (SELECT value FROM json_each($3))),
-                    c.lease_token
+            "SELECT c.position, c.position, EXISTS (SELECT 1 FROM {PARKED}), c.lease_token
              FROM projection_checkpoints c WHERE c.projection = $1 AND c.version = $2"
+        )
+        .into(),
+        parked_among: format!(
+            "SELECT json_group_array(DISTINCT d.stream_id) FROM {PARKED}
+               AND d.stream_id IN (SELECT value FROM json_each($3))"
         )
         .into(),
         claim_lease: "UPDATE projection_checkpoints SET lease_token = $3
@@ -50,10 +52,16 @@ pub(super) fn statements() -> ProjectionSql {
             "INSERT INTO projection_dead_letters
                  (projection, version, stream_id, stream_version, event_id, event_type, position,
                   error, attempts, parked_at)
-             SELECT $1, $2, l.value ->> 'stream_id', l.value ->> 'stream_version',
-                    l.value ->> 'event_id', l.value ->> 'event_type', l.value ->> 'position',
-                    l.value ->> 'error', l.value ->> 'attempts', {NOW}
-             FROM json_each($3) AS l WHERE true
+             SELECT $1, $2, l.value ->> 'stream_id',
+                    coalesce(l.value ->> 'stream_version', e.stream_version),
+                    coalesce(l.value ->> 'event_id', e.event_id), l.value ->> 'event_type',
+                    l.value ->> 'position', l.value ->> 'error', l.value ->> 'attempts', {NOW}
+             FROM json_each($3) AS l
+             -- A letter of an event read lean takes its id and version from the stored event.
+             LEFT JOIN events e
+                    ON l.value ->> 'stream_version' IS NULL
+                       AND e.position = l.value ->> 'position'
+             WHERE true
              ON CONFLICT DO NOTHING"
         )
         .into(),

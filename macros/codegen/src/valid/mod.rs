@@ -18,7 +18,7 @@ mod upcast;
 
 pub use aggregate::{Aggregate, aggregate};
 pub use event::{event, set_expandable, struct_expandable};
-pub use projection::{Connection, HandlerFn, Projection, projection};
+pub use projection::{Connection, EnvelopeView, HandlerFn, Projection, projection};
 pub use saga::{Saga, saga};
 pub use upcast::{Upcast, upcast};
 

@@ -42,16 +42,28 @@ pub struct Projection {
 /// `#[handle] async fn method(&mut self, event: &Event, envelope: &Envelope, tx: &mut Conn)`,
 /// or `#[handle(side_effects)] async fn method(&mut self, event: &Event, envelope: &Envelope)`
 /// (run after the batch commits, outside any transaction: no connection). The envelope may be
-/// `origin: &Origin<'_>` instead: the event's ids and positions only.
+/// `origin: &Origin<'_>` instead (the event's ids and positions only), or `source: &Source<'_>`
+/// (its stream and feed position only).
 pub struct HandlerFn {
     pub method: Ident,
     pub event: Type,
-    /// It takes `&Origin<'_>` rather than `&Envelope`.
-    pub origin: bool,
+    /// What of the envelope it takes.
+    pub view: EnvelopeView,
     /// What it writes through; `None` for a side-effect handler.
     pub connection: Option<Type>,
     /// `#[handle(side_effects)]`.
     pub side_effects: bool,
+}
+
+/// What of the stored event a handler takes, from the least to the most the runner reads.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum EnvelopeView {
+    /// `&Source<'_>`.
+    Source,
+    /// `&Origin<'_>`.
+    Origin,
+    /// `&Envelope` (or any other type: the compiler says when it is not one).
+    Envelope,
 }
 
 /// `#[flush] async fn method(&mut self, tx: &mut Conn) -> Result<(), E>` (and `#[reset]`, of the
@@ -302,16 +314,20 @@ fn handler_fn(cx: &Ctxt, sig: &Signature, side_effects: bool) -> Option<HandlerF
     ok.then(|| HandlerFn {
         method: sig.ident.clone(),
         event: event.clone(),
-        origin: takes_origin(&envelope.ty),
+        view: envelope_view(&envelope.ty),
         connection,
         side_effects,
     })
 }
 
-/// Whether the envelope parameter is `&Origin<'_>` (by its last path segment; any other type
-/// is handed the whole envelope, and the compiler says when it is not one).
-fn takes_origin(ty: &Type) -> bool {
-    shared_reference(ty).is_some_and(|ty| named(ty, "Origin"))
+/// What the envelope parameter takes: `&Origin<'_>` or `&Source<'_>` (by the last path
+/// segment), or the whole envelope (any other type: the compiler says when it is not one).
+fn envelope_view(ty: &Type) -> EnvelopeView {
+    match shared_reference(ty) {
+        Some(ty) if named(ty, "Origin") => EnvelopeView::Origin,
+        Some(ty) if named(ty, "Source") => EnvelopeView::Source,
+        _ => EnvelopeView::Envelope,
+    }
 }
 
 /// Whether `ty` is a plain path whose last segment is `name` (`Tx<'_>`, `factum::Origin<'_>`).

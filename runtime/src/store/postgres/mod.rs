@@ -48,7 +48,7 @@ use super::{
     EventStore, ExpectedVersion, FeedBatch, FeedPosition, FeedQuery, HistoryItem, KnownHead,
     ReadEnvelope, StreamEvent, StreamEventRef, Undecodable, runner_envelopes, strict_envelope,
 };
-use crate::envelope::{EnvelopeFields, Metadata, NewEvent, Origin, RecordedEvent};
+use crate::envelope::{EnvelopeFields, Metadata, NewEvent, Origin, RecordedEvent, Source};
 use crate::error::{Error, Result};
 use crate::event::Payload;
 use crate::snapshot::Snapshot;
@@ -84,10 +84,8 @@ struct Statements {
     read_stream_events: Arc<str>,
     replay_stream: Arc<str>,
     load_history: Arc<str>,
-    read_feed: Arc<str>,
-    read_feed_filtered: Arc<str>,
-    read_feed_origins: Arc<str>,
-    read_feed_origins_filtered: Arc<str>,
+    /// The runners' feed reads: by envelope fields, without and with an event-type filter.
+    read_feed: FeedReads,
     stream_version: Arc<str>,
     read_event: Arc<str>,
     load_snapshot: Arc<str>,
@@ -106,6 +104,45 @@ macro_rules! origin_columns {
 
 /// The origin's columns alone ([`EnvelopeFields::Origin`]).
 const ORIGIN_COLUMNS: &str = origin_columns!();
+
+/// The columns of a [`Source`] and the payload, in the order `source_from_row` reads them
+/// ([`EnvelopeFields::Source`]).
+const SOURCE_COLUMNS: &str =
+    "e.stream_id, e.position, e.tx::text::bigint, e.event_type, e.schema_version, e.payload::text";
+
+/// The feed statements of the runners, one per set of envelope fields read: `[unfiltered,
+/// filtered by event type]`.
+#[derive(Debug)]
+struct FeedReads {
+    all: [Arc<str>; 2],
+    origin: [Arc<str>; 2],
+    source: [Arc<str>; 2],
+}
+
+impl FeedReads {
+    fn new(statement: impl Fn(&str, &str) -> Arc<str>) -> Self {
+        let both = |columns| {
+            [
+                statement(columns, ""),
+                statement(columns, "AND e.event_type = ANY ($4)"),
+            ]
+        };
+        Self {
+            all: both(ENVELOPE_COLUMNS),
+            origin: both(ORIGIN_COLUMNS),
+            source: both(SOURCE_COLUMNS),
+        }
+    }
+
+    fn get(&self, fields: EnvelopeFields, filtered: bool) -> &Arc<str> {
+        let statements = match fields {
+            EnvelopeFields::Source => &self.source,
+            EnvelopeFields::Origin => &self.origin,
+            EnvelopeFields::All => &self.all,
+        };
+        &statements[usize::from(filtered)]
+    }
+}
 
 /// The envelope columns, in the order `envelope_from_row` reads them: the origin's, then the
 /// metadata, correlation, causation and actor.
@@ -131,7 +168,10 @@ impl Statements {
         // The feed's horizon in stored terms: this cluster's oldest running transaction plus the
         // store's offset (see `identity`), which also refuses a store moved to another cluster.
         let xmin = identity::stored_xid(schema, "pg_snapshot_xmin(pg_current_snapshot())");
+        // The horizon comes first, in a row of its own; then the events, whose rows leave the
+        // horizon's columns NULL: each column of each row costs the server and the client alike.
         let feed = |columns: &str, filter: &str| -> Arc<str> {
+            let nulls = vec!["NULL"; columns.split(", ").count()].join(", ");
             format!(
                 "WITH horizon AS MATERIALIZED (
                      SELECT x.xmin, x.xmin::text::bigint AS xmin_number,
@@ -143,17 +183,17 @@ impl Statements {
                                   -- max() reads one index entry.
                                   (SELECT max(w.tx) FROM {s}.events w) AS newest) x
                  )
-                 SELECT h.xmin_number, h.held_back, h.newest_number, f.*
-                 FROM horizon h
-                 LEFT JOIN LATERAL (
-                     SELECT {columns}
-                     FROM {s}.events e
-                     WHERE (e.tx, e.position) > ($1::text::xid8, $2)
-                       AND e.tx < h.xmin
-                       {filter}
-                     ORDER BY e.tx, e.position
-                     LIMIT $3
-                 ) f ON true"
+                 (SELECT h.xmin_number, h.held_back, h.newest_number, {nulls} FROM horizon h)
+                 UNION ALL
+                 SELECT NULL, NULL, NULL, f.*
+                 FROM horizon h,
+                      LATERAL (SELECT {columns}
+                               FROM {s}.events e
+                               WHERE (e.tx, e.position) > ($1::text::xid8, $2)
+                                 AND e.tx < h.xmin
+                                 {filter}
+                               ORDER BY e.tx, e.position
+                               LIMIT $3) f"
             )
             .into()
         };
@@ -196,10 +236,7 @@ impl Statements {
                   ORDER BY e.stream_version)"
             )
             .into(),
-            read_feed: feed(ENVELOPE_COLUMNS, ""),
-            read_feed_filtered: feed(ENVELOPE_COLUMNS, "AND e.event_type = ANY ($4)"),
-            read_feed_origins: feed(ORIGIN_COLUMNS, ""),
-            read_feed_origins_filtered: feed(ORIGIN_COLUMNS, "AND e.event_type = ANY ($4)"),
+            read_feed: FeedReads::new(feed),
             stream_version: format!(
                 "SELECT coalesce(max(e.stream_version), 0) FROM {s}.events e WHERE e.stream_id = $1"
             )
@@ -574,12 +611,7 @@ impl PostgresStore {
         }
         let limit = to_i64(query.limit as u64);
         let sql = &self.inner.sql;
-        let statement = match (&query.event_types, query.fields) {
-            (Some(_), EnvelopeFields::Origin) => &sql.read_feed_origins_filtered,
-            (None, EnvelopeFields::Origin) => &sql.read_feed_origins,
-            (Some(_), _) => &sql.read_feed_filtered,
-            (None, _) => &sql.read_feed,
-        };
+        let statement = sql.read_feed.get(query.fields, query.event_types.is_some());
         let mut sql = sqlx::query(AssertSqlSafe(statement.clone()))
             .bind(to_i64(query.after.tx))
             .bind(to_i64(query.after.position))
@@ -591,20 +623,23 @@ impl PostgresStore {
             .fetch_all(&self.inner.pool)
             .await
             .map_err(|e| self.fail(e))?;
-        let Some(first) = rows.first() else {
-            return Ok(FeedBatch::new(Vec::new(), query.after));
+        // The horizon's row, then the events'.
+        let Some((first, rows)) = rows.split_first() else {
+            return Err(Error::Corrupt {
+                reason: "a read of the feed returned no horizon".to_owned(),
+            });
         };
         let horizon: u64 = columns::unsigned::<_, i64, _>(first, 0)?;
         let held_back: bool = columns::get(first, 1)?;
         let newest: Option<u64> = columns::unsigned_opt::<_, i64, _>(first, 2)?;
-        // The lateral join yields one row of NULLs when no event qualifies.
-        let has_events = columns::get::<_, Option<String>>(first, 3)?.is_some();
-        let (events, undecodable, stopped) = match (has_events, query.fields) {
-            (true, EnvelopeFields::Origin) => {
-                runner_envelopes(&rows, |row| Ok((origin_from_row(row, 3)?, None)))?
+        let (events, undecodable, stopped) = match query.fields {
+            EnvelopeFields::Source => {
+                runner_envelopes(rows, |row| Ok((source_from_row(row, 3)?, None)))?
             }
-            (true, _) => runner_envelopes(&rows, |row| envelope_or_defect(row, 3))?,
-            (false, _) => (Vec::new(), Vec::new(), false),
+            EnvelopeFields::Origin => {
+                runner_envelopes(rows, |row| Ok((origin_from_row(row, 3)?, None)))?
+            }
+            EnvelopeFields::All => runner_envelopes(rows, |row| envelope_or_defect(row, 3))?,
         };
         let next = match (events.last(), newest) {
             (Some(last), _) if stopped || events.len() >= query.limit => last.feed_position(),
@@ -741,6 +776,20 @@ fn envelope_from_row(row: &PgRow, at: usize) -> Result<RecordedEvent> {
 fn origin_from_row(row: &PgRow, at: usize) -> Result<RecordedEvent> {
     let (origin, payload) = origin_at(row, at)?;
     Ok(origin.into_envelope(payload))
+}
+
+/// Reads the source columns ([`SOURCE_COLUMNS`]) starting at `at`: an envelope whose other
+/// fields hold their placeholders ([`EnvelopeFields::Source`]).
+fn source_from_row(row: &PgRow, at: usize) -> Result<RecordedEvent> {
+    let source = Source {
+        stream_id: columns::get_unchecked(row, at)?,
+        global_position: columns::unsigned::<_, i64, _>(row, at + 1)?,
+        tx: columns::unsigned::<_, i64, _>(row, at + 2)?,
+        event_type: columns::get_unchecked(row, at + 3)?,
+        schema_version: columns::unsigned::<_, i32, _>(row, at + 4)?,
+    };
+    let payload: &str = columns::get_unchecked(row, at + 5)?;
+    Ok(source.into_envelope(Payload::from_stored_json(payload.to_owned())))
 }
 
 /// An event's origin and payload, from the columns [`ORIGIN_COLUMNS`] and [`ENVELOPE_COLUMNS`]

@@ -38,7 +38,7 @@ use super::{
     runner_envelopes, strict_envelope,
 };
 use super::{FeedNotifier, FeedWakeups};
-use crate::envelope::{EnvelopeFields, Metadata, NewEvent, Origin, RecordedEvent};
+use crate::envelope::{EnvelopeFields, Metadata, NewEvent, Origin, RecordedEvent, Source};
 use crate::error::{DecodeError, Error, Result};
 use crate::event::Payload;
 use crate::snapshot::Snapshot;
@@ -54,6 +54,10 @@ macro_rules! origin_columns {
 
 /// The origin's columns alone ([`EnvelopeFields::Origin`]).
 const ORIGIN_COLUMNS: &str = origin_columns!();
+
+/// The columns of a [`Source`] and the payload, in the order `source_from_row` reads them
+/// ([`EnvelopeFields::Source`]).
+const SOURCE_COLUMNS: &str = "stream_id, position, event_type, schema_version, payload";
 
 /// The envelope columns, in the order `envelope_from_row` reads them: the origin's, then the
 /// metadata, correlation, causation and actor.
@@ -685,8 +689,9 @@ impl SqliteStore {
             .as_ref()
             .map(|types| serde_json::to_string(types).unwrap_or_else(|_| "[]".to_owned()));
         let columns = match query.fields {
+            EnvelopeFields::Source => SOURCE_COLUMNS,
             EnvelopeFields::Origin => ORIGIN_COLUMNS,
-            _ => ENVELOPE_COLUMNS,
+            EnvelopeFields::All => ENVELOPE_COLUMNS,
         };
         let rows = match &types {
             Some(types) => {
@@ -719,10 +724,13 @@ impl SqliteStore {
             .map_err(backend)?;
         transaction.commit().await.map_err(backend)?;
         let (events, undecodable, stopped) = match query.fields {
+            EnvelopeFields::Source => {
+                runner_envelopes(&rows, |row| Ok((source_from_row(row)?, None)))?
+            }
             EnvelopeFields::Origin => {
                 runner_envelopes(&rows, |row| Ok((origin_from_row(row)?, None)))?
             }
-            _ => runner_envelopes(&rows, envelope_or_defect)?,
+            EnvelopeFields::All => runner_envelopes(&rows, envelope_or_defect)?,
         };
         let next = match events.last() {
             Some(last) if stopped || events.len() >= query.limit => last.feed_position(),
@@ -805,6 +813,21 @@ fn envelope_from_row(row: &SqliteRow) -> Result<RecordedEvent> {
 fn origin_from_row(row: &SqliteRow) -> Result<RecordedEvent> {
     let (origin, payload) = origin_at(row)?;
     Ok(origin.into_envelope(payload))
+}
+
+/// Reads the source columns ([`SOURCE_COLUMNS`]): an envelope whose other fields hold their
+/// placeholders ([`EnvelopeFields::Source`]).
+fn source_from_row(row: &SqliteRow) -> Result<RecordedEvent> {
+    let position = columns::unsigned::<_, i64, _>(row, 1)?;
+    let source = Source {
+        stream_id: columns::get(row, 0)?,
+        global_position: position,
+        tx: position,
+        event_type: columns::get(row, 2)?,
+        schema_version: columns::unsigned::<_, i64, _>(row, 3)?,
+    };
+    let payload: &str = columns::get(row, 4)?;
+    Ok(source.into_envelope(Payload::from_stored_json(payload.to_owned())))
 }
 
 /// An event's origin and payload, from the columns [`ORIGIN_COLUMNS`] and [`ENVELOPE_COLUMNS`]
