@@ -24,6 +24,7 @@ mod listen;
 mod migrate;
 mod sql_store;
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::ops::RangeBounds;
 use std::sync::Arc;
@@ -216,9 +217,11 @@ impl Statements {
                  ORDER BY e.stream_version"
             )
             .into(),
+            // No ORDER BY: for a long stream the planner reads the table's pages and then sorts
+            // (a third of the statement's time), where the pages hold the stream in order
+            // almost always (the log is append-only). The reader puts rows in order.
             replay_stream: format!(
-                "SELECT {REPLAY_COLUMNS} FROM {s}.events e
-                 WHERE e.stream_id = $1 ORDER BY e.stream_version"
+                "SELECT {REPLAY_COLUMNS} FROM {s}.events e WHERE e.stream_id = $1"
             )
             .into(),
             // The snapshot (when asked for) and the events after it, in one round trip.
@@ -910,24 +913,46 @@ impl EventStore for PostgresStore {
     where
         F: FnMut(HistoryItem<'_>) -> Result<()> + Send,
     {
-        // The plain stream read is cheaper than the union with the snapshot.
-        let statement = if with_snapshot {
-            &self.inner.sql.load_history
-        } else {
-            &self.inner.sql.replay_stream
-        };
-        let rows = sqlx::query(AssertSqlSafe(statement.clone()))
+        if !with_snapshot {
+            // The plain stream read is cheaper than the union with the snapshot. Each event is
+            // decoded and applied as its row arrives, while the server sends the next ones: a
+            // long stream costs the longer of the two sides, not their sum. The rows come in
+            // no promised order: one that comes early waits for those before it.
+            let mut rows = sqlx::query(AssertSqlSafe(self.inner.sql.replay_stream.clone()))
+                .bind(stream_id)
+                .bind(aggregate_type)
+                .fetch(&self.inner.pool);
+            let mut next = 1;
+            let mut early = BTreeMap::new();
+            while let Some(row) = futures_util::TryStreamExt::try_next(&mut rows)
+                .await
+                .map_err(|e| self.fail(e))?
+            {
+                let version: u64 = columns::unsigned::<_, i64, _>(&row, 0)?;
+                if version != next {
+                    early.insert(version, row);
+                    continue;
+                }
+                visit(HistoryItem::Event(replayed_event(&row, 0, aggregate_type)?))?;
+                next += 1;
+                while let Some(row) = early.remove(&next) {
+                    visit(HistoryItem::Event(replayed_event(&row, 0, aggregate_type)?))?;
+                    next += 1;
+                }
+            }
+            // A stream whose versions have gaps (none does when written by Factum): the rest,
+            // in order.
+            for row in early.values() {
+                visit(HistoryItem::Event(replayed_event(row, 0, aggregate_type)?))?;
+            }
+            return Ok(());
+        }
+        let rows = sqlx::query(AssertSqlSafe(self.inner.sql.load_history.clone()))
             .bind(stream_id)
             .bind(aggregate_type)
             .fetch_all(&self.inner.pool)
             .await
             .map_err(|e| self.fail(e))?;
-        if !with_snapshot {
-            for row in &rows {
-                visit(HistoryItem::Event(replayed_event(row, 0, aggregate_type)?))?;
-            }
-            return Ok(());
-        }
         let mut events = Vec::with_capacity(rows.len());
         for row in &rows {
             if columns::get::<_, i32>(row, 0)? == 1 {
