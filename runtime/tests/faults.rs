@@ -345,7 +345,11 @@ async fn a_transient_failure_for_10_s_parks_nothing_and_a_permanent_one_parks_it
             == 3
     })
     .await;
-    let parked = handle.parked().await.unwrap();
+    let parked = match handle.parked().await {
+        Ok(parked) => parked,
+        // The runner stopped: say why.
+        Err(error) => panic!("{error:?}; the runner ended with {:?}", task.await),
+    };
     assert_eq!(
         parked
             .iter()

@@ -87,6 +87,19 @@ fn streams(events: &[RecordedEvent]) -> Result<String, Error> {
     json(&streams)
 }
 
+/// A projection's checkpoint, locked for the transaction.
+pub(super) struct Locked {
+    /// Where it stood.
+    pub checkpoint: FeedPosition,
+    /// Those of the batch's streams that are parked.
+    pub parked: Vec<String>,
+    /// The lease's token in the checkpoint row.
+    token: Option<String>,
+    /// Whether it was moved to where it was asked to advance (when that was past it): then
+    /// the transaction need not save it again.
+    pub advanced: bool,
+}
+
 impl<S: SqlStore, P: Projection> ProjectionRunner<S, P> {
     /// Locks the projection's checkpoint for the transaction (so concurrent runners take
     /// turns, each skipping what the other did), creating it at the start when missing.
@@ -96,25 +109,30 @@ impl<S: SqlStore, P: Projection> ProjectionRunner<S, P> {
         tx: &mut Tx<'_>,
         events: &[RecordedEvent],
     ) -> Result<(FeedPosition, Vec<String>), Error> {
-        let (checkpoint, parked, _) = self.lock_checkpoint_fenced(tx, events).await?;
-        Ok((checkpoint, parked))
+        let locked = self.lock_checkpoint_fenced(tx, events, None).await?;
+        Ok((locked.checkpoint, locked.parked))
     }
 
     /// [`ProjectionRunner::lock_checkpoint`] for work that applies events: when this runner
     /// runs under the lease, the lease's token in the checkpoint row must still be its own
     /// (another runner that took the lease over wrote its own: this one then applies nothing
-    /// more, [`RunnerError::LeaseLost`]).
+    /// more, [`RunnerError::LeaseLost`]). With `advance`, the checkpoint is also moved there
+    /// when that is past it, where the store can in the same round trip
+    /// ([`Locked::advanced`]).
     pub(super) async fn lock_checkpoint_held(
         &self,
         tx: &mut Tx<'_>,
         events: &[RecordedEvent],
-    ) -> Result<(FeedPosition, Vec<String>), RunnerError> {
-        let (checkpoint, parked, token) = self.lock_checkpoint_fenced(tx, events).await?;
+        advance: Option<FeedPosition>,
+    ) -> Result<Locked, RunnerError> {
+        let locked = self.lock_checkpoint_fenced(tx, events, advance).await?;
         match &self.lease_token {
-            Some(mine) if token.as_deref() != Some(mine.as_str()) => Err(RunnerError::LeaseLost {
-                projection: P::NAME,
-            }),
-            _ => Ok((checkpoint, parked)),
+            Some(mine) if locked.token.as_deref() != Some(mine.as_str()) => {
+                Err(RunnerError::LeaseLost {
+                    projection: P::NAME,
+                })
+            }
+            _ => Ok(locked),
         }
     }
 
@@ -138,18 +156,25 @@ impl<S: SqlStore, P: Projection> ProjectionRunner<S, P> {
         &self,
         tx: &mut Tx<'_>,
         events: &[RecordedEvent],
-    ) -> Result<(FeedPosition, Vec<String>, Option<String>), Error> {
+        advance: Option<FeedPosition>,
+    ) -> Result<Locked, Error> {
         // The transaction's limits go with the lock (no round trip of their own).
         let millis = |d: std::time::Duration| d.as_millis().max(1).to_string();
+        let advance = advance.and_then(|to| Some((self.sql.advance_checkpoint.as_ref()?, to)));
         for _ in 0..2 {
-            let row = self
-                .fetch_optional(
-                    &mut *tx,
-                    self.statement(&self.sql.lock_checkpoint)
-                        .bind(millis(self.options.statement_timeout))
-                        .bind(millis(self.options.idle_timeout)),
-                )
-                .await?;
+            let statement = match advance {
+                Some((sql, to)) => self
+                    .statement(sql)
+                    .bind(millis(self.options.statement_timeout))
+                    .bind(millis(self.options.idle_timeout))
+                    .bind(to_i64(to.tx))
+                    .bind(to_i64(to.position)),
+                None => self
+                    .statement(&self.sql.lock_checkpoint)
+                    .bind(millis(self.options.statement_timeout))
+                    .bind(millis(self.options.idle_timeout)),
+            };
+            let row = self.fetch_optional(&mut *tx, statement).await?;
             if let Some(row) = row {
                 let checkpoint = FeedPosition::new(
                     columns::unsigned::<_, i64, _>(&row, 0)?,
@@ -163,7 +188,12 @@ impl<S: SqlStore, P: Projection> ProjectionRunner<S, P> {
                 } else {
                     Vec::new()
                 };
-                return Ok((checkpoint, parked, token));
+                return Ok(Locked {
+                    checkpoint,
+                    parked,
+                    token,
+                    advanced: advance.is_some(),
+                });
             }
             self.execute(&mut *tx, self.statement(&self.sql.ensure_checkpoint))
                 .await?;
@@ -435,9 +465,18 @@ impl<S: SqlStore, P: Projection> ProjectionRunner<S, P> {
     ) -> Result<Option<BatchOutcome>, RunnerError> {
         let mut transaction = self.store.begin().await?;
         let mut tx = transaction.tx();
-        let (checkpoint, parked) = self.lock_checkpoint_held(&mut tx, events).await?;
+        // The checkpoint moves as the transaction begins (where the store can in the same
+        // round trip): whatever fails below rolls the move back with the batch.
+        let Locked {
+            checkpoint,
+            parked,
+            advanced,
+            ..
+        } = self
+            .lock_checkpoint_held(&mut tx, events, Some(next))
+            .await?;
         if after.is_some_and(|after| checkpoint < after) {
-            return Ok(None);
+            return Ok(None); // dropped: rolled back
         }
         let mut outcome = BatchOutcome::default();
         let mut to_park = Vec::new();
@@ -492,7 +531,9 @@ impl<S: SqlStore, P: Projection> ProjectionRunner<S, P> {
             outcome.parked = to_park.len() as u64;
             self.park(&mut tx, &to_park).await?;
         }
-        self.save_checkpoint(&mut tx, checkpoint.max(next)).await?;
+        if !advanced {
+            self.save_checkpoint(&mut tx, checkpoint.max(next)).await?;
+        }
         transaction.commit().await?;
         self.projection.committed();
         self.perform_effects(&effects).await?;

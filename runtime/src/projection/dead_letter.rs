@@ -183,9 +183,10 @@ impl<S: SqlStore, P: Projection> ProjectionRunner<S, P> {
     ) -> Result<BatchOutcome, RunnerError> {
         let mut transaction = self.store.begin().await?;
         let mut tx = transaction.tx();
-        let (checkpoint, _) = self
-            .lock_checkpoint_held(&mut tx, std::slice::from_ref(event))
-            .await?;
+        let checkpoint = self
+            .lock_checkpoint_held(&mut tx, std::slice::from_ref(event), None)
+            .await?
+            .checkpoint;
         if event.feed_position() <= checkpoint {
             return Ok(BatchOutcome::default()); // another runner got past it meanwhile
         }

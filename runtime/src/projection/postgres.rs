@@ -30,6 +30,27 @@ pub(super) fn statements(schema: &Schema) -> ProjectionSql {
              WHERE c.projection = $1 AND c.version = $2 FOR UPDATE OF c"
         )
         .into(),
+        advance_checkpoint: Some(
+            format!(
+                "WITH c AS (
+                     SELECT c.tx, c.position, c.lease_token
+                     FROM {s}.projection_checkpoints c,
+                          (SELECT set_config('statement_timeout', $3, true),
+                                  set_config('idle_in_transaction_session_timeout', $4, true))
+                          AS limits
+                     WHERE c.projection = $1 AND c.version = $2 FOR UPDATE OF c
+                 ), moved AS (
+                     UPDATE {s}.projection_checkpoints m
+                     SET tx = $5, position = $6, updated_at = now()
+                     FROM c
+                     WHERE m.projection = $1 AND m.version = $2
+                       AND (c.tx, c.position) < ($5::int8, $6::int8)
+                 )
+                 SELECT c.tx, c.position, (EXISTS (SELECT 1 FROM {parked}))::int4, c.lease_token
+                 FROM c"
+            )
+            .into(),
+        ),
         parked_among: format!(
             "SELECT coalesce(json_agg(DISTINCT d.stream_id), '[]')::text FROM {parked}
                AND d.stream_id IN (SELECT json_array_elements_text($3::json))"

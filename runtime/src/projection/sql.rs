@@ -21,6 +21,12 @@ pub(crate) struct ProjectionSql {
     /// transaction, and whether any stream is parked: `tx, position, any parked (i32 0/1),
     /// lease token (nullable text)`.
     pub lock_checkpoint: Arc<str>,
+    /// [`lock_checkpoint`](Self::lock_checkpoint) (its columns the checkpoint as it was) that
+    /// also moves the checkpoint to `$5` tx, `$6` position when that is past it, in the same
+    /// round trip: a batch's transaction saves its checkpoint as it begins, and rolls the move
+    /// back with everything else when it fails. A store whose statements cost no round trip
+    /// (SQLite) has none: the runner locks, and saves at the end.
+    pub advance_checkpoint: Option<Arc<str>>,
     /// `$3` stream ids (JSON): those of them that are parked (a JSON array).
     pub parked_among: Arc<str>,
     /// `$3` token: the lease's holder writes its token into the (existing) checkpoint row,

@@ -22,6 +22,7 @@ pub(super) fn statements() -> ProjectionSql {
              FROM projection_checkpoints c WHERE c.projection = $1 AND c.version = $2"
         )
         .into(),
+        advance_checkpoint: None,
         parked_among: format!(
             "SELECT json_group_array(DISTINCT d.stream_id) FROM {PARKED}
                AND d.stream_id IN (SELECT value FROM json_each($3))"
