@@ -128,22 +128,18 @@ impl Source<'_> {
     /// placeholders.
     #[cfg(any(feature = "postgres", feature = "sqlite"))]
     pub(crate) fn into_envelope(self, payload: Payload) -> RecordedEvent {
-        Envelope {
+        let origin = Origin {
             event_id: Uuid::nil(),
-            event_type: self.event_type.to_owned(),
+            event_type: self.event_type,
             schema_version: self.schema_version,
-            stream_id: self.stream_id.to_owned(),
-            aggregate_type: String::new(),
+            stream_id: self.stream_id,
+            aggregate_type: "",
             stream_version: 0,
             global_position: self.global_position,
             tx: self.tx,
             recorded_at: DateTime::UNIX_EPOCH,
-            correlation_id: Uuid::nil(),
-            causation_id: Uuid::nil(),
-            actor: None,
-            metadata: Metadata::new(),
-            event: payload,
-        }
+        };
+        origin.into_envelope(payload)
     }
 
     /// Where this event stands in the global feed.

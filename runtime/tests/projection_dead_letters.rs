@@ -232,28 +232,9 @@ impl<D: TestDatabase> Setup<D> {
 
     /// Catches up until `expected` events are handled, waiting while other tests' transactions
     /// hold the feed back (PostgreSQL), for a minute at most. Returns the events handled.
-    async fn catch_up(
+    async fn catch_up<P: Projection>(
         &self,
-        runner: &mut ProjectionRunner<D::Store, Ledger>,
-        expected: u64,
-    ) -> u64 {
-        let deadline = std::time::Instant::now() + Duration::from_secs(60);
-        let mut handled = 0;
-        loop {
-            handled += runner.catch_up().await.unwrap();
-            if handled >= expected || std::time::Instant::now() > deadline {
-                return handled;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    }
-}
-
-impl<D: TestDatabase> Setup<D> {
-    /// [`Setup::catch_up`] for a [`Tally`].
-    async fn catch_up_tally(
-        &self,
-        runner: &mut ProjectionRunner<D::Store, Tally>,
+        runner: &mut ProjectionRunner<D::Store, P>,
         expected: u64,
     ) -> u64 {
         let deadline = std::time::Instant::now() + Duration::from_secs(60);
@@ -599,7 +580,7 @@ async fn a_lean_projection_parks_and_names_events_by_id_and_version<D: TestDatab
             setup.deposit(&format!("acc-{account}"), cents).await;
         }
     }
-    assert_eq!(setup.catch_up_tally(&mut runner, 23).await, 23);
+    assert_eq!(setup.catch_up(&mut runner, 23).await, 23);
     let parked = runner.parked().await.unwrap();
     assert_eq!(
         (
@@ -621,7 +602,7 @@ async fn a_lean_projection_parks_and_names_events_by_id_and_version<D: TestDatab
     setup.deposit("acc-1", 11).await;
     setup.deposit("acc-0", 11).await;
     setup.deposit("acc-1", 12).await;
-    assert_eq!(setup.catch_up_tally(&mut runner, 1).await, 1);
+    assert_eq!(setup.catch_up(&mut runner, 1).await, 1);
     let letters: Vec<(i64, String)> = fetch_all(
         &*setup.database,
         &format!(
