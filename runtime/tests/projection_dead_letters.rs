@@ -344,7 +344,13 @@ async fn a_failing_handler_parks_its_stream_while_the_others_complete_and_retry_
 >() {
     let setup = Setup::<D>::new().await;
     for account in 0..4 {
-        let events = (1..=3).map(|n| deposit(account * 10 + n)).collect();
+        let events = (1..=3)
+            .map(|n| match account * 10 + n {
+                // Stored with a nil id, which nothing forbids: it parks like any other.
+                HANDLER_POISON => deposit(HANDLER_POISON).event_id(uuid::Uuid::nil()),
+                cents => deposit(cents),
+            })
+            .collect();
         setup.append(&format!("acc-{account}"), events).await;
     }
     // acc-2's second deposit (22 cents) is the poison: its handler fails until the "fix".

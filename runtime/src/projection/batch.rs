@@ -55,11 +55,13 @@ pub(super) struct DeadLetter<'a> {
 
 impl<'a> DeadLetter<'a> {
     pub fn new(event: &'a RecordedEvent, error: Option<String>, attempts: u32) -> Self {
+        // Read lean, an event holds stream version 0, which no stored event has (its id, nil,
+        // is a placeholder then, but a stored id may be nil too): both come from the store.
+        let whole = event.stream_version != 0;
         Self {
             stream_id: &event.stream_id,
-            // The placeholders of an event read lean: no stored event has either.
-            stream_version: (event.stream_version != 0).then(|| to_i64(event.stream_version)),
-            event_id: (!event.event_id.is_nil()).then(|| event.event_id.to_string()),
+            stream_version: whole.then(|| to_i64(event.stream_version)),
+            event_id: whole.then(|| event.event_id.to_string()),
             event_type: &event.event_type,
             tx: to_i64(event.tx),
             position: to_i64(event.global_position),

@@ -632,7 +632,12 @@ impl PostgresStore {
                 reason: "a read of the feed returned no horizon".to_owned(),
             });
         };
-        let horizon: u64 = columns::unsigned::<_, i64, _>(first, 0)?;
+        // The union keeps its branches' order in practice; say so plainly if it ever does not.
+        let Some(horizon) = columns::unsigned_opt::<_, i64, u64>(first, 0)? else {
+            return Err(Error::Corrupt {
+                reason: "a read of the feed returned an event before its horizon".to_owned(),
+            });
+        };
         let held_back: bool = columns::get(first, 1)?;
         let newest: Option<u64> = columns::unsigned_opt::<_, i64, _>(first, 2)?;
         let (events, undecodable, stopped) = match query.fields {
