@@ -510,6 +510,82 @@ async fn a_database_outage_parks_nothing_and_stops_the_runner<D: TestDatabase>()
     assert!(runner.parked().await.unwrap().is_empty());
 }
 
+/// Two runners of one version at once (a one-off `catch_up` beside the running one): the second
+/// locks the checkpoint while the first is parking a stream, and gets the lock once the first
+/// commits. It must see that stream parked, though its statement began before: a later event of
+/// the stream joins the queue behind the failed one, it is never applied out of order.
+/// PostgreSQL only: SQLite runs one write transaction at a time.
+#[tokio::test]
+async fn a_runner_that_waited_for_another_s_lock_sees_what_it_parked() {
+    let setup = Setup::<factum::testing::postgres::TemporaryStore>::new().await;
+    let letters = setup.database.table("projection_dead_letters");
+    let slow = setup.database.table("slow_parking");
+    // Parking holds the checkpoint's lock for two seconds: the second runner's window.
+    for statement in [
+        format!(
+            "CREATE FUNCTION {slow}() RETURNS trigger LANGUAGE plpgsql AS
+             $$ BEGIN PERFORM pg_sleep(2); RETURN NULL; END $$"
+        ),
+        format!(
+            "CREATE TRIGGER slow_parking AFTER INSERT ON {letters}
+                 FOR EACH STATEMENT EXECUTE FUNCTION {slow}()"
+        ),
+    ] {
+        execute(&*setup.database, &statement).await.unwrap();
+    }
+    let mut first = ProjectionRunner::new(
+        setup.database.another_client().await.unwrap(),
+        setup.ledger(),
+    )
+    .batch_size(1)
+    .retries(1, Duration::from_millis(1));
+    // The checkpoint row exists, committed: the runners meet on its lock.
+    setup.deposit("acc-t", 1).await;
+    assert_eq!(setup.catch_up(&mut first, 1).await, 1);
+    setup.handler_poison.store(true, Ordering::SeqCst);
+    setup
+        .append("acc-s", vec![deposit(HANDLER_POISON), deposit(5)])
+        .await;
+    // The second runner, connected before the first parks.
+    let mut second = setup.runner().await;
+    second.checkpoint().await.unwrap();
+    let parking = tokio::spawn(async move { first.catch_up().await.unwrap() });
+    // Wait until the first runner is parking acc-s (its transaction holds the lock).
+    let schema = setup.database.schema().to_owned();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let sleeping: Vec<(i64,)> = fetch_all(
+            &*setup.database,
+            &format!(
+                "SELECT count(*) FROM pg_stat_activity
+                 WHERE application_name = '{schema}' AND wait_event = 'PgSleep'"
+            ),
+        )
+        .await
+        .unwrap();
+        if sleeping[0].0 > 0 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the first runner never parked"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(second.catch_up().await.unwrap(), 0, "acc-s is parked");
+    assert_eq!(parking.await.unwrap(), 0);
+    let parked = second.parked().await.unwrap();
+    assert_eq!(
+        (parked.len(), parked[0].first_version, parked[0].events),
+        (1, 1, 2),
+        "the later event waits behind the failed one: {parked:?}"
+    );
+    assert!(
+        setup.applied("acc-s").await.is_empty(),
+        "nothing applied out of order"
+    );
+}
+
 /// Per-account totals, from handlers that take only each event's [`Source`]: the runner reads
 /// no ids or stream versions, which its dead letters and errors still name.
 #[derive(Debug)]

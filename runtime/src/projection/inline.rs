@@ -120,6 +120,32 @@ where
         }
     }
 
+    /// Whether `stream_id` is parked.
+    async fn parked<S: SqlStore>(
+        &self,
+        store: &S,
+        tx: &mut Tx<'_>,
+        stream_id: &str,
+    ) -> Result<bool> {
+        let streams =
+            serde_json::to_string(&[stream_id]).map_err(|e| Error::Backend(Box::new(e)))?;
+        let parked: Option<String> = super::sql::statement::<P>(&self.sql.parked_among)
+            .bind(streams)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(|e| store.fail(e))?
+            .map(|row| columns::get(&row, 0))
+            .transpose()?
+            .flatten();
+        let Some(parked) = parked else {
+            return Ok(false);
+        };
+        let parked: Vec<String> = serde_json::from_str(&parked).map_err(|e| Error::Corrupt {
+            reason: format!("the parked streams of `{}` do not read: {e}", P::NAME),
+        })?;
+        Ok(parked.iter().any(|parked| parked == stream_id))
+    }
+
     async fn standing<S: SqlStore>(
         &self,
         store: &S,
@@ -133,13 +159,17 @@ where
                 .await
                 .map_err(|e| store.fail(e))?;
             if let Some(row) = row {
+                // Which streams are parked is asked after the lock, in a statement of its own:
+                // one that waited for a runner's batch sees what that batch parked.
+                let parked = columns::get::<_, i64>(&row, 3)? != 0
+                    && self.parked(store, tx, stream_id).await?;
                 return Ok(Standing {
                     checkpoint: FeedPosition::new(
                         columns::unsigned::<_, i64, _>(&row, 0)?,
                         columns::unsigned::<_, i64, _>(&row, 1)?,
                     ),
                     applied: columns::unsigned_opt::<_, i64, _>(&row, 2)?.unwrap_or_default(),
-                    parked: columns::get::<_, i64>(&row, 3)? != 0,
+                    parked,
                 });
             }
             super::sql::statement::<P>(&self.sql.ensure_checkpoint)

@@ -22,7 +22,7 @@ pub(super) fn statements(schema: &Schema) -> ProjectionSql {
         )
         .into(),
         lock_checkpoint: format!(
-            "SELECT c.tx, c.position, (EXISTS (SELECT 1 FROM {parked}))::int4, c.lease_token
+            "SELECT c.tx, c.position, (c.parked_events > 0)::int4, c.lease_token
              FROM {s}.projection_checkpoints c,
                   -- The transaction's limits, set for the rest of it.
                   (SELECT set_config('statement_timeout', $3, true),
@@ -33,7 +33,7 @@ pub(super) fn statements(schema: &Schema) -> ProjectionSql {
         advance_checkpoint: Some(
             format!(
                 "WITH c AS (
-                     SELECT c.tx, c.position, c.lease_token
+                     SELECT c.tx, c.position, c.lease_token, c.parked_events
                      FROM {s}.projection_checkpoints c,
                           (SELECT set_config('statement_timeout', $3, true),
                                   set_config('idle_in_transaction_session_timeout', $4, true))
@@ -46,8 +46,7 @@ pub(super) fn statements(schema: &Schema) -> ProjectionSql {
                      WHERE m.projection = $1 AND m.version = $2
                        AND (c.tx, c.position) < ($5::int8, $6::int8)
                  )
-                 SELECT c.tx, c.position, (EXISTS (SELECT 1 FROM {parked}))::int4, c.lease_token
-                 FROM c"
+                 SELECT c.tx, c.position, (c.parked_events > 0)::int4, c.lease_token FROM c"
             )
             .into(),
         ),
@@ -83,7 +82,8 @@ pub(super) fn statements(schema: &Schema) -> ProjectionSql {
         )
         .into(),
         park: format!(
-            "INSERT INTO {s}.projection_dead_letters
+            "WITH parked AS (
+             INSERT INTO {s}.projection_dead_letters
                  (projection, version, stream_id, stream_version, event_id, event_type, tx,
                   position, error, attempts)
              SELECT $1, $2, l.stream_id, coalesce(l.stream_version, e.stream_version),
@@ -96,7 +96,12 @@ pub(super) fn statements(schema: &Schema) -> ProjectionSql {
              LEFT JOIN {s}.events e
                     ON l.stream_version IS NULL AND e.tx = l.tx::text::xid8
                        AND e.position = l.position
-             ON CONFLICT DO NOTHING"
+             ON CONFLICT DO NOTHING
+             RETURNING 1
+             )
+             UPDATE {s}.projection_checkpoints
+             SET parked_events = parked_events + (SELECT count(*) FROM parked)
+             WHERE projection = $1 AND version = $2"
         )
         .into(),
         list_parked: format!(
@@ -114,8 +119,15 @@ pub(super) fn statements(schema: &Schema) -> ProjectionSql {
         )
         .into(),
         unpark: format!(
-            "DELETE FROM {s}.projection_dead_letters
-             WHERE projection = $1 AND version = $2 AND stream_id = $3 AND stream_version = $4"
+            "WITH gone AS (
+                 DELETE FROM {s}.projection_dead_letters
+                 WHERE projection = $1 AND version = $2 AND stream_id = $3 AND stream_version = $4
+                 RETURNING status
+             )
+             UPDATE {s}.projection_checkpoints
+             SET parked_events = parked_events
+                 - (SELECT count(*) FROM gone WHERE status = 'parked')
+             WHERE projection = $1 AND version = $2"
         )
         .into(),
         record_failure: format!(
@@ -125,8 +137,15 @@ pub(super) fn statements(schema: &Schema) -> ProjectionSql {
         )
         .into(),
         skip: format!(
-            "UPDATE {s}.projection_dead_letters SET status = 'skipped', updated_at = now()
-             WHERE projection = $1 AND version = $2 AND stream_id = $3 AND stream_version = $4"
+            "WITH skipped AS (
+                 UPDATE {s}.projection_dead_letters SET status = 'skipped', updated_at = now()
+                 WHERE projection = $1 AND version = $2 AND stream_id = $3 AND stream_version = $4
+                   AND status = 'parked'
+                 RETURNING 1
+             )
+             UPDATE {s}.projection_checkpoints
+             SET parked_events = parked_events - (SELECT count(*) FROM skipped)
+             WHERE projection = $1 AND version = $2"
         )
         .into(),
         claim_side_effects: format!(
@@ -173,7 +192,7 @@ pub(super) fn statements(schema: &Schema) -> ProjectionSql {
             "SELECT c.tx, c.position,
                     (SELECT i.applied_version FROM {s}.projection_inline_streams i
                      WHERE i.projection = $1 AND i.version = $2 AND i.stream_id = $3),
-                    (EXISTS (SELECT 1 FROM {parked} AND d.stream_id = $3))::int4
+                    (c.parked_events > 0)::int4
              FROM {s}.projection_checkpoints c
              WHERE c.projection = $1 AND c.version = $2 FOR SHARE OF c"
         )

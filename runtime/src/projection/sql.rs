@@ -71,7 +71,7 @@ pub(crate) struct ProjectionSql {
     /// `$3` stream ids (JSON): `stream_id, applied_version` of their inline marks.
     pub inline_marks: Arc<str>,
     /// `$3` stream: `tx, position` of the checkpoint (share-locked), the stream's inline mark
-    /// (or null) and whether it is parked (`i32` 0/1).
+    /// (or null) and whether any stream is parked (`i32` 0/1; which ones: `parked_among`).
     pub inline_standing: Arc<str>,
     /// `$3` stream, `$4` version: moves the stream's inline mark up to the version.
     pub inline_mark: Arc<str>,

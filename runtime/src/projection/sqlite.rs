@@ -134,7 +134,7 @@ pub(super) fn statements() -> ProjectionSql {
             "SELECT c.position, c.position,
                     (SELECT i.applied_version FROM projection_inline_streams i
                      WHERE i.projection = $1 AND i.version = $2 AND i.stream_id = $3),
-                    EXISTS (SELECT 1 FROM {PARKED} AND d.stream_id = $3)
+                    EXISTS (SELECT 1 FROM {PARKED})
              FROM projection_checkpoints c WHERE c.projection = $1 AND c.version = $2"
         )
         .into(),

@@ -57,6 +57,11 @@ const MIGRATIONS: &[Migration] = &[
         name: "cluster_identity",
         sql: include_str!("../../../migrations/postgres/0009_cluster_identity.sql"),
     },
+    Migration {
+        version: 10,
+        name: "parked_count",
+        sql: include_str!("../../../migrations/postgres/0010_parked_count.sql"),
+    },
 ];
 
 pub(super) async fn migrate(pool: &PgPool, schema: &Schema) -> Result<()> {
