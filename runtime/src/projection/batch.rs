@@ -226,12 +226,7 @@ impl<S: SqlStore, P: Projection> ProjectionRunner<S, P> {
             Some(row) => columns::get(&row, 0)?,
             None => None,
         };
-        let Some(parked) = parked else {
-            return Ok(Vec::new());
-        };
-        serde_json::from_str(&parked).map_err(|e| Error::Corrupt {
-            reason: format!("the parked streams of `{}` do not read: {e}", P::NAME),
-        })
+        super::sql::parked_streams::<P>(parked)
     }
 
     pub(super) async fn save_checkpoint(

@@ -137,12 +137,7 @@ where
             .map(|row| columns::get(&row, 0))
             .transpose()?
             .flatten();
-        let Some(parked) = parked else {
-            return Ok(false);
-        };
-        let parked: Vec<String> = serde_json::from_str(&parked).map_err(|e| Error::Corrupt {
-            reason: format!("the parked streams of `{}` do not read: {e}", P::NAME),
-        })?;
+        let parked = super::sql::parked_streams::<P>(parked)?;
         Ok(parked.iter().any(|parked| parked == stream_id))
     }
 

@@ -93,6 +93,21 @@ pub(crate) struct ProjectionSql {
     pub clear: [Arc<str>; 3],
 }
 
+/// The streams `parked_among` returned (a JSON array, or nothing) for projection `P`.
+///
+/// # Errors
+/// [`Error::Corrupt`](crate::Error::Corrupt) when the list does not read.
+pub(super) fn parked_streams<P: super::Projection>(
+    parked: Option<String>,
+) -> Result<Vec<String>, crate::Error> {
+    let Some(parked) = parked else {
+        return Ok(Vec::new());
+    };
+    serde_json::from_str(&parked).map_err(|e| crate::Error::Corrupt {
+        reason: format!("the parked streams of `{}` do not read: {e}", P::NAME),
+    })
+}
+
 /// A runner statement, ready to run.
 pub(super) type Statement = sqlx::query::Query<'static, sqlx::Any, sqlx::any::AnyArguments>;
 
