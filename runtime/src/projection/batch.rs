@@ -163,19 +163,15 @@ impl<S: SqlStore, P: Projection> ProjectionRunner<S, P> {
         // The transaction's limits go with the lock (no round trip of their own).
         let millis = |d: std::time::Duration| d.as_millis().max(1).to_string();
         let advance = advance.and_then(|to| Some((self.sql.advance_checkpoint.as_ref()?, to)));
+        let sql = advance.map_or(&self.sql.lock_checkpoint, |(sql, _)| sql);
         for _ in 0..2 {
-            let statement = match advance {
-                Some((sql, to)) => self
-                    .statement(sql)
-                    .bind(millis(self.options.statement_timeout))
-                    .bind(millis(self.options.idle_timeout))
-                    .bind(to_i64(to.tx))
-                    .bind(to_i64(to.position)),
-                None => self
-                    .statement(&self.sql.lock_checkpoint)
-                    .bind(millis(self.options.statement_timeout))
-                    .bind(millis(self.options.idle_timeout)),
-            };
+            let mut statement = self
+                .statement(sql)
+                .bind(millis(self.options.statement_timeout))
+                .bind(millis(self.options.idle_timeout));
+            if let Some((_, to)) = advance {
+                statement = statement.bind(to_i64(to.tx)).bind(to_i64(to.position));
+            }
             let row = self.fetch_optional(&mut *tx, statement).await?;
             if let Some(row) = row {
                 let checkpoint = FeedPosition::new(

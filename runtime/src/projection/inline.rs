@@ -127,10 +127,8 @@ where
         tx: &mut Tx<'_>,
         stream_id: &str,
     ) -> Result<bool> {
-        let streams =
-            serde_json::to_string(&[stream_id]).map_err(|e| Error::Backend(Box::new(e)))?;
         let parked: Option<String> = super::sql::statement::<P>(&self.sql.parked_among)
-            .bind(streams)
+            .bind(super::batch::json(&[stream_id])?)
             .fetch_optional(&mut *tx)
             .await
             .map_err(|e| store.fail(e))?

@@ -15,41 +15,35 @@ pub(super) fn statements(schema: &Schema) -> ProjectionSql {
         "{s}.projection_dead_letters d
          WHERE d.projection = $1 AND d.version = $2 AND d.status = 'parked'"
     );
+    let lock_checkpoint = format!(
+        "SELECT c.tx, c.position, (c.parked_events > 0)::int4, c.lease_token
+         FROM {s}.projection_checkpoints c,
+              -- The transaction's limits, set for the rest of it.
+              (SELECT set_config('statement_timeout', $3, true),
+                      set_config('idle_in_transaction_session_timeout', $4, true)) AS limits
+         WHERE c.projection = $1 AND c.version = $2 FOR UPDATE OF c"
+    );
     ProjectionSql {
         ensure_checkpoint: format!(
             "INSERT INTO {s}.projection_checkpoints (projection, version, tx, position)
              VALUES ($1, $2, 0, 0) ON CONFLICT DO NOTHING"
         )
         .into(),
-        lock_checkpoint: format!(
-            "SELECT c.tx, c.position, (c.parked_events > 0)::int4, c.lease_token
-             FROM {s}.projection_checkpoints c,
-                  -- The transaction's limits, set for the rest of it.
-                  (SELECT set_config('statement_timeout', $3, true),
-                          set_config('idle_in_transaction_session_timeout', $4, true)) AS limits
-             WHERE c.projection = $1 AND c.version = $2 FOR UPDATE OF c"
-        )
-        .into(),
         advance_checkpoint: Some(
             format!(
-                "WITH c AS (
-                     SELECT c.tx, c.position, c.lease_token, c.parked_events
-                     FROM {s}.projection_checkpoints c,
-                          (SELECT set_config('statement_timeout', $3, true),
-                                  set_config('idle_in_transaction_session_timeout', $4, true))
-                          AS limits
-                     WHERE c.projection = $1 AND c.version = $2 FOR UPDATE OF c
-                 ), moved AS (
+                "WITH c AS ({lock_checkpoint}),
+                 moved AS (
                      UPDATE {s}.projection_checkpoints m
                      SET tx = $5, position = $6, updated_at = now()
                      FROM c
                      WHERE m.projection = $1 AND m.version = $2
                        AND (c.tx, c.position) < ($5::int8, $6::int8)
                  )
-                 SELECT c.tx, c.position, (c.parked_events > 0)::int4, c.lease_token FROM c"
+                 SELECT * FROM c"
             )
             .into(),
         ),
+        lock_checkpoint: lock_checkpoint.into(),
         parked_among: format!(
             "SELECT coalesce(json_agg(DISTINCT d.stream_id), '[]')::text FROM {parked}
                AND d.stream_id IN (SELECT json_array_elements_text($3::json))"
