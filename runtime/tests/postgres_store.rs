@@ -822,3 +822,87 @@ async fn notifications_work_with_the_longest_schema_names() {
     .await
     .unwrap();
 }
+
+/// A store inserts after the heads it wrote without reading them; a head another client moved
+/// since costs a retry, never a gap, a lost event, a false conflict or a doubled retry.
+#[tokio::test]
+async fn an_append_after_a_head_another_client_moved_lands_at_the_real_head() {
+    let store = TestStore::new().await.unwrap();
+    let other = store.another_client().await.unwrap();
+    let versions = |stored: Vec<RecordedEvent>| -> Vec<u64> {
+        stored.iter().map(|e| e.stream_version).collect()
+    };
+    let first = store
+        .append("moved", "Probe", ExpectedVersion::NoStream, vec![ping(1)])
+        .await
+        .unwrap();
+    assert_eq!(versions(first), [1]);
+    // This store remembers head 1; the other client writes 2 and 3 behind its back.
+    let moved = other
+        .append(
+            "moved",
+            "Probe",
+            ExpectedVersion::Any,
+            vec![ping(2), ping(3)],
+        )
+        .await
+        .unwrap();
+    assert_eq!(versions(moved), [2, 3]);
+    let any = store
+        .append("moved", "Probe", ExpectedVersion::Any, vec![ping(4)])
+        .await
+        .unwrap();
+    assert_eq!(versions(any), [4], "lands after the real head, not at 2");
+    // Moved again; an exact expectation of the remembered head is a conflict naming the real one.
+    other
+        .append("moved", "Probe", ExpectedVersion::Exact(4), vec![ping(5)])
+        .await
+        .unwrap();
+    match store
+        .append("moved", "Probe", ExpectedVersion::Exact(4), vec![ping(6)])
+        .await
+    {
+        Err(Error::Conflict { actual, .. }) => assert_eq!(actual, 5),
+        other => panic!("expected a conflict at version 5, got {other:?}"),
+    }
+    match store
+        .append("moved", "Probe", ExpectedVersion::NoStream, vec![ping(6)])
+        .await
+    {
+        Err(Error::Conflict { actual, .. }) => assert_eq!(actual, 5),
+        other => panic!("expected a conflict for an existing stream, got {other:?}"),
+    }
+    match store
+        .append("moved", "Other", ExpectedVersion::Any, vec![ping(6)])
+        .await
+    {
+        Err(Error::AggregateTypeMismatch { existing, .. }) => assert_eq!(existing, "Probe"),
+        other => panic!("expected an aggregate type mismatch, got {other:?}"),
+    }
+    // A retry of a stored append, after a head this store wrote, is recognised, not stored twice.
+    let retried = ping(6);
+    let stored = store
+        .append(
+            "moved",
+            "Probe",
+            ExpectedVersion::Any,
+            vec![retried.clone()],
+        )
+        .await
+        .unwrap();
+    let again = store
+        .append("moved", "Probe", ExpectedVersion::Any, vec![retried])
+        .await
+        .unwrap();
+    assert_eq!(stored, again);
+    let all = store.read_stream("moved", 1..).await.unwrap();
+    assert_eq!(
+        all.iter().map(|e| e.stream_version).collect::<Vec<_>>(),
+        (1..=6).collect::<Vec<_>>()
+    );
+    let payloads: Vec<u64> = all
+        .iter()
+        .map(|e| e.event.to_value()["n"].as_u64().unwrap())
+        .collect();
+    assert_eq!(payloads, [1, 2, 3, 4, 5, 6]);
+}

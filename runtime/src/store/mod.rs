@@ -14,6 +14,8 @@ use crate::snapshot::Snapshot;
 pub mod backend;
 #[cfg(any(feature = "postgres", feature = "sqlite"))]
 mod group;
+#[cfg(feature = "postgres")]
+mod heads;
 mod limits;
 mod memory;
 mod migration;

@@ -5,7 +5,8 @@
 //! read the same head race for the same version, and the loser gets a unique violation. Only when
 //! the insert stores nothing, or hits such a violation, does a second query look at the stream
 //! to say why (conflict, other aggregate type, idempotent retry, duplicate id), or find that a
-//! retry will now succeed.
+//! retry will now succeed. After a head the caller saw ([`KnownHead`]) or the store wrote itself
+//! (`heads.rs`), the insert reads no head: the primary key alone arbitrates.
 //!
 //! Per-stream feed order needs no lock: an append writes version n + 1 only after seeing
 //! version n committed, so its transaction id, assigned at its first write, is newer than n's.
@@ -560,6 +561,13 @@ impl PostgresStore {
             Err(error) if is_unique_violation(&error) => {}
             Err(error) => return Err(self.fail(error)),
         }
+        if let ExpectedVersion::Any | ExpectedVersion::StreamExists = append.expected {
+            // The head came from this store's own writes (callers' heads come with an exact
+            // expectation), and another writer moved it: the checked append reads the head,
+            // and recognises a stored retry.
+            self.inner.heads.moved(append.stream_id);
+            return self.append_autocommit(append).await;
+        }
         match append.verdict(append.diagnose(self, pool).await?) {
             Verdict::Stored(versions) => self.read_versions(append.stream_id, versions).await,
             Verdict::Refused(error) => Err(error),
@@ -614,7 +622,11 @@ impl PostgresStore {
                     return self.read_versions(append.stream_id, versions).await;
                 }
                 Verdict::Refused(error) => return Err(error),
-                Verdict::Retry => head = None,
+                Verdict::Retry => {
+                    if head.take().is_some() {
+                        self.inner.heads.moved(append.stream_id);
+                    }
+                }
             }
         }
         let actual = append.diagnose(self, pool).await?.head_version;

@@ -43,6 +43,7 @@ use super::backend::{
     check_append, columns, decode_metadata, stored_u64, to_i64, version_bounds, version_i32,
 };
 use super::group::{Group, GroupCommit, Request};
+use super::heads::WrittenHeads;
 use super::sql::{AppendHook, Schema};
 use super::tx::{self, Transaction, Tx};
 use super::{
@@ -325,6 +326,8 @@ struct Inner {
     channel: String,
     notifier: Notifier,
     listener: Listener,
+    /// The heads this store committed (see [`WrittenHeads`]).
+    heads: WrittenHeads,
 }
 
 impl fmt::Debug for PostgresStore {
@@ -396,6 +399,7 @@ impl PostgresStore {
                 pool,
                 notifier: Notifier::new(),
                 listener: Listener::new(),
+                heads: WrittenHeads::default(),
             }),
         }
     }
@@ -441,15 +445,25 @@ impl PostgresStore {
     );
 
     /// An append, checked, then alone or in a group.
-    async fn append_request(&self, request: Request<'_>) -> Result<Vec<RecordedEvent>> {
+    async fn append_request(&self, mut request: Request<'_>) -> Result<Vec<RecordedEvent>> {
         check_append(request.stream_id, &request.events, &self.limits)?;
+        let (stream_id, aggregate_type) = (request.stream_id, request.aggregate_type);
+        if request.head.is_none() {
+            request.head = self
+                .inner
+                .heads
+                .known(stream_id, aggregate_type, request.expected);
+        }
         let appended = match &self.group {
             Some(group) if self.hooks.is_empty() && !request.events.is_empty() => {
                 group.append(self, request).await?
             }
             _ => self.append_alone(request).await?,
         };
-        if !appended.is_empty() {
+        if let Some(last) = appended.last() {
+            self.inner
+                .heads
+                .wrote(stream_id, aggregate_type, last.stream_version);
             self.notify_subscribers();
         }
         Ok(appended)
