@@ -83,6 +83,8 @@ pub mod failure;
 pub mod feed;
 pub mod position;
 pub mod projection;
+#[cfg(feature = "postgres")]
+pub mod relay;
 pub mod repository;
 pub mod saga;
 pub mod snapshot;

@@ -202,6 +202,8 @@ pub enum LeaseName<'a> {
     Projection { name: &'a str, version: u32 },
     /// The dispatcher of a saga's outbox.
     SagaDispatch { saga: &'a str },
+    /// A relay to a message broker.
+    Relay { name: &'a str },
 }
 
 /// A held lease: released by [`Lease::release`], or when dropped (and by the store when the

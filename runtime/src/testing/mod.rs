@@ -35,6 +35,8 @@ use std::fmt::Debug;
 
 #[cfg(feature = "postgres")]
 mod cluster;
+#[cfg(feature = "nats")]
+pub mod nats;
 #[cfg(feature = "postgres")]
 pub mod postgres;
 #[cfg(feature = "sqlite")]

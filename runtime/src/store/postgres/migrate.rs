@@ -62,6 +62,11 @@ const MIGRATIONS: &[Migration] = &[
         name: "parked_count",
         sql: include_str!("../../../migrations/postgres/0010_parked_count.sql"),
     },
+    Migration {
+        version: 11,
+        name: "relays",
+        sql: include_str!("../../../migrations/postgres/0011_relays.sql"),
+    },
 ];
 
 pub(super) async fn migrate(pool: &PgPool, schema: &Schema) -> Result<()> {

@@ -43,21 +43,11 @@ impl Backend for PostgresStore {
     /// (rolled back, having written nothing) when the lease is dropped.
     async fn try_lease(&self, name: LeaseName<'_>) -> Result<Option<Lease>> {
         let schema = self.schema();
-        match name {
+        let (class, key) = match name {
             LeaseName::Projection { name, version } => {
-                let options = self.inner.pool.connect_options();
-                let mut connection = PgConnection::connect_with(&options)
-                    .await
-                    .map_err(|e| self.fail(e))?;
-                let taken: bool = sqlx::query_scalar(
-                    "SELECT pg_try_advisory_lock(hashtext('factum.projection'), hashtext($1))",
-                )
-                .bind(format!("{schema}:{name}:{version}"))
-                .fetch_one(&mut connection)
-                .await
-                .map_err(|e| self.fail(e))?;
-                Ok(taken.then(|| Lease::connection(connection)))
+                ("factum.projection", format!("{schema}:{name}:{version}"))
             }
+            LeaseName::Relay { name } => ("factum.relay", format!("{schema}:{name}")),
             LeaseName::SagaDispatch { saga } => {
                 let mut transaction = self.inner.pool.begin().await.map_err(|e| self.fail(e))?;
                 let taken: bool =
@@ -66,9 +56,21 @@ impl Backend for PostgresStore {
                         .fetch_one(&mut *transaction)
                         .await
                         .map_err(|e| self.fail(e))?;
-                Ok(taken.then(|| Lease::transaction(transaction)))
+                return Ok(taken.then(|| Lease::transaction(transaction)));
             }
-        }
+        };
+        let options = self.inner.pool.connect_options();
+        let mut connection = PgConnection::connect_with(&options)
+            .await
+            .map_err(|e| self.fail(e))?;
+        let taken: bool =
+            sqlx::query_scalar("SELECT pg_try_advisory_lock(hashtext($1), hashtext($2))")
+                .bind(class)
+                .bind(key)
+                .fetch_one(&mut connection)
+                .await
+                .map_err(|e| self.fail(e))?;
+        Ok(taken.then(|| Lease::connection(connection)))
     }
 
     async fn events_by_id<'a>(&'a self, ids: &'a [String]) -> Result<Vec<RecordedEvent>> {

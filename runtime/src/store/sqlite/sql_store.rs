@@ -43,6 +43,7 @@ impl Backend for SqliteStore {
         let lock = match name {
             LeaseName::Projection { name, version } => format!("projection-{name}-v{version}"),
             LeaseName::SagaDispatch { saga } => format!("saga-{saga}"),
+            LeaseName::Relay { name } => format!("relay-{name}"),
         };
         Ok(self.try_lock(&lock)?.map(Lease::on_drop))
     }

@@ -1,0 +1,274 @@
+//! A relay's bookkeeping in the store: its checkpoint under its lease token, its dead letters and
+//! its status (tables of migration 11).
+
+use std::collections::HashSet;
+
+use chrono::{DateTime, Utc};
+use sqlx::AssertSqlSafe;
+use uuid::Uuid;
+
+use super::Failure;
+use super::message::Outbound;
+use crate::envelope::RecordedEvent;
+use crate::position::FeedPosition;
+use crate::store::PostgresStore;
+use crate::store::backend::columns;
+
+/// The checkpoint a relay found when it took its lease, and the token it wrote.
+#[derive(Debug)]
+pub(super) struct Claimed {
+    pub position: FeedPosition,
+    relay: String,
+    token: String,
+}
+
+/// An event a relay did not publish: the broker refused it for good, or it waits behind such an
+/// event of its stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct RelayDeadLetter {
+    /// The event's stream.
+    pub stream_id: String,
+    /// Its version in the stream.
+    pub stream_version: u64,
+    /// The event id.
+    pub event_id: Uuid,
+    /// The event type.
+    pub event_type: String,
+    /// Its place in the feed.
+    pub feed_position: FeedPosition,
+    /// The broker's refusal; `None` for an event parked behind its stream's refused one.
+    pub error: Option<String>,
+}
+
+impl RelayDeadLetter {
+    pub(super) fn refused(event: &RecordedEvent, error: String) -> Self {
+        Self {
+            error: Some(error),
+            ..Self::behind(event)
+        }
+    }
+
+    pub(super) fn behind(event: &RecordedEvent) -> Self {
+        Self {
+            stream_id: event.stream_id.clone(),
+            stream_version: event.stream_version,
+            event_id: event.event_id,
+            event_type: event.event_type.clone(),
+            feed_position: event.feed_position(),
+            error: None,
+        }
+    }
+
+    pub(super) fn of_message(message: &Outbound, error: String) -> Self {
+        Self {
+            stream_id: message.stream_id.clone(),
+            stream_version: message.stream_version,
+            event_id: message.event_id,
+            event_type: message.event_type.clone(),
+            feed_position: message.feed_position,
+            error: Some(error),
+        }
+    }
+}
+
+/// Where a relay stands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct RelayStatus {
+    /// Every event up to here was acknowledged by the broker (or is a dead letter).
+    pub checkpoint: FeedPosition,
+    /// Events the broker acknowledged.
+    pub published: u64,
+    /// Events stored after the checkpoint (all types: the relay's filter is not applied).
+    pub behind: u64,
+    /// Its dead letters, oldest first.
+    pub dead_letters: Vec<RelayDeadLetter>,
+    /// When the checkpoint last moved.
+    pub updated_at: Option<DateTime<Utc>>,
+}
+
+fn table(store: &PostgresStore, name: &str) -> String {
+    format!("\"{}\".{name}", store.schema())
+}
+
+/// Creates the relay's checkpoint when missing and writes a new lease token into it.
+pub(super) async fn claim(store: &PostgresStore, relay: &str) -> Result<Claimed, Failure> {
+    let token = Uuid::now_v7().to_string();
+    let row = sqlx::query(AssertSqlSafe(format!(
+        "INSERT INTO {t} AS c (relay, lease_token) VALUES ($1, $2)
+         ON CONFLICT (relay) DO UPDATE SET lease_token = excluded.lease_token
+         RETURNING c.tx, c.position",
+        t = table(store, "relay_checkpoints")
+    )))
+    .bind(relay)
+    .bind(&token)
+    .fetch_one(store.pool())
+    .await
+    .map_err(|error| fail(store, error))?;
+    Ok(Claimed {
+        position: position(&row, 0).map_err(Failure::Fatal)?,
+        relay: relay.to_owned(),
+        token,
+    })
+}
+
+/// Moves the checkpoint to `to` and records `letters`, in one transaction, under the lease.
+pub(super) async fn save(
+    store: &PostgresStore,
+    claimed: &Claimed,
+    to: FeedPosition,
+    published: u64,
+    letters: &[RelayDeadLetter],
+) -> Result<(), Failure> {
+    let mut transaction = store.pool().begin().await.map_err(|e| fail(store, e))?;
+    let moved = sqlx::query(AssertSqlSafe(format!(
+        "UPDATE {t} SET tx = $3, position = $4, published = published + $5, updated_at = now()
+         WHERE relay = $1 AND lease_token = $2 AND (tx, position) <= ($3, $4)",
+        t = table(store, "relay_checkpoints")
+    )))
+    .bind(&claimed.relay)
+    .bind(&claimed.token)
+    .bind(signed(to.tx))
+    .bind(signed(to.position))
+    .bind(signed(published))
+    .execute(&mut *transaction)
+    .await
+    .map_err(|e| fail(store, e))?;
+    if moved.rows_affected() == 0 {
+        return Err(Failure::LeaseLost);
+    }
+    if !letters.is_empty() {
+        let letters = serde_json::to_string(
+            &letters
+                .iter()
+                .map(|letter| {
+                    serde_json::json!({
+                        "stream_id": letter.stream_id,
+                        "stream_version": letter.stream_version,
+                        "event_id": letter.event_id,
+                        "event_type": letter.event_type,
+                        "tx": letter.feed_position.tx,
+                        "position": letter.feed_position.position,
+                        "error": letter.error,
+                    })
+                })
+                .collect::<Vec<_>>(),
+        )
+        .map_err(|e| Failure::Fatal(crate::Error::Backend(e.into())))?;
+        sqlx::query(AssertSqlSafe(format!(
+            "INSERT INTO {t} (relay, stream_id, stream_version, event_id, event_type, tx,
+                              position, error)
+             SELECT $1, l.stream_id, l.stream_version, l.event_id, l.event_type, l.tx,
+                    l.position, l.error
+             FROM json_to_recordset($2::json) AS l(stream_id text, stream_version bigint,
+                  event_id uuid, event_type text, tx bigint, position bigint, error text)
+             ON CONFLICT DO NOTHING",
+            t = table(store, "relay_dead_letters")
+        )))
+        .bind(&claimed.relay)
+        .bind(letters)
+        .execute(&mut *transaction)
+        .await
+        .map_err(|e| fail(store, e))?;
+    }
+    transaction.commit().await.map_err(|e| fail(store, e))
+}
+
+/// The streams with dead letters: their events wait.
+pub(super) async fn parked_streams(
+    store: &PostgresStore,
+    relay: &str,
+) -> Result<HashSet<String>, Failure> {
+    sqlx::query_scalar(AssertSqlSafe(format!(
+        "SELECT DISTINCT stream_id FROM {t} WHERE relay = $1",
+        t = table(store, "relay_dead_letters")
+    )))
+    .bind(relay)
+    .fetch_all(store.pool())
+    .await
+    .map(|streams| streams.into_iter().collect())
+    .map_err(|e| fail(store, e))
+}
+
+/// The status of the relay `relay` of `store`.
+///
+/// # Errors
+/// A database error, or [`crate::Error::Corrupt`] for a stored position out of range.
+pub async fn status(store: &PostgresStore, relay: &str) -> crate::Result<RelayStatus> {
+    let row = sqlx::query(AssertSqlSafe(format!(
+        "SELECT c.tx, c.position, c.published, c.updated_at,
+                (SELECT count(*) FROM {events} e WHERE (e.tx::text::bigint, e.position) > (c.tx, c.position))
+         FROM (SELECT 0) AS one
+         LEFT JOIN {t} c ON c.relay = $1",
+        t = table(store, "relay_checkpoints"),
+        events = table(store, "events")
+    )))
+    .bind(relay)
+    .fetch_one(store.pool())
+    .await
+    .map_err(|e| store.fail(e))?;
+    let letters = sqlx::query(AssertSqlSafe(format!(
+        "SELECT stream_id, stream_version, event_id, event_type, tx, position, error
+         FROM {t} WHERE relay = $1 ORDER BY tx, position",
+        t = table(store, "relay_dead_letters")
+    )))
+    .bind(relay)
+    .fetch_all(store.pool())
+    .await
+    .map_err(|e| store.fail(e))?;
+    let dead_letters = letters
+        .iter()
+        .map(|row| {
+            Ok(RelayDeadLetter {
+                stream_id: columns::get(row, 0)?,
+                stream_version: columns::unsigned::<_, i64, u64>(row, 1)?,
+                event_id: columns::get(row, 2)?,
+                event_type: columns::get(row, 3)?,
+                feed_position: position(row, 4)?,
+                error: columns::get(row, 6)?,
+            })
+        })
+        .collect::<crate::Result<Vec<_>>>()?;
+    let checkpoint = match columns::get::<_, Option<i64>>(&row, 0)? {
+        Some(_) => position(&row, 0)?,
+        None => FeedPosition::START,
+    };
+    Ok(RelayStatus {
+        checkpoint,
+        published: columns::get::<_, Option<i64>>(&row, 2)?
+            .map_or(0, |n| u64::try_from(n).unwrap_or(0)),
+        behind: u64::try_from(columns::get::<_, i64>(&row, 4)?).unwrap_or(0),
+        dead_letters,
+        updated_at: columns::get(&row, 3)?,
+    })
+}
+
+fn position(row: &sqlx::postgres::PgRow, at: usize) -> crate::Result<FeedPosition> {
+    Ok(FeedPosition {
+        tx: columns::unsigned::<_, i64, u64>(row, at)?,
+        position: columns::unsigned::<_, i64, u64>(row, at + 1)?,
+    })
+}
+
+fn signed(value: u64) -> i64 {
+    i64::try_from(value).unwrap_or(i64::MAX)
+}
+
+/// A database failure: the relay's tables missing is for the operator (run `migrate`), anything
+/// else is retried.
+fn fail(store: &PostgresStore, error: sqlx::Error) -> Failure {
+    let missing = error
+        .as_database_error()
+        .is_some_and(|e| e.code().as_deref() == Some("42P01"));
+    if missing {
+        return Failure::Fatal(crate::Error::Backend(
+            format!(
+                "the relay tables of schema {} are missing: run `migrate` (or `factum migrate`) first",
+                store.schema()
+            )
+            .into(),
+        ));
+    }
+    Failure::store(store.fail(error))
+}

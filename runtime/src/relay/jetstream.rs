@@ -1,0 +1,243 @@
+//! [`JetStreamSink`]: a relay's sink publishing to NATS JetStream with `async-nats`.
+//!
+//! Subjects are `<prefix>.<aggregate type>.<event type>`; every message carries the event id as
+//! `Nats-Msg-Id`, so JetStream drops a message published again within the stream's
+//! de-duplication window (`duplicate_window`, two minutes by default), a window that survives a
+//! server restart. Publishes are pipelined: a batch is sent whole, then its acknowledgements
+//! awaited in order.
+
+use async_nats::HeaderMap;
+use async_nats::jetstream::context::{Context, PublishErrorKind};
+use async_nats::jetstream::message::PublishMessage;
+use async_nats::jetstream::{self, ErrorCode};
+
+use super::message::{Outbound, headers, parse_feed_position, subject_token};
+use super::{Sink, SinkError};
+use crate::position::FeedPosition;
+
+/// Publishes to the JetStream stream `stream`, on subjects under `prefix`; see the
+/// [module documentation](self).
+#[derive(Debug, Clone)]
+pub struct JetStreamSink {
+    client: async_nats::Client,
+    context: Context,
+    stream: String,
+    prefix: String,
+    /// The stream's `max_msg_size` when it has one (bytes; headers and payload).
+    max_message_size: Option<usize>,
+}
+
+impl JetStreamSink {
+    /// A sink publishing to the existing JetStream stream `stream` (whose subjects must cover
+    /// `<prefix>.>`) with the connected `client`.
+    ///
+    /// # Errors
+    /// [`SinkError::Transient`] when the stream cannot be looked up now;
+    /// [`SinkError::Permanent`] when it does not exist or does not take the prefix's subjects.
+    pub async fn new(
+        client: async_nats::Client,
+        stream: &str,
+        prefix: &str,
+    ) -> Result<Self, SinkError> {
+        let context = jetstream::new(client.clone());
+        let mut handle = context.get_stream(stream).await.map_err(|error| {
+            match error.kind() {
+                jetstream::context::GetStreamErrorKind::JetStream(inner)
+                    if inner.error_code() == ErrorCode::STREAM_NOT_FOUND =>
+                {
+                    SinkError::Permanent(format!(
+                        "the JetStream stream `{stream}` does not exist: create it with subjects `{prefix}.>`"
+                    ))
+                }
+                _ => SinkError::Transient(format!("could not look up JetStream stream `{stream}`: {error}")),
+            }
+        })?;
+        let info = handle
+            .info()
+            .await
+            .map_err(|error| SinkError::Transient(format!("stream `{stream}`: {error}")))?;
+        let wanted = format!("{prefix}.>");
+        if !info.config.subjects.iter().any(|s| covers(s, &wanted)) {
+            return Err(SinkError::Permanent(format!(
+                "the JetStream stream `{stream}` takes subjects {:?}, not `{wanted}`: add it",
+                info.config.subjects
+            )));
+        }
+        let max_message_size = usize::try_from(info.config.max_message_size)
+            .ok()
+            .filter(|size| *size > 0);
+        Ok(Self {
+            client,
+            context,
+            stream: stream.to_owned(),
+            prefix: prefix.to_owned(),
+            max_message_size,
+        })
+    }
+
+    /// The subject of `message`: `<prefix>.<aggregate type>.<event type>`.
+    #[must_use]
+    pub fn subject(&self, message: &Outbound) -> String {
+        format!(
+            "{}.{}.{}",
+            self.prefix,
+            subject_token(&message.aggregate_type),
+            subject_token(&message.event_type)
+        )
+    }
+
+    fn headers(message: &Outbound) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for (name, value) in &message.headers {
+            map.insert(*name, value.as_str());
+        }
+        map
+    }
+
+    /// The message's size as the server counts it against `max_payload` and `max_msg_size`:
+    /// payload and headers (approximately: names, values and separators).
+    fn size(message: &Outbound) -> usize {
+        let headers: usize = message
+            .headers
+            .iter()
+            .map(|(name, value)| name.len() + value.len() + 4)
+            .sum();
+        // NATS/1.0 line, Nats-Msg-Id and the closing blank line.
+        message.payload.len() + headers + 64
+    }
+}
+
+/// Whether the stream subject `pattern` covers every subject of `wanted` (`<prefix>.>`).
+fn covers(pattern: &str, wanted: &str) -> bool {
+    if pattern == wanted || pattern == ">" {
+        return true;
+    }
+    let mut p = pattern.split('.');
+    let mut w = wanted.split('.');
+    loop {
+        match (p.next(), w.next()) {
+            (Some(">"), Some(_)) => return true,
+            (Some("*"), Some(t)) if t != ">" => {}
+            (Some(a), Some(b)) if a == b => {}
+            (None, None) => return true,
+            _ => return false,
+        }
+    }
+}
+
+fn transient(error: impl std::fmt::Display) -> SinkError {
+    SinkError::Transient(error.to_string())
+}
+
+/// A publish error: permanent when the message is too large for the server or the stream.
+fn classify(error: &jetstream::context::PublishError) -> SinkError {
+    let too_large = match error.kind() {
+        PublishErrorKind::MaxPayloadExceeded => true,
+        PublishErrorKind::Other => std::error::Error::source(error)
+            .and_then(|source| source.downcast_ref::<jetstream::Error>())
+            .is_some_and(|e| e.error_code() == ErrorCode::STREAM_MESSAGE_EXCEEDS_MAXIMUM),
+        _ => false,
+    };
+    if too_large {
+        SinkError::Permanent(error.to_string())
+    } else {
+        transient(error)
+    }
+}
+
+impl Sink for JetStreamSink {
+    fn refuses(&self, message: &Outbound) -> Option<String> {
+        if let Some(header) = message.unsendable_header() {
+            return Some(format!(
+                "header {header} holds a control character, which NATS headers cannot carry"
+            ));
+        }
+        let size = Self::size(message);
+        let server = self.client.server_info().max_payload;
+        let limit = self
+            .max_message_size
+            .map_or(server, |stream| stream.min(server));
+        (limit > 0 && size > limit).then(|| {
+            format!(
+                "the message is {size} bytes; the JetStream stream `{}` takes at most {limit}",
+                self.stream
+            )
+        })
+    }
+
+    async fn publish(&self, messages: &[Outbound]) -> Vec<Result<(), SinkError>> {
+        let mut acks = Vec::with_capacity(messages.len());
+        let mut outcomes = Vec::with_capacity(messages.len());
+        for message in messages {
+            let publish = PublishMessage::build()
+                .payload(message.payload.clone().into())
+                .headers(Self::headers(message))
+                .message_id(message.event_id.to_string());
+            match self
+                .context
+                .send_publish(self.subject(message), publish)
+                .await
+            {
+                Ok(ack) => acks.push(ack),
+                Err(error) => {
+                    outcomes.push(Err(classify(&error)));
+                    break;
+                }
+            }
+        }
+        // The acknowledgements of what was sent, in order, then the refusal that stopped it.
+        let mut answered = Vec::with_capacity(messages.len());
+        for ack in acks {
+            answered.push(match ack.await {
+                Ok(_) => Ok(()),
+                Err(error) => Err(classify(&error)),
+            });
+        }
+        answered.extend(outcomes);
+        answered
+    }
+
+    async fn last_published(&self, relay: &str) -> Result<Option<FeedPosition>, SinkError> {
+        let mut stream = self
+            .context
+            .get_stream(&self.stream)
+            .await
+            .map_err(transient)?;
+        let last = stream.info().await.map_err(transient)?.state.last_sequence;
+        // Walk back past other publishers' messages, a few at most.
+        let first = last.saturating_sub(16).max(1);
+        for sequence in (first..=last).rev() {
+            let message = match stream.get_raw_message(sequence).await {
+                Ok(message) => message,
+                // Deleted or expired: look further back.
+                Err(_) => continue,
+            };
+            let from_relay = message
+                .headers
+                .get(headers::RELAY)
+                .is_some_and(|value| value.as_str() == relay);
+            if from_relay {
+                return Ok(message
+                    .headers
+                    .get(headers::FEED_POSITION)
+                    .and_then(|value| parse_feed_position(value.as_str())));
+            }
+        }
+        Ok(None)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::covers;
+
+    #[test]
+    fn stream_subjects_cover_the_prefix() {
+        assert!(covers("events.>", "events.>"));
+        assert!(covers(">", "events.>"));
+        assert!(covers("*.>", "events.>"));
+        assert!(!covers("events.*", "events.>"));
+        assert!(!covers("other.>", "events.>"));
+        assert!(covers("a.>", "a.b.>"));
+    }
+}

@@ -1,0 +1,372 @@
+//! The relay to NATS JetStream against a real `nats-server` of each test's own: feed order and
+//! headers, each event once across a restart of the relay, a broker killed and restarted
+//! mid-run, and an event the stream refuses parked with its stream while the others flow.
+
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+
+use async_nats::jetstream::{self, stream};
+use factum::relay::{JetStreamSink, Relay, RelayState, headers};
+use factum::testing::nats::NatsServer;
+use factum::testing::postgres::TemporaryStore;
+use factum::{EventStore, ExpectedVersion, NewEvent, Payload};
+use tokio::sync::oneshot;
+
+const STREAM: &str = "FACTUM_EVENTS";
+
+fn ping(n: u64) -> NewEvent {
+    NewEvent::new(
+        "Pinged",
+        1,
+        Payload::encode(&serde_json::json!({ "n": n })).unwrap(),
+    )
+}
+
+async fn jetstream_with(server: &NatsServer, max_message_size: i32) -> jetstream::Context {
+    let client = async_nats::connect(server.url()).await.unwrap();
+    let context = jetstream::new(client);
+    context
+        .create_stream(stream::Config {
+            name: STREAM.into(),
+            subjects: vec!["factum.>".into()],
+            max_message_size,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    context
+}
+
+/// Runs `relay` in a task; the sender stops it.
+fn spawn(
+    relay: Relay<JetStreamSink>,
+) -> (
+    oneshot::Sender<()>,
+    tokio::task::JoinHandle<factum::Result<()>>,
+) {
+    let (stop, stopped) = oneshot::channel::<()>();
+    let task = tokio::spawn(relay.run(async move {
+        let _ = stopped.await;
+    }));
+    (stop, task)
+}
+
+/// Every message of the stream, in stream order: (subject, headers by name, payload).
+async fn messages(
+    context: &jetstream::Context,
+) -> Vec<(String, HashMap<String, String>, serde_json::Value)> {
+    let mut stream = context.get_stream(STREAM).await.unwrap();
+    let last = stream.info().await.unwrap().state.last_sequence;
+    let mut all = Vec::new();
+    for sequence in 1..=last {
+        let message = stream.get_raw_message(sequence).await.unwrap();
+        let headers = [
+            headers::EVENT_ID,
+            headers::EVENT_TYPE,
+            headers::STREAM_ID,
+            headers::STREAM_VERSION,
+            headers::AGGREGATE_TYPE,
+            headers::SCHEMA_VERSION,
+            headers::CORRELATION_ID,
+            headers::CAUSATION_ID,
+            headers::RECORDED_AT,
+            headers::FEED_POSITION,
+            headers::RELAY,
+            "Nats-Msg-Id",
+        ]
+        .into_iter()
+        .filter_map(|name| {
+            let value = message.headers.get(name)?;
+            Some((name.to_owned(), value.as_str().to_owned()))
+        })
+        .collect();
+        let payload = serde_json::from_slice(&message.payload).unwrap();
+        all.push((message.subject.to_string(), headers, payload));
+    }
+    all
+}
+
+/// Waits until the stream holds `count` messages (at most `within`).
+async fn wait_for_messages(context: &jetstream::Context, count: u64, within: Duration) {
+    let began = std::time::Instant::now();
+    loop {
+        let held = match context.get_stream(STREAM).await {
+            Ok(mut stream) => stream
+                .info()
+                .await
+                .map(|info| info.state.messages)
+                .unwrap_or(0),
+            Err(_) => 0,
+        };
+        if held >= count {
+            return;
+        }
+        assert!(
+            began.elapsed() < within,
+            "the stream holds {held} messages, not {count}, after {within:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Each event once (by id), each stream's events in version order, and the envelope in headers.
+fn assert_once_in_order(
+    messages: &[(String, HashMap<String, String>, serde_json::Value)],
+    expected: usize,
+) {
+    let ids: HashSet<&String> = messages
+        .iter()
+        .map(|(_, h, _)| &h[headers::EVENT_ID])
+        .collect();
+    assert_eq!(ids.len(), messages.len(), "an event was published twice");
+    assert_eq!(messages.len(), expected, "events are missing");
+    let mut versions: HashMap<&str, u64> = HashMap::new();
+    for (subject, headers, _) in messages {
+        assert_eq!(headers["Nats-Msg-Id"], headers[headers::EVENT_ID]);
+        assert_eq!(
+            *subject,
+            format!(
+                "factum.{}.{}",
+                headers[headers::AGGREGATE_TYPE],
+                headers[headers::EVENT_TYPE]
+            )
+        );
+        let version: u64 = headers[headers::STREAM_VERSION].parse().unwrap();
+        let last = versions
+            .entry(headers[headers::STREAM_ID].as_str())
+            .or_insert(0);
+        assert_eq!(
+            version,
+            *last + 1,
+            "stream {} out of order",
+            headers[headers::STREAM_ID]
+        );
+        *last = version;
+    }
+}
+
+#[tokio::test]
+async fn the_relay_publishes_the_feed_in_order_with_its_envelope_and_each_event_once_across_restarts()
+ {
+    let server = NatsServer::start().unwrap();
+    let context = jetstream_with(&server, -1).await;
+    let store = TemporaryStore::new().await.unwrap();
+    for round in 0..20_u64 {
+        for (stream, aggregate) in [
+            ("acc-1", "Account"),
+            ("acc-2", "Account"),
+            ("ord-1", "Order"),
+        ] {
+            store
+                .append(
+                    stream,
+                    aggregate,
+                    ExpectedVersion::Any,
+                    vec![ping(round), ping(round)],
+                )
+                .await
+                .unwrap();
+        }
+    }
+    let sink = || async {
+        let client = async_nats::connect(server.url()).await.unwrap();
+        JetStreamSink::new(client, STREAM, "factum").await.unwrap()
+    };
+    let relay = Relay::new((*store).clone(), "to-nats", sink().await).batch_size(25);
+    let mut state = relay.state();
+    let (stop, task) = spawn(relay);
+    wait_for_messages(&context, 120, Duration::from_secs(30)).await;
+    state
+        .wait_for(|s| matches!(s, RelayState::Running { .. }))
+        .await
+        .unwrap();
+    stop.send(()).unwrap();
+    task.await.unwrap().unwrap();
+
+    let published = messages(&context).await;
+    assert_once_in_order(&published, 120);
+    let stored = store.read_stream("acc-1", 1..=1).await.unwrap();
+    let (_, first, payload) = &published[0];
+    assert_eq!(first[headers::EVENT_ID], stored[0].event_id.to_string());
+    assert_eq!(first[headers::STREAM_ID], "acc-1");
+    assert_eq!(first[headers::SCHEMA_VERSION], "1");
+    assert_eq!(first[headers::RELAY], "to-nats");
+    assert_eq!(
+        first[headers::CORRELATION_ID],
+        stored[0].correlation_id.to_string()
+    );
+    assert_eq!(*payload, serde_json::json!({ "n": 0 }));
+    let status = factum::relay::status(&store, "to-nats").await.unwrap();
+    assert_eq!(status.behind, 0);
+    assert_eq!(status.published, 120);
+
+    // The checkpoint moved back (as if the relay died after the broker's acknowledgements and
+    // before its checkpoint): a new relay resumes after the broker's last message.
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "UPDATE \"{}\".relay_checkpoints SET tx = 0, position = 0",
+        store.schema()
+    )))
+    .execute(store.pool())
+    .await
+    .unwrap();
+    for round in 20..25_u64 {
+        store
+            .append("acc-1", "Account", ExpectedVersion::Any, vec![ping(round)])
+            .await
+            .unwrap();
+    }
+    let (stop, task) = spawn(Relay::new((*store).clone(), "to-nats", sink().await));
+    wait_for_messages(&context, 125, Duration::from_secs(30)).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.send(()).unwrap();
+    task.await.unwrap().unwrap();
+    let published = messages(&context).await;
+    assert_once_in_order(&published, 125);
+    let status = factum::relay::status(&store, "to-nats").await.unwrap();
+    assert_eq!(status.behind, 0, "the relay caught up");
+    assert_eq!(
+        status.published, 125,
+        "it published only the five new events"
+    );
+}
+
+#[tokio::test]
+async fn a_broker_killed_for_five_seconds_mid_run_loses_and_doubles_nothing() {
+    let mut server = NatsServer::start().unwrap();
+    let context = jetstream_with(&server, -1).await;
+    let store = TemporaryStore::new().await.unwrap();
+    let client = async_nats::connect(server.url()).await.unwrap();
+    let sink = JetStreamSink::new(client, STREAM, "factum").await.unwrap();
+    let relay = Relay::new((*store).clone(), "outage", sink)
+        .batch_size(50)
+        .retry_backoff(Duration::from_millis(50));
+    let mut state = relay.state();
+    let (stop, task) = spawn(relay);
+
+    let writer = {
+        let store = store.clone();
+        tokio::spawn(async move {
+            for n in 0..2_000_u64 {
+                let stream = format!("s-{}", n % 7);
+                store
+                    .append(&stream, "Probe", ExpectedVersion::Any, vec![ping(n)])
+                    .await
+                    .unwrap();
+                if n % 100 == 0 {
+                    tokio::time::sleep(Duration::from_millis(150)).await;
+                }
+            }
+        })
+    };
+    wait_for_messages(&context, 300, Duration::from_secs(30)).await;
+    server.kill().unwrap();
+    let killed = std::time::Instant::now();
+    // Unacknowledged publishes time out (5 s): the relay retries, and its state says so.
+    tokio::time::timeout(
+        Duration::from_secs(20),
+        state.wait_for(|s| matches!(s, RelayState::Retrying { .. })),
+    )
+    .await
+    .expect("the relay notices the outage")
+    .unwrap();
+    tokio::time::sleep(Duration::from_secs(5).saturating_sub(killed.elapsed())).await;
+    server.resume().unwrap();
+    writer.await.unwrap();
+    wait_for_messages(&context, 2_000, Duration::from_secs(60)).await;
+    state
+        .wait_for(|s| matches!(s, RelayState::Running { .. }))
+        .await
+        .unwrap();
+    stop.send(()).unwrap();
+    task.await.unwrap().unwrap();
+    let published = messages(&context).await;
+    assert_once_in_order(&published, 2_000);
+}
+
+#[tokio::test]
+async fn an_event_the_stream_refuses_parks_its_stream_and_the_others_flow() {
+    let server = NatsServer::start().unwrap();
+    let context = jetstream_with(&server, 1024).await;
+    let store = TemporaryStore::new().await.unwrap();
+    let big = NewEvent::new(
+        "Pinged",
+        1,
+        Payload::encode(&serde_json::json!({ "n": "x".repeat(4000) })).unwrap(),
+    );
+    store
+        .append("big", "Probe", ExpectedVersion::Any, vec![ping(1)])
+        .await
+        .unwrap();
+    store
+        .append(
+            "big",
+            "Probe",
+            ExpectedVersion::Any,
+            vec![big.clone(), ping(3)],
+        )
+        .await
+        .unwrap();
+    for n in 0..10 {
+        store
+            .append("small", "Probe", ExpectedVersion::Any, vec![ping(n)])
+            .await
+            .unwrap();
+    }
+    let client = async_nats::connect(server.url()).await.unwrap();
+    let sink = JetStreamSink::new(client, STREAM, "factum").await.unwrap();
+    let (stop, task) = spawn(Relay::new((*store).clone(), "parking", sink));
+    wait_for_messages(&context, 11, Duration::from_secs(30)).await;
+    // Appended after the refusal: parked behind it too.
+    store
+        .append("big", "Probe", ExpectedVersion::Any, vec![ping(4)])
+        .await
+        .unwrap();
+    store
+        .append("small", "Probe", ExpectedVersion::Any, vec![ping(10)])
+        .await
+        .unwrap();
+    wait_for_messages(&context, 12, Duration::from_secs(30)).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.send(()).unwrap();
+    task.await.unwrap().unwrap();
+
+    let published = messages(&context).await;
+    let streams: Vec<(&str, &str)> = published
+        .iter()
+        .map(|(_, h, _)| {
+            (
+                h[headers::STREAM_ID].as_str(),
+                h[headers::STREAM_VERSION].as_str(),
+            )
+        })
+        .collect();
+    assert_eq!(streams.iter().filter(|(s, _)| *s == "small").count(), 11);
+    assert_eq!(
+        streams
+            .iter()
+            .filter(|(s, _)| *s == "big")
+            .collect::<Vec<_>>(),
+        [&("big", "1")],
+        "only the stream's events before the refused one are published"
+    );
+    let status = factum::relay::status(&store, "parking").await.unwrap();
+    let letters: Vec<(u64, bool)> = status
+        .dead_letters
+        .iter()
+        .map(|l| (l.stream_version, l.error.is_some()))
+        .collect();
+    assert_eq!(letters, [(2, true), (3, false), (4, false)]);
+    assert_eq!(status.dead_letters[0].event_id, {
+        store.read_stream("big", 2..=2).await.unwrap()[0].event_id
+    });
+    assert!(
+        status.dead_letters[0]
+            .error
+            .as_deref()
+            .unwrap()
+            .contains("at most 1024"),
+        "{:?}",
+        status.dead_letters[0].error
+    );
+    assert_eq!(status.behind, 0);
+}
