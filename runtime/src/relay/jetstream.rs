@@ -15,8 +15,11 @@ use super::message::{Outbound, headers, parse_feed_position, subject_token};
 use super::{Sink, SinkError};
 use crate::position::FeedPosition;
 
-/// Publishes to the JetStream stream `stream`, on subjects under `prefix`; see the
-/// [module documentation](self).
+/// Publishes to a JetStream stream on subjects `<prefix>.<aggregate type>.<event type>`, each
+/// message with the event id as `Nats-Msg-Id`: JetStream drops a message published again within
+/// the stream's de-duplication window (`duplicate_window`, two minutes by default), a window
+/// that survives a server restart. A batch is sent whole, then its acknowledgements awaited in
+/// order.
 #[derive(Debug, Clone)]
 pub struct JetStreamSink {
     client: async_nats::Client,
