@@ -10,7 +10,7 @@ use factum::relay::{JetStreamSink, Relay, RelayState, headers};
 use factum::testing::nats::NatsServer;
 use factum::testing::postgres::TemporaryStore;
 use factum::{EventStore, ExpectedVersion, NewEvent, Payload};
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, watch};
 
 const STREAM: &str = "FACTUM_EVENTS";
 
@@ -37,18 +37,54 @@ async fn jetstream_with(server: &NatsServer, max_message_size: i32) -> jetstream
     context
 }
 
-/// Runs `relay` in a task; the sender stops it.
-fn spawn(
-    relay: Relay<JetStreamSink>,
-) -> (
-    oneshot::Sender<()>,
-    tokio::task::JoinHandle<factum::Result<()>>,
-) {
+/// A relay running in a task.
+struct Running {
+    name: String,
+    state: watch::Receiver<RelayState>,
+    stop: oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<factum::Result<()>>,
+}
+
+fn spawn(relay: Relay<JetStreamSink>, name: &str) -> Running {
     let (stop, stopped) = oneshot::channel::<()>();
+    let state = relay.state();
     let task = tokio::spawn(relay.run(async move {
         let _ = stopped.await;
     }));
-    (stop, task)
+    Running {
+        name: name.to_owned(),
+        state,
+        stop,
+        task,
+    }
+}
+
+impl Running {
+    /// Waits until the stream holds `count` messages and the relay's checkpoint is past every
+    /// stored event, then stops the relay, which must end without an error.
+    async fn stop_when_done(
+        self,
+        context: &jetstream::Context,
+        store: &TemporaryStore,
+        count: u64,
+    ) {
+        wait_for_messages(context, count, Duration::from_secs(60)).await;
+        let began = std::time::Instant::now();
+        while factum::relay::status(store, &self.name)
+            .await
+            .unwrap()
+            .behind
+            > 0
+        {
+            assert!(
+                began.elapsed() < Duration::from_secs(30),
+                "the relay's checkpoint lags"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        self.stop.send(()).unwrap();
+        self.task.await.unwrap().unwrap();
+    }
 }
 
 /// Every message of the stream, in stream order: (subject, headers by name, payload).
@@ -173,15 +209,9 @@ async fn the_relay_publishes_the_feed_in_order_with_its_envelope_and_each_event_
         JetStreamSink::new(client, STREAM, "factum").await.unwrap()
     };
     let relay = Relay::new((*store).clone(), "to-nats", sink().await).batch_size(25);
-    let mut state = relay.state();
-    let (stop, task) = spawn(relay);
-    wait_for_messages(&context, 120, Duration::from_secs(30)).await;
-    state
-        .wait_for(|s| matches!(s, RelayState::Running { .. }))
-        .await
-        .unwrap();
-    stop.send(()).unwrap();
-    task.await.unwrap().unwrap();
+    spawn(relay, "to-nats")
+        .stop_when_done(&context, &store, 120)
+        .await;
 
     let published = messages(&context).await;
     assert_once_in_order(&published, 120);
@@ -215,11 +245,12 @@ async fn the_relay_publishes_the_feed_in_order_with_its_envelope_and_each_event_
             .await
             .unwrap();
     }
-    let (stop, task) = spawn(Relay::new((*store).clone(), "to-nats", sink().await));
-    wait_for_messages(&context, 125, Duration::from_secs(30)).await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    stop.send(()).unwrap();
-    task.await.unwrap().unwrap();
+    spawn(
+        Relay::new((*store).clone(), "to-nats", sink().await),
+        "to-nats",
+    )
+    .stop_when_done(&context, &store, 125)
+    .await;
     let published = messages(&context).await;
     assert_once_in_order(&published, 125);
     let status = factum::relay::status(&store, "to-nats").await.unwrap();
@@ -240,8 +271,7 @@ async fn a_broker_killed_for_five_seconds_mid_run_loses_and_doubles_nothing() {
     let relay = Relay::new((*store).clone(), "outage", sink)
         .batch_size(50)
         .retry_backoff(Duration::from_millis(50));
-    let mut state = relay.state();
-    let (stop, task) = spawn(relay);
+    let mut running = spawn(relay, "outage");
 
     let writer = {
         let store = store.clone();
@@ -264,7 +294,9 @@ async fn a_broker_killed_for_five_seconds_mid_run_loses_and_doubles_nothing() {
     // Unacknowledged publishes time out (5 s): the relay retries, and its state says so.
     tokio::time::timeout(
         Duration::from_secs(20),
-        state.wait_for(|s| matches!(s, RelayState::Retrying { .. })),
+        running
+            .state
+            .wait_for(|s| matches!(s, RelayState::Retrying { .. })),
     )
     .await
     .expect("the relay notices the outage")
@@ -272,13 +304,7 @@ async fn a_broker_killed_for_five_seconds_mid_run_loses_and_doubles_nothing() {
     tokio::time::sleep(Duration::from_secs(5).saturating_sub(killed.elapsed())).await;
     server.resume().unwrap();
     writer.await.unwrap();
-    wait_for_messages(&context, 2_000, Duration::from_secs(60)).await;
-    state
-        .wait_for(|s| matches!(s, RelayState::Running { .. }))
-        .await
-        .unwrap();
-    stop.send(()).unwrap();
-    task.await.unwrap().unwrap();
+    running.stop_when_done(&context, &store, 2_000).await;
     let published = messages(&context).await;
     assert_once_in_order(&published, 2_000);
 }
@@ -314,7 +340,7 @@ async fn an_event_the_stream_refuses_parks_its_stream_and_the_others_flow() {
     }
     let client = async_nats::connect(server.url()).await.unwrap();
     let sink = JetStreamSink::new(client, STREAM, "factum").await.unwrap();
-    let (stop, task) = spawn(Relay::new((*store).clone(), "parking", sink));
+    let running = spawn(Relay::new((*store).clone(), "parking", sink), "parking");
     wait_for_messages(&context, 11, Duration::from_secs(30)).await;
     // Appended after the refusal: parked behind it too.
     store
@@ -325,10 +351,7 @@ async fn an_event_the_stream_refuses_parks_its_stream_and_the_others_flow() {
         .append("small", "Probe", ExpectedVersion::Any, vec![ping(10)])
         .await
         .unwrap();
-    wait_for_messages(&context, 12, Duration::from_secs(30)).await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    stop.send(()).unwrap();
-    task.await.unwrap().unwrap();
+    running.stop_when_done(&context, &store, 12).await;
 
     let published = messages(&context).await;
     let streams: Vec<(&str, &str)> = published
@@ -369,4 +392,44 @@ async fn an_event_the_stream_refuses_parks_its_stream_and_the_others_flow() {
         status.dead_letters[0].error
     );
     assert_eq!(status.behind, 0);
+}
+
+#[tokio::test]
+async fn a_relay_on_an_unmigrated_store_or_without_a_name_stops_with_a_typed_error() {
+    let server = NatsServer::start().unwrap();
+    let _context = jetstream_with(&server, -1).await;
+    let store = TemporaryStore::new().await.unwrap();
+    let sink = || async {
+        let client = async_nats::connect(server.url()).await.unwrap();
+        JetStreamSink::new(client, STREAM, "factum").await.unwrap()
+    };
+    let unnamed = Relay::new((*store).clone(), "", sink().await);
+    match unnamed.run(std::future::pending()).await {
+        Err(factum::Error::InvalidConfig(reason)) => assert!(reason.contains("name"), "{reason}"),
+        other => panic!("expected an invalid configuration, got {other:?}"),
+    }
+    // A schema nobody migrated (it does not exist; the relay creates nothing in it).
+    let unmigrated = factum::store::PostgresStore::with_schema(
+        store.pool().clone(),
+        "factum_test_never_migrated",
+    )
+    .unwrap();
+    let relay = Relay::new(unmigrated, "nowhere", sink().await);
+    let outcome = tokio::time::timeout(Duration::from_secs(30), relay.run(std::future::pending()))
+        .await
+        .expect("the relay stops rather than retrying for ever");
+    match outcome {
+        Err(factum::Error::NotMigrated { schema }) => {
+            assert_eq!(schema, "factum_test_never_migrated")
+        }
+        other => panic!("expected NotMigrated, got {other:?}"),
+    }
+    // The sink refuses a stream that does not exist, saying how to create it.
+    let client = async_nats::connect(server.url()).await.unwrap();
+    match JetStreamSink::new(client, "NO_SUCH_STREAM", "factum").await {
+        Err(factum::relay::SinkError::Permanent(reason)) => {
+            assert!(reason.contains("factum.>"), "{reason}");
+        }
+        other => panic!("expected a permanent refusal, got {other:?}"),
+    }
 }

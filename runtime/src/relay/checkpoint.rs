@@ -42,13 +42,19 @@ pub struct RelayDeadLetter {
 }
 
 impl RelayDeadLetter {
-    pub(super) fn refused(event: &RecordedEvent, error: String) -> Self {
+    /// `message`, refused for good with `error`.
+    pub(super) fn refused(message: &Outbound, error: String) -> Self {
         Self {
+            stream_id: message.stream_id.clone(),
+            stream_version: message.stream_version,
+            event_id: message.event_id,
+            event_type: message.event_type.clone(),
+            feed_position: message.feed_position,
             error: Some(error),
-            ..Self::behind(event)
         }
     }
 
+    /// `event`, parked behind its stream's refused one.
     pub(super) fn behind(event: &RecordedEvent) -> Self {
         Self {
             stream_id: event.stream_id.clone(),
@@ -57,17 +63,6 @@ impl RelayDeadLetter {
             event_type: event.event_type.clone(),
             feed_position: event.feed_position(),
             error: None,
-        }
-    }
-
-    pub(super) fn of_message(message: &Outbound, error: String) -> Self {
-        Self {
-            stream_id: message.stream_id.clone(),
-            stream_version: message.stream_version,
-            event_id: message.event_id,
-            event_type: message.event_type.clone(),
-            feed_position: message.feed_position,
-            error: Some(error),
         }
     }
 }
@@ -198,9 +193,12 @@ pub(super) async fn parked_streams(
 pub async fn status(store: &PostgresStore, relay: &str) -> crate::Result<RelayStatus> {
     let row = sqlx::query(AssertSqlSafe(format!(
         "SELECT c.tx, c.position, c.published, c.updated_at,
-                (SELECT count(*) FROM {events} e WHERE (e.tx::text::bigint, e.position) > (c.tx, c.position))
-         FROM (SELECT 0) AS one
-         LEFT JOIN {t} c ON c.relay = $1",
+                (SELECT count(*) FROM {events} e
+                 WHERE (e.tx, e.position) > (c.tx::text::xid8, c.position))
+         -- A relay that never ran stands at the start.
+         FROM (SELECT coalesce(max(r.tx), 0) AS tx, coalesce(max(r.position), 0) AS position,
+                      coalesce(max(r.published), 0) AS published, max(r.updated_at) AS updated_at
+               FROM {t} r WHERE r.relay = $1) c",
         t = table(store, "relay_checkpoints"),
         events = table(store, "events")
     )))
@@ -230,15 +228,10 @@ pub async fn status(store: &PostgresStore, relay: &str) -> crate::Result<RelaySt
             })
         })
         .collect::<crate::Result<Vec<_>>>()?;
-    let checkpoint = match columns::get::<_, Option<i64>>(&row, 0)? {
-        Some(_) => position(&row, 0)?,
-        None => FeedPosition::START,
-    };
     Ok(RelayStatus {
-        checkpoint,
-        published: columns::get::<_, Option<i64>>(&row, 2)?
-            .map_or(0, |n| u64::try_from(n).unwrap_or(0)),
-        behind: u64::try_from(columns::get::<_, i64>(&row, 4)?).unwrap_or(0),
+        checkpoint: position(&row, 0)?,
+        published: columns::unsigned::<_, i64, u64>(&row, 2)?,
+        behind: columns::unsigned::<_, i64, u64>(&row, 4)?,
         dead_letters,
         updated_at: columns::get(&row, 3)?,
     })
@@ -255,20 +248,7 @@ fn signed(value: u64) -> i64 {
     i64::try_from(value).unwrap_or(i64::MAX)
 }
 
-/// A database failure: the relay's tables missing is for the operator (run `migrate`), anything
-/// else is retried.
+/// A database failure, as the store reports it (tables missing: [`crate::Error::NotMigrated`]).
 fn fail(store: &PostgresStore, error: sqlx::Error) -> Failure {
-    let missing = error
-        .as_database_error()
-        .is_some_and(|e| e.code().as_deref() == Some("42P01"));
-    if missing {
-        return Failure::Fatal(crate::Error::Backend(
-            format!(
-                "the relay tables of schema {} are missing: run `migrate` (or `factum migrate`) first",
-                store.schema()
-            )
-            .into(),
-        ));
-    }
     Failure::store(store.fail(error))
 }

@@ -1,10 +1,4 @@
 //! [`JetStreamSink`]: a relay's sink publishing to NATS JetStream with `async-nats`.
-//!
-//! Subjects are `<prefix>.<aggregate type>.<event type>`; every message carries the event id as
-//! `Nats-Msg-Id`, so JetStream drops a message published again within the stream's
-//! de-duplication window (`duplicate_window`, two minutes by default), a window that survives a
-//! server restart. Publishes are pipelined: a batch is sent whole, then its acknowledgements
-//! awaited in order.
 
 use async_nats::HeaderMap;
 use async_nats::jetstream::context::{Context, PublishErrorKind};

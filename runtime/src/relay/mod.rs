@@ -67,9 +67,10 @@ pub trait Sink: Send + Sync + 'static {
     /// Why the broker would refuse `message` for good, if it would, before anything is sent.
     fn refuses(&self, message: &Outbound) -> Option<String>;
 
-    /// Publishes `messages` in order and waits for the broker's acknowledgements: one outcome
-    /// per message, in the same order. A message is acknowledged only when the broker stored
-    /// it (or recognised it as a duplicate of one it stored).
+    /// Publishes `messages` in order and waits for the broker's acknowledgements: an outcome
+    /// per message, in the same order; fewer outcomes than messages when sending stopped (the
+    /// rest were not sent, and are published again). A message is acknowledged only when the
+    /// broker stored it (or recognised it as a duplicate of one it stored).
     fn publish<'a>(
         &'a self,
         messages: &'a [Outbound],
@@ -192,11 +193,12 @@ impl<K: Sink> Relay<K> {
     /// Publishes until `shutdown` completes, through broker and database outages.
     ///
     /// # Errors
-    /// [`crate::Error`] only for what no retry can cure: the relay's tables are missing (run
-    /// `migrate`), or its name is empty.
+    /// [`crate::Error`] only for what no retry can cure: the store is not migrated (or its
+    /// relay tables are missing), newer than this build, moved to another cluster or corrupt,
+    /// or the relay's name is empty.
     pub async fn run(self, shutdown: impl Future<Output = ()> + Send) -> crate::Result<()> {
         if self.name.is_empty() {
-            return Err(crate::Error::Backend(
+            return Err(crate::Error::InvalidConfig(
                 "a relay needs a non-empty name: its checkpoint is kept under it".into(),
             ));
         }
@@ -224,10 +226,8 @@ impl<K: Sink> Relay<K> {
                         () = tokio::time::sleep(self.standby_interval) => {}
                     }
                 }
+                Err(Failure::Fatal(error)) => break Err(error),
                 Err(failure) => {
-                    if let Failure::Fatal(error) = failure {
-                        break Err(error);
-                    }
                     attempt = attempt.saturating_add(1);
                     let error = failure.to_string();
                     tracing::warn!(relay = %self.name, %error, attempt, "relay retrying");
@@ -252,7 +252,7 @@ impl<K: Sink> Relay<K> {
             .try_lease(LeaseName::Relay { name: &self.name })
             .await
             .map_err(Failure::store)?;
-        let Some(mut lease) = lease else {
+        let Some(lease) = lease else {
             return Ok(());
         };
         let outcome = async {
@@ -279,13 +279,13 @@ impl<K: Sink> Relay<K> {
             self.state
                 .send_replace(RelayState::Running { checkpoint: position });
             loop {
+                // A lease lost meanwhile shows when the checkpoint is saved (its token);
+                // what was published in between is a duplicate the broker drops.
                 let batch = feed.next_batch().await.map_err(Failure::store)?;
-                lease.check().await.map_err(Failure::store)?;
                 let Some(last) = batch.last().map(RecordedEvent::feed_position) else {
                     continue;
                 };
-                let letters = self.publish(&batch, &mut parked, attempt).await?;
-                let published = u64::try_from(batch.len()).unwrap_or(u64::MAX);
+                let (published, letters) = self.publish(&batch, &mut parked, attempt).await?;
                 checkpoint::save(&self.store, &claimed, last, published, &letters).await?;
                 *attempt = 0;
                 self.state
@@ -298,13 +298,14 @@ impl<K: Sink> Relay<K> {
     }
 
     /// Publishes a batch until the broker acknowledged every event of it that it accepts;
-    /// returns the dead letters for the others (and for events behind them in their streams).
+    /// returns how many it acknowledged, and the dead letters for the others (and for events
+    /// behind them in their streams).
     async fn publish(
         &self,
         batch: &[RecordedEvent],
         parked: &mut HashSet<String>,
         attempt: &mut u32,
-    ) -> Result<Vec<RelayDeadLetter>, Failure> {
+    ) -> Result<(u64, Vec<RelayDeadLetter>), Failure> {
         let mut letters = Vec::new();
         let mut outbound = Vec::with_capacity(batch.len());
         for event in batch {
@@ -318,49 +319,38 @@ impl<K: Sink> Relay<K> {
                 continue;
             }
             let message = Outbound::of(event, &self.name);
-            if let Some(refusal) = self.sink.refuses(&message) {
-                tracing::error!(relay = %self.name, stream_id = %event.stream_id,
-                    stream_version = event.stream_version, %refusal, "the broker refuses an event: parked");
-                parked.insert(event.stream_id.clone());
-                letters.push(RelayDeadLetter::refused(event, refusal));
-                continue;
+            match self.sink.refuses(&message) {
+                Some(refusal) => self.park(&message, refusal, parked, &mut letters),
+                None => outbound.push(message),
             }
-            outbound.push(message);
         }
+        let mut acknowledged = 0;
         let mut pending = &outbound[..];
         while !pending.is_empty() {
             let outcomes = self.sink.publish(pending).await;
-            let mut acknowledged = 0;
-            let mut transient = None;
-            for (message, outcome) in
-                pending
-                    .iter()
-                    .zip(outcomes.into_iter().chain(std::iter::repeat_with(|| {
-                        Err(SinkError::Transient("no acknowledgement".into()))
-                    })))
-            {
+            // The answered prefix: acknowledged, or refused for good (at the broker: the
+            // stream's later messages of this batch may be stored already, a hole in its
+            // order there that the dead letter records). Then the first failure, if any.
+            let mut answered = 0;
+            let mut failed = None;
+            for (message, outcome) in pending.iter().zip(outcomes) {
                 match outcome {
-                    Ok(()) if transient.is_none() => acknowledged += 1,
-                    Ok(()) => {}
-                    Err(SinkError::Permanent(refusal)) if transient.is_none() => {
-                        // Refused at the broker: the stream's later messages of this batch
-                        // may have been stored already (the broker acknowledged them), so
-                        // its order there has a hole, which the dead letter records.
-                        tracing::error!(relay = %self.name, stream_id = %message.stream_id,
-                            %refusal, "the broker refused an event: parked");
-                        parked.insert(message.stream_id.clone());
-                        letters.push(RelayDeadLetter::of_message(message, refusal));
-                        acknowledged += 1;
+                    Ok(()) => acknowledged += 1,
+                    Err(SinkError::Permanent(refusal)) => {
+                        self.park(message, refusal, parked, &mut letters);
                     }
                     Err(error) => {
-                        if transient.is_none() {
-                            transient = Some(error);
-                        }
+                        failed = Some(error);
+                        break;
                     }
                 }
+                answered += 1;
             }
-            pending = &pending[acknowledged..];
-            if let Some(error) = transient {
+            pending = &pending[answered..];
+            if failed.is_none() && !pending.is_empty() {
+                failed = Some(SinkError::Transient("sending stopped".into()));
+            }
+            if let Some(error) = failed {
                 *attempt = attempt.saturating_add(1);
                 let error = error.to_string();
                 tracing::warn!(relay = %self.name, %error, attempt = *attempt, "relay publishing again");
@@ -371,7 +361,21 @@ impl<K: Sink> Relay<K> {
                 tokio::time::sleep(backoff(self.retry_backoff, *attempt)).await;
             }
         }
-        Ok(letters)
+        Ok((acknowledged, letters))
+    }
+
+    /// Records `message` as refused for good, and parks its stream behind it.
+    fn park(
+        &self,
+        message: &Outbound,
+        refusal: String,
+        parked: &mut HashSet<String>,
+        letters: &mut Vec<RelayDeadLetter>,
+    ) {
+        tracing::error!(relay = %self.name, stream_id = %message.stream_id,
+            stream_version = message.stream_version, %refusal, "the broker refuses an event: parked");
+        parked.insert(message.stream_id.clone());
+        letters.push(RelayDeadLetter::refused(message, refusal));
     }
 }
 
@@ -393,12 +397,13 @@ enum Failure {
 }
 
 impl Failure {
+    /// A store error: retried when it may pass, as projection runners do; else fatal (the
+    /// store is not migrated, newer than this build, or moved to another cluster).
     fn store(error: crate::Error) -> Self {
-        match error {
-            crate::Error::IncompatibleSchema { .. } | crate::Error::ClusterChanged { .. } => {
-                Self::Fatal(error)
-            }
-            error => Self::Store(error),
+        if error.is_transient() {
+            Self::Store(error)
+        } else {
+            Self::Fatal(error)
         }
     }
 }

@@ -53,25 +53,28 @@ impl WrittenHeads {
         aggregate_type: &str,
         expected: ExpectedVersion,
     ) -> Option<KnownHead> {
-        if let ExpectedVersion::NoStream | ExpectedVersion::Exact(0) = expected {
-            // Version 1 exists exactly when the stream does.
-            return Some(KnownHead::new(0));
-        }
-        let entries = self.lock();
-        let head = entries
-            .peek(stream_id)
-            .filter(|head| !head.shared && head.aggregate_type == aggregate_type)?;
         match expected {
+            // Version 1 exists exactly when the stream does.
+            ExpectedVersion::NoStream | ExpectedVersion::Exact(0) => Some(KnownHead::new(0)),
             ExpectedVersion::Any | ExpectedVersion::StreamExists => {
-                Some(KnownHead::new(head.version))
+                self.written(stream_id, aggregate_type).map(KnownHead::new)
             }
             // Versions up to the head exist: the insert at `version + 1` conflicts when the
             // stream is past it.
-            ExpectedVersion::Exact(version) => {
-                (version <= head.version).then(|| KnownHead::new(version))
-            }
-            ExpectedVersion::NoStream => None,
+            ExpectedVersion::Exact(version) => self
+                .written(stream_id, aggregate_type)
+                .filter(|head| version <= *head)
+                .map(|_| KnownHead::new(version)),
         }
+    }
+
+    /// The head this store wrote, when the stream holds `aggregate_type` and no other writer
+    /// was seen.
+    fn written(&self, stream_id: &str, aggregate_type: &str) -> Option<u64> {
+        self.lock()
+            .peek(stream_id)
+            .filter(|head| !head.shared && head.aggregate_type == aggregate_type)
+            .map(|head| head.version)
     }
 
     /// Remembers that this store committed the stream up to `version`.

@@ -561,19 +561,15 @@ impl PostgresStore {
             Err(error) if is_unique_violation(&error) => {}
             Err(error) => return Err(self.fail(error)),
         }
-        if let ExpectedVersion::Any | ExpectedVersion::StreamExists = append.expected {
-            // The head came from this store's own writes (callers' heads come with an exact
-            // expectation), and another writer moved it: the checked append reads the head,
-            // and recognises a stored retry.
-            self.inner.heads.moved(append.stream_id);
-            return self.append_autocommit(append).await;
-        }
         match append.verdict(append.diagnose(self, pool).await?) {
             Verdict::Stored(versions) => self.read_versions(append.stream_id, versions).await,
             Verdict::Refused(error) => Err(error),
-            // The head moved and came back? It cannot: versions only grow. Let the full append,
-            // which reads the head itself, decide.
-            Verdict::Retry => self.append_autocommit(append).await,
+            // Another writer moved a head this store wrote (`heads.rs`), or an expectation of
+            // any head meets a newer one: the checked append reads the head itself.
+            Verdict::Retry => {
+                self.inner.heads.moved(append.stream_id);
+                self.append_autocommit(append).await
+            }
         }
     }
 
