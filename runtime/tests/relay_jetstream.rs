@@ -433,3 +433,153 @@ async fn a_relay_on_an_unmigrated_store_or_without_a_name_stops_with_a_typed_err
         other => panic!("expected a permanent refusal, got {other:?}"),
     }
 }
+
+/// `factum relay nats` for the test's store and server, in a process of its own.
+fn relay_process(server: &NatsServer, store: &TemporaryStore) -> std::process::Child {
+    std::process::Command::new(env!("CARGO_BIN_EXE_factum"))
+        .args(["relay", "nats", "--name", "crash", "--stream", STREAM])
+        .args(["--url", &server.url(), "--batch-size", "500"])
+        .env("DATABASE_URL", factum::testing::postgres::database_url())
+        .env("FACTUM_SCHEMA", store.schema())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+/// Every message's stream and stream version, in stream order, read with a pull consumer.
+async fn stream_order(context: &jetstream::Context, count: usize) -> Vec<(String, u64, String)> {
+    use futures_util::StreamExt as _;
+    let stream = context.get_stream(STREAM).await.unwrap();
+    let consumer = stream
+        .create_consumer(jetstream::consumer::pull::Config {
+            ack_policy: jetstream::consumer::AckPolicy::None,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let mut all = Vec::with_capacity(count);
+    while all.len() < count {
+        let mut batch = consumer
+            .fetch()
+            .max_messages(1_000)
+            .messages()
+            .await
+            .unwrap();
+        let before = all.len();
+        while let Some(message) = batch.next().await {
+            let headers = message.unwrap().message.headers.unwrap();
+            let header = |name: &str| headers.get(name).unwrap().as_str().to_owned();
+            all.push((
+                header(headers::STREAM_ID),
+                header(headers::STREAM_VERSION).parse().unwrap(),
+                header(headers::EVENT_ID),
+            ));
+        }
+        assert!(
+            all.len() > before,
+            "the stream ended after {} messages",
+            all.len()
+        );
+    }
+    all
+}
+
+/// Issue 14's crash test: the relay process SIGKILLed at ten random points while it publishes
+/// 50,000 events, restarted each time; JetStream ends up with each event once, in order.
+#[tokio::test]
+async fn a_relay_killed_at_ten_random_points_publishes_each_of_50000_events_once_in_order() {
+    const EVENTS: u64 = 50_000;
+    const STREAMS: u64 = 100;
+    let server = NatsServer::start().unwrap();
+    let context = jetstream_with(&server, -1).await;
+    let store = TemporaryStore::new().await.unwrap();
+    let writer = {
+        let store = store.clone();
+        tokio::spawn(async move {
+            for batch in 0..EVENTS / 50 {
+                let events = (0..50).map(|n| ping(batch * 50 + n)).collect();
+                let stream = format!("s-{}", batch % STREAMS);
+                store
+                    .append(&stream, "Probe", ExpectedVersion::Any, events)
+                    .await
+                    .unwrap();
+            }
+        })
+    };
+    let held = |context: jetstream::Context| async move {
+        let mut stream = context.get_stream(STREAM).await.unwrap();
+        stream.info().await.unwrap().state.messages
+    };
+    let mut relay = relay_process(&server, &store);
+    let mut killed_mid_run = Vec::new();
+    for _ in 0..10 {
+        // Until it has published something since it started, then at a random point after.
+        let before = held(context.clone()).await;
+        let began = std::time::Instant::now();
+        while held(context.clone()).await == before && held(context.clone()).await < EVENTS {
+            assert!(
+                began.elapsed() < Duration::from_secs(60),
+                "the relay publishes nothing"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(fastrand::u64(0..400))).await;
+        relay.kill().unwrap(); // SIGKILL
+        relay.wait().unwrap();
+        killed_mid_run.push(held(context.clone()).await);
+        relay = relay_process(&server, &store);
+    }
+    writer.await.unwrap();
+    wait_for_messages(&context, EVENTS, Duration::from_secs(120)).await;
+    let began = std::time::Instant::now();
+    while factum::relay::status(&store, "crash").await.unwrap().behind > 0 {
+        assert!(
+            began.elapsed() < Duration::from_secs(60),
+            "the relay's checkpoint lags"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    relay.kill().unwrap();
+    relay.wait().unwrap();
+    let status = std::process::Command::new(env!("CARGO_BIN_EXE_factum"))
+        .args(["relay", "status", "crash", "--json"])
+        .env("DATABASE_URL", factum::testing::postgres::database_url())
+        .env("FACTUM_SCHEMA", store.schema())
+        .output()
+        .unwrap();
+    assert!(
+        status.status.success(),
+        "{}",
+        String::from_utf8_lossy(&status.stderr)
+    );
+    let status: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    assert_eq!(status["behind"], 0);
+    assert_eq!(status["dead_letters"], serde_json::json!([]));
+    // Counted at checkpoints: what a killed relay had acknowledged and not checkpointed is not.
+    assert!(status["published"].as_u64().unwrap() > 0, "{status}");
+
+    // The kills fell while events were still being published.
+    let mid_run = killed_mid_run.iter().filter(|&&held| held < EVENTS).count();
+    assert!(
+        mid_run >= 10,
+        "only {mid_run} of the kills fell mid-run (messages held at each: {killed_mid_run:?})"
+    );
+    let mut stream = context.get_stream(STREAM).await.unwrap();
+    assert_eq!(
+        stream.info().await.unwrap().state.messages,
+        EVENTS,
+        "no event twice"
+    );
+    let published = stream_order(&context, usize::try_from(EVENTS).unwrap()).await;
+    let ids: HashSet<&String> = published.iter().map(|(_, _, id)| id).collect();
+    assert_eq!(ids.len(), published.len(), "an event was published twice");
+    let mut versions: HashMap<&str, u64> = HashMap::new();
+    for (stream, version, _) in &published {
+        let last = versions.entry(stream.as_str()).or_insert(0);
+        assert_eq!(*version, *last + 1, "stream {stream} out of order");
+        *last = *version;
+    }
+    assert_eq!(versions.len(), 100);
+    assert!(versions.values().all(|&last| last == EVENTS / STREAMS));
+}

@@ -9,7 +9,7 @@ CREATE TABLE {schema}.relay_checkpoints (
     relay        text        PRIMARY KEY,
     tx           bigint      NOT NULL DEFAULT 0,
     position     bigint      NOT NULL DEFAULT 0,
-    -- Events the broker acknowledged (duplicates it recognised included).
+    -- Events the broker acknowledged, counted as checkpoints are saved.
     published    bigint      NOT NULL DEFAULT 0,
     lease_token  text,
     updated_at   timestamptz NOT NULL DEFAULT now()

@@ -83,6 +83,13 @@ pub(super) enum Command {
         #[arg(long, short)]
         input: Option<std::path::PathBuf>,
     },
+    /// Relays to message brokers: `relay nats` publishes the global feed until stopped,
+    /// `relay status` shows where a relay stands (PostgreSQL stores).
+    #[cfg(feature = "nats")]
+    Relay {
+        #[command(subcommand)]
+        command: RelayCommand,
+    },
     /// Events, streams, the largest streams, events per type, the store's size.
     Stats {
         /// How many of the largest streams to list.
@@ -160,5 +167,42 @@ pub(super) enum DlqCommand {
         projection: String,
         /// The parked stream.
         stream: String,
+    },
+}
+
+#[cfg(feature = "nats")]
+#[derive(Debug, Subcommand)]
+pub(super) enum RelayCommand {
+    /// Publishes the global feed to a NATS JetStream stream, on subjects
+    /// `<prefix>.<aggregate type>.<event type>`, until Ctrl-C or SIGTERM: one relay of a name at
+    /// a time (others wait on standby), its checkpoint moved after JetStream's acknowledgements,
+    /// retried through broker and database outages.
+    Nats {
+        /// The relay's name: its checkpoint, lease and dead letters are kept under it.
+        #[arg(long)]
+        name: String,
+        /// The NATS server.
+        #[arg(long, env = "NATS_URL", default_value = "nats://127.0.0.1:4222")]
+        url: String,
+        /// The JetStream stream; its subjects must include `<prefix>.>`.
+        #[arg(long)]
+        stream: String,
+        /// The subjects' first token.
+        #[arg(long, default_value = "factum")]
+        prefix: String,
+        /// Only events of this aggregate type (repeat the option); all when none.
+        #[arg(long = "aggregate-type")]
+        aggregate_types: Vec<String>,
+        /// Only events of this type (repeat the option); all when none.
+        #[arg(long = "event-type")]
+        event_types: Vec<String>,
+        /// Events read and published per batch.
+        #[arg(long, default_value_t = 1000)]
+        batch_size: usize,
+    },
+    /// A relay's checkpoint, the events behind it and its dead letters.
+    Status {
+        /// The relay.
+        name: String,
     },
 }

@@ -22,6 +22,8 @@ mod feed;
 mod output;
 mod projections;
 mod rebuild;
+#[cfg(feature = "nats")]
+mod relay;
 mod status;
 mod store;
 mod stream;
@@ -193,6 +195,8 @@ impl Cli {
             Command::Dlq {
                 command: DlqCommand::Skip { projection, stream },
             } => dlq::skip(self.registered(&store, projection)?, &store, stream, json).await,
+            #[cfg(feature = "nats")]
+            Command::Relay { command } => relay::run(&store, command, json).await,
             Command::Stats { largest } => status::stats(&store, *largest, json).await,
             Command::AdoptCluster => cluster::adopt(&store, json).await,
             Command::Export { streams, output } => {

@@ -73,7 +73,9 @@ impl RelayDeadLetter {
 pub struct RelayStatus {
     /// Every event up to here was acknowledged by the broker (or is a dead letter).
     pub checkpoint: FeedPosition,
-    /// Events the broker acknowledged.
+    /// Events the broker acknowledged, counted as checkpoints are saved: those a relay that
+    /// died had published after its last checkpoint are not (its successor resumes after
+    /// them), and a batch published again counts again.
     pub published: u64,
     /// Events stored after the checkpoint (all types: the relay's filter is not applied).
     pub behind: u64,

@@ -1,0 +1,126 @@
+//! `relay nats`: the global feed published to NATS JetStream until stopped; `relay status`:
+//! where a relay stands (see `factum::relay`).
+
+use super::CliError;
+use super::args::RelayCommand;
+use super::output::{Table, print_json};
+use super::store::AnyStore;
+use crate::relay::{self, JetStreamSink, Relay};
+use crate::store::PostgresStore;
+
+/// Runs a relay command.
+pub(super) async fn run(
+    store: &AnyStore,
+    command: &RelayCommand,
+    json: bool,
+) -> Result<(), CliError> {
+    let AnyStore::Postgres(store) = store else {
+        return Err(CliError::Usage(
+            "relays run on PostgreSQL stores (a SQLite store has no relay yet)".to_owned(),
+        ));
+    };
+    match command {
+        RelayCommand::Nats {
+            name,
+            url,
+            stream,
+            prefix,
+            aggregate_types,
+            event_types,
+            batch_size,
+        } => {
+            let client =
+                async_nats::connect(url.as_str())
+                    .await
+                    .map_err(|error| CliError::Unreachable {
+                        url: url.clone(),
+                        cause: error.to_string(),
+                    })?;
+            let sink = JetStreamSink::new(client, stream, prefix)
+                .await
+                .map_err(|error| CliError::Usage(error.to_string()))?;
+            let mut relay = Relay::new(store.clone(), name.as_str(), sink).batch_size(*batch_size);
+            if !aggregate_types.is_empty() {
+                relay = relay.aggregate_types(aggregate_types.iter().cloned());
+            }
+            if !event_types.is_empty() {
+                relay = relay.event_types(event_types.iter().cloned());
+            }
+            eprintln!(
+                "relay `{name}`: publishing to JetStream stream `{stream}` at {url} (Ctrl-C stops)"
+            );
+            relay.run(stopped()).await?;
+            Ok(())
+        }
+        RelayCommand::Status { name } => status(store, name, json).await,
+    }
+}
+
+/// Completes on Ctrl-C or SIGTERM.
+async fn stopped() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut terminate) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = terminate.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+async fn status(store: &PostgresStore, name: &str, json: bool) -> Result<(), CliError> {
+    let status = relay::status(store, name).await?;
+    if json {
+        print_json(&serde_json::json!({
+            "relay": name,
+            "checkpoint": status.checkpoint,
+            "published": status.published,
+            "behind": status.behind,
+            "updated_at": status.updated_at,
+            "dead_letters": status.dead_letters.iter().map(|letter| serde_json::json!({
+                "stream_id": letter.stream_id,
+                "stream_version": letter.stream_version,
+                "event_id": letter.event_id,
+                "event_type": letter.event_type,
+                "feed_position": letter.feed_position,
+                "error": letter.error,
+            })).collect::<Vec<_>>(),
+        }));
+        return Ok(());
+    }
+    println!(
+        "relay `{name}`: checkpoint {}:{}, {} published, {} events behind, {} dead letters",
+        status.checkpoint.tx,
+        status.checkpoint.position,
+        status.published,
+        status.behind,
+        status.dead_letters.len()
+    );
+    if !status.dead_letters.is_empty() {
+        let mut table = Table::new(&["stream", "version", "event type", "error"]);
+        for letter in &status.dead_letters {
+            table.row(vec![
+                letter.stream_id.clone(),
+                letter.stream_version.to_string(),
+                letter.event_type.clone(),
+                letter
+                    .error
+                    .clone()
+                    .unwrap_or_else(|| "waits behind its stream's refused event".to_owned()),
+            ]);
+        }
+        print!("{}", table.render());
+    }
+    Ok(())
+}
