@@ -7,12 +7,14 @@
 //! cargo run --release -p factum-bench -- sagas               # order flow completion time
 //! cargo run --release -p factum-bench -- sqlite              # the embedded store vs raw SQLite
 //! cargo run --release -p factum-bench -- group               # group commit vs single-row INSERTs
+//! cargo run --release -p factum-bench -- relay               # relay to JetStream vs plain async-nats
 //! ```
 
 mod group;
 mod hot;
 mod postgres;
 mod projections;
+mod relay;
 mod sagas;
 mod sqlite;
 mod stats;
@@ -193,6 +195,29 @@ enum Suite {
         /// Commands per run.
         #[arg(long, default_value_t = 2_560)]
         commands: usize,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// The relay to NATS JetStream (a nats-server of its own) vs a plain async-nats publish
+    /// loop of the same messages, and the append-to-subscriber latency at a steady rate. Uses
+    /// `DATABASE_URL` (schemas are created and dropped).
+    Relay {
+        /// Runs (the median is reported).
+        #[arg(long, default_value_t = 5)]
+        runs: usize,
+        /// Events per run.
+        #[arg(long, default_value_t = 100_000)]
+        events: usize,
+        /// Events per batch (the relay's and the baseline's).
+        #[arg(long, default_value_t = 1000)]
+        batch_size: usize,
+        /// Appends per second in the latency measurement.
+        #[arg(long, default_value_t = 1000)]
+        rate: u64,
+        /// Seconds of the latency measurement.
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
         /// Print the report as JSON.
         #[arg(long)]
         json: bool,
@@ -410,6 +435,63 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 );
             }
             group::check(&report)?;
+        }
+        Suite::Relay {
+            runs,
+            events,
+            batch_size,
+            rate,
+            seconds,
+            json,
+        } => {
+            let config = relay::Config {
+                runs: runs.max(1),
+                events: events.max(1),
+                batch_size: batch_size.max(1),
+                rate: rate.max(1),
+                seconds: seconds.max(1),
+            };
+            let report = relay::run(&config).await.map_err(|e| e.to_string())?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                println!(
+                    "\nrelay to NATS JetStream (file storage), {} events per run in batches of {}, median of {} runs",
+                    report.events_per_run, report.batch_size, report.runs
+                );
+                println!(
+                    "  relay (reads PostgreSQL, checkpoints):        {:>8.0} events/s",
+                    report.relay_per_second
+                );
+                println!(
+                    "  async-nats, the same messages pre-built:      {:>8.0} events/s  (relay ratio {:.2})",
+                    report.prebuilt_per_second, report.ratio_prebuilt
+                );
+                println!(
+                    "  async-nats, building them from the events:    {:>8.0} events/s  (relay ratio {:.2})",
+                    report.handwritten_per_second, report.ratio_handwritten
+                );
+                println!(
+                    "  append -> subscriber at {}/s ({} events): p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+                    report.latency.rate,
+                    report.latency.events,
+                    report.latency.p50_ms,
+                    report.latency.p99_ms,
+                    report.latency.max_ms
+                );
+                println!(
+                    "  missing {}, duplicated {}, never received {} (each must be 0)",
+                    report.missing, report.duplicated, report.latency.missing
+                );
+            }
+            let faults = report.missing + report.duplicated + report.latency.missing as u64;
+            if faults > 0 {
+                return Err(format!(
+                    "{} events missing, duplicated or never received (must be 0): the figures are void",
+                    faults
+                )
+                .into());
+            }
         }
         Suite::Hot {
             runs,

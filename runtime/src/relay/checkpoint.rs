@@ -45,12 +45,8 @@ impl RelayDeadLetter {
     /// `message`, refused for good with `error`.
     pub(super) fn refused(message: &Outbound, error: String) -> Self {
         Self {
-            stream_id: message.stream_id.clone(),
-            stream_version: message.stream_version,
-            event_id: message.event_id,
-            event_type: message.event_type.clone(),
-            feed_position: message.feed_position,
             error: Some(error),
+            ..Self::behind(&message.event)
         }
     }
 
@@ -110,66 +106,65 @@ pub(super) async fn claim(store: &PostgresStore, relay: &str) -> Result<Claimed,
     })
 }
 
-/// Moves the checkpoint to `to` and records `letters`, in one transaction, under the lease.
+/// Moves the checkpoint to `to` and records `letters`, under the lease, in one statement (one
+/// round trip, atomic: without the lease's token nothing is written).
 pub(super) async fn save(
     store: &PostgresStore,
     claimed: &Claimed,
     to: FeedPosition,
     published: u64,
-    letters: &[RelayDeadLetter],
+    letters: Vec<RelayDeadLetter>,
 ) -> Result<(), Failure> {
-    let mut transaction = store.pool().begin().await.map_err(|e| fail(store, e))?;
-    let moved = sqlx::query(AssertSqlSafe(format!(
-        "UPDATE {t} SET tx = $3, position = $4, published = published + $5, updated_at = now()
-         WHERE relay = $1 AND lease_token = $2 AND (tx, position) <= ($3, $4)",
-        t = table(store, "relay_checkpoints")
+    let letters = serde_json::to_string(
+        &letters
+            .iter()
+            .map(|letter| {
+                serde_json::json!({
+                    "stream_id": letter.stream_id,
+                    "stream_version": letter.stream_version,
+                    "event_id": letter.event_id,
+                    "event_type": letter.event_type,
+                    "tx": letter.feed_position.tx,
+                    "position": letter.feed_position.position,
+                    "error": letter.error,
+                })
+            })
+            .collect::<Vec<_>>(),
+    )
+    .map_err(|e| Failure::Fatal(crate::Error::Backend(e.into())))?;
+    let moved: i64 = sqlx::query_scalar(AssertSqlSafe(format!(
+        "WITH moved AS (
+             UPDATE {checkpoints}
+             SET tx = $3, position = $4, published = published + $5, updated_at = now()
+             WHERE relay = $1 AND lease_token = $2 AND (tx, position) <= ($3, $4)
+             RETURNING relay
+         ), parked AS (
+             INSERT INTO {letters} (relay, stream_id, stream_version, event_id, event_type, tx,
+                                    position, error)
+             SELECT m.relay, l.stream_id, l.stream_version, l.event_id, l.event_type, l.tx,
+                    l.position, l.error
+             FROM moved m,
+                  json_to_recordset($6::json) AS l(stream_id text, stream_version bigint,
+                      event_id uuid, event_type text, tx bigint, position bigint, error text)
+             ON CONFLICT DO NOTHING
+         )
+         SELECT count(*) FROM moved",
+        checkpoints = table(store, "relay_checkpoints"),
+        letters = table(store, "relay_dead_letters")
     )))
     .bind(&claimed.relay)
     .bind(&claimed.token)
     .bind(signed(to.tx))
     .bind(signed(to.position))
     .bind(signed(published))
-    .execute(&mut *transaction)
+    .bind(letters)
+    .fetch_one(store.pool())
     .await
     .map_err(|e| fail(store, e))?;
-    if moved.rows_affected() == 0 {
+    if moved == 0 {
         return Err(Failure::LeaseLost);
     }
-    if !letters.is_empty() {
-        let letters = serde_json::to_string(
-            &letters
-                .iter()
-                .map(|letter| {
-                    serde_json::json!({
-                        "stream_id": letter.stream_id,
-                        "stream_version": letter.stream_version,
-                        "event_id": letter.event_id,
-                        "event_type": letter.event_type,
-                        "tx": letter.feed_position.tx,
-                        "position": letter.feed_position.position,
-                        "error": letter.error,
-                    })
-                })
-                .collect::<Vec<_>>(),
-        )
-        .map_err(|e| Failure::Fatal(crate::Error::Backend(e.into())))?;
-        sqlx::query(AssertSqlSafe(format!(
-            "INSERT INTO {t} (relay, stream_id, stream_version, event_id, event_type, tx,
-                              position, error)
-             SELECT $1, l.stream_id, l.stream_version, l.event_id, l.event_type, l.tx,
-                    l.position, l.error
-             FROM json_to_recordset($2::json) AS l(stream_id text, stream_version bigint,
-                  event_id uuid, event_type text, tx bigint, position bigint, error text)
-             ON CONFLICT DO NOTHING",
-            t = table(store, "relay_dead_letters")
-        )))
-        .bind(&claimed.relay)
-        .bind(letters)
-        .execute(&mut *transaction)
-        .await
-        .map_err(|e| fail(store, e))?;
-    }
-    transaction.commit().await.map_err(|e| fail(store, e))
+    Ok(())
 }
 
 /// The streams with dead letters: their events wait.

@@ -1,9 +1,9 @@
 //! [`JetStreamSink`]: a relay's sink publishing to NATS JetStream with `async-nats`.
 
-use async_nats::HeaderMap;
 use async_nats::jetstream::context::{Context, PublishErrorKind};
 use async_nats::jetstream::message::PublishMessage;
 use async_nats::jetstream::{self, ErrorCode};
+use async_nats::{HeaderMap, HeaderName};
 
 use super::message::{Outbound, headers, parse_feed_position, subject_token};
 use super::{Sink, SinkError};
@@ -78,15 +78,15 @@ impl JetStreamSink {
         format!(
             "{}.{}.{}",
             self.prefix,
-            subject_token(&message.aggregate_type),
-            subject_token(&message.event_type)
+            subject_token(&message.event.aggregate_type),
+            subject_token(&message.event.event_type)
         )
     }
 
     fn headers(message: &Outbound) -> HeaderMap {
         let mut map = HeaderMap::new();
-        for (name, value) in &message.headers {
-            map.insert(*name, value.as_str());
+        for (name, value) in message.headers() {
+            map.insert(HeaderName::from_static(name), value.into_owned());
         }
         map
     }
@@ -95,12 +95,11 @@ impl JetStreamSink {
     /// payload and headers (approximately: names, values and separators).
     fn size(message: &Outbound) -> usize {
         let headers: usize = message
-            .headers
-            .iter()
+            .headers()
             .map(|(name, value)| name.len() + value.len() + 4)
             .sum();
         // NATS/1.0 line, Nats-Msg-Id and the closing blank line.
-        message.payload.len() + headers + 64
+        message.payload().len() + headers + 64
     }
 }
 
@@ -167,9 +166,9 @@ impl Sink for JetStreamSink {
         let mut outcomes = Vec::with_capacity(messages.len());
         for message in messages {
             let publish = PublishMessage::build()
-                .payload(message.payload.clone().into())
+                .payload(message.payload().to_owned().into())
                 .headers(Self::headers(message))
-                .message_id(message.event_id.to_string());
+                .message_id(message.event.event_id.to_string());
             match self
                 .context
                 .send_publish(self.subject(message), publish)

@@ -1,7 +1,8 @@
 //! The message a relay publishes for one stored event: the stored payload as its body, the
 //! envelope in headers.
 
-use uuid::Uuid;
+use std::borrow::Cow;
+use std::sync::Arc;
 
 use crate::envelope::RecordedEvent;
 use crate::position::FeedPosition;
@@ -35,72 +36,88 @@ pub mod headers {
     pub const RELAY: &str = "Factum-Relay";
 }
 
-/// One event as a relay hands it to a [`Sink`](super::Sink).
+/// One event as a relay hands it to a [`Sink`](super::Sink): the stored event (its payload is
+/// the message's body) and the relay publishing it. Sinks build their headers from
+/// [`Outbound::headers`], without copying what the event already holds.
 #[derive(Debug, Clone)]
 #[non_exhaustive]
 pub struct Outbound {
-    /// The event id: the broker's de-duplication id.
-    pub event_id: Uuid,
-    /// The aggregate type (a subject or routing key's second token).
-    pub aggregate_type: String,
-    /// The event type (a subject or routing key's third token).
-    pub event_type: String,
-    /// The stream the event belongs to.
-    pub stream_id: String,
-    /// Its version in the stream.
-    pub stream_version: u64,
-    /// Its place in the global feed.
-    pub feed_position: FeedPosition,
-    /// The envelope, as header name and value pairs ([`headers`]).
-    pub headers: Vec<(&'static str, String)>,
-    /// The stored payload (JSON), byte for byte.
-    pub payload: String,
+    /// The stored event.
+    pub event: RecordedEvent,
+    /// The relay publishing it.
+    pub relay: Arc<str>,
 }
 
 impl Outbound {
     /// The message for `event`, published by the relay `relay`.
     #[must_use]
-    pub fn of(event: &RecordedEvent, relay: &str) -> Self {
+    pub fn new(event: RecordedEvent, relay: Arc<str>) -> Self {
+        Self { event, relay }
+    }
+
+    /// The envelope, as header names ([`headers`]) and values.
+    pub fn headers(&self) -> impl Iterator<Item = (&'static str, Cow<'_, str>)> + '_ {
+        let event = &self.event;
         let position = event.feed_position();
-        let mut fields = vec![
-            (headers::EVENT_ID, event.event_id.to_string()),
-            (headers::EVENT_TYPE, event.event_type.clone()),
-            (headers::SCHEMA_VERSION, event.schema_version.to_string()),
-            (headers::STREAM_ID, event.stream_id.clone()),
-            (headers::STREAM_VERSION, event.stream_version.to_string()),
-            (headers::AGGREGATE_TYPE, event.aggregate_type.clone()),
-            (headers::CORRELATION_ID, event.correlation_id.to_string()),
-            (headers::CAUSATION_ID, event.causation_id.to_string()),
-            (headers::RECORDED_AT, event.recorded_at.to_rfc3339()),
+        [
+            (headers::EVENT_ID, Cow::Owned(event.event_id.to_string())),
+            (
+                headers::EVENT_TYPE,
+                Cow::Borrowed(event.event_type.as_str()),
+            ),
+            (
+                headers::SCHEMA_VERSION,
+                Cow::Owned(event.schema_version.to_string()),
+            ),
+            (headers::STREAM_ID, Cow::Borrowed(event.stream_id.as_str())),
+            (
+                headers::STREAM_VERSION,
+                Cow::Owned(event.stream_version.to_string()),
+            ),
+            (
+                headers::AGGREGATE_TYPE,
+                Cow::Borrowed(event.aggregate_type.as_str()),
+            ),
+            (
+                headers::CORRELATION_ID,
+                Cow::Owned(event.correlation_id.to_string()),
+            ),
+            (
+                headers::CAUSATION_ID,
+                Cow::Owned(event.causation_id.to_string()),
+            ),
+            (
+                headers::RECORDED_AT,
+                Cow::Owned(event.recorded_at.to_rfc3339()),
+            ),
             (
                 headers::FEED_POSITION,
-                format!("{}:{}", position.tx, position.position),
+                Cow::Owned(format!("{}:{}", position.tx, position.position)),
             ),
-            (headers::RELAY, relay.to_owned()),
-        ];
-        if let Some(actor) = &event.actor {
-            fields.push((headers::ACTOR, actor.clone()));
-        }
-        Self {
-            event_id: event.event_id,
-            aggregate_type: event.aggregate_type.clone(),
-            event_type: event.event_type.clone(),
-            stream_id: event.stream_id.clone(),
-            stream_version: event.stream_version,
-            feed_position: position,
-            headers: fields,
-            payload: event.event.as_str().to_owned(),
-        }
+            (headers::RELAY, Cow::Borrowed(&*self.relay)),
+        ]
+        .into_iter()
+        .chain(
+            event
+                .actor
+                .as_deref()
+                .map(|actor| (headers::ACTOR, Cow::Borrowed(actor))),
+        )
+    }
+
+    /// The body: the stored payload (JSON), byte for byte.
+    #[must_use]
+    pub fn payload(&self) -> &str {
+        self.event.event.as_str()
     }
 
     /// A header value that a broker's protocol cannot carry (a line break or another control
     /// character), if any: its name.
     #[must_use]
     pub fn unsendable_header(&self) -> Option<&'static str> {
-        self.headers
-            .iter()
+        self.headers()
             .find(|(_, value)| value.chars().any(char::is_control))
-            .map(|(name, _)| *name)
+            .map(|(name, _)| name)
     }
 }
 
@@ -115,23 +132,23 @@ pub fn parse_feed_position(value: &str) -> Option<FeedPosition> {
 }
 
 /// `token` as one token of a subject or routing key: the separators and wildcards of NATS
-/// subjects and AMQP topic keys (`.`, `*`, `>`, `#`) and white space become `_`.
+/// subjects and AMQP topic keys (`.`, `*`, `>`, `#`) and white space become `_` (borrowed
+/// when there are none, as for event and aggregate type names).
 #[must_use]
-pub fn subject_token(token: &str) -> String {
-    let cleaned: String = token
-        .chars()
-        .map(|c| {
-            if matches!(c, '.' | '*' | '>' | '#') || c.is_whitespace() || c.is_control() {
-                '_'
-            } else {
-                c
-            }
-        })
-        .collect();
-    if cleaned.is_empty() {
-        "_".to_owned()
+pub fn subject_token(token: &str) -> Cow<'_, str> {
+    let special =
+        |c: char| matches!(c, '.' | '*' | '>' | '#') || c.is_whitespace() || c.is_control();
+    if token.is_empty() {
+        Cow::Borrowed("_")
+    } else if token.chars().any(special) {
+        Cow::Owned(
+            token
+                .chars()
+                .map(|c| if special(c) { '_' } else { c })
+                .collect(),
+        )
     } else {
-        cleaned
+        Cow::Borrowed(token)
     }
 }
 

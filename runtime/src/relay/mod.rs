@@ -26,6 +26,7 @@
 
 use std::collections::HashSet;
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::watch;
@@ -123,7 +124,7 @@ struct Filter {
 pub struct Relay<K> {
     store: PostgresStore,
     sink: K,
-    name: String,
+    name: Arc<str>,
     filter: Filter,
     batch_size: usize,
     retry_backoff: Duration,
@@ -138,7 +139,7 @@ impl<K: Sink> Relay<K> {
         Self {
             store,
             sink,
-            name: name.into(),
+            name: Arc::from(name.into()),
             filter: Filter::default(),
             batch_size: 1000,
             retry_backoff: Duration::from_millis(100),
@@ -267,7 +268,7 @@ impl<K: Sink> Relay<K> {
                 && published > position
             {
                 tracing::info!(relay = %self.name, ?published, "resuming after the broker's last message");
-                checkpoint::save(&self.store, &claimed, published, 0, &[]).await?;
+                checkpoint::save(&self.store, &claimed, published, 0, Vec::new()).await?;
                 position = published;
             }
             let mut parked = checkpoint::parked_streams(&self.store, &self.name).await?;
@@ -278,15 +279,16 @@ impl<K: Sink> Relay<K> {
             }
             self.state
                 .send_replace(RelayState::Running { checkpoint: position });
+            let mut feed = ReadAhead::start(feed);
             loop {
                 // A lease lost meanwhile shows when the checkpoint is saved (its token);
                 // what was published in between is a duplicate the broker drops.
-                let batch = feed.next_batch().await.map_err(Failure::store)?;
+                let batch = feed.next().await.map_err(Failure::store)?;
                 let Some(last) = batch.last().map(RecordedEvent::feed_position) else {
                     continue;
                 };
-                let (published, letters) = self.publish(&batch, &mut parked, attempt).await?;
-                checkpoint::save(&self.store, &claimed, last, published, &letters).await?;
+                let (published, letters) = self.publish(batch, &mut parked, attempt).await?;
+                checkpoint::save(&self.store, &claimed, last, published, letters).await?;
                 *attempt = 0;
                 self.state
                     .send_replace(RelayState::Running { checkpoint: last });
@@ -302,7 +304,7 @@ impl<K: Sink> Relay<K> {
     /// behind them in their streams).
     async fn publish(
         &self,
-        batch: &[RecordedEvent],
+        batch: Vec<RecordedEvent>,
         parked: &mut HashSet<String>,
         attempt: &mut u32,
     ) -> Result<(u64, Vec<RelayDeadLetter>), Failure> {
@@ -315,10 +317,10 @@ impl<K: Sink> Relay<K> {
                 continue;
             }
             if parked.contains(&event.stream_id) {
-                letters.push(RelayDeadLetter::behind(event));
+                letters.push(RelayDeadLetter::behind(&event));
                 continue;
             }
-            let message = Outbound::of(event, &self.name);
+            let message = Outbound::new(event, self.name.clone());
             match self.sink.refuses(&message) {
                 Some(refusal) => self.park(&message, refusal, parked, &mut letters),
                 None => outbound.push(message),
@@ -372,10 +374,51 @@ impl<K: Sink> Relay<K> {
         parked: &mut HashSet<String>,
         letters: &mut Vec<RelayDeadLetter>,
     ) {
-        tracing::error!(relay = %self.name, stream_id = %message.stream_id,
-            stream_version = message.stream_version, %refusal, "the broker refuses an event: parked");
-        parked.insert(message.stream_id.clone());
+        let event = &message.event;
+        tracing::error!(relay = %self.name, stream_id = %event.stream_id,
+            stream_version = event.stream_version, %refusal, "the broker refuses an event: parked");
+        parked.insert(event.stream_id.clone());
         letters.push(RelayDeadLetter::refused(message, refusal));
+    }
+}
+
+/// The feed read one batch ahead, in a task of its own, while the relay publishes and
+/// checkpoints the batch before: the database and the broker work at the same time. The task
+/// ends with the relay's holding of the lease (dropped: aborted).
+struct ReadAhead {
+    batches: tokio::sync::mpsc::Receiver<crate::Result<Vec<RecordedEvent>>>,
+    reader: tokio::task::JoinHandle<()>,
+}
+
+impl ReadAhead {
+    fn start(mut feed: Subscription<PostgresStore>) -> Self {
+        let (sender, batches) = tokio::sync::mpsc::channel(1);
+        let reader = tokio::spawn(async move {
+            loop {
+                let batch = feed.next_batch().await;
+                let failed = batch.is_err();
+                if sender.send(batch).await.is_err() || failed {
+                    return;
+                }
+            }
+        });
+        Self { batches, reader }
+    }
+
+    async fn next(&mut self) -> crate::Result<Vec<RecordedEvent>> {
+        match self.batches.recv().await {
+            Some(batch) => batch,
+            // The reader is gone without a word: it panicked.
+            None => Err(crate::Error::Backend(
+                "the relay's feed reader stopped".into(),
+            )),
+        }
+    }
+}
+
+impl Drop for ReadAhead {
+    fn drop(&mut self) {
+        self.reader.abort();
     }
 }
 
