@@ -76,6 +76,8 @@ pub mod cli;
 pub mod command;
 #[cfg(feature = "testing")]
 pub mod conformance;
+#[cfg(feature = "postgres")]
+pub mod consumer;
 pub mod envelope;
 pub mod error;
 pub mod event;

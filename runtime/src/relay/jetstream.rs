@@ -182,12 +182,21 @@ impl Sink for JetStreamSink {
             }
         }
         // The acknowledgements of what was sent, in order, then the refusal that stopped it.
+        // The first that does not come (the connection dropped: each would wait out its own
+        // timeout) ends the wait; the rest count as not sent, and are published again, which
+        // the stream drops as duplicates of any it stored.
         let mut answered = Vec::with_capacity(messages.len());
         for ack in acks {
-            answered.push(match ack.await {
-                Ok(_) => Ok(()),
-                Err(error) => Err(classify(&error)),
-            });
+            match ack.await {
+                Ok(_) => answered.push(Ok(())),
+                Err(error) => match classify(&error) {
+                    SinkError::Transient(reason) => {
+                        answered.push(Err(SinkError::Transient(reason)));
+                        return answered;
+                    }
+                    refusal => answered.push(Err(refusal)),
+                },
+            }
         }
         answered.extend(outcomes);
         answered

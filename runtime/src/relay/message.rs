@@ -121,6 +121,95 @@ impl Outbound {
     }
 }
 
+/// Why a broker message is not a relayed event: what a consumer reports instead of applying
+/// it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum InboundError {
+    /// A header every relayed message carries is missing (the message was not published by a
+    /// Factum relay, or a proxy dropped its headers).
+    #[error("header {0} is missing: the message was not published by a Factum relay")]
+    MissingHeader(&'static str),
+    /// A header does not read as what it carries.
+    #[error("header {name} holds `{value}`, which is not {expected}")]
+    InvalidHeader {
+        /// The header.
+        name: &'static str,
+        /// Its value.
+        value: String,
+        /// What it should hold.
+        expected: &'static str,
+    },
+    /// The body is not the JSON payload of an event.
+    #[error("the body is not a JSON event payload: {0}")]
+    Payload(String),
+}
+
+/// The stored event a relay's message carries, read back from its headers (looked up by name
+/// with `header`) and its body. The envelope's metadata is not relayed: it is empty.
+///
+/// # Errors
+/// [`InboundError`] naming the header or body that does not read.
+pub fn inbound<'h>(
+    header: impl Fn(&'static str) -> Option<&'h str>,
+    body: &[u8],
+) -> Result<RecordedEvent, InboundError> {
+    let text = |name: &'static str| header(name).ok_or(InboundError::MissingHeader(name));
+    fn parsed<T: std::str::FromStr>(
+        name: &'static str,
+        value: &str,
+        expected: &'static str,
+    ) -> Result<T, InboundError> {
+        value.parse().map_err(|_| InboundError::InvalidHeader {
+            name,
+            value: value.to_owned(),
+            expected,
+        })
+    }
+    let uuid = |name| parsed::<uuid::Uuid>(name, text(name)?, "a UUID");
+    let position = text(headers::FEED_POSITION)?;
+    let feed = parse_feed_position(position).ok_or_else(|| InboundError::InvalidHeader {
+        name: headers::FEED_POSITION,
+        value: position.to_owned(),
+        expected: "a feed position `<tx>:<position>`",
+    })?;
+    let recorded_at = text(headers::RECORDED_AT)?;
+    let recorded_at = chrono::DateTime::parse_from_rfc3339(recorded_at)
+        .map_err(|_| InboundError::InvalidHeader {
+            name: headers::RECORDED_AT,
+            value: recorded_at.to_owned(),
+            expected: "an RFC 3339 time",
+        })?
+        .with_timezone(&chrono::Utc);
+    let body = std::str::from_utf8(body).map_err(|e| InboundError::Payload(e.to_string()))?;
+    let event = crate::event::Payload::from_json(body.to_owned())
+        .map_err(|e| InboundError::Payload(e.to_string()))?;
+    Ok(RecordedEvent {
+        event_id: uuid(headers::EVENT_ID)?,
+        event_type: text(headers::EVENT_TYPE)?.to_owned(),
+        schema_version: parsed(
+            headers::SCHEMA_VERSION,
+            text(headers::SCHEMA_VERSION)?,
+            "a schema version",
+        )?,
+        stream_id: text(headers::STREAM_ID)?.to_owned(),
+        aggregate_type: text(headers::AGGREGATE_TYPE)?.to_owned(),
+        stream_version: parsed(
+            headers::STREAM_VERSION,
+            text(headers::STREAM_VERSION)?,
+            "a stream version",
+        )?,
+        global_position: feed.position,
+        tx: feed.tx,
+        recorded_at,
+        correlation_id: uuid(headers::CORRELATION_ID)?,
+        causation_id: uuid(headers::CAUSATION_ID)?,
+        actor: header(headers::ACTOR).map(str::to_owned),
+        metadata: crate::envelope::Metadata::new(),
+        event,
+    })
+}
+
 /// Parses a [`headers::FEED_POSITION`] value.
 #[must_use]
 pub fn parse_feed_position(value: &str) -> Option<FeedPosition> {
@@ -161,6 +250,67 @@ mod tests {
         assert_eq!(subject_token("BankAccount"), "BankAccount");
         assert_eq!(subject_token("a.b *>#\tc"), "a_b_____c");
         assert_eq!(subject_token(""), "_");
+    }
+
+    #[test]
+    fn a_message_reads_back_as_the_event_it_carries() {
+        let event = crate::envelope::Envelope {
+            event_id: uuid::Uuid::now_v7(),
+            event_type: "OrderPlaced".into(),
+            schema_version: 2,
+            stream_id: "order-1".into(),
+            aggregate_type: "Order".into(),
+            stream_version: 7,
+            global_position: 42,
+            tx: 41,
+            recorded_at: chrono::Utc::now(),
+            correlation_id: uuid::Uuid::now_v7(),
+            causation_id: uuid::Uuid::now_v7(),
+            actor: Some("alice".into()),
+            metadata: crate::envelope::Metadata::new(),
+            event: crate::event::Payload::from_json(r#"{"total":5}"#.into()).unwrap(),
+        };
+        let message = Outbound::new(event.clone(), "orders".into());
+        let headers: Vec<(&str, String)> = message
+            .headers()
+            .map(|(name, value)| (name, value.into_owned()))
+            .collect();
+        let lookup = |name: &str| {
+            headers
+                .iter()
+                .find(|(n, _)| *n == name)
+                .map(|(_, v)| v.as_str())
+        };
+        let back = inbound(lookup, message.payload().as_bytes()).unwrap();
+        assert_eq!(back, event);
+
+        let without_type = |name: &str| {
+            (name != headers::EVENT_TYPE)
+                .then(|| lookup(name))
+                .flatten()
+        };
+        assert_eq!(
+            inbound(without_type, b"{}"),
+            Err(InboundError::MissingHeader(headers::EVENT_TYPE))
+        );
+        let bad_version = |name: &str| {
+            if name == headers::STREAM_VERSION {
+                Some("seven")
+            } else {
+                lookup(name)
+            }
+        };
+        assert!(matches!(
+            inbound(bad_version, b"{}"),
+            Err(InboundError::InvalidHeader {
+                name: headers::STREAM_VERSION,
+                ..
+            })
+        ));
+        assert!(matches!(
+            inbound(lookup, b"{not json"),
+            Err(InboundError::Payload(_))
+        ));
     }
 
     #[test]

@@ -47,7 +47,7 @@ mod message;
 pub use checkpoint::{RelayDeadLetter, RelayStatus, status};
 #[cfg(feature = "nats")]
 pub use jetstream::JetStreamSink;
-pub use message::{Outbound, headers, parse_feed_position, subject_token};
+pub use message::{InboundError, Outbound, headers, inbound, parse_feed_position, subject_token};
 
 /// Why a broker did not take a message.
 #[derive(Debug, thiserror::Error)]

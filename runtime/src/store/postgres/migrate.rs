@@ -67,6 +67,11 @@ const MIGRATIONS: &[Migration] = &[
         name: "relays",
         sql: include_str!("../../../migrations/postgres/0011_relays.sql"),
     },
+    Migration {
+        version: 12,
+        name: "consumers",
+        sql: include_str!("../../../migrations/postgres/0012_consumers.sql"),
+    },
 ];
 
 pub(super) async fn migrate(pool: &PgPool, schema: &Schema) -> Result<()> {

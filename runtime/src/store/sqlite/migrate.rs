@@ -49,6 +49,11 @@ const MIGRATIONS: &[Migration] = &[
         name: "deferred_side_effects",
         sql: include_str!("../../../migrations/sqlite/0008_deferred_side_effects.sql"),
     },
+    Migration {
+        version: 9,
+        name: "consumers",
+        sql: include_str!("../../../migrations/sqlite/0009_consumers.sql"),
+    },
 ];
 
 pub(super) async fn migrate(pool: &SqlitePool, location: &str) -> Result<()> {
