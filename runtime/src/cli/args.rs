@@ -83,9 +83,9 @@ pub(super) enum Command {
         #[arg(long, short)]
         input: Option<std::path::PathBuf>,
     },
-    /// Relays to message brokers: `relay nats` publishes the global feed until stopped,
-    /// `relay status` shows where a relay stands (PostgreSQL stores).
-    #[cfg(feature = "nats")]
+    /// Relays to message brokers: `relay nats` and `relay rabbitmq` publish the global feed
+    /// until stopped, `relay status` shows where a relay stands (PostgreSQL stores).
+    #[cfg(any(feature = "nats", feature = "rabbitmq"))]
     Relay {
         #[command(subcommand)]
         command: RelayCommand,
@@ -170,13 +170,14 @@ pub(super) enum DlqCommand {
     },
 }
 
-#[cfg(feature = "nats")]
+#[cfg(any(feature = "nats", feature = "rabbitmq"))]
 #[derive(Debug, Subcommand)]
 pub(super) enum RelayCommand {
     /// Publishes the global feed to a NATS JetStream stream, on subjects
     /// `<prefix>.<aggregate type>.<event type>`, until Ctrl-C or SIGTERM: one relay of a name at
     /// a time (others wait on standby), its checkpoint moved after JetStream's acknowledgements,
     /// retried through broker and database outages.
+    #[cfg(feature = "nats")]
     Nats {
         /// The relay's name: its checkpoint, lease and dead letters are kept under it.
         #[arg(long)]
@@ -188,6 +189,38 @@ pub(super) enum RelayCommand {
         #[arg(long)]
         stream: String,
         /// The subjects' first token.
+        #[arg(long, default_value = "factum")]
+        prefix: String,
+        /// Only events of this aggregate type (repeat the option); all when none.
+        #[arg(long = "aggregate-type")]
+        aggregate_types: Vec<String>,
+        /// Only events of this type (repeat the option); all when none.
+        #[arg(long = "event-type")]
+        event_types: Vec<String>,
+        /// Events read and published per batch.
+        #[arg(long, default_value_t = 1000)]
+        batch_size: usize,
+    },
+    /// Publishes the global feed to a RabbitMQ topic exchange (declared when missing), with
+    /// routing keys `<prefix>.<aggregate type>.<event type>`, until Ctrl-C or SIGTERM: its
+    /// checkpoint moved after the broker's publisher confirms; at least once (bind the
+    /// consumers' queues first).
+    #[cfg(feature = "rabbitmq")]
+    Rabbitmq {
+        /// The relay's name: its checkpoint, lease and dead letters are kept under it.
+        #[arg(long)]
+        name: String,
+        /// The broker.
+        #[arg(
+            long,
+            env = "AMQP_URL",
+            default_value = "amqp://guest:guest@127.0.0.1:5672/%2f"
+        )]
+        url: String,
+        /// The exchange.
+        #[arg(long)]
+        exchange: String,
+        /// The routing keys' first token.
         #[arg(long, default_value = "factum")]
         prefix: String,
         /// Only events of this aggregate type (repeat the option); all when none.

@@ -22,7 +22,7 @@ mod feed;
 mod output;
 mod projections;
 mod rebuild;
-#[cfg(feature = "nats")]
+#[cfg(any(feature = "nats", feature = "rabbitmq"))]
 mod relay;
 mod status;
 mod store;
@@ -195,7 +195,7 @@ impl Cli {
             Command::Dlq {
                 command: DlqCommand::Skip { projection, stream },
             } => dlq::skip(self.registered(&store, projection)?, &store, stream, json).await,
-            #[cfg(feature = "nats")]
+            #[cfg(any(feature = "nats", feature = "rabbitmq"))]
             Command::Relay { command } => relay::run(&store, command, json).await,
             Command::Stats { largest } => status::stats(&store, *largest, json).await,
             Command::AdoptCluster => cluster::adopt(&store, json).await,

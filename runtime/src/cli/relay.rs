@@ -1,11 +1,11 @@
-//! `relay nats`: the global feed published to NATS JetStream until stopped; `relay status`:
-//! where a relay stands (see `factum::relay`).
+//! `relay nats`, `relay rabbitmq`: the global feed published to NATS JetStream or RabbitMQ until
+//! stopped; `relay status`: where a relay stands (see `factum::relay`).
 
 use super::CliError;
 use super::args::RelayCommand;
 use super::output::{Table, print_json};
 use super::store::AnyStore;
-use crate::relay::{self, JetStreamSink, Relay};
+use crate::relay::{self, Relay, Sink};
 use crate::store::PostgresStore;
 
 /// Runs a relay command.
@@ -20,6 +20,7 @@ pub(super) async fn run(
         ));
     };
     match command {
+        #[cfg(feature = "nats")]
         RelayCommand::Nats {
             name,
             url,
@@ -36,24 +37,61 @@ pub(super) async fn run(
                         url: url.clone(),
                         cause: error.to_string(),
                     })?;
-            let sink = JetStreamSink::new(client, stream, prefix)
+            let sink = relay::JetStreamSink::new(client, stream, prefix)
                 .await
                 .map_err(|error| CliError::Usage(error.to_string()))?;
-            let mut relay = Relay::new(store.clone(), name.as_str(), sink).batch_size(*batch_size);
-            if !aggregate_types.is_empty() {
-                relay = relay.aggregate_types(aggregate_types.iter().cloned());
-            }
-            if !event_types.is_empty() {
-                relay = relay.event_types(event_types.iter().cloned());
-            }
             eprintln!(
                 "relay `{name}`: publishing to JetStream stream `{stream}` at {url} (Ctrl-C stops)"
             );
-            relay.run(stopped()).await?;
-            Ok(())
+            let filter = (aggregate_types.as_slice(), event_types.as_slice());
+            publish(store, name, sink, filter, *batch_size).await
+        }
+        #[cfg(feature = "rabbitmq")]
+        RelayCommand::Rabbitmq {
+            name,
+            url,
+            exchange,
+            prefix,
+            aggregate_types,
+            event_types,
+            batch_size,
+        } => {
+            let sink = relay::RabbitMqSink::connect(url, exchange, prefix)
+                .await
+                .map_err(|error| match error {
+                    relay::SinkError::Transient(cause) => CliError::Unreachable {
+                        url: url.clone(),
+                        cause,
+                    },
+                    other => CliError::Usage(other.to_string()),
+                })?;
+            eprintln!(
+                "relay `{name}`: publishing to RabbitMQ exchange `{exchange}` at {url} (Ctrl-C stops)"
+            );
+            let filter = (aggregate_types.as_slice(), event_types.as_slice());
+            publish(store, name, sink, filter, *batch_size).await
         }
         RelayCommand::Status { name } => status(store, name, json).await,
     }
+}
+
+/// Runs a relay to `sink` until Ctrl-C or SIGTERM.
+async fn publish<K: Sink>(
+    store: &PostgresStore,
+    name: &str,
+    sink: K,
+    (aggregate_types, event_types): (&[String], &[String]),
+    batch_size: usize,
+) -> Result<(), CliError> {
+    let mut relay = Relay::new(store.clone(), name, sink).batch_size(batch_size);
+    if !aggregate_types.is_empty() {
+        relay = relay.aggregate_types(aggregate_types.iter().cloned());
+    }
+    if !event_types.is_empty() {
+        relay = relay.event_types(event_types.iter().cloned());
+    }
+    relay.run(stopped()).await?;
+    Ok(())
 }
 
 /// Completes on Ctrl-C or SIGTERM.

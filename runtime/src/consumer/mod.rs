@@ -1,8 +1,8 @@
 //! Consumers: the events a [relay](crate::relay) published, applied in another service, each
 //! once and each stream in order.
 //!
-//! A [`Consumer`] reads messages from a [`Source`] (a broker: [`JetStreamSource`], feature
-//! `nats`), reads each back into the stored event it carries ([`inbound`]: the envelope from the
+//! A [`Consumer`] reads messages from a [`Source`] (a broker: `JetStreamSource`, feature
+//! `nats`; `RabbitMqSource`, feature `rabbitmq`), reads each back into the stored event it carries ([`inbound`]: the envelope from the
 //! headers, the payload from the body) and hands them, a batch at a time, to a [`Target`]: the
 //! service's read model, or one of its `#[projection]`s ([`ProjectionTarget`]) or saga
 //! projections, decoding and upcasting each event by the type and schema version in its headers.
@@ -35,10 +35,14 @@ use crate::failure::backoff;
 #[cfg(feature = "nats")]
 mod jetstream;
 mod projection;
+#[cfg(feature = "rabbitmq")]
+mod rabbitmq;
 
 #[cfg(feature = "nats")]
 pub use jetstream::JetStreamSource;
 pub use projection::ProjectionTarget;
+#[cfg(feature = "rabbitmq")]
+pub use rabbitmq::RabbitMqSource;
 
 /// A message read back into the event it carries.
 #[derive(Debug, Clone)]

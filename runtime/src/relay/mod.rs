@@ -2,18 +2,21 @@
 //!
 //! A [`Relay`] follows the feed of a PostgreSQL store (optionally only some aggregates or event
 //! types) and hands each batch to a [`Sink`], a broker client: NATS JetStream
-//! ([`JetStreamSink`], feature `nats`). It runs like a projection runner:
+//! (`JetStreamSink`, feature `nats`) or RabbitMQ (`RabbitMqSink`, feature `rabbitmq`). It runs
+//! like a projection runner:
 //!
 //! - **A lease**: one relay of a name publishes at a time; others wait on standby and take over
 //!   when it dies.
 //! - **A checkpoint that follows the broker's acknowledgements**: it moves past an event only
 //!   after the broker acknowledged it and every event before it, so a crash never loses one.
-//! - **No visible duplicates after a crash**: every message carries the event id as its
-//!   de-duplication id (`Nats-Msg-Id`), and the relay's name and feed position as headers. A
+//! - **No visible duplicates after a crash, on JetStream**: every message carries the event id as
+//!   its de-duplication id (`Nats-Msg-Id`), and the relay's name and feed position as headers. A
 //!   relay that restarts asks the broker for the last message it published
 //!   ([`Sink::last_published`]) and resumes after it, whatever the broker's de-duplication
 //!   window; what it then publishes again (a batch in flight when it died, at most) falls in
-//!   that window, where the broker drops it.
+//!   that window, where the broker drops it. RabbitMQ has neither: there, a restarted relay
+//!   publishes again what it had not checkpointed (a batch at most; the event id is the
+//!   `message_id`), and [consumers](crate::consumer) apply each event once.
 //! - **Retries through outages**: a broker or database that goes away is waited for, with
 //!   backoff; the batch is published again from its first unacknowledged event.
 //! - **Dead letters**: an event the broker refuses for good (larger than it accepts, say) is
@@ -43,11 +46,15 @@ mod checkpoint;
 #[cfg(feature = "nats")]
 mod jetstream;
 mod message;
+#[cfg(feature = "rabbitmq")]
+mod rabbitmq;
 
 pub use checkpoint::{RelayDeadLetter, RelayStatus, status};
 #[cfg(feature = "nats")]
 pub use jetstream::JetStreamSink;
 pub use message::{InboundError, Outbound, headers, inbound, parse_feed_position, subject_token};
+#[cfg(feature = "rabbitmq")]
+pub use rabbitmq::RabbitMqSink;
 
 /// Why a broker did not take a message.
 #[derive(Debug, thiserror::Error)]
