@@ -490,3 +490,152 @@ fn the_saga_receives_events_of_four_aggregates_and_sends_commands_in_the_flow() 
         assert!(markdown.contains(arrow), "{arrow}");
     }
 }
+
+/// The official AsyncAPI parser (`@asyncapi/parser`, pinned in `tools/asyncapi-parser`,
+/// installed with `npm ci` on first use) accepts the committed document without an error or a
+/// warning. It reports one piece of information, that AsyncAPI 3.1.0 exists (issue 17 moves the
+/// document to it).
+#[test]
+fn the_official_asyncapi_parser_reports_no_error_or_warning() {
+    let tool = Path::new(env!("CARGO_MANIFEST_DIR")).join("tools/asyncapi-parser");
+    let npm_ok = std::process::Command::new("npm").arg("--version").output();
+    assert!(
+        npm_ok.is_ok_and(|o| o.status.success()),
+        "Node.js and npm are needed for the AsyncAPI parser check: install them (e.g. 'apt install nodejs npm')"
+    );
+    if !tool.join("node_modules/@asyncapi/parser").exists() {
+        let installed = std::process::Command::new("npm")
+            .args(["ci", "--silent", "--no-audit", "--no-fund"])
+            .current_dir(&tool)
+            .output()
+            .expect("npm runs");
+        assert!(
+            installed.status.success(),
+            "npm ci in {} failed: {}",
+            tool.display(),
+            String::from_utf8_lossy(&installed.stderr)
+        );
+    }
+    let document = example_catalog::schemas_dir().join(Catalog::ASYNCAPI_FILE);
+    let output = std::process::Command::new("node")
+        .arg(tool.join("check.mjs"))
+        .arg(&document)
+        .output()
+        .expect("node runs");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let lines: Vec<Value> = stdout
+        .lines()
+        .map(|line| serde_json::from_str(line).expect("one JSON object per line"))
+        .collect();
+    assert_eq!(lines.last(), Some(&json!({ "parsed": true })), "{stdout}");
+    let serious: Vec<&Value> = lines
+        .iter()
+        .filter(|d| d["severity"].as_u64().is_some_and(|s| s <= 1))
+        .collect();
+    assert!(serious.is_empty(), "errors or warnings: {serious:#?}");
+    let codes: Vec<&str> = lines.iter().filter_map(|d| d["code"].as_str()).collect();
+    assert_eq!(codes, ["asyncapi-latest-version"], "{stdout}");
+}
+
+#[test]
+fn the_asyncapi_document_describes_the_relays_real_subjects_routing_keys_and_consumers() {
+    let document = examples().asyncapi();
+    assert_eq!(document["servers"]["nats"]["protocol"], "nats");
+    assert_eq!(document["servers"]["rabbitmq"]["protocol"], "amqp");
+    // The store's channels are on the store, not on a broker.
+    assert_eq!(
+        document["channels"]["Order"]["servers"],
+        json!([{ "$ref": "#/servers/store" }])
+    );
+    // A channel per relayed event type, addressed as the relay publishes it.
+    let nats = &document["channels"]["orders-to-nats.Order.OrderPlaced"];
+    assert_eq!(nats["address"], "orders.Order.OrderPlaced");
+    assert_eq!(nats["servers"], json!([{ "$ref": "#/servers/nats" }]));
+    let amqp = &document["channels"]["orders-to-rabbitmq.Order.OrderCancelled"];
+    assert_eq!(amqp["address"], "orders.Order.OrderCancelled");
+    assert_eq!(amqp["bindings"]["amqp"]["is"], "routingKey");
+    assert_eq!(amqp["bindings"]["amqp"]["exchange"]["name"], "orders");
+    assert_eq!(amqp["bindings"]["amqp"]["exchange"]["type"], "topic");
+    // Only the relayed aggregate's events.
+    let relayed: Vec<&String> = document["channels"]
+        .as_object()
+        .expect("channels")
+        .keys()
+        .filter(|k| k.starts_with("orders-to-nats."))
+        .collect();
+    assert_eq!(
+        relayed,
+        [
+            "orders-to-nats.Order.OrderCancelled",
+            "orders-to-nats.Order.OrderCompleted",
+            "orders-to-nats.Order.OrderPlaced"
+        ]
+    );
+    // Relayed messages carry the broker headers the relay sets, and the stored payload.
+    let message = &document["components"]["messages"]["OrderPlaced.v1.relayed"];
+    assert_eq!(
+        message["payload"]["$ref"],
+        "#/components/messages/OrderPlaced.v1/payload"
+    );
+    let relay_headers = &document["components"]["schemas"]["RelayHeaders"]["properties"];
+    for name in [
+        factum::relay::headers::EVENT_ID,
+        factum::relay::headers::SCHEMA_VERSION,
+        factum::relay::headers::FEED_POSITION,
+    ] {
+        assert!(relay_headers.get(name).is_some(), "{name} is documented");
+    }
+    // The relay sends; the consuming services receive what they read.
+    let send = &document["operations"]["orders-to-nats.publish.Order.OrderPlaced"];
+    assert_eq!(send["action"], "send");
+    assert_eq!(send["x-factum-jetstream"]["stream"], "ORDERS");
+    let receive = &document["operations"]["shipping.receive.orders-to-nats.Order.OrderPlaced"];
+    assert_eq!(receive["action"], "receive");
+    assert_eq!(
+        receive["channel"]["$ref"],
+        "#/channels/orders-to-nats.Order.OrderPlaced"
+    );
+    assert!(
+        document["operations"]
+            .get("shipping.receive.orders-to-nats.Order.OrderCompleted")
+            .is_none(),
+        "shipping does not read OrderCompleted"
+    );
+    assert_eq!(
+        document["operations"]["notifications.receive.orders-to-rabbitmq.Order.OrderCompleted"]["bindings"]
+            ["amqp"]["ack"],
+        true
+    );
+}
+
+#[test]
+fn wiring_that_does_not_fit_is_refused_with_what_to_fix() {
+    use factum::catalog::{Broker, RelayRoute, Service};
+    let dir = std::env::temp_dir().join(format!("factum-wiring-{}", std::process::id()));
+    let catalog = Catalog::new("t", "1")
+        .aggregate::<bank::BankAccount>()
+        .broker(Broker::amqp("rabbitmq", "127.0.0.1:5672"))
+        .relay(RelayRoute::jetstream("to-nats", "nats", "S", "bank"))
+        .relay(RelayRoute::jetstream(
+            "wrong-protocol",
+            "rabbitmq",
+            "S",
+            "bank",
+        ))
+        .service(Service::new("reader", "to-nats").event_types(["OrderPlaced"]))
+        .service(Service::new("lost", "nowhere"));
+    let Err(CatalogError::Wiring(errors)) = catalog.check(&dir) else {
+        panic!("the wiring is refused");
+    };
+    assert_eq!(errors.len(), 4, "{errors:#?}");
+    assert!(errors[0].contains("broker `nats`") && errors[0].contains("Broker::nats"));
+    assert!(errors[1].contains("`wrong-protocol`") && errors[1].contains("amqp"));
+    assert!(errors[2].contains("`OrderPlaced`"));
+    assert!(errors[3].contains("relay `nowhere`"));
+    assert!(!dir.exists(), "nothing written");
+}

@@ -85,7 +85,6 @@ pub mod failure;
 pub mod feed;
 pub mod position;
 pub mod projection;
-#[cfg(feature = "postgres")]
 pub mod relay;
 pub mod repository;
 pub mod saga;

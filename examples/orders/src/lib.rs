@@ -11,6 +11,7 @@ pub mod fulfillment;
 pub mod inventory;
 pub mod order;
 pub mod payment;
+pub mod relays;
 pub mod shipping;
 
 use factum::saga::CommandBus;

@@ -1,20 +1,24 @@
-//! The shipping service: another team's process, which learns of orders only through the
-//! broker. The orders service's relay publishes its events to NATS JetStream
-//! (`<prefix>.Order.OrderPlaced`, ...); this service reads them with a Factum
-//! [`Consumer`](factum::consumer::Consumer) and keeps its own read model in Redis: the orders to
-//! ship, with their addresses, and the cancelled ones.
+//! Two services of other teams, each in a process of its own, which learn of orders only
+//! through a broker: the orders service's relays publish its `Order` events to NATS JetStream
+//! and RabbitMQ (`orders.Order.OrderPlaced`, ..., as the event catalog documents), and each
+//! service reads them with a Factum [`Consumer`](factum::consumer::Consumer) into its own Redis
+//! read model ([`redis_model`]), each event once:
 //!
-//! It declares only the events and fields it reads ([`OrderPlaced`], [`OrderCancelled`]:
-//! a tolerant reader of the orders service's types of the same names), and its read model
-//! applies each event once: the newest stream version applied of each order stream and the
-//! consumer's position in the JetStream stream are written by the same Lua script as the read
-//! model, atomically, so a message delivered again changes nothing.
+//! - **shipping** (from JetStream): the orders to ship, with their addresses, and the cancelled
+//!   ones ([`Shipping`]);
+//! - **notifications** (from a RabbitMQ queue bound to the `orders` exchange): the messages to
+//!   send each customer ([`Notifications`]).
+//!
+//! Each declares only the events and fields it reads ([`OrderPlaced`], [`OrderCancelled`],
+//! [`OrderCompleted`]: tolerant readers of the orders service's types of the same names).
 
-use factum::consumer::{Target, TargetError};
-use factum::{EventSet, RecordedEvent};
-use redis::aio::ConnectionManager;
+pub mod redis_model;
 
-/// What the shipping service reads of `OrderPlaced`.
+use factum::RecordedEvent;
+
+use crate::redis_model::{Model, RedisReadModel, Write};
+
+/// What the services read of `OrderPlaced`.
 #[factum::event]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OrderPlaced {
@@ -23,7 +27,7 @@ pub struct OrderPlaced {
     pub address: String,
 }
 
-/// What the shipping service reads of `OrderCancelled`.
+/// What the services read of `OrderCancelled`.
 #[factum::event]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OrderCancelled {
@@ -31,71 +35,59 @@ pub struct OrderCancelled {
     pub reason: String,
 }
 
+/// What the notifications service reads of `OrderCompleted`.
+#[factum::event]
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OrderCompleted {
+    pub order_id: String,
+}
+
 /// The events the shipping service reads.
 #[factum::event]
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum OrderFeed {
+pub enum ShippingFeed {
     Placed(OrderPlaced),
     Cancelled(OrderCancelled),
 }
 
-/// Applies a batch: for each event (7 arguments: stream, version, whether it continues the
-/// entry before (an event upcast into several), kind, order, and two fields), only when its
-/// version is above the newest applied of its stream; then the position.
-const APPLY: &str = r"
-local versions, position_key, to_ship = KEYS[1], KEYS[2], KEYS[3]
-local prefix = ARGV[2]
-local applied = 0
-local previous = false
-for i = 3, #ARGV, 7 do
-  local stream, version = ARGV[i], tonumber(ARGV[i + 1])
-  local new
-  if ARGV[i + 2] == '1' then
-    new = previous
-  else
-    new = version > tonumber(redis.call('HGET', versions, stream) or '0')
-    if new then applied = applied + 1 end
-  end
-  previous = new
-  if new then
-    redis.call('HSET', versions, stream, version)
-    local kind, order = ARGV[i + 3], ARGV[i + 4]
-    local key = prefix .. 'order:' .. order
-    if kind == 'placed' then
-      redis.call('HSET', key, 'status', 'to-ship', 'customer', ARGV[i + 5], 'address', ARGV[i + 6])
-      redis.call('SADD', to_ship, order)
-    elseif kind == 'cancelled' then
-      redis.call('HSET', key, 'status', 'cancelled', 'reason', ARGV[i + 5])
-      redis.call('SREM', to_ship, order)
-    end
-  end
-end
-if ARGV[1] ~= '' then
-  local current = tonumber(redis.call('GET', position_key) or '0')
-  if tonumber(ARGV[1]) > current then
-    redis.call('SET', position_key, ARGV[1])
-  end
-end
-redis.call('INCRBY', prefix .. 'applied', applied)
-return applied
-";
-
-/// The shipping read model in Redis, under a key prefix (e.g. `shipping:`): `<prefix>order:<id>`
-/// (a hash: status, customer, address or reason), `<prefix>to-ship` (the set of orders to
-/// ship), and the once-only bookkeeping `<prefix>versions`, `<prefix>position`,
-/// `<prefix>applied`.
-#[derive(Clone)]
-pub struct ShippingBoard {
-    redis: ConnectionManager,
-    prefix: String,
-    script: redis::Script,
+/// The events the notifications service reads.
+#[factum::event]
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NotificationFeed {
+    Placed(OrderPlaced),
+    Cancelled(OrderCancelled),
+    Completed(OrderCompleted),
 }
 
-impl std::fmt::Debug for ShippingBoard {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ShippingBoard")
-            .field("prefix", &self.prefix)
-            .finish_non_exhaustive()
+/// The shipping board: `<prefix>order:<id>` (a hash: status, customer, address or reason) and
+/// `<prefix>to-ship` (the set of orders to ship).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Shipping;
+
+impl Model for Shipping {
+    type Events = ShippingFeed;
+
+    fn writes(&self, prefix: &str, event: ShippingFeed, _: &RecordedEvent) -> Vec<Write> {
+        match event {
+            ShippingFeed::Placed(placed) => vec![
+                Write::hset(
+                    format!("{prefix}order:{}", placed.order_id),
+                    &[
+                        ("status", "to-ship"),
+                        ("customer", &placed.customer),
+                        ("address", &placed.address),
+                    ],
+                ),
+                Write::sadd(format!("{prefix}to-ship"), &placed.order_id),
+            ],
+            ShippingFeed::Cancelled(cancelled) => vec![
+                Write::hset(
+                    format!("{prefix}order:{}", cancelled.order_id),
+                    &[("status", "cancelled"), ("reason", &cancelled.reason)],
+                ),
+                Write::srem(format!("{prefix}to-ship"), &cancelled.order_id),
+            ],
+        }
     }
 }
 
@@ -109,24 +101,7 @@ pub struct Shipment {
     pub reason: Option<String>,
 }
 
-impl ShippingBoard {
-    /// The board under `prefix` on the Redis server `url`.
-    ///
-    /// # Errors
-    /// When Redis cannot be reached.
-    pub async fn connect(url: &str, prefix: &str) -> redis::RedisResult<Self> {
-        let redis = redis::Client::open(url)?.get_connection_manager().await?;
-        Ok(Self {
-            redis,
-            prefix: prefix.to_owned(),
-            script: redis::Script::new(APPLY),
-        })
-    }
-
-    fn key(&self, name: &str) -> String {
-        format!("{}{name}", self.prefix)
-    }
-
+impl RedisReadModel<Shipping> {
     /// The orders to ship, sorted.
     ///
     /// # Errors
@@ -134,7 +109,7 @@ impl ShippingBoard {
     pub async fn to_ship(&self) -> redis::RedisResult<Vec<String>> {
         let mut orders: Vec<String> = redis::cmd("SMEMBERS")
             .arg(self.key("to-ship"))
-            .query_async(&mut self.redis.clone())
+            .query_async(&mut self.connection())
             .await?;
         orders.sort();
         Ok(orders)
@@ -147,7 +122,7 @@ impl ShippingBoard {
     pub async fn shipment(&self, order_id: &str) -> redis::RedisResult<Option<Shipment>> {
         let fields: std::collections::HashMap<String, String> = redis::cmd("HGETALL")
             .arg(self.key(&format!("order:{order_id}")))
-            .query_async(&mut self.redis.clone())
+            .query_async(&mut self.connection())
             .await?;
         let Some(status) = fields.get("status").cloned() else {
             return Ok(None);
@@ -160,107 +135,88 @@ impl ShippingBoard {
             reason: fields.get("reason").cloned(),
         }))
     }
+}
 
-    /// Events applied, over every run.
-    ///
-    /// # Errors
-    /// A Redis error.
-    pub async fn applied(&self) -> redis::RedisResult<u64> {
-        let applied: Option<u64> = redis::cmd("GET")
-            .arg(self.key("applied"))
-            .query_async(&mut self.redis.clone())
-            .await?;
-        Ok(applied.unwrap_or(0))
+/// The notifications to send: `<prefix>customer:<id>:order` (which customer an order is for)
+/// and `<prefix>outbox` (a list of `customer: message`, in the order the events came).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Notifications;
+
+impl Model for Notifications {
+    type Events = NotificationFeed;
+
+    fn writes(
+        &self,
+        prefix: &str,
+        event: NotificationFeed,
+        envelope: &RecordedEvent,
+    ) -> Vec<Write> {
+        let outbox = format!("{prefix}outbox");
+        // The customer of a later event is the one its order was placed for (looked up when
+        // sending: the outbox names the order's stream).
+        match event {
+            NotificationFeed::Placed(placed) => vec![
+                Write::hset(
+                    format!("{prefix}customers"),
+                    &[(envelope.stream_id.as_str(), placed.customer.as_str())],
+                ),
+                Write::rpush(
+                    outbox,
+                    format!(
+                        "{}: your order {} is placed; it ships to {}",
+                        placed.customer, placed.order_id, placed.address
+                    ),
+                ),
+            ],
+            NotificationFeed::Cancelled(cancelled) => vec![Write::rpush(
+                outbox,
+                format!(
+                    "{}: your order {} is cancelled ({})",
+                    envelope.stream_id, cancelled.order_id, cancelled.reason
+                ),
+            )],
+            NotificationFeed::Completed(completed) => vec![Write::rpush(
+                outbox,
+                format!(
+                    "{}: your order {} is complete",
+                    envelope.stream_id, completed.order_id
+                ),
+            )],
+        }
     }
+}
 
-    /// Deletes every key of the board (its prefix).
+impl RedisReadModel<Notifications> {
+    /// The outbox, each line with the customer it is for (`order-<id>` lines resolved to the
+    /// customer their order was placed for).
     ///
     /// # Errors
     /// A Redis error.
-    pub async fn delete(&self) -> redis::RedisResult<()> {
-        let mut redis = self.redis.clone();
-        let keys: Vec<String> = redis::cmd("KEYS")
-            .arg(format!("{}*", self.prefix))
+    pub async fn outbox(&self) -> redis::RedisResult<Vec<String>> {
+        let mut redis = self.connection();
+        let lines: Vec<String> = redis::cmd("LRANGE")
+            .arg(self.key("outbox"))
+            .arg(0)
+            .arg(-1)
             .query_async(&mut redis)
             .await?;
-        if !keys.is_empty() {
-            redis::cmd("DEL")
-                .arg(keys)
-                .query_async::<()>(&mut redis)
-                .await?;
-        }
-        Ok(())
+        let customers: std::collections::HashMap<String, String> = redis::cmd("HGETALL")
+            .arg(self.key("customers"))
+            .query_async(&mut redis)
+            .await?;
+        Ok(lines
+            .into_iter()
+            .map(|line| match line.split_once(": ") {
+                Some((stream, rest)) if customers.contains_key(stream) => {
+                    format!("{}: {rest}", customers[stream])
+                }
+                _ => line,
+            })
+            .collect())
     }
 }
 
-/// A Redis failure: retried when the server may come back, else the board cannot work.
-fn redis_error(error: redis::RedisError) -> TargetError {
-    let transient = error.is_io_error()
-        || error.is_timeout()
-        || error.is_connection_dropped()
-        || error.is_connection_refusal()
-        || error.is_unrecoverable_error();
-    if transient {
-        TargetError::Transient(Box::new(error))
-    } else {
-        TargetError::Invalid(Box::new(error))
-    }
-}
-
-impl Target for ShippingBoard {
-    async fn position(&mut self) -> Result<Option<u64>, TargetError> {
-        redis::cmd("GET")
-            .arg(self.key("position"))
-            .query_async(&mut self.redis)
-            .await
-            .map_err(redis_error)
-    }
-
-    async fn apply(
-        &mut self,
-        events: &[RecordedEvent],
-        position: Option<u64>,
-    ) -> Result<u64, TargetError> {
-        let mut invocation = self.script.prepare_invoke();
-        invocation
-            .key(self.key("versions"))
-            .key(self.key("position"))
-            .key(self.key("to-ship"))
-            .arg(position.map(|p| p.to_string()).unwrap_or_default())
-            .arg(&self.prefix);
-        for event in events {
-            // Events the service does not read (OrderCompleted) are passed over.
-            if !OrderFeed::EVENTS.iter().any(|e| e.name == event.event_type) {
-                continue;
-            }
-            let decoded = event
-                .decode_events::<OrderFeed>()
-                .map_err(|error| TargetError::of(event, error))?;
-            for (index, feed) in decoded.into_iter().enumerate() {
-                let (kind, order, first, second) = match feed {
-                    OrderFeed::Placed(placed) => {
-                        ("placed", placed.order_id, placed.customer, placed.address)
-                    }
-                    OrderFeed::Cancelled(cancelled) => (
-                        "cancelled",
-                        cancelled.order_id,
-                        cancelled.reason,
-                        String::new(),
-                    ),
-                };
-                invocation
-                    .arg(&event.stream_id)
-                    .arg(event.stream_version)
-                    .arg(if index == 0 { "0" } else { "1" })
-                    .arg(kind)
-                    .arg(order)
-                    .arg(first)
-                    .arg(second);
-            }
-        }
-        invocation
-            .invoke_async(&mut self.redis)
-            .await
-            .map_err(redis_error)
-    }
-}
+/// The shipping service's read model.
+pub type ShippingBoard = RedisReadModel<Shipping>;
+/// The notifications service's read model.
+pub type NotificationOutbox = RedisReadModel<Notifications>;

@@ -1,14 +1,18 @@
-//! `shipping`: the shipping service, and a demo that runs it beside the orders service.
+//! `shipping`: the shipping and notifications services, and a demo that runs them beside the
+//! orders service.
 //!
-//! - `shipping` (the demo): places and cancels orders in a PostgreSQL store of its own (a fresh
-//!   schema), relays them to NATS JetStream, starts `shipping service` as a process of its own,
-//!   waits until the service's Redis read model shows them, prints it, and removes what it made.
-//! - `shipping service --stream S --subjects F --prefix P`: the service alone, until Ctrl-C or
-//!   SIGTERM.
+//! - `shipping` (the demo): places, cancels and completes orders in a PostgreSQL store of its
+//!   own (a fresh schema); the orders service's relays publish them to NATS JetStream (stream
+//!   `ORDERS`) and RabbitMQ (exchange `orders`), as the event catalog (`schemas/asyncapi.json`)
+//!   documents; it starts both services, each a process of its own, waits until their Redis read
+//!   models show the orders, prints them, and removes what it made.
+//! - `shipping shipping-service`: the shipping service alone (JetStream → Redis), until Ctrl-C
+//!   or SIGTERM.
+//! - `shipping notifications-service`: the notifications service alone (RabbitMQ → Redis).
 //!
 //! Servers: `DATABASE_URL` (default `postgres://postgres@127.0.0.1:5432/postgres`), `NATS_URL`
-//! (default `nats://127.0.0.1:4222`, JetStream on), `REDIS_URL` (default
-//! `redis://127.0.0.1:6379`).
+//! (default `nats://127.0.0.1:4222`, JetStream on), `AMQP_URL` (default
+//! `amqp://guest:guest@127.0.0.1:5672/%2f`), `REDIS_URL` (default `redis://127.0.0.1:6379`).
 
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -16,15 +20,16 @@ use std::time::{Duration, Instant};
 use async_nats::jetstream::{self, stream};
 use clap::{Parser, Subcommand};
 use factum::Repository;
-use factum::consumer::{Consumer, JetStreamSource};
-use factum::relay::{JetStreamSink, Relay};
+use factum::consumer::{Consumer, JetStreamSource, RabbitMqSource};
+use factum::relay::{JetStreamSink, RabbitMqSink, Relay};
 use factum::store::PostgresStore;
 use orders::order::{CancelOrder, CompleteOrder, Order, PlaceOrder};
-use orders::order_stream;
-use shipping::{Shipment, ShippingBoard};
+use orders::{order_stream, relays};
+use shipping::redis_model::RedisReadModel;
+use shipping::{NotificationOutbox, Notifications, Shipment, Shipping, ShippingBoard};
 
 #[derive(Parser)]
-#[command(about = "The shipping service: orders from NATS JetStream into a Redis read model")]
+#[command(about = "The shipping and notifications services: orders from brokers into Redis")]
 struct Cli {
     #[arg(
         long,
@@ -35,38 +40,60 @@ struct Cli {
     nats: String,
     #[arg(
         long,
+        env = "AMQP_URL",
+        default_value = "amqp://guest:guest@127.0.0.1:5672/%2f",
+        global = true
+    )]
+    amqp: String,
+    #[arg(
+        long,
         env = "REDIS_URL",
         default_value = "redis://127.0.0.1:6379",
         global = true
     )]
     redis: String,
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        default_value = "postgres://postgres@127.0.0.1:5432/postgres",
+        global = true
+    )]
+    database: String,
     #[command(subcommand)]
     command: Option<Command>,
 }
 
 #[derive(Subcommand)]
 enum Command {
-    /// Runs the shipping service until Ctrl-C or SIGTERM.
-    Service {
+    /// The shipping service: JetStream into Redis, until Ctrl-C or SIGTERM.
+    ShippingService {
         /// The JetStream stream the orders service's relay publishes to.
-        #[arg(long)]
+        #[arg(long, default_value = relays::JETSTREAM_STREAM)]
         stream: String,
-        /// The subjects to read, e.g. `orders.Order.>`.
-        #[arg(long)]
+        /// The subjects to read.
+        #[arg(long, default_value = "orders.Order.>")]
         subjects: String,
         /// The Redis key prefix of the read model.
         #[arg(long, default_value = "shipping:")]
         prefix: String,
     },
-    /// The demo (the default).
-    Demo {
-        #[arg(
-            long,
-            env = "DATABASE_URL",
-            default_value = "postgres://postgres@127.0.0.1:5432/postgres"
-        )]
-        database: String,
+    /// The notifications service: a RabbitMQ queue into Redis, until Ctrl-C or SIGTERM.
+    NotificationsService {
+        /// Its queue, bound to the exchange when it starts.
+        #[arg(long, default_value = "notifications")]
+        queue: String,
+        /// The orders service's exchange.
+        #[arg(long, default_value = relays::EXCHANGE)]
+        exchange: String,
+        /// The routing keys to bind.
+        #[arg(long, default_value = "orders.Order.#")]
+        pattern: String,
+        /// The Redis key prefix of the read model.
+        #[arg(long, default_value = "notifications:")]
+        prefix: String,
     },
+    /// The demo (the default).
+    Demo,
 }
 
 type Error = Box<dyn std::error::Error + Send + Sync>;
@@ -74,18 +101,19 @@ type Error = Box<dyn std::error::Error + Send + Sync>;
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
-    let outcome = match cli.command {
-        Some(Command::Service {
+    let outcome = match &cli.command {
+        Some(Command::ShippingService {
             stream,
             subjects,
             prefix,
-        }) => service(&cli.nats, &cli.redis, &stream, &subjects, &prefix).await,
-        Some(Command::Demo { database }) => demo(&cli.nats, &cli.redis, &database).await,
-        None => {
-            let database = std::env::var("DATABASE_URL")
-                .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
-            demo(&cli.nats, &cli.redis, &database).await
-        }
+        }) => shipping_service(&cli, stream, subjects, prefix).await,
+        Some(Command::NotificationsService {
+            queue,
+            exchange,
+            pattern,
+            prefix,
+        }) => notifications_service(&cli, queue, exchange, pattern, prefix).await,
+        Some(Command::Demo) | None => demo(&cli).await,
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
@@ -96,7 +124,7 @@ async fn main() -> ExitCode {
     }
 }
 
-/// The servers, each reached or named in one line with what to do.
+/// Each server reached, or named in one line with what to do.
 async fn connect_nats(url: &str) -> Result<async_nats::Client, Error> {
     async_nats::ConnectOptions::new()
         .connection_timeout(Duration::from_secs(3))
@@ -107,25 +135,51 @@ async fn connect_nats(url: &str) -> Result<async_nats::Client, Error> {
         })
 }
 
-async fn connect_redis(url: &str, prefix: &str) -> Result<ShippingBoard, Error> {
-    ShippingBoard::connect(url, prefix).await.map_err(|e| {
+async fn connect_redis<M: shipping::redis_model::Model>(
+    url: &str,
+    prefix: &str,
+    model: M,
+) -> Result<RedisReadModel<M>, Error> {
+    RedisReadModel::connect(url, prefix, model).await.map_err(|e| {
         format!("Redis is not reachable at {url} ({e}): start `redis-server` (apt install redis-server) or set REDIS_URL").into()
     })
 }
 
-async fn service(
-    nats: &str,
-    redis: &str,
+fn amqp_unreachable(url: &str, error: impl std::fmt::Display) -> Error {
+    format!("RabbitMQ is not reachable at {url} ({error}): start `rabbitmq-server` (apt install rabbitmq-server) or set AMQP_URL").into()
+}
+
+async fn shipping_service(
+    cli: &Cli,
     stream: &str,
     subjects: &str,
     prefix: &str,
 ) -> Result<(), Error> {
-    let client = connect_nats(nats).await?;
-    let board = connect_redis(redis, prefix).await?;
+    let client = connect_nats(&cli.nats).await?;
+    let board = connect_redis(&cli.redis, prefix, Shipping).await?;
     let source = JetStreamSource::new(client, stream, subjects);
-    let consumer = Consumer::new("shipping", source, board);
     eprintln!("shipping service: reading `{subjects}` of JetStream stream `{stream}`");
-    consumer.run(shutdown()).await?;
+    Consumer::new("shipping", source, board)
+        .run(shutdown())
+        .await?;
+    Ok(())
+}
+
+async fn notifications_service(
+    cli: &Cli,
+    queue: &str,
+    exchange: &str,
+    pattern: &str,
+    prefix: &str,
+) -> Result<(), Error> {
+    let outbox = connect_redis(&cli.redis, prefix, Notifications).await?;
+    let source = RabbitMqSource::new(&cli.amqp, queue).bind(exchange, pattern);
+    eprintln!(
+        "notifications service: reading queue `{queue}` (`{pattern}` of exchange `{exchange}`)"
+    );
+    Consumer::new("notifications", source, outbox)
+        .run(shutdown())
+        .await?;
     Ok(())
 }
 
@@ -145,13 +199,37 @@ async fn shutdown() {
     }
 }
 
+/// The names the demo runs under: the catalog's, with the Redis prefixes and the queue made
+/// unique to the run.
+struct Run {
+    id: String,
+    queue: String,
+    shipping_prefix: String,
+    notifications_prefix: String,
+}
+
+impl Run {
+    fn new() -> Self {
+        let id = uuid::Uuid::now_v7().simple().to_string();
+        let id = id[id.len() - 8..].to_owned();
+        Self {
+            queue: format!("notifications-{id}"),
+            shipping_prefix: format!("shipping:{id}:"),
+            notifications_prefix: format!("notifications:{id}:"),
+            id,
+        }
+    }
+}
+
 /// What the demo made, removed when it ends.
 struct Made {
     pool: sqlx::PgPool,
     store: PostgresStore,
     context: jetstream::Context,
-    stream: String,
+    amqp: String,
+    queue: String,
     board: ShippingBoard,
+    outbox: NotificationOutbox,
 }
 
 impl Made {
@@ -166,13 +244,40 @@ impl Made {
                 self.store.schema()
             );
         }
-        if let Err(error) = self.context.delete_stream(&self.stream).await {
-            eprintln!("warning: could not delete stream {}: {error}", self.stream);
+        if let Err(error) = self.context.delete_stream(relays::JETSTREAM_STREAM).await {
+            eprintln!(
+                "warning: could not delete stream {}: {error}",
+                relays::JETSTREAM_STREAM
+            );
         }
-        if let Err(error) = self.board.delete().await {
-            eprintln!("warning: could not delete the Redis keys: {error}");
+        if let Err(error) = delete_queue(&self.amqp, &self.queue).await {
+            eprintln!("warning: could not delete queue {}: {error}", self.queue);
+        }
+        for deleted in [self.board.delete().await, self.outbox.delete().await] {
+            if let Err(error) = deleted {
+                eprintln!("warning: could not delete the Redis keys: {error}");
+            }
         }
     }
+}
+
+/// Deletes the demo's queue, and the exchange when no other queue is bound to it.
+async fn delete_queue(url: &str, queue: &str) -> Result<(), lapin::Error> {
+    let connection =
+        lapin::Connection::connect(url, lapin::ConnectionProperties::default()).await?;
+    let channel = connection.create_channel().await?;
+    channel
+        .queue_delete(queue.into(), lapin::options::QueueDeleteOptions::default())
+        .await?;
+    let exchange = lapin::options::ExchangeDeleteOptions {
+        if_unused: true,
+        ..Default::default()
+    };
+    // In use by another queue: kept (the refusal closes the channel only).
+    let _ = channel
+        .exchange_delete(relays::EXCHANGE.into(), exchange)
+        .await;
+    connection.close(200, "done".into()).await
 }
 
 const ORDERS: [(&str, &str, &str); 4] = [
@@ -182,71 +287,104 @@ const ORDERS: [(&str, &str, &str); 4] = [
     ("o-4", "edsger", "5 Semaphore Lane, Nuenen"),
 ];
 
-async fn demo(nats: &str, redis: &str, database: &str) -> Result<(), Error> {
-    let run = uuid::Uuid::now_v7().simple().to_string();
-    let run = &run[run.len() - 8..];
-    let client = connect_nats(nats).await?;
-    let board = connect_redis(redis, &format!("shipping:{run}:")).await?;
-    let pool = sqlx::PgPool::connect(database).await.map_err(|e| {
-        format!("PostgreSQL is not reachable at {database} ({e}): start it or set DATABASE_URL")
+async fn demo(cli: &Cli) -> Result<(), Error> {
+    let run = Run::new();
+    let client = connect_nats(&cli.nats).await?;
+    let board = connect_redis(&cli.redis, &run.shipping_prefix, Shipping).await?;
+    let outbox = connect_redis(&cli.redis, &run.notifications_prefix, Notifications).await?;
+    let queue = RabbitMqSource::new(&cli.amqp, &run.queue).bind(relays::EXCHANGE, "orders.Order.#");
+    // Bound before the relay publishes: RabbitMQ drops what no queue is bound for.
+    queue
+        .declare()
+        .await
+        .map_err(|e| amqp_unreachable(&cli.amqp, e))?;
+    let pool = sqlx::PgPool::connect(&cli.database).await.map_err(|e| {
+        format!(
+            "PostgreSQL is not reachable at {} ({e}): start it or set DATABASE_URL",
+            cli.database
+        )
     })?;
-    let store = PostgresStore::with_schema(pool.clone(), &format!("shipping_demo_{run}"))?;
+    let store = PostgresStore::with_schema(pool.clone(), &format!("shipping_demo_{}", run.id))?;
     store.migrate().await?;
     let context = jetstream::new(client.clone());
-    let stream = format!("ORDERS_{run}");
-    let prefix = format!("orders_{run}");
+    // The catalog's stream, made afresh: what an earlier run left would show up in the models.
+    let _ = context.delete_stream(relays::JETSTREAM_STREAM).await;
     context
         .create_stream(stream::Config {
-            name: stream.clone(),
-            subjects: vec![format!("{prefix}.>")],
+            name: relays::JETSTREAM_STREAM.into(),
+            subjects: vec![format!("{}.>", relays::PREFIX)],
             ..Default::default()
         })
         .await
-        .map_err(|e| format!("could not create JetStream stream {stream} ({e}): is JetStream on (`nats-server -js`)?"))?;
+        .map_err(|e| {
+            format!(
+                "could not create JetStream stream {} ({e}): is JetStream on (`nats-server -js`)?",
+                relays::JETSTREAM_STREAM
+            )
+        })?;
     let made = Made {
         pool,
         store: store.clone(),
         context,
-        stream: stream.clone(),
+        amqp: cli.amqp.clone(),
+        queue: run.queue.clone(),
         board: board.clone(),
+        outbox: outbox.clone(),
     };
-    let outcome = run_demo(nats, redis, &store, client, &stream, &prefix, &board, run).await;
+    let outcome = run_demo(cli, &run, &store, client, &board, &outbox).await;
     made.remove().await;
     outcome
 }
 
-#[allow(clippy::too_many_arguments)]
 async fn run_demo(
-    nats: &str,
-    redis: &str,
+    cli: &Cli,
+    run: &Run,
     store: &PostgresStore,
     client: async_nats::Client,
-    stream: &str,
-    prefix: &str,
     board: &ShippingBoard,
-    run: &str,
+    outbox: &NotificationOutbox,
 ) -> Result<(), Error> {
-    println!("Factum shipping example: the orders service (PostgreSQL schema shipping_demo_{run})");
     println!(
-        "relays its events to NATS JetStream stream {stream}; the shipping service, a process"
+        "Factum shipping example: the orders service (PostgreSQL schema shipping_demo_{}) relays",
+        run.id
     );
-    println!("of its own, keeps a Redis read model (keys shipping:{run}:*).\n");
+    println!(
+        "its Order events to NATS JetStream (stream {}) and RabbitMQ (exchange {}); two services,",
+        relays::JETSTREAM_STREAM,
+        relays::EXCHANGE
+    );
+    println!("each a process of its own, keep Redis read models from them.\n");
 
-    // The orders service's relay.
-    let sink = JetStreamSink::new(client, stream, prefix).await?;
-    let relay = Relay::new(store.clone(), "orders-to-nats", sink);
-    let (stop_relay, relay_stopped) = tokio::sync::oneshot::channel::<()>();
-    let relay = tokio::spawn(relay.run(async move {
-        let _ = relay_stopped.await;
-    }));
+    // The orders service's relays, as the catalog documents them.
+    let (stop_relays, relays_stopped) = tokio::sync::watch::channel(false);
+    let stopped = |mut receiver: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = receiver.wait_for(|stop| *stop).await;
+    };
+    let nats_sink = JetStreamSink::new(client, relays::JETSTREAM_STREAM, relays::PREFIX).await?;
+    let to_nats = Relay::new(store.clone(), relays::NATS_RELAY, nats_sink)
+        .aggregate_types(relays::RELAYED_AGGREGATES);
+    let to_nats = tokio::spawn(to_nats.run(stopped(relays_stopped.clone())));
+    let amqp_sink = RabbitMqSink::connect(&cli.amqp, relays::EXCHANGE, relays::PREFIX)
+        .await
+        .map_err(|e| amqp_unreachable(&cli.amqp, e))?;
+    let to_rabbitmq = Relay::new(store.clone(), relays::RABBITMQ_RELAY, amqp_sink)
+        .aggregate_types(relays::RELAYED_AGGREGATES);
+    let to_rabbitmq = tokio::spawn(to_rabbitmq.run(stopped(relays_stopped)));
 
-    // The shipping service, in a process of its own.
-    let mut service = tokio::process::Command::new(std::env::current_exe()?)
-        .args([
-            "--nats", nats, "--redis", redis, "service", "--stream", stream,
-        ])
-        .args(["--subjects", &format!("{prefix}.Order.>")])
-        .args(["--prefix", &format!("shipping:{run}:")])
+    // The two services, each in a process of its own.
+    let me = std::env::current_exe()?;
+    let urls = [
+        "--nats", &cli.nats, "--amqp", &cli.amqp, "--redis", &cli.redis,
+    ];
+    let mut shipping = tokio::process::Command::new(&me)
+        .args(urls)
+        .args(["shipping-service", "--prefix", &run.shipping_prefix])
+        .kill_on_drop(true)
+        .spawn()?;
+    let mut notifications = tokio::process::Command::new(&me)
+        .args(urls)
+        .args(["notifications-service", "--queue", &run.queue])
+        .args(["--prefix", &run.notifications_prefix])
         .kill_on_drop(true)
         .spawn()?;
 
@@ -286,20 +424,25 @@ async fn run_demo(
             },
         )
         .await?;
-    println!("orders service: completed o-4 (an event the shipping service does not read)\n");
+    println!("orders service: completed o-4\n");
 
-    // The service has caught up when it has applied all five events it reads.
+    // Caught up: shipping read the 5 events it reads, notifications all 6.
     let began = Instant::now();
-    while board.applied().await? < 5 {
+    while board.applied().await? < 5 || outbox.applied().await? < 6 {
         if began.elapsed() > Duration::from_secs(30) {
-            return Err("the shipping service did not catch up within 30 s".into());
+            return Err("the services did not catch up within 30 s".into());
         }
-        if let Some(status) = service.try_wait()? {
-            return Err(format!("the shipping service stopped: {status}").into());
+        for (service, process) in [
+            ("shipping", &mut shipping),
+            ("notifications", &mut notifications),
+        ] {
+            if let Some(status) = process.try_wait()? {
+                return Err(format!("the {service} service stopped: {status}").into());
+            }
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    println!("shipping service's read model (Redis):");
+    println!("shipping service's read model (Redis, from JetStream):");
     for (id, _, _) in ORDERS {
         if let Some(Shipment {
             status,
@@ -315,10 +458,17 @@ async fn run_demo(
         }
     }
     println!("  to ship: {}", board.to_ship().await?.join(", "));
+    println!("\nnotifications service's outbox (Redis, from RabbitMQ):");
+    for line in outbox.outbox().await? {
+        println!("  {line}");
+    }
 
-    service.start_kill()?;
-    service.wait().await?;
-    let _ = stop_relay.send(());
-    relay.await??;
+    for process in [&mut shipping, &mut notifications] {
+        process.start_kill()?;
+        process.wait().await?;
+    }
+    let _ = stop_relays.send(true);
+    to_nats.await??;
+    to_rabbitmq.await??;
     Ok(())
 }

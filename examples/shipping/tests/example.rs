@@ -16,7 +16,8 @@ use factum::{Payload, RecordedEvent, Repository, Uuid};
 use orders::inventory::{AddStock, Inventory, ReserveInventory};
 use orders::order::{CancelOrder, CompleteOrder, Order, PlaceOrder};
 use orders::shipping::{ShipOrder, Shipment};
-use shipping::ShippingBoard;
+use shipping::redis_model::RedisReadModel;
+use shipping::{NotificationFeed, Shipping, ShippingFeed};
 
 fn redis_url() -> String {
     std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
@@ -35,6 +36,9 @@ fn the_demo_runs_against_the_readme_services() {
         "o-2: cancelled grace   the customer changed her mind",
         "o-4: to-ship   edsger  5 Semaphore Lane, Nuenen",
         "to ship: o-1, o-3, o-4",
+        "grace: your order o-2 is placed; it ships to 1 Compiler Way, Arlington",
+        "grace: your order o-2 is cancelled (the customer changed her mind)",
+        "edsger: your order o-4 is complete",
     ] {
         assert!(stdout.contains(line), "missing `{line}` in:\n{stdout}");
     }
@@ -94,7 +98,9 @@ fn placed(id: &str) -> Payload {
 #[tokio::test]
 async fn the_board_applies_each_event_once() {
     let prefix = format!("shipping-test:{}:", Uuid::now_v7().simple());
-    let mut board = ShippingBoard::connect(&redis_url(), &prefix).await.unwrap();
+    let mut board = RedisReadModel::connect(&redis_url(), &prefix, Shipping)
+        .await
+        .unwrap();
     let cancelled = Payload::encode(&orders::order::OrderCancelled {
         order_id: "o-1".into(),
         reason: "changed mind".into(),
@@ -245,9 +251,27 @@ async fn every_relayed_message_validates_against_the_catalog() {
 
     // Each message against the schema of its type and version in the committed catalog.
     let catalog = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../schemas/events");
+    // And its headers against the AsyncAPI document's `RelayHeaders`.
+    let asyncapi: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(catalog.join("../asyncapi.json")).unwrap(),
+    )
+    .unwrap();
+    let relay_headers =
+        jsonschema::validator_for(&asyncapi["components"]["schemas"]["RelayHeaders"]).unwrap();
     let mut checked = BTreeSet::new();
     for sequence in 1..=stored {
         let message = ordered.get_raw_message(sequence).await.unwrap();
+        let sent: serde_json::Map<String, serde_json::Value> = message
+            .headers
+            .iter()
+            .filter(|(name, _)| name.to_string().starts_with("Factum-"))
+            .map(|(name, values)| (name.to_string(), serde_json::json!(values[0].as_str())))
+            .collect();
+        let problems: Vec<String> = relay_headers
+            .iter_errors(&serde_json::Value::Object(sent.clone()))
+            .map(|e| e.to_string())
+            .collect();
+        assert!(problems.is_empty(), "headers {sent:?}: {problems:?}");
         let header = |name| message.headers.get(name).unwrap().as_str().to_owned();
         let (event_type, version) = (header(headers::EVENT_TYPE), header(headers::SCHEMA_VERSION));
         assert_eq!(
@@ -298,4 +322,66 @@ async fn every_relayed_message_validates_against_the_catalog() {
         "order_id": "o-9", "customer": "ada", "sku": "book", "quantity": 1, "amount": 5, "card": "4242"
     });
     assert!(!jsonschema::is_valid(&schema, &without_address));
+}
+
+/// The catalog tells the truth about these services: the events each receives in
+/// `schemas/asyncapi.json` are the events its code reads, on the channels its defaults read.
+#[test]
+fn the_catalog_documents_what_each_service_reads_and_where() {
+    let document: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../schemas/asyncapi.json"),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    let received = |service: &str| -> BTreeSet<(String, String)> {
+        document["operations"]
+            .as_object()
+            .unwrap()
+            .iter()
+            .filter(|(id, _)| id.starts_with(&format!("{service}.receive.")))
+            .map(|(_, operation)| {
+                let channel = operation["channel"]["$ref"]
+                    .as_str()
+                    .unwrap()
+                    .trim_start_matches("#/channels/");
+                let channel = &document["channels"][channel];
+                let address = channel["address"].as_str().unwrap().to_owned();
+                let event = address.rsplit('.').next().unwrap().to_owned();
+                (event, address)
+            })
+            .collect()
+    };
+    let names = |events: &[factum::EventDescriptor]| -> BTreeSet<String> {
+        events.iter().map(|e| e.name.to_owned()).collect()
+    };
+    let shipping = received("shipping");
+    assert_eq!(
+        shipping
+            .iter()
+            .map(|(e, _)| e.clone())
+            .collect::<BTreeSet<_>>(),
+        names(<ShippingFeed as factum::EventSet>::EVENTS)
+    );
+    // The shipping service's default subject filter, `orders.Order.>`, covers its channels.
+    assert!(
+        shipping
+            .iter()
+            .all(|(_, address)| address.starts_with("orders.Order."))
+    );
+    let notifications = received("notifications");
+    assert_eq!(
+        notifications
+            .iter()
+            .map(|(e, _)| e.clone())
+            .collect::<BTreeSet<_>>(),
+        names(<NotificationFeed as factum::EventSet>::EVENTS)
+    );
+    // Its default binding, `orders.Order.#`, covers its channels' routing keys.
+    assert!(
+        notifications
+            .iter()
+            .all(|(_, address)| address.starts_with("orders.Order."))
+    );
 }

@@ -1,12 +1,17 @@
 //! The AsyncAPI 3.0 document: a channel per aggregate (stream category), a message per event
 //! type and version (payload: that version's JSON Schema, draft-07; headers: the envelope), and
-//! an operation per aggregate appending to its streams.
+//! an operation per aggregate appending to its streams. With declared brokers and relays: a
+//! server per broker, a channel per relayed event type addressed by its real subject or routing
+//! key (with AMQP bindings), the relay's send operations and the consuming services' receive
+//! operations.
 
 use std::collections::BTreeMap;
 
 use serde_json::{Map, Value, json};
 
+use super::wiring::{Destination, Protocol, RelayRoute};
 use super::{Catalog, CatalogEvent};
+use crate::relay::headers;
 
 /// The schema format of payloads: JSON Schema draft-07, which every AsyncAPI tool must accept.
 pub const PAYLOAD_FORMAT: &str = "application/schema+json;version=draft-07";
@@ -100,11 +105,19 @@ pub fn document(catalog: &Catalog) -> Value {
         }
     }
 
+    let servers = wire(
+        catalog,
+        &mut channels,
+        &mut operations,
+        &mut messages,
+        &mut schemas,
+    );
+
     let mut info = json!({ "title": catalog.title, "version": catalog.version });
     if let Some(description) = &catalog.description {
         info["description"] = json!(description);
     }
-    json!({
+    let mut document = json!({
         "asyncapi": "3.0.0",
         "info": info,
         "defaultContentType": "application/json",
@@ -119,6 +132,260 @@ pub fn document(catalog: &Catalog) -> Value {
                     "location": "$message.header#/correlationId",
                 },
             },
+        },
+    });
+    if let Some(servers) = servers {
+        document["servers"] = Value::Object(servers);
+        document["components"]["correlationIds"]["relayedCorrelationId"] = json!({
+            "description": "Shared by every command and event of one business flow.",
+            "location": format!("$message.header#/{}", headers::CORRELATION_ID),
+        });
+    }
+    document
+}
+
+/// The AMQP bindings' version (AsyncAPI bindings 0.3.0).
+const AMQP_BINDING: &str = "0.3.0";
+
+/// Adds the brokers, relays and services: returns the servers, when any broker is declared
+/// (then the store's channels are on a server of their own: the event store).
+fn wire(
+    catalog: &Catalog,
+    channels: &mut Map<String, Value>,
+    operations: &mut Map<String, Value>,
+    messages: &mut Map<String, Value>,
+    schemas: &mut Schemas,
+) -> Option<Map<String, Value>> {
+    if catalog.brokers.is_empty() {
+        return None;
+    }
+    let mut servers = Map::new();
+    servers.insert(
+        "store".to_owned(),
+        json!({
+            "host": "localhost:5432",
+            "protocol": "postgresql",
+            "title": "The event store",
+            "description": "Factum's event store (PostgreSQL): the aggregates' streams and the global feed, which projections, sagas and relays read. Not a broker: the channels on it are stream categories.",
+        }),
+    );
+    for channel in channels.values_mut() {
+        channel["servers"] = json!([{ "$ref": "#/servers/store" }]);
+    }
+    for broker in &catalog.brokers {
+        let mut server = json!({
+            "host": broker.host,
+            "protocol": broker.protocol.asyncapi(),
+        });
+        match broker.protocol {
+            Protocol::Amqp => {
+                server["protocolVersion"] = json!("0.9.1");
+                server["pathname"] = json!("/");
+            }
+            Protocol::Nats => {}
+        }
+        if let Some(description) = &broker.description {
+            server["description"] = json!(description);
+        }
+        servers.insert(broker.name.clone(), server);
+    }
+    schemas.insert_named("RelayHeaders", relay_headers());
+
+    for relay in &catalog.relays {
+        let Some(broker) = catalog.brokers.iter().find(|b| b.name == relay.broker) else {
+            continue;
+        };
+        for (aggregate, entry) in &catalog.aggregates {
+            if !relay.publishes(aggregate) {
+                continue;
+            }
+            let mut by_type: BTreeMap<&str, Vec<&CatalogEvent>> = BTreeMap::new();
+            for event in &entry.events {
+                by_type.entry(event.schema.name).or_default().push(event);
+            }
+            for (event_type, versions) in by_type {
+                let id = relay_channel(relay, aggregate, event_type);
+                let mut channel_messages = Map::new();
+                for event in &versions {
+                    let name = message_name(event);
+                    let relayed = format!("{name}.relayed");
+                    if !messages.contains_key(&relayed) {
+                        messages.insert(relayed.clone(), relayed_message(event));
+                    }
+                    channel_messages.insert(
+                        name,
+                        json!({ "$ref": format!("#/components/messages/{relayed}") }),
+                    );
+                }
+                let address = relay.address(aggregate, event_type);
+                let mut channel = json!({
+                    "address": address,
+                    "title": format!("{event_type} of {aggregate}, relayed by `{}`", relay.name),
+                    "description": relay_description(relay, aggregate, event_type),
+                    "servers": [{ "$ref": format!("#/servers/{}", broker.name) }],
+                    "messages": channel_messages,
+                });
+                if let Destination::Exchange { name, vhost } = &relay.destination {
+                    channel["bindings"] = json!({
+                        "amqp": {
+                            "is": "routingKey",
+                            "exchange": {
+                                "name": name,
+                                "type": "topic",
+                                "durable": true,
+                                "autoDelete": false,
+                                "vhost": vhost,
+                            },
+                            "bindingVersion": AMQP_BINDING,
+                        },
+                    });
+                }
+                let references: Vec<Value> = channel_messages_refs(&id, &channel);
+                let mut send = json!({
+                    "action": "send",
+                    "channel": { "$ref": format!("#/channels/{id}") },
+                    "title": format!("Relay `{}` publishes {event_type}", relay.name),
+                    "summary": format!(
+                        "The relay `{}` publishes every stored `{event_type}` of `{aggregate}` streams in feed order, with its stored payload and schema version.",
+                        relay.name
+                    ),
+                    "messages": references.clone(),
+                });
+                match &relay.destination {
+                    Destination::Exchange { .. } => {
+                        send["bindings"] = json!({
+                            "amqp": {
+                                "deliveryMode": 2,
+                                "mandatory": false,
+                                "timestamp": true,
+                                "bindingVersion": AMQP_BINDING,
+                            },
+                        });
+                    }
+                    Destination::JetStream { stream } => {
+                        send["x-factum-jetstream"] = json!({
+                            "stream": stream,
+                            "deduplication": "Nats-Msg-Id is the event id",
+                        });
+                    }
+                }
+                operations.insert(
+                    format!("{}.publish.{aggregate}.{event_type}", relay.name),
+                    send,
+                );
+                for service in &catalog.services {
+                    if service.relay != relay.name
+                        || !service.event_types.iter().any(|t| t == event_type)
+                    {
+                        continue;
+                    }
+                    let mut receive = json!({
+                        "action": "receive",
+                        "channel": { "$ref": format!("#/channels/{id}") },
+                        "title": format!("Service `{}` receives {event_type}", service.name),
+                        "summary": format!(
+                            "The service `{}` applies each `{event_type}` once (by stream version), decoding older versions through its upcasters.",
+                            service.name
+                        ),
+                        "messages": references.clone(),
+                    });
+                    if matches!(relay.destination, Destination::Exchange { .. }) {
+                        receive["bindings"] =
+                            json!({ "amqp": { "ack": true, "bindingVersion": AMQP_BINDING } });
+                    }
+                    operations.insert(
+                        format!(
+                            "{}.receive.{}.{aggregate}.{event_type}",
+                            service.name, relay.name
+                        ),
+                        receive,
+                    );
+                }
+                channels.insert(id, channel);
+            }
+        }
+    }
+    Some(servers)
+}
+
+/// The channel id of a relay's channel for one event type.
+fn relay_channel(relay: &RelayRoute, aggregate: &str, event_type: &str) -> String {
+    format!("{}.{aggregate}.{event_type}", relay.name)
+}
+
+fn relay_description(relay: &RelayRoute, aggregate: &str, event_type: &str) -> String {
+    let destination = match &relay.destination {
+        Destination::JetStream { stream } => format!(
+            "the subject of JetStream stream `{stream}`; each message's `Nats-Msg-Id` is the event id, which JetStream de-duplicates"
+        ),
+        Destination::Exchange { name, .. } => format!(
+            "the routing key on topic exchange `{name}`; the AMQP `message_id` is the event id, delivered at least once"
+        ),
+    };
+    format!(
+        "Every stored `{event_type}` of `{aggregate}` streams, in feed order (each stream's events in version order): {destination}. The body is the stored payload of the version its `{}` header names.",
+        headers::SCHEMA_VERSION
+    )
+}
+
+fn channel_messages_refs(id: &str, channel: &Value) -> Vec<Value> {
+    channel["messages"]
+        .as_object()
+        .map(|messages| {
+            messages
+                .keys()
+                .map(|name| json!({ "$ref": format!("#/channels/{id}/messages/{name}") }))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// A version of an event as a relay publishes it: the stored payload (the same schema as the
+/// store's message), the envelope in the broker's headers.
+fn relayed_message(event: &CatalogEvent) -> Value {
+    let schema = &event.schema;
+    let name = message_name(event);
+    json!({
+        "name": schema.name,
+        "title": format!("{} v{} (relayed)", schema.name, schema.version),
+        "summary": format!("Version {} of `{}` as a relay publishes it.", schema.version, schema.name),
+        "contentType": "application/json",
+        "headers": { "$ref": "#/components/schemas/RelayHeaders" },
+        "payload": { "$ref": format!("#/components/messages/{name}/payload") },
+        "correlationId": { "$ref": "#/components/correlationIds/relayedCorrelationId" },
+        "bindings": {
+            "amqp": { "messageType": schema.name, "bindingVersion": AMQP_BINDING },
+        },
+        "x-factum-schema-version": schema.version,
+    })
+}
+
+/// The headers a relay sets on every message (`factum::relay::headers`).
+fn relay_headers() -> Value {
+    let text = |description: &str| json!({ "type": "string", "description": description });
+    let uuid = |description: &str| json!({ "type": "string", "format": "uuid", "description": description });
+    let number = |description: &str| json!({ "type": "string", "pattern": "^[0-9]+$", "description": description });
+    json!({
+        "type": "object",
+        "description": "The envelope of the relayed event, as broker headers (text values).",
+        "required": [
+            headers::EVENT_ID, headers::EVENT_TYPE, headers::SCHEMA_VERSION, headers::STREAM_ID,
+            headers::STREAM_VERSION, headers::AGGREGATE_TYPE, headers::CORRELATION_ID,
+            headers::CAUSATION_ID, headers::RECORDED_AT, headers::FEED_POSITION, headers::RELAY,
+        ],
+        "properties": {
+            headers::EVENT_ID: uuid("Unique id of the event (UUIDv7)."),
+            headers::EVENT_TYPE: text("The event's stable type name."),
+            headers::SCHEMA_VERSION: number("The schema version of the body."),
+            headers::STREAM_ID: text("The stream (aggregate instance)."),
+            headers::STREAM_VERSION: number("The event's version in its stream, from 1."),
+            headers::AGGREGATE_TYPE: text("The aggregate type owning the stream."),
+            headers::CORRELATION_ID: uuid("Shared by every command and event of one flow."),
+            headers::CAUSATION_ID: uuid("What caused the event."),
+            headers::RECORDED_AT: { "type": "string", "format": "date-time", "description": "When the store recorded the event (RFC 3339)." },
+            headers::ACTOR: text("Who issued the command, when known."),
+            headers::FEED_POSITION: { "type": "string", "pattern": "^[0-9]+:[0-9]+$", "description": "The event's place in the global feed, `<tx>:<position>`." },
+            headers::RELAY: text("The relay that published it."),
         },
     })
 }

@@ -24,12 +24,14 @@ mod asyncapi;
 mod compat;
 mod json;
 mod markdown;
+mod wiring;
 
 use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
 pub use self::compat::{Change, Severity};
+pub use self::wiring::{Broker, Destination, Protocol, RelayRoute, Service};
 use crate::aggregate::Aggregate;
 use crate::event::{EventSchema, EventSet};
 
@@ -42,6 +44,12 @@ pub struct Catalog {
     aggregates: BTreeMap<&'static str, AggregateEntry>,
     /// Consumers of events (projections): name, version, and the event types they read.
     consumers: Vec<Consumer>,
+    /// The brokers the relays publish to.
+    brokers: Vec<Broker>,
+    /// The relays, whose subjects and routing keys are channels.
+    relays: Vec<RelayRoute>,
+    /// The services of other processes consuming relayed events.
+    services: Vec<Service>,
 }
 
 /// A projection or a saga in the catalog.
@@ -100,7 +108,85 @@ impl Catalog {
             description: None,
             aggregates: BTreeMap::new(),
             consumers: Vec::new(),
+            brokers: Vec::new(),
+            relays: Vec::new(),
+            services: Vec::new(),
         }
+    }
+
+    /// Adds a broker (an AsyncAPI server) that relays publish to.
+    #[must_use]
+    pub fn broker(mut self, broker: Broker) -> Self {
+        self.brokers.push(broker);
+        self
+    }
+
+    /// Adds a relay: a channel per event type it publishes, addressed by its real subject or
+    /// routing key, and an operation sending to each.
+    #[must_use]
+    pub fn relay(mut self, relay: RelayRoute) -> Self {
+        self.relays.push(relay);
+        self
+    }
+
+    /// Adds a service of another process consuming a relay's events: an operation receiving
+    /// from each channel of an event type it reads.
+    #[must_use]
+    pub fn service(mut self, service: Service) -> Self {
+        self.services.push(service);
+        self
+    }
+
+    /// What the declared wiring gets wrong: a relay on an undeclared broker or publishing to
+    /// a destination its broker's protocol has not, a service of an undeclared relay or reading
+    /// an event type no relay of it publishes.
+    fn wiring_errors(&self) -> Vec<String> {
+        let mut errors = Vec::new();
+        for relay in &self.relays {
+            match self.brokers.iter().find(|b| b.name == relay.broker) {
+                None => errors.push(format!(
+                    "relay `{}` publishes to broker `{}`, which the catalog does not declare: add `.broker(Broker::nats(..))` or `Broker::amqp`",
+                    relay.name, relay.broker
+                )),
+                Some(broker) => {
+                    let fits = matches!(
+                        (&relay.destination, broker.protocol),
+                        (Destination::JetStream { .. }, Protocol::Nats)
+                            | (Destination::Exchange { .. }, Protocol::Amqp)
+                    );
+                    if !fits {
+                        errors.push(format!(
+                            "relay `{}` is declared for another protocol than broker `{}` ({})",
+                            relay.name,
+                            broker.name,
+                            broker.protocol.asyncapi()
+                        ));
+                    }
+                }
+            }
+        }
+        for service in &self.services {
+            let Some(relay) = self.relays.iter().find(|r| r.name == service.relay) else {
+                errors.push(format!(
+                    "service `{}` reads relay `{}`, which the catalog does not declare",
+                    service.name, service.relay
+                ));
+                continue;
+            };
+            for event_type in &service.event_types {
+                let published = self.aggregates.iter().any(|(aggregate, entry)| {
+                    relay.publishes(aggregate)
+                        && entry.events.iter().any(|e| e.schema.name == event_type)
+                });
+                if !published {
+                    errors.push(format!(
+                        "service `{}` reads `{event_type}`, which relay `{}` does not publish (no aggregate of the catalog it relays has it)",
+                        service.name, relay.name
+                    ));
+                }
+            }
+        }
+        errors
     }
 
     /// A description of the application.
@@ -208,9 +294,14 @@ impl Catalog {
     /// Compares the code's schemas with the published ones in `dir` (the lock).
     ///
     /// # Errors
+    /// [`CatalogError::Wiring`] when the declared relays, brokers and services do not fit;
     /// [`CatalogError::Breaking`] listing every incompatible change to a published version;
     /// [`CatalogError::Io`] or [`CatalogError::InvalidLock`] when the lock cannot be read.
     pub fn check(&self, dir: impl AsRef<Path>) -> Result<Vec<Change>, CatalogError> {
+        let wiring = self.wiring_errors();
+        if !wiring.is_empty() {
+            return Err(CatalogError::Wiring(wiring));
+        }
         let dir = dir.as_ref();
         let mut changes = Vec::new();
         for (_, event) in self.events() {
@@ -317,6 +408,10 @@ pub enum CatalogError {
         #[source]
         source: serde_json::Error,
     },
+
+    /// The declared brokers, relays and services do not fit together.
+    #[error("the catalog's wiring is inconsistent:\n  - {}", .0.join("\n  - "))]
+    Wiring(Vec<String>),
 
     /// A catalog file could not be read or written.
     #[error("cannot read or write {}: {source}", path.display())]

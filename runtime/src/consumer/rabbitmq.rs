@@ -74,7 +74,22 @@ impl RabbitMqSource {
         self
     }
 
-    async fn open(&self) -> Result<Reading, SourceError> {
+    /// Declares the queue and its bindings, then disconnects: for a deployment step that binds
+    /// the queue before the relay publishes (RabbitMQ drops what no queue is bound for).
+    ///
+    /// # Errors
+    /// [`SourceError::Transient`] when the broker cannot be reached;
+    /// [`SourceError::Invalid`] for names longer than AMQP takes.
+    pub async fn declare(&self) -> Result<(), SourceError> {
+        let (connection, _channel) = self.declared().await?;
+        connection
+            .close(200, ShortString::from("declared"))
+            .await
+            .map_err(transient)
+    }
+
+    /// A connection and a channel on which the queue and its bindings are declared.
+    async fn declared(&self) -> Result<(Connection, Channel), SourceError> {
         let queue = short("queue name", &self.queue)?;
         let connection = Connection::connect(&self.url, ConnectionProperties::default())
             .await
@@ -122,6 +137,12 @@ impl RabbitMqSource {
                 .await
                 .map_err(transient)?;
         }
+        Ok((connection, channel))
+    }
+
+    async fn open(&self) -> Result<Reading, SourceError> {
+        let queue = short("queue name", &self.queue)?;
+        let (connection, channel) = self.declared().await?;
         let consumer = channel
             .basic_consume(
                 queue,

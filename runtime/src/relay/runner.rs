@@ -1,0 +1,358 @@
+//! [`Relay`]: the lease, the feed read one batch ahead, publishing, acknowledgements, the
+//! checkpoint, retries and dead letters (see the [module documentation](super)).
+
+use std::collections::HashSet;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tracing::Instrument as _;
+
+use super::checkpoint::{self, RelayDeadLetter};
+use super::message::Outbound;
+use super::{RelayState, Sink, SinkError};
+use crate::envelope::RecordedEvent;
+use crate::failure::backoff;
+use crate::feed::Subscription;
+use crate::store::PostgresStore;
+use crate::store::sql::{Backend as _, LeaseName};
+
+/// Which events a relay publishes.
+#[derive(Debug, Clone, Default)]
+struct Filter {
+    aggregate_types: Option<HashSet<String>>,
+    event_types: Option<Vec<String>>,
+}
+
+/// Publishes a store's global feed to a [`Sink`]; see the [module documentation](super).
+#[derive(Debug)]
+pub struct Relay<K> {
+    store: PostgresStore,
+    sink: K,
+    name: Arc<str>,
+    filter: Filter,
+    batch_size: usize,
+    retry_backoff: Duration,
+    standby_interval: Duration,
+    state: watch::Sender<RelayState>,
+}
+
+impl<K: Sink> Relay<K> {
+    /// A relay named `name` (its checkpoint, lease and dead letters are kept under the name)
+    /// from `store` to `sink`, publishing every event.
+    pub fn new(store: PostgresStore, name: impl Into<String>, sink: K) -> Self {
+        Self {
+            store,
+            sink,
+            name: Arc::from(name.into()),
+            filter: Filter::default(),
+            batch_size: 1000,
+            retry_backoff: Duration::from_millis(100),
+            standby_interval: Duration::from_secs(1),
+            state: watch::Sender::new(RelayState::NotStarted),
+        }
+    }
+
+    /// Only events of these aggregate types.
+    #[must_use]
+    pub fn aggregate_types<I: IntoIterator<Item = T>, T: Into<String>>(mut self, types: I) -> Self {
+        self.filter.aggregate_types = Some(types.into_iter().map(Into::into).collect());
+        self
+    }
+
+    /// Only events of these types (the store filters them).
+    #[must_use]
+    pub fn event_types<I: IntoIterator<Item = T>, T: Into<String>>(mut self, types: I) -> Self {
+        self.filter.event_types = Some(types.into_iter().map(Into::into).collect());
+        self
+    }
+
+    /// Events read and published per batch (1,000 by default): also the most a crash can make
+    /// the relay publish again, inside the broker's de-duplication window.
+    #[must_use]
+    pub fn batch_size(mut self, batch_size: usize) -> Self {
+        self.batch_size = batch_size.max(1);
+        self
+    }
+
+    /// The first retry's delay after a failure (100 ms by default), doubled per attempt up to
+    /// a cap, with jitter.
+    #[must_use]
+    pub fn retry_backoff(mut self, delay: Duration) -> Self {
+        self.retry_backoff = delay;
+        self
+    }
+
+    /// How often a relay on standby tries to take the lease (1 s by default).
+    #[must_use]
+    pub fn standby_interval(mut self, interval: Duration) -> Self {
+        self.standby_interval = interval;
+        self
+    }
+
+    /// What the relay is doing, now and as it changes.
+    #[must_use]
+    pub fn state(&self) -> watch::Receiver<RelayState> {
+        self.state.subscribe()
+    }
+
+    /// Publishes until `shutdown` completes, through broker and database outages.
+    ///
+    /// # Errors
+    /// [`crate::Error`] only for what no retry can cure: the store is not migrated (or its
+    /// relay tables are missing), newer than this build, moved to another cluster or corrupt,
+    /// or the relay's name is empty.
+    pub async fn run(self, shutdown: impl Future<Output = ()> + Send) -> crate::Result<()> {
+        if self.name.is_empty() {
+            return Err(crate::Error::InvalidConfig(
+                "a relay needs a non-empty name: its checkpoint is kept under it".into(),
+            ));
+        }
+        let span = tracing::info_span!("relay", relay = %self.name);
+        self.run_until(shutdown).instrument(span).await
+    }
+
+    async fn run_until(self, shutdown: impl Future<Output = ()> + Send) -> crate::Result<()> {
+        tokio::pin!(shutdown);
+        let mut attempt = 0_u32;
+        let outcome = loop {
+            let work = self.lease_and_publish(&mut attempt);
+            let result = tokio::select! {
+                biased;
+                () = &mut shutdown => break Ok(()),
+                result = work => result,
+            };
+            match result {
+                Ok(()) | Err(Failure::LeaseLost) => {
+                    // On standby: the lease is another relay's.
+                    self.state.send_replace(RelayState::Standby);
+                    tokio::select! {
+                        biased;
+                        () = &mut shutdown => break Ok(()),
+                        () = tokio::time::sleep(self.standby_interval) => {}
+                    }
+                }
+                Err(Failure::Fatal(error)) => break Err(error),
+                Err(failure) => {
+                    attempt = attempt.saturating_add(1);
+                    let error = failure.to_string();
+                    tracing::warn!(relay = %self.name, %error, attempt, "relay retrying");
+                    self.state
+                        .send_replace(RelayState::Retrying { error, attempt });
+                    tokio::select! {
+                        biased;
+                        () = &mut shutdown => break Ok(()),
+                        () = tokio::time::sleep(backoff(self.retry_backoff, attempt)) => {}
+                    }
+                }
+            }
+        };
+        self.state.send_replace(RelayState::Stopped);
+        outcome
+    }
+
+    /// Takes the lease and publishes while it holds it; `Ok` when the lease is another's.
+    async fn lease_and_publish(&self, attempt: &mut u32) -> Result<(), Failure> {
+        let lease = self
+            .store
+            .try_lease(LeaseName::Relay { name: &self.name })
+            .await
+            .map_err(Failure::store)?;
+        let Some(lease) = lease else {
+            return Ok(());
+        };
+        let outcome = async {
+            let claimed = checkpoint::claim(&self.store, &self.name).await?;
+            let mut position = claimed.position;
+            // The broker may hold what the last holder published and could not checkpoint.
+            if let Some(published) = self
+                .sink
+                .last_published(&self.name)
+                .await
+                .map_err(Failure::Sink)?
+                && published > position
+            {
+                tracing::info!(relay = %self.name, ?published, "resuming after the broker's last message");
+                checkpoint::save(&self.store, &claimed, published, 0, Vec::new()).await?;
+                position = published;
+            }
+            let mut parked = checkpoint::parked_streams(&self.store, &self.name).await?;
+            let mut feed = Subscription::new(self.store.clone(), position)
+                .batch_size(self.batch_size);
+            if let Some(types) = &self.filter.event_types {
+                feed = feed.event_types(types.iter().cloned());
+            }
+            self.state
+                .send_replace(RelayState::Running { checkpoint: position });
+            let mut feed = ReadAhead::start(feed);
+            loop {
+                // A lease lost meanwhile shows when the checkpoint is saved (its token);
+                // what was published in between is a duplicate the broker drops.
+                let batch = feed.next().await.map_err(Failure::store)?;
+                let Some(last) = batch.last().map(RecordedEvent::feed_position) else {
+                    continue;
+                };
+                let (published, letters) = self.publish(batch, &mut parked, attempt).await?;
+                checkpoint::save(&self.store, &claimed, last, published, letters).await?;
+                *attempt = 0;
+                self.state
+                    .send_replace(RelayState::Running { checkpoint: last });
+            }
+        }
+        .await;
+        lease.release().await;
+        outcome
+    }
+
+    /// Publishes a batch until the broker acknowledged every event of it that it accepts;
+    /// returns how many it acknowledged, and the dead letters for the others (and for events
+    /// behind them in their streams).
+    async fn publish(
+        &self,
+        batch: Vec<RecordedEvent>,
+        parked: &mut HashSet<String>,
+        attempt: &mut u32,
+    ) -> Result<(u64, Vec<RelayDeadLetter>), Failure> {
+        let mut letters = Vec::new();
+        let mut outbound = Vec::with_capacity(batch.len());
+        for event in batch {
+            if let Some(types) = &self.filter.aggregate_types
+                && !types.contains(&event.aggregate_type)
+            {
+                continue;
+            }
+            if parked.contains(&event.stream_id) {
+                letters.push(RelayDeadLetter::behind(&event));
+                continue;
+            }
+            let message = Outbound::new(event, self.name.clone());
+            match self.sink.refuses(&message) {
+                Some(refusal) => self.park(&message, refusal, parked, &mut letters),
+                None => outbound.push(message),
+            }
+        }
+        let mut acknowledged = 0;
+        let mut pending = &outbound[..];
+        while !pending.is_empty() {
+            let outcomes = self.sink.publish(pending).await;
+            // The answered prefix: acknowledged, or refused for good (at the broker: the
+            // stream's later messages of this batch may be stored already, a hole in its
+            // order there that the dead letter records). Then the first failure, if any.
+            let mut answered = 0;
+            let mut failed = None;
+            for (message, outcome) in pending.iter().zip(outcomes) {
+                match outcome {
+                    Ok(()) => acknowledged += 1,
+                    Err(SinkError::Permanent(refusal)) => {
+                        self.park(message, refusal, parked, &mut letters);
+                    }
+                    Err(error) => {
+                        failed = Some(error);
+                        break;
+                    }
+                }
+                answered += 1;
+            }
+            pending = &pending[answered..];
+            if failed.is_none() && !pending.is_empty() {
+                failed = Some(SinkError::Transient("sending stopped".into()));
+            }
+            if let Some(error) = failed {
+                *attempt = attempt.saturating_add(1);
+                let error = error.to_string();
+                tracing::warn!(relay = %self.name, %error, attempt = *attempt, "relay publishing again");
+                self.state.send_replace(RelayState::Retrying {
+                    error,
+                    attempt: *attempt,
+                });
+                tokio::time::sleep(backoff(self.retry_backoff, *attempt)).await;
+            }
+        }
+        Ok((acknowledged, letters))
+    }
+
+    /// Records `message` as refused for good, and parks its stream behind it.
+    fn park(
+        &self,
+        message: &Outbound,
+        refusal: String,
+        parked: &mut HashSet<String>,
+        letters: &mut Vec<RelayDeadLetter>,
+    ) {
+        let event = &message.event;
+        tracing::error!(relay = %self.name, stream_id = %event.stream_id,
+            stream_version = event.stream_version, %refusal, "the broker refuses an event: parked");
+        parked.insert(event.stream_id.clone());
+        letters.push(RelayDeadLetter::refused(message, refusal));
+    }
+}
+
+/// The feed read one batch ahead, in a task of its own, while the relay publishes and
+/// checkpoints the batch before: the database and the broker work at the same time. The task
+/// ends with the relay's holding of the lease (dropped: aborted).
+struct ReadAhead {
+    batches: tokio::sync::mpsc::Receiver<crate::Result<Vec<RecordedEvent>>>,
+    reader: tokio::task::JoinHandle<()>,
+}
+
+impl ReadAhead {
+    fn start(mut feed: Subscription<PostgresStore>) -> Self {
+        let (sender, batches) = tokio::sync::mpsc::channel(1);
+        let reader = tokio::spawn(async move {
+            loop {
+                let batch = feed.next_batch().await;
+                let failed = batch.is_err();
+                if sender.send(batch).await.is_err() || failed {
+                    return;
+                }
+            }
+        });
+        Self { batches, reader }
+    }
+
+    async fn next(&mut self) -> crate::Result<Vec<RecordedEvent>> {
+        match self.batches.recv().await {
+            Some(batch) => batch,
+            // The reader is gone without a word: it panicked.
+            None => Err(crate::Error::Backend(
+                "the relay's feed reader stopped".into(),
+            )),
+        }
+    }
+}
+
+impl Drop for ReadAhead {
+    fn drop(&mut self) {
+        self.reader.abort();
+    }
+}
+
+/// Why one holding of the lease ended.
+#[derive(Debug, thiserror::Error)]
+pub(super) enum Failure {
+    /// The database failed (retried).
+    #[error("the database failed: {0}")]
+    Store(crate::Error),
+    /// The broker failed (retried).
+    #[error(transparent)]
+    Sink(SinkError),
+    /// Another relay took the lease over (this one goes on standby).
+    #[error("the relay's lease was taken over")]
+    LeaseLost,
+    /// No retry cures it.
+    #[error(transparent)]
+    Fatal(crate::Error),
+}
+
+impl Failure {
+    /// A store error: retried when it may pass, as projection runners do; else fatal (the
+    /// store is not migrated, newer than this build, or moved to another cluster).
+    pub(super) fn store(error: crate::Error) -> Self {
+        if error.is_transient() {
+            Self::Store(error)
+        } else {
+            Self::Fatal(error)
+        }
+    }
+}
