@@ -252,10 +252,9 @@ async fn every_relayed_message_validates_against_the_catalog() {
     // Each message against the schema of its type and version in the committed catalog.
     let catalog = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../schemas/events");
     // And its headers against the AsyncAPI document's `RelayHeaders`.
-    let asyncapi: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(catalog.join("../asyncapi.json")).unwrap(),
-    )
-    .unwrap();
+    let asyncapi: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(catalog.join("../asyncapi.json")).unwrap())
+            .unwrap();
     let relay_headers =
         jsonschema::validator_for(&asyncapi["components"]["schemas"]["RelayHeaders"]).unwrap();
     let mut checked = BTreeSet::new();

@@ -7,8 +7,8 @@ use chrono::{DateTime, Utc};
 use sqlx::AssertSqlSafe;
 use uuid::Uuid;
 
+use super::Failure;
 use super::message::Outbound;
-use super::runner::Failure;
 use crate::envelope::RecordedEvent;
 use crate::position::FeedPosition;
 use crate::store::PostgresStore;

@@ -113,3 +113,34 @@ pub enum RelayState {
     /// `run` returned.
     Stopped,
 }
+
+/// Why one holding of a relay's lease ended (shared by the runner and its checkpoint).
+#[cfg(feature = "postgres")]
+#[derive(Debug, thiserror::Error)]
+enum Failure {
+    /// The database failed (retried).
+    #[error("the database failed: {0}")]
+    Store(crate::Error),
+    /// The broker failed (retried).
+    #[error(transparent)]
+    Sink(SinkError),
+    /// Another relay took the lease over (this one goes on standby).
+    #[error("the relay's lease was taken over")]
+    LeaseLost,
+    /// No retry cures it.
+    #[error(transparent)]
+    Fatal(crate::Error),
+}
+
+#[cfg(feature = "postgres")]
+impl Failure {
+    /// A store error: retried when it may pass, as projection runners do; else fatal (the
+    /// store is not migrated, newer than this build, or moved to another cluster).
+    fn store(error: crate::Error) -> Self {
+        if error.is_transient() {
+            Self::Store(error)
+        } else {
+            Self::Fatal(error)
+        }
+    }
+}

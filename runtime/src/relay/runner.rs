@@ -11,7 +11,7 @@ use tracing::Instrument as _;
 
 use super::checkpoint::{self, RelayDeadLetter};
 use super::message::Outbound;
-use super::{RelayState, Sink, SinkError};
+use super::{Failure, RelayState, Sink, SinkError};
 use crate::envelope::RecordedEvent;
 use crate::failure::backoff;
 use crate::feed::Subscription;
@@ -325,34 +325,5 @@ impl ReadAhead {
 impl Drop for ReadAhead {
     fn drop(&mut self) {
         self.reader.abort();
-    }
-}
-
-/// Why one holding of the lease ended.
-#[derive(Debug, thiserror::Error)]
-pub(super) enum Failure {
-    /// The database failed (retried).
-    #[error("the database failed: {0}")]
-    Store(crate::Error),
-    /// The broker failed (retried).
-    #[error(transparent)]
-    Sink(SinkError),
-    /// Another relay took the lease over (this one goes on standby).
-    #[error("the relay's lease was taken over")]
-    LeaseLost,
-    /// No retry cures it.
-    #[error(transparent)]
-    Fatal(crate::Error),
-}
-
-impl Failure {
-    /// A store error: retried when it may pass, as projection runners do; else fatal (the
-    /// store is not migrated, newer than this build, or moved to another cluster).
-    pub(super) fn store(error: crate::Error) -> Self {
-        if error.is_transient() {
-            Self::Store(error)
-        } else {
-            Self::Fatal(error)
-        }
     }
 }
