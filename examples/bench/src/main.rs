@@ -480,11 +480,29 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                     report.latency.max_ms
                 );
                 println!(
-                    "  missing {}, duplicated {}, never received {} (each must be 0)",
-                    report.missing, report.duplicated, report.latency.missing
+                    "  append -> a consumer's read model (another schema) committed it: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+                    report.latency.consumer_p50_ms,
+                    report.latency.consumer_p99_ms,
+                    report.latency.consumer_max_ms
+                );
+                println!(
+                    "  missing {}, duplicated {}, never received {}, never in the read model {}, read model rows {} of {} (each must match)",
+                    report.missing,
+                    report.duplicated,
+                    report.latency.missing,
+                    report.latency.consumer_missing,
+                    report.latency.consumer_rows,
+                    report.latency.events
                 );
             }
-            let faults = report.missing + report.duplicated + report.latency.missing as u64;
+            let wrong_rows = (report.latency.consumer_rows
+                - i64::try_from(report.latency.events).unwrap_or(i64::MAX))
+            .unsigned_abs();
+            let faults = report.missing
+                + report.duplicated
+                + report.latency.missing as u64
+                + report.latency.consumer_missing as u64
+                + wrong_rows;
             if faults > 0 {
                 return Err(format!(
                     "{} events missing, duplicated or never received (must be 0): the figures are void",

@@ -7,7 +7,9 @@
 //!   then hold every event exactly once (`missing` and `duplicated` must be 0).
 //! - latency: events appended at a steady rate while the relay runs; the time from before the
 //!   append until a NATS subscriber receives the event (the relay in the same process: its
-//!   wake-up is in-process; another process waits for PostgreSQL's `NOTIFY`).
+//!   wake-up is in-process; another process waits for PostgreSQL's `NOTIFY`), and until a
+//!   consumer (`factum::consumer`: an ordered JetStream consumer feeding a `#[projection]` of
+//!   another PostgreSQL schema, the consuming service's own) has committed it to its read model.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -15,6 +17,7 @@ use std::time::{Duration, Instant};
 
 use async_nats::jetstream::{self, message::PublishMessage, stream};
 use async_nats::{HeaderMap, HeaderName};
+use factum::consumer::{Consumer, JetStreamSource, ProjectionTarget, Target, TargetError};
 use factum::relay::{JetStreamSink, Outbound, Relay, RelayState, subject_token};
 use factum::testing::nats::NatsServer;
 use factum::testing::postgres::TemporaryStore;
@@ -71,6 +74,74 @@ pub struct Latency {
     pub max_ms: f64,
     /// Appended events the subscriber never received (must be 0).
     pub missing: usize,
+    /// From before the append until the consumer's read model committed the event.
+    pub consumer_p50_ms: f64,
+    pub consumer_p99_ms: f64,
+    pub consumer_max_ms: f64,
+    /// Appended events the consumer's read model never got (must be 0).
+    pub consumer_missing: usize,
+    /// Rows of the consumer's read model (must equal `events`: each applied once).
+    pub consumer_rows: i64,
+}
+
+/// What the bench appends.
+#[factum::event]
+#[derive(Debug, Clone, PartialEq)]
+pub struct Pinged {
+    pub n: u64,
+}
+
+/// The consuming service's read model: a row per event.
+#[derive(Debug)]
+struct ReadModel {
+    table: String,
+}
+
+#[factum::projection(name = "bench_latency")]
+impl ReadModel {
+    #[handle]
+    async fn pinged(
+        &mut self,
+        event: &Pinged,
+        envelope: &factum::Envelope,
+        tx: &mut factum::Tx<'_>,
+    ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "INSERT INTO {} (event_id, n) VALUES ($1, $2)",
+            self.table
+        )))
+        .bind(envelope.event_id.to_string())
+        .bind(i64::try_from(event.n)?)
+        .execute(&mut *tx)
+        .await?;
+        Ok(())
+    }
+}
+
+/// A target that notes when each event of a batch was committed by the target it wraps.
+struct Timed<T> {
+    inner: T,
+    committed: Arc<Mutex<HashMap<Uuid, Instant>>>,
+}
+
+impl<T: Target> Target for Timed<T> {
+    async fn position(&mut self) -> Result<Option<u64>, TargetError> {
+        self.inner.position().await
+    }
+
+    async fn apply(
+        &mut self,
+        events: &[RecordedEvent],
+        position: Option<u64>,
+    ) -> Result<u64, TargetError> {
+        let applied = self.inner.apply(events, position).await?;
+        let now = Instant::now();
+        let mut committed = self.committed.lock().unwrap_or_else(|e| e.into_inner());
+        for event in events {
+            committed.entry(event.event_id).or_insert(now);
+        }
+        Ok(applied)
+    }
 }
 
 type Failure = Box<dyn std::error::Error + Send + Sync>;
@@ -319,6 +390,35 @@ async fn latency(server: &NatsServer, config: &Config) -> Result<Latency, Failur
             latencies
         })
     };
+    // The consuming service: its own store (another schema), its read model, its consumer.
+    let service = TemporaryStore::new().await?;
+    let table = format!("\"{}\".bench_read_model", service.schema());
+    factum::testing::execute(
+        &*service,
+        &format!("CREATE TABLE {table} (event_id text PRIMARY KEY, n bigint NOT NULL)"),
+    )
+    .await?;
+    let committed: Arc<Mutex<HashMap<Uuid, Instant>>> = Arc::default();
+    let target = Timed {
+        inner: ProjectionTarget::new(
+            (*service).clone(),
+            "bench",
+            ReadModel {
+                table: table.clone(),
+            },
+        ),
+        committed: committed.clone(),
+    };
+    let consumer = Consumer::new(
+        "bench",
+        JetStreamSource::new(client.clone(), &stream, "lat.>"),
+        target,
+    );
+    let (stop_consumer, consumer_stopped) = oneshot::channel::<()>();
+    let consumer = tokio::spawn(consumer.run(async move {
+        let _ = consumer_stopped.await;
+    }));
+
     let sink = JetStreamSink::new(client.clone(), &stream, "lat").await?;
     let relay = Relay::new((*store).clone(), "lat", sink);
     let (stop, stopped) = oneshot::channel::<()>();
@@ -328,16 +428,17 @@ async fn latency(server: &NatsServer, config: &Config) -> Result<Latency, Failur
     let total = usize::try_from(config.rate * config.seconds)?;
     let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / config.rate as f64));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let mut appended_at = HashMap::with_capacity(total);
     for n in 0..total {
         tick.tick().await;
-        let event = NewEvent::new(
-            "Pinged",
-            1,
-            Payload::encode(&serde_json::json!({ "n": n }))?,
-        );
+        let event = NewEvent::of(&Pinged {
+            n: u64::try_from(n)?,
+        })?;
+        let at = Instant::now();
+        appended_at.insert(event.event_id, at);
         sent.lock()
             .unwrap_or_else(|e| e.into_inner())
-            .insert(event.event_id, Instant::now());
+            .insert(event.event_id, at);
         store
             .append(
                 &format!("l-{}", n % 50),
@@ -354,8 +455,27 @@ async fn latency(server: &NatsServer, config: &Config) -> Result<Latency, Failur
     {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    while committed.lock().unwrap_or_else(|e| e.into_inner()).len() < total
+        && began.elapsed() < Duration::from_secs(20)
+    {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let _ = stop.send(());
     task.await??;
+    let _ = stop_consumer.send(());
+    consumer.await??;
+    let mut consumer_latencies: Vec<Duration> = {
+        let committed = committed.lock().unwrap_or_else(|e| e.into_inner());
+        appended_at
+            .iter()
+            .filter_map(|(id, at)| committed.get(id).map(|done| done.duration_since(*at)))
+            .collect()
+    };
+    consumer_latencies.sort_unstable();
+    let consumer_missing = total - consumer_latencies.len();
+    let rows: Vec<(i64,)> =
+        factum::testing::fetch_all(&*service, &format!("SELECT count(*) FROM {table}")).await?;
+    let consumer_rows = rows.first().map_or(0, |row| row.0);
     let missing = sent.lock().unwrap_or_else(|e| e.into_inner()).len();
     let _ = done.send(());
     let mut latencies = receiver.await?;
@@ -368,5 +488,10 @@ async fn latency(server: &NatsServer, config: &Config) -> Result<Latency, Failur
         p99_ms: millis(percentile(&latencies, 0.99)),
         max_ms: millis(latencies.last().copied().unwrap_or_default()),
         missing,
+        consumer_p50_ms: millis(percentile(&consumer_latencies, 0.50)),
+        consumer_p99_ms: millis(percentile(&consumer_latencies, 0.99)),
+        consumer_max_ms: millis(consumer_latencies.last().copied().unwrap_or_default()),
+        consumer_missing,
+        consumer_rows,
     })
 }
