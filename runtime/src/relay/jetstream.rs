@@ -142,9 +142,12 @@ fn classify(error: &jetstream::context::PublishError) -> SinkError {
 }
 
 impl Sink for JetStreamSink {
-    fn refuses(&self, message: &Outbound) -> Option<String> {
+    /// The subject and the message.
+    type Message = (String, PublishMessage);
+
+    fn prepare(&self, message: &Outbound) -> Result<Self::Message, String> {
         if let Some(header) = message.unsendable_header() {
-            return Some(format!(
+            return Err(format!(
                 "header {header} holds a control character, which NATS headers cannot carry"
             ));
         }
@@ -153,27 +156,28 @@ impl Sink for JetStreamSink {
         let limit = self
             .max_message_size
             .map_or(server, |stream| stream.min(server));
-        (limit > 0 && size > limit).then(|| {
-            format!(
+        if limit > 0 && size > limit {
+            return Err(format!(
                 "the message is {size} bytes; the JetStream stream `{}` takes at most {limit}",
                 self.stream
-            )
-        })
+            ));
+        }
+        let headers = Self::headers(message);
+        let id = headers
+            .get(headers::EVENT_ID)
+            .map_or_else(|| message.event.event_id.to_string(), |id| id.to_string());
+        let publish = PublishMessage::build()
+            .payload(message.payload().to_owned().into())
+            .headers(headers)
+            .message_id(id);
+        Ok((self.subject(message), publish))
     }
 
-    async fn publish(&self, messages: &[Outbound]) -> Vec<Result<(), SinkError>> {
+    async fn publish(&self, messages: Vec<Self::Message>) -> Vec<Result<(), SinkError>> {
         let mut acks = Vec::with_capacity(messages.len());
-        let mut outcomes = Vec::with_capacity(messages.len());
-        for message in messages {
-            let publish = PublishMessage::build()
-                .payload(message.payload().to_owned().into())
-                .headers(Self::headers(message))
-                .message_id(message.event.event_id.to_string());
-            match self
-                .context
-                .send_publish(self.subject(message), publish)
-                .await
-            {
+        let mut outcomes = Vec::with_capacity(1);
+        for (subject, publish) in messages {
+            match self.context.send_publish(subject, publish).await {
                 Ok(ack) => acks.push(ack),
                 Err(error) => {
                     outcomes.push(Err(classify(&error)));
@@ -185,7 +189,7 @@ impl Sink for JetStreamSink {
         // The first that does not come (the connection dropped: each would wait out its own
         // timeout) ends the wait; the rest count as not sent, and are published again, which
         // the stream drops as duplicates of any it stored.
-        let mut answered = Vec::with_capacity(messages.len());
+        let mut answered = Vec::with_capacity(acks.len() + 1);
         for ack in acks {
             match ack.await {
                 Ok(_) => answered.push(Ok(())),

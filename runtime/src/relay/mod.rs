@@ -65,19 +65,28 @@ pub enum SinkError {
     Permanent(String),
 }
 
-/// A message broker a [`Relay`] publishes to.
+/// A message broker a `Relay` publishes to.
 pub trait Sink: Send + Sync + 'static {
-    /// Why the broker would refuse `message` for good, if it would, before anything is sent.
-    fn refuses(&self, message: &Outbound) -> Option<String>;
+    /// A message ready to send: built from an [`Outbound`] ahead of publishing (the relay
+    /// prepares the next batch while the broker acknowledges the one before).
+    type Message: Send + Sync + 'static;
+
+    /// The message for `message`, or why the broker would refuse it for good (it is larger
+    /// than the broker takes, say), before anything is sent.
+    ///
+    /// # Errors
+    /// The refusal: the relay records a dead letter and parks the event's stream.
+    fn prepare(&self, message: &Outbound) -> Result<Self::Message, String>;
 
     /// Publishes `messages` in order and waits for the broker's acknowledgements: an outcome
     /// per message, in the same order; fewer outcomes than messages when sending stopped (the
-    /// rest were not sent, and are published again). A message is acknowledged only when the
-    /// broker stored it (or recognised it as a duplicate of one it stored).
-    fn publish<'a>(
-        &'a self,
-        messages: &'a [Outbound],
-    ) -> impl Future<Output = Vec<Result<(), SinkError>>> + Send + 'a;
+    /// rest were not sent: the relay prepares and publishes them again). A message is
+    /// acknowledged only when the broker stored it (or recognised it as a duplicate of one it
+    /// stored).
+    fn publish(
+        &self,
+        messages: Vec<Self::Message>,
+    ) -> impl Future<Output = Vec<Result<(), SinkError>>> + Send + '_;
 
     /// The feed position of the last message the broker holds from the relay `relay`, if it
     /// can tell: the relay resumes after it.

@@ -145,25 +145,29 @@ fn transient(error: impl std::fmt::Display) -> SinkError {
 }
 
 impl Sink for RabbitMqSink {
-    fn refuses(&self, message: &Outbound) -> Option<String> {
+    /// The routing key, the body and the properties.
+    type Message = (ShortString, Vec<u8>, BasicProperties);
+
+    fn prepare(&self, message: &Outbound) -> Result<Self::Message, String> {
         let size = Self::size(message);
         if size > self.max_message_size {
-            return Some(format!(
+            return Err(format!(
                 "the message is {size} bytes; the broker takes at most {} (max_message_size)",
                 self.max_message_size
             ));
         }
         let key = self.routing_key(message);
-        if key.len() > 255 {
-            return Some(format!(
-                "routing key `{key}` is {} bytes; AMQP takes at most 255",
-                key.len()
-            ));
-        }
-        None
+        let length = key.len();
+        let key = ShortString::try_new(key)
+            .map_err(|_| format!("the routing key is {length} bytes; AMQP takes at most 255"))?;
+        Ok((
+            key,
+            message.payload().as_bytes().to_vec(),
+            Self::properties(message),
+        ))
     }
 
-    async fn publish(&self, messages: &[Outbound]) -> Vec<Result<(), SinkError>> {
+    async fn publish(&self, messages: Vec<Self::Message>) -> Vec<Result<(), SinkError>> {
         let mut guard = self.channel.lock().await;
         let channel = match guard.as_ref() {
             Some((connection, channel))
@@ -185,18 +189,14 @@ impl Sink for RabbitMqSink {
         };
         let mut confirms = Vec::with_capacity(messages.len());
         let mut stopped = None;
-        for message in messages {
-            let Ok(key) = ShortString::try_new(self.routing_key(message)) else {
-                stopped = Some(SinkError::Permanent("the routing key is too long".into()));
-                break;
-            };
+        for (key, payload, properties) in messages {
             match channel
                 .basic_publish(
                     self.exchange.clone(),
                     key,
                     BasicPublishOptions::default(),
-                    message.payload().as_bytes(),
-                    Self::properties(message),
+                    &payload,
+                    properties,
                 )
                 .await
             {
@@ -207,7 +207,7 @@ impl Sink for RabbitMqSink {
                 }
             }
         }
-        let mut answered = Vec::with_capacity(messages.len());
+        let mut answered = Vec::with_capacity(confirms.len() + 1);
         for confirm in confirms {
             match confirm.await {
                 Ok(Confirmation::Ack(_) | Confirmation::NotRequested) => answered.push(Ok(())),
@@ -226,9 +226,7 @@ impl Sink for RabbitMqSink {
             }
         }
         if let Some(error) = stopped {
-            if matches!(error, SinkError::Transient(_)) {
-                *guard = None;
-            }
+            *guard = None;
             answered.push(Err(error));
         }
         answered

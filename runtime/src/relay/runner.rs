@@ -15,6 +15,7 @@ use super::{Failure, RelayState, Sink, SinkError};
 use crate::envelope::RecordedEvent;
 use crate::failure::backoff;
 use crate::feed::Subscription;
+use crate::position::FeedPosition;
 use crate::store::PostgresStore;
 use crate::store::sql::{Backend as _, LeaseName};
 
@@ -29,7 +30,7 @@ struct Filter {
 #[derive(Debug)]
 pub struct Relay<K> {
     store: PostgresStore,
-    sink: K,
+    sink: Arc<K>,
     name: Arc<str>,
     filter: Filter,
     batch_size: usize,
@@ -44,7 +45,7 @@ impl<K: Sink> Relay<K> {
     pub fn new(store: PostgresStore, name: impl Into<String>, sink: K) -> Self {
         Self {
             store,
-            sink,
+            sink: Arc::new(sink),
             name: Arc::from(name.into()),
             filter: Filter::default(),
             batch_size: 1000,
@@ -185,15 +186,16 @@ impl<K: Sink> Relay<K> {
             }
             self.state
                 .send_replace(RelayState::Running { checkpoint: position });
-            let mut feed = ReadAhead::start(feed);
+            let mut feed = ReadAhead::start(feed, self.preparer());
             loop {
                 // A lease lost meanwhile shows when the checkpoint is saved (its token);
                 // what was published in between is a duplicate the broker drops.
                 let batch = feed.next().await.map_err(Failure::store)?;
-                let Some(last) = batch.last().map(RecordedEvent::feed_position) else {
+                let Some(last) = batch.last else {
                     continue;
                 };
-                let (published, letters) = self.publish(batch, &mut parked, attempt).await?;
+                let (published, letters) =
+                    self.publish(batch.messages, &mut parked, attempt).await?;
                 checkpoint::save(&self.store, &claimed, last, published, letters).await?;
                 *attempt = 0;
                 self.state
@@ -205,47 +207,54 @@ impl<K: Sink> Relay<K> {
         outcome
     }
 
-    /// Publishes a batch until the broker acknowledged every event of it that it accepts;
-    /// returns how many it acknowledged, and the dead letters for the others (and for events
-    /// behind them in their streams).
+    /// What the read-ahead task needs to prepare batches.
+    fn preparer(&self) -> Preparer<K> {
+        Preparer {
+            sink: Arc::clone(&self.sink),
+            relay: Arc::clone(&self.name),
+            aggregate_types: self.filter.aggregate_types.clone(),
+        }
+    }
+
+    /// Publishes a prepared batch until the broker acknowledged every event of it that it
+    /// accepts; returns how many it acknowledged, and the dead letters for the others (and for
+    /// events behind them in their streams).
     async fn publish(
         &self,
-        batch: Vec<RecordedEvent>,
+        batch: Vec<Prepared<K::Message>>,
         parked: &mut HashSet<String>,
         attempt: &mut u32,
     ) -> Result<(u64, Vec<RelayDeadLetter>), Failure> {
         let mut letters = Vec::new();
-        let mut outbound = Vec::with_capacity(batch.len());
-        for event in batch {
-            if let Some(types) = &self.filter.aggregate_types
-                && !types.contains(&event.aggregate_type)
-            {
-                continue;
-            }
-            if parked.contains(&event.stream_id) {
-                letters.push(RelayDeadLetter::behind(&event));
-                continue;
-            }
-            let message = Outbound::new(event, self.name.clone());
-            match self.sink.refuses(&message) {
-                Some(refusal) => self.park(&message, refusal, parked, &mut letters),
-                None => outbound.push(message),
-            }
+        // The events still to publish, and their messages (the same length, in order).
+        let mut queue = Vec::with_capacity(batch.len());
+        let mut messages = Vec::with_capacity(batch.len());
+        for Prepared {
+            outbound: event,
+            message,
+        } in batch
+        {
+            self.enqueue(
+                event,
+                message,
+                parked,
+                &mut letters,
+                (&mut queue, &mut messages),
+            );
         }
         let mut acknowledged = 0;
-        let mut pending = &outbound[..];
-        while !pending.is_empty() {
-            let outcomes = self.sink.publish(pending).await;
+        while !queue.is_empty() {
+            let outcomes = self.sink.publish(std::mem::take(&mut messages)).await;
             // The answered prefix: acknowledged, or refused for good (at the broker: the
             // stream's later messages of this batch may be stored already, a hole in its
             // order there that the dead letter records). Then the first failure, if any.
             let mut answered = 0;
             let mut failed = None;
-            for (message, outcome) in pending.iter().zip(outcomes) {
+            for (event, outcome) in queue.iter().zip(outcomes) {
                 match outcome {
                     Ok(()) => acknowledged += 1,
                     Err(SinkError::Permanent(refusal)) => {
-                        self.park(message, refusal, parked, &mut letters);
+                        self.park(event, refusal, parked, &mut letters);
                     }
                     Err(error) => {
                         failed = Some(error);
@@ -254,22 +263,56 @@ impl<K: Sink> Relay<K> {
                 }
                 answered += 1;
             }
-            pending = &pending[answered..];
-            if failed.is_none() && !pending.is_empty() {
-                failed = Some(SinkError::Transient("sending stopped".into()));
+            queue.drain(..answered);
+            if queue.is_empty() {
+                break;
             }
-            if let Some(error) = failed {
-                *attempt = attempt.saturating_add(1);
-                let error = error.to_string();
-                tracing::warn!(relay = %self.name, %error, attempt = *attempt, "relay publishing again");
-                self.state.send_replace(RelayState::Retrying {
-                    error,
-                    attempt: *attempt,
-                });
-                tokio::time::sleep(backoff(self.retry_backoff, *attempt)).await;
+            let error = failed
+                .unwrap_or_else(|| SinkError::Transient("sending stopped".into()))
+                .to_string();
+            *attempt = attempt.saturating_add(1);
+            tracing::warn!(relay = %self.name, %error, attempt = *attempt, "relay publishing again");
+            self.state.send_replace(RelayState::Retrying {
+                error,
+                attempt: *attempt,
+            });
+            tokio::time::sleep(backoff(self.retry_backoff, *attempt)).await;
+            // The messages of the rest were handed over: prepared again.
+            for event in std::mem::take(&mut queue) {
+                let message = self.sink.prepare(&event);
+                self.enqueue(
+                    event,
+                    message,
+                    parked,
+                    &mut letters,
+                    (&mut queue, &mut messages),
+                );
             }
         }
         Ok((acknowledged, letters))
+    }
+
+    /// Queues `event` with its message to publish, unless its stream is parked (a dead letter
+    /// behind the refused event) or the sink refused it (parked).
+    fn enqueue(
+        &self,
+        event: Outbound,
+        message: Result<K::Message, String>,
+        parked: &mut HashSet<String>,
+        letters: &mut Vec<RelayDeadLetter>,
+        (queue, messages): (&mut Vec<Outbound>, &mut Vec<K::Message>),
+    ) {
+        if parked.contains(&event.event.stream_id) {
+            letters.push(RelayDeadLetter::behind(&event.event));
+            return;
+        }
+        match message {
+            Err(refusal) => self.park(&event, refusal, parked, letters),
+            Ok(message) => {
+                queue.push(event);
+                messages.push(message);
+            }
+        }
     }
 
     /// Records `message` as refused for good, and parks its stream behind it.
@@ -288,21 +331,67 @@ impl<K: Sink> Relay<K> {
     }
 }
 
-/// The feed read one batch ahead, in a task of its own, while the relay publishes and
-/// checkpoints the batch before: the database and the broker work at the same time. The task
-/// ends with the relay's holding of the lease (dropped: aborted).
-struct ReadAhead {
-    batches: tokio::sync::mpsc::Receiver<crate::Result<Vec<RecordedEvent>>>,
+/// An event of a batch with its message, prepared (or refused) by the sink.
+struct Prepared<M> {
+    outbound: Outbound,
+    message: Result<M, String>,
+}
+
+/// A batch of the feed, ready to publish.
+struct Batch<M> {
+    /// The feed position of its last event, filtered out or not (`None`: an empty read).
+    last: Option<FeedPosition>,
+    /// The events of the relayed aggregates, with their messages.
+    messages: Vec<Prepared<M>>,
+}
+
+/// Turns a batch of the feed into messages, in the read-ahead task.
+struct Preparer<K> {
+    sink: Arc<K>,
+    relay: Arc<str>,
+    aggregate_types: Option<HashSet<String>>,
+}
+
+impl<K: Sink> Preparer<K> {
+    fn prepare(&self, events: Vec<RecordedEvent>) -> Batch<K::Message> {
+        let last = events.last().map(RecordedEvent::feed_position);
+        let messages = events
+            .into_iter()
+            .filter(|event| {
+                self.aggregate_types
+                    .as_ref()
+                    .is_none_or(|types| types.contains(&event.aggregate_type))
+            })
+            .map(|event| {
+                let outbound = Outbound::new(event, Arc::clone(&self.relay));
+                let message = self.sink.prepare(&outbound);
+                Prepared { outbound, message }
+            })
+            .collect();
+        Batch { last, messages }
+    }
+}
+
+/// The feed read and its messages prepared one batch ahead, in a task of its own, while the
+/// relay publishes and checkpoints the batch before: the database, the message building and
+/// the broker work at the same time. The task ends with the relay's holding of the lease
+/// (dropped: aborted).
+struct ReadAhead<M> {
+    batches: tokio::sync::mpsc::Receiver<crate::Result<Batch<M>>>,
     reader: tokio::task::JoinHandle<()>,
 }
 
-impl ReadAhead {
-    fn start(mut feed: Subscription<PostgresStore>) -> Self {
+impl<M: Send + 'static> ReadAhead<M> {
+    fn start<K: Sink<Message = M>>(
+        mut feed: Subscription<PostgresStore>,
+        preparer: Preparer<K>,
+    ) -> Self {
         let (sender, batches) = tokio::sync::mpsc::channel(1);
         let reader = tokio::spawn(async move {
             loop {
                 let batch = feed.next_batch().await;
                 let failed = batch.is_err();
+                let batch = batch.map(|events| preparer.prepare(events));
                 if sender.send(batch).await.is_err() || failed {
                     return;
                 }
@@ -311,7 +400,7 @@ impl ReadAhead {
         Self { batches, reader }
     }
 
-    async fn next(&mut self) -> crate::Result<Vec<RecordedEvent>> {
+    async fn next(&mut self) -> crate::Result<Batch<M>> {
         match self.batches.recv().await {
             Some(batch) => batch,
             // The reader is gone without a word: it panicked.
@@ -322,7 +411,7 @@ impl ReadAhead {
     }
 }
 
-impl Drop for ReadAhead {
+impl<M> Drop for ReadAhead<M> {
     fn drop(&mut self) {
         self.reader.abort();
     }
