@@ -394,6 +394,144 @@ async fn an_event_the_stream_refuses_parks_its_stream_and_the_others_flow() {
     assert_eq!(status.behind, 0);
 }
 
+/// An operator's way out of a parked stream: once the stream takes the refused event (its
+/// limit raised), `retry` has the running relay publish the parked events in order and the
+/// stream flows again; `factum relay skip` drops a refused event and publishes the rest.
+#[tokio::test]
+async fn a_parked_stream_flows_again_on_retry_and_skip_drops_only_the_refused_event() {
+    let server = NatsServer::start().unwrap();
+    let context = jetstream_with(&server, 1024).await;
+    let store = TemporaryStore::new().await.unwrap();
+    let sized = |size: usize| {
+        NewEvent::new(
+            "Pinged",
+            1,
+            Payload::encode(&serde_json::json!({ "n": "x".repeat(size) })).unwrap(),
+        )
+    };
+    store
+        .append(
+            "big",
+            "Probe",
+            ExpectedVersion::Any,
+            vec![ping(1), sized(2_000), ping(3)],
+        )
+        .await
+        .unwrap();
+    store
+        .append(
+            "huge",
+            "Probe",
+            ExpectedVersion::Any,
+            vec![sized(8_000), ping(2)],
+        )
+        .await
+        .unwrap();
+    store
+        .append("small", "Probe", ExpectedVersion::Any, vec![ping(1)])
+        .await
+        .unwrap();
+    let client = async_nats::connect(server.url()).await.unwrap();
+    let sink = JetStreamSink::new(client, STREAM, "factum").await.unwrap();
+    let running = spawn(Relay::new((*store).clone(), "parking", sink), "parking");
+    wait_for_messages(&context, 2, Duration::from_secs(30)).await;
+    let letters = |store: TemporaryStore| async move {
+        factum::relay::status(&store, "parking")
+            .await
+            .unwrap()
+            .dead_letters
+            .iter()
+            .map(|l| (l.stream_id.clone(), l.stream_version))
+            .collect::<Vec<_>>()
+    };
+    let began = std::time::Instant::now();
+    while letters(store.clone()).await.len() < 4 {
+        assert!(
+            began.elapsed() < Duration::from_secs(30),
+            "the streams are not parked"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // The stream now takes up to 4 KiB: `big` is published again, in order.
+    let mut config = context
+        .get_stream(STREAM)
+        .await
+        .unwrap()
+        .info()
+        .await
+        .unwrap()
+        .config
+        .clone();
+    config.max_message_size = 4096;
+    context.update_stream(config).await.unwrap();
+    assert_eq!(
+        factum::relay::retry(&store, "parking", "big")
+            .await
+            .unwrap(),
+        2
+    );
+    assert_eq!(
+        factum::relay::retry(&store, "parking", "small")
+            .await
+            .unwrap(),
+        0
+    );
+    wait_for_messages(&context, 4, Duration::from_secs(30)).await;
+    store
+        .append("big", "Probe", ExpectedVersion::Any, vec![ping(4)])
+        .await
+        .unwrap();
+    wait_for_messages(&context, 5, Duration::from_secs(30)).await;
+    assert_eq!(
+        letters(store.clone()).await,
+        [("huge".to_owned(), 1), ("huge".to_owned(), 2)],
+        "still refused: `huge` stays parked"
+    );
+
+    // `huge` is still too large: skipped, the event behind it published.
+    let skip = std::process::Command::new(env!("CARGO_BIN_EXE_factum"))
+        .args(["relay", "skip", "parking", "--stream", "huge"])
+        .env("DATABASE_URL", factum::testing::postgres::database_url())
+        .env("FACTUM_SCHEMA", store.schema())
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&skip.stdout);
+    assert!(
+        skip.status.success(),
+        "{said}{}",
+        String::from_utf8_lossy(&skip.stderr)
+    );
+    assert!(said.contains("skipped huge@1"), "{said}");
+    running.stop_when_done(&context, &store, 6).await;
+    assert!(letters(store.clone()).await.is_empty());
+
+    let published: Vec<(String, String)> = messages(&context)
+        .await
+        .iter()
+        .map(|(_, h, _)| {
+            (
+                h[headers::STREAM_ID].clone(),
+                h[headers::STREAM_VERSION].clone(),
+            )
+        })
+        .collect();
+    let of = |stream: &str| -> Vec<&str> {
+        published
+            .iter()
+            .filter(|(s, _)| s == stream)
+            .map(|(_, v)| v.as_str())
+            .collect()
+    };
+    assert_eq!(of("big"), ["1", "2", "3", "4"], "in order, none twice");
+    assert_eq!(
+        of("huge"),
+        ["2"],
+        "the refused event skipped, the one behind it published"
+    );
+    assert_eq!(of("small"), ["1"]);
+}
+
 #[tokio::test]
 async fn a_relay_on_an_unmigrated_store_or_without_a_name_stops_with_a_typed_error() {
     let server = NatsServer::start().unwrap();

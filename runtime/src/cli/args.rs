@@ -238,4 +238,22 @@ pub(super) enum RelayCommand {
         /// The relay.
         name: String,
     },
+    /// Has the running relay publish a parked stream again, from its refused event, once the
+    /// broker takes it (within a second; an event refused again parks it again).
+    Retry {
+        /// The relay.
+        name: String,
+        /// The parked stream.
+        #[arg(long)]
+        stream: String,
+    },
+    /// Has the running relay drop a parked stream's refused event (never published) and
+    /// publish the events parked behind it.
+    Skip {
+        /// The relay.
+        name: String,
+        /// The parked stream.
+        #[arg(long)]
+        stream: String,
+    },
 }

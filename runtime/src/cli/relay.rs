@@ -72,6 +72,43 @@ pub(super) async fn run(
             publish(store, name, sink, filter, *batch_size).await
         }
         RelayCommand::Status { name } => status(store, name, json).await,
+        RelayCommand::Retry { name, stream } => {
+            let marked = relay::retry(store, name, stream).await?;
+            if json {
+                print_json(
+                    &serde_json::json!({ "relay": name, "stream": stream, "queued": marked }),
+                );
+            } else if marked == 0 {
+                println!("stream `{stream}` is not parked by relay `{name}`: nothing to retry");
+            } else {
+                println!(
+                    "{marked} dead letters of stream `{stream}` queued: relay `{name}` publishes them again within a second of holding its lease"
+                );
+            }
+            Ok(())
+        }
+        RelayCommand::Skip { name, stream } => {
+            let skipped = relay::skip(store, name, stream).await?;
+            if json {
+                print_json(&serde_json::json!({
+                    "relay": name,
+                    "stream": stream,
+                    "skipped": skipped.as_ref().map(|letter| serde_json::json!({
+                        "stream_version": letter.stream_version,
+                        "event_id": letter.event_id,
+                        "event_type": letter.event_type,
+                    })),
+                }));
+            } else if let Some(letter) = skipped {
+                println!(
+                    "skipped {}@{} ({}, never published); relay `{name}` publishes the events behind it within a second",
+                    letter.stream_id, letter.stream_version, letter.event_type
+                );
+            } else {
+                println!("stream `{stream}` is not parked by relay `{name}`: nothing to skip");
+            }
+            Ok(())
+        }
     }
 }
 

@@ -115,23 +115,7 @@ pub(super) async fn save(
     published: u64,
     letters: Vec<RelayDeadLetter>,
 ) -> Result<(), Failure> {
-    let letters = serde_json::to_string(
-        &letters
-            .iter()
-            .map(|letter| {
-                serde_json::json!({
-                    "stream_id": letter.stream_id,
-                    "stream_version": letter.stream_version,
-                    "event_id": letter.event_id,
-                    "event_type": letter.event_type,
-                    "tx": letter.feed_position.tx,
-                    "position": letter.feed_position.position,
-                    "error": letter.error,
-                })
-            })
-            .collect::<Vec<_>>(),
-    )
-    .map_err(|e| Failure::Fatal(crate::Error::Backend(e.into())))?;
+    let letters = letters_json(&letters)?;
     let moved: i64 = sqlx::query_scalar(AssertSqlSafe(format!(
         "WITH moved AS (
              UPDATE {checkpoints}
@@ -214,16 +198,7 @@ pub async fn status(store: &PostgresStore, relay: &str) -> crate::Result<RelaySt
     .map_err(|e| store.fail(e))?;
     let dead_letters = letters
         .iter()
-        .map(|row| {
-            Ok(RelayDeadLetter {
-                stream_id: columns::get(row, 0)?,
-                stream_version: columns::unsigned::<_, i64, u64>(row, 1)?,
-                event_id: columns::get(row, 2)?,
-                event_type: columns::get(row, 3)?,
-                feed_position: position(row, 4)?,
-                error: columns::get(row, 6)?,
-            })
-        })
+        .map(letter)
         .collect::<crate::Result<Vec<_>>>()?;
     Ok(RelayStatus {
         checkpoint: position(&row, 0)?,
@@ -231,6 +206,40 @@ pub async fn status(store: &PostgresStore, relay: &str) -> crate::Result<RelaySt
         behind: columns::unsigned::<_, i64, u64>(&row, 4)?,
         dead_letters,
         updated_at: columns::get(&row, 3)?,
+    })
+}
+
+/// Dead letters as the statements take them: a JSON array of records.
+fn letters_json(letters: &[RelayDeadLetter]) -> Result<String, Failure> {
+    serde_json::to_string(
+        &letters
+            .iter()
+            .map(|letter| {
+                serde_json::json!({
+                    "stream_id": letter.stream_id,
+                    "stream_version": letter.stream_version,
+                    "event_id": letter.event_id,
+                    "event_type": letter.event_type,
+                    "tx": letter.feed_position.tx,
+                    "position": letter.feed_position.position,
+                    "error": letter.error,
+                })
+            })
+            .collect::<Vec<_>>(),
+    )
+    .map_err(|e| Failure::Fatal(crate::Error::Backend(e.into())))
+}
+
+/// A dead letter read back: `stream_id, stream_version, event_id, event_type, tx, position,
+/// error`.
+fn letter(row: &sqlx::postgres::PgRow) -> crate::Result<RelayDeadLetter> {
+    Ok(RelayDeadLetter {
+        stream_id: columns::get(row, 0)?,
+        stream_version: columns::unsigned::<_, i64, u64>(row, 1)?,
+        event_id: columns::get(row, 2)?,
+        event_type: columns::get(row, 3)?,
+        feed_position: position(row, 4)?,
+        error: columns::get(row, 6)?,
     })
 }
 
@@ -248,4 +257,133 @@ fn signed(value: u64) -> i64 {
 /// A database failure, as the store reports it (tables missing: [`crate::Error::NotMigrated`]).
 fn fail(store: &PostgresStore, error: sqlx::Error) -> Failure {
     Failure::store(store.fail(error))
+}
+
+/// Asks the relay `relay` to publish the parked stream `stream_id` again, from its refused
+/// event (after the broker was changed to take it, say): the relay holding the lease publishes
+/// the stream's dead letters in stream order within a second, then the stream flows again. An
+/// event refused again parks it again. Returns how many dead letters were marked (0: the stream
+/// is not parked).
+///
+/// # Errors
+/// A database error; [`crate::Error::NotMigrated`] when the relay tables are missing.
+pub async fn retry(store: &PostgresStore, relay: &str, stream_id: &str) -> crate::Result<u64> {
+    let marked = sqlx::query(AssertSqlSafe(format!(
+        "UPDATE {t} SET retry_requested = true WHERE relay = $1 AND stream_id = $2",
+        t = table(store, "relay_dead_letters")
+    )))
+    .bind(relay)
+    .bind(stream_id)
+    .execute(store.pool())
+    .await
+    .map_err(|e| store.fail(e))?;
+    Ok(marked.rows_affected())
+}
+
+/// Asks the relay `relay` to skip the refused event of the parked stream `stream_id` (it is
+/// never published) and publish the events parked behind it: returns the skipped event's dead
+/// letter (`None`: the stream is not parked).
+///
+/// # Errors
+/// As [`retry`].
+pub async fn skip(
+    store: &PostgresStore,
+    relay: &str,
+    stream_id: &str,
+) -> crate::Result<Option<RelayDeadLetter>> {
+    let row = sqlx::query(AssertSqlSafe(format!(
+        "WITH skipped AS (
+             DELETE FROM {t}
+             WHERE (relay, stream_id, stream_version) = (
+                 SELECT relay, stream_id, min(stream_version) FROM {t}
+                 WHERE relay = $1 AND stream_id = $2 GROUP BY relay, stream_id)
+             RETURNING stream_id, stream_version, event_id, event_type, tx, position, error
+         ), marked AS (
+             UPDATE {t} SET retry_requested = true
+             WHERE relay = $1 AND stream_id = $2
+               AND stream_version > (SELECT stream_version FROM skipped)
+         )
+         SELECT stream_id, stream_version, event_id, event_type, tx, position, error FROM skipped",
+        t = table(store, "relay_dead_letters")
+    )))
+    .bind(relay)
+    .bind(stream_id)
+    .fetch_optional(store.pool())
+    .await
+    .map_err(|e| store.fail(e))?;
+    row.map(|row| letter(&row)).transpose()
+}
+
+/// The streams whose retry an operator asked for, each with its dead letters' event ids in
+/// stream order.
+pub(super) async fn retries(
+    store: &PostgresStore,
+    relay: &str,
+) -> Result<Vec<(String, Vec<String>)>, Failure> {
+    let rows: Vec<(String, Vec<String>)> = sqlx::query_as(AssertSqlSafe(format!(
+        "SELECT stream_id, array_agg(event_id::text ORDER BY stream_version)
+         FROM {t} WHERE relay = $1
+         GROUP BY stream_id HAVING bool_or(retry_requested)
+         ORDER BY min(tx), min(position)",
+        t = table(store, "relay_dead_letters")
+    )))
+    .bind(relay)
+    .fetch_all(store.pool())
+    .await
+    .map_err(|e| fail(store, e))?;
+    Ok(rows)
+}
+
+/// After a retry of `stream_id`: its dead letters replaced by `letters` (what was refused or
+/// parked again), `published` added to the count, under the lease's token.
+pub(super) async fn resolve(
+    store: &PostgresStore,
+    claimed: &Claimed,
+    stream_id: &str,
+    published: u64,
+    letters: Vec<RelayDeadLetter>,
+) -> Result<(), Failure> {
+    let letters = letters_json(&letters)?;
+    let mut tx = store.pool().begin().await.map_err(|e| fail(store, e))?;
+    let held = sqlx::query(AssertSqlSafe(format!(
+        "UPDATE {t} SET published = published + $3, updated_at = now()
+         WHERE relay = $1 AND lease_token = $2",
+        t = table(store, "relay_checkpoints")
+    )))
+    .bind(&claimed.relay)
+    .bind(&claimed.token)
+    .bind(signed(published))
+    .execute(&mut *tx)
+    .await
+    .map_err(|e| fail(store, e))?
+    .rows_affected();
+    sqlx::query(AssertSqlSafe(format!(
+        "DELETE FROM {t} WHERE relay = $1 AND stream_id = $2",
+        t = table(store, "relay_dead_letters")
+    )))
+    .bind(&claimed.relay)
+    .bind(stream_id)
+    .execute(&mut *tx)
+    .await
+    .map_err(|e| fail(store, e))?;
+    sqlx::query(AssertSqlSafe(format!(
+        "INSERT INTO {t} (relay, stream_id, stream_version, event_id, event_type, tx, position,
+                          error)
+         SELECT $1, l.stream_id, l.stream_version, l.event_id, l.event_type, l.tx, l.position,
+                l.error
+         FROM json_to_recordset($2::json) AS l(stream_id text, stream_version bigint,
+              event_id uuid, event_type text, tx bigint, position bigint, error text)",
+        t = table(store, "relay_dead_letters")
+    )))
+    .bind(&claimed.relay)
+    .bind(letters)
+    .execute(&mut *tx)
+    .await
+    .map_err(|e| fail(store, e))?;
+    if held == 0 {
+        // Another relay holds the lease: it retries the stream.
+        return Err(Failure::LeaseLost);
+    }
+    tx.commit().await.map_err(|e| fail(store, e))?;
+    Ok(())
 }

@@ -20,8 +20,9 @@ pub struct JetStreamSink {
     context: Context,
     stream: String,
     prefix: String,
-    /// The stream's `max_msg_size` when it has one (bytes; headers and payload).
-    max_message_size: Option<usize>,
+    /// The stream's `max_msg_size` when it has one (bytes; headers and payload; 0: none),
+    /// read again by [`Sink::refresh`].
+    max_message_size: std::sync::Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl JetStreamSink {
@@ -60,15 +61,14 @@ impl JetStreamSink {
                 info.config.subjects
             )));
         }
-        let max_message_size = usize::try_from(info.config.max_message_size)
-            .ok()
-            .filter(|size| *size > 0);
         Ok(Self {
             client,
             context,
             stream: stream.to_owned(),
             prefix: prefix.to_owned(),
-            max_message_size,
+            max_message_size: std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(
+                stream_limit(&info.config),
+            )),
         })
     }
 
@@ -101,6 +101,11 @@ impl JetStreamSink {
         // NATS/1.0 line, Nats-Msg-Id and the closing blank line.
         message.payload().len() + headers + 64
     }
+}
+
+/// A stream's `max_msg_size` in bytes (0: none).
+fn stream_limit(config: &jetstream::stream::Config) -> usize {
+    usize::try_from(config.max_message_size).unwrap_or(0)
 }
 
 /// Whether the stream subject `pattern` covers every subject of `wanted` (`<prefix>.>`).
@@ -153,9 +158,13 @@ impl Sink for JetStreamSink {
         }
         let size = Self::size(message);
         let server = self.client.server_info().max_payload;
-        let limit = self
+        let limit = match self
             .max_message_size
-            .map_or(server, |stream| stream.min(server));
+            .load(std::sync::atomic::Ordering::Relaxed)
+        {
+            0 => server,
+            stream => stream.min(server),
+        };
         if limit > 0 && size > limit {
             return Err(format!(
                 "the message is {size} bytes; the JetStream stream `{}` takes at most {limit}",
@@ -204,6 +213,20 @@ impl Sink for JetStreamSink {
         }
         answered.extend(outcomes);
         answered
+    }
+
+    async fn refresh(&self) -> Result<(), SinkError> {
+        let mut stream = self
+            .context
+            .get_stream(&self.stream)
+            .await
+            .map_err(transient)?;
+        let info = stream.info().await.map_err(transient)?;
+        self.max_message_size.store(
+            stream_limit(&info.config),
+            std::sync::atomic::Ordering::Relaxed,
+        );
+        Ok(())
     }
 
     async fn last_published(&self, relay: &str) -> Result<Option<FeedPosition>, SinkError> {

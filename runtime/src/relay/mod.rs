@@ -21,7 +21,10 @@
 //!   backoff; the batch is published again from its first unacknowledged event.
 //! - **Dead letters**: an event the broker refuses for good (larger than it accepts, say) is
 //!   recorded in `relay_dead_letters`, and so are the later events of its stream, which wait
-//!   behind it so the stream's order holds on the broker; every other stream flows on.
+//!   behind it so the stream's order holds on the broker; every other stream flows on. Once
+//!   the broker takes it (its limit raised), `retry` has the relay publish the stream's dead
+//!   letters in order and the stream flows again; `skip` drops the refused event and publishes
+//!   the rest (`factum relay retry|skip`).
 //!
 //! Kafka fits the same [`Sink`] trait (an idempotent producer, `enable.idempotence`, whose
 //! delivery reports are the acknowledgements, and the event id as the record key's
@@ -42,7 +45,7 @@ mod rabbitmq;
 mod runner;
 
 #[cfg(feature = "postgres")]
-pub use checkpoint::{RelayDeadLetter, RelayStatus, status};
+pub use checkpoint::{RelayDeadLetter, RelayStatus, retry, skip, status};
 #[cfg(feature = "nats")]
 pub use jetstream::JetStreamSink;
 pub use message::{InboundError, Outbound, headers, inbound, parse_feed_position, subject_token};
@@ -87,6 +90,16 @@ pub trait Sink: Send + Sync + 'static {
         &self,
         messages: Vec<Self::Message>,
     ) -> impl Future<Output = Vec<Result<(), SinkError>>> + Send + '_;
+
+    /// Reads again what the sink learnt of the broker when it was made (its limits), before
+    /// the relay publishes parked streams again: an operator may have raised them. By default
+    /// nothing.
+    ///
+    /// # Errors
+    /// [`SinkError::Transient`] when the broker cannot be asked now.
+    fn refresh(&self) -> impl Future<Output = Result<(), SinkError>> + Send + '_ {
+        std::future::ready(Ok(()))
+    }
 
     /// The feed position of the last message the broker holds from the relay `relay`, if it
     /// can tell: the relay resumes after it.

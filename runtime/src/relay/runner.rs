@@ -187,10 +187,18 @@ impl<K: Sink> Relay<K> {
             self.state
                 .send_replace(RelayState::Running { checkpoint: position });
             let mut feed = ReadAhead::start(feed, self.preparer());
+            let mut next_retry_check = tokio::time::Instant::now() + RETRY_CHECK_INTERVAL;
             loop {
                 // A lease lost meanwhile shows when the checkpoint is saved (its token);
                 // what was published in between is a duplicate the broker drops.
-                let batch = feed.next().await.map_err(Failure::store)?;
+                let batch = tokio::select! {
+                    batch = feed.next() => batch.map_err(Failure::store)?,
+                    () = tokio::time::sleep_until(next_retry_check) => {
+                        self.retry_parked(&claimed, &mut parked, attempt).await?;
+                        next_retry_check = tokio::time::Instant::now() + RETRY_CHECK_INTERVAL;
+                        continue;
+                    }
+                };
                 let Some(last) = batch.last else {
                     continue;
                 };
@@ -205,6 +213,37 @@ impl<K: Sink> Relay<K> {
         .await;
         lease.release().await;
         outcome
+    }
+
+    /// Publishes the parked streams an operator asked to retry (`relay::retry`, `relay::skip`):
+    /// each stream's dead letters in stream order, read back from the store; the stream flows
+    /// again unless an event is refused again. Re-reads which streams are parked first (a skip
+    /// may have left a stream without dead letters).
+    async fn retry_parked(
+        &self,
+        claimed: &checkpoint::Claimed,
+        parked: &mut HashSet<String>,
+        attempt: &mut u32,
+    ) -> Result<(), Failure> {
+        *parked = checkpoint::parked_streams(&self.store, &self.name).await?;
+        let retries = checkpoint::retries(&self.store, &self.name).await?;
+        if !retries.is_empty() {
+            self.sink.refresh().await.map_err(Failure::Sink)?;
+        }
+        for (stream, ids) in retries {
+            let events = self
+                .store
+                .events_by_id(&ids)
+                .await
+                .map_err(Failure::store)?;
+            tracing::info!(relay = %self.name, stream_id = %stream, events = events.len(),
+                "publishing a parked stream again");
+            parked.remove(&stream);
+            let batch = self.preparer().prepare(events).messages;
+            let (published, letters) = self.publish(batch, parked, attempt).await?;
+            checkpoint::resolve(&self.store, claimed, &stream, published, letters).await?;
+        }
+        Ok(())
     }
 
     /// What the read-ahead task needs to prepare batches.
@@ -330,6 +369,9 @@ impl<K: Sink> Relay<K> {
         letters.push(RelayDeadLetter::refused(message, refusal));
     }
 }
+
+/// How often a relay looks for parked streams an operator asked it to publish again.
+const RETRY_CHECK_INTERVAL: Duration = Duration::from_secs(1);
 
 /// An event of a batch with its message, prepared (or refused) by the sink.
 struct Prepared<M> {

@@ -72,6 +72,11 @@ const MIGRATIONS: &[Migration] = &[
         name: "consumers",
         sql: include_str!("../../../migrations/postgres/0012_consumers.sql"),
     },
+    Migration {
+        version: 13,
+        name: "relay_retries",
+        sql: include_str!("../../../migrations/postgres/0013_relay_retries.sql"),
+    },
 ];
 
 pub(super) async fn migrate(pool: &PgPool, schema: &Schema) -> Result<()> {
