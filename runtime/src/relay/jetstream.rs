@@ -83,23 +83,20 @@ impl JetStreamSink {
         )
     }
 
-    fn headers(message: &Outbound) -> HeaderMap {
+    /// The headers of `message`, built in one pass over the envelope, and their size as the
+    /// server counts it (approximately: names, values and separators); or the header that holds
+    /// a control character, which NATS headers cannot carry.
+    fn headers(message: &Outbound) -> Result<(HeaderMap, usize), &'static str> {
         let mut map = HeaderMap::new();
+        let mut size = 0;
         for (name, value) in message.headers() {
+            if value.chars().any(char::is_control) {
+                return Err(name);
+            }
+            size += name.len() + value.len() + 4;
             map.insert(HeaderName::from_static(name), value.into_owned());
         }
-        map
-    }
-
-    /// The message's size as the server counts it against `max_payload` and `max_msg_size`:
-    /// payload and headers (approximately: names, values and separators).
-    fn size(message: &Outbound) -> usize {
-        let headers: usize = message
-            .headers()
-            .map(|(name, value)| name.len() + value.len() + 4)
-            .sum();
-        // NATS/1.0 line, Nats-Msg-Id and the closing blank line.
-        message.payload().len() + headers + 64
+        Ok((map, size))
     }
 }
 
@@ -151,13 +148,12 @@ impl Sink for JetStreamSink {
     type Message = (String, PublishMessage);
 
     fn prepare(&self, message: &Outbound) -> Result<Self::Message, String> {
-        if let Some(header) = message.unsendable_header() {
-            return Err(format!(
-                "header {header} holds a control character, which NATS headers cannot carry"
-            ));
-        }
-        let size = Self::size(message);
-        let server = self.client.server_info().max_payload;
+        let (headers, header_size) = Self::headers(message).map_err(|header| {
+            format!("header {header} holds a control character, which NATS headers cannot carry")
+        })?;
+        // The NATS/1.0 line, Nats-Msg-Id and the closing blank line.
+        let size = message.payload().len() + header_size + 64;
+        let server = self.client.max_payload();
         let limit = match self
             .max_message_size
             .load(std::sync::atomic::Ordering::Relaxed)
@@ -171,7 +167,6 @@ impl Sink for JetStreamSink {
                 self.stream
             ));
         }
-        let headers = Self::headers(message);
         let id = headers
             .get(headers::EVENT_ID)
             .map_or_else(|| message.event.event_id.to_string(), |id| id.to_string());
