@@ -1,5 +1,5 @@
 //! `cargo build` writes the examples' event catalog into the workspace's `schemas/`: a JSON
-//! Schema per event version, an AsyncAPI 3.0 document and a Markdown page. The committed
+//! Schema per event version, an AsyncAPI 3.1 document and a Markdown page. The committed
 //! schemas are a lock: an incompatible change to a published event version fails the build.
 
 #[path = "src/catalog.rs"]

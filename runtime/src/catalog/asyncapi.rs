@@ -1,4 +1,4 @@
-//! The AsyncAPI 3.0 document: a channel per aggregate (stream category), a message per event
+//! The AsyncAPI 3.1 document: a channel per aggregate (stream category), a message per event
 //! type and version (payload: that version's JSON Schema, draft-07; headers: the envelope), and
 //! an operation per aggregate appending to its streams. With declared brokers and relays: a
 //! server per broker, a channel per relayed event type addressed by its real subject or routing
@@ -118,7 +118,7 @@ pub fn document(catalog: &Catalog) -> Value {
         info["description"] = json!(description);
     }
     let mut document = json!({
-        "asyncapi": "3.0.0",
+        "asyncapi": "3.1.0",
         "info": info,
         "defaultContentType": "application/json",
         "channels": channels,

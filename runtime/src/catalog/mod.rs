@@ -1,4 +1,4 @@
-//! The event catalog: a JSON Schema for every version of every event, an AsyncAPI 3.0 document,
+//! The event catalog: a JSON Schema for every version of every event, an AsyncAPI 3.1 document,
 //! and a Markdown page with a flow diagram, all generated from the compiled Rust types.
 //!
 //! The written catalog is also a lock: once a version of an event is published (its schema file
@@ -263,7 +263,7 @@ impl Catalog {
             .flat_map(|(aggregate, entry)| entry.events.iter().map(move |e| (*aggregate, e)))
     }
 
-    /// The AsyncAPI 3.0 document.
+    /// The AsyncAPI 3.1 document.
     #[must_use]
     pub fn asyncapi(&self) -> serde_json::Value {
         asyncapi::document(self)
