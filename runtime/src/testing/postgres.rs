@@ -245,3 +245,164 @@ impl EventStore for TemporaryStore {
         self.store.wakeups()
     }
 }
+
+/// A schema of its own owned by a role of its own, which migrated it and ran
+/// [`PostgresStore::application_grants`] for an application role of its own: the
+/// [`application`](Self::application) store connects as that role, which owns nothing (least
+/// privilege). The schema and both roles are dropped when the value is, even after a failed
+/// assertion; those a killed test process left behind are dropped by the next one made.
+#[derive(Debug)]
+pub struct LeastPrivilege {
+    owner: PostgresStore,
+    application: PostgresStore,
+    _cleanup: RoleCleanup,
+}
+
+/// The schema and roles of a [`LeastPrivilege`], dropped with it.
+#[derive(Debug)]
+struct RoleCleanup {
+    url: String,
+    schema: String,
+}
+
+impl LeastPrivilege {
+    /// Creates the roles and the schema, migrates it as the owner and grants the application
+    /// role what the runtime needs. Needs a superuser on [`database_url`] (the test server).
+    ///
+    /// # Errors
+    /// When the server cannot be reached, or the roles cannot be created.
+    pub async fn new() -> Result<Self> {
+        let url = database_url();
+        let mut admin = sqlx::PgConnection::connect(&url)
+            .await
+            .map_err(|e| Error::Backend(format!("cannot reach PostgreSQL at {url}: {e}").into()))?;
+        sweep(&mut admin).await?;
+        let schema = format!(
+            "factum_lp_{}_{}",
+            std::process::id(),
+            uuid::Uuid::now_v7().simple()
+        );
+        let cleanup = RoleCleanup {
+            url: url.clone(),
+            schema: schema.clone(),
+        };
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+            "CREATE ROLE {schema}_owner LOGIN;
+             CREATE ROLE {schema}_app LOGIN;
+             CREATE SCHEMA {schema} AUTHORIZATION {schema}_owner;"
+        )))
+        .execute(&mut admin)
+        .await
+        .map_err(|e| Error::Backend(Box::new(e)))?;
+        let as_role = |role: String| {
+            let url = url.clone();
+            async move {
+                let options: PgConnectOptions = url
+                    .parse()
+                    .map_err(|e: sqlx::Error| Error::Backend(Box::new(e)))?;
+                PgPoolOptions::new()
+                    .max_connections(8)
+                    .connect_with(options.username(&role).application_name(&role))
+                    .await
+                    .map_err(|e| Error::Backend(Box::new(e)))
+            }
+        };
+        let owner = PostgresStore::with_schema(as_role(format!("{schema}_owner")).await?, &schema)?;
+        owner.migrate().await?;
+        sqlx::raw_sql(sqlx::AssertSqlSafe(
+            owner.application_grants(&format!("{schema}_app"))?,
+        ))
+        .execute(owner.pool())
+        .await
+        .map_err(|e| Error::Backend(Box::new(e)))?;
+        let application =
+            PostgresStore::with_schema(as_role(format!("{schema}_app")).await?, &schema)?;
+        Ok(Self {
+            owner,
+            application,
+            _cleanup: cleanup,
+        })
+    }
+
+    /// The store as the schema's owner sees it (for what the application may not do: creating
+    /// a read model's table and granting it, say).
+    #[must_use]
+    pub fn owner(&self) -> &PostgresStore {
+        &self.owner
+    }
+
+    /// The store as the application role sees it.
+    #[must_use]
+    pub fn application(&self) -> &PostgresStore {
+        &self.application
+    }
+
+    /// The application role's name.
+    #[must_use]
+    pub fn application_role(&self) -> String {
+        format!("{}_app", self.owner.schema())
+    }
+}
+
+/// Drops what [`LeastPrivilege`] values of processes that no longer run left behind (their
+/// names carry the process id).
+async fn sweep(admin: &mut sqlx::PgConnection) -> Result<()> {
+    let owners: Vec<String> = sqlx::query_scalar(
+        "SELECT rolname::text FROM pg_roles WHERE rolname LIKE 'factum\\_lp\\_%\\_owner'",
+    )
+    .fetch_all(&mut *admin)
+    .await
+    .map_err(|e| Error::Backend(Box::new(e)))?;
+    for owner in owners {
+        let schema = owner.trim_end_matches("_owner");
+        let pid = schema
+            .split('_')
+            .nth(2)
+            .and_then(|pid| pid.parse::<u32>().ok());
+        let running = pid.is_some_and(|pid| std::path::Path::new(&format!("/proc/{pid}")).exists());
+        if !running {
+            drop_roles(admin, schema)
+                .await
+                .map_err(|e| Error::Backend(Box::new(e)))?;
+        }
+    }
+    Ok(())
+}
+
+async fn drop_roles(admin: &mut sqlx::PgConnection, schema: &str) -> sqlx::Result<()> {
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+             WHERE application_name IN ('{schema}_owner', '{schema}_app');
+         DROP SCHEMA IF EXISTS {schema} CASCADE;
+         DROP OWNED BY {schema}_app;
+         DROP ROLE IF EXISTS {schema}_app;
+         DROP ROLE IF EXISTS {schema}_owner;"
+    )))
+    .execute(admin)
+    .await
+    .map(|_| ())
+}
+
+impl Drop for RoleCleanup {
+    fn drop(&mut self) {
+        let url = self.url.clone();
+        let schema = self.schema.clone();
+        // As `Cleanup`: from a thread and a runtime of its own.
+        let cleanup = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            runtime.block_on(async move {
+                let mut admin = sqlx::PgConnection::connect(&url).await?;
+                drop_roles(&mut admin, &schema).await?;
+                admin.close().await?;
+                Ok::<_, Box<dyn std::error::Error + Send + Sync>>(())
+            })
+        });
+        match cleanup.join() {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => tracing::warn!(%error, "could not drop a test schema's roles"),
+            Err(_) => tracing::warn!("the roles cleanup panicked"),
+        }
+    }
+}

@@ -102,9 +102,39 @@ async fn apply(tx: &mut sqlx::PgConnection, schema: &Schema) -> Result<()> {
         .await
         .map_err(fail)?;
     let q = schema.quoted();
+    // Up to date: nothing to create, which an application role without DDL rights needs.
+    let ledger: Option<String> = sqlx::query_scalar("SELECT to_regclass($1)::text")
+        .bind(format!("{q}.factum_migrations"))
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(fail)?;
+    if ledger.is_some() {
+        let applied: Vec<(i32, String)> = sqlx::query_as(AssertSqlSafe(format!(
+            "SELECT version, checksum FROM {q}.factum_migrations ORDER BY version"
+        )))
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(fail)?;
+        if pending(MIGRATIONS, &applied, schema.name())?.is_empty() {
+            return Ok(());
+        }
+    }
+    // A schema that exists (made by an administrator for an owner role, say) is not created
+    // again: creating one, even `IF NOT EXISTS`, needs the right to create schemas.
+    let schema_exists: bool =
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $1)")
+            .bind(schema.name())
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(fail)?;
+    if !schema_exists {
+        sqlx::raw_sql(AssertSqlSafe(format!("CREATE SCHEMA IF NOT EXISTS {q}")))
+            .execute(&mut *tx)
+            .await
+            .map_err(fail)?;
+    }
     sqlx::raw_sql(AssertSqlSafe(format!(
-        "CREATE SCHEMA IF NOT EXISTS {q};
-         CREATE TABLE IF NOT EXISTS {q}.factum_migrations (
+        "CREATE TABLE IF NOT EXISTS {q}.factum_migrations (
              version    integer     PRIMARY KEY,
              name       text        NOT NULL,
              checksum   text        NOT NULL,

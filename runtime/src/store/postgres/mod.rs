@@ -481,6 +481,27 @@ impl PostgresStore {
         self.inner.schema.name()
     }
 
+    /// The SQL that gives the application role `role` what the runtime needs on this store's
+    /// schema and nothing more: appending and reading events (never updating, deleting or
+    /// truncating them), the runners' bookkeeping, snapshots. Run it as the schema's owner after
+    /// [`migrate`](Self::migrate); the application then connects as `role`, which owns nothing
+    /// and cannot disable the append-only trigger. Shipped as
+    /// `runtime/sql/postgres/application_role.sql`.
+    ///
+    /// # Errors
+    /// [`Error::InvalidConfig`] when `role` is not a plain lowercase identifier (1 to 63
+    /// letters, digits and underscores).
+    pub fn application_grants(&self, role: &str) -> Result<String> {
+        let role = crate::store::sql::Schema::new(role).map_err(|_| {
+            Error::InvalidConfig(format!(
+                "`{role}` is not a usable role name here: use 1 to 63 lowercase letters, digits and underscores, not starting with a digit"
+            ))
+        })?;
+        Ok(include_str!("../../../sql/postgres/application_role.sql")
+            .replace("{schema}", self.inner.schema.quoted())
+            .replace("{role}", role.quoted()))
+    }
+
     /// The schema, validated, for SQL text.
     #[cfg(feature = "cli")]
     pub(crate) fn sql_schema(&self) -> &Schema {
