@@ -110,12 +110,19 @@ async fn fill(store: &impl EventStore) {
     }
 }
 
+/// The whole feed, once no transaction still running holds it back (another test's long
+/// import on the same server does, for a while).
 async fn feed(store: &impl EventStore) -> Vec<RecordedEvent> {
-    store
-        .read_feed(&FeedQuery::from_start().limit(10_000))
-        .await
-        .unwrap()
-        .events
+    loop {
+        let batch = store
+            .read_feed(&FeedQuery::from_start().limit(10_000))
+            .await
+            .unwrap();
+        if !batch.held_back {
+            return batch.events;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
 }
 
 /// An envelope without what the target assigns (its positions).
@@ -231,3 +238,67 @@ factum::on_both_stores!(
     #[tokio::test]
     an_export_imported_into_an_empty_store_is_the_same_store,
 );
+
+/// PostgreSQL sends the rows while it reads the lines: a bad line after megabytes already sent
+/// still leaves the store empty (the COPY is aborted, the transaction rolled back), and the
+/// store then takes the good file.
+#[tokio::test]
+async fn a_bad_line_after_megabytes_sent_leaves_postgres_empty() {
+    let source = factum::testing::postgres::TemporaryStore::new()
+        .await
+        .unwrap();
+    for stream in 0..30 {
+        let events = (0..100)
+            .map(|n| {
+                NewEvent::of(&Noted {
+                    text: format!("{n} {}", "x".repeat(1_000)),
+                })
+                .unwrap()
+            })
+            .collect();
+        source
+            .append(
+                &format!("note-{stream}"),
+                "Note",
+                ExpectedVersion::Any,
+                events,
+            )
+            .await
+            .unwrap();
+    }
+    let mut exported = Vec::new();
+    transfer::export(&*source, None, &mut exported, |_| {})
+        .await
+        .unwrap();
+    assert!(exported.len() > 3_000_000, "more than one COPY chunk");
+    let mut broken = exported.clone();
+    broken.extend_from_slice(b"{\"not\": \"an envelope\"}\n");
+
+    let target = factum::testing::postgres::TemporaryStore::new()
+        .await
+        .unwrap();
+    let mut sent = 0;
+    let error = target
+        .import(&broken[..], |so_far| sent = so_far)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(error, Error::InvalidImport { line: 3001, .. }),
+        "{error}"
+    );
+    assert!(sent >= 1_000, "rows were sent before the bad line ({sent})");
+    assert!(feed(&*target).await.is_empty(), "nothing imported");
+    assert_eq!(target.import(&exported[..], |_| {}).await.unwrap(), 3_000);
+    assert_eq!(
+        feed(&*source)
+            .await
+            .iter()
+            .map(portable)
+            .collect::<Vec<_>>(),
+        feed(&*target)
+            .await
+            .iter()
+            .map(portable)
+            .collect::<Vec<_>>()
+    );
+}

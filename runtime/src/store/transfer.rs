@@ -77,29 +77,47 @@ pub async fn export<S: EventStore>(
 ///
 /// # Errors
 /// [`Error::InvalidImport`] naming the first bad line, or an I/O error.
+/// An export read back line by line, each line checked as it comes (an envelope; its stream id
+/// valid; its stream continuing where the stream's last line left it, with the same aggregate
+/// type; its event id not seen before): an importer writes as it reads, and a bad line stops
+/// it, named, before it commits anything.
 #[cfg_attr(
     not(any(feature = "postgres", feature = "sqlite")),
     allow(dead_code, reason = "the SQL stores import")
 )]
-pub(crate) fn read_export(input: impl BufRead) -> Result<Vec<RecordedEvent>> {
-    let mut events = Vec::new();
-    let mut heads: HashMap<String, (u64, String)> = HashMap::new();
-    let mut ids = std::collections::HashSet::new();
-    for (index, line) in input.lines().enumerate() {
-        let line_number = index as u64 + 1;
+pub(crate) struct ExportReader<R> {
+    lines: std::io::Lines<R>,
+    line: u64,
+    heads: HashMap<String, (u64, String)>,
+    ids: std::collections::HashSet<uuid::Uuid>,
+}
+
+#[cfg_attr(
+    not(any(feature = "postgres", feature = "sqlite")),
+    allow(dead_code, reason = "the SQL stores import")
+)]
+impl<R: BufRead> ExportReader<R> {
+    pub(crate) fn new(input: R) -> Self {
+        Self {
+            lines: input.lines(),
+            line: 0,
+            heads: HashMap::new(),
+            ids: std::collections::HashSet::new(),
+        }
+    }
+
+    fn check(&mut self, line: &str) -> Result<RecordedEvent> {
+        let line_number = self.line;
         let invalid = |reason: String| Error::InvalidImport {
             line: line_number,
             reason,
         };
-        let line = line.map_err(|e| Error::Backend(e.into()))?;
-        if line.trim().is_empty() {
-            continue;
-        }
         let event: RecordedEvent =
-            serde_json::from_str(&line).map_err(|e| invalid(format!("not an envelope: {e}")))?;
+            serde_json::from_str(line).map_err(|e| invalid(format!("not an envelope: {e}")))?;
         check_stream_id(&event.stream_id)
             .map_err(|problem| invalid(format!("stream id {:?}: {problem}", event.stream_id)))?;
-        let (head, aggregate) = heads
+        let (head, aggregate) = self
+            .heads
             .entry(event.stream_id.clone())
             .or_insert_with(|| (0, event.aggregate_type.clone()));
         if event.stream_version != *head + 1 {
@@ -114,16 +132,41 @@ pub(crate) fn read_export(input: impl BufRead) -> Result<Vec<RecordedEvent>> {
                 event.stream_id, event.aggregate_type
             )));
         }
-        if !ids.insert(event.event_id) {
+        if !self.ids.insert(event.event_id) {
             return Err(invalid(format!(
                 "event id {} appears twice",
                 event.event_id
             )));
         }
         *head = event.stream_version;
-        events.push(event);
+        Ok(event)
     }
-    Ok(events)
+}
+
+impl<R: BufRead> Iterator for ExportReader<R> {
+    type Item = Result<RecordedEvent>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            let line = match self.lines.next()? {
+                Ok(line) => line,
+                Err(error) => return Some(Err(Error::Backend(error.into()))),
+            };
+            self.line += 1;
+            if !line.trim().is_empty() {
+                return Some(self.check(&line));
+            }
+        }
+    }
+}
+
+/// A whole export, read and checked.
+#[cfg_attr(
+    not(any(feature = "postgres", feature = "sqlite")),
+    allow(dead_code, reason = "the SQL stores import")
+)]
+pub(crate) fn read_export(input: impl BufRead) -> Result<Vec<RecordedEvent>> {
+    ExportReader::new(input).collect()
 }
 
 /// `text` as a field of PostgreSQL's `COPY … (FORMAT text)`: backslash, tab, newline and

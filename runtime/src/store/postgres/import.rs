@@ -1,5 +1,6 @@
 //! Importing an export into an empty PostgreSQL store: one transaction, the event table locked
-//! against appends, the rows sent with `COPY` in the export's (feed) order. Positions and
+//! against appends, the rows sent with `COPY` in the export's (feed) order as the lines are read
+//! and checked (the server stores one chunk while the next is read). Positions and
 //! transaction ids are the target's own: the whole import is one transaction, and positions
 //! follow the rows, so the feed delivers the events in the exported order.
 
@@ -9,7 +10,7 @@ use sqlx::AssertSqlSafe;
 
 use super::PostgresStore;
 use crate::error::{Error, Result};
-use crate::store::transfer::{copy_line, read_export};
+use crate::store::transfer::{ExportReader, copy_line};
 
 /// Bytes sent to `COPY` at a time.
 const COPY_CHUNK: usize = 1 << 20;
@@ -17,15 +18,14 @@ const COPY_CHUNK: usize = 1 << 20;
 impl PostgresStore {
     /// Imports an export (`factum::store::transfer::export`, `factum export`) into this store,
     /// which must hold no events: the same event ids, stream versions, recording times and
-    /// feed order, in one transaction (all or nothing). Every line is checked before anything
-    /// is written. `progress` is called with the events sent so far. Returns how many were
-    /// imported.
+    /// feed order, in one transaction (all or nothing): every line is checked as it is sent,
+    /// and a bad line aborts the transaction, so nothing of the import is ever visible.
+    /// `progress` is called with the events sent so far. Returns how many were imported.
     ///
     /// # Errors
     /// [`Error::InvalidImport`] naming the first bad line, [`Error::ImportTargetNotEmpty`], or
     /// a database error.
     pub async fn import(&self, input: impl BufRead, mut progress: impl FnMut(u64)) -> Result<u64> {
-        let events = read_export(input)?;
         let s = self.inner.schema.quoted();
         let fail = |e| self.fail(e);
         let mut transaction = self.inner.pool.begin().await.map_err(fail)?;
@@ -58,8 +58,14 @@ impl PostgresStore {
             .map_err(fail)?;
         let mut chunk = String::with_capacity(COPY_CHUNK + 4096);
         let mut sent = 0;
-        for event in &events {
-            copy_line(event, &mut chunk)?;
+        for event in ExportReader::new(input) {
+            if let Err(error) = event.and_then(|event| copy_line(&event, &mut chunk)) {
+                // Nothing of it is committed; the server drops what it received.
+                if let Err(abort) = copy.abort(error.to_string()).await {
+                    tracing::warn!(%abort, "could not abort the import's COPY");
+                }
+                return Err(error);
+            }
             sent += 1;
             if chunk.len() >= COPY_CHUNK {
                 copy.send(chunk.as_bytes()).await.map_err(fail)?;
