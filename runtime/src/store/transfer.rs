@@ -160,11 +160,8 @@ impl<R: BufRead> Iterator for ExportReader<R> {
     }
 }
 
-/// A whole export, read and checked.
-#[cfg_attr(
-    not(any(feature = "postgres", feature = "sqlite")),
-    allow(dead_code, reason = "the SQL stores import")
-)]
+/// A whole export, read and checked (SQLite imports it in one transaction).
+#[cfg(feature = "sqlite")]
 pub(crate) fn read_export(input: impl BufRead) -> Result<Vec<RecordedEvent>> {
     ExportReader::new(input).collect()
 }
