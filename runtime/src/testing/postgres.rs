@@ -133,35 +133,51 @@ impl Deref for TemporaryStore {
 
 impl Drop for Cleanup {
     fn drop(&mut self) {
-        let url = self.url.clone();
         let schema = self.schema.clone();
-        // Drop runs inside the test's runtime, which must not block: clean up from a thread of
-        // its own, with a runtime of its own.
-        let cleanup = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()?;
-            runtime.block_on(async move {
-                let mut connection = sqlx::PgConnection::connect(&url).await?;
+        clean_up(self.url.clone(), "a test schema", move |connection| {
+            Box::pin(async move {
                 sqlx::query(
                     "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = $1",
                 )
                 .bind(&schema)
-                .execute(&mut connection)
+                .execute(&mut *connection)
                 .await?;
                 let drop = format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE");
                 sqlx::raw_sql(sqlx::AssertSqlSafe(drop))
-                    .execute(&mut connection)
-                    .await?;
-                connection.close().await?;
-                Ok::<_, Box<dyn std::error::Error + Send + Sync>>(())
+                    .execute(&mut *connection)
+                    .await
+                    .map(|_| ())
             })
         });
-        match cleanup.join() {
-            Ok(Ok(())) => {}
-            Ok(Err(error)) => tracing::warn!(%error, "could not drop a test schema"),
-            Err(_) => tracing::warn!("the test schema cleanup panicked"),
-        }
+    }
+}
+
+/// Runs `work` on a connection of its own to `url`, from a thread and a runtime of its own:
+/// `Drop` runs inside the test's runtime, which must not block. A failure is logged as the
+/// cleanup of `what`.
+fn clean_up<F>(url: String, what: &'static str, work: F)
+where
+    F: for<'c> FnOnce(
+            &'c mut sqlx::PgConnection,
+        ) -> futures_util::future::BoxFuture<'c, sqlx::Result<()>>
+        + Send
+        + 'static,
+{
+    let cleanup = std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        runtime.block_on(async move {
+            let mut connection = sqlx::PgConnection::connect(&url).await?;
+            work(&mut connection).await?;
+            connection.close().await?;
+            Ok::<_, Box<dyn std::error::Error + Send + Sync>>(())
+        })
+    });
+    match cleanup.join() {
+        Ok(Ok(())) => {}
+        Ok(Err(error)) => tracing::warn!(%error, "could not clean up {what}"),
+        Err(_) => tracing::warn!("the cleanup of {what} panicked"),
     }
 }
 
@@ -385,24 +401,9 @@ async fn drop_roles(admin: &mut sqlx::PgConnection, schema: &str) -> sqlx::Resul
 
 impl Drop for RoleCleanup {
     fn drop(&mut self) {
-        let url = self.url.clone();
         let schema = self.schema.clone();
-        // As `Cleanup`: from a thread and a runtime of its own.
-        let cleanup = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()?;
-            runtime.block_on(async move {
-                let mut admin = sqlx::PgConnection::connect(&url).await?;
-                drop_roles(&mut admin, &schema).await?;
-                admin.close().await?;
-                Ok::<_, Box<dyn std::error::Error + Send + Sync>>(())
-            })
+        clean_up(self.url.clone(), "a test schema's roles", move |admin| {
+            Box::pin(async move { drop_roles(admin, &schema).await })
         });
-        match cleanup.join() {
-            Ok(Ok(())) => {}
-            Ok(Err(error)) => tracing::warn!(%error, "could not drop a test schema's roles"),
-            Err(_) => tracing::warn!("the roles cleanup panicked"),
-        }
     }
 }
