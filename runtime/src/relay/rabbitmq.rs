@@ -110,16 +110,21 @@ impl RabbitMqSink {
         Ok((connection, channel))
     }
 
-    fn properties(message: &Outbound) -> BasicProperties {
+    /// The properties of `message`, its envelope headers built in one pass over the envelope,
+    /// and the message's size as the broker counts it (approximately: headers, properties and
+    /// body).
+    fn properties(message: &Outbound) -> (BasicProperties, usize) {
         let mut headers = FieldTable::default();
+        let mut size = message.payload().len() + 128;
         for (name, value) in message.headers() {
+            size += name.len() + value.len() + 8;
             headers.insert(
                 ShortString::from(name),
                 AMQPValue::LongString(LongString::from(value.into_owned())),
             );
         }
         let id = message.event.event_id.to_string();
-        BasicProperties::default()
+        let properties = BasicProperties::default()
             .with_headers(headers)
             .with_message_id(ShortString::from(id))
             .with_content_type(ShortString::from("application/json"))
@@ -128,15 +133,8 @@ impl RabbitMqSink {
                     .unwrap_or_else(|_| ShortString::from("")),
             )
             .with_delivery_mode(2)
-            .with_timestamp(u64::try_from(message.event.recorded_at.timestamp()).unwrap_or(0))
-    }
-
-    fn size(message: &Outbound) -> usize {
-        let headers: usize = message
-            .headers()
-            .map(|(name, value)| name.len() + value.len() + 8)
-            .sum();
-        message.payload().len() + headers + 128
+            .with_timestamp(u64::try_from(message.event.recorded_at.timestamp()).unwrap_or(0));
+        (properties, size)
     }
 }
 
@@ -149,7 +147,7 @@ impl Sink for RabbitMqSink {
     type Message = (ShortString, Vec<u8>, BasicProperties);
 
     fn prepare(&self, message: &Outbound) -> Result<Self::Message, String> {
-        let size = Self::size(message);
+        let (properties, size) = Self::properties(message);
         if size > self.max_message_size {
             return Err(format!(
                 "the message is {size} bytes; the broker takes at most {} (max_message_size)",
@@ -160,11 +158,7 @@ impl Sink for RabbitMqSink {
         let length = key.len();
         let key = ShortString::try_new(key)
             .map_err(|_| format!("the routing key is {length} bytes; AMQP takes at most 255"))?;
-        Ok((
-            key,
-            message.payload().as_bytes().to_vec(),
-            Self::properties(message),
-        ))
+        Ok((key, message.payload().as_bytes().to_vec(), properties))
     }
 
     async fn publish(&self, messages: Vec<Self::Message>) -> Vec<Result<(), SinkError>> {

@@ -230,6 +230,7 @@ impl<K: Sink> Relay<K> {
         if !retries.is_empty() {
             self.sink.refresh().await.map_err(Failure::Sink)?;
         }
+        let preparer = self.preparer();
         for (stream, ids) in retries {
             let events = self
                 .store
@@ -239,7 +240,7 @@ impl<K: Sink> Relay<K> {
             tracing::info!(relay = %self.name, stream_id = %stream, events = events.len(),
                 "publishing a parked stream again");
             parked.remove(&stream);
-            let batch = self.preparer().prepare(events).messages;
+            let batch = preparer.prepare(events).messages;
             let (published, letters) = self.publish(batch, parked, attempt).await?;
             checkpoint::resolve(&self.store, claimed, &stream, published, letters).await?;
         }
