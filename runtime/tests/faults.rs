@@ -317,6 +317,12 @@ async fn a_transient_failure_for_10_s_parks_nothing_and_a_permanent_one_parks_it
         note(&*database, "flaky", n).await;
         note(&*database, "poison", n).await;
     }
+    // The runner says it is retrying (a handle sees the failure while the batch is retried).
+    eventually("the runner to report its retries", || async {
+        matches!(handle.state(), RunnerState::Retrying { attempts, ref error, .. }
+            if attempts >= 1 && error.contains("503"))
+    })
+    .await;
     eventually("the flaky stream to be applied", || async {
         rows(&database, &table)
             .await
@@ -347,8 +353,12 @@ async fn a_transient_failure_for_10_s_parks_nothing_and_a_permanent_one_parks_it
     .await;
     let parked = match handle.parked().await {
         Ok(parked) => parked,
-        // The runner stopped: say why.
-        Err(error) => panic!("{error:?}; the runner ended with {:?}", task.await),
+        // Say why (the runner may have stopped; a running one is not waited for).
+        Err(error) => panic!(
+            "{error:?} in state {:?}; the runner ended with {:?}",
+            handle.state(),
+            tokio::time::timeout(Duration::from_secs(5), task).await
+        ),
     };
     assert_eq!(
         parked

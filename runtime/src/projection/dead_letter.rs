@@ -9,7 +9,7 @@
 use super::batch::{BatchOutcome, DeadLetter};
 use super::retry::Failure;
 use super::runner::ProjectionRunner;
-use super::status::{ParkedStream, RetryOutcome, RunnerError};
+use super::status::{Failing, ParkedStream, RetryOutcome, RunnerError};
 use super::{HandlerError, Projection};
 use crate::envelope::{EnvelopeFields, RecordedEvent};
 use crate::error::Error;
@@ -45,6 +45,7 @@ impl<S: SqlStore, P: Projection> ProjectionRunner<S, P> {
         let retries = self.options.retries;
         let started = std::time::Instant::now();
         let mut attempt = 0;
+        let mut failing = Failing::default();
         loop {
             let error = match self.apply_from(after, events, next).await {
                 Ok(outcome) => return Ok(outcome),
@@ -68,6 +69,8 @@ impl<S: SqlStore, P: Projection> ProjectionRunner<S, P> {
                 });
             }
             tracing::warn!(attempt, %error, "projection batch failed; retrying");
+            let (_, state) = failing.record(&error);
+            self.control.set(state);
             tokio::time::sleep(retries.delay(attempt)).await;
         }
     }

@@ -304,6 +304,11 @@ impl<S: SqlStore, P: Projection> ProjectionRunner<S, P> {
             version = P::VERSION,
             "projection lease taken"
         );
+        // Holding the lease is running (a handle can ask for work from now on), unless
+        // failures are still being retried: the first successful step says so.
+        if !matches!(*self.control.state.borrow(), RunnerState::Retrying { .. }) {
+            self.control.set(RunnerState::Running);
+        }
         let result = async {
             self.claim_lease().await?;
             self.follow(shutdown, failing, &mut lease).await

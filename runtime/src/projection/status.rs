@@ -126,7 +126,8 @@ pub enum RunnerState {
     /// Holding the lease: catching up or following the feed.
     Running,
     /// Failing for a reason that may pass (the database is unavailable, a transient handler
-    /// failure): trying again, with backoff, since `since`. The lease is released meanwhile.
+    /// failure): trying again, with backoff, since `since`. The lease is released meanwhile,
+    /// except while a batch is retried in place (a handler's failure within its retry budget).
     Retrying {
         /// When the failures began.
         since: DateTime<Utc>,
