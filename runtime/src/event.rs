@@ -195,16 +195,16 @@ pub trait EventOf<S: EventSet>: Event {}
 /// and `Vec`s, `Option`s, arrays and tuples of those.
 ///
 /// ```
-/// # #[factum::event] #[derive(Debug, PartialEq)] pub struct A;
-/// # #[factum::event] #[derive(Debug, PartialEq)] pub struct B { n: u8 }
+/// # #[factum::event] #[derive(Debug, PartialEq)] pub struct Opened;
+/// # #[factum::event] #[derive(Debug, PartialEq)] pub struct Paid { n: u8 }
 /// #[factum::event]
 /// #[derive(Debug, PartialEq)]
-/// pub enum Events { A(A), B(B) }
+/// pub enum Events { Opened(Opened), Paid(Paid) }
 ///
 /// use factum::IntoEvents;
 /// let mut out = Vec::new();
-/// (A, vec![B { n: 1 }, B { n: 2 }]).into_events(&mut out);
-/// assert_eq!(out, [Events::A(A), Events::B(B { n: 1 }), Events::B(B { n: 2 })]);
+/// (Opened, vec![Paid { n: 1 }, Paid { n: 2 }]).into_events(&mut out);
+/// assert_eq!(out, [Events::Opened(Opened), Events::Paid(Paid { n: 1 }), Events::Paid(Paid { n: 2 })]);
 /// ```
 #[diagnostic::on_unimplemented(
     message = "`{Self}` cannot be turned into events of `{S}`",

@@ -21,10 +21,10 @@ pub struct PaymentDeclined {
     pub reason: String,
 }
 
-/// Waiting for the card holder (3-D Secure).
+/// The card holder was challenged (3-D Secure): the payment waits for them.
 #[event]
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PaymentPending {
+pub struct PaymentChallenged {
     pub order_id: String,
     pub amount: Cents,
 }
@@ -47,7 +47,7 @@ pub struct PaymentCancelled {
 pub enum PaymentEvent {
     Processed(PaymentProcessed),
     Declined(PaymentDeclined),
-    Pending(PaymentPending),
+    Challenged(PaymentChallenged),
     Refunded(PaymentRefunded),
     Cancelled(PaymentCancelled),
 }
@@ -118,7 +118,7 @@ impl Payment {
     }
 
     #[apply]
-    fn pending(&mut self, event: &PaymentPending) {
+    fn challenged(&mut self, event: &PaymentChallenged) {
         self.status = PaymentStatus::Pending;
         self.amount = event.amount;
     }
@@ -145,7 +145,7 @@ impl Payment {
                 reason: "the card was declined".into(),
             }
             .into(),
-            "3ds" => PaymentPending {
+            "3ds" => PaymentChallenged {
                 order_id,
                 amount: command.amount,
             }

@@ -13,7 +13,7 @@ use syn::{Expr, Lit, LitInt, LitStr, Token, Type};
 
 use crate::ctxt::Ctxt;
 use crate::symbol::{
-    BY, COMMANDS, END, EVENTS, IGNORE, INLINE, NAME, SIDE_EFFECTS, STATE_VERSION, VERSION,
+    ANY_NAME, BY, COMMANDS, END, EVENTS, IGNORE, INLINE, NAME, SIDE_EFFECTS, STATE_VERSION, VERSION,
 };
 
 /// A key that may be set at most once.
@@ -50,6 +50,8 @@ pub struct EventArgs {
     pub name: Option<LitStr>,
     /// The schema version (default: 1), with its literal for spans.
     pub version: Option<(u32, LitInt)>,
+    /// `any_name`: the name is not checked to be a past-tense fact; the key, for spans.
+    pub any_name: Option<syn::Path>,
     /// Every key given, for "an event set takes no options".
     pub keys: Vec<syn::Path>,
 }
@@ -72,6 +74,7 @@ pub struct AggregateArgs {
 pub fn event_args(cx: &Ctxt, args: TokenStream, attribute: &str) -> EventArgs {
     let mut name = Attr::none(NAME);
     let mut version = Attr::none(VERSION);
+    let mut any_name = Attr::none(ANY_NAME);
     let mut keys = Vec::new();
     let parser = syn::meta::parser(|meta| {
         keys.push(meta.path.clone());
@@ -83,8 +86,20 @@ pub fn event_args(cx: &Ctxt, args: TokenStream, attribute: &str) -> EventArgs {
             if let Some(parsed) = version_value(cx, &meta, VERSION, "event versions")? {
                 version.set(cx, &meta.path, parsed);
             }
+        } else if meta.path.is_ident(ANY_NAME) {
+            if meta.input.is_empty() || meta.input.peek(Token![,]) {
+                any_name.set(cx, &meta.path, meta.path.clone());
+            } else {
+                cx.error_spanned_by(
+                    &meta.path,
+                    "`any_name` takes no value: `#[event(version = 1, any_name)]`",
+                );
+                // Meant to opt out: the name is not judged on top.
+                any_name.set(cx, &meta.path, meta.path.clone());
+                skip_value(&meta)?;
+            }
         } else {
-            unknown_key(cx, &meta, attribute, "`name` or `version`")?;
+            unknown_key(cx, &meta, attribute, "`name`, `version` or `any_name`")?;
         }
         Ok(())
     });
@@ -94,6 +109,7 @@ pub fn event_args(cx: &Ctxt, args: TokenStream, attribute: &str) -> EventArgs {
     EventArgs {
         name: name.get(),
         version: version.get(),
+        any_name: any_name.get(),
         keys,
     }
 }

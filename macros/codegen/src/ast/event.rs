@@ -21,6 +21,10 @@ pub struct EventStruct {
     pub item: ItemStruct,
     /// The stored type name.
     pub name: String,
+    /// The name as written, when given (for spans).
+    pub name_literal: Option<LitStr>,
+    /// `any_name`: the name is not checked.
+    pub any_name: bool,
     pub version: u32,
     /// The version as written, for spans (`None`: the default, 1).
     pub version_literal: Option<(u32, syn::LitInt)>,
@@ -51,6 +55,8 @@ impl EventInput {
                 Self::Struct(EventStruct {
                     item,
                     name,
+                    name_literal: args.name.clone(),
+                    any_name: args.any_name.is_some(),
                     version,
                     version_literal: args.version.clone(),
                 })

@@ -18,6 +18,17 @@ pub fn event(cx: &Ctxt, input: &EventInput) {
 }
 
 fn event_struct(cx: &Ctxt, event: &EventStruct) {
+    if !event.any_name && !super::tense::is_past_tense(&event.name) {
+        let message = format!(
+            "`{}` does not read as a fact that happened: name events in the past tense, like `{}` (or add `any_name` to `#[event(...)]` where this check gets your language wrong)",
+            event.name,
+            super::tense::suggestion(&event.name),
+        );
+        match &event.name_literal {
+            Some(literal) => cx.error_spanned_by(literal, message),
+            None => cx.error_spanned_by(&event.item.ident, message),
+        }
+    }
     if has_generics(&event.item.generics) {
         cx.error_spanned_by(
             &event.item.generics,

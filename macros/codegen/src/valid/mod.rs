@@ -14,6 +14,7 @@ mod aggregate;
 mod event;
 mod projection;
 mod saga;
+mod tense;
 mod upcast;
 
 pub use aggregate::{Aggregate, aggregate};
