@@ -73,6 +73,7 @@ pub mod aggregate;
 pub mod catalog;
 #[cfg(feature = "cli")]
 pub mod cli;
+pub mod clock;
 pub mod command;
 #[cfg(feature = "testing")]
 pub mod conformance;

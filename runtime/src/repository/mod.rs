@@ -17,11 +17,12 @@ use tracing::Instrument as _;
 use self::cache::{AggregateCache, Cached};
 use self::lanes::{Lanes, Outcome};
 use crate::aggregate::{Aggregate, Handle};
+use crate::clock::{Clock, SystemClock};
 use crate::command::CommandContext;
 use crate::envelope::{Envelope, NewEvent};
 use crate::error::{Error, ExecuteError, Result};
 use crate::event::Payload;
-use crate::snapshot::Snapshot;
+use crate::snapshot::{Snapshot, SnapshotPolicy};
 use crate::store::{EventStore, HistoryItem, KnownHead, StreamEvent, StreamEventRef};
 
 /// What [`Repository::execute_once`] did.
@@ -86,23 +87,24 @@ pub struct Loaded<A> {
 pub struct Repository<A, S> {
     store: S,
     max_retries: u32,
-    snapshots: Option<SnapshotPolicy<A>>,
+    snapshots: Option<Snapshots<A>>,
     cache: Option<Arc<AggregateCache<A>>>,
     lanes: Option<Arc<Lanes<A>>>,
+    clock: Arc<dyn Clock>,
 }
 
 /// When to take snapshots, and how to (de)serialize the state (captured where `A` is known to be
 /// serializable, so that the rest of the repository needs no such bound).
-struct SnapshotPolicy<A> {
-    every: u64,
+struct Snapshots<A> {
+    policy: SnapshotPolicy,
     encode: fn(&A) -> Result<Payload, serde_json::Error>,
     decode: fn(&Payload) -> Result<A, serde_json::Error>,
 }
 
-impl<A> Clone for SnapshotPolicy<A> {
+impl<A> Clone for Snapshots<A> {
     fn clone(&self) -> Self {
         Self {
-            every: self.every,
+            policy: self.policy,
             encode: self.encode,
             decode: self.decode,
         }
@@ -114,7 +116,7 @@ impl<A, S: fmt::Debug> fmt::Debug for Repository<A, S> {
         f.debug_struct("Repository")
             .field("store", &self.store)
             .field("max_retries", &self.max_retries)
-            .field("snapshot_every", &self.snapshots.as_ref().map(|p| p.every))
+            .field("snapshots", &self.snapshots.as_ref().map(|s| s.policy))
             .field("cached", &self.cache.as_ref().map(|c| c.len()))
             .finish_non_exhaustive()
     }
@@ -129,6 +131,7 @@ impl<A, S: Clone> Clone for Repository<A, S> {
             snapshots: self.snapshots.clone(),
             cache: self.cache.clone(),
             lanes: self.lanes.clone(),
+            clock: Arc::clone(&self.clock),
         }
     }
 }
@@ -145,6 +148,7 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
             snapshots: None,
             cache: None,
             lanes: None,
+            clock: Arc::new(SystemClock),
         }
     }
 
@@ -157,19 +161,38 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
     }
 
     /// Takes a snapshot of the state whenever a command makes the stream cross a multiple of
-    /// `every` events, and loads from the latest snapshot. The snapshot carries
-    /// [`Aggregate::STATE_VERSION`]; one of another version, type or shape is ignored (with a
-    /// warning) and the state rebuilt from the events.
+    /// `every` events, and loads from the latest snapshot: `snapshots(SnapshotPolicy::every(n))`.
     #[must_use]
-    pub fn snapshot_every(mut self, every: u64) -> Self
+    pub fn snapshot_every(self, every: u64) -> Self
     where
         A: Serialize + DeserializeOwned,
     {
-        self.snapshots = Some(SnapshotPolicy {
-            every: every.max(1),
+        self.snapshots(SnapshotPolicy::every(every))
+    }
+
+    /// Takes snapshots by `policy` (every N events, after slow loads, after loads from an old
+    /// snapshot) and loads from the latest one. A snapshot carries
+    /// [`Aggregate::STATE_VERSION`]; one of another version, type or shape is ignored (with a
+    /// warning) and the state rebuilt from the events. A snapshot that cannot be saved is
+    /// logged, never an error of the command or load that took it.
+    #[must_use]
+    pub fn snapshots(mut self, policy: SnapshotPolicy) -> Self
+    where
+        A: Serialize + DeserializeOwned,
+    {
+        self.snapshots = Some(Snapshots {
+            policy,
             encode: |state| Payload::encode(state),
             decode: Payload::decode,
         });
+        self
+    }
+
+    /// The clock the snapshot policy goes by (how long a load took, how old a snapshot is, when
+    /// one was taken): the system clock by default; a test's own to control time.
+    #[must_use]
+    pub fn clock(mut self, clock: impl Clock) -> Self {
+        self.clock = Arc::new(clock);
         self
     }
 
@@ -213,23 +236,46 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
     /// skipped), [`Error::AggregateTypeMismatch`] when the stream belongs to another aggregate
     /// type, or a store error.
     pub async fn load(&self, id: &str) -> Result<Loaded<A>> {
+        let started = self.clock.now();
         let mut replay = Replay::new(id, self.snapshots.as_ref());
         self.store
             .replay_history(id, A::TYPE, self.snapshots.is_some(), |item| {
                 replay.visit(item)
             })
             .await?;
-        if let Some(loaded) = replay.finish() {
-            return Ok(loaded);
+        let replay = if replay.unusable_snapshot {
+            // The snapshot was unusable, and the events read start after it: replay them all.
+            let mut replay = Replay::new(id, None);
+            self.store
+                .replay_history(id, A::TYPE, false, |item| replay.visit(item))
+                .await?;
+            replay
+        } else {
+            replay
+        };
+        let (replayed, snapshot_taken_at) = (replay.replayed, replay.snapshot_taken_at);
+        let loaded = replay.finish().ok_or_else(|| {
+            Error::InvalidConfig("a replay without snapshot yielded one".to_owned())
+        })?;
+        if let Some(snapshots) = &self.snapshots {
+            let now = self.clock.now();
+            let took = (now - started).to_std().unwrap_or_default();
+            if let Some(reason) =
+                snapshots
+                    .policy
+                    .after_load(replayed, took, snapshot_taken_at, now)
+            {
+                tracing::debug!(
+                    stream_id = id,
+                    version = loaded.version,
+                    ?reason,
+                    "taking a snapshot after a load"
+                );
+                self.save_snapshot(id, &loaded.state, loaded.version, snapshots)
+                    .await;
+            }
         }
-        // The snapshot was unusable, and the events read start after it: replay them all.
-        let mut replay = Replay::new(id, None);
-        self.store
-            .replay_history(id, A::TYPE, false, |item| replay.visit(item))
-            .await?;
-        replay
-            .finish()
-            .ok_or_else(|| Error::InvalidConfig("a replay without snapshot yielded one".to_owned()))
+        Ok(loaded)
     }
 
     /// The aggregate as it was after the event at `version` (or after its last event, if the
@@ -600,7 +646,7 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
                     // A snapshot when the batch crossed the interval and no later events are
                     // decided yet (the lane's state is then the committed one).
                     if let Some(policy) = &self.snapshots
-                        && version / policy.every > base / policy.every
+                        && policy.policy.crosses_interval(base, version)
                     {
                         let encoded = lane
                             .lock()
@@ -636,7 +682,7 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
     /// snapshot interval, and caches the new state.
     async fn after_commit(&self, id: &str, state: A, old_version: u64, new_version: u64) {
         if let Some(policy) = &self.snapshots
-            && new_version / policy.every > old_version / policy.every
+            && policy.policy.crosses_interval(old_version, new_version)
         {
             self.save_snapshot(id, &state, new_version, policy).await;
         }
@@ -644,7 +690,7 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
     }
 
     /// A failed snapshot only makes later loads slower, so it is logged, not returned.
-    async fn save_snapshot(&self, id: &str, state: &A, version: u64, policy: &SnapshotPolicy<A>) {
+    async fn save_snapshot(&self, id: &str, state: &A, version: u64, policy: &Snapshots<A>) {
         self.save_encoded_snapshot(id, version, (policy.encode)(state))
             .await;
     }
@@ -658,7 +704,8 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
     ) {
         let result = match encoded {
             Ok(payload) => {
-                let snapshot = Snapshot::new(id, A::TYPE, version, A::STATE_VERSION, payload);
+                let mut snapshot = Snapshot::new(id, A::TYPE, version, A::STATE_VERSION, payload);
+                snapshot.taken_at = self.clock.now();
                 self.store.save_snapshot(snapshot).await
             }
             Err(cause) => Err(Error::Encode {
@@ -676,7 +723,7 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
 fn restore_snapshot<A: Aggregate>(
     id: &str,
     snapshot: &Snapshot,
-    policy: &SnapshotPolicy<A>,
+    policy: &Snapshots<A>,
 ) -> Option<A> {
     let reason = if snapshot.aggregate_type != A::TYPE {
         format!("it is of aggregate type `{}`", snapshot.aggregate_type)
@@ -705,21 +752,27 @@ fn restore_snapshot<A: Aggregate>(
 /// each event decoded straight from the store's buffer and applied.
 struct Replay<'a, A> {
     stream_id: &'a str,
-    policy: Option<&'a SnapshotPolicy<A>>,
+    policy: Option<&'a Snapshots<A>>,
     state: A,
     version: u64,
     /// The snapshot could not be used: the events that follow it are not enough.
     unusable_snapshot: bool,
+    /// Events applied (after the snapshot, if one was used).
+    replayed: u64,
+    /// When the snapshot used was taken.
+    snapshot_taken_at: Option<DateTime<Utc>>,
 }
 
 impl<'a, A: Aggregate> Replay<'a, A> {
-    fn new(stream_id: &'a str, policy: Option<&'a SnapshotPolicy<A>>) -> Self {
+    fn new(stream_id: &'a str, policy: Option<&'a Snapshots<A>>) -> Self {
         Self {
             stream_id,
             policy,
             state: A::default(),
             version: 0,
             unusable_snapshot: false,
+            replayed: 0,
+            snapshot_taken_at: None,
         }
     }
 
@@ -733,6 +786,7 @@ impl<'a, A: Aggregate> Replay<'a, A> {
                     Some(state) => {
                         self.state = state;
                         self.version = snapshot.stream_version;
+                        self.snapshot_taken_at = Some(snapshot.taken_at);
                     }
                     None => self.unusable_snapshot = true,
                 }
@@ -754,6 +808,7 @@ impl<'a, A: Aggregate> Replay<'a, A> {
         let state = &mut self.state;
         event.decode_each::<A::Event>(self.stream_id, &mut |decoded| state.apply(&decoded))?;
         self.version = event.stream_version;
+        self.replayed += 1;
         Ok(())
     }
 

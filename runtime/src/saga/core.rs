@@ -11,9 +11,9 @@ use std::sync::Arc;
 use uuid::Uuid;
 
 use super::bus::{CommandBus, DispatchError, Dispatched};
-use super::clock::Clock;
 use super::tables::{Deadline, Outbound, Pending, StoredInstance, Tables, time};
 use super::{Rejection, Role, Saga, SagaContext, command_id, timeout_id};
+use crate::clock::Clock;
 use crate::command::CommandContext;
 use crate::envelope::RecordedEvent;
 use crate::error::Error;

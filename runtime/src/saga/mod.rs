@@ -32,7 +32,6 @@ use crate::envelope::RecordedEvent;
 use crate::projection::HandlerError;
 
 mod bus;
-mod clock;
 #[cfg(any(feature = "postgres", feature = "sqlite"))]
 mod core;
 #[cfg(feature = "postgres")]
@@ -46,8 +45,8 @@ mod sqlite;
 #[cfg(any(feature = "postgres", feature = "sqlite"))]
 mod tables;
 
+pub use crate::clock::{Clock, ManualClock, SystemClock};
 pub use bus::{CommandBus, DispatchError, Dispatched};
-pub use clock::{Clock, ManualClock, SystemClock};
 #[cfg(any(feature = "postgres", feature = "sqlite"))]
 pub use core::{SagaError, SagaInstance, SagaStatus, Settled};
 #[cfg(feature = "postgres")]

@@ -17,9 +17,9 @@ use std::time::Duration;
 
 use super::Saga;
 use super::bus::CommandBus;
-use super::clock::{Clock, SystemClock};
 use super::core::{Core, SagaError, SagaEvents, SagaInstance, SagaStatus, Settled};
 use super::tables::Tables;
+use crate::clock::{Clock, SystemClock};
 use crate::error::Error;
 use crate::projection::{
     ParkedStream, ProjectionRunner, RetryOutcome, RunnerError, RunnerHandle, RunnerState,

@@ -1,4 +1,5 @@
-//! The time sagas schedule and fire timeouts by: the system clock, or a manual one for tests.
+//! The time Factum goes by where time decides something (sagas' timeouts, snapshot policies):
+//! the system clock, or one that tests control.
 
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
@@ -25,7 +26,7 @@ impl Clock for SystemClock {
 /// time.
 ///
 /// ```
-/// use factum::saga::{Clock, ManualClock};
+/// use factum::clock::{Clock, ManualClock};
 /// use std::time::Duration;
 ///
 /// let clock = ManualClock::starting_at("2026-01-01T00:00:00Z".parse().unwrap());
