@@ -394,3 +394,72 @@ async fn export_and_import_through_the_cli() {
     );
     let _ = std::fs::remove_file(&file);
 }
+
+/// A consumer's CI: the plain `factum` tool (no catalog registered) checks the consumer's
+/// contract against the producer's published catalog directory; a contract the catalog breaks
+/// fails with every break named; without `--dir` it says what to give.
+#[test]
+fn catalog_check_of_a_consumer_contract_against_a_published_catalog() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let schemas = root.join("schemas");
+    let run = |args: &[&str]| {
+        let output = Command::new(env!("CARGO_BIN_EXE_factum"))
+            .env_remove("DATABASE_URL")
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            output.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&output.stdout).into_owned(),
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        )
+    };
+    let kept = root.join("examples/shipping/contracts/shipping-service.json");
+    let (code, out, err) = run(&[
+        "catalog",
+        "check",
+        "--consumer",
+        kept.to_str().unwrap(),
+        "--dir",
+        schemas.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("consumer `shipping-service`"), "{out}");
+
+    let broken =
+        std::env::temp_dir().join(format!("factum-contract-{}.json", factum::Uuid::now_v7()));
+    std::fs::write(
+        &broken,
+        serde_json::json!({
+            "consumer": "billing",
+            "reads": [
+                { "event": "OrderPlaced", "versions": [1],
+                  "fields": { "order_id": "string", "total": "integer", "quantity": "string" } },
+                { "event": "OrderRefunded", "versions": [1] }
+            ]
+        })
+        .to_string(),
+    )
+    .unwrap();
+    let (code, _, err) = run(&[
+        "catalog",
+        "check",
+        "--consumer",
+        broken.to_str().unwrap(),
+        "--dir",
+        schemas.to_str().unwrap(),
+    ]);
+    let (no_dir, _, no_dir_err) =
+        run(&["catalog", "check", "--consumer", broken.to_str().unwrap()]);
+    std::fs::remove_file(&broken).unwrap();
+    assert_eq!(code, 1, "{err}");
+    for expected in [
+        "consumer `billing`: `OrderPlaced` v1, field `total`: `total` is not in the producer's schema (removed or renamed)",
+        "consumer `billing`: `OrderPlaced` v1, field `quantity`: the producer's schema has it as integer, the consumer reads it as string",
+        "consumer `billing`: `OrderRefunded`: the producer no longer produces this event",
+    ] {
+        assert!(err.contains(expected), "{expected}\nin:\n{err}");
+    }
+    assert_ne!(no_dir, 0);
+    assert!(no_dir_err.contains("--dir"), "{no_dir_err}");
+}

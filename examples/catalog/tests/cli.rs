@@ -335,3 +335,28 @@ async fn retry_skip_and_rebuild_the_order_board_on_postgres() {
         ["o-1", "o-2"]
     );
 }
+
+/// The producer's CI: every consumer's committed contract against the code's catalog, with the
+/// schema lock.
+#[test]
+fn catalog_check_holds_the_consumers_contracts() {
+    let contracts = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../shipping/contracts");
+    let (code, out, err) = tool(&[
+        "catalog",
+        "check",
+        "--consumer",
+        contracts.join("shipping-service.json").to_str().unwrap(),
+        "--consumer",
+        contracts
+            .join("notifications-service.json")
+            .to_str()
+            .unwrap(),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("consumer `shipping-service`")
+            && out.contains("consumer `notifications-service`")
+            && out.contains("is up to date"),
+        "{out}"
+    );
+}

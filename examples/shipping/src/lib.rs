@@ -42,6 +42,25 @@ pub struct OrderCompleted {
     pub order_id: String,
 }
 
+/// The shipping service's contract with the orders service: the events, versions and fields
+/// it reads, from its own types. Committed as `contracts/shipping-service.json`; checked against
+/// the orders catalog in both teams' CI (`factum catalog check --consumer ...`).
+#[must_use]
+pub fn shipping_contract() -> factum::catalog::ConsumerContract {
+    factum::catalog::ConsumerContract::new("shipping-service")
+        .reads::<OrderPlaced>()
+        .reads::<OrderCancelled>()
+}
+
+/// The notifications service's contract (`contracts/notifications-service.json`).
+#[must_use]
+pub fn notifications_contract() -> factum::catalog::ConsumerContract {
+    factum::catalog::ConsumerContract::new("notifications-service")
+        .reads::<OrderPlaced>()
+        .reads::<OrderCancelled>()
+        .reads::<OrderCompleted>()
+}
+
 /// The events the shipping service reads.
 #[factum::event]
 #[derive(Debug, Clone, PartialEq, Eq)]

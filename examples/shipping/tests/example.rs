@@ -384,3 +384,38 @@ fn the_catalog_documents_what_each_service_reads_and_where() {
             .all(|(_, address)| address.starts_with("orders.Order."))
     );
 }
+
+/// The services' contracts with the orders service: the committed files are what their own
+/// types say they read (regenerated with `FACTUM_WRITE_CONTRACTS=1`), and the orders service's
+/// published catalog keeps them (the consumer's CI step; the producer's runs the same files
+/// through `factum catalog check --consumer`).
+#[test]
+fn the_committed_contracts_are_the_services_own_and_the_catalog_keeps_them() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("contracts");
+    let published = factum::catalog::published_schemas(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../schemas"),
+    )
+    .unwrap();
+    for contract in [
+        shipping::shipping_contract(),
+        shipping::notifications_contract(),
+    ] {
+        let file = dir.join(format!("{}.json", contract.consumer));
+        if std::env::var_os("FACTUM_WRITE_CONTRACTS").is_some() {
+            std::fs::write(&file, contract.to_json()).unwrap();
+        }
+        let committed = std::fs::read_to_string(&file).unwrap_or_default();
+        assert_eq!(
+            committed,
+            contract.to_json(),
+            "{} is not what the service's types read: run with FACTUM_WRITE_CONTRACTS=1 and commit it",
+            file.display()
+        );
+        let breaks = contract.breaks(
+            published
+                .iter()
+                .map(|(name, version, schema)| (name.as_str(), *version, schema)),
+        );
+        assert!(breaks.is_empty(), "{breaks:#?}");
+    }
+}

@@ -300,7 +300,7 @@ impl<'a> Walk<'a> {
 }
 
 /// schemars wraps a reference that carries a description as `allOf: [{"$ref": ...}]`.
-fn single_all_of(schema: &Value) -> &Value {
+pub(super) fn single_all_of(schema: &Value) -> &Value {
     match schema
         .get("allOf")
         .and_then(Value::as_array)
@@ -311,21 +311,21 @@ fn single_all_of(schema: &Value) -> &Value {
     }
 }
 
-fn reference(schema: &Value) -> Option<&str> {
+pub(super) fn reference(schema: &Value) -> Option<&str> {
     schema.get("$ref").and_then(Value::as_str)
 }
 
 /// Resolves a local `#/definitions/...` (or `#/$defs/...`) reference.
-fn resolve<'v>(root: &'v Value, reference: &str) -> Option<&'v Value> {
+pub(super) fn resolve<'v>(root: &'v Value, reference: &str) -> Option<&'v Value> {
     let pointer = reference.strip_prefix('#')?;
     root.pointer(pointer)
 }
 
-fn properties(schema: &Value) -> Option<&Map<String, Value>> {
+pub(super) fn properties(schema: &Value) -> Option<&Map<String, Value>> {
     schema.get("properties").and_then(Value::as_object)
 }
 
-fn required(schema: &Value) -> BTreeSet<&str> {
+pub(super) fn required(schema: &Value) -> BTreeSet<&str> {
     schema
         .get("required")
         .and_then(Value::as_array)
@@ -343,7 +343,7 @@ fn alternatives(schema: &Value) -> Option<&[Value]> {
 
 /// Separates "or null" from a schema: `anyOf [T, null]` gives T; `type [T, null]` gives the
 /// schema with the null type removed.
-fn split_null(schema: &Value) -> (bool, Option<&Value>) {
+pub(super) fn split_null(schema: &Value) -> (bool, Option<&Value>) {
     if let Some(options) = schema.get("anyOf").and_then(Value::as_array)
         && options.len() == 2
         && let Some(null) = options.iter().position(is_null_schema)
@@ -361,7 +361,7 @@ fn is_null_schema(schema: &Value) -> bool {
 }
 
 /// The JSON types a schema accepts, without `null` (handled apart).
-fn types(schema: &Value) -> BTreeSet<String> {
+pub(super) fn types(schema: &Value) -> BTreeSet<String> {
     match schema.get("type") {
         Some(Value::String(t)) if t != "null" => BTreeSet::from([t.clone()]),
         Some(Value::Array(types)) => types

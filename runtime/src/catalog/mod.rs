@@ -22,6 +22,7 @@
 
 mod asyncapi;
 mod compat;
+mod contract;
 mod json;
 mod markdown;
 mod wiring;
@@ -31,6 +32,9 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 
 pub use self::compat::{Change, Severity};
+pub use self::contract::{
+    ConsumerContract, ContractBreak, ContractRead, FieldType, JsonKind, published_schemas,
+};
 pub use self::wiring::{Broker, Destination, Protocol, RelayRoute, Service};
 use crate::aggregate::Aggregate;
 use crate::event::{EventSchema, EventSet};
@@ -412,6 +416,10 @@ pub enum CatalogError {
     /// The declared brokers, relays and services do not fit together.
     #[error("the catalog's wiring is inconsistent:\n  - {}", .0.join("\n  - "))]
     Wiring(Vec<String>),
+
+    /// A consumer contract file is not one (the message says where and what to write).
+    #[error("{0}")]
+    Contract(String),
 
     /// A catalog file could not be read or written.
     #[error("cannot read or write {}: {source}", path.display())]

@@ -142,11 +142,17 @@ pub(super) enum ProjectionsCommand {
 #[derive(Debug, Subcommand)]
 pub(super) enum CatalogCommand {
     /// The schema lock, for CI: fails when a published event version changed incompatibly, or
-    /// when the written catalog is not what the code generates.
+    /// when the written catalog is not what the code generates; with `--consumer`, also when
+    /// the catalog breaks a consumer's contract.
     Check {
         /// The catalog directory (default: the one registered).
         #[arg(long)]
         dir: Option<std::path::PathBuf>,
+        /// A consumer's contract file (JSON: the events, versions and fields it reads), checked
+        /// against the registered catalog, or against the catalog written in `--dir` when none
+        /// is registered (a consumer checking a producer's published catalog). Repeatable.
+        #[arg(long = "consumer", value_name = "FILE")]
+        consumers: Vec<std::path::PathBuf>,
     },
 }
 

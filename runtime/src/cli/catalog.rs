@@ -1,12 +1,15 @@
 //! `catalog check`, the schema lock for CI: compares the event catalog registered in the tool
 //! with the one written to its directory. Fails when a published event version changed
-//! incompatibly, or when the written files are not what the code generates. Needs no store.
+//! incompatibly, or when the written files are not what the code generates. With `--consumer`,
+//! also checks consumers' contracts (`factum::catalog::ConsumerContract`): against the
+//! registered catalog (the producer's CI), or against a written catalog directory when none is
+//! registered (the consumer's CI). Needs no store.
 
 use std::path::{Path, PathBuf};
 
 use super::CliError;
 use super::output::print_json;
-use crate::catalog::{Catalog, CatalogError, Severity};
+use crate::catalog::{Catalog, CatalogError, ConsumerContract, Severity, published_schemas};
 
 /// Checks the registered `catalog` against `dir` (default: its registered directory).
 pub(super) fn check(
@@ -69,6 +72,75 @@ pub(super) fn check(
             } else {
                 format!("; not yet published: {}", unpublished.join("; "))
             }
+        )))
+    }
+}
+
+/// Checks each contract file in `files` against the registered `catalog`, or, without one, the
+/// catalog written in `dir`; fails naming every break.
+pub(super) fn check_consumers(
+    catalog: Option<&(Catalog, PathBuf)>,
+    dir: Option<&Path>,
+    files: &[PathBuf],
+    json: bool,
+) -> Result<(), CliError> {
+    let published = match catalog {
+        Some(_) => None,
+        None => {
+            let dir = dir.ok_or_else(|| {
+                CliError::Usage(
+                    "no catalog is registered in this tool: give the producer's catalog directory with --dir".to_owned(),
+                )
+            })?;
+            Some(published_schemas(dir).map_err(|e| CliError::Catalog(e.to_string()))?)
+        }
+    };
+    let mut report = Vec::new();
+    let mut broken = Vec::new();
+    for file in files {
+        let contract =
+            ConsumerContract::read(file).map_err(|e| CliError::Catalog(e.to_string()))?;
+        let breaks = match (&published, catalog) {
+            (Some(published), _) => contract.breaks(
+                published
+                    .iter()
+                    .map(|(name, version, schema)| (name.as_str(), *version, schema)),
+            ),
+            (None, Some((catalog, _))) => catalog.contract_breaks(&contract),
+            (None, None) => Vec::new(),
+        };
+        let lines: Vec<String> = breaks.iter().map(ToString::to_string).collect();
+        if !json {
+            if lines.is_empty() {
+                println!(
+                    "consumer `{}` ({}): every event, version and field it reads is there",
+                    contract.consumer,
+                    file.display()
+                );
+            } else {
+                println!(
+                    "consumer `{}` ({}): broken",
+                    contract.consumer,
+                    file.display()
+                );
+            }
+        }
+        report.push(serde_json::json!({
+            "consumer": contract.consumer,
+            "file": file.display().to_string(),
+            "breaks": lines,
+        }));
+        broken.extend(lines);
+    }
+    if json {
+        print_json(&serde_json::json!({ "contracts": report }));
+    }
+    if broken.is_empty() {
+        Ok(())
+    } else {
+        Err(CliError::Catalog(format!(
+            "the catalog breaks consumers' contracts:\n  - {}",
+            broken.join("\n  - ")
         )))
     }
 }

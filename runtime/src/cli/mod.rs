@@ -154,9 +154,15 @@ impl Cli {
     async fn execute(&self, args: &Args) -> Result<(), CliError> {
         let json = args.json;
         if let Command::Catalog {
-            command: CatalogCommand::Check { dir },
+            command: CatalogCommand::Check { dir, consumers },
         } = &args.command
         {
+            if !consumers.is_empty() {
+                catalog::check_consumers(self.catalog.as_ref(), dir.as_deref(), consumers, json)?;
+                if self.catalog.is_none() {
+                    return Ok(());
+                }
+            }
             return catalog::check(self.catalog.as_ref(), dir.as_deref(), json);
         }
         let url = args.database_url.as_deref().ok_or(CliError::NoUrl)?;
