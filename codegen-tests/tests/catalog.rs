@@ -149,10 +149,9 @@ fn the_asyncapi_document_is_valid_against_the_official_asyncapi_3_schema() {
     let mut broken = document.clone();
     broken.as_object_mut().expect("an object").remove("info");
     assert!(!validator.is_valid(&broken));
-    let mut bad_format = document;
-    bad_format["components"]["messages"]["MoneyWithdrawn.v3"]["payload"]["schemaFormat"] =
-        json!(42);
-    assert!(!validator.is_valid(&bad_format));
+    let mut bad_payload = document;
+    bad_payload["components"]["schemas"]["MoneyWithdrawn"]["required"] = json!(42);
+    assert!(!validator.is_valid(&bad_payload));
 }
 
 #[test]
@@ -176,10 +175,26 @@ fn the_asyncapi_document_has_a_channel_per_aggregate_and_a_message_per_event_ver
             "MoneyWithdrawn.v3"
         ]
     );
+    // Each version's payload is an AsyncAPI Schema object of the components, named after the
+    // event (the current version) or the event and its version (older ones).
     let message = &document["components"]["messages"]["MoneyWithdrawn.v1"];
     assert_eq!(
-        message["payload"]["schemaFormat"],
-        "application/schema+json;version=draft-07"
+        message["payload"],
+        json!({ "$ref": "#/components/schemas/MoneyWithdrawnV1" })
+    );
+    for (version, name) in [
+        ("v1", "MoneyWithdrawnV1"),
+        ("v2", "MoneyWithdrawnV2"),
+        ("v3", "MoneyWithdrawn"),
+    ] {
+        let reference = &document["components"]["messages"][format!("MoneyWithdrawn.{version}")]["payload"]
+            ["$ref"];
+        assert_eq!(reference, &json!(format!("#/components/schemas/{name}")));
+        assert_eq!(document["components"]["schemas"][name]["title"], name);
+    }
+    assert_ne!(
+        document["components"]["schemas"]["MoneyWithdrawnV1"],
+        document["components"]["schemas"]["MoneyWithdrawnV2"]
     );
     assert_eq!(
         message["correlationId"]["$ref"],
@@ -203,11 +218,10 @@ fn the_asyncapi_document_has_a_channel_per_aggregate_and_a_message_per_event_ver
     documented.sort();
     assert_eq!(serialized, documented);
     // Payload references resolve inside the document.
-    let reference =
-        document["components"]["messages"]["MoneyWithdrawn.v3"]["payload"]["schema"]["properties"]
-            ["channel"]["allOf"][0]["$ref"]
-            .as_str()
-            .expect("a reference");
+    let reference = document["components"]["schemas"]["MoneyWithdrawn"]["properties"]["channel"]
+        ["allOf"][0]["$ref"]
+        .as_str()
+        .expect("a reference");
     let target = reference.trim_start_matches('#');
     assert!(document.pointer(target).is_some(), "{reference} resolves");
 }
@@ -631,4 +645,178 @@ fn wiring_that_does_not_fit_is_refused_with_what_to_fix() {
     assert!(errors[2].contains("`OrderPlaced`"));
     assert!(errors[3].contains("relay `nowhere`"));
     assert!(!dir.exists(), "nothing written");
+}
+
+/// A sample payload of `schema` (a part of the AsyncAPI document `root`): every property (the
+/// optional ones too, not null), the first alternative of a choice, the first value of an enum.
+fn sample(root: &Value, schema: &Value, depth: usize) -> Value {
+    assert!(depth < 32, "a recursive schema without an end: {schema}");
+    if let Some(reference) = schema.get("$ref").and_then(Value::as_str) {
+        let target = root
+            .pointer(reference.trim_start_matches('#'))
+            .unwrap_or_else(|| panic!("{reference} does not resolve"));
+        return sample(root, target, depth + 1);
+    }
+    for key in ["allOf", "anyOf", "oneOf"] {
+        if let Some(options) = schema.get(key).and_then(Value::as_array) {
+            let first = options
+                .iter()
+                .find(|option| option.get("type") != Some(&json!("null")))
+                .expect("a non-null alternative");
+            return sample(root, first, depth + 1);
+        }
+    }
+    if let Some(value) = schema.get("const") {
+        return value.clone();
+    }
+    if let Some(first) = schema.get("enum").and_then(|e| e.get(0)) {
+        return first.clone();
+    }
+    let kind = match schema.get("type") {
+        Some(Value::Array(types)) => types.iter().find(|t| *t != "null").cloned(),
+        other => other.cloned(),
+    };
+    match kind.as_ref().and_then(Value::as_str) {
+        Some("string") => match schema.get("format").and_then(Value::as_str) {
+            Some("uuid") => json!("01937a4c-5f2e-7c3d-8e4f-0123456789ab"),
+            Some("date-time") => json!("2026-11-30T10:00:00Z"),
+            _ => json!("sample"),
+        },
+        Some("integer") => json!(schema.get("minimum").and_then(Value::as_i64).unwrap_or(0) + 7),
+        Some("number") => json!(7.5),
+        Some("boolean") => json!(true),
+        Some("array") => json!([sample(root, &schema["items"], depth + 1)]),
+        Some("null") => Value::Null,
+        _ => {
+            let properties = schema
+                .get("properties")
+                .and_then(Value::as_object)
+                .cloned()
+                .unwrap_or_default();
+            Value::Object(
+                properties
+                    .iter()
+                    .map(|(name, property)| (name.clone(), sample(root, property, depth + 1)))
+                    .collect(),
+            )
+        }
+    }
+}
+
+/// A consumer team's check of the catalog, in the test command: the official AsyncAPI model
+/// generator (Modelina, pinned in `tools/modelina`, installed with `npm ci` on first use)
+/// makes a typed TypeScript class of every event version's payload (`MoneyWithdrawnV1`,
+/// `MoneyWithdrawnV2`, `MoneyWithdrawn`: none `any`), `tsc --strict` accepts them, and a sample
+/// of each version (valid against that version's JSON Schema, generated from its Rust type)
+/// parses into its model and is written back unchanged, and builds it from a literal that tsc
+/// type-checks against the model's fields.
+#[test]
+fn modelina_makes_a_typed_model_of_every_event_version_that_tsc_accepts_and_samples_parse_into() {
+    let tool = Path::new(env!("CARGO_MANIFEST_DIR")).join("tools/modelina");
+    let npm_ok = std::process::Command::new("npm").arg("--version").output();
+    assert!(
+        npm_ok.is_ok_and(|o| o.status.success()),
+        "Node.js and npm are needed for the TypeScript model check: install them (e.g. 'apt install nodejs npm')"
+    );
+    if !tool.join("node_modules/@asyncapi/modelina").exists() {
+        let installed = std::process::Command::new("npm")
+            .args(["ci", "--silent", "--no-audit", "--no-fund"])
+            .current_dir(&tool)
+            .output()
+            .expect("npm runs");
+        assert!(
+            installed.status.success(),
+            "npm ci in {} failed: {}",
+            tool.display(),
+            String::from_utf8_lossy(&installed.stderr)
+        );
+    }
+    let dir = example_catalog::schemas_dir();
+    let document: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join(Catalog::ASYNCAPI_FILE)).unwrap())
+            .unwrap();
+    // Each event version's payload component, and a sample of it checked against the version's
+    // schema file.
+    let mut samples = serde_json::Map::new();
+    for (key, message) in document["components"]["messages"].as_object().unwrap() {
+        let Some(version) = message["x-factum-schema-version"].as_u64() else {
+            continue;
+        };
+        if key.ends_with(".relayed") {
+            continue;
+        }
+        let reference = message["payload"]["$ref"].as_str().unwrap_or_else(|| {
+            panic!(
+                "{key}'s payload is a schema of the document: {}",
+                message["payload"]
+            )
+        });
+        let component = reference
+            .trim_start_matches("#/components/schemas/")
+            .to_owned();
+        let payload = sample(
+            &document,
+            &document.pointer(&reference[1..]).unwrap().clone(),
+            0,
+        );
+        let file = dir.join(format!(
+            "events/{}.v{version}.schema.json",
+            message["name"].as_str().unwrap()
+        ));
+        let schema: Value = serde_json::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
+        let validator = jsonschema::validator_for(&schema).unwrap();
+        let errors: Vec<String> = validator
+            .iter_errors(&payload)
+            .map(|e| e.to_string())
+            .collect();
+        assert!(
+            errors.is_empty(),
+            "the sample of {key} ({payload}) is not valid: {errors:?}"
+        );
+        samples.insert(component, payload);
+    }
+    assert!(
+        samples.contains_key("MoneyWithdrawnV1")
+            && samples.contains_key("MoneyWithdrawnV2")
+            && samples.contains_key("MoneyWithdrawn"),
+        "{:?}",
+        samples.keys()
+    );
+    let work = tempfile::tempdir().unwrap();
+    let samples_file = work.path().join("samples.json");
+    std::fs::write(&samples_file, Value::Object(samples.clone()).to_string()).unwrap();
+    let output = std::process::Command::new("node")
+        .arg(tool.join("models.mjs"))
+        .arg(dir.join(Catalog::ASYNCAPI_FILE))
+        .arg(&samples_file)
+        .arg(work.path().join("out"))
+        .output()
+        .expect("node runs");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let lines: Vec<Value> = stdout
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap_or_else(|_| panic!("not JSON: {line}")))
+        .collect();
+    assert_eq!(lines.last(), Some(&json!({ "done": true })), "{stdout}");
+    for component in samples.keys() {
+        let model = lines
+            .iter()
+            .find(|line| line["model"] == component.as_str())
+            .unwrap_or_else(|| panic!("no model for {component}: {stdout}"));
+        assert_eq!(model["kind"], "class", "{component}: {model}");
+        assert_eq!(model["any"], false, "{component}: {model}");
+        // Parsed from JSON, and built from a typed literal that tsc checked against the model.
+        for check in [component.clone(), format!("{component} (typed)")] {
+            let parsed = lines
+                .iter()
+                .find(|line| line["sample"] == check.as_str())
+                .unwrap_or_else(|| panic!("no sample parsed for {check}: {stdout}"));
+            assert_eq!(parsed["ok"], true, "{check}: {parsed}");
+        }
+    }
 }

@@ -1,5 +1,6 @@
 //! The AsyncAPI 3.1 document: a channel per aggregate (stream category), a message per event
-//! type and version (payload: that version's JSON Schema, draft-07; headers: the envelope), and
+//! type and version (payload: that version's schema as an AsyncAPI Schema object of the
+//! components, `MoneyWithdrawnV1` ... `MoneyWithdrawn`; headers: the envelope), and
 //! an operation per aggregate appending to its streams. With declared brokers and relays: a
 //! server per broker, a channel per relayed event type addressed by its real subject or routing
 //! key (with AMQP bindings), the relay's send operations and the consuming services' receive
@@ -13,12 +14,19 @@ use super::wiring::{Destination, Protocol, RelayRoute};
 use super::{Catalog, CatalogEvent};
 use crate::relay::headers;
 
-/// The schema format of payloads: JSON Schema draft-07, which every AsyncAPI tool must accept.
-pub const PAYLOAD_FORMAT: &str = "application/schema+json;version=draft-07";
-
 /// The AsyncAPI component name of one event version.
 pub fn message_name(event: &CatalogEvent) -> String {
     format!("{}.v{}", event.schema.name, event.schema.version)
+}
+
+/// The name of one event version's payload schema among the components: the event's name for
+/// the current version (`MoneyWithdrawn`), with its version for older ones (`MoneyWithdrawnV1`).
+pub fn payload_name(event: &CatalogEvent) -> String {
+    if event.current {
+        event.schema.name.to_owned()
+    } else {
+        format!("{}V{}", event.schema.name, event.schema.version)
+    }
 }
 
 pub fn document(catalog: &Catalog) -> Value {
@@ -76,7 +84,8 @@ pub fn document(catalog: &Catalog) -> Value {
             let received: Vec<Value> = entry
                 .events
                 .iter()
-                .filter(|e| e.current && consumer.event_types.contains(&e.schema.name))
+                // Every version: stored events keep theirs, read through upcasters.
+                .filter(|e| consumer.event_types.contains(&e.schema.name))
                 .map(|e| json!({ "$ref": format!("#/channels/{aggregate}/messages/{}", message_name(e)) }))
                 .collect();
             if received.is_empty() {
@@ -90,12 +99,12 @@ pub fn document(catalog: &Catalog) -> Value {
                     "title": format!("{} `{}` v{}", consumer.kind, consumer.name, consumer.version),
                     "summary": if consumer.sends.is_empty() {
                         format!(
-                            "The {} `{}` (version {}) reads these events of `{aggregate}` streams from the global feed.",
+                            "The {} `{}` (version {}) reads these events of `{aggregate}` streams from the global feed (every stored version, older ones through upcasters).",
                             consumer.kind, consumer.name, consumer.version
                         )
                     } else {
                         format!(
-                            "The {} `{}` (version {}) reads these events of `{aggregate}` streams from the global feed, and sends {}.",
+                            "The {} `{}` (version {}) reads these events of `{aggregate}` streams from the global feed (every stored version, older ones through upcasters), and sends {}.",
                             consumer.kind, consumer.name, consumer.version, consumer.sends.join(", ")
                         )
                     },
@@ -433,13 +442,16 @@ fn message(event: &CatalogEvent, schemas: &mut Schemas) -> Value {
             schemas.insert_named(component, rename_references(definition, &renames));
         }
     }
+    // The payload is an AsyncAPI Schema object of the document's components (a superset of
+    // draft-07, which AsyncAPI tools read, model generators included), named after the event:
+    // `MoneyWithdrawn` for the current version, `MoneyWithdrawnV1` for older ones.
     let mut payload = rename_references(payload, &renames);
+    let wanted = payload_name(event);
     if let Some(root) = payload.as_object_mut() {
-        root.insert(
-            "$schema".to_owned(),
-            json!("http://json-schema.org/draft-07/schema#"),
-        );
+        root.insert("title".to_owned(), json!(wanted));
     }
+    let component = schemas.name_for(&wanted, &payload, &message_name(event));
+    schemas.insert_named(&component, payload);
     let summary = if event.current {
         format!("Version {} (current) of `{}`.", schema.version, schema.name)
     } else {
@@ -454,7 +466,7 @@ fn message(event: &CatalogEvent, schemas: &mut Schemas) -> Value {
         "summary": summary,
         "contentType": "application/json",
         "headers": { "$ref": "#/components/schemas/EventEnvelope" },
-        "payload": { "schemaFormat": PAYLOAD_FORMAT, "schema": payload },
+        "payload": { "$ref": format!("#/components/schemas/{component}") },
         "correlationId": { "$ref": "#/components/correlationIds/correlationId" },
         "x-factum-schema-version": schema.version,
         "x-factum-current": event.current,
