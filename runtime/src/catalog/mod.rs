@@ -23,6 +23,7 @@
 mod asyncapi;
 mod compat;
 mod contract;
+mod html;
 mod json;
 mod markdown;
 mod wiring;
@@ -292,8 +293,13 @@ impl Catalog {
             json::canonical(&self.asyncapi()),
         );
         files.insert(PathBuf::from(Self::MARKDOWN_FILE), self.markdown());
+        files.extend(html::files(self));
         files
     }
+
+    /// The directory of the static HTML site among the catalog files (`site/index.html`, a page
+    /// per event).
+    pub const SITE_DIR: &'static str = html::DIR;
 
     /// Compares the code's schemas with the published ones in `dir` (the lock).
     ///
