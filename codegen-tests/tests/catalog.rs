@@ -191,6 +191,10 @@ fn the_asyncapi_document_has_a_channel_per_aggregate_and_a_message_per_event_ver
             ["$ref"];
         assert_eq!(reference, &json!(format!("#/components/schemas/{name}")));
         assert_eq!(document["components"]["schemas"][name]["title"], name);
+        assert_eq!(
+            document["components"]["schemas"][name]["$id"],
+            format!("#{name}")
+        );
     }
     assert_ne!(
         document["components"]["schemas"]["MoneyWithdrawnV1"],

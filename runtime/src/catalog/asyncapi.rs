@@ -451,6 +451,11 @@ fn message(event: &CatalogEvent, schemas: &mut Schemas) -> Value {
         root.insert("title".to_owned(), json!(wanted));
     }
     let component = schemas.name_for(&wanted, &payload, &message_name(event));
+    // A plain-name `$id` (it does not move the base of the references inside): the payload is
+    // `asyncapi.json#MoneyWithdrawnV1` wherever the catalog is published.
+    if let Some(root) = payload.as_object_mut() {
+        root.insert("$id".to_owned(), json!(format!("#{component}")));
+    }
     schemas.insert_named(&component, payload);
     let summary = if event.current {
         format!("Version {} (current) of `{}`.", schema.version, schema.name)
