@@ -514,25 +514,7 @@ fn the_saga_receives_events_of_four_aggregates_and_sends_commands_in_the_flow() 
 /// any severity (the document is on AsyncAPI 3.1.0, the newest version it knows).
 #[test]
 fn the_official_asyncapi_parser_reports_no_diagnostic() {
-    let tool = Path::new(env!("CARGO_MANIFEST_DIR")).join("tools/asyncapi-parser");
-    let npm_ok = std::process::Command::new("npm").arg("--version").output();
-    assert!(
-        npm_ok.is_ok_and(|o| o.status.success()),
-        "Node.js and npm are needed for the AsyncAPI parser check: install them (e.g. 'apt install nodejs npm')"
-    );
-    if !tool.join("node_modules/@asyncapi/parser").exists() {
-        let installed = std::process::Command::new("npm")
-            .args(["ci", "--silent", "--no-audit", "--no-fund"])
-            .current_dir(&tool)
-            .output()
-            .expect("npm runs");
-        assert!(
-            installed.status.success(),
-            "npm ci in {} failed: {}",
-            tool.display(),
-            String::from_utf8_lossy(&installed.stderr)
-        );
-    }
+    let tool = node_tool("asyncapi-parser", "@asyncapi/parser");
     let document = example_catalog::schemas_dir().join(Catalog::ASYNCAPI_FILE);
     let output = std::process::Command::new("node")
         .arg(tool.join("check.mjs"))
@@ -651,62 +633,6 @@ fn wiring_that_does_not_fit_is_refused_with_what_to_fix() {
     assert!(!dir.exists(), "nothing written");
 }
 
-/// A sample payload of `schema` (a part of the AsyncAPI document `root`): every property (the
-/// optional ones too, not null), the first alternative of a choice, the first value of an enum.
-fn sample(root: &Value, schema: &Value, depth: usize) -> Value {
-    assert!(depth < 32, "a recursive schema without an end: {schema}");
-    if let Some(reference) = schema.get("$ref").and_then(Value::as_str) {
-        let target = root
-            .pointer(reference.trim_start_matches('#'))
-            .unwrap_or_else(|| panic!("{reference} does not resolve"));
-        return sample(root, target, depth + 1);
-    }
-    for key in ["allOf", "anyOf", "oneOf"] {
-        if let Some(options) = schema.get(key).and_then(Value::as_array) {
-            let first = options
-                .iter()
-                .find(|option| option.get("type") != Some(&json!("null")))
-                .expect("a non-null alternative");
-            return sample(root, first, depth + 1);
-        }
-    }
-    if let Some(value) = schema.get("const") {
-        return value.clone();
-    }
-    if let Some(first) = schema.get("enum").and_then(|e| e.get(0)) {
-        return first.clone();
-    }
-    let kind = match schema.get("type") {
-        Some(Value::Array(types)) => types.iter().find(|t| *t != "null").cloned(),
-        other => other.cloned(),
-    };
-    match kind.as_ref().and_then(Value::as_str) {
-        Some("string") => match schema.get("format").and_then(Value::as_str) {
-            Some("uuid") => json!("01937a4c-5f2e-7c3d-8e4f-0123456789ab"),
-            Some("date-time") => json!("2026-11-30T10:00:00Z"),
-            _ => json!("sample"),
-        },
-        Some("integer") => json!(schema.get("minimum").and_then(Value::as_i64).unwrap_or(0) + 7),
-        Some("number") => json!(7.5),
-        Some("boolean") => json!(true),
-        Some("array") => json!([sample(root, &schema["items"], depth + 1)]),
-        Some("null") => Value::Null,
-        _ => {
-            let properties = schema
-                .get("properties")
-                .and_then(Value::as_object)
-                .cloned()
-                .unwrap_or_default();
-            Value::Object(
-                properties
-                    .iter()
-                    .map(|(name, property)| (name.clone(), sample(root, property, depth + 1)))
-                    .collect(),
-            )
-        }
-    }
-}
-
 /// A consumer team's check of the catalog, in the test command: the official AsyncAPI model
 /// generator (Modelina, pinned in `tools/modelina`, installed with `npm ci` on first use)
 /// makes a typed TypeScript class of every event version's payload (`MoneyWithdrawnV1`,
@@ -716,25 +642,7 @@ fn sample(root: &Value, schema: &Value, depth: usize) -> Value {
 /// type-checks against the model's fields.
 #[test]
 fn modelina_makes_a_typed_model_of_every_event_version_that_tsc_accepts_and_samples_parse_into() {
-    let tool = Path::new(env!("CARGO_MANIFEST_DIR")).join("tools/modelina");
-    let npm_ok = std::process::Command::new("npm").arg("--version").output();
-    assert!(
-        npm_ok.is_ok_and(|o| o.status.success()),
-        "Node.js and npm are needed for the TypeScript model check: install them (e.g. 'apt install nodejs npm')"
-    );
-    if !tool.join("node_modules/@asyncapi/modelina").exists() {
-        let installed = std::process::Command::new("npm")
-            .args(["ci", "--silent", "--no-audit", "--no-fund"])
-            .current_dir(&tool)
-            .output()
-            .expect("npm runs");
-        assert!(
-            installed.status.success(),
-            "npm ci in {} failed: {}",
-            tool.display(),
-            String::from_utf8_lossy(&installed.stderr)
-        );
-    }
+    let tool = node_tool("modelina", "@asyncapi/modelina");
     let dir = example_catalog::schemas_dir();
     let document: Value =
         serde_json::from_str(&std::fs::read_to_string(dir.join(Catalog::ASYNCAPI_FILE)).unwrap())
@@ -758,11 +666,8 @@ fn modelina_makes_a_typed_model_of_every_event_version_that_tsc_accepts_and_samp
         let component = reference
             .trim_start_matches("#/components/schemas/")
             .to_owned();
-        let payload = sample(
-            &document,
-            &document.pointer(&reference[1..]).unwrap().clone(),
-            0,
-        );
+        let payload =
+            factum::catalog::example_payload(&document, document.pointer(&reference[1..]).unwrap());
         let file = dir.join(format!(
             "events/{}.v{version}.schema.json",
             message["name"].as_str().unwrap()
@@ -823,4 +728,31 @@ fn modelina_makes_a_typed_model_of_every_event_version_that_tsc_accepts_and_samp
             assert_eq!(parsed["ok"], true, "{check}: {parsed}");
         }
     }
+}
+
+/// The Node.js tool `tools/<name>` (its packages pinned by its lock), installed with `npm ci` on
+/// first use (when `package` is not there yet).
+fn node_tool(name: &str, package: &str) -> std::path::PathBuf {
+    let tool = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tools")
+        .join(name);
+    let npm_ok = std::process::Command::new("npm").arg("--version").output();
+    assert!(
+        npm_ok.is_ok_and(|o| o.status.success()),
+        "Node.js and npm are needed for the catalog's checks with the official AsyncAPI tools: install them (e.g. 'apt install nodejs npm')"
+    );
+    if !tool.join("node_modules").join(package).exists() {
+        let installed = std::process::Command::new("npm")
+            .args(["ci", "--silent", "--no-audit", "--no-fund"])
+            .current_dir(&tool)
+            .output()
+            .expect("npm runs");
+        assert!(
+            installed.status.success(),
+            "npm ci in {} failed: {}",
+            tool.display(),
+            String::from_utf8_lossy(&installed.stderr)
+        );
+    }
+    tool
 }

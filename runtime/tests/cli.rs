@@ -67,11 +67,17 @@ async fn seed(store: &impl EventStore) {
         .unwrap();
 }
 
-/// Runs the tool; returns the exit code, stdout and stderr.
+/// Runs the tool on a store; returns the exit code, stdout and stderr.
 fn factum(url: &str, schema: &str, args: &[&str]) -> (i32, String, String) {
+    let mut all = vec!["--database-url", url, "--schema", schema];
+    all.extend_from_slice(args);
+    run(&all)
+}
+
+/// Runs the tool with `args` alone; returns the exit code, stdout and stderr.
+fn run(args: &[&str]) -> (i32, String, String) {
     let output = Command::new(env!("CARGO_BIN_EXE_factum"))
         .env_remove("DATABASE_URL")
-        .args(["--database-url", url, "--schema", schema])
         .args(args)
         .output()
         .unwrap();
@@ -402,18 +408,6 @@ async fn export_and_import_through_the_cli() {
 fn catalog_check_of_a_consumer_contract_against_a_published_catalog() {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let schemas = root.join("schemas");
-    let run = |args: &[&str]| {
-        let output = Command::new(env!("CARGO_BIN_EXE_factum"))
-            .env_remove("DATABASE_URL")
-            .args(args)
-            .output()
-            .unwrap();
-        (
-            output.status.code().unwrap_or(-1),
-            String::from_utf8_lossy(&output.stdout).into_owned(),
-            String::from_utf8_lossy(&output.stderr).into_owned(),
-        )
-    };
     let kept = root.join("examples/shipping/contracts/shipping-service.json");
     let (code, out, err) = run(&[
         "catalog",

@@ -284,9 +284,15 @@ fn field_names(schema: &Value) -> Vec<String> {
     found
 }
 
-/// An example payload of `schema` (within the event schema `root`): every property, the first
-/// alternative of a choice, the first value of an enum.
-pub fn example(root: &Value, schema: &Value, depth: usize) -> Value {
+/// An example payload of `schema`, a schema inside `root` (an event's schema, or the AsyncAPI
+/// document) whose local references resolve in it: every property (optional ones too, not
+/// null), the first alternative of a choice, the first value of an enum.
+#[must_use]
+pub fn example_payload(root: &Value, schema: &Value) -> Value {
+    example(root, schema, 0)
+}
+
+fn example(root: &Value, schema: &Value, depth: usize) -> Value {
     if depth > 16 {
         return Value::Null;
     }

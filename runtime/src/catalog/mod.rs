@@ -36,6 +36,7 @@ pub use self::compat::{Change, Severity};
 pub use self::contract::{
     ConsumerContract, ContractBreak, ContractRead, FieldType, JsonKind, published_schemas,
 };
+pub use self::html::example_payload;
 pub use self::wiring::{Broker, Destination, Protocol, RelayRoute, Service};
 use crate::aggregate::Aggregate;
 use crate::event::{EventSchema, EventSet};
