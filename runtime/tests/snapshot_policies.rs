@@ -9,45 +9,12 @@ use chrono::{DateTime, Utc};
 use factum::clock::{Clock, ManualClock};
 use factum::snapshot::SnapshotPolicy;
 use factum::testing::TestDatabase;
-use factum::{EventStore, Repository, aggregate, event};
-use serde::{Deserialize, Serialize};
+use factum::{EventStore, Repository};
 
-#[event]
-#[derive(Debug, Clone, PartialEq)]
-pub struct Deposited {
-    pub amount: u64,
-}
+#[path = "support/counter.rs"]
+mod counter;
 
-#[event]
-#[derive(Debug, Clone, PartialEq)]
-pub enum AccountEvent {
-    Deposited(Deposited),
-}
-
-#[derive(Debug)]
-pub struct Deposit(pub u64);
-
-#[derive(Debug, PartialEq, thiserror::Error)]
-#[error("never")]
-pub struct Never;
-
-#[derive(Debug, Default, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Account {
-    balance: u64,
-}
-
-#[aggregate(events = AccountEvent)]
-impl Account {
-    #[apply]
-    fn deposited(&mut self, event: &Deposited) {
-        self.balance += event.amount;
-    }
-
-    #[command]
-    fn deposit(&self, command: &Deposit) -> Result<Deposited, Never> {
-        Ok(Deposited { amount: command.0 })
-    }
-}
+use counter::{Add, Counter};
 
 /// A clock that moves `step` forward each time it is read: a load (which reads it before and
 /// after replaying) then takes `step`, as the repository measures it.
@@ -78,9 +45,9 @@ impl Clock for Ticking {
     }
 }
 
-async fn deposits(accounts: &Repository<Account, impl EventStore>, id: &str, count: u64) {
+async fn deposits(counters: &Repository<Counter, impl EventStore>, id: &str, count: u64) {
     for amount in 1..=count {
-        accounts.execute(id, Deposit(amount)).await.unwrap();
+        counters.execute(id, Add { amount }).await.unwrap();
     }
 }
 
@@ -97,45 +64,45 @@ async fn snapshot_version(store: &impl EventStore, id: &str) -> Option<u64> {
 async fn a_slow_load_takes_a_snapshot<D: TestDatabase>() {
     let database = D::create().await.unwrap();
     let clock = Ticking::new();
-    let accounts = Repository::<Account, _>::new(database.another_client().await.unwrap())
+    let counters = Repository::<Counter, _>::new(database.another_client().await.unwrap())
         .snapshots(SnapshotPolicy::default().when_load_takes(Duration::from_millis(100)))
         .clock(clock.clone());
-    deposits(&accounts, "acc-1", 30).await;
+    deposits(&counters, "counter-1", 30).await;
     assert_eq!(
-        snapshot_version(&*database, "acc-1").await,
+        snapshot_version(&*database, "counter-1").await,
         None,
         "the commands' loads were quick (the clock stood still)"
     );
 
     clock.set_step(Duration::from_millis(50));
-    let loaded = accounts.load("acc-1").await.unwrap();
+    let loaded = counters.load("counter-1").await.unwrap();
     assert_eq!(loaded.version, 30);
     assert_eq!(
-        snapshot_version(&*database, "acc-1").await,
+        snapshot_version(&*database, "counter-1").await,
         None,
         "50 ms is within the limit"
     );
 
     clock.set_step(Duration::from_millis(250));
-    let loaded = accounts.load("acc-1").await.unwrap();
-    assert_eq!(loaded.state.balance, (1..=30).sum::<u64>());
+    let loaded = counters.load("counter-1").await.unwrap();
+    assert_eq!(loaded.state.total, (1..=30).sum::<u64>());
     let snapshot = database
-        .load_snapshot("acc-1")
+        .load_snapshot("counter-1")
         .await
         .unwrap()
         .expect("a snapshot after the slow load");
     assert_eq!(snapshot.stream_version, 30);
     assert_eq!(
-        snapshot.state.decode::<Account>().unwrap(),
+        snapshot.state.decode::<Counter>().unwrap(),
         loaded.state,
         "the loaded state"
     );
     let taken_at = snapshot.taken_at;
 
     // Still slow, but from the snapshot with nothing to replay: no new snapshot.
-    let reloaded = accounts.load("acc-1").await.unwrap();
+    let reloaded = counters.load("counter-1").await.unwrap();
     assert_eq!(reloaded, loaded);
-    let again = database.load_snapshot("acc-1").await.unwrap().unwrap();
+    let again = database.load_snapshot("counter-1").await.unwrap().unwrap();
     assert_eq!(
         (again.stream_version, again.taken_at),
         (30, taken_at),
@@ -149,41 +116,41 @@ async fn an_old_snapshot_is_replaced_at_the_next_load<D: TestDatabase>() {
     let database = D::create().await.unwrap();
     let clock = ManualClock::starting_at("2026-01-01T00:00:00Z".parse().unwrap());
     let week = Duration::from_secs(7 * 24 * 3600);
-    let accounts = Repository::<Account, _>::new(database.another_client().await.unwrap())
+    let counters = Repository::<Counter, _>::new(database.another_client().await.unwrap())
         .snapshots(SnapshotPolicy::every(10).when_older_than(week))
         .clock(clock.clone());
-    deposits(&accounts, "acc-1", 12).await;
-    let first = database.load_snapshot("acc-1").await.unwrap().unwrap();
+    deposits(&counters, "counter-1", 12).await;
+    let first = database.load_snapshot("counter-1").await.unwrap().unwrap();
     assert_eq!(first.stream_version, 10, "the interval's");
     assert_eq!(first.taken_at, clock.now(), "by the repository's clock");
 
     clock.advance(Duration::from_secs(24 * 3600));
-    accounts.load("acc-1").await.unwrap();
+    counters.load("counter-1").await.unwrap();
     assert_eq!(
-        snapshot_version(&*database, "acc-1").await,
+        snapshot_version(&*database, "counter-1").await,
         Some(10),
         "a day old: kept"
     );
 
     clock.advance(week);
-    let loaded = accounts.load("acc-1").await.unwrap();
+    let loaded = counters.load("counter-1").await.unwrap();
     assert_eq!(loaded.version, 12);
-    let second = database.load_snapshot("acc-1").await.unwrap().unwrap();
+    let second = database.load_snapshot("counter-1").await.unwrap().unwrap();
     assert_eq!(
         (second.stream_version, second.taken_at),
         (12, clock.now()),
         "eight days old, with events after it: replaced"
     );
     assert_eq!(
-        second.state.decode::<Account>().unwrap().balance,
+        second.state.decode::<Counter>().unwrap().total,
         (1..=12).sum::<u64>()
     );
 
     // A new stream without a snapshot gets none from its age alone.
-    deposits(&accounts, "acc-2", 3).await;
+    deposits(&counters, "counter-2", 3).await;
     clock.advance(week * 2);
-    accounts.load("acc-2").await.unwrap();
-    assert_eq!(snapshot_version(&*database, "acc-2").await, None);
+    counters.load("counter-2").await.unwrap();
+    assert_eq!(snapshot_version(&*database, "counter-2").await, None);
 }
 
 factum::on_both_stores!(

@@ -1,4 +1,5 @@
-//! A counter aggregate for the tests of concurrent commands (`hot_aggregates`, `group_commit`):
+//! A counter aggregate for the tests of concurrent commands (`hot_aggregates`, `group_commit`)
+//! and of snapshot policies (`snapshot_policies`):
 //! each `Add` records the running total it decided on, so a test can tell whether every
 //! decision saw every event before it.
 
@@ -24,7 +25,7 @@ pub struct Add {
 #[error("zero is not an amount")]
 pub struct Zero;
 
-#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Counter {
     pub total: u64,
 }
