@@ -255,3 +255,40 @@ fn a_catalog_checks_contracts_against_the_code() {
         "an empty catalog produces neither event: {breaks:?}"
     );
 }
+
+/// The build-script path: contract files checked against the code's catalog, every break in
+/// one error.
+#[test]
+fn contract_files_are_checked_against_the_catalog() {
+    let dir = tempfile_dir();
+    let kept = dir.join("kept.json");
+    std::fs::write(&kept, contract().to_json()).unwrap();
+    let broken = dir.join("broken.json");
+    std::fs::write(
+        &broken,
+        serde_json::json!({
+            "consumer": "billing",
+            "reads": [{ "event": "OrderPlaced", "versions": [1], "fields": { "coupon": "string" } }]
+        })
+        .to_string(),
+    )
+    .unwrap();
+    let catalog = Catalog::new("orders", "1.0.0").aggregate::<orders::Order>();
+    let kept_result = catalog.check_contracts([&kept]);
+    let broken_result = catalog.check_contracts([&kept, &broken]);
+    let missing = catalog.check_contracts([dir.join("missing.json")]);
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert!(kept_result.is_ok(), "{kept_result:?}");
+    let error = broken_result.unwrap_err().to_string();
+    assert_eq!(
+        error,
+        "the catalog breaks consumers' contracts:\n  - consumer `billing`: `OrderPlaced` v1, field `coupon`: `coupon` is not in the producer's schema (removed or renamed)"
+    );
+    assert!(missing.unwrap_err().to_string().contains("missing.json"));
+}
+
+fn tempfile_dir() -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("factum-contracts-{}", factum::Uuid::now_v7()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}

@@ -400,6 +400,45 @@ impl Catalog {
             }
         }
     }
+
+    /// Checks consumers' contract files (see [`ConsumerContract`]) against this catalog.
+    ///
+    /// # Errors
+    /// [`CatalogError::ContractsBroken`] with every break, [`CatalogError::Io`] or
+    /// [`CatalogError::Contract`] when a file cannot be read as a contract.
+    pub fn check_contracts(
+        &self,
+        files: impl IntoIterator<Item = impl AsRef<Path>>,
+    ) -> Result<(), CatalogError> {
+        let mut breaks = Vec::new();
+        for file in files {
+            breaks.extend(self.contract_breaks(&ConsumerContract::read(file)?));
+        }
+        if breaks.is_empty() {
+            Ok(())
+        } else {
+            Err(CatalogError::ContractsBroken(breaks))
+        }
+    }
+
+    /// For a build script: [`Catalog::check_contracts`] of files relative to the crate's
+    /// manifest directory, failing the build with every break (and rebuilding when a file
+    /// changes).
+    pub fn check_contracts_from_build_script(
+        &self,
+        files: impl IntoIterator<Item = impl AsRef<Path>>,
+    ) {
+        let base = std::env::var_os("CARGO_MANIFEST_DIR").map_or_else(PathBuf::new, PathBuf::from);
+        let files: Vec<PathBuf> = files.into_iter().map(|f| base.join(f)).collect();
+        for file in &files {
+            println!("cargo::rerun-if-changed={}", file.display());
+        }
+        if let Err(error) = self.check_contracts(&files) {
+            for line in error.to_string().lines() {
+                println!("cargo::error={line}");
+            }
+        }
+    }
 }
 
 /// What can go wrong with the catalog.
@@ -423,6 +462,11 @@ pub enum CatalogError {
     /// The declared brokers, relays and services do not fit together.
     #[error("the catalog's wiring is inconsistent:\n  - {}", .0.join("\n  - "))]
     Wiring(Vec<String>),
+
+    /// The catalog breaks consumers' contracts: each break names the consumer, the event, the
+    /// version and the field.
+    #[error("the catalog breaks consumers' contracts:\n  - {}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n  - "))]
+    ContractsBroken(Vec<ContractBreak>),
 
     /// A consumer contract file is not one (the message says where and what to write).
     #[error("{0}")]

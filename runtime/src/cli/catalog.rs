@@ -130,7 +130,7 @@ pub(super) fn check_consumers(
             "file": file.display().to_string(),
             "breaks": lines,
         }));
-        broken.extend(lines);
+        broken.extend(breaks);
     }
     if json {
         print_json(&serde_json::json!({ "contracts": report }));
@@ -138,9 +138,8 @@ pub(super) fn check_consumers(
     if broken.is_empty() {
         Ok(())
     } else {
-        Err(CliError::Catalog(format!(
-            "the catalog breaks consumers' contracts:\n  - {}",
-            broken.join("\n  - ")
-        )))
+        Err(CliError::Catalog(
+            CatalogError::ContractsBroken(broken).to_string(),
+        ))
     }
 }
