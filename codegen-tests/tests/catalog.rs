@@ -516,21 +516,7 @@ fn the_saga_receives_events_of_four_aggregates_and_sends_commands_in_the_flow() 
 fn the_official_asyncapi_parser_reports_no_diagnostic() {
     let tool = node_tool("asyncapi-parser", "@asyncapi/parser");
     let document = example_catalog::schemas_dir().join(Catalog::ASYNCAPI_FILE);
-    let output = std::process::Command::new("node")
-        .arg(tool.join("check.mjs"))
-        .arg(&document)
-        .output()
-        .expect("node runs");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success(),
-        "{stdout}{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let lines: Vec<Value> = stdout
-        .lines()
-        .map(|line| serde_json::from_str(line).expect("one JSON object per line"))
-        .collect();
+    let (stdout, lines) = run_node(&tool.join("check.mjs"), &[&document]);
     assert_eq!(lines.last(), Some(&json!({ "parsed": true })), "{stdout}");
     assert_eq!(lines.len(), 1, "diagnostics: {stdout}");
 }
@@ -694,23 +680,14 @@ fn modelina_makes_a_typed_model_of_every_event_version_that_tsc_accepts_and_samp
     let work = tempfile::tempdir().unwrap();
     let samples_file = work.path().join("samples.json");
     std::fs::write(&samples_file, Value::Object(samples.clone()).to_string()).unwrap();
-    let output = std::process::Command::new("node")
-        .arg(tool.join("models.mjs"))
-        .arg(dir.join(Catalog::ASYNCAPI_FILE))
-        .arg(&samples_file)
-        .arg(work.path().join("out"))
-        .output()
-        .expect("node runs");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success(),
-        "{stdout}{}",
-        String::from_utf8_lossy(&output.stderr)
+    let (stdout, lines) = run_node(
+        &tool.join("models.mjs"),
+        &[
+            &dir.join(Catalog::ASYNCAPI_FILE),
+            &samples_file,
+            &work.path().join("out"),
+        ],
     );
-    let lines: Vec<Value> = stdout
-        .lines()
-        .map(|line| serde_json::from_str(line).unwrap_or_else(|_| panic!("not JSON: {line}")))
-        .collect();
     assert_eq!(lines.last(), Some(&json!({ "done": true })), "{stdout}");
     for component in samples.keys() {
         let model = lines
@@ -755,4 +732,25 @@ fn node_tool(name: &str, package: &str) -> std::path::PathBuf {
         );
     }
     tool
+}
+
+/// Runs the Node.js script `script` with `args`, which must succeed and print one JSON object per
+/// line: its output, and those objects.
+fn run_node(script: &Path, args: &[&Path]) -> (String, Vec<Value>) {
+    let output = std::process::Command::new("node")
+        .arg(script)
+        .args(args)
+        .output()
+        .expect("node runs");
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(
+        output.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let lines = stdout
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap_or_else(|_| panic!("not JSON: {line}")))
+        .collect();
+    (stdout, lines)
 }

@@ -111,14 +111,14 @@ impl SnapshotPolicy {
 
     /// Whether appending from `from` to `to` (stream versions) crosses the interval.
     #[must_use]
-    pub fn crosses_interval(&self, from: u64, to: u64) -> bool {
+    pub(crate) fn crosses_interval(&self, from: u64, to: u64) -> bool {
         self.every.is_some_and(|every| to / every > from / every)
     }
 
     /// Why a load should be followed by a snapshot, if it should: it replayed `replayed` events
     /// in `took`, after a snapshot taken at `snapshot_taken_at` (if any), and it is `now`.
     #[must_use]
-    pub fn after_load(
+    pub(crate) fn after_load(
         &self,
         replayed: u64,
         took: Duration,
@@ -143,10 +143,9 @@ impl SnapshotPolicy {
     }
 }
 
-/// Why a snapshot was taken after a load.
+/// Why a snapshot was taken after a load (for the log).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum SnapshotReason {
+pub(crate) enum SnapshotReason {
     /// The load replayed events for longer than the policy allows.
     SlowLoad {
         /// How long it took.

@@ -446,14 +446,12 @@ fn message(event: &CatalogEvent, schemas: &mut Schemas) -> Value {
     // draft-07, which AsyncAPI tools read, model generators included), named after the event:
     // `MoneyWithdrawn` for the current version, `MoneyWithdrawnV1` for older ones.
     let mut payload = rename_references(payload, &renames);
-    let wanted = payload_name(event);
+    let component = schemas.name_for(&payload_name(event), &payload, &message_name(event));
+    // Titled by its component name, with a plain-name `$id` (it does not move the base of the
+    // references inside): the payload is `asyncapi.json#MoneyWithdrawnV1` wherever the catalog
+    // is published.
     if let Some(root) = payload.as_object_mut() {
-        root.insert("title".to_owned(), json!(wanted));
-    }
-    let component = schemas.name_for(&wanted, &payload, &message_name(event));
-    // A plain-name `$id` (it does not move the base of the references inside): the payload is
-    // `asyncapi.json#MoneyWithdrawnV1` wherever the catalog is published.
-    if let Some(root) = payload.as_object_mut() {
+        root.insert("title".to_owned(), json!(component));
         root.insert("$id".to_owned(), json!(format!("#{component}")));
     }
     schemas.insert_named(&component, payload);

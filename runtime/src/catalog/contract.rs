@@ -303,13 +303,19 @@ impl Catalog {
     /// How this catalog (the producer's code) breaks `contract`; empty when it does not.
     #[must_use]
     pub fn contract_breaks(&self, contract: &ConsumerContract) -> Vec<ContractBreak> {
-        contract.breaks(self.events().map(|(_, event)| {
+        contract.breaks(self.event_versions())
+    }
+
+    /// Every event version of the catalog as a contract is checked against: name, version,
+    /// schema.
+    pub(crate) fn event_versions(&self) -> impl Iterator<Item = (&str, u32, &Value)> {
+        self.events().map(|(_, event)| {
             (
                 event.schema.name,
                 event.schema.version,
                 &event.schema.schema,
             )
-        }))
+        })
     }
 }
 
@@ -385,9 +391,9 @@ fn field_meets(root: &Value, path: &str, expected: FieldType) -> Result<(), Stri
         if !required(object).contains(name) {
             may_be_absent = true;
         }
-        let (nullable, inner) = split_null(deref(root, property));
+        let (nullable, value) = non_null(root, property);
         may_be_absent |= nullable;
-        schema = deref(root, inner.unwrap_or(property));
+        schema = value;
         if into_items {
             let offered = types(schema);
             if !offered.contains("array") {
@@ -399,9 +405,9 @@ fn field_meets(root: &Value, path: &str, expected: FieldType) -> Result<(), Stri
             let Some(items) = schema.get("items") else {
                 return Err(format!("`{name}`'s items have no schema"));
             };
-            let (nullable, inner) = split_null(deref(root, items));
+            let (nullable, value) = non_null(root, items);
             may_be_absent |= nullable;
-            schema = deref(root, inner.unwrap_or(items));
+            schema = value;
         }
     }
     if may_be_absent && !expected.optional {
@@ -419,6 +425,12 @@ fn field_meets(root: &Value, path: &str, expected: FieldType) -> Result<(), Stri
         ));
     }
     Ok(())
+}
+
+/// Whether `schema` accepts `null`, and the schema of its other values (dereferenced).
+fn non_null<'v>(root: &'v Value, schema: &'v Value) -> (bool, &'v Value) {
+    let (nullable, inner) = split_null(deref(root, schema));
+    (nullable, deref(root, inner.unwrap_or(schema)))
 }
 
 /// `schema` with its single-`allOf` wrappers and local `$ref`s followed.
@@ -451,14 +463,16 @@ fn top_level_fields(root: &Value) -> BTreeMap<String, FieldType> {
     properties
         .iter()
         .map(|(name, property)| {
-            let (nullable, inner) = split_null(deref(root, property));
-            let schema = deref(root, inner.unwrap_or(property));
+            let (nullable, schema) = non_null(root, property);
+            // The one JSON type the field has; `any` for none or several.
             let offered = types(schema);
-            let kind = JsonKind::ALL
-                .iter()
-                .map(|(_, kind)| *kind)
-                .find(|kind| *kind != JsonKind::Any && offered.len() == 1 && kind.reads(&offered))
-                .unwrap_or(JsonKind::Any);
+            let kind = match offered.iter().collect::<Vec<_>>().as_slice() {
+                [only] => JsonKind::ALL
+                    .iter()
+                    .find(|(name, _)| name == only)
+                    .map_or(JsonKind::Any, |(_, kind)| *kind),
+                _ => JsonKind::Any,
+            };
             (
                 name.clone(),
                 FieldType {

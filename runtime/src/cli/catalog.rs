@@ -84,15 +84,21 @@ pub(super) fn check_consumers(
     files: &[PathBuf],
     json: bool,
 ) -> Result<(), CliError> {
-    let published = match catalog {
-        Some(_) => None,
+    // The event versions to check against: the code's, or a published catalog's.
+    let published;
+    let schemas: Vec<(&str, u32, &serde_json::Value)> = match catalog {
+        Some((catalog, _)) => catalog.event_versions().collect(),
         None => {
             let dir = dir.ok_or_else(|| {
                 CliError::Usage(
                     "no catalog is registered in this tool: give the producer's catalog directory with --dir".to_owned(),
                 )
             })?;
-            Some(published_schemas(dir).map_err(|e| CliError::Catalog(e.to_string()))?)
+            published = published_schemas(dir).map_err(|e| CliError::Catalog(e.to_string()))?;
+            published
+                .iter()
+                .map(|(name, version, schema)| (name.as_str(), *version, schema))
+                .collect()
         }
     };
     let mut report = Vec::new();
@@ -100,15 +106,7 @@ pub(super) fn check_consumers(
     for file in files {
         let contract =
             ConsumerContract::read(file).map_err(|e| CliError::Catalog(e.to_string()))?;
-        let breaks = match (&published, catalog) {
-            (Some(published), _) => contract.breaks(
-                published
-                    .iter()
-                    .map(|(name, version, schema)| (name.as_str(), *version, schema)),
-            ),
-            (None, Some((catalog, _))) => catalog.contract_breaks(&contract),
-            (None, None) => Vec::new(),
-        };
+        let breaks = contract.breaks(schemas.iter().copied());
         let lines: Vec<String> = breaks.iter().map(ToString::to_string).collect();
         if !json {
             if lines.is_empty() {

@@ -236,7 +236,8 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
     /// skipped), [`Error::AggregateTypeMismatch`] when the stream belongs to another aggregate
     /// type, or a store error.
     pub async fn load(&self, id: &str) -> Result<Loaded<A>> {
-        let started = self.clock.now();
+        // Only a snapshot policy asks how long a load took.
+        let started = self.snapshots.as_ref().map(|_| self.clock.now());
         let mut replay = Replay::new(id, self.snapshots.as_ref());
         self.store
             .replay_history(id, A::TYPE, self.snapshots.is_some(), |item| {
@@ -254,10 +255,8 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
             replay
         };
         let (replayed, snapshot_taken_at) = (replay.replayed, replay.snapshot_taken_at);
-        let loaded = replay.finish().ok_or_else(|| {
-            Error::InvalidConfig("a replay without snapshot yielded one".to_owned())
-        })?;
-        if let Some(snapshots) = &self.snapshots {
+        let loaded = replay.finish();
+        if let (Some(snapshots), Some(started)) = (&self.snapshots, started) {
             let now = self.clock.now();
             let took = (now - started).to_std().unwrap_or_default();
             if let Some(reason) =
@@ -812,12 +811,12 @@ impl<'a, A: Aggregate> Replay<'a, A> {
         Ok(())
     }
 
-    /// The rebuilt aggregate, or `None` when the snapshot was unusable.
-    fn finish(self) -> Option<Loaded<A>> {
-        (!self.unusable_snapshot).then_some(Loaded {
+    /// The rebuilt aggregate (see `unusable_snapshot` first: then it lacks the snapshot's part).
+    fn finish(self) -> Loaded<A> {
+        Loaded {
             state: self.state,
             version: self.version,
-        })
+        }
     }
 }
 
