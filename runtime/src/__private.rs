@@ -56,3 +56,28 @@ impl<S: crate::store::SqlStore> Store for S {}
 pub use crate::saga::{
     Association, FiredTimeout, Rejection, Role, Saga, SagaContext, Schedules, Sends, Timeout,
 };
+
+pub use crate::pii::{PiiField, PiiSpec};
+
+/// Types a `#[pii(subject)]` field may have: their JSON is a string or an integer, which names
+/// the data subject.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` cannot name a data subject",
+    label = "a `#[pii(subject)]` field must be a string, an integer or a UUID",
+    note = "name the subject by its id: a `String`, an integer or a `Uuid`"
+)]
+pub trait PiiSubject {}
+impl PiiSubject for String {}
+impl PiiSubject for &str {}
+impl PiiSubject for uuid::Uuid {}
+impl PiiSubject for u8 {}
+impl PiiSubject for u16 {}
+impl PiiSubject for u32 {}
+impl PiiSubject for u64 {}
+impl PiiSubject for i8 {}
+impl PiiSubject for i16 {}
+impl PiiSubject for i32 {}
+impl PiiSubject for i64 {}
+
+/// Compiles only when `T` may name a data subject; generated at a `#[pii(subject)]` field.
+pub const fn assert_pii_subject<T: PiiSubject + ?Sized>() {}

@@ -142,6 +142,7 @@ impl NewEvent {
             actor: context.actor.clone(),
             metadata: context.metadata.clone(),
             once: false,
+            pii: event.pii(),
         })
     }
 }

@@ -9,6 +9,7 @@ use uuid::Uuid;
 
 use crate::error::{Error, Result};
 use crate::event::{Event, EventSet, Payload};
+use crate::pii::PiiSpec;
 use crate::position::FeedPosition;
 
 /// Free-form metadata stored with an event (tenant, request path, client version...).
@@ -48,8 +49,17 @@ pub struct Envelope<E = Payload> {
     pub actor: Option<String>,
     /// Free-form metadata.
     pub metadata: Metadata,
+    /// Whether personal data of the event was forgotten (its data subject's key deleted): its
+    /// `#[pii]` fields read as their replacements (see [`crate::pii`]).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub shredded: bool,
     /// The event itself.
     pub event: E,
+}
+
+#[allow(clippy::trivially_copy_pass_by_ref)] // serde's `skip_serializing_if` passes a reference
+fn is_false(value: &bool) -> bool {
+    !value
 }
 
 /// A stored event as read from a store, payload not yet decoded.
@@ -180,6 +190,7 @@ impl Origin<'_> {
             causation_id: Uuid::nil(),
             actor: None,
             metadata: Metadata::new(),
+            shredded: false,
             event: payload,
         }
     }
@@ -243,6 +254,7 @@ impl<E> Envelope<E> {
             causation_id: self.causation_id,
             actor: self.actor,
             metadata: self.metadata,
+            shredded: self.shredded,
             event,
         }
     }
@@ -311,6 +323,8 @@ pub struct NewEvent {
     /// a retry of this append, so the store reports it ([`crate::Error::DuplicateEventId`])
     /// instead of recognising a retry.
     pub(crate) once: bool,
+    /// The event type's personal-data fields ([`Event::PII`]), which the store encrypts.
+    pub(crate) pii: Option<&'static PiiSpec>,
 }
 
 impl NewEvent {
@@ -332,6 +346,7 @@ impl NewEvent {
             actor: None,
             metadata: Metadata::new(),
             once: false,
+            pii: None,
         }
     }
 
@@ -353,7 +368,9 @@ impl NewEvent {
             event_type: E::NAME,
             cause,
         })?;
-        Ok(Self::new(E::NAME, E::VERSION, payload))
+        let mut event = Self::new(E::NAME, E::VERSION, payload);
+        event.pii = E::PII;
+        Ok(event)
     }
 
     /// Sets the event id.

@@ -257,6 +257,11 @@ pub enum Error {
         reason: String,
     },
 
+    /// Personal data could not be sealed or opened: no key provider, a bad data subject, a
+    /// key that does not unwrap, a sealed field that does not decrypt (see [`crate::pii`]).
+    #[error(transparent)]
+    Pii(#[from] crate::pii::PiiError),
+
     /// The store does not support this operation.
     #[error("this event store does not support {0}")]
     Unsupported(&'static str),

@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
 use crate::error::DecodeError;
+use crate::pii::PiiSpec;
 
 /// A domain event: one immutable fact, with a stable type name and a schema version.
 ///
@@ -43,6 +44,9 @@ pub trait Event: Serialize + DeserializeOwned + JsonSchema + Send + Sync + 'stat
     const NAME: &'static str;
     /// The schema version of this Rust type (default 1).
     const VERSION: u32;
+    /// The fields holding personal data and the field naming whose (`#[pii]`), if any: a store
+    /// encrypts them so that they can be forgotten (see [`crate::pii`]).
+    const PII: Option<&'static PiiSpec> = None;
 
     /// Decodes a stored payload of this event at `version` into this type, handing each result
     /// to `out`: the payload itself at [`Event::VERSION`], and, for an older version, what the
@@ -91,12 +95,40 @@ impl EventSchema {
         let schema = schemars::generate::SchemaSettings::draft07()
             .into_generator()
             .into_root_schema_for::<E>();
+        let mut schema = schema.to_value();
+        if let Some(pii) = E::PII {
+            mark_personal_data(&mut schema, pii);
+        }
         Self {
             name: E::NAME,
             version: E::VERSION,
             rust_type: std::any::type_name::<E>(),
-            schema: schema.to_value(),
+            schema,
         }
+    }
+}
+
+/// Marks the personal data of an event's schema: `x-pii` on each `#[pii]` property and
+/// `x-data-subject` on the property naming whose it is (extensions the JSON Schema and
+/// AsyncAPI validators ignore, for readers and tools of the catalog).
+fn mark_personal_data(schema: &mut serde_json::Value, pii: &PiiSpec) {
+    let Some(properties) = schema
+        .get_mut("properties")
+        .and_then(serde_json::Value::as_object_mut)
+    else {
+        return;
+    };
+    let mut mark = |name: &str, key: &str| {
+        if let Some(property) = properties
+            .get_mut(name)
+            .and_then(serde_json::Value::as_object_mut)
+        {
+            property.insert(key.to_owned(), serde_json::Value::Bool(true));
+        }
+    };
+    mark(pii.subject, "x-data-subject");
+    for field in pii.fields {
+        mark(field.name, "x-pii");
     }
 }
 
@@ -142,6 +174,11 @@ pub trait EventSet: Sized + Send + Sync + 'static {
 
     /// The schema version of this event.
     fn schema_version(&self) -> u32;
+
+    /// The personal-data fields of this event ([`Event::PII`]).
+    fn pii(&self) -> Option<&'static PiiSpec> {
+        None
+    }
 
     /// Serializes the event held by this variant (not the enum) to JSON.
     ///

@@ -13,7 +13,8 @@ use syn::{Expr, Lit, LitInt, LitStr, Token, Type};
 
 use crate::ctxt::Ctxt;
 use crate::symbol::{
-    ANY_NAME, BY, COMMANDS, END, EVENTS, IGNORE, INLINE, NAME, SIDE_EFFECTS, STATE_VERSION, VERSION,
+    ANY_NAME, BY, COMMANDS, END, EVENTS, IGNORE, INLINE, NAME, REPLACEMENT, SIDE_EFFECTS,
+    STATE_VERSION, SUBJECT, VERSION,
 };
 
 /// A key that may be set at most once.
@@ -112,6 +113,58 @@ pub fn event_args(cx: &Ctxt, args: TokenStream, attribute: &str) -> EventArgs {
         any_name: any_name.get(),
         keys,
     }
+}
+
+/// The arguments of `#[pii(...)]` on an event's field.
+#[derive(Default)]
+pub struct PiiArgs {
+    /// `subject`: the field names the data subject; the key, for spans.
+    pub subject: Option<syn::Path>,
+    /// `replacement = expr`: what readers see once the subject is forgotten.
+    pub replacement: Option<Expr>,
+}
+
+/// `#[pii]`, `#[pii(subject)]` or `#[pii(replacement = expr)]`; `None` when unreadable
+/// (reported).
+pub fn pii_args(cx: &Ctxt, meta: &syn::Meta) -> Option<PiiArgs> {
+    const USAGE: &str = "`#[pii]`, `#[pii(subject)]` or `#[pii(replacement = ...)]`";
+    let list = match meta {
+        syn::Meta::Path(_) => return Some(PiiArgs::default()),
+        syn::Meta::List(list) => list,
+        syn::Meta::NameValue(_) => {
+            cx.error_spanned_by(meta, format!("expected {USAGE}"));
+            return None;
+        }
+    };
+    let mut subject = Attr::none(SUBJECT);
+    let mut replacement = Attr::none(REPLACEMENT);
+    let parser = syn::meta::parser(|meta| {
+        if meta.path.is_ident(SUBJECT) {
+            if meta.input.is_empty() || meta.input.peek(Token![,]) {
+                subject.set(cx, &meta.path, meta.path.clone());
+            } else {
+                cx.error_spanned_by(&meta.path, "`subject` takes no value: `#[pii(subject)]`");
+                skip_value(&meta)?;
+            }
+        } else if meta.path.is_ident(REPLACEMENT) {
+            if meta.input.peek(Token![=]) {
+                replacement.set(cx, &meta.path, ungrouped(meta.value()?.parse()?));
+            } else {
+                expected(cx, &meta, "replacement = \"[erased]\".to_owned()")?;
+            }
+        } else {
+            unknown_key(cx, &meta, "#[pii(...)]", "`subject` or `replacement`")?;
+        }
+        Ok(())
+    });
+    if let Err(error) = parser.parse2(list.tokens.clone()) {
+        cx.syn_error(error);
+        return None;
+    }
+    Some(PiiArgs {
+        subject: subject.get(),
+        replacement: replacement.get(),
+    })
 }
 
 /// The arguments of `#[projection(...)]`.

@@ -17,10 +17,11 @@ pub fn expand_with(event: &EventStruct, chain: bool) -> TokenStream {
     let ident = &item.ident;
     let name = &event.name;
     let version = event.version;
-    let upcasting = if chain {
-        upcasting(event)
+    // After an error (no `chain`), the event is expanded without its personal-data fields.
+    let (upcasting, pii) = if chain {
+        (upcasting(event), pii(event))
     } else {
-        TokenStream::new()
+        (TokenStream::new(), TokenStream::new())
     };
     quote! {
         #[derive(
@@ -36,6 +37,7 @@ pub fn expand_with(event: &EventStruct, chain: bool) -> TokenStream {
         impl ::factum::__private::Event for #ident {
             const NAME: &'static str = #name;
             const VERSION: u32 = #version;
+            #pii
             #upcasting
         }
     }
@@ -72,5 +74,54 @@ fn upcasting(event: &EventStruct) -> TokenStream {
             out(::factum::__private::decode_event::<Self>(version, payload)?);
             ::core::result::Result::Ok(())
         }
+    }
+}
+
+/// `Event::PII` from the `#[pii]` fields (nothing when there are none): the subject's JSON
+/// name, and each personal-data field's JSON name with its replacement as JSON. Each type is
+/// checked at the user's tokens: the subject's (a string, an integer or a UUID), and each
+/// replacement against its field's type.
+fn pii(event: &EventStruct) -> TokenStream {
+    let Some(subject) = event.pii.iter().find(|field| field.args.subject.is_some()) else {
+        return TokenStream::new();
+    };
+    let (Ok(subject_name), subject_ty) = (&subject.json_name, &subject.ty) else {
+        return TokenStream::new();
+    };
+    let json = quote! { ::factum::__private::serde_json };
+    let mut erased_fns = Vec::new();
+    let mut fields = Vec::new();
+    for (index, field) in event.pii.iter().enumerate() {
+        let (None, Ok(name)) = (&field.args.subject, &field.json_name) else {
+            continue;
+        };
+        let erased = quote::format_ident!("__factum_erased_{}", index);
+        let ty = &field.ty;
+        let value = match &field.args.replacement {
+            Some(replacement) => quote_spanned! {syn::spanned::Spanned::span(replacement)=>
+                let value: #ty = #replacement;
+            },
+            None => quote! { let value: #ty = ::core::option::Option::None; },
+        };
+        erased_fns.push(quote! {
+            fn #erased() -> #json::Value {
+                #value
+                #json::to_value(&value).unwrap_or(#json::Value::Null)
+            }
+        });
+        fields.push(quote! { ::factum::__private::PiiField::new(#name, #erased) });
+    }
+    let subject_check = quote_spanned! {syn::spanned::Spanned::span(subject_ty)=>
+        const _: () = ::factum::__private::assert_pii_subject::<#subject_ty>();
+    };
+    quote! {
+        const PII: ::core::option::Option<&'static ::factum::__private::PiiSpec> = {
+            #subject_check
+            #(#erased_fns)*
+            const FIELDS: &[::factum::__private::PiiField] = &[#(#fields),*];
+            const SPEC: ::factum::__private::PiiSpec =
+                ::factum::__private::PiiSpec::new(#subject_name, FIELDS);
+            ::core::option::Option::Some(&SPEC)
+        };
     }
 }

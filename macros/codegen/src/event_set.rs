@@ -81,6 +81,12 @@ pub fn expand(set: &EventSetEnum) -> TokenStream {
                     }
                 }
 
+                fn pii(&self) -> ::core::option::Option<&'static ::factum::__private::PiiSpec> {
+                    match self {
+                        #(Self::#variants(_) => <#types as ::factum::__private::Event>::PII,)*
+                    }
+                }
+
                 fn encode(
                     &self,
                 ) -> ::core::result::Result<::factum::__private::Payload, ::factum::__private::serde_json::Error> {

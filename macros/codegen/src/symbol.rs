@@ -20,3 +20,6 @@ pub const REJECTED: &str = "rejected";
 pub const BY: &str = "by";
 pub const END: &str = "end";
 pub const COMMANDS: &str = "commands";
+pub const PII: &str = "pii";
+pub const SUBJECT: &str = "subject";
+pub const REPLACEMENT: &str = "replacement";

@@ -15,6 +15,10 @@ GRANT SELECT, INSERT ON {schema}.events TO {role};
 GRANT SELECT ON {schema}.factum_migrations, {schema}.cluster_identity TO {role};
 GRANT EXECUTE ON FUNCTION {schema}.feed_tx_offset() TO {role};
 
+-- Data subjects' keys: made on a subject's first event with personal data, deleted when the
+-- subject is forgotten.
+GRANT SELECT, INSERT, DELETE ON {schema}.data_keys TO {role};
+
 -- Snapshots and the runners' bookkeeping, which they update as they go.
 GRANT SELECT, INSERT, UPDATE, DELETE ON
     {schema}.snapshots,

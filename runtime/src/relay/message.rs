@@ -206,6 +206,7 @@ pub fn inbound<'h>(
         causation_id: uuid(headers::CAUSATION_ID)?,
         actor: header(headers::ACTOR).map(str::to_owned),
         metadata: crate::envelope::Metadata::new(),
+        shredded: false,
         event,
     })
 }
@@ -268,6 +269,7 @@ mod tests {
             causation_id: uuid::Uuid::now_v7(),
             actor: Some("alice".into()),
             metadata: crate::envelope::Metadata::new(),
+            shredded: false,
             event: crate::event::Payload::from_json(r#"{"total":5}"#.into()).unwrap(),
         };
         let message = Outbound::new(event.clone(), "orders".into());

@@ -8,10 +8,12 @@ use chrono::{DateTime, SubsecRound, Utc};
 
 use super::Limits;
 use super::backend::{StoredId, check_append, classify_retry, version_bounds};
+use super::keys::{self, KeyTable, Keyring};
 use super::{EventStore, ExpectedVersion, FeedBatch, FeedPosition, FeedQuery};
 use super::{FeedNotifier, FeedWakeups};
 use crate::envelope::{NewEvent, RecordedEvent};
 use crate::error::{Error, Result};
+use crate::pii::KeyProvider;
 use crate::snapshot::Snapshot;
 
 /// An [`EventStore`] in memory. Cloning shares the same store.
@@ -35,6 +37,8 @@ pub struct MemoryStore {
     log: Arc<RwLock<Log>>,
     notifier: FeedNotifier,
     limits: Limits,
+    /// Seals and opens personal data (`None`: events with `#[pii]` fields are refused).
+    keys: Option<Keyring>,
 }
 
 #[derive(Debug, Default)]
@@ -47,6 +51,8 @@ struct Log {
     /// Appends so far: the `tx` of the last one.
     tx: u64,
     snapshots: HashMap<String, Snapshot>,
+    /// Data subject → its data key, wrapped.
+    data_keys: HashMap<String, (uuid::Uuid, Vec<u8>)>,
 }
 
 #[derive(Debug)]
@@ -131,15 +137,15 @@ fn now() -> DateTime<Utc> {
     Utc::now().trunc_subsecs(6)
 }
 
-impl EventStore for MemoryStore {
-    async fn append(
+impl MemoryStore {
+    /// An append whose personal data is sealed.
+    fn append_sealed(
         &self,
         stream_id: &str,
         aggregate_type: &str,
         expected: ExpectedVersion,
         events: Vec<NewEvent>,
     ) -> Result<Vec<RecordedEvent>> {
-        check_append(stream_id, &events, &self.limits)?;
         let mut log = self.write();
         if let Some(stored) = log.find_retry(stream_id, expected, &events)? {
             return Ok(stored);
@@ -188,6 +194,7 @@ impl EventStore for MemoryStore {
                 causation_id: event.causation_id,
                 actor: event.actor,
                 metadata: event.metadata,
+                shredded: false,
                 event: event.payload,
             };
             log.ids.insert(envelope.event_id, index);
@@ -208,33 +215,35 @@ impl EventStore for MemoryStore {
         Ok(recorded)
     }
 
-    async fn read_stream(
+    /// A stream's events as stored.
+    fn stream_events(
         &self,
         stream_id: &str,
-        versions: impl RangeBounds<u64> + Send,
-    ) -> Result<Vec<RecordedEvent>> {
-        let (from, to) = version_bounds(&versions);
+        versions: &impl RangeBounds<u64>,
+    ) -> Vec<RecordedEvent> {
+        let (from, to) = version_bounds(versions);
         let log = self.read();
         let Some(stream) = log.streams.get(stream_id) else {
-            return Ok(Vec::new());
+            return Vec::new();
         };
         // Version v is at index v - 1.
         let start = usize::try_from(from.max(1) - 1).unwrap_or(usize::MAX);
         let end = usize::try_from(to)
             .unwrap_or(usize::MAX)
             .min(stream.events.len());
-        Ok(stream
+        stream
             .events
             .get(start..end)
             .unwrap_or_default()
             .iter()
             .map(|&index| log.events[index].clone())
-            .collect())
+            .collect()
     }
 
-    async fn read_feed(&self, query: &FeedQuery) -> Result<FeedBatch> {
+    /// A read of the feed, as stored.
+    fn feed_events(&self, query: &FeedQuery) -> FeedBatch {
         if query.limit == 0 {
-            return Ok(FeedBatch::new(Vec::new(), query.after));
+            return FeedBatch::new(Vec::new(), query.after);
         }
         let log = self.read();
         // The log is in feed order, and `tx` and position both grow with the index.
@@ -254,7 +263,109 @@ impl EventStore for MemoryStore {
             Some(last) if events.len() >= query.limit => last.feed_position(),
             _ => FeedPosition::end_of_tx(log.tx).max(query.after),
         };
-        Ok(FeedBatch::new(events, next))
+        FeedBatch::new(events, next)
+    }
+
+    /// Opens the personal data of events read (nothing to do without a key provider).
+    async fn open_pii(&self, events: &mut [RecordedEvent]) -> Result<()> {
+        match &self.keys {
+            Some(keys) => keys.open(self, events).await,
+            None => Ok(()),
+        }
+    }
+
+    /// This store (sharing its events) sealing the `#[pii]` fields of the events it appends
+    /// under data keys wrapped by `provider`, and opening them in everything it reads (see
+    /// [`crate::pii`]). Without one, an event with personal data is refused.
+    #[must_use]
+    pub fn with_key_provider(mut self, provider: impl KeyProvider) -> Self {
+        self.keys = Some(Keyring::new(Arc::new(provider)));
+        self
+    }
+
+    /// Forgets a data subject (crypto-shredding): deletes its data key, so that the `#[pii]`
+    /// fields of its events read as their replacements from now on. Whether it had a key.
+    ///
+    /// # Errors
+    /// [`Error::InvalidConfig`] when the store has no key provider.
+    pub async fn forget(&self, subject: &str) -> Result<bool> {
+        let keys = self.keys.as_ref().ok_or_else(|| {
+            Error::InvalidConfig(
+                "forgetting a data subject needs the store's key provider: `with_key_provider(...)`"
+                    .to_owned(),
+            )
+        })?;
+        keys.forget(self, subject).await
+    }
+}
+
+impl KeyTable for MemoryStore {
+    async fn wrapped_keys(&self, ids: &[uuid::Uuid]) -> Result<Vec<(uuid::Uuid, Vec<u8>)>> {
+        let log = self.read();
+        Ok(log
+            .data_keys
+            .values()
+            .filter(|(id, _)| ids.contains(id))
+            .cloned()
+            .collect())
+    }
+
+    async fn subject_key(&self, subject: &str) -> Result<Option<(uuid::Uuid, Vec<u8>)>> {
+        Ok(self.read().data_keys.get(subject).cloned())
+    }
+
+    async fn insert_subject_key(
+        &self,
+        subject: &str,
+        id: uuid::Uuid,
+        wrapped: &[u8],
+    ) -> Result<(uuid::Uuid, Vec<u8>)> {
+        Ok(self
+            .write()
+            .data_keys
+            .entry(subject.to_owned())
+            .or_insert_with(|| (id, wrapped.to_vec()))
+            .clone())
+    }
+
+    async fn delete_subject_key(&self, subject: &str) -> Result<bool> {
+        Ok(self.write().data_keys.remove(subject).is_some())
+    }
+}
+
+impl EventStore for MemoryStore {
+    async fn forget(&self, subject: &str) -> Result<bool> {
+        Self::forget(self, subject).await
+    }
+
+    async fn append(
+        &self,
+        stream_id: &str,
+        aggregate_type: &str,
+        expected: ExpectedVersion,
+        mut events: Vec<NewEvent>,
+    ) -> Result<Vec<RecordedEvent>> {
+        check_append(stream_id, &events, &self.limits)?;
+        let plain = keys::seal(self.keys.as_ref(), self, &mut events).await?;
+        let mut recorded = self.append_sealed(stream_id, aggregate_type, expected, events)?;
+        keys::unseal_appended(&mut recorded, plain);
+        Ok(recorded)
+    }
+
+    async fn read_stream(
+        &self,
+        stream_id: &str,
+        versions: impl RangeBounds<u64> + Send,
+    ) -> Result<Vec<RecordedEvent>> {
+        let mut events = self.stream_events(stream_id, &versions);
+        self.open_pii(&mut events).await?;
+        Ok(events)
+    }
+
+    async fn read_feed(&self, query: &FeedQuery) -> Result<FeedBatch> {
+        let mut batch = self.feed_events(query);
+        self.open_pii(&mut batch.events).await?;
+        Ok(batch)
     }
 
     async fn stream_version(&self, stream_id: &str) -> Result<u64> {
@@ -262,11 +373,14 @@ impl EventStore for MemoryStore {
     }
 
     async fn read_event(&self, event_id: uuid::Uuid) -> Result<Option<RecordedEvent>> {
-        let log = self.read();
-        Ok(log
-            .ids
-            .get(&event_id)
-            .map(|&index| log.events[index].clone()))
+        let mut event = {
+            let log = self.read();
+            log.ids
+                .get(&event_id)
+                .map(|&index| log.events[index].clone())
+        };
+        self.open_pii(event.as_mut_slice()).await?;
+        Ok(event)
     }
 
     async fn load_snapshot(&self, stream_id: &str) -> Result<Option<Snapshot>> {

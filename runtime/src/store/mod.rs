@@ -16,6 +16,7 @@ pub mod backend;
 mod group;
 #[cfg(feature = "postgres")]
 mod heads;
+pub(crate) mod keys;
 mod limits;
 mod memory;
 mod migration;
@@ -133,6 +134,15 @@ impl<'a> StreamEventRef<'a> {
             schema_version,
             payload,
         }
+    }
+
+    /// The same event with another payload (its personal data opened).
+    #[cfg(any(feature = "postgres", feature = "sqlite"))]
+    pub(crate) fn with_payload<'b>(self, payload: &'b str) -> StreamEventRef<'b>
+    where
+        'a: 'b,
+    {
+        StreamEventRef { payload, ..self }
     }
 
     /// Decodes the payload into the event set `S`, handing each event (one, or as many as
@@ -520,6 +530,19 @@ pub trait EventStore: Send + Sync {
     fn save_snapshot(&self, snapshot: Snapshot) -> impl Future<Output = Result<()>> + Send {
         let _ = snapshot;
         async { Err(Error::Unsupported("snapshots")) }
+    }
+
+    /// Forgets a data subject (crypto-shredding, see [`crate::pii`]): deletes its data key, so
+    /// that the `#[pii]` fields of its events read as their replacements from now on and their
+    /// envelopes are marked [`shredded`](crate::envelope::Envelope::shredded); the log is not
+    /// changed. Whether the subject had a key.
+    ///
+    /// # Errors
+    /// [`Error::InvalidConfig`] when the store has no key provider; [`Error::Unsupported`] for
+    /// a store that keeps no data keys (the default).
+    fn forget(&self, subject: &str) -> impl Future<Output = Result<bool>> + Send {
+        let _ = subject;
+        async { Err(Error::Unsupported("forgetting data subjects")) }
     }
 
     /// Hints that the feed may have grown, for live subscriptions. A store without a

@@ -63,6 +63,17 @@ pub trait SqlStore: EventStore + Clone + fmt::Debug + Send + Sync + 'static + Ba
     fn migrate(&self) -> impl Future<Output = Result<()>> + Send {
         self.migrate_tables()
     }
+
+    /// This store (sharing its pool) sealing the `#[pii]` fields of the events it appends under
+    /// data keys wrapped by `provider`, and opening them in everything it reads (the store's
+    /// own `with_key_provider`; see [`crate::pii`]).
+    #[must_use]
+    fn with_key_provider(self, provider: impl crate::pii::KeyProvider) -> Self
+    where
+        Self: Sized,
+    {
+        self.with_provider(Arc::new(provider))
+    }
 }
 
 /// A connection of a store's pool, outside any transaction: for the runners' reads.
@@ -403,6 +414,13 @@ pub trait Backend {
         query: Unapplied<'a>,
     ) -> impl Future<Output = Result<Vec<RecordedEvent>>> + Send + 'a;
 
+    /// The store's `with_key_provider`.
+    #[doc(hidden)]
+    #[must_use]
+    fn with_provider(self, provider: Arc<dyn crate::pii::KeyProvider>) -> Self
+    where
+        Self: Sized;
+
     /// This store, running `hook` in every append's transaction too.
     #[doc(hidden)]
     fn with_hook(&self, hook: Arc<dyn AppendHook<Self>>) -> Self
@@ -437,6 +455,11 @@ macro_rules! inherent_backend_methods {
 
         async fn migrate_tables(&self) -> $crate::error::Result<()> {
             <$store>::migrate(self).await
+        }
+
+        fn with_provider(mut self, provider: std::sync::Arc<dyn $crate::pii::KeyProvider>) -> Self {
+            self.keys = Some($crate::store::keys::Keyring::new(provider));
+            self
         }
 
         async fn begin_write(&self) -> $crate::error::Result<$crate::store::Transaction> {

@@ -28,6 +28,8 @@ pub struct EventStruct {
     pub version: u32,
     /// The version as written, for spans (`None`: the default, 1).
     pub version_literal: Option<(u32, syn::LitInt)>,
+    /// The fields marked `#[pii]` (the markers taken off `item`).
+    pub pii: Vec<super::PiiField>,
 }
 
 pub struct EventSetEnum {
@@ -46,7 +48,8 @@ impl EventInput {
     pub fn from_syn(cx: &Ctxt, args: TokenStream, input: TokenStream) -> Self {
         let args = attr::event_args(cx, args, "#[event]");
         match syn::parse2::<syn::Item>(input.clone()) {
-            Ok(syn::Item::Struct(item)) => {
+            Ok(syn::Item::Struct(mut item)) => {
+                let pii = super::pii::take(cx, &mut item);
                 let name = args
                     .name
                     .as_ref()
@@ -59,6 +62,7 @@ impl EventInput {
                     any_name: args.any_name.is_some(),
                     version,
                     version_literal: args.version.clone(),
+                    pii,
                 })
             }
             Ok(syn::Item::Enum(item)) => {

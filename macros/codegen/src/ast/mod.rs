@@ -13,6 +13,7 @@ use crate::symbol::{APPLY, COMMAND, DISCARD, FLUSH, HANDLE, REJECTED, RESET, STA
 mod aggregate;
 mod event;
 mod message;
+mod pii;
 mod projection;
 mod saga;
 mod upcast;
@@ -20,6 +21,7 @@ mod upcast;
 pub use aggregate::{AggregateInput, AggregateMethod};
 pub use event::{EventInput, EventSetEnum, EventStruct};
 pub use message::{MessageInput, MessageKind, on_a_function};
+pub use pii::{JsonNameProblem, PiiField};
 pub use projection::{ProjectionInput, ProjectionMethod};
 pub use saga::{SagaInput, SagaMethod, SagaRole};
 pub use upcast::{UPCAST_USAGE, UpcastInput};

@@ -18,6 +18,7 @@ pub fn event(cx: &Ctxt, input: &EventInput) {
 }
 
 fn event_struct(cx: &Ctxt, event: &EventStruct) {
+    super::pii::pii_fields(cx, event);
     if !event.any_name && !super::tense::is_past_tense(&event.name) {
         let message = format!(
             "`{}` does not read as a fact that happened: name events in the past tense, like `{}` (or add `any_name` to `#[event(...)]` where this check gets your language wrong)",

@@ -12,6 +12,7 @@ use crate::ctxt::Ctxt;
 
 mod aggregate;
 mod event;
+mod pii;
 mod projection;
 mod saga;
 mod tense;

@@ -417,6 +417,7 @@ impl Append<'_> {
                 causation_id: event.causation_id,
                 actor: event.actor,
                 metadata: event.metadata,
+                shredded: false,
                 event: event.payload,
             });
         }

@@ -77,6 +77,11 @@ const MIGRATIONS: &[Migration] = &[
         name: "relay_retries",
         sql: include_str!("../../../migrations/postgres/0013_relay_retries.sql"),
     },
+    Migration {
+        version: 14,
+        name: "data_keys",
+        sql: include_str!("../../../migrations/postgres/0014_data_keys.sql"),
+    },
 ];
 
 pub(super) async fn migrate(pool: &PgPool, schema: &Schema) -> Result<()> {

@@ -20,6 +20,7 @@
 mod append;
 mod identity;
 mod import;
+mod keys;
 mod listen;
 mod migrate;
 mod sql_store;
@@ -44,6 +45,7 @@ use super::backend::{
 };
 use super::group::{Group, GroupCommit, Request};
 use super::heads::WrittenHeads;
+use super::keys::{self as store_keys, Keyring};
 use super::sql::{AppendHook, Schema};
 use super::tx::{self, Transaction, Tx};
 use super::{
@@ -317,6 +319,8 @@ pub struct PostgresStore {
     limits: Limits,
     /// Coalesces concurrent appends (`None`: off).
     group: Option<Arc<Group>>,
+    /// Seals and opens personal data (`None`: events with `#[pii]` fields are refused).
+    keys: Option<Keyring>,
 }
 
 struct Inner {
@@ -392,6 +396,7 @@ impl PostgresStore {
             hooks: Arc::new([]),
             limits: Limits::default(),
             group: Some(Group::new(Self::GROUP_COMMIT)),
+            keys: None,
             inner: Arc::new(Inner {
                 sql: Statements::new(&schema),
                 channel: schema.channel("factum"),
@@ -447,6 +452,7 @@ impl PostgresStore {
     /// An append, checked, then alone or in a group.
     async fn append_request(&self, mut request: Request<'_>) -> Result<Vec<RecordedEvent>> {
         check_append(request.stream_id, &request.events, &self.limits)?;
+        let plain = store_keys::seal(self.keys.as_ref(), self, &mut request.events).await?;
         let (stream_id, aggregate_type) = (request.stream_id, request.aggregate_type);
         if request.head.is_none() {
             request.head = self
@@ -454,12 +460,13 @@ impl PostgresStore {
                 .heads
                 .known(stream_id, aggregate_type, request.expected);
         }
-        let appended = match &self.group {
+        let mut appended = match &self.group {
             Some(group) if self.hooks.is_empty() && !request.events.is_empty() => {
                 group.append(self, request).await?
             }
             _ => self.append_alone(request).await?,
         };
+        store_keys::unseal_appended(&mut appended, plain);
         if let Some(last) = appended.last() {
             self.inner
                 .heads
@@ -579,9 +586,10 @@ impl PostgresStore {
         stream_id: &str,
         aggregate_type: &str,
         expected: ExpectedVersion,
-        events: Vec<NewEvent>,
+        mut events: Vec<NewEvent>,
     ) -> Result<Vec<RecordedEvent>> {
         let mut tx: Tx<'c> = transaction.into();
+        let plain = store_keys::seal(self.keys.as_ref(), self, &mut events).await?;
         let append = Append {
             stream_id,
             aggregate_type,
@@ -589,7 +597,8 @@ impl PostgresStore {
             events,
         };
         let connection = tx::connection::<sqlx::PgConnection>(&mut tx)?;
-        let appended = self.append_in_transaction(connection, append).await?;
+        let mut appended = self.append_in_transaction(connection, append).await?;
+        store_keys::unseal_appended(&mut appended, plain);
         if !appended.is_empty() {
             let store = self.clone();
             tx.wake_on_commit(move || store.notify_subscribers());
@@ -695,19 +704,54 @@ impl PostgresStore {
             }
             (_, None) => query.after,
         };
+        let mut events = events;
+        self.open_pii(&mut events).await?;
         let mut batch = FeedBatch::new(events, next).held_back(held_back);
         batch.undecodable = undecodable;
         Ok(batch)
     }
 
-    pub(crate) fn read_rows(
+    /// The events of `rows`, their personal data opened.
+    pub(crate) async fn read_rows(
         &self,
         rows: &[PgRow],
         first_column: usize,
     ) -> Result<Vec<RecordedEvent>> {
-        rows.iter()
+        let mut events = rows
+            .iter()
             .map(|row| envelope_from_row(row, first_column))
-            .collect()
+            .collect::<Result<Vec<_>>>()?;
+        self.open_pii(&mut events).await?;
+        Ok(events)
+    }
+
+    /// Opens the personal data of events read (nothing to do without a key provider: sealed
+    /// fields stay sealed).
+    async fn open_pii(&self, events: &mut [RecordedEvent]) -> Result<()> {
+        match &self.keys {
+            Some(keys) => keys.open(self, events).await,
+            None => Ok(()),
+        }
+    }
+
+    /// A replayed event with its personal data opened: `opened` holds the payload when it
+    /// had sealed fields.
+    async fn open_replayed<'r>(
+        &self,
+        event: StreamEventRef<'r>,
+        opened: &'r mut Option<Payload>,
+    ) -> Result<StreamEventRef<'r>> {
+        let Some(keys) = &self.keys else {
+            return Ok(event);
+        };
+        *opened = keys
+            .open_payload(self, event.payload, event.event_type)
+            .await?
+            .map(|(payload, _)| payload);
+        Ok(match opened {
+            Some(payload) => event.with_payload(payload.as_str()),
+            None => event,
+        })
     }
 }
 
@@ -873,6 +917,10 @@ fn envelope_or_defect(row: &PgRow, at: usize) -> Result<ReadEnvelope> {
 }
 
 impl EventStore for PostgresStore {
+    async fn forget(&self, subject: &str) -> Result<bool> {
+        Self::forget(self, subject).await
+    }
+
     async fn append(
         &self,
         stream_id: &str,
@@ -919,7 +967,7 @@ impl EventStore for PostgresStore {
                 version_bounds(&versions),
             )
             .await?;
-        self.read_rows(&rows, 0)
+        self.read_rows(&rows, 0).await
     }
 
     async fn read_feed(&self, query: &FeedQuery) -> Result<FeedBatch> {
@@ -938,9 +986,21 @@ impl EventStore for PostgresStore {
                 version_bounds(&versions),
             )
             .await?;
-        rows.iter()
+        let mut events = rows
+            .iter()
             .map(|row| stream_event_from_row(row, 0))
-            .collect()
+            .collect::<Result<Vec<_>>>()?;
+        if let Some(keys) = &self.keys {
+            for event in &mut events {
+                if let Some((payload, _)) = keys
+                    .open_payload(self, event.payload.as_str(), &event.event_type)
+                    .await?
+                {
+                    event.payload = payload;
+                }
+            }
+        }
+        Ok(events)
     }
 
     async fn replay_history<F>(
@@ -973,17 +1033,29 @@ impl EventStore for PostgresStore {
                     early.insert(version, row);
                     continue;
                 }
-                visit(HistoryItem::Event(replayed_event(&row, 0, aggregate_type)?))?;
+                let mut opened = None;
+                let event = replayed_event(&row, 0, aggregate_type)?;
+                visit(HistoryItem::Event(
+                    self.open_replayed(event, &mut opened).await?,
+                ))?;
                 next += 1;
                 while let Some(row) = early.remove(&next) {
-                    visit(HistoryItem::Event(replayed_event(&row, 0, aggregate_type)?))?;
+                    let mut opened = None;
+                    let event = replayed_event(&row, 0, aggregate_type)?;
+                    visit(HistoryItem::Event(
+                        self.open_replayed(event, &mut opened).await?,
+                    ))?;
                     next += 1;
                 }
             }
             // A stream whose versions have gaps (none does when written by Factum): the rest,
             // in order.
             for row in early.values() {
-                visit(HistoryItem::Event(replayed_event(row, 0, aggregate_type)?))?;
+                let mut opened = None;
+                let event = replayed_event(row, 0, aggregate_type)?;
+                visit(HistoryItem::Event(
+                    self.open_replayed(event, &mut opened).await?,
+                ))?;
             }
             return Ok(());
         }
@@ -1007,9 +1079,13 @@ impl EventStore for PostgresStore {
         if !events.is_sorted_by_key(|e| e.stream_version) {
             events.sort_by_key(|e| e.stream_version);
         }
-        events
-            .into_iter()
-            .try_for_each(|event| visit(HistoryItem::Event(event)))
+        for event in events {
+            let mut opened = None;
+            visit(HistoryItem::Event(
+                self.open_replayed(event, &mut opened).await?,
+            ))?;
+        }
+        Ok(())
     }
 
     async fn stream_version(&self, stream_id: &str) -> Result<u64> {
@@ -1027,7 +1103,7 @@ impl EventStore for PostgresStore {
             .fetch_all(&self.inner.pool)
             .await
             .map_err(|e| self.fail(e))?;
-        Ok(self.read_rows(&rows, 0)?.pop())
+        Ok(self.read_rows(&rows, 0).await?.pop())
     }
 
     async fn load_snapshot(&self, stream_id: &str) -> Result<Option<Snapshot>> {

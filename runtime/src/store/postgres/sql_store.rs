@@ -88,7 +88,7 @@ impl Backend for PostgresStore {
         .fetch_all(&self.inner.pool)
         .await
         .map_err(|e| self.fail(e))?;
-        self.read_rows(&rows, 0)
+        self.read_rows(&rows, 0).await
     }
 
     async fn unapplied<'a>(
@@ -113,7 +113,7 @@ impl Backend for PostgresStore {
         .fetch_all(&mut *connection)
         .await
         .map_err(|e| self.fail(e))?;
-        self.read_rows(&rows, 0)
+        self.read_rows(&rows, 0).await
     }
 
     fn with_hook(&self, hook: Arc<dyn AppendHook<Self>>) -> Self {
@@ -124,6 +124,7 @@ impl Backend for PostgresStore {
             hooks: hooks.into(),
             limits: self.limits,
             group: self.group.clone(),
+            keys: self.keys.clone(),
         }
     }
 

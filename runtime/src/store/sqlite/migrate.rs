@@ -54,6 +54,11 @@ const MIGRATIONS: &[Migration] = &[
         name: "consumers",
         sql: include_str!("../../../migrations/sqlite/0009_consumers.sql"),
     },
+    Migration {
+        version: 10,
+        name: "data_keys",
+        sql: include_str!("../../../migrations/sqlite/0010_data_keys.sql"),
+    },
 ];
 
 pub(super) async fn migrate(pool: &SqlitePool, location: &str) -> Result<()> {

@@ -8,6 +8,7 @@
 //! acknowledged append survives a crash or a power cut.
 
 mod import;
+mod keys;
 mod lock;
 mod migrate;
 mod sql_store;
@@ -31,6 +32,7 @@ use super::backend::{
     to_i64, version_bounds,
 };
 use super::group::{Committer, Group, GroupCommit, Queued, Request};
+use super::keys::{self as store_keys, Keyring};
 use super::sql::AppendHook;
 use super::tx::{self, Transaction, Tx};
 use super::{
@@ -90,6 +92,8 @@ pub struct SqliteStore {
     limits: Limits,
     /// Coalesces concurrent appends (`None`: off).
     group: Option<std::sync::Arc<Group>>,
+    /// Seals and opens personal data (`None`: events with `#[pii]` fields are refused).
+    keys: Option<Keyring>,
 }
 
 impl fmt::Debug for SqliteStore {
@@ -202,6 +206,7 @@ impl SqliteStore {
             hooks: std::sync::Arc::new([]),
             limits: Limits::default(),
             group: Some(Group::new(Self::GROUP_COMMIT)),
+            keys: None,
         })
     }
 
@@ -640,16 +645,20 @@ impl SqliteStore {
         stream_id: &str,
         aggregate_type: &str,
         expected: ExpectedVersion,
-        events: Vec<NewEvent>,
+        mut events: Vec<NewEvent>,
     ) -> Result<Vec<RecordedEvent>> {
         check_append(stream_id, &events, &self.limits)?;
         let mut tx: Tx<'c> = transaction.into();
         let connection = tx::connection::<sqlx::SqliteConnection>(&mut tx)?;
+        // The data keys in the caller's transaction, which holds the write lock.
+        let table = keys::TxKeys(tokio::sync::Mutex::new(&mut *connection));
+        let plain = store_keys::seal(self.keys.as_ref(), &table, &mut events).await?;
+        drop(table);
         // In a savepoint: a failed append leaves nothing of itself in the transaction.
         let mut savepoint = sqlx::Connection::begin(&mut *connection)
             .await
             .map_err(backend)?;
-        let appended = match self
+        let mut appended = match self
             .append_hooked(&mut savepoint, stream_id, aggregate_type, expected, &events)
             .await
         {
@@ -659,11 +668,14 @@ impl SqliteStore {
             }
             Err(error) => {
                 savepoint.rollback().await.map_err(backend)?;
-                return self
+                let mut stored = self
                     .stored_retry(connection, stream_id, expected, &events, error)
-                    .await;
+                    .await?;
+                store_keys::unseal_appended(&mut stored, plain);
+                return Ok(stored);
             }
         };
+        store_keys::unseal_appended(&mut appended, plain);
         if !appended.is_empty() {
             let notifier = self.notifier.clone();
             tx.wake_on_commit(move || notifier.notify());
@@ -673,6 +685,15 @@ impl SqliteStore {
 }
 
 impl SqliteStore {
+    /// Opens the personal data of events read (nothing to do without a key provider: sealed
+    /// fields stay sealed).
+    pub(crate) async fn open_pii(&self, events: &mut [RecordedEvent]) -> Result<()> {
+        match &self.keys {
+            Some(keys) => keys.open(self, events).await,
+            None => Ok(()),
+        }
+    }
+
     /// The feed as runners read it ([`Backend::read_feed_parking`](super::sql::Backend)): an
     /// event whose metadata does not read is delivered with empty metadata and named in the
     /// batch's `undecodable`.
@@ -739,6 +760,8 @@ impl SqliteStore {
                 FeedPosition::new(head, head).max(query.after)
             }
         };
+        let mut events = events;
+        self.open_pii(&mut events).await?;
         let mut batch = FeedBatch::new(events, next);
         batch.undecodable = undecodable;
         Ok(batch)
@@ -787,6 +810,7 @@ fn stored(
         causation_id: event.causation_id,
         actor: event.actor,
         metadata: event.metadata,
+        shredded: false,
         event: event.payload,
     }
 }
@@ -889,6 +913,10 @@ async fn read_stream_in(
 }
 
 impl EventStore for SqliteStore {
+    async fn forget(&self, subject: &str) -> Result<bool> {
+        Self::forget(self, subject).await
+    }
+
     async fn append(
         &self,
         stream_id: &str,
@@ -897,6 +925,8 @@ impl EventStore for SqliteStore {
         events: Vec<NewEvent>,
     ) -> Result<Vec<RecordedEvent>> {
         check_append(stream_id, &events, &self.limits)?;
+        let mut events = events;
+        let plain = store_keys::seal(self.keys.as_ref(), self, &mut events).await?;
         let request = Request {
             stream_id,
             aggregate_type,
@@ -904,10 +934,11 @@ impl EventStore for SqliteStore {
             head: None,
             events,
         };
-        let appended = match &self.group {
+        let mut appended = match &self.group {
             Some(group) => group.append(self, request).await?,
             None => self.append_alone(request).await?,
         };
+        store_keys::unseal_appended(&mut appended, plain);
         if !appended.is_empty() {
             self.notifier.notify();
         }
@@ -920,7 +951,11 @@ impl EventStore for SqliteStore {
         versions: impl RangeBounds<u64> + Send,
     ) -> Result<Vec<RecordedEvent>> {
         let mut connection = self.pool.acquire().await.map_err(backend)?;
-        read_stream_in(&mut connection, stream_id, version_bounds(&versions)).await
+        let mut events =
+            read_stream_in(&mut connection, stream_id, version_bounds(&versions)).await?;
+        drop(connection);
+        self.open_pii(&mut events).await?;
+        Ok(events)
     }
 
     async fn read_feed(&self, query: &FeedQuery) -> Result<FeedBatch> {
@@ -946,7 +981,9 @@ impl EventStore for SqliteStore {
         .fetch_optional(&self.pool)
         .await
         .map_err(backend)?;
-        row.as_ref().map(envelope_from_row).transpose()
+        let mut events = row.as_ref().map(envelope_from_row).transpose()?;
+        self.open_pii(events.as_mut_slice()).await?;
+        Ok(events)
     }
 
     async fn load_snapshot(&self, stream_id: &str) -> Result<Option<Snapshot>> {

@@ -58,7 +58,12 @@ impl Backend for SqliteStore {
         .fetch_all(&self.pool)
         .await
         .map_err(backend)?;
-        rows.iter().map(envelope_from_row).collect()
+        let mut events = rows
+            .iter()
+            .map(envelope_from_row)
+            .collect::<Result<Vec<_>>>()?;
+        self.open_pii(&mut events).await?;
+        Ok(events)
     }
 
     async fn unapplied<'a>(
@@ -83,7 +88,12 @@ impl Backend for SqliteStore {
         .fetch_all(&mut *connection)
         .await
         .map_err(backend)?;
-        rows.iter().map(envelope_from_row).collect()
+        let mut events = rows
+            .iter()
+            .map(envelope_from_row)
+            .collect::<Result<Vec<_>>>()?;
+        self.open_pii(&mut events).await?;
+        Ok(events)
     }
 
     fn with_hook(&self, hook: Arc<dyn AppendHook<Self>>) -> Self {

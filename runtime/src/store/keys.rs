@@ -1,0 +1,317 @@
+//! The data keys of personal data (crypto-shredding, see [`crate::pii`]): one per data subject,
+//! wrapped by the store's [`KeyProvider`] and kept in the store's `data_keys` table, outside
+//! the append-only log. A store seals the `#[pii]` fields of the events it appends and opens
+//! them in every event it reads; forgetting a subject deletes its key.
+//!
+//! Keys are cached in the process: a key found present for at most [`Keyring::CACHE_TTL`] (so
+//! that a subject forgotten by another process stops decrypting here within that time; one
+//! forgotten through this store, at once), a key found deleted for good (key ids are never
+//! reused).
+
+use std::future::Future;
+use std::num::NonZeroUsize;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use lru::LruCache;
+use serde_json::{Map, Value};
+use uuid::Uuid;
+
+use crate::envelope::{NewEvent, RecordedEvent};
+use crate::error::Result;
+use crate::event::Payload;
+use crate::pii::{self, DataKey, KeyProvider, PiiError};
+
+/// Where a store keeps its data keys.
+pub(crate) trait KeyTable: Sync {
+    /// The wrapped keys, of those with these ids, that exist.
+    fn wrapped_keys(
+        &self,
+        ids: &[Uuid],
+    ) -> impl Future<Output = Result<Vec<(Uuid, Vec<u8>)>>> + Send;
+
+    /// The subject's key, if it has one.
+    fn subject_key(
+        &self,
+        subject: &str,
+    ) -> impl Future<Output = Result<Option<(Uuid, Vec<u8>)>>> + Send;
+
+    /// Stores `wrapped` as the subject's key unless it has one already; the subject's key.
+    fn insert_subject_key(
+        &self,
+        subject: &str,
+        id: Uuid,
+        wrapped: &[u8],
+    ) -> impl Future<Output = Result<(Uuid, Vec<u8>)>> + Send;
+
+    /// Deletes the subject's key; whether it had one.
+    fn delete_subject_key(&self, subject: &str) -> impl Future<Output = Result<bool>> + Send;
+
+    /// Whether what this table holds is committed, so that the key ring may cache a subject's
+    /// key from it. Not so inside a caller's transaction, which may yet roll back the key it
+    /// made: a cached key whose row never committed would seal data no one can read.
+    fn committed(&self) -> bool {
+        true
+    }
+}
+
+/// A store's key provider and its cache of unwrapped data keys. Cloning shares the cache.
+#[derive(Clone)]
+pub(crate) struct Keyring {
+    provider: Arc<dyn KeyProvider>,
+    cache: Arc<Mutex<Cache>>,
+}
+
+impl std::fmt::Debug for Keyring {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Keyring")
+            .field("provider", &self.provider)
+            .finish_non_exhaustive()
+    }
+}
+
+struct Cache {
+    /// Key id → the key (`None`: deleted), and when it was found present.
+    by_id: LruCache<Uuid, (Option<Arc<DataKey>>, Instant)>,
+    /// Subject → its key, and when it was found.
+    by_subject: LruCache<String, (Uuid, Arc<DataKey>, Instant)>,
+}
+
+impl Keyring {
+    /// How long a key found present is used without asking the table again.
+    pub(crate) const CACHE_TTL: Duration = Duration::from_secs(30);
+
+    /// How many keys the cache holds (per kind of lookup).
+    const CACHE_SIZE: NonZeroUsize = NonZeroUsize::new(10_000).expect("not zero");
+
+    pub(crate) fn new(provider: Arc<dyn KeyProvider>) -> Self {
+        Self {
+            provider,
+            cache: Arc::new(Mutex::new(Cache {
+                by_id: LruCache::new(Self::CACHE_SIZE),
+                by_subject: LruCache::new(Self::CACHE_SIZE),
+            })),
+        }
+    }
+
+    fn cache(&self) -> std::sync::MutexGuard<'_, Cache> {
+        self.cache.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The subject's key, made and stored if it has none.
+    async fn key_for(&self, table: &impl KeyTable, subject: &str) -> Result<(Uuid, Arc<DataKey>)> {
+        if let Some((id, key, found)) = self.cache().by_subject.get(subject)
+            && found.elapsed() < Self::CACHE_TTL
+        {
+            return Ok((*id, key.clone()));
+        }
+        let (id, wrapped) = match table.subject_key(subject).await? {
+            Some(stored) => stored,
+            None => {
+                let key = DataKey::generate()?;
+                let wrapped = self.provider.wrap(&key).await?;
+                table
+                    .insert_subject_key(subject, Uuid::now_v7(), &wrapped)
+                    .await?
+            }
+        };
+        let key = Arc::new(self.provider.unwrap(&wrapped).await?);
+        if !table.committed() {
+            return Ok((id, key));
+        }
+        let now = Instant::now();
+        let mut cache = self.cache();
+        cache
+            .by_subject
+            .put(subject.to_owned(), (id, key.clone(), now));
+        cache.by_id.put(id, (Some(key.clone()), now));
+        Ok((id, key))
+    }
+
+    /// Seals the personal data of `events` in place (the events of types with `#[pii]`
+    /// fields); each event's payload before sealing, for those sealed.
+    pub(crate) async fn seal(
+        &self,
+        table: &impl KeyTable,
+        events: &mut [NewEvent],
+    ) -> Result<Vec<(Uuid, Payload)>> {
+        let mut plain = Vec::new();
+        for event in events.iter_mut() {
+            let Some(spec) = event.pii else {
+                continue;
+            };
+            let mut payload = payload_object(event.payload.as_str(), &event.event_type)?;
+            let subject = pii::subject_of(&payload, spec, &event.event_type)?;
+            let (id, key) = self.key_for(table, &subject).await?;
+            pii::seal(&mut payload, spec, id, &key)?;
+            let sealed = encoded(&payload)?;
+            plain.push((
+                event.event_id,
+                std::mem::replace(&mut event.payload, sealed),
+            ));
+        }
+        Ok(plain)
+    }
+
+    /// The keys of these ids, from the cache or the table (`None`: deleted).
+    async fn keys(
+        &self,
+        table: &impl KeyTable,
+        ids: impl IntoIterator<Item = Uuid>,
+    ) -> Result<Vec<(Uuid, Option<Arc<DataKey>>)>> {
+        let mut found = Vec::new();
+        let mut missing = Vec::new();
+        {
+            let mut cache = self.cache();
+            for id in ids {
+                match cache.by_id.get(&id) {
+                    Some((key @ Some(_), at)) if at.elapsed() < Self::CACHE_TTL => {
+                        found.push((id, key.clone()));
+                    }
+                    Some((None, _)) => found.push((id, None)),
+                    _ => missing.push(id),
+                }
+            }
+        }
+        missing.sort_unstable();
+        missing.dedup();
+        if missing.is_empty() {
+            return Ok(found);
+        }
+        let stored = table.wrapped_keys(&missing).await?;
+        let now = Instant::now();
+        for id in missing {
+            let key = match stored.iter().find(|(stored, _)| *stored == id) {
+                Some((_, wrapped)) => Some(Arc::new(self.provider.unwrap(wrapped).await?)),
+                None => None,
+            };
+            self.cache().by_id.put(id, (key.clone(), now));
+            found.push((id, key));
+        }
+        Ok(found)
+    }
+
+    /// A stored payload with its sealed fields opened (decrypted, or their replacement when
+    /// the subject was forgotten), and whether any was forgotten; `None` when nothing in it is
+    /// sealed.
+    pub(crate) async fn open_payload(
+        &self,
+        table: &impl KeyTable,
+        payload: &str,
+        event_type: &str,
+    ) -> Result<Option<(Payload, bool)>> {
+        if !pii::may_be_sealed(payload) {
+            return Ok(None);
+        }
+        let stored = payload_object(payload, event_type)?;
+        let sealed = pii::sealed_fields(&stored)?;
+        if sealed.is_empty() {
+            return Ok(None);
+        }
+        let keys = self
+            .keys(table, sealed.iter().map(|field| field.key_id))
+            .await?;
+        let mut opened = stored.clone();
+        let mut shredded = false;
+        for field in &sealed {
+            let key = keys
+                .iter()
+                .find(|(id, _)| *id == field.key_id)
+                .and_then(|(_, key)| key.as_deref());
+            shredded |= key.is_none();
+            opened.insert(field.name().to_owned(), pii::open(field, key)?);
+        }
+        Ok(Some((encoded(&opened)?, shredded)))
+    }
+
+    /// Opens the sealed fields of each event, marking those whose subject was forgotten
+    /// [`shredded`](crate::envelope::Envelope::shredded).
+    pub(crate) async fn open(
+        &self,
+        table: &impl KeyTable,
+        events: &mut [RecordedEvent],
+    ) -> Result<()> {
+        for event in events {
+            if let Some((payload, shredded)) = self
+                .open_payload(table, event.event.as_str(), &event.event_type)
+                .await?
+            {
+                event.event = payload;
+                event.shredded = shredded;
+            }
+        }
+        Ok(())
+    }
+
+    /// Deletes the subject's key, here and in the table: its sealed fields read as their
+    /// replacements from now on. Whether it had one.
+    pub(crate) async fn forget(&self, table: &impl KeyTable, subject: &str) -> Result<bool> {
+        let had = table.delete_subject_key(subject).await?;
+        let mut cache = self.cache();
+        if let Some((id, _, _)) = cache.by_subject.pop(subject) {
+            cache.by_id.put(id, (None, Instant::now()));
+        }
+        // A key of the subject cached by id alone: dropped, read again from the table.
+        let stale: Vec<Uuid> = cache
+            .by_id
+            .iter()
+            .filter(|(_, (key, _))| key.is_some())
+            .map(|(id, _)| *id)
+            .collect();
+        for id in stale {
+            cache.by_id.pop(&id);
+        }
+        Ok(had)
+    }
+}
+
+/// A payload from its JSON object (which always serializes).
+fn encoded(payload: &Map<String, Value>) -> Result<Payload> {
+    Payload::encode(payload).map_err(|e| {
+        PiiError::Malformed {
+            field: String::new(),
+            reason: e.to_string(),
+        }
+        .into()
+    })
+}
+
+/// A payload's top-level JSON object.
+fn payload_object(payload: &str, event_type: &str) -> Result<Map<String, Value>> {
+    match serde_json::from_str(payload) {
+        Ok(Value::Object(object)) => Ok(object),
+        _ => Err(PiiError::Malformed {
+            field: String::new(),
+            reason: format!("the payload of `{event_type}` is no JSON object"),
+        }
+        .into()),
+    }
+}
+
+/// Seals `events` under `keys`; without a key ring, an event with personal data is refused
+/// ([`PiiError::NoKeyProvider`]).
+pub(crate) async fn seal(
+    keys: Option<&Keyring>,
+    table: &impl KeyTable,
+    events: &mut [NewEvent],
+) -> Result<Vec<(Uuid, Payload)>> {
+    match keys {
+        Some(keys) => keys.seal(table, events).await,
+        None => match events.iter().find(|event| event.pii.is_some()) {
+            Some(event) => Err(PiiError::NoKeyProvider {
+                event_type: event.event_type.to_string(),
+            }
+            .into()),
+            None => Ok(Vec::new()),
+        },
+    }
+}
+
+/// Gives appended events back their payloads from before sealing.
+pub(crate) fn unseal_appended(appended: &mut [RecordedEvent], plain: Vec<(Uuid, Payload)>) {
+    for (event_id, payload) in plain {
+        if let Some(event) = appended.iter_mut().find(|event| event.event_id == event_id) {
+            event.event = payload;
+        }
+    }
+}

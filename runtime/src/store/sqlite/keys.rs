@@ -1,0 +1,174 @@
+//! The SQLite store's data keys ([`KeyTable`]), read and written on the pool or inside the
+//! caller's transaction (which holds the write lock), and forgetting a data subject.
+
+use sqlx::{Row as _, SqliteConnection};
+use tokio::sync::Mutex;
+use uuid::Uuid;
+
+use super::{SqliteStore, backend};
+use crate::error::{Error, Result};
+use crate::pii::KeyProvider;
+use crate::store::keys::KeyTable;
+
+impl SqliteStore {
+    /// This store (sharing its database) sealing the `#[pii]` fields of the events it appends
+    /// under data keys wrapped by `provider`, and opening them in everything it reads (see
+    /// [`crate::pii`]). Without one, an event with personal data is refused.
+    #[must_use]
+    pub fn with_key_provider(self, provider: impl KeyProvider) -> Self {
+        crate::store::sql::Backend::with_provider(self, std::sync::Arc::new(provider))
+    }
+
+    /// Forgets a data subject (crypto-shredding): deletes its data key, so that the `#[pii]`
+    /// fields of its events read as their replacements from now on, here at once and in other
+    /// processes within 30 s, and their envelopes are marked
+    /// [`shredded`](crate::envelope::Envelope::shredded). The log itself is not changed.
+    /// Whether the subject had a key.
+    ///
+    /// # Errors
+    /// A database error; [`Error::InvalidConfig`] when the store has no key provider.
+    pub async fn forget(&self, subject: &str) -> Result<bool> {
+        let keys = self.keys.as_ref().ok_or_else(|| {
+            Error::InvalidConfig(
+                "forgetting a data subject needs the store's key provider: `with_key_provider(...)`"
+                    .to_owned(),
+            )
+        })?;
+        let forgotten = keys.forget(self, subject).await?;
+        tracing::info!(forgotten, "forgot a data subject");
+        Ok(forgotten)
+    }
+}
+
+/// The data keys as a caller's transaction sees them.
+pub(super) struct TxKeys<'a>(pub Mutex<&'a mut SqliteConnection>);
+
+fn key_row(row: &sqlx::sqlite::SqliteRow) -> Result<(Uuid, Vec<u8>)> {
+    Ok((super::uuid(row, 0)?, row.try_get(1).map_err(backend)?))
+}
+
+async fn wrapped_keys(
+    connection: &mut SqliteConnection,
+    ids: &[Uuid],
+) -> Result<Vec<(Uuid, Vec<u8>)>> {
+    let ids: Vec<String> = ids.iter().map(Uuid::to_string).collect();
+    let ids = serde_json::to_string(&ids).map_err(|e| Error::Backend(e.into()))?;
+    let rows = sqlx::query(
+        "SELECT key_id, wrapped_key FROM data_keys
+         WHERE key_id IN (SELECT value FROM json_each(?1))",
+    )
+    .bind(ids)
+    .fetch_all(&mut *connection)
+    .await
+    .map_err(backend)?;
+    rows.iter().map(key_row).collect()
+}
+
+async fn subject_key(
+    connection: &mut SqliteConnection,
+    subject: &str,
+) -> Result<Option<(Uuid, Vec<u8>)>> {
+    let row = sqlx::query("SELECT key_id, wrapped_key FROM data_keys WHERE subject = ?1")
+        .bind(subject)
+        .fetch_optional(&mut *connection)
+        .await
+        .map_err(backend)?;
+    row.as_ref().map(key_row).transpose()
+}
+
+async fn insert_subject_key(
+    connection: &mut SqliteConnection,
+    subject: &str,
+    id: Uuid,
+    wrapped: &[u8],
+) -> Result<(Uuid, Vec<u8>)> {
+    // SQLite has one writer at a time: the insert and the read that follows see the same table.
+    sqlx::query(
+        "INSERT INTO data_keys (key_id, subject, wrapped_key) VALUES (?1, ?2, ?3)
+         ON CONFLICT (subject) DO NOTHING",
+    )
+    .bind(id.to_string())
+    .bind(subject)
+    .bind(wrapped)
+    .execute(&mut *connection)
+    .await
+    .map_err(backend)?;
+    subject_key(connection, subject)
+        .await?
+        .ok_or_else(|| Error::Corrupt {
+            reason: format!("the data key stored for a subject is gone at once ({subject:?})"),
+        })
+}
+
+async fn delete_subject_key(connection: &mut SqliteConnection, subject: &str) -> Result<bool> {
+    let deleted = sqlx::query("DELETE FROM data_keys WHERE subject = ?1")
+        .bind(subject)
+        .execute(&mut *connection)
+        .await
+        .map_err(backend)?;
+    Ok(deleted.rows_affected() > 0)
+}
+
+impl SqliteStore {
+    async fn key_connection(&self) -> Result<sqlx::pool::PoolConnection<sqlx::Sqlite>> {
+        self.pool.acquire().await.map_err(backend)
+    }
+}
+
+impl KeyTable for SqliteStore {
+    async fn wrapped_keys(&self, ids: &[Uuid]) -> Result<Vec<(Uuid, Vec<u8>)>> {
+        wrapped_keys(&mut *self.key_connection().await?, ids).await
+    }
+
+    async fn subject_key(&self, subject: &str) -> Result<Option<(Uuid, Vec<u8>)>> {
+        subject_key(&mut *self.key_connection().await?, subject).await
+    }
+
+    async fn insert_subject_key(
+        &self,
+        subject: &str,
+        id: Uuid,
+        wrapped: &[u8],
+    ) -> Result<(Uuid, Vec<u8>)> {
+        // A write: in a transaction that takes the write lock at once, as every writer here.
+        let mut transaction = self
+            .pool
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(backend)?;
+        let key = insert_subject_key(&mut transaction, subject, id, wrapped).await?;
+        transaction.commit().await.map_err(backend)?;
+        Ok(key)
+    }
+
+    async fn delete_subject_key(&self, subject: &str) -> Result<bool> {
+        delete_subject_key(&mut *self.key_connection().await?, subject).await
+    }
+}
+
+impl KeyTable for TxKeys<'_> {
+    async fn wrapped_keys(&self, ids: &[Uuid]) -> Result<Vec<(Uuid, Vec<u8>)>> {
+        wrapped_keys(&mut **self.0.lock().await, ids).await
+    }
+
+    async fn subject_key(&self, subject: &str) -> Result<Option<(Uuid, Vec<u8>)>> {
+        subject_key(&mut **self.0.lock().await, subject).await
+    }
+
+    async fn insert_subject_key(
+        &self,
+        subject: &str,
+        id: Uuid,
+        wrapped: &[u8],
+    ) -> Result<(Uuid, Vec<u8>)> {
+        insert_subject_key(&mut **self.0.lock().await, subject, id, wrapped).await
+    }
+
+    async fn delete_subject_key(&self, subject: &str) -> Result<bool> {
+        delete_subject_key(&mut **self.0.lock().await, subject).await
+    }
+
+    fn committed(&self) -> bool {
+        false
+    }
+}

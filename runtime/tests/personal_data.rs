@@ -1,0 +1,387 @@
+//! Crypto-shredding (seed 003, "GDPR & right to erasure"): `#[pii]` fields are stored
+//! encrypted under their data subject's key, read back in plain through every read path, and
+//! read as their replacements once the subject is forgotten, on every store; the log itself is
+//! never changed.
+
+use factum::pii::{LocalKeyProvider, PiiError};
+use factum::store::{FeedQuery, SqlStore as _};
+use factum::testing::{TestDatabase, fetch_all};
+use factum::{Error, EventStore, ExpectedVersion, MemoryStore, NewEvent};
+
+#[factum::event]
+#[derive(Debug, Clone, PartialEq)]
+pub struct CustomerRegistered {
+    #[pii(subject)]
+    pub customer_id: String,
+    #[pii(replacement = "[erased]".to_owned())]
+    pub name: String,
+    #[pii]
+    pub email: Option<String>,
+    pub plan: String,
+}
+
+#[factum::event]
+#[derive(Debug, Clone, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct AddressChanged {
+    #[pii(subject)]
+    pub customer_id: u64,
+    #[pii(replacement = String::new())]
+    pub street_address: String,
+}
+
+#[factum::event]
+#[derive(Debug, Clone, PartialEq)]
+pub enum CustomerEvent {
+    CustomerRegistered(CustomerRegistered),
+    AddressChanged(AddressChanged),
+}
+
+#[derive(Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Customer {
+    pub name: String,
+    pub email: Option<String>,
+    pub street: String,
+}
+
+#[derive(Debug)]
+pub struct Register {
+    pub id: String,
+    pub name: String,
+    pub email: String,
+}
+
+#[derive(Debug)]
+pub struct Move {
+    pub id: u64,
+    pub street: String,
+}
+
+#[factum::aggregate(events = CustomerEvent)]
+impl Customer {
+    #[apply]
+    fn registered(&mut self, event: &CustomerRegistered) {
+        self.name.clone_from(&event.name);
+        self.email.clone_from(&event.email);
+    }
+
+    #[apply]
+    fn moved(&mut self, event: &AddressChanged) {
+        self.street.clone_from(&event.street_address);
+    }
+
+    #[command]
+    fn register(&self, command: &Register) -> Result<CustomerRegistered, std::convert::Infallible> {
+        Ok(CustomerRegistered {
+            customer_id: command.id.clone(),
+            name: command.name.clone(),
+            email: Some(command.email.clone()),
+            plan: "pro".to_owned(),
+        })
+    }
+
+    #[command]
+    fn r#move(&self, command: &Move) -> Result<AddressChanged, std::convert::Infallible> {
+        Ok(AddressChanged {
+            customer_id: command.id,
+            street_address: command.street.clone(),
+        })
+    }
+}
+
+/// The key-encryption key of the tests that read with two clients, as two processes would.
+const KEK: [u8; 32] = [7; 32];
+const ADA: &str = "Ada Lovelace";
+const ADA_EMAIL: &str = "ada@example.com";
+const ADA_STREET: &str = "12 St James's Square";
+const GRACE: &str = "Grace Hopper";
+
+fn register(id: &str, name: &str, email: &str) -> Register {
+    Register {
+        id: id.to_owned(),
+        name: name.to_owned(),
+        email: email.to_owned(),
+    }
+}
+
+/// Every payload and every text the events table holds, as stored.
+async fn stored_text<D: TestDatabase>(database: &D) -> String {
+    let events = database.table("events");
+    let rows: Vec<(String,)> = fetch_all(
+        &**database,
+        &format!("SELECT CAST(payload AS TEXT) FROM {events} ORDER BY stream_id, stream_version"),
+    )
+    .await
+    .unwrap();
+    rows.into_iter().map(|(payload,)| payload).collect()
+}
+
+async fn data_keys<D: TestDatabase>(database: &D) -> i64 {
+    let keys = database.table("data_keys");
+    let rows: Vec<(i64,)> = fetch_all(&**database, &format!("SELECT COUNT(*) FROM {keys}"))
+        .await
+        .unwrap();
+    rows[0].0
+}
+
+/// The customer events of the feed, decoded, and whether each envelope is marked shredded.
+async fn feed(store: &impl EventStore) -> Vec<(CustomerEvent, bool)> {
+    let batch = store.read_feed(&FeedQuery::from_start()).await.unwrap();
+    batch
+        .events
+        .into_iter()
+        .flat_map(|envelope| {
+            let shredded = envelope.shredded;
+            envelope
+                .decode_events::<CustomerEvent>()
+                .unwrap()
+                .into_iter()
+                .map(move |event| (event, shredded))
+        })
+        .collect()
+}
+
+async fn personal_data_is_sealed_and_forgetting_shreds_it<D: TestDatabase>() {
+    let database = D::create().await.unwrap();
+    let store = database
+        .another_client()
+        .await
+        .unwrap()
+        .with_key_provider(LocalKeyProvider::new(KEK));
+    let customers = factum::Repository::<Customer, _>::new(store.clone());
+    customers
+        .execute("customer-ada", register("ada", ADA, ADA_EMAIL))
+        .await
+        .unwrap();
+    customers
+        .execute(
+            "customer-grace",
+            register("grace", GRACE, "grace@example.com"),
+        )
+        .await
+        .unwrap();
+    customers
+        .execute(
+            "customer-ada",
+            Move {
+                id: 1815,
+                street: ADA_STREET.to_owned(),
+            },
+        )
+        .await
+        .unwrap();
+
+    // Stored sealed: no plaintext of a #[pii] field in the log; the rest as it was.
+    let stored = stored_text(&database).await;
+    for secret in [ADA, ADA_EMAIL, ADA_STREET, GRACE, "grace@example.com"] {
+        assert!(
+            !stored.contains(secret),
+            "`{secret}` is stored in plain: {stored}"
+        );
+    }
+    assert!(stored.contains("\"plan\":\"pro\"") && stored.contains("\"customer_id\":\"ada\""));
+    assert!(
+        stored.contains("\"customerId\":1815"),
+        "renamed subject field: {stored}"
+    );
+    assert_eq!(
+        data_keys(&database).await,
+        3,
+        "one key per subject (ada, grace, 1815)"
+    );
+
+    // Read in plain: aggregate loads (from a new repository: no cache), stream reads, the feed.
+    let fresh = factum::Repository::<Customer, _>::new(store.clone());
+    let ada = fresh.load("customer-ada").await.unwrap();
+    assert_eq!(
+        (
+            ada.state.name.as_str(),
+            ada.state.email.as_deref(),
+            ada.state.street.as_str()
+        ),
+        (ADA, Some(ADA_EMAIL), ADA_STREET)
+    );
+    let read = store.read_stream("customer-ada", ..).await.unwrap();
+    assert!(read.iter().all(|envelope| !envelope.shredded));
+    assert!(read[0].event.as_str().contains(ADA_EMAIL));
+    assert_eq!(feed(&store).await.len(), 3);
+
+    // Forget Ada (her registration's subject): her fields read as their replacements, marked.
+    assert!(store.forget("ada").await.unwrap());
+    assert!(!store.forget("ada").await.unwrap(), "forgotten already");
+    assert_eq!(data_keys(&database).await, 2);
+    let ada = fresh.load("customer-ada").await.unwrap();
+    assert_eq!(ada.state.name, "[erased]");
+    assert_eq!(ada.state.email, None);
+    assert_eq!(
+        ada.state.street, ADA_STREET,
+        "another subject (1815): still readable"
+    );
+    let events = feed(&store).await;
+    let CustomerEvent::CustomerRegistered(registered) = &events[0].0 else {
+        panic!("{events:?}");
+    };
+    assert_eq!(
+        (
+            registered.customer_id.as_str(),
+            registered.name.as_str(),
+            &registered.email
+        ),
+        ("ada", "[erased]", &None)
+    );
+    assert_eq!(registered.plan, "pro", "what is no personal data stays");
+    assert!(events[0].1, "the envelope is marked shredded");
+    assert!(!events[1].1 && !events[2].1, "Grace's and 1815's are not");
+    let CustomerEvent::CustomerRegistered(grace) = &events[1].0 else {
+        panic!("{events:?}");
+    };
+    assert_eq!(grace.name, GRACE);
+    // Another client (another process) with the same key-encryption key reads the same.
+    let other = database
+        .another_client()
+        .await
+        .unwrap()
+        .with_key_provider(LocalKeyProvider::new(KEK));
+    assert_eq!(feed(&other).await, events);
+    // The log is untouched: the same bytes as before.
+    assert_eq!(stored_text(&database).await, stored);
+
+    // Ada registers again: a new key, readable, beside her shredded past.
+    customers
+        .execute("customer-ada-2", register("ada", ADA, ADA_EMAIL))
+        .await
+        .unwrap();
+    let again = fresh.load("customer-ada-2").await.unwrap();
+    assert_eq!(again.state.name, ADA);
+    assert_eq!(
+        fresh.load("customer-ada").await.unwrap().state.name,
+        "[erased]"
+    );
+}
+
+/// Without a key provider an event with personal data is refused with a typed error that says
+/// what to do; one without is stored as ever. A reader without the provider sees sealed fields
+/// sealed: never plaintext.
+async fn without_a_key_provider_personal_data_is_refused<D: TestDatabase>() {
+    let database = D::create().await.unwrap();
+    let customers =
+        factum::Repository::<Customer, _>::new(database.another_client().await.unwrap());
+    let error = customers
+        .execute("customer-ada", register("ada", ADA, ADA_EMAIL))
+        .await
+        .unwrap_err();
+    let message = error.to_string();
+    assert!(
+        matches!(
+            &error,
+            factum::ExecuteError::Store(Error::Pii(PiiError::NoKeyProvider { .. }))
+        ),
+        "{error:?}"
+    );
+    assert!(message.contains("with_key_provider") && message.contains("CustomerRegistered"));
+    assert_eq!(stored_text(&database).await, "", "nothing stored");
+
+    let keyed = database
+        .another_client()
+        .await
+        .unwrap()
+        .with_key_provider(LocalKeyProvider::ephemeral().unwrap());
+    factum::Repository::<Customer, _>::new(keyed)
+        .execute("customer-ada", register("ada", ADA, ADA_EMAIL))
+        .await
+        .unwrap();
+    let unkeyed = database.another_client().await.unwrap();
+    let read = unkeyed.read_stream("customer-ada", ..).await.unwrap();
+    assert!(read[0].event.as_str().contains("\"$pii\""));
+    assert!(!read[0].event.as_str().contains(ADA));
+}
+
+/// A key-encryption key other than the one that wrapped the data keys opens nothing: a typed
+/// error, not garbage and not a silent replacement.
+async fn another_key_encryption_key_opens_nothing<D: TestDatabase>() {
+    let database = D::create().await.unwrap();
+    let store = database
+        .another_client()
+        .await
+        .unwrap()
+        .with_key_provider(LocalKeyProvider::ephemeral().unwrap());
+    factum::Repository::<Customer, _>::new(store)
+        .execute("customer-ada", register("ada", ADA, ADA_EMAIL))
+        .await
+        .unwrap();
+    let wrong = database
+        .another_client()
+        .await
+        .unwrap()
+        .with_key_provider(LocalKeyProvider::ephemeral().unwrap());
+    let error = wrong.read_stream("customer-ada", ..).await.unwrap_err();
+    assert!(
+        matches!(error, Error::Pii(PiiError::Provider(_))),
+        "{error:?}"
+    );
+}
+
+factum::on_both_stores!(
+    #[tokio::test]
+    personal_data_is_sealed_and_forgetting_shreds_it,
+    #[tokio::test]
+    without_a_key_provider_personal_data_is_refused,
+    #[tokio::test]
+    another_key_encryption_key_opens_nothing,
+);
+
+/// The in-memory store seals and forgets the same way.
+#[tokio::test]
+async fn the_memory_store_seals_and_forgets_too() {
+    let store = MemoryStore::new().with_key_provider(LocalKeyProvider::ephemeral().unwrap());
+    let event = CustomerRegistered {
+        customer_id: "ada".to_owned(),
+        name: ADA.to_owned(),
+        email: None,
+        plan: "free".to_owned(),
+    };
+    let appended = store
+        .append(
+            "customer-ada",
+            "Customer",
+            ExpectedVersion::NoStream,
+            vec![NewEvent::of(&event).unwrap()],
+        )
+        .await
+        .unwrap();
+    assert!(
+        appended[0].event.as_str().contains(ADA),
+        "the appender gets its events in plain"
+    );
+    assert_eq!(
+        feed(&store).await,
+        [(CustomerEvent::CustomerRegistered(event), false)]
+    );
+    assert!(store.forget("ada").await.unwrap());
+    let events = feed(&store).await;
+    let CustomerEvent::CustomerRegistered(forgotten) = &events[0].0 else {
+        panic!("{events:?}");
+    };
+    assert_eq!((forgotten.name.as_str(), events[0].1), ("[erased]", true));
+    // An empty subject names no one: refused before anything is stored.
+    let nobody = CustomerRegistered {
+        customer_id: String::new(),
+        name: GRACE.to_owned(),
+        email: None,
+        plan: "free".to_owned(),
+    };
+    let error = store
+        .append(
+            "c",
+            "Customer",
+            ExpectedVersion::Any,
+            vec![NewEvent::of(&nobody).unwrap()],
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(error, Error::Pii(PiiError::Subject { .. })),
+        "{error:?}"
+    );
+    assert_eq!(store.stream_version("c").await.unwrap(), 0);
+}
