@@ -49,6 +49,25 @@ fn event_struct_with_name_and_version() {
 }
 
 #[test]
+fn event_struct_with_personal_data() {
+    insta::assert_snapshot!(event(
+        quote!(),
+        quote! {
+            #[serde(rename_all = "camelCase")]
+            pub struct CustomerRegistered {
+                #[pii(subject)]
+                pub customer_id: String,
+                #[pii(replacement = "[erased]".to_owned())]
+                pub full_name: String,
+                #[pii]
+                pub email: Option<String>,
+                pub plan: String,
+            }
+        }
+    ));
+}
+
+#[test]
 fn event_set() {
     insta::assert_snapshot!(event(
         quote!(),

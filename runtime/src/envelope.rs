@@ -51,15 +51,10 @@ pub struct Envelope<E = Payload> {
     pub metadata: Metadata,
     /// Whether personal data of the event was forgotten (its data subject's key deleted): its
     /// `#[pii]` fields read as their replacements (see [`crate::pii`]).
-    #[serde(default, skip_serializing_if = "is_false")]
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub shredded: bool,
     /// The event itself.
     pub event: E,
-}
-
-#[allow(clippy::trivially_copy_pass_by_ref)] // serde's `skip_serializing_if` passes a reference
-fn is_false(value: &bool) -> bool {
-    !value
 }
 
 /// A stored event as read from a store, payload not yet decoded.

@@ -40,6 +40,8 @@ use aes_gcm::aead::{Aead, KeyInit, Payload as Aad};
 use aes_gcm::{Aes256Gcm, Nonce};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
+use serde::Deserialize;
+use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 use uuid::Uuid;
 
@@ -411,90 +413,159 @@ pub(crate) fn may_be_sealed(payload: &str) -> bool {
     payload.contains("\"$pii\"")
 }
 
-/// A sealed field of a payload: its name, data key and the sealed parts.
-pub(crate) struct SealedField<'a> {
-    field: &'a str,
-    pub key_id: Uuid,
+/// A stored payload's top-level fields, borrowed from its text (names and raw values, in
+/// order), the sealed ones read: opening it parses nothing else and copies the rest as it is.
+pub(crate) struct SealedPayload<'a> {
+    fields: Vec<(&'a str, Field<'a>)>,
+}
+
+enum Field<'a> {
+    Plain(&'a RawValue),
+    Sealed(Sealed<'a>),
+}
+
+/// A sealed field's value: `{"$pii": {"key": ..., "data": ..., "erased": ...}}`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Marker<'a> {
+    #[serde(rename = "$pii", borrow)]
+    sealed: Sealed<'a>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Sealed<'a> {
+    key: Uuid,
+    #[serde(borrow)]
     data: &'a str,
-    erased: &'a Value,
+    #[serde(borrow)]
+    erased: &'a RawValue,
 }
 
-impl SealedField<'_> {
-    /// The field's JSON name.
-    pub(crate) fn name(&self) -> &str {
-        self.field
+impl<'a> SealedPayload<'a> {
+    /// Reads the payload's top level, and each field that holds a sealed value.
+    ///
+    /// # Errors
+    /// [`PiiError::Malformed`] when the payload is no JSON object with plain field names, or a
+    /// `$pii` value is not in Factum's form.
+    pub(crate) fn read(payload: &'a str) -> Result<Self, PiiError> {
+        let fields: Fields<'a> =
+            serde_json::from_str(payload).map_err(|e| PiiError::Malformed {
+                field: String::new(),
+                reason: format!("a payload with sealed fields does not read: {e}"),
+            })?;
+        let fields = fields
+            .0
+            .into_iter()
+            .map(|(name, value)| {
+                let raw = value.get();
+                if !raw.starts_with("{\"$pii\"") {
+                    return Ok((name, Field::Plain(value)));
+                }
+                let marker: Marker<'a> =
+                    serde_json::from_str(raw).map_err(|e| PiiError::Malformed {
+                        field: name.to_owned(),
+                        reason: e.to_string(),
+                    })?;
+                Ok((name, Field::Sealed(marker.sealed)))
+            })
+            .collect::<Result<_, PiiError>>()?;
+        Ok(Self { fields })
+    }
+
+    /// The data keys its sealed fields need.
+    pub(crate) fn key_ids(&self) -> impl Iterator<Item = Uuid> + '_ {
+        self.fields.iter().filter_map(|(_, field)| match field {
+            Field::Sealed(sealed) => Some(sealed.key),
+            Field::Plain(_) => None,
+        })
+    }
+
+    /// Whether any field is sealed.
+    pub(crate) fn is_sealed(&self) -> bool {
+        self.key_ids().next().is_some()
+    }
+
+    /// The payload with each sealed field decrypted under its key, or, where `key` has none
+    /// (the subject was forgotten), its erased value; and whether any was erased.
+    ///
+    /// # Errors
+    /// [`PiiError::Tampered`] when a field does not decrypt under its key;
+    /// [`PiiError::Malformed`] when its data is no base64 or decrypts to no text.
+    pub(crate) fn open<'k>(
+        &self,
+        key: impl Fn(Uuid) -> Option<&'k DataKey>,
+    ) -> Result<(String, bool), PiiError> {
+        let mut out = String::with_capacity(128);
+        let mut shredded = false;
+        out.push('{');
+        for (index, (name, field)) in self.fields.iter().enumerate() {
+            if index > 0 {
+                out.push(',');
+            }
+            // The name as it was written: re-escaped the way serde_json escapes strings.
+            out.push_str(&serde_json::to_string(name).unwrap_or_default());
+            out.push(':');
+            match field {
+                Field::Plain(value) => out.push_str(value.get()),
+                Field::Sealed(sealed) => match key(sealed.key) {
+                    Some(key) => out.push_str(&open_sealed(name, sealed, key)?),
+                    None => {
+                        shredded = true;
+                        out.push_str(sealed.erased.get());
+                    }
+                },
+            }
+        }
+        out.push('}');
+        Ok((out, shredded))
     }
 }
 
-/// The sealed fields of a payload's top level.
-///
-/// # Errors
-/// [`PiiError::Malformed`] for a `$pii` object that is not in Factum's form.
-pub(crate) fn sealed_fields(
-    payload: &Map<String, Value>,
-) -> Result<Vec<SealedField<'_>>, PiiError> {
-    let mut found = Vec::new();
-    for (field, value) in payload {
-        let Some(sealed) = value
-            .as_object()
-            .filter(|object| object.len() == 1)
-            .and_then(|object| object.get(SEALED))
-        else {
-            continue;
-        };
-        let malformed = |reason: &str| PiiError::Malformed {
-            field: field.clone(),
-            reason: reason.to_owned(),
-        };
-        let key_id = sealed
-            .get("key")
-            .and_then(Value::as_str)
-            .and_then(|key| key.parse::<Uuid>().ok())
-            .ok_or_else(|| malformed("no data key id"))?;
-        let data = sealed
-            .get("data")
-            .and_then(Value::as_str)
-            .ok_or_else(|| malformed("no data"))?;
-        let erased = sealed
-            .get("erased")
-            .ok_or_else(|| malformed("no erased value"))?;
-        found.push(SealedField {
-            field,
-            key_id,
-            data,
-            erased,
-        });
-    }
-    Ok(found)
-}
-
-/// What a sealed field reads as: its value decrypted under `key`, or, with no key (the subject
-/// was forgotten), its erased value.
-///
-/// # Errors
-/// [`PiiError::Tampered`] when it does not decrypt under `key`; [`PiiError::Malformed`] when
-/// its data is no base64 or decrypts to no JSON.
-pub(crate) fn open(sealed: &SealedField<'_>, key: Option<&DataKey>) -> Result<Value, PiiError> {
-    let Some(key) = key else {
-        return Ok(sealed.erased.clone());
-    };
+/// A sealed value's JSON text, decrypted under `key`.
+fn open_sealed(field: &str, sealed: &Sealed<'_>, key: &DataKey) -> Result<String, PiiError> {
     let malformed = |reason: String| PiiError::Malformed {
-        field: sealed.field.to_owned(),
+        field: field.to_owned(),
         reason,
     };
     let data = BASE64
         .decode(sealed.data)
         .map_err(|e| malformed(format!("data is no base64: {e}")))?;
-    let plain = decrypt(
-        &key.cipher(),
-        &data,
-        &field_aad(sealed.key_id, sealed.field),
-    )
-    .ok_or_else(|| PiiError::Tampered {
-        field: sealed.field.to_owned(),
-        key_id: sealed.key_id,
+    let plain = decrypt(&key.cipher(), &data, &field_aad(sealed.key, field)).ok_or_else(|| {
+        PiiError::Tampered {
+            field: field.to_owned(),
+            key_id: sealed.key,
+        }
     })?;
-    serde_json::from_slice(&plain).map_err(|e| malformed(format!("decrypts to no JSON: {e}")))
+    String::from_utf8(plain).map_err(|e| malformed(format!("decrypts to no text: {e}")))
+}
+
+/// The top-level fields of a JSON object, borrowed, in order.
+struct Fields<'a>(Vec<(&'a str, &'a RawValue)>);
+
+impl<'de: 'a, 'a> Deserialize<'de> for Fields<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visit<'a>(std::marker::PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> serde::de::Visitor<'de> for Visit<'a> {
+            type Value = Fields<'a>;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a JSON object")
+            }
+
+            fn visit_map<M: serde::de::MapAccess<'de>>(
+                self,
+                mut map: M,
+            ) -> Result<Self::Value, M::Error> {
+                let mut fields = Vec::with_capacity(map.size_hint().unwrap_or(8));
+                while let Some((name, value)) = map.next_entry::<&'de str, &'de RawValue>()? {
+                    fields.push((name, value));
+                }
+                Ok(Fields(fields))
+            }
+        }
+        deserializer.deserialize_map(Visit(std::marker::PhantomData))
+    }
 }
 
 #[cfg(test)]
@@ -516,12 +587,15 @@ mod tests {
             .clone()
     }
 
-    fn opened(payload: &Map<String, Value>, key: Option<&DataKey>) -> Map<String, Value> {
-        let mut out = payload.clone();
-        for sealed in sealed_fields(payload).unwrap() {
-            out.insert(sealed.field.to_owned(), open(&sealed, key).unwrap());
-        }
-        out
+    fn opened(
+        payload: &Map<String, Value>,
+        key: Option<&DataKey>,
+    ) -> Result<Map<String, Value>, PiiError> {
+        let text = serde_json::to_string(payload).unwrap();
+        let sealed = SealedPayload::read(&text)?;
+        let (text, shredded) = sealed.open(|_| key)?;
+        assert_eq!(shredded, key.is_none() && sealed.is_sealed());
+        Ok(serde_json::from_str(&text).unwrap())
     }
 
     #[test]
@@ -533,25 +607,34 @@ mod tests {
         assert!(!text.contains("Ada") && !text.contains("ada@"), "{text}");
         assert!(text.contains("\"plan\":\"pro\"") && text.contains("\"customer\":\"c-1\""));
         assert!(may_be_sealed(&text));
-        assert_eq!(opened(&sealed, Some(&key)), payload());
+        assert_eq!(opened(&sealed, Some(&key)).unwrap(), payload());
+        assert_eq!(
+            opened(&payload(), None).unwrap(),
+            payload(),
+            "nothing sealed"
+        );
         // Forgotten: the declared erased values.
-        let erased = opened(&sealed, None);
+        let erased = opened(&sealed, None).unwrap();
         assert_eq!(erased["name"], json!("[erased]"));
         assert_eq!(erased["email"], Value::Null);
         // Another key, or a value moved to another field, does not decrypt.
         let other = DataKey::generate().unwrap();
-        let fields = sealed_fields(&sealed).unwrap();
         assert!(matches!(
-            open(&fields[0], Some(&other)),
+            opened(&sealed, Some(&other)),
             Err(PiiError::Tampered { .. })
         ));
         let mut swapped = sealed.clone();
         swapped.insert("name".to_owned(), sealed["email"].clone());
-        let fields = sealed_fields(&swapped).unwrap();
-        let name = fields.iter().find(|f| f.field == "name").unwrap();
         assert!(matches!(
-            open(name, Some(&key)),
+            opened(&swapped, Some(&key)),
             Err(PiiError::Tampered { .. })
+        ));
+        // A `$pii` value not in Factum's form is refused, not taken for data.
+        let mut odd = sealed.clone();
+        odd.insert("name".to_owned(), json!({"$pii": {"key": "k"}}));
+        assert!(matches!(
+            opened(&odd, Some(&key)),
+            Err(PiiError::Malformed { .. })
         ));
     }
 

@@ -457,3 +457,78 @@ fn catalog_check_of_a_consumer_contract_against_a_published_catalog() {
     assert_ne!(no_dir, 0);
     assert!(no_dir_err.contains("--dir"), "{no_dir_err}");
 }
+
+#[factum::event]
+#[derive(Debug)]
+pub struct CustomerRegistered {
+    #[pii(subject)]
+    pub customer_id: String,
+    #[pii(replacement = "[erased]".to_owned())]
+    pub name: String,
+}
+
+/// `forget` deletes a data subject's key; with the key-encryption key in the environment the
+/// tool shows personal data in plain before and its replacement after (the envelope marked
+/// shredded); without it, sealed, never in plain.
+#[tokio::test]
+async fn forget_shreds_personal_data_as_the_tool_shows_it() {
+    use base64::Engine as _;
+    let kek = [9; 32];
+    let database = TemporaryDatabase::new().await.unwrap();
+    let store = (*database)
+        .clone()
+        .with_key_provider(factum::pii::LocalKeyProvider::new(kek));
+    let registered = CustomerRegistered {
+        customer_id: "ada".to_owned(),
+        name: "Ada Lovelace".to_owned(),
+    };
+    store
+        .append(
+            "customer-ada",
+            "Customer",
+            ExpectedVersion::NoStream,
+            vec![NewEvent::of(&registered).unwrap()],
+        )
+        .await
+        .unwrap();
+    let url = format!("sqlite://{}", database.path().display());
+    let kek = base64::engine::general_purpose::STANDARD.encode(kek);
+    let with_key = |args: &[&str]| {
+        let output = Command::new(env!("CARGO_BIN_EXE_factum"))
+            .env("FACTUM_KEY_ENCRYPTION_KEY", &kek)
+            .args(["--database-url", &url])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "{output:?}");
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    };
+
+    let shown = with_key(&["--json", "stream", "show", "customer-ada"]);
+    assert!(
+        shown.contains("Ada Lovelace") && !shown.contains("shredded"),
+        "{shown}"
+    );
+    let (code, sealed, err) = factum(
+        &url,
+        "factum",
+        &["--json", "stream", "show", "customer-ada"],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        sealed.contains("$pii") && !sealed.contains("Ada Lovelace"),
+        "{sealed}"
+    );
+
+    let forgot = with_key(&["forget", "ada"]);
+    assert!(forgot.contains("forgot data subject \"ada\""), "{forgot}");
+    let shown = with_key(&["--json", "stream", "show", "customer-ada"]);
+    assert!(!shown.contains("Ada Lovelace"), "{shown}");
+    assert!(
+        shown.contains("[erased]") && shown.contains("\"shredded\": true"),
+        "{shown}"
+    );
+    let (code, again, _) = factum(&url, "factum", &["--json", "forget", "ada"]);
+    assert_eq!(code, 0);
+    assert!(again.contains("\"forgotten\": false"), "{again}");
+}

@@ -4,7 +4,7 @@
 //! never changed.
 
 use factum::pii::{LocalKeyProvider, PiiError};
-use factum::store::{FeedQuery, SqlStore as _};
+use factum::store::{FeedQuery, SqlStore as _, StoreKind};
 use factum::testing::{TestDatabase, fetch_all};
 use factum::{Error, EventStore, ExpectedVersion, MemoryStore, NewEvent};
 
@@ -116,6 +116,60 @@ async fn stored_text<D: TestDatabase>(database: &D) -> String {
     rows.into_iter().map(|(payload,)| payload).collect()
 }
 
+/// The text of every row of every table of the test's database, as the database renders it.
+async fn database_text<D: TestDatabase>(database: &D) -> String {
+    let tables: Vec<(String,)> = match D::KIND {
+        StoreKind::Postgres => {
+            let qualified = database.table("t");
+            let schema = qualified.trim_end_matches(".t").trim_matches('"');
+            fetch_all(
+                &**database,
+                &format!(
+                    "SELECT table_name::text FROM information_schema.tables
+                     WHERE table_schema = '{schema}' AND table_type = 'BASE TABLE'"
+                ),
+            )
+            .await
+            .unwrap()
+        }
+        _ => fetch_all(
+            &**database,
+            "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'",
+        )
+        .await
+        .unwrap(),
+    };
+    assert!(tables.len() > 10, "{tables:?}");
+    let mut text = String::new();
+    for (table,) in tables {
+        let qualified = database.table(&table);
+        let sql = match D::KIND {
+            StoreKind::Postgres => format!("SELECT CAST(t AS TEXT) FROM {qualified} t"),
+            _ => {
+                let columns: Vec<(String,)> = fetch_all(
+                    &**database,
+                    &format!("SELECT name FROM pragma_table_info('{table}')"),
+                )
+                .await
+                .unwrap();
+                let quoted: Vec<String> = columns
+                    .iter()
+                    .map(|(column,)| format!("coalesce(quote(\"{column}\"), '')"))
+                    .collect();
+                format!("SELECT {} FROM {qualified}", quoted.join(" || '|' || "))
+            }
+        };
+        let rows: Vec<(String,)> = fetch_all(&**database, &sql).await.unwrap();
+        for (row,) in rows {
+            text.push_str(&table);
+            text.push_str(": ");
+            text.push_str(&row);
+            text.push('\n');
+        }
+    }
+    text
+}
+
 async fn data_keys<D: TestDatabase>(database: &D) -> i64 {
     let keys = database.table("data_keys");
     let rows: Vec<(i64,)> = fetch_all(&**database, &format!("SELECT COUNT(*) FROM {keys}"))
@@ -148,7 +202,8 @@ async fn personal_data_is_sealed_and_forgetting_shreds_it<D: TestDatabase>() {
         .await
         .unwrap()
         .with_key_provider(LocalKeyProvider::new(KEK));
-    let customers = factum::Repository::<Customer, _>::new(store.clone());
+    // Snapshots too: an aggregate's state holds the personal data in plain.
+    let customers = factum::Repository::<Customer, _>::new(store.clone()).snapshot_every(1);
     customers
         .execute("customer-ada", register("ada", ADA, ADA_EMAIL))
         .await
@@ -206,8 +261,24 @@ async fn personal_data_is_sealed_and_forgetting_shreds_it<D: TestDatabase>() {
     assert!(read[0].event.as_str().contains(ADA_EMAIL));
     assert_eq!(feed(&store).await.len(), 3);
 
+    let everything = database_text(&database).await;
+    assert!(
+        everything.contains(ADA_EMAIL),
+        "her snapshot holds her email: {everything}"
+    );
+
     // Forget Ada (her registration's subject): her fields read as their replacements, marked.
     assert!(store.forget("ada").await.unwrap());
+    // Nothing in the database holds her name or email in plain any more: the snapshot of the
+    // stream holding data sealed under her key is gone with the key. Grace's is kept.
+    let everything = database_text(&database).await;
+    for secret in [ADA, ADA_EMAIL] {
+        assert!(
+            !everything.contains(secret),
+            "`{secret}` remains: {everything}"
+        );
+    }
+    assert!(everything.contains(GRACE), "Grace's snapshot stays");
     assert!(!store.forget("ada").await.unwrap(), "forgotten already");
     assert_eq!(data_keys(&database).await, 2);
     let ada = fresh.load("customer-ada").await.unwrap();

@@ -96,6 +96,14 @@ pub(super) enum Command {
         #[arg(long, default_value_t = 5)]
         largest: usize,
     },
+    /// Forgets a data subject (crypto-shredding): deletes its data key and the snapshots of
+    /// its streams, so that the personal data (`#[pii]` fields) of its events reads as their
+    /// replacements from now on. The events stay. Other commands open personal data with the
+    /// key-encryption key in FACTUM_KEY_ENCRYPTION_KEY, when it is set.
+    Forget {
+        /// The data subject, as its events name it (the `#[pii(subject)]` field's value).
+        subject: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]

@@ -204,6 +204,7 @@ impl Cli {
             #[cfg(any(feature = "nats", feature = "rabbitmq"))]
             Command::Relay { command } => relay::run(&store, command, json).await,
             Command::Stats { largest } => status::stats(&store, *largest, json).await,
+            Command::Forget { subject } => store::forget(&store, subject, json).await,
             Command::AdoptCluster => cluster::adopt(&store, json).await,
             Command::Export { streams, output } => {
                 transfer::export(&store, streams, output.as_deref(), json).await

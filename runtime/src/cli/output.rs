@@ -26,6 +26,9 @@ pub(super) struct EnvelopeRow<'a> {
     causation_id: String,
     actor: Option<&'a str>,
     metadata: &'a crate::envelope::Metadata,
+    /// Its subject's personal data was forgotten (only when so).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    shredded: bool,
     event: serde_json::Value,
 }
 
@@ -43,6 +46,7 @@ pub(super) fn envelope(event: &RecordedEvent) -> EnvelopeRow<'_> {
         causation_id: event.causation_id.to_string(),
         actor: event.actor.as_deref(),
         metadata: &event.metadata,
+        shredded: event.shredded,
         event: event.event.to_value(),
     }
 }

@@ -9,6 +9,7 @@ use sqlx::any::AnyRow;
 
 use super::CliError;
 use crate::envelope::RecordedEvent;
+use crate::pii::LocalKeyProvider;
 use crate::store::backend::{columns, to_i64};
 use crate::store::sql::{Backend as _, Connection};
 use crate::store::{EventStore, FeedBatch, FeedPosition, FeedQuery, PostgresStore, SqliteStore};
@@ -134,7 +135,20 @@ impl AnyStore {
                 redact(url)
             )));
         };
-        Ok(store)
+        store.with_env_key_provider()
+    }
+
+    /// The store opening personal data with the key-encryption key of
+    /// [`LocalKeyProvider::ENV`], when it is set (else sealed fields are shown sealed).
+    fn with_env_key_provider(self) -> Result<Self, CliError> {
+        if std::env::var_os(LocalKeyProvider::ENV).is_none() {
+            return Ok(self);
+        }
+        let provider = LocalKeyProvider::from_env().map_err(|e| CliError::Usage(e.to_string()))?;
+        Ok(match self {
+            Self::Postgres(store) => Self::Postgres(store.with_key_provider(provider)),
+            Self::Sqlite(store) => Self::Sqlite(store.with_key_provider(provider)),
+        })
     }
 
     pub fn describe(&self) -> String {
@@ -409,4 +423,27 @@ fn redact(url: &str) -> String {
         })
         .collect();
     format!("{base}?{}", query.join("&"))
+}
+
+/// `forget <subject>`: deletes the subject's data key (see [`PostgresStore::forget`]).
+pub(super) async fn forget(store: &AnyStore, subject: &str, json: bool) -> Result<(), CliError> {
+    let forgotten = match store {
+        AnyStore::Postgres(store) => store.forget(subject).await?,
+        AnyStore::Sqlite(store) => store.forget(subject).await?,
+    };
+    if json {
+        super::output::print_json(&serde_json::json!({
+            "subject": subject,
+            "forgotten": forgotten,
+        }));
+    } else if forgotten {
+        println!(
+            "forgot data subject {subject:?}: its personal data now reads as its replacements"
+        );
+    } else {
+        println!(
+            "data subject {subject:?} has no key here (forgotten before, or no personal data of it was stored)"
+        );
+    }
+    Ok(())
 }

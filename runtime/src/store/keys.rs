@@ -20,7 +20,7 @@ use uuid::Uuid;
 use crate::envelope::{NewEvent, RecordedEvent};
 use crate::error::Result;
 use crate::event::Payload;
-use crate::pii::{self, DataKey, KeyProvider, PiiError};
+use crate::pii::{self, DataKey, KeyProvider, PiiError, SealedPayload};
 
 /// Where a store keeps its data keys.
 pub(crate) trait KeyTable: Sync {
@@ -44,8 +44,11 @@ pub(crate) trait KeyTable: Sync {
         wrapped: &[u8],
     ) -> impl Future<Output = Result<(Uuid, Vec<u8>)>> + Send;
 
-    /// Deletes the subject's key; whether it had one.
-    fn delete_subject_key(&self, subject: &str) -> impl Future<Output = Result<bool>> + Send;
+    /// Deletes the subject's key and, in the same transaction, the snapshots of the streams
+    /// holding data sealed under it (aggregate states hold that data in plain); whether the
+    /// subject had a key. It scans the log for the key's id: forgetting is rare, and the log
+    /// has no index by subject.
+    fn forget_subject(&self, subject: &str) -> impl Future<Output = Result<bool>> + Send;
 
     /// Whether what this table holds is committed, so that the key ring may cache a subject's
     /// key from it. Not so inside a caller's transaction, which may yet roll back the key it
@@ -198,30 +201,21 @@ impl Keyring {
         &self,
         table: &impl KeyTable,
         payload: &str,
-        event_type: &str,
     ) -> Result<Option<(Payload, bool)>> {
         if !pii::may_be_sealed(payload) {
             return Ok(None);
         }
-        let stored = payload_object(payload, event_type)?;
-        let sealed = pii::sealed_fields(&stored)?;
-        if sealed.is_empty() {
+        let sealed = SealedPayload::read(payload)?;
+        if !sealed.is_sealed() {
             return Ok(None);
         }
-        let keys = self
-            .keys(table, sealed.iter().map(|field| field.key_id))
-            .await?;
-        let mut opened = stored.clone();
-        let mut shredded = false;
-        for field in &sealed {
-            let key = keys
-                .iter()
-                .find(|(id, _)| *id == field.key_id)
-                .and_then(|(_, key)| key.as_deref());
-            shredded |= key.is_none();
-            opened.insert(field.name().to_owned(), pii::open(field, key)?);
-        }
-        Ok(Some((encoded(&opened)?, shredded)))
+        let keys = self.keys(table, sealed.key_ids()).await?;
+        let (opened, shredded) = sealed.open(|id| {
+            keys.iter()
+                .find(|(key_id, _)| *key_id == id)
+                .and_then(|(_, key)| key.as_deref())
+        })?;
+        Ok(Some((Payload::from_stored_json(opened), shredded)))
     }
 
     /// Opens the sealed fields of each event, marking those whose subject was forgotten
@@ -232,9 +226,8 @@ impl Keyring {
         events: &mut [RecordedEvent],
     ) -> Result<()> {
         for event in events {
-            if let Some((payload, shredded)) = self
-                .open_payload(table, event.event.as_str(), &event.event_type)
-                .await?
+            if let Some((payload, shredded)) =
+                self.open_payload(table, event.event.as_str()).await?
             {
                 event.event = payload;
                 event.shredded = shredded;
@@ -246,7 +239,7 @@ impl Keyring {
     /// Deletes the subject's key, here and in the table: its sealed fields read as their
     /// replacements from now on. Whether it had one.
     pub(crate) async fn forget(&self, table: &impl KeyTable, subject: &str) -> Result<bool> {
-        let had = table.delete_subject_key(subject).await?;
+        let had = table.forget_subject(subject).await?;
         let mut cache = self.cache();
         if let Some((id, _, _)) = cache.by_subject.pop(subject) {
             cache.by_id.put(id, (None, Instant::now()));

@@ -283,19 +283,17 @@ impl MemoryStore {
         self
     }
 
-    /// Forgets a data subject (crypto-shredding): deletes its data key, so that the `#[pii]`
-    /// fields of its events read as their replacements from now on. Whether it had a key.
+    /// Forgets a data subject (crypto-shredding): deletes its data key and the snapshots of
+    /// the streams holding data sealed under it, so that the `#[pii]` fields of its events
+    /// read as their replacements from now on. Whether it had a key.
     ///
     /// # Errors
-    /// [`Error::InvalidConfig`] when the store has no key provider.
+    /// None today; the signature is every store's.
     pub async fn forget(&self, subject: &str) -> Result<bool> {
-        let keys = self.keys.as_ref().ok_or_else(|| {
-            Error::InvalidConfig(
-                "forgetting a data subject needs the store's key provider: `with_key_provider(...)`"
-                    .to_owned(),
-            )
-        })?;
-        keys.forget(self, subject).await
+        match &self.keys {
+            Some(keys) => keys.forget(self, subject).await,
+            None => self.forget_subject(subject).await,
+        }
     }
 }
 
@@ -328,8 +326,21 @@ impl KeyTable for MemoryStore {
             .clone())
     }
 
-    async fn delete_subject_key(&self, subject: &str) -> Result<bool> {
-        Ok(self.write().data_keys.remove(subject).is_some())
+    async fn forget_subject(&self, subject: &str) -> Result<bool> {
+        let mut log = self.write();
+        let Some((key_id, _)) = log.data_keys.remove(subject) else {
+            return Ok(false);
+        };
+        let key_id = key_id.to_string();
+        let streams: std::collections::HashSet<String> = log
+            .events
+            .iter()
+            .filter(|event| event.event.as_str().contains(&key_id))
+            .map(|event| event.stream_id.clone())
+            .collect();
+        log.snapshots
+            .retain(|stream_id, _| !streams.contains(stream_id));
+        Ok(true)
     }
 }
 

@@ -538,8 +538,8 @@ pub trait EventStore: Send + Sync {
     /// changed. Whether the subject had a key.
     ///
     /// # Errors
-    /// [`Error::InvalidConfig`] when the store has no key provider; [`Error::Unsupported`] for
-    /// a store that keeps no data keys (the default).
+    /// A database error; [`Error::Unsupported`] for a store that keeps no data keys (the
+    /// default).
     fn forget(&self, subject: &str) -> impl Future<Output = Result<bool>> + Send {
         let _ = subject;
         async { Err(Error::Unsupported("forgetting data subjects")) }

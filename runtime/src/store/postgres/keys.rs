@@ -18,22 +18,19 @@ impl PostgresStore {
         crate::store::sql::Backend::with_provider(self, std::sync::Arc::new(provider))
     }
 
-    /// Forgets a data subject (crypto-shredding): deletes its data key, so that the `#[pii]`
-    /// fields of its events read as their replacements from now on, here at once and in other
-    /// processes within 30 s, and their envelopes are marked
-    /// [`shredded`](crate::envelope::Envelope::shredded). The log itself is not changed.
-    /// Whether the subject had a key.
+    /// Forgets a data subject (crypto-shredding): deletes its data key, and the snapshots of
+    /// the streams holding data sealed under it, so that the `#[pii]` fields of its events
+    /// read as their replacements from now on (here at once, in other processes within 30 s)
+    /// and their envelopes are marked [`shredded`](crate::envelope::Envelope::shredded). The
+    /// log itself is not changed. Needs no key provider. Whether the subject had a key.
     ///
     /// # Errors
-    /// A database error; [`Error::InvalidConfig`] when the store has no key provider.
+    /// A database error.
     pub async fn forget(&self, subject: &str) -> Result<bool> {
-        let keys = self.keys.as_ref().ok_or_else(|| {
-            Error::InvalidConfig(
-                "forgetting a data subject needs the store's key provider: `with_key_provider(...)`"
-                    .to_owned(),
-            )
-        })?;
-        let forgotten = keys.forget(self, subject).await?;
+        let forgotten = match &self.keys {
+            Some(keys) => keys.forget(self, subject).await?,
+            None => self.forget_subject(subject).await?,
+        };
         tracing::info!(forgotten, "forgot a data subject");
         Ok(forgotten)
     }
@@ -107,13 +104,31 @@ impl KeyTable for PostgresStore {
         }
     }
 
-    async fn delete_subject_key(&self, subject: &str) -> Result<bool> {
-        let deleted =
-            sqlx::query(self.keys_sql("DELETE FROM {schema}.data_keys WHERE subject = $1"))
-                .bind(subject)
-                .execute(&self.inner.pool)
-                .await
-                .map_err(|e| self.fail(e))?;
-        Ok(deleted.rows_affected() > 0)
+    async fn forget_subject(&self, subject: &str) -> Result<bool> {
+        let forgotten = sqlx::query(self.keys_sql(
+            "WITH key AS (
+                 DELETE FROM {schema}.data_keys WHERE subject = $1 RETURNING key_id
+             ), snapshots AS (
+                 DELETE FROM {schema}.snapshots
+                 WHERE stream_id IN (
+                     SELECT e.stream_id FROM {schema}.events e, key
+                     WHERE strpos(e.payload::text, key.key_id::text) > 0
+                 )
+                 RETURNING stream_id
+             )
+             SELECT (SELECT count(*) FROM key), (SELECT count(*) FROM snapshots)",
+        ))
+        .bind(subject)
+        .fetch_one(&self.inner.pool)
+        .await
+        .map_err(|e| self.fail(e))?;
+        let keys: i64 = forgotten.try_get(0).map_err(Error::Database)?;
+        let snapshots: i64 = forgotten.try_get(1).map_err(Error::Database)?;
+        tracing::debug!(
+            keys,
+            snapshots,
+            "deleted a data subject's key and snapshots"
+        );
+        Ok(keys > 0)
     }
 }

@@ -745,7 +745,7 @@ impl PostgresStore {
             return Ok(event);
         };
         *opened = keys
-            .open_payload(self, event.payload, event.event_type)
+            .open_payload(self, event.payload)
             .await?
             .map(|(payload, _)| payload);
         Ok(match opened {
@@ -992,10 +992,7 @@ impl EventStore for PostgresStore {
             .collect::<Result<Vec<_>>>()?;
         if let Some(keys) = &self.keys {
             for event in &mut events {
-                if let Some((payload, _)) = keys
-                    .open_payload(self, event.payload.as_str(), &event.event_type)
-                    .await?
-                {
+                if let Some((payload, _)) = keys.open_payload(self, event.payload.as_str()).await? {
                     event.payload = payload;
                 }
             }

@@ -19,22 +19,19 @@ impl SqliteStore {
         crate::store::sql::Backend::with_provider(self, std::sync::Arc::new(provider))
     }
 
-    /// Forgets a data subject (crypto-shredding): deletes its data key, so that the `#[pii]`
-    /// fields of its events read as their replacements from now on, here at once and in other
-    /// processes within 30 s, and their envelopes are marked
-    /// [`shredded`](crate::envelope::Envelope::shredded). The log itself is not changed.
-    /// Whether the subject had a key.
+    /// Forgets a data subject (crypto-shredding): deletes its data key, and the snapshots of
+    /// the streams holding data sealed under it, so that the `#[pii]` fields of its events
+    /// read as their replacements from now on (here at once, in other processes within 30 s)
+    /// and their envelopes are marked [`shredded`](crate::envelope::Envelope::shredded). The
+    /// log itself is not changed. Needs no key provider. Whether the subject had a key.
     ///
     /// # Errors
-    /// A database error; [`Error::InvalidConfig`] when the store has no key provider.
+    /// A database error.
     pub async fn forget(&self, subject: &str) -> Result<bool> {
-        let keys = self.keys.as_ref().ok_or_else(|| {
-            Error::InvalidConfig(
-                "forgetting a data subject needs the store's key provider: `with_key_provider(...)`"
-                    .to_owned(),
-            )
-        })?;
-        let forgotten = keys.forget(self, subject).await?;
+        let forgotten = match &self.keys {
+            Some(keys) => keys.forget(self, subject).await?,
+            None => self.forget_subject(subject).await?,
+        };
         tracing::info!(forgotten, "forgot a data subject");
         Ok(forgotten)
     }
@@ -100,13 +97,26 @@ async fn insert_subject_key(
         })
 }
 
-async fn delete_subject_key(connection: &mut SqliteConnection, subject: &str) -> Result<bool> {
-    let deleted = sqlx::query("DELETE FROM data_keys WHERE subject = ?1")
+/// See [`KeyTable::forget_subject`]: in the caller's transaction.
+async fn forget_subject(connection: &mut SqliteConnection, subject: &str) -> Result<bool> {
+    let Some((key_id, _)) = subject_key(connection, subject).await? else {
+        return Ok(false);
+    };
+    sqlx::query(
+        "DELETE FROM snapshots WHERE stream_id IN (
+             SELECT stream_id FROM events WHERE instr(payload, ?1) > 0
+         )",
+    )
+    .bind(key_id.to_string())
+    .execute(&mut *connection)
+    .await
+    .map_err(backend)?;
+    sqlx::query("DELETE FROM data_keys WHERE subject = ?1")
         .bind(subject)
         .execute(&mut *connection)
         .await
         .map_err(backend)?;
-    Ok(deleted.rows_affected() > 0)
+    Ok(true)
 }
 
 impl SqliteStore {
@@ -141,8 +151,15 @@ impl KeyTable for SqliteStore {
         Ok(key)
     }
 
-    async fn delete_subject_key(&self, subject: &str) -> Result<bool> {
-        delete_subject_key(&mut *self.key_connection().await?, subject).await
+    async fn forget_subject(&self, subject: &str) -> Result<bool> {
+        let mut transaction = self
+            .pool
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(backend)?;
+        let forgotten = forget_subject(&mut transaction, subject).await?;
+        transaction.commit().await.map_err(backend)?;
+        Ok(forgotten)
     }
 }
 
@@ -164,8 +181,8 @@ impl KeyTable for TxKeys<'_> {
         insert_subject_key(&mut **self.0.lock().await, subject, id, wrapped).await
     }
 
-    async fn delete_subject_key(&self, subject: &str) -> Result<bool> {
-        delete_subject_key(&mut **self.0.lock().await, subject).await
+    async fn forget_subject(&self, subject: &str) -> Result<bool> {
+        forget_subject(&mut **self.0.lock().await, subject).await
     }
 
     fn committed(&self) -> bool {
