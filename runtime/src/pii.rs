@@ -155,9 +155,13 @@ pub enum PiiError {
     InvalidKey(String),
 }
 
-/// A subject's data key: 32 random bytes, never stored unwrapped.
+/// A subject's data key: 32 random bytes, never stored unwrapped (kept with its expanded
+/// cipher, made once: reading a long stream decrypts with it for every event).
 #[derive(Clone)]
-pub struct DataKey([u8; 32]);
+pub struct DataKey {
+    bytes: [u8; 32],
+    cipher: Aes256Gcm,
+}
 
 impl DataKey {
     /// A new random key.
@@ -165,23 +169,26 @@ impl DataKey {
     /// # Errors
     /// [`PiiError::Provider`] when the operating system has no randomness to give.
     pub fn generate() -> Result<Self, PiiError> {
-        Ok(Self(random()?))
+        Ok(Self::from_bytes(random()?))
     }
 
     /// A key from its bytes (a [`KeyProvider`] unwrapping one).
     #[must_use]
     pub fn from_bytes(bytes: [u8; 32]) -> Self {
-        Self(bytes)
+        Self {
+            bytes,
+            cipher: Aes256Gcm::new(&bytes.into()),
+        }
     }
 
     /// Its bytes (a [`KeyProvider`] wrapping it).
     #[must_use]
     pub fn as_bytes(&self) -> &[u8; 32] {
-        &self.0
+        &self.bytes
     }
 
-    fn cipher(&self) -> Aes256Gcm {
-        Aes256Gcm::new(&self.0.into())
+    fn cipher(&self) -> &Aes256Gcm {
+        &self.cipher
     }
 }
 
@@ -397,7 +404,7 @@ pub(crate) fn seal(
             field: field.name.to_owned(),
             reason: e.to_string(),
         })?;
-        let data = encrypt(&cipher, &plain, &field_aad(key_id, field.name))?;
+        let data = encrypt(cipher, &plain, &field_aad(key_id, field.name))?;
         let mut sealed = Map::new();
         sealed.insert("key".to_owned(), Value::String(key_id.to_string()));
         sealed.insert("data".to_owned(), Value::String(BASE64.encode(data)));
@@ -503,8 +510,10 @@ impl<'a> SealedPayload<'a> {
             if index > 0 {
                 out.push(',');
             }
-            // The name as it was written: re-escaped the way serde_json escapes strings.
-            out.push_str(&serde_json::to_string(name).unwrap_or_default());
+            // The name as it was written (borrowed, so it needed no escapes).
+            out.push('"');
+            out.push_str(name);
+            out.push('"');
             out.push(':');
             match field {
                 Field::Plain(value) => out.push_str(value.get()),
@@ -531,7 +540,7 @@ fn open_sealed(field: &str, sealed: &Sealed<'_>, key: &DataKey) -> Result<String
     let data = BASE64
         .decode(sealed.data)
         .map_err(|e| malformed(format!("data is no base64: {e}")))?;
-    let plain = decrypt(&key.cipher(), &data, &field_aad(sealed.key, field)).ok_or_else(|| {
+    let plain = decrypt(key.cipher(), &data, &field_aad(sealed.key, field)).ok_or_else(|| {
         PiiError::Tampered {
             field: field.to_owned(),
             key_id: sealed.key,

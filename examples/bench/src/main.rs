@@ -8,10 +8,12 @@
 //! cargo run --release -p factum-bench -- sqlite              # the embedded store vs raw SQLite
 //! cargo run --release -p factum-bench -- group               # group commit vs single-row INSERTs
 //! cargo run --release -p factum-bench -- relay               # relay to JetStream vs plain async-nats
+//! cargo run --release -p factum-bench -- pii                 # events with #[pii] fields vs without
 //! ```
 
 mod group;
 mod hot;
+mod pii;
 mod postgres;
 mod projections;
 mod relay;
@@ -218,6 +220,35 @@ enum Suite {
         /// Seconds of the latency measurement.
         #[arg(long, default_value_t = 10)]
         seconds: u64,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Crypto-shredding's cost: appends and loads of an event with two `#[pii]` fields vs the
+    /// same event without, on PostgreSQL.
+    Pii {
+        /// The database to use (schemas are created and dropped in it).
+        #[arg(
+            long,
+            env = "DATABASE_URL",
+            default_value = "postgres://postgres@127.0.0.1:5432/postgres"
+        )]
+        database_url: String,
+        /// Runs of the appends (the median is reported).
+        #[arg(long, default_value_t = 5)]
+        runs: usize,
+        /// Data subjects (each with a stream).
+        #[arg(long, default_value_t = 200)]
+        subjects: usize,
+        /// Appends per run and side.
+        #[arg(long, default_value_t = 2_000)]
+        appends: usize,
+        /// Events of the loaded stream.
+        #[arg(long, default_value_t = 10_000)]
+        stream_events: u64,
+        /// Load rounds (each loads both streams).
+        #[arg(long, default_value_t = 25)]
+        load_rounds: usize,
         /// Print the report as JSON.
         #[arg(long)]
         json: bool,
@@ -579,6 +610,66 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 return Err(format!(
                     "{} events missing or extra after an import (must be 0)",
                     report.mismatched
+                )
+                .into());
+            }
+        }
+        Suite::Pii {
+            database_url,
+            runs,
+            subjects,
+            appends,
+            stream_events,
+            load_rounds,
+            json,
+        } => {
+            let config = pii::Config {
+                url: database_url,
+                runs: runs.max(1),
+                subjects: subjects.max(1),
+                appends: appends.max(1),
+                stream_events: stream_events.max(1),
+                load_rounds: load_rounds.max(1),
+            };
+            let report = pii::run(&config).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                println!(
+                    "events with two #[pii] fields vs the same event without, PostgreSQL, {} runs",
+                    report.runs
+                );
+                println!(
+                    "  appends (1 client, {} subjects with keys): plain {:.0}/s, pii {:.0}/s, time ratio {:.2} (target 1.2)",
+                    report.subjects,
+                    report.append_plain_per_s,
+                    report.append_pii_per_s,
+                    report.append_ratio
+                );
+                println!(
+                    "  a new subject's first event (its key made): {:.0}/s, time ratio {:.2}",
+                    report.first_event_per_s, report.first_event_ratio
+                );
+                println!(
+                    "  loads of the {} subjects' streams ({:.0} events each): plain {:.1} ms, pii {:.1} ms, ratio {:.2} (target 1.2)",
+                    report.subjects,
+                    report.events_per_subject_stream,
+                    report.load_subjects_plain_ms,
+                    report.load_subjects_pii_ms,
+                    report.load_subjects_ratio
+                );
+                println!(
+                    "  load of one {}-event stream: plain {:.2} ms, pii {:.2} ms, ratio {:.2}",
+                    report.stream_events,
+                    report.load_plain_ms,
+                    report.load_pii_ms,
+                    report.load_ratio
+                );
+            }
+            if report.plaintext_rows > 0 || report.mismatched_loads > 0 {
+                return Err(format!(
+                    "{} rows hold personal data in plain and {} loads differ (both must be 0): the figures are void",
+                    report.plaintext_rows, report.mismatched_loads
                 )
                 .into());
             }

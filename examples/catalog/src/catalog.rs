@@ -17,6 +17,7 @@ pub fn catalog() -> Catalog {
         .aggregate::<orders::inventory::Inventory>()
         .aggregate::<orders::payment::Payment>()
         .aggregate::<orders::shipping::Shipment>()
+        .aggregate::<orders::customer::Customer>()
         .projection::<orders::board::OrderBoard>()
         .saga::<orders::fulfillment::OrderFulfillment>()
         .broker(

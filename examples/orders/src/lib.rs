@@ -7,6 +7,7 @@
 //! [`shipping::Shipment`] (`shipment-{order}`).
 
 pub mod board;
+pub mod customer;
 pub mod fulfillment;
 pub mod inventory;
 pub mod order;

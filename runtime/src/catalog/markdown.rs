@@ -86,7 +86,59 @@ pub fn page(catalog: &Catalog) -> String {
             );
         }
     }
+    personal_data(catalog, &mut page);
     page
+}
+
+/// The events carrying personal data (`#[pii]` fields, marked `x-pii` in their schemas), with
+/// whose data it is: what a data-protection review asks first. Nothing when there are none.
+fn personal_data(catalog: &Catalog, page: &mut String) {
+    let mut rows = Vec::new();
+    for entry in catalog.aggregates.values() {
+        for event in &entry.events {
+            let Some(properties) = event
+                .schema
+                .schema
+                .get("properties")
+                .and_then(serde_json::Value::as_object)
+            else {
+                continue;
+            };
+            let marked = |key: &str| -> Vec<&str> {
+                properties
+                    .iter()
+                    .filter(|(_, property)| property.get(key) == Some(&serde_json::Value::Bool(true)))
+                    .map(|(name, _)| name.as_str())
+                    .collect()
+            };
+            let fields = marked("x-pii");
+            if !fields.is_empty() {
+                rows.push(format!(
+                    "| {} | {} | `{}` | {} |",
+                    event.schema.name,
+                    event.schema.version,
+                    marked("x-data-subject").join("`, `"),
+                    fields
+                        .iter()
+                        .map(|field| format!("`{field}`"))
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                ));
+            }
+        }
+    }
+    if rows.is_empty() {
+        return;
+    }
+    page.push_str(
+        "\n## Personal data\n\nEncrypted under each data subject's key and erased when the subject is forgotten (crypto-shredding).\n\n",
+    );
+    page.push_str("| Event | Version | Data subject | Personal data |\n");
+    page.push_str("| --- | --- | --- | --- |\n");
+    for row in rows {
+        page.push_str(&row);
+        page.push('\n');
+    }
 }
 
 /// A Mermaid node id: letters, digits and underscores only.
