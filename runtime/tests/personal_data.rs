@@ -32,9 +32,19 @@ pub struct AddressChanged {
 
 #[factum::event]
 #[derive(Debug, Clone, PartialEq)]
+pub struct CustomerRenamed {
+    #[pii(subject)]
+    pub customer_id: String,
+    #[pii(replacement = "[erased]".to_owned())]
+    pub name: String,
+}
+
+#[factum::event]
+#[derive(Debug, Clone, PartialEq)]
 pub enum CustomerEvent {
     CustomerRegistered(CustomerRegistered),
     AddressChanged(AddressChanged),
+    CustomerRenamed(CustomerRenamed),
 }
 
 #[derive(Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -51,6 +61,18 @@ pub struct Register {
     pub email: String,
 }
 
+/// Renames a customer; refused when the name would not change (so a command tells which name
+/// its state holds).
+#[derive(Debug)]
+pub struct Rename {
+    pub id: String,
+    pub name: String,
+}
+
+#[derive(Debug, PartialEq, thiserror::Error)]
+#[error("the customer is named so already")]
+pub struct SameName;
+
 #[derive(Debug)]
 pub struct Move {
     pub id: u64,
@@ -63,6 +85,22 @@ impl Customer {
     fn registered(&mut self, event: &CustomerRegistered) {
         self.name.clone_from(&event.name);
         self.email.clone_from(&event.email);
+    }
+
+    #[apply]
+    fn renamed(&mut self, event: &CustomerRenamed) {
+        self.name.clone_from(&event.name);
+    }
+
+    #[command]
+    fn rename(&self, command: &Rename) -> Result<CustomerRenamed, SameName> {
+        if self.name == command.name {
+            return Err(SameName);
+        }
+        Ok(CustomerRenamed {
+            customer_id: command.id.clone(),
+            name: command.name.clone(),
+        })
     }
 
     #[apply]
@@ -330,6 +368,51 @@ async fn personal_data_is_sealed_and_forgetting_shreds_it<D: TestDatabase>() {
     );
 }
 
+/// A repository's hot cache drops the states it holds when the store forgets a subject: a
+/// command after the forget decides on the erased state, not on the plaintext kept in memory.
+async fn the_hot_cache_forgets_with_the_store<D: TestDatabase>() {
+    let database = D::create().await.unwrap();
+    let store = database
+        .another_client()
+        .await
+        .unwrap()
+        .with_key_provider(LocalKeyProvider::ephemeral().unwrap());
+    let customers = factum::Repository::<Customer, _>::new(store.clone())
+        .cache(std::num::NonZeroUsize::new(16).unwrap());
+    customers
+        .execute("customer-ada", register("ada", ADA, ADA_EMAIL))
+        .await
+        .unwrap();
+    let same = customers
+        .execute(
+            "customer-ada",
+            Rename {
+                id: "ada".into(),
+                name: ADA.into(),
+            },
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(same, factum::ExecuteError::Rejected(SameName)),
+        "{same:?}"
+    );
+    assert_eq!(store.forgets(), 0);
+    store.forget("ada").await.unwrap();
+    assert_eq!(store.forgets(), 1);
+    // The cached state said "Ada Lovelace"; the store now says "[erased]".
+    customers
+        .execute(
+            "customer-ada",
+            Rename {
+                id: "ada".into(),
+                name: ADA.into(),
+            },
+        )
+        .await
+        .unwrap();
+}
+
 /// Without a key provider an event with personal data is refused with a typed error that says
 /// what to do; one without is stored as ever. A reader without the provider sees sealed fields
 /// sealed: never plaintext.
@@ -399,6 +482,8 @@ factum::on_both_stores!(
     without_a_key_provider_personal_data_is_refused,
     #[tokio::test]
     another_key_encryption_key_opens_nothing,
+    #[tokio::test]
+    the_hot_cache_forgets_with_the_store,
 );
 
 /// The in-memory store seals and forgets the same way.

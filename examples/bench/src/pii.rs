@@ -215,10 +215,16 @@ async fn measure(
         // Alternate which goes first, so that drift hits both.
         let (plain_time, pii_time) = if run % 2 == 0 {
             let p = appends(&plain, subjects, config.appends, false, run).await?;
-            (p, appends(&sealed, subjects, config.appends, true, run).await?)
+            (
+                p,
+                appends(&sealed, subjects, config.appends, true, run).await?,
+            )
         } else {
             let s = appends(&sealed, subjects, config.appends, true, run).await?;
-            (appends(&plain, subjects, config.appends, false, run).await?, s)
+            (
+                appends(&plain, subjects, config.appends, false, run).await?,
+                s,
+            )
         };
         plain_runs.push(config.appends as f64 / plain_time.as_secs_f64());
         pii_runs.push(config.appends as f64 / pii_time.as_secs_f64());

@@ -124,7 +124,10 @@ mod tests {
 
         assert!(store.forget("c-1").await.unwrap());
         let forgotten = customers.load("customer-c-1").await.unwrap().state;
-        assert_eq!((forgotten.name.as_str(), forgotten.email), ("[erased]", None));
+        assert_eq!(
+            (forgotten.name.as_str(), forgotten.email),
+            ("[erased]", None)
+        );
         assert!(store.read_stream("customer-c-1", ..).await.unwrap()[0].shredded);
     }
 }

@@ -107,7 +107,9 @@ fn personal_data(catalog: &Catalog, page: &mut String) {
             let marked = |key: &str| -> Vec<&str> {
                 properties
                     .iter()
-                    .filter(|(_, property)| property.get(key) == Some(&serde_json::Value::Bool(true)))
+                    .filter(|(_, property)| {
+                        property.get(key) == Some(&serde_json::Value::Bool(true))
+                    })
                     .map(|(name, _)| name.as_str())
                     .collect()
             };

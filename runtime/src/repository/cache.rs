@@ -14,44 +14,77 @@ pub(super) struct Cached<A> {
     pub version: u64,
 }
 
+/// The store's count of forgotten data subjects when a state was read ([`EventStore::forgets`]):
+/// a state read before a forget may hold the forgotten data, and is not kept.
+///
+/// [`EventStore::forgets`]: crate::store::EventStore::forgets
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Forgets(pub u64);
+
 /// A bounded map from stream id to the latest known state, least recently used evicted first.
 ///
 /// An entry is taken out while a command runs on it and put back after, so concurrent commands
 /// on the same stream in one process load their own copy (and one of them conflicts).
 #[derive(Debug)]
 pub(super) struct AggregateCache<A> {
-    entries: Mutex<LruCache<String, Cached<A>>>,
+    entries: Mutex<Entries<A>>,
+}
+
+#[derive(Debug)]
+struct Entries<A> {
+    states: LruCache<String, Cached<A>>,
+    /// The store's count of forgotten subjects the states were read under.
+    forgets: Forgets,
 }
 
 impl<A> AggregateCache<A> {
     pub fn new(capacity: NonZeroUsize) -> Self {
         Self {
-            entries: Mutex::new(LruCache::new(capacity)),
+            entries: Mutex::new(Entries {
+                states: LruCache::new(capacity),
+                forgets: Forgets(0),
+            }),
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, LruCache<String, Cached<A>>> {
+    /// The entries, emptied first when the store has forgotten a subject since they were read.
+    fn lock(&self, forgets: Forgets) -> std::sync::MutexGuard<'_, Entries<A>> {
         // Every critical section is a single map operation: a poisoned lock holds a whole map.
-        self.entries.lock().unwrap_or_else(PoisonError::into_inner)
+        let mut entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
+        if entries.forgets != forgets {
+            entries.states.clear();
+            entries.forgets = forgets;
+        }
+        entries
     }
 
-    pub fn take(&self, stream_id: &str) -> Option<Cached<A>> {
-        self.lock().pop(stream_id)
+    pub fn take(&self, stream_id: &str, forgets: Forgets) -> Option<Cached<A>> {
+        self.lock(forgets).states.pop(stream_id)
     }
 
-    /// Keeps `entry` unless the cache already holds a newer version of the stream.
-    pub fn put(&self, stream_id: &str, entry: Cached<A>) {
-        let mut entries = self.lock();
+    /// Keeps `entry`, a state read when the store had forgotten `read_under` subjects, unless
+    /// the store has forgotten one since (`now`) or the cache holds a newer version of the
+    /// stream.
+    pub fn put(&self, stream_id: &str, entry: Cached<A>, read_under: Forgets, now: Forgets) {
+        if read_under != now {
+            return;
+        }
+        let mut entries = self.lock(now);
         if entries
+            .states
             .peek(stream_id)
             .is_some_and(|existing| existing.version >= entry.version)
         {
             return;
         }
-        entries.put(stream_id.to_owned(), entry);
+        entries.states.put(stream_id.to_owned(), entry);
     }
 
     pub fn len(&self) -> usize {
-        self.lock().len()
+        self.entries
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .states
+            .len()
     }
 }

@@ -14,7 +14,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tracing::Instrument as _;
 
-use self::cache::{AggregateCache, Cached};
+use self::cache::{AggregateCache, Cached, Forgets};
 use self::lanes::{Lanes, Outcome};
 use crate::aggregate::{Aggregate, Handle};
 use crate::clock::{Clock, SystemClock};
@@ -459,7 +459,12 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let cached = self.cache.as_ref().and_then(|cache| cache.take(id));
+            // Read before the state is: a forget after it leaves the state out of the cache.
+            let forgets = Forgets(self.store.forgets());
+            let cached = self
+                .cache
+                .as_ref()
+                .and_then(|cache| cache.take(id, forgets));
             let Cached { mut state, version } = match cached {
                 Some(entry) => entry,
                 None => {
@@ -473,12 +478,12 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
             let events = match state.handle(command) {
                 Ok(events) => events,
                 Err(rejection) => {
-                    self.keep(id, state, version);
+                    self.keep(id, state, version, forgets);
                     return Err(ExecuteError::Rejected(rejection));
                 }
             };
             if events.is_empty() {
-                self.keep(id, state, version);
+                self.keep(id, state, version, forgets);
                 return Ok(Execution {
                     events: Vec::new(),
                     attempts: attempt,
@@ -494,7 +499,8 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
                         state.apply(event);
                     }
                     let new_version = recorded.last().map_or(version, |e| e.stream_version);
-                    self.after_commit(id, state, version, new_version).await;
+                    self.after_commit(id, state, (version, new_version), forgets)
+                        .await;
                     return Ok(Execution {
                         events: recorded
                             .into_iter()
@@ -670,22 +676,30 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
         }
     }
 
-    /// Puts a state back into the cache, if there is one.
-    fn keep(&self, id: &str, state: A, version: u64) {
+    /// Puts a state back into the cache, if there is one, unless the store forgot a data
+    /// subject since it was read (when it had forgotten `forgets`).
+    fn keep(&self, id: &str, state: A, version: u64, forgets: Forgets) {
         if let Some(cache) = &self.cache {
-            cache.put(id, Cached { state, version });
+            let now = Forgets(self.store.forgets());
+            cache.put(id, Cached { state, version }, forgets, now);
         }
     }
 
     /// After a successful append: takes a snapshot when the stream crossed a multiple of the
     /// snapshot interval, and caches the new state.
-    async fn after_commit(&self, id: &str, state: A, old_version: u64, new_version: u64) {
+    async fn after_commit(
+        &self,
+        id: &str,
+        state: A,
+        (old_version, new_version): (u64, u64),
+        forgets: Forgets,
+    ) {
         if let Some(policy) = &self.snapshots
             && policy.policy.crosses_interval(old_version, new_version)
         {
             self.save_snapshot(id, &state, new_version, policy).await;
         }
-        self.keep(id, state, new_version);
+        self.keep(id, state, new_version, forgets);
     }
 
     /// A failed snapshot only makes later loads slower, so it is logged, not returned.

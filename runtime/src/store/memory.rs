@@ -39,6 +39,8 @@ pub struct MemoryStore {
     limits: Limits,
     /// Seals and opens personal data (`None`: events with `#[pii]` fields are refused).
     keys: Option<Keyring>,
+    /// Data subjects forgotten through this store ([`EventStore::forgets`]).
+    forgets: Arc<std::sync::atomic::AtomicU64>,
 }
 
 #[derive(Debug, Default)]
@@ -290,10 +292,13 @@ impl MemoryStore {
     /// # Errors
     /// None today; the signature is every store's.
     pub async fn forget(&self, subject: &str) -> Result<bool> {
-        match &self.keys {
-            Some(keys) => keys.forget(self, subject).await,
-            None => self.forget_subject(subject).await,
-        }
+        let forgotten = match &self.keys {
+            Some(keys) => keys.forget(self, subject).await?,
+            None => self.forget_subject(subject).await?,
+        };
+        self.forgets
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        Ok(forgotten)
     }
 }
 
@@ -347,6 +352,10 @@ impl KeyTable for MemoryStore {
 impl EventStore for MemoryStore {
     async fn forget(&self, subject: &str) -> Result<bool> {
         Self::forget(self, subject).await
+    }
+
+    fn forgets(&self) -> u64 {
+        self.forgets.load(std::sync::atomic::Ordering::Acquire)
     }
 
     async fn append(

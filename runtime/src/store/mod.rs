@@ -545,6 +545,13 @@ pub trait EventStore: Send + Sync {
         async { Err(Error::Unsupported("forgetting data subjects")) }
     }
 
+    /// How many data subjects this store (with its clones) has forgotten so far: a cache of
+    /// decoded states (a repository's) drops what it holds when the count moves, since a
+    /// forgotten subject's data may be in it. 0 for a store that forgets nothing.
+    fn forgets(&self) -> u64 {
+        0
+    }
+
     /// Hints that the feed may have grown, for live subscriptions. A store without a
     /// notification mechanism returns hints that never fire; subscribers then poll.
     fn wakeups(&self) -> FeedWakeups {

@@ -31,6 +31,9 @@ impl PostgresStore {
             Some(keys) => keys.forget(self, subject).await?,
             None => self.forget_subject(subject).await?,
         };
+        self.inner
+            .forgets
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
         tracing::info!(forgotten, "forgot a data subject");
         Ok(forgotten)
     }

@@ -332,6 +332,8 @@ struct Inner {
     listener: Listener,
     /// The heads this store committed (see [`WrittenHeads`]).
     heads: WrittenHeads,
+    /// Data subjects forgotten through this store ([`EventStore::forgets`]).
+    forgets: std::sync::atomic::AtomicU64,
 }
 
 impl fmt::Debug for PostgresStore {
@@ -405,6 +407,7 @@ impl PostgresStore {
                 notifier: Notifier::new(),
                 listener: Listener::new(),
                 heads: WrittenHeads::default(),
+                forgets: std::sync::atomic::AtomicU64::new(0),
             }),
         }
     }
@@ -919,6 +922,12 @@ fn envelope_or_defect(row: &PgRow, at: usize) -> Result<ReadEnvelope> {
 impl EventStore for PostgresStore {
     async fn forget(&self, subject: &str) -> Result<bool> {
         Self::forget(self, subject).await
+    }
+
+    fn forgets(&self) -> u64 {
+        self.inner
+            .forgets
+            .load(std::sync::atomic::Ordering::Acquire)
     }
 
     async fn append(

@@ -32,6 +32,8 @@ impl SqliteStore {
             Some(keys) => keys.forget(self, subject).await?,
             None => self.forget_subject(subject).await?,
         };
+        self.forgets
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
         tracing::info!(forgotten, "forgot a data subject");
         Ok(forgotten)
     }

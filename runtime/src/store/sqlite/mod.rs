@@ -94,6 +94,8 @@ pub struct SqliteStore {
     group: Option<std::sync::Arc<Group>>,
     /// Seals and opens personal data (`None`: events with `#[pii]` fields are refused).
     keys: Option<Keyring>,
+    /// Data subjects forgotten through this store ([`EventStore::forgets`]).
+    forgets: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl fmt::Debug for SqliteStore {
@@ -207,6 +209,7 @@ impl SqliteStore {
             limits: Limits::default(),
             group: Some(Group::new(Self::GROUP_COMMIT)),
             keys: None,
+            forgets: std::sync::Arc::default(),
         })
     }
 
@@ -915,6 +918,10 @@ async fn read_stream_in(
 impl EventStore for SqliteStore {
     async fn forget(&self, subject: &str) -> Result<bool> {
         Self::forget(self, subject).await
+    }
+
+    fn forgets(&self) -> u64 {
+        self.forgets.load(std::sync::atomic::Ordering::Acquire)
     }
 
     async fn append(
