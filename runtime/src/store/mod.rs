@@ -137,7 +137,7 @@ impl<'a> StreamEventRef<'a> {
     }
 
     /// The same event with another payload (its personal data opened).
-    #[cfg(any(feature = "postgres", feature = "sqlite"))]
+    #[cfg(feature = "postgres")]
     pub(crate) fn with_payload<'b>(self, payload: &'b str) -> StreamEventRef<'b>
     where
         'a: 'b,

@@ -45,7 +45,7 @@ pub enum JsonNameProblem {
     /// `#[serde(flatten)]`, `skip` or `skip_serializing`: the attribute, for spans.
     NotAField(syn::Path),
     /// A `rename_all` Factum does not know, or one per direction.
-    RenameAll(Meta),
+    RenameAll(Box<Meta>),
 }
 
 /// Takes the `#[pii]` attributes off the struct's fields, reading them.
@@ -123,7 +123,7 @@ fn json_name(
         None => Ok(name.to_owned()),
         Some(meta) => string_value(meta)
             .and_then(|rule| renamed(name, &rule))
-            .ok_or_else(|| JsonNameProblem::RenameAll(meta.clone())),
+            .ok_or_else(|| JsonNameProblem::RenameAll(Box::new(meta.clone()))),
     }
 }
 

@@ -654,9 +654,10 @@ impl SqliteStore {
         let mut tx: Tx<'c> = transaction.into();
         let connection = tx::connection::<sqlx::SqliteConnection>(&mut tx)?;
         // The data keys in the caller's transaction, which holds the write lock.
-        let table = keys::TxKeys(tokio::sync::Mutex::new(&mut *connection));
-        let plain = store_keys::seal(self.keys.as_ref(), &table, &mut events).await?;
-        drop(table);
+        let plain = {
+            let table = keys::TxKeys(tokio::sync::Mutex::new(&mut *connection));
+            store_keys::seal(self.keys.as_ref(), &table, &mut events).await?
+        };
         // In a savepoint: a failed append leaves nothing of itself in the transaction.
         let mut savepoint = sqlx::Connection::begin(&mut *connection)
             .await
