@@ -27,9 +27,11 @@
 //! assert_eq!(pii.fields.iter().map(|f| f.name).collect::<Vec<_>>(), ["name", "email"]);
 //! ```
 //!
-//! In the stored payload such a field holds `{"$pii": {"key": <data key id>, "data": <nonce and
-//! ciphertext, base64>, "erased": <the erased value>}}` in place of its value. This module is a
-//! leaf: the stores keep the keys ([`crate::store`]) and seal and open payloads with it.
+//! In the stored payload the personal-data fields are taken out together into one sealed field,
+//! `"$pii": {"key": <data key id>, "data": <nonce and ciphertext of those fields as a JSON
+//! object, base64>, "erased": <the fields' erased values>}`; reading puts them back. This
+//! module is a leaf: the stores keep the keys ([`crate::store`]) and seal and open payloads
+//! with it.
 
 use std::fmt;
 use std::future::Future;
@@ -349,10 +351,11 @@ fn decrypt(cipher: &Aes256Gcm, sealed: &[u8], aad: &[u8]) -> Option<Vec<u8>> {
         .ok()
 }
 
-/// Associated data of a sealed field: its value decrypts only as that field under that key.
-fn field_aad(key_id: Uuid, field: &str) -> Vec<u8> {
-    let mut aad = key_id.as_bytes().to_vec();
-    aad.extend_from_slice(field.as_bytes());
+/// Associated data of sealed fields: they decrypt only as Factum's sealed fields under that
+/// key id.
+fn sealed_aad(key_id: Uuid) -> Vec<u8> {
+    let mut aad = b"factum pii v1 ".to_vec();
+    aad.extend_from_slice(key_id.as_bytes());
     aad
 }
 
@@ -381,8 +384,8 @@ pub(crate) fn subject_of(
     })
 }
 
-/// Seals the personal-data fields of `payload` under `key` (`null` values, an `Option`'s
-/// `None`, hold nothing and stay as they are).
+/// Seals the personal-data fields of `payload` under `key`: takes them out into one sealed
+/// field (nothing when the payload has none of them).
 ///
 /// # Errors
 /// [`PiiError::Provider`] when no nonce can be drawn.
@@ -392,25 +395,27 @@ pub(crate) fn seal(
     key_id: Uuid,
     key: &DataKey,
 ) -> Result<(), PiiError> {
-    let cipher = key.cipher();
+    let mut secret = Map::new();
+    let mut erased = Map::new();
     for field in spec.fields {
-        let Some(value) = payload.get_mut(field.name) else {
-            continue;
-        };
-        if value.is_null() {
-            continue;
+        if let Some(value) = payload.remove(field.name) {
+            secret.insert(field.name.to_owned(), value);
+            erased.insert(field.name.to_owned(), (field.erased)());
         }
-        let plain = serde_json::to_vec(value).map_err(|e| PiiError::Malformed {
-            field: field.name.to_owned(),
-            reason: e.to_string(),
-        })?;
-        let data = encrypt(cipher, &plain, &field_aad(key_id, field.name))?;
-        let mut sealed = Map::new();
-        sealed.insert("key".to_owned(), Value::String(key_id.to_string()));
-        sealed.insert("data".to_owned(), Value::String(BASE64.encode(data)));
-        sealed.insert("erased".to_owned(), (field.erased)());
-        *value = Value::Object(Map::from_iter([(SEALED.to_owned(), Value::Object(sealed))]));
     }
+    if secret.is_empty() {
+        return Ok(());
+    }
+    let plain = serde_json::to_vec(&secret).map_err(|e| PiiError::Malformed {
+        field: SEALED.to_owned(),
+        reason: e.to_string(),
+    })?;
+    let data = encrypt(key.cipher(), &plain, &sealed_aad(key_id))?;
+    let mut sealed = Map::new();
+    sealed.insert("key".to_owned(), Value::String(key_id.to_string()));
+    sealed.insert("data".to_owned(), Value::String(BASE64.encode(data)));
+    sealed.insert("erased".to_owned(), Value::Object(erased));
+    payload.insert(SEALED.to_owned(), Value::Object(sealed));
     Ok(())
 }
 
@@ -421,24 +426,14 @@ pub(crate) fn may_be_sealed(payload: &str) -> bool {
 }
 
 /// A stored payload's top-level fields, borrowed from its text (names and raw values, in
-/// order), the sealed ones read: opening it parses nothing else and copies the rest as it is.
+/// order), and its sealed field read: opening it parses nothing else and copies the rest as it
+/// is.
 pub(crate) struct SealedPayload<'a> {
-    fields: Vec<(&'a str, Field<'a>)>,
+    plain: Vec<(&'a str, &'a RawValue)>,
+    sealed: Option<Sealed<'a>>,
 }
 
-enum Field<'a> {
-    Plain(&'a RawValue),
-    Sealed(Sealed<'a>),
-}
-
-/// A sealed field's value: `{"$pii": {"key": ..., "data": ..., "erased": ...}}`.
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Marker<'a> {
-    #[serde(rename = "$pii", borrow)]
-    sealed: Sealed<'a>,
-}
-
+/// The sealed field's value.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Sealed<'a> {
@@ -450,99 +445,101 @@ struct Sealed<'a> {
 }
 
 impl<'a> SealedPayload<'a> {
-    /// Reads the payload's top level, and each field that holds a sealed value.
+    /// Reads the payload's top level, and its sealed field.
     ///
     /// # Errors
-    /// [`PiiError::Malformed`] when the payload is no JSON object with plain field names, or a
-    /// `$pii` value is not in Factum's form.
+    /// [`PiiError::Malformed`] when the payload is no JSON object with plain field names, or
+    /// its sealed field is not in Factum's form.
     pub(crate) fn read(payload: &'a str) -> Result<Self, PiiError> {
-        let fields: Fields<'a> =
-            serde_json::from_str(payload).map_err(|e| PiiError::Malformed {
-                field: String::new(),
-                reason: format!("a payload with sealed fields does not read: {e}"),
-            })?;
-        let fields = fields
-            .0
-            .into_iter()
-            .map(|(name, value)| {
-                let raw = value.get();
-                if !raw.starts_with("{\"$pii\"") {
-                    return Ok((name, Field::Plain(value)));
-                }
-                let marker: Marker<'a> =
-                    serde_json::from_str(raw).map_err(|e| PiiError::Malformed {
-                        field: name.to_owned(),
-                        reason: e.to_string(),
-                    })?;
-                Ok((name, Field::Sealed(marker.sealed)))
-            })
-            .collect::<Result<_, PiiError>>()?;
-        Ok(Self { fields })
+        let malformed = |reason: String| PiiError::Malformed {
+            field: SEALED.to_owned(),
+            reason,
+        };
+        let fields: Fields<'a> = serde_json::from_str(payload)
+            .map_err(|e| malformed(format!("a payload with sealed fields does not read: {e}")))?;
+        let mut plain = Vec::with_capacity(fields.0.len());
+        let mut sealed = None;
+        for (name, value) in fields.0 {
+            if name == SEALED {
+                sealed = Some(
+                    serde_json::from_str::<Sealed<'a>>(value.get())
+                        .map_err(|e| malformed(e.to_string()))?,
+                );
+            } else {
+                plain.push((name, value));
+            }
+        }
+        Ok(Self { plain, sealed })
     }
 
-    /// The data keys its sealed fields need.
-    pub(crate) fn key_ids(&self) -> impl Iterator<Item = Uuid> + '_ {
-        self.fields.iter().filter_map(|(_, field)| match field {
-            Field::Sealed(sealed) => Some(sealed.key),
-            Field::Plain(_) => None,
-        })
+    /// The data key its sealed field needs, if it has one.
+    pub(crate) fn key_id(&self) -> Option<Uuid> {
+        self.sealed.as_ref().map(|sealed| sealed.key)
     }
 
-    /// Whether any field is sealed.
-    pub(crate) fn is_sealed(&self) -> bool {
-        self.key_ids().next().is_some()
-    }
-
-    /// The payload with each sealed field decrypted under its key, or, where `key` has none
-    /// (the subject was forgotten), its erased value; and whether any was erased.
+    /// The payload with the sealed fields back in place: decrypted under `key`, or, with no
+    /// key (the subject was forgotten), their erased values; and whether they were erased.
     ///
     /// # Errors
-    /// [`PiiError::Tampered`] when a field does not decrypt under its key;
-    /// [`PiiError::Malformed`] when its data is no base64 or decrypts to no text.
-    pub(crate) fn open<'k>(
-        &self,
-        key: impl Fn(Uuid) -> Option<&'k DataKey>,
-    ) -> Result<(String, bool), PiiError> {
-        let mut out = String::with_capacity(128);
-        let mut shredded = false;
+    /// [`PiiError::Tampered`] when they do not decrypt under `key`; [`PiiError::Malformed`]
+    /// when the data is no base64 or decrypts to no JSON object.
+    pub(crate) fn open(&self, key: Option<&DataKey>) -> Result<(String, bool), PiiError> {
+        let mut out = String::with_capacity(256);
         out.push('{');
-        for (index, (name, field)) in self.fields.iter().enumerate() {
+        for (index, (name, value)) in self.plain.iter().enumerate() {
             if index > 0 {
                 out.push(',');
             }
             // The name as it was written (borrowed, so it needed no escapes).
             out.push('"');
             out.push_str(name);
-            out.push('"');
-            out.push(':');
-            match field {
-                Field::Plain(value) => out.push_str(value.get()),
-                Field::Sealed(sealed) => match key(sealed.key) {
-                    Some(key) => out.push_str(&open_sealed(name, sealed, key)?),
-                    None => {
-                        shredded = true;
-                        out.push_str(sealed.erased.get());
-                    }
-                },
+            out.push_str("\":");
+            out.push_str(value.get());
+        }
+        let Some(sealed) = &self.sealed else {
+            out.push('}');
+            return Ok((out, false));
+        };
+        let (fields, shredded) = match key {
+            Some(key) => (open_sealed(sealed, key)?, false),
+            None => (sealed.erased.get().to_owned(), true),
+        };
+        let inner = object_inner(&fields).ok_or_else(|| PiiError::Malformed {
+            field: SEALED.to_owned(),
+            reason: "the sealed fields are no JSON object".to_owned(),
+        })?;
+        if !inner.is_empty() {
+            if !self.plain.is_empty() {
+                out.push(',');
             }
+            out.push_str(inner);
         }
         out.push('}');
         Ok((out, shredded))
     }
 }
 
-/// A sealed value's JSON text, decrypted under `key`.
-fn open_sealed(field: &str, sealed: &Sealed<'_>, key: &DataKey) -> Result<String, PiiError> {
+/// The members of a JSON object's text, without its braces.
+fn object_inner(object: &str) -> Option<&str> {
+    object
+        .trim()
+        .strip_prefix('{')?
+        .strip_suffix('}')
+        .map(str::trim)
+}
+
+/// The sealed fields' JSON text, decrypted under `key`.
+fn open_sealed(sealed: &Sealed<'_>, key: &DataKey) -> Result<String, PiiError> {
     let malformed = |reason: String| PiiError::Malformed {
-        field: field.to_owned(),
+        field: SEALED.to_owned(),
         reason,
     };
     let data = BASE64
         .decode(sealed.data)
         .map_err(|e| malformed(format!("data is no base64: {e}")))?;
-    let plain = decrypt(key.cipher(), &data, &field_aad(sealed.key, field)).ok_or_else(|| {
+    let plain = decrypt(key.cipher(), &data, &sealed_aad(sealed.key)).ok_or_else(|| {
         PiiError::Tampered {
-            field: field.to_owned(),
+            field: SEALED.to_owned(),
             key_id: sealed.key,
         }
     })?;
@@ -599,12 +596,10 @@ mod tests {
     fn opened(
         payload: &Map<String, Value>,
         key: Option<&DataKey>,
-    ) -> Result<Map<String, Value>, PiiError> {
+    ) -> Result<(Map<String, Value>, bool), PiiError> {
         let text = serde_json::to_string(payload).unwrap();
-        let sealed = SealedPayload::read(&text)?;
-        let (text, shredded) = sealed.open(|_| key)?;
-        assert_eq!(shredded, key.is_none() && sealed.is_sealed());
-        Ok(serde_json::from_str(&text).unwrap())
+        let (text, shredded) = SealedPayload::read(&text)?.open(key)?;
+        Ok((serde_json::from_str(&text).unwrap(), shredded))
     }
 
     #[test]
@@ -616,35 +611,32 @@ mod tests {
         assert!(!text.contains("Ada") && !text.contains("ada@"), "{text}");
         assert!(text.contains("\"plan\":\"pro\"") && text.contains("\"customer\":\"c-1\""));
         assert!(may_be_sealed(&text));
-        assert_eq!(opened(&sealed, Some(&key)).unwrap(), payload());
-        assert_eq!(
-            opened(&payload(), None).unwrap(),
-            payload(),
-            "nothing sealed"
-        );
+        assert_eq!(opened(&sealed, Some(&key)).unwrap(), (payload(), false));
+        assert_eq!(opened(&payload(), None).unwrap(), (payload(), false), "nothing sealed");
         // Forgotten: the declared erased values.
-        let erased = opened(&sealed, None).unwrap();
+        let (erased, shredded) = opened(&sealed, None).unwrap();
+        assert!(shredded);
         assert_eq!(erased["name"], json!("[erased]"));
         assert_eq!(erased["email"], Value::Null);
-        // Another key, or a value moved to another field, does not decrypt.
+        assert_eq!(erased["plan"], json!("pro"));
+        // Another key, or the sealed fields of another key id, do not decrypt.
         let other = DataKey::generate().unwrap();
-        assert!(matches!(
-            opened(&sealed, Some(&other)),
-            Err(PiiError::Tampered { .. })
-        ));
-        let mut swapped = sealed.clone();
-        swapped.insert("name".to_owned(), sealed["email"].clone());
-        assert!(matches!(
-            opened(&swapped, Some(&key)),
-            Err(PiiError::Tampered { .. })
-        ));
+        assert!(matches!(opened(&sealed, Some(&other)), Err(PiiError::Tampered { .. })));
+        let mut moved = sealed.clone();
+        moved["$pii"]["key"] = json!(Uuid::now_v7().to_string());
+        assert!(matches!(opened(&moved, Some(&key)), Err(PiiError::Tampered { .. })));
         // A `$pii` value not in Factum's form is refused, not taken for data.
         let mut odd = sealed.clone();
-        odd.insert("name".to_owned(), json!({"$pii": {"key": "k"}}));
-        assert!(matches!(
-            opened(&odd, Some(&key)),
-            Err(PiiError::Malformed { .. })
-        ));
+        odd.insert("$pii".to_owned(), json!({"key": "k"}));
+        assert!(matches!(opened(&odd, Some(&key)), Err(PiiError::Malformed { .. })));
+    }
+
+    #[test]
+    fn an_event_without_its_personal_data_fields_seals_nothing() {
+        let key = DataKey::generate().unwrap();
+        let mut event = json!({"customer": "c-1", "plan": "pro"}).as_object().unwrap().clone();
+        seal(&mut event, &SPEC, Uuid::now_v7(), &key).unwrap();
+        assert!(!may_be_sealed(&serde_json::to_string(&event).unwrap()));
     }
 
     #[test]

@@ -156,42 +156,22 @@ impl Keyring {
         Ok(plain)
     }
 
-    /// The keys of these ids, from the cache or the table (`None`: deleted).
-    async fn keys(
-        &self,
-        table: &impl KeyTable,
-        ids: impl IntoIterator<Item = Uuid>,
-    ) -> Result<Vec<(Uuid, Option<Arc<DataKey>>)>> {
-        let mut found = Vec::new();
-        let mut missing = Vec::new();
-        {
-            let mut cache = self.cache();
-            for id in ids {
-                match cache.by_id.get(&id) {
-                    Some((key @ Some(_), at)) if at.elapsed() < Self::CACHE_TTL => {
-                        found.push((id, key.clone()));
-                    }
-                    Some((None, _)) => found.push((id, None)),
-                    _ => missing.push(id),
-                }
-            }
+    /// The key of this id, from the cache or the table (`None`: deleted).
+    async fn key(&self, table: &impl KeyTable, id: Uuid) -> Result<Option<Arc<DataKey>>> {
+        match self.cache().by_id.get(&id) {
+            Some((key @ Some(_), at)) if at.elapsed() < Self::CACHE_TTL => return Ok(key.clone()),
+            Some((None, _)) => return Ok(None),
+            _ => {}
         }
-        missing.sort_unstable();
-        missing.dedup();
-        if missing.is_empty() {
-            return Ok(found);
+        let stored = table.wrapped_keys(&[id]).await?;
+        let key = match stored.first() {
+            Some((_, wrapped)) => Some(Arc::new(self.provider.unwrap(wrapped).await?)),
+            None => None,
+        };
+        if table.committed() {
+            self.cache().by_id.put(id, (key.clone(), Instant::now()));
         }
-        let stored = table.wrapped_keys(&missing).await?;
-        let now = Instant::now();
-        for id in missing {
-            let key = match stored.iter().find(|(stored, _)| *stored == id) {
-                Some((_, wrapped)) => Some(Arc::new(self.provider.unwrap(wrapped).await?)),
-                None => None,
-            };
-            self.cache().by_id.put(id, (key.clone(), now));
-            found.push((id, key));
-        }
-        Ok(found)
+        Ok(key)
     }
 
     /// A stored payload with its sealed fields opened (decrypted, or their replacement when
@@ -206,15 +186,11 @@ impl Keyring {
             return Ok(None);
         }
         let sealed = SealedPayload::read(payload)?;
-        if !sealed.is_sealed() {
+        let Some(key_id) = sealed.key_id() else {
             return Ok(None);
-        }
-        let keys = self.keys(table, sealed.key_ids()).await?;
-        let (opened, shredded) = sealed.open(|id| {
-            keys.iter()
-                .find(|(key_id, _)| *key_id == id)
-                .and_then(|(_, key)| key.as_deref())
-        })?;
+        };
+        let key = self.key(table, key_id).await?;
+        let (opened, shredded) = sealed.open(key.as_deref())?;
         Ok(Some((Payload::from_stored_json(opened), shredded)))
     }
 
