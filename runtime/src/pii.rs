@@ -612,7 +612,11 @@ mod tests {
         assert!(text.contains("\"plan\":\"pro\"") && text.contains("\"customer\":\"c-1\""));
         assert!(may_be_sealed(&text));
         assert_eq!(opened(&sealed, Some(&key)).unwrap(), (payload(), false));
-        assert_eq!(opened(&payload(), None).unwrap(), (payload(), false), "nothing sealed");
+        assert_eq!(
+            opened(&payload(), None).unwrap(),
+            (payload(), false),
+            "nothing sealed"
+        );
         // Forgotten: the declared erased values.
         let (erased, shredded) = opened(&sealed, None).unwrap();
         assert!(shredded);
@@ -621,20 +625,32 @@ mod tests {
         assert_eq!(erased["plan"], json!("pro"));
         // Another key, or the sealed fields of another key id, do not decrypt.
         let other = DataKey::generate().unwrap();
-        assert!(matches!(opened(&sealed, Some(&other)), Err(PiiError::Tampered { .. })));
+        assert!(matches!(
+            opened(&sealed, Some(&other)),
+            Err(PiiError::Tampered { .. })
+        ));
         let mut moved = sealed.clone();
         moved["$pii"]["key"] = json!(Uuid::now_v7().to_string());
-        assert!(matches!(opened(&moved, Some(&key)), Err(PiiError::Tampered { .. })));
+        assert!(matches!(
+            opened(&moved, Some(&key)),
+            Err(PiiError::Tampered { .. })
+        ));
         // A `$pii` value not in Factum's form is refused, not taken for data.
         let mut odd = sealed.clone();
         odd.insert("$pii".to_owned(), json!({"key": "k"}));
-        assert!(matches!(opened(&odd, Some(&key)), Err(PiiError::Malformed { .. })));
+        assert!(matches!(
+            opened(&odd, Some(&key)),
+            Err(PiiError::Malformed { .. })
+        ));
     }
 
     #[test]
     fn an_event_without_its_personal_data_fields_seals_nothing() {
         let key = DataKey::generate().unwrap();
-        let mut event = json!({"customer": "c-1", "plan": "pro"}).as_object().unwrap().clone();
+        let mut event = json!({"customer": "c-1", "plan": "pro"})
+            .as_object()
+            .unwrap()
+            .clone();
         seal(&mut event, &SPEC, Uuid::now_v7(), &key).unwrap();
         assert!(!may_be_sealed(&serde_json::to_string(&event).unwrap()));
     }

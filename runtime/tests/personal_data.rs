@@ -142,6 +142,15 @@ fn register(id: &str, name: &str, email: &str) -> Register {
     }
 }
 
+/// Another client of the test's database (as another process would have), with a key provider.
+async fn keyed<D: TestDatabase>(database: &D, provider: LocalKeyProvider) -> D::Store {
+    database
+        .another_client()
+        .await
+        .unwrap()
+        .with_key_provider(provider)
+}
+
 /// Every payload and every text the events table holds, as stored.
 async fn stored_text<D: TestDatabase>(database: &D) -> String {
     let events = database.table("events");
@@ -235,11 +244,7 @@ async fn feed(store: &impl EventStore) -> Vec<(CustomerEvent, bool)> {
 
 async fn personal_data_is_sealed_and_forgetting_shreds_it<D: TestDatabase>() {
     let database = D::create().await.unwrap();
-    let store = database
-        .another_client()
-        .await
-        .unwrap()
-        .with_key_provider(LocalKeyProvider::new(KEK));
+    let store = keyed(&database, LocalKeyProvider::new(KEK)).await;
     // Snapshots too: an aggregate's state holds the personal data in plain.
     let customers = factum::Repository::<Customer, _>::new(store.clone()).snapshot_every(1);
     customers
@@ -346,11 +351,7 @@ async fn personal_data_is_sealed_and_forgetting_shreds_it<D: TestDatabase>() {
     };
     assert_eq!(grace.name, GRACE);
     // Another client (another process) with the same key-encryption key reads the same.
-    let other = database
-        .another_client()
-        .await
-        .unwrap()
-        .with_key_provider(LocalKeyProvider::new(KEK));
+    let other = keyed(&database, LocalKeyProvider::new(KEK)).await;
     assert_eq!(feed(&other).await, events);
     // The log is untouched: the same bytes as before.
     assert_eq!(stored_text(&database).await, stored);
@@ -372,11 +373,7 @@ async fn personal_data_is_sealed_and_forgetting_shreds_it<D: TestDatabase>() {
 /// command after the forget decides on the erased state, not on the plaintext kept in memory.
 async fn the_hot_cache_forgets_with_the_store<D: TestDatabase>() {
     let database = D::create().await.unwrap();
-    let store = database
-        .another_client()
-        .await
-        .unwrap()
-        .with_key_provider(LocalKeyProvider::ephemeral().unwrap());
+    let store = keyed(&database, LocalKeyProvider::ephemeral().unwrap()).await;
     let customers = factum::Repository::<Customer, _>::new(store.clone())
         .cache(std::num::NonZeroUsize::new(16).unwrap());
     customers
@@ -435,11 +432,7 @@ async fn without_a_key_provider_personal_data_is_refused<D: TestDatabase>() {
     assert!(message.contains("with_key_provider") && message.contains("CustomerRegistered"));
     assert_eq!(stored_text(&database).await, "", "nothing stored");
 
-    let keyed = database
-        .another_client()
-        .await
-        .unwrap()
-        .with_key_provider(LocalKeyProvider::ephemeral().unwrap());
+    let keyed = keyed(&database, LocalKeyProvider::ephemeral().unwrap()).await;
     factum::Repository::<Customer, _>::new(keyed)
         .execute("customer-ada", register("ada", ADA, ADA_EMAIL))
         .await
@@ -454,20 +447,12 @@ async fn without_a_key_provider_personal_data_is_refused<D: TestDatabase>() {
 /// error, not garbage and not a silent replacement.
 async fn another_key_encryption_key_opens_nothing<D: TestDatabase>() {
     let database = D::create().await.unwrap();
-    let store = database
-        .another_client()
-        .await
-        .unwrap()
-        .with_key_provider(LocalKeyProvider::ephemeral().unwrap());
+    let store = keyed(&database, LocalKeyProvider::ephemeral().unwrap()).await;
     factum::Repository::<Customer, _>::new(store)
         .execute("customer-ada", register("ada", ADA, ADA_EMAIL))
         .await
         .unwrap();
-    let wrong = database
-        .another_client()
-        .await
-        .unwrap()
-        .with_key_provider(LocalKeyProvider::ephemeral().unwrap());
+    let wrong = keyed(&database, LocalKeyProvider::ephemeral().unwrap()).await;
     let error = wrong.read_stream("customer-ada", ..).await.unwrap_err();
     assert!(
         matches!(error, Error::Pii(PiiError::Provider(_))),

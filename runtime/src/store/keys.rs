@@ -276,6 +276,27 @@ pub(crate) async fn seal(
     }
 }
 
+/// Forgets `subject` in `table` (see [`EventStore::forget`]), through the store's key ring
+/// when it has one (which drops the subject's key from its cache), and counts it in the
+/// store's `forgets` ([`EventStore::forgets`]).
+///
+/// [`EventStore::forget`]: crate::store::EventStore::forget
+/// [`EventStore::forgets`]: crate::store::EventStore::forgets
+pub(crate) async fn forget(
+    keys: Option<&Keyring>,
+    table: &impl KeyTable,
+    forgets: &std::sync::atomic::AtomicU64,
+    subject: &str,
+) -> Result<bool> {
+    let forgotten = match keys {
+        Some(keys) => keys.forget(table, subject).await?,
+        None => table.forget_subject(subject).await?,
+    };
+    forgets.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+    tracing::info!(forgotten, "forgot a data subject");
+    Ok(forgotten)
+}
+
 /// Gives appended events back their payloads from before sealing.
 pub(crate) fn unseal_appended(appended: &mut [RecordedEvent], plain: Vec<(Uuid, Payload)>) {
     for (event_id, payload) in plain {

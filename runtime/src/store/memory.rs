@@ -292,13 +292,7 @@ impl MemoryStore {
     /// # Errors
     /// None today; the signature is every store's.
     pub async fn forget(&self, subject: &str) -> Result<bool> {
-        let forgotten = match &self.keys {
-            Some(keys) => keys.forget(self, subject).await?,
-            None => self.forget_subject(subject).await?,
-        };
-        self.forgets
-            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
-        Ok(forgotten)
+        keys::forget(self.keys.as_ref(), self, &self.forgets, subject).await
     }
 }
 

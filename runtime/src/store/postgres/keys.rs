@@ -7,7 +7,7 @@ use uuid::Uuid;
 use super::PostgresStore;
 use crate::error::{Error, Result};
 use crate::pii::KeyProvider;
-use crate::store::keys::KeyTable;
+use crate::store::keys::{self, KeyTable};
 
 impl PostgresStore {
     /// This store (sharing its pool) sealing the `#[pii]` fields of the events it appends
@@ -27,15 +27,7 @@ impl PostgresStore {
     /// # Errors
     /// A database error.
     pub async fn forget(&self, subject: &str) -> Result<bool> {
-        let forgotten = match &self.keys {
-            Some(keys) => keys.forget(self, subject).await?,
-            None => self.forget_subject(subject).await?,
-        };
-        self.inner
-            .forgets
-            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
-        tracing::info!(forgotten, "forgot a data subject");
-        Ok(forgotten)
+        keys::forget(self.keys.as_ref(), self, &self.inner.forgets, subject).await
     }
 
     fn keys_sql(&self, sql: &str) -> AssertSqlSafe<String> {

@@ -8,7 +8,7 @@ use uuid::Uuid;
 use super::{SqliteStore, backend};
 use crate::error::{Error, Result};
 use crate::pii::KeyProvider;
-use crate::store::keys::KeyTable;
+use crate::store::keys::{self, KeyTable};
 
 impl SqliteStore {
     /// This store (sharing its database) sealing the `#[pii]` fields of the events it appends
@@ -28,14 +28,7 @@ impl SqliteStore {
     /// # Errors
     /// A database error.
     pub async fn forget(&self, subject: &str) -> Result<bool> {
-        let forgotten = match &self.keys {
-            Some(keys) => keys.forget(self, subject).await?,
-            None => self.forget_subject(subject).await?,
-        };
-        self.forgets
-            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
-        tracing::info!(forgotten, "forgot a data subject");
-        Ok(forgotten)
+        keys::forget(self.keys.as_ref(), self, &self.forgets, subject).await
     }
 }
 

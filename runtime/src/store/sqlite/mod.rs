@@ -689,6 +689,16 @@ impl SqliteStore {
 }
 
 impl SqliteStore {
+    /// The events of `rows` ([`ENVELOPE_COLUMNS`]), their personal data opened.
+    pub(crate) async fn envelopes(&self, rows: &[SqliteRow]) -> Result<Vec<RecordedEvent>> {
+        let mut events = rows
+            .iter()
+            .map(envelope_from_row)
+            .collect::<Result<Vec<_>>>()?;
+        self.open_pii(&mut events).await?;
+        Ok(events)
+    }
+
     /// Opens the personal data of events read (nothing to do without a key provider: sealed
     /// fields stay sealed).
     pub(crate) async fn open_pii(&self, events: &mut [RecordedEvent]) -> Result<()> {

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use sqlx::AssertSqlSafe;
 
-use super::{ENVELOPE_COLUMNS, SqliteStore, backend, envelope_from_row};
+use super::{ENVELOPE_COLUMNS, SqliteStore, backend};
 use crate::envelope::RecordedEvent;
 use crate::error::{Error, Result};
 use crate::store::backend::to_i64;
@@ -58,12 +58,7 @@ impl Backend for SqliteStore {
         .fetch_all(&self.pool)
         .await
         .map_err(backend)?;
-        let mut events = rows
-            .iter()
-            .map(envelope_from_row)
-            .collect::<Result<Vec<_>>>()?;
-        self.open_pii(&mut events).await?;
-        Ok(events)
+        self.envelopes(&rows).await
     }
 
     async fn unapplied<'a>(
@@ -88,12 +83,7 @@ impl Backend for SqliteStore {
         .fetch_all(&mut *connection)
         .await
         .map_err(backend)?;
-        let mut events = rows
-            .iter()
-            .map(envelope_from_row)
-            .collect::<Result<Vec<_>>>()?;
-        self.open_pii(&mut events).await?;
-        Ok(events)
+        self.envelopes(&rows).await
     }
 
     fn with_hook(&self, hook: Arc<dyn AppendHook<Self>>) -> Self {
