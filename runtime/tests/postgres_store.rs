@@ -393,7 +393,11 @@ async fn migrations_are_idempotent_and_safe_to_run_concurrently() {
     .fetch_one(store.pool())
     .await
     .unwrap();
-    assert_eq!(applied, 13, "every shipped migration, once");
+    let shipped = std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/migrations/postgres"))
+        .unwrap()
+        .count();
+    assert!(shipped >= 14, "the migrations are where they were: {shipped}");
+    assert_eq!(applied, shipped as i64, "every shipped migration, once");
 }
 
 #[tokio::test]
