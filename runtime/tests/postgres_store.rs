@@ -396,7 +396,10 @@ async fn migrations_are_idempotent_and_safe_to_run_concurrently() {
     let shipped = std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/migrations/postgres"))
         .unwrap()
         .count();
-    assert!(shipped >= 14, "the migrations are where they were: {shipped}");
+    assert!(
+        shipped >= 14,
+        "the migrations are where they were: {shipped}"
+    );
     assert_eq!(applied, shipped as i64, "every shipped migration, once");
 }
 
