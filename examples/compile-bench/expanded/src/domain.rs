@@ -135,6 +135,15 @@ const _: () = {
                 Self::V4(_) => <Happened0x4 as ::factum::__private::Event>::VERSION,
             }
         }
+        fn pii(&self) -> ::core::option::Option<&'static ::factum::__private::PiiSpec> {
+            match self {
+                Self::V0(_) => <Happened0x0 as ::factum::__private::Event>::PII,
+                Self::V1(_) => <Happened0x1 as ::factum::__private::Event>::PII,
+                Self::V2(_) => <Happened0x2 as ::factum::__private::Event>::PII,
+                Self::V3(_) => <Happened0x3 as ::factum::__private::Event>::PII,
+                Self::V4(_) => <Happened0x4 as ::factum::__private::Event>::PII,
+            }
+        }
         fn encode(
             &self,
         ) -> ::core::result::Result<
@@ -725,6 +734,15 @@ const _: () = {
                 Self::V2(_) => <Happened1x2 as ::factum::__private::Event>::VERSION,
                 Self::V3(_) => <Happened1x3 as ::factum::__private::Event>::VERSION,
                 Self::V4(_) => <Happened1x4 as ::factum::__private::Event>::VERSION,
+            }
+        }
+        fn pii(&self) -> ::core::option::Option<&'static ::factum::__private::PiiSpec> {
+            match self {
+                Self::V0(_) => <Happened1x0 as ::factum::__private::Event>::PII,
+                Self::V1(_) => <Happened1x1 as ::factum::__private::Event>::PII,
+                Self::V2(_) => <Happened1x2 as ::factum::__private::Event>::PII,
+                Self::V3(_) => <Happened1x3 as ::factum::__private::Event>::PII,
+                Self::V4(_) => <Happened1x4 as ::factum::__private::Event>::PII,
             }
         }
         fn encode(
@@ -1319,6 +1337,15 @@ const _: () = {
                 Self::V4(_) => <Happened2x4 as ::factum::__private::Event>::VERSION,
             }
         }
+        fn pii(&self) -> ::core::option::Option<&'static ::factum::__private::PiiSpec> {
+            match self {
+                Self::V0(_) => <Happened2x0 as ::factum::__private::Event>::PII,
+                Self::V1(_) => <Happened2x1 as ::factum::__private::Event>::PII,
+                Self::V2(_) => <Happened2x2 as ::factum::__private::Event>::PII,
+                Self::V3(_) => <Happened2x3 as ::factum::__private::Event>::PII,
+                Self::V4(_) => <Happened2x4 as ::factum::__private::Event>::PII,
+            }
+        }
         fn encode(
             &self,
         ) -> ::core::result::Result<
@@ -1909,6 +1936,15 @@ const _: () = {
                 Self::V2(_) => <Happened3x2 as ::factum::__private::Event>::VERSION,
                 Self::V3(_) => <Happened3x3 as ::factum::__private::Event>::VERSION,
                 Self::V4(_) => <Happened3x4 as ::factum::__private::Event>::VERSION,
+            }
+        }
+        fn pii(&self) -> ::core::option::Option<&'static ::factum::__private::PiiSpec> {
+            match self {
+                Self::V0(_) => <Happened3x0 as ::factum::__private::Event>::PII,
+                Self::V1(_) => <Happened3x1 as ::factum::__private::Event>::PII,
+                Self::V2(_) => <Happened3x2 as ::factum::__private::Event>::PII,
+                Self::V3(_) => <Happened3x3 as ::factum::__private::Event>::PII,
+                Self::V4(_) => <Happened3x4 as ::factum::__private::Event>::PII,
             }
         }
         fn encode(
@@ -2503,6 +2539,15 @@ const _: () = {
                 Self::V4(_) => <Happened4x4 as ::factum::__private::Event>::VERSION,
             }
         }
+        fn pii(&self) -> ::core::option::Option<&'static ::factum::__private::PiiSpec> {
+            match self {
+                Self::V0(_) => <Happened4x0 as ::factum::__private::Event>::PII,
+                Self::V1(_) => <Happened4x1 as ::factum::__private::Event>::PII,
+                Self::V2(_) => <Happened4x2 as ::factum::__private::Event>::PII,
+                Self::V3(_) => <Happened4x3 as ::factum::__private::Event>::PII,
+                Self::V4(_) => <Happened4x4 as ::factum::__private::Event>::PII,
+            }
+        }
         fn encode(
             &self,
         ) -> ::core::result::Result<
@@ -3093,6 +3138,15 @@ const _: () = {
                 Self::V2(_) => <Happened5x2 as ::factum::__private::Event>::VERSION,
                 Self::V3(_) => <Happened5x3 as ::factum::__private::Event>::VERSION,
                 Self::V4(_) => <Happened5x4 as ::factum::__private::Event>::VERSION,
+            }
+        }
+        fn pii(&self) -> ::core::option::Option<&'static ::factum::__private::PiiSpec> {
+            match self {
+                Self::V0(_) => <Happened5x0 as ::factum::__private::Event>::PII,
+                Self::V1(_) => <Happened5x1 as ::factum::__private::Event>::PII,
+                Self::V2(_) => <Happened5x2 as ::factum::__private::Event>::PII,
+                Self::V3(_) => <Happened5x3 as ::factum::__private::Event>::PII,
+                Self::V4(_) => <Happened5x4 as ::factum::__private::Event>::PII,
             }
         }
         fn encode(
@@ -3687,6 +3741,15 @@ const _: () = {
                 Self::V4(_) => <Happened6x4 as ::factum::__private::Event>::VERSION,
             }
         }
+        fn pii(&self) -> ::core::option::Option<&'static ::factum::__private::PiiSpec> {
+            match self {
+                Self::V0(_) => <Happened6x0 as ::factum::__private::Event>::PII,
+                Self::V1(_) => <Happened6x1 as ::factum::__private::Event>::PII,
+                Self::V2(_) => <Happened6x2 as ::factum::__private::Event>::PII,
+                Self::V3(_) => <Happened6x3 as ::factum::__private::Event>::PII,
+                Self::V4(_) => <Happened6x4 as ::factum::__private::Event>::PII,
+            }
+        }
         fn encode(
             &self,
         ) -> ::core::result::Result<
@@ -4277,6 +4340,15 @@ const _: () = {
                 Self::V2(_) => <Happened7x2 as ::factum::__private::Event>::VERSION,
                 Self::V3(_) => <Happened7x3 as ::factum::__private::Event>::VERSION,
                 Self::V4(_) => <Happened7x4 as ::factum::__private::Event>::VERSION,
+            }
+        }
+        fn pii(&self) -> ::core::option::Option<&'static ::factum::__private::PiiSpec> {
+            match self {
+                Self::V0(_) => <Happened7x0 as ::factum::__private::Event>::PII,
+                Self::V1(_) => <Happened7x1 as ::factum::__private::Event>::PII,
+                Self::V2(_) => <Happened7x2 as ::factum::__private::Event>::PII,
+                Self::V3(_) => <Happened7x3 as ::factum::__private::Event>::PII,
+                Self::V4(_) => <Happened7x4 as ::factum::__private::Event>::PII,
             }
         }
         fn encode(
@@ -4871,6 +4943,15 @@ const _: () = {
                 Self::V4(_) => <Happened8x4 as ::factum::__private::Event>::VERSION,
             }
         }
+        fn pii(&self) -> ::core::option::Option<&'static ::factum::__private::PiiSpec> {
+            match self {
+                Self::V0(_) => <Happened8x0 as ::factum::__private::Event>::PII,
+                Self::V1(_) => <Happened8x1 as ::factum::__private::Event>::PII,
+                Self::V2(_) => <Happened8x2 as ::factum::__private::Event>::PII,
+                Self::V3(_) => <Happened8x3 as ::factum::__private::Event>::PII,
+                Self::V4(_) => <Happened8x4 as ::factum::__private::Event>::PII,
+            }
+        }
         fn encode(
             &self,
         ) -> ::core::result::Result<
@@ -5461,6 +5542,15 @@ const _: () = {
                 Self::V2(_) => <Happened9x2 as ::factum::__private::Event>::VERSION,
                 Self::V3(_) => <Happened9x3 as ::factum::__private::Event>::VERSION,
                 Self::V4(_) => <Happened9x4 as ::factum::__private::Event>::VERSION,
+            }
+        }
+        fn pii(&self) -> ::core::option::Option<&'static ::factum::__private::PiiSpec> {
+            match self {
+                Self::V0(_) => <Happened9x0 as ::factum::__private::Event>::PII,
+                Self::V1(_) => <Happened9x1 as ::factum::__private::Event>::PII,
+                Self::V2(_) => <Happened9x2 as ::factum::__private::Event>::PII,
+                Self::V3(_) => <Happened9x3 as ::factum::__private::Event>::PII,
+                Self::V4(_) => <Happened9x4 as ::factum::__private::Event>::PII,
             }
         }
         fn encode(
