@@ -520,6 +520,13 @@ async fn forget_shreds_personal_data_as_the_tool_shows_it() {
         "{sealed}"
     );
 
+    // An export carries personal data sealed, as stored, even with the key at hand.
+    let exported = with_key(&["export", "--stream", "customer-ada"]);
+    assert!(
+        exported.contains("$pii") && !exported.contains("Ada Lovelace"),
+        "{exported}"
+    );
+
     let forgot = with_key(&["forget", "ada"]);
     assert!(forgot.contains("forgot data subject \"ada\""), "{forgot}");
     let shown = with_key(&["--json", "stream", "show", "customer-ada"]);

@@ -67,7 +67,9 @@ pub(super) enum Command {
     /// the feed and appends. Stop the appending applications first; run as the store's owner.
     AdoptCluster,
     /// Writes the store's events as JSON Lines (every envelope field), in feed order: the
-    /// whole feed, or some streams. Load them into an empty store with `import`.
+    /// whole feed, or some streams. Load them into an empty store with `import`. Personal data
+    /// (`#[pii]` fields) is written sealed, as stored: a copy without the keys reads it as
+    /// erased.
     Export {
         /// Only these streams (repeat the option); the whole feed when none.
         #[arg(long = "stream")]

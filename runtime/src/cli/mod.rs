@@ -207,7 +207,10 @@ impl Cli {
             Command::Forget { subject } => store::forget(&store, subject, json).await,
             Command::AdoptCluster => cluster::adopt(&store, json).await,
             Command::Export { streams, output } => {
-                transfer::export(&store, streams, output.as_deref(), json).await
+                // Personal data leaves sealed, as stored: an export holds no plaintext of it,
+                // and a copy replayed elsewhere without the keys reads it as erased.
+                let sealed = store.without_key_provider();
+                transfer::export(&sealed, streams, output.as_deref(), json).await
             }
             Command::Import { .. } => Ok(()),
             Command::Catalog { .. } => Ok(()),

@@ -151,6 +151,14 @@ impl AnyStore {
         })
     }
 
+    /// The store reading personal data sealed, as stored.
+    pub fn without_key_provider(&self) -> Self {
+        match self {
+            Self::Postgres(store) => Self::Postgres(store.clone().without_key_provider()),
+            Self::Sqlite(store) => Self::Sqlite(store.clone().without_key_provider()),
+        }
+    }
+
     pub fn describe(&self) -> String {
         match self {
             Self::Postgres(store) => format!("the PostgreSQL schema `{}`", store.schema()),

@@ -19,6 +19,14 @@ impl SqliteStore {
         crate::store::sql::Backend::with_provider(self, std::sync::Arc::new(provider))
     }
 
+    /// This store (sharing its pool) reading personal data sealed, as stored, and refusing
+    /// appends of it: what an export of the stored form reads through.
+    #[cfg(feature = "cli")]
+    pub(crate) fn without_key_provider(mut self) -> Self {
+        self.keys = None;
+        self
+    }
+
     /// Forgets a data subject (crypto-shredding): deletes its data key, and the snapshots of
     /// the streams holding data sealed under it, so that the `#[pii]` fields of its events
     /// read as their replacements from now on (here at once, in other processes within 30 s)
