@@ -372,9 +372,13 @@ async fn scenario(faults: Faults) {
                 longest = longest.max(took);
             }
             eprintln!("longest recovery after a restart: {longest:?}");
+            // Resuming is what is checked, not its speed: backoff waits up to 2 s between
+            // tries, and this binary's three fault tests share a loaded machine (one restart
+            // once took 6.1 s in a full run); 15 s still catches a runner that gave up or
+            // waits for a connection that never comes back.
             assert!(
-                longest < Duration::from_secs(5),
-                "every runner resumes within 5 s of the server accepting connections (took {longest:?})"
+                longest < Duration::from_secs(15),
+                "every runner resumes within 15 s of the server accepting connections (took {longest:?})"
             );
         }
         Faults::Storm(length) => {
