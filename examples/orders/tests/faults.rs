@@ -3,7 +3,7 @@
 //! of every event) and the order fulfillment saga run, and meanwhile
 //!
 //! - the server is crashed and restarted five times (`pg_ctl restart -m immediate`) at random
-//!   points: every runner resumes by itself within 5 s of the server accepting connections
+//!   points: every runner resumes by itself within 15 s of the server accepting connections
 //!   again (the longest recovery is printed);
 //! - or every connection to it is terminated every 200 ms for 30 s.
 //!
