@@ -24,11 +24,8 @@ use crate::pii::{self, DataKey, KeyProvider, PiiError, SealedPayload};
 
 /// Where a store keeps its data keys.
 pub(crate) trait KeyTable: Sync {
-    /// The wrapped keys, of those with these ids, that exist.
-    fn wrapped_keys(
-        &self,
-        ids: &[Uuid],
-    ) -> impl Future<Output = Result<Vec<(Uuid, Vec<u8>)>>> + Send;
+    /// The wrapped key of this id, if it exists.
+    fn wrapped_key(&self, id: Uuid) -> impl Future<Output = Result<Option<Vec<u8>>>> + Send;
 
     /// The subject's key, if it has one.
     fn subject_key(
@@ -46,9 +43,9 @@ pub(crate) trait KeyTable: Sync {
 
     /// Deletes the subject's key and, in the same transaction, the snapshots of the streams
     /// holding data sealed under it (aggregate states hold that data in plain); whether the
-    /// subject had a key. It scans the log for the key's id: forgetting is rare, and the log
-    /// has no index by subject.
-    fn forget_subject(&self, subject: &str) -> impl Future<Output = Result<bool>> + Send;
+    /// subject had a key: its id. It scans the log for the key's id: forgetting is rare, and
+    /// the log has no index by subject.
+    fn forget_subject(&self, subject: &str) -> impl Future<Output = Result<Option<Uuid>>> + Send;
 
     /// Whether what this table holds is committed, so that the key ring may cache a subject's
     /// key from it. Not so inside a caller's transaction, which may yet roll back the key it
@@ -163,9 +160,8 @@ impl Keyring {
             Some((None, _)) => return Ok(None),
             _ => {}
         }
-        let stored = table.wrapped_keys(&[id]).await?;
-        let key = match stored.first() {
-            Some((_, wrapped)) => Some(Arc::new(self.provider.unwrap(wrapped).await?)),
+        let key = match table.wrapped_key(id).await? {
+            Some(wrapped) => Some(Arc::new(self.provider.unwrap(&wrapped).await?)),
             None => None,
         };
         if table.committed() {
@@ -212,25 +208,17 @@ impl Keyring {
         Ok(())
     }
 
-    /// Deletes the subject's key, here and in the table: its sealed fields read as their
-    /// replacements from now on. Whether it had one.
+    /// Deletes the subject's key, in the table and in the cache (where it may be found by
+    /// subject and by id): its sealed fields read as their replacements from now on. Whether
+    /// it had one.
     pub(crate) async fn forget(&self, table: &impl KeyTable, subject: &str) -> Result<bool> {
-        let had = table.forget_subject(subject).await?;
+        let deleted = table.forget_subject(subject).await?;
         let mut cache = self.cache();
-        if let Some((id, _, _)) = cache.by_subject.pop(subject) {
+        cache.by_subject.pop(subject);
+        if let Some(id) = deleted {
             cache.by_id.put(id, (None, Instant::now()));
         }
-        // A key of the subject cached by id alone: dropped, read again from the table.
-        let stale: Vec<Uuid> = cache
-            .by_id
-            .iter()
-            .filter(|(_, (key, _))| key.is_some())
-            .map(|(id, _)| *id)
-            .collect();
-        for id in stale {
-            cache.by_id.pop(&id);
-        }
-        Ok(had)
+        Ok(deleted.is_some())
     }
 }
 
@@ -290,7 +278,7 @@ pub(crate) async fn forget(
 ) -> Result<bool> {
     let forgotten = match keys {
         Some(keys) => keys.forget(table, subject).await?,
-        None => table.forget_subject(subject).await?,
+        None => table.forget_subject(subject).await?.is_some(),
     };
     forgets.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
     tracing::info!(forgotten, "forgot a data subject");

@@ -297,14 +297,13 @@ impl MemoryStore {
 }
 
 impl KeyTable for MemoryStore {
-    async fn wrapped_keys(&self, ids: &[uuid::Uuid]) -> Result<Vec<(uuid::Uuid, Vec<u8>)>> {
-        let log = self.read();
-        Ok(log
+    async fn wrapped_key(&self, id: uuid::Uuid) -> Result<Option<Vec<u8>>> {
+        Ok(self
+            .read()
             .data_keys
             .values()
-            .filter(|(id, _)| ids.contains(id))
-            .cloned()
-            .collect())
+            .find(|(key_id, _)| *key_id == id)
+            .map(|(_, wrapped)| wrapped.clone()))
     }
 
     async fn subject_key(&self, subject: &str) -> Result<Option<(uuid::Uuid, Vec<u8>)>> {
@@ -325,12 +324,12 @@ impl KeyTable for MemoryStore {
             .clone())
     }
 
-    async fn forget_subject(&self, subject: &str) -> Result<bool> {
+    async fn forget_subject(&self, subject: &str) -> Result<Option<uuid::Uuid>> {
         let mut log = self.write();
-        let Some((key_id, _)) = log.data_keys.remove(subject) else {
-            return Ok(false);
+        let Some((id, _)) = log.data_keys.remove(subject) else {
+            return Ok(None);
         };
-        let key_id = key_id.to_string();
+        let key_id = id.to_string();
         let streams: std::collections::HashSet<String> = log
             .events
             .iter()
@@ -339,7 +338,7 @@ impl KeyTable for MemoryStore {
             .collect();
         log.snapshots
             .retain(|stream_id, _| !streams.contains(stream_id));
-        Ok(true)
+        Ok(Some(id))
     }
 }
 

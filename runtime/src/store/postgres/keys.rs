@@ -51,16 +51,14 @@ fn key_row(row: &sqlx::postgres::PgRow) -> Result<(Uuid, Vec<u8>)> {
 }
 
 impl KeyTable for PostgresStore {
-    async fn wrapped_keys(&self, ids: &[Uuid]) -> Result<Vec<(Uuid, Vec<u8>)>> {
-        let rows =
-            sqlx::query(self.keys_sql(
-                "SELECT key_id, wrapped_key FROM {schema}.data_keys WHERE key_id = ANY($1)",
-            ))
-            .bind(ids)
-            .fetch_all(&self.inner.pool)
-            .await
-            .map_err(|e| self.fail(e))?;
-        rows.iter().map(key_row).collect()
+    async fn wrapped_key(&self, id: Uuid) -> Result<Option<Vec<u8>>> {
+        sqlx::query_scalar(
+            self.keys_sql("SELECT wrapped_key FROM {schema}.data_keys WHERE key_id = $1"),
+        )
+        .bind(id)
+        .fetch_optional(&self.inner.pool)
+        .await
+        .map_err(|e| self.fail(e))
     }
 
     async fn subject_key(&self, subject: &str) -> Result<Option<(Uuid, Vec<u8>)>> {
@@ -107,7 +105,7 @@ impl KeyTable for PostgresStore {
         }
     }
 
-    async fn forget_subject(&self, subject: &str) -> Result<bool> {
+    async fn forget_subject(&self, subject: &str) -> Result<Option<Uuid>> {
         let forgotten = sqlx::query(self.keys_sql(
             "WITH key AS (
                  DELETE FROM {schema}.data_keys WHERE subject = $1 RETURNING key_id
@@ -119,19 +117,19 @@ impl KeyTable for PostgresStore {
                  )
                  RETURNING stream_id
              )
-             SELECT (SELECT count(*) FROM key), (SELECT count(*) FROM snapshots)",
+             SELECT (SELECT key_id FROM key), (SELECT count(*) FROM snapshots)",
         ))
         .bind(subject)
         .fetch_one(&self.inner.pool)
         .await
         .map_err(|e| self.fail(e))?;
-        let keys: i64 = forgotten.try_get(0).map_err(Error::Database)?;
+        let key: Option<Uuid> = forgotten.try_get(0).map_err(Error::Database)?;
         let snapshots: i64 = forgotten.try_get(1).map_err(Error::Database)?;
         tracing::debug!(
-            keys,
+            ?key,
             snapshots,
             "deleted a data subject's key and snapshots"
         );
-        Ok(keys > 0)
+        Ok(key)
     }
 }

@@ -687,7 +687,7 @@ impl PostgresStore {
         };
         let held_back: bool = columns::get(first, 1)?;
         let newest: Option<u64> = columns::unsigned_opt::<_, i64, _>(first, 2)?;
-        let (events, undecodable, stopped) = match query.fields {
+        let (mut events, undecodable, stopped) = match query.fields {
             EnvelopeFields::Source => {
                 runner_envelopes(rows, |row| Ok((source_from_row(row, 3)?, None)))?
             }
@@ -707,7 +707,6 @@ impl PostgresStore {
             }
             (_, None) => query.after,
         };
-        let mut events = events;
         self.open_pii(&mut events).await?;
         let mut batch = FeedBatch::new(events, next).held_back(held_back);
         batch.undecodable = undecodable;
@@ -735,6 +734,24 @@ impl PostgresStore {
             Some(keys) => keys.open(self, events).await,
             None => Ok(()),
         }
+    }
+
+    /// Hands the event of a replayed row ([`REPLAY_COLUMNS`]) to `visit`, its personal data
+    /// opened.
+    async fn visit_replayed<F>(
+        &self,
+        row: &PgRow,
+        aggregate_type: &str,
+        visit: &mut F,
+    ) -> Result<()>
+    where
+        F: FnMut(HistoryItem<'_>) -> Result<()> + Send,
+    {
+        let mut opened = None;
+        let event = replayed_event(row, 0, aggregate_type)?;
+        visit(HistoryItem::Event(
+            self.open_replayed(event, &mut opened).await?,
+        ))
     }
 
     /// A replayed event with its personal data opened: `opened` holds the payload when it
@@ -1039,29 +1056,19 @@ impl EventStore for PostgresStore {
                     early.insert(version, row);
                     continue;
                 }
-                let mut opened = None;
-                let event = replayed_event(&row, 0, aggregate_type)?;
-                visit(HistoryItem::Event(
-                    self.open_replayed(event, &mut opened).await?,
-                ))?;
+                self.visit_replayed(&row, aggregate_type, &mut visit)
+                    .await?;
                 next += 1;
                 while let Some(row) = early.remove(&next) {
-                    let mut opened = None;
-                    let event = replayed_event(&row, 0, aggregate_type)?;
-                    visit(HistoryItem::Event(
-                        self.open_replayed(event, &mut opened).await?,
-                    ))?;
+                    self.visit_replayed(&row, aggregate_type, &mut visit)
+                        .await?;
                     next += 1;
                 }
             }
             // A stream whose versions have gaps (none does when written by Factum): the rest,
             // in order.
             for row in early.values() {
-                let mut opened = None;
-                let event = replayed_event(row, 0, aggregate_type)?;
-                visit(HistoryItem::Event(
-                    self.open_replayed(event, &mut opened).await?,
-                ))?;
+                self.visit_replayed(row, aggregate_type, &mut visit).await?;
             }
             return Ok(());
         }

@@ -47,21 +47,12 @@ fn key_row(row: &sqlx::sqlite::SqliteRow) -> Result<(Uuid, Vec<u8>)> {
     Ok((super::uuid(row, 0)?, row.try_get(1).map_err(backend)?))
 }
 
-async fn wrapped_keys(
-    connection: &mut SqliteConnection,
-    ids: &[Uuid],
-) -> Result<Vec<(Uuid, Vec<u8>)>> {
-    let ids: Vec<String> = ids.iter().map(Uuid::to_string).collect();
-    let ids = serde_json::to_string(&ids).map_err(|e| Error::Backend(e.into()))?;
-    let rows = sqlx::query(
-        "SELECT key_id, wrapped_key FROM data_keys
-         WHERE key_id IN (SELECT value FROM json_each(?1))",
-    )
-    .bind(ids)
-    .fetch_all(&mut *connection)
-    .await
-    .map_err(backend)?;
-    rows.iter().map(key_row).collect()
+async fn wrapped_key(connection: &mut SqliteConnection, id: Uuid) -> Result<Option<Vec<u8>>> {
+    sqlx::query_scalar("SELECT wrapped_key FROM data_keys WHERE key_id = ?1")
+        .bind(id.to_string())
+        .fetch_optional(&mut *connection)
+        .await
+        .map_err(backend)
 }
 
 async fn subject_key(
@@ -101,9 +92,9 @@ async fn insert_subject_key(
 }
 
 /// See [`KeyTable::forget_subject`]: in the caller's transaction.
-async fn forget_subject(connection: &mut SqliteConnection, subject: &str) -> Result<bool> {
+async fn forget_subject(connection: &mut SqliteConnection, subject: &str) -> Result<Option<Uuid>> {
     let Some((key_id, _)) = subject_key(connection, subject).await? else {
-        return Ok(false);
+        return Ok(None);
     };
     sqlx::query(
         "DELETE FROM snapshots WHERE stream_id IN (
@@ -119,7 +110,7 @@ async fn forget_subject(connection: &mut SqliteConnection, subject: &str) -> Res
         .execute(&mut *connection)
         .await
         .map_err(backend)?;
-    Ok(true)
+    Ok(Some(key_id))
 }
 
 impl SqliteStore {
@@ -129,8 +120,8 @@ impl SqliteStore {
 }
 
 impl KeyTable for SqliteStore {
-    async fn wrapped_keys(&self, ids: &[Uuid]) -> Result<Vec<(Uuid, Vec<u8>)>> {
-        wrapped_keys(&mut *self.key_connection().await?, ids).await
+    async fn wrapped_key(&self, id: Uuid) -> Result<Option<Vec<u8>>> {
+        wrapped_key(&mut *self.key_connection().await?, id).await
     }
 
     async fn subject_key(&self, subject: &str) -> Result<Option<(Uuid, Vec<u8>)>> {
@@ -154,7 +145,7 @@ impl KeyTable for SqliteStore {
         Ok(key)
     }
 
-    async fn forget_subject(&self, subject: &str) -> Result<bool> {
+    async fn forget_subject(&self, subject: &str) -> Result<Option<Uuid>> {
         let mut transaction = self
             .pool
             .begin_with("BEGIN IMMEDIATE")
@@ -167,8 +158,8 @@ impl KeyTable for SqliteStore {
 }
 
 impl KeyTable for TxKeys<'_> {
-    async fn wrapped_keys(&self, ids: &[Uuid]) -> Result<Vec<(Uuid, Vec<u8>)>> {
-        wrapped_keys(&mut **self.0.lock().await, ids).await
+    async fn wrapped_key(&self, id: Uuid) -> Result<Option<Vec<u8>>> {
+        wrapped_key(&mut **self.0.lock().await, id).await
     }
 
     async fn subject_key(&self, subject: &str) -> Result<Option<(Uuid, Vec<u8>)>> {
@@ -184,7 +175,7 @@ impl KeyTable for TxKeys<'_> {
         insert_subject_key(&mut **self.0.lock().await, subject, id, wrapped).await
     }
 
-    async fn forget_subject(&self, subject: &str) -> Result<bool> {
+    async fn forget_subject(&self, subject: &str) -> Result<Option<Uuid>> {
         forget_subject(&mut **self.0.lock().await, subject).await
     }
 

@@ -758,7 +758,7 @@ impl SqliteStore {
             .await
             .map_err(backend)?;
         transaction.commit().await.map_err(backend)?;
-        let (events, undecodable, stopped) = match query.fields {
+        let (mut events, undecodable, stopped) = match query.fields {
             EnvelopeFields::Source => {
                 runner_envelopes(&rows, |row| Ok((source_from_row(row)?, None)))?
             }
@@ -774,7 +774,6 @@ impl SqliteStore {
                 FeedPosition::new(head, head).max(query.after)
             }
         };
-        let mut events = events;
         self.open_pii(&mut events).await?;
         let mut batch = FeedBatch::new(events, next);
         batch.undecodable = undecodable;
