@@ -651,18 +651,24 @@ async fn a_relay_killed_at_ten_random_points_publishes_each_of_50000_events_once
     };
     let mut relay = relay_process(&server, &store);
     let mut killed_mid_run = Vec::new();
-    for _ in 0..10 {
-        // Until it has published something since it started, then at a random point after.
+    // Ten kill points drawn over the run, one in each eleventh of it but the last: each kill
+    // falls once the stream holds that many messages and the relay has published something
+    // since it started (a clock would miss a relay fast enough to finish first).
+    let points = (0..10).map(|i| EVENTS * i / 11 + fastrand::u64(EVENTS / 22..EVENTS / 11));
+    for point in points {
         let before = held(context.clone()).await;
         let began = std::time::Instant::now();
-        while held(context.clone()).await == before && held(context.clone()).await < EVENTS {
+        loop {
+            let now = held(context.clone()).await;
+            if now >= point && now > before || now >= EVENTS {
+                break;
+            }
             assert!(
                 began.elapsed() < Duration::from_secs(60),
                 "the relay publishes nothing"
             );
-            tokio::time::sleep(Duration::from_millis(10)).await;
+            tokio::time::sleep(Duration::from_millis(2)).await;
         }
-        tokio::time::sleep(Duration::from_millis(fastrand::u64(0..400))).await;
         relay.kill().unwrap(); // SIGKILL
         relay.wait().unwrap();
         killed_mid_run.push(held(context.clone()).await);
