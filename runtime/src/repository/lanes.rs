@@ -39,7 +39,10 @@ pub(super) struct Lane<A> {
 
 pub(super) struct Inner<A> {
     /// The state after every event decided so far, and its version; `None`: to be loaded.
-    pub head: Option<(A, u64)>,
+    head: Option<(A, u64)>,
+    /// The store's count of forgotten data subjects when `head` was loaded
+    /// ([`EventStore::forgets`](crate::store::EventStore::forgets)).
+    forgets: u64,
     /// The batch waiting to be appended.
     open: Option<Batch>,
     /// Whether a task is appending batches.
@@ -102,6 +105,7 @@ impl<A> Lanes<A> {
             Arc::new(Lane {
                 inner: Mutex::new(Inner {
                     head: None,
+                    forgets: 0,
                     open: None,
                     sending: false,
                     queued: 0,
@@ -163,6 +167,34 @@ impl<A> Lane<A> {
 }
 
 impl<A> Inner<A> {
+    /// The state to decide on, unless it is to be loaded: dropped first when the store has
+    /// forgotten a data subject since it was loaded (`forgets`, read before any load), since it
+    /// may hold the subject's personal data in plain, once no batch decided on it is in flight
+    /// or waiting (those would conflict with a state reloaded without them).
+    pub fn head(&mut self, forgets: u64) -> Option<&mut (A, u64)> {
+        if self.forgets != forgets && !self.sending && self.open.is_none() {
+            self.head = None;
+        }
+        self.head.as_mut()
+    }
+
+    /// The state, when it stands at `version`.
+    pub fn state_at(&self, version: u64) -> Option<&A> {
+        self.head
+            .as_ref()
+            .filter(|(_, at)| *at == version)
+            .map(|(state, _)| state)
+    }
+
+    /// Sets the state loaded (when no other command did meanwhile), read when the store had
+    /// forgotten `forgets` data subjects.
+    pub fn loaded(&mut self, state: A, version: u64, forgets: u64) {
+        if self.head.is_none() {
+            self.head = Some((state, version));
+            self.forgets = forgets;
+        }
+    }
+
     /// Adds a command's events (the state already advanced past them, from `base`) to the
     /// waiting batch; says whether the caller is to append.
     pub fn seat(&mut self, base: u64, events: Vec<NewEvent>) -> Seat {
@@ -237,5 +269,46 @@ impl<A> Drop for Sending<'_, A> {
         if !self.finished {
             self.lane.lock().failed(None);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event() -> NewEvent {
+        NewEvent::new(
+            "Happened",
+            1,
+            crate::event::Payload::encode(&serde_json::json!({})).unwrap(),
+        )
+    }
+
+    /// A lane's state read before a data subject was forgotten is dropped at the next command
+    /// (it may hold the subject's data in plain), but not while a batch decided on it is in
+    /// flight or waiting: reloading without those events would make the next batch conflict.
+    #[test]
+    fn a_state_read_before_a_forget_is_dropped_once_no_batch_is_in_flight() {
+        let lanes = Arc::new(Lanes::<String>::new(8));
+        let ticket = lanes.enter("s").unwrap();
+        let mut inner = ticket.lane.lock();
+        assert!(inner.head(0).is_none());
+        inner.loaded("Ada Lovelace".to_owned(), 1, 0);
+        assert_eq!(inner.head(0).map(|head| head.1), Some(1));
+
+        // A batch decided on it waits: the state stays, though a subject was forgotten.
+        let seat = inner.seat(1, vec![event()]);
+        assert!(seat.send);
+        assert!(inner.head(1).is_some());
+        let (base, _, done) = inner.next_batch().unwrap();
+        assert_eq!(base, 1);
+        assert!(inner.head(1).is_some(), "in flight");
+        done.send_replace(Some(Outcome::Untried));
+        assert!(inner.next_batch().is_none(), "the sender stops");
+
+        // Nothing in flight: dropped, then loaded again under the new count and kept.
+        assert!(inner.head(1).is_none());
+        inner.loaded("[erased]".to_owned(), 2, 1);
+        assert_eq!(inner.head(1).map(|head| head.0.as_str()), Some("[erased]"));
     }
 }

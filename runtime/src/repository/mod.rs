@@ -544,19 +544,17 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            if lane.lock().head.is_none() {
+            let forgets = self.store.forgets();
+            if lane.lock().head(forgets).is_none() {
                 let loaded = self.load(id).await?;
-                let mut inner = lane.lock();
-                if inner.head.is_none() {
-                    inner.head = Some((loaded.state, loaded.version));
-                }
+                lane.lock().loaded(loaded.state, loaded.version, forgets);
             }
             // Decide against the lane's state, advance it, and take a seat in the batch.
             let (seat, events) = {
                 let mut inner = lane.lock();
-                let Some((state, version)) = inner.head.as_mut() else {
+                let Some((state, version)) = inner.head(forgets) else {
                     attempt -= 1;
-                    continue; // a batch failed meanwhile: load again
+                    continue; // a batch failed meanwhile (or a subject was forgotten): load again
                 };
                 let events = match state.handle(command) {
                     Ok(events) => events,
@@ -653,12 +651,7 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
                     if let Some(policy) = &self.snapshots
                         && policy.policy.crosses_interval(base, version)
                     {
-                        let encoded = lane
-                            .lock()
-                            .head
-                            .as_ref()
-                            .filter(|(_, at)| *at == version)
-                            .map(|(state, _)| (policy.encode)(state));
+                        let encoded = lane.lock().state_at(version).map(policy.encode);
                         if let Some(encoded) = encoded {
                             self.save_encoded_snapshot(id, version, encoded).await;
                         }
