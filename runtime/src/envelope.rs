@@ -53,6 +53,11 @@ pub struct Envelope<E = Payload> {
     /// `#[pii]` fields read as their replacements (see [`crate::pii`]).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub shredded: bool,
+    /// The id of the data key its personal data is sealed under (its data subject's), if it
+    /// has any: what a reader keeps beside what it derives from the event, so that forgetting
+    /// the subject finds it (see [`crate::pii`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data_key: Option<Uuid>,
     /// The event itself.
     pub event: E,
 }
@@ -186,6 +191,7 @@ impl Origin<'_> {
             actor: None,
             metadata: Metadata::new(),
             shredded: false,
+            data_key: None,
             event: payload,
         }
     }
@@ -250,6 +256,7 @@ impl<E> Envelope<E> {
             actor: self.actor,
             metadata: self.metadata,
             shredded: self.shredded,
+            data_key: self.data_key,
             event,
         }
     }

@@ -3,10 +3,14 @@
 //! read as their replacements once the subject is forgotten, on every store; the log itself is
 //! never changed.
 
+use std::time::Duration;
+
 use factum::pii::{LocalKeyProvider, PiiError};
+use factum::projection::{ProjectionRunner, RetryOutcome};
+use factum::saga::{CommandBus, ManualClock, SagaContext, SagaRunner};
 use factum::store::{FeedQuery, SqlStore as _, StoreKind};
 use factum::testing::{TestDatabase, fetch_all};
-use factum::{Error, EventStore, ExpectedVersion, MemoryStore, NewEvent};
+use factum::{Envelope, Error, EventStore, ExpectedVersion, MemoryStore, NewEvent, Tx};
 
 #[factum::event]
 #[derive(Debug, Clone, PartialEq)]
@@ -63,7 +67,8 @@ pub struct Register {
 
 /// Renames a customer; refused when the name would not change (so a command tells which name
 /// its state holds).
-#[derive(Debug)]
+#[factum::command]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Rename {
     pub id: String,
     pub name: String,
@@ -133,6 +138,7 @@ const ADA: &str = "Ada Lovelace";
 const ADA_EMAIL: &str = "ada@example.com";
 const ADA_STREET: &str = "12 St James's Square";
 const GRACE: &str = "Grace Hopper";
+const GRACE_EMAIL: &str = "grace@example.com";
 
 fn register(id: &str, name: &str, email: &str) -> Register {
     Register {
@@ -460,6 +466,240 @@ async fn another_key_encryption_key_opens_nothing<D: TestDatabase>() {
     );
 }
 
+/// Welcomes a new customer: keeps the name and email in its state, asks for a welcome note (a
+/// command carrying the name) and a reminder in a week (a timeout carrying the email), all
+/// copies of personal data outside the log.
+#[derive(Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Welcome {
+    pub name: String,
+    pub email: Option<String>,
+}
+
+#[factum::timeout]
+#[derive(Debug, Clone, PartialEq)]
+pub struct Remind {
+    pub email: Option<String>,
+}
+
+const A_WEEK: Duration = Duration::from_secs(7 * 24 * 3600);
+
+#[factum::saga(name = "welcome", commands(Rename))]
+impl Welcome {
+    #[start(by = customer_id)]
+    fn registered(&mut self, event: &CustomerRegistered, context: &mut SagaContext<Self>) {
+        self.name.clone_from(&event.name);
+        self.email.clone_from(&event.email);
+        context.send(
+            format!("customer-{}", event.customer_id),
+            Rename {
+                id: event.customer_id.clone(),
+                name: format!("{} (welcomed)", event.name),
+            },
+        );
+        context.schedule(
+            A_WEEK,
+            Remind {
+                email: event.email.clone(),
+            },
+        );
+    }
+
+    #[timeout]
+    fn remind(&mut self, _: &Remind, context: &mut SagaContext<Self>) {
+        context.complete();
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("cannot mail {0}: the mailbox is full")]
+pub struct Undeliverable(String);
+
+/// Mails new customers; fails on Ada's mailbox (its error names her address), and keeps who it
+/// mailed, as a read model would.
+#[derive(Debug, Default)]
+pub struct Mailer {
+    pub mailed: std::collections::BTreeMap<String, String>,
+}
+
+#[factum::projection(name = "mailer")]
+impl Mailer {
+    #[handle]
+    async fn registered(
+        &mut self,
+        event: &CustomerRegistered,
+        _: &Envelope,
+        _: &mut Tx<'_>,
+    ) -> Result<(), Undeliverable> {
+        if let Some(email) = &event.email
+            && email == ADA_EMAIL
+        {
+            return Err(Undeliverable(email.clone()));
+        }
+        self.mailed
+            .insert(event.customer_id.clone(), event.name.clone());
+        Ok(())
+    }
+
+    #[reset]
+    async fn reset(&mut self, _: &mut Tx<'_>) -> Result<(), std::convert::Infallible> {
+        self.mailed.clear();
+        Ok(())
+    }
+}
+
+/// Forgetting a subject erases the copies of its personal data that sagas and runners made
+/// outside the log, in the same transaction as its key: the state of the saga instances that
+/// handled it (which end), their queued commands (never sent) and timeouts (cancelled), and the
+/// error texts of its events' dead letters; other subjects' copies stay, and everything keeps
+/// working on the redacted events.
+async fn forgetting_erases_what_sagas_and_runners_copied<D: TestDatabase>() {
+    let database = D::create().await.unwrap();
+    let store = keyed(&database, LocalKeyProvider::new(KEK)).await;
+    let customers = factum::Repository::<Customer, _>::new(store.clone());
+    let bus = CommandBus::new().route::<Rename>(&customers);
+    let clock = ManualClock::starting_at("2026-11-30T09:00:00Z".parse().unwrap());
+    let mut welcome = SagaRunner::<_, Welcome>::new(store.clone(), bus).clock(clock.clone());
+    let mut mailer = ProjectionRunner::new(store.clone(), Mailer::default())
+        .retries(0, Duration::from_millis(1));
+    for (id, name, email) in [("ada", ADA, ADA_EMAIL), ("grace", GRACE, GRACE_EMAIL)] {
+        customers
+            .execute(&format!("customer-{id}"), register(id, name, email))
+            .await
+            .unwrap();
+    }
+    // The saga handles both registrations; its commands and timeouts wait.
+    assert_eq!(welcome.handle_events().await.unwrap(), 2);
+    mailer.catch_up().await.unwrap();
+    let parked = mailer.parked().await.unwrap();
+    assert_eq!(parked.len(), 1, "{parked:?}");
+    assert!(parked[0].error.as_deref().unwrap().contains(ADA_EMAIL));
+    let everything = database_text(&database).await;
+    for copy in [
+        "sagas: ",
+        "saga_outbox: ",
+        "saga_timeouts: ",
+        "projection_dead_letters: ",
+    ] {
+        assert!(
+            everything
+                .lines()
+                .any(|line| line.starts_with(copy)
+                    && (line.contains(ADA) || line.contains(ADA_EMAIL))),
+            "a copy of Ada's data in `{copy}` before she is forgotten: {everything}"
+        );
+    }
+
+    assert!(store.forget("ada").await.unwrap());
+    let everything = database_text(&database).await;
+    for secret in [ADA, ADA_EMAIL] {
+        assert!(
+            !everything.contains(secret),
+            "`{secret}` remains: {everything}"
+        );
+    }
+    assert!(
+        everything.contains(GRACE_EMAIL),
+        "Grace's copies stay: {everything}"
+    );
+    let ada = welcome.instance("ada").await.unwrap().unwrap();
+    assert!(ada.erased && ada.completed, "{ada:?}");
+    assert_eq!(ada.state, Welcome::default());
+    let grace = welcome.instance("grace").await.unwrap().unwrap();
+    assert!(!grace.erased && !grace.completed);
+    assert_eq!(grace.state.email.as_deref(), Some(GRACE_EMAIL));
+    let status = welcome.status().await.unwrap();
+    assert_eq!(
+        (
+            status.erased,
+            status.active,
+            status.pending_commands,
+            status.failed_commands,
+            status.pending_timeouts
+        ),
+        (1, 1, 1, 1, 1),
+        "Ada's command was never sent, her timeout cancelled: {status:?}"
+    );
+
+    // Everything keeps working: Grace's command is delivered and her reminder fires; Ada's
+    // stream gets no command.
+    welcome.settle().await.unwrap();
+    clock.advance(A_WEEK);
+    welcome.settle().await.unwrap();
+    let grace = welcome.instance("grace").await.unwrap().unwrap();
+    assert!(grace.completed && !grace.erased);
+    assert_eq!(store.stream_version("customer-ada").await.unwrap(), 1);
+    let renamed = fresh_name(&store, "customer-grace").await;
+    assert_eq!(renamed, format!("{GRACE} (welcomed)"));
+    // The parked registration now reads redacted: retried, it goes through; a rebuild of the
+    // read model gives the redacted one.
+    let parked = mailer.parked().await.unwrap();
+    assert!(
+        !parked[0].error.as_deref().unwrap().contains(ADA_EMAIL),
+        "{parked:?}"
+    );
+    assert!(matches!(
+        mailer.retry_parked("customer-ada").await.unwrap(),
+        RetryOutcome::Drained { .. }
+    ));
+    mailer.rebuild().await.unwrap();
+    let mailed: Vec<(&str, &str)> = mailer
+        .projection()
+        .mailed
+        .iter()
+        .map(|(id, name)| (id.as_str(), name.as_str()))
+        .collect();
+    assert_eq!(mailed, [("ada", "[erased]"), ("grace", GRACE)]);
+}
+
+/// The name a customer's stream gives it now, loaded afresh.
+async fn fresh_name<S: EventStore + Clone>(store: &S, stream: &str) -> String {
+    factum::Repository::<Customer, _>::new(store.clone())
+        .load(stream)
+        .await
+        .unwrap()
+        .state
+        .name
+}
+
+/// A saga that reads an event in plain with a key another process has deleted meanwhile (this
+/// process keeps keys for a few seconds) erases what it wrote from it in the same transaction:
+/// the data never stays beside the log.
+async fn a_saga_reading_with_a_stale_key_erases_its_instance<D: TestDatabase>() {
+    let database = D::create().await.unwrap();
+    let store = keyed(&database, LocalKeyProvider::new(KEK)).await;
+    let customers = factum::Repository::<Customer, _>::new(store.clone());
+    customers
+        .execute("customer-ada", register("ada", ADA, ADA_EMAIL))
+        .await
+        .unwrap();
+    // This process has read her data: her key is in its cache.
+    let read = store.read_stream("customer-ada", ..).await.unwrap();
+    assert!(read[0].event.as_str().contains(ADA_EMAIL));
+    // Another process forgets her.
+    let other = keyed(&database, LocalKeyProvider::new(KEK)).await;
+    assert!(other.forget("ada").await.unwrap());
+    let read = store.read_stream("customer-ada", ..).await.unwrap();
+    assert!(
+        read[0].event.as_str().contains(ADA_EMAIL),
+        "this process still opens it (the test's premise)"
+    );
+
+    let bus = CommandBus::new().route::<Rename>(&customers);
+    let mut welcome = SagaRunner::<_, Welcome>::new(store.clone(), bus);
+    assert_eq!(welcome.handle_events().await.unwrap(), 1);
+    let ada = welcome.instance("ada").await.unwrap().unwrap();
+    assert!(ada.erased, "{ada:?}");
+    let everything = database_text(&database).await;
+    for secret in [ADA, ADA_EMAIL] {
+        assert!(
+            !everything.contains(secret),
+            "`{secret}` remains: {everything}"
+        );
+    }
+    welcome.settle().await.unwrap();
+    assert_eq!(store.stream_version("customer-ada").await.unwrap(), 1);
+}
+
 factum::on_both_stores!(
     #[tokio::test]
     personal_data_is_sealed_and_forgetting_shreds_it,
@@ -469,6 +709,10 @@ factum::on_both_stores!(
     another_key_encryption_key_opens_nothing,
     #[tokio::test]
     the_hot_cache_forgets_with_the_store,
+    #[tokio::test]
+    forgetting_erases_what_sagas_and_runners_copied,
+    #[tokio::test]
+    a_saga_reading_with_a_stale_key_erases_its_instance,
 );
 
 /// The in-memory store seals and forgets the same way.

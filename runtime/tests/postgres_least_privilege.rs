@@ -143,3 +143,75 @@ async fn the_application_role_appends_and_projects_but_cannot_change_the_log() {
     .expect("the log reads");
     assert_eq!(events, 10, "the log is intact");
 }
+
+#[factum::event]
+#[derive(Debug, Clone, PartialEq)]
+pub struct Registered {
+    #[pii(subject)]
+    pub id: String,
+    #[pii]
+    pub email: Option<String>,
+}
+
+/// A saga keeping a customer's email in its state: a copy of personal data outside the log.
+#[derive(Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Greeter {
+    pub email: Option<String>,
+}
+
+#[factum::saga(name = "greeter")]
+impl Greeter {
+    #[start(by = id)]
+    fn registered(&mut self, event: &Registered, _: &mut factum::saga::SagaContext<Self>) {
+        self.email.clone_from(&event.email);
+    }
+}
+
+/// Personal data as the application role: it seals an event (making the subject's key), a saga
+/// records that it handled the data (locking the key `FOR SHARE`, which needs the column grant
+/// on `data_keys`), and forgetting deletes the key and erases the saga's copy.
+#[tokio::test]
+async fn the_application_role_seals_and_forgets_personal_data() {
+    let roles = LeastPrivilege::new().await.expect("roles and a schema");
+    let store = roles
+        .application()
+        .clone()
+        .with_key_provider(factum::pii::LocalKeyProvider::ephemeral().expect("a key"));
+    store
+        .append(
+            "customer-ada",
+            "Customer",
+            ExpectedVersion::NoStream,
+            vec![
+                NewEvent::of(&Registered {
+                    id: "ada".to_owned(),
+                    email: Some("ada@example.com".to_owned()),
+                })
+                .expect("encodes"),
+            ],
+        )
+        .await
+        .expect("the application seals and appends");
+    let mut greeter =
+        factum::saga::SagaRunner::<_, Greeter>::new(store.clone(), factum::saga::CommandBus::new());
+    assert_eq!(
+        greeter
+            .handle_events()
+            .await
+            .expect("the saga records the key as the application role"),
+        1
+    );
+    let ada = greeter
+        .instance("ada")
+        .await
+        .expect("reads")
+        .expect("an instance");
+    assert_eq!(ada.state.email.as_deref(), Some("ada@example.com"));
+    assert!(store.forget("ada").await.expect("the application forgets"));
+    let ada = greeter
+        .instance("ada")
+        .await
+        .expect("reads")
+        .expect("an instance");
+    assert!(ada.erased && ada.state.email.is_none(), "{ada:?}");
+}

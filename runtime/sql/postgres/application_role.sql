@@ -16,8 +16,11 @@ GRANT SELECT ON {schema}.factum_migrations, {schema}.cluster_identity TO {role};
 GRANT EXECUTE ON FUNCTION {schema}.feed_tx_offset() TO {role};
 
 -- Data subjects' keys: made on a subject's first event with personal data, deleted when the
--- subject is forgotten.
+-- subject is forgotten. A saga that handled a subject's data in plain locks its key `FOR SHARE`
+-- until its transaction ends (so that forgetting waits, then erases what the saga wrote), which
+-- PostgreSQL allows only with an UPDATE privilege: on one column no code changes.
 GRANT SELECT, INSERT, DELETE ON {schema}.data_keys TO {role};
+GRANT UPDATE (created_at) ON {schema}.data_keys TO {role};
 
 -- Snapshots and the runners' bookkeeping, which they update as they go.
 GRANT SELECT, INSERT, UPDATE, DELETE ON
@@ -30,6 +33,7 @@ GRANT SELECT, INSERT, UPDATE, DELETE ON
     {schema}.sagas,
     {schema}.saga_outbox,
     {schema}.saga_timeouts,
+    {schema}.saga_data_keys,
     {schema}.relay_checkpoints,
     {schema}.relay_dead_letters,
     {schema}.consumer_streams,

@@ -207,6 +207,7 @@ pub fn inbound<'h>(
         actor: header(headers::ACTOR).map(str::to_owned),
         metadata: crate::envelope::Metadata::new(),
         shredded: false,
+        data_key: None,
         event,
     })
 }
@@ -270,6 +271,7 @@ mod tests {
             actor: Some("alice".into()),
             metadata: crate::envelope::Metadata::new(),
             shredded: false,
+            data_key: None,
             event: crate::event::Payload::from_json(r#"{"total":5}"#.into()).unwrap(),
         };
         let message = Outbound::new(event.clone(), "orders".into());

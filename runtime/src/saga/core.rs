@@ -68,6 +68,9 @@ pub struct SagaInstance<S> {
     pub state: S,
     /// Whether it has completed.
     pub completed: bool,
+    /// Whether it was erased with a data subject it handled personal data of (see
+    /// [`crate::pii`]): it has completed, and its state is the default.
+    pub erased: bool,
     /// The correlation id of its flow.
     pub correlation_id: Uuid,
 }
@@ -90,6 +93,8 @@ pub struct SagaStatus {
     pub failed_commands: u64,
     /// Timeouts scheduled and not yet fired or cancelled.
     pub pending_timeouts: u64,
+    /// Instances erased with a data subject (counted among the completed).
+    pub erased: u64,
 }
 
 /// What a runner's `settle` did.
@@ -161,18 +166,24 @@ fn database(event: &RecordedEvent) -> impl Fn(Error) -> HandlerError + '_ {
 struct Loaded<S> {
     state: S,
     completed: bool,
+    erased: bool,
     correlation_id: Uuid,
 }
 
 fn decode<S: Saga>(saga_id: &str, stored: StoredInstance) -> Result<Loaded<S>, Error> {
-    let state = serde_json::from_str(&stored.state).map_err(|cause| Error::SagaState {
-        saga: S::NAME,
-        saga_id: saga_id.to_owned(),
-        cause,
-    })?;
+    let state = if stored.erased {
+        S::default()
+    } else {
+        serde_json::from_str(&stored.state).map_err(|cause| Error::SagaState {
+            saga: S::NAME,
+            saga_id: saga_id.to_owned(),
+            cause,
+        })?
+    };
     Ok(Loaded {
         state,
         completed: stored.completed,
+        erased: stored.erased,
         correlation_id: stored.correlation_id,
     })
 }
@@ -217,7 +228,19 @@ impl<S: Saga, St: SqlStore> Core<S, St> {
         }
         self.save(tx, &mut state, context)
             .await
-            .map_err(database(event))
+            .map_err(database(event))?;
+        // The instance may hold the event's personal data now: forgetting its subject erases
+        // the instance.
+        if let Some(key) = event.data_key.filter(|_| !event.shredded)
+            && self
+                .tables
+                .record_data_key(tx, S::NAME, saga_id, key)
+                .await
+                .map_err(database(event))?
+        {
+            tracing::info!(saga = S::NAME, saga_id, event_id = %event.event_id, "the event's data subject was forgotten while the saga handled it: the instance is erased");
+        }
+        Ok(())
     }
 
     /// Writes an instance's state and what its handler did ([`Core::write`]). Commands sent to
@@ -620,14 +643,22 @@ impl<S: Saga, St: SqlStore> Core<S, St> {
             saga_id: saga_id.to_owned(),
             state: loaded.state,
             completed: loaded.completed,
+            erased: loaded.erased,
             correlation_id: loaded.correlation_id,
         }))
     }
 
     /// The status, around the event side's.
     pub async fn status(&self, events: ProjectionStatus) -> Result<SagaStatus, Error> {
-        let [active, completed, pending, rejected, failed, timeouts] =
-            self.tables.counts(S::NAME).await?;
+        let [
+            active,
+            completed,
+            pending,
+            rejected,
+            failed,
+            timeouts,
+            erased,
+        ] = self.tables.counts(S::NAME).await?;
         Ok(SagaStatus {
             events,
             active,
@@ -636,6 +667,7 @@ impl<S: Saga, St: SqlStore> Core<S, St> {
             rejected_commands: rejected,
             failed_commands: failed,
             pending_timeouts: timeouts,
+            erased,
         })
     }
 }

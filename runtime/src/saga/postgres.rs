@@ -3,7 +3,8 @@
 //! `NOTIFY` to wake the dispatchers of other processes when commands are queued.
 
 use super::sql::SagaSql;
-use crate::store::sql::Schema;
+use crate::store::erasure;
+use crate::store::sql::{Dialect, Schema};
 
 /// A time as RFC 3339 text in UTC.
 const RFC3339: &str = "'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"'";
@@ -11,8 +12,9 @@ const RFC3339: &str = "'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"'";
 pub(super) fn statements(schema: &Schema) -> SagaSql {
     let s = schema.quoted();
     let instance = format!(
-        "SELECT state::text, status, correlation_id::text FROM {s}.sagas
-         WHERE saga = $1 AND saga_id = $2"
+        "SELECT state::text, CASE WHEN erased_at IS NULL THEN status ELSE 'erased' END,
+                correlation_id::text
+         FROM {s}.sagas WHERE saga = $1 AND saga_id = $2"
     );
     let channel = schema.channel("factum_saga");
     SagaSql {
@@ -91,8 +93,24 @@ pub(super) fn statements(schema: &Schema) -> SagaSql {
                     (SELECT count(*) FROM {s}.saga_outbox WHERE saga = $1 AND status = 'pending'),
                     (SELECT count(*) FROM {s}.saga_outbox WHERE saga = $1 AND status = 'rejected'),
                     (SELECT count(*) FROM {s}.saga_outbox WHERE saga = $1 AND status = 'failed'),
-                    (SELECT count(*) FROM {s}.saga_timeouts WHERE saga = $1 AND status = 'pending')"
+                    (SELECT count(*) FROM {s}.saga_timeouts WHERE saga = $1 AND status = 'pending'),
+                    (SELECT count(*) FROM {s}.sagas WHERE saga = $1 AND erased_at IS NOT NULL)"
         )
         .into(),
+        record_data_key: format!(
+            "INSERT INTO {s}.saga_data_keys (saga, saga_id, key_id) VALUES ($1, $2, $3::uuid)
+             ON CONFLICT DO NOTHING"
+        )
+        .into(),
+        data_key_present: format!(
+            "SELECT count(*) FROM (
+                 SELECT 1 FROM {s}.data_keys WHERE key_id = $1::uuid FOR SHARE
+             ) AS present"
+        )
+        .into(),
+        erase: erasure::statements(&Dialect::Postgres(schema.clone()))
+            .into_iter()
+            .map(Into::into)
+            .collect(),
     }
 }

@@ -9,7 +9,7 @@ use std::sync::Arc;
 #[derive(Debug)]
 pub(crate) struct SagaSql {
     /// `$1` saga, `$2` instance: `state, status, correlation_id`, the row locked for the
-    /// transaction.
+    /// transaction; the status is `erased` for an instance erased with a data subject.
     pub lock_instance: Arc<str>,
     /// The same, unlocked.
     pub read_instance: Arc<str>,
@@ -42,6 +42,15 @@ pub(crate) struct SagaSql {
     /// `$1` timeout id, `$2` status, `$3` error.
     pub mark_timeout: Arc<str>,
     /// `$1` saga: active and completed instances, pending, rejected and failed commands,
-    /// pending timeouts.
+    /// pending timeouts, erased instances.
     pub counts: Arc<str>,
+    /// `$1` saga, `$2` instance, `$3` data key id: records that the instance handled personal
+    /// data sealed under the key (once).
+    pub record_data_key: Arc<str>,
+    /// `$1` data key id: whether the key still exists (a count, 0 or 1), locked against its
+    /// deletion until the transaction ends.
+    pub data_key_present: Arc<str>,
+    /// `$1` data key id: erases the copies of the data sealed under the key, the instances
+    /// recorded with it among them (see [`crate::store::erasure`]), in order.
+    pub erase: Vec<Arc<str>>,
 }

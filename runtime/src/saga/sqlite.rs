@@ -4,13 +4,16 @@
 //! delivers at a time (a lock on a file beside the database), so no signal crosses processes.
 
 use super::sql::SagaSql;
+use crate::store::erasure;
+use crate::store::sql::Dialect;
 
 /// Now, as RFC 3339 text in UTC.
 const NOW: &str = "strftime('%Y-%m-%dT%H:%M:%fZ', 'now')";
 
 pub(super) fn statements() -> SagaSql {
-    let instance =
-        "SELECT state, status, correlation_id FROM sagas WHERE saga = $1 AND saga_id = $2";
+    let instance = "SELECT state, CASE WHEN erased_at IS NULL THEN status ELSE 'erased' END,
+                           correlation_id
+                    FROM sagas WHERE saga = $1 AND saga_id = $2";
     SagaSql {
         lock_instance: instance.into(),
         read_instance: instance.into(),
@@ -70,7 +73,17 @@ pub(super) fn statements() -> SagaSql {
                     (SELECT count(*) FROM saga_outbox WHERE saga = $1 AND status = 'pending'),
                     (SELECT count(*) FROM saga_outbox WHERE saga = $1 AND status = 'rejected'),
                     (SELECT count(*) FROM saga_outbox WHERE saga = $1 AND status = 'failed'),
-                    (SELECT count(*) FROM saga_timeouts WHERE saga = $1 AND status = 'pending')"
+                    (SELECT count(*) FROM saga_timeouts WHERE saga = $1 AND status = 'pending'),
+                    (SELECT count(*) FROM sagas WHERE saga = $1 AND erased_at IS NOT NULL)"
             .into(),
+        record_data_key:
+            "INSERT OR IGNORE INTO saga_data_keys (saga, saga_id, key_id) VALUES ($1, $2, $3)"
+                .into(),
+        // The transaction holds the write lock: no one deletes the key before it ends.
+        data_key_present: "SELECT count(*) FROM data_keys WHERE key_id = $1".into(),
+        erase: erasure::statements(&Dialect::Sqlite)
+            .into_iter()
+            .map(Into::into)
+            .collect(),
     }
 }

@@ -20,6 +20,8 @@ use crate::store::{SqlStore, Transaction, Tx};
 pub(crate) struct StoredInstance {
     pub state: String,
     pub completed: bool,
+    /// Erased with a data subject: completed, its state gone.
+    pub erased: bool,
     pub correlation_id: Uuid,
 }
 
@@ -54,8 +56,8 @@ pub(crate) struct Deadline<'a> {
 }
 
 /// The counts of a saga's status: active, completed, pending, rejected, failed commands,
-/// pending timeouts.
-pub(crate) type Counts = [u64; 6];
+/// pending timeouts, erased instances.
+pub(crate) type Counts = [u64; 7];
 
 /// A time as the statements take it: RFC 3339 in UTC, as SQLite's text columns order it.
 pub(crate) fn time(at: DateTime<Utc>) -> String {
@@ -135,9 +137,11 @@ impl<St: SqlStore> Tables<St> {
         let Some(row) = row else {
             return Ok(None);
         };
+        let status: String = columns::get(&row, 1)?;
         Ok(Some(StoredInstance {
             state: columns::get(&row, 0)?,
-            completed: columns::get::<_, String>(&row, 1)? == "completed",
+            completed: status != "active",
+            erased: status == "erased",
             correlation_id: id(&columns::get::<_, String>(&row, 2)?)?,
         }))
     }
@@ -373,6 +377,41 @@ impl<St: SqlStore> Tables<St> {
             .await
     }
 
+    /// Records that an instance handled personal data sealed under `key`, read in plain; when
+    /// the key was deleted meanwhile (its subject forgotten, here or by another process whose
+    /// cache still held it), erases what the instance holds, at once. Whether it was erased.
+    pub async fn record_data_key(
+        &self,
+        tx: &mut Tx<'_>,
+        saga: &str,
+        saga_id: &str,
+        key: Uuid,
+    ) -> Result<bool> {
+        let key = key.to_string();
+        self.execute(
+            tx,
+            Self::query(&self.sql.record_data_key)
+                .bind(saga)
+                .bind(saga_id)
+                .bind(key.as_str()),
+        )
+        .await?;
+        let present = self
+            .fetch_one(
+                tx,
+                Self::query(&self.sql.data_key_present).bind(key.as_str()),
+            )
+            .await?;
+        if columns::unsigned::<_, i64, u64>(&present, 0)? > 0 {
+            return Ok(false);
+        }
+        for statement in &self.sql.erase {
+            self.execute(tx, Self::query(statement).bind(key.as_str()))
+                .await?;
+        }
+        Ok(true)
+    }
+
     pub async fn counts(&self, saga: &str) -> Result<Counts> {
         let mut connection = self.store.acquire().await?;
         let row = self
@@ -381,7 +420,7 @@ impl<St: SqlStore> Tables<St> {
                 Self::query(&self.sql.counts).bind(saga),
             )
             .await?;
-        let mut counts = [0; 6];
+        let mut counts = [0; 7];
         for (i, count) in counts.iter_mut().enumerate() {
             *count = columns::unsigned::<_, i64, _>(&row, i)?;
         }

@@ -171,13 +171,12 @@ impl Keyring {
     }
 
     /// A stored payload with its sealed fields opened (decrypted, or their replacement when
-    /// the subject was forgotten), and whether any was forgotten; `None` when nothing in it is
-    /// sealed.
+    /// the subject was forgotten); `None` when nothing in it is sealed.
     pub(crate) async fn open_payload(
         &self,
         table: &impl KeyTable,
         payload: &str,
-    ) -> Result<Option<(Payload, bool)>> {
+    ) -> Result<Option<Opened>> {
         if !pii::may_be_sealed(payload) {
             return Ok(None);
         }
@@ -187,22 +186,26 @@ impl Keyring {
         };
         let key = self.key(table, key_id).await?;
         let (opened, shredded) = sealed.open(key.as_deref())?;
-        Ok(Some((Payload::from_stored_json(opened), shredded)))
+        Ok(Some(Opened {
+            payload: Payload::from_stored_json(opened),
+            shredded,
+            key: key_id,
+        }))
     }
 
     /// Opens the sealed fields of each event, marking those whose subject was forgotten
-    /// [`shredded`](crate::envelope::Envelope::shredded).
+    /// [`shredded`](crate::envelope::Envelope::shredded) and each with its
+    /// [`data_key`](crate::envelope::Envelope::data_key).
     pub(crate) async fn open(
         &self,
         table: &impl KeyTable,
         events: &mut [RecordedEvent],
     ) -> Result<()> {
         for event in events {
-            if let Some((payload, shredded)) =
-                self.open_payload(table, event.event.as_str()).await?
-            {
-                event.event = payload;
-                event.shredded = shredded;
+            if let Some(opened) = self.open_payload(table, event.event.as_str()).await? {
+                event.event = opened.payload;
+                event.shredded = opened.shredded;
+                event.data_key = Some(opened.key);
             }
         }
         Ok(())
@@ -220,6 +223,16 @@ impl Keyring {
         }
         Ok(deleted.is_some())
     }
+}
+
+/// A stored payload whose sealed fields were opened.
+pub(crate) struct Opened {
+    /// The payload with the fields in place: in plain, or their replacements.
+    pub payload: Payload,
+    /// Whether the fields were erased (the key was deleted).
+    pub shredded: bool,
+    /// The data key they were sealed under.
+    pub key: Uuid,
 }
 
 /// A payload from its JSON object (which always serializes).

@@ -197,6 +197,7 @@ impl MemoryStore {
                 actor: event.actor,
                 metadata: event.metadata,
                 shredded: false,
+                data_key: None,
                 event: event.payload,
             };
             log.ids.insert(envelope.event_id, index);

@@ -13,6 +13,8 @@ use crate::snapshot::Snapshot;
 
 pub mod backend;
 #[cfg(any(feature = "postgres", feature = "sqlite"))]
+#[cfg(any(feature = "postgres", feature = "sqlite"))]
+pub(crate) mod erasure;
 mod group;
 #[cfg(feature = "postgres")]
 mod heads;

@@ -418,6 +418,7 @@ impl Append<'_> {
                 actor: event.actor,
                 metadata: event.metadata,
                 shredded: false,
+                data_key: None,
                 event: event.payload,
             });
         }

@@ -7,7 +7,9 @@ use uuid::Uuid;
 use super::PostgresStore;
 use crate::error::{Error, Result};
 use crate::pii::KeyProvider;
+use crate::store::erasure;
 use crate::store::keys::{self, KeyTable};
+use crate::store::sql::Backend as _;
 
 impl PostgresStore {
     /// This store (sharing its pool) sealing the `#[pii]` fields of the events it appends
@@ -106,30 +108,28 @@ impl KeyTable for PostgresStore {
     }
 
     async fn forget_subject(&self, subject: &str) -> Result<Option<Uuid>> {
-        let forgotten = sqlx::query(self.keys_sql(
-            "WITH key AS (
-                 DELETE FROM {schema}.data_keys WHERE subject = $1 RETURNING key_id
-             ), snapshots AS (
-                 DELETE FROM {schema}.snapshots
-                 WHERE stream_id IN (
-                     SELECT e.stream_id FROM {schema}.events e, key
-                     WHERE strpos(e.payload::text, key.key_id::text) > 0
-                 )
-                 RETURNING stream_id
-             )
-             SELECT (SELECT key_id FROM key), (SELECT count(*) FROM snapshots)",
-        ))
+        let mut transaction = self.inner.pool.begin().await.map_err(|e| self.fail(e))?;
+        // Deleting the key waits for the sagas that hold it locked while they write what they
+        // read with it; the erasure, a statement of its own, sees what they committed.
+        let key: Option<Uuid> = sqlx::query_scalar(
+            self.keys_sql("DELETE FROM {schema}.data_keys WHERE subject = $1 RETURNING key_id"),
+        )
         .bind(subject)
-        .fetch_one(&self.inner.pool)
+        .fetch_optional(&mut *transaction)
         .await
         .map_err(|e| self.fail(e))?;
-        let key: Option<Uuid> = forgotten.try_get(0).map_err(Error::Database)?;
-        let snapshots: i64 = forgotten.try_get(1).map_err(Error::Database)?;
-        tracing::debug!(
-            ?key,
-            snapshots,
-            "deleted a data subject's key and snapshots"
-        );
-        Ok(key)
+        let Some(key) = key else {
+            return Ok(None);
+        };
+        for statement in erasure::statements(&self.dialect()) {
+            sqlx::query(AssertSqlSafe(statement))
+                .bind(key.to_string())
+                .execute(&mut *transaction)
+                .await
+                .map_err(|e| self.fail(e))?;
+        }
+        transaction.commit().await.map_err(|e| self.fail(e))?;
+        tracing::debug!(%key, "deleted a data subject's key and erased the copies of its data");
+        Ok(Some(key))
     }
 }

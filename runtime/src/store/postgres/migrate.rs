@@ -82,6 +82,11 @@ const MIGRATIONS: &[Migration] = &[
         name: "data_keys",
         sql: include_str!("../../../migrations/postgres/0014_data_keys.sql"),
     },
+    Migration {
+        version: 15,
+        name: "erasure",
+        sql: include_str!("../../../migrations/postgres/0015_erasure.sql"),
+    },
 ];
 
 pub(super) async fn migrate(pool: &PgPool, schema: &Schema) -> Result<()> {

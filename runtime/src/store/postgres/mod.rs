@@ -767,7 +767,7 @@ impl PostgresStore {
         *opened = keys
             .open_payload(self, event.payload)
             .await?
-            .map(|(payload, _)| payload);
+            .map(|opened| opened.payload);
         Ok(match opened {
             Some(payload) => event.with_payload(payload.as_str()),
             None => event,
@@ -1018,8 +1018,8 @@ impl EventStore for PostgresStore {
             .collect::<Result<Vec<_>>>()?;
         if let Some(keys) = &self.keys {
             for event in &mut events {
-                if let Some((payload, _)) = keys.open_payload(self, event.payload.as_str()).await? {
-                    event.payload = payload;
+                if let Some(opened) = keys.open_payload(self, event.payload.as_str()).await? {
+                    event.payload = opened.payload;
                 }
             }
         }

@@ -1,14 +1,16 @@
 //! The SQLite store's data keys ([`KeyTable`]), read and written on the pool or inside the
 //! caller's transaction (which holds the write lock), and forgetting a data subject.
 
-use sqlx::{Row as _, SqliteConnection};
+use sqlx::{AssertSqlSafe, Row as _, SqliteConnection};
 use tokio::sync::Mutex;
 use uuid::Uuid;
 
 use super::{SqliteStore, backend};
 use crate::error::{Error, Result};
 use crate::pii::KeyProvider;
+use crate::store::erasure;
 use crate::store::keys::{self, KeyTable};
+use crate::store::sql::Dialect;
 
 impl SqliteStore {
     /// This store (sharing its database) sealing the `#[pii]` fields of the events it appends
@@ -96,15 +98,13 @@ async fn forget_subject(connection: &mut SqliteConnection, subject: &str) -> Res
     let Some((key_id, _)) = subject_key(connection, subject).await? else {
         return Ok(None);
     };
-    sqlx::query(
-        "DELETE FROM snapshots WHERE stream_id IN (
-             SELECT stream_id FROM events WHERE instr(payload, ?1) > 0
-         )",
-    )
-    .bind(key_id.to_string())
-    .execute(&mut *connection)
-    .await
-    .map_err(backend)?;
+    for statement in erasure::statements(&Dialect::Sqlite) {
+        sqlx::query(AssertSqlSafe(statement))
+            .bind(key_id.to_string())
+            .execute(&mut *connection)
+            .await
+            .map_err(backend)?;
+    }
     sqlx::query("DELETE FROM data_keys WHERE subject = ?1")
         .bind(subject)
         .execute(&mut *connection)

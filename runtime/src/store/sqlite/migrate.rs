@@ -59,6 +59,11 @@ const MIGRATIONS: &[Migration] = &[
         name: "data_keys",
         sql: include_str!("../../../migrations/sqlite/0010_data_keys.sql"),
     },
+    Migration {
+        version: 11,
+        name: "erasure",
+        sql: include_str!("../../../migrations/sqlite/0011_erasure.sql"),
+    },
 ];
 
 pub(super) async fn migrate(pool: &SqlitePool, location: &str) -> Result<()> {

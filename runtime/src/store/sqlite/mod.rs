@@ -824,6 +824,7 @@ fn stored(
         actor: event.actor,
         metadata: event.metadata,
         shredded: false,
+        data_key: None,
         event: event.payload,
     }
 }
