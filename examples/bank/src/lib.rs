@@ -4,6 +4,8 @@
 //! positive amount; a withdrawal never overdraws; only an empty account can be closed, and a
 //! closed account takes no more money.
 
+pub mod customers;
+pub mod erasure;
 pub mod legacy;
 pub mod projections;
 
