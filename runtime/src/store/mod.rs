@@ -13,8 +13,8 @@ use crate::snapshot::Snapshot;
 
 pub mod backend;
 #[cfg(any(feature = "postgres", feature = "sqlite"))]
-#[cfg(any(feature = "postgres", feature = "sqlite"))]
 pub(crate) mod erasure;
+#[cfg(any(feature = "postgres", feature = "sqlite"))]
 mod group;
 #[cfg(feature = "postgres")]
 mod heads;
