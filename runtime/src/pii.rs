@@ -38,7 +38,7 @@ use std::future::Future;
 use std::path::Path;
 use std::pin::Pin;
 
-use aes_gcm::aead::{Aead, KeyInit, Payload as Aad};
+use aes_gcm::aead::{Aead, AeadInPlace, KeyInit, Payload as Aad};
 use aes_gcm::{Aes256Gcm, Nonce};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
@@ -338,24 +338,25 @@ fn encrypt(cipher: &Aes256Gcm, plain: &[u8], aad: &[u8]) -> Result<Vec<u8>, PiiE
 
 /// The inverse of [`encrypt`]; `None` when it does not authenticate.
 fn decrypt(cipher: &Aes256Gcm, sealed: &[u8], aad: &[u8]) -> Option<Vec<u8>> {
-    let (nonce, ciphertext) = sealed.split_at_checked(12)?;
-    let nonce: [u8; 12] = nonce.try_into().ok()?;
+    decrypt_in_place(cipher, sealed.to_vec(), aad)
+}
+
+/// [`decrypt`] of `nonce || ciphertext` held in `sealed`, into the same buffer.
+fn decrypt_in_place(cipher: &Aes256Gcm, mut sealed: Vec<u8>, aad: &[u8]) -> Option<Vec<u8>> {
+    let nonce: [u8; 12] = sealed.get(..12)?.try_into().ok()?;
+    sealed.drain(..12);
     cipher
-        .decrypt(
-            &Nonce::from(nonce),
-            Aad {
-                msg: ciphertext,
-                aad,
-            },
-        )
-        .ok()
+        .decrypt_in_place(&Nonce::from(nonce), aad, &mut sealed)
+        .ok()?;
+    Some(sealed)
 }
 
 /// Associated data of sealed fields: they decrypt only as Factum's sealed fields under that
 /// key id.
-fn sealed_aad(key_id: Uuid) -> Vec<u8> {
-    let mut aad = b"factum pii v1 ".to_vec();
-    aad.extend_from_slice(key_id.as_bytes());
+fn sealed_aad(key_id: Uuid) -> [u8; 30] {
+    let mut aad = [0; 30];
+    aad[..14].copy_from_slice(b"factum pii v1 ");
+    aad[14..].copy_from_slice(key_id.as_bytes());
     aad
 }
 
@@ -429,8 +430,17 @@ pub(crate) fn may_be_sealed(payload: &str) -> bool {
 /// order), and its sealed field read: opening it parses nothing else and copies the rest as it
 /// is.
 pub(crate) struct SealedPayload<'a> {
-    plain: Vec<(&'a str, &'a RawValue)>,
+    plain: Plain<'a>,
     sealed: Option<Sealed<'a>>,
+}
+
+/// The plain top-level fields of a stored payload.
+enum Plain<'a> {
+    /// The text of the members after the sealed field, as stored: `"a":1,"b":2` (a store writes
+    /// the sealed field first, its name sorting first).
+    Members(&'a str),
+    /// Each field's name and raw value, in order (a payload written otherwise).
+    Fields(Vec<(&'a str, &'a RawValue)>),
 }
 
 /// The sealed field's value.
@@ -451,6 +461,9 @@ impl<'a> SealedPayload<'a> {
     /// [`PiiError::Malformed`] when the payload is no JSON object with plain field names, or
     /// its sealed field is not in Factum's form.
     pub(crate) fn read(payload: &'a str) -> Result<Self, PiiError> {
+        if let Some(read) = Self::read_sealed_first(payload) {
+            return Ok(read);
+        }
         let malformed = |reason: String| PiiError::Malformed {
             field: SEALED.to_owned(),
             reason,
@@ -469,7 +482,31 @@ impl<'a> SealedPayload<'a> {
                 plain.push((name, value));
             }
         }
-        Ok(Self { plain, sealed })
+        Ok(Self {
+            plain: Plain::Fields(plain),
+            sealed,
+        })
+    }
+
+    /// The payload as a store writes it, its sealed field first (`{"$pii":{…},"a":1}`): only
+    /// the sealed field is parsed, the members after it are kept as their text. `None` for a
+    /// payload of another form (read field by field).
+    fn read_sealed_first(payload: &'a str) -> Option<Self> {
+        let after = payload.strip_prefix("{\"$pii\":")?;
+        let mut values = serde_json::Deserializer::from_str(after).into_iter::<Sealed<'a>>();
+        let sealed = values.next()?.ok()?;
+        let rest = &after[values.byte_offset()..];
+        let members = match rest {
+            "}" => "",
+            _ => rest
+                .strip_prefix(',')?
+                .strip_suffix('}')
+                .filter(|members| !members.is_empty() && !members.ends_with(','))?,
+        };
+        Some(Self {
+            plain: Plain::Members(members),
+            sealed: Some(sealed),
+        })
     }
 
     /// The data key its sealed field needs, if it has one.
@@ -486,16 +523,25 @@ impl<'a> SealedPayload<'a> {
     pub(crate) fn open(&self, key: Option<&DataKey>) -> Result<(String, bool), PiiError> {
         let mut out = String::with_capacity(256);
         out.push('{');
-        for (index, (name, value)) in self.plain.iter().enumerate() {
-            if index > 0 {
-                out.push(',');
+        let plain = match &self.plain {
+            Plain::Members(members) => {
+                out.push_str(members);
+                !members.is_empty()
             }
-            // The name as it was written (borrowed, so it needed no escapes).
-            out.push('"');
-            out.push_str(name);
-            out.push_str("\":");
-            out.push_str(value.get());
-        }
+            Plain::Fields(fields) => {
+                for (index, (name, value)) in fields.iter().enumerate() {
+                    if index > 0 {
+                        out.push(',');
+                    }
+                    // The name as it was written (borrowed, so it needed no escapes).
+                    out.push('"');
+                    out.push_str(name);
+                    out.push_str("\":");
+                    out.push_str(value.get());
+                }
+                !fields.is_empty()
+            }
+        };
         let Some(sealed) = &self.sealed else {
             out.push('}');
             return Ok((out, false));
@@ -509,7 +555,7 @@ impl<'a> SealedPayload<'a> {
             reason: "the sealed fields are no JSON object".to_owned(),
         })?;
         if !inner.is_empty() {
-            if !self.plain.is_empty() {
+            if plain {
                 out.push(',');
             }
             out.push_str(inner);
@@ -537,7 +583,7 @@ fn open_sealed(sealed: &Sealed<'_>, key: &DataKey) -> Result<String, PiiError> {
     let data = BASE64
         .decode(sealed.data)
         .map_err(|e| malformed(format!("data is no base64: {e}")))?;
-    let plain = decrypt(key.cipher(), &data, &sealed_aad(sealed.key)).ok_or_else(|| {
+    let plain = decrypt_in_place(key.cipher(), data, &sealed_aad(sealed.key)).ok_or_else(|| {
         PiiError::Tampered {
             field: SEALED.to_owned(),
             key_id: sealed.key,
@@ -640,6 +686,45 @@ mod tests {
         odd.insert("$pii".to_owned(), json!({"key": "k"}));
         assert!(matches!(
             opened(&odd, Some(&key)),
+            Err(PiiError::Malformed { .. })
+        ));
+    }
+
+    /// A store writes the sealed field first, and then only that field is parsed; a payload
+    /// written otherwise is read field by field, and opens to the same text.
+    #[test]
+    fn a_payload_opens_the_same_whether_its_sealed_field_comes_first_or_not() {
+        let (key, id) = (DataKey::generate().unwrap(), Uuid::now_v7());
+        let mut sealed = payload();
+        seal(&mut sealed, &SPEC, id, &key).unwrap();
+        let first = serde_json::to_string(&sealed).unwrap();
+        assert!(first.starts_with("{\"$pii\":"), "{first}");
+        let read_first = SealedPayload::read(&first).unwrap();
+        assert!(matches!(read_first.plain, Plain::Members(_)));
+
+        let value = sealed.remove(SEALED).unwrap();
+        let rest = serde_json::to_string(&sealed).unwrap();
+        let last = format!("{},\"$pii\":{value}}}", &rest[..rest.len() - 1]);
+        let read_last = SealedPayload::read(&last).unwrap();
+        assert!(matches!(read_last.plain, Plain::Fields(_)));
+        let opened = read_first.open(Some(&key)).unwrap();
+        assert_eq!(opened, read_last.open(Some(&key)).unwrap());
+        assert_eq!(
+            serde_json::from_str::<Value>(&opened.0).unwrap(),
+            Value::Object(payload())
+        );
+
+        // Nothing but sealed fields; and a sealed field followed by no valid members (then read
+        // field by field, which says what is wrong).
+        let only = format!("{{\"$pii\":{value}}}");
+        let (text, shredded) = SealedPayload::read(&only).unwrap().open(None).unwrap();
+        assert!(shredded);
+        assert_eq!(
+            serde_json::from_str::<Value>(&text).unwrap(),
+            json!({"name": "[erased]", "email": null})
+        );
+        assert!(matches!(
+            SealedPayload::read(&format!("{{\"$pii\":{value},}}")),
             Err(PiiError::Malformed { .. })
         ));
     }
