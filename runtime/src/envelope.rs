@@ -58,6 +58,10 @@ pub struct Envelope<E = Payload> {
     /// the subject finds it (see [`crate::pii`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub data_key: Option<Uuid>,
+    /// The tenant the event belongs to, if the store keeps tenants (see
+    /// [`PostgresStore::for_tenant`](crate::store::PostgresStore::for_tenant)).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant: Option<String>,
     /// The event itself.
     pub event: E,
 }
@@ -192,6 +196,7 @@ impl Origin<'_> {
             metadata: Metadata::new(),
             shredded: false,
             data_key: None,
+            tenant: None,
             event: payload,
         }
     }
@@ -257,6 +262,7 @@ impl<E> Envelope<E> {
             metadata: self.metadata,
             shredded: self.shredded,
             data_key: self.data_key,
+            tenant: self.tenant,
             event,
         }
     }

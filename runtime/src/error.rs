@@ -233,6 +233,29 @@ pub enum Error {
     #[error("invalid configuration: {0}")]
     InvalidConfig(String),
 
+    /// An append through a store that reads every tenant's events
+    /// ([`PostgresStore::across_tenants`](crate::store::PostgresStore::across_tenants)): events
+    /// are appended for one tenant.
+    #[error(
+        "stream {stream}: a store across tenants appends nothing; append through the tenant's store (PostgresStore::for_tenant)",
+        stream = shown(stream_id)
+    )]
+    TenantRequired {
+        /// The stream.
+        stream_id: String,
+    },
+
+    /// An append to a stream that belongs to another tenant (stream ids are unique across
+    /// tenants; this tenant cannot see the stream's events).
+    #[error(
+        "stream {stream} belongs to another tenant: stream ids are unique across tenants, so name this tenant's streams apart (e.g. with its name as a prefix)",
+        stream = shown(stream_id)
+    )]
+    StreamOfAnotherTenant {
+        /// The stream.
+        stream_id: String,
+    },
+
     /// An inline projection failed in the append's transaction: the append was rolled back,
     /// nothing of it is stored.
     #[error(

@@ -9,6 +9,7 @@
 //! cargo run --release -p factum-bench -- group               # group commit vs single-row INSERTs
 //! cargo run --release -p factum-bench -- relay               # relay to JetStream vs plain async-nats
 //! cargo run --release -p factum-bench -- pii                 # events with #[pii] fields vs without
+//! cargo run --release -p factum-bench -- tenants             # row-level security vs none
 //! ```
 
 mod group;
@@ -20,6 +21,7 @@ mod relay;
 mod sagas;
 mod sqlite;
 mod stats;
+mod tenants;
 mod transfer;
 mod versioning;
 
@@ -249,6 +251,26 @@ enum Suite {
         /// Load rounds (each loads both streams).
         #[arg(long, default_value_t = 25)]
         load_rounds: usize,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Tenant isolation's cost: appends and feed reads through PostgreSQL's row-level security
+    /// (a tenant's store) vs the same schema with it off, both as an application role. Uses
+    /// `DATABASE_URL` (roles and schemas are created and dropped).
+    Tenants {
+        /// Runs (the median is reported).
+        #[arg(long, default_value_t = 5)]
+        runs: usize,
+        /// Appends per run and side.
+        #[arg(long, default_value_t = 2000)]
+        appends: usize,
+        /// Streams the appends go to.
+        #[arg(long, default_value_t = 100)]
+        streams: usize,
+        /// Events per feed read.
+        #[arg(long, default_value_t = 1000)]
+        batch: usize,
         /// Print the report as JSON.
         #[arg(long)]
         json: bool,
@@ -670,6 +692,51 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 return Err(format!(
                     "{} rows hold personal data in plain and {} loads differ (both must be 0): the figures are void",
                     report.plaintext_rows, report.mismatched_loads
+                )
+                .into());
+            }
+        }
+        Suite::Tenants {
+            runs,
+            appends,
+            streams,
+            batch,
+            json,
+        } => {
+            let config = tenants::Config {
+                runs: runs.max(1),
+                appends: appends.max(1),
+                streams: streams.max(1),
+                batch: batch.max(1),
+            };
+            let report = tenants::run(&config).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                println!(
+                    "row-level security (a tenant's store) vs none, PostgreSQL, as an application role, {} runs",
+                    report.runs
+                );
+                println!(
+                    "  appends (1 client, {} per run): none {:.0}/s, rls {:.0}/s, time ratio {:.3} (target 1.05)",
+                    report.appends_per_run,
+                    report.append_plain_per_s,
+                    report.append_rls_per_s,
+                    report.append_ratio
+                );
+                println!(
+                    "  feed reads of all {} events in batches of {}: none {:.0}/s, rls {:.0}/s, time ratio {:.3} (target 1.05)",
+                    report.feed_events,
+                    report.feed_batch,
+                    report.feed_plain_per_s,
+                    report.feed_rls_per_s,
+                    report.feed_ratio
+                );
+            }
+            if report.missing > 0 {
+                return Err(format!(
+                    "{} events missing or extra in the feed reads (must be 0): the figures are void",
+                    report.missing
                 )
                 .into());
             }

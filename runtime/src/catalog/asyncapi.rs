@@ -393,6 +393,7 @@ fn relay_headers() -> Value {
             headers::CAUSATION_ID: uuid("What caused the event."),
             headers::RECORDED_AT: { "type": "string", "format": "date-time", "description": "When the store recorded the event (RFC 3339)." },
             headers::ACTOR: text("Who issued the command, when known."),
+            headers::TENANT: text("The tenant the event belongs to, when the store keeps tenants."),
             headers::FEED_POSITION: { "type": "string", "pattern": "^[0-9]+:[0-9]+$", "description": "The event's place in the global feed, `<tx>:<position>`." },
             headers::RELAY: text("The relay that published it."),
         },

@@ -30,6 +30,8 @@ pub mod headers {
     pub const RECORDED_AT: &str = "Factum-Recorded-At";
     /// Who caused it, when known.
     pub const ACTOR: &str = "Factum-Actor";
+    /// The tenant it belongs to, when the store keeps tenants.
+    pub const TENANT: &str = "Factum-Tenant";
     /// The event's place in the global feed, `<tx>:<position>`.
     pub const FEED_POSITION: &str = "Factum-Feed-Position";
     /// The relay that published it.
@@ -102,6 +104,12 @@ impl Outbound {
                 .actor
                 .as_deref()
                 .map(|actor| (headers::ACTOR, Cow::Borrowed(actor))),
+        )
+        .chain(
+            event
+                .tenant
+                .as_deref()
+                .map(|tenant| (headers::TENANT, Cow::Borrowed(tenant))),
         )
     }
 
@@ -208,6 +216,7 @@ pub fn inbound<'h>(
         metadata: crate::envelope::Metadata::new(),
         shredded: false,
         data_key: None,
+        tenant: header(headers::TENANT).map(str::to_owned),
         event,
     })
 }
@@ -272,6 +281,7 @@ mod tests {
             metadata: crate::envelope::Metadata::new(),
             shredded: false,
             data_key: None,
+            tenant: Some("acme".into()),
             event: crate::event::Payload::from_json(r#"{"total":5}"#.into()).unwrap(),
         };
         let message = Outbound::new(event.clone(), "orders".into());
@@ -285,6 +295,7 @@ mod tests {
                 .find(|(n, _)| *n == name)
                 .map(|(_, v)| v.as_str())
         };
+        assert_eq!(lookup(headers::TENANT), Some("acme"));
         let back = inbound(lookup, message.payload().as_bytes()).unwrap();
         assert_eq!(back, event);
 

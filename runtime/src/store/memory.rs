@@ -198,6 +198,7 @@ impl MemoryStore {
                 metadata: event.metadata,
                 shredded: false,
                 data_key: None,
+                tenant: None,
                 event: event.payload,
             };
             log.ids.insert(envelope.event_id, index);

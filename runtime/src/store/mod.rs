@@ -38,7 +38,7 @@ pub use group::{GroupCommit, GroupCommitStats, GroupCommitStopped};
 pub use limits::{Limits, MAX_STREAM_ID_BYTES, check_stream_id};
 pub use memory::MemoryStore;
 #[cfg(feature = "postgres")]
-pub use postgres::{ClusterAdoption, FeedHorizon, OpenTransaction, PostgresStore};
+pub use postgres::{ClusterAdoption, FeedHorizon, OpenTransaction, PostgresStore, Tenancy};
 #[cfg(any(feature = "postgres", feature = "sqlite"))]
 pub use sql::SqlStore;
 #[cfg(feature = "sqlite")]

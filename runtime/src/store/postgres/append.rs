@@ -385,6 +385,18 @@ impl Append<'_> {
         Verdict::Retry
     }
 
+    /// [`Append::verdict`] after an insert that `collided` with stored events of the stream:
+    /// when this session sees none of them, they belong to another tenant (row-level security
+    /// hides them; events are never deleted).
+    fn verdict_after(&self, diagnosis: Diagnosis, collided: bool) -> Verdict {
+        if collided && diagnosis.head_version == 0 && diagnosis.stored.is_empty() {
+            return Verdict::Refused(Error::StreamOfAnotherTenant {
+                stream_id: self.stream_id.to_owned(),
+            });
+        }
+        self.verdict(diagnosis)
+    }
+
     fn conflict(&self, actual: u64) -> Error {
         Error::Conflict {
             stream_id: self.stream_id.to_owned(),
@@ -419,6 +431,7 @@ impl Append<'_> {
                 metadata: event.metadata,
                 shredded: false,
                 data_key: None,
+                tenant: None,
                 event: event.payload,
             });
         }
@@ -500,6 +513,13 @@ fn is_unique_violation(error: &sqlx::Error) -> bool {
         .is_some_and(|e| e.code().as_deref() == Some("23505"))
 }
 
+/// Whether an insert collided with stored events of its stream (the primary key refused it).
+fn collided(error: &sqlx::Error) -> bool {
+    error.as_database_error().is_some_and(|e| {
+        e.code().as_deref() == Some("23505") && e.constraint() == Some("events_pkey")
+    })
+}
+
 impl PostgresStore {
     /// An autocommit append on the pool, retried while it loses races it can still win.
     pub(super) async fn append_autocommit(&self, append: Append<'_>) -> Result<Vec<RecordedEvent>> {
@@ -514,13 +534,13 @@ impl PostgresStore {
             };
         }
         for _ in 0..MAX_ATTEMPTS {
-            match append.insert(self, pool).await {
+            let collision = match append.insert(self, pool).await {
                 Ok(rows) if !rows.is_empty() => return append.recorded(rows),
-                Ok(_) => {}
-                Err(error) if is_unique_violation(&error) => {}
+                Ok(_) => false,
+                Err(error) if is_unique_violation(&error) => collided(&error),
                 Err(error) => return Err(self.fail(error)),
-            }
-            match append.verdict(append.diagnose(self, pool).await?) {
+            };
+            match append.verdict_after(append.diagnose(self, pool).await?, collision) {
                 Verdict::Stored(versions) => {
                     return self.read_versions(append.stream_id, versions).await;
                 }
@@ -558,12 +578,12 @@ impl PostgresStore {
                     .await
             }
         };
-        match inserted {
+        let collision = match inserted {
             Ok(rows) => return append.recorded(rows),
-            Err(error) if is_unique_violation(&error) => {}
+            Err(error) if is_unique_violation(&error) => collided(&error),
             Err(error) => return Err(self.fail(error)),
-        }
-        match append.verdict(append.diagnose(self, pool).await?) {
+        };
+        match append.verdict_after(append.diagnose(self, pool).await?, collision) {
             Verdict::Stored(versions) => self.read_versions(append.stream_id, versions).await,
             Verdict::Refused(error) => Err(error),
             // Another writer moved a head this store wrote (`heads.rs`), or an expectation of
@@ -603,19 +623,19 @@ impl PostgresStore {
                 }
                 (None, _) => append.insert(self, &mut *transaction).await,
             };
-            match inserted {
+            let collision = match inserted {
                 Ok(rows) if !rows.is_empty() => {
                     let recorded = append.recorded(rows)?;
                     self.run_hooks(&mut transaction, &recorded).await?;
                     transaction.commit().await.map_err(|e| self.fail(e))?;
                     return Ok(recorded);
                 }
-                Ok(_) => {}
-                Err(error) if is_unique_violation(&error) => {}
+                Ok(_) => false,
+                Err(error) if is_unique_violation(&error) => collided(&error),
                 Err(error) => return Err(self.fail(error)),
-            }
+            };
             drop(transaction); // rolled back
-            match append.verdict(append.diagnose(self, pool).await?) {
+            match append.verdict_after(append.diagnose(self, pool).await?, collision) {
                 Verdict::Stored(versions) => {
                     return self.read_versions(append.stream_id, versions).await;
                 }
@@ -686,7 +706,7 @@ impl PostgresStore {
                 },
                 Err(error) if is_unique_violation(&error) => {
                     let diagnosis = append.diagnose(self, &self.inner.pool).await?;
-                    return Err(match append.verdict(diagnosis) {
+                    return Err(match append.verdict_after(diagnosis, collided(&error)) {
                         Verdict::Refused(error) => error,
                         // Stored by another transaction, or a race this one lost: either way
                         // this transaction is aborted and must be retried as a whole.

@@ -55,7 +55,20 @@ impl PostgresStore {
                  FROM STDIN (FORMAT text)"
             ))
             .await
-            .map_err(fail)?;
+            .map_err(|error| {
+                // 0A000: COPY FROM into a table whose row-level security binds the role.
+                if error
+                    .as_database_error()
+                    .is_some_and(|e| e.code().as_deref() == Some("0A000"))
+                {
+                    Error::InvalidConfig(format!(
+                        "importing into schema {} needs a role that row-level security does not bind (a superuser, or a role with BYPASSRLS): the schema forces it on its events, for its owner too ({error})",
+                        self.schema()
+                    ))
+                } else {
+                    self.fail(error)
+                }
+            })?;
         let mut chunk = String::with_capacity(COPY_CHUNK + 4096);
         let mut sent = 0;
         for event in ExportReader::new(input) {

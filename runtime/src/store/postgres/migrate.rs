@@ -87,6 +87,11 @@ const MIGRATIONS: &[Migration] = &[
         name: "erasure",
         sql: include_str!("../../../migrations/postgres/0015_erasure.sql"),
     },
+    Migration {
+        version: 16,
+        name: "tenants",
+        sql: include_str!("../../../migrations/postgres/0016_tenants.sql"),
+    },
 ];
 
 pub(super) async fn migrate(pool: &PgPool, schema: &Schema) -> Result<()> {

@@ -149,10 +149,11 @@ impl FeedReads {
 }
 
 /// The envelope columns, in the order `envelope_from_row` reads them: the origin's, then the
-/// metadata, correlation, causation and actor.
+/// metadata, correlation, causation, actor and tenant.
 pub(crate) const ENVELOPE_COLUMNS: &str = concat!(
     origin_columns!(),
-    ", e.metadata::text, e.correlation_id, e.causation_id, e.actor"
+    // No ", " inside a column: the feed counts the columns by it.
+    ", e.metadata::text, e.correlation_id, e.causation_id, e.actor, nullif(e.tenant,'')"
 );
 
 /// The columns of a [`StreamEvent`], in the order `stream_event_from_row` reads them.
@@ -334,6 +335,21 @@ struct Inner {
     heads: WrittenHeads,
     /// Data subjects forgotten through this store ([`EventStore::forgets`]).
     forgets: std::sync::atomic::AtomicU64,
+    /// Whose events the pool's sessions see (set when they connect).
+    tenancy: Tenancy,
+}
+
+/// Whose events a store's sessions see and write (PostgreSQL's row-level security, see
+/// [`PostgresStore::for_tenant`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Tenancy {
+    /// The events of no tenant: a store used without tenants.
+    None,
+    /// One tenant's events.
+    Tenant(String),
+    /// Every tenant's events, read only.
+    All,
 }
 
 impl fmt::Debug for PostgresStore {
@@ -394,6 +410,10 @@ impl PostgresStore {
     }
 
     fn build(pool: PgPool, schema: Schema) -> Self {
+        Self::build_for(pool, schema, Tenancy::None)
+    }
+
+    fn build_for(pool: PgPool, schema: Schema, tenancy: Tenancy) -> Self {
         Self {
             hooks: Arc::new([]),
             limits: Limits::default(),
@@ -408,8 +428,122 @@ impl PostgresStore {
                 listener: Listener::new(),
                 heads: WrittenHeads::default(),
                 forgets: std::sync::atomic::AtomicU64::new(0),
+                tenancy,
             }),
         }
+    }
+
+    /// This store as one tenant sees it (conjoined tenancy): its events and snapshots are the
+    /// tenant's, it reads no other tenant's (the feed, streams, loads, and every runner fed by
+    /// it), and PostgreSQL enforces it with row-level security on the sessions of a pool of its
+    /// own, which name the tenant when they connect (`factum.tenant`; no statement pays for it).
+    /// A stream belongs to the tenant of its first event: stream ids are unique across tenants,
+    /// so name them per tenant. Its settings (limits, group commit, key provider, inline
+    /// projections) are this store's.
+    ///
+    /// Runner bookkeeping (checkpoints, dead letters, saga instances) is not yet kept per
+    /// tenant: give each tenant's projections and sagas names of their own.
+    ///
+    /// It checks, once, that PostgreSQL keeps tenants apart for it: that its role is no
+    /// superuser and cannot bypass row-level security, and that the schema forces it.
+    ///
+    /// # Errors
+    /// [`Error::InvalidConfig`] when `tenant` is empty, longer than 63 bytes, or holds other
+    /// characters than ASCII letters, digits, `_`, `-` and `.`; or when the role bypasses
+    /// row-level security, or the schema does not force it (not migrated to tenants); a
+    /// database error.
+    pub async fn for_tenant(&self, tenant: &str) -> Result<Self> {
+        let valid = !tenant.is_empty()
+            && tenant.len() <= 63
+            && tenant
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'));
+        if !valid {
+            return Err(Error::InvalidConfig(format!(
+                "tenant {tenant:?}: name a tenant with 1 to 63 ASCII letters, digits, `_`, `-` or `.`"
+            )));
+        }
+        let store = self.with_tenancy(
+            [("factum.tenant", tenant)],
+            Tenancy::Tenant(tenant.to_owned()),
+        );
+        store.check_isolation().await?;
+        Ok(store)
+    }
+
+    /// Whether PostgreSQL keeps this store's tenant apart: its role bound by row-level security,
+    /// which the schema forces on the events.
+    async fn check_isolation(&self) -> Result<()> {
+        let (bypasses, forced): (bool, Option<bool>) = sqlx::query_as(AssertSqlSafe(format!(
+            "SELECT (SELECT rolsuper OR rolbypassrls FROM pg_roles WHERE rolname = current_user),
+                    (SELECT relrowsecurity AND relforcerowsecurity FROM pg_class
+                     WHERE oid = to_regclass('{s}.events'))",
+            s = self.inner.schema.quoted()
+        )))
+        .fetch_one(&self.inner.pool)
+        .await
+        .map_err(|e| self.fail(e))?;
+        if bypasses {
+            return Err(Error::InvalidConfig(
+                "a tenant's store connects as a superuser or a role with BYPASSRLS, which row-level security does not bind: every tenant's events would be visible; connect as the application role (PostgresStore::application_grants)".to_owned(),
+            ));
+        }
+        if forced != Some(true) {
+            return Err(Error::InvalidConfig(format!(
+                "schema {} does not keep tenants apart (no forced row-level security on its events): run migrate() with this version",
+                self.inner.schema.name()
+            )));
+        }
+        Ok(())
+    }
+
+    /// This store reading every tenant's events (a cross-tenant projection's, an operator's):
+    /// its sessions connect with `factum.all_tenants` on. It appends nothing: an append is
+    /// [`Error::TenantRequired`].
+    #[must_use]
+    pub fn across_tenants(&self) -> Self {
+        self.with_tenancy([("factum.all_tenants", "on")], Tenancy::All)
+    }
+
+    /// Whose events this store sees.
+    #[must_use]
+    pub fn tenancy(&self) -> &Tenancy {
+        &self.inner.tenancy
+    }
+
+    /// Refuses an append through a store across tenants.
+    fn check_tenancy(&self, stream_id: &str) -> Result<()> {
+        match self.inner.tenancy {
+            Tenancy::All => Err(Error::TenantRequired {
+                stream_id: stream_id.to_owned(),
+            }),
+            Tenancy::None | Tenancy::Tenant(_) => Ok(()),
+        }
+    }
+
+    /// The tenant its events are written for, if any.
+    fn tenant(&self) -> Option<&str> {
+        match &self.inner.tenancy {
+            Tenancy::Tenant(tenant) => Some(tenant),
+            Tenancy::None | Tenancy::All => None,
+        }
+    }
+
+    /// This store on a pool like its own whose sessions connect with `settings`.
+    fn with_tenancy<'a>(
+        &self,
+        settings: impl IntoIterator<Item = (&'a str, &'a str)>,
+        tenancy: Tenancy,
+    ) -> Self {
+        let pool = &self.inner.pool;
+        let options = (*pool.connect_options()).clone().options(settings);
+        let pool = pool.options().clone().connect_lazy_with(options);
+        let mut store = Self::build_for(pool, self.inner.schema.clone(), tenancy);
+        store.hooks = Arc::clone(&self.hooks);
+        store.limits = self.limits;
+        store.group = self.group.as_ref().map(|group| Group::new(group.config()));
+        store.keys = self.keys.clone();
+        store
     }
 
     /// Creates or upgrades the store's tables in its schema. Safe to run at every start and
@@ -455,6 +589,7 @@ impl PostgresStore {
     /// An append, checked, then alone or in a group.
     async fn append_request(&self, mut request: Request<'_>) -> Result<Vec<RecordedEvent>> {
         check_append(request.stream_id, &request.events, &self.limits)?;
+        self.check_tenancy(request.stream_id)?;
         let plain = store_keys::seal(self.keys.as_ref(), self, &mut request.events).await?;
         let (stream_id, aggregate_type) = (request.stream_id, request.aggregate_type);
         if request.head.is_none() {
@@ -470,6 +605,11 @@ impl PostgresStore {
             _ => self.append_alone(request).await?,
         };
         store_keys::unseal_appended(&mut appended, plain);
+        if let Some(tenant) = self.tenant() {
+            for event in &mut appended {
+                event.tenant = Some(tenant.to_owned());
+            }
+        }
         if let Some(last) = appended.last() {
             self.inner
                 .heads
@@ -932,6 +1072,7 @@ fn envelope_or_defect(row: &PgRow, at: usize) -> Result<ReadEnvelope> {
     event.correlation_id = columns::get(row, at + 11)?;
     event.causation_id = columns::get(row, at + 12)?;
     event.actor = columns::get(row, at + 13)?;
+    event.tenant = columns::get(row, at + 14)?;
     let defect = defect.map(|cause| Undecodable::of(&event, &cause));
     Ok((event, defect))
 }

@@ -825,6 +825,7 @@ fn stored(
         metadata: event.metadata,
         shredded: false,
         data_key: None,
+        tenant: None,
         event: event.payload,
     }
 }

@@ -1,0 +1,424 @@
+//! Conjoined tenancy on PostgreSQL (issue 15, part 2): tenants share a schema, and row-level
+//! security, forced on the events and snapshots, keeps each tenant's rows to its own sessions.
+//! Every case runs as an application role that owns nothing and is no superuser (a superuser
+//! bypasses row-level security), in a schema of its own.
+
+use std::time::Duration;
+
+use factum::feed::Subscription;
+use factum::projection::ProjectionRunner;
+use factum::store::{FeedQuery, PostgresStore, Tenancy};
+use factum::testing::postgres::LeastPrivilege;
+use factum::{
+    Envelope, Error, EventStore, ExpectedVersion, FeedPosition, NewEvent, Repository, Tx,
+};
+
+#[factum::event]
+#[derive(Debug, Clone, PartialEq)]
+pub struct Deposited {
+    pub cents: i64,
+}
+
+#[factum::event]
+#[derive(Debug, Clone, PartialEq)]
+pub enum AccountEvent {
+    Deposited(Deposited),
+}
+
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
+pub struct Account {
+    pub cents: i64,
+}
+
+#[derive(Debug)]
+pub struct Deposit(pub i64);
+
+#[factum::aggregate(events = AccountEvent)]
+impl Account {
+    #[apply]
+    fn deposited(&mut self, event: &Deposited) {
+        self.cents += event.cents;
+    }
+
+    #[command]
+    fn deposit(&self, command: &Deposit) -> Result<Deposited, std::convert::Infallible> {
+        Ok(Deposited { cents: command.0 })
+    }
+}
+
+/// Sums the deposits it sees, and names their streams.
+#[derive(Debug, Default)]
+struct Ledger {
+    streams: Vec<String>,
+    cents: i64,
+}
+
+#[factum::projection(name = "ledger")]
+impl Ledger {
+    #[handle]
+    async fn deposited(
+        &mut self,
+        event: &Deposited,
+        envelope: &Envelope,
+        _: &mut Tx<'_>,
+    ) -> Result<(), std::convert::Infallible> {
+        self.streams.push(envelope.stream_id.clone());
+        self.cents += event.cents;
+        Ok(())
+    }
+}
+
+fn deposit(cents: i64) -> NewEvent {
+    NewEvent::of(&Deposited { cents }).unwrap()
+}
+
+/// The schema's roles, and the stores of two tenants and of none, as the application role.
+struct Tenants {
+    roles: LeastPrivilege,
+    acme: PostgresStore,
+    globex: PostgresStore,
+    none: PostgresStore,
+}
+
+/// Acme's three deposits on `acme/a-1`, Globex's two on `globex/a-1`, one without a tenant.
+async fn tenants() -> Tenants {
+    let roles = LeastPrivilege::new().await.expect("roles and a schema");
+    let none = roles.application().clone();
+    let acme = none.for_tenant("acme").await.unwrap();
+    let globex = none.for_tenant("globex").await.unwrap();
+    assert_eq!(acme.tenancy(), &Tenancy::Tenant("acme".to_owned()));
+    for cents in [1, 2, 3] {
+        acme.append(
+            "acme/a-1",
+            "Account",
+            ExpectedVersion::Any,
+            vec![deposit(cents)],
+        )
+        .await
+        .unwrap();
+    }
+    for cents in [10, 20] {
+        globex
+            .append(
+                "globex/a-1",
+                "Account",
+                ExpectedVersion::Any,
+                vec![deposit(cents)],
+            )
+            .await
+            .unwrap();
+    }
+    none.append(
+        "plain-1",
+        "Account",
+        ExpectedVersion::NoStream,
+        vec![deposit(100)],
+    )
+    .await
+    .unwrap();
+    Tenants {
+        roles,
+        acme,
+        globex,
+        none,
+    }
+}
+
+/// The feed as `store` reads it, once it holds `count` events: the feed holds back events
+/// while older transactions of the cluster run (other tests'), and never skips one.
+async fn feed(store: &PostgresStore, count: usize) -> Vec<(String, Option<String>)> {
+    let began = std::time::Instant::now();
+    loop {
+        let events: Vec<_> = store
+            .read_feed(&FeedQuery::from_start())
+            .await
+            .unwrap()
+            .events
+            .into_iter()
+            .map(|event| (event.stream_id, event.tenant))
+            .collect();
+        if events.len() >= count || began.elapsed() > Duration::from_secs(10) {
+            return events;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Catches the ledger up until it holds `cents` (the feed holds back events while other
+/// tests' transactions run), and no more.
+async fn catch_up(ledger: &mut ProjectionRunner<PostgresStore, Ledger>, cents: i64) {
+    let began = std::time::Instant::now();
+    while ledger.projection().cents < cents && began.elapsed() < Duration::from_secs(10) {
+        ledger.catch_up().await.unwrap();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(ledger.projection().cents, cents);
+}
+
+/// A tenant reads, follows, loads and projects its own events only, and cannot append to
+/// another tenant's stream; a store without a tenant sees none of theirs.
+#[tokio::test]
+async fn each_tenant_reads_follows_loads_and_projects_only_its_own_events() {
+    let Tenants {
+        roles: _roles,
+        acme,
+        globex,
+        none,
+    } = tenants().await;
+    let acme_only = vec![("acme/a-1".to_owned(), Some("acme".to_owned())); 3];
+    assert_eq!(feed(&acme, 3).await, acme_only);
+    assert_eq!(
+        feed(&globex, 2).await,
+        vec![("globex/a-1".to_owned(), Some("globex".to_owned())); 2]
+    );
+    assert_eq!(feed(&none, 1).await, [("plain-1".to_owned(), None)]);
+
+    // Streams and loads: another tenant's stream is empty, as if it did not exist.
+    assert!(acme.read_stream("globex/a-1", ..).await.unwrap().is_empty());
+    assert_eq!(acme.stream_version("globex/a-1").await.unwrap(), 0);
+    let read = acme.read_stream("acme/a-1", ..).await.unwrap();
+    assert_eq!(read.len(), 3);
+    assert!(read.iter().all(|e| e.tenant.as_deref() == Some("acme")));
+    let accounts = Repository::<Account, _>::new(acme.clone());
+    assert_eq!(accounts.load("acme/a-1").await.unwrap().state.cents, 6);
+    let theirs = accounts.load("globex/a-1").await.unwrap();
+    assert_eq!((theirs.version, theirs.state.cents), (0, 0));
+    let executed = accounts.execute("acme/a-1", Deposit(4)).await.unwrap();
+    assert_eq!(executed[0].tenant.as_deref(), Some("acme"));
+
+    // Appending to another tenant's stream is refused, whatever the expectation; theirs stays.
+    for expected in [ExpectedVersion::Any, ExpectedVersion::NoStream] {
+        let refused = acme
+            .append("globex/a-1", "Account", expected, vec![deposit(666)])
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(refused, Error::StreamOfAnotherTenant { .. }),
+            "{expected:?}: {refused:?}"
+        );
+    }
+    let refused = accounts
+        .execute("globex/a-1", Deposit(666))
+        .await
+        .unwrap_err();
+    assert!(refused.to_string().contains("another tenant"), "{refused}");
+    assert_eq!(globex.read_stream("globex/a-1", ..).await.unwrap().len(), 2);
+
+    // Following the feed: a subscription delivers Acme's events only, the new one included.
+    let mut follow = Subscription::new(acme.clone(), FeedPosition::START);
+    let mut followed = Vec::new();
+    while followed.len() < 4 {
+        let event = tokio::time::timeout(Duration::from_secs(10), follow.next())
+            .await
+            .expect("Acme's four events")
+            .unwrap();
+        followed.push(event.stream_id);
+    }
+    globex
+        .append(
+            "globex/a-2",
+            "Account",
+            ExpectedVersion::Any,
+            vec![deposit(30)],
+        )
+        .await
+        .unwrap();
+    acme.append(
+        "acme/a-2",
+        "Account",
+        ExpectedVersion::Any,
+        vec![deposit(5)],
+    )
+    .await
+    .unwrap();
+    let next = tokio::time::timeout(Duration::from_secs(10), follow.next())
+        .await
+        .expect("Acme's next event")
+        .unwrap();
+    assert_eq!(
+        next.stream_id, "acme/a-2",
+        "Globex's event is never delivered"
+    );
+
+    // Projecting: a runner on Acme's store handles Acme's events only.
+    let mut ledger = ProjectionRunner::new(acme.clone(), Ledger::default());
+    catch_up(&mut ledger, 1 + 2 + 3 + 4 + 5).await;
+    assert!(
+        ledger
+            .projection()
+            .streams
+            .iter()
+            .all(|s| s.starts_with("acme/")),
+        "{:?}",
+        ledger.projection().streams
+    );
+}
+
+/// A store across tenants reads every tenant's events, each with its tenant, as a
+/// cross-tenant projection does; it appends nothing.
+#[tokio::test]
+async fn a_store_across_tenants_sees_them_all_and_appends_nothing() {
+    let tenants = tenants().await;
+    let all = tenants.none.across_tenants();
+    assert_eq!(all.tenancy(), &Tenancy::All);
+    let mut seen = feed(&all, 6).await;
+    seen.sort();
+    assert_eq!(
+        seen,
+        [
+            ("acme/a-1".to_owned(), Some("acme".to_owned())),
+            ("acme/a-1".to_owned(), Some("acme".to_owned())),
+            ("acme/a-1".to_owned(), Some("acme".to_owned())),
+            ("globex/a-1".to_owned(), Some("globex".to_owned())),
+            ("globex/a-1".to_owned(), Some("globex".to_owned())),
+            ("plain-1".to_owned(), None),
+        ]
+    );
+    let mut ledger = ProjectionRunner::new(all.clone(), Ledger::default());
+    catch_up(&mut ledger, 1 + 2 + 3 + 10 + 20 + 100).await;
+    let refused = all
+        .append(
+            "acme/a-1",
+            "Account",
+            ExpectedVersion::Any,
+            vec![deposit(1)],
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(refused, Error::TenantRequired { .. }),
+        "{refused:?}"
+    );
+    drop(tenants.acme);
+    drop(tenants.globex);
+}
+
+/// Raw SQL as the application role: a session sees the rows of the tenant it names and no
+/// other, writes none for another tenant, and cannot turn row-level security off; nor does the
+/// schema's owner see a tenant's rows without naming it (the security is forced).
+#[tokio::test]
+async fn raw_sql_as_the_application_role_sees_only_the_tenant_it_names() {
+    let tenants = tenants().await;
+    let schema = tenants.none.schema().to_owned();
+    let app = tenants.none.pool();
+    let count = |sql: &'static str| {
+        let schema = schema.clone();
+        async move {
+            let mut tx = app.begin().await.unwrap();
+            for statement in sql.split(';').filter(|s| !s.trim().is_empty()) {
+                let statement = statement.replace("{schema}", &schema);
+                if statement.trim_start().starts_with("SELECT") {
+                    let n: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(statement))
+                        .fetch_one(&mut *tx)
+                        .await
+                        .unwrap();
+                    return n;
+                }
+                sqlx::raw_sql(sqlx::AssertSqlSafe(statement))
+                    .execute(&mut *tx)
+                    .await
+                    .unwrap();
+            }
+            unreachable!("a SELECT ends each check")
+        }
+    };
+    assert_eq!(count("SELECT count(*) FROM {schema}.events").await, 1);
+    assert_eq!(
+        count("SET LOCAL factum.tenant = 'acme'; SELECT count(*) FROM {schema}.events").await,
+        3
+    );
+    assert_eq!(
+        count(
+            "SET LOCAL factum.tenant = 'acme';
+             SELECT count(*) FROM {schema}.events WHERE stream_id LIKE 'globex/%'"
+        )
+        .await,
+        0
+    );
+    assert_eq!(
+        count("SET LOCAL factum.tenant = 'nobody'; SELECT count(*) FROM {schema}.events").await,
+        0
+    );
+
+    let refused = |statement: String| async move {
+        let mut tx = app.begin().await.unwrap();
+        sqlx::raw_sql(sqlx::AssertSqlSafe("SET LOCAL factum.tenant = 'acme'"))
+            .execute(&mut *tx)
+            .await
+            .unwrap();
+        let error = sqlx::raw_sql(sqlx::AssertSqlSafe(statement.clone()))
+            .execute(&mut *tx)
+            .await
+            .expect_err(&statement);
+        error
+            .as_database_error()
+            .and_then(|e| e.code())
+            .map(|c| c.into_owned())
+    };
+    // A row for another tenant: refused by the policy's check (42501).
+    let forged = format!(
+        "INSERT INTO {schema}.events (stream_id, stream_version, aggregate_type, event_id,
+             event_type, schema_version, payload, metadata, correlation_id, causation_id, tenant)
+         VALUES ('globex/a-9', 1, 'Account', gen_random_uuid(), 'Deposited', 1, '{{}}', '{{}}',
+                 gen_random_uuid(), gen_random_uuid(), 'globex')"
+    );
+    assert_eq!(refused(forged).await.as_deref(), Some("42501"));
+    for statement in [
+        format!("ALTER TABLE {schema}.events DISABLE ROW LEVEL SECURITY"),
+        format!("ALTER TABLE {schema}.events NO FORCE ROW LEVEL SECURITY"),
+        format!("DROP POLICY tenant_rows ON {schema}.events"),
+    ] {
+        assert_eq!(
+            refused(statement.clone()).await.as_deref(),
+            Some("42501"),
+            "{statement}"
+        );
+    }
+
+    // The owner, naming no tenant, sees none of theirs.
+    let owner: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+        "SELECT count(*) FROM {schema}.events"
+    )))
+    .fetch_one(tenants.roles.owner().pool())
+    .await
+    .unwrap();
+    assert_eq!(owner, 1);
+}
+
+/// A tenant's store is refused where PostgreSQL would not keep tenants apart: a superuser's
+/// connection (row-level security does not bind it), and a name that is no plain identifier.
+#[tokio::test]
+async fn a_tenant_store_is_refused_where_the_database_would_not_isolate_it() {
+    let tenants = tenants().await;
+    let superuser = PostgresStore::with_schema(
+        sqlx::PgPool::connect(&factum::testing::postgres::database_url())
+            .await
+            .unwrap(),
+        tenants.none.schema(),
+    )
+    .unwrap();
+    let refused = superuser.for_tenant("acme").await.unwrap_err();
+    assert!(
+        matches!(&refused, Error::InvalidConfig(why) if why.contains("superuser")),
+        "{refused:?}"
+    );
+    for bad in ["", "a b", "acme'; --", &"x".repeat(64)] {
+        let refused = tenants.none.for_tenant(bad).await.unwrap_err();
+        assert!(
+            matches!(refused, Error::InvalidConfig(_)),
+            "{bad:?}: {refused:?}"
+        );
+    }
+}
+
+/// Importing needs a role that row-level security does not bind: the schema forces it on its
+/// owner too, and PostgreSQL allows no `COPY FROM` under it; the refusal says so.
+#[tokio::test]
+async fn an_import_by_a_role_bound_by_row_level_security_says_which_role_it_needs() {
+    let roles = LeastPrivilege::new().await.expect("roles and a schema");
+    let refused = roles.owner().import(&b""[..], |_| {}).await.unwrap_err();
+    assert!(
+        matches!(&refused, Error::InvalidConfig(why) if why.contains("BYPASSRLS")),
+        "{refused:?}"
+    );
+}
