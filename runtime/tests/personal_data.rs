@@ -223,6 +223,18 @@ async fn database_text<D: TestDatabase>(database: &D) -> String {
     text
 }
 
+/// The text of every table, after checking that it holds neither Ada's name nor her email.
+async fn holds_nothing_of_ada<D: TestDatabase>(database: &D) -> String {
+    let everything = database_text(database).await;
+    for secret in [ADA, ADA_EMAIL] {
+        assert!(
+            !everything.contains(secret),
+            "`{secret}` remains: {everything}"
+        );
+    }
+    everything
+}
+
 async fn data_keys<D: TestDatabase>(database: &D) -> i64 {
     let keys = database.table("data_keys");
     let rows: Vec<(i64,)> = fetch_all(&**database, &format!("SELECT COUNT(*) FROM {keys}"))
@@ -320,13 +332,7 @@ async fn personal_data_is_sealed_and_forgetting_shreds_it<D: TestDatabase>() {
     assert!(store.forget("ada").await.unwrap());
     // Nothing in the database holds her name or email in plain any more: the snapshot of the
     // stream holding data sealed under her key is gone with the key. Grace's is kept.
-    let everything = database_text(&database).await;
-    for secret in [ADA, ADA_EMAIL] {
-        assert!(
-            !everything.contains(secret),
-            "`{secret}` remains: {everything}"
-        );
-    }
+    let everything = holds_nothing_of_ada(&database).await;
     assert!(everything.contains(GRACE), "Grace's snapshot stays");
     assert!(!store.forget("ada").await.unwrap(), "forgotten already");
     assert_eq!(data_keys(&database).await, 2);
@@ -590,13 +596,7 @@ async fn forgetting_erases_what_sagas_and_runners_copied<D: TestDatabase>() {
     }
 
     assert!(store.forget("ada").await.unwrap());
-    let everything = database_text(&database).await;
-    for secret in [ADA, ADA_EMAIL] {
-        assert!(
-            !everything.contains(secret),
-            "`{secret}` remains: {everything}"
-        );
-    }
+    let everything = holds_nothing_of_ada(&database).await;
     assert!(
         everything.contains(GRACE_EMAIL),
         "Grace's copies stay: {everything}"
@@ -689,13 +689,7 @@ async fn a_saga_reading_with_a_stale_key_erases_its_instance<D: TestDatabase>() 
     assert_eq!(welcome.handle_events().await.unwrap(), 1);
     let ada = welcome.instance("ada").await.unwrap().unwrap();
     assert!(ada.erased, "{ada:?}");
-    let everything = database_text(&database).await;
-    for secret in [ADA, ADA_EMAIL] {
-        assert!(
-            !everything.contains(secret),
-            "`{secret}` remains: {everything}"
-        );
-    }
+    holds_nothing_of_ada(&database).await;
     welcome.settle().await.unwrap();
     assert_eq!(store.stream_version("customer-ada").await.unwrap(), 1);
 }
