@@ -339,6 +339,19 @@ async fn raw_sql_as_the_application_role_sees_only_the_tenant_it_names() {
         count("SET LOCAL factum.tenant = 'nobody'; SELECT count(*) FROM {schema}.events").await,
         0
     );
+    // Snapshots too: Acme's aggregate state is Acme's.
+    let accounts = Repository::<Account, _>::new(tenants.acme.clone()).snapshot_every(1);
+    accounts.execute("acme/a-1", Deposit(4)).await.unwrap();
+    assert_eq!(accounts.load("acme/a-1").await.unwrap().state.cents, 10);
+    assert_eq!(
+        count("SET LOCAL factum.tenant = 'acme'; SELECT count(*) FROM {schema}.snapshots").await,
+        1
+    );
+    assert_eq!(
+        count("SET LOCAL factum.tenant = 'globex'; SELECT count(*) FROM {schema}.snapshots").await,
+        0
+    );
+    assert_eq!(count("SELECT count(*) FROM {schema}.snapshots").await, 0);
 
     let refused = |statement: String| async move {
         let mut tx = app.begin().await.unwrap();
