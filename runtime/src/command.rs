@@ -34,6 +34,9 @@ pub struct CommandContext {
     pub actor: Option<String>,
     /// Metadata copied onto every event.
     pub metadata: Metadata,
+    /// The tenant the command is for, if the application keeps tenants: a repository whose
+    /// store is another tenant's (or none's) refuses it ([`crate::Error::TenantMismatch`]).
+    pub tenant: Option<String>,
 }
 
 impl CommandContext {
@@ -47,11 +50,12 @@ impl CommandContext {
             correlation_id: command_id,
             actor: None,
             metadata: Metadata::new(),
+            tenant: None,
         }
     }
 
     /// A command issued in reaction to a stored event (by a saga or a policy): it joins the
-    /// event's flow (same correlation id and actor).
+    /// event's flow (same correlation id, actor and tenant).
     #[must_use]
     pub fn caused_by<E>(event: &Envelope<E>) -> Self {
         Self {
@@ -59,6 +63,7 @@ impl CommandContext {
             correlation_id: event.correlation_id,
             actor: event.actor.clone(),
             metadata: Metadata::new(),
+            tenant: event.tenant.clone(),
         }
     }
 
@@ -81,6 +86,13 @@ impl CommandContext {
     #[must_use]
     pub fn actor(mut self, actor: impl Into<String>) -> Self {
         self.actor = Some(actor.into());
+        self
+    }
+
+    /// Sets the tenant the command is for (checked against the repository's store).
+    #[must_use]
+    pub fn tenant(mut self, tenant: impl Into<String>) -> Self {
+        self.tenant = Some(tenant.into());
         self
     }
 

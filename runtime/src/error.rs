@@ -245,6 +245,19 @@ pub enum Error {
         stream_id: String,
     },
 
+    /// A command for one tenant executed through a repository whose store is another
+    /// tenant's, or keeps no tenants apart.
+    #[error(
+        "the command is for tenant {requested:?}, and the repository's store is {}: execute it through a repository on PostgresStore::for_tenant({requested:?})",
+        store.as_deref().map_or("no tenant's".to_owned(), |store| format!("tenant {store:?}'s"))
+    )]
+    TenantMismatch {
+        /// The command context's tenant.
+        requested: String,
+        /// The store's tenant.
+        store: Option<String>,
+    },
+
     /// An append to a stream that belongs to another tenant (stream ids are unique across
     /// tenants; this tenant cannot see the stream's events).
     #[error(

@@ -10,7 +10,8 @@ use factum::projection::ProjectionRunner;
 use factum::store::{FeedQuery, PostgresStore, Tenancy};
 use factum::testing::postgres::LeastPrivilege;
 use factum::{
-    Envelope, Error, EventStore, ExpectedVersion, FeedPosition, NewEvent, Repository, Tx,
+    CommandContext, Envelope, Error, EventStore, ExecuteError, ExpectedVersion, FeedPosition,
+    NewEvent, Repository, Tx,
 };
 
 #[factum::event]
@@ -185,6 +186,35 @@ async fn each_tenant_reads_follows_loads_and_projects_only_its_own_events() {
     assert_eq!((theirs.version, theirs.state.cents), (0, 0));
     let executed = accounts.execute("acme/a-1", Deposit(4)).await.unwrap();
     assert_eq!(executed[0].tenant.as_deref(), Some("acme"));
+
+    // A command context naming a tenant: executed only through that tenant's repository. A
+    // command caused by an event is for the event's tenant.
+    let for_globex = CommandContext::new().tenant("globex");
+    for (repository, store) in [
+        (&accounts, Some("acme")),
+        (&Repository::<Account, _>::new(none.clone()), None),
+    ] {
+        let refused = repository
+            .execute_with("globex/a-1", Deposit(666), &for_globex)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(
+                &refused,
+                ExecuteError::Store(Error::TenantMismatch { requested, store: s })
+                    if requested == "globex" && s.as_deref() == store
+            ),
+            "{refused:?}"
+        );
+    }
+    let caused = CommandContext::caused_by(&executed[0]);
+    assert_eq!(caused.tenant.as_deref(), Some("acme"));
+    let refused = Repository::<Account, _>::new(globex.clone())
+        .execute_with("globex/a-1", Deposit(666), &caused)
+        .await
+        .unwrap_err();
+    assert!(refused.to_string().contains("tenant \"acme\""), "{refused}");
+    assert_eq!(globex.read_stream("globex/a-1", ..).await.unwrap().len(), 2);
 
     // Appending to another tenant's stream is refused, whatever the expectation; theirs stays.
     for expected in [ExpectedVersion::Any, ExpectedVersion::NoStream] {

@@ -434,6 +434,15 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
         A: Handle<C>,
         C: Sync,
     {
+        if let Some(requested) = &context.tenant
+            && self.store.tenant() != Some(requested.as_str())
+        {
+            return Err(Error::TenantMismatch {
+                requested: requested.clone(),
+                store: self.store.tenant().map(str::to_owned),
+            }
+            .into());
+        }
         if let Some(lanes) = &self.lanes {
             return self
                 .attempts_in_lane(lanes, id, command, context, derived_ids)

@@ -554,6 +554,13 @@ pub trait EventStore: Send + Sync {
         0
     }
 
+    /// The tenant whose events this store appends and reads, if it keeps tenants apart
+    /// ([`PostgresStore::for_tenant`]); `None` for a store without tenants (the default) or
+    /// across them.
+    fn tenant(&self) -> Option<&str> {
+        None
+    }
+
     /// Hints that the feed may have grown, for live subscriptions. A store without a
     /// notification mechanism returns hints that never fire; subscribers then poll.
     fn wakeups(&self) -> FeedWakeups {

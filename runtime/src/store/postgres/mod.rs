@@ -521,14 +521,6 @@ impl PostgresStore {
         }
     }
 
-    /// The tenant its events are written for, if any.
-    fn tenant(&self) -> Option<&str> {
-        match &self.inner.tenancy {
-            Tenancy::Tenant(tenant) => Some(tenant),
-            Tenancy::None | Tenancy::All => None,
-        }
-    }
-
     /// This store on a pool like its own whose sessions connect with `settings`.
     fn with_tenancy<'a>(
         &self,
@@ -1086,6 +1078,13 @@ impl EventStore for PostgresStore {
         self.inner
             .forgets
             .load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    fn tenant(&self) -> Option<&str> {
+        match &self.inner.tenancy {
+            Tenancy::Tenant(tenant) => Some(tenant),
+            Tenancy::None | Tenancy::All => None,
+        }
     }
 
     async fn append(
