@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use factum::feed::Subscription;
-use factum::projection::ProjectionRunner;
+use factum::projection::{ProjectionRunner, RunnerState};
 use factum::store::{FeedQuery, PostgresStore, Tenancy};
 use factum::testing::postgres::LeastPrivilege;
 use factum::{
@@ -66,6 +66,27 @@ impl Ledger {
         self.streams.push(envelope.stream_id.clone());
         self.cents += event.cents;
         Ok(())
+    }
+}
+
+#[factum::event]
+#[derive(Debug, Clone, PartialEq)]
+pub struct Opened {
+    pub account: String,
+    pub cents: i64,
+}
+
+/// Welcomes each opened account: an instance per account name, which two tenants may share.
+#[derive(Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Welcome {
+    pub cents: i64,
+}
+
+#[factum::saga(name = "welcome")]
+impl Welcome {
+    #[start(by = account)]
+    fn opened(&mut self, event: &Opened, _: &mut factum::saga::SagaContext<Self>) {
+        self.cents = event.cents;
     }
 }
 
@@ -464,4 +485,111 @@ async fn an_import_by_a_role_bound_by_row_level_security_says_which_role_it_need
         matches!(&refused, Error::InvalidConfig(why) if why.contains("BYPASSRLS")),
         "{refused:?}"
     );
+}
+
+/// The runners' bookkeeping is each tenant's: a projection and a saga of one name run by two
+/// tenants at once keep their own checkpoints, leases and instances (an instance id both
+/// tenants use is two instances), and raw SQL of one tenant sees none of the other's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runners_of_one_name_keep_each_tenants_bookkeeping_apart() {
+    let tenants = tenants().await;
+    for (store, cents) in [(&tenants.acme, 7), (&tenants.globex, 70)] {
+        let tenant = store.tenant().unwrap().to_owned();
+        store
+            .append(
+                &format!("{tenant}/welcome"),
+                "Account",
+                ExpectedVersion::NoStream,
+                vec![
+                    NewEvent::of(&Opened {
+                        account: "a-1".into(),
+                        cents,
+                    })
+                    .unwrap(),
+                ],
+            )
+            .await
+            .unwrap();
+    }
+
+    // Both tenants' "ledger" runners run at once: each holds its own lease.
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let mut runs = Vec::new();
+    for store in [&tenants.acme, &tenants.globex] {
+        let runner = ProjectionRunner::new(store.clone(), Ledger::default());
+        let mut handle = runner.handle();
+        let mut stopped = stopped.clone();
+        runs.push(tokio::spawn(runner.run(async move {
+            let _ = stopped.wait_for(|stop| *stop).await;
+        })));
+        let state = tokio::time::timeout(
+            Duration::from_secs(10),
+            handle.wait_for(|state| !matches!(state, RunnerState::NotStarted)),
+        )
+        .await
+        .expect("the runner starts")
+        .unwrap();
+        assert_eq!(
+            state,
+            RunnerState::Running,
+            "not standing by for the other tenant's"
+        );
+    }
+    let began = std::time::Instant::now();
+    let expected = [1 + 2 + 3, 10 + 20];
+    loop {
+        let mut done = true;
+        for (store, cents) in [&tenants.acme, &tenants.globex].into_iter().zip(expected) {
+            let status = ProjectionRunner::new(store.clone(), Ledger::default())
+                .status()
+                .await
+                .unwrap();
+            done &= status.event_lag == 0 && cents > 0;
+        }
+        if done || began.elapsed() > Duration::from_secs(20) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    stop.send_replace(true);
+    let mut ledgers = Vec::new();
+    for run in runs {
+        ledgers.push(run.await.unwrap().unwrap().cents);
+    }
+    assert_eq!(ledgers, expected);
+
+    // The saga: instance "a-1" twice, one per tenant, each with its own state.
+    for (store, cents) in [(&tenants.acme, 7), (&tenants.globex, 70)] {
+        let mut welcome = factum::saga::SagaRunner::<_, Welcome>::new(
+            store.clone(),
+            factum::saga::CommandBus::new(),
+        );
+        assert_eq!(welcome.handle_events().await.unwrap(), 1);
+        let instance = welcome.instance("a-1").await.unwrap().unwrap();
+        assert_eq!(instance.state.cents, cents);
+    }
+
+    // Raw SQL as the application role: each tenant's rows only.
+    let schema = tenants.none.schema().to_owned();
+    // Per tenant: one saga instance; two checkpoints (the ledger's, the saga's event side's).
+    for (tenant, expected) in [("acme", [1, 2]), ("globex", [1, 2]), ("", [0, 0])] {
+        let mut tx = tenants.none.pool().begin().await.unwrap();
+        sqlx::query("SELECT set_config('factum.tenant', $1, true)")
+            .bind(tenant)
+            .execute(&mut *tx)
+            .await
+            .unwrap();
+        for (table, expected) in ["sagas", "projection_checkpoints"]
+            .into_iter()
+            .zip(expected)
+        {
+            let rows: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+                "SELECT count(*) FROM {schema}.{table}"
+            )))
+            .fetch_one(&mut *tx)
+            .await
+            .unwrap();
+            assert_eq!(rows, expected, "{table} as tenant {tenant:?}");
+        }
+    }
 }

@@ -429,12 +429,13 @@ async fn registering_waits_only_for_registrations_in_its_own_schema() {
         };
         ProjectionRunner::new((**store).clone(), totals)
     };
-    // Another session in the middle of registering "totals" in schema a.
+    // Another session in the middle of registering "totals" in schema a (no tenant: the scope
+    // between the colons is empty).
     let mut session = sqlx::PgConnection::connect(a.url()).await.unwrap();
     session.execute("BEGIN").await.unwrap();
     sqlx::query(
         "SELECT pg_advisory_xact_lock(hashtext('factum.projection_versions'),
-                                      hashtext($1 || ':totals'))",
+                                      hashtext($1 || '::totals'))",
     )
     .bind(a.schema())
     .execute(&mut session)

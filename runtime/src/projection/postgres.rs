@@ -146,7 +146,7 @@ pub(super) fn statements(schema: &Schema) -> ProjectionSql {
             "INSERT INTO {s}.projection_side_effects AS c (projection, event_id, version, status)
              SELECT $1, ids.id::uuid, $2, 'pending'
              FROM json_array_elements_text($3::json) AS ids (id)
-             ON CONFLICT (projection, event_id) DO UPDATE
+             ON CONFLICT (tenant, projection, event_id) DO UPDATE
                  SET version = excluded.version, status = 'pending', decided_at = now()
                  WHERE c.status = 'skipped' AND c.version <> excluded.version
              RETURNING event_id::text"
@@ -156,7 +156,7 @@ pub(super) fn statements(schema: &Schema) -> ProjectionSql {
             "INSERT INTO {s}.projection_side_effects (projection, event_id, version, status)
              SELECT $1, ids.id::uuid, $2, 'skipped'
              FROM json_array_elements_text($3::json) AS ids (id)
-             ON CONFLICT (projection, event_id) DO NOTHING"
+             ON CONFLICT (tenant, projection, event_id) DO NOTHING"
         )
         .into(),
         pending_effects: format!(
@@ -195,15 +195,16 @@ pub(super) fn statements(schema: &Schema) -> ProjectionSql {
             "INSERT INTO {s}.projection_inline_streams AS i
                  (projection, version, stream_id, applied_version)
              VALUES ($1, $2, $3, $4)
-             ON CONFLICT (projection, version, stream_id) DO UPDATE
+             ON CONFLICT (tenant, projection, version, stream_id) DO UPDATE
                  SET applied_version = excluded.applied_version, updated_at = now()
                  WHERE i.applied_version < excluded.applied_version"
         )
         .into(),
-        // The schema is in the key: stores in other schemas of the server do not wait on it.
+        // The schema and the tenant are in the key: stores in other schemas of the server,
+        // and other tenants' runners, do not wait on it.
         lock_versions: format!(
             "SELECT pg_advisory_xact_lock(hashtext('factum.projection_versions'),
-                                          hashtext('{}:' || $1))",
+                hashtext('{}:' || {s}.bookkeeping_scope() || ':' || $1))",
             schema.name()
         )
         .into(),

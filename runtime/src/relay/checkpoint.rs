@@ -90,7 +90,7 @@ pub(super) async fn claim(store: &PostgresStore, relay: &str) -> Result<Claimed,
     let token = Uuid::now_v7().to_string();
     let row = sqlx::query(AssertSqlSafe(format!(
         "INSERT INTO {t} AS c (relay, lease_token) VALUES ($1, $2)
-         ON CONFLICT (relay) DO UPDATE SET lease_token = excluded.lease_token
+         ON CONFLICT (tenant, relay) DO UPDATE SET lease_token = excluded.lease_token
          RETURNING c.tx, c.position",
         t = table(store, "relay_checkpoints")
     )))

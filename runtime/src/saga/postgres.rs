@@ -23,7 +23,7 @@ pub(super) fn statements(schema: &Schema) -> SagaSql {
         save_instance: format!(
             "INSERT INTO {s}.sagas AS i (saga, saga_id, state, status, correlation_id, completed_at)
              VALUES ($1, $2, $3::json, $4, $5::uuid, CASE WHEN $4 = 'completed' THEN now() END)
-             ON CONFLICT (saga, saga_id) DO UPDATE
+             ON CONFLICT (tenant, saga, saga_id) DO UPDATE
                  SET state = excluded.state, status = excluded.status, updated_at = now(),
                      completed_at = excluded.completed_at"
         )
@@ -37,7 +37,7 @@ pub(super) fn statements(schema: &Schema) -> SagaSql {
              FROM json_to_recordset($5::json) AS c (ord int8, command_id uuid,
                   command_type text, stream_id text, payload text)
              ORDER BY c.ord
-             ON CONFLICT (command_id) DO NOTHING"
+             ON CONFLICT (tenant, command_id) DO NOTHING"
         )
         .into(),
         signal: Some(format!("SELECT pg_notify('{channel}', $1)").into()),
@@ -53,7 +53,7 @@ pub(super) fn statements(schema: &Schema) -> SagaSql {
              SELECT d.timeout_id, $1, $2, d.timeout_type, d.payload::json, d.due_at
              FROM json_to_recordset($3::json) AS d (timeout_id uuid, timeout_type text,
                   payload text, due_at timestamptz)
-             ON CONFLICT (timeout_id) DO NOTHING"
+             ON CONFLICT (tenant, timeout_id) DO NOTHING"
         )
         .into(),
         pending: format!(

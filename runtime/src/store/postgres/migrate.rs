@@ -92,6 +92,11 @@ const MIGRATIONS: &[Migration] = &[
         name: "tenants",
         sql: include_str!("../../../migrations/postgres/0016_tenants.sql"),
     },
+    Migration {
+        version: 17,
+        name: "tenant_bookkeeping",
+        sql: include_str!("../../../migrations/postgres/0017_tenant_bookkeeping.sql"),
+    },
 ];
 
 pub(super) async fn migrate(pool: &PgPool, schema: &Schema) -> Result<()> {

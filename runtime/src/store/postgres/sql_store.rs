@@ -7,7 +7,7 @@ use std::time::Duration;
 use sqlx::postgres::PgListener;
 use sqlx::{AssertSqlSafe, Connection as _, PgConnection};
 
-use super::{ENVELOPE_COLUMNS, PostgresStore};
+use super::{ENVELOPE_COLUMNS, PostgresStore, Tenancy};
 use crate::envelope::RecordedEvent;
 use crate::error::{Error, Result};
 use crate::store::backend::to_i64;
@@ -42,7 +42,12 @@ impl Backend for PostgresStore {
     /// dispatcher's is a transaction-scoped advisory lock in a pooled transaction, which ends
     /// (rolled back, having written nothing) when the lease is dropped.
     async fn try_lease(&self, name: LeaseName<'_>) -> Result<Option<Lease>> {
-        let schema = self.schema();
+        // Each tenant's runners keep their own bookkeeping, so they lease apart.
+        let schema = match self.tenancy() {
+            Tenancy::Tenant(tenant) => format!("{}/{tenant}", self.schema()),
+            Tenancy::All => format!("{}/*", self.schema()),
+            Tenancy::None => self.schema().to_owned(),
+        };
         let (class, key) = match name {
             LeaseName::Projection { name, version } => {
                 ("factum.projection", format!("{schema}:{name}:{version}"))
