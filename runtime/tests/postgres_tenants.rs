@@ -45,6 +45,13 @@ impl Account {
     fn deposit(&self, command: &Deposit) -> Result<Deposited, std::convert::Infallible> {
         Ok(Deposited { cents: command.0 })
     }
+
+    #[command]
+    fn credit(&self, command: &Credit) -> Result<Deposited, std::convert::Infallible> {
+        Ok(Deposited {
+            cents: command.cents,
+        })
+    }
 }
 
 /// Sums the deposits it sees, and names their streams.
@@ -82,11 +89,19 @@ pub struct Welcome {
     pub cents: i64,
 }
 
-#[factum::saga(name = "welcome")]
+/// A welcome bonus, credited by the saga to the opened account.
+#[factum::command]
+#[derive(Debug, Clone, PartialEq)]
+pub struct Credit {
+    pub cents: i64,
+}
+
+#[factum::saga(name = "welcome", commands(Credit))]
 impl Welcome {
     #[start(by = account)]
-    fn opened(&mut self, event: &Opened, _: &mut factum::saga::SagaContext<Self>) {
+    fn opened(&mut self, event: &Opened, context: &mut factum::saga::SagaContext<Self>) {
         self.cents = event.cents;
+        context.send(format!("bonus/{}", event.account), Credit { cents: 1 });
     }
 }
 
@@ -558,20 +573,46 @@ async fn runners_of_one_name_keep_each_tenants_bookkeeping_apart() {
     }
     assert_eq!(ledgers, expected);
 
-    // The saga: instance "a-1" twice, one per tenant, each with its own state.
-    for (store, cents) in [(&tenants.acme, 7), (&tenants.globex, 70)] {
-        let mut welcome = factum::saga::SagaRunner::<_, Welcome>::new(
-            store.clone(),
-            factum::saga::CommandBus::new(),
-        );
-        assert_eq!(welcome.handle_events().await.unwrap(), 1);
+    // The saga: instance "a-1" twice, one per tenant, each with its own state. Its command
+    // goes to its tenant's accounts; routed to another tenant's repository, it is refused.
+    let accounts = |store: &PostgresStore| Repository::<Account, _>::new(store.clone());
+    for (store, cents, routed_to) in [
+        (&tenants.acme, 7, &tenants.acme),
+        (&tenants.globex, 70, &tenants.acme),
+    ] {
+        let bus = factum::saga::CommandBus::new().route::<Credit>(&accounts(routed_to));
+        let mut welcome = factum::saga::SagaRunner::<_, Welcome>::new(store.clone(), bus);
+        let settled = welcome.settle().await.unwrap();
+        assert_eq!((settled.events, settled.commands), (1, 1));
         let instance = welcome.instance("a-1").await.unwrap().unwrap();
         assert_eq!(instance.state.cents, cents);
+        let status = welcome.status().await.unwrap();
+        let misrouted = store.tenant() != routed_to.tenant();
+        assert_eq!(status.rejected_commands, u64::from(misrouted), "{status:?}");
     }
+    // Acme's bonus landed in Acme's stream; Globex's was refused (a refusal the saga's
+    // `#[rejected]` handler sees), stored nowhere.
+    assert_eq!(tenants.acme.stream_version("bonus/a-1").await.unwrap(), 1);
+    assert_eq!(tenants.globex.stream_version("bonus/a-1").await.unwrap(), 0);
+    let mut tx = tenants.none.pool().begin().await.unwrap();
+    sqlx::query("SELECT set_config('factum.tenant', 'globex', true)")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    let error: String = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+        "SELECT error FROM {}.saga_outbox",
+        tenants.none.schema()
+    )))
+    .fetch_one(&mut *tx)
+    .await
+    .unwrap();
+    assert!(error.contains("tenant \"globex\""), "{error}");
+    drop(tx);
 
     // Raw SQL as the application role: each tenant's rows only.
     let schema = tenants.none.schema().to_owned();
     // Per tenant: one saga instance; two checkpoints (the ledger's, the saga's event side's).
+    // (Acme's bonus stream, written by its saga, is Acme's.)
     for (tenant, expected) in [("acme", [1, 2]), ("globex", [1, 2]), ("", [0, 0])] {
         let mut tx = tenants.none.pool().begin().await.unwrap();
         sqlx::query("SELECT set_config('factum.tenant', $1, true)")

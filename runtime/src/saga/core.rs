@@ -455,13 +455,18 @@ impl<S: Saga, St: SqlStore> Core<S, St> {
     }
 
     async fn deliver(&self, pending: &Pending) -> Result<Dispatched, DispatchError> {
-        let context = CommandContext::new()
+        let mut context = CommandContext::new()
             .command_id(pending.command_id)
             .correlation_id(pending.correlation_id)
             .metadata("saga", S::NAME)
             .metadata("saga_id", pending.saga_id.as_str())
             .metadata("command", pending.command_type.as_str())
             .metadata("command_causation_id", pending.causation_id.to_string());
+        // A tenant's saga commands its own tenant's aggregates: a route to another tenant's
+        // repository refuses the command (`Error::TenantMismatch`).
+        if let Some(tenant) = self.tables.store.tenant() {
+            context = context.tenant(tenant);
+        }
         let span = tracing::debug_span!(
             "factum.saga.dispatch",
             saga = S::NAME,
