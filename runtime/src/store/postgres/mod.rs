@@ -439,10 +439,8 @@ impl PostgresStore {
     /// own, which name the tenant when they connect (`factum.tenant`; no statement pays for it).
     /// A stream belongs to the tenant of its first event: stream ids are unique across tenants,
     /// so name them per tenant. Its settings (limits, group commit, key provider, inline
-    /// projections) are this store's.
-    ///
-    /// Runner bookkeeping (checkpoints, dead letters, saga instances) is not yet kept per
-    /// tenant: give each tenant's projections and sagas names of their own.
+    /// projections) are this store's. The runners on it keep their bookkeeping (checkpoints,
+    /// dead letters, saga instances, leases) apart from other tenants' runners of the same name.
     ///
     /// It checks, once, that PostgreSQL keeps tenants apart for it: that its role is no
     /// superuser and cannot bypass row-level security, and that the schema forces it.
@@ -512,7 +510,7 @@ impl PostgresStore {
     }
 
     /// Refuses an append through a store across tenants.
-    fn check_tenancy(&self, stream_id: &str) -> Result<()> {
+    pub(super) fn check_tenancy(&self, stream_id: &str) -> Result<()> {
         match self.inner.tenancy {
             Tenancy::All => Err(Error::TenantRequired {
                 stream_id: stream_id.to_owned(),
