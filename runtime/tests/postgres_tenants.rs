@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use factum::feed::Subscription;
 use factum::projection::{ProjectionRunner, RunnerState};
-use factum::store::{FeedQuery, PostgresStore, SqlStore as _, Tenancy};
+use factum::store::{FeedQuery, PostgresStore, Tenancy};
 use factum::testing::postgres::LeastPrivilege;
 use factum::{
     CommandContext, Envelope, Error, EventStore, ExecuteError, ExpectedVersion, FeedPosition,
