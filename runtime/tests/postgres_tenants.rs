@@ -105,6 +105,15 @@ impl Welcome {
     }
 }
 
+#[factum::event]
+#[derive(Debug, Clone, PartialEq)]
+pub struct Registered {
+    #[pii(subject)]
+    pub customer: String,
+    #[pii(replacement = "[erased]".to_owned())]
+    pub name: String,
+}
+
 fn deposit(cents: i64) -> NewEvent {
     NewEvent::of(&Deposited { cents }).unwrap()
 }
@@ -633,4 +642,61 @@ async fn runners_of_one_name_keep_each_tenants_bookkeeping_apart() {
             assert_eq!(rows, expected, "{table} as tenant {tenant:?}");
         }
     }
+}
+
+/// Data keys are each tenant's: two tenants' subjects of one id are two people, each with a
+/// key of its own; forgetting one through its tenant's store leaves the other's data readable.
+#[tokio::test]
+async fn forgetting_a_subject_forgets_it_in_its_own_tenant_only() {
+    let tenants = tenants().await;
+    let provider = factum::pii::LocalKeyProvider::new([9; 32]);
+    let keyed = tenants.none.clone().with_key_provider(provider);
+    let acme = keyed.for_tenant("acme").await.unwrap();
+    let globex = keyed.for_tenant("globex").await.unwrap();
+    for (store, name) in [(&acme, "Ada of Acme"), (&globex, "Ada of Globex")] {
+        let tenant = store.tenant().unwrap().to_owned();
+        store
+            .append(
+                &format!("{tenant}/customer-c-1"),
+                "Customer",
+                ExpectedVersion::NoStream,
+                vec![
+                    NewEvent::of(&Registered {
+                        customer: "c-1".into(),
+                        name: name.into(),
+                    })
+                    .unwrap(),
+                ],
+            )
+            .await
+            .unwrap();
+    }
+    let name = |store: &PostgresStore| {
+        let store = store.clone();
+        async move {
+            let tenant = store.tenant().unwrap().to_owned();
+            let read = store
+                .read_stream(&format!("{tenant}/customer-c-1"), ..)
+                .await
+                .unwrap();
+            (
+                read[0].event.decode::<Registered>().unwrap().name,
+                read[0].shredded,
+            )
+        }
+    };
+    assert!(acme.forget("c-1").await.unwrap());
+    assert_eq!(name(&acme).await, ("[erased]".to_owned(), true));
+    assert_eq!(name(&globex).await, ("Ada of Globex".to_owned(), false));
+    // Another process of Globex (no cache) reads it too; Globex's subject still has its key.
+    let other = tenants
+        .none
+        .clone()
+        .with_key_provider(factum::pii::LocalKeyProvider::new([9; 32]))
+        .for_tenant("globex")
+        .await
+        .unwrap();
+    assert_eq!(name(&other).await, ("Ada of Globex".to_owned(), false));
+    assert!(globex.forget("c-1").await.unwrap());
+    assert_eq!(name(&globex).await, ("[erased]".to_owned(), true));
 }

@@ -94,6 +94,13 @@ impl Keyring {
         }
     }
 
+    /// The same provider with a cache of its own (a tenant's store: its subjects are not
+    /// another tenant's subjects of the same id).
+    #[cfg(feature = "postgres")]
+    pub(crate) fn apart(&self) -> Self {
+        Self::new(Arc::clone(&self.provider))
+    }
+
     fn cache(&self) -> std::sync::MutexGuard<'_, Cache> {
         self.cache.lock().unwrap_or_else(PoisonError::into_inner)
     }

@@ -87,7 +87,7 @@ impl KeyTable for PostgresStore {
                 "WITH new AS (
                  INSERT INTO {schema}.data_keys (key_id, subject, wrapped_key)
                  VALUES ($1, $2, $3)
-                 ON CONFLICT (subject) DO NOTHING
+                 ON CONFLICT (tenant, subject) DO NOTHING
                  RETURNING key_id, wrapped_key
              )
              SELECT key_id, wrapped_key FROM new

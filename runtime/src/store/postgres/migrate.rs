@@ -97,6 +97,11 @@ const MIGRATIONS: &[Migration] = &[
         name: "tenant_bookkeeping",
         sql: include_str!("../../../migrations/postgres/0017_tenant_bookkeeping.sql"),
     },
+    Migration {
+        version: 18,
+        name: "tenant_data_keys",
+        sql: include_str!("../../../migrations/postgres/0018_tenant_data_keys.sql"),
+    },
 ];
 
 pub(super) async fn migrate(pool: &PgPool, schema: &Schema) -> Result<()> {

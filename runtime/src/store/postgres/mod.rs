@@ -532,7 +532,7 @@ impl PostgresStore {
         store.hooks = Arc::clone(&self.hooks);
         store.limits = self.limits;
         store.group = self.group.as_ref().map(|group| Group::new(group.config()));
-        store.keys = self.keys.clone();
+        store.keys = self.keys.as_ref().map(Keyring::apart);
         store
     }
 
