@@ -6,39 +6,12 @@ use uuid::Uuid;
 
 use super::PostgresStore;
 use crate::error::{Error, Result};
-use crate::pii::KeyProvider;
 use crate::store::erasure;
 use crate::store::keys::{self, KeyTable};
 use crate::store::sql::Backend as _;
 
 impl PostgresStore {
-    /// This store (sharing its pool) sealing the `#[pii]` fields of the events it appends
-    /// under data keys wrapped by `provider`, and opening them in everything it reads (see
-    /// [`crate::pii`]). Without one, an event with personal data is refused.
-    #[must_use]
-    pub fn with_key_provider(self, provider: impl KeyProvider) -> Self {
-        crate::store::sql::Backend::with_provider(self, std::sync::Arc::new(provider))
-    }
-
-    /// This store (sharing its pool) reading personal data sealed, as stored, and refusing
-    /// appends of it: what an export of the stored form reads through.
-    #[cfg(feature = "cli")]
-    pub(crate) fn without_key_provider(mut self) -> Self {
-        self.keys = None;
-        self
-    }
-
-    /// Forgets a data subject (crypto-shredding): deletes its data key, and the snapshots of
-    /// the streams holding data sealed under it, so that the `#[pii]` fields of its events
-    /// read as their replacements from now on (here at once, in other processes within 30 s)
-    /// and their envelopes are marked [`shredded`](crate::envelope::Envelope::shredded). The
-    /// log itself is not changed. Needs no key provider. Whether the subject had a key.
-    ///
-    /// # Errors
-    /// A database error.
-    pub async fn forget(&self, subject: &str) -> Result<bool> {
-        keys::forget(self.keys.as_ref(), self, &self.inner.forgets, subject).await
-    }
+    keys::personal_data_methods!(store => &store.inner.forgets);
 
     fn keys_sql(&self, sql: &str) -> AssertSqlSafe<String> {
         AssertSqlSafe(sql.replace("{schema}", self.inner.schema.quoted()))
