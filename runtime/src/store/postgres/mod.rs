@@ -443,7 +443,9 @@ impl PostgresStore {
     /// dead letters, saga instances, leases) apart from other tenants' runners of the same name.
     ///
     /// It checks, once, that PostgreSQL keeps tenants apart for it: that its role is no
-    /// superuser and cannot bypass row-level security, and that the schema forces it.
+    /// superuser and cannot bypass row-level security, and that the schema forces it. Make it
+    /// once per tenant and keep it (clones share it): each call opens a pool, and a key cache,
+    /// of its own.
     ///
     /// # Errors
     /// [`Error::InvalidConfig`] when `tenant` is empty, longer than 63 bytes, or holds other
