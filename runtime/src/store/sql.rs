@@ -499,3 +499,43 @@ mod tests {
         }
     }
 }
+
+/// The personal-data methods of a SQL store (`with_key_provider`, `forget`), written once:
+/// `$store => $forgets` names the store and its count of forgotten subjects.
+#[cfg(any(feature = "postgres", feature = "sqlite"))]
+macro_rules! personal_data_methods {
+    ($store:ident => $forgets:expr) => {
+        /// This store (sharing its pool) sealing the `#[pii]` fields of the events it appends
+        /// under data keys wrapped by `provider`, and opening them in everything it reads (see
+        /// [`crate::pii`]). Without one, an event with personal data is refused.
+        #[must_use]
+        pub fn with_key_provider(self, provider: impl $crate::pii::KeyProvider) -> Self {
+            $crate::store::sql::Backend::with_provider(self, std::sync::Arc::new(provider))
+        }
+
+        /// This store (sharing its pool) reading personal data sealed, as stored, and refusing
+        /// appends of it: what an export of the stored form reads through.
+        #[cfg(feature = "cli")]
+        pub(crate) fn without_key_provider(mut self) -> Self {
+            self.keys = None;
+            self
+        }
+
+        /// Forgets a data subject (crypto-shredding): deletes its data key and, in the same
+        /// transaction, the copies of its data around the log (snapshots, the saga instances
+        /// that handled it, their commands and timeouts, error texts), so that the `#[pii]` fields of its events read as their replacements from
+        /// now on (here at once, in other processes within 30 s) and their envelopes are
+        /// marked [`shredded`](crate::envelope::Envelope::shredded). The log itself is not
+        /// changed. Needs no key provider. Whether the subject had a key.
+        ///
+        /// # Errors
+        /// A database error.
+        pub async fn forget(&self, subject: &str) -> $crate::error::Result<bool> {
+            let $store = self;
+            $crate::store::keys::forget(self.keys.as_ref(), self, $forgets, subject).await
+        }
+    };
+}
+
+#[cfg(any(feature = "postgres", feature = "sqlite"))]
+pub(crate) use personal_data_methods;

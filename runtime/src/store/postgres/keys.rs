@@ -7,11 +7,11 @@ use uuid::Uuid;
 use super::PostgresStore;
 use crate::error::{Error, Result};
 use crate::store::erasure;
-use crate::store::keys::{self, KeyTable};
+use crate::store::keys::KeyTable;
 use crate::store::sql::Backend as _;
 
 impl PostgresStore {
-    keys::personal_data_methods!(store => &store.inner.forgets);
+    crate::store::sql::personal_data_methods!(store => &store.inner.forgets);
 
     fn keys_sql(&self, sql: &str) -> AssertSqlSafe<String> {
         AssertSqlSafe(sql.replace("{schema}", self.inner.schema.quoted()))

@@ -8,11 +8,11 @@ use uuid::Uuid;
 use super::{SqliteStore, backend};
 use crate::error::{Error, Result};
 use crate::store::erasure;
-use crate::store::keys::{self, KeyTable};
+use crate::store::keys::KeyTable;
 use crate::store::sql::Dialect;
 
 impl SqliteStore {
-    keys::personal_data_methods!(store => &store.forgets);
+    crate::store::sql::personal_data_methods!(store => &store.forgets);
 }
 
 /// The data keys as a caller's transaction sees them.
