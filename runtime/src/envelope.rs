@@ -59,7 +59,8 @@ pub struct Envelope<E = Payload> {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub data_key: Option<Uuid>,
     /// The tenant the event belongs to, if the store keeps tenants (see
-    /// [`PostgresStore::for_tenant`](crate::store::PostgresStore::for_tenant)).
+    /// [`PostgresStore::for_tenant`](crate::store::PostgresStore::for_tenant) and
+    /// [`SqliteStore::for_tenant`](crate::store::SqliteStore::for_tenant)).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tenant: Option<String>,
     /// The event itself.

@@ -233,11 +233,11 @@ pub enum Error {
     #[error("invalid configuration: {0}")]
     InvalidConfig(String),
 
-    /// An append through a store that reads every tenant's events
-    /// ([`PostgresStore::across_tenants`](crate::store::PostgresStore::across_tenants)): events
-    /// are appended for one tenant.
+    /// An append (or an import) through a store that reads every tenant's events
+    /// ([`PostgresStore::across_tenants`](crate::store::PostgresStore::across_tenants),
+    /// `SqliteStore::across_tenants`): events are appended for one tenant.
     #[error(
-        "stream {stream}: a store across tenants appends nothing; append through the tenant's store (PostgresStore::for_tenant)",
+        "stream {stream}: a store across tenants appends nothing; append through the tenant's store (`store.for_tenant(\"...\")`)",
         stream = shown(stream_id)
     )]
     TenantRequired {
@@ -248,7 +248,7 @@ pub enum Error {
     /// A command for one tenant executed through a repository whose store is another
     /// tenant's, or keeps no tenants apart.
     #[error(
-        "the command is for tenant {requested:?}, and the repository's store is {}: execute it through a repository on PostgresStore::for_tenant({requested:?})",
+        "the command is for tenant {requested:?}, and the repository's store is {}: execute it through a repository on the tenant's store (`store.for_tenant({requested:?})`)",
         store.as_deref().map_or("no tenant's".to_owned(), |store| format!("tenant {store:?}'s"))
     )]
     TenantMismatch {

@@ -120,7 +120,7 @@ impl<S: SqlStore, P: Projection + RunsOn<S>> ProjectionTarget<S, P> {
                 continue;
             }
             let new = query(&self.sql.claim)
-                .bind(self.name.as_str())
+                .bind(&*self.store.bookkeeping_name(&self.name))
                 .bind(event.stream_id.as_str())
                 .bind(to_i64(event.stream_version))
                 .fetch_optional(&mut *tx)
@@ -144,7 +144,7 @@ impl<S: SqlStore, P: Projection + RunsOn<S>> ProjectionTarget<S, P> {
                 other => TargetError::Transient(Box::new(other)),
             })?;
         query(&self.sql.save)
-            .bind(self.name.as_str())
+            .bind(&*self.store.bookkeeping_name(&self.name))
             .bind(position.map(to_i64))
             .bind(to_i64(applied))
             .execute(&mut *tx)
@@ -175,7 +175,7 @@ impl<S: SqlStore, P: Projection + RunsOn<S>> Target for ProjectionTarget<S, P> {
     async fn position(&mut self) -> Result<Option<u64>, TargetError> {
         let mut connection = self.store.acquire().await.map_err(store_error)?;
         let row = query(&self.sql.position)
-            .bind(self.name.as_str())
+            .bind(&*self.store.bookkeeping_name(&self.name))
             .fetch_optional(&mut connection.tx())
             .await
             .map_err(|e| self.failed(e))?;

@@ -422,7 +422,8 @@ impl<S: SqlStore, P: Projection> ProjectionRunner<S, P> {
                 self.statement(&self.sql.status)
                     .bind(to_i64(checkpoint.tx))
                     .bind(to_i64(checkpoint.position))
-                    .bind(types),
+                    .bind(types)
+                    .bind(self.store.event_scope().map(str::to_owned)),
             )
             .await?;
         drop(connection);

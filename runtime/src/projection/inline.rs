@@ -127,14 +127,15 @@ where
         tx: &mut Tx<'_>,
         stream_id: &str,
     ) -> Result<bool> {
-        let parked: Option<String> = super::sql::statement::<P>(&self.sql.parked_among)
-            .bind(super::batch::json(&[stream_id])?)
-            .fetch_optional(&mut *tx)
-            .await
-            .map_err(|e| store.fail(e))?
-            .map(|row| columns::get(&row, 0))
-            .transpose()?
-            .flatten();
+        let parked: Option<String> =
+            super::sql::statement::<P>(&self.sql.parked_among, store.bookkeeping_name(P::NAME))
+                .bind(super::batch::json(&[stream_id])?)
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(|e| store.fail(e))?
+                .map(|row| columns::get(&row, 0))
+                .transpose()?
+                .flatten();
         let parked = super::sql::parked_streams::<P>(parked)?;
         Ok(parked.iter().any(|parked| parked == stream_id))
     }
@@ -146,11 +147,14 @@ where
         stream_id: &str,
     ) -> Result<Standing> {
         for _ in 0..2 {
-            let row = super::sql::statement::<P>(&self.sql.inline_standing)
-                .bind(stream_id)
-                .fetch_optional(&mut *tx)
-                .await
-                .map_err(|e| store.fail(e))?;
+            let row = super::sql::statement::<P>(
+                &self.sql.inline_standing,
+                store.bookkeeping_name(P::NAME),
+            )
+            .bind(stream_id)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(|e| store.fail(e))?;
             if let Some(row) = row {
                 // Which streams are parked is asked after the lock, in a statement of its own:
                 // one that waited for a runner's batch sees what that batch parked.
@@ -165,10 +169,13 @@ where
                     parked,
                 });
             }
-            super::sql::statement::<P>(&self.sql.ensure_checkpoint)
-                .execute(&mut *tx)
-                .await
-                .map_err(|e| store.fail(e))?;
+            super::sql::statement::<P>(
+                &self.sql.ensure_checkpoint,
+                store.bookkeeping_name(P::NAME),
+            )
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| store.fail(e))?;
         }
         Err(Self::failed(format!(
             "the checkpoint of projection `{}` cannot be created",
@@ -217,7 +224,7 @@ where
             projection.handle(event, tx).await.map_err(Self::failed)?;
         }
         projection.flush(tx).await.map_err(Self::failed)?;
-        super::sql::statement::<P>(&self.sql.inline_mark)
+        super::sql::statement::<P>(&self.sql.inline_mark, store.bookkeeping_name(P::NAME))
             .bind(stream_id)
             .bind(to_i64(last.stream_version))
             .execute(&mut *tx)

@@ -239,7 +239,7 @@ impl<S: SqlStore, P: Projection> ProjectionRunner<S, P> {
     /// A statement of the runner's SQL, with the projection's name and version bound as `$1`
     /// and `$2`.
     pub(super) fn statement(&self, sql: &Arc<str>) -> Statement {
-        super::sql::statement::<P>(sql)
+        super::sql::statement::<P>(sql, self.store.bookkeeping_name(P::NAME))
     }
 
     pub(super) fn fail(&self, error: sqlx::Error) -> Error {

@@ -36,8 +36,10 @@ pub(crate) struct ProjectionSql {
     pub save_checkpoint: Arc<str>,
     /// `tx, position`, unlocked.
     pub read_checkpoint: Arc<str>,
-    /// `$3` tx, `$4` position, `$5` event types (JSON): `head tx, head position, events after
-    /// the checkpoint, the oldest one's recorded time, parked streams, parked events`.
+    /// `$3` tx, `$4` position, `$5` event types (JSON), `$6` the store's
+    /// [`event_scope`](crate::store::sql::Backend::event_scope): `head tx, head position,
+    /// events after the checkpoint, the oldest one's recorded time, parked streams, parked
+    /// events`.
     pub status: Arc<str>,
     /// `$3` dead letters (JSON array of objects with `stream_id`, `stream_version`,
     /// `event_id`, `event_type`, `tx`, `position`, `error`, `attempts`); those already there
@@ -111,9 +113,17 @@ pub(super) fn parked_streams<P: super::Projection>(
 /// A runner statement, ready to run.
 pub(super) type Statement = sqlx::query::Query<'static, sqlx::Any, sqlx::any::AnyArguments>;
 
-/// The statement `sql` of projection `P`, with its name and version bound as `$1` and `$2`.
-pub(super) fn statement<P: super::Projection>(sql: &Arc<str>) -> Statement {
-    sqlx::query(sqlx::AssertSqlSafe(Arc::clone(sql)))
-        .bind(P::NAME)
-        .bind(i64::from(P::VERSION))
+/// The statement `sql` of projection `P`, with the name its bookkeeping is kept under
+/// ([`Backend::bookkeeping_name`](crate::store::sql::Backend::bookkeeping_name) of its name)
+/// and its version bound as `$1` and `$2`.
+pub(super) fn statement<P: super::Projection>(
+    sql: &Arc<str>,
+    name: std::borrow::Cow<'static, str>,
+) -> Statement {
+    let query = sqlx::query(sqlx::AssertSqlSafe(Arc::clone(sql)));
+    match name {
+        std::borrow::Cow::Borrowed(name) => query.bind(name),
+        std::borrow::Cow::Owned(name) => query.bind(name),
+    }
+    .bind(i64::from(P::VERSION))
 }

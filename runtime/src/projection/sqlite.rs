@@ -46,7 +46,8 @@ pub(super) fn statements() -> ProjectionSql {
                     (SELECT count(DISTINCT d.stream_id) FROM {PARKED}),
                     (SELECT count(*) FROM {PARKED})
              FROM events e
-             WHERE e.position > $4 AND e.event_type IN (SELECT value FROM json_each($5))"
+             WHERE e.position > $4 AND e.event_type IN (SELECT value FROM json_each($5))
+               AND ($6 IS NULL OR e.tenant = $6)"
         )
         .into(),
         park: format!(

@@ -25,7 +25,7 @@ pub async fn active_version<S: SqlStore>(
     let sql = super::statements(&store.dialect());
     let mut connection = store.acquire().await?;
     let row = sqlx::query(sqlx::AssertSqlSafe(sql.active_version))
-        .bind(projection)
+        .bind(&*store.bookkeeping_name(projection))
         .fetch_optional(&mut connection.tx())
         .await
         .map_err(|e| store.fail(e))?;

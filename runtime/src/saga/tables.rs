@@ -132,7 +132,12 @@ impl<St: SqlStore> Tables<St> {
         saga_id: &str,
     ) -> Result<Option<StoredInstance>> {
         let row = self
-            .fetch_optional(tx, Self::query(sql).bind(saga).bind(saga_id))
+            .fetch_optional(
+                tx,
+                Self::query(sql)
+                    .bind(&*self.store.bookkeeping_name(saga))
+                    .bind(saga_id),
+            )
             .await?;
         let Some(row) = row else {
             return Ok(None);
@@ -176,7 +181,7 @@ impl<St: SqlStore> Tables<St> {
         self.execute(
             tx,
             Self::query(&self.sql.save_instance)
-                .bind(saga)
+                .bind(&*self.store.bookkeeping_name(saga))
                 .bind(saga_id)
                 .bind(state)
                 .bind(if completed { "completed" } else { "active" })
@@ -200,7 +205,7 @@ impl<St: SqlStore> Tables<St> {
         self.execute(
             tx,
             Self::query(&self.sql.enqueue)
-                .bind(saga)
+                .bind(&*self.store.bookkeeping_name(saga))
                 .bind(saga_id)
                 .bind(correlation_id.to_string())
                 .bind(causation_id.to_string())
@@ -208,7 +213,11 @@ impl<St: SqlStore> Tables<St> {
         )
         .await?;
         if let Some(signal) = &self.sql.signal {
-            self.execute(tx, Self::query(signal).bind(saga)).await?;
+            self.execute(
+                tx,
+                Self::query(signal).bind(&*self.store.bookkeeping_name(saga)),
+            )
+            .await?;
         }
         Ok(())
     }
@@ -225,7 +234,7 @@ impl<St: SqlStore> Tables<St> {
         self.execute(
             tx,
             Self::query(&self.sql.cancel_timeouts)
-                .bind(saga)
+                .bind(&*self.store.bookkeeping_name(saga))
                 .bind(saga_id)
                 .bind(json(&types)?)
                 .bind(i64::from(all)),
@@ -244,7 +253,7 @@ impl<St: SqlStore> Tables<St> {
         self.execute(
             tx,
             Self::query(&self.sql.schedule)
-                .bind(saga)
+                .bind(&*self.store.bookkeeping_name(saga))
                 .bind(saga_id)
                 .bind(json(&deadlines)?),
         )
@@ -264,7 +273,7 @@ impl<St: SqlStore> Tables<St> {
             .fetch_all(
                 &mut connection.tx(),
                 Self::query(&self.sql.pending)
-                    .bind(saga)
+                    .bind(&*self.store.bookkeeping_name(saga))
                     .bind(to_i64(limit as u64)),
             )
             .await?;
@@ -327,7 +336,7 @@ impl<St: SqlStore> Tables<St> {
             .fetch_all(
                 &mut connection.tx(),
                 Self::query(&self.sql.due)
-                    .bind(saga)
+                    .bind(&*self.store.bookkeeping_name(saga))
                     .bind(time(now))
                     .bind(to_i64(limit as u64)),
             )
@@ -391,7 +400,7 @@ impl<St: SqlStore> Tables<St> {
         self.execute(
             tx,
             Self::query(&self.sql.record_data_key)
-                .bind(saga)
+                .bind(&*self.store.bookkeeping_name(saga))
                 .bind(saga_id)
                 .bind(key.as_str()),
         )
@@ -417,7 +426,7 @@ impl<St: SqlStore> Tables<St> {
         let row = self
             .fetch_one(
                 &mut connection.tx(),
-                Self::query(&self.sql.counts).bind(saga),
+                Self::query(&self.sql.counts).bind(&*self.store.bookkeeping_name(saga)),
             )
             .await?;
         let mut counts = [0; 7];

@@ -96,7 +96,7 @@ impl Keyring {
 
     /// The same provider with a cache of its own (a tenant's store: its subjects are not
     /// another tenant's subjects of the same id).
-    #[cfg(feature = "postgres")]
+    #[cfg(any(feature = "postgres", feature = "sqlite"))]
     pub(crate) fn apart(&self) -> Self {
         Self::new(Arc::clone(&self.provider))
     }

@@ -28,6 +28,8 @@ mod postgres;
 pub(crate) mod sql;
 #[cfg(feature = "sqlite")]
 pub(crate) mod sqlite;
+#[cfg(any(feature = "postgres", feature = "sqlite"))]
+mod tenancy;
 pub mod transfer;
 pub mod tx;
 mod wakeups;
@@ -38,11 +40,13 @@ pub use group::{GroupCommit, GroupCommitStats, GroupCommitStopped};
 pub use limits::{Limits, MAX_STREAM_ID_BYTES, check_stream_id};
 pub use memory::MemoryStore;
 #[cfg(feature = "postgres")]
-pub use postgres::{ClusterAdoption, FeedHorizon, OpenTransaction, PostgresStore, Tenancy};
+pub use postgres::{ClusterAdoption, FeedHorizon, OpenTransaction, PostgresStore};
 #[cfg(any(feature = "postgres", feature = "sqlite"))]
 pub use sql::SqlStore;
 #[cfg(feature = "sqlite")]
 pub use sqlite::SqliteStore;
+#[cfg(any(feature = "postgres", feature = "sqlite"))]
+pub use tenancy::Tenancy;
 #[cfg(any(feature = "postgres", feature = "sqlite"))]
 pub use tx::Transaction;
 pub use tx::{StoreConnection, StoreKind, Tx};
@@ -555,7 +559,7 @@ pub trait EventStore: Send + Sync {
     }
 
     /// The tenant whose events this store appends and reads, if it keeps tenants apart
-    /// ([`PostgresStore::for_tenant`]); `None` for a store without tenants (the default) or
+    /// ([`PostgresStore::for_tenant`], [`SqliteStore::for_tenant`]); `None` for a store without tenants (the default) or
     /// across them.
     fn tenant(&self) -> Option<&str> {
         None

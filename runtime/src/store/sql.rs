@@ -384,6 +384,24 @@ pub trait Backend {
     #[doc(hidden)]
     fn fail(&self, error: sqlx::Error) -> Error;
 
+    /// The key a runner named `name` (a projection, saga or consumer) keeps its bookkeeping
+    /// rows under: its name, where the database keeps tenants' rows apart itself
+    /// (PostgreSQL's row-level security); on SQLite, a tenant's runners' are
+    /// `<tenant>/<name>` and those across tenants `*/<name>`, so that each tenancy's runners
+    /// of one name keep their own checkpoints, dead letters and instances.
+    #[doc(hidden)]
+    fn bookkeeping_name<'a>(&self, name: &'a str) -> std::borrow::Cow<'a, str> {
+        std::borrow::Cow::Borrowed(name)
+    }
+
+    /// The `tenant` value of the events this store sees (`None`: every tenant's), for
+    /// runner statements that read events on a store that scopes its own statements (SQLite);
+    /// where the database scopes them (PostgreSQL), `None`.
+    #[doc(hidden)]
+    fn event_scope(&self) -> Option<&str> {
+        None
+    }
+
     /// Takes the lease unless another holder (in this process or another) has it.
     #[doc(hidden)]
     fn try_lease(&self, name: LeaseName<'_>) -> impl Future<Output = Result<Option<Lease>>> + Send;

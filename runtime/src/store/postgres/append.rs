@@ -684,7 +684,7 @@ impl PostgresStore {
         append: Append<'_>,
     ) -> Result<Vec<RecordedEvent>> {
         check_append(append.stream_id, &append.events, &self.limits)?;
-        self.check_tenancy(append.stream_id)?;
+        self.inner.tenancy.check_append(append.stream_id)?;
         for _ in 0..MAX_ATTEMPTS {
             let inserted = if append.events.is_empty() {
                 Ok(Vec::new())

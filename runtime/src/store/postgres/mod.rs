@@ -50,7 +50,8 @@ use super::sql::{AppendHook, Schema};
 use super::tx::{self, Transaction, Tx};
 use super::{
     EventStore, ExpectedVersion, FeedBatch, FeedPosition, FeedQuery, HistoryItem, KnownHead,
-    ReadEnvelope, StreamEvent, StreamEventRef, Undecodable, runner_envelopes, strict_envelope,
+    ReadEnvelope, StreamEvent, StreamEventRef, Tenancy, Undecodable, runner_envelopes,
+    strict_envelope,
 };
 use crate::envelope::{EnvelopeFields, Metadata, NewEvent, Origin, RecordedEvent, Source};
 use crate::error::{Error, Result};
@@ -339,19 +340,6 @@ struct Inner {
     tenancy: Tenancy,
 }
 
-/// Whose events a store's sessions see and write (PostgreSQL's row-level security, see
-/// [`PostgresStore::for_tenant`]).
-#[derive(Debug, Clone, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum Tenancy {
-    /// The events of no tenant: a store used without tenants.
-    None,
-    /// One tenant's events.
-    Tenant(String),
-    /// Every tenant's events, read only.
-    All,
-}
-
 impl fmt::Debug for PostgresStore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("PostgresStore")
@@ -453,20 +441,8 @@ impl PostgresStore {
     /// row-level security, or the schema does not force it (not migrated to tenants); a
     /// database error.
     pub async fn for_tenant(&self, tenant: &str) -> Result<Self> {
-        let valid = !tenant.is_empty()
-            && tenant.len() <= 63
-            && tenant
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'));
-        if !valid {
-            return Err(Error::InvalidConfig(format!(
-                "tenant {tenant:?}: name a tenant with 1 to 63 ASCII letters, digits, `_`, `-` or `.`"
-            )));
-        }
-        let store = self.with_tenancy(
-            [("factum.tenant", tenant)],
-            Tenancy::Tenant(tenant.to_owned()),
-        );
+        let tenancy = Tenancy::tenant(tenant)?;
+        let store = self.with_tenancy([("factum.tenant", tenant)], tenancy);
         store.check_isolation().await?;
         Ok(store)
     }
@@ -509,16 +485,6 @@ impl PostgresStore {
     #[must_use]
     pub fn tenancy(&self) -> &Tenancy {
         &self.inner.tenancy
-    }
-
-    /// Refuses an append through a store across tenants.
-    pub(super) fn check_tenancy(&self, stream_id: &str) -> Result<()> {
-        match self.inner.tenancy {
-            Tenancy::All => Err(Error::TenantRequired {
-                stream_id: stream_id.to_owned(),
-            }),
-            Tenancy::None | Tenancy::Tenant(_) => Ok(()),
-        }
     }
 
     /// This store on a pool like its own whose sessions connect with `settings`.
@@ -581,7 +547,7 @@ impl PostgresStore {
     /// An append, checked, then alone or in a group.
     async fn append_request(&self, mut request: Request<'_>) -> Result<Vec<RecordedEvent>> {
         check_append(request.stream_id, &request.events, &self.limits)?;
-        self.check_tenancy(request.stream_id)?;
+        self.inner.tenancy.check_append(request.stream_id)?;
         let plain = store_keys::seal(self.keys.as_ref(), self, &mut request.events).await?;
         let (stream_id, aggregate_type) = (request.stream_id, request.aggregate_type);
         if request.head.is_none() {
@@ -1081,10 +1047,7 @@ impl EventStore for PostgresStore {
     }
 
     fn tenant(&self) -> Option<&str> {
-        match &self.inner.tenancy {
-            Tenancy::Tenant(tenant) => Some(tenant),
-            Tenancy::None | Tenancy::All => None,
-        }
+        self.inner.tenancy.name()
     }
 
     async fn append(

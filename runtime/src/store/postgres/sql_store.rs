@@ -7,7 +7,7 @@ use std::time::Duration;
 use sqlx::postgres::PgListener;
 use sqlx::{AssertSqlSafe, Connection as _, PgConnection};
 
-use super::{ENVELOPE_COLUMNS, PostgresStore, Tenancy};
+use super::{ENVELOPE_COLUMNS, PostgresStore};
 use crate::envelope::RecordedEvent;
 use crate::error::{Error, Result};
 use crate::store::backend::to_i64;
@@ -43,11 +43,7 @@ impl Backend for PostgresStore {
     /// (rolled back, having written nothing) when the lease is dropped.
     async fn try_lease(&self, name: LeaseName<'_>) -> Result<Option<Lease>> {
         // Each tenant's runners keep their own bookkeeping, so they lease apart.
-        let schema = match self.tenancy() {
-            Tenancy::Tenant(tenant) => format!("{}/{tenant}", self.schema()),
-            Tenancy::All => format!("{}/*", self.schema()),
-            Tenancy::None => self.schema().to_owned(),
-        };
+        let schema = self.tenancy().lease_scope(self.schema());
         let (class, key) = match name {
             LeaseName::Projection { name, version } => {
                 ("factum.projection", format!("{schema}:{name}:{version}"))

@@ -13,13 +13,21 @@ impl SqliteStore {
     /// which must hold no events: the same event ids, stream versions, recording times and
     /// feed order, in one transaction (all or nothing). Every line is checked before anything
     /// is written. `progress` is called with the events inserted so far. Returns how many were
-    /// imported.
+    /// imported. An export names no tenant: imported through a tenant's store
+    /// ([`SqliteStore::for_tenant`]), the events are that tenant's.
     ///
     /// # Errors
-    /// [`Error::InvalidImport`] naming the first bad line, [`Error::ImportTargetNotEmpty`], or
-    /// a database error.
+    /// [`Error::InvalidImport`] naming the first bad line, [`Error::ImportTargetNotEmpty`],
+    /// [`Error::TenantRequired`] through a store across tenants, or a database error.
     pub async fn import(&self, input: impl BufRead, mut progress: impl FnMut(u64)) -> Result<u64> {
         let events = read_export(input)?;
+        let Some(tenant) = self.scope() else {
+            return Err(Error::TenantRequired {
+                stream_id: events
+                    .first()
+                    .map_or_else(String::new, |e| e.stream_id.clone()),
+            });
+        };
         let mut transaction = self
             .pool
             .begin_with("BEGIN IMMEDIATE")
@@ -41,8 +49,8 @@ impl SqliteStore {
             sqlx::query(
                 "INSERT INTO events (stream_id, stream_version, aggregate_type, event_id,
                      event_type, schema_version, payload, metadata, correlation_id, causation_id,
-                     actor, recorded_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+                     actor, recorded_at, tenant)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
             )
             .bind(&event.stream_id)
             .bind(crate::store::backend::to_i64(event.stream_version))
@@ -56,6 +64,7 @@ impl SqliteStore {
             .bind(event.causation_id.to_string())
             .bind(event.actor.as_deref())
             .bind(event.recorded_at)
+            .bind(tenant)
             .execute(&mut *transaction)
             .await
             .map_err(backend)?;

@@ -15,75 +15,112 @@ impl SqliteStore {
     crate::store::sql::personal_data_methods!(store => &store.forgets);
 }
 
-/// The data keys as a caller's transaction sees them.
-pub(super) struct TxKeys<'a>(pub Mutex<&'a mut SqliteConnection>);
+/// The data keys as a caller's transaction sees them, in the store's tenancy (its
+/// [`scope`](crate::store::Tenancy::scope)).
+pub(super) struct TxKeys<'a> {
+    pub connection: Mutex<&'a mut SqliteConnection>,
+    pub scope: Option<&'a str>,
+}
 
 fn key_row(row: &sqlx::sqlite::SqliteRow) -> Result<(Uuid, Vec<u8>)> {
     Ok((super::uuid(row, 0)?, row.try_get(1).map_err(backend)?))
 }
 
-async fn wrapped_key(connection: &mut SqliteConnection, id: Uuid) -> Result<Option<Vec<u8>>> {
-    sqlx::query_scalar("SELECT wrapped_key FROM data_keys WHERE key_id = ?1")
-        .bind(id.to_string())
-        .fetch_optional(&mut *connection)
-        .await
-        .map_err(backend)
+// Each statement sees the keys of the store's tenancy only: `?2` (or `?4`) is its scope (`''`
+// no tenant's, a tenant's name, or null for every tenant's).
+
+async fn wrapped_key(
+    connection: &mut SqliteConnection,
+    scope: Option<&str>,
+    id: Uuid,
+) -> Result<Option<Vec<u8>>> {
+    sqlx::query_scalar(
+        "SELECT wrapped_key FROM data_keys WHERE key_id = ?1 AND (?2 IS NULL OR tenant = ?2)",
+    )
+    .bind(id.to_string())
+    .bind(scope)
+    .fetch_optional(&mut *connection)
+    .await
+    .map_err(backend)
+}
+
+async fn subject_keys(
+    connection: &mut SqliteConnection,
+    scope: Option<&str>,
+    subject: &str,
+) -> Result<Vec<(Uuid, Vec<u8>)>> {
+    let rows = sqlx::query(
+        "SELECT key_id, wrapped_key FROM data_keys
+         WHERE subject = ?1 AND (?2 IS NULL OR tenant = ?2) ORDER BY tenant",
+    )
+    .bind(subject)
+    .bind(scope)
+    .fetch_all(&mut *connection)
+    .await
+    .map_err(backend)?;
+    rows.iter().map(key_row).collect()
 }
 
 async fn subject_key(
     connection: &mut SqliteConnection,
+    scope: Option<&str>,
     subject: &str,
 ) -> Result<Option<(Uuid, Vec<u8>)>> {
-    let row = sqlx::query("SELECT key_id, wrapped_key FROM data_keys WHERE subject = ?1")
-        .bind(subject)
-        .fetch_optional(&mut *connection)
-        .await
-        .map_err(backend)?;
-    row.as_ref().map(key_row).transpose()
+    Ok(subject_keys(connection, scope, subject)
+        .await?
+        .into_iter()
+        .next())
 }
 
 async fn insert_subject_key(
     connection: &mut SqliteConnection,
+    scope: Option<&str>,
     subject: &str,
     id: Uuid,
     wrapped: &[u8],
 ) -> Result<(Uuid, Vec<u8>)> {
     // SQLite has one writer at a time: the insert and the read that follows see the same table.
     sqlx::query(
-        "INSERT INTO data_keys (key_id, subject, wrapped_key) VALUES (?1, ?2, ?3)
-         ON CONFLICT (subject) DO NOTHING",
+        "INSERT INTO data_keys (key_id, tenant, subject, wrapped_key) VALUES (?1, ?4, ?2, ?3)
+         ON CONFLICT (tenant, subject) DO NOTHING",
     )
     .bind(id.to_string())
     .bind(subject)
     .bind(wrapped)
+    .bind(scope.unwrap_or_default())
     .execute(&mut *connection)
     .await
     .map_err(backend)?;
-    subject_key(connection, subject)
+    subject_key(connection, scope, subject)
         .await?
         .ok_or_else(|| Error::Corrupt {
             reason: format!("the data key stored for a subject is gone at once ({subject:?})"),
         })
 }
 
-/// See [`KeyTable::forget_subject`]: in the caller's transaction.
-async fn forget_subject(connection: &mut SqliteConnection, subject: &str) -> Result<Option<Uuid>> {
-    let Some((key_id, _)) = subject_key(connection, subject).await? else {
-        return Ok(None);
-    };
-    for statement in erasure::statements(&Dialect::Sqlite) {
-        sqlx::query(AssertSqlSafe(statement))
+/// See [`KeyTable::forget_subject`]: in the caller's transaction. Through a store across
+/// tenants, the subject is forgotten in every tenant that has one of its id.
+async fn forget_subject(
+    connection: &mut SqliteConnection,
+    scope: Option<&str>,
+    subject: &str,
+) -> Result<Option<Uuid>> {
+    let keys = subject_keys(connection, scope, subject).await?;
+    for (key_id, _) in &keys {
+        for statement in erasure::statements(&Dialect::Sqlite) {
+            sqlx::query(AssertSqlSafe(statement))
+                .bind(key_id.to_string())
+                .execute(&mut *connection)
+                .await
+                .map_err(backend)?;
+        }
+        sqlx::query("DELETE FROM data_keys WHERE key_id = ?1")
             .bind(key_id.to_string())
             .execute(&mut *connection)
             .await
             .map_err(backend)?;
     }
-    sqlx::query("DELETE FROM data_keys WHERE subject = ?1")
-        .bind(subject)
-        .execute(&mut *connection)
-        .await
-        .map_err(backend)?;
-    Ok(Some(key_id))
+    Ok(keys.first().map(|(key_id, _)| *key_id))
 }
 
 impl SqliteStore {
@@ -94,11 +131,11 @@ impl SqliteStore {
 
 impl KeyTable for SqliteStore {
     async fn wrapped_key(&self, id: Uuid) -> Result<Option<Vec<u8>>> {
-        wrapped_key(&mut *self.key_connection().await?, id).await
+        wrapped_key(&mut *self.key_connection().await?, self.scope(), id).await
     }
 
     async fn subject_key(&self, subject: &str) -> Result<Option<(Uuid, Vec<u8>)>> {
-        subject_key(&mut *self.key_connection().await?, subject).await
+        subject_key(&mut *self.key_connection().await?, self.scope(), subject).await
     }
 
     async fn insert_subject_key(
@@ -113,7 +150,7 @@ impl KeyTable for SqliteStore {
             .begin_with("BEGIN IMMEDIATE")
             .await
             .map_err(backend)?;
-        let key = insert_subject_key(&mut transaction, subject, id, wrapped).await?;
+        let key = insert_subject_key(&mut transaction, self.scope(), subject, id, wrapped).await?;
         transaction.commit().await.map_err(backend)?;
         Ok(key)
     }
@@ -124,7 +161,7 @@ impl KeyTable for SqliteStore {
             .begin_with("BEGIN IMMEDIATE")
             .await
             .map_err(backend)?;
-        let forgotten = forget_subject(&mut transaction, subject).await?;
+        let forgotten = forget_subject(&mut transaction, self.scope(), subject).await?;
         transaction.commit().await.map_err(backend)?;
         Ok(forgotten)
     }
@@ -132,11 +169,11 @@ impl KeyTable for SqliteStore {
 
 impl KeyTable for TxKeys<'_> {
     async fn wrapped_key(&self, id: Uuid) -> Result<Option<Vec<u8>>> {
-        wrapped_key(&mut **self.0.lock().await, id).await
+        wrapped_key(&mut **self.connection.lock().await, self.scope, id).await
     }
 
     async fn subject_key(&self, subject: &str) -> Result<Option<(Uuid, Vec<u8>)>> {
-        subject_key(&mut **self.0.lock().await, subject).await
+        subject_key(&mut **self.connection.lock().await, self.scope, subject).await
     }
 
     async fn insert_subject_key(
@@ -145,11 +182,12 @@ impl KeyTable for TxKeys<'_> {
         id: Uuid,
         wrapped: &[u8],
     ) -> Result<(Uuid, Vec<u8>)> {
-        insert_subject_key(&mut **self.0.lock().await, subject, id, wrapped).await
+        let mut connection = self.connection.lock().await;
+        insert_subject_key(&mut connection, self.scope, subject, id, wrapped).await
     }
 
     async fn forget_subject(&self, subject: &str) -> Result<Option<Uuid>> {
-        forget_subject(&mut **self.0.lock().await, subject).await
+        forget_subject(&mut **self.connection.lock().await, self.scope, subject).await
     }
 
     fn committed(&self) -> bool {

@@ -64,6 +64,11 @@ const MIGRATIONS: &[Migration] = &[
         name: "erasure",
         sql: include_str!("../../../migrations/sqlite/0011_erasure.sql"),
     },
+    Migration {
+        version: 12,
+        name: "tenants",
+        sql: include_str!("../../../migrations/sqlite/0012_tenants.sql"),
+    },
 ];
 
 pub(super) async fn migrate(pool: &SqlitePool, location: &str) -> Result<()> {

@@ -36,8 +36,8 @@ use super::keys::{self as store_keys, Keyring};
 use super::sql::AppendHook;
 use super::tx::{self, Transaction, Tx};
 use super::{
-    EventStore, ExpectedVersion, FeedBatch, FeedPosition, FeedQuery, ReadEnvelope, Undecodable,
-    runner_envelopes, strict_envelope,
+    EventStore, ExpectedVersion, FeedBatch, FeedPosition, FeedQuery, ReadEnvelope, Tenancy,
+    Undecodable, runner_envelopes, strict_envelope,
 };
 use super::{FeedNotifier, FeedWakeups};
 use crate::envelope::{EnvelopeFields, Metadata, NewEvent, Origin, RecordedEvent, Source};
@@ -62,10 +62,10 @@ const ORIGIN_COLUMNS: &str = origin_columns!();
 const SOURCE_COLUMNS: &str = "stream_id, position, event_type, schema_version, payload";
 
 /// The envelope columns, in the order `envelope_from_row` reads them: the origin's, then the
-/// metadata, correlation, causation and actor.
+/// metadata, correlation, causation, actor and tenant.
 const ENVELOPE_COLUMNS: &str = concat!(
     origin_columns!(),
-    ", metadata, correlation_id, causation_id, actor"
+    ", metadata, correlation_id, causation_id, actor, nullif(tenant, '')"
 );
 
 /// An [`EventStore`] on SQLite. Cloning shares the pool.
@@ -96,6 +96,8 @@ pub struct SqliteStore {
     keys: Option<Keyring>,
     /// Data subjects forgotten through this store ([`EventStore::forgets`]).
     forgets: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    /// Whose events this store's statements see and write ([`SqliteStore::for_tenant`]).
+    tenancy: Tenancy,
 }
 
 impl fmt::Debug for SqliteStore {
@@ -210,7 +212,66 @@ impl SqliteStore {
             group: Some(Group::new(Self::GROUP_COMMIT)),
             keys: None,
             forgets: std::sync::Arc::default(),
+            tenancy: Tenancy::None,
         })
+    }
+
+    /// This store as one tenant sees it (conjoined tenancy): its events and snapshots are the
+    /// tenant's, and it reads no other tenant's (the feed, streams, loads, and the runners fed
+    /// by it). SQLite has no row-level security: Factum's own statements keep tenants apart,
+    /// each bound to the tenant's name (the `tenant` column), so raw SQL on the database file
+    /// sees every tenant. A stream belongs to the tenant of its first event: stream ids are
+    /// unique across tenants, so name them per tenant. It shares this store's pool (and so an
+    /// in-memory database); its settings (limits, group commit, key provider, inline
+    /// projections) are this store's; its key cache is its own.
+    ///
+    /// # Errors
+    /// [`Error::InvalidConfig`] when `tenant` is empty, longer than 63 bytes, or holds other
+    /// characters than ASCII letters, digits, `_`, `-` and `.`, or when the database is not
+    /// migrated to tenants; a database error.
+    pub async fn for_tenant(&self, tenant: &str) -> Result<Self> {
+        let store = self.with_tenancy(Tenancy::tenant(tenant)?);
+        let migrated: bool = sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM pragma_table_info('events') WHERE name = 'tenant')",
+        )
+        .fetch_one(&self.pool)
+        .await
+        .map_err(backend)?;
+        if !migrated {
+            return Err(Error::InvalidConfig(format!(
+                "the SQLite database {} keeps no tenants apart (its events have no tenant): run migrate() with this version",
+                self.location
+            )));
+        }
+        Ok(store)
+    }
+
+    /// This store reading every tenant's events (a cross-tenant projection's, an operator's).
+    /// It appends nothing: an append is [`Error::TenantRequired`].
+    #[must_use]
+    pub fn across_tenants(&self) -> Self {
+        self.with_tenancy(Tenancy::All)
+    }
+
+    /// Whose events this store sees.
+    #[must_use]
+    pub fn tenancy(&self) -> &Tenancy {
+        &self.tenancy
+    }
+
+    /// This store, sharing its pool, with another tenancy (and a key cache of its own).
+    fn with_tenancy(&self, tenancy: Tenancy) -> Self {
+        let mut store = self.clone();
+        store.tenancy = tenancy;
+        store.group = self.group.as_ref().map(|group| Group::new(group.config()));
+        store.keys = self.keys.as_ref().map(Keyring::apart);
+        store
+    }
+
+    /// The `tenant` value of the rows this store sees (`None`: every tenant's), bound into
+    /// its statements as `(?n IS NULL OR tenant = ?n)`.
+    pub(crate) fn scope(&self) -> Option<&str> {
+        self.tenancy.scope()
     }
 
     /// Creates or upgrades the store's tables. Safe to run at every start.
@@ -303,6 +364,7 @@ impl SqliteStore {
 
     /// The stored events with these ids, for an idempotent retry.
     async fn stored_ids(
+        &self,
         connection: &mut SqliteConnection,
         events: &[NewEvent],
     ) -> Result<Vec<StoredId>> {
@@ -310,9 +372,10 @@ impl SqliteStore {
         let ids = serde_json::to_string(&ids).map_err(|e| Error::Backend(Box::new(e)))?;
         let rows = sqlx::query(
             "SELECT event_id, stream_id, stream_version FROM events
-             WHERE event_id IN (SELECT value FROM json_each(?1))",
+             WHERE event_id IN (SELECT value FROM json_each(?1)) AND (?2 IS NULL OR tenant = ?2)",
         )
         .bind(ids)
+        .bind(self.scope())
         .fetch_all(&mut *connection)
         .await
         .map_err(backend)?;
@@ -342,9 +405,10 @@ impl SqliteStore {
         {
             return Ok(vec![recorded]);
         }
-        // Several events, or one the head check refused: look at the head to say why.
+        // Several events, or one the head check refused: look at the head to say why (every
+        // tenant's: a stream id is unique across them).
         let head = sqlx::query(
-            "SELECT stream_version, aggregate_type FROM events WHERE stream_id = ?1
+            "SELECT stream_version, aggregate_type, tenant FROM events WHERE stream_id = ?1
              ORDER BY stream_version DESC LIMIT 1",
         )
         .bind(stream_id)
@@ -358,6 +422,14 @@ impl SqliteStore {
             ),
             None => (0, None),
         };
+        let tenant = self.scope().unwrap_or_default();
+        if let Some(row) = &head
+            && columns::get::<_, &str>(row, 2)? != tenant
+        {
+            return Err(Error::StreamOfAnotherTenant {
+                stream_id: stream_id.to_owned(),
+            });
+        }
         if !expected.accepts(current) {
             return Err(Error::Conflict {
                 stream_id: stream_id.to_owned(),
@@ -381,20 +453,21 @@ impl SqliteStore {
             let query = sqlx::query(
                 "INSERT INTO events (stream_id, stream_version, aggregate_type, event_id,
                      event_type, schema_version, payload, metadata, correlation_id, causation_id,
-                     actor, recorded_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)
+                     actor, recorded_at, tenant)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)
                  RETURNING position",
             )
             .bind(stream_id)
             .bind(to_i64(stream_version))
             .bind(aggregate_type);
             let row = bind_event(query, &event, recorded_at)
+                .bind(tenant)
                 .fetch_one(&mut *connection)
                 .await
                 .map_err(backend)?;
             let position: i64 = columns::get(&row, 0)?;
             let position = stored_u64(position, "a global position")?;
-            recorded.push(stored(
+            recorded.push(self.stored(
                 event,
                 (stream_id, aggregate_type),
                 stream_version,
@@ -422,23 +495,26 @@ impl SqliteStore {
         let query = sqlx::query(
             "INSERT INTO events (stream_id, stream_version, aggregate_type, event_id, event_type,
                  schema_version, payload, metadata, correlation_id, causation_id, actor,
-                 recorded_at)
+                 recorded_at, tenant)
              SELECT ?1, coalesce(h.stream_version, 0) + 1, ?2, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11,
-                    ?12
+                    ?12, ?13
              FROM (SELECT 1) AS one
-             LEFT JOIN (SELECT stream_version, aggregate_type FROM events WHERE stream_id = ?1
+             LEFT JOIN (SELECT stream_version, aggregate_type, tenant FROM events
+                        WHERE stream_id = ?1
                         ORDER BY stream_version DESC LIMIT 1) AS h ON true
              WHERE (?3 = -1
                     OR (?3 = -2 AND h.stream_version IS NULL)
                     OR (?3 = -3 AND h.stream_version IS NOT NULL)
                     OR ?3 = coalesce(h.stream_version, 0))
                AND (h.aggregate_type IS NULL OR h.aggregate_type = ?2)
+               AND (h.tenant IS NULL OR h.tenant = ?13)
              RETURNING position, stream_version",
         )
         .bind(stream_id)
         .bind(aggregate_type)
         .bind(expected_code(expected));
         let row = bind_event(query, event, recorded_at)
+            .bind(self.scope().unwrap_or_default())
             .fetch_optional(&mut *connection)
             .await
             .map_err(backend)?;
@@ -447,7 +523,7 @@ impl SqliteStore {
         };
         let position = stored_u64(columns::get::<_, i64>(&row, 0)?, "a global position")?;
         let stream_version = columns::unsigned::<_, i64, _>(&row, 1)?;
-        Ok(Some(stored(
+        Ok(Some(self.stored(
             event.clone(),
             (stream_id, aggregate_type),
             stream_version,
@@ -488,12 +564,18 @@ impl SqliteStore {
         events: &[NewEvent],
         error: Error,
     ) -> Result<Vec<RecordedEvent>> {
-        let stored = Self::stored_ids(connection, events).await?;
+        let stored = self.stored_ids(connection, events).await?;
         if stored.is_empty() {
             return Err(error);
         }
         let versions = classify_retry(stream_id, expected, events, &stored)?;
-        read_stream_in(connection, stream_id, (*versions.start(), *versions.end())).await
+        read_stream_in(
+            connection,
+            self.scope(),
+            stream_id,
+            (*versions.start(), *versions.end()),
+        )
+        .await
     }
 
     /// An append (checked) in its own transaction.
@@ -651,11 +733,15 @@ impl SqliteStore {
         mut events: Vec<NewEvent>,
     ) -> Result<Vec<RecordedEvent>> {
         check_append(stream_id, &events, &self.limits)?;
+        self.tenancy.check_append(stream_id)?;
         let mut tx: Tx<'c> = transaction.into();
         let connection = tx::connection::<sqlx::SqliteConnection>(&mut tx)?;
         // The data keys in the caller's transaction, which holds the write lock.
         let plain = {
-            let table = keys::TxKeys(tokio::sync::Mutex::new(&mut *connection));
+            let table = keys::TxKeys {
+                connection: tokio::sync::Mutex::new(&mut *connection),
+                scope: self.scope(),
+            };
             store_keys::seal(self.keys.as_ref(), &table, &mut events).await?
         };
         // In a savepoint: a failed append leaves nothing of itself in the transaction.
@@ -733,21 +819,25 @@ impl SqliteStore {
                 sqlx::query(sqlx::AssertSqlSafe(format!(
                     "SELECT {columns} FROM events
                      WHERE position > ?1 AND event_type IN (SELECT value FROM json_each(?3))
+                       AND (?4 IS NULL OR tenant = ?4)
                      ORDER BY position LIMIT ?2"
                 )))
                 .bind(after)
                 .bind(limit)
                 .bind(types)
+                .bind(self.scope())
                 .fetch_all(&mut *transaction)
                 .await
             }
             None => {
                 sqlx::query(sqlx::AssertSqlSafe(format!(
-                    "SELECT {columns} FROM events WHERE position > ?1
+                    "SELECT {columns} FROM events
+                     WHERE position > ?1 AND (?3 IS NULL OR tenant = ?3)
                      ORDER BY position LIMIT ?2"
                 )))
                 .bind(after)
                 .bind(limit)
+                .bind(self.scope())
                 .fetch_all(&mut *transaction)
                 .await
             }
@@ -800,33 +890,36 @@ fn bind_event<'q>(
         .bind(recorded_at)
 }
 
-/// The envelope of `event`, stored in `stream` (its id and aggregate type) at `stream_version`
-/// and `position` (SQLite's commit order too).
-fn stored(
-    event: NewEvent,
-    stream: (&str, &str),
-    stream_version: u64,
-    position: u64,
-    recorded_at: DateTime<Utc>,
-) -> RecordedEvent {
-    RecordedEvent {
-        event_id: event.event_id,
-        event_type: event.event_type.into_owned(),
-        schema_version: event.schema_version,
-        stream_id: stream.0.to_owned(),
-        aggregate_type: stream.1.to_owned(),
-        stream_version,
-        global_position: position,
-        tx: position,
-        recorded_at,
-        correlation_id: event.correlation_id,
-        causation_id: event.causation_id,
-        actor: event.actor,
-        metadata: event.metadata,
-        shredded: false,
-        data_key: None,
-        tenant: None,
-        event: event.payload,
+impl SqliteStore {
+    /// The envelope of `event`, stored in `stream` (its id and aggregate type) at
+    /// `stream_version` and `position` (SQLite's commit order too), by this store's tenant.
+    fn stored(
+        &self,
+        event: NewEvent,
+        stream: (&str, &str),
+        stream_version: u64,
+        position: u64,
+        recorded_at: DateTime<Utc>,
+    ) -> RecordedEvent {
+        RecordedEvent {
+            event_id: event.event_id,
+            event_type: event.event_type.into_owned(),
+            schema_version: event.schema_version,
+            stream_id: stream.0.to_owned(),
+            aggregate_type: stream.1.to_owned(),
+            stream_version,
+            global_position: position,
+            tx: position,
+            recorded_at,
+            correlation_id: event.correlation_id,
+            causation_id: event.causation_id,
+            actor: event.actor,
+            metadata: event.metadata,
+            shredded: false,
+            data_key: None,
+            tenant: self.tenancy.name().map(str::to_owned),
+            event: event.payload,
+        }
     }
 }
 
@@ -905,22 +998,28 @@ fn envelope_or_defect(row: &SqliteRow) -> Result<ReadEnvelope> {
     event.correlation_id = uuid(row, 10)?;
     event.causation_id = uuid(row, 11)?;
     event.actor = columns::get(row, 12)?;
+    event.tenant = columns::get(row, 13)?;
     let defect = defect.map(|cause| Undecodable::of(&event, &cause));
     Ok((event, defect))
 }
 
+/// The stream's events between two versions, as a store of `scope` sees them.
 async fn read_stream_in(
     connection: &mut SqliteConnection,
+    scope: Option<&str>,
     stream_id: &str,
     (from, to): (u64, u64),
 ) -> Result<Vec<RecordedEvent>> {
     let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
         "SELECT {ENVELOPE_COLUMNS} FROM events
-         WHERE stream_id = ?1 AND stream_version BETWEEN ?2 AND ?3 ORDER BY stream_version"
+         WHERE stream_id = ?1 AND stream_version BETWEEN ?2 AND ?3
+           AND (?4 IS NULL OR tenant = ?4)
+         ORDER BY stream_version"
     )))
     .bind(stream_id)
     .bind(to_i64(from))
     .bind(to_i64(to))
+    .bind(scope)
     .fetch_all(&mut *connection)
     .await
     .map_err(backend)?;
@@ -936,6 +1035,10 @@ impl EventStore for SqliteStore {
         self.forgets.load(std::sync::atomic::Ordering::Acquire)
     }
 
+    fn tenant(&self) -> Option<&str> {
+        self.tenancy.name()
+    }
+
     async fn append(
         &self,
         stream_id: &str,
@@ -944,6 +1047,7 @@ impl EventStore for SqliteStore {
         events: Vec<NewEvent>,
     ) -> Result<Vec<RecordedEvent>> {
         check_append(stream_id, &events, &self.limits)?;
+        self.tenancy.check_append(stream_id)?;
         let mut events = events;
         let plain = store_keys::seal(self.keys.as_ref(), self, &mut events).await?;
         let request = Request {
@@ -970,8 +1074,13 @@ impl EventStore for SqliteStore {
         versions: impl RangeBounds<u64> + Send,
     ) -> Result<Vec<RecordedEvent>> {
         let mut connection = self.pool.acquire().await.map_err(backend)?;
-        let mut events =
-            read_stream_in(&mut connection, stream_id, version_bounds(&versions)).await?;
+        let mut events = read_stream_in(
+            &mut connection,
+            self.scope(),
+            stream_id,
+            version_bounds(&versions),
+        )
+        .await?;
         drop(connection);
         self.open_pii(&mut events).await?;
         Ok(events)
@@ -983,9 +1092,11 @@ impl EventStore for SqliteStore {
 
     async fn stream_version(&self, stream_id: &str) -> Result<u64> {
         let version: i64 = sqlx::query_scalar(
-            "SELECT coalesce(max(stream_version), 0) FROM events WHERE stream_id = ?1",
+            "SELECT coalesce(max(stream_version), 0) FROM events
+             WHERE stream_id = ?1 AND (?2 IS NULL OR tenant = ?2)",
         )
         .bind(stream_id)
+        .bind(self.scope())
         .fetch_one(&self.pool)
         .await
         .map_err(backend)?;
@@ -994,9 +1105,11 @@ impl EventStore for SqliteStore {
 
     async fn read_event(&self, event_id: Uuid) -> Result<Option<RecordedEvent>> {
         let row = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT {ENVELOPE_COLUMNS} FROM events WHERE event_id = ?1"
+            "SELECT {ENVELOPE_COLUMNS} FROM events
+             WHERE event_id = ?1 AND (?2 IS NULL OR tenant = ?2)"
         )))
         .bind(event_id.to_string())
+        .bind(self.scope())
         .fetch_optional(&self.pool)
         .await
         .map_err(backend)?;
@@ -1008,9 +1121,10 @@ impl EventStore for SqliteStore {
     async fn load_snapshot(&self, stream_id: &str) -> Result<Option<Snapshot>> {
         let row = sqlx::query(
             "SELECT stream_version, aggregate_type, state_version, state, taken_at
-             FROM snapshots WHERE stream_id = ?1",
+             FROM snapshots WHERE stream_id = ?1 AND (?2 IS NULL OR tenant = ?2)",
         )
         .bind(stream_id)
+        .bind(self.scope())
         .fetch_optional(&self.pool)
         .await
         .map_err(backend)?;
@@ -1030,15 +1144,20 @@ impl EventStore for SqliteStore {
 
     async fn save_snapshot(&self, snapshot: Snapshot) -> Result<()> {
         sqlx::query(
+            // The snapshot is its stream's tenant's; a store of another tenant saves none.
             "INSERT INTO snapshots (stream_id, aggregate_type, stream_version, state_version,
-                                    state, taken_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                                    state, taken_at, tenant)
+             SELECT ?1, ?2, ?3, ?4, ?5, ?6, owner.tenant
+             FROM (SELECT coalesce((SELECT tenant FROM events WHERE stream_id = ?1 LIMIT 1),
+                                   ?7, '') AS tenant) AS owner
+             WHERE ?7 IS NULL OR owner.tenant = ?7
              ON CONFLICT (stream_id) DO UPDATE SET
                  aggregate_type = excluded.aggregate_type,
                  stream_version = excluded.stream_version,
                  state_version = excluded.state_version,
                  state = excluded.state,
-                 taken_at = excluded.taken_at
+                 taken_at = excluded.taken_at,
+                 tenant = excluded.tenant
              WHERE snapshots.stream_version < excluded.stream_version
                 OR snapshots.state_version <> excluded.state_version",
         )
@@ -1048,6 +1167,7 @@ impl EventStore for SqliteStore {
         .bind(i64::from(snapshot.state_version))
         .bind(snapshot.state.as_str())
         .bind(snapshot.taken_at)
+        .bind(self.scope())
         .execute(&self.pool)
         .await
         .map_err(backend)?;

@@ -3,6 +3,7 @@
 //! reads inside a transaction, and append hooks. Saga signals stay in the process (its
 //! dispatcher is woken when a batch commits).
 
+use std::borrow::Cow;
 use std::sync::Arc;
 
 use sqlx::AssertSqlSafe;
@@ -10,6 +11,7 @@ use sqlx::AssertSqlSafe;
 use super::{ENVELOPE_COLUMNS, SqliteStore, backend};
 use crate::envelope::RecordedEvent;
 use crate::error::{Error, Result};
+use crate::store::Tenancy;
 use crate::store::backend::to_i64;
 use crate::store::sql::{
     AppendHook, Backend, BoxFuture, Connection, Dialect, Lease, LeaseName, SqlStore, Unapplied,
@@ -37,13 +39,28 @@ impl Backend for SqliteStore {
         backend(error)
     }
 
+    fn bookkeeping_name<'a>(&self, name: &'a str) -> Cow<'a, str> {
+        match self.tenancy() {
+            Tenancy::Tenant(tenant) => Cow::Owned(format!("{tenant}/{name}")),
+            Tenancy::All => Cow::Owned(format!("*/{name}")),
+            Tenancy::None => Cow::Borrowed(name),
+        }
+    }
+
+    fn event_scope(&self) -> Option<&str> {
+        self.scope()
+    }
+
     /// A lock on the file `<database>-<name>.lock`, which the operating system releases when the
-    /// holder's process dies (in memory: a lock held by the store).
+    /// holder's process dies (in memory: a lock held by the store). A tenant's runners lock
+    /// under their bookkeeping names.
     async fn try_lease(&self, name: LeaseName<'_>) -> Result<Option<Lease>> {
         let lock = match name {
-            LeaseName::Projection { name, version } => format!("projection-{name}-v{version}"),
-            LeaseName::SagaDispatch { saga } => format!("saga-{saga}"),
-            LeaseName::Relay { name } => format!("relay-{name}"),
+            LeaseName::Projection { name, version } => {
+                format!("projection-{}-v{version}", self.bookkeeping_name(name))
+            }
+            LeaseName::SagaDispatch { saga } => format!("saga-{}", self.bookkeeping_name(saga)),
+            LeaseName::Relay { name } => format!("relay-{}", self.bookkeeping_name(name)),
         };
         Ok(self.try_lock(&lock)?.map(Lease::on_drop))
     }
@@ -52,9 +69,11 @@ impl Backend for SqliteStore {
         let ids = serde_json::to_string(ids).map_err(|e| Error::Backend(e.into()))?;
         let rows = sqlx::query(AssertSqlSafe(format!(
             "SELECT {ENVELOPE_COLUMNS} FROM events
-             WHERE event_id IN (SELECT value FROM json_each(?1)) ORDER BY position"
+             WHERE event_id IN (SELECT value FROM json_each(?1)) AND (?2 IS NULL OR tenant = ?2)
+             ORDER BY position"
         )))
         .bind(ids)
+        .bind(self.scope())
         .fetch_all(&self.pool)
         .await
         .map_err(backend)?;
@@ -73,6 +92,7 @@ impl Backend for SqliteStore {
             "SELECT {ENVELOPE_COLUMNS} FROM events
              WHERE stream_id = ?1 AND stream_version > ?2 AND stream_version < ?3
                AND event_type IN (SELECT value FROM json_each(?4)) AND position > ?5
+               AND (?6 IS NULL OR tenant = ?6)
              ORDER BY stream_version"
         )))
         .bind(query.stream_id)
@@ -80,6 +100,7 @@ impl Backend for SqliteStore {
         .bind(to_i64(query.before))
         .bind(types)
         .bind(to_i64(query.checkpoint.position))
+        .bind(self.scope())
         .fetch_all(&mut *connection)
         .await
         .map_err(backend)?;
