@@ -700,3 +700,56 @@ async fn forgetting_a_subject_forgets_it_in_its_own_tenant_only() {
     assert!(globex.forget("c-1").await.unwrap());
     assert_eq!(name(&globex).await, ("[erased]".to_owned(), true));
 }
+
+/// A service's consumer of one name, fed into two tenants' stores, keeps each tenant's applied
+/// stream versions and position apart (migration 0019): the same relayed events are applied
+/// once per tenant, and again by neither.
+#[tokio::test]
+async fn a_consumer_of_one_name_applies_events_once_per_tenant() {
+    use factum::consumer::{ProjectionTarget, Target as _};
+
+    let tenants = tenants().await;
+    let relayed = feed_events(&tenants.acme, 3).await;
+    let mut targets = [&tenants.acme, &tenants.globex]
+        .map(|store| ProjectionTarget::new(store.clone(), "shipping", Ledger::default()));
+    for (target, position) in targets.iter_mut().zip([3, 30]) {
+        assert_eq!(target.position().await.unwrap(), None);
+        assert_eq!(target.apply(&relayed, Some(position)).await.unwrap(), 3);
+        assert_eq!(target.apply(&relayed, Some(position)).await.unwrap(), 0);
+        assert_eq!(target.position().await.unwrap(), Some(position));
+        assert_eq!(target.projection().cents, 1 + 2 + 3);
+    }
+    // Each tenant's rows only, as its own sessions see them.
+    for (tenant, positions) in [("acme", vec![3]), ("globex", vec![30]), ("", vec![])] {
+        let mut tx = tenants.none.pool().begin().await.unwrap();
+        sqlx::query("SELECT set_config('factum.tenant', $1, true)")
+            .bind(tenant)
+            .execute(&mut *tx)
+            .await
+            .unwrap();
+        let seen: Vec<i64> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+            "SELECT position FROM {}.consumer_positions",
+            tenants.none.schema()
+        )))
+        .fetch_all(&mut *tx)
+        .await
+        .unwrap();
+        assert_eq!(seen, positions, "as tenant {tenant:?}");
+    }
+}
+
+/// The first `count` events of `store`'s feed, once it holds them.
+async fn feed_events(store: &PostgresStore, count: usize) -> Vec<factum::RecordedEvent> {
+    let began = std::time::Instant::now();
+    loop {
+        let events = store
+            .read_feed(&FeedQuery::from_start())
+            .await
+            .unwrap()
+            .events;
+        if events.len() >= count || began.elapsed() > Duration::from_secs(10) {
+            return events;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

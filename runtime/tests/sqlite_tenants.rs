@@ -697,3 +697,31 @@ async fn forgetting_a_subject_forgets_it_in_its_own_tenant_only() {
     assert!(globex.forget("c-1").await.unwrap());
     assert_eq!(name(&globex).await, ("[erased]".to_owned(), true));
 }
+
+/// A service's consumer of one name, fed into two tenants' stores, keeps each tenant's applied
+/// stream versions and position apart: the same relayed events are applied once per tenant,
+/// and again by neither.
+#[tokio::test]
+async fn a_consumer_of_one_name_applies_events_once_per_tenant() {
+    use factum::consumer::{ProjectionTarget, Target as _};
+
+    let tenants = tenants().await;
+    let relayed = tenants
+        .acme
+        .read_feed(&FeedQuery::from_start())
+        .await
+        .unwrap()
+        .events;
+    assert_eq!(relayed.len(), 3);
+    let mut targets = [&tenants.acme, &tenants.globex]
+        .map(|store| ProjectionTarget::new(store.clone(), "shipping", Ledger::default()));
+    for (target, position) in targets.iter_mut().zip([3, 30]) {
+        assert_eq!(target.position().await.unwrap(), None);
+        assert_eq!(target.apply(&relayed, Some(position)).await.unwrap(), 3);
+        assert_eq!(target.apply(&relayed, Some(position)).await.unwrap(), 0);
+        assert_eq!(target.position().await.unwrap(), Some(position));
+        assert_eq!(target.projection().cents, 1 + 2 + 3);
+    }
+    let mut untenanted = ProjectionTarget::new(tenants.none.clone(), "shipping", Ledger::default());
+    assert_eq!(untenanted.position().await.unwrap(), None);
+}

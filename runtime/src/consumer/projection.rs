@@ -37,11 +37,19 @@ impl ConsumerSql {
             #[cfg(feature = "sqlite")]
             Dialect::Sqlite => "CURRENT_TIMESTAMP",
         };
+        // The keys' leading columns: PostgreSQL keeps each tenant's rows apart by a column its
+        // row-level security fills and checks; SQLite, by the consumer's bookkeeping name.
+        let tenant = match dialect {
+            #[cfg(feature = "postgres")]
+            Dialect::Postgres(_) => "tenant, ",
+            #[cfg(feature = "sqlite")]
+            Dialect::Sqlite => "",
+        };
         Self {
             claim: format!(
                 "INSERT INTO {prefix}consumer_streams AS s (consumer, stream_id, stream_version)
                  VALUES ($1, $2, $3)
-                 ON CONFLICT (consumer, stream_id) DO UPDATE
+                 ON CONFLICT ({tenant}consumer, stream_id) DO UPDATE
                      SET stream_version = excluded.stream_version
                      WHERE s.stream_version < excluded.stream_version
                  RETURNING 1"
@@ -54,7 +62,7 @@ impl ConsumerSql {
             save: format!(
                 "INSERT INTO {prefix}consumer_positions AS p (consumer, position, applied)
                  VALUES ($1, $2, $3)
-                 ON CONFLICT (consumer) DO UPDATE
+                 ON CONFLICT ({tenant}consumer) DO UPDATE
                      SET position = CASE
                              WHEN excluded.position IS NULL THEN p.position
                              WHEN p.position IS NULL OR p.position < excluded.position

@@ -102,6 +102,11 @@ const MIGRATIONS: &[Migration] = &[
         name: "tenant_data_keys",
         sql: include_str!("../../../migrations/postgres/0018_tenant_data_keys.sql"),
     },
+    Migration {
+        version: 19,
+        name: "tenant_consumers",
+        sql: include_str!("../../../migrations/postgres/0019_tenant_consumers.sql"),
+    },
 ];
 
 pub(super) async fn migrate(pool: &PgPool, schema: &Schema) -> Result<()> {
