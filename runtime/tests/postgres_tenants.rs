@@ -753,3 +753,109 @@ async fn feed_events(store: &PostgresStore, count: usize) -> Vec<factum::Recorde
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// A tenant's projection runner rides out a restart of the server: its pool's and its lease's
+/// new connections name the tenant again, and it resumes where its checkpoint stands, applying
+/// each of the tenant's events once and none of another tenant's. On a throwaway cluster of
+/// its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenants_runner_rides_out_a_server_restart() {
+    let cluster = factum::testing::postgres::Cluster::start().await.unwrap();
+    let roles = LeastPrivilege::on(&cluster.url()).await.unwrap();
+    let acme = roles.application().for_tenant("acme").await.unwrap();
+    let globex = roles.application().for_tenant("globex").await.unwrap();
+
+    let runner = ProjectionRunner::new(acme.clone(), Ledger::default())
+        .poll_interval(Duration::from_millis(100));
+    let handle = runner.handle();
+    let (stop, mut stopped) = tokio::sync::watch::channel(false);
+    let run = tokio::spawn(runner.run(async move {
+        let _ = stopped.wait_for(|stop| *stop).await;
+    }));
+    // Every state the runner goes through.
+    let states = {
+        let handle = handle.clone();
+        tokio::spawn(async move {
+            let mut seen = Vec::new();
+            loop {
+                let state = handle.state();
+                if seen.last() != Some(&state) {
+                    let stopped = matches!(state, RunnerState::Stopped { .. });
+                    seen.push(state);
+                    if stopped {
+                        return seen;
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+    };
+
+    // Deposits of 1 cent to Acme and 100 to Globex, appended until each is stored (an append
+    // the restart interrupts is retried: the same event id, so never stored twice).
+    let append = |store: PostgresStore, stream: String, cents: i64| async move {
+        let event = deposit(cents);
+        let mut failures = 0_u32;
+        loop {
+            match store
+                .append(
+                    &stream,
+                    "Account",
+                    ExpectedVersion::Any,
+                    vec![event.clone()],
+                )
+                .await
+            {
+                Ok(_) => return failures,
+                Err(_) => {
+                    failures += 1;
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+    };
+    let mut failures = 0;
+    for i in 0..40 {
+        failures += append(acme.clone(), format!("acme/a-{}", i % 4), 1).await;
+        failures += append(globex.clone(), format!("globex/a-{}", i % 4), 100).await;
+        if i == 19 {
+            cluster.restart().await.unwrap();
+        }
+    }
+    eprintln!("appends retried across the restart: {failures}");
+
+    // The runner applies Acme's 40 deposits, each once, and none of Globex's.
+    let began = std::time::Instant::now();
+    loop {
+        let status = handle.status().await;
+        if matches!(&status, Ok(status) if status.event_lag == 0)
+            || began.elapsed() > Duration::from_secs(60)
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(handle.state(), RunnerState::Running);
+    stop.send_replace(true);
+    let ledger = run.await.unwrap().unwrap();
+    let states = states.await.unwrap();
+    eprintln!("the runner's states: {states:?}");
+    assert!(
+        states
+            .iter()
+            .any(|state| matches!(state, RunnerState::Retrying { .. })),
+        "the restart reached the runner, which retried: {states:?}"
+    );
+    assert_eq!(ledger.cents, 40, "each of Acme's deposits once: {ledger:?}");
+    assert_eq!(ledger.streams.len(), 40);
+    assert!(ledger.streams.iter().all(|s| s.starts_with("acme/")));
+    // The restart really reached the runner: the server's log shows it shut down and started.
+    let log = cluster.log();
+    assert!(
+        log.matches("database system is ready to accept connections")
+            .count()
+            >= 2,
+        "{log}"
+    );
+    drop(roles);
+}

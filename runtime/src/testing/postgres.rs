@@ -288,7 +288,16 @@ impl LeastPrivilege {
     /// # Errors
     /// When the server cannot be reached, or the roles cannot be created.
     pub async fn new() -> Result<Self> {
-        let url = database_url();
+        Self::on(&database_url()).await
+    }
+
+    /// [`LeastPrivilege::new`] on the server of `url` (a superuser's), such as a throwaway
+    /// [`Cluster`] a fault test restarts.
+    ///
+    /// # Errors
+    /// When the server cannot be reached, or the roles cannot be created.
+    pub async fn on(url: &str) -> Result<Self> {
+        let url = url.to_owned();
         let mut admin = sqlx::PgConnection::connect(&url)
             .await
             .map_err(|e| Error::Backend(format!("cannot reach PostgreSQL at {url}: {e}").into()))?;
