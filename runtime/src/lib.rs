@@ -84,6 +84,7 @@ pub mod error;
 pub mod event;
 pub mod failure;
 pub mod feed;
+pub mod metrics;
 pub mod pii;
 pub mod position;
 pub mod projection;

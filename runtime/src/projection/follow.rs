@@ -79,6 +79,7 @@ impl<S: SqlStore, P: Projection> ProjectionRunner<S, P> {
                 None => None,
             }
         };
+        let started = std::time::Instant::now();
         let (applied, ahead) = tracing::Instrument::instrument(
             async { tokio::join!(self.apply_checked(checkpoint, &batch), read_ahead) },
             span.clone(),
@@ -97,6 +98,12 @@ impl<S: SqlStore, P: Projection> ProjectionRunner<S, P> {
                 return Err(error);
             }
         };
+        crate::metrics::projection_batch(
+            P::NAME,
+            batch.events.len(),
+            checkpoint.max(batch.next).position,
+            started.elapsed(),
+        );
         // Caught up (an empty batch only moved the checkpoint): read it again next time.
         self.position = (!batch.events.is_empty()).then(|| checkpoint.max(batch.next));
         if let Some(Ok(ahead)) = ahead {
@@ -339,6 +346,7 @@ impl<S: SqlStore, P: Projection> ProjectionRunner<S, P> {
         self.perform_pending_effects().await?;
         let mut redriven = std::time::Instant::now();
         let mut checked = std::time::Instant::now();
+        let mut measured = std::time::Instant::now();
         let mut wakeups = self.store.wakeups();
         loop {
             wakeups.mark_seen();
@@ -366,6 +374,19 @@ impl<S: SqlStore, P: Projection> ProjectionRunner<S, P> {
                 );
             }
             self.control.set(RunnerState::Running);
+            // Its lag and parked streams, as metrics (a status read, which counts the events
+            // after the checkpoint: seldom while a backlog is worked off).
+            let every = if wait.is_some() {
+                MEASURE_IDLE
+            } else {
+                MEASURE_BUSY
+            };
+            if measured.elapsed() >= every {
+                measured = std::time::Instant::now();
+                if let Err(error) = self.status().await {
+                    tracing::debug!(projection = P::NAME, %error, "status for metrics failed");
+                }
+            }
             if let Some(every) = self.options.redrive
                 && redriven.elapsed() >= every
             {
@@ -435,7 +456,7 @@ impl<S: SqlStore, P: Projection> ProjectionRunner<S, P> {
         let oldest = oldest
             .map(|text| stored_time(&text, "an event's recording time"))
             .transpose()?;
-        Ok(ProjectionStatus {
+        let status = ProjectionStatus {
             name: P::NAME,
             version: P::VERSION,
             checkpoint,
@@ -453,9 +474,21 @@ impl<S: SqlStore, P: Projection> ProjectionRunner<S, P> {
                 (checkpoint.position as f64 / head.position as f64).min(1.0)
             },
             runner: self.control.state.borrow().clone(),
-        })
+        };
+        crate::metrics::projection_status(
+            P::NAME,
+            (status.checkpoint.position, status.head.position),
+            (status.event_lag, status.time_lag),
+            status.parked_streams,
+        );
+        Ok(status)
     }
 }
+
+/// How often a running runner reads its status to publish its lag as metrics: when caught up,
+/// and while it works off a backlog (the read counts the backlog's events).
+const MEASURE_IDLE: Duration = Duration::from_secs(5);
+const MEASURE_BUSY: Duration = Duration::from_secs(30);
 
 /// How often a busy runner checks its lease, and (an active version) whether a newer one has
 /// switched over.

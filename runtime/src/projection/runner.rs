@@ -124,7 +124,7 @@ impl<S: SqlStore, P: Projection> ProjectionRunner<S, P> {
             position: None,
             read_ahead: None,
             replaying: false,
-            control: Control::new(),
+            control: Control::new(P::NAME),
             lease_token: None,
             undecodable: Vec::new(),
         }
@@ -220,7 +220,7 @@ impl<S: SqlStore, P: Projection> ProjectionRunner<S, P> {
             position: self.position,
             read_ahead: self.read_ahead,
             replaying: self.replaying,
-            control: Control::new(),
+            control: Control::new(P::NAME),
             lease_token: self.lease_token,
             undecodable: self.undecodable,
         }
@@ -319,25 +319,36 @@ pub(super) type Request<S, P> =
 /// The runner's side: where it publishes its state and takes requests.
 #[derive(Debug)]
 pub(super) struct Control<S, P> {
+    /// The projection's name, for its metrics.
+    pub name: &'static str,
     pub state: watch::Sender<RunnerState>,
     pub requests: mpsc::UnboundedReceiver<Request<S, P>>,
     pub sender: mpsc::UnboundedSender<Request<S, P>>,
 }
 
 impl<S, P> Control<S, P> {
-    pub fn new() -> Self {
+    pub fn new(name: &'static str) -> Self {
         let (sender, requests) = mpsc::unbounded_channel();
         Self {
+            name,
             state: watch::Sender::new(RunnerState::NotStarted),
             requests,
             sender,
         }
     }
 
-    /// Publishes `state` (when it changed).
+    /// Publishes `state` (when it changed), and records it as metrics.
     pub fn set(&self, state: RunnerState) {
         self.state.send_if_modified(|current| {
             let changed = *current != state;
+            if changed {
+                crate::metrics::runner_state(
+                    "projection",
+                    self.name,
+                    state == RunnerState::Running,
+                    matches!(state, RunnerState::Retrying { .. }),
+                );
+            }
             *current = state;
             changed
         });

@@ -98,6 +98,17 @@ impl<K: Sink> Relay<K> {
         self.state.subscribe()
     }
 
+    /// Publishes the relay's state, and records it as metrics.
+    fn set_state(&self, state: RelayState) {
+        crate::metrics::runner_state(
+            "relay",
+            &self.name,
+            matches!(state, RelayState::Running { .. }),
+            matches!(state, RelayState::Retrying { .. }),
+        );
+        self.state.send_replace(state);
+    }
+
     /// Publishes until `shutdown` completes, through broker and database outages.
     ///
     /// # Errors
@@ -127,7 +138,7 @@ impl<K: Sink> Relay<K> {
             match result {
                 Ok(()) | Err(Failure::LeaseLost) => {
                     // On standby: the lease is another relay's.
-                    self.state.send_replace(RelayState::Standby);
+                    self.set_state(RelayState::Standby);
                     tokio::select! {
                         biased;
                         () = &mut shutdown => break Ok(()),
@@ -139,8 +150,7 @@ impl<K: Sink> Relay<K> {
                     attempt = attempt.saturating_add(1);
                     let error = failure.to_string();
                     tracing::warn!(relay = %self.name, %error, attempt, "relay retrying");
-                    self.state
-                        .send_replace(RelayState::Retrying { error, attempt });
+                    self.set_state(RelayState::Retrying { error, attempt });
                     tokio::select! {
                         biased;
                         () = &mut shutdown => break Ok(()),
@@ -149,7 +159,7 @@ impl<K: Sink> Relay<K> {
                 }
             }
         };
-        self.state.send_replace(RelayState::Stopped);
+        self.set_state(RelayState::Stopped);
         outcome
     }
 
@@ -184,8 +194,7 @@ impl<K: Sink> Relay<K> {
             if let Some(types) = &self.filter.event_types {
                 feed = feed.event_types(types.iter().cloned());
             }
-            self.state
-                .send_replace(RelayState::Running { checkpoint: position });
+            self.set_state(RelayState::Running { checkpoint: position });
             let mut feed = ReadAhead::start(feed, self.preparer());
             let mut next_retry_check = tokio::time::Instant::now() + RETRY_CHECK_INTERVAL;
             loop {
@@ -202,12 +211,13 @@ impl<K: Sink> Relay<K> {
                 let Some(last) = batch.last else {
                     continue;
                 };
+                let (started, events) = (std::time::Instant::now(), batch.messages.len());
                 let (published, letters) =
                     self.publish(batch.messages, &mut parked, attempt).await?;
                 checkpoint::save(&self.store, &claimed, last, published, letters).await?;
+                crate::metrics::relay_batch(&self.name, events, last.position, started.elapsed());
                 *attempt = 0;
-                self.state
-                    .send_replace(RelayState::Running { checkpoint: last });
+                self.set_state(RelayState::Running { checkpoint: last });
             }
         }
         .await;
@@ -312,7 +322,7 @@ impl<K: Sink> Relay<K> {
                 .to_string();
             *attempt = attempt.saturating_add(1);
             tracing::warn!(relay = %self.name, %error, attempt = *attempt, "relay publishing again");
-            self.state.send_replace(RelayState::Retrying {
+            self.set_state(RelayState::Retrying {
                 error,
                 attempt: *attempt,
             });

@@ -236,6 +236,7 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
     /// skipped), [`Error::AggregateTypeMismatch`] when the stream belongs to another aggregate
     /// type, or a store error.
     pub async fn load(&self, id: &str) -> Result<Loaded<A>> {
+        let measured = std::time::Instant::now();
         // Only a snapshot policy asks how long a load took.
         let started = self.snapshots.as_ref().map(|_| self.clock.now());
         let mut replay = Replay::new(id, self.snapshots.as_ref());
@@ -256,6 +257,12 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
         };
         let (replayed, snapshot_taken_at) = (replay.replayed, replay.snapshot_taken_at);
         let loaded = replay.finish();
+        crate::metrics::loaded(
+            A::TYPE,
+            replayed,
+            snapshot_taken_at.is_some(),
+            measured.elapsed(),
+        );
         if let (Some(snapshots), Some(started)) = (&self.snapshots, started) {
             let now = self.clock.now();
             let took = (now - started).to_std().unwrap_or_default();

@@ -191,6 +191,24 @@ fn decode<S: Saga>(saga_id: &str, stored: StoredInstance) -> Result<Loaded<S>, E
 impl<S: Saga, St: SqlStore> RunsOn<St> for SagaEvents<S, St> {}
 
 impl<S: Saga, St: SqlStore> Core<S, St> {
+    /// Publishes the command and timeout side's state (when it changed), and records it as
+    /// metrics.
+    fn publish(&self, state: RunnerState) {
+        self.work_state.send_if_modified(|current| {
+            let changed = *current != state;
+            if changed {
+                crate::metrics::runner_state(
+                    "saga",
+                    S::NAME,
+                    state == RunnerState::Running,
+                    matches!(state, RunnerState::Retrying { .. }),
+                );
+            }
+            *current = state;
+            changed
+        });
+    }
+
     async fn load(&self, tx: &mut Tx<'_>, saga_id: &str) -> Result<Option<Loaded<S>>, Error> {
         match self.tables.lock_instance(tx, S::NAME, saga_id).await? {
             Some(stored) => decode(saga_id, stored).map(Some),
@@ -710,13 +728,16 @@ pub(crate) async fn run<S: Saga, St: SqlStore>(
     let work = work_loop(Arc::clone(&core), stopped, poll_interval);
     let (events, (), ()) = tokio::join!(events, work, trigger);
     if let Err(error) = &events {
-        core.work_state.send_replace(RunnerState::Stopped {
+        core.publish(RunnerState::Stopped {
             error: Some(error.to_string()),
         });
     }
     events?;
     Ok(())
 }
+
+/// How often a saga's dispatcher counts its outbox and instances for its metrics.
+const MEASURE_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Delivers commands and fires timeouts until stopped. A failure (the database unavailable, a
 /// command that cannot be delivered now) is retried with backoff, the side's state saying so.
@@ -726,12 +747,26 @@ async fn work_loop<S: Saga, St: SqlStore>(
     poll_interval: std::time::Duration,
 ) {
     let mut failing = crate::projection::Failing::default();
-    core.work_state.send_replace(RunnerState::Running);
+    core.publish(RunnerState::Running);
+    let mut measured: Option<std::time::Instant> = None;
     while !*stopped.borrow() {
         let mut failure = None;
-        if let Err(error) = core.dispatch().await {
-            tracing::warn!(saga = S::NAME, %error, "saga commands not delivered; retrying");
-            failure = Some(error.to_string());
+        match core.dispatch().await {
+            Ok(delivered) => crate::metrics::saga_commands(S::NAME, delivered),
+            Err(error) => {
+                tracing::warn!(saga = S::NAME, %error, "saga commands not delivered; retrying");
+                failure = Some(error.to_string());
+            }
+        }
+        // Its outbox depth and active instances, as metrics, every few seconds.
+        if measured.is_none_or(|at| at.elapsed() >= MEASURE_EVERY) {
+            measured = Some(std::time::Instant::now());
+            match core.tables.counts(S::NAME).await {
+                Ok([active, _, pending, ..]) => {
+                    crate::metrics::saga_status(S::NAME, pending, active)
+                }
+                Err(error) => tracing::debug!(saga = S::NAME, %error, "counts for metrics failed"),
+            }
         }
         if let Err(error) = core.fire_due_timeouts().await {
             tracing::warn!(saga = S::NAME, %error, "saga timeouts not fired; retrying");
@@ -742,12 +777,12 @@ async fn work_loop<S: Saga, St: SqlStore>(
                 if failing.recovered() {
                     tracing::info!(saga = S::NAME, "saga commands and timeouts recovered");
                 }
-                core.work_state.send_replace(RunnerState::Running);
+                core.publish(RunnerState::Running);
                 poll_interval
             }
             Some(error) => {
                 let (attempts, state) = failing.record(error);
-                core.work_state.send_replace(state);
+                core.publish(state);
                 crate::failure::backoff(poll_interval, attempts)
             }
         };

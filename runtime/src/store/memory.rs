@@ -360,11 +360,17 @@ impl EventStore for MemoryStore {
         expected: ExpectedVersion,
         mut events: Vec<NewEvent>,
     ) -> Result<Vec<RecordedEvent>> {
-        check_append(stream_id, &events, &self.limits)?;
-        let plain = keys::seal(self.keys.as_ref(), self, &mut events).await?;
-        let mut recorded = self.append_sealed(stream_id, aggregate_type, expected, events)?;
-        keys::unseal_appended(&mut recorded, plain);
-        Ok(recorded)
+        let started = std::time::Instant::now();
+        let outcome = async {
+            check_append(stream_id, &events, &self.limits)?;
+            let plain = keys::seal(self.keys.as_ref(), self, &mut events).await?;
+            let mut recorded = self.append_sealed(stream_id, aggregate_type, expected, events)?;
+            keys::unseal_appended(&mut recorded, plain);
+            Ok(recorded)
+        }
+        .await;
+        crate::metrics::appended("memory", aggregate_type, &outcome, started.elapsed());
+        outcome
     }
 
     async fn read_stream(

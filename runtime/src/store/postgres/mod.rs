@@ -544,8 +544,17 @@ impl PostgresStore {
          transaction."
     );
 
-    /// An append, checked, then alone or in a group.
-    async fn append_request(&self, mut request: Request<'_>) -> Result<Vec<RecordedEvent>> {
+    /// An append, checked, then alone or in a group; measured ([`crate::metrics`]).
+    async fn append_request(&self, request: Request<'_>) -> Result<Vec<RecordedEvent>> {
+        let started = std::time::Instant::now();
+        let aggregate_type = request.aggregate_type;
+        let outcome = self.append_checked(request).await;
+        crate::metrics::appended("postgresql", aggregate_type, &outcome, started.elapsed());
+        outcome
+    }
+
+    /// See [`PostgresStore::append_request`].
+    async fn append_checked(&self, mut request: Request<'_>) -> Result<Vec<RecordedEvent>> {
         check_append(request.stream_id, &request.events, &self.limits)?;
         self.inner.tenancy.check_append(request.stream_id)?;
         let plain = store_keys::seal(self.keys.as_ref(), self, &mut request.events).await?;

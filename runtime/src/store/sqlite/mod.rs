@@ -1026,6 +1026,37 @@ async fn read_stream_in(
     rows.iter().map(envelope_from_row).collect()
 }
 
+impl SqliteStore {
+    /// An append, checked, then alone or in a group (see [`EventStore::append`]).
+    async fn append_checked(
+        &self,
+        stream_id: &str,
+        aggregate_type: &str,
+        expected: ExpectedVersion,
+        mut events: Vec<NewEvent>,
+    ) -> Result<Vec<RecordedEvent>> {
+        check_append(stream_id, &events, &self.limits)?;
+        self.tenancy.check_append(stream_id)?;
+        let plain = store_keys::seal(self.keys.as_ref(), self, &mut events).await?;
+        let request = Request {
+            stream_id,
+            aggregate_type,
+            expected,
+            head: None,
+            events,
+        };
+        let mut appended = match &self.group {
+            Some(group) => group.append(self, request).await?,
+            None => self.append_alone(request).await?,
+        };
+        store_keys::unseal_appended(&mut appended, plain);
+        if !appended.is_empty() {
+            self.notifier.notify();
+        }
+        Ok(appended)
+    }
+}
+
 impl EventStore for SqliteStore {
     async fn forget(&self, subject: &str) -> Result<bool> {
         Self::forget(self, subject).await
@@ -1046,26 +1077,12 @@ impl EventStore for SqliteStore {
         expected: ExpectedVersion,
         events: Vec<NewEvent>,
     ) -> Result<Vec<RecordedEvent>> {
-        check_append(stream_id, &events, &self.limits)?;
-        self.tenancy.check_append(stream_id)?;
-        let mut events = events;
-        let plain = store_keys::seal(self.keys.as_ref(), self, &mut events).await?;
-        let request = Request {
-            stream_id,
-            aggregate_type,
-            expected,
-            head: None,
-            events,
-        };
-        let mut appended = match &self.group {
-            Some(group) => group.append(self, request).await?,
-            None => self.append_alone(request).await?,
-        };
-        store_keys::unseal_appended(&mut appended, plain);
-        if !appended.is_empty() {
-            self.notifier.notify();
-        }
-        Ok(appended)
+        let started = std::time::Instant::now();
+        let outcome = self
+            .append_checked(stream_id, aggregate_type, expected, events)
+            .await;
+        crate::metrics::appended("sqlite", aggregate_type, &outcome, started.elapsed());
+        outcome
     }
 
     async fn read_stream(
