@@ -155,6 +155,10 @@ impl NewEvent {
             metadata: context.metadata.clone(),
             once: false,
             pii: event.pii(),
+            max_size: S::EVENTS
+                .iter()
+                .find(|descriptor| descriptor.name == event.event_type())
+                .and_then(|descriptor| descriptor.max_size),
         })
     }
 }

@@ -1012,6 +1012,23 @@ pub async fn bad_input_is_refused_before_anything_is_written<S: EventStore>(stor
         ),
         "{result:?}"
     );
+    // A type's declared size (`#[event(max_size = 256)]`), below the store's limit.
+    let mut declared = NewEvent::new("Receipted", 1, big(300));
+    declared.max_size = Some(256);
+    let result = store
+        .append(&stream, AGGREGATE, ExpectedVersion::Any, vec![declared])
+        .await;
+    assert!(
+        matches!(
+            &result,
+            Err(error @ Error::EventAboveDeclaredSize { event_type, bytes, max_size: 256, .. })
+                if event_type == "Receipted"
+                    && *bytes == 300 + r#"{"blob":""}"#.len()
+                    && !error.is_transient()
+                    && error.to_string().contains("max_size = 256")
+        ),
+        "{result:?}"
+    );
     let fits = NewEvent::new("Uploaded", 1, big(1024 * 1024 - 100));
     store
         .append(&stream, AGGREGATE, ExpectedVersion::NoStream, vec![fits])

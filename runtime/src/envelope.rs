@@ -334,6 +334,8 @@ pub struct NewEvent {
     pub(crate) once: bool,
     /// The event type's personal-data fields ([`Event::PII`]), which the store encrypts.
     pub(crate) pii: Option<&'static PiiSpec>,
+    /// The event type's declared size limit ([`Event::MAX_SIZE`]), checked on append.
+    pub(crate) max_size: Option<usize>,
 }
 
 impl NewEvent {
@@ -356,6 +358,7 @@ impl NewEvent {
             metadata: Metadata::new(),
             once: false,
             pii: None,
+            max_size: None,
         }
     }
 
@@ -379,6 +382,7 @@ impl NewEvent {
         })?;
         let mut event = Self::new(E::NAME, E::VERSION, payload);
         event.pii = E::PII;
+        event.max_size = E::MAX_SIZE;
         Ok(event)
     }
 

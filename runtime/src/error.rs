@@ -135,6 +135,23 @@ pub enum Error {
         limit: usize,
     },
 
+    /// An event's payload is larger than its type declares (`#[event(max_size = N)]`). Nothing
+    /// of the append was written. Retrying cannot help.
+    #[error(
+        "event `{event_type}` for stream {} has {bytes} bytes of payload, above the {max_size} its type declares (`#[event(max_size = {max_size})]`): keep large data outside the event (store a reference to it), or raise the declared size",
+        shown(stream_id)
+    )]
+    EventAboveDeclaredSize {
+        /// The stream appended to.
+        stream_id: String,
+        /// The event's type name.
+        event_type: String,
+        /// The payload's size, in bytes of JSON.
+        bytes: usize,
+        /// The size its type declares.
+        max_size: usize,
+    },
+
     /// The stored state of a saga instance does not decode into the saga's type (changed by
     /// hand, or by a build whose state type differs). The instance is parked: its events wait
     /// in the saga's dead-letter queue and its timeouts stay pending, while other instances

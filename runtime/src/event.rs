@@ -48,6 +48,10 @@ pub trait Event: Serialize + DeserializeOwned + JsonSchema + Send + Sync + 'stat
     /// encrypts them so that they can be forgotten (see [`crate::pii`]).
     const PII: Option<&'static PiiSpec> = None;
 
+    /// The largest payload an append accepts for this event, in bytes of JSON
+    /// (`#[event(max_size = N)]`), below the store's own limit; `None`: only the store's.
+    const MAX_SIZE: Option<usize> = None;
+
     /// Decodes a stored payload of this event at `version` into this type, handing each result
     /// to `out`: the payload itself at [`Event::VERSION`], and, for an older version, what the
     /// chain of [`#[upcast]`](macro@crate::upcast) functions makes of it (none, one or several
@@ -99,6 +103,10 @@ impl EventSchema {
         if let Some(pii) = E::PII {
             mark_personal_data(&mut schema, pii);
         }
+        // The declared size limit (an extension validators ignore), for producers and readers.
+        if let (Some(max_size), Some(object)) = (E::MAX_SIZE, schema.as_object_mut()) {
+            object.insert("x-max-size".to_owned(), max_size.into());
+        }
         Self {
             name: E::NAME,
             version: E::VERSION,
@@ -132,13 +140,16 @@ fn mark_personal_data(schema: &mut serde_json::Value, pii: &PiiSpec) {
     }
 }
 
-/// Name and version of one event of an [`EventSet`].
+/// Name and version of one event of an [`EventSet`] (and its declared size limit).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub struct EventDescriptor {
     /// The stored type name.
     pub name: &'static str,
     /// The current schema version.
     pub version: u32,
+    /// Its [`Event::MAX_SIZE`].
+    pub max_size: Option<usize>,
 }
 
 impl EventDescriptor {
@@ -148,6 +159,7 @@ impl EventDescriptor {
         Self {
             name: E::NAME,
             version: E::VERSION,
+            max_size: E::MAX_SIZE,
         }
     }
 }

@@ -22,7 +22,8 @@ pub const fn dollars(amount: u64) -> Cents {
     amount * 100
 }
 
-#[event]
+/// An account was opened (at most 1 KiB of JSON: an owner's name is short).
+#[event(max_size = 1024)]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AccountOpened {
     pub owner: String,

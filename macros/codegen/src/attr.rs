@@ -13,7 +13,7 @@ use syn::{Expr, Lit, LitInt, LitStr, Token, Type};
 
 use crate::ctxt::Ctxt;
 use crate::symbol::{
-    ANY_NAME, BY, COMMANDS, END, EVENTS, IGNORE, INLINE, NAME, REPLACEMENT, SIDE_EFFECTS,
+    ANY_NAME, BY, COMMANDS, END, EVENTS, IGNORE, INLINE, MAX_SIZE, NAME, REPLACEMENT, SIDE_EFFECTS,
     STATE_VERSION, SUBJECT, VERSION,
 };
 
@@ -53,6 +53,9 @@ pub struct EventArgs {
     pub version: Option<(u32, LitInt)>,
     /// `any_name`: the name is not checked to be a past-tense fact; the key, for spans.
     pub any_name: Option<syn::Path>,
+    /// `max_size = N`: the largest payload an append accepts, in bytes of JSON, with its
+    /// literal for spans.
+    pub max_size: Option<(usize, LitInt)>,
     /// Every key given, for "an event set takes no options".
     pub keys: Vec<syn::Path>,
 }
@@ -76,6 +79,7 @@ pub fn event_args(cx: &Ctxt, args: TokenStream, attribute: &str) -> EventArgs {
     let mut name = Attr::none(NAME);
     let mut version = Attr::none(VERSION);
     let mut any_name = Attr::none(ANY_NAME);
+    let mut max_size = Attr::none(MAX_SIZE);
     let mut keys = Vec::new();
     let parser = syn::meta::parser(|meta| {
         keys.push(meta.path.clone());
@@ -99,8 +103,17 @@ pub fn event_args(cx: &Ctxt, args: TokenStream, attribute: &str) -> EventArgs {
                 any_name.set(cx, &meta.path, meta.path.clone());
                 skip_value(&meta)?;
             }
+        } else if meta.path.is_ident(MAX_SIZE) {
+            if let Some(parsed) = size_value(cx, &meta)? {
+                max_size.set(cx, &meta.path, parsed);
+            }
         } else {
-            unknown_key(cx, &meta, attribute, "`name`, `version` or `any_name`")?;
+            unknown_key(
+                cx,
+                &meta,
+                attribute,
+                "`name`, `version`, `any_name` or `max_size`",
+            )?;
         }
         Ok(())
     });
@@ -111,6 +124,7 @@ pub fn event_args(cx: &Ctxt, args: TokenStream, attribute: &str) -> EventArgs {
         name: name.get(),
         version: version.get(),
         any_name: any_name.get(),
+        max_size: max_size.get(),
         keys,
     }
 }
@@ -459,6 +473,53 @@ fn type_name(cx: &Ctxt, meta: &ParseNestedMeta, usage: &str) -> syn::Result<Opti
 
 /// `key = N` with N an integer from 1 to `u32::MAX`; `what` names the values in messages
 /// ("event versions").
+/// The value of `max_size = N`: bytes, a positive integer literal (`4096`, `64_000`).
+fn size_value(cx: &Ctxt, meta: &ParseNestedMeta) -> syn::Result<Option<(usize, LitInt)>> {
+    let usage = "max_size = 4096";
+    if !meta.input.peek(Token![=]) {
+        expected(cx, meta, usage)?;
+        return Ok(None);
+    }
+    let value = ungrouped(meta.value()?.parse()?);
+    let Expr::Lit(syn::ExprLit {
+        lit: Lit::Int(lit), ..
+    }) = value
+    else {
+        cx.error_spanned_by(
+            &value,
+            format!("expected the largest payload in bytes of JSON, an integer like `{usage}`"),
+        );
+        return Ok(None);
+    };
+    if !matches!(lit.suffix(), "" | "usize") {
+        cx.error_spanned_by(
+            &lit,
+            format!("expected an integer without a type suffix, like `{usage}`"),
+        );
+        return Ok(None);
+    }
+    match lit.base10_parse::<u32>() {
+        Ok(0) => {
+            cx.error_spanned_by(
+                &lit,
+                "an event of 0 bytes cannot be stored: give the largest payload in bytes of JSON, like `max_size = 4096`",
+            );
+            Ok(None)
+        }
+        Ok(bytes) => Ok(Some((bytes as usize, lit))),
+        Err(_) => {
+            cx.error_spanned_by(
+                &lit,
+                format!(
+                    "{} is too large: `max_size` is at most 4294967295 bytes (stores refuse payloads above 1 MiB unless their limits are raised)",
+                    lit.base10_digits()
+                ),
+            );
+            Ok(None)
+        }
+    }
+}
+
 fn version_value(
     cx: &Ctxt,
     meta: &ParseNestedMeta,

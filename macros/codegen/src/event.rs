@@ -17,6 +17,9 @@ pub fn expand_with(event: &EventStruct, chain: bool) -> TokenStream {
     let ident = &item.ident;
     let name = &event.name;
     let version = event.version;
+    let max_size = event.max_size.map(|bytes| {
+        quote! { const MAX_SIZE: ::core::option::Option<usize> = ::core::option::Option::Some(#bytes); }
+    });
     // After an error (no `chain`), the event is expanded without its personal-data fields.
     let (upcasting, pii) = if chain {
         (upcasting(event), pii(event))
@@ -37,6 +40,7 @@ pub fn expand_with(event: &EventStruct, chain: bool) -> TokenStream {
         impl ::factum::__private::Event for #ident {
             const NAME: &'static str = #name;
             const VERSION: u32 = #version;
+            #max_size
             #pii
             #upcasting
         }

@@ -3,6 +3,7 @@
 pub const NAME: &str = "name";
 pub const VERSION: &str = "version";
 pub const ANY_NAME: &str = "any_name";
+pub const MAX_SIZE: &str = "max_size";
 pub const EVENTS: &str = "events";
 pub const IGNORE: &str = "ignore";
 pub const APPLY: &str = "apply";

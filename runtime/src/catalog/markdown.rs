@@ -87,7 +87,37 @@ pub fn page(catalog: &Catalog) -> String {
         }
     }
     personal_data(catalog, &mut page);
+    size_limits(catalog, &mut page);
     page
+}
+
+/// The events whose type declares the largest payload an append accepts
+/// (`#[event(max_size = N)]`, `x-max-size` in their schemas). Nothing when none does.
+fn size_limits(catalog: &Catalog, page: &mut String) {
+    let rows: Vec<String> = catalog
+        .aggregates
+        .values()
+        .flat_map(|entry| &entry.events)
+        .filter_map(|event| {
+            let bytes = event.schema.schema.get("x-max-size")?.as_u64()?;
+            Some(format!(
+                "| {} | {} | {bytes} |",
+                event.schema.name, event.schema.version
+            ))
+        })
+        .collect();
+    if rows.is_empty() {
+        return;
+    }
+    page.push_str(
+        "\n## Size limits\n\nAn append of a larger payload is refused (`Error::EventAboveDeclaredSize`), before anything is written.\n\n",
+    );
+    page.push_str("| Event | Version | Largest payload (bytes of JSON) |\n");
+    page.push_str("| --- | --- | --- |\n");
+    for row in rows {
+        page.push_str(&row);
+        page.push('\n');
+    }
 }
 
 /// The events carrying personal data (`#[pii]` fields, marked `x-pii` in their schemas), with

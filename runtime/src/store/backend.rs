@@ -30,11 +30,13 @@ pub struct StoredId {
 
 /// Refuses an append that no store can keep as asked, before anything is written: a stream id
 /// that is empty, too long or holds control characters ([`Error::InvalidStreamId`]), a payload
-/// or metadata above `limits` ([`Error::EventTooLarge`]), the same event id twice, or a schema
-/// version above `i32::MAX` (SQL stores keep them as 32-bit integers).
+/// above its type's declared size ([`Error::EventAboveDeclaredSize`]), a payload or metadata
+/// above `limits` ([`Error::EventTooLarge`]), the same event id twice, or a schema version above
+/// `i32::MAX` (SQL stores keep them as 32-bit integers).
 ///
 /// # Errors
-/// [`Error::InvalidStreamId`], [`Error::EventTooLarge`], [`Error::InvalidAppend`].
+/// [`Error::InvalidStreamId`], [`Error::EventAboveDeclaredSize`], [`Error::EventTooLarge`],
+/// [`Error::InvalidAppend`].
 pub fn check_append(stream_id: &str, events: &[NewEvent], limits: &Limits) -> Result<()> {
     super::limits::check(stream_id, events, limits)?;
     for event in events {

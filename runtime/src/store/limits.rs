@@ -109,6 +109,16 @@ pub(super) fn check(stream_id: &str, events: &[NewEvent], limits: &Limits) -> Re
             limit,
         };
         let payload = event.payload.as_str().len();
+        if let Some(declared) = event.max_size
+            && payload > declared
+        {
+            return Err(Error::EventAboveDeclaredSize {
+                stream_id: stream_id.to_owned(),
+                event_type: event.event_type.clone().into_owned(),
+                bytes: payload,
+                max_size: declared,
+            });
+        }
         if payload > limits.max_payload_bytes {
             return Err(too_large(
                 EventPart::Payload,

@@ -30,6 +30,8 @@ pub struct EventStruct {
     pub version_literal: Option<(u32, syn::LitInt)>,
     /// The fields marked `#[pii]` (the markers taken off `item`).
     pub pii: Vec<super::PiiField>,
+    /// `max_size = N`: the largest payload an append accepts, in bytes of JSON.
+    pub max_size: Option<usize>,
 }
 
 pub struct EventSetEnum {
@@ -63,6 +65,7 @@ impl EventInput {
                     version,
                     version_literal: args.version.clone(),
                     pii,
+                    max_size: args.max_size.as_ref().map(|(bytes, _)| *bytes),
                 })
             }
             Ok(syn::Item::Enum(item)) => {

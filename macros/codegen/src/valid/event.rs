@@ -96,7 +96,7 @@ fn event_set(cx: &Ctxt, set: &EventSetEnum) {
     for key in &set.args.keys {
         cx.error_spanned_by(
             key,
-            "an event set takes no options: `name` and `version` belong on each event struct",
+            "an event set takes no options: `name`, `version` and `max_size` belong on each event struct",
         );
     }
     let item = &set.item;
