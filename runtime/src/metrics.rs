@@ -65,6 +65,9 @@ pub const SAGA_COMMANDS: &str = "factum.saga.commands";
 pub const SAGA_OUTBOX_PENDING: &str = "factum.saga.outbox.pending";
 /// A saga's instances that have not completed (a gauge).
 pub const SAGA_INSTANCES_ACTIVE: &str = "factum.saga.instances.active";
+/// How long the oldest open transaction has held the feed's horizon back (a gauge, seconds;
+/// 0 when none does): PostgreSQL, whose feed readers wait for older transactions.
+pub const FEED_HORIZON_AGE: &str = "factum.feed.horizon.age";
 /// Events a relay published, acknowledged by the broker (a counter).
 pub const RELAY_EVENTS: &str = "factum.relay.events";
 /// Relay batches published and checkpointed: a histogram of their durations (seconds).
@@ -156,6 +159,11 @@ pub fn describe() {
         SAGA_INSTANCES_ACTIVE,
         Unit::Count,
         "Saga instances that have not completed"
+    );
+    describe_gauge!(
+        FEED_HORIZON_AGE,
+        Unit::Seconds,
+        "How long the oldest open transaction has held the feed's horizon back (PostgreSQL)"
     );
     describe_counter!(
         RELAY_EVENTS,
@@ -278,6 +286,12 @@ pub(crate) fn saga_commands(saga: &'static str, commands: u64) {
 pub(crate) fn saga_status(saga: &'static str, pending_commands: u64, active_instances: u64) {
     metrics::gauge!(SAGA_OUTBOX_PENDING, "saga" => saga).set(pending_commands as f64);
     metrics::gauge!(SAGA_INSTANCES_ACTIVE, "saga" => saga).set(active_instances as f64);
+}
+
+/// Records how long the oldest open transaction has held `schema`'s feed back.
+#[cfg(feature = "postgres")]
+pub(crate) fn feed_horizon(schema: &str, age: Duration) {
+    metrics::gauge!(FEED_HORIZON_AGE, "schema" => schema.to_owned()).set(age.as_secs_f64());
 }
 
 /// Records a relay batch: its duration, its events, the position reached.

@@ -1,8 +1,8 @@
 //! Metrics (issue 16, part 1): a Prometheus endpoint, installed as an application would
 //! (`metrics-exporter-prometheus` with its HTTP listener), scraped over HTTP while a projection
 //! and a saga run: appends, conflicts, loads and snapshot hits, a projection's batches,
-//! position and lag, the runners' states, a saga's delivered commands and outbox depth. One
-//! test per binary: the recorder is global.
+//! position and lag, the runners' states, a saga's delivered commands and outbox depth, and
+//! PostgreSQL's feed horizon age. The recorder is global: the tests share one, installed once.
 
 use std::time::Duration;
 
@@ -135,18 +135,68 @@ fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
         })
 }
 
+/// The exporter's port, installed (once, for the binary) with its HTTP listener, as an
+/// application would; its runtime is a thread of its own, so that it outlives each test's.
+fn exporter() -> u16 {
+    static PORT: std::sync::OnceLock<u16> = std::sync::OnceLock::new();
+    *PORT.get_or_init(|| {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let (installed, done) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            runtime.block_on(async {
+                metrics_exporter_prometheus::PrometheusBuilder::new()
+                    .with_http_listener(([127, 0, 0, 1], port))
+                    .install()
+                    .expect("the Prometheus exporter installs");
+                factum::metrics::describe();
+                installed.send(()).unwrap();
+                std::future::pending::<()>().await;
+            });
+        });
+        done.recv().unwrap();
+        port
+    })
+}
+
+/// PostgreSQL: a transaction left open holds the feed's horizon back, and the gauge says for
+/// how long (read by `horizon()`, which running runners call every few seconds).
+#[tokio::test]
+async fn the_feed_horizon_age_shows_a_transaction_holding_the_feed() {
+    let port = exporter();
+    let store = factum::testing::postgres::TemporaryStore::new()
+        .await
+        .unwrap();
+    let mut open = store.pool().begin().await.unwrap();
+    store
+        .append_in(
+            &mut open,
+            "held",
+            "Account",
+            ExpectedVersion::Any,
+            vec![NewEvent::of(&Deposited { cents: 1 }).unwrap()],
+        )
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(1_200)).await;
+    store.horizon().await.unwrap();
+    let schema = [("schema", store.schema())];
+    let held = sample(&scrape(port).await, "factum_feed_horizon_age", &schema).unwrap();
+    // At least ours: the oldest open transaction of the cluster (another test's may be older).
+    assert!(held >= 1.0, "{held}");
+    open.commit().await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_prometheus_scrape_during_a_run_shows_appends_loads_and_runners() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    metrics_exporter_prometheus::PrometheusBuilder::new()
-        .with_http_listener(([127, 0, 0, 1], port))
-        .install()
-        .expect("the Prometheus exporter installs");
-    factum::metrics::describe();
+    let port = exporter();
 
     let store = SqliteStore::in_memory().await.unwrap();
     store.migrate().await.unwrap();

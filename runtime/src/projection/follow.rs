@@ -386,6 +386,7 @@ impl<S: SqlStore, P: Projection> ProjectionRunner<S, P> {
                 if let Err(error) = self.status().await {
                     tracing::debug!(projection = P::NAME, %error, "status for metrics failed");
                 }
+                self.store.measure().await;
             }
             if let Some(every) = self.options.redrive
                 && redriven.elapsed() >= every

@@ -402,6 +402,13 @@ pub trait Backend {
         None
     }
 
+    /// Reads what the store measures of itself and records it as metrics (PostgreSQL: the feed
+    /// horizon's age); called by running runners every few seconds. Failures are only logged.
+    #[doc(hidden)]
+    fn measure(&self) -> impl Future<Output = ()> + Send {
+        async {}
+    }
+
     /// Takes the lease unless another holder (in this process or another) has it.
     #[doc(hidden)]
     fn try_lease(&self, name: LeaseName<'_>) -> impl Future<Output = Result<Option<Lease>>> + Send;

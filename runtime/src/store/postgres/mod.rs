@@ -669,6 +669,13 @@ impl PostgresStore {
         } else {
             None
         };
+        crate::metrics::feed_horizon(
+            self.schema(),
+            oldest
+                .as_ref()
+                .and_then(|oldest| oldest.age)
+                .unwrap_or_default(),
+        );
         Ok(FeedHorizon {
             horizon_tx: columns::unsigned::<_, i64, _>(&row, 0)?,
             newest_event_tx: columns::unsigned_opt::<_, i64, _>(&row, 1)?,

@@ -37,6 +37,12 @@ impl Backend for PostgresStore {
         PostgresStore::fail(self, error)
     }
 
+    async fn measure(&self) {
+        if let Err(error) = self.horizon().await {
+            tracing::debug!(%error, "the feed horizon could not be read for metrics");
+        }
+    }
+
     /// A runner's lease is a session advisory lock held by a connection of its own (not the
     /// pool's), released when the lease is dropped or the connection dies with its process. A
     /// dispatcher's is a transaction-scoped advisory lock in a pooled transaction, which ends
