@@ -144,6 +144,8 @@ impl NewEvent {
             event_type: event.event_type(),
             cause,
         })?;
+        let mut metadata = context.metadata.clone();
+        crate::trace::stamp(&mut metadata);
         Ok(Self {
             event_id: Uuid::now_v7(),
             event_type: Cow::Borrowed(event.event_type()),
@@ -152,7 +154,7 @@ impl NewEvent {
             correlation_id: context.correlation_id,
             causation_id: context.command_id,
             actor: context.actor.clone(),
-            metadata: context.metadata.clone(),
+            metadata,
             once: false,
             pii: event.pii(),
             max_size: S::EVENTS

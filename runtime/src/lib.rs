@@ -95,6 +95,7 @@ pub mod snapshot;
 pub mod store;
 #[cfg(feature = "testing")]
 pub mod testing;
+pub mod trace;
 pub mod upcast;
 
 #[doc(hidden)]

@@ -510,7 +510,14 @@ impl<S: SqlStore, P: Projection> ProjectionRunner<S, P> {
                 }
                 continue;
             }
-            if let Err(cause) = self.projection.handle(event, &mut tx).await {
+            let handled = match crate::trace::handling_span(P::KIND, P::NAME, event) {
+                Some(span) => {
+                    tracing::Instrument::instrument(self.projection.handle(event, &mut tx), span)
+                        .await
+                }
+                None => self.projection.handle(event, &mut tx).await,
+            };
+            if let Err(cause) = handled {
                 self.projection.discard();
                 return Err(RunnerError::handler::<P>(cause));
             }

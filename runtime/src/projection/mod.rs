@@ -112,6 +112,11 @@ pub trait Projection: Send + 'static {
     /// The event types it handles; the store sends only these.
     const EVENT_TYPES: &'static [&'static str];
 
+    /// What it is, in the spans its handlers run in ([`crate::trace`]): `projection`, or
+    /// `saga` for a saga's event side.
+    #[doc(hidden)]
+    const KIND: &'static str = "projection";
+
     /// The event types whose handlers act outside the database (`#[handle(side_effects)]`):
     /// skipped while a new version of the projection replays the history, and recorded by event
     /// id when run, so no event's side effect is triggered twice by this projection, whatever

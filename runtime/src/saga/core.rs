@@ -143,6 +143,7 @@ impl<S: Saga, St: SqlStore> Projection for SagaEvents<S, St> {
     const NAME: &'static str = S::NAME;
     const VERSION: u32 = 1;
     const EVENT_TYPES: &'static [&'static str] = S::EVENT_TYPES;
+    const KIND: &'static str = "saga";
 
     fn handle<'a>(
         &'a mut self,
