@@ -1,7 +1,9 @@
 //! Trace context across the log (feature `otel`): a command's events carry the W3C
 //! `traceparent` of the span it ran in (metadata key [`TRACEPARENT`]), and the projections and
 //! sagas that handle them run each event's handler in a span whose parent is that context, so
-//! that one trace shows the command, its events' read models and the sagas they drive. A
+//! that one trace shows the command, its events' read models and the sagas they drive (a
+//! saga's queued commands keep the context they were queued in, and their delivery continues
+//! it). A
 //! projection whose handlers read a lean envelope (`Source`, `Origin`: no metadata, for speed)
 //! is not linked; sagas always are.
 //!
@@ -25,6 +27,32 @@ pub(crate) fn stamp(metadata: &mut Metadata) {
     }
     #[cfg(not(feature = "otel"))]
     let _ = metadata;
+}
+
+/// The current span's trace context, as a `traceparent` (`None` without one, or without the
+/// feature): what a saga's queued commands keep to continue the trace when delivered.
+#[cfg_attr(not(any(feature = "postgres", feature = "sqlite")), allow(dead_code))]
+pub(crate) fn current() -> Option<String> {
+    #[cfg(feature = "otel")]
+    {
+        otel::current()
+    }
+    #[cfg(not(feature = "otel"))]
+    {
+        None
+    }
+}
+
+/// Makes the trace context `traceparent` (a queued command's) the parent of `span`: nothing
+/// when it is `None` or not a `traceparent`, or without the feature.
+#[cfg_attr(not(any(feature = "postgres", feature = "sqlite")), allow(dead_code))]
+pub(crate) fn continue_in(span: &tracing::Span, traceparent: Option<&str>) {
+    #[cfg(feature = "otel")]
+    if let Some(parent) = traceparent.and_then(otel::parse) {
+        otel::set_parent(span, parent);
+    }
+    #[cfg(not(feature = "otel"))]
+    let _ = (span, traceparent);
 }
 
 /// The span to handle an event in (`kind`: `projection` or `saga`): a child of the trace

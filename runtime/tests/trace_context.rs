@@ -182,6 +182,26 @@ async fn one_trace_links_a_command_with_the_projection_and_saga_that_handle_its_
         [appended_in],
         "{names:?}"
     );
+    // The saga's command, delivered later from its outbox, continues the trace: its delivery
+    // span is a child of the saga handler's span, and the credit's event carries the trace.
+    let saga_handled = spans
+        .iter()
+        .find(|span| {
+            span.name == "saga welcome handles Opened" && span.span_context.trace_id() == trace_id
+        })
+        .unwrap();
+    let sent = spans
+        .iter()
+        .find(|span| {
+            span.name == "saga welcome sends Credit" && span.span_context.trace_id() == trace_id
+        })
+        .unwrap_or_else(|| panic!("the delivery's span in the command's trace: {names:?}"));
+    assert_eq!(sent.parent_span_id, saga_handled.span_context.span_id());
+    let credited = store.read_stream("acc-1", 2..=2).await.unwrap();
+    let credit_trace = credited[0].metadata[factum::trace::TRACEPARENT]
+        .as_str()
+        .expect("the credit's event carries the trace");
+    assert_eq!(credit_trace[3..35], traceparent[3..35]);
     // The other opening's handlers run in its own trace.
     assert_eq!(
         spans

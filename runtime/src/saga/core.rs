@@ -486,13 +486,16 @@ impl<S: Saga, St: SqlStore> Core<S, St> {
         if let Some(tenant) = self.tables.store.tenant() {
             context = context.tenant(tenant);
         }
-        let span = tracing::debug_span!(
+        let span = tracing::info_span!(
             "factum.saga.dispatch",
+            otel.name = %format_args!("saga {} sends {}", S::NAME, pending.command_type),
             saga = S::NAME,
             saga_id = %pending.saga_id,
             command = %pending.command_type,
             command_id = %pending.command_id,
         );
+        // Delivered in the trace of the event that queued it (its events continue it).
+        crate::trace::continue_in(&span, pending.traceparent.as_deref());
         tracing::Instrument::instrument(
             self.bus.dispatch(
                 &pending.command_type,

@@ -31,9 +31,9 @@ pub(super) fn statements(schema: &Schema) -> SagaSql {
         enqueue: format!(
             "INSERT INTO {s}.saga_outbox
                  (command_id, saga, saga_id, command_type, stream_id, payload, correlation_id,
-                  causation_id)
+                  causation_id, traceparent)
              SELECT c.command_id, $1, $2, c.command_type, c.stream_id, c.payload::json,
-                    $3::uuid, $4::uuid
+                    $3::uuid, $4::uuid, $6
              FROM json_to_recordset($5::json) AS c (ord int8, command_id uuid,
                   command_type text, stream_id text, payload text)
              ORDER BY c.ord
@@ -58,7 +58,7 @@ pub(super) fn statements(schema: &Schema) -> SagaSql {
         .into(),
         pending: format!(
             "SELECT command_id::text, saga_id, command_type, stream_id, payload::text,
-                    correlation_id::text, causation_id::text
+                    correlation_id::text, causation_id::text, traceparent
              FROM {s}.saga_outbox
              WHERE saga = $1 AND status = 'pending' ORDER BY seq LIMIT $2"
         )

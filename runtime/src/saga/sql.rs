@@ -17,7 +17,8 @@ pub(crate) struct SagaSql {
     pub save_instance: Arc<str>,
     /// `$1` saga, `$2` instance, `$3` correlation id, `$4` causation id, `$5` commands (JSON
     /// array of objects with `command_id`, `command_type`, `stream_id`, `payload`), queued in
-    /// array order; a command id already there is kept as it is.
+    /// array order, `$6` the trace context they were queued in (nullable text); a command id
+    /// already there is kept as it is.
     pub enqueue: Arc<str>,
     /// `$1` saga: signals the saga's dispatchers in other processes when the transaction
     /// commits (none on a store with one process per database file).
@@ -31,7 +32,8 @@ pub(crate) struct SagaSql {
     /// `timeout_type`, `payload`, `due_at`); an id already there is kept as it is.
     pub schedule: Arc<str>,
     /// `$1` saga, `$2` limit: the first pending commands, in order: `command_id, saga_id,
-    /// command_type, stream_id, payload, correlation_id, causation_id`.
+    /// command_type, stream_id, payload, correlation_id, causation_id, traceparent` (the last
+    /// nullable).
     pub pending: Arc<str>,
     /// `$1` command id, `$2` status, `$3` error: records a delivery.
     pub mark_command: Arc<str>,

@@ -26,9 +26,9 @@ pub(super) fn statements() -> SagaSql {
         )
         .into(),
         enqueue: "INSERT INTO saga_outbox (command_id, saga, saga_id, command_type, stream_id,
-                                      payload, correlation_id, causation_id)
+                                      payload, correlation_id, causation_id, traceparent)
              SELECT c.value ->> 'command_id', $1, $2, c.value ->> 'command_type',
-                    c.value ->> 'stream_id', c.value ->> 'payload', $3, $4
+                    c.value ->> 'stream_id', c.value ->> 'payload', $3, $4, $6
              FROM json_each($5) AS c WHERE true ORDER BY c.key
              ON CONFLICT (command_id) DO NOTHING"
             .into(),
@@ -46,7 +46,7 @@ pub(super) fn statements() -> SagaSql {
              ON CONFLICT (timeout_id) DO NOTHING"
                 .into(),
         pending: "SELECT command_id, saga_id, command_type, stream_id, payload, correlation_id,
-                    causation_id
+                    causation_id, traceparent
              FROM saga_outbox WHERE saga = $1 AND status = 'pending' ORDER BY seq LIMIT $2"
             .into(),
         mark_command: format!(

@@ -34,6 +34,8 @@ pub(crate) struct Pending {
     pub payload: String,
     pub correlation_id: Uuid,
     pub causation_id: Uuid,
+    /// The trace context it was queued in ([`crate::trace`]).
+    pub traceparent: Option<String>,
 }
 
 /// A command to put in the outbox: its id, type, stream and JSON (and its place in the list).
@@ -209,7 +211,8 @@ impl<St: SqlStore> Tables<St> {
                 .bind(saga_id)
                 .bind(correlation_id.to_string())
                 .bind(causation_id.to_string())
-                .bind(json(&commands)?),
+                .bind(json(&commands)?)
+                .bind(crate::trace::current()),
         )
         .await?;
         if let Some(signal) = &self.sql.signal {
@@ -287,6 +290,7 @@ impl<St: SqlStore> Tables<St> {
                     payload: columns::get(row, 4)?,
                     correlation_id: id(&columns::get::<_, String>(row, 5)?)?,
                     causation_id: id(&columns::get::<_, String>(row, 6)?)?,
+                    traceparent: columns::get(row, 7)?,
                 })
             })
             .collect()

@@ -107,6 +107,11 @@ const MIGRATIONS: &[Migration] = &[
         name: "tenant_consumers",
         sql: include_str!("../../../migrations/postgres/0019_tenant_consumers.sql"),
     },
+    Migration {
+        version: 20,
+        name: "outbox_trace",
+        sql: include_str!("../../../migrations/postgres/0020_outbox_trace.sql"),
+    },
 ];
 
 pub(super) async fn migrate(pool: &PgPool, schema: &Schema) -> Result<()> {

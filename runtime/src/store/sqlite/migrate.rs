@@ -69,6 +69,11 @@ const MIGRATIONS: &[Migration] = &[
         name: "tenants",
         sql: include_str!("../../../migrations/sqlite/0012_tenants.sql"),
     },
+    Migration {
+        version: 13,
+        name: "outbox_trace",
+        sql: include_str!("../../../migrations/sqlite/0013_outbox_trace.sql"),
+    },
 ];
 
 pub(super) async fn migrate(pool: &SqlitePool, location: &str) -> Result<()> {
