@@ -386,6 +386,37 @@ impl NewEvent {
         Ok(event)
     }
 
+    /// The envelope of this event as a store recorded it: in `stream` (its id and aggregate
+    /// type) at `stream_version`, at `position` (`tx`, global position) in the feed, at
+    /// `recorded_at`; in plain, for no tenant (a store that keeps tenants sets its own).
+    pub(crate) fn into_recorded(
+        self,
+        (stream_id, aggregate_type): (&str, &str),
+        stream_version: u64,
+        (tx, global_position): (u64, u64),
+        recorded_at: DateTime<Utc>,
+    ) -> RecordedEvent {
+        Envelope {
+            event_id: self.event_id,
+            event_type: self.event_type.into_owned(),
+            schema_version: self.schema_version,
+            stream_id: stream_id.to_owned(),
+            aggregate_type: aggregate_type.to_owned(),
+            stream_version,
+            global_position,
+            tx,
+            recorded_at,
+            correlation_id: self.correlation_id,
+            causation_id: self.causation_id,
+            actor: self.actor,
+            metadata: self.metadata,
+            shredded: false,
+            data_key: None,
+            tenant: None,
+            event: self.payload,
+        }
+    }
+
     /// Sets the event id.
     #[must_use]
     pub fn event_id(mut self, event_id: Uuid) -> Self {

@@ -471,11 +471,16 @@ fn type_name(cx: &Ctxt, meta: &ParseNestedMeta, usage: &str) -> syn::Result<Opti
     Ok(Some(lit))
 }
 
-/// `key = N` with N an integer from 1 to `u32::MAX`; `what` names the values in messages
-/// ("event versions").
-/// The value of `max_size = N`: bytes, a positive integer literal (`4096`, `64_000`).
-fn size_value(cx: &Ctxt, meta: &ParseNestedMeta) -> syn::Result<Option<(usize, LitInt)>> {
-    let usage = "max_size = 4096";
+/// The integer literal of `key = N` (`usage` shows one), its type suffix none or `suffix`;
+/// `None` with the error recorded at the user's tokens, `not_an_integer` saying what is wrong
+/// with a value of another kind.
+fn int_literal(
+    cx: &Ctxt,
+    meta: &ParseNestedMeta,
+    usage: &str,
+    suffix: &str,
+    not_an_integer: impl FnOnce(&Expr) -> String,
+) -> syn::Result<Option<LitInt>> {
     if !meta.input.peek(Token![=]) {
         expected(cx, meta, usage)?;
         return Ok(None);
@@ -485,19 +490,28 @@ fn size_value(cx: &Ctxt, meta: &ParseNestedMeta) -> syn::Result<Option<(usize, L
         lit: Lit::Int(lit), ..
     }) = value
     else {
-        cx.error_spanned_by(
-            &value,
-            format!("expected the largest payload in bytes of JSON, an integer like `{usage}`"),
-        );
+        cx.error_spanned_by(&value, not_an_integer(&value));
         return Ok(None);
     };
-    if !matches!(lit.suffix(), "" | "usize") {
+    if !lit.suffix().is_empty() && lit.suffix() != suffix {
         cx.error_spanned_by(
             &lit,
             format!("expected an integer without a type suffix, like `{usage}`"),
         );
         return Ok(None);
     }
+    Ok(Some(lit))
+}
+
+/// The value of `max_size = N`: bytes, a positive integer literal (`4096`, `64_000`).
+fn size_value(cx: &Ctxt, meta: &ParseNestedMeta) -> syn::Result<Option<(usize, LitInt)>> {
+    let usage = "max_size = 4096";
+    let Some(lit) = int_literal(cx, meta, usage, "usize", |_| {
+        format!("expected the largest payload in bytes of JSON, an integer like `{usage}`")
+    })?
+    else {
+        return Ok(None);
+    };
     match lit.base10_parse::<u32>() {
         Ok(0) => {
             cx.error_spanned_by(
@@ -520,6 +534,8 @@ fn size_value(cx: &Ctxt, meta: &ParseNestedMeta) -> syn::Result<Option<(usize, L
     }
 }
 
+/// `key = N` with N an integer from 1 to `u32::MAX`; `what` names the values in messages
+/// ("event versions").
 fn version_value(
     cx: &Ctxt,
     meta: &ParseNestedMeta,
@@ -527,34 +543,16 @@ fn version_value(
     what: &str,
 ) -> syn::Result<Option<(u32, LitInt)>> {
     let usage = format!("{key} = 2");
-    if !meta.input.peek(Token![=]) {
-        expected(cx, meta, &usage)?;
-        return Ok(None);
-    }
-    let value = ungrouped(meta.value()?.parse()?);
-    let lit = match value {
-        Expr::Lit(syn::ExprLit {
-            lit: Lit::Int(lit), ..
-        }) => lit,
+    let Some(lit) = int_literal(cx, meta, &usage, "u32", |value| match value {
         Expr::Unary(syn::ExprUnary {
             op: syn::UnOp::Neg(_),
             ..
-        }) => {
-            cx.error_spanned_by(&value, format!("{what} start at 1, like `{key} = 1`"));
-            return Ok(None);
-        }
-        other => {
-            cx.error_spanned_by(&other, format!("expected an integer, like `{usage}`"));
-            return Ok(None);
-        }
-    };
-    if !matches!(lit.suffix(), "" | "u32") {
-        cx.error_spanned_by(
-            &lit,
-            format!("expected an integer without a type suffix, like `{usage}`"),
-        );
+        }) => format!("{what} start at 1, like `{key} = 1`"),
+        _ => format!("expected an integer, like `{usage}`"),
+    })?
+    else {
         return Ok(None);
-    }
+    };
     match lit.base10_parse::<u32>() {
         Ok(0) => {
             cx.error_spanned_by(&lit, format!("{what} start at 1, like `{key} = 1`"));

@@ -106,18 +106,13 @@ fn size_limits(catalog: &Catalog, page: &mut String) {
             ))
         })
         .collect();
-    if rows.is_empty() {
-        return;
-    }
-    page.push_str(
-        "\n## Size limits\n\nAn append of a larger payload is refused (`Error::EventAboveDeclaredSize`), before anything is written.\n\n",
+    table_section(
+        page,
+        "Size limits",
+        "An append of a larger payload is refused (`Error::EventAboveDeclaredSize`), before anything is written.",
+        &["Event", "Version", "Largest payload (bytes of JSON)"],
+        &rows,
     );
-    page.push_str("| Event | Version | Largest payload (bytes of JSON) |\n");
-    page.push_str("| --- | --- | --- |\n");
-    for row in rows {
-        page.push_str(&row);
-        page.push('\n');
-    }
 }
 
 /// The events carrying personal data (`#[pii]` fields, marked `x-pii` in their schemas), with
@@ -159,16 +154,29 @@ fn personal_data(catalog: &Catalog, page: &mut String) {
             }
         }
     }
+    table_section(
+        page,
+        "Personal data",
+        "Encrypted under each data subject's key and erased when the subject is forgotten (crypto-shredding).",
+        &["Event", "Version", "Data subject", "Personal data"],
+        &rows,
+    );
+}
+
+/// A section of the page: its heading, a sentence, and a table of `rows` (each already
+/// written as a table row) under `columns`; nothing when there are no rows.
+fn table_section(page: &mut String, heading: &str, intro: &str, columns: &[&str], rows: &[String]) {
     if rows.is_empty() {
         return;
     }
-    page.push_str(
-        "\n## Personal data\n\nEncrypted under each data subject's key and erased when the subject is forgotten (crypto-shredding).\n\n",
-    );
-    page.push_str("| Event | Version | Data subject | Personal data |\n");
-    page.push_str("| --- | --- | --- | --- |\n");
+    page.push_str(&format!(
+        "\n## {heading}\n\n{intro}\n\n| {} |\n|",
+        columns.join(" | ")
+    ));
+    page.push_str(&" --- |".repeat(columns.len()));
+    page.push('\n');
     for row in rows {
-        page.push_str(&row);
+        page.push_str(row);
         page.push('\n');
     }
 }

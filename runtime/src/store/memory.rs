@@ -182,25 +182,12 @@ impl MemoryStore {
         let mut recorded = Vec::with_capacity(events.len());
         for (offset, event) in events.into_iter().enumerate() {
             let index = log.events.len();
-            let envelope = RecordedEvent {
-                event_id: event.event_id,
-                event_type: event.event_type.into_owned(),
-                schema_version: event.schema_version,
-                stream_id: stream_id.to_owned(),
-                aggregate_type: aggregate_type.to_owned(),
-                stream_version: current + 1 + offset as u64,
-                global_position: index as u64 + 1,
-                tx,
+            let envelope = event.into_recorded(
+                (stream_id, aggregate_type),
+                current + 1 + offset as u64,
+                (tx, index as u64 + 1),
                 recorded_at,
-                correlation_id: event.correlation_id,
-                causation_id: event.causation_id,
-                actor: event.actor,
-                metadata: event.metadata,
-                shredded: false,
-                data_key: None,
-                tenant: None,
-                event: event.payload,
-            };
+            );
             log.ids.insert(envelope.event_id, index);
             recorded.push(envelope.clone());
             log.events.push(envelope);

@@ -415,25 +415,15 @@ impl Append<'_> {
         returned.sort_by_key(|(version, _)| *version);
         let mut recorded = Vec::with_capacity(returned.len());
         for (event, (stream_version, row)) in self.events.into_iter().zip(returned) {
-            recorded.push(RecordedEvent {
-                event_id: event.event_id,
-                event_type: event.event_type.into_owned(),
-                schema_version: event.schema_version,
-                stream_id: self.stream_id.to_owned(),
-                aggregate_type: self.aggregate_type.to_owned(),
+            recorded.push(event.into_recorded(
+                (self.stream_id, self.aggregate_type),
                 stream_version,
-                global_position: columns::unsigned::<_, i64, _>(&row, 1)?,
-                tx: columns::unsigned::<_, i64, _>(&row, 2)?,
-                recorded_at: columns::get(&row, 3)?,
-                correlation_id: event.correlation_id,
-                causation_id: event.causation_id,
-                actor: event.actor,
-                metadata: event.metadata,
-                shredded: false,
-                data_key: None,
-                tenant: None,
-                event: event.payload,
-            });
+                (
+                    columns::unsigned::<_, i64, _>(&row, 2)?,
+                    columns::unsigned::<_, i64, _>(&row, 1)?,
+                ),
+                columns::get(&row, 3)?,
+            ));
         }
         Ok(recorded)
     }

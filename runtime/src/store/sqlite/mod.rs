@@ -901,25 +901,10 @@ impl SqliteStore {
         position: u64,
         recorded_at: DateTime<Utc>,
     ) -> RecordedEvent {
-        RecordedEvent {
-            event_id: event.event_id,
-            event_type: event.event_type.into_owned(),
-            schema_version: event.schema_version,
-            stream_id: stream.0.to_owned(),
-            aggregate_type: stream.1.to_owned(),
-            stream_version,
-            global_position: position,
-            tx: position,
-            recorded_at,
-            correlation_id: event.correlation_id,
-            causation_id: event.causation_id,
-            actor: event.actor,
-            metadata: event.metadata,
-            shredded: false,
-            data_key: None,
-            tenant: self.tenancy.name().map(str::to_owned),
-            event: event.payload,
-        }
+        let mut recorded =
+            event.into_recorded(stream, stream_version, (position, position), recorded_at);
+        recorded.tenant = self.tenancy.name().map(str::to_owned);
+        recorded
     }
 }
 
