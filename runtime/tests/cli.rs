@@ -312,12 +312,22 @@ async fn bad_urls_and_unmigrated_databases_get_one_clear_line() {
     assert!(String::from_utf8_lossy(&output.stderr).contains("no store given: set DATABASE_URL"));
 }
 
-/// `export` writes the feed as JSON Lines; `import` loads it into an empty store, here a
-/// SQLite file's feed into a PostgreSQL schema and back into another file: the same events.
+/// `export` writes the feed as JSON Lines (every tenant's, each line naming its event's, or
+/// one tenant's with `--tenant`); `import` loads it into an empty store, here a SQLite file's
+/// feed into a PostgreSQL schema: the same events, each of the same tenant.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn export_and_import_through_the_cli() {
     let source = TemporaryDatabase::new().await.unwrap();
     seed(&*source).await;
+    let acme = source.for_tenant("acme").await.unwrap();
+    acme.append(
+        "acme/ping",
+        "Pinger",
+        ExpectedVersion::NoStream,
+        vec![ping(7)],
+    )
+    .await
+    .unwrap();
     let source_url = format!("sqlite://{}", source.path().display());
     let file = std::env::temp_dir().join(format!("factum-export-{}.jsonl", uuid::Uuid::now_v7()));
     let run = |args: Vec<String>| {
@@ -342,6 +352,7 @@ async fn export_and_import_through_the_cli() {
         file_arg.clone(),
     ]);
     let stored = source
+        .across_tenants()
         .read_feed(&FeedQuery::from_start().limit(1000))
         .await
         .unwrap()
@@ -350,6 +361,15 @@ async fn export_and_import_through_the_cli() {
         said.contains(&format!("{} events exported", stored.len())),
         "{said}"
     );
+    let acme_only = run(vec![
+        "--database-url".into(),
+        source_url.clone(),
+        "export".into(),
+        "--tenant".into(),
+        "acme".into(),
+    ]);
+    assert_eq!(acme_only.lines().count(), 1, "{acme_only}");
+    assert!(acme_only.contains("\"tenant\":\"acme\""), "{acme_only}");
 
     let postgres = factum::testing::postgres::TemporaryStore::new()
         .await
@@ -375,10 +395,25 @@ async fn export_and_import_through_the_cli() {
     let ids = |events: &[factum::RecordedEvent]| {
         events
             .iter()
-            .map(|e| (e.event_id, e.stream_id.clone(), e.stream_version))
+            .map(|e| {
+                (
+                    e.event_id,
+                    e.stream_id.clone(),
+                    e.stream_version,
+                    e.tenant.clone(),
+                )
+            })
             .collect::<Vec<_>>()
     };
-    assert_eq!(ids(&copied), ids(&stored), "the same events, in feed order");
+    assert_eq!(
+        ids(&copied),
+        ids(&stored),
+        "the same events, in feed order, of the same tenants"
+    );
+    assert_eq!(
+        copied.last().and_then(|e| e.tenant.as_deref()),
+        Some("acme")
+    );
 
     // Importing again into a store that holds events is refused.
     let output = Command::new(env!("CARGO_BIN_EXE_factum"))

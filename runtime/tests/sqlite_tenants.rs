@@ -262,7 +262,7 @@ async fn each_tenant_reads_follows_loads_and_projects_only_its_own_events() {
 }
 
 /// A store across tenants reads every tenant's events, each with its tenant, as a
-/// cross-tenant projection does; it appends and imports nothing.
+/// cross-tenant projection does; it appends nothing.
 #[tokio::test]
 async fn a_store_across_tenants_sees_them_all_and_appends_nothing() {
     let tenants = tenants().await;
@@ -297,11 +297,6 @@ async fn a_store_across_tenants_sees_them_all_and_appends_nothing() {
         )
         .await
         .unwrap_err();
-    assert!(
-        matches!(refused, Error::TenantRequired { .. }),
-        "{refused:?}"
-    );
-    let refused = all.import(&b""[..], |_| {}).await.unwrap_err();
     assert!(
         matches!(refused, Error::TenantRequired { .. }),
         "{refused:?}"
@@ -398,25 +393,62 @@ async fn a_tenant_store_is_refused_for_a_bad_name_or_an_unmigrated_database() {
     );
 }
 
-/// An export names no tenant: imported through a tenant's store, its events are the tenant's.
+/// An export through a store across tenants names each event's tenant, and an import keeps
+/// it: each tenant of the copy reads its own events, in the same order. Through a tenant's
+/// store, events naming no tenant become that tenant's, and an event of another tenant is
+/// refused (nothing is imported).
 #[tokio::test]
-async fn an_import_through_a_tenants_store_makes_the_events_the_tenants() {
+async fn an_export_across_tenants_imports_with_each_events_tenant() {
     let tenants = tenants().await;
     let mut export = Vec::new();
-    factum::store::transfer::export(&tenants.acme, None, &mut export, |_| {})
+    factum::store::transfer::export(&tenants.none.across_tenants(), None, &mut export, |_| {})
         .await
         .unwrap();
+    let text = String::from_utf8(export.clone()).unwrap();
+    assert_eq!(text.matches("\"tenant\":\"acme\"").count(), 3, "{text}");
+    assert_eq!(text.matches("\"tenant\":\"globex\"").count(), 2, "{text}");
+
+    let copy = SqliteStore::in_memory().await.unwrap();
+    copy.migrate().await.unwrap();
+    assert_eq!(
+        copy.across_tenants()
+            .import(&export[..], |_| {})
+            .await
+            .unwrap(),
+        6
+    );
+    let acme = copy.for_tenant("acme").await.unwrap();
+    let globex = copy.for_tenant("globex").await.unwrap();
+    assert_eq!(feed(&acme).await, feed(&tenants.acme).await);
+    assert_eq!(feed(&globex).await, feed(&tenants.globex).await);
+    assert_eq!(feed(&copy).await, feed(&tenants.none).await);
+    assert_eq!(
+        feed(&copy.across_tenants()).await,
+        feed(&tenants.none.across_tenants()).await
+    );
+    let mut ledger = ProjectionRunner::new(acme.clone(), Ledger::default());
+    ledger.catch_up().await.unwrap();
+    assert_eq!(ledger.projection().cents, 1 + 2 + 3);
+
+    // Acme's events are not Initech's: refused, naming the line, and nothing is imported.
     let target = SqliteStore::in_memory().await.unwrap();
     target.migrate().await.unwrap();
     let initech = target.for_tenant("initech").await.unwrap();
-    assert_eq!(initech.import(&export[..], |_| {}).await.unwrap(), 3);
-    assert_eq!(feed(&initech).await.len(), 3);
-    assert!(feed(&target).await.is_empty());
+    let refused = initech.import(&export[..], |_| {}).await.unwrap_err();
     assert!(
-        feed(&initech)
-            .await
-            .iter()
-            .all(|(_, tenant)| tenant.as_deref() == Some("initech"))
+        matches!(&refused, Error::InvalidImport { line: 1, reason } if reason.contains("tenant acme's")),
+        "{refused:?}"
+    );
+    assert!(feed(&target.across_tenants()).await.is_empty());
+    // An export of events of no tenant becomes the importing tenant's.
+    let mut plain = Vec::new();
+    factum::store::transfer::export(&tenants.none, None, &mut plain, |_| {})
+        .await
+        .unwrap();
+    assert_eq!(initech.import(&plain[..], |_| {}).await.unwrap(), 1);
+    assert_eq!(
+        feed(&target.across_tenants()).await,
+        [("plain-1".to_owned(), Some("initech".to_owned()))]
     );
 }
 

@@ -74,12 +74,17 @@ pub(super) enum Command {
         /// Only these streams (repeat the option); the whole feed when none.
         #[arg(long = "stream")]
         streams: Vec<String>,
+        /// Only this tenant's events (connecting as the application role on PostgreSQL); every
+        /// tenant's when missing, each line naming its event's tenant.
+        #[arg(long)]
+        tenant: Option<String>,
         /// The file to write (standard output when missing).
         #[arg(long, short)]
         output: Option<std::path::PathBuf>,
     },
     /// Loads an export into an empty store (created and migrated when missing), keeping event
-    /// ids, stream versions, recording times and feed order; all or nothing.
+    /// ids, stream versions, recording times, feed order and each event's tenant; all or
+    /// nothing.
     Import {
         /// The export to read (standard input when missing).
         #[arg(long, short)]

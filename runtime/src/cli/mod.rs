@@ -206,10 +206,17 @@ impl Cli {
             Command::Stats { largest } => status::stats(&store, *largest, json).await,
             Command::Forget { subject } => store::forget(&store, subject, json).await,
             Command::AdoptCluster => cluster::adopt(&store, json).await,
-            Command::Export { streams, output } => {
+            Command::Export {
+                streams,
+                tenant,
+                output,
+            } => {
                 // Personal data leaves sealed, as stored: an export holds no plaintext of it,
                 // and a copy replayed elsewhere without the keys reads it as erased.
-                let sealed = store.without_key_provider();
+                let sealed = store
+                    .without_key_provider()
+                    .tenants(tenant.as_deref())
+                    .await?;
                 transfer::export(&sealed, streams, output.as_deref(), json).await
             }
             Command::Import { .. } => Ok(()),

@@ -151,6 +151,19 @@ impl AnyStore {
         })
     }
 
+    /// The store as `tenant` sees it, or across tenants (every tenant's events, each naming
+    /// its own) when `None`.
+    pub async fn tenants(&self, tenant: Option<&str>) -> Result<Self, CliError> {
+        Ok(match (self, tenant) {
+            (Self::Postgres(store), Some(tenant)) => {
+                Self::Postgres(store.for_tenant(tenant).await?)
+            }
+            (Self::Postgres(store), None) => Self::Postgres(store.across_tenants()),
+            (Self::Sqlite(store), Some(tenant)) => Self::Sqlite(store.for_tenant(tenant).await?),
+            (Self::Sqlite(store), None) => Self::Sqlite(store.across_tenants()),
+        })
+    }
+
     /// The store reading personal data sealed, as stored.
     pub fn without_key_provider(&self) -> Self {
         match self {

@@ -1,14 +1,17 @@
 //! Bulk export and import: a store's events as JSON Lines, one envelope per line (every field:
 //! ids, types, versions, stream versions, correlation and causation, actor, metadata, recording
-//! time, and the source's feed position), in feed order; loaded into an empty store with the same
-//! ids, stream versions, recording times and feed order (PostgreSQL through `COPY`, SQLite in one
-//! transaction). Positions are the target's own: readers of the imported store start from the
-//! beginning.
+//! time, tenant, and the source's feed position), in feed order; loaded into an empty store with
+//! the same ids, stream versions, recording times, tenants and feed order (PostgreSQL through
+//! `COPY`, SQLite in one transaction). Positions are the target's own: readers of the imported
+//! store start from the beginning.
 
-use std::collections::HashMap;
-use std::io::{BufRead, Write};
+use std::io::Write;
+#[cfg(any(feature = "postgres", feature = "sqlite"))]
+use std::{collections::HashMap, io::BufRead};
 
-use super::{EventStore, FeedPosition, FeedQuery, check_stream_id};
+use super::{EventStore, FeedPosition, FeedQuery};
+#[cfg(any(feature = "postgres", feature = "sqlite"))]
+use super::{check_stream_id, tenancy::Tenancy};
 use crate::envelope::RecordedEvent;
 use crate::error::{Error, Result};
 
@@ -71,38 +74,34 @@ pub async fn export<S: EventStore>(
     Ok(written)
 }
 
-/// Reads an export, checking every line before anything is written: each line an envelope,
-/// each stream's versions contiguous from 1 and of one aggregate type, stream ids valid, no
-/// event id twice. Returns the events in file (feed) order.
-///
-/// # Errors
-/// [`Error::InvalidImport`] naming the first bad line, or an I/O error.
 /// An export read back line by line, each line checked as it comes (an envelope; its stream id
 /// valid; its stream continuing where the stream's last line left it, with the same aggregate
-/// type; its event id not seen before): an importer writes as it reads, and a bad line stops
-/// it, named, before it commits anything.
-#[cfg_attr(
-    not(any(feature = "postgres", feature = "sqlite")),
-    allow(dead_code, reason = "the SQL stores import")
-)]
+/// type; its event id not seen before; its tenant one the importing store may write): an
+/// importer writes as it reads, and a bad line stops it, named, before it commits anything.
+///
+/// Each event keeps the tenant its line names. Through a tenant's store, a line naming none
+/// becomes that tenant's, and a line naming another tenant is refused: a tenant's store never
+/// writes another tenant's events.
+#[cfg(any(feature = "postgres", feature = "sqlite"))]
 pub(crate) struct ExportReader<R> {
     lines: std::io::Lines<R>,
     line: u64,
     heads: HashMap<String, (u64, String)>,
     ids: std::collections::HashSet<uuid::Uuid>,
+    /// The tenant of the importing store, if it is one tenant's.
+    tenant: Option<String>,
 }
 
-#[cfg_attr(
-    not(any(feature = "postgres", feature = "sqlite")),
-    allow(dead_code, reason = "the SQL stores import")
-)]
+#[cfg(any(feature = "postgres", feature = "sqlite"))]
 impl<R: BufRead> ExportReader<R> {
-    pub(crate) fn new(input: R) -> Self {
+    /// A reader of `input` for a store of `tenancy`.
+    pub(crate) fn new(input: R, tenancy: &Tenancy) -> Self {
         Self {
             lines: input.lines(),
             line: 0,
             heads: HashMap::new(),
             ids: std::collections::HashSet::new(),
+            tenant: tenancy.name().map(str::to_owned),
         }
     }
 
@@ -112,8 +111,9 @@ impl<R: BufRead> ExportReader<R> {
             line: line_number,
             reason,
         };
-        let event: RecordedEvent =
+        let mut event: RecordedEvent =
             serde_json::from_str(line).map_err(|e| invalid(format!("not an envelope: {e}")))?;
+        event.tenant = self.tenant_of(event.tenant.take()).map_err(invalid)?;
         check_stream_id(&event.stream_id)
             .map_err(|problem| invalid(format!("stream id {:?}: {problem}", event.stream_id)))?;
         let (head, aggregate) = self
@@ -141,8 +141,24 @@ impl<R: BufRead> ExportReader<R> {
         *head = event.stream_version;
         Ok(event)
     }
+
+    /// The tenant an event whose line names `named` is imported as (`None`: no tenant's).
+    fn tenant_of(&self, named: Option<String>) -> std::result::Result<Option<String>, String> {
+        let named = named.filter(|tenant| !tenant.is_empty());
+        if let Some(tenant) = &named {
+            Tenancy::tenant(tenant).map_err(|e| format!("its tenant: {e}"))?;
+        }
+        match (named, &self.tenant) {
+            (None, store) => Ok(store.clone()),
+            (Some(named), Some(store)) if named != *store => Err(format!(
+                "its event is tenant {named}'s, and this store is tenant {store}'s: import the export through a store across tenants (each event keeps its tenant) or through {named}'s"
+            )),
+            (Some(named), _) => Ok(Some(named)),
+        }
+    }
 }
 
+#[cfg(any(feature = "postgres", feature = "sqlite"))]
 impl<R: BufRead> Iterator for ExportReader<R> {
     type Item = Result<RecordedEvent>;
 
@@ -160,10 +176,11 @@ impl<R: BufRead> Iterator for ExportReader<R> {
     }
 }
 
-/// A whole export, read and checked (SQLite imports it in one transaction).
+/// A whole export, read and checked for a store of `tenancy` (SQLite imports it in one
+/// transaction).
 #[cfg(feature = "sqlite")]
-pub(crate) fn read_export(input: impl BufRead) -> Result<Vec<RecordedEvent>> {
-    ExportReader::new(input).collect()
+pub(crate) fn read_export(input: impl BufRead, tenancy: &Tenancy) -> Result<Vec<RecordedEvent>> {
+    ExportReader::new(input, tenancy).collect()
 }
 
 /// `text` as a field of PostgreSQL's `COPY … (FORMAT text)`: backslash, tab, newline and
@@ -183,7 +200,7 @@ pub(crate) fn copy_text(text: &str, out: &mut String) {
 
 /// One event as a line of `COPY events (stream_id, stream_version, aggregate_type, event_id,
 /// event_type, schema_version, payload, metadata, correlation_id, causation_id, actor,
-/// recorded_at) FROM STDIN`.
+/// recorded_at, tenant) FROM STDIN` (the tenant `''` for none).
 #[cfg(feature = "postgres")]
 pub(crate) fn copy_line(event: &RecordedEvent, out: &mut String) -> Result<()> {
     use std::fmt::Write as _;
@@ -202,7 +219,9 @@ pub(crate) fn copy_line(event: &RecordedEvent, out: &mut String) -> Result<()> {
         Some(actor) => copy_text(actor, out),
         None => out.push_str("\\N"),
     }
-    let _ = writeln!(out, "\t{}", event.recorded_at.to_rfc3339());
+    let _ = write!(out, "\t{}\t", event.recorded_at.to_rfc3339());
+    copy_text(event.tenant.as_deref().unwrap_or(""), out);
+    out.push('\n');
     Ok(())
 }
 

@@ -21,6 +21,8 @@ impl PostgresStore {
     /// feed order, in one transaction (all or nothing): every line is checked as it is sent,
     /// and a bad line aborts the transaction, so nothing of the import is ever visible.
     /// `progress` is called with the events sent so far. Returns how many were imported.
+    /// Each event keeps the tenant its line names (an export of a store across tenants names
+    /// each event's; see [`PostgresStore::across_tenants`]).
     ///
     /// # Errors
     /// [`Error::InvalidImport`] naming the first bad line, [`Error::ImportTargetNotEmpty`], or
@@ -51,7 +53,7 @@ impl PostgresStore {
             .copy_in_raw(&format!(
                 "COPY {s}.events (stream_id, stream_version, aggregate_type, event_id, event_type,
                      schema_version, payload, metadata, correlation_id, causation_id, actor,
-                     recorded_at)
+                     recorded_at, tenant)
                  FROM STDIN (FORMAT text)"
             ))
             .await
@@ -71,7 +73,7 @@ impl PostgresStore {
             })?;
         let mut chunk = String::with_capacity(COPY_CHUNK + 4096);
         let mut sent = 0;
-        for event in ExportReader::new(input) {
+        for event in ExportReader::new(input, self.tenancy()) {
             if let Err(error) = event.and_then(|event| copy_line(&event, &mut chunk)) {
                 // Nothing of it is committed; the server drops what it received.
                 if let Err(abort) = copy.abort(error.to_string()).await {

@@ -13,21 +13,15 @@ impl SqliteStore {
     /// which must hold no events: the same event ids, stream versions, recording times and
     /// feed order, in one transaction (all or nothing). Every line is checked before anything
     /// is written. `progress` is called with the events inserted so far. Returns how many were
-    /// imported. An export names no tenant: imported through a tenant's store
-    /// ([`SqliteStore::for_tenant`]), the events are that tenant's.
+    /// imported. Each event keeps the tenant its line names (an export of a store across
+    /// tenants names each event's); through a tenant's store ([`SqliteStore::for_tenant`]),
+    /// the events naming none become that tenant's, and one naming another tenant is refused.
     ///
     /// # Errors
-    /// [`Error::InvalidImport`] naming the first bad line, [`Error::ImportTargetNotEmpty`],
-    /// [`Error::TenantRequired`] through a store across tenants, or a database error.
+    /// [`Error::InvalidImport`] naming the first bad line (or an event of another tenant than
+    /// the store's), [`Error::ImportTargetNotEmpty`], or a database error.
     pub async fn import(&self, input: impl BufRead, mut progress: impl FnMut(u64)) -> Result<u64> {
-        let events = read_export(input)?;
-        let Some(tenant) = self.scope() else {
-            return Err(Error::TenantRequired {
-                stream_id: events
-                    .first()
-                    .map_or_else(String::new, |e| e.stream_id.clone()),
-            });
-        };
+        let events = read_export(input, self.tenancy())?;
         let mut transaction = self
             .pool
             .begin_with("BEGIN IMMEDIATE")
@@ -64,7 +58,7 @@ impl SqliteStore {
             .bind(event.causation_id.to_string())
             .bind(event.actor.as_deref())
             .bind(event.recorded_at)
-            .bind(tenant)
+            .bind(event.tenant.as_deref().unwrap_or(""))
             .execute(&mut *transaction)
             .await
             .map_err(backend)?;
