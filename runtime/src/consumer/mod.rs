@@ -20,9 +20,18 @@
 //! nothing after it is applied until the service is fixed (deploy the upcaster, say), so no
 //! stream's order breaks and no event is passed over.
 //!
+//! **Personal data.** Relays publish the `#[pii]` fields of events sealed, as stored (see
+//! [`crate::relay::PersonalData`]). A consumer given the data keys' store
+//! ([`Consumer::data_keys`]: the producer's store, or one on its database, with the same key
+//! provider) opens them; without it, they read as their replacements, the envelopes marked
+//! [`shredded`](crate::envelope::Envelope::shredded), as in a copy without the keys. Once the
+//! producer forgets a subject, a consumer replaying the broker's messages reads its data as
+//! erased: the broker's copies hold no plaintext.
+//!
 //! [`inbound`]: crate::relay::inbound
 
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -118,6 +127,48 @@ pub trait Source: Send + 'static {
         &mut self,
         last: Receipt,
     ) -> impl Future<Output = Result<(), SourceError>> + Send + '_;
+}
+
+/// Where a consumer finds the data keys that open relayed personal data: a store holding them
+/// (the producer's, or one on its database) with the key provider that wraps them.
+pub trait DataKeys: std::fmt::Debug + Send + Sync + 'static {
+    /// Opens the sealed personal data of `events` (see the stores' `open_personal_data`).
+    ///
+    /// # Errors
+    /// As the store's `open_personal_data`.
+    fn open<'a>(
+        &'a self,
+        events: &'a mut [RecordedEvent],
+    ) -> Pin<Box<dyn Future<Output = crate::Result<()>> + Send + 'a>>;
+}
+
+impl DataKeys for crate::store::MemoryStore {
+    fn open<'a>(
+        &'a self,
+        events: &'a mut [RecordedEvent],
+    ) -> Pin<Box<dyn Future<Output = crate::Result<()>> + Send + 'a>> {
+        Box::pin(self.open_personal_data(events))
+    }
+}
+
+#[cfg(feature = "postgres")]
+impl DataKeys for crate::store::PostgresStore {
+    fn open<'a>(
+        &'a self,
+        events: &'a mut [RecordedEvent],
+    ) -> Pin<Box<dyn Future<Output = crate::Result<()>> + Send + 'a>> {
+        Box::pin(self.open_personal_data(events))
+    }
+}
+
+#[cfg(feature = "sqlite")]
+impl DataKeys for crate::store::SqliteStore {
+    fn open<'a>(
+        &'a self,
+        events: &'a mut [RecordedEvent],
+    ) -> Pin<Box<dyn Future<Output = crate::Result<()>> + Send + 'a>> {
+        Box::pin(self.open_personal_data(events))
+    }
 }
 
 /// Why a target did not apply a batch.
@@ -232,6 +283,10 @@ pub enum ConsumerError {
     /// The target rejected an event.
     #[error(transparent)]
     Target(TargetError),
+    /// Relayed personal data could not be opened (sealed data that does not decrypt under its
+    /// key: altered, or the data keys' store has another key-encryption key).
+    #[error("relayed personal data cannot be opened: {0}")]
+    PersonalData(#[source] crate::Error),
 }
 
 /// Applies what a [`Source`] delivers to a [`Target`]; see the [module documentation](self).
@@ -244,6 +299,7 @@ pub struct Consumer<S, T> {
     wait: Duration,
     retry_backoff: Duration,
     state: watch::Sender<ConsumerState>,
+    keys: Option<Arc<dyn DataKeys>>,
 }
 
 impl<S: Source, T: Target> Consumer<S, T> {
@@ -258,7 +314,17 @@ impl<S: Source, T: Target> Consumer<S, T> {
             wait: Duration::from_secs(1),
             retry_backoff: Duration::from_millis(100),
             state: watch::Sender::new(ConsumerState::NotStarted),
+            keys: None,
         }
+    }
+
+    /// Opens relayed personal data with the data keys of `keys` (the producer's store, or one
+    /// on its database, with the same key provider); without it, personal data reads as erased
+    /// (see the [module documentation](self)).
+    #[must_use]
+    pub fn data_keys(mut self, keys: impl DataKeys) -> Self {
+        self.keys = Some(Arc::new(keys));
+        self
     }
 
     /// Messages applied per batch, at most (256 by default): one target transaction each.
@@ -354,7 +420,8 @@ impl<S: Source, T: Target> Consumer<S, T> {
                 continue;
             };
             let batch_position = last.position.or(position);
-            let events: Vec<RecordedEvent> = deliveries.into_iter().map(|d| d.event).collect();
+            let mut events: Vec<RecordedEvent> = deliveries.into_iter().map(|d| d.event).collect();
+            open_personal_data(self.keys.as_deref(), &mut events).await?;
             let applied = self
                 .target
                 .apply(&events, batch_position)
@@ -373,6 +440,24 @@ impl<S: Source, T: Target> Consumer<S, T> {
             });
         }
     }
+}
+
+/// Opens the sealed personal data of `events`: with the data keys, or as erased.
+async fn open_personal_data(
+    keys: Option<&dyn DataKeys>,
+    events: &mut [RecordedEvent],
+) -> Result<(), Failure> {
+    let opened = match keys {
+        Some(keys) => keys.open(events).await,
+        None => crate::store::keys::open_as_erased(events),
+    };
+    opened.map_err(|error| {
+        if crate::failure::classify(&error).retryable() {
+            Failure::Retry(error.to_string())
+        } else {
+            Failure::Fatal(ConsumerError::PersonalData(error))
+        }
+    })
 }
 
 /// Why one round of consuming ended.

@@ -25,6 +25,8 @@
 //!   the broker takes it (its limit raised), `retry` has the relay publish the stream's dead
 //!   letters in order and the stream flows again; `skip` drops the refused event and publishes
 //!   the rest (`factum relay retry|skip`).
+//! - **Personal data stays sealed**: the `#[pii]` fields of events are published as stored,
+//!   encrypted under their subject's data key ([`PersonalData`]).
 //!
 //! Kafka fits the same [`Sink`] trait (an idempotent producer, `enable.idempotence`, whose
 //! delivery reports are the acknowledgements, and the event id as the record key's
@@ -53,6 +55,23 @@ pub use message::{InboundError, Outbound, headers, inbound, parse_feed_position,
 pub use rabbitmq::RabbitMqSink;
 #[cfg(feature = "postgres")]
 pub use runner::Relay;
+
+/// What a relay publishes of the personal data (`#[pii]` fields, see [`crate::pii`]) of the
+/// events it relays.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum PersonalData {
+    /// Sealed, as stored (the default): the broker keeps no plaintext of it, and forgetting a
+    /// subject erases its data from the broker's copies too (they need the deleted key).
+    /// [Consumers](crate::consumer) open it with the data keys
+    /// ([`Consumer::data_keys`](crate::consumer::Consumer::data_keys)), or read it as erased.
+    #[default]
+    Sealed,
+    /// Opened by the store's key provider: consumers read it without the keys, and the broker
+    /// keeps the plaintext for its retention, out of `forget`'s reach. For brokers whose
+    /// retention is part of the erasure plan (short, or purged by subject).
+    Opened,
+}
 
 /// Why a broker did not take a message.
 #[derive(Debug, thiserror::Error)]

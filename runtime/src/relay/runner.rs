@@ -11,7 +11,7 @@ use tracing::Instrument as _;
 
 use super::checkpoint::{self, RelayDeadLetter};
 use super::message::Outbound;
-use super::{Failure, RelayState, Sink, SinkError};
+use super::{Failure, PersonalData, RelayState, Sink, SinkError};
 use crate::envelope::RecordedEvent;
 use crate::failure::backoff;
 use crate::feed::Subscription;
@@ -37,6 +37,7 @@ pub struct Relay<K> {
     retry_backoff: Duration,
     standby_interval: Duration,
     state: watch::Sender<RelayState>,
+    personal_data: PersonalData,
 }
 
 impl<K: Sink> Relay<K> {
@@ -52,6 +53,24 @@ impl<K: Sink> Relay<K> {
             retry_backoff: Duration::from_millis(100),
             standby_interval: Duration::from_secs(1),
             state: watch::Sender::new(RelayState::NotStarted),
+            personal_data: PersonalData::Sealed,
+        }
+    }
+
+    /// What it publishes of the events' personal data (`#[pii]` fields): sealed, as stored,
+    /// by default (see [`PersonalData`]).
+    #[must_use]
+    pub fn personal_data(mut self, personal_data: PersonalData) -> Self {
+        self.personal_data = personal_data;
+        self
+    }
+
+    /// The store the relay reads the events it publishes through: their personal data sealed,
+    /// as stored, or opened by the store's key provider.
+    fn reader(&self) -> PostgresStore {
+        match self.personal_data {
+            PersonalData::Sealed => self.store.clone().without_key_provider(),
+            PersonalData::Opened => self.store.clone(),
         }
     }
 
@@ -189,7 +208,7 @@ impl<K: Sink> Relay<K> {
                 position = published;
             }
             let mut parked = checkpoint::parked_streams(&self.store, &self.name).await?;
-            let mut feed = Subscription::new(self.store.clone(), position)
+            let mut feed = Subscription::new(self.reader(), position)
                 .batch_size(self.batch_size);
             if let Some(types) = &self.filter.event_types {
                 feed = feed.event_types(types.iter().cloned());
@@ -243,7 +262,7 @@ impl<K: Sink> Relay<K> {
         let preparer = self.preparer();
         for (stream, ids) in retries {
             let events = self
-                .store
+                .reader()
                 .events_by_id(&ids)
                 .await
                 .map_err(Failure::store)?;

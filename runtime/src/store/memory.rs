@@ -265,6 +265,20 @@ impl MemoryStore {
         }
     }
 
+    /// Opens the sealed personal data of `events` read elsewhere (a relay's messages, an
+    /// export) with this store's data keys: decrypted, or their replacements when the subject
+    /// was forgotten (marked [`shredded`](crate::envelope::Envelope::shredded)).
+    ///
+    /// # Errors
+    /// [`Error::InvalidConfig`] when the store has no key provider; a
+    /// [`PiiError`](crate::pii::PiiError) when sealed data does not decrypt under its key.
+    pub async fn open_personal_data(&self, events: &mut [RecordedEvent]) -> Result<()> {
+        match &self.keys {
+            Some(keys) => keys.open(self, events).await,
+            None => Err(keys::no_key_provider()),
+        }
+    }
+
     /// This store (sharing its events) sealing the `#[pii]` fields of the events it appends
     /// under data keys wrapped by `provider`, and opening them in everything it reads (see
     /// [`crate::pii`]). Without one, an event with personal data is refused.

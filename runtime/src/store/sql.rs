@@ -539,11 +539,38 @@ macro_rules! personal_data_methods {
         }
 
         /// This store (sharing its pool) reading personal data sealed, as stored, and refusing
-        /// appends of it: what an export of the stored form reads through.
-        #[cfg(feature = "cli")]
+        /// appends of it: what an export of the stored form, and a relay publishing it, read
+        /// through.
+        #[cfg_attr(
+            not(feature = "cli"),
+            allow(
+                dead_code,
+                reason = "the CLI's export and PostgreSQL's relays read through it"
+            )
+        )]
         pub(crate) fn without_key_provider(mut self) -> Self {
             self.keys = None;
             self
+        }
+
+        /// Opens the sealed personal data of `events` read elsewhere (a relay's messages, an
+        /// export) with this store's data keys and key provider: decrypted, or their
+        /// replacements when the subject was forgotten (marked
+        /// [`shredded`](crate::envelope::Envelope::shredded)). Events with nothing sealed, or
+        /// already opened, are left as they are.
+        ///
+        /// # Errors
+        /// [`Error::InvalidConfig`](crate::Error::InvalidConfig) when the store has no key
+        /// provider; a [`PiiError`](crate::pii::PiiError) when sealed data does not decrypt
+        /// under its key (altered, or another key-encryption key); a database error.
+        pub async fn open_personal_data(
+            &self,
+            events: &mut [$crate::envelope::RecordedEvent],
+        ) -> $crate::error::Result<()> {
+            match self.keys.as_ref() {
+                Some(keys) => keys.open(self, events).await,
+                None => Err($crate::store::keys::no_key_provider()),
+            }
         }
 
         /// Forgets a data subject (crypto-shredding): deletes its data key and, in the same
