@@ -449,7 +449,7 @@ async fn open_personal_data(
 ) -> Result<(), Failure> {
     let opened = match keys {
         Some(keys) => keys.open(events).await,
-        None => crate::store::keys::open_as_erased(events),
+        None => open_as_erased(events),
     };
     opened.map_err(|error| {
         if crate::failure::classify(&error).retryable() {
@@ -458,6 +458,26 @@ async fn open_personal_data(
             Failure::Fatal(ConsumerError::PersonalData(error))
         }
     })
+}
+
+/// Opens the sealed fields of `events` as a reader without their keys sees them: their
+/// replacements, the envelopes marked [`shredded`](crate::envelope::Envelope::shredded) and
+/// naming their data key. Events with nothing sealed are left as they are.
+fn open_as_erased(events: &mut [RecordedEvent]) -> crate::Result<()> {
+    for event in events {
+        if !crate::pii::may_be_sealed(event.event.as_str()) {
+            continue;
+        }
+        let sealed = crate::pii::SealedPayload::read(event.event.as_str())?;
+        let Some(key) = sealed.key_id() else {
+            continue;
+        };
+        let (opened, shredded) = sealed.open(None)?;
+        event.event = crate::event::Payload::from_stored_json(opened);
+        event.shredded = shredded;
+        event.data_key = Some(key);
+    }
+    Ok(())
 }
 
 /// Why one round of consuming ended.

@@ -320,26 +320,3 @@ pub(crate) fn no_key_provider() -> Error {
         "opening personal data needs the data keys' store with a key provider: give it one with `with_key_provider(...)` (for example `LocalKeyProvider::from_env()`)".to_owned(),
     )
 }
-
-/// Opens the sealed fields of `events` as a reader without their keys sees them: their
-/// replacements, the envelopes marked [`shredded`](crate::envelope::Envelope::shredded) and
-/// naming their data key. Events with nothing sealed are left as they are.
-///
-/// # Errors
-/// [`PiiError::Malformed`] for sealed data in an unknown form.
-pub(crate) fn open_as_erased(events: &mut [RecordedEvent]) -> Result<()> {
-    for event in events {
-        if !pii::may_be_sealed(event.event.as_str()) {
-            continue;
-        }
-        let sealed = SealedPayload::read(event.event.as_str())?;
-        let Some(key) = sealed.key_id() else {
-            continue;
-        };
-        let (opened, shredded) = sealed.open(None)?;
-        event.event = Payload::from_stored_json(opened);
-        event.shredded = shredded;
-        event.data_key = Some(key);
-    }
-    Ok(())
-}
