@@ -732,6 +732,24 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                     report.feed_rls_per_s,
                     report.feed_ratio
                 );
+                let many = &report.many;
+                println!(
+                    "  {} tenants, {} events, the tenant feed index with vs without:",
+                    many.tenants, many.events
+                );
+                println!(
+                    "    appends: with {:.0}/s, without {:.0}/s, time ratio {:.3}",
+                    many.append_indexed_per_s, many.append_unindexed_per_s, many.append_ratio
+                );
+                println!(
+                    "    one tenant's feed ({} events): with {:.0}/s ({}), without {:.0}/s ({}), {:.2}x faster",
+                    many.tenant_events,
+                    many.feed_indexed_per_s,
+                    many.plan_indexed,
+                    many.feed_unindexed_per_s,
+                    many.plan_unindexed,
+                    many.feed_speedup
+                );
             }
             if report.missing > 0 {
                 return Err(format!(

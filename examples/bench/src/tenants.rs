@@ -4,6 +4,10 @@
 //! nothing): one tenant's store (`PostgresStore::for_tenant`) on a schema as migrated, and an
 //! untenanted store on a schema whose owner turned row-level security off. The same events, the
 //! same statements; the only difference is the policy each row passes.
+//!
+//! Then many tenants in one schema: the tenant feed index (migration 21) measured by its
+//! presence, on two schemas filled alike, one whose owner dropped it: what it costs appends,
+//! and how much faster a tenant reads its feed past the others' rows.
 
 use std::time::{Duration, Instant};
 
@@ -45,8 +49,37 @@ pub struct Report {
     /// Time per feed read of every event, row-level security / none (target ≤ 1.05).
     pub feed_ratio: f64,
     pub feed_ratios: Vec<f64>,
+    /// Many tenants in one schema: what the tenant feed index (`events_tenant_feed_idx`,
+    /// migration 21) costs appends and saves a tenant's feed reads.
+    pub many: Many,
     /// Correctness, must be 0: events a feed read did not return (or returned too many of).
     pub missing: u64,
+}
+
+/// A schema shared by many tenants, with the tenant feed index and without it (dropped by the
+/// owner), both as a tenant's store of the application role.
+#[derive(Debug, Serialize)]
+pub struct Many {
+    pub tenants: usize,
+    /// Events in the schema, each tenant's interleaved with the others' in chunks.
+    pub events: u64,
+    /// The reading tenant's share of them.
+    pub tenant_events: u64,
+    /// One-event appends per second, 1 client: with the index, without, and the time ratio
+    /// (median of the per-run ratios).
+    pub append_indexed_per_s: f64,
+    pub append_unindexed_per_s: f64,
+    pub append_ratio: f64,
+    pub append_ratios: Vec<f64>,
+    /// One tenant's whole feed read in batches, events per second: with the index, without,
+    /// and how many times faster with it (median of the per-run ratios).
+    pub feed_indexed_per_s: f64,
+    pub feed_unindexed_per_s: f64,
+    pub feed_speedup: f64,
+    pub feed_speedups: Vec<f64>,
+    /// The plan's scan of a tenant's feed read on each side (`EXPLAIN`'s first scan node).
+    pub plan_indexed: String,
+    pub plan_unindexed: String,
 }
 
 fn event(n: usize) -> Result<NewEvent, serde_json::Error> {
@@ -151,6 +184,8 @@ pub async fn run(config: &Config) -> Result<Report, Box<dyn std::error::Error>> 
     }
     drop((rls, plain));
     drop((secured, open));
+    let (many, many_missing) = many_tenants(config).await?;
+    missing += many_missing;
     Ok(Report {
         runs: config.runs,
         appends_per_run: config.appends,
@@ -166,6 +201,143 @@ pub async fn run(config: &Config) -> Result<Report, Box<dyn std::error::Error>> 
         feed_rls_per_s: median(&feed_rls),
         feed_ratio: median(&feed_ratios),
         feed_ratios,
+        many,
         missing,
     })
+}
+
+/// Tenants sharing the schema of [`many_tenants`].
+const TENANTS: usize = 50;
+/// Events each tenant appends at a time while filling it.
+const CHUNK: usize = 100;
+
+/// Fills two schemas, one with the tenant feed index and one without, with `TENANTS` tenants'
+/// events interleaved in chunks, then measures one-event appends and one tenant's feed reads
+/// on both (alternating which goes first). Also returns the events missing from the reads.
+async fn many_tenants(config: &Config) -> Result<(Many, u64), Box<dyn std::error::Error>> {
+    let indexed = LeastPrivilege::new().await?;
+    let unindexed = LeastPrivilege::new().await?;
+    let schema = unindexed.owner().schema().to_owned();
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "DROP INDEX {schema}.events_tenant_feed_idx"
+    )))
+    .execute(unindexed.owner().pool())
+    .await?;
+    // Each tenant's `per_tenant` events, in chunks of CHUNK, the tenants taking turns; one
+    // schema at a time, each tenant's pool closed after (a pool each: 2 × TENANTS would
+    // exceed the server's connections).
+    let per_tenant = config.appends.div_ceil(CHUNK) * CHUNK;
+    let mut stores = Vec::new();
+    for roles in [&indexed, &unindexed] {
+        let mut tenants = Vec::new();
+        for t in 0..TENANTS {
+            tenants.push(roles.application().for_tenant(&format!("t{t}")).await?);
+        }
+        for chunk in 0..per_tenant / CHUNK {
+            for (t, store) in tenants.iter().enumerate() {
+                let events = (0..CHUNK).map(event).collect::<Result<Vec<_>, _>>()?;
+                store
+                    .append(
+                        &format!("t{t}/s-{}", chunk % config.streams),
+                        "Account",
+                        ExpectedVersion::Any,
+                        events,
+                    )
+                    .await?;
+            }
+        }
+        for store in tenants.drain(2..) {
+            store.pool().close().await;
+        }
+        stores.push(tenants);
+    }
+    // As autovacuum would have by now: the planner knows how the tenants share the table.
+    for roles in [&indexed, &unindexed] {
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+            "ANALYZE {}.events",
+            roles.owner().schema()
+        )))
+        .execute(roles.owner().pool())
+        .await?;
+    }
+    let (mut appended_indexed, mut appended_unindexed, mut append_ratios) =
+        (Vec::new(), Vec::new(), Vec::new());
+    let (mut feed_indexed, mut feed_unindexed, mut feed_speedups) =
+        (Vec::new(), Vec::new(), Vec::new());
+    let mut missing = 0;
+    let mut appended = 0;
+    let appends_config = Config {
+        streams: config.streams,
+        ..*config
+    };
+    for run in 0..config.runs {
+        let (with, without) = (&stores[0][0], &stores[1][0]);
+        let (i, u) = if run % 2 == 0 {
+            let i = appends(with, &appends_config, run).await?;
+            (i, appends(without, &appends_config, run).await?)
+        } else {
+            let u = appends(without, &appends_config, run).await?;
+            (appends(with, &appends_config, run).await?, u)
+        };
+        appended += config.appends as u64;
+        appended_indexed.push(config.appends as f64 / i.as_secs_f64());
+        appended_unindexed.push(config.appends as f64 / u.as_secs_f64());
+        append_ratios.push(i.as_secs_f64() / u.as_secs_f64());
+        // Tenant t1's feed: its own events only, read past the others'.
+        let (with, without) = (&stores[0][1], &stores[1][1]);
+        let ((iread, i), (uread, u)) = if run % 2 == 0 {
+            let i = read_feed(with, config.batch).await?;
+            (i, read_feed(without, config.batch).await?)
+        } else {
+            let u = read_feed(without, config.batch).await?;
+            (read_feed(with, config.batch).await?, u)
+        };
+        let expected = per_tenant as u64;
+        missing += iread.abs_diff(expected) + uread.abs_diff(expected);
+        feed_indexed.push(expected as f64 / i.as_secs_f64());
+        feed_unindexed.push(expected as f64 / u.as_secs_f64());
+        feed_speedups.push(u.as_secs_f64() / i.as_secs_f64());
+    }
+    let plan_indexed = scan_of(&stores[0][1], config.batch).await?;
+    let plan_unindexed = scan_of(&stores[1][1], config.batch).await?;
+    drop(stores);
+    drop((indexed, unindexed));
+    Ok((
+        Many {
+            tenants: TENANTS,
+            events: (TENANTS * per_tenant) as u64 + appended,
+            tenant_events: per_tenant as u64,
+            append_indexed_per_s: median(&appended_indexed),
+            append_unindexed_per_s: median(&appended_unindexed),
+            append_ratio: median(&append_ratios),
+            append_ratios,
+            feed_indexed_per_s: median(&feed_indexed),
+            feed_unindexed_per_s: median(&feed_unindexed),
+            feed_speedup: median(&feed_speedups),
+            feed_speedups,
+            plan_indexed,
+            plan_unindexed,
+        },
+        missing,
+    ))
+}
+
+/// The first scan node of the plan of a tenant's feed read, as the store's statement reads
+/// (the same predicate: the tenant its session names).
+async fn scan_of(store: &PostgresStore, batch: usize) -> Result<String, Box<dyn std::error::Error>> {
+    let plan: Vec<(String,)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "EXPLAIN SELECT e.position FROM {}.events e
+         WHERE (e.tx, e.position) > ('0'::xid8, 0)
+           AND e.tenant <> '' AND e.tenant = current_setting('factum.tenant', true)
+         ORDER BY e.tx, e.position LIMIT {batch}",
+        store.schema()
+    )))
+    .fetch_all(store.pool())
+    .await?;
+    Ok(plan
+        .iter()
+        .map(|(line,)| line.trim().trim_start_matches("->").trim())
+        .find(|line| line.contains("Scan"))
+        .unwrap_or("no scan")
+        .to_owned())
 }

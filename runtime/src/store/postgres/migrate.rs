@@ -112,6 +112,11 @@ const MIGRATIONS: &[Migration] = &[
         name: "outbox_trace",
         sql: include_str!("../../../migrations/postgres/0020_outbox_trace.sql"),
     },
+    Migration {
+        version: 21,
+        name: "tenant_feed_index",
+        sql: include_str!("../../../migrations/postgres/0021_tenant_feed_index.sql"),
+    },
 ];
 
 pub(super) async fn migrate(pool: &PgPool, schema: &Schema) -> Result<()> {
