@@ -5,69 +5,10 @@
 //! schema and an example, and what reads it. Screenshots go to `target/catalog-site/` (and to
 //! `docs/screenshots/`, which the README shows, with `FACTUM_WRITE_SCREENSHOTS=1`).
 
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
 
 use factum::catalog::Catalog;
-use fantoccini::{Client, ClientBuilder, Locator};
-use serde_json::json;
-
-/// A chromedriver of the test's own, stopped on drop.
-struct Driver {
-    child: Child,
-    port: u16,
-}
-
-impl Drop for Driver {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn driver() -> Driver {
-    let found = |name: &str| {
-        Command::new(name)
-            .arg("--version")
-            .output()
-            .is_ok_and(|o| o.status.success())
-    };
-    assert!(
-        found("chromedriver") && found("chromium"),
-        "Chromium and its WebDriver are needed for the catalog site test: install them (e.g. 'apt install chromium chromium-driver')"
-    );
-    let port = TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .unwrap();
-    let child = Command::new("chromedriver")
-        .arg(format!("--port={port}"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "chromedriver did not start");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    Driver { child, port }
-}
-
-async fn browser(driver: &Driver) -> Client {
-    let mut capabilities = serde_json::Map::new();
-    capabilities.insert(
-        "goog:chromeOptions".to_owned(),
-        json!({ "args": ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1280,1000"] }),
-    );
-    ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
-        .capabilities(capabilities)
-        .connect(&format!("http://127.0.0.1:{}", driver.port))
-        .await
-        .expect("a browser session")
-}
+use factum::testing::browser::{self, Client, Driver, Locator};
 
 fn site() -> PathBuf {
     example_catalog::schemas_dir().join(Catalog::SITE_DIR)
@@ -86,21 +27,19 @@ async fn visible_events(client: &Client) -> Vec<String> {
 }
 
 async fn screenshot(client: &Client, name: &str) {
-    let png = client.screenshot().await.unwrap();
-    assert!(png.starts_with(b"\x89PNG"), "a PNG");
-    let target = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/catalog-site");
-    std::fs::create_dir_all(&target).unwrap();
-    std::fs::write(target.join(name), &png).unwrap();
-    if std::env::var_os("FACTUM_WRITE_SCREENSHOTS").is_some() {
-        let docs = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/screenshots");
-        std::fs::write(docs.join(name), &png).unwrap();
-    }
+    browser::screenshot(
+        client,
+        &Path::new(env!("CARGO_MANIFEST_DIR")).join(".."),
+        "catalog-site",
+        name,
+    )
+    .await;
 }
 
 #[tokio::test]
 async fn the_catalog_site_finds_an_event_through_its_search_and_shows_its_versions() {
-    let driver = driver();
-    let client = browser(&driver).await;
+    let driver = Driver::start();
+    let client = driver.browser().await;
     let index = site().join("index.html");
     client
         .goto(&format!("file://{}", index.display()))

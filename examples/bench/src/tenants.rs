@@ -324,7 +324,10 @@ async fn many_tenants(config: &Config) -> Result<(Many, u64), Box<dyn std::error
 
 /// The first scan node of the plan of a tenant's feed read, as the store's statement reads
 /// (the same predicate: the tenant its session names).
-async fn scan_of(store: &PostgresStore, batch: usize) -> Result<String, Box<dyn std::error::Error>> {
+async fn scan_of(
+    store: &PostgresStore,
+    batch: usize,
+) -> Result<String, Box<dyn std::error::Error>> {
     let plan: Vec<(String,)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "EXPLAIN SELECT e.position FROM {}.events e
          WHERE (e.tx, e.position) > ('0'::xid8, 0)

@@ -82,6 +82,22 @@ pub(super) enum Command {
         #[arg(long, short)]
         output: Option<std::path::PathBuf>,
     },
+    /// Serves the web console (catch-up dashboard, dead letters, streams, catalog) until
+    /// stopped; read-only unless `--allow-actions`, whose retries and skips need the token in
+    /// FACTUM_CONSOLE_TOKEN.
+    Serve {
+        /// Where to listen (localhost by default: the console shows the store's events).
+        #[arg(long, default_value = "127.0.0.1:7780")]
+        listen: std::net::SocketAddr,
+        /// Allows retrying and skipping parked streams (of projections registered in the
+        /// tool), each with the token.
+        #[arg(long)]
+        allow_actions: bool,
+        /// The actions' token (at least 16 characters): set FACTUM_CONSOLE_TOKEN rather than
+        /// giving it here, where other users of the machine can read it.
+        #[arg(long, env = "FACTUM_CONSOLE_TOKEN", hide_env_values = true)]
+        token: Option<String>,
+    },
     /// Loads an export into an empty store (created and migrated when missing), keeping event
     /// ids, stream versions, recording times, feed order and each event's tenant; all or
     /// nothing.

@@ -16,6 +16,7 @@
 mod args;
 mod catalog;
 mod cluster;
+mod console;
 mod dlq;
 mod error;
 mod feed;
@@ -218,6 +219,14 @@ impl Cli {
                     .tenants(tenant.as_deref())
                     .await?;
                 transfer::export(&sealed, streams, output.as_deref(), json).await
+            }
+            Command::Serve {
+                listen,
+                allow_actions,
+                token,
+            } => {
+                let token = allow_actions.then(|| token.clone().unwrap_or_default());
+                console::serve(self, store, *listen, token).await
             }
             Command::Import { .. } => Ok(()),
             Command::Catalog { .. } => Ok(()),

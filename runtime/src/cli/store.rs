@@ -279,6 +279,45 @@ impl AnyStore {
         ))
     }
 
+    /// The event of this id, if any.
+    pub async fn read_event(&self, id: uuid::Uuid) -> Result<Option<RecordedEvent>, CliError> {
+        Ok(match self {
+            Self::Postgres(store) => store.read_event(id).await?,
+            Self::Sqlite(store) => store.read_event(id).await?,
+        })
+    }
+
+    /// When the first event after global position `position` was recorded (`None`: there is
+    /// none yet): how long a runner standing there has kept it waiting.
+    pub async fn first_unhandled_at(
+        &self,
+        position: u64,
+    ) -> Result<Option<chrono::DateTime<chrono::Utc>>, CliError> {
+        let after = self.feed_position_at(position).await?;
+        let batch = self.read_feed(&FeedQuery::after(after).limit(1)).await?;
+        Ok(batch.events.first().map(|event| event.recorded_at))
+    }
+
+    /// Every relay's status, by name (PostgreSQL; none on SQLite, where relays do not run).
+    pub async fn relays(&self) -> Result<Vec<(String, crate::relay::RelayStatus)>, CliError> {
+        let Self::Postgres(store) = self else {
+            return Ok(Vec::new());
+        };
+        let names = self
+            .rows(query(format!(
+                "SELECT relay FROM {}relay_checkpoints ORDER BY relay",
+                self.prefix()
+            )))
+            .await?;
+        let mut relays = Vec::with_capacity(names.len());
+        for row in &names {
+            let name: String = columns::get(row, 0)?;
+            let status = crate::relay::status(store, &name).await?;
+            relays.push((name, status));
+        }
+        Ok(relays)
+    }
+
     /// The position of the newest event (0: none).
     pub async fn head(&self) -> Result<u64, CliError> {
         let sql = format!(

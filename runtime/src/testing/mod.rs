@@ -33,6 +33,8 @@
 
 use std::fmt::Debug;
 
+#[cfg(feature = "browser")]
+pub mod browser;
 #[cfg(feature = "postgres")]
 mod cluster;
 #[cfg(feature = "nats")]

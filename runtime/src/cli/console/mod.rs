@@ -1,0 +1,674 @@
+//! `factum serve`: a web console on the store, served by the tool (axum; pages written on the
+//! server, no script and nothing fetched from the internet, so it works offline).
+//!
+//! - **Catch-up** (`/`): each projection and saga against the head of the store (position,
+//!   events behind, how long the oldest unhandled event has waited, parked streams, state),
+//!   the events behind over the last ten minutes as a chart (sampled by the console every
+//!   [`SAMPLE_EVERY`] while it runs), the relays (PostgreSQL), and the seed's alerts where their
+//!   thresholds are crossed.
+//! - **Dead letters** (`/dead-letters`): the parked streams; with actions allowed, retry and
+//!   skip buttons for projections registered in the tool.
+//! - **Streams** (`/streams`, `/stream?id=`, `/event?id=`): the largest streams, a stream's
+//!   envelopes and payloads with the state after each event for registered aggregates, and
+//!   links along causation and correlation.
+//! - **Catalog** (`/catalog/`): the event catalog's site, when the tool registered one.
+//!
+//! Read-only unless started with `--allow-actions`, and then every action needs the token of
+//! [`TOKEN_ENV`]; it listens on localhost unless told otherwise.
+
+mod page;
+
+use std::collections::{HashMap, VecDeque};
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use axum::extract::{Form, Path, Query, State};
+use axum::http::{StatusCode, header};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::{get, post};
+use chrono::Utc;
+use serde::Deserialize;
+
+use self::page::{badge, cell, escape, layout, number, progress, query_value, table};
+use super::store::AnyStore;
+use super::{Cli, CliError};
+use crate::projection::RetryOutcome;
+
+/// The environment variable holding the token actions need.
+pub const TOKEN_ENV: &str = "FACTUM_CONSOLE_TOKEN";
+
+/// How often the console samples each projection's lag for its chart.
+pub const SAMPLE_EVERY: Duration = Duration::from_secs(2);
+
+/// How much lag history the chart shows.
+const WINDOW: Duration = Duration::from_secs(600);
+
+/// The seed's alert thresholds (seed 003).
+const LAG_ALERT: Duration = Duration::from_secs(5);
+const STREAM_ALERT: u64 = 10_000;
+
+/// What the console serves from.
+struct Console {
+    cli: Cli,
+    store: AnyStore,
+    /// The actions' token, when actions are allowed.
+    token: Option<String>,
+    /// Events behind per projection (`name v<version>`), sampled.
+    lag: Mutex<HashMap<String, VecDeque<(Instant, u64)>>>,
+}
+
+type Shared = Arc<Console>;
+
+/// Serves the console on `listen` until the process is stopped (Ctrl-C ends it); `token`:
+/// actions are allowed, each with this token.
+pub(super) async fn serve(
+    cli: &Cli,
+    store: AnyStore,
+    listen: SocketAddr,
+    token: Option<String>,
+) -> Result<(), CliError> {
+    if token.as_ref().is_some_and(|token| token.len() < 16) {
+        return Err(CliError::Usage(format!(
+            "--allow-actions needs a token of at least 16 characters in {TOKEN_ENV}: every retry or skip must give it"
+        )));
+    }
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .map_err(|e| CliError::Usage(format!("cannot listen on {listen}: {e}")))?;
+    let console = Arc::new(Console {
+        cli: cli.clone(),
+        store,
+        token,
+        lag: Mutex::new(HashMap::new()),
+    });
+    let sampler = tokio::spawn(sample(Arc::clone(&console)));
+    let bound = listener.local_addr().unwrap_or(listen);
+    println!(
+        "console on http://{bound}/ ({}); Ctrl-C stops it",
+        if console.token.is_some() {
+            "actions allowed with the token"
+        } else {
+            "read-only"
+        }
+    );
+    let app = axum::Router::new()
+        .route("/", get(dashboard))
+        .route("/dead-letters", get(dead_letters))
+        .route("/dead-letters/retry", post(retry))
+        .route("/dead-letters/skip", post(skip))
+        .route("/streams", get(streams))
+        .route("/stream", get(stream))
+        .route("/event", get(event))
+        .route("/catalog/", get(catalog_index))
+        .route("/catalog/{file}", get(catalog_file))
+        .with_state(console);
+    let served = axum::serve(listener, app)
+        .with_graceful_shutdown(async {
+            let _ = tokio::signal::ctrl_c().await;
+        })
+        .await;
+    sampler.abort();
+    served.map_err(|e| CliError::Usage(format!("the console stopped: {e}")))
+}
+
+/// Samples every projection's events behind, for the chart.
+async fn sample(console: Shared) {
+    loop {
+        if let Ok(checkpoints) = console.store.checkpoints().await {
+            let now = Instant::now();
+            let mut lag = console.lag.lock().unwrap_or_else(PoisonError::into_inner);
+            for checkpoint in checkpoints {
+                let samples = lag
+                    .entry(format!("{} v{}", checkpoint.projection, checkpoint.version))
+                    .or_default();
+                samples.push_back((now, checkpoint.events_after));
+                while samples
+                    .front()
+                    .is_some_and(|(at, _)| now.duration_since(*at) > WINDOW)
+                {
+                    samples.pop_front();
+                }
+            }
+        }
+        tokio::time::sleep(SAMPLE_EVERY).await;
+    }
+}
+
+/// A page, or the error it met as a page.
+type Page = Result<Html<String>, Failure>;
+
+/// An error shown as a page with its status.
+struct Failure(StatusCode, String);
+
+impl From<CliError> for Failure {
+    fn from(error: CliError) -> Self {
+        Self(StatusCode::INTERNAL_SERVER_ERROR, error.to_string())
+    }
+}
+
+impl IntoResponse for Failure {
+    fn into_response(self) -> Response {
+        let body = layout(
+            "Something went wrong",
+            "",
+            "",
+            &format!("<p class=\"alert\">{}</p>", escape(&self.1)),
+        );
+        (self.0, Html(body)).into_response()
+    }
+}
+
+impl Console {
+    fn page(&self, title: &str, active: &str, body: &str) -> Html<String> {
+        Html(layout(title, active, &self.store.describe(), body))
+    }
+}
+
+/// `/`: the catch-up dashboard and the alerts.
+async fn dashboard(State(console): State<Shared>) -> Page {
+    let store = &console.store;
+    let checkpoints = store.checkpoints().await?;
+    let stats = store.stats(5).await?;
+    let parked = store.parked().await?;
+    let mut alerts = Vec::new();
+    let mut rows = Vec::new();
+    let samples = console
+        .lag
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .clone();
+    let now = Instant::now();
+    for c in &checkpoints {
+        let waited = store
+            .first_unhandled_at(c.position)
+            .await?
+            .map(|at| (Utc::now() - at).to_std().unwrap_or(Duration::ZERO));
+        let name = format!("{} v{}", c.projection, c.version);
+        if let Some(waited) = waited.filter(|w| *w > LAG_ALERT) {
+            alerts.push(format!(
+                "projection <b>{}</b> lags {:.1} s behind the store (threshold {} s)",
+                escape(&name),
+                waited.as_secs_f64(),
+                LAG_ALERT.as_secs()
+            ));
+        }
+        let state = if c.parked_streams > 0 {
+            badge("bad", "parked streams")
+        } else if c.events_after == 0 {
+            badge("ok", "caught up")
+        } else {
+            badge("behind", "catching up")
+        };
+        let chart: Vec<(f64, u64)> = samples
+            .get(&name)
+            .map(|s| {
+                s.iter()
+                    .map(|(at, behind)| (now.duration_since(*at).as_secs_f64(), *behind))
+                    .collect()
+            })
+            .unwrap_or_default();
+        rows.push(vec![
+            cell(&name),
+            format!("<td>{state}</td>"),
+            number(c.position),
+            number(c.head),
+            progress(c.position, c.head),
+            number(c.events_after),
+            cell(&waited.map_or_else(|| "-".to_owned(), |w| format!("{:.1} s", w.as_secs_f64()))),
+            number(c.parked_streams),
+            format!("<td>{}</td>", page::lag_chart(&chart, WINDOW.as_secs_f64())),
+        ]);
+    }
+    for (stream, events) in stats
+        .largest_streams
+        .iter()
+        .filter(|(_, n)| *n > STREAM_ALERT)
+    {
+        alerts.push(format!(
+            "stream <a href=\"/stream?id={}\">{}</a> holds {events} events (threshold {STREAM_ALERT}): snapshot it, or split it",
+            query_value(stream),
+            escape(stream)
+        ));
+    }
+    if !parked.is_empty() {
+        alerts.push(format!(
+            "<a href=\"/dead-letters\">{} parked stream{}</a> in the dead-letter queue (threshold 0)",
+            parked.len(),
+            if parked.len() == 1 { "" } else { "s" }
+        ));
+    }
+    let mut body = String::new();
+    let _ = write!(
+        body,
+        "<p>{} events in {} streams; head at position {}. Lag sampled every {} s while the console runs.</p>",
+        stats.events,
+        stats.streams,
+        checkpoints.first().map_or(0, |c| c.head),
+        SAMPLE_EVERY.as_secs()
+    );
+    body.push_str("<h2>Alerts</h2>");
+    if alerts.is_empty() {
+        body.push_str("<p class=\"quiet\" id=\"no-alerts\">No threshold crossed: projection lag ≤ 5 s, streams ≤ 10,000 events, no dead letters. Append latency (threshold 100 ms) is measured where appends run: the <code>factum.store.append.duration</code> metric.</p>");
+    } else {
+        for alert in &alerts {
+            let _ = write!(body, "<p class=\"alert\">{alert}</p>");
+        }
+    }
+    body.push_str("<h2>Projections and sagas</h2>");
+    if rows.is_empty() {
+        body.push_str("<p class=\"quiet\">No projection or saga has run on this store yet.</p>");
+    } else {
+        body.push_str(&table(
+            &[
+                "Runner",
+                "State",
+                "Position",
+                "Head",
+                "",
+                "Behind",
+                "Oldest waiting",
+                "Parked",
+                "Behind, last 10 min",
+            ],
+            &rows,
+        ));
+    }
+    let relays = store.relays().await?;
+    if !relays.is_empty() {
+        body.push_str("<h2>Relays</h2>");
+        let rows: Vec<Vec<String>> = relays
+            .iter()
+            .map(|(name, status)| {
+                vec![
+                    cell(name),
+                    format!(
+                        "<td>{}</td>",
+                        if status.dead_letters.is_empty() {
+                            if status.behind == 0 {
+                                badge("ok", "caught up")
+                            } else {
+                                badge("behind", "publishing")
+                            }
+                        } else {
+                            badge("bad", "dead letters")
+                        }
+                    ),
+                    number(status.checkpoint.position),
+                    number(status.published),
+                    number(status.behind),
+                    number(status.dead_letters.len() as u64),
+                ]
+            })
+            .collect();
+        body.push_str(&table(
+            &[
+                "Relay",
+                "State",
+                "Position",
+                "Published",
+                "Behind",
+                "Dead letters",
+            ],
+            &rows,
+        ));
+    }
+    Ok(console.page("Catch-up", "/", &body))
+}
+
+#[derive(Deserialize)]
+struct Message {
+    message: Option<String>,
+}
+
+/// `/dead-letters`: the parked streams, with retry and skip when actions are allowed.
+async fn dead_letters(State(console): State<Shared>, Query(query): Query<Message>) -> Page {
+    let parked = console.store.parked().await?;
+    let mut body = String::new();
+    if let Some(message) = &query.message {
+        let _ = write!(
+            body,
+            "<p class=\"message\" id=\"message\">{}</p>",
+            escape(message)
+        );
+    }
+    if parked.is_empty() {
+        body.push_str("<p class=\"quiet\" id=\"empty\">No parked streams.</p>");
+        return Ok(console.page("Dead letters", "/dead-letters", &body));
+    }
+    let actions = console.token.is_some();
+    let rows: Vec<Vec<String>> = parked
+        .iter()
+        .map(|p| {
+            let registered = console
+                .cli
+                .registered(&console.store, &p.projection)
+                .is_ok();
+            let act = match (actions, registered) {
+                (true, true) => format!(
+                    "<td>{}{}</td>",
+                    action_form("retry", &p.projection, &p.stream_id),
+                    action_form("skip", &p.projection, &p.stream_id)
+                ),
+                (true, false) => cell("not registered in this tool"),
+                (false, _) => cell("read-only (start with --allow-actions)"),
+            };
+            vec![
+                cell(&p.projection),
+                number(u64::from(p.version)),
+                format!(
+                    "<td><a href=\"/stream?id={}\">{}</a></td>",
+                    query_value(&p.stream_id),
+                    escape(&p.stream_id)
+                ),
+                number(p.first_version),
+                number(p.events),
+                format!(
+                    "<td class=\"mono\">{}</td>",
+                    escape(p.error.as_deref().unwrap_or(""))
+                ),
+                act,
+            ]
+        })
+        .collect();
+    if actions {
+        body.push_str("<p><label>Token <input type=\"password\" id=\"token\" form=\"none\" autocomplete=\"off\" oninput=\"for(const f of document.querySelectorAll('input[name=token]'))f.value=this.value\"></label> <span class=\"quiet\">(the console's token, from FACTUM_CONSOLE_TOKEN)</span></p>");
+    }
+    body.push_str(&table(
+        &[
+            "Projection",
+            "Version",
+            "Stream",
+            "From version",
+            "Events",
+            "Error",
+            "",
+        ],
+        &rows,
+    ));
+    Ok(console.page("Dead letters", "/dead-letters", &body))
+}
+
+/// A form posting `action` for a parked stream, with the token field the page fills.
+fn action_form(action: &str, projection: &str, stream: &str) -> String {
+    format!(
+        "<form class=\"inline\" method=\"post\" action=\"/dead-letters/{action}\">\
+         <input type=\"hidden\" name=\"projection\" value=\"{}\">\
+         <input type=\"hidden\" name=\"stream\" value=\"{}\">\
+         <input type=\"hidden\" name=\"token\" value=\"\">\
+         <button type=\"submit\" name=\"{action}\" data-stream=\"{}\">{}</button></form>",
+        escape(projection),
+        escape(stream),
+        escape(stream),
+        if action == "retry" { "Retry" } else { "Skip" }
+    )
+}
+
+#[derive(Deserialize)]
+struct Action {
+    projection: String,
+    stream: String,
+    token: String,
+}
+
+impl Console {
+    /// Refuses an action unless actions are allowed and `token` is theirs.
+    fn authorize(&self, token: &str) -> Result<(), Failure> {
+        let Some(expected) = &self.token else {
+            return Err(Failure(
+                StatusCode::FORBIDDEN,
+                "the console is read-only: start it with --allow-actions and a token in FACTUM_CONSOLE_TOKEN".to_owned(),
+            ));
+        };
+        // The same time whatever the first differing byte.
+        let same = expected.len() == token.len()
+            && expected
+                .bytes()
+                .zip(token.bytes())
+                .fold(0, |acc, (a, b)| acc | (a ^ b))
+                == 0;
+        if same {
+            Ok(())
+        } else {
+            Err(Failure(
+                StatusCode::UNAUTHORIZED,
+                "wrong token: give the console's token (FACTUM_CONSOLE_TOKEN)".to_owned(),
+            ))
+        }
+    }
+}
+
+/// Back to the dead letters, saying what happened.
+fn said(message: &str) -> Response {
+    (
+        StatusCode::SEE_OTHER,
+        [(
+            header::LOCATION,
+            format!("/dead-letters?message={}", query_value(message)),
+        )],
+    )
+        .into_response()
+}
+
+/// `POST /dead-letters/retry`: handles a parked stream's events again.
+async fn retry(
+    State(console): State<Shared>,
+    Form(action): Form<Action>,
+) -> Result<Response, Failure> {
+    console.authorize(&action.token)?;
+    let projection = console.cli.registered(&console.store, &action.projection)?;
+    tracing::info!(projection = %action.projection, stream = %action.stream, "console: retry");
+    let message = match projection.retry(&console.store, &action.stream).await? {
+        RetryOutcome::Drained { handled } => format!(
+            "{} drained: {handled} events handled, the stream flows again",
+            action.stream
+        ),
+        RetryOutcome::Stopped {
+            stream_version,
+            error,
+            ..
+        } => format!(
+            "{} stopped again at version {stream_version}: {error}",
+            action.stream
+        ),
+    };
+    Ok(said(&message))
+}
+
+/// `POST /dead-letters/skip`: skips a parked stream's first event (kept on record).
+async fn skip(
+    State(console): State<Shared>,
+    Form(action): Form<Action>,
+) -> Result<Response, Failure> {
+    console.authorize(&action.token)?;
+    let projection = console.cli.registered(&console.store, &action.projection)?;
+    tracing::info!(projection = %action.projection, stream = %action.stream, "console: skip");
+    let message = match projection.skip(&console.store, &action.stream).await? {
+        Some(version) => format!(
+            "{} version {version} skipped (kept on record)",
+            action.stream
+        ),
+        None => format!("{} is not parked", action.stream),
+    };
+    Ok(said(&message))
+}
+
+/// `/streams`: the largest streams and a box to open one.
+async fn streams(State(console): State<Shared>) -> Page {
+    let stats = console.store.stats(20).await?;
+    let rows: Vec<Vec<String>> = stats
+        .largest_streams
+        .iter()
+        .map(|(stream, events)| {
+            vec![
+                format!(
+                    "<td><a href=\"/stream?id={}\">{}</a></td>",
+                    query_value(stream),
+                    escape(stream)
+                ),
+                number(*events),
+            ]
+        })
+        .collect();
+    let mut body = String::from(
+        "<form method=\"get\" action=\"/stream\"><label>Stream id <input name=\"id\" id=\"stream-id\"></label> <button type=\"submit\">Open</button></form>",
+    );
+    let _ = write!(
+        body,
+        "<h2>Largest streams</h2>{}",
+        table(&["Stream", "Events"], &rows)
+    );
+    let mut types: Vec<(&String, &u64)> = stats.events_per_type.iter().collect();
+    types.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
+    let rows: Vec<Vec<String>> = types
+        .iter()
+        .map(|(event_type, n)| vec![cell(event_type), number(**n)])
+        .collect();
+    let _ = write!(
+        body,
+        "<h2>Events per type</h2>{}",
+        table(&["Event type", "Events"], &rows)
+    );
+    Ok(console.page("Streams", "/streams", &body))
+}
+
+#[derive(Deserialize)]
+struct Id {
+    id: String,
+}
+
+/// `/stream?id=`: a stream's events, envelopes, payloads and the state after each event.
+async fn stream(State(console): State<Shared>, Query(Id { id }): Query<Id>) -> Page {
+    let events = console.store.read_stream(&id, ..).await?;
+    if events.is_empty() {
+        return Err(Failure(
+            StatusCode::NOT_FOUND,
+            format!("no stream `{id}` in {}", console.store.describe()),
+        ));
+    }
+    let aggregate = events[0].aggregate_type.clone();
+    let states = match console.cli.aggregates.get(aggregate.as_str()) {
+        Some(replay) => {
+            let stream_events: Vec<crate::store::StreamEvent> = events
+                .iter()
+                .cloned()
+                .map(crate::store::StreamEvent::from)
+                .collect();
+            Some(replay(&id, &stream_events).map_err(CliError::from)?)
+        }
+        None => None,
+    };
+    let mut body = format!(
+        "<p>{} · {} events{}</p>",
+        escape(&aggregate),
+        events.len(),
+        if states.is_none() {
+            " · the state is not shown: the aggregate type is not registered in this tool"
+        } else {
+            ""
+        }
+    );
+    let rows: Vec<Vec<String>> = events
+        .iter()
+        .enumerate()
+        .map(|(i, e)| {
+            let state = states
+                .as_ref()
+                .and_then(|s| s.get(i))
+                .map_or_else(String::new, ToString::to_string);
+            vec![
+                number(e.stream_version),
+                number(e.global_position),
+                cell(&format!("{} v{}", e.event_type, e.schema_version)),
+                cell(&e.recorded_at.format(super::output::TIME_FORMAT).to_string()),
+                format!(
+                    "<td class=\"mono\">{}{}</td>",
+                    escape(e.event.as_str()),
+                    if e.shredded { " (shredded)" } else { "" }
+                ),
+                format!("<td class=\"mono\">{}</td>", escape(&state)),
+                format!(
+                    "<td class=\"mono\">id {}<br>caused by <a href=\"/event?id={}\">{}</a><br>correlation {}{}</td>",
+                    e.event_id,
+                    e.causation_id,
+                    e.causation_id,
+                    e.correlation_id,
+                    e.actor
+                        .as_deref()
+                        .map_or_else(String::new, |a| format!("<br>actor {}", escape(a)))
+                ),
+            ]
+        })
+        .collect();
+    body.push_str(&table(
+        &[
+            "Version",
+            "Position",
+            "Event",
+            "Recorded at",
+            "Payload",
+            "State after",
+            "Envelope",
+        ],
+        &rows,
+    ));
+    Ok(console.page(&format!("Stream {id}"), "/streams", &body))
+}
+
+/// `/event?id=`: where an event (a causation id, say) is; a command's id names no event.
+async fn event(State(console): State<Shared>, Query(Id { id }): Query<Id>) -> Page {
+    let parsed = uuid::Uuid::parse_str(&id)
+        .map_err(|_| Failure(StatusCode::BAD_REQUEST, format!("`{id}` is not an id")))?;
+    let Some(event) = console.store.read_event(parsed).await? else {
+        let body = format!(
+            "<p>No event has the id {}: it is a command's (events a command caused name it as their causation).</p>",
+            escape(&id)
+        );
+        return Ok(console.page("Event", "/streams", &body));
+    };
+    let body = format!(
+        "<p><a href=\"/stream?id={}\">{}</a> version {}: {} v{}</p><p class=\"mono\">{}</p>",
+        query_value(&event.stream_id),
+        escape(&event.stream_id),
+        event.stream_version,
+        escape(&event.event_type),
+        event.schema_version,
+        escape(event.event.as_str())
+    );
+    Ok(console.page("Event", "/streams", &body))
+}
+
+/// `/catalog/`: the catalog site's index.
+async fn catalog_index(State(console): State<Shared>) -> Result<Response, Failure> {
+    catalog(&console, "index.html")
+}
+
+/// `/catalog/<file>`: a file of the catalog site.
+async fn catalog_file(
+    State(console): State<Shared>,
+    Path(file): Path<String>,
+) -> Result<Response, Failure> {
+    catalog(&console, &file)
+}
+
+fn catalog(console: &Console, file: &str) -> Result<Response, Failure> {
+    let Some((catalog, _)) = &console.cli.catalog else {
+        let body = "<p>This tool has no catalog registered: build your tool with <code>Cli::new().catalog(catalog, dir)</code> to browse it here.</p>";
+        return Ok(console.page("Catalog", "/catalog/", body).into_response());
+    };
+    let path = std::path::Path::new(crate::catalog::Catalog::SITE_DIR).join(file);
+    let files = catalog.files();
+    let Some(content) = files.get(&path) else {
+        return Err(Failure(
+            StatusCode::NOT_FOUND,
+            format!("the catalog has no page {file}"),
+        ));
+    };
+    let kind = if file.ends_with(".css") {
+        "text/css; charset=utf-8"
+    } else {
+        "text/html; charset=utf-8"
+    };
+    Ok(([(header::CONTENT_TYPE, kind)], content.clone()).into_response())
+}

@@ -1,0 +1,410 @@
+//! `factum serve`, the web console, in a real browser (headless Chromium over WebDriver, from
+//! Debian's `chromium` and `chromium-driver`, which the test command installs): the catch-up
+//! dashboard shows each projection against the head with its lag chart and the seed's alerts;
+//! the dead-letter page refuses a retry without the token, and with it the parked stream drains
+//! and the read model catches up; the stream browser shows envelopes, payloads and the state
+//! after each event; the catalog is served. Screenshots go to `target/console/` (and
+//! `docs/screenshots/` with `FACTUM_WRITE_SCREENSHOTS=1`), which the README shows.
+
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use factum::catalog::Catalog;
+use factum::cli::Cli;
+use factum::projection::ProjectionRunner;
+use factum::store::SqliteStore;
+use factum::testing as database;
+use factum::testing::browser::{Client, Driver, Locator, screenshot};
+use factum::testing::sqlite::TemporaryDatabase;
+use factum::{Envelope, EventStore, ExpectedVersion, NewEvent, Tx};
+
+#[factum::event]
+#[derive(Debug, Clone, PartialEq)]
+pub struct Deposited {
+    pub cents: i64,
+}
+
+#[factum::event]
+#[derive(Debug, Clone, PartialEq)]
+pub enum AccountEvent {
+    Deposited(Deposited),
+}
+
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
+pub struct Account {
+    pub cents: i64,
+    pub deposits: u32,
+}
+
+#[derive(Debug)]
+pub struct Deposit(pub i64);
+
+#[factum::aggregate(events = AccountEvent)]
+impl Account {
+    #[apply]
+    fn deposited(&mut self, event: &Deposited) {
+        self.cents += event.cents;
+        self.deposits += 1;
+    }
+
+    #[command]
+    fn deposit(&self, command: &Deposit) -> Result<Deposited, std::convert::Infallible> {
+        Ok(Deposited { cents: command.0 })
+    }
+}
+
+/// Whether the read model refuses `account-poison`'s deposits (until it is "fixed").
+static POISONED: AtomicBool = AtomicBool::new(true);
+
+#[derive(Debug, thiserror::Error)]
+#[error("account-poison's deposits are refused until the fix is deployed")]
+pub struct Refused;
+
+/// Balances in the service's table.
+#[derive(Debug, Default)]
+pub struct Balances;
+
+#[factum::projection(name = "balances")]
+impl Balances {
+    #[handle]
+    async fn deposited(
+        &mut self,
+        event: &Deposited,
+        envelope: &Envelope,
+        tx: &mut Tx<'_>,
+    ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+        if envelope.stream_id == "account-poison" && POISONED.load(Ordering::SeqCst) {
+            return Err(Box::new(Refused));
+        }
+        sqlx::query(
+            "INSERT INTO balances (account, cents) VALUES ($1, $2)
+             ON CONFLICT (account) DO UPDATE SET cents = balances.cents + excluded.cents",
+        )
+        .bind(envelope.stream_id.as_str())
+        .bind(event.cents)
+        .execute(&mut *tx)
+        .await?;
+        Ok(())
+    }
+
+    #[reset]
+    async fn reset(&mut self, tx: &mut Tx<'_>) -> Result<(), sqlx::Error> {
+        sqlx::query("DELETE FROM balances")
+            .execute(&mut *tx)
+            .await?;
+        Ok(())
+    }
+}
+
+const TOKEN: &str = "a-console-token-of-the-test";
+
+fn deposit(cents: i64) -> NewEvent {
+    NewEvent::of(&Deposited { cents }).unwrap()
+}
+
+/// A store with three accounts, one of 10,001 deposits (above the seed's stream alert), and
+/// the `balances` projection 500 events behind, with `account-poison` parked.
+async fn store() -> TemporaryDatabase {
+    let database = TemporaryDatabase::new().await.unwrap();
+    database::execute(
+        &*database,
+        "CREATE TABLE balances (account TEXT PRIMARY KEY, cents INTEGER NOT NULL)",
+    )
+    .await
+    .unwrap();
+    database
+        .append(
+            "account-1",
+            "Account",
+            ExpectedVersion::NoStream,
+            vec![deposit(100), deposit(250), deposit(-50)],
+        )
+        .await
+        .unwrap();
+    database
+        .append(
+            "account-poison",
+            "Account",
+            ExpectedVersion::NoStream,
+            vec![deposit(7), deposit(8)],
+        )
+        .await
+        .unwrap();
+    for _ in 0..10 {
+        database
+            .append(
+                "account-busy",
+                "Account",
+                ExpectedVersion::Any,
+                (0..1_000).map(|_| deposit(1)).collect(),
+            )
+            .await
+            .unwrap();
+    }
+    database
+        .append(
+            "account-busy",
+            "Account",
+            ExpectedVersion::Any,
+            vec![deposit(1)],
+        )
+        .await
+        .unwrap();
+    let mut runner = ProjectionRunner::new((*database).clone(), Balances);
+    runner.catch_up().await.unwrap();
+    // And 500 deposits it has not caught up with.
+    database
+        .append(
+            "account-1",
+            "Account",
+            ExpectedVersion::Any,
+            (0..500).map(|_| deposit(1)).collect(),
+        )
+        .await
+        .unwrap();
+    database
+}
+
+/// Starts the console on a free port (actions allowed with [`TOKEN`] when `actions`); its URL.
+async fn serve(store: &SqliteStore, actions: bool) -> String {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .unwrap()
+        .port();
+    let url = format!("sqlite://{}", store.location());
+    let mut args = vec![
+        "factum".to_owned(),
+        "--database-url".to_owned(),
+        url,
+        "serve".to_owned(),
+        "--listen".to_owned(),
+        format!("127.0.0.1:{port}"),
+    ];
+    if actions {
+        args.extend([
+            "--allow-actions".to_owned(),
+            "--token".to_owned(),
+            TOKEN.to_owned(),
+        ]);
+    }
+    let cli = Cli::new()
+        .aggregate::<Account>()
+        .projection(|| Balances)
+        .catalog(
+            Catalog::new("Console test", "1.0.0").aggregate::<Account>(),
+            "unused",
+        );
+    // The tool's future holds standard input and output (its export and import), which stay
+    // on one thread: it runs on a runtime of its own, as the `factum` process would.
+    std::thread::spawn(move || {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(cli.run_with(args))
+    });
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .is_err()
+    {
+        assert!(Instant::now() < deadline, "the console did not start");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    format!("http://127.0.0.1:{port}")
+}
+
+async fn text(client: &Client, css: &str) -> String {
+    client
+        .find(Locator::Css(css))
+        .await
+        .unwrap_or_else(|e| panic!("{css}: {e}"))
+        .text()
+        .await
+        .unwrap()
+}
+
+async fn shot(client: &Client, name: &str) {
+    screenshot(
+        client,
+        &Path::new(env!("CARGO_MANIFEST_DIR")).join(".."),
+        "console",
+        name,
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_console_shows_catch_up_drains_a_parked_stream_and_browses_streams() {
+    let store = store().await;
+    let console = serve(&store, true).await;
+    let driver = Driver::start();
+    let client = driver.browser().await;
+
+    // The dashboard: the projection against the head, parked, with its chart; the alerts.
+    client.goto(&format!("{console}/")).await.unwrap();
+    let mut row = Vec::new();
+    for cell in client.find_all(Locator::Css("tbody tr td")).await.unwrap() {
+        row.push(cell.text().await.unwrap());
+    }
+    // Runner, state, position, head, bar, behind, oldest waiting, parked, chart.
+    assert_eq!(row[0], "balances v1", "{row:?}");
+    assert_eq!(row[1], "parked streams", "{row:?}");
+    assert_eq!(
+        (row[2].as_str(), row[3].as_str()),
+        ("10006", "10506"),
+        "{row:?}"
+    );
+    assert_eq!(row[5], "500", "events behind: {row:?}");
+    assert!(
+        row[6].ends_with(" s"),
+        "how long the oldest waited: {row:?}"
+    );
+    assert_eq!(row[7], "1", "{row:?}");
+    assert!(
+        client.find(Locator::Css("svg.lag")).await.is_ok(),
+        "the lag chart"
+    );
+    let alerts: Vec<String> = {
+        let mut all = Vec::new();
+        for alert in client.find_all(Locator::Css("p.alert")).await.unwrap() {
+            all.push(alert.text().await.unwrap());
+        }
+        all
+    };
+    assert!(
+        alerts
+            .iter()
+            .any(|a| a.contains("account-busy holds 10001 events")),
+        "{alerts:?}"
+    );
+    assert!(
+        alerts.iter().any(|a| a.contains("1 parked stream in")),
+        "{alerts:?}"
+    );
+    shot(&client, "console-dashboard.png").await;
+
+    // The dead letters: a retry without the token is refused, and changes nothing.
+    client
+        .goto(&format!("{console}/dead-letters"))
+        .await
+        .unwrap();
+    let parked = text(&client, "tbody tr").await;
+    assert!(parked.contains("account-poison"), "{parked}");
+    assert!(parked.contains("refused until the fix"), "{parked}");
+    shot(&client, "console-dead-letters.png").await;
+    client
+        .find(Locator::Css(
+            "button[name=retry][data-stream=account-poison]",
+        ))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    let refused = text(&client, "main").await;
+    assert!(refused.contains("wrong token"), "{refused}");
+
+    // With the fix deployed and the token given, the stream drains.
+    POISONED.store(false, Ordering::SeqCst);
+    client
+        .goto(&format!("{console}/dead-letters"))
+        .await
+        .unwrap();
+    client
+        .find(Locator::Id("token"))
+        .await
+        .unwrap()
+        .send_keys(TOKEN)
+        .await
+        .unwrap();
+    client
+        .find(Locator::Css(
+            "button[name=retry][data-stream=account-poison]",
+        ))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    let message = text(&client, "#message").await;
+    assert!(
+        message.contains("account-poison drained: 2 events handled"),
+        "{message}"
+    );
+    assert!(text(&client, "#empty").await.contains("No parked streams"));
+    let balances: Vec<(String, i64)> = database::fetch_all(
+        &*store,
+        "SELECT account, cents FROM balances WHERE account = 'account-poison'",
+    )
+    .await
+    .unwrap();
+    assert_eq!(balances, [("account-poison".to_owned(), 15)]);
+    shot(&client, "console-drained.png").await;
+
+    // The stream browser: envelopes, payloads, the state after each event.
+    client
+        .goto(&format!("{console}/stream?id=account-1"))
+        .await
+        .unwrap();
+    let rows = client.find_all(Locator::Css("tbody tr")).await.unwrap();
+    assert_eq!(rows.len(), 503);
+    let third = rows[2].text().await.unwrap();
+    assert!(third.contains("{\"cents\":-50}"), "{third}");
+    assert!(third.contains("{\"cents\":300,\"deposits\":3}"), "{third}");
+    shot(&client, "console-stream.png").await;
+
+    // The catalog, served by the console.
+    client.goto(&format!("{console}/catalog/")).await.unwrap();
+    let catalog = text(&client, "body").await;
+    assert!(catalog.contains("Deposited"), "{catalog}");
+    shot(&client, "console-catalog.png").await;
+    client.close().await.unwrap();
+}
+
+/// Without `--allow-actions` the console only shows: no buttons, and a posted retry is
+/// refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_only_console_refuses_actions() {
+    let store = store().await;
+    let console = serve(&store, false).await;
+    let driver = Driver::start();
+    let client = driver.browser().await;
+    client
+        .goto(&format!("{console}/dead-letters"))
+        .await
+        .unwrap();
+    let parked = text(&client, "tbody tr").await;
+    assert!(parked.contains("read-only"), "{parked}");
+    assert!(
+        client
+            .find(Locator::Css("button[name=retry]"))
+            .await
+            .is_err()
+    );
+    // A form posted anyway (as a script would) is refused.
+    client
+        .execute(
+            "const f = document.createElement('form'); f.method = 'post';
+             f.action = '/dead-letters/retry';
+             for (const [k, v] of [['projection','balances'],['stream','account-poison'],['token','x']]) {
+               const i = document.createElement('input'); i.name = k; i.value = v; f.appendChild(i);
+             }
+             document.body.appendChild(f); f.submit();",
+            vec![],
+        )
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let body = text(&client, "body").await;
+        if body.contains("read-only") && body.contains("Something went wrong") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{body}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    client.close().await.unwrap();
+}
