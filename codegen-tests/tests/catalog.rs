@@ -592,6 +592,81 @@ fn the_asyncapi_document_describes_the_relays_real_subjects_routing_keys_and_con
     );
 }
 
+/// Relays publish personal data sealed, as stored: the relayed message of an event with `#[pii]`
+/// fields has the sealed form as its payload (the personal fields in one `$pii` property), a
+/// payload a real store sealed validates against it and not against the plain schema, and the
+/// official parser still reports nothing.
+#[tokio::test]
+async fn a_relayed_event_with_personal_data_is_described_sealed() {
+    use factum::catalog::{Broker, RelayRoute};
+    use factum::store::SqliteStore;
+    use factum::{EventStore, ExpectedVersion, NewEvent};
+    let catalog = Catalog::new("t", "1")
+        .aggregate::<bank::customers::Customer>()
+        .broker(Broker::nats("nats", "127.0.0.1:4222"))
+        .relay(RelayRoute::jetstream(
+            "to-nats",
+            "nats",
+            "CUSTOMERS",
+            "bank",
+        ));
+    let document = catalog.asyncapi();
+    let message = &document["components"]["messages"]["CustomerOnboarded.v1.relayed"];
+    assert_eq!(
+        message["payload"]["$ref"],
+        "#/components/schemas/CustomerOnboardedSealed"
+    );
+    let sealed = &document["components"]["schemas"]["CustomerOnboardedSealed"];
+    let properties = sealed["properties"].as_object().unwrap();
+    assert!(properties.contains_key("$pii") && properties.contains_key("customer_id"));
+    assert!(!properties.contains_key("name") && !properties.contains_key("email"));
+    // The store's own message still describes the event as applications read it.
+    assert_eq!(
+        document["components"]["messages"]["CustomerOnboarded.v1"]["payload"]["$ref"],
+        "#/components/schemas/CustomerOnboarded"
+    );
+
+    // What a store seals (and a relay publishes) validates against the sealed form only.
+    let store = SqliteStore::in_memory()
+        .await
+        .unwrap()
+        .with_key_provider(factum::pii::LocalKeyProvider::ephemeral().unwrap());
+    store.migrate().await.unwrap();
+    let onboarded = bank::customers::CustomerOnboarded {
+        customer_id: "ada".into(),
+        name: "Ada Lovelace".into(),
+        email: Some("ada@example.com".into()),
+    };
+    store
+        .append(
+            "customer-ada",
+            "Customer",
+            ExpectedVersion::NoStream,
+            vec![NewEvent::of(&onboarded).unwrap()],
+        )
+        .await
+        .unwrap();
+    let stored: Vec<(String,)> = factum::testing::fetch_all(&store, "SELECT payload FROM events")
+        .await
+        .unwrap();
+    let stored: Value = serde_json::from_str(&stored[0].0).unwrap();
+    let validates = |component: &str| {
+        let mut root = document.clone();
+        root["$ref"] = json!(format!("#/components/schemas/{component}"));
+        jsonschema::draft7::new(&root).unwrap().is_valid(&stored)
+    };
+    assert!(validates("CustomerOnboardedSealed"), "{stored}");
+    assert!(!validates("CustomerOnboarded"), "{stored}");
+
+    let file = std::env::temp_dir().join(format!("factum-sealed-{}.json", std::process::id()));
+    std::fs::write(&file, serde_json::to_string_pretty(&document).unwrap()).unwrap();
+    let tool = node_tool("asyncapi-parser", "@asyncapi/parser");
+    let (stdout, lines) = run_node(&tool.join("check.mjs"), &[&file]);
+    let _ = std::fs::remove_file(&file);
+    assert_eq!(lines.last(), Some(&json!({ "parsed": true })), "{stdout}");
+    assert_eq!(lines.len(), 1, "diagnostics: {stdout}");
+}
+
 #[test]
 fn wiring_that_does_not_fit_is_refused_with_what_to_fix() {
     use factum::catalog::{Broker, RelayRoute, Service};

@@ -219,7 +219,8 @@ fn wire(
                     let name = message_name(event);
                     let relayed = format!("{name}.relayed");
                     if !messages.contains_key(&relayed) {
-                        messages.insert(relayed.clone(), relayed_message(event));
+                        let payload = sealed_payload(&messages, schemas, &name);
+                        messages.insert(relayed.clone(), relayed_message(event, payload));
                     }
                     channel_messages.insert(
                         name,
@@ -349,18 +350,107 @@ fn channel_messages_refs(id: &str, channel: &Value) -> Vec<Value> {
         .unwrap_or_default()
 }
 
+/// The schema of a version's payload as relays publish it when it carries personal data: its
+/// `#[pii]` properties (`x-pii`) sealed into one `$pii` property, as stored
+/// ([`PersonalData::Sealed`](crate::relay::PersonalData::Sealed), the relays' default); its
+/// component's name. `None` when it carries none (the store's payload schema is the relayed
+/// one).
+fn sealed_payload(
+    messages: &Map<String, Value>,
+    schemas: &mut Schemas,
+    message: &str,
+) -> Option<String> {
+    let component = messages
+        .get(message)?
+        .pointer("/payload/$ref")?
+        .as_str()?
+        .strip_prefix("#/components/schemas/")?
+        .to_owned();
+    let mut payload = schemas.entries.get(&component)?.clone();
+    let properties = payload.get_mut("properties")?.as_object_mut()?;
+    let sealed: Vec<String> = properties
+        .iter()
+        .filter(|(_, property)| property.get("x-pii") == Some(&Value::Bool(true)))
+        .map(|(name, _)| name.clone())
+        .collect();
+    if sealed.is_empty() {
+        return None;
+    }
+    for name in &sealed {
+        properties.remove(name);
+    }
+    properties.insert(
+        SEALED_FIELD.to_owned(),
+        json!({ "$ref": format!("#/components/schemas/{SEALED_SCHEMA}") }),
+    );
+    let mut required: Vec<Value> = payload
+        .get("required")
+        .and_then(Value::as_array)
+        .map(|required| {
+            required
+                .iter()
+                .filter(|name| !sealed.iter().any(|s| name.as_str() == Some(s)))
+                .cloned()
+                .collect()
+        })
+        .unwrap_or_default();
+    required.push(json!(SEALED_FIELD));
+    let name = format!("{component}Sealed");
+    if let Some(root) = payload.as_object_mut() {
+        root.insert("required".to_owned(), Value::Array(required));
+        root.insert("title".to_owned(), json!(name));
+        root.insert("$id".to_owned(), json!(format!("#{name}")));
+        root.insert(
+            "description".to_owned(),
+            json!(format!(
+                "`{component}` as relays publish it: its personal data ({}) sealed into `{SEALED_FIELD}`, as stored. A consumer given the data keys' store opens it (`Consumer::data_keys`); without them, or once the data subject is forgotten, the fields read as their replacements.",
+                sealed.iter().map(|s| format!("`{s}`")).collect::<Vec<_>>().join(", ")
+            )),
+        );
+    }
+    schemas.insert_named(SEALED_SCHEMA, sealed_schema());
+    schemas.insert_named(&name, payload);
+    Some(name)
+}
+
+/// The property a payload's sealed personal data is kept in (`crate::pii`).
+const SEALED_FIELD: &str = "$pii";
+/// The component describing it.
+const SEALED_SCHEMA: &str = "SealedPersonalData";
+
+/// What a sealed `$pii` property holds.
+fn sealed_schema() -> Value {
+    json!({
+        "type": "object",
+        "title": SEALED_SCHEMA,
+        "description": "Personal data sealed with AES-256-GCM under its data subject's key (Factum's crypto-shredding): the key's id, the sealed fields, and what they read as once the key is deleted.",
+        "required": ["key", "data", "erased"],
+        "additionalProperties": false,
+        "properties": {
+            "key": { "description": "The data key's id.", "type": "string", "format": "uuid" },
+            "data": { "description": "Nonce, ciphertext and tag, base64.", "type": "string", "contentEncoding": "base64" },
+            "erased": { "description": "The sealed fields' replacements, read once the key is deleted.", "type": "object" },
+        },
+    })
+}
+
 /// A version of an event as a relay publishes it: the stored payload (the same schema as the
-/// store's message), the envelope in the broker's headers.
-fn relayed_message(event: &CatalogEvent) -> Value {
+/// store's message, or `sealed`, the component of its sealed form when it carries personal
+/// data), the envelope in the broker's headers.
+fn relayed_message(event: &CatalogEvent, sealed: Option<String>) -> Value {
     let schema = &event.schema;
     let name = message_name(event);
+    let payload = match sealed {
+        Some(component) => format!("#/components/schemas/{component}"),
+        None => format!("#/components/messages/{name}/payload"),
+    };
     json!({
         "name": schema.name,
         "title": format!("{} v{} (relayed)", schema.name, schema.version),
         "summary": format!("Version {} of `{}` as a relay publishes it.", schema.version, schema.name),
         "contentType": "application/json",
         "headers": { "$ref": "#/components/schemas/RelayHeaders" },
-        "payload": { "$ref": format!("#/components/messages/{name}/payload") },
+        "payload": { "$ref": payload },
         "correlationId": { "$ref": "#/components/correlationIds/relayedCorrelationId" },
         "bindings": {
             "amqp": { "messageType": schema.name, "bindingVersion": AMQP_BINDING },
