@@ -219,7 +219,7 @@ fn wire(
                     let name = message_name(event);
                     let relayed = format!("{name}.relayed");
                     if !messages.contains_key(&relayed) {
-                        let payload = sealed_payload(&messages, schemas, &name);
+                        let payload = sealed_payload(messages, schemas, &name);
                         messages.insert(relayed.clone(), relayed_message(event, payload));
                     }
                     channel_messages.insert(
