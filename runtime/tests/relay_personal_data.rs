@@ -75,6 +75,25 @@ fn ada(shredded: bool) -> Row {
     }
 }
 
+/// Ada registers: her name and email sealed in the producer's log.
+async fn register_ada(producer: &PostgresStore) {
+    let event = CustomerRegistered {
+        customer_id: "ada".into(),
+        name: "Ada Lovelace".into(),
+        email: Some("ada@example.com".into()),
+        plan: "pro".into(),
+    };
+    producer
+        .append(
+            "customer-ada",
+            "Customer",
+            ExpectedVersion::NoStream,
+            vec![NewEvent::of(&event).unwrap()],
+        )
+        .await
+        .unwrap();
+}
+
 /// A JetStream stream taking the subjects under `prefix`.
 async fn stream_for(server: &NatsServer, name: &str, prefix: &str) -> jetstream::Context {
     let context = jetstream::new(async_nats::connect(server.url()).await.unwrap());
@@ -194,21 +213,7 @@ async fn relayed_personal_data_stays_sealed_and_is_shredded_on_the_broker_too() 
     let producer = (*temporary)
         .clone()
         .with_key_provider(LocalKeyProvider::new(kek));
-    let event = CustomerRegistered {
-        customer_id: "ada".into(),
-        name: "Ada Lovelace".into(),
-        email: Some("ada@example.com".into()),
-        plan: "pro".into(),
-    };
-    producer
-        .append(
-            "customer-ada",
-            "Customer",
-            ExpectedVersion::NoStream,
-            vec![NewEvent::of(&event).unwrap()],
-        )
-        .await
-        .unwrap();
+    register_ada(&producer).await;
 
     // By default the broker gets the fields sealed, as stored: no plaintext.
     let sealed = relay(&server, &producer, "SEALED", "sealed", None, 1).await;
@@ -287,21 +292,7 @@ async fn a_consumer_with_another_key_encryption_key_stops_before_the_event() {
     let producer = (*temporary)
         .clone()
         .with_key_provider(LocalKeyProvider::ephemeral().unwrap());
-    let event = CustomerRegistered {
-        customer_id: "ada".into(),
-        name: "Ada Lovelace".into(),
-        email: None,
-        plan: "pro".into(),
-    };
-    producer
-        .append(
-            "customer-ada",
-            "Customer",
-            ExpectedVersion::NoStream,
-            vec![NewEvent::of(&event).unwrap()],
-        )
-        .await
-        .unwrap();
+    register_ada(&producer).await;
     relay(&server, &producer, "SEALED", "sealed", None, 1).await;
     let wrong = temporary
         .another_client()
