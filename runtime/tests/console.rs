@@ -13,16 +13,17 @@ use std::time::{Duration, Instant};
 use factum::catalog::Catalog;
 use factum::cli::Cli;
 use factum::projection::ProjectionRunner;
+use factum::saga::{CommandBus, SagaRunner};
 use factum::store::SqliteStore;
 use factum::testing as database;
 use factum::testing::browser::{Client, Driver, Locator, screenshot};
 use factum::testing::sqlite::TemporaryDatabase;
-use factum::{Envelope, EventStore, ExpectedVersion, Tx};
+use factum::{Envelope, EventStore, ExpectedVersion, NewEvent, Repository, Tx};
 
 #[path = "support/tenant_domain.rs"]
 mod tenant_domain;
 
-use tenant_domain::{Account, Deposited, deposit};
+use tenant_domain::{Account, Credit, Deposited, Opened, Welcome, deposit};
 
 /// Whether the read model refuses `account-poison`'s deposits (until it is "fixed").
 static POISONED: AtomicBool = AtomicBool::new(true);
@@ -119,6 +120,27 @@ async fn store() -> TemporaryDatabase {
         .unwrap();
     let mut runner = ProjectionRunner::new((*database).clone(), Balances);
     runner.catch_up().await.unwrap();
+    // A welcome saga credits a newly opened account: a flow across two streams.
+    database
+        .append(
+            "welcome/a-1",
+            "Account",
+            ExpectedVersion::NoStream,
+            vec![
+                NewEvent::of(&Opened {
+                    account: "a-1".into(),
+                    cents: 7,
+                })
+                .unwrap(),
+            ],
+        )
+        .await
+        .unwrap();
+    let bus =
+        CommandBus::new().route::<Credit>(&Repository::<Account, _>::new((*database).clone()));
+    let mut welcome = SagaRunner::<_, Welcome>::new((*database).clone(), bus);
+    let settled = welcome.settle().await.unwrap();
+    assert_eq!((settled.events, settled.commands), (1, 1));
     // And 500 deposits it has not caught up with.
     database
         .append(
@@ -192,6 +214,26 @@ async fn text(client: &Client, css: &str) -> String {
         .unwrap()
 }
 
+/// The text of `css` once it contains `expected` (a click's page may still be loading), or
+/// a failure showing what the page holds after 10 s.
+async fn text_once(client: &Client, css: &str, expected: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let found = match client.find(Locator::Css(css)).await {
+            Ok(element) => element.text().await.unwrap_or_default(),
+            Err(_) => String::new(),
+        };
+        if found.contains(expected) {
+            return found;
+        }
+        if Instant::now() > deadline {
+            let page = text(client, "body").await;
+            panic!("{css} never held {expected:?}: {page}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 async fn shot(client: &Client, name: &str) {
     screenshot(
         client,
@@ -220,10 +262,10 @@ async fn the_console_shows_catch_up_drains_a_parked_stream_and_browses_streams()
     assert_eq!(row[1], "parked streams", "{row:?}");
     assert_eq!(
         (row[2].as_str(), row[3].as_str()),
-        ("10006", "10506"),
+        ("10006", "10508"),
         "{row:?}"
     );
-    assert_eq!(row[5], "500", "events behind: {row:?}");
+    assert_eq!(row[5], "502", "events behind: {row:?}");
     assert!(
         row[6].ends_with(" s"),
         "how long the oldest waited: {row:?}"
@@ -250,6 +292,22 @@ async fn the_console_shows_catch_up_drains_a_parked_stream_and_browses_streams()
         alerts.iter().any(|a| a.contains("1 parked stream in")),
         "{alerts:?}"
     );
+    // The saga: its runner's checkpoint among the runners, its instance and its sent command.
+    let runners = text(&client, "main").await;
+    assert!(runners.contains("welcome v"), "{runners}");
+    let sagas: Vec<String> = {
+        let mut cells = Vec::new();
+        for table in client.find_all(Locator::Css("table")).await.unwrap() {
+            cells.push(table.text().await.unwrap());
+        }
+        cells
+    };
+    assert!(
+        sagas
+            .iter()
+            .any(|t| t.contains("Active") && t.contains("welcome")),
+        "{sagas:?}"
+    );
     shot(&client, "console-dashboard.png").await;
 
     // The dead letters: a retry without the token is refused, and changes nothing.
@@ -270,8 +328,7 @@ async fn the_console_shows_catch_up_drains_a_parked_stream_and_browses_streams()
         .click()
         .await
         .unwrap();
-    let refused = text(&client, "main").await;
-    assert!(refused.contains("wrong token"), "{refused}");
+    text_once(&client, "main", "wrong token").await;
 
     // With the fix deployed and the token given, the stream drains.
     POISONED.store(false, Ordering::SeqCst);
@@ -295,11 +352,12 @@ async fn the_console_shows_catch_up_drains_a_parked_stream_and_browses_streams()
         .click()
         .await
         .unwrap();
-    let message = text(&client, "#message").await;
-    assert!(
-        message.contains("account-poison drained: 2 events handled"),
-        "{message}"
-    );
+    text_once(
+        &client,
+        "#message",
+        "account-poison drained: 2 events handled",
+    )
+    .await;
     assert!(text(&client, "#empty").await.contains("No parked streams"));
     let balances: Vec<(String, i64)> = database::fetch_all(
         &*store,
@@ -321,6 +379,27 @@ async fn the_console_shows_catch_up_drains_a_parked_stream_and_browses_streams()
     assert!(third.contains("{\"cents\":-50}"), "{third}");
     assert!(third.contains("{\"cents\":300}"), "{third}");
     shot(&client, "console-stream.png").await;
+
+    // The saga's flow: from the credited stream to the events of its correlation, across
+    // both streams.
+    client
+        .goto(&format!("{console}/stream?id=bonus/a-1"))
+        .await
+        .unwrap();
+    client
+        .find(Locator::Css("a[href^='/correlation']"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    let flow = text_once(&client, "main", "2 events of correlation").await;
+    assert!(flow.contains("across 2 streams"), "{flow}");
+    assert!(
+        flow.contains("welcome/a-1") && flow.contains("bonus/a-1"),
+        "{flow}"
+    );
+    shot(&client, "console-correlation.png").await;
 
     // The catalog, served by the console.
     client.goto(&format!("{console}/catalog/")).await.unwrap();

@@ -318,6 +318,76 @@ impl AnyStore {
         Ok(relays)
     }
 
+    /// The events of one correlation (a business flow) across streams, in feed order, at most
+    /// `limit`: stream, version, type, id, causation id. A scan of the event table (no index
+    /// on correlation ids): for a console, not a hot path.
+    pub async fn correlated(
+        &self,
+        correlation: uuid::Uuid,
+        limit: u64,
+    ) -> Result<Vec<(String, u64, String, String, String)>, CliError> {
+        let (id, causation, matches) = match self {
+            Self::Postgres(_) => (
+                "e.event_id::text",
+                "e.causation_id::text",
+                "e.correlation_id = $1::uuid",
+            ),
+            Self::Sqlite(_) => ("e.event_id", "e.causation_id", "e.correlation_id = $1"),
+        };
+        let rows = self
+            .rows(
+                query(format!(
+                    "SELECT e.stream_id, e.stream_version, e.event_type, {id}, {causation}
+                     FROM {}events e WHERE {matches} ORDER BY e.position LIMIT $2",
+                    self.prefix()
+                ))
+                .bind(correlation.to_string())
+                .bind(to_i64(limit)),
+            )
+            .await?;
+        rows.iter()
+            .map(|row| {
+                Ok((
+                    columns::get(row, 0)?,
+                    columns::unsigned::<_, i64, _>(row, 1)?,
+                    columns::get(row, 2)?,
+                    columns::get(row, 3)?,
+                    columns::get(row, 4)?,
+                ))
+            })
+            .collect()
+    }
+
+    /// Each saga's instances (active, completed) and its queued commands (pending, failed or
+    /// rejected), by saga name.
+    pub async fn sagas(&self) -> Result<Vec<(String, [u64; 4])>, CliError> {
+        let s = self.prefix();
+        let rows = self
+            .rows(query(format!(
+                "SELECT n.saga,
+                        (SELECT count(*) FROM {s}sagas i WHERE i.saga = n.saga AND i.status = 'active'),
+                        (SELECT count(*) FROM {s}sagas i WHERE i.saga = n.saga AND i.status <> 'active'),
+                        (SELECT count(*) FROM {s}saga_outbox o WHERE o.saga = n.saga AND o.status = 'pending'),
+                        (SELECT count(*) FROM {s}saga_outbox o WHERE o.saga = n.saga
+                                                                AND o.status IN ('failed', 'rejected'))
+                 FROM (SELECT DISTINCT saga FROM {s}sagas) n ORDER BY n.saga"
+            )))
+            .await?;
+        rows.iter()
+            .map(|row| {
+                Ok((
+                    columns::get(row, 0)?,
+                    [
+                        columns::unsigned::<_, i64, _>(row, 1)?,
+                        columns::unsigned::<_, i64, _>(row, 2)?,
+                        columns::unsigned::<_, i64, _>(row, 3)?,
+                        columns::unsigned::<_, i64, _>(row, 4)?,
+                    ],
+                ))
+            })
+            .collect()
+    }
+
     /// The position of the newest event (0: none).
     pub async fn head(&self) -> Result<u64, CliError> {
         let sql = format!(

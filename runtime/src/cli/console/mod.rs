@@ -4,13 +4,14 @@
 //! - **Catch-up** (`/`): each projection and saga against the head of the store (position,
 //!   events behind, how long the oldest unhandled event has waited, parked streams, state),
 //!   the events behind over the last ten minutes as a chart (sampled by the console every
-//!   [`SAMPLE_EVERY`] while it runs), the relays (PostgreSQL), and the seed's alerts where their
-//!   thresholds are crossed.
+//!   [`SAMPLE_EVERY`] while it runs), saga instances and their queued commands, the relays
+//!   (PostgreSQL), and the seed's alerts where their thresholds are crossed.
 //! - **Dead letters** (`/dead-letters`): the parked streams; with actions allowed, retry and
 //!   skip buttons for projections registered in the tool.
 //! - **Streams** (`/streams`, `/stream?id=`, `/event?id=`): the largest streams, a stream's
 //!   envelopes and payloads with the state after each event for registered aggregates, and
-//!   links along causation and correlation.
+//!   links along causation and correlation (`/correlation?id=`: a flow's events across
+//!   streams).
 //! - **Catalog** (`/catalog/`): the event catalog's site, when the tool registered one.
 //!
 //! Read-only unless started with `--allow-actions`, and then every action needs the token of
@@ -101,6 +102,7 @@ pub(super) async fn serve(
         .route("/streams", get(streams))
         .route("/stream", get(stream))
         .route("/event", get(event))
+        .route("/correlation", get(correlation))
         .route("/catalog/", get(catalog_index))
         .route("/catalog/{file}", get(catalog_file))
         .with_state(console);
@@ -271,6 +273,32 @@ async fn dashboard(State(console): State<Shared>) -> Page {
                 "Oldest waiting",
                 "Parked",
                 "Behind, last 10 min",
+            ],
+            &rows,
+        ));
+    }
+    let sagas = store.sagas().await?;
+    if !sagas.is_empty() {
+        body.push_str("<h2>Saga instances</h2>");
+        let rows: Vec<Vec<String>> = sagas
+            .iter()
+            .map(|(name, [active, ended, pending, failed])| {
+                vec![
+                    cell(name),
+                    number(*active),
+                    number(*ended),
+                    number(*pending),
+                    number(*failed),
+                ]
+            })
+            .collect();
+        body.push_str(&table(
+            &[
+                "Saga",
+                "Active",
+                "Ended",
+                "Commands queued",
+                "Commands failed or rejected",
             ],
             &rows,
         ));
@@ -589,10 +617,11 @@ async fn stream(State(console): State<Shared>, Query(Id { id }): Query<Id>) -> P
                 ),
                 format!("<td class=\"mono\">{}</td>", escape(&state)),
                 format!(
-                    "<td class=\"mono\">id {}<br>caused by <a href=\"/event?id={}\">{}</a><br>correlation {}{}</td>",
+                    "<td class=\"mono\">id {}<br>caused by <a href=\"/event?id={}\">{}</a><br>correlation <a href=\"/correlation?id={}\">{}</a>{}</td>",
                     e.event_id,
                     e.causation_id,
                     e.causation_id,
+                    e.correlation_id,
                     e.correlation_id,
                     e.actor
                         .as_deref()
@@ -637,6 +666,56 @@ async fn event(State(console): State<Shared>, Query(Id { id }): Query<Id>) -> Pa
         escape(event.event.as_str())
     );
     Ok(console.page("Event", "/streams", &body))
+}
+
+/// The most events the correlation page lists.
+const CORRELATED: u64 = 500;
+
+/// `/correlation?id=`: the events of one business flow across streams, in feed order.
+async fn correlation(State(console): State<Shared>, Query(Id { id }): Query<Id>) -> Page {
+    let parsed = uuid::Uuid::parse_str(&id)
+        .map_err(|_| Failure(StatusCode::BAD_REQUEST, format!("`{id}` is not an id")))?;
+    let events = console.store.correlated(parsed, CORRELATED).await?;
+    let rows: Vec<Vec<String>> = events
+        .iter()
+        .map(|(stream, version, event_type, event_id, causation)| {
+            vec![
+                format!(
+                    "<td><a href=\"/stream?id={}\">{}</a></td>",
+                    query_value(stream),
+                    escape(stream)
+                ),
+                number(*version),
+                cell(event_type),
+                cell(event_id),
+                format!(
+                    "<td class=\"mono\"><a href=\"/event?id={}\">{}</a></td>",
+                    query_value(causation),
+                    escape(causation)
+                ),
+            ]
+        })
+        .collect();
+    let body = format!(
+        "<p>{} events of correlation {} across {} streams, in feed order{}.</p>{}",
+        events.len(),
+        escape(&id),
+        events
+            .iter()
+            .map(|e| &e.0)
+            .collect::<std::collections::BTreeSet<_>>()
+            .len(),
+        if events.len() as u64 == CORRELATED {
+            " (the first ones only)"
+        } else {
+            ""
+        },
+        table(
+            &["Stream", "Version", "Event", "Event id", "Caused by"],
+            &rows
+        )
+    );
+    Ok(console.page("Correlation", "/streams", &body))
 }
 
 /// `/catalog/`: the catalog site's index.
