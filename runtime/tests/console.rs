@@ -20,6 +20,8 @@ use factum::testing::browser::{Client, Driver, Locator, screenshot};
 use factum::testing::sqlite::TemporaryDatabase;
 use factum::{Envelope, EventStore, ExpectedVersion, NewEvent, Repository, Tx};
 
+#[path = "support/prometheus.rs"]
+mod prometheus;
 #[path = "support/tenant_domain.rs"]
 mod tenant_domain;
 
@@ -154,6 +156,35 @@ async fn store() -> TemporaryDatabase {
     database
 }
 
+/// An append that waits 300 ms for another connection's write lock: a slow append, recorded
+/// in `factum.append.duration` as any is.
+async fn slow_append(store: &SqliteStore) {
+    use sqlx::Connection as _;
+    let mut other = sqlx::SqliteConnection::connect(&format!("sqlite://{}", store.location()))
+        .await
+        .unwrap();
+    sqlx::query("BEGIN IMMEDIATE")
+        .execute(&mut other)
+        .await
+        .unwrap();
+    let waiting = {
+        let store = store.clone();
+        tokio::spawn(async move {
+            store
+                .append(
+                    "account-slow",
+                    "Account",
+                    ExpectedVersion::Any,
+                    vec![deposit(1)],
+                )
+                .await
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    sqlx::query("COMMIT").execute(&mut other).await.unwrap();
+    waiting.await.unwrap().unwrap();
+}
+
 /// Starts the console on a free port (actions allowed with [`TOKEN`] when `actions`); its URL.
 async fn serve(store: &SqliteStore, actions: bool) -> String {
     let port = std::net::TcpListener::bind("127.0.0.1:0")
@@ -174,6 +205,8 @@ async fn serve(store: &SqliteStore, actions: bool) -> String {
             "--allow-actions".to_owned(),
             "--token".to_owned(),
             TOKEN.to_owned(),
+            "--metrics-url".to_owned(),
+            format!("http://127.0.0.1:{}/metrics", prometheus::exporter()),
         ]);
     }
     let cli = Cli::new()
@@ -246,7 +279,10 @@ async fn shot(client: &Client, name: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_console_shows_catch_up_drains_a_parked_stream_and_browses_streams() {
+    // The application's metrics, which the console scrapes for the append-latency alert.
+    prometheus::exporter();
     let store = store().await;
+    slow_append(&store).await;
     let console = serve(&store, true).await;
     let driver = Driver::start();
     let client = driver.browser().await;
@@ -262,10 +298,10 @@ async fn the_console_shows_catch_up_drains_a_parked_stream_and_browses_streams()
     assert_eq!(row[1], "parked streams", "{row:?}");
     assert_eq!(
         (row[2].as_str(), row[3].as_str()),
-        ("10006", "10508"),
+        ("10006", "10509"),
         "{row:?}"
     );
-    assert_eq!(row[5], "502", "events behind: {row:?}");
+    assert_eq!(row[5], "503", "events behind: {row:?}");
     assert!(
         row[6].ends_with(" s"),
         "how long the oldest waited: {row:?}"
@@ -290,6 +326,11 @@ async fn the_console_shows_catch_up_drains_a_parked_stream_and_browses_streams()
     );
     assert!(
         alerts.iter().any(|a| a.contains("1 parked stream in")),
+        "{alerts:?}"
+    );
+    assert!(
+        alerts.iter().any(|a| a.contains("aggregate=\"Account\"")
+            && a.contains("ms at the 99th percentile (threshold 100 ms)")),
         "{alerts:?}"
     );
     // The saga: its runner's checkpoint among the runners, its instance and its sent command.

@@ -12,6 +12,11 @@ use factum::store::SqliteStore;
 use factum::{Envelope, Error, EventStore, ExpectedVersion, NewEvent, Repository, Tx};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
+#[path = "support/prometheus.rs"]
+mod prometheus;
+
+use prometheus::exporter;
+
 #[factum::event]
 #[derive(Debug, Clone, PartialEq)]
 pub struct Deposited {
@@ -133,37 +138,6 @@ fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
                     .all(|(label, value)| rest.contains(&format!("{label}=\"{value}\"")));
             matches.then(|| value.parse().ok()).flatten()
         })
-}
-
-/// The exporter's port, installed (once, for the binary) with its HTTP listener, as an
-/// application would; its runtime is a thread of its own, so that it outlives each test's.
-fn exporter() -> u16 {
-    static PORT: std::sync::OnceLock<u16> = std::sync::OnceLock::new();
-    *PORT.get_or_init(|| {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let (installed, done) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            runtime.block_on(async {
-                metrics_exporter_prometheus::PrometheusBuilder::new()
-                    .with_http_listener(([127, 0, 0, 1], port))
-                    .install()
-                    .expect("the Prometheus exporter installs");
-                factum::metrics::describe();
-                installed.send(()).unwrap();
-                std::future::pending::<()>().await;
-            });
-        });
-        done.recv().unwrap();
-        port
-    })
 }
 
 /// PostgreSQL: a transaction left open holds the feed's horizon back, and the gauge says for

@@ -97,6 +97,10 @@ pub(super) enum Command {
         /// giving it here, where other users of the machine can read it.
         #[arg(long, env = "FACTUM_CONSOLE_TOKEN", hide_env_values = true)]
         token: Option<String>,
+        /// The application's Prometheus endpoint (`http://host:port/metrics`), scraped for
+        /// the append-latency alert (`factum.append.duration`).
+        #[arg(long)]
+        metrics_url: Option<String>,
     },
     /// Loads an export into an empty store (created and migrated when missing), keeping event
     /// ids, stream versions, recording times, feed order and each event's tenant; all or

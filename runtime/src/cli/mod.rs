@@ -224,9 +224,10 @@ impl Cli {
                 listen,
                 allow_actions,
                 token,
+                metrics_url,
             } => {
                 let token = allow_actions.then(|| token.clone().unwrap_or_default());
-                console::serve(self, store, *listen, token).await
+                console::serve(self, store, *listen, token, metrics_url.clone()).await
             }
             Command::Import { .. } => Ok(()),
             Command::Catalog { .. } => Ok(()),

@@ -5,7 +5,8 @@
 //!   events behind, how long the oldest unhandled event has waited, parked streams, state),
 //!   the events behind over the last ten minutes as a chart (sampled by the console every
 //!   [`SAMPLE_EVERY`] while it runs), saga instances and their queued commands, the relays
-//!   (PostgreSQL), and the seed's alerts where their thresholds are crossed.
+//!   (PostgreSQL), and the seed's alerts where their thresholds are crossed (append latency from
+//!   the application's metrics endpoint, `--metrics-url`: `latency.rs`).
 //! - **Dead letters** (`/dead-letters`): the parked streams; with actions allowed, retry and
 //!   skip buttons for projections registered in the tool.
 //! - **Streams** (`/streams`, `/stream?id=`, `/event?id=`): the largest streams, a stream's
@@ -17,6 +18,7 @@
 //! Read-only unless started with `--allow-actions`, and then every action needs the token of
 //! [`TOKEN_ENV`]; it listens on localhost unless told otherwise.
 
+mod latency;
 mod page;
 
 use std::collections::{HashMap, VecDeque};
@@ -49,6 +51,7 @@ const WINDOW: Duration = Duration::from_secs(600);
 /// The seed's alert thresholds (seed 003).
 const LAG_ALERT: Duration = Duration::from_secs(5);
 const STREAM_ALERT: u64 = 10_000;
+const APPEND_ALERT: Duration = Duration::from_millis(100);
 
 /// What the console serves from.
 struct Console {
@@ -58,6 +61,8 @@ struct Console {
     token: Option<String>,
     /// Events behind per projection (`name v<version>`), sampled.
     lag: Mutex<HashMap<String, VecDeque<(Instant, u64)>>>,
+    /// The application's metrics endpoint, for the append-latency alert.
+    metrics: Option<latency::Scraper>,
 }
 
 type Shared = Arc<Console>;
@@ -69,7 +74,11 @@ pub(super) async fn serve(
     store: AnyStore,
     listen: SocketAddr,
     token: Option<String>,
+    metrics_url: Option<String>,
 ) -> Result<(), CliError> {
+    let metrics = metrics_url
+        .map(|url| latency::Scraper::new(&url))
+        .transpose()?;
     if token.as_ref().is_some_and(|token| token.len() < 16) {
         return Err(CliError::Usage(format!(
             "--allow-actions needs a token of at least 16 characters in {TOKEN_ENV}: every retry or skip must give it"
@@ -83,6 +92,7 @@ pub(super) async fn serve(
         store,
         token,
         lag: Mutex::new(HashMap::new()),
+        metrics,
     });
     let sampler = tokio::spawn(sample(Arc::clone(&console)));
     let bound = listener.local_addr().unwrap_or(listen);
@@ -234,6 +244,33 @@ async fn dashboard(State(console): State<Shared>) -> Page {
             escape(stream)
         ));
     }
+    let latency_note = match &console.metrics {
+        Some(scraper) => match scraper.slow_appends(APPEND_ALERT).await {
+            Ok(slow) => {
+                for append in &slow {
+                    alerts.push(format!(
+                        "appends {} take {:.0} ms at the 99th percentile (threshold {} ms)",
+                        escape(&append.labels),
+                        append.p99.as_secs_f64() * 1000.0,
+                        APPEND_ALERT.as_millis()
+                    ));
+                }
+                format!(
+                    "append latency read from {}",
+                    escape(scraper.url())
+                )
+            }
+            Err(error) => {
+                alerts.push(format!(
+                    "the metrics endpoint {} could not be read: {}",
+                    escape(scraper.url()),
+                    escape(&error)
+                ));
+                String::new()
+            }
+        },
+        None => "append latency (threshold 100 ms) is read from the application's metrics: start the console with <code>--metrics-url</code>".to_owned(),
+    };
     if !parked.is_empty() {
         alerts.push(format!(
             "<a href=\"/dead-letters\">{} parked stream{}</a> in the dead-letter queue (threshold 0)",
@@ -252,10 +289,16 @@ async fn dashboard(State(console): State<Shared>) -> Page {
     );
     body.push_str("<h2>Alerts</h2>");
     if alerts.is_empty() {
-        body.push_str("<p class=\"quiet\" id=\"no-alerts\">No threshold crossed: projection lag ≤ 5 s, streams ≤ 10,000 events, no dead letters. Append latency (threshold 100 ms) is measured where appends run: the <code>factum.store.append.duration</code> metric.</p>");
+        let _ = write!(
+            body,
+            "<p class=\"quiet\" id=\"no-alerts\">No threshold crossed: projection lag ≤ 5 s, streams ≤ 10,000 events, no dead letters; {latency_note}.</p>"
+        );
     } else {
         for alert in &alerts {
             let _ = write!(body, "<p class=\"alert\">{alert}</p>");
+        }
+        if !latency_note.is_empty() {
+            let _ = write!(body, "<p class=\"quiet\">{latency_note}.</p>");
         }
     }
     body.push_str("<h2>Projections and sagas</h2>");
