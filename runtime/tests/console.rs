@@ -72,6 +72,14 @@ impl Balances {
 
 const TOKEN: &str = "a-console-token-of-the-test";
 
+/// Appends `events` to `stream`, wherever it stands.
+async fn append(store: &SqliteStore, stream: &str, events: Vec<NewEvent>) {
+    store
+        .append(stream, "Account", ExpectedVersion::Any, events)
+        .await
+        .unwrap();
+}
+
 /// A store with three accounts, one of 10,001 deposits (above the seed's stream alert), and
 /// the `balances` projection 500 events behind, with `account-poison` parked.
 async fn store() -> TemporaryDatabase {
@@ -82,77 +90,47 @@ async fn store() -> TemporaryDatabase {
     )
     .await
     .unwrap();
-    database
-        .append(
-            "account-1",
-            "Account",
-            ExpectedVersion::NoStream,
-            vec![deposit(100), deposit(250), deposit(-50)],
-        )
-        .await
-        .unwrap();
-    database
-        .append(
-            "account-poison",
-            "Account",
-            ExpectedVersion::NoStream,
-            vec![deposit(7), deposit(8)],
-        )
-        .await
-        .unwrap();
+    append(
+        &database,
+        "account-1",
+        vec![deposit(100), deposit(250), deposit(-50)],
+    )
+    .await;
+    append(&database, "account-poison", vec![deposit(7), deposit(8)]).await;
     for _ in 0..10 {
-        database
-            .append(
-                "account-busy",
-                "Account",
-                ExpectedVersion::Any,
-                (0..1_000).map(|_| deposit(1)).collect(),
-            )
-            .await
-            .unwrap();
-    }
-    database
-        .append(
+        append(
+            &database,
             "account-busy",
-            "Account",
-            ExpectedVersion::Any,
-            vec![deposit(1)],
+            (0..1_000).map(|_| deposit(1)).collect(),
         )
-        .await
-        .unwrap();
+        .await;
+    }
+    append(&database, "account-busy", vec![deposit(1)]).await;
     let mut runner = ProjectionRunner::new((*database).clone(), Balances);
     runner.catch_up().await.unwrap();
     // A welcome saga credits a newly opened account: a flow across two streams.
-    database
-        .append(
-            "welcome/a-1",
-            "Account",
-            ExpectedVersion::NoStream,
-            vec![
-                NewEvent::of(&Opened {
-                    account: "a-1".into(),
-                    cents: 7,
-                })
-                .unwrap(),
-            ],
-        )
-        .await
-        .unwrap();
+    let opened = Opened {
+        account: "a-1".into(),
+        cents: 7,
+    };
+    append(
+        &database,
+        "welcome/a-1",
+        vec![NewEvent::of(&opened).unwrap()],
+    )
+    .await;
     let bus =
         CommandBus::new().route::<Credit>(&Repository::<Account, _>::new((*database).clone()));
     let mut welcome = SagaRunner::<_, Welcome>::new((*database).clone(), bus);
     let settled = welcome.settle().await.unwrap();
     assert_eq!((settled.events, settled.commands), (1, 1));
     // And 500 deposits it has not caught up with.
-    database
-        .append(
-            "account-1",
-            "Account",
-            ExpectedVersion::Any,
-            (0..500).map(|_| deposit(1)).collect(),
-        )
-        .await
-        .unwrap();
+    append(
+        &database,
+        "account-1",
+        (0..500).map(|_| deposit(1)).collect(),
+    )
+    .await;
     database
 }
 

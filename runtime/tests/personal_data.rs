@@ -12,17 +12,10 @@ use factum::store::{FeedQuery, SqlStore as _, StoreKind};
 use factum::testing::{TestDatabase, fetch_all};
 use factum::{Envelope, Error, EventStore, ExpectedVersion, MemoryStore, NewEvent, Tx};
 
-#[factum::event]
-#[derive(Debug, Clone, PartialEq)]
-pub struct CustomerRegistered {
-    #[pii(subject)]
-    pub customer_id: String,
-    #[pii(replacement = "[erased]".to_owned())]
-    pub name: String,
-    #[pii]
-    pub email: Option<String>,
-    pub plan: String,
-}
+#[path = "support/customer.rs"]
+mod customer;
+
+use customer::CustomerRegistered;
 
 #[factum::event]
 #[derive(Debug, Clone, PartialEq)]

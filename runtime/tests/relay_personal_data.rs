@@ -19,17 +19,10 @@ use factum::testing::sqlite::TemporaryDatabase;
 use factum::{Envelope, EventStore, ExpectedVersion, NewEvent, Tx};
 use tokio::sync::oneshot;
 
-#[factum::event]
-#[derive(Debug, Clone, PartialEq)]
-pub struct CustomerRegistered {
-    #[pii(subject)]
-    pub customer_id: String,
-    #[pii(replacement = "[erased]".to_owned())]
-    pub name: String,
-    #[pii]
-    pub email: Option<String>,
-    pub plan: String,
-}
+#[path = "support/customer.rs"]
+mod customer;
+
+use customer::CustomerRegistered;
 
 /// The other service's read model: each customer's name, email and whether it read erased.
 #[derive(Debug)]

@@ -167,14 +167,7 @@ pub async fn run(config: &Config) -> Result<Report, Box<dyn std::error::Error>> 
     }
 
     // As autovacuum would have by now, on both sides alike: the planner knows the tables.
-    for roles in [&secured, &open] {
-        sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
-            "ANALYZE {}.events",
-            roles.owner().schema()
-        )))
-        .execute(roles.owner().pool())
-        .await?;
-    }
+    analyze(&[&secured, &open]).await?;
     let stored = (config.streams + config.runs * config.appends) as u64;
     let (mut feed_plain, mut feed_rls, mut feed_ratios) = (Vec::new(), Vec::new(), Vec::new());
     let mut missing = 0;
@@ -213,6 +206,19 @@ pub async fn run(config: &Config) -> Result<Report, Box<dyn std::error::Error>> 
         many,
         missing,
     })
+}
+
+/// Gathers the planner's statistics of each schema's event table, as its owner.
+async fn analyze(schemas: &[&LeastPrivilege]) -> Result<(), Box<dyn std::error::Error>> {
+    for roles in schemas {
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+            "ANALYZE {}.events",
+            roles.owner().schema()
+        )))
+        .execute(roles.owner().pool())
+        .await?;
+    }
+    Ok(())
 }
 
 /// Tenants sharing the schema of [`many_tenants`].
@@ -261,14 +267,7 @@ async fn many_tenants(config: &Config) -> Result<(Many, u64), Box<dyn std::error
         stores.push(tenants);
     }
     // As autovacuum would have by now: the planner knows how the tenants share the table.
-    for roles in [&indexed, &unindexed] {
-        sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
-            "ANALYZE {}.events",
-            roles.owner().schema()
-        )))
-        .execute(roles.owner().pool())
-        .await?;
-    }
+    analyze(&[&indexed, &unindexed]).await?;
     let (mut appended_indexed, mut appended_unindexed, mut append_ratios) =
         (Vec::new(), Vec::new(), Vec::new());
     let (mut feed_indexed, mut feed_unindexed, mut feed_speedups) =

@@ -464,18 +464,13 @@ async fn open_personal_data(
 /// replacements, the envelopes marked [`shredded`](crate::envelope::Envelope::shredded) and
 /// naming their data key. Events with nothing sealed are left as they are.
 fn open_as_erased(events: &mut [RecordedEvent]) -> crate::Result<()> {
+    use crate::store::keys::{Opened, sealed};
     for event in events {
-        if !crate::pii::may_be_sealed(event.event.as_str()) {
-            continue;
-        }
-        let sealed = crate::pii::SealedPayload::read(event.event.as_str())?;
-        let Some(key) = sealed.key_id() else {
-            continue;
+        let opened = match sealed(event.event.as_str())? {
+            Some((sealed, key_id)) => Opened::new(&sealed, key_id, None)?,
+            None => continue,
         };
-        let (opened, shredded) = sealed.open(None)?;
-        event.event = crate::event::Payload::from_stored_json(opened);
-        event.shredded = shredded;
-        event.data_key = Some(key);
+        opened.apply(event);
     }
     Ok(())
 }

@@ -184,20 +184,11 @@ impl Keyring {
         table: &impl KeyTable,
         payload: &str,
     ) -> Result<Option<Opened>> {
-        if !pii::may_be_sealed(payload) {
-            return Ok(None);
-        }
-        let sealed = SealedPayload::read(payload)?;
-        let Some(key_id) = sealed.key_id() else {
+        let Some((sealed, key_id)) = sealed(payload)? else {
             return Ok(None);
         };
         let key = self.key(table, key_id).await?;
-        let (opened, shredded) = sealed.open(key.as_deref())?;
-        Ok(Some(Opened {
-            payload: Payload::from_stored_json(opened),
-            shredded,
-            key: key_id,
-        }))
+        Opened::new(&sealed, key_id, key.as_deref()).map(Some)
     }
 
     /// Opens the sealed fields of each event, marking those whose subject was forgotten
@@ -210,9 +201,7 @@ impl Keyring {
     ) -> Result<()> {
         for event in events {
             if let Some(opened) = self.open_payload(table, event.event.as_str()).await? {
-                event.event = opened.payload;
-                event.shredded = opened.shredded;
-                event.data_key = Some(opened.key);
+                opened.apply(event);
             }
         }
         Ok(())
@@ -232,6 +221,19 @@ impl Keyring {
     }
 }
 
+/// A stored payload's sealed field and the id of the data key it needs; `None` when nothing
+/// in it is sealed.
+///
+/// # Errors
+/// [`PiiError::Malformed`] for a sealed field in an unknown form.
+pub(crate) fn sealed(payload: &str) -> Result<Option<(SealedPayload<'_>, Uuid)>> {
+    if !pii::may_be_sealed(payload) {
+        return Ok(None);
+    }
+    let sealed = SealedPayload::read(payload)?;
+    Ok(sealed.key_id().map(|key_id| (sealed, key_id)))
+}
+
 /// A stored payload whose sealed fields were opened.
 pub(crate) struct Opened {
     /// The payload with the fields in place: in plain, or their replacements.
@@ -240,6 +242,32 @@ pub(crate) struct Opened {
     pub shredded: bool,
     /// The data key they were sealed under.
     pub key: Uuid,
+}
+
+impl Opened {
+    /// `sealed` (under the key `key_id`) opened with `key`, or as erased without it.
+    ///
+    /// # Errors
+    /// [`PiiError::Tampered`] when it does not decrypt under `key`; [`PiiError::Malformed`].
+    pub(crate) fn new(
+        sealed: &SealedPayload<'_>,
+        key_id: Uuid,
+        key: Option<&DataKey>,
+    ) -> Result<Self> {
+        let (opened, shredded) = sealed.open(key)?;
+        Ok(Self {
+            payload: Payload::from_stored_json(opened),
+            shredded,
+            key: key_id,
+        })
+    }
+
+    /// Puts the opened payload in `event`, marking it shredded or not and naming its key.
+    pub(crate) fn apply(self, event: &mut RecordedEvent) {
+        event.event = self.payload;
+        event.shredded = self.shredded;
+        event.data_key = Some(self.key);
+    }
 }
 
 /// A payload from its JSON object (which always serializes).
