@@ -18,6 +18,9 @@ use serde::Serialize;
 
 use crate::stats::median;
 
+/// Whole feed reads on each side before the measured ones (see `run`).
+const FEED_WARM_UP_READS: usize = 4;
+
 /// What to run.
 pub struct Config {
     pub runs: usize,
@@ -171,6 +174,14 @@ pub async fn run(config: &Config) -> Result<Report, Box<dyn std::error::Error>> 
     let stored = (config.streams + config.runs * config.appends) as u64;
     let (mut feed_plain, mut feed_rls, mut feed_ratios) = (Vec::new(), Vec::new(), Vec::new());
     let mut missing = 0;
+    // A runner reads the feed on its pool's few connections all day: PostgreSQL plans a
+    // prepared statement anew for each of a connection's first five executions, then keeps one
+    // generic plan. Measure that steady state, on both sides alike: every connection of each
+    // pool past its first reads (the pools rotate their idle connections).
+    for _ in 0..FEED_WARM_UP_READS {
+        read_feed(&plain, config.batch).await?;
+        read_feed(&rls, config.batch).await?;
+    }
     for run in 0..config.runs {
         let ((pn, p), (rn, r)) = if run % 2 == 0 {
             let p = read_feed(&plain, config.batch).await?;
