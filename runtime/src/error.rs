@@ -315,6 +315,12 @@ pub enum Error {
     #[error(transparent)]
     Pii(#[from] crate::pii::PiiError),
 
+    /// The cold tier failed: an archive file could not be written or read (see
+    /// [`crate::archive`]). Nothing was lost or skipped.
+    #[cfg(feature = "archive")]
+    #[error(transparent)]
+    Archive(#[from] crate::archive::ArchiveError),
+
     /// The store does not support this operation.
     #[error("this event store does not support {0}")]
     Unsupported(&'static str),

@@ -70,6 +70,8 @@
 extern crate self as factum;
 
 pub mod aggregate;
+#[cfg(feature = "archive")]
+pub mod archive;
 pub mod catalog;
 #[cfg(feature = "cli")]
 pub mod cli;

@@ -15,6 +15,10 @@ GRANT SELECT, INSERT ON {schema}.events TO {role};
 GRANT SELECT ON {schema}.factum_migrations, {schema}.cluster_identity TO {role};
 GRANT EXECUTE ON FUNCTION {schema}.feed_tx_offset() TO {role};
 
+-- The cold tier's index (`factum::archive`): read to find archived events. Archiving and
+-- restoring (which remove and put back rows of the log) are the owner's.
+GRANT SELECT ON {schema}.archives, {schema}.archived_ranges TO {role};
+
 -- Data subjects' keys: made on a subject's first event with personal data, deleted when the
 -- subject is forgotten. A saga that handled a subject's data in plain locks its key `FOR SHARE`
 -- until its transaction ends (so that forgetting waits, then erases what the saga wrote), which

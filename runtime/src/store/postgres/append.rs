@@ -83,6 +83,18 @@ pub(super) fn insert_sql(schema: &Schema) -> String {
     )
 }
 
+/// Whether the versions after `after` of stream `stream` are free of archived events (see
+/// [`crate::archive`]): the table no longer holds archived versions, so the primary key alone
+/// cannot refuse an insert after a stale head among them; the stream's archived ranges can.
+/// One index probe of an empty table for a store that never archived.
+fn not_archived_after(schema: &Schema, stream: &str, after: &str) -> String {
+    let s = schema.quoted();
+    format!(
+        "NOT EXISTS (SELECT 1 FROM {s}.archived_ranges r
+                     WHERE r.stream_id = {stream} AND r.through_version > {after})"
+    )
+}
+
 /// [`insert_sql`] for one event, with scalar parameters (no arrays to encode and unnest): the
 /// common append. `$4`… are the event's fields, as in [`insert_one_after_head_sql`].
 pub(super) fn insert_one_sql(schema: &Schema) -> String {
@@ -105,6 +117,7 @@ pub(super) fn insert_one_sql(schema: &Schema) -> String {
 pub(super) fn insert_after_head_sql(schema: &Schema) -> String {
     let s = schema.quoted();
     let tx = identity::stored_xid(schema, "pg_current_xact_id()");
+    let not_archived = not_archived_after(schema, "$1", "$3");
     format!(
         "INSERT INTO {s}.events AS e (stream_id, stream_version, aggregate_type, event_id, event_type,
              schema_version, payload, metadata, correlation_id, causation_id, actor, recorded_at, tx)
@@ -114,6 +127,7 @@ pub(super) fn insert_after_head_sql(schema: &Schema) -> String {
                      $10::uuid[], $11::text[])
               WITH ORDINALITY AS u(event_id, event_type, schema_version, payload, metadata,
                                    correlation_id, causation_id, actor, ord)
+         WHERE {not_archived}
          ORDER BY u.ord
          RETURNING e.stream_version, e.position, e.tx::text::bigint, e.recorded_at"
     )
@@ -124,11 +138,13 @@ pub(super) fn insert_after_head_sql(schema: &Schema) -> String {
 pub(super) fn insert_one_after_head_sql(schema: &Schema) -> String {
     let s = schema.quoted();
     let tx = identity::stored_xid(schema, "pg_current_xact_id()");
+    let not_archived = not_archived_after(schema, "$1", "$3");
     format!(
         "INSERT INTO {s}.events AS e (stream_id, stream_version, aggregate_type, event_id, event_type,
              schema_version, payload, metadata, correlation_id, causation_id, actor, recorded_at, tx)
-         VALUES ($1, $3 + 1, $2, $4, $5, $6, $7::json, $8::json, $9, $10, $11, clock_timestamp(),
-                 {tx})
+         SELECT $1, $3 + 1, $2, $4, $5, $6, $7::json, $8::json, $9, $10, $11, clock_timestamp(),
+                {tx}
+         WHERE {not_archived}
          RETURNING e.stream_version, e.position, e.tx::text::bigint, e.recorded_at"
     )
 }
@@ -142,6 +158,7 @@ pub(super) fn insert_one_after_head_sql(schema: &Schema) -> String {
 pub(super) fn insert_group_sql(schema: &Schema) -> String {
     let s = schema.quoted();
     let tx = identity::stored_xid(schema, "pg_current_xact_id()");
+    let not_archived = not_archived_after(schema, "u.stream_id", "u.after");
     format!(
         "INSERT INTO {s}.events AS e (stream_id, stream_version, aggregate_type, event_id, event_type,
              schema_version, payload, metadata, correlation_id, causation_id, actor, recorded_at, tx)
@@ -159,7 +176,7 @@ pub(super) fn insert_group_sql(schema: &Schema) -> String {
              WHERE u.after IS NULL AND h.stream_id = u.stream_id
              ORDER BY h.stream_version DESC LIMIT 1
          ) h ON true
-         WHERE u.after IS NOT NULL
+         WHERE (u.after IS NOT NULL AND {not_archived})
             OR ((u.expected = -1
                  OR (u.expected = -2 AND h.stream_version IS NULL)
                  OR (u.expected = -3 AND h.stream_version IS NOT NULL)
@@ -569,7 +586,9 @@ impl PostgresStore {
             }
         };
         let collision = match inserted {
-            Ok(rows) => return append.recorded(rows),
+            Ok(rows) if !rows.is_empty() => return append.recorded(rows),
+            // The versions after the head were archived: the head is stale.
+            Ok(_) => false,
             Err(error) if is_unique_violation(&error) => collided(&error),
             Err(error) => return Err(self.fail(error)),
         };

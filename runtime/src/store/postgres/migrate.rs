@@ -117,6 +117,11 @@ const MIGRATIONS: &[Migration] = &[
         name: "tenant_feed_index",
         sql: include_str!("../../../migrations/postgres/0021_tenant_feed_index.sql"),
     },
+    Migration {
+        version: 22,
+        name: "archives",
+        sql: include_str!("../../../migrations/postgres/0022_archives.sql"),
+    },
 ];
 
 pub(super) async fn migrate(pool: &PgPool, schema: &Schema) -> Result<()> {

@@ -18,6 +18,7 @@
 //! version n committed, so its transaction id is the newer one (see the `append` module).
 
 mod append;
+mod archive;
 mod identity;
 mod import;
 mod keys;
@@ -194,14 +195,19 @@ impl Statements {
                             x.newest::text::bigint AS newest_number,
                             -- Anything at or above the horizon is committed or in flight, and
                             -- not yet deliverable.
-                            coalesce(x.newest >= x.xmin, false) AS held_back
+                            coalesce(x.newest >= x.xmin, false) AS held_back,
+                            -- Archived events after the position, in the cold tier.
+                            EXISTS (SELECT 1 FROM {s}.archives a
+                                    WHERE (a.last_tx, a.last_position)
+                                          > ($1::text::xid8, $2)) AS cold
                      FROM (SELECT {xmin} AS xmin,
                                   -- max() reads one index entry.
                                   (SELECT max(w.tx) FROM {s}.events w) AS newest) x
                  )
-                 (SELECT h.xmin_number, h.held_back, h.newest_number, {nulls} FROM horizon h)
+                 (SELECT h.xmin_number, h.held_back, h.newest_number, h.cold, {nulls}
+                  FROM horizon h)
                  UNION ALL
-                 SELECT NULL, NULL, NULL, f.*
+                 SELECT NULL, NULL, NULL, NULL, f.*
                  FROM horizon h,
                       LATERAL (SELECT {columns}
                                FROM {s}.events e
@@ -349,6 +355,9 @@ struct Inner {
     forgets: std::sync::atomic::AtomicU64,
     /// Whose events the pool's sessions see (set when they connect).
     tenancy: Tenancy,
+    /// Archive files read lately.
+    #[cfg(feature = "archive")]
+    cold: archive::ColdCache,
 }
 
 impl fmt::Debug for PostgresStore {
@@ -428,6 +437,8 @@ impl PostgresStore {
                 heads: WrittenHeads::default(),
                 forgets: std::sync::atomic::AtomicU64::new(0),
                 tenancy,
+                #[cfg(feature = "archive")]
+                cold: archive::ColdCache::default(),
             }),
         }
     }
@@ -812,16 +823,17 @@ impl PostgresStore {
         };
         let held_back: bool = columns::get(first, 1)?;
         let newest: Option<u64> = columns::unsigned_opt::<_, i64, _>(first, 2)?;
-        let (mut events, undecodable, stopped) = match query.fields {
+        let cold: bool = columns::get(first, 3)?;
+        let (mut events, mut undecodable, stopped) = match query.fields {
             EnvelopeFields::Source => {
-                runner_envelopes(rows, |row| Ok((source_from_row(row, 3)?, None)))?
+                runner_envelopes(rows, |row| Ok((source_from_row(row, 4)?, None)))?
             }
             EnvelopeFields::Origin => {
-                runner_envelopes(rows, |row| Ok((origin_from_row(row, 3)?, None)))?
+                runner_envelopes(rows, |row| Ok((origin_from_row(row, 4)?, None)))?
             }
-            EnvelopeFields::All => runner_envelopes(rows, |row| envelope_or_defect(row, 3))?,
+            EnvelopeFields::All => runner_envelopes(rows, |row| envelope_or_defect(row, 4))?,
         };
-        let next = match (events.last(), newest) {
+        let mut next = match (events.last(), newest) {
             (Some(last), _) if stopped || events.len() >= query.limit => last.feed_position(),
             // Everything below the horizon has been read: every transaction below it has ended.
             // The position goes no further than the newest stored event, so that no checkpoint
@@ -832,6 +844,33 @@ impl PostgresStore {
             }
             (_, None) => query.after,
         };
+        if cold {
+            // Archived events after the position: merged in feed order, up to the batch's
+            // size, and no further than the hot events when those stopped the batch.
+            let bound = (stopped || events.len() >= query.limit).then_some(next);
+            let mut archived = self
+                .cold_feed(query.after, query.limit, query.event_types.as_deref())
+                .await?;
+            archived.retain(|(event, _)| bound.is_none_or(|bound| event.feed_position() <= bound));
+            if !archived.is_empty() {
+                for (event, defect) in archived {
+                    undecodable.extend(defect);
+                    events.push(event);
+                }
+                events.sort_by_key(RecordedEvent::feed_position);
+                if events.len() > query.limit {
+                    events.truncate(query.limit);
+                    undecodable.retain(|bad| events.iter().any(|e| e.event_id == bad.event_id));
+                }
+                if let Some(last) = events.last() {
+                    next = if bound.is_some() || events.len() >= query.limit {
+                        last.feed_position()
+                    } else {
+                        next.max(last.feed_position())
+                    };
+                }
+            }
+        }
         self.open_pii(&mut events).await?;
         let mut batch = FeedBatch::new(events, next).held_back(held_back);
         batch.undecodable = undecodable;
@@ -859,6 +898,53 @@ impl PostgresStore {
             Some(keys) => keys.open(self, events).await,
             None => Ok(()),
         }
+    }
+
+    /// The archived events of a stream read from the table: those of `bounds` before
+    /// `first_hot`, the first version the table returned (none when it returned none).
+    async fn archived_before(
+        &self,
+        stream_id: &str,
+        (from, through): (u64, u64),
+        first_hot: Option<Result<u64>>,
+    ) -> Result<Vec<ReadEnvelope>> {
+        let from = from.max(1);
+        let through = match first_hot.transpose()? {
+            Some(first) if first > from => (first - 1).min(through),
+            Some(_) => return Ok(Vec::new()),
+            None if from <= through => through,
+            None => return Ok(Vec::new()),
+        };
+        self.cold_stream(stream_id, from, through).await
+    }
+
+    /// Hands a stream's archived versions `from..=through` to `visit`, in order, their
+    /// personal data opened.
+    async fn visit_cold<F>(
+        &self,
+        stream_id: &str,
+        from: u64,
+        through: u64,
+        visit: &mut F,
+    ) -> Result<()>
+    where
+        F: FnMut(HistoryItem<'_>) -> Result<()> + Send,
+    {
+        for (event, defect) in self.cold_stream(stream_id, from, through).await? {
+            let event = strict_envelope((event, defect))?;
+            let replayed = StreamEventRef::new(
+                event.stream_version,
+                &event.aggregate_type,
+                &event.event_type,
+                event.schema_version,
+                event.event.as_str(),
+            );
+            let mut opened = None;
+            visit(HistoryItem::Event(
+                self.open_replayed(replayed, &mut opened).await?,
+            ))?;
+        }
+        Ok(())
     }
 
     /// Hands the event of a replayed row ([`REPLAY_COLUMNS`]) to `visit`, its personal data
@@ -980,6 +1066,11 @@ fn replayed_event<'r>(
         columns::unsigned::<_, i32, _>(row, at + 3)?,
         columns::get_unchecked(row, at + 4)?,
     ))
+}
+
+/// The stream version in a stream read's row, at column `at`.
+fn version_at(row: &PgRow, at: usize) -> Result<u64> {
+    columns::unsigned::<_, i64, _>(row, at)
 }
 
 /// Reads the stream event columns ([`STREAM_EVENT_COLUMNS`]) starting at `at`.
@@ -1116,14 +1207,25 @@ impl EventStore for PostgresStore {
         stream_id: &str,
         versions: impl RangeBounds<u64> + Send,
     ) -> Result<Vec<RecordedEvent>> {
+        let bounds = version_bounds(&versions);
         let rows = self
-            .stream_rows(
-                &self.inner.sql.read_stream,
-                stream_id,
-                version_bounds(&versions),
-            )
+            .stream_rows(&self.inner.sql.read_stream, stream_id, bounds)
             .await?;
-        self.read_rows(&rows, 0).await
+        let mut events = self
+            .archived_before(
+                stream_id,
+                bounds,
+                rows.first().map(|row| version_at(row, 1)),
+            )
+            .await?
+            .into_iter()
+            .map(|(event, defect)| strict_envelope((event, defect)))
+            .collect::<Result<Vec<_>>>()?;
+        for row in &rows {
+            events.push(envelope_from_row(row, 0)?);
+        }
+        self.open_pii(&mut events).await?;
+        Ok(events)
     }
 
     async fn read_feed(&self, query: &FeedQuery) -> Result<FeedBatch> {
@@ -1135,17 +1237,29 @@ impl EventStore for PostgresStore {
         stream_id: &str,
         versions: impl RangeBounds<u64> + Send,
     ) -> Result<Vec<StreamEvent>> {
+        let bounds = version_bounds(&versions);
         let rows = self
-            .stream_rows(
-                &self.inner.sql.read_stream_events,
-                stream_id,
-                version_bounds(&versions),
-            )
+            .stream_rows(&self.inner.sql.read_stream_events, stream_id, bounds)
             .await?;
-        let mut events = rows
-            .iter()
-            .map(|row| stream_event_from_row(row, 0))
-            .collect::<Result<Vec<_>>>()?;
+        let mut events = self
+            .archived_before(
+                stream_id,
+                bounds,
+                rows.first().map(|row| version_at(row, 0)),
+            )
+            .await?
+            .into_iter()
+            .map(|(event, _)| StreamEvent {
+                stream_version: event.stream_version,
+                aggregate_type: event.aggregate_type,
+                event_type: event.event_type,
+                schema_version: event.schema_version,
+                payload: event.event,
+            })
+            .collect::<Vec<_>>();
+        for row in &rows {
+            events.push(stream_event_from_row(row, 0)?);
+        }
         if let Some(keys) = &self.keys {
             for event in &mut events {
                 if let Some(opened) = keys.open_payload(self, event.payload.as_str()).await? {
@@ -1195,6 +1309,13 @@ impl EventStore for PostgresStore {
                     next += 1;
                 }
             }
+            // Versions before the first in the table were archived (its head stays hot).
+            if let Some(&first) = early.keys().next()
+                && first > next
+            {
+                self.visit_cold(stream_id, next, first - 1, &mut visit)
+                    .await?;
+            }
             // A stream whose versions have gaps (none does when written by Factum): the rest,
             // in order.
             for row in early.values() {
@@ -1209,9 +1330,11 @@ impl EventStore for PostgresStore {
             .await
             .map_err(|e| self.fail(e))?;
         let mut events = Vec::with_capacity(rows.len());
+        let mut expected = 1;
         for row in &rows {
             if columns::get::<_, i32>(row, 0)? == 1 {
                 let snapshot = snapshot_from_row(row, 1, stream_id)?;
+                expected = snapshot.stream_version + 1;
                 visit(HistoryItem::Snapshot(snapshot))?;
             } else {
                 // Borrowed from the row buffers: nothing is copied before decoding.
@@ -1221,6 +1344,13 @@ impl EventStore for PostgresStore {
         // The union keeps each branch's order in practice; make sure rather than assume.
         if !events.is_sorted_by_key(|e| e.stream_version) {
             events.sort_by_key(|e| e.stream_version);
+        }
+        // Versions after the snapshot (or from the first) before the table's were archived.
+        if let Some(first) = events.first()
+            && first.stream_version > expected
+        {
+            self.visit_cold(stream_id, expected, first.stream_version - 1, &mut visit)
+                .await?;
         }
         for event in events {
             let mut opened = None;
