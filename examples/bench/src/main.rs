@@ -10,8 +10,10 @@
 //! cargo run --release -p factum-bench -- relay               # relay to JetStream vs plain async-nats
 //! cargo run --release -p factum-bench -- pii                 # events with #[pii] fields vs without
 //! cargo run --release -p factum-bench -- tenants             # row-level security vs none
+//! cargo run --release -p factum-bench -- archive             # the cold tier vs all hot
 //! ```
 
+mod archive;
 mod group;
 mod hot;
 mod pii;
@@ -251,6 +253,23 @@ enum Suite {
         /// Load rounds (each loads both streams).
         #[arg(long, default_value_t = 25)]
         load_rounds: usize,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// The cold tier (PostgreSQL): archive and restore throughput, and a rebuild's read of the
+    /// whole feed with its older events archived vs all hot. Uses `DATABASE_URL` (a schema is
+    /// created and dropped).
+    Archive {
+        /// Runs (the median is reported).
+        #[arg(long, default_value_t = 5)]
+        runs: usize,
+        /// Events in the store.
+        #[arg(long, default_value_t = 100_000)]
+        events: u64,
+        /// Events per feed read.
+        #[arg(long, default_value_t = 1000)]
+        batch: usize,
         /// Print the report as JSON.
         #[arg(long)]
         json: bool,
@@ -596,6 +615,43 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 return Err(format!(
                     "{} conflicts reached serialized commands (must be 0)",
                     report.serialized_conflicts
+                )
+                .into());
+            }
+        }
+        Suite::Archive {
+            runs,
+            events,
+            batch,
+            json,
+        } => {
+            let config = archive::Config {
+                runs: runs.max(1),
+                events: events.max(2),
+                batch: batch.max(1),
+            };
+            let report = archive::run(&config).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                println!(
+                    "\ncold tier, PostgreSQL: {} events, {} archived into {} files ({} bytes), median of {} runs",
+                    report.events, report.archived, report.files, report.bytes, report.runs
+                );
+                println!(
+                    "  archive {:.0} events/s, restore {:.0} events/s",
+                    report.archive_per_s, report.restore_per_s
+                );
+                println!(
+                    "  rebuild read of the whole feed: all hot {:.0} events/s, archived {:.0} events/s (cold/hot rate {:.3})",
+                    report.hot_rebuild_per_s, report.cold_rebuild_per_s, report.cold_vs_hot
+                );
+                println!("  mismatched: {} (must be 0)", report.mismatched);
+            }
+            if report.mismatched > 0 {
+                return Err(format!(
+                    "{} events of the cold read were missing, extra or out of place",
+                    report.mismatched
                 )
                 .into());
             }

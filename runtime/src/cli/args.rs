@@ -82,6 +82,13 @@ pub(super) enum Command {
         #[arg(long, short)]
         output: Option<std::path::PathBuf>,
     },
+    /// The cold tier (PostgreSQL, as the schema's owner): `archive run` moves the events
+    /// recorded before a time into Parquet files (each stream keeps its newest), which every
+    /// read goes on reading; `archive list` shows them; `archive restore` puts one back.
+    Archive {
+        #[command(subcommand)]
+        command: ArchiveCommand,
+    },
     /// Serves the web console (catch-up dashboard, dead letters, streams, catalog) until
     /// stopped; read-only unless `--allow-actions`, whose retries and skips need the token in
     /// FACTUM_CONSOLE_TOKEN.
@@ -296,5 +303,30 @@ pub(super) enum RelayCommand {
         /// The parked stream.
         #[arg(long)]
         stream: String,
+    },
+}
+
+/// `archive` subcommands.
+#[derive(Debug, Subcommand)]
+pub(super) enum ArchiveCommand {
+    /// Archives the events recorded before `--before` into Parquet files in `--dir`.
+    Run {
+        /// The cut-off (RFC 3339, e.g. 2025-01-01T00:00:00Z).
+        #[arg(long)]
+        before: chrono::DateTime<chrono::Utc>,
+        /// The directory of the files: every process reading archived events needs it at
+        /// this path.
+        #[arg(long)]
+        dir: std::path::PathBuf,
+        /// Events per file.
+        #[arg(long, default_value_t = 100_000)]
+        events_per_file: usize,
+    },
+    /// Lists the archives.
+    List,
+    /// Puts an archive's events back into the table and removes its file.
+    Restore {
+        /// The archive's id (`archive list`).
+        id: i64,
     },
 }

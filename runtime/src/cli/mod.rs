@@ -13,6 +13,7 @@
 //! }
 //! ```
 
+mod archive;
 mod args;
 mod catalog;
 mod cluster;
@@ -207,6 +208,7 @@ impl Cli {
             Command::Stats { largest } => status::stats(&store, *largest, json).await,
             Command::Forget { subject } => store::forget(&store, subject, json).await,
             Command::AdoptCluster => cluster::adopt(&store, json).await,
+            Command::Archive { command } => archive::run(&store, command, json).await,
             Command::Export {
                 streams,
                 tenant,
