@@ -18,7 +18,7 @@ use factum::testing::postgres::LeastPrivilege;
 use factum::{
     Error, EventStore, ExpectedVersion, FeedPosition, NewEvent, RecordedEvent, Repository, Snapshot,
 };
-use tenant_domain::{Account, Ledger, deposit};
+use tenant_domain::{Account, Ledger, Opened, Registered, deposit};
 
 const STREAMS: usize = 1_000;
 /// Events per stream before the cut-off.
@@ -159,13 +159,17 @@ async fn archived_events_read_back_from_parquet_through_every_path_and_restore()
     // The application's role cannot archive: it may not remove rows.
     let dir = Dir::new();
     let options = ArchiveOptions::new(&dir.0, cut_off).events_per_file(30_000);
-    assert!(app.archive(&options).await.is_err());
+    let refused = app.archive(&options).await.unwrap_err();
+    assert!(
+        refused.to_string().contains("permission denied"),
+        "{refused}"
+    );
     assert!(dir.files().is_empty(), "a refused archive leaves no file");
 
     let report = owner.archive(&options).await.unwrap();
-    // Each stream keeps its newest event in the table: the 300 with a newer event archive all
-    // 100 old ones, the others 99.
-    let archived = STREAMS * (OLD_PER_STREAM - 1) + NEWER_STREAMS;
+    // Each stream keeps its first and newest events in the table: the 300 with a newer event
+    // archive versions 2 to 100, the others 2 to 99.
+    let archived = STREAMS * (OLD_PER_STREAM - 2) + NEWER_STREAMS;
     assert_eq!(report.events, archived as u64);
     assert_eq!(report.files.len(), 4, "{report:?}");
     // Streams whose archived versions two files share count in both.
@@ -199,10 +203,12 @@ async fn archived_events_read_back_from_parquet_through_every_path_and_restore()
         before[total / 4 + 1..],
         "a reader continues from its checkpoint without a gap or a repeat"
     );
-    assert_eq!(
-        rebuild_ledger(app).await,
-        ledger_before,
-        "a projection rebuilt from cold + hot"
+    let rebuilt = rebuild_ledger(app).await;
+    assert!(
+        rebuilt == ledger_before,
+        "a projection rebuilt from cold + hot: {} deposits, {} cents",
+        rebuilt.0.len(),
+        rebuilt.1
     );
     assert_eq!(app.read_stream(&stream(7), ..).await.unwrap(), stream_7);
     assert_eq!(app.read_stream(&stream(700), ..).await.unwrap(), stream_700);
@@ -258,16 +264,25 @@ async fn archived_events_read_back_from_parquet_through_every_path_and_restore()
         .await
         .unwrap();
     assert_eq!(appended[0].stream_version, 101);
-    assert!(matches!(
-        app.append(
-            &stream(500),
-            "Account",
-            ExpectedVersion::Exact(50),
-            vec![deposit(5)]
-        )
-        .await,
-        Err(Error::Conflict { .. })
-    ));
+    // Through the head this store wrote (an insert after version 50 with only the primary
+    // key and the archived ranges to refuse it), and through a store that reads the head.
+    let reads_heads = PostgresStore::with_schema(app.pool().clone(), app.schema()).unwrap();
+    for store in [app, &reads_heads] {
+        for stale in [50, 1, 99] {
+            let refused = store
+                .append(
+                    &stream(500),
+                    "Account",
+                    ExpectedVersion::Exact(stale),
+                    vec![deposit(5)],
+                )
+                .await;
+            assert!(
+                matches!(refused, Err(Error::Conflict { actual: 101, .. })),
+                "{stale}: {refused:?}"
+            );
+        }
+    }
 
     // A new stream of an archived stream's id is no new stream.
     assert!(matches!(
@@ -281,7 +296,24 @@ async fn archived_events_read_back_from_parquet_through_every_path_and_restore()
         Err(Error::Conflict { .. })
     ));
 
-    // Nobody removes archived-range rows by hand: the trigger still guards the table.
+    // The trigger lets an archiving transaction remove its own archive's rows, no others:
+    // not the first nor the newest event of a stream it archived.
+    for (archive, version) in [(report.files[0].id, 1), (report.files[0].id, 101)] {
+        let mut transaction = owner.pool().begin().await.unwrap();
+        sqlx::query("SELECT set_config('factum.archive', $1, true)")
+            .bind(archive.to_string())
+            .execute(&mut *transaction)
+            .await
+            .unwrap();
+        let removed = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "DELETE FROM {}.events WHERE stream_id = 'account-0001' AND stream_version = {version}",
+            owner.schema()
+        )))
+        .execute(&mut *transaction)
+        .await;
+        let error = removed.unwrap_err().to_string();
+        assert!(error.contains("append-only"), "{error}");
+    }
     let removed = sqlx::query(sqlx::AssertSqlSafe(format!(
         "DELETE FROM {}.events WHERE stream_id = 'account-0001'",
         owner.schema()
@@ -289,7 +321,7 @@ async fn archived_events_read_back_from_parquet_through_every_path_and_restore()
     .execute(owner.pool())
     .await;
     assert!(
-        removed.is_err(),
+        removed.unwrap_err().to_string().contains("append-only"),
         "the owner cannot delete events outside an archive"
     );
 
@@ -312,6 +344,53 @@ async fn archived_events_read_back_from_parquet_through_every_path_and_restore()
         total - (total / 4 + 1) + 1
     );
 
+    // Restoring one archive in the middle leaves archived versions on both sides of restored
+    // ones in many streams: every read still gives what it gave.
+    let middle = report.files[1].id;
+    assert_eq!(owner.restore(middle).await.unwrap(), report.files[1].events);
+    let fresh = PostgresStore::with_schema(app.pool().clone(), app.schema()).unwrap();
+    assert_eq!(
+        feed(&fresh, FeedPosition::START, 1_000).await[..total],
+        before[..]
+    );
+    // The ledger as before, and the deposit appended to stream 500 since.
+    let (mut streams, cents) = ledger_before.clone();
+    streams.push(stream(500));
+    let rebuilt = rebuild_ledger(&fresh).await;
+    assert!(
+        rebuilt == (streams, cents + 5),
+        "a projection rebuilt after a partial restore: {} deposits, {} cents",
+        rebuilt.0.len(),
+        rebuilt.1
+    );
+    for n in [0, 250, 303, 304, 600, 608, 609, 610, 999] {
+        let events = fresh.read_stream(&stream(n), ..).await.unwrap();
+        let sum: i64 = events
+            .iter()
+            .map(|e| {
+                e.event.decode::<serde_json::Value>().unwrap()["cents"]
+                    .as_i64()
+                    .unwrap()
+            })
+            .sum();
+        assert!(
+            events
+                .iter()
+                .map(|e| e.stream_version)
+                .eq(1..=events.len() as u64),
+            "stream {n}"
+        );
+        let loaded = Repository::<Account, _>::new(fresh.clone())
+            .load(&stream(n))
+            .await
+            .unwrap();
+        assert_eq!(
+            (loaded.state.cents, loaded.version),
+            (sum, events.len() as u64),
+            "stream {n}"
+        );
+    }
+
     // Restoring every archive puts each event back in its place; the files are gone.
     for archive in owner.archives().await.unwrap() {
         owner.restore(archive.id).await.unwrap();
@@ -329,4 +408,135 @@ async fn archived_events_read_back_from_parquet_through_every_path_and_restore()
         total + 1,
         "and the append made while archived"
     );
+}
+
+/// Two tenants' events archived into the same files: each tenant reads back its own (the
+/// feed, filtered by type too, its streams, its loads) and nothing of the other's; a stream
+/// id of one tenant stays refused to the other (its first event stays in the table); a stream
+/// with personal data stays whole in the table.
+#[tokio::test]
+async fn each_tenant_reads_back_its_own_archived_events_only() {
+    let schema = LeastPrivilege::new().await.unwrap();
+    let owner = schema.owner();
+    let acme = schema.application().for_tenant("acme").await.unwrap();
+    let globex = schema.application().for_tenant("globex").await.unwrap();
+    let keyed = acme
+        .clone()
+        .with_key_provider(factum::pii::LocalKeyProvider::new([9; 32]));
+    for i in 0..40 {
+        let opened = NewEvent::of(&Opened {
+            account: format!("a-{i}"),
+            cents: i,
+        })
+        .unwrap();
+        acme.append(
+            "acme/a-1",
+            "Account",
+            ExpectedVersion::Any,
+            vec![deposit(i)],
+        )
+        .await
+        .unwrap();
+        acme.append("acme/o-1", "Onboarding", ExpectedVersion::Any, vec![opened])
+            .await
+            .unwrap();
+        globex
+            .append(
+                "globex/g-1",
+                "Account",
+                ExpectedVersion::Any,
+                vec![deposit(100 + i)],
+            )
+            .await
+            .unwrap();
+        let registered = NewEvent::of(&Registered {
+            customer: "c-1".to_owned(),
+            name: format!("Ada {i}"),
+        })
+        .unwrap();
+        keyed
+            .append(
+                "acme/c-1",
+                "Customer",
+                ExpectedVersion::Any,
+                vec![registered],
+            )
+            .await
+            .unwrap();
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    let cut_off = chrono::Utc::now();
+
+    let opened_only = |after| FeedQuery::after(after).limit(7).event_types(["Opened"]);
+    let read = |store: PostgresStore| async move {
+        let all = feed(&store, FeedPosition::START, 7).await;
+        let mut opened = Vec::new();
+        let mut position = FeedPosition::START;
+        loop {
+            let page = store.read_feed(&opened_only(position)).await.unwrap();
+            position = page.next;
+            if page.events.is_empty() {
+                break;
+            }
+            opened.extend(page.events);
+        }
+        (all, opened)
+    };
+    let acme_before = read(acme.clone()).await;
+    let globex_before = read(globex.clone()).await;
+    assert_eq!((acme_before.0.len(), acme_before.1.len()), (120, 40));
+    assert_eq!(globex_before.0.len(), 40);
+    let acme_loaded = Repository::<Account, _>::new(acme.clone())
+        .load("acme/a-1")
+        .await
+        .unwrap();
+
+    let dir = Dir::new();
+    let report = owner
+        .archive(&ArchiveOptions::new(&dir.0, cut_off).events_per_file(25))
+        .await
+        .unwrap();
+    // Versions 2 to 39 of acme/a-1, acme/o-1 and globex/g-1; not acme/c-1 (personal data).
+    assert_eq!(report.events, 3 * 38, "{report:?}");
+    assert_eq!(report.files.len(), 5);
+    assert_eq!(keyed.read_stream("acme/c-1", ..).await.unwrap().len(), 40);
+
+    assert!(
+        read(acme.clone()).await == acme_before,
+        "acme's feed, and its opened events"
+    );
+    assert!(read(globex.clone()).await == globex_before, "globex's feed");
+    assert!(globex.read_stream("acme/a-1", ..).await.unwrap().is_empty());
+    assert!(
+        acme.read_stream("globex/g-1", 2..)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(
+        acme.read_stream("acme/a-1", ..).await.unwrap(),
+        acme_before
+            .0
+            .iter()
+            .filter(|e| e.stream_id == "acme/a-1")
+            .cloned()
+            .collect::<Vec<_>>()
+    );
+    let loaded = Repository::<Account, _>::new(acme.clone())
+        .load("acme/a-1")
+        .await
+        .unwrap();
+    assert_eq!(
+        (loaded.state.cents, loaded.version),
+        (acme_loaded.state.cents, acme_loaded.version)
+    );
+    for expected in [ExpectedVersion::Any, ExpectedVersion::NoStream] {
+        let refused = globex
+            .append("acme/a-1", "Account", expected, vec![deposit(666)])
+            .await;
+        assert!(
+            matches!(refused, Err(Error::StreamOfAnotherTenant { .. })),
+            "{expected:?}: {refused:?}"
+        );
+    }
 }

@@ -62,23 +62,86 @@ const STORED_COLUMNS: &str = "e.stream_id, e.stream_version, e.position, e.tx::t
     e.aggregate_type, e.event_id, e.event_type, e.schema_version, e.payload::text, \
     e.metadata::text, e.correlation_id, e.causation_id, e.actor, e.recorded_at, e.tenant";
 
-impl PostgresStore {
-    /// The archives holding events after `after` in the feed, in feed order of their first:
-    /// (archive, file, its first event's transaction and position).
-    async fn archives_after(&self, after: FeedPosition) -> Result<Vec<(i64, String, i64, i64)>> {
-        let s = self.inner.schema.quoted();
-        sqlx::query_as(AssertSqlSafe(format!(
-            "SELECT a.id, a.file, a.first_tx::text::bigint, a.first_position FROM {s}.archives a
-             WHERE (a.last_tx, a.last_position) > ($1::text::xid8, $2)
-             ORDER BY a.first_tx, a.first_position"
-        )))
-        .bind(to_i64(after.tx))
-        .bind(to_i64(after.position))
-        .fetch_all(&self.inner.pool)
-        .await
-        .map_err(|e| self.fail(e))
+/// The archives a feed read found after its position, in the read's own snapshot (its
+/// statement's horizon row: see [`cold_column`]), so that an archiving or a restore committing
+/// meanwhile can neither repeat nor drop events.
+#[derive(Debug, serde::Deserialize)]
+#[cfg_attr(
+    not(feature = "archive"),
+    allow(dead_code, reason = "a build without the feature refuses to read them")
+)]
+pub(super) struct ColdArchives {
+    /// Whether row-level security binds the session (else it sees every tenant's rows).
+    rls: bool,
+    /// (archive, file, its first event's transaction and position), in feed order of their
+    /// first event.
+    archives: Vec<(i64, String, i64, i64)>,
+}
+
+impl ColdArchives {
+    /// The column of the feed statement's horizon row: `NULL` when no archive holds events
+    /// after the position (`$1`, `$2`), else a [`ColdArchives`] as JSON.
+    pub(super) fn column(schema: &crate::store::sql::Schema) -> String {
+        let s = schema.quoted();
+        format!(
+            "(SELECT json_build_object(
+                 'rls', row_security_active('{s}.events'),
+                 'archives', json_agg(json_build_array(a.id, a.file, a.first_tx::text::bigint,
+                                                       a.first_position)
+                                      ORDER BY a.first_tx, a.first_position))::text
+              FROM {s}.archives a
+              WHERE (a.last_tx, a.last_position) > ($1::text::xid8, $2)
+              HAVING count(*) > 0)"
+        )
     }
 
+    /// Reads the column.
+    pub(super) fn parse(text: &str) -> Result<Self> {
+        serde_json::from_str(text).map_err(|error| Error::Corrupt {
+            reason: format!("the feed's list of archives does not read: {error}"),
+        })
+    }
+}
+
+/// Reads of a stream that meet archived versions try again this often when the cold tier
+/// moved under them (an archiving or a restore committing between the table's read and the
+/// archives').
+pub(super) const STREAM_READ_ATTEMPTS: usize = 3;
+
+/// The versions a stream read needs from the cold tier: those of `from..=through` missing
+/// from `hot` (the table's versions, ascending), from the first missing one up to the last
+/// hot one (every version when the table returned none). `None` when nothing is missing.
+pub(super) fn missing_span(from: u64, through: u64, hot: &[u64]) -> Option<(u64, u64)> {
+    let from = from.max(1);
+    if from > through {
+        return None;
+    }
+    let Some(&last) = hot.last() else {
+        return Some((from, through));
+    };
+    (from..)
+        .zip(hot)
+        .find(|(expected, version)| *version != expected)
+        .map(|(expected, _)| (expected, last.saturating_sub(1).min(through)))
+}
+
+/// Whether `versions` (ascending) run without a gap from `from` (when any is there).
+pub(super) fn contiguous(from: u64, versions: impl IntoIterator<Item = u64>) -> bool {
+    (from.max(1)..)
+        .zip(versions)
+        .all(|(expected, version)| version == expected)
+}
+
+/// The error of a stream read whose archived versions moved under it on every attempt.
+pub(super) fn moved(stream_id: &str) -> Error {
+    Error::Corrupt {
+        reason: format!(
+            "stream {stream_id}'s versions are in neither the event table nor its archives (an archiving or restore ran during each read): retry"
+        ),
+    }
+}
+
+impl PostgresStore {
     /// A stream's archived ranges overlapping versions `from..=through`: (archive, file).
     async fn ranges_of(
         &self,
@@ -107,13 +170,11 @@ impl PostgresStore {
     /// Archived events after `after` (none can be read in this build).
     pub(super) async fn cold_feed(
         &self,
-        after: FeedPosition,
+        _cold: &ColdArchives,
+        _after: FeedPosition,
         _limit: usize,
         _event_types: Option<&[String]>,
     ) -> Result<Vec<ReadEnvelope>> {
-        if self.archives_after(after).await?.is_empty() {
-            return Ok(Vec::new());
-        }
         Err(Error::Unsupported(NO_ARCHIVE_FEATURE))
     }
 
@@ -180,12 +241,22 @@ impl PostgresStore {
             &self.inner.schema,
             "pg_snapshot_xmin(pg_current_snapshot())",
         );
-        // A stream's oldest events still in the table, recorded before the cut-off, up to (not
-        // including) its newest: no older event of the stream stays behind, so each stream's
-        // archived versions are one range.
+        // A stream's oldest events still in the table after its first, recorded before the
+        // cut-off, up to (not including) its newest: no older event of the stream stays
+        // behind, so each stream's archived versions are one range. Its first and newest
+        // events stay: the primary key keeps refusing a second version 1 (from another
+        // tenant too, whose session sees neither this stream's rows nor its ranges), appends
+        // check the head. Streams with personal data stay whole: forgetting a subject finds
+        // what to erase beside the key (snapshots, saga copies) through the table.
         let rows = sqlx::query(AssertSqlSafe(format!(
-            "SELECT {STORED_COLUMNS} FROM {s}.events e
+            "WITH personal AS MATERIALIZED (
+                 SELECT DISTINCT p.stream_id FROM {s}.events p
+                 WHERE p.payload::text LIKE '{{\"$pii\":%'
+             )
+             SELECT {STORED_COLUMNS} FROM {s}.events e
              WHERE e.recorded_at < $1
+               AND e.stream_version > 1
+               AND e.stream_id NOT IN (SELECT stream_id FROM personal)
                AND e.tx < {xmin}
                AND e.stream_version < (SELECT max(n.stream_version) FROM {s}.events n
                                        WHERE n.stream_id = e.stream_id)
@@ -292,6 +363,15 @@ impl PostgresStore {
         .bind(last.position)
         .bind(before)
         .fetch_one(&mut **transaction)
+        .await
+        .map_err(fail)?;
+        // Appends wait from here to the commit: an insert after a head it saw before the
+        // archive would otherwise pass the archived-range check on its older snapshot and then
+        // find its version's row gone. (Appends take the lock first, then their snapshot.)
+        sqlx::query(AssertSqlSafe(format!(
+            "LOCK TABLE {s}.events IN SHARE ROW EXCLUSIVE MODE"
+        )))
+        .execute(&mut **transaction)
         .await
         .map_err(fail)?;
         let streams: Vec<&str> = ranges.keys().copied().collect();
@@ -409,6 +489,26 @@ impl PostgresStore {
         };
         let path = PathBuf::from(file);
         let rows = read_cold(archive, path.clone()).await?;
+        let (recorded, ranges): (i64, i64) = sqlx::query_as(AssertSqlSafe(format!(
+            "SELECT a.events, (SELECT coalesce(sum(r.through_version - r.from_version + 1), 0)::bigint
+                               FROM {s}.archived_ranges r WHERE r.archive_id = a.id)
+             FROM {s}.archives a WHERE a.id = $1"
+        )))
+        .bind(archive)
+        .fetch_one(&mut *transaction)
+        .await
+        .map_err(fail)?;
+        if recorded != to_i64(rows.len() as u64) || ranges != recorded {
+            return Err(ArchiveError::Read {
+                archive,
+                file: path,
+                reason: format!(
+                    "it holds {} events where the store recorded {recorded} ({ranges} in its ranges): nothing was restored",
+                    rows.len()
+                ),
+            }
+            .into());
+        }
         let mut by_tenant: BTreeMap<&str, Vec<&StoredRow>> = BTreeMap::new();
         for row in rows.iter() {
             by_tenant.entry(&row.tenant).or_default().push(row);
@@ -508,6 +608,18 @@ impl PostgresStore {
         Ok(())
     }
 
+    /// Whether the store still records `archive` (a restore forgets it).
+    pub(super) async fn archive_exists(&self, archive: i64) -> Result<bool> {
+        let s = self.inner.schema.quoted();
+        sqlx::query_scalar(AssertSqlSafe(format!(
+            "SELECT EXISTS (SELECT 1 FROM {s}.archives WHERE id = $1)"
+        )))
+        .bind(archive)
+        .fetch_one(&self.inner.pool)
+        .await
+        .map_err(|e| self.fail(e))
+    }
+
     /// An archive file's events, decoded (from the cache when read lately).
     async fn cold_rows(&self, archive: i64, file: &str) -> Result<Arc<Vec<StoredRow>>> {
         let cache = &self.inner.cold.files;
@@ -533,13 +645,15 @@ impl PostgresStore {
     /// given), that this store's tenancy may read.
     pub(super) async fn cold_feed(
         &self,
+        cold: &ColdArchives,
         after: FeedPosition,
         limit: usize,
         event_types: Option<&[String]>,
     ) -> Result<Vec<ReadEnvelope>> {
         let after_key = (to_i64(after.tx), to_i64(after.position));
         let mut events: Vec<ReadEnvelope> = Vec::new();
-        for (archive, file, first_tx, first_position) in self.archives_after(after).await? {
+        for (archive, file, first_tx, first_position) in &cold.archives {
+            let (archive, first_tx, first_position) = (*archive, *first_tx, *first_position);
             // The archives come in the order of their first events: once `limit` events come
             // before this one's first, neither it nor any later one has a place in the batch.
             if events.len() >= limit {
@@ -552,11 +666,11 @@ impl PostgresStore {
                     break;
                 }
             }
-            let rows = self.cold_rows(archive, &file).await?;
+            let rows = self.cold_rows(archive, file).await?;
             let start = rows.partition_point(|row| row.feed_key() <= after_key);
             let readable = rows[start..]
                 .iter()
-                .filter(|row| self.may_read(row))
+                .filter(|row| !cold.rls || self.may_read(row))
                 .filter(|row| event_types.is_none_or(|types| types.contains(&row.event_type)))
                 .take(limit);
             for row in readable {
@@ -590,8 +704,8 @@ impl PostgresStore {
         Ok(events)
     }
 
-    /// Whether this store's sessions would see the row (the cold tier is outside row-level
-    /// security: Factum filters as the policy would).
+    /// Whether this store's sessions would see the row under row-level security (the cold
+    /// tier is outside it: Factum filters as the policy would).
     fn may_read(&self, row: &StoredRow) -> bool {
         match &self.inner.tenancy {
             Tenancy::None => row.tenant.is_empty(),

@@ -185,6 +185,7 @@ impl Statements {
         // The feed's horizon in stored terms: this cluster's oldest running transaction plus the
         // store's offset (see `identity`), which also refuses a store moved to another cluster.
         let xmin = identity::stored_xid(schema, "pg_snapshot_xmin(pg_current_snapshot())");
+        let cold = archive::ColdArchives::column(schema);
         // The horizon comes first, in a row of its own; then the events, whose rows leave the
         // horizon's columns NULL: each column of each row costs the server and the client alike.
         let feed = |columns: &str, filter: &str| -> Arc<str> {
@@ -197,9 +198,7 @@ impl Statements {
                             -- not yet deliverable.
                             coalesce(x.newest >= x.xmin, false) AS held_back,
                             -- Archived events after the position, in the cold tier.
-                            EXISTS (SELECT 1 FROM {s}.archives a
-                                    WHERE (a.last_tx, a.last_position)
-                                          > ($1::text::xid8, $2)) AS cold
+                            {cold} AS cold
                      FROM (SELECT {xmin} AS xmin,
                                   -- max() reads one index entry.
                                   (SELECT max(w.tx) FROM {s}.events w) AS newest) x
@@ -792,6 +791,22 @@ impl PostgresStore {
     /// event whose metadata does not read is delivered with empty metadata and named in the
     /// batch's `undecodable`.
     pub(crate) async fn read_feed_parking(&self, query: &FeedQuery) -> Result<FeedBatch> {
+        #[cfg(feature = "archive")]
+        for _ in 1..archive::STREAM_READ_ATTEMPTS {
+            let read = self.read_feed_once(query).await;
+            // An archive restored after the read found it: its events are back in the table.
+            if let Err(Error::Archive(crate::archive::ArchiveError::Read { archive, .. })) = &read
+                && !self.archive_exists(*archive).await?
+            {
+                continue;
+            }
+            return read;
+        }
+        self.read_feed_once(query).await
+    }
+
+    /// One read of [`PostgresStore::read_feed_parking`].
+    async fn read_feed_once(&self, query: &FeedQuery) -> Result<FeedBatch> {
         if query.limit == 0 {
             return Ok(FeedBatch::new(Vec::new(), query.after));
         }
@@ -823,7 +838,7 @@ impl PostgresStore {
         };
         let held_back: bool = columns::get(first, 1)?;
         let newest: Option<u64> = columns::unsigned_opt::<_, i64, _>(first, 2)?;
-        let cold: bool = columns::get(first, 3)?;
+        let cold: Option<String> = columns::get(first, 3)?;
         let (mut events, mut undecodable, stopped) = match query.fields {
             EnvelopeFields::Source => {
                 runner_envelopes(rows, |row| Ok((source_from_row(row, 4)?, None)))?
@@ -844,12 +859,18 @@ impl PostgresStore {
             }
             (_, None) => query.after,
         };
-        if cold {
+        if let Some(cold) = cold {
             // Archived events after the position: merged in feed order, up to the batch's
             // size, and no further than the hot events when those stopped the batch.
+            let cold = archive::ColdArchives::parse(&cold)?;
             let bound = (stopped || events.len() >= query.limit).then_some(next);
             let mut archived = self
-                .cold_feed(query.after, query.limit, query.event_types.as_deref())
+                .cold_feed(
+                    &cold,
+                    query.after,
+                    query.limit,
+                    query.event_types.as_deref(),
+                )
                 .await?;
             archived.retain(|(event, _)| bound.is_none_or(|bound| event.feed_position() <= bound));
             if !archived.is_empty() {
@@ -900,51 +921,38 @@ impl PostgresStore {
         }
     }
 
-    /// The archived events of a stream read from the table: those of `bounds` before
-    /// `first_hot`, the first version the table returned (none when it returned none).
-    async fn archived_before(
-        &self,
-        stream_id: &str,
-        (from, through): (u64, u64),
-        first_hot: Option<Result<u64>>,
-    ) -> Result<Vec<ReadEnvelope>> {
-        let from = from.max(1);
-        let through = match first_hot.transpose()? {
-            Some(first) if first > from => (first - 1).min(through),
-            Some(_) => return Ok(Vec::new()),
-            None if from <= through => through,
-            None => return Ok(Vec::new()),
-        };
-        self.cold_stream(stream_id, from, through).await
-    }
-
-    /// Hands a stream's archived versions `from..=through` to `visit`, in order, their
-    /// personal data opened.
-    async fn visit_cold<F>(
+    /// A stream's archived versions `from..=through`, by version. An archived event whose
+    /// metadata does not read loads all the same: a load reads no metadata from the table.
+    async fn cold_versions(
         &self,
         stream_id: &str,
         from: u64,
         through: u64,
-        visit: &mut F,
-    ) -> Result<()>
+    ) -> Result<BTreeMap<u64, RecordedEvent>> {
+        Ok(self
+            .cold_stream(stream_id, from, through)
+            .await?
+            .into_iter()
+            .map(|(event, _)| (event.stream_version, event))
+            .collect())
+    }
+
+    /// Hands an archived event to `visit` as a replayed one, its personal data opened.
+    async fn visit_recorded<F>(&self, event: &RecordedEvent, visit: &mut F) -> Result<()>
     where
         F: FnMut(HistoryItem<'_>) -> Result<()> + Send,
     {
-        for (event, defect) in self.cold_stream(stream_id, from, through).await? {
-            let event = strict_envelope((event, defect))?;
-            let replayed = StreamEventRef::new(
-                event.stream_version,
-                &event.aggregate_type,
-                &event.event_type,
-                event.schema_version,
-                event.event.as_str(),
-            );
-            let mut opened = None;
-            visit(HistoryItem::Event(
-                self.open_replayed(replayed, &mut opened).await?,
-            ))?;
-        }
-        Ok(())
+        let replayed = StreamEventRef::new(
+            event.stream_version,
+            &event.aggregate_type,
+            &event.event_type,
+            event.schema_version,
+            event.event.as_str(),
+        );
+        let mut opened = None;
+        visit(HistoryItem::Event(
+            self.open_replayed(replayed, &mut opened).await?,
+        ))
     }
 
     /// Hands the event of a replayed row ([`REPLAY_COLUMNS`]) to `visit`, its personal data
@@ -1208,24 +1216,34 @@ impl EventStore for PostgresStore {
         versions: impl RangeBounds<u64> + Send,
     ) -> Result<Vec<RecordedEvent>> {
         let bounds = version_bounds(&versions);
-        let rows = self
-            .stream_rows(&self.inner.sql.read_stream, stream_id, bounds)
-            .await?;
-        let mut events = self
-            .archived_before(
-                stream_id,
-                bounds,
-                rows.first().map(|row| version_at(row, 1)),
-            )
-            .await?
-            .into_iter()
-            .map(|(event, defect)| strict_envelope((event, defect)))
-            .collect::<Result<Vec<_>>>()?;
-        for row in &rows {
-            events.push(envelope_from_row(row, 0)?);
+        for _ in 0..archive::STREAM_READ_ATTEMPTS {
+            let rows = self
+                .stream_rows(&self.inner.sql.read_stream, stream_id, bounds)
+                .await?;
+            let hot = rows
+                .iter()
+                .map(|row| version_at(row, 1))
+                .collect::<Result<Vec<_>>>()?;
+            let Some((from, through)) = archive::missing_span(bounds.0, bounds.1, &hot) else {
+                return self.read_rows(&rows, 0).await;
+            };
+            // Versions missing from the table were archived: merged in from the cold tier.
+            let mut events = BTreeMap::new();
+            for archived in self.cold_stream(stream_id, from, through).await? {
+                let event = strict_envelope(archived)?;
+                events.insert(event.stream_version, event);
+            }
+            for row in &rows {
+                let event = envelope_from_row(row, 0)?;
+                events.insert(event.stream_version, event);
+            }
+            if archive::contiguous(bounds.0, events.keys().copied()) {
+                let mut events: Vec<RecordedEvent> = events.into_values().collect();
+                self.open_pii(&mut events).await?;
+                return Ok(events);
+            }
         }
-        self.open_pii(&mut events).await?;
-        Ok(events)
+        Err(archive::moved(stream_id))
     }
 
     async fn read_feed(&self, query: &FeedQuery) -> Result<FeedBatch> {
@@ -1238,28 +1256,47 @@ impl EventStore for PostgresStore {
         versions: impl RangeBounds<u64> + Send,
     ) -> Result<Vec<StreamEvent>> {
         let bounds = version_bounds(&versions);
-        let rows = self
-            .stream_rows(&self.inner.sql.read_stream_events, stream_id, bounds)
-            .await?;
-        let mut events = self
-            .archived_before(
-                stream_id,
-                bounds,
-                rows.first().map(|row| version_at(row, 0)),
-            )
-            .await?
-            .into_iter()
-            .map(|(event, _)| StreamEvent {
-                stream_version: event.stream_version,
-                aggregate_type: event.aggregate_type,
-                event_type: event.event_type,
-                schema_version: event.schema_version,
-                payload: event.event,
-            })
-            .collect::<Vec<_>>();
-        for row in &rows {
-            events.push(stream_event_from_row(row, 0)?);
+        let mut events = None;
+        for _ in 0..archive::STREAM_READ_ATTEMPTS {
+            let rows = self
+                .stream_rows(&self.inner.sql.read_stream_events, stream_id, bounds)
+                .await?;
+            let hot = rows
+                .iter()
+                .map(|row| version_at(row, 0))
+                .collect::<Result<Vec<_>>>()?;
+            let Some((from, through)) = archive::missing_span(bounds.0, bounds.1, &hot) else {
+                events = Some(
+                    rows.iter()
+                        .map(|row| stream_event_from_row(row, 0))
+                        .collect::<Result<Vec<_>>>()?,
+                );
+                break;
+            };
+            // Versions missing from the table were archived: merged in from the cold tier.
+            let mut merged = BTreeMap::new();
+            for (event, _) in self.cold_stream(stream_id, from, through).await? {
+                let event = StreamEvent {
+                    stream_version: event.stream_version,
+                    aggregate_type: event.aggregate_type,
+                    event_type: event.event_type,
+                    schema_version: event.schema_version,
+                    payload: event.event,
+                };
+                merged.insert(event.stream_version, event);
+            }
+            for row in &rows {
+                let event = stream_event_from_row(row, 0)?;
+                merged.insert(event.stream_version, event);
+            }
+            if archive::contiguous(bounds.0, merged.keys().copied()) {
+                events = Some(merged.into_values().collect());
+                break;
+            }
         }
+        let Some(mut events) = events else {
+            return Err(archive::moved(stream_id));
+        };
         if let Some(keys) = &self.keys {
             for event in &mut events {
                 if let Some(opened) = keys.open_payload(self, event.payload.as_str()).await? {
@@ -1309,17 +1346,27 @@ impl EventStore for PostgresStore {
                     next += 1;
                 }
             }
-            // Versions before the first in the table were archived (its head stays hot).
-            if let Some(&first) = early.keys().next()
-                && first > next
-            {
-                self.visit_cold(stream_id, next, first - 1, &mut visit)
-                    .await?;
-            }
-            // A stream whose versions have gaps (none does when written by Factum): the rest,
-            // in order.
-            for row in early.values() {
-                self.visit_replayed(row, aggregate_type, &mut visit).await?;
+            // Versions missing from the table were archived: from the cold tier, in order.
+            if let Some(&last) = early.keys().next_back() {
+                let mut archived = self.cold_versions(stream_id, next, last - 1).await?;
+                // Without archived versions, a gap is the stream's own.
+                let own_gaps = archived.is_empty();
+                while let Some((&version, _)) = early.first_key_value() {
+                    if let Some(event) = archived.remove(&next) {
+                        self.visit_recorded(&event, &mut visit).await?;
+                    } else if let Some(row) = early.remove(&next) {
+                        self.visit_replayed(&row, aggregate_type, &mut visit)
+                            .await?;
+                    } else if own_gaps {
+                        // A stream whose versions have gaps (none does when written by
+                        // Factum) and no archived versions: the rest, in order.
+                        next = version;
+                        continue;
+                    } else {
+                        return Err(archive::moved(stream_id));
+                    }
+                    next += 1;
+                }
             }
             return Ok(());
         }
@@ -1345,14 +1392,24 @@ impl EventStore for PostgresStore {
         if !events.is_sorted_by_key(|e| e.stream_version) {
             events.sort_by_key(|e| e.stream_version);
         }
-        // Versions after the snapshot (or from the first) before the table's were archived.
-        if let Some(first) = events.first()
-            && first.stream_version > expected
-        {
-            self.visit_cold(stream_id, expected, first.stream_version - 1, &mut visit)
-                .await?;
-        }
+        // Versions after the snapshot (or from the first) missing from the table were
+        // archived: from the cold tier, in order.
+        let versions: Vec<u64> = events.iter().map(|e| e.stream_version).collect();
+        let mut archived = match archive::missing_span(expected, u64::MAX, &versions) {
+            Some((from, through)) => self.cold_versions(stream_id, from, through).await?,
+            None => BTreeMap::new(),
+        };
+        // Without archived versions, a gap is the stream's own.
+        let own_gaps = archived.is_empty();
         for event in events {
+            while !own_gaps && expected < event.stream_version {
+                let Some(archived) = archived.remove(&expected) else {
+                    return Err(archive::moved(stream_id));
+                };
+                self.visit_recorded(&archived, &mut visit).await?;
+                expected += 1;
+            }
+            expected = event.stream_version + 1;
             let mut opened = None;
             visit(HistoryItem::Event(
                 self.open_replayed(event, &mut opened).await?,
