@@ -62,13 +62,22 @@ fn stream(n: usize) -> String {
 
 /// Reads the feed from `after` to its end, in batches of `batch`.
 async fn feed(store: &PostgresStore, after: FeedPosition, batch: usize) -> Vec<RecordedEvent> {
+    feed_of(store, after, |position| {
+        FeedQuery::after(position).limit(batch)
+    })
+    .await
+}
+
+/// Reads the feed from `after` to its end, each batch by `query` from the batch's position.
+async fn feed_of(
+    store: &PostgresStore,
+    after: FeedPosition,
+    query: impl Fn(FeedPosition) -> FeedQuery,
+) -> Vec<RecordedEvent> {
     let mut events = Vec::new();
     let mut position = after;
     loop {
-        let page = store
-            .read_feed(&FeedQuery::after(position).limit(batch))
-            .await
-            .unwrap();
+        let page = store.read_feed(&query(position)).await.unwrap();
         position = page.next;
         if page.events.is_empty() {
             return events;
@@ -467,19 +476,12 @@ async fn each_tenant_reads_back_its_own_archived_events_only() {
     tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     let cut_off = chrono::Utc::now();
 
-    let opened_only = |after| FeedQuery::after(after).limit(7).event_types(["Opened"]);
     let read = |store: PostgresStore| async move {
         let all = feed(&store, FeedPosition::START, 7).await;
-        let mut opened = Vec::new();
-        let mut position = FeedPosition::START;
-        loop {
-            let page = store.read_feed(&opened_only(position)).await.unwrap();
-            position = page.next;
-            if page.events.is_empty() {
-                break;
-            }
-            opened.extend(page.events);
-        }
+        let opened = feed_of(&store, FeedPosition::START, |after| {
+            FeedQuery::after(after).limit(7).event_types(["Opened"])
+        })
+        .await;
         (all, opened)
     };
     let acme_before = read(acme.clone()).await;

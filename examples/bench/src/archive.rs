@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use factum::archive::ArchiveOptions;
 use factum::store::{FeedQuery, PostgresStore};
 use factum::testing::postgres::TemporaryStore;
-use factum::{CommandContext, EventStore, ExpectedVersion, FeedPosition, NewEvent};
+use factum::{EventStore, FeedPosition};
 use serde::Serialize;
 
 use crate::stats::median;
@@ -72,33 +72,7 @@ async fn read_all(
 pub async fn run(config: &Config) -> Result<Report, Box<dyn std::error::Error>> {
     let temporary = TemporaryStore::new().await?;
     let store: PostgresStore = (*temporary).clone();
-    eprintln!("writing {} events...", config.events);
-    let context = CommandContext::new();
-    let mut written = 0;
-    for stream in 0.. {
-        if written >= config.events {
-            break;
-        }
-        let count = 100.min(config.events - written);
-        let events = (0..count)
-            .map(|n| {
-                let event = bank::AccountEvent::from(bank::MoneyDeposited {
-                    amount: n + 1,
-                    balance_after: (n + 1) * (n + 2) / 2,
-                });
-                NewEvent::from_event(&event, &context)
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-        store
-            .append(
-                &format!("acc-{stream}"),
-                "BankAccount",
-                ExpectedVersion::NoStream,
-                events,
-            )
-            .await?;
-        written += count;
-    }
+    crate::transfer::write_deposits(&store, config.events).await?;
     tokio::time::sleep(Duration::from_millis(10)).await;
     let cut_off = chrono::Utc::now();
     let dir = std::env::temp_dir().join(format!("factum-bench-archive-{}", std::process::id()));

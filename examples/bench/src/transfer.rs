@@ -99,34 +99,7 @@ async fn measure(
     schemas: &mut Schemas,
 ) -> Result<Report, Box<dyn std::error::Error>> {
     let source = schemas.store().await?;
-    eprintln!("writing {} events...", config.events);
-    let context = CommandContext::new();
-    let streams = (config.events / 100).max(1);
-    let mut written = 0;
-    for stream in 0.. {
-        if written >= config.events {
-            break;
-        }
-        let count = 100.min(config.events - written);
-        let events = (0..count)
-            .map(|n| {
-                let event = bank::AccountEvent::from(bank::MoneyDeposited {
-                    amount: n + 1,
-                    balance_after: (n + 1) * (n + 2) / 2,
-                });
-                NewEvent::from_event(&event, &context)
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-        source
-            .append(
-                &format!("acc-{}", stream % streams),
-                "BankAccount",
-                ExpectedVersion::Any,
-                events,
-            )
-            .await?;
-        written += count;
-    }
+    write_deposits(&source, config.events).await?;
 
     let started = Instant::now();
     let mut export = Vec::new();
@@ -196,4 +169,40 @@ async fn measure(
         ratio: median(&ratios),
         mismatched,
     })
+}
+
+/// Writes `events` bank deposits into `source`, 100 per stream (`acc-0`, `acc-1`...), 100 per
+/// append.
+pub async fn write_deposits(
+    source: &PostgresStore,
+    events: u64,
+) -> Result<(), Box<dyn std::error::Error>> {
+    eprintln!("writing {events} events...");
+    let context = CommandContext::new();
+    let mut written = 0;
+    for stream in 0.. {
+        if written >= events {
+            break;
+        }
+        let count = 100.min(events - written);
+        let deposits = (0..count)
+            .map(|n| {
+                let event = bank::AccountEvent::from(bank::MoneyDeposited {
+                    amount: n + 1,
+                    balance_after: (n + 1) * (n + 2) / 2,
+                });
+                NewEvent::from_event(&event, &context)
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        source
+            .append(
+                &format!("acc-{stream}"),
+                "BankAccount",
+                ExpectedVersion::Any,
+                deposits,
+            )
+            .await?;
+        written += count;
+    }
+    Ok(())
 }
