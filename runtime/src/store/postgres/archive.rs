@@ -25,7 +25,8 @@ use super::identity;
 #[cfg(feature = "archive")]
 use crate::archive::{self, ArchiveError, ArchiveFile, ArchiveOptions, ArchiveReport, StoredRow};
 #[cfg(feature = "archive")]
-use crate::envelope::{Origin, RecordedEvent};
+use crate::envelope::Origin;
+use crate::envelope::RecordedEvent;
 use crate::error::{Error, Result};
 #[cfg(feature = "archive")]
 use crate::event::Payload;
@@ -142,6 +143,17 @@ pub(super) fn moved(stream_id: &str) -> Error {
 }
 
 impl PostgresStore {
+    /// Every archive: (archive, file), oldest first.
+    async fn archive_files(&self) -> Result<Vec<(i64, String)>> {
+        let s = self.inner.schema.quoted();
+        sqlx::query_as(AssertSqlSafe(format!(
+            "SELECT a.id, a.file FROM {s}.archives a ORDER BY a.id"
+        )))
+        .fetch_all(&self.inner.pool)
+        .await
+        .map_err(|e| self.fail(e))
+    }
+
     /// A stream's archived ranges overlapping versions `from..=through`: (archive, file).
     async fn ranges_of(
         &self,
@@ -175,6 +187,14 @@ impl PostgresStore {
         _limit: usize,
         _event_types: Option<&[String]>,
     ) -> Result<Vec<ReadEnvelope>> {
+        Err(Error::Unsupported(NO_ARCHIVE_FEATURE))
+    }
+
+    /// Archived events among `ids` (none can be read in this build).
+    pub(super) async fn cold_by_id(&self, _ids: &[uuid::Uuid]) -> Result<Vec<RecordedEvent>> {
+        if self.archive_files().await?.is_empty() {
+            return Ok(Vec::new());
+        }
         Err(Error::Unsupported(NO_ARCHIVE_FEATURE))
     }
 
@@ -682,6 +702,35 @@ impl PostgresStore {
         Ok(events)
     }
 
+    /// Archived events among `ids` that this store's sessions may read: a read by id (a
+    /// relay's retry of a parked stream, a projection's pending side effects) that did not find
+    /// them all in the table looks through every archive.
+    pub(super) async fn cold_by_id(&self, ids: &[uuid::Uuid]) -> Result<Vec<RecordedEvent>> {
+        let archives = self.archive_files().await?;
+        if archives.is_empty() {
+            return Ok(Vec::new());
+        }
+        let s = self.inner.schema.quoted();
+        let rls: bool = sqlx::query_scalar(AssertSqlSafe(format!(
+            "SELECT row_security_active('{s}.events')"
+        )))
+        .fetch_one(&self.inner.pool)
+        .await
+        .map_err(|e| self.fail(e))?;
+        let wanted: std::collections::HashSet<&uuid::Uuid> = ids.iter().collect();
+        let mut events = Vec::new();
+        for (archive, file) in archives {
+            let rows = self.cold_rows(archive, &file).await?;
+            for row in rows
+                .iter()
+                .filter(|row| wanted.contains(&row.event_id) && (!rls || self.may_read(row)))
+            {
+                events.push(crate::store::strict_envelope(stored_envelope(row)?)?);
+            }
+        }
+        Ok(events)
+    }
+
     /// A stream's archived events `from..=through`, in version order.
     pub(super) async fn cold_stream(
         &self,
@@ -831,4 +880,43 @@ fn stored_envelope(row: &StoredRow) -> Result<ReadEnvelope> {
     event.tenant = (!row.tenant.is_empty()).then(|| row.tenant.clone());
     let defect = defect.map(|cause| Undecodable::of(&event, &cause));
     Ok((event, defect))
+}
+
+#[cfg(all(test, feature = "archive", feature = "testing"))]
+mod tests {
+    use crate::archive::ArchiveOptions;
+    use crate::store::sql::Backend as _;
+    use crate::testing::postgres::TemporaryStore;
+    use crate::{EventStore as _, ExpectedVersion, NewEvent, Payload};
+
+    /// A read by id (a relay's retry of a parked stream, a projection's pending side effects)
+    /// finds archived events too, in feed order, their personal data opened as hot ones'.
+    #[tokio::test]
+    async fn a_read_by_id_finds_archived_events() {
+        let store = TemporaryStore::new().await.unwrap();
+        let events = (0..5)
+            .map(|n| NewEvent::new("Pinged", 1, Payload::encode(&n).unwrap()))
+            .collect();
+        let written = store
+            .append("s-1", "Pinger", ExpectedVersion::NoStream, events)
+            .await
+            .unwrap();
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        let dir = std::env::temp_dir().join(format!("factum-by-id-{}", uuid::Uuid::now_v7()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let report = store
+            .archive(&ArchiveOptions::new(&dir, chrono::Utc::now()))
+            .await
+            .unwrap();
+        assert_eq!(report.events, 3, "versions 2 to 4");
+        let ids: Vec<String> = [3, 0, 2]
+            .iter()
+            .map(|&n: &usize| written[n].event_id.to_string())
+            .collect();
+        let found = store.events_by_id(&ids).await.unwrap();
+        let versions: Vec<u64> = found.iter().map(|e| e.stream_version).collect();
+        assert_eq!(versions, [1, 3, 4]);
+        assert_eq!(found[1], store.read_stream("s-1", 3..=3).await.unwrap()[0]);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }

@@ -91,11 +91,25 @@ impl Backend for PostgresStore {
              ORDER BY e.tx, e.position",
             s = self.inner.schema.quoted()
         )))
-        .bind(ids)
+        .bind(&ids)
         .fetch_all(&self.inner.pool)
         .await
         .map_err(|e| self.fail(e))?;
-        self.read_rows(&rows, 0).await
+        let mut events = self.read_rows(&rows, 0).await?;
+        if events.len() < ids.len() {
+            // Some were archived (or are not this store's to see).
+            let found: std::collections::HashSet<uuid::Uuid> =
+                events.iter().map(|e| e.event_id).collect();
+            let missing: Vec<uuid::Uuid> =
+                ids.into_iter().filter(|id| !found.contains(id)).collect();
+            let mut archived = self.cold_by_id(&missing).await?;
+            if !archived.is_empty() {
+                self.open_pii(&mut archived).await?;
+                events.extend(archived);
+                events.sort_by_key(RecordedEvent::feed_position);
+            }
+        }
+        Ok(events)
     }
 
     async fn unapplied<'a>(
