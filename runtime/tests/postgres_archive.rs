@@ -199,6 +199,12 @@ async fn archived_events_read_back_from_parquet_through_every_path_and_restore()
     // DuckDB reads the files: the same events, once each.
     assert_eq!(duckdb_count(&dir.0), (archived as u64, archived as u64));
 
+    // An event read by its id (the console's event page) comes from the cold tier too.
+    assert_eq!(
+        app.read_event(before[5].event_id).await.unwrap().as_ref(),
+        Some(&before[5])
+    );
+
     // Every read path gives what it gave before, through the application's role.
     for batch in [1_000, 777] {
         let after = feed(app, FeedPosition::START, batch).await;

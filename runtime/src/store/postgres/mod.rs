@@ -1433,7 +1433,13 @@ impl EventStore for PostgresStore {
             .fetch_all(&self.inner.pool)
             .await
             .map_err(|e| self.fail(e))?;
-        Ok(self.read_rows(&rows, 0).await?.pop())
+        if let Some(event) = self.read_rows(&rows, 0).await?.pop() {
+            return Ok(Some(event));
+        }
+        // Archived, perhaps.
+        let mut archived = self.cold_by_id(&[event_id]).await?;
+        self.open_pii(&mut archived).await?;
+        Ok(archived.pop())
     }
 
     async fn load_snapshot(&self, stream_id: &str) -> Result<Option<Snapshot>> {

@@ -134,7 +134,29 @@ impl Backend for PostgresStore {
         .fetch_all(&mut *connection)
         .await
         .map_err(|e| self.fail(e))?;
-        self.read_rows(&rows, 0).await
+        let mut events = self.read_rows(&rows, 0).await?;
+        // The stream's archived versions in between, if it has any.
+        let mut archived = Vec::new();
+        for (event, defect) in self
+            .cold_stream(
+                query.stream_id,
+                query.after + 1,
+                query.before.saturating_sub(1),
+            )
+            .await?
+        {
+            if query.event_types.contains(&event.event_type.as_str())
+                && event.feed_position() > query.checkpoint
+            {
+                archived.push(crate::store::strict_envelope((event, defect))?);
+            }
+        }
+        if !archived.is_empty() {
+            self.open_pii(&mut archived).await?;
+            events.extend(archived);
+            events.sort_by_key(|event| event.stream_version);
+        }
+        Ok(events)
     }
 
     fn with_hook(&self, hook: Arc<dyn AppendHook<Self>>) -> Self {
