@@ -86,6 +86,18 @@ async fn feed_of(
     }
 }
 
+/// The deposits' sum.
+fn cents(events: &[RecordedEvent]) -> i64 {
+    events
+        .iter()
+        .map(|e| {
+            e.event.decode::<serde_json::Value>().unwrap()["cents"]
+                .as_i64()
+                .unwrap()
+        })
+        .sum()
+}
+
 /// Counts the events and distinct event ids of the Parquet files with DuckDB.
 fn duckdb_count(dir: &Path) -> (u64, u64) {
     let script = format!(
@@ -243,14 +255,7 @@ async fn archived_events_read_back_from_parquet_through_every_path_and_restore()
         (loaded_before.state.cents, loaded_before.version)
     );
     // A snapshot in the middle of the archived versions: the rest comes from the file.
-    let at_40: i64 = stream_7[..40]
-        .iter()
-        .map(|e| {
-            e.event.decode::<serde_json::Value>().unwrap()["cents"]
-                .as_i64()
-                .unwrap()
-        })
-        .sum();
+    let at_40 = cents(&stream_7[..40]);
     owner
         .save_snapshot(Snapshot::new(
             stream(7),
@@ -369,25 +374,18 @@ async fn archived_events_read_back_from_parquet_through_every_path_and_restore()
         before[..]
     );
     // The ledger as before, and the deposit appended to stream 500 since.
-    let (mut streams, cents) = ledger_before.clone();
+    let (mut streams, sum) = ledger_before.clone();
     streams.push(stream(500));
     let rebuilt = rebuild_ledger(&fresh).await;
     assert!(
-        rebuilt == (streams, cents + 5),
+        rebuilt == (streams, sum + 5),
         "a projection rebuilt after a partial restore: {} deposits, {} cents",
         rebuilt.0.len(),
         rebuilt.1
     );
     for n in [0, 250, 303, 304, 600, 608, 609, 610, 999] {
         let events = fresh.read_stream(&stream(n), ..).await.unwrap();
-        let sum: i64 = events
-            .iter()
-            .map(|e| {
-                e.event.decode::<serde_json::Value>().unwrap()["cents"]
-                    .as_i64()
-                    .unwrap()
-            })
-            .sum();
+        let sum = cents(&events);
         assert!(
             events
                 .iter()
