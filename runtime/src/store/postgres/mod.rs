@@ -54,7 +54,7 @@ use super::{
     ReadEnvelope, StreamEvent, StreamEventRef, Tenancy, Undecodable, runner_envelopes,
     strict_envelope,
 };
-use crate::envelope::{EnvelopeFields, Metadata, NewEvent, Origin, RecordedEvent, Source};
+use crate::envelope::{EnvelopeFields, NewEvent, Origin, RecordedEvent, Source};
 use crate::error::{Error, Result};
 use crate::event::Payload;
 use crate::snapshot::Snapshot;
@@ -921,6 +921,42 @@ impl PostgresStore {
         }
     }
 
+    /// A stream read (`sql`, whose rows hold the stream version at column `version`) with the
+    /// versions the table lacks (archived) merged in from the cold tier, in version order: the
+    /// table's rows as `hot` reads them, the archived events as `archived` makes them. Read
+    /// again when the cold tier moved under the read; refused when a gap stays.
+    async fn stream_read<T: Send>(
+        &self,
+        sql: &Arc<str>,
+        stream_id: &str,
+        bounds: (u64, u64),
+        version: usize,
+        hot: impl Fn(&PgRow) -> Result<T> + Sync,
+        archived: impl Fn(ReadEnvelope) -> Result<T> + Sync,
+    ) -> Result<Vec<T>> {
+        for _ in 0..archive::STREAM_READ_ATTEMPTS {
+            let rows = self.stream_rows(sql, stream_id, bounds).await?;
+            let versions = rows
+                .iter()
+                .map(|row| version_at(row, version))
+                .collect::<Result<Vec<_>>>()?;
+            let Some((from, through)) = archive::missing_span(bounds.0, bounds.1, &versions) else {
+                return rows.iter().map(&hot).collect();
+            };
+            let mut merged = BTreeMap::new();
+            for event in self.cold_stream(stream_id, from, through).await? {
+                merged.insert(event.0.stream_version, archived(event)?);
+            }
+            for (row, version) in rows.iter().zip(versions) {
+                merged.insert(version, hot(row)?);
+            }
+            if archive::contiguous(bounds.0, merged.keys().copied()) {
+                return Ok(merged.into_values().collect());
+            }
+        }
+        Err(archive::moved(stream_id))
+    }
+
     /// A stream's archived versions `from..=through`, by version. An archived event whose
     /// metadata does not read loads all the same: a load reads no metadata from the table.
     async fn cold_versions(
@@ -1145,20 +1181,28 @@ fn origin_at(row: &PgRow, at: usize) -> Result<(Origin<'_>, Payload)> {
 /// [`envelope_from_row`], but an event whose metadata does not read comes back with empty
 /// metadata and the defect, for the runners to park.
 fn envelope_or_defect(row: &PgRow, at: usize) -> Result<ReadEnvelope> {
-    let metadata: String = columns::get(row, at + 10)?;
-    let (metadata, defect) = match decode_metadata(&metadata) {
-        Ok(metadata) => (metadata, None),
-        Err(cause) => (Metadata::new(), Some(cause)),
-    };
     let (origin, payload) = origin_at(row, at)?;
     let mut event = origin.into_envelope(payload);
-    event.metadata = metadata;
     event.correlation_id = columns::get(row, at + 11)?;
     event.causation_id = columns::get(row, at + 12)?;
     event.actor = columns::get(row, at + 13)?;
     event.tenant = columns::get(row, at + 14)?;
-    let defect = defect.map(|cause| Undecodable::of(&event, &cause));
-    Ok((event, defect))
+    Ok(with_metadata(event, columns::get(row, at + 10)?))
+}
+
+/// `event` with its stored metadata, or with empty metadata and the defect when it does not
+/// read (for the runners to park).
+fn with_metadata(mut event: RecordedEvent, metadata: &str) -> ReadEnvelope {
+    match decode_metadata(metadata) {
+        Ok(metadata) => {
+            event.metadata = metadata;
+            (event, None)
+        }
+        Err(cause) => {
+            let defect = Undecodable::of(&event, &cause);
+            (event, Some(defect))
+        }
+    }
 }
 
 impl EventStore for PostgresStore {
@@ -1215,35 +1259,19 @@ impl EventStore for PostgresStore {
         stream_id: &str,
         versions: impl RangeBounds<u64> + Send,
     ) -> Result<Vec<RecordedEvent>> {
-        let bounds = version_bounds(&versions);
-        for _ in 0..archive::STREAM_READ_ATTEMPTS {
-            let rows = self
-                .stream_rows(&self.inner.sql.read_stream, stream_id, bounds)
-                .await?;
-            let hot = rows
-                .iter()
-                .map(|row| version_at(row, 1))
-                .collect::<Result<Vec<_>>>()?;
-            let Some((from, through)) = archive::missing_span(bounds.0, bounds.1, &hot) else {
-                return self.read_rows(&rows, 0).await;
-            };
-            // Versions missing from the table were archived: merged in from the cold tier.
-            let mut events = BTreeMap::new();
-            for archived in self.cold_stream(stream_id, from, through).await? {
-                let event = strict_envelope(archived)?;
-                events.insert(event.stream_version, event);
-            }
-            for row in &rows {
-                let event = envelope_from_row(row, 0)?;
-                events.insert(event.stream_version, event);
-            }
-            if archive::contiguous(bounds.0, events.keys().copied()) {
-                let mut events: Vec<RecordedEvent> = events.into_values().collect();
-                self.open_pii(&mut events).await?;
-                return Ok(events);
-            }
-        }
-        Err(archive::moved(stream_id))
+        let (sql, bounds) = (&self.inner.sql.read_stream, version_bounds(&versions));
+        let mut events = self
+            .stream_read(
+                sql,
+                stream_id,
+                bounds,
+                1,
+                |row| envelope_from_row(row, 0),
+                strict_envelope,
+            )
+            .await?;
+        self.open_pii(&mut events).await?;
+        Ok(events)
     }
 
     async fn read_feed(&self, query: &FeedQuery) -> Result<FeedBatch> {
@@ -1255,48 +1283,29 @@ impl EventStore for PostgresStore {
         stream_id: &str,
         versions: impl RangeBounds<u64> + Send,
     ) -> Result<Vec<StreamEvent>> {
-        let bounds = version_bounds(&versions);
-        let mut events = None;
-        for _ in 0..archive::STREAM_READ_ATTEMPTS {
-            let rows = self
-                .stream_rows(&self.inner.sql.read_stream_events, stream_id, bounds)
-                .await?;
-            let hot = rows
-                .iter()
-                .map(|row| version_at(row, 0))
-                .collect::<Result<Vec<_>>>()?;
-            let Some((from, through)) = archive::missing_span(bounds.0, bounds.1, &hot) else {
-                events = Some(
-                    rows.iter()
-                        .map(|row| stream_event_from_row(row, 0))
-                        .collect::<Result<Vec<_>>>()?,
-                );
-                break;
-            };
-            // Versions missing from the table were archived: merged in from the cold tier.
-            let mut merged = BTreeMap::new();
-            for (event, _) in self.cold_stream(stream_id, from, through).await? {
-                let event = StreamEvent {
-                    stream_version: event.stream_version,
-                    aggregate_type: event.aggregate_type,
-                    event_type: event.event_type,
-                    schema_version: event.schema_version,
-                    payload: event.event,
-                };
-                merged.insert(event.stream_version, event);
-            }
-            for row in &rows {
-                let event = stream_event_from_row(row, 0)?;
-                merged.insert(event.stream_version, event);
-            }
-            if archive::contiguous(bounds.0, merged.keys().copied()) {
-                events = Some(merged.into_values().collect());
-                break;
-            }
-        }
-        let Some(mut events) = events else {
-            return Err(archive::moved(stream_id));
+        let (sql, bounds) = (
+            &self.inner.sql.read_stream_events,
+            version_bounds(&versions),
+        );
+        let archived = |(event, _): ReadEnvelope| {
+            Ok(StreamEvent {
+                stream_version: event.stream_version,
+                aggregate_type: event.aggregate_type,
+                event_type: event.event_type,
+                schema_version: event.schema_version,
+                payload: event.event,
+            })
         };
+        let mut events = self
+            .stream_read(
+                sql,
+                stream_id,
+                bounds,
+                0,
+                |row| stream_event_from_row(row, 0),
+                archived,
+            )
+            .await?;
         if let Some(keys) = &self.keys {
             for event in &mut events {
                 if let Some(opened) = keys.open_payload(self, event.payload.as_str()).await? {
