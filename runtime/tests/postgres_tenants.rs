@@ -806,7 +806,22 @@ async fn a_tenants_runner_rides_out_a_server_restart() {
         failures += append(acme.clone(), format!("acme/a-{}", i % 4), 1).await;
         failures += append(globex.clone(), format!("globex/a-{}", i % 4), 100).await;
         if i == 19 {
-            cluster.restart().await.unwrap();
+            // The server goes down and stays down until the runner has met the outage (its
+            // next poll, at most 100 ms away, fails), so the retry is not left to timing.
+            cluster.crash().await.unwrap();
+            let retrying = tokio::time::timeout(
+                Duration::from_secs(60),
+                handle
+                    .clone()
+                    .wait_for(|state| matches!(state, RunnerState::Retrying { .. })),
+            )
+            .await;
+            assert!(
+                matches!(retrying, Ok(Ok(RunnerState::Retrying { .. }))),
+                "the runner meets the outage: {:?}",
+                handle.state()
+            );
+            cluster.resume().await.unwrap();
         }
     }
     eprintln!("appends retried across the restart: {failures}");

@@ -59,11 +59,28 @@ impl Driver {
         Self { child, port }
     }
 
-    /// A headless Chromium session, 1280 × 1000, with no network of its own.
+    /// A headless Chromium session, 1280 × 1000, with no network of its own. A refused
+    /// session is asked for again, twice: Chromium's first start after its installation (its
+    /// profile, its caches) can outlast the driver's wait on a loaded machine.
     ///
     /// # Panics
-    /// When the driver refuses a session.
+    /// When the driver refuses a session three times.
     pub async fn browser(&self) -> Client {
+        let mut attempt = 1;
+        loop {
+            match self.session().await {
+                Ok(client) => return client,
+                Err(error) if attempt < 3 => {
+                    eprintln!("the driver refused a browser session ({error}); asking again");
+                    attempt += 1;
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+                Err(error) => panic!("a browser session: {error}"),
+            }
+        }
+    }
+
+    async fn session(&self) -> Result<Client, fantoccini::error::NewSessionError> {
         let mut capabilities = serde_json::Map::new();
         capabilities.insert(
             "goog:chromeOptions".to_owned(),
@@ -77,7 +94,6 @@ impl Driver {
             .capabilities(capabilities)
             .connect(&format!("http://127.0.0.1:{}", self.port))
             .await
-            .expect("a browser session")
     }
 }
 

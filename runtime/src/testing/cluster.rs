@@ -29,6 +29,9 @@ pub struct Cluster {
     port: u16,
     pg_ctl: PathBuf,
     run_as: Option<String>,
+    /// The server's command-line options (port, socket directory, settings), which a start
+    /// after a stop must give again: only `restart` reuses them by itself.
+    options: String,
 }
 
 /// Settings of a [`Cluster`] before it starts.
@@ -71,6 +74,7 @@ impl ClusterBuilder {
             port,
             pg_ctl,
             run_as,
+            options: String::new(),
         };
         let data = cluster.data();
         let mut command = cluster.command(&initdb)?;
@@ -94,13 +98,14 @@ impl ClusterBuilder {
         for (name, value) in &self.settings {
             options.push_str(&format!(" -c {name}={value}"));
         }
+        cluster.options = options;
         let mut command = cluster.command(&cluster.pg_ctl.clone())?;
         command
             .arg("-D")
             .arg(&data)
             .arg("-l")
             .arg(cluster.dir.join("server.log"))
-            .args(["-w", "-t", "60", "-o", &options, "start"]);
+            .args(["-w", "-t", "60", "-o", &cluster.options, "start"]);
         if let Err(error) = run(&mut command) {
             cluster.port = 0;
             return Err(error);
@@ -158,8 +163,17 @@ impl Cluster {
     /// `pg_ctl`'s failure.
     pub async fn resume(&self) -> std::io::Result<()> {
         let log = self.dir.join("server.log");
-        self.pg_ctl(&["-l", &log.display().to_string(), "-w", "-t", "60", "start"])
-            .await
+        self.pg_ctl(&[
+            "-l",
+            &log.display().to_string(),
+            "-w",
+            "-t",
+            "60",
+            "-o",
+            &self.options,
+            "start",
+        ])
+        .await
     }
 
     /// `pg_ctl restart -m immediate`: a crash and a start, returning once the server accepts
