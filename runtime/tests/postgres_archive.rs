@@ -3,7 +3,8 @@
 //! rebuilt from cold + hot) and from a reader's mid-way checkpoint, streams, and aggregate
 //! loads (with and without a snapshot) give what they gave before archiving; archived streams
 //! take appends; DuckDB reads the files and counts the same events; a missing file stops reads
-//! with a typed error instead of skipping; a restore puts every event back where it was.
+//! with a typed error instead of skipping; a restore puts every event back where it was. An
+//! inline projection catching a stream up applies its archived versions, in order.
 
 #[path = "support/tenant_domain.rs"]
 mod tenant_domain;
@@ -16,9 +17,10 @@ use factum::projection::ProjectionRunner;
 use factum::store::{FeedQuery, PostgresStore};
 use factum::testing::postgres::LeastPrivilege;
 use factum::{
-    Error, EventStore, ExpectedVersion, FeedPosition, NewEvent, RecordedEvent, Repository, Snapshot,
+    Envelope, Error, EventStore, ExpectedVersion, FeedPosition, NewEvent, RecordedEvent,
+    Repository, Snapshot, Tx,
 };
-use tenant_domain::{Account, Ledger, Opened, Registered, deposit};
+use tenant_domain::{Account, Deposited, Ledger, Opened, Registered, deposit};
 
 const STREAMS: usize = 1_000;
 /// Events per stream before the cut-off.
@@ -545,4 +547,154 @@ async fn each_tenant_reads_back_its_own_archived_events_only() {
             "{expected:?}: {refused:?}"
         );
     }
+}
+
+/// A ledger row per stream, applied inline (in the append's transaction), that refuses an event
+/// out of stream order or applied twice: each row keeps the version of the last event applied,
+/// and the next must follow it.
+#[derive(Debug, Clone)]
+struct StreamLedger {
+    table: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct LedgerError(String);
+
+#[factum::projection(name = "stream_ledger", inline)]
+impl StreamLedger {
+    #[handle]
+    async fn deposited(
+        &mut self,
+        event: &Deposited,
+        envelope: &Envelope,
+        tx: &mut Tx<'_>,
+    ) -> Result<(), LedgerError> {
+        let previous: Option<i64> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+            "SELECT last_version FROM {} WHERE stream_id = $1 FOR UPDATE",
+            self.table
+        )))
+        .bind(&envelope.stream_id)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(|e| LedgerError(e.to_string()))?;
+        let version = i64::try_from(envelope.stream_version).unwrap_or(i64::MAX);
+        if version != previous.unwrap_or(0) + 1 {
+            return Err(LedgerError(format!(
+                "{}@{version} applied after version {previous:?}: a version skipped, or twice",
+                envelope.stream_id
+            )));
+        }
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "INSERT INTO {0} (stream_id, cents, events, last_version) VALUES ($1, $2, 1, $3)
+             ON CONFLICT (stream_id) DO UPDATE
+                 SET cents = {0}.cents + $2, events = {0}.events + 1, last_version = $3",
+            self.table
+        )))
+        .bind(&envelope.stream_id)
+        .bind(event.cents)
+        .bind(version)
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| LedgerError(e.to_string()))?;
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn an_inline_projection_catches_a_stream_up_over_its_archived_versions() {
+    let schema = LeastPrivilege::new().await.unwrap();
+    let (owner, app) = (schema.owner(), schema.application());
+    let table = format!("{}.stream_ledger_rows", owner.schema());
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "CREATE TABLE {table} (stream_id text PRIMARY KEY, cents bigint NOT NULL,
+                               events bigint NOT NULL, last_version bigint NOT NULL);
+         GRANT SELECT, INSERT, UPDATE ON {table} TO {app}",
+        app = schema.application_role()
+    )))
+    .execute(owner.pool())
+    .await
+    .unwrap();
+    // Ten deposits to each of two streams, appended where the inline projection does not run
+    // (another service, say): only a runner, or a catch-up, can apply them.
+    for cents in 1..=10 {
+        for stream in ["account-a", "account-b"] {
+            app.append(
+                stream,
+                "Account",
+                ExpectedVersion::Any,
+                vec![deposit(cents)],
+            )
+            .await
+            .unwrap();
+        }
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    let dir = Dir::new();
+    let report = owner
+        .archive(&ArchiveOptions::new(&dir.0, chrono::Utc::now()))
+        .await
+        .unwrap();
+    // Versions 2 to 9 of each stream: each stream's first and newest stay in the table.
+    assert_eq!(report.events, 16, "{report:?}");
+    let hot: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+        "SELECT count(*) FROM {}.events",
+        owner.schema()
+    )))
+    .fetch_one(owner.pool())
+    .await
+    .unwrap();
+    assert_eq!(hot, 4, "the archived versions left the table");
+
+    // An append through the inline projection catches account-a up first: versions 1 and 10
+    // from the table, 2 to 9 from the Parquet file, in order, then its own version 11.
+    let inline = app.with_inline({
+        let table = table.clone();
+        move || StreamLedger {
+            table: table.clone(),
+        }
+    });
+    inline
+        .append(
+            "account-a",
+            "Account",
+            ExpectedVersion::Exact(10),
+            vec![deposit(100)],
+        )
+        .await
+        .unwrap();
+    let rows: Vec<(String, i64, i64, i64)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT stream_id, cents, events, last_version FROM {table} ORDER BY stream_id"
+    )))
+    .fetch_all(owner.pool())
+    .await
+    .unwrap();
+    assert_eq!(
+        rows,
+        vec![("account-a".to_owned(), 55 + 100, 11, 11)],
+        "every archived version applied once, in order; account-b waits for its runner"
+    );
+    // The runner then applies account-b from the cold tier and the table, and nothing of
+    // account-a again.
+    let mut runner = ProjectionRunner::new(
+        app.clone(),
+        StreamLedger {
+            table: table.clone(),
+        },
+    );
+    runner.catch_up().await.unwrap();
+    assert!(runner.parked().await.unwrap().is_empty(), "nothing failed");
+    let rows: Vec<(String, i64, i64, i64)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT stream_id, cents, events, last_version FROM {table} ORDER BY stream_id"
+    )))
+    .fetch_all(owner.pool())
+    .await
+    .unwrap();
+    assert_eq!(
+        rows,
+        vec![
+            ("account-a".to_owned(), 155, 11, 11),
+            ("account-b".to_owned(), 55, 10, 10)
+        ]
+    );
 }
