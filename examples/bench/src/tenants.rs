@@ -1,9 +1,15 @@
 //! The cost of tenant isolation (issue 15): PostgreSQL's row-level security on appends and on
 //! feed reads, against the same schema with it turned off, in the same run. Both sides run as
 //! an application role that owns nothing (a superuser would bypass the policies, measuring
-//! nothing): one tenant's store (`PostgresStore::for_tenant`) on a schema as migrated, and an
-//! untenanted store on a schema whose owner turned row-level security off. The same events, the
-//! same statements; the only difference is the policy each row passes.
+//! nothing), and both are one tenant's store (`PostgresStore::for_tenant`): on a schema as
+//! migrated, and on a schema whose owner turned row-level security off once the store was made
+//! (a tenant's store refuses a schema without it). The same events, the same statements (a
+//! tenant's feed reads name their tenant, served by the tenant feed index); the only
+//! difference is the policy each row passes.
+//!
+//! Beside them, what tenancy costs a feed read as a whole: an untenanted store reading the
+//! same rows of the schema without row-level security (no tenant in its statements, the plain
+//! feed index), against the tenant's store under row-level security.
 //!
 //! Then many tenants in one schema: the tenant feed index (migration 21) measured by its
 //! presence, on two schemas filled alike, one whose owner dropped it: what it costs appends,
@@ -52,6 +58,12 @@ pub struct Report {
     /// Time per feed read of every event, row-level security / none (target ≤ 1.05).
     pub feed_ratio: f64,
     pub feed_ratios: Vec<f64>,
+    /// An untenanted store's feed reads of the same rows without row-level security, and the
+    /// time of the tenant's under it against them: what tenancy costs a feed read as a whole
+    /// (the tenant in the statement, its index, the policy).
+    pub feed_untenanted_per_s: f64,
+    pub feed_tenancy_ratio: f64,
+    pub feed_tenancy_ratios: Vec<f64>,
     /// Many tenants in one schema: what the tenant feed index (`events_tenant_feed_idx`,
     /// migration 21) costs appends and saves a tenant's feed reads.
     pub many: Many,
@@ -135,6 +147,9 @@ pub async fn run(config: &Config) -> Result<Report, Box<dyn std::error::Error>> 
     let secured = LeastPrivilege::new().await?;
     let open = LeastPrivilege::new().await?;
     let schema = open.owner().schema().to_owned();
+    let rls = secured.application().for_tenant("acme").await?;
+    let plain = open.application().for_tenant("acme").await?;
+    let untenanted = open.application().clone();
     sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
         "ALTER TABLE {schema}.events NO FORCE ROW LEVEL SECURITY;
          ALTER TABLE {schema}.events DISABLE ROW LEVEL SECURITY;
@@ -143,8 +158,6 @@ pub async fn run(config: &Config) -> Result<Report, Box<dyn std::error::Error>> 
     )))
     .execute(open.owner().pool())
     .await?;
-    let rls = secured.application().for_tenant("acme").await?;
-    let plain = open.application().clone();
 
     // Warm-up: every stream exists on both sides, the pools are open.
     let warm = Config {
@@ -173,6 +186,7 @@ pub async fn run(config: &Config) -> Result<Report, Box<dyn std::error::Error>> 
     analyze(&[&secured, &open]).await?;
     let stored = (config.streams + config.runs * config.appends) as u64;
     let (mut feed_plain, mut feed_rls, mut feed_ratios) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut feed_untenanted, mut tenancy_ratios) = (Vec::new(), Vec::new());
     let mut missing = 0;
     // A runner reads the feed on its pool's few connections all day: PostgreSQL plans a
     // prepared statement anew for each of a connection's first five executions, then keeps one
@@ -181,21 +195,31 @@ pub async fn run(config: &Config) -> Result<Report, Box<dyn std::error::Error>> 
     for _ in 0..FEED_WARM_UP_READS {
         read_feed(&plain, config.batch).await?;
         read_feed(&rls, config.batch).await?;
+        read_feed(&untenanted, config.batch).await?;
     }
     for run in 0..config.runs {
-        let ((pn, p), (rn, r)) = if run % 2 == 0 {
-            let p = read_feed(&plain, config.batch).await?;
-            (p, read_feed(&rls, config.batch).await?)
-        } else {
-            let r = read_feed(&rls, config.batch).await?;
-            (read_feed(&plain, config.batch).await?, r)
-        };
-        missing += pn.abs_diff(stored) + rn.abs_diff(stored);
-        feed_plain.push(stored as f64 / p.as_secs_f64());
-        feed_rls.push(stored as f64 / r.as_secs_f64());
-        feed_ratios.push(r.as_secs_f64() / p.as_secs_f64());
+        // Alternate the order, so that drift hits every side alike.
+        let mut sides = [&plain, &rls, &untenanted];
+        if run % 2 == 1 {
+            sides.reverse();
+        }
+        let mut took = Vec::with_capacity(3);
+        for side in sides {
+            let (read, time) = read_feed(side, config.batch).await?;
+            missing += read.abs_diff(stored);
+            took.push(time.as_secs_f64());
+        }
+        if run % 2 == 1 {
+            took.reverse();
+        }
+        let (p, r, u) = (took[0], took[1], took[2]);
+        feed_plain.push(stored as f64 / p);
+        feed_rls.push(stored as f64 / r);
+        feed_untenanted.push(stored as f64 / u);
+        feed_ratios.push(r / p);
+        tenancy_ratios.push(r / u);
     }
-    drop((rls, plain));
+    drop((rls, plain, untenanted));
     drop((secured, open));
     let (many, many_missing) = many_tenants(config).await?;
     missing += many_missing;
@@ -214,6 +238,9 @@ pub async fn run(config: &Config) -> Result<Report, Box<dyn std::error::Error>> 
         feed_rls_per_s: median(&feed_rls),
         feed_ratio: median(&feed_ratios),
         feed_ratios,
+        feed_untenanted_per_s: median(&feed_untenanted),
+        feed_tenancy_ratio: median(&tenancy_ratios),
+        feed_tenancy_ratios: tenancy_ratios,
         many,
         missing,
     })
