@@ -368,8 +368,26 @@ async fn archived_events_read_back_from_parquet_through_every_path_and_restore()
 
     // Restoring one archive in the middle leaves archived versions on both sides of restored
     // ones in many streams: every read still gives what it gave.
+    // A reader part-way through the middle archive meanwhile guesses its next batch from the
+    // archives it saw and the middle file it holds decoded: the statement's own list shows the
+    // guess wrong after the restore (those events are back in the table), and the reader reads
+    // again without it, neither repeating nor missing events.
+    let reader = PostgresStore::with_schema(app.pool().clone(), app.schema()).unwrap();
+    let read = report.files[0].events as usize + 5_000;
+    let first = reader
+        .read_feed(&FeedQuery::after(FeedPosition::START).limit(read))
+        .await
+        .unwrap();
+    assert_eq!(first.events[..], before[..read]);
     let middle = report.files[1].id;
     assert_eq!(owner.restore(middle).await.unwrap(), report.files[1].events);
+    let rest = feed(&reader, first.next, 1_000).await;
+    assert!(
+        rest[..total - read] == before[read..],
+        "the reader's feed after the restore: {} events, {} expected before the new ones",
+        rest.len(),
+        total - read
+    );
     let fresh = PostgresStore::with_schema(app.pool().clone(), app.schema()).unwrap();
     assert_eq!(
         feed(&fresh, FeedPosition::START, 1_000).await[..total],

@@ -30,7 +30,7 @@ const NO_ARCHIVE_FEATURE: &str =
 /// The archives a feed read found after its position, in the read's own snapshot (its
 /// statement's horizon row: see [`ColdArchives::column`]), so that an archiving or a restore
 /// committing meanwhile can neither repeat nor drop events.
-#[derive(Debug, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, serde::Deserialize)]
 #[cfg_attr(
     not(feature = "archive"),
     allow(dead_code, reason = "a build without the feature refuses to read them")
@@ -38,9 +38,9 @@ const NO_ARCHIVE_FEATURE: &str =
 pub(super) struct ColdArchives {
     /// Whether row-level security binds the session (else it sees every tenant's rows).
     rls: bool,
-    /// (archive, file, its first event's transaction and position), in feed order of their
-    /// first event.
-    archives: Vec<(i64, String, i64, i64)>,
+    /// (archive, file, its first event's transaction and position, its last event's), in feed
+    /// order of their first event.
+    archives: Vec<(i64, String, i64, i64, i64, i64)>,
 }
 
 impl ColdArchives {
@@ -52,7 +52,8 @@ impl ColdArchives {
             "(SELECT json_build_object(
                  'rls', row_security_active('{s}.events'),
                  'archives', json_agg(json_build_array(a.id, a.file, a.first_tx::text::bigint,
-                                                       a.first_position)
+                                                       a.first_position, a.last_tx::text::bigint,
+                                                       a.last_position)
                                       ORDER BY a.first_tx, a.first_position))::text
               FROM {s}.archives a
               WHERE (a.last_tx, a.last_position) > ($1::text::xid8, $2)
@@ -65,6 +66,28 @@ impl ColdArchives {
         serde_json::from_str(text).map_err(|error| Error::Corrupt {
             reason: format!("the feed's list of archives does not read: {error}"),
         })
+    }
+}
+
+/// A feed read's archived events guessed before its statement runs, from the archives the
+/// store's last read listed (they change only when an archiving or a restore commits): with a
+/// full batch of them, the table is read only up to the batch's last, rather than `limit` rows
+/// of which the merge keeps few. The statement's own list of archives confirms the guess, or
+/// the read runs again without one.
+#[derive(Debug)]
+pub(super) struct ColdGuess {
+    /// The archives holding events after the read's position, as the guess took them.
+    archives: ColdArchives,
+    /// The batch's archived events, in feed order.
+    pub events: Vec<crate::store::ReadEnvelope>,
+    /// The last of them: the table is read up to it.
+    pub through: crate::store::FeedPosition,
+}
+
+impl ColdGuess {
+    /// Whether the statement found the archives the guess took (`cold`: its horizon row's).
+    pub(super) fn holds(&self, cold: Option<&ColdArchives>) -> bool {
+        cold == Some(&self.archives)
     }
 }
 
@@ -143,6 +166,21 @@ impl PostgresStore {
 
 #[cfg(not(feature = "archive"))]
 impl PostgresStore {
+    /// No guess of archived events: this build reads none.
+    #[expect(
+        clippy::unused_async,
+        reason = "the same signature as with the feature"
+    )]
+    pub(super) async fn guess_cold(
+        &self,
+        _query: &crate::store::FeedQuery,
+    ) -> Result<Option<ColdGuess>> {
+        Ok(None)
+    }
+
+    /// Nothing to remember: this build reads no archived events.
+    pub(super) fn remember_cold(&self, _cold: Option<&ColdArchives>) {}
+
     /// Archived events after `after` (none can be read in this build).
     pub(super) async fn cold_feed(
         &self,

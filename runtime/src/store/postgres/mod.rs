@@ -117,36 +117,42 @@ const SOURCE_COLUMNS: &str =
     "e.stream_id, e.position, e.tx::text::bigint, e.event_type, e.schema_version, e.payload::text";
 
 /// The feed statements of the runners, one per set of envelope fields read: `[unfiltered,
-/// filtered by event type]`.
+/// filtered by event type]`, each also bounded (the table read up to a position: the last of
+/// a batch of archived events, see `PostgresStore::guess_cold`).
 #[derive(Debug)]
 struct FeedReads {
-    all: [Arc<str>; 2],
-    origin: [Arc<str>; 2],
-    source: [Arc<str>; 2],
+    all: [Arc<str>; 4],
+    origin: [Arc<str>; 4],
+    source: [Arc<str>; 4],
 }
 
 impl FeedReads {
     fn new(statement: impl Fn(&str, &str) -> Arc<str>) -> Self {
-        let both = |columns| {
+        let each = |columns| {
             [
                 statement(columns, ""),
                 statement(columns, "AND e.event_type = ANY ($4)"),
+                statement(columns, "AND (e.tx, e.position) <= ($4::text::xid8, $5)"),
+                statement(
+                    columns,
+                    "AND e.event_type = ANY ($4) AND (e.tx, e.position) <= ($5::text::xid8, $6)",
+                ),
             ]
         };
         Self {
-            all: both(ENVELOPE_COLUMNS),
-            origin: both(ORIGIN_COLUMNS),
-            source: both(SOURCE_COLUMNS),
+            all: each(ENVELOPE_COLUMNS),
+            origin: each(ORIGIN_COLUMNS),
+            source: each(SOURCE_COLUMNS),
         }
     }
 
-    fn get(&self, fields: EnvelopeFields, filtered: bool) -> &Arc<str> {
+    fn get(&self, fields: EnvelopeFields, filtered: bool, bounded: bool) -> &Arc<str> {
         let statements = match fields {
             EnvelopeFields::Source => &self.source,
             EnvelopeFields::Origin => &self.origin,
             EnvelopeFields::All => &self.all,
         };
-        &statements[usize::from(filtered)]
+        &statements[usize::from(filtered) + 2 * usize::from(bounded)]
     }
 }
 
@@ -810,15 +816,39 @@ impl PostgresStore {
         if query.limit == 0 {
             return Ok(FeedBatch::new(Vec::new(), query.after));
         }
+        let mut guess = self.guess_cold(query).await?;
+        loop {
+            if let Some(batch) = self.read_feed_guessing(query, guess.take()).await? {
+                return Ok(batch);
+            }
+            // The cold tier moved since the guess (an archiving or a restore committed): read
+            // again without one, which always gives a batch.
+        }
+    }
+
+    /// A read of the feed, the table's rows read up to `guess`'s last archived event when
+    /// there is a guess; `None` when the statement's own list of archives shows the guess
+    /// wrong.
+    async fn read_feed_guessing(
+        &self,
+        query: &FeedQuery,
+        guess: Option<archive::ColdGuess>,
+    ) -> Result<Option<FeedBatch>> {
         let limit = to_i64(query.limit as u64);
         let sql = &self.inner.sql;
-        let statement = sql.read_feed.get(query.fields, query.event_types.is_some());
+        let statement =
+            sql.read_feed
+                .get(query.fields, query.event_types.is_some(), guess.is_some());
         let mut sql = sqlx::query(AssertSqlSafe(statement.clone()))
             .bind(to_i64(query.after.tx))
             .bind(to_i64(query.after.position))
             .bind(limit);
         if let Some(types) = &query.event_types {
             sql = sql.bind(types);
+        }
+        let through = guess.as_ref().map(|guess| guess.through);
+        if let Some(through) = through {
+            sql = sql.bind(to_i64(through.tx)).bind(to_i64(through.position));
         }
         let rows = sql
             .fetch_all(&self.inner.pool)
@@ -838,7 +868,14 @@ impl PostgresStore {
         };
         let held_back: bool = columns::get(first, 1)?;
         let newest: Option<u64> = columns::unsigned_opt::<_, i64, _>(first, 2)?;
-        let cold: Option<String> = columns::get(first, 3)?;
+        let cold = columns::get::<_, Option<String>>(first, 3)?
+            .map(|cold| archive::ColdArchives::parse(&cold))
+            .transpose()?;
+        let guess = match guess {
+            Some(guess) if !guess.holds(cold.as_ref()) => return Ok(None),
+            guess => guess,
+        };
+        self.remember_cold(cold.as_ref());
         let (mut events, mut undecodable, stopped) = match query.fields {
             EnvelopeFields::Source => {
                 runner_envelopes(rows, |row| Ok((source_from_row(row, 4)?, None)))?
@@ -848,30 +885,40 @@ impl PostgresStore {
             }
             EnvelopeFields::All => runner_envelopes(rows, |row| envelope_or_defect(row, 4))?,
         };
-        let mut next = match (events.last(), newest) {
-            (Some(last), _) if stopped || events.len() >= query.limit => last.feed_position(),
+        // Whether the table's events stopped the batch (its size reached, or an event no
+        // runner may pass).
+        let cut = stopped || events.len() >= query.limit;
+        let mut next = match (events.last(), newest, through) {
+            (Some(last), _, _) if cut => last.feed_position(),
+            // The table was read up to the guessed archived events' last.
+            (_, _, Some(through)) => through.max(query.after),
             // Everything below the horizon has been read: every transaction below it has ended.
             // The position goes no further than the newest stored event, so that no checkpoint
             // runs ahead of the events (a store adopted by another cluster continues after the
             // newest event: see `PostgresStore::adopt_cluster`).
-            (_, Some(newest)) => {
+            (_, Some(newest), None) => {
                 FeedPosition::end_of_tx(newest.min(horizon.saturating_sub(1))).max(query.after)
             }
-            (_, None) => query.after,
+            (_, None, None) => query.after,
         };
-        if let Some(cold) = cold {
-            // Archived events after the position: merged in feed order, up to the batch's
-            // size, and no further than the hot events when those stopped the batch.
-            let cold = archive::ColdArchives::parse(&cold)?;
-            let bound = (stopped || events.len() >= query.limit).then_some(next);
-            let mut archived = self
-                .cold_feed(
+        // Archived events after the position (guessed, or read now): merged in feed order, up
+        // to the batch's size, and no further than the table's events when those stopped the
+        // batch.
+        let archived = match (guess, cold) {
+            (Some(guess), _) => Some(guess.events),
+            (None, Some(cold)) => Some(
+                self.cold_feed(
                     &cold,
                     query.after,
                     query.limit,
                     query.event_types.as_deref(),
                 )
-                .await?;
+                .await?,
+            ),
+            (None, None) => None,
+        };
+        if let Some(mut archived) = archived {
+            let bound = cut.then_some(next);
             archived.retain(|(event, _)| bound.is_none_or(|bound| event.feed_position() <= bound));
             if !archived.is_empty() {
                 for (event, defect) in archived {
@@ -895,7 +942,7 @@ impl PostgresStore {
         self.open_pii(&mut events).await?;
         let mut batch = FeedBatch::new(events, next).held_back(held_back);
         batch.undecodable = undecodable;
-        Ok(batch)
+        Ok(Some(batch))
     }
 
     /// The events of `rows`, their personal data opened.

@@ -8,19 +8,22 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 use sqlx::{AssertSqlSafe, Row as _};
 
-use super::ColdArchives;
+use super::{ColdArchives, ColdGuess};
 use crate::archive::{self, ArchiveError, ArchiveFile, ArchiveOptions, ArchiveReport, StoredRow};
 use crate::envelope::{Origin, RecordedEvent};
 use crate::error::{Error, Result};
 use crate::event::Payload;
 use crate::store::backend::{columns, stored_u32, stored_u64, to_i64};
 use crate::store::postgres::{PostgresStore, identity, with_metadata};
-use crate::store::{FeedPosition, ReadEnvelope, Tenancy};
+use crate::store::{FeedPosition, FeedQuery, ReadEnvelope, Tenancy};
 
-/// Archive files read lately, decoded: a rebuild reads a file's events batch after batch.
+/// Archive files read lately, decoded: a rebuild reads a file's events batch after batch. And
+/// the archives the last feed read listed, from which the next read guesses its archived
+/// events ([`ColdGuess`]).
 #[derive(Debug, Default)]
 pub(in crate::store::postgres) struct ColdCache {
     files: std::sync::Mutex<VecDeque<(i64, Arc<Vec<StoredRow>>)>>,
+    listed: std::sync::Mutex<Option<Arc<ColdArchives>>>,
 }
 
 /// Files kept decoded.
@@ -493,7 +496,7 @@ impl PostgresStore {
     ) -> Result<Vec<ReadEnvelope>> {
         let after_key = (to_i64(after.tx), to_i64(after.position));
         let mut events: Vec<ReadEnvelope> = Vec::new();
-        for (archive, file, first_tx, first_position) in &cold.archives {
+        for (archive, file, first_tx, first_position, _, _) in &cold.archives {
             let (archive, first_tx, first_position) = (*archive, *first_tx, *first_position);
             // The archives come in the order of their first events: once `limit` events come
             // before this one's first, neither it nor any later one has a place in the batch.
@@ -521,6 +524,64 @@ impl PostgresStore {
         events.sort_by_key(|(event, _)| event.feed_position());
         events.truncate(limit);
         Ok(events)
+    }
+
+    /// A full batch of the archived events after `query`'s position, guessed from the
+    /// archives the last feed read listed (see [`ColdGuess`]); `None` without a list, or with
+    /// fewer archived events left than the batch takes (the table's read is then not bounded),
+    /// or when the files do not read (the read itself then reports why).
+    pub(in crate::store::postgres) async fn guess_cold(
+        &self,
+        query: &FeedQuery,
+    ) -> Result<Option<ColdGuess>> {
+        let listed = lock(&self.inner.cold.listed).clone();
+        let Some(listed) = listed else {
+            return Ok(None);
+        };
+        let after = (to_i64(query.after.tx), to_i64(query.after.position));
+        let archives = ColdArchives {
+            rls: listed.rls,
+            archives: listed
+                .archives
+                .iter()
+                .filter(|(_, _, _, _, last_tx, last_position)| (*last_tx, *last_position) > after)
+                .cloned()
+                .collect(),
+        };
+        if archives.archives.is_empty() {
+            return Ok(None);
+        }
+        let events = match self
+            .cold_feed(
+                &archives,
+                query.after,
+                query.limit,
+                query.event_types.as_deref(),
+            )
+            .await
+        {
+            Ok(events) => events,
+            Err(error) => {
+                tracing::debug!(%error, "no guess of the feed's archived events");
+                return Ok(None);
+            }
+        };
+        match events.last() {
+            Some((last, _)) if events.len() >= query.limit => Ok(Some(ColdGuess {
+                archives,
+                through: last.feed_position(),
+                events,
+            })),
+            _ => Ok(None),
+        }
+    }
+
+    /// Keeps the archives a feed read listed (its statement's), for the next read's guess.
+    pub(in crate::store::postgres) fn remember_cold(&self, cold: Option<&ColdArchives>) {
+        let mut listed = lock(&self.inner.cold.listed);
+        if listed.as_deref() != cold {
+            *listed = cold.cloned().map(Arc::new);
+        }
     }
 
     /// Archived events among `ids` that this store's sessions may read: a read by id (a
