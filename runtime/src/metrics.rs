@@ -75,6 +75,24 @@ pub const RELAY_BATCH_DURATION: &str = "factum.relay.batch.duration";
 /// The global position a relay has published up to (a gauge).
 pub const RELAY_POSITION: &str = "factum.relay.position";
 
+/// The histograms measured in seconds ([`DURATION_BOUNDS`] suits them).
+pub const DURATION_HISTOGRAMS: [&str; 4] = [
+    APPEND_DURATION,
+    LOAD_DURATION,
+    PROJECTION_BATCH_DURATION,
+    RELAY_BATCH_DURATION,
+];
+
+/// Bucket bounds for [`DURATION_HISTOGRAMS`], in seconds: 0.5 ms to 10 s. OpenTelemetry's SDK
+/// buckets a histogram from 0 to 10,000 by default, bounds made for milliseconds, which would
+/// put every append in its first bucket; give these to the exporter instead (with
+/// `metrics-exporter-otel`, `OpenTelemetryRecorder::set_histogram_bounds` for each name, before
+/// the first measurement).
+pub const DURATION_BOUNDS: [f64; 17] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0,
+    7.5, 10.0,
+];
+
 /// Registers the description and unit of every Factum metric with the installed recorder (call
 /// it once, after installing one: exporters show them as `# HELP` lines and use the units).
 pub fn describe() {
