@@ -664,6 +664,15 @@ async fn an_inline_projection_catches_a_stream_up_over_its_archived_versions() {
     .unwrap();
     assert_eq!(hot, 4, "the archived versions left the table");
 
+    // (stream, cents, events, last version) per stream.
+    let ledger_rows = || async {
+        sqlx::query_as::<_, (String, i64, i64, i64)>(sqlx::AssertSqlSafe(format!(
+            "SELECT stream_id, cents, events, last_version FROM {table} ORDER BY stream_id"
+        )))
+        .fetch_all(owner.pool())
+        .await
+        .unwrap()
+    };
     // An append through the inline projection catches account-a up first: versions 1 and 10
     // from the table, 2 to 9 from the Parquet file, in order, then its own version 11.
     let inline = app.with_inline({
@@ -681,14 +690,8 @@ async fn an_inline_projection_catches_a_stream_up_over_its_archived_versions() {
         )
         .await
         .unwrap();
-    let rows: Vec<(String, i64, i64, i64)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "SELECT stream_id, cents, events, last_version FROM {table} ORDER BY stream_id"
-    )))
-    .fetch_all(owner.pool())
-    .await
-    .unwrap();
     assert_eq!(
-        rows,
+        ledger_rows().await,
         vec![("account-a".to_owned(), 55 + 100, 11, 11)],
         "every archived version applied once, in order; account-b waits for its runner"
     );
@@ -702,14 +705,8 @@ async fn an_inline_projection_catches_a_stream_up_over_its_archived_versions() {
     );
     runner.catch_up().await.unwrap();
     assert!(runner.parked().await.unwrap().is_empty(), "nothing failed");
-    let rows: Vec<(String, i64, i64, i64)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "SELECT stream_id, cents, events, last_version FROM {table} ORDER BY stream_id"
-    )))
-    .fetch_all(owner.pool())
-    .await
-    .unwrap();
     assert_eq!(
-        rows,
+        ledger_rows().await,
         vec![
             ("account-a".to_owned(), 155, 11, 11),
             ("account-b".to_owned(), 55, 10, 10)
