@@ -5,8 +5,9 @@
 //!   events behind, how long the oldest unhandled event has waited, parked streams, state),
 //!   the events behind over the last ten minutes as a chart (sampled by the console every
 //!   [`SAMPLE_EVERY`] while it runs), saga instances and their queued commands, the relays
-//!   (PostgreSQL), and the seed's alerts where their thresholds are crossed (append latency from
-//!   the application's metrics endpoint, `--metrics-url`: `latency.rs`).
+//!   (PostgreSQL), and the seed's alerts where their thresholds are crossed. From the
+//!   application's metrics endpoint (`--metrics-url`: `scrape.rs`) come the append latency and
+//!   each runner's live state (running or not, its retries), which live in its process.
 //! - **Dead letters** (`/dead-letters`): the parked streams; with actions allowed, retry and
 //!   skip buttons for projections registered in the tool.
 //! - **Streams** (`/streams`, `/stream?id=`, `/event?id=`): the largest streams, a stream's
@@ -18,8 +19,8 @@
 //! Read-only unless started with `--allow-actions`, and then every action needs the token of
 //! [`TOKEN_ENV`]; it listens on localhost unless told otherwise.
 
-mod latency;
 mod page;
+mod scrape;
 
 use std::collections::{HashMap, VecDeque};
 use std::fmt::Write as _;
@@ -61,8 +62,9 @@ struct Console {
     token: Option<String>,
     /// Events behind per projection (`name v<version>`), sampled.
     lag: Mutex<HashMap<String, VecDeque<(Instant, u64)>>>,
-    /// The application's metrics endpoint, for the append-latency alert.
-    metrics: Option<latency::Scraper>,
+    /// The application's metrics endpoint, for the append-latency alert and the runners' live
+    /// state.
+    metrics: Option<scrape::Scraper>,
 }
 
 type Shared = Arc<Console>;
@@ -77,7 +79,7 @@ pub(super) async fn serve(
     metrics_url: Option<String>,
 ) -> Result<(), CliError> {
     let metrics = metrics_url
-        .map(|url| latency::Scraper::new(&url))
+        .map(|url| scrape::Scraper::new(&url))
         .transpose()?;
     if token.as_ref().is_some_and(|token| token.len() < 16) {
         return Err(CliError::Usage(format!(
@@ -178,6 +180,55 @@ impl Console {
     }
 }
 
+/// A runner's live state as its metrics show it: running, or not (standing by, retrying or
+/// stopped), with the failures it retried after.
+fn live_state(runner: Option<&scrape::RunnerMetrics>) -> String {
+    let Some(runner) = runner else {
+        return badge("quiet", "no runner reporting");
+    };
+    let retried = match runner.retries {
+        0 => String::new(),
+        1 => " (retried once)".to_owned(),
+        n => format!(" (retried {n} times)"),
+    };
+    match runner.running {
+        Some(true) => badge(
+            if runner.retries == 0 { "ok" } else { "behind" },
+            &format!("running{retried}"),
+        ),
+        _ => badge(
+            "behind",
+            &format!("not running: standing by, retrying or stopped{retried}"),
+        ),
+    }
+}
+
+/// Every runner the application's metrics report: projections, sagas' command sides, relays.
+fn runners_table(
+    runners: &std::collections::BTreeMap<(String, String), scrape::RunnerMetrics>,
+) -> String {
+    let mut body = "<h2>Runners reporting</h2>".to_owned();
+    if runners.is_empty() {
+        body.push_str(
+            "<p class=\"quiet\">No runner reports to the metrics endpoint: none has run in the application's process yet.</p>",
+        );
+        return body;
+    }
+    let rows: Vec<Vec<String>> = runners
+        .iter()
+        .map(|((kind, name), runner)| {
+            vec![
+                cell(kind),
+                cell(name),
+                format!("<td>{}</td>", live_state(Some(runner))),
+                number(runner.retries),
+            ]
+        })
+        .collect();
+    body.push_str(&table(&["Kind", "Name", "Live state", "Retries"], &rows));
+    body
+}
+
 /// `/`: the catch-up dashboard and the alerts.
 async fn dashboard(State(console): State<Shared>) -> Page {
     let store = &console.store;
@@ -187,6 +238,15 @@ async fn dashboard(State(console): State<Shared>) -> Page {
     let parked: u64 = checkpoints.iter().map(|c| c.parked_streams).sum();
     let mut alerts = Vec::new();
     let mut rows = Vec::new();
+    // The application's metrics, read once for the page.
+    let scraped = match &console.metrics {
+        Some(scraper) => Some(scraper.page().await),
+        None => None,
+    };
+    let runners = match &scraped {
+        Some(Ok(page)) => Some(scrape::runners(page)),
+        _ => None,
+    };
     let samples = console
         .lag
         .lock()
@@ -207,13 +267,18 @@ async fn dashboard(State(console): State<Shared>) -> Page {
                 LAG_ALERT.as_secs()
             ));
         }
-        let state = if c.parked_streams > 0 {
+        let mut state = if c.parked_streams > 0 {
             badge("bad", "parked streams")
         } else if c.events_after == 0 {
             badge("ok", "caught up")
         } else {
             badge("behind", "catching up")
         };
+        if let Some(runners) = &runners {
+            let key = ("projection".to_owned(), c.projection.clone());
+            state.push(' ');
+            state.push_str(&live_state(runners.get(&key)));
+        }
         let chart: Vec<(f64, u64)> = samples
             .get(&name)
             .map(|s| {
@@ -245,10 +310,10 @@ async fn dashboard(State(console): State<Shared>) -> Page {
             escape(stream)
         ));
     }
-    let latency_note = match &console.metrics {
-        Some(scraper) => match scraper.slow_appends(APPEND_ALERT).await {
-            Ok(slow) => {
-                for append in &slow {
+    let latency_note = match (&console.metrics, &scraped) {
+        (Some(scraper), Some(page)) => match page {
+            Ok(page) => {
+                for append in &scrape::slow_appends(page, APPEND_ALERT) {
                     alerts.push(format!(
                         "appends {} take {:.0} ms at the 99th percentile (threshold {} ms)",
                         escape(&append.labels),
@@ -265,12 +330,12 @@ async fn dashboard(State(console): State<Shared>) -> Page {
                 alerts.push(format!(
                     "the metrics endpoint {} could not be read: {}",
                     escape(scraper.url()),
-                    escape(&error)
+                    escape(error)
                 ));
                 String::new()
             }
         },
-        None => "append latency (threshold 100 ms) is read from the application's metrics: start the console with <code>--metrics-url</code>".to_owned(),
+        _ => "append latency (threshold 100 ms) is read from the application's metrics: start the console with <code>--metrics-url</code>".to_owned(),
     };
     if parked > 0 {
         alerts.push(format!(
@@ -319,6 +384,9 @@ async fn dashboard(State(console): State<Shared>) -> Page {
             ],
             &rows,
         ));
+    }
+    if let Some(runners) = &runners {
+        body.push_str(&runners_table(runners));
     }
     let sagas = store.sagas().await?;
     if !sagas.is_empty() {

@@ -1,7 +1,9 @@
-//! The append-latency alert: the application's Prometheus endpoint scraped for
-//! `factum.append.duration` (`factum_append_duration` in Prometheus' text format), as a summary's
-//! 99th percentile or a histogram's buckets. The console appends nothing, so the latency is
-//! the application's own.
+//! The application's metrics, scraped from its Prometheus endpoint (`--metrics-url`): the
+//! append-latency alert, from `factum.append.duration` (`factum_append_duration` in
+//! Prometheus' text format) as a summary's 99th percentile or a histogram's buckets; and each
+//! runner's live state, from `factum.runner.running` and `factum.runner.retries`, which live in
+//! the runners' process rather than in the database the console reads. The console appends
+//! and runs nothing, so both are the application's own.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -15,6 +17,10 @@ use super::CliError;
 
 /// The metric, as Prometheus names it.
 const METRIC: &str = "factum_append_duration";
+
+/// The runners' metrics, as Prometheus names them (a counter may carry the `_total` suffix).
+const RUNNER_RUNNING: &str = "factum_runner_running";
+const RUNNER_RETRIES: &str = "factum_runner_retries";
 
 /// How long a scrape may take.
 const SCRAPE_TIMEOUT: Duration = Duration::from_secs(2);
@@ -61,15 +67,11 @@ impl Scraper {
         &self.url
     }
 
-    /// The label sets whose appends' 99th percentile is above `threshold`.
-    pub(super) async fn slow_appends(
-        &self,
-        threshold: Duration,
-    ) -> Result<Vec<SlowAppend>, String> {
-        let page = tokio::time::timeout(SCRAPE_TIMEOUT, self.scrape())
+    /// The endpoint's page, read within [`SCRAPE_TIMEOUT`].
+    pub(super) async fn page(&self) -> Result<String, String> {
+        tokio::time::timeout(SCRAPE_TIMEOUT, self.scrape())
             .await
-            .map_err(|_| format!("no answer within {} s", SCRAPE_TIMEOUT.as_secs()))??;
-        Ok(slow_appends(&page, threshold))
+            .map_err(|_| format!("no answer within {} s", SCRAPE_TIMEOUT.as_secs()))?
     }
 
     async fn scrape(&self) -> Result<String, String> {
@@ -105,8 +107,70 @@ fn sample<'a>(line: &'a str, name: &str, drop: &str) -> Option<(String, &'a str,
     Some((format!("{{{}}}", kept.join(",")), dropped?, value))
 }
 
+/// A runner as the application's metrics show it.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub(super) struct RunnerMetrics {
+    /// Whether it holds its lease and runs (`None`: only its retries were reported).
+    pub running: Option<bool>,
+    /// The failures it retried after since its process started.
+    pub retries: u64,
+}
+
+/// The runners of `page` by (kind, name): `projection`, `saga` or `relay`, and its name.
+pub(super) fn runners(page: &str) -> BTreeMap<(String, String), RunnerMetrics> {
+    let mut runners: BTreeMap<(String, String), RunnerMetrics> = BTreeMap::new();
+    for line in page.lines() {
+        let Some((metric, rest)) = line.split_once('{') else {
+            continue;
+        };
+        let running = match metric {
+            RUNNER_RUNNING => true,
+            RUNNER_RETRIES => false,
+            _ if metric.strip_suffix("_total") == Some(RUNNER_RETRIES) => false,
+            _ => continue,
+        };
+        let Some((labels, value)) = rest.split_once("} ") else {
+            continue;
+        };
+        let Some(value) = value
+            .split_whitespace()
+            .next()
+            .and_then(|v| v.parse::<f64>().ok())
+        else {
+            continue;
+        };
+        let label = |name: &str| {
+            labels.split(',').find_map(|label| {
+                label
+                    .strip_prefix(name)?
+                    .strip_prefix("=\"")?
+                    .strip_suffix('"')
+            })
+        };
+        let (Some(kind), Some(name)) = (label("kind"), label("name")) else {
+            continue;
+        };
+        let runner = runners
+            .entry((kind.to_owned(), name.to_owned()))
+            .or_default();
+        if running {
+            runner.running = Some(value > 0.0);
+        } else {
+            // A count: a whole, non-negative number.
+            #[expect(
+                clippy::cast_possible_truncation,
+                clippy::cast_sign_loss,
+                reason = "a counter's value"
+            )]
+            let retries = value.max(0.0) as u64;
+            runner.retries = retries;
+        }
+    }
+    runners
+}
+
 /// The label sets of `page` whose appends' 99th percentile is above `threshold`.
-fn slow_appends(page: &str, threshold: Duration) -> Vec<SlowAppend> {
+pub(super) fn slow_appends(page: &str, threshold: Duration) -> Vec<SlowAppend> {
     let threshold = threshold.as_secs_f64();
     let mut slow = Vec::new();
     let mut buckets: BTreeMap<String, Vec<(f64, f64)>> = BTreeMap::new();
@@ -148,6 +212,45 @@ fn slow_appends(page: &str, threshold: Duration) -> Vec<SlowAppend> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn runners_are_read_from_their_gauge_and_counter() {
+        let page = "# TYPE factum_runner_running gauge
+factum_runner_running{kind=\"projection\",name=\"balances\"} 1
+factum_runner_running{kind=\"relay\",name=\"to-nats\"} 0
+# TYPE factum_runner_retries counter
+factum_runner_retries{kind=\"relay\",name=\"to-nats\"} 7
+factum_runner_retries_total{name=\"welcome\",kind=\"saga\"} 2
+factum_append_events{store=\"sqlite\",aggregate=\"Account\"} 3
+";
+        let key = |kind: &str, name: &str| (kind.to_owned(), name.to_owned());
+        assert_eq!(
+            runners(page),
+            BTreeMap::from([
+                (
+                    key("projection", "balances"),
+                    RunnerMetrics {
+                        running: Some(true),
+                        retries: 0
+                    }
+                ),
+                (
+                    key("relay", "to-nats"),
+                    RunnerMetrics {
+                        running: Some(false),
+                        retries: 7
+                    }
+                ),
+                (
+                    key("saga", "welcome"),
+                    RunnerMetrics {
+                        running: None,
+                        retries: 2
+                    }
+                ),
+            ])
+        );
+    }
 
     #[test]
     fn a_summarys_99th_percentile_above_the_threshold_is_slow() {
