@@ -74,6 +74,12 @@ pub const RELAY_EVENTS: &str = "factum.relay.events";
 pub const RELAY_BATCH_DURATION: &str = "factum.relay.batch.duration";
 /// The global position a relay has published up to (a gauge).
 pub const RELAY_POSITION: &str = "factum.relay.position";
+/// Events stored after a relay's checkpoint (a gauge, as its last status read counted them).
+pub const RELAY_LAG_EVENTS: &str = "factum.relay.lag.events";
+/// A relay's dead letters by `state` (a gauge, as its last status read counted them):
+/// `refused`, refused by the broker for good, or `waiting`, parked behind a refused event of
+/// their stream.
+pub const RELAY_DEAD_LETTERS: &str = "factum.relay.dead_letters";
 
 /// The histograms measured in seconds ([`DURATION_BOUNDS`] suits them).
 pub const DURATION_HISTOGRAMS: [&str; 4] = [
@@ -198,6 +204,16 @@ pub fn describe() {
         Unit::Count,
         "The global position a relay has published up to"
     );
+    describe_gauge!(
+        RELAY_LAG_EVENTS,
+        Unit::Count,
+        "Events stored after a relay's checkpoint"
+    );
+    describe_gauge!(
+        RELAY_DEAD_LETTERS,
+        Unit::Count,
+        "A relay's dead letters: refused by the broker, or waiting behind a refused event"
+    );
 }
 
 /// Records an append to `store` (`postgresql`, `sqlite`, `memory`): its duration by outcome
@@ -310,6 +326,18 @@ pub(crate) fn saga_status(saga: &'static str, pending_commands: u64, active_inst
 #[cfg(feature = "postgres")]
 pub(crate) fn feed_horizon(schema: &str, age: Duration) {
     metrics::gauge!(FEED_HORIZON_AGE, "schema" => schema.to_owned()).set(age.as_secs_f64());
+}
+
+/// Records what a relay's status read counted: the events after its checkpoint, and its dead
+/// letters refused and waiting.
+#[cfg(feature = "postgres")]
+#[allow(clippy::cast_precision_loss)]
+pub(crate) fn relay_status(relay: &str, behind: u64, refused: u64, waiting: u64) {
+    metrics::gauge!(RELAY_LAG_EVENTS, "relay" => relay.to_owned()).set(behind as f64);
+    metrics::gauge!(RELAY_DEAD_LETTERS, "relay" => relay.to_owned(), "state" => "refused")
+        .set(refused as f64);
+    metrics::gauge!(RELAY_DEAD_LETTERS, "relay" => relay.to_owned(), "state" => "waiting")
+        .set(waiting as f64);
 }
 
 /// Records a relay batch: its duration, its events, the position reached.

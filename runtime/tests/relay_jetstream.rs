@@ -1,6 +1,7 @@
 //! The relay to NATS JetStream against a real `nats-server` of each test's own: feed order and
 //! headers, each event once across a restart of the relay, a broker killed and restarted
-//! mid-run, and an event the stream refuses parked with its stream while the others flow.
+//! mid-run, and an event the stream refuses parked with its stream while the others flow (and
+//! counted in the relay's metrics).
 
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
@@ -10,7 +11,20 @@ use factum::relay::{JetStreamSink, Relay, RelayState, headers};
 use factum::testing::nats::NatsServer;
 use factum::testing::postgres::TemporaryStore;
 use factum::{EventStore, ExpectedVersion, NewEvent, Payload};
+use metrics_util::debugging::{DebugValue, DebuggingRecorder, Snapshotter};
 use tokio::sync::{oneshot, watch};
+
+/// The process's metrics recorder (installed once, for the binary), to read what the relays
+/// record.
+fn recorder() -> &'static Snapshotter {
+    static SNAPSHOTTER: std::sync::OnceLock<Snapshotter> = std::sync::OnceLock::new();
+    SNAPSHOTTER.get_or_init(|| {
+        let recorder = DebuggingRecorder::new();
+        let snapshotter = recorder.snapshotter();
+        recorder.install().expect("the binary's only recorder");
+        snapshotter
+    })
+}
 
 const STREAM: &str = "FACTUM_EVENTS";
 
@@ -311,6 +325,7 @@ async fn a_broker_killed_for_five_seconds_mid_run_loses_and_doubles_nothing() {
 
 #[tokio::test]
 async fn an_event_the_stream_refuses_parks_its_stream_and_the_others_flow() {
+    let recorder = recorder();
     let server = NatsServer::start().unwrap();
     let context = jetstream_with(&server, 1024).await;
     let store = TemporaryStore::new().await.unwrap();
@@ -372,6 +387,28 @@ async fn an_event_the_stream_refuses_parks_its_stream_and_the_others_flow() {
         [&("big", "1")],
         "only the stream's events before the refused one are published"
     );
+    // The running relay recorded its dead letters as metrics when it parked them (one
+    // snapshot: taking one resets what the recorder holds).
+    let snapshot = recorder.snapshot().into_vec();
+    let gauge = |state: &str| {
+        snapshot.iter().find_map(|(key, _, _, value)| {
+            let key = key.key();
+            let labelled = |name: &str, value: &str| {
+                key.labels().any(|l| l.key() == name && l.value() == value)
+            };
+            match value {
+                DebugValue::Gauge(value)
+                    if key.name() == factum::metrics::RELAY_DEAD_LETTERS
+                        && labelled("relay", "parking")
+                        && labelled("state", state) =>
+                {
+                    Some(value.into_inner())
+                }
+                _ => None,
+            }
+        })
+    };
+    assert_eq!((gauge("refused"), gauge("waiting")), (Some(1.0), Some(2.0)));
     let status = factum::relay::status(&store, "parking").await.unwrap();
     let letters: Vec<(u64, bool)> = status
         .dead_letters

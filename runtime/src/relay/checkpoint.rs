@@ -167,7 +167,8 @@ pub(super) async fn parked_streams(
     .map_err(|e| fail(store, e))
 }
 
-/// The status of the relay `relay` of `store`.
+/// The status of the relay `relay` of `store`, also recorded as metrics
+/// (`factum.relay.lag.events`, `factum.relay.dead_letters` by state).
 ///
 /// # Errors
 /// A database error, or [`crate::Error::Corrupt`] for a stored position out of range.
@@ -200,13 +201,21 @@ pub async fn status(store: &PostgresStore, relay: &str) -> crate::Result<RelaySt
         .iter()
         .map(letter)
         .collect::<crate::Result<Vec<_>>>()?;
-    Ok(RelayStatus {
+    let status = RelayStatus {
         checkpoint: position(&row, 0)?,
         published: columns::unsigned::<_, i64, u64>(&row, 2)?,
         behind: columns::unsigned::<_, i64, u64>(&row, 4)?,
         dead_letters,
         updated_at: columns::get(&row, 3)?,
-    })
+    };
+    let refused = status
+        .dead_letters
+        .iter()
+        .filter(|letter| letter.error.is_some())
+        .count() as u64;
+    let waiting = status.dead_letters.len() as u64 - refused;
+    crate::metrics::relay_status(relay, status.behind, refused, waiting);
+    Ok(status)
 }
 
 /// Dead letters as the statements take them: a JSON array of records.

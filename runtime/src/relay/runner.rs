@@ -216,6 +216,10 @@ impl<K: Sink> Relay<K> {
             self.set_state(RelayState::Running { checkpoint: position });
             let mut feed = ReadAhead::start(feed, self.preparer());
             let mut next_retry_check = tokio::time::Instant::now() + RETRY_CHECK_INTERVAL;
+            let mut next_status = tokio::time::Instant::now();
+            // Whether the last batch read the feed's end (counting what is behind costs a scan
+            // of it: rarer while a backlog is worked off).
+            let mut caught_up = true;
             loop {
                 // A lease lost meanwhile shows when the checkpoint is saved (its token);
                 // what was published in between is a duplicate the broker drops.
@@ -224,6 +228,11 @@ impl<K: Sink> Relay<K> {
                     () = tokio::time::sleep_until(next_retry_check) => {
                         self.retry_parked(&claimed, &mut parked, attempt).await?;
                         next_retry_check = tokio::time::Instant::now() + RETRY_CHECK_INTERVAL;
+                        if tokio::time::Instant::now() >= next_status {
+                            self.record_status().await;
+                            next_status = tokio::time::Instant::now()
+                                + if caught_up { STATUS_INTERVAL } else { BACKLOG_STATUS_INTERVAL };
+                        }
                         continue;
                     }
                 };
@@ -231,9 +240,14 @@ impl<K: Sink> Relay<K> {
                     continue;
                 };
                 let (started, events) = (std::time::Instant::now(), batch.messages.len());
+                caught_up = events < self.batch_size;
                 let (published, letters) =
                     self.publish(batch.messages, &mut parked, attempt).await?;
+                let parks = !letters.is_empty();
                 checkpoint::save(&self.store, &claimed, last, published, letters).await?;
+                if parks {
+                    self.record_status().await;
+                }
                 crate::metrics::relay_batch(&self.name, events, last.position, started.elapsed());
                 *attempt = 0;
                 self.set_state(RelayState::Running { checkpoint: last });
@@ -274,6 +288,14 @@ impl<K: Sink> Relay<K> {
             checkpoint::resolve(&self.store, claimed, &stream, published, letters).await?;
         }
         Ok(())
+    }
+
+    /// Reads the relay's status, which records its lag and dead letters as metrics; a failed
+    /// read is left to the next (the relay's own reads report a database that went away).
+    async fn record_status(&self) {
+        if let Err(error) = checkpoint::status(&self.store, &self.name).await {
+            tracing::debug!(relay = %self.name, %error, "the relay's status was not read");
+        }
     }
 
     /// What the read-ahead task needs to prepare batches.
@@ -399,6 +421,12 @@ impl<K: Sink> Relay<K> {
         letters.push(RelayDeadLetter::refused(message, refusal));
     }
 }
+
+/// How often a running relay reads its status, which records its lag and dead letters as
+/// metrics (also after each batch that parked an event): when caught up, and while it works
+/// off a backlog, as projection runners do.
+const STATUS_INTERVAL: Duration = Duration::from_secs(5);
+const BACKLOG_STATUS_INTERVAL: Duration = Duration::from_secs(30);
 
 /// How often a relay looks for parked streams an operator asked it to publish again.
 const RETRY_CHECK_INTERVAL: Duration = Duration::from_secs(1);
