@@ -57,6 +57,9 @@ pub const PROJECTION_PARKED_STREAMS: &str = "factum.projection.parked_streams";
 pub const RUNNER_RUNNING: &str = "factum.runner.running";
 /// Failures a runner retried after (a counter per runner).
 pub const RUNNER_RETRIES: &str = "factum.runner.retries";
+/// Whether a runner is waiting out a failure to try again (1), or not (0): a gauge per runner,
+/// which tells a runner retrying from one standing by or stopped (both not running).
+pub const RUNNER_RETRYING: &str = "factum.runner.retrying";
 /// Commands a saga's dispatcher delivered (a counter). (A saga's event side is a projection
 /// runner under the saga's name: its batches, position and lag are the `factum.projection.*`
 /// metrics.)
@@ -168,6 +171,11 @@ pub fn describe() {
         RUNNER_RETRIES,
         Unit::Count,
         "Failures the runner retried after (database or broker unavailable, handler failures)"
+    );
+    describe_gauge!(
+        RUNNER_RETRYING,
+        Unit::Count,
+        "1 while the runner waits out a failure to try again, else 0"
     );
     describe_counter!(
         SAGA_COMMANDS,
@@ -299,6 +307,11 @@ pub(crate) fn projection_status(
 #[cfg(any(feature = "postgres", feature = "sqlite"))]
 pub(crate) fn runner_state(kind: &'static str, name: &str, running: bool, retried: bool) {
     metrics::gauge!(RUNNER_RUNNING, "kind" => kind, "name" => name.to_owned()).set(if running {
+        1.0
+    } else {
+        0.0
+    });
+    metrics::gauge!(RUNNER_RETRYING, "kind" => kind, "name" => name.to_owned()).set(if retried {
         1.0
     } else {
         0.0

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use factum::projection::Projection;
-use factum::projection::{ProjectionRunner, RetryOutcome, RunnerError};
+use factum::projection::{ProjectionRunner, RetryOutcome, RunnerError, RunnerState};
 use factum::testing::{TestDatabase, execute, fetch_all};
 use factum::{
     Envelope, EnvelopeFields, EventStore, ExpectedVersion, NewEvent, Payload, Source, Tx,
@@ -378,6 +378,8 @@ async fn a_failing_handler_parks_its_stream_while_the_others_complete_and_retry_
     );
     assert!(parked[0].error.as_deref().unwrap().contains("poison"));
     assert_eq!(parked[0].attempts, 2);
+    // The catch-up retried, then parked and went on: once over, it says it retries nothing.
+    assert_eq!(runner.handle().state(), RunnerState::NotStarted);
     let rows = setup.balances().await;
     assert_eq!(rows.len(), 4);
     assert_eq!(

@@ -139,6 +139,19 @@ impl<S: SqlStore, P: Projection> ProjectionRunner<S, P> {
     /// # Errors
     /// As [`ProjectionRunner::apply_batch`].
     pub async fn catch_up(&mut self) -> Result<u64, RunnerError> {
+        // Failures retried meanwhile report `Retrying`; once the catch-up is over, whatever
+        // its outcome, it retries nothing, and the state it began in holds again.
+        let began = self.control.state.borrow().clone();
+        let result = self.catch_up_steps().await;
+        if matches!(*self.control.state.borrow(), RunnerState::Retrying { .. }) {
+            self.control.set(began);
+        }
+        result
+    }
+
+    /// [`ProjectionRunner::catch_up`]'s work: pending side effects, then batches until the
+    /// feed's end.
+    async fn catch_up_steps(&mut self) -> Result<u64, RunnerError> {
         self.perform_pending_effects().await?;
         let mut handled = 0;
         loop {

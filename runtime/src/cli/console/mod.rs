@@ -180,8 +180,8 @@ impl Console {
     }
 }
 
-/// A runner's live state as its metrics show it: running, or not (standing by, retrying or
-/// stopped), with the failures it retried after.
+/// A runner's live state as its metrics show it: running, retrying, or neither (standing by
+/// or stopped), with the failures it retried after.
 fn live_state(runner: Option<&scrape::RunnerMetrics>) -> String {
     let Some(runner) = runner else {
         return badge("quiet", "no runner reporting");
@@ -191,14 +191,15 @@ fn live_state(runner: Option<&scrape::RunnerMetrics>) -> String {
         1 => " (retried once)".to_owned(),
         n => format!(" (retried {n} times)"),
     };
-    match runner.running {
-        Some(true) => badge(
+    match (runner.running, runner.retrying) {
+        (Some(true), _) => badge(
             if runner.retries == 0 { "ok" } else { "behind" },
             &format!("running{retried}"),
         ),
+        (_, Some(true)) => badge("bad", &format!("retrying{retried}")),
         _ => badge(
             "behind",
-            &format!("not running: standing by, retrying or stopped{retried}"),
+            &format!("not running: standing by or stopped{retried}"),
         ),
     }
 }

@@ -1,7 +1,7 @@
 //! The application's metrics, scraped from its Prometheus endpoint (`--metrics-url`): the
 //! append-latency alert, from `factum.append.duration` (`factum_append_duration` in
 //! Prometheus' text format) as a summary's 99th percentile or a histogram's buckets; and each
-//! runner's live state, from `factum.runner.running` and `factum.runner.retries`, which live in
+//! runner's live state, from `factum.runner.running`, `.retrying` and `.retries`, which live in
 //! the runners' process rather than in the database the console reads. The console appends
 //! and runs nothing, so both are the application's own.
 
@@ -20,6 +20,7 @@ const METRIC: &str = "factum_append_duration";
 
 /// The runners' metrics, as Prometheus names them (a counter may carry the `_total` suffix).
 const RUNNER_RUNNING: &str = "factum_runner_running";
+const RUNNER_RETRYING: &str = "factum_runner_retrying";
 const RUNNER_RETRIES: &str = "factum_runner_retries";
 
 /// How long a scrape may take.
@@ -110,8 +111,10 @@ fn sample<'a>(line: &'a str, name: &str, drop: &str) -> Option<(String, &'a str,
 /// A runner as the application's metrics show it.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub(super) struct RunnerMetrics {
-    /// Whether it holds its lease and runs (`None`: only its retries were reported).
+    /// Whether it holds its lease and runs (`None`: not reported).
     pub running: Option<bool>,
+    /// Whether it waits out a failure to try again (`None`: not reported).
+    pub retrying: Option<bool>,
     /// The failures it retried after since its process started.
     pub retries: u64,
 }
@@ -123,12 +126,10 @@ pub(super) fn runners(page: &str) -> BTreeMap<(String, String), RunnerMetrics> {
         let Some((metric, rest)) = line.split_once('{') else {
             continue;
         };
-        let running = match metric {
-            RUNNER_RUNNING => true,
-            RUNNER_RETRIES => false,
-            _ if metric.strip_suffix("_total") == Some(RUNNER_RETRIES) => false,
-            _ => continue,
-        };
+        let metric = metric.strip_suffix("_total").unwrap_or(metric);
+        if ![RUNNER_RUNNING, RUNNER_RETRYING, RUNNER_RETRIES].contains(&metric) {
+            continue;
+        }
         let Some((labels, value)) = rest.split_once("} ") else {
             continue;
         };
@@ -153,8 +154,10 @@ pub(super) fn runners(page: &str) -> BTreeMap<(String, String), RunnerMetrics> {
         let runner = runners
             .entry((kind.to_owned(), name.to_owned()))
             .or_default();
-        if running {
+        if metric == RUNNER_RUNNING {
             runner.running = Some(value > 0.0);
+        } else if metric == RUNNER_RETRYING {
+            runner.retrying = Some(value > 0.0);
         } else {
             // A count: a whole, non-negative number.
             #[expect(
@@ -218,6 +221,7 @@ mod tests {
         let page = "# TYPE factum_runner_running gauge
 factum_runner_running{kind=\"projection\",name=\"balances\"} 1
 factum_runner_running{kind=\"relay\",name=\"to-nats\"} 0
+factum_runner_retrying{kind=\"relay\",name=\"to-nats\"} 1
 # TYPE factum_runner_retries counter
 factum_runner_retries{kind=\"relay\",name=\"to-nats\"} 7
 factum_runner_retries_total{name=\"welcome\",kind=\"saga\"} 2
@@ -231,6 +235,7 @@ factum_append_events{store=\"sqlite\",aggregate=\"Account\"} 3
                     key("projection", "balances"),
                     RunnerMetrics {
                         running: Some(true),
+                        retrying: None,
                         retries: 0
                     }
                 ),
@@ -238,6 +243,7 @@ factum_append_events{store=\"sqlite\",aggregate=\"Account\"} 3
                     key("relay", "to-nats"),
                     RunnerMetrics {
                         running: Some(false),
+                        retrying: Some(true),
                         retries: 7
                     }
                 ),
@@ -245,6 +251,7 @@ factum_append_events{store=\"sqlite\",aggregate=\"Account\"} 3
                     key("saga", "welcome"),
                     RunnerMetrics {
                         running: None,
+                        retrying: None,
                         retries: 2
                     }
                 ),
