@@ -9,9 +9,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::extract::{Path, State};
+use factum::Repository;
 use factum::projection::ProjectionRunner;
 use factum::store::SqliteStore;
-use factum::{Envelope, Repository, Tx};
 use opentelemetry::metrics::MeterProvider as _;
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_otlp::{Protocol, WithExportConfig as _, WithHttpConfig as _};
@@ -19,58 +19,10 @@ use serde_json::Value;
 use tracing::Instrument as _;
 use tracing_subscriber::layer::SubscriberExt as _;
 
-#[factum::event]
-#[derive(Debug, Clone, PartialEq)]
-pub struct Opened {
-    pub account: String,
-}
+#[path = "support/tenant_domain.rs"]
+mod tenant_domain;
 
-#[factum::event]
-#[derive(Debug, Clone, PartialEq)]
-pub enum AccountEvent {
-    Opened(Opened),
-}
-
-#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
-pub struct Account {
-    pub opened: bool,
-}
-
-#[derive(Debug)]
-pub struct Open(pub String);
-
-#[factum::aggregate(events = AccountEvent)]
-impl Account {
-    #[apply]
-    fn opened(&mut self, _: &Opened) {
-        self.opened = true;
-    }
-
-    #[command]
-    fn open(&self, command: &Open) -> Result<Opened, std::convert::Infallible> {
-        Ok(Opened {
-            account: command.0.clone(),
-        })
-    }
-}
-
-/// Counts the accounts opened.
-#[derive(Debug, Default)]
-struct Openings(u64);
-
-#[factum::projection(name = "openings")]
-impl Openings {
-    #[handle]
-    async fn opened(
-        &mut self,
-        _: &Opened,
-        _: &Envelope,
-        _: &mut Tx<'_>,
-    ) -> Result<(), std::convert::Infallible> {
-        self.0 += 1;
-        Ok(())
-    }
-}
+use tenant_domain::{Account, Deposit, Ledger};
 
 /// What the receiver was sent: (signal, body), `metrics` or `traces`.
 type Received = Arc<Mutex<Vec<(String, Value)>>>;
@@ -211,14 +163,14 @@ async fn metrics_and_spans_are_exported_over_otlp() {
     let accounts = Repository::<Account, _>::new(store.clone());
     for n in 0..3 {
         accounts
-            .execute(&format!("acc-{n}"), Open(format!("acc-{n}")))
-            .instrument(tracing::info_span!("open account"))
+            .execute(&format!("acc-{n}"), Deposit(n + 1))
+            .instrument(tracing::info_span!("deposit"))
             .await
             .unwrap();
     }
-    let mut openings = ProjectionRunner::new(store.clone(), Openings::default());
-    openings.catch_up().await.unwrap();
-    assert_eq!(openings.projection().0, 3);
+    let mut ledger = ProjectionRunner::new(store.clone(), Ledger::default());
+    ledger.catch_up().await.unwrap();
+    assert_eq!(ledger.projection().cents, 1 + 2 + 3);
     // What an application does at shutdown: flush both providers (blocking calls).
     tokio::task::spawn_blocking(move || {
         meters.force_flush().unwrap();
@@ -266,14 +218,14 @@ async fn metrics_and_spans_are_exported_over_otlp() {
 
     // Each command's span and the projection handler's span of its event share a trace.
     let spans = spans(&sent(&received, "traces"));
-    let commands: Vec<_> = spans.iter().filter(|s| s.0 == "open account").collect();
+    let commands: Vec<_> = spans.iter().filter(|s| s.0 == "deposit").collect();
     assert_eq!(commands.len(), 3, "{spans:?}");
     for (_, trace, _, _) in commands {
         assert_eq!(trace.len(), 32, "a trace id in hex: {trace}");
         assert!(
             spans
                 .iter()
-                .any(|s| s.0 == "projection openings handles Opened" && s.1 == *trace),
+                .any(|s| s.0 == "projection ledger handles Deposited" && s.1 == *trace),
             "the projection's span in the command's trace {trace}: {spans:?}"
         );
     }

@@ -88,6 +88,17 @@ async fn feed_of(
     }
 }
 
+/// The events left in the table, counted by the schema's owner (who sees every tenant's).
+async fn hot_events(owner: &PostgresStore) -> i64 {
+    sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+        "SELECT count(*) FROM {}.events",
+        owner.schema()
+    )))
+    .fetch_one(owner.pool())
+    .await
+    .unwrap()
+}
+
 /// The deposits' sum.
 fn cents(events: &[RecordedEvent]) -> i64 {
     events
@@ -201,13 +212,7 @@ async fn archived_events_read_back_from_parquet_through_every_path_and_restore()
         "{report:?}"
     );
     assert_eq!(dir.files().len(), 4);
-    let hot: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
-        "SELECT count(*) FROM {}.events",
-        owner.schema()
-    )))
-    .fetch_one(owner.pool())
-    .await
-    .unwrap();
+    let hot = hot_events(owner).await;
     assert_eq!(hot as usize, total - archived, "the hot table stays lean");
 
     // DuckDB reads the files: the same events, once each.
@@ -655,13 +660,7 @@ async fn an_inline_projection_catches_a_stream_up_over_its_archived_versions() {
         .unwrap();
     // Versions 2 to 9 of each stream: each stream's first and newest stay in the table.
     assert_eq!(report.events, 16, "{report:?}");
-    let hot: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
-        "SELECT count(*) FROM {}.events",
-        owner.schema()
-    )))
-    .fetch_one(owner.pool())
-    .await
-    .unwrap();
+    let hot = hot_events(owner).await;
     assert_eq!(hot, 4, "the archived versions left the table");
 
     // (stream, cents, events, last version) per stream.

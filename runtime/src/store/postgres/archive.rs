@@ -171,11 +171,8 @@ impl PostgresStore {
         clippy::unused_async,
         reason = "the same signature as with the feature"
     )]
-    pub(super) async fn guess_cold(
-        &self,
-        _query: &crate::store::FeedQuery,
-    ) -> Result<Option<ColdGuess>> {
-        Ok(None)
+    pub(super) async fn guess_cold(&self, _query: &crate::store::FeedQuery) -> Option<ColdGuess> {
+        None
     }
 
     /// Nothing to remember: this build reads no archived events.

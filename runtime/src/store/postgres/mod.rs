@@ -816,7 +816,7 @@ impl PostgresStore {
         if query.limit == 0 {
             return Ok(FeedBatch::new(Vec::new(), query.after));
         }
-        let mut guess = self.guess_cold(query).await?;
+        let mut guess = self.guess_cold(query).await;
         loop {
             if let Some(batch) = self.read_feed_guessing(query, guess.take()).await? {
                 return Ok(batch);

@@ -533,11 +533,8 @@ impl PostgresStore {
     pub(in crate::store::postgres) async fn guess_cold(
         &self,
         query: &FeedQuery,
-    ) -> Result<Option<ColdGuess>> {
-        let listed = lock(&self.inner.cold.listed).clone();
-        let Some(listed) = listed else {
-            return Ok(None);
-        };
+    ) -> Option<ColdGuess> {
+        let listed = lock(&self.inner.cold.listed).clone()?;
         let after = (to_i64(query.after.tx), to_i64(query.after.position));
         let archives = ColdArchives {
             rls: listed.rls,
@@ -549,7 +546,7 @@ impl PostgresStore {
                 .collect(),
         };
         if archives.archives.is_empty() {
-            return Ok(None);
+            return None;
         }
         let events = match self
             .cold_feed(
@@ -563,17 +560,19 @@ impl PostgresStore {
             Ok(events) => events,
             Err(error) => {
                 tracing::debug!(%error, "no guess of the feed's archived events");
-                return Ok(None);
+                return None;
             }
         };
-        match events.last() {
-            Some((last, _)) if events.len() >= query.limit => Ok(Some(ColdGuess {
-                archives,
-                through: last.feed_position(),
-                events,
-            })),
-            _ => Ok(None),
-        }
+        let through = events
+            .last()
+            .filter(|_| events.len() >= query.limit)?
+            .0
+            .feed_position();
+        Some(ColdGuess {
+            archives,
+            events,
+            through,
+        })
     }
 
     /// Keeps the archives a feed read listed (its statement's), for the next read's guess.
