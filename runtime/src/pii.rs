@@ -28,8 +28,9 @@
 //! ```
 //!
 //! In the stored payload the personal-data fields are taken out together into one sealed field,
-//! `"$pii": {"key": <data key id>, "data": <nonce and ciphertext of those fields as a JSON
-//! object, base64>, "erased": <the fields' erased values>}`; reading puts them back. This
+//! `"$pii": [<base64 of the data key's id, a nonce, and the ciphertext and tag of those fields
+//! as a JSON object>, <the fields' erased values>]`; reading puts them back. (Stores first
+//! wrote `"$pii": {"data", "erased", "key"}`, 40-odd bytes longer, which they still read.) This
 //! module is a leaf: the stores keep the keys ([`crate::store`]) and seal and open payloads
 //! with it.
 
@@ -338,24 +339,22 @@ fn encrypt(cipher: &Aes256Gcm, plain: &[u8], aad: &[u8]) -> Result<Vec<u8>, PiiE
 
 /// The inverse of [`encrypt`]; `None` when it does not authenticate.
 fn decrypt(cipher: &Aes256Gcm, sealed: &[u8], aad: &[u8]) -> Option<Vec<u8>> {
-    decrypt_in_place(cipher, sealed.to_vec(), aad)
-}
-
-/// [`decrypt`] of `nonce || ciphertext` held in `sealed`, into the same buffer.
-fn decrypt_in_place(cipher: &Aes256Gcm, mut sealed: Vec<u8>, aad: &[u8]) -> Option<Vec<u8>> {
-    let nonce: [u8; 12] = sealed.get(..12)?.try_into().ok()?;
-    sealed.drain(..12);
+    let nonce: [u8; NONCE] = sealed.get(..NONCE)?.try_into().ok()?;
+    let mut plain = sealed[NONCE..].to_vec();
     cipher
-        .decrypt_in_place(&Nonce::from(nonce), aad, &mut sealed)
+        .decrypt_in_place(&Nonce::from(nonce), aad, &mut plain)
         .ok()?;
-    Some(sealed)
+    Some(plain)
 }
 
-/// Associated data of sealed fields: they decrypt only as Factum's sealed fields under that
-/// key id.
-fn sealed_aad(key_id: Uuid) -> [u8; 30] {
+/// Associated data of sealed fields: they decrypt only as Factum's sealed fields of that form
+/// under that key id.
+fn sealed_aad(form: Form, key_id: Uuid) -> [u8; 30] {
     let mut aad = [0; 30];
-    aad[..14].copy_from_slice(b"factum pii v1 ");
+    aad[..14].copy_from_slice(match form {
+        Form::Object => b"factum pii v1 ",
+        Form::Array => b"factum pii v2 ",
+    });
     aad[14..].copy_from_slice(key_id.as_bytes());
     aad
 }
@@ -411,13 +410,32 @@ pub(crate) fn seal(
         field: SEALED.to_owned(),
         reason: e.to_string(),
     })?;
-    let data = encrypt(key.cipher(), &plain, &sealed_aad(key_id))?;
-    let mut sealed = Map::new();
-    sealed.insert("key".to_owned(), Value::String(key_id.to_string()));
-    sealed.insert("data".to_owned(), Value::String(BASE64.encode(data)));
-    sealed.insert("erased".to_owned(), Value::Object(erased));
-    payload.insert(SEALED.to_owned(), Value::Object(sealed));
+    let mut data = Vec::with_capacity(KEY_ID + NONCE + plain.len() + TAG);
+    data.extend_from_slice(key_id.as_bytes());
+    data.extend(encrypt(
+        key.cipher(),
+        &plain,
+        &sealed_aad(Form::Array, key_id),
+    )?);
+    payload.insert(
+        SEALED.to_owned(),
+        Value::Array(vec![
+            Value::String(BASE64.encode(data)),
+            Value::Object(erased),
+        ]),
+    );
     Ok(())
+}
+
+/// The text by which a stored payload names the data key its fields were sealed under, in the
+/// form stores write: the head of its sealed data, whose first 21 base64 characters hold the
+/// key id's bits alone (the key id as text names it in the first form). Forgetting a subject
+/// finds the copies of its data around the log by it.
+#[must_use]
+pub(crate) fn key_mark(key_id: Uuid) -> String {
+    let mut head = BASE64.encode(key_id.as_bytes());
+    head.truncate(KEY_ID * 8 / 6);
+    format!("[\"{head}")
 }
 
 /// Whether a stored payload may hold sealed fields (a quick look before parsing it).
@@ -444,14 +462,93 @@ enum Plain<'a> {
 }
 
 /// The sealed field's value.
+struct Sealed<'a> {
+    /// The data key's id.
+    key: Uuid,
+    /// The sealed data, base64: nonce, ciphertext and tag, after the key id in [`Form::Array`].
+    data: &'a str,
+    /// The fields' values once the key is deleted (a JSON object).
+    erased: &'a RawValue,
+    form: Form,
+}
+
+/// The forms of a sealed field a store has written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Form {
+    /// `{"data": base64(nonce ‖ ciphertext ‖ tag), "erased": {…}, "key": "<uuid>"}`: what
+    /// stores wrote first, still read.
+    Object,
+    /// `[base64(key id ‖ nonce ‖ ciphertext ‖ tag), {…erased}]`: what stores write, 40-odd
+    /// bytes shorter (a long stream's reads are that much lighter).
+    Array,
+}
+
+/// The first form's members.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct Sealed<'a> {
+struct ObjectForm<'a> {
     key: Uuid,
     #[serde(borrow)]
     data: &'a str,
     #[serde(borrow)]
     erased: &'a RawValue,
+}
+
+/// The bytes of a key id, and the base64 characters that hold them (with the first two bits
+/// of the nonce: 24 characters make 18 bytes).
+const KEY_ID: usize = 16;
+const KEY_ID_BASE64: usize = 24;
+
+impl<'a> Sealed<'a> {
+    /// A sealed field's value, in either form.
+    fn parse(value: &'a str) -> Result<Self, String> {
+        if value.trim_start().starts_with('[') {
+            let (data, erased) = serde_json::from_str::<(&'a str, &'a RawValue)>(value)
+                .map_err(|e| e.to_string())?;
+            Self::array(data, erased).ok_or_else(|| {
+                "its data is no base64 of a key id, a nonce, a ciphertext and a tag".to_owned()
+            })
+        } else {
+            let read = serde_json::from_str::<ObjectForm<'a>>(value).map_err(|e| e.to_string())?;
+            Ok(Self {
+                key: read.key,
+                data: read.data,
+                erased: read.erased,
+                form: Form::Object,
+            })
+        }
+    }
+
+    /// The array form's value, its key id read from the head of its data.
+    fn array(data: &'a str, erased: &'a RawValue) -> Option<Self> {
+        let mut head = [0_u8; KEY_ID_BASE64 / 4 * 3];
+        BASE64
+            .decode_slice(data.get(..KEY_ID_BASE64)?, &mut head)
+            .ok()?;
+        let key = Uuid::from_slice(&head[..KEY_ID]).ok()?;
+        Some(Self {
+            key,
+            data,
+            erased,
+            form: Form::Array,
+        })
+    }
+
+    /// The sealed field's value as a store writes it (`["…",{…}]`), read without a general
+    /// JSON parse (this runs once per event read), and the text after it. `None` for any other
+    /// form, which the general parse then reads (or refuses).
+    fn read_as_written(text: &'a str) -> Option<(Self, &'a str)> {
+        let text = text.strip_prefix("[\"")?;
+        let (data, text) = text.split_once('"')?;
+        if data.contains('\\') {
+            return None;
+        }
+        let text = text.strip_prefix(',')?;
+        let mut values = serde_json::Deserializer::from_str(text).into_iter::<&'a RawValue>();
+        let erased = values.next()?.ok()?;
+        let text = text[values.byte_offset()..].strip_prefix(']')?;
+        Some((Self::array(data, erased)?, text))
+    }
 }
 
 impl<'a> SealedPayload<'a> {
@@ -474,10 +571,7 @@ impl<'a> SealedPayload<'a> {
         let mut sealed = None;
         for (name, value) in fields.0 {
             if name == SEALED {
-                sealed = Some(
-                    serde_json::from_str::<Sealed<'a>>(value.get())
-                        .map_err(|e| malformed(e.to_string()))?,
-                );
+                sealed = Some(Sealed::parse(value.get()).map_err(malformed)?);
             } else {
                 plain.push((name, value));
             }
@@ -493,9 +587,18 @@ impl<'a> SealedPayload<'a> {
     /// payload of another form (read field by field).
     fn read_sealed_first(payload: &'a str) -> Option<Self> {
         let after = payload.strip_prefix("{\"$pii\":")?;
-        let mut values = serde_json::Deserializer::from_str(after).into_iter::<Sealed<'a>>();
-        let sealed = values.next()?.ok()?;
-        let rest = &after[values.byte_offset()..];
+        let (sealed, rest) = match Sealed::read_as_written(after) {
+            Some(read) => read,
+            None => {
+                let mut values =
+                    serde_json::Deserializer::from_str(after).into_iter::<&'a RawValue>();
+                let value = values.next()?.ok()?;
+                (
+                    Sealed::parse(value.get()).ok()?,
+                    &after[values.byte_offset()..],
+                )
+            }
+        };
         let members = match rest {
             "}" => "",
             _ => rest
@@ -521,7 +624,22 @@ impl<'a> SealedPayload<'a> {
     /// [`PiiError::Tampered`] when they do not decrypt under `key`; [`PiiError::Malformed`]
     /// when the data is no base64 or decrypts to no JSON object.
     pub(crate) fn open(&self, key: Option<&DataKey>) -> Result<(String, bool), PiiError> {
-        let mut out = String::with_capacity(256);
+        let malformed = |reason: &str| PiiError::Malformed {
+            field: SEALED.to_owned(),
+            reason: reason.to_owned(),
+        };
+        // The sealed fields' text: decrypted into a buffer on the stack when it is short (as
+        // it is for a few fields), to be copied once, into the payload.
+        let mut buffer = [0_u8; OPEN_ON_STACK];
+        let mut long = Vec::new();
+        let (fields, shredded) = match (&self.sealed, key) {
+            (None, _) => ("{}", false),
+            (Some(sealed), Some(key)) => (sealed.decrypt(key, &mut buffer, &mut long)?, false),
+            (Some(sealed), None) => (sealed.erased.get(), true),
+        };
+        let inner = object_inner(fields)
+            .ok_or_else(|| malformed("the sealed fields are no JSON object"))?;
+        let mut out = String::with_capacity(self.plain_len() + inner.len() + 3);
         out.push('{');
         let plain = match &self.plain {
             Plain::Members(members) => {
@@ -542,18 +660,6 @@ impl<'a> SealedPayload<'a> {
                 !fields.is_empty()
             }
         };
-        let Some(sealed) = &self.sealed else {
-            out.push('}');
-            return Ok((out, false));
-        };
-        let (fields, shredded) = match key {
-            Some(key) => (open_sealed(sealed, key)?, false),
-            None => (sealed.erased.get().to_owned(), true),
-        };
-        let inner = object_inner(&fields).ok_or_else(|| PiiError::Malformed {
-            field: SEALED.to_owned(),
-            reason: "the sealed fields are no JSON object".to_owned(),
-        })?;
         if !inner.is_empty() {
             if plain {
                 out.push(',');
@@ -562,6 +668,83 @@ impl<'a> SealedPayload<'a> {
         }
         out.push('}');
         Ok((out, shredded))
+    }
+
+    /// The length of the plain fields' text (with separators, a bound for the fields read one
+    /// by one).
+    fn plain_len(&self) -> usize {
+        match &self.plain {
+            Plain::Members(members) => members.len(),
+            Plain::Fields(fields) => fields
+                .iter()
+                .map(|(name, value)| name.len() + value.get().len() + 4)
+                .sum(),
+        }
+    }
+}
+
+/// Sealed data up to this length (nonce, ciphertext and tag) is decrypted on the stack.
+const OPEN_ON_STACK: usize = 512;
+
+/// The length of AES-GCM's nonce and tag.
+const NONCE: usize = 12;
+const TAG: usize = 16;
+
+impl Sealed<'_> {
+    /// The sealed fields' JSON text, decrypted under `key` into `buffer`, or into `long` when
+    /// it does not fit.
+    fn decrypt<'b>(
+        &self,
+        key: &DataKey,
+        buffer: &'b mut [u8; OPEN_ON_STACK],
+        long: &'b mut Vec<u8>,
+    ) -> Result<&'b str, PiiError> {
+        let malformed = |reason: String| PiiError::Malformed {
+            field: SEALED.to_owned(),
+            reason,
+        };
+        let bytes: &mut [u8] = match BASE64.decode_slice(self.data, &mut buffer[..]) {
+            Ok(length) => &mut buffer[..length],
+            Err(base64::DecodeSliceError::OutputSliceTooSmall) => {
+                *long = BASE64
+                    .decode(self.data)
+                    .map_err(|e| malformed(format!("data is no base64: {e}")))?;
+                long
+            }
+            Err(base64::DecodeSliceError::DecodeError(e)) => {
+                return Err(malformed(format!("data is no base64: {e}")));
+            }
+        };
+        let head = match self.form {
+            Form::Object => 0,
+            Form::Array => KEY_ID,
+        };
+        if bytes.len() < head + NONCE + TAG {
+            return Err(malformed(format!(
+                "data is {} bytes, too short to hold a nonce and a tag",
+                bytes.len()
+            )));
+        }
+        let (nonce, rest) = bytes[head..].split_at_mut(NONCE);
+        let (text, tag) = rest.split_at_mut(rest.len() - TAG);
+        let (Ok(nonce), Ok(tag)) = (
+            <[u8; NONCE]>::try_from(&*nonce),
+            <[u8; TAG]>::try_from(&*tag),
+        ) else {
+            return Err(malformed("data is cut short".to_owned()));
+        };
+        key.cipher()
+            .decrypt_in_place_detached(
+                &Nonce::from(nonce),
+                &sealed_aad(self.form, self.key),
+                text,
+                &aes_gcm::Tag::from(tag),
+            )
+            .map_err(|_| PiiError::Tampered {
+                field: SEALED.to_owned(),
+                key_id: self.key,
+            })?;
+        std::str::from_utf8(text).map_err(|e| malformed(format!("decrypts to no text: {e}")))
     }
 }
 
@@ -572,24 +755,6 @@ fn object_inner(object: &str) -> Option<&str> {
         .strip_prefix('{')?
         .strip_suffix('}')
         .map(str::trim)
-}
-
-/// The sealed fields' JSON text, decrypted under `key`.
-fn open_sealed(sealed: &Sealed<'_>, key: &DataKey) -> Result<String, PiiError> {
-    let malformed = |reason: String| PiiError::Malformed {
-        field: SEALED.to_owned(),
-        reason,
-    };
-    let data = BASE64
-        .decode(sealed.data)
-        .map_err(|e| malformed(format!("data is no base64: {e}")))?;
-    let plain = decrypt_in_place(key.cipher(), data, &sealed_aad(sealed.key)).ok_or_else(|| {
-        PiiError::Tampered {
-            field: SEALED.to_owned(),
-            key_id: sealed.key,
-        }
-    })?;
-    String::from_utf8(plain).map_err(|e| malformed(format!("decrypts to no text: {e}")))
 }
 
 /// The top-level fields of a JSON object, borrowed, in order.
@@ -676,7 +841,9 @@ mod tests {
             Err(PiiError::Tampered { .. })
         ));
         let mut moved = sealed.clone();
-        moved["$pii"]["key"] = json!(Uuid::now_v7().to_string());
+        let mut data = BASE64.decode(moved["$pii"][0].as_str().unwrap()).unwrap();
+        data[..KEY_ID].copy_from_slice(Uuid::now_v7().as_bytes());
+        moved["$pii"][0] = json!(BASE64.encode(data));
         assert!(matches!(
             opened(&moved, Some(&key)),
             Err(PiiError::Tampered { .. })
@@ -727,6 +894,106 @@ mod tests {
             SealedPayload::read(&format!("{{\"$pii\":{value},}}")),
             Err(PiiError::Malformed { .. })
         ));
+    }
+
+    /// The sealed field in the form stores wrote first (`{"data", "erased", "key"}`).
+    fn seal_as_objects_were(payload: &mut Map<String, Value>, key_id: Uuid, key: &DataKey) {
+        let mut secret = Map::new();
+        let mut erased = Map::new();
+        for field in SPEC.fields {
+            secret.insert(field.name.to_owned(), payload.remove(field.name).unwrap());
+            erased.insert(field.name.to_owned(), (field.erased)());
+        }
+        let plain = serde_json::to_vec(&secret).unwrap();
+        let data = encrypt(key.cipher(), &plain, &sealed_aad(Form::Object, key_id)).unwrap();
+        payload.insert(
+            SEALED.to_owned(),
+            json!({"key": key_id.to_string(), "data": BASE64.encode(data), "erased": erased}),
+        );
+    }
+
+    /// The sealed field as a store writes it is read without a general parse; the same field
+    /// spaced otherwise, or with an escape in its data, is read by the general parse and opens
+    /// the same (or is refused the same); the form stores wrote first still opens, and the
+    /// forms do not decrypt as each other.
+    #[test]
+    fn the_sealed_field_in_every_form_reads_the_same() {
+        let (key, id) = (DataKey::generate().unwrap(), Uuid::now_v7());
+        let mut sealed = payload();
+        seal(&mut sealed, &SPEC, id, &key).unwrap();
+        let value = sealed.remove(SEALED).unwrap();
+        let written = serde_json::to_string(&value).unwrap();
+        let (read, rest) = Sealed::read_as_written(&written).unwrap();
+        assert_eq!((read.key, read.form, rest), (id, Form::Array, ""));
+        assert_eq!(read.data, value[0].as_str().unwrap());
+        assert_eq!(
+            serde_json::from_str::<Value>(read.erased.get()).unwrap(),
+            value[1]
+        );
+        let rest = serde_json::to_string(&sealed).unwrap();
+        let open = |text: &str| {
+            SealedPayload::read(text)
+                .and_then(|read| read.open(Some(&key)))
+                .map(|(text, shredded)| (serde_json::from_str::<Value>(&text).unwrap(), shredded))
+        };
+
+        let spaced = format!("{{\"$pii\": [ {}, {} ],{}", value[0], value[1], &rest[1..]);
+        assert!(Sealed::read_as_written(&spaced["{\"$pii\": ".len()..]).is_none());
+        assert_eq!(open(&spaced).unwrap(), (Value::Object(payload()), false));
+
+        let mut first = payload();
+        seal_as_objects_were(&mut first, id, &key);
+        let first = serde_json::to_string(&first).unwrap();
+        assert!(first.starts_with("{\"$pii\":{\"data\":"), "{first}");
+        assert_eq!(open(&first).unwrap(), (Value::Object(payload()), false));
+        let read = SealedPayload::read(&first).unwrap();
+        assert_eq!(read.key_id(), Some(id));
+        let (erased, shredded) = read.open(None).unwrap();
+        assert!(shredded && erased.contains("[erased]"), "{erased}");
+
+        // The data of one form under the other's shape does not decrypt.
+        let object: Value = serde_json::from_str(&first).unwrap();
+        let data = BASE64
+            .decode(object[SEALED]["data"].as_str().unwrap())
+            .unwrap();
+        let as_array = format!(
+            "{{\"$pii\":[\"{}\",{}],{}",
+            BASE64.encode([id.as_bytes().as_slice(), &data].concat()),
+            value[1],
+            &rest[1..]
+        );
+        assert!(matches!(open(&as_array), Err(PiiError::Tampered { .. })));
+
+        // An escape in the data is no base64 either way; data without a key id is refused.
+        let escaped = format!(
+            "{{\"$pii\":{},{}",
+            written.replacen("[\"", "[\"\\u0041", 1),
+            &rest[1..]
+        );
+        assert!(matches!(open(&escaped), Err(PiiError::Malformed { .. })));
+        let short = format!("{{\"$pii\":[\"AAAA\",{}],{}", value[1], &rest[1..]);
+        assert!(matches!(open(&short), Err(PiiError::Malformed { .. })));
+    }
+
+    /// Sealed fields too long for the stack buffer open from the heap; data cut shorter than a
+    /// nonce and a tag is refused, not sliced.
+    #[test]
+    fn long_sealed_fields_open_and_short_data_is_refused() {
+        let (key, id) = (DataKey::generate().unwrap(), Uuid::now_v7());
+        let mut long = payload();
+        long.insert("name".to_owned(), json!("A".repeat(2 * OPEN_ON_STACK)));
+        let mut sealed = long.clone();
+        seal(&mut sealed, &SPEC, id, &key).unwrap();
+        assert_eq!(opened(&sealed, Some(&key)).unwrap(), (long, false));
+
+        sealed["$pii"][0] = json!(BASE64.encode([0_u8; KEY_ID + NONCE + TAG - 1]));
+        let error = opened(&sealed, Some(&key)).unwrap_err();
+        assert!(
+            error
+                .to_string()
+                .contains("too short to hold a nonce and a tag"),
+            "{error}"
+        );
     }
 
     #[test]

@@ -250,7 +250,7 @@ enum Suite {
         /// Events of the loaded stream.
         #[arg(long, default_value_t = 10_000)]
         stream_events: u64,
-        /// Load rounds (each loads both streams).
+        /// Load rounds (each loads every subject's stream, then the long stream, on both sides).
         #[arg(long, default_value_t = 25)]
         load_rounds: usize,
         /// Print the report as JSON.
@@ -730,19 +730,25 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                     report.first_event_per_s, report.first_event_ratio
                 );
                 println!(
-                    "  loads of the {} subjects' streams ({:.0} events each): plain {:.1} ms, pii {:.1} ms, ratio {:.2} (target 1.2)",
+                    "  loads of the {} subjects' streams ({:.0} events each), {} rounds: plain {:.1} ms, pii {:.1} ms, ratio {:.2} [{:.2}–{:.2}] (target 1.2)",
                     report.subjects,
                     report.events_per_subject_stream,
+                    report.load_rounds,
                     report.load_subjects_plain_ms,
                     report.load_subjects_pii_ms,
-                    report.load_subjects_ratio
+                    report.load_subjects_ratio,
+                    report.load_subjects_ratio_range[0],
+                    report.load_subjects_ratio_range[1]
                 );
                 println!(
-                    "  load of one {}-event stream: plain {:.2} ms, pii {:.2} ms, ratio {:.2}",
+                    "  load of one {}-event stream, {} rounds: plain {:.2} ms, pii {:.2} ms, ratio {:.2} [{:.2}–{:.2}]",
                     report.stream_events,
+                    report.load_rounds,
                     report.load_plain_ms,
                     report.load_pii_ms,
-                    report.load_ratio
+                    report.load_ratio,
+                    report.load_ratio_range[0],
+                    report.load_ratio_range[1]
                 );
             }
             if report.plaintext_rows > 0 || report.mismatched_loads > 0 {

@@ -83,12 +83,14 @@ pub struct Report {
     pub first_event_per_s: f64,
     pub first_event_ratio: f64,
     /// Loading every subject's stream (no snapshot, no cache; the streams the appends wrote,
-    /// `stream_events / subjects` events each on average), median of the rounds, milliseconds
+    /// `appends × runs / subjects` events each on average), median of the rounds, milliseconds
     /// for all of them; PII / plain, median of the per-round ratios (target ≤ 1.2).
     pub events_per_subject_stream: f64,
     pub load_subjects_plain_ms: f64,
     pub load_subjects_pii_ms: f64,
     pub load_subjects_ratio: f64,
+    /// The lowest and highest of the per-round ratios.
+    pub load_subjects_ratio_range: [f64; 2],
     /// Events of the long stream.
     pub stream_events: u64,
     /// Loading the long stream (no snapshot, no cache), median of the rounds, milliseconds.
@@ -96,6 +98,7 @@ pub struct Report {
     pub load_pii_ms: f64,
     /// PII / plain, median of the per-round ratios (target ≤ 1.2).
     pub load_ratio: f64,
+    pub load_ratio_range: [f64; 2],
     pub load_rounds: usize,
     /// Correctness, must be 0: rows of the sealed store holding an email in plain, and loads
     /// whose state differs between the two stores.
@@ -252,7 +255,7 @@ async fn measure(
     let sealed_contacts = Repository::<Contact, _>::new(sealed.clone());
     let (mut subjects_plain, mut subjects_pii, mut subjects_ratios) =
         (Vec::new(), Vec::new(), Vec::new());
-    for round in 0..config.load_rounds.div_ceil(5) {
+    for round in 0..config.load_rounds {
         let (p, s) = if round % 2 == 0 {
             let p = load_subjects(&plain_contacts, subjects).await?;
             (p, load_subjects(&sealed_contacts, subjects).await?)
@@ -312,12 +315,23 @@ async fn measure(
         load_subjects_plain_ms: millis(median_duration(&subjects_plain)),
         load_subjects_pii_ms: millis(median_duration(&subjects_pii)),
         load_subjects_ratio: median(&subjects_ratios),
+        load_subjects_ratio_range: range(&subjects_ratios),
         stream_events: config.stream_events,
         load_plain_ms: millis(median_duration(&load_plain)),
         load_pii_ms: millis(median_duration(&load_pii)),
         load_ratio: median(&load_ratios),
+        load_ratio_range: range(&load_ratios),
         load_rounds: config.load_rounds,
         plaintext_rows,
         mismatched_loads,
     })
+}
+
+/// The lowest and highest of `values`.
+fn range(values: &[f64]) -> [f64; 2] {
+    values
+        .iter()
+        .fold([f64::INFINITY, f64::NEG_INFINITY], |[low, high], &v| {
+            [low.min(v), high.max(v)]
+        })
 }

@@ -420,17 +420,31 @@ const SEALED_SCHEMA: &str = "SealedPersonalData";
 
 /// What a sealed `$pii` property holds.
 fn sealed_schema() -> Value {
+    let erased = json!({ "description": "The sealed fields' replacements, read once the key is deleted.", "type": "object" });
     json!({
-        "type": "object",
         "title": SEALED_SCHEMA,
-        "description": "Personal data sealed with AES-256-GCM under its data subject's key (Factum's crypto-shredding): the key's id, the sealed fields, and what they read as once the key is deleted.",
-        "required": ["key", "data", "erased"],
-        "additionalProperties": false,
-        "properties": {
-            "key": { "description": "The data key's id.", "type": "string", "format": "uuid" },
-            "data": { "description": "Nonce, ciphertext and tag, base64.", "type": "string", "contentEncoding": "base64" },
-            "erased": { "description": "The sealed fields' replacements, read once the key is deleted.", "type": "object" },
-        },
+        "description": "Personal data sealed with AES-256-GCM under its data subject's key (Factum's crypto-shredding): the key's id, the sealed fields, and what they read as once the key is deleted. Stores write the first form; the second is what they wrote before, still read.",
+        "oneOf": [
+            {
+                "type": "array",
+                "items": [
+                    { "description": "The data key's id (16 bytes), nonce, ciphertext and tag, base64.", "type": "string", "contentEncoding": "base64" },
+                    erased,
+                ],
+                "additionalItems": false,
+                "minItems": 2,
+            },
+            {
+                "type": "object",
+                "required": ["key", "data", "erased"],
+                "additionalProperties": false,
+                "properties": {
+                    "key": { "description": "The data key's id.", "type": "string", "format": "uuid" },
+                    "data": { "description": "Nonce, ciphertext and tag, base64.", "type": "string", "contentEncoding": "base64" },
+                    "erased": erased,
+                },
+            },
+        ],
     })
 }
 

@@ -398,9 +398,9 @@ impl<St: SqlStore> Tables<St> {
         tx: &mut Tx<'_>,
         saga: &str,
         saga_id: &str,
-        key: Uuid,
+        key_id: Uuid,
     ) -> Result<bool> {
-        let key = key.to_string();
+        let key = key_id.to_string();
         self.execute(
             tx,
             Self::query(&self.sql.record_data_key)
@@ -418,8 +418,9 @@ impl<St: SqlStore> Tables<St> {
         if columns::unsigned::<_, i64, u64>(&present, 0)? > 0 {
             return Ok(false);
         }
+        let [key_text, mark] = crate::store::erasure::binds(key_id);
         for statement in &self.sql.erase {
-            self.execute(tx, Self::query(statement).bind(key.as_str()))
+            self.execute(tx, Self::query(statement).bind(&key_text).bind(&mark))
                 .await?;
         }
         Ok(true)

@@ -11,8 +11,8 @@
 //! Saga instances that handled an event in plain are listed by key in `saga_data_keys`; an
 //! erased instance ends (`completed`, its state JSON `null`, `erased_at` set): its queued
 //! commands are never sent (marked failed, their payload erased) and its timeouts cancelled.
-//! The other copies are found by scanning the log for the key's id, which has no index:
-//! forgetting is rare.
+//! The other copies are found by scanning the log for the key's id (as the sealed fields name
+//! it), which has no index: forgetting is rare.
 
 use crate::store::sql::Dialect;
 
@@ -20,7 +20,8 @@ use crate::store::sql::Dialect;
 const ERASED: &str = "[erased: the data subject was forgotten]";
 
 /// The statements erasing the copies of the personal data sealed under a key: each takes `$1`,
-/// the key's id as text; run in order, in one transaction. They run on the store's own driver
+/// the key's id as text, and `$2`, the mark payloads sealed under it hold
+/// ([`crate::pii::key_mark`]; [`binds`] gives both); run in order, in one transaction. They run on the store's own driver
 /// and on the `Any` driver alike.
 pub(crate) fn statements(dialect: &Dialect) -> Vec<String> {
     match dialect {
@@ -31,12 +32,17 @@ pub(crate) fn statements(dialect: &Dialect) -> Vec<String> {
     }
 }
 
+/// The statements' parameters for the key `key_id`.
+pub(crate) fn binds(key_id: uuid::Uuid) -> [String; 2] {
+    [key_id.to_string(), crate::pii::key_mark(key_id)]
+}
+
 #[cfg(feature = "postgres")]
 fn postgres(s: &str) -> String {
     format!(
         "WITH sealed AS MATERIALIZED (
              SELECT stream_id, stream_version, event_id FROM {s}.events
-             WHERE strpos(payload::text, $1) > 0
+             WHERE strpos(payload::text, $1) > 0 OR strpos(payload::text, $2) > 0
          ), snapshots AS (
              DELETE FROM {s}.snapshots WHERE stream_id IN (SELECT stream_id FROM sealed)
          ), instances AS (
@@ -79,8 +85,7 @@ fn postgres(s: &str) -> String {
 #[cfg(feature = "sqlite")]
 fn sqlite() -> Vec<String> {
     const NOW: &str = "strftime('%Y-%m-%dT%H:%M:%fZ', 'now')";
-    const SEALED: &str =
-        "SELECT stream_id, stream_version FROM events WHERE instr(payload, $1) > 0";
+    const SEALED: &str = "SELECT stream_id, stream_version FROM events WHERE instr(payload, $1) > 0 OR instr(payload, $2) > 0";
     const INSTANCES: &str = "SELECT saga, saga_id FROM saga_data_keys WHERE key_id = $1";
     vec![
         format!("DELETE FROM snapshots WHERE stream_id IN (SELECT stream_id FROM ({SEALED}))"),
@@ -111,7 +116,8 @@ fn sqlite() -> Vec<String> {
         format!(
             "UPDATE projection_side_effects SET error = '{ERASED}'
              WHERE error IS NOT NULL
-               AND event_id IN (SELECT event_id FROM events WHERE instr(payload, $1) > 0)"
+               AND event_id IN (SELECT event_id FROM events
+                                WHERE instr(payload, $1) > 0 OR instr(payload, $2) > 0)"
         ),
         "DELETE FROM saga_data_keys WHERE key_id = $1".to_owned(),
     ]

@@ -178,17 +178,22 @@ impl Keyring {
     }
 
     /// A stored payload with its sealed fields opened (decrypted, or their replacement when
-    /// the subject was forgotten); `None` when nothing in it is sealed.
+    /// the subject was forgotten); `None` when nothing in it is sealed. `last` holds the key
+    /// of the read's event before: one read asks the cache once per key.
     pub(crate) async fn open_payload(
         &self,
         table: &impl KeyTable,
         payload: &str,
+        last: &mut LastKey,
     ) -> Result<Option<Opened>> {
         let Some((sealed, key_id)) = sealed(payload)? else {
             return Ok(None);
         };
-        let key = self.key(table, key_id).await?;
-        Opened::new(&sealed, key_id, key.as_deref()).map(Some)
+        if last.0.as_ref().is_none_or(|(id, _)| *id != key_id) {
+            last.0 = Some((key_id, self.key(table, key_id).await?));
+        }
+        let key = last.0.as_ref().and_then(|(_, key)| key.as_deref());
+        Opened::new(&sealed, key_id, key).map(Some)
     }
 
     /// Opens the sealed fields of each event, marking those whose subject was forgotten
@@ -199,8 +204,12 @@ impl Keyring {
         table: &impl KeyTable,
         events: &mut [RecordedEvent],
     ) -> Result<()> {
+        let mut last = LastKey::default();
         for event in events {
-            if let Some(opened) = self.open_payload(table, event.event.as_str()).await? {
+            if let Some(opened) = self
+                .open_payload(table, event.event.as_str(), &mut last)
+                .await?
+            {
                 opened.apply(event);
             }
         }
@@ -220,6 +229,12 @@ impl Keyring {
         Ok(deleted.is_some())
     }
 }
+
+/// The data key of the event a read opened last (`None` inside: deleted), used again for the
+/// next event under the same key: a stream's events are mostly one subject's. A read's events
+/// open under the keys as the read found them.
+#[derive(Default)]
+pub(crate) struct LastKey(Option<(Uuid, Option<Arc<DataKey>>)>);
 
 /// A stored payload's sealed field and the id of the data key it needs; `None` when nothing
 /// in it is sealed.

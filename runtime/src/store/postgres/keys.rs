@@ -94,9 +94,11 @@ impl KeyTable for PostgresStore {
         let Some(key) = key else {
             return Ok(None);
         };
+        let [key_text, mark] = erasure::binds(key);
         for statement in erasure::statements(&self.dialect()) {
             sqlx::query(AssertSqlSafe(statement))
-                .bind(key.to_string())
+                .bind(&key_text)
+                .bind(&mark)
                 .execute(&mut *transaction)
                 .await
                 .map_err(|e| self.fail(e))?;

@@ -46,7 +46,7 @@ use super::backend::{
 };
 use super::group::{Group, GroupCommit, Request};
 use super::heads::WrittenHeads;
-use super::keys::{self as store_keys, Keyring};
+use super::keys::{self as store_keys, Keyring, LastKey};
 use super::sql::{AppendHook, Schema};
 use super::tx::{self, Transaction, Tx};
 use super::{
@@ -1021,7 +1021,12 @@ impl PostgresStore {
     }
 
     /// Hands an archived event to `visit` as a replayed one, its personal data opened.
-    async fn visit_recorded<F>(&self, event: &RecordedEvent, visit: &mut F) -> Result<()>
+    async fn visit_recorded<F>(
+        &self,
+        event: &RecordedEvent,
+        visit: &mut F,
+        last: &mut LastKey,
+    ) -> Result<()>
     where
         F: FnMut(HistoryItem<'_>) -> Result<()> + Send,
     {
@@ -1034,7 +1039,7 @@ impl PostgresStore {
         );
         let mut opened = None;
         visit(HistoryItem::Event(
-            self.open_replayed(replayed, &mut opened).await?,
+            self.open_replayed(replayed, &mut opened, last).await?,
         ))
     }
 
@@ -1045,6 +1050,7 @@ impl PostgresStore {
         row: &PgRow,
         aggregate_type: &str,
         visit: &mut F,
+        last: &mut LastKey,
     ) -> Result<()>
     where
         F: FnMut(HistoryItem<'_>) -> Result<()> + Send,
@@ -1052,22 +1058,23 @@ impl PostgresStore {
         let mut opened = None;
         let event = replayed_event(row, 0, aggregate_type)?;
         visit(HistoryItem::Event(
-            self.open_replayed(event, &mut opened).await?,
+            self.open_replayed(event, &mut opened, last).await?,
         ))
     }
 
     /// A replayed event with its personal data opened: `opened` holds the payload when it
-    /// had sealed fields.
+    /// had sealed fields; `last`, the key of the read's event before.
     async fn open_replayed<'r>(
         &self,
         event: StreamEventRef<'r>,
         opened: &'r mut Option<Payload>,
+        last: &mut LastKey,
     ) -> Result<StreamEventRef<'r>> {
         let Some(keys) = &self.keys else {
             return Ok(event);
         };
         *opened = keys
-            .open_payload(self, event.payload)
+            .open_payload(self, event.payload, last)
             .await?
             .map(|opened| opened.payload);
         Ok(match opened {
@@ -1354,8 +1361,12 @@ impl EventStore for PostgresStore {
             )
             .await?;
         if let Some(keys) = &self.keys {
+            let mut last = LastKey::default();
             for event in &mut events {
-                if let Some(opened) = keys.open_payload(self, event.payload.as_str()).await? {
+                if let Some(opened) = keys
+                    .open_payload(self, event.payload.as_str(), &mut last)
+                    .await?
+                {
                     event.payload = opened.payload;
                 }
             }
@@ -1373,6 +1384,7 @@ impl EventStore for PostgresStore {
     where
         F: FnMut(HistoryItem<'_>) -> Result<()> + Send,
     {
+        let mut last_key = LastKey::default();
         if !with_snapshot {
             // The plain stream read is cheaper than the union with the snapshot. Each event is
             // decoded and applied as its row arrives, while the server sends the next ones: a
@@ -1393,11 +1405,11 @@ impl EventStore for PostgresStore {
                     early.insert(version, row);
                     continue;
                 }
-                self.visit_replayed(&row, aggregate_type, &mut visit)
+                self.visit_replayed(&row, aggregate_type, &mut visit, &mut last_key)
                     .await?;
                 next += 1;
                 while let Some(row) = early.remove(&next) {
-                    self.visit_replayed(&row, aggregate_type, &mut visit)
+                    self.visit_replayed(&row, aggregate_type, &mut visit, &mut last_key)
                         .await?;
                     next += 1;
                 }
@@ -1409,9 +1421,10 @@ impl EventStore for PostgresStore {
                 let own_gaps = archived.is_empty();
                 while let Some((&version, _)) = early.first_key_value() {
                     if let Some(event) = archived.remove(&next) {
-                        self.visit_recorded(&event, &mut visit).await?;
+                        self.visit_recorded(&event, &mut visit, &mut last_key)
+                            .await?;
                     } else if let Some(row) = early.remove(&next) {
-                        self.visit_replayed(&row, aggregate_type, &mut visit)
+                        self.visit_replayed(&row, aggregate_type, &mut visit, &mut last_key)
                             .await?;
                     } else if own_gaps {
                         // A stream whose versions have gaps (none does when written by
@@ -1462,13 +1475,15 @@ impl EventStore for PostgresStore {
                 let Some(archived) = archived.remove(&expected) else {
                     return Err(archive::moved(stream_id));
                 };
-                self.visit_recorded(&archived, &mut visit).await?;
+                self.visit_recorded(&archived, &mut visit, &mut last_key)
+                    .await?;
                 expected += 1;
             }
             expected = event.stream_version + 1;
             let mut opened = None;
             visit(HistoryItem::Event(
-                self.open_replayed(event, &mut opened).await?,
+                self.open_replayed(event, &mut opened, &mut last_key)
+                    .await?,
             ))?;
         }
         Ok(())

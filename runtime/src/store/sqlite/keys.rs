@@ -107,9 +107,11 @@ async fn forget_subject(
 ) -> Result<Option<Uuid>> {
     let keys = subject_keys(connection, scope, subject).await?;
     for (key_id, _) in &keys {
+        let [key_text, mark] = erasure::binds(*key_id);
         for statement in erasure::statements(&Dialect::Sqlite) {
             sqlx::query(AssertSqlSafe(statement))
-                .bind(key_id.to_string())
+                .bind(&key_text)
+                .bind(&mark)
                 .execute(&mut *connection)
                 .await
                 .map_err(backend)?;
