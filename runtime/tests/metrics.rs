@@ -10,8 +10,9 @@ use factum::projection::{ProjectionRunner, RunnerState};
 use factum::saga::{CommandBus, SagaRunner};
 use factum::store::SqliteStore;
 use factum::{Envelope, Error, EventStore, ExpectedVersion, NewEvent, Repository, Tx};
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
+#[path = "support/http.rs"]
+mod http;
 #[path = "support/prometheus.rs"]
 mod prometheus;
 
@@ -107,22 +108,11 @@ impl Welcome {
     }
 }
 
-/// The endpoint's text (an HTTP/1.0 GET, the server closing the connection).
+/// The endpoint's text.
 async fn scrape(port: u16) -> String {
-    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .expect("the metrics endpoint listens");
-    stream
-        .write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n")
-        .await
-        .unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).await.unwrap();
-    assert!(response.starts_with("HTTP/1."), "{response}");
-    response
-        .split_once("\r\n\r\n")
-        .map(|(_, body)| body.to_owned())
-        .unwrap_or_default()
+    let (status, text) = http::get(port, "/metrics").await;
+    assert_eq!(status, 200, "{text}");
+    text
 }
 
 /// The value of the sample `name{labels}` in `text` (labels as the exporter writes them).

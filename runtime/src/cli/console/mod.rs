@@ -157,8 +157,18 @@ type Page = Result<Html<String>, Failure>;
 struct Failure(StatusCode, String);
 
 impl From<CliError> for Failure {
+    /// A store that does not answer for now (down, restarting, out of connections) is a 503
+    /// saying the console reconnects by itself; anything else, a 500.
     fn from(error: CliError) -> Self {
-        Self(StatusCode::INTERNAL_SERVER_ERROR, error.to_string())
+        match &error {
+            CliError::Store(cause) if cause.is_transient() => Self(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!(
+                    "The store does not answer for now ({cause}): the console reconnects by itself, so reload this page in a few seconds; if it lasts, check that the database server is running and reachable."
+                ),
+            ),
+            _ => Self(StatusCode::INTERNAL_SERVER_ERROR, error.to_string()),
+        }
     }
 }
 
