@@ -431,6 +431,7 @@ pub(crate) fn seal(
 /// form stores write: the head of its sealed data, whose first 21 base64 characters hold the
 /// key id's bits alone (the key id as text names it in the first form). Forgetting a subject
 /// finds the copies of its data around the log by it.
+#[cfg(any(feature = "postgres", feature = "sqlite"))]
 #[must_use]
 pub(crate) fn key_mark(key_id: Uuid) -> String {
     let mut head = BASE64.encode(key_id.as_bytes());

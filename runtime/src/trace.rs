@@ -3,7 +3,9 @@
 //! sagas that handle them run each event's handler in a span whose parent is that context, so
 //! that one trace shows the command, its events' read models and the sagas they drive (a
 //! saga's queued commands keep the context they were queued in, and their delivery continues
-//! it). A
+//! it). A relay publishes each such event in a span of that trace too, and sends the context
+//! in the message's `traceparent` header, which a consumer's projection in another service
+//! continues. A
 //! projection whose handlers read a lean envelope (`Source`, `Origin`: no metadata, for speed)
 //! is not linked; sagas always are.
 //!
@@ -60,7 +62,20 @@ pub(crate) fn continue_in(span: &tracing::Span, traceparent: Option<&str>) {
 #[cfg_attr(not(any(feature = "postgres", feature = "sqlite")), allow(dead_code))]
 pub(crate) fn handling_span(
     kind: &'static str,
-    name: &'static str,
+    name: &str,
+    event: &crate::envelope::RecordedEvent,
+) -> Option<tracing::Span> {
+    event_span(kind, name, "handles", event)
+}
+
+/// The span `kind` `name` does `action` to an event in (`relay orders publishes
+/// OrderPlaced`): a child of the trace context the event carries; `None` when it carries none
+/// (or without the feature).
+#[cfg_attr(not(any(feature = "postgres", feature = "sqlite")), allow(dead_code))]
+pub(crate) fn event_span(
+    kind: &'static str,
+    name: &str,
+    action: &'static str,
     event: &crate::envelope::RecordedEvent,
 ) -> Option<tracing::Span> {
     #[cfg(feature = "otel")]
@@ -72,9 +87,9 @@ pub(crate) fn handling_span(
             .and_then(otel::parse)?;
         let span = tracing::info_span!(
             "factum.handle",
-            otel.name = %format_args!("{kind} {name} handles {}", event.event_type),
+            otel.name = %format_args!("{kind} {name} {action} {}", event.event_type),
             factum.kind = kind,
-            factum.name = name,
+            factum.name = %name,
             factum.event_type = %event.event_type,
             factum.stream_id = %event.stream_id,
             factum.stream_version = event.stream_version,
@@ -84,7 +99,7 @@ pub(crate) fn handling_span(
     }
     #[cfg(not(feature = "otel"))]
     {
-        let _ = (kind, name, event);
+        let _ = (kind, name, action, event);
         None
     }
 }

@@ -1,8 +1,22 @@
 //! Trace context (issue 16, part 1; feature `otel`): a command run in a span stores its W3C
 //! `traceparent` in its events' metadata, and the projection and the saga that handle those
 //! events run their handlers in spans of the same trace, children of the command's span: one
-//! trace id links them. Spans go through `tracing-opentelemetry` to an in-memory exporter. One
-//! test: the subscriber is global (the runners' tasks run on other threads).
+//! trace id links them; a relay publishes the event in a span of that trace and sends the
+//! context in the message's `traceparent` header, and another service's consumer handles it
+//! in that trace too. Spans go through `tracing-opentelemetry` to an in-memory exporter,
+//! installed once with the global subscriber (the runners' tasks run on other threads); each
+//! test finds its own spans by its trace id and names of its own.
+
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use async_nats::jetstream::{self, stream};
+use factum::consumer::{Consumer, ConsumerState, JetStreamSource, ProjectionTarget};
+use factum::relay::{JetStreamSink, Relay};
+use factum::testing::nats::NatsServer;
+use factum::testing::postgres::TemporaryStore;
+use opentelemetry_sdk::trace::{InMemorySpanExporter, SdkTracerProvider};
+use tokio::sync::oneshot;
 
 use factum::projection::ProjectionRunner;
 use factum::saga::{CommandBus, SagaRunner};
@@ -104,15 +118,25 @@ impl Welcome {
     }
 }
 
+/// The in-memory exporter of every span, and its provider: installed once for the binary with
+/// the global subscriber.
+fn spans_in_memory() -> &'static (InMemorySpanExporter, SdkTracerProvider) {
+    static INSTALLED: OnceLock<(InMemorySpanExporter, SdkTracerProvider)> = OnceLock::new();
+    INSTALLED.get_or_init(|| {
+        let exporter = InMemorySpanExporter::default();
+        let provider = SdkTracerProvider::builder()
+            .with_simple_exporter(exporter.clone())
+            .build();
+        let subscriber = tracing_subscriber::registry()
+            .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("factum-test")));
+        tracing::subscriber::set_global_default(subscriber).unwrap();
+        (exporter, provider)
+    })
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_trace_links_a_command_with_the_projection_and_saga_that_handle_its_events() {
-    let exporter = opentelemetry_sdk::trace::InMemorySpanExporter::default();
-    let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder()
-        .with_simple_exporter(exporter.clone())
-        .build();
-    let subscriber = tracing_subscriber::registry()
-        .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("factum-test")));
-    tracing::subscriber::set_global_default(subscriber).unwrap();
+    let (exporter, provider) = spans_in_memory();
 
     let store = SqliteStore::in_memory().await.unwrap();
     store.migrate().await.unwrap();
@@ -209,5 +233,114 @@ async fn one_trace_links_a_command_with_the_projection_and_saga_that_handle_its_
             .filter(|span| span.name == "projection openings handles Opened")
             .count(),
         2
+    );
+}
+
+/// The accounts another service saw opened, from the broker.
+#[derive(Debug, Default)]
+struct Welcomes(u64);
+
+#[factum::projection(name = "welcomes")]
+impl Welcomes {
+    #[handle]
+    async fn opened(
+        &mut self,
+        _: &Opened,
+        _: &Envelope,
+        _: &mut Tx<'_>,
+    ) -> Result<(), std::convert::Infallible> {
+        self.0 += 1;
+        Ok(())
+    }
+}
+
+/// The command's trace goes on through the relay (its publishing span) and the broker (the
+/// message's `traceparent` header) into another service's projection (its handler's span).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_trace_goes_on_through_the_relay_and_the_broker_into_another_service() {
+    let (exporter, provider) = spans_in_memory();
+    let server = NatsServer::start().unwrap();
+    let client = async_nats::connect(server.url()).await.unwrap();
+    jetstream::new(client.clone())
+        .create_stream(stream::Config {
+            name: "TRACED".into(),
+            subjects: vec!["factum.>".into()],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let store = TemporaryStore::new().await.unwrap();
+    let accounts = Repository::<Account, _>::new((*store).clone());
+    let opened = accounts
+        .execute("acc-relayed", Open("acc-relayed".into()))
+        .instrument(tracing::info_span!("open a relayed account"))
+        .await
+        .unwrap();
+    let traceparent = opened[0].metadata[factum::trace::TRACEPARENT]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let (trace_id, appended_in) = (&traceparent[3..35], &traceparent[36..52]);
+
+    let sink = JetStreamSink::new(client.clone(), "TRACED", "factum")
+        .await
+        .unwrap();
+    let relay = Relay::new((*store).clone(), "traced", sink);
+    let (stop_relay, relay_stopped) = oneshot::channel::<()>();
+    let relaying = tokio::spawn(relay.run(async move {
+        let _ = relay_stopped.await;
+    }));
+    let service = SqliteStore::in_memory().await.unwrap();
+    service.migrate().await.unwrap();
+    let consumer = Consumer::new(
+        "welcomes",
+        JetStreamSource::new(client.clone(), "TRACED", "factum.>"),
+        ProjectionTarget::new(service.clone(), "welcomes", Welcomes::default()),
+    );
+    let mut state = consumer.state();
+    let (stop_consumer, consumer_stopped) = oneshot::channel::<()>();
+    let consuming = tokio::spawn(consumer.run(async move {
+        let _ = consumer_stopped.await;
+    }));
+    let applied = tokio::time::timeout(
+        Duration::from_secs(60),
+        state.wait_for(
+            |state| matches!(state, ConsumerState::Running { applied, .. } if *applied >= 1),
+        ),
+    )
+    .await
+    .is_ok_and(|reached| reached.is_ok());
+    assert!(
+        applied,
+        "the consumer applied nothing: {:?}",
+        *state.borrow()
+    );
+    stop_relay.send(()).unwrap();
+    relaying.await.unwrap().unwrap();
+    stop_consumer.send(()).unwrap();
+    consuming.await.unwrap().unwrap();
+    provider.force_flush().unwrap();
+
+    let spans = exporter.get_finished_spans().unwrap();
+    let names: Vec<_> = spans.iter().map(|span| span.name.to_string()).collect();
+    let in_trace = |name: &str| {
+        spans
+            .iter()
+            .filter(|span| {
+                span.name == name && span.span_context.trace_id().to_string() == trace_id
+            })
+            .map(|span| span.parent_span_id.to_string())
+            .collect::<Vec<_>>()
+    };
+    // Both are children of the span the event was appended in: the message's creation context.
+    assert_eq!(
+        in_trace("relay traced publishes Opened"),
+        [appended_in],
+        "{names:?}"
+    );
+    assert_eq!(
+        in_trace("projection welcomes handles Opened"),
+        [appended_in],
+        "{names:?}"
     );
 }

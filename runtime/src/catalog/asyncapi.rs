@@ -500,6 +500,7 @@ fn relay_headers() -> Value {
             headers::TENANT: text("The tenant the event belongs to, when the store keeps tenants."),
             headers::FEED_POSITION: { "type": "string", "pattern": "^[0-9]+:[0-9]+$", "description": "The event's place in the global feed, `<tx>:<position>`." },
             headers::RELAY: text("The relay that published it."),
+            headers::TRACEPARENT: { "type": "string", "pattern": "^[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$", "description": "The W3C trace context of the command that appended the event, when it was traced: the message's creation context." },
         },
     })
 }

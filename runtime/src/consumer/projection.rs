@@ -138,10 +138,14 @@ impl<S: SqlStore, P: Projection + RunsOn<S>> ProjectionTarget<S, P> {
             if !new {
                 continue;
             }
-            self.projection
-                .handle(event, tx)
-                .await
-                .map_err(|error| handler_error(event, error))?;
+            // In the trace of the command that appended it, when the message carried one.
+            let handled = match crate::trace::handling_span(P::KIND, P::NAME, event) {
+                Some(span) => {
+                    tracing::Instrument::instrument(self.projection.handle(event, tx), span).await
+                }
+                None => self.projection.handle(event, tx).await,
+            };
+            handled.map_err(|error| handler_error(event, error))?;
             applied += 1;
         }
         self.projection

@@ -36,6 +36,10 @@ pub mod headers {
     pub const FEED_POSITION: &str = "Factum-Feed-Position";
     /// The relay that published it.
     pub const RELAY: &str = "Factum-Relay";
+    /// The W3C trace context of the command that appended the event, when it was traced
+    /// (metadata [`TRACEPARENT`](crate::trace::TRACEPARENT)): the message's creation context,
+    /// which a consumer's handling continues.
+    pub const TRACEPARENT: &str = "traceparent";
 }
 
 /// One event as a relay hands it to a [`Sink`](super::Sink): the stored event (its payload is
@@ -111,6 +115,13 @@ impl Outbound {
                 .as_deref()
                 .map(|tenant| (headers::TENANT, Cow::Borrowed(tenant))),
         )
+        .chain(
+            event
+                .metadata
+                .get(crate::trace::TRACEPARENT)
+                .and_then(serde_json::Value::as_str)
+                .map(|traceparent| (headers::TRACEPARENT, Cow::Borrowed(traceparent))),
+        )
     }
 
     /// The body: the stored payload (JSON), byte for byte.
@@ -154,7 +165,8 @@ pub enum InboundError {
 }
 
 /// The stored event a relay's message carries, read back from its headers (looked up by name
-/// with `header`) and its body. The envelope's metadata is not relayed: it is empty.
+/// with `header`) and its body. The envelope's metadata is not relayed, but for the trace
+/// context ([`headers::TRACEPARENT`]), which the consumer's handling continues.
 ///
 /// # Errors
 /// [`InboundError`] naming the header or body that does not read.
@@ -213,7 +225,14 @@ pub fn inbound<'h>(
         correlation_id: uuid(headers::CORRELATION_ID)?,
         causation_id: uuid(headers::CAUSATION_ID)?,
         actor: header(headers::ACTOR).map(str::to_owned),
-        metadata: crate::envelope::Metadata::new(),
+        metadata: header(headers::TRACEPARENT)
+            .map(|traceparent| {
+                crate::envelope::Metadata::from_iter([(
+                    crate::trace::TRACEPARENT.to_owned(),
+                    serde_json::Value::from(traceparent),
+                )])
+            })
+            .unwrap_or_default(),
         shredded: false,
         data_key: None,
         tenant: header(headers::TENANT).map(str::to_owned),

@@ -333,6 +333,13 @@ impl<K: Sink> Relay<K> {
                 (&mut queue, &mut messages),
             );
         }
+        // Each traced event's publishing, in its command's trace, until the broker answered.
+        let _spans: Vec<_> = queue
+            .iter()
+            .filter_map(|outbound| {
+                crate::trace::event_span("relay", &self.name, "publishes", &outbound.event)
+            })
+            .collect();
         let mut acknowledged = 0;
         while !queue.is_empty() {
             let outcomes = self.sink.publish(std::mem::take(&mut messages)).await;
