@@ -9,7 +9,8 @@
 //!   application's metrics endpoint (`--metrics-url`: `scrape.rs`) come the append latency and
 //!   each runner's live state (running or not, its retries), which live in its process.
 //! - **Dead letters** (`/dead-letters`): the parked streams; with actions allowed, retry and
-//!   skip buttons for projections registered in the tool.
+//!   skip buttons for projections registered in the tool, and for relays' streams a broker
+//!   refused (PostgreSQL; the running relay acts on them).
 //! - **Streams** (`/streams`, `/stream?id=`, `/event?id=`): the largest streams, a stream's
 //!   envelopes and payloads with the state after each event for registered aggregates, and
 //!   links along causation and correlation (`/correlation?id=`: a flow's events across
@@ -111,6 +112,8 @@ pub(super) async fn serve(
         .route("/dead-letters", get(dead_letters))
         .route("/dead-letters/retry", post(retry))
         .route("/dead-letters/skip", post(skip))
+        .route("/relay-dead-letters/retry", post(relay_retry))
+        .route("/relay-dead-letters/skip", post(relay_skip))
         .route("/streams", get(streams))
         .route("/stream", get(stream))
         .route("/event", get(event))
@@ -475,6 +478,7 @@ struct Message {
 /// `/dead-letters`: the parked streams, with retry and skip when actions are allowed.
 async fn dead_letters(State(console): State<Shared>, Query(query): Query<Message>) -> Page {
     let parked = console.store.parked().await?;
+    let relays = console.store.relays().await?;
     let mut body = String::new();
     if let Some(message) = &query.message {
         let _ = write!(
@@ -483,72 +487,165 @@ async fn dead_letters(State(console): State<Shared>, Query(query): Query<Message
             escape(message)
         );
     }
-    if parked.is_empty() {
-        body.push_str("<p class=\"quiet\" id=\"empty\">No parked streams.</p>");
-        return Ok(console.page("Dead letters", "/dead-letters", &body));
-    }
     let actions = console.token.is_some();
-    let rows: Vec<Vec<String>> = parked
+    let relay_letters = relays
         .iter()
-        .map(|p| {
-            let registered = console
-                .cli
-                .registered(&console.store, &p.projection)
-                .is_ok();
-            let act = match (actions, registered) {
-                (true, true) => format!(
-                    "<td>{}{}</td>",
-                    action_form("retry", &p.projection, &p.stream_id),
-                    action_form("skip", &p.projection, &p.stream_id)
-                ),
-                (true, false) => cell("not registered in this tool"),
-                (false, _) => cell("read-only (start with --allow-actions)"),
-            };
-            vec![
-                cell(&p.projection),
-                number(u64::from(p.version)),
-                format!(
-                    "<td><a href=\"/stream?id={}\">{}</a></td>",
-                    query_value(&p.stream_id),
-                    escape(&p.stream_id)
-                ),
-                number(p.first_version),
-                number(p.events),
-                format!(
-                    "<td class=\"mono\">{}</td>",
-                    escape(p.error.as_deref().unwrap_or(""))
-                ),
-                act,
-            ]
-        })
-        .collect();
-    if actions {
+        .any(|(_, status)| !status.dead_letters.is_empty());
+    if actions && (!parked.is_empty() || relay_letters) {
         body.push_str("<p><label>Token <input type=\"password\" id=\"token\" form=\"none\" autocomplete=\"off\" oninput=\"for(const f of document.querySelectorAll('input[name=token]'))f.value=this.value\"></label> <span class=\"quiet\">(the console's token, from FACTUM_CONSOLE_TOKEN)</span></p>");
     }
-    body.push_str(&table(
-        &[
-            "Projection",
-            "Version",
-            "Stream",
-            "From version",
-            "Events",
-            "Error",
-            "",
-        ],
-        &rows,
-    ));
+    if !relays.is_empty() {
+        body.push_str("<h2>Projections</h2>");
+    }
+    if parked.is_empty() {
+        body.push_str("<p class=\"quiet\" id=\"empty\">No parked streams.</p>");
+    } else {
+        let rows: Vec<Vec<String>> = parked
+            .iter()
+            .map(|p| {
+                let registered = console
+                    .cli
+                    .registered(&console.store, &p.projection)
+                    .is_ok();
+                let act = match (actions, registered) {
+                    (true, true) => format!(
+                        "<td>{}{}</td>",
+                        action_form(
+                            "dead-letters",
+                            "retry",
+                            ("projection", &p.projection),
+                            &p.stream_id
+                        ),
+                        action_form(
+                            "dead-letters",
+                            "skip",
+                            ("projection", &p.projection),
+                            &p.stream_id
+                        )
+                    ),
+                    (true, false) => cell("not registered in this tool"),
+                    (false, _) => cell("read-only (start with --allow-actions)"),
+                };
+                vec![
+                    cell(&p.projection),
+                    number(u64::from(p.version)),
+                    stream_link(&p.stream_id),
+                    number(p.first_version),
+                    number(p.events),
+                    format!(
+                        "<td class=\"mono\">{}</td>",
+                        escape(p.error.as_deref().unwrap_or(""))
+                    ),
+                    act,
+                ]
+            })
+            .collect();
+        body.push_str(&table(
+            &[
+                "Projection",
+                "Version",
+                "Stream",
+                "From version",
+                "Events",
+                "Error",
+                "",
+            ],
+            &rows,
+        ));
+    }
+    if !relays.is_empty() {
+        body.push_str("<h2>Relays</h2>");
+        body.push_str(&relay_dead_letters(&relays, actions));
+    }
     Ok(console.page("Dead letters", "/dead-letters", &body))
 }
 
-/// A form posting `action` for a parked stream, with the token field the page fills.
-fn action_form(action: &str, projection: &str, stream: &str) -> String {
+/// The relays' parked streams: each stream's refused event (the broker's refusal) and how
+/// many wait behind it, with retry and skip when actions are allowed (a relay needs nothing
+/// registered: the relay holding the lease acts on them within a second).
+fn relay_dead_letters(relays: &[(String, crate::relay::RelayStatus)], actions: bool) -> String {
+    let mut rows = Vec::new();
+    for (relay, status) in relays {
+        let mut streams: Vec<&str> = status
+            .dead_letters
+            .iter()
+            .map(|letter| letter.stream_id.as_str())
+            .collect();
+        streams.dedup();
+        for stream in streams {
+            let letters: Vec<_> = status
+                .dead_letters
+                .iter()
+                .filter(|letter| letter.stream_id == stream)
+                .collect();
+            let Some(first) = letters.iter().min_by_key(|letter| letter.stream_version) else {
+                continue;
+            };
+            let act = if actions {
+                format!(
+                    "<td>{}{}</td>",
+                    action_form("relay-dead-letters", "retry", ("relay", relay), stream),
+                    action_form("relay-dead-letters", "skip", ("relay", relay), stream)
+                )
+            } else {
+                cell("read-only (start with --allow-actions)")
+            };
+            rows.push(vec![
+                cell(relay),
+                stream_link(stream),
+                number(first.stream_version),
+                cell(&first.event_type),
+                number(letters.len() as u64 - 1),
+                format!(
+                    "<td class=\"mono\">{}</td>",
+                    escape(
+                        first
+                            .error
+                            .as_deref()
+                            .unwrap_or("waits behind its stream's refused event")
+                    )
+                ),
+                act,
+            ]);
+        }
+    }
+    if rows.is_empty() {
+        return "<p class=\"quiet\" id=\"relays-empty\">No event refused by a broker.</p>"
+            .to_owned();
+    }
+    table(
+        &[
+            "Relay",
+            "Stream",
+            "Refused version",
+            "Event type",
+            "Waiting behind",
+            "Broker's refusal",
+            "",
+        ],
+        &rows,
+    )
+}
+
+/// A table cell linking to a stream's page.
+fn stream_link(stream: &str) -> String {
     format!(
-        "<form class=\"inline\" method=\"post\" action=\"/dead-letters/{action}\">\
-         <input type=\"hidden\" name=\"projection\" value=\"{}\">\
+        "<td><a href=\"/stream?id={}\">{}</a></td>",
+        query_value(stream),
+        escape(stream)
+    )
+}
+
+/// A form posting `action` to `/<page>/<action>` for a parked stream of the runner `runner`
+/// (`projection` or `relay`, and its name), with the token field the page fills.
+fn action_form(page: &str, action: &str, (kind, runner): (&str, &str), stream: &str) -> String {
+    format!(
+        "<form class=\"inline\" method=\"post\" action=\"/{page}/{action}\">\
+         <input type=\"hidden\" name=\"{kind}\" value=\"{}\">\
          <input type=\"hidden\" name=\"stream\" value=\"{}\">\
          <input type=\"hidden\" name=\"token\" value=\"\">\
          <button type=\"submit\" name=\"{action}\" data-stream=\"{}\">{}</button></form>",
-        escape(projection),
+        escape(runner),
         escape(stream),
         escape(stream),
         if action == "retry" { "Retry" } else { "Skip" }
@@ -562,7 +659,25 @@ struct Action {
     token: String,
 }
 
+#[derive(Deserialize)]
+struct RelayAction {
+    relay: String,
+    stream: String,
+    token: String,
+}
+
 impl Console {
+    /// The store relays keep their dead letters in (PostgreSQL).
+    fn relay_store(&self) -> Result<&crate::store::PostgresStore, Failure> {
+        match &self.store {
+            AnyStore::Postgres(store) => Ok(store),
+            AnyStore::Sqlite(_) => Err(Failure(
+                StatusCode::NOT_FOUND,
+                "relays run on PostgreSQL stores: this one has none".to_owned(),
+            )),
+        }
+    }
+
     /// Refuses an action unless actions are allowed and `token` is theirs.
     fn authorize(&self, token: &str) -> Result<(), Failure> {
         let Some(expected) = &self.token else {
@@ -640,6 +755,50 @@ async fn skip(
             action.stream
         ),
         None => format!("{} is not parked", action.stream),
+    };
+    Ok(said(&message))
+}
+
+/// `POST /relay-dead-letters/retry`: asks a relay to publish a parked stream again, from its
+/// refused event.
+async fn relay_retry(
+    State(console): State<Shared>,
+    Form(action): Form<RelayAction>,
+) -> Result<Response, Failure> {
+    console.authorize(&action.token)?;
+    let store = console.relay_store()?;
+    tracing::info!(relay = %action.relay, stream = %action.stream, "console: relay retry");
+    let message = match crate::relay::retry(store, &action.relay, &action.stream)
+        .await
+        .map_err(CliError::from)?
+    {
+        0 => format!("{} is not parked by relay {}", action.stream, action.relay),
+        marked => format!(
+            "relay {} publishes {} again ({marked} events) within a second, if it runs",
+            action.relay, action.stream
+        ),
+    };
+    Ok(said(&message))
+}
+
+/// `POST /relay-dead-letters/skip`: asks a relay to skip a parked stream's refused event
+/// (never published) and publish those behind it.
+async fn relay_skip(
+    State(console): State<Shared>,
+    Form(action): Form<RelayAction>,
+) -> Result<Response, Failure> {
+    console.authorize(&action.token)?;
+    let store = console.relay_store()?;
+    tracing::info!(relay = %action.relay, stream = %action.stream, "console: relay skip");
+    let message = match crate::relay::skip(store, &action.relay, &action.stream)
+        .await
+        .map_err(CliError::from)?
+    {
+        Some(letter) => format!(
+            "{} version {} skipped (never published); relay {} publishes those behind it within a second, if it runs",
+            action.stream, letter.stream_version, action.relay
+        ),
+        None => format!("{} is not parked by relay {}", action.stream, action.relay),
     };
     Ok(said(&message))
 }

@@ -1,0 +1,309 @@
+//! `factum serve` on PostgreSQL, over HTTP (the browser tests are `console.rs`'s):
+//!
+//! - It rides out a restart of its database: on a throwaway cluster of its own, stopped under
+//!   the running console and started again. While the server is down each page says the store
+//!   does not answer for now and to reload (status 503, once the pool gave up waiting for a
+//!   connection: 10 s) and the console keeps serving; once the server is back the pages come
+//!   back by themselves, and the lag chart, sampled all along, shows a sample taken after the
+//!   restart.
+//! - Its dead-letter page lists the streams a relay's broker refused, and with the token its
+//!   Retry has the running relay publish them again.
+
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::{self, stream};
+use factum::cli::Cli;
+use factum::event::Payload;
+use factum::projection::ProjectionRunner;
+use factum::relay::{JetStreamSink, Relay};
+use factum::store::PostgresStore;
+use factum::testing::nats::NatsServer;
+use factum::testing::postgres::{Cluster, TemporaryStore};
+use factum::{EventStore, ExpectedVersion, NewEvent};
+use tokio::sync::oneshot;
+
+#[path = "support/http.rs"]
+mod http;
+#[path = "support/tenant_domain.rs"]
+mod tenant_domain;
+
+use tenant_domain::{Ledger, deposit};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_console_rides_out_a_restart_of_its_database() {
+    let cluster = Cluster::start().await.unwrap();
+    let pool = sqlx::PgPool::connect(&cluster.url()).await.unwrap();
+    let store = PostgresStore::with_schema(pool, "factum").unwrap();
+    store.migrate().await.unwrap();
+
+    // The ledger has handled 3 deposits; 2 more wait.
+    deposits(&store, 3).await;
+    ProjectionRunner::new(store.clone(), Ledger::default())
+        .catch_up()
+        .await
+        .unwrap();
+    deposits(&store, 2).await;
+
+    let port = serve(&cluster.url(), &[]).await;
+    let page = until(port, "/", |page| page.contains("at most 2")).await;
+    assert!(page.contains("ledger v1"), "{page}");
+
+    // Down: every page says the store does not answer and to reload; the console still
+    // answers.
+    cluster.crash().await.unwrap();
+    let paths = ["/", "/dead-letters", "/stream?id=account-1"];
+    let pages = tokio::join!(
+        http::get(port, paths[0]),
+        http::get(port, paths[1]),
+        http::get(port, paths[2])
+    );
+    for (path, (status, page)) in paths.into_iter().zip([pages.0, pages.1, pages.2]) {
+        assert_eq!(status, 503, "{path}: {page}");
+        assert!(
+            page.contains("The store does not answer for now") && page.contains("reload this page"),
+            "{path}: {page}"
+        );
+    }
+    // The sampler meets the outage too (it samples every 2 s).
+    tokio::time::sleep(Duration::from_secs(5)).await;
+
+    // Back: 10 more deposits wait (12 in all). The chart's highest sample can only come from
+    // a sample taken after the restart.
+    cluster.resume().await.unwrap();
+    deposits(&store, 10).await;
+    let page = until(port, "/", |page| page.contains("at most 12")).await;
+    assert!(page.contains("ledger v1"), "{page}");
+    let (status, page) = http::get(port, "/stream?id=account-1").await;
+    assert_eq!(status, 200, "{page}");
+    assert!(page.contains("Deposited"), "{page}");
+}
+
+/// Appends `n` deposits to `account-1`, each retried until it is stored (the same event: an
+/// append a restart interrupts is never stored twice).
+async fn deposits(store: &PostgresStore, n: usize) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    for _ in 0..n {
+        let event = deposit(1);
+        while let Err(error) = store
+            .append(
+                "account-1",
+                "Account",
+                ExpectedVersion::Any,
+                vec![event.clone()],
+            )
+            .await
+        {
+            assert!(
+                Instant::now() < deadline,
+                "the deposit is not stored: {error}"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}
+
+/// Starts the console on the store at `url`, with the options `more`, on a free port; the
+/// port.
+async fn serve(url: &str, more: &[&str]) -> u16 {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .unwrap()
+        .port();
+    let listen = format!("127.0.0.1:{port}");
+    let args: Vec<String> = [
+        "factum",
+        "--database-url",
+        url,
+        "serve",
+        "--listen",
+        &listen,
+    ]
+    .iter()
+    .chain(more)
+    .map(|arg| (*arg).to_owned())
+    .collect();
+    // The tool runs on a runtime of its own, as the `factum` process would.
+    std::thread::spawn(move || {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(Cli::new().run_with(args))
+    });
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .is_err()
+    {
+        assert!(Instant::now() < deadline, "the console did not start");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    port
+}
+
+/// The page at `path` once it is served (status 200) and `shows` holds, within 30 s.
+async fn until(port: u16, path: &str, shows: impl Fn(&str) -> bool) -> String {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (status, page) = http::get(port, path).await;
+        if status == 200 && shows(&page) {
+            return page;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{path} did not come back (status {status}): {page}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// The console's token in the relay test.
+const TOKEN: &str = "relay-console-token-0123";
+
+/// A relay's parked stream on the dead-letter page: refused by the broker (larger than its
+/// stream takes), with the event waiting behind it; a retry without the right token changes
+/// nothing; once the broker takes larger messages, Retry with the token has the running relay
+/// publish both, in order, and the page shows none left.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_console_retries_a_stream_a_relays_broker_refused() {
+    let server = NatsServer::start().unwrap();
+    let client = async_nats::connect(server.url()).await.unwrap();
+    let context = jetstream::new(client.clone());
+    context
+        .create_stream(stream::Config {
+            name: "CONSOLE".into(),
+            subjects: vec!["factum.>".into()],
+            max_message_size: 1024,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let store = TemporaryStore::new().await.unwrap();
+    let sized = |size: usize| {
+        NewEvent::new(
+            "Pinged",
+            1,
+            Payload::encode(&serde_json::json!({ "n": "x".repeat(size) })).unwrap(),
+        )
+    };
+    store
+        .append(
+            "big",
+            "Probe",
+            ExpectedVersion::Any,
+            vec![sized(2_000), sized(1)],
+        )
+        .await
+        .unwrap();
+    store
+        .append("small", "Probe", ExpectedVersion::Any, vec![sized(1)])
+        .await
+        .unwrap();
+    let sink = JetStreamSink::new(client, "CONSOLE", "factum")
+        .await
+        .unwrap();
+    let relay =
+        Relay::new((*store).clone(), "to-nats", sink).retry_backoff(Duration::from_millis(20));
+    let (stop, stopped) = oneshot::channel::<()>();
+    let relaying = tokio::spawn(relay.run(async move {
+        let _ = stopped.await;
+    }));
+    let letters = || async {
+        factum::relay::status(&store, "to-nats")
+            .await
+            .unwrap()
+            .dead_letters
+            .len()
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while letters().await < 2 {
+        assert!(Instant::now() < deadline, "the stream is not parked");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    let url = factum::testing::postgres::database_url();
+    let schema = store.schema().to_owned();
+    let port = serve(
+        &url,
+        &["--schema", &schema, "--allow-actions", "--token", TOKEN],
+    )
+    .await;
+    let page = until(port, "/dead-letters", |page| {
+        page.contains("<h2>Relays</h2>")
+    })
+    .await;
+    for shown in [
+        "to-nats",
+        "/stream?id=big",
+        "takes at most 1024",
+        "action=\"/relay-dead-letters/retry\"",
+    ] {
+        assert!(page.contains(shown), "{shown}: {page}");
+    }
+
+    // The wrong token: refused, nothing marked.
+    let (status, page) = http::post_form(
+        port,
+        "/relay-dead-letters/retry",
+        &[
+            ("relay", "to-nats"),
+            ("stream", "big"),
+            ("token", "wrong-token"),
+        ],
+    )
+    .await;
+    assert_eq!(status, 401, "{page}");
+    let marked: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+        "SELECT count(*) FROM \"{schema}\".relay_dead_letters WHERE retry_requested"
+    )))
+    .fetch_one(store.pool())
+    .await
+    .unwrap();
+    assert_eq!(marked, 0);
+
+    // The broker takes 4 KiB now: Retry, and the relay publishes the stream, in order.
+    let mut config = context
+        .get_stream("CONSOLE")
+        .await
+        .unwrap()
+        .info()
+        .await
+        .unwrap()
+        .config
+        .clone();
+    config.max_message_size = 4096;
+    context.update_stream(config).await.unwrap();
+    let (status, page) = http::post_form(
+        port,
+        "/relay-dead-letters/retry",
+        &[("relay", "to-nats"), ("stream", "big"), ("token", TOKEN)],
+    )
+    .await;
+    assert_eq!(status, 303, "{page}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while letters().await > 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the relay did not publish the stream again"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let page = until(port, "/dead-letters", |page| {
+        page.contains("No event refused by a broker")
+    })
+    .await;
+    assert!(page.contains("No parked streams"), "{page}");
+    stop.send(()).unwrap();
+    relaying.await.unwrap().unwrap();
+    let messages = context
+        .get_stream("CONSOLE")
+        .await
+        .unwrap()
+        .info()
+        .await
+        .unwrap()
+        .state
+        .messages;
+    assert_eq!(messages, 3, "each event once");
+}
