@@ -571,6 +571,7 @@ fn relay_dead_letters(relays: &[(String, crate::relay::RelayStatus)], actions: b
             .iter()
             .map(|letter| letter.stream_id.as_str())
             .collect();
+        streams.sort_unstable();
         streams.dedup();
         for stream in streams {
             let letters: Vec<_> = status
