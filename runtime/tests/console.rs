@@ -20,6 +20,8 @@ use factum::testing::browser::{Client, Driver, Locator, screenshot};
 use factum::testing::sqlite::TemporaryDatabase;
 use factum::{Envelope, EventStore, ExpectedVersion, NewEvent, Repository, Tx};
 
+#[path = "support/console.rs"]
+mod console;
 #[path = "support/prometheus.rs"]
 mod prometheus;
 #[path = "support/tenant_domain.rs"]
@@ -184,28 +186,19 @@ async fn slow_append(store: &SqliteStore) {
 
 /// Starts the console on a free port (actions allowed with [`TOKEN`] when `actions`); its URL.
 async fn serve(store: &SqliteStore, actions: bool) -> String {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .unwrap()
-        .port();
     let url = format!("sqlite://{}", store.location());
-    let mut args = vec![
-        "factum".to_owned(),
-        "--database-url".to_owned(),
-        url,
-        "serve".to_owned(),
-        "--listen".to_owned(),
-        format!("127.0.0.1:{port}"),
-    ];
-    if actions {
-        args.extend([
-            "--allow-actions".to_owned(),
-            "--token".to_owned(),
-            TOKEN.to_owned(),
-            "--metrics-url".to_owned(),
-            format!("http://127.0.0.1:{}/metrics", prometheus::exporter()),
-        ]);
-    }
+    // With actions, the runners' live state from the test's own exporter.
+    let metrics = actions.then(|| format!("http://127.0.0.1:{}/metrics", prometheus::exporter()));
+    let more: Vec<&str> = match &metrics {
+        Some(metrics) => vec![
+            "--allow-actions",
+            "--token",
+            TOKEN,
+            "--metrics-url",
+            metrics,
+        ],
+        None => Vec::new(),
+    };
     let cli = Cli::new()
         .aggregate::<Account>()
         .projection(|| Balances)
@@ -213,24 +206,7 @@ async fn serve(store: &SqliteStore, actions: bool) -> String {
             Catalog::new("Console test", "1.0.0").aggregate::<Account>(),
             "unused",
         );
-    // The tool's future holds standard input and output (its export and import), which stay
-    // on one thread: it runs on a runtime of its own, as the `factum` process would.
-    std::thread::spawn(move || {
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .enable_all()
-            .build()
-            .unwrap()
-            .block_on(cli.run_with(args))
-    });
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .is_err()
-    {
-        assert!(Instant::now() < deadline, "the console did not start");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let port = console::serve(cli, &url, &more).await;
     format!("http://127.0.0.1:{port}")
 }
 

@@ -22,6 +22,8 @@ use factum::testing::postgres::{Cluster, TemporaryStore};
 use factum::{EventStore, ExpectedVersion, NewEvent};
 use tokio::sync::oneshot;
 
+#[path = "support/console.rs"]
+mod console;
 #[path = "support/http.rs"]
 mod http;
 #[path = "support/tenant_domain.rs"]
@@ -102,44 +104,9 @@ async fn deposits(store: &PostgresStore, n: usize) {
     }
 }
 
-/// Starts the console on the store at `url`, with the options `more`, on a free port; the
-/// port.
+/// Starts the console on the store at `url`, with the options `more`; its port.
 async fn serve(url: &str, more: &[&str]) -> u16 {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .unwrap()
-        .port();
-    let listen = format!("127.0.0.1:{port}");
-    let args: Vec<String> = [
-        "factum",
-        "--database-url",
-        url,
-        "serve",
-        "--listen",
-        &listen,
-    ]
-    .iter()
-    .chain(more)
-    .map(|arg| (*arg).to_owned())
-    .collect();
-    // The tool runs on a runtime of its own, as the `factum` process would.
-    std::thread::spawn(move || {
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .enable_all()
-            .build()
-            .unwrap()
-            .block_on(Cli::new().run_with(args))
-    });
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .is_err()
-    {
-        assert!(Instant::now() < deadline, "the console did not start");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    port
+    console::serve(Cli::new(), url, more).await
 }
 
 /// The page at `path` once it is served (status 200) and `shows` holds, within 30 s.
