@@ -8,6 +8,7 @@
 //!   restart.
 //! - Its dead-letter page lists the streams a relay's broker refused, and with the token its
 //!   Retry has the running relay publish them again.
+//! - A tenant's console shows that tenant's streams and projections, and none of another's.
 
 use std::time::{Duration, Instant};
 
@@ -18,7 +19,7 @@ use factum::projection::ProjectionRunner;
 use factum::relay::{JetStreamSink, Relay};
 use factum::store::PostgresStore;
 use factum::testing::nats::NatsServer;
-use factum::testing::postgres::{Cluster, TemporaryStore};
+use factum::testing::postgres::{Cluster, LeastPrivilege, TemporaryStore};
 use factum::{EventStore, ExpectedVersion, NewEvent};
 use tokio::sync::oneshot;
 
@@ -273,4 +274,73 @@ async fn the_console_retries_a_stream_a_relays_broker_refused() {
         .state
         .messages;
     assert_eq!(messages, 3, "each event once");
+}
+
+/// `--tenant`: the console of one tenant's store, connected as the application role, whose
+/// row-level security keeps the other tenants out of every page.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenants_console_shows_its_streams_and_projections_only() {
+    let roles = LeastPrivilege::new().await.unwrap();
+    let acme = roles.application().for_tenant("acme").await.unwrap();
+    let globex = roles.application().for_tenant("globex").await.unwrap();
+    deposits_to(&acme, "account-acme").await;
+    deposits_to(&globex, "account-globex").await;
+    ProjectionRunner::new(acme.clone(), Ledger::default())
+        .catch_up()
+        .await
+        .unwrap();
+    let schema = roles.owner().schema().to_owned();
+    let port = serve(
+        roles.application_url(),
+        &["--schema", &schema, "--tenant", "acme"],
+    )
+    .await;
+
+    let (status, page) = http::get(port, "/").await;
+    assert_eq!(status, 200, "{page}");
+    assert!(
+        page.contains("tenant `acme`") && page.contains("ledger v1"),
+        "{page}"
+    );
+    let (status, page) = http::get(port, "/streams").await;
+    assert_eq!(status, 200, "{page}");
+    assert!(page.contains("account-acme"), "{page}");
+    assert!(!page.contains("account-globex"), "{page}");
+    let (status, page) = http::get(port, "/stream?id=account-acme").await;
+    assert_eq!((status, page.contains("Deposited")), (200, true), "{page}");
+    let (_, page) = http::get(port, "/stream?id=account-globex").await;
+    assert!(
+        !page.contains("Deposited"),
+        "another tenant's stream: {page}"
+    );
+
+    // Globex's console: its stream, and no projection (acme's ledger is acme's).
+    let port = serve(
+        roles.application_url(),
+        &["--schema", &schema, "--tenant", "globex"],
+    )
+    .await;
+    let (_, page) = http::get(port, "/").await;
+    assert!(
+        page.contains("tenant `globex`") && !page.contains("ledger v1"),
+        "{page}"
+    );
+    let (_, page) = http::get(port, "/streams").await;
+    assert!(
+        page.contains("account-globex") && !page.contains("account-acme"),
+        "{page}"
+    );
+}
+
+/// Two deposits to `stream` of a tenant's store.
+async fn deposits_to(store: &PostgresStore, stream: &str) {
+    store
+        .append(
+            stream,
+            "Account",
+            ExpectedVersion::Any,
+            vec![deposit(1), deposit(2)],
+        )
+        .await
+        .unwrap();
 }

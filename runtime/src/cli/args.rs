@@ -108,6 +108,12 @@ pub(super) enum Command {
         /// the append-latency alert (`factum.append.duration`).
         #[arg(long)]
         metrics_url: Option<String>,
+        /// The console of one tenant's store, as its runners see it (connect as the
+        /// application role on PostgreSQL, whose row-level security keeps the others out):
+        /// its events, streams, projections, sagas and dead letters; its parked streams
+        /// retried and skipped in its scope.
+        #[arg(long)]
+        tenant: Option<String>,
     },
     /// Loads an export into an empty store (created and migrated when missing), keeping event
     /// ids, stream versions, recording times, feed order and each event's tenant; all or

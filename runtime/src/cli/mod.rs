@@ -227,8 +227,13 @@ impl Cli {
                 allow_actions,
                 token,
                 metrics_url,
+                tenant,
             } => {
                 let token = allow_actions.then(|| token.clone().unwrap_or_default());
+                let store = match tenant {
+                    Some(tenant) => store.tenants(Some(tenant)).await?,
+                    None => store,
+                };
                 console::serve(self, store, *listen, token, metrics_url.clone()).await
             }
             Command::Import { .. } => Ok(()),

@@ -173,9 +173,19 @@ impl AnyStore {
     }
 
     pub fn describe(&self) -> String {
-        match self {
-            Self::Postgres(store) => format!("the PostgreSQL schema `{}`", store.schema()),
-            Self::Sqlite(store) => format!("the SQLite database {}", store.location()),
+        let (store, tenant) = match self {
+            Self::Postgres(store) => (
+                format!("the PostgreSQL schema `{}`", store.schema()),
+                store.tenant(),
+            ),
+            Self::Sqlite(store) => (
+                format!("the SQLite database {}", store.location()),
+                store.tenant(),
+            ),
+        };
+        match tenant {
+            Some(tenant) => format!("{store}, tenant `{tenant}`"),
+            None => store,
         }
     }
 

@@ -271,6 +271,8 @@ impl EventStore for TemporaryStore {
 pub struct LeastPrivilege {
     owner: PostgresStore,
     application: PostgresStore,
+    /// The application role's URL.
+    application_url: String,
     _cleanup: RoleCleanup,
 }
 
@@ -342,9 +344,19 @@ impl LeastPrivilege {
         .map_err(|e| Error::Backend(Box::new(e)))?;
         let application =
             PostgresStore::with_schema(as_role(format!("{schema}_app")).await?, &schema)?;
+        let server: PgConnectOptions = url
+            .parse()
+            .map_err(|e: sqlx::Error| Error::Backend(Box::new(e)))?;
+        let application_url = format!(
+            "postgres://{schema}_app@{}:{}/{}",
+            server.get_host(),
+            server.get_port(),
+            server.get_database().unwrap_or("postgres")
+        );
         Ok(Self {
             owner,
             application,
+            application_url,
             _cleanup: cleanup,
         })
     }
@@ -366,6 +378,13 @@ impl LeastPrivilege {
     #[must_use]
     pub fn application_role(&self) -> String {
         format!("{}_app", self.owner.schema())
+    }
+
+    /// A URL connecting as the application role (trust authentication, as the test servers
+    /// have): for a tool or a process of the test's.
+    #[must_use]
+    pub fn application_url(&self) -> &str {
+        &self.application_url
     }
 }
 
