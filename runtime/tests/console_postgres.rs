@@ -6,8 +6,8 @@
 //!   connection: 10 s) and the console keeps serving; once the server is back the pages come
 //!   back by themselves, and the lag chart, sampled all along, shows a sample taken after the
 //!   restart.
-//! - Its dead-letter page lists the streams a relay's broker refused, and with the token its
-//!   Retry has the running relay publish them again.
+//! - Its dashboard charts a relay's lag; its dead-letter page lists the streams a relay's
+//!   broker refused, and with the token its Retry has the running relay publish them again.
 //! - A tenant's console shows that tenant's streams and projections, and none of another's.
 
 use std::time::{Duration, Instant};
@@ -197,6 +197,13 @@ async fn the_console_retries_a_stream_a_relays_broker_refused() {
         &["--schema", &schema, "--allow-actions", "--token", TOKEN],
     )
     .await;
+    // The dashboard charts the relay's lag beside the projections'.
+    let page = until(port, "/", |page| {
+        page.split_once("<h2>Relays</h2>")
+            .is_some_and(|(_, relays)| relays.contains("<svg class=\"lag\""))
+    })
+    .await;
+    assert!(page.contains("dead letters"), "{page}");
     let page = until(port, "/dead-letters", |page| {
         page.contains("<h2>Relays</h2>")
     })

@@ -130,27 +130,68 @@ pub(super) async fn serve(
     served.map_err(|e| CliError::Usage(format!("the console stopped: {e}")))
 }
 
-/// Samples every projection's events behind, for the chart.
+/// Samples every projection's and relay's events behind, for the charts (a store that does
+/// not answer gives no sample, and the next try comes as usual).
 async fn sample(console: Shared) {
     loop {
+        let mut behind = Vec::new();
         if let Ok(checkpoints) = console.store.checkpoints().await {
-            let now = Instant::now();
-            let mut lag = console.lag.lock().unwrap_or_else(PoisonError::into_inner);
-            for checkpoint in checkpoints {
-                let samples = lag
-                    .entry(format!("{} v{}", checkpoint.projection, checkpoint.version))
-                    .or_default();
-                samples.push_back((now, checkpoint.events_after));
-                while samples
-                    .front()
-                    .is_some_and(|(at, _)| now.duration_since(*at) > WINDOW)
-                {
-                    samples.pop_front();
-                }
-            }
+            behind.extend(checkpoints.into_iter().map(|checkpoint| {
+                (
+                    format!("{} v{}", checkpoint.projection, checkpoint.version),
+                    checkpoint.events_after,
+                )
+            }));
         }
+        if let Ok(relays) = console.store.relays().await {
+            behind.extend(
+                relays
+                    .into_iter()
+                    .map(|(name, status)| (relay_key(&name), status.behind)),
+            );
+        }
+        console.record(behind, Instant::now());
         tokio::time::sleep(SAMPLE_EVERY).await;
     }
+}
+
+impl Console {
+    /// Records the events behind sampled `now` (by key), keeping the chart's window.
+    fn record(&self, behind: Vec<(String, u64)>, now: Instant) {
+        let mut lag = self.lag.lock().unwrap_or_else(PoisonError::into_inner);
+        for (key, events) in behind {
+            let samples = lag.entry(key).or_default();
+            samples.push_back((now, events));
+            while samples
+                .front()
+                .is_some_and(|(at, _)| now.duration_since(*at) > WINDOW)
+            {
+                samples.pop_front();
+            }
+        }
+    }
+}
+
+/// A relay's key among the sampled lags (projections are keyed `<name> v<version>`).
+fn relay_key(name: &str) -> String {
+    format!("relay {name}")
+}
+
+/// The chart of the lag sampled under `key`.
+fn chart_of(
+    samples: &HashMap<String, VecDeque<(Instant, u64)>>,
+    key: &str,
+    now: Instant,
+) -> String {
+    let chart: Vec<(f64, u64)> = samples
+        .get(key)
+        .map(|s| {
+            s.iter()
+                .map(|(at, behind)| (now.duration_since(*at).as_secs_f64(), *behind))
+                .collect()
+        })
+        .unwrap_or_default();
+    page::lag_chart(&chart, WINDOW.as_secs_f64())
 }
 
 /// A page, or the error it met as a page.
@@ -293,14 +334,6 @@ async fn dashboard(State(console): State<Shared>) -> Page {
             state.push(' ');
             state.push_str(&live_state(runners.get(&key)));
         }
-        let chart: Vec<(f64, u64)> = samples
-            .get(&name)
-            .map(|s| {
-                s.iter()
-                    .map(|(at, behind)| (now.duration_since(*at).as_secs_f64(), *behind))
-                    .collect()
-            })
-            .unwrap_or_default();
         rows.push(vec![
             cell(&name),
             format!("<td>{state}</td>"),
@@ -310,7 +343,7 @@ async fn dashboard(State(console): State<Shared>) -> Page {
             number(c.events_after),
             cell(&waited.map_or_else(|| "-".to_owned(), |w| format!("{:.1} s", w.as_secs_f64()))),
             number(c.parked_streams),
-            format!("<td>{}</td>", page::lag_chart(&chart, WINDOW.as_secs_f64())),
+            format!("<td>{}</td>", chart_of(&samples, &name, now)),
         ]);
     }
     for (stream, events) in stats
@@ -434,24 +467,29 @@ async fn dashboard(State(console): State<Shared>) -> Page {
         let rows: Vec<Vec<String>> = relays
             .iter()
             .map(|(name, status)| {
+                let mut state = if status.dead_letters.is_empty() {
+                    if status.behind == 0 {
+                        badge("ok", "caught up")
+                    } else {
+                        badge("behind", "publishing")
+                    }
+                } else {
+                    badge("bad", "dead letters")
+                };
+                if let Some(runners) = &runners {
+                    state.push(' ');
+                    state.push_str(&live_state(
+                        runners.get(&("relay".to_owned(), name.clone())),
+                    ));
+                }
                 vec![
                     cell(name),
-                    format!(
-                        "<td>{}</td>",
-                        if status.dead_letters.is_empty() {
-                            if status.behind == 0 {
-                                badge("ok", "caught up")
-                            } else {
-                                badge("behind", "publishing")
-                            }
-                        } else {
-                            badge("bad", "dead letters")
-                        }
-                    ),
+                    format!("<td>{state}</td>"),
                     number(status.checkpoint.position),
                     number(status.published),
                     number(status.behind),
                     number(status.dead_letters.len() as u64),
+                    format!("<td>{}</td>", chart_of(&samples, &relay_key(name), now)),
                 ]
             })
             .collect();
@@ -463,6 +501,7 @@ async fn dashboard(State(console): State<Shared>) -> Page {
                 "Published",
                 "Behind",
                 "Dead letters",
+                "Behind, last 10 min",
             ],
             &rows,
         ));
