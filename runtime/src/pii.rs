@@ -495,8 +495,8 @@ struct ObjectForm<'a> {
     erased: &'a RawValue,
 }
 
-/// The bytes of a key id, and the base64 characters that hold them (with the first two bits
-/// of the nonce: 24 characters make 18 bytes).
+/// The bytes of a key id, and the base64 characters that hold them (with the nonce's first
+/// two bytes: 24 characters make 18 bytes).
 const KEY_ID: usize = 16;
 const KEY_ID_BASE64: usize = 24;
 
