@@ -509,3 +509,23 @@ async fn a_read_only_console_refuses_actions() {
     }
     client.close().await.unwrap();
 }
+
+/// `--tenant` on SQLite is refused with what to do: the console's pages read the tables with
+/// SQL of their own, which SQLite scopes by no row-level security (another tenant's streams
+/// would show).
+#[tokio::test]
+async fn a_tenants_console_is_refused_on_sqlite() {
+    let database = TemporaryDatabase::new().await.unwrap();
+    let url = format!("sqlite://{}", database.location());
+    let refused = std::process::Command::new(env!("CARGO_BIN_EXE_factum"))
+        .args(["--database-url", &url, "serve", "--tenant", "acme"])
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success(), "{said}");
+    assert!(
+        said.contains("--tenant needs a PostgreSQL store")
+            && said.contains("serve the whole store"),
+        "{said}"
+    );
+}

@@ -108,8 +108,8 @@ pub(super) enum Command {
         /// the append-latency alert (`factum.append.duration`).
         #[arg(long)]
         metrics_url: Option<String>,
-        /// The console of one tenant's store, as its runners see it (connect as the
-        /// application role on PostgreSQL, whose row-level security keeps the others out):
+        /// The console of one tenant's store, as its runners see it (PostgreSQL, connected as
+        /// the application role, whose row-level security keeps the others out of every page):
         /// its events, streams, projections, sagas and dead letters; its parked streams
         /// retried and skipped in its scope.
         #[arg(long)]

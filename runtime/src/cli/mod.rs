@@ -230,9 +230,16 @@ impl Cli {
                 tenant,
             } => {
                 let token = allow_actions.then(|| token.clone().unwrap_or_default());
-                let store = match tenant {
-                    Some(tenant) => store.tenants(Some(tenant)).await?,
-                    None => store,
+                let store = match (tenant, &store) {
+                    // Its pages read the tables with SQL of their own, which row-level
+                    // security scopes on PostgreSQL; SQLite has none.
+                    (Some(_), AnyStore::Sqlite(_)) => {
+                        return Err(CliError::Usage(
+                            "--tenant needs a PostgreSQL store (connected as the application role, whose row-level security keeps the other tenants out of every page): on SQLite the console would show every tenant's rows; serve the whole store instead".to_owned(),
+                        ));
+                    }
+                    (Some(tenant), _) => store.tenants(Some(tenant)).await?,
+                    (None, _) => store,
                 };
                 console::serve(self, store, *listen, token, metrics_url.clone()).await
             }
