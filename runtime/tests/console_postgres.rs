@@ -184,11 +184,14 @@ async fn the_console_retries_a_stream_a_relays_broker_refused() {
             .dead_letters
             .len()
     };
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while letters().await < 2 {
-        assert!(Instant::now() < deadline, "the stream is not parked");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let until_letters = |done: fn(usize) -> bool, what: &'static str| async move {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !done(letters().await) {
+            assert!(Instant::now() < deadline, "{what}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    until_letters(|n| n >= 2, "the stream is not parked").await;
 
     let url = factum::testing::postgres::database_url();
     let schema = store.schema().to_owned();
@@ -238,15 +241,7 @@ async fn the_console_retries_a_stream_a_relays_broker_refused() {
     assert_eq!(marked, 0);
 
     // The broker takes 4 KiB now: Retry, and the relay publishes the stream, in order.
-    let mut config = context
-        .get_stream("CONSOLE")
-        .await
-        .unwrap()
-        .info()
-        .await
-        .unwrap()
-        .config
-        .clone();
+    let mut config = stream_info(&context).await.config;
     config.max_message_size = 4096;
     context.update_stream(config).await.unwrap();
     let (status, page) = http::post_form(
@@ -256,14 +251,7 @@ async fn the_console_retries_a_stream_a_relays_broker_refused() {
     )
     .await;
     assert_eq!(status, 303, "{page}");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while letters().await > 0 {
-        assert!(
-            Instant::now() < deadline,
-            "the relay did not publish the stream again"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    until_letters(|n| n == 0, "the relay did not publish the stream again").await;
     let page = until(port, "/dead-letters", |page| {
         page.contains("No event refused by a broker")
     })
@@ -271,16 +259,23 @@ async fn the_console_retries_a_stream_a_relays_broker_refused() {
     assert!(page.contains("No parked streams"), "{page}");
     stop.send(()).unwrap();
     relaying.await.unwrap().unwrap();
-    let messages = context
+    assert_eq!(
+        stream_info(&context).await.state.messages,
+        3,
+        "each event once"
+    );
+}
+
+/// What the relay test's JetStream stream holds, and how it is configured.
+async fn stream_info(context: &jetstream::Context) -> stream::Info {
+    context
         .get_stream("CONSOLE")
         .await
         .unwrap()
         .info()
         .await
         .unwrap()
-        .state
-        .messages;
-    assert_eq!(messages, 3, "each event once");
+        .clone()
 }
 
 /// `--tenant`: the console of one tenant's store, connected as the application role, whose
