@@ -2,7 +2,6 @@
 //! Chromium (Debian's `chromium` and `chromium-driver` packages, which the test command
 //! installs when missing), and screenshots kept for the README.
 
-use std::net::TcpListener;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -41,10 +40,7 @@ impl Driver {
             found("chromedriver") && found("chromium"),
             "Chromium and its WebDriver are needed for the browser tests: install them (e.g. 'apt install chromium chromium-driver')"
         );
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .map(|a| a.port())
-            .expect("a free port");
+        let port = super::free_port().expect("a free port");
         let child = Command::new("chromedriver")
             .arg(format!("--port={port}"))
             .stdout(Stdio::null())

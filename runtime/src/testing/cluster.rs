@@ -2,7 +2,6 @@
 //! with `initdb`/`pg_ctl`, restarted or stopped at will, removed when dropped. Tests that
 //! restart or break a server use one, never the shared server.
 
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -68,7 +67,7 @@ impl ClusterBuilder {
         if let Some(user) = &run_as {
             run(Command::new("chown").arg(user).arg(&dir))?;
         }
-        let port = free_port()?;
+        let port = super::free_port()?;
         let mut cluster = Cluster {
             dir,
             port,
@@ -289,11 +288,6 @@ fn pg_bin(program: &str) -> std::io::Result<PathBuf> {
             ),
         )
     })
-}
-
-/// A port no one listens on now.
-fn free_port() -> std::io::Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
 fn running_as_root() -> bool {

@@ -44,6 +44,11 @@ pub mod postgres;
 #[cfg(feature = "sqlite")]
 pub mod sqlite;
 
+#[cfg(any(feature = "browser", feature = "nats", feature = "postgres"))]
+mod port;
+#[cfg(any(feature = "browser", feature = "nats", feature = "postgres"))]
+pub(crate) use port::free_port;
+
 use crate::aggregate::{Aggregate, Handle};
 use crate::event::{IntoEvents, collect_events};
 

@@ -2,7 +2,6 @@
 //! storage directory, which a test can stop and start again (the same port, the same storage)
 //! to see what a broker outage does. Stopped and removed when dropped.
 
-use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -22,7 +21,7 @@ impl NatsServer {
     /// When `nats-server` is not installed (the message says how to install it) or does not
     /// start within 10 s.
     pub fn start() -> std::io::Result<Self> {
-        let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let port = super::free_port()?;
         let storage =
             std::env::temp_dir().join(format!("factum-nats-{}-{port}", std::process::id()));
         std::fs::create_dir_all(&storage)?;
@@ -81,7 +80,14 @@ impl NatsServer {
         self.process = Some(process);
         let began = Instant::now();
         while began.elapsed() < Duration::from_secs(10) {
-            if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+            if let Some(status) = self.process.as_mut().and_then(|p| p.try_wait().transpose()) {
+                self.process = None;
+                return Err(std::io::Error::other(format!(
+                    "nats-server on port {} exited at start ({}): is the port taken?",
+                    self.port, status?
+                )));
+            }
+            if greets(self.port) {
                 return Ok(());
             }
             std::thread::sleep(Duration::from_millis(10));
@@ -89,11 +95,29 @@ impl NatsServer {
         Err(std::io::Error::new(
             std::io::ErrorKind::TimedOut,
             format!(
-                "nats-server did not listen on port {} within 10 s",
+                "nats-server did not greet a client on port {} within 10 s",
                 self.port
             ),
         ))
     }
+}
+
+/// Whether a server on `port` speaks NATS: it sends its `INFO` line to a new connection. A
+/// listening socket alone is not enough: a client connecting before the server is ready can be
+/// reset (seen on a loaded CI machine).
+fn greets(port: u16) -> bool {
+    use std::io::Read as _;
+    let Ok(mut stream) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+        return false;
+    };
+    if stream
+        .set_read_timeout(Some(Duration::from_millis(500)))
+        .is_err()
+    {
+        return false;
+    }
+    let mut head = [0_u8; 5];
+    stream.read_exact(&mut head).is_ok() && &head == b"INFO "
 }
 
 impl Drop for NatsServer {
