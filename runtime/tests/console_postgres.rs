@@ -9,6 +9,9 @@
 //! - Its dashboard charts a relay's lag; its dead-letter page lists the streams a relay's
 //!   broker refused, and with the token its Retry has the running relay publish them again.
 //! - A tenant's console shows that tenant's streams and projections, and none of another's.
+//! - The console of a store with tenants shows every tenant's streams, and each tenant's
+//!   runners with their tenant and their own lag, connected as the application role or as a
+//!   superuser.
 
 use std::time::{Duration, Instant};
 
@@ -332,6 +335,69 @@ async fn a_tenants_console_shows_its_streams_and_projections_only() {
         page.contains("account-globex") && !page.contains("account-acme"),
         "{page}"
     );
+}
+
+/// Without `--tenant`, the console of a store with tenants: every tenant's streams, and each
+/// runner's row naming its tenant, with the events behind that its runner reads (globex's
+/// deposits come after acme's checkpoint, yet acme's ledger is caught up). The same as the
+/// application role, bound by row-level security, and as a superuser, whom it does not bind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_console_of_a_store_with_tenants_names_each_tenants_runners() {
+    let roles = LeastPrivilege::new().await.unwrap();
+    let acme = roles.application().for_tenant("acme").await.unwrap();
+    let globex = roles.application().for_tenant("globex").await.unwrap();
+    let across = roles.application().across_tenants();
+    deposits_to(&acme, "account-acme").await;
+    deposits_to(&globex, "account-globex").await;
+    for store in [&acme, &globex, &across] {
+        ProjectionRunner::new(store.clone(), Ledger::default())
+            .catch_up()
+            .await
+            .unwrap();
+    }
+    // Two more of globex's, after every checkpoint: globex's ledger and the ledger across
+    // tenants have them to read, acme's has none.
+    deposits_to(&globex, "account-globex").await;
+
+    let schema = roles.owner().schema().to_owned();
+    let superuser = std::env::var("DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned());
+    for url in [roles.application_url(), superuser.as_str()] {
+        let port = serve(url, &["--schema", &schema]).await;
+        let (status, page) = http::get(port, "/").await;
+        assert_eq!(status, 200, "{page}");
+        assert!(
+            page.contains("every tenant") && page.contains("<th>Tenant</th>"),
+            "{url}: {page}"
+        );
+        // A runner caught up to the end of a commit stands at that commit's last event.
+        assert!(!page.contains(&i64::MAX.to_string()), "{url}: {page}");
+        let ledgers: Vec<&str> = page
+            .split("<tr>")
+            .filter(|row| row.contains("<td>ledger v1</td>"))
+            .collect();
+        assert_eq!(ledgers.len(), 3, "{url}: one row per tenancy: {page}");
+        for (tenant, state, behind) in [
+            ("acme", "caught up", 0),
+            ("globex", "catching up", 2),
+            ("across tenants", "catching up", 2),
+        ] {
+            let row = ledgers
+                .iter()
+                .find(|row| row.starts_with(&format!("<td>{tenant}</td>")))
+                .unwrap_or_else(|| panic!("{url}: no ledger of {tenant}: {page}"));
+            assert!(
+                row.contains(&format!(">{state}<"))
+                    && row.contains(&format!("<td class=\"n\">{behind}</td>")),
+                "{url}: {tenant}'s ledger, {state}, {behind} behind: {row}"
+            );
+        }
+        let (_, page) = http::get(port, "/streams").await;
+        assert!(
+            page.contains("account-acme") && page.contains("account-globex"),
+            "{url}: {page}"
+        );
+    }
 }
 
 /// Two deposits to `stream` of a tenant's store.

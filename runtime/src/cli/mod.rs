@@ -239,6 +239,11 @@ impl Cli {
                         ));
                     }
                     (Some(tenant), _) => store.tenants(Some(tenant)).await?,
+                    // A store with tenants: every tenant's streams, and each tenant's
+                    // runners with their tenant named.
+                    (None, AnyStore::Postgres(_)) if store.has_tenants().await? => {
+                        store.tenants(None).await?
+                    }
                     (None, _) => store,
                 };
                 console::serve(self, store, *listen, token, metrics_url.clone()).await

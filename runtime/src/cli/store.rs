@@ -14,6 +14,10 @@ use crate::store::backend::{columns, to_i64};
 use crate::store::sql::{Backend as _, Connection};
 use crate::store::{EventStore, FeedBatch, FeedPosition, FeedQuery, PostgresStore, SqliteStore};
 
+/// The tenants a view across tenants shows at most (the first by name); a tenant's own console
+/// (`factum serve --tenant`) shows any.
+pub(super) const MAX_TENANTS: u64 = 50;
+
 /// A statement for either store, through `Any`.
 type Query = sqlx::query::Query<'static, sqlx::Any, sqlx::any::AnyArguments>;
 
@@ -54,6 +58,11 @@ pub(super) struct Stats {
 /// A projection's checkpoint, as stored.
 #[derive(Debug, Serialize)]
 pub(super) struct Checkpoint {
+    /// Whose runner keeps it, in a view across tenants (see [`AnyStore::scopes`]): a tenant,
+    /// `*` (a runner across tenants) or `''` (a runner of no tenant); `None` in a store's view
+    /// of its own runners.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tenant: Option<String>,
     pub projection: String,
     pub version: u32,
     pub position: u64,
@@ -62,11 +71,42 @@ pub(super) struct Checkpoint {
     pub events_after: u64,
     pub parked_streams: u64,
     pub parked_events: u64,
+    /// When the oldest event waiting for it was recorded (`None`: none waits).
+    #[serde(skip)]
+    pub waiting_since: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+impl Checkpoint {
+    /// The runner's name and version, and its tenant in a view across tenants.
+    pub fn key(&self) -> String {
+        match &self.tenant {
+            Some(tenant) => format!(
+                "{} v{} ({})",
+                self.projection,
+                self.version,
+                scope_label(tenant)
+            ),
+            None => format!("{} v{}", self.projection, self.version),
+        }
+    }
+}
+
+/// How a bookkeeping scope is named on a page: `*` is the runners' across tenants, `''` the
+/// runners' of no tenant.
+pub(super) fn scope_label(scope: &str) -> &str {
+    match scope {
+        "*" => "across tenants",
+        "" => "no tenant",
+        tenant => tenant,
+    }
 }
 
 /// A parked stream of the dead-letter queue.
 #[derive(Debug, Serialize)]
 pub(super) struct Parked {
+    /// As [`Checkpoint::tenant`].
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tenant: Option<String>,
     pub projection: String,
     pub version: u32,
     pub stream_id: String,
@@ -185,7 +225,93 @@ impl AnyStore {
         };
         match tenant {
             Some(tenant) => format!("{store}, tenant `{tenant}`"),
+            None if self.is_across_tenants() => format!("{store}, every tenant"),
             None => store,
+        }
+    }
+
+    /// Whether it is a PostgreSQL store across tenants, reading every tenant's events.
+    fn is_across_tenants(&self) -> bool {
+        matches!(self, Self::Postgres(store) if matches!(store.tenancy(), crate::store::Tenancy::All))
+    }
+
+    /// Whether any tenant has events (PostgreSQL; `false` on SQLite, whose console reads
+    /// every row as stored): a console of the store then shows every tenant's.
+    pub async fn has_tenants(&self) -> Result<bool, CliError> {
+        if let Self::Sqlite(_) = self {
+            return Ok(false);
+        }
+        let sql = format!(
+            "SELECT count(*) FROM (SELECT 1 FROM {}events WHERE tenant <> '' LIMIT 1) t",
+            self.prefix()
+        );
+        let row = self.row_in(Some("*"), query(sql)).await?;
+        Ok(columns::unsigned::<_, i64, u64>(&row, 0)? > 0)
+    }
+
+    /// The bookkeeping scopes a view across tenants shows, in order: `*` (runners across
+    /// tenants), `''` (runners of no tenant), then each tenant with events, by name, at most
+    /// [`MAX_TENANTS`]. `None` for a store that shows its own runners only (a tenant's, one
+    /// without tenants, SQLite).
+    ///
+    /// Each scope's rows are read in a transaction of their own naming the scope, as its
+    /// runners' sessions do, so the application role's row-level security lets them through
+    /// (and a superuser's statements filter by the scope themselves).
+    pub async fn scopes(&self) -> Result<Option<Vec<String>>, CliError> {
+        if !self.is_across_tenants() {
+            return Ok(None);
+        }
+        // A loose scan of the tenants' feed index: one probe per tenant, not per event.
+        let rows = self
+            .rows(
+                query(format!(
+                    "WITH RECURSIVE t(tenant) AS (
+                         (SELECT tenant FROM {s}events WHERE tenant <> '' ORDER BY tenant LIMIT 1)
+                         UNION ALL
+                         SELECT (SELECT e.tenant FROM {s}events e
+                                 WHERE e.tenant <> '' AND e.tenant > t.tenant
+                                 ORDER BY e.tenant LIMIT 1)
+                         FROM t WHERE t.tenant IS NOT NULL
+                     )
+                     SELECT tenant FROM t WHERE tenant IS NOT NULL LIMIT $1",
+                    s = self.prefix()
+                ))
+                .bind(to_i64(MAX_TENANTS)),
+            )
+            .await?;
+        let mut scopes = vec!["*".to_owned(), String::new()];
+        for row in &rows {
+            scopes.push(columns::get(row, 0)?);
+        }
+        Ok(Some(scopes))
+    }
+
+    /// `read` for each scope of a view across tenants, or once for the store's own runners.
+    async fn in_every_scope<T, F, R>(&self, read: F) -> Result<Vec<T>, CliError>
+    where
+        F: Fn(Option<String>) -> R,
+        R: Future<Output = Result<Vec<T>, CliError>>,
+    {
+        let Some(scopes) = self.scopes().await? else {
+            return read(None).await;
+        };
+        let mut all = Vec::new();
+        for scope in scopes {
+            all.extend(read(Some(scope)).await?);
+        }
+        Ok(all)
+    }
+
+    /// The filter keeping a statement on the bookkeeping rows of its session's scope (the
+    /// rows' `tenant`, under `alias`): row-level security does it for the application role,
+    /// not for a superuser. Nothing on SQLite, whose runners' names carry their tenant.
+    fn own_rows(&self, alias: &str) -> String {
+        match self {
+            Self::Postgres(_) => format!(
+                "{alias}.tenant = (SELECT {}bookkeeping_scope())",
+                self.prefix()
+            ),
+            Self::Sqlite(_) => "true".to_owned(),
         }
     }
 
@@ -217,6 +343,49 @@ impl AnyStore {
     /// The one row of `query`.
     async fn row(&self, query: Query) -> Result<AnyRow, CliError> {
         self.rows(query)
+            .await?
+            .pop()
+            .ok_or_else(|| CliError::database(sqlx::Error::RowNotFound))
+    }
+
+    /// The rows of `query` as the runners of `scope` see their bookkeeping (see
+    /// [`AnyStore::scopes`]); `None`: as the store's own sessions see it.
+    async fn rows_in(&self, scope: Option<&str>, query: Query) -> Result<Vec<AnyRow>, CliError> {
+        let (Some(scope), Self::Postgres(store)) = (scope, self) else {
+            return self.rows(query).await;
+        };
+        let mut connection = store.acquire().await?;
+        let mut tx = connection.tx();
+        let Some(postgres) = tx.postgres() else {
+            return self.rows(query).await;
+        };
+        let mut transaction = sqlx::Connection::begin(postgres)
+            .await
+            .map_err(CliError::database)?;
+        let (tenant, all) = if scope == "*" {
+            ("", "on")
+        } else {
+            (scope, "off")
+        };
+        sqlx::query(
+            "SELECT set_config('factum.tenant', $1, true), set_config('factum.all_tenants', $2, true)",
+        )
+        .bind(tenant)
+        .bind(all)
+        .execute(&mut *transaction)
+        .await
+        .map_err(CliError::database)?;
+        let rows = query
+            .fetch_all(&mut crate::store::Tx::from(&mut transaction))
+            .await
+            .map_err(CliError::database)?;
+        transaction.rollback().await.map_err(CliError::database)?;
+        Ok(rows)
+    }
+
+    /// The one row of `query`, as [`AnyStore::rows_in`].
+    async fn row_in(&self, scope: Option<&str>, query: Query) -> Result<AnyRow, CliError> {
+        self.rows_in(scope, query)
             .await?
             .pop()
             .ok_or_else(|| CliError::database(sqlx::Error::RowNotFound))
@@ -369,23 +538,36 @@ impl AnyStore {
     }
 
     /// Each saga's instances (active, completed) and its queued commands (pending, failed or
-    /// rejected), by saga name.
-    pub async fn sagas(&self) -> Result<Vec<(String, [u64; 4])>, CliError> {
+    /// rejected), by saga name, of every scope in a view across tenants (with the scope).
+    pub async fn sagas(&self) -> Result<Vec<(Option<String>, String, [u64; 4])>, CliError> {
+        self.in_every_scope(|scope| self.sagas_in(scope)).await
+    }
+
+    /// The sagas of one scope (`None`: the store's own).
+    async fn sagas_in(
+        &self,
+        scope: Option<String>,
+    ) -> Result<Vec<(Option<String>, String, [u64; 4])>, CliError> {
         let s = self.prefix();
+        let (instances, outbox) = (self.own_rows("i"), self.own_rows("o"));
         let rows = self
-            .rows(query(format!(
-                "SELECT n.saga,
-                        (SELECT count(*) FROM {s}sagas i WHERE i.saga = n.saga AND i.status = 'active'),
-                        (SELECT count(*) FROM {s}sagas i WHERE i.saga = n.saga AND i.status <> 'active'),
-                        (SELECT count(*) FROM {s}saga_outbox o WHERE o.saga = n.saga AND o.status = 'pending'),
-                        (SELECT count(*) FROM {s}saga_outbox o WHERE o.saga = n.saga
+            .rows_in(
+                scope.as_deref(),
+                query(format!(
+                    "SELECT n.saga,
+                        (SELECT count(*) FROM {s}sagas i WHERE {instances} AND i.saga = n.saga AND i.status = 'active'),
+                        (SELECT count(*) FROM {s}sagas i WHERE {instances} AND i.saga = n.saga AND i.status <> 'active'),
+                        (SELECT count(*) FROM {s}saga_outbox o WHERE {outbox} AND o.saga = n.saga AND o.status = 'pending'),
+                        (SELECT count(*) FROM {s}saga_outbox o WHERE {outbox} AND o.saga = n.saga
                                                                 AND o.status IN ('failed', 'rejected'))
-                 FROM (SELECT DISTINCT saga FROM {s}sagas) n ORDER BY n.saga"
-            )))
+                     FROM (SELECT DISTINCT i.saga FROM {s}sagas i WHERE {instances}) n ORDER BY n.saga"
+                )),
+            )
             .await?;
         rows.iter()
             .map(|row| {
                 Ok((
+                    scope.clone(),
                     columns::get(row, 0)?,
                     [
                         columns::unsigned::<_, i64, _>(row, 1)?,
@@ -465,68 +647,127 @@ impl AnyStore {
             .collect()
     }
 
-    /// Every projection's checkpoint (and saga's: they run as projections).
+    /// Every projection's checkpoint (and saga's: they run as projections), of every scope in
+    /// a view across tenants.
     pub async fn checkpoints(&self) -> Result<Vec<Checkpoint>, CliError> {
         let head = self.head().await?;
+        self.in_every_scope(|scope| self.checkpoints_in(scope, head))
+            .await
+    }
+
+    /// The checkpoints of one scope (`None`: the store's own).
+    async fn checkpoints_in(
+        &self,
+        scope: Option<String>,
+        head: u64,
+    ) -> Result<Vec<Checkpoint>, CliError> {
         let s = self.prefix();
-        // Events after each checkpoint, of any type, with the checkpoint.
-        let after = match self {
+        let mine = self.own_rows("c");
+        // Where each runner stands: the position of the last event it read (a checkpoint
+        // after a whole commit stores the end of that commit, not an event's position). The
+        // events after it that its runner reads (any type): how many, the newest position and
+        // when the oldest was recorded, read with the checkpoint.
+        let sql = match self {
             Self::Postgres(_) => format!(
-                "(SELECT count(*) FROM {s}events e WHERE (e.tx, e.position) > (c.tx::text::xid8, c.position))"
+                "SELECT c.projection, c.version, coalesce(r.position, 0), a.behind,
+                        coalesce(a.newest, r.position, 0), extract(epoch FROM a.oldest)::float8
+                 FROM {s}projection_checkpoints c
+                 CROSS JOIN LATERAL (
+                     SELECT count(*) AS behind, max(e.position) AS newest,
+                            min(e.recorded_at) AS oldest
+                     FROM {s}events e
+                     WHERE (e.tx, e.position) > (c.tx::text::xid8, c.position)
+                       AND (c.tenant = '*' OR e.tenant = c.tenant)
+                 ) a
+                 LEFT JOIN LATERAL (
+                     SELECT e.position FROM {s}events e
+                     WHERE (e.tx, e.position) <= (c.tx::text::xid8, c.position)
+                       AND (c.tenant = '*' OR e.tenant = c.tenant)
+                     ORDER BY e.tx DESC, e.position DESC LIMIT 1
+                 ) r ON true
+                 WHERE {mine}
+                 ORDER BY c.projection, c.version"
             ),
-            Self::Sqlite(_) => {
-                "(SELECT count(*) FROM events e WHERE e.position > c.position)".to_owned()
-            }
+            Self::Sqlite(_) => format!(
+                "SELECT c.projection, c.version, c.position,
+                        (SELECT count(*) FROM events e WHERE e.position > c.position), 0, NULL
+                 FROM projection_checkpoints c WHERE {mine} ORDER BY c.projection, c.version"
+            ),
         };
-        let rows = self
-            .rows(query(format!(
-                "SELECT c.projection, c.version, c.position, {after}
-                 FROM {s}projection_checkpoints c ORDER BY c.projection, c.version"
-            )))
-            .await?;
-        let parked = self.parked().await?;
+        let rows = self.rows_in(scope.as_deref(), query(sql)).await?;
+        let parked = self.parked_in(scope.clone()).await?;
         let mut checkpoints = Vec::with_capacity(rows.len());
         for row in &rows {
             let projection: String = columns::get(row, 0)?;
             let version = columns::unsigned::<_, i64, u32>(row, 1)?;
+            let position = columns::unsigned::<_, i64, u64>(row, 2)?;
+            let events_after = columns::unsigned::<_, i64, u64>(row, 3)?;
             let mine: Vec<&Parked> = parked
                 .iter()
                 .filter(|p| p.projection == projection && p.version == version)
                 .collect();
+            let waiting_since = match self {
+                Self::Postgres(_) => columns::get::<_, Option<f64>>(row, 5)?
+                    .and_then(|at| chrono::DateTime::from_timestamp_micros((at * 1e6) as i64)),
+                Self::Sqlite(_) if events_after > 0 => self.first_unhandled_at(position).await?,
+                Self::Sqlite(_) => None,
+            };
             checkpoints.push(Checkpoint {
-                position: columns::unsigned::<_, i64, _>(row, 2)?,
-                events_after: columns::unsigned::<_, i64, _>(row, 3)?,
+                tenant: scope.clone(),
+                position,
+                events_after,
                 parked_streams: mine.len() as u64,
                 parked_events: mine.iter().map(|p| p.events).sum(),
+                waiting_since,
                 projection,
                 version,
-                head,
+                // A scope's own head: the newest event its runner has to read, else where
+                // it stands.
+                head: if scope.is_some() {
+                    columns::unsigned::<_, i64, u64>(row, 4)?
+                } else {
+                    head
+                },
             });
         }
         Ok(checkpoints)
     }
 
-    /// The parked streams of every projection.
+    /// The parked streams of every projection, of every scope in a view across tenants.
     pub async fn parked(&self) -> Result<Vec<Parked>, CliError> {
+        self.in_every_scope(|scope| self.parked_in(scope)).await
+    }
+
+    /// The parked streams of one scope (`None`: the store's own).
+    async fn parked_in(&self, scope: Option<String>) -> Result<Vec<Parked>, CliError> {
         let s = self.prefix();
+        let mine = self.own_rows("d");
+        let (same_c, same_f) = match self {
+            Self::Postgres(_) => ("c.tenant = d.tenant AND", "f.tenant = d.tenant AND"),
+            Self::Sqlite(_) => ("", ""),
+        };
         let rows = self
-            .rows(query(format!(
-                "SELECT d.projection, d.version, d.stream_id, d.stream_version,
-                        (SELECT count(*) FROM {s}projection_dead_letters c
-                         WHERE c.projection = d.projection AND c.version = d.version
-                           AND c.stream_id = d.stream_id AND c.status = 'parked'),
-                        d.error
-                 FROM {s}projection_dead_letters d
-                 WHERE d.status = 'parked' AND d.stream_version = (
-                     SELECT min(f.stream_version) FROM {s}projection_dead_letters f
-                     WHERE f.projection = d.projection AND f.version = d.version
-                       AND f.stream_id = d.stream_id AND f.status = 'parked')
-                 ORDER BY d.projection, d.version, d.stream_id"
-            )))
+            .rows_in(
+                scope.as_deref(),
+                query(format!(
+                    "SELECT d.projection, d.version, d.stream_id, d.stream_version,
+                            (SELECT count(*) FROM {s}projection_dead_letters c
+                             WHERE {same_c} c.projection = d.projection AND c.version = d.version
+                               AND c.stream_id = d.stream_id AND c.status = 'parked'),
+                            d.error
+                     FROM {s}projection_dead_letters d
+                     WHERE {mine} AND d.status = 'parked' AND d.stream_version = (
+                         SELECT min(f.stream_version) FROM {s}projection_dead_letters f
+                         WHERE {same_f} f.projection = d.projection AND f.version = d.version
+                           AND f.stream_id = d.stream_id AND f.status = 'parked')
+                     ORDER BY d.projection, d.version, d.stream_id"
+                )),
+            )
             .await?;
         rows.iter()
             .map(|row| {
                 Ok(Parked {
+                    tenant: scope.clone(),
                     projection: columns::get(row, 0)?,
                     version: columns::unsigned::<_, i64, _>(row, 1)?,
                     stream_id: columns::get(row, 2)?,

@@ -136,12 +136,11 @@ async fn sample(console: Shared) {
     loop {
         let mut behind = Vec::new();
         if let Ok(checkpoints) = console.store.checkpoints().await {
-            behind.extend(checkpoints.into_iter().map(|checkpoint| {
-                (
-                    format!("{} v{}", checkpoint.projection, checkpoint.version),
-                    checkpoint.events_after,
-                )
-            }));
+            behind.extend(
+                checkpoints
+                    .into_iter()
+                    .map(|checkpoint| (checkpoint.key(), checkpoint.events_after)),
+            );
         }
         if let Ok(relays) = console.store.relays().await {
             behind.extend(
@@ -170,6 +169,24 @@ impl Console {
             }
         }
     }
+}
+
+/// A row's first cell in a view across tenants: whose runner it is; none otherwise.
+fn tenant_cell(tenant: Option<&str>) -> Vec<String> {
+    tenant
+        .map(|tenant| cell(super::store::scope_label(tenant)))
+        .into_iter()
+        .collect()
+}
+
+/// A table's headers, led by "Tenant" in a view across tenants.
+fn headers<'a>(tenants: bool, rest: &[&'a str]) -> Vec<&'a str> {
+    let mut headers = Vec::with_capacity(rest.len() + 1);
+    if tenants {
+        headers.push("Tenant");
+    }
+    headers.extend_from_slice(rest);
+    headers
 }
 
 /// A relay's key among the sampled lags (projections are keyed `<name> v<version>`).
@@ -308,12 +325,13 @@ async fn dashboard(State(console): State<Shared>) -> Page {
         .unwrap_or_else(PoisonError::into_inner)
         .clone();
     let now = Instant::now();
+    // A view across tenants names each runner's tenant.
+    let tenants = checkpoints.iter().any(|c| c.tenant.is_some());
     for c in &checkpoints {
-        let waited = store
-            .first_unhandled_at(c.position)
-            .await?
+        let waited = c
+            .waiting_since
             .map(|at| (Utc::now() - at).to_std().unwrap_or(Duration::ZERO));
-        let name = format!("{} v{}", c.projection, c.version);
+        let name = c.key();
         if let Some(waited) = waited.filter(|w| *w > LAG_ALERT) {
             alerts.push(format!(
                 "projection <b>{}</b> lags {:.1} s behind the store (threshold {} s)",
@@ -334,8 +352,9 @@ async fn dashboard(State(console): State<Shared>) -> Page {
             state.push(' ');
             state.push_str(&live_state(runners.get(&key)));
         }
-        rows.push(vec![
-            cell(&name),
+        let mut row = tenant_cell(c.tenant.as_deref());
+        row.extend([
+            cell(&format!("{} v{}", c.projection, c.version)),
             format!("<td>{state}</td>"),
             number(c.position),
             number(c.head),
@@ -345,6 +364,7 @@ async fn dashboard(State(console): State<Shared>) -> Page {
             number(c.parked_streams),
             format!("<td>{}</td>", chart_of(&samples, &name, now)),
         ]);
+        rows.push(row);
     }
     for (stream, events) in stats
         .largest_streams
@@ -396,7 +416,7 @@ async fn dashboard(State(console): State<Shared>) -> Page {
         "<p>{} events in {} streams; head at position {}. Lag sampled every {} s while the console runs.</p>",
         stats.events,
         stats.streams,
-        checkpoints.first().map_or(0, |c| c.head),
+        store.head().await?,
         SAMPLE_EVERY.as_secs()
     );
     body.push_str("<h2>Alerts</h2>");
@@ -418,17 +438,20 @@ async fn dashboard(State(console): State<Shared>) -> Page {
         body.push_str("<p class=\"quiet\">No projection or saga has run on this store yet.</p>");
     } else {
         body.push_str(&table(
-            &[
-                "Runner",
-                "State",
-                "Position",
-                "Head",
-                "",
-                "Behind",
-                "Oldest waiting",
-                "Parked",
-                "Behind, last 10 min",
-            ],
+            &headers(
+                tenants,
+                &[
+                    "Runner",
+                    "State",
+                    "Position",
+                    "Head",
+                    "",
+                    "Behind",
+                    "Oldest waiting",
+                    "Parked",
+                    "Behind, last 10 min",
+                ],
+            ),
             &rows,
         ));
     }
@@ -440,24 +463,29 @@ async fn dashboard(State(console): State<Shared>) -> Page {
         body.push_str("<h2>Saga instances</h2>");
         let rows: Vec<Vec<String>> = sagas
             .iter()
-            .map(|(name, [active, ended, pending, failed])| {
-                vec![
+            .map(|(tenant, name, [active, ended, pending, failed])| {
+                let mut row = tenant_cell(tenant.as_deref());
+                row.extend([
                     cell(name),
                     number(*active),
                     number(*ended),
                     number(*pending),
                     number(*failed),
-                ]
+                ]);
+                row
             })
             .collect();
         body.push_str(&table(
-            &[
-                "Saga",
-                "Active",
-                "Ended",
-                "Commands queued",
-                "Commands failed or rejected",
-            ],
+            &headers(
+                sagas.iter().any(|(tenant, ..)| tenant.is_some()),
+                &[
+                    "Saga",
+                    "Active",
+                    "Ended",
+                    "Commands queued",
+                    "Commands failed or rejected",
+                ],
+            ),
             &rows,
         ));
     }
@@ -539,6 +567,7 @@ async fn dead_letters(State(console): State<Shared>, Query(query): Query<Message
     if parked.is_empty() {
         body.push_str("<p class=\"quiet\" id=\"empty\">No parked streams.</p>");
     } else {
+        let tenants = parked.iter().any(|p| p.tenant.is_some());
         let rows: Vec<Vec<String>> = parked
             .iter()
             .map(|p| {
@@ -546,8 +575,13 @@ async fn dead_letters(State(console): State<Shared>, Query(query): Query<Message
                     .cli
                     .registered(&console.store, &p.projection)
                     .is_ok();
-                let act = match (actions, registered) {
-                    (true, true) => format!(
+                let act = match (actions, registered, p.tenant.as_deref()) {
+                    // In a view across tenants, the console's own runners are those across
+                    // tenants: a tenant's runners act in that tenant's console.
+                    (true, _, Some(tenant)) if tenant != "*" => cell(&format!(
+                        "from its tenant's console: factum serve --tenant {tenant}"
+                    )),
+                    (true, true, _) => format!(
                         "<td>{}{}</td>",
                         action_form(
                             "dead-letters",
@@ -562,10 +596,11 @@ async fn dead_letters(State(console): State<Shared>, Query(query): Query<Message
                             &p.stream_id
                         )
                     ),
-                    (true, false) => cell("not registered in this tool"),
-                    (false, _) => cell("read-only (start with --allow-actions)"),
+                    (true, false, _) => cell("not registered in this tool"),
+                    (false, _, _) => cell("read-only (start with --allow-actions)"),
                 };
-                vec![
+                let mut row = tenant_cell(p.tenant.as_deref());
+                row.extend([
                     cell(&p.projection),
                     number(u64::from(p.version)),
                     stream_link(&p.stream_id),
@@ -576,19 +611,23 @@ async fn dead_letters(State(console): State<Shared>, Query(query): Query<Message
                         escape(p.error.as_deref().unwrap_or(""))
                     ),
                     act,
-                ]
+                ]);
+                row
             })
             .collect();
         body.push_str(&table(
-            &[
-                "Projection",
-                "Version",
-                "Stream",
-                "From version",
-                "Events",
-                "Error",
-                "",
-            ],
+            &headers(
+                tenants,
+                &[
+                    "Projection",
+                    "Version",
+                    "Stream",
+                    "From version",
+                    "Events",
+                    "Error",
+                    "",
+                ],
+            ),
             &rows,
         ));
     }
