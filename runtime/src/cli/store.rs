@@ -650,17 +650,17 @@ impl AnyStore {
     /// Every projection's checkpoint (and saga's: they run as projections), of every scope in
     /// a view across tenants.
     pub async fn checkpoints(&self) -> Result<Vec<Checkpoint>, CliError> {
-        let head = self.head().await?;
-        self.in_every_scope(|scope| self.checkpoints_in(scope, head))
+        self.in_every_scope(|scope| self.checkpoints_in(scope))
             .await
     }
 
     /// The checkpoints of one scope (`None`: the store's own).
-    async fn checkpoints_in(
-        &self,
-        scope: Option<String>,
-        head: u64,
-    ) -> Result<Vec<Checkpoint>, CliError> {
+    async fn checkpoints_in(&self, scope: Option<String>) -> Result<Vec<Checkpoint>, CliError> {
+        // The store's head, for its own runners; a scope's rows carry their own (below).
+        let head = match scope {
+            Some(_) => 0,
+            None => self.head().await?,
+        };
         let s = self.prefix();
         let mine = self.own_rows("c");
         // Where each runner stands: the position of the last event it read (a checkpoint
