@@ -39,10 +39,9 @@ use std::future::Future;
 use std::path::Path;
 use std::pin::Pin;
 
-use aes_gcm::aead::{Aead, AeadInPlace, KeyInit, Payload as Aad};
-use aes_gcm::{Aes256Gcm, Nonce};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
+use ring::aead::{AES_256_GCM, Aad, LessSafeKey, Nonce, UnboundKey};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::{Map, Value};
@@ -163,7 +162,7 @@ pub enum PiiError {
 #[derive(Clone)]
 pub struct DataKey {
     bytes: [u8; 32],
-    cipher: Aes256Gcm,
+    cipher: Cipher,
 }
 
 impl DataKey {
@@ -180,7 +179,7 @@ impl DataKey {
     pub fn from_bytes(bytes: [u8; 32]) -> Self {
         Self {
             bytes,
-            cipher: Aes256Gcm::new(&bytes.into()),
+            cipher: Cipher::new(&bytes),
         }
     }
 
@@ -190,8 +189,22 @@ impl DataKey {
         &self.bytes
     }
 
-    fn cipher(&self) -> &Aes256Gcm {
+    fn cipher(&self) -> &Cipher {
         &self.cipher
+    }
+}
+
+/// AES-256-GCM under one key, its key schedule expanded once (ring's implementation: the same
+/// cipher and bytes as RustCrypto's `aes-gcm`, which stores first used, at about 60% of its
+/// cost per short message here, and a long stream's read decrypts one per event).
+#[derive(Clone)]
+struct Cipher(std::sync::Arc<LessSafeKey>);
+
+impl Cipher {
+    fn new(key: &[u8; 32]) -> Self {
+        // AES-256 takes any 32 bytes: the only error `UnboundKey::new` has is another length.
+        let key = UnboundKey::new(&AES_256_GCM, key).expect("a 32-byte AES-256 key");
+        Self(std::sync::Arc::new(LessSafeKey::new(key)))
     }
 }
 
@@ -218,7 +231,7 @@ pub trait KeyProvider: fmt::Debug + Send + Sync + 'static {
 /// the environment variable [`LocalKeyProvider::ENV`] or a file. Data keys are wrapped with
 /// AES-256-GCM under it.
 pub struct LocalKeyProvider {
-    kek: Aes256Gcm,
+    kek: Cipher,
 }
 
 impl fmt::Debug for LocalKeyProvider {
@@ -238,7 +251,7 @@ impl LocalKeyProvider {
     #[must_use]
     pub fn new(kek: [u8; 32]) -> Self {
         Self {
-            kek: Aes256Gcm::new(&kek.into()),
+            kek: Cipher::new(&kek),
         }
     }
 
@@ -326,25 +339,45 @@ fn random<const N: usize>() -> Result<[u8; N], PiiError> {
 }
 
 /// `nonce || ciphertext` of `plain` under `cipher`, with a random nonce.
-fn encrypt(cipher: &Aes256Gcm, plain: &[u8], aad: &[u8]) -> Result<Vec<u8>, PiiError> {
-    let nonce: [u8; 12] = random()?;
-    let sealed = cipher
-        .encrypt(&Nonce::from(nonce), Aad { msg: plain, aad })
-        .map_err(|_| PiiError::Provider("AES-GCM refused to encrypt".to_owned()))?;
-    let mut out = Vec::with_capacity(nonce.len() + sealed.len());
+fn encrypt(cipher: &Cipher, plain: &[u8], aad: &[u8]) -> Result<Vec<u8>, PiiError> {
+    let nonce: [u8; NONCE] = random()?;
+    let mut out = Vec::with_capacity(NONCE + plain.len() + TAG);
     out.extend_from_slice(&nonce);
-    out.extend_from_slice(&sealed);
+    out.extend_from_slice(plain);
+    let tag = cipher
+        .0
+        .seal_in_place_separate_tag(
+            Nonce::assume_unique_for_key(nonce),
+            Aad::from(aad),
+            &mut out[NONCE..],
+        )
+        .map_err(|_| PiiError::Provider("AES-GCM refused to encrypt".to_owned()))?;
+    out.extend_from_slice(tag.as_ref());
     Ok(out)
 }
 
 /// The inverse of [`encrypt`]; `None` when it does not authenticate.
-fn decrypt(cipher: &Aes256Gcm, sealed: &[u8], aad: &[u8]) -> Option<Vec<u8>> {
-    let nonce: [u8; NONCE] = sealed.get(..NONCE)?.try_into().ok()?;
-    let mut plain = sealed[NONCE..].to_vec();
-    cipher
-        .decrypt_in_place(&Nonce::from(nonce), aad, &mut plain)
-        .ok()?;
+fn decrypt(cipher: &Cipher, sealed: &[u8], aad: &[u8]) -> Option<Vec<u8>> {
+    let mut plain = sealed.to_vec();
+    let length = open_in_place(cipher, &mut plain, aad)?.len();
+    plain.copy_within(NONCE..NONCE + length, 0);
+    plain.truncate(length);
     Some(plain)
+}
+
+/// Decrypts `nonce ‖ ciphertext ‖ tag` in place: the plaintext, inside `sealed`; `None` when
+/// it is too short or does not authenticate.
+fn open_in_place<'b>(cipher: &Cipher, sealed: &'b mut [u8], aad: &[u8]) -> Option<&'b mut [u8]> {
+    if sealed.len() < NONCE + TAG {
+        return None;
+    }
+    let (nonce, rest) = sealed.split_at_mut(NONCE);
+    let nonce = Nonce::try_assume_unique_for_key(nonce).ok()?;
+    cipher
+        .0
+        .open_in_place(nonce, Aad::from(aad), rest)
+        .ok()
+        .map(|plain| &mut plain[..])
 }
 
 /// Associated data of sealed fields: they decrypt only as Factum's sealed fields of that form
@@ -442,8 +475,12 @@ pub(crate) fn key_mark(key_id: Uuid) -> String {
 /// Whether a stored payload may hold sealed fields (a quick look before parsing it).
 #[must_use]
 pub(crate) fn may_be_sealed(payload: &str) -> bool {
-    payload.contains("\"$pii\"")
+    // Stores write the sealed field first: most sealed payloads answer at their first bytes.
+    payload.starts_with(SEALED_FIRST) || payload.contains("\"$pii\"")
 }
+
+/// How a payload a store sealed begins.
+const SEALED_FIRST: &str = "{\"$pii\":";
 
 /// A stored payload's top-level fields, borrowed from its text (names and raw values, in
 /// order), and its sealed field read: opening it parses nothing else and copies the rest as it
@@ -523,10 +560,13 @@ impl<'a> Sealed<'a> {
     /// The array form's value, its key id read from the head of its data.
     fn array(data: &'a str, erased: &'a RawValue) -> Option<Self> {
         let mut head = [0_u8; KEY_ID_BASE64 / 4 * 3];
-        BASE64
-            .decode_slice(data.get(..KEY_ID_BASE64)?, &mut head)
+        let head = FAST_BASE64
+            .decode(
+                data.get(..KEY_ID_BASE64)?.as_bytes(),
+                base64_simd::Out::from_slice(&mut head),
+            )
             .ok()?;
-        let key = Uuid::from_slice(&head[..KEY_ID]).ok()?;
+        let key = Uuid::from_slice(head.get(..KEY_ID)?).ok()?;
         Some(Self {
             key,
             data,
@@ -540,10 +580,9 @@ impl<'a> Sealed<'a> {
     /// form, which the general parse then reads (or refuses).
     fn read_as_written(text: &'a str) -> Option<(Self, &'a str)> {
         let text = text.strip_prefix("[\"")?;
-        let (data, text) = text.split_once('"')?;
-        if data.contains('\\') {
-            return None;
-        }
+        // The string ends at its first quote, unless an escape comes first (base64 needs none).
+        let end = memchr::memchr2(b'"', b'\\', text.as_bytes())?;
+        let (data, text) = (text.get(..end)?, text.get(end..)?.strip_prefix('"')?);
         let text = text.strip_prefix(',')?;
         let mut values = serde_json::Deserializer::from_str(text).into_iter::<&'a RawValue>();
         let erased = values.next()?.ok()?;
@@ -587,7 +626,7 @@ impl<'a> SealedPayload<'a> {
     /// the sealed field is parsed, the members after it are kept as their text. `None` for a
     /// payload of another form (read field by field).
     fn read_sealed_first(payload: &'a str) -> Option<Self> {
-        let after = payload.strip_prefix("{\"$pii\":")?;
+        let after = payload.strip_prefix(SEALED_FIRST)?;
         let (sealed, rest) = match Sealed::read_as_written(after) {
             Some(read) => read,
             None => {
@@ -625,6 +664,21 @@ impl<'a> SealedPayload<'a> {
     /// [`PiiError::Tampered`] when they do not decrypt under `key`; [`PiiError::Malformed`]
     /// when the data is no base64 or decrypts to no JSON object.
     pub(crate) fn open(&self, key: Option<&DataKey>) -> Result<(String, bool), PiiError> {
+        let mut out = String::new();
+        let shredded = self.open_into(key, &mut out)?;
+        Ok((out, shredded))
+    }
+
+    /// Like [`SealedPayload::open`], into `out` (cleared first): whether the fields were
+    /// erased.
+    ///
+    /// # Errors
+    /// As [`SealedPayload::open`].
+    pub(crate) fn open_into(
+        &self,
+        key: Option<&DataKey>,
+        out: &mut String,
+    ) -> Result<bool, PiiError> {
         let malformed = |reason: &str| PiiError::Malformed {
             field: SEALED.to_owned(),
             reason: reason.to_owned(),
@@ -640,7 +694,8 @@ impl<'a> SealedPayload<'a> {
         };
         let inner = object_inner(fields)
             .ok_or_else(|| malformed("the sealed fields are no JSON object"))?;
-        let mut out = String::with_capacity(self.plain_len() + inner.len() + 3);
+        out.clear();
+        out.reserve_exact(self.plain_len() + inner.len() + 3);
         out.push('{');
         let plain = match &self.plain {
             Plain::Members(members) => {
@@ -668,7 +723,7 @@ impl<'a> SealedPayload<'a> {
             out.push_str(inner);
         }
         out.push('}');
-        Ok((out, shredded))
+        Ok(shredded)
     }
 
     /// The length of the plain fields' text (with separators, a bound for the fields read one
@@ -683,6 +738,10 @@ impl<'a> SealedPayload<'a> {
         }
     }
 }
+
+/// Decodes sealed data: once per event a read opens, where `base64`'s decoder costs about three
+/// times this SIMD one (a 140-character field: 80–110 ns against 30–40 ns here).
+const FAST_BASE64: base64_simd::Base64 = base64_simd::STANDARD;
 
 /// Sealed data up to this length (nonce, ciphertext and tag) is decrypted on the stack.
 const OPEN_ON_STACK: usize = 512;
@@ -704,18 +763,19 @@ impl Sealed<'_> {
             field: SEALED.to_owned(),
             reason,
         };
-        let bytes: &mut [u8] = match BASE64.decode_slice(self.data, &mut buffer[..]) {
-            Ok(length) => &mut buffer[..length],
-            Err(base64::DecodeSliceError::OutputSliceTooSmall) => {
-                *long = BASE64
-                    .decode(self.data)
-                    .map_err(|e| malformed(format!("data is no base64: {e}")))?;
+        let no_base64 = |e: base64_simd::Error| malformed(format!("data is no base64: {e}"));
+        let data = self.data.as_bytes();
+        let length = FAST_BASE64.decoded_length(data).map_err(no_base64)?;
+        let out = match buffer.get_mut(..length) {
+            Some(on_stack) => on_stack,
+            None => {
+                long.resize(length, 0);
                 long
             }
-            Err(base64::DecodeSliceError::DecodeError(e)) => {
-                return Err(malformed(format!("data is no base64: {e}")));
-            }
         };
+        let bytes = FAST_BASE64
+            .decode(data, base64_simd::Out::from_slice(out))
+            .map_err(no_base64)?;
         let head = match self.form {
             Form::Object => 0,
             Form::Array => KEY_ID,
@@ -726,25 +786,15 @@ impl Sealed<'_> {
                 bytes.len()
             )));
         }
-        let (nonce, rest) = bytes[head..].split_at_mut(NONCE);
-        let (text, tag) = rest.split_at_mut(rest.len() - TAG);
-        let (Ok(nonce), Ok(tag)) = (
-            <[u8; NONCE]>::try_from(&*nonce),
-            <[u8; TAG]>::try_from(&*tag),
-        ) else {
-            return Err(malformed("data is cut short".to_owned()));
-        };
-        key.cipher()
-            .decrypt_in_place_detached(
-                &Nonce::from(nonce),
-                &sealed_aad(self.form, self.key),
-                text,
-                &aes_gcm::Tag::from(tag),
-            )
-            .map_err(|_| PiiError::Tampered {
-                field: SEALED.to_owned(),
-                key_id: self.key,
-            })?;
+        let text = open_in_place(
+            key.cipher(),
+            &mut bytes[head..],
+            &sealed_aad(self.form, self.key),
+        )
+        .ok_or_else(|| PiiError::Tampered {
+            field: SEALED.to_owned(),
+            key_id: self.key,
+        })?;
         std::str::from_utf8(text).map_err(|e| malformed(format!("decrypts to no text: {e}")))
     }
 }
@@ -974,6 +1024,31 @@ mod tests {
         assert!(matches!(open(&escaped), Err(PiiError::Malformed { .. })));
         let short = format!("{{\"$pii\":[\"AAAA\",{}],{}", value[1], &rest[1..]);
         assert!(matches!(open(&short), Err(PiiError::Malformed { .. })));
+    }
+
+    /// The sealed data is standard AES-256-GCM (nonce, ciphertext, tag; the form and key id as
+    /// associated data): this payload was sealed by Python's `cryptography` (OpenSSL), so what
+    /// stores sealed with RustCrypto's `aes-gcm` before they used ring's opens the same.
+    #[test]
+    fn data_sealed_by_another_aes_gcm_implementation_opens() {
+        let key = DataKey::from_bytes(std::array::from_fn(|i| i as u8));
+        let text = r#"{"$pii":["AZDzonscfU6PABEiM0RVZmRlZmdoaWprbG1ubzM5uwsYgDq8BEA+jLslD4Ujr3Zm7kKQHcrzgGqVwsgtttNigShzu0iShR1TnCGv7WYavYK4X2JQ+yZe+z4eIwl4",{"email":null,"name":"[erased]"}],"customer":"c-1","plan":"pro"}"#;
+        let sealed = SealedPayload::read(text).unwrap();
+        assert_eq!(
+            sealed.key_id(),
+            Some(Uuid::parse_str("0190f3a2-7b1c-7d4e-8f00-112233445566").unwrap())
+        );
+        let (opened, shredded) = sealed.open(Some(&key)).unwrap();
+        assert!(!shredded);
+        assert_eq!(
+            serde_json::from_str::<Value>(&opened).unwrap(),
+            json!({"customer": "c-1", "plan": "pro", "email": "ada@example.com", "name": "Ada Lovelace"})
+        );
+        let other = DataKey::from_bytes([7; 32]);
+        assert!(matches!(
+            sealed.open(Some(&other)),
+            Err(PiiError::Tampered { .. })
+        ));
     }
 
     /// Sealed fields too long for the stack buffer open from the heap; data cut shorter than a

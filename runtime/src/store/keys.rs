@@ -189,11 +189,27 @@ impl Keyring {
         let Some((sealed, key_id)) = sealed(payload)? else {
             return Ok(None);
         };
-        if last.0.as_ref().is_none_or(|(id, _)| *id != key_id) {
-            last.0 = Some((key_id, self.key(table, key_id).await?));
-        }
-        let key = last.0.as_ref().and_then(|(_, key)| key.as_deref());
+        let key = last.key(key_id, || self.key(table, key_id)).await?;
         Opened::new(&sealed, key_id, key).map(Some)
+    }
+
+    /// Like [`Keyring::open_payload`], but opens into `last`'s buffer, which a long read
+    /// reuses for every event: the opened text, or `None` when nothing in `payload` is sealed.
+    #[cfg(feature = "postgres")]
+    pub(crate) async fn open_payload_in_place<'l>(
+        &self,
+        table: &impl KeyTable,
+        payload: &str,
+        last: &'l mut LastKey,
+    ) -> Result<Option<&'l str>> {
+        let Some((sealed, key_id)) = sealed(payload)? else {
+            return Ok(None);
+        };
+        last.key(key_id, || self.key(table, key_id)).await?;
+        let LastKey { key, opened } = last;
+        let key = key.as_ref().and_then(|(_, key)| key.as_deref());
+        sealed.open_into(key, opened)?;
+        Ok(Some(opened.as_str()))
     }
 
     /// Opens the sealed fields of each event, marking those whose subject was forgotten
@@ -230,11 +246,29 @@ impl Keyring {
     }
 }
 
-/// The data key of the event a read opened last (`None` inside: deleted), used again for the
-/// next event under the same key: a stream's events are mostly one subject's. A read's events
+/// What a read keeps from one event to the next: the data key of the event it opened last
+/// (`None` inside: deleted), used again for the next event under the same key (a stream's
+/// events are mostly one subject's), and the buffer it opens payloads into. A read's events
 /// open under the keys as the read found them.
 #[derive(Default)]
-pub(crate) struct LastKey(Option<(Uuid, Option<Arc<DataKey>>)>);
+pub(crate) struct LastKey {
+    key: Option<(Uuid, Option<Arc<DataKey>>)>,
+    #[cfg(feature = "postgres")]
+    opened: String,
+}
+
+impl LastKey {
+    /// The key `key_id`: the last one, or the one `find` finds (which becomes the last).
+    async fn key<F>(&mut self, key_id: Uuid, find: impl FnOnce() -> F) -> Result<Option<&DataKey>>
+    where
+        F: Future<Output = Result<Option<Arc<DataKey>>>>,
+    {
+        if self.key.as_ref().is_none_or(|(id, _)| *id != key_id) {
+            self.key = Some((key_id, find().await?));
+        }
+        Ok(self.key.as_ref().and_then(|(_, key)| key.as_deref()))
+    }
+}
 
 /// A stored payload's sealed field and the id of the data key it needs; `None` when nothing
 /// in it is sealed.

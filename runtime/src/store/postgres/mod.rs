@@ -1037,9 +1037,8 @@ impl PostgresStore {
             event.schema_version,
             event.event.as_str(),
         );
-        let mut opened = None;
         visit(HistoryItem::Event(
-            self.open_replayed(replayed, &mut opened, last).await?,
+            self.open_replayed(replayed, last).await?,
         ))
     }
 
@@ -1055,32 +1054,29 @@ impl PostgresStore {
     where
         F: FnMut(HistoryItem<'_>) -> Result<()> + Send,
     {
-        let mut opened = None;
         let event = replayed_event(row, 0, aggregate_type)?;
-        visit(HistoryItem::Event(
-            self.open_replayed(event, &mut opened, last).await?,
-        ))
+        visit(HistoryItem::Event(self.open_replayed(event, last).await?))
     }
 
-    /// A replayed event with its personal data opened: `opened` holds the payload when it
-    /// had sealed fields; `last`, the key of the read's event before.
+    /// A replayed event with its personal data opened, into `last`'s buffer when it had sealed
+    /// fields (`last` also holds the key of the read's event before).
     async fn open_replayed<'r>(
         &self,
         event: StreamEventRef<'r>,
-        opened: &'r mut Option<Payload>,
-        last: &mut LastKey,
+        last: &'r mut LastKey,
     ) -> Result<StreamEventRef<'r>> {
         let Some(keys) = &self.keys else {
             return Ok(event);
         };
-        *opened = keys
-            .open_payload(self, event.payload, last)
-            .await?
-            .map(|opened| opened.payload);
-        Ok(match opened {
-            Some(payload) => event.with_payload(payload.as_str()),
-            None => event,
-        })
+        Ok(
+            match keys
+                .open_payload_in_place(self, event.payload, last)
+                .await?
+            {
+                Some(opened) => event.with_payload(opened),
+                None => event,
+            },
+        )
     }
 }
 
@@ -1480,10 +1476,8 @@ impl EventStore for PostgresStore {
                 expected += 1;
             }
             expected = event.stream_version + 1;
-            let mut opened = None;
             visit(HistoryItem::Event(
-                self.open_replayed(event, &mut opened, &mut last_key)
-                    .await?,
+                self.open_replayed(event, &mut last_key).await?,
             ))?;
         }
         Ok(())
