@@ -198,13 +198,13 @@ impl DataKey {
 /// cipher and bytes as RustCrypto's `aes-gcm`, which stores first used, at about 60% of its
 /// cost per short message here, and a long stream's read decrypts one per event).
 #[derive(Clone)]
-struct Cipher(std::sync::Arc<LessSafeKey>);
+struct Cipher(LessSafeKey);
 
 impl Cipher {
     fn new(key: &[u8; 32]) -> Self {
         // AES-256 takes any 32 bytes: the only error `UnboundKey::new` has is another length.
         let key = UnboundKey::new(&AES_256_GCM, key).expect("a 32-byte AES-256 key");
-        Self(std::sync::Arc::new(LessSafeKey::new(key)))
+        Self(LessSafeKey::new(key))
     }
 }
 

@@ -189,7 +189,7 @@ impl Keyring {
         let Some((sealed, key_id)) = sealed(payload)? else {
             return Ok(None);
         };
-        let key = last.key(key_id, || self.key(table, key_id)).await?;
+        let key = last.key.get(key_id, || self.key(table, key_id)).await?;
         Opened::new(&sealed, key_id, key).map(Some)
     }
 
@@ -205,9 +205,8 @@ impl Keyring {
         let Some((sealed, key_id)) = sealed(payload)? else {
             return Ok(None);
         };
-        last.key(key_id, || self.key(table, key_id)).await?;
         let LastKey { key, opened } = last;
-        let key = key.as_ref().and_then(|(_, key)| key.as_deref());
+        let key = key.get(key_id, || self.key(table, key_id)).await?;
         sealed.open_into(key, opened)?;
         Ok(Some(opened.as_str()))
     }
@@ -252,21 +251,25 @@ impl Keyring {
 /// open under the keys as the read found them.
 #[derive(Default)]
 pub(crate) struct LastKey {
-    key: Option<(Uuid, Option<Arc<DataKey>>)>,
+    key: KeptKey,
     #[cfg(feature = "postgres")]
     opened: String,
 }
 
-impl LastKey {
-    /// The key `key_id`: the last one, or the one `find` finds (which becomes the last).
-    async fn key<F>(&mut self, key_id: Uuid, find: impl FnOnce() -> F) -> Result<Option<&DataKey>>
+/// The data key a read used last, with its id.
+#[derive(Default)]
+struct KeptKey(Option<(Uuid, Option<Arc<DataKey>>)>);
+
+impl KeptKey {
+    /// The key `key_id`: the one kept, or the one `find` finds (which is kept instead).
+    async fn get<F>(&mut self, key_id: Uuid, find: impl FnOnce() -> F) -> Result<Option<&DataKey>>
     where
         F: Future<Output = Result<Option<Arc<DataKey>>>>,
     {
-        if self.key.as_ref().is_none_or(|(id, _)| *id != key_id) {
-            self.key = Some((key_id, find().await?));
+        if self.0.as_ref().is_none_or(|(id, _)| *id != key_id) {
+            self.0 = Some((key_id, find().await?));
         }
-        Ok(self.key.as_ref().and_then(|(_, key)| key.as_deref()))
+        Ok(self.0.as_ref().and_then(|(_, key)| key.as_deref()))
     }
 }
 
