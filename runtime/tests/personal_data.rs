@@ -687,7 +687,58 @@ async fn a_saga_reading_with_a_stale_key_erases_its_instance<D: TestDatabase>() 
     assert_eq!(store.stream_version("customer-ada").await.unwrap(), 1);
 }
 
+/// A subject's key is found through an index, not by reading every subject's: the lookup of a
+/// new subject's first event, of a key missing from the cache, and of `forget`, as the stores
+/// write it (PostgreSQL: `subject = $1`, row-level security adding the tenant; SQLite:
+/// `subject = ?1 AND (?2 IS NULL OR tenant = ?2) ORDER BY tenant`), among 5,000 subjects.
+async fn a_subject_s_key_is_found_by_index<D: TestDatabase>() {
+    let database = D::create().await.unwrap();
+    let keys = database.table("data_keys");
+    let (fill, plan) = match D::KIND {
+        StoreKind::Postgres => (
+            format!(
+                "INSERT INTO {keys} (key_id, subject, wrapped_key)
+                 SELECT gen_random_uuid(), 'subject-' || n, '\\x00'::bytea
+                 FROM generate_series(1, 5000) AS n"
+            ),
+            format!("EXPLAIN SELECT key_id, wrapped_key FROM {keys} WHERE subject = 'subject-7'"),
+        ),
+        _ => (
+            format!(
+                "WITH RECURSIVE n(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM n WHERE n < 5000)
+                 INSERT INTO {keys} (key_id, subject, wrapped_key)
+                 SELECT 'key-' || n, 'subject-' || n, x'00' FROM n"
+            ),
+            format!(
+                "EXPLAIN QUERY PLAN SELECT key_id, wrapped_key FROM {keys}
+                 WHERE subject = 'subject-7' AND (NULL IS NULL OR tenant = NULL) ORDER BY tenant"
+            ),
+        ),
+    };
+    factum::testing::execute(&*database, &fill).await.unwrap();
+    let lines: Vec<String> = match D::KIND {
+        StoreKind::Postgres => {
+            factum::testing::execute(&*database, &format!("ANALYZE {keys}"))
+                .await
+                .unwrap();
+            let lines: Vec<(String,)> = fetch_all(&*database, &plan).await.unwrap();
+            lines.into_iter().map(|(line,)| line).collect()
+        }
+        _ => {
+            let lines: Vec<(i64, i64, i64, String)> = fetch_all(&*database, &plan).await.unwrap();
+            lines.into_iter().map(|(.., detail)| detail).collect()
+        }
+    };
+    let plan = lines.join("\n");
+    assert!(
+        plan.contains("data_keys_subject_idx"),
+        "the subject's key is looked up without the index: {plan}"
+    );
+}
+
 factum::on_both_stores!(
+    #[tokio::test]
+    a_subject_s_key_is_found_by_index,
     #[tokio::test]
     personal_data_is_sealed_and_forgetting_shreds_it,
     #[tokio::test]

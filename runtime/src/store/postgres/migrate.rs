@@ -122,6 +122,11 @@ const MIGRATIONS: &[Migration] = &[
         name: "archives",
         sql: include_str!("../../../migrations/postgres/0022_archives.sql"),
     },
+    Migration {
+        version: 23,
+        name: "data_keys_by_subject",
+        sql: include_str!("../../../migrations/postgres/0023_data_keys_by_subject.sql"),
+    },
 ];
 
 pub(super) async fn migrate(pool: &PgPool, schema: &Schema) -> Result<()> {

@@ -74,6 +74,11 @@ const MIGRATIONS: &[Migration] = &[
         name: "outbox_trace",
         sql: include_str!("../../../migrations/sqlite/0013_outbox_trace.sql"),
     },
+    Migration {
+        version: 14,
+        name: "data_keys_by_subject",
+        sql: include_str!("../../../migrations/sqlite/0014_data_keys_by_subject.sql"),
+    },
 ];
 
 pub(super) async fn migrate(pool: &SqlitePool, location: &str) -> Result<()> {
