@@ -36,6 +36,7 @@
 
 use std::fmt;
 use std::future::Future;
+use std::num::NonZeroUsize;
 use std::path::Path;
 use std::pin::Pin;
 
@@ -225,13 +226,27 @@ pub trait KeyProvider: fmt::Debug + Send + Sync + 'static {
 
     /// Decrypts a stored data key.
     fn unwrap<'a>(&'a self, wrapped: &'a [u8]) -> KeyFuture<'a, DataKey>;
+
+    /// How many data subjects' keys a store keeps in memory, unwrapped (a key is used for at
+    /// most 30 s before the database is asked again). Size it to the subjects appended to or
+    /// read within that time: beyond it, each append or read of another subject looks its key
+    /// up in the database, and unwraps it here, again. [`DEFAULT_CACHED_KEYS`] unless the
+    /// provider says otherwise.
+    fn cached_keys(&self) -> NonZeroUsize {
+        DEFAULT_CACHED_KEYS
+    }
 }
+
+/// How many data subjects' keys a store keeps in memory unless its provider says otherwise
+/// ([`KeyProvider::cached_keys`]).
+pub const DEFAULT_CACHED_KEYS: NonZeroUsize = NonZeroUsize::new(10_000).expect("not zero");
 
 /// A [`KeyProvider`] holding its key-encryption key in memory: 32 bytes, given as base64 in
 /// the environment variable [`LocalKeyProvider::ENV`] or a file. Data keys are wrapped with
 /// AES-256-GCM under it.
 pub struct LocalKeyProvider {
     kek: Cipher,
+    cached_keys: NonZeroUsize,
 }
 
 impl fmt::Debug for LocalKeyProvider {
@@ -252,7 +267,16 @@ impl LocalKeyProvider {
     pub fn new(kek: [u8; 32]) -> Self {
         Self {
             kek: Cipher::new(&kek),
+            cached_keys: DEFAULT_CACHED_KEYS,
         }
+    }
+
+    /// The same provider, with stores keeping up to `subjects` data subjects' keys in memory
+    /// ([`KeyProvider::cached_keys`]; [`DEFAULT_CACHED_KEYS`] otherwise).
+    #[must_use]
+    pub fn with_cached_keys(mut self, subjects: NonZeroUsize) -> Self {
+        self.cached_keys = subjects;
+        self
     }
 
     /// A provider with a new random key-encryption key, for tests: what it wraps is lost with
@@ -328,6 +352,10 @@ impl KeyProvider for LocalKeyProvider {
             })?;
             Ok(DataKey::from_bytes(key))
         })
+    }
+
+    fn cached_keys(&self) -> NonZeroUsize {
+        self.cached_keys
     }
 }
 

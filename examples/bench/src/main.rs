@@ -253,6 +253,10 @@ enum Suite {
         /// Load rounds (each loads every subject's stream, then the long stream, on both sides).
         #[arg(long, default_value_t = 25)]
         load_rounds: usize,
+        /// Data subjects' keys the sealed store keeps in memory (the provider's default,
+        /// 10,000, when not given).
+        #[arg(long)]
+        cached_keys: Option<std::num::NonZeroUsize>,
         /// Print the report as JSON.
         #[arg(long)]
         json: bool,
@@ -700,6 +704,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             appends,
             stream_events,
             load_rounds,
+            cached_keys,
             json,
         } => {
             let config = pii::Config {
@@ -709,6 +714,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 appends: appends.max(1),
                 stream_events: stream_events.max(1),
                 load_rounds: load_rounds.max(1),
+                cached_keys,
             };
             let report = pii::run(&config).await?;
             if json {

@@ -69,6 +69,8 @@ impl Contact {
 pub struct Report {
     pub runs: usize,
     pub subjects: usize,
+    /// Data subjects' keys the sealed store keeps in memory.
+    pub cached_keys: usize,
     pub appends_per_run: usize,
     /// Appends (one event each, one client, `ExpectedVersion::Any`) to subjects whose data key
     /// exists, per second: median of the runs, and each run's.
@@ -113,6 +115,8 @@ pub struct Config {
     pub appends: usize,
     pub stream_events: u64,
     pub load_rounds: usize,
+    /// The sealed store's key cache (`None`: the provider's default).
+    pub cached_keys: Option<std::num::NonZeroUsize>,
 }
 
 fn recorded(customer: usize, visits: u64) -> ContactRecorded {
@@ -202,10 +206,14 @@ async fn measure(
     schemas: &mut Schemas,
 ) -> Result<Report, Box<dyn std::error::Error>> {
     let plain = schemas.store("pii_plain").await?;
+    let mut provider = LocalKeyProvider::ephemeral()?;
+    if let Some(keys) = config.cached_keys {
+        provider = provider.with_cached_keys(keys);
+    }
     let sealed = schemas
         .store("pii_sealed")
         .await?
-        .with_key_provider(LocalKeyProvider::ephemeral()?);
+        .with_key_provider(provider);
     let subjects = config.subjects.max(1);
 
     // Warm-up: every subject's stream exists on both sides (and its data key on the sealed
@@ -302,6 +310,10 @@ async fn measure(
     Ok(Report {
         runs: config.runs,
         subjects,
+        cached_keys: config
+            .cached_keys
+            .unwrap_or(factum::pii::DEFAULT_CACHED_KEYS)
+            .get(),
         appends_per_run: config.appends,
         append_plain_per_s: plain_rate,
         append_pii_per_s: median(&pii_runs),

@@ -6,10 +6,10 @@
 //! Keys are cached in the process: a key found present for at most [`Keyring::CACHE_TTL`] (so
 //! that a subject forgotten by another process stops decrypting here within that time; one
 //! forgotten through this store, at once), a key found deleted for good (key ids are never
-//! reused).
+//! reused); as many as the provider allows ([`KeyProvider::cached_keys`]), the least recently
+//! used making way.
 
 use std::future::Future;
-use std::num::NonZeroUsize;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -81,15 +81,14 @@ impl Keyring {
     /// How long a key found present is used without asking the table again.
     pub(crate) const CACHE_TTL: Duration = Duration::from_secs(30);
 
-    /// How many keys the cache holds (per kind of lookup).
-    const CACHE_SIZE: NonZeroUsize = NonZeroUsize::new(10_000).expect("not zero");
-
+    /// A key ring of `provider`, caching as many keys as it allows (by id and by subject).
     pub(crate) fn new(provider: Arc<dyn KeyProvider>) -> Self {
+        let capacity = provider.cached_keys();
         Self {
             provider,
             cache: Arc::new(Mutex::new(Cache {
-                by_id: LruCache::new(Self::CACHE_SIZE),
-                by_subject: LruCache::new(Self::CACHE_SIZE),
+                by_id: LruCache::new(capacity),
+                by_subject: LruCache::new(capacity),
             })),
         }
     }
@@ -399,4 +398,88 @@ pub(crate) fn no_key_provider() -> Error {
     Error::InvalidConfig(
         "opening personal data needs the data keys' store with a key provider: give it one with `with_key_provider(...)` (for example `LocalKeyProvider::from_env()`)".to_owned(),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+    use std::num::NonZeroUsize;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::*;
+    use crate::pii::LocalKeyProvider;
+
+    /// A key table in memory that counts the lookups by subject.
+    #[derive(Default)]
+    struct Counted {
+        keys: Mutex<HashMap<String, (Uuid, Vec<u8>)>>,
+        lookups: AtomicUsize,
+    }
+
+    impl KeyTable for Counted {
+        async fn wrapped_key(&self, id: Uuid) -> Result<Option<Vec<u8>>> {
+            let keys = self.keys.lock().unwrap_or_else(PoisonError::into_inner);
+            Ok(keys
+                .values()
+                .find(|(key_id, _)| *key_id == id)
+                .map(|(_, wrapped)| wrapped.clone()))
+        }
+
+        async fn subject_key(&self, subject: &str) -> Result<Option<(Uuid, Vec<u8>)>> {
+            self.lookups.fetch_add(1, Ordering::Relaxed);
+            let keys = self.keys.lock().unwrap_or_else(PoisonError::into_inner);
+            Ok(keys.get(subject).cloned())
+        }
+
+        async fn insert_subject_key(
+            &self,
+            subject: &str,
+            id: Uuid,
+            wrapped: &[u8],
+        ) -> Result<(Uuid, Vec<u8>)> {
+            let mut keys = self.keys.lock().unwrap_or_else(PoisonError::into_inner);
+            Ok(keys
+                .entry(subject.to_owned())
+                .or_insert_with(|| (id, wrapped.to_vec()))
+                .clone())
+        }
+
+        async fn forget_subject(&self, subject: &str) -> Result<Option<Uuid>> {
+            let mut keys = self.keys.lock().unwrap_or_else(PoisonError::into_inner);
+            Ok(keys.remove(subject).map(|(id, _)| id))
+        }
+    }
+
+    #[tokio::test]
+    async fn the_cache_keeps_as_many_subjects_as_the_provider_allows() {
+        // Three subjects in turn, three times: with room for two, each turn finds the subject
+        // it needs evicted and looks it up again; with room for three, only the first turn
+        // looks them up.
+        for (room, lookups) in [(2, 9), (3, 3)] {
+            let provider = LocalKeyProvider::ephemeral()
+                .unwrap()
+                .with_cached_keys(NonZeroUsize::new(room).unwrap());
+            let keys = Keyring::new(Arc::new(provider));
+            let table = Counted::default();
+            let mut first = HashMap::new();
+            for _ in 0..3 {
+                for subject in ["ada", "grace", "edsger"] {
+                    let (id, _) = keys.key_for(&table, subject).await.unwrap();
+                    assert_eq!(*first.entry(subject).or_insert(id), id, "{subject}'s key");
+                }
+            }
+            assert_eq!(
+                table.lookups.load(Ordering::Relaxed),
+                lookups,
+                "room for {room}"
+            );
+        }
+    }
+
+    #[test]
+    fn providers_keep_ten_thousand_keys_unless_told_otherwise() {
+        let provider = LocalKeyProvider::ephemeral().unwrap();
+        assert_eq!(provider.cached_keys(), crate::pii::DEFAULT_CACHED_KEYS);
+        assert_eq!(crate::pii::DEFAULT_CACHED_KEYS.get(), 10_000);
+    }
 }
