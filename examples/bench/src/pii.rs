@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use factum::pii::LocalKeyProvider;
+use factum::pii::{KeyProvider as _, LocalKeyProvider};
 use factum::store::PostgresStore;
 use factum::{EventStore, ExpectedVersion, NewEvent, Repository};
 use serde::Serialize;
@@ -210,6 +210,7 @@ async fn measure(
     if let Some(keys) = config.cached_keys {
         provider = provider.with_cached_keys(keys);
     }
+    let cached_keys = provider.cached_keys().get();
     let sealed = schemas
         .store("pii_sealed")
         .await?
@@ -310,10 +311,7 @@ async fn measure(
     Ok(Report {
         runs: config.runs,
         subjects,
-        cached_keys: config
-            .cached_keys
-            .unwrap_or(factum::pii::DEFAULT_CACHED_KEYS)
-            .get(),
+        cached_keys,
         appends_per_run: config.appends,
         append_plain_per_s: plain_rate,
         append_pii_per_s: median(&pii_runs),

@@ -404,75 +404,37 @@ pub(crate) fn no_key_provider() -> Error {
 mod tests {
     use std::collections::HashMap;
     use std::num::NonZeroUsize;
-    use std::sync::atomic::{AtomicUsize, Ordering};
 
     use super::*;
+    use crate::MemoryStore;
     use crate::pii::LocalKeyProvider;
-
-    /// A key table in memory that counts the lookups by subject.
-    #[derive(Default)]
-    struct Counted {
-        keys: Mutex<HashMap<String, (Uuid, Vec<u8>)>>,
-        lookups: AtomicUsize,
-    }
-
-    impl KeyTable for Counted {
-        async fn wrapped_key(&self, id: Uuid) -> Result<Option<Vec<u8>>> {
-            let keys = self.keys.lock().unwrap_or_else(PoisonError::into_inner);
-            Ok(keys
-                .values()
-                .find(|(key_id, _)| *key_id == id)
-                .map(|(_, wrapped)| wrapped.clone()))
-        }
-
-        async fn subject_key(&self, subject: &str) -> Result<Option<(Uuid, Vec<u8>)>> {
-            self.lookups.fetch_add(1, Ordering::Relaxed);
-            let keys = self.keys.lock().unwrap_or_else(PoisonError::into_inner);
-            Ok(keys.get(subject).cloned())
-        }
-
-        async fn insert_subject_key(
-            &self,
-            subject: &str,
-            id: Uuid,
-            wrapped: &[u8],
-        ) -> Result<(Uuid, Vec<u8>)> {
-            let mut keys = self.keys.lock().unwrap_or_else(PoisonError::into_inner);
-            Ok(keys
-                .entry(subject.to_owned())
-                .or_insert_with(|| (id, wrapped.to_vec()))
-                .clone())
-        }
-
-        async fn forget_subject(&self, subject: &str) -> Result<Option<Uuid>> {
-            let mut keys = self.keys.lock().unwrap_or_else(PoisonError::into_inner);
-            Ok(keys.remove(subject).map(|(id, _)| id))
-        }
-    }
 
     #[tokio::test]
     async fn the_cache_keeps_as_many_subjects_as_the_provider_allows() {
-        // Three subjects in turn, three times: with room for two, each turn finds the subject
-        // it needs evicted and looks it up again; with room for three, only the first turn
-        // looks them up.
-        for (room, lookups) in [(2, 9), (3, 3)] {
+        // Three subjects in turn, then their keys deleted from the table behind the key ring's
+        // back, then the three again: a key still cached is used as it was; one the cache made
+        // way for is looked up, found missing, and made anew. With room for two, each turn
+        // finds the subject it needs evicted; with room for three, none.
+        for (room, made_anew) in [(2, 3), (3, 0)] {
             let provider = LocalKeyProvider::ephemeral()
                 .unwrap()
                 .with_cached_keys(NonZeroUsize::new(room).unwrap());
             let keys = Keyring::new(Arc::new(provider));
-            let table = Counted::default();
+            let table = MemoryStore::new();
+            let subjects = ["ada", "grace", "edsger"];
             let mut first = HashMap::new();
-            for _ in 0..3 {
-                for subject in ["ada", "grace", "edsger"] {
-                    let (id, _) = keys.key_for(&table, subject).await.unwrap();
-                    assert_eq!(*first.entry(subject).or_insert(id), id, "{subject}'s key");
-                }
+            for subject in subjects {
+                first.insert(subject, keys.key_for(&table, subject).await.unwrap().0);
             }
-            assert_eq!(
-                table.lookups.load(Ordering::Relaxed),
-                lookups,
-                "room for {room}"
-            );
+            for subject in subjects {
+                table.forget_subject(subject).await.unwrap();
+            }
+            let mut anew = 0;
+            for subject in subjects {
+                let (id, _) = keys.key_for(&table, subject).await.unwrap();
+                anew += usize::from(id != first[subject]);
+            }
+            assert_eq!(anew, made_anew, "room for {room}");
         }
     }
 
