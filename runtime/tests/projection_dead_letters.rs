@@ -5,8 +5,8 @@
 //! database outage parks nothing.
 
 use std::error::Error;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use factum::projection::Projection;
@@ -47,6 +47,8 @@ struct Ledger {
     handler_poison: Arc<AtomicBool>,
     /// Whether the flush fails as if the database were unreachable.
     outage: Arc<AtomicBool>,
+    /// The events of each batch the flush wrote, in order.
+    flushed: Arc<Mutex<Vec<usize>>>,
 }
 
 #[factum::projection(name = "ledger")]
@@ -79,10 +81,12 @@ impl Ledger {
         if pending.is_empty() {
             return Ok(());
         }
+        let events = pending.len();
         match tx.postgres() {
             Some(connection) => self.write_arrays(connection, pending).await?,
             None => self.write_rows(tx, pending).await?,
         }
+        self.flushed.lock().unwrap().push(events);
         Ok(())
     }
 
@@ -149,6 +153,7 @@ struct Setup<D: TestDatabase> {
     poisoned: Arc<AtomicBool>,
     handler_poison: Arc<AtomicBool>,
     outage: Arc<AtomicBool>,
+    flushed: Arc<Mutex<Vec<usize>>>,
 }
 
 impl<D: TestDatabase> Setup<D> {
@@ -171,6 +176,7 @@ impl<D: TestDatabase> Setup<D> {
             poisoned: Arc::new(AtomicBool::new(true)),
             handler_poison: Arc::default(),
             outage: Arc::default(),
+            flushed: Arc::default(),
         }
     }
 
@@ -181,6 +187,7 @@ impl<D: TestDatabase> Setup<D> {
             poisoned: self.poisoned.clone(),
             handler_poison: self.handler_poison.clone(),
             outage: self.outage.clone(),
+            flushed: self.flushed.clone(),
         }
     }
 
@@ -189,6 +196,11 @@ impl<D: TestDatabase> Setup<D> {
         ProjectionRunner::new(self.database.another_client().await.unwrap(), self.ledger())
             .batch_size(16)
             .retries(2, Duration::from_millis(1))
+    }
+
+    /// The events of each batch written so far, in order.
+    fn flushed(&self) -> Vec<usize> {
+        self.flushed.lock().unwrap().clone()
     }
 
     async fn deposit(&self, account: &str, cents: i64) {
@@ -734,7 +746,85 @@ async fn a_lean_projection_parks_and_names_events_by_id_and_version<D: TestDatab
     );
 }
 
+async fn a_runner_that_stays_behind_doubles_its_batches_up_to_the_largest_size<D: TestDatabase>() {
+    for (max_batch_size, largest) in [(40, 40), (1, 10)] {
+        let setup = Setup::<D>::new().await;
+        for account in 0..40 {
+            setup
+                .append(
+                    &format!("acc-{account}"),
+                    (0..10).map(|_| deposit(1)).collect(),
+                )
+                .await;
+        }
+        let mut runner = ProjectionRunner::new(
+            setup.database.another_client().await.unwrap(),
+            setup.ledger(),
+        )
+        .batch_size(10)
+        .max_batch_size(max_batch_size);
+        assert_eq!(setup.catch_up(&mut runner, 400).await, 400);
+        let flushed = setup.flushed();
+        assert_eq!(flushed.iter().sum::<usize>(), 400, "{flushed:?}");
+        assert_eq!(flushed[0], 10, "it starts at the batch size: {flushed:?}");
+        // Batches read short (the feed held back by other tests' transactions) start again
+        // at the batch size; the largest is reached all the same.
+        assert_eq!(
+            flushed.iter().max(),
+            Some(&largest),
+            "batches double while read full, up to max(batch_size, max_batch_size): {flushed:?}"
+        );
+        assert_eq!(setup.balances().await.len(), 40);
+        assert!(setup.balances().await.iter().all(|row| row.2 == 10));
+    }
+}
+
+async fn a_grown_batch_that_fails_is_read_again_at_the_batch_size<D: TestDatabase>() {
+    let setup = Setup::<D>::new().await;
+    // The 50th event of 80 is the poison: in the third batch (40 events, from the 31st) once
+    // the batches have grown from 10.
+    for account in 0..49 {
+        setup.deposit(&format!("acc-{account}"), 1).await;
+    }
+    setup.deposit("poisoned", HANDLER_POISON).await;
+    for account in 49..79 {
+        setup.deposit(&format!("acc-{account}"), 1).await;
+    }
+    setup.handler_poison.store(true, Ordering::SeqCst);
+    let mut runner = ProjectionRunner::new(
+        setup.database.another_client().await.unwrap(),
+        setup.ledger(),
+    )
+    .batch_size(10)
+    .max_batch_size(40)
+    .retries(1, Duration::from_millis(1));
+    assert_eq!(setup.catch_up(&mut runner, 79).await, 79);
+
+    let parked = runner.parked().await.unwrap();
+    assert_eq!(parked.len(), 1);
+    assert_eq!(
+        (parked[0].stream_id.as_str(), parked[0].events),
+        ("poisoned", 1)
+    );
+    let rows = setup.balances().await;
+    assert_eq!(rows.len(), 79, "every other account's deposit applied");
+    assert!(rows.iter().all(|row| row.1 == 1 && row.2 == 1), "{rows:?}");
+    // Isolating applies a failing batch's events one by one: among at most the batch size
+    // (the 9 others of its 10), not among the grown batch's 40.
+    let flushed = setup.flushed();
+    let alone = flushed.iter().filter(|&&events| events == 1).count();
+    assert!(
+        alone <= 9,
+        "{alone} events applied alone while isolating the poison: {flushed:?}"
+    );
+    assert_eq!(flushed.iter().sum::<usize>(), 79, "{flushed:?}");
+}
+
 factum::on_both_stores!(
+    #[tokio::test]
+    a_runner_that_stays_behind_doubles_its_batches_up_to_the_largest_size,
+    #[tokio::test]
+    a_grown_batch_that_fails_is_read_again_at_the_batch_size,
     #[tokio::test]
     a_lean_projection_parks_and_names_events_by_id_and_version,
     #[tokio::test]

@@ -85,9 +85,13 @@ enum Suite {
         /// Accounts they are spread over.
         #[arg(long, default_value_t = 1_000)]
         accounts: u64,
-        /// Events per batch (both sides).
+        /// Events per batch (both sides; where the growing runner's batches start).
         #[arg(long, default_value_t = 500)]
         batch_size: usize,
+        /// The size the growing runner's batches reach while it is behind (the runner's
+        /// default), and the hand-written loop's batches beside it.
+        #[arg(long, default_value_t = 5_000)]
+        max_batch_size: usize,
         /// Live append rate, events per second.
         #[arg(long, default_value_t = 1_000)]
         live_rate: u64,
@@ -350,6 +354,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             events,
             accounts,
             batch_size,
+            max_batch_size,
             live_rate,
             live_seconds,
             json,
@@ -360,6 +365,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 accounts: accounts.max(1),
                 events: events.max(accounts.max(1)),
                 batch_size: batch_size.max(1),
+                max_batch_size: max_batch_size.max(batch_size).max(1),
                 live_rate: live_rate.max(4),
                 live_seconds: live_seconds.max(1),
             };
@@ -950,6 +956,25 @@ fn print_projections(report: &projections::Report) {
     println!(
         "  generated / hand-written: {:.2} (median of per-run ratios)",
         catch_up.ratio
+    );
+    let growing = &report.growing;
+    println!(
+        "\ncatch-up with the runner's batches growing from {} to {} while behind, against the loop at {}",
+        report.batch_size, report.max_batch_size, report.max_batch_size
+    );
+    println!(
+        "  generated projection:  {:>9.0} events/s  (runs: {})",
+        growing.generated_per_second,
+        rounded(&growing.generated_runs)
+    );
+    println!(
+        "  hand-written loop:     {:>9.0} events/s  (runs: {})",
+        growing.hand_written_per_second,
+        rounded(&growing.hand_written_runs)
+    );
+    println!(
+        "  generated / hand-written: {:.2} (median of per-run ratios)",
+        growing.ratio
     );
     let live = &report.live;
     println!(

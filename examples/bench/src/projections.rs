@@ -4,7 +4,9 @@
 //!   its checkpoint guard and dead-letter checks, the `#[flush]`) vs a hand-written batched sqlx
 //!   loop doing the same reads and writes (same batch size, same two statements per batch, its
 //!   own checkpoint in the same transaction), over the same history, alternating which goes
-//!   first;
+//!   first: once with the runner's batches held at the loop's size, once with the runner's
+//!   batches growing while it is behind (from `batch_size` to `max_batch_size`, as a runner
+//!   does by default) against the loop at `max_batch_size`;
 //! - live lag at a steady append rate: from just before an event's append to the end of the
 //!   `#[flush]` of the batch that applies it (the commit follows at once).
 
@@ -29,6 +31,8 @@ pub struct Config {
     pub accounts: u64,
     pub events: u64,
     pub batch_size: usize,
+    /// The size the growing runner's batches reach, and the loop's batches beside it.
+    pub max_batch_size: usize,
     pub live_rate: u64,
     pub live_seconds: u64,
 }
@@ -38,8 +42,13 @@ pub struct Report {
     pub events: u64,
     pub accounts: u64,
     pub batch_size: usize,
+    pub max_batch_size: usize,
     pub runs: usize,
+    /// The runner's batches held at `batch_size`, against the loop at `batch_size`.
     pub catch_up: CatchUp,
+    /// The runner's batches growing from `batch_size` to `max_batch_size` while it is behind
+    /// (what a runner does by default), against the loop at `max_batch_size`.
+    pub growing: CatchUp,
     pub live: Live,
 }
 
@@ -104,57 +113,50 @@ async fn measure(
 
     let table = format!("\"{schema}\".balances");
     let hand_table = format!("\"{schema}\".balances_hand");
-    let mut generated_runs = Vec::new();
-    let mut hand_written_runs = Vec::new();
-    let mut ratios = Vec::new();
+    let sides = [
+        ("batches held", config.batch_size, config.batch_size),
+        (
+            "batches growing",
+            config.max_batch_size,
+            config.max_batch_size,
+        ),
+    ];
+    let mut sittings: Vec<Sitting> = sides.iter().map(|_| Sitting::default()).collect();
     for run in 0..config.runs {
-        let mut generated = 0.0;
-        let mut hand = 0.0;
-        for turn in 0..2 {
-            // Alternate which goes first, so neither always finds the caches warmer.
-            if (run + turn) % 2 == 0 {
-                generated = generated_catch_up(&store, &table, config.batch_size, written).await?;
-            } else {
-                hand =
-                    hand_written_catch_up(&store, &hand_table, config.batch_size, written).await?;
+        for (sitting, &(label, max_batch_size, hand_batch)) in sittings.iter_mut().zip(&sides) {
+            let mut generated = 0.0;
+            let mut hand = 0.0;
+            for turn in 0..2 {
+                // Alternate which goes first, so neither always finds the caches warmer.
+                if (run + turn) % 2 == 0 {
+                    let sizes = (config.batch_size, max_batch_size);
+                    generated = generated_catch_up(&store, &table, sizes, written).await?;
+                } else {
+                    hand = hand_written_catch_up(&store, &hand_table, hand_batch, written).await?;
+                }
             }
+            same_read_models(&store, &table, &hand_table).await?;
+            eprintln!(
+                "run {} ({label}): generated {generated:.0} events/s, hand-written {hand:.0} events/s",
+                run + 1
+            );
+            sitting.generated.push(generated);
+            sitting.hand_written.push(hand);
         }
-        let same: bool = sqlx::query_scalar(AssertSqlSafe(format!(
-            "SELECT NOT EXISTS (
-                 (SELECT account, owner, balance, deposited, withdrawn, events, closed FROM {table}
-                  EXCEPT
-                  SELECT account, owner, balance, deposited, withdrawn, events, closed FROM {hand_table})
-                 UNION ALL
-                 (SELECT account, owner, balance, deposited, withdrawn, events, closed FROM {hand_table}
-                  EXCEPT
-                  SELECT account, owner, balance, deposited, withdrawn, events, closed FROM {table}))"
-        )))
-        .fetch_one(store.pool())
-        .await?;
-        if !same {
-            return Err("the generated and hand-written read models differ".into());
-        }
-        eprintln!(
-            "run {}: generated {generated:.0} events/s, hand-written {hand:.0} events/s",
-            run + 1
-        );
-        generated_runs.push(generated);
-        hand_written_runs.push(hand);
-        ratios.push(generated / hand);
     }
+    let mut sittings = sittings.into_iter().map(Sitting::report);
+    let (Some(catch_up), Some(growing)) = (sittings.next(), sittings.next()) else {
+        return Err("no catch-up measured".into());
+    };
     let live = live_lag(&store, config).await?;
     Ok(Report {
         events: written,
         accounts: config.accounts,
         batch_size: config.batch_size,
+        max_batch_size: config.max_batch_size,
         runs: config.runs,
-        catch_up: CatchUp {
-            generated_per_second: median(&generated_runs),
-            hand_written_per_second: median(&hand_written_runs),
-            generated_runs,
-            hand_written_runs,
-            ratio: median(&ratios),
-        },
+        catch_up,
+        growing,
         live,
     })
 }
@@ -228,11 +230,62 @@ async fn fresh_table(
     Ok(projection)
 }
 
-/// The generated projection from an empty table and no checkpoint; events per second.
+/// One side's catch-up rates over the runs, events per second.
+#[derive(Default)]
+struct Sitting {
+    generated: Vec<f64>,
+    hand_written: Vec<f64>,
+}
+
+impl Sitting {
+    fn report(self) -> CatchUp {
+        let ratios: Vec<f64> = self
+            .generated
+            .iter()
+            .zip(&self.hand_written)
+            .map(|(generated, hand)| generated / hand)
+            .collect();
+        CatchUp {
+            generated_per_second: median(&self.generated),
+            hand_written_per_second: median(&self.hand_written),
+            generated_runs: self.generated,
+            hand_written_runs: self.hand_written,
+            ratio: median(&ratios),
+        }
+    }
+}
+
+/// Fails unless the generated and the hand-written read models are the same.
+async fn same_read_models(
+    store: &PostgresStore,
+    table: &str,
+    hand_table: &str,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let same: bool = sqlx::query_scalar(AssertSqlSafe(format!(
+        "SELECT NOT EXISTS (
+             (SELECT account, owner, balance, deposited, withdrawn, events, closed FROM {table}
+              EXCEPT
+              SELECT account, owner, balance, deposited, withdrawn, events, closed FROM {hand_table})
+             UNION ALL
+             (SELECT account, owner, balance, deposited, withdrawn, events, closed FROM {hand_table}
+              EXCEPT
+              SELECT account, owner, balance, deposited, withdrawn, events, closed FROM {table}))"
+    )))
+    .fetch_one(store.pool())
+    .await?;
+    if same {
+        Ok(())
+    } else {
+        Err("the generated and hand-written read models differ".into())
+    }
+}
+
+/// The generated projection from an empty table and no checkpoint, its batches starting at
+/// `sizes.0` events and growing up to `sizes.1` while it is behind; events per second.
 async fn generated_catch_up(
     store: &PostgresStore,
     table: &str,
-    batch_size: usize,
+    (batch_size, max_batch_size): (usize, usize),
     expected: u64,
 ) -> Result<f64, Box<dyn std::error::Error>> {
     let projection = fresh_table(store, table).await?;
@@ -242,7 +295,9 @@ async fn generated_catch_up(
     )))
     .execute(store.pool())
     .await?;
-    let mut runner = ProjectionRunner::new(store.clone(), projection).batch_size(batch_size);
+    let mut runner = ProjectionRunner::new(store.clone(), projection)
+        .batch_size(batch_size)
+        .max_batch_size(max_batch_size);
     let started = Instant::now();
     let handled = runner.catch_up().await?;
     let elapsed = started.elapsed();

@@ -126,8 +126,7 @@ impl<S: SqlStore, P: Projection> ProjectionRunner<S, P> {
         batch: &FeedBatch,
     ) -> Result<Vec<RecordedEvent>, RunnerError> {
         let query = self
-            .feed_query(after)
-            .limit(batch.events.len())
+            .feed_query(after, batch.events.len())
             .fields(EnvelopeFields::Origin);
         let whole = self.store.read_feed_parking(&query).await?.events;
         let same = whole.len() == batch.events.len()

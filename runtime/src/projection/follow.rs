@@ -9,7 +9,7 @@ use std::time::Duration;
 use chrono::Utc;
 
 use super::batch::BatchOutcome;
-use super::runner::ProjectionRunner;
+use super::runner::{ProjectionRunner, ReadAhead};
 use super::status::{Failing, ProjectionStatus, RunnerError, RunnerState, VersionState};
 use super::{Projection, Reset};
 use crate::envelope::EnvelopeFields;
@@ -20,10 +20,10 @@ use crate::store::sql::{Lease, LeaseName};
 use crate::store::{FeedQuery, SqlStore};
 
 impl<S: SqlStore, P: Projection> ProjectionRunner<S, P> {
-    /// The next batch of the projection's events after `after`.
-    pub(super) fn feed_query(&self, after: FeedPosition) -> FeedQuery {
+    /// The next batch of the projection's events after `after`, of at most `limit` events.
+    pub(super) fn feed_query(&self, after: FeedPosition, limit: usize) -> FeedQuery {
         FeedQuery::after(after)
-            .limit(self.options.batch_size)
+            .limit(limit)
             .event_types(P::EVENT_TYPES.iter().copied())
             .fields(Self::read_fields())
     }
@@ -42,21 +42,28 @@ impl<S: SqlStore, P: Projection> ProjectionRunner<S, P> {
 
     /// Reads and applies one batch after the checkpoint, retrying a failing batch, then
     /// isolating (and parking) the failing event. While a full batch is applied, the next one
-    /// is read on another connection.
+    /// is read on another connection, twice as large (up to `max_batch_size`): a runner that
+    /// stays behind commits fewer, larger batches. A grown batch whose handler fails is read
+    /// again at `batch_size`, where failures are retried and isolated.
     async fn step(&mut self) -> Result<Step, RunnerError> {
         let checkpoint = match self.position {
             Some(position) => position,
             None => self.checkpoint().await?,
         };
-        let batch = match self.read_ahead.take() {
-            Some((after, batch)) if after == checkpoint => batch,
+        let (batch, limit) = match self.read_ahead.take() {
+            Some(ahead) if ahead.after == checkpoint => (ahead.batch, ahead.limit),
             _ => {
-                self.store
-                    .read_feed_parking(&self.feed_query(checkpoint))
-                    .await?
+                let query = self.feed_query(checkpoint, self.limit);
+                (self.store.read_feed_parking(&query).await?, self.limit)
             }
         };
         self.undecodable.clone_from(&batch.undecodable);
+        let full = batch.events.len() >= limit;
+        self.limit = if full {
+            self.grown(limit)
+        } else {
+            self.options.batch_size
+        };
         if batch.events.is_empty() && batch.next <= checkpoint {
             // Idle: read the checkpoint again next time, so a reset is noticed.
             self.position = None;
@@ -71,17 +78,28 @@ impl<S: SqlStore, P: Projection> ProjectionRunner<S, P> {
             events = batch.events.len(),
             checkpoint = %checkpoint,
         );
-        let ahead = (batch.events.len() >= self.options.batch_size)
-            .then(|| (self.store.clone(), self.feed_query(batch.next)));
+        let ahead = full.then(|| {
+            let query = self.feed_query(batch.next, self.limit);
+            (self.store.clone(), query)
+        });
         let read_ahead = async move {
             match ahead {
                 Some((store, query)) => Some(store.read_feed_parking(&query).await),
                 None => None,
             }
         };
+        let grown = batch.events.len() > self.options.batch_size;
+        let apply = async {
+            if grown {
+                self.apply_from(Some(checkpoint), &batch.events, batch.next)
+                    .await
+            } else {
+                self.apply_checked(checkpoint, &batch).await
+            }
+        };
         let started = std::time::Instant::now();
         let (applied, ahead) = tracing::Instrument::instrument(
-            async { tokio::join!(self.apply_checked(checkpoint, &batch), read_ahead) },
+            async { tokio::join!(apply, read_ahead) },
             span.clone(),
         )
         .await;
@@ -91,6 +109,17 @@ impl<S: SqlStore, P: Projection> ProjectionRunner<S, P> {
             Ok(None) => {
                 tracing::info!("the checkpoint moved back: reading from it again");
                 self.position = None;
+                return Ok(Step::Applied(BatchOutcome::default()));
+            }
+            Err(RunnerError::Handler { cause, .. }) if grown => {
+                tracing::warn!(
+                    error = %cause,
+                    events = batch.events.len(),
+                    batch_size = self.options.batch_size,
+                    "a grown batch failed; reading it again at the batch size"
+                );
+                self.position = None;
+                self.limit = self.options.batch_size;
                 return Ok(Step::Applied(BatchOutcome::default()));
             }
             Err(error) => {
@@ -107,7 +136,11 @@ impl<S: SqlStore, P: Projection> ProjectionRunner<S, P> {
         // Caught up (an empty batch only moved the checkpoint): read it again next time.
         self.position = (!batch.events.is_empty()).then(|| checkpoint.max(batch.next));
         if let Some(Ok(ahead)) = ahead {
-            self.read_ahead = Some((batch.next, ahead));
+            self.read_ahead = Some(ReadAhead {
+                after: batch.next,
+                limit: self.limit,
+                batch: ahead,
+            });
         }
         // Read lean, the events hold no recording time.
         let time_lag = batch

@@ -43,7 +43,10 @@ pub struct ProjectionRunner<S, P> {
     /// The checkpoint as this runner last committed it (`None`: read it from the database).
     pub(super) position: Option<FeedPosition>,
     /// The batch after `position`, read while the previous one was being applied.
-    pub(super) read_ahead: Option<(FeedPosition, FeedBatch)>,
+    pub(super) read_ahead: Option<ReadAhead>,
+    /// How many events the next batch may hold: `batch_size`, doubled after each batch read
+    /// full, up to `max_batch_size`, and `batch_size` again after one read short or failed.
+    pub(super) limit: usize,
     /// Whether this version is building beside the active one (side effects off).
     pub(super) replaying: bool,
     /// Its state, for handles, and their requests.
@@ -76,10 +79,22 @@ pub type PgProjectionRunner<P> = ProjectionRunner<crate::store::PostgresStore, P
 #[cfg(feature = "sqlite")]
 pub type SqliteProjectionRunner<P> = ProjectionRunner<crate::store::SqliteStore, P>;
 
+/// A batch read while the previous one was being applied.
+pub(super) struct ReadAhead {
+    /// The position it was read after.
+    pub after: FeedPosition,
+    /// The most events it could hold.
+    pub limit: usize,
+    pub batch: FeedBatch,
+}
+
 /// How a runner runs.
 #[derive(Debug, Clone)]
 pub(super) struct Options {
     pub batch_size: usize,
+    /// The most events a batch grows to while the runner stays behind (never below
+    /// `batch_size`).
+    pub max_batch_size: usize,
     pub poll_interval: Duration,
     pub lease_retry: Duration,
     pub retries: Retries,
@@ -113,6 +128,7 @@ impl<S: SqlStore, P: Projection> ProjectionRunner<S, P> {
             sql,
             options: Options {
                 batch_size: 500,
+                max_batch_size: 5_000,
                 poll_interval: Duration::from_millis(500),
                 lease_retry: Duration::from_millis(500),
                 retries: Retries::default(),
@@ -123,6 +139,7 @@ impl<S: SqlStore, P: Projection> ProjectionRunner<S, P> {
             },
             position: None,
             read_ahead: None,
+            limit: 500,
             replaying: false,
             control: Control::new(P::NAME),
             lease_token: None,
@@ -130,11 +147,34 @@ impl<S: SqlStore, P: Projection> ProjectionRunner<S, P> {
         }
     }
 
-    /// Events per transaction (default 500).
+    /// Events per transaction when the runner starts, follows the feed live, or falls behind
+    /// (default 500). While it stays behind (each batch read full: catching up, rebuilding,
+    /// after a burst), it doubles its batches up to [`max_batch_size`](Self::max_batch_size):
+    /// each batch commits once, so fewer, larger transactions catch up faster. A batch read
+    /// short brings it back to this size.
     #[must_use]
     pub fn batch_size(mut self, batch_size: usize) -> Self {
         self.options.batch_size = batch_size.max(1);
+        self.limit = self.options.batch_size;
         self
+    }
+
+    /// The most events per transaction while the runner stays behind (default 5,000; never
+    /// below [`batch_size`](Self::batch_size), so `max_batch_size(1)` keeps every batch at
+    /// that size). A grown batch whose handler fails is not retried as it is: the runner reads
+    /// it again at `batch_size`, where failures are retried, and a failing event is isolated
+    /// (applied alone, then parked) among at most that many events.
+    #[must_use]
+    pub fn max_batch_size(mut self, max_batch_size: usize) -> Self {
+        self.options.max_batch_size = max_batch_size.max(1);
+        self
+    }
+
+    /// The limit of the batch after one of `limit` events read full.
+    pub(super) fn grown(&self, limit: usize) -> usize {
+        limit
+            .saturating_mul(2)
+            .min(self.options.max_batch_size.max(self.options.batch_size))
     }
 
     /// How often to look for new events when no wake-up comes (default 500 ms).
@@ -219,6 +259,7 @@ impl<S: SqlStore, P: Projection> ProjectionRunner<S, P> {
             options: self.options,
             position: self.position,
             read_ahead: self.read_ahead,
+            limit: self.limit,
             replaying: self.replaying,
             control: Control::new(P::NAME),
             lease_token: self.lease_token,

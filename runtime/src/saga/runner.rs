@@ -118,10 +118,23 @@ impl<St: SqlStore, S: Saga> SagaRunner<St, S> {
         self
     }
 
-    /// Events per transaction (default 500).
+    /// Events per transaction when the runner starts or follows the feed live (default 500);
+    /// while it stays behind, its batches double up to [`max_batch_size`](Self::max_batch_size),
+    /// as a projection runner's do ([`ProjectionRunner::batch_size`]).
+    ///
+    /// [`ProjectionRunner::batch_size`]: crate::projection::ProjectionRunner::batch_size
     #[must_use]
     pub fn batch_size(mut self, batch_size: usize) -> Self {
         self.events = self.events.batch_size(batch_size);
+        self
+    }
+
+    /// The most events per transaction while the runner stays behind (default 5,000; never
+    /// below [`batch_size`](Self::batch_size)). A grown batch that fails is read again at
+    /// `batch_size`.
+    #[must_use]
+    pub fn max_batch_size(mut self, max_batch_size: usize) -> Self {
+        self.events = self.events.max_batch_size(max_batch_size);
         self
     }
 
