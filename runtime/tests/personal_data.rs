@@ -736,9 +736,120 @@ async fn a_subject_s_key_is_found_by_index<D: TestDatabase>() {
     );
 }
 
+/// A key provider counting the data keys it wraps.
+#[derive(Debug)]
+struct CountingWraps {
+    inner: LocalKeyProvider,
+    wraps: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl factum::pii::KeyProvider for CountingWraps {
+    fn wrap<'a>(&'a self, key: &'a factum::pii::DataKey) -> factum::pii::KeyFuture<'a, Vec<u8>> {
+        self.wraps.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.inner.wrap(key)
+    }
+
+    fn unwrap<'a>(&'a self, wrapped: &'a [u8]) -> factum::pii::KeyFuture<'a, factum::pii::DataKey> {
+        self.inner.unwrap(wrapped)
+    }
+}
+
+/// A process that has no key of a subject at hand gets the subject's key, whether it looks
+/// the subject up first (SQLite) or offers a new key straight away (PostgreSQL: one statement
+/// for a new subject's first event): an offered key is stored only for a subject that has
+/// none, and one not taken is offered to the next new subject, so no more keys are wrapped
+/// than are stored.
+async fn a_subject_keeps_its_one_key_across_processes<D: TestDatabase>() {
+    let database = D::create().await.unwrap();
+    let wraps = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let process = || async {
+        let provider = CountingWraps {
+            inner: LocalKeyProvider::new(KEK),
+            wraps: wraps.clone(),
+        };
+        database
+            .another_client()
+            .await
+            .unwrap()
+            .with_key_provider(provider)
+    };
+    let rename = |id: &str, name: &str| {
+        NewEvent::of(&CustomerRenamed {
+            customer_id: id.to_owned(),
+            name: name.to_owned(),
+        })
+        .unwrap()
+    };
+    let first = process().await;
+    first
+        .append(
+            "customer-ada",
+            "Customer",
+            ExpectedVersion::Any,
+            vec![rename("ada", ADA)],
+        )
+        .await
+        .unwrap();
+    let second = process().await;
+    second
+        .append(
+            "customer-ada",
+            "Customer",
+            ExpectedVersion::Any,
+            vec![rename("ada", "Ada King")],
+        )
+        .await
+        .unwrap();
+    assert_eq!(data_keys(&database).await, 1, "ada keeps her one key");
+    second
+        .append(
+            "customer-grace",
+            "Customer",
+            ExpectedVersion::Any,
+            vec![rename("grace", GRACE)],
+        )
+        .await
+        .unwrap();
+    assert_eq!(data_keys(&database).await, 2);
+    assert_eq!(
+        wraps.load(std::sync::atomic::Ordering::SeqCst),
+        2,
+        "a key is wrapped for each key stored, none more"
+    );
+    let names = |events: Vec<(CustomerEvent, bool)>| {
+        events
+            .into_iter()
+            .map(|(event, shredded)| match event {
+                CustomerEvent::CustomerRenamed(renamed) => (renamed.name, shredded),
+                other => panic!("{other:?}"),
+            })
+            .collect::<Vec<_>>()
+    };
+    let plain = vec![
+        (ADA.to_owned(), false),
+        ("Ada King".to_owned(), false),
+        (GRACE.to_owned(), false),
+    ];
+    assert_eq!(names(feed(&first).await), plain);
+    assert_eq!(names(feed(&second).await), plain);
+    // Forgetting ada deletes the one key both of her events were sealed under.
+    assert!(first.forget("ada").await.unwrap());
+    let third = process().await;
+    assert_eq!(
+        names(feed(&third).await),
+        [
+            ("[erased]".to_owned(), true),
+            ("[erased]".to_owned(), true),
+            (GRACE.to_owned(), false),
+        ]
+    );
+}
+
 factum::on_both_stores!(
     #[tokio::test]
     a_subject_s_key_is_found_by_index,
+    #[tokio::test]
+    a_subject_keeps_its_one_key_across_processes,
     #[tokio::test]
     personal_data_is_sealed_and_forgetting_shreds_it,
     #[tokio::test]

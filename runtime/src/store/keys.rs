@@ -47,6 +47,17 @@ pub(crate) trait KeyTable: Sync {
     /// the log has no index by subject.
     fn forget_subject(&self, subject: &str) -> impl Future<Output = Result<Option<Uuid>>> + Send;
 
+    /// Whether offering a new key costs no more than looking the subject up, so that the key
+    /// ring, on a subject it has no key of at hand, offers one ([`insert_subject_key`]: stored
+    /// unless the subject has a key, which comes back instead) rather than asking first: a new
+    /// subject's first event then saves a round trip (PostgreSQL). Not where an insert takes a
+    /// write lock that a lookup does not (SQLite).
+    ///
+    /// [`insert_subject_key`]: KeyTable::insert_subject_key
+    fn offers_first(&self) -> bool {
+        false
+    }
+
     /// Whether what this table holds is committed, so that the key ring may cache a subject's
     /// key from it. Not so inside a caller's transaction, which may yet roll back the key it
     /// made: a cached key whose row never committed would seal data no one can read.
@@ -60,6 +71,16 @@ pub(crate) trait KeyTable: Sync {
 pub(crate) struct Keyring {
     provider: Arc<dyn KeyProvider>,
     cache: Arc<Mutex<Cache>>,
+    /// A key made and wrapped, offered to a subject that turned out to have one already:
+    /// offered again to the next subject, so that offering first wraps no more keys than
+    /// are stored. Never one whose offer failed (it may have been stored).
+    spare: Arc<Mutex<Option<Spare>>>,
+}
+
+/// A data key no subject has, and its wrapped form.
+struct Spare {
+    key: DataKey,
+    wrapped: Vec<u8>,
 }
 
 impl std::fmt::Debug for Keyring {
@@ -90,6 +111,7 @@ impl Keyring {
                 by_id: LruCache::new(capacity),
                 by_subject: LruCache::new(capacity),
             })),
+            spare: Arc::default(),
         }
     }
 
@@ -111,17 +133,14 @@ impl Keyring {
         {
             return Ok((*id, key.clone()));
         }
-        let (id, wrapped) = match table.subject_key(subject).await? {
-            Some(stored) => stored,
-            None => {
-                let key = DataKey::generate()?;
-                let wrapped = self.provider.wrap(&key).await?;
-                table
-                    .insert_subject_key(subject, Uuid::now_v7(), &wrapped)
-                    .await?
+        let (id, key) = if table.offers_first() {
+            self.offer(table, subject).await?
+        } else {
+            match table.subject_key(subject).await? {
+                Some((id, wrapped)) => (id, Arc::new(self.provider.unwrap(&wrapped).await?)),
+                None => self.offer(table, subject).await?,
             }
         };
-        let key = Arc::new(self.provider.unwrap(&wrapped).await?);
         if !table.committed() {
             return Ok((id, key));
         }
@@ -132,6 +151,34 @@ impl Keyring {
             .put(subject.to_owned(), (id, key.clone(), now));
         cache.by_id.put(id, (Some(key.clone()), now));
         Ok((id, key))
+    }
+
+    /// Offers the subject a new key (the spare, or one made now): stored unless the subject
+    /// has one, which is unwrapped instead, the offered key kept as the spare.
+    async fn offer(&self, table: &impl KeyTable, subject: &str) -> Result<(Uuid, Arc<DataKey>)> {
+        let taken = self
+            .spare
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        let spare = match taken {
+            Some(spare) => spare,
+            None => {
+                let key = DataKey::generate()?;
+                let wrapped = self.provider.wrap(&key).await?;
+                Spare { key, wrapped }
+            }
+        };
+        let offered = Uuid::now_v7();
+        // On an error the offer may have been stored: the spare goes with it.
+        let (id, wrapped) = table
+            .insert_subject_key(subject, offered, &spare.wrapped)
+            .await?;
+        if id == offered {
+            return Ok((id, Arc::new(spare.key)));
+        }
+        *self.spare.lock().unwrap_or_else(PoisonError::into_inner) = Some(spare);
+        Ok((id, Arc::new(self.provider.unwrap(&wrapped).await?)))
     }
 
     /// Seals the personal data of `events` in place (the events of types with `#[pii]`

@@ -80,6 +80,11 @@ impl KeyTable for PostgresStore {
         }
     }
 
+    /// One statement either way: the offer, or the subject's key found by its index.
+    fn offers_first(&self) -> bool {
+        true
+    }
+
     async fn forget_subject(&self, subject: &str) -> Result<Option<Uuid>> {
         let mut transaction = self.inner.pool.begin().await.map_err(|e| self.fail(e))?;
         // Deleting the key waits for the sagas that hold it locked while they write what they
