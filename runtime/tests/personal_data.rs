@@ -754,6 +754,23 @@ impl factum::pii::KeyProvider for CountingWraps {
     }
 }
 
+/// Renames the customer `id` (a `#[pii]` name, subject `id`) through `store`.
+async fn rename(store: &impl EventStore, id: &str, name: &str) {
+    let renamed = CustomerRenamed {
+        customer_id: id.to_owned(),
+        name: name.to_owned(),
+    };
+    store
+        .append(
+            &format!("customer-{id}"),
+            "Customer",
+            ExpectedVersion::Any,
+            vec![NewEvent::of(&renamed).unwrap()],
+        )
+        .await
+        .unwrap();
+}
+
 /// A process that has no key of a subject at hand gets the subject's key, whether it looks
 /// the subject up first (SQLite) or offers a new key straight away (PostgreSQL: one statement
 /// for a new subject's first event): an offered key is stored only for a subject that has
@@ -773,43 +790,12 @@ async fn a_subject_keeps_its_one_key_across_processes<D: TestDatabase>() {
             .unwrap()
             .with_key_provider(provider)
     };
-    let rename = |id: &str, name: &str| {
-        NewEvent::of(&CustomerRenamed {
-            customer_id: id.to_owned(),
-            name: name.to_owned(),
-        })
-        .unwrap()
-    };
     let first = process().await;
-    first
-        .append(
-            "customer-ada",
-            "Customer",
-            ExpectedVersion::Any,
-            vec![rename("ada", ADA)],
-        )
-        .await
-        .unwrap();
+    rename(&first, "ada", ADA).await;
     let second = process().await;
-    second
-        .append(
-            "customer-ada",
-            "Customer",
-            ExpectedVersion::Any,
-            vec![rename("ada", "Ada King")],
-        )
-        .await
-        .unwrap();
+    rename(&second, "ada", "Ada King").await;
     assert_eq!(data_keys(&database).await, 1, "ada keeps her one key");
-    second
-        .append(
-            "customer-grace",
-            "Customer",
-            ExpectedVersion::Any,
-            vec![rename("grace", GRACE)],
-        )
-        .await
-        .unwrap();
+    rename(&second, "grace", GRACE).await;
     assert_eq!(data_keys(&database).await, 2);
     assert_eq!(
         wraps.load(std::sync::atomic::Ordering::SeqCst),
