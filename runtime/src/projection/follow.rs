@@ -112,18 +112,23 @@ impl<S: SqlStore, P: Projection> ProjectionRunner<S, P> {
                 return Ok(Step::Applied(BatchOutcome::default()));
             }
             Err(RunnerError::Handler { cause, .. }) if grown => {
+                // Nothing of it was applied. From now on batches grow to half its size at
+                // most: a flush that cannot take that many events at once (a statement past
+                // the database's bind limit) settles below it instead of failing again.
+                let ceiling = (batch.events.len() / 2).max(self.options.batch_size);
+                self.options.max_batch_size = self.options.max_batch_size.min(ceiling);
                 tracing::warn!(
                     error = %cause,
                     events = batch.events.len(),
                     batch_size = self.options.batch_size,
+                    max_batch_size = self.options.max_batch_size,
                     "a grown batch failed; reading it again at the batch size"
                 );
-                self.position = None;
-                self.limit = self.options.batch_size;
-                return Ok(Step::Applied(BatchOutcome::default()));
+                self.read_afresh();
+                return Ok(Step::ReadAgain);
             }
             Err(error) => {
-                self.position = None;
+                self.read_afresh();
                 return Err(error);
             }
         };
@@ -190,6 +195,7 @@ impl<S: SqlStore, P: Projection> ProjectionRunner<S, P> {
         loop {
             match self.step().await? {
                 Step::Applied(outcome) => handled += outcome.handled,
+                Step::ReadAgain => {}
                 Step::CaughtUp { held_back: false } => return Ok(handled),
                 Step::CaughtUp { held_back: true } => {
                     tokio::time::sleep(Duration::from_millis(2)).await;
@@ -222,8 +228,7 @@ impl<S: SqlStore, P: Projection> ProjectionRunner<S, P> {
                 .map_err(|e| self.fail(e))?;
         }
         transaction.commit().await?;
-        self.position = None;
-        self.read_ahead = None;
+        self.read_afresh();
         self.catch_up().await
     }
 
@@ -311,8 +316,7 @@ impl<S: SqlStore, P: Projection> ProjectionRunner<S, P> {
                 Err(error) if error.is_transient() => error,
                 Err(error) => break Err(error),
             };
-            self.position = None;
-            self.read_ahead = None;
+            self.read_afresh();
             let (attempts, state) = failing.record(&error);
             tracing::warn!(
                 projection = P::NAME,
@@ -397,6 +401,8 @@ impl<S: SqlStore, P: Projection> ProjectionRunner<S, P> {
         loop {
             wakeups.mark_seen();
             let wait = match self.step().await? {
+                // Not a recovery: the batch is read again at once, smaller.
+                Step::ReadAgain => continue,
                 Step::Applied(_) => None,
                 Step::CaughtUp { held_back: true } => Some(Duration::from_millis(5)),
                 Step::CaughtUp { held_back: false } => {
@@ -550,5 +556,9 @@ fn poll_now(shutdown: std::pin::Pin<&mut (impl Future<Output = ()> + Send)>) -> 
 
 enum Step {
     Applied(BatchOutcome),
-    CaughtUp { held_back: bool },
+    /// A grown batch failed and was rolled back: it is read again at the batch size.
+    ReadAgain,
+    CaughtUp {
+        held_back: bool,
+    },
 }

@@ -45,7 +45,8 @@ pub struct ProjectionRunner<S, P> {
     /// The batch after `position`, read while the previous one was being applied.
     pub(super) read_ahead: Option<ReadAhead>,
     /// How many events the next batch may hold: `batch_size`, doubled after each batch read
-    /// full, up to `max_batch_size`, and `batch_size` again after one read short or failed.
+    /// full, up to `max_batch_size`; `batch_size` again after one read short, and whenever
+    /// the runner reads afresh (a failure, a restart, a rebuild).
     pub(super) limit: usize,
     /// Whether this version is building beside the active one (side effects off).
     pub(super) replaying: bool,
@@ -161,13 +162,24 @@ impl<S: SqlStore, P: Projection> ProjectionRunner<S, P> {
 
     /// The most events per transaction while the runner stays behind (default 5,000; never
     /// below [`batch_size`](Self::batch_size), so `max_batch_size(1)` keeps every batch at
-    /// that size). A grown batch whose handler fails is not retried as it is: the runner reads
-    /// it again at `batch_size`, where failures are retried, and a failing event is isolated
-    /// (applied alone, then parked) among at most that many events.
+    /// that size). A batch and the one read ahead are held in memory together. A grown batch
+    /// whose handler fails is not retried as it is: the runner reads it again at
+    /// `batch_size`, where failures are retried, and a failing event is isolated (applied
+    /// alone, then parked) among at most that many events; from then on its batches grow to
+    /// half the failed batch at most (a `#[flush]` writing a batch in one statement past the
+    /// database's bind limit settles below it).
     #[must_use]
     pub fn max_batch_size(mut self, max_batch_size: usize) -> Self {
         self.options.max_batch_size = max_batch_size.max(1);
         self
+    }
+
+    /// Forgets where it was reading: the checkpoint is read again, the batch read ahead is
+    /// dropped, and batches start again at `batch_size`.
+    pub(super) fn read_afresh(&mut self) {
+        self.position = None;
+        self.read_ahead = None;
+        self.limit = self.options.batch_size;
     }
 
     /// The limit of the batch after one of `limit` events read full.

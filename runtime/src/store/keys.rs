@@ -72,8 +72,10 @@ pub(crate) struct Keyring {
     provider: Arc<dyn KeyProvider>,
     cache: Arc<Mutex<Cache>>,
     /// A key made and wrapped, offered to a subject that turned out to have one already:
-    /// offered again to the next subject, so that offering first wraps no more keys than
-    /// are stored. Never one whose offer failed (it may have been stored).
+    /// offered again to the next subject, so that offering first wraps few keys that are never
+    /// stored (one kept at a time: misses at once may each wrap one, and a process that meets
+    /// no new subject wraps one it never stores). Never one whose offer failed (it may have
+    /// been stored: two subjects must never share key material).
     spare: Arc<Mutex<Option<Spare>>>,
 }
 

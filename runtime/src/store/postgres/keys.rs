@@ -55,6 +55,8 @@ impl KeyTable for PostgresStore {
     ) -> Result<(Uuid, Vec<u8>)> {
         // Another writer may give the subject its key first: then that one is the subject's.
         // Its row may be too new for the statement's snapshot, or forgotten at once: again.
+        // The key found is of the tenant the insert names (the column's default), even for a
+        // role that reads past row-level security: a key is never another tenant's subject's.
         loop {
             let row = sqlx::query(self.keys_sql(
                 "WITH new AS (
@@ -65,7 +67,8 @@ impl KeyTable for PostgresStore {
              )
              SELECT key_id, wrapped_key FROM new
              UNION ALL
-             SELECT key_id, wrapped_key FROM {schema}.data_keys WHERE subject = $2
+             SELECT key_id, wrapped_key FROM {schema}.data_keys
+             WHERE subject = $2 AND tenant = coalesce(current_setting('factum.tenant', true), '')
              LIMIT 1",
             ))
             .bind(id)
