@@ -204,6 +204,27 @@ impl<D: TestDatabase> Setup<D> {
             .retries(2, Duration::from_millis(1))
     }
 
+    /// `each` one-cent deposits into each of `accounts` accounts, an append per account.
+    async fn fill(&self, accounts: usize, each: usize) {
+        for account in 0..accounts {
+            let deposits = (0..each).map(|_| deposit(1)).collect();
+            self.append(&format!("acc-{account}"), deposits).await;
+        }
+    }
+
+    /// A runner on a pool of its own whose batches start at `batch_size` and grow to
+    /// `max_batch_size`, retrying a failing batch once.
+    async fn growing(
+        &self,
+        batch_size: usize,
+        max_batch_size: usize,
+    ) -> ProjectionRunner<D::Store, Ledger> {
+        ProjectionRunner::new(self.database.another_client().await.unwrap(), self.ledger())
+            .batch_size(batch_size)
+            .max_batch_size(max_batch_size)
+            .retries(1, Duration::from_millis(1))
+    }
+
     /// The events of each batch written so far, in order.
     fn flushed(&self) -> Vec<usize> {
         self.flushed.lock().unwrap().clone()
@@ -755,20 +776,8 @@ async fn a_lean_projection_parks_and_names_events_by_id_and_version<D: TestDatab
 async fn a_runner_that_stays_behind_doubles_its_batches_up_to_the_largest_size<D: TestDatabase>() {
     for (max_batch_size, largest) in [(40, 40), (1, 10)] {
         let setup = Setup::<D>::new().await;
-        for account in 0..40 {
-            setup
-                .append(
-                    &format!("acc-{account}"),
-                    (0..10).map(|_| deposit(1)).collect(),
-                )
-                .await;
-        }
-        let mut runner = ProjectionRunner::new(
-            setup.database.another_client().await.unwrap(),
-            setup.ledger(),
-        )
-        .batch_size(10)
-        .max_batch_size(max_batch_size);
+        setup.fill(40, 10).await;
+        let mut runner = setup.growing(10, max_batch_size).await;
         assert_eq!(setup.catch_up(&mut runner, 400).await, 400);
         let flushed = setup.flushed();
         assert_eq!(flushed.iter().sum::<usize>(), 400, "{flushed:?}");
@@ -790,22 +799,9 @@ async fn a_runner_that_stays_behind_doubles_its_batches_up_to_the_largest_size<D
 /// smaller, every round of an outage.
 async fn after_a_failure_batches_start_again_at_the_batch_size<D: TestDatabase>() {
     let setup = Setup::<D>::new().await;
-    for account in 0..4 {
-        setup
-            .append(
-                &format!("acc-{account}"),
-                (0..10).map(|_| deposit(1)).collect(),
-            )
-            .await;
-    }
+    setup.fill(4, 10).await;
     setup.outage.store(true, Ordering::SeqCst);
-    let mut runner = ProjectionRunner::new(
-        setup.database.another_client().await.unwrap(),
-        setup.ledger(),
-    )
-    .batch_size(10)
-    .max_batch_size(40)
-    .retries(1, Duration::from_millis(1));
+    let mut runner = setup.growing(10, 40).await;
     for round in 0..2 {
         setup.tried.lock().unwrap().clear();
         let deadline = std::time::Instant::now() + Duration::from_secs(60);
@@ -844,13 +840,7 @@ async fn a_grown_batch_that_fails_is_read_again_at_the_batch_size<D: TestDatabas
         setup.deposit(&format!("acc-{account}"), 1).await;
     }
     setup.handler_poison.store(true, Ordering::SeqCst);
-    let mut runner = ProjectionRunner::new(
-        setup.database.another_client().await.unwrap(),
-        setup.ledger(),
-    )
-    .batch_size(10)
-    .max_batch_size(40)
-    .retries(1, Duration::from_millis(1));
+    let mut runner = setup.growing(10, 40).await;
     assert_eq!(setup.catch_up(&mut runner, 79).await, 79);
 
     let parked = runner.parked().await.unwrap();
