@@ -9,7 +9,7 @@ use std::time::Duration;
 use chrono::Utc;
 
 use super::batch::BatchOutcome;
-use super::runner::{ProjectionRunner, ReadAhead};
+use super::runner::ProjectionRunner;
 use super::status::{Failing, ProjectionStatus, RunnerError, RunnerState, VersionState};
 use super::{Projection, Reset};
 use crate::envelope::EnvelopeFields;
@@ -50,11 +50,13 @@ impl<S: SqlStore, P: Projection> ProjectionRunner<S, P> {
             Some(position) => position,
             None => self.checkpoint().await?,
         };
-        let (batch, limit) = match self.read_ahead.take() {
-            Some(ahead) if ahead.after == checkpoint => (ahead.batch, ahead.limit),
+        let limit = self.limit;
+        let batch = match self.read_ahead.take() {
+            Some((after, batch)) if after == checkpoint => batch,
             _ => {
-                let query = self.feed_query(checkpoint, self.limit);
-                (self.store.read_feed_parking(&query).await?, self.limit)
+                self.store
+                    .read_feed_parking(&self.feed_query(checkpoint, limit))
+                    .await?
             }
         };
         self.undecodable.clone_from(&batch.undecodable);
@@ -115,7 +117,8 @@ impl<S: SqlStore, P: Projection> ProjectionRunner<S, P> {
                 // Nothing of it was applied. From now on batches grow to half its size at
                 // most: a flush that cannot take that many events at once (a statement past
                 // the database's bind limit) settles below it instead of failing again.
-                let ceiling = (batch.events.len() / 2).max(self.options.batch_size);
+                // (`grown` never goes below the batch size.)
+                let ceiling = batch.events.len() / 2;
                 self.options.max_batch_size = self.options.max_batch_size.min(ceiling);
                 tracing::warn!(
                     error = %cause,
@@ -141,11 +144,7 @@ impl<S: SqlStore, P: Projection> ProjectionRunner<S, P> {
         // Caught up (an empty batch only moved the checkpoint): read it again next time.
         self.position = (!batch.events.is_empty()).then(|| checkpoint.max(batch.next));
         if let Some(Ok(ahead)) = ahead {
-            self.read_ahead = Some(ReadAhead {
-                after: batch.next,
-                limit: self.limit,
-                batch: ahead,
-            });
+            self.read_ahead = Some((batch.next, ahead));
         }
         // Read lean, the events hold no recording time.
         let time_lag = batch

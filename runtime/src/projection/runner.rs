@@ -42,8 +42,9 @@ pub struct ProjectionRunner<S, P> {
     pub(super) options: Options,
     /// The checkpoint as this runner last committed it (`None`: read it from the database).
     pub(super) position: Option<FeedPosition>,
-    /// The batch after `position`, read while the previous one was being applied.
-    pub(super) read_ahead: Option<ReadAhead>,
+    /// The batch after `position`, read while the previous one was being applied (with
+    /// `limit`, which does not change before it is used or dropped).
+    pub(super) read_ahead: Option<(FeedPosition, FeedBatch)>,
     /// How many events the next batch may hold: `batch_size`, doubled after each batch read
     /// full, up to `max_batch_size`; `batch_size` again after one read short, and whenever
     /// the runner reads afresh (a failure, a restart, a rebuild).
@@ -80,15 +81,6 @@ pub type PgProjectionRunner<P> = ProjectionRunner<crate::store::PostgresStore, P
 #[cfg(feature = "sqlite")]
 pub type SqliteProjectionRunner<P> = ProjectionRunner<crate::store::SqliteStore, P>;
 
-/// A batch read while the previous one was being applied.
-pub(super) struct ReadAhead {
-    /// The position it was read after.
-    pub after: FeedPosition,
-    /// The most events it could hold.
-    pub limit: usize,
-    pub batch: FeedBatch,
-}
-
 /// How a runner runs.
 #[derive(Debug, Clone)]
 pub(super) struct Options {
@@ -123,24 +115,25 @@ impl<S: SqlStore, P: Projection> ProjectionRunner<S, P> {
     /// for registrations that check [`Projection::STORE`] themselves.
     pub(crate) fn unchecked(store: S, projection: P) -> Self {
         let sql = Arc::new(super::statements(&store.dialect()));
+        let options = Options {
+            batch_size: 500,
+            max_batch_size: 5_000,
+            poll_interval: Duration::from_millis(500),
+            lease_retry: Duration::from_millis(500),
+            retries: Retries::default(),
+            dead_letters: true,
+            statement_timeout: Duration::from_secs(60),
+            idle_timeout: Duration::from_secs(60),
+            redrive: None,
+        };
         Self {
             store,
             projection,
             sql,
-            options: Options {
-                batch_size: 500,
-                max_batch_size: 5_000,
-                poll_interval: Duration::from_millis(500),
-                lease_retry: Duration::from_millis(500),
-                retries: Retries::default(),
-                dead_letters: true,
-                statement_timeout: Duration::from_secs(60),
-                idle_timeout: Duration::from_secs(60),
-                redrive: None,
-            },
+            limit: options.batch_size,
+            options,
             position: None,
             read_ahead: None,
-            limit: 500,
             replaying: false,
             control: Control::new(P::NAME),
             lease_token: None,
