@@ -236,9 +236,18 @@ async fn data_keys<D: TestDatabase>(database: &D) -> i64 {
     rows[0].0
 }
 
-/// The customer events of the feed, decoded, and whether each envelope is marked shredded.
+/// The customer events of the feed, decoded, and whether each envelope is marked shredded:
+/// all of them, once no transaction of another test holds the feed's horizon back.
 async fn feed(store: &impl EventStore) -> Vec<(CustomerEvent, bool)> {
-    let batch = store.read_feed(&FeedQuery::from_start()).await.unwrap();
+    let mut batch = store.read_feed(&FeedQuery::from_start()).await.unwrap();
+    for _ in 0..500 {
+        if !batch.held_back {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        batch = store.read_feed(&FeedQuery::from_start()).await.unwrap();
+    }
+    assert!(!batch.held_back, "the feed stays held back");
     batch
         .events
         .into_iter()
@@ -831,9 +840,177 @@ async fn a_subject_keeps_its_one_key_across_processes<D: TestDatabase>() {
     );
 }
 
+/// Processes appending the first events of the same new subjects at once: each subject ends
+/// with one key, under which every one of its events opens, whichever process offered it and
+/// whether the key came with an event (PostgreSQL: a key offered in the statement that stores
+/// the event sealed under it, stored only when the subject took it) or on its own. A key a
+/// subject did not take is offered again to the next new subject rather than thrown away: a
+/// process wraps no more keys than it stores, plus the one it keeps.
+async fn new_subjects_keep_one_key_when_processes_race<D: TestDatabase>() {
+    const SUBJECTS: usize = 24;
+    let database = D::create().await.unwrap();
+    let wraps = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut processes = Vec::new();
+    for _ in 0..3 {
+        let provider = CountingWraps {
+            inner: LocalKeyProvider::new(KEK),
+            wraps: wraps.clone(),
+        };
+        processes.push(
+            database
+                .another_client()
+                .await
+                .unwrap()
+                .with_key_provider(provider),
+        );
+    }
+    // The processes at once, each appending for the subjects in turn, in its own streams.
+    let appends = processes
+        .iter()
+        .enumerate()
+        .map(|(process, store)| async move {
+            for subject in 0..SUBJECTS {
+                let renamed = CustomerRenamed {
+                    customer_id: format!("subject-{subject}"),
+                    name: format!("name {subject} by {process}"),
+                };
+                store
+                    .append(
+                        &format!("customer-{subject}-{process}"),
+                        "Customer",
+                        ExpectedVersion::NoStream,
+                        vec![NewEvent::of(&renamed).unwrap()],
+                    )
+                    .await
+                    .unwrap();
+            }
+        });
+    futures_util::future::join_all(appends).await;
+    assert_eq!(
+        data_keys(&database).await,
+        SUBJECTS as i64,
+        "one key per subject"
+    );
+    let wrapped = wraps.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(
+        wrapped <= SUBJECTS + processes.len(),
+        "{wrapped} keys wrapped for {SUBJECTS} stored: a key not taken is kept for the next subject"
+    );
+    let reader = keyed(&database, LocalKeyProvider::new(KEK)).await;
+    let mut names: Vec<String> = feed(&reader)
+        .await
+        .into_iter()
+        .map(|(event, shredded)| match event {
+            CustomerEvent::CustomerRenamed(renamed) if !shredded => renamed.name,
+            other => panic!("{other:?} (shredded: {shredded}) does not open"),
+        })
+        .collect();
+    names.sort();
+    let mut expected: Vec<String> = (0..processes.len())
+        .flat_map(|process| {
+            (0..SUBJECTS).map(move |subject| format!("name {subject} by {process}"))
+        })
+        .collect();
+    expected.sort();
+    assert_eq!(names, expected);
+}
+
+/// PostgreSQL stores a new subject's data key in the statement that stores its first event:
+/// one transaction, one commit. An append that stores nothing (here a conflict) still leaves
+/// the subject one key, the one it offered, which the subject's next event is sealed under.
+#[tokio::test]
+async fn a_new_subject_s_key_commits_with_its_first_event() {
+    let database = factum::testing::postgres::TemporaryStore::create()
+        .await
+        .unwrap();
+    let wraps = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let store = database
+        .another_client()
+        .await
+        .unwrap()
+        .with_key_provider(CountingWraps {
+            inner: LocalKeyProvider::new(KEK),
+            wraps: wraps.clone(),
+        });
+    // Two new subjects in one append: both keys and both events in one transaction.
+    let events = ["ada", "grace"].map(|id| {
+        NewEvent::of(&CustomerRenamed {
+            customer_id: id.to_owned(),
+            name: format!("{id}'s name"),
+        })
+        .unwrap()
+    });
+    store
+        .append(
+            "pair",
+            "Customer",
+            ExpectedVersion::NoStream,
+            events.to_vec(),
+        )
+        .await
+        .unwrap();
+    let (keys, log) = (database.table("data_keys"), database.table("events"));
+    let transactions: Vec<(String,)> = fetch_all(
+        &*database,
+        &format!("SELECT xmin::text FROM {keys} UNION SELECT xmin::text FROM {log}"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        transactions.len(),
+        1,
+        "keys and events in one transaction: {transactions:?}"
+    );
+    // A conflict stores no event; the key the subject was offered is its key all the same.
+    let refused = store
+        .append(
+            "pair",
+            "Customer",
+            ExpectedVersion::NoStream,
+            vec![
+                NewEvent::of(&CustomerRenamed {
+                    customer_id: "edsger".to_owned(),
+                    name: "Edsger".to_owned(),
+                })
+                .unwrap(),
+            ],
+        )
+        .await;
+    assert!(
+        matches!(refused, Err(Error::Conflict { .. })),
+        "{refused:?}"
+    );
+    rename(&store, "edsger", "Edsger W.").await;
+    assert_eq!(data_keys(&database).await, 3);
+    assert_eq!(
+        wraps.load(std::sync::atomic::Ordering::SeqCst),
+        3,
+        "the key offered with the refused append is the subject's"
+    );
+    let reader = keyed(&database, LocalKeyProvider::new(KEK)).await;
+    let names: Vec<(String, bool)> = feed(&reader)
+        .await
+        .into_iter()
+        .map(|(event, shredded)| match event {
+            CustomerEvent::CustomerRenamed(renamed) => (renamed.name, shredded),
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(
+        names,
+        [
+            ("ada's name".to_owned(), false),
+            ("grace's name".to_owned(), false),
+            ("Edsger W.".to_owned(), false),
+        ]
+    );
+}
+
 factum::on_both_stores!(
     #[tokio::test]
     a_subject_s_key_is_found_by_index,
+    #[tokio::test]
+    new_subjects_keep_one_key_when_processes_race,
     #[tokio::test]
     a_subject_keeps_its_one_key_across_processes,
     #[tokio::test]

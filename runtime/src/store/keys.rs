@@ -85,6 +85,41 @@ struct Spare {
     wrapped: Vec<u8>,
 }
 
+/// New data keys offered to subjects that had none at hand, each to be stored in the
+/// statement that stores the events sealed under it, which stores them only when every offered
+/// key was taken: a new subject's first event then costs one commit, not two (PostgreSQL).
+/// Kept ([`Keyring::keep`]) once stored; dropped otherwise, never made a spare (an offer that
+/// failed may have been stored: two subjects must never share key material).
+#[derive(Default)]
+pub(crate) struct Offers(Vec<Offer>);
+
+/// A key offered to a subject.
+struct Offer {
+    subject: String,
+    id: Uuid,
+    key: Arc<DataKey>,
+    wrapped: Vec<u8>,
+}
+
+impl Offers {
+    /// Whether no key is offered.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// The offered keys' ids, subjects and wrapped forms, as three columns.
+    pub(crate) fn columns(&self) -> (Vec<Uuid>, Vec<&str>, Vec<&[u8]>) {
+        let ids = self.0.iter().map(|offer| offer.id).collect();
+        let subjects = self.0.iter().map(|offer| offer.subject.as_str()).collect();
+        let wrapped = self
+            .0
+            .iter()
+            .map(|offer| offer.wrapped.as_slice())
+            .collect();
+        (ids, subjects, wrapped)
+    }
+}
+
 impl std::fmt::Debug for Keyring {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Keyring")
@@ -128,12 +163,33 @@ impl Keyring {
         self.cache.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// The subject's key, made and stored if it has none.
-    async fn key_for(&self, table: &impl KeyTable, subject: &str) -> Result<(Uuid, Arc<DataKey>)> {
+    /// The subject's key, made and stored if it has none. With `offers`, a subject without a
+    /// key at hand is offered a new one there, to be stored with the events it seals
+    /// ([`Offers`]), instead of in a statement of its own.
+    async fn key_for(
+        &self,
+        table: &impl KeyTable,
+        subject: &str,
+        offers: Option<&mut Offers>,
+    ) -> Result<(Uuid, Arc<DataKey>)> {
         if let Some((id, key, found)) = self.cache().by_subject.get(subject)
             && found.elapsed() < Self::CACHE_TTL
         {
             return Ok((*id, key.clone()));
+        }
+        if let Some(offers) = offers {
+            if let Some(offer) = offers.0.iter().find(|offer| offer.subject == subject) {
+                return Ok((offer.id, offer.key.clone()));
+            }
+            let Spare { key, wrapped } = self.spare_or_new().await?;
+            let (id, key) = (Uuid::now_v7(), Arc::new(key));
+            offers.0.push(Offer {
+                subject: subject.to_owned(),
+                id,
+                key: key.clone(),
+                wrapped,
+            });
+            return Ok((id, key));
         }
         let (id, key) = if table.offers_first() {
             self.offer(table, subject).await?
@@ -143,34 +199,79 @@ impl Keyring {
                 None => self.offer(table, subject).await?,
             }
         };
-        if !table.committed() {
-            return Ok((id, key));
+        if table.committed() {
+            self.remember(subject, id, &key);
         }
+        Ok((id, key))
+    }
+
+    /// Caches `key` as the subject's, stored under `id`.
+    fn remember(&self, subject: &str, id: Uuid, key: &Arc<DataKey>) {
         let now = Instant::now();
         let mut cache = self.cache();
         cache
             .by_subject
             .put(subject.to_owned(), (id, key.clone(), now));
         cache.by_id.put(id, (Some(key.clone()), now));
-        Ok((id, key))
     }
 
-    /// Offers the subject a new key (the spare, or one made now): stored unless the subject
-    /// has one, which is unwrapped instead, the offered key kept as the spare.
-    async fn offer(&self, table: &impl KeyTable, subject: &str) -> Result<(Uuid, Arc<DataKey>)> {
+    /// Caches the keys of `offers`, stored (committed) with the events they sealed.
+    pub(crate) fn keep(&self, offers: Offers) {
+        for offer in offers.0 {
+            self.remember(&offer.subject, offer.id, &offer.key);
+        }
+    }
+
+    /// Offers each of `offers`' keys again, in statements of their own, after an append
+    /// that offered them stored nothing (see [`Offers`]); each subject's key is then at hand
+    /// (cached). A key may have been stored by that append even so: offered again, it comes
+    /// back as the subject's. One the subject turned out not to take was never stored, and no
+    /// data is sealed under it: the spare, when there is none.
+    pub(crate) async fn settle(&self, table: &impl KeyTable, offers: Offers) -> Result<()> {
+        for offer in offers.0 {
+            let (id, wrapped) = table
+                .insert_subject_key(&offer.subject, offer.id, &offer.wrapped)
+                .await?;
+            if id == offer.id {
+                self.remember(&offer.subject, id, &offer.key);
+                continue;
+            }
+            let key = Arc::new(self.provider.unwrap(&wrapped).await?);
+            self.remember(&offer.subject, id, &key);
+            if let Some(key) = Arc::into_inner(offer.key) {
+                self.spare
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .get_or_insert(Spare {
+                        key,
+                        wrapped: offer.wrapped,
+                    });
+            }
+        }
+        Ok(())
+    }
+
+    /// The spare key, or a new one made and wrapped.
+    async fn spare_or_new(&self) -> Result<Spare> {
         let taken = self
             .spare
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .take();
-        let spare = match taken {
+        Ok(match taken {
             Some(spare) => spare,
             None => {
                 let key = DataKey::generate()?;
                 let wrapped = self.provider.wrap(&key).await?;
                 Spare { key, wrapped }
             }
-        };
+        })
+    }
+
+    /// Offers the subject a new key (the spare, or one made now): stored unless the subject
+    /// has one, which is unwrapped instead, the offered key kept as the spare.
+    async fn offer(&self, table: &impl KeyTable, subject: &str) -> Result<(Uuid, Arc<DataKey>)> {
+        let spare = self.spare_or_new().await?;
         let offered = Uuid::now_v7();
         // On an error the offer may have been stored: the spare goes with it.
         let (id, wrapped) = table
@@ -184,11 +285,13 @@ impl Keyring {
     }
 
     /// Seals the personal data of `events` in place (the events of types with `#[pii]`
-    /// fields); each event's payload before sealing, for those sealed.
+    /// fields); each event's payload before sealing, for those sealed. With `offers`, the keys
+    /// of new subjects are offered there (see [`Keyring::key_for`]).
     pub(crate) async fn seal(
         &self,
         table: &impl KeyTable,
         events: &mut [NewEvent],
+        mut offers: Option<&mut Offers>,
     ) -> Result<Vec<(Uuid, Payload)>> {
         let mut plain = Vec::new();
         for event in events.iter_mut() {
@@ -197,7 +300,7 @@ impl Keyring {
             };
             let mut payload = payload_object(event.payload.as_str(), &event.event_type)?;
             let subject = pii::subject_of(&payload, spec, &event.event_type)?;
-            let (id, key) = self.key_for(table, &subject).await?;
+            let (id, key) = self.key_for(table, &subject, offers.as_deref_mut()).await?;
             pii::seal(&mut payload, spec, id, &key)?;
             let sealed = encoded(&payload)?;
             plain.push((
@@ -400,8 +503,18 @@ pub(crate) async fn seal(
     table: &impl KeyTable,
     events: &mut [NewEvent],
 ) -> Result<Vec<(Uuid, Payload)>> {
+    seal_offering(keys, table, events, None).await
+}
+
+/// [`seal`], the keys of new subjects offered in `offers` when given (see [`Offers`]).
+pub(crate) async fn seal_offering(
+    keys: Option<&Keyring>,
+    table: &impl KeyTable,
+    events: &mut [NewEvent],
+    offers: Option<&mut Offers>,
+) -> Result<Vec<(Uuid, Payload)>> {
     match keys {
-        Some(keys) => keys.seal(table, events).await,
+        Some(keys) => keys.seal(table, events, offers).await,
         None => match events.iter().find(|event| event.pii.is_some()) {
             Some(event) => Err(PiiError::NoKeyProvider {
                 event_type: event.event_type.to_string(),
@@ -431,6 +544,15 @@ pub(crate) async fn forget(
     forgets.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
     tracing::info!(forgotten, "forgot a data subject");
     Ok(forgotten)
+}
+
+/// Gives events to append back their payloads from before sealing (to seal them again).
+pub(crate) fn unseal(events: &mut [NewEvent], plain: Vec<(Uuid, Payload)>) {
+    for (event_id, payload) in plain {
+        if let Some(event) = events.iter_mut().find(|event| event.event_id == event_id) {
+            event.payload = payload;
+        }
+    }
 }
 
 /// Gives appended events back their payloads from before sealing.
@@ -473,14 +595,14 @@ mod tests {
             let subjects = ["ada", "grace", "edsger"];
             let mut first = HashMap::new();
             for subject in subjects {
-                first.insert(subject, keys.key_for(&table, subject).await.unwrap().0);
+                first.insert(subject, keys.key_for(&table, subject, None).await.unwrap().0);
             }
             for subject in subjects {
                 table.forget_subject(subject).await.unwrap();
             }
             let mut anew = 0;
             for subject in subjects {
-                let (id, _) = keys.key_for(&table, subject).await.unwrap();
+                let (id, _) = keys.key_for(&table, subject, None).await.unwrap();
                 anew += usize::from(id != first[subject]);
             }
             assert_eq!(anew, made_anew, "room for {room}");

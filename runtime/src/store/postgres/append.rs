@@ -34,6 +34,7 @@ use crate::store::backend::{
     StoredId, check_append, classify_retry, columns, expected_code, to_i64,
 };
 use crate::store::group::{Committer, Queued, Request};
+use crate::store::keys::Offers;
 use crate::store::{ExpectedVersion, KnownHead};
 
 /// Attempts before giving up on an append that keeps racing (each race means another append to
@@ -63,12 +64,64 @@ fn head_check(schema: &Schema) -> String {
     )
 }
 
-pub(super) fn insert_sql(schema: &Schema) -> String {
+/// The insert statements of a lone append, each with its parameters `$1` to `$11`.
+#[derive(Debug)]
+pub(super) struct Inserts {
+    /// Any number of events, the head read and checked.
+    checked: Arc<str>,
+    /// One event, the head read and checked.
+    checked_one: Arc<str>,
+    /// Any number of events after a [`KnownHead`].
+    after_head: Arc<str>,
+    /// One event after a [`KnownHead`].
+    one_after_head: Arc<str>,
+}
+
+impl Inserts {
+    /// The statements, storing the data keys the append offers when `offer` (see
+    /// [`offered_keys`]).
+    pub(super) fn new(schema: &Schema, offer: bool) -> Self {
+        Self {
+            checked: insert_sql(schema, offer).into(),
+            checked_one: insert_one_sql(schema, offer).into(),
+            after_head: insert_after_head_sql(schema, offer).into(),
+            one_after_head: insert_one_after_head_sql(schema, offer).into(),
+        }
+    }
+}
+
+/// With `offer`, what stores the data keys an append offers its new subjects (`$12` their
+/// ids, `$13` the subjects, `$14` the wrapped keys; see [`crate::store::keys::Offers`]) in the
+/// statement that stores the events sealed under them: a `WITH` clause inserting the keys
+/// (a subject that has a key already keeps it), and the condition that stores the events only
+/// when every offered key was taken. Either way, one commit.
+fn offered_keys(schema: &Schema, offer: bool) -> (String, &'static str) {
+    if !offer {
+        return (String::new(), "");
+    }
+    let s = schema.quoted();
+    (
+        format!(
+            "WITH offered AS (
+                 INSERT INTO {s}.data_keys (key_id, subject, wrapped_key)
+                 SELECT * FROM unnest($12::uuid[], $13::text[], $14::bytea[])
+                 ON CONFLICT (tenant, subject) DO NOTHING
+                 RETURNING 1
+             )
+             "
+        ),
+        "
+           AND (SELECT count(*) FROM offered) = cardinality($12::uuid[])",
+    )
+}
+
+fn insert_sql(schema: &Schema, offer: bool) -> String {
     let s = schema.quoted();
     let head_check = head_check(schema);
     let tx = identity::stored_xid(schema, "pg_current_xact_id()");
+    let (offered, taken) = offered_keys(schema, offer);
     format!(
-        "INSERT INTO {s}.events AS e (stream_id, stream_version, aggregate_type, event_id, event_type,
+        "{offered}INSERT INTO {s}.events AS e (stream_id, stream_version, aggregate_type, event_id, event_type,
              schema_version, payload, metadata, correlation_id, causation_id, actor, recorded_at, tx)
          SELECT $1, coalesce(h.stream_version, 0) + u.ord, $2, u.event_id, u.event_type,
                 u.schema_version, u.payload::json, u.metadata::json, u.correlation_id,
@@ -77,7 +130,7 @@ pub(super) fn insert_sql(schema: &Schema) -> String {
                      $10::uuid[], $11::text[])
               WITH ORDINALITY AS u(event_id, event_type, schema_version, payload, metadata,
                                    correlation_id, causation_id, actor, ord)
-         {head_check}
+         {head_check}{taken}
          ORDER BY u.ord
          RETURNING e.stream_version, e.position, e.tx::text::bigint, e.recorded_at"
     )
@@ -97,29 +150,31 @@ fn not_archived_after(schema: &Schema, stream: &str, after: &str) -> String {
 
 /// [`insert_sql`] for one event, with scalar parameters (no arrays to encode and unnest): the
 /// common append. `$4`… are the event's fields, as in [`insert_one_after_head_sql`].
-pub(super) fn insert_one_sql(schema: &Schema) -> String {
+fn insert_one_sql(schema: &Schema, offer: bool) -> String {
     let s = schema.quoted();
     let head_check = head_check(schema);
     let tx = identity::stored_xid(schema, "pg_current_xact_id()");
+    let (offered, taken) = offered_keys(schema, offer);
     format!(
-        "INSERT INTO {s}.events AS e (stream_id, stream_version, aggregate_type, event_id, event_type,
+        "{offered}INSERT INTO {s}.events AS e (stream_id, stream_version, aggregate_type, event_id, event_type,
              schema_version, payload, metadata, correlation_id, causation_id, actor, recorded_at, tx)
          SELECT $1, coalesce(h.stream_version, 0) + 1, $2, $4, $5, $6, $7::json, $8::json, $9,
                 $10, $11, clock_timestamp(), {tx}
          FROM (SELECT 1) AS one
-         {head_check}
+         {head_check}{taken}
          RETURNING e.stream_version, e.position, e.tx::text::bigint, e.recorded_at"
     )
 }
 
 /// The append after a [`KnownHead`]: the versions before it exist, so the primary key alone
 /// arbitrates, and the statement is a plain insert.
-pub(super) fn insert_after_head_sql(schema: &Schema) -> String {
+fn insert_after_head_sql(schema: &Schema, offer: bool) -> String {
     let s = schema.quoted();
     let tx = identity::stored_xid(schema, "pg_current_xact_id()");
     let not_archived = not_archived_after(schema, "$1", "$3");
+    let (offered, taken) = offered_keys(schema, offer);
     format!(
-        "INSERT INTO {s}.events AS e (stream_id, stream_version, aggregate_type, event_id, event_type,
+        "{offered}INSERT INTO {s}.events AS e (stream_id, stream_version, aggregate_type, event_id, event_type,
              schema_version, payload, metadata, correlation_id, causation_id, actor, recorded_at, tx)
          SELECT $1, $3 + u.ord, $2, u.event_id, u.event_type, u.schema_version, u.payload::json,
                 u.metadata::json, u.correlation_id, u.causation_id, u.actor, clock_timestamp(), {tx}
@@ -127,7 +182,7 @@ pub(super) fn insert_after_head_sql(schema: &Schema) -> String {
                      $10::uuid[], $11::text[])
               WITH ORDINALITY AS u(event_id, event_type, schema_version, payload, metadata,
                                    correlation_id, causation_id, actor, ord)
-         WHERE {not_archived}
+         WHERE {not_archived}{taken}
          ORDER BY u.ord
          RETURNING e.stream_version, e.position, e.tx::text::bigint, e.recorded_at"
     )
@@ -135,16 +190,17 @@ pub(super) fn insert_after_head_sql(schema: &Schema) -> String {
 
 /// [`insert_after_head_sql`] for the common single-event append: the same insert with scalar
 /// parameters, as cheap as an insert gets.
-pub(super) fn insert_one_after_head_sql(schema: &Schema) -> String {
+fn insert_one_after_head_sql(schema: &Schema, offer: bool) -> String {
     let s = schema.quoted();
     let tx = identity::stored_xid(schema, "pg_current_xact_id()");
     let not_archived = not_archived_after(schema, "$1", "$3");
+    let (offered, taken) = offered_keys(schema, offer);
     format!(
-        "INSERT INTO {s}.events AS e (stream_id, stream_version, aggregate_type, event_id, event_type,
+        "{offered}INSERT INTO {s}.events AS e (stream_id, stream_version, aggregate_type, event_id, event_type,
              schema_version, payload, metadata, correlation_id, causation_id, actor, recorded_at, tx)
          SELECT $1, $3 + 1, $2, $4, $5, $6, $7::json, $8::json, $9, $10, $11, clock_timestamp(),
                 {tx}
-         WHERE {not_archived}
+         WHERE {not_archived}{taken}
          RETURNING e.stream_version, e.position, e.tx::text::bigint, e.recorded_at"
     )
 }
@@ -223,12 +279,22 @@ enum Verdict {
     Retry,
 }
 
+/// What became of an append that offered data keys ([`PostgresStore::append_offering`]).
+pub(super) enum Offered {
+    /// Stored, with its keys.
+    Stored(Vec<RecordedEvent>),
+    /// Nothing stored: the events, to append without offers.
+    NotStored(Vec<NewEvent>),
+}
+
 /// One append, as sent to the database.
 pub(super) struct Append<'a> {
     pub stream_id: &'a str,
     pub aggregate_type: &'a str,
     pub expected: ExpectedVersion,
     pub events: Vec<NewEvent>,
+    /// The data keys offered with the events, stored by the same statement.
+    pub offers: Option<&'a Offers>,
 }
 
 impl<'a> From<Request<'a>> for Append<'a> {
@@ -238,11 +304,39 @@ impl<'a> From<Request<'a>> for Append<'a> {
             aggregate_type: request.aggregate_type,
             expected: request.expected,
             events: request.events,
+            offers: None,
+        }
+    }
+}
+
+impl<'a> Append<'a> {
+    /// Binds the offered keys' columns (`$12` to `$14`), when the append offers keys.
+    fn bind_offers<'q>(
+        &self,
+        query: sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>,
+    ) -> sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>
+    where
+        'a: 'q,
+    {
+        match self.offers {
+            Some(offers) => {
+                let (ids, subjects, wrapped) = offers.columns();
+                query.bind(ids).bind(subjects).bind(wrapped)
+            }
+            None => query,
         }
     }
 }
 
 impl Append<'_> {
+    /// The statements of this append: storing its offered keys, when it has some.
+    fn inserts<'s>(&self, store: &'s PostgresStore) -> &'s Inserts {
+        match self.offers {
+            Some(_) => &store.inner.sql.append_offering,
+            None => &store.inner.sql.append,
+        }
+    }
+
     async fn insert<'c>(
         &self,
         store: &PostgresStore,
@@ -251,7 +345,7 @@ impl Append<'_> {
         match self.events.as_slice() {
             [event] => {
                 self.insert_scalar(
-                    &store.inner.sql.append_one,
+                    &self.inserts(store).checked_one,
                     expected_code(self.expected),
                     event,
                     executor,
@@ -260,12 +354,33 @@ impl Append<'_> {
             }
             _ => {
                 self.insert_with(
-                    &store.inner.sql.append,
+                    &self.inserts(store).checked,
                     expected_code(self.expected),
                     executor,
                 )
                 .await
             }
+        }
+    }
+
+    /// [`Append::insert`], or the insert after `head` when there is one.
+    async fn insert_at<'c>(
+        &self,
+        store: &PostgresStore,
+        head: Option<KnownHead>,
+        executor: impl PgExecutor<'c>,
+    ) -> std::result::Result<Vec<PgRow>, sqlx::Error> {
+        match (head, self.events.as_slice()) {
+            (Some(head), [event]) => self.insert_one(store, event, head, executor).await,
+            (Some(head), _) => {
+                self.insert_with(
+                    &self.inserts(store).after_head,
+                    to_i64(head.version()),
+                    executor,
+                )
+                .await
+            }
+            (None, _) => self.insert(store, executor).await,
         }
     }
 
@@ -278,7 +393,7 @@ impl Append<'_> {
         executor: impl PgExecutor<'c>,
     ) -> std::result::Result<Vec<PgRow>, sqlx::Error> {
         self.insert_scalar(
-            &store.inner.sql.append_one_after_head,
+            &self.inserts(store).one_after_head,
             to_i64(head.version()),
             event,
             executor,
@@ -295,7 +410,7 @@ impl Append<'_> {
         executor: impl PgExecutor<'c>,
     ) -> std::result::Result<Vec<PgRow>, sqlx::Error> {
         let metadata = serde_json::to_string(&event.metadata).unwrap_or_else(|_| "{}".to_owned());
-        sqlx::query(AssertSqlSafe(sql.clone()))
+        let query = sqlx::query(AssertSqlSafe(sql.clone()))
             .bind(self.stream_id)
             .bind(self.aggregate_type)
             .bind(third)
@@ -307,9 +422,8 @@ impl Append<'_> {
             .bind(metadata)
             .bind(event.correlation_id)
             .bind(event.causation_id)
-            .bind(event.actor.as_deref())
-            .fetch_all(executor)
-            .await
+            .bind(event.actor.as_deref());
+        self.bind_offers(query).fetch_all(executor).await
     }
 
     /// Binds the append to `sql` (one of the insert statements), `$3` being `third`.
@@ -323,8 +437,7 @@ impl Append<'_> {
             .bind(self.stream_id)
             .bind(self.aggregate_type)
             .bind(third);
-        EventColumns::of(&self.events)
-            .bind(query)
+        self.bind_offers(EventColumns::of(&self.events).bind(query))
             .fetch_all(executor)
             .await
     }
@@ -578,7 +691,7 @@ impl PostgresStore {
             _ => {
                 append
                     .insert_with(
-                        &self.inner.sql.append_after_head,
+                        &append.inserts(self).after_head,
                         to_i64(head.version()),
                         pool,
                     )
@@ -615,23 +728,7 @@ impl PostgresStore {
         let pool = &self.inner.pool;
         for _ in 0..MAX_ATTEMPTS {
             let mut transaction = pool.begin().await.map_err(|e| self.fail(e))?;
-            let inserted = match (head, append.events.as_slice()) {
-                (Some(head), [event]) => {
-                    append
-                        .insert_one(self, event, head, &mut *transaction)
-                        .await
-                }
-                (Some(head), _) => {
-                    append
-                        .insert_with(
-                            &self.inner.sql.append_after_head,
-                            to_i64(head.version()),
-                            &mut *transaction,
-                        )
-                        .await
-                }
-                (None, _) => append.insert(self, &mut *transaction).await,
-            };
+            let inserted = append.insert_at(self, head, &mut *transaction).await;
             let collision = match inserted {
                 Ok(rows) if !rows.is_empty() => {
                     let recorded = append.recorded(rows)?;
@@ -778,6 +875,32 @@ impl PostgresStore {
         match head {
             Some(head) => self.append_after_head(append, head).await,
             None => self.append_autocommit(append).await,
+        }
+    }
+
+    /// An autocommit append that stores the data keys it offers (see [`Offers`]) in the same
+    /// statement as its events: one commit. The events back when the statement stored
+    /// nothing (a subject got its key from another writer in the meantime; or a race, a
+    /// conflict, an idempotent retry, which the append without offers finds out): the offered
+    /// keys are then dropped, and the events sealed again under the keys the subjects have.
+    pub(super) async fn append_offering(
+        &self,
+        request: &Request<'_>,
+        events: Vec<NewEvent>,
+        offers: &Offers,
+    ) -> Result<Offered> {
+        let append = Append {
+            stream_id: request.stream_id,
+            aggregate_type: request.aggregate_type,
+            expected: request.expected,
+            events,
+            offers: Some(offers),
+        };
+        match append.insert_at(self, request.head, &self.inner.pool).await {
+            Ok(rows) if !rows.is_empty() => append.recorded(rows).map(Offered::Stored),
+            Ok(_) => Ok(Offered::NotStored(append.events)),
+            Err(error) if is_unique_violation(&error) => Ok(Offered::NotStored(append.events)),
+            Err(error) => Err(self.fail(error)),
         }
     }
 

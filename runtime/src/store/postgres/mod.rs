@@ -80,10 +80,9 @@ fn db_error(schema: &Schema, error: sqlx::Error) -> Error {
 /// The store's SQL, qualified with its schema once, at construction.
 #[derive(Debug)]
 struct Statements {
-    append: Arc<str>,
-    append_one: Arc<str>,
-    append_after_head: Arc<str>,
-    append_one_after_head: Arc<str>,
+    append: append::Inserts,
+    /// The same, storing the data keys that the append offers (see [`store_keys::Offers`]).
+    append_offering: append::Inserts,
     append_group: Arc<str>,
     diagnose_append: Arc<str>,
     read_stream: Arc<str>,
@@ -226,10 +225,8 @@ impl Statements {
             .into()
         };
         Self {
-            append: append::insert_sql(schema).into(),
-            append_one: append::insert_one_sql(schema).into(),
-            append_after_head: append::insert_after_head_sql(schema).into(),
-            append_one_after_head: append::insert_one_after_head_sql(schema).into(),
+            append: append::Inserts::new(schema, false),
+            append_offering: append::Inserts::new(schema, true),
             append_group: append::insert_group_sql(schema).into(),
             diagnose_append: append::diagnose_sql(schema).into(),
             read_stream: format!(
@@ -584,7 +581,6 @@ impl PostgresStore {
     async fn append_checked(&self, mut request: Request<'_>) -> Result<Vec<RecordedEvent>> {
         check_append(request.stream_id, &request.events, &self.limits)?;
         self.inner.tenancy.check_append(request.stream_id)?;
-        let plain = store_keys::seal(self.keys.as_ref(), self, &mut request.events).await?;
         let (stream_id, aggregate_type) = (request.stream_id, request.aggregate_type);
         if request.head.is_none() {
             request.head = self
@@ -592,11 +588,42 @@ impl PostgresStore {
                 .heads
                 .known(stream_id, aggregate_type, request.expected);
         }
-        let mut appended = match &self.group {
-            Some(group) if self.hooks.is_empty() && !request.events.is_empty() => {
+        // The keys of new subjects are stored with the events, in their statement, unless
+        // the append is a transaction of its own (the append hooks).
+        let mut offers = store_keys::Offers::default();
+        let mut plain = store_keys::seal_offering(
+            self.keys.as_ref(),
+            self,
+            &mut request.events,
+            self.hooks.is_empty().then_some(&mut offers),
+        )
+        .await?;
+        let mut stored = None;
+        if !offers.is_empty() {
+            let events = std::mem::take(&mut request.events);
+            match self.append_offering(&request, events, &offers).await? {
+                append::Offered::Stored(appended) => {
+                    if let Some(keys) = &self.keys {
+                        keys.keep(offers);
+                    }
+                    stored = Some(appended);
+                }
+                append::Offered::NotStored(mut events) => {
+                    if let Some(keys) = &self.keys {
+                        keys.settle(self, offers).await?;
+                    }
+                    store_keys::unseal(&mut events, plain);
+                    plain = store_keys::seal(self.keys.as_ref(), self, &mut events).await?;
+                    request.events = events;
+                }
+            }
+        }
+        let mut appended = match (stored, &self.group) {
+            (Some(appended), _) => appended,
+            (None, Some(group)) if self.hooks.is_empty() && !request.events.is_empty() => {
                 group.append(self, request).await?
             }
-            _ => self.append_alone(request).await?,
+            (None, _) => self.append_alone(request).await?,
         };
         store_keys::unseal_appended(&mut appended, plain);
         if let Some(tenant) = self.tenant() {
@@ -739,6 +766,7 @@ impl PostgresStore {
             aggregate_type,
             expected,
             events,
+            offers: None,
         };
         let connection = tx::connection::<sqlx::PgConnection>(&mut tx)?;
         let mut appended = self.append_in_transaction(connection, append).await?;
