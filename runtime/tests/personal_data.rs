@@ -896,6 +896,40 @@ async fn new_subjects_keep_one_key_when_processes_race<D: TestDatabase>() {
         wrapped <= SUBJECTS + processes.len(),
         "{wrapped} keys wrapped for {SUBJECTS} stored: a key not taken is kept for the next subject"
     );
+    // Then appends of two new subjects each, the processes naming them in opposite orders:
+    // their keys go in in one order, so no two appends wait on each other.
+    let appends = processes
+        .iter()
+        .enumerate()
+        .map(|(process, store)| async move {
+            for pair in 0..SUBJECTS / 2 {
+                let mut subjects = [format!("pair-{pair}-x"), format!("pair-{pair}-y")];
+                if process % 2 == 1 {
+                    subjects.reverse();
+                }
+                let events = subjects
+                    .iter()
+                    .map(|subject| {
+                        NewEvent::of(&CustomerRenamed {
+                            customer_id: subject.clone(),
+                            name: format!("name {subject} by {process}"),
+                        })
+                        .unwrap()
+                    })
+                    .collect();
+                store
+                    .append(
+                        &format!("pair-{pair}-{process}"),
+                        "Customer",
+                        ExpectedVersion::NoStream,
+                        events,
+                    )
+                    .await
+                    .unwrap();
+            }
+        });
+    futures_util::future::join_all(appends).await;
+    assert_eq!(data_keys(&database).await, 2 * SUBJECTS as i64);
     let reader = keyed(&database, LocalKeyProvider::new(KEK)).await;
     let mut names: Vec<String> = feed(&reader)
         .await
@@ -908,7 +942,12 @@ async fn new_subjects_keep_one_key_when_processes_race<D: TestDatabase>() {
     names.sort();
     let mut expected: Vec<String> = (0..processes.len())
         .flat_map(|process| {
-            (0..SUBJECTS).map(move |subject| format!("name {subject} by {process}"))
+            let pairs = (0..SUBJECTS / 2).flat_map(move |pair| {
+                ["x", "y"].map(|side| format!("name pair-{pair}-{side} by {process}"))
+            });
+            (0..SUBJECTS)
+                .map(move |subject| format!("name {subject} by {process}"))
+                .chain(pairs)
         })
         .collect();
     expected.sort();
@@ -916,8 +955,8 @@ async fn new_subjects_keep_one_key_when_processes_race<D: TestDatabase>() {
 }
 
 /// PostgreSQL stores a new subject's data key in the statement that stores its first event:
-/// one transaction, one commit. An append that stores nothing (here a conflict) still leaves
-/// the subject one key, the one it offered, which the subject's next event is sealed under.
+/// one transaction, one commit. An append that stores no event (here a conflict) leaves the
+/// subject one key, which its next event is sealed under, and wraps none for nothing.
 #[tokio::test]
 async fn a_new_subject_s_key_commits_with_its_first_event() {
     let database = factum::testing::postgres::TemporaryStore::create()
@@ -961,31 +1000,45 @@ async fn a_new_subject_s_key_commits_with_its_first_event() {
         1,
         "keys and events in one transaction: {transactions:?}"
     );
-    // A conflict stores no event; the key the subject was offered is its key all the same.
-    let refused = store
-        .append(
-            "pair",
-            "Customer",
-            ExpectedVersion::NoStream,
-            vec![
-                NewEvent::of(&CustomerRenamed {
-                    customer_id: "edsger".to_owned(),
-                    name: "Edsger".to_owned(),
-                })
-                .unwrap(),
-            ],
-        )
-        .await;
-    assert!(
-        matches!(refused, Err(Error::Conflict { .. })),
-        "{refused:?}"
+    // Refused appends store no event. One refused by the primary key rolls back whole (the
+    // offered key was never stored); one whose head check fails still stores the keys it
+    // offered (its WITH clause runs), and says so: either way the subject gets one key, and
+    // none is wrapped for nothing.
+    for (subject, expected) in [
+        ("edsger", ExpectedVersion::NoStream),
+        ("barbara", ExpectedVersion::Exact(7)),
+    ] {
+        let refused = store
+            .append(
+                "pair",
+                "Customer",
+                expected,
+                vec![
+                    NewEvent::of(&CustomerRenamed {
+                        customer_id: subject.to_owned(),
+                        name: format!("{subject} refused"),
+                    })
+                    .unwrap(),
+                ],
+            )
+            .await;
+        assert!(
+            matches!(refused, Err(Error::Conflict { .. })),
+            "{refused:?}"
+        );
+    }
+    assert_eq!(
+        data_keys(&database).await,
+        4,
+        "the refused appends' subjects have keys"
     );
     rename(&store, "edsger", "Edsger W.").await;
-    assert_eq!(data_keys(&database).await, 3);
+    rename(&store, "barbara", "Barbara L.").await;
+    assert_eq!(data_keys(&database).await, 4);
     assert_eq!(
         wraps.load(std::sync::atomic::Ordering::SeqCst),
-        3,
-        "the key offered with the refused append is the subject's"
+        4,
+        "one key wrapped per subject"
     );
     let reader = keyed(&database, LocalKeyProvider::new(KEK)).await;
     let names: Vec<(String, bool)> = feed(&reader)
@@ -1002,6 +1055,7 @@ async fn a_new_subject_s_key_commits_with_its_first_event() {
             ("ada's name".to_owned(), false),
             ("grace's name".to_owned(), false),
             ("Edsger W.".to_owned(), false),
+            ("Barbara L.".to_owned(), false),
         ]
     );
 }

@@ -10,6 +10,7 @@
 //! used making way.
 
 use std::future::Future;
+use std::num::NonZeroUsize;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -85,13 +86,25 @@ struct Spare {
     wrapped: Vec<u8>,
 }
 
-/// New data keys offered to subjects that had none at hand, each to be stored in the
-/// statement that stores the events sealed under it, which stores them only when every offered
-/// key was taken: a new subject's first event then costs one commit, not two (PostgreSQL).
-/// Kept ([`Keyring::keep`]) once stored; dropped otherwise, never made a spare (an offer that
-/// failed may have been stored: two subjects must never share key material).
+/// New data keys offered to subjects that had none at hand (in the subjects' order), each to
+/// be stored in the statement that stores the events sealed under it, which stores the events
+/// only when every offered key was taken: a new subject's first event then costs one commit,
+/// not two (PostgreSQL). Kept ([`Keyring::keep`]) once stored. When the events were not
+/// stored, the statement says which keys it stored and which keys the subjects have
+/// ([`OfferAnswer`], [`Keyring::settle`]); an offered key is never offered again, since it
+/// may have been stored (two subjects must never share key material, and a forgotten key's id
+/// never comes back). After an error that leaves unknown what was stored, dropped.
 #[derive(Default)]
 pub(crate) struct Offers(Vec<Offer>);
+
+/// What an append that offered keys (see [`Offers`]) and stored no event found.
+#[derive(Default)]
+pub(crate) struct OfferAnswer {
+    /// The ids of the offered keys it stored: their subjects'.
+    pub taken: Vec<Uuid>,
+    /// The keys of subjects that had one: id, subject, wrapped key.
+    pub existing: Vec<(Uuid, String, Vec<u8>)>,
+}
 
 /// A key offered to a subject.
 struct Offer {
@@ -133,9 +146,17 @@ struct Cache {
     by_id: LruCache<Uuid, (Option<Arc<DataKey>>, Instant)>,
     /// Subject → its key, and when it was found.
     by_subject: LruCache<String, (Uuid, Arc<DataKey>, Instant)>,
+    /// Subjects found with a key, kept longer than their keys ([`Keyring::SEEN_PER_KEY`] as
+    /// many): a subject here whose key is not at hand (evicted, or found too long ago) is
+    /// asked for it on its own rather than offered a key with its events, which would cost
+    /// a statement heavier than the question.
+    seen: LruCache<String, ()>,
 }
 
 impl Keyring {
+    /// How many subjects found with a key are remembered per key kept (see `Cache::seen`).
+    const SEEN_PER_KEY: NonZeroUsize = NonZeroUsize::new(16).expect("not zero");
+
     /// How long a key found present is used without asking the table again.
     pub(crate) const CACHE_TTL: Duration = Duration::from_secs(30);
 
@@ -147,6 +168,7 @@ impl Keyring {
             cache: Arc::new(Mutex::new(Cache {
                 by_id: LruCache::new(capacity),
                 by_subject: LruCache::new(capacity),
+                seen: LruCache::new(capacity.saturating_mul(Self::SEEN_PER_KEY)),
             })),
             spare: Arc::default(),
         }
@@ -164,8 +186,8 @@ impl Keyring {
     }
 
     /// The subject's key, made and stored if it has none. With `offers`, a subject without a
-    /// key at hand is offered a new one there, to be stored with the events it seals
-    /// ([`Offers`]), instead of in a statement of its own.
+    /// key at hand and not seen with one (see `Cache::seen`) is offered a new one there, to be
+    /// stored with the events it seals ([`Offers`]), instead of in a statement of its own.
     async fn key_for(
         &self,
         table: &impl KeyTable,
@@ -177,18 +199,28 @@ impl Keyring {
         {
             return Ok((*id, key.clone()));
         }
-        if let Some(offers) = offers {
+        if let Some(offers) = offers
+            && !self.cache().seen.contains(subject)
+        {
             if let Some(offer) = offers.0.iter().find(|offer| offer.subject == subject) {
                 return Ok((offer.id, offer.key.clone()));
             }
             let Spare { key, wrapped } = self.spare_or_new().await?;
             let (id, key) = (Uuid::now_v7(), Arc::new(key));
-            offers.0.push(Offer {
-                subject: subject.to_owned(),
-                id,
-                key: key.clone(),
-                wrapped,
-            });
+            // In the subjects' order: two appends offering keys to the same subjects insert
+            // them in the same order, and never wait on each other in a cycle.
+            let at = offers
+                .0
+                .partition_point(|offer| offer.subject.as_str() < subject);
+            offers.0.insert(
+                at,
+                Offer {
+                    subject: subject.to_owned(),
+                    id,
+                    key: key.clone(),
+                    wrapped,
+                },
+            );
             return Ok((id, key));
         }
         let (id, key) = if table.offers_first() {
@@ -212,6 +244,7 @@ impl Keyring {
         cache
             .by_subject
             .put(subject.to_owned(), (id, key.clone(), now));
+        cache.seen.put(subject.to_owned(), ());
         cache.by_id.put(id, (Some(key.clone()), now));
     }
 
@@ -222,23 +255,15 @@ impl Keyring {
         }
     }
 
-    /// Offers each of `offers`' keys again, in statements of their own, after an append
-    /// that offered them stored nothing (see [`Offers`]); each subject's key is then at hand
-    /// (cached). A key may have been stored by that append even so: offered again, it comes
-    /// back as the subject's. One the subject turned out not to take was never stored, and no
-    /// data is sealed under it: the spare, when there is none.
-    pub(crate) async fn settle(&self, table: &impl KeyTable, offers: Offers) -> Result<()> {
+    /// Takes in what an append that offered keys and stored no event found (see [`Offers`]):
+    /// the offered keys it stored are their subjects' (committed), the keys it found of
+    /// subjects that had one are theirs; all cached. An offered key it did not store was
+    /// never stored, and no data is sealed under it: the spare, when there is none.
+    pub(crate) async fn settle(&self, offers: Offers, answer: OfferAnswer) -> Result<()> {
         for offer in offers.0 {
-            let (id, wrapped) = table
-                .insert_subject_key(&offer.subject, offer.id, &offer.wrapped)
-                .await?;
-            if id == offer.id {
-                self.remember(&offer.subject, id, &offer.key);
-                continue;
-            }
-            let key = Arc::new(self.provider.unwrap(&wrapped).await?);
-            self.remember(&offer.subject, id, &key);
-            if let Some(key) = Arc::into_inner(offer.key) {
+            if answer.taken.contains(&offer.id) {
+                self.remember(&offer.subject, offer.id, &offer.key);
+            } else if let Some(key) = Arc::into_inner(offer.key) {
                 self.spare
                     .lock()
                     .unwrap_or_else(PoisonError::into_inner)
@@ -247,6 +272,10 @@ impl Keyring {
                         wrapped: offer.wrapped,
                     });
             }
+        }
+        for (id, subject, wrapped) in answer.existing {
+            let key = Arc::new(self.provider.unwrap(&wrapped).await?);
+            self.remember(&subject, id, &key);
         }
         Ok(())
     }
@@ -389,6 +418,7 @@ impl Keyring {
         let deleted = table.forget_subject(subject).await?;
         let mut cache = self.cache();
         cache.by_subject.pop(subject);
+        cache.seen.pop(subject);
         if let Some(id) = deleted {
             cache.by_id.put(id, (None, Instant::now()));
         }
@@ -595,7 +625,10 @@ mod tests {
             let subjects = ["ada", "grace", "edsger"];
             let mut first = HashMap::new();
             for subject in subjects {
-                first.insert(subject, keys.key_for(&table, subject, None).await.unwrap().0);
+                first.insert(
+                    subject,
+                    keys.key_for(&table, subject, None).await.unwrap().0,
+                );
             }
             for subject in subjects {
                 table.forget_subject(subject).await.unwrap();

@@ -34,7 +34,7 @@ use crate::store::backend::{
     StoredId, check_append, classify_retry, columns, expected_code, to_i64,
 };
 use crate::store::group::{Committer, Queued, Request};
-use crate::store::keys::Offers;
+use crate::store::keys::{OfferAnswer, Offers};
 use crate::store::{ExpectedVersion, KnownHead};
 
 /// Attempts before giving up on an append that keeps racing (each race means another append to
@@ -64,7 +64,8 @@ fn head_check(schema: &Schema) -> String {
     )
 }
 
-/// The insert statements of a lone append, each with its parameters `$1` to `$11`.
+/// The insert statements of a lone append: parameters `$1` to `$11`, and in the statements
+/// that offer data keys, `$12` to `$14` (see [`offering`]).
 #[derive(Debug)]
 pub(super) struct Inserts {
     /// Any number of events, the head read and checked.
@@ -78,50 +79,70 @@ pub(super) struct Inserts {
 }
 
 impl Inserts {
-    /// The statements, storing the data keys the append offers when `offer` (see
-    /// [`offered_keys`]).
+    /// The statements; when `offer`, each storing the data keys the append offers (see
+    /// [`offering`]).
     pub(super) fn new(schema: &Schema, offer: bool) -> Self {
+        let statement = |insert: fn(&Schema, &str) -> String| -> Arc<str> {
+            if offer {
+                offering(schema, &insert(schema, OFFERS_TAKEN)).into()
+            } else {
+                insert(schema, "").into()
+            }
+        };
         Self {
-            checked: insert_sql(schema, offer).into(),
-            checked_one: insert_one_sql(schema, offer).into(),
-            after_head: insert_after_head_sql(schema, offer).into(),
-            one_after_head: insert_one_after_head_sql(schema, offer).into(),
+            checked: statement(insert_sql),
+            checked_one: statement(insert_one_sql),
+            after_head: statement(insert_after_head_sql),
+            one_after_head: statement(insert_one_after_head_sql),
         }
     }
 }
 
-/// With `offer`, what stores the data keys an append offers its new subjects (`$12` their
-/// ids, `$13` the subjects, `$14` the wrapped keys; see [`crate::store::keys::Offers`]) in the
-/// statement that stores the events sealed under them: a `WITH` clause inserting the keys
-/// (a subject that has a key already keeps it), and the condition that stores the events only
-/// when every offered key was taken. Either way, one commit.
-fn offered_keys(schema: &Schema, offer: bool) -> (String, &'static str) {
-    if !offer {
-        return (String::new(), "");
-    }
+/// The condition an insert that offers data keys adds to its own: every offered key taken.
+const OFFERS_TAKEN: &str = "
+           AND (SELECT count(*) FROM offered) = cardinality($12::uuid[])";
+
+/// `insert` (its events stored only when every offered key was taken: [`OFFERS_TAKEN`]) with
+/// the data keys the append offers to its new subjects (`$12` their ids, `$13` the subjects,
+/// `$14` the wrapped keys, in the subjects' order; see [`crate::store::keys::Offers`]): the
+/// keys and the events sealed under them in one statement, one commit. Its rows: the stored
+/// events' (as the insert returns them); or, when it stored none, a row per key it stored
+/// (its id), and a row per subject that has a key this statement sees (id, subject, wrapped
+/// key; of the tenant the keys' insert names, as `insert_subject_key` reads them; each found
+/// by its own index probe, never by a scan of the tenant's keys). A subject in neither got
+/// its key from a writer that committed after the statement began.
+fn offering(schema: &Schema, insert: &str) -> String {
     let s = schema.quoted();
-    (
-        format!(
-            "WITH offered AS (
-                 INSERT INTO {s}.data_keys (key_id, subject, wrapped_key)
-                 SELECT * FROM unnest($12::uuid[], $13::text[], $14::bytea[])
-                 ON CONFLICT (tenant, subject) DO NOTHING
-                 RETURNING 1
-             )
-             "
-        ),
-        "
-           AND (SELECT count(*) FROM offered) = cardinality($12::uuid[])",
+    format!(
+        "WITH offered AS (
+             INSERT INTO {s}.data_keys (key_id, subject, wrapped_key)
+             SELECT * FROM unnest($12::uuid[], $13::text[], $14::bytea[])
+             ON CONFLICT (tenant, subject) DO NOTHING
+             RETURNING key_id
+         ),
+         appended AS ({insert})
+         SELECT a.stream_version, a.position, a.tx, a.recorded_at,
+                NULL::uuid AS key_id, NULL::text AS subject, NULL::bytea AS wrapped_key
+         FROM appended a
+         UNION ALL
+         SELECT NULL, NULL, NULL, NULL, o.key_id, NULL, NULL
+         FROM offered o WHERE NOT EXISTS (SELECT 1 FROM appended)
+         UNION ALL
+         SELECT NULL, NULL, NULL, NULL, k.key_id, k.subject, k.wrapped_key
+         FROM unnest($13::text[]) AS w(subject)
+         JOIN {s}.data_keys k
+           ON k.tenant = coalesce(current_setting('factum.tenant', true), '')
+          AND k.subject = w.subject
+         WHERE NOT EXISTS (SELECT 1 FROM appended)"
     )
 }
 
-fn insert_sql(schema: &Schema, offer: bool) -> String {
+fn insert_sql(schema: &Schema, taken: &str) -> String {
     let s = schema.quoted();
     let head_check = head_check(schema);
     let tx = identity::stored_xid(schema, "pg_current_xact_id()");
-    let (offered, taken) = offered_keys(schema, offer);
     format!(
-        "{offered}INSERT INTO {s}.events AS e (stream_id, stream_version, aggregate_type, event_id, event_type,
+        "INSERT INTO {s}.events AS e (stream_id, stream_version, aggregate_type, event_id, event_type,
              schema_version, payload, metadata, correlation_id, causation_id, actor, recorded_at, tx)
          SELECT $1, coalesce(h.stream_version, 0) + u.ord, $2, u.event_id, u.event_type,
                 u.schema_version, u.payload::json, u.metadata::json, u.correlation_id,
@@ -132,7 +153,7 @@ fn insert_sql(schema: &Schema, offer: bool) -> String {
                                    correlation_id, causation_id, actor, ord)
          {head_check}{taken}
          ORDER BY u.ord
-         RETURNING e.stream_version, e.position, e.tx::text::bigint, e.recorded_at"
+         RETURNING e.stream_version, e.position, e.tx::text::bigint AS tx, e.recorded_at"
     )
 }
 
@@ -150,31 +171,29 @@ fn not_archived_after(schema: &Schema, stream: &str, after: &str) -> String {
 
 /// [`insert_sql`] for one event, with scalar parameters (no arrays to encode and unnest): the
 /// common append. `$4`… are the event's fields, as in [`insert_one_after_head_sql`].
-fn insert_one_sql(schema: &Schema, offer: bool) -> String {
+fn insert_one_sql(schema: &Schema, taken: &str) -> String {
     let s = schema.quoted();
     let head_check = head_check(schema);
     let tx = identity::stored_xid(schema, "pg_current_xact_id()");
-    let (offered, taken) = offered_keys(schema, offer);
     format!(
-        "{offered}INSERT INTO {s}.events AS e (stream_id, stream_version, aggregate_type, event_id, event_type,
+        "INSERT INTO {s}.events AS e (stream_id, stream_version, aggregate_type, event_id, event_type,
              schema_version, payload, metadata, correlation_id, causation_id, actor, recorded_at, tx)
          SELECT $1, coalesce(h.stream_version, 0) + 1, $2, $4, $5, $6, $7::json, $8::json, $9,
                 $10, $11, clock_timestamp(), {tx}
          FROM (SELECT 1) AS one
          {head_check}{taken}
-         RETURNING e.stream_version, e.position, e.tx::text::bigint, e.recorded_at"
+         RETURNING e.stream_version, e.position, e.tx::text::bigint AS tx, e.recorded_at"
     )
 }
 
 /// The append after a [`KnownHead`]: the versions before it exist, so the primary key alone
 /// arbitrates, and the statement is a plain insert.
-fn insert_after_head_sql(schema: &Schema, offer: bool) -> String {
+fn insert_after_head_sql(schema: &Schema, taken: &str) -> String {
     let s = schema.quoted();
     let tx = identity::stored_xid(schema, "pg_current_xact_id()");
     let not_archived = not_archived_after(schema, "$1", "$3");
-    let (offered, taken) = offered_keys(schema, offer);
     format!(
-        "{offered}INSERT INTO {s}.events AS e (stream_id, stream_version, aggregate_type, event_id, event_type,
+        "INSERT INTO {s}.events AS e (stream_id, stream_version, aggregate_type, event_id, event_type,
              schema_version, payload, metadata, correlation_id, causation_id, actor, recorded_at, tx)
          SELECT $1, $3 + u.ord, $2, u.event_id, u.event_type, u.schema_version, u.payload::json,
                 u.metadata::json, u.correlation_id, u.causation_id, u.actor, clock_timestamp(), {tx}
@@ -184,24 +203,23 @@ fn insert_after_head_sql(schema: &Schema, offer: bool) -> String {
                                    correlation_id, causation_id, actor, ord)
          WHERE {not_archived}{taken}
          ORDER BY u.ord
-         RETURNING e.stream_version, e.position, e.tx::text::bigint, e.recorded_at"
+         RETURNING e.stream_version, e.position, e.tx::text::bigint AS tx, e.recorded_at"
     )
 }
 
 /// [`insert_after_head_sql`] for the common single-event append: the same insert with scalar
 /// parameters, as cheap as an insert gets.
-fn insert_one_after_head_sql(schema: &Schema, offer: bool) -> String {
+fn insert_one_after_head_sql(schema: &Schema, taken: &str) -> String {
     let s = schema.quoted();
     let tx = identity::stored_xid(schema, "pg_current_xact_id()");
     let not_archived = not_archived_after(schema, "$1", "$3");
-    let (offered, taken) = offered_keys(schema, offer);
     format!(
-        "{offered}INSERT INTO {s}.events AS e (stream_id, stream_version, aggregate_type, event_id, event_type,
+        "INSERT INTO {s}.events AS e (stream_id, stream_version, aggregate_type, event_id, event_type,
              schema_version, payload, metadata, correlation_id, causation_id, actor, recorded_at, tx)
          SELECT $1, $3 + 1, $2, $4, $5, $6, $7::json, $8::json, $9, $10, $11, clock_timestamp(),
                 {tx}
          WHERE {not_archived}{taken}
-         RETURNING e.stream_version, e.position, e.tx::text::bigint, e.recorded_at"
+         RETURNING e.stream_version, e.position, e.tx::text::bigint AS tx, e.recorded_at"
     )
 }
 
@@ -283,8 +301,9 @@ enum Verdict {
 pub(super) enum Offered {
     /// Stored, with its keys.
     Stored(Vec<RecordedEvent>),
-    /// Nothing stored: the events, to append without offers.
-    NotStored(Vec<NewEvent>),
+    /// Nothing stored: the events, to append without offers, and what the statement found of
+    /// the subjects' keys.
+    NotStored(Vec<NewEvent>, OfferAnswer),
 }
 
 /// One append, as sent to the database.
@@ -633,6 +652,14 @@ fn is_unique_violation(error: &sqlx::Error) -> bool {
         .is_some_and(|e| e.code().as_deref() == Some("23505"))
 }
 
+/// Whether a statement failed as a whole, rolled back with nothing of it stored, for a reason
+/// another attempt may not meet: a unique violation, a deadlock, a serialization failure.
+fn rolled_back(error: &sqlx::Error) -> bool {
+    error
+        .as_database_error()
+        .is_some_and(|e| matches!(e.code().as_deref(), Some("23505" | "40P01" | "40001")))
+}
+
 /// Whether an insert collided with stored events of its stream (the primary key refused it).
 fn collided(error: &sqlx::Error) -> bool {
     error.as_database_error().is_some_and(|e| {
@@ -879,10 +906,10 @@ impl PostgresStore {
     }
 
     /// An autocommit append that stores the data keys it offers (see [`Offers`]) in the same
-    /// statement as its events: one commit. The events back when the statement stored
-    /// nothing (a subject got its key from another writer in the meantime; or a race, a
-    /// conflict, an idempotent retry, which the append without offers finds out): the offered
-    /// keys are then dropped, and the events sealed again under the keys the subjects have.
+    /// statement as its events: one commit. When the statement stored no event (a subject had
+    /// a key already, or a conflict, a race, an idempotent retry, which the append without
+    /// offers finds out), the events back, with the offered keys it stored and the subjects'
+    /// keys it found; nothing of it when it failed, rolled back as a whole.
     pub(super) async fn append_offering(
         &self,
         request: &Request<'_>,
@@ -896,12 +923,31 @@ impl PostgresStore {
             events,
             offers: Some(offers),
         };
-        match append.insert_at(self, request.head, &self.inner.pool).await {
-            Ok(rows) if !rows.is_empty() => append.recorded(rows).map(Offered::Stored),
-            Ok(_) => Ok(Offered::NotStored(append.events)),
-            Err(error) if is_unique_violation(&error) => Ok(Offered::NotStored(append.events)),
-            Err(error) => Err(self.fail(error)),
+        let rows = match append.insert_at(self, request.head, &self.inner.pool).await {
+            Ok(rows) => rows,
+            Err(error) if rolled_back(&error) => {
+                return Ok(Offered::NotStored(append.events, OfferAnswer::default()));
+            }
+            Err(error) => return Err(self.fail(error)),
+        };
+        let stored = match rows.first() {
+            Some(row) => columns::unsigned_opt::<_, i64, u64>(row, 0)?.is_some(),
+            None => false,
+        };
+        if stored {
+            return append.recorded(rows).map(Offered::Stored);
         }
+        let mut answer = OfferAnswer::default();
+        for row in &rows {
+            let key_id: Uuid = columns::get(row, 4)?;
+            match columns::get::<_, Option<String>>(row, 5)? {
+                Some(subject) => answer
+                    .existing
+                    .push((key_id, subject, columns::get(row, 6)?)),
+                None => answer.taken.push(key_id),
+            }
+        }
+        Ok(Offered::NotStored(append.events, answer))
     }
 
     /// Commits a group in one statement. When the statement fails as a whole (a unique

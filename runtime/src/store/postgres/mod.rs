@@ -608,9 +608,9 @@ impl PostgresStore {
                     }
                     stored = Some(appended);
                 }
-                append::Offered::NotStored(mut events) => {
+                append::Offered::NotStored(mut events, answer) => {
                     if let Some(keys) = &self.keys {
-                        keys.settle(self, offers).await?;
+                        keys.settle(offers, answer).await?;
                     }
                     store_keys::unseal(&mut events, plain);
                     plain = store_keys::seal(self.keys.as_ref(), self, &mut events).await?;
