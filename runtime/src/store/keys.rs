@@ -98,6 +98,7 @@ struct Spare {
 pub(crate) struct Offers(Vec<Offer>);
 
 /// What an append that offered keys (see [`Offers`]) and stored no event found.
+#[cfg(feature = "postgres")]
 #[derive(Default)]
 pub(crate) struct OfferAnswer {
     /// The ids of the offered keys it stored: their subjects'.
@@ -111,9 +112,11 @@ struct Offer {
     subject: String,
     id: Uuid,
     key: Arc<DataKey>,
+    #[cfg_attr(not(feature = "postgres"), allow(dead_code))]
     wrapped: Vec<u8>,
 }
 
+#[cfg(feature = "postgres")]
 impl Offers {
     /// Whether no key is offered.
     pub(crate) fn is_empty(&self) -> bool {
@@ -249,6 +252,7 @@ impl Keyring {
     }
 
     /// Caches the keys of `offers`, stored (committed) with the events they sealed.
+    #[cfg(feature = "postgres")]
     pub(crate) fn keep(&self, offers: Offers) {
         for offer in offers.0 {
             self.remember(&offer.subject, offer.id, &offer.key);
@@ -259,6 +263,7 @@ impl Keyring {
     /// the offered keys it stored are their subjects' (committed), the keys it found of
     /// subjects that had one are theirs; all cached. An offered key it did not store was
     /// never stored, and no data is sealed under it: the spare, when there is none.
+    #[cfg(feature = "postgres")]
     pub(crate) async fn settle(&self, offers: Offers, answer: OfferAnswer) -> Result<()> {
         for offer in offers.0 {
             if answer.taken.contains(&offer.id) {
@@ -577,6 +582,7 @@ pub(crate) async fn forget(
 }
 
 /// Gives events to append back their payloads from before sealing (to seal them again).
+#[cfg(feature = "postgres")]
 pub(crate) fn unseal(events: &mut [NewEvent], plain: Vec<(Uuid, Payload)>) {
     for (event_id, payload) in plain {
         if let Some(event) = events.iter_mut().find(|event| event.event_id == event_id) {
