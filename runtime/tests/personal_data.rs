@@ -765,19 +765,37 @@ impl factum::pii::KeyProvider for CountingWraps {
 
 /// Renames the customer `id` (a `#[pii]` name, subject `id`) through `store`.
 async fn rename(store: &impl EventStore, id: &str, name: &str) {
+    append_rename(
+        store,
+        &format!("customer-{id}"),
+        ExpectedVersion::Any,
+        id,
+        name,
+    )
+    .await
+    .unwrap();
+}
+
+/// Appends the renaming of customer `id` (a `#[pii]` name, subject `id`) to `stream`.
+async fn append_rename(
+    store: &impl EventStore,
+    stream: &str,
+    expected: ExpectedVersion,
+    id: &str,
+    name: &str,
+) -> Result<Vec<factum::RecordedEvent>, Error> {
     let renamed = CustomerRenamed {
         customer_id: id.to_owned(),
         name: name.to_owned(),
     };
     store
         .append(
-            &format!("customer-{id}"),
+            stream,
             "Customer",
-            ExpectedVersion::Any,
+            expected,
             vec![NewEvent::of(&renamed).unwrap()],
         )
         .await
-        .unwrap();
 }
 
 /// A process that has no key of a subject at hand gets the subject's key, whether it looks
@@ -870,19 +888,15 @@ async fn new_subjects_keep_one_key_when_processes_race<D: TestDatabase>() {
         .enumerate()
         .map(|(process, store)| async move {
             for subject in 0..SUBJECTS {
-                let renamed = CustomerRenamed {
-                    customer_id: format!("subject-{subject}"),
-                    name: format!("name {subject} by {process}"),
-                };
-                store
-                    .append(
-                        &format!("customer-{subject}-{process}"),
-                        "Customer",
-                        ExpectedVersion::NoStream,
-                        vec![NewEvent::of(&renamed).unwrap()],
-                    )
-                    .await
-                    .unwrap();
+                append_rename(
+                    store,
+                    &format!("customer-{subject}-{process}"),
+                    ExpectedVersion::NoStream,
+                    &format!("subject-{subject}"),
+                    &format!("name {subject} by {process}"),
+                )
+                .await
+                .unwrap();
             }
         });
     futures_util::future::join_all(appends).await;
@@ -1008,20 +1022,14 @@ async fn a_new_subject_s_key_commits_with_its_first_event() {
         ("edsger", ExpectedVersion::NoStream),
         ("barbara", ExpectedVersion::Exact(7)),
     ] {
-        let refused = store
-            .append(
-                "pair",
-                "Customer",
-                expected,
-                vec![
-                    NewEvent::of(&CustomerRenamed {
-                        customer_id: subject.to_owned(),
-                        name: format!("{subject} refused"),
-                    })
-                    .unwrap(),
-                ],
-            )
-            .await;
+        let refused = append_rename(
+            &store,
+            "pair",
+            expected,
+            subject,
+            &format!("{subject} refused"),
+        )
+        .await;
         assert!(
             matches!(refused, Err(Error::Conflict { .. })),
             "{refused:?}"

@@ -269,13 +269,10 @@ impl Keyring {
             if answer.taken.contains(&offer.id) {
                 self.remember(&offer.subject, offer.id, &offer.key);
             } else if let Some(key) = Arc::into_inner(offer.key) {
-                self.spare
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .get_or_insert(Spare {
-                        key,
-                        wrapped: offer.wrapped,
-                    });
+                self.keep_spare(Spare {
+                    key,
+                    wrapped: offer.wrapped,
+                });
             }
         }
         for (id, subject, wrapped) in answer.existing {
@@ -283,6 +280,15 @@ impl Keyring {
             self.remember(&subject, id, &key);
         }
         Ok(())
+    }
+
+    /// Keeps `spare`, a key no subject has, for the next new subject: the one kept when there is
+    /// one already (which goes first).
+    fn keep_spare(&self, spare: Spare) {
+        self.spare
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get_or_insert(spare);
     }
 
     /// The spare key, or a new one made and wrapped.
@@ -314,7 +320,7 @@ impl Keyring {
         if id == offered {
             return Ok((id, Arc::new(spare.key)));
         }
-        *self.spare.lock().unwrap_or_else(PoisonError::into_inner) = Some(spare);
+        self.keep_spare(spare);
         Ok((id, Arc::new(self.provider.unwrap(&wrapped).await?)))
     }
 
