@@ -533,8 +533,9 @@ struct Sealed<'a> {
     key: Uuid,
     /// The sealed data, base64: nonce, ciphertext and tag, after the key id in [`Form::Array`].
     data: &'a str,
-    /// The fields' values once the key is deleted (a JSON object).
-    erased: &'a RawValue,
+    /// The fields' values once the key is deleted: a JSON object's text, checked only when
+    /// it is used (a read of an event whose key exists does not look inside it).
+    erased: &'a str,
     form: Form,
 }
 
@@ -571,7 +572,7 @@ impl<'a> Sealed<'a> {
         if value.trim_start().starts_with('[') {
             let (data, erased) = serde_json::from_str::<(&'a str, &'a RawValue)>(value)
                 .map_err(|e| e.to_string())?;
-            Self::array(data, erased).ok_or_else(|| {
+            Self::array(data, erased.get()).ok_or_else(|| {
                 "its data is no base64 of a key id, a nonce, a ciphertext and a tag".to_owned()
             })
         } else {
@@ -579,14 +580,14 @@ impl<'a> Sealed<'a> {
             Ok(Self {
                 key: read.key,
                 data: read.data,
-                erased: read.erased,
+                erased: read.erased.get(),
                 form: Form::Object,
             })
         }
     }
 
     /// The array form's value, its key id read from the head of its data.
-    fn array(data: &'a str, erased: &'a RawValue) -> Option<Self> {
+    fn array(data: &'a str, erased: &'a str) -> Option<Self> {
         let mut head = [0_u8; KEY_ID_BASE64 / 4 * 3];
         let head = FAST_BASE64
             .decode(
@@ -612,10 +613,18 @@ impl<'a> Sealed<'a> {
         let end = memchr::memchr2(b'"', b'\\', text.as_bytes())?;
         let (data, text) = (text.get(..end)?, text.get(end..)?.strip_prefix('"')?);
         let text = text.strip_prefix(',')?;
-        let mut values = serde_json::Deserializer::from_str(text).into_iter::<&'a RawValue>();
-        let erased = values.next()?.ok()?;
-        let text = text[values.byte_offset()..].strip_prefix(']')?;
-        Some((Self::array(data, erased)?, text))
+        let (erased, text) = text.split_at_checked(object_end(text)?)?;
+        Some((Self::array(data, erased)?, text.strip_prefix(']')?))
+    }
+
+    /// The fields' erased values, a JSON object's text: checked here, where they are used.
+    fn erased_values(&self) -> Result<&'a str, PiiError> {
+        serde_json::from_str::<&RawValue>(self.erased)
+            .map(|_| self.erased)
+            .map_err(|e| PiiError::Malformed {
+                field: SEALED.to_owned(),
+                reason: format!("its erased values are no JSON: {e}"),
+            })
     }
 }
 
@@ -718,7 +727,7 @@ impl<'a> SealedPayload<'a> {
         let (fields, shredded) = match (&self.sealed, key) {
             (None, _) => ("{}", false),
             (Some(sealed), Some(key)) => (sealed.decrypt(key, &mut buffer, &mut long)?, false),
-            (Some(sealed), None) => (sealed.erased.get(), true),
+            (Some(sealed), None) => (sealed.erased_values()?, true),
         };
         let inner = object_inner(fields)
             .ok_or_else(|| malformed("the sealed fields are no JSON object"))?;
@@ -825,6 +834,44 @@ impl Sealed<'_> {
         })?;
         std::str::from_utf8(text).map_err(|e| malformed(format!("decrypts to no text: {e}")))
     }
+}
+
+/// The length of the JSON object `text` begins with: up to the brace that closes it, strings
+/// skipped (their braces and escaped quotes). Nothing inside is checked: the stores' columns
+/// hold JSON (PostgreSQL checks it as it stores it), and the values are checked where they
+/// are used. `None` when `text` begins with no object or ends inside it.
+fn object_end(text: &str) -> Option<usize> {
+    let bytes = text.as_bytes();
+    if bytes.first() != Some(&b'{') {
+        return None;
+    }
+    let (mut depth, mut at) = (0_usize, 0);
+    while let Some(&byte) = bytes.get(at) {
+        match byte {
+            b'{' | b'[' => depth += 1,
+            b'}' | b']' => {
+                depth = depth.checked_sub(1)?;
+                if depth == 0 {
+                    return Some(at + 1);
+                }
+            }
+            b'"' => {
+                // To the closing quote, over escapes (a backslash and the byte after it); byte
+                // by byte, the strings of erased values being short.
+                at += 1;
+                loop {
+                    match *bytes.get(at)? {
+                        b'"' => break,
+                        b'\\' => at += 2,
+                        _ => at += 1,
+                    }
+                }
+            }
+            _ => {}
+        }
+        at += 1;
+    }
+    None
 }
 
 /// The members of a JSON object's text, without its braces.
@@ -936,6 +983,53 @@ mod tests {
         ));
     }
 
+    /// The erased values' object is found by its closing brace, over strings that hold braces,
+    /// brackets, quotes and backslashes; a text that ends inside the object, or does not begin
+    /// with one, has no end.
+    #[test]
+    fn an_object_ends_at_its_own_closing_brace() {
+        for object in [
+            r#"{}"#,
+            r#"{"a":"[erased]","b":null}"#,
+            r#"{"a":"}{][","b":{"c":[1,{"d":"\"}"}]}}"#,
+            r#"{"a":"say \"}\" twice\\","b":"\u007d"}"#,
+        ] {
+            let text = format!("{object}],\"x\":1}}");
+            assert_eq!(object_end(&text), Some(object.len()), "{object}");
+            serde_json::from_str::<Value>(object).unwrap();
+        }
+        for text in [
+            r#"{"a":"}"#,
+            r#"{"a":{"b":1}"#,
+            r#"["a"]"#,
+            "",
+            r#"{"a":"\"#,
+        ] {
+            assert_eq!(object_end(text), None, "{text}");
+        }
+    }
+
+    /// The erased values are read only when they are used: a payload whose erased values are
+    /// no JSON opens under its key, and is refused once its subject is forgotten.
+    #[test]
+    fn erased_values_are_checked_when_they_are_used() {
+        let (key, id) = (DataKey::generate().unwrap(), Uuid::now_v7());
+        let mut sealed = payload();
+        seal(&mut sealed, &SPEC, id, &key).unwrap();
+        let text = serde_json::to_string(&sealed).unwrap();
+        let erased = serde_json::to_string(&sealed[SEALED][1]).unwrap();
+        let broken = text.replacen(&erased, r#"{"name":tru,"email":null}"#, 1);
+        assert_ne!(broken, text);
+        let read = SealedPayload::read(&broken).unwrap();
+        let (opened, shredded) = read.open(Some(&key)).unwrap();
+        assert!(!shredded);
+        assert_eq!(
+            serde_json::from_str::<Value>(&opened).unwrap(),
+            Value::Object(payload())
+        );
+        assert!(matches!(read.open(None), Err(PiiError::Malformed { .. })));
+    }
+
     /// A store writes the sealed field first, and then only that field is parsed; a payload
     /// written otherwise is read field by field, and opens to the same text.
     #[test]
@@ -1006,7 +1100,7 @@ mod tests {
         assert_eq!((read.key, read.form, rest), (id, Form::Array, ""));
         assert_eq!(read.data, value[0].as_str().unwrap());
         assert_eq!(
-            serde_json::from_str::<Value>(read.erased.get()).unwrap(),
+            serde_json::from_str::<Value>(read.erased).unwrap(),
             value[1]
         );
         let rest = serde_json::to_string(&sealed).unwrap();

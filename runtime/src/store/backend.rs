@@ -285,6 +285,32 @@ pub(crate) mod columns {
             .map_err(|e| error(row, index, e))
     }
 
+    /// Column `index`, text (or `json`, whose bytes are its text), not compared with its SQL
+    /// type, as [`get_unchecked`]: for an event's payload, the longest value of a read, whose
+    /// UTF-8 is checked with SIMD instructions (`simdutf8`) rather than `str`'s decoder.
+    /// PostgreSQL only.
+    #[cfg(feature = "postgres")]
+    pub fn text(row: &sqlx::postgres::PgRow, index: usize) -> Result<&str> {
+        let bytes = row
+            .try_get_raw(index)
+            .map_err(|e| error(row, index, e))?
+            .as_bytes()
+            .map_err(|source| {
+                let column = format!("{index}");
+                error(
+                    row,
+                    index,
+                    sqlx::Error::ColumnDecode {
+                        index: column,
+                        source,
+                    },
+                )
+            })?;
+        simdutf8::basic::from_utf8(bytes).map_err(|_| Error::Corrupt {
+            reason: format!("column `{}` holds no UTF-8 text", name(row, index)),
+        })
+    }
+
     /// Column `index`, a signed SQL integer (`S`: `i64`, `i32`), as the unsigned number `T`
     /// it must hold.
     pub fn unsigned<'r, R, S, T>(row: &'r R, index: usize) -> Result<T>

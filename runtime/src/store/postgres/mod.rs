@@ -1186,7 +1186,7 @@ fn replayed_event<'r>(
         columns::get_unchecked::<_, Option<&str>>(row, at + 1)?.unwrap_or(aggregate_type),
         columns::get_unchecked(row, at + 2)?,
         columns::unsigned::<_, i32, _>(row, at + 3)?,
-        columns::get_unchecked(row, at + 4)?,
+        columns::text(row, at + 4)?,
     ))
 }
 
@@ -1233,7 +1233,7 @@ fn source_from_row(row: &PgRow, at: usize) -> Result<RecordedEvent> {
         event_type: columns::get_unchecked(row, at + 3)?,
         schema_version: columns::unsigned::<_, i32, _>(row, at + 4)?,
     };
-    let payload: &str = columns::get_unchecked(row, at + 5)?;
+    let payload = columns::text(row, at + 5)?;
     Ok(source.into_envelope(Payload::from_stored_json(payload.to_owned())))
 }
 
@@ -1252,7 +1252,7 @@ fn origin_at(row: &PgRow, at: usize) -> Result<(Origin<'_>, Payload)> {
         schema_version: columns::unsigned::<_, i32, _>(row, at + 7)?,
         recorded_at: columns::get(row, at + 9)?,
     };
-    let payload: &str = columns::get_unchecked(row, at + 8)?;
+    let payload = columns::text(row, at + 8)?;
     Ok((origin, Payload::from_stored_json(payload.to_owned())))
 }
 
