@@ -321,6 +321,26 @@ pub(crate) mod columns {
         T: TryFrom<i64>,
     {
         let value: i64 = get::<R, S>(row, index)?.into();
+        in_range(row, index, value)
+    }
+
+    /// [`unsigned`], decoded without first comparing the column's SQL type with `S`'s, as
+    /// [`get_unchecked`] (for the same hot read paths, whose statements produce integer
+    /// columns: an integer of another width decodes all the same). PostgreSQL only.
+    #[cfg(feature = "postgres")]
+    pub fn unsigned_unchecked<'r, R, S, T>(row: &'r R, index: usize) -> Result<T>
+    where
+        R: Row,
+        usize: ColumnIndex<R>,
+        S: Decode<'r, R::Database> + Into<i64>,
+        T: TryFrom<i64>,
+    {
+        let value: i64 = get_unchecked::<R, S>(row, index)?.into();
+        in_range(row, index, value)
+    }
+
+    /// `value`, read from column `index`, as the unsigned number `T` it must be.
+    fn in_range<R: Row, T: TryFrom<i64>>(row: &R, index: usize, value: i64) -> Result<T> {
         T::try_from(value).map_err(|_| Error::Corrupt {
             reason: format!(
                 "column `{}` holds {value}, which no valid value can be",

@@ -1182,17 +1182,17 @@ fn replayed_event<'r>(
     aggregate_type: &'r str,
 ) -> Result<StreamEventRef<'r>> {
     Ok(StreamEventRef::new(
-        columns::unsigned::<_, i64, _>(row, at)?,
+        columns::unsigned_unchecked::<_, i64, _>(row, at)?,
         columns::get_unchecked::<_, Option<&str>>(row, at + 1)?.unwrap_or(aggregate_type),
         columns::get_unchecked(row, at + 2)?,
-        columns::unsigned::<_, i32, _>(row, at + 3)?,
+        columns::unsigned_unchecked::<_, i32, _>(row, at + 3)?,
         columns::text(row, at + 4)?,
     ))
 }
 
 /// The stream version in a stream read's row, at column `at`.
 fn version_at(row: &PgRow, at: usize) -> Result<u64> {
-    columns::unsigned::<_, i64, _>(row, at)
+    columns::unsigned_unchecked::<_, i64, _>(row, at)
 }
 
 /// Reads the stream event columns ([`STREAM_EVENT_COLUMNS`]) starting at `at`.
@@ -1228,10 +1228,10 @@ fn origin_from_row(row: &PgRow, at: usize) -> Result<RecordedEvent> {
 fn source_from_row(row: &PgRow, at: usize) -> Result<RecordedEvent> {
     let source = Source {
         stream_id: columns::get_unchecked(row, at)?,
-        global_position: columns::unsigned::<_, i64, _>(row, at + 1)?,
-        tx: columns::unsigned::<_, i64, _>(row, at + 2)?,
+        global_position: columns::unsigned_unchecked::<_, i64, _>(row, at + 1)?,
+        tx: columns::unsigned_unchecked::<_, i64, _>(row, at + 2)?,
         event_type: columns::get_unchecked(row, at + 3)?,
-        schema_version: columns::unsigned::<_, i32, _>(row, at + 4)?,
+        schema_version: columns::unsigned_unchecked::<_, i32, _>(row, at + 4)?,
     };
     let payload = columns::text(row, at + 5)?;
     Ok(source.into_envelope(Payload::from_stored_json(payload.to_owned())))
@@ -1243,13 +1243,13 @@ fn source_from_row(row: &PgRow, at: usize) -> Result<RecordedEvent> {
 fn origin_at(row: &PgRow, at: usize) -> Result<(Origin<'_>, Payload)> {
     let origin = Origin {
         stream_id: columns::get_unchecked(row, at)?,
-        stream_version: columns::unsigned::<_, i64, _>(row, at + 1)?,
-        global_position: columns::unsigned::<_, i64, _>(row, at + 2)?,
-        tx: columns::unsigned::<_, i64, _>(row, at + 3)?,
+        stream_version: columns::unsigned_unchecked::<_, i64, _>(row, at + 1)?,
+        global_position: columns::unsigned_unchecked::<_, i64, _>(row, at + 2)?,
+        tx: columns::unsigned_unchecked::<_, i64, _>(row, at + 3)?,
         aggregate_type: columns::get_unchecked(row, at + 4)?,
         event_id: columns::get(row, at + 5)?,
         event_type: columns::get_unchecked(row, at + 6)?,
-        schema_version: columns::unsigned::<_, i32, _>(row, at + 7)?,
+        schema_version: columns::unsigned_unchecked::<_, i32, _>(row, at + 7)?,
         recorded_at: columns::get(row, at + 9)?,
     };
     let payload = columns::text(row, at + 8)?;
