@@ -351,7 +351,7 @@ async fn hand_written_catch_up(
     .await?;
     let read = format!(
         "WITH h AS MATERIALIZED (SELECT pg_snapshot_xmin(pg_current_snapshot()) AS xmin)
-         SELECT e.tx::text::bigint, e.position, e.stream_id, e.event_type, e.payload::text
+         SELECT e.tx, e.position, e.stream_id, e.event_type, e.payload
          FROM h, {s}.events e
          WHERE (e.tx, e.position) > ($1::text::xid8, $2)
            AND e.tx < h.xmin
@@ -391,13 +391,15 @@ async fn hand_written_catch_up(
             .fetch_all(store.pool())
             .await?;
         let Some(last) = rows.last() else { break };
-        (tx, position) = (last.try_get(0)?, last.try_get(1)?);
+        // The `xid8` as sent (eight bytes, an `int8`) and the `json` as its text, uncast, as
+        // the runner reads them.
+        (tx, position) = (last.try_get_unchecked(0)?, last.try_get(1)?);
         let mut opened: (Vec<String>, Vec<String>, Vec<i64>) = Default::default();
         let mut changes: HashMap<String, Change> = HashMap::new();
         for row in &rows {
             let account: String = row.try_get(2)?;
             let event_type: &str = row.try_get(3)?;
-            let payload: &str = row.try_get(4)?;
+            let payload: &str = row.try_get_unchecked(4)?;
             match event_type {
                 "AccountOpened" => {
                     let event: AccountOpened = serde_json::from_str(payload)?;

@@ -153,7 +153,7 @@ fn insert_sql(schema: &Schema, taken: &str) -> String {
                                    correlation_id, causation_id, actor, ord)
          {head_check}{taken}
          ORDER BY u.ord
-         RETURNING e.stream_version, e.position, e.tx::text::bigint AS tx, e.recorded_at"
+         RETURNING e.stream_version, e.position, e.tx, e.recorded_at"
     )
 }
 
@@ -182,7 +182,7 @@ fn insert_one_sql(schema: &Schema, taken: &str) -> String {
                 $10, $11, clock_timestamp(), {tx}
          FROM (SELECT 1) AS one
          {head_check}{taken}
-         RETURNING e.stream_version, e.position, e.tx::text::bigint AS tx, e.recorded_at"
+         RETURNING e.stream_version, e.position, e.tx, e.recorded_at"
     )
 }
 
@@ -203,7 +203,7 @@ fn insert_after_head_sql(schema: &Schema, taken: &str) -> String {
                                    correlation_id, causation_id, actor, ord)
          WHERE {not_archived}{taken}
          ORDER BY u.ord
-         RETURNING e.stream_version, e.position, e.tx::text::bigint AS tx, e.recorded_at"
+         RETURNING e.stream_version, e.position, e.tx, e.recorded_at"
     )
 }
 
@@ -219,7 +219,7 @@ fn insert_one_after_head_sql(schema: &Schema, taken: &str) -> String {
          SELECT $1, $3 + 1, $2, $4, $5, $6, $7::json, $8::json, $9, $10, $11, clock_timestamp(),
                 {tx}
          WHERE {not_archived}{taken}
-         RETURNING e.stream_version, e.position, e.tx::text::bigint AS tx, e.recorded_at"
+         RETURNING e.stream_version, e.position, e.tx, e.recorded_at"
     )
 }
 
@@ -257,7 +257,7 @@ pub(super) fn insert_group_sql(schema: &Schema) -> String {
                  OR u.expected = coalesce(h.stream_version, 0))
                 AND (h.aggregate_type IS NULL OR h.aggregate_type = u.aggregate_type))
          ORDER BY u.n
-         RETURNING e.stream_version, e.position, e.tx::text::bigint, e.recorded_at, e.stream_id"
+         RETURNING e.stream_version, e.position, e.tx, e.recorded_at, e.stream_id"
     )
 }
 
@@ -568,7 +568,8 @@ impl Append<'_> {
                 (self.stream_id, self.aggregate_type),
                 stream_version,
                 (
-                    columns::unsigned::<_, i64, _>(&row, 2)?,
+                    // The `xid8` column as it is sent: eight bytes, read as an `int8`.
+                    columns::unsigned_unchecked::<_, i64, _>(&row, 2)?,
                     columns::unsigned::<_, i64, _>(&row, 1)?,
                 ),
                 columns::get(&row, 3)?,

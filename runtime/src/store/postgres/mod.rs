@@ -100,10 +100,15 @@ struct Statements {
 
 /// The columns of an [`Origin`] and the payload, in the order `origin_at` reads them: the
 /// first columns of every envelope read.
+///
+/// Every read sends `tx`, `payload`, `metadata` and a snapshot's `state` as stored, uncast: an
+/// `xid8` travels as eight bytes, read as an `int8`, and `json` as its text, read as such
+/// ([`columns::text`]). A cast to `text` (and on to `bigint`) converts each value out and in
+/// again in the server: of a 5,000-event feed read's execution, a third to a half.
 macro_rules! origin_columns {
     () => {
-        "e.stream_id, e.stream_version, e.position, e.tx::text::bigint, e.aggregate_type, \
-         e.event_id, e.event_type, e.schema_version, e.payload::text, e.recorded_at"
+        "e.stream_id, e.stream_version, e.position, e.tx, e.aggregate_type, \
+         e.event_id, e.event_type, e.schema_version, e.payload, e.recorded_at"
     };
 }
 
@@ -113,7 +118,7 @@ const ORIGIN_COLUMNS: &str = origin_columns!();
 /// The columns of a [`Source`] and the payload, in the order `source_from_row` reads them
 /// ([`EnvelopeFields::Source`]).
 const SOURCE_COLUMNS: &str =
-    "e.stream_id, e.position, e.tx::text::bigint, e.event_type, e.schema_version, e.payload::text";
+    "e.stream_id, e.position, e.tx, e.event_type, e.schema_version, e.payload";
 
 /// The feed statements of the runners, one per set of envelope fields read: `[unfiltered,
 /// filtered by event type]`, each also bounded (the table read up to a position: the last of
@@ -160,19 +165,19 @@ impl FeedReads {
 pub(crate) const ENVELOPE_COLUMNS: &str = concat!(
     origin_columns!(),
     // No ", " inside a column: the feed counts the columns by it.
-    ", e.metadata::text, e.correlation_id, e.causation_id, e.actor, nullif(e.tenant,'')"
+    ", e.metadata, e.correlation_id, e.causation_id, e.actor, nullif(e.tenant,'')"
 );
 
 /// The columns of a [`StreamEvent`], in the order `stream_event_from_row` reads them.
 const STREAM_EVENT_COLUMNS: &str =
-    "e.stream_version, e.aggregate_type, e.event_type, e.schema_version, e.payload::text";
+    "e.stream_version, e.aggregate_type, e.event_type, e.schema_version, e.payload";
 
 /// The columns of a replayed event, in the order `replayed_event` reads them: those of
 /// [`STREAM_EVENT_COLUMNS`], with the aggregate type sent only when it is not the replaying
 /// aggregate's (`$2`): every event of a stream has its type, and each column of each row costs
 /// the server and the client alike.
 const REPLAY_COLUMNS: &str = "e.stream_version, nullif(e.aggregate_type, $2), e.event_type, \
-    e.schema_version, e.payload::text";
+    e.schema_version, e.payload";
 
 impl Statements {
     fn new(schema: &Schema, tenancy: &Tenancy) -> Self {
@@ -251,7 +256,7 @@ impl Statements {
             // The snapshot (when asked for) and the events after it, in one round trip.
             load_history: format!(
                 "WITH snapshot AS MATERIALIZED (
-                     SELECT stream_version, aggregate_type, state_version, state::text AS state, taken_at
+                     SELECT stream_version, aggregate_type, state_version, state, taken_at
                      FROM {s}.snapshots WHERE stream_id = $1
                  )
                  (SELECT 1 AS kind, stream_version, aggregate_type, NULL::text, state_version, state, taken_at
@@ -272,7 +277,7 @@ impl Statements {
                 .into(),
             // The columns line up with the snapshot row of `load_history`.
             load_snapshot: format!(
-                "SELECT stream_version, aggregate_type, NULL::text, state_version, state::text, taken_at
+                "SELECT stream_version, aggregate_type, NULL::text, state_version, state, taken_at
                  FROM {s}.snapshots WHERE stream_id = $1"
             )
             .into(),
@@ -1155,7 +1160,7 @@ fn snapshot_from_row(row: &PgRow, at: usize, stream_id: &str) -> Result<Snapshot
         columns::get::<_, String>(row, at + 1)?,
         columns::unsigned::<_, i64, _>(row, at)?,
         columns::unsigned::<_, i32, _>(row, at + 3)?,
-        Payload::from_stored_json(columns::get(row, at + 4)?),
+        Payload::from_stored_json(columns::text(row, at + 4)?.to_owned()),
     );
     snapshot.taken_at = columns::get::<_, DateTime<Utc>>(row, at + 5)?;
     Ok(snapshot)
@@ -1169,7 +1174,7 @@ fn stream_event_ref(row: &PgRow, at: usize) -> Result<StreamEventRef<'_>> {
         columns::get(row, at + 1)?,
         columns::get(row, at + 2)?,
         columns::unsigned::<_, i32, _>(row, at + 3)?,
-        columns::get(row, at + 4)?,
+        columns::text(row, at + 4)?,
     ))
 }
 
@@ -1265,7 +1270,7 @@ fn envelope_or_defect(row: &PgRow, at: usize) -> Result<ReadEnvelope> {
     event.causation_id = columns::get(row, at + 12)?;
     event.actor = columns::get(row, at + 13)?;
     event.tenant = columns::get(row, at + 14)?;
-    Ok(with_metadata(event, columns::get(row, at + 10)?))
+    Ok(with_metadata(event, columns::text(row, at + 10)?))
 }
 
 /// `event` with its stored metadata, or with empty metadata and the defect when it does not
@@ -1424,7 +1429,7 @@ impl EventStore for PostgresStore {
                 .await
                 .map_err(|e| self.fail(e))?
             {
-                let version: u64 = columns::unsigned::<_, i64, _>(&row, 0)?;
+                let version = version_at(&row, 0)?;
                 if version != next {
                     early.insert(version, row);
                     continue;
