@@ -253,7 +253,12 @@ impl Statements {
                 "SELECT {REPLAY_COLUMNS} FROM {s}.events e WHERE e.stream_id = $1"
             )
             .into(),
-            // The snapshot (when asked for) and the events after it, in one round trip.
+            // The snapshot (when asked for) and the events after it, in one round trip. The
+            // upper bound (every version) makes the versions a range to PostgreSQL's planner,
+            // estimated as a narrow one: alone, "after the snapshot's version" (known only as
+            // the statement runs) is guessed at a third of the stream's rows, and where one
+            // stream fills much of the table the generic plan scanned the whole table and
+            // sorted it (1 ms for 10,000 events, against 0.05 ms through the primary key).
             load_history: format!(
                 "WITH snapshot AS MATERIALIZED (
                      SELECT stream_version, aggregate_type, state_version, state, taken_at
@@ -265,7 +270,9 @@ impl Statements {
                  (SELECT 0, {REPLAY_COLUMNS}, NULL::timestamptz FROM {s}.events e
                   WHERE e.stream_id = $1
                     AND e.stream_version > coalesce((SELECT stream_version FROM snapshot), 0)
-                  ORDER BY e.stream_version)"
+                    AND e.stream_version <= {max_version}
+                  ORDER BY e.stream_version)",
+                max_version = i64::MAX
             )
             .into(),
             read_feed: FeedReads::new(feed),
@@ -1574,5 +1581,75 @@ impl EventStore for PostgresStore {
         self.inner
             .listener
             .subscribe(&self.inner.pool, &self.inner.channel)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::PostgresStore;
+    use crate::{EventStore as _, ExpectedVersion, NewEvent, Payload, Snapshot};
+    use sqlx::Connection as _;
+
+    /// The events after a snapshot are read through the primary key, in its order, even where
+    /// the stream fills the table and PostgreSQL plans the statement without its parameters
+    /// (as it may for a prepared statement after its fifth run): neither by scanning the table
+    /// nor by sorting what a bitmap scan of the key finds (the plans it chose before the
+    /// statement bounded the versions from above).
+    #[tokio::test]
+    async fn the_events_after_a_snapshot_are_read_through_the_primary_key() {
+        // A schema of the test's own (`factum::testing` sits above the stores).
+        let url = std::env::var("DATABASE_URL")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned());
+        let pool = sqlx::PgPool::connect(&url).await.unwrap();
+        let schema = format!("factum_after_snapshot_{}", uuid::Uuid::now_v7().simple());
+        let store = PostgresStore::with_schema(pool.clone(), &schema).unwrap();
+        store.migrate().await.unwrap();
+        for _ in 0..10 {
+            let events = (0..1000)
+                .map(|n| {
+                    let event =
+                        serde_json::json!({"amount": 1, "balance_after": n, "memo": "a deposit"});
+                    NewEvent::new("Deposited", 1, Payload::encode(&event).unwrap())
+                })
+                .collect();
+            store
+                .append("s-1", "Pinger", ExpectedVersion::Any, events)
+                .await
+                .unwrap();
+        }
+        let snapshot = Snapshot::new("s-1", "Pinger", 9990, 1, Payload::encode(&1).unwrap());
+        store.save_snapshot(snapshot).await.unwrap();
+        let mut connection = pool.acquire().await.unwrap();
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+            "ANALYZE {schema}.events;
+             SET plan_cache_mode = force_generic_plan;
+             PREPARE load_history (text, text) AS {}",
+            store.inner.sql.load_history
+        )))
+        .execute(&mut *connection)
+        .await
+        .unwrap();
+        let plan: Vec<(String,)> = sqlx::query_as("EXPLAIN EXECUTE load_history ('s-1', 'Pinger')")
+            .fetch_all(&mut *connection)
+            .await
+            .unwrap();
+        let plan: Vec<String> = plan.into_iter().map(|(line,)| line).collect();
+        connection.detach().close().await.unwrap();
+        sqlx::query(sqlx::AssertSqlSafe(format!("DROP SCHEMA {schema} CASCADE")))
+            .execute(&pool)
+            .await
+            .unwrap();
+        // In the key's order: no table scan, no sort (which a bitmap scan of the key needs).
+        assert!(
+            plan.iter()
+                .any(|line| line.contains("Index Scan using events_pkey on events")),
+            "{plan:#?}"
+        );
+        assert!(
+            !plan
+                .iter()
+                .any(|line| line.contains("Seq Scan on events") || line.contains("Sort")),
+            "{plan:#?}"
+        );
     }
 }
