@@ -1584,9 +1584,38 @@ impl EventStore for PostgresStore {
     }
 }
 
+/// Stores in schemas of a unit test's own (`factum::testing` sits above the stores).
+#[cfg(test)]
+mod scratch {
+    use super::PostgresStore;
+
+    /// A migrated store in a new schema named after `name`, on `DATABASE_URL` (or the local
+    /// server).
+    pub(in crate::store::postgres) async fn store(name: &str) -> PostgresStore {
+        let url = std::env::var("DATABASE_URL")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned());
+        let pool = sqlx::PgPool::connect(&url).await.unwrap();
+        let schema = format!("factum_{name}_{}", uuid::Uuid::now_v7().simple());
+        let store = PostgresStore::with_schema(pool, &schema).unwrap();
+        store.migrate().await.unwrap();
+        store
+    }
+
+    /// Drops `store`'s schema.
+    pub(in crate::store::postgres) async fn drop(store: &PostgresStore) {
+        let schema = store.schema();
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "DROP SCHEMA \"{schema}\" CASCADE"
+        )))
+        .execute(store.pool())
+        .await
+        .unwrap();
+    }
+}
+
 #[cfg(test)]
 mod tests {
-    use super::PostgresStore;
+    use super::scratch;
     use crate::{EventStore as _, ExpectedVersion, NewEvent, Payload, Snapshot};
     use sqlx::Connection as _;
 
@@ -1597,13 +1626,7 @@ mod tests {
     /// statement bounded the versions from above).
     #[tokio::test]
     async fn the_events_after_a_snapshot_are_read_through_the_primary_key() {
-        // A schema of the test's own (`factum::testing` sits above the stores).
-        let url = std::env::var("DATABASE_URL")
-            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned());
-        let pool = sqlx::PgPool::connect(&url).await.unwrap();
-        let schema = format!("factum_after_snapshot_{}", uuid::Uuid::now_v7().simple());
-        let store = PostgresStore::with_schema(pool.clone(), &schema).unwrap();
-        store.migrate().await.unwrap();
+        let store = scratch::store("after_snapshot").await;
         for _ in 0..10 {
             let events = (0..1000)
                 .map(|n| {
@@ -1619,11 +1642,12 @@ mod tests {
         }
         let snapshot = Snapshot::new("s-1", "Pinger", 9990, 1, Payload::encode(&1).unwrap());
         store.save_snapshot(snapshot).await.unwrap();
-        let mut connection = pool.acquire().await.unwrap();
+        let mut connection = store.pool().acquire().await.unwrap();
         sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
-            "ANALYZE {schema}.events;
+            "ANALYZE \"{}\".events;
              SET plan_cache_mode = force_generic_plan;
              PREPARE load_history (text, text) AS {}",
+            store.schema(),
             store.inner.sql.load_history
         )))
         .execute(&mut *connection)
@@ -1635,10 +1659,7 @@ mod tests {
             .unwrap();
         let plan: Vec<String> = plan.into_iter().map(|(line,)| line).collect();
         connection.detach().close().await.unwrap();
-        sqlx::query(sqlx::AssertSqlSafe(format!("DROP SCHEMA {schema} CASCADE")))
-            .execute(&pool)
-            .await
-            .unwrap();
+        scratch::drop(&store).await;
         // In the key's order: no table scan, no sort (which a bitmap scan of the key needs).
         assert!(
             plan.iter()

@@ -756,8 +756,8 @@ fn stored_envelope(row: &StoredRow) -> Result<ReadEnvelope> {
 
 #[cfg(test)]
 mod tests {
-    use super::PostgresStore;
     use crate::archive::ArchiveOptions;
+    use crate::store::postgres::scratch;
     use crate::store::sql::Backend as _;
     use crate::{EventStore as _, ExpectedVersion, NewEvent, Payload};
 
@@ -765,13 +765,7 @@ mod tests {
     /// finds archived events too, in feed order, their personal data opened as hot ones'.
     #[tokio::test]
     async fn a_read_by_id_finds_archived_events() {
-        // A schema of the test's own (`factum::testing` sits above the stores).
-        let url = std::env::var("DATABASE_URL")
-            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned());
-        let pool = sqlx::PgPool::connect(&url).await.unwrap();
-        let schema = format!("factum_by_id_{}", uuid::Uuid::now_v7().simple());
-        let store = PostgresStore::with_schema(pool.clone(), &schema).unwrap();
-        store.migrate().await.unwrap();
+        let store = scratch::store("by_id").await;
         let events = (0..5)
             .map(|n| NewEvent::new("Pinged", 1, Payload::encode(&n).unwrap()))
             .collect();
@@ -796,9 +790,6 @@ mod tests {
         assert_eq!(versions, [1, 3, 4]);
         assert_eq!(found[1], store.read_stream("s-1", 3..=3).await.unwrap()[0]);
         std::fs::remove_dir_all(&dir).unwrap();
-        sqlx::query(sqlx::AssertSqlSafe(format!("DROP SCHEMA {schema} CASCADE")))
-            .execute(&pool)
-            .await
-            .unwrap();
+        scratch::drop(&store).await;
     }
 }
