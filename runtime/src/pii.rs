@@ -930,6 +930,15 @@ mod tests {
             .clone()
     }
 
+    /// [`payload`] sealed under a new key: the key, the sealed payload and its text.
+    fn sealed_payload() -> (DataKey, Map<String, Value>, String) {
+        let (key, id) = (DataKey::generate().unwrap(), Uuid::now_v7());
+        let mut sealed = payload();
+        seal(&mut sealed, &SPEC, id, &key).unwrap();
+        let text = serde_json::to_string(&sealed).unwrap();
+        (key, sealed, text)
+    }
+
     fn opened(
         payload: &Map<String, Value>,
         key: Option<&DataKey>,
@@ -941,10 +950,7 @@ mod tests {
 
     #[test]
     fn sealed_fields_hide_their_values_and_open_under_their_key_only() {
-        let (key, id) = (DataKey::generate().unwrap(), Uuid::now_v7());
-        let mut sealed = payload();
-        seal(&mut sealed, &SPEC, id, &key).unwrap();
-        let text = serde_json::to_string(&sealed).unwrap();
+        let (key, sealed, text) = sealed_payload();
         assert!(!text.contains("Ada") && !text.contains("ada@"), "{text}");
         assert!(text.contains("\"plan\":\"pro\"") && text.contains("\"customer\":\"c-1\""));
         assert!(may_be_sealed(&text));
@@ -1013,10 +1019,7 @@ mod tests {
     /// no JSON opens under its key, and is refused once its subject is forgotten.
     #[test]
     fn erased_values_are_checked_when_they_are_used() {
-        let (key, id) = (DataKey::generate().unwrap(), Uuid::now_v7());
-        let mut sealed = payload();
-        seal(&mut sealed, &SPEC, id, &key).unwrap();
-        let text = serde_json::to_string(&sealed).unwrap();
+        let (key, sealed, text) = sealed_payload();
         let erased = serde_json::to_string(&sealed[SEALED][1]).unwrap();
         let broken = text.replacen(&erased, r#"{"name":tru,"email":null}"#, 1);
         assert_ne!(broken, text);
@@ -1034,10 +1037,7 @@ mod tests {
     /// written otherwise is read field by field, and opens to the same text.
     #[test]
     fn a_payload_opens_the_same_whether_its_sealed_field_comes_first_or_not() {
-        let (key, id) = (DataKey::generate().unwrap(), Uuid::now_v7());
-        let mut sealed = payload();
-        seal(&mut sealed, &SPEC, id, &key).unwrap();
-        let first = serde_json::to_string(&sealed).unwrap();
+        let (key, mut sealed, first) = sealed_payload();
         assert!(first.starts_with("{\"$pii\":"), "{first}");
         let read_first = SealedPayload::read(&first).unwrap();
         assert!(matches!(read_first.plain, Plain::Members(_)));
