@@ -65,9 +65,9 @@ pub struct LongStream {
     /// The baseline of `load_ms`: a hand-written loader in the same run, reading what loading
     /// an aggregate needs and nothing more, with one `fetch_all`: each event's stream version
     /// (the next append's expected version), type, schema version and payload (the `json`
-    /// column's text, uncast, as the store reads it), decoding each payload with serde_json by its type and version and
-    /// applying it (median, ms). It does not check the stream's aggregate type, as the store
-    /// does.
+    /// column's text, uncast, as the store reads it), decoding each payload with serde_json by
+    /// its type and version and applying it (median, ms). It does not check the stream's
+    /// aggregate type, as the store does.
     pub raw_load_ms: f64,
     /// raw_load / load (median of the ratios of interleaved pairs): 1.0 is as fast as the
     /// hand-written loader.

@@ -325,8 +325,9 @@ pub(crate) mod columns {
     }
 
     /// [`unsigned`], decoded without first comparing the column's SQL type with `S`'s, as
-    /// [`get_unchecked`] (for the same hot read paths, whose statements produce integer
-    /// columns: an integer of another width decodes all the same). PostgreSQL only.
+    /// [`get_unchecked`]: for the hot read paths, whose statements produce integer columns (an
+    /// integer of another width decodes all the same), and for `xid8` columns, sent as the
+    /// eight bytes of an `int8`. PostgreSQL only.
     #[cfg(feature = "postgres")]
     pub fn unsigned_unchecked<'r, R, S, T>(row: &'r R, index: usize) -> Result<T>
     where

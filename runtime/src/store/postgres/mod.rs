@@ -1077,9 +1077,7 @@ impl PostgresStore {
             event.schema_version,
             event.event.as_str(),
         );
-        visit(HistoryItem::Event(
-            self.open_replayed(replayed, last).await?,
-        ))
+        self.visit_event(replayed, visit, last).await
     }
 
     /// Hands the event of a replayed row ([`REPLAY_COLUMNS`]) to `visit`, its personal data
@@ -1094,7 +1092,20 @@ impl PostgresStore {
     where
         F: FnMut(HistoryItem<'_>) -> Result<()> + Send,
     {
-        let event = replayed_event(row, 0, aggregate_type)?;
+        self.visit_event(replayed_event(row, 0, aggregate_type)?, visit, last)
+            .await
+    }
+
+    /// Hands a replayed event to `visit`, its personal data opened.
+    async fn visit_event<F>(
+        &self,
+        event: StreamEventRef<'_>,
+        visit: &mut F,
+        last: &mut LastKey,
+    ) -> Result<()>
+    where
+        F: FnMut(HistoryItem<'_>) -> Result<()> + Send,
+    {
         visit(HistoryItem::Event(self.open_replayed(event, last).await?))
     }
 
@@ -1436,13 +1447,13 @@ impl EventStore for PostgresStore {
                 .await
                 .map_err(|e| self.fail(e))?
             {
-                let version = version_at(&row, 0)?;
-                if version != next {
-                    early.insert(version, row);
+                // Each row is decoded once; one that comes early, again in its turn.
+                let event = replayed_event(&row, 0, aggregate_type)?;
+                if event.stream_version != next {
+                    early.insert(event.stream_version, row);
                     continue;
                 }
-                self.visit_replayed(&row, aggregate_type, &mut visit, &mut last_key)
-                    .await?;
+                self.visit_event(event, &mut visit, &mut last_key).await?;
                 next += 1;
                 while let Some(row) = early.remove(&next) {
                     self.visit_replayed(&row, aggregate_type, &mut visit, &mut last_key)
@@ -1516,9 +1527,7 @@ impl EventStore for PostgresStore {
                 expected += 1;
             }
             expected = event.stream_version + 1;
-            visit(HistoryItem::Event(
-                self.open_replayed(event, &mut last_key).await?,
-            ))?;
+            self.visit_event(event, &mut visit, &mut last_key).await?;
         }
         Ok(())
     }
