@@ -161,6 +161,7 @@ impl NewEvent {
                 .iter()
                 .find(|descriptor| descriptor.name == event.event_type())
                 .and_then(|descriptor| descriptor.max_size),
+            sealed: None,
         })
     }
 }

@@ -336,6 +336,9 @@ pub struct NewEvent {
     pub(crate) pii: Option<&'static PiiSpec>,
     /// The event type's declared size limit ([`Event::MAX_SIZE`]), checked on append.
     pub(crate) max_size: Option<usize>,
+    /// Its personal data sealed, when the store keeps that in a column of its own
+    /// ([`crate::pii::Placement::Column`]); the store sets it as it seals the payload.
+    pub(crate) sealed: Option<Vec<u8>>,
 }
 
 impl NewEvent {
@@ -359,6 +362,7 @@ impl NewEvent {
             once: false,
             pii: None,
             max_size: None,
+            sealed: None,
         }
     }
 

@@ -11,8 +11,9 @@
 //! Saga instances that handled an event in plain are listed by key in `saga_data_keys`; an
 //! erased instance ends (`completed`, its state JSON `null`, `erased_at` set): its queued
 //! commands are never sent (marked failed, their payload erased) and its timeouts cancelled.
-//! The other copies are found by scanning the log for the key's id (as the sealed fields name
-//! it), which has no index: forgetting is rare.
+//! The other copies are found by scanning the log for the key's id (as the sealed data names
+//! it: in the first bytes of PostgreSQL's `sealed` column, or in the payload), which has no
+//! index: forgetting is rare.
 
 use crate::store::sql::Dialect;
 
@@ -42,7 +43,8 @@ fn postgres(s: &str) -> String {
     format!(
         "WITH sealed AS MATERIALIZED (
              SELECT stream_id, stream_version, event_id FROM {s}.events
-             WHERE strpos(payload::text, $1) > 0 OR strpos(payload::text, $2) > 0
+             WHERE substring(sealed FROM 1 FOR 16) = uuid_send($1::uuid)
+                OR strpos(payload::text, $1) > 0 OR strpos(payload::text, $2) > 0
          ), snapshots AS (
              DELETE FROM {s}.snapshots WHERE stream_id IN (SELECT stream_id FROM sealed)
          ), instances AS (

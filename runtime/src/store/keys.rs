@@ -65,6 +65,11 @@ pub(crate) trait KeyTable: Sync {
     fn committed(&self) -> bool {
         true
     }
+
+    /// Where the events' table keeps sealed data: in the payload unless it has a column for it.
+    fn placement(&self) -> pii::Placement {
+        pii::Placement::Payload
+    }
 }
 
 /// A store's key provider and its cache of unwrapped data keys. Cloning shares the cache.
@@ -341,7 +346,7 @@ impl Keyring {
             let mut payload = payload_object(event.payload.as_str(), &event.event_type)?;
             let subject = pii::subject_of(&payload, spec, &event.event_type)?;
             let (id, key) = self.key_for(table, &subject, offers.as_deref_mut()).await?;
-            pii::seal(&mut payload, spec, id, &key)?;
+            event.sealed = pii::seal(&mut payload, spec, id, &key, table.placement())?;
             let sealed = encoded(&payload)?;
             plain.push((
                 event.event_id,
@@ -385,15 +390,25 @@ impl Keyring {
     }
 
     /// Like [`Keyring::open_payload`], but opens into `last`'s buffer, which a long read
-    /// reuses for every event: the opened text, or `None` when nothing in `payload` is sealed.
+    /// reuses for every event, and reads the sealed data from `column` when the row has it
+    /// there ([`pii::Placement::Column`]): the opened text, or `None` when nothing in `payload`
+    /// is sealed.
     #[cfg(feature = "postgres")]
     pub(crate) async fn open_payload_in_place<'l>(
         &self,
         table: &impl KeyTable,
         payload: &str,
+        column: Option<&[u8]>,
         last: &'l mut LastKey,
     ) -> Result<Option<&'l str>> {
-        let Some((sealed, key_id)) = sealed(payload)? else {
+        let read = match column {
+            Some(column) => {
+                let sealed = SealedPayload::read_column(payload, column)?;
+                sealed.key_id().map(|key_id| (sealed, key_id))
+            }
+            None => sealed(payload)?,
+        };
+        let Some((sealed, key_id)) = read else {
             return Ok(None);
         };
         let LastKey { key, opened } = last;
@@ -446,6 +461,15 @@ pub(crate) struct LastKey {
     key: KeptKey,
     #[cfg(feature = "postgres")]
     opened: String,
+}
+
+#[cfg(feature = "postgres")]
+impl LastKey {
+    /// Keeps `text` in the buffer, for the read's event to borrow.
+    pub(crate) fn hold(&mut self, text: String) -> &str {
+        self.opened = text;
+        &self.opened
+    }
 }
 
 /// The data key a read used last, with its id.
@@ -593,6 +617,7 @@ pub(crate) fn unseal(events: &mut [NewEvent], plain: Vec<(Uuid, Payload)>) {
     for (event_id, payload) in plain {
         if let Some(event) = events.iter_mut().find(|event| event.event_id == event_id) {
             event.payload = payload;
+            event.sealed = None;
         }
     }
 }

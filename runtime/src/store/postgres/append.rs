@@ -64,8 +64,9 @@ fn head_check(schema: &Schema) -> String {
     )
 }
 
-/// The insert statements of a lone append: parameters `$1` to `$11`, and in the statements
-/// that offer data keys, `$12` to `$14` (see [`offering`]).
+/// The insert statements of a lone append: parameters `$1` to `$12` (`$12` the sealed data of
+/// personal data, see [`crate::pii::Placement::Column`]), and in the statements that offer
+/// data keys, `$13` to `$15` (see [`offering`]).
 #[derive(Debug)]
 pub(super) struct Inserts {
     /// Any number of events, the head read and checked.
@@ -100,11 +101,11 @@ impl Inserts {
 
 /// The condition an insert that offers data keys adds to its own: every offered key taken.
 const OFFERS_TAKEN: &str = "
-           AND (SELECT count(*) FROM offered) = cardinality($12::uuid[])";
+           AND (SELECT count(*) FROM offered) = cardinality($13::uuid[])";
 
 /// `insert` (its events stored only when every offered key was taken: [`OFFERS_TAKEN`]) with
-/// the data keys the append offers to its new subjects (`$12` their ids, `$13` the subjects,
-/// `$14` the wrapped keys, in the subjects' order; see [`crate::store::keys::Offers`]): the
+/// the data keys the append offers to its new subjects (`$13` their ids, `$14` the subjects,
+/// `$15` the wrapped keys, in the subjects' order; see [`crate::store::keys::Offers`]): the
 /// keys and the events sealed under them in one statement, one commit. Its rows: the stored
 /// events' (as the insert returns them); or, when it stored none, a row per key it stored
 /// (its id), and a row per subject that has a key this statement sees (id, subject, wrapped
@@ -116,7 +117,7 @@ fn offering(schema: &Schema, insert: &str) -> String {
     format!(
         "WITH offered AS (
              INSERT INTO {s}.data_keys (key_id, subject, wrapped_key)
-             SELECT * FROM unnest($12::uuid[], $13::text[], $14::bytea[])
+             SELECT * FROM unnest($13::uuid[], $14::text[], $15::bytea[])
              ON CONFLICT (tenant, subject) DO NOTHING
              RETURNING key_id
          ),
@@ -129,7 +130,7 @@ fn offering(schema: &Schema, insert: &str) -> String {
          FROM offered o WHERE NOT EXISTS (SELECT 1 FROM appended)
          UNION ALL
          SELECT NULL, NULL, NULL, NULL, k.key_id, k.subject, k.wrapped_key
-         FROM unnest($13::text[]) AS w(subject)
+         FROM unnest($14::text[]) AS w(subject)
          JOIN {s}.data_keys k
            ON k.tenant = coalesce(current_setting('factum.tenant', true), '')
           AND k.subject = w.subject
@@ -143,14 +144,15 @@ fn insert_sql(schema: &Schema, taken: &str) -> String {
     let tx = identity::stored_xid(schema, "pg_current_xact_id()");
     format!(
         "INSERT INTO {s}.events AS e (stream_id, stream_version, aggregate_type, event_id, event_type,
-             schema_version, payload, metadata, correlation_id, causation_id, actor, recorded_at, tx)
+             schema_version, payload, metadata, correlation_id, causation_id, actor, recorded_at, tx,
+             sealed)
          SELECT $1, coalesce(h.stream_version, 0) + u.ord, $2, u.event_id, u.event_type,
                 u.schema_version, u.payload::json, u.metadata::json, u.correlation_id,
-                u.causation_id, u.actor, clock_timestamp(), {tx}
+                u.causation_id, u.actor, clock_timestamp(), {tx}, u.sealed
          FROM unnest($4::uuid[], $5::text[], $6::int4[], $7::text[], $8::text[], $9::uuid[],
-                     $10::uuid[], $11::text[])
+                     $10::uuid[], $11::text[], $12::bytea[])
               WITH ORDINALITY AS u(event_id, event_type, schema_version, payload, metadata,
-                                   correlation_id, causation_id, actor, ord)
+                                   correlation_id, causation_id, actor, sealed, ord)
          {head_check}{taken}
          ORDER BY u.ord
          RETURNING e.stream_version, e.position, e.tx, e.recorded_at"
@@ -177,9 +179,10 @@ fn insert_one_sql(schema: &Schema, taken: &str) -> String {
     let tx = identity::stored_xid(schema, "pg_current_xact_id()");
     format!(
         "INSERT INTO {s}.events AS e (stream_id, stream_version, aggregate_type, event_id, event_type,
-             schema_version, payload, metadata, correlation_id, causation_id, actor, recorded_at, tx)
+             schema_version, payload, metadata, correlation_id, causation_id, actor, recorded_at, tx,
+             sealed)
          SELECT $1, coalesce(h.stream_version, 0) + 1, $2, $4, $5, $6, $7::json, $8::json, $9,
-                $10, $11, clock_timestamp(), {tx}
+                $10, $11, clock_timestamp(), {tx}, $12::bytea
          FROM (SELECT 1) AS one
          {head_check}{taken}
          RETURNING e.stream_version, e.position, e.tx, e.recorded_at"
@@ -194,13 +197,15 @@ fn insert_after_head_sql(schema: &Schema, taken: &str) -> String {
     let not_archived = not_archived_after(schema, "$1", "$3");
     format!(
         "INSERT INTO {s}.events AS e (stream_id, stream_version, aggregate_type, event_id, event_type,
-             schema_version, payload, metadata, correlation_id, causation_id, actor, recorded_at, tx)
+             schema_version, payload, metadata, correlation_id, causation_id, actor, recorded_at, tx,
+             sealed)
          SELECT $1, $3 + u.ord, $2, u.event_id, u.event_type, u.schema_version, u.payload::json,
-                u.metadata::json, u.correlation_id, u.causation_id, u.actor, clock_timestamp(), {tx}
+                u.metadata::json, u.correlation_id, u.causation_id, u.actor, clock_timestamp(), {tx},
+                u.sealed
          FROM unnest($4::uuid[], $5::text[], $6::int4[], $7::text[], $8::text[], $9::uuid[],
-                     $10::uuid[], $11::text[])
+                     $10::uuid[], $11::text[], $12::bytea[])
               WITH ORDINALITY AS u(event_id, event_type, schema_version, payload, metadata,
-                                   correlation_id, causation_id, actor, ord)
+                                   correlation_id, causation_id, actor, sealed, ord)
          WHERE {not_archived}{taken}
          ORDER BY u.ord
          RETURNING e.stream_version, e.position, e.tx, e.recorded_at"
@@ -215,9 +220,10 @@ fn insert_one_after_head_sql(schema: &Schema, taken: &str) -> String {
     let not_archived = not_archived_after(schema, "$1", "$3");
     format!(
         "INSERT INTO {s}.events AS e (stream_id, stream_version, aggregate_type, event_id, event_type,
-             schema_version, payload, metadata, correlation_id, causation_id, actor, recorded_at, tx)
+             schema_version, payload, metadata, correlation_id, causation_id, actor, recorded_at, tx,
+             sealed)
          SELECT $1, $3 + 1, $2, $4, $5, $6, $7::json, $8::json, $9, $10, $11, clock_timestamp(),
-                {tx}
+                {tx}, $12::bytea
          WHERE {not_archived}{taken}
          RETURNING e.stream_version, e.position, e.tx, e.recorded_at"
     )
@@ -235,16 +241,17 @@ pub(super) fn insert_group_sql(schema: &Schema) -> String {
     let not_archived = not_archived_after(schema, "u.stream_id", "u.after");
     format!(
         "INSERT INTO {s}.events AS e (stream_id, stream_version, aggregate_type, event_id, event_type,
-             schema_version, payload, metadata, correlation_id, causation_id, actor, recorded_at, tx)
+             schema_version, payload, metadata, correlation_id, causation_id, actor, recorded_at, tx,
+             sealed)
          SELECT u.stream_id, coalesce(u.after, h.stream_version, 0) + u.ord, u.aggregate_type,
                 u.event_id, u.event_type, u.schema_version, u.payload::json, u.metadata::json,
-                u.correlation_id, u.causation_id, u.actor, clock_timestamp(), {tx}
+                u.correlation_id, u.causation_id, u.actor, clock_timestamp(), {tx}, u.sealed
          FROM unnest($1::text[], $2::text[], $3::int8[], $4::int8[], $5::int8[], $6::uuid[],
                      $7::text[], $8::int4[], $9::text[], $10::text[], $11::uuid[], $12::uuid[],
-                     $13::text[])
+                     $13::text[], $14::bytea[])
               WITH ORDINALITY AS u(stream_id, aggregate_type, expected, after, ord, event_id,
                                    event_type, schema_version, payload, metadata, correlation_id,
-                                   causation_id, actor, n)
+                                   causation_id, actor, sealed, n)
          LEFT JOIN LATERAL (
              SELECT h.stream_version, h.aggregate_type FROM {s}.events h
              WHERE u.after IS NULL AND h.stream_id = u.stream_id
@@ -329,7 +336,7 @@ impl<'a> From<Request<'a>> for Append<'a> {
 }
 
 impl<'a> Append<'a> {
-    /// Binds the offered keys' columns (`$12` to `$14`), when the append offers keys.
+    /// Binds the offered keys' columns (`$13` to `$15`), when the append offers keys.
     fn bind_offers<'q>(
         &self,
         query: sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>,
@@ -441,7 +448,8 @@ impl Append<'_> {
             .bind(metadata)
             .bind(event.correlation_id)
             .bind(event.causation_id)
-            .bind(event.actor.as_deref());
+            .bind(event.actor.as_deref())
+            .bind(event.sealed.as_deref());
         self.bind_offers(query).fetch_all(executor).await
     }
 
@@ -589,6 +597,7 @@ struct EventColumns<'a> {
     correlations: Vec<Uuid>,
     causations: Vec<Uuid>,
     actors: Vec<Option<&'a str>>,
+    sealed: Vec<Option<&'a [u8]>>,
 }
 
 impl<'a> EventColumns<'a> {
@@ -602,6 +611,7 @@ impl<'a> EventColumns<'a> {
             correlations: Vec::with_capacity(rows),
             causations: Vec::with_capacity(rows),
             actors: Vec::with_capacity(rows),
+            sealed: Vec::with_capacity(rows),
         }
     }
 
@@ -625,9 +635,10 @@ impl<'a> EventColumns<'a> {
         self.correlations.push(event.correlation_id);
         self.causations.push(event.causation_id);
         self.actors.push(event.actor.as_deref());
+        self.sealed.push(event.sealed.as_deref());
     }
 
-    /// Binds the eight arrays, in this order, as the query's next parameters.
+    /// Binds the nine arrays, in this order, as the query's next parameters.
     fn bind<'q>(
         self,
         query: sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>,
@@ -644,6 +655,7 @@ impl<'a> EventColumns<'a> {
             .bind(self.correlations)
             .bind(self.causations)
             .bind(self.actors)
+            .bind(self.sealed)
     }
 }
 

@@ -26,6 +26,11 @@ fn key_row(row: &sqlx::postgres::PgRow) -> Result<(Uuid, Vec<u8>)> {
 }
 
 impl KeyTable for PostgresStore {
+    /// The events' `sealed` column (migration 24): a long stream's rows travel half as long.
+    fn placement(&self) -> crate::pii::Placement {
+        crate::pii::Placement::Column
+    }
+
     async fn wrapped_key(&self, id: Uuid) -> Result<Option<Vec<u8>>> {
         sqlx::query_scalar(
             self.keys_sql("SELECT wrapped_key FROM {schema}.data_keys WHERE key_id = $1"),

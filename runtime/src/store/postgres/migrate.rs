@@ -127,6 +127,11 @@ const MIGRATIONS: &[Migration] = &[
         name: "data_keys_by_subject",
         sql: include_str!("../../../migrations/postgres/0023_data_keys_by_subject.sql"),
     },
+    Migration {
+        version: 24,
+        name: "sealed_column",
+        sql: include_str!("../../../migrations/postgres/0024_sealed_column.sql"),
+    },
 ];
 
 pub(super) async fn migrate(pool: &PgPool, schema: &Schema) -> Result<()> {

@@ -108,7 +108,7 @@ struct Statements {
 macro_rules! origin_columns {
     () => {
         "e.stream_id, e.stream_version, e.position, e.tx, e.aggregate_type, \
-         e.event_id, e.event_type, e.schema_version, e.payload, e.recorded_at"
+         e.event_id, e.event_type, e.schema_version, e.payload, e.sealed, e.recorded_at"
     };
 }
 
@@ -118,7 +118,7 @@ const ORIGIN_COLUMNS: &str = origin_columns!();
 /// The columns of a [`Source`] and the payload, in the order `source_from_row` reads them
 /// ([`EnvelopeFields::Source`]).
 const SOURCE_COLUMNS: &str =
-    "e.stream_id, e.position, e.tx, e.event_type, e.schema_version, e.payload";
+    "e.stream_id, e.position, e.tx, e.event_type, e.schema_version, e.payload, e.sealed";
 
 /// The feed statements of the runners, one per set of envelope fields read: `[unfiltered,
 /// filtered by event type]`, each also bounded (the table read up to a position: the last of
@@ -170,14 +170,15 @@ pub(crate) const ENVELOPE_COLUMNS: &str = concat!(
 
 /// The columns of a [`StreamEvent`], in the order `stream_event_from_row` reads them.
 const STREAM_EVENT_COLUMNS: &str =
-    "e.stream_version, e.aggregate_type, e.event_type, e.schema_version, e.payload";
+    "e.stream_version, e.aggregate_type, e.event_type, e.schema_version, e.payload, e.sealed";
 
 /// The columns of a replayed event, in the order `replayed_event` reads them: those of
 /// [`STREAM_EVENT_COLUMNS`], with the aggregate type sent only when it is not the replaying
 /// aggregate's (`$2`): every event of a stream has its type, and each column of each row costs
-/// the server and the client alike.
+/// the server and the client alike. The sealed data of personal data comes last
+/// ([`Placement::Column`](crate::pii::Placement::Column)), as bytes.
 const REPLAY_COLUMNS: &str = "e.stream_version, nullif(e.aggregate_type, $2), e.event_type, \
-    e.schema_version, e.payload";
+    e.schema_version, e.payload, e.sealed";
 
 impl Statements {
     fn new(schema: &Schema, tenancy: &Tenancy) -> Self {
@@ -264,7 +265,8 @@ impl Statements {
                      SELECT stream_version, aggregate_type, state_version, state, taken_at
                      FROM {s}.snapshots WHERE stream_id = $1
                  )
-                 (SELECT 1 AS kind, stream_version, aggregate_type, NULL::text, state_version, state, taken_at
+                 (SELECT 1 AS kind, stream_version, aggregate_type, NULL::text, state_version, state,
+                         NULL::bytea, taken_at
                   FROM snapshot)
                  UNION ALL
                  (SELECT 0, {REPLAY_COLUMNS}, NULL::timestamptz FROM {s}.events e
@@ -284,7 +286,8 @@ impl Statements {
                 .into(),
             // The columns line up with the snapshot row of `load_history`.
             load_snapshot: format!(
-                "SELECT stream_version, aggregate_type, NULL::text, state_version, state, taken_at
+                "SELECT stream_version, aggregate_type, NULL::text, state_version, state,
+                        NULL::bytea, taken_at
                  FROM {s}.snapshots WHERE stream_id = $1"
             )
             .into(),
@@ -1070,14 +1073,22 @@ impl PostgresStore {
     where
         F: FnMut(HistoryItem<'_>) -> Result<()> + Send,
     {
-        let replayed = StreamEventRef::new(
+        let event = StreamEventRef::new(
             event.stream_version,
             &event.aggregate_type,
             &event.event_type,
             event.schema_version,
             event.event.as_str(),
         );
-        self.visit_event(replayed, visit, last).await
+        self.visit_event(
+            Replayed {
+                event,
+                sealed: None,
+            },
+            visit,
+            last,
+        )
+        .await
     }
 
     /// Hands the event of a replayed row ([`REPLAY_COLUMNS`]) to `visit`, its personal data
@@ -1099,7 +1110,7 @@ impl PostgresStore {
     /// Hands a replayed event to `visit`, its personal data opened.
     async fn visit_event<F>(
         &self,
-        event: StreamEventRef<'_>,
+        event: Replayed<'_>,
         visit: &mut F,
         last: &mut LastKey,
     ) -> Result<()>
@@ -1110,18 +1121,25 @@ impl PostgresStore {
     }
 
     /// A replayed event with its personal data opened, into `last`'s buffer when it had sealed
-    /// fields (`last` also holds the key of the read's event before).
+    /// fields (`last` also holds the key of the read's event before). Without a key provider,
+    /// a row's sealed column is put inside its payload, sealed, as the other reads hand it on.
     async fn open_replayed<'r>(
         &self,
-        event: StreamEventRef<'r>,
+        replayed: Replayed<'r>,
         last: &'r mut LastKey,
     ) -> Result<StreamEventRef<'r>> {
+        let Replayed { event, sealed } = replayed;
         let Some(keys) = &self.keys else {
-            return Ok(event);
+            return Ok(match sealed {
+                Some(sealed) => {
+                    event.with_payload(last.hold(crate::pii::inline(event.payload, sealed)?))
+                }
+                None => event,
+            });
         };
         Ok(
             match keys
-                .open_payload_in_place(self, event.payload, last)
+                .open_payload_in_place(self, event.payload, sealed, last)
                 .await?
             {
                 Some(opened) => event.with_payload(opened),
@@ -1171,7 +1189,7 @@ pub struct OpenTransaction {
 }
 
 /// Reads a snapshot's columns starting at `at`: `stream_version, aggregate_type, (unused),
-/// state_version, state, taken_at`.
+/// state_version, state, (unused), taken_at` (lined up with a replayed event's).
 fn snapshot_from_row(row: &PgRow, at: usize, stream_id: &str) -> Result<Snapshot> {
     let mut snapshot = Snapshot::new(
         stream_id,
@@ -1180,36 +1198,44 @@ fn snapshot_from_row(row: &PgRow, at: usize, stream_id: &str) -> Result<Snapshot
         columns::unsigned::<_, i32, _>(row, at + 3)?,
         Payload::from_stored_json(columns::text(row, at + 4)?.to_owned()),
     );
-    snapshot.taken_at = columns::get::<_, DateTime<Utc>>(row, at + 5)?;
+    snapshot.taken_at = columns::get::<_, DateTime<Utc>>(row, at + 6)?;
     Ok(snapshot)
-}
-
-/// Reads the stream event columns ([`STREAM_EVENT_COLUMNS`]) starting at `at`, borrowing the
-/// text from the row.
-fn stream_event_ref(row: &PgRow, at: usize) -> Result<StreamEventRef<'_>> {
-    Ok(StreamEventRef::new(
-        columns::unsigned::<_, i64, _>(row, at)?,
-        columns::get(row, at + 1)?,
-        columns::get(row, at + 2)?,
-        columns::unsigned::<_, i32, _>(row, at + 3)?,
-        columns::text(row, at + 4)?,
-    ))
 }
 
 /// Reads the replay columns ([`REPLAY_COLUMNS`]) starting at `at`: an aggregate type left out
 /// is the replaying one's. The statements' own casts fix the text columns' types, so they are
 /// decoded without comparing types first (this runs once per replayed event).
-fn replayed_event<'r>(
-    row: &'r PgRow,
-    at: usize,
-    aggregate_type: &'r str,
-) -> Result<StreamEventRef<'r>> {
-    Ok(StreamEventRef::new(
+fn replayed_event<'r>(row: &'r PgRow, at: usize, aggregate_type: &'r str) -> Result<Replayed<'r>> {
+    let event = StreamEventRef::new(
         columns::unsigned_unchecked::<_, i64, _>(row, at)?,
         columns::get_unchecked::<_, Option<&str>>(row, at + 1)?.unwrap_or(aggregate_type),
         columns::get_unchecked(row, at + 2)?,
         columns::unsigned_unchecked::<_, i32, _>(row, at + 3)?,
         columns::text(row, at + 4)?,
+    );
+    Ok(Replayed {
+        event,
+        sealed: columns::get_unchecked(row, at + 5)?,
+    })
+}
+
+/// A replayed event as its row holds it: the payload, and the sealed data of its personal data
+/// when the row keeps that in its `sealed` column.
+#[derive(Clone, Copy)]
+struct Replayed<'r> {
+    event: StreamEventRef<'r>,
+    sealed: Option<&'r [u8]>,
+}
+
+/// The payload of a row whose columns `at` and `at + 1` are `payload` and `sealed`, with its
+/// sealed data, if any, inside it ([`pii::inline`]): opened later, or handed on sealed.
+fn stored_payload(row: &PgRow, at: usize) -> Result<Payload> {
+    let payload = columns::text(row, at)?;
+    Ok(Payload::from_stored_json(
+        match columns::get_unchecked::<_, Option<&[u8]>>(row, at + 1)? {
+            Some(sealed) => crate::pii::inline(payload, sealed)?,
+            None => payload.to_owned(),
+        },
     ))
 }
 
@@ -1220,13 +1246,12 @@ fn version_at(row: &PgRow, at: usize) -> Result<u64> {
 
 /// Reads the stream event columns ([`STREAM_EVENT_COLUMNS`]) starting at `at`.
 fn stream_event_from_row(row: &PgRow, at: usize) -> Result<StreamEvent> {
-    let event = stream_event_ref(row, at)?;
     Ok(StreamEvent {
-        stream_version: event.stream_version,
-        aggregate_type: event.aggregate_type.to_owned(),
-        event_type: event.event_type.to_owned(),
-        schema_version: event.schema_version,
-        payload: Payload::from_stored_json(event.payload.to_owned()),
+        stream_version: columns::unsigned::<_, i64, _>(row, at)?,
+        aggregate_type: columns::get(row, at + 1)?,
+        event_type: columns::get(row, at + 2)?,
+        schema_version: columns::unsigned::<_, i32, _>(row, at + 3)?,
+        payload: stored_payload(row, at + 4)?,
     })
 }
 
@@ -1256,8 +1281,7 @@ fn source_from_row(row: &PgRow, at: usize) -> Result<RecordedEvent> {
         event_type: columns::get_unchecked(row, at + 3)?,
         schema_version: columns::unsigned_unchecked::<_, i32, _>(row, at + 4)?,
     };
-    let payload = columns::text(row, at + 5)?;
-    Ok(source.into_envelope(Payload::from_stored_json(payload.to_owned())))
+    Ok(source.into_envelope(stored_payload(row, at + 5)?))
 }
 
 /// An event's origin and payload, from the columns [`ORIGIN_COLUMNS`] and [`ENVELOPE_COLUMNS`]
@@ -1273,10 +1297,9 @@ fn origin_at(row: &PgRow, at: usize) -> Result<(Origin<'_>, Payload)> {
         event_id: columns::get(row, at + 5)?,
         event_type: columns::get_unchecked(row, at + 6)?,
         schema_version: columns::unsigned_unchecked::<_, i32, _>(row, at + 7)?,
-        recorded_at: columns::get(row, at + 9)?,
+        recorded_at: columns::get(row, at + 10)?,
     };
-    let payload = columns::text(row, at + 8)?;
-    Ok((origin, Payload::from_stored_json(payload.to_owned())))
+    Ok((origin, stored_payload(row, at + 8)?))
 }
 
 /// [`envelope_from_row`], but an event whose metadata does not read comes back with empty
@@ -1284,11 +1307,11 @@ fn origin_at(row: &PgRow, at: usize) -> Result<(Origin<'_>, Payload)> {
 fn envelope_or_defect(row: &PgRow, at: usize) -> Result<ReadEnvelope> {
     let (origin, payload) = origin_at(row, at)?;
     let mut event = origin.into_envelope(payload);
-    event.correlation_id = columns::get(row, at + 11)?;
-    event.causation_id = columns::get(row, at + 12)?;
-    event.actor = columns::get(row, at + 13)?;
-    event.tenant = columns::get(row, at + 14)?;
-    Ok(with_metadata(event, columns::text(row, at + 10)?))
+    event.correlation_id = columns::get(row, at + 12)?;
+    event.causation_id = columns::get(row, at + 13)?;
+    event.actor = columns::get(row, at + 14)?;
+    event.tenant = columns::get(row, at + 15)?;
+    Ok(with_metadata(event, columns::text(row, at + 11)?))
 }
 
 /// `event` with its stored metadata, or with empty metadata and the defect when it does not
@@ -1449,8 +1472,8 @@ impl EventStore for PostgresStore {
             {
                 // Each row is decoded once; one that comes early, again in its turn.
                 let event = replayed_event(&row, 0, aggregate_type)?;
-                if event.stream_version != next {
-                    early.insert(event.stream_version, row);
+                if event.event.stream_version != next {
+                    early.insert(event.event.stream_version, row);
                     continue;
                 }
                 self.visit_event(event, &mut visit, &mut last_key).await?;
@@ -1505,12 +1528,12 @@ impl EventStore for PostgresStore {
             }
         }
         // The union keeps each branch's order in practice; make sure rather than assume.
-        if !events.is_sorted_by_key(|e| e.stream_version) {
-            events.sort_by_key(|e| e.stream_version);
+        if !events.is_sorted_by_key(|e: &Replayed<'_>| e.event.stream_version) {
+            events.sort_by_key(|e| e.event.stream_version);
         }
         // Versions after the snapshot (or from the first) missing from the table were
         // archived: from the cold tier, in order.
-        let versions: Vec<u64> = events.iter().map(|e| e.stream_version).collect();
+        let versions: Vec<u64> = events.iter().map(|e| e.event.stream_version).collect();
         let mut archived = match archive::missing_span(expected, u64::MAX, &versions) {
             Some((from, through)) => self.cold_versions(stream_id, from, through).await?,
             None => BTreeMap::new(),
@@ -1518,7 +1541,7 @@ impl EventStore for PostgresStore {
         // Without archived versions, a gap is the stream's own.
         let own_gaps = archived.is_empty();
         for event in events {
-            while !own_gaps && expected < event.stream_version {
+            while !own_gaps && expected < event.event.stream_version {
                 let Some(archived) = archived.remove(&expected) else {
                     return Err(archive::moved(stream_id));
                 };
@@ -1526,7 +1549,7 @@ impl EventStore for PostgresStore {
                     .await?;
                 expected += 1;
             }
-            expected = event.stream_version + 1;
+            expected = event.event.stream_version + 1;
             self.visit_event(event, &mut visit, &mut last_key).await?;
         }
         Ok(())
@@ -1624,9 +1647,125 @@ mod scratch {
 
 #[cfg(test)]
 mod tests {
+    use serde_json::{Value, json};
+
     use super::scratch;
+    use crate::pii::{LocalKeyProvider, PiiField, PiiSpec};
+    use crate::store::{EnvelopeFields, FeedQuery, HistoryItem};
     use crate::{EventStore as _, ExpectedVersion, NewEvent, Payload, Snapshot};
     use sqlx::Connection as _;
+
+    static FIELDS: [PiiField; 1] = [PiiField::new("email", || json!("[erased]"))];
+    static SPEC: PiiSpec = PiiSpec::new("customer", &FIELDS);
+
+    /// Every read of `stream`'s one event, its payload as JSON: replays (with and without the
+    /// snapshot's statement), stream reads, stream event reads, and the feed with all fields
+    /// and with the source's alone.
+    async fn every_read(store: &super::PostgresStore, stream: &str) -> Vec<Value> {
+        let mut payloads = Vec::new();
+        for with_snapshot in [false, true] {
+            store
+                .replay_history(stream, "Customer", with_snapshot, |item| {
+                    if let HistoryItem::Event(event) = item {
+                        payloads.push(serde_json::from_str(event.payload).unwrap());
+                    }
+                    Ok(())
+                })
+                .await
+                .unwrap();
+        }
+        let read = store.read_stream(stream, ..).await.unwrap();
+        payloads.push(serde_json::from_str(read[0].event.as_str()).unwrap());
+        let read = store.read_stream_events(stream, ..).await.unwrap();
+        payloads.push(serde_json::from_str(read[0].payload.as_str()).unwrap());
+        for fields in [EnvelopeFields::All, EnvelopeFields::Source] {
+            let mut query = FeedQuery::from_start();
+            query.fields = fields;
+            // Other tests' transactions may hold the feed back for a moment.
+            for _ in 0..500 {
+                let batch = store.read_feed(&query).await.unwrap();
+                if !batch.held_back {
+                    let event = batch.events.iter().find(|e| e.stream_id == stream).unwrap();
+                    payloads.push(serde_json::from_str(event.event.as_str()).unwrap());
+                    break;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+        }
+        assert_eq!(payloads.len(), 6, "every read ran");
+        payloads
+    }
+
+    /// Personal data is stored sealed in the events' `sealed` column, the payload holding its
+    /// erased values; a row written before that column (its sealed data inside its payload)
+    /// reads as it did. Every read opens both to the event, and to its erased values once the
+    /// subject is forgotten; a store without a key provider hands both on sealed, inside the
+    /// payload.
+    #[tokio::test]
+    async fn sealed_data_reads_from_its_column_and_from_older_rows_payloads() {
+        let store = scratch::store("sealed_column")
+            .await
+            .with_key_provider(LocalKeyProvider::ephemeral().unwrap());
+        let plain = json!({"customer": "ada", "email": "ada@example.com", "plan": "pro"});
+        let mut event = NewEvent::new("Registered", 1, Payload::encode(&plain).unwrap());
+        event.pii = Some(&SPEC);
+        store
+            .append("new", "Customer", ExpectedVersion::Any, vec![event])
+            .await
+            .unwrap();
+        let events = format!("\"{}\".events", store.schema());
+        let (payload, sealed): (String, Option<Vec<u8>>) = sqlx::query_as(sqlx::AssertSqlSafe(
+            format!("SELECT payload::text, sealed FROM {events} WHERE stream_id = 'new'"),
+        ))
+        .fetch_one(store.pool())
+        .await
+        .unwrap();
+        assert!(
+            payload.starts_with(r#"{"$pii":{"email":"[erased]"}"#) && !payload.contains("ada@"),
+            "{payload}"
+        );
+        let sealed = sealed.expect("the sealed data in its column");
+        assert!(!String::from_utf8_lossy(&sealed).contains("ada@"));
+        // The row as stores wrote it before the column: the same data inside the payload.
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "INSERT INTO {events} (stream_id, stream_version, aggregate_type, event_id,
+                 event_type, schema_version, payload, metadata, correlation_id, causation_id,
+                 recorded_at, tx)
+             SELECT 'old', 1, aggregate_type, gen_random_uuid(), event_type, schema_version,
+                    $1::json, metadata, correlation_id, causation_id, recorded_at, tx
+             FROM {events} WHERE stream_id = 'new'"
+        )))
+        .bind(crate::pii::inline(&payload, &sealed).unwrap())
+        .execute(store.pool())
+        .await
+        .unwrap();
+
+        for stream in ["new", "old"] {
+            for read in every_read(&store, stream).await {
+                assert_eq!(read, plain, "{stream}");
+            }
+        }
+        let sealed_store =
+            super::PostgresStore::with_schema(store.pool().clone(), store.schema()).unwrap();
+        for stream in ["new", "old"] {
+            for read in every_read(&sealed_store, stream).await {
+                assert_eq!(read["plan"], "pro");
+                assert!(
+                    read["$pii"][0].is_string(),
+                    "{stream}: sealed, inside: {read}"
+                );
+                assert!(!read.to_string().contains("ada@"));
+            }
+        }
+        assert!(store.forget("ada").await.unwrap());
+        let erased = json!({"customer": "ada", "email": "[erased]", "plan": "pro"});
+        for stream in ["new", "old"] {
+            for read in every_read(&store, stream).await {
+                assert_eq!(read, erased, "{stream}");
+            }
+        }
+        scratch::drop(&store).await;
+    }
 
     /// The events after a snapshot are read through the primary key, in its order, even where
     /// the stream fills the table and PostgreSQL plans the statement without its parameters

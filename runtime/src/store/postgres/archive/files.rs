@@ -95,7 +95,7 @@ impl PostgresStore {
         let rows = sqlx::query(AssertSqlSafe(format!(
             "WITH personal AS MATERIALIZED (
                  SELECT DISTINCT p.stream_id FROM {s}.events p
-                 WHERE p.payload::text LIKE '{{\"$pii\":%'
+                 WHERE p.sealed IS NOT NULL OR p.payload::text LIKE '{{\"$pii\":%'
              )
              SELECT {STORED_COLUMNS} FROM {s}.events e
              WHERE e.recorded_at < $1
