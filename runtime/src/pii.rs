@@ -31,11 +31,10 @@
 //! data key's id, a nonce, and the ciphertext and tag of those fields as a JSON object.
 //! PostgreSQL keeps these bytes in the events' `sealed` column and the fields' erased values in
 //! the payload, `"$pii": {<erased values>}`; SQLite (and the memory store) keep both in the
-//! payload, `"$pii": [<base64 of the bytes>, <erased values>]` ([`Placement`]). Reading puts
-//! the fields back. (Stores first wrote `"$pii": {"data", "erased", "key"}`, 40-odd bytes
-//! longer, and PostgreSQL the array form until its `sealed` column came: they still read
-//! both.) This module is a leaf: the stores keep the keys ([`crate::store`]) and seal and open
-//! payloads with it.
+//! payload, `"$pii": [<base64 of the bytes>, <erased values>]`. Reading puts the fields back.
+//! (Stores first wrote `"$pii": {"data", "erased", "key"}`, 40-odd bytes longer, and PostgreSQL
+//! the array form until its `sealed` column came: they still read both.) This module is a
+//! leaf: the stores keep the keys ([`crate::store`]) and seal and open payloads with it.
 
 use std::fmt;
 use std::future::Future;
