@@ -490,26 +490,20 @@ impl Sealed<'_> {
             reason,
         };
         let no_base64 = |e: base64_simd::Error| malformed(format!("data is no base64: {e}"));
-        let length = match self.data {
-            Data::Base64(text) => FAST_BASE64
-                .decoded_length(text.as_bytes())
-                .map_err(no_base64)?,
-            #[cfg(feature = "postgres")]
-            Data::Bytes(bytes) => bytes.len(),
-        };
-        let out = match buffer.get_mut(..length) {
-            Some(on_stack) => on_stack,
-            None => {
-                long.resize(length, 0);
-                long
-            }
-        };
         let bytes = match self.data {
-            Data::Base64(text) => FAST_BASE64
-                .decode(text.as_bytes(), base64_simd::Out::from_slice(out))
-                .map_err(no_base64)?,
+            Data::Base64(text) => {
+                let text = text.as_bytes();
+                let length = FAST_BASE64.decoded_length(text).map_err(no_base64)?;
+                FAST_BASE64
+                    .decode(
+                        text,
+                        base64_simd::Out::from_slice(scratch(buffer, long, length)),
+                    )
+                    .map_err(no_base64)?
+            }
             #[cfg(feature = "postgres")]
             Data::Bytes(bytes) => {
+                let out = scratch(buffer, long, bytes.len());
                 out.copy_from_slice(bytes);
                 out
             }
@@ -534,6 +528,21 @@ impl Sealed<'_> {
             key_id: self.key,
         })?;
         std::str::from_utf8(text).map_err(|e| malformed(format!("decrypts to no text: {e}")))
+    }
+}
+
+/// `length` bytes to decrypt in: of `buffer` when they fit, else of `long`, grown to them.
+fn scratch<'b>(
+    buffer: &'b mut [u8; OPEN_ON_STACK],
+    long: &'b mut Vec<u8>,
+    length: usize,
+) -> &'b mut [u8] {
+    match buffer.get_mut(..length) {
+        Some(on_stack) => on_stack,
+        None => {
+            long.resize(length, 0);
+            long
+        }
     }
 }
 

@@ -1221,7 +1221,6 @@ fn replayed_event<'r>(row: &'r PgRow, at: usize, aggregate_type: &'r str) -> Res
 
 /// A replayed event as its row holds it: the payload, and the sealed data of its personal data
 /// when the row keeps that in its `sealed` column.
-#[derive(Clone, Copy)]
 struct Replayed<'r> {
     event: StreamEventRef<'r>,
     sealed: Option<&'r [u8]>,
