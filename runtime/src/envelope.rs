@@ -138,12 +138,24 @@ pub struct Source<'a> {
     pub tx: u64,
 }
 
-impl Source<'_> {
+impl<'a> Source<'a> {
     /// A stored event read with [`EnvelopeFields::Source`]: the fields left out hold their
     /// placeholders.
     #[cfg(any(feature = "postgres", feature = "sqlite"))]
     pub(crate) fn into_envelope(self, payload: Payload) -> RecordedEvent {
-        let origin = Origin {
+        self.origin().into_envelope(payload)
+    }
+
+    /// Like [`Source::into_envelope`], but into `envelope` ([`Origin::refill`]).
+    #[cfg(feature = "postgres")]
+    pub(crate) fn refill(self, envelope: &mut RecordedEvent, payload: &str) {
+        self.origin().refill(envelope, payload);
+    }
+
+    /// The origin a [`Source`] read stands for: the fields left out hold their placeholders.
+    #[cfg(any(feature = "postgres", feature = "sqlite"))]
+    fn origin(self) -> Origin<'a> {
+        Origin {
             event_id: Uuid::nil(),
             event_type: self.event_type,
             schema_version: self.schema_version,
@@ -153,8 +165,7 @@ impl Source<'_> {
             global_position: self.global_position,
             tx: self.tx,
             recorded_at: DateTime::UNIX_EPOCH,
-        };
-        origin.into_envelope(payload)
+        }
     }
 
     /// Where this event stands in the global feed.
@@ -202,11 +213,62 @@ impl Origin<'_> {
         }
     }
 
+    /// Like [`Origin::into_envelope`], but into `envelope`, in the room its strings already
+    /// have: a runner's batch envelopes are filled again batch after batch, so that a long
+    /// catch-up does not allocate and free each event's strings. Every field is written (the
+    /// destructuring names them all: a field added to [`Envelope`] must be written here too).
+    #[cfg(feature = "postgres")]
+    pub(crate) fn refill(self, envelope: &mut RecordedEvent, payload: &str) {
+        let Envelope {
+            event_id,
+            event_type,
+            schema_version,
+            stream_id,
+            aggregate_type,
+            stream_version,
+            global_position,
+            tx,
+            recorded_at,
+            correlation_id,
+            causation_id,
+            actor,
+            metadata,
+            shredded,
+            data_key,
+            tenant,
+            event,
+        } = envelope;
+        *event_id = self.event_id;
+        refill_text(event_type, self.event_type);
+        *schema_version = self.schema_version;
+        refill_text(stream_id, self.stream_id);
+        refill_text(aggregate_type, self.aggregate_type);
+        *stream_version = self.stream_version;
+        *global_position = self.global_position;
+        *tx = self.tx;
+        *recorded_at = self.recorded_at;
+        *correlation_id = Uuid::nil();
+        *causation_id = Uuid::nil();
+        *actor = None;
+        metadata.clear();
+        *shredded = false;
+        *data_key = None;
+        *tenant = None;
+        event.set_stored_json(payload);
+    }
+
     /// Where this event stands in the global feed.
     #[must_use]
     pub fn feed_position(&self) -> FeedPosition {
         FeedPosition::new(self.tx, self.global_position)
     }
+}
+
+/// Replaces `text` with `with`, in the room it has.
+#[cfg(feature = "postgres")]
+fn refill_text(text: &mut String, with: &str) {
+    text.clear();
+    text.push_str(with);
 }
 
 impl<E> Envelope<E> {
@@ -454,5 +516,68 @@ impl NewEvent {
     pub fn metadata(mut self, key: impl Into<String>, value: impl Into<serde_json::Value>) -> Self {
         self.metadata.insert(key.into(), value.into());
         self
+    }
+}
+
+#[cfg(all(test, feature = "postgres"))]
+mod tests {
+    use super::*;
+
+    /// An envelope of an earlier batch with every field set, as an `All` read leaves it.
+    fn full_envelope() -> RecordedEvent {
+        let mut event = Origin {
+            event_id: Uuid::now_v7(),
+            event_type: "AccountOpenedWithAVeryLongTypeName",
+            schema_version: 3,
+            stream_id: "account-with-a-long-stream-id-0001",
+            aggregate_type: "BankAccount",
+            stream_version: 41,
+            global_position: 900,
+            tx: 77,
+            recorded_at: Utc::now(),
+        }
+        .into_envelope(Payload::from_stored_json(
+            r#"{"owner":"someone whose name is long","initial_deposit":100}"#.to_owned(),
+        ));
+        event.correlation_id = Uuid::now_v7();
+        event.causation_id = Uuid::now_v7();
+        event.actor = Some("clerk".to_owned());
+        event
+            .metadata
+            .insert("request".to_owned(), serde_json::json!("/open"));
+        event.shredded = true;
+        event.data_key = Some(Uuid::now_v7());
+        event.tenant = Some("tenant-a".to_owned());
+        event
+    }
+
+    #[test]
+    fn a_refilled_envelope_keeps_nothing_of_the_event_before() {
+        let source = Source {
+            stream_id: "acc-2",
+            event_type: "MoneyDeposited",
+            schema_version: 1,
+            global_position: 901,
+            tx: 78,
+        };
+        let payload = r#"{"amount":5}"#;
+        let mut envelope = full_envelope();
+        let room = envelope.stream_id.as_ptr();
+        source.refill(&mut envelope, payload);
+        let fresh = source.into_envelope(Payload::from_stored_json(payload.to_owned()));
+        assert_eq!(envelope, fresh);
+        assert_eq!(envelope.event.as_str(), payload);
+        // The stream id went into the room the longer one had.
+        assert_eq!(envelope.stream_id.as_ptr(), room);
+
+        let other = full_envelope();
+        let origin = other.origin();
+        let mut envelope = full_envelope();
+        origin.refill(&mut envelope, "{}");
+        assert_eq!(
+            envelope,
+            origin.into_envelope(Payload::from_stored_json("{}".to_owned()))
+        );
+        assert!(!envelope.shredded && envelope.tenant.is_none() && envelope.metadata.is_empty());
     }
 }

@@ -332,7 +332,7 @@ pub fn collect_events<S>(events: impl IntoEvents<S>) -> Vec<S> {
 ///
 /// Equality compares JSON values, not text: stores may normalise whitespace and key order.
 #[derive(Clone)]
-pub struct Payload(Box<str>);
+pub struct Payload(String);
 
 impl Payload {
     /// Serializes a value.
@@ -340,7 +340,7 @@ impl Payload {
     /// # Errors
     /// When `value`'s `Serialize` implementation fails.
     pub fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Self, serde_json::Error> {
-        serde_json::to_string(value).map(|json| Self(json.into_boxed_str()))
+        serde_json::to_string(value).map(Self)
     }
 
     /// Wraps JSON text, checking that it is valid JSON.
@@ -349,13 +349,27 @@ impl Payload {
     /// When `json` is not valid JSON.
     pub fn from_json(json: String) -> Result<Self, serde_json::Error> {
         serde_json::from_str::<serde::de::IgnoredAny>(&json)?;
-        Ok(Self(json.into_boxed_str()))
+        Ok(Self(json))
     }
 
     /// Wraps JSON text a store read back from a column that only accepts valid JSON.
     #[cfg_attr(not(feature = "postgres"), allow(dead_code))]
     pub(crate) fn from_stored_json(json: String) -> Self {
-        Self(json.into_boxed_str())
+        Self(json)
+    }
+
+    /// Replaces the JSON text with text a store read back, in the room this payload already
+    /// has (a runner's batch envelopes, filled again batch after batch).
+    #[cfg(feature = "postgres")]
+    pub(crate) fn set_stored_json(&mut self, json: &str) {
+        self.0.clear();
+        self.0.push_str(json);
+    }
+
+    /// The bytes this payload holds room for.
+    #[cfg(feature = "postgres")]
+    pub(crate) fn capacity(&self) -> usize {
+        self.0.capacity()
     }
 
     /// Deserializes into `T`.
@@ -390,7 +404,7 @@ impl Serialize for Payload {
 impl<'de> Deserialize<'de> for Payload {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         let raw = Box::<RawValue>::deserialize(deserializer)?;
-        Ok(Self(raw.get().into()))
+        Ok(Self(raw.get().to_owned()))
     }
 }
 

@@ -160,13 +160,16 @@ impl<S: SqlStore, P: Projection> ProjectionRunner<S, P> {
             time_lag_ms = time_lag,
             "projection batch applied"
         );
-        Ok(if batch.events.is_empty() {
+        let step = if batch.events.is_empty() {
             Step::CaughtUp {
                 held_back: batch.held_back,
             }
         } else {
             Step::Applied(outcome)
-        })
+        };
+        // Its envelopes are filled again by a later read.
+        self.store.keep_spare_batch(batch.events);
+        Ok(step)
     }
 
     /// Processes everything already stored, without taking the lease (for tests and one-off

@@ -334,19 +334,100 @@ pub(crate) fn runner_envelopes<R>(
     rows: &[R],
     read: impl Fn(&R) -> Result<ReadEnvelope>,
 ) -> Result<(Vec<RecordedEvent>, Vec<Undecodable>, bool)> {
-    let mut events = Vec::with_capacity(rows.len());
+    refill_envelopes(rows, Vec::new(), |row, slot| {
+        let (event, defect) = read(row)?;
+        *slot = event;
+        Ok(defect)
+    })
+}
+
+/// Like [`runner_envelopes`], into the envelopes of `spare` first (`fill`: one row's envelope
+/// written over an envelope, which may be one of an earlier batch's, and what of it does not
+/// read), then into new ones.
+///
+/// # Errors
+/// As [`runner_envelopes`].
+#[cfg(any(feature = "postgres", feature = "sqlite"))]
+pub(crate) fn refill_envelopes<R>(
+    rows: &[R],
+    mut events: Vec<RecordedEvent>,
+    fill: impl Fn(&R, &mut RecordedEvent) -> Result<Option<Undecodable>>,
+) -> Result<(Vec<RecordedEvent>, Vec<Undecodable>, bool)> {
+    events.reserve(rows.len().saturating_sub(events.len()));
     let mut undecodable = Vec::new();
+    let mut filled = 0;
     for row in rows {
-        match read(row) {
-            Ok((event, defect)) => {
-                events.push(event);
+        if filled == events.len() {
+            events.push(blank_envelope());
+        }
+        match fill(row, &mut events[filled]) {
+            Ok(defect) => {
+                filled += 1;
                 undecodable.extend(defect);
             }
-            Err(error) if events.is_empty() => return Err(error),
-            Err(_) => return Ok((events, undecodable, true)),
+            Err(error) if filled == 0 => return Err(error),
+            Err(_) => {
+                events.truncate(filled);
+                return Ok((events, undecodable, true));
+            }
         }
     }
+    events.truncate(filled);
     Ok((events, undecodable, false))
+}
+
+/// An envelope to fill: every field a placeholder, nothing allocated.
+#[cfg(any(feature = "postgres", feature = "sqlite"))]
+fn blank_envelope() -> RecordedEvent {
+    crate::envelope::Source {
+        stream_id: "",
+        event_type: "",
+        schema_version: 0,
+        global_position: 0,
+        tx: 0,
+    }
+    .into_envelope(Payload::from_stored_json(String::new()))
+}
+
+/// The envelopes of feed batches a store's runners are done with, kept for its next feed reads
+/// to fill again ([`refill_envelopes`]): a runner catching up reads batch after batch of
+/// thousands of events, and allocating, then freeing, each event's strings and each batch's
+/// vector cost about as much of its time as decoding the rows. Two batches are kept (a runner
+/// holds the one it applies and the one it reads ahead), and no payload of more than
+/// [`SpareBatches::PAYLOAD_ROOM`] bytes' room: what they keep is bounded.
+#[cfg(feature = "postgres")]
+#[derive(Default)]
+pub(crate) struct SpareBatches(std::sync::Mutex<Vec<Vec<RecordedEvent>>>);
+
+#[cfg(feature = "postgres")]
+impl SpareBatches {
+    const KEPT: usize = 2;
+    const PAYLOAD_ROOM: usize = 4096;
+
+    /// A batch's envelopes to fill, or none.
+    pub(crate) fn take(&self) -> Vec<RecordedEvent> {
+        self.kept().pop().unwrap_or_default()
+    }
+
+    /// Keeps `events` for a later read, unless two batches are kept already; envelopes with
+    /// room for large payloads are dropped from it first.
+    pub(crate) fn keep(&self, mut events: Vec<RecordedEvent>) {
+        if events.capacity() == 0 || self.kept().len() >= Self::KEPT {
+            return;
+        }
+        events.retain(|event| event.event.capacity() <= Self::PAYLOAD_ROOM);
+        let mut kept = self.kept();
+        if kept.len() < Self::KEPT {
+            kept.push(events);
+        }
+    }
+
+    fn kept(&self) -> std::sync::MutexGuard<'_, Vec<Vec<RecordedEvent>>> {
+        // What it holds is only ever whole vectors: usable after a panic elsewhere.
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
 }
 
 impl FeedBatch {
@@ -569,5 +650,91 @@ pub trait EventStore: Send + Sync {
     /// notification mechanism returns hints that never fire; subscribers then poll.
     fn wakeups(&self) -> FeedWakeups {
         FeedWakeups::never()
+    }
+}
+
+#[cfg(all(test, feature = "postgres"))]
+mod tests {
+    use super::*;
+    use crate::envelope::Source;
+
+    /// Rows as the feed reads them: (stream id, payload), or `None` for a corrupt row.
+    type Row = Option<(&'static str, &'static str)>;
+
+    fn fill(row: &Row, slot: &mut RecordedEvent) -> Result<Option<Undecodable>> {
+        let (stream_id, payload) = row.ok_or_else(|| Error::Corrupt {
+            reason: "a corrupt row".to_owned(),
+        })?;
+        let source = Source {
+            stream_id,
+            event_type: "Noted",
+            schema_version: 1,
+            global_position: 1,
+            tx: 1,
+        };
+        source.refill(slot, payload);
+        Ok(None)
+    }
+
+    #[test]
+    fn envelopes_of_an_earlier_batch_are_filled_again_in_their_room() {
+        let rows: Vec<Row> = vec![Some(("s-1", "{\"a\":1}")), Some(("s-2", "{\"b\":2}"))];
+        let (first, _, stopped) = refill_envelopes(&rows, Vec::new(), fill).unwrap();
+        assert!(!stopped);
+        let rooms: Vec<*const u8> = first.iter().map(|e| e.stream_id.as_ptr()).collect();
+
+        // A longer batch: the two envelopes filled again, a third one new.
+        let rows: Vec<Row> = vec![
+            Some(("t-1", "{\"c\":3}")),
+            Some(("t-2", "{\"d\":4}")),
+            Some(("t-3", "{}")),
+        ];
+        let (second, _, _) = refill_envelopes(&rows, first, fill).unwrap();
+        let read: Vec<(&str, &str)> = second
+            .iter()
+            .map(|e| (e.stream_id.as_str(), e.event.as_str()))
+            .collect();
+        assert_eq!(
+            read,
+            [("t-1", "{\"c\":3}"), ("t-2", "{\"d\":4}"), ("t-3", "{}")]
+        );
+        assert_eq!(second[0].stream_id.as_ptr(), rooms[0]);
+        assert_eq!(second[1].stream_id.as_ptr(), rooms[1]);
+
+        // A shorter one, cut by a corrupt row: only the rows before it, nothing of the last
+        // batch's after them.
+        let rows: Vec<Row> = vec![Some(("u-1", "{}")), None, Some(("u-3", "{}"))];
+        let (third, _, stopped) = refill_envelopes(&rows, second, fill).unwrap();
+        assert!(stopped);
+        assert_eq!(third.len(), 1);
+        assert_eq!(third[0].stream_id, "u-1");
+
+        // A corrupt first row is the read's error.
+        let rows: Vec<Row> = vec![None];
+        assert!(refill_envelopes(&rows, third, fill).is_err());
+    }
+
+    #[test]
+    fn a_store_keeps_two_spare_batches_without_large_payloads() {
+        let spare = SpareBatches::default();
+        let envelope = |payload: String| {
+            Source {
+                stream_id: "s",
+                event_type: "Noted",
+                schema_version: 1,
+                global_position: 1,
+                tx: 1,
+            }
+            .into_envelope(Payload::from_stored_json(payload))
+        };
+        let large = format!("\"{}\"", "x".repeat(SpareBatches::PAYLOAD_ROOM));
+        for _ in 0..3 {
+            spare.keep(vec![envelope("{}".to_owned()), envelope(large.clone())]);
+        }
+        let (first, second, third) = (spare.take(), spare.take(), spare.take());
+        assert_eq!((first.len(), second.len()), (1, 1));
+        assert!(first[0].event.capacity() <= SpareBatches::PAYLOAD_ROOM);
+        // Only two were kept: the third take finds none.
+        assert_eq!(third.capacity(), 0);
     }
 }

@@ -431,6 +431,13 @@ pub trait Backend {
         query: &super::FeedQuery,
     ) -> impl Future<Output = Result<super::FeedBatch>> + Send;
 
+    /// Takes back the envelopes of a batch of [`Backend::read_feed_parking`] its reader is
+    /// done with, for later reads to fill again (a store that keeps none drops them).
+    #[doc(hidden)]
+    fn keep_spare_batch(&self, events: Vec<crate::envelope::RecordedEvent>) {
+        drop(events);
+    }
+
     /// Reads the events an inline application needs, inside its transaction.
     #[doc(hidden)]
     fn unapplied<'a>(

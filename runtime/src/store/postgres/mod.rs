@@ -51,8 +51,8 @@ use super::sql::{AppendHook, Schema};
 use super::tx::{self, Transaction, Tx};
 use super::{
     EventStore, ExpectedVersion, FeedBatch, FeedPosition, FeedQuery, HistoryItem, KnownHead,
-    ReadEnvelope, StreamEvent, StreamEventRef, Tenancy, Undecodable, runner_envelopes,
-    strict_envelope,
+    ReadEnvelope, SpareBatches, StreamEvent, StreamEventRef, Tenancy, Undecodable,
+    refill_envelopes, runner_envelopes, strict_envelope,
 };
 use crate::envelope::{EnvelopeFields, NewEvent, Origin, RecordedEvent, Source};
 use crate::error::{Error, Result};
@@ -115,7 +115,7 @@ macro_rules! origin_columns {
 /// The origin's columns alone ([`EnvelopeFields::Origin`]).
 const ORIGIN_COLUMNS: &str = origin_columns!();
 
-/// The columns of a [`Source`] and the payload, in the order `source_from_row` reads them
+/// The columns of a [`Source`] and the payload, in the order `refill_source` reads them
 /// ([`EnvelopeFields::Source`]).
 const SOURCE_COLUMNS: &str =
     "e.stream_id, e.position, e.tx, e.event_type, e.schema_version, e.payload, e.sealed";
@@ -375,6 +375,8 @@ struct Inner {
     /// Archive files read lately.
     #[cfg(feature = "archive")]
     cold: archive::ColdCache,
+    /// Envelopes of feed batches the runners are done with, for the next reads to fill.
+    spare_batches: SpareBatches,
 }
 
 impl fmt::Debug for PostgresStore {
@@ -453,6 +455,7 @@ impl PostgresStore {
                 listener: Listener::new(),
                 heads: WrittenHeads::default(),
                 forgets: std::sync::atomic::AtomicU64::new(0),
+                spare_batches: SpareBatches::default(),
                 tenancy,
                 #[cfg(feature = "archive")]
                 cold: archive::ColdCache::default(),
@@ -919,13 +922,15 @@ impl PostgresStore {
             guess => guess,
         };
         self.remember_cold(cold.as_ref());
+        // The lean reads fill the envelopes of batches the runners are done with.
+        let spare = || self.inner.spare_batches.take();
         let (mut events, mut undecodable, stopped) = match query.fields {
-            EnvelopeFields::Source => {
-                runner_envelopes(rows, |row| Ok((source_from_row(row, 4)?, None)))?
-            }
-            EnvelopeFields::Origin => {
-                runner_envelopes(rows, |row| Ok((origin_from_row(row, 4)?, None)))?
-            }
+            EnvelopeFields::Source => refill_envelopes(rows, spare(), |row, slot| {
+                refill_source(row, 4, slot).map(|()| None)
+            })?,
+            EnvelopeFields::Origin => refill_envelopes(rows, spare(), |row, slot| {
+                refill_origin(row, 4, slot).map(|()| None)
+            })?,
             EnvelopeFields::All => runner_envelopes(rows, |row| envelope_or_defect(row, 4))?,
         };
         // Whether the table's events stopped the batch (its size reached, or an event no
@@ -1263,16 +1268,10 @@ fn envelope_from_row(row: &PgRow, at: usize) -> Result<RecordedEvent> {
     strict_envelope(envelope_or_defect(row, at)?)
 }
 
-/// Reads the origin columns ([`ORIGIN_COLUMNS`]) starting at `at`: an envelope whose other
-/// fields hold their placeholders ([`EnvelopeFields::Origin`]).
-fn origin_from_row(row: &PgRow, at: usize) -> Result<RecordedEvent> {
-    let (origin, payload) = origin_at(row, at)?;
-    Ok(origin.into_envelope(payload))
-}
-
-/// Reads the source columns ([`SOURCE_COLUMNS`]) starting at `at`: an envelope whose other
-/// fields hold their placeholders ([`EnvelopeFields::Source`]).
-fn source_from_row(row: &PgRow, at: usize) -> Result<RecordedEvent> {
+/// Reads the source columns ([`SOURCE_COLUMNS`]) starting at `at` into `envelope`, whose
+/// other fields get their placeholders ([`EnvelopeFields::Source`]), in the room its strings
+/// have (see [`SpareBatches`]).
+fn refill_source(row: &PgRow, at: usize, envelope: &mut RecordedEvent) -> Result<()> {
     let source = Source {
         stream_id: columns::get_unchecked(row, at)?,
         global_position: columns::unsigned_unchecked::<_, i64, _>(row, at + 1)?,
@@ -1280,14 +1279,37 @@ fn source_from_row(row: &PgRow, at: usize) -> Result<RecordedEvent> {
         event_type: columns::get_unchecked(row, at + 3)?,
         schema_version: columns::unsigned_unchecked::<_, i32, _>(row, at + 4)?,
     };
-    Ok(source.into_envelope(stored_payload(row, at + 5)?))
+    refill_payload(row, at + 5, |payload| source.refill(envelope, payload))
+}
+
+/// Reads the origin columns ([`ORIGIN_COLUMNS`]) starting at `at` into `envelope`, as
+/// [`refill_source`] does ([`EnvelopeFields::Origin`]).
+fn refill_origin(row: &PgRow, at: usize, envelope: &mut RecordedEvent) -> Result<()> {
+    let origin = origin_only(row, at)?;
+    refill_payload(row, at + 8, |payload| origin.refill(envelope, payload))
+}
+
+/// Hands `fill` the payload of a row whose columns `at` and `at + 1` are `payload` and
+/// `sealed`, as [`stored_payload`] reads it, borrowed from the row unless it has sealed data.
+fn refill_payload(row: &PgRow, at: usize, fill: impl FnOnce(&str)) -> Result<()> {
+    let payload = columns::text(row, at)?;
+    match columns::get_unchecked::<_, Option<&[u8]>>(row, at + 1)? {
+        Some(sealed) => fill(&crate::pii::inline(payload, sealed)?),
+        None => fill(payload),
+    }
+    Ok(())
 }
 
 /// An event's origin and payload, from the columns [`ORIGIN_COLUMNS`] and [`ENVELOPE_COLUMNS`]
 /// begin with, from `at`. The statements' own casts fix the text columns' types, so they are
 /// decoded without comparing types first (this runs once per event read).
 fn origin_at(row: &PgRow, at: usize) -> Result<(Origin<'_>, Payload)> {
-    let origin = Origin {
+    Ok((origin_only(row, at)?, stored_payload(row, at + 8)?))
+}
+
+/// The origin of [`origin_at`], without the payload.
+fn origin_only(row: &PgRow, at: usize) -> Result<Origin<'_>> {
+    Ok(Origin {
         stream_id: columns::get_unchecked(row, at)?,
         stream_version: columns::unsigned_unchecked::<_, i64, _>(row, at + 1)?,
         global_position: columns::unsigned_unchecked::<_, i64, _>(row, at + 2)?,
@@ -1297,8 +1319,7 @@ fn origin_at(row: &PgRow, at: usize) -> Result<(Origin<'_>, Payload)> {
         event_type: columns::get_unchecked(row, at + 6)?,
         schema_version: columns::unsigned_unchecked::<_, i32, _>(row, at + 7)?,
         recorded_at: columns::get(row, at + 10)?,
-    };
-    Ok((origin, stored_payload(row, at + 8)?))
+    })
 }
 
 /// [`envelope_from_row`], but an event whose metadata does not read comes back with empty

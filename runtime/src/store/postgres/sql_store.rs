@@ -28,6 +28,10 @@ impl Backend for PostgresStore {
 
     inherent_backend_methods!(PostgresStore);
 
+    fn keep_spare_batch(&self, events: Vec<crate::envelope::RecordedEvent>) {
+        self.inner.spare_batches.keep(events);
+    }
+
     async fn acquire(&self) -> Result<Connection> {
         let connection = self.inner.pool.acquire().await.map_err(|e| self.fail(e))?;
         Ok(Connection::Postgres(connection))
