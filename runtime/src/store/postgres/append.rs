@@ -577,7 +577,7 @@ impl Append<'_> {
                 stream_version,
                 (
                     // The `xid8` column as it is sent: eight bytes, read as an `int8`.
-                    columns::unsigned_unchecked::<_, i64, _>(&row, 2)?,
+                    columns::unsigned_unchecked(&row, 2)?,
                     columns::unsigned::<_, i64, _>(&row, 1)?,
                 ),
                 columns::get(&row, 3)?,

@@ -1212,10 +1212,10 @@ fn snapshot_from_row(row: &PgRow, at: usize, stream_id: &str) -> Result<Snapshot
 /// decoded without comparing types first (this runs once per replayed event).
 fn replayed_event<'r>(row: &'r PgRow, at: usize, aggregate_type: &'r str) -> Result<Replayed<'r>> {
     let event = StreamEventRef::new(
-        columns::unsigned_unchecked::<_, i64, _>(row, at)?,
+        columns::unsigned_unchecked(row, at)?,
         columns::get_unchecked::<_, Option<&str>>(row, at + 1)?.unwrap_or(aggregate_type),
         columns::get_unchecked(row, at + 2)?,
-        columns::unsigned_unchecked::<_, i32, _>(row, at + 3)?,
+        columns::unsigned_unchecked(row, at + 3)?,
         columns::text(row, at + 4)?,
     );
     Ok(Replayed {
@@ -1245,7 +1245,7 @@ fn stored_payload(row: &PgRow, at: usize) -> Result<Payload> {
 
 /// The stream version in a stream read's row, at column `at`.
 fn version_at(row: &PgRow, at: usize) -> Result<u64> {
-    columns::unsigned_unchecked::<_, i64, _>(row, at)
+    columns::unsigned_unchecked(row, at)
 }
 
 /// Reads the stream event columns ([`STREAM_EVENT_COLUMNS`]) starting at `at`.
@@ -1274,10 +1274,10 @@ fn envelope_from_row(row: &PgRow, at: usize) -> Result<RecordedEvent> {
 fn refill_source(row: &PgRow, at: usize, envelope: &mut RecordedEvent) -> Result<()> {
     let source = Source {
         stream_id: columns::get_unchecked(row, at)?,
-        global_position: columns::unsigned_unchecked::<_, i64, _>(row, at + 1)?,
-        tx: columns::unsigned_unchecked::<_, i64, _>(row, at + 2)?,
+        global_position: columns::unsigned_unchecked(row, at + 1)?,
+        tx: columns::unsigned_unchecked(row, at + 2)?,
         event_type: columns::get_unchecked(row, at + 3)?,
-        schema_version: columns::unsigned_unchecked::<_, i32, _>(row, at + 4)?,
+        schema_version: columns::unsigned_unchecked(row, at + 4)?,
     };
     refill_payload(row, at + 5, |payload| source.refill(envelope, payload))
 }
@@ -1311,13 +1311,13 @@ fn origin_at(row: &PgRow, at: usize) -> Result<(Origin<'_>, Payload)> {
 fn origin_only(row: &PgRow, at: usize) -> Result<Origin<'_>> {
     Ok(Origin {
         stream_id: columns::get_unchecked(row, at)?,
-        stream_version: columns::unsigned_unchecked::<_, i64, _>(row, at + 1)?,
-        global_position: columns::unsigned_unchecked::<_, i64, _>(row, at + 2)?,
-        tx: columns::unsigned_unchecked::<_, i64, _>(row, at + 3)?,
+        stream_version: columns::unsigned_unchecked(row, at + 1)?,
+        global_position: columns::unsigned_unchecked(row, at + 2)?,
+        tx: columns::unsigned_unchecked(row, at + 3)?,
         aggregate_type: columns::get_unchecked(row, at + 4)?,
         event_id: columns::get(row, at + 5)?,
         event_type: columns::get_unchecked(row, at + 6)?,
-        schema_version: columns::unsigned_unchecked::<_, i32, _>(row, at + 7)?,
+        schema_version: columns::unsigned_unchecked(row, at + 7)?,
         recorded_at: columns::get(row, at + 10)?,
     })
 }
@@ -1674,6 +1674,33 @@ mod tests {
     use crate::store::{EnvelopeFields, FeedQuery, HistoryItem};
     use crate::{EventStore as _, ExpectedVersion, NewEvent, Payload, Snapshot};
     use sqlx::Connection as _;
+
+    /// The hot paths' integer reader takes every width a statement sends in binary form, the
+    /// text form through sqlx's decoder, and refuses NULL and values no unsigned one can be.
+    #[tokio::test]
+    async fn integer_columns_read_from_their_bytes_in_every_width() {
+        use crate::store::backend::columns::unsigned_unchecked;
+        let url = std::env::var("DATABASE_URL")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned());
+        let pool = sqlx::PgPool::connect(&url).await.unwrap();
+        let statement = "SELECT 7::int2, 70000::int4, 5000000000::int8, \
+                         '6000000000'::text::xid8, NULL::int8, (-1)::int8";
+        let binary = sqlx::query(statement).fetch_one(&pool).await.unwrap();
+        let text = sqlx::raw_sql(statement).fetch_one(&pool).await.unwrap();
+        for row in [&binary, &text] {
+            assert_eq!(unsigned_unchecked::<u16>(row, 0).unwrap(), 7);
+            assert_eq!(unsigned_unchecked::<u32>(row, 1).unwrap(), 70_000);
+            assert_eq!(unsigned_unchecked::<u64>(row, 2).unwrap(), 5_000_000_000);
+            assert_eq!(unsigned_unchecked::<u64>(row, 3).unwrap(), 6_000_000_000);
+            assert!(unsigned_unchecked::<u64>(row, 4).is_err());
+            assert!(matches!(
+                unsigned_unchecked::<u64>(row, 5),
+                Err(crate::Error::Corrupt { .. })
+            ));
+            // A value too wide for the type asked for.
+            assert!(unsigned_unchecked::<u16>(row, 1).is_err());
+        }
+    }
 
     static FIELDS: [PiiField; 1] = [PiiField::new("email", || json!("[erased]"))];
     static SPEC: PiiSpec = PiiSpec::new("customer", &FIELDS);
