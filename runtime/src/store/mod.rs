@@ -323,13 +323,11 @@ pub(crate) fn strict_envelope((event, defect): ReadEnvelope) -> Result<RecordedE
     }
 }
 
-/// Rows of the feed read for the runners (`read`: one row's envelope): the events, those of
-/// them that do not fully read, and whether a corrupt row ended the read early. The events
-/// before a corrupt row are delivered, and the next read stops at it.
+/// [`refill_envelopes`] into new envelopes (`read`: one row's envelope).
 ///
 /// # Errors
-/// The first row's error when it is corrupt.
-#[cfg(any(feature = "postgres", feature = "sqlite"))]
+/// As [`refill_envelopes`].
+#[cfg(feature = "sqlite")]
 pub(crate) fn runner_envelopes<R>(
     rows: &[R],
     read: impl Fn(&R) -> Result<ReadEnvelope>,
@@ -341,12 +339,14 @@ pub(crate) fn runner_envelopes<R>(
     })
 }
 
-/// Like [`runner_envelopes`], into the envelopes of `spare` first (`fill`: one row's envelope
-/// written over an envelope, which may be one of an earlier batch's, and what of it does not
-/// read), then into new ones.
+/// Rows of the feed read for the runners, written into the envelopes of `spare` first, which
+/// may be an earlier batch's, then into new ones (`fill`: one row's envelope written over an
+/// envelope, and what of it does not read): the events, those of them that do not fully
+/// read, and whether a corrupt row ended the read early. The events before a corrupt row are
+/// delivered, and the next read stops at it.
 ///
 /// # Errors
-/// As [`runner_envelopes`].
+/// The first row's error when it is corrupt.
 #[cfg(any(feature = "postgres", feature = "sqlite"))]
 pub(crate) fn refill_envelopes<R>(
     rows: &[R],
@@ -378,7 +378,7 @@ pub(crate) fn refill_envelopes<R>(
 
 /// An envelope to fill: every field a placeholder, nothing allocated.
 #[cfg(any(feature = "postgres", feature = "sqlite"))]
-fn blank_envelope() -> RecordedEvent {
+pub(crate) fn blank_envelope() -> RecordedEvent {
     crate::envelope::Source {
         stream_id: "",
         event_type: "",
@@ -412,12 +412,9 @@ impl SpareBatches {
     /// Keeps `events` for a later read, unless two batches are kept already; envelopes with
     /// room for large payloads are dropped from it first.
     pub(crate) fn keep(&self, mut events: Vec<RecordedEvent>) {
-        if events.capacity() == 0 || self.kept().len() >= Self::KEPT {
-            return;
-        }
-        events.retain(|event| event.event.capacity() <= Self::PAYLOAD_ROOM);
         let mut kept = self.kept();
-        if kept.len() < Self::KEPT {
+        if events.capacity() > 0 && kept.len() < Self::KEPT {
+            events.retain(|event| event.event.capacity() <= Self::PAYLOAD_ROOM);
             kept.push(events);
         }
     }

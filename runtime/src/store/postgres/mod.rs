@@ -51,8 +51,8 @@ use super::sql::{AppendHook, Schema};
 use super::tx::{self, Transaction, Tx};
 use super::{
     EventStore, ExpectedVersion, FeedBatch, FeedPosition, FeedQuery, HistoryItem, KnownHead,
-    ReadEnvelope, SpareBatches, StreamEvent, StreamEventRef, Tenancy, Undecodable,
-    refill_envelopes, runner_envelopes, strict_envelope,
+    ReadEnvelope, SpareBatches, StreamEvent, StreamEventRef, Tenancy, Undecodable, blank_envelope,
+    refill_envelopes, strict_envelope,
 };
 use crate::envelope::{EnvelopeFields, NewEvent, Origin, RecordedEvent, Source};
 use crate::error::{Error, Result};
@@ -922,7 +922,7 @@ impl PostgresStore {
             guess => guess,
         };
         self.remember_cold(cold.as_ref());
-        // The lean reads fill the envelopes of batches the runners are done with.
+        // The rows go into the envelopes of batches the runners are done with.
         let spare = || self.inner.spare_batches.take();
         let (mut events, mut undecodable, stopped) = match query.fields {
             EnvelopeFields::Source => refill_envelopes(rows, spare(), |row, slot| {
@@ -931,7 +931,9 @@ impl PostgresStore {
             EnvelopeFields::Origin => refill_envelopes(rows, spare(), |row, slot| {
                 refill_origin(row, 4, slot).map(|()| None)
             })?,
-            EnvelopeFields::All => runner_envelopes(rows, |row| envelope_or_defect(row, 4))?,
+            EnvelopeFields::All => {
+                refill_envelopes(rows, spare(), |row, slot| refill_envelope(row, 4, slot))?
+            }
         };
         // Whether the table's events stopped the batch (its size reached, or an event no
         // runner may pass).
@@ -1234,13 +1236,21 @@ struct Replayed<'r> {
 /// The payload of a row whose columns `at` and `at + 1` are `payload` and `sealed`, with its
 /// sealed data, if any, inside it ([`pii::inline`]): opened later, or handed on sealed.
 fn stored_payload(row: &PgRow, at: usize) -> Result<Payload> {
-    let payload = columns::text(row, at)?;
     Ok(Payload::from_stored_json(
-        match columns::get_unchecked::<_, Option<&[u8]>>(row, at + 1)? {
-            Some(sealed) => crate::pii::inline(payload, sealed)?,
-            None => payload.to_owned(),
-        },
+        row_payload(row, at)?.into_owned(),
     ))
+}
+
+/// The text of [`stored_payload`], borrowed from the row unless it has sealed data to put
+/// inside it.
+fn row_payload(row: &PgRow, at: usize) -> Result<std::borrow::Cow<'_, str>> {
+    let payload = columns::text(row, at)?;
+    Ok(
+        match columns::get_unchecked::<_, Option<&[u8]>>(row, at + 1)? {
+            Some(sealed) => crate::pii::inline(payload, sealed)?.into(),
+            None => payload.into(),
+        },
+    )
 }
 
 /// The stream version in a stream read's row, at column `at`.
@@ -1265,7 +1275,9 @@ fn stream_event_from_row(row: &PgRow, at: usize) -> Result<StreamEvent> {
 /// [`Error::Decode`] naming the event when its metadata is no JSON object; [`Error::Corrupt`]
 /// when a column that identifies it does not read.
 fn envelope_from_row(row: &PgRow, at: usize) -> Result<RecordedEvent> {
-    strict_envelope(envelope_or_defect(row, at)?)
+    let mut event = blank_envelope();
+    let defect = refill_envelope(row, at, &mut event)?;
+    strict_envelope((event, defect))
 }
 
 /// Reads the source columns ([`SOURCE_COLUMNS`]) starting at `at` into `envelope`, whose
@@ -1279,35 +1291,21 @@ fn refill_source(row: &PgRow, at: usize, envelope: &mut RecordedEvent) -> Result
         event_type: columns::get_unchecked(row, at + 3)?,
         schema_version: columns::unsigned_unchecked(row, at + 4)?,
     };
-    refill_payload(row, at + 5, |payload| source.refill(envelope, payload))
+    source.refill(envelope, &row_payload(row, at + 5)?);
+    Ok(())
 }
 
 /// Reads the origin columns ([`ORIGIN_COLUMNS`]) starting at `at` into `envelope`, as
 /// [`refill_source`] does ([`EnvelopeFields::Origin`]).
 fn refill_origin(row: &PgRow, at: usize, envelope: &mut RecordedEvent) -> Result<()> {
     let origin = origin_only(row, at)?;
-    refill_payload(row, at + 8, |payload| origin.refill(envelope, payload))
-}
-
-/// Hands `fill` the payload of a row whose columns `at` and `at + 1` are `payload` and
-/// `sealed`, as [`stored_payload`] reads it, borrowed from the row unless it has sealed data.
-fn refill_payload(row: &PgRow, at: usize, fill: impl FnOnce(&str)) -> Result<()> {
-    let payload = columns::text(row, at)?;
-    match columns::get_unchecked::<_, Option<&[u8]>>(row, at + 1)? {
-        Some(sealed) => fill(&crate::pii::inline(payload, sealed)?),
-        None => fill(payload),
-    }
+    origin.refill(envelope, &row_payload(row, at + 8)?);
     Ok(())
 }
 
-/// An event's origin and payload, from the columns [`ORIGIN_COLUMNS`] and [`ENVELOPE_COLUMNS`]
-/// begin with, from `at`. The statements' own casts fix the text columns' types, so they are
-/// decoded without comparing types first (this runs once per event read).
-fn origin_at(row: &PgRow, at: usize) -> Result<(Origin<'_>, Payload)> {
-    Ok((origin_only(row, at)?, stored_payload(row, at + 8)?))
-}
-
-/// The origin of [`origin_at`], without the payload.
+/// An event's origin, from the columns [`ORIGIN_COLUMNS`] and [`ENVELOPE_COLUMNS`] begin with,
+/// from `at` (the payload follows it). The statements' own casts fix the text columns' types,
+/// so they are decoded without comparing types first (this runs once per event read).
 fn origin_only(row: &PgRow, at: usize) -> Result<Origin<'_>> {
     Ok(Origin {
         stream_id: columns::get_unchecked(row, at)?,
@@ -1322,30 +1320,31 @@ fn origin_only(row: &PgRow, at: usize) -> Result<Origin<'_>> {
     })
 }
 
-/// [`envelope_from_row`], but an event whose metadata does not read comes back with empty
-/// metadata and the defect, for the runners to park.
-fn envelope_or_defect(row: &PgRow, at: usize) -> Result<ReadEnvelope> {
-    let (origin, payload) = origin_at(row, at)?;
-    let mut event = origin.into_envelope(payload);
-    event.correlation_id = columns::get(row, at + 12)?;
-    event.causation_id = columns::get(row, at + 13)?;
-    event.actor = columns::get(row, at + 14)?;
-    event.tenant = columns::get(row, at + 15)?;
-    Ok(with_metadata(event, columns::text(row, at + 11)?))
+/// Reads the envelope columns ([`ENVELOPE_COLUMNS`]) starting at `at` into `envelope`, as
+/// [`refill_source`] does; an event whose metadata does not read gets empty metadata, and the
+/// defect comes back, for the runners to park ([`envelope_from_row`] refuses it).
+fn refill_envelope(
+    row: &PgRow,
+    at: usize,
+    envelope: &mut RecordedEvent,
+) -> Result<Option<Undecodable>> {
+    refill_origin(row, at, envelope)?;
+    envelope.correlation_id = columns::get(row, at + 12)?;
+    envelope.causation_id = columns::get(row, at + 13)?;
+    envelope.actor = columns::get(row, at + 14)?;
+    envelope.tenant = columns::get(row, at + 15)?;
+    Ok(read_metadata(envelope, columns::text(row, at + 11)?))
 }
 
-/// `event` with its stored metadata, or with empty metadata and the defect when it does not
-/// read (for the runners to park).
-fn with_metadata(mut event: RecordedEvent, metadata: &str) -> ReadEnvelope {
+/// Puts its stored metadata into `event`; when it does not read, leaves `event`'s metadata
+/// as it is (empty) and returns the defect (for the runners to park).
+fn read_metadata(event: &mut RecordedEvent, metadata: &str) -> Option<Undecodable> {
     match decode_metadata(metadata) {
         Ok(metadata) => {
             event.metadata = metadata;
-            (event, None)
+            None
         }
-        Err(cause) => {
-            let defect = Undecodable::of(&event, &cause);
-            (event, Some(defect))
-        }
+        Err(cause) => Some(Undecodable::of(event, &cause)),
     }
 }
 

@@ -14,7 +14,7 @@ use crate::envelope::{Origin, RecordedEvent};
 use crate::error::{Error, Result};
 use crate::event::Payload;
 use crate::store::backend::{columns, stored_u32, stored_u64, to_i64};
-use crate::store::postgres::{PostgresStore, identity, with_metadata};
+use crate::store::postgres::{PostgresStore, identity, read_metadata};
 use crate::store::{FeedPosition, FeedQuery, ReadEnvelope, Tenancy};
 
 /// Archive files read lately, decoded: a rebuild reads a file's events batch after batch. And
@@ -751,7 +751,8 @@ fn stored_envelope(row: &StoredRow) -> Result<ReadEnvelope> {
     event.causation_id = row.causation_id;
     event.actor = row.actor.clone();
     event.tenant = (!row.tenant.is_empty()).then(|| row.tenant.clone());
-    Ok(with_metadata(event, &row.metadata))
+    let defect = read_metadata(&mut event, &row.metadata);
+    Ok((event, defect))
 }
 
 #[cfg(test)]
