@@ -14,7 +14,8 @@ use crate::envelope::{Origin, RecordedEvent};
 use crate::error::{Error, Result};
 use crate::event::Payload;
 use crate::store::backend::{columns, stored_u32, stored_u64, to_i64};
-use crate::store::postgres::{PostgresStore, identity, read_metadata};
+use crate::store::postgres::rows::read_metadata;
+use crate::store::postgres::{PostgresStore, identity};
 use crate::store::{FeedPosition, FeedQuery, ReadEnvelope, Tenancy};
 
 /// Archive files read lately, decoded: a rebuild reads a file's events batch after batch. And
