@@ -935,6 +935,28 @@ fn print_report(report: &postgres::Report) {
             row.store_ratio
         );
     }
+    let one = &report.interleaved;
+    println!(
+        "\n(e) one client, the appends of (d) interleaved one by one ({} of each): mean / p50 / p99 latency, us",
+        one.appends_each
+    );
+    for (name, latency) in [
+        ("raw INSERT", &one.raw_insert),
+        ("without tx column and index", &one.without),
+        ("store.append", &one.store_append),
+    ] {
+        println!(
+            "  {name:<28} {:>7.1} / {:>7.1} / {:>7.1}",
+            latency.mean_us, latency.p50_us, latency.p99_us
+        );
+    }
+    println!(
+        "  store.append / raw INSERT throughput: {:.3} ({:.2}-{:.2} in blocks of 500); tx column and index cost {:.1}%",
+        one.store_ratio,
+        one.store_ratio_blocks[0],
+        one.store_ratio_blocks[1],
+        one.cost * 100.0
+    );
 }
 
 fn print_projections(report: &projections::Report) {

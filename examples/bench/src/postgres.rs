@@ -31,6 +31,7 @@ pub struct Report {
     pub commands: Vec<CommandsAt>,
     pub long_stream: LongStream,
     pub feed_machinery: Vec<FeedMachineryAt>,
+    pub interleaved: InterleavedAppends,
 }
 
 /// (a) and (b) at one concurrency.
@@ -250,6 +251,19 @@ async fn measure(
             store_appends,
         });
     }
+    let interleaved = interleaved(config, schemas).await;
+    schemas.drop_all().await;
+    let interleaved = interleaved?;
+    eprintln!(
+        "  one client, appends interleaved one by one: raw INSERT {:.0} us, without tx column and index {:.0} us (their cost {:.1}%), store.append {:.0} us (mean; {:.2} of the raw INSERT's throughput, {:.2}-{:.2} in blocks of 500)",
+        interleaved.raw_insert.mean_us,
+        interleaved.without.mean_us,
+        interleaved.cost * 100.0,
+        interleaved.store_append.mean_us,
+        interleaved.store_ratio,
+        interleaved.store_ratio_blocks[0],
+        interleaved.store_ratio_blocks[1],
+    );
     Ok(Report {
         accounts: config.accounts,
         deposits_per_account: config.deposits,
@@ -257,6 +271,7 @@ async fn measure(
         commands,
         long_stream,
         feed_machinery,
+        interleaved,
     })
 }
 
@@ -571,6 +586,36 @@ enum Target {
 }
 
 impl Target {
+    /// Appends `new` as version `version` of `stream` (the version the raw INSERTs bind; the
+    /// store finds its own): how long it took.
+    async fn append(
+        &self,
+        stream: &str,
+        version: i64,
+        new: NewEvent,
+    ) -> Result<Duration, Box<dyn std::error::Error + Send + Sync>> {
+        let began = Instant::now();
+        match self {
+            Target::Store(store) => {
+                store
+                    .append(stream, "BankAccount", ExpectedVersion::Any, vec![new])
+                    .await?;
+            }
+            Target::Table { pool, insert } => {
+                sqlx::query(AssertSqlSafe(insert.clone()))
+                    .bind(stream)
+                    .bind(version)
+                    .bind(new.event_id)
+                    .bind(new.payload.as_str())
+                    .bind(new.correlation_id)
+                    .bind(new.causation_id)
+                    .execute(pool)
+                    .await?;
+            }
+        }
+        Ok(began.elapsed())
+    }
+
     /// INSERTs into `table` of the store's schema; `plain_events` is created as a copy of the
     /// event table without the `tx` column (and so without its index).
     async fn table(store: &PostgresStore, table: &str) -> Result<Self, Box<dyn std::error::Error>> {
@@ -621,29 +666,112 @@ async fn appends(
                     balance_after: i as u64,
                 });
                 let new = NewEvent::from_event(&event, &context)?;
-                let began = Instant::now();
-                match &*target {
-                    Target::Store(store) => {
-                        store
-                            .append(&stream, "BankAccount", ExpectedVersion::Any, vec![new])
-                            .await?;
-                    }
-                    Target::Table { pool, insert } => {
-                        sqlx::query(AssertSqlSafe(insert.clone()))
-                            .bind(&stream)
-                            .bind(i64::try_from(i / 10 + 1)?)
-                            .bind(new.event_id)
-                            .bind(new.payload.as_str())
-                            .bind(new.correlation_id)
-                            .bind(new.causation_id)
-                            .execute(pool)
-                            .await?;
-                    }
-                }
-                latencies.push(began.elapsed());
+                let version = i64::try_from(i / 10 + 1)?;
+                latencies.push(target.append(&stream, version, new).await?);
             }
             Ok::<_, Box<dyn std::error::Error + Send + Sync>>(latencies)
         }));
     }
     collect(workers, started).await
+}
+
+/// (e) One client, the three appends of (d) interleaved append by append (the order rotating
+/// each round), so that every drift of a shared machine (its disk's flush time above all) hits
+/// the three alike: at one client, throughput is the inverse of the mean latency.
+#[derive(Debug, Serialize)]
+pub struct InterleavedAppends {
+    /// Appends of each kind.
+    pub appends_each: usize,
+    /// The raw INSERT into the store's event table (as `with_machinery`).
+    pub raw_insert: Latency,
+    /// The same INSERT into the copy without the `tx` column and its index (as `without`).
+    pub without: Latency,
+    /// `PostgresStore::append` into the store's table.
+    pub store_append: Latency,
+    /// mean(raw INSERT) / mean(store.append): store.append's throughput over the raw INSERT's.
+    pub store_ratio: f64,
+    /// The same ratio within each block of 500 rounds, lowest and highest: how much it moved.
+    pub store_ratio_blocks: [f64; 2],
+    /// 1 - mean(without) / mean(raw INSERT): the share the `tx` column and its index cost.
+    pub cost: f64,
+}
+
+/// The latencies of one kind of append, in microseconds.
+#[derive(Debug, Serialize)]
+pub struct Latency {
+    pub mean_us: f64,
+    pub p50_us: f64,
+    pub p99_us: f64,
+}
+
+impl Latency {
+    fn of(latencies: &[Duration]) -> Self {
+        let mut sorted = latencies.to_vec();
+        sorted.sort_unstable();
+        let at = |q: f64| {
+            sorted
+                .get(((sorted.len() as f64 * q) as usize).min(sorted.len().saturating_sub(1)))
+                .map_or(0.0, |d| d.as_secs_f64() * 1e6)
+        };
+        Self {
+            mean_us: mean_us(latencies),
+            p50_us: at(0.50),
+            p99_us: at(0.99),
+        }
+    }
+}
+
+fn mean_us(latencies: &[Duration]) -> f64 {
+    let total: Duration = latencies.iter().sum();
+    total.as_secs_f64() * 1e6 / latencies.len().max(1) as f64
+}
+
+/// (e): as many appends of each kind as a run of (d) makes.
+async fn interleaved(
+    config: &Config,
+    schemas: &mut Schemas,
+) -> Result<InterleavedAppends, Box<dyn std::error::Error>> {
+    let store = schemas.store("interleaved").await?;
+    let targets = [
+        Target::table(&store, "events").await?,
+        Target::table(&store, "plain_events").await?,
+        Target::Store(store),
+    ];
+    let rounds = 2 * config.accounts * config.deposits;
+    let mut latencies: [Vec<Duration>; 3] = Default::default();
+    let context = CommandContext::new();
+    for i in 0..rounds {
+        for k in 0..3 {
+            let which = (i + k) % 3;
+            let stream = format!("i{which}-{}", i % 10);
+            let event = AccountEvent::from(MoneyDeposited {
+                amount: 1,
+                balance_after: i as u64,
+            });
+            let new = NewEvent::from_event(&event, &context)?;
+            let version = i64::try_from(i / 10 + 1)?;
+            let took = targets[which]
+                .append(&stream, version, new)
+                .await
+                .map_err(|e| e.to_string())?;
+            latencies[which].push(took);
+        }
+    }
+    let [raw, without, store] = &latencies;
+    let blocks: Vec<f64> = raw
+        .chunks(500)
+        .zip(store.chunks(500))
+        .map(|(raw, store)| mean_us(raw) / mean_us(store))
+        .collect();
+    let lowest = blocks.iter().copied().fold(f64::INFINITY, f64::min);
+    let highest = blocks.iter().copied().fold(0.0, f64::max);
+    Ok(InterleavedAppends {
+        appends_each: rounds,
+        store_ratio: mean_us(raw) / mean_us(store),
+        store_ratio_blocks: [lowest, highest],
+        cost: 1.0 - mean_us(without) / mean_us(raw),
+        raw_insert: Latency::of(raw),
+        without: Latency::of(without),
+        store_append: Latency::of(store),
+    })
 }
