@@ -586,14 +586,22 @@ enum Target {
 }
 
 impl Target {
-    /// Appends `new` as version `version` of `stream` (the version the raw INSERTs bind; the
-    /// store finds its own): how long it took.
-    async fn append(
+    /// The `i`-th deposit of a writer (`owner`) to its ten streams, round robin: its event
+    /// appended to `<owner>-<i % 10>` (as version `i / 10 + 1` by the raw INSERTs; the store
+    /// finds its own): how long the append took.
+    async fn deposit(
         &self,
-        stream: &str,
-        version: i64,
-        new: NewEvent,
+        owner: &str,
+        i: usize,
+        context: &CommandContext,
     ) -> Result<Duration, Box<dyn std::error::Error + Send + Sync>> {
+        let stream = &format!("{owner}-{}", i % 10);
+        let event = AccountEvent::from(MoneyDeposited {
+            amount: 1,
+            balance_after: i as u64,
+        });
+        let new = NewEvent::from_event(&event, context)?;
+        let version = i64::try_from(i / 10 + 1)?;
         let began = Instant::now();
         match self {
             Target::Store(store) => {
@@ -660,14 +668,7 @@ async fn appends(
             let mut latencies = Vec::with_capacity(count);
             let context = CommandContext::new();
             for i in 0..count {
-                let stream = format!("w{worker}-{}", i % 10);
-                let event = AccountEvent::from(MoneyDeposited {
-                    amount: 1,
-                    balance_after: i as u64,
-                });
-                let new = NewEvent::from_event(&event, &context)?;
-                let version = i64::try_from(i / 10 + 1)?;
-                latencies.push(target.append(&stream, version, new).await?);
+                latencies.push(target.deposit(&format!("w{worker}"), i, &context).await?);
             }
             Ok::<_, Box<dyn std::error::Error + Send + Sync>>(latencies)
         }));
@@ -743,15 +744,8 @@ async fn interleaved(
     for i in 0..rounds {
         for k in 0..3 {
             let which = (i + k) % 3;
-            let stream = format!("i{which}-{}", i % 10);
-            let event = AccountEvent::from(MoneyDeposited {
-                amount: 1,
-                balance_after: i as u64,
-            });
-            let new = NewEvent::from_event(&event, &context)?;
-            let version = i64::try_from(i / 10 + 1)?;
             let took = targets[which]
-                .append(&stream, version, new)
+                .deposit(&format!("i{which}"), i, &context)
                 .await
                 .map_err(|e| e.to_string())?;
             latencies[which].push(took);
