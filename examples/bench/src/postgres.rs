@@ -12,7 +12,7 @@ use serde::Serialize;
 use sqlx::postgres::{PgPool, PgPoolOptions};
 use sqlx::{AssertSqlSafe, Executor as _, Row as _};
 
-use crate::stats::{Run, Summary, median, median_duration, millis};
+use crate::stats::{Run, Summary, median, median_duration, millis, percentile};
 
 pub struct Config {
     pub url: String,
@@ -709,15 +709,11 @@ impl Latency {
     fn of(latencies: &[Duration]) -> Self {
         let mut sorted = latencies.to_vec();
         sorted.sort_unstable();
-        let at = |q: f64| {
-            sorted
-                .get(((sorted.len() as f64 * q) as usize).min(sorted.len().saturating_sub(1)))
-                .map_or(0.0, |d| d.as_secs_f64() * 1e6)
-        };
+        let micros = |p: f64| percentile(&sorted, p).as_secs_f64() * 1e6;
         Self {
             mean_us: mean_us(latencies),
-            p50_us: at(0.50),
-            p99_us: at(0.99),
+            p50_us: micros(0.50),
+            p99_us: micros(0.99),
         }
     }
 }

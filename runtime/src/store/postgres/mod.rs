@@ -46,7 +46,6 @@ use self::listen::{Listener, Notifier};
 use self::rows::{
     Replayed, envelope_from_row, replayed_event, snapshot_from_row, stream_event_from_row,
 };
-pub(crate) use self::statements::ENVELOPE_COLUMNS;
 use self::statements::Statements;
 use super::FeedWakeups;
 use super::Limits;

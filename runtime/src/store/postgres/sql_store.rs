@@ -7,7 +7,8 @@ use std::time::Duration;
 use sqlx::postgres::PgListener;
 use sqlx::{AssertSqlSafe, Connection as _, PgConnection};
 
-use super::{ENVELOPE_COLUMNS, PostgresStore};
+use super::PostgresStore;
+use super::statements::ENVELOPE_COLUMNS;
 use crate::envelope::RecordedEvent;
 use crate::error::{Error, Result};
 use crate::store::backend::to_i64;

@@ -99,7 +99,7 @@ impl FeedReads {
 
 /// The envelope columns, in the order `envelope_from_row` reads them: the origin's, then the
 /// metadata, correlation, causation, actor and tenant.
-pub(crate) const ENVELOPE_COLUMNS: &str = concat!(
+pub(super) const ENVELOPE_COLUMNS: &str = concat!(
     origin_columns!(),
     // No ", " inside a column: the feed counts the columns by it.
     ", e.metadata, e.correlation_id, e.causation_id, e.actor, nullif(e.tenant,'')"

@@ -8,7 +8,8 @@ use std::sync::Arc;
 
 use sqlx::AssertSqlSafe;
 
-use super::{ENVELOPE_COLUMNS, SqliteStore, backend};
+use super::rows::ENVELOPE_COLUMNS;
+use super::{SqliteStore, backend};
 use crate::envelope::RecordedEvent;
 use crate::error::{Error, Result};
 use crate::store::Tenancy;
