@@ -36,11 +36,30 @@ type Sent = Arc<Mutex<Vec<(u32, Uuid)>>>;
 #[error("version 2 is held partway through its build")]
 pub struct Held;
 
-/// Version 1: balances per account; each withdrawal "sends an email" (a side effect).
+/// Holds version 1's email inside its handler until the test opens it: a runner between a
+/// batch's commit and its side effect's completion.
+#[derive(Debug)]
+pub struct Gate {
+    entered: tokio::sync::Semaphore,
+    open: tokio::sync::Semaphore,
+}
+
+impl Default for Gate {
+    fn default() -> Self {
+        Self {
+            entered: tokio::sync::Semaphore::new(0),
+            open: tokio::sync::Semaphore::new(0),
+        }
+    }
+}
+
+/// Version 1: balances per account; each withdrawal "sends an email" (a side effect), held at
+/// its `gate` when it has one.
 #[derive(Debug)]
 pub struct TotalsV1 {
     table: String,
     sent: Sent,
+    gate: Option<Arc<Gate>>,
 }
 
 #[factum::projection(name = "totals", version = 1)]
@@ -61,6 +80,10 @@ impl TotalsV1 {
         _event: &Withdrawn,
         envelope: &Envelope,
     ) -> Result<(), sqlx::Error> {
+        if let Some(gate) = &self.gate {
+            gate.entered.add_permits(1);
+            gate.open.acquire().await.unwrap().forget();
+        }
         self.sent.lock().unwrap().push((1, envelope.event_id));
         Ok(())
     }
@@ -207,6 +230,7 @@ async fn version_2_builds_beside_version_1_and_switches_over_when_caught_up<D: T
     let v1 = TotalsV1 {
         table: v1_table.clone(),
         sent: sent.clone(),
+        gate: None,
     };
     let v1_runner =
         ProjectionRunner::new(database.another_client().await.unwrap(), v1).poll_interval(POLL);
@@ -322,6 +346,7 @@ async fn version_2_builds_beside_version_1_and_switches_over_when_caught_up<D: T
         TotalsV1 {
             table: v1_table.clone(),
             sent: sent.clone(),
+            gate: None,
         },
     );
     tokio::time::timeout(Duration::from_secs(30), again.run(std::future::pending()))
@@ -370,6 +395,7 @@ async fn the_active_version_runs_a_side_effect_a_building_version_skipped<D: Tes
         TotalsV1 {
             table: tables.clone(),
             sent: sent.clone(),
+            gate: None,
         },
     );
     let mut v2 = ProjectionRunner::new(
@@ -406,11 +432,108 @@ async fn the_active_version_runs_a_side_effect_a_building_version_skipped<D: Tes
     assert_eq!(sent.lock().unwrap().len(), 1);
 }
 
+/// The side effects decided and not yet performed: `(event id, version that decided it)`.
+async fn pending<D: TestDatabase>(database: &D) -> Vec<(String, i64)> {
+    let effects = database.table("projection_side_effects");
+    fetch_all(
+        &**database,
+        &format!(
+            "SELECT CAST(event_id AS text), CAST(version AS bigint) FROM {effects}
+             WHERE status = 'pending' ORDER BY event_id"
+        ),
+    )
+    .await
+    .unwrap()
+}
+
+/// Version 1 decides a withdrawal's email and is still sending it (held in its handler) when
+/// version 2 builds, catches up and switches over. Version 2 leaves the email to version 1
+/// while version 1's runner runs: it is sent once, by version 1 (`crash: false`, version 1
+/// finishing); when version 1's runner dies before sending it (`crash: true`), version 2 takes
+/// it over and sends it, once.
+async fn a_side_effect_version_1_decided_is_performed_once<D: TestDatabase>(crash: bool) {
+    let database = D::create().await.unwrap();
+    let v1_table = create_table(&database, "totals_v1").await;
+    let v2_table = create_table(&database, "totals_v2").await;
+    let withdrawal = append(&database, "acc-0", event("Withdrawn", 1)).await;
+    append(&database, "acc-0", event("Deposited", 5)).await;
+    let sent: Sent = Arc::default();
+    let gate = Arc::new(Gate::default());
+    let v1 = TotalsV1 {
+        table: v1_table,
+        sent: sent.clone(),
+        gate: Some(gate.clone()),
+    };
+    let v1_runner =
+        ProjectionRunner::new(database.another_client().await.unwrap(), v1).poll_interval(POLL);
+    let v1_task = tokio::spawn(v1_runner.run(std::future::pending()));
+    // Version 1 committed its batch (the email decided) and is sending the email.
+    gate.entered.acquire().await.unwrap().forget();
+    assert_eq!(pending(&database).await, [(withdrawal.to_string(), 1)]);
+
+    let v2 = TotalsV2 {
+        table: v2_table.clone(),
+        sent: sent.clone(),
+        hold: Arc::default(),
+    };
+    let v2_runner =
+        ProjectionRunner::new(database.another_client().await.unwrap(), v2).poll_interval(POLL);
+    let (stop_v2, v2_stopped) = tokio::sync::oneshot::channel::<()>();
+    let v2_task = tokio::spawn(v2_runner.run(async {
+        let _ = v2_stopped.await;
+    }));
+    eventually(async || active_version(&*database, "totals").await.unwrap() == Some(2)).await;
+    eventually(async || table(&database, &v2_table).await == [("acc-0".to_owned(), 5, 1)]).await;
+    // Version 2 started, switched over and went idle with version 1's email pending: not sent.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        sent.lock().unwrap().is_empty(),
+        "{:?}",
+        sent.lock().unwrap()
+    );
+    assert_eq!(pending(&database).await, [(withdrawal.to_string(), 1)]);
+
+    if crash {
+        // Version 1's runner dies before the email is out: its lease goes with it.
+        v1_task.abort();
+        assert!(v1_task.await.unwrap_err().is_cancelled());
+        // Version 2, idle, takes it over (within 5 s) and sends it.
+        eventually(async || !sent.lock().unwrap().is_empty()).await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(*sent.lock().unwrap(), [(2, withdrawal)]);
+    } else {
+        // Version 1 sends it, then stops (retired).
+        gate.open.add_permits(1);
+        tokio::time::timeout(Duration::from_secs(30), v1_task)
+            .await
+            .expect("version 1 stops once retired")
+            .unwrap()
+            .unwrap();
+        assert_eq!(*sent.lock().unwrap(), [(1, withdrawal)]);
+    }
+    assert_eq!(pending(&database).await, []);
+    stop_v2.send(()).unwrap();
+    v2_task.await.unwrap().unwrap();
+    assert_eq!(sent.lock().unwrap().len(), 1, "the email went out once");
+}
+
+async fn a_side_effect_decided_by_a_running_retired_version_is_left_to_it<D: TestDatabase>() {
+    a_side_effect_version_1_decided_is_performed_once::<D>(false).await;
+}
+
+async fn a_side_effect_a_retired_version_crashed_on_is_taken_over<D: TestDatabase>() {
+    a_side_effect_version_1_decided_is_performed_once::<D>(true).await;
+}
+
 factum::on_both_stores!(
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
     version_2_builds_beside_version_1_and_switches_over_when_caught_up,
     #[tokio::test]
     the_active_version_runs_a_side_effect_a_building_version_skipped,
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    a_side_effect_decided_by_a_running_retired_version_is_left_to_it,
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    a_side_effect_a_retired_version_crashed_on_is_taken_over,
 );
 
 /// Registering a version takes a lock of its store's schema only: stores in other schemas of
@@ -426,6 +549,7 @@ async fn registering_waits_only_for_registrations_in_its_own_schema() {
         let totals = TotalsV1 {
             table: "unused".into(),
             sent: Sent::default(),
+            gate: None,
         };
         ProjectionRunner::new((**store).clone(), totals)
     };

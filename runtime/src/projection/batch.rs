@@ -398,8 +398,70 @@ impl<S: SqlStore, P: Projection> ProjectionRunner<S, P> {
         Ok(())
     }
 
-    /// Performs the side effects decided and not performed (by a runner that stopped or
-    /// crashed between a batch's commit and its effects).
+    /// Takes over the side effects a retired version decided and never performed (its runner
+    /// stopped or crashed between a batch's commit and its effects), then performs them with
+    /// this version's handlers (an event type this version has no side effect for is marked
+    /// done). A version's effects are taken only while its lease is free: a retired runner
+    /// still finishing its last batch performs its own, and none is performed twice. Returns
+    /// how many were taken over.
+    ///
+    /// # Errors
+    /// A store error.
+    pub(super) async fn adopt_retired_effects(&mut self) -> Result<u64, Error> {
+        if P::SIDE_EFFECTS.is_empty() {
+            return Ok(0);
+        }
+        let versions: Vec<u32> = {
+            let mut connection = self.store.acquire().await?;
+            let rows = self
+                .fetch_all(
+                    &mut connection.tx(),
+                    self.statement(&self.sql.retired_effects),
+                )
+                .await?;
+            rows.iter()
+                .map(|row| columns::unsigned::<_, i64, _>(row, 0))
+                .collect::<Result<_, Error>>()?
+        };
+        let mut adopted = 0;
+        for version in versions {
+            let name = crate::store::sql::LeaseName::Projection {
+                name: P::NAME,
+                version,
+            };
+            // Its runner is running: it performs them itself.
+            let Some(lease) = self.store.try_lease(name).await? else {
+                continue;
+            };
+            let mut connection = self.store.acquire().await?;
+            let taken = self
+                .execute(
+                    &mut connection.tx(),
+                    self.statement(&self.sql.adopt_effects)
+                        .bind(i64::from(version)),
+                )
+                .await;
+            drop(connection);
+            lease.release().await;
+            let taken = taken?.rows_affected();
+            tracing::info!(
+                projection = P::NAME,
+                version = P::VERSION,
+                retired = version,
+                effects = taken,
+                "taking over the side effects a retired version decided and never performed"
+            );
+            adopted += taken;
+        }
+        if adopted > 0 {
+            self.perform_pending_effects().await?;
+        }
+        Ok(adopted)
+    }
+
+    /// Performs the side effects this version decided and did not perform (a runner of it
+    /// stopped or crashed between a batch's commit and its effects), or took over from a
+    /// retired version.
     ///
     /// # Errors
     /// A store error.

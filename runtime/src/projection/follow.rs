@@ -396,9 +396,13 @@ impl<S: SqlStore, P: Projection> ProjectionRunner<S, P> {
             return Ok(());
         }
         self.perform_pending_effects().await?;
+        if state == VersionState::Active {
+            self.adopt_retired_effects().await?;
+        }
         let mut redriven = std::time::Instant::now();
         let mut checked = std::time::Instant::now();
         let mut measured = std::time::Instant::now();
+        let mut adopted = std::time::Instant::now();
         let mut wakeups = self.store.wakeups();
         loop {
             wakeups.mark_seen();
@@ -412,6 +416,8 @@ impl<S: SqlStore, P: Projection> ProjectionRunner<S, P> {
                         if self.switch_over().await? {
                             state = VersionState::Active;
                             self.replaying = false;
+                            adopted = std::time::Instant::now();
+                            self.adopt_retired_effects().await?;
                         } else {
                             tracing::warn!("the version was retired while building");
                             return Ok(());
@@ -467,6 +473,12 @@ impl<S: SqlStore, P: Projection> ProjectionRunner<S, P> {
                     );
                     return Ok(());
                 }
+            }
+            // Side effects a retired version left behind (its runner was still finishing its
+            // last batch at the switch-over, and stopped or crashed before performing them).
+            if state == VersionState::Active && wait.is_some() && adopted.elapsed() >= ADOPT_CHECK {
+                adopted = std::time::Instant::now();
+                self.adopt_retired_effects().await?;
             }
             let stop = match wait {
                 None => {
@@ -548,6 +560,10 @@ const MEASURE_BUSY: Duration = Duration::from_secs(30);
 /// How often a busy runner checks its lease, and (an active version) whether a newer one has
 /// switched over.
 const RETIRE_CHECK: Duration = Duration::from_secs(1);
+
+/// How often an idle active version looks for side effects a retired version decided and
+/// never performed.
+const ADOPT_CHECK: Duration = Duration::from_secs(5);
 
 /// Whether the shutdown future has completed, without waiting.
 fn poll_now(shutdown: std::pin::Pin<&mut (impl Future<Output = ()> + Send)>) -> bool {

@@ -161,19 +161,31 @@ pub(super) fn statements(schema: &Schema) -> ProjectionSql {
         .into(),
         pending_effects: format!(
             "SELECT c.event_id::text FROM {s}.projection_side_effects c
-             WHERE c.projection = $1 AND c.status = 'pending'"
+             WHERE c.projection = $1 AND c.status = 'pending' AND c.version = $2"
+        )
+        .into(),
+        retired_effects: format!(
+            "SELECT DISTINCT c.version FROM {s}.projection_side_effects c
+             JOIN {s}.projection_versions v ON v.projection = c.projection AND v.version = c.version
+             WHERE c.projection = $1 AND c.status = 'pending' AND c.version <> $2
+               AND v.state = 'retired'"
+        )
+        .into(),
+        adopt_effects: format!(
+            "UPDATE {s}.projection_side_effects SET version = $2
+             WHERE projection = $1 AND status = 'pending' AND version = $3"
         )
         .into(),
         effect_done: format!(
             "UPDATE {s}.projection_side_effects
              SET status = CASE WHEN $4 = 1 THEN 'failed' ELSE 'done' END, done_at = now(),
                  error = $5
-             WHERE projection = $1 AND event_id = $3::uuid"
+             WHERE projection = $1 AND event_id = $3::uuid AND version = $2"
         )
         .into(),
         effect_failed: format!(
             "UPDATE {s}.projection_side_effects SET attempts = attempts + 1, error = $4
-             WHERE projection = $1 AND event_id = $3::uuid"
+             WHERE projection = $1 AND event_id = $3::uuid AND version = $2"
         )
         .into(),
         inline_marks: format!(

@@ -62,9 +62,14 @@ pub(crate) struct ProjectionSql {
     pub claim_side_effects: Arc<str>,
     /// `$3` event ids (JSON): records side effects skipped by a replay.
     pub skip_side_effects: Arc<str>,
-    /// The event ids (text) of the projection's side effects decided and not yet performed
-    /// (by any version).
+    /// The event ids (text) of the side effects this version decided and has not yet
+    /// performed.
     pub pending_effects: Arc<str>,
+    /// The retired versions (other than this one) holding side effects they decided and never
+    /// performed: `version`.
+    pub retired_effects: Arc<str>,
+    /// `$3` version: its pending side effects become this version's.
+    pub adopt_effects: Arc<str>,
     /// `$3` event id, `$4` whether it failed for good (`i32` 0/1), `$5` its error (nullable
     /// text): the side effect is done, or can never be.
     pub effect_done: Arc<str>,

@@ -115,17 +115,25 @@ pub(super) fn statements() -> ProjectionSql {
              ON CONFLICT (projection, event_id) DO NOTHING"
                 .into(),
         pending_effects: "SELECT c.event_id FROM projection_side_effects c
-             WHERE c.projection = $1 AND c.status = 'pending'"
+             WHERE c.projection = $1 AND c.status = 'pending' AND c.version = $2"
+            .into(),
+        retired_effects: "SELECT DISTINCT c.version FROM projection_side_effects c
+             JOIN projection_versions v ON v.projection = c.projection AND v.version = c.version
+             WHERE c.projection = $1 AND c.status = 'pending' AND c.version <> $2
+               AND v.state = 'retired'"
+            .into(),
+        adopt_effects: "UPDATE projection_side_effects SET version = $2
+             WHERE projection = $1 AND status = 'pending' AND version = $3"
             .into(),
         effect_done: format!(
             "UPDATE projection_side_effects
              SET status = CASE WHEN $4 = 1 THEN 'failed' ELSE 'done' END, done_at = {NOW},
                  error = $5
-             WHERE projection = $1 AND event_id = $3"
+             WHERE projection = $1 AND event_id = $3 AND version = $2"
         )
         .into(),
         effect_failed: "UPDATE projection_side_effects SET attempts = attempts + 1, error = $4
-             WHERE projection = $1 AND event_id = $3"
+             WHERE projection = $1 AND event_id = $3 AND version = $2"
             .into(),
         inline_marks: "SELECT stream_id, applied_version FROM projection_inline_streams
              WHERE projection = $1 AND version = $2
