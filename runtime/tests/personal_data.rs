@@ -1098,7 +1098,63 @@ async fn a_new_subject_s_key_commits_with_its_first_event() {
     );
 }
 
+/// A replay of a stream whose events belong to several subjects opens each event under its
+/// own subject's key, the key changing from event to event (the replay keeps the last one it
+/// used), and reads a forgotten subject's events as erased between the others'; with and
+/// without the snapshot read, and with a snapshot present.
+async fn a_replay_opens_each_event_under_its_own_subject_s_key<D: TestDatabase>() {
+    let database = D::create().await.unwrap();
+    let store = keyed(&database, LocalKeyProvider::ephemeral().unwrap()).await;
+    let names = [
+        ("ada", "Ada A."),
+        ("bob", "Bob B."),
+        ("bob", "Bob C."),
+        ("ada", "Ada D."),
+        ("carl", "Carl E."),
+        ("bob", "Bob F."),
+    ];
+    for (id, name) in names {
+        append_rename(&store, "shared", ExpectedVersion::Any, id, name)
+            .await
+            .unwrap();
+    }
+    assert!(store.forget("bob").await.unwrap());
+    let replayed = async |with_snapshot| {
+        let mut seen = Vec::new();
+        store
+            .replay_history("shared", "Customer", with_snapshot, |item| {
+                if let factum::store::HistoryItem::Event(event) = item {
+                    let renamed: CustomerRenamed = serde_json::from_str(event.payload).unwrap();
+                    seen.push((event.stream_version, renamed.name));
+                }
+                Ok(())
+            })
+            .await
+            .unwrap();
+        seen
+    };
+    let expected: Vec<(u64, String)> = names
+        .iter()
+        .zip(1..)
+        .map(|((id, name), version)| {
+            let name = if *id == "bob" { "[erased]" } else { name };
+            (version, name.to_owned())
+        })
+        .collect();
+    assert_eq!(replayed(false).await, expected);
+    assert_eq!(replayed(true).await, expected);
+    // From a snapshot at version 2: the events after it.
+    let state = factum::Payload::encode(&serde_json::json!({"name": "Bob B."})).unwrap();
+    store
+        .save_snapshot(factum::Snapshot::new("shared", "Customer", 2, 1, state))
+        .await
+        .unwrap();
+    assert_eq!(replayed(true).await, expected[2..]);
+}
+
 factum::on_both_stores!(
+    #[tokio::test]
+    a_replay_opens_each_event_under_its_own_subject_s_key,
     #[tokio::test]
     a_subject_s_key_is_found_by_index,
     #[tokio::test]

@@ -762,6 +762,16 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                     report.load_ratio_range[0],
                     report.load_ratio_range[1]
                 );
+                println!(
+                    "  its rows fetched, nothing decoded ({:.0} vs {:.0} stored bytes a row): plain {:.2} ms, pii {:.2} ms, ratio {:.2} [{:.2}–{:.2}]",
+                    report.row_bytes_plain,
+                    report.row_bytes_pii,
+                    report.transfer_plain_ms,
+                    report.transfer_pii_ms,
+                    report.transfer_ratio,
+                    report.transfer_ratio_range[0],
+                    report.transfer_ratio_range[1]
+                );
             }
             if report.plaintext_rows > 0 || report.mismatched_loads > 0 {
                 return Err(format!(

@@ -102,6 +102,16 @@ pub struct Report {
     pub load_ratio: f64,
     pub load_ratio_range: [f64; 2],
     pub load_rounds: usize,
+    /// The long stream's rows as the load reads them (the same columns), fetched and
+    /// dropped, nothing decoded or opened: what the sealed rows' size alone costs (median of
+    /// the rounds, milliseconds; PII / plain, median of the per-round ratios), and the rows'
+    /// stored bytes (payload and sealed data) on average.
+    pub transfer_plain_ms: f64,
+    pub transfer_pii_ms: f64,
+    pub transfer_ratio: f64,
+    pub transfer_ratio_range: [f64; 2],
+    pub row_bytes_plain: f64,
+    pub row_bytes_pii: f64,
     /// Correctness, must be 0: rows of the sealed store holding an email in plain, and loads
     /// whose state differs between the two stores.
     pub plaintext_rows: i64,
@@ -299,6 +309,20 @@ async fn measure(
         load_plain.push(p);
         load_pii.push(s);
     }
+    let (mut transfer_plain, mut transfer_pii, mut transfer_ratios) =
+        (Vec::new(), Vec::new(), Vec::new());
+    for round in 0..config.load_rounds {
+        let (p, s) = if round % 2 == 0 {
+            let p = transfer(&plain).await?;
+            (p, transfer(&sealed).await?)
+        } else {
+            let s = transfer(&sealed).await?;
+            (transfer(&plain).await?, s)
+        };
+        transfer_ratios.push(s.as_secs_f64() / p.as_secs_f64());
+        transfer_plain.push(p);
+        transfer_pii.push(s);
+    }
 
     let plaintext_rows: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
         "SELECT count(*) FROM \"{}\".events WHERE payload::text LIKE '%@example.com%'",
@@ -332,9 +356,51 @@ async fn measure(
         load_ratio: median(&load_ratios),
         load_ratio_range: range(&load_ratios),
         load_rounds: config.load_rounds,
+        transfer_plain_ms: millis(median_duration(&transfer_plain)),
+        transfer_pii_ms: millis(median_duration(&transfer_pii)),
+        transfer_ratio: median(&transfer_ratios),
+        transfer_ratio_range: range(&transfer_ratios),
+        row_bytes_plain: row_bytes(&plain).await?,
+        row_bytes_pii: row_bytes(&sealed).await?,
         plaintext_rows,
         mismatched_loads,
     })
+}
+
+/// Fetches the long stream's rows with the columns a load reads (the store's replay
+/// statement), touching the payload and the sealed data and decoding nothing.
+async fn transfer(store: &PostgresStore) -> Result<Duration, sqlx::Error> {
+    use futures_util::TryStreamExt as _;
+    use sqlx::Row as _;
+    let started = Instant::now();
+    let mut rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "SELECT e.stream_version, nullif(e.aggregate_type, $2), e.event_type, e.schema_version,
+                e.payload, e.sealed
+         FROM \"{}\".events e WHERE e.stream_id = $1",
+        store.schema()
+    )))
+    .bind("long")
+    .bind("Contact")
+    .fetch(store.pool());
+    let mut bytes = 0;
+    while let Some(row) = rows.try_next().await? {
+        let payload: &str = row.try_get_unchecked(4)?;
+        let sealed: Option<&[u8]> = row.try_get(5)?;
+        bytes += payload.len() + sealed.map_or(0, <[u8]>::len);
+    }
+    std::hint::black_box(bytes);
+    Ok(started.elapsed())
+}
+
+/// The long stream's stored bytes per row (payload and sealed data), on average.
+async fn row_bytes(store: &PostgresStore) -> Result<f64, sqlx::Error> {
+    sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+        "SELECT avg(octet_length(payload::text) + coalesce(octet_length(sealed), 0))::float8
+         FROM \"{}\".events WHERE stream_id = 'long'",
+        store.schema()
+    )))
+    .fetch_one(store.pool())
+    .await
 }
 
 /// The lowest and highest of `values`.

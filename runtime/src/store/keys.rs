@@ -401,20 +401,34 @@ impl Keyring {
         column: Option<&[u8]>,
         last: &'l mut LastKey,
     ) -> Result<Option<&'l str>> {
-        let read = match column {
-            Some(column) => {
-                let sealed = SealedPayload::read_column(payload, column)?;
-                sealed.key_id().map(|key_id| (sealed, key_id))
-            }
-            None => sealed(payload)?,
-        };
-        let Some((sealed, key_id)) = read else {
+        let Some((sealed, key_id)) = sealed_in(payload, column)? else {
             return Ok(None);
         };
         let LastKey { key, opened } = last;
         let key = key.get(key_id, || self.key(table, key_id)).await?;
         sealed.open_into(key, opened)?;
         Ok(Some(opened.as_str()))
+    }
+
+    /// [`Keyring::open_payload_in_place`] without waiting: when nothing in `payload` is sealed,
+    /// or it is sealed under the key `last` holds (a long read's events after its first), as
+    /// most of a stream's events are; [`InPlace::NeedsKey`] when the key must be looked up.
+    /// Spares each such event the asynchronous path.
+    #[cfg(feature = "postgres")]
+    pub(crate) fn open_payload_kept<'l>(
+        payload: &str,
+        column: Option<&[u8]>,
+        last: &'l mut LastKey,
+    ) -> Result<InPlace<'l>> {
+        let Some((sealed, key_id)) = sealed_in(payload, column)? else {
+            return Ok(InPlace::Plain);
+        };
+        let LastKey { key, opened } = last;
+        let Some(key) = key.kept(key_id) else {
+            return Ok(InPlace::NeedsKey);
+        };
+        sealed.open_into(key, opened)?;
+        Ok(InPlace::Opened(opened.as_str()))
     }
 
     /// Opens the sealed fields of each event, marking those whose subject was forgotten
@@ -472,11 +486,47 @@ impl LastKey {
     }
 }
 
+/// What [`Keyring::open_payload_kept`] made of a payload.
+#[cfg(feature = "postgres")]
+pub(crate) enum InPlace<'l> {
+    /// Nothing in it is sealed.
+    Plain,
+    /// Opened, in the read's buffer.
+    Opened(&'l str),
+    /// Sealed under another key than the one kept: it is to be looked up.
+    NeedsKey,
+}
+
+/// The sealed data of a stored payload, in its `column` when the row has it there, and the
+/// key it needs; `None` when nothing is sealed.
+#[cfg(feature = "postgres")]
+fn sealed_in<'a>(
+    payload: &'a str,
+    column: Option<&'a [u8]>,
+) -> Result<Option<(SealedPayload<'a>, Uuid)>> {
+    match column {
+        Some(column) => {
+            let sealed = SealedPayload::read_column(payload, column)?;
+            Ok(sealed.key_id().map(|key_id| (sealed, key_id)))
+        }
+        None => sealed(payload),
+    }
+}
+
 /// The data key a read used last, with its id.
 #[derive(Default)]
 struct KeptKey(Option<(Uuid, Option<Arc<DataKey>>)>);
 
 impl KeptKey {
+    /// The key `key_id` when it is the one kept (`Some(None)`: kept as deleted).
+    #[cfg(feature = "postgres")]
+    fn kept(&self, key_id: Uuid) -> Option<Option<&DataKey>> {
+        match &self.0 {
+            Some((id, key)) if *id == key_id => Some(key.as_deref()),
+            _ => None,
+        }
+    }
+
     /// The key `key_id`: the one kept, or the one `find` finds (which is kept instead).
     async fn get<F>(&mut self, key_id: Uuid, find: impl FnOnce() -> F) -> Result<Option<&DataKey>>
     where

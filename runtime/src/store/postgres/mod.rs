@@ -665,7 +665,10 @@ impl EventStore for PostgresStore {
                     early.insert(event.event.stream_version, row);
                     continue;
                 }
-                self.visit_event(event, &mut visit, &mut last_key).await?;
+                // At once, unless its key is to be looked up.
+                if let Some(event) = self.visit_now(event, &mut visit, &mut last_key)? {
+                    self.visit_event(event, &mut visit, &mut last_key).await?;
+                }
                 next += 1;
                 while let Some(row) = early.remove(&next) {
                     self.visit_replayed(&row, aggregate_type, &mut visit, &mut last_key)
@@ -739,7 +742,9 @@ impl EventStore for PostgresStore {
                 expected += 1;
             }
             expected = event.event.stream_version + 1;
-            self.visit_event(event, &mut visit, &mut last_key).await?;
+            if let Some(event) = self.visit_now(event, &mut visit, &mut last_key)? {
+                self.visit_event(event, &mut visit, &mut last_key).await?;
+            }
         }
         Ok(())
     }

@@ -12,7 +12,7 @@ use super::{PostgresStore, archive};
 use crate::envelope::RecordedEvent;
 use crate::error::Result;
 use crate::store::backend::to_i64;
-use crate::store::keys::LastKey;
+use crate::store::keys::{InPlace, Keyring, LastKey};
 use crate::store::{EventStore as _, HistoryItem, ReadEnvelope, StreamEventRef};
 
 impl PostgresStore {
@@ -171,7 +171,34 @@ impl PostgresStore {
     where
         F: FnMut(HistoryItem<'_>) -> Result<()> + Send,
     {
-        visit(HistoryItem::Event(self.open_replayed(event, last).await?))
+        match self.visit_now(event, visit, last)? {
+            Some(event) => visit(HistoryItem::Event(self.open_replayed(event, last).await?)),
+            None => Ok(()),
+        }
+    }
+
+    /// [`PostgresStore::visit_event`] without waiting, for most of a read's events: those with
+    /// nothing sealed, or sealed under the key `last` holds; the event back when its key is to
+    /// be looked up (then `visit_event`).
+    pub(super) fn visit_now<'r, F>(
+        &self,
+        replayed: Replayed<'r>,
+        visit: &mut F,
+        last: &mut LastKey,
+    ) -> Result<Option<Replayed<'r>>>
+    where
+        F: FnMut(HistoryItem<'_>) -> Result<()> + Send,
+    {
+        if self.keys.is_none() {
+            return visit(HistoryItem::Event(sealed_inside(replayed, last)?)).map(|()| None);
+        }
+        let Replayed { event, sealed } = replayed;
+        match Keyring::open_payload_kept(event.payload, sealed, last)? {
+            InPlace::Plain => visit(HistoryItem::Event(event))?,
+            InPlace::Opened(opened) => visit(HistoryItem::Event(event.with_payload(opened)))?,
+            InPlace::NeedsKey => return Ok(Some(Replayed { event, sealed })),
+        }
+        Ok(None)
     }
 
     /// A replayed event with its personal data opened, into `last`'s buffer when it had sealed
@@ -182,15 +209,10 @@ impl PostgresStore {
         replayed: Replayed<'r>,
         last: &'r mut LastKey,
     ) -> Result<StreamEventRef<'r>> {
-        let Replayed { event, sealed } = replayed;
         let Some(keys) = &self.keys else {
-            return Ok(match sealed {
-                Some(sealed) => {
-                    event.with_payload(last.hold(crate::pii::inline(event.payload, sealed)?))
-                }
-                None => event,
-            });
+            return sealed_inside(replayed, last);
         };
+        let Replayed { event, sealed } = replayed;
         Ok(
             match keys
                 .open_payload_in_place(self, event.payload, sealed, last)
@@ -201,4 +223,14 @@ impl PostgresStore {
             },
         )
     }
+}
+
+/// A replayed event as reads hand it on without a key provider: its row's sealed column, if
+/// any, put inside its payload (into `last`'s buffer), sealed.
+fn sealed_inside<'r>(replayed: Replayed<'r>, last: &'r mut LastKey) -> Result<StreamEventRef<'r>> {
+    let Replayed { event, sealed } = replayed;
+    Ok(match sealed {
+        Some(sealed) => event.with_payload(last.hold(crate::pii::inline(event.payload, sealed)?)),
+        None => event,
+    })
 }
