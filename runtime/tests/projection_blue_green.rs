@@ -316,7 +316,8 @@ async fn version_2_builds_beside_version_1_and_switches_over_when_caught_up<D: T
     withdrawals.push(append(&database, "acc-0", event("Withdrawn", 1)).await);
     append(&database, "acc-1", event("Deposited", 7)).await;
     let closed = append(&database, "acc-8", event("Closed", 0)).await;
-    eventually(async || sent.lock().unwrap().len() == withdrawals.len() + 1).await;
+    // At least as many as expected (an email too many fails below, with the list).
+    eventually(async || sent.lock().unwrap().len() > withdrawals.len()).await;
     eventually(async || {
         table(&database, &v2_table)
             .await
