@@ -411,18 +411,12 @@ impl<S: SqlStore, P: Projection> ProjectionRunner<S, P> {
         if P::SIDE_EFFECTS.is_empty() {
             return Ok(0);
         }
-        let versions: Vec<u32> = {
-            let mut connection = self.store.acquire().await?;
-            let rows = self
-                .fetch_all(
-                    &mut connection.tx(),
-                    self.statement(&self.sql.retired_effects),
-                )
-                .await?;
-            rows.iter()
-                .map(|row| columns::unsigned::<_, i64, _>(row, 0))
-                .collect::<Result<_, Error>>()?
-        };
+        let versions: Vec<u32> = self
+            .fetch_all_alone(self.statement(&self.sql.retired_effects))
+            .await?
+            .iter()
+            .map(|row| columns::unsigned::<_, i64, _>(row, 0))
+            .collect::<Result<_, Error>>()?;
         let mut adopted = 0;
         for version in versions {
             let name = crate::store::sql::LeaseName::Projection {
@@ -469,18 +463,12 @@ impl<S: SqlStore, P: Projection> ProjectionRunner<S, P> {
         if P::SIDE_EFFECTS.is_empty() {
             return Ok(());
         }
-        let ids: Vec<String> = {
-            let mut connection = self.store.acquire().await?;
-            let rows = self
-                .fetch_all(
-                    &mut connection.tx(),
-                    self.statement(&self.sql.pending_effects),
-                )
-                .await?;
-            rows.iter()
-                .map(|row| columns::get(row, 0))
-                .collect::<Result<_, Error>>()?
-        };
+        let ids: Vec<String> = self
+            .fetch_all_alone(self.statement(&self.sql.pending_effects))
+            .await?
+            .iter()
+            .map(|row| columns::get(row, 0))
+            .collect::<Result<_, Error>>()?;
         if ids.is_empty() {
             return Ok(());
         }

@@ -337,6 +337,15 @@ impl<S: SqlStore, P: Projection> ProjectionRunner<S, P> {
         statement.fetch_all(tx).await.map_err(|e| self.fail(e))
     }
 
+    /// `statement`'s rows, read on a connection of their own, outside any transaction.
+    pub(super) async fn fetch_all_alone(
+        &self,
+        statement: Statement,
+    ) -> Result<Vec<sqlx::any::AnyRow>, Error> {
+        let mut connection = self.store.acquire().await?;
+        self.fetch_all(&mut connection.tx(), statement).await
+    }
+
     pub(super) async fn fetch_optional(
         &self,
         tx: &mut crate::store::Tx<'_>,

@@ -667,7 +667,8 @@ impl EventStore for PostgresStore {
                 }
                 // At once, unless its key is to be looked up.
                 if let Some(event) = self.visit_now(event, &mut visit, &mut last_key)? {
-                    self.visit_event(event, &mut visit, &mut last_key).await?;
+                    self.visit_looked_up(event, &mut visit, &mut last_key)
+                        .await?;
                 }
                 next += 1;
                 while let Some(row) = early.remove(&next) {
@@ -743,7 +744,8 @@ impl EventStore for PostgresStore {
             }
             expected = event.event.stream_version + 1;
             if let Some(event) = self.visit_now(event, &mut visit, &mut last_key)? {
-                self.visit_event(event, &mut visit, &mut last_key).await?;
+                self.visit_looked_up(event, &mut visit, &mut last_key)
+                    .await?;
             }
         }
         Ok(())

@@ -172,14 +172,28 @@ impl PostgresStore {
         F: FnMut(HistoryItem<'_>) -> Result<()> + Send,
     {
         match self.visit_now(event, visit, last)? {
-            Some(event) => visit(HistoryItem::Event(self.open_replayed(event, last).await?)),
+            Some(event) => self.visit_looked_up(event, visit, last).await,
             None => Ok(()),
         }
     }
 
+    /// Hands to `visit` an event [`PostgresStore::visit_now`] gave back, opened under its key
+    /// looked up (and kept in `last` for the events after it).
+    pub(super) async fn visit_looked_up<F>(
+        &self,
+        event: Replayed<'_>,
+        visit: &mut F,
+        last: &mut LastKey,
+    ) -> Result<()>
+    where
+        F: FnMut(HistoryItem<'_>) -> Result<()> + Send,
+    {
+        visit(HistoryItem::Event(self.open_replayed(event, last).await?))
+    }
+
     /// [`PostgresStore::visit_event`] without waiting, for most of a read's events: those with
     /// nothing sealed, or sealed under the key `last` holds; the event back when its key is to
-    /// be looked up (then `visit_event`).
+    /// be looked up (then [`PostgresStore::visit_looked_up`]).
     pub(super) fn visit_now<'r, F>(
         &self,
         replayed: Replayed<'r>,
